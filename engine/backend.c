@@ -1,0 +1,157 @@
+/* Backends: the CPU (a thread pool and per-thread scratch) and CUDA (engine/backend_cuda.cu). */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Per-thread CPU scratch: GEMM packs a K-block of B (HAE_GEMM_KB x HAE_GEMM_NB floats), a block of
+ * accumulators and the converted rows of A (see ops_cpu.c). */
+#define HAE_CPU_SCRATCH (1u << 20)
+
+bool hae_built_with_cuda(void) {
+#ifdef HAE_HAVE_CUDA
+    return true;
+#else
+    return false;
+#endif
+}
+
+bool hae_cuda_available(void) {
+#ifdef HAE_HAVE_CUDA
+    return hae_cuda_device_count() > 0;
+#else
+    return false;
+#endif
+}
+
+static int online_cores(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : (int)n;
+}
+
+hae_status hae_backend_create(hae_device dev, int index, hae_backend **out) {
+    *out = NULL;
+    hae_backend *be = calloc(1, sizeof *be);
+    if (!be) return hae_error(HAE_ERR_OOM, "backend: out of host memory");
+    be->device = dev;
+    if (dev == HAE_CPU) {
+        if (index < 0) {
+            free(be);
+            return hae_error(HAE_ERR_INVALID, "cpu backend: %d threads (need >= 0, 0 = all cores)", index);
+        }
+        int n = index ? index : online_cores();
+        hae_status st = hae_threadpool_create(n, &be->pool);
+        if (st != HAE_OK) {
+            free(be);
+            return st;
+        }
+        be->scratch_per_thread = HAE_CPU_SCRATCH;
+        be->scratch = aligned_alloc(64, HAE_CPU_SCRATCH * (size_t)n);
+        if (!be->scratch) {
+            hae_backend_destroy(be);
+            return hae_error(HAE_ERR_OOM, "cpu backend: %zu bytes of scratch", HAE_CPU_SCRATCH * (size_t)n);
+        }
+        snprintf(be->name, sizeof be->name, "cpu (%d thread%s)", n, n == 1 ? "" : "s");
+        *out = be;
+        return HAE_OK;
+    }
+#ifdef HAE_HAVE_CUDA
+    int count = hae_cuda_device_count();
+    if (count == 0) {
+        free(be);
+        return hae_error(HAE_ERR_UNSUPPORTED, "cuda backend: no GPU found");
+    }
+    if (index < 0 || index >= count) {
+        free(be);
+        return hae_error(HAE_ERR_INVALID, "cuda backend: device %d does not exist (%d GPU%s)", index, count,
+                         count == 1 ? "" : "s");
+    }
+    hae_status st = hae_cuda_ctx_create(index, &be->cuda, be->name, sizeof be->name);
+    if (st != HAE_OK) {
+        free(be);
+        return st;
+    }
+    *out = be;
+    return HAE_OK;
+#else
+    free(be);
+    return hae_error(HAE_ERR_UNSUPPORTED, "cuda backend: this build has no CUDA (nvcc was not found at build time)");
+#endif
+}
+
+void hae_backend_destroy(hae_backend *be) {
+    if (!be) return;
+    hae_threadpool_destroy(be->pool);
+    free(be->scratch);
+#ifdef HAE_HAVE_CUDA
+    if (be->cuda) hae_cuda_ctx_destroy(be->cuda);
+#endif
+    free(be);
+}
+
+hae_device hae_backend_device(const hae_backend *be) { return be->device; }
+const char *hae_backend_name(const hae_backend *be) { return be->name; }
+int hae_backend_threads(const hae_backend *be) { return be->pool ? hae_threadpool_size(be->pool) : 0; }
+
+hae_status hae_backend_alloc(hae_backend *be, size_t bytes, void **out) {
+    *out = NULL;
+    if (bytes == 0) bytes = 1;
+#ifdef HAE_HAVE_CUDA
+    if (be->device == HAE_CUDA) return hae_cuda_alloc(be->cuda, bytes, out);
+#endif
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    *out = aligned_alloc(64, rounded);
+    if (!*out) {
+        size_t free_b = 0, total = 0;
+        hae_backend_mem_info(be, &free_b, &total);
+        return hae_error(HAE_ERR_OOM, "cpu: could not allocate %zu bytes (%zu of %zu bytes available)", bytes,
+                         free_b, total);
+    }
+    return HAE_OK;
+}
+
+void hae_backend_free(hae_backend *be, void *p) {
+    if (!p) return;
+#ifdef HAE_HAVE_CUDA
+    if (be->device == HAE_CUDA) {
+        hae_cuda_free(be->cuda, p);
+        return;
+    }
+#endif
+    free(p);
+}
+
+hae_status hae_backend_mem_info(hae_backend *be, size_t *free_bytes, size_t *total_bytes) {
+#ifdef HAE_HAVE_CUDA
+    if (be->device == HAE_CUDA) return hae_cuda_mem_info(be->cuda, free_bytes, total_bytes);
+#endif
+    long page = sysconf(_SC_PAGESIZE), avail = sysconf(_SC_AVPHYS_PAGES), total = sysconf(_SC_PHYS_PAGES);
+    *free_bytes = (size_t)(avail > 0 ? avail : 0) * (size_t)page;
+    *total_bytes = (size_t)(total > 0 ? total : 0) * (size_t)page;
+    return HAE_OK;
+}
+
+hae_status hae_backend_upload(hae_backend *be, void *dst, const void *src_host, size_t bytes) {
+#ifdef HAE_HAVE_CUDA
+    if (be->device == HAE_CUDA) return hae_cuda_upload(be->cuda, dst, src_host, bytes);
+#endif
+    if (bytes) memmove(dst, src_host, bytes);
+    return HAE_OK;
+}
+
+hae_status hae_backend_download(hae_backend *be, void *dst_host, const void *src, size_t bytes) {
+#ifdef HAE_HAVE_CUDA
+    if (be->device == HAE_CUDA) return hae_cuda_download(be->cuda, dst_host, src, bytes);
+#endif
+    if (bytes) memmove(dst_host, src, bytes);
+    return HAE_OK;
+}
+
+hae_status hae_backend_sync(hae_backend *be) {
+#ifdef HAE_HAVE_CUDA
+    if (be->device == HAE_CUDA) return hae_cuda_sync(be->cuda);
+#endif
+    return HAE_OK;
+}

@@ -1,0 +1,436 @@
+/* hae — Hybrid Attention Engine: the public API.
+ *
+ * Conventions (DESIGN.md §4):
+ *  - shapes are outermost-first, strides are in elements; a hae_tensor is a view and owns nothing;
+ *  - every function that can fail returns hae_status and leaves a message in hae_last_error()
+ *    (per thread) that says what and where: config file:line:col, shapes, bytes asked vs available;
+ *  - ops take one args struct; the entry point picks the CPU or CUDA implementation by the device
+ *    of the backend, and checks shapes, dtypes and devices first.
+ */
+#ifndef HAE_H
+#define HAE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- status */
+
+typedef enum hae_status {
+    HAE_OK = 0,
+    HAE_ERR_INVALID = -1,     /* bad argument, shape, config value */
+    HAE_ERR_OOM = -2,         /* a budget or an allocation was exceeded */
+    HAE_ERR_UNSUPPORTED = -3, /* valid, but not implemented for this case or build */
+    HAE_ERR_IO = -4,          /* a file could not be read or written */
+    HAE_ERR_FORMAT = -5,      /* a file's content is malformed */
+    HAE_ERR_CUDA = -6,        /* a CUDA runtime or library call failed */
+} hae_status;
+
+const char *hae_status_name(hae_status st);
+/* The message of the last failure on this thread ("" if none). */
+const char *hae_last_error(void);
+void hae_clear_error(void);
+/* Sets this thread's message (printf format) and returns st, so callers write
+ * `return hae_error(HAE_ERR_INVALID, "...")`. */
+hae_status hae_error(hae_status st, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* Prefixes this thread's current message with more context ("loading x.safetensors: ..."). */
+hae_status hae_error_wrap(hae_status st, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+#define HAE_TRY(expr)                                                                              \
+    do {                                                                                           \
+        hae_status hae_try_st_ = (expr);                                                           \
+        if (hae_try_st_ != HAE_OK) return hae_try_st_;                                             \
+    } while (0)
+
+/* Internal invariants only (never user input): always on, prints file:line and aborts. */
+void hae_assert_fail(const char *expr, const char *file, int line);
+#define HAE_ASSERT(cond) ((cond) ? (void)0 : hae_assert_fail(#cond, __FILE__, __LINE__))
+
+/* ---------------------------------------------------------------- dtypes and tensors */
+
+typedef enum hae_dtype {
+    HAE_F32,
+    HAE_BF16,
+    HAE_F16,
+    HAE_FP8_E4M3,
+    HAE_I32,
+    HAE_I64,
+    HAE_DTYPE_COUNT
+} hae_dtype;
+
+size_t hae_dtype_size(hae_dtype dt);
+const char *hae_dtype_name(hae_dtype dt); /* "f32", "bf16", ... */
+
+/* Scalar conversions, round-to-nearest-even; e4m3 saturates to +-448 (no inf in e4m3fn). */
+float hae_bf16_to_f32(uint16_t h);
+uint16_t hae_f32_to_bf16(float f);
+float hae_f16_to_f32(uint16_t h);
+uint16_t hae_f32_to_f16(float f);
+float hae_fp8e4m3_to_f32(uint8_t b);
+uint8_t hae_f32_to_fp8e4m3(float f);
+
+typedef enum hae_device { HAE_CPU = 0, HAE_CUDA = 1 } hae_device;
+
+#define HAE_MAX_DIMS 4
+
+typedef struct hae_tensor {
+    void *data;
+    hae_dtype dtype;
+    hae_device device;
+    int ndim;
+    int64_t shape[HAE_MAX_DIMS];
+    int64_t stride[HAE_MAX_DIMS]; /* elements */
+} hae_tensor;
+
+/* A contiguous view of `data` with the given shape. */
+hae_tensor hae_tensor_make(void *data, hae_dtype dt, hae_device dev, int ndim, const int64_t *shape);
+/* Shorthands for 1-4 dimensional contiguous views. */
+hae_tensor hae_tensor_1d(void *data, hae_dtype dt, hae_device dev, int64_t d0);
+hae_tensor hae_tensor_2d(void *data, hae_dtype dt, hae_device dev, int64_t d0, int64_t d1);
+hae_tensor hae_tensor_3d(void *data, hae_dtype dt, hae_device dev, int64_t d0, int64_t d1, int64_t d2);
+hae_tensor hae_tensor_4d(void *data, hae_dtype dt, hae_device dev, int64_t d0, int64_t d1, int64_t d2,
+                         int64_t d3);
+int64_t hae_tensor_numel(const hae_tensor *t);
+size_t hae_tensor_nbytes(const hae_tensor *t); /* numel * dtype size (contiguous extent) */
+bool hae_tensor_is_contiguous(const hae_tensor *t);
+/* View of [start, start+len) along dim (same strides, data pointer advanced). */
+hae_tensor hae_tensor_narrow(hae_tensor t, int dim, int64_t start, int64_t len);
+/* "[2, 16, 64] bf16 cuda" into buf; returns buf. */
+const char *hae_tensor_describe(const hae_tensor *t, char *buf, size_t n);
+
+/* ---------------------------------------------------------------- backends */
+
+typedef struct hae_backend hae_backend;
+
+/* CPU: `index` = worker threads (0: all online cores). CUDA: `index` = device ordinal.
+ * Creating a CUDA backend in a build without CUDA, or with no GPU, is HAE_ERR_UNSUPPORTED. */
+hae_status hae_backend_create(hae_device dev, int index, hae_backend **out);
+void hae_backend_destroy(hae_backend *be); /* accepts NULL */
+hae_device hae_backend_device(const hae_backend *be);
+const char *hae_backend_name(const hae_backend *be); /* "cpu (2 threads)", "NVIDIA H100 80GB HBM3" */
+int hae_backend_threads(const hae_backend *be);      /* CPU worker threads; 0 for CUDA */
+
+/* True when this build has CUDA and at least one GPU answers. Never call from a file-scope
+ * initialiser or a Criterion generator: it initialises the CUDA runtime. */
+bool hae_cuda_available(void);
+bool hae_built_with_cuda(void);
+
+/* Memory on the backend's device (host memory for CPU, 64-byte aligned). */
+hae_status hae_backend_alloc(hae_backend *be, size_t bytes, void **out);
+void hae_backend_free(hae_backend *be, void *p); /* accepts NULL */
+/* Free and total bytes of the backend's memory (CPU: available and total RAM). */
+hae_status hae_backend_mem_info(hae_backend *be, size_t *free_bytes, size_t *total_bytes);
+/* Copies between host memory and the backend's memory (ordered on the backend's stream). */
+hae_status hae_backend_upload(hae_backend *be, void *dst, const void *src_host, size_t bytes);
+hae_status hae_backend_download(hae_backend *be, void *dst_host, const void *src, size_t bytes);
+hae_status hae_backend_sync(hae_backend *be);
+
+/* ---------------------------------------------------------------- dense ops
+ * N = rows (batch x tokens). "f32|bf16" means either dtype; math is always fp32. */
+
+/* out[i, :] = table[ids[i], :]. ids outside [0, V) are HAE_ERR_INVALID. */
+typedef struct hae_embedding_args {
+    hae_tensor ids;   /* [N] i32 */
+    hae_tensor table; /* [V, D] f32|bf16 */
+    hae_tensor out;   /* [N, D] f32 */
+} hae_embedding_args;
+hae_status hae_embedding(hae_backend *be, const hae_embedding_args *a);
+
+/* out = x / sqrt(mean(x^2) + eps) * weight */
+typedef struct hae_rmsnorm_args {
+    hae_tensor x;      /* [N, D] f32 */
+    hae_tensor weight; /* [D] f32 */
+    hae_tensor out;    /* [N, D] f32|bf16 */
+    float eps;
+} hae_rmsnorm_args;
+hae_status hae_rmsnorm(hae_backend *be, const hae_rmsnorm_args *a);
+
+/* c = a b^T (accumulate: c += a b^T). b is a weight in PyTorch Linear layout [out, in].
+ * a and b share one dtype; c is f32, or bf16 when not accumulating. Rows may be strided. */
+typedef struct hae_gemm_args {
+    hae_tensor a; /* [M, K] f32|bf16 */
+    hae_tensor b; /* [N, K] f32|bf16 */
+    hae_tensor c; /* [M, N] f32|bf16 */
+    bool accumulate;
+} hae_gemm_args;
+hae_status hae_gemm(hae_backend *be, const hae_gemm_args *a);
+
+/* out = silu(gate) * up, with gate = gate_up[:, :F], up = gate_up[:, F:]. */
+typedef struct hae_swiglu_args {
+    hae_tensor gate_up; /* [N, 2F] f32|bf16 */
+    hae_tensor out;     /* [N, F] f32|bf16 */
+} hae_swiglu_args;
+hae_status hae_swiglu(hae_backend *be, const hae_swiglu_args *a);
+
+/* Rotary embedding in place, NeoX (rotate-half) pairing over the first rot_dims dims of each head:
+ * for i < rot_dims/2, (x_i, x_{i+rot_dims/2}) rotates by angle pos * theta^(-2i/rot_dims).
+ * Row (b, t) has position pos0 + t. rot_dims = 0 leaves x unchanged (rope "none"). */
+typedef struct hae_rope_args {
+    hae_tensor x; /* [B, T, H, D] f32|bf16, rows may be strided */
+    int64_t pos0;
+    int rot_dims; /* even, <= D */
+    float theta;
+} hae_rope_args;
+hae_status hae_rope(hae_backend *be, const hae_rope_args *a);
+
+/* Converts between dtypes (f32, bf16, f16, fp8-e4m3); same shape, both contiguous. */
+hae_status hae_convert(hae_backend *be, const hae_tensor *src, const hae_tensor *dst);
+
+/* Next token per row. temperature <= 0: greedy argmax. temperature > 0: Gumbel-max,
+ * argmax_i(logits_i / T + g_i) with g_i = -log(-log(u_i)), u_i = hae_uniform(seed, step, row, i),
+ * which samples softmax(logits / T) exactly and gives CPU and GPU the same token for the same
+ * logits. Ties go to the lowest index. */
+typedef struct hae_sample_args {
+    hae_tensor logits; /* [B, V] f32 */
+    hae_tensor out;    /* [B] i32 */
+    float temperature;
+    uint64_t seed;
+    uint64_t step;
+} hae_sample_args;
+hae_status hae_sample(hae_backend *be, const hae_sample_args *a);
+/* Counter-based uniform in (0, 1), identical on CPU and GPU. */
+float hae_uniform(uint64_t seed, uint64_t step, uint64_t row, uint64_t col);
+
+/* ---------------------------------------------------------------- attention (sparse/)
+ * KV caches hold one slot per token, [B, cap, Hkv, D]; token at position p sits in slot p % cap
+ * (a ring when cap is smaller than the context, as for sliding windows). */
+
+/* cache[b, (pos0 + t) % cap, :, :] = src[b, t, :, :] */
+typedef struct hae_kv_write_args {
+    hae_tensor src;   /* [B, T, Hkv, D] f32|bf16, rows may be strided */
+    hae_tensor cache; /* [B, cap, Hkv, D] f32|bf16 */
+    int64_t pos0;
+} hae_kv_write_args;
+hae_status hae_kv_write(hae_backend *be, const hae_kv_write_args *a);
+
+/* Causal softmax attention, gqa form: query (b, t, h) at position p = pos0 + t attends to
+ * positions s in [lo, p], lo = max(0, p - window + 1) when window > 0 (swa) else 0 (full);
+ * head h reads kv head h / (Hq / Hkv). The cache must already hold those positions: cap >= pos0 + T
+ * for full attention, cap >= min(pos0 + T, window + T - 1) for a window. */
+typedef struct hae_attention_args {
+    hae_tensor q;       /* [B, T, Hq, D] f32|bf16, rows may be strided */
+    hae_tensor k_cache; /* [B, cap, Hkv, D] */
+    hae_tensor v_cache; /* [B, cap, Hkv, D] */
+    hae_tensor out;     /* [B, T, Hq, D] f32|bf16 */
+    int64_t pos0;
+    int64_t window; /* 0: full causal */
+    float scale;    /* softmax scale, usually 1/sqrt(D) */
+} hae_attention_args;
+hae_status hae_attention(hae_backend *be, const hae_attention_args *a);
+
+/* ---------------------------------------------------------------- configs */
+
+typedef enum hae_layer_kind {
+    HAE_LAYER_FULL,
+    HAE_LAYER_SWA,
+    HAE_LAYER_DSA,
+    HAE_LAYER_KDA,
+    HAE_LAYER_GDN,
+    HAE_LAYER_DELTANET,
+    HAE_LAYER_GLA,
+    HAE_LAYER_LINEAR,
+    HAE_LAYER_MAMBA2,
+    HAE_LAYER_RETNET,
+    HAE_LAYER_KIND_COUNT
+} hae_layer_kind;
+const char *hae_layer_kind_name(hae_layer_kind k);
+/* Whether this build can run the kind (pattern entries naming others are config errors). */
+bool hae_layer_kind_built(hae_layer_kind k);
+
+typedef enum hae_rope_mode { HAE_ROPE_NONE, HAE_ROPE_FULL, HAE_ROPE_PARTIAL } hae_rope_mode;
+typedef enum hae_attn_form { HAE_ATTN_GQA, HAE_ATTN_MLA } hae_attn_form;
+typedef enum hae_backend_choice { HAE_BACKEND_AUTO, HAE_BACKEND_CPU, HAE_BACKEND_CUDA } hae_backend_choice;
+
+#define HAE_MAX_LAYERS 256
+#define HAE_MAX_SWEEP_AXES 8
+#define HAE_MAX_SWEEP_VALUES 64
+#define HAE_NAME_MAX 128
+#define HAE_PATH_MAX 1024
+
+typedef struct hae_config {
+    char name[HAE_NAME_MAX];
+    uint64_t seed;
+    char output_dir[HAE_PATH_MAX];
+    struct {
+        int64_t vocab_size;
+        int64_t d_model;
+        int64_t n_layers;
+        hae_layer_kind layers[HAE_MAX_LAYERS]; /* resolved kind of every layer */
+        float norm_eps;                        /* rms_norm_eps */
+        bool tie_word_embeddings;
+        float initializer_range; /* std of the normal init */
+        struct {
+            int64_t intermediate_size; /* SwiGLU d_ff */
+        } mlp;
+        struct { /* shared by full, swa (and dsa) layers */
+            hae_attn_form form;
+            int64_t num_heads;
+            int64_t num_kv_heads;
+            int64_t head_dim;
+            hae_rope_mode rope;
+            float rope_theta;
+            float partial_rotary_factor; /* fraction of head_dim rotated when rope = partial */
+            float softmax_scale;         /* 0: 1/sqrt(head_dim) */
+        } attention;
+        struct {
+            int64_t window_size;
+        } swa;
+    } model;
+    struct {
+        hae_backend_choice backend;
+        int device; /* CUDA ordinal */
+        int threads; /* CPU worker threads, 0: all cores */
+        hae_dtype dtype; /* weights, KV cache and GEMM operands: f32 or bf16 */
+        int64_t batch;
+        int64_t prefill;
+        int64_t decode;
+        int64_t prefill_chunk; /* tokens per prefill forward; 0: the whole prefill at once */
+        float temperature;     /* 0: greedy */
+        int64_t kv_budget;     /* bytes the KV cache may take on its device; 0: what the device has free */
+    } runtime;
+    struct {
+        int n_axes;
+        struct {
+            char key[HAE_NAME_MAX];
+            int n_values;
+            char values[HAE_MAX_SWEEP_VALUES][HAE_NAME_MAX]; /* YAML scalars or flow sequences */
+        } axes[HAE_MAX_SWEEP_AXES];
+    } sweep;
+    char source[HAE_PATH_MAX]; /* file it was loaded from, or "<default>" */
+} hae_config;
+
+/* The built-in default (configs/default.yaml compiled in). */
+const char *hae_config_default_yaml(void);
+
+/* Parses YAML text (`source` names it in messages), applies `--set` style overrides
+ * ("a.b.c=value", value in YAML syntax), validates everything and fills cfg. Any problem is
+ * HAE_ERR_INVALID with one line "source:line:col: dotted.path: what is wrong". */
+hae_status hae_config_parse(const char *yaml, size_t len, const char *source, const char *const *overrides,
+                            int n_overrides, hae_config *cfg);
+hae_status hae_config_load(const char *path, const char *const *overrides, int n_overrides, hae_config *cfg);
+/* Number of sweep jobs (product of axis lengths; 1 without a sweep). */
+int hae_config_sweep_jobs(const hae_config *cfg);
+/* Config of sweep job j: the base with job j's overrides applied (and no sweep), plus a short
+ * label "model.d_model=128,runtime.batch=4" for the run directory. */
+hae_status hae_config_sweep_job(const hae_config *cfg, int j, hae_config *job, char *label, size_t label_n);
+/* Writes every field, defaults included, as YAML that hae_config_parse reads back to the same config. */
+hae_status hae_config_write_yaml(const hae_config *cfg, const char *path);
+/* Same into a malloc'd string (caller frees). */
+hae_status hae_config_to_yaml(const hae_config *cfg, char **out);
+
+/* ---------------------------------------------------------------- safetensors */
+
+typedef struct hae_st_tensor {
+    char name[256];
+    hae_dtype dtype; /* F32, BF16, F16, F8_E4M3, I32, I64 */
+    int ndim;
+    int64_t shape[HAE_MAX_DIMS];
+    const void *data; /* points into the loaded file */
+    size_t nbytes;
+} hae_st_tensor;
+
+typedef struct hae_st_file hae_st_file;
+/* Reads and checks a whole safetensors file: header length, JSON, dtypes, shapes vs byte ranges,
+ * ranges inside the file, no overlaps. */
+hae_status hae_st_open(const char *path, hae_st_file **out);
+void hae_st_close(hae_st_file *f); /* accepts NULL */
+int hae_st_count(const hae_st_file *f);
+const hae_st_tensor *hae_st_get(const hae_st_file *f, int i);
+const hae_st_tensor *hae_st_find(const hae_st_file *f, const char *name); /* NULL if absent */
+/* Value of a "__metadata__" key, or NULL. */
+const char *hae_st_metadata(const hae_st_file *f, const char *key);
+/* Writes tensors (data on the host) with optional metadata pairs (keys[i], values[i]). */
+hae_status hae_st_write(const char *path, const hae_st_tensor *tensors, int n, const char *const *meta_keys,
+                        const char *const *meta_values, int n_meta);
+
+/* ---------------------------------------------------------------- KV cache (memory/) */
+
+typedef struct hae_kv_cache hae_kv_cache;
+typedef struct hae_kv_layer_spec {
+    int64_t cap; /* slots per sequence; 0: this layer keeps no KV */
+    int64_t kv_heads;
+    int64_t head_dim;
+} hae_kv_layer_spec;
+/* One contiguous K and V buffer per layer, [batch, cap, kv_heads, head_dim] in `dtype`, on the
+ * backend's device. Fails before allocating anything when the total exceeds `budget` bytes
+ * (0: the device's free memory), naming bytes asked and available. */
+hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer_spec *specs, int64_t batch,
+                               hae_dtype dtype, size_t budget, hae_kv_cache **out);
+void hae_kv_cache_destroy(hae_kv_cache *kv);
+/* K and V views of one layer ([B, cap, Hkv, D]); data NULL for layers without KV. */
+void hae_kv_cache_layer(const hae_kv_cache *kv, int layer, hae_tensor *k, hae_tensor *v);
+size_t hae_kv_cache_bytes(const hae_kv_cache *kv);
+/* Bytes of KV one token adds to one layer (K and V). */
+size_t hae_kv_bytes_per_token(const hae_kv_layer_spec *spec, hae_dtype dtype);
+
+/* ---------------------------------------------------------------- the model */
+
+typedef struct hae_model hae_model;
+
+typedef struct hae_model_options {
+    bool all_logits; /* keep logits of every position (for tests); else only the last per sequence */
+} hae_model_options;
+
+/* Builds the stack of cfg on the backend: weights (initialised from cfg->seed), KV cache
+ * (sized for prefill + decode tokens of runtime.batch sequences) and activations, all allocated
+ * here; nothing allocates during forward. */
+hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_model_options *opt,
+                            hae_model **out);
+void hae_model_destroy(hae_model *m);
+/* Re-initialises every weight from seed (normal(0, initializer_range); output projections scaled
+ * by 1/sqrt(2 n_layers); norms 1). Same seed, same weights, on every backend. */
+hae_status hae_model_init_weights(hae_model *m, uint64_t seed);
+/* Forgets all context: the next forward starts at position 0. */
+void hae_model_reset(hae_model *m);
+int64_t hae_model_position(const hae_model *m);
+
+/* Runs T new tokens of each of the B sequences (tokens: host [B, T]) from the current position,
+ * in chunks of runtime.prefill_chunk. On return *logits views the device logits, f32: with
+ * all_logits [B, prefill + decode, V] indexed by absolute position, else [B, V] of the last token. */
+hae_status hae_model_forward(hae_model *m, const int32_t *tokens, int64_t T, hae_tensor *logits);
+
+/* Weights as safetensors with Hugging Face Llama names (model.layers.N.self_attn.q_proj.weight, ...). */
+hae_status hae_model_save(const hae_model *m, const char *path);
+/* Loads weights saved by hae_model_save or any file with those names and shapes; F32/BF16/F16
+ * tensors convert to the model's dtype. Missing tensors and shape mismatches are errors. */
+hae_status hae_model_load(hae_model *m, const char *path);
+
+/* What a config allocates, computed without allocating (for `hae info` and budgets). */
+typedef struct hae_model_plan {
+    int64_t n_params;
+    size_t weight_bytes;
+    size_t kv_bytes;         /* all layers, runtime.batch sequences */
+    size_t activation_bytes;
+    int64_t context;                           /* prefill + decode */
+    int64_t kv_slots[HAE_MAX_LAYERS];          /* KV slots per sequence of each layer */
+    size_t kv_bytes_per_token[HAE_MAX_LAYERS]; /* K + V bytes one token adds to each layer */
+} hae_model_plan;
+hae_status hae_model_plan_get(const hae_config *cfg, const hae_model_options *opt, hae_model_plan *out);
+
+typedef struct hae_model_stats {
+    int64_t n_params;
+    size_t weight_bytes;
+    size_t kv_bytes;         /* allocated KV cache */
+    size_t state_bytes;      /* recurrent states (linear layers) */
+    size_t activation_bytes; /* activation and logits buffers */
+    hae_device device;
+} hae_model_stats;
+void hae_model_stats_get(const hae_model *m, hae_model_stats *s);
+hae_backend *hae_model_backend(const hae_model *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* HAE_H */

@@ -1,0 +1,104 @@
+#include "testutil.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+tu_rng tu_rng_make(uint64_t seed) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (tu_rng){z ? z : 1};
+}
+
+double tu_uniform(tu_rng *r, double lo, double hi) {
+    r->s ^= r->s << 13;
+    r->s ^= r->s >> 7;
+    r->s ^= r->s << 17;
+    return lo + (hi - lo) * ((double)(r->s >> 11) * (1.0 / 9007199254740992.0));
+}
+
+double tu_normal(tu_rng *r) {
+    double u1 = tu_uniform(r, 1e-12, 1.0), u2 = tu_uniform(r, 0.0, 1.0);
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+void tu_fill(void *p, hae_dtype dt, int64_t n, tu_rng *r, double lo, double hi) {
+    for (int64_t i = 0; i < n; i++) {
+        double v = tu_uniform(r, lo, hi);
+        switch (dt) {
+        case HAE_F32: ((float *)p)[i] = (float)v; break;
+        case HAE_BF16: ((uint16_t *)p)[i] = hae_f32_to_bf16((float)v); break;
+        case HAE_F16: ((uint16_t *)p)[i] = hae_f32_to_f16((float)v); break;
+        case HAE_FP8_E4M3: ((uint8_t *)p)[i] = hae_f32_to_fp8e4m3((float)v); break;
+        case HAE_I32: ((int32_t *)p)[i] = (int32_t)floor(v); break;
+        case HAE_I64: ((int64_t *)p)[i] = (int64_t)floor(v); break;
+        default: break;
+        }
+    }
+}
+
+double tu_get(const void *p, hae_dtype dt, int64_t i) {
+    switch (dt) {
+    case HAE_F32: return ((const float *)p)[i];
+    case HAE_BF16: return hae_bf16_to_f32(((const uint16_t *)p)[i]);
+    case HAE_F16: return hae_f16_to_f32(((const uint16_t *)p)[i]);
+    case HAE_FP8_E4M3: return hae_fp8e4m3_to_f32(((const uint8_t *)p)[i]);
+    case HAE_I32: return ((const int32_t *)p)[i];
+    case HAE_I64: return (double)((const int64_t *)p)[i];
+    default: return NAN;
+    }
+}
+
+bool tu_close(const void *got, hae_dtype dt, const double *ref, int64_t n, double rel, double abs_tol,
+              double rel_elem, char *why, size_t why_n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double g = tu_get(got, dt, i), r = ref[i];
+        if (isfinite(g) != isfinite(r) || isnan(g) != isnan(r)) {
+            snprintf(why, why_n, "element %lld: got %g, reference %g (non-finite mismatch)", (long long)i, g, r);
+            return false;
+        }
+        if (!isfinite(r)) continue;
+        double e = fabs(g - r);
+        if (e > abs_tol + rel_elem * fabs(r)) {
+            snprintf(why, why_n, "element %lld: got %.9g, reference %.9g, error %.3g > %.3g + %.3g * |ref|",
+                     (long long)i, g, r, e, abs_tol, rel_elem);
+            return false;
+        }
+        num += (g - r) * (g - r);
+        den += r * r;
+    }
+    double re = den > 0 ? sqrt(num / den) : sqrt(num);
+    if (re > rel) {
+        snprintf(why, why_n, "relative error %.3g > %.3g over %lld elements", re, rel, (long long)n);
+        return false;
+    }
+    snprintf(why, why_n, "ok (relative error %.3g)", re);
+    return true;
+}
+
+const char *tu_tmp_path(const char *tag, char *buf, size_t n) {
+    const char *dir = getenv("HAE_TEST_TMP");
+    if (!dir || !*dir) dir = "/tmp";
+    mkdir(dir, 0755);
+    snprintf(buf, n, "%s/%d-%s", dir, (int)getpid(), tag);
+    return buf;
+}
+
+hae_backend *tu_cpu(void) {
+    hae_backend *be = NULL;
+    hae_status st = hae_backend_create(HAE_CPU, 2, &be);
+    cr_assert_eq(st, HAE_OK, "cpu backend: %s", hae_last_error());
+    return be;
+}
+
+void tu_config(const char *yaml, hae_config *cfg) {
+    hae_status st = hae_config_parse(yaml, strlen(yaml), "test.yaml", NULL, 0, cfg);
+    cr_assert_eq(st, HAE_OK, "config: %s\n%s", hae_last_error(), yaml);
+}

@@ -1,0 +1,37 @@
+/* Shared helpers for the Criterion tests: seeded random data, float64 comparisons, temp paths. */
+#ifndef HAE_TESTUTIL_H
+#define HAE_TESTUTIL_H
+
+#include "hae.h"
+
+#include <stdint.h>
+
+/* Uniform in [lo, hi) from a seeded stream (xorshift on a splitmix seed). */
+typedef struct {
+    uint64_t s;
+} tu_rng;
+tu_rng tu_rng_make(uint64_t seed);
+double tu_uniform(tu_rng *r, double lo, double hi);
+double tu_normal(tu_rng *r);
+
+/* Fills n values of dtype dt at p with uniform [lo, hi) values (never all zero). */
+void tu_fill(void *p, hae_dtype dt, int64_t n, tu_rng *r, double lo, double hi);
+/* Element i of a host buffer of dtype dt, as double. */
+double tu_get(const void *p, hae_dtype dt, int64_t i);
+
+/* Compares n values against a float64 reference: NaN/Inf positions first, then the relative error
+ * ||got - ref|| / ||ref|| <= rel and every element within abs_tol + rel_elem * |ref|. Fills `why`
+ * with the first failure (index, values, errors) and returns false on failure. */
+bool tu_close(const void *got, hae_dtype dt, const double *ref, int64_t n, double rel, double abs_tol,
+              double rel_elem, char *why, size_t why_n);
+
+/* A fresh path under $HAE_TEST_TMP (or /tmp) unique to this process: dir/pid-tag. */
+const char *tu_tmp_path(const char *tag, char *buf, size_t n);
+
+/* CPU backend with 2 threads, asserting success. */
+hae_backend *tu_cpu(void);
+
+/* Parses a YAML config string, asserting success (prints the error otherwise). */
+void tu_config(const char *yaml, hae_config *cfg);
+
+#endif
