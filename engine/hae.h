@@ -140,7 +140,8 @@ hae_status hae_backend_sync(hae_backend *be);
 /* ---------------------------------------------------------------- dense ops
  * N = rows (batch x tokens). "f32|bf16" means either dtype; math is always fp32. */
 
-/* out[i, :] = table[ids[i], :]. ids outside [0, V) are HAE_ERR_INVALID. */
+/* out[i, :] = table[ids[i], :]. On the CPU ids outside [0, V) are HAE_ERR_INVALID; the CUDA kernel
+ * cannot report without a sync and writes NaN rows for them (the model checks tokens on the host). */
 typedef struct hae_embedding_args {
     hae_tensor ids;   /* [N] i32 */
     hae_tensor table; /* [V, D] f32|bf16 */

@@ -1,0 +1,51 @@
+#!/bin/bash
+# Every GPU test and benchmark in one call, with a short table last.
+#   bench/gpu-check.sh [BIN_DIR]    BIN_DIR holds hae, gpu_* tests and bench_* (default: build)
+# Logs go to $OUT (default: ./gpu-check-logs).
+set -u
+bin=${1:-build}
+out=${OUT:-gpu-check-logs}
+mkdir -p "$out"
+summary=()
+row() { summary+=("$(printf '%-34s %s' "$1" "$2")"); }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv >"$out/gpu.txt" 2>&1
+gpu=$(sed -n 2p "$out/gpu.txt")
+echo "device: $gpu"
+
+for t in "$bin"/gpu_*; do
+  [ -x "$t" ] || continue
+  name=$(basename "$t")
+  "$t" --jobs 1 --verbose >"$out/$name.log" 2>&1
+  rc=$?
+  synth=$(grep -a 'Synthesis' "$out/$name.log" | tail -1 | sed 's/.*Synthesis: //')
+  row "$name (rc $rc)" "$synth"
+  grep -a -E '\[FAIL\]|\[----\]' "$out/$name.log" | head -20
+done
+
+for b in "$bin"/bench_*; do
+  [ -x "$b" ] || continue
+  name=$(basename "$b")
+  "$b" >"$out/$name.log" 2>&1
+  row "$name (rc $?)" "see $name.log"
+  cat "$out/$name.log"
+done
+
+run() { # label, args...
+  local label=$1; shift
+  HAE_NO_PROGRESS=1 "$bin/hae" run "$@" --out "$out/run-$label" >"$out/run-$label.log" 2>&1
+  local rc=$?
+  local p d
+  p=$(grep -a -o '"prefill_tok_s": [0-9.]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
+  d=$(grep -a -o '"decode_tok_s": [0-9.]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
+  row "hae run $label (rc $rc)" "prefill ${p:-?} tok/s, decode ${d:-?} tok/s"
+  [ $rc -eq 0 ] || tail -5 "$out/run-$label.log"
+}
+run default-cuda --backend cuda
+run default-cpu --backend cpu
+run twin-1b-cuda configs/hybrid-1b-twin.yaml --backend cuda
+run swa-1b-cuda configs/swa-1b.yaml --backend cuda
+
+echo
+echo "=== gpu-check: $gpu"
+printf '%s\n' "${summary[@]}"

@@ -1,0 +1,115 @@
+/* Shared by the engine's CUDA sources: the CUDA context behind a hae_backend, error checks that
+ * turn a failed CUDA or cuBLAS call into a hae_status with file:line, device and statement, and the
+ * element loads/stores every kernel uses (f32 and bf16 storage, math in fp32). */
+#ifndef HAE_CUDA_CHECK_CUH
+#define HAE_CUDA_CHECK_CUH
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "internal.h"
+
+/* What a CUDA backend owns: every op of the backend runs on `stream`, in order. */
+struct hae_cuda_ctx {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;  /* bound to stream, workspace below */
+    cublasLtHandle_t lt;  /* for FP8 matmuls (indexer) */
+    void *workspace;      /* cuBLAS workspace */
+    size_t workspace_bytes;
+};
+
+#define HAE_CUDA_WORKSPACE_BYTES ((size_t)32 << 20)
+
+static inline int hae_cuda_current_device(void) {
+    int d = -1;
+    if (cudaGetDevice(&d) != cudaSuccess) d = -1;
+    return d;
+}
+
+/* Clears the runtime's last (non-sticky) error so it is not blamed on the next launch. */
+static inline hae_status hae_cuda_fail(cudaError_t e, const char *file, int line, const char *what) {
+    (void)cudaGetLastError();
+    return hae_error(HAE_ERR_CUDA, "%s:%d: device %d: %s failed: %s", file, line, hae_cuda_current_device(), what,
+                     cudaGetErrorString(e));
+}
+
+static inline hae_status hae_cublas_fail(cublasStatus_t s, const char *file, int line, const char *what) {
+    return hae_error(HAE_ERR_CUDA, "%s:%d: device %d: %s failed: %s (%s)", file, line, hae_cuda_current_device(), what,
+                     cublasGetStatusName(s), cublasGetStatusString(s));
+}
+
+#define HAE_CUDA_CHECK(call)                                                                       \
+    do {                                                                                           \
+        cudaError_t hae_e_ = (call);                                                               \
+        if (hae_e_ != cudaSuccess) return hae_cuda_fail(hae_e_, __FILE__, __LINE__, #call);        \
+    } while (0)
+
+#define HAE_CUBLAS_CHECK(call)                                                                     \
+    do {                                                                                           \
+        cublasStatus_t hae_s_ = (call);                                                            \
+        if (hae_s_ != CUBLAS_STATUS_SUCCESS) return hae_cublas_fail(hae_s_, __FILE__, __LINE__, #call); \
+    } while (0)
+
+/* After every kernel launch: `name` says which kernel. */
+#define HAE_CUDA_LAUNCH_CHECK(name)                                                                \
+    do {                                                                                           \
+        cudaError_t hae_e_ = cudaGetLastError();                                                   \
+        if (hae_e_ != cudaSuccess) return hae_cuda_fail(hae_e_, __FILE__, __LINE__, "launch of " name); \
+    } while (0)
+
+/* Makes the backend's device current and hands out its stream; every op starts with this. */
+static inline hae_status hae_cuda_enter(hae_backend *be, cudaStream_t *stream) {
+    *stream = be->cuda->stream;
+    HAE_CUDA_CHECK(cudaSetDevice(be->cuda->device));
+    return HAE_OK;
+}
+
+/* Blocks for a grid-stride loop over n items (at least 1; capped, the loop covers the rest). */
+static inline unsigned hae_cuda_blocks(int64_t n, int threads) {
+    int64_t b = (n + threads - 1) / threads;
+    if (b < 1) b = 1;
+    if (b > 65536) b = 65536;
+    return (unsigned)b;
+}
+
+/* ---------------------------------------------------------------- element types
+ * bf16 is stored as its bits; conversions are the CPU's (tensor.c) bit for bit. */
+
+struct hae_bf16_t {
+    uint16_t bits;
+};
+
+static __device__ __forceinline__ uint16_t hae_dev_f32_to_bf16(float f) {
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);                                             /* nearest even */
+    return (uint16_t)(u >> 16);
+}
+static __device__ __forceinline__ float hae_dev_bf16_to_f32(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
+
+static __device__ __forceinline__ float hae_ld(const float *p) { return *p; }
+static __device__ __forceinline__ float hae_ld(const hae_bf16_t *p) { return hae_dev_bf16_to_f32(p->bits); }
+static __device__ __forceinline__ void hae_st(float *p, float v) { *p = v; }
+static __device__ __forceinline__ void hae_st(hae_bf16_t *p, float v) { p->bits = hae_dev_f32_to_bf16(v); }
+
+/* dst = src converted; a plain copy (NaN payloads too) when the types agree, as the CPU's memcpy. */
+template <typename TD, typename TS> static __device__ __forceinline__ void hae_mov(TD *dst, const TS *src) {
+    hae_st(dst, hae_ld(src));
+}
+static __device__ __forceinline__ void hae_mov(float *dst, const float *src) { *dst = *src; }
+static __device__ __forceinline__ void hae_mov(hae_bf16_t *dst, const hae_bf16_t *src) { dst->bits = src->bits; }
+
+/* Calls f(T{}) with T the storage type of dt (f32 or bf16); other dtypes are unsupported. */
+template <typename F> static inline hae_status hae_cuda_dispatch(hae_dtype dt, const char *what, F &&f) {
+    switch (dt) {
+    case HAE_F32: return f(float{});
+    case HAE_BF16: return f(hae_bf16_t{});
+    default:
+        return hae_error(HAE_ERR_UNSUPPORTED, "%s (cuda): dtype %s is not supported", what, hae_dtype_name(dt));
+    }
+}
+
+#endif

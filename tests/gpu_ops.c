@@ -1,0 +1,800 @@
+/* GPU tests: every CUDA op held to the CPU reference on the same inputs.
+ *
+ * Each case makes fresh seeded random inputs (never zeros; bf16 values are bf16-representable),
+ * puts the same bytes on the CPU backend and on the GPU, POISONS the output buffers of both (bytes
+ * 0xFF: NaN in f32/bf16/f16, -1 in i32) where the op does not read them, runs the op on both and
+ * compares the whole buffers, padding included: NaN/Inf positions first, then the max abs error and
+ * ||gpu - cpu|| / ||cpu||. Tolerances: copies and conversions bit-exact; f32 outputs 1e-5 relative
+ * (attention over more than 4096 keys: times sqrt(keys / 4096)); bf16 outputs 1e-2 relative; sampled tokens identical (with temperature: except where the two best
+ * Gumbel scores are within 1e-5). Every message names the op, the shape and the seed.
+ *
+ * main() probes for a GPU in a forked child, so this process (and Criterion's runner) never
+ * initialises CUDA: Criterion forks a worker per test and CUDA does not survive a fork. */
+#include "internal.h"
+#include "testutil.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define TOL_F32 1e-5
+#define TOL_BF16 1e-2
+#define CTX_N 320
+
+static hae_backend *g_cpu, *g_gpu;
+
+static void setup(void) {
+    g_cpu = tu_cpu();
+    hae_status st = hae_backend_create(HAE_CUDA, 0, &g_gpu);
+    cr_assert_eq(st, HAE_OK, "cuda backend: %s: %s", hae_status_name(st), hae_last_error());
+}
+static void teardown(void) {
+    hae_backend_destroy(g_gpu);
+    hae_backend_destroy(g_cpu);
+    g_gpu = g_cpu = NULL;
+}
+TestSuite(gpu, .init = setup, .fini = teardown, .timeout = 600);
+
+static double tol_for(hae_dtype dt) { return dt == HAE_BF16 ? TOL_BF16 : TOL_F32; }
+static const char *dn(hae_dtype dt) { return hae_dtype_name(dt); }
+
+/* ---------------------------------------------------------------- buffers on both backends */
+
+typedef struct {
+    size_t bytes;
+    void *c; /* on the CPU backend */
+    void *g; /* on the GPU, the same bytes */
+} pbuf;
+
+static void pb_set(pbuf *p, const void *host) {
+    memcpy(p->c, host, p->bytes);
+    hae_status st = hae_backend_upload(g_gpu, p->g, host, p->bytes);
+    cr_assert_eq(st, HAE_OK, "upload of %zu bytes: %s", p->bytes, hae_last_error());
+}
+
+static pbuf pb_new(const void *host, size_t bytes) {
+    pbuf p = {bytes, NULL, NULL};
+    hae_status st = hae_backend_alloc(g_cpu, bytes, &p.c);
+    cr_assert_eq(st, HAE_OK, "cpu alloc of %zu bytes: %s", bytes, hae_last_error());
+    st = hae_backend_alloc(g_gpu, bytes, &p.g);
+    cr_assert_eq(st, HAE_OK, "gpu alloc of %zu bytes: %s", bytes, hae_last_error());
+    pb_set(&p, host);
+    return p;
+}
+
+static void pb_free(pbuf *p) {
+    hae_backend_free(g_cpu, p->c);
+    hae_backend_free(g_gpu, p->g);
+    p->c = p->g = NULL;
+}
+
+/* A host buffer of `bytes` 0xFF bytes (NaN as f32/bf16/f16; e4m3 NaN; -1 as i32). */
+static void *host_poison(size_t bytes) {
+    void *h = malloc(bytes ? bytes : 1);
+    cr_assert(h != NULL);
+    memset(h, 0xFF, bytes);
+    return h;
+}
+
+static pbuf pb_poison(size_t bytes) {
+    void *h = host_poison(bytes);
+    pbuf p = pb_new(h, bytes);
+    free(h);
+    return p;
+}
+
+/* Fills rows (b, t) of `inner` elements at b*s0 + t*s1 with uniform [lo, hi) values; what lies between
+ * rows keeps its bytes (poison). 2-d [R, C] with row stride ld: B = 1, T = R, s1 = ld. */
+static void fill_rows(void *h, hae_dtype dt, int64_t B, int64_t T, int64_t inner, int64_t s0, int64_t s1, tu_rng *r,
+                      double lo, double hi) {
+    size_t es = hae_dtype_size(dt);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) tu_fill((char *)h + (size_t)(b * s0 + t * s1) * es, dt, inner, r, lo, hi);
+}
+
+static hae_tensor tv(void *data, hae_dtype dt, hae_device dev, int ndim, const int64_t *shape,
+                     const int64_t *stride) {
+    hae_tensor t = hae_tensor_make(data, dt, dev, ndim, shape);
+    if (stride)
+        for (int d = 0; d < ndim; d++) t.stride[d] = stride[d];
+    return t;
+}
+/* The CPU and GPU views of a pbuf. */
+#define TV_C(p, dt, nd, shape, stride) tv((p).c, dt, HAE_CPU, nd, shape, stride)
+#define TV_G(p, dt, nd, shape, stride) tv((p).g, dt, HAE_CUDA, nd, shape, stride)
+
+static void *pb_fetch_gpu(const pbuf *p) {
+    void *h = malloc(p->bytes ? p->bytes : 1);
+    cr_assert(h != NULL);
+    hae_status st = hae_backend_download(g_gpu, h, p->g, p->bytes);
+    cr_assert_eq(st, HAE_OK, "download of %zu bytes: %s", p->bytes, hae_last_error());
+    return h;
+}
+
+/* ---------------------------------------------------------------- running and comparing */
+
+/* Runs nothing itself: reports a failed status of one side with the op's context. */
+static bool ran(hae_status st, const char *side, const char *op, const char *ctx) {
+    if (st == HAE_OK) return true;
+    cr_expect(0, "%s [%s] on %s: %s: %s", op, ctx, side, hae_status_name(st), hae_last_error());
+    return false;
+}
+
+/* After the GPU op: a sync surfaces asynchronous kernel faults here, with the context. */
+static bool gpu_done(const char *op, const char *ctx) {
+    return ran(hae_backend_sync(g_gpu), "cuda (sync after the op)", op, ctx);
+}
+
+/* Compares the whole buffer p (CPU result vs GPU result) as n elements of dt.
+ * tol < 0: bit-exact (every byte); otherwise NaN/Inf positions must agree and the relative error
+ * ||gpu - cpu|| / ||cpu|| over the finite elements must be <= tol. */
+static bool compare(const char *op, const char *ctx, const pbuf *p, hae_dtype dt, double tol) {
+    size_t es = hae_dtype_size(dt);
+    int64_t n = (int64_t)(p->bytes / es);
+    unsigned char *g = pb_fetch_gpu(p);
+    const unsigned char *c = p->c;
+    bool ok = true;
+    if (tol < 0) {
+        int64_t first = -1, count = 0;
+        for (int64_t i = 0; i < n; i++)
+            if (memcmp(c + (size_t)i * es, g + (size_t)i * es, es) != 0) {
+                if (first < 0) first = i;
+                count++;
+            }
+        if (count) {
+            uint64_t cb = 0, gb = 0;
+            memcpy(&cb, c + (size_t)first * es, es);
+            memcpy(&gb, g + (size_t)first * es, es);
+            cr_expect(0,
+                      "%s [%s]: %lld of %lld %s elements differ (bit-exact expected); first at element %lld: cpu "
+                      "0x%llx (%.9g) gpu 0x%llx (%.9g)",
+                      op, ctx, (long long)count, (long long)n, dn(dt), (long long)first, (unsigned long long)cb,
+                      tu_get(c, dt, first), (unsigned long long)gb, tu_get(g, dt, first));
+            ok = false;
+        }
+        free(g);
+        return ok;
+    }
+    int64_t bad = 0, first_bad = -1, imax = -1, finite = 0;
+    double num = 0, den = 0, maxabs = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double cv = tu_get(c, dt, i), gv = tu_get(g, dt, i);
+        bool cn = isnan(cv), gn = isnan(gv), ci = isinf(cv), gi = isinf(gv);
+        if (cn != gn || ci != gi || (ci && gi && (cv > 0) != (gv > 0))) {
+            if (first_bad < 0) first_bad = i;
+            bad++;
+            continue;
+        }
+        if (cn || ci) continue;
+        finite++;
+        double d = fabs(gv - cv);
+        if (d > maxabs || imax < 0) {
+            maxabs = d;
+            imax = i;
+        }
+        num += d * d;
+        den += cv * cv;
+    }
+    if (bad) {
+        cr_expect(0, "%s [%s]: %lld of %lld %s elements are NaN/Inf on one side only; first at element %lld: cpu "
+                     "%.9g gpu %.9g",
+                  op, ctx, (long long)bad, (long long)n, dn(dt), (long long)first_bad, tu_get(c, dt, first_bad),
+                  tu_get(g, dt, first_bad));
+        ok = false;
+    }
+    double rel = den > 0 ? sqrt(num / den) : (num > 0 ? INFINITY : 0.0);
+    if (!(rel <= tol)) {
+        cr_expect(0,
+                  "%s [%s]: relative error %.3g > %.3g (%s, %lld finite elements); max abs error %.3g at element "
+                  "%lld: cpu %.9g gpu %.9g",
+                  op, ctx, rel, tol, dn(dt), (long long)finite, maxabs, (long long)imax,
+                  imax >= 0 ? tu_get(c, dt, imax) : 0.0, imax >= 0 ? tu_get(g, dt, imax) : 0.0);
+        ok = false;
+    }
+    free(g);
+    return ok;
+}
+
+/* ---------------------------------------------------------------- embedding */
+
+Test(gpu, embedding) {
+    static const struct {
+        int64_t N, V, D, pad;
+        hae_dtype dt;
+    } cases[] = {
+        {1, 10, 64, 0, HAE_F32},     {77, 1000, 33, 0, HAE_BF16}, {33, 50000, 256, 5, HAE_BF16},
+        {7, 5, 1000, 3, HAE_F32},    {128, 32000, 2048, 0, HAE_BF16},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t N = cases[ci].N, V = cases[ci].V, D = cases[ci].D, ld = D + cases[ci].pad;
+        const hae_dtype dt = cases[ci].dt;
+        const uint64_t seed = 100 + ci;
+        char ctx[CTX_N];
+        snprintf(ctx, sizeof ctx, "ids [%lld], table [%lld, %lld] %s, out [%lld, %lld] f32 row stride %lld, seed %llu",
+                 (long long)N, (long long)V, (long long)D, dn(dt), (long long)N, (long long)D, (long long)ld,
+                 (unsigned long long)seed);
+        tu_rng r = tu_rng_make(seed);
+        int32_t *ids = malloc(sizeof(int32_t) * (size_t)N);
+        for (int64_t i = 0; i < N; i++) ids[i] = (int32_t)tu_uniform(&r, 0, (double)V);
+        ids[0] = 0;
+        if (N > 1) ids[N - 1] = (int32_t)(V - 1);
+        void *tab = malloc((size_t)(V * D) * hae_dtype_size(dt));
+        tu_fill(tab, dt, V * D, &r, -1, 1);
+        pbuf pi = pb_new(ids, sizeof(int32_t) * (size_t)N), pt = pb_new(tab, (size_t)(V * D) * hae_dtype_size(dt));
+        pbuf po = pb_poison(sizeof(float) * (size_t)(N * ld));
+        const int64_t si[1] = {N}, st[2] = {V, D}, so[2] = {N, D}, sto[2] = {ld, 1};
+        hae_embedding_args ac = {TV_C(pi, HAE_I32, 1, si, NULL), TV_C(pt, dt, 2, st, NULL), TV_C(po, HAE_F32, 2, so, sto)};
+        hae_embedding_args ag = {TV_G(pi, HAE_I32, 1, si, NULL), TV_G(pt, dt, 2, st, NULL), TV_G(po, HAE_F32, 2, so, sto)};
+        if (ran(hae_embedding(g_cpu, &ac), "cpu", "embedding", ctx) &&
+            ran(hae_embedding(g_gpu, &ag), "cuda", "embedding", ctx) && gpu_done("embedding", ctx))
+            compare("embedding", ctx, &po, HAE_F32, -1);
+        pb_free(&pi), pb_free(&pt), pb_free(&po);
+        free(ids), free(tab);
+    }
+}
+
+/* ---------------------------------------------------------------- rmsnorm */
+
+Test(gpu, rmsnorm) {
+    static const struct {
+        int64_t N, D, pad;
+        hae_dtype out;
+        float eps;
+    } cases[] = {
+        {1, 64, 0, HAE_F32, 1e-5f},   {7, 4096, 0, HAE_BF16, 1e-6f}, {33, 999, 5, HAE_F32, 1e-5f},
+        {5, 1000, 3, HAE_BF16, 1e-5f}, {128, 2048, 0, HAE_F32, 1e-6f}, {3, 7, 1, HAE_F32, 1e-5f},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t N = cases[ci].N, D = cases[ci].D, ld = D + cases[ci].pad;
+        const hae_dtype od = cases[ci].out;
+        const uint64_t seed = 200 + ci;
+        char ctx[CTX_N];
+        snprintf(ctx, sizeof ctx, "x [%lld, %lld] f32 row stride %lld, out %s row stride %lld, eps %g, seed %llu",
+                 (long long)N, (long long)D, (long long)ld, dn(od), (long long)ld, (double)cases[ci].eps,
+                 (unsigned long long)seed);
+        tu_rng r = tu_rng_make(seed);
+        float *x = host_poison(sizeof(float) * (size_t)(N * ld));
+        for (int64_t i = 0; i < N; i++) {
+            double s = 0.05 + 3.0 * (double)i / (double)N; /* rows of different scales */
+            tu_fill(x + i * ld, HAE_F32, D, &r, -s, s);
+        }
+        float *w = malloc(sizeof(float) * (size_t)D);
+        tu_fill(w, HAE_F32, D, &r, 0.5, 1.5);
+        pbuf px = pb_new(x, sizeof(float) * (size_t)(N * ld)), pw = pb_new(w, sizeof(float) * (size_t)D);
+        pbuf po = pb_poison(hae_dtype_size(od) * (size_t)(N * ld));
+        const int64_t sx[2] = {N, D}, sw[1] = {D}, str[2] = {ld, 1};
+        hae_rmsnorm_args ac = {TV_C(px, HAE_F32, 2, sx, str), TV_C(pw, HAE_F32, 1, sw, NULL),
+                               TV_C(po, od, 2, sx, str), cases[ci].eps};
+        hae_rmsnorm_args ag = {TV_G(px, HAE_F32, 2, sx, str), TV_G(pw, HAE_F32, 1, sw, NULL),
+                               TV_G(po, od, 2, sx, str), cases[ci].eps};
+        if (ran(hae_rmsnorm(g_cpu, &ac), "cpu", "rmsnorm", ctx) && ran(hae_rmsnorm(g_gpu, &ag), "cuda", "rmsnorm", ctx) &&
+            gpu_done("rmsnorm", ctx))
+            compare("rmsnorm", ctx, &po, od, tol_for(od));
+        pb_free(&px), pb_free(&pw), pb_free(&po);
+        free(x), free(w);
+    }
+}
+
+/* ---------------------------------------------------------------- gemm */
+
+Test(gpu, gemm) {
+    static const struct {
+        int64_t M, N, K, pad;
+        hae_dtype ab, c;
+        bool acc;
+    } cases[] = {
+        /* f32 operands (cuBLAS, no TF32) */
+        {1, 64, 64, 0, HAE_F32, HAE_F32, false},
+        {7, 33, 17, 3, HAE_F32, HAE_F32, false},
+        {33, 100, 96, 0, HAE_F32, HAE_F32, true},
+        {64, 129, 300, 5, HAE_F32, HAE_F32, true},
+        {128, 256, 512, 0, HAE_F32, HAE_F32, false},
+        {1, 1, 1, 0, HAE_F32, HAE_F32, false},
+        {200, 3, 1000, 1, HAE_F32, HAE_F32, false},
+        /* bf16 operands, f32 or bf16 output */
+        {1, 64, 64, 0, HAE_BF16, HAE_F32, false},
+        {7, 33, 17, 0, HAE_BF16, HAE_F32, true},
+        {33, 100, 96, 2, HAE_BF16, HAE_BF16, false},
+        {65, 130, 258, 4, HAE_BF16, HAE_F32, false},
+        {128, 256, 512, 0, HAE_BF16, HAE_BF16, false},
+        {33, 50, 7, 1, HAE_BF16, HAE_F32, true},
+        {1, 1000, 333, 3, HAE_BF16, HAE_BF16, false},
+        {257, 511, 1024, 0, HAE_BF16, HAE_F32, false},
+        /* f32 operands with a bf16 output (the tiled fallback kernel) */
+        {33, 70, 45, 1, HAE_F32, HAE_BF16, false},
+        {1, 64, 64, 0, HAE_F32, HAE_BF16, false},
+        {100, 17, 300, 0, HAE_F32, HAE_BF16, false},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t M = cases[ci].M, N = cases[ci].N, K = cases[ci].K, pad = cases[ci].pad;
+        const int64_t lda = K + pad, ldb = K + pad, ldc = N + pad;
+        const hae_dtype abt = cases[ci].ab, ct = cases[ci].c;
+        const bool acc = cases[ci].acc;
+        const uint64_t seed = 300 + ci;
+        char ctx[CTX_N];
+        snprintf(ctx, sizeof ctx,
+                 "M %lld N %lld K %lld, a/b %s (row strides %lld/%lld), c %s (row stride %lld), accumulate %d, seed %llu",
+                 (long long)M, (long long)N, (long long)K, dn(abt), (long long)lda, (long long)ldb, dn(ct),
+                 (long long)ldc, (int)acc, (unsigned long long)seed);
+        tu_rng r = tu_rng_make(seed);
+        size_t ea = hae_dtype_size(abt), ec = hae_dtype_size(ct);
+        /* padding between rows stays NaN: a kernel that reads or writes it shows up */
+        void *ha = host_poison(ea * (size_t)(M * lda)), *hb = host_poison(ea * (size_t)(N * ldb));
+        void *hc = host_poison(ec * (size_t)(M * ldc));
+        fill_rows(ha, abt, 1, M, K, 0, lda, &r, -1, 1);
+        fill_rows(hb, abt, 1, N, K, 0, ldb, &r, -1, 1);
+        if (acc) fill_rows(hc, ct, 1, M, N, 0, ldc, &r, -1, 1);
+        pbuf pa = pb_new(ha, ea * (size_t)(M * lda)), pbb = pb_new(hb, ea * (size_t)(N * ldb));
+        pbuf pc = pb_new(hc, ec * (size_t)(M * ldc));
+        const int64_t sa[2] = {M, K}, sb[2] = {N, K}, sc[2] = {M, N};
+        const int64_t sta[2] = {lda, 1}, stb[2] = {ldb, 1}, stc[2] = {ldc, 1};
+        hae_gemm_args ac = {TV_C(pa, abt, 2, sa, sta), TV_C(pbb, abt, 2, sb, stb), TV_C(pc, ct, 2, sc, stc), acc};
+        hae_gemm_args ag = {TV_G(pa, abt, 2, sa, sta), TV_G(pbb, abt, 2, sb, stb), TV_G(pc, ct, 2, sc, stc), acc};
+        if (ran(hae_gemm(g_cpu, &ac), "cpu", "gemm", ctx) && ran(hae_gemm(g_gpu, &ag), "cuda", "gemm", ctx) &&
+            gpu_done("gemm", ctx))
+            compare("gemm", ctx, &pc, ct, tol_for(ct));
+        pb_free(&pa), pb_free(&pbb), pb_free(&pc);
+        free(ha), free(hb), free(hc);
+    }
+}
+
+/* ---------------------------------------------------------------- swiglu */
+
+Test(gpu, swiglu) {
+    static const struct {
+        int64_t N, F, pad;
+        hae_dtype in, out;
+    } cases[] = {
+        {1, 64, 0, HAE_F32, HAE_F32},     {7, 100, 3, HAE_BF16, HAE_BF16}, {33, 1376, 0, HAE_BF16, HAE_F32},
+        {5, 33, 1, HAE_F32, HAE_BF16},    {64, 4096, 0, HAE_BF16, HAE_BF16}, {3, 1, 0, HAE_F32, HAE_F32},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t N = cases[ci].N, F = cases[ci].F, lgu = 2 * F + cases[ci].pad, lo = F + cases[ci].pad;
+        const hae_dtype it = cases[ci].in, ot = cases[ci].out;
+        const uint64_t seed = 400 + ci;
+        char ctx[CTX_N];
+        snprintf(ctx, sizeof ctx, "gate_up [%lld, %lld] %s row stride %lld, out [%lld, %lld] %s row stride %lld, seed %llu",
+                 (long long)N, (long long)(2 * F), dn(it), (long long)lgu, (long long)N, (long long)F, dn(ot),
+                 (long long)lo, (unsigned long long)seed);
+        tu_rng r = tu_rng_make(seed);
+        void *hg = host_poison(hae_dtype_size(it) * (size_t)(N * lgu));
+        fill_rows(hg, it, 1, N, 2 * F, 0, lgu, &r, -4, 4);
+        pbuf pg = pb_new(hg, hae_dtype_size(it) * (size_t)(N * lgu));
+        pbuf po = pb_poison(hae_dtype_size(ot) * (size_t)(N * lo));
+        const int64_t sg[2] = {N, 2 * F}, so[2] = {N, F}, stg[2] = {lgu, 1}, sto[2] = {lo, 1};
+        hae_swiglu_args ac = {TV_C(pg, it, 2, sg, stg), TV_C(po, ot, 2, so, sto)};
+        hae_swiglu_args ag = {TV_G(pg, it, 2, sg, stg), TV_G(po, ot, 2, so, sto)};
+        if (ran(hae_swiglu(g_cpu, &ac), "cpu", "swiglu", ctx) && ran(hae_swiglu(g_gpu, &ag), "cuda", "swiglu", ctx) &&
+            gpu_done("swiglu", ctx))
+            compare("swiglu", ctx, &po, ot, tol_for(ot));
+        pb_free(&pg), pb_free(&po);
+        free(hg);
+    }
+}
+
+/* ---------------------------------------------------------------- rope */
+
+Test(gpu, rope) {
+    static const struct {
+        int64_t B, T, H, D;
+        int rot;
+        int64_t pos0;
+        float theta;
+        hae_dtype dt;
+        int64_t pad;
+    } cases[] = {
+        {2, 5, 3, 64, 64, 0, 10000.0f, HAE_F32, 0},        /* full */
+        {2, 5, 3, 64, 0, 9, 10000.0f, HAE_F32, 2},         /* none: x unchanged */
+        {1, 7, 4, 128, 64, 1000, 10000.0f, HAE_BF16, 8},   /* partial, pos0 > 0 */
+        {2, 3, 2, 80, 24, 123456, 1e6f, HAE_F32, 4},       /* partial, odd head dim, far position */
+        {1, 1, 32, 128, 128, 65535, 500000.0f, HAE_BF16, 0}, /* decode */
+        {2, 4, 2, 256, 256, 7, 10000.0f, HAE_F32, 0},
+        {3, 33, 2, 64, 32, 4000, 10000.0f, HAE_F32, 16},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t B = cases[ci].B, T = cases[ci].T, H = cases[ci].H, D = cases[ci].D, pad = cases[ci].pad;
+        const hae_dtype dt = cases[ci].dt;
+        const int64_t s1 = H * D + pad, s0 = T * s1 + pad, n = B * s0;
+        const uint64_t seed = 500 + ci;
+        char ctx[CTX_N];
+        snprintf(ctx, sizeof ctx, "x [%lld, %lld, %lld, %lld] %s strides [%lld, %lld, %lld, 1], rot_dims %d, pos0 %lld, "
+                 "theta %g, seed %llu",
+                 (long long)B, (long long)T, (long long)H, (long long)D, dn(dt), (long long)s0, (long long)s1,
+                 (long long)D, cases[ci].rot, (long long)cases[ci].pos0, (double)cases[ci].theta,
+                 (unsigned long long)seed);
+        tu_rng r = tu_rng_make(seed);
+        void *hx = host_poison(hae_dtype_size(dt) * (size_t)n);
+        fill_rows(hx, dt, B, T, H * D, s0, s1, &r, -2, 2);
+        pbuf px = pb_new(hx, hae_dtype_size(dt) * (size_t)n);
+        const int64_t sx[4] = {B, T, H, D}, st[4] = {s0, s1, D, 1};
+        hae_rope_args ac = {TV_C(px, dt, 4, sx, st), cases[ci].pos0, cases[ci].rot, cases[ci].theta};
+        hae_rope_args ag = {TV_G(px, dt, 4, sx, st), cases[ci].pos0, cases[ci].rot, cases[ci].theta};
+        if (ran(hae_rope(g_cpu, &ac), "cpu", "rope", ctx) && ran(hae_rope(g_gpu, &ag), "cuda", "rope", ctx) &&
+            gpu_done("rope", ctx))
+            compare("rope", ctx, &px, dt, cases[ci].rot == 0 ? -1 : tol_for(dt));
+        pb_free(&px);
+        free(hx);
+    }
+}
+
+/* ---------------------------------------------------------------- convert */
+
+/* Source values: every bit pattern of the 16- and 8-bit types; for f32 random bit patterns (NaN
+ * payloads, subnormals, infinities) and values around the e4m3, f16 and bf16 rounding edges. */
+static int64_t make_convert_source(void *h, hae_dtype dt, tu_rng *r) {
+    if (dt == HAE_BF16 || dt == HAE_F16) {
+        for (int64_t i = 0; i < 65536; i++) ((uint16_t *)h)[i] = (uint16_t)i;
+        return 65536;
+    }
+    if (dt == HAE_FP8_E4M3) {
+        for (int64_t i = 0; i < 1024; i++) ((uint8_t *)h)[i] = (uint8_t)i;
+        return 1024;
+    }
+    static const float special[] = {0.0f,   -0.0f,       1.0f,        -1.0f,      448.0f,     449.0f,   464.0f,
+                                    465.0f, 480.0f,      -500.0f,     65504.0f,   65519.0f,   65520.0f, 1e9f,
+                                    1e-8f,  6e-8f,       0x1p-9f,     0x1p-10f,   0x1.8p-10f, 0x1p-24f, 0x1p-25f,
+                                    0x1.8p-25f, 1.0625f, 1.1875f,     3.140625f,  1e-40f,     -1e-45f,  INFINITY,
+                                    -INFINITY, NAN};
+    int64_t n = 0;
+    for (size_t i = 0; i < sizeof special / sizeof special[0]; i++) ((float *)h)[n++] = special[i];
+    for (int64_t i = 0; i < 30000; i++) {
+        uint32_t u = (uint32_t)(tu_uniform(r, 0, 4294967296.0));
+        float f;
+        memcpy(&f, &u, 4);
+        ((float *)h)[n++] = f;
+    }
+    for (int64_t i = 0; i < 30000; i++) {
+        double e = tu_uniform(r, -30, 20), s = tu_uniform(r, -1, 1) < 0 ? -1 : 1;
+        ((float *)h)[n++] = (float)(s * pow(2.0, e));
+    }
+    return n;
+}
+
+Test(gpu, convert) {
+    static const hae_dtype dts[] = {HAE_F32, HAE_BF16, HAE_F16, HAE_FP8_E4M3};
+    for (int si = 0; si < 4; si++)
+        for (int di = 0; di < 4; di++) {
+            const hae_dtype sd = dts[si], dd = dts[di];
+            const uint64_t seed = 600 + (uint64_t)(si * 4 + di);
+            tu_rng r = tu_rng_make(seed);
+            void *hs = malloc(sizeof(float) * 70000);
+            const int64_t n = make_convert_source(hs, sd, &r);
+            char ctx[CTX_N];
+            snprintf(ctx, sizeof ctx, "[%lld] %s -> %s, seed %llu", (long long)n, dn(sd), dn(dd),
+                     (unsigned long long)seed);
+            pbuf ps = pb_new(hs, hae_dtype_size(sd) * (size_t)n);
+            pbuf pd = pb_poison(hae_dtype_size(dd) * (size_t)n);
+            const int64_t shape[1] = {n};
+            hae_tensor sc = TV_C(ps, sd, 1, shape, NULL), dc = TV_C(pd, dd, 1, shape, NULL);
+            hae_tensor sg = TV_G(ps, sd, 1, shape, NULL), dg = TV_G(pd, dd, 1, shape, NULL);
+            if (ran(hae_convert(g_cpu, &sc, &dc), "cpu", "convert", ctx) &&
+                ran(hae_convert(g_gpu, &sg, &dg), "cuda", "convert", ctx) && gpu_done("convert", ctx))
+                compare("convert", ctx, &pd, dd, -1);
+            pb_free(&ps), pb_free(&pd);
+            free(hs);
+        }
+}
+
+/* ---------------------------------------------------------------- sampling */
+
+static int32_t *fetch_tokens(const pbuf *p) { return pb_fetch_gpu(p); }
+
+/* Rows with known answers: 0 random, 1 three tied maxima, 2 all equal, 3 NaN and -inf around a max,
+ * 4 all -inf (token 0), 5.. random. */
+static void make_greedy_logits(float *l, int64_t B, int64_t V, int64_t ld, tu_rng *r) {
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < V; i++) l[b * ld + i] = (float)(3.0 * tu_normal(r));
+    if (B > 1) {
+        float mx = 50.0f;
+        l[1 * ld + V - 1] = mx;
+        if (V > 10) l[1 * ld + 10] = mx;
+        if (V > 3) l[1 * ld + 3] = mx;
+    }
+    if (B > 2)
+        for (int64_t i = 0; i < V; i++) l[2 * ld + i] = 1.5f;
+    if (B > 3) {
+        l[3 * ld + 0] = NAN;
+        for (int64_t i = 1; i < V && i < 50; i++) l[3 * ld + i] = -INFINITY;
+        l[3 * ld + V / 2] = 40.0f;
+    }
+    if (B > 4)
+        for (int64_t i = 0; i < V; i++) l[4 * ld + i] = -INFINITY;
+}
+
+Test(gpu, sample_greedy) {
+    static const int64_t Vs[] = {1, 7, 1000, 32000, 50257};
+    const int64_t B = 6;
+    for (size_t vi = 0; vi < sizeof Vs / sizeof Vs[0]; vi++) {
+        const int64_t V = Vs[vi], ld = V + (vi % 2 ? 3 : 0);
+        const uint64_t seed = 700 + vi;
+        char ctx[CTX_N];
+        snprintf(ctx, sizeof ctx, "logits [%lld, %lld] f32 row stride %lld, greedy, seed %llu", (long long)B,
+                 (long long)V, (long long)ld, (unsigned long long)seed);
+        tu_rng r = tu_rng_make(seed);
+        float *l = host_poison(sizeof(float) * (size_t)(B * ld));
+        make_greedy_logits(l, B, V, ld, &r);
+        pbuf pl = pb_new(l, sizeof(float) * (size_t)(B * ld)), po = pb_poison(sizeof(int32_t) * (size_t)B);
+        const int64_t sl[2] = {B, V}, stl[2] = {ld, 1}, so[1] = {B};
+        hae_sample_args ac = {TV_C(pl, HAE_F32, 2, sl, stl), TV_C(po, HAE_I32, 1, so, NULL), 0.0f, 1, 0};
+        hae_sample_args ag = {TV_G(pl, HAE_F32, 2, sl, stl), TV_G(po, HAE_I32, 1, so, NULL), 0.0f, 1, 0};
+        if (ran(hae_sample(g_cpu, &ac), "cpu", "sample", ctx) && ran(hae_sample(g_gpu, &ag), "cuda", "sample", ctx) &&
+            gpu_done("sample", ctx)) {
+            int32_t *gt = fetch_tokens(&po);
+            const int32_t *ct = po.c;
+            for (int64_t b = 0; b < B; b++)
+                cr_expect_eq(gt[b], ct[b], "sample [%s]: row %lld: gpu token %d, cpu token %d", ctx, (long long)b,
+                             gt[b], ct[b]);
+            /* the known answers, so a shared mistake does not pass */
+            if (V > 3) cr_expect_eq(ct[1], 3, "sample [%s]: row 1 (tied maxima at 3, 10, V-1): cpu token %d", ctx, ct[1]);
+            cr_expect_eq(gt[2], 0, "sample [%s]: row 2 (all equal): gpu token %d", ctx, gt[2]);
+            cr_expect_eq(gt[4], 0, "sample [%s]: row 4 (all -inf): gpu token %d", ctx, gt[4]);
+            if (V > 1) cr_expect_eq(gt[3], (int32_t)(V / 2), "sample [%s]: row 3 (NaN, -inf, max at V/2): gpu token %d", ctx, gt[3]);
+            free(gt);
+        }
+        pb_free(&pl), pb_free(&po);
+        free(l);
+    }
+}
+
+Test(gpu, sample_temperature) {
+    static const struct {
+        int64_t B, V;
+        float temp;
+        uint64_t seed, step;
+    } cases[] = {
+        {8, 32000, 1.0f, 1, 0}, {8, 32000, 0.7f, 2, 5}, {16, 1000, 2.5f, 3, 123}, {4, 50257, 0.3f, 4, 9},
+        {64, 7, 1.0f, 5, 1},    {3, 1, 1.0f, 6, 2},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t B = cases[ci].B, V = cases[ci].V;
+        const float temp = cases[ci].temp;
+        const uint64_t seed = 800 + ci;
+        char ctx[CTX_N];
+        snprintf(ctx, sizeof ctx, "logits [%lld, %lld] f32, temperature %g, sample seed %llu step %llu, data seed %llu",
+                 (long long)B, (long long)V, (double)temp, (unsigned long long)cases[ci].seed,
+                 (unsigned long long)cases[ci].step, (unsigned long long)seed);
+        tu_rng r = tu_rng_make(seed);
+        float *l = malloc(sizeof(float) * (size_t)(B * V));
+        for (int64_t i = 0; i < B * V; i++) l[i] = (float)(2.0 * tu_normal(&r));
+        pbuf pl = pb_new(l, sizeof(float) * (size_t)(B * V)), po = pb_poison(sizeof(int32_t) * (size_t)B);
+        const int64_t sl[2] = {B, V}, so[1] = {B};
+        hae_sample_args ac = {TV_C(pl, HAE_F32, 2, sl, NULL), TV_C(po, HAE_I32, 1, so, NULL), temp, cases[ci].seed,
+                              cases[ci].step};
+        hae_sample_args ag = {TV_G(pl, HAE_F32, 2, sl, NULL), TV_G(po, HAE_I32, 1, so, NULL), temp, cases[ci].seed,
+                              cases[ci].step};
+        if (ran(hae_sample(g_cpu, &ac), "cpu", "sample", ctx) && ran(hae_sample(g_gpu, &ag), "cuda", "sample", ctx) &&
+            gpu_done("sample", ctx)) {
+            int32_t *gt = fetch_tokens(&po);
+            const int32_t *ct = po.c;
+            int near_ties = 0;
+            for (int64_t b = 0; b < B; b++) {
+                if (gt[b] == ct[b]) continue;
+                /* the host's Gumbel scores: a mismatch is allowed only where the two best are within 1e-5 */
+                double best = -INFINITY, second = -INFINITY;
+                for (int64_t i = 0; i < V; i++) {
+                    float u = hae_uniform(cases[ci].seed, cases[ci].step, (uint64_t)b, (uint64_t)i);
+                    double s = (double)(l[b * V + i] / temp - logf(-logf(u)));
+                    if (s > best) {
+                        second = best;
+                        best = s;
+                    } else if (s > second) {
+                        second = s;
+                    }
+                }
+                if (best - second <= 1e-5) {
+                    near_ties++;
+                    continue;
+                }
+                cr_expect(0, "sample [%s]: row %lld: gpu token %d, cpu token %d (best Gumbel score %.9g, second %.9g, "
+                             "gap %.3g > 1e-5)",
+                          ctx, (long long)b, gt[b], ct[b], best, second, best - second);
+            }
+            if (near_ties) cr_log_info("sample [%s]: %d rows differ within a 1e-5 Gumbel near-tie", ctx, near_ties);
+            free(gt);
+        }
+        pb_free(&pl), pb_free(&po);
+        free(l);
+    }
+}
+
+/* ---------------------------------------------------------------- kv_write */
+
+Test(gpu, kv_write) {
+    static const struct {
+        int64_t B, T, H, D, cap, pos0, pad;
+        hae_dtype src, cache;
+    } cases[] = {
+        {2, 1, 2, 64, 64, 37, 0, HAE_F32, HAE_F32},     /* decode */
+        {2, 17, 4, 128, 64, 0, 5, HAE_BF16, HAE_BF16},  /* prefill, strided src */
+        {2, 12, 2, 64, 16, 10, 0, HAE_F32, HAE_BF16},   /* wraps around the ring */
+        {1, 16, 1, 80, 16, 100, 3, HAE_BF16, HAE_F32},  /* T == cap, wrapping */
+        {2, 1, 8, 128, 32, 1000, 0, HAE_BF16, HAE_BF16}, /* decode far into a ring */
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t B = cases[ci].B, T = cases[ci].T, H = cases[ci].H, D = cases[ci].D, cap = cases[ci].cap;
+        const int64_t pos0 = cases[ci].pos0, s1 = H * D + cases[ci].pad, s0 = T * s1 + cases[ci].pad;
+        const hae_dtype sd = cases[ci].src, cd = cases[ci].cache;
+        const uint64_t seed = 900 + ci;
+        char ctx[CTX_N];
+        snprintf(ctx, sizeof ctx, "src [%lld, %lld, %lld, %lld] %s strides [%lld, %lld], cache [%lld, %lld, %lld, %lld] %s, "
+                 "pos0 %lld, seed %llu",
+                 (long long)B, (long long)T, (long long)H, (long long)D, dn(sd), (long long)s0, (long long)s1,
+                 (long long)B, (long long)cap, (long long)H, (long long)D, dn(cd), (long long)pos0,
+                 (unsigned long long)seed);
+        tu_rng r = tu_rng_make(seed);
+        void *hs = host_poison(hae_dtype_size(sd) * (size_t)(B * s0));
+        fill_rows(hs, sd, B, T, H * D, s0, s1, &r, -1, 1);
+        pbuf ps = pb_new(hs, hae_dtype_size(sd) * (size_t)(B * s0));
+        /* slots the write must not touch stay NaN on both sides */
+        pbuf pc = pb_poison(hae_dtype_size(cd) * (size_t)(B * cap * H * D));
+        const int64_t ss[4] = {B, T, H, D}, sst[4] = {s0, s1, D, 1}, sc[4] = {B, cap, H, D};
+        hae_kv_write_args ac = {TV_C(ps, sd, 4, ss, sst), TV_C(pc, cd, 4, sc, NULL), pos0};
+        hae_kv_write_args ag = {TV_G(ps, sd, 4, ss, sst), TV_G(pc, cd, 4, sc, NULL), pos0};
+        if (ran(hae_kv_write(g_cpu, &ac), "cpu", "kv_write", ctx) &&
+            ran(hae_kv_write(g_gpu, &ag), "cuda", "kv_write", ctx) && gpu_done("kv_write", ctx))
+            compare("kv_write", ctx, &pc, cd, -1);
+        pb_free(&ps), pb_free(&pc);
+        free(hs);
+    }
+}
+
+/* ---------------------------------------------------------------- attention */
+
+/* f32 outputs: 1e-5, widened by sqrt(keys / 4096) past 4096 attended keys, since the CPU's own
+ * sequential fp32 sums drift from the exact result like sqrt(keys) (measured on the CPU reference:
+ * 3.9e-6 against float64 at 16K keys, 1e-6 at 1K). */
+static double attention_tol(hae_dtype out, int64_t context, int64_t window) {
+    if (out == HAE_BF16) return TOL_BF16;
+    int64_t keys = window > 0 && window < context ? window : context;
+    return keys > 4096 ? TOL_F32 * sqrt((double)keys / 4096.0) : TOL_F32;
+}
+
+typedef struct {
+    int64_t B, T, Hq, Hkv, D, pos0, window, cap, pad;
+    hae_dtype q, kv, out;
+} attn_case;
+
+static void run_attention_case(const attn_case *k, uint64_t seed) {
+    const int64_t B = k->B, T = k->T, Hq = k->Hq, Hkv = k->Hkv, D = k->D, cap = k->cap;
+    /* q and out rows strided like a fused qkv projection plus pad */
+    const int64_t q1 = (Hq + 2 * Hkv) * D + k->pad, q0 = T * q1 + k->pad;
+    const int64_t o1 = Hq * D + k->pad, o0 = T * o1 + k->pad;
+    char ctx[CTX_N];
+    snprintf(ctx, sizeof ctx,
+             "B %lld T %lld Hq %lld Hkv %lld D %lld, pos0 %lld window %lld cap %lld, q %s (strides %lld, %lld), kv %s, "
+             "out %s (strides %lld, %lld), seed %llu",
+             (long long)B, (long long)T, (long long)Hq, (long long)Hkv, (long long)D, (long long)k->pos0,
+             (long long)k->window, (long long)cap, dn(k->q), (long long)q0, (long long)q1, dn(k->kv), dn(k->out),
+             (long long)o0, (long long)o1, (unsigned long long)seed);
+    tu_rng r = tu_rng_make(seed);
+    const size_t eq = hae_dtype_size(k->q), ekv = hae_dtype_size(k->kv), eo = hae_dtype_size(k->out);
+    const int64_t ncache = B * cap * Hkv * D;
+    void *hq = host_poison(eq * (size_t)(B * q0));
+    fill_rows(hq, k->q, B, T, Hq * D, q0, q1, &r, -2, 2);
+    void *hk = malloc(ekv * (size_t)ncache), *hv = malloc(ekv * (size_t)ncache);
+    tu_fill(hk, k->kv, ncache, &r, -1, 1);
+    tu_fill(hv, k->kv, ncache, &r, -1, 1);
+    pbuf pq = pb_new(hq, eq * (size_t)(B * q0)), pk = pb_new(hk, ekv * (size_t)ncache),
+         pv = pb_new(hv, ekv * (size_t)ncache);
+    pbuf po = pb_poison(eo * (size_t)(B * o0));
+    const int64_t sq[4] = {B, T, Hq, D}, stq[4] = {q0, q1, D, 1}, sc[4] = {B, cap, Hkv, D}, sto[4] = {o0, o1, D, 1};
+    const float scale = 1.0f / sqrtf((float)D);
+    hae_attention_args ac = {TV_C(pq, k->q, 4, sq, stq), TV_C(pk, k->kv, 4, sc, NULL), TV_C(pv, k->kv, 4, sc, NULL),
+                             TV_C(po, k->out, 4, sq, sto), k->pos0, k->window, scale};
+    hae_attention_args ag = {TV_G(pq, k->q, 4, sq, stq), TV_G(pk, k->kv, 4, sc, NULL), TV_G(pv, k->kv, 4, sc, NULL),
+                             TV_G(po, k->out, 4, sq, sto), k->pos0, k->window, scale};
+    if (ran(hae_attention(g_cpu, &ac), "cpu", "attention", ctx) &&
+        ran(hae_attention(g_gpu, &ag), "cuda", "attention", ctx) && gpu_done("attention", ctx))
+        compare("attention", ctx, &po, k->out, attention_tol(k->out, k->pos0 + T, k->window));
+    pb_free(&pq), pb_free(&pk), pb_free(&pv), pb_free(&po);
+    free(hq), free(hk), free(hv);
+}
+
+Test(gpu, attention) {
+    static const attn_case cases[] = {
+        /* B  T    Hq  Hkv D    pos0   window cap    pad  q         kv        out */
+        {2, 37, 4, 4, 64, 0, 0, 64, 0, HAE_F32, HAE_F32, HAE_F32},          /* full prefill, ratio 1 */
+        {2, 64, 8, 4, 128, 10, 0, 80, 16, HAE_BF16, HAE_BF16, HAE_BF16},    /* gqa 2, pos0 > 0, strided */
+        {2, 300, 8, 2, 128, 0, 0, 300, 0, HAE_BF16, HAE_BF16, HAE_F32},     /* gqa 4, T 300 */
+        {2, 300, 4, 1, 64, 0, 0, 304, 8, HAE_F32, HAE_F32, HAE_F32},        /* mqa, T 300, f32 */
+        {2, 1, 8, 2, 64, 777, 0, 1024, 0, HAE_F32, HAE_F32, HAE_F32},       /* decode, full */
+        {2, 1, 8, 2, 128, 1000, 64, 64, 0, HAE_BF16, HAE_BF16, HAE_BF16},   /* decode, window, ring = window */
+        {2, 1, 16, 4, 128, 5000, 256, 300, 3, HAE_BF16, HAE_BF16, HAE_F32}, /* decode, window, ring > window */
+        {2, 50, 8, 4, 64, 100, 32, 81, 0, HAE_F32, HAE_F32, HAE_F32},       /* prefill, window, ring */
+        {2, 100, 4, 2, 128, 200, 64, 163, 0, HAE_BF16, HAE_BF16, HAE_F32},  /* prefill, window, ring wraps */
+        {2, 20, 4, 2, 128, 0, 1000, 20, 0, HAE_BF16, HAE_BF16, HAE_BF16},   /* window wider than the context */
+        {1, 33, 4, 2, 80, 3, 0, 40, 4, HAE_F32, HAE_BF16, HAE_F32},         /* D 80, f32 q with bf16 cache */
+        {1, 9, 2, 1, 256, 0, 0, 16, 0, HAE_BF16, HAE_BF16, HAE_BF16},       /* D 256 */
+        {2, 3, 4, 4, 2, 5, 0, 8, 0, HAE_F32, HAE_F32, HAE_F32},             /* D 2 */
+        {1, 1, 32, 8, 128, 16383, 0, 16384, 0, HAE_BF16, HAE_BF16, HAE_F32}, /* decode, 16K context */
+        {2, 1, 4, 2, 64, 0, 0, 1, 0, HAE_F32, HAE_F32, HAE_F32},            /* first token */
+        {2, 2, 4, 4, 96, 0, 1, 2, 0, HAE_F32, HAE_F32, HAE_F32},            /* window 1: itself only */
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) run_attention_case(&cases[ci], 1000 + ci);
+}
+
+/* kv_write + attention step by step, as decode runs them: a sliding window whose ring (cap = window)
+ * is much shorter than the context, bf16 cache, both backends fed the same tokens. */
+Test(gpu, decode_ring) {
+    const int64_t B = 2, Hq = 4, Hkv = 2, D = 64, W = 16, cap = 16, P = 10, steps = 40;
+    const uint64_t seed = 1100;
+    tu_rng r = tu_rng_make(seed);
+    const hae_dtype kvd = HAE_BF16;
+    pbuf pk = pb_poison(2 * (size_t)(B * cap * Hkv * D)), pv = pb_poison(2 * (size_t)(B * cap * Hkv * D));
+    const int64_t sc[4] = {B, cap, Hkv, D};
+    int64_t pos = 0;
+    bool ok = true;
+    for (int64_t step = 0; step <= steps && ok; step++) {
+        const int64_t T = step == 0 ? P : 1;
+        char ctx[CTX_N];
+        snprintf(ctx, sizeof ctx, "decode ring: B %lld Hq %lld Hkv %lld D %lld window %lld cap %lld, step %lld (pos0 %lld, T %lld), seed %llu",
+                 (long long)B, (long long)Hq, (long long)Hkv, (long long)D, (long long)W, (long long)cap,
+                 (long long)step, (long long)pos, (long long)T, (unsigned long long)seed);
+        const int64_t nkv = B * T * Hkv * D, nq = B * T * Hq * D;
+        uint16_t *hk = malloc(2 * (size_t)nkv), *hv = malloc(2 * (size_t)nkv);
+        float *hq = malloc(4 * (size_t)nq);
+        tu_fill(hk, kvd, nkv, &r, -1, 1);
+        tu_fill(hv, kvd, nkv, &r, -1, 1);
+        tu_fill(hq, HAE_F32, nq, &r, -2, 2);
+        pbuf nk = pb_new(hk, 2 * (size_t)nkv), nv = pb_new(hv, 2 * (size_t)nkv), pq = pb_new(hq, 4 * (size_t)nq);
+        pbuf po = pb_poison(4 * (size_t)nq);
+        const int64_t skv[4] = {B, T, Hkv, D}, sq[4] = {B, T, Hq, D};
+        hae_kv_write_args kc = {TV_C(nk, kvd, 4, skv, NULL), TV_C(pk, kvd, 4, sc, NULL), pos};
+        hae_kv_write_args kg = {TV_G(nk, kvd, 4, skv, NULL), TV_G(pk, kvd, 4, sc, NULL), pos};
+        hae_kv_write_args vc = {TV_C(nv, kvd, 4, skv, NULL), TV_C(pv, kvd, 4, sc, NULL), pos};
+        hae_kv_write_args vg = {TV_G(nv, kvd, 4, skv, NULL), TV_G(pv, kvd, 4, sc, NULL), pos};
+        hae_attention_args ac = {TV_C(pq, HAE_F32, 4, sq, NULL), TV_C(pk, kvd, 4, sc, NULL), TV_C(pv, kvd, 4, sc, NULL),
+                                 TV_C(po, HAE_F32, 4, sq, NULL), pos, W, 1.0f / sqrtf((float)D)};
+        hae_attention_args ag = {TV_G(pq, HAE_F32, 4, sq, NULL), TV_G(pk, kvd, 4, sc, NULL), TV_G(pv, kvd, 4, sc, NULL),
+                                 TV_G(po, HAE_F32, 4, sq, NULL), pos, W, 1.0f / sqrtf((float)D)};
+        ok = ran(hae_kv_write(g_cpu, &kc), "cpu", "kv_write", ctx) && ran(hae_kv_write(g_cpu, &vc), "cpu", "kv_write", ctx) &&
+             ran(hae_kv_write(g_gpu, &kg), "cuda", "kv_write", ctx) && ran(hae_kv_write(g_gpu, &vg), "cuda", "kv_write", ctx) &&
+             ran(hae_attention(g_cpu, &ac), "cpu", "attention", ctx) &&
+             ran(hae_attention(g_gpu, &ag), "cuda", "attention", ctx) && gpu_done("decode ring", ctx);
+        if (ok) {
+            ok = compare("decode ring: k cache", ctx, &pk, kvd, -1) && compare("decode ring: v cache", ctx, &pv, kvd, -1);
+            ok = compare("decode ring: attention", ctx, &po, HAE_F32, TOL_F32) && ok;
+        }
+        pos += T;
+        pb_free(&nk), pb_free(&nv), pb_free(&pq), pb_free(&po);
+        free(hk), free(hv), free(hq);
+    }
+    pb_free(&pk), pb_free(&pv);
+}
+
+/* ---------------------------------------------------------------- main */
+
+/* Whether a GPU answers, asked in a child so that this process never initialises CUDA. */
+static bool gpu_present(void) {
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) return false;
+    if (pid == 0) _exit(hae_cuda_available() ? 0 : 1);
+    int status = 0;
+    if (waitpid(pid, &status, 0) != pid) return false;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+int main(int argc, char **argv) {
+    /* Criterion re-executes this binary for each test as "boxfort-worker": no probe there. */
+    bool worker = argc > 0 && argv[0] && strcmp(argv[0], "boxfort-worker") == 0;
+    if (!worker) {
+        if (!hae_built_with_cuda()) {
+            printf("no GPU: skipped (this build has no CUDA)\n");
+            return 77;
+        }
+        if (!gpu_present()) {
+            printf("no GPU: skipped\n");
+            return 77;
+        }
+    }
+    struct criterion_test_set *tests = criterion_initialize();
+    int result = 0;
+    if (criterion_handle_args(argc, argv, true)) result = !criterion_run_all_tests(tests);
+    criterion_finalize(tests);
+    return result;
+}
