@@ -1,0 +1,120 @@
+/* The whole stack on CUDA vs the same weights on the CPU: every position's logits, decode after
+ * prefill, and the greedy tokens of a short generation. main() is tests/main_gpu.c's. */
+#include "testutil.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *yaml = "name: gpu-tiny\n"
+                          "seed: 5\n"
+                          "model:\n"
+                          "  vocab_size: 300\n"
+                          "  d_model: 128\n"
+                          "  n_layers: 4\n"
+                          "  layer_pattern: [swa, swa, full]\n"
+                          "  mlp: {intermediate_size: 320}\n"
+                          "  attention: {num_heads: 8, num_kv_heads: 2, head_dim: 32, rope: partial, partial_rotary_factor: 0.5}\n"
+                          "  swa: {window_size: 24}\n"
+                          "runtime:\n"
+                          "  batch: 3\n"
+                          "  prefill: 90\n"
+                          "  decode: 10\n"
+                          "  prefill_chunk: 32\n";
+
+#define CTX 100
+
+static hae_model *make(hae_backend *be, const hae_config *cfg) {
+    hae_model *m = NULL;
+    hae_model_options opt = {.all_logits = true};
+    cr_assert_eq(hae_model_create(cfg, be, &opt, &m), HAE_OK, "%s: %s", hae_backend_name(be), hae_last_error());
+    return m;
+}
+
+/* Prefill 90 tokens then decode 10 one at a time; returns the host logits [B, CTX, V]. */
+static float *logits_of(hae_model *m, const hae_config *cfg, const int32_t *tok) {
+    int64_t B = cfg->runtime.batch, V = cfg->model.vocab_size, P = cfg->runtime.prefill;
+    int32_t *buf = malloc(sizeof(int32_t) * (size_t)(B * CTX));
+    hae_tensor lg;
+    for (int64_t b = 0; b < B; b++) memcpy(buf + b * P, tok + b * CTX, sizeof(int32_t) * (size_t)P);
+    cr_assert_eq(hae_model_forward(m, buf, P, &lg), HAE_OK, "%s", hae_last_error());
+    for (int64_t t = P; t < CTX; t++) {
+        for (int64_t b = 0; b < B; b++) buf[b] = tok[b * CTX + t];
+        cr_assert_eq(hae_model_forward(m, buf, 1, &lg), HAE_OK, "%s", hae_last_error());
+    }
+    float *out = malloc(sizeof(float) * (size_t)(B * CTX * V));
+    cr_assert_eq(hae_backend_download(hae_model_backend(m), out, lg.data, sizeof(float) * (size_t)(B * CTX * V)), HAE_OK);
+    free(buf);
+    return out;
+}
+
+Test(gpu_model, logits_match_cpu) {
+    const char *dts[] = {"runtime.dtype=f32", "runtime.dtype=bf16"};
+    const double tol[] = {1e-4, 3e-2};
+    for (int k = 0; k < 2; k++) {
+        hae_config cfg;
+        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", &dts[k], 1, &cfg), HAE_OK, "%s", hae_last_error());
+        hae_backend *cpu = tu_cpu(), *gpu = NULL;
+        cr_assert_eq(hae_backend_create(HAE_CUDA, 0, &gpu), HAE_OK, "%s", hae_last_error());
+        hae_model *mc = make(cpu, &cfg), *mg = make(gpu, &cfg);
+        int64_t B = cfg.runtime.batch, V = cfg.model.vocab_size, n = B * CTX * V;
+        int32_t *tok = malloc(sizeof(int32_t) * (size_t)(B * CTX));
+        tu_rng r = tu_rng_make(42 + (uint64_t)k);
+        for (int64_t i = 0; i < B * CTX; i++) tok[i] = (int32_t)tu_uniform(&r, 0, (double)V);
+        float *a = logits_of(mc, &cfg, tok), *g = logits_of(mg, &cfg, tok);
+        double *ref = malloc(sizeof(double) * (size_t)n);
+        for (int64_t i = 0; i < n; i++) ref[i] = a[i];
+        char why[256];
+        cr_expect(tu_close(g, HAE_F32, ref, n, tol[k], 10 * tol[k], 10 * tol[k], why, sizeof why), "%s model logits, cuda vs cpu: %s",
+                  dts[k], why);
+        /* greedy choices agree wherever the CPU's top two logits are not within the tolerance */
+        int64_t agree = 0, close = 0;
+        for (int64_t row = 0; row < B * CTX; row++) {
+            const float *ca = a + row * V, *cg = g + row * V;
+            int64_t ia = 0, ig = 0;
+            for (int64_t v = 1; v < V; v++) {
+                if (ca[v] > ca[ia]) ia = v;
+                if (cg[v] > cg[ig]) ig = v;
+            }
+            float second = -INFINITY;
+            for (int64_t v = 0; v < V; v++)
+                if (v != ia && ca[v] > second) second = ca[v];
+            if (ia == ig) agree++;
+            else if (ca[ia] - second < 10 * tol[k] * fabsf(ca[ia]) + 1e-3f) close++;
+        }
+        cr_expect_eq(agree + close, B * CTX, "%s: %lld of %lld argmax positions differ beyond near-ties", dts[k],
+                     (long long)(B * CTX - agree - close), (long long)(B * CTX));
+        printf("gpu_model %s: %s; argmax agrees at %lld/%lld positions (%lld near-ties)\n", dts[k], why, (long long)agree,
+               (long long)(B * CTX), (long long)close);
+        free(tok), free(a), free(g), free(ref);
+        hae_model_destroy(mc), hae_model_destroy(mg);
+        hae_backend_destroy(cpu), hae_backend_destroy(gpu);
+    }
+}
+
+Test(gpu_model, weights_roundtrip_between_backends) {
+    /* weights saved from the GPU model load into a CPU model with another seed: same logits as a
+     * CPU model from the GPU model's seed, bit for bit (init is backend-independent) */
+    hae_config cfg;
+    const char *f32 = "runtime.dtype=f32";
+    cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", &f32, 1, &cfg), HAE_OK, "%s", hae_last_error());
+    hae_backend *cpu = tu_cpu(), *gpu = NULL;
+    cr_assert_eq(hae_backend_create(HAE_CUDA, 0, &gpu), HAE_OK, "%s", hae_last_error());
+    hae_model *mg = make(gpu, &cfg), *mc = make(cpu, &cfg), *mc2 = make(cpu, &cfg);
+    char path[512];
+    tu_tmp_path("gpu-model.safetensors", path, sizeof path);
+    cr_assert_eq(hae_model_save(mg, path), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_model_init_weights(mc2, 999), HAE_OK);
+    cr_assert_eq(hae_model_load(mc2, path), HAE_OK, "%s", hae_last_error());
+    int64_t n = cfg.runtime.batch * CTX * cfg.model.vocab_size;
+    int32_t *tok = calloc((size_t)(cfg.runtime.batch * CTX), sizeof(int32_t));
+    for (int64_t i = 0; i < cfg.runtime.batch * CTX; i++) tok[i] = (int32_t)((i * 7919) % cfg.model.vocab_size);
+    float *a = logits_of(mc, &cfg, tok), *b = logits_of(mc2, &cfg, tok);
+    cr_expect(memcmp(a, b, sizeof(float) * (size_t)n) == 0, "GPU-initialised weights equal CPU-initialised ones");
+    remove(path);
+    free(tok), free(a), free(b);
+    hae_model_destroy(mg), hae_model_destroy(mc), hae_model_destroy(mc2);
+    hae_backend_destroy(cpu), hae_backend_destroy(gpu);
+}
