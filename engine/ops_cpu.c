@@ -9,11 +9,35 @@
 static size_t esize(const hae_tensor *t) { return hae_dtype_size(t->dtype); }
 static const char *row2(const hae_tensor *t, int64_t i) { return (const char *)t->data + i * t->stride[0] * (int64_t)esize(t); }
 
+/* n values of a row as f32: one loop per dtype, so compilers vectorise the bf16 widening. */
+static void to_f32(const void *src, hae_dtype dt, int64_t n, float *restrict dst) {
+    if (dt == HAE_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+    } else if (dt == HAE_BF16) {
+        const uint16_t *h = src;
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t u = (uint32_t)h[i] << 16;
+            memcpy(dst + i, &u, sizeof u);
+        }
+    } else {
+        for (int64_t i = 0; i < n; i++) dst[i] = hae_load_f(src, dt, i);
+    }
+}
 /* Converts n values of a row to f32 (a no-op view for f32). */
 static const float *row_f32(const void *src, hae_dtype dt, int64_t n, float *buf) {
     if (dt == HAE_F32) return src;
-    for (int64_t i = 0; i < n; i++) buf[i] = hae_load_f(src, dt, i);
+    to_f32(src, dt, n, buf);
     return buf;
+}
+/* Dot product with 8 independent partial sums (vectorisable without reassociating). */
+static float dot8(const float *restrict a, const float *restrict b, int64_t n) {
+    float s[8] = {0};
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8)
+        for (int l = 0; l < 8; l++) s[l] += a[k + l] * b[k + l];
+    float r = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    for (; k < n; k++) r += a[k] * b[k];
+    return r;
 }
 static void store_row(void *dst, hae_dtype dt, const float *v, int64_t n) {
     if (dt == HAE_F32) {
@@ -110,21 +134,27 @@ static void gemm_tile(void *p, int64_t t) {
     int64_t mr = M - m0 < GEMM_MB ? M - m0 : GEMM_MB, nr = N - n0 < GEMM_NB ? N - n0 : GEMM_NB;
     float *bp = scratch(c->be);              /* [KB][NB] */
     float *ap = bp + GEMM_KB * GEMM_NB;      /* [MB][KB] */
-    float *acc = ap + GEMM_MB * GEMM_KB;     /* [MB][NB] */
+    float *acc = ap + GEMM_MB * GEMM_KB;     /* [MB][NB], then one row of KB for staging */
     memset(acc, 0, sizeof(float) * GEMM_MB * GEMM_NB);
     for (int64_t k0 = 0; k0 < K; k0 += GEMM_KB) {
         int64_t kr = K - k0 < GEMM_KB ? K - k0 : GEMM_KB;
+        for (int64_t i = 0; i < mr; i++)
+            to_f32((const char *)row2(&g->a, m0 + i) + k0 * (int64_t)esize(&g->a), g->a.dtype, kr, ap + i * GEMM_KB);
+        if (mr < 4) { /* decode: too few rows to repay packing B; dot products straight off its rows */
+            for (int64_t j = 0; j < nr; j++) {
+                to_f32((const char *)row2(&g->b, n0 + j) + k0 * (int64_t)esize(&g->b), g->b.dtype, kr, bp);
+                for (int64_t i = 0; i < mr; i++) acc[i * GEMM_NB + j] += dot8(ap + i * GEMM_KB, bp, kr);
+            }
+            continue;
+        }
         for (int64_t j = 0; j < GEMM_NB; j++) {
             if (j < nr) {
-                const void *brow = row2(&g->b, n0 + j);
-                for (int64_t k = 0; k < kr; k++) bp[k * GEMM_NB + j] = hae_load_f(brow, g->b.dtype, k0 + k);
+                float *row = acc + GEMM_MB * GEMM_NB; /* staging after the accumulators */
+                to_f32((const char *)row2(&g->b, n0 + j) + k0 * (int64_t)esize(&g->b), g->b.dtype, kr, row);
+                for (int64_t k = 0; k < kr; k++) bp[k * GEMM_NB + j] = row[k];
             } else {
                 for (int64_t k = 0; k < kr; k++) bp[k * GEMM_NB + j] = 0.0f;
             }
-        }
-        for (int64_t i = 0; i < mr; i++) {
-            const void *arow = row2(&g->a, m0 + i);
-            for (int64_t k = 0; k < kr; k++) ap[i * GEMM_KB + k] = hae_load_f(arow, g->a.dtype, k0 + k);
         }
         int64_t i = 0;
         for (; i + 4 <= mr; i += 4) {
@@ -163,7 +193,7 @@ static void gemm_tile(void *p, int64_t t) {
 }
 
 hae_status hae_gemm_cpu(hae_backend *be, const hae_gemm_args *a) {
-    HAE_ASSERT((GEMM_KB * GEMM_NB + GEMM_MB * GEMM_KB + GEMM_MB * GEMM_NB) <= SCRATCH_FLOATS(be));
+    HAE_ASSERT((GEMM_KB * GEMM_NB + GEMM_MB * GEMM_KB + GEMM_MB * GEMM_NB + GEMM_KB) <= SCRATCH_FLOATS(be));
     int64_t M = a->a.shape[0], N = a->b.shape[0];
     if (M == 0 || N == 0) return HAE_OK;
     gemm_ctx c = {be, a, (N + GEMM_NB - 1) / GEMM_NB};
