@@ -338,13 +338,15 @@ typedef struct hae_st_tensor {
     hae_dtype dtype; /* F32, BF16, F16, F8_E4M3, I32, I64 */
     int ndim;
     int64_t shape[HAE_MAX_DIMS];
-    const void *data; /* points into the loaded file */
+    const void *data; /* points into the loaded file; may be unaligned for its dtype (copy, don't cast) */
     size_t nbytes;
 } hae_st_tensor;
 
 typedef struct hae_st_file hae_st_file;
-/* Reads and checks a whole safetensors file: header length, JSON, dtypes, shapes vs byte ranges,
- * ranges inside the file, no overlaps. */
+/* Reads and checks a whole safetensors file: header length, JSON, dtypes, shapes vs byte ranges;
+ * as in Hugging Face's reader the tensors must tile the data section (no overlaps, holes or trailing
+ * bytes); names are at most 255 bytes; 0-d and zero-size tensors are allowed. A tensor of a dtype
+ * hae does not map (F64, U8, ...) fails the open with HAE_ERR_UNSUPPORTED. */
 hae_status hae_st_open(const char *path, hae_st_file **out);
 void hae_st_close(hae_st_file *f); /* accepts NULL */
 int hae_st_count(const hae_st_file *f);
@@ -352,7 +354,9 @@ const hae_st_tensor *hae_st_get(const hae_st_file *f, int i);
 const hae_st_tensor *hae_st_find(const hae_st_file *f, const char *name); /* NULL if absent */
 /* Value of a "__metadata__" key, or NULL. */
 const char *hae_st_metadata(const hae_st_file *f, const char *key);
-/* Writes tensors (data on the host) with optional metadata pairs (keys[i], values[i]). */
+/* Writes tensors (data on the host) with optional metadata pairs (keys[i], values[i]) to path.tmp,
+ * then renames it: a failed write never leaves a truncated file. Bad input is HAE_ERR_INVALID and
+ * writes nothing; I/O failures are HAE_ERR_IO. */
 hae_status hae_st_write(const char *path, const hae_st_tensor *tensors, int n, const char *const *meta_keys,
                         const char *const *meta_values, int n_meta);
 

@@ -425,7 +425,9 @@ hae_status hae_model_load(hae_model *m, const char *path) {
         int64_t n = hae_tensor_numel(&pr->t);
         for (int64_t off = 0; off < n && st == HAE_OK; off += STAGE_ELEMS) {
             int64_t k = n - off < STAGE_ELEMS ? n - off : STAGE_ELEMS;
-            for (int64_t i = 0; i < k; i++) s.f[i] = hae_load_f(t->data, t->dtype, off + i);
+            size_t es = hae_dtype_size(t->dtype); /* file data may be unaligned: copy before reading */
+            memcpy(s.raw, (const char *)t->data + (size_t)off * es, (size_t)k * es);
+            for (int64_t i = 0; i < k; i++) s.f[i] = hae_load_f(s.raw, t->dtype, i);
             st = put_block(m, &s, &pr->t, off, k);
         }
     }
