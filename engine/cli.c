@@ -463,14 +463,17 @@ static int cmd_run(int argc, char **argv) {
     }
     if (jobs > 1) {
         printf("\nsweep %s: %d jobs, %d failed (%s)\n", cfg->name, jobs, failed, base);
-        printf("%-4s %-48s %14s %14s %10s %12s\n", "job", "settings", "prefill tok/s", "decode tok/s", "p50 ms",
+        int w = 8;
+        for (int j = 0; j < jobs; j++)
+            if ((int)strlen(res[j].label) > w) w = (int)strlen(res[j].label);
+        printf("%-4s %-*s %14s %14s %10s %12s\n", "job", w, "settings", "prefill tok/s", "decode tok/s", "p50 ms",
                "kv bytes");
         for (int j = 0; j < jobs; j++) {
             if (!res[j].backend[0]) {
-                printf("%-4d %-48s %14s\n", j, res[j].label, "failed");
+                printf("%-4d %-*s %14s\n", j, w, res[j].label, "failed");
                 continue;
             }
-            printf("%-4d %-48s %14.1f %14.1f %10.3f %12zu\n", j, res[j].label, res[j].prefill_tok_s,
+            printf("%-4d %-*s %14.1f %14.1f %10.3f %12zu\n", j, w, res[j].label, res[j].prefill_tok_s,
                    res[j].decode_tok_s, res[j].p50_ms, res[j].stats.kv_bytes);
         }
     }
