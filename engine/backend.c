@@ -7,8 +7,9 @@
 #include <unistd.h>
 
 /* Per-thread CPU scratch: GEMM packs a K-block of B (HAE_GEMM_KB x HAE_GEMM_NB floats), a block of
- * accumulators and the converted rows of A (see ops_cpu.c). */
-#define HAE_CPU_SCRATCH (1u << 20)
+ * accumulators and the converted rows of A (see ops_cpu.c); the chunked linear attention keeps one
+ * chunk's matrices there (linear/linear_cpu.c). */
+#define HAE_CPU_SCRATCH (2u << 20)
 
 bool hae_built_with_cuda(void) {
 #ifdef HAE_HAVE_CUDA
@@ -138,6 +139,14 @@ hae_status hae_backend_upload(hae_backend *be, void *dst, const void *src_host, 
     if (be->device == HAE_CUDA) return hae_cuda_upload(be->cuda, dst, src_host, bytes);
 #endif
     if (bytes) memmove(dst, src_host, bytes);
+    return HAE_OK;
+}
+
+hae_status hae_backend_zero(hae_backend *be, void *dst, size_t bytes) {
+#ifdef HAE_HAVE_CUDA
+    if (be->device == HAE_CUDA) return hae_cuda_zero(be->cuda, dst, bytes);
+#endif
+    if (bytes) memset(dst, 0, bytes);
     return HAE_OK;
 }
 

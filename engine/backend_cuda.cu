@@ -100,6 +100,13 @@ extern "C" hae_status hae_cuda_upload(struct hae_cuda_ctx *ctx, void *dst, const
     return HAE_OK;
 }
 
+extern "C" hae_status hae_cuda_zero(struct hae_cuda_ctx *ctx, void *dst, size_t bytes) {
+    if (bytes == 0) return HAE_OK;
+    HAE_CUDA_CHECK(cudaSetDevice(ctx->device));
+    HAE_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, ctx->stream));
+    return HAE_OK;
+}
+
 extern "C" hae_status hae_cuda_download(struct hae_cuda_ctx *ctx, void *dst, const void *src, size_t bytes) {
     if (bytes == 0) return HAE_OK;
     HAE_CUDA_CHECK(cudaSetDevice(ctx->device));

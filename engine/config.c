@@ -32,7 +32,7 @@ const char *hae_layer_kind_name(hae_layer_kind k) {
     return (unsigned)k < HAE_LAYER_KIND_COUNT ? kind_names[k] : "unknown";
 }
 
-bool hae_layer_kind_built(hae_layer_kind k) { return k == HAE_LAYER_FULL || k == HAE_LAYER_SWA; }
+bool hae_layer_kind_built(hae_layer_kind k) { return k != HAE_LAYER_DSA && (unsigned)k < HAE_LAYER_KIND_COUNT; }
 
 /* ---------------------------------------------------------------- the node tree */
 
@@ -428,6 +428,7 @@ enum {
     K_NAME, K_SEED, K_OUTPUT_DIR,
     K_VOCAB, K_D_MODEL, K_N_LAYERS, K_PATTERN, K_LAYERS, K_NORM_EPS, K_TIE, K_INIT_RANGE, K_D_FF,
     K_FORM, K_HEADS, K_KV_HEADS, K_HEAD_DIM, K_ROPE, K_THETA, K_PARTIAL, K_SCALE, K_WINDOW,
+    K_LA_HEADS, K_LA_VHEADS, K_LA_HEAD_DIM, K_LA_EXPAND_V, K_LA_CONV, K_LA_CHUNK, K_LA_SAFE, K_LA_LB,
     K_BACKEND, K_DEVICE, K_THREADS, K_DTYPE, K_BATCH, K_PREFILL, K_DECODE, K_CHUNK, K_TEMP, K_KV_BUDGET,
     K_SWEEP, NKEYS
 };
@@ -462,6 +463,18 @@ static const key_spec specs[NKEYS] = {
     [K_SCALE] = {"model.attention.softmax_scale", T_FLOAT, "0", 0, NOMAX, 0, NULL,
                  FIELD(model.attention.softmax_scale)},
     [K_WINDOW] = {"model.swa.window_size", T_INT, "256", 1, NOMAX, 0, NULL, FIELD(model.swa.window_size)},
+    [K_LA_HEADS] = {"model.linear_attn.num_heads", T_INT, "4", 1, 1024, 0, NULL, FIELD(model.linear_attn.num_heads)},
+    [K_LA_VHEADS] = {"model.linear_attn.num_v_heads", T_INT, "0", 0, 4096, 0, NULL,
+                     FIELD(model.linear_attn.num_v_heads)},
+    [K_LA_HEAD_DIM] = {"model.linear_attn.head_dim", T_INT, "64", 1, 256, 0, NULL, FIELD(model.linear_attn.head_dim)},
+    [K_LA_EXPAND_V] = {"model.linear_attn.expand_v", T_FLOAT, "1", 0, 8, OPEN_LO, NULL,
+                       FIELD(model.linear_attn.expand_v)},
+    [K_LA_CONV] = {"model.linear_attn.conv_size", T_INT, "4", 1, 16, 0, NULL, FIELD(model.linear_attn.conv_size)},
+    [K_LA_CHUNK] = {"model.linear_attn.chunk_size", T_INT, "64", 16, 128, 0, NULL,
+                    FIELD(model.linear_attn.chunk_size)},
+    [K_LA_SAFE] = {"model.linear_attn.safe_gate", T_BOOL, "true", 0, 0, 0, NULL, FIELD(model.linear_attn.safe_gate)},
+    [K_LA_LB] = {"model.linear_attn.lower_bound", T_FLOAT, "-5", -1000, 0, OPEN_HI, NULL,
+                 FIELD(model.linear_attn.lower_bound)},
     [K_BACKEND] = {"runtime.backend", T_ENUM, "auto", 0, 0, 0, backends, FIELD(runtime.backend)},
     [K_DEVICE] = {"runtime.device", T_INT, "0", 0, INT_MAX, 0, NULL, FIELD(runtime.device)},
     [K_THREADS] = {"runtime.threads", T_INT, "0", 0, 1024, 0, NULL, FIELD(runtime.threads)},
@@ -833,6 +846,23 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
                      (double)factor, dflt(b, K_PARTIAL), rot);
             return cross_fail(c, b, (const int[]){K_PARTIAL, K_HEAD_DIM, K_ROPE}, 3, m);
         }
+    }
+    const int64_t lh = cfg->model.linear_attn.num_heads, lhv = cfg->model.linear_attn.num_v_heads,
+                  lk = cfg->model.linear_attn.head_dim, chunk = cfg->model.linear_attn.chunk_size;
+    if (lhv > 0 && lhv % lh) {
+        snprintf(m, sizeof m, "num_v_heads %" PRId64 "%s is not a multiple of num_heads %" PRId64 "%s (each value "
+                 "head reads one q/k head)", lhv, dflt(b, K_LA_VHEADS), lh, dflt(b, K_LA_HEADS));
+        return cross_fail(c, b, (const int[]){K_LA_VHEADS, K_LA_HEADS}, 2, m);
+    }
+    double lv = (double)lk * (double)cfg->model.linear_attn.expand_v;
+    if (lv != floor(lv) || lv < 1 || lv > 256) {
+        snprintf(m, sizeof m, "head_dim %" PRId64 "%s x expand_v %g%s = %g is not a whole head_v_dim in 1..256", lk,
+                 dflt(b, K_LA_HEAD_DIM), (double)cfg->model.linear_attn.expand_v, dflt(b, K_LA_EXPAND_V), lv);
+        return cross_fail(c, b, (const int[]){K_LA_EXPAND_V, K_LA_HEAD_DIM}, 2, m);
+    }
+    if (chunk & (chunk - 1)) {
+        snprintf(m, sizeof m, "chunk_size %" PRId64 " must be 16, 32, 64 or 128", chunk);
+        return cross_fail(c, b, (const int[]){K_LA_CHUNK}, 1, m);
     }
     return HAE_OK;
 }

@@ -135,6 +135,8 @@ hae_status hae_backend_mem_info(hae_backend *be, size_t *free_bytes, size_t *tot
 /* Copies between host memory and the backend's memory (ordered on the backend's stream). */
 hae_status hae_backend_upload(hae_backend *be, void *dst, const void *src_host, size_t bytes);
 hae_status hae_backend_download(hae_backend *be, void *dst_host, const void *src, size_t bytes);
+/* Sets bytes of the backend's memory to zero (ordered on the backend's stream). */
+hae_status hae_backend_zero(hae_backend *be, void *dst, size_t bytes);
 hae_status hae_backend_sync(hae_backend *be);
 
 /* ---------------------------------------------------------------- dense ops
@@ -231,6 +233,84 @@ typedef struct hae_attention_args {
 } hae_attention_args;
 hae_status hae_attention(hae_backend *be, const hae_attention_args *a);
 
+/* ---------------------------------------------------------------- linear attention (linear/)
+ * The linear family of DESIGN.md §1.1 as one recurrence with two switches. Per sequence and value
+ * head j (q/k head j / (HV / H)), state S in R^{K x V} (fp32), per token t:
+ *     q, k  = map(q_t), map(k_t)       map: L2 norm x / sqrt(sum x^2 + 1e-6), or elu(x) + 1
+ *     g     = log decay (<= 0), per key channel [K] or one per head:
+ *               channel/head, softplus:  g = -exp(A_log[j]) * softplus(graw + dt_bias)
+ *               channel/head, safe:      g = lower_bound * sigmoid(exp(A_log[j]) * (graw + dt_bias))
+ *               fixed:                   g = -exp(A_log[j]) every token (RetNet's gamma = exp(g))
+ *               none:                    g = 0
+ *     S     = diag(exp(g)) S
+ *     delta: S += k (sigmoid(b_t) (v_t - S^T k))^T      else: S += k v_t^T
+ *     o_t   = scale * S^T q
+ * The chunked form (chunk > 0) computes the same function C tokens at a time with the WY/UT
+ * transform; exponentials are only ever taken of gate differences inside a chunk. */
+
+typedef enum hae_decay {
+    HAE_DECAY_NONE,    /* deltanet, linear */
+    HAE_DECAY_FIXED,   /* retnet: a constant rate per head, from A_log */
+    HAE_DECAY_HEAD,    /* gdn, mamba2: one data-dependent rate per head */
+    HAE_DECAY_CHANNEL, /* kda, gla: one data-dependent rate per key channel */
+} hae_decay;
+typedef enum hae_gate_fn { HAE_GATE_SOFTPLUS, HAE_GATE_SAFE } hae_gate_fn;
+typedef enum hae_qk_map { HAE_QK_L2, HAE_QK_ELU1 } hae_qk_map;
+
+/* Rows (tokens) of q, k, v, g, beta and out may be strided; what is inside a token is dense. With
+ * cu_seqlens (varlen), B is 1 and the T tokens are N sequences packed back to back, sequence n
+ * being tokens [cu_seqlens[n], cu_seqlens[n+1]); state then holds N states. cu_seqlens lives where
+ * the backend computes (host memory for the CPU). */
+typedef struct hae_linear_attn_args {
+    hae_tensor q;       /* [B, T, H, K] f32|bf16, after the short conv, before the map */
+    hae_tensor k;       /* [B, T, H, K] */
+    hae_tensor v;       /* [B, T, HV, V] */
+    hae_tensor g;       /* raw gate: [B, T, HV, K] (channel) or [B, T, HV] (head); unused otherwise */
+    hae_tensor beta;    /* [B, T, HV] logits (delta rule only) */
+    hae_tensor A_log;   /* [HV] f32 (any decay but none) */
+    hae_tensor dt_bias; /* [HV * K] (channel) or [HV] (head) f32 */
+    hae_tensor state;   /* [N, HV, K, V] f32, read then overwritten with the state after the last token */
+    hae_tensor out;     /* [B, T, HV, V] f32|bf16 */
+    hae_tensor cu_seqlens; /* [N + 1] i32, or data NULL for B equal-length sequences */
+    hae_decay decay;
+    bool delta;
+    hae_gate_fn gate;
+    float lower_bound; /* safe gate: log decay in (lower_bound, 0), lower_bound < 0 */
+    hae_qk_map qk_map;
+    float scale;       /* usually 1/sqrt(K) */
+    int chunk;         /* 0: recurrent (one token at a time); else 16, 32, 64 or 128 tokens per chunk */
+    void *workspace;   /* device memory of at least hae_linear_attn_workspace() bytes, or NULL if that is 0 */
+    size_t workspace_bytes;
+} hae_linear_attn_args;
+hae_status hae_linear_attn(hae_backend *be, const hae_linear_attn_args *a);
+/* Workspace bytes hae_linear_attn needs for these shapes and form (pointers may be NULL here); a
+ * workspace sized for T tokens also serves any call with fewer. The CPU needs none. */
+hae_status hae_linear_attn_workspace(hae_backend *be, const hae_linear_attn_args *a, size_t *bytes);
+
+/* Causal depthwise convolution of width W over time, optionally followed by SiLU:
+ *     out[b, t, c] = act(sum_{w < W} weight[c, w] * x'[b, t + w, c]),  x' = concat(state[b], x[b])
+ * state holds the W - 1 inputs before x (zeros at a sequence's start) and is overwritten with the
+ * last W - 1 inputs of concat(state, x), so a sequence split over calls gives the same outputs. */
+typedef struct hae_conv_short_args {
+    hae_tensor x;      /* [B, T, C] f32|bf16, rows may be strided */
+    hae_tensor weight; /* [C, W] f32 */
+    hae_tensor state;  /* [B, W - 1, C] f32 */
+    hae_tensor out;    /* [B, T, C] f32|bf16 */
+    bool silu;
+} hae_conv_short_args;
+hae_status hae_conv_short(hae_backend *be, const hae_conv_short_args *a);
+
+/* Per-head output norm with a sigmoid gate (KDA's o_norm):
+ *     out[n, h, :] = x[n, h, :] / sqrt(mean(x[n, h, :]^2) + eps) * weight * sigmoid(gate[n, h, :]) */
+typedef struct hae_gated_rmsnorm_args {
+    hae_tensor x;      /* [N, H, D] f32|bf16, rows may be strided */
+    hae_tensor gate;   /* [N, H, D] f32|bf16, rows may be strided */
+    hae_tensor weight; /* [D] f32 */
+    hae_tensor out;    /* [N, H, D] f32|bf16 */
+    float eps;
+} hae_gated_rmsnorm_args;
+hae_status hae_gated_rmsnorm(hae_backend *be, const hae_gated_rmsnorm_args *a);
+
 /* ---------------------------------------------------------------- configs */
 
 typedef enum hae_layer_kind {
@@ -249,6 +329,15 @@ typedef enum hae_layer_kind {
 const char *hae_layer_kind_name(hae_layer_kind k);
 /* Whether this build can run the kind (pattern entries naming others are config errors). */
 bool hae_layer_kind_built(hae_layer_kind k);
+/* The two switches (and the q/k map) of a linear kind: kda = channel decay + delta, gdn = head +
+ * delta, deltanet = none + delta, gla = channel, mamba2 = head, retnet = fixed, linear = none with
+ * the elu+1 map. False (and *out untouched) for the softmax kinds. */
+typedef struct hae_linear_kind {
+    hae_decay decay;
+    bool delta;
+    hae_qk_map qk_map;
+} hae_linear_kind;
+bool hae_linear_kind_of(hae_layer_kind k, hae_linear_kind *out);
 
 typedef enum hae_rope_mode { HAE_ROPE_NONE, HAE_ROPE_FULL, HAE_ROPE_PARTIAL } hae_rope_mode;
 typedef enum hae_attn_form { HAE_ATTN_GQA, HAE_ATTN_MLA } hae_attn_form;
@@ -288,6 +377,16 @@ typedef struct hae_config {
         struct {
             int64_t window_size;
         } swa;
+        struct { /* shared by the linear kinds (kda, gdn, deltanet, gla, mamba2, retnet, linear) */
+            int64_t num_heads;   /* q/k heads H */
+            int64_t num_v_heads; /* value heads HV (GVA when > num_heads); 0: num_heads */
+            int64_t head_dim;    /* K */
+            float expand_v;      /* V = head_dim x expand_v */
+            int64_t conv_size;   /* short convolution width W */
+            int64_t chunk_size;  /* tokens per chunk of the chunked prefill: 16, 32, 64 or 128 */
+            bool safe_gate;      /* lower_bound * sigmoid(...) instead of -exp(A_log) * softplus(...) */
+            float lower_bound;
+        } linear_attn;
     } model;
     struct {
         hae_backend_choice backend;
@@ -421,6 +520,8 @@ typedef struct hae_model_plan {
     int64_t context;                           /* prefill + decode */
     int64_t kv_slots[HAE_MAX_LAYERS];          /* KV slots per sequence of each layer */
     size_t kv_bytes_per_token[HAE_MAX_LAYERS]; /* K + V bytes one token adds to each layer */
+    size_t state_bytes;                        /* recurrent and conv states, all layers and sequences */
+    size_t state_bytes_per_seq[HAE_MAX_LAYERS]; /* each layer's fixed state per sequence */
 } hae_model_plan;
 hae_status hae_model_plan_get(const hae_config *cfg, const hae_model_options *opt, hae_model_plan *out);
 

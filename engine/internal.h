@@ -40,6 +40,7 @@ void hae_cuda_free(struct hae_cuda_ctx *ctx, void *p);
 hae_status hae_cuda_mem_info(struct hae_cuda_ctx *ctx, size_t *free_bytes, size_t *total_bytes);
 hae_status hae_cuda_upload(struct hae_cuda_ctx *ctx, void *dst, const void *src, size_t bytes);
 hae_status hae_cuda_download(struct hae_cuda_ctx *ctx, void *dst, const void *src, size_t bytes);
+hae_status hae_cuda_zero(struct hae_cuda_ctx *ctx, void *dst, size_t bytes);
 hae_status hae_cuda_sync(struct hae_cuda_ctx *ctx);
 int hae_cuda_device_count(void);
 /* "13.0" runtime and driver versions for env.json. */
@@ -69,10 +70,29 @@ HAE_OP_IMPLS(rope)
 HAE_OP_IMPLS(sample)
 HAE_OP_IMPLS(kv_write)
 HAE_OP_IMPLS(attention)
+HAE_OP_IMPLS(linear_attn)
+HAE_OP_IMPLS(conv_short)
+HAE_OP_IMPLS(gated_rmsnorm)
 #undef HAE_OP_IMPLS
+/* Workspace of the CUDA linear_attn for arguments already checked by hae_linear_attn_workspace. */
+size_t hae_linear_attn_workspace_cuda(const hae_linear_attn_args *a);
+
+/* Argument checks shared by the op entry points (engine/ops.c): t has `ndim` dims, a dtype in the
+ * mask `dtypes` (bit 1 << dtype), lives on be's device, and is dense inside a row. */
+#define HAE_DTM(dt) (1u << (dt))
+#define HAE_FLOATS (HAE_DTM(HAE_F32) | HAE_DTM(HAE_BF16))
+hae_status hae_check_tensor(const char *op, const char *name, const hae_tensor *t, const hae_backend *be, int ndim,
+                            unsigned dtypes);
+hae_status hae_shape_mismatch(const char *op, const char *what, const hae_tensor *x, const hae_tensor *y);
 
 hae_status hae_convert_cpu(hae_backend *be, const hae_tensor *src, const hae_tensor *dst);
 hae_status hae_convert_cuda(hae_backend *be, const hae_tensor *src, const hae_tensor *dst);
+
+/* CPU row helpers (engine/ops_cpu.c): n values of a row to and from f32 (one loop per dtype, so the
+ * compiler vectorises the bf16 widening), and a dot product with 8 independent partial sums. */
+void hae_to_f32(const void *src, hae_dtype dt, int64_t n, float *dst);
+void hae_from_f32(void *dst, hae_dtype dt, const float *v, int64_t n);
+float hae_dot_f32(const float *a, const float *b, int64_t n);
 
 /* Loads element i of a row of f32/bf16/f16 values as float; stores likewise. */
 static inline float hae_load_f(const void *p, hae_dtype dt, int64_t i) {

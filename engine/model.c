@@ -3,7 +3,13 @@
  * Weights use Hugging Face Llama names and layouts ([out, in]); q/k/v and gate/up are stored fused
  * (one GEMM each) and saved as their separate Llama tensors. The residual stream x is f32; GEMM
  * operands, weights and the KV cache are runtime.dtype; the residual add is the accumulate of the
- * output projections' GEMM. */
+ * output projections' GEMM.
+ *
+ * A linear layer (kda and its family, DESIGN.md §1.1) reads x through one fused input projection
+ *     [q (H K) | k (H K) | v (HV V) | f (decay input) | b (HV logits, delta kinds) | g1 (V)]
+ * then: causal short conv + SiLU over q, k, v; per-channel gates f2(f); output gate g2(g1);
+ * hae_linear_attn; the gated per-head RMSNorm; o_proj (accumulating into x). Names follow
+ * flash-linear-attention's layers (attn.q_proj, attn.f_proj.0, attn.A_log, ...). */
 #include "internal.h"
 
 #include <math.h>
@@ -12,20 +18,43 @@
 #include <string.h>
 
 typedef struct {
+    hae_layer_kind kind;
+    bool linear;          /* a linear-family layer */
+    hae_linear_kind lk;   /* its switches */
     hae_tensor attn_norm; /* [d] f32 */
-    hae_tensor wqkv;      /* [(Hq + 2 Hkv) Dh, d] */
-    hae_tensor wo;        /* [d, Hq Dh] */
+    hae_tensor wqkv;      /* attention: [(Hq + 2 Hkv) Dh, d]; linear: the fused input projection [in_dim, d] */
+    hae_tensor wo;        /* [d, Hq Dh] or [d, HV V] */
     hae_tensor mlp_norm;  /* [d] f32 */
     hae_tensor wgu;       /* [2F, d]: gate rows then up rows */
     hae_tensor wdown;     /* [d, F] */
     int64_t window;       /* swa window; 0 for full */
+    /* linear layers */
+    int64_t in_dim, f_dim, b_dim; /* fused projection width; columns of f and of b */
+    hae_tensor conv_w;    /* [2 H K + HV V, W] f32 */
+    hae_tensor wf2;       /* [HV K, V] (channel decay) */
+    hae_tensor wg2;       /* [HV V, V] */
+    hae_tensor A_log;     /* [HV] f32 */
+    hae_tensor dt_bias;   /* [HV K] or [HV] f32 */
+    hae_tensor o_norm;    /* [V] f32 */
+    hae_tensor conv_state; /* [B, W - 1, 2 H K + HV V] f32 */
+    hae_tensor state;     /* [B, HV, K, V] f32 */
 } layer_weights;
+
+typedef enum {
+    INIT_NORMAL,  /* normal(0, std) */
+    INIT_ONES,    /* norm weights */
+    INIT_UNIFORM, /* uniform(-std, std): conv weights, as PyTorch's Conv1d default */
+    INIT_A_LOG,   /* log(uniform(1, 16)), flash-linear-attention's KDA/GDN init */
+    INIT_DT_BIAS, /* softplus^-1(dt), dt log-uniform in [1e-3, 1e-1] */
+    INIT_RETNET,  /* A_log of RetNet's gamma_h = 1 - 2^(-5 - h): exp(A_log) = -log(gamma_h) */
+} init_kind;
 
 /* One named parameter as saved: a view into a weight tensor, and how it is initialised. */
 typedef struct {
     char name[96];
     hae_tensor t;
-    float std; /* 0: ones (norm weights) */
+    init_kind init;
+    float std;
 } param;
 
 struct hae_model {
@@ -36,6 +65,10 @@ struct hae_model {
     int64_t B, V, d, L, Hq, Hkv, Dh, F, qkv_dim, chunk, ctx_max;
     int rot_dims;
     float scale;
+    /* linear layers: q/k heads, value heads, head dims, conv width and channels, widest projection */
+    int64_t LH, LHV, LK, LV, conv_W, conv_ch, proj_dim, mix_dim;
+    bool has_linear;
+    size_t la_workspace;
 
     void *weight_mem;
     size_t weight_bytes;
@@ -48,9 +81,12 @@ struct hae_model {
     void *act_mem;
     size_t act_bytes;
     hae_tensor ids, x, h, qkv, att, gu, act, hlast, logits;
+    hae_tensor conv_out, graw, gout, workspace; /* linear layers */
     int32_t *ids_host; /* [B * chunk] staging for a chunk's tokens */
 
     hae_kv_cache *kv;
+    void *state_mem; /* recurrent and conv states of the linear layers */
+    size_t state_bytes;
     int64_t pos;
 };
 
@@ -76,12 +112,81 @@ static hae_tensor carve2(carver *c, hae_dtype dt, int64_t d0, int64_t d1) {
     return carve(c, dt, 2, (int64_t[]){d0, d1});
 }
 
-static void add_param(hae_model *m, const char *name, hae_tensor t, float std) {
+static void add_param(hae_model *m, const char *name, hae_tensor t, init_kind init, float std) {
     param *p = &m->params[m->n_params++];
     snprintf(p->name, sizeof p->name, "%s", name);
     p->t = t;
+    p->init = init;
     p->std = std;
     m->n_param_elems += hae_tensor_numel(&t);
+}
+
+/* Width of a linear layer's fused input projection, and of its f and b column groups. */
+static int64_t linear_in_dim(const hae_model *m, const hae_linear_kind *lk, int64_t *f_dim, int64_t *b_dim) {
+    *f_dim = lk->decay == HAE_DECAY_CHANNEL ? m->LV : lk->decay == HAE_DECAY_HEAD ? m->LHV : 0;
+    *b_dim = lk->delta ? m->LHV : 0;
+    return 2 * m->LH * m->LK + m->LHV * m->LV + *f_dim + *b_dim + m->LV;
+}
+
+/* Parameters a layer can have at most (a linear layer with every part, plus the MLP). */
+#define PARAMS_PER_LAYER 24
+
+/* The weights of linear layer l, named as flash-linear-attention's layers name them. */
+static void layout_linear(hae_model *m, carver *c, int64_t l, float std, float std_out) {
+    layer_weights *w = &m->layers[l];
+    const int64_t H = m->LH, HV = m->LHV, K = m->LK, V = m->LV, W = m->conv_W;
+    const hae_decay dec = w->lk.decay;
+    w->in_dim = linear_in_dim(m, &w->lk, &w->f_dim, &w->b_dim);
+    w->wqkv = carve2(c, m->dt, w->in_dim, m->d);
+    w->conv_w = carve2(c, HAE_F32, m->conv_ch, W);
+    if (dec == HAE_DECAY_CHANNEL) w->wf2 = carve2(c, m->dt, HV * K, V);
+    w->wg2 = carve2(c, m->dt, HV * V, V);
+    if (dec != HAE_DECAY_NONE) w->A_log = carve1(c, HAE_F32, HV);
+    if (dec == HAE_DECAY_CHANNEL || dec == HAE_DECAY_HEAD) w->dt_bias = carve1(c, HAE_F32, dec == HAE_DECAY_CHANNEL ? HV * K : HV);
+    w->o_norm = carve1(c, HAE_F32, V);
+    w->wo = carve2(c, m->dt, m->d, HV * V);
+    char name[96];
+    int64_t col = 0;
+#define P(suffix, t, init, s)                                                                      \
+    snprintf(name, sizeof name, "model.layers.%lld.attn.%s", (long long)l, suffix);                \
+    add_param(m, name, t, init, s)
+#define PROJ(suffix, n)                                                                            \
+    P(suffix, hae_tensor_narrow(w->wqkv, 0, col, n), INIT_NORMAL, std);                           \
+    col += n
+    PROJ("q_proj.weight", H * K);
+    PROJ("k_proj.weight", H * K);
+    PROJ("v_proj.weight", HV * V);
+    if (dec == HAE_DECAY_CHANNEL) {
+        PROJ("f_proj.0.weight", V);
+    } else if (dec == HAE_DECAY_HEAD) {
+        PROJ("a_proj.weight", HV);
+    }
+    if (w->lk.delta) {
+        PROJ("b_proj.weight", HV);
+    }
+    PROJ("g_proj.0.weight", V);
+#undef PROJ
+    /* The conv weights are saved [C, 1, W], as PyTorch's depthwise Conv1d holds them. */
+    const int64_t ch[3] = {H * K, H * K, HV * V};
+    const char *const conv_names[3] = {"q_conv1d.weight", "k_conv1d.weight", "v_conv1d.weight"};
+    float bound = 1.0f / sqrtf((float)W);
+    for (int i = 0, row = 0; i < 3; row += (int)ch[i], i++) {
+        hae_tensor cw = hae_tensor_3d((float *)w->conv_w.data + (int64_t)row * W, HAE_F32, c->dev, ch[i], 1, W);
+        P(conv_names[i], cw, INIT_UNIFORM, bound);
+    }
+    if (dec == HAE_DECAY_CHANNEL) {
+        P("f_proj.1.weight", w->wf2, INIT_NORMAL, std);
+    }
+    P("g_proj.1.weight", w->wg2, INIT_NORMAL, std);
+    if (dec == HAE_DECAY_FIXED) {
+        P("A_log", w->A_log, INIT_RETNET, 0.0f);
+    } else if (dec != HAE_DECAY_NONE) {
+        P("A_log", w->A_log, INIT_A_LOG, 0.0f);
+        P("dt_bias", w->dt_bias, INIT_DT_BIAS, 0.0f);
+    }
+    P("o_norm.weight", w->o_norm, INIT_ONES, 0.0f);
+    P("o_proj.weight", w->wo, INIT_NORMAL, std_out);
+#undef P
 }
 
 static void layout_weights(hae_model *m, carver *c) {
@@ -90,38 +195,55 @@ static void layout_weights(hae_model *m, carver *c) {
     m->n_params = 0;
     m->n_param_elems = 0;
     m->embed = carve2(c, m->dt, m->V, m->d);
-    add_param(m, "model.embed_tokens.weight", m->embed, std);
+    add_param(m, "model.embed_tokens.weight", m->embed, INIT_NORMAL, std);
     for (int64_t l = 0; l < m->L; l++) {
         layer_weights *w = &m->layers[l];
+        w->kind = m->cfg.model.layers[l];
+        w->linear = hae_linear_kind_of(w->kind, &w->lk);
+#define P(suffix, t, init, s)                                                                      \
+    snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)l, suffix);                      \
+    add_param(m, name, t, init, s)
         w->attn_norm = carve1(c, HAE_F32, m->d);
-        w->wqkv = carve2(c, m->dt, m->qkv_dim, m->d);
-        w->wo = carve2(c, m->dt, m->d, m->Hq * m->Dh);
+        P("input_layernorm.weight", w->attn_norm, INIT_ONES, 0.0f);
+        if (w->linear) {
+            layout_linear(m, c, l, std, std_out);
+        } else {
+            int64_t qd = m->Hq * m->Dh, kd = m->Hkv * m->Dh;
+            w->wqkv = carve2(c, m->dt, m->qkv_dim, m->d);
+            w->wo = carve2(c, m->dt, m->d, m->Hq * m->Dh);
+            w->window = w->kind == HAE_LAYER_SWA ? m->cfg.model.swa.window_size : 0;
+            P("self_attn.q_proj.weight", hae_tensor_narrow(w->wqkv, 0, 0, qd), INIT_NORMAL, std);
+            P("self_attn.k_proj.weight", hae_tensor_narrow(w->wqkv, 0, qd, kd), INIT_NORMAL, std);
+            P("self_attn.v_proj.weight", hae_tensor_narrow(w->wqkv, 0, qd + kd, kd), INIT_NORMAL, std);
+            P("self_attn.o_proj.weight", w->wo, INIT_NORMAL, std_out);
+        }
         w->mlp_norm = carve1(c, HAE_F32, m->d);
         w->wgu = carve2(c, m->dt, 2 * m->F, m->d);
         w->wdown = carve2(c, m->dt, m->d, m->F);
-        w->window = m->cfg.model.layers[l] == HAE_LAYER_SWA ? m->cfg.model.swa.window_size : 0;
-#define P(suffix, t, s)                                                                            \
-    snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)l, suffix);                      \
-    add_param(m, name, t, s)
-        int64_t qd = m->Hq * m->Dh, kd = m->Hkv * m->Dh;
-        P("input_layernorm.weight", w->attn_norm, 0.0f);
-        P("self_attn.q_proj.weight", hae_tensor_narrow(w->wqkv, 0, 0, qd), std);
-        P("self_attn.k_proj.weight", hae_tensor_narrow(w->wqkv, 0, qd, kd), std);
-        P("self_attn.v_proj.weight", hae_tensor_narrow(w->wqkv, 0, qd + kd, kd), std);
-        P("self_attn.o_proj.weight", w->wo, std_out);
-        P("post_attention_layernorm.weight", w->mlp_norm, 0.0f);
-        P("mlp.gate_proj.weight", hae_tensor_narrow(w->wgu, 0, 0, m->F), std);
-        P("mlp.up_proj.weight", hae_tensor_narrow(w->wgu, 0, m->F, m->F), std);
-        P("mlp.down_proj.weight", w->wdown, std_out);
+        P("post_attention_layernorm.weight", w->mlp_norm, INIT_ONES, 0.0f);
+        P("mlp.gate_proj.weight", hae_tensor_narrow(w->wgu, 0, 0, m->F), INIT_NORMAL, std);
+        P("mlp.up_proj.weight", hae_tensor_narrow(w->wgu, 0, m->F, m->F), INIT_NORMAL, std);
+        P("mlp.down_proj.weight", w->wdown, INIT_NORMAL, std_out);
 #undef P
     }
     m->final_norm = carve1(c, HAE_F32, m->d);
-    add_param(m, "model.norm.weight", m->final_norm, 0.0f);
+    add_param(m, "model.norm.weight", m->final_norm, INIT_ONES, 0.0f);
     if (m->cfg.model.tie_word_embeddings) {
         m->lm_head = m->embed;
     } else {
         m->lm_head = carve2(c, m->dt, m->V, m->d);
-        add_param(m, "lm_head.weight", m->lm_head, std);
+        add_param(m, "lm_head.weight", m->lm_head, INIT_NORMAL, std);
+    }
+}
+
+/* Conv tails and recurrent states of the linear layers, in their own allocation (zeroed whenever
+ * a forward starts at position 0). */
+static void layout_states(hae_model *m, carver *c) {
+    for (int64_t l = 0; l < m->L; l++) {
+        layer_weights *w = &m->layers[l];
+        if (!w->linear) continue;
+        w->conv_state = carve(c, HAE_F32, 3, (int64_t[]){m->B, m->conv_W - 1, m->conv_ch});
+        w->state = carve(c, HAE_F32, 4, (int64_t[]){m->B, m->LHV, m->LK, m->LV});
     }
 }
 
@@ -130,8 +252,14 @@ static void layout_activations(hae_model *m, carver *c) {
     m->ids = carve1(c, HAE_I32, N);
     m->x = carve2(c, HAE_F32, N, m->d);
     m->h = carve2(c, m->dt, N, m->d);
-    m->qkv = carve2(c, m->dt, N, m->qkv_dim);
-    m->att = carve2(c, m->dt, N, m->Hq * m->Dh);
+    m->qkv = carve2(c, m->dt, N, m->proj_dim);
+    m->att = carve2(c, m->dt, N, m->mix_dim);
+    if (m->has_linear) {
+        m->conv_out = carve2(c, m->dt, N, m->conv_ch);
+        m->graw = carve2(c, m->dt, N, m->LHV * m->LK);
+        m->gout = carve2(c, m->dt, N, m->LHV * m->LV);
+        m->workspace = carve1(c, HAE_I32, (int64_t)((m->la_workspace + 3) / 4));
+    }
     m->gu = carve2(c, m->dt, N, 2 * m->F);
     m->act = carve2(c, m->dt, N, m->F);
     m->hlast = carve2(c, m->dt, m->B, m->d);
@@ -145,7 +273,7 @@ static void layout_activations(hae_model *m, carver *c) {
 static hae_status model_dims(hae_model *m, const hae_config *cfg, const hae_model_options *opt) {
     for (int64_t l = 0; l < cfg->model.n_layers; l++) {
         hae_layer_kind k = cfg->model.layers[l];
-        if (k != HAE_LAYER_FULL && k != HAE_LAYER_SWA)
+        if (!hae_layer_kind_built(k))
             return hae_error(HAE_ERR_UNSUPPORTED, "model: layer %lld is '%s', which is not built yet", (long long)l,
                              hae_layer_kind_name(k));
     }
@@ -172,12 +300,57 @@ static hae_status model_dims(hae_model *m, const hae_config *cfg, const hae_mode
     case HAE_ROPE_PARTIAL: m->rot_dims = (int)lroundf((float)m->Dh * cfg->model.attention.partial_rotary_factor); break;
     }
     m->scale = cfg->model.attention.softmax_scale > 0 ? cfg->model.attention.softmax_scale : 1.0f / sqrtf((float)m->Dh);
+
+    m->LH = cfg->model.linear_attn.num_heads;
+    m->LHV = cfg->model.linear_attn.num_v_heads > 0 ? cfg->model.linear_attn.num_v_heads : m->LH;
+    m->LK = cfg->model.linear_attn.head_dim;
+    m->LV = (int64_t)llround((double)m->LK * (double)cfg->model.linear_attn.expand_v);
+    m->conv_W = cfg->model.linear_attn.conv_size;
+    m->conv_ch = 2 * m->LH * m->LK + m->LHV * m->LV;
+    m->proj_dim = m->qkv_dim;
+    m->mix_dim = m->Hq * m->Dh;
+    m->has_linear = false;
+    for (int64_t l = 0; l < m->L; l++) {
+        hae_linear_kind lk;
+        if (!hae_linear_kind_of(cfg->model.layers[l], &lk)) continue;
+        int64_t f, b, in = linear_in_dim(m, &lk, &f, &b);
+        m->has_linear = true;
+        if (in > m->proj_dim) m->proj_dim = in;
+        if (m->LHV * m->LV > m->mix_dim) m->mix_dim = m->LHV * m->LV;
+    }
     return HAE_OK;
+}
+
+#ifdef HAE_HAVE_CUDA
+/* The linear-attention arguments of a chunk of T tokens (shapes only: what the workspace depends on). */
+static hae_linear_attn_args linear_shapes(const hae_model *m, int64_t T, int chunk, hae_device dev) {
+    hae_linear_attn_args a = {0};
+    a.q = hae_tensor_4d(NULL, m->dt, dev, m->B, T, m->LH, m->LK);
+    a.v = hae_tensor_4d(NULL, m->dt, dev, m->B, T, m->LHV, m->LV);
+    a.chunk = chunk;
+    return a;
+}
+
+#endif
+
+/* Workspace of the linear layers on a device: the larger of a prefill chunk's and a decode step's. */
+static size_t linear_workspace(const hae_model *m, hae_device dev) {
+#ifdef HAE_HAVE_CUDA
+    if (m->has_linear && dev == HAE_CUDA) {
+        hae_linear_attn_args p = linear_shapes(m, m->chunk, (int)m->cfg.model.linear_attn.chunk_size, dev);
+        hae_linear_attn_args d = linear_shapes(m, 1, 0, dev);
+        size_t a = hae_linear_attn_workspace_cuda(&p), b = hae_linear_attn_workspace_cuda(&d);
+        return a > b ? a : b;
+    }
+#endif
+    (void)m, (void)dev;
+    return 0;
 }
 
 /* KV slots per sequence of layer l: the whole context for full attention; for a window, the window
  * plus a chunk, since a chunk's first query still reads window - 1 positions before the chunk. */
 static hae_kv_layer_spec kv_spec(const hae_model *m, int64_t l) {
+    if (hae_linear_kind_of(m->cfg.model.layers[l], &(hae_linear_kind){0})) return (hae_kv_layer_spec){0};
     int64_t cap = m->ctx_max;
     if (m->cfg.model.layers[l] == HAE_LAYER_SWA && m->cfg.model.swa.window_size + m->chunk - 1 < cap)
         cap = m->cfg.model.swa.window_size + m->chunk - 1;
@@ -191,7 +364,7 @@ hae_status hae_model_plan_get(const hae_config *cfg, const hae_model_options *op
     hae_status st = model_dims(m, cfg, opt);
     if (st == HAE_OK) {
         m->layers = calloc((size_t)m->L, sizeof *m->layers);
-        m->params = calloc((size_t)(m->L * 9 + 4), sizeof *m->params);
+        m->params = calloc((size_t)(m->L * PARAMS_PER_LAYER + 4), sizeof *m->params);
         if (!m->layers || !m->params) st = hae_error(HAE_ERR_OOM, "model plan: out of host memory");
     }
     if (st == HAE_OK) {
@@ -199,9 +372,19 @@ hae_status hae_model_plan_get(const hae_config *cfg, const hae_model_options *op
         layout_weights(m, &c);
         out->n_params = m->n_param_elems;
         out->weight_bytes = c.used;
+        /* The GPU's linear-attention workspace counts wherever the run may take the GPU. */
+        bool gpu = hae_built_with_cuda() && cfg->runtime.backend != HAE_BACKEND_CPU;
+        m->la_workspace = linear_workspace(m, gpu ? HAE_CUDA : HAE_CPU);
         c = (carver){NULL, 0, HAE_CPU};
         layout_activations(m, &c);
         out->activation_bytes = c.used;
+        c = (carver){NULL, 0, HAE_CPU};
+        layout_states(m, &c);
+        out->state_bytes = c.used;
+        for (int64_t l = 0; l < m->L; l++)
+            if (m->layers[l].linear)
+                out->state_bytes_per_seq[l] = (hae_tensor_nbytes(&m->layers[l].conv_state) +
+                                               hae_tensor_nbytes(&m->layers[l].state)) / (size_t)m->B;
         out->context = m->ctx_max;
         for (int64_t l = 0; l < m->L; l++) {
             hae_kv_layer_spec s = kv_spec(m, l);
@@ -229,7 +412,7 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
 
     hae_status st = HAE_ERR_OOM;
     m->layers = calloc((size_t)m->L, sizeof *m->layers);
-    m->params = calloc((size_t)(m->L * 9 + 4), sizeof *m->params);
+    m->params = calloc((size_t)(m->L * PARAMS_PER_LAYER + 4), sizeof *m->params);
     m->ids_host = malloc(sizeof(int32_t) * (size_t)(m->B * m->chunk));
     if (!m->layers || !m->params || !m->ids_host) {
         hae_model_destroy(m);
@@ -262,6 +445,18 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
     layout_weights(m, &c);
 
     c = (carver){NULL, 0, hae_backend_device(be)};
+    layout_states(m, &c);
+    m->state_bytes = c.used;
+    st = hae_backend_alloc(be, m->state_bytes, &m->state_mem);
+    if (st != HAE_OK) {
+        hae_model_destroy(m);
+        return hae_error_wrap(st, "linear-layer states (%lld sequences)", (long long)m->B);
+    }
+    c = (carver){m->state_mem, 0, hae_backend_device(be)};
+    layout_states(m, &c);
+
+    m->la_workspace = linear_workspace(m, hae_backend_device(be));
+    c = (carver){NULL, 0, hae_backend_device(be)};
     layout_activations(m, &c);
     m->act_bytes = c.used;
     st = hae_backend_alloc(be, m->act_bytes, &m->act_mem);
@@ -287,6 +482,7 @@ void hae_model_destroy(hae_model *m) {
     hae_kv_cache_destroy(m->kv);
     hae_backend_free(m->be, m->weight_mem);
     hae_backend_free(m->be, m->act_mem);
+    hae_backend_free(m->be, m->state_mem);
     free(m->layers);
     free(m->params);
     free(m->ids_host);
@@ -301,7 +497,7 @@ void hae_model_stats_get(const hae_model *m, hae_model_stats *s) {
     s->n_params = m->n_param_elems;
     s->weight_bytes = m->weight_bytes;
     s->kv_bytes = hae_kv_cache_bytes(m->kv);
-    s->state_bytes = 0;
+    s->state_bytes = m->state_bytes;
     s->activation_bytes = m->act_bytes;
     s->device = hae_backend_device(m->be);
 }
@@ -345,6 +541,24 @@ static float normal_at(uint64_t seed, uint64_t p, uint64_t i) {
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
+/* Element i of parameter p (index p in the model's list) under its init. */
+static float init_value(const param *pr, uint64_t seed, uint64_t p, uint64_t i) {
+    double u = hae_uniform(seed, p, i, 0);
+    switch (pr->init) {
+    case INIT_NORMAL: return pr->std * normal_at(seed, p, i);
+    case INIT_ONES: return 1.0f;
+    case INIT_UNIFORM: return pr->std * (float)(2.0 * u - 1.0);
+    case INIT_A_LOG: return (float)log(1.0 + 15.0 * u);
+    case INIT_DT_BIAS: {
+        double dt = exp(u * (log(0.1) - log(0.001)) + log(0.001));
+        if (dt < 1e-4) dt = 1e-4;
+        return (float)(dt + log(-expm1(-dt)));
+    }
+    case INIT_RETNET: return (float)log(-log1p(-ldexp(1.0, -5 - (int)i)));
+    }
+    return 0.0f;
+}
+
 hae_status hae_model_init_weights(hae_model *m, uint64_t seed) {
     stage s;
     HAE_TRY(stage_alloc(&s));
@@ -354,8 +568,7 @@ hae_status hae_model_init_weights(hae_model *m, uint64_t seed) {
         int64_t n = hae_tensor_numel(&pr->t);
         for (int64_t off = 0; off < n && st == HAE_OK; off += STAGE_ELEMS) {
             int64_t k = n - off < STAGE_ELEMS ? n - off : STAGE_ELEMS;
-            for (int64_t i = 0; i < k; i++)
-                s.f[i] = pr->std == 0.0f ? 1.0f : pr->std * normal_at(seed, (uint64_t)p, (uint64_t)(off + i));
+            for (int64_t i = 0; i < k; i++) s.f[i] = init_value(pr, seed, (uint64_t)p, (uint64_t)(off + i));
             st = put_block(m, &s, &pr->t, off, k);
         }
     }
@@ -450,13 +663,29 @@ static hae_tensor qkv_heads(const hae_model *m, int64_t T, int64_t col0, int64_t
 
 static hae_tensor rows(hae_tensor t, int64_t n) { return hae_tensor_narrow(t, 0, 0, n); }
 
+/* A buffer's first n rows seen as a contiguous [n, width] matrix (buffers are sized for the widest use). */
+static hae_tensor view2(const hae_tensor *buf, int64_t n, int64_t width) {
+    return hae_tensor_2d(buf->data, buf->dtype, buf->device, n, width);
+}
+
+/* [B, T, heads, dim] (or [B, T, heads] when dim is 0) at column col0 of a contiguous [B T, width] matrix. */
+static hae_tensor head_view(const hae_tensor *mat, int64_t B, int64_t T, int64_t col0, int64_t heads, int64_t dim) {
+    const int64_t width = mat->shape[1];
+    void *p = (char *)mat->data + col0 * (int64_t)hae_dtype_size(mat->dtype);
+    hae_tensor t = dim ? hae_tensor_4d(p, mat->dtype, mat->device, B, T, heads, dim)
+                       : hae_tensor_3d(p, mat->dtype, mat->device, B, T, heads);
+    t.stride[0] = T * width;
+    t.stride[1] = width;
+    return t;
+}
+
 static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
     const layer_weights *w = &m->layers[l];
     hae_backend *be = m->be;
     int64_t N = m->B * T, qd = m->Hq * m->Dh, kd = m->Hkv * m->Dh;
     float eps = m->cfg.model.norm_eps;
     HAE_TRY(hae_rmsnorm(be, &(hae_rmsnorm_args){.x = rows(m->x, N), .weight = w->attn_norm, .out = rows(m->h, N), .eps = eps}));
-    HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = rows(m->h, N), .b = w->wqkv, .c = rows(m->qkv, N)}));
+    HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = rows(m->h, N), .b = w->wqkv, .c = view2(&m->qkv, N, m->qkv_dim)}));
     hae_tensor q = qkv_heads(m, T, 0, m->Hq), k = qkv_heads(m, T, qd, m->Hkv), v = qkv_heads(m, T, qd + kd, m->Hkv);
     float theta = m->cfg.model.attention.rope_theta;
     HAE_TRY(hae_rope(be, &(hae_rope_args){.x = q, .pos0 = m->pos, .rot_dims = m->rot_dims, .theta = theta}));
@@ -468,7 +697,54 @@ static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
     hae_tensor att = hae_tensor_4d(m->att.data, m->dt, hae_backend_device(be), m->B, T, m->Hq, m->Dh);
     HAE_TRY(hae_attention(be, &(hae_attention_args){.q = q, .k_cache = kc, .v_cache = vc, .out = att, .pos0 = m->pos,
                                                     .window = w->window, .scale = m->scale}));
-    return hae_gemm(be, &(hae_gemm_args){.a = rows(m->att, N), .b = w->wo, .c = rows(m->x, N), .accumulate = true});
+    return hae_gemm(be, &(hae_gemm_args){.a = view2(&m->att, N, m->Hq * m->Dh), .b = w->wo, .c = rows(m->x, N),
+                                         .accumulate = true});
+}
+
+/* x += o_proj(gated_norm(linear_attn(conv(q, k, v), gates), g2(g1))), every projection of x in one GEMM. */
+static hae_status linear_block(hae_model *m, int64_t l, int64_t T) {
+    const layer_weights *w = &m->layers[l];
+    hae_backend *be = m->be;
+    const int64_t B = m->B, N = B * T, H = m->LH, HV = m->LHV, K = m->LK, V = m->LV;
+    const float eps = m->cfg.model.norm_eps;
+    HAE_TRY(hae_rmsnorm(be, &(hae_rmsnorm_args){.x = rows(m->x, N), .weight = w->attn_norm, .out = rows(m->h, N), .eps = eps}));
+    hae_tensor proj = view2(&m->qkv, N, w->in_dim);
+    HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = rows(m->h, N), .b = w->wqkv, .c = proj}));
+
+    hae_tensor conv = view2(&m->conv_out, N, m->conv_ch);
+    hae_tensor conv_in = head_view(&proj, B, T, 0, m->conv_ch, 0);
+    HAE_TRY(hae_conv_short(be, &(hae_conv_short_args){.x = conv_in, .weight = w->conv_w, .state = w->conv_state,
+                                                      .out = head_view(&conv, B, T, 0, m->conv_ch, 0), .silu = true}));
+    int64_t col = m->conv_ch;
+    hae_tensor g = {0}, beta = {0};
+    if (w->lk.decay == HAE_DECAY_CHANNEL) {
+        hae_tensor graw = view2(&m->graw, N, HV * K);
+        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = hae_tensor_narrow(proj, 1, col, V), .b = w->wf2, .c = graw}));
+        g = head_view(&graw, B, T, 0, HV, K);
+    } else if (w->lk.decay == HAE_DECAY_HEAD) {
+        g = head_view(&proj, B, T, col, HV, 0);
+    }
+    col += w->f_dim;
+    if (w->lk.delta) beta = head_view(&proj, B, T, col, HV, 0);
+    col += w->b_dim;
+    hae_tensor gout = view2(&m->gout, N, HV * V);
+    HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = hae_tensor_narrow(proj, 1, col, V), .b = w->wg2, .c = gout}));
+
+    hae_tensor o = view2(&m->att, N, HV * V);
+    hae_linear_attn_args la = {
+        .q = head_view(&conv, B, T, 0, H, K), .k = head_view(&conv, B, T, H * K, H, K),
+        .v = head_view(&conv, B, T, 2 * H * K, HV, V), .g = g, .beta = beta, .A_log = w->A_log,
+        .dt_bias = w->dt_bias, .state = w->state, .out = head_view(&o, B, T, 0, HV, V),
+        .decay = w->lk.decay, .delta = w->lk.delta, .gate = m->cfg.model.linear_attn.safe_gate ? HAE_GATE_SAFE : HAE_GATE_SOFTPLUS,
+        .lower_bound = m->cfg.model.linear_attn.lower_bound, .qk_map = w->lk.qk_map, .scale = 1.0f / sqrtf((float)K),
+        .chunk = T == 1 ? 0 : (int)m->cfg.model.linear_attn.chunk_size,
+        .workspace = m->workspace.data, .workspace_bytes = m->la_workspace,
+    };
+    HAE_TRY(hae_linear_attn(be, &la));
+    hae_tensor o3 = hae_tensor_3d(o.data, o.dtype, o.device, N, HV, V);
+    HAE_TRY(hae_gated_rmsnorm(be, &(hae_gated_rmsnorm_args){.x = o3, .gate = hae_tensor_3d(gout.data, gout.dtype, gout.device, N, HV, V),
+                                                            .weight = w->o_norm, .out = o3, .eps = eps}));
+    return hae_gemm(be, &(hae_gemm_args){.a = o, .b = w->wo, .c = rows(m->x, N), .accumulate = true});
 }
 
 static hae_status mlp_block(hae_model *m, int64_t l, int64_t T) {
@@ -516,13 +792,14 @@ hae_status hae_model_forward(hae_model *m, const int32_t *tokens, int64_t T, hae
         if (tokens[i] < 0 || tokens[i] >= m->V)
             return hae_error(HAE_ERR_INVALID, "model forward: token %d (sequence %lld, index %lld) is outside the vocabulary [0, %lld)",
                              tokens[i], (long long)(i / T), (long long)(i % T), (long long)m->V);
+    if (m->pos == 0) HAE_TRY(hae_backend_zero(m->be, m->state_mem, m->state_bytes)); /* a new context */
     for (int64_t t0 = 0; t0 < T; t0 += m->chunk) {
         int64_t n = T - t0 < m->chunk ? T - t0 : m->chunk, N = m->B * n;
         for (int64_t b = 0; b < m->B; b++) memcpy(m->ids_host + b * n, tokens + b * T + t0, sizeof(int32_t) * (size_t)n);
         HAE_TRY(hae_backend_upload(m->be, m->ids.data, m->ids_host, sizeof(int32_t) * (size_t)N));
         HAE_TRY(hae_embedding(m->be, &(hae_embedding_args){.ids = rows(m->ids, N), .table = m->embed, .out = rows(m->x, N)}));
         for (int64_t l = 0; l < m->L; l++) {
-            HAE_TRY(attention_block(m, l, n));
+            HAE_TRY(m->layers[l].linear ? linear_block(m, l, n) : attention_block(m, l, n));
             HAE_TRY(mlp_block(m, l, n));
         }
         HAE_TRY(lm_head(m, n, t0 + n == T));

@@ -3,11 +3,8 @@
 
 #include <stdio.h>
 
-#define DTM(dt) (1u << (dt))
-#define FLOATS (DTM(HAE_F32) | DTM(HAE_BF16))
-
 /* Each check names the op, the argument and its description, so a caller sees what was passed. */
-static hae_status check_tensor(const char *op, const char *name, const hae_tensor *t, const hae_backend *be,
+hae_status hae_check_tensor(const char *op, const char *name, const hae_tensor *t, const hae_backend *be,
                                int ndim, unsigned dtypes) {
     char d[96];
     if (t->data == NULL && hae_tensor_numel(t) > 0)
@@ -15,7 +12,7 @@ static hae_status check_tensor(const char *op, const char *name, const hae_tenso
     if (t->ndim != ndim)
         return hae_error(HAE_ERR_INVALID, "%s: %s %s: expected %d dims", op, name, hae_tensor_describe(t, d, sizeof d),
                          ndim);
-    if (!(dtypes & DTM(t->dtype)))
+    if (!(dtypes & HAE_DTM(t->dtype)))
         return hae_error(HAE_ERR_INVALID, "%s: %s %s: dtype %s not supported here", op, name,
                          hae_tensor_describe(t, d, sizeof d), hae_dtype_name(t->dtype));
     if (t->device != be->device)
@@ -36,7 +33,7 @@ static hae_status check_tensor(const char *op, const char *name, const hae_tenso
     return HAE_OK;
 }
 
-static hae_status shape_mismatch(const char *op, const char *what, const hae_tensor *x, const hae_tensor *y) {
+hae_status hae_shape_mismatch(const char *op, const char *what, const hae_tensor *x, const hae_tensor *y) {
     char a[96], b[96];
     return hae_error(HAE_ERR_INVALID, "%s: %s: %s vs %s", op, what, hae_tensor_describe(x, a, sizeof a),
                      hae_tensor_describe(y, b, sizeof b));
@@ -66,50 +63,50 @@ CUDA_IMPL(attention)
 
 hae_status hae_embedding(hae_backend *be, const hae_embedding_args *a) {
     const char *op = "hae_embedding";
-    HAE_TRY(check_tensor(op, "ids", &a->ids, be, 1, DTM(HAE_I32)));
-    HAE_TRY(check_tensor(op, "table", &a->table, be, 2, FLOATS));
-    HAE_TRY(check_tensor(op, "out", &a->out, be, 2, DTM(HAE_F32)));
+    HAE_TRY(hae_check_tensor(op, "ids", &a->ids, be, 1, HAE_DTM(HAE_I32)));
+    HAE_TRY(hae_check_tensor(op, "table", &a->table, be, 2, HAE_FLOATS));
+    HAE_TRY(hae_check_tensor(op, "out", &a->out, be, 2, HAE_DTM(HAE_F32)));
     if (a->out.shape[0] != a->ids.shape[0] || a->out.shape[1] != a->table.shape[1])
-        return shape_mismatch(op, "out must be [N, D] for N ids and a [V, D] table", &a->out, &a->table);
+        return hae_shape_mismatch(op, "out must be [N, D] for N ids and a [V, D] table", &a->out, &a->table);
     return DISPATCH(embedding, be, a);
 }
 
 hae_status hae_rmsnorm(hae_backend *be, const hae_rmsnorm_args *a) {
     const char *op = "hae_rmsnorm";
-    HAE_TRY(check_tensor(op, "x", &a->x, be, 2, DTM(HAE_F32)));
-    HAE_TRY(check_tensor(op, "weight", &a->weight, be, 1, DTM(HAE_F32)));
-    HAE_TRY(check_tensor(op, "out", &a->out, be, 2, FLOATS));
-    if (a->weight.shape[0] != a->x.shape[1]) return shape_mismatch(op, "weight must be [D]", &a->x, &a->weight);
+    HAE_TRY(hae_check_tensor(op, "x", &a->x, be, 2, HAE_DTM(HAE_F32)));
+    HAE_TRY(hae_check_tensor(op, "weight", &a->weight, be, 1, HAE_DTM(HAE_F32)));
+    HAE_TRY(hae_check_tensor(op, "out", &a->out, be, 2, HAE_FLOATS));
+    if (a->weight.shape[0] != a->x.shape[1]) return hae_shape_mismatch(op, "weight must be [D]", &a->x, &a->weight);
     if (a->out.shape[0] != a->x.shape[0] || a->out.shape[1] != a->x.shape[1])
-        return shape_mismatch(op, "out must match x", &a->x, &a->out);
+        return hae_shape_mismatch(op, "out must match x", &a->x, &a->out);
     if (!(a->eps > 0.0f)) return hae_error(HAE_ERR_INVALID, "%s: eps %g must be > 0", op, (double)a->eps);
     return DISPATCH(rmsnorm, be, a);
 }
 
 hae_status hae_gemm(hae_backend *be, const hae_gemm_args *a) {
     const char *op = "hae_gemm";
-    HAE_TRY(check_tensor(op, "a", &a->a, be, 2, FLOATS));
-    HAE_TRY(check_tensor(op, "b", &a->b, be, 2, FLOATS));
-    HAE_TRY(check_tensor(op, "c", &a->c, be, 2, a->accumulate ? DTM(HAE_F32) : FLOATS));
-    if (a->a.dtype != a->b.dtype) return shape_mismatch(op, "a and b must share a dtype", &a->a, &a->b);
-    if (a->a.shape[1] != a->b.shape[1]) return shape_mismatch(op, "a [M, K] and b [N, K] differ in K", &a->a, &a->b);
+    HAE_TRY(hae_check_tensor(op, "a", &a->a, be, 2, HAE_FLOATS));
+    HAE_TRY(hae_check_tensor(op, "b", &a->b, be, 2, HAE_FLOATS));
+    HAE_TRY(hae_check_tensor(op, "c", &a->c, be, 2, a->accumulate ? HAE_DTM(HAE_F32) : HAE_FLOATS));
+    if (a->a.dtype != a->b.dtype) return hae_shape_mismatch(op, "a and b must share a dtype", &a->a, &a->b);
+    if (a->a.shape[1] != a->b.shape[1]) return hae_shape_mismatch(op, "a [M, K] and b [N, K] differ in K", &a->a, &a->b);
     if (a->c.shape[0] != a->a.shape[0] || a->c.shape[1] != a->b.shape[0])
-        return shape_mismatch(op, "c must be [M, N] for a [M, K] and b [N, K]", &a->c, &a->b);
+        return hae_shape_mismatch(op, "c must be [M, N] for a [M, K] and b [N, K]", &a->c, &a->b);
     return DISPATCH(gemm, be, a);
 }
 
 hae_status hae_swiglu(hae_backend *be, const hae_swiglu_args *a) {
     const char *op = "hae_swiglu";
-    HAE_TRY(check_tensor(op, "gate_up", &a->gate_up, be, 2, FLOATS));
-    HAE_TRY(check_tensor(op, "out", &a->out, be, 2, FLOATS));
+    HAE_TRY(hae_check_tensor(op, "gate_up", &a->gate_up, be, 2, HAE_FLOATS));
+    HAE_TRY(hae_check_tensor(op, "out", &a->out, be, 2, HAE_FLOATS));
     if (a->out.shape[0] != a->gate_up.shape[0] || a->gate_up.shape[1] != 2 * a->out.shape[1])
-        return shape_mismatch(op, "gate_up must be [N, 2F] for out [N, F]", &a->gate_up, &a->out);
+        return hae_shape_mismatch(op, "gate_up must be [N, 2F] for out [N, F]", &a->gate_up, &a->out);
     return DISPATCH(swiglu, be, a);
 }
 
 hae_status hae_rope(hae_backend *be, const hae_rope_args *a) {
     const char *op = "hae_rope";
-    HAE_TRY(check_tensor(op, "x", &a->x, be, 4, FLOATS));
+    HAE_TRY(hae_check_tensor(op, "x", &a->x, be, 4, HAE_FLOATS));
     int64_t D = a->x.shape[3];
     if (a->rot_dims < 0 || a->rot_dims % 2 || a->rot_dims > D)
         return hae_error(HAE_ERR_INVALID, "%s: rot_dims %d must be even and in [0, %lld]", op, a->rot_dims,
@@ -123,10 +120,10 @@ hae_status hae_rope(hae_backend *be, const hae_rope_args *a) {
 
 hae_status hae_sample(hae_backend *be, const hae_sample_args *a) {
     const char *op = "hae_sample";
-    HAE_TRY(check_tensor(op, "logits", &a->logits, be, 2, DTM(HAE_F32)));
-    HAE_TRY(check_tensor(op, "out", &a->out, be, 1, DTM(HAE_I32)));
-    if (a->out.shape[0] != a->logits.shape[0]) return shape_mismatch(op, "out must be [B]", &a->logits, &a->out);
-    if (a->logits.shape[1] < 1) return shape_mismatch(op, "logits need V >= 1", &a->logits, &a->out);
+    HAE_TRY(hae_check_tensor(op, "logits", &a->logits, be, 2, HAE_DTM(HAE_F32)));
+    HAE_TRY(hae_check_tensor(op, "out", &a->out, be, 1, HAE_DTM(HAE_I32)));
+    if (a->out.shape[0] != a->logits.shape[0]) return hae_shape_mismatch(op, "out must be [B]", &a->logits, &a->out);
+    if (a->logits.shape[1] < 1) return hae_shape_mismatch(op, "logits need V >= 1", &a->logits, &a->out);
     if (a->temperature < 0.0f || a->temperature != a->temperature)
         return hae_error(HAE_ERR_INVALID, "%s: temperature %g must be >= 0", op, (double)a->temperature);
     return DISPATCH(sample, be, a);
@@ -134,12 +131,12 @@ hae_status hae_sample(hae_backend *be, const hae_sample_args *a) {
 
 hae_status hae_convert(hae_backend *be, const hae_tensor *src, const hae_tensor *dst) {
     const char *op = "hae_convert";
-    unsigned ok = FLOATS | DTM(HAE_F16) | DTM(HAE_FP8_E4M3);
-    HAE_TRY(check_tensor(op, "src", src, be, src->ndim, ok));
-    HAE_TRY(check_tensor(op, "dst", dst, be, dst->ndim, ok));
+    unsigned ok = HAE_FLOATS | HAE_DTM(HAE_F16) | HAE_DTM(HAE_FP8_E4M3);
+    HAE_TRY(hae_check_tensor(op, "src", src, be, src->ndim, ok));
+    HAE_TRY(hae_check_tensor(op, "dst", dst, be, dst->ndim, ok));
     if (!hae_tensor_is_contiguous(src) || !hae_tensor_is_contiguous(dst) ||
         hae_tensor_numel(src) != hae_tensor_numel(dst))
-        return shape_mismatch(op, "src and dst must be contiguous with the same element count", src, dst);
+        return hae_shape_mismatch(op, "src and dst must be contiguous with the same element count", src, dst);
     if (hae_tensor_numel(src) == 0) return HAE_OK;
 #ifdef HAE_HAVE_CUDA
     if (be->device == HAE_CUDA) return hae_convert_cuda(be, src, dst);
@@ -149,41 +146,41 @@ hae_status hae_convert(hae_backend *be, const hae_tensor *src, const hae_tensor 
 
 static hae_status check_cache(const char *op, const char *name, const hae_tensor *cache, const hae_tensor *x,
                               hae_backend *be) {
-    HAE_TRY(check_tensor(op, name, cache, be, 4, FLOATS));
-    if (!hae_tensor_is_contiguous(cache)) return shape_mismatch(op, "cache must be contiguous", cache, x);
+    HAE_TRY(hae_check_tensor(op, name, cache, be, 4, HAE_FLOATS));
+    if (!hae_tensor_is_contiguous(cache)) return hae_shape_mismatch(op, "cache must be contiguous", cache, x);
     if (cache->shape[0] != x->shape[0] || cache->shape[3] != x->shape[3])
-        return shape_mismatch(op, "cache [B, cap, Hkv, D] must match batch and head dim", cache, x);
-    if (cache->shape[1] < 1) return shape_mismatch(op, "cache has no slots", cache, x);
+        return hae_shape_mismatch(op, "cache [B, cap, Hkv, D] must match batch and head dim", cache, x);
+    if (cache->shape[1] < 1) return hae_shape_mismatch(op, "cache has no slots", cache, x);
     return HAE_OK;
 }
 
 hae_status hae_kv_write(hae_backend *be, const hae_kv_write_args *a) {
     const char *op = "hae_kv_write";
-    HAE_TRY(check_tensor(op, "src", &a->src, be, 4, FLOATS));
+    HAE_TRY(hae_check_tensor(op, "src", &a->src, be, 4, HAE_FLOATS));
     HAE_TRY(check_cache(op, "cache", &a->cache, &a->src, be));
-    if (a->cache.shape[2] != a->src.shape[2]) return shape_mismatch(op, "kv heads differ", &a->src, &a->cache);
+    if (a->cache.shape[2] != a->src.shape[2]) return hae_shape_mismatch(op, "kv heads differ", &a->src, &a->cache);
     if (a->pos0 < 0) return hae_error(HAE_ERR_INVALID, "%s: pos0 %lld < 0", op, (long long)a->pos0);
     if (a->src.shape[1] > a->cache.shape[1])
-        return shape_mismatch(op, "more tokens than cache slots", &a->src, &a->cache);
+        return hae_shape_mismatch(op, "more tokens than cache slots", &a->src, &a->cache);
     if (hae_tensor_numel(&a->src) == 0) return HAE_OK;
     return DISPATCH(kv_write, be, a);
 }
 
 hae_status hae_attention(hae_backend *be, const hae_attention_args *a) {
     const char *op = "hae_attention";
-    HAE_TRY(check_tensor(op, "q", &a->q, be, 4, FLOATS));
-    HAE_TRY(check_tensor(op, "out", &a->out, be, 4, FLOATS));
+    HAE_TRY(hae_check_tensor(op, "q", &a->q, be, 4, HAE_FLOATS));
+    HAE_TRY(hae_check_tensor(op, "out", &a->out, be, 4, HAE_FLOATS));
     HAE_TRY(check_cache(op, "k_cache", &a->k_cache, &a->q, be));
     HAE_TRY(check_cache(op, "v_cache", &a->v_cache, &a->q, be));
     for (int i = 0; i < 4; i++)
-        if (a->out.shape[i] != a->q.shape[i]) return shape_mismatch(op, "out must match q", &a->q, &a->out);
+        if (a->out.shape[i] != a->q.shape[i]) return hae_shape_mismatch(op, "out must match q", &a->q, &a->out);
     for (int i = 0; i < 4; i++)
         if (a->k_cache.shape[i] != a->v_cache.shape[i])
-            return shape_mismatch(op, "k_cache and v_cache differ", &a->k_cache, &a->v_cache);
+            return hae_shape_mismatch(op, "k_cache and v_cache differ", &a->k_cache, &a->v_cache);
     if (a->k_cache.dtype != a->v_cache.dtype)
-        return shape_mismatch(op, "k_cache and v_cache differ in dtype", &a->k_cache, &a->v_cache);
+        return hae_shape_mismatch(op, "k_cache and v_cache differ in dtype", &a->k_cache, &a->v_cache);
     int64_t Hq = a->q.shape[2], Hkv = a->k_cache.shape[2], T = a->q.shape[1], cap = a->k_cache.shape[1];
-    if (Hkv < 1 || Hq % Hkv) return shape_mismatch(op, "q heads must be a multiple of kv heads", &a->q, &a->k_cache);
+    if (Hkv < 1 || Hq % Hkv) return hae_shape_mismatch(op, "q heads must be a multiple of kv heads", &a->q, &a->k_cache);
     if (a->pos0 < 0 || a->window < 0)
         return hae_error(HAE_ERR_INVALID, "%s: pos0 %lld and window %lld must be >= 0", op, (long long)a->pos0,
                          (long long)a->window);

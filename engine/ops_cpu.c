@@ -10,7 +10,7 @@ static size_t esize(const hae_tensor *t) { return hae_dtype_size(t->dtype); }
 static const char *row2(const hae_tensor *t, int64_t i) { return (const char *)t->data + i * t->stride[0] * (int64_t)esize(t); }
 
 /* n values of a row as f32: one loop per dtype, so compilers vectorise the bf16 widening. */
-static void to_f32(const void *src, hae_dtype dt, int64_t n, float *restrict dst) {
+void hae_to_f32(const void *src, hae_dtype dt, int64_t n, float *restrict dst) {
     if (dt == HAE_F32) {
         memcpy(dst, src, (size_t)n * sizeof(float));
     } else if (dt == HAE_BF16) {
@@ -26,11 +26,11 @@ static void to_f32(const void *src, hae_dtype dt, int64_t n, float *restrict dst
 /* Converts n values of a row to f32 (a no-op view for f32). */
 static const float *row_f32(const void *src, hae_dtype dt, int64_t n, float *buf) {
     if (dt == HAE_F32) return src;
-    to_f32(src, dt, n, buf);
+    hae_to_f32(src, dt, n, buf);
     return buf;
 }
 /* Dot product with 8 independent partial sums (vectorisable without reassociating). */
-static float dot8(const float *restrict a, const float *restrict b, int64_t n) {
+float hae_dot_f32(const float *restrict a, const float *restrict b, int64_t n) {
     float s[8] = {0};
     int64_t k = 0;
     for (; k + 8 <= n; k += 8)
@@ -39,7 +39,7 @@ static float dot8(const float *restrict a, const float *restrict b, int64_t n) {
     for (; k < n; k++) r += a[k] * b[k];
     return r;
 }
-static void store_row(void *dst, hae_dtype dt, const float *v, int64_t n) {
+void hae_from_f32(void *dst, hae_dtype dt, const float *v, int64_t n) {
     if (dt == HAE_F32) {
         memcpy(dst, v, (size_t)n * sizeof(float));
         return;
@@ -139,18 +139,18 @@ static void gemm_tile(void *p, int64_t t) {
     for (int64_t k0 = 0; k0 < K; k0 += GEMM_KB) {
         int64_t kr = K - k0 < GEMM_KB ? K - k0 : GEMM_KB;
         for (int64_t i = 0; i < mr; i++)
-            to_f32((const char *)row2(&g->a, m0 + i) + k0 * (int64_t)esize(&g->a), g->a.dtype, kr, ap + i * GEMM_KB);
+            hae_to_f32((const char *)row2(&g->a, m0 + i) + k0 * (int64_t)esize(&g->a), g->a.dtype, kr, ap + i * GEMM_KB);
         if (mr < 4) { /* decode: too few rows to repay packing B; dot products straight off its rows */
             for (int64_t j = 0; j < nr; j++) {
-                to_f32((const char *)row2(&g->b, n0 + j) + k0 * (int64_t)esize(&g->b), g->b.dtype, kr, bp);
-                for (int64_t i = 0; i < mr; i++) acc[i * GEMM_NB + j] += dot8(ap + i * GEMM_KB, bp, kr);
+                hae_to_f32((const char *)row2(&g->b, n0 + j) + k0 * (int64_t)esize(&g->b), g->b.dtype, kr, bp);
+                for (int64_t i = 0; i < mr; i++) acc[i * GEMM_NB + j] += hae_dot_f32(ap + i * GEMM_KB, bp, kr);
             }
             continue;
         }
         for (int64_t j = 0; j < GEMM_NB; j++) {
             if (j < nr) {
                 float *row = acc + GEMM_MB * GEMM_NB; /* staging after the accumulators */
-                to_f32((const char *)row2(&g->b, n0 + j) + k0 * (int64_t)esize(&g->b), g->b.dtype, kr, row);
+                hae_to_f32((const char *)row2(&g->b, n0 + j) + k0 * (int64_t)esize(&g->b), g->b.dtype, kr, row);
                 for (int64_t k = 0; k < kr; k++) bp[k * GEMM_NB + j] = row[k];
             } else {
                 for (int64_t k = 0; k < kr; k++) bp[k * GEMM_NB + j] = 0.0f;
@@ -187,7 +187,7 @@ static void gemm_tile(void *p, int64_t t) {
             float *cf = (float *)crow;
             for (int64_t j = 0; j < nr; j++) cf[j] += acc[i * GEMM_NB + j];
         } else {
-            store_row(crow, g->c.dtype, acc + i * GEMM_NB, nr);
+            hae_from_f32(crow, g->c.dtype, acc + i * GEMM_NB, nr);
         }
     }
 }
