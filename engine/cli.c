@@ -180,25 +180,40 @@ static int cmd_info(int argc, char **argv) {
            (long long)cfg.model.attention.num_kv_heads, (long long)cfg.model.attention.head_dim,
            cfg.model.attention.rope == HAE_ROPE_NONE ? "none" : cfg.model.attention.rope == HAE_ROPE_FULL ? "full" : "partial",
            (long long)cfg.model.mlp.intermediate_size);
+    bool linear = false;
+    for (int64_t l = 0; l < cfg.model.n_layers; l++) linear |= hae_linear_kind_of(cfg.model.layers[l], &(hae_linear_kind){0});
+    if (linear) {
+        int64_t h = cfg.model.linear_attn.num_heads, hv = cfg.model.linear_attn.num_v_heads,
+                k = cfg.model.linear_attn.head_dim;
+        printf("linear      %lld q/k heads x %lld, %lld v heads x %lld, conv %lld, chunk %lld, gate %s", (long long)h,
+               (long long)k, (long long)(hv ? hv : h), (long long)llround((double)k * cfg.model.linear_attn.expand_v),
+               (long long)cfg.model.linear_attn.conv_size, (long long)cfg.model.linear_attn.chunk_size,
+               cfg.model.linear_attn.safe_gate ? "safe" : "softplus");
+        if (cfg.model.linear_attn.safe_gate) printf(" (lower bound %g)", (double)cfg.model.linear_attn.lower_bound);
+        printf("\n");
+    }
     printf("parameters  %s (%s of weights in %s)\n", fmt_count((double)p->n_params, b1, sizeof b1),
            fmt_bytes((double)p->weight_bytes, b2, sizeof b2), hae_dtype_name(cfg.runtime.dtype));
     printf("runtime     batch %lld, context %lld (prefill %lld + decode %lld), chunk %lld, activations %s\n",
            (long long)cfg.runtime.batch, (long long)p->context, (long long)cfg.runtime.prefill,
            (long long)cfg.runtime.decode, (long long)(cfg.runtime.prefill_chunk ? cfg.runtime.prefill_chunk : p->context),
            fmt_bytes((double)p->activation_bytes, b3, sizeof b3));
-    printf("\n%-6s %-6s %16s %12s %18s %18s\n", "layer", "kind", "kv B/token", "kv slots", "kv bytes", "twin kv bytes");
+    printf("\n%-6s %-8s %12s %10s %14s %14s %16s\n", "layer", "kind", "kv B/token", "kv slots", "kv bytes",
+           "state B/seq", "twin kv bytes");
     for (int64_t l = 0; l < cfg.model.n_layers; l++) {
         size_t kb = (size_t)cfg.runtime.batch * (size_t)p->kv_slots[l] * p->kv_bytes_per_token[l];
         size_t tb = (size_t)cfg.runtime.batch * (size_t)pt->kv_slots[l] * pt->kv_bytes_per_token[l];
-        printf("%-6lld %-6s %16zu %12lld %18s %18s\n", (long long)l, hae_layer_kind_name(cfg.model.layers[l]),
+        printf("%-6lld %-8s %12zu %10lld %14s %14zu %16s\n", (long long)l, hae_layer_kind_name(cfg.model.layers[l]),
                p->kv_bytes_per_token[l], (long long)p->kv_slots[l], fmt_bytes((double)kb, b1, sizeof b1),
-               fmt_bytes((double)tb, b2, sizeof b2));
+               p->state_bytes_per_seq[l], fmt_bytes((double)tb, b2, sizeof b2));
     }
-    printf("%-6s %-6s %16s %12s %18s %18s\n", "total", "", "", "", fmt_bytes((double)p->kv_bytes, b1, sizeof b1),
-           fmt_bytes((double)pt->kv_bytes, b2, sizeof b2));
-    double saving = pt->kv_bytes ? 100.0 * (1.0 - (double)p->kv_bytes / (double)pt->kv_bytes) : 0.0;
-    printf("\nKV cache at context %lld: %s vs %s for the full-attention twin (%.1f%% less)\n", (long long)p->context,
-           fmt_bytes((double)p->kv_bytes, b1, sizeof b1), fmt_bytes((double)pt->kv_bytes, b2, sizeof b2), saving);
+    printf("%-6s %-8s %12s %10s %14s %14s %16s\n", "total", "", "", "", fmt_bytes((double)p->kv_bytes, b1, sizeof b1),
+           fmt_bytes((double)p->state_bytes, b3, sizeof b3), fmt_bytes((double)pt->kv_bytes, b2, sizeof b2));
+    size_t mine = p->kv_bytes + p->state_bytes;
+    double saving = pt->kv_bytes ? 100.0 * (1.0 - (double)mine / (double)pt->kv_bytes) : 0.0;
+    printf("\nKV cache + states at context %lld: %s vs %s for the full-attention twin (%.1f%% less)\n",
+           (long long)p->context, fmt_bytes((double)mine, b1, sizeof b1), fmt_bytes((double)pt->kv_bytes, b2, sizeof b2),
+           saving);
     free(p);
     free(pt);
     return 0;

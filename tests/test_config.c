@@ -56,7 +56,22 @@ Test(config, layer_kinds) {
     cr_expect_str_eq(hae_layer_kind_name(HAE_LAYER_RETNET), "retnet");
     cr_expect_str_eq(hae_layer_kind_name(HAE_LAYER_KIND_COUNT), "unknown");
     cr_expect(hae_layer_kind_built(HAE_LAYER_FULL) && hae_layer_kind_built(HAE_LAYER_SWA));
-    cr_expect(!hae_layer_kind_built(HAE_LAYER_DSA) && !hae_layer_kind_built(HAE_LAYER_KDA));
+    cr_expect(!hae_layer_kind_built(HAE_LAYER_DSA));
+    for (int k = HAE_LAYER_KDA; k <= HAE_LAYER_RETNET; k++) {
+        hae_linear_kind lk;
+        cr_expect(hae_layer_kind_built((hae_layer_kind)k), "%s", hae_layer_kind_name((hae_layer_kind)k));
+        cr_expect(hae_linear_kind_of((hae_layer_kind)k, &lk), "%s is linear", hae_layer_kind_name((hae_layer_kind)k));
+    }
+    hae_linear_kind lk = {HAE_DECAY_FIXED, true, HAE_QK_ELU1};
+    cr_expect(!hae_linear_kind_of(HAE_LAYER_SWA, &lk) && lk.decay == HAE_DECAY_FIXED, "swa is not linear");
+    cr_expect(hae_linear_kind_of(HAE_LAYER_KDA, &lk) && lk.decay == HAE_DECAY_CHANNEL && lk.delta);
+    cr_expect(hae_linear_kind_of(HAE_LAYER_GDN, &lk) && lk.decay == HAE_DECAY_HEAD && lk.delta);
+    cr_expect(hae_linear_kind_of(HAE_LAYER_DELTANET, &lk) && lk.decay == HAE_DECAY_NONE && lk.delta);
+    cr_expect(hae_linear_kind_of(HAE_LAYER_GLA, &lk) && lk.decay == HAE_DECAY_CHANNEL && !lk.delta);
+    cr_expect(hae_linear_kind_of(HAE_LAYER_MAMBA2, &lk) && lk.decay == HAE_DECAY_HEAD && !lk.delta);
+    cr_expect(hae_linear_kind_of(HAE_LAYER_RETNET, &lk) && lk.decay == HAE_DECAY_FIXED && !lk.delta);
+    cr_expect(hae_linear_kind_of(HAE_LAYER_LINEAR, &lk) && lk.decay == HAE_DECAY_NONE && !lk.delta &&
+              lk.qk_map == HAE_QK_ELU1);
 }
 
 Test(config, builtin_default) {
@@ -197,9 +212,9 @@ Test(config, override_errors) {
         {"=3", "--set =3: expected KEY=VALUE", HAE_ERR_INVALID},
         {"model..d_model=3", "--set model..d_model=3: empty key component", HAE_ERR_INVALID},
         {"model.layer_pattern=[full,", "--set model.layer_pattern=[full,: YAML syntax error", HAE_ERR_INVALID},
-        {"model.layer_pattern=[full, kda]",
-         "--set model.layer_pattern=[full, kda]: model.layer_pattern[1]: layer kind "
-         "'kda' is not built yet (built: full, swa)",
+        {"model.layer_pattern=[full, dsa]",
+         "--set model.layer_pattern=[full, dsa]: model.layer_pattern[1]: layer kind "
+         "'dsa' is not built yet (built: full, swa, kda, gdn, deltanet, gla, linear, mamba2, retnet)",
          HAE_ERR_INVALID},
         {"model=3", "--set model=3: model: expected a mapping, got '3'", HAE_ERR_INVALID},
         {"model.attention.num_kv_heads=3",
@@ -463,8 +478,8 @@ static const bad_case bad[] = {
     /* layer layout */
     {"kind typo", "model:\n  layer_pattern: [full, kdaa]\n", "t.yaml:2:25:", "model.layer_pattern[1]",
      "unknown layer kind 'kdaa'; did you mean 'kda'?"},
-    {"kind not built", "model:\n  layer_pattern: [full, swa, kda]\n", "t.yaml:2:30:", "model.layer_pattern[2]",
-     "layer kind 'kda' is not built yet (built: full, swa)"},
+    {"kind not built", "model:\n  layer_pattern: [full, swa, dsa]\n", "t.yaml:2:30:", "model.layer_pattern[2]",
+     "layer kind 'dsa' is not built yet (built: full, swa, kda, gdn, deltanet, gla, linear, mamba2, retnet)"},
     {"kind list", "model:\n  layer_pattern: [full, [swa]]\n", "t.yaml:2:25:", "model.layer_pattern[1]", "got a list"},
     {"pattern empty", "model:\n  layer_pattern: []\n", "t.yaml:2:18:", "model.layer_pattern", "non-empty list"},
     {"pattern scalar", "model:\n  layer_pattern: full\n", "t.yaml:2:18:", "model.layer_pattern", "got 'full'"},
@@ -479,8 +494,8 @@ static const bad_case bad[] = {
     {"layers index default", "model:\n  layers:\n    full: [0, 1, 2, 3, 4]\n", "t.yaml:3:24:", "model.layers.full[4]",
      "n_layers 4 (default)"},
     {"layers negative", "model:\n  layers:\n    full: [-1]\n", "t.yaml:3:12:", "model.layers.full[0]", "out of range"},
-    {"layers kind", "model:\n  n_layers: 1\n  layers:\n    gdn: [0]\n", "t.yaml:4:5:", "model.layers.gdn",
-     "layer kind 'gdn' is not built yet"},
+    {"layers kind", "model:\n  n_layers: 1\n  layers:\n    dsa: [0]\n", "t.yaml:4:5:", "model.layers.dsa",
+     "layer kind 'dsa' is not built yet"},
     {"layers not list", "model:\n  n_layers: 1\n  layers:\n    full: 0\n", "t.yaml:4:11:", "model.layers.full",
      "expected a list of layer indices"},
     {"layers list", "model:\n  layers: [full]\n", "t.yaml:2:11:", "model.layers", "expected a mapping from layer kind"},
@@ -513,8 +528,8 @@ static const bad_case bad[] = {
      "t.yaml:3:3:", "sweep.model.layers", "not both"},
     {"sweep bad value", "sweep:\n  model.d_model: [128, abc]\n", "t.yaml:2:24:", "model.d_model",
      "expected an integer, got 'abc' (sweep job 2/2: model.d_model=abc)"},
-    {"sweep bad kind", "sweep:\n  model.layer_pattern: [[full], [swa, kda]]\n", "t.yaml:2:39:",
-     "model.layer_pattern[1]", "not built yet (built: full, swa) (sweep job 2/2: model.layer_pattern=[swa,kda])"},
+    {"sweep bad kind", "sweep:\n  model.layer_pattern: [[full], [swa, dsa]]\n", "t.yaml:2:39:",
+     "model.layer_pattern[1]", "not built yet (built: full, swa, kda, gdn, deltanet, gla, linear, mamba2, retnet) (sweep job 2/2: model.layer_pattern=[swa,dsa])"},
     {"sweep bad combination", "model:\n  attention:\n    rope: full\nsweep:\n  model.attention.head_dim: [64, 63]\n",
      "t.yaml:5:34:", "model.attention.head_dim", "(sweep job 2/2: model.attention.head_dim=63)"},
     {"sweep bad pair", "sweep:\n  model.attention.num_heads: [4, 6]\n  model.attention.num_kv_heads: [2, 4]\n",
@@ -528,6 +543,31 @@ static const bad_case bad[] = {
      "t.yaml:3:11:", "model.layers",
      "layer 2 has no kind (each of the n_layers 3 layers 0..2 must be listed exactly "
      "once) (sweep job 2/2: model.n_layers=3; swept values at t.yaml:5:23)"},
+    {"linear v heads", "model:\n  linear_attn:\n    num_heads: 4\n    num_v_heads: 6\n", "t.yaml:4:18:",
+     "model.linear_attn.num_v_heads", "num_v_heads 6 is not a multiple of num_heads 4"},
+    {"linear v heads default", "model:\n  linear_attn:\n    num_v_heads: 6\n", "t.yaml:3:18:",
+     "model.linear_attn.num_v_heads", "num_heads 4 (default)"},
+    {"linear head dim", "model:\n  linear_attn:\n    head_dim: 512\n", "t.yaml:3:15:", "model.linear_attn.head_dim",
+     "out of range (expected 1..256)"},
+    {"linear expand_v", "model:\n  linear_attn:\n    head_dim: 64\n    expand_v: 0.3\n", "t.yaml:4:15:",
+     "model.linear_attn.expand_v", "64 x expand_v 0.3 = 19.2 is not a whole head_v_dim"},
+    {"linear expand_v big", "model:\n  linear_attn:\n    expand_v: 8\n", "t.yaml:3:15:", "model.linear_attn.expand_v",
+     "head_dim 64 (default) x expand_v 8 = 512 is not a whole head_v_dim in 1..256"},
+    {"linear expand_v zero", "model:\n  linear_attn:\n    expand_v: 0\n", "t.yaml:3:15:",
+     "model.linear_attn.expand_v", "out of range"},
+    {"linear conv", "model:\n  linear_attn:\n    conv_size: 0\n", "t.yaml:3:16:", "model.linear_attn.conv_size",
+     "out of range (expected 1..16)"},
+    {"linear chunk", "model:\n  linear_attn:\n    chunk_size: 48\n", "t.yaml:3:17:", "model.linear_attn.chunk_size",
+     "chunk_size 48 must be 16, 32, 64 or 128"},
+    {"linear chunk range", "model:\n  linear_attn:\n    chunk_size: 256\n", "t.yaml:3:17:",
+     "model.linear_attn.chunk_size", "out of range"},
+    {"linear lower bound", "model:\n  linear_attn:\n    lower_bound: 0\n", "t.yaml:3:18:",
+     "model.linear_attn.lower_bound", "out of range"},
+    {"linear safe gate", "model:\n  linear_attn:\n    safe_gate: maybe\n", "t.yaml:3:16:",
+     "model.linear_attn.safe_gate", "expected true or false"},
+    {"linear unknown", "model:\n  linear_attn:\n    num_v_head: 8\n", "t.yaml:3:5:", "model.linear_attn.num_v_head",
+     "did you mean 'num_v_heads'?"},
+    {"linear section", "model:\n  linear_attn: 4\n", "t.yaml:2:16:", "model.linear_attn", "expected a mapping"},
     {"sweep n_layers pattern",
      "model:\n  n_layers: 3\n  layer_pattern: [swa, full]\nsweep:\n  model.n_layers: [3, 4]\n",
      "t.yaml:5:23:", "model.n_layers", "whole number of layer_pattern's 2 entries"},
