@@ -505,6 +505,13 @@ int64_t hae_model_position(const hae_model *m);
  * all_logits [B, prefill + decode, V] indexed by absolute position, else [B, V] of the last token. */
 hae_status hae_model_forward(hae_model *m, const int32_t *tokens, int64_t T, hae_tensor *logits);
 
+/* A model's context (position, linear-layer states and KV cache) as host bytes, so that several
+ * continuations can branch off one prefix (a shared eval context, a replayed decode). Restoring into
+ * a model of other shapes, or from a buffer of another size, is HAE_ERR_INVALID and changes nothing. */
+size_t hae_model_snapshot_bytes(const hae_model *m);
+hae_status hae_model_snapshot_save(const hae_model *m, void *host, size_t bytes);
+hae_status hae_model_snapshot_restore(hae_model *m, const void *host, size_t bytes);
+
 /* Weights as safetensors with Hugging Face Llama names (model.layers.N.self_attn.q_proj.weight, ...). */
 hae_status hae_model_save(const hae_model *m, const char *path);
 /* Loads weights saved by hae_model_save or any file with those names and shapes; F32/BF16/F16

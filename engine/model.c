@@ -502,6 +502,80 @@ void hae_model_stats_get(const hae_model *m, hae_model_stats *s) {
     s->device = hae_backend_device(m->be);
 }
 
+/* ---------------------------------------------------------------- snapshots */
+
+typedef struct {
+    char magic[8];
+    int64_t pos;
+    uint64_t shapes; /* hash of what the bytes mean: kinds, dims, dtype, batch, context */
+    uint64_t state_bytes, kv_bytes;
+} snapshot_header;
+
+static uint64_t shape_hash(const hae_model *m) {
+    const int64_t dims[] = {m->B, m->V, m->d, m->L, m->Hq, m->Hkv, m->Dh, m->F, m->ctx_max, m->chunk,
+                            m->LH, m->LHV, m->LK, m->LV, m->conv_W, (int64_t)m->dt};
+    uint64_t h = 0;
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) h = hae_mix64(h ^ (uint64_t)dims[i]);
+    for (int64_t l = 0; l < m->L; l++) h = hae_mix64(h ^ (uint64_t)m->layers[l].kind ^ ((uint64_t)m->layers[l].window << 8));
+    return h;
+}
+
+static const char snapshot_magic[8] = {'h', 'a', 'e', 's', 'n', 'a', 'p', '1'};
+
+size_t hae_model_snapshot_bytes(const hae_model *m) {
+    return sizeof(snapshot_header) + m->state_bytes + hae_kv_cache_bytes(m->kv);
+}
+
+/* Copies the state and every layer's K and V between the device and a host buffer, in one order. */
+static hae_status snapshot_copy(hae_model *m, char *host, bool save) {
+    hae_status st = save ? hae_backend_download(m->be, host, m->state_mem, m->state_bytes)
+                         : hae_backend_upload(m->be, m->state_mem, host, m->state_bytes);
+    host += m->state_bytes;
+    for (int64_t l = 0; l < m->L && st == HAE_OK; l++) {
+        hae_tensor kv[2];
+        hae_kv_cache_layer(m->kv, (int)l, &kv[0], &kv[1]);
+        for (int i = 0; i < 2 && st == HAE_OK; i++) {
+            size_t n = kv[i].data ? hae_tensor_nbytes(&kv[i]) : 0;
+            st = save ? hae_backend_download(m->be, host, kv[i].data, n) : hae_backend_upload(m->be, kv[i].data, host, n);
+            host += n;
+        }
+    }
+    return st == HAE_OK ? hae_backend_sync(m->be) : st;
+}
+
+hae_status hae_model_snapshot_save(const hae_model *m, void *host, size_t bytes) {
+    if (bytes != hae_model_snapshot_bytes(m))
+        return hae_error(HAE_ERR_INVALID, "model snapshot: buffer of %zu bytes, this model's snapshot is %zu", bytes,
+                         hae_model_snapshot_bytes(m));
+    snapshot_header h = {.pos = m->pos, .shapes = shape_hash(m), .state_bytes = m->state_bytes,
+                         .kv_bytes = hae_kv_cache_bytes(m->kv)};
+    memcpy(h.magic, snapshot_magic, sizeof h.magic);
+    memcpy(host, &h, sizeof h);
+    return snapshot_copy((hae_model *)m, (char *)host + sizeof h, true);
+}
+
+hae_status hae_model_snapshot_restore(hae_model *m, const void *host, size_t bytes) {
+    snapshot_header h;
+    if (bytes < sizeof h) return hae_error(HAE_ERR_INVALID, "model snapshot: %zu bytes is not a snapshot", bytes);
+    memcpy(&h, host, sizeof h);
+    if (memcmp(h.magic, snapshot_magic, sizeof h.magic) != 0)
+        return hae_error(HAE_ERR_INVALID, "model snapshot: not a snapshot (bad magic)");
+    if (h.state_bytes != m->state_bytes || h.kv_bytes != hae_kv_cache_bytes(m->kv) || bytes != hae_model_snapshot_bytes(m))
+        return hae_error(HAE_ERR_INVALID,
+                         "model snapshot: taken of a model with %llu state and %llu KV bytes (%zu in all); this model "
+                         "has %zu and %zu (%zu)",
+                         (unsigned long long)h.state_bytes, (unsigned long long)h.kv_bytes, bytes, m->state_bytes,
+                         hae_kv_cache_bytes(m->kv), hae_model_snapshot_bytes(m));
+    if (h.shapes != shape_hash(m))
+        return hae_error(HAE_ERR_INVALID, "model snapshot: taken of a model with other layer kinds or shapes");
+    if (h.pos < 0 || h.pos > m->ctx_max)
+        return hae_error(HAE_ERR_INVALID, "model snapshot: position %lld outside this model's context of %lld",
+                         (long long)h.pos, (long long)m->ctx_max);
+    HAE_TRY(snapshot_copy(m, (char *)host + sizeof h, false));
+    m->pos = h.pos;
+    return HAE_OK;
+}
+
 /* ---------------------------------------------------------------- weights: init, save, load */
 
 /* Host staging for moving weights in blocks: f32 values and their bytes in the target dtype. */

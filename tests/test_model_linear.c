@@ -431,3 +431,56 @@ Test(model_linear, plan_counts_states_and_no_kv) {
     hae_model_destroy(m);
     hae_backend_destroy(be);
 }
+
+/* ---------------------------------------------------------------- snapshots */
+
+Test(model_linear, snapshot_branches_off_a_prefix) {
+    hae_backend *be = tu_cpu();
+    hae_config cfg;
+    make_cfg(&cfg, "kda", "full", true, "f32", 8);
+    hae_model *m = make(be, &cfg), *m2 = make(be, &cfg);
+    int32_t tok[2 * CTX], step[2] = {3, 4};
+    tokens_for(&cfg, tok, 77);
+    int64_t V = cfg.model.vocab_size;
+    hae_tensor lg;
+    cr_assert_eq(hae_model_forward(m, tok, 21, &lg), HAE_OK, "%s", hae_last_error());
+    size_t n = hae_model_snapshot_bytes(m);
+    hae_model_stats st;
+    hae_model_stats_get(m, &st);
+    cr_expect_gt(n, st.state_bytes + st.kv_bytes, "the snapshot holds the states and the KV cache");
+    void *snap = malloc(n);
+    cr_assert_eq(hae_model_snapshot_save(m, snap, n), HAE_OK, "%s", hae_last_error());
+    float *a = malloc(sizeof(float) * (size_t)(2 * V)), *b = malloc(sizeof(float) * (size_t)(2 * V));
+    cr_assert_eq(hae_model_forward(m, step, 1, &lg), HAE_OK);
+    memcpy(a, (float *)lg.data + 21 * V, sizeof(float) * (size_t)V); /* sequence 0 at position 21 */
+    cr_assert_eq(hae_model_forward(m, step, 1, &lg), HAE_OK, "a second step moves on");
+    cr_expect_eq(hae_model_position(m), 23);
+    cr_assert_eq(hae_model_snapshot_restore(m, snap, n), HAE_OK, "%s", hae_last_error());
+    cr_expect_eq(hae_model_position(m), 21);
+    cr_assert_eq(hae_model_forward(m, step, 1, &lg), HAE_OK);
+    memcpy(b, (float *)lg.data + 21 * V, sizeof(float) * (size_t)V);
+    cr_expect(memcmp(a, b, sizeof(float) * (size_t)V) == 0, "the restored prefix continues identically");
+    /* into another model of the same config */
+    cr_assert_eq(hae_model_snapshot_restore(m2, snap, n), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_model_forward(m2, step, 1, &lg), HAE_OK);
+    cr_expect(memcmp(a, (float *)lg.data + 21 * V, sizeof(float) * (size_t)V) == 0, "and in a second model");
+    /* bad snapshots change nothing */
+    cr_expect_eq(hae_model_snapshot_restore(m2, snap, n - 1), HAE_ERR_INVALID);
+    cr_expect(strstr(hae_last_error(), "taken of a model"), "%s", hae_last_error());
+    cr_expect_eq(hae_model_snapshot_restore(m2, snap, 3), HAE_ERR_INVALID);
+    cr_expect_eq(hae_model_snapshot_save(m2, snap, n + 1), HAE_ERR_INVALID);
+    char *bad = malloc(n);
+    memcpy(bad, snap, n);
+    bad[0] = 'x';
+    cr_expect_eq(hae_model_snapshot_restore(m2, bad, n), HAE_ERR_INVALID);
+    cr_expect(strstr(hae_last_error(), "magic"), "%s", hae_last_error());
+    cr_expect_eq(hae_model_position(m2), 22, "a failed restore leaves the position");
+    hae_config other;
+    make_cfg(&other, "gdn", "full", true, "f32", 8);
+    hae_model *m3 = make(be, &other);
+    cr_expect_eq(hae_model_snapshot_restore(m3, snap, n), HAE_ERR_INVALID, "another model's snapshot");
+    cr_expect(strstr(hae_last_error(), "other layer kinds or shapes"), "%s", hae_last_error());
+    free(bad), free(snap), free(a), free(b);
+    hae_model_destroy(m), hae_model_destroy(m2), hae_model_destroy(m3);
+    hae_backend_destroy(be);
+}
