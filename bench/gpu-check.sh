@@ -1,6 +1,7 @@
 #!/bin/bash
 # Every GPU test and benchmark in one call, with a short table last.
 #   bench/gpu-check.sh [BIN_DIR]    BIN_DIR holds hae, gpu_* tests and bench_* (default: build)
+#   FLA_PATH=DIR also runs flash-linear-attention's KDA kernels (bench/peer_fla_kda.py) for the ratios.
 # Logs go to $OUT (default: ./gpu-check-logs).
 set -u
 bin=${1:-build}
@@ -45,6 +46,16 @@ run default-cuda --backend cuda
 run default-cpu --backend cpu
 run twin-1b-cuda configs/hybrid-1b-twin.yaml --backend cuda
 run swa-1b-cuda configs/swa-1b.yaml --backend cuda
+run kda-small-cuda configs/kda-small.yaml --backend cuda
+run kda-small-cpu configs/kda-small.yaml --backend cpu
+run kda-1b-cuda configs/kda-1b.yaml --backend cuda
+
+# The peer, side by side, when its source is given (FLA_PATH: a flash-linear-attention checkout).
+if [ -n "${FLA_PATH:-}" ]; then
+  python3 "$(dirname "$0")/peer_fla_kda.py" --json "$out/fla.jsonl" >"$out/fla.log" 2>&1
+  row "flash-linear-attention (rc $?)" "see fla.log"
+  cat "$out/fla.log"
+fi
 
 echo
 echo "=== gpu-check: $gpu"

@@ -257,10 +257,13 @@ typedef enum hae_decay {
 typedef enum hae_gate_fn { HAE_GATE_SOFTPLUS, HAE_GATE_SAFE } hae_gate_fn;
 typedef enum hae_qk_map { HAE_QK_L2, HAE_QK_ELU1 } hae_qk_map;
 
-/* Rows (tokens) of q, k, v, g, beta and out may be strided; what is inside a token is dense. With
- * cu_seqlens (varlen), B is 1 and the T tokens are N sequences packed back to back, sequence n
- * being tokens [cu_seqlens[n], cu_seqlens[n+1]); state then holds N states. cu_seqlens lives where
- * the backend computes (host memory for the CPU). */
+/* Rows (tokens) of q, k, v, g, beta and out may be strided; what is inside a token is dense; out
+ * must not overlap the inputs. dt_bias is head-major (dt_bias[j K + c]). With cu_seqlens (varlen),
+ * B is 1 and the T tokens are N sequences packed back to back, sequence n being tokens
+ * [cu_seqlens[n], cu_seqlens[n+1]) (chunks restart at each sequence; an empty one keeps its state);
+ * state then holds N states. cu_seqlens lives where the backend computes (host memory for the CPU).
+ * g, beta, A_log, dt_bias and the gate fields are read only by the kinds that use them. A call that
+ * fails its checks writes nothing. */
 typedef struct hae_linear_attn_args {
     hae_tensor q;       /* [B, T, H, K] f32|bf16, after the short conv, before the map */
     hae_tensor k;       /* [B, T, H, K] */

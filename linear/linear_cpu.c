@@ -44,7 +44,7 @@ static void log_decay(const la_ctx *c, int64_t b, int64_t t, int64_t j, float *g
     int64_t n = a->decay == HAE_DECAY_CHANNEL ? c->K : 1;
     const float *bias = (const float *)a->dt_bias.data + j * n;
     const char *raw = hae_row_ptr(&a->g, b, t, j); /* [B, T, HV, K]: row (b, t, j); [B, T, HV]: row (b, t) */
-    if (n == 1) raw += j * (int64_t)hae_dtype_size(a->g.dtype);
+    if (a->decay == HAE_DECAY_HEAD) raw += j * (int64_t)hae_dtype_size(a->g.dtype);
     hae_to_f32(raw, a->g.dtype, n, g);
     for (int64_t i = 0; i < n; i++) {
         float x = g[i] + bias[i];

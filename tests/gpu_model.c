@@ -18,6 +18,7 @@ static const char *yaml = "name: gpu-tiny\n"
                           "  mlp: {intermediate_size: 320}\n"
                           "  attention: {num_heads: 8, num_kv_heads: 2, head_dim: 32, rope: partial, partial_rotary_factor: 0.5}\n"
                           "  swa: {window_size: 24}\n"
+                          "  linear_attn: {num_heads: 2, num_v_heads: 4, head_dim: 64, conv_size: 4, chunk_size: 64}\n"
                           "runtime:\n"
                           "  batch: 3\n"
                           "  prefill: 90\n"
@@ -50,12 +51,22 @@ static float *logits_of(hae_model *m, const hae_config *cfg, const int32_t *tok)
     return out;
 }
 
+/* Every layer kind: the attention stack, then the linear kinds beside full and swa layers. */
+static const char *const patterns[] = {
+    "model.layer_pattern=[swa, swa, full]",
+    "model.layer_pattern=[kda, kda, kda, full]",
+    "model.layer_pattern=[gdn, gla, retnet, full]",
+    "model.layer_pattern=[deltanet, mamba2, linear, swa]",
+};
+
 Test(gpu_model, logits_match_cpu) {
     const char *dts[] = {"runtime.dtype=f32", "runtime.dtype=bf16"};
     const double tol[] = {1e-4, 3e-2};
-    for (int k = 0; k < 2; k++) {
+    for (int pk = 0; pk < 8; pk++) {
+        const int k = pk % 2;
+        const char *sets[] = {dts[k], patterns[pk / 2]};
         hae_config cfg;
-        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", &dts[k], 1, &cfg), HAE_OK, "%s", hae_last_error());
+        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", sets, 2, &cfg), HAE_OK, "%s", hae_last_error());
         hae_backend *cpu = tu_cpu(), *gpu = NULL;
         cr_assert_eq(hae_backend_create(HAE_CUDA, 0, &gpu), HAE_OK, "%s", hae_last_error());
         hae_model *mc = make(cpu, &cfg), *mg = make(gpu, &cfg);
@@ -67,8 +78,8 @@ Test(gpu_model, logits_match_cpu) {
         double *ref = malloc(sizeof(double) * (size_t)n);
         for (int64_t i = 0; i < n; i++) ref[i] = a[i];
         char why[256];
-        cr_expect(tu_close(g, HAE_F32, ref, n, tol[k], 10 * tol[k], 10 * tol[k], why, sizeof why), "%s model logits, cuda vs cpu: %s",
-                  dts[k], why);
+        cr_expect(tu_close(g, HAE_F32, ref, n, tol[k], 10 * tol[k], 10 * tol[k], why, sizeof why),
+                  "%s %s model logits, cuda vs cpu: %s", sets[1], dts[k], why);
         /* greedy choices agree wherever the CPU's top two logits are not within the tolerance */
         int64_t agree = 0, close = 0;
         for (int64_t row = 0; row < B * CTX; row++) {
@@ -84,9 +95,9 @@ Test(gpu_model, logits_match_cpu) {
             if (ia == ig) agree++;
             else if (ca[ia] - second < 10 * tol[k] * fabsf(ca[ia]) + 1e-3f) close++;
         }
-        cr_expect_eq(agree + close, B * CTX, "%s: %lld of %lld argmax positions differ beyond near-ties", dts[k],
+        cr_expect_eq(agree + close, B * CTX, "%s %s: %lld of %lld argmax positions differ beyond near-ties", sets[1], dts[k],
                      (long long)(B * CTX - agree - close), (long long)(B * CTX));
-        printf("gpu_model %s: %s; argmax agrees at %lld/%lld positions (%lld near-ties)\n", dts[k], why, (long long)agree,
+        printf("gpu_model %s %s: %s; argmax agrees at %lld/%lld positions (%lld near-ties)\n", sets[1], dts[k], why, (long long)agree,
                (long long)(B * CTX), (long long)close);
         free(tok), free(a), free(g), free(ref);
         hae_model_destroy(mc), hae_model_destroy(mg);
