@@ -449,8 +449,9 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
     m->state_bytes = c.used;
     st = hae_backend_alloc(be, m->state_bytes, &m->state_mem);
     if (st != HAE_OK) {
+        long long seqs = (long long)m->B;
         hae_model_destroy(m);
-        return hae_error_wrap(st, "linear-layer states (%lld sequences)", (long long)m->B);
+        return hae_error_wrap(st, "linear-layer states (%lld sequences)", seqs);
     }
     c = (carver){m->state_mem, 0, hae_backend_device(be)};
     layout_states(m, &c);

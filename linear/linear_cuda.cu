@@ -1,0 +1,914 @@
+/* The linear-attention family on CUDA (contracts in hae.h, reference linear/linear_cpu.c; arguments
+ * already checked by linear/linear.c: innermost strides 1, dense inside a token, shapes agree).
+ *
+ * One kernel family for every variant: the decay kind and the delta switch are template parameters
+ * (they change the structure), the gate function and the q/k map are uniform runtime switches (one
+ * scalar branch each). q, k, v are f32 or bf16 (a template parameter); g, beta and out are read and
+ * written through a runtime dtype flag. State and all accumulation are fp32.
+ *
+ * Supported: K and V in {64, 128} (K != V allowed), chunk 0 (recurrent) or 64 (chunked). Other head
+ * dims and chunk sizes return HAE_ERR_UNSUPPORTED.
+ *
+ * Tensor cores: the chunked form's big products (C x K x C, C x K x V, K x C x V) run on mma.sync
+ * m16n8k8 TF32 with the 3xTF32 split (a = hi + lo, a*b ~ hi*hi + hi*lo + lo*hi), which keeps fp32
+ * accuracy (~1e-6 relative per product) at a third of the TF32 rate. */
+#include "cuda_check.cuh"
+
+#include <math.h>
+#include <stdint.h>
+
+namespace {
+
+/* ---------------------------------------------------------------- shared pieces */
+
+struct LinParams {
+    const void *q, *k, *v, *g, *beta;
+    int64_t q_sb, q_st, k_sb, k_st, v_sb, v_st, g_sb, g_st, b_sb, b_st; /* strides of dims 0, 1 */
+    const float *A_log, *dt_bias;
+    float *state;
+    void *out;
+    int64_t o_sb, o_st;
+    const int32_t *cu; /* NULL: B equal-length sequences */
+    int64_t T;
+    int N, H, HV, V;
+    bool g_bf16, b_bf16, o_bf16;
+    bool softplus, elu1;
+    float lower_bound, scale;
+};
+
+__device__ __forceinline__ float ld_dt(const void *p, bool bf16, int64_t i) {
+    return bf16 ? hae_dev_bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+__device__ __forceinline__ void st_dt(void *p, bool bf16, int64_t i, float v) {
+    if (bf16) ((uint16_t *)p)[i] = hae_dev_f32_to_bf16(v);
+    else ((float *)p)[i] = v;
+}
+
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* Log decay from the raw gate x = graw + dt_bias (hae.h): softplus or the bounded safe gate. */
+__device__ __forceinline__ float gate_fn(const LinParams &p, float x, float A_log) {
+    if (p.softplus) {
+        const float sp = x > 20.0f ? x : log1pf(expf(x));
+        return -expf(A_log) * sp;
+    }
+    return p.lower_bound * sigmoidf_(expf(A_log) * x);
+}
+
+/* The q/k feature map before the (optional) L2 norm. */
+__device__ __forceinline__ float qk_map(const LinParams &p, float x) {
+    if (!p.elu1) return x;
+    return x > 0.0f ? x + 1.0f : expf(x);
+}
+
+/* Log decay of token row `row` (element offset of the token in g), channel c, value head j. */
+template <int DECAY>
+__device__ __forceinline__ float log_decay(const LinParams &p, int64_t row, int j, int c, int K) {
+    if (DECAY == HAE_DECAY_NONE) return 0.0f;
+    if (DECAY == HAE_DECAY_FIXED) return -expf(p.A_log[j]);
+    if (DECAY == HAE_DECAY_HEAD) return gate_fn(p, ld_dt(p.g, p.g_bf16, row + j) + p.dt_bias[j], p.A_log[j]);
+    return gate_fn(p, ld_dt(p.g, p.g_bf16, row + (int64_t)j * K + c) + p.dt_bias[(int64_t)j * K + c], p.A_log[j]);
+}
+
+/* Sequence n: batch index, first token and length. */
+struct SeqRange {
+    int64_t b, t0, len;
+};
+__device__ __forceinline__ SeqRange seq_range(const LinParams &p, int n) {
+    if (p.cu) return {0, p.cu[n], (int64_t)p.cu[n + 1] - p.cu[n]};
+    return {n, 0, p.T};
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+/* ---------------------------------------------------------------- recurrent form (chunk 0)
+ * Per token, with S' = diag(e^g) S the decayed state:
+ *     delta: u = beta (v - S'^T k),  else u = v;   S = S' + k u^T;
+ *     o = scale S^T q = scale (S'^T q + (q . k) u)
+ * so one pass over S' gives both S'^T k and S'^T q (one reduction per token). A CTA owns a K x 32
+ * slice of one head's state (split V: B = 1, H = 32, V = 128 gives 128 CTAs), in registers for all
+ * T tokens: thread (rg, cg) holds rows rg + 16 r and columns 4 cg .. 4 cg + 3 as float4, so a warp
+ * loads 4 rows x 128 contiguous bytes per instruction. Bandwidth-bound: the state is read and
+ * written once per call. Measured on H200 (bench_linear, H 32, K = V = 128): 7.9 us at B = 1,
+ * 373 us = 2.9 TB/s (68% of copy) at B = 256. */
+constexpr int kRecVT = 32;
+constexpr int kRecThreads = 128;
+
+template <typename TI, int K, int DECAY, bool DELTA>
+__global__ void __launch_bounds__(kRecThreads) recurrent_kernel(const LinParams p) {
+    constexpr int RPT = K / 16;
+    __shared__ float sq[K], sk[K], seg[K];
+    __shared__ float part[4][3];
+    __shared__ float red[4][8][8];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int cg = tid & 7, rg = tid >> 3;
+    const int vt = blockIdx.x, j = blockIdx.y, n = blockIdx.z;
+    const int h = j / (p.HV / p.H);
+    const SeqRange sr = seq_range(p, n);
+    if (sr.len <= 0) return;
+    const int col = vt * kRecVT + cg * 4;
+    float *S = p.state + ((int64_t)n * p.HV + j) * K * p.V + col;
+    float4 s[RPT];
+#pragma unroll
+    for (int r = 0; r < RPT; r++) s[r] = *(const float4 *)(S + (int64_t)(rg + 16 * r) * p.V);
+
+    const TI *qb = (const TI *)p.q + sr.b * p.q_sb + (int64_t)h * K;
+    const TI *kb = (const TI *)p.k + sr.b * p.k_sb + (int64_t)h * K;
+    const TI *vb = (const TI *)p.v + sr.b * p.v_sb + (int64_t)j * p.V + col;
+    for (int64_t t = sr.t0; t < sr.t0 + sr.len; t++) {
+        float qv = 0.0f, kv = 0.0f;
+        if (tid < K) {
+            qv = qk_map(p, hae_ld(qb + t * p.q_st + tid));
+            kv = qk_map(p, hae_ld(kb + t * p.k_st + tid));
+            sq[tid] = qv;
+            sk[tid] = kv;
+            seg[tid] = expf(log_decay<DECAY>(p, sr.b * p.g_sb + t * p.g_st, j, tid, K));
+        }
+        float vv[4];
+#pragma unroll
+        for (int x = 0; x < 4; x++) vv[x] = hae_ld(vb + t * p.v_st + x);
+        const float bsig = DELTA ? sigmoidf_(ld_dt(p.beta, p.b_bf16, sr.b * p.b_sb + t * p.b_st + j)) : 1.0f;
+        float a0 = warp_sum(qv * qv), a1 = warp_sum(kv * kv), a2 = warp_sum(qv * kv);
+        if (lane == 0) {
+            part[warp][0] = a0;
+            part[warp][1] = a1;
+            part[warp][2] = a2;
+        }
+        __syncthreads();
+        float ssq = 0.0f, ssk = 0.0f, sqk = 0.0f;
+#pragma unroll
+        for (int w = 0; w < 4; w++) ssq += part[w][0], ssk += part[w][1], sqk += part[w][2];
+        const float rq = p.elu1 ? 1.0f : 1.0f / sqrtf(ssq + 1e-6f);
+        const float rk = p.elu1 ? 1.0f : 1.0f / sqrtf(ssk + 1e-6f);
+        const float qk = sqk * rq * rk;
+
+        float ks[4] = {0, 0, 0, 0}, qs[4] = {0, 0, 0, 0};
+#pragma unroll
+        for (int r = 0; r < RPT; r++) {
+            const int row = rg + 16 * r;
+            const float e = seg[row], kr = sk[row] * rk, qr = sq[row] * rq;
+            s[r].x *= e, s[r].y *= e, s[r].z *= e, s[r].w *= e;
+            ks[0] += kr * s[r].x, ks[1] += kr * s[r].y, ks[2] += kr * s[r].z, ks[3] += kr * s[r].w;
+            qs[0] += qr * s[r].x, qs[1] += qr * s[r].y, qs[2] += qr * s[r].z, qs[3] += qr * s[r].w;
+        }
+#pragma unroll
+        for (int x = 0; x < 4; x++) {
+            ks[x] += __shfl_xor_sync(0xffffffffu, ks[x], 8);
+            ks[x] += __shfl_xor_sync(0xffffffffu, ks[x], 16);
+            qs[x] += __shfl_xor_sync(0xffffffffu, qs[x], 8);
+            qs[x] += __shfl_xor_sync(0xffffffffu, qs[x], 16);
+        }
+        if (lane < 8) {
+#pragma unroll
+            for (int x = 0; x < 4; x++) red[warp][lane][x] = ks[x], red[warp][lane][4 + x] = qs[x];
+        }
+        __syncthreads();
+        float u[4], o[4];
+#pragma unroll
+        for (int x = 0; x < 4; x++) {
+            float kt = 0.0f, qt = 0.0f;
+#pragma unroll
+            for (int w = 0; w < 4; w++) kt += red[w][cg][x], qt += red[w][cg][4 + x];
+            u[x] = DELTA ? bsig * (vv[x] - kt) : vv[x];
+            o[x] = p.scale * (qt + qk * u[x]);
+        }
+#pragma unroll
+        for (int r = 0; r < RPT; r++) {
+            const float kr = sk[rg + 16 * r] * rk;
+            s[r].x += kr * u[0], s[r].y += kr * u[1], s[r].z += kr * u[2], s[r].w += kr * u[3];
+        }
+        if (rg == 0) {
+            const int64_t oo = sr.b * p.o_sb + t * p.o_st + (int64_t)j * p.V + col;
+#pragma unroll
+            for (int x = 0; x < 4; x++) st_dt(p.out, p.o_bf16, oo + x, o[x]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < RPT; r++) *(float4 *)(S + (int64_t)(rg + 16 * r) * p.V) = s[r];
+}
+
+/* ---------------------------------------------------------------- 3xTF32 tensor-core tiles
+ * mma.sync m16n8k8 (row.col) fragments, g = lane / 4, t = lane % 4:
+ *   A 16x8: a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4)
+ *   B 8x8:  b0 (t, g), b1 (t + 4, g)
+ *   C 16x8: c0 (g, 2t), c1 (g, 2t + 1), c2 (g + 8, 2t), c3 (g + 8, 2t + 1) */
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+__device__ __forceinline__ void split_tf32(float x, uint32_t &hi, uint32_t &lo) {
+    hi = to_tf32(x);
+    lo = to_tf32(x - __uint_as_float(hi));
+}
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* acc[nt] (+)= A (16 x KD) B (KD x 8 NT), A(m, k) = a[m * am + k * ak], B(k, n) = b[k * bk + n * bn],
+ * all in shared memory; one warp. */
+template <int KD, int NT>
+__device__ __forceinline__ void warp_mma(float (&acc)[NT][4], const float *a, int am, int ak, const float *b, int bk,
+                                         int bn) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll 2
+    for (int k0 = 0; k0 < KD; k0 += 8) {
+        uint32_t ah[4], al[4];
+        split_tf32(a[g * am + (k0 + t) * ak], ah[0], al[0]);
+        split_tf32(a[(g + 8) * am + (k0 + t) * ak], ah[1], al[1]);
+        split_tf32(a[g * am + (k0 + t + 4) * ak], ah[2], al[2]);
+        split_tf32(a[(g + 8) * am + (k0 + t + 4) * ak], ah[3], al[3]);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            uint32_t bh[2], bl[2];
+            split_tf32(b[(k0 + t) * bk + (nt * 8 + g) * bn], bh[0], bl[0]);
+            split_tf32(b[(k0 + t + 4) * bk + (nt * 8 + g) * bn], bh[1], bl[1]);
+            mma_tf32(acc[nt], al, bh);
+            mma_tf32(acc[nt], ah, bl);
+            mma_tf32(acc[nt], ah, bh);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- chunked form (chunk 64)
+ * Per chunk of C tokens and value head (hae.h's math; Γ_i = cumulative log decay over the chunk's
+ * tokens 0..i, ≤ 0 and non-increasing; K~_i = k_i e^{Γ_i}):
+ *   A'_ij = Σ_c k_ic k_jc e^{Γ_ic - Γ_jc} (j < i),  P_ij = Σ_c q_ic k_jc e^{Γ_ic - Γ_jc} (j ≤ i)
+ *   delta: w_i = β_i (K~_i - Σ_{j<i} A'_ij w_j),  u0_i = β_i (v_i - Σ_{j<i} A'_ij u0_j),  U = u0 - w S0
+ *   no delta: U = V
+ *   O_i = scale (q_i e^{Γ_i})^T S0 + scale Σ_{j≤i} P_ij U_j
+ *   S_end = diag(e^{Γ_L}) S0 + Σ_j (k_j e^{Γ_L - Γ_j}) U_j^T          (L = C - 1; padded rows have g = 0)
+ * Stability: every exponent is a difference Γ_a - Γ_b with a after b (≤ 0). A' and P on the 16 x 16
+ * diagonal blocks take one exponential per term; below them, for rows in block I (first row i0),
+ * e^{Γ_i - Γ_j} = e^{Γ_i - Γ_i0} e^{Γ_i0 - Γ_j} with both factors ≤ 1 since j < i0 ≤ i, so the
+ * blocks are products of scaled copies: exact for any gate, the unbounded softplus one included.
+ *
+ * Kernels: (1) chunk_prep, parallel over (chunk, head): gates, Γ, A', P (global), w, u0 (forward
+ * substitution, one thread per column of [K~ | V], the column in registers), q e^Γ, k e^{Γ_L - Γ}, e^{Γ_L};
+ * (2) chunk_state, sequential over a sequence's chunks, parallel over (sequence, head, 16 value
+ * columns): stores each chunk's start state, U = u0 - w S0, S = e^{Γ_L} S + (k e^{Γ_L-Γ})^T U, the
+ * state in mma accumulators; (3) chunk_out, parallel over (chunk, head, 64 value columns): O.
+ * Measured on H200 (H 32, K = V = 128, bf16, B 1 T 8192): 5.3 ms in all, of which (under ncu) (1)
+ * 4.1 ms, (2) 1.7 ms, (3) 0.6 ms. (1) is latency-bound: 158 KB of shared memory and 125 registers
+ * leave one CTA of 8 warps per SM, stalled on its global loads; the next steps are smaller tiles
+ * (2+ CTAs per SM), a 16 x 16 blocked inverse in place of the 64-step substitution, and cp.async
+ * double buffering of w and kd in (2). */
+constexpr int kC = 64;        /* tokens per chunk */
+constexpr int kNB = kC / 16;  /* 16-row blocks per chunk */
+constexpr int kPrepThreads = 256;
+constexpr int kStateVT = 16;  /* value columns per chunk_state CTA */
+constexpr int kStateThreads = 128;
+constexpr int kOutVT = 64;    /* value columns per chunk_out CTA */
+constexpr int kOutThreads = 256;
+
+/* Workspace, fp32, per (global chunk, value head): w [C, K], u [C, V], kd [C, K], qg [C, K], P [C, C],
+ * gl [K], h [K, V]; then the chunk offsets of the N sequences [N + 1] i32. */
+struct ChunkWs {
+    float *w, *u, *kd, *qg, *P, *gl, *h;
+    int32_t *coff;
+    int64_t G; /* chunks the buffers hold */
+};
+
+__host__ __device__ inline int64_t ws_chunks(int64_t B, int64_t T, int64_t N) { return B * ((T + kC - 1) / kC) + N; }
+
+ChunkWs ws_layout(void *base, int64_t G, int64_t HV, int64_t K, int64_t V, int64_t N, size_t *bytes) {
+    float *f = (float *)base;
+    ChunkWs w;
+    const int64_t gh = G * HV;
+    int64_t off = 0;
+    w.w = f + off, off += gh * kC * K;
+    w.u = f + off, off += gh * kC * V;
+    w.kd = f + off, off += gh * kC * K;
+    w.qg = f + off, off += gh * kC * K;
+    w.P = f + off, off += gh * kC * kC;
+    w.gl = f + off, off += gh * K;
+    w.h = f + off, off += gh * K * V;
+    w.coff = (int32_t *)(f + off);
+    off += N + 1;
+    w.G = G;
+    if (bytes) *bytes = (size_t)off * sizeof(float);
+    return w;
+}
+
+/* Chunk offsets of the sequences (sequence n owns global chunks [coff[n], coff[n + 1])). */
+__global__ void chunk_offsets_kernel(const LinParams p, int32_t *coff) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    int32_t acc = 0;
+    coff[0] = 0;
+    for (int n = 0; n < p.N; n++) {
+        const SeqRange sr = seq_range(p, n);
+        acc += (int32_t)((sr.len + kC - 1) / kC);
+        coff[n + 1] = acc;
+    }
+}
+
+/* The sequence owning global chunk gc: the last n with coff[n] <= gc (zero-length sequences repeat
+ * offsets); -1 past the end. */
+__device__ __forceinline__ int chunk_seq(const int32_t *coff, int N, int64_t gc) {
+    if (gc >= coff[N]) return -1;
+    int lo = 0, hi = N;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (coff[mid] <= gc) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+template <int K> struct PrepSmem {
+    static constexpr int LK = K + 1; /* scalar rows: conflict-free column walks */
+    static constexpr int LF = K + 4; /* mma fragment rows */
+    float q[kC * LK], k[kC * LK], G[kC * LK];
+    float A[kC * (kC + 1)];
+    float beta[kC];
+    float kL[16 * LF], qL[16 * LF], kR[(kC - 16) * LF];
+};
+
+template <typename TI, int K, int DECAY, bool DELTA>
+__global__ void __launch_bounds__(kPrepThreads) chunk_prep_kernel(const LinParams p, const ChunkWs ws) {
+    using Sm = PrepSmem<K>;
+    constexpr int LK = Sm::LK, LF = Sm::LF;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    Sm &sm = *reinterpret_cast<Sm *>(smem_raw);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int64_t gc = blockIdx.x;
+    const int j = blockIdx.y, h = j / (p.HV / p.H), V = p.V;
+    const int n = chunk_seq(ws.coff, p.N, gc);
+    if (n < 0) return;
+    const SeqRange sr = seq_range(p, n);
+    const int64_t tc0 = sr.t0 + (gc - ws.coff[n]) * kC; /* first token of the chunk */
+    const int nc = (int)min((int64_t)kC, sr.t0 + sr.len - tc0);
+    const int64_t hj = gc * p.HV + j;
+
+    /* load, map and normalise q, k; raw log decays; padded rows are zero */
+    for (int i = warp; i < kC; i += kPrepThreads / 32) {
+        const bool valid = i < nc;
+        const int64_t t = tc0 + i;
+        float qv[K / 32], kv[K / 32];
+        float ssq = 0.0f, ssk = 0.0f;
+#pragma unroll
+        for (int x = 0; x < K / 32; x++) {
+            const int c = lane + 32 * x;
+            qv[x] = valid ? qk_map(p, hae_ld((const TI *)p.q + sr.b * p.q_sb + t * p.q_st + (int64_t)h * K + c)) : 0.0f;
+            kv[x] = valid ? qk_map(p, hae_ld((const TI *)p.k + sr.b * p.k_sb + t * p.k_st + (int64_t)h * K + c)) : 0.0f;
+            ssq += qv[x] * qv[x];
+            ssk += kv[x] * kv[x];
+        }
+        ssq = warp_sum(ssq);
+        ssk = warp_sum(ssk);
+        const float rq = p.elu1 ? 1.0f : 1.0f / sqrtf(ssq + 1e-6f);
+        const float rk = p.elu1 ? 1.0f : 1.0f / sqrtf(ssk + 1e-6f);
+#pragma unroll
+        for (int x = 0; x < K / 32; x++) {
+            const int c = lane + 32 * x;
+            sm.q[i * LK + c] = qv[x] * rq;
+            sm.k[i * LK + c] = kv[x] * rk;
+            sm.G[i * LK + c] = valid ? log_decay<DECAY>(p, sr.b * p.g_sb + t * p.g_st, j, c, K) : 0.0f;
+        }
+        if (lane == 0)
+            sm.beta[i] = DELTA && valid ? sigmoidf_(ld_dt(p.beta, p.b_bf16, sr.b * p.b_sb + t * p.b_st + j)) : 0.0f;
+    }
+    __syncthreads();
+    if (tid < K) {
+        float acc = 0.0f;
+        for (int i = 0; i < kC; i++) {
+            acc += sm.G[i * LK + tid];
+            sm.G[i * LK + tid] = acc;
+        }
+    }
+    __syncthreads();
+
+    /* what kernels 2 and 3 read: q e^Γ and P (both times scale), k e^{Γ_L - Γ}, e^{Γ_L}; P's upper
+     * triangle is 0 */
+    float *qg = ws.qg + hj * kC * K, *kd = ws.kd + hj * kC * K, *P = ws.P + hj * kC * kC;
+    for (int e = tid; e < kC * K; e += kPrepThreads) {
+        const int i = e / K, c = e % K;
+        const float G = sm.G[i * LK + c], GL = sm.G[(kC - 1) * LK + c];
+        qg[e] = p.scale * sm.q[i * LK + c] * expf(G);
+        kd[e] = sm.k[i * LK + c] * expf(GL - G);
+    }
+    for (int c = tid; c < K; c += kPrepThreads) ws.gl[hj * K + c] = expf(sm.G[(kC - 1) * LK + c]);
+    for (int e = tid; e < kC * kC; e += kPrepThreads)
+        if (e % kC > e / kC) P[e] = 0.0f;
+
+    /* diagonal 16 x 16 blocks, one exponential per term */
+    for (int e = tid; e < kNB * 256; e += kPrepThreads) {
+        const int blk = e >> 8, il = (e >> 4) & 15, jl = e & 15;
+        if (jl > il) continue;
+        const int i = blk * 16 + il, jr = blk * 16 + jl;
+        float a = 0.0f, pp = 0.0f;
+        for (int c = 0; c < K; c++) {
+            const float kk = sm.k[jr * LK + c] * expf(sm.G[i * LK + c] - sm.G[jr * LK + c]);
+            a += sm.k[i * LK + c] * kk;
+            pp += sm.q[i * LK + c] * kk;
+        }
+        if (jl < il) sm.A[i * (kC + 1) + jr] = a;
+        P[i * kC + jr] = p.scale * pp;
+    }
+
+    /* blocks below the diagonal, row block by row block, as products of ≤ 1-scaled copies */
+    for (int I = 1; I < kNB; I++) {
+        const int i0 = I * 16;
+        __syncthreads(); /* kL, qL, kR of the previous block are consumed */
+        for (int e = tid; e < (16 + i0) * K; e += kPrepThreads) {
+            const int r = e / K, c = e % K;
+            const float G0 = sm.G[i0 * LK + c];
+            if (r < 16) {
+                const float f = expf(sm.G[(i0 + r) * LK + c] - G0);
+                sm.kL[r * LF + c] = sm.k[(i0 + r) * LK + c] * f;
+                sm.qL[r * LF + c] = sm.q[(i0 + r) * LK + c] * f;
+            } else {
+                const int jr = r - 16;
+                sm.kR[jr * LF + c] = sm.k[jr * LK + c] * expf(G0 - sm.G[jr * LK + c]);
+            }
+        }
+        __syncthreads();
+        if (warp < 2 * I) {
+            const int J = warp >> 1;
+            const bool isP = warp & 1;
+            if (isP || DELTA) {
+                float acc[2][4] = {};
+                warp_mma<K, 2>(acc, isP ? sm.qL : sm.kL, LF, 1, sm.kR + J * 16 * LF, 1, LF);
+                const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int x = 0; x < 4; x++) {
+                        const int i = i0 + g + (x >> 1) * 8, jc = J * 16 + nt * 8 + 2 * t + (x & 1);
+                        if (isP) P[i * kC + jc] = p.scale * acc[nt][x];
+                        else sm.A[i * (kC + 1) + jc] = acc[nt][x];
+                    }
+            }
+        }
+    }
+    __syncthreads();
+
+    /* forward substitution, one thread per column of [K~ | V]: w (delta) and u0 */
+    const int col = tid;
+    const bool wcol = DELTA && col < K;
+    const bool ucol = col >= K && col < K + V;
+    if (!wcol && !ucol) return;
+    float x[kC];
+#pragma unroll
+    for (int i = 0; i < kC; i++) {
+        if (wcol) x[i] = sm.k[i * LK + col] * expf(sm.G[i * LK + col]);
+        else
+            x[i] = i < nc ? hae_ld((const TI *)p.v + sr.b * p.v_sb + (tc0 + i) * p.v_st + (int64_t)j * V + (col - K))
+                          : 0.0f;
+    }
+    if (DELTA) {
+#pragma unroll
+        for (int i = 0; i < kC; i++) {
+            float acc = x[i];
+#pragma unroll
+            for (int jj = 0; jj < i; jj++) acc -= sm.A[i * (kC + 1) + jj] * x[jj];
+            x[i] = sm.beta[i] * acc;
+        }
+    }
+    float *dst = wcol ? ws.w + hj * kC * K + col : ws.u + hj * kC * V + (col - K);
+    const int ld = wcol ? K : V;
+#pragma unroll
+    for (int i = 0; i < kC; i++) dst[i * ld] = x[i];
+}
+
+template <int K> struct StateSmem {
+    static constexpr int LW = K + 4, LD = K + 8, LS = kStateVT + 8;
+    float w[kC * LW], kd[kC * LD], S[K * LS], U[kC * LS], gl[K];
+};
+
+template <int K, bool DELTA>
+__global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinParams p, const ChunkWs ws) {
+    using Sm = StateSmem<K>;
+    constexpr int LW = Sm::LW, LD = Sm::LD, LS = Sm::LS;
+    constexpr int MTW = K / 64; /* 16-row tiles of S per warp */
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    Sm &sm = *reinterpret_cast<Sm *>(smem_raw);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int vt = blockIdx.x, j = blockIdx.y, n = blockIdx.z, V = p.V, c0 = vt * kStateVT;
+    float *state = p.state + ((int64_t)n * p.HV + j) * K * V + c0;
+    const int32_t cbeg = ws.coff[n], cend = ws.coff[n + 1];
+    if (cbeg == cend) return;
+
+    float acc[MTW][2][4];
+#pragma unroll
+    for (int m = 0; m < MTW; m++)
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+                const int r = (warp * MTW + m) * 16 + g + (x >> 1) * 8, c = nt * 8 + 2 * t + (x & 1);
+                acc[m][nt][x] = state[(int64_t)r * V + c];
+            }
+
+    for (int32_t gc = cbeg; gc < cend; gc++) {
+        const int64_t hj = (int64_t)gc * p.HV + j;
+#pragma unroll
+        for (int m = 0; m < MTW; m++)
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int x = 0; x < 4; x++) {
+                    const int r = (warp * MTW + m) * 16 + g + (x >> 1) * 8, c = nt * 8 + 2 * t + (x & 1);
+                    sm.S[r * LS + c] = acc[m][nt][x];
+                }
+        const float *wg = ws.w + hj * kC * K, *kdg = ws.kd + hj * kC * K, *ug = ws.u + hj * kC * V + c0;
+        for (int e = tid; e < kC * K / 4; e += kStateThreads) {
+            const int i = e / (K / 4), c = (e % (K / 4)) * 4;
+            const float4 kv = *(const float4 *)(kdg + i * K + c);
+            sm.kd[i * LD + c] = kv.x, sm.kd[i * LD + c + 1] = kv.y, sm.kd[i * LD + c + 2] = kv.z,
+                        sm.kd[i * LD + c + 3] = kv.w;
+            if (DELTA) {
+                const float4 wv = *(const float4 *)(wg + i * K + c);
+                sm.w[i * LW + c] = wv.x, sm.w[i * LW + c + 1] = wv.y, sm.w[i * LW + c + 2] = wv.z,
+                           sm.w[i * LW + c + 3] = wv.w;
+            }
+        }
+        for (int e = tid; e < kC * kStateVT; e += kStateThreads) {
+            const int i = e / kStateVT, c = e % kStateVT;
+            sm.U[i * LS + c] = ug[(int64_t)i * V + c];
+        }
+        for (int c = tid; c < K; c += kStateThreads) sm.gl[c] = ws.gl[hj * K + c];
+        __syncthreads();
+        /* the chunk's start state, for chunk_out */
+        float *hg = ws.h + hj * K * V + c0;
+        for (int e = tid; e < K * kStateVT; e += kStateThreads) {
+            const int r = e / kStateVT, c = e % kStateVT;
+            hg[(int64_t)r * V + c] = sm.S[r * LS + c];
+        }
+        if (DELTA) {
+            float uacc[2][4] = {};
+            warp_mma<K, 2>(uacc, sm.w + warp * 16 * LW, LW, 1, sm.S, LS, 1);
+            /* each warp rewrites only its own 16 rows of U (u0 - w S0) */
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int x = 0; x < 4; x++) {
+                    const int i = warp * 16 + g + (x >> 1) * 8, c = nt * 8 + 2 * t + (x & 1);
+                    sm.U[i * LS + c] -= uacc[nt][x];
+                }
+            __syncthreads();
+            float *ugw = ws.u + hj * kC * V + c0;
+            for (int e = tid; e < kC * kStateVT; e += kStateThreads) {
+                const int i = e / kStateVT, c = e % kStateVT;
+                ugw[(int64_t)i * V + c] = sm.U[i * LS + c];
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < MTW; m++) {
+            const int r0 = (warp * MTW + m) * 16;
+            const float e0 = sm.gl[r0 + g], e1 = sm.gl[r0 + g + 8];
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                acc[m][nt][0] *= e0, acc[m][nt][1] *= e0, acc[m][nt][2] *= e1, acc[m][nt][3] *= e1;
+            }
+            warp_mma<kC, 2>(acc[m], sm.kd + r0, 1, LD, sm.U, LS, 1);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int m = 0; m < MTW; m++)
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+                const int r = (warp * MTW + m) * 16 + g + (x >> 1) * 8, c = nt * 8 + 2 * t + (x & 1);
+                state[(int64_t)r * V + c] = acc[m][nt][x];
+            }
+}
+
+template <int K> struct OutSmem {
+    static constexpr int LQ = K + 4, LP = kC + 4, LH = kOutVT + 8;
+    float q[kC * LQ], h[K * LH], P[kC * LP], U[kC * LH];
+};
+
+template <int K>
+__global__ void __launch_bounds__(kOutThreads) chunk_out_kernel(const LinParams p, const ChunkWs ws) {
+    using Sm = OutSmem<K>;
+    constexpr int LQ = Sm::LQ, LP = Sm::LP, LH = Sm::LH;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    Sm &sm = *reinterpret_cast<Sm *>(smem_raw);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int64_t gc = blockIdx.x;
+    const int j = blockIdx.y, V = p.V, c0 = blockIdx.z * kOutVT;
+    const int n = chunk_seq(ws.coff, p.N, gc);
+    if (n < 0) return;
+    const SeqRange sr = seq_range(p, n);
+    const int64_t tc0 = sr.t0 + (gc - ws.coff[n]) * kC;
+    const int nc = (int)min((int64_t)kC, sr.t0 + sr.len - tc0);
+    const int64_t hj = gc * p.HV + j;
+
+    const float *qg = ws.qg + hj * kC * K, *hg = ws.h + hj * K * V + c0, *Pg = ws.P + hj * kC * kC;
+    const float *ug = ws.u + hj * kC * V + c0;
+    for (int e = tid; e < kC * K / 4; e += kOutThreads) {
+        const int i = e / (K / 4), c = (e % (K / 4)) * 4;
+        *(float4 *)(sm.q + i * LQ + c) = *(const float4 *)(qg + i * K + c);
+    }
+    for (int e = tid; e < K * kOutVT / 4; e += kOutThreads) {
+        const int r = e / (kOutVT / 4), c = (e % (kOutVT / 4)) * 4;
+        *(float4 *)(sm.h + r * LH + c) = *(const float4 *)(hg + (int64_t)r * V + c);
+    }
+    for (int e = tid; e < kC * kC / 4; e += kOutThreads) {
+        const int i = e / (kC / 4), c = (e % (kC / 4)) * 4;
+        *(float4 *)(sm.P + i * LP + c) = *(const float4 *)(Pg + i * kC + c);
+    }
+    for (int e = tid; e < kC * kOutVT / 4; e += kOutThreads) {
+        const int i = e / (kOutVT / 4), c = (e % (kOutVT / 4)) * 4;
+        *(float4 *)(sm.U + i * LH + c) = *(const float4 *)(ug + (int64_t)i * V + c);
+    }
+    __syncthreads();
+    const int mt = warp >> 1, nb = (warp & 1) * 32;
+    float acc[4][4] = {};
+    warp_mma<K, 4>(acc, sm.q + mt * 16 * LQ, LQ, 1, sm.h + nb, LH, 1);
+    warp_mma<kC, 4>(acc, sm.P + mt * 16 * LP, LP, 1, sm.U + nb, LH, 1);
+#pragma unroll
+    for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+        for (int x = 0; x < 4; x++) {
+            const int i = mt * 16 + g + (x >> 1) * 8, c = c0 + nb + nt * 8 + 2 * t + (x & 1);
+            if (i < nc) st_dt(p.out, p.o_bf16, sr.b * p.o_sb + (tc0 + i) * p.o_st + (int64_t)j * V + c, acc[nt][x]);
+        }
+}
+
+/* ---------------------------------------------------------------- launching */
+
+hae_status lin_unsupported(const hae_linear_attn_args *a, const char *why) {
+    return hae_error(HAE_ERR_UNSUPPORTED,
+                     "hae_linear_attn (cuda): q [%lld, %lld, %lld, %lld], v [.., %lld, %lld], chunk %d: %s",
+                     (long long)a->q.shape[0], (long long)a->q.shape[1], (long long)a->q.shape[2],
+                     (long long)a->q.shape[3], (long long)a->v.shape[2], (long long)a->v.shape[3], a->chunk, why);
+}
+
+LinParams make_params(const hae_linear_attn_args *a, int64_t N) {
+    LinParams p;
+    p.q = a->q.data, p.k = a->k.data, p.v = a->v.data;
+    p.q_sb = a->q.stride[0], p.q_st = a->q.stride[1];
+    p.k_sb = a->k.stride[0], p.k_st = a->k.stride[1];
+    p.v_sb = a->v.stride[0], p.v_st = a->v.stride[1];
+    const bool gated = a->decay == HAE_DECAY_CHANNEL || a->decay == HAE_DECAY_HEAD;
+    p.g = gated ? a->g.data : nullptr;
+    p.g_sb = gated ? a->g.stride[0] : 0, p.g_st = gated ? a->g.stride[1] : 0;
+    p.g_bf16 = gated && a->g.dtype == HAE_BF16;
+    p.beta = a->delta ? a->beta.data : nullptr;
+    p.b_sb = a->delta ? a->beta.stride[0] : 0, p.b_st = a->delta ? a->beta.stride[1] : 0;
+    p.b_bf16 = a->delta && a->beta.dtype == HAE_BF16;
+    p.A_log = a->decay != HAE_DECAY_NONE ? (const float *)a->A_log.data : nullptr;
+    p.dt_bias = gated ? (const float *)a->dt_bias.data : nullptr;
+    p.state = (float *)a->state.data;
+    p.out = a->out.data;
+    p.o_sb = a->out.stride[0], p.o_st = a->out.stride[1];
+    p.o_bf16 = a->out.dtype == HAE_BF16;
+    p.cu = (const int32_t *)a->cu_seqlens.data;
+    p.T = a->q.shape[1];
+    p.N = (int)N, p.H = (int)a->q.shape[2], p.HV = (int)a->v.shape[2], p.V = (int)a->v.shape[3];
+    p.softplus = a->gate == HAE_GATE_SOFTPLUS;
+    p.elu1 = a->qk_map == HAE_QK_ELU1;
+    p.lower_bound = a->lower_bound, p.scale = a->scale;
+    return p;
+}
+
+/* Compile-time tags: f(IntTag<decay>, BoolTag<delta>) and f(IntTag<K>). */
+template <int D> struct IntTag {
+    static constexpr int value = D;
+};
+template <bool B> struct BoolTag {
+    static constexpr bool value = B;
+};
+template <typename F> hae_status with_decay_delta(hae_decay d, bool delta, F &&f) {
+    auto by_delta = [&](auto dt) -> hae_status {
+        return delta ? f(dt, BoolTag<true>{}) : f(dt, BoolTag<false>{});
+    };
+    switch (d) {
+    case HAE_DECAY_NONE: return by_delta(IntTag<HAE_DECAY_NONE>{});
+    case HAE_DECAY_FIXED: return by_delta(IntTag<HAE_DECAY_FIXED>{});
+    case HAE_DECAY_HEAD: return by_delta(IntTag<HAE_DECAY_HEAD>{});
+    default: return by_delta(IntTag<HAE_DECAY_CHANNEL>{});
+    }
+}
+template <typename F> hae_status with_k(int64_t K, F &&f) {
+    return K == 64 ? f(IntTag<64>{}) : f(IntTag<128>{});
+}
+
+template <typename F> hae_status set_smem(F *kernel, size_t bytes) {
+    HAE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    return HAE_OK;
+}
+
+hae_status launch_recurrent(const hae_linear_attn_args *a, const LinParams &p, cudaStream_t s) {
+    const dim3 grid((unsigned)(p.V / kRecVT), (unsigned)p.HV, (unsigned)p.N);
+    return hae_cuda_dispatch(a->q.dtype, "hae_linear_attn", [&](auto ti) -> hae_status {
+        using TI = decltype(ti);
+        return with_k(a->q.shape[3], [&](auto kt) -> hae_status {
+            constexpr int K = decltype(kt)::value;
+            return with_decay_delta(a->decay, a->delta, [&](auto dt, auto del) -> hae_status {
+                recurrent_kernel<TI, K, decltype(dt)::value, decltype(del)::value><<<grid, kRecThreads, 0, s>>>(p);
+                HAE_CUDA_LAUNCH_CHECK("recurrent_kernel");
+                return HAE_OK;
+            });
+        });
+    });
+}
+
+hae_status launch_chunked(const hae_linear_attn_args *a, const LinParams &p, cudaStream_t s) {
+    const int64_t B = a->q.shape[0], T = a->q.shape[1], HV = p.HV, K = a->q.shape[3], V = p.V;
+    const int64_t G = ws_chunks(B, T, p.N);
+    const ChunkWs ws = ws_layout(a->workspace, G, HV, K, V, p.N, nullptr);
+    chunk_offsets_kernel<<<1, 32, 0, s>>>(p, ws.coff);
+    HAE_CUDA_LAUNCH_CHECK("chunk_offsets_kernel");
+    return hae_cuda_dispatch(a->q.dtype, "hae_linear_attn", [&](auto ti) -> hae_status {
+        using TI = decltype(ti);
+        return with_k(K, [&](auto kt) -> hae_status {
+            constexpr int KK = decltype(kt)::value;
+            return with_decay_delta(a->decay, a->delta, [&](auto dt, auto del) -> hae_status {
+                constexpr int DECAY = decltype(dt)::value;
+                constexpr bool DELTA = decltype(del)::value;
+                auto *prep = chunk_prep_kernel<TI, KK, DECAY, DELTA>;
+                auto *state = chunk_state_kernel<KK, DELTA>;
+                auto *outk = chunk_out_kernel<KK>;
+                HAE_TRY(set_smem(prep, sizeof(PrepSmem<KK>)));
+                HAE_TRY(set_smem(state, sizeof(StateSmem<KK>)));
+                HAE_TRY(set_smem(outk, sizeof(OutSmem<KK>)));
+                prep<<<dim3((unsigned)G, (unsigned)HV), kPrepThreads, sizeof(PrepSmem<KK>), s>>>(p, ws);
+                HAE_CUDA_LAUNCH_CHECK("chunk_prep_kernel");
+                state<<<dim3((unsigned)(V / kStateVT), (unsigned)HV, (unsigned)p.N), kStateThreads,
+                        sizeof(StateSmem<KK>), s>>>(p, ws);
+                HAE_CUDA_LAUNCH_CHECK("chunk_state_kernel");
+                outk<<<dim3((unsigned)G, (unsigned)HV, (unsigned)(V / kOutVT)), kOutThreads, sizeof(OutSmem<KK>),
+                       s>>>(p, ws);
+                HAE_CUDA_LAUNCH_CHECK("chunk_out_kernel");
+                return HAE_OK;
+            });
+        });
+    });
+}
+
+/* ---------------------------------------------------------------- short convolution
+ * out[b, t, c] = act(Σ_{w<W} weight[c, w] x'[t + w]), x' = concat(state, x). One thread per
+ * (b, segment of kConvSeg tokens, c) with the window's W - 1 previous inputs in registers (c fastest:
+ * coalesced). Only segment 0's thread touches the state: it reads the old one for its window and
+ * writes the new one, the last W - 1 inputs of x' (old state entries too when T < W - 1). */
+constexpr int kConvMaxW = 16;
+constexpr int kConvSeg = 64;
+
+template <typename TX, typename TO>
+__global__ void conv_short_kernel(const TX *x, int64_t x_sb, int64_t x_st, const float *weight, float *state,
+                                  TO *out, int64_t o_sb, int64_t o_st, int64_t B, int64_t T, int64_t C, int W,
+                                  bool silu) {
+    const int64_t nseg = (T + kConvSeg - 1) / kConvSeg;
+    const int64_t total = B * nseg * C;
+    for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t c = idx % C, seg = (idx / C) % nseg, b = idx / (C * nseg);
+        const int64_t tb = seg * kConvSeg, te = min(T, tb + kConvSeg);
+        const TX *xb = x + b * x_sb + c;
+        float *st = state + b * (int64_t)(W - 1) * C + c;
+        const float wlast = weight[c * W + W - 1];
+        float wt[kConvMaxW], win[kConvMaxW];
+#pragma unroll
+        for (int w = 0; w < kConvMaxW; w++) {
+            wt[w] = w < W ? weight[c * W + w] : 0.0f;
+            win[w] = 0.0f;
+            if (w < W - 1) {
+                const int64_t tau = tb - (W - 1) + w; /* time of window slot w */
+                win[w] = tau >= 0 ? hae_ld(xb + tau * x_st) : st[(tau + W - 1) * C];
+            }
+        }
+        if (seg == 0) {
+            /* new state: x' at times T - (W - 1) .. T - 1 */
+#pragma unroll
+            for (int w = 0; w < kConvMaxW - 1; w++) {
+                if (w >= W - 1) continue;
+                /* slot tau + W - 1 > w of the old state is read before it is overwritten */
+                const int64_t tau = T - (W - 1) + w;
+                const float v = tau >= 0 ? hae_ld(xb + tau * x_st) : st[(tau + W - 1) * C];
+                st[(int64_t)w * C] = v;
+            }
+        }
+        for (int64_t t = tb; t < te; t++) {
+            const float xt = hae_ld(xb + t * x_st);
+            float acc = wlast * xt;
+#pragma unroll
+            for (int w = 0; w < kConvMaxW - 1; w++)
+                if (w < W - 1) acc += wt[w] * win[w];
+#pragma unroll
+            for (int w = 0; w < kConvMaxW - 2; w++)
+                if (w < W - 2) win[w] = win[w + 1];
+#pragma unroll
+            for (int w = 0; w < kConvMaxW - 1; w++)
+                if (w == W - 2) win[w] = xt;
+            if (silu) acc = acc / (1.0f + expf(-acc));
+            hae_st(out + b * o_sb + t * o_st + c, acc);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- gated rmsnorm
+ * out = x / sqrt(mean(x^2) + eps) * weight * sigmoid(gate), per (n, h) row of D; one warp per row. */
+constexpr int kNormThreads = 256;
+
+template <typename TX, typename TG, typename TO>
+__global__ void __launch_bounds__(kNormThreads)
+    gated_rmsnorm_kernel(const TX *x, int64_t x_s0, int64_t x_s1, const TG *gate, int64_t g_s0, int64_t g_s1,
+                         const float *weight, TO *out, int64_t o_s0, int64_t o_s1, int64_t rows, int64_t H, int64_t D,
+                         float eps) {
+    const int lane = threadIdx.x & 31;
+    for (int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < rows;
+         r += ((int64_t)gridDim.x * blockDim.x) >> 5) {
+        const int64_t n = r / H, h = r % H;
+        const TX *xr = x + n * x_s0 + h * x_s1;
+        const TG *gr = gate + n * g_s0 + h * g_s1;
+        TO *orow = out + n * o_s0 + h * o_s1;
+        float ss = 0.0f;
+        for (int64_t d = lane; d < D; d += 32) {
+            const float v = hae_ld(xr + d);
+            ss += v * v;
+        }
+        ss = warp_sum(ss);
+        const float rs = 1.0f / sqrtf(ss / (float)D + eps);
+        for (int64_t d = lane; d < D; d += 32) {
+            const float gv = hae_ld(gr + d);
+            hae_st(orow + d, hae_ld(xr + d) * rs * weight[d] * (1.0f / (1.0f + expf(-gv))));
+        }
+    }
+}
+
+} // namespace
+
+extern "C" size_t hae_linear_attn_workspace_cuda(const hae_linear_attn_args *a) {
+    if (a->chunk == 0) return 0;
+    const int64_t B = a->q.shape[0], T = a->q.shape[1], K = a->q.shape[3];
+    const int64_t HV = a->v.shape[2], V = a->v.shape[3];
+    const int64_t N = a->state.ndim == 4 ? a->state.shape[0]
+                      : a->cu_seqlens.ndim == 1 ? a->cu_seqlens.shape[0] - 1
+                                                 : B;
+    size_t bytes = 0;
+    ws_layout(nullptr, ws_chunks(B, T, N), HV, K, V, N, &bytes);
+    return bytes;
+}
+
+extern "C" hae_status hae_linear_attn_cuda(hae_backend *be, const hae_linear_attn_args *a) {
+    const int64_t K = a->q.shape[3], V = a->v.shape[3], HV = a->v.shape[2];
+    const int64_t N = a->state.shape[0];
+    if ((K != 64 && K != 128) || (V != 64 && V != 128)) return lin_unsupported(a, "K and V must be 64 or 128");
+    if (a->chunk != 0 && a->chunk != kC) return lin_unsupported(a, "the chunked form supports chunk 64 only");
+    if (N > 65535 || HV > 65535) return lin_unsupported(a, "more than 65535 sequences or value heads");
+    if ((uintptr_t)a->state.data % 16) return lin_unsupported(a, "the state must be 16-byte aligned");
+    if (a->chunk != 0) {
+        const int64_t G = ws_chunks(a->q.shape[0], a->q.shape[1], N);
+        if (G > INT32_MAX) return lin_unsupported(a, "more than 2^31 chunks");
+        if ((uintptr_t)a->workspace % 16) return lin_unsupported(a, "the workspace must be 16-byte aligned");
+    }
+    const LinParams p = make_params(a, N);
+    cudaStream_t s = nullptr;
+    HAE_TRY(hae_cuda_enter(be, &s));
+    return a->chunk == 0 ? launch_recurrent(a, p, s) : launch_chunked(a, p, s);
+}
+
+extern "C" hae_status hae_conv_short_cuda(hae_backend *be, const hae_conv_short_args *a) {
+    const int64_t B = a->x.shape[0], T = a->x.shape[1], C = a->x.shape[2];
+    const int W = (int)a->weight.shape[1];
+    if (W > kConvMaxW)
+        return hae_error(HAE_ERR_UNSUPPORTED, "hae_conv_short (cuda): width %d > %d", W, kConvMaxW);
+    cudaStream_t s = nullptr;
+    HAE_TRY(hae_cuda_enter(be, &s));
+    const int threads = 256;
+    const unsigned blocks = hae_cuda_blocks(B * ((T + kConvSeg - 1) / kConvSeg) * C, threads);
+    return hae_cuda_dispatch(a->x.dtype, "hae_conv_short", [&](auto tx) -> hae_status {
+        using TX = decltype(tx);
+        return hae_cuda_dispatch(a->out.dtype, "hae_conv_short", [&](auto to) -> hae_status {
+            using TO = decltype(to);
+            conv_short_kernel<TX, TO><<<blocks, threads, 0, s>>>(
+                (const TX *)a->x.data, a->x.stride[0], a->x.stride[1], (const float *)a->weight.data,
+                (float *)a->state.data, (TO *)a->out.data, a->out.stride[0], a->out.stride[1], B, T, C, W, a->silu);
+            HAE_CUDA_LAUNCH_CHECK("conv_short_kernel");
+            return HAE_OK;
+        });
+    });
+}
+
+extern "C" hae_status hae_gated_rmsnorm_cuda(hae_backend *be, const hae_gated_rmsnorm_args *a) {
+    const int64_t N = a->x.shape[0], H = a->x.shape[1], D = a->x.shape[2];
+    cudaStream_t s = nullptr;
+    HAE_TRY(hae_cuda_enter(be, &s));
+    const unsigned blocks = hae_cuda_blocks(N * H, kNormThreads / 32);
+    return hae_cuda_dispatch(a->x.dtype, "hae_gated_rmsnorm", [&](auto tx) -> hae_status {
+        using TX = decltype(tx);
+        return hae_cuda_dispatch(a->gate.dtype, "hae_gated_rmsnorm", [&](auto tg) -> hae_status {
+            using TG = decltype(tg);
+            return hae_cuda_dispatch(a->out.dtype, "hae_gated_rmsnorm", [&](auto to) -> hae_status {
+                using TO = decltype(to);
+                gated_rmsnorm_kernel<TX, TG, TO><<<blocks, kNormThreads, 0, s>>>(
+                    (const TX *)a->x.data, a->x.stride[0], a->x.stride[1], (const TG *)a->gate.data,
+                    a->gate.stride[0], a->gate.stride[1], (const float *)a->weight.data, (TO *)a->out.data,
+                    a->out.stride[0], a->out.stride[1], N * H, H, D, a->eps);
+                HAE_CUDA_LAUNCH_CHECK("gated_rmsnorm_kernel");
+                return HAE_OK;
+            });
+        });
+    });
+}
