@@ -17,6 +17,9 @@ hae_status hae_threadpool_create(int n_threads, hae_threadpool **out);
 void hae_threadpool_destroy(hae_threadpool *tp);
 int hae_threadpool_size(const hae_threadpool *tp);
 void hae_parallel_for(hae_threadpool *tp, int64_t n, hae_parallel_fn fn, void *ctx);
+/* The same, run on the caller alone when n x item_work (a rough operation count) is too small to
+ * repay waking the workers. */
+void hae_parallel_for_sized(hae_threadpool *tp, int64_t n, int64_t item_work, hae_parallel_fn fn, void *ctx);
 /* Index of the calling worker in [0, size) inside hae_parallel_for (for per-thread scratch). */
 int hae_threadpool_worker(void);
 

@@ -77,7 +77,7 @@ hae_status hae_embedding_cpu(hae_backend *be, const hae_embedding_args *a) {
                              (long long)i, id, (long long)V);
     }
     emb_ctx c = {be, a};
-    hae_parallel_for(be->pool, N, embedding_row, &c);
+    hae_parallel_for_sized(be->pool, N, a->table.shape[1], embedding_row, &c);
     return HAE_OK;
 }
 
@@ -107,7 +107,7 @@ static void rmsnorm_row(void *p, int64_t i) {
 
 hae_status hae_rmsnorm_cpu(hae_backend *be, const hae_rmsnorm_args *a) {
     norm_ctx c = {be, a};
-    hae_parallel_for(be->pool, a->x.shape[0], rmsnorm_row, &c);
+    hae_parallel_for_sized(be->pool, a->x.shape[0], 4 * a->x.shape[1], rmsnorm_row, &c);
     return HAE_OK;
 }
 
@@ -220,7 +220,7 @@ static void swiglu_row(void *p, int64_t i) {
 
 hae_status hae_swiglu_cpu(hae_backend *be, const hae_swiglu_args *a) {
     swiglu_ctx c = {a};
-    hae_parallel_for(be->pool, a->out.shape[0], swiglu_row, &c);
+    hae_parallel_for_sized(be->pool, a->out.shape[0], 8 * a->out.shape[1], swiglu_row, &c);
     return HAE_OK;
 }
 
@@ -252,7 +252,7 @@ static void rope_row(void *p, int64_t r) {
 
 hae_status hae_rope_cpu(hae_backend *be, const hae_rope_args *a) {
     rope_ctx c = {a};
-    hae_parallel_for(be->pool, a->x.shape[0] * a->x.shape[1], rope_row, &c);
+    hae_parallel_for_sized(be->pool, a->x.shape[0] * a->x.shape[1], 8 * a->x.shape[2] * a->x.shape[3], rope_row, &c);
     return HAE_OK;
 }
 

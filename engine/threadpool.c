@@ -128,3 +128,15 @@ void hae_parallel_for(hae_threadpool *tp, int64_t n, hae_parallel_fn fn, void *c
     while (tp->active > 0) pthread_cond_wait(&tp->done, &tp->mu);
     pthread_mutex_unlock(&tp->mu);
 }
+
+/* Waking the workers and waiting for them costs tens of microseconds; jobs smaller than this many
+ * operations run faster on the caller alone (decode-sized linear-attention steps, norms of a row). */
+#define HAE_INLINE_WORK (1 << 17)
+
+void hae_parallel_for_sized(hae_threadpool *tp, int64_t n, int64_t item_work, hae_parallel_fn fn, void *ctx) {
+    if (n > 0 && item_work > 0 && n * item_work < HAE_INLINE_WORK) {
+        for (int64_t i = 0; i < n; i++) fn(ctx, i);
+        return;
+    }
+    hae_parallel_for(tp, n, fn, ctx);
+}

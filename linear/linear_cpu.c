@@ -253,7 +253,8 @@ hae_status hae_linear_attn_cpu(hae_backend *be, const hae_linear_attn_args *a) {
                          "hae_linear_attn (cpu): chunk %d with K %lld and V %lld needs %zu bytes of scratch per thread, "
                          "the backend has %zu (use a smaller chunk)",
                          a->chunk, (long long)c.K, (long long)c.V, need, be->scratch_per_thread);
-    hae_parallel_for(be->pool, N * c.HV, a->chunk ? chunked_item : recurrent_item, &c);
+    const int64_t per_item = (a->cu_seqlens.data ? a->q.shape[1] / N : a->q.shape[1]) * c.K * c.V * 4;
+    hae_parallel_for_sized(be->pool, N * c.HV, per_item, a->chunk ? chunked_item : recurrent_item, &c);
     return HAE_OK;
 }
 
@@ -297,7 +298,7 @@ static void conv_item(void *p, int64_t item) {
 hae_status hae_conv_short_cpu(hae_backend *be, const hae_conv_short_args *a) {
     conv_ctx c = {.a = a, .C = a->x.shape[2], .W = a->weight.shape[1], .T = a->x.shape[1]};
     c.blocks = (c.C + CONV_BLOCK - 1) / CONV_BLOCK;
-    hae_parallel_for(be->pool, a->x.shape[0] * c.blocks, conv_item, &c);
+    hae_parallel_for_sized(be->pool, a->x.shape[0] * c.blocks, c.T * CONV_BLOCK * c.W, conv_item, &c);
     return HAE_OK;
 }
 
@@ -328,6 +329,6 @@ hae_status hae_gated_rmsnorm_cpu(hae_backend *be, const hae_gated_rmsnorm_args *
     gnorm_ctx c = {.be = be, .a = a, .H = a->x.shape[1], .D = a->x.shape[2]};
     if (sizeof(float) * 2 * (size_t)c.D > be->scratch_per_thread)
         return hae_error(HAE_ERR_UNSUPPORTED, "hae_gated_rmsnorm (cpu): head dim %lld is too large", (long long)c.D);
-    hae_parallel_for(be->pool, a->x.shape[0] * c.H, gnorm_item, &c);
+    hae_parallel_for_sized(be->pool, a->x.shape[0] * c.H, 8 * c.D, gnorm_item, &c);
     return HAE_OK;
 }

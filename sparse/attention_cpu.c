@@ -34,7 +34,7 @@ static void kv_write_row(void *p, int64_t r) {
 
 hae_status hae_kv_write_cpu(hae_backend *be, const hae_kv_write_args *a) {
     kvw_ctx c = {a};
-    hae_parallel_for(be->pool, a->src.shape[0] * a->src.shape[1], kv_write_row, &c);
+    hae_parallel_for_sized(be->pool, a->src.shape[0] * a->src.shape[1], a->src.shape[2] * a->src.shape[3], kv_write_row, &c);
     return HAE_OK;
 }
 

@@ -82,7 +82,7 @@ Test(config, builtin_default) {
     cr_expect_eq(c->model.vocab_size, 512);
     cr_expect_eq(c->model.d_model, 256);
     cr_expect_eq(c->model.n_layers, 4);
-    expect_layers(c, "swa,swa,swa,full");
+    expect_layers(c, "kda,kda,kda,full");
     cr_expect_eq(c->model.norm_eps, 1.0e-6f);
     cr_expect(!c->model.tie_word_embeddings);
     cr_expect_eq(c->model.initializer_range, 0.02f);
@@ -96,6 +96,14 @@ Test(config, builtin_default) {
     cr_expect_eq(c->model.attention.partial_rotary_factor, 0.5f);
     cr_expect_eq(c->model.attention.softmax_scale, 0.0f);
     cr_expect_eq(c->model.swa.window_size, 256);
+    cr_expect_eq(c->model.linear_attn.num_heads, 4);
+    cr_expect_eq(c->model.linear_attn.num_v_heads, 0);
+    cr_expect_eq(c->model.linear_attn.head_dim, 64);
+    cr_expect_eq(c->model.linear_attn.expand_v, 1.0f);
+    cr_expect_eq(c->model.linear_attn.conv_size, 4);
+    cr_expect_eq(c->model.linear_attn.chunk_size, 64);
+    cr_expect(c->model.linear_attn.safe_gate);
+    cr_expect_eq(c->model.linear_attn.lower_bound, -5.0f);
     cr_expect_eq(c->runtime.backend, HAE_BACKEND_AUTO);
     cr_expect_eq(c->runtime.device, 0);
     cr_expect_eq(c->runtime.threads, 0);
@@ -116,7 +124,7 @@ Test(config, builtin_default) {
  * [full] when omitted). */
 Test(config, schema_defaults_match_default_yaml) {
     hae_config *d = default_cfg(), *c = cfg_new();
-    const char *y = "model:\n  layer_pattern: [swa, swa, swa, full]\n";
+    const char *y = "model:\n  layer_pattern: [kda, kda, kda, full]\n";
     cr_assert_eq(hae_config_parse(y, strlen(y), "<default>", NULL, 0, c), HAE_OK, "%s", hae_last_error());
     cr_expect(memcmp(c, d, sizeof *c) == 0);
     free(c);
