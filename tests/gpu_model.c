@@ -27,28 +27,13 @@ static const char *yaml = "name: gpu-tiny\n"
 
 #define CTX 100
 
-static hae_model *make(hae_backend *be, const hae_config *cfg) {
-    hae_model *m = NULL;
-    hae_model_options opt = {.all_logits = true};
-    cr_assert_eq(hae_model_create(cfg, be, &opt, &m), HAE_OK, "%s: %s", hae_backend_name(be), hae_last_error());
-    return m;
-}
-
 /* Prefill 90 tokens then decode 10 one at a time; returns the host logits [B, CTX, V]. */
 static float *logits_of(hae_model *m, const hae_config *cfg, const int32_t *tok) {
-    int64_t B = cfg->runtime.batch, V = cfg->model.vocab_size, P = cfg->runtime.prefill;
-    int32_t *buf = malloc(sizeof(int32_t) * (size_t)(B * CTX));
-    hae_tensor lg;
-    for (int64_t b = 0; b < B; b++) memcpy(buf + b * P, tok + b * CTX, sizeof(int32_t) * (size_t)P);
-    cr_assert_eq(hae_model_forward(m, buf, P, &lg), HAE_OK, "%s", hae_last_error());
-    for (int64_t t = P; t < CTX; t++) {
-        for (int64_t b = 0; b < B; b++) buf[b] = tok[b * CTX + t];
-        cr_assert_eq(hae_model_forward(m, buf, 1, &lg), HAE_OK, "%s", hae_last_error());
-    }
-    float *out = malloc(sizeof(float) * (size_t)(B * CTX * V));
-    cr_assert_eq(hae_backend_download(hae_model_backend(m), out, lg.data, sizeof(float) * (size_t)(B * CTX * V)), HAE_OK);
-    free(buf);
-    return out;
+    int64_t lens[CTX];
+    int n = 0;
+    lens[n++] = cfg->runtime.prefill;
+    for (int64_t t = cfg->runtime.prefill; t < CTX; t++) lens[n++] = 1;
+    return tu_model_logits(m, cfg, CTX, tok, lens, n);
 }
 
 /* Every layer kind: the attention stack, then the linear kinds beside full and swa layers. */
@@ -69,7 +54,7 @@ Test(gpu_model, logits_match_cpu) {
         cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", sets, 2, &cfg), HAE_OK, "%s", hae_last_error());
         hae_backend *cpu = tu_cpu(), *gpu = NULL;
         cr_assert_eq(hae_backend_create(HAE_CUDA, 0, &gpu), HAE_OK, "%s", hae_last_error());
-        hae_model *mc = make(cpu, &cfg), *mg = make(gpu, &cfg);
+        hae_model *mc = tu_model(cpu, &cfg), *mg = tu_model(gpu, &cfg);
         int64_t B = cfg.runtime.batch, V = cfg.model.vocab_size, n = B * CTX * V;
         int32_t *tok = malloc(sizeof(int32_t) * (size_t)(B * CTX));
         tu_rng r = tu_rng_make(42 + (uint64_t)k);
@@ -113,7 +98,7 @@ Test(gpu_model, weights_roundtrip_between_backends) {
     cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", &f32, 1, &cfg), HAE_OK, "%s", hae_last_error());
     hae_backend *cpu = tu_cpu(), *gpu = NULL;
     cr_assert_eq(hae_backend_create(HAE_CUDA, 0, &gpu), HAE_OK, "%s", hae_last_error());
-    hae_model *mg = make(gpu, &cfg), *mc = make(cpu, &cfg), *mc2 = make(cpu, &cfg);
+    hae_model *mg = tu_model(gpu, &cfg), *mc = tu_model(cpu, &cfg), *mc2 = tu_model(cpu, &cfg);
     char path[512];
     tu_tmp_path("gpu-model.safetensors", path, sizeof path);
     cr_assert_eq(hae_model_save(mg, path), HAE_OK, "%s", hae_last_error());

@@ -34,46 +34,6 @@ static void tiny(hae_config *cfg, const char *const *sets, int n_sets) {
     cr_assert_eq(st, HAE_OK, "%s", hae_last_error());
 }
 
-static hae_model *make(hae_backend *be, const hae_config *cfg) {
-    hae_model *m = NULL;
-    hae_model_options opt = {.all_logits = true};
-    cr_assert_eq(hae_model_create(cfg, be, &opt, &m), HAE_OK, "%s", hae_last_error());
-    return m;
-}
-
-static void tokens_for(const hae_config *cfg, int32_t *tok, uint64_t seed) {
-    tu_rng r = tu_rng_make(seed);
-    for (int64_t i = 0; i < cfg->runtime.batch * CTX; i++) tok[i] = (int32_t)tu_uniform(&r, 0, (double)cfg->model.vocab_size);
-}
-
-/* Runs the [B, CTX] tokens as forwards of the given lengths; returns logits [B, CTX, V] (malloc'd). */
-static float *run(hae_model *m, const hae_config *cfg, const int32_t *tok, const int64_t *lens, int n_lens) {
-    int64_t B = cfg->runtime.batch, V = cfg->model.vocab_size, t0 = 0;
-    int32_t *chunk = malloc(sizeof(int32_t) * (size_t)(B * CTX));
-    hae_tensor logits;
-    hae_model_reset(m);
-    for (int i = 0; i < n_lens; i++) {
-        for (int64_t b = 0; b < B; b++) memcpy(chunk + b * lens[i], tok + b * CTX + t0, sizeof(int32_t) * (size_t)lens[i]);
-        cr_assert_eq(hae_model_forward(m, chunk, lens[i], &logits), HAE_OK, "%s", hae_last_error());
-        t0 += lens[i];
-    }
-    cr_assert_eq(t0, CTX);
-    cr_assert_eq(hae_model_position(m), CTX);
-    float *out = malloc(sizeof(float) * (size_t)(B * CTX * V));
-    memcpy(out, logits.data, sizeof(float) * (size_t)(B * CTX * V));
-    free(chunk);
-    return out;
-}
-
-static double max_rel_diff(const float *a, const float *b, int64_t n) {
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < n; i++) {
-        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-        den += (double)b[i] * b[i];
-    }
-    return sqrt(num / den);
-}
-
 static const int64_t one_shot[] = {CTX};
 static const int64_t prefill_then_decode[] = {13, 1, 1, 1, 1, 1, 1};
 
@@ -83,21 +43,21 @@ Test(model, decode_after_prefill_equals_one_prefill) {
         hae_backend *be = tu_cpu();
         hae_config cfg;
         tiny(&cfg, &dts[k], 1);
-        hae_model *m = make(be, &cfg);
+        hae_model *m = tu_model(be, &cfg);
         int32_t tok[2 * CTX];
-        tokens_for(&cfg, tok, 1);
-        float *a = run(m, &cfg, tok, one_shot, 1);
-        float *b = run(m, &cfg, tok, prefill_then_decode, 7);
+        tu_tokens(&cfg, CTX, tok, 1);
+        float *a = tu_model_logits(m, &cfg, CTX, tok, one_shot, 1);
+        float *b = tu_model_logits(m, &cfg, CTX, tok, prefill_then_decode, 7);
         int64_t n = 2 * CTX * cfg.model.vocab_size;
-        double d = max_rel_diff(b, a, n);
+        double d = tu_rel_rms(b, a, n);
         cr_expect_leq(d, 1e-6, "%s: decode vs one prefill differ by %.3g", dts[k], d);
         /* and against an unchunked model: chunk boundaries must not matter */
         const char *sets[] = {dts[k], "runtime.prefill_chunk=0"};
         hae_config cfg0;
         tiny(&cfg0, sets, 2);
-        hae_model *m0 = make(be, &cfg0);
-        float *c = run(m0, &cfg0, tok, one_shot, 1);
-        d = max_rel_diff(c, a, n);
+        hae_model *m0 = tu_model(be, &cfg0);
+        float *c = tu_model_logits(m0, &cfg0, CTX, tok, one_shot, 1);
+        d = tu_rel_rms(c, a, n);
         cr_expect_leq(d, 1e-6, "%s: chunked vs unchunked prefill differ by %.3g", dts[k], d);
         free(a), free(b), free(c);
         hae_model_destroy(m);
@@ -112,18 +72,18 @@ Test(model, seeds_and_batch_independence) {
     tiny(&cfg, NULL, 0);
     int64_t V = cfg.model.vocab_size, n = 2 * CTX * V;
     int32_t tok[2 * CTX];
-    tokens_for(&cfg, tok, 2);
-    hae_model *m1 = make(be, &cfg), *m2 = make(be, &cfg);
-    float *a = run(m1, &cfg, tok, one_shot, 1), *b = run(m2, &cfg, tok, one_shot, 1);
+    tu_tokens(&cfg, CTX, tok, 2);
+    hae_model *m1 = tu_model(be, &cfg), *m2 = tu_model(be, &cfg);
+    float *a = tu_model_logits(m1, &cfg, CTX, tok, one_shot, 1), *b = tu_model_logits(m2, &cfg, CTX, tok, one_shot, 1);
     cr_expect(memcmp(a, b, sizeof(float) * (size_t)n) == 0, "same seed, same logits (bitwise)");
     cr_assert_eq(hae_model_init_weights(m2, 8), HAE_OK);
-    float *c = run(m2, &cfg, tok, one_shot, 1);
-    cr_expect_gt(max_rel_diff(c, a, n), 0.1, "another seed gives other logits");
+    float *c = tu_model_logits(m2, &cfg, CTX, tok, one_shot, 1);
+    cr_expect_gt(tu_rel_rms(c, a, n), 0.1, "another seed gives other logits");
     /* changing sequence 0's tokens leaves sequence 1's logits bitwise unchanged */
     for (int i = 0; i < CTX; i++) tok[i] = (tok[i] + 1) % (int32_t)V;
-    float *d = run(m1, &cfg, tok, one_shot, 1);
+    float *d = tu_model_logits(m1, &cfg, CTX, tok, one_shot, 1);
     cr_expect(memcmp(d + CTX * V, a + CTX * V, sizeof(float) * (size_t)(CTX * V)) == 0, "sequence 1 is independent");
-    cr_expect_gt(max_rel_diff(d, a, CTX * V), 0.01, "sequence 0 changed");
+    cr_expect_gt(tu_rel_rms(d, a, CTX * V), 0.01, "sequence 0 changed");
     free(a), free(b), free(c), free(d);
     hae_model_destroy(m1);
     hae_model_destroy(m2);
@@ -237,10 +197,10 @@ Test(model, matches_float64_oracle) {
     hae_backend *be = tu_cpu();
     hae_config cfg;
     tiny(&cfg, NULL, 0);
-    hae_model *m = make(be, &cfg);
+    hae_model *m = tu_model(be, &cfg);
     int32_t tok[2 * CTX];
-    tokens_for(&cfg, tok, 3);
-    float *got = run(m, &cfg, tok, prefill_then_decode, 7);
+    tu_tokens(&cfg, CTX, tok, 3);
+    float *got = tu_model_logits(m, &cfg, CTX, tok, prefill_then_decode, 7);
     char path[512];
     tu_tmp_path("oracle.safetensors", path, sizeof path);
     cr_assert_eq(hae_model_save(m, path), HAE_OK, "%s", hae_last_error());
@@ -269,26 +229,26 @@ Test(model, save_load_roundtrip_and_bad_files) {
     const char *bf16 = "runtime.dtype=bf16";
     hae_config cfg;
     tiny(&cfg, &bf16, 1);
-    hae_model *a = make(be, &cfg), *b = make(be, &cfg);
+    hae_model *a = tu_model(be, &cfg), *b = tu_model(be, &cfg);
     cr_assert_eq(hae_model_init_weights(b, 12345), HAE_OK);
     char path[512];
     tu_tmp_path("roundtrip.safetensors", path, sizeof path);
     cr_assert_eq(hae_model_save(a, path), HAE_OK, "%s", hae_last_error());
     cr_assert_eq(hae_model_load(b, path), HAE_OK, "%s", hae_last_error());
     int32_t tok[2 * CTX];
-    tokens_for(&cfg, tok, 4);
-    float *la = run(a, &cfg, tok, one_shot, 1), *lb = run(b, &cfg, tok, one_shot, 1);
+    tu_tokens(&cfg, CTX, tok, 4);
+    float *la = tu_model_logits(a, &cfg, CTX, tok, one_shot, 1), *lb = tu_model_logits(b, &cfg, CTX, tok, one_shot, 1);
     cr_expect(memcmp(la, lb, sizeof(float) * (size_t)(2 * CTX * cfg.model.vocab_size)) == 0, "loaded weights give identical logits");
     /* an f32 model loads the bf16 file (converting) */
     hae_config cf;
     tiny(&cf, NULL, 0);
-    hae_model *c = make(be, &cf);
+    hae_model *c = tu_model(be, &cf);
     cr_expect_eq(hae_model_load(c, path), HAE_OK, "%s", hae_last_error());
     /* a model of another width: shape error naming the tensor and both shapes */
     const char *wide[] = {"model.d_model=48"};
     hae_config cw;
     tiny(&cw, wide, 1);
-    hae_model *d = make(be, &cw);
+    hae_model *d = tu_model(be, &cw);
     cr_expect_eq(hae_model_load(d, path), HAE_ERR_FORMAT);
     cr_expect(strstr(hae_last_error(), "model.embed_tokens.weight") && strstr(hae_last_error(), "[61, 32]") &&
                   strstr(hae_last_error(), "[61, 48]"),
@@ -297,7 +257,7 @@ Test(model, save_load_roundtrip_and_bad_files) {
     const char *tied[] = {"model.tie_word_embeddings=true"};
     hae_config ct;
     tiny(&ct, tied, 1);
-    hae_model *e = make(be, &ct);
+    hae_model *e = tu_model(be, &ct);
     char tpath[512];
     tu_tmp_path("tied.safetensors", tpath, sizeof tpath);
     cr_assert_eq(hae_model_save(e, tpath), HAE_OK, "%s", hae_last_error());
@@ -317,7 +277,7 @@ Test(model, user_errors) {
     hae_backend *be = tu_cpu();
     hae_config cfg;
     tiny(&cfg, NULL, 0);
-    hae_model *m = make(be, &cfg);
+    hae_model *m = tu_model(be, &cfg);
     hae_tensor logits;
     int32_t tok[2 * CTX] = {0};
     tok[3] = 61;

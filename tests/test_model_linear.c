@@ -39,45 +39,6 @@ static void make_cfg(hae_config *cfg, const char *k0, const char *k1, bool safe,
     tu_config(y, cfg);
 }
 
-static hae_model *make(hae_backend *be, const hae_config *cfg) {
-    hae_model *m = NULL;
-    hae_model_options opt = {.all_logits = true};
-    cr_assert_eq(hae_model_create(cfg, be, &opt, &m), HAE_OK, "%s", hae_last_error());
-    return m;
-}
-
-static void tokens_for(const hae_config *cfg, int32_t *tok, uint64_t seed) {
-    tu_rng r = tu_rng_make(seed);
-    for (int64_t i = 0; i < cfg->runtime.batch * CTX; i++) tok[i] = (int32_t)tu_uniform(&r, 0, (double)cfg->model.vocab_size);
-}
-
-/* The [B, CTX] tokens as forwards of the given lengths from a reset model; logits [B, CTX, V]. */
-static float *run(hae_model *m, const hae_config *cfg, const int32_t *tok, const int64_t *lens, int n_lens) {
-    int64_t B = cfg->runtime.batch, V = cfg->model.vocab_size, t0 = 0;
-    int32_t *chunk = malloc(sizeof(int32_t) * (size_t)(B * CTX));
-    hae_tensor logits;
-    hae_model_reset(m);
-    for (int i = 0; i < n_lens; i++) {
-        for (int64_t b = 0; b < B; b++) memcpy(chunk + b * lens[i], tok + b * CTX + t0, sizeof(int32_t) * (size_t)lens[i]);
-        cr_assert_eq(hae_model_forward(m, chunk, lens[i], &logits), HAE_OK, "%s", hae_last_error());
-        t0 += lens[i];
-    }
-    cr_assert_eq(t0, CTX);
-    float *out = malloc(sizeof(float) * (size_t)(B * CTX * V));
-    memcpy(out, logits.data, sizeof(float) * (size_t)(B * CTX * V));
-    free(chunk);
-    return out;
-}
-
-static double rel_diff(const float *a, const float *b, int64_t n) {
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < n; i++) {
-        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-        den += (double)b[i] * b[i];
-    }
-    return sqrt(num / den);
-}
-
 static const int64_t one_shot[] = {CTX};
 static const int64_t prefill_then_decode[] = {21, 1, 1, 1, 1, 1, 1};
 static const int64_t ragged[] = {5, 1, 17, 1, 3};
@@ -89,19 +50,19 @@ Test(model_linear, decode_after_prefill_equals_one_prefill_every_kind) {
             hae_config cfg, cfg0;
             make_cfg(&cfg, kinds[k], mixed ? "full" : kinds[k], k % 2 == 0, "f32", 8);
             make_cfg(&cfg0, kinds[k], mixed ? "full" : kinds[k], k % 2 == 0, "f32", 0);
-            hae_model *m = make(be, &cfg), *m0 = make(be, &cfg0);
+            hae_model *m = tu_model(be, &cfg), *m0 = tu_model(be, &cfg0);
             int32_t tok[2 * CTX];
-            tokens_for(&cfg, tok, 100 + (uint64_t)k);
-            float *a = run(m0, &cfg0, tok, one_shot, 1);
-            float *b = run(m, &cfg, tok, prefill_then_decode, 7);
-            float *c = run(m, &cfg, tok, ragged, 5);
-            float *d = run(m0, &cfg0, tok, one_shot, 1); /* the states were reset: the same again */
+            tu_tokens(&cfg, CTX, tok, 100 + (uint64_t)k);
+            float *a = tu_model_logits(m0, &cfg0, CTX, tok, one_shot, 1);
+            float *b = tu_model_logits(m, &cfg, CTX, tok, prefill_then_decode, 7);
+            float *c = tu_model_logits(m, &cfg, CTX, tok, ragged, 5);
+            float *d = tu_model_logits(m0, &cfg0, CTX, tok, one_shot, 1); /* the states were reset: the same again */
             int64_t n = 2 * CTX * cfg.model.vocab_size;
             const char *what = mixed ? "+full" : "";
-            cr_expect_leq(rel_diff(b, a, n), 2e-6, "%s%s: prefill (chunks of 8) then decode vs one prefill: %.3g",
-                          kinds[k], what, rel_diff(b, a, n));
-            cr_expect_leq(rel_diff(c, a, n), 2e-6, "%s%s: ragged forwards vs one prefill: %.3g", kinds[k], what,
-                          rel_diff(c, a, n));
+            cr_expect_leq(tu_rel_rms(b, a, n), 2e-6, "%s%s: prefill (chunks of 8) then decode vs one prefill: %.3g",
+                          kinds[k], what, tu_rel_rms(b, a, n));
+            cr_expect_leq(tu_rel_rms(c, a, n), 2e-6, "%s%s: ragged forwards vs one prefill: %.3g", kinds[k], what,
+                          tu_rel_rms(c, a, n));
             cr_expect(memcmp(a, d, sizeof(float) * (size_t)n) == 0, "%s%s: reset does not clear the states", kinds[k],
                       what);
             free(a), free(b), free(c), free(d);
@@ -116,11 +77,11 @@ Test(model_linear, bf16_decode_tracks_prefill) {
     hae_backend *be = tu_cpu();
     hae_config cfg;
     make_cfg(&cfg, "kda", "full", true, "bf16", 8);
-    hae_model *m = make(be, &cfg);
+    hae_model *m = tu_model(be, &cfg);
     int32_t tok[2 * CTX];
-    tokens_for(&cfg, tok, 5);
-    float *a = run(m, &cfg, tok, one_shot, 1), *b = run(m, &cfg, tok, prefill_then_decode, 7);
-    double d = rel_diff(b, a, 2 * CTX * cfg.model.vocab_size);
+    tu_tokens(&cfg, CTX, tok, 5);
+    float *a = tu_model_logits(m, &cfg, CTX, tok, one_shot, 1), *b = tu_model_logits(m, &cfg, CTX, tok, prefill_then_decode, 7);
+    double d = tu_rel_rms(b, a, 2 * CTX * cfg.model.vocab_size);
     cr_expect_leq(d, 2e-2, "bf16 kda: decode vs prefill %.3g", d);
     free(a), free(b);
     hae_model_destroy(m);
@@ -305,10 +266,10 @@ Test(model_linear, matches_float64_oracle_every_kind) {
     for (int k = 0; k < NKINDS; k++) {
         hae_config cfg;
         make_cfg(&cfg, kinds[k], kinds[k], k % 2 == 1, "f32", 8);
-        hae_model *m = make(be, &cfg);
+        hae_model *m = tu_model(be, &cfg);
         int32_t tok[2 * CTX];
-        tokens_for(&cfg, tok, 30 + (uint64_t)k);
-        float *got = run(m, &cfg, tok, prefill_then_decode, 7);
+        tu_tokens(&cfg, CTX, tok, 30 + (uint64_t)k);
+        float *got = tu_model_logits(m, &cfg, CTX, tok, prefill_then_decode, 7);
         char path[512];
         tu_tmp_path("linear-oracle.safetensors", path, sizeof path);
         cr_assert_eq(hae_model_save(m, path), HAE_OK, "%s", hae_last_error());
@@ -339,7 +300,7 @@ Test(model_linear, saved_names_shapes_and_roundtrip) {
     hae_backend *be = tu_cpu();
     hae_config cfg;
     make_cfg(&cfg, "kda", "gdn", true, "bf16", 8);
-    hae_model *a = make(be, &cfg), *b = make(be, &cfg);
+    hae_model *a = tu_model(be, &cfg), *b = tu_model(be, &cfg);
     cr_assert_eq(hae_model_init_weights(b, 999), HAE_OK);
     char path[512];
     tu_tmp_path("linear-roundtrip.safetensors", path, sizeof path);
@@ -379,21 +340,21 @@ Test(model_linear, saved_names_shapes_and_roundtrip) {
     hae_st_close(f);
     cr_assert_eq(hae_model_load(b, path), HAE_OK, "%s", hae_last_error());
     int32_t tok[2 * CTX];
-    tokens_for(&cfg, tok, 9);
-    float *la = run(a, &cfg, tok, one_shot, 1), *lb = run(b, &cfg, tok, one_shot, 1);
+    tu_tokens(&cfg, CTX, tok, 9);
+    float *la = tu_model_logits(a, &cfg, CTX, tok, one_shot, 1), *lb = tu_model_logits(b, &cfg, CTX, tok, one_shot, 1);
     cr_expect(memcmp(la, lb, sizeof(float) * (size_t)(2 * CTX * cfg.model.vocab_size)) == 0,
               "loaded weights give identical logits");
     /* layer 0 as gdn needs a per-head gate projection the kda file lacks */
     hae_config other;
     make_cfg(&other, "gdn", "gdn", true, "bf16", 8);
-    hae_model *c = make(be, &other);
+    hae_model *c = tu_model(be, &other);
     cr_expect_eq(hae_model_load(c, path), HAE_ERR_FORMAT);
     cr_expect(strstr(hae_last_error(), "model.layers.0.attn.a_proj.weight") && strstr(hae_last_error(), "missing"), "%s",
               hae_last_error());
     /* other value heads: a shape error naming the tensor */
     hae_config gva = cfg;
     gva.model.linear_attn.num_v_heads = 2;
-    hae_model *d = make(be, &gva);
+    hae_model *d = tu_model(be, &gva);
     cr_expect_eq(hae_model_load(d, path), HAE_ERR_FORMAT);
     cr_expect(strstr(hae_last_error(), "v_proj.weight") && strstr(hae_last_error(), "[48, 32]"), "%s", hae_last_error());
     remove(path);
@@ -408,7 +369,7 @@ Test(model_linear, plan_counts_states_and_no_kv) {
     make_cfg(&cfg, "kda", "full", true, "f32", 8);
     hae_model_plan p;
     cr_assert_eq(hae_model_plan_get(&cfg, NULL, &p), HAE_OK, "%s", hae_last_error());
-    hae_model *m = make(be, &cfg);
+    hae_model *m = tu_model(be, &cfg);
     hae_model_stats s;
     hae_model_stats_get(m, &s);
     cr_expect_eq(s.n_params, p.n_params);
@@ -438,9 +399,9 @@ Test(model_linear, snapshot_branches_off_a_prefix) {
     hae_backend *be = tu_cpu();
     hae_config cfg;
     make_cfg(&cfg, "kda", "full", true, "f32", 8);
-    hae_model *m = make(be, &cfg), *m2 = make(be, &cfg);
+    hae_model *m = tu_model(be, &cfg), *m2 = tu_model(be, &cfg);
     int32_t tok[2 * CTX], step[2] = {3, 4};
-    tokens_for(&cfg, tok, 77);
+    tu_tokens(&cfg, CTX, tok, 77);
     int64_t V = cfg.model.vocab_size;
     hae_tensor lg;
     cr_assert_eq(hae_model_forward(m, tok, 21, &lg), HAE_OK, "%s", hae_last_error());
@@ -477,7 +438,7 @@ Test(model_linear, snapshot_branches_off_a_prefix) {
     cr_expect_eq(hae_model_position(m2), 22, "a failed restore leaves the position");
     hae_config other;
     make_cfg(&other, "gdn", "full", true, "f32", 8);
-    hae_model *m3 = make(be, &other);
+    hae_model *m3 = tu_model(be, &other);
     cr_expect_eq(hae_model_snapshot_restore(m3, snap, n), HAE_ERR_INVALID, "another model's snapshot");
     cr_expect(strstr(hae_last_error(), "other layer kinds or shapes"), "%s", hae_last_error());
     free(bad), free(snap), free(a), free(b);

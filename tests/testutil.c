@@ -102,3 +102,45 @@ void tu_config(const char *yaml, hae_config *cfg) {
     hae_status st = hae_config_parse(yaml, strlen(yaml), "test.yaml", NULL, 0, cfg);
     cr_assert_eq(st, HAE_OK, "config: %s\n%s", hae_last_error(), yaml);
 }
+
+hae_model *tu_model(hae_backend *be, const hae_config *cfg) {
+    hae_model *m = NULL;
+    hae_model_options opt = {.all_logits = true};
+    cr_assert_eq(hae_model_create(cfg, be, &opt, &m), HAE_OK, "%s: %s", hae_backend_name(be), hae_last_error());
+    return m;
+}
+
+void tu_tokens(const hae_config *cfg, int64_t ctx, int32_t *tok, uint64_t seed) {
+    tu_rng r = tu_rng_make(seed);
+    for (int64_t i = 0; i < cfg->runtime.batch * ctx; i++) tok[i] = (int32_t)tu_uniform(&r, 0, (double)cfg->model.vocab_size);
+}
+
+float *tu_model_logits(hae_model *m, const hae_config *cfg, int64_t ctx, const int32_t *tok, const int64_t *lens,
+                       int n_lens) {
+    int64_t B = cfg->runtime.batch, V = cfg->model.vocab_size, t0 = 0;
+    int32_t *chunk = malloc(sizeof(int32_t) * (size_t)(B * ctx));
+    float *out = malloc(sizeof(float) * (size_t)(B * ctx * V));
+    cr_assert(chunk && out);
+    hae_tensor logits;
+    hae_model_reset(m);
+    for (int i = 0; i < n_lens; i++) {
+        for (int64_t b = 0; b < B; b++) memcpy(chunk + b * lens[i], tok + b * ctx + t0, sizeof(int32_t) * (size_t)lens[i]);
+        cr_assert_eq(hae_model_forward(m, chunk, lens[i], &logits), HAE_OK, "%s", hae_last_error());
+        t0 += lens[i];
+    }
+    cr_assert_eq(t0, ctx);
+    cr_assert_eq(hae_model_position(m), ctx);
+    cr_assert_eq(hae_backend_download(hae_model_backend(m), out, logits.data, sizeof(float) * (size_t)(B * ctx * V)),
+                 HAE_OK, "%s", hae_last_error());
+    free(chunk);
+    return out;
+}
+
+double tu_rel_rms(const float *a, const float *b, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return sqrt(num / den);
+}

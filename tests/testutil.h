@@ -34,4 +34,14 @@ hae_backend *tu_cpu(void);
 /* Parses a YAML config string, asserting success (prints the error otherwise). */
 void tu_config(const char *yaml, hae_config *cfg);
 
+/* Models in tests: created with every position's logits kept (asserting success); tokens [B, ctx]
+ * uniform over the vocabulary; the logits [B, ctx, V] (malloc'd, on the host) of running the tokens
+ * from a reset model as forwards of the given lengths, which must add up to ctx. */
+hae_model *tu_model(hae_backend *be, const hae_config *cfg);
+void tu_tokens(const hae_config *cfg, int64_t ctx, int32_t *tok, uint64_t seed);
+float *tu_model_logits(hae_model *m, const hae_config *cfg, int64_t ctx, const int32_t *tok, const int64_t *lens,
+                       int n_lens);
+/* ||a - b|| / ||b|| */
+double tu_rel_rms(const float *a, const float *b, int64_t n);
+
 #endif
