@@ -9,6 +9,7 @@
  * 2e-3. Every message names the variant, the shapes, the form and the seed. main() is
  * tests/main_gpu.c's. */
 #include "internal.h"
+#include "gpu_pair.h"
 #include "testutil.h"
 
 #include <criterion/criterion.h>
@@ -19,57 +20,8 @@
 
 #define CTX_N 400
 
-static hae_backend *g_cpu, *g_gpu;
+TestSuite(gpu_linear, .init = gpu_pair_setup, .fini = gpu_pair_teardown, .timeout = 600);
 
-static void setup(void) {
-    g_cpu = tu_cpu();
-    hae_status st = hae_backend_create(HAE_CUDA, 0, &g_gpu);
-    cr_assert_eq(st, HAE_OK, "cuda backend: %s: %s", hae_status_name(st), hae_last_error());
-}
-static void teardown(void) {
-    hae_backend_destroy(g_gpu);
-    hae_backend_destroy(g_cpu);
-    g_gpu = g_cpu = NULL;
-}
-TestSuite(gpu_linear, .init = setup, .fini = teardown, .timeout = 600);
-
-/* ---------------------------------------------------------------- buffers on both backends */
-
-typedef struct {
-    size_t bytes;
-    void *c, *g;
-} pbuf;
-
-static pbuf pb_new(const void *host, size_t bytes) {
-    pbuf p = {bytes, NULL, NULL};
-    hae_status st = hae_backend_alloc(g_cpu, bytes ? bytes : 1, &p.c);
-    cr_assert_eq(st, HAE_OK, "cpu alloc of %zu bytes: %s", bytes, hae_last_error());
-    st = hae_backend_alloc(g_gpu, bytes ? bytes : 1, &p.g);
-    cr_assert_eq(st, HAE_OK, "gpu alloc of %zu bytes: %s", bytes, hae_last_error());
-    if (bytes) {
-        memcpy(p.c, host, bytes);
-        st = hae_backend_upload(g_gpu, p.g, host, bytes);
-        cr_assert_eq(st, HAE_OK, "upload of %zu bytes: %s", bytes, hae_last_error());
-    }
-    return p;
-}
-static void pb_free(pbuf *p) {
-    hae_backend_free(g_cpu, p->c);
-    hae_backend_free(g_gpu, p->g);
-    p->c = p->g = NULL;
-}
-static void *host_poison(size_t bytes) {
-    void *h = malloc(bytes ? bytes : 1);
-    cr_assert(h != NULL);
-    memset(h, 0xFF, bytes);
-    return h;
-}
-static pbuf pb_poison(size_t bytes) {
-    void *h = host_poison(bytes);
-    pbuf p = pb_new(h, bytes);
-    free(h);
-    return p;
-}
 static hae_tensor tv(void *data, hae_dtype dt, hae_device dev, int ndim, const int64_t *shape,
                      const int64_t *stride) {
     hae_tensor t = hae_tensor_make(data, dt, dev, ndim, shape);
@@ -128,13 +80,6 @@ static bool compare(const char *what, const char *ctx, const pbuf *p, hae_dtype 
 }
 
 /* Fills [B, T] rows of `inner` values at b * s0 + t * s1 (what lies between rows stays poison). */
-static void fill_rows(void *h, hae_dtype dt, int64_t B, int64_t T, int64_t inner, int64_t s0, int64_t s1, tu_rng *r,
-                      double lo, double hi) {
-    const size_t es = hae_dtype_size(dt);
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < T; t++) tu_fill((char *)h + (size_t)(b * s0 + t * s1) * es, dt, inner, r, lo, hi);
-}
-
 /* ---------------------------------------------------------------- linear attention */
 
 typedef struct {

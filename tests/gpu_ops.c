@@ -9,6 +9,7 @@
  * Gumbel scores are within 1e-5). Every message names the op, the shape and the seed.
  * main() is tests/main_gpu.c's. */
 #include "internal.h"
+#include "gpu_pair.h"
 #include "testutil.h"
 
 #include <criterion/criterion.h>
@@ -21,76 +22,10 @@
 #define TOL_BF16 1e-2
 #define CTX_N 320
 
-static hae_backend *g_cpu, *g_gpu;
-
-static void setup(void) {
-    g_cpu = tu_cpu();
-    hae_status st = hae_backend_create(HAE_CUDA, 0, &g_gpu);
-    cr_assert_eq(st, HAE_OK, "cuda backend: %s: %s", hae_status_name(st), hae_last_error());
-}
-static void teardown(void) {
-    hae_backend_destroy(g_gpu);
-    hae_backend_destroy(g_cpu);
-    g_gpu = g_cpu = NULL;
-}
-TestSuite(gpu, .init = setup, .fini = teardown, .timeout = 600);
+TestSuite(gpu, .init = gpu_pair_setup, .fini = gpu_pair_teardown, .timeout = 600);
 
 static double tol_for(hae_dtype dt) { return dt == HAE_BF16 ? TOL_BF16 : TOL_F32; }
 static const char *dn(hae_dtype dt) { return hae_dtype_name(dt); }
-
-/* ---------------------------------------------------------------- buffers on both backends */
-
-typedef struct {
-    size_t bytes;
-    void *c; /* on the CPU backend */
-    void *g; /* on the GPU, the same bytes */
-} pbuf;
-
-static void pb_set(pbuf *p, const void *host) {
-    memcpy(p->c, host, p->bytes);
-    hae_status st = hae_backend_upload(g_gpu, p->g, host, p->bytes);
-    cr_assert_eq(st, HAE_OK, "upload of %zu bytes: %s", p->bytes, hae_last_error());
-}
-
-static pbuf pb_new(const void *host, size_t bytes) {
-    pbuf p = {bytes, NULL, NULL};
-    hae_status st = hae_backend_alloc(g_cpu, bytes, &p.c);
-    cr_assert_eq(st, HAE_OK, "cpu alloc of %zu bytes: %s", bytes, hae_last_error());
-    st = hae_backend_alloc(g_gpu, bytes, &p.g);
-    cr_assert_eq(st, HAE_OK, "gpu alloc of %zu bytes: %s", bytes, hae_last_error());
-    pb_set(&p, host);
-    return p;
-}
-
-static void pb_free(pbuf *p) {
-    hae_backend_free(g_cpu, p->c);
-    hae_backend_free(g_gpu, p->g);
-    p->c = p->g = NULL;
-}
-
-/* A host buffer of `bytes` 0xFF bytes (NaN as f32/bf16/f16; e4m3 NaN; -1 as i32). */
-static void *host_poison(size_t bytes) {
-    void *h = malloc(bytes ? bytes : 1);
-    cr_assert(h != NULL);
-    memset(h, 0xFF, bytes);
-    return h;
-}
-
-static pbuf pb_poison(size_t bytes) {
-    void *h = host_poison(bytes);
-    pbuf p = pb_new(h, bytes);
-    free(h);
-    return p;
-}
-
-/* Fills rows (b, t) of `inner` elements at b*s0 + t*s1 with uniform [lo, hi) values; what lies between
- * rows keeps its bytes (poison). 2-d [R, C] with row stride ld: B = 1, T = R, s1 = ld. */
-static void fill_rows(void *h, hae_dtype dt, int64_t B, int64_t T, int64_t inner, int64_t s0, int64_t s1, tu_rng *r,
-                      double lo, double hi) {
-    size_t es = hae_dtype_size(dt);
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < T; t++) tu_fill((char *)h + (size_t)(b * s0 + t * s1) * es, dt, inner, r, lo, hi);
-}
 
 static hae_tensor tv(void *data, hae_dtype dt, hae_device dev, int ndim, const int64_t *shape,
                      const int64_t *stride) {
