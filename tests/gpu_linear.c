@@ -22,13 +22,6 @@
 
 TestSuite(gpu_linear, .init = gpu_pair_setup, .fini = gpu_pair_teardown, .timeout = 600);
 
-static hae_tensor tv(void *data, hae_dtype dt, hae_device dev, int ndim, const int64_t *shape,
-                     const int64_t *stride) {
-    hae_tensor t = hae_tensor_make(data, dt, dev, ndim, shape);
-    if (stride)
-        for (int d = 0; d < ndim; d++) t.stride[d] = stride[d];
-    return t;
-}
 
 static bool ran(hae_status st, const char *side, const char *op, const char *ctx) {
     if (st == HAE_OK) return true;

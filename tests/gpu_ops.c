@@ -27,13 +27,6 @@ TestSuite(gpu, .init = gpu_pair_setup, .fini = gpu_pair_teardown, .timeout = 600
 static double tol_for(hae_dtype dt) { return dt == HAE_BF16 ? TOL_BF16 : TOL_F32; }
 static const char *dn(hae_dtype dt) { return hae_dtype_name(dt); }
 
-static hae_tensor tv(void *data, hae_dtype dt, hae_device dev, int ndim, const int64_t *shape,
-                     const int64_t *stride) {
-    hae_tensor t = hae_tensor_make(data, dt, dev, ndim, shape);
-    if (stride)
-        for (int d = 0; d < ndim; d++) t.stride[d] = stride[d];
-    return t;
-}
 /* The CPU and GPU views of a pbuf. */
 #define TV_C(p, dt, nd, shape, stride) tv((p).c, dt, HAE_CPU, nd, shape, stride)
 #define TV_G(p, dt, nd, shape, stride) tv((p).g, dt, HAE_CUDA, nd, shape, stride)

@@ -61,3 +61,10 @@ void fill_rows(void *h, hae_dtype dt, int64_t B, int64_t T, int64_t inner, int64
     for (int64_t b = 0; b < B; b++)
         for (int64_t t = 0; t < T; t++) tu_fill((char *)h + (size_t)(b * s0 + t * s1) * es, dt, inner, r, lo, hi);
 }
+
+hae_tensor tv(void *data, hae_dtype dt, hae_device dev, int ndim, const int64_t *shape, const int64_t *stride) {
+    hae_tensor t = hae_tensor_make(data, dt, dev, ndim, shape);
+    if (stride)
+        for (int d = 0; d < ndim; d++) t.stride[d] = stride[d];
+    return t;
+}

@@ -31,4 +31,7 @@ pbuf pb_poison(size_t bytes);
 void fill_rows(void *h, hae_dtype dt, int64_t B, int64_t T, int64_t inner, int64_t s0, int64_t s1, tu_rng *r,
                double lo, double hi);
 
+/* A view of data with the given shape and, if stride is not NULL, strides (elements). */
+hae_tensor tv(void *data, hae_dtype dt, hae_device dev, int ndim, const int64_t *shape, const int64_t *stride);
+
 #endif
