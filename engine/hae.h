@@ -233,6 +233,89 @@ typedef struct hae_attention_args {
 } hae_attention_args;
 hae_status hae_attention(hae_backend *be, const hae_attention_args *a);
 
+/* Exact softmax attention of each query over the cached positions its row of idx names (DSA's
+ * sparse attention, gqa form: head h reads kv head h / (Hq / Hkv)). Query t of sequence b sits at
+ * p = seq_lens[b] - T + t; an index j is used when 0 <= j <= p and skipped (never read) otherwise,
+ * -1 included; each position should appear at most once (as top-k gives them). Over the used j:
+ *     out = sum_j softmax_j(scale q . k_j) v_j,      lse = ln sum_j exp(scale q . k_j)
+ * A query with no usable index gets out = 0 and lse = +inf. Position j lives in cache slot j % cap. */
+typedef struct hae_sparse_attention_args {
+    hae_tensor q;        /* [B, T, Hq, D] f32|bf16, rows may be strided */
+    hae_tensor k_cache;  /* [B, cap, Hkv, D] */
+    hae_tensor v_cache;  /* [B, cap, Hkv, D] */
+    hae_tensor idx;      /* [B, T, k] i32 */
+    hae_tensor seq_lens; /* [B] i32, each in [T, cap] */
+    hae_tensor out;      /* [B, T, Hq, D] f32|bf16 */
+    hae_tensor lse;      /* [B, T, Hq] f32, or data NULL */
+    float scale;
+} hae_sparse_attention_args;
+hae_status hae_sparse_attention(hae_backend *be, const hae_sparse_attention_args *a);
+
+/* ---------------------------------------------------------------- the FP8 lightning indexer (indexer/)
+ * DeepSeek-V3.2's indexer (DESIGN.md §1.2). For query token t and cached token s <= t:
+ *     I(t, s) = k_scale(s) * sum_h w(t, h) * ReLU(q(t, h) . k(s))        h < H_I heads of dim D_I
+ * where q and k are the FP8 e4m3 values of the Hadamard-rotated indexer query and key, each vector
+ * with one power-of-two (ue8m0) fp32 scale per 128 values (D_I = 128: one scale per vector), and
+ * w(t, h) = (W_w x_t)_h * H_I^-1/2 * D_I^-1/2 * q_scale(t, h): the query scale folds into the head
+ * weight because ReLU(c x) = c ReLU(x) for c > 0. */
+
+/* Blockwise FP8 e4m3: each block of 128 values of a row gets scale = 2^ceil(log2(amax / 448)) (1 when
+ * the block is all zero) and q = e4m3(x / scale), rounded to nearest even; x ~ q * scale. */
+typedef struct hae_fp8_quant_args {
+    hae_tensor x;     /* [N, D] f32|bf16, rows may be strided; D a multiple of 128 */
+    hae_tensor q;     /* [N, D] fp8-e4m3 */
+    hae_tensor scale; /* [N, D / 128] f32 */
+} hae_fp8_quant_args;
+hae_status hae_fp8_quant(hae_backend *be, const hae_fp8_quant_args *a);
+
+/* In place, every row x <- H x / sqrt(D), H the Sylvester Walsh-Hadamard matrix (H_1 = [1],
+ * H_2n = [[H_n, H_n], [H_n, -H_n]]), D a power of two: orthonormal, so dot products are kept while
+ * an outlier spreads over every dim before FP8 rounding. */
+typedef struct hae_hadamard_args {
+    hae_tensor x; /* [N, D] f32|bf16, rows may be strided */
+} hae_hadamard_args;
+hae_status hae_hadamard(hae_backend *be, const hae_hadamard_args *a);
+
+/* The indexer's key cache of one layer: pages of P tokens; a page holds its P x D FP8 bytes, then
+ * P x (D / 128) fp32 scales; sequence b's token s lives in page block_table[b, s / P], row s % P.
+ * For D = 128 that is 132 bytes per token. */
+typedef struct hae_index_cache {
+    hae_tensor pages;       /* [n_pages, P (D + 4 D / 128)] fp8-e4m3 (raw bytes) */
+    hae_tensor block_table; /* [B, max_pages] i32 */
+    int page_size;          /* P */
+    int head_dim;           /* D */
+} hae_index_cache;
+
+/* Stores the T new keys of each sequence at positions seq_lens[b] - T + t. */
+typedef struct hae_index_write_args {
+    hae_tensor k;        /* [B, T, D] fp8-e4m3, rows may be strided */
+    hae_tensor k_scale;  /* [B, T, D / 128] f32 */
+    hae_index_cache cache;
+    hae_tensor seq_lens; /* [B] i32: tokens each sequence holds once these are written */
+} hae_index_write_args;
+hae_status hae_index_write(hae_backend *be, const hae_index_write_args *a);
+
+/* Logits of the T queries of each sequence, query t at position p = seq_lens[b] - T + t, against
+ * cached tokens s <= p; logits[b, t, s] for s > p (up to L) are -inf and no key past p is read. */
+typedef struct hae_index_logits_args {
+    hae_tensor q;        /* [B, T, H_I, D] fp8-e4m3 */
+    hae_tensor w;        /* [B, T, H_I] f32 */
+    hae_index_cache cache;
+    hae_tensor seq_lens; /* [B] i32 */
+    hae_tensor logits;   /* [B, T, L] f32, L >= max seq_lens, rows may be strided */
+} hae_index_logits_args;
+hae_status hae_index_logits(hae_backend *be, const hae_index_logits_args *a);
+
+/* The k largest of each row's first lens[r] logits, as indices in ascending order, padded with -1
+ * when a row has fewer than k; among equal logits the lower index wins, so every backend selects
+ * the same set. */
+typedef struct hae_topk_args {
+    hae_tensor logits; /* [R, L] f32, rows may be strided */
+    hae_tensor lens;   /* [R] i32, each in [0, L] */
+    hae_tensor out;    /* [R, k] i32 */
+} hae_topk_args;
+hae_status hae_topk(hae_backend *be, const hae_topk_args *a);
+
 /* ---------------------------------------------------------------- linear attention (linear/)
  * The linear family of DESIGN.md §1.1 as one recurrence with two switches. Per sequence and value
  * head j (q/k head j / (HV / H)), state S in R^{K x V} (fp32), per token t:

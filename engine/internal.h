@@ -73,9 +73,15 @@ HAE_OP_IMPLS(rope)
 HAE_OP_IMPLS(sample)
 HAE_OP_IMPLS(kv_write)
 HAE_OP_IMPLS(attention)
+HAE_OP_IMPLS(sparse_attention)
 HAE_OP_IMPLS(linear_attn)
 HAE_OP_IMPLS(conv_short)
 HAE_OP_IMPLS(gated_rmsnorm)
+HAE_OP_IMPLS(fp8_quant)
+HAE_OP_IMPLS(hadamard)
+HAE_OP_IMPLS(index_write)
+HAE_OP_IMPLS(index_logits)
+HAE_OP_IMPLS(topk)
 #undef HAE_OP_IMPLS
 /* Workspace of the CUDA linear_attn for arguments already checked by hae_linear_attn_workspace. */
 size_t hae_linear_attn_workspace_cuda(const hae_linear_attn_args *a);

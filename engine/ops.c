@@ -1,6 +1,7 @@
 /* Op entry points: check shapes, dtypes and devices, then run the backend's implementation. */
 #include "internal.h"
 
+#include <math.h>
 #include <stdio.h>
 
 /* Each check names the op, the argument and its description, so a caller sees what was passed. */
@@ -194,4 +195,43 @@ hae_status hae_attention(hae_backend *be, const hae_attention_args *a) {
     if (!(a->scale > 0.0f)) return hae_error(HAE_ERR_INVALID, "%s: scale %g must be > 0", op, (double)a->scale);
     if (hae_tensor_numel(&a->q) == 0) return HAE_OK;
     return DISPATCH(attention, be, a);
+}
+
+hae_status hae_sparse_attention(hae_backend *be, const hae_sparse_attention_args *a) {
+    const char *op = "hae_sparse_attention";
+    HAE_TRY(hae_check_tensor(op, "q", &a->q, be, 4, HAE_FLOATS));
+    HAE_TRY(hae_check_tensor(op, "out", &a->out, be, 4, HAE_FLOATS));
+    HAE_TRY(check_cache(op, "k_cache", &a->k_cache, &a->q, be));
+    HAE_TRY(check_cache(op, "v_cache", &a->v_cache, &a->q, be));
+    HAE_TRY(hae_check_tensor(op, "idx", &a->idx, be, 3, HAE_DTM(HAE_I32)));
+    HAE_TRY(hae_check_tensor(op, "seq_lens", &a->seq_lens, be, 1, HAE_DTM(HAE_I32)));
+    const int64_t B = a->q.shape[0], T = a->q.shape[1], Hq = a->q.shape[2], Hkv = a->k_cache.shape[2];
+    const int64_t cap = a->k_cache.shape[1];
+    for (int i = 0; i < 4; i++)
+        if (a->out.shape[i] != a->q.shape[i]) return hae_shape_mismatch(op, "out must match q", &a->q, &a->out);
+    for (int i = 0; i < 4; i++)
+        if (a->k_cache.shape[i] != a->v_cache.shape[i])
+            return hae_shape_mismatch(op, "k_cache and v_cache differ", &a->k_cache, &a->v_cache);
+    if (a->k_cache.dtype != a->v_cache.dtype)
+        return hae_shape_mismatch(op, "k_cache and v_cache differ in dtype", &a->k_cache, &a->v_cache);
+    if (Hkv < 1 || Hq % Hkv) return hae_shape_mismatch(op, "q heads must be a multiple of kv heads", &a->q, &a->k_cache);
+    if (a->idx.shape[0] != B || a->idx.shape[1] != T || a->idx.shape[2] < 1)
+        return hae_shape_mismatch(op, "idx must be [B, T, k] with k >= 1", &a->q, &a->idx);
+    if (a->seq_lens.shape[0] != B) return hae_shape_mismatch(op, "seq_lens must be [B]", &a->q, &a->seq_lens);
+    if (a->lse.data) {
+        HAE_TRY(hae_check_tensor(op, "lse", &a->lse, be, 3, HAE_DTM(HAE_F32)));
+        if (a->lse.shape[0] != B || a->lse.shape[1] != T || a->lse.shape[2] != Hq)
+            return hae_shape_mismatch(op, "lse must be [B, T, Hq]", &a->q, &a->lse);
+    }
+    if (!(a->scale > 0.0f && isfinite(a->scale)))
+        return hae_error(HAE_ERR_INVALID, "%s: scale %g must be finite and > 0", op, (double)a->scale);
+    if (be->device == HAE_CUDA) return hae_error(HAE_ERR_UNSUPPORTED, "%s: no CUDA kernel yet (CPU only)", op);
+    const int32_t *lens = a->seq_lens.data;
+    for (int64_t b = 0; b < B; b++)
+        if (lens[b * a->seq_lens.stride[0]] < T || lens[b * a->seq_lens.stride[0]] > cap)
+            return hae_error(HAE_ERR_INVALID,
+                             "%s: seq_lens[%lld] = %d must hold the %lld queries and fit the cache of %lld slots", op,
+                             (long long)b, lens[b * a->seq_lens.stride[0]], (long long)T, (long long)cap);
+    if (hae_tensor_numel(&a->q) == 0) return HAE_OK;
+    return hae_sparse_attention_cpu(be, a);
 }

@@ -1,9 +1,11 @@
-/* Dense causal attention (full and sliding window), gqa form, on the CPU: the reference the CUDA
- * kernels are held to.
+/* Attention on the CPU, gqa form: dense causal (full and sliding window) and sparse (DSA, over
+ * given positions); the references the CUDA kernels are held to.
  *
- * For query (b, t, h) at position p = pos0 + t, kv head g = h / (Hq / Hkv), keys s in [lo, p]:
- *     o = sum_s softmax_s(scale * q . k_s) v_s,   lo = max(0, p - window + 1) (window > 0) else 0,
- * with k_s, v_s in cache slot s % cap. One pass with a running max and sum (online softmax), fp32. */
+ * For query (b, t, h) at position p, kv head g = h / (Hq / Hkv), over a set S of positions:
+ *     o = sum_{s in S} softmax_s(scale * q . k_s) v_s,      lse = ln sum_{s in S} exp(scale * q . k_s)
+ * dense: p = pos0 + t, S = [lo, p], lo = max(0, p - window + 1) (window > 0) else 0;
+ * sparse: p = seq_lens[b] - T + t, S = the entries j of idx[b, t] with 0 <= j <= p.
+ * k_s, v_s sit in cache slot s % cap. One pass with a running max and sum (online softmax), fp32. */
 #include "internal.h"
 
 #include <math.h>
@@ -38,67 +40,133 @@ hae_status hae_kv_write_cpu(hae_backend *be, const hae_kv_write_args *a) {
     return HAE_OK;
 }
 
-/* One work item = (b, t, kv head): the G = Hq / Hkv query heads sharing it read each K/V row once. */
+/* One work item = (b, t, kv head): the G = Hq / Hkv query heads sharing it read each K/V row once.
+ * The positions are [lo, hi] when idx is NULL, else the usable entries of idx[0..n). */
+typedef struct {
+    const hae_tensor *q, *k_cache, *v_cache, *out;
+    float scale;
+    int64_t b, t, g;
+    int64_t lo, hi;
+    const int32_t *idx;
+    int64_t n;
+    float *lse; /* G values (one per query head of the group), or NULL */
+} attend_job;
+
+static void attend(const attend_job *j, float *scratch) {
+    const int64_t Hq = j->q->shape[2], D = j->q->shape[3], Hkv = j->k_cache->shape[2], cap = j->k_cache->shape[1];
+    const int64_t G = Hq / Hkv;
+    float *q = scratch, *acc = q + G * D, *kf = acc + G * D, *vf = kf + D, *m = vf + D, *l = m + G;
+    for (int64_t h = 0; h < G; h++) {
+        const void *qr = hae_row_ptr(j->q, j->b, j->t, j->g * G + h);
+        for (int64_t d = 0; d < D; d++) q[h * D + d] = hae_load_f(qr, j->q->dtype, d) * j->scale;
+        m[h] = -INFINITY;
+        l[h] = 0.0f;
+    }
+    memset(acc, 0, sizeof(float) * (size_t)(G * D));
+    const int64_t count = j->idx ? j->n : j->hi - j->lo + 1;
+    for (int64_t i = 0; i < count; i++) {
+        int64_t s = j->idx ? j->idx[i] : j->lo + i;
+        if (j->idx && (s < 0 || s > j->hi)) continue;
+        const void *kr = cache_row(j->k_cache, j->b, s % cap, j->g), *vr = cache_row(j->v_cache, j->b, s % cap, j->g);
+        for (int64_t d = 0; d < D; d++) {
+            kf[d] = hae_load_f(kr, j->k_cache->dtype, d);
+            vf[d] = hae_load_f(vr, j->v_cache->dtype, d);
+        }
+        for (int64_t h = 0; h < G; h++) {
+            const float *qh = q + h * D;
+            float sc = 0.0f;
+            for (int64_t d = 0; d < D; d++) sc += qh[d] * kf[d];
+            float *ah = acc + h * D;
+            if (sc > m[h]) {
+                float corr = expf(m[h] - sc); /* 0 on the first key (m = -inf) */
+                l[h] *= corr;
+                for (int64_t d = 0; d < D; d++) ah[d] *= corr;
+                m[h] = sc;
+            }
+            float w = expf(sc - m[h]);
+            l[h] += w;
+            for (int64_t d = 0; d < D; d++) ah[d] += w * vf[d];
+        }
+    }
+    for (int64_t h = 0; h < G; h++) {
+        void *out = hae_row_ptr(j->out, j->b, j->t, j->g * G + h);
+        float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f; /* no usable position: out = 0 */
+        for (int64_t d = 0; d < D; d++) hae_store_f(out, j->out->dtype, d, acc[h * D + d] * inv);
+        if (j->lse) j->lse[h] = l[h] > 0.0f ? m[h] + logf(l[h]) : INFINITY;
+    }
+}
+
+static size_t attend_scratch(int64_t G, int64_t D) { return sizeof(float) * (size_t)(2 * G * D + 2 * D + 2 * G); }
+
+static hae_status check_scratch(hae_backend *be, const char *op, int64_t G, int64_t D) {
+    size_t need = attend_scratch(G, D);
+    if (need > be->scratch_per_thread)
+        return hae_error(HAE_ERR_UNSUPPORTED,
+                         "%s (cpu): %lld query heads per kv head x head dim %lld need %zu bytes of scratch per thread, "
+                         "%zu available",
+                         op, (long long)G, (long long)D, need, be->scratch_per_thread);
+    return HAE_OK;
+}
+
+static float *worker_scratch(hae_backend *be) {
+    return (float *)((char *)be->scratch + (size_t)hae_threadpool_worker() * be->scratch_per_thread);
+}
+
 typedef struct {
     hae_backend *be;
     const hae_attention_args *a;
 } attn_ctx;
 
 static void attention_group(void *p, int64_t item) {
-    attn_ctx *c = p;
+    const attn_ctx *c = p;
     const hae_attention_args *a = c->a;
-    int64_t T = a->q.shape[1], Hq = a->q.shape[2], D = a->q.shape[3];
-    int64_t Hkv = a->k_cache.shape[2], cap = a->k_cache.shape[1], G = Hq / Hkv;
-    int64_t g = item % Hkv, t = (item / Hkv) % T, b = item / (Hkv * T);
-    int64_t pos = a->pos0 + t, lo = a->window > 0 && pos - a->window + 1 > 0 ? pos - a->window + 1 : 0;
-
-    float *q = (float *)((char *)c->be->scratch + (size_t)hae_threadpool_worker() * c->be->scratch_per_thread);
-    float *acc = q + G * D, *kf = acc + G * D, *vf = kf + D, *m = vf + D, *l = m + G;
-    for (int64_t j = 0; j < G; j++) {
-        const void *qr = hae_row_ptr(&a->q, b, t, g * G + j);
-        for (int64_t d = 0; d < D; d++) q[j * D + d] = hae_load_f(qr, a->q.dtype, d) * a->scale;
-        m[j] = -INFINITY;
-        l[j] = 0.0f;
-    }
-    memset(acc, 0, sizeof(float) * (size_t)(G * D));
-    for (int64_t s = lo; s <= pos; s++) {
-        const void *kr = cache_row(&a->k_cache, b, s % cap, g), *vr = cache_row(&a->v_cache, b, s % cap, g);
-        for (int64_t d = 0; d < D; d++) {
-            kf[d] = hae_load_f(kr, a->k_cache.dtype, d);
-            vf[d] = hae_load_f(vr, a->v_cache.dtype, d);
-        }
-        for (int64_t j = 0; j < G; j++) {
-            const float *qj = q + j * D;
-            float sc = 0.0f;
-            for (int64_t d = 0; d < D; d++) sc += qj[d] * kf[d];
-            float *aj = acc + j * D;
-            if (sc > m[j]) {
-                float corr = expf(m[j] - sc); /* 0 on the first key (m = -inf) */
-                l[j] *= corr;
-                for (int64_t d = 0; d < D; d++) aj[d] *= corr;
-                m[j] = sc;
-            }
-            float w = expf(sc - m[j]);
-            l[j] += w;
-            for (int64_t d = 0; d < D; d++) aj[d] += w * vf[d];
-        }
-    }
-    for (int64_t j = 0; j < G; j++) {
-        void *out = hae_row_ptr(&a->out, b, t, g * G + j);
-        float inv = 1.0f / l[j];
-        for (int64_t d = 0; d < D; d++) hae_store_f(out, a->out.dtype, d, acc[j * D + d] * inv);
-    }
+    const int64_t T = a->q.shape[1], Hkv = a->k_cache.shape[2];
+    attend_job j = {.q = &a->q, .k_cache = &a->k_cache, .v_cache = &a->v_cache, .out = &a->out, .scale = a->scale,
+                    .g = item % Hkv, .t = (item / Hkv) % T, .b = item / (Hkv * T)};
+    j.hi = a->pos0 + j.t;
+    j.lo = a->window > 0 && j.hi - a->window + 1 > 0 ? j.hi - a->window + 1 : 0;
+    attend(&j, worker_scratch(c->be));
 }
 
 hae_status hae_attention_cpu(hae_backend *be, const hae_attention_args *a) {
-    int64_t Hq = a->q.shape[2], D = a->q.shape[3], Hkv = a->k_cache.shape[2], G = Hq / Hkv;
-    size_t need = sizeof(float) * (size_t)(2 * G * D + 2 * D + 2 * G);
-    if (need > be->scratch_per_thread)
-        return hae_error(HAE_ERR_UNSUPPORTED,
-                         "hae_attention (cpu): %lld query heads per kv head x head dim %lld need %zu bytes of scratch "
-                         "per thread, %zu available",
-                         (long long)G, (long long)D, need, be->scratch_per_thread);
+    const int64_t Hkv = a->k_cache.shape[2];
+    HAE_TRY(check_scratch(be, "hae_attention", a->q.shape[2] / Hkv, a->q.shape[3]));
     attn_ctx c = {be, a};
     hae_parallel_for(be->pool, a->q.shape[0] * a->q.shape[1] * Hkv, attention_group, &c);
+    return HAE_OK;
+}
+
+typedef struct {
+    hae_backend *be;
+    const hae_sparse_attention_args *a;
+} sparse_ctx;
+
+static void sparse_group(void *p, int64_t item) {
+    const sparse_ctx *c = p;
+    const hae_sparse_attention_args *a = c->a;
+    const int64_t T = a->q.shape[1], Hkv = a->k_cache.shape[2], G = a->q.shape[2] / Hkv;
+    attend_job j = {.q = &a->q, .k_cache = &a->k_cache, .v_cache = &a->v_cache, .out = &a->out, .scale = a->scale,
+                    .g = item % Hkv, .t = (item / Hkv) % T, .b = item / (Hkv * T)};
+    const int32_t *lens = a->seq_lens.data;
+    j.hi = lens[j.b * a->seq_lens.stride[0]] - T + j.t;
+    j.idx = (const int32_t *)hae_row_ptr(&a->idx, j.b, j.t, 0);
+    j.n = a->idx.shape[2];
+    float lse[256];
+    j.lse = a->lse.data ? lse : NULL;
+    attend(&j, worker_scratch(c->be));
+    if (j.lse) {
+        float *dst = (float *)hae_row_ptr(&a->lse, j.b, j.t, 0) + j.g * G;
+        memcpy(dst, lse, sizeof(float) * (size_t)G);
+    }
+}
+
+hae_status hae_sparse_attention_cpu(hae_backend *be, const hae_sparse_attention_args *a) {
+    const int64_t Hkv = a->k_cache.shape[2], G = a->q.shape[2] / Hkv;
+    HAE_TRY(check_scratch(be, "hae_sparse_attention", G, a->q.shape[3]));
+    if (G > 256)
+        return hae_error(HAE_ERR_UNSUPPORTED, "hae_sparse_attention (cpu): %lld query heads per kv head (at most 256)",
+                         (long long)G);
+    sparse_ctx c = {be, a};
+    hae_parallel_for(be->pool, a->q.shape[0] * a->q.shape[1] * Hkv, sparse_group, &c);
     return HAE_OK;
 }

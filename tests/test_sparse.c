@@ -1,0 +1,263 @@
+/* DSA's sparse attention on the CPU: against a float64 oracle over the same index sets, unusable
+ * indices never read (their cache slots hold NaN), empty rows, equality with dense attention when
+ * the indices cover the whole causal context, and the errors a caller can make. */
+#include "internal.h"
+#include "testutil.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int64_t B, T, Hq, Hkv, D, cap, k;
+    hae_dtype dt; /* q, caches, out */
+} sp_shape;
+
+typedef struct {
+    void *q, *kc, *vc, *out;
+    int32_t *idx, *lens;
+    float *lse;
+} sp_data;
+
+static size_t es(hae_dtype dt) { return hae_dtype_size(dt); }
+
+static sp_data sp_alloc(const sp_shape *s) {
+    sp_data d;
+    d.q = malloc((size_t)(s->B * s->T * s->Hq * s->D) * es(s->dt));
+    d.kc = malloc((size_t)(s->B * s->cap * s->Hkv * s->D) * es(s->dt));
+    d.vc = malloc((size_t)(s->B * s->cap * s->Hkv * s->D) * es(s->dt));
+    d.out = malloc((size_t)(s->B * s->T * s->Hq * s->D) * es(s->dt));
+    d.idx = malloc(sizeof(int32_t) * (size_t)(s->B * s->T * s->k));
+    d.lens = malloc(sizeof(int32_t) * (size_t)s->B);
+    d.lse = malloc(sizeof(float) * (size_t)(s->B * s->T * s->Hq));
+    cr_assert(d.q && d.kc && d.vc && d.out && d.idx && d.lens && d.lse);
+    return d;
+}
+
+static void sp_free(sp_data *d) {
+    free(d->q), free(d->kc), free(d->vc), free(d->out), free(d->idx), free(d->lens), free(d->lse);
+}
+
+static hae_sparse_attention_args sp_args(const sp_shape *s, const sp_data *d, float scale) {
+    return (hae_sparse_attention_args){
+        .q = hae_tensor_4d(d->q, s->dt, HAE_CPU, s->B, s->T, s->Hq, s->D),
+        .k_cache = hae_tensor_4d(d->kc, s->dt, HAE_CPU, s->B, s->cap, s->Hkv, s->D),
+        .v_cache = hae_tensor_4d(d->vc, s->dt, HAE_CPU, s->B, s->cap, s->Hkv, s->D),
+        .idx = hae_tensor_3d(d->idx, HAE_I32, HAE_CPU, s->B, s->T, s->k),
+        .seq_lens = hae_tensor_1d(d->lens, HAE_I32, HAE_CPU, s->B),
+        .out = hae_tensor_4d(d->out, s->dt, HAE_CPU, s->B, s->T, s->Hq, s->D),
+        .lse = hae_tensor_3d(d->lse, HAE_F32, HAE_CPU, s->B, s->T, s->Hq),
+        .scale = scale,
+    };
+}
+
+static double cache_at(const sp_shape *s, const void *c, int64_t b, int64_t slot, int64_t g, int64_t d) {
+    return tu_get(c, s->dt, ((b * s->cap + slot) * s->Hkv + g) * s->D + d);
+}
+
+/* out [B, T, Hq, D] and lse [B, T, Hq] in float64 over the usable entries of idx. */
+static void sp_oracle(const sp_shape *s, const sp_data *d, double scale, double *out, double *lse) {
+    const int64_t G = s->Hq / s->Hkv;
+    for (int64_t b = 0; b < s->B; b++)
+        for (int64_t t = 0; t < s->T; t++) {
+            const int64_t p = d->lens[b] - s->T + t;
+            const int32_t *ix = d->idx + (b * s->T + t) * s->k;
+            for (int64_t h = 0; h < s->Hq; h++) {
+                const int64_t g = h / G, row = (b * s->T + t) * s->Hq + h;
+                double mx = -INFINITY, z = 0, *o = out + row * s->D;
+                double *sc = malloc(sizeof(double) * (size_t)s->k);
+                for (int64_t j = 0; j < s->k; j++) {
+                    sc[j] = -INFINITY;
+                    if (ix[j] < 0 || ix[j] > p) continue;
+                    double acc = 0;
+                    for (int64_t e = 0; e < s->D; e++)
+                        acc += tu_get(d->q, s->dt, row * s->D + e) * cache_at(s, d->kc, b, ix[j] % s->cap, g, e);
+                    sc[j] = acc * scale;
+                    if (sc[j] > mx) mx = sc[j];
+                }
+                for (int64_t e = 0; e < s->D; e++) o[e] = 0;
+                for (int64_t j = 0; j < s->k; j++) {
+                    if (sc[j] == -INFINITY) continue;
+                    double w = exp(sc[j] - mx);
+                    z += w;
+                    for (int64_t e = 0; e < s->D; e++) o[e] += w * cache_at(s, d->vc, b, ix[j] % s->cap, g, e);
+                }
+                for (int64_t e = 0; e < s->D; e++) o[e] = z > 0 ? o[e] / z : 0.0;
+                lse[row] = z > 0 ? mx + log(z) : INFINITY;
+                free(sc);
+            }
+        }
+}
+
+/* Random inputs; every cache slot at or past a sequence's length holds NaN, so reading one that an
+ * index names (out of range) shows in the output. Positions past a query but inside the sequence
+ * (the later queries' keys) are finite: the oracle skips them, so using one shows as a mismatch. */
+static void sp_fill(const sp_shape *s, sp_data *d, tu_rng *r) {
+    tu_fill(d->q, s->dt, s->B * s->T * s->Hq * s->D, r, -1, 1);
+    tu_fill(d->kc, s->dt, s->B * s->cap * s->Hkv * s->D, r, -1, 1);
+    tu_fill(d->vc, s->dt, s->B * s->cap * s->Hkv * s->D, r, -1, 1);
+    for (int64_t b = 0; b < s->B; b++) {
+        d->lens[b] = (int32_t)tu_uniform(r, (double)s->T, (double)s->cap + 1);
+        for (int64_t slot = d->lens[b]; slot < s->cap; slot++)
+            for (int64_t i = 0; i < s->Hkv * s->D; i++) {
+                int64_t off = (b * s->cap + slot) * s->Hkv * s->D + i;
+                hae_store_f(d->kc, s->dt, off, NAN);
+                hae_store_f(d->vc, s->dt, off, NAN);
+            }
+    }
+    memset(d->out, 0xFF, (size_t)(s->B * s->T * s->Hq * s->D) * es(s->dt));
+    memset(d->lse, 0xFF, sizeof(float) * (size_t)(s->B * s->T * s->Hq));
+}
+
+/* Index rows: distinct positions from [0, lens) (some past the query: to be skipped), -1 padding and
+ * a few out-of-range values (cap + 3, -7). */
+static void sp_random_idx(const sp_shape *s, sp_data *d, tu_rng *r) {
+    for (int64_t b = 0; b < s->B; b++)
+        for (int64_t t = 0; t < s->T; t++) {
+            int32_t *ix = d->idx + (b * s->T + t) * s->k;
+            int64_t L = d->lens[b], n = 0;
+            for (int64_t pos = 0; pos < L && n < s->k; pos++)
+                if (tu_uniform(r, 0, 1) < (double)s->k / (double)(2 * L) + 0.2) ix[n++] = (int32_t)pos;
+            for (; n < s->k; n++) {
+                double u = tu_uniform(r, 0, 1);
+                ix[n] = u < 0.8 ? -1 : u < 0.9 ? (int32_t)(s->cap + 3) : -7;
+            }
+            for (int64_t i = s->k - 1; i > 0; i--) { /* shuffle */
+                int64_t j = (int64_t)tu_uniform(r, 0, (double)(i + 1));
+                int32_t x = ix[i];
+                ix[i] = ix[j], ix[j] = x;
+            }
+        }
+}
+
+static void expect_matches_oracle(const sp_shape *s, sp_data *d, float scale, const char *what) {
+    hae_backend *be = tu_cpu();
+    hae_sparse_attention_args a = sp_args(s, d, scale);
+    cr_assert_eq(hae_sparse_attention(be, &a), HAE_OK, "%s: %s", what, hae_last_error());
+    int64_t n = s->B * s->T * s->Hq;
+    double *ref = malloc(sizeof(double) * (size_t)(n * s->D)), *lref = malloc(sizeof(double) * (size_t)n);
+    sp_oracle(s, d, scale, ref, lref);
+    double tol = s->dt == HAE_F32 ? 1e-5 : 1e-2;
+    char why[256];
+    cr_expect(tu_close(d->out, s->dt, ref, n * s->D, tol, tol, 10 * tol, why, sizeof why),
+              "%s: out, B %lld T %lld Hq %lld Hkv %lld D %lld cap %lld k %lld %s: %s", what, (long long)s->B,
+              (long long)s->T, (long long)s->Hq, (long long)s->Hkv, (long long)s->D, (long long)s->cap,
+              (long long)s->k, hae_dtype_name(s->dt), why);
+    for (int64_t i = 0; i < n; i++) {
+        if (isinf(lref[i])) {
+            cr_expect(isinf(d->lse[i]) && d->lse[i] > 0, "%s: lse[%lld] = %g, want +inf (no usable index)", what,
+                      (long long)i, (double)d->lse[i]);
+        } else {
+            cr_expect(fabs(d->lse[i] - lref[i]) <= 1e-4 * (1 + fabs(lref[i])), "%s: lse[%lld] = %.7g, want %.7g", what,
+                      (long long)i, (double)d->lse[i], lref[i]);
+        }
+    }
+    free(ref), free(lref);
+    hae_backend_destroy(be);
+}
+
+Test(sparse, matches_float64_oracle_and_skips_unusable_indices) {
+    const sp_shape shapes[] = {
+        {2, 5, 8, 2, 16, 40, 12, HAE_F32}, {1, 1, 4, 4, 32, 64, 64, HAE_F32}, {3, 7, 6, 1, 8, 30, 5, HAE_F32},
+        {2, 3, 8, 2, 16, 50, 20, HAE_BF16}, {1, 9, 2, 2, 64, 9, 9, HAE_BF16},
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const sp_shape *s = &shapes[i];
+        tu_rng r = tu_rng_make(100 + i);
+        sp_data d = sp_alloc(s);
+        sp_fill(s, &d, &r);
+        sp_random_idx(s, &d, &r);
+        expect_matches_oracle(s, &d, 1.0f / sqrtf((float)s->D), "random index sets");
+        sp_free(&d);
+    }
+}
+
+Test(sparse, empty_rows_give_zero_and_infinite_lse) {
+    const sp_shape s = {2, 3, 4, 2, 8, 16, 6, HAE_F32};
+    tu_rng r = tu_rng_make(7);
+    sp_data d = sp_alloc(&s);
+    sp_fill(&s, &d, &r);
+    for (int64_t i = 0; i < s.B * s.T * s.k; i++) d.idx[i] = i % 2 ? -1 : (int32_t)(s.cap + i); /* nothing usable */
+    d.idx[0] = 0;                                                                               /* row 0 has one */
+    expect_matches_oracle(&s, &d, 0.5f, "empty rows");
+    for (int64_t h = 0; h < s.Hq; h++) cr_expect(isfinite(d.lse[h]), "row 0 has position 0");
+    for (int64_t i = s.Hq; i < s.B * s.T * s.Hq; i++) cr_expect(isinf(d.lse[i]) && d.lse[i] > 0, "lse[%lld]", (long long)i);
+    for (int64_t i = s.Hq * s.D; i < s.B * s.T * s.Hq * s.D; i++)
+        cr_expect_eq(((float *)d.out)[i], 0.0f, "out[%lld] of an empty row", (long long)i);
+    sp_free(&d);
+}
+
+/* With every causal position listed (in any order, padded with -1), DSA's attention is full attention. */
+Test(sparse, covering_indices_equal_full_attention) {
+    hae_backend *be = tu_cpu();
+    for (int dec = 0; dec < 2; dec++) {
+        const int64_t B = 2, T = dec ? 1 : 7, Hq = 8, Hkv = 2, D = 32, pos0 = dec ? 20 : 3, cap = 32, k = 40;
+        sp_shape s = {B, T, Hq, Hkv, D, cap, k, HAE_F32};
+        tu_rng r = tu_rng_make(55 + (uint64_t)dec);
+        sp_data d = sp_alloc(&s);
+        sp_fill(&s, &d, &r);
+        for (int64_t b = 0; b < B; b++) d.lens[b] = (int32_t)(pos0 + T);
+        tu_fill(d.kc, HAE_F32, B * cap * Hkv * D, &r, -1, 1); /* every slot finite: dense attention reads [0, p] */
+        tu_fill(d.vc, HAE_F32, B * cap * Hkv * D, &r, -1, 1);
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t t = 0; t < T; t++) {
+                int32_t *ix = d.idx + (b * T + t) * k;
+                for (int64_t j = 0; j < k; j++) ix[j] = j <= pos0 + t ? (int32_t)(pos0 + t - j) : -1;
+            }
+        hae_sparse_attention_args a = sp_args(&s, &d, 1.0f / sqrtf((float)D));
+        cr_assert_eq(hae_sparse_attention(be, &a), HAE_OK, "%s", hae_last_error());
+        float *dense = malloc(sizeof(float) * (size_t)(B * T * Hq * D));
+        hae_attention_args f = {.q = a.q, .k_cache = a.k_cache, .v_cache = a.v_cache,
+                                .out = hae_tensor_4d(dense, HAE_F32, HAE_CPU, B, T, Hq, D), .pos0 = pos0, .scale = a.scale};
+        cr_assert_eq(hae_attention(be, &f), HAE_OK, "%s", hae_last_error());
+        double *ref = malloc(sizeof(double) * (size_t)(B * T * Hq * D));
+        for (int64_t i = 0; i < B * T * Hq * D; i++) ref[i] = dense[i];
+        char why[256];
+        cr_expect(tu_close(d.out, HAE_F32, ref, B * T * Hq * D, 1e-6, 1e-6, 1e-5, why, sizeof why),
+                  "%s: sparse over every position vs full attention: %s", dec ? "decode" : "prefill", why);
+        free(dense), free(ref);
+        sp_free(&d);
+    }
+    hae_backend_destroy(be);
+}
+
+Test(sparse, rejects_bad_arguments) {
+    hae_backend *be = tu_cpu();
+    const sp_shape s = {2, 3, 4, 2, 8, 16, 6, HAE_F32};
+    tu_rng r = tu_rng_make(9);
+    sp_data d = sp_alloc(&s);
+    sp_fill(&s, &d, &r);
+    sp_random_idx(&s, &d, &r);
+    int32_t big_lens[2] = {17, 5}, short_lens[2] = {2, 5};
+    struct {
+        const char *what, *needle;
+        hae_sparse_attention_args a;
+    } cases[9];
+    int n = 0;
+    hae_sparse_attention_args base = sp_args(&s, &d, 0.5f), a;
+#define CASE(w, nd, mutate)                                                                        \
+    a = base;                                                                                      \
+    mutate;                                                                                        \
+    cases[n].what = w, cases[n].needle = nd, cases[n].a = a, n++
+    CASE("heads not a multiple", "multiple of kv heads", a.q.shape[2] = 3; a.out.shape[2] = 3; a.lse.shape[2] = 3);
+    CASE("idx of another T", "idx must be [B, T, k]", a.idx.shape[1] = 2);
+    CASE("idx dtype", "idx", a.idx.dtype = HAE_I64);
+    CASE("seq_lens length", "seq_lens must be [B]", a.seq_lens.shape[0] = 1);
+    CASE("seq_lens past the cache", "seq_lens[0] = 17", a.seq_lens.data = big_lens);
+    CASE("seq_lens shorter than T", "seq_lens[0] = 2", a.seq_lens.data = short_lens);
+    CASE("lse shape", "lse must be [B, T, Hq]", a.lse.shape[2] = 2);
+    CASE("scale", "scale", a.scale = 0.0f);
+    CASE("out shape", "out must match q", a.out = hae_tensor_4d(d.out, HAE_F32, HAE_CPU, 2, 3, 4, 4));
+#undef CASE
+    for (int i = 0; i < n; i++) {
+        memset(d.out, 0x7F, (size_t)(s.B * s.T * s.Hq * s.D) * 4);
+        cr_expect_eq(hae_sparse_attention(be, &cases[i].a), HAE_ERR_INVALID, "%s", cases[i].what);
+        cr_expect(strstr(hae_last_error(), cases[i].needle), "%s: '%s' not in: %s", cases[i].what, cases[i].needle,
+                  hae_last_error());
+        cr_expect_eq(((uint32_t *)d.out)[0], 0x7F7F7F7Fu, "%s: out written", cases[i].what);
+    }
+    sp_free(&d);
+    hae_backend_destroy(be);
+}
