@@ -105,8 +105,8 @@ static void bench_rmsnorm(hae_dtype odt) {
     const int64_t N = 8192, D = 4096;
     void *x = dev_random(HAE_F32, N * D, 4, -2, 2), *w = dev_random(HAE_F32, D, 5, 0.5f, 1.5f);
     void *o = dev_random(odt, N * D, 6, -1, 1);
-    hae_rmsnorm_args r = {hae_tensor_2d(x, HAE_F32, HAE_CUDA, N, D), hae_tensor_1d(w, HAE_F32, HAE_CUDA, D),
-                          hae_tensor_2d(o, odt, HAE_CUDA, N, D), 1e-6f};
+    hae_rmsnorm_args r = {.x = hae_tensor_2d(x, HAE_F32, HAE_CUDA, N, D), .weight = hae_tensor_1d(w, HAE_F32, HAE_CUDA, D),
+                          .out = hae_tensor_2d(o, odt, HAE_CUDA, N, D), .eps = 1e-6f};
     char name[64];
     snprintf(name, sizeof name, "rmsnorm f32 -> %s", hae_dtype_name(odt));
     bench(name, "[8192, 4096]", run_rmsnorm, &r, 0,

@@ -429,6 +429,7 @@ enum {
     K_VOCAB, K_D_MODEL, K_N_LAYERS, K_PATTERN, K_LAYERS, K_NORM_EPS, K_TIE, K_INIT_RANGE, K_D_FF,
     K_FORM, K_HEADS, K_KV_HEADS, K_HEAD_DIM, K_ROPE, K_THETA, K_PARTIAL, K_SCALE, K_WINDOW,
     K_LA_HEADS, K_LA_VHEADS, K_LA_HEAD_DIM, K_LA_EXPAND_V, K_LA_CONV, K_LA_CHUNK, K_LA_SAFE, K_LA_LB,
+    K_DSA_HEADS, K_DSA_DIM, K_DSA_TOPK, K_DSA_ROPE, K_DSA_DERIVED, K_DSA_PAGE,
     K_BACKEND, K_DEVICE, K_THREADS, K_DTYPE, K_BATCH, K_PREFILL, K_DECODE, K_CHUNK, K_TEMP, K_KV_BUDGET,
     K_SWEEP, NKEYS
 };
@@ -475,6 +476,12 @@ static const key_spec specs[NKEYS] = {
     [K_LA_SAFE] = {"model.linear_attn.safe_gate", T_BOOL, "true", 0, 0, 0, NULL, FIELD(model.linear_attn.safe_gate)},
     [K_LA_LB] = {"model.linear_attn.lower_bound", T_FLOAT, "-5", -1000, 0, OPEN_HI, NULL,
                  FIELD(model.linear_attn.lower_bound)},
+    [K_DSA_HEADS] = {"model.dsa.index_n_heads", T_INT, "4", 1, 1024, 0, NULL, FIELD(model.dsa.index_n_heads)},
+    [K_DSA_DIM] = {"model.dsa.index_head_dim", T_INT, "128", 128, 128, 0, NULL, FIELD(model.dsa.index_head_dim)},
+    [K_DSA_TOPK] = {"model.dsa.index_topk", T_INT, "64", 1, 1 << 20, 0, NULL, FIELD(model.dsa.index_topk)},
+    [K_DSA_ROPE] = {"model.dsa.index_rope_dim", T_INT, "0", 0, 128, 0, NULL, FIELD(model.dsa.index_rope_dim)},
+    [K_DSA_DERIVED] = {"model.dsa.derived", T_BOOL, "false", 0, 0, 0, NULL, FIELD(model.dsa.derived)},
+    [K_DSA_PAGE] = {"model.dsa.page_size", T_INT, "64", 1, 65536, 0, NULL, FIELD(model.dsa.page_size)},
     [K_BACKEND] = {"runtime.backend", T_ENUM, "auto", 0, 0, 0, backends, FIELD(runtime.backend)},
     [K_DEVICE] = {"runtime.device", T_INT, "0", 0, INT_MAX, 0, NULL, FIELD(runtime.device)},
     [K_THREADS] = {"runtime.threads", T_INT, "0", 0, 1024, 0, NULL, FIELD(runtime.threads)},
@@ -859,6 +866,11 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
         snprintf(m, sizeof m, "head_dim %" PRId64 "%s x expand_v %g%s = %g is not a whole head_v_dim in 1..256", lk,
                  dflt(b, K_LA_HEAD_DIM), (double)cfg->model.linear_attn.expand_v, dflt(b, K_LA_EXPAND_V), lv);
         return cross_fail(c, b, (const int[]){K_LA_EXPAND_V, K_LA_HEAD_DIM}, 2, m);
+    }
+    const int64_t irope = cfg->model.dsa.index_rope_dim;
+    if (irope % 2) {
+        snprintf(m, sizeof m, "index_rope_dim %" PRId64 " must be even (RoPE rotates pairs)", irope);
+        return cross_fail(c, b, (const int[]){K_DSA_ROPE}, 1, m);
     }
     if (chunk & (chunk - 1)) {
         snprintf(m, sizeof m, "chunk_size %" PRId64 " must be 16, 32, 64 or 128", chunk);

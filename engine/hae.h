@@ -151,12 +151,15 @@ typedef struct hae_embedding_args {
 } hae_embedding_args;
 hae_status hae_embedding(hae_backend *be, const hae_embedding_args *a);
 
-/* out = x / sqrt(mean(x^2) + eps) * weight */
+/* out = x / sqrt(mean(x^2) + eps) * weight (+ bias); with center, LayerNorm:
+ * out = (x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) * weight (+ bias). */
 typedef struct hae_rmsnorm_args {
     hae_tensor x;      /* [N, D] f32 */
     hae_tensor weight; /* [D] f32 */
     hae_tensor out;    /* [N, D] f32|bf16 */
     float eps;
+    hae_tensor bias;   /* [D] f32, or data NULL */
+    bool center;
 } hae_rmsnorm_args;
 hae_status hae_rmsnorm(hae_backend *be, const hae_rmsnorm_args *a);
 
@@ -473,6 +476,14 @@ typedef struct hae_config {
             bool safe_gate;      /* lower_bound * sigmoid(...) instead of -exp(A_log) * softplus(...) */
             float lower_bound;
         } linear_attn;
+        struct { /* dsa layers: attention as model.attention, tokens picked by the FP8 lightning indexer */
+            int64_t index_n_heads;  /* H_I */
+            int64_t index_head_dim; /* D_I (128: one FP8 scale per vector) */
+            int64_t index_topk;     /* tokens each query attends to */
+            int64_t index_rope_dim; /* leading indexer dims rotated by RoPE (NeoX pairing); 0: none */
+            bool derived;           /* indexer from the layer's own q/k, no weights of its own */
+            int64_t page_size;      /* tokens per page of the indexer's key cache */
+        } dsa;
     } model;
     struct {
         hae_backend_choice backend;

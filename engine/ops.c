@@ -81,6 +81,10 @@ hae_status hae_rmsnorm(hae_backend *be, const hae_rmsnorm_args *a) {
     if (a->out.shape[0] != a->x.shape[0] || a->out.shape[1] != a->x.shape[1])
         return hae_shape_mismatch(op, "out must match x", &a->x, &a->out);
     if (!(a->eps > 0.0f)) return hae_error(HAE_ERR_INVALID, "%s: eps %g must be > 0", op, (double)a->eps);
+    if (a->bias.data) {
+        HAE_TRY(hae_check_tensor(op, "bias", &a->bias, be, 1, HAE_DTM(HAE_F32)));
+        if (a->bias.shape[0] != a->x.shape[1]) return hae_shape_mismatch(op, "bias must be [D]", &a->x, &a->bias);
+    }
     return DISPATCH(rmsnorm, be, a);
 }
 

@@ -92,16 +92,20 @@ static void rmsnorm_row(void *p, int64_t i) {
     norm_ctx *c = p;
     const hae_rmsnorm_args *a = c->a;
     int64_t D = a->x.shape[1];
-    const float *x = (const float *)row2(&a->x, i), *w = a->weight.data;
-    double ss = 0.0;
-    for (int64_t d = 0; d < D; d++) ss += (double)x[d] * x[d];
-    float r = (float)(1.0 / sqrt(ss / (double)D + (double)a->eps));
+    const float *x = (const float *)row2(&a->x, i), *w = a->weight.data, *bias = a->bias.data;
+    double mean = 0.0, ss = 0.0;
+    if (a->center) {
+        for (int64_t d = 0; d < D; d++) mean += x[d];
+        mean /= (double)D;
+    }
+    for (int64_t d = 0; d < D; d++) ss += ((double)x[d] - mean) * ((double)x[d] - mean);
+    float r = (float)(1.0 / sqrt(ss / (double)D + (double)a->eps)), mu = (float)mean;
     void *out = (void *)row2(&a->out, i);
-    if (a->out.dtype == HAE_F32) {
+    if (a->out.dtype == HAE_F32 && !bias && !a->center) {
         float *o = out;
         for (int64_t d = 0; d < D; d++) o[d] = x[d] * r * w[d];
     } else {
-        for (int64_t d = 0; d < D; d++) hae_store_f(out, a->out.dtype, d, x[d] * r * w[d]);
+        for (int64_t d = 0; d < D; d++) hae_store_f(out, a->out.dtype, d, (x[d] - mu) * r * w[d] + (bias ? bias[d] : 0.0f));
     }
 }
 

@@ -50,18 +50,25 @@ __global__ void embedding_kernel(const int32_t *ids, int64_t ids_s, const TT *ta
 }
 
 /* ---------------------------------------------------------------- rmsnorm
- * out = x * r * w with r = 1 / sqrt(mean(x^2) + eps), the sum of squares in double as on the CPU. */
+ * out = (x - mu) * r * w (+ bias) with r = 1 / sqrt(mean((x - mu)^2) + eps); mu = mean(x) for LayerNorm
+ * (center), else 0; the sums in double as on the CPU. */
 template <typename TO>
 __global__ void __launch_bounds__(kRowThreads)
-    rmsnorm_kernel(const float *x, int64_t x_s, const float *w, int64_t w_s, TO *out, int64_t out_s, int64_t D,
-                   float eps) {
+    rmsnorm_kernel(const float *x, int64_t x_s, const float *w, int64_t w_s, const float *bias, int64_t b_s, TO *out,
+                   int64_t out_s, int64_t D, float eps, bool center) {
     const float *xr = x + (int64_t)blockIdx.x * x_s;
     TO *o = out + (int64_t)blockIdx.x * out_s;
+    double mean = 0.0;
+    if (center) {
+        for (int64_t d = threadIdx.x; d < D; d += blockDim.x) mean += (double)xr[d];
+        mean = block_sum(mean) / (double)D;
+    }
     double ss = 0.0;
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) ss += (double)xr[d] * (double)xr[d];
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) ss += ((double)xr[d] - mean) * ((double)xr[d] - mean);
     ss = block_sum(ss);
-    const float r = (float)(1.0 / sqrt(ss / (double)D + (double)eps));
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) hae_st(o + d, xr[d] * r * w[d * w_s]);
+    const float r = (float)(1.0 / sqrt(ss / (double)D + (double)eps)), mu = (float)mean;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+        hae_st(o + d, (xr[d] - mu) * r * w[d * w_s] + (bias ? bias[d * b_s] : 0.0f));
 }
 
 /* ---------------------------------------------------------------- swiglu
@@ -298,9 +305,9 @@ extern "C" hae_status hae_rmsnorm_cuda(hae_backend *be, const hae_rmsnorm_args *
     HAE_TRY(hae_cuda_enter(be, &s));
     return hae_cuda_dispatch(a->out.dtype, "hae_rmsnorm", [&](auto tag) -> hae_status {
         using TO = decltype(tag);
-        rmsnorm_kernel<TO><<<(unsigned)N, kRowThreads, 0, s>>>((const float *)a->x.data, a->x.stride[0],
-                                                               (const float *)a->weight.data, a->weight.stride[0],
-                                                               (TO *)a->out.data, a->out.stride[0], D, a->eps);
+        rmsnorm_kernel<TO><<<(unsigned)N, kRowThreads, 0, s>>>(
+            (const float *)a->x.data, a->x.stride[0], (const float *)a->weight.data, a->weight.stride[0],
+            (const float *)a->bias.data, a->bias.stride[0], (TO *)a->out.data, a->out.stride[0], D, a->eps, a->center);
         HAE_CUDA_LAUNCH_CHECK("rmsnorm_kernel");
         return HAE_OK;
     });

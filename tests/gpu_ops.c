@@ -186,20 +186,31 @@ Test(gpu, rmsnorm) {
             double s = 0.05 + 3.0 * (double)i / (double)N; /* rows of different scales */
             tu_fill(x + i * ld, HAE_F32, D, &r, -s, s);
         }
-        float *w = malloc(sizeof(float) * (size_t)D);
+        float *w = malloc(sizeof(float) * (size_t)D), *bias = malloc(sizeof(float) * (size_t)D);
         tu_fill(w, HAE_F32, D, &r, 0.5, 1.5);
+        tu_fill(bias, HAE_F32, D, &r, -1, 1);
         pbuf px = pb_new(x, sizeof(float) * (size_t)(N * ld)), pw = pb_new(w, sizeof(float) * (size_t)D);
-        pbuf po = pb_poison(hae_dtype_size(od) * (size_t)(N * ld));
+        pbuf pbias = pb_new(bias, sizeof(float) * (size_t)D);
         const int64_t sx[2] = {N, D}, sw[1] = {D}, str[2] = {ld, 1};
-        hae_rmsnorm_args ac = {TV_C(px, HAE_F32, 2, sx, str), TV_C(pw, HAE_F32, 1, sw, NULL),
-                               TV_C(po, od, 2, sx, str), cases[ci].eps};
-        hae_rmsnorm_args ag = {TV_G(px, HAE_F32, 2, sx, str), TV_G(pw, HAE_F32, 1, sw, NULL),
-                               TV_G(po, od, 2, sx, str), cases[ci].eps};
-        if (ran(hae_rmsnorm(g_cpu, &ac), "cpu", "rmsnorm", ctx) && ran(hae_rmsnorm(g_gpu, &ag), "cuda", "rmsnorm", ctx) &&
-            gpu_done("rmsnorm", ctx))
-            compare("rmsnorm", ctx, &po, od, tol_for(od));
-        pb_free(&px), pb_free(&pw), pb_free(&po);
-        free(x), free(w);
+        /* RMSNorm, then LayerNorm (the case index picks whether it has a bias) */
+        for (int form = 0; form < 2; form++) {
+            pbuf po = pb_poison(hae_dtype_size(od) * (size_t)(N * ld));
+            hae_rmsnorm_args ac = {.x = TV_C(px, HAE_F32, 2, sx, str), .weight = TV_C(pw, HAE_F32, 1, sw, NULL),
+                                   .out = TV_C(po, od, 2, sx, str), .eps = cases[ci].eps};
+            hae_rmsnorm_args ag = {.x = TV_G(px, HAE_F32, 2, sx, str), .weight = TV_G(pw, HAE_F32, 1, sw, NULL),
+                                   .out = TV_G(po, od, 2, sx, str), .eps = cases[ci].eps};
+            if (form == 1) {
+                ac.center = ag.center = true;
+                if (ci % 2) ac.bias = TV_C(pbias, HAE_F32, 1, sw, NULL), ag.bias = TV_G(pbias, HAE_F32, 1, sw, NULL);
+            }
+            const char *name = form == 0 ? "rmsnorm" : ci % 2 ? "layernorm+bias" : "layernorm";
+            if (ran(hae_rmsnorm(g_cpu, &ac), "cpu", name, ctx) && ran(hae_rmsnorm(g_gpu, &ag), "cuda", name, ctx) &&
+                gpu_done(name, ctx))
+                compare(name, ctx, &po, od, tol_for(od));
+            pb_free(&po);
+        }
+        pb_free(&px), pb_free(&pw), pb_free(&pbias);
+        free(x), free(w), free(bias);
     }
 }
 

@@ -100,32 +100,42 @@ Test(ops, embedding) {
 
 /* ---------------------------------------------------------------- rmsnorm */
 
+/* RMSNorm, and LayerNorm (center) with and without a bias; rows offset by +2 so centring matters. */
 Test(ops, rmsnorm) {
     tu_rng r = tu_rng_make(2);
     int64_t shapes[][2] = {{1, 1}, {3, 7}, {17, 256}, {5, 2049}};
     hae_dtype outs[] = {HAE_F32, HAE_BF16};
     for (int s = 0; s < 4; s++)
-        for (int k = 0; k < 2; k++) {
-            int64_t N = shapes[s][0], D = shapes[s][1];
-            float *x = alloc_fill(HAE_F32, N * D, &r, -3, 3), *w = alloc_fill(HAE_F32, D, &r, 0.5, 1.5);
-            void *out = malloc((size_t)(N * D) * 4);
-            double *ref = malloc(sizeof(double) * (size_t)(N * D));
-            float eps = 1e-5f;
-            for (int64_t i = 0; i < N; i++) {
-                double ss = 0;
-                for (int64_t d = 0; d < D; d++) ss += (double)x[i * D + d] * x[i * D + d];
-                double rr = 1.0 / sqrt(ss / (double)D + eps);
-                for (int64_t d = 0; d < D; d++) ref[i * D + d] = x[i * D + d] * rr * w[d];
+        for (int k = 0; k < 2; k++)
+            for (int form = 0; form < 3; form++) {
+                const bool center = form > 0, with_bias = form == 2;
+                int64_t N = shapes[s][0], D = shapes[s][1];
+                float *x = alloc_fill(HAE_F32, N * D, &r, -1, 5), *w = alloc_fill(HAE_F32, D, &r, 0.5, 1.5);
+                float *bias = alloc_fill(HAE_F32, D, &r, -1, 1);
+                void *out = malloc((size_t)(N * D) * 4);
+                double *ref = malloc(sizeof(double) * (size_t)(N * D));
+                float eps = 1e-5f;
+                for (int64_t i = 0; i < N; i++) {
+                    double mu = 0, ss = 0;
+                    for (int64_t d = 0; d < D && center; d++) mu += x[i * D + d] / (double)D;
+                    for (int64_t d = 0; d < D; d++) ss += (x[i * D + d] - mu) * (x[i * D + d] - mu);
+                    double rr = 1.0 / sqrt(ss / (double)D + eps);
+                    for (int64_t d = 0; d < D; d++)
+                        ref[i * D + d] = (x[i * D + d] - mu) * rr * w[d] + (with_bias ? bias[d] : 0.0);
+                }
+                hae_rmsnorm_args a = {.x = hae_tensor_2d(x, HAE_F32, HAE_CPU, N, D),
+                                      .weight = hae_tensor_1d(w, HAE_F32, HAE_CPU, D),
+                                      .out = hae_tensor_2d(out, outs[k], HAE_CPU, N, D), .eps = eps,
+                                      .bias = hae_tensor_1d(with_bias ? bias : NULL, HAE_F32, HAE_CPU, D),
+                                      .center = center};
+                cr_assert_eq(hae_rmsnorm(be, &a), HAE_OK, "%s", hae_last_error());
+                char why[256];
+                bool f32 = outs[k] == HAE_F32;
+                cr_expect(tu_close(out, outs[k], ref, N * D, f32 ? 1e-6 : 4e-3, 1e-6, f32 ? 1e-5 : 8e-3, why, sizeof why),
+                          "%s [%lld, %lld] -> %s: %s", form == 0 ? "rmsnorm" : form == 1 ? "layernorm" : "layernorm+bias",
+                          (long long)N, (long long)D, hae_dtype_name(outs[k]), why);
+                free(x), free(w), free(bias), free(out), free(ref);
             }
-            hae_rmsnorm_args a = {.x = hae_tensor_2d(x, HAE_F32, HAE_CPU, N, D), .weight = hae_tensor_1d(w, HAE_F32, HAE_CPU, D),
-                                  .out = hae_tensor_2d(out, outs[k], HAE_CPU, N, D), .eps = eps};
-            cr_assert_eq(hae_rmsnorm(be, &a), HAE_OK, "%s", hae_last_error());
-            char why[256];
-            bool f32 = outs[k] == HAE_F32;
-            cr_expect(tu_close(out, outs[k], ref, N * D, f32 ? 1e-6 : 4e-3, 1e-6, f32 ? 1e-5 : 8e-3, why, sizeof why),
-                      "rmsnorm [%lld, %lld] -> %s: %s", (long long)N, (long long)D, hae_dtype_name(outs[k]), why);
-            free(x), free(w), free(out), free(ref);
-        }
 }
 
 /* ---------------------------------------------------------------- gemm */
