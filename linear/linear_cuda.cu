@@ -236,6 +236,13 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], const float *a, in
     }
 }
 
+/* 16-byte asynchronous global -> shared copies (both addresses 16-byte aligned). */
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
 /* ---------------------------------------------------------------- chunked form (chunk 64)
  * Per chunk of C tokens and value head (hae.h's math; Γ_i = cumulative log decay over the chunk's
  * tokens 0..i, ≤ 0 and non-increasing; K~_i = k_i e^{Γ_i}):
@@ -249,16 +256,15 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], const float *a, in
  * e^{Γ_i - Γ_j} = e^{Γ_i - Γ_i0} e^{Γ_i0 - Γ_j} with both factors ≤ 1 since j < i0 ≤ i, so the
  * blocks are products of scaled copies: exact for any gate, the unbounded softplus one included.
  *
- * Kernels: (1) chunk_prep, parallel over (chunk, head): gates, Γ, A', P (global), w, u0 (forward
- * substitution, one thread per column of [K~ | V], the column in registers), q e^Γ, k e^{Γ_L - Γ}, e^{Γ_L};
+ * Kernels: (1) chunk_prep, parallel over (chunk, head): gates, Γ, A', P (global), w, u0 (blocked
+ * inverse of I + diag(β) A', then two tensor-core products), q e^Γ, k e^{Γ_L - Γ}, e^{Γ_L};
  * (2) chunk_state, sequential over a sequence's chunks, parallel over (sequence, head, 16 value
  * columns): stores each chunk's start state, U = u0 - w S0, S = e^{Γ_L} S + (k e^{Γ_L-Γ})^T U, the
  * state in mma accumulators; (3) chunk_out, parallel over (chunk, head, 64 value columns): O.
- * Measured on H200 (H 32, K = V = 128, bf16, B 1 T 8192): 5.3 ms in all, of which (under ncu) (1)
- * 4.1 ms, (2) 1.7 ms, (3) 0.6 ms. (1) is latency-bound: 158 KB of shared memory and 125 registers
- * leave one CTA of 8 warps per SM, stalled on its global loads; the next steps are smaller tiles
- * (2+ CTAs per SM), a 16 x 16 blocked inverse in place of the 64-step substitution, and cp.async
- * double buffering of w and kd in (2). */
+ * Measured on H200 (bench_linear, H 32, K = V = 128, bf16, B 1 T 8192): 3.21 ms in all (5.44 ms
+ * with a 158 KB kernel 1 and a 64-step column substitution; 3.70 ms with today's kernel 1 and
+ * synchronous loads in kernel 2). Kernel 1 now takes 107 KB and 128 registers: two CTAs per SM.
+ * Kernel 2 streams w for the next chunk (cp.async) during the state update. */
 constexpr int kC = 64;        /* tokens per chunk */
 constexpr int kNB = kC / 16;  /* 16-row blocks per chunk */
 constexpr int kPrepThreads = 256;
@@ -321,22 +327,33 @@ __device__ __forceinline__ int chunk_seq(const int32_t *coff, int N, int64_t gc)
     return lo;
 }
 
+/* Kernel 1's shared memory, about 107 KB at K = 128 so that two CTAs share an SM. q, k, G hold the
+ * chunk's rows (odd stride: conflict-free column walks); L holds β_i A'_ij in the ten 16 x 16
+ * blocks on and below the diagonal (block (I, J) at I (I + 1) / 2 + J). Once A' and P are done the
+ * regions are reused: q holds T = (I + diag(β) A')^{-1} (stride LT, mma A fragments), k holds
+ * β K~ in place and G holds β V (stride LV, any V ≤ 128). */
 template <int K> struct PrepSmem {
-    static constexpr int LK = K + 1; /* scalar rows: conflict-free column walks */
-    static constexpr int LF = K + 4; /* mma fragment rows */
-    float q[kC * LK], k[kC * LK], G[kC * LK];
-    float A[kC * (kC + 1)];
+    static constexpr int LK = K + 1;
+    static constexpr int LT = kC + 4;
+    static constexpr int LV = K + 1 > 129 ? K + 1 : 129;
+    float q[kC * LK > kC * LT ? kC * LK : kC * LT], k[kC * LK], G[kC * LV];
+    float L[10 * 256];
     float beta[kC];
-    float kL[16 * LF], qL[16 * LF], kR[(kC - 16) * LF];
 };
 
+__device__ __forceinline__ int tri_blk(int I, int J) { return I * (I + 1) / 2 + J; }
+
+/* w = T diag(β) K~ and u0 = T diag(β) V, T = (I + diag(β) A')^{-1} lower unitriangular: T's 16 x 16
+ * diagonal blocks D_I by 16-step substitution (one thread per column), then block row by block
+ * row T_IJ = -D_I Σ_{J≤M<I} (β A')_IM T_MJ, then the two products on the tensor cores. Padded rows
+ * have β = 0, so their rows of T are unit rows and their w, u0 are 0. */
 template <typename TI, int K, int DECAY, bool DELTA>
-__global__ void __launch_bounds__(kPrepThreads) chunk_prep_kernel(const LinParams p, const ChunkWs ws) {
+__global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinParams p, const ChunkWs ws) {
     using Sm = PrepSmem<K>;
-    constexpr int LK = Sm::LK, LF = Sm::LF;
+    constexpr int LK = Sm::LK, LT = Sm::LT, LV = Sm::LV;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     Sm &sm = *reinterpret_cast<Sm *>(smem_raw);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     const int64_t gc = blockIdx.x;
     const int j = blockIdx.y, h = j / (p.HV / p.H), V = p.V;
     const int n = chunk_seq(ws.coff, p.N, gc);
@@ -345,21 +362,25 @@ __global__ void __launch_bounds__(kPrepThreads) chunk_prep_kernel(const LinParam
     const int64_t tc0 = sr.t0 + (gc - ws.coff[n]) * kC; /* first token of the chunk */
     const int nc = (int)min((int64_t)kC, sr.t0 + sr.len - tc0);
     const int64_t hj = gc * p.HV + j;
+    const TI *vb = (const TI *)p.v + sr.b * p.v_sb + tc0 * p.v_st + (int64_t)j * V;
 
     /* load, map and normalise q, k; raw log decays; padded rows are zero */
     for (int i = warp; i < kC; i += kPrepThreads / 32) {
         const bool valid = i < nc;
-        const int64_t t = tc0 + i;
-        float qv[K / 32], kv[K / 32];
+        const int64_t t_ = tc0 + i;
+        float qv[K / 32], kv[K / 32], gv[K / 32];
         float ssq = 0.0f, ssk = 0.0f;
 #pragma unroll
         for (int x = 0; x < K / 32; x++) {
             const int c = lane + 32 * x;
-            qv[x] = valid ? qk_map(p, hae_ld((const TI *)p.q + sr.b * p.q_sb + t * p.q_st + (int64_t)h * K + c)) : 0.0f;
-            kv[x] = valid ? qk_map(p, hae_ld((const TI *)p.k + sr.b * p.k_sb + t * p.k_st + (int64_t)h * K + c)) : 0.0f;
+            qv[x] = valid ? qk_map(p, hae_ld((const TI *)p.q + sr.b * p.q_sb + t_ * p.q_st + (int64_t)h * K + c)) : 0.0f;
+            kv[x] = valid ? qk_map(p, hae_ld((const TI *)p.k + sr.b * p.k_sb + t_ * p.k_st + (int64_t)h * K + c)) : 0.0f;
+            gv[x] = valid ? log_decay<DECAY>(p, sr.b * p.g_sb + t_ * p.g_st, j, c, K) : 0.0f;
             ssq += qv[x] * qv[x];
             ssk += kv[x] * kv[x];
         }
+        if (lane == 0)
+            sm.beta[i] = DELTA && valid ? sigmoidf_(ld_dt(p.beta, p.b_bf16, sr.b * p.b_sb + t_ * p.b_st + j)) : 0.0f;
         ssq = warp_sum(ssq);
         ssk = warp_sum(ssk);
         const float rq = p.elu1 ? 1.0f : 1.0f / sqrtf(ssq + 1e-6f);
@@ -369,10 +390,8 @@ __global__ void __launch_bounds__(kPrepThreads) chunk_prep_kernel(const LinParam
             const int c = lane + 32 * x;
             sm.q[i * LK + c] = qv[x] * rq;
             sm.k[i * LK + c] = kv[x] * rk;
-            sm.G[i * LK + c] = valid ? log_decay<DECAY>(p, sr.b * p.g_sb + t * p.g_st, j, c, K) : 0.0f;
+            sm.G[i * LK + c] = gv[x];
         }
-        if (lane == 0)
-            sm.beta[i] = DELTA && valid ? sigmoidf_(ld_dt(p.beta, p.b_bf16, sr.b * p.b_sb + t * p.b_st + j)) : 0.0f;
     }
     __syncthreads();
     if (tid < K) {
@@ -408,73 +427,169 @@ __global__ void __launch_bounds__(kPrepThreads) chunk_prep_kernel(const LinParam
             a += sm.k[i * LK + c] * kk;
             pp += sm.q[i * LK + c] * kk;
         }
-        if (jl < il) sm.A[i * (kC + 1) + jr] = a;
+        if (DELTA && jl < il) sm.L[tri_blk(blk, blk) * 256 + il * 16 + jl] = sm.beta[i] * a;
         P[i * kC + jr] = p.scale * pp;
     }
 
-    /* blocks below the diagonal, row block by row block, as products of ≤ 1-scaled copies */
+    /* the six blocks below the diagonal, one warp each, as products of ≤ 1-scaled copies built in
+     * the fragments: rows i of block I take e^{Γ_i - Γ_i0}, rows j of block J < I take e^{Γ_i0 - Γ_j} */
+    if (warp < 6) {
+        const int I = warp < 1 ? 1 : warp < 3 ? 2 : 3, J = warp - I * (I - 1) / 2;
+        const int i0 = I * 16, jb = J * 16;
+        float accA[2][4] = {}, accP[2][4] = {};
+#pragma unroll 2
+        for (int k0 = 0; k0 < K; k0 += 8) {
+            uint32_t kh[4], kl[4], qh[4], ql[4], bh[2][2], bl[2][2];
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+                const int r = i0 + g + (x & 1) * 8, c = k0 + t + (x >> 1) * 4;
+                const float f = expf(sm.G[r * LK + c] - sm.G[i0 * LK + c]);
+                split_tf32(sm.k[r * LK + c] * f, kh[x], kl[x]);
+                split_tf32(sm.q[r * LK + c] * f, qh[x], ql[x]);
+            }
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int y = 0; y < 2; y++) {
+                    const int r = jb + nt * 8 + g, c = k0 + t + 4 * y;
+                    split_tf32(sm.k[r * LK + c] * expf(sm.G[i0 * LK + c] - sm.G[r * LK + c]), bh[nt][y], bl[nt][y]);
+                }
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                if (DELTA) {
+                    mma_tf32(accA[nt], kl, bh[nt]);
+                    mma_tf32(accA[nt], kh, bl[nt]);
+                    mma_tf32(accA[nt], kh, bh[nt]);
+                }
+                mma_tf32(accP[nt], ql, bh[nt]);
+                mma_tf32(accP[nt], qh, bl[nt]);
+                mma_tf32(accP[nt], qh, bh[nt]);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+                const int il = g + (x >> 1) * 8, jl = nt * 8 + 2 * t + (x & 1);
+                P[(i0 + il) * kC + jb + jl] = p.scale * accP[nt][x];
+                if (DELTA) sm.L[tri_blk(I, J) * 256 + il * 16 + jl] = sm.beta[i0 + il] * accA[nt][x];
+            }
+    }
+
+    if (!DELTA) {
+        float *ug = ws.u + hj * kC * V;
+        for (int e = tid; e < kC * V; e += kPrepThreads) {
+            const int i = e / V, c = e % V;
+            ug[e] = i < nc ? hae_ld(vb + (int64_t)i * p.v_st + c) : 0.0f;
+        }
+        return;
+    }
+    constexpr int VPT = kC * 128 / kPrepThreads;
+    float vr[VPT];
+#pragma unroll
+    for (int x = 0; x < VPT; x++) {
+        const int e = tid + x * kPrepThreads, i = e / V, c = e % V;
+        vr[x] = e < kC * V && i < nc ? hae_ld(vb + (int64_t)i * p.v_st + c) : 0.0f;
+    }
+    __syncthreads(); /* q, k, G, L complete; q is free */
+
+    /* β K~ in place; D_I into T's diagonal blocks (upper parts 0) */
+    for (int e = tid; e < kC * K; e += kPrepThreads) {
+        const int i = e / K, c = e % K;
+        sm.k[i * LK + c] *= sm.beta[i] * expf(sm.G[i * LK + c]);
+    }
+    float *T = sm.q;
+    if (tid < 64) {
+        const int I = tid >> 4, c = tid & 15;
+        float *Tc = T + I * 16 * LT + I * 16 + c;
+        const float *Lb = sm.L + tri_blk(I, I) * 256;
+#pragma unroll
+        for (int r = 0; r < 16; r++) {
+            float s = 0.0f;
+#pragma unroll
+            for (int m = 0; m < r; m++) s += Lb[r * 16 + m] * Tc[m * LT];
+            Tc[r * LT] = r == c ? 1.0f : (r < c ? 0.0f : -s);
+        }
+    }
+    __syncthreads(); /* G is free */
+#pragma unroll
+    for (int x = 0; x < VPT; x++) {
+        const int e = tid + x * kPrepThreads, i = e / V, c = e % V;
+        if (e < kC * V) sm.G[i * LV + c] = sm.beta[i] * vr[x];
+    }
     for (int I = 1; I < kNB; I++) {
-        const int i0 = I * 16;
-        __syncthreads(); /* kL, qL, kR of the previous block are consumed */
-        for (int e = tid; e < (16 + i0) * K; e += kPrepThreads) {
-            const int r = e / K, c = e % K;
-            const float G0 = sm.G[i0 * LK + c];
-            if (r < 16) {
-                const float f = expf(sm.G[(i0 + r) * LK + c] - G0);
-                sm.kL[r * LF + c] = sm.k[(i0 + r) * LK + c] * f;
-                sm.qL[r * LF + c] = sm.q[(i0 + r) * LK + c] * f;
-            } else {
-                const int jr = r - 16;
-                sm.kR[jr * LF + c] = sm.k[jr * LK + c] * expf(G0 - sm.G[jr * LK + c]);
+        /* X_IJ = Σ_{J≤M<I} (β A')_IM T_MJ into T_IJ */
+        for (int e = tid; e < I * 256; e += kPrepThreads) {
+            const int J = e >> 8, r = (e >> 4) & 15, c = e & 15;
+            float s = 0.0f;
+            for (int M = J; M < I; M++) {
+                const float *Lb = sm.L + tri_blk(I, M) * 256 + r * 16;
+                const float *Tb = T + M * 16 * LT + J * 16 + c;
+#pragma unroll
+                for (int m = 0; m < 16; m++) s += Lb[m] * Tb[m * LT];
+            }
+            T[(I * 16 + r) * LT + J * 16 + c] = s;
+        }
+        __syncthreads();
+        /* T_IJ = -D_I X_IJ in place, one thread per column, rows from the bottom */
+        if (tid < I * 16) {
+            const int J = tid >> 4, c = tid & 15;
+            float *X = T + I * 16 * LT + J * 16 + c;
+            const float *D = T + I * 16 * LT + I * 16;
+#pragma unroll
+            for (int r = 15; r >= 0; r--) {
+                float s = X[r * LT];
+#pragma unroll
+                for (int m = 0; m < r; m++) s += D[r * LT + m] * X[m * LT];
+                X[r * LT] = -s;
             }
         }
         __syncthreads();
-        if (warp < 2 * I) {
-            const int J = warp >> 1;
-            const bool isP = warp & 1;
-            if (isP || DELTA) {
-                float acc[2][4] = {};
-                warp_mma<K, 2>(acc, isP ? sm.qL : sm.kL, LF, 1, sm.kR + J * 16 * LF, 1, LF);
-                const int g = lane >> 2, t = lane & 3;
+    }
+
+    /* w = T (β K~), u0 = T (β V): warp per 32 columns, T's upper blocks skipped */
+    const bool isw = warp < K / 32;
+    const int n0 = (isw ? warp : warp - K / 32) * 32;
+    if (!isw && n0 >= V) return;
+    const float *b = isw ? sm.k + n0 : sm.G + n0;
+    const int ldb = isw ? LK : LV;
+    float acc[4][4][4] = {};
 #pragma unroll
-                for (int nt = 0; nt < 2; nt++)
+    for (int k0 = 0; k0 < kC; k0 += 8) {
+        uint32_t bh[4][2], bl[4][2];
 #pragma unroll
-                    for (int x = 0; x < 4; x++) {
-                        const int i = i0 + g + (x >> 1) * 8, jc = J * 16 + nt * 8 + 2 * t + (x & 1);
-                        if (isP) P[i * kC + jc] = p.scale * acc[nt][x];
-                        else sm.A[i * (kC + 1) + jc] = acc[nt][x];
-                    }
+        for (int nt = 0; nt < 4; nt++) {
+            split_tf32(b[(k0 + t) * ldb + nt * 8 + g], bh[nt][0], bl[nt][0]);
+            split_tf32(b[(k0 + t + 4) * ldb + nt * 8 + g], bh[nt][1], bl[nt][1]);
+        }
+#pragma unroll
+        for (int mt = 0; mt < 4; mt++) {
+            if (k0 >= (mt + 1) * 16) continue;
+            const float *a = T + mt * 16 * LT + k0;
+            uint32_t ah[4], al[4];
+            split_tf32(a[g * LT + t], ah[0], al[0]);
+            split_tf32(a[(g + 8) * LT + t], ah[1], al[1]);
+            split_tf32(a[g * LT + t + 4], ah[2], al[2]);
+            split_tf32(a[(g + 8) * LT + t + 4], ah[3], al[3]);
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                mma_tf32(acc[mt][nt], al, bh[nt]);
+                mma_tf32(acc[mt][nt], ah, bl[nt]);
+                mma_tf32(acc[mt][nt], ah, bh[nt]);
             }
         }
     }
-    __syncthreads();
-
-    /* forward substitution, one thread per column of [K~ | V]: w (delta) and u0 */
-    const int col = tid;
-    const bool wcol = DELTA && col < K;
-    const bool ucol = col >= K && col < K + V;
-    if (!wcol && !ucol) return;
-    float x[kC];
+    float *dst = isw ? ws.w + hj * kC * K : ws.u + hj * kC * V;
+    const int ld = isw ? K : V;
 #pragma unroll
-    for (int i = 0; i < kC; i++) {
-        if (wcol) x[i] = sm.k[i * LK + col] * expf(sm.G[i * LK + col]);
-        else
-            x[i] = i < nc ? hae_ld((const TI *)p.v + sr.b * p.v_sb + (tc0 + i) * p.v_st + (int64_t)j * V + (col - K))
-                          : 0.0f;
-    }
-    if (DELTA) {
+    for (int mt = 0; mt < 4; mt++)
 #pragma unroll
-        for (int i = 0; i < kC; i++) {
-            float acc = x[i];
+        for (int nt = 0; nt < 4; nt++)
 #pragma unroll
-            for (int jj = 0; jj < i; jj++) acc -= sm.A[i * (kC + 1) + jj] * x[jj];
-            x[i] = sm.beta[i] * acc;
-        }
-    }
-    float *dst = wcol ? ws.w + hj * kC * K + col : ws.u + hj * kC * V + (col - K);
-    const int ld = wcol ? K : V;
-#pragma unroll
-    for (int i = 0; i < kC; i++) dst[i * ld] = x[i];
+            for (int y = 0; y < 2; y++) {
+                const int i = mt * 16 + g + y * 8, c = n0 + nt * 8 + 2 * t;
+                *(float2 *)(dst + (int64_t)i * ld + c) = make_float2(acc[mt][nt][2 * y], acc[mt][nt][2 * y + 1]);
+            }
 }
 
 template <int K> struct StateSmem {
@@ -506,6 +621,15 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
                 acc[m][nt][x] = state[(int64_t)r * V + c];
             }
 
+    /* w of chunk gc into shared memory, asynchronously */
+    auto load_w = [&](int32_t gcw) {
+        const float *wg = ws.w + ((int64_t)gcw * p.HV + j) * kC * K;
+        for (int e = tid; e < kC * K / 4; e += kStateThreads) {
+            const int i = e / (K / 4), c = (e % (K / 4)) * 4;
+            cp_async16(sm.w + i * LW + c, wg + i * K + c);
+        }
+    };
+    if (DELTA) load_w(cbeg);
     for (int32_t gc = cbeg; gc < cend; gc++) {
         const int64_t hj = (int64_t)gc * p.HV + j;
 #pragma unroll
@@ -517,23 +641,18 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
                     const int r = (warp * MTW + m) * 16 + g + (x >> 1) * 8, c = nt * 8 + 2 * t + (x & 1);
                     sm.S[r * LS + c] = acc[m][nt][x];
                 }
-        const float *wg = ws.w + hj * kC * K, *kdg = ws.kd + hj * kC * K, *ug = ws.u + hj * kC * V + c0;
+        /* kd, U, gl of this chunk in flight together with w (prefetched during the last update) */
+        const float *kdg = ws.kd + hj * kC * K, *ug = ws.u + hj * kC * V + c0;
         for (int e = tid; e < kC * K / 4; e += kStateThreads) {
             const int i = e / (K / 4), c = (e % (K / 4)) * 4;
-            const float4 kv = *(const float4 *)(kdg + i * K + c);
-            sm.kd[i * LD + c] = kv.x, sm.kd[i * LD + c + 1] = kv.y, sm.kd[i * LD + c + 2] = kv.z,
-                        sm.kd[i * LD + c + 3] = kv.w;
-            if (DELTA) {
-                const float4 wv = *(const float4 *)(wg + i * K + c);
-                sm.w[i * LW + c] = wv.x, sm.w[i * LW + c + 1] = wv.y, sm.w[i * LW + c + 2] = wv.z,
-                           sm.w[i * LW + c + 3] = wv.w;
-            }
+            cp_async16(sm.kd + i * LD + c, kdg + i * K + c);
         }
-        for (int e = tid; e < kC * kStateVT; e += kStateThreads) {
-            const int i = e / kStateVT, c = e % kStateVT;
-            sm.U[i * LS + c] = ug[(int64_t)i * V + c];
+        for (int e = tid; e < kC * kStateVT / 4; e += kStateThreads) {
+            const int i = e / (kStateVT / 4), c = (e % (kStateVT / 4)) * 4;
+            cp_async16(sm.U + i * LS + c, ug + (int64_t)i * V + c);
         }
-        for (int c = tid; c < K; c += kStateThreads) sm.gl[c] = ws.gl[hj * K + c];
+        for (int c = tid * 4; c < K; c += kStateThreads * 4) cp_async16(sm.gl + c, ws.gl + hj * K + c);
+        cp_async_wait_all();
         __syncthreads();
         /* the chunk's start state, for chunk_out */
         float *hg = ws.h + hj * K * V + c0;
@@ -553,6 +672,7 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
                     sm.U[i * LS + c] -= uacc[nt][x];
                 }
             __syncthreads();
+            if (gc + 1 < cend) load_w(gc + 1); /* sm.w is consumed: overlap the next w with the update */
             float *ugw = ws.u + hj * kC * V + c0;
             for (int e = tid; e < kC * kStateVT; e += kStateThreads) {
                 const int i = e / kStateVT, c = e % kStateVT;
