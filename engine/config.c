@@ -32,7 +32,7 @@ const char *hae_layer_kind_name(hae_layer_kind k) {
     return (unsigned)k < HAE_LAYER_KIND_COUNT ? kind_names[k] : "unknown";
 }
 
-bool hae_layer_kind_built(hae_layer_kind k) { return k != HAE_LAYER_DSA && (unsigned)k < HAE_LAYER_KIND_COUNT; }
+bool hae_layer_kind_built(hae_layer_kind k) { return (unsigned)k < HAE_LAYER_KIND_COUNT; }
 
 /* ---------------------------------------------------------------- the node tree */
 

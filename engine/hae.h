@@ -260,10 +260,13 @@ hae_status hae_sparse_attention(hae_backend *be, const hae_sparse_attention_args
  * where q and k are the FP8 e4m3 values of the Hadamard-rotated indexer query and key, each vector
  * with one power-of-two (ue8m0) fp32 scale per 128 values (D_I = 128: one scale per vector), and
  * w(t, h) = (W_w x_t)_h * H_I^-1/2 * D_I^-1/2 * q_scale(t, h): the query scale folds into the head
- * weight because ReLU(c x) = c ReLU(x) for c > 0. */
+ * weight because ReLU(c x) = c ReLU(x) for c > 0. With D_I > 128 the key's block scales apply inside
+ * the ReLU, I = sum_h w * ReLU(sum_blocks k_scale_blk q_blk . k_blk), and each query vector needs a
+ * single scale (the model uses D_I = 128). */
 
 /* Blockwise FP8 e4m3: each block of 128 values of a row gets scale = 2^ceil(log2(amax / 448)) (1 when
- * the block is all zero) and q = e4m3(x / scale), rounded to nearest even; x ~ q * scale. */
+ * the block is all zero; never below 2^-126, so it stays a normal float) and q = e4m3(x / scale),
+ * rounded to nearest even; x ~ q * scale. A block holding Inf or NaN gets a NaN scale and NaN codes. */
 typedef struct hae_fp8_quant_args {
     hae_tensor x;     /* [N, D] f32|bf16, rows may be strided; D a multiple of 128 */
     hae_tensor q;     /* [N, D] fp8-e4m3 */
@@ -289,7 +292,8 @@ typedef struct hae_index_cache {
     int head_dim;           /* D */
 } hae_index_cache;
 
-/* Stores the T new keys of each sequence at positions seq_lens[b] - T + t. */
+/* Stores the T new keys of each sequence at positions seq_lens[b] - T + t (sequences own their
+ * pages: two writing one slot leave the later one's key). */
 typedef struct hae_index_write_args {
     hae_tensor k;        /* [B, T, D] fp8-e4m3, rows may be strided */
     hae_tensor k_scale;  /* [B, T, D / 128] f32 */
@@ -299,19 +303,23 @@ typedef struct hae_index_write_args {
 hae_status hae_index_write(hae_backend *be, const hae_index_write_args *a);
 
 /* Logits of the T queries of each sequence, query t at position p = seq_lens[b] - T + t, against
- * cached tokens s <= p; logits[b, t, s] for s > p (up to L) are -inf and no key past p is read. */
+ * cached tokens s <= p; logits[b, t, s] for s > p (up to L) are -inf and no key past p is read.
+ * The head weight is w_scale * w(t, h) * q_scale(t, h), q_scale the query's FP8 scale (one per
+ * vector, D = 128), so callers pass hae_fp8_quant's output unchanged. */
 typedef struct hae_index_logits_args {
     hae_tensor q;        /* [B, T, H_I, D] fp8-e4m3 */
     hae_tensor w;        /* [B, T, H_I] f32 */
     hae_index_cache cache;
     hae_tensor seq_lens; /* [B] i32 */
     hae_tensor logits;   /* [B, T, L] f32, L >= max seq_lens, rows may be strided */
+    hae_tensor q_scale;  /* [B, T, H_I] f32, one per query vector, or data NULL (scales already in w) */
+    float w_scale;       /* > 0; DeepSeek-V3.2 uses H_I^-1/2 D^-1/2 */
 } hae_index_logits_args;
 hae_status hae_index_logits(hae_backend *be, const hae_index_logits_args *a);
 
 /* The k largest of each row's first lens[r] logits, as indices in ascending order, padded with -1
- * when a row has fewer than k; among equal logits the lower index wins, so every backend selects
- * the same set. */
+ * when a row has fewer than k; among equal logits the lower index wins (-0 equals +0; NaN ranks
+ * below -inf), so every backend selects the same set. */
 typedef struct hae_topk_args {
     hae_tensor logits; /* [R, L] f32, rows may be strided */
     hae_tensor lens;   /* [R] i32, each in [0, L] */

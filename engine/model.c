@@ -38,6 +38,12 @@ typedef struct {
     hae_tensor o_norm;    /* [V] f32 */
     hae_tensor conv_state; /* [B, W - 1, 2 H K + HV V] f32 */
     hae_tensor state;     /* [B, HV, K, V] f32 */
+    /* dsa layers: the indexer's weights (learned form) and its FP8 key cache */
+    hae_tensor wq_i;      /* [H_I D_I, d] */
+    hae_tensor wk_i;      /* [D_I, d] */
+    hae_tensor k_norm_w, k_norm_b; /* [D_I] f32: LayerNorm of the indexer key */
+    hae_tensor w_proj;    /* [H_I, d]: per-head weights */
+    hae_index_cache icache;
 } layer_weights;
 
 typedef enum {
@@ -47,6 +53,7 @@ typedef enum {
     INIT_A_LOG,   /* log(uniform(1, 16)), flash-linear-attention's KDA/GDN init */
     INIT_DT_BIAS, /* softplus^-1(dt), dt log-uniform in [1e-3, 1e-1] */
     INIT_RETNET,  /* A_log of RetNet's gamma_h = 1 - 2^(-5 - h): exp(A_log) = -log(gamma_h) */
+    INIT_ZEROS,   /* biases */
 } init_kind;
 
 /* One named parameter as saved: a view into a weight tensor, and how it is initialised. */
@@ -69,6 +76,9 @@ struct hae_model {
     int64_t LH, LHV, LK, LV, conv_W, conv_ch, proj_dim, mix_dim;
     bool has_linear;
     size_t la_workspace;
+    /* dsa layers: indexer heads and dim, top-k, RoPE dims, pages of the key cache */
+    int64_t HI, DI, topk, irope, page, pages_per_seq;
+    bool has_dsa, derived;
 
     void *weight_mem;
     size_t weight_bytes;
@@ -82,7 +92,13 @@ struct hae_model {
     size_t act_bytes;
     hae_tensor ids, x, h, qkv, att, gu, act, hlast, logits;
     hae_tensor conv_out, graw, gout, workspace; /* linear layers */
+    /* dsa layers: indexer queries, keys, head weights, their FP8 forms, logits, selections */
+    hae_tensor qi, ki, wi, q8, qs, k8, ks, ilogits, ilens, idx, seq_lens;
+    hae_tensor pq, pk, ones; /* derived indexer: the fixed maps from the layer's q and k; unit head weights */
     int32_t *ids_host; /* [B * chunk] staging for a chunk's tokens */
+    int32_t *lens_host; /* [B * chunk] staging for the indexer's row lengths */
+    void *index_mem;   /* the indexer key caches and block tables */
+    size_t index_bytes;
 
     hae_kv_cache *kv;
     void *state_mem; /* recurrent and conv states of the linear layers */
@@ -189,6 +205,35 @@ static void layout_linear(hae_model *m, carver *c, int64_t l, float std, float s
 #undef P
 }
 
+/* The derived indexer's fixed maps (not parameters: built from the shapes, never saved). Query head
+ * h's indexer query is Pq_h q_h and the shared key is sum_g Pk_g k_g, so q^I_h . k^I = q_h^T Pq_h^T Pk_g k_g
+ * over kv heads g. When the kv heads fit in D_I dims, Pk places head g at dims [g Dh, (g + 1) Dh) and
+ * Pq_h places q_h at its own kv head's dims: the indexer computes the attention logits exactly. Wider
+ * kv heads get seeded Gaussian maps of variance 1 / D_I (Johnson-Lindenstrauss): the same logits
+ * approximately, plus cross terms between kv heads of mean zero. */
+static void layout_derived(hae_model *m, carver *c) {
+    if (!m->has_dsa) return;
+    const int64_t N = m->B * m->chunk;
+    m->ones = carve2(c, HAE_F32, N, m->HI);
+    if (!m->derived) return;
+    m->pq = carve2(c, m->dt, m->HI * m->DI, m->Hq * m->Dh);
+    m->pk = carve2(c, m->dt, m->DI, m->Hkv * m->Dh);
+}
+
+static float derived_pk(const hae_model *m, int64_t row, int64_t col) {
+    if (m->Hkv * m->Dh <= m->DI) return row == col ? 1.0f : 0.0f;
+    double u1 = hae_uniform(m->cfg.seed ^ 0xD5A, 1, (uint64_t)row, (uint64_t)col * 2);
+    double u2 = hae_uniform(m->cfg.seed ^ 0xD5A, 1, (uint64_t)row, (uint64_t)col * 2 + 1);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2) / sqrt((double)m->DI));
+}
+
+/* Pq row h D_I + r, column h' Dh + e: Pk's entry for q head h's kv head, on the block diagonal. */
+static float derived_pq(const hae_model *m, int64_t row, int64_t col) {
+    const int64_t h = row / m->DI, r = row % m->DI, h2 = col / m->Dh, e = col % m->Dh;
+    if (h != h2) return 0.0f;
+    return derived_pk(m, r, (h / (m->Hq / m->Hkv)) * m->Dh + e);
+}
+
 static void layout_weights(hae_model *m, carver *c) {
     float std = m->cfg.model.initializer_range, std_out = std / sqrtf(2.0f * (float)m->L);
     char name[96];
@@ -216,6 +261,18 @@ static void layout_weights(hae_model *m, carver *c) {
             P("self_attn.k_proj.weight", hae_tensor_narrow(w->wqkv, 0, qd, kd), INIT_NORMAL, std);
             P("self_attn.v_proj.weight", hae_tensor_narrow(w->wqkv, 0, qd + kd, kd), INIT_NORMAL, std);
             P("self_attn.o_proj.weight", w->wo, INIT_NORMAL, std_out);
+            if (w->kind == HAE_LAYER_DSA && !m->derived) {
+                w->wq_i = carve2(c, m->dt, m->HI * m->DI, m->d);
+                w->wk_i = carve2(c, m->dt, m->DI, m->d);
+                w->k_norm_w = carve1(c, HAE_F32, m->DI);
+                w->k_norm_b = carve1(c, HAE_F32, m->DI);
+                w->w_proj = carve2(c, m->dt, m->HI, m->d);
+                P("self_attn.indexer.wq.weight", w->wq_i, INIT_NORMAL, std);
+                P("self_attn.indexer.wk.weight", w->wk_i, INIT_NORMAL, std);
+                P("self_attn.indexer.k_norm.weight", w->k_norm_w, INIT_ONES, 0.0f);
+                P("self_attn.indexer.k_norm.bias", w->k_norm_b, INIT_ZEROS, 0.0f);
+                P("self_attn.indexer.weights_proj.weight", w->w_proj, INIT_NORMAL, std);
+            }
         }
         w->mlp_norm = carve1(c, HAE_F32, m->d);
         w->wgu = carve2(c, m->dt, 2 * m->F, m->d);
@@ -233,6 +290,21 @@ static void layout_weights(hae_model *m, carver *c) {
     } else {
         m->lm_head = carve2(c, m->dt, m->V, m->d);
         add_param(m, "lm_head.weight", m->lm_head, INIT_NORMAL, std);
+    }
+    layout_derived(m, c);
+}
+
+/* The indexer key cache of every dsa layer (pages of P tokens of 132 bytes for D_I = 128) and the
+ * block tables, in one allocation: sequence b owns pages [b pages_per_seq, (b + 1) pages_per_seq). */
+static void layout_index(hae_model *m, carver *c) {
+    const int64_t row = m->page * (m->DI + 4 * (m->DI / 128));
+    for (int64_t l = 0; l < m->L; l++) {
+        layer_weights *w = &m->layers[l];
+        if (w->kind != HAE_LAYER_DSA) continue;
+        w->icache.pages = carve2(c, HAE_FP8_E4M3, m->B * m->pages_per_seq, row);
+        w->icache.block_table = carve2(c, HAE_I32, m->B, m->pages_per_seq);
+        w->icache.page_size = (int)m->page;
+        w->icache.head_dim = (int)m->DI;
     }
 }
 
@@ -259,6 +331,19 @@ static void layout_activations(hae_model *m, carver *c) {
         m->graw = carve2(c, m->dt, N, m->LHV * m->LK);
         m->gout = carve2(c, m->dt, N, m->LHV * m->LV);
         m->workspace = carve1(c, HAE_I32, (int64_t)((m->la_workspace + 3) / 4));
+    }
+    if (m->has_dsa) {
+        m->qi = carve2(c, HAE_F32, N * m->HI, m->DI);
+        m->ki = carve2(c, HAE_F32, N, m->DI);
+        m->wi = carve2(c, HAE_F32, N, m->HI);
+        m->q8 = carve2(c, HAE_FP8_E4M3, N * m->HI, m->DI);
+        m->qs = carve2(c, HAE_F32, N * m->HI, m->DI / 128);
+        m->k8 = carve2(c, HAE_FP8_E4M3, N, m->DI);
+        m->ks = carve2(c, HAE_F32, N, m->DI / 128);
+        m->ilogits = carve2(c, HAE_F32, N, m->ctx_max); /* bounded by the prefill chunk */
+        m->ilens = carve1(c, HAE_I32, N);
+        m->idx = carve2(c, HAE_I32, N, m->topk);
+        m->seq_lens = carve1(c, HAE_I32, m->B);
     }
     m->gu = carve2(c, m->dt, N, 2 * m->F);
     m->act = carve2(c, m->dt, N, m->F);
@@ -309,6 +394,15 @@ static hae_status model_dims(hae_model *m, const hae_config *cfg, const hae_mode
     m->conv_ch = 2 * m->LH * m->LK + m->LHV * m->LV;
     m->proj_dim = m->qkv_dim;
     m->mix_dim = m->Hq * m->Dh;
+    m->has_dsa = false;
+    for (int64_t l = 0; l < m->L; l++) m->has_dsa |= cfg->model.layers[l] == HAE_LAYER_DSA;
+    m->derived = cfg->model.dsa.derived;
+    m->HI = m->derived ? m->Hq : cfg->model.dsa.index_n_heads;
+    m->DI = cfg->model.dsa.index_head_dim;
+    m->topk = cfg->model.dsa.index_topk;
+    m->irope = cfg->model.dsa.index_rope_dim;
+    m->page = cfg->model.dsa.page_size;
+    m->pages_per_seq = (m->ctx_max + m->page - 1) / m->page;
     m->has_linear = false;
     for (int64_t l = 0; l < m->L; l++) {
         hae_linear_kind lk;
@@ -357,6 +451,9 @@ static hae_kv_layer_spec kv_spec(const hae_model *m, int64_t l) {
     return (hae_kv_layer_spec){.cap = cap, .kv_heads = m->Hkv, .head_dim = m->Dh};
 }
 
+/* FP8 key bytes and scales one token adds to a dsa layer's indexer cache (132 for D_I = 128). */
+static size_t index_bytes_per_token(const hae_model *m) { return (size_t)(m->DI + 4 * (m->DI / 128)); }
+
 hae_status hae_model_plan_get(const hae_config *cfg, const hae_model_options *opt, hae_model_plan *out) {
     memset(out, 0, sizeof *out);
     hae_model *m = calloc(1, sizeof *m);
@@ -392,12 +489,19 @@ hae_status hae_model_plan_get(const hae_config *cfg, const hae_model_options *op
             out->kv_bytes_per_token[l] = hae_kv_bytes_per_token(&s, m->dt);
             out->kv_bytes += (size_t)m->B * (size_t)s.cap * out->kv_bytes_per_token[l];
         }
+        c = (carver){NULL, 0, HAE_CPU};
+        layout_index(m, &c);
+        for (int64_t l = 0; l < m->L; l++)
+            if (m->layers[l].kind == HAE_LAYER_DSA) out->kv_bytes_per_token[l] += index_bytes_per_token(m);
+        out->kv_bytes += c.used;
     }
     free(m->layers);
     free(m->params);
     free(m);
     return st;
 }
+
+static hae_status init_dsa_constants(hae_model *m);
 
 hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_model_options *opt, hae_model **out) {
     *out = NULL;
@@ -410,11 +514,17 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
         return dims;
     }
 
+    if (m->has_dsa && hae_backend_device(be) == HAE_CUDA) {
+        free(m);
+        return hae_error(HAE_ERR_UNSUPPORTED, "model: dsa layers run on the CPU only so far (the indexer, top-k and "
+                                              "sparse attention have no CUDA kernels yet); use runtime.backend: cpu");
+    }
     hae_status st = HAE_ERR_OOM;
     m->layers = calloc((size_t)m->L, sizeof *m->layers);
     m->params = calloc((size_t)(m->L * PARAMS_PER_LAYER + 4), sizeof *m->params);
     m->ids_host = malloc(sizeof(int32_t) * (size_t)(m->B * m->chunk));
-    if (!m->layers || !m->params || !m->ids_host) {
+    m->lens_host = malloc(sizeof(int32_t) * (size_t)(m->B * m->chunk + m->B * m->pages_per_seq));
+    if (!m->layers || !m->params || !m->ids_host || !m->lens_host) {
         hae_model_destroy(m);
         return hae_error(st, "model: out of host memory");
     }
@@ -456,6 +566,17 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
     c = (carver){m->state_mem, 0, hae_backend_device(be)};
     layout_states(m, &c);
 
+    c = (carver){NULL, 0, hae_backend_device(be)};
+    layout_index(m, &c);
+    m->index_bytes = c.used;
+    st = hae_backend_alloc(be, m->index_bytes, &m->index_mem);
+    if (st != HAE_OK) {
+        hae_model_destroy(m);
+        return hae_error_wrap(st, "indexer key caches");
+    }
+    c = (carver){m->index_mem, 0, hae_backend_device(be)};
+    layout_index(m, &c);
+
     m->la_workspace = linear_workspace(m, hae_backend_device(be));
     c = (carver){NULL, 0, hae_backend_device(be)};
     layout_activations(m, &c);
@@ -470,6 +591,7 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
     layout_activations(m, &c);
 
     st = hae_model_init_weights(m, cfg->seed);
+    if (st == HAE_OK) st = init_dsa_constants(m);
     if (st != HAE_OK) {
         hae_model_destroy(m);
         return st;
@@ -484,9 +606,11 @@ void hae_model_destroy(hae_model *m) {
     hae_backend_free(m->be, m->weight_mem);
     hae_backend_free(m->be, m->act_mem);
     hae_backend_free(m->be, m->state_mem);
+    hae_backend_free(m->be, m->index_mem);
     free(m->layers);
     free(m->params);
     free(m->ids_host);
+    free(m->lens_host);
     free(m);
 }
 
@@ -497,7 +621,7 @@ hae_backend *hae_model_backend(const hae_model *m) { return m->be; }
 void hae_model_stats_get(const hae_model *m, hae_model_stats *s) {
     s->n_params = m->n_param_elems;
     s->weight_bytes = m->weight_bytes;
-    s->kv_bytes = hae_kv_cache_bytes(m->kv);
+    s->kv_bytes = hae_kv_cache_bytes(m->kv) + m->index_bytes;
     s->state_bytes = m->state_bytes;
     s->activation_bytes = m->act_bytes;
     s->device = hae_backend_device(m->be);
@@ -514,7 +638,7 @@ typedef struct {
 
 static uint64_t shape_hash(const hae_model *m) {
     const int64_t dims[] = {m->B, m->V, m->d, m->L, m->Hq, m->Hkv, m->Dh, m->F, m->ctx_max, m->chunk,
-                            m->LH, m->LHV, m->LK, m->LV, m->conv_W, (int64_t)m->dt};
+                            m->LH, m->LHV, m->LK, m->LV, m->conv_W, (int64_t)m->dt, m->HI, m->DI, m->page};
     uint64_t h = 0;
     for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) h = hae_mix64(h ^ (uint64_t)dims[i]);
     for (int64_t l = 0; l < m->L; l++) h = hae_mix64(h ^ (uint64_t)m->layers[l].kind ^ ((uint64_t)m->layers[l].window << 8));
@@ -524,7 +648,7 @@ static uint64_t shape_hash(const hae_model *m) {
 static const char snapshot_magic[8] = {'h', 'a', 'e', 's', 'n', 'a', 'p', '1'};
 
 size_t hae_model_snapshot_bytes(const hae_model *m) {
-    return sizeof(snapshot_header) + m->state_bytes + hae_kv_cache_bytes(m->kv);
+    return sizeof(snapshot_header) + m->state_bytes + hae_kv_cache_bytes(m->kv) + m->index_bytes;
 }
 
 /* Copies the state and every layer's K and V between the device and a host buffer, in one order. */
@@ -532,6 +656,10 @@ static hae_status snapshot_copy(hae_model *m, char *host, bool save) {
     hae_status st = save ? hae_backend_download(m->be, host, m->state_mem, m->state_bytes)
                          : hae_backend_upload(m->be, m->state_mem, host, m->state_bytes);
     host += m->state_bytes;
+    if (st == HAE_OK)
+        st = save ? hae_backend_download(m->be, host, m->index_mem, m->index_bytes)
+                  : hae_backend_upload(m->be, m->index_mem, host, m->index_bytes);
+    host += m->index_bytes;
     for (int64_t l = 0; l < m->L && st == HAE_OK; l++) {
         hae_tensor kv[2];
         hae_kv_cache_layer(m->kv, (int)l, &kv[0], &kv[1]);
@@ -549,7 +677,7 @@ hae_status hae_model_snapshot_save(const hae_model *m, void *host, size_t bytes)
         return hae_error(HAE_ERR_INVALID, "model snapshot: buffer of %zu bytes, this model's snapshot is %zu", bytes,
                          hae_model_snapshot_bytes(m));
     snapshot_header h = {.pos = m->pos, .shapes = shape_hash(m), .state_bytes = m->state_bytes,
-                         .kv_bytes = hae_kv_cache_bytes(m->kv)};
+                         .kv_bytes = hae_kv_cache_bytes(m->kv) + m->index_bytes};
     memcpy(h.magic, snapshot_magic, sizeof h.magic);
     memcpy(host, &h, sizeof h);
     return snapshot_copy((hae_model *)m, (char *)host + sizeof h, true);
@@ -561,12 +689,13 @@ hae_status hae_model_snapshot_restore(hae_model *m, const void *host, size_t byt
     memcpy(&h, host, sizeof h);
     if (memcmp(h.magic, snapshot_magic, sizeof h.magic) != 0)
         return hae_error(HAE_ERR_INVALID, "model snapshot: not a snapshot (bad magic)");
-    if (h.state_bytes != m->state_bytes || h.kv_bytes != hae_kv_cache_bytes(m->kv) || bytes != hae_model_snapshot_bytes(m))
+    if (h.state_bytes != m->state_bytes || h.kv_bytes != hae_kv_cache_bytes(m->kv) + m->index_bytes ||
+        bytes != hae_model_snapshot_bytes(m))
         return hae_error(HAE_ERR_INVALID,
                          "model snapshot: taken of a model with %llu state and %llu KV bytes (%zu in all); this model "
                          "has %zu and %zu (%zu)",
                          (unsigned long long)h.state_bytes, (unsigned long long)h.kv_bytes, bytes, m->state_bytes,
-                         hae_kv_cache_bytes(m->kv), hae_model_snapshot_bytes(m));
+                         hae_kv_cache_bytes(m->kv) + m->index_bytes, hae_model_snapshot_bytes(m));
     if (h.shapes != shape_hash(m))
         return hae_error(HAE_ERR_INVALID, "model snapshot: taken of a model with other layer kinds or shapes");
     if (h.pos < 0 || h.pos > m->ctx_max)
@@ -609,6 +738,35 @@ static hae_status put_block(hae_model *m, stage *s, const hae_tensor *t, int64_t
     return hae_backend_upload(m->be, (char *)t->data + off * (int64_t)es, s->raw, (size_t)n * es);
 }
 
+/* Fills the derived indexer's maps, the unit head weights and the block tables. */
+static hae_status init_dsa_constants(hae_model *m) {
+    if (!m->has_dsa) return HAE_OK;
+    stage s;
+    HAE_TRY(stage_alloc(&s));
+    hae_status st = HAE_OK;
+    const hae_tensor *maps[3] = {&m->ones, m->derived ? &m->pq : NULL, m->derived ? &m->pk : NULL};
+    for (int k = 0; k < 3 && st == HAE_OK; k++) {
+        if (!maps[k]) continue;
+        const int64_t n = hae_tensor_numel(maps[k]), cols = maps[k]->shape[1];
+        for (int64_t off = 0; off < n && st == HAE_OK; off += STAGE_ELEMS) {
+            int64_t len = n - off < STAGE_ELEMS ? n - off : STAGE_ELEMS;
+            for (int64_t i = 0; i < len; i++) {
+                int64_t row = (off + i) / cols, col = (off + i) % cols;
+                s.f[i] = k == 0 ? 1.0f : k == 1 ? derived_pq(m, row, col) : derived_pk(m, row, col);
+            }
+            st = put_block(m, &s, maps[k], off, len);
+        }
+    }
+    stage_free(&s);
+    int32_t *table = m->lens_host;
+    for (int64_t b = 0; b < m->B * m->pages_per_seq; b++) table[b] = (int32_t)b;
+    for (int64_t l = 0; l < m->L && st == HAE_OK; l++)
+        if (m->layers[l].kind == HAE_LAYER_DSA)
+            st = hae_backend_upload(m->be, m->layers[l].icache.block_table.data, table,
+                                    sizeof(int32_t) * (size_t)(m->B * m->pages_per_seq));
+    return st == HAE_OK ? hae_backend_sync(m->be) : st;
+}
+
 /* Normal deviates from counters (Box-Muller on hae_uniform), so element i of parameter p has the same
  * value whatever the backend, the order of initialisation or the thread count. */
 static float normal_at(uint64_t seed, uint64_t p, uint64_t i) {
@@ -622,6 +780,7 @@ static float init_value(const param *pr, uint64_t seed, uint64_t p, uint64_t i) 
     switch (pr->init) {
     case INIT_NORMAL: return pr->std * normal_at(seed, p, i);
     case INIT_ONES: return 1.0f;
+    case INIT_ZEROS: return 0.0f;
     case INIT_UNIFORM: return pr->std * (float)(2.0 * u - 1.0);
     case INIT_A_LOG: return (float)log(1.0 + 15.0 * u);
     case INIT_DT_BIAS: {
@@ -754,6 +913,63 @@ static hae_tensor head_view(const hae_tensor *mat, int64_t B, int64_t T, int64_t
     return t;
 }
 
+/* DSA's token selection for a chunk of T tokens whose q and k are in m->qkv (after RoPE) and whose
+ * K/V are cached: the indexer's query and key (its own weights, or the derived maps of the layer's q
+ * and k), RoPE on its leading dims, the Hadamard rotation, FP8 with per-vector scales, the key into
+ * the page cache, the logits against every cached key and the top-k of each query into m->idx. */
+static hae_status dsa_select(hae_model *m, int64_t l, int64_t T) {
+    const layer_weights *w = &m->layers[l];
+    hae_backend *be = m->be;
+    const hae_device dev = hae_backend_device(be);
+    const int64_t B = m->B, N = B * T, HI = m->HI, DI = m->DI;
+    int32_t *cand = m->lens_host, *seqs = m->lens_host + N;
+    for (int64_t b = 0; b < B; b++) {
+        seqs[b] = (int32_t)(m->pos + T);
+        for (int64_t t = 0; t < T; t++) cand[b * T + t] = (int32_t)(m->pos + t + 1); /* causal candidates */
+    }
+    HAE_TRY(hae_backend_upload(be, m->ilens.data, cand, sizeof(int32_t) * (size_t)N));
+    HAE_TRY(hae_backend_upload(be, m->seq_lens.data, seqs, sizeof(int32_t) * (size_t)B));
+
+    hae_tensor qi = hae_tensor_2d(m->qi.data, HAE_F32, dev, N, HI * DI), ki = rows(m->ki, N);
+    hae_tensor wi = rows(m->ones, N);
+    if (m->derived) {
+        hae_tensor qkv = view2(&m->qkv, N, m->qkv_dim);
+        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = hae_tensor_narrow(qkv, 1, 0, m->Hq * m->Dh), .b = m->pq, .c = qi}));
+        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = hae_tensor_narrow(qkv, 1, m->Hq * m->Dh, m->Hkv * m->Dh), .b = m->pk,
+                                              .c = ki}));
+    } else {
+        wi = rows(m->wi, N);
+        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = rows(m->h, N), .b = w->wq_i, .c = qi}));
+        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = rows(m->h, N), .b = w->wk_i, .c = ki}));
+        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = rows(m->h, N), .b = w->w_proj, .c = wi}));
+        HAE_TRY(hae_rmsnorm(be, &(hae_rmsnorm_args){.x = ki, .weight = w->k_norm_w, .bias = w->k_norm_b, .center = true,
+                                                    .out = ki, .eps = 1e-6f}));
+        if (m->irope > 0) {
+            float theta = m->cfg.model.attention.rope_theta;
+            HAE_TRY(hae_rope(be, &(hae_rope_args){.x = hae_tensor_4d(qi.data, HAE_F32, dev, B, T, HI, DI), .pos0 = m->pos,
+                                                  .rot_dims = (int)m->irope, .theta = theta}));
+            HAE_TRY(hae_rope(be, &(hae_rope_args){.x = hae_tensor_4d(ki.data, HAE_F32, dev, B, T, 1, DI), .pos0 = m->pos,
+                                                  .rot_dims = (int)m->irope, .theta = theta}));
+        }
+    }
+    hae_tensor qrows = rows(m->qi, N * HI), q8 = rows(m->q8, N * HI), qs = rows(m->qs, N * HI);
+    HAE_TRY(hae_hadamard(be, &(hae_hadamard_args){.x = qrows}));
+    HAE_TRY(hae_hadamard(be, &(hae_hadamard_args){.x = ki}));
+    HAE_TRY(hae_fp8_quant(be, &(hae_fp8_quant_args){.x = qrows, .q = q8, .scale = qs}));
+    HAE_TRY(hae_fp8_quant(be, &(hae_fp8_quant_args){.x = ki, .q = rows(m->k8, N), .scale = rows(m->ks, N)}));
+    HAE_TRY(hae_index_write(be, &(hae_index_write_args){.k = hae_tensor_3d(m->k8.data, HAE_FP8_E4M3, dev, B, T, DI),
+                                                        .k_scale = hae_tensor_3d(m->ks.data, HAE_F32, dev, B, T, DI / 128),
+                                                        .cache = w->icache, .seq_lens = m->seq_lens}));
+    hae_tensor logits = hae_tensor_3d(m->ilogits.data, HAE_F32, dev, B, T, m->ctx_max);
+    HAE_TRY(hae_index_logits(be, &(hae_index_logits_args){
+                                     .q = hae_tensor_4d(q8.data, HAE_FP8_E4M3, dev, B, T, HI, DI),
+                                     .w = hae_tensor_3d(wi.data, HAE_F32, dev, B, T, HI), .cache = w->icache,
+                                     .seq_lens = m->seq_lens, .logits = logits,
+                                     .q_scale = hae_tensor_3d(qs.data, HAE_F32, dev, B, T, HI),
+                                     .w_scale = 1.0f / sqrtf((float)(HI * DI))}));
+    return hae_topk(be, &(hae_topk_args){.logits = rows(m->ilogits, N), .lens = rows(m->ilens, N), .out = rows(m->idx, N)});
+}
+
 static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
     const layer_weights *w = &m->layers[l];
     hae_backend *be = m->be;
@@ -770,8 +986,16 @@ static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
     HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = k, .cache = kc, .pos0 = m->pos}));
     HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = v, .cache = vc, .pos0 = m->pos}));
     hae_tensor att = hae_tensor_4d(m->att.data, m->dt, hae_backend_device(be), m->B, T, m->Hq, m->Dh);
-    HAE_TRY(hae_attention(be, &(hae_attention_args){.q = q, .k_cache = kc, .v_cache = vc, .out = att, .pos0 = m->pos,
-                                                    .window = w->window, .scale = m->scale}));
+    if (w->kind == HAE_LAYER_DSA) {
+        HAE_TRY(dsa_select(m, l, T));
+        HAE_TRY(hae_sparse_attention(be, &(hae_sparse_attention_args){
+                                             .q = q, .k_cache = kc, .v_cache = vc,
+                                             .idx = hae_tensor_3d(m->idx.data, HAE_I32, m->idx.device, m->B, T, m->topk),
+                                             .seq_lens = m->seq_lens, .out = att, .scale = m->scale}));
+    } else {
+        HAE_TRY(hae_attention(be, &(hae_attention_args){.q = q, .k_cache = kc, .v_cache = vc, .out = att, .pos0 = m->pos,
+                                                        .window = w->window, .scale = m->scale}));
+    }
     return hae_gemm(be, &(hae_gemm_args){.a = view2(&m->att, N, m->Hq * m->Dh), .b = w->wo, .c = rows(m->x, N),
                                          .accumulate = true});
 }

@@ -56,7 +56,8 @@ Test(config, layer_kinds) {
     cr_expect_str_eq(hae_layer_kind_name(HAE_LAYER_RETNET), "retnet");
     cr_expect_str_eq(hae_layer_kind_name(HAE_LAYER_KIND_COUNT), "unknown");
     cr_expect(hae_layer_kind_built(HAE_LAYER_FULL) && hae_layer_kind_built(HAE_LAYER_SWA));
-    cr_expect(!hae_layer_kind_built(HAE_LAYER_DSA));
+    cr_expect(hae_layer_kind_built(HAE_LAYER_DSA));
+    cr_expect(!hae_layer_kind_built(HAE_LAYER_KIND_COUNT));
     for (int k = HAE_LAYER_KDA; k <= HAE_LAYER_RETNET; k++) {
         hae_linear_kind lk;
         cr_expect(hae_layer_kind_built((hae_layer_kind)k), "%s", hae_layer_kind_name((hae_layer_kind)k));
@@ -220,10 +221,6 @@ Test(config, override_errors) {
         {"=3", "--set =3: expected KEY=VALUE", HAE_ERR_INVALID},
         {"model..d_model=3", "--set model..d_model=3: empty key component", HAE_ERR_INVALID},
         {"model.layer_pattern=[full,", "--set model.layer_pattern=[full,: YAML syntax error", HAE_ERR_INVALID},
-        {"model.layer_pattern=[full, dsa]",
-         "--set model.layer_pattern=[full, dsa]: model.layer_pattern[1]: layer kind "
-         "'dsa' is not built yet (built: full, swa, kda, gdn, deltanet, gla, linear, mamba2, retnet)",
-         HAE_ERR_INVALID},
         {"model=3", "--set model=3: model: expected a mapping, got '3'", HAE_ERR_INVALID},
         {"model.attention.num_kv_heads=3",
          "--set model.attention.num_kv_heads=3: model.attention.num_kv_heads: "
@@ -486,8 +483,6 @@ static const bad_case bad[] = {
     /* layer layout */
     {"kind typo", "model:\n  layer_pattern: [full, kdaa]\n", "t.yaml:2:25:", "model.layer_pattern[1]",
      "unknown layer kind 'kdaa'; did you mean 'kda'?"},
-    {"kind not built", "model:\n  layer_pattern: [full, swa, dsa]\n", "t.yaml:2:30:", "model.layer_pattern[2]",
-     "layer kind 'dsa' is not built yet (built: full, swa, kda, gdn, deltanet, gla, linear, mamba2, retnet)"},
     {"kind list", "model:\n  layer_pattern: [full, [swa]]\n", "t.yaml:2:25:", "model.layer_pattern[1]", "got a list"},
     {"pattern empty", "model:\n  layer_pattern: []\n", "t.yaml:2:18:", "model.layer_pattern", "non-empty list"},
     {"pattern scalar", "model:\n  layer_pattern: full\n", "t.yaml:2:18:", "model.layer_pattern", "got 'full'"},
@@ -502,8 +497,6 @@ static const bad_case bad[] = {
     {"layers index default", "model:\n  layers:\n    full: [0, 1, 2, 3, 4]\n", "t.yaml:3:24:", "model.layers.full[4]",
      "n_layers 4 (default)"},
     {"layers negative", "model:\n  layers:\n    full: [-1]\n", "t.yaml:3:12:", "model.layers.full[0]", "out of range"},
-    {"layers kind", "model:\n  n_layers: 1\n  layers:\n    dsa: [0]\n", "t.yaml:4:5:", "model.layers.dsa",
-     "layer kind 'dsa' is not built yet"},
     {"layers not list", "model:\n  n_layers: 1\n  layers:\n    full: 0\n", "t.yaml:4:11:", "model.layers.full",
      "expected a list of layer indices"},
     {"layers list", "model:\n  layers: [full]\n", "t.yaml:2:11:", "model.layers", "expected a mapping from layer kind"},
@@ -536,8 +529,20 @@ static const bad_case bad[] = {
      "t.yaml:3:3:", "sweep.model.layers", "not both"},
     {"sweep bad value", "sweep:\n  model.d_model: [128, abc]\n", "t.yaml:2:24:", "model.d_model",
      "expected an integer, got 'abc' (sweep job 2/2: model.d_model=abc)"},
-    {"sweep bad kind", "sweep:\n  model.layer_pattern: [[full], [swa, dsa]]\n", "t.yaml:2:39:",
-     "model.layer_pattern[1]", "not built yet (built: full, swa, kda, gdn, deltanet, gla, linear, mamba2, retnet) (sweep job 2/2: model.layer_pattern=[swa,dsa])"},
+    {"sweep bad kind", "sweep:\n  model.layer_pattern: [[full], [swa, dsaa]]\n", "t.yaml:2:39:",
+     "model.layer_pattern[1]", "unknown layer kind 'dsaa'; did you mean 'dsa'? (built: full, swa, dsa, kda, gdn, "
+     "deltanet, gla, linear, mamba2, retnet) (sweep job 2/2: model.layer_pattern=[swa,dsaa])"},
+    {"layers unknown kind", "model:\n  n_layers: 1\n  layers:\n    gdnn: [0]\n", "t.yaml:4:5:", "model.layers.gdnn",
+     "unknown layer kind 'gdnn'; did you mean 'gdn'?"},
+    {"dsa head dim", "model:\n  dsa:\n    index_head_dim: 64\n", "t.yaml:3:21:", "model.dsa.index_head_dim",
+     "out of range (expected 128..128)"},
+    {"dsa topk", "model:\n  dsa:\n    index_topk: 0\n", "t.yaml:3:17:", "model.dsa.index_topk", "out of range"},
+    {"dsa rope odd", "model:\n  dsa:\n    index_rope_dim: 63\n", "t.yaml:3:21:", "model.dsa.index_rope_dim",
+     "must be even"},
+    {"dsa rope wide", "model:\n  dsa:\n    index_rope_dim: 130\n", "t.yaml:3:21:", "model.dsa.index_rope_dim",
+     "out of range (expected 0..128)"},
+    {"dsa page", "model:\n  dsa:\n    page_size: 0\n", "t.yaml:3:16:", "model.dsa.page_size", "out of range"},
+    {"dsa derived", "model:\n  dsa:\n    derived: 1\n", "t.yaml:3:14:", "model.dsa.derived", "expected true or false"},
     {"sweep bad combination", "model:\n  attention:\n    rope: full\nsweep:\n  model.attention.head_dim: [64, 63]\n",
      "t.yaml:5:34:", "model.attention.head_dim", "(sweep job 2/2: model.attention.head_dim=63)"},
     {"sweep bad pair", "sweep:\n  model.attention.num_heads: [4, 6]\n  model.attention.num_kv_heads: [2, 4]\n",

@@ -1,0 +1,255 @@
+/* Models with dsa layers on the CPU: with a top-k that covers the context, DSA is full attention
+ * (the derived indexer adds no weights, so the twin has the same ones); decode after prefill equals
+ * one prefill with a top-k that drops tokens; the indexer changes the result when it must choose;
+ * saved names, the KV accounting with the indexer's 132 bytes per token, snapshots. */
+#include "testutil.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *yaml_fmt = "name: tiny-dsa\n"
+                              "seed: 21\n"
+                              "model:\n"
+                              "  vocab_size: 47\n"
+                              "  d_model: 32\n"
+                              "  n_layers: 2\n"
+                              "  layer_pattern: [%s, %s]\n"
+                              "  mlp: {intermediate_size: 40}\n"
+                              "  attention: {num_heads: 4, num_kv_heads: 2, head_dim: 8, rope: full}\n"
+                              "  dsa: {index_n_heads: 2, index_head_dim: 128, index_topk: %d, index_rope_dim: %d,\n"
+                              "        derived: %s, page_size: 4}\n"
+                              "runtime:\n"
+                              "  backend: cpu\n"
+                              "  dtype: %s\n"
+                              "  batch: 2\n"
+                              "  prefill: 21\n"
+                              "  decode: 6\n"
+                              "  prefill_chunk: %d\n";
+
+#define CTX 27
+
+static void make_cfg(hae_config *cfg, const char *k0, const char *k1, int topk, int rope, bool derived,
+                     const char *dtype, int chunk) {
+    char y[2048];
+    snprintf(y, sizeof y, yaml_fmt, k0, k1, topk, rope, derived ? "true" : "false", dtype, chunk);
+    tu_config(y, cfg);
+}
+
+static const int64_t one_shot[] = {CTX};
+static const int64_t prefill_then_decode[] = {21, 1, 1, 1, 1, 1, 1};
+static const int64_t ragged[] = {5, 1, 17, 1, 3};
+
+Test(model_dsa, covering_topk_is_full_attention) {
+    hae_backend *be = tu_cpu();
+    for (int dec = 0; dec < 2; dec++) {
+        hae_config dsa, full;
+        make_cfg(&dsa, "dsa", "full", 64, 0, true, "f32", 8);
+        make_cfg(&full, "full", "full", 64, 0, true, "f32", 8);
+        hae_model *a = tu_model(be, &dsa), *b = tu_model(be, &full);
+        int32_t tok[2 * CTX];
+        tu_tokens(&dsa, CTX, tok, 3);
+        const int64_t *lens = dec ? prefill_then_decode : one_shot;
+        int n_lens = dec ? 7 : 1;
+        float *la = tu_model_logits(a, &dsa, CTX, tok, lens, n_lens), *lb = tu_model_logits(b, &full, CTX, tok, lens, n_lens);
+        double d = tu_rel_rms(la, lb, 2 * CTX * dsa.model.vocab_size);
+        cr_expect_leq(d, 1e-6, "%s: dsa with top-64 of a 27-token context vs full attention: %.3g",
+                      dec ? "prefill then decode" : "one prefill", d);
+        free(la), free(lb);
+        hae_model_destroy(a), hae_model_destroy(b);
+    }
+    hae_backend_destroy(be);
+}
+
+Test(model_dsa, decode_after_prefill_equals_one_prefill) {
+    hae_backend *be = tu_cpu();
+    for (int form = 0; form < 3; form++) {
+        const bool derived = form == 0;
+        const int rope = form == 2 ? 16 : 0;
+        hae_config cfg, cfg0;
+        make_cfg(&cfg, "dsa", "dsa", 5, rope, derived, "f32", 8);
+        make_cfg(&cfg0, "dsa", "dsa", 5, rope, derived, "f32", 0);
+        hae_model *m = tu_model(be, &cfg), *m0 = tu_model(be, &cfg0);
+        int32_t tok[2 * CTX];
+        tu_tokens(&cfg, CTX, tok, 40 + (uint64_t)form);
+        float *a = tu_model_logits(m0, &cfg0, CTX, tok, one_shot, 1);
+        float *b = tu_model_logits(m, &cfg, CTX, tok, prefill_then_decode, 7);
+        float *c = tu_model_logits(m, &cfg, CTX, tok, ragged, 5);
+        int64_t n = 2 * CTX * cfg.model.vocab_size;
+        const char *what = derived ? "derived" : rope ? "learned, indexer rope 16" : "learned";
+        cr_expect_leq(tu_rel_rms(b, a, n), 1e-5, "%s top-5: prefill then decode vs one prefill: %.3g", what,
+                      tu_rel_rms(b, a, n));
+        cr_expect_leq(tu_rel_rms(c, a, n), 1e-5, "%s top-5: ragged forwards vs one prefill: %.3g", what,
+                      tu_rel_rms(c, a, n));
+        /* the same model with a covering top-k attends to more tokens: other logits */
+        hae_config wide = cfg0;
+        wide.model.dsa.index_topk = 64;
+        hae_model *mw = tu_model(be, &wide);
+        float *w = tu_model_logits(mw, &wide, CTX, tok, one_shot, 1);
+        cr_expect_gt(tu_rel_rms(w, a, n), 1e-3, "%s: top-5 and top-64 give the same logits: is the indexer used?", what);
+        free(a), free(b), free(c), free(w);
+        hae_model_destroy(m), hae_model_destroy(m0), hae_model_destroy(mw);
+    }
+    hae_backend_destroy(be);
+}
+
+Test(model_dsa, saved_names_kv_accounting_and_snapshot) {
+    hae_backend *be = tu_cpu();
+    hae_config cfg;
+    make_cfg(&cfg, "dsa", "full", 5, 16, false, "bf16", 8);
+    hae_model_plan p;
+    cr_assert_eq(hae_model_plan_get(&cfg, NULL, &p), HAE_OK, "%s", hae_last_error());
+    hae_model *m = tu_model(be, &cfg);
+    hae_model_stats st;
+    hae_model_stats_get(m, &st);
+    cr_expect_eq(p.kv_bytes_per_token[0], 2 * 2 * 8 * 2 + 132, "dsa: K and V in bf16 plus 128 FP8 bytes and a scale");
+    cr_expect_eq(p.kv_bytes_per_token[1], 2 * 2 * 8 * 2);
+    cr_expect_eq(st.kv_bytes, p.kv_bytes);
+    /* the indexer cache: 27 tokens in pages of 4 = 7 pages per sequence, plus the block tables */
+    cr_expect_geq(p.kv_bytes, (size_t)2 * CTX * (64 + 132) + (size_t)2 * CTX * 64);
+    cr_expect_eq(st.n_params, p.n_params);
+
+    char path[512];
+    tu_tmp_path("dsa.safetensors", path, sizeof path);
+    cr_assert_eq(hae_model_save(m, path), HAE_OK, "%s", hae_last_error());
+    hae_st_file *f;
+    cr_assert_eq(hae_st_open(path, &f), HAE_OK, "%s", hae_last_error());
+    static const struct {
+        const char *name;
+        int64_t r, c;
+    } want[] = {
+        {"model.layers.0.self_attn.indexer.wq.weight", 256, 32},
+        {"model.layers.0.self_attn.indexer.wk.weight", 128, 32},
+        {"model.layers.0.self_attn.indexer.weights_proj.weight", 2, 32},
+        {"model.layers.0.self_attn.indexer.k_norm.weight", 128, 0},
+        {"model.layers.0.self_attn.indexer.k_norm.bias", 128, 0},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const hae_st_tensor *t = hae_st_find(f, want[i].name);
+        cr_expect(t, "%s missing", want[i].name);
+        if (t) cr_expect(t->shape[0] == want[i].r && (want[i].c == 0 || t->shape[1] == want[i].c), "%s shape", want[i].name);
+    }
+    cr_expect_null(hae_st_find(f, "model.layers.1.self_attn.indexer.wq.weight"), "layer 1 is full");
+    hae_st_close(f);
+    remove(path);
+
+    /* a snapshot holds the indexer cache too: a branch continues identically */
+    int32_t tok[2 * CTX], step[2] = {5, 6};
+    tu_tokens(&cfg, CTX, tok, 8);
+    hae_tensor lg;
+    cr_assert_eq(hae_model_forward(m, tok, 21, &lg), HAE_OK, "%s", hae_last_error());
+    size_t n = hae_model_snapshot_bytes(m);
+    void *snap = malloc(n);
+    cr_assert_eq(hae_model_snapshot_save(m, snap, n), HAE_OK, "%s", hae_last_error());
+    int64_t V = cfg.model.vocab_size;
+    float *a = malloc(sizeof(float) * (size_t)V);
+    cr_assert_eq(hae_model_forward(m, step, 1, &lg), HAE_OK);
+    memcpy(a, (float *)lg.data + 21 * V, sizeof(float) * (size_t)V);
+    cr_assert_eq(hae_model_forward(m, step, 1, &lg), HAE_OK);
+    cr_assert_eq(hae_model_snapshot_restore(m, snap, n), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_model_forward(m, step, 1, &lg), HAE_OK);
+    cr_expect(memcmp(a, (float *)lg.data + 21 * V, sizeof(float) * (size_t)V) == 0, "restored prefix continues identically");
+    free(a), free(snap);
+    hae_model_destroy(m);
+    hae_backend_destroy(be);
+}
+
+/* ---------------------------------------------------------------- the derived indexer's recall */
+
+/* The derived indexer (q heads placed at their kv head's dims, the kv heads side by side as the one
+ * key) through the real ops: Hadamard, FP8, the page cache, logits, top-k. Its selection is compared
+ * with the true top-k by attention mass (the sum over heads of softmax(scale q_h . k_s)) on random
+ * inputs, and the recall printed. One head: the same ranking up to FP8 rounding. Several heads: a
+ * ReLU-sum of logits is not a sum of softmaxes, so the two differ; the recall says by how much. */
+static double derived_recall(int64_t Hq, int64_t Hkv, int64_t Dh, int64_t T, int64_t k, uint64_t seed) {
+    hae_backend *be = tu_cpu();
+    const int64_t DI = 128, G = Hq / Hkv, P = 16, pages = (T + P - 1) / P, row = P * (DI + 4);
+    cr_assert(Hkv * Dh <= DI);
+    tu_rng r = tu_rng_make(seed);
+    float *q = malloc(sizeof(float) * (size_t)(T * Hq * Dh)), *kk = malloc(sizeof(float) * (size_t)(T * Hkv * Dh));
+    tu_fill(q, HAE_F32, T * Hq * Dh, &r, -1, 1);
+    tu_fill(kk, HAE_F32, T * Hkv * Dh, &r, -1, 1);
+    float *qi = calloc((size_t)(T * Hq * DI), sizeof(float)), *ki = calloc((size_t)(T * DI), sizeof(float));
+    for (int64_t t = 0; t < T; t++) {
+        for (int64_t h = 0; h < Hq; h++)
+            memcpy(qi + (t * Hq + h) * DI + (h / G) * Dh, q + (t * Hq + h) * Dh, sizeof(float) * (size_t)Dh);
+        memcpy(ki + t * DI, kk + t * Hkv * Dh, sizeof(float) * (size_t)(Hkv * Dh));
+    }
+    uint8_t *q8 = malloc((size_t)(T * Hq * DI)), *k8 = malloc((size_t)(T * DI)), *cache = malloc((size_t)(pages * row));
+    float *qs = malloc(sizeof(float) * (size_t)(T * Hq)), *ks = malloc(sizeof(float) * (size_t)T);
+    float *ones = malloc(sizeof(float) * (size_t)(T * Hq)), *logits = malloc(sizeof(float) * (size_t)(T * T));
+    int32_t *table = malloc(sizeof(int32_t) * (size_t)pages), lens[1] = {(int32_t)T}, *cand = malloc(sizeof(int32_t) * (size_t)T);
+    int32_t *sel = malloc(sizeof(int32_t) * (size_t)(T * k));
+    for (int64_t i = 0; i < T * Hq; i++) ones[i] = 1.0f;
+    for (int64_t j = 0; j < pages; j++) table[j] = (int32_t)(pages - 1 - j); /* pages in reverse order */
+    for (int64_t t = 0; t < T; t++) cand[t] = (int32_t)(t + 1);
+    hae_tensor tq = hae_tensor_2d(qi, HAE_F32, HAE_CPU, T * Hq, DI), tk = hae_tensor_2d(ki, HAE_F32, HAE_CPU, T, DI);
+    cr_assert_eq(hae_hadamard(be, &(hae_hadamard_args){.x = tq}), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_hadamard(be, &(hae_hadamard_args){.x = tk}), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_fp8_quant(be, &(hae_fp8_quant_args){.x = tq, .q = hae_tensor_2d(q8, HAE_FP8_E4M3, HAE_CPU, T * Hq, DI),
+                                                         .scale = hae_tensor_2d(qs, HAE_F32, HAE_CPU, T * Hq, 1)}),
+                 HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_fp8_quant(be, &(hae_fp8_quant_args){.x = tk, .q = hae_tensor_2d(k8, HAE_FP8_E4M3, HAE_CPU, T, DI),
+                                                         .scale = hae_tensor_2d(ks, HAE_F32, HAE_CPU, T, 1)}),
+                 HAE_OK, "%s", hae_last_error());
+    hae_index_cache ic = {.pages = hae_tensor_2d(cache, HAE_FP8_E4M3, HAE_CPU, pages, row),
+                          .block_table = hae_tensor_2d(table, HAE_I32, HAE_CPU, 1, pages), .page_size = (int)P,
+                          .head_dim = (int)DI};
+    hae_tensor tl = hae_tensor_1d(lens, HAE_I32, HAE_CPU, 1);
+    cr_assert_eq(hae_index_write(be, &(hae_index_write_args){.k = hae_tensor_3d(k8, HAE_FP8_E4M3, HAE_CPU, 1, T, DI),
+                                                             .k_scale = hae_tensor_3d(ks, HAE_F32, HAE_CPU, 1, T, 1),
+                                                             .cache = ic, .seq_lens = tl}),
+                 HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_index_logits(be, &(hae_index_logits_args){
+                                          .q = hae_tensor_4d(q8, HAE_FP8_E4M3, HAE_CPU, 1, T, Hq, DI),
+                                          .w = hae_tensor_3d(ones, HAE_F32, HAE_CPU, 1, T, Hq), .cache = ic,
+                                          .seq_lens = tl, .logits = hae_tensor_3d(logits, HAE_F32, HAE_CPU, 1, T, T),
+                                          .q_scale = hae_tensor_3d(qs, HAE_F32, HAE_CPU, 1, T, Hq), .w_scale = 1.0f}),
+                 HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_topk(be, &(hae_topk_args){.logits = hae_tensor_2d(logits, HAE_F32, HAE_CPU, T, T),
+                                               .lens = hae_tensor_1d(cand, HAE_I32, HAE_CPU, T),
+                                               .out = hae_tensor_2d(sel, HAE_I32, HAE_CPU, T, k)}),
+                 HAE_OK, "%s", hae_last_error());
+    /* recall over the queries that have more than k candidates */
+    double hit = 0, total = 0, *mass = malloc(sizeof(double) * (size_t)T);
+    int64_t *order = malloc(sizeof(int64_t) * (size_t)T);
+    for (int64_t t = k; t < T; t++) {
+        for (int64_t s = 0; s <= t; s++) mass[s] = 0;
+        for (int64_t h = 0; h < Hq; h++) {
+            double mx = -INFINITY, z = 0, *sc = malloc(sizeof(double) * (size_t)(t + 1));
+            for (int64_t s = 0; s <= t; s++) {
+                double dot = 0;
+                for (int64_t e = 0; e < Dh; e++) dot += (double)q[(t * Hq + h) * Dh + e] * kk[(s * Hkv + h / G) * Dh + e];
+                sc[s] = dot / sqrt((double)Dh);
+                if (sc[s] > mx) mx = sc[s];
+            }
+            for (int64_t s = 0; s <= t; s++) z += sc[s] = exp(sc[s] - mx);
+            for (int64_t s = 0; s <= t; s++) mass[s] += sc[s] / z;
+            free(sc);
+        }
+        for (int64_t s = 0; s <= t; s++) order[s] = s;
+        for (int64_t i = 0; i < k; i++) /* partial selection sort: the k heaviest */
+            for (int64_t j = i + 1; j <= t; j++)
+                if (mass[order[j]] > mass[order[i]]) {
+                    int64_t x = order[i];
+                    order[i] = order[j], order[j] = x;
+                }
+        for (int64_t i = 0; i < k; i++)
+            for (int64_t j = 0; j < k; j++) hit += sel[t * k + j] == order[i];
+        total += (double)k;
+    }
+    free(q), free(kk), free(qi), free(ki), free(q8), free(k8), free(cache), free(qs), free(ks), free(ones);
+    free(logits), free(table), free(cand), free(sel), free(mass), free(order);
+    hae_backend_destroy(be);
+    return hit / total;
+}
+
+Test(model_dsa, derived_indexer_recall_of_attention_mass) {
+    double one = derived_recall(1, 1, 64, 256, 16, 1), gqa = derived_recall(4, 2, 32, 256, 16, 2);
+    printf("derived indexer recall@16 of the attention-mass top-16 (256 tokens, random q, k): "
+           "1 head %.3f, 4 q heads / 2 kv heads %.3f\n", one, gqa);
+    cr_expect_geq(one, 0.95, "one head: the indexer ranks by q.k as softmax does (recall %.3f)", one);
+    cr_expect_geq(gqa, 0.75, "4 heads: recall %.3f", gqa);
+}
