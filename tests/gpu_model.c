@@ -114,3 +114,16 @@ Test(gpu_model, weights_roundtrip_between_backends) {
     hae_model_destroy(mg), hae_model_destroy(mc), hae_model_destroy(mc2);
     hae_backend_destroy(cpu), hae_backend_destroy(gpu);
 }
+
+Test(gpu_model, dsa_is_refused_until_its_kernels_exist) {
+    hae_config cfg;
+    const char *sets[] = {"model.layer_pattern=[kda, dsa]"};
+    cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", sets, 1, &cfg), HAE_OK, "%s", hae_last_error());
+    hae_backend *gpu = NULL;
+    cr_assert_eq(hae_backend_create(HAE_CUDA, 0, &gpu), HAE_OK, "%s", hae_last_error());
+    hae_model *m = NULL;
+    cr_expect_eq(hae_model_create(&cfg, gpu, NULL, &m), HAE_ERR_UNSUPPORTED);
+    cr_expect(strstr(hae_last_error(), "dsa layers run on the CPU only"), "%s", hae_last_error());
+    cr_expect_null(m);
+    hae_backend_destroy(gpu);
+}
