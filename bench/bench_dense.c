@@ -16,15 +16,6 @@
 #define WARMUP 3
 #define REPS 25
 
-static void die(const char *what, hae_status st) {
-    fprintf(stderr, "bench_dense: %s: %s: %s\n", what, hae_status_name(st), hae_last_error());
-    exit(1);
-}
-#define CHECK(what, expr)                                                                          \
-    do {                                                                                           \
-        hae_status st_ = (expr);                                                                   \
-        if (st_ != HAE_OK) die(what, st_);                                                         \
-    } while (0)
 
 static hae_backend *g_be;
 static hae_cuda_timer *g_timer;

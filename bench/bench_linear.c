@@ -36,15 +36,6 @@
 /* Device-to-device copy on the same H200 (bench/RESULTS.md), bytes read + written. */
 #define COPY_CEILING_GBS 4250.0
 
-static void die(const char *what, hae_status st) {
-    fprintf(stderr, "bench_linear: %s: %s: %s\n", what, hae_status_name(st), hae_last_error());
-    exit(1);
-}
-#define CHECK(what, expr)                                                                          \
-    do {                                                                                           \
-        hae_status st_ = (expr);                                                                   \
-        if (st_ != HAE_OK) die(what, st_);                                                         \
-    } while (0)
 
 static hae_backend *g_be, *g_cpu;
 static hae_cuda_timer *g_timer;

@@ -5,9 +5,24 @@
 
 #include "hae.h"
 
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Benchmarks stop at the first failure, saying which step and why. */
+static inline void hae_bench_die(const char *what, hae_status st) {
+    fprintf(stderr, "%s: %s: %s: %s\n", program_invocation_short_name, what, hae_status_name(st), hae_last_error());
+    exit(1);
+}
+#define CHECK(what, expr)                                                                          \
+    do {                                                                                           \
+        hae_status st_ = (expr);                                                                   \
+        if (st_ != HAE_OK) hae_bench_die(what, st_);                                               \
+    } while (0)
 
 typedef struct hae_cuda_timer hae_cuda_timer;
 
