@@ -171,21 +171,27 @@ hae_status hae_kv_write(hae_backend *be, const hae_kv_write_args *a) {
     return DISPATCH(kv_write, be, a);
 }
 
+/* What dense and sparse attention share: q, out and the two caches agree (gqa heads included). */
+static hae_status check_qkv(const char *op, hae_backend *be, const hae_tensor *q, const hae_tensor *kc,
+                            const hae_tensor *vc, const hae_tensor *out) {
+    HAE_TRY(hae_check_tensor(op, "q", q, be, 4, HAE_FLOATS));
+    HAE_TRY(hae_check_tensor(op, "out", out, be, 4, HAE_FLOATS));
+    HAE_TRY(check_cache(op, "k_cache", kc, q, be));
+    HAE_TRY(check_cache(op, "v_cache", vc, q, be));
+    for (int i = 0; i < 4; i++)
+        if (out->shape[i] != q->shape[i]) return hae_shape_mismatch(op, "out must match q", q, out);
+    for (int i = 0; i < 4; i++)
+        if (kc->shape[i] != vc->shape[i]) return hae_shape_mismatch(op, "k_cache and v_cache differ", kc, vc);
+    if (kc->dtype != vc->dtype) return hae_shape_mismatch(op, "k_cache and v_cache differ in dtype", kc, vc);
+    if (kc->shape[2] < 1 || q->shape[2] % kc->shape[2])
+        return hae_shape_mismatch(op, "q heads must be a multiple of kv heads", q, kc);
+    return HAE_OK;
+}
+
 hae_status hae_attention(hae_backend *be, const hae_attention_args *a) {
     const char *op = "hae_attention";
-    HAE_TRY(hae_check_tensor(op, "q", &a->q, be, 4, HAE_FLOATS));
-    HAE_TRY(hae_check_tensor(op, "out", &a->out, be, 4, HAE_FLOATS));
-    HAE_TRY(check_cache(op, "k_cache", &a->k_cache, &a->q, be));
-    HAE_TRY(check_cache(op, "v_cache", &a->v_cache, &a->q, be));
-    for (int i = 0; i < 4; i++)
-        if (a->out.shape[i] != a->q.shape[i]) return hae_shape_mismatch(op, "out must match q", &a->q, &a->out);
-    for (int i = 0; i < 4; i++)
-        if (a->k_cache.shape[i] != a->v_cache.shape[i])
-            return hae_shape_mismatch(op, "k_cache and v_cache differ", &a->k_cache, &a->v_cache);
-    if (a->k_cache.dtype != a->v_cache.dtype)
-        return hae_shape_mismatch(op, "k_cache and v_cache differ in dtype", &a->k_cache, &a->v_cache);
-    int64_t Hq = a->q.shape[2], Hkv = a->k_cache.shape[2], T = a->q.shape[1], cap = a->k_cache.shape[1];
-    if (Hkv < 1 || Hq % Hkv) return hae_shape_mismatch(op, "q heads must be a multiple of kv heads", &a->q, &a->k_cache);
+    HAE_TRY(check_qkv(op, be, &a->q, &a->k_cache, &a->v_cache, &a->out));
+    const int64_t T = a->q.shape[1], cap = a->k_cache.shape[1];
     if (a->pos0 < 0 || a->window < 0)
         return hae_error(HAE_ERR_INVALID, "%s: pos0 %lld and window %lld must be >= 0", op, (long long)a->pos0,
                          (long long)a->window);
@@ -203,22 +209,10 @@ hae_status hae_attention(hae_backend *be, const hae_attention_args *a) {
 
 hae_status hae_sparse_attention(hae_backend *be, const hae_sparse_attention_args *a) {
     const char *op = "hae_sparse_attention";
-    HAE_TRY(hae_check_tensor(op, "q", &a->q, be, 4, HAE_FLOATS));
-    HAE_TRY(hae_check_tensor(op, "out", &a->out, be, 4, HAE_FLOATS));
-    HAE_TRY(check_cache(op, "k_cache", &a->k_cache, &a->q, be));
-    HAE_TRY(check_cache(op, "v_cache", &a->v_cache, &a->q, be));
+    HAE_TRY(check_qkv(op, be, &a->q, &a->k_cache, &a->v_cache, &a->out));
     HAE_TRY(hae_check_tensor(op, "idx", &a->idx, be, 3, HAE_DTM(HAE_I32)));
     HAE_TRY(hae_check_tensor(op, "seq_lens", &a->seq_lens, be, 1, HAE_DTM(HAE_I32)));
-    const int64_t B = a->q.shape[0], T = a->q.shape[1], Hq = a->q.shape[2], Hkv = a->k_cache.shape[2];
-    const int64_t cap = a->k_cache.shape[1];
-    for (int i = 0; i < 4; i++)
-        if (a->out.shape[i] != a->q.shape[i]) return hae_shape_mismatch(op, "out must match q", &a->q, &a->out);
-    for (int i = 0; i < 4; i++)
-        if (a->k_cache.shape[i] != a->v_cache.shape[i])
-            return hae_shape_mismatch(op, "k_cache and v_cache differ", &a->k_cache, &a->v_cache);
-    if (a->k_cache.dtype != a->v_cache.dtype)
-        return hae_shape_mismatch(op, "k_cache and v_cache differ in dtype", &a->k_cache, &a->v_cache);
-    if (Hkv < 1 || Hq % Hkv) return hae_shape_mismatch(op, "q heads must be a multiple of kv heads", &a->q, &a->k_cache);
+    const int64_t B = a->q.shape[0], T = a->q.shape[1], Hq = a->q.shape[2], cap = a->k_cache.shape[1];
     if (a->idx.shape[0] != B || a->idx.shape[1] != T || a->idx.shape[2] < 1)
         return hae_shape_mismatch(op, "idx must be [B, T, k] with k >= 1", &a->q, &a->idx);
     if (a->seq_lens.shape[0] != B) return hae_shape_mismatch(op, "seq_lens must be [B]", &a->q, &a->seq_lens);
