@@ -89,6 +89,8 @@ HAE_CPU_IMPL(sparse_attention)
 #undef HAE_CPU_IMPL
 /* Workspace of the CUDA linear_attn for arguments already checked by hae_linear_attn_workspace. */
 size_t hae_linear_attn_workspace_cuda(const hae_linear_attn_args *a);
+/* Why the CUDA linear_attn cannot run these head dims and chunk size, or NULL when it can. */
+const char *hae_linear_attn_cuda_unsupported(int64_t K, int64_t V, int chunk);
 
 /* Argument checks shared by the op entry points (engine/ops.c): t has `ndim` dims, a dtype in the
  * mask `dtypes` (bit 1 << dtype), lives on be's device, and is dense inside a row. */

@@ -514,6 +514,19 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
         return dims;
     }
 
+#ifdef HAE_HAVE_CUDA
+    const char *why = m->has_linear && hae_backend_device(be) == HAE_CUDA
+                          ? hae_linear_attn_cuda_unsupported(m->LK, m->LV, (int)cfg->model.linear_attn.chunk_size)
+                          : NULL;
+    if (why) {
+        long long k = (long long)m->LK, v = (long long)m->LV, c = (long long)cfg->model.linear_attn.chunk_size;
+        free(m);
+        return hae_error(HAE_ERR_UNSUPPORTED,
+                         "model: the CUDA linear layers cannot run head_dim %lld, head_v_dim %lld, chunk_size %lld: %s "
+                         "(model.linear_attn; the CPU backend runs any)",
+                         k, v, c, why);
+    }
+#endif
     if (m->has_dsa && hae_backend_device(be) == HAE_CUDA) {
         free(m);
         return hae_error(HAE_ERR_UNSUPPORTED, "model: dsa layers run on the CPU only so far (the indexer, top-k and "

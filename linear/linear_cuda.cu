@@ -959,6 +959,12 @@ __global__ void __launch_bounds__(kNormThreads)
 
 } // namespace
 
+extern "C" const char *hae_linear_attn_cuda_unsupported(int64_t K, int64_t V, int chunk) {
+    if ((K != 64 && K != 128) || (V != 64 && V != 128)) return "K and V must be 64 or 128";
+    if (chunk != 0 && chunk != kC) return "the chunked form supports chunk 64 only";
+    return nullptr;
+}
+
 extern "C" size_t hae_linear_attn_workspace_cuda(const hae_linear_attn_args *a) {
     if (a->chunk == 0) return 0;
     const int64_t B = a->q.shape[0], T = a->q.shape[1], K = a->q.shape[3];
@@ -974,8 +980,8 @@ extern "C" size_t hae_linear_attn_workspace_cuda(const hae_linear_attn_args *a) 
 extern "C" hae_status hae_linear_attn_cuda(hae_backend *be, const hae_linear_attn_args *a) {
     const int64_t K = a->q.shape[3], V = a->v.shape[3], HV = a->v.shape[2];
     const int64_t N = a->state.shape[0];
-    if ((K != 64 && K != 128) || (V != 64 && V != 128)) return lin_unsupported(a, "K and V must be 64 or 128");
-    if (a->chunk != 0 && a->chunk != kC) return lin_unsupported(a, "the chunked form supports chunk 64 only");
+    const char *why = hae_linear_attn_cuda_unsupported(K, V, a->chunk);
+    if (why) return lin_unsupported(a, why);
     if (N > 65535 || HV > 65535) return lin_unsupported(a, "more than 65535 sequences or value heads");
     if ((uintptr_t)a->state.data % 16) return lin_unsupported(a, "the state must be 16-byte aligned");
     if (a->chunk != 0) {

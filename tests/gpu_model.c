@@ -115,15 +115,25 @@ Test(gpu_model, weights_roundtrip_between_backends) {
     hae_backend_destroy(cpu), hae_backend_destroy(gpu);
 }
 
-Test(gpu_model, dsa_is_refused_until_its_kernels_exist) {
-    hae_config cfg;
-    const char *sets[] = {"model.layer_pattern=[kda, dsa]"};
-    cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", sets, 1, &cfg), HAE_OK, "%s", hae_last_error());
+/* What the CUDA kernels do not run is refused when the model is made, before any allocation. */
+Test(gpu_model, unsupported_layers_are_refused_up_front) {
+    static const struct {
+        const char *set, *want;
+    } cases[] = {
+        {"model.layer_pattern=[kda, dsa]", "dsa layers run on the CPU only"},
+        {"model.linear_attn.chunk_size=32", "chunk_size 32"},
+        {"model.linear_attn.head_dim=96", "head_dim 96"},
+    };
     hae_backend *gpu = NULL;
     cr_assert_eq(hae_backend_create(HAE_CUDA, 0, &gpu), HAE_OK, "%s", hae_last_error());
-    hae_model *m = NULL;
-    cr_expect_eq(hae_model_create(&cfg, gpu, NULL, &m), HAE_ERR_UNSUPPORTED);
-    cr_expect(strstr(hae_last_error(), "dsa layers run on the CPU only"), "%s", hae_last_error());
-    cr_expect_null(m);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *sets[] = {"model.layer_pattern=[kda, full]", cases[i].set};
+        hae_config cfg;
+        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", sets, 2, &cfg), HAE_OK, "%s", hae_last_error());
+        hae_model *m = NULL;
+        cr_expect_eq(hae_model_create(&cfg, gpu, NULL, &m), HAE_ERR_UNSUPPORTED, "%s", cases[i].set);
+        cr_expect(strstr(hae_last_error(), cases[i].want), "%s: %s", cases[i].set, hae_last_error());
+        cr_expect_null(m);
+    }
     hae_backend_destroy(gpu);
 }
