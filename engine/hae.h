@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h> /* FILE, for hae_probe_report */
 
 #ifdef __cplusplus
 extern "C" {
@@ -647,6 +648,149 @@ typedef struct hae_model_stats {
 } hae_model_stats;
 void hae_model_stats_get(const hae_model *m, hae_model_stats *s);
 hae_backend *hae_model_backend(const hae_model *m);
+
+/* ---------------------------------------------------------------- eval: recall tasks and mechanism probes (eval/)
+ * DESIGN.md §3. Seeded generators of recall tasks whose answers are known by construction, and probes
+ * that write the same tasks directly as keys and values into one layer kind's real ops (no weights).
+ *
+ * Token layout, shared by every task (f = HAE_TOK_FIRST + noise_vocab):
+ *     0 PAD (filler carrying nothing), 1 BOS, 2 QUERY, 3 LINK, 4 LIST, 5 NEEDLE, 6-7 reserved
+ *     [HAE_TOK_FIRST, f)            noise tokens (the filler; PAD when noise_vocab is 0)
+ *     mqar, niah:  keys [f, f + n), values [f + n, f + 2 n), n = (vocab - f) / 2
+ *     multihop:    variables [f, vocab) (both the keys and the values)
+ * Sequences: BOS, the context (blocks at uniformly random positions among filler), then the questions,
+ * each followed by its answers teacher-forced, so a model is scored on its next-token prediction at
+ * query_pos[i] + j for the j-th answer of question i:
+ *     mqar      context of "k v" pairs;             questions "QUERY k" -> v (the latest value written to k)
+ *     multihop  context of "LINK a_i a_i+1" links;  "QUERY a0" -> aH (follow the chain), or
+ *                                                   "LIST a0" -> a1 ... aH (every variable holding a0's value)
+ *     niah      context of "NEEDLE k v" needles;    "QUERY k" -> v
+ * Arguments left 0 take the default their comment gives. */
+
+enum { HAE_TOK_PAD, HAE_TOK_BOS, HAE_TOK_QUERY, HAE_TOK_LINK, HAE_TOK_LIST, HAE_TOK_NEEDLE, HAE_TOK_FIRST = 8 };
+
+typedef enum hae_task_kind { HAE_TASK_MQAR, HAE_TASK_MULTIHOP, HAE_TASK_NIAH, HAE_TASK_KIND_COUNT } hae_task_kind;
+const char *hae_task_kind_name(hae_task_kind k); /* "mqar", "multihop", "niah" */
+
+/* Zoology's multi-query associative recall. */
+typedef struct hae_mqar_args {
+    int64_t length;      /* tokens in all, >= 64 */
+    int64_t vocab;       /* token ids in [0, vocab) */
+    int64_t pairs;       /* key/value pairs written, >= 1; values are distinct */
+    int64_t queries;     /* pairs asked (at most one question per key); 0: every key written */
+    float power;         /* which pairs are asked: 0 uniform, > 0 P(pair) ~ distance^-power (distance from
+                            the pair to the end of the context), favouring recent pairs */
+    int64_t noise_vocab; /* distinct noise tokens filling the context; 0: PAD */
+    bool dup_keys;       /* keys drawn with replacement (a later pair overwrites); else all distinct */
+    uint64_t seed;
+} hae_mqar_args;
+
+typedef enum hae_hops_form { HAE_HOPS_FOLLOW, HAE_HOPS_LIST } hae_hops_form;
+
+/* RULER-style variable tracking: chains a0 -> a1 -> ... -> aH of distinct variables. */
+typedef struct hae_multihop_args {
+    int64_t length;      /* >= 64 */
+    int64_t vocab;
+    int hops;            /* H >= 1 links per chain */
+    int64_t chains;      /* chains written, >= 1; those not asked are distractors */
+    int64_t queries;     /* chains asked; 0: every chain */
+    hae_hops_form form;
+    bool shuffle;        /* a chain's links in any order; else in hop order, as variable tracking writes them */
+    int64_t noise_vocab; /* 0: PAD filler */
+    uint64_t seed;
+} hae_multihop_args;
+
+/* Needles in a haystack: one (single) or several keys (multi-key: the unasked needles are decoys). */
+typedef struct hae_niah_args {
+    int64_t length; /* >= 64 */
+    int64_t vocab;
+    int64_t needles;     /* >= 1, distinct keys and values */
+    int64_t queries;     /* needles asked; 0: every needle */
+    int64_t noise_vocab; /* 0: PAD filler */
+    uint64_t seed;
+} hae_niah_args;
+
+/* A generated task; every array is owned by the task (hae_task_free). */
+typedef struct hae_task {
+    hae_task_kind kind;
+    int64_t vocab;
+    int64_t n_tokens;
+    int32_t *tokens;     /* [n_tokens] */
+    int64_t context;     /* tokens before the first question */
+    int32_t noise_lo, noise_hi, key_lo, key_hi, value_lo, value_hi; /* the layout's ranges, [lo, hi) */
+    int64_t n_pairs;     /* associations the context writes, in position order */
+    int64_t *pair_pos;   /* [n_pairs] position of the key token (k, a_i) */
+    int32_t *pair_key;   /* [n_pairs] */
+    int32_t *pair_value; /* [n_pairs] */
+    int hops;            /* lookups from a question's key to its last answer (1 but for multihop) */
+    int64_t n_queries;
+    int64_t *query_pos;  /* [n_queries] position of the asked key (k, a0) */
+    int32_t *query_key;  /* [n_queries] */
+    int64_t *answer_off; /* [n_queries + 1] question i's answers are answers[answer_off[i] .. answer_off[i+1]) */
+    int32_t *answers;    /* the last answer_off[i+1] - answer_off[i] of its hops lookups, in hop order */
+} hae_task;
+
+hae_status hae_task_mqar(const hae_mqar_args *a, hae_task **out);
+hae_status hae_task_multihop(const hae_multihop_args *a, hae_task **out);
+hae_status hae_task_niah(const hae_niah_args *a, hae_task **out);
+void hae_task_free(hae_task *t); /* accepts NULL */
+
+/* Mechanism probes. Every token id gets a key code (K dims) and a value code (V dims): key and variable
+ * tokens random unit vectors, noise tokens too, PAD, BOS and markers zero. The context's position t
+ * writes (key code, value code) of the pair whose key sits at t, of the noise token at t (paired with
+ * a value token's code chosen by its id), or nothing (zero vectors). Then each question's key code is
+ * the query; the output is decoded to the value token whose code has the largest dot product (none
+ * for a zero output), which is fed back as the next query for multi-hop. Per kind:
+ *   full      hae_attention over a KV cache of the context (q, k, v of dim max(K, V), zero padded);
+ *   dsa       the FP8 lightning indexer over the same keys (one head, D_I = 128: Hadamard, hae_fp8_quant,
+ *             hae_index_write, hae_index_logits, hae_topk), then hae_sparse_attention over the top-k;
+ *             or a bf16 / f32 ranking (hae_gemm on the rotated keys, no ReLU: it only reorders negative
+ *             scores) in place of the FP8 logits, to isolate the FP8 effect;
+ *   linear    the kind's recurrence (hae_linear_kind_of) through hae_linear_attn over the context with
+ *   kinds     scale 1, then a read-only call (zero keys and values, no decay) answering every question
+ *             from the final state S: o = S^T map(q). */
+typedef enum hae_value_code { HAE_CODE_RANDOM, HAE_CODE_ONEHOT } hae_value_code;
+
+typedef struct hae_probe_args {
+    hae_layer_kind kind;   /* full, dsa or a linear kind */
+    int64_t K;             /* key dim (the linear state is K x V) */
+    int64_t V;             /* value dim */
+    hae_value_code values; /* random unit codes, or one-hot (needs V >= the task's value tokens) */
+    bool orthogonal;       /* the keys the context writes orthonormal (needs their count, + 1 if key_cos > 0, <= K) */
+    double key_cos;        /* in [0, 1): cosine between any two key tokens' codes (decoys near each true key) */
+    float scale;           /* full, dsa: softmax scale on unit keys */
+    int64_t topk;          /* dsa: tokens each query attends to */
+    hae_dtype index_dtype; /* dsa: fp8-e4m3 (the real indexer), bf16 or f32 ranking */
+    float log_decay;       /* decaying linear kinds: log decay per token, <= 0; 0: no forgetting (run as decay none) */
+    float beta_logit;      /* delta kinds: beta = sigmoid(beta_logit) for every write */
+    bool kind_qk_map;      /* linear kinds: the kind's own q/k map (elu+1 for linear), else the L2 norm */
+    int chunk;             /* linear kinds: 0 recurrent, or 16, 32, 64, 128 tokens per chunk */
+    uint64_t seed;         /* of the codes */
+} hae_probe_args;
+/* K = V = 64, random codes, scale 32, top-k 64, fp8, log_decay 0, beta_logit 40 (writes fully), chunk 64. */
+hae_probe_args hae_probe_defaults(hae_layer_kind kind);
+
+typedef struct hae_probe_result {
+    hae_layer_kind kind;
+    hae_task_kind task;
+    int64_t context;       /* tokens written */
+    int64_t pairs;         /* associations among them */
+    int hops;
+    int64_t K, V;
+    int64_t topk;          /* dsa; 0 otherwise */
+    hae_dtype index_dtype; /* dsa */
+    double key_cos;
+    float log_decay;       /* linear kinds */
+    hae_qk_map qk_map;     /* linear kinds */
+    int64_t queries;
+    int64_t correct;       /* questions whose every answer decoded exactly */
+    double recall;         /* correct / queries */
+} hae_probe_result;
+
+/* One probe run of `task` on be (any backend the kind's ops support). */
+hae_status hae_probe_run(hae_backend *be, const hae_probe_args *p, const hae_task *task, hae_probe_result *out);
+/* Writes n results as a markdown table and/or JSONL lines (either FILE may be NULL); HAE_ERR_IO if a write fails. */
+hae_status hae_probe_report(const hae_probe_result *r, int64_t n, FILE *markdown, FILE *jsonl);
 
 #ifdef __cplusplus
 }
