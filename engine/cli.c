@@ -1,4 +1,4 @@
-/* The `hae` command line: run, info. Results go to stdout, progress to stderr. */
+/* The `hae` command line: run, info, eval. Results go to stdout, progress to stderr. */
 #include "internal.h"
 
 #include <errno.h>
@@ -18,6 +18,7 @@ static const char *usage_main =
     "commands:\n"
     "  run  [CONFIG]   prefill + decode on random tokens; prints speed and memory, writes a run directory\n"
     "  info [CONFIG]   the resolved stack, parameters and KV bytes, next to its full-attention twin\n"
+    "  eval --probe    recall of each layer kind's real ops on mqar, multi-hop and needle tasks (no weights)\n"
     "\n"
     "CONFIG is a YAML file (configs/*.yaml); without one, the built-in default (configs/default.yaml).\n"
     "`hae COMMAND --help` lists a command's options; docs/config.md lists every config key.\n";
@@ -504,6 +505,490 @@ static int cmd_run(int argc, char **argv) {
     return failed ? 1 : 0;
 }
 
+/* ---------------------------------------------------------------- eval --probe */
+
+static const char *usage_eval =
+    "usage: hae eval --probe [options]\n"
+    "\n"
+    "Mechanism probes (DESIGN.md section 3, eval/README.md): each task is written directly as keys and values\n"
+    "into one layer kind's real ops, no trained weights. Every token gets a random unit key code and value\n"
+    "code; a question's output is decoded to the nearest value code, and multi-hop feeds the decoded token\n"
+    "back as the next query. Runs the grid kinds x pairs x hops x K x top-k x lengths, each point over\n"
+    "--seeds seeds, and reports recall: questions whose every answer decoded exactly / questions asked.\n"
+    "\n"
+    "options (LIST: comma-separated values, one grid axis each):\n"
+    "  --probe            run the mechanism probes (required: the only eval built so far)\n"
+    "  --kinds LIST       layer kinds, any of full, dsa, kda, gdn, deltanet, gla, mamba2, retnet, linear\n"
+    "                     (default: all nine; swa is not probed)\n"
+    "  --task T           mqar | multihop | niah (default mqar)\n"
+    "  --lengths LIST     tokens per task, 64 .. 2^31-1 (default 256,1024,4096); the table's context is the\n"
+    "                     tokens before the questions\n"
+    "  --pairs LIST       associations stored, >= 1 (default 32): mqar key/value pairs; multihop links, as\n"
+    "                     pairs/hops chains of hops links each; niah needles (the unasked ones are decoys)\n"
+    "  --hops LIST        multihop only: links per chain, 1 .. 1024 (default 1,2,4)\n"
+    "  --K LIST           key dim = value dim, 1 .. 4096, the linear state is K x K; dsa: <= 128 (default 64)\n"
+    "  --topk LIST        dsa: tokens each question attends to, >= 1 (default 64)\n"
+    "  --index-dtype D    dsa: fp8 (the FP8 e4m3 lightning indexer) | bf16 | f32 ranking (default fp8)\n"
+    "  --key-cos C        cosine between any two key codes, in [0, 1) (default 0: independent random keys)\n"
+    "  --log-decay X      decaying linear kinds: log decay per token, <= 0 (default 0: no forgetting)\n"
+    "  --orthogonal       the keys the context writes orthonormal (their count, + 1 with --key-cos, <= K)\n"
+    "  --vocab N          token ids, 16 .. 2^31-1 (default 1024); must leave room for the pairs' keys and values\n"
+    "  --noise N          distinct noise tokens filling the context, each writing its own key, >= 0 (default 64;\n"
+    "                     0: PAD filler, which writes nothing)\n"
+    "  --seeds N          repeats with task and code seeds 1..N, recall pooled over them, 1 .. 10000 (default 2)\n"
+    "  --backend B        cpu | cuda | auto (default cpu); a point the backend cannot run is an error row\n"
+    "  --out DIR          run directory (default runs/probe-YYYYmmdd-HHMMSS)\n"
+    "\n"
+    "Fixed: V = K, random unit value codes, softmax scale 32 on unit keys (full, dsa), beta = 1 (delta kinds),\n"
+    "L2-normalised q/k and chunk 64 (linear kinds), every stored key asked once.\n"
+    "\n"
+    "prints: the markdown table on stdout, a line per grid point on stderr (HAE_NO_PROGRESS=1 silences it)\n"
+    "writes: results.md (the command and the table), metrics.jsonl (a JSON line per point), results.csv (a row\n"
+    "        per point: every knob, context, stored pairs, queries, correct, recall, error), env.json\n"
+    "exit status: 0 when every point ran; 1 on a bad value (then nothing is written) or a failed point\n";
+
+#define MAX_LIST 64
+#define MAX_POINTS 100000
+
+typedef struct {
+    int64_t v[MAX_LIST];
+    int n;
+} int_list;
+
+typedef struct {
+    hae_layer_kind kinds[MAX_LIST];
+    int n_kinds;
+    hae_task_kind task;
+    int_list lengths, pairs, hops, K, topk;
+    hae_dtype index_dtype;
+    double key_cos;
+    float log_decay;
+    bool orthogonal, hops_set;
+    int64_t vocab, noise, seeds;
+    hae_backend_choice backend;
+    const char *out_dir;
+} eval_options;
+
+/* One grid point; its recall is pooled over the seeds. */
+typedef struct {
+    hae_layer_kind kind;
+    int64_t length, pairs, hops, K, topk; /* hops 1 but for multihop, topk 0 but for dsa */
+} probe_point;
+
+static const char *probe_kinds = "full, dsa, kda, gdn, deltanet, gla, mamba2, retnet, linear";
+
+/* A whole number in [lo, hi], or one error line naming the flag and the text. */
+static bool parse_int(const char *flag, const char *text, int64_t lo, int64_t hi, int64_t *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (end == text || *end || errno) return fprintf(stderr, "hae: %s '%s': not a whole number\n", flag, text), false;
+    if (v < lo || v > hi)
+        return fprintf(stderr, "hae: %s %lld: must be in [%lld, %lld]\n", flag, v, (long long)lo, (long long)hi), false;
+    *out = v;
+    return true;
+}
+
+static bool parse_real(const char *flag, const char *text, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (end == text || *end || errno || !isfinite(v))
+        return fprintf(stderr, "hae: %s '%s': not a finite number\n", flag, text), false;
+    *out = v;
+    return true;
+}
+
+/* Splits a comma-separated list into items of at most 63 characters, none empty. */
+static int split_list(const char *flag, const char *text, char items[MAX_LIST][64]) {
+    if (!text[0]) return fprintf(stderr, "hae: %s '': an empty list\n", flag), -1;
+    int n = 0;
+    for (const char *p = text;; n++) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (!len) return fprintf(stderr, "hae: %s '%s': an empty item\n", flag, text), -1;
+        if (n == MAX_LIST) return fprintf(stderr, "hae: %s '%s': more than %d items\n", flag, text, MAX_LIST), -1;
+        if (len >= 64) return fprintf(stderr, "hae: %s '%.*s': not a value\n", flag, (int)len, p), -1;
+        memcpy(items[n], p, len);
+        items[n][len] = '\0';
+        if (!e) return n + 1;
+        p = e + 1;
+    }
+}
+
+static bool parse_list(const char *flag, const char *text, int64_t lo, int64_t hi, int_list *l) {
+    char items[MAX_LIST][64];
+    int n = split_list(flag, text, items);
+    if (n < 0) return false;
+    for (int i = 0; i < n; i++)
+        if (!parse_int(flag, items[i], lo, hi, &l->v[i])) return false;
+    l->n = n;
+    return true;
+}
+
+static bool parse_kinds(const char *text, eval_options *o) {
+    char items[MAX_LIST][64];
+    int n = split_list("--kinds", text, items);
+    if (n < 0) return false;
+    for (int i = 0; i < n; i++) {
+        int k = 0;
+        while (k < HAE_LAYER_KIND_COUNT && strcmp(items[i], hae_layer_kind_name((hae_layer_kind)k))) k++;
+        if (k == HAE_LAYER_KIND_COUNT)
+            return fprintf(stderr, "hae: --kinds %s: unknown layer kind (probed: %s)\n", items[i], probe_kinds), false;
+        o->kinds[i] = (hae_layer_kind)k;
+    }
+    o->n_kinds = n;
+    return true;
+}
+
+/* The index of text among the n names, or -1 after an error line. */
+static int parse_choice(const char *flag, const char *text, const char *const *names, int n) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(text, names[i])) return i;
+    fprintf(stderr, "hae: %s '%s': expected", flag, text);
+    for (int i = 0; i < n; i++) fprintf(stderr, "%s %s", i ? (i == n - 1 ? " or" : ",") : "", names[i]);
+    fputc('\n', stderr);
+    return -1;
+}
+
+static bool eval_value(const char *a, const char *val, eval_options *o) {
+    static const char *const tasks[] = {"mqar", "multihop", "niah"}, *const dtypes[] = {"fp8", "bf16", "f32"},
+                             *const backends[] = {"auto", "cpu", "cuda"};
+    static const hae_dtype dtype_of[] = {HAE_FP8_E4M3, HAE_BF16, HAE_F32};
+    int c;
+    double x;
+    if (!strcmp(a, "--kinds")) return parse_kinds(val, o);
+    if (!strcmp(a, "--lengths")) return parse_list(a, val, 64, INT32_MAX, &o->lengths);
+    if (!strcmp(a, "--pairs")) return parse_list(a, val, 1, INT32_MAX, &o->pairs);
+    if (!strcmp(a, "--hops")) return o->hops_set = true, parse_list(a, val, 1, 1024, &o->hops);
+    if (!strcmp(a, "--K")) return parse_list(a, val, 1, 4096, &o->K);
+    if (!strcmp(a, "--topk")) return parse_list(a, val, 1, INT32_MAX, &o->topk);
+    if (!strcmp(a, "--vocab")) return parse_int(a, val, 16, INT32_MAX, &o->vocab);
+    if (!strcmp(a, "--noise")) return parse_int(a, val, 0, INT32_MAX, &o->noise);
+    if (!strcmp(a, "--seeds")) return parse_int(a, val, 1, 10000, &o->seeds);
+    if (!strcmp(a, "--out")) return o->out_dir = val, true;
+    if (!strcmp(a, "--task")) return (c = parse_choice(a, val, tasks, 3)) >= 0 && (o->task = (hae_task_kind)c, true);
+    if (!strcmp(a, "--index-dtype"))
+        return (c = parse_choice(a, val, dtypes, 3)) >= 0 && (o->index_dtype = dtype_of[c], true);
+    if (!strcmp(a, "--backend"))
+        return (c = parse_choice(a, val, backends, 3)) >= 0 && (o->backend = (hae_backend_choice)c, true);
+    if (!strcmp(a, "--key-cos")) {
+        if (!parse_real(a, val, &x)) return false;
+        if (!(x >= 0 && x < 1)) return fprintf(stderr, "hae: --key-cos %g: must be in [0, 1)\n", x), false;
+        return o->key_cos = x, true;
+    }
+    HAE_ASSERT(!strcmp(a, "--log-decay")); /* the last flag eval_flag_takes_value names */
+    if (!parse_real(a, val, &x)) return false;
+    if (x > 0 || !isfinite((float)x)) return fprintf(stderr, "hae: --log-decay %g: must be <= 0 (0: no forgetting)\n", x), false;
+    return o->log_decay = (float)x, true;
+}
+
+static bool eval_flag_takes_value(const char *a) {
+    static const char *const flags[] = {"--kinds", "--lengths", "--pairs", "--hops",  "--K",     "--topk",
+                                        "--vocab", "--noise",   "--seeds", "--out",   "--task",  "--index-dtype",
+                                        "--backend", "--key-cos", "--log-decay"};
+    for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
+        if (!strcmp(a, flags[i])) return true;
+    return false;
+}
+
+/* Parses argv after `eval`; returns 0 ok, 1 error, 2 help printed. */
+static int parse_eval(int argc, char **argv, eval_options *o) {
+    *o = (eval_options){.n_kinds = 9, .kinds = {HAE_LAYER_FULL, HAE_LAYER_DSA, HAE_LAYER_KDA, HAE_LAYER_GDN,
+                                                HAE_LAYER_DELTANET, HAE_LAYER_GLA, HAE_LAYER_MAMBA2, HAE_LAYER_RETNET,
+                                                HAE_LAYER_LINEAR},
+                        .task = HAE_TASK_MQAR, .lengths = {{256, 1024, 4096}, 3}, .pairs = {{32}, 1},
+                        .hops = {{1, 2, 4}, 3}, .K = {{64}, 1}, .topk = {{64}, 1}, .index_dtype = HAE_FP8_E4M3,
+                        .vocab = 1024, .noise = 64, .seeds = 2, .backend = HAE_BACKEND_CPU};
+    bool probe = false;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage_eval, stdout);
+            return 2;
+        } else if (!strcmp(a, "--probe")) {
+            probe = true;
+        } else if (!strcmp(a, "--orthogonal")) {
+            o->orthogonal = true;
+        } else if (eval_flag_takes_value(a)) {
+            /* "--K --out x" is a forgotten value, not the value "--out" (a negative number has one dash) */
+            if (i + 1 == argc || !strncmp(argv[i + 1], "--", 2))
+                return fprintf(stderr, "hae: %s needs a value (see hae eval --help)\n", a), 1;
+            if (!eval_value(a, argv[++i], o)) return 1;
+        } else {
+            fprintf(stderr, "hae: unknown eval argument '%s' (see hae eval --help)\n", a);
+            return 1;
+        }
+    }
+    if (!probe) return fprintf(stderr, "hae: eval needs --probe, the only eval built so far (see hae eval --help)\n"), 1;
+    if (o->hops_set && o->task != HAE_TASK_MULTIHOP)
+        return fprintf(stderr, "hae: --hops applies to --task multihop, not %s\n", hae_task_kind_name(o->task)), 1;
+    if (o->task != HAE_TASK_MULTIHOP) o->hops = (int_list){{1}, 1};
+    return 0;
+}
+
+/* The point's task with this seed: `pairs` associations, as pairs / hops chains for multihop. */
+static hae_status make_task(const eval_options *o, const probe_point *pt, uint64_t seed, hae_task **t) {
+    if (o->task == HAE_TASK_MULTIHOP)
+        return hae_task_multihop(&(hae_multihop_args){.length = pt->length, .vocab = o->vocab, .hops = (int)pt->hops,
+                                                      .chains = pt->pairs / pt->hops, .noise_vocab = o->noise,
+                                                      .seed = seed},
+                                 t);
+    if (o->task == HAE_TASK_NIAH)
+        return hae_task_niah(&(hae_niah_args){.length = pt->length, .vocab = o->vocab, .needles = pt->pairs,
+                                              .noise_vocab = o->noise, .seed = seed},
+                             t);
+    return hae_task_mqar(&(hae_mqar_args){.length = pt->length, .vocab = o->vocab, .pairs = pt->pairs,
+                                          .noise_vocab = o->noise, .seed = seed},
+                         t);
+}
+
+static hae_probe_args point_args(const eval_options *o, const probe_point *pt, uint64_t seed) {
+    hae_probe_args p = hae_probe_defaults(pt->kind);
+    p.K = p.V = pt->K;
+    if (pt->topk) p.topk = pt->topk;
+    p.index_dtype = o->index_dtype, p.key_cos = o->key_cos, p.log_decay = o->log_decay, p.orthogonal = o->orthogonal;
+    p.seed = seed;
+    return p;
+}
+
+/* Every task of the grid is generated once (seed 1; the seed moves positions, not feasibility), so a
+ * length too short for its pairs, or a vocab too small, is refused before anything is written. */
+static bool check_tasks(const eval_options *o) {
+    for (int l = 0; l < o->lengths.n; l++)
+        for (int p = 0; p < o->pairs.n; p++)
+            for (int h = 0; h < o->hops.n; h++) {
+                probe_point pt = {.length = o->lengths.v[l], .pairs = o->pairs.v[p], .hops = o->hops.v[h]};
+                char hops[48] = "";
+                if (o->task == HAE_TASK_MULTIHOP) snprintf(hops, sizeof hops, " --hops %lld", (long long)pt.hops);
+                if (pt.pairs < pt.hops) {
+                    fprintf(stderr, "hae: --pairs %lld%s: multihop stores pairs / hops chains, so pairs must be >= hops\n",
+                            (long long)pt.pairs, hops);
+                    return false;
+                }
+                hae_task *t = NULL;
+                if (make_task(o, &pt, 1, &t) != HAE_OK) {
+                    fprintf(stderr, "hae: --task %s --lengths %lld --pairs %lld%s: %s\n", hae_task_kind_name(o->task),
+                            (long long)pt.length, (long long)pt.pairs, hops, hae_last_error());
+                    return false;
+                }
+                hae_task_free(t);
+            }
+    return true;
+}
+
+/* The probe's own argument checks (a kind it does not probe, K beyond dsa's indexer) answered on a
+ * one-pair task on the CPU, before anything is written; what only the chosen backend or a real task
+ * size can refuse becomes that point's error row. */
+static bool check_kinds(const eval_options *o) {
+    hae_backend *be = NULL;
+    hae_task *t = NULL;
+    bool ok = hae_backend_create(HAE_CPU, 1, &be) == HAE_OK &&
+              hae_task_mqar(&(hae_mqar_args){.length = 64, .vocab = 64, .pairs = 1, .seed = 1}, &t) == HAE_OK;
+    if (!ok) fprintf(stderr, "hae: eval: %s\n", hae_last_error());
+    for (int k = 0; ok && k < o->n_kinds; k++)
+        for (int d = 0; ok && d < o->K.n; d++) {
+            probe_point pt = {.kind = o->kinds[k], .K = o->K.v[d], .topk = o->topk.v[0]};
+            hae_probe_args p = point_args(o, &pt, 1);
+            hae_probe_result r;
+            ok = hae_probe_run(be, &p, t, &r) == HAE_OK;
+            if (!ok)
+                fprintf(stderr, "hae: --kinds %s --K %lld: %s\n", hae_layer_kind_name(pt.kind), (long long)pt.K,
+                        hae_last_error());
+        }
+    hae_task_free(t);
+    hae_backend_destroy(be);
+    return ok;
+}
+
+/* The grid, kind outermost and length innermost, so each kind's rows read as recall vs length. */
+static probe_point *make_grid(const eval_options *o, int64_t *n) {
+    int64_t count = 0;
+    for (int k = 0; k < o->n_kinds; k++)
+        count += (int64_t)o->pairs.n * o->hops.n * o->K.n * (o->kinds[k] == HAE_LAYER_DSA ? o->topk.n : 1) * o->lengths.n;
+    if (count > MAX_POINTS) return fprintf(stderr, "hae: a grid of %lld points (at most %d)\n", (long long)count, MAX_POINTS), NULL;
+    probe_point *g = malloc(sizeof *g * (size_t)count);
+    if (!g) return fprintf(stderr, "hae: out of memory\n"), NULL;
+    *n = 0;
+    for (int k = 0; k < o->n_kinds; k++) {
+        bool dsa = o->kinds[k] == HAE_LAYER_DSA;
+        for (int p = 0; p < o->pairs.n; p++)
+            for (int h = 0; h < o->hops.n; h++)
+                for (int d = 0; d < o->K.n; d++)
+                    for (int x = 0; x < (dsa ? o->topk.n : 1); x++)
+                        for (int l = 0; l < o->lengths.n; l++)
+                            g[(*n)++] = (probe_point){o->kinds[k], o->lengths.v[l], o->pairs.v[p], o->hops.v[h],
+                                                      o->K.v[d], dsa ? o->topk.v[x] : 0};
+    }
+    return g;
+}
+
+/* The point over seeds 1..N: task and codes from seed s; queries and correct summed. */
+static hae_status run_point(hae_backend *be, const eval_options *o, const probe_point *pt, hae_probe_result *out) {
+    for (int64_t s = 1; s <= o->seeds; s++) {
+        hae_task *t = NULL;
+        hae_probe_args p = point_args(o, pt, (uint64_t)s);
+        hae_probe_result r;
+        hae_status st = make_task(o, pt, (uint64_t)s, &t);
+        if (st == HAE_OK) st = hae_probe_run(be, &p, t, &r);
+        hae_task_free(t);
+        HAE_TRY(st);
+        if (s == 1) *out = r, out->queries = out->correct = 0;
+        out->queries += r.queries, out->correct += r.correct;
+    }
+    out->recall = (double)out->correct / (double)out->queries;
+    return HAE_OK;
+}
+
+static void point_label(const eval_options *o, const probe_point *pt, char *buf, size_t n) {
+    int u = snprintf(buf, n, "%s %s length %lld pairs %lld", hae_layer_kind_name(pt->kind), hae_task_kind_name(o->task),
+                     (long long)pt->length, (long long)pt->pairs);
+    if (o->task == HAE_TASK_MULTIHOP) u += snprintf(buf + u, n - (size_t)u, " hops %lld", (long long)pt->hops);
+    u += snprintf(buf + u, n - (size_t)u, " K %lld", (long long)pt->K);
+    if (pt->topk) snprintf(buf + u, n - (size_t)u, " top-k %lld", (long long)pt->topk);
+}
+
+static void csv_header(FILE *f) {
+    fputs("kind,task,length,pairs,hops,K,V,topk,index_dtype,key_cos,log_decay,orthogonal,vocab,noise,seeds,backend,"
+          "context,stored_pairs,queries,correct,recall,error\n", f);
+}
+
+/* One row: the knobs (empty where they do not apply to the kind), then the result or the error. */
+static void csv_row(FILE *f, const eval_options *o, const probe_point *pt, hae_device dev, const hae_probe_result *r,
+                    const char *error) {
+    bool dsa = pt->kind == HAE_LAYER_DSA, lin = hae_linear_kind_of(pt->kind, &(hae_linear_kind){0});
+    fprintf(f, "%s,%s,%lld,%lld,%lld,%lld,%lld,", hae_layer_kind_name(pt->kind), hae_task_kind_name(o->task),
+            (long long)pt->length, (long long)pt->pairs, (long long)pt->hops, (long long)pt->K, (long long)pt->K);
+    if (dsa) fprintf(f, "%lld,%s", (long long)pt->topk, hae_dtype_name(o->index_dtype));
+    else fputc(',', f);
+    fprintf(f, ",%.17g,", o->key_cos);
+    if (lin) fprintf(f, "%.7g", (double)o->log_decay);
+    fprintf(f, ",%d,%lld,%lld,%lld,%s,", o->orthogonal, (long long)o->vocab, (long long)o->noise, (long long)o->seeds,
+            dev == HAE_CUDA ? "cuda" : "cpu");
+    if (r) {
+        fprintf(f, "%lld,%lld,%lld,%lld,%.6f,\n", (long long)r->context, (long long)r->pairs, (long long)r->queries,
+                (long long)r->correct, r->recall);
+        return;
+    }
+    fputs(",,,,,\"", f);
+    for (const char *c = error; *c; c++) {
+        if (*c == '"') fputc('"', f); /* CSV doubles a quote inside a quoted field */
+        fputc(*c, f);
+    }
+    fputs("\"\n", f);
+}
+
+/* A line per point: redrawn in place on a terminal, appended otherwise. */
+static void probe_progress(const progress *pg, int64_t done, int64_t total, const char *label, const char *what) {
+    if (pg->quiet) return;
+    if (pg->tty) {
+        int width = 20, fill = (int)(width * done / total);
+        fprintf(stderr, "\r\033[K  probe [%.*s%*s] %lld/%lld  %s: %s", fill, "####################", width - fill, "",
+                (long long)done, (long long)total, label, what);
+        if (done == total) fputc('\n', stderr);
+    } else {
+        fprintf(stderr, "  probe %lld/%lld  %s: %s\n", (long long)done, (long long)total, label, what);
+    }
+}
+
+static FILE *open_in(const char *dir, const char *file) {
+    char path[2 * HAE_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    FILE *f = fopen(path, "w");
+    if (!f) hae_error(HAE_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+    return f;
+}
+
+/* results.md: the command that made it, the table, then the points that failed. */
+static hae_status write_results_md(const char *dir, int argc, char **argv, const hae_probe_result *res, int64_t n_ok,
+                                   const char *failures) {
+    FILE *f = open_in(dir, "results.md");
+    if (!f) return HAE_ERR_IO;
+    fputs("`hae eval", f);
+    for (int i = 0; i < argc; i++) fprintf(f, " %s", argv[i]);
+    fputs("`\n\n", f);
+    hae_status st = hae_probe_report(res, n_ok, f, NULL);
+    if (failures[0]) fprintf(f, "\nfailed:\n%s", failures);
+    if (fclose(f) && st == HAE_OK) st = hae_error(HAE_ERR_IO, "cannot write %s/results.md", dir);
+    return st;
+}
+
+/* Runs the grid on be into the open files; failures go to fails as "- label: error" lines. */
+static int64_t run_grid(hae_backend *be, const eval_options *o, const probe_point *grid, int64_t n,
+                        hae_probe_result *res, FILE *jsonl, FILE *csv, FILE *fails, int64_t *n_ok) {
+    progress pg = {isatty(2) != 0, getenv("HAE_NO_PROGRESS") != NULL, 0};
+    hae_device dev = hae_backend_device(be);
+    int64_t failed = 0;
+    *n_ok = 0;
+    for (int64_t i = 0; i < n; i++) {
+        char label[160], what[64] = "failed";
+        point_label(o, &grid[i], label, sizeof label);
+        double t0 = now_s();
+        if (run_point(be, o, &grid[i], &res[*n_ok]) == HAE_OK) {
+            csv_row(csv, o, &grid[i], dev, &res[*n_ok], NULL);
+            hae_probe_report(&res[*n_ok], 1, NULL, jsonl);
+            snprintf(what, sizeof what, "recall %.4f (%.2f s)", res[*n_ok].recall, now_s() - t0);
+            ++*n_ok;
+        } else {
+            csv_row(csv, o, &grid[i], dev, NULL, hae_last_error());
+            fprintf(fails, "- %s: %s\n", label, hae_last_error());
+            failed++;
+        }
+        /* a line per point in both files, so a long GPU sweep cut short keeps what ran */
+        fflush(csv), fflush(jsonl);
+        probe_progress(&pg, i + 1, n, label, what);
+    }
+    return failed;
+}
+
+static int cmd_eval(int argc, char **argv) {
+    eval_options o;
+    int r = parse_eval(argc, argv, &o);
+    if (r) return r == 2 ? 0 : 1;
+    int64_t n = 0;
+    probe_point *grid = NULL;
+    if (!check_tasks(&o) || !check_kinds(&o) || !(grid = make_grid(&o, &n))) return 1;
+    bool cuda = o.backend == HAE_BACKEND_CUDA || (o.backend == HAE_BACKEND_AUTO && hae_cuda_available());
+    hae_backend *be = NULL;
+    if (hae_backend_create(cuda ? HAE_CUDA : HAE_CPU, 0, &be) != HAE_OK)
+        return free(grid), fprintf(stderr, "hae: --backend %s: %s\n", cuda ? "cuda" : "cpu", hae_last_error()), 1;
+
+    char dir[HAE_PATH_MAX];
+    if (o.out_dir) {
+        snprintf(dir, sizeof dir, "%s", o.out_dir);
+    } else {
+        char stamp[32];
+        time_t now = time(NULL);
+        strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", localtime(&now));
+        snprintf(dir, sizeof dir, "runs/probe-%s", stamp);
+    }
+    hae_probe_result *res = malloc(sizeof *res * (size_t)n);
+    char *env = NULL, *failures = NULL;
+    size_t failures_len = 0;
+    FILE *jsonl = NULL, *csv = NULL, *fails = open_memstream(&failures, &failures_len);
+    hae_status st = res && fails ? HAE_OK : hae_error(HAE_ERR_OOM, "eval: out of host memory");
+    if (st == HAE_OK) st = mkdirs(dir);
+    if (st == HAE_OK && !(env = hae_env_json(be))) st = hae_error(HAE_ERR_OOM, "eval: out of host memory");
+    if (st == HAE_OK) st = write_text(dir, "env.json", env);
+    if (st == HAE_OK && (!(jsonl = open_in(dir, "metrics.jsonl")) || !(csv = open_in(dir, "results.csv")))) st = HAE_ERR_IO;
+    int64_t failed = 0, n_ok = 0;
+    if (st == HAE_OK) {
+        csv_header(csv);
+        failed = run_grid(be, &o, grid, n, res, jsonl, csv, fails, &n_ok);
+    }
+    if (jsonl && fclose(jsonl) && st == HAE_OK) st = hae_error(HAE_ERR_IO, "cannot write %s/metrics.jsonl", dir);
+    if (csv && fclose(csv) && st == HAE_OK) st = hae_error(HAE_ERR_IO, "cannot write %s/results.csv", dir);
+    if (fails) fclose(fails);
+    if (st == HAE_OK) st = write_results_md(dir, argc, argv, res, n_ok, failures);
+    if (st == HAE_OK) st = hae_probe_report(res, n_ok, stdout, NULL);
+    if (st != HAE_OK) fprintf(stderr, "hae: eval: %s\n", hae_last_error());
+    else fprintf(stderr, "%shae eval: %lld of %lld points ran on %s; results in %s\n", failures, (long long)n_ok,
+                 (long long)n, hae_backend_name(be), dir);
+    free(env), free(failures), free(res), free(grid);
+    hae_backend_destroy(be);
+    return st == HAE_OK && !failed ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         fputs(usage_main, argc < 2 ? stderr : stdout);
@@ -515,6 +1000,7 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "run")) return cmd_run(argc - 2, argv + 2);
     if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 2, argv + 2);
     fprintf(stderr, "hae: unknown command '%s'\n\n%s", argv[1], usage_main);
     return 1;
 }
