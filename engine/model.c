@@ -212,10 +212,8 @@ static void layout_linear(hae_model *m, carver *c, int64_t l, float std, float s
  * kv heads get seeded Gaussian maps of variance 1 / D_I (Johnson-Lindenstrauss): the same logits
  * approximately, plus cross terms between kv heads of mean zero. */
 static void layout_derived(hae_model *m, carver *c) {
-    if (!m->has_dsa) return;
-    const int64_t N = m->B * m->chunk;
-    m->ones = carve2(c, HAE_F32, N, m->HI);
-    if (!m->derived) return;
+    if (!m->has_dsa || !m->derived) return;
+    m->ones = carve2(c, HAE_F32, m->B * m->chunk, m->HI);
     m->pq = carve2(c, m->dt, m->HI * m->DI, m->Hq * m->Dh);
     m->pk = carve2(c, m->dt, m->DI, m->Hkv * m->Dh);
 }
@@ -335,7 +333,7 @@ static void layout_activations(hae_model *m, carver *c) {
     if (m->has_dsa) {
         m->qi = carve2(c, HAE_F32, N * m->HI, m->DI);
         m->ki = carve2(c, HAE_F32, N, m->DI);
-        m->wi = carve2(c, HAE_F32, N, m->HI);
+        if (!m->derived) m->wi = carve2(c, HAE_F32, N, m->HI); /* derived: unit weights, m->ones */
         m->q8 = carve2(c, HAE_FP8_E4M3, N * m->HI, m->DI);
         m->qs = carve2(c, HAE_F32, N * m->HI, m->DI / 128);
         m->k8 = carve2(c, HAE_FP8_E4M3, N, m->DI);
@@ -757,9 +755,8 @@ static hae_status init_dsa_constants(hae_model *m) {
     stage s;
     HAE_TRY(stage_alloc(&s));
     hae_status st = HAE_OK;
-    const hae_tensor *maps[3] = {&m->ones, m->derived ? &m->pq : NULL, m->derived ? &m->pk : NULL};
-    for (int k = 0; k < 3 && st == HAE_OK; k++) {
-        if (!maps[k]) continue;
+    const hae_tensor *maps[3] = {&m->ones, &m->pq, &m->pk};
+    for (int k = 0; k < 3 && st == HAE_OK && m->derived; k++) {
         const int64_t n = hae_tensor_numel(maps[k]), cols = maps[k]->shape[1];
         for (int64_t off = 0; off < n && st == HAE_OK; off += STAGE_ELEMS) {
             int64_t len = n - off < STAGE_ELEMS ? n - off : STAGE_ELEMS;
@@ -944,14 +941,13 @@ static hae_status dsa_select(hae_model *m, int64_t l, int64_t T) {
     HAE_TRY(hae_backend_upload(be, m->seq_lens.data, seqs, sizeof(int32_t) * (size_t)B));
 
     hae_tensor qi = hae_tensor_2d(m->qi.data, HAE_F32, dev, N, HI * DI), ki = rows(m->ki, N);
-    hae_tensor wi = rows(m->ones, N);
+    hae_tensor wi = rows(m->derived ? m->ones : m->wi, N);
     if (m->derived) {
         hae_tensor qkv = view2(&m->qkv, N, m->qkv_dim);
         HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = hae_tensor_narrow(qkv, 1, 0, m->Hq * m->Dh), .b = m->pq, .c = qi}));
         HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = hae_tensor_narrow(qkv, 1, m->Hq * m->Dh, m->Hkv * m->Dh), .b = m->pk,
                                               .c = ki}));
     } else {
-        wi = rows(m->wi, N);
         HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = rows(m->h, N), .b = w->wq_i, .c = qi}));
         HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = rows(m->h, N), .b = w->wk_i, .c = ki}));
         HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = rows(m->h, N), .b = w->w_proj, .c = wi}));
