@@ -792,6 +792,24 @@ hae_status hae_probe_run(hae_backend *be, const hae_probe_args *p, const hae_tas
 /* Writes n results as a markdown table and/or JSONL lines (either FILE may be NULL); HAE_ERR_IO if a write fails. */
 hae_status hae_probe_report(const hae_probe_result *r, int64_t n, FILE *markdown, FILE *jsonl);
 
+/* Softmax dilution: a query equal to one needle's key among `length` random keys (entries N(0, 1),
+ * D dims, scale 1/sqrt(D)), so the needle's logit is |k|^2 / sqrt(D) ~ sqrt(D) against N(0, 1) for
+ * the rest. full_weight is the needle's softmax weight over every key (e^sqrt(D) / (e^sqrt(D) +
+ * length e^(1/2)) in expectation: it falls with length); sparse_weight is its weight when the FP8
+ * lightning indexer (the same keys, Hadamard-rotated, e4m3) picks the top-k first (0 when the needle
+ * is not picked). Both weights are read from hae_sparse_attention's LSE. */
+typedef struct hae_dilution_args {
+    int64_t length; /* keys, >= 2 */
+    int64_t D;      /* 128 */
+    int64_t topk;   /* >= 1 */
+    uint64_t seed;
+} hae_dilution_args;
+typedef struct hae_dilution_result {
+    double full_weight, sparse_weight;
+    bool needle_picked;
+} hae_dilution_result;
+hae_status hae_probe_dilution(hae_backend *be, const hae_dilution_args *a, hae_dilution_result *out);
+
 #ifdef __cplusplus
 }
 #endif

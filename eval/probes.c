@@ -540,3 +540,104 @@ hae_status hae_probe_report(const hae_probe_result *r, int64_t n, FILE *markdown
     }
     return HAE_OK;
 }
+
+/* ---------------------------------------------------------------- softmax dilution */
+
+/* The needle sits at a random position; the query is its key. The needle's weight is
+ * exp(scale q . k_needle - lse), with lse from sparse attention over every position (full) or over
+ * the indexer's top-k (sparse). Values are zero: only the LSE is used. */
+hae_status hae_probe_dilution(hae_backend *be, const hae_dilution_args *a, hae_dilution_result *out) {
+    const char *op = "hae_probe_dilution";
+    if (!be || !a || !out) return hae_error(HAE_ERR_INVALID, "%s: NULL argument", op);
+    if (a->length < 2 || a->length > INT32_MAX)
+        return hae_error(HAE_ERR_INVALID, "%s: length %lld must be in [2, 2^31)", op, (long long)a->length);
+    if (a->D != 128) return hae_error(HAE_ERR_INVALID, "%s: D %lld must be 128 (the indexer's head dim)", op, (long long)a->D);
+    if (a->topk < 1) return hae_error(HAE_ERR_INVALID, "%s: topk %lld must be >= 1", op, (long long)a->topk);
+    const int64_t L = a->length, D = a->D, k = a->topk < L ? a->topk : L, P = 64, pages = (L + P - 1) / P;
+    const int64_t row = P * (D + 4);
+    eval_rng r = eval_rng_make(a->seed, 0x64696cu);
+    const int64_t needle = eval_rng_below(&r, L);
+    float *keys = malloc(sizeof(float) * (size_t)(L * D)), *q = malloc(sizeof(float) * (size_t)D);
+    int32_t *all = malloc(sizeof(int32_t) * (size_t)L), *table = malloc(sizeof(int32_t) * (size_t)pages);
+    int32_t *picked = malloc(sizeof(int32_t) * (size_t)k), len = (int32_t)L;
+    bufs b = {.be = be};
+    hae_status st = keys && q && all && table && picked ? HAE_OK : hae_error(HAE_ERR_OOM, "%s: %lld keys", op, (long long)L);
+    for (int64_t i = 0; st == HAE_OK && i < L * D; i++) keys[i] = (float)eval_rng_normal(&r);
+    double logit = 0;
+    for (int64_t e = 0; st == HAE_OK && e < D; e++) q[e] = keys[needle * D + e], logit += (double)q[e] * q[e];
+    logit /= sqrt((double)D);
+    for (int64_t s = 0; st == HAE_OK && s < L; s++) all[s] = (int32_t)s;
+    for (int64_t j = 0; st == HAE_OK && j < pages; j++) table[j] = (int32_t)j;
+    void *kd = NULL, *vd = NULL, *qd = NULL, *od = NULL, *lsed = NULL, *alld = NULL, *lend = NULL, *rot = NULL;
+    void *q8 = NULL, *qs = NULL, *k8 = NULL, *ks = NULL, *cache = NULL, *tab = NULL, *one = NULL, *lg = NULL, *idx = NULL;
+    const float w1 = 1.0f;
+    if (st == HAE_OK) st = dev_put(&b, keys, sizeof(float) * (size_t)(L * D), &kd);
+    if (st == HAE_OK) st = dev_zeros(&b, sizeof(float) * (size_t)(L * D), &vd);
+    if (st == HAE_OK) st = dev_put(&b, q, sizeof(float) * (size_t)D, &qd);
+    if (st == HAE_OK) st = dev_zeros(&b, sizeof(float) * (size_t)D, &od);
+    if (st == HAE_OK) st = dev_zeros(&b, sizeof(float), &lsed);
+    if (st == HAE_OK) st = dev_put(&b, all, sizeof(int32_t) * (size_t)L, &alld);
+    if (st == HAE_OK) st = dev_put(&b, &len, sizeof len, &lend);
+    hae_tensor sl = on(be, hae_tensor_1d(lend, HAE_I32, HAE_CPU, 1));
+    hae_sparse_attention_args sa = {.q = on(be, hae_tensor_4d(qd, HAE_F32, HAE_CPU, 1, 1, 1, D)),
+                                    .k_cache = on(be, hae_tensor_4d(kd, HAE_F32, HAE_CPU, 1, L, 1, D)),
+                                    .v_cache = on(be, hae_tensor_4d(vd, HAE_F32, HAE_CPU, 1, L, 1, D)),
+                                    .idx = on(be, hae_tensor_3d(alld, HAE_I32, HAE_CPU, 1, 1, L)), .seq_lens = sl,
+                                    .out = on(be, hae_tensor_4d(od, HAE_F32, HAE_CPU, 1, 1, 1, D)),
+                                    .lse = on(be, hae_tensor_3d(lsed, HAE_F32, HAE_CPU, 1, 1, 1)),
+                                    .scale = 1.0f / sqrtf((float)D)};
+    float lse = 0;
+    if (st == HAE_OK) st = hae_sparse_attention(be, &sa);
+    if (st == HAE_OK) st = hae_backend_download(be, &lse, lsed, sizeof lse);
+    if (st == HAE_OK) st = hae_backend_sync(be);
+    if (st == HAE_OK) out->full_weight = exp(logit - (double)lse);
+    /* the indexer: rotated copies of the keys and the query, FP8, the page cache, logits, top-k */
+    if (st == HAE_OK) st = dev_put(&b, keys, sizeof(float) * (size_t)(L * D), &rot);
+    if (st == HAE_OK) st = dev_zeros(&b, (size_t)(L * D), &k8);
+    if (st == HAE_OK) st = dev_zeros(&b, sizeof(float) * (size_t)L, &ks);
+    if (st == HAE_OK) st = dev_zeros(&b, (size_t)(pages * row), &cache);
+    if (st == HAE_OK) st = dev_put(&b, table, sizeof(int32_t) * (size_t)pages, &tab);
+    if (st == HAE_OK) st = dev_zeros(&b, (size_t)D, &q8);
+    if (st == HAE_OK) st = dev_zeros(&b, sizeof(float), &qs);
+    if (st == HAE_OK) st = dev_put(&b, &w1, sizeof w1, &one);
+    if (st == HAE_OK) st = dev_zeros(&b, sizeof(float) * (size_t)L, &lg);
+    if (st == HAE_OK) st = dev_zeros(&b, sizeof(int32_t) * (size_t)k, &idx);
+    hae_index_cache ic = {.pages = on(be, t2(cache, HAE_FP8_E4M3, pages, row)),
+                          .block_table = on(be, t2(tab, HAE_I32, 1, pages)), .page_size = (int)P, .head_dim = (int)D};
+    hae_tensor kr = on(be, t2(rot, HAE_F32, L, D)), qr = on(be, t2(qd, HAE_F32, 1, D));
+    if (st == HAE_OK) st = hae_hadamard(be, &(hae_hadamard_args){.x = kr});
+    if (st == HAE_OK)
+        st = hae_fp8_quant(be, &(hae_fp8_quant_args){.x = kr, .q = on(be, t2(k8, HAE_FP8_E4M3, L, D)),
+                                                     .scale = on(be, t2(ks, HAE_F32, L, 1))});
+    if (st == HAE_OK)
+        st = hae_index_write(be, &(hae_index_write_args){.k = on(be, hae_tensor_3d(k8, HAE_FP8_E4M3, HAE_CPU, 1, L, D)),
+                                                         .k_scale = on(be, hae_tensor_3d(ks, HAE_F32, HAE_CPU, 1, L, 1)),
+                                                         .cache = ic, .seq_lens = sl});
+    if (st == HAE_OK) st = hae_hadamard(be, &(hae_hadamard_args){.x = qr}); /* the attention query is reuploaded below */
+    if (st == HAE_OK)
+        st = hae_fp8_quant(be, &(hae_fp8_quant_args){.x = qr, .q = on(be, t2(q8, HAE_FP8_E4M3, 1, D)),
+                                                     .scale = on(be, t2(qs, HAE_F32, 1, 1))});
+    if (st == HAE_OK)
+        st = hae_index_logits(be, &(hae_index_logits_args){
+                                      .q = on(be, hae_tensor_4d(q8, HAE_FP8_E4M3, HAE_CPU, 1, 1, 1, D)),
+                                      .w = on(be, hae_tensor_3d(one, HAE_F32, HAE_CPU, 1, 1, 1)), .cache = ic,
+                                      .seq_lens = sl, .logits = on(be, hae_tensor_3d(lg, HAE_F32, HAE_CPU, 1, 1, L)),
+                                      .q_scale = on(be, hae_tensor_3d(qs, HAE_F32, HAE_CPU, 1, 1, 1)), .w_scale = 1.0f});
+    if (st == HAE_OK)
+        st = hae_topk(be, &(hae_topk_args){.logits = on(be, t2(lg, HAE_F32, 1, L)), .lens = sl,
+                                           .out = on(be, t2(idx, HAE_I32, 1, k))});
+    if (st == HAE_OK) st = hae_backend_upload(be, qd, q, sizeof(float) * (size_t)D);
+    sa.idx = on(be, hae_tensor_3d(idx, HAE_I32, HAE_CPU, 1, 1, k));
+    if (st == HAE_OK) st = hae_sparse_attention(be, &sa);
+    if (st == HAE_OK) st = hae_backend_download(be, &lse, lsed, sizeof lse);
+    if (st == HAE_OK) st = hae_backend_download(be, picked, idx, sizeof(int32_t) * (size_t)k);
+    if (st == HAE_OK) st = hae_backend_sync(be);
+    if (st == HAE_OK) {
+        out->needle_picked = false;
+        for (int64_t i = 0; i < k; i++) out->needle_picked |= picked[i] == needle;
+        out->sparse_weight = out->needle_picked ? exp(logit - (double)lse) : 0.0;
+    }
+    bufs_free(&b);
+    free(keys), free(q), free(all), free(table), free(picked);
+    return st;
+}

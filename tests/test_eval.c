@@ -636,3 +636,38 @@ Test(probe, report_writes_markdown_and_jsonl) {
               "%s", js);
     free(md), free(js);
 }
+
+/* Full attention's weight on one needle dilutes with length at the 1/sqrt(D) scale; the indexer's
+ * top-2048 keeps most of it. Averages over 3 seeds, the table printed for the log. */
+Test(eval, softmax_dilution_full_vs_top2048) {
+    hae_backend *be = tu_cpu();
+    const int64_t lengths[] = {1024, 8192, 32768, 131072};
+    double prev = 2.0;
+    fprintf(stderr, "softmax dilution, D 128, scale 1/sqrt(D), mean of 3 seeds:\n  length  full   top-2048\n");
+    for (int i = 0; i < 4; i++) {
+        double full = 0, sparse = 0;
+        for (uint64_t seed = 1; seed <= 3; seed++) {
+            hae_dilution_result r;
+            hae_dilution_args a = {.length = lengths[i], .D = 128, .topk = 2048, .seed = seed};
+            cr_assert_eq(hae_probe_dilution(be, &a, &r), HAE_OK, "%s", hae_last_error());
+            cr_expect(r.needle_picked, "length %lld seed %llu: the indexer missed the needle", (long long)lengths[i],
+                      (unsigned long long)seed);
+            cr_expect_geq(r.sparse_weight, r.full_weight - 1e-6, "top-k can only concentrate the weight");
+            full += r.full_weight / 3, sparse += r.sparse_weight / 3;
+        }
+        fprintf(stderr, "  %6lld  %.3f  %.3f\n", (long long)lengths[i], full, sparse);
+        cr_expect_lt(full, prev, "full attention's needle weight falls with length (%lld: %.3f)", (long long)lengths[i], full);
+        prev = full;
+        if (lengths[i] == 131072) {
+            cr_expect_lt(full, 0.6, "at 128K full attention keeps %.3f of the needle", full);
+            cr_expect_gt(sparse, 0.5, "at 128K top-2048 keeps %.3f", sparse);
+            cr_expect_gt(sparse, 1.5 * full, "top-2048 %.3f vs full %.3f", sparse, full);
+        }
+    }
+    hae_dilution_result r;
+    cr_expect_eq(hae_probe_dilution(be, &(hae_dilution_args){.length = 1, .D = 128, .topk = 4}, &r), HAE_ERR_INVALID);
+    cr_expect_eq(hae_probe_dilution(be, &(hae_dilution_args){.length = 64, .D = 64, .topk = 4}, &r), HAE_ERR_INVALID);
+    cr_expect(strstr(hae_last_error(), "D 64"), "%s", hae_last_error());
+    cr_expect_eq(hae_probe_dilution(be, &(hae_dilution_args){.length = 64, .D = 128, .topk = 0}, &r), HAE_ERR_INVALID);
+    hae_backend_destroy(be);
+}
