@@ -222,34 +222,43 @@ typedef struct hae_kv_write_args {
 } hae_kv_write_args;
 hae_status hae_kv_write(hae_backend *be, const hae_kv_write_args *a);
 
-/* Causal softmax attention, gqa form: query (b, t, h) at position p = pos0 + t attends to
- * positions s in [lo, p], lo = max(0, p - window + 1) when window > 0 (swa) else 0 (full);
- * head h reads kv head h / (Hq / Hkv). The cache must already hold those positions: cap >= pos0 + T
- * for full attention, cap >= min(pos0 + T, window + T - 1) for a window. */
+/* Both attention ops take the shapes of either attention form (DESIGN.md §1.2): q heads Hq, kv heads
+ * Hkv (Hq a multiple of Hkv), a key/query dim Dk and a value dim Dv. gqa: Dk = Dv (e.g. 128); mla in
+ * absorbed form: Hkv = 1, Dk = 576 (512 latent + 64 rope), Dv = 512, the value cache being a view of
+ * the first 512 dims of the key cache (v_cache.data = k_cache.data, slot stride 576). A cache's slots
+ * and sequences may be strided (stride[0], stride[1] in elements); within a slot the kv heads are
+ * dense (stride[2] = D). k_cache and v_cache share their dtype. */
+
+/* Causal softmax attention: query (b, t, h) at position p = pos0 + t attends to positions s in
+ * [lo, p], lo = max(0, p - window + 1) when window > 0 (swa) else 0 (full); head h reads kv head
+ * h / (Hq / Hkv). The cache must already hold those positions: cap >= pos0 + T for full attention,
+ * cap >= min(pos0 + T, window + T - 1) for a window. */
 typedef struct hae_attention_args {
-    hae_tensor q;       /* [B, T, Hq, D] f32|bf16, rows may be strided */
-    hae_tensor k_cache; /* [B, cap, Hkv, D] */
-    hae_tensor v_cache; /* [B, cap, Hkv, D] */
-    hae_tensor out;     /* [B, T, Hq, D] f32|bf16 */
+    hae_tensor q;       /* [B, T, Hq, Dk] f32|bf16, rows may be strided */
+    hae_tensor k_cache; /* [B, cap, Hkv, Dk] */
+    hae_tensor v_cache; /* [B, cap, Hkv, Dv] */
+    hae_tensor out;     /* [B, T, Hq, Dv] f32|bf16 */
     int64_t pos0;
     int64_t window; /* 0: full causal */
-    float scale;    /* softmax scale, usually 1/sqrt(D) */
+    float scale;    /* softmax scale, usually 1/sqrt(Dk) */
 } hae_attention_args;
 hae_status hae_attention(hae_backend *be, const hae_attention_args *a);
 
 /* Exact softmax attention of each query over the cached positions its row of idx names (DSA's
- * sparse attention, gqa form: head h reads kv head h / (Hq / Hkv)). Query t of sequence b sits at
+ * sparse attention: head h reads kv head h / (Hq / Hkv)). Query t of sequence b sits at
  * p = seq_lens[b] - T + t; an index j is used when 0 <= j <= p and skipped (never read) otherwise,
  * -1 included; each position should appear at most once (as top-k gives them). Over the used j:
  *     out = sum_j softmax_j(scale q . k_j) v_j,      lse = ln sum_j exp(scale q . k_j)
- * A query with no usable index gets out = 0 and lse = +inf. Position j lives in cache slot j % cap. */
+ * A query with no usable index gets out = 0 and lse = +inf. Position j lives in cache slot j % cap.
+ * On the CPU seq_lens outside [T, cap] are an error; on CUDA they are not read back, and a row whose
+ * p falls outside [0, cap) uses no index. */
 typedef struct hae_sparse_attention_args {
-    hae_tensor q;        /* [B, T, Hq, D] f32|bf16, rows may be strided */
-    hae_tensor k_cache;  /* [B, cap, Hkv, D] */
-    hae_tensor v_cache;  /* [B, cap, Hkv, D] */
+    hae_tensor q;        /* [B, T, Hq, Dk] f32|bf16, rows may be strided */
+    hae_tensor k_cache;  /* [B, cap, Hkv, Dk] */
+    hae_tensor v_cache;  /* [B, cap, Hkv, Dv] */
     hae_tensor idx;      /* [B, T, k] i32 */
     hae_tensor seq_lens; /* [B] i32, each in [T, cap] */
-    hae_tensor out;      /* [B, T, Hq, D] f32|bf16 */
+    hae_tensor out;      /* [B, T, Hq, Dv] f32|bf16 */
     hae_tensor lse;      /* [B, T, Hq] f32, or data NULL */
     float scale;
 } hae_sparse_attention_args;

@@ -76,17 +76,13 @@ HAE_OP_IMPLS(attention)
 HAE_OP_IMPLS(linear_attn)
 HAE_OP_IMPLS(conv_short)
 HAE_OP_IMPLS(gated_rmsnorm)
+HAE_OP_IMPLS(sparse_attention)
+HAE_OP_IMPLS(fp8_quant)
+HAE_OP_IMPLS(hadamard)
+HAE_OP_IMPLS(index_write)
+HAE_OP_IMPLS(index_logits)
+HAE_OP_IMPLS(topk)
 #undef HAE_OP_IMPLS
-
-/* The indexer, top-k and sparse attention have CPU implementations only so far. */
-#define HAE_CPU_IMPL(op) hae_status hae_##op##_cpu(hae_backend *be, const hae_##op##_args *a);
-HAE_CPU_IMPL(fp8_quant)
-HAE_CPU_IMPL(hadamard)
-HAE_CPU_IMPL(index_write)
-HAE_CPU_IMPL(index_logits)
-HAE_CPU_IMPL(topk)
-HAE_CPU_IMPL(sparse_attention)
-#undef HAE_CPU_IMPL
 /* Workspace of the CUDA linear_attn for arguments already checked by hae_linear_attn_workspace. */
 size_t hae_linear_attn_workspace_cuda(const hae_linear_attn_args *a);
 /* Why the CUDA linear_attn cannot run these head dims and chunk size, or NULL when it can. */

@@ -61,6 +61,7 @@ CUDA_IMPL(rope)
 CUDA_IMPL(sample)
 CUDA_IMPL(kv_write)
 CUDA_IMPL(attention)
+CUDA_IMPL(sparse_attention)
 
 hae_status hae_embedding(hae_backend *be, const hae_embedding_args *a) {
     const char *op = "hae_embedding";
@@ -149,20 +150,29 @@ hae_status hae_convert(hae_backend *be, const hae_tensor *src, const hae_tensor 
     return hae_convert_cpu(be, src, dst);
 }
 
+/* A KV cache [B, cap, Hkv, D] for x's batch: slots may be strided (a view of a wider cache, such as
+ * mla's values inside its latent) but must not overlap; heads are dense within a slot. */
 static hae_status check_cache(const char *op, const char *name, const hae_tensor *cache, const hae_tensor *x,
-                              hae_backend *be) {
+                              int64_t D, hae_backend *be) {
+    char d[96];
     HAE_TRY(hae_check_tensor(op, name, cache, be, 4, HAE_FLOATS));
-    if (!hae_tensor_is_contiguous(cache)) return hae_shape_mismatch(op, "cache must be contiguous", cache, x);
-    if (cache->shape[0] != x->shape[0] || cache->shape[3] != x->shape[3])
-        return hae_shape_mismatch(op, "cache [B, cap, Hkv, D] must match batch and head dim", cache, x);
+    if (cache->shape[0] != x->shape[0] || cache->shape[3] != D)
+        return hae_error(HAE_ERR_INVALID, "%s: %s %s: expected [%lld, cap, Hkv, %lld] for %s", op, name,
+                         hae_tensor_describe(cache, d, sizeof d), (long long)x->shape[0], (long long)D,
+                         hae_tensor_describe(x, (char[96]){0}, 96));
     if (cache->shape[1] < 1) return hae_shape_mismatch(op, "cache has no slots", cache, x);
+    const int64_t slot = cache->shape[2] * cache->shape[3];
+    if (cache->stride[1] < slot || (cache->shape[0] > 1 && cache->stride[0] < cache->shape[1] * cache->stride[1]))
+        return hae_error(HAE_ERR_INVALID, "%s: %s %s: strides [%lld, %lld] make slots overlap (a slot holds %lld "
+                         "elements)", op, name, hae_tensor_describe(cache, d, sizeof d), (long long)cache->stride[0],
+                         (long long)cache->stride[1], (long long)slot);
     return HAE_OK;
 }
 
 hae_status hae_kv_write(hae_backend *be, const hae_kv_write_args *a) {
     const char *op = "hae_kv_write";
     HAE_TRY(hae_check_tensor(op, "src", &a->src, be, 4, HAE_FLOATS));
-    HAE_TRY(check_cache(op, "cache", &a->cache, &a->src, be));
+    HAE_TRY(check_cache(op, "cache", &a->cache, &a->src, a->src.shape[3], be));
     if (a->cache.shape[2] != a->src.shape[2]) return hae_shape_mismatch(op, "kv heads differ", &a->src, &a->cache);
     if (a->pos0 < 0) return hae_error(HAE_ERR_INVALID, "%s: pos0 %lld < 0", op, (long long)a->pos0);
     if (a->src.shape[1] > a->cache.shape[1])
@@ -171,17 +181,21 @@ hae_status hae_kv_write(hae_backend *be, const hae_kv_write_args *a) {
     return DISPATCH(kv_write, be, a);
 }
 
-/* What dense and sparse attention share: q, out and the two caches agree (gqa heads included). */
+/* What dense and sparse attention share: q [B, T, Hq, Dk], k_cache [B, cap, Hkv, Dk], v_cache
+ * [B, cap, Hkv, Dv] and out [B, T, Hq, Dv] agree (gqa heads included). */
 static hae_status check_qkv(const char *op, hae_backend *be, const hae_tensor *q, const hae_tensor *kc,
                             const hae_tensor *vc, const hae_tensor *out) {
     HAE_TRY(hae_check_tensor(op, "q", q, be, 4, HAE_FLOATS));
     HAE_TRY(hae_check_tensor(op, "out", out, be, 4, HAE_FLOATS));
-    HAE_TRY(check_cache(op, "k_cache", kc, q, be));
-    HAE_TRY(check_cache(op, "v_cache", vc, q, be));
-    for (int i = 0; i < 4; i++)
-        if (out->shape[i] != q->shape[i]) return hae_shape_mismatch(op, "out must match q", q, out);
-    for (int i = 0; i < 4; i++)
-        if (kc->shape[i] != vc->shape[i]) return hae_shape_mismatch(op, "k_cache and v_cache differ", kc, vc);
+    HAE_TRY(hae_check_tensor(op, "v_cache", vc, be, 4, HAE_FLOATS));
+    const int64_t Dv = vc->shape[3];
+    HAE_TRY(check_cache(op, "k_cache", kc, q, q->shape[3], be));
+    HAE_TRY(check_cache(op, "v_cache", vc, q, Dv, be));
+    for (int i = 0; i < 3; i++)
+        if (out->shape[i] != q->shape[i]) return hae_shape_mismatch(op, "out [B, T, Hq, Dv] must match q's B, T, Hq", q, out);
+    if (out->shape[3] != Dv) return hae_shape_mismatch(op, "out's last dim must be v_cache's Dv", out, vc);
+    if (kc->shape[1] != vc->shape[1] || kc->shape[2] != vc->shape[2])
+        return hae_shape_mismatch(op, "k_cache and v_cache differ in slots or kv heads", kc, vc);
     if (kc->dtype != vc->dtype) return hae_shape_mismatch(op, "k_cache and v_cache differ in dtype", kc, vc);
     if (kc->shape[2] < 1 || q->shape[2] % kc->shape[2])
         return hae_shape_mismatch(op, "q heads must be a multiple of kv heads", q, kc);
@@ -223,13 +237,13 @@ hae_status hae_sparse_attention(hae_backend *be, const hae_sparse_attention_args
     }
     if (!(a->scale > 0.0f && isfinite(a->scale)))
         return hae_error(HAE_ERR_INVALID, "%s: scale %g must be finite and > 0", op, (double)a->scale);
-    if (be->device == HAE_CUDA) return hae_error(HAE_ERR_UNSUPPORTED, "%s: no CUDA kernel yet (CPU only)", op);
+    if (hae_tensor_numel(&a->q) == 0) return HAE_OK;
+    if (be->device == HAE_CUDA) return dispatch_cuda_sparse_attention(be, a); /* seq_lens stay on the device */
     const int32_t *lens = a->seq_lens.data;
     for (int64_t b = 0; b < B; b++)
         if (lens[b * a->seq_lens.stride[0]] < T || lens[b * a->seq_lens.stride[0]] > cap)
             return hae_error(HAE_ERR_INVALID,
                              "%s: seq_lens[%lld] = %d must hold the %lld queries and fit the cache of %lld slots", op,
                              (long long)b, lens[b * a->seq_lens.stride[0]], (long long)T, (long long)cap);
-    if (hae_tensor_numel(&a->q) == 0) return HAE_OK;
     return hae_sparse_attention_cpu(be, a);
 }

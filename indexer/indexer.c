@@ -1,7 +1,8 @@
 /* Entry points of the FP8 lightning indexer: every argument is checked here (shapes, dtypes,
  * devices, and on the CPU the values of seq_lens, lens and the block table entries an op will
- * touch), so the implementations can rely on them. There are no CUDA kernels yet: a CUDA backend
- * gets HAE_ERR_UNSUPPORTED after the shape checks. */
+ * touch), so the implementations can rely on them. On CUDA those values stay on the device (reading
+ * them back would stall the stream): the kernels clamp instead, never reading or writing outside
+ * the tensors whatever the values. */
 #include "internal.h"
 
 #include <math.h>
@@ -9,12 +10,15 @@
 
 #define QBLOCK 128 /* values per fp8 scale */
 
-/* Placed after the shape checks: the value checks that follow read host memory, and there is no
- * CUDA kernel to dispatch to yet. */
-#define CPU_ONLY(op, be)                                                                           \
+#ifdef HAE_HAVE_CUDA
+#define CUDA_OR(op, be, a) hae_##op##_cuda(be, a)
+#else
+#define CUDA_OR(op, be, a) hae_error(HAE_ERR_UNSUPPORTED, "hae_" #op ": this build has no CUDA")
+#endif
+/* Runs the CUDA implementation on a CUDA backend; on the CPU falls through to the value checks. */
+#define ON_CUDA(op, be, a)                                                                         \
     do {                                                                                           \
-        if ((be)->device == HAE_CUDA)                                                              \
-            return hae_error(HAE_ERR_UNSUPPORTED, "%s: no CUDA kernel yet (CPU only)", op);        \
+        if ((be)->device == HAE_CUDA) return CUDA_OR(op, be, a);                                   \
     } while (0)
 
 static bool dims_are(const hae_tensor *t, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
@@ -52,7 +56,7 @@ hae_status hae_fp8_quant(hae_backend *be, const hae_fp8_quant_args *a) {
     if (!dims_are(&a->q, N, D, 0, 0)) return want_shape(op, "q", &a->q, w);
     snprintf(w, sizeof w, "[%lld, %lld] (N, D / %d)", (long long)N, (long long)(D / QBLOCK), QBLOCK);
     if (!dims_are(&a->scale, N, D / QBLOCK, 0, 0)) return want_shape(op, "scale", &a->scale, w);
-    CPU_ONLY(op, be);
+    ON_CUDA(fp8_quant, be, a);
     return hae_fp8_quant_cpu(be, a);
 }
 
@@ -64,7 +68,7 @@ hae_status hae_hadamard(hae_backend *be, const hae_hadamard_args *a) {
     if (D < 1 || (D & (D - 1)))
         return hae_error(HAE_ERR_INVALID, "%s: x %s: D = %lld must be a power of two", op,
                          hae_tensor_describe(&a->x, d, sizeof d), (long long)D);
-    CPU_ONLY(op, be);
+    ON_CUDA(hadamard, be, a);
     return hae_hadamard_cpu(be, a);
 }
 
@@ -145,7 +149,7 @@ hae_status hae_index_write(hae_backend *be, const hae_index_write_args *a) {
     if (!dims_are(&a->k_scale, B, T, D / QBLOCK, 0)) return want_shape(op, "k_scale", &a->k_scale, w);
     HAE_TRY(check_cache(op, be, &a->cache, B, D, &a->k));
     HAE_TRY(check_seq_lens_shape(op, be, &a->seq_lens, B));
-    CPU_ONLY(op, be);
+    ON_CUDA(index_write, be, a);
     HAE_TRY(check_seq_values(op, &a->cache, &a->seq_lens, T, INT64_MAX, false));
     return hae_index_write_cpu(be, a);
 }
@@ -173,7 +177,7 @@ hae_status hae_index_logits(hae_backend *be, const hae_index_logits_args *a) {
     if (a->logits.shape[0] != B || a->logits.shape[1] != T) return want_shape(op, "logits", &a->logits, w);
     HAE_TRY(check_cache(op, be, &a->cache, B, D, &a->q));
     HAE_TRY(check_seq_lens_shape(op, be, &a->seq_lens, B));
-    CPU_ONLY(op, be);
+    ON_CUDA(index_logits, be, a);
     HAE_TRY(check_seq_values(op, &a->cache, &a->seq_lens, T, a->logits.shape[2], true));
     return hae_index_logits_cpu(be, a);
 }
@@ -192,7 +196,7 @@ hae_status hae_topk(hae_backend *be, const hae_topk_args *a) {
     if (a->out.shape[0] != R || a->out.shape[1] < 1)
         return hae_error(HAE_ERR_INVALID, "%s: out %s: expected [%lld, k] with k >= 1", op,
                          hae_tensor_describe(&a->out, d, sizeof d), (long long)R);
-    CPU_ONLY(op, be);
+    ON_CUDA(topk, be, a);
     const int32_t *lens = a->lens.data;
     for (int64_t r = 0; r < R; r++)
         if (lens[r] < 0 || lens[r] > L)

@@ -1,7 +1,8 @@
 /* Attention on the CPU, gqa form: dense causal (full and sliding window) and sparse (DSA, over
  * given positions); the references the CUDA kernels are held to.
  *
- * For query (b, t, h) at position p, kv head g = h / (Hq / Hkv), over a set S of positions:
+ * For query (b, t, h) at position p, kv head g = h / (Hq / Hkv), over a set S of positions (q and
+ * k of dim Dk, v and o of dim Dv):
  *     o = sum_{s in S} softmax_s(scale * q . k_s) v_s,      lse = ln sum_{s in S} exp(scale * q . k_s)
  * dense: p = pos0 + t, S = [lo, p], lo = max(0, p - window + 1) (window > 0) else 0;
  * sparse: p = seq_lens[b] - T + t, S = the entries j of idx[b, t] with 0 <= j <= p.
@@ -12,7 +13,7 @@
 #include <string.h>
 
 static const void *cache_row(const hae_tensor *c, int64_t b, int64_t slot, int64_t g) {
-    return (const char *)c->data + ((b * c->shape[1] + slot) * c->shape[2] + g) * c->shape[3] * (int64_t)hae_dtype_size(c->dtype);
+    return (const char *)c->data + (b * c->stride[0] + slot * c->stride[1] + g * c->stride[2]) * (int64_t)hae_dtype_size(c->dtype);
 }
 
 typedef struct {
@@ -53,58 +54,58 @@ typedef struct {
 } attend_job;
 
 static void attend(const attend_job *j, float *scratch) {
-    const int64_t Hq = j->q->shape[2], D = j->q->shape[3], Hkv = j->k_cache->shape[2], cap = j->k_cache->shape[1];
-    const int64_t G = Hq / Hkv;
-    float *q = scratch, *acc = q + G * D, *kf = acc + G * D, *vf = kf + D, *m = vf + D, *l = m + G;
+    const int64_t Hq = j->q->shape[2], Dk = j->q->shape[3], Dv = j->v_cache->shape[3], Hkv = j->k_cache->shape[2];
+    const int64_t cap = j->k_cache->shape[1], G = Hq / Hkv;
+    float *q = scratch, *acc = q + G * Dk, *kf = acc + G * Dv, *vf = kf + Dk, *m = vf + Dv, *l = m + G;
     for (int64_t h = 0; h < G; h++) {
         const void *qr = hae_row_ptr(j->q, j->b, j->t, j->g * G + h);
-        for (int64_t d = 0; d < D; d++) q[h * D + d] = hae_load_f(qr, j->q->dtype, d) * j->scale;
+        for (int64_t d = 0; d < Dk; d++) q[h * Dk + d] = hae_load_f(qr, j->q->dtype, d) * j->scale;
         m[h] = -INFINITY;
         l[h] = 0.0f;
     }
-    memset(acc, 0, sizeof(float) * (size_t)(G * D));
+    memset(acc, 0, sizeof(float) * (size_t)(G * Dv));
     const int64_t count = j->idx ? j->n : j->hi - j->lo + 1;
     for (int64_t i = 0; i < count; i++) {
         int64_t s = j->idx ? j->idx[i] : j->lo + i;
         if (j->idx && (s < 0 || s > j->hi)) continue;
         const void *kr = cache_row(j->k_cache, j->b, s % cap, j->g), *vr = cache_row(j->v_cache, j->b, s % cap, j->g);
-        for (int64_t d = 0; d < D; d++) {
-            kf[d] = hae_load_f(kr, j->k_cache->dtype, d);
-            vf[d] = hae_load_f(vr, j->v_cache->dtype, d);
-        }
+        hae_to_f32(kr, j->k_cache->dtype, Dk, kf);
+        hae_to_f32(vr, j->v_cache->dtype, Dv, vf);
         for (int64_t h = 0; h < G; h++) {
-            const float *qh = q + h * D;
+            const float *qh = q + h * Dk;
             float sc = 0.0f;
-            for (int64_t d = 0; d < D; d++) sc += qh[d] * kf[d];
-            float *ah = acc + h * D;
+            for (int64_t d = 0; d < Dk; d++) sc += qh[d] * kf[d];
+            float *ah = acc + h * Dv;
             if (sc > m[h]) {
                 float corr = expf(m[h] - sc); /* 0 on the first key (m = -inf) */
                 l[h] *= corr;
-                for (int64_t d = 0; d < D; d++) ah[d] *= corr;
+                for (int64_t d = 0; d < Dv; d++) ah[d] *= corr;
                 m[h] = sc;
             }
             float w = expf(sc - m[h]);
             l[h] += w;
-            for (int64_t d = 0; d < D; d++) ah[d] += w * vf[d];
+            for (int64_t d = 0; d < Dv; d++) ah[d] += w * vf[d];
         }
     }
     for (int64_t h = 0; h < G; h++) {
         void *out = hae_row_ptr(j->out, j->b, j->t, j->g * G + h);
         float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f; /* no usable position: out = 0 */
-        for (int64_t d = 0; d < D; d++) hae_store_f(out, j->out->dtype, d, acc[h * D + d] * inv);
+        for (int64_t d = 0; d < Dv; d++) hae_store_f(out, j->out->dtype, d, acc[h * Dv + d] * inv);
         if (j->lse) j->lse[h] = l[h] > 0.0f ? m[h] + logf(l[h]) : INFINITY;
     }
 }
 
-static size_t attend_scratch(int64_t G, int64_t D) { return sizeof(float) * (size_t)(2 * G * D + 2 * D + 2 * G); }
+static size_t attend_scratch(int64_t G, int64_t Dk, int64_t Dv) {
+    return sizeof(float) * (size_t)(G * (Dk + Dv) + Dk + Dv + 2 * G);
+}
 
-static hae_status check_scratch(hae_backend *be, const char *op, int64_t G, int64_t D) {
-    size_t need = attend_scratch(G, D);
+static hae_status check_scratch(hae_backend *be, const char *op, int64_t G, int64_t Dk, int64_t Dv) {
+    size_t need = attend_scratch(G, Dk, Dv);
     if (need > be->scratch_per_thread)
         return hae_error(HAE_ERR_UNSUPPORTED,
-                         "%s (cpu): %lld query heads per kv head x head dim %lld need %zu bytes of scratch per thread, "
-                         "%zu available",
-                         op, (long long)G, (long long)D, need, be->scratch_per_thread);
+                         "%s (cpu): %lld query heads per kv head x head dims %lld/%lld need %zu bytes of scratch per "
+                         "thread, %zu available",
+                         op, (long long)G, (long long)Dk, (long long)Dv, need, be->scratch_per_thread);
     return HAE_OK;
 }
 
@@ -130,7 +131,7 @@ static void attention_group(void *p, int64_t item) {
 
 hae_status hae_attention_cpu(hae_backend *be, const hae_attention_args *a) {
     const int64_t Hkv = a->k_cache.shape[2];
-    HAE_TRY(check_scratch(be, "hae_attention", a->q.shape[2] / Hkv, a->q.shape[3]));
+    HAE_TRY(check_scratch(be, "hae_attention", a->q.shape[2] / Hkv, a->q.shape[3], a->v_cache.shape[3]));
     attn_ctx c = {be, a};
     hae_parallel_for(be->pool, a->q.shape[0] * a->q.shape[1] * Hkv, attention_group, &c);
     return HAE_OK;
@@ -162,7 +163,7 @@ static void sparse_group(void *p, int64_t item) {
 
 hae_status hae_sparse_attention_cpu(hae_backend *be, const hae_sparse_attention_args *a) {
     const int64_t Hkv = a->k_cache.shape[2], G = a->q.shape[2] / Hkv;
-    HAE_TRY(check_scratch(be, "hae_sparse_attention", G, a->q.shape[3]));
+    HAE_TRY(check_scratch(be, "hae_sparse_attention", G, a->q.shape[3], a->v_cache.shape[3]));
     if (G > 256)
         return hae_error(HAE_ERR_UNSUPPORTED, "hae_sparse_attention (cpu): %lld query heads per kv head (at most 256)",
                          (long long)G);

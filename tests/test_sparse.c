@@ -234,7 +234,7 @@ Test(sparse, rejects_bad_arguments) {
     struct {
         const char *what, *needle;
         hae_sparse_attention_args a;
-    } cases[9];
+    } cases[12];
     int n = 0;
     hae_sparse_attention_args base = sp_args(&s, &d, 0.5f), a;
 #define CASE(w, nd, mutate)                                                                        \
@@ -249,7 +249,10 @@ Test(sparse, rejects_bad_arguments) {
     CASE("seq_lens shorter than T", "seq_lens[0] = 2", a.seq_lens.data = short_lens);
     CASE("lse shape", "lse must be [B, T, Hq]", a.lse.shape[2] = 2);
     CASE("scale", "scale", a.scale = 0.0f);
-    CASE("out shape", "out must match q", a.out = hae_tensor_4d(d.out, HAE_F32, HAE_CPU, 2, 3, 4, 4));
+    CASE("out of another Dv", "out's last dim must be v_cache's Dv", a.out = hae_tensor_4d(d.out, HAE_F32, HAE_CPU, 2, 3, 4, 4));
+    CASE("out of other heads", "must match q's B, T, Hq", a.out = hae_tensor_4d(d.out, HAE_F32, HAE_CPU, 2, 3, 2, 8));
+    CASE("v_cache of other slots", "differ in slots or kv heads", a.v_cache.shape[1] = 8);
+    CASE("overlapping slots", "make slots overlap", a.k_cache.stride[1] = 8; a.k_cache.stride[0] = 16 * 8);
 #undef CASE
     for (int i = 0; i < n; i++) {
         memset(d.out, 0x7F, (size_t)(s.B * s.T * s.Hq * s.D) * 4);
