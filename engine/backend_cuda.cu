@@ -23,6 +23,8 @@ static hae_status ctx_init(struct hae_cuda_ctx *ctx, char *name, size_t name_n) 
     ctx->workspace_bytes = HAE_CUDA_WORKSPACE_BYTES;
     HAE_CUBLAS_CHECK(cublasSetWorkspace(ctx->blas, ctx->workspace, ctx->workspace_bytes));
     HAE_CUBLAS_CHECK(cublasLtCreate(&ctx->lt));
+    HAE_CUDA_CHECK(cudaMalloc(&ctx->scratch, HAE_CUDA_SCRATCH_BYTES));
+    ctx->scratch_bytes = HAE_CUDA_SCRATCH_BYTES;
     return HAE_OK;
 }
 
@@ -52,6 +54,7 @@ extern "C" void hae_cuda_ctx_destroy(struct hae_cuda_ctx *ctx) {
         if (ctx->lt) (void)cublasLtDestroy(ctx->lt);
         if (ctx->blas) (void)cublasDestroy(ctx->blas);
         if (ctx->workspace) (void)cudaFree(ctx->workspace);
+        if (ctx->scratch) (void)cudaFree(ctx->scratch);
         if (ctx->stream) (void)cudaStreamDestroy(ctx->stream);
     }
     (void)cudaGetLastError();

@@ -19,9 +19,15 @@ struct hae_cuda_ctx {
     cublasLtHandle_t lt;  /* for FP8 matmuls (indexer) */
     void *workspace;      /* cuBLAS workspace */
     size_t workspace_bytes;
+    /* Scratch for kernels' partial results (split-KV attention, multi-block top-k): allocated with the
+     * context so no op allocates; an op may use it only between its first and last launch, which the
+     * one stream orders against every other op. */
+    void *scratch;
+    size_t scratch_bytes;
 };
 
 #define HAE_CUDA_WORKSPACE_BYTES ((size_t)32 << 20)
+#define HAE_CUDA_SCRATCH_BYTES ((size_t)64 << 20)
 
 static inline int hae_cuda_current_device(void) {
     int d = -1;
