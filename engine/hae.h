@@ -600,6 +600,8 @@ typedef struct hae_model hae_model;
 
 typedef struct hae_model_options {
     bool all_logits; /* keep logits of every position (for tests); else only the last per sequence */
+    size_t index_logits_bytes; /* dsa layers: the indexer's logits buffer at most this large (their slices
+                                  of a chunk are computed in turn; one token per sequence at least); 0: 256 MiB */
 } hae_model_options;
 
 /* Builds the stack of cfg on the backend: weights (initialised from cfg->seed), KV cache

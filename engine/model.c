@@ -78,6 +78,7 @@ struct hae_model {
     size_t la_workspace;
     /* dsa layers: indexer heads and dim, top-k, RoPE dims, pages of the key cache */
     int64_t HI, DI, topk, irope, page, pages_per_seq;
+    int64_t index_T; /* tokens per sequence whose indexer logits are computed at once (bounds ilogits) */
     bool has_dsa, derived;
 
     void *weight_mem;
@@ -93,7 +94,7 @@ struct hae_model {
     hae_tensor ids, x, h, qkv, att, gu, act, hlast, logits;
     hae_tensor conv_out, graw, gout, workspace; /* linear layers */
     /* dsa layers: indexer queries, keys, head weights, their FP8 forms, logits, selections */
-    hae_tensor qi, ki, wi, q8, qs, k8, ks, ilogits, ilens, idx, seq_lens;
+    hae_tensor qi, ki, wi, q8, qs, k8, ks, ilogits, ilens, idx, seq_lens, sub_lens;
     hae_tensor pq, pk, ones; /* derived indexer: the fixed maps from the layer's q and k; unit head weights */
     int32_t *ids_host; /* [B * chunk] staging for a chunk's tokens */
     int32_t *lens_host; /* [B * chunk] staging for the indexer's row lengths */
@@ -146,6 +147,9 @@ static int64_t linear_in_dim(const hae_model *m, const hae_linear_kind *lk, int6
 
 /* Parameters a layer can have at most (a linear layer with every part, plus the MLP). */
 #define PARAMS_PER_LAYER 24
+/* The indexer's logits of a chunk ([B, T, context] f32) are made a slice of tokens at a time so that
+ * their buffer stays under this many bytes whatever the context (hae_model_options can lower it). */
+#define INDEX_LOGITS_BYTES ((size_t)256 << 20)
 
 /* The weights of linear layer l, named as flash-linear-attention's layers name them. */
 static void layout_linear(hae_model *m, carver *c, int64_t l, float std, float std_out) {
@@ -338,10 +342,11 @@ static void layout_activations(hae_model *m, carver *c) {
         m->qs = carve2(c, HAE_F32, N * m->HI, m->DI / 128);
         m->k8 = carve2(c, HAE_FP8_E4M3, N, m->DI);
         m->ks = carve2(c, HAE_F32, N, m->DI / 128);
-        m->ilogits = carve2(c, HAE_F32, N, m->ctx_max); /* bounded by the prefill chunk */
+        m->ilogits = carve2(c, HAE_F32, m->B * m->index_T, m->ctx_max);
         m->ilens = carve1(c, HAE_I32, N);
         m->idx = carve2(c, HAE_I32, N, m->topk);
         m->seq_lens = carve1(c, HAE_I32, m->B);
+        m->sub_lens = carve1(c, HAE_I32, m->B);
     }
     m->gu = carve2(c, m->dt, N, 2 * m->F);
     m->act = carve2(c, m->dt, N, m->F);
@@ -401,6 +406,9 @@ static hae_status model_dims(hae_model *m, const hae_config *cfg, const hae_mode
     m->irope = cfg->model.dsa.index_rope_dim;
     m->page = cfg->model.dsa.page_size;
     m->pages_per_seq = (m->ctx_max + m->page - 1) / m->page;
+    const size_t logits_cap = opt && opt->index_logits_bytes ? opt->index_logits_bytes : INDEX_LOGITS_BYTES;
+    m->index_T = (int64_t)(logits_cap / (sizeof(float) * (size_t)(m->B * m->ctx_max)));
+    m->index_T = m->index_T < 1 ? 1 : m->index_T > m->chunk ? m->chunk : m->index_T;
     m->has_linear = false;
     for (int64_t l = 0; l < m->L; l++) {
         hae_linear_kind lk;
@@ -525,11 +533,6 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
                          k, v, c, why);
     }
 #endif
-    if (m->has_dsa && hae_backend_device(be) == HAE_CUDA) {
-        free(m);
-        return hae_error(HAE_ERR_UNSUPPORTED, "model: dsa layers run on the CPU only so far (the indexer, top-k and "
-                                              "sparse attention have no CUDA kernels yet); use runtime.backend: cpu");
-    }
     hae_status st = HAE_ERR_OOM;
     m->layers = calloc((size_t)m->L, sizeof *m->layers);
     m->params = calloc((size_t)(m->L * PARAMS_PER_LAYER + 4), sizeof *m->params);
@@ -969,14 +972,37 @@ static hae_status dsa_select(hae_model *m, int64_t l, int64_t T) {
     HAE_TRY(hae_index_write(be, &(hae_index_write_args){.k = hae_tensor_3d(m->k8.data, HAE_FP8_E4M3, dev, B, T, DI),
                                                         .k_scale = hae_tensor_3d(m->ks.data, HAE_F32, dev, B, T, DI / 128),
                                                         .cache = w->icache, .seq_lens = m->seq_lens}));
-    hae_tensor logits = hae_tensor_3d(m->ilogits.data, HAE_F32, dev, B, T, m->ctx_max);
-    HAE_TRY(hae_index_logits(be, &(hae_index_logits_args){
-                                     .q = hae_tensor_4d(q8.data, HAE_FP8_E4M3, dev, B, T, HI, DI),
-                                     .w = hae_tensor_3d(wi.data, HAE_F32, dev, B, T, HI), .cache = w->icache,
-                                     .seq_lens = m->seq_lens, .logits = logits,
-                                     .q_scale = hae_tensor_3d(qs.data, HAE_F32, dev, B, T, HI),
-                                     .w_scale = 1.0f / sqrtf((float)(HI * DI))}));
-    return hae_topk(be, &(hae_topk_args){.logits = rows(m->ilogits, N), .lens = rows(m->ilens, N), .out = rows(m->idx, N)});
+    /* Logits and top-k of tokens [t0, t0 + n) of every sequence: their own lengths (query t sits at
+     * position seq_len - n + t), a [B, n, context] logits slice, and the selections into idx. */
+    hae_tensor q4 = hae_tensor_4d(q8.data, HAE_FP8_E4M3, dev, B, T, HI, DI);
+    hae_tensor w3 = hae_tensor_3d(wi.data, HAE_F32, dev, B, T, HI), qs3 = hae_tensor_3d(qs.data, HAE_F32, dev, B, T, HI);
+    for (int64_t t0 = 0; t0 < T; t0 += m->index_T) {
+        const int64_t n = T - t0 < m->index_T ? T - t0 : m->index_T;
+        hae_tensor lens = m->seq_lens;
+        if (n < T) {
+            for (int64_t b = 0; b < B; b++) seqs[b] = (int32_t)(m->pos + t0 + n);
+            HAE_TRY(hae_backend_upload(be, m->sub_lens.data, seqs, sizeof(int32_t) * (size_t)B));
+            lens = m->sub_lens;
+        }
+        hae_tensor logits = hae_tensor_3d(m->ilogits.data, HAE_F32, dev, B, n, m->ctx_max);
+        HAE_TRY(hae_index_logits(be, &(hae_index_logits_args){
+                                         .q = hae_tensor_narrow(q4, 1, t0, n), .w = hae_tensor_narrow(w3, 1, t0, n),
+                                         .cache = w->icache, .seq_lens = lens, .logits = logits,
+                                         .q_scale = hae_tensor_narrow(qs3, 1, t0, n),
+                                         .w_scale = 1.0f / sqrtf((float)(HI * DI))}));
+        if (n == T) {
+            HAE_TRY(hae_topk(be, &(hae_topk_args){.logits = rows(m->ilogits, N), .lens = rows(m->ilens, N),
+                                                  .out = rows(m->idx, N)}));
+            continue;
+        }
+        /* a slice's rows of idx are contiguous only within a sequence */
+        for (int64_t b = 0; b < B; b++)
+            HAE_TRY(hae_topk(be, &(hae_topk_args){
+                                     .logits = hae_tensor_narrow(m->ilogits, 0, b * n, n),
+                                     .lens = hae_tensor_narrow(m->ilens, 0, b * T + t0, n),
+                                     .out = hae_tensor_narrow(rows(m->idx, N), 0, b * T + t0, n)}));
+    }
+    return HAE_OK;
 }
 
 static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {

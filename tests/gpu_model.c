@@ -36,22 +36,26 @@ static float *logits_of(hae_model *m, const hae_config *cfg, const int32_t *tok)
     return tu_model_logits(m, cfg, CTX, tok, lens, n);
 }
 
-/* Every layer kind: the attention stack, then the linear kinds beside full and swa layers. */
+/* Every layer kind: the attention stack, then the linear kinds beside full and swa layers, then dsa
+ * with a top-k covering the context (the default 64 < CTX would let near-tied indexer logits pick other
+ * tokens on either side: dsa_topk_selects_like_cpu holds that case). */
 static const char *const patterns[] = {
     "model.layer_pattern=[swa, swa, full]",
     "model.layer_pattern=[kda, kda, kda, full]",
     "model.layer_pattern=[gdn, gla, retnet, full]",
     "model.layer_pattern=[deltanet, mamba2, linear, swa]",
+    "model.layer_pattern=[kda, kda, kda, dsa]",
 };
+#define N_PATTERNS (int)(sizeof patterns / sizeof patterns[0])
 
 Test(gpu_model, logits_match_cpu) {
     const char *dts[] = {"runtime.dtype=f32", "runtime.dtype=bf16"};
     const double tol[] = {1e-4, 3e-2};
-    for (int pk = 0; pk < 8; pk++) {
+    for (int pk = 0; pk < 2 * N_PATTERNS; pk++) {
         const int k = pk % 2;
-        const char *sets[] = {dts[k], patterns[pk / 2]};
+        const char *sets[] = {dts[k], patterns[pk / 2], "model.dsa.index_topk=128"};
         hae_config cfg;
-        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", sets, 2, &cfg), HAE_OK, "%s", hae_last_error());
+        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", sets, 3, &cfg), HAE_OK, "%s", hae_last_error());
         hae_backend *cpu = tu_cpu(), *gpu = NULL;
         cr_assert_eq(hae_backend_create(HAE_CUDA, 0, &gpu), HAE_OK, "%s", hae_last_error());
         hae_model *mc = tu_model(cpu, &cfg), *mg = tu_model(gpu, &cfg);
@@ -115,12 +119,46 @@ Test(gpu_model, weights_roundtrip_between_backends) {
     hae_backend_destroy(cpu), hae_backend_destroy(gpu);
 }
 
+/* dsa with a top-k that drops tokens (16 of up to 100), learned and derived indexers, f32: the GPU's
+ * indexer logits differ from the CPU's only in the order of their fp32 sums (the FP8 products are
+ * exact), so a selection can differ only where two candidates' logits tie to rounding. A position
+ * counts as agreeing when its logits are within 1e-4 of the CPU's; all but a few must agree. */
+Test(gpu_model, dsa_topk_selects_like_cpu) {
+    for (int derived = 0; derived < 2; derived++) {
+        const char *sets[] = {"runtime.dtype=f32", "model.layer_pattern=[dsa, kda, dsa, full]", "model.dsa.index_topk=16",
+                              derived ? "model.dsa.derived=true" : "model.dsa.index_rope_dim=32"};
+        hae_config cfg;
+        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", sets, 4, &cfg), HAE_OK, "%s", hae_last_error());
+        hae_backend *cpu = tu_cpu(), *gpu = NULL;
+        cr_assert_eq(hae_backend_create(HAE_CUDA, 0, &gpu), HAE_OK, "%s", hae_last_error());
+        hae_model *mc = tu_model(cpu, &cfg), *mg = tu_model(gpu, &cfg);
+        const int64_t B = cfg.runtime.batch, V = cfg.model.vocab_size;
+        int32_t *tok = malloc(sizeof(int32_t) * (size_t)(B * CTX));
+        tu_tokens(&cfg, CTX, tok, 8 + (uint64_t)derived);
+        float *a = logits_of(mc, &cfg, tok), *g = logits_of(mg, &cfg, tok);
+        int64_t agree = 0;
+        double worst = 0;
+        for (int64_t row = 0; row < B * CTX; row++) {
+            double e = tu_rel_rms(g + row * V, a + row * V, V);
+            agree += e <= 1e-4;
+            worst = e > worst ? e : worst;
+        }
+        cr_expect_geq(agree, B * CTX - 3, "%s indexer, top-16: %lld of %lld positions differ from the CPU beyond 1e-4 "
+                      "(worst %.3g)", derived ? "derived" : "learned", (long long)(B * CTX - agree), (long long)(B * CTX),
+                      worst);
+        printf("gpu_model dsa top-16 %s indexer: %lld/%lld positions within 1e-4 of the CPU (worst %.3g)\n",
+               derived ? "derived" : "learned", (long long)agree, (long long)(B * CTX), worst);
+        free(tok), free(a), free(g);
+        hae_model_destroy(mc), hae_model_destroy(mg);
+        hae_backend_destroy(cpu), hae_backend_destroy(gpu);
+    }
+}
+
 /* What the CUDA kernels do not run is refused when the model is made, before any allocation. */
 Test(gpu_model, unsupported_layers_are_refused_up_front) {
     static const struct {
         const char *set, *want;
     } cases[] = {
-        {"model.layer_pattern=[kda, dsa]", "dsa layers run on the CPU only"},
         {"model.linear_attn.chunk_size=32", "chunk_size 32"},
         {"model.linear_attn.head_dim=96", "head_dim 96"},
     };

@@ -95,6 +95,32 @@ Test(model_dsa, decode_after_prefill_equals_one_prefill) {
     hae_backend_destroy(be);
 }
 
+/* A bounded indexer-logits buffer computes a chunk's logits in slices of tokens: same selections,
+ * same logits, for prefill chunks that are and are not a multiple of the slice. */
+Test(model_dsa, sliced_indexer_logits_equal_one_pass) {
+    hae_backend *be = tu_cpu();
+    hae_config cfg;
+    make_cfg(&cfg, "dsa", "dsa", 5, 16, false, "f32", 8);
+    int32_t tok[2 * CTX];
+    tu_tokens(&cfg, CTX, tok, 77);
+    hae_model *one = tu_model(be, &cfg);
+    float *ref = tu_model_logits(one, &cfg, CTX, tok, ragged, 5);
+    const int64_t n = 2 * CTX * cfg.model.vocab_size;
+    for (int slice = 1; slice <= 3; slice++) {
+        hae_model_options opt = {.all_logits = true, .index_logits_bytes = sizeof(float) * 2 * CTX * (size_t)slice};
+        hae_model *m = NULL;
+        cr_assert_eq(hae_model_create(&cfg, be, &opt, &m), HAE_OK, "%s", hae_last_error());
+        float *got = tu_model_logits(m, &cfg, CTX, tok, ragged, 5);
+        cr_expect_eq(tu_rel_rms(got, ref, n), 0.0, "logits in slices of %d tokens vs one pass: %.3g", slice,
+                     tu_rel_rms(got, ref, n));
+        free(got);
+        hae_model_destroy(m);
+    }
+    free(ref);
+    hae_model_destroy(one);
+    hae_backend_destroy(be);
+}
+
 Test(model_dsa, saved_names_kv_accounting_and_snapshot) {
     hae_backend *be = tu_cpu();
     hae_config cfg;
