@@ -1,3 +1,682 @@
-/* PLACEHOLDER: replaced by the real kernels. */
+/* DSA sparse attention on CUDA (contract in hae.h, reference sparse/attention_cpu.c; arguments
+ * already checked by engine/ops.c, but not seq_lens, which stay on the device).
+ *
+ * For query (b, t, h) at p = seq_lens[b] - T + t, kv head g = h / G (G = Hq / Hkv), over the set J of
+ * entries j of idx[b, t, :] with 0 <= j <= p (none when p is outside [0, cap)); j sits in slot j:
+ *     s_j = scale q . k_j,   out = sum_{j in J} e^{s_j - m} v_j / sum_{j in J} e^{s_j - m},
+ *     lse = m + ln sum_{j in J} e^{s_j - m},   m = max_j s_j;   J empty: out = 0, lse = +inf.
+ *
+ * Two kernels compute it:
+ *  - tc_kernel, bf16 q and caches, (Dk, Dv) in {(576, 512), (128, 128), (64, 64)}: flash-style on
+ *    mma.sync m16n8k16 (bf16 in, fp32 accumulate). A CTA takes R = 16 MT query heads of one kv head
+ *    and one token (the rows of the MMA's M dimension; heads past G are zero rows, never written) and
+ *    walks idx in tiles of 64 entries: the tile's K (and V) rows are gathered by index into shared
+ *    memory with cp.async (unusable entries zero-filled, never read; a tile with no usable entry is
+ *    skipped), two stages, rows XOR-swizzled in 16-byte chunks so ldmatrix is conflict-free.
+ *    S = Q K^T is split over the warps by (m tile, key range); the online softmax works in the log2
+ *    domain (x = s log2 e, exp2), its row maxima exchanged through shared memory; P goes to shared
+ *    memory as bf16 and O += P V is split over the warps by value columns, each warp holding all R
+ *    rows of its Dv / NW columns in registers (mla: 64 heads x 64 columns, 128 floats a thread).
+ *    mla's V is the first 512 dims of the gathered K rows (v_cache a view of k_cache): no second gather.
+ *    When the CTAs would not fill the GPU (decode at small batch), idx is split into `splits` ranges;
+ *    each writes unnormalised O, its max and sum to the context's scratch and combine_kernel merges:
+ *        M = max_s m_s,  L = sum_s 2^{m_s - M} l_s,  out = sum_s 2^{m_s - M} O_s / L,  lse = (M + log2 L) ln 2.
+ *  - simple_kernel, everything else (f32, other head dims up to 576, unaligned rows): a block of four
+ *    warps per query row, each warp taking every fourth group of four entries, lanes holding the dims,
+ *    an online softmax in fp32 (natural exp, as the CPU), the warps merged through shared memory. */
 #include "cuda_check.cuh"
-extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_sparse_attention_args *a) { (void)be, (void)a; return hae_error(HAE_ERR_UNSUPPORTED, "hae_sparse_attention: no CUDA kernel yet"); }
+
+#include <limits.h>
+#include <math.h>
+
+namespace {
+
+constexpr int kBN = 64;          /* idx entries (keys) per tile */
+constexpr int kMaxSplits = 64;   /* split-KV ranges at most */
+constexpr int kMinSplitTiles = 2; /* tiles per split at least */
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+struct SparseParams {
+    const void *q;
+    int64_t q_sb, q_st; /* q's head stride is Dk (dense within a row) */
+    const void *k, *v;
+    int64_t k_sb, k_ss, v_sb, v_ss; /* kv head strides are Dk and Dv */
+    const int32_t *idx;
+    int64_t i_sb, i_st;
+    const int32_t *lens;
+    int64_t l_s;
+    void *out;
+    int64_t o_sb, o_st;
+    float *lse; /* NULL: not asked */
+    int64_t e_sb, e_st;
+    float *part;    /* split-KV: unnormalised O [B T Hq][splits][Dv] */
+    float *part_ml; /* and (max, sum) [B T Hq][splits][2], log2 domain */
+    int64_t T, cap, nk;
+    int Hq, Hkv, G, Dk, Dv;
+    int hblocks, splits, tiles_per_split;
+    bool out_bf16, v_shared;
+    float scale, scale_log2;
+};
+
+__device__ __forceinline__ void st_out(void *p, bool bf16, int64_t i, float v) {
+    if (bf16) ((uint16_t *)p)[i] = hae_dev_f32_to_bf16(v);
+    else ((float *)p)[i] = v;
+}
+
+/* The usable range of query (b, t): entries j with 0 <= j <= hi; hi = -1 when p is outside [0, cap). */
+__device__ __forceinline__ int64_t usable_hi(const SparseParams &p, int64_t b, int64_t t) {
+    const int64_t pos = (int64_t)p.lens[b * p.l_s] - p.T + t;
+    return pos >= 0 && pos < p.cap ? pos : -1;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+/* ---------------------------------------------------------------- tensor-core pieces
+ * mma.sync m16n8k16 bf16 (row.col) fragments, g = lane / 4, t = lane % 4 (two bf16 per register):
+ *   A 16x16: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
+ *   B 16x8:  b0 (k 2t..2t+1, n g), b1 (k 2t+8.., n g)
+ *   C 16x8:  c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1)
+ * Shared tiles are rows of RC 16-byte chunks (RC a multiple of 8); chunk c of row r is stored at
+ * chunk c ^ (r & 7), so the 8 rows an ldmatrix phase reads at one chunk hit 8 distinct bank groups. */
+__device__ __forceinline__ uint32_t swz(uint32_t base, int row, int chunk, int rc) {
+    return base + (uint32_t)((row * rc + (chunk ^ (row & 7))) * 16);
+}
+
+/* 16 bytes global -> shared; with valid false nothing is read and the 16 bytes are zeroed. */
+__device__ __forceinline__ void cp_async16z(uint32_t dst, const void *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/* Two floats as bf16x2, round to nearest even; lo lands at the lower address. */
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+/* Shapes of one tensor-core configuration: DK/DV head dims, MT m tiles (R = 16 MT rows), NW warps. */
+template <int DK, int DV, int MT, int NW> struct Tc {
+    static constexpr int NT = 32 * NW, R = 16 * MT;
+    static constexpr int KG = NW / MT;   /* warps sharing an m tile in S, each taking SN keys */
+    static constexpr int SN = kBN / KG, SNT = SN / 8;
+    static constexpr int ONT = DV / NW / 8; /* n8 tiles of O per warp */
+    static constexpr int KC = DK / 8, VC = DV / 8, PC = kBN / 8; /* 16-byte chunks per row */
+    static constexpr int TPK = NT / kBN; /* threads gathering one key row */
+    static_assert(NW % MT == 0 && kBN % KG == 0 && SNT % 2 == 0, "S split");
+    static_assert(DV % (NW * 16) == 0 && ONT % 2 == 0, "O split");
+    static_assert(KC % 8 == 0 && VC % 8 == 0 && PC % 8 == 0 && DK % 16 == 0, "swizzled rows");
+    static_assert(NT % kBN == 0 && KC % TPK == 0 && VC % TPK == 0, "gather");
+    /* shared memory, bytes: Q [R][DK], K [2][BN][DK], V [2][BN][DV] (absent when shared with K),
+     * P [R][BN] bf16, red [KG][R] f32, alpha [R] f32, kidx [2][BN] i32 */
+    static constexpr int Q_OFF = 0, K_OFF = R * DK * 2, KBYTES = kBN * DK * 2, VBYTES = kBN * DV * 2;
+    static __host__ __device__ constexpr int v_off() { return K_OFF + 2 * KBYTES; }
+    static __host__ __device__ constexpr int p_off(bool shared) { return v_off() + (shared ? 0 : 2 * VBYTES); }
+    static __host__ __device__ constexpr int red_off(bool shared) { return p_off(shared) + R * kBN * 2; }
+    static __host__ __device__ constexpr int alpha_off(bool shared) { return red_off(shared) + KG * R * 4; }
+    static __host__ __device__ constexpr int kidx_off(bool shared) { return alpha_off(shared) + R * 4; }
+    static __host__ __device__ constexpr int smem(bool shared) { return kidx_off(shared) + 2 * kBN * 4; }
+};
+
+template <int DK, int DV, int MT, int NW>
+__global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const SparseParams p) {
+    using C = Tc<DK, DV, MT, NW>;
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g8 = lane >> 2, t4 = lane & 3;
+
+    int64_t blk = blockIdx.x; /* (((b T + t) Hkv + gk) hblocks + hb) splits + split */
+    const int split = (int)(blk % p.splits);
+    blk /= p.splits;
+    const int hb = (int)(blk % p.hblocks);
+    blk /= p.hblocks;
+    const int gk = (int)(blk % p.Hkv);
+    blk /= p.Hkv;
+    const int64_t t = blk % p.T, b = blk / p.T;
+    const int h0 = gk * p.G + hb * C::R; /* first query head of this CTA */
+    const int nh = min(C::R, p.G - hb * C::R);
+    /* idx entries are i32, so the usable bound fits an int */
+    const int hi = (int)min(usable_hi(p, b, t), (int64_t)INT_MAX);
+    const int ntiles = (int)((p.nk + kBN - 1) / kBN);
+    const int tile0 = split * p.tiles_per_split, tile1 = min(ntiles, tile0 + p.tiles_per_split);
+
+    const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(smem);
+    const uint32_t sQ = sbase + C::Q_OFF, sK = sbase + C::K_OFF;
+    const uint32_t sV = p.v_shared ? sK : sbase + C::v_off();
+    const int vrc = p.v_shared ? C::KC : C::VC; /* chunks per row of the V tile */
+    const int vbytes = p.v_shared ? C::KBYTES : C::VBYTES;
+    const uint32_t sP = sbase + C::p_off(p.v_shared);
+    float *red = (float *)(smem + C::red_off(p.v_shared));
+    float *alpha_s = (float *)(smem + C::alpha_off(p.v_shared));
+    int *kidx = (int *)(smem + C::kidx_off(p.v_shared));
+
+    const uint16_t *kbase = (const uint16_t *)p.k + b * p.k_sb + (int64_t)gk * DK;
+    const uint16_t *vbase = (const uint16_t *)p.v + b * p.v_sb + (int64_t)gk * DV;
+    const int32_t *irow = p.idx + b * p.i_sb + t * p.i_st;
+
+    /* Q rows (zero rows past the group's heads) */
+    {
+        const uint16_t *qrow = (const uint16_t *)p.q + b * p.q_sb + t * p.q_st + (int64_t)h0 * DK;
+        for (int i = tid; i < C::R * C::KC; i += C::NT) {
+            const int r = i / C::KC, c = i % C::KC;
+            const bool ok = r < nh;
+            cp_async16z(swz(sQ, r, c, C::KC), ok ? qrow + (int64_t)r * DK + c * 8 : qrow, ok);
+        }
+        cp_async_commit();
+    }
+
+    /* The gather: thread tid fetches chunks sub, sub + TPK, ... of key row kr of a tile. */
+    const int kr = tid / C::TPK, sub = tid % C::TPK;
+    /* Records the tile's usable entries in kidx[st]; true when it has one (a CTA-wide vote). */
+    auto probe = [&](int tile, int st, int &j) -> bool {
+        const int64_t i = (int64_t)tile * kBN + kr;
+        j = i < p.nk ? irow[i] : -1;
+        const bool ok = j >= 0 && j <= hi;
+        if (sub == 0) kidx[st * kBN + kr] = ok ? j : -1;
+        return __syncthreads_or(ok) != 0;
+    };
+    auto issue = [&](int st, int j) {
+        const bool ok = j >= 0 && j <= hi;
+        const uint16_t *kr_src = kbase + (ok ? (int64_t)j : 0) * p.k_ss;
+        const uint32_t dk = sK + (uint32_t)(st * C::KBYTES);
+        for (int c = sub; c < C::KC; c += C::TPK) cp_async16z(swz(dk, kr, c, C::KC), kr_src + c * 8, ok);
+        if (!p.v_shared) {
+            const uint16_t *vr_src = vbase + (ok ? (int64_t)j : 0) * p.v_ss;
+            const uint32_t dv = sV + (uint32_t)(st * C::VBYTES);
+            for (int c = sub; c < C::VC; c += C::TPK) cp_async16z(swz(dv, kr, c, C::VC), vr_src + c * 8, ok);
+        }
+    };
+    /* The first tile at or after `from` with a usable entry (tile1 if none); its kidx go to stage st. */
+    auto next_tile = [&](int from, int st, int &j) -> int {
+        int tl = from;
+        while (tl < tile1 && !probe(tl, st, j)) tl++;
+        return tl;
+    };
+
+    /* S warp: m tile mt, keys [n0, n0 + SN); O warp: all R rows, value columns [d0, d0 + DV / NW). */
+    const int mt = w % MT, n0 = (w / MT) * C::SN, d0 = w * (DV / NW);
+    const int r0 = mt * 16 + g8, r1 = r0 + 8;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    float o[MT][C::ONT][4];
+#pragma unroll
+    for (int mi = 0; mi < MT; mi++)
+#pragma unroll
+        for (int ni = 0; ni < C::ONT; ni++) o[mi][ni][0] = o[mi][ni][1] = o[mi][ni][2] = o[mi][ni][3] = 0.0f;
+
+    int j = -1;
+    int cur = next_tile(tile0, 0, j), st = 0;
+    if (cur < tile1) issue(0, j);
+    cp_async_commit();
+    while (cur < tile1) {
+        /* prefetch the next tile into the other stage (free: its tile ended with a barrier) */
+        const int nxt = next_tile(cur + 1, st ^ 1, j);
+        if (nxt < tile1) issue(st ^ 1, j);
+        cp_async_commit();
+        cp_async_wait1();
+        __syncthreads();
+
+        const uint32_t sKs = sK + (uint32_t)(st * C::KBYTES), sVs = sV + (uint32_t)(st * vbytes);
+        const int *kid = kidx + st * kBN;
+
+        /* S = Q K^T for rows of m tile mt and keys [n0, n0 + SN) */
+        float s[C::SNT][4];
+#pragma unroll
+        for (int nj = 0; nj < C::SNT; nj++) s[nj][0] = s[nj][1] = s[nj][2] = s[nj][3] = 0.0f;
+        {
+            const int arow = mt * 16 + (lane & 15), ahalf = lane >> 4;
+            const int brow = n0 + (lane & 7) + ((lane >> 4) << 3), bhalf = (lane >> 3) & 1;
+#pragma unroll 2
+            for (int kc = 0; kc < DK / 16; kc++) {
+                uint32_t a[4];
+                ldsm_x4(a, swz(sQ, arow, 2 * kc + ahalf, C::KC));
+#pragma unroll
+                for (int jj = 0; jj < C::SNT / 2; jj++) {
+                    uint32_t bb[4];
+                    ldsm_x4(bb, swz(sKs, brow + 16 * jj, 2 * kc + bhalf, C::KC));
+                    mma_bf16(s[2 * jj], a, bb[0], bb[1]);
+                    mma_bf16(s[2 * jj + 1], a, bb[2], bb[3]);
+                }
+            }
+        }
+
+        /* online softmax, log2 domain; unusable keys -> -inf */
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int nj = 0; nj < C::SNT; nj++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const bool ok = kid[n0 + 8 * nj + 2 * t4 + e] >= 0;
+                s[nj][e] = ok ? s[nj][e] * p.scale_log2 : -INFINITY;
+                s[nj][2 + e] = ok ? s[nj][2 + e] * p.scale_log2 : -INFINITY;
+                mx0 = fmaxf(mx0, s[nj][e]);
+                mx1 = fmaxf(mx1, s[nj][2 + e]);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        if (t4 == 0) {
+            red[(w / MT) * C::R + r0] = mx0;
+            red[(w / MT) * C::R + r1] = mx1;
+        }
+        __syncthreads();
+        float mn0 = m0, mn1 = m1;
+#pragma unroll
+        for (int kg = 0; kg < C::KG; kg++) {
+            mn0 = fmaxf(mn0, red[kg * C::R + r0]);
+            mn1 = fmaxf(mn1, red[kg * C::R + r1]);
+        }
+        /* the tile has a usable key, so mn is finite; the guard keeps exp2 off (-inf) - (-inf) */
+        const float base0 = mn0 == -INFINITY ? 0.0f : mn0, base1 = mn1 == -INFINITY ? 0.0f : mn1;
+        const float al0 = exp2f(m0 - base0), al1 = exp2f(m1 - base1); /* 0 on the first tile */
+        m0 = mn0, m1 = mn1;
+        float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+        for (int nj = 0; nj < C::SNT; nj++) {
+            const float p00 = exp2f(s[nj][0] - base0), p01 = exp2f(s[nj][1] - base0);
+            const float p10 = exp2f(s[nj][2] - base1), p11 = exp2f(s[nj][3] - base1);
+            ps0 += p00 + p01;
+            ps1 += p10 + p11;
+            const int ch = (n0 + 8 * nj) / 8;
+            asm volatile("st.shared.b32 [%0], %1;" ::"r"(swz(sP, r0, ch, C::PC) + 4 * t4), "r"(pack_bf16(p00, p01)));
+            asm volatile("st.shared.b32 [%0], %1;" ::"r"(swz(sP, r1, ch, C::PC) + 4 * t4), "r"(pack_bf16(p10, p11)));
+        }
+        l0 = l0 * al0 + ps0;
+        l1 = l1 * al1 + ps1;
+        if (w < MT && t4 == 0) {
+            alpha_s[r0] = al0;
+            alpha_s[r1] = al1;
+        }
+        __syncthreads();
+
+        /* O = alpha O + P V for all R rows and value columns [d0, d0 + DV / NW) */
+#pragma unroll
+        for (int mi = 0; mi < MT; mi++) {
+            const float a0 = alpha_s[mi * 16 + g8], a1 = alpha_s[mi * 16 + g8 + 8];
+#pragma unroll
+            for (int ni = 0; ni < C::ONT; ni++) {
+                o[mi][ni][0] *= a0, o[mi][ni][1] *= a0;
+                o[mi][ni][2] *= a1, o[mi][ni][3] *= a1;
+            }
+        }
+        {
+            const int prow = lane & 15, phalf = lane >> 4;
+            const int vrow = (lane & 7) + (((lane >> 3) & 1) << 3), vhalf = lane >> 4;
+#pragma unroll
+            for (int kc = 0; kc < kBN / 16; kc++) {
+                uint32_t a[MT][4];
+#pragma unroll
+                for (int mi = 0; mi < MT; mi++) ldsm_x4(a[mi], swz(sP, mi * 16 + prow, 2 * kc + phalf, C::PC));
+#pragma unroll
+                for (int nj = 0; nj < C::ONT / 2; nj++) {
+                    uint32_t bb[4];
+                    ldsm_x4_t(bb, swz(sVs, 16 * kc + vrow, d0 / 8 + 2 * nj + vhalf, vrc));
+#pragma unroll
+                    for (int mi = 0; mi < MT; mi++) {
+                        mma_bf16(o[mi][2 * nj], a[mi], bb[0], bb[1]);
+                        mma_bf16(o[mi][2 * nj + 1], a[mi], bb[2], bb[3]);
+                    }
+                }
+            }
+        }
+        __syncthreads(); /* stage st, P, red and alpha are free again */
+        cur = nxt;
+        st ^= 1;
+    }
+    cp_async_wait_all();
+
+    /* row sums over the quad and the KG warps of an m tile; the final max of each row */
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    if (t4 == 0) {
+        red[(w / MT) * C::R + r0] = l0;
+        red[(w / MT) * C::R + r1] = l1;
+        if (w < MT) {
+            alpha_s[r0] = m0;
+            alpha_s[r1] = m1;
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int mi = 0; mi < MT; mi++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int r = mi * 16 + g8 + 8 * half;
+            if (r >= nh) continue;
+            float L = 0.0f;
+#pragma unroll
+            for (int kg = 0; kg < C::KG; kg++) L += red[kg * C::R + r];
+            const float M = alpha_s[r];
+            const int h = h0 + r;
+            const int64_t row = (b * p.T + t) * p.Hq + h;
+            if (p.splits == 1) {
+                const float inv = L > 0.0f ? 1.0f / L : 0.0f; /* no usable index: out = 0 */
+                const int64_t ob = b * p.o_sb + t * p.o_st + (int64_t)h * DV;
+#pragma unroll
+                for (int ni = 0; ni < C::ONT; ni++) {
+                    const int d = d0 + 8 * ni + 2 * t4;
+                    st_out(p.out, p.out_bf16, ob + d, o[mi][ni][2 * half] * inv);
+                    st_out(p.out, p.out_bf16, ob + d + 1, o[mi][ni][2 * half + 1] * inv);
+                }
+                if (p.lse && w == 0 && t4 == 0)
+                    p.lse[b * p.e_sb + t * p.e_st + h] = L > 0.0f ? (M + log2f(L)) * kLn2 : INFINITY;
+            } else {
+                float *dst = p.part + (row * p.splits + split) * DV;
+#pragma unroll
+                for (int ni = 0; ni < C::ONT; ni++) {
+                    const int d = d0 + 8 * ni + 2 * t4;
+                    *(float2 *)(dst + d) = make_float2(o[mi][ni][2 * half], o[mi][ni][2 * half + 1]);
+                }
+                if (w == 0 && t4 == 0) {
+                    p.part_ml[(row * p.splits + split) * 2] = M;
+                    p.part_ml[(row * p.splits + split) * 2 + 1] = L;
+                }
+            }
+        }
+}
+
+/* Merges the splits of one query row (b, t, h): the formula above the file. */
+__global__ void __launch_bounds__(128) combine_kernel(const SparseParams p) {
+    __shared__ float wsh[kMaxSplits];
+    const int64_t row = blockIdx.x;
+    const int h = (int)(row % p.Hq);
+    const int64_t t = (row / p.Hq) % p.T, b = row / ((int64_t)p.Hq * p.T);
+    const float *ml = p.part_ml + row * p.splits * 2;
+    float M = -INFINITY;
+    for (int s = 0; s < p.splits; s++) M = fmaxf(M, ml[2 * s]);
+    if (threadIdx.x < p.splits) {
+        const float ms = ml[2 * threadIdx.x];
+        wsh[threadIdx.x] = ms == -INFINITY ? 0.0f : exp2f(ms - M);
+    }
+    __syncthreads();
+    float L = 0.0f;
+    for (int s = 0; s < p.splits; s++) L += wsh[s] * ml[2 * s + 1];
+    const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+    const float *po = p.part + row * p.splits * p.Dv;
+    const int64_t ob = b * p.o_sb + t * p.o_st + (int64_t)h * p.Dv;
+    for (int d = threadIdx.x; d < p.Dv; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s < p.splits; s++) acc += wsh[s] * po[(int64_t)s * p.Dv + d];
+        st_out(p.out, p.out_bf16, ob + d, acc * inv);
+    }
+    if (p.lse && threadIdx.x == 0) p.lse[b * p.e_sb + t * p.e_st + h] = L > 0.0f ? (M + log2f(L)) * kLn2 : INFINITY;
+}
+
+/* ---------------------------------------------------------------- the simple kernel */
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kKeysInFlight = 4;
+constexpr int kMaxD = 576;
+
+/* NJ: dims per lane, 32 NJ >= max(Dk, Dv). */
+template <typename TQ, typename TKV, int NJ>
+__global__ void __launch_bounds__(kThreads) simple_kernel(const SparseParams p) {
+    __shared__ float sh_acc[kWarps][32 * NJ];
+    __shared__ float sh_m[kWarps], sh_l[kWarps];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t row = blockIdx.x; /* (b T + t) Hq + h */
+    const int h = (int)(row % p.Hq);
+    const int64_t t = (row / p.Hq) % p.T, b = row / ((int64_t)p.Hq * p.T);
+    const int gk = h / p.G;
+    const int64_t hi = usable_hi(p, b, t);
+
+    const TQ *q = (const TQ *)p.q + b * p.q_sb + t * p.q_st + (int64_t)h * p.Dk;
+    float qv[NJ], acc[NJ];
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+        const int d = lane + 32 * j;
+        qv[j] = d < p.Dk ? hae_ld(q + d) * p.scale : 0.0f; /* q pre-scaled, as on the CPU */
+        acc[j] = 0.0f;
+    }
+    const TKV *kbase = (const TKV *)p.k + b * p.k_sb + (int64_t)gk * p.Dk;
+    const TKV *vbase = (const TKV *)p.v + b * p.v_sb + (int64_t)gk * p.Dv;
+    const int32_t *irow = p.idx + b * p.i_sb + t * p.i_st;
+
+    float m = -INFINITY, l = 0.0f;
+    /* i0 is the same in every lane of a warp, so the shuffles below see the whole warp */
+    for (int64_t i0 = (int64_t)warp * kKeysInFlight; i0 < p.nk; i0 += kWarps * kKeysInFlight) {
+        float sc[kKeysInFlight];
+        int64_t jj[kKeysInFlight];
+#pragma unroll
+        for (int u = 0; u < kKeysInFlight; u++) {
+            const int64_t i = i0 + u;
+            const int64_t j = i < p.nk ? irow[i] : -1;
+            jj[u] = j >= 0 && j <= hi ? j : -1;
+            float part = 0.0f;
+            if (jj[u] >= 0) {
+                const TKV *kr = kbase + jj[u] * p.k_ss;
+#pragma unroll
+                for (int x = 0; x < NJ; x++) {
+                    const int d = lane + 32 * x;
+                    if (d < p.Dk) part += qv[x] * hae_ld(kr + d);
+                }
+            }
+            sc[u] = part;
+        }
+        float mx = m;
+#pragma unroll
+        for (int u = 0; u < kKeysInFlight; u++) {
+            sc[u] = warp_sum(sc[u]);
+            if (jj[u] < 0) sc[u] = -INFINITY;
+            mx = fmaxf(mx, sc[u]);
+        }
+        if (mx == -INFINITY) continue; /* nothing usable yet */
+        const float alpha = expf(m - mx); /* 0 on the warp's first usable keys */
+        l *= alpha;
+#pragma unroll
+        for (int x = 0; x < NJ; x++) acc[x] *= alpha;
+#pragma unroll
+        for (int u = 0; u < kKeysInFlight; u++) {
+            if (jj[u] < 0) continue;
+            const float wgt = expf(sc[u] - mx);
+            l += wgt;
+            const TKV *vr = vbase + jj[u] * p.v_ss;
+#pragma unroll
+            for (int x = 0; x < NJ; x++) {
+                const int d = lane + 32 * x;
+                if (d < p.Dv) acc[x] += wgt * hae_ld(vr + d);
+            }
+        }
+        m = mx;
+    }
+
+#pragma unroll
+    for (int x = 0; x < NJ; x++) sh_acc[warp][lane + 32 * x] = acc[x];
+    if (lane == 0) {
+        sh_m[warp] = m;
+        sh_l[warp] = l;
+    }
+    __syncthreads();
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; w++) M = fmaxf(M, sh_m[w]);
+    float wt[kWarps], L = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; w++) {
+        wt[w] = sh_m[w] == -INFINITY ? 0.0f : expf(sh_m[w] - M); /* a warp that saw no key weighs 0 */
+        L += wt[w] * sh_l[w];
+    }
+    const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+    const int64_t ob = b * p.o_sb + t * p.o_st + (int64_t)h * p.Dv;
+    for (int d = threadIdx.x; d < p.Dv; d += kThreads) {
+        float s = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) s += wt[w] * sh_acc[w][d];
+        st_out(p.out, p.out_bf16, ob + d, s * inv);
+    }
+    if (p.lse && threadIdx.x == 0) p.lse[b * p.e_sb + t * p.e_st + h] = L > 0.0f ? M + logf(L) : INFINITY;
+}
+
+/* ---------------------------------------------------------------- launches */
+
+template <typename TQ, typename TKV>
+hae_status launch_simple(const SparseParams &p, int64_t rows, cudaStream_t s) {
+    const int d = p.Dk > p.Dv ? p.Dk : p.Dv;
+    if (d <= 64) simple_kernel<TQ, TKV, 2><<<(unsigned)rows, kThreads, 0, s>>>(p);
+    else if (d <= 128) simple_kernel<TQ, TKV, 4><<<(unsigned)rows, kThreads, 0, s>>>(p);
+    else if (d <= 256) simple_kernel<TQ, TKV, 8><<<(unsigned)rows, kThreads, 0, s>>>(p);
+    else simple_kernel<TQ, TKV, kMaxD / 32><<<(unsigned)rows, kThreads, 0, s>>>(p);
+    HAE_CUDA_LAUNCH_CHECK("simple_kernel");
+    return HAE_OK;
+}
+
+/* Runs the tensor-core kernel when its shared memory fits; *ran false otherwise (nothing launched).
+ * Splits idx when the CTAs would leave SMs idle and the partials fit the context's scratch. */
+template <int DK, int DV, int MT, int NW>
+hae_status launch_tc(hae_backend *be, SparseParams p, int64_t B, cudaStream_t s, bool *ran) {
+    using C = Tc<DK, DV, MT, NW>;
+    auto kern = tc_kernel<DK, DV, MT, NW>;
+    const int smem = C::smem(p.v_shared);
+    const int dev = be->cuda->device;
+    int smem_max = 0, sms = 0, occ = 0;
+    HAE_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    *ran = false;
+    if (smem > smem_max) return HAE_OK;
+    HAE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    HAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    HAE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, C::NT, smem));
+    if (occ < 1) return HAE_OK;
+
+    p.hblocks = (p.G + C::R - 1) / C::R;
+    const int64_t ctas = B * p.T * p.Hkv * p.hblocks;
+    const int ntiles = (int)((p.nk + kBN - 1) / kBN);
+    int64_t splits = 1;
+    const int64_t slots = (int64_t)sms * occ;
+    if (ctas < slots) {
+        splits = slots / ctas;
+        const int64_t by_tiles = ntiles / kMinSplitTiles;
+        if (splits > by_tiles) splits = by_tiles;
+        if (splits > kMaxSplits) splits = kMaxSplits;
+        const int64_t rows = B * p.T * p.Hq;
+        const int64_t per_split = rows * ((int64_t)p.Dv + 2) * (int64_t)sizeof(float);
+        if (per_split > 0 && splits * per_split > (int64_t)be->cuda->scratch_bytes)
+            splits = (int64_t)be->cuda->scratch_bytes / per_split;
+        if (splits < 2) splits = 1;
+    }
+    p.tiles_per_split = (int)((ntiles + splits - 1) / splits);
+    p.splits = (int)((ntiles + p.tiles_per_split - 1) / p.tiles_per_split); /* no empty ranges */
+    if (p.splits < 1) p.splits = 1;
+    if (ctas * p.splits > INT_MAX) return HAE_OK;
+    if (p.splits > 1) {
+        p.part = (float *)be->cuda->scratch;
+        p.part_ml = p.part + B * p.T * p.Hq * (int64_t)p.splits * p.Dv;
+    }
+    kern<<<(unsigned)(ctas * p.splits), C::NT, smem, s>>>(p);
+    HAE_CUDA_LAUNCH_CHECK("tc_kernel");
+    if (p.splits > 1) {
+        combine_kernel<<<(unsigned)(B * p.T * p.Hq), 128, 0, s>>>(p);
+        HAE_CUDA_LAUNCH_CHECK("combine_kernel");
+    }
+    *ran = true;
+    return HAE_OK;
+}
+
+bool aligned16(const void *ptr, int64_t s0, int64_t s1) {
+    return ((uintptr_t)ptr % 16) == 0 && s0 % 8 == 0 && s1 % 8 == 0;
+}
+
+/* The tensor-core configuration for these head dims and group size, if any. */
+hae_status try_tc(hae_backend *be, const SparseParams &p, int64_t B, cudaStream_t s, bool *ran) {
+    *ran = false;
+    const bool wide = p.G > 16; /* 64 rows per CTA; else 16 rows, G / 16 CTAs */
+    if (p.Dk == 576 && p.Dv == 512) return wide ? launch_tc<576, 512, 4, 8>(be, p, B, s, ran) : launch_tc<576, 512, 1, 4>(be, p, B, s, ran);
+    if (p.Dk == 128 && p.Dv == 128) return wide ? launch_tc<128, 128, 4, 8>(be, p, B, s, ran) : launch_tc<128, 128, 1, 4>(be, p, B, s, ran);
+    if (p.Dk == 64 && p.Dv == 64) return launch_tc<64, 64, 1, 4>(be, p, B, s, ran);
+    return HAE_OK;
+}
+
+} // namespace
+
+extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_sparse_attention_args *a) {
+    const int64_t B = a->q.shape[0], T = a->q.shape[1], Hq = a->q.shape[2], Dk = a->q.shape[3];
+    const int64_t Hkv = a->k_cache.shape[2], Dv = a->v_cache.shape[3];
+    if (B * T * Hq == 0) return HAE_OK;
+    if (Dk > kMaxD || Dv > kMaxD)
+        return hae_error(HAE_ERR_UNSUPPORTED,
+                         "hae_sparse_attention (cuda): head dims %lld/%lld: at most %d (mla's 576/512) are implemented",
+                         (long long)Dk, (long long)Dv, kMaxD);
+    const int64_t rows = B * T * Hq;
+    if (rows > INT_MAX)
+        return hae_error(HAE_ERR_UNSUPPORTED, "hae_sparse_attention (cuda): %lld query rows exceed %d", (long long)rows,
+                         INT_MAX);
+
+    SparseParams p = {};
+    p.q = a->q.data;
+    p.q_sb = a->q.stride[0];
+    p.q_st = a->q.stride[1];
+    p.k = a->k_cache.data;
+    p.v = a->v_cache.data;
+    p.k_sb = a->k_cache.stride[0];
+    p.k_ss = a->k_cache.stride[1];
+    p.v_sb = a->v_cache.stride[0];
+    p.v_ss = a->v_cache.stride[1];
+    p.idx = (const int32_t *)a->idx.data;
+    p.i_sb = a->idx.stride[0];
+    p.i_st = a->idx.stride[1];
+    p.lens = (const int32_t *)a->seq_lens.data;
+    p.l_s = a->seq_lens.stride[0];
+    p.out = a->out.data;
+    p.o_sb = a->out.stride[0];
+    p.o_st = a->out.stride[1];
+    p.lse = (float *)a->lse.data;
+    p.e_sb = a->lse.stride[0];
+    p.e_st = a->lse.stride[1];
+    p.T = T;
+    p.cap = a->k_cache.shape[1];
+    p.nk = a->idx.shape[2];
+    p.Hq = (int)Hq;
+    p.Hkv = (int)Hkv;
+    p.G = (int)(Hq / Hkv);
+    p.Dk = (int)Dk;
+    p.Dv = (int)Dv;
+    p.hblocks = 1;
+    p.splits = 1;
+    p.tiles_per_split = INT_MAX;
+    p.out_bf16 = a->out.dtype == HAE_BF16;
+    p.scale = a->scale;
+    p.scale_log2 = a->scale * kLog2e;
+    /* mla: the values are the first Dv dims of each key row (same rows, same kv head stride) */
+    p.v_shared = a->v_cache.data == a->k_cache.data && p.v_sb == p.k_sb && p.v_ss == p.k_ss && Dv <= Dk &&
+                 (Hkv == 1 || Dv == Dk);
+
+    cudaStream_t s = nullptr;
+    HAE_TRY(hae_cuda_enter(be, &s));
+    if (a->q.dtype == HAE_BF16 && a->k_cache.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) &&
+        aligned16(p.k, p.k_sb, p.k_ss) && aligned16(p.v, p.v_sb, p.v_ss)) {
+        bool ran = false;
+        HAE_TRY(try_tc(be, p, B, s, &ran));
+        if (ran) return HAE_OK;
+    }
+    return hae_cuda_dispatch(a->q.dtype, "hae_sparse_attention", [&](auto tq) -> hae_status {
+        using TQ = decltype(tq);
+        return hae_cuda_dispatch(a->k_cache.dtype, "hae_sparse_attention", [&](auto tkv) -> hae_status {
+            using TKV = decltype(tkv);
+            return launch_simple<TQ, TKV>(p, rows, s);
+        });
+    });
+}
