@@ -1,6 +1,8 @@
 /* DSA's sparse attention on the CPU: against a float64 oracle over the same index sets, unusable
  * indices never read (their cache slots hold NaN), empty rows, equality with dense attention when
- * the indices cover the whole causal context, and the errors a caller can make. */
+ * the indices cover the whole causal context, and the errors a caller can make. Both attention
+ * forms: gqa (Dk = Dv), key and value dims that differ, cache slots strided past their heads, and
+ * mla's absorbed shape (Hkv 1, values the first Dv dims of the Dk-wide latent keys, one buffer). */
 #include "internal.h"
 #include "testutil.h"
 
@@ -11,8 +13,10 @@
 #include <string.h>
 
 typedef struct {
-    int64_t B, T, Hq, Hkv, D, cap, k;
+    int64_t B, T, Hq, Hkv, Dk, Dv, cap, k;
     hae_dtype dt; /* q, caches, out */
+    int64_t spad; /* elements between a slot's heads and the next slot */
+    bool mla;     /* v_cache is a view of the first Dv dims of k_cache (needs Hkv 1, Dv <= Dk) */
 } sp_shape;
 
 typedef struct {
@@ -23,12 +27,16 @@ typedef struct {
 
 static size_t es(hae_dtype dt) { return hae_dtype_size(dt); }
 
+/* Elements per cache slot of the key and value caches. */
+static int64_t kslot(const sp_shape *s) { return s->Hkv * s->Dk + s->spad; }
+static int64_t vslot(const sp_shape *s) { return s->mla ? kslot(s) : s->Hkv * s->Dv + s->spad; }
+
 static sp_data sp_alloc(const sp_shape *s) {
     sp_data d;
-    d.q = malloc((size_t)(s->B * s->T * s->Hq * s->D) * es(s->dt));
-    d.kc = malloc((size_t)(s->B * s->cap * s->Hkv * s->D) * es(s->dt));
-    d.vc = malloc((size_t)(s->B * s->cap * s->Hkv * s->D) * es(s->dt));
-    d.out = malloc((size_t)(s->B * s->T * s->Hq * s->D) * es(s->dt));
+    d.q = malloc((size_t)(s->B * s->T * s->Hq * s->Dk) * es(s->dt));
+    d.kc = malloc((size_t)(s->B * s->cap * kslot(s)) * es(s->dt));
+    d.vc = s->mla ? d.kc : malloc((size_t)(s->B * s->cap * vslot(s)) * es(s->dt));
+    d.out = malloc((size_t)(s->B * s->T * s->Hq * s->Dv) * es(s->dt));
     d.idx = malloc(sizeof(int32_t) * (size_t)(s->B * s->T * s->k));
     d.lens = malloc(sizeof(int32_t) * (size_t)s->B);
     d.lse = malloc(sizeof(float) * (size_t)(s->B * s->T * s->Hq));
@@ -37,27 +45,41 @@ static sp_data sp_alloc(const sp_shape *s) {
 }
 
 static void sp_free(sp_data *d) {
-    free(d->q), free(d->kc), free(d->vc), free(d->out), free(d->idx), free(d->lens), free(d->lse);
+    if (d->vc != d->kc) free(d->vc);
+    free(d->q), free(d->kc), free(d->out), free(d->idx), free(d->lens), free(d->lse);
+}
+
+/* A [B, cap, Hkv, D] cache view whose slots are `slot` elements apart. */
+static hae_tensor cache_view(const sp_shape *s, void *data, int64_t D, int64_t slot) {
+    hae_tensor t = hae_tensor_4d(data, s->dt, HAE_CPU, s->B, s->cap, s->Hkv, D);
+    t.stride[1] = slot;
+    t.stride[0] = s->cap * slot;
+    return t;
 }
 
 static hae_sparse_attention_args sp_args(const sp_shape *s, const sp_data *d, float scale) {
     return (hae_sparse_attention_args){
-        .q = hae_tensor_4d(d->q, s->dt, HAE_CPU, s->B, s->T, s->Hq, s->D),
-        .k_cache = hae_tensor_4d(d->kc, s->dt, HAE_CPU, s->B, s->cap, s->Hkv, s->D),
-        .v_cache = hae_tensor_4d(d->vc, s->dt, HAE_CPU, s->B, s->cap, s->Hkv, s->D),
+        .q = hae_tensor_4d(d->q, s->dt, HAE_CPU, s->B, s->T, s->Hq, s->Dk),
+        .k_cache = cache_view(s, d->kc, s->Dk, kslot(s)),
+        .v_cache = cache_view(s, d->vc, s->Dv, vslot(s)),
         .idx = hae_tensor_3d(d->idx, HAE_I32, HAE_CPU, s->B, s->T, s->k),
         .seq_lens = hae_tensor_1d(d->lens, HAE_I32, HAE_CPU, s->B),
-        .out = hae_tensor_4d(d->out, s->dt, HAE_CPU, s->B, s->T, s->Hq, s->D),
+        .out = hae_tensor_4d(d->out, s->dt, HAE_CPU, s->B, s->T, s->Hq, s->Dv),
         .lse = hae_tensor_3d(d->lse, HAE_F32, HAE_CPU, s->B, s->T, s->Hq),
         .scale = scale,
     };
 }
 
-static double cache_at(const sp_shape *s, const void *c, int64_t b, int64_t slot, int64_t g, int64_t d) {
-    return tu_get(c, s->dt, ((b * s->cap + slot) * s->Hkv + g) * s->D + d);
+/* Element d of kv head g in slot `slot` of sequence b, read from the raw buffer (not through views). */
+static double key_at(const sp_shape *s, const sp_data *x, int64_t b, int64_t slot, int64_t g, int64_t d) {
+    return tu_get(x->kc, s->dt, (b * s->cap + slot) * kslot(s) + g * s->Dk + d);
+}
+static double value_at(const sp_shape *s, const sp_data *x, int64_t b, int64_t slot, int64_t g, int64_t d) {
+    if (s->mla) return key_at(s, x, b, slot, 0, d);
+    return tu_get(x->vc, s->dt, (b * s->cap + slot) * vslot(s) + g * s->Dv + d);
 }
 
-/* out [B, T, Hq, D] and lse [B, T, Hq] in float64 over the usable entries of idx. */
+/* out [B, T, Hq, Dv] and lse [B, T, Hq] in float64 over the usable entries of idx. */
 static void sp_oracle(const sp_shape *s, const sp_data *d, double scale, double *out, double *lse) {
     const int64_t G = s->Hq / s->Hkv;
     for (int64_t b = 0; b < s->B; b++)
@@ -66,48 +88,56 @@ static void sp_oracle(const sp_shape *s, const sp_data *d, double scale, double 
             const int32_t *ix = d->idx + (b * s->T + t) * s->k;
             for (int64_t h = 0; h < s->Hq; h++) {
                 const int64_t g = h / G, row = (b * s->T + t) * s->Hq + h;
-                double mx = -INFINITY, z = 0, *o = out + row * s->D;
+                double mx = -INFINITY, z = 0, *o = out + row * s->Dv;
                 double *sc = malloc(sizeof(double) * (size_t)s->k);
                 for (int64_t j = 0; j < s->k; j++) {
                     sc[j] = -INFINITY;
                     if (ix[j] < 0 || ix[j] > p) continue;
                     double acc = 0;
-                    for (int64_t e = 0; e < s->D; e++)
-                        acc += tu_get(d->q, s->dt, row * s->D + e) * cache_at(s, d->kc, b, ix[j] % s->cap, g, e);
+                    for (int64_t e = 0; e < s->Dk; e++)
+                        acc += tu_get(d->q, s->dt, row * s->Dk + e) * key_at(s, d, b, ix[j] % s->cap, g, e);
                     sc[j] = acc * scale;
                     if (sc[j] > mx) mx = sc[j];
                 }
-                for (int64_t e = 0; e < s->D; e++) o[e] = 0;
+                for (int64_t e = 0; e < s->Dv; e++) o[e] = 0;
                 for (int64_t j = 0; j < s->k; j++) {
                     if (sc[j] == -INFINITY) continue;
                     double w = exp(sc[j] - mx);
                     z += w;
-                    for (int64_t e = 0; e < s->D; e++) o[e] += w * cache_at(s, d->vc, b, ix[j] % s->cap, g, e);
+                    for (int64_t e = 0; e < s->Dv; e++) o[e] += w * value_at(s, d, b, ix[j] % s->cap, g, e);
                 }
-                for (int64_t e = 0; e < s->D; e++) o[e] = z > 0 ? o[e] / z : 0.0;
+                for (int64_t e = 0; e < s->Dv; e++) o[e] = z > 0 ? o[e] / z : 0.0;
                 lse[row] = z > 0 ? mx + log(z) : INFINITY;
                 free(sc);
             }
         }
 }
 
-/* Random inputs; every cache slot at or past a sequence's length holds NaN, so reading one that an
- * index names (out of range) shows in the output. Positions past a query but inside the sequence
- * (the later queries' keys) are finite: the oracle skips them, so using one shows as a mismatch. */
+/* Fills n elements of a cache buffer with NaN from element off. */
+static void nan_fill(const sp_shape *s, void *c, int64_t off, int64_t n) {
+    for (int64_t i = 0; i < n; i++) hae_store_f(c, s->dt, off + i, NAN);
+}
+
+/* Random inputs; every cache slot at or past a sequence's length, and the padding between slots,
+ * holds NaN, so reading one that an index names (out of range) shows in the output. Positions past a
+ * query but inside the sequence (the later queries' keys) are finite: the oracle skips them, so using
+ * one shows as a mismatch. */
 static void sp_fill(const sp_shape *s, sp_data *d, tu_rng *r) {
-    tu_fill(d->q, s->dt, s->B * s->T * s->Hq * s->D, r, -1, 1);
-    tu_fill(d->kc, s->dt, s->B * s->cap * s->Hkv * s->D, r, -1, 1);
-    tu_fill(d->vc, s->dt, s->B * s->cap * s->Hkv * s->D, r, -1, 1);
+    tu_fill(d->q, s->dt, s->B * s->T * s->Hq * s->Dk, r, -1, 1);
+    tu_fill(d->kc, s->dt, s->B * s->cap * kslot(s), r, -1, 1);
+    if (!s->mla) tu_fill(d->vc, s->dt, s->B * s->cap * vslot(s), r, -1, 1);
     for (int64_t b = 0; b < s->B; b++) {
         d->lens[b] = (int32_t)tu_uniform(r, (double)s->T, (double)s->cap + 1);
-        for (int64_t slot = d->lens[b]; slot < s->cap; slot++)
-            for (int64_t i = 0; i < s->Hkv * s->D; i++) {
-                int64_t off = (b * s->cap + slot) * s->Hkv * s->D + i;
-                hae_store_f(d->kc, s->dt, off, NAN);
-                hae_store_f(d->vc, s->dt, off, NAN);
-            }
+        for (int64_t slot = 0; slot < s->cap; slot++) {
+            const int64_t ko = (b * s->cap + slot) * kslot(s), vo = (b * s->cap + slot) * vslot(s);
+            nan_fill(s, d->kc, ko + s->Hkv * s->Dk, s->spad);
+            if (!s->mla) nan_fill(s, d->vc, vo + s->Hkv * s->Dv, s->spad);
+            if (slot < d->lens[b]) continue;
+            nan_fill(s, d->kc, ko, kslot(s));
+            if (!s->mla) nan_fill(s, d->vc, vo, vslot(s));
+        }
     }
-    memset(d->out, 0xFF, (size_t)(s->B * s->T * s->Hq * s->D) * es(s->dt));
+    memset(d->out, 0xFF, (size_t)(s->B * s->T * s->Hq * s->Dv) * es(s->dt));
     memset(d->lse, 0xFF, sizeof(float) * (size_t)(s->B * s->T * s->Hq));
 }
 
@@ -137,14 +167,15 @@ static void expect_matches_oracle(const sp_shape *s, sp_data *d, float scale, co
     hae_sparse_attention_args a = sp_args(s, d, scale);
     cr_assert_eq(hae_sparse_attention(be, &a), HAE_OK, "%s: %s", what, hae_last_error());
     int64_t n = s->B * s->T * s->Hq;
-    double *ref = malloc(sizeof(double) * (size_t)(n * s->D)), *lref = malloc(sizeof(double) * (size_t)n);
+    double *ref = malloc(sizeof(double) * (size_t)(n * s->Dv)), *lref = malloc(sizeof(double) * (size_t)n);
     sp_oracle(s, d, scale, ref, lref);
     double tol = s->dt == HAE_F32 ? 1e-5 : 1e-2;
     char why[256];
-    cr_expect(tu_close(d->out, s->dt, ref, n * s->D, tol, tol, 10 * tol, why, sizeof why),
-              "%s: out, B %lld T %lld Hq %lld Hkv %lld D %lld cap %lld k %lld %s: %s", what, (long long)s->B,
-              (long long)s->T, (long long)s->Hq, (long long)s->Hkv, (long long)s->D, (long long)s->cap,
-              (long long)s->k, hae_dtype_name(s->dt), why);
+    cr_expect(tu_close(d->out, s->dt, ref, n * s->Dv, tol, tol, 10 * tol, why, sizeof why),
+              "%s: out, B %lld T %lld Hq %lld Hkv %lld Dk %lld Dv %lld cap %lld k %lld %s slot pad %lld%s: %s", what,
+              (long long)s->B, (long long)s->T, (long long)s->Hq, (long long)s->Hkv, (long long)s->Dk,
+              (long long)s->Dv, (long long)s->cap, (long long)s->k, hae_dtype_name(s->dt), (long long)s->spad,
+              s->mla ? " (mla view)" : "", why);
     for (int64_t i = 0; i < n; i++) {
         if (isinf(lref[i])) {
             cr_expect(isinf(d->lse[i]) && d->lse[i] > 0, "%s: lse[%lld] = %g, want +inf (no usable index)", what,
@@ -160,8 +191,15 @@ static void expect_matches_oracle(const sp_shape *s, sp_data *d, float scale, co
 
 Test(sparse, matches_float64_oracle_and_skips_unusable_indices) {
     const sp_shape shapes[] = {
-        {2, 5, 8, 2, 16, 40, 12, HAE_F32}, {1, 1, 4, 4, 32, 64, 64, HAE_F32}, {3, 7, 6, 1, 8, 30, 5, HAE_F32},
-        {2, 3, 8, 2, 16, 50, 20, HAE_BF16}, {1, 9, 2, 2, 64, 9, 9, HAE_BF16},
+        /* B  T  Hq Hkv Dk  Dv  cap k   dt        spad mla */
+        {2, 5, 8, 2, 16, 16, 40, 12, HAE_F32, 0, false},  {1, 1, 4, 4, 32, 32, 64, 64, HAE_F32, 0, false},
+        {3, 7, 6, 1, 8, 8, 30, 5, HAE_F32, 0, false},     {2, 3, 8, 2, 16, 16, 50, 20, HAE_BF16, 0, false},
+        {1, 9, 2, 2, 64, 64, 9, 9, HAE_BF16, 0, false},
+        {2, 4, 8, 2, 24, 40, 30, 16, HAE_F32, 0, false},  /* Dv > Dk */
+        {2, 3, 4, 2, 40, 12, 30, 16, HAE_F32, 5, false},  /* Dv < Dk, strided slots */
+        {2, 6, 8, 4, 16, 16, 33, 10, HAE_BF16, 3, false}, /* gqa, strided slots */
+        {2, 3, 16, 1, 72, 64, 40, 24, HAE_F32, 0, true},  /* mla's absorbed shape, scaled down */
+        {1, 5, 4, 1, 72, 64, 20, 30, HAE_BF16, 8, true},  /* mla view in a wider latent slot */
     };
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const sp_shape *s = &shapes[i];
@@ -169,13 +207,13 @@ Test(sparse, matches_float64_oracle_and_skips_unusable_indices) {
         sp_data d = sp_alloc(s);
         sp_fill(s, &d, &r);
         sp_random_idx(s, &d, &r);
-        expect_matches_oracle(s, &d, 1.0f / sqrtf((float)s->D), "random index sets");
+        expect_matches_oracle(s, &d, 1.0f / sqrtf((float)s->Dk), "random index sets");
         sp_free(&d);
     }
 }
 
 Test(sparse, empty_rows_give_zero_and_infinite_lse) {
-    const sp_shape s = {2, 3, 4, 2, 8, 16, 6, HAE_F32};
+    const sp_shape s = {2, 3, 4, 2, 8, 8, 16, 6, HAE_F32, 0, false};
     tu_rng r = tu_rng_make(7);
     sp_data d = sp_alloc(&s);
     sp_fill(&s, &d, &r);
@@ -184,7 +222,7 @@ Test(sparse, empty_rows_give_zero_and_infinite_lse) {
     expect_matches_oracle(&s, &d, 0.5f, "empty rows");
     for (int64_t h = 0; h < s.Hq; h++) cr_expect(isfinite(d.lse[h]), "row 0 has position 0");
     for (int64_t i = s.Hq; i < s.B * s.T * s.Hq; i++) cr_expect(isinf(d.lse[i]) && d.lse[i] > 0, "lse[%lld]", (long long)i);
-    for (int64_t i = s.Hq * s.D; i < s.B * s.T * s.Hq * s.D; i++)
+    for (int64_t i = s.Hq * s.Dv; i < s.B * s.T * s.Hq * s.Dv; i++)
         cr_expect_eq(((float *)d.out)[i], 0.0f, "out[%lld] of an empty row", (long long)i);
     sp_free(&d);
 }
@@ -194,7 +232,7 @@ Test(sparse, covering_indices_equal_full_attention) {
     hae_backend *be = tu_cpu();
     for (int dec = 0; dec < 2; dec++) {
         const int64_t B = 2, T = dec ? 1 : 7, Hq = 8, Hkv = 2, D = 32, pos0 = dec ? 20 : 3, cap = 32, k = 40;
-        sp_shape s = {B, T, Hq, Hkv, D, cap, k, HAE_F32};
+        sp_shape s = {B, T, Hq, Hkv, D, D, cap, k, HAE_F32, 0, false};
         tu_rng r = tu_rng_make(55 + (uint64_t)dec);
         sp_data d = sp_alloc(&s);
         sp_fill(&s, &d, &r);
@@ -225,7 +263,7 @@ Test(sparse, covering_indices_equal_full_attention) {
 
 Test(sparse, rejects_bad_arguments) {
     hae_backend *be = tu_cpu();
-    const sp_shape s = {2, 3, 4, 2, 8, 16, 6, HAE_F32};
+    const sp_shape s = {2, 3, 4, 2, 8, 8, 16, 6, HAE_F32, 0, false};
     tu_rng r = tu_rng_make(9);
     sp_data d = sp_alloc(&s);
     sp_fill(&s, &d, &r);
@@ -255,7 +293,7 @@ Test(sparse, rejects_bad_arguments) {
     CASE("overlapping slots", "make slots overlap", a.k_cache.stride[1] = 8; a.k_cache.stride[0] = 16 * 8);
 #undef CASE
     for (int i = 0; i < n; i++) {
-        memset(d.out, 0x7F, (size_t)(s.B * s.T * s.Hq * s.D) * 4);
+        memset(d.out, 0x7F, (size_t)(s.B * s.T * s.Hq * s.Dv) * 4);
         cr_expect_eq(hae_sparse_attention(be, &cases[i].a), HAE_ERR_INVALID, "%s", cases[i].what);
         cr_expect(strstr(hae_last_error(), cases[i].needle), "%s: '%s' not in: %s", cases[i].what, cases[i].needle,
                   hae_last_error());
