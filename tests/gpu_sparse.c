@@ -1,0 +1,438 @@
+/* GPU tests of DSA's sparse attention: hae_sparse_attention on CUDA held to the CPU backend on the same
+ * inputs, both attention forms (gqa; mla's absorbed shape with v_cache a view of the latent k_cache).
+ *
+ * Every case makes fresh seeded random inputs (never zeros), puts the same bytes on both backends,
+ * POISONS out and lse (0xFF bytes: NaN) including the padding between strided rows and guard elements
+ * past the end, runs both and compares the whole buffers: NaN/Inf positions first, then the max abs
+ * error and ||gpu - cpu|| / ||cpu||. Cache slots past a sequence's length and the padding inside
+ * strided slots hold NaN, so a read of anything an index does not name shows. Index rows mix distinct
+ * positions (some past the query: skipped), -1, negative values, values past the query, >= cap and
+ * INT32_MAX, and some rows have no usable index at all (out = 0, lse = +inf).
+ *
+ * Tolerances: f32 1e-5 relative (fp32 math on both sides in another order; past 4096 indices times
+ * sqrt(k / 4096), as the CPU's own sequential sums drift like sqrt(n)). bf16 1e-2 relative: a bf16
+ * output rounds to 2^-9 relative, and bf16 q and caches take the tensor-core kernel, which rounds the
+ * softmax weights P to bf16 (2^-9 relative each) before P V. lse is f32 math on both sides (the
+ * tensor-core kernel sums the unrounded weights): 1e-5, widened like f32 outputs. Every message names
+ * the case, the shapes, dtypes, strides and the seed. main() is tests/main_gpu.c's. */
+#include "internal.h"
+#include "gpu_pair.h"
+#include "testutil.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CTX_N 480
+#define GUARD 37 /* poisoned elements past the end of out and lse */
+
+TestSuite(gpu_sparse, .init = gpu_pair_setup, .fini = gpu_pair_teardown, .timeout = 600);
+
+static bool ran(hae_status st, const char *side, const char *op, const char *ctx) {
+    if (st == HAE_OK) return true;
+    cr_expect(0, "%s [%s] on %s: %s: %s", op, ctx, side, hae_status_name(st), hae_last_error());
+    return false;
+}
+
+static void *fetch_gpu(const pbuf *p) {
+    void *h = malloc(p->bytes ? p->bytes : 1);
+    cr_assert(h != NULL);
+    hae_status st = hae_backend_download(g_gpu, h, p->g, p->bytes);
+    cr_assert_eq(st, HAE_OK, "download of %zu bytes: %s", p->bytes, hae_last_error());
+    return h;
+}
+
+/* Whole-buffer comparison of p as elements of dt: NaN/Inf positions must agree, then ||gpu - cpu|| /
+ * ||cpu|| over the finite elements <= tol. */
+static bool compare(const char *what, const char *ctx, const pbuf *p, hae_dtype dt, double tol) {
+    const size_t es = hae_dtype_size(dt);
+    const int64_t n = (int64_t)(p->bytes / es);
+    void *g = fetch_gpu(p);
+    int64_t bad = 0, first_bad = -1, imax = -1, finite = 0;
+    double num = 0, den = 0, maxabs = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double cv = tu_get(p->c, dt, i), gv = tu_get(g, dt, i);
+        const bool cn = isnan(cv), gn = isnan(gv), ci = isinf(cv), gi = isinf(gv);
+        if (cn != gn || ci != gi || (ci && gi && (cv > 0) != (gv > 0))) {
+            if (first_bad < 0) first_bad = i;
+            bad++;
+            continue;
+        }
+        if (cn || ci) continue;
+        finite++;
+        const double d = fabs(gv - cv);
+        if (d > maxabs || imax < 0) maxabs = d, imax = i;
+        num += d * d;
+        den += cv * cv;
+    }
+    bool ok = true;
+    if (bad) {
+        cr_expect(0, "%s [%s]: %lld of %lld %s elements are NaN/Inf on one side only; first at element %lld: cpu "
+                     "%.9g gpu %.9g",
+                  what, ctx, (long long)bad, (long long)n, hae_dtype_name(dt), (long long)first_bad,
+                  tu_get(p->c, dt, first_bad), tu_get(g, dt, first_bad));
+        ok = false;
+    }
+    const double rel = den > 0 ? sqrt(num / den) : (num > 0 ? INFINITY : 0.0);
+    if (!(rel <= tol)) {
+        cr_expect(0,
+                  "%s [%s]: relative error %.3g > %.3g (%s, %lld finite elements); max abs error %.3g at element "
+                  "%lld: cpu %.9g gpu %.9g",
+                  what, ctx, rel, tol, hae_dtype_name(dt), (long long)finite, maxabs, (long long)imax,
+                  imax >= 0 ? tu_get(p->c, dt, imax) : 0.0, imax >= 0 ? tu_get(g, dt, imax) : 0.0);
+        ok = false;
+    }
+    free(g);
+    return ok;
+}
+
+/* ---------------------------------------------------------------- cases */
+
+typedef enum {
+    IDX_RANDOM,   /* distinct positions of the sequence mixed with unusable entries; some rows empty */
+    IDX_COVERING, /* every position 0..p, then unusable entries (k may exceed the cache) */
+    IDX_EMPTY,    /* only unusable entries in every other row */
+} idx_kind;
+
+typedef struct {
+    const char *what;
+    int64_t B, T, Hq, Hkv, Dk, Dv, cap, k;
+    hae_dtype q, kv, out;
+    int64_t pad;  /* elements after every q, out, idx and lse row (strided rows) and every sequence */
+    int64_t spad; /* elements after the heads of a cache slot (strided slots) */
+    bool mla;     /* v_cache = the first Dv dims of k_cache (Hkv 1) */
+    bool lse;
+    idx_kind idx;
+} sp_case;
+
+/* Host inputs of one case; strides in elements. */
+typedef struct {
+    int64_t q1, q0, o1, o0, i1, i0, e1, e0, kslot, vslot;
+    size_t nq, nk, nv, no, ni, ne; /* elements of each buffer (out and lse with their guard) */
+    void *q, *kc, *vc;
+    int32_t *idx, *lens;
+} sp_host;
+
+static void layout(const sp_case *c, sp_host *h) {
+    h->q1 = c->Hq * c->Dk + c->pad, h->q0 = c->T * h->q1 + c->pad;
+    h->o1 = c->Hq * c->Dv + c->pad, h->o0 = c->T * h->o1 + c->pad;
+    h->i1 = c->k + c->pad, h->i0 = c->T * h->i1 + c->pad;
+    h->e1 = c->Hq + c->pad, h->e0 = c->T * h->e1 + c->pad;
+    h->kslot = c->Hkv * c->Dk + c->spad;
+    h->vslot = c->mla ? h->kslot : c->Hkv * c->Dv + c->spad;
+    h->nq = (size_t)(c->B * h->q0);
+    h->nk = (size_t)(c->B * c->cap * h->kslot);
+    h->nv = c->mla ? 0 : (size_t)(c->B * c->cap * h->vslot);
+    h->no = (size_t)(c->B * h->o0 + GUARD);
+    h->ni = (size_t)(c->B * h->i0);
+    h->ne = (size_t)(c->B * h->e0 + GUARD);
+}
+
+static void nan_fill(hae_dtype dt, void *p, int64_t off, int64_t n) {
+    for (int64_t i = 0; i < n; i++) hae_store_f(p, dt, off + i, NAN);
+}
+
+/* Random q and caches; NaN in the slot padding and in slots at or past each sequence's length. */
+static void make_inputs(const sp_case *c, sp_host *h, tu_rng *r) {
+    layout(c, h);
+    const size_t eq = hae_dtype_size(c->q), ekv = hae_dtype_size(c->kv);
+    h->q = host_poison(eq * h->nq);
+    fill_rows(h->q, c->q, c->B, c->T, c->Hq * c->Dk, h->q0, h->q1, r, -1, 1);
+    h->kc = malloc(ekv * h->nk);
+    h->vc = c->mla ? NULL : malloc(ekv * h->nv);
+    cr_assert(h->kc && (c->mla || h->vc));
+    tu_fill(h->kc, c->kv, (int64_t)h->nk, r, -1, 1);
+    if (!c->mla) tu_fill(h->vc, c->kv, (int64_t)h->nv, r, -1, 1);
+    h->lens = malloc(sizeof(int32_t) * (size_t)c->B);
+    for (int64_t b = 0; b < c->B; b++) {
+        h->lens[b] = (int32_t)tu_uniform(r, (double)c->T, (double)c->cap + 1);
+        if (c->idx == IDX_COVERING) h->lens[b] = (int32_t)c->cap;
+        for (int64_t s = 0; s < c->cap; s++) {
+            const int64_t ko = (b * c->cap + s) * h->kslot, vo = (b * c->cap + s) * h->vslot;
+            const bool dead = s >= h->lens[b];
+            nan_fill(c->kv, h->kc, dead ? ko : ko + c->Hkv * c->Dk, dead ? h->kslot : c->spad);
+            if (!c->mla) nan_fill(c->kv, h->vc, dead ? vo : vo + c->Hkv * c->Dv, dead ? h->vslot : c->spad);
+        }
+    }
+    h->idx = host_poison(sizeof(int32_t) * h->ni);
+    int32_t *perm = malloc(sizeof(int32_t) * (size_t)c->cap);
+    cr_assert(perm != NULL);
+    const int32_t junk[] = {-1, -1, -1, -7, (int32_t)c->cap, (int32_t)c->cap + 3, INT32_MAX, INT32_MIN};
+    for (int64_t b = 0; b < c->B; b++)
+        for (int64_t t = 0; t < c->T; t++) {
+            int32_t *ix = h->idx + b * h->i0 + t * h->i1;
+            const int64_t L = h->lens[b], p = L - c->T + t;
+            const bool empty = (c->idx == IDX_EMPTY && (b + t) % 2 == 1) || (c->idx == IDX_RANDOM && (b * c->T + t) % 7 == 3);
+            int64_t n = 0;
+            if (c->idx == IDX_COVERING) {
+                for (int64_t s = p; s >= 0 && n < c->k; s--) ix[n++] = (int32_t)s;
+            } else if (!empty) {
+                for (int64_t s = 0; s < L; s++) perm[s] = (int32_t)s; /* a partial shuffle: distinct positions */
+                const int64_t want = c->k - c->k / 8 < L ? c->k - c->k / 8 : L;
+                for (; n < want; n++) {
+                    const int64_t j = n + (int64_t)tu_uniform(r, 0, (double)(L - n));
+                    const int32_t x = perm[n];
+                    perm[n] = perm[j], perm[j] = x;
+                    ix[n] = perm[n];
+                }
+            } else {
+                for (; n < c->k && p + 1 + n < c->cap; n++) ix[n] = (int32_t)(p + 1 + n); /* past the query */
+            }
+            for (; n < c->k; n++) ix[n] = junk[(int)tu_uniform(r, 0, sizeof junk / sizeof junk[0])];
+            if (c->idx != IDX_COVERING)
+                for (int64_t i = c->k - 1; i > 0; i--) { /* unusable entries anywhere in the row */
+                    const int64_t j = (int64_t)tu_uniform(r, 0, (double)(i + 1));
+                    const int32_t x = ix[i];
+                    ix[i] = ix[j], ix[j] = x;
+                }
+        }
+    free(perm);
+}
+
+static void free_inputs(sp_host *h) { free(h->q), free(h->kc), free(h->vc), free(h->idx), free(h->lens); }
+
+static double tol_out(const sp_case *c) {
+    if (c->out == HAE_BF16 || (c->q == HAE_BF16 && c->kv == HAE_BF16)) return 1e-2;
+    return c->k > 4096 ? 1e-5 * sqrt((double)c->k / 4096.0) : 1e-5;
+}
+static double tol_lse(const sp_case *c) { return c->k > 4096 ? 1e-5 * sqrt((double)c->k / 4096.0) : 1e-5; }
+
+static void describe(const sp_case *c, uint64_t seed, char *ctx, size_t n) {
+    snprintf(ctx, n,
+             "%s: B %lld T %lld Hq %lld Hkv %lld Dk %lld Dv %lld cap %lld k %lld, q %s kv %s out %s, row pad %lld, "
+             "slot pad %lld%s, lse %s, seed %llu",
+             c->what, (long long)c->B, (long long)c->T, (long long)c->Hq, (long long)c->Hkv, (long long)c->Dk,
+             (long long)c->Dv, (long long)c->cap, (long long)c->k, hae_dtype_name(c->q), hae_dtype_name(c->kv),
+             hae_dtype_name(c->out), (long long)c->pad, (long long)c->spad, c->mla ? ", v a view of k (mla)" : "",
+             c->lse ? "yes" : "no", (unsigned long long)seed);
+}
+
+/* The pbufs of one case and the args viewing them on one side. */
+typedef struct {
+    pbuf q, k, v, idx, lens, out, lse;
+} sp_bufs;
+
+static hae_sparse_attention_args args_of(const sp_case *c, const sp_host *h, const sp_bufs *p, bool gpu) {
+    const hae_device dev = gpu ? HAE_CUDA : HAE_CPU;
+#define SIDE(pb) (gpu ? (pb).g : (pb).c)
+    const int64_t sq[4] = {c->B, c->T, c->Hq, c->Dk}, stq[4] = {h->q0, h->q1, c->Dk, 1};
+    const int64_t sk[4] = {c->B, c->cap, c->Hkv, c->Dk}, stk[4] = {c->cap * h->kslot, h->kslot, c->Dk, 1};
+    const int64_t sv[4] = {c->B, c->cap, c->Hkv, c->Dv}, stv[4] = {c->cap * h->vslot, h->vslot, c->Dv, 1};
+    const int64_t si[3] = {c->B, c->T, c->k}, sti[3] = {h->i0, h->i1, 1};
+    const int64_t sl[1] = {c->B};
+    const int64_t so[4] = {c->B, c->T, c->Hq, c->Dv}, sto[4] = {h->o0, h->o1, c->Dv, 1};
+    const int64_t se[3] = {c->B, c->T, c->Hq}, ste[3] = {h->e0, h->e1, 1};
+    hae_sparse_attention_args a = {
+        .q = tv(SIDE(p->q), c->q, dev, 4, sq, stq),
+        .k_cache = tv(SIDE(p->k), c->kv, dev, 4, sk, stk),
+        .v_cache = tv(c->mla ? SIDE(p->k) : SIDE(p->v), c->kv, dev, 4, sv, stv),
+        .idx = tv(SIDE(p->idx), HAE_I32, dev, 3, si, sti),
+        .seq_lens = tv(SIDE(p->lens), HAE_I32, dev, 1, sl, NULL),
+        .out = tv(SIDE(p->out), c->out, dev, 4, so, sto),
+        .lse = tv(c->lse ? SIDE(p->lse) : NULL, HAE_F32, dev, 3, se, ste),
+        .scale = 1.0f / sqrtf((float)c->Dk),
+    };
+#undef SIDE
+    return a;
+}
+
+static sp_bufs upload(const sp_case *c, const sp_host *h) {
+    sp_bufs p;
+    memset(&p, 0, sizeof p);
+    p.q = pb_new(h->q, hae_dtype_size(c->q) * h->nq);
+    p.k = pb_new(h->kc, hae_dtype_size(c->kv) * h->nk);
+    if (!c->mla) p.v = pb_new(h->vc, hae_dtype_size(c->kv) * h->nv);
+    p.idx = pb_new(h->idx, sizeof(int32_t) * h->ni);
+    p.lens = pb_new(h->lens, sizeof(int32_t) * (size_t)c->B);
+    p.out = pb_poison(hae_dtype_size(c->out) * h->no);
+    p.lse = pb_poison(sizeof(float) * h->ne);
+    return p;
+}
+
+static void free_bufs(const sp_case *c, sp_bufs *p) {
+    pb_free(&p->q), pb_free(&p->k), pb_free(&p->idx), pb_free(&p->lens), pb_free(&p->out), pb_free(&p->lse);
+    if (!c->mla) pb_free(&p->v);
+}
+
+static void run_case(const sp_case *c, uint64_t seed) {
+    char ctx[CTX_N];
+    describe(c, seed, ctx, sizeof ctx);
+    tu_rng r = tu_rng_make(seed);
+    sp_host h;
+    make_inputs(c, &h, &r);
+    sp_bufs p = upload(c, &h);
+    hae_sparse_attention_args ac = args_of(c, &h, &p, false), ag = args_of(c, &h, &p, true);
+    if (ran(hae_sparse_attention(g_cpu, &ac), "cpu", "sparse_attention", ctx) &&
+        ran(hae_sparse_attention(g_gpu, &ag), "cuda", "sparse_attention", ctx) &&
+        ran(hae_backend_sync(g_gpu), "cuda (sync after the op)", "sparse_attention", ctx)) {
+        compare("sparse_attention: out", ctx, &p.out, c->out, tol_out(c));
+        compare("sparse_attention: lse", ctx, &p.lse, HAE_F32, tol_lse(c));
+    }
+    free_bufs(c, &p);
+    free_inputs(&h);
+}
+
+#define BF HAE_BF16
+#define F32 HAE_F32
+
+Test(gpu_sparse, gqa) {
+    static const sp_case cases[] = {
+        /* what                                B  T  Hq  Hkv Dk   Dv   cap  k    q    kv   out  pad spad mla lse  idx */
+        {"gqa 4, decode", 3, 1, 32, 8, 128, 128, 600, 256, BF, BF, BF, 8, 0, false, true, IDX_RANDOM},
+        {"gqa 8, prefill, k not a tile multiple", 2, 5, 16, 2, 128, 128, 300, 130, BF, BF, F32, 0, 0, false, false, IDX_RANDOM},
+        {"mha, D 64", 2, 3, 4, 4, 64, 64, 200, 64, BF, BF, BF, 16, 0, false, true, IDX_RANDOM},
+        {"gqa 4, D 64, k 1", 2, 4, 8, 2, 64, 64, 40, 1, BF, BF, F32, 0, 0, false, true, IDX_RANDOM},
+        {"gqa 4, f32", 2, 4, 16, 4, 128, 128, 300, 100, F32, F32, F32, 3, 0, false, true, IDX_RANDOM},
+        {"gqa 8, f32, k > cap", 2, 1, 16, 2, 64, 64, 50, 80, F32, F32, F32, 0, 0, false, true, IDX_COVERING},
+        {"bf16, k > cap, covering", 2, 3, 8, 2, 128, 128, 70, 100, BF, BF, BF, 0, 0, false, true, IDX_COVERING},
+        {"mha f32, D 64, prefill", 1, 6, 4, 4, 64, 64, 100, 40, F32, F32, BF, 0, 0, false, true, IDX_RANDOM},
+        {"bf16 with unaligned q rows", 2, 3, 8, 2, 128, 128, 200, 90, BF, BF, F32, 3, 0, false, true, IDX_RANDOM},
+        {"bf16, strided slots, group 16", 2, 2, 16, 1, 128, 128, 150, 120, BF, BF, BF, 0, 8, false, true, IDX_RANDOM},
+        {"bf16, strided slots, odd slot pad", 1, 2, 8, 2, 128, 128, 150, 70, BF, BF, F32, 0, 3, false, true, IDX_RANDOM},
+        {"mqa, group 32 (64-row CTAs)", 2, 2, 32, 1, 128, 128, 400, 200, BF, BF, F32, 8, 0, false, true, IDX_RANDOM},
+        {"mqa, group 24, D 64 (two head blocks)", 2, 2, 24, 1, 64, 64, 300, 150, BF, BF, BF, 0, 0, false, true, IDX_RANDOM},
+        {"f32 q, bf16 caches, D 80", 2, 3, 8, 2, 80, 80, 100, 50, F32, BF, F32, 0, 0, false, true, IDX_RANDOM},
+        {"D 2", 2, 3, 4, 2, 2, 2, 20, 12, F32, F32, F32, 1, 0, false, true, IDX_RANDOM},
+        {"Dk 40 Dv 24 f32", 2, 3, 8, 2, 40, 24, 60, 30, F32, F32, F32, 0, 5, false, true, IDX_RANDOM},
+        {"empty rows, bf16", 2, 4, 8, 2, 128, 128, 100, 70, BF, BF, BF, 0, 0, false, true, IDX_EMPTY},
+        {"empty rows, f32", 2, 4, 8, 2, 64, 64, 100, 70, F32, F32, F32, 0, 0, false, true, IDX_EMPTY},
+        {"decode, long index rows (split)", 1, 1, 8, 2, 128, 128, 5000, 4100, BF, BF, F32, 0, 0, false, true, IDX_RANDOM},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], 3000 + i);
+}
+
+Test(gpu_sparse, mla) {
+    static const sp_case cases[] = {
+        /* what                                B  T  Hq   Hkv Dk   Dv   cap   k     q    kv   out  pad spad mla  lse  idx */
+        {"mla 16 heads, decode, top-2048 (split)", 2, 1, 16, 1, 576, 512, 2100, 2048, BF, BF, BF, 0, 0, true, true, IDX_RANDOM},
+        {"mla 128 heads, decode (split)", 2, 1, 128, 1, 576, 512, 700, 512, BF, BF, F32, 8, 0, true, true, IDX_RANDOM},
+        {"mla 128 heads, prefill, wider latent slot", 1, 3, 128, 1, 576, 512, 300, 200, BF, BF, BF, 0, 8, true, true, IDX_RANDOM},
+        {"mla 128 heads, 70 queries (no split)", 1, 70, 128, 1, 576, 512, 256, 128, BF, BF, BF, 0, 0, true, false, IDX_RANDOM},
+        {"mla 64 heads, empty rows", 2, 2, 64, 1, 576, 512, 200, 100, BF, BF, F32, 0, 0, true, true, IDX_EMPTY},
+        {"mla 16 heads, f32", 2, 2, 16, 1, 576, 512, 150, 90, F32, F32, F32, 0, 0, true, true, IDX_RANDOM},
+        {"mla 16 heads, covering, k > cap", 1, 2, 16, 1, 576, 512, 60, 100, BF, BF, F32, 0, 0, true, true, IDX_COVERING},
+        {"mla shapes, separate value cache", 1, 2, 16, 1, 576, 512, 100, 70, BF, BF, BF, 0, 0, false, true, IDX_RANDOM},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], 4000 + i);
+}
+
+/* seq_lens are not checked on the host for CUDA: a row whose p = seq_lens[b] - T + t is outside [0, cap)
+ * uses no index (out = 0, lse = +inf), rows of good sequences match the CPU, nothing past out or lse is
+ * written, and nothing faults. Sequence 0 ends past the cache, 1 is negative, 2 is shorter than T (its
+ * first two rows have p < 0), 3 is fine. */
+Test(gpu_sparse, bad_seq_lens_on_cuda) {
+    static const sp_case cases[] = {
+        {"bad seq_lens, bf16", 4, 3, 16, 2, 128, 128, 200, 150, BF, BF, BF, 8, 0, false, true, IDX_RANDOM},
+        {"bad seq_lens, f32", 4, 3, 8, 2, 64, 64, 200, 150, F32, F32, F32, 0, 0, false, true, IDX_RANDOM},
+        {"bad seq_lens, mla (split)", 4, 3, 16, 1, 576, 512, 600, 512, BF, BF, F32, 0, 0, true, true, IDX_RANDOM},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const sp_case *c = &cases[ci];
+        const uint64_t seed = 5000 + ci;
+        char ctx[CTX_N];
+        describe(c, seed, ctx, sizeof ctx);
+        tu_rng r = tu_rng_make(seed);
+        sp_host h;
+        make_inputs(c, &h, &r);
+        const int32_t good = h.lens[3];
+        h.idx[2 * h.i0 + 2 * h.i1] = 0; /* sequence 2's last row (p = 0) has a usable index */
+        sp_bufs p = upload(c, &h);
+        /* the CPU sees only good lengths; its rows of sequence 3 are the reference */
+        hae_sparse_attention_args ac = args_of(c, &h, &p, false), ag = args_of(c, &h, &p, true);
+        const int32_t bad[4] = {(int32_t)(c->cap + c->T + 5), -9, (int32_t)(c->T - 2), good};
+        pb_set(&p.lens, bad);
+        const int32_t fine[4] = {(int32_t)c->T, (int32_t)c->T, (int32_t)c->T, good};
+        memcpy(p.lens.c, fine, sizeof fine);
+        if (!ran(hae_sparse_attention(g_cpu, &ac), "cpu", "sparse_attention", ctx) ||
+            !ran(hae_sparse_attention(g_gpu, &ag), "cuda", "sparse_attention", ctx) ||
+            !ran(hae_backend_sync(g_gpu), "cuda (sync after the op)", "sparse_attention", ctx)) {
+            free_bufs(c, &p), free_inputs(&h);
+            continue;
+        }
+        void *go = fetch_gpu(&p.out);
+        float *ge = fetch_gpu(&p.lse);
+        const float *ce = p.lse.c;
+        int64_t wrong = 0;
+        for (int64_t b = 0; b < c->B && wrong < 5; b++)
+            for (int64_t t = 0; t < c->T && wrong < 5; t++) {
+                const int64_t pos = (int64_t)bad[b] - c->T + t;
+                const bool usable = pos >= 0 && pos < c->cap;
+                for (int64_t hh = 0; hh < c->Hq; hh++) {
+                    const int64_t ob = b * h.o0 + t * h.o1 + hh * c->Dv;
+                    const float lse = ge[b * h.e0 + t * h.e1 + hh];
+                    if (!usable) {
+                        bool zero = isinf(lse) && lse > 0;
+                        for (int64_t d = 0; d < c->Dv; d++) zero = zero && tu_get(go, c->out, ob + d) == 0.0;
+                        if (!zero && wrong++ < 5)
+                            cr_expect(0, "[%s]: row (b %lld, t %lld, h %lld) with p %lld outside [0, %lld): lse %g, out[0] "
+                                         "%g; want +inf and zeros",
+                                      ctx, (long long)b, (long long)t, (long long)hh, (long long)pos, (long long)c->cap,
+                                      (double)lse, tu_get(go, c->out, ob));
+                    } else if (b == 3) {
+                        for (int64_t d = 0; d < c->Dv; d++) {
+                            const double gv = tu_get(go, c->out, ob + d), cv = tu_get(p.out.c, c->out, ob + d);
+                            if (!(fabs(gv - cv) <= 0.05 * (1 + fabs(cv))) && wrong++ < 5)
+                                cr_expect(0, "[%s]: good sequence 3, (t %lld, h %lld, d %lld): gpu %.6g cpu %.6g", ctx,
+                                          (long long)t, (long long)hh, (long long)d, gv, cv);
+                        }
+                        const float cl = ce[b * h.e0 + t * h.e1 + hh];
+                        if (!(fabsf(lse - cl) <= 1e-4f * (1 + fabsf(cl))) && wrong++ < 5)
+                            cr_expect(0, "[%s]: good sequence 3, lse (t %lld, h %lld): gpu %.7g cpu %.7g", ctx,
+                                      (long long)t, (long long)hh, (double)lse, (double)cl);
+                    } else {
+                        bool finite = isfinite(lse);
+                        for (int64_t d = 0; d < c->Dv; d++) finite = finite && isfinite(tu_get(go, c->out, ob + d));
+                        if (!finite && wrong++ < 5)
+                            cr_expect(0, "[%s]: row (b %lld, t %lld, h %lld) with p %lld: not finite (lse %g)", ctx,
+                                      (long long)b, (long long)t, (long long)hh, (long long)pos, (double)lse);
+                    }
+                }
+            }
+        /* what lies between rows and the guards past the ends keep their poison */
+        const size_t eo = hae_dtype_size(c->out);
+        bool *wo = calloc(h.no, 1), *we = calloc(h.ne, 1);
+        cr_assert(wo && we);
+        for (int64_t b = 0; b < c->B; b++)
+            for (int64_t t = 0; t < c->T; t++)
+                for (int64_t hh = 0; hh < c->Hq; hh++) {
+                    we[b * h.e0 + t * h.e1 + hh] = true;
+                    for (int64_t d = 0; d < c->Dv; d++) wo[b * h.o0 + t * h.o1 + hh * c->Dv + d] = true;
+                }
+        const uint8_t *ob = go, *eb = (const uint8_t *)ge;
+        for (size_t i = 0; i < h.no * eo; i++)
+            if (!wo[i / eo] && ob[i] != 0xFF && wrong++ < 5)
+                cr_expect(0, "[%s]: out byte %zu (element %zu, not an element of out) was written", ctx, i, i / eo);
+        for (size_t i = 0; i < h.ne * 4; i++)
+            if (!we[i / 4] && eb[i] != 0xFF && wrong++ < 5)
+                cr_expect(0, "[%s]: lse byte %zu (element %zu, not an element of lse) was written", ctx, i, i / 4);
+        free(wo), free(we);
+        free(go), free(ge);
+        free_bufs(c, &p);
+        free_inputs(&h);
+    }
+}
+
+/* Head dims past what the CUDA kernels hold are refused, naming the dims, and write nothing. */
+Test(gpu_sparse, unsupported_head_dims) {
+    const sp_case c = {"Dk 640", 1, 1, 2, 1, 640, 64, 8, 4, F32, F32, F32, 0, 0, false, true, IDX_RANDOM};
+    char ctx[CTX_N];
+    describe(&c, 6000, ctx, sizeof ctx);
+    tu_rng r = tu_rng_make(6000);
+    sp_host h;
+    make_inputs(&c, &h, &r);
+    sp_bufs p = upload(&c, &h);
+    hae_sparse_attention_args ag = args_of(&c, &h, &p, true);
+    cr_expect_eq(hae_sparse_attention(g_gpu, &ag), HAE_ERR_UNSUPPORTED, "[%s]", ctx);
+    cr_expect(strstr(hae_last_error(), "640"), "[%s]: %s", ctx, hae_last_error());
+    uint8_t *go = fetch_gpu(&p.out);
+    for (size_t i = 0; i < p.out.bytes; i++)
+        if (go[i] != 0xFF) {
+            cr_expect(0, "[%s]: out byte %zu written by a refused call", ctx, i);
+            break;
+        }
+    free(go);
+    free_bufs(&c, &p);
+    free_inputs(&h);
+}
