@@ -175,12 +175,21 @@ static int cmd_info(int argc, char **argv) {
     for (int k = 0; k < HAE_LAYER_KIND_COUNT; k++)
         if (counts[k]) printf(" %s x%d", hae_layer_kind_name((hae_layer_kind)k), counts[k]);
     printf("\n");
-    printf("shapes      vocab %lld, d_model %lld, attention %s %lldq/%lldkv x %lld, rope %s, d_ff %lld\n",
-           (long long)cfg.model.vocab_size, (long long)cfg.model.d_model,
-           cfg.model.attention.form == HAE_ATTN_GQA ? "gqa" : "mla", (long long)cfg.model.attention.num_heads,
-           (long long)cfg.model.attention.num_kv_heads, (long long)cfg.model.attention.head_dim,
-           cfg.model.attention.rope == HAE_ROPE_NONE ? "none" : cfg.model.attention.rope == HAE_ROPE_FULL ? "full" : "partial",
-           (long long)cfg.model.mlp.intermediate_size);
+    const char *rope = cfg.model.attention.rope == HAE_ROPE_NONE   ? "none"
+                       : cfg.model.attention.rope == HAE_ROPE_FULL ? "full"
+                                                                    : "partial";
+    if (cfg.model.attention.form == HAE_ATTN_GQA)
+        printf("shapes      vocab %lld, d_model %lld, attention gqa %lldq/%lldkv x %lld, rope %s, d_ff %lld\n",
+               (long long)cfg.model.vocab_size, (long long)cfg.model.d_model, (long long)cfg.model.attention.num_heads,
+               (long long)cfg.model.attention.num_kv_heads, (long long)cfg.model.attention.head_dim, rope,
+               (long long)cfg.model.mlp.intermediate_size);
+    else
+        printf("shapes      vocab %lld, d_model %lld, attention mla %lld heads (q/k %lld nope + %lld rope, v %lld) over "
+               "a latent of %lld + %lld rope, rope %s, d_ff %lld\n",
+               (long long)cfg.model.vocab_size, (long long)cfg.model.d_model, (long long)cfg.model.attention.num_heads,
+               (long long)cfg.model.attention.qk_nope_head_dim, (long long)cfg.model.attention.qk_rope_head_dim,
+               (long long)cfg.model.attention.v_head_dim, (long long)cfg.model.attention.kv_lora_rank,
+               (long long)cfg.model.attention.qk_rope_head_dim, rope, (long long)cfg.model.mlp.intermediate_size);
     bool linear = false;
     for (int64_t l = 0; l < cfg.model.n_layers; l++) linear |= hae_linear_kind_of(cfg.model.layers[l], &(hae_linear_kind){0});
     if (linear) {

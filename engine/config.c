@@ -427,7 +427,8 @@ _Static_assert(sizeof(hae_rope_mode) == sizeof(int) && sizeof(hae_dtype) == size
 enum {
     K_NAME, K_SEED, K_OUTPUT_DIR,
     K_VOCAB, K_D_MODEL, K_N_LAYERS, K_PATTERN, K_LAYERS, K_NORM_EPS, K_TIE, K_INIT_RANGE, K_D_FF,
-    K_FORM, K_HEADS, K_KV_HEADS, K_HEAD_DIM, K_ROPE, K_THETA, K_PARTIAL, K_SCALE, K_WINDOW,
+    K_FORM, K_HEADS, K_KV_HEADS, K_HEAD_DIM, K_ROPE, K_THETA, K_PARTIAL, K_SCALE,
+    K_MLA_LORA, K_MLA_NOPE, K_MLA_ROPE, K_MLA_V, K_WINDOW,
     K_LA_HEADS, K_LA_VHEADS, K_LA_HEAD_DIM, K_LA_EXPAND_V, K_LA_CONV, K_LA_CHUNK, K_LA_SAFE, K_LA_LB,
     K_DSA_HEADS, K_DSA_DIM, K_DSA_TOPK, K_DSA_ROPE, K_DSA_DERIVED, K_DSA_PAGE,
     K_BACKEND, K_DEVICE, K_THREADS, K_DTYPE, K_BATCH, K_PREFILL, K_DECODE, K_CHUNK, K_TEMP, K_KV_BUDGET,
@@ -463,6 +464,12 @@ static const key_spec specs[NKEYS] = {
                    FIELD(model.attention.partial_rotary_factor)},
     [K_SCALE] = {"model.attention.softmax_scale", T_FLOAT, "0", 0, NOMAX, 0, NULL,
                  FIELD(model.attention.softmax_scale)},
+    [K_MLA_LORA] = {"model.attention.kv_lora_rank", T_INT, "512", 1, 8192, 0, NULL, FIELD(model.attention.kv_lora_rank)},
+    [K_MLA_NOPE] = {"model.attention.qk_nope_head_dim", T_INT, "128", 1, 1024, 0, NULL,
+                    FIELD(model.attention.qk_nope_head_dim)},
+    [K_MLA_ROPE] = {"model.attention.qk_rope_head_dim", T_INT, "64", 0, 1024, 0, NULL,
+                    FIELD(model.attention.qk_rope_head_dim)},
+    [K_MLA_V] = {"model.attention.v_head_dim", T_INT, "128", 1, 1024, 0, NULL, FIELD(model.attention.v_head_dim)},
     [K_WINDOW] = {"model.swa.window_size", T_INT, "256", 1, NOMAX, 0, NULL, FIELD(model.swa.window_size)},
     [K_LA_HEADS] = {"model.linear_attn.num_heads", T_INT, "4", 1, 1024, 0, NULL, FIELD(model.linear_attn.num_heads)},
     [K_LA_VHEADS] = {"model.linear_attn.num_v_heads", T_INT, "0", 0, 4096, 0, NULL,
@@ -829,23 +836,35 @@ static hae_status cross_fail(const ctx *c, const bindings *b, const int *keys, i
 
 static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config *cfg) {
     char m[512];
-    if (cfg->model.attention.form == HAE_ATTN_MLA)
-        return fail(c, b->n[K_FORM], specs[K_FORM].path, "attention form 'mla' is not built yet (built: gqa)");
+    if (cfg->model.attention.form == HAE_ATTN_MLA) {
+        const int64_t r = cfg->model.attention.qk_rope_head_dim;
+        if (cfg->model.attention.rope == HAE_ROPE_PARTIAL) {
+            snprintf(m, sizeof m, "rope 'partial' does not apply to form 'mla'%s, which rotates its qk_rope_head_dim "
+                     "dims (rope 'full') or none of them (rope 'none')", dflt(b, K_FORM));
+            return cross_fail(c, b, (const int[]){K_ROPE, K_FORM}, 2, m);
+        }
+        if (cfg->model.attention.rope == HAE_ROPE_FULL && r % 2) {
+            snprintf(m, sizeof m, "qk_rope_head_dim %" PRId64 "%s must be even with rope 'full'%s, as RoPE rotates "
+                     "pairs", r, dflt(b, K_MLA_ROPE), dflt(b, K_ROPE));
+            return cross_fail(c, b, (const int[]){K_MLA_ROPE, K_ROPE}, 2, m);
+        }
+    }
     const int64_t heads = cfg->model.attention.num_heads, kv = cfg->model.attention.num_kv_heads,
                   hd = cfg->model.attention.head_dim;
     const hae_rope_mode rope = cfg->model.attention.rope;
     const float factor = cfg->model.attention.partial_rotary_factor;
-    if (heads % kv) {
+    const bool gqa = cfg->model.attention.form == HAE_ATTN_GQA; /* mla uses neither num_kv_heads nor head_dim */
+    if (gqa && heads % kv) {
         snprintf(m, sizeof m, "num_heads %" PRId64 "%s is not a multiple of num_kv_heads %" PRId64 "%s", heads,
                  dflt(b, K_HEADS), kv, dflt(b, K_KV_HEADS));
         return cross_fail(c, b, (const int[]){K_KV_HEADS, K_HEADS}, 2, m);
     }
-    if (rope == HAE_ROPE_FULL && hd % 2) {
+    if (gqa && rope == HAE_ROPE_FULL && hd % 2) {
         snprintf(m, sizeof m, "head_dim %" PRId64 "%s must be even with rope 'full'%s, as RoPE rotates pairs", hd,
                  dflt(b, K_HEAD_DIM), dflt(b, K_ROPE));
         return cross_fail(c, b, (const int[]){K_HEAD_DIM, K_ROPE}, 2, m);
     }
-    if (rope == HAE_ROPE_PARTIAL) {
+    if (gqa && rope == HAE_ROPE_PARTIAL) {
         long rot = lround((double)hd * (double)factor);
         if (rot < 2 || rot % 2) {
             snprintf(m, sizeof m, "rope 'partial' rotates round(head_dim %" PRId64 "%s x partial_rotary_factor %g%s) = "

@@ -479,7 +479,14 @@ typedef struct hae_config {
             hae_rope_mode rope;
             float rope_theta;
             float partial_rotary_factor; /* fraction of head_dim rotated when rope = partial */
-            float softmax_scale;         /* 0: 1/sqrt(head_dim) */
+            float softmax_scale;         /* 0: 1/sqrt(head_dim) (gqa), 1/sqrt(qk_nope + qk_rope) (mla) */
+            /* mla (DeepSeek's names): per token one latent of kv_lora_rank dims plus a shared RoPE key of
+             * qk_rope_head_dim dims is cached; each head's query/key has qk_nope + qk_rope dims and its value
+             * v_head_dim. num_kv_heads and head_dim are unused by mla. */
+            int64_t kv_lora_rank;
+            int64_t qk_nope_head_dim;
+            int64_t qk_rope_head_dim;
+            int64_t v_head_dim;
         } attention;
         struct {
             int64_t window_size;
@@ -581,17 +588,19 @@ typedef struct hae_kv_layer_spec {
     int64_t cap; /* slots per sequence; 0: this layer keeps no KV */
     int64_t kv_heads;
     int64_t head_dim;
+    int64_t v_dim; /* 0: V has its own buffer like K's; > 0 (mla, one kv head): V is the last v_dim dims of K */
 } hae_kv_layer_spec;
-/* One contiguous K and V buffer per layer, [batch, cap, kv_heads, head_dim] in `dtype`, on the
- * backend's device. Fails before allocating anything when the total exceeds `budget` bytes
- * (0: the device's free memory), naming bytes asked and available. */
+/* One contiguous K buffer per layer, [batch, cap, kv_heads, head_dim] in `dtype`, on the backend's
+ * device, and a V buffer of the same shape unless V is a view of K. Fails before allocating anything
+ * when the total exceeds `budget` bytes (0: the device's free memory), naming bytes asked and available. */
 hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer_spec *specs, int64_t batch,
                                hae_dtype dtype, size_t budget, hae_kv_cache **out);
 void hae_kv_cache_destroy(hae_kv_cache *kv);
-/* K and V views of one layer ([B, cap, Hkv, D]); data NULL for layers without KV. */
+/* K and V views of one layer ([B, cap, Hkv, D] and [B, cap, Hkv, Dv]: Dv = D, or v_dim with V's slots
+ * strided inside K's); data NULL for layers without KV. */
 void hae_kv_cache_layer(const hae_kv_cache *kv, int layer, hae_tensor *k, hae_tensor *v);
 size_t hae_kv_cache_bytes(const hae_kv_cache *kv);
-/* Bytes of KV one token adds to one layer (K and V). */
+/* Bytes of KV one token adds to one layer (K, and V unless it is a view of K). */
 size_t hae_kv_bytes_per_token(const hae_kv_layer_spec *spec, hae_dtype dtype);
 
 /* ---------------------------------------------------------------- the model */

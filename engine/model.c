@@ -22,12 +22,17 @@ typedef struct {
     bool linear;          /* a linear-family layer */
     hae_linear_kind lk;   /* its switches */
     hae_tensor attn_norm; /* [d] f32 */
-    hae_tensor wqkv;      /* attention: [(Hq + 2 Hkv) Dh, d]; linear: the fused input projection [in_dim, d] */
-    hae_tensor wo;        /* [d, Hq Dh] or [d, HV V] */
+    hae_tensor wqkv;      /* gqa: [(Hq + 2 Hkv) Dh, d]; mla: [Hq (nope + rope) + lora + rope, d]; linear: the
+                             fused input projection [in_dim, d] */
+    hae_tensor wo;        /* [d, Hq Dh], [d, Hq vd] (mla) or [d, HV V] */
     hae_tensor mlp_norm;  /* [d] f32 */
     hae_tensor wgu;       /* [2F, d]: gate rows then up rows */
     hae_tensor wdown;     /* [d, F] */
     int64_t window;       /* swa window; 0 for full */
+    /* mla attention layers */
+    hae_tensor wkvb;      /* [Hq (nope + vd), lora]: kv_b_proj, the per-head up-projections of the latent */
+    hae_tensor kva_norm;  /* [lora] f32 */
+    hae_tensor wuk_t;     /* [Hq lora, nope]: each head's key up-projection transposed (absorbed into q) */
     /* linear layers */
     int64_t in_dim, f_dim, b_dim; /* fused projection width; columns of f and of b */
     hae_tensor conv_w;    /* [2 H K + HV V, W] f32 */
@@ -72,6 +77,10 @@ struct hae_model {
     int64_t B, V, d, L, Hq, Hkv, Dh, F, qkv_dim, chunk, ctx_max;
     int rot_dims;
     float scale;
+    /* attention layers as the ops see them: q/k dim Dk, v dim Dv (gqa: both Dh; mla: rope + lora and
+     * lora); mla's latent rank, per-head nope/rope/value dims */
+    int64_t Dk, Dv, lora, nope, rdim, vd;
+    bool mla;
     /* linear layers: q/k heads, value heads, head dims, conv width and channels, widest projection */
     int64_t LH, LHV, LK, LV, conv_W, conv_ch, proj_dim, mix_dim;
     bool has_linear;
@@ -93,6 +102,7 @@ struct hae_model {
     size_t act_bytes;
     hae_tensor ids, x, h, qkv, att, gu, act, hlast, logits;
     hae_tensor conv_out, graw, gout, workspace; /* linear layers */
+    hae_tensor ckv, ov; /* mla: the latent before its norm [N, lora] f32; heads' values [N, Hq vd] */
     /* dsa layers: indexer queries, keys, head weights, their FP8 forms, logits, selections */
     hae_tensor qi, ki, wi, q8, qs, k8, ks, ilogits, ilens, idx, seq_lens, sub_lens;
     hae_tensor pq, pk, ones; /* derived indexer: the fixed maps from the layer's q and k; unit head weights */
@@ -211,29 +221,30 @@ static void layout_linear(hae_model *m, carver *c, int64_t l, float std, float s
 
 /* The derived indexer's fixed maps (not parameters: built from the shapes, never saved). Query head
  * h's indexer query is Pq_h q_h and the shared key is sum_g Pk_g k_g, so q^I_h . k^I = q_h^T Pq_h^T Pk_g k_g
- * over kv heads g. When the kv heads fit in D_I dims, Pk places head g at dims [g Dh, (g + 1) Dh) and
+ * over kv heads g (mla: the one latent key, the absorbed queries). When the kv heads fit in D_I dims,
+ * Pk places head g at dims [g Dk, (g + 1) Dk) and
  * Pq_h places q_h at its own kv head's dims: the indexer computes the attention logits exactly. Wider
  * kv heads get seeded Gaussian maps of variance 1 / D_I (Johnson-Lindenstrauss): the same logits
  * approximately, plus cross terms between kv heads of mean zero. */
 static void layout_derived(hae_model *m, carver *c) {
     if (!m->has_dsa || !m->derived) return;
     m->ones = carve2(c, HAE_F32, m->B * m->chunk, m->HI);
-    m->pq = carve2(c, m->dt, m->HI * m->DI, m->Hq * m->Dh);
-    m->pk = carve2(c, m->dt, m->DI, m->Hkv * m->Dh);
+    m->pq = carve2(c, m->dt, m->HI * m->DI, m->Hq * m->Dk);
+    m->pk = carve2(c, m->dt, m->DI, m->Hkv * m->Dk);
 }
 
 static float derived_pk(const hae_model *m, int64_t row, int64_t col) {
-    if (m->Hkv * m->Dh <= m->DI) return row == col ? 1.0f : 0.0f;
+    if (m->Hkv * m->Dk <= m->DI) return row == col ? 1.0f : 0.0f;
     double u1 = hae_uniform(m->cfg.seed ^ 0xD5A, 1, (uint64_t)row, (uint64_t)col * 2);
     double u2 = hae_uniform(m->cfg.seed ^ 0xD5A, 1, (uint64_t)row, (uint64_t)col * 2 + 1);
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2) / sqrt((double)m->DI));
 }
 
-/* Pq row h D_I + r, column h' Dh + e: Pk's entry for q head h's kv head, on the block diagonal. */
+/* Pq row h D_I + r, column h' Dk + e: Pk's entry for q head h's kv head, on the block diagonal. */
 static float derived_pq(const hae_model *m, int64_t row, int64_t col) {
-    const int64_t h = row / m->DI, r = row % m->DI, h2 = col / m->Dh, e = col % m->Dh;
+    const int64_t h = row / m->DI, r = row % m->DI, h2 = col / m->Dk, e = col % m->Dk;
     if (h != h2) return 0.0f;
-    return derived_pk(m, r, (h / (m->Hq / m->Hkv)) * m->Dh + e);
+    return derived_pk(m, r, (h / (m->Hq / m->Hkv)) * m->Dk + e);
 }
 
 static void layout_weights(hae_model *m, carver *c) {
@@ -254,6 +265,22 @@ static void layout_weights(hae_model *m, carver *c) {
         P("input_layernorm.weight", w->attn_norm, INIT_ONES, 0.0f);
         if (w->linear) {
             layout_linear(m, c, l, std, std_out);
+        } else if (m->mla) {
+            /* DeepSeek-V2/V3's names, without q compression: q_proj rows are per head [nope | rope],
+             * kv_a_proj_with_mqa rows [latent (lora) | rope], kv_b_proj rows per head [k nope | v] */
+            const int64_t qd = m->Hq * (m->nope + m->rdim);
+            w->wqkv = carve2(c, m->dt, qd + m->lora + m->rdim, m->d);
+            w->kva_norm = carve1(c, HAE_F32, m->lora);
+            w->wkvb = carve2(c, m->dt, m->Hq * (m->nope + m->vd), m->lora);
+            w->wo = carve2(c, m->dt, m->d, m->Hq * m->vd);
+            w->wuk_t = carve2(c, m->dt, m->Hq * m->lora, m->nope);
+            w->window = w->kind == HAE_LAYER_SWA ? m->cfg.model.swa.window_size : 0;
+            P("self_attn.q_proj.weight", hae_tensor_narrow(w->wqkv, 0, 0, qd), INIT_NORMAL, std);
+            P("self_attn.kv_a_proj_with_mqa.weight", hae_tensor_narrow(w->wqkv, 0, qd, m->lora + m->rdim), INIT_NORMAL,
+              std);
+            P("self_attn.kv_a_layernorm.weight", w->kva_norm, INIT_ONES, 0.0f);
+            P("self_attn.kv_b_proj.weight", w->wkvb, INIT_NORMAL, std);
+            P("self_attn.o_proj.weight", w->wo, INIT_NORMAL, std_out);
         } else {
             int64_t qd = m->Hq * m->Dh, kd = m->Hkv * m->Dh;
             w->wqkv = carve2(c, m->dt, m->qkv_dim, m->d);
@@ -263,18 +290,18 @@ static void layout_weights(hae_model *m, carver *c) {
             P("self_attn.k_proj.weight", hae_tensor_narrow(w->wqkv, 0, qd, kd), INIT_NORMAL, std);
             P("self_attn.v_proj.weight", hae_tensor_narrow(w->wqkv, 0, qd + kd, kd), INIT_NORMAL, std);
             P("self_attn.o_proj.weight", w->wo, INIT_NORMAL, std_out);
-            if (w->kind == HAE_LAYER_DSA && !m->derived) {
-                w->wq_i = carve2(c, m->dt, m->HI * m->DI, m->d);
-                w->wk_i = carve2(c, m->dt, m->DI, m->d);
-                w->k_norm_w = carve1(c, HAE_F32, m->DI);
-                w->k_norm_b = carve1(c, HAE_F32, m->DI);
-                w->w_proj = carve2(c, m->dt, m->HI, m->d);
-                P("self_attn.indexer.wq.weight", w->wq_i, INIT_NORMAL, std);
-                P("self_attn.indexer.wk.weight", w->wk_i, INIT_NORMAL, std);
-                P("self_attn.indexer.k_norm.weight", w->k_norm_w, INIT_ONES, 0.0f);
-                P("self_attn.indexer.k_norm.bias", w->k_norm_b, INIT_ZEROS, 0.0f);
-                P("self_attn.indexer.weights_proj.weight", w->w_proj, INIT_NORMAL, std);
-            }
+        }
+        if (w->kind == HAE_LAYER_DSA && !m->derived) {
+            w->wq_i = carve2(c, m->dt, m->HI * m->DI, m->d);
+            w->wk_i = carve2(c, m->dt, m->DI, m->d);
+            w->k_norm_w = carve1(c, HAE_F32, m->DI);
+            w->k_norm_b = carve1(c, HAE_F32, m->DI);
+            w->w_proj = carve2(c, m->dt, m->HI, m->d);
+            P("self_attn.indexer.wq.weight", w->wq_i, INIT_NORMAL, std);
+            P("self_attn.indexer.wk.weight", w->wk_i, INIT_NORMAL, std);
+            P("self_attn.indexer.k_norm.weight", w->k_norm_w, INIT_ONES, 0.0f);
+            P("self_attn.indexer.k_norm.bias", w->k_norm_b, INIT_ZEROS, 0.0f);
+            P("self_attn.indexer.weights_proj.weight", w->w_proj, INIT_NORMAL, std);
         }
         w->mlp_norm = carve1(c, HAE_F32, m->d);
         w->wgu = carve2(c, m->dt, 2 * m->F, m->d);
@@ -328,6 +355,10 @@ static void layout_activations(hae_model *m, carver *c) {
     m->h = carve2(c, m->dt, N, m->d);
     m->qkv = carve2(c, m->dt, N, m->proj_dim);
     m->att = carve2(c, m->dt, N, m->mix_dim);
+    if (m->mla) {
+        m->ckv = carve2(c, HAE_F32, N, m->lora);
+        m->ov = carve2(c, m->dt, N, m->Hq * m->vd);
+    }
     if (m->has_linear) {
         m->conv_out = carve2(c, m->dt, N, m->conv_ch);
         m->graw = carve2(c, m->dt, N, m->LHV * m->LK);
@@ -378,16 +409,30 @@ static hae_status model_dims(hae_model *m, const hae_config *cfg, const hae_mode
     m->Hkv = cfg->model.attention.num_kv_heads;
     m->Dh = cfg->model.attention.head_dim;
     m->F = cfg->model.mlp.intermediate_size;
+    m->mla = cfg->model.attention.form == HAE_ATTN_MLA;
+    m->Dk = m->Dv = m->Dh;
     m->qkv_dim = (m->Hq + 2 * m->Hkv) * m->Dh;
+    if (m->mla) {
+        /* one latent per token: [RoPE key (rdim) | normed latent (lora)]; V is the latent */
+        m->lora = cfg->model.attention.kv_lora_rank;
+        m->nope = cfg->model.attention.qk_nope_head_dim;
+        m->rdim = cfg->model.attention.qk_rope_head_dim;
+        m->vd = cfg->model.attention.v_head_dim;
+        m->Hkv = 1;
+        m->Dk = m->rdim + m->lora;
+        m->Dv = m->lora;
+        m->qkv_dim = m->Hq * m->Dk + m->Dk + m->nope; /* absorbed queries | latent key | one head's q_nope */
+    }
     m->ctx_max = cfg->runtime.prefill + cfg->runtime.decode;
     m->chunk = cfg->runtime.prefill_chunk > 0 && cfg->runtime.prefill_chunk < m->ctx_max ? cfg->runtime.prefill_chunk
                                                                                           : m->ctx_max;
     switch (cfg->model.attention.rope) {
     case HAE_ROPE_NONE: m->rot_dims = 0; break;
-    case HAE_ROPE_FULL: m->rot_dims = (int)m->Dh; break;
+    case HAE_ROPE_FULL: m->rot_dims = (int)(m->mla ? m->rdim : m->Dh); break;
     case HAE_ROPE_PARTIAL: m->rot_dims = (int)lroundf((float)m->Dh * cfg->model.attention.partial_rotary_factor); break;
     }
-    m->scale = cfg->model.attention.softmax_scale > 0 ? cfg->model.attention.softmax_scale : 1.0f / sqrtf((float)m->Dh);
+    const float qk_dim = (float)(m->mla ? m->nope + m->rdim : m->Dh);
+    m->scale = cfg->model.attention.softmax_scale > 0 ? cfg->model.attention.softmax_scale : 1.0f / sqrtf(qk_dim);
 
     m->LH = cfg->model.linear_attn.num_heads;
     m->LHV = cfg->model.linear_attn.num_v_heads > 0 ? cfg->model.linear_attn.num_v_heads : m->LH;
@@ -396,7 +441,7 @@ static hae_status model_dims(hae_model *m, const hae_config *cfg, const hae_mode
     m->conv_W = cfg->model.linear_attn.conv_size;
     m->conv_ch = 2 * m->LH * m->LK + m->LHV * m->LV;
     m->proj_dim = m->qkv_dim;
-    m->mix_dim = m->Hq * m->Dh;
+    m->mix_dim = m->Hq * m->Dv;
     m->has_dsa = false;
     for (int64_t l = 0; l < m->L; l++) m->has_dsa |= cfg->model.layers[l] == HAE_LAYER_DSA;
     m->derived = cfg->model.dsa.derived;
@@ -454,7 +499,7 @@ static hae_kv_layer_spec kv_spec(const hae_model *m, int64_t l) {
     int64_t cap = m->ctx_max;
     if (m->cfg.model.layers[l] == HAE_LAYER_SWA && m->cfg.model.swa.window_size + m->chunk - 1 < cap)
         cap = m->cfg.model.swa.window_size + m->chunk - 1;
-    return (hae_kv_layer_spec){.cap = cap, .kv_heads = m->Hkv, .head_dim = m->Dh};
+    return (hae_kv_layer_spec){.cap = cap, .kv_heads = m->Hkv, .head_dim = m->Dk, .v_dim = m->mla ? m->Dv : 0};
 }
 
 /* FP8 key bytes and scales one token adds to a dsa layer's indexer cache (132 for D_I = 128). */
@@ -780,6 +825,31 @@ static hae_status init_dsa_constants(hae_model *m) {
     return st == HAE_OK ? hae_backend_sync(m->be) : st;
 }
 
+/* mla's absorbed key up-projections: wuk_t[h lora + j, i] = kv_b_proj[h (nope + vd) + i, j] for i < nope,
+ * rebuilt whenever the weights change (they are not parameters of their own). */
+static hae_status absorb_mla(hae_model *m) {
+    if (!m->mla) return HAE_OK;
+    const size_t es = hae_dtype_size(m->dt), n = (size_t)(m->Hq * (m->nope + m->vd) * m->lora);
+    char *kvb = malloc(n * es), *uk = malloc((size_t)(m->Hq * m->lora * m->nope) * es);
+    hae_status st = kvb && uk ? HAE_OK : hae_error(HAE_ERR_OOM, "model: %zu bytes of host memory for mla's absorbed "
+                                                               "weights", 2 * n * es);
+    for (int64_t l = 0; l < m->L && st == HAE_OK; l++) {
+        const layer_weights *w = &m->layers[l];
+        if (w->linear) continue;
+        st = hae_backend_download(m->be, kvb, w->wkvb.data, n * es);
+        for (int64_t h = 0; h < m->Hq && st == HAE_OK; h++)
+            for (int64_t j = 0; j < m->lora; j++)
+                for (int64_t i = 0; i < m->nope; i++)
+                    memcpy(uk + (size_t)((h * m->lora + j) * m->nope + i) * es,
+                           kvb + (size_t)((h * (m->nope + m->vd) + i) * m->lora + j) * es, es);
+        if (st == HAE_OK) st = hae_backend_upload(m->be, w->wuk_t.data, uk, hae_tensor_nbytes(&w->wuk_t));
+    }
+    if (st == HAE_OK) st = hae_backend_sync(m->be); /* before the host buffers go */
+    free(kvb);
+    free(uk);
+    return st;
+}
+
 /* Normal deviates from counters (Box-Muller on hae_uniform), so element i of parameter p has the same
  * value whatever the backend, the order of initialisation or the thread count. */
 static float normal_at(uint64_t seed, uint64_t p, uint64_t i) {
@@ -821,7 +891,7 @@ hae_status hae_model_init_weights(hae_model *m, uint64_t seed) {
     }
     stage_free(&s);
     if (st == HAE_OK) st = hae_backend_sync(m->be);
-    return st;
+    return st == HAE_OK ? absorb_mla(m) : st;
 }
 
 hae_status hae_model_save(const hae_model *m, const char *path) {
@@ -894,15 +964,15 @@ hae_status hae_model_load(hae_model *m, const char *path) {
     if (st == HAE_OK) st = hae_backend_sync(m->be);
     stage_free(&s);
     hae_st_close(f);
-    return st;
+    return st == HAE_OK ? absorb_mla(m) : st;
 }
 
 /* ---------------------------------------------------------------- forward */
 
 /* Views of the [B, T, H, Dh] heads inside the fused qkv rows of a chunk of T tokens. */
-static hae_tensor qkv_heads(const hae_model *m, int64_t T, int64_t col0, int64_t heads) {
+static hae_tensor qkv_heads(const hae_model *m, int64_t T, int64_t col0, int64_t heads, int64_t dim) {
     hae_tensor t = hae_tensor_4d((char *)m->qkv.data + col0 * (int64_t)hae_dtype_size(m->dt), m->dt,
-                                 hae_backend_device(m->be), m->B, T, heads, m->Dh);
+                                 hae_backend_device(m->be), m->B, T, heads, dim);
     t.stride[1] = m->qkv_dim;
     t.stride[0] = T * m->qkv_dim;
     return t;
@@ -947,8 +1017,8 @@ static hae_status dsa_select(hae_model *m, int64_t l, int64_t T) {
     hae_tensor wi = rows(m->derived ? m->ones : m->wi, N);
     if (m->derived) {
         hae_tensor qkv = view2(&m->qkv, N, m->qkv_dim);
-        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = hae_tensor_narrow(qkv, 1, 0, m->Hq * m->Dh), .b = m->pq, .c = qi}));
-        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = hae_tensor_narrow(qkv, 1, m->Hq * m->Dh, m->Hkv * m->Dh), .b = m->pk,
+        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = hae_tensor_narrow(qkv, 1, 0, m->Hq * m->Dk), .b = m->pq, .c = qi}));
+        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = hae_tensor_narrow(qkv, 1, m->Hq * m->Dk, m->Hkv * m->Dk), .b = m->pk,
                                               .c = ki}));
     } else {
         HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = rows(m->h, N), .b = w->wq_i, .c = qi}));
@@ -1005,22 +1075,53 @@ static hae_status dsa_select(hae_model *m, int64_t l, int64_t T) {
     return HAE_OK;
 }
 
+/* mla's queries and latent key in absorbed form (DeepSeek-V2 §2.1): with c the normed latent of a
+ * token and W_UK_h, W_UV_h head h's key and value up-projections (rows of kv_b_proj),
+ *     q_h . k_h = (W_UK_h^T q_nope_h) . c + q_rope_h . k_rope,     o_h = W_UV_h sum_s p_s c_s
+ * so attention runs over the cached [k_rope | c] (Dk = rdim + lora) with one kv head, values c
+ * (Dv = lora), queries [q_rope_h | W_UK_h^T q_nope_h], and W_UV_h applies after it. Into m->qkv
+ * rows: the Hq absorbed queries, then the latent key; q_nope passes through the last columns. */
+static hae_status mla_project(hae_model *m, const layer_weights *w, int64_t T) {
+    hae_backend *be = m->be;
+    const int64_t N = m->B * T, qrow = m->nope + m->rdim, qd = m->Hq * qrow, qcols = m->Hq * m->Dk;
+    const hae_tensor h = rows(m->h, N), qkv = view2(&m->qkv, N, m->qkv_dim);
+    const hae_tensor qn = hae_tensor_narrow(qkv, 1, qcols + m->Dk, m->nope), kl = hae_tensor_narrow(qkv, 1, qcols, m->Dk);
+    for (int64_t hh = 0; hh < m->Hq; hh++) {
+        const hae_tensor qa = hae_tensor_narrow(qkv, 1, hh * m->Dk, m->Dk);
+        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = h, .b = hae_tensor_narrow(w->wqkv, 0, hh * qrow, m->nope), .c = qn}));
+        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = qn, .b = hae_tensor_narrow(w->wuk_t, 0, hh * m->lora, m->lora),
+                                              .c = hae_tensor_narrow(qa, 1, m->rdim, m->lora)}));
+        if (m->rdim)
+            HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = h, .b = hae_tensor_narrow(w->wqkv, 0, hh * qrow + m->nope, m->rdim),
+                                                  .c = hae_tensor_narrow(qa, 1, 0, m->rdim)}));
+    }
+    if (m->rdim)
+        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = h, .b = hae_tensor_narrow(w->wqkv, 0, qd + m->lora, m->rdim),
+                                              .c = hae_tensor_narrow(kl, 1, 0, m->rdim)}));
+    HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = h, .b = hae_tensor_narrow(w->wqkv, 0, qd, m->lora), .c = rows(m->ckv, N)}));
+    return hae_rmsnorm(be, &(hae_rmsnorm_args){.x = rows(m->ckv, N), .weight = w->kva_norm, .eps = m->cfg.model.norm_eps,
+                                               .out = hae_tensor_narrow(kl, 1, m->rdim, m->lora)});
+}
+
 static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
     const layer_weights *w = &m->layers[l];
     hae_backend *be = m->be;
-    int64_t N = m->B * T, qd = m->Hq * m->Dh, kd = m->Hkv * m->Dh;
+    const int64_t N = m->B * T, qd = m->Hq * m->Dk, kd = m->Hkv * m->Dk;
     float eps = m->cfg.model.norm_eps;
     HAE_TRY(hae_rmsnorm(be, &(hae_rmsnorm_args){.x = rows(m->x, N), .weight = w->attn_norm, .out = rows(m->h, N), .eps = eps}));
-    HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = rows(m->h, N), .b = w->wqkv, .c = view2(&m->qkv, N, m->qkv_dim)}));
-    hae_tensor q = qkv_heads(m, T, 0, m->Hq), k = qkv_heads(m, T, qd, m->Hkv), v = qkv_heads(m, T, qd + kd, m->Hkv);
+    if (m->mla) HAE_TRY(mla_project(m, w, T));
+    else HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = rows(m->h, N), .b = w->wqkv, .c = view2(&m->qkv, N, m->qkv_dim)}));
+    hae_tensor q = qkv_heads(m, T, 0, m->Hq, m->Dk), k = qkv_heads(m, T, qd, m->Hkv, m->Dk);
     float theta = m->cfg.model.attention.rope_theta;
     HAE_TRY(hae_rope(be, &(hae_rope_args){.x = q, .pos0 = m->pos, .rot_dims = m->rot_dims, .theta = theta}));
     HAE_TRY(hae_rope(be, &(hae_rope_args){.x = k, .pos0 = m->pos, .rot_dims = m->rot_dims, .theta = theta}));
     hae_tensor kc, vc;
     hae_kv_cache_layer(m->kv, (int)l, &kc, &vc);
     HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = k, .cache = kc, .pos0 = m->pos}));
-    HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = v, .cache = vc, .pos0 = m->pos}));
-    hae_tensor att = hae_tensor_4d(m->att.data, m->dt, hae_backend_device(be), m->B, T, m->Hq, m->Dh);
+    if (!m->mla) /* mla's values are a view of the latent just written */
+        HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = qkv_heads(m, T, qd + kd, m->Hkv, m->Dv), .cache = vc,
+                                                      .pos0 = m->pos}));
+    hae_tensor att = hae_tensor_4d(m->att.data, m->dt, hae_backend_device(be), m->B, T, m->Hq, m->Dv);
     if (w->kind == HAE_LAYER_DSA) {
         HAE_TRY(dsa_select(m, l, T));
         HAE_TRY(hae_sparse_attention(be, &(hae_sparse_attention_args){
@@ -1031,8 +1132,15 @@ static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
         HAE_TRY(hae_attention(be, &(hae_attention_args){.q = q, .k_cache = kc, .v_cache = vc, .out = att, .pos0 = m->pos,
                                                         .window = w->window, .scale = m->scale}));
     }
-    return hae_gemm(be, &(hae_gemm_args){.a = view2(&m->att, N, m->Hq * m->Dh), .b = w->wo, .c = rows(m->x, N),
-                                         .accumulate = true});
+    hae_tensor o = view2(&m->att, N, m->Hq * m->Dv);
+    if (m->mla) { /* each head's value up-projection W_UV_h of its attended latent */
+        for (int64_t hh = 0; hh < m->Hq; hh++)
+            HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = hae_tensor_narrow(o, 1, hh * m->lora, m->lora),
+                                                  .b = hae_tensor_narrow(w->wkvb, 0, hh * (m->nope + m->vd) + m->nope, m->vd),
+                                                  .c = hae_tensor_narrow(rows(m->ov, N), 1, hh * m->vd, m->vd)}));
+        o = rows(m->ov, N);
+    }
+    return hae_gemm(be, &(hae_gemm_args){.a = o, .b = w->wo, .c = rows(m->x, N), .accumulate = true});
 }
 
 /* x += o_proj(gated_norm(linear_attn(conv(q, k, v), gates), g2(g1))), every projection of x in one GEMM. */

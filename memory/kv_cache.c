@@ -1,4 +1,5 @@
-/* The KV cache, for now one contiguous K and one V buffer per layer on the model's device. Its
+/* The KV cache, for now one contiguous K and one V buffer per layer on the model's device (mla: one
+ * latent buffer, V a view of its last dims). Its
  * interface (per-layer [B, cap, Hkv, D] views, slots p % cap) is what the paged, tiered pool of
  * DESIGN.md §2 will implement later. */
 #include "internal.h"
@@ -15,8 +16,13 @@ struct hae_kv_cache {
     size_t bytes;
 };
 
+/* Bytes of one token's K (or V) in one layer. */
+static size_t half_bytes(const hae_kv_layer_spec *spec, hae_dtype dtype) {
+    return spec->cap > 0 ? (size_t)spec->kv_heads * (size_t)spec->head_dim * hae_dtype_size(dtype) : 0;
+}
+
 size_t hae_kv_bytes_per_token(const hae_kv_layer_spec *spec, hae_dtype dtype) {
-    return spec->cap > 0 ? 2u * (size_t)spec->kv_heads * (size_t)spec->head_dim * hae_dtype_size(dtype) : 0;
+    return (spec->v_dim > 0 ? 1 : 2) * half_bytes(spec, dtype);
 }
 
 hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer_spec *specs, int64_t batch,
@@ -26,8 +32,12 @@ hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer
         return hae_error(HAE_ERR_INVALID, "kv cache: dtype %s (need f32 or bf16)", hae_dtype_name(dtype));
     size_t total = 0;
     for (int l = 0; l < n_layers; l++) {
-        if (specs[l].cap < 0 || specs[l].kv_heads < 0 || specs[l].head_dim < 0)
+        if (specs[l].cap < 0 || specs[l].kv_heads < 0 || specs[l].head_dim < 0 || specs[l].v_dim < 0)
             return hae_error(HAE_ERR_INVALID, "kv cache: layer %d has a negative size", l);
+        if (specs[l].v_dim > 0 && (specs[l].v_dim > specs[l].head_dim || specs[l].kv_heads != 1))
+            return hae_error(HAE_ERR_INVALID, "kv cache: layer %d: V as a view of K needs one kv head and v_dim <= "
+                             "head_dim (got %lld heads, v_dim %lld, head_dim %lld)", l, (long long)specs[l].kv_heads,
+                             (long long)specs[l].v_dim, (long long)specs[l].head_dim);
         total += (size_t)batch * (size_t)specs[l].cap * hae_kv_bytes_per_token(&specs[l], dtype);
     }
     size_t free_b = 0, total_b = 0;
@@ -55,15 +65,15 @@ hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer
     }
     for (int l = 0; l < n_layers; l++) {
         kv->specs[l] = specs[l];
-        size_t half = (size_t)batch * (size_t)specs[l].cap * hae_kv_bytes_per_token(&specs[l], dtype) / 2;
+        size_t half = (size_t)batch * (size_t)specs[l].cap * half_bytes(&specs[l], dtype);
         if (!half) continue;
         hae_status st = hae_backend_alloc(be, half, &kv->k[l]);
-        if (st == HAE_OK) st = hae_backend_alloc(be, half, &kv->v[l]);
+        if (st == HAE_OK && specs[l].v_dim == 0) st = hae_backend_alloc(be, half, &kv->v[l]);
         if (st != HAE_OK) {
             hae_kv_cache_destroy(kv);
             return hae_error_wrap(st, "kv cache: layer %d of %d", l, n_layers);
         }
-        kv->bytes += 2 * half;
+        kv->bytes += (specs[l].v_dim ? 1 : 2) * half;
     }
     *out = kv;
     return HAE_OK;
@@ -86,7 +96,13 @@ void hae_kv_cache_layer(const hae_kv_cache *kv, int layer, hae_tensor *k, hae_te
     const hae_kv_layer_spec *s = &kv->specs[layer];
     hae_device dev = hae_backend_device(kv->be);
     *k = hae_tensor_4d(kv->k[layer], kv->dtype, dev, kv->batch, s->cap, s->kv_heads, s->head_dim);
-    *v = hae_tensor_4d(kv->v[layer], kv->dtype, dev, kv->batch, s->cap, s->kv_heads, s->head_dim);
+    if (s->v_dim == 0) {
+        *v = hae_tensor_4d(kv->v[layer], kv->dtype, dev, kv->batch, s->cap, s->kv_heads, s->head_dim);
+        return;
+    }
+    *v = *k; /* one kv head: its stride is free, and set so the head reads as dense */
+    v->shape[3] = v->stride[2] = s->v_dim;
+    if (k->data) v->data = (char *)k->data + (s->head_dim - s->v_dim) * (int64_t)hae_dtype_size(kv->dtype);
 }
 
 size_t hae_kv_cache_bytes(const hae_kv_cache *kv) { return kv->bytes; }

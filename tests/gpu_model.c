@@ -39,12 +39,17 @@ static float *logits_of(hae_model *m, const hae_config *cfg, const int32_t *tok)
 /* Every layer kind: the attention stack, then the linear kinds beside full and swa layers, then dsa
  * with a top-k covering the context (the default 64 < CTX would let near-tied indexer logits pick other
  * tokens on either side: dsa_topk_selects_like_cpu holds that case). */
-static const char *const patterns[] = {
-    "model.layer_pattern=[swa, swa, full]",
-    "model.layer_pattern=[kda, kda, kda, full]",
-    "model.layer_pattern=[gdn, gla, retnet, full]",
-    "model.layer_pattern=[deltanet, mamba2, linear, swa]",
-    "model.layer_pattern=[kda, kda, kda, dsa]",
+static const struct {
+    const char *pattern, *form;
+} patterns[] = {
+    {"model.layer_pattern=[swa, swa, full]", "model.attention.form=gqa"},
+    {"model.layer_pattern=[kda, kda, kda, full]", "model.attention.form=gqa"},
+    {"model.layer_pattern=[gdn, gla, retnet, full]", "model.attention.form=gqa"},
+    {"model.layer_pattern=[deltanet, mamba2, linear, swa]", "model.attention.form=gqa"},
+    {"model.layer_pattern=[kda, kda, kda, dsa]", "model.attention.form=gqa"},
+    /* mla: 8 heads of 32 + 16 over a latent of 64 (a latent key of 80 dims), values of 32 */
+    {"model.layer_pattern=[swa, dsa, full]", "model.attention={form: mla, num_heads: 8, kv_lora_rank: 64, "
+                                            "qk_nope_head_dim: 32, qk_rope_head_dim: 16, v_head_dim: 32}"},
 };
 #define N_PATTERNS (int)(sizeof patterns / sizeof patterns[0])
 
@@ -53,9 +58,9 @@ Test(gpu_model, logits_match_cpu) {
     const double tol[] = {1e-4, 3e-2};
     for (int pk = 0; pk < 2 * N_PATTERNS; pk++) {
         const int k = pk % 2;
-        const char *sets[] = {dts[k], patterns[pk / 2], "model.dsa.index_topk=128"};
+        const char *sets[] = {dts[k], patterns[pk / 2].pattern, "model.dsa.index_topk=128", patterns[pk / 2].form};
         hae_config cfg;
-        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", sets, 3, &cfg), HAE_OK, "%s", hae_last_error());
+        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", sets, 4, &cfg), HAE_OK, "%s", hae_last_error());
         hae_backend *cpu = tu_cpu(), *gpu = NULL;
         cr_assert_eq(hae_backend_create(HAE_CUDA, 0, &gpu), HAE_OK, "%s", hae_last_error());
         hae_model *mc = tu_model(cpu, &cfg), *mg = tu_model(gpu, &cfg);
@@ -68,7 +73,7 @@ Test(gpu_model, logits_match_cpu) {
         for (int64_t i = 0; i < n; i++) ref[i] = a[i];
         char why[256];
         cr_expect(tu_close(g, HAE_F32, ref, n, tol[k], 10 * tol[k], 10 * tol[k], why, sizeof why),
-                  "%s %s model logits, cuda vs cpu: %s", sets[1], dts[k], why);
+                  "%s %s %s model logits, cuda vs cpu: %s", sets[1], sets[3], dts[k], why);
         /* greedy choices agree wherever the CPU's top two logits are not within the tolerance */
         int64_t agree = 0, close = 0;
         for (int64_t row = 0; row < B * CTX; row++) {
@@ -86,7 +91,8 @@ Test(gpu_model, logits_match_cpu) {
         }
         cr_expect_eq(agree + close, B * CTX, "%s %s: %lld of %lld argmax positions differ beyond near-ties", sets[1], dts[k],
                      (long long)(B * CTX - agree - close), (long long)(B * CTX));
-        printf("gpu_model %s %s: %s; argmax agrees at %lld/%lld positions (%lld near-ties)\n", sets[1], dts[k], why, (long long)agree,
+        printf("gpu_model %s %s %s: %s; argmax agrees at %lld/%lld positions (%lld near-ties)\n", sets[1], sets[3], dts[k],
+               why, (long long)agree,
                (long long)(B * CTX), (long long)close);
         free(tok), free(a), free(g), free(ref);
         hae_model_destroy(mc), hae_model_destroy(mg);

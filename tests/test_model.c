@@ -222,6 +222,130 @@ Test(model, matches_float64_oracle) {
     hae_backend_destroy(be);
 }
 
+/* ---------------------------------------------------------------- mla, against textbook MLA in float64 */
+
+/* The tiny stack with mla attention: 4 heads of nope 8 + rope 4 over a latent of 16, values of 6. */
+static const char *const mla_sets[] = {"model.attention.form=mla", "model.attention.kv_lora_rank=16",
+                                       "model.attention.qk_nope_head_dim=8", "model.attention.qk_rope_head_dim=4",
+                                       "model.attention.v_head_dim=6"};
+
+/* One sequence's logits computed the way MLA is written before absorption: per head, keys
+ * [W_UK_h c | k_rope] and values W_UV_h c from the normed latent c, queries [q_nope | q_rope]. */
+static void oracle_mla(const hae_config *cfg, const weights *w, const int32_t *tok, double *logits) {
+    const int64_t D = cfg->model.d_model, L = cfg->model.n_layers, H = cfg->model.attention.num_heads;
+    const int64_t R = cfg->model.attention.kv_lora_rank, NP = cfg->model.attention.qk_nope_head_dim;
+    const int64_t RD = cfg->model.attention.qk_rope_head_dim, VD = cfg->model.attention.v_head_dim;
+    const int64_t F = cfg->model.mlp.intermediate_size, V = cfg->model.vocab_size, QR = NP + RD;
+    const double eps = cfg->model.norm_eps, theta = cfg->model.attention.rope_theta;
+    double *x = malloc(sizeof(double) * (size_t)(CTX * D)), *q = malloc(sizeof(double) * (size_t)(CTX * H * QR));
+    double *kv = malloc(sizeof(double) * (size_t)(CTX * H * (NP + VD))), *kr = malloc(sizeof(double) * (size_t)(CTX * RD));
+    double h[64], a[64], c[64], o[64], y[64], g[96], u[96];
+    cr_assert(x && q && kv && kr && D <= 64 && R + RD <= 64 && H * VD <= 64 && F <= 96);
+    char nm[128];
+    for (int64_t t = 0; t < CTX; t++)
+        for (int64_t d = 0; d < D; d++) x[t * D + d] = wget(w, "model.embed_tokens.weight", tok[t] * D + d);
+    for (int64_t l = 0; l < L; l++) {
+        const int64_t window = cfg->model.layers[l] == HAE_LAYER_SWA ? cfg->model.swa.window_size : 0;
+        for (int64_t t = 0; t < CTX; t++) {
+            snprintf(nm, sizeof nm, "model.layers.%lld.input_layernorm.weight", (long long)l);
+            rmsnorm(w, nm, x + t * D, D, eps, h);
+            snprintf(nm, sizeof nm, "model.layers.%lld.self_attn.q_proj.weight", (long long)l);
+            linear(w, nm, h, D, H * QR, q + t * H * QR);
+            snprintf(nm, sizeof nm, "model.layers.%lld.self_attn.kv_a_proj_with_mqa.weight", (long long)l);
+            linear(w, nm, h, D, R + RD, a);
+            snprintf(nm, sizeof nm, "model.layers.%lld.self_attn.kv_a_layernorm.weight", (long long)l);
+            rmsnorm(w, nm, a, R, eps, c);
+            snprintf(nm, sizeof nm, "model.layers.%lld.self_attn.kv_b_proj.weight", (long long)l);
+            linear(w, nm, c, R, H * (NP + VD), kv + t * H * (NP + VD));
+            for (int64_t e = 0; e < RD; e++) kr[t * RD + e] = a[R + e];
+            for (int64_t hh = 0; hh < H; hh++) rope(q + (t * H + hh) * QR + NP, RD, t, theta);
+            rope(kr + t * RD, RD, t, theta);
+        }
+        for (int64_t t = 0; t < CTX; t++) {
+            const int64_t lo = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
+            for (int64_t hh = 0; hh < H; hh++) {
+                const double *qh = q + (t * H + hh) * QR;
+                double s[CTX], mx = -INFINITY, z = 0;
+                for (int64_t j = lo; j <= t; j++) {
+                    const double *kh = kv + (j * H + hh) * (NP + VD);
+                    s[j] = 0;
+                    for (int64_t e = 0; e < NP; e++) s[j] += qh[e] * kh[e];
+                    for (int64_t e = 0; e < RD; e++) s[j] += qh[NP + e] * kr[j * RD + e];
+                    s[j] /= sqrt((double)QR);
+                    mx = s[j] > mx ? s[j] : mx;
+                }
+                for (int64_t j = lo; j <= t; j++) z += s[j] = exp(s[j] - mx);
+                for (int64_t e = 0; e < VD; e++) {
+                    double acc = 0;
+                    for (int64_t j = lo; j <= t; j++) acc += s[j] * kv[(j * H + hh) * (NP + VD) + NP + e];
+                    o[hh * VD + e] = acc / z;
+                }
+            }
+            snprintf(nm, sizeof nm, "model.layers.%lld.self_attn.o_proj.weight", (long long)l);
+            linear(w, nm, o, H * VD, D, y);
+            for (int64_t d = 0; d < D; d++) x[t * D + d] += y[d];
+        }
+        for (int64_t t = 0; t < CTX; t++) {
+            snprintf(nm, sizeof nm, "model.layers.%lld.post_attention_layernorm.weight", (long long)l);
+            rmsnorm(w, nm, x + t * D, D, eps, h);
+            snprintf(nm, sizeof nm, "model.layers.%lld.mlp.gate_proj.weight", (long long)l);
+            linear(w, nm, h, D, F, g);
+            snprintf(nm, sizeof nm, "model.layers.%lld.mlp.up_proj.weight", (long long)l);
+            linear(w, nm, h, D, F, u);
+            for (int64_t f = 0; f < F; f++) g[f] = g[f] / (1.0 + exp(-g[f])) * u[f];
+            snprintf(nm, sizeof nm, "model.layers.%lld.mlp.down_proj.weight", (long long)l);
+            linear(w, nm, g, F, D, y);
+            for (int64_t d = 0; d < D; d++) x[t * D + d] += y[d];
+        }
+    }
+    for (int64_t t = 0; t < CTX; t++) {
+        rmsnorm(w, "model.norm.weight", x + t * D, D, eps, h);
+        linear(w, "lm_head.weight", h, D, V, logits + t * V);
+    }
+    free(x), free(q), free(kv), free(kr);
+}
+
+/* The absorbed form the engine runs (latent cache, one kv head of rope + lora dims) computes
+ * textbook MLA, through prefill then decode, and a weights file round trip rebuilds the absorbed
+ * maps; the cache holds one latent per token (half of what a separate V would add). */
+Test(model, mla_matches_float64_oracle) {
+    hae_backend *be = tu_cpu();
+    hae_config cfg;
+    tiny(&cfg, mla_sets, 5);
+    hae_model *m = tu_model(be, &cfg);
+    int32_t tok[2 * CTX];
+    tu_tokens(&cfg, CTX, tok, 13);
+    float *got = tu_model_logits(m, &cfg, CTX, tok, prefill_then_decode, 7);
+    char path[512];
+    tu_tmp_path("mla.safetensors", path, sizeof path);
+    cr_assert_eq(hae_model_save(m, path), HAE_OK, "%s", hae_last_error());
+    weights w;
+    cr_assert_eq(hae_st_open(path, &w.f), HAE_OK, "%s", hae_last_error());
+    const int64_t V = cfg.model.vocab_size;
+    double *ref = malloc(sizeof(double) * (size_t)(CTX * V));
+    for (int b = 0; b < 2; b++) {
+        oracle_mla(&cfg, &w, tok + b * CTX, ref);
+        char why[256];
+        cr_expect(tu_close(got + b * CTX * V, HAE_F32, ref, CTX * V, 2e-5, 1e-5, 1e-3, why, sizeof why),
+                  "mla sequence %d vs float64 oracle: %s", b, why);
+    }
+    /* another model loading the file (its own absorbed maps start from another seed) agrees bitwise */
+    hae_model *m2 = tu_model(be, &cfg);
+    cr_assert_eq(hae_model_init_weights(m2, 99), HAE_OK);
+    cr_assert_eq(hae_model_load(m2, path), HAE_OK, "%s", hae_last_error());
+    float *got2 = tu_model_logits(m2, &cfg, CTX, tok, one_shot, 1);
+    float *got1 = tu_model_logits(m, &cfg, CTX, tok, one_shot, 1);
+    cr_expect(memcmp(got1, got2, sizeof(float) * (size_t)(2 * CTX * V)) == 0, "mla weights loaded from a file");
+    hae_model_plan plan;
+    cr_assert_eq(hae_model_plan_get(&cfg, NULL, &plan), HAE_OK);
+    cr_expect_eq(plan.kv_bytes_per_token[0], (size_t)(16 + 4) * 4, "mla caches one latent of 20 f32 per token");
+    free(ref), free(got), free(got1), free(got2);
+    hae_st_close(w.f);
+    remove(path);
+    hae_model_destroy(m), hae_model_destroy(m2);
+    hae_backend_destroy(be);
+}
+
 /* ---------------------------------------------------------------- weights files */
 
 Test(model, save_load_roundtrip_and_bad_files) {

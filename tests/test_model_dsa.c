@@ -42,12 +42,23 @@ static const int64_t one_shot[] = {CTX};
 static const int64_t prefill_then_decode[] = {21, 1, 1, 1, 1, 1, 1};
 static const int64_t ragged[] = {5, 1, 17, 1, 3};
 
+/* The mla form (latent 16, 4 heads of nope 8 + rope 4, values 6) in place of gqa. */
+static void use_mla(hae_config *cfg) {
+    cfg->model.attention.form = HAE_ATTN_MLA;
+    cfg->model.attention.kv_lora_rank = 16;
+    cfg->model.attention.qk_nope_head_dim = 8;
+    cfg->model.attention.qk_rope_head_dim = 4;
+    cfg->model.attention.v_head_dim = 6;
+}
+
 Test(model_dsa, covering_topk_is_full_attention) {
     hae_backend *be = tu_cpu();
-    for (int dec = 0; dec < 2; dec++) {
+    for (int dm = 0; dm < 4; dm++) {
+        const int dec = dm % 2, mla = dm / 2;
         hae_config dsa, full;
         make_cfg(&dsa, "dsa", "full", 64, 0, true, "f32", 8);
         make_cfg(&full, "full", "full", 64, 0, true, "f32", 8);
+        if (mla) use_mla(&dsa), use_mla(&full);
         hae_model *a = tu_model(be, &dsa), *b = tu_model(be, &full);
         int32_t tok[2 * CTX];
         tu_tokens(&dsa, CTX, tok, 3);
@@ -55,8 +66,8 @@ Test(model_dsa, covering_topk_is_full_attention) {
         int n_lens = dec ? 7 : 1;
         float *la = tu_model_logits(a, &dsa, CTX, tok, lens, n_lens), *lb = tu_model_logits(b, &full, CTX, tok, lens, n_lens);
         double d = tu_rel_rms(la, lb, 2 * CTX * dsa.model.vocab_size);
-        cr_expect_leq(d, 1e-6, "%s: dsa with top-64 of a 27-token context vs full attention: %.3g",
-                      dec ? "prefill then decode" : "one prefill", d);
+        cr_expect_leq(d, 1e-6, "%s %s: dsa with top-64 of a 27-token context vs full attention: %.3g",
+                      mla ? "mla" : "gqa", dec ? "prefill then decode" : "one prefill", d);
         free(la), free(lb);
         hae_model_destroy(a), hae_model_destroy(b);
     }
@@ -65,12 +76,13 @@ Test(model_dsa, covering_topk_is_full_attention) {
 
 Test(model_dsa, decode_after_prefill_equals_one_prefill) {
     hae_backend *be = tu_cpu();
-    for (int form = 0; form < 3; form++) {
-        const bool derived = form == 0;
+    for (int form = 0; form < 4; form++) {
+        const bool derived = form == 0 || form == 3;
         const int rope = form == 2 ? 16 : 0;
         hae_config cfg, cfg0;
         make_cfg(&cfg, "dsa", "dsa", 5, rope, derived, "f32", 8);
         make_cfg(&cfg0, "dsa", "dsa", 5, rope, derived, "f32", 0);
+        if (form == 3) use_mla(&cfg), use_mla(&cfg0);
         hae_model *m = tu_model(be, &cfg), *m0 = tu_model(be, &cfg0);
         int32_t tok[2 * CTX];
         tu_tokens(&cfg, CTX, tok, 40 + (uint64_t)form);
@@ -78,7 +90,7 @@ Test(model_dsa, decode_after_prefill_equals_one_prefill) {
         float *b = tu_model_logits(m, &cfg, CTX, tok, prefill_then_decode, 7);
         float *c = tu_model_logits(m, &cfg, CTX, tok, ragged, 5);
         int64_t n = 2 * CTX * cfg.model.vocab_size;
-        const char *what = derived ? "derived" : rope ? "learned, indexer rope 16" : "learned";
+        const char *what = form == 3 ? "mla, derived" : derived ? "derived" : rope ? "learned, indexer rope 16" : "learned";
         cr_expect_leq(tu_rel_rms(b, a, n), 1e-5, "%s top-5: prefill then decode vs one prefill: %.3g", what,
                       tu_rel_rms(b, a, n));
         cr_expect_leq(tu_rel_rms(c, a, n), 1e-5, "%s top-5: ragged forwards vs one prefill: %.3g", what,
