@@ -1,38 +1,57 @@
-/* KV cache writes and dense causal attention (full and sliding window), gqa form, on CUDA; the
- * contract is hae.h's and the reference sparse/attention_cpu.c.
+/* KV cache writes and dense causal attention (full and sliding window) on CUDA; the contract is
+ * hae.h's and the reference sparse/attention_cpu.c.
  *
  * Attention, for query (b, t, h) at position p = pos0 + t, kv head g = h / (Hq / Hkv):
- *     o = sum_{s in [lo, p]} softmax_s(scale * q . k_s) v_s,   k_s, v_s in cache slot s % cap,
- *     lo = max(0, p - window + 1) when window > 0, else 0.
- * One block of 4 warps per query row (b, t, h); decode (T = 1) and prefill use the same kernel.
- * Warp w takes the keys lo + w*U + j*(4U) .. + U-1 (U = 4 keys in flight); lane l holds the elements
- * d = l + 32 j (j < NJ) of q, of each key and value row, and of its accumulator. Per key the warp
- * reduces the dot product with xor shuffles (every lane ends with the same score), then updates an
- * online softmax (running max m, sum l, accumulator) in fp32. The 4 warps' states merge in shared
- * memory at the end: M = max m_w, out = sum_w e^(m_w - M) acc_w / sum_w e^(m_w - M) l_w. */
+ *     o = sum_{s in [lo(p), p]} softmax_s(scale * q . k_s) v_s,   k_s, v_s in cache slot s % cap,
+ *     lo(p) = max(0, p - window + 1) when window > 0, else 0.
+ * Three paths, picked per call:
+ *  - flash prefill: bf16 q and caches, Dk = Dv in {64, 128}, 16-byte aligned rows and slots (cp.async),
+ *    T > kDecodeMaxT: tensor cores, one CTA per 128 query rows of one (b, h);
+ *  - split-KV decode: the same operands with T <= kDecodeMaxT: one CTA per (b, kv head, split of the
+ *    keys) serving all G = Hq / Hkv heads x T queries of the kv head, then a combine kernel;
+ *  - a CUDA-core kernel for every other shape the CPU takes (f32, odd head dims, Dk != Dv as in mla).
+ * The tensor-core paths share one warp-level step (warp_attend) and keep softmax statistics in the
+ * log2 domain: with c = scale * log2(e), m = max_s(c q.k_s) and p_s = 2^(c q.k_s - m), so each
+ * exponential is one FFMA and one ex2. */
 #include "cuda_check.cuh"
 
+#include <cuda_bf16.h>
 #include <limits.h>
 #include <math.h>
 
 namespace {
 
+struct AttnParams {
+    const void *q;
+    int64_t q_sb, q_st; /* [B, T, Hq, Dk], heads dense within a row */
+    const void *k;
+    int64_t k_sb, k_ss; /* [B, cap, Hkv, Dk], heads dense within a slot */
+    const void *v;
+    int64_t v_sb, v_ss; /* [B, cap, Hkv, Dv] */
+    void *out;
+    int64_t o_sb, o_st; /* [B, T, Hq, Dv] */
+    int64_t T, cap, pos0, window;
+    int Hq, group, Dk, Dv; /* group = Hq / Hkv */
+    float scale;
+};
+
+__host__ __device__ __forceinline__ int64_t window_lo(int64_t p, int64_t window) {
+    return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+}
+__device__ __forceinline__ int64_t ring_slot(int64_t s, int64_t cap) { return s < cap ? s : s % cap; }
+
+/* ================================================================ CUDA-core path
+ * One block of 4 warps per query row (b, t, h). Warp w takes the keys lo + w*U + j*(4U) .. + U-1
+ * (U = 4 keys in flight); lane l holds the elements d = l + 32 j (j < NJ) of q, of each key and value
+ * row, and of its accumulator. Per key the warp reduces the dot product with xor shuffles (every lane
+ * ends with the same score), then updates an online softmax (running max m, sum l, accumulator) in
+ * fp32. The 4 warps' states merge in shared memory at the end:
+ *     M = max_w m_w,   out = sum_w e^(m_w - M) acc_w / sum_w e^(m_w - M) l_w. */
+
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kKeysInFlight = 4; /* U above */
-constexpr int kMaxD = 256;
-
-struct AttnParams {
-    const void *q;
-    int64_t q_sb, q_st, q_sh; /* strides of q's b, t, h dims (elements; d is dense) */
-    const void *k, *v;
-    int64_t c_sb, c_ss, c_sh; /* strides of the caches' b, slot, kv-head dims (k and v alike) */
-    void *out;
-    int64_t o_sb, o_st, o_sh;
-    int64_t T, cap, pos0, window;
-    int Hq, group, D; /* group = Hq / Hkv */
-    float scale;
-};
+constexpr int kMaxD = 576;       /* mla's latent + rope */
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
@@ -40,7 +59,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 template <typename TQ, typename TKV, typename TO, int NJ>
-__global__ void __launch_bounds__(kThreads) attention_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(kThreads) attention_simple_kernel(const AttnParams p) {
     __shared__ float sh_acc[kWarps][kMaxD];
     __shared__ float sh_m[kWarps], sh_l[kWarps];
 
@@ -49,20 +68,19 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttnParams p)
     const int h = (int)(row % p.Hq);
     const int64_t t = (row / p.Hq) % p.T, b = row / ((int64_t)p.Hq * p.T);
     const int g = h / p.group;
-    const int64_t pos = p.pos0 + t;
-    const int64_t lo = (p.window > 0 && pos - p.window + 1 > 0) ? pos - p.window + 1 : 0;
+    const int64_t pos = p.pos0 + t, lo = window_lo(pos, p.window);
 
     /* q pre-scaled, as on the CPU */
-    const TQ *q = (const TQ *)p.q + b * p.q_sb + t * p.q_st + (int64_t)h * p.q_sh;
+    const TQ *q = (const TQ *)p.q + b * p.q_sb + t * p.q_st + (int64_t)h * p.Dk;
     float qv[NJ], acc[NJ];
 #pragma unroll
     for (int j = 0; j < NJ; j++) {
         const int d = lane + 32 * j;
-        qv[j] = d < p.D ? hae_ld(q + d) * p.scale : 0.0f;
+        qv[j] = d < p.Dk ? hae_ld(q + d) * p.scale : 0.0f;
         acc[j] = 0.0f;
     }
-    const TKV *kbase = (const TKV *)p.k + b * p.c_sb + (int64_t)g * p.c_sh;
-    const TKV *vbase = (const TKV *)p.v + b * p.c_sb + (int64_t)g * p.c_sh;
+    const TKV *kbase = (const TKV *)p.k + b * p.k_sb + (int64_t)g * p.Dk;
+    const TKV *vbase = (const TKV *)p.v + b * p.v_sb + (int64_t)g * p.Dv;
 
     float m = -INFINITY, l = 0.0f;
     /* base is the same in every lane of a warp, so the shuffles below see the whole warp */
@@ -72,14 +90,14 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttnParams p)
 #pragma unroll
         for (int u = 0; u < kKeysInFlight; u++) {
             const int64_t s = base + u;
-            slot[u] = s < p.cap ? s : s % p.cap;
+            slot[u] = ring_slot(s, p.cap);
             float part = 0.0f;
             if (s <= pos) {
-                const TKV *kr = kbase + slot[u] * p.c_ss;
+                const TKV *kr = kbase + slot[u] * p.k_ss;
 #pragma unroll
                 for (int j = 0; j < NJ; j++) {
                     const int d = lane + 32 * j;
-                    if (d < p.D) part += qv[j] * hae_ld(kr + d);
+                    if (d < p.Dk) part += qv[j] * hae_ld(kr + d);
                 }
             }
             sc[u] = part;
@@ -101,11 +119,11 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttnParams p)
             if (base + u > pos) continue;
             const float w = expf(sc[u] - mx);
             l += w;
-            const TKV *vr = vbase + slot[u] * p.c_ss;
+            const TKV *vr = vbase + slot[u] * p.v_ss;
 #pragma unroll
             for (int j = 0; j < NJ; j++) {
                 const int d = lane + 32 * j;
-                if (d < p.D) acc[j] += w * hae_ld(vr + d);
+                if (d < p.Dv) acc[j] += w * hae_ld(vr + d);
             }
         }
         m = mx;
@@ -115,7 +133,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttnParams p)
 #pragma unroll
     for (int j = 0; j < NJ; j++) {
         const int d = lane + 32 * j;
-        if (d < p.D) sh_acc[warp][d] = acc[j];
+        if (d < p.Dv) sh_acc[warp][d] = acc[j];
     }
     if (lane == 0) {
         sh_m[warp] = m;
@@ -133,8 +151,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttnParams p)
         L += wt[w] * sh_l[w];
     }
     const float inv = 1.0f / L;
-    TO *o = (TO *)p.out + b * p.o_sb + t * p.o_st + (int64_t)h * p.o_sh;
-    for (int d = threadIdx.x; d < p.D; d += kThreads) {
+    TO *o = (TO *)p.out + b * p.o_sb + t * p.o_st + (int64_t)h * p.Dv;
+    for (int d = threadIdx.x; d < p.Dv; d += kThreads) {
         float s = 0.0f;
 #pragma unroll
         for (int w = 0; w < kWarps; w++) s += wt[w] * sh_acc[w][d];
@@ -143,12 +161,547 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttnParams p)
 }
 
 template <typename TQ, typename TKV, typename TO>
-hae_status launch_attention(const AttnParams &p, int64_t rows, cudaStream_t s) {
-    if (p.D <= 64) attention_kernel<TQ, TKV, TO, 2><<<(unsigned)rows, kThreads, 0, s>>>(p);
-    else if (p.D <= 128) attention_kernel<TQ, TKV, TO, 4><<<(unsigned)rows, kThreads, 0, s>>>(p);
-    else attention_kernel<TQ, TKV, TO, 8><<<(unsigned)rows, kThreads, 0, s>>>(p);
-    HAE_CUDA_LAUNCH_CHECK("attention_kernel");
+hae_status launch_simple(const AttnParams &p, int64_t rows, cudaStream_t s) {
+    const int d = p.Dk > p.Dv ? p.Dk : p.Dv;
+    if (d <= 64) attention_simple_kernel<TQ, TKV, TO, 2><<<(unsigned)rows, kThreads, 0, s>>>(p);
+    else if (d <= 128) attention_simple_kernel<TQ, TKV, TO, 4><<<(unsigned)rows, kThreads, 0, s>>>(p);
+    else if (d <= 256) attention_simple_kernel<TQ, TKV, TO, 8><<<(unsigned)rows, kThreads, 0, s>>>(p);
+    else attention_simple_kernel<TQ, TKV, TO, kMaxD / 32><<<(unsigned)rows, kThreads, 0, s>>>(p);
+    HAE_CUDA_LAUNCH_CHECK("attention_simple_kernel");
     return HAE_OK;
+}
+
+/* ================================================================ tensor-core paths
+ * Tiles of bf16 rows live in shared memory as 16-byte chunks, chunk c of row r at chunk position
+ * c ^ (r & 7): the 8 rows an ldmatrix reads at one logical chunk fall in 8 different bank groups. */
+
+constexpr int kTileN = 64;        /* keys per K/V tile in shared memory */
+constexpr int kTcThreads = 128;   /* 4 warps */
+constexpr int kPrefillRows = 128; /* query rows per prefill CTA: 32 per warp */
+constexpr int kPrefillStages = 2; /* K/V tiles in flight per prefill CTA */
+constexpr int kDecodeStages = 3;
+constexpr int kDecodeMaxT = 16; /* queries per sequence up to which the split-KV path runs */
+constexpr int kMaxRel = 1 << 30; /* positions inside a CTA's key range are ints below this */
+
+template <int D> __device__ __forceinline__ int swz(int r, int c) { return r * D + ((c ^ (r & 7)) << 3); }
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+/* 16 bytes global -> shared, or 16 zero bytes when !valid (nothing is read then). */
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+/* c += a b, m16n8k16, bf16 in, fp32 accumulate. Fragments (g = lane / 4, t = lane % 4):
+ * a: {row g, cols 2t..2t+1}, {row g+8, 2t..}, {row g, 2t+8..}, {row g+8, 2t+8..};
+ * b: {k 2t..2t+1, col g}, {k 2t+8.., col g};  c: {row g, cols 2t, 2t+1}, {row g+8, cols 2t, 2t+1}. */
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* lo in the low half: the lower column */
+    return *reinterpret_cast<const uint32_t *>(&v);
+}
+
+/* One warp's step of flash attention over NK keys of a K/V tile, for its 16*MT query rows:
+ *     S = Q K^T (fp32), masked entries -inf;  m' = max(m, c rowmax(S));  P = 2^(c S - m');
+ *     l' = 2^(m - m') l + rowsum(P);  O' = 2^(m - m') O + P V   (P rounded to bf16 for the product).
+ * sq: the warp's first Q row, sk/sv: the tile's first key row (all at row multiples of 8, so the
+ * swizzle of local rows is the tile's). This lane holds rows g and g+8 of each m-tile mt, index
+ * [mt][i] for row mt*16 + g + 8i; l is this lane's part of the row sum (its columns only: the 4 lanes
+ * of a row add theirs at the end). With `masked`, key n of the NK is kept for row [mt][i] iff
+ * h - wm1 <= n <= h, h = row_hi(mt, i) the row's position minus the first key's (wm1 = window - 1;
+ * keys before h - wm1 lie before the window). row_hi runs on masked tiles only, so no per-row
+ * positions hold registers across the products. A row whose keys were all masked so far keeps
+ * m = -inf and P = 0. */
+template <int D, int MT, int NK, typename RowHi>
+__device__ __forceinline__ void warp_attend(const uint16_t *sq, const uint16_t *sk, const uint16_t *sv, int lane,
+                                            bool masked, RowHi row_hi, int wm1, float c, float (&o)[MT][D / 8][4],
+                                            float (&m)[MT][2], float (&l)[MT][2]) {
+    /* Each lane reads rows with r & 7 = lane & 7 at chunks 2k + hi (hi one bit of the lane), so one
+     * table of four byte offsets per bit covers every chunk: chunk 8a + 2j + hi is at 128a + off[j]. */
+    const int x = lane & 7, hq = lane >> 4, hk = (lane >> 3) & 1;
+    uint32_t offq[4], offk[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        offq[j] = (uint32_t)(((2 * j + hq) ^ x) << 4);
+        offk[j] = (uint32_t)(((2 * j + hk) ^ x) << 4);
+    }
+    /* row starts: Q rows lane & 15, K rows (lane & 7) + 8 (lane >> 4), V rows (lane & 7) + 8 hk */
+    const uint32_t aq = smem_addr(sq) + (lane & 15) * D * 2, ak = smem_addr(sk) + ((lane & 7) + 8 * hq) * D * 2,
+                   av = smem_addr(sv) + ((lane & 7) + 8 * hk) * D * 2;
+    float s[MT][NK / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NK / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[mt][nt][e] = 0.0f;
+
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) ldsm_x4(a[mt], aq + mt * 16 * D * 2 + (kk >> 2) * 128 + offq[kk & 3]);
+#pragma unroll
+        for (int np = 0; np < NK / 16; np++) {
+            /* matrices: keys np*16 + 0..7 at dims chunk 2kk, 2kk+1; keys + 8..15 at the same chunks */
+            uint32_t bk[4];
+            ldsm_x4(bk, ak + np * 16 * D * 2 + (kk >> 2) * 128 + offk[kk & 3]);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                mma_bf16(s[mt][2 * np], a[mt], bk[0], bk[1]);
+                mma_bf16(s[mt][2 * np + 1], a[mt], bk[2], bk[3]);
+            }
+        }
+    }
+
+    if (masked) {
+        const int col = 2 * (lane & 3);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int hi = row_hi(mt, i), lo = hi - wm1;
+#pragma unroll
+                for (int nt = 0; nt < NK / 8; nt++)
+#pragma unroll
+                    for (int e = 2 * i; e < 2 * i + 2; e++) {
+                        const int n = nt * 8 + col + (e & 1);
+                        if (n < lo || n > hi) s[mt][nt][e] = -INFINITY;
+                    }
+            }
+    }
+
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < NK / 8; nt++) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * i], s[mt][nt][2 * i + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mnew = fmaxf(m[mt][i], mx * c);
+            const float mref = mnew == -INFINITY ? 0.0f : mnew; /* all masked so far: P = 2^-inf = 0 */
+            const float alpha = exp2f(m[mt][i] - mref);
+            m[mt][i] = mnew;
+            float sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < NK / 8; nt++)
+#pragma unroll
+                for (int e = 2 * i; e < 2 * i + 2; e++) {
+                    s[mt][nt][e] = exp2f(fmaf(s[mt][nt][e], c, -mref));
+                    sum += s[mt][nt][e];
+                }
+            l[mt][i] = l[mt][i] * alpha + sum;
+#pragma unroll
+            for (int nd = 0; nd < D / 8; nd++) {
+                o[mt][nd][2 * i] *= alpha;
+                o[mt][nd][2 * i + 1] *= alpha;
+            }
+        }
+
+#pragma unroll
+    for (int kk = 0; kk < NK / 16; kk++) {
+        /* P's accumulator layout is the A layout of the next product: keys 16kk.. are n-tiles 2kk, 2kk+1 */
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            a[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+            a[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+            a[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+            a[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int dp = 0; dp < D / 16; dp++) {
+            /* transposed matrices: keys 16kk + 0..7, + 8..15 at dims chunk 2dp, then at chunk 2dp+1 */
+            uint32_t bv[4];
+            ldsm_x4_trans(bv, av + kk * 16 * D * 2 + (dp >> 2) * 128 + offq[dp & 3]);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                mma_bf16(o[mt][2 * dp], a[mt], bv[0], bv[1]);
+                mma_bf16(o[mt][2 * dp + 1], a[mt], bv[2], bv[3]);
+            }
+        }
+    }
+}
+
+/* The keys a CTA reads: positions kmin + n, n in [0, len), of one sequence and kv head (k, v: its
+ * first slot's row). Positions inside the range are ints relative to kmin (the host keeps contexts
+ * below 2^30), so that the loop carries no 64-bit positions. */
+struct KeyRange {
+    const uint16_t *k, *v;
+    int64_t kmin;
+    int len;
+};
+
+/* Issues the cp.async of one K and one V tile, keys n0 .. n0 + 63 of the range, from their ring slots;
+ * keys past the range come as zeros, so nothing outside the cached positions is read and a NaN in an
+ * unused slot cannot reach P V. */
+template <int D>
+__device__ __forceinline__ void load_kv_tile(const AttnParams &p, const KeyRange &kr, int n0, uint16_t *sk,
+                                             uint16_t *sv, int tid) {
+    constexpr int CPR = D / 8; /* 16-byte chunks per row */
+#pragma unroll
+    for (int it = 0; it < kTileN * CPR / kTcThreads; it++) {
+        const int i = tid + it * kTcThreads, r = i / CPR, ch = i % CPR;
+        const bool valid = n0 + r < kr.len;
+        const int64_t slot = valid ? ring_slot(kr.kmin + n0 + r, p.cap) : 0;
+        cp_async16(smem_addr(sk + swz<D>(r, ch)), kr.k + slot * p.k_ss + ch * 8, valid);
+        cp_async16(smem_addr(sv + swz<D>(r, ch)), kr.v + slot * p.v_ss + ch * 8, valid);
+    }
+}
+
+/* window - 1 for the mask (full attention: a distance no key reaches) */
+__device__ __forceinline__ int window_m1(int64_t window) {
+    return window > 0 && window <= kMaxRel ? (int)(window - 1) : kMaxRel;
+}
+
+/* Whether keys [n0, n0 + n) of a range need the per-element mask for rows at positions [first, last]
+ * (all relative to kmin): some key lies after the earliest row, or before the last row's window start
+ * lo_last = max(last - window + 1, 0). */
+__device__ __forceinline__ bool keys_masked(int n0, int n, int first, int lo_last) {
+    return n0 + n - 1 > first || n0 < lo_last;
+}
+
+/* ---------------------------------------------------------------- flash prefill
+ * CTA = 128 query rows t0 .. t0+127 of one (b, h), 32 per warp (two m-tiles); its keys are
+ * [lo(p_first), p_last], streamed in tiles of 64 through a kPrefillStages-deep cp.async ring. Only
+ * tiles that cross the diagonal or the window's lower edge are masked; tiles outside every row's
+ * window are never visited. CTAs are launched heaviest (latest rows) first. */
+template <int D, typename TO>
+__global__ void __launch_bounds__(kTcThreads, 2) flash_prefill_kernel(const AttnParams p) {
+    extern __shared__ __align__(128) uint16_t smem[];
+    constexpr int CPR = D / 8, MT = 2;
+    uint16_t *sq = smem, *sk = sq + kPrefillRows * D, *sv = sk + kPrefillStages * kTileN * D;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int h = (int)(blockIdx.x % (unsigned)p.Hq);
+    const int64_t b = blockIdx.x / (unsigned)p.Hq;
+    const int64_t t0 = (int64_t)(gridDim.y - 1 - blockIdx.y) * kPrefillRows;
+    const int g = h / p.group;
+    const int64_t t_last = (t0 + kPrefillRows < p.T ? t0 + kPrefillRows : p.T) - 1;
+    const int64_t p_first = p.pos0 + t0, p_last = p.pos0 + t_last, kmin = window_lo(p_first, p.window);
+    const KeyRange kr = {(const uint16_t *)p.k + b * p.k_sb + (int64_t)g * D,
+                         (const uint16_t *)p.v + b * p.v_sb + (int64_t)g * D, kmin, (int)(p_last - kmin + 1)};
+    const int first = (int)(p_first - kmin), lo_last = (int)(window_lo(p_last, p.window) - kmin);
+    const int ntiles = (kr.len + kTileN - 1) / kTileN;
+
+    const uint16_t *qg = (const uint16_t *)p.q + b * p.q_sb + (int64_t)h * D;
+#pragma unroll
+    for (int it = 0; it < kPrefillRows * CPR / kTcThreads; it++) {
+        const int i = tid + it * kTcThreads, r = i / CPR, ch = i % CPR;
+        const bool valid = t0 + r < p.T;
+        cp_async16(smem_addr(sq + swz<D>(r, ch)), qg + (valid ? (t0 + r) * p.q_st + ch * 8 : 0), valid);
+    }
+#pragma unroll
+    for (int j = 0; j < kPrefillStages - 1; j++) {
+        if (j < ntiles) load_kv_tile<D>(p, kr, j * kTileN, sk + j * kTileN * D, sv + j * kTileN * D, tid);
+        cp_async_commit(); /* one group per tile, empty or not, so the wait count below is fixed */
+    }
+
+    const int row0 = first + warp * 32 + (lane >> 2); /* this lane's first row */
+    const int wm1 = window_m1(p.window);
+
+    float o[MT][D / 8][4], m[MT][2], l[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[mt][nd][e] = 0.0f;
+        m[mt][0] = m[mt][1] = -INFINITY;
+        l[mt][0] = l[mt][1] = 0.0f;
+    }
+    const float c = p.scale * 1.4426950408889634f;
+
+    for (int j = 0; j < ntiles; j++) {
+        cp_async_wait<kPrefillStages - 2>();
+        __syncthreads(); /* tile j landed for every thread; tile j-1's buffer is free */
+        const int jn = j + kPrefillStages - 1, bn = jn % kPrefillStages;
+        if (jn < ntiles) load_kv_tile<D>(p, kr, jn * kTileN, sk + bn * kTileN * D, sv + bn * kTileN * D, tid);
+        cp_async_commit();
+
+        const bool masked = keys_masked(j * kTileN, kTileN, first, lo_last);
+        const int r0 = row0 - j * kTileN;
+        const int bj = j % kPrefillStages;
+        warp_attend<D, MT, kTileN>(
+            sq + warp * 32 * D, sk + bj * kTileN * D, sv + bj * kTileN * D, lane, masked,
+            [r0](int mt, int i) { return r0 + mt * 16 + 8 * i; }, wm1, c, o, m, l);
+    }
+
+    TO *og = (TO *)p.out + b * p.o_sb + (int64_t)h * D;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            float sum = l[mt][i];
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            const int64_t t = t0 + warp * 32 + mt * 16 + (lane >> 2) + 8 * i;
+            if (t >= p.T) continue;
+            const float inv = 1.0f / sum; /* > 0: row p attends to key p */
+            TO *orow = og + t * p.o_st + 2 * (lane & 3);
+#pragma unroll
+            for (int nd = 0; nd < D / 8; nd++) {
+                hae_st(orow + nd * 8, o[mt][nd][2 * i] * inv);
+                hae_st(orow + nd * 8 + 1, o[mt][nd][2 * i + 1] * inv);
+            }
+        }
+}
+
+/* ---------------------------------------------------------------- split-KV decode
+ * The R = G * T query rows of (b, kv head g), row r = t * G + (h - g G), go in groups of RB = 16 MT
+ * rows; CTA (split, g * nrg + rg, b) takes row group rg and the tiles [split * tps, (split + 1) * tps)
+ * of the keys [lo(pos0), pos0 + T - 1], each K/V byte read once for all its rows. Warp w takes keys
+ * 16w .. 16w+15 of every tile (its own softmax state); at the end the 4 warps merge in shared memory
+ * into this split's (max, sum, unnormalised output) per row, written to scratch, or the final
+ * output when there is one split:
+ *     M = max_w m_w,   L = sum_w 2^(m_w - M) l_w,   O = sum_w 2^(m_w - M) O_w. */
+
+struct SplitParams {
+    int nrg;      /* row groups per kv head */
+    int nsplit;   /* splits of the key range */
+    int tps;      /* tiles per split */
+    float *part;  /* [cta][RB][Dv] unnormalised outputs, cta = (b * Hkv * nrg + g * nrg + rg) * nsplit + split */
+    float *ml;    /* [cta][RB][2] (M, L), M in the log2 domain */
+};
+
+template <int D, int MT> constexpr size_t decode_smem_bytes() {
+    constexpr size_t pipe = (size_t)(16 * MT * D + 2 * kDecodeStages * kTileN * D) * 2;
+    constexpr size_t merge = (size_t)4 * 16 * MT * (D + 2) * 4;
+    return pipe > merge ? pipe : merge;
+}
+
+template <int D, int MT, typename TO>
+__global__ void __launch_bounds__(kTcThreads, 2) flash_decode_kernel(const AttnParams p, const SplitParams sp) {
+    extern __shared__ __align__(128) uint16_t smem[];
+    constexpr int CPR = D / 8, RB = 16 * MT, KW = kTileN / 4; /* keys per warp per tile */
+    uint16_t *sq = smem, *sk = sq + RB * D, *sv = sk + kDecodeStages * kTileN * D;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int split = blockIdx.x, g = blockIdx.y / sp.nrg, rg = blockIdx.y % sp.nrg;
+    const int64_t b = blockIdx.z;
+    const int G = p.group, R = G * (int)p.T;
+    const int64_t kmin = window_lo(p.pos0, p.window);
+    const KeyRange kr = {(const uint16_t *)p.k + b * p.k_sb + (int64_t)g * D,
+                         (const uint16_t *)p.v + b * p.v_sb + (int64_t)g * D, kmin, (int)(p.pos0 + p.T - kmin)};
+    const int first = (int)(p.pos0 - kmin), lo_last = (int)(window_lo(p.pos0 + p.T - 1, p.window) - kmin);
+    const int ntiles = (kr.len + kTileN - 1) / kTileN;
+    const int j0 = split * sp.tps, j1 = j0 + sp.tps < ntiles ? j0 + sp.tps : ntiles;
+    const int n = j1 > j0 ? j1 - j0 : 0;
+
+    const uint16_t *qg = (const uint16_t *)p.q + b * p.q_sb;
+#pragma unroll
+    for (int it = 0; it < RB * CPR / kTcThreads; it++) {
+        const int i = tid + it * kTcThreads, rl = i / CPR, ch = i % CPR, r = rg * RB + rl;
+        const bool valid = r < R;
+        const int64_t off = valid ? (int64_t)(r / G) * p.q_st + (int64_t)(g * G + r % G) * D + ch * 8 : 0;
+        cp_async16(smem_addr(sq + swz<D>(rl, ch)), qg + off, valid);
+    }
+#pragma unroll
+    for (int j = 0; j < kDecodeStages - 1; j++) {
+        if (j < n) load_kv_tile<D>(p, kr, (j0 + j) * kTileN, sk + j * kTileN * D, sv + j * kTileN * D, tid);
+        cp_async_commit();
+    }
+
+    /* row r sits at position pos0 + r / G, i.e. first + r / G; rows past R (zero q, never stored) take
+     * the last row's */
+    const int r0 = rg * RB + (lane >> 2), wm1 = window_m1(p.window);
+
+    float o[MT][D / 8][4], m[MT][2], l[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[mt][nd][e] = 0.0f;
+        m[mt][0] = m[mt][1] = -INFINITY;
+        l[mt][0] = l[mt][1] = 0.0f;
+    }
+    const float c = p.scale * 1.4426950408889634f;
+
+    for (int j = 0; j < n; j++) {
+        cp_async_wait<kDecodeStages - 2>();
+        __syncthreads();
+        const int jn = j + kDecodeStages - 1, bn = jn % kDecodeStages;
+        if (jn < n) load_kv_tile<D>(p, kr, (j0 + jn) * kTileN, sk + bn * kTileN * D, sv + bn * kTileN * D, tid);
+        cp_async_commit();
+
+        const int off = (j0 + j) * kTileN + warp * KW; /* this warp's first key */
+        const bool masked = keys_masked(off, KW, first, lo_last);
+        const int base = first - off;
+        const int bj = j % kDecodeStages;
+        warp_attend<D, MT, KW>(
+            sq, sk + (bj * kTileN + warp * KW) * D, sv + (bj * kTileN + warp * KW) * D, lane, masked,
+            [=](int mt, int i) {
+                const int r = r0 + mt * 16 + 8 * i;
+                return base + (r < R ? r : R - 1) / G;
+            },
+            wm1, c, o, m, l);
+    }
+
+    /* merge the 4 warps: shared memory is free once every copy has landed and every warp is done */
+    cp_async_wait<0>();
+    __syncthreads();
+    float *macc = (float *)smem;              /* [4][RB][D] */
+    float *mml = macc + 4 * RB * D;           /* [4][RB][2] */
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int rl = mt * 16 + (lane >> 2) + 8 * i;
+            float sum = l[mt][i];
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            if ((lane & 3) == 0) {
+                mml[(warp * RB + rl) * 2] = m[mt][i];
+                mml[(warp * RB + rl) * 2 + 1] = sum;
+            }
+            float *arow = macc + (warp * RB + rl) * D + 2 * (lane & 3);
+#pragma unroll
+            for (int nd = 0; nd < D / 8; nd++) {
+                arow[nd * 8] = o[mt][nd][2 * i];
+                arow[nd * 8 + 1] = o[mt][nd][2 * i + 1];
+            }
+        }
+    __syncthreads();
+
+    const int64_t cta = ((b * gridDim.y) + blockIdx.y) * sp.nsplit + split;
+    for (int i = tid; i < RB * D; i += kTcThreads) {
+        const int rl = i / D, d = i % D, r = rg * RB + rl;
+        if (r >= R) continue;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < 4; w++) M = fmaxf(M, mml[(w * RB + rl) * 2]);
+        float L = 0.0f, acc = 0.0f;
+#pragma unroll
+        for (int w = 0; w < 4; w++) {
+            const float mw = mml[(w * RB + rl) * 2];
+            const float wt = mw == -INFINITY ? 0.0f : exp2f(mw - M); /* a warp with no key has weight 0 */
+            L += wt * mml[(w * RB + rl) * 2 + 1];
+            acc += wt * macc[(w * RB + rl) * D + d];
+        }
+        if (sp.nsplit == 1) {
+            const int t = r / G, h = g * G + r % G;
+            hae_st((TO *)p.out + b * p.o_sb + t * p.o_st + (int64_t)h * D + d, acc / L);
+        } else {
+            sp.part[(cta * RB + rl) * D + d] = acc;
+            if (d == 0) {
+                sp.ml[(cta * RB + rl) * 2] = M;
+                sp.ml[(cta * RB + rl) * 2 + 1] = L;
+            }
+        }
+    }
+}
+
+/* out(b, t, h) = sum_s 2^(M_s - M) O_s / sum_s 2^(M_s - M) L_s over the splits s, M = max_s M_s (a
+ * split with no key for the row has M_s = -inf, weight 0). One block per query row. */
+template <typename TO>
+__global__ void decode_combine_kernel(const AttnParams p, const SplitParams sp, int RB) {
+    const int64_t row = blockIdx.x; /* ((b * T) + t) * Hq + h */
+    const int h = (int)(row % p.Hq);
+    const int64_t t = (row / p.Hq) % p.T, b = row / ((int64_t)p.Hq * p.T);
+    const int G = p.group, g = h / G, r = (int)t * G + h % G, rg = r / RB, rl = r % RB;
+    const int64_t Y = (int64_t)(p.Hq / G) * sp.nrg;
+    const int64_t cta0 = (b * Y + (int64_t)g * sp.nrg + rg) * sp.nsplit;
+    float M = -INFINITY;
+    for (int s = 0; s < sp.nsplit; s++) M = fmaxf(M, sp.ml[((cta0 + s) * RB + rl) * 2]);
+    TO *orow = (TO *)p.out + b * p.o_sb + t * p.o_st + (int64_t)h * p.Dv;
+    for (int d = threadIdx.x; d < p.Dv; d += blockDim.x) {
+        float L = 0.0f, acc = 0.0f;
+        for (int s = 0; s < sp.nsplit; s++) {
+            const int64_t pr = (cta0 + s) * RB + rl;
+            const float ms = sp.ml[pr * 2];
+            const float wt = ms == -INFINITY ? 0.0f : exp2f(ms - M);
+            L += wt * sp.ml[pr * 2 + 1];
+            acc += wt * sp.part[pr * p.Dv + d];
+        }
+        hae_st(orow + d, acc / L);
+    }
+}
+
+template <typename K> hae_status set_smem(K kernel, size_t bytes) {
+    HAE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    return HAE_OK;
+}
+
+template <int D, typename TO> hae_status launch_prefill(const AttnParams &p, int64_t B, cudaStream_t s) {
+    const size_t smem = (size_t)(kPrefillRows + 2 * kPrefillStages * kTileN) * D * 2;
+    const int64_t mblocks = (p.T + kPrefillRows - 1) / kPrefillRows;
+    if (mblocks > 65535 || B * p.Hq > INT_MAX)
+        return hae_error(HAE_ERR_UNSUPPORTED, "hae_attention (cuda): %lld query blocks x %lld heads exceed the grid",
+                         (long long)mblocks, (long long)(B * p.Hq));
+    HAE_TRY(set_smem(flash_prefill_kernel<D, TO>, smem));
+    flash_prefill_kernel<D, TO><<<dim3((unsigned)(B * p.Hq), (unsigned)mblocks), kTcThreads, smem, s>>>(p);
+    HAE_CUDA_LAUNCH_CHECK("flash_prefill_kernel");
+    return HAE_OK;
+}
+
+template <int D, int MT, typename TO>
+hae_status launch_decode(hae_backend *be, const AttnParams &p, int64_t B, cudaStream_t s) {
+    constexpr int RB = 16 * MT;
+    const int64_t Hkv = p.Hq / p.group, R = (int64_t)p.group * p.T;
+    const int64_t ntiles = (p.pos0 + p.T - window_lo(p.pos0, p.window) + kTileN - 1) / kTileN; /* as the kernel's */
+    SplitParams sp;
+    sp.nrg = (int)((R + RB - 1) / RB);
+    const int64_t base = B * Hkv * sp.nrg;
+    if (Hkv * sp.nrg > 65535 || B > 65535)
+        return hae_error(HAE_ERR_UNSUPPORTED, "hae_attention (cuda): %lld sequences x %lld row groups exceed the grid",
+                         (long long)B, (long long)(Hkv * sp.nrg));
+    /* About 8 waves of 2 CTAs per SM, at least 4 tiles per split, partials within the scratch */
+    int dev = 0, sms = 0;
+    HAE_CUDA_CHECK(cudaGetDevice(&dev));
+    HAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    int64_t nsplit = (16 * (int64_t)sms + base - 1) / base;
+    if (nsplit > ntiles / 4) nsplit = ntiles / 4;
+    const int64_t per_split = base * RB * (D + 2) * (int64_t)sizeof(float);
+    const int64_t fit = (int64_t)(be->cuda->scratch_bytes / (size_t)per_split);
+    if (nsplit > fit) nsplit = fit;
+    if (nsplit > 65535) nsplit = 65535;
+    if (nsplit < 1) nsplit = 1;
+    const int64_t tps = (ntiles + nsplit - 1) / nsplit;
+    sp.tps = (int)tps;
+    sp.nsplit = (int)((ntiles + tps - 1) / tps);
+    sp.part = (float *)be->cuda->scratch;
+    sp.ml = sp.part + base * sp.nsplit * RB * D;
+
+    constexpr size_t smem = decode_smem_bytes<D, MT>();
+    HAE_TRY(set_smem(flash_decode_kernel<D, MT, TO>, smem));
+    flash_decode_kernel<D, MT, TO>
+        <<<dim3((unsigned)sp.nsplit, (unsigned)(Hkv * sp.nrg), (unsigned)B), kTcThreads, smem, s>>>(p, sp);
+    HAE_CUDA_LAUNCH_CHECK("flash_decode_kernel");
+    if (sp.nsplit > 1) {
+        decode_combine_kernel<TO><<<(unsigned)(B * p.T * p.Hq), D < 128 ? D : 128, 0, s>>>(p, sp, RB);
+        HAE_CUDA_LAUNCH_CHECK("decode_combine_kernel");
+    }
+    return HAE_OK;
+}
+
+template <int D, typename TO>
+hae_status launch_tensor_core(hae_backend *be, const AttnParams &p, int64_t B, cudaStream_t s) {
+    if (p.T > kDecodeMaxT) return launch_prefill<D, TO>(p, B, s);
+    if ((int64_t)p.group * p.T <= 16) return launch_decode<D, 1, TO>(be, p, B, s);
+    return launch_decode<D, 2, TO>(be, p, B, s);
 }
 
 /* cache[b, (pos0 + t) % cap, h, d] = src[b, t, h, d] for t >= t_first: when T > cap only the last cap
@@ -167,6 +720,10 @@ __global__ void kv_write_kernel(const TS *src, int64_t s_sb, int64_t s_st, int64
         for (int64_t d = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; d < D; d += (int64_t)gridDim.x * blockDim.x)
             hae_mov(cr + d, sr + d);
     }
+}
+
+bool aligned16(const void *ptr, int64_t a, int64_t b) {
+    return ((uintptr_t)ptr & 15) == 0 && a % 8 == 0 && b % 8 == 0;
 }
 
 } // namespace
@@ -197,55 +754,60 @@ extern "C" hae_status hae_kv_write_cuda(hae_backend *be, const hae_kv_write_args
 }
 
 extern "C" hae_status hae_attention_cuda(hae_backend *be, const hae_attention_args *a) {
-    const int64_t B = a->q.shape[0], T = a->q.shape[1], Hq = a->q.shape[2], D = a->q.shape[3];
-    const int64_t Hkv = a->k_cache.shape[2];
+    const int64_t B = a->q.shape[0], T = a->q.shape[1], Hq = a->q.shape[2], Dk = a->q.shape[3];
+    const int64_t Hkv = a->k_cache.shape[2], Dv = a->v_cache.shape[3];
     if (B * T * Hq == 0) return HAE_OK;
-    if (D > kMaxD)
-        return hae_error(HAE_ERR_UNSUPPORTED, "hae_attention (cuda): head dim %lld > %d is not implemented",
-                         (long long)D, kMaxD);
-    if (D < 1) return hae_error(HAE_ERR_UNSUPPORTED, "hae_attention (cuda): head dim %lld", (long long)D);
+    if (Dk > kMaxD || Dv > kMaxD || Dk < 1 || Dv < 1)
+        return hae_error(HAE_ERR_UNSUPPORTED, "hae_attention (cuda): head dims %lld/%lld outside 1..%d", (long long)Dk,
+                         (long long)Dv, kMaxD);
     const int64_t rows = B * T * Hq;
     if (rows > INT_MAX)
         return hae_error(HAE_ERR_UNSUPPORTED, "hae_attention (cuda): %lld query rows exceed %d", (long long)rows,
                          INT_MAX);
-    if (a->k_cache.stride[0] != a->v_cache.stride[0] || a->k_cache.stride[1] != a->v_cache.stride[1] ||
-        a->k_cache.stride[2] != a->v_cache.stride[2])
-        return hae_error(HAE_ERR_UNSUPPORTED, "hae_attention (cuda): k_cache and v_cache strides differ");
-    if (a->k_cache.dtype != a->v_cache.dtype)
-        return hae_error(HAE_ERR_UNSUPPORTED, "hae_attention (cuda): k_cache and v_cache dtypes differ");
 
     AttnParams p;
     p.q = a->q.data;
     p.q_sb = a->q.stride[0];
     p.q_st = a->q.stride[1];
-    p.q_sh = a->q.stride[2];
     p.k = a->k_cache.data;
+    p.k_sb = a->k_cache.stride[0];
+    p.k_ss = a->k_cache.stride[1];
     p.v = a->v_cache.data;
-    p.c_sb = a->k_cache.stride[0];
-    p.c_ss = a->k_cache.stride[1];
-    p.c_sh = a->k_cache.stride[2];
+    p.v_sb = a->v_cache.stride[0];
+    p.v_ss = a->v_cache.stride[1];
     p.out = a->out.data;
     p.o_sb = a->out.stride[0];
     p.o_st = a->out.stride[1];
-    p.o_sh = a->out.stride[2];
     p.T = T;
     p.cap = a->k_cache.shape[1];
     p.pos0 = a->pos0;
     p.window = a->window;
     p.Hq = (int)Hq;
     p.group = (int)(Hq / Hkv);
-    p.D = (int)D;
+    p.Dk = (int)Dk;
+    p.Dv = (int)Dv;
     p.scale = a->scale;
 
     cudaStream_t s = nullptr;
     HAE_TRY(hae_cuda_enter(be, &s));
+
+    /* The tensor cores take bf16 q and caches with Dk = Dv in {64, 128}, 16-byte aligned rows (cp.async),
+     * and position offsets inside a CTA's key range that fit an int. */
+    const bool tc = a->q.dtype == HAE_BF16 && a->k_cache.dtype == HAE_BF16 && Dk == Dv && (Dk == 64 || Dk == 128) &&
+                    aligned16(p.q, p.q_sb, p.q_st) && aligned16(p.k, p.k_sb, p.k_ss) &&
+                    aligned16(p.v, p.v_sb, p.v_ss) && p.pos0 + T + kPrefillRows < kMaxRel;
+    if (tc)
+        return hae_cuda_dispatch(a->out.dtype, "hae_attention", [&](auto to) -> hae_status {
+            using TO = decltype(to);
+            return Dk == 64 ? launch_tensor_core<64, TO>(be, p, B, s) : launch_tensor_core<128, TO>(be, p, B, s);
+        });
     return hae_cuda_dispatch(a->q.dtype, "hae_attention", [&](auto tq) -> hae_status {
         using TQ = decltype(tq);
         return hae_cuda_dispatch(a->k_cache.dtype, "hae_attention", [&](auto tkv) -> hae_status {
             using TKV = decltype(tkv);
             return hae_cuda_dispatch(a->out.dtype, "hae_attention", [&](auto to) -> hae_status {
                 using TO = decltype(to);
-                return launch_attention<TQ, TKV, TO>(p, rows, s);
+                return launch_simple<TQ, TKV, TO>(p, rows, s);
             });
         });
     });

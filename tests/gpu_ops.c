@@ -4,10 +4,10 @@
  * puts the same bytes on the CPU backend and on the GPU, POISONS the output buffers of both (bytes
  * 0xFF: NaN in f32/bf16/f16, -1 in i32) where the op does not read them, runs the op on both and
  * compares the whole buffers, padding included: NaN/Inf positions first, then the max abs error and
- * ||gpu - cpu|| / ||cpu||. Tolerances: copies and conversions bit-exact; f32 outputs 1e-5 relative
- * (attention over more than 4096 keys: times sqrt(keys / 4096)); bf16 outputs 1e-2 relative; sampled tokens identical (with temperature: except where the two best
- * Gumbel scores are within 1e-5). Every message names the op, the shape and the seed.
- * main() is tests/main_gpu.c's. */
+ * ||gpu - cpu|| / ||cpu||. Tolerances: copies and conversions bit-exact; f32 outputs 1e-5 relative;
+ * bf16 outputs 1e-2 relative; sampled tokens identical (with temperature: except where the two best
+ * Gumbel scores are within 1e-5). Every message names the op, the shape and the seed. Attention has
+ * its own file, tests/gpu_attention.c. main() is tests/main_gpu.c's. */
 #include "internal.h"
 #include "gpu_pair.h"
 #include "testutil.h"
@@ -575,128 +575,4 @@ Test(gpu, kv_write) {
         pb_free(&ps), pb_free(&pc);
         free(hs);
     }
-}
-
-/* ---------------------------------------------------------------- attention */
-
-/* f32 outputs: 1e-5, widened by sqrt(keys / 4096) past 4096 attended keys, since the CPU's own
- * sequential fp32 sums drift from the exact result like sqrt(keys) (measured on the CPU reference:
- * 3.9e-6 against float64 at 16K keys, 1e-6 at 1K). */
-static double attention_tol(hae_dtype out, int64_t context, int64_t window) {
-    if (out == HAE_BF16) return TOL_BF16;
-    int64_t keys = window > 0 && window < context ? window : context;
-    return keys > 4096 ? TOL_F32 * sqrt((double)keys / 4096.0) : TOL_F32;
-}
-
-typedef struct {
-    int64_t B, T, Hq, Hkv, D, pos0, window, cap, pad;
-    hae_dtype q, kv, out;
-} attn_case;
-
-static void run_attention_case(const attn_case *k, uint64_t seed) {
-    const int64_t B = k->B, T = k->T, Hq = k->Hq, Hkv = k->Hkv, D = k->D, cap = k->cap;
-    /* q and out rows strided like a fused qkv projection plus pad */
-    const int64_t q1 = (Hq + 2 * Hkv) * D + k->pad, q0 = T * q1 + k->pad;
-    const int64_t o1 = Hq * D + k->pad, o0 = T * o1 + k->pad;
-    char ctx[CTX_N];
-    snprintf(ctx, sizeof ctx,
-             "B %lld T %lld Hq %lld Hkv %lld D %lld, pos0 %lld window %lld cap %lld, q %s (strides %lld, %lld), kv %s, "
-             "out %s (strides %lld, %lld), seed %llu",
-             (long long)B, (long long)T, (long long)Hq, (long long)Hkv, (long long)D, (long long)k->pos0,
-             (long long)k->window, (long long)cap, dn(k->q), (long long)q0, (long long)q1, dn(k->kv), dn(k->out),
-             (long long)o0, (long long)o1, (unsigned long long)seed);
-    tu_rng r = tu_rng_make(seed);
-    const size_t eq = hae_dtype_size(k->q), ekv = hae_dtype_size(k->kv), eo = hae_dtype_size(k->out);
-    const int64_t ncache = B * cap * Hkv * D;
-    void *hq = host_poison(eq * (size_t)(B * q0));
-    fill_rows(hq, k->q, B, T, Hq * D, q0, q1, &r, -2, 2);
-    void *hk = malloc(ekv * (size_t)ncache), *hv = malloc(ekv * (size_t)ncache);
-    tu_fill(hk, k->kv, ncache, &r, -1, 1);
-    tu_fill(hv, k->kv, ncache, &r, -1, 1);
-    pbuf pq = pb_new(hq, eq * (size_t)(B * q0)), pk = pb_new(hk, ekv * (size_t)ncache),
-         pv = pb_new(hv, ekv * (size_t)ncache);
-    pbuf po = pb_poison(eo * (size_t)(B * o0));
-    const int64_t sq[4] = {B, T, Hq, D}, stq[4] = {q0, q1, D, 1}, sc[4] = {B, cap, Hkv, D}, sto[4] = {o0, o1, D, 1};
-    const float scale = 1.0f / sqrtf((float)D);
-    hae_attention_args ac = {TV_C(pq, k->q, 4, sq, stq), TV_C(pk, k->kv, 4, sc, NULL), TV_C(pv, k->kv, 4, sc, NULL),
-                             TV_C(po, k->out, 4, sq, sto), k->pos0, k->window, scale};
-    hae_attention_args ag = {TV_G(pq, k->q, 4, sq, stq), TV_G(pk, k->kv, 4, sc, NULL), TV_G(pv, k->kv, 4, sc, NULL),
-                             TV_G(po, k->out, 4, sq, sto), k->pos0, k->window, scale};
-    if (ran(hae_attention(g_cpu, &ac), "cpu", "attention", ctx) &&
-        ran(hae_attention(g_gpu, &ag), "cuda", "attention", ctx) && gpu_done("attention", ctx))
-        compare("attention", ctx, &po, k->out, attention_tol(k->out, k->pos0 + T, k->window));
-    pb_free(&pq), pb_free(&pk), pb_free(&pv), pb_free(&po);
-    free(hq), free(hk), free(hv);
-}
-
-Test(gpu, attention) {
-    static const attn_case cases[] = {
-        /* B  T    Hq  Hkv D    pos0   window cap    pad  q         kv        out */
-        {2, 37, 4, 4, 64, 0, 0, 64, 0, HAE_F32, HAE_F32, HAE_F32},          /* full prefill, ratio 1 */
-        {2, 64, 8, 4, 128, 10, 0, 80, 16, HAE_BF16, HAE_BF16, HAE_BF16},    /* gqa 2, pos0 > 0, strided */
-        {2, 300, 8, 2, 128, 0, 0, 300, 0, HAE_BF16, HAE_BF16, HAE_F32},     /* gqa 4, T 300 */
-        {2, 300, 4, 1, 64, 0, 0, 304, 8, HAE_F32, HAE_F32, HAE_F32},        /* mqa, T 300, f32 */
-        {2, 1, 8, 2, 64, 777, 0, 1024, 0, HAE_F32, HAE_F32, HAE_F32},       /* decode, full */
-        {2, 1, 8, 2, 128, 1000, 64, 64, 0, HAE_BF16, HAE_BF16, HAE_BF16},   /* decode, window, ring = window */
-        {2, 1, 16, 4, 128, 5000, 256, 300, 3, HAE_BF16, HAE_BF16, HAE_F32}, /* decode, window, ring > window */
-        {2, 50, 8, 4, 64, 100, 32, 81, 0, HAE_F32, HAE_F32, HAE_F32},       /* prefill, window, ring */
-        {2, 100, 4, 2, 128, 200, 64, 163, 0, HAE_BF16, HAE_BF16, HAE_F32},  /* prefill, window, ring wraps */
-        {2, 20, 4, 2, 128, 0, 1000, 20, 0, HAE_BF16, HAE_BF16, HAE_BF16},   /* window wider than the context */
-        {1, 33, 4, 2, 80, 3, 0, 40, 4, HAE_F32, HAE_BF16, HAE_F32},         /* D 80, f32 q with bf16 cache */
-        {1, 9, 2, 1, 256, 0, 0, 16, 0, HAE_BF16, HAE_BF16, HAE_BF16},       /* D 256 */
-        {2, 3, 4, 4, 2, 5, 0, 8, 0, HAE_F32, HAE_F32, HAE_F32},             /* D 2 */
-        {1, 1, 32, 8, 128, 16383, 0, 16384, 0, HAE_BF16, HAE_BF16, HAE_F32}, /* decode, 16K context */
-        {2, 1, 4, 2, 64, 0, 0, 1, 0, HAE_F32, HAE_F32, HAE_F32},            /* first token */
-        {2, 2, 4, 4, 96, 0, 1, 2, 0, HAE_F32, HAE_F32, HAE_F32},            /* window 1: itself only */
-    };
-    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) run_attention_case(&cases[ci], 1000 + ci);
-}
-
-/* kv_write + attention step by step, as decode runs them: a sliding window whose ring (cap = window)
- * is much shorter than the context, bf16 cache, both backends fed the same tokens. */
-Test(gpu, decode_ring) {
-    const int64_t B = 2, Hq = 4, Hkv = 2, D = 64, W = 16, cap = 16, P = 10, steps = 40;
-    const uint64_t seed = 1100;
-    tu_rng r = tu_rng_make(seed);
-    const hae_dtype kvd = HAE_BF16;
-    pbuf pk = pb_poison(2 * (size_t)(B * cap * Hkv * D)), pv = pb_poison(2 * (size_t)(B * cap * Hkv * D));
-    const int64_t sc[4] = {B, cap, Hkv, D};
-    int64_t pos = 0;
-    bool ok = true;
-    for (int64_t step = 0; step <= steps && ok; step++) {
-        const int64_t T = step == 0 ? P : 1;
-        char ctx[CTX_N];
-        snprintf(ctx, sizeof ctx, "decode ring: B %lld Hq %lld Hkv %lld D %lld window %lld cap %lld, step %lld (pos0 %lld, T %lld), seed %llu",
-                 (long long)B, (long long)Hq, (long long)Hkv, (long long)D, (long long)W, (long long)cap,
-                 (long long)step, (long long)pos, (long long)T, (unsigned long long)seed);
-        const int64_t nkv = B * T * Hkv * D, nq = B * T * Hq * D;
-        uint16_t *hk = malloc(2 * (size_t)nkv), *hv = malloc(2 * (size_t)nkv);
-        float *hq = malloc(4 * (size_t)nq);
-        tu_fill(hk, kvd, nkv, &r, -1, 1);
-        tu_fill(hv, kvd, nkv, &r, -1, 1);
-        tu_fill(hq, HAE_F32, nq, &r, -2, 2);
-        pbuf nk = pb_new(hk, 2 * (size_t)nkv), nv = pb_new(hv, 2 * (size_t)nkv), pq = pb_new(hq, 4 * (size_t)nq);
-        pbuf po = pb_poison(4 * (size_t)nq);
-        const int64_t skv[4] = {B, T, Hkv, D}, sq[4] = {B, T, Hq, D};
-        hae_kv_write_args kc = {TV_C(nk, kvd, 4, skv, NULL), TV_C(pk, kvd, 4, sc, NULL), pos};
-        hae_kv_write_args kg = {TV_G(nk, kvd, 4, skv, NULL), TV_G(pk, kvd, 4, sc, NULL), pos};
-        hae_kv_write_args vc = {TV_C(nv, kvd, 4, skv, NULL), TV_C(pv, kvd, 4, sc, NULL), pos};
-        hae_kv_write_args vg = {TV_G(nv, kvd, 4, skv, NULL), TV_G(pv, kvd, 4, sc, NULL), pos};
-        hae_attention_args ac = {TV_C(pq, HAE_F32, 4, sq, NULL), TV_C(pk, kvd, 4, sc, NULL), TV_C(pv, kvd, 4, sc, NULL),
-                                 TV_C(po, HAE_F32, 4, sq, NULL), pos, W, 1.0f / sqrtf((float)D)};
-        hae_attention_args ag = {TV_G(pq, HAE_F32, 4, sq, NULL), TV_G(pk, kvd, 4, sc, NULL), TV_G(pv, kvd, 4, sc, NULL),
-                                 TV_G(po, HAE_F32, 4, sq, NULL), pos, W, 1.0f / sqrtf((float)D)};
-        ok = ran(hae_kv_write(g_cpu, &kc), "cpu", "kv_write", ctx) && ran(hae_kv_write(g_cpu, &vc), "cpu", "kv_write", ctx) &&
-             ran(hae_kv_write(g_gpu, &kg), "cuda", "kv_write", ctx) && ran(hae_kv_write(g_gpu, &vg), "cuda", "kv_write", ctx) &&
-             ran(hae_attention(g_cpu, &ac), "cpu", "attention", ctx) &&
-             ran(hae_attention(g_gpu, &ag), "cuda", "attention", ctx) && gpu_done("decode ring", ctx);
-        if (ok) {
-            ok = compare("decode ring: k cache", ctx, &pk, kvd, -1) && compare("decode ring: v cache", ctx, &pv, kvd, -1);
-            ok = compare("decode ring: attention", ctx, &po, HAE_F32, TOL_F32) && ok;
-        }
-        pos += T;
-        pb_free(&nk), pb_free(&nv), pb_free(&pq), pb_free(&po);
-        free(hk), free(hv), free(hq);
-    }
-    pb_free(&pk), pb_free(&pv);
 }
