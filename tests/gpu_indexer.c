@@ -8,17 +8,18 @@
  *  - index_write: the pages bit-exact, through the same calls a run makes.
  *  - index_logits: NaN and -inf positions identical, then per element
  *        |gpu - cpu| <= tol * mag(b, t, s)
- *    with mag the same logit over magnitudes. Why the tolerance: the CPU sums exact products in fp32;
- *    the GPU's FP8 tensor cores add them in fixed point with about 14 bits below the largest term and
- *    return 13 mantissa bits (see index_logits_cuda.cu). Two input regimes:
+ *    with mag the same logit over magnitudes. Why the tolerance: both sides sum exact FP8 products in
+ *    fp32 (measured for this mma.sync form on an H200; see index_logits_cuda.cu), in other orders. Two
+ *    input regimes:
  *      exact: codes are integers in [-4, 4] (products <= 16, a 128-block's dot <= 2048), which every
  *        step of the MMA holds exactly; power-of-two scales keep the scaled dots exact on both sides,
  *        so only the fp32 sum over heads differs in order: |error| <= (H + 2) 2^-24 sum_h |v relu(dot)|,
  *        and tol = 1e-5 with mag = sum_h |v_h| relu(dot_h) ks (the CPU's logits with |w|) holds it;
- *      realistic: codes of N(0, 8^2) values over the whole e4m3 range: a 32-term MMA step loses at
- *        most a few units of 2^-13 of its largest term, so tol = 2^-8 with mag =
- *        sum_h |v_h| sum_d |q k ks| (the CPU's logits with |w| and sign-cleared codes) is a wide bound;
- *        the worst ratio seen is logged.
+ *      realistic: codes of N(0, 8^2) values over the whole e4m3 range: fp32 sums of H D terms in two
+ *        orders differ by at most ~(H + D) 2^-24 of the sum of their magnitudes, so tol = 1e-6 with
+ *        mag = sum_h |v_h| sum_d |q k ks| (the CPU's logits with |w| and sign-cleared codes); a
+ *        fixed-point accumulation of ~14 bits, as wgmma's FP8 path has, would exceed it. The worst
+ *        ratio seen is logged.
  *    Plus a garbage block table and garbage seq_lens: no fault, nothing written outside the logits
  *    (guard bytes on both sides), NaN exactly for keys of bad pages, the rest as the CPU's.
  * main() is tests/main_gpu.c's. */
@@ -517,7 +518,7 @@ static void logits_case(const idx_case *c, bool exact, uint64_t seed) {
             if (ran(logits_run(g_cpu, c, &d, &mq, &mw, &pqs, &pl, mc, &mp), "cpu", "index_logits (magnitudes)", ctx)) {
                 const float *cpu = (const float *)lp.buf.c + kGuard, *gpu = g + kGuard, *mag = (const float *)mp.buf.c + kGuard;
                 guards_intact(&lp, g, ctx);
-                const double tol = exact ? 1e-5 : 0x1p-8;
+                const double tol = exact ? 1e-5 : 1e-6;
                 const double worst = logits_compare(cpu, gpu, mag, lp.n, tol, ctx, lp.Ls);
                 cr_log_info("index_logits [%s]: worst |gpu - cpu| / mag %.3g (tolerance %.3g)", ctx, worst, tol);
             }
