@@ -291,6 +291,7 @@ __device__ __forceinline__ void warp_attend(const uint16_t *sq, const uint16_t *
             }
     }
 
+    float alpha[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -302,7 +303,7 @@ __device__ __forceinline__ void warp_attend(const uint16_t *sq, const uint16_t *
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             const float mnew = fmaxf(m[mt][i], mx * c);
             const float mref = mnew == -INFINITY ? 0.0f : mnew; /* all masked so far: P = 2^-inf = 0 */
-            const float alpha = exp2f(m[mt][i] - mref);
+            alpha[mt][i] = exp2f(m[mt][i] - mref);
             m[mt][i] = mnew;
             float sum = 0.0f;
 #pragma unroll
@@ -312,13 +313,20 @@ __device__ __forceinline__ void warp_attend(const uint16_t *sq, const uint16_t *
                     s[mt][nt][e] = exp2f(fmaf(s[mt][nt][e], c, -mref));
                     sum += s[mt][nt][e];
                 }
-            l[mt][i] = l[mt][i] * alpha + sum;
-#pragma unroll
-            for (int nd = 0; nd < D / 8; nd++) {
-                o[mt][nd][2 * i] *= alpha;
-                o[mt][nd][2 * i + 1] *= alpha;
-            }
+            l[mt][i] = l[mt][i] * alpha[mt][i] + sum;
         }
+    /* once the running maxima settle, most tiles leave every row's max alone: skip multiplying by 1 */
+    bool grew = false;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) grew |= alpha[mt][0] != 1.0f || alpha[mt][1] != 1.0f;
+    if (__any_sync(0xffffffffu, grew)) {
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nd = 0; nd < D / 8; nd++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) o[mt][nd][e] *= alpha[mt][e >> 1];
+    }
 
 #pragma unroll
     for (int kk = 0; kk < NK / 16; kk++) {
