@@ -302,8 +302,9 @@ typedef struct hae_index_cache {
     int head_dim;           /* D */
 } hae_index_cache;
 
-/* Stores the T new keys of each sequence at positions seq_lens[b] - T + t (sequences own their
- * pages: two writing one slot leave the later one's key). */
+/* Stores the T new keys of each sequence at positions seq_lens[b] - T + t. Sequences own their pages:
+ * where two write one slot in one call, the CPU keeps the later one's key and CUDA either. On CUDA a
+ * key whose position or page is out of range is skipped (the CPU refuses the call). */
 typedef struct hae_index_write_args {
     hae_tensor k;        /* [B, T, D] fp8-e4m3, rows may be strided */
     hae_tensor k_scale;  /* [B, T, D / 128] f32 */
@@ -315,7 +316,10 @@ hae_status hae_index_write(hae_backend *be, const hae_index_write_args *a);
 /* Logits of the T queries of each sequence, query t at position p = seq_lens[b] - T + t, against
  * cached tokens s <= p; logits[b, t, s] for s > p (up to L) are -inf and no key past p is read.
  * The head weight is w_scale * w(t, h) * q_scale(t, h), q_scale the query's FP8 scale (one per
- * vector, D = 128), so callers pass hae_fp8_quant's output unchanged. */
+ * vector, D = 128), so callers pass hae_fp8_quant's output unchanged. The CPU refuses lengths or
+ * block-table entries out of range; CUDA does not read them back: it clamps p to L - 1 and gives NaN
+ * for a key whose page is out of range. CUDA takes H_I <= 64 and D <= 4096; its sums differ from the
+ * CPU's only in order (fp32 both). */
 typedef struct hae_index_logits_args {
     hae_tensor q;        /* [B, T, H_I, D] fp8-e4m3 */
     hae_tensor w;        /* [B, T, H_I] f32 */
