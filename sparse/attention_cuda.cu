@@ -233,7 +233,7 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
  * positions hold registers across the products. A row whose keys were all masked so far keeps
  * m = -inf and P = 0. */
 template <int D, int MT, int NK, typename RowHi>
-__device__ __forceinline__ void warp_attend(const uint16_t *sq, const uint16_t *sk, const uint16_t *sv, int lane,
+__device__ __forceinline__ void warp_attend(uint32_t sq, uint32_t sk, uint32_t sv, int lane,
                                             bool masked, RowHi row_hi, int wm1, float c, float (&o)[MT][D / 8][4],
                                             float (&m)[MT][2], float (&l)[MT][2]) {
     /* Each lane reads rows with r & 7 = lane & 7 at chunks 2k + hi (hi one bit of the lane), so one
@@ -246,8 +246,8 @@ __device__ __forceinline__ void warp_attend(const uint16_t *sq, const uint16_t *
         offk[j] = (uint32_t)(((2 * j + hk) ^ x) << 4);
     }
     /* row starts: Q rows lane & 15, K rows (lane & 7) + 8 (lane >> 4), V rows (lane & 7) + 8 hk */
-    const uint32_t aq = smem_addr(sq) + (lane & 15) * D * 2, ak = smem_addr(sk) + ((lane & 7) + 8 * hq) * D * 2,
-                   av = smem_addr(sv) + ((lane & 7) + 8 * hk) * D * 2;
+    const uint32_t aq = sq + (lane & 15) * D * 2, ak = sk + ((lane & 7) + 8 * hq) * D * 2,
+                   av = sv + ((lane & 7) + 8 * hk) * D * 2;
     float s[MT][NK / 8][4];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
@@ -354,28 +354,35 @@ __device__ __forceinline__ void warp_attend(const uint16_t *sq, const uint16_t *
 }
 
 /* The keys a CTA reads: positions kmin + n, n in [0, len), of one sequence and kv head (k, v: its
- * first slot's row). Positions inside the range are ints relative to kmin (the host keeps contexts
- * below 2^30), so that the loop carries no 64-bit positions. */
+ * first slot's row), key n in slot (slot0 + n) % cap with slot0 = kmin % cap. Positions inside the
+ * range, like cap, are ints (the host keeps them below 2^30), so the loop has no 64-bit division. */
 struct KeyRange {
     const uint16_t *k, *v;
-    int64_t kmin;
-    int len;
+    int len, slot0, cap;
 };
+__device__ __forceinline__ KeyRange key_range(const AttnParams &p, int64_t b, int g, int D, int64_t kmin,
+                                              int64_t kmax) {
+    return {(const uint16_t *)p.k + b * p.k_sb + (int64_t)g * D, (const uint16_t *)p.v + b * p.v_sb + (int64_t)g * D,
+            (int)(kmax - kmin + 1), (int)(kmin % p.cap), (int)p.cap};
+}
 
 /* Issues the cp.async of one K and one V tile, keys n0 .. n0 + 63 of the range, from their ring slots;
  * keys past the range come as zeros, so nothing outside the cached positions is read and a NaN in an
  * unused slot cannot reach P V. */
 template <int D>
-__device__ __forceinline__ void load_kv_tile(const AttnParams &p, const KeyRange &kr, int n0, uint16_t *sk,
-                                             uint16_t *sv, int tid) {
-    constexpr int CPR = D / 8; /* 16-byte chunks per row */
+__device__ __forceinline__ void load_kv_tile(const AttnParams &p, const KeyRange &kr, int n0, uint32_t sk,
+                                             uint32_t sv, int tid) {
+    constexpr int CPR = D / 8, RPI = kTcThreads / CPR; /* 16-byte chunks per row, rows per pass */
+    const int ch = tid % CPR;
+    int r = tid / CPR;
+    unsigned slot = (unsigned)(kr.slot0 + n0 + r) % (unsigned)kr.cap; /* then stepped by RPI rows */
 #pragma unroll
-    for (int it = 0; it < kTileN * CPR / kTcThreads; it++) {
-        const int i = tid + it * kTcThreads, r = i / CPR, ch = i % CPR;
+    for (int it = 0; it < kTileN / RPI; it++, r += RPI) {
         const bool valid = n0 + r < kr.len;
-        const int64_t slot = valid ? ring_slot(kr.kmin + n0 + r, p.cap) : 0;
-        cp_async16(smem_addr(sk + swz<D>(r, ch)), kr.k + slot * p.k_ss + ch * 8, valid);
-        cp_async16(smem_addr(sv + swz<D>(r, ch)), kr.v + slot * p.v_ss + ch * 8, valid);
+        cp_async16(sk + 2 * swz<D>(r, ch), kr.k + (valid ? (int64_t)slot * p.k_ss + ch * 8 : 0), valid);
+        cp_async16(sv + 2 * swz<D>(r, ch), kr.v + (valid ? (int64_t)slot * p.v_ss + ch * 8 : 0), valid);
+        slot += RPI;
+        if (slot >= (unsigned)kr.cap) slot = kr.cap >= RPI ? slot - kr.cap : slot % (unsigned)kr.cap;
     }
 }
 
@@ -400,7 +407,8 @@ template <int D, typename TO>
 __global__ void __launch_bounds__(kTcThreads, 2) flash_prefill_kernel(const AttnParams p) {
     extern __shared__ __align__(128) uint16_t smem[];
     constexpr int CPR = D / 8, MT = 2;
-    uint16_t *sq = smem, *sk = sq + kPrefillRows * D, *sv = sk + kPrefillStages * kTileN * D;
+    constexpr uint32_t TB = kTileN * D * 2; /* bytes of a K or V tile */
+    const uint32_t sq = smem_addr(smem), sk = sq + kPrefillRows * D * 2, sv = sk + kPrefillStages * TB;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int h = (int)(blockIdx.x % (unsigned)p.Hq);
@@ -409,8 +417,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) flash_prefill_kernel(const Attn
     const int g = h / p.group;
     const int64_t t_last = (t0 + kPrefillRows < p.T ? t0 + kPrefillRows : p.T) - 1;
     const int64_t p_first = p.pos0 + t0, p_last = p.pos0 + t_last, kmin = window_lo(p_first, p.window);
-    const KeyRange kr = {(const uint16_t *)p.k + b * p.k_sb + (int64_t)g * D,
-                         (const uint16_t *)p.v + b * p.v_sb + (int64_t)g * D, kmin, (int)(p_last - kmin + 1)};
+    const KeyRange kr = key_range(p, b, g, D, kmin, p_last);
     const int first = (int)(p_first - kmin), lo_last = (int)(window_lo(p_last, p.window) - kmin);
     const int ntiles = (kr.len + kTileN - 1) / kTileN;
 
@@ -419,11 +426,11 @@ __global__ void __launch_bounds__(kTcThreads, 2) flash_prefill_kernel(const Attn
     for (int it = 0; it < kPrefillRows * CPR / kTcThreads; it++) {
         const int i = tid + it * kTcThreads, r = i / CPR, ch = i % CPR;
         const bool valid = t0 + r < p.T;
-        cp_async16(smem_addr(sq + swz<D>(r, ch)), qg + (valid ? (t0 + r) * p.q_st + ch * 8 : 0), valid);
+        cp_async16(sq + 2 * swz<D>(r, ch), qg + (valid ? (t0 + r) * p.q_st + ch * 8 : 0), valid);
     }
 #pragma unroll
     for (int j = 0; j < kPrefillStages - 1; j++) {
-        if (j < ntiles) load_kv_tile<D>(p, kr, j * kTileN, sk + j * kTileN * D, sv + j * kTileN * D, tid);
+        if (j < ntiles) load_kv_tile<D>(p, kr, j * kTileN, sk + j * TB, sv + j * TB, tid);
         cp_async_commit(); /* one group per tile, empty or not, so the wait count below is fixed */
     }
 
@@ -446,14 +453,14 @@ __global__ void __launch_bounds__(kTcThreads, 2) flash_prefill_kernel(const Attn
         cp_async_wait<kPrefillStages - 2>();
         __syncthreads(); /* tile j landed for every thread; tile j-1's buffer is free */
         const int jn = j + kPrefillStages - 1, bn = jn % kPrefillStages;
-        if (jn < ntiles) load_kv_tile<D>(p, kr, jn * kTileN, sk + bn * kTileN * D, sv + bn * kTileN * D, tid);
+        if (jn < ntiles) load_kv_tile<D>(p, kr, jn * kTileN, sk + bn * TB, sv + bn * TB, tid);
         cp_async_commit();
 
         const bool masked = keys_masked(j * kTileN, kTileN, first, lo_last);
         const int r0 = row0 - j * kTileN;
         const int bj = j % kPrefillStages;
         warp_attend<D, MT, kTileN>(
-            sq + warp * 32 * D, sk + bj * kTileN * D, sv + bj * kTileN * D, lane, masked,
+            sq + warp * 32 * D * 2, sk + bj * TB, sv + bj * TB, lane, masked,
             [r0](int mt, int i) { return r0 + mt * 16 + 8 * i; }, wm1, c, o, m, l);
     }
 
@@ -504,15 +511,15 @@ template <int D, int MT, typename TO>
 __global__ void __launch_bounds__(kTcThreads, 2) flash_decode_kernel(const AttnParams p, const SplitParams sp) {
     extern __shared__ __align__(128) uint16_t smem[];
     constexpr int CPR = D / 8, RB = 16 * MT, KW = kTileN / 4; /* keys per warp per tile */
-    uint16_t *sq = smem, *sk = sq + RB * D, *sv = sk + kDecodeStages * kTileN * D;
+    constexpr uint32_t TB = kTileN * D * 2, WB = KW * D * 2; /* bytes of a tile, of a warp's keys */
+    const uint32_t sq = smem_addr(smem), sk = sq + RB * D * 2, sv = sk + kDecodeStages * TB;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int split = blockIdx.x, g = blockIdx.y / sp.nrg, rg = blockIdx.y % sp.nrg;
     const int64_t b = blockIdx.z;
     const int G = p.group, R = G * (int)p.T;
     const int64_t kmin = window_lo(p.pos0, p.window);
-    const KeyRange kr = {(const uint16_t *)p.k + b * p.k_sb + (int64_t)g * D,
-                         (const uint16_t *)p.v + b * p.v_sb + (int64_t)g * D, kmin, (int)(p.pos0 + p.T - kmin)};
+    const KeyRange kr = key_range(p, b, g, D, kmin, p.pos0 + p.T - 1);
     const int first = (int)(p.pos0 - kmin), lo_last = (int)(window_lo(p.pos0 + p.T - 1, p.window) - kmin);
     const int ntiles = (kr.len + kTileN - 1) / kTileN;
     const int j0 = split * sp.tps, j1 = j0 + sp.tps < ntiles ? j0 + sp.tps : ntiles;
@@ -524,11 +531,11 @@ __global__ void __launch_bounds__(kTcThreads, 2) flash_decode_kernel(const AttnP
         const int i = tid + it * kTcThreads, rl = i / CPR, ch = i % CPR, r = rg * RB + rl;
         const bool valid = r < R;
         const int64_t off = valid ? (int64_t)(r / G) * p.q_st + (int64_t)(g * G + r % G) * D + ch * 8 : 0;
-        cp_async16(smem_addr(sq + swz<D>(rl, ch)), qg + off, valid);
+        cp_async16(sq + 2 * swz<D>(rl, ch), qg + off, valid);
     }
 #pragma unroll
     for (int j = 0; j < kDecodeStages - 1; j++) {
-        if (j < n) load_kv_tile<D>(p, kr, (j0 + j) * kTileN, sk + j * kTileN * D, sv + j * kTileN * D, tid);
+        if (j < n) load_kv_tile<D>(p, kr, (j0 + j) * kTileN, sk + j * TB, sv + j * TB, tid);
         cp_async_commit();
     }
 
@@ -552,7 +559,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) flash_decode_kernel(const AttnP
         cp_async_wait<kDecodeStages - 2>();
         __syncthreads();
         const int jn = j + kDecodeStages - 1, bn = jn % kDecodeStages;
-        if (jn < n) load_kv_tile<D>(p, kr, (j0 + jn) * kTileN, sk + bn * kTileN * D, sv + bn * kTileN * D, tid);
+        if (jn < n) load_kv_tile<D>(p, kr, (j0 + jn) * kTileN, sk + bn * TB, sv + bn * TB, tid);
         cp_async_commit();
 
         const int off = (j0 + j) * kTileN + warp * KW; /* this warp's first key */
@@ -560,7 +567,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) flash_decode_kernel(const AttnP
         const int base = first - off;
         const int bj = j % kDecodeStages;
         warp_attend<D, MT, KW>(
-            sq, sk + (bj * kTileN + warp * KW) * D, sv + (bj * kTileN + warp * KW) * D, lane, masked,
+            sq, sk + bj * TB + warp * WB, sv + bj * TB + warp * WB, lane, masked,
             [=](int mt, int i) {
                 const int r = r0 + mt * 16 + 8 * i;
                 return base + (r < R ? r : R - 1) / G;
@@ -800,10 +807,10 @@ extern "C" hae_status hae_attention_cuda(hae_backend *be, const hae_attention_ar
     HAE_TRY(hae_cuda_enter(be, &s));
 
     /* The tensor cores take bf16 q and caches with Dk = Dv in {64, 128}, 16-byte aligned rows (cp.async),
-     * and position offsets inside a CTA's key range that fit an int. */
+     * and positions and slots that fit an int. */
     const bool tc = a->q.dtype == HAE_BF16 && a->k_cache.dtype == HAE_BF16 && Dk == Dv && (Dk == 64 || Dk == 128) &&
                     aligned16(p.q, p.q_sb, p.q_st) && aligned16(p.k, p.k_sb, p.k_ss) &&
-                    aligned16(p.v, p.v_sb, p.v_ss) && p.pos0 + T + kPrefillRows < kMaxRel;
+                    aligned16(p.v, p.v_sb, p.v_ss) && p.pos0 + T + kPrefillRows < kMaxRel && p.cap < kMaxRel;
     if (tc)
         return hae_cuda_dispatch(a->out.dtype, "hae_attention", [&](auto to) -> hae_status {
             using TO = decltype(to);
