@@ -16,10 +16,12 @@
  *     histograms through distributed shared memory and writes the sums into every CTA, and each CTA
  *     scans them from the top bin down to the bin d holding the need-th largest key (need -= keys
  *     above d; need ends as `ties`).
- *  2. A chunk of up to 16K keys is read from global memory once: the first pass caches its keys in
- *     shared memory. A longer chunk is read a second time after the first pass: each warp compacts,
- *     in index order, the keys whose first digit is >= d (every key > K is one) into its own part of
- *     shared memory; when a part overflows (long chunks full of ties) later passes re-read the chunk.
+ *  2. A chunk of up to 16K logits is read from global memory once: the first pass copies it into shared
+ *     memory (cp.async, the whole chunk in flight at once); a longer one is read again after the first
+ *     pass. Then each warp compacts, in index order, the keys whose first digit is >= d (every key > K
+ *     is one; a few hundred of 16K for most rows) into its own part of shared memory, and the later
+ *     passes walk those. When a part overflows (many ties, or a large k) they walk the cached chunk,
+ *     or re-read the uncached one.
  *  3. Emission: each warp counts its keys > K and == K; the counts of the warps and CTAs before it
  *     (distributed shared memory again) start its running counts, and a key at index i that is > K, or
  *     == K with fewer than `ties` equal keys before it, goes to out[#{> K before i} +
@@ -36,11 +38,14 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxCluster = 8;                           /* the portable cluster size */
-constexpr int kCacheKeys = 16384;                        /* a chunk's keys cached in shared memory */
-constexpr int kListPerWarp = kCacheKeys / 2 / kWarps;    /* (key, index) pairs in the same bytes */
+constexpr int kCacheKeys = 16384;                        /* a chunk's logits cached in shared memory */
 constexpr int kBins0 = 4096, kBins12 = 1024;             /* 12-bit, then two 10-bit digits */
+/* Candidates (key, index) a warp may keep: beside a cached chunk, and in place of the cache. */
+constexpr int kListCached = (kBins0 - kBins12) / kWarps;
+constexpr int kListUncached = kCacheKeys / 2 / kWarps;
 constexpr int kUnroll = 8;                               /* global loads in flight per lane */
 constexpr int64_t kMinChunk = 2048;                      /* a row is not split finer to fill the GPU */
+constexpr int kMaxDevices = 64;
 constexpr size_t kSmemBytes = (size_t)(2 * kBins0 + kCacheKeys) * sizeof(uint32_t);
 
 struct TopkParams {
@@ -64,9 +69,9 @@ enum Source { FROM_GLOBAL, FROM_CACHE, FROM_LIST };
 /* The keys one warp walks, in index order. */
 struct Segment {
     Source src;
-    const float *x;       /* FROM_GLOBAL: the row */
+    const float *x;       /* FROM_GLOBAL: the row; FROM_CACHE: the segment's logits in shared memory */
     int64_t first;        /* FROM_GLOBAL, FROM_CACHE: the row index of item 0 */
-    const uint32_t *key;  /* FROM_CACHE, FROM_LIST: item j's key */
+    const uint32_t *key;  /* FROM_LIST: item j's key */
     const int32_t *index; /* FROM_LIST: item j's row index */
     int64_t n;
 };
@@ -97,14 +102,26 @@ template <class F> __device__ __forceinline__ void walk(const Segment &s, F &&f)
             }
         }
     } else {
+        const bool list = s.src == FROM_LIST;
         for (int64_t j0 = 0; j0 < s.n; j0 += 32) {
             const int64_t j = j0 + lane;
             const bool ok = j < s.n;
-            const uint32_t key = ok ? s.key[j] : 0u;
-            const int64_t i = s.src == FROM_LIST ? (ok ? (int64_t)s.index[j] : -1) : s.first + j;
+            const uint32_t key = !ok ? 0u : list ? s.key[j] : order_key(s.x[j]);
+            const int64_t i = !list ? s.first + j : ok ? (int64_t)s.index[j] : -1;
             f(j, i, key, ok);
         }
     }
+}
+
+/* *dst = *src (4 bytes) through cp.async: no register waits for it, so a warp puts its whole segment in
+ * flight at once; copy_wait makes the lane's copies visible to the warp. */
+__device__ __forceinline__ void copy_async(float *dst, const float *src) {
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void copy_wait() {
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    __syncwarp();
 }
 
 /* h[bin] += 1 for the lanes with `in`: one atomic for the warp when those lanes agree on the bin, so
@@ -198,19 +215,16 @@ __global__ void __launch_bounds__(kThreads, 2) topk_kernel(const TopkParams p) {
         /* The last readers of hist (this CTA's select_bin, other CTAs' sums) are past a barrier. */
         for (int b = threadIdx.x; b < nb; b += kThreads) hist[b] = 0;
         __syncthreads();
-        if (pass == 0 && cached) {
-            uint32_t *mine = data + lo;
-            walk(s, [&](int64_t j, int64_t, uint32_t key, bool ok) {
-                if (ok) mine[j] = key;
-                hist_add(hist, key >> 20, ok);
-            });
+        if (pass == 0 && cached) { /* each warp caches its own segment, and reads only that */
+            float *mine = (float *)data + lo;
+            for (int64_t j = lane; j < s.n; j += 32) copy_async(mine + j, s.x + s.first + j);
+            copy_wait();
             s.src = FROM_CACHE;
-            s.key = mine;
-        } else {
-            walk(s, [&](int64_t, int64_t, uint32_t key, bool ok) {
-                hist_add(hist, (key >> shift) & (uint32_t)(nb - 1), ok && (key & mask) == prefix);
-            });
+            s.x = mine;
         }
+        walk(s, [&](int64_t, int64_t, uint32_t key, bool ok) {
+            hist_add(hist, (key >> shift) & (uint32_t)(nb - 1), ok && (key & mask) == prefix);
+        });
         cluster.sync(); /* every CTA's histogram is complete */
         const uint32_t *counts = hist;
         if (C > 1) {
@@ -228,22 +242,25 @@ __global__ void __launch_bounds__(kThreads, 2) topk_kernel(const TopkParams p) {
         prefix |= digit << shift;
         mask |= (uint32_t)(nb - 1) << shift;
 
-        if (pass == 0 && !cached) {
-            uint32_t *lkey = data + warp * kListPerWarp;
-            int32_t *lidx = (int32_t *)(data + kCacheKeys / 2) + warp * kListPerWarp;
+        if (pass == 0) {
+            /* The candidates: beside a cached chunk, in the first digit's bins the later digits do not
+             * use (every CTA is past its last read of them); else where the cache would be. */
+            const int64_t cap = cached ? kListCached : kListUncached;
+            uint32_t *lkey = cached ? hist + kBins12 + warp * cap : data + warp * cap;
+            int32_t *lidx = (int32_t *)(cached ? sums + kBins12 : data + kWarps * kListUncached) + warp * cap;
             const unsigned below = (1u << lane) - 1u;
             int64_t cnt = 0;
             walk(s, [&](int64_t, int64_t i, uint32_t key, bool ok) {
                 const bool keep = ok && (key >> 20) >= digit;
                 const unsigned b = __ballot_sync(~0u, keep);
                 const int64_t at = cnt + __popc(b & below);
-                if (keep && at < kListPerWarp) {
+                if (keep && at < cap) {
                     lkey[at] = key;
                     lidx[at] = (int32_t)i;
                 }
                 cnt += __popc(b);
             });
-            if (!__syncthreads_or(cnt > kListPerWarp)) {
+            if (!__syncthreads_or(cnt > cap)) {
                 s.src = FROM_LIST;
                 s.key = lkey;
                 s.index = lidx;
@@ -297,8 +314,17 @@ extern "C" hae_status hae_topk_cuda(hae_backend *be, const hae_topk_args *a) {
         return hae_error(HAE_ERR_UNSUPPORTED, "hae_topk (cuda): rows of %lld logits: indices are i32", (long long)L);
     cudaStream_t s = nullptr;
     HAE_TRY(hae_cuda_enter(be, &s));
-    int sms = 0;
-    HAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, be->cuda->device));
+    /* Per device, once: the SM count and the kernel's shared-memory limit (no host work between a
+     * caller's events and the launch beyond the launch itself). Setting either twice is harmless. */
+    static int sms_of[kMaxDevices];
+    const int dev = be->cuda->device;
+    int sms = dev >= 0 && dev < kMaxDevices ? sms_of[dev] : 0;
+    if (sms == 0) {
+        HAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        HAE_CUDA_CHECK(
+            cudaFuncSetAttribute(topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemBytes));
+        if (dev >= 0 && dev < kMaxDevices) sms_of[dev] = sms;
+    }
 
     /* The fewest CTAs a row whose chunks fit the key cache, then more while the GPU would sit idle. */
     int64_t C = 1;
@@ -317,7 +343,6 @@ extern "C" hae_status hae_topk_cuda(hae_backend *be, const hae_topk_args *a) {
     p.L = L;
     p.k = k;
 
-    HAE_CUDA_CHECK(cudaFuncSetAttribute(topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemBytes));
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeClusterDimension;
     attr[0].val.clusterDim.x = (unsigned)C;

@@ -238,6 +238,8 @@ Test(gpu_topk, values) {
         {7, 5000, 100, 3, V_UNIFORM, N_FULL, 1},
         {7, 5000, 100, 0, V_NORMAL, N_MIXED, 2},
         {16, 20000, 2048, 0, V_LEVELS3, N_FULL, 3},
+        {6, 20000, 8000, 0, V_LEVELS3, N_FULL, 12},   /* K below the top level: equal keys before greater ones */
+        {40, 20000, 8000, 2, V_LEVELS5, N_VARY, 13},
         {5, 3000, 700, 1, V_LEVELS5, N_VARY, 4},
         {3, 40000, 2048, 0, V_EQUAL, N_FULL, 5},
         {8, 4096, 512, 2, V_SPECIAL, N_FULL, 6},
