@@ -314,22 +314,43 @@ extern "C" hae_status hae_topk_cuda(hae_backend *be, const hae_topk_args *a) {
         return hae_error(HAE_ERR_UNSUPPORTED, "hae_topk (cuda): rows of %lld logits: indices are i32", (long long)L);
     cudaStream_t s = nullptr;
     HAE_TRY(hae_cuda_enter(be, &s));
-    /* Per device, once: the SM count and the kernel's shared-memory limit (no host work between a
-     * caller's events and the launch beyond the launch itself). Setting either twice is harmless. */
-    static int sms_of[kMaxDevices];
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = kSmemBytes;
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+
+    /* Per device, once: the kernel's shared-memory limit, the SM count and the largest cluster the
+     * device can hold (no host work between a caller's events and the launch but the launch).
+     * Doing it twice is harmless. */
+    static int sms_of[kMaxDevices], cluster_of[kMaxDevices];
     const int dev = be->cuda->device;
-    int sms = dev >= 0 && dev < kMaxDevices ? sms_of[dev] : 0;
-    if (sms == 0) {
-        HAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const bool known = dev >= 0 && dev < kMaxDevices && sms_of[dev] > 0;
+    int sms = known ? sms_of[dev] : 0, max_c = known ? cluster_of[dev] : 0;
+    if (!known) {
         HAE_CUDA_CHECK(
             cudaFuncSetAttribute(topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemBytes));
-        if (dev >= 0 && dev < kMaxDevices) sms_of[dev] = sms;
+        HAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        for (max_c = kMaxCluster; max_c > 1; max_c /= 2) {
+            int active = 0;
+            attr[0].val.clusterDim.x = (unsigned)max_c;
+            cfg.gridDim = dim3((unsigned)max_c);
+            HAE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&active, topk_kernel, &cfg));
+            if (active > 0) break;
+        }
+        if (dev >= 0 && dev < kMaxDevices) cluster_of[dev] = max_c, sms_of[dev] = sms; /* sms_of last: "known" */
     }
 
     /* The fewest CTAs a row whose chunks fit the key cache, then more while the GPU would sit idle. */
     int64_t C = 1;
-    while (C < kMaxCluster && ((L + C - 1) / C + 31) / 32 * 32 > kCacheKeys) C *= 2;
-    while (C < kMaxCluster && R * C < 2 * (int64_t)sms && L / (2 * C) >= kMinChunk) C *= 2;
+    while (C < max_c && ((L + C - 1) / C + 31) / 32 * 32 > kCacheKeys) C *= 2;
+    while (C < max_c && R * C < 2 * (int64_t)sms && L / (2 * C) >= kMinChunk) C *= 2;
     if (R * C > INT_MAX)
         return hae_error(HAE_ERR_UNSUPPORTED, "hae_topk (cuda): %lld rows of %lld logits need %lld CTAs, over %d",
                          (long long)R, (long long)L, (long long)(R * C), INT_MAX);
@@ -343,18 +364,8 @@ extern "C" hae_status hae_topk_cuda(hae_backend *be, const hae_topk_args *a) {
     p.L = L;
     p.k = k;
 
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
     attr[0].val.clusterDim.x = (unsigned)C;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)(R * C));
-    cfg.blockDim = dim3(kThreads);
-    cfg.dynamicSmemBytes = kSmemBytes;
-    cfg.stream = s;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
     HAE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, topk_kernel, p));
     HAE_CUDA_LAUNCH_CHECK("topk_kernel");
     return HAE_OK;
