@@ -170,8 +170,8 @@ static int bench_main(void) {
     for (int i = 0; i < N; i++) prepare(&probs[i], &shapes[i], 1000 + (uint64_t)i); /* every check before any timing */
     printf("\n| %-14s | %5s | %-14s | %5s | %10s | %-20s | %7s | %8s | %14s | %-22s |\n", "op", "R", "lens", "k",
            "median us", "min..max us", "GB/s", "vs copy", "vs torch H100", "target");
-    printf("|----------------|-------|----------------|-------|------------|----------------------|---------|----------|"
-           "----------------|------------------------|\n");
+    printf("|----------------|-------|----------------|-------|------------|----------------------|---------|"
+           "----------|----------------|------------------------|\n");
     for (int i = 0; i < N; i++) bench(&probs[i]);
     for (int i = 0; i < N; i++)
         hae_backend_free(g_be, probs[i].dx), hae_backend_free(g_be, probs[i].dl), hae_backend_free(g_be, probs[i].dout);

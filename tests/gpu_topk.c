@@ -53,7 +53,8 @@ enum {
     N_CAUSAL, /* L - R + r + 1 (prefill) */
     N_MIXED,  /* rows 0..4: 0, 1, k - 1, k, k + 1 (capped at L), then uniform in [0, L] */
 };
-static const char *const lens_name[] = {"L", "shorter than k", "0", "random in [0, L]", "causal", "0, 1, k-1, k, k+1, random"};
+static const char *const lens_name[] = {"L",      "shorter than k", "0", "random in [0, L]",
+                                        "causal", "0, 1, k-1, k, k+1, random"};
 
 typedef struct {
     int64_t R, L, k, pad; /* logits row stride L + pad; out row stride k + pad */
@@ -172,8 +173,9 @@ static bool same_rows(const char *ctx, const char *run, const topk_case *tc, con
         }
     }
     if (touched) {
-        cr_expect(0, "topk [%s] %s: %lld words outside the rows' k entries were written (row gaps or the %d guard words "
-                     "after out); first: word %lld = %d",
+        cr_expect(0,
+                  "topk [%s] %s: %lld words outside the rows' k entries were written (row gaps or the %d guard "
+                  "words after out); first: word %lld = %d",
                   ctx, run, (long long)touched, GUARD, (long long)first_w, gpu[first_w]);
         ok = false;
     }
@@ -316,7 +318,8 @@ Test(gpu_topk, bad_lens) {
         fill_words(g, words, POISON_5A);
         void *dout = NULL;
         cr_assert_eq(hae_backend_alloc(g_gpu, sizeof(int32_t) * (size_t)words, &dout), HAE_OK, "%s", hae_last_error());
-        cr_assert_eq(hae_backend_upload(g_gpu, dout, g, sizeof(int32_t) * (size_t)words), HAE_OK, "%s", hae_last_error());
+        cr_assert_eq(hae_backend_upload(g_gpu, dout, g, sizeof(int32_t) * (size_t)words), HAE_OK, "%s",
+                     hae_last_error());
         const int64_t sx[2] = {R, L}, sl[1] = {R}, so[2] = {R, k}, sto[2] = {ldo, 1};
         hae_topk_args ag = {tv(px.g, HAE_F32, HAE_CUDA, 2, sx, NULL), tv(pl.g, HAE_I32, HAE_CUDA, 1, sl, NULL),
                             tv(dout, HAE_I32, HAE_CUDA, 2, so, sto)};
@@ -343,8 +346,9 @@ Test(gpu_topk, bad_lens) {
                     }
                 }
             }
-            cr_expect(out_of_range == 0, "topk [%s]: %lld entries outside [-1, L); first: row %lld (lens %d) out[%lld] = %d",
-                      ctx, (long long)out_of_range, (long long)(first_o / ldo), first_o >= 0 ? bad[first_o / ldo] : 0,
+            cr_expect(out_of_range == 0,
+                      "topk [%s]: %lld entries outside [-1, L); first: row %lld (lens %d) out[%lld] = %d", ctx,
+                      (long long)out_of_range, (long long)(first_o / ldo), first_o >= 0 ? bad[first_o / ldo] : 0,
                       (long long)(first_o % ldo), first_o >= 0 ? g[first_o] : 0);
             cr_expect(touched == 0, "topk [%s]: %lld words outside the rows' k entries were written; first: word %lld",
                       ctx, (long long)touched, (long long)first_t);
