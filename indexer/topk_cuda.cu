@@ -341,7 +341,10 @@ extern "C" hae_status hae_topk_cuda(hae_backend *be, const hae_topk_args *a) {
             int active = 0;
             attr[0].val.clusterDim.x = (unsigned)max_c;
             cfg.gridDim = dim3((unsigned)max_c);
-            HAE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&active, topk_kernel, &cfg));
+            if (cudaOccupancyMaxActiveClusters(&active, topk_kernel, &cfg) != cudaSuccess) {
+                (void)cudaGetLastError(); /* a size it refuses: try a smaller one */
+                active = 0;
+            }
             if (active > 0) break;
         }
         if (dev >= 0 && dev < kMaxDevices) cluster_of[dev] = max_c, sms_of[dev] = sms; /* sms_of last: "known" */
