@@ -44,11 +44,13 @@ run() { # label, args...
 }
 run default-cuda --backend cuda
 run default-cpu --backend cpu
+run default-dsa-cuda --backend cuda --set "model.layer_pattern=[kda, kda, kda, dsa]"
+run default-dsa-cpu --backend cpu --set "model.layer_pattern=[kda, kda, kda, dsa]"
 run twin-1b-cuda configs/hybrid-1b-twin.yaml --backend cuda
 run swa-1b-cuda configs/swa-1b.yaml --backend cuda
-run kda-small-cuda configs/kda-small.yaml --backend cuda
-run kda-small-cpu configs/kda-small.yaml --backend cpu
 run kda-1b-cuda configs/kda-1b.yaml --backend cuda
+run hybrid-1b-cuda configs/hybrid-1b.yaml --backend cuda
+run hybrid-1b-mla-cuda configs/hybrid-1b.yaml --backend cuda --set model.attention.form=mla
 
 # The peer, side by side, when its source is given (FLA_PATH: a flash-linear-attention checkout).
 if [ -n "${FLA_PATH:-}" ]; then
