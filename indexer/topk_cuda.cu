@@ -38,15 +38,15 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxCluster = 8;                           /* the portable cluster size */
-constexpr int kCacheKeys = 16384;                        /* a chunk's logits cached in shared memory */
+constexpr int kCacheLogits = 16384;                        /* a chunk's logits cached in shared memory */
 constexpr int kBins0 = 4096, kBins12 = 1024;             /* 12-bit, then two 10-bit digits */
 /* Candidates (key, index) a warp may keep: beside a cached chunk, and in place of the cache. */
 constexpr int kListCached = (kBins0 - kBins12) / kWarps;
-constexpr int kListUncached = kCacheKeys / 2 / kWarps;
+constexpr int kListUncached = kCacheLogits / 2 / kWarps;
 constexpr int kUnroll = 8;                               /* global loads in flight per lane */
 constexpr int64_t kMinChunk = 2048;                      /* a row is not split finer to fill the GPU */
-constexpr int kMaxDevices = 64;
-constexpr size_t kSmemBytes = (size_t)(2 * kBins0 + kCacheKeys) * sizeof(uint32_t);
+constexpr int kMaxDevices = 64;                          /* devices whose launch facts are remembered */
+constexpr size_t kSmemBytes = (size_t)(2 * kBins0 + kCacheLogits) * sizeof(uint32_t);
 
 struct TopkParams {
     const float *x; /* [R, L] row stride ldx */
@@ -207,7 +207,7 @@ __global__ void __launch_bounds__(kThreads, 2) topk_kernel(const TopkParams p) {
     const int64_t seg = ((m + kWarps - 1) / kWarps + 31) / 32 * 32;
     const int64_t lo = min((int64_t)warp * seg, m);
     Segment s = {FROM_GLOBAL, p.x + r * p.ldx, start + lo, nullptr, nullptr, min(seg, m - lo)};
-    const bool cached = m <= kCacheKeys;
+    const bool cached = m <= kCacheLogits;
 
     uint32_t prefix = 0, mask = 0, need = (uint32_t)p.k; /* k < n <= INT32_MAX here */
     for (int pass = 0; pass < 3; pass++) {
@@ -352,7 +352,7 @@ extern "C" hae_status hae_topk_cuda(hae_backend *be, const hae_topk_args *a) {
 
     /* The fewest CTAs a row whose chunks fit the key cache, then more while the GPU would sit idle. */
     int64_t C = 1;
-    while (C < max_c && ((L + C - 1) / C + 31) / 32 * 32 > kCacheKeys) C *= 2;
+    while (C < max_c && ((L + C - 1) / C + 31) / 32 * 32 > kCacheLogits) C *= 2;
     while (C < max_c && R * C < 2 * (int64_t)sms && L / (2 * C) >= kMinChunk) C *= 2;
     if (R * C > INT_MAX)
         return hae_error(HAE_ERR_UNSUPPORTED, "hae_topk (cuda): %lld rows of %lld logits need %lld CTAs, over %d",
