@@ -38,7 +38,7 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxCluster = 8;                           /* the portable cluster size */
-constexpr int kCacheLogits = 16384;                        /* a chunk's logits cached in shared memory */
+constexpr int kCacheLogits = 16384;                      /* a chunk's logits cached in shared memory */
 constexpr int kBins0 = 4096, kBins12 = 1024;             /* 12-bit, then two 10-bit digits */
 /* Candidates (key, index) a warp may keep: beside a cached chunk, and in place of the cache. */
 constexpr int kListCached = (kBins0 - kBins12) / kWarps;
