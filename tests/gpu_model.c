@@ -49,7 +49,7 @@ static const struct {
     {"model.layer_pattern=[kda, kda, kda, dsa]", "model.attention.form=gqa"},
     /* mla: 8 heads of 32 + 16 over a latent of 64 (a latent key of 80 dims), values of 32 */
     {"model.layer_pattern=[swa, dsa, full]", "model.attention={form: mla, num_heads: 8, kv_lora_rank: 64, "
-                                            "qk_nope_head_dim: 32, qk_rope_head_dim: 16, v_head_dim: 32}"},
+                                            "qk_nope_head_dim: 32, qk_rope_head_dim: 16, v_head_dim: 32, rope: full}"},
 };
 #define N_PATTERNS (int)(sizeof patterns / sizeof patterns[0])
 
