@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
     hae_layer_kind kind;
@@ -876,20 +877,48 @@ static float init_value(const param *pr, uint64_t seed, uint64_t p, uint64_t i) 
     return 0.0f;
 }
 
+/* Values [off, off + n) of parameter p into f, INIT_BLOCK at a time (the values depend only on their
+ * counters, so any thread may compute any block). */
+#define INIT_BLOCK 4096
+typedef struct {
+    const param *pr;
+    uint64_t seed, p;
+    int64_t off, n;
+    float *f;
+} init_ctx;
+
+static void init_block(void *ctx, int64_t blk) {
+    const init_ctx *c = ctx;
+    const int64_t i0 = blk * INIT_BLOCK, i1 = i0 + INIT_BLOCK < c->n ? i0 + INIT_BLOCK : c->n;
+    for (int64_t i = i0; i < i1; i++) c->f[i] = init_value(c->pr, c->seed, c->p, (uint64_t)(c->off + i));
+}
+
 hae_status hae_model_init_weights(hae_model *m, uint64_t seed) {
+    /* a billion Box-Muller draws take a minute on one core: a GPU model borrows a pool of host threads */
+    hae_threadpool *pool = m->be->pool, *own = NULL;
+    if (!pool) {
+        long cores = m->cfg.runtime.threads > 0 ? m->cfg.runtime.threads : sysconf(_SC_NPROCESSORS_ONLN);
+        HAE_TRY(hae_threadpool_create(cores > 0 ? (int)cores : 1, &own));
+        pool = own;
+    }
     stage s;
-    HAE_TRY(stage_alloc(&s));
-    hae_status st = HAE_OK;
+    hae_status st = stage_alloc(&s);
+    if (st != HAE_OK) {
+        hae_threadpool_destroy(own);
+        return st;
+    }
     for (int p = 0; p < m->n_params && st == HAE_OK; p++) {
         const param *pr = &m->params[p];
         int64_t n = hae_tensor_numel(&pr->t);
         for (int64_t off = 0; off < n && st == HAE_OK; off += STAGE_ELEMS) {
             int64_t k = n - off < STAGE_ELEMS ? n - off : STAGE_ELEMS;
-            for (int64_t i = 0; i < k; i++) s.f[i] = init_value(pr, seed, (uint64_t)p, (uint64_t)(off + i));
+            init_ctx c = {.pr = pr, .seed = seed, .p = (uint64_t)p, .off = off, .n = k, .f = s.f};
+            hae_parallel_for_sized(pool, (k + INIT_BLOCK - 1) / INIT_BLOCK, 64 * INIT_BLOCK, init_block, &c);
             st = put_block(m, &s, &pr->t, off, k);
         }
     }
     stage_free(&s);
+    hae_threadpool_destroy(own);
     if (st == HAE_OK) st = hae_backend_sync(m->be);
     return st == HAE_OK ? absorb_mla(m) : st;
 }
