@@ -165,12 +165,17 @@ typedef struct hae_rmsnorm_args {
 hae_status hae_rmsnorm(hae_backend *be, const hae_rmsnorm_args *a);
 
 /* c = a b^T (accumulate: c += a b^T). b is a weight in PyTorch Linear layout [out, in].
- * a and b share one dtype; c is f32, or bf16 when not accumulating. Rows may be strided. */
+ * a and b share one dtype; c is f32, or bf16 when not accumulating. Rows may be strided.
+ * Batched (batch > 1): c_i = a_i b_i^T for i < batch, where operand x_i is the view x moved by
+ * i * stride_x elements (stride 0: every product shares it, as one input shared by several heads'
+ * weights); the c_i lie side by side within c's rows or one after another, never overlapping. */
 typedef struct hae_gemm_args {
     hae_tensor a; /* [M, K] f32|bf16 */
     hae_tensor b; /* [N, K] f32|bf16 */
     hae_tensor c; /* [M, N] f32|bf16 */
     bool accumulate;
+    int64_t batch;                        /* products; 0 or 1: one */
+    int64_t stride_a, stride_b, stride_c; /* elements from one product's operand to the next's */
 } hae_gemm_args;
 hae_status hae_gemm(hae_backend *be, const hae_gemm_args *a);
 

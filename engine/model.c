@@ -422,7 +422,7 @@ static hae_status model_dims(hae_model *m, const hae_config *cfg, const hae_mode
         m->Hkv = 1;
         m->Dk = m->rdim + m->lora;
         m->Dv = m->lora;
-        m->qkv_dim = m->Hq * m->Dk + m->Dk + m->nope; /* absorbed queries | latent key | one head's q_nope */
+        m->qkv_dim = m->Hq * m->Dk + m->Dk + m->Hq * m->nope; /* absorbed queries | latent key | q_nope */
     }
     m->ctx_max = cfg->runtime.prefill + cfg->runtime.decode;
     m->chunk = cfg->runtime.prefill_chunk > 0 && cfg->runtime.prefill_chunk < m->ctx_max ? cfg->runtime.prefill_chunk
@@ -1109,24 +1109,25 @@ static hae_status dsa_select(hae_model *m, int64_t l, int64_t T) {
  *     q_h . k_h = (W_UK_h^T q_nope_h) . c + q_rope_h . k_rope,     o_h = W_UV_h sum_s p_s c_s
  * so attention runs over the cached [k_rope | c] (Dk = rdim + lora) with one kv head, values c
  * (Dv = lora), queries [q_rope_h | W_UK_h^T q_nope_h], and W_UV_h applies after it. Into m->qkv
- * rows: the Hq absorbed queries, then the latent key; q_nope passes through the last columns. */
+ * rows: the Hq absorbed queries, the latent key, then q_nope of every head; each per-head step is
+ * one batched GEMM over the heads. */
 static hae_status mla_project(hae_model *m, const layer_weights *w, int64_t T) {
     hae_backend *be = m->be;
-    const int64_t N = m->B * T, qrow = m->nope + m->rdim, qd = m->Hq * qrow, qcols = m->Hq * m->Dk;
+    const int64_t N = m->B * T, H = m->Hq, qrow = m->nope + m->rdim, qd = H * qrow, qcols = H * m->Dk;
     const hae_tensor h = rows(m->h, N), qkv = view2(&m->qkv, N, m->qkv_dim);
     const hae_tensor qn = hae_tensor_narrow(qkv, 1, qcols + m->Dk, m->nope), kl = hae_tensor_narrow(qkv, 1, qcols, m->Dk);
-    for (int64_t hh = 0; hh < m->Hq; hh++) {
-        const hae_tensor qa = hae_tensor_narrow(qkv, 1, hh * m->Dk, m->Dk);
-        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = h, .b = hae_tensor_narrow(w->wqkv, 0, hh * qrow, m->nope), .c = qn}));
-        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = qn, .b = hae_tensor_narrow(w->wuk_t, 0, hh * m->lora, m->lora),
-                                              .c = hae_tensor_narrow(qa, 1, m->rdim, m->lora)}));
-        if (m->rdim)
-            HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = h, .b = hae_tensor_narrow(w->wqkv, 0, hh * qrow + m->nope, m->rdim),
-                                                  .c = hae_tensor_narrow(qa, 1, 0, m->rdim)}));
-    }
-    if (m->rdim)
+    HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = h, .b = hae_tensor_narrow(w->wqkv, 0, 0, m->nope), .c = qn, .batch = H,
+                                          .stride_b = qrow * m->d, .stride_c = m->nope}));
+    HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = qn, .b = hae_tensor_narrow(w->wuk_t, 0, 0, m->lora),
+                                          .c = hae_tensor_narrow(qkv, 1, m->rdim, m->lora), .batch = H,
+                                          .stride_a = m->nope, .stride_b = m->lora * m->nope, .stride_c = m->Dk}));
+    if (m->rdim) {
+        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = h, .b = hae_tensor_narrow(w->wqkv, 0, m->nope, m->rdim),
+                                              .c = hae_tensor_narrow(qkv, 1, 0, m->rdim), .batch = H,
+                                              .stride_b = qrow * m->d, .stride_c = m->Dk}));
         HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = h, .b = hae_tensor_narrow(w->wqkv, 0, qd + m->lora, m->rdim),
                                               .c = hae_tensor_narrow(kl, 1, 0, m->rdim)}));
+    }
     HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = h, .b = hae_tensor_narrow(w->wqkv, 0, qd, m->lora), .c = rows(m->ckv, N)}));
     return hae_rmsnorm(be, &(hae_rmsnorm_args){.x = rows(m->ckv, N), .weight = w->kva_norm, .eps = m->cfg.model.norm_eps,
                                                .out = hae_tensor_narrow(kl, 1, m->rdim, m->lora)});
@@ -1163,10 +1164,11 @@ static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
     }
     hae_tensor o = view2(&m->att, N, m->Hq * m->Dv);
     if (m->mla) { /* each head's value up-projection W_UV_h of its attended latent */
-        for (int64_t hh = 0; hh < m->Hq; hh++)
-            HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = hae_tensor_narrow(o, 1, hh * m->lora, m->lora),
-                                                  .b = hae_tensor_narrow(w->wkvb, 0, hh * (m->nope + m->vd) + m->nope, m->vd),
-                                                  .c = hae_tensor_narrow(rows(m->ov, N), 1, hh * m->vd, m->vd)}));
+        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = hae_tensor_narrow(o, 1, 0, m->lora),
+                                              .b = hae_tensor_narrow(w->wkvb, 0, m->nope, m->vd),
+                                              .c = hae_tensor_narrow(rows(m->ov, N), 1, 0, m->vd), .batch = m->Hq,
+                                              .stride_a = m->lora, .stride_b = (m->nope + m->vd) * m->lora,
+                                              .stride_c = m->vd}));
         o = rows(m->ov, N);
     }
     return hae_gemm(be, &(hae_gemm_args){.a = o, .b = w->wo, .c = rows(m->x, N), .accumulate = true});

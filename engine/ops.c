@@ -98,6 +98,19 @@ hae_status hae_gemm(hae_backend *be, const hae_gemm_args *a) {
     if (a->a.shape[1] != a->b.shape[1]) return hae_shape_mismatch(op, "a [M, K] and b [N, K] differ in K", &a->a, &a->b);
     if (a->c.shape[0] != a->a.shape[0] || a->c.shape[1] != a->b.shape[0])
         return hae_shape_mismatch(op, "c must be [M, N] for a [M, K] and b [N, K]", &a->c, &a->b);
+    if (a->batch < 0 || a->stride_a < 0 || a->stride_b < 0 || a->stride_c < 0)
+        return hae_error(HAE_ERR_INVALID, "%s: batch %lld and strides a %lld, b %lld, c %lld must be >= 0", op,
+                         (long long)a->batch, (long long)a->stride_a, (long long)a->stride_b, (long long)a->stride_c);
+    if (a->batch > 1) {
+        /* the products' outputs: blocks side by side inside c's rows, or whole matrices one after another */
+        const int64_t M = a->c.shape[0], N = a->c.shape[1], ld = a->c.stride[0];
+        const bool beside = a->stride_c >= N && (M <= 1 || (a->batch - 1) * a->stride_c + N <= ld);
+        const bool after = M >= 1 && a->stride_c >= (M - 1) * ld + N && (M <= 1 || ld >= N);
+        if (!beside && !after)
+            return hae_error(HAE_ERR_INVALID, "%s: %lld products of c [%lld, %lld] (row stride %lld) %lld elements "
+                             "apart overlap", op, (long long)a->batch, (long long)M, (long long)N, (long long)ld,
+                             (long long)a->stride_c);
+    }
     return DISPATCH(gemm, be, a);
 }
 

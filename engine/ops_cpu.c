@@ -200,8 +200,15 @@ hae_status hae_gemm_cpu(hae_backend *be, const hae_gemm_args *a) {
     HAE_ASSERT((GEMM_KB * GEMM_NB + GEMM_MB * GEMM_KB + GEMM_MB * GEMM_NB + GEMM_KB) <= SCRATCH_FLOATS(be));
     int64_t M = a->a.shape[0], N = a->b.shape[0];
     if (M == 0 || N == 0) return HAE_OK;
-    gemm_ctx c = {be, a, (N + GEMM_NB - 1) / GEMM_NB};
-    hae_parallel_for(be->pool, ((M + GEMM_MB - 1) / GEMM_MB) * c.tiles_n, gemm_tile, &c);
+    /* a batch runs its products in turn, each over every thread */
+    for (int64_t i = 0; i < (a->batch > 1 ? a->batch : 1); i++) {
+        hae_gemm_args one = *a;
+        one.a.data = (char *)a->a.data + i * a->stride_a * (int64_t)hae_dtype_size(a->a.dtype);
+        one.b.data = (char *)a->b.data + i * a->stride_b * (int64_t)hae_dtype_size(a->b.dtype);
+        one.c.data = (char *)a->c.data + i * a->stride_c * (int64_t)hae_dtype_size(a->c.dtype);
+        gemm_ctx c = {be, &one, (N + GEMM_NB - 1) / GEMM_NB};
+        hae_parallel_for(be->pool, ((M + GEMM_MB - 1) / GEMM_MB) * c.tiles_n, gemm_tile, &c);
+    }
     return HAE_OK;
 }
 

@@ -337,12 +337,16 @@ extern "C" hae_status hae_gemm_cuda(hae_backend *be, const hae_gemm_args *g) {
     cudaStream_t s = nullptr;
     HAE_TRY(hae_cuda_enter(be, &s));
 
+    const int64_t batch = g->batch > 1 ? g->batch : 1;
     if (g->a.dtype == HAE_F32 && g->c.dtype == HAE_BF16) {
         const int64_t gy = (M + kTile - 1) / kTile, gx = (N + kTile - 1) / kTile;
         if (gy > 65535) return too_large("hae_gemm", "M (f32 operands, bf16 output)", M, 65535 * kTile);
-        gemm_f32_tiled_kernel<hae_bf16_t><<<dim3((unsigned)gx, (unsigned)gy), dim3(kTile, kTile), 0, s>>>(
-            (const float *)g->a.data, lda, (const float *)g->b.data, ldb, (hae_bf16_t *)g->c.data, ldc, M, N, K);
-        HAE_CUDA_LAUNCH_CHECK("gemm_f32_tiled_kernel");
+        for (int64_t i = 0; i < batch; i++) {
+            gemm_f32_tiled_kernel<hae_bf16_t><<<dim3((unsigned)gx, (unsigned)gy), dim3(kTile, kTile), 0, s>>>(
+                (const float *)g->a.data + i * g->stride_a, lda, (const float *)g->b.data + i * g->stride_b, ldb,
+                (hae_bf16_t *)g->c.data + i * g->stride_c, ldc, M, N, K);
+            HAE_CUDA_LAUNCH_CHECK("gemm_f32_tiled_kernel");
+        }
         return HAE_OK;
     }
 
@@ -351,9 +355,17 @@ extern "C" hae_status hae_gemm_cuda(hae_backend *be, const hae_gemm_args *g) {
     const cudaDataType_t ab_t = g->a.dtype == HAE_BF16 ? CUDA_R_16BF : CUDA_R_32F;
     const cudaDataType_t c_t = g->c.dtype == HAE_BF16 ? CUDA_R_16BF : CUDA_R_32F;
     const float alpha = 1.0f, beta = g->accumulate ? 1.0f : 0.0f;
-    HAE_CUBLAS_CHECK(cublasGemmEx(be->cuda->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha,
-                                  g->b.data, ab_t, (int)ldb, g->a.data, ab_t, (int)lda, &beta, g->c.data, c_t,
-                                  (int)ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (batch == 1) {
+        HAE_CUBLAS_CHECK(cublasGemmEx(be->cuda->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha,
+                                      g->b.data, ab_t, (int)ldb, g->a.data, ab_t, (int)lda, &beta, g->c.data, c_t,
+                                      (int)ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        return HAE_OK;
+    }
+    if (batch > lim) return too_large("hae_gemm", "batch", batch, lim);
+    HAE_CUBLAS_CHECK(cublasGemmStridedBatchedEx(be->cuda->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K,
+                                                &alpha, g->b.data, ab_t, (int)ldb, g->stride_b, g->a.data, ab_t,
+                                                (int)lda, g->stride_a, &beta, g->c.data, c_t, (int)ldc, g->stride_c,
+                                                (int)batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return HAE_OK;
 }
 

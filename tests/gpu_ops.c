@@ -216,59 +216,71 @@ Test(gpu, rmsnorm) {
 
 /* ---------------------------------------------------------------- gemm */
 
+/* Batched cases (batch > 1) share a (stride 0, as mla's heads share the layer input), stack the b_i and
+ * put the c_i side by side in c's rows, one column of poison between them. */
 Test(gpu, gemm) {
     static const struct {
         int64_t M, N, K, pad;
         hae_dtype ab, c;
         bool acc;
+        int64_t batch;
     } cases[] = {
         /* f32 operands (cuBLAS, no TF32) */
-        {1, 64, 64, 0, HAE_F32, HAE_F32, false},
-        {7, 33, 17, 3, HAE_F32, HAE_F32, false},
-        {33, 100, 96, 0, HAE_F32, HAE_F32, true},
-        {64, 129, 300, 5, HAE_F32, HAE_F32, true},
-        {128, 256, 512, 0, HAE_F32, HAE_F32, false},
-        {1, 1, 1, 0, HAE_F32, HAE_F32, false},
-        {200, 3, 1000, 1, HAE_F32, HAE_F32, false},
+        {1, 64, 64, 0, HAE_F32, HAE_F32, false, 1},
+        {7, 33, 17, 3, HAE_F32, HAE_F32, false, 1},
+        {33, 100, 96, 0, HAE_F32, HAE_F32, true, 1},
+        {64, 129, 300, 5, HAE_F32, HAE_F32, true, 1},
+        {128, 256, 512, 0, HAE_F32, HAE_F32, false, 1},
+        {1, 1, 1, 0, HAE_F32, HAE_F32, false, 1},
+        {200, 3, 1000, 1, HAE_F32, HAE_F32, false, 1},
         /* bf16 operands, f32 or bf16 output */
-        {1, 64, 64, 0, HAE_BF16, HAE_F32, false},
-        {7, 33, 17, 0, HAE_BF16, HAE_F32, true},
-        {33, 100, 96, 2, HAE_BF16, HAE_BF16, false},
-        {65, 130, 258, 4, HAE_BF16, HAE_F32, false},
-        {128, 256, 512, 0, HAE_BF16, HAE_BF16, false},
-        {33, 50, 7, 1, HAE_BF16, HAE_F32, true},
-        {1, 1000, 333, 3, HAE_BF16, HAE_BF16, false},
-        {257, 511, 1024, 0, HAE_BF16, HAE_F32, false},
+        {1, 64, 64, 0, HAE_BF16, HAE_F32, false, 1},
+        {7, 33, 17, 0, HAE_BF16, HAE_F32, true, 1},
+        {33, 100, 96, 2, HAE_BF16, HAE_BF16, false, 1},
+        {65, 130, 258, 4, HAE_BF16, HAE_F32, false, 1},
+        {128, 256, 512, 0, HAE_BF16, HAE_BF16, false, 1},
+        {33, 50, 7, 1, HAE_BF16, HAE_F32, true, 1},
+        {1, 1000, 333, 3, HAE_BF16, HAE_BF16, false, 1},
+        {257, 511, 1024, 0, HAE_BF16, HAE_F32, false, 1},
         /* f32 operands with a bf16 output (the tiled fallback kernel) */
-        {33, 70, 45, 1, HAE_F32, HAE_BF16, false},
-        {1, 64, 64, 0, HAE_F32, HAE_BF16, false},
-        {100, 17, 300, 0, HAE_F32, HAE_BF16, false},
+        {33, 70, 45, 1, HAE_F32, HAE_BF16, false, 1},
+        {1, 64, 64, 0, HAE_F32, HAE_BF16, false, 1},
+        {100, 17, 300, 0, HAE_F32, HAE_BF16, false, 1},
+        /* batched */
+        {5, 64, 128, 0, HAE_BF16, HAE_BF16, false, 16},
+        {1, 128, 64, 2, HAE_BF16, HAE_F32, false, 4},
+        {33, 20, 70, 1, HAE_F32, HAE_F32, true, 3},
+        {7, 16, 40, 0, HAE_F32, HAE_BF16, false, 2},
     };
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         const int64_t M = cases[ci].M, N = cases[ci].N, K = cases[ci].K, pad = cases[ci].pad;
-        const int64_t lda = K + pad, ldb = K + pad, ldc = N + pad;
+        const int64_t nb = cases[ci].batch > 1 ? cases[ci].batch : 1, nbr = nb * N; /* b rows of every product */
+        const int64_t lda = K + pad, ldb = K + pad, ldc = nb * (N + 1) + pad;
         const hae_dtype abt = cases[ci].ab, ct = cases[ci].c;
         const bool acc = cases[ci].acc;
         const uint64_t seed = 300 + ci;
         char ctx[CTX_N];
         snprintf(ctx, sizeof ctx,
-                 "M %lld N %lld K %lld, a/b %s (row strides %lld/%lld), c %s (row stride %lld), accumulate %d, seed %llu",
-                 (long long)M, (long long)N, (long long)K, dn(abt), (long long)lda, (long long)ldb, dn(ct),
-                 (long long)ldc, (int)acc, (unsigned long long)seed);
+                 "M %lld N %lld K %lld, a/b %s (row strides %lld/%lld), c %s (row stride %lld), accumulate %d, batch %lld, "
+                 "seed %llu", (long long)M, (long long)N, (long long)K, dn(abt), (long long)lda, (long long)ldb, dn(ct),
+                 (long long)ldc, (int)acc, (long long)nb, (unsigned long long)seed);
         tu_rng r = tu_rng_make(seed);
         size_t ea = hae_dtype_size(abt), ec = hae_dtype_size(ct);
-        /* padding between rows stays NaN: a kernel that reads or writes it shows up */
-        void *ha = host_poison(ea * (size_t)(M * lda)), *hb = host_poison(ea * (size_t)(N * ldb));
+        /* padding between rows and products stays NaN: a kernel that reads or writes it shows up */
+        void *ha = host_poison(ea * (size_t)(M * lda)), *hb = host_poison(ea * (size_t)(nbr * ldb));
         void *hc = host_poison(ec * (size_t)(M * ldc));
         fill_rows(ha, abt, 1, M, K, 0, lda, &r, -1, 1);
-        fill_rows(hb, abt, 1, N, K, 0, ldb, &r, -1, 1);
-        if (acc) fill_rows(hc, ct, 1, M, N, 0, ldc, &r, -1, 1);
-        pbuf pa = pb_new(ha, ea * (size_t)(M * lda)), pbb = pb_new(hb, ea * (size_t)(N * ldb));
+        fill_rows(hb, abt, 1, nbr, K, 0, ldb, &r, -1, 1);
+        for (int64_t i = 0; acc && i < nb; i++)
+            fill_rows((char *)hc + ec * (size_t)(i * (N + 1)), ct, 1, M, N, 0, ldc, &r, -1, 1);
+        pbuf pa = pb_new(ha, ea * (size_t)(M * lda)), pbb = pb_new(hb, ea * (size_t)(nbr * ldb));
         pbuf pc = pb_new(hc, ec * (size_t)(M * ldc));
         const int64_t sa[2] = {M, K}, sb[2] = {N, K}, sc[2] = {M, N};
         const int64_t sta[2] = {lda, 1}, stb[2] = {ldb, 1}, stc[2] = {ldc, 1};
-        hae_gemm_args ac = {TV_C(pa, abt, 2, sa, sta), TV_C(pbb, abt, 2, sb, stb), TV_C(pc, ct, 2, sc, stc), acc};
-        hae_gemm_args ag = {TV_G(pa, abt, 2, sa, sta), TV_G(pbb, abt, 2, sb, stb), TV_G(pc, ct, 2, sc, stc), acc};
+        hae_gemm_args ac = {.a = TV_C(pa, abt, 2, sa, sta), .b = TV_C(pbb, abt, 2, sb, stb), .c = TV_C(pc, ct, 2, sc, stc),
+                            .accumulate = acc, .batch = nb, .stride_b = N * ldb, .stride_c = N + 1};
+        hae_gemm_args ag = ac;
+        ag.a = TV_G(pa, abt, 2, sa, sta), ag.b = TV_G(pbb, abt, 2, sb, stb), ag.c = TV_G(pc, ct, 2, sc, stc);
         if (ran(hae_gemm(g_cpu, &ac), "cpu", "gemm", ctx) && ran(hae_gemm(g_gpu, &ag), "cuda", "gemm", ctx) &&
             gpu_done("gemm", ctx))
             compare("gemm", ctx, &pc, ct, tol_for(ct));

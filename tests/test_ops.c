@@ -183,6 +183,41 @@ Test(ops, gemm) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_gemm(&cases[i], &r);
 }
 
+/* A batch of products: a shared (stride 0) or stacked, b stacked, the c_i side by side in c's rows
+ * with a gap of untouched sentinels, or stacked; each against the float64 product of its operands. */
+Test(ops, gemm_batched) {
+    tu_rng r = tu_rng_make(31);
+    const int64_t M = 6, N = 5, K = 9, nb = 4;
+    for (int form = 0; form < 2; form++) {
+        const bool beside = form == 0;
+        const int64_t ldc = beside ? nb * (N + 2) : N, sc = beside ? N + 2 : M * N, sa = beside ? 0 : M * K;
+        float *A = alloc_fill(HAE_F32, nb * M * K, &r, -1, 1), *B = alloc_fill(HAE_F32, nb * N * K, &r, -1, 1);
+        float *C = malloc(sizeof(float) * (size_t)(nb * M * ldc));
+        for (int64_t i = 0; i < nb * M * ldc; i++) C[i] = 1234.5f;
+        hae_gemm_args g = {.a = hae_tensor_2d(A, HAE_F32, HAE_CPU, M, K), .b = hae_tensor_2d(B, HAE_F32, HAE_CPU, N, K),
+                           .c = hae_tensor_2d(C, HAE_F32, HAE_CPU, M, N), .batch = nb, .stride_a = sa,
+                           .stride_b = N * K, .stride_c = sc};
+        g.c.stride[0] = ldc;
+        cr_assert_eq(hae_gemm(be, &g), HAE_OK, "%s", hae_last_error());
+        int64_t bad = 0, written = 0;
+        for (int64_t p = 0; p < nb; p++)
+            for (int64_t i = 0; i < M; i++)
+                for (int64_t j = 0; j < N; j++) {
+                    double ref = 0;
+                    for (int64_t k = 0; k < K; k++) ref += (double)A[p * sa + i * K + k] * B[(p * N + j) * K + k];
+                    bad += fabs(C[p * sc + i * ldc + j] - ref) > 1e-5;
+                    written++;
+                }
+        int64_t untouched = 0;
+        for (int64_t i = 0; i < nb * M * ldc; i++) untouched += C[i] == 1234.5f;
+        cr_expect_eq(bad, 0, "%s: %lld of %lld batched products wrong", beside ? "side by side" : "stacked",
+                     (long long)bad, (long long)written);
+        cr_expect_eq(untouched, nb * M * ldc - written, "%s: a product wrote outside its block",
+                     beside ? "side by side" : "stacked");
+        free(A), free(B), free(C);
+    }
+}
+
 Test(ops, gemm_rejects_bad_shapes) {
     float a[12], b[12], c[12];
     hae_gemm_args g = {.a = hae_tensor_2d(a, HAE_F32, HAE_CPU, 3, 4), .b = hae_tensor_2d(b, HAE_F32, HAE_CPU, 3, 3),
@@ -210,6 +245,14 @@ Test(ops, gemm_rejects_bad_shapes) {
     g.c = hae_tensor_3d(c, HAE_F32, HAE_CPU, 1, 3, 3);
     cr_expect_eq(hae_gemm(be, &g), HAE_ERR_INVALID);
     cr_expect(strstr(hae_last_error(), "expected 2 dims"), "%s", hae_last_error());
+    g.c = hae_tensor_2d(c, HAE_F32, HAE_CPU, 3, 3);
+    g.batch = 2, g.stride_c = 2; /* the second product's c starts inside the first's */
+    cr_expect_eq(hae_gemm(be, &g), HAE_ERR_INVALID);
+    cr_expect(strstr(hae_last_error(), "2 products of c [3, 3] (row stride 3) 2 elements apart overlap"), "%s",
+              hae_last_error());
+    g.stride_c = -9;
+    cr_expect_eq(hae_gemm(be, &g), HAE_ERR_INVALID);
+    cr_expect(strstr(hae_last_error(), "must be >= 0"), "%s", hae_last_error());
 }
 
 /* ---------------------------------------------------------------- swiglu */
