@@ -28,6 +28,8 @@
 
 #include <limits.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 namespace {
 
@@ -56,6 +58,7 @@ struct SparseParams {
     int Hq, Hkv, G, Dk, Dv;
     int hblocks, splits, tiles_per_split;
     bool out_bf16, v_shared;
+    bool out_pairs; /* out and its row strides allow two-element stores */
     float scale, scale_log2;
 };
 
@@ -426,6 +429,296 @@ __global__ void __launch_bounds__(128) combine_kernel(const SparseParams p) {
     if (p.lse && threadIdx.x == 0) p.lse[b * p.e_sb + t * p.e_st + h] = L > 0.0f ? (M + log2f(L)) * kLn2 : INFINITY;
 }
 
+/* ---------------------------------------------------------------- the warpgroup kernel (mla)
+ * wgmma (sm_90a): D = A B with A [64 x 16] and B [16 x N] bf16 read from shared memory through
+ * descriptors, fp32 D in registers: warp i of the warpgroup holds rows 16 i + g and 16 i + g + 8
+ * (g = lane / 4), register 4 c + e holding column 8 c + 2 (lane % 4) + (e & 1) of row 16 i + g + 8 (e >> 1).
+ * Tiles are 128-byte-swizzled blocks of 64 bf16 columns: element (r, c) of a tile with R rows sits in
+ * block c / 64 at byte r 128 + ((c / 8 % 8) ^ (r % 8)) 16 + (c % 8) 2, blocks R 128 bytes apart and
+ * 1024-byte aligned. Read with rows as the k-contiguous ("K-major") operand, 8-row groups are 1024
+ * bytes apart; read transposed (a key tile as the [keys x dims] B of P V, "MN-major"), 8-key groups are
+ * 1024 bytes apart and 64-dim blocks R 128 bytes apart. */
+
+constexpr int kWgRows = 64;                        /* query heads per CTA: wgmma's M */
+constexpr int kWgDk = 576, kWgDv = 512;            /* mla's latent and value dims */
+constexpr int kWgThreads = 256;                    /* two warpgroups */
+constexpr int kWgBlock = kWgRows * 128;            /* one 64-column block of a 64-row tile, bytes */
+constexpr int kWgTile = kWgDk / 64 * kWgBlock;     /* Q, or one stage of gathered keys */
+constexpr int kWgChunks = kWgDk / 8;               /* 16-byte chunks of a row */
+constexpr int kWgRedOff = 3 * kWgTile;             /* row maxima / sums [2][64] f32 */
+constexpr int kWgOkOff = kWgRedOff + 2 * kWgRows * 4; /* usable flags of each stage's keys [2][64] */
+constexpr int kWgSmem = kWgOkOff + 2 * kBN * 4 + 1024; /* + slack to align the base to 1024 */
+static_assert(kBN == kWgRows && kWgDk % 64 == 0 && kWgDk - kWgDv >= 64, "P lives in a stage's last block");
+
+__device__ __forceinline__ uint32_t swz128(uint32_t tile, int row, int chunk) {
+    return tile + (uint32_t)((chunk >> 3) * kWgBlock + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
+}
+/* Descriptor of a 128-byte-swizzled operand at addr; lbo is only read for transposed operands. */
+__device__ __forceinline__ uint64_t wg_desc(uint32_t addr, uint32_t lbo) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | (uint64_t)((lbo & 0x3FFFF) >> 4) << 16 | (uint64_t)(1024 >> 4) << 32 |
+           1ull << 62;
+}
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+/* Keeps the compiler from touching accumulators between an asynchronous wgmma and its wait. */
+template <int N> __device__ __forceinline__ void wg_hold(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+#define HAE_F8(d, i) \
+    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+
+/* d (+)= A B, 64 x 32 x 16, both K-major; accumulate false: d = A B. */
+__device__ __forceinline__ void wgmma_64x32(float (&d)[16], uint64_t a, uint64_t b, bool accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}"
+                 : HAE_F8(d, 0), HAE_F8(d, 8)
+                 : "l"(a), "l"(b), "r"((int)accumulate)
+                 : "memory");
+}
+/* d += A B, 64 x 256 x 16, A K-major, B transposed (MN-major). */
+__device__ __forceinline__ void wgmma_64x256_bt(float (&d)[128], uint64_t a, uint64_t b) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+                 "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+                 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+                 "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+                 "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+                 "%128, %129, p, 1, 1, 0, 1;\n}"
+                 : HAE_F8(d, 0), HAE_F8(d, 8), HAE_F8(d, 16), HAE_F8(d, 24), HAE_F8(d, 32), HAE_F8(d, 40),
+                   HAE_F8(d, 48), HAE_F8(d, 56), HAE_F8(d, 64), HAE_F8(d, 72), HAE_F8(d, 80), HAE_F8(d, 88),
+                   HAE_F8(d, 96), HAE_F8(d, 104), HAE_F8(d, 112), HAE_F8(d, 120)
+                 : "l"(a), "l"(b), "r"(1)
+                 : "memory");
+}
+#undef HAE_F8
+
+/* mla, bf16, V the first 512 dims of the gathered K rows. A CTA takes 64 query heads of one token
+ * (zero rows past the group) and walks its idx range in tiles of 64 entries, two stages: while tile
+ * i is computed, tile i + 1 is gathered by index with cp.async into the other stage (all 256 threads,
+ * four per key row; unusable entries zero-filled, a tile with none skipped after a CTA-wide vote).
+ * Warpgroup w computes S = Q K^T for keys [32 w, 32 w + 32) of the tile (wgmma 64x32x16 over 576
+ * dims, Q and K from shared memory), the two exchange row maxima through shared memory, write
+ * P = 2^(s - m) as bf16 into the stage's last 64-dim block (rope dims, no longer read), and warpgroup
+ * w accumulates O[:, 256 w, 256 w + 256) += P V (wgmma 64x256x16, V read transposed from the same
+ * stage), 128 fp32 registers a thread. DEFER leaves P V in flight over the next tile's barrier and
+ * S issue, the gather then waiting for the second barrier. */
+template <bool DEFER> __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p) {
+    extern __shared__ unsigned char wsmem[];
+    const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(wsmem);
+    const uint32_t sbase = (sraw + 1023u) & ~1023u; /* swizzle atoms need 1024-byte alignment */
+    unsigned char *gbase = wsmem + (sbase - sraw);
+    const uint32_t sQ = sbase, sK = sbase + kWgTile;
+    float *red = (float *)(gbase + kWgRedOff);
+    int *kok = (int *)(gbase + kWgOkOff);
+    const int tid = threadIdx.x, wg = tid >> 7, wi = (tid >> 5) & 3, lane = tid & 31, g8 = lane >> 2, t4 = lane & 3;
+
+    int64_t blk = blockIdx.x; /* (((b T + t) Hkv + gk) hblocks + hb) splits + split */
+    const int split = (int)(blk % p.splits);
+    blk /= p.splits;
+    const int hb = (int)(blk % p.hblocks);
+    blk /= p.hblocks;
+    const int gk = (int)(blk % p.Hkv);
+    blk /= p.Hkv;
+    const int64_t t = blk % p.T, b = blk / p.T;
+    const int h0 = gk * p.G + hb * kWgRows;
+    const int nh = min(kWgRows, p.G - hb * kWgRows);
+    const int hi = (int)min(usable_hi(p, b, t), (int64_t)INT_MAX);
+    const int ntiles = (int)((p.nk + kBN - 1) / kBN);
+    const int tile0 = split * p.tiles_per_split, tile1 = min(ntiles, tile0 + p.tiles_per_split);
+
+    const uint16_t *kbase = (const uint16_t *)p.k + b * p.k_sb + (int64_t)gk * kWgDk;
+    const int32_t *irow = p.idx + b * p.i_sb + t * p.i_st;
+
+    {
+        const uint16_t *qrow = (const uint16_t *)p.q + b * p.q_sb + t * p.q_st + (int64_t)h0 * kWgDk;
+        for (int i = tid; i < kWgRows * kWgChunks; i += kWgThreads) {
+            const int r = i / kWgChunks, c = i % kWgChunks;
+            const bool ok = r < nh;
+            cp_async16z(swz128(sQ, r, c), ok ? qrow + (int64_t)r * kWgDk + c * 8 : qrow, ok);
+        }
+    }
+
+    /* gather roles: thread tid fetches chunks sub, sub + 4, ... of key row kr */
+    const int kr = tid >> 2, sub = tid & 3;
+    auto entry = [&](int tile) -> int {
+        const int64_t i = (int64_t)tile * kBN + kr;
+        return tile < tile1 && i < p.nk ? __ldg(irow + i) : -1;
+    };
+    auto usable = [&](int j) { return j >= 0 && j <= hi; };
+    /* The first tile >= from with a usable entry (tile1 if none), j its entry of row kr; jc holds the
+     * entry of tile from. Always one CTA barrier at least. */
+    auto find = [&](int from, int jc, int &j) -> int {
+        int tl = from;
+        j = jc;
+        while (!__syncthreads_or(tl < tile1 && usable(j)) && tl < tile1) j = entry(++tl);
+        return tl;
+    };
+    auto gather = [&](int st, int j) {
+        const bool ok = usable(j);
+        const uint16_t *src = kbase + (ok ? (int64_t)j : 0) * p.k_ss;
+        const uint32_t dst = sK + (uint32_t)(st * kWgTile);
+#pragma unroll
+        for (int c = sub; c < kWgChunks; c += 4) cp_async16z(swz128(dst, kr, c), src + c * 8, ok);
+        if (sub == 0) kok[st * kBN + kr] = ok;
+    };
+
+    const int r0 = wi * 16 + g8, r1 = r0 + 8; /* this thread's rows of S and O */
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    float o[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) o[i] = 0.0f;
+
+    int j = -1;
+    int cur = find(tile0, entry(tile0), j), st = 0;
+    if (cur < tile1) gather(0, j);
+    cp_async_commit(); /* Q and the first tile */
+    int jnext = entry(cur + 1);
+    while (cur < tile1) {
+        cp_async_wait_all();
+        fence_async_smem(); /* this thread's gathered bytes, visible to wgmma after the barrier */
+        const int nxt = find(cur + 1, jnext, j);
+        const uint32_t sKs = sK + (uint32_t)(st * kWgTile), sP = sKs + (uint32_t)((kWgDk / 64 - 1) * kWgBlock);
+
+        float s[16] = {}; /* the first wgmma ignores it */
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < kWgDk / 16; kk++) {
+            const uint32_t off = (uint32_t)((kk >> 2) * kWgBlock + (kk & 3) * 32);
+            wgmma_64x32(s, wg_desc(sQ + off, 16), wg_desc(sKs + off + (uint32_t)(wg * 32 * 128), 16), kk > 0);
+        }
+        wg_commit();
+        if (!DEFER) { /* stage st ^ 1 is free: its P V finished before the barrier in find */
+            if (nxt < tile1) gather(st ^ 1, j);
+            cp_async_commit();
+        }
+        jnext = entry(nxt + 1);
+        wg_wait0();
+        wg_hold(s);
+        if (DEFER) wg_hold(o);
+
+        /* online softmax, log2 domain; unusable keys -> -inf */
+        const int *ok = kok + st * kBN + wg * 32;
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int c = 0; c < 4; c++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const bool u = ok[8 * c + 2 * t4 + e] != 0;
+                s[4 * c + e] = u ? s[4 * c + e] * p.scale_log2 : -INFINITY;
+                s[4 * c + 2 + e] = u ? s[4 * c + 2 + e] * p.scale_log2 : -INFINITY;
+                mx0 = fmaxf(mx0, s[4 * c + e]);
+                mx1 = fmaxf(mx1, s[4 * c + 2 + e]);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        if (t4 == 0) {
+            red[wg * kWgRows + r0] = mx0;
+            red[wg * kWgRows + r1] = mx1;
+        }
+        __syncthreads(); /* maxima exchanged; S done in both warpgroups, so the P block is free */
+        if (DEFER) { /* stage st ^ 1 is free: both warpgroups waited for its P V before the barrier */
+            if (nxt < tile1) gather(st ^ 1, j);
+            cp_async_commit();
+        }
+        const float mn0 = fmaxf(m0, fmaxf(mx0, red[(wg ^ 1) * kWgRows + r0]));
+        const float mn1 = fmaxf(m1, fmaxf(mx1, red[(wg ^ 1) * kWgRows + r1]));
+        /* the tile has a usable key, so mn is finite; the guard keeps exp2 off (-inf) - (-inf) */
+        const float base0 = mn0 == -INFINITY ? 0.0f : mn0, base1 = mn1 == -INFINITY ? 0.0f : mn1;
+        const float al0 = exp2f(m0 - base0), al1 = exp2f(m1 - base1); /* 0 on the first tile */
+        m0 = mn0, m1 = mn1;
+        float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            const float p00 = exp2f(s[4 * c] - base0), p01 = exp2f(s[4 * c + 1] - base0);
+            const float p10 = exp2f(s[4 * c + 2] - base1), p11 = exp2f(s[4 * c + 3] - base1);
+            ps0 += p00 + p01;
+            ps1 += p10 + p11;
+            const int ch = wg * 4 + c; /* keys 8 ch .. 8 ch + 7 */
+            asm volatile("st.shared.b32 [%0], %1;" ::"r"(swz128(sP, r0, ch) + 4 * t4), "r"(pack_bf16(p00, p01)));
+            asm volatile("st.shared.b32 [%0], %1;" ::"r"(swz128(sP, r1, ch) + 4 * t4), "r"(pack_bf16(p10, p11)));
+        }
+        l0 = l0 * al0 + ps0;
+        l1 = l1 * al1 + ps1;
+#pragma unroll
+        for (int c = 0; c < 32; c++) {
+            o[4 * c] *= al0, o[4 * c + 1] *= al0;
+            o[4 * c + 2] *= al1, o[4 * c + 3] *= al1;
+        }
+        fence_async_smem(); /* P, visible to wgmma after the barrier */
+        __syncthreads();
+
+        /* O[:, 256 wg ..) += P V: P [64 x 64] K-major, V = keys x dims of this stage, transposed */
+        wg_fence();
+#pragma unroll
+        for (int kc = 0; kc < kBN / 16; kc++)
+            wgmma_64x256_bt(o, wg_desc(sP + (uint32_t)(kc * 32), 16),
+                            wg_desc(sKs + (uint32_t)(wg * 4 * kWgBlock + kc * 16 * 128), kWgBlock));
+        wg_commit();
+        if (!DEFER) {
+            wg_wait0();
+            wg_hold(o);
+        }
+        cur = nxt;
+        st ^= 1;
+    }
+    wg_wait0();
+    wg_hold(o);
+    cp_async_wait_all();
+
+    /* row sums over the quad, then over the two warpgroups */
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    __syncthreads();
+    if (t4 == 0) {
+        red[wg * kWgRows + r0] = l0;
+        red[wg * kWgRows + r1] = l1;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int r = half ? r1 : r0;
+        if (r >= nh) continue;
+        const float L = red[r] + red[kWgRows + r], M = half ? m1 : m0;
+        const int h = h0 + r;
+        const int64_t row = (b * p.T + t) * p.Hq + h;
+        if (p.splits == 1) {
+            const float inv = L > 0.0f ? 1.0f / L : 0.0f; /* no usable index: out = 0 */
+            const int64_t ob = b * p.o_sb + t * p.o_st + (int64_t)h * kWgDv + wg * (kWgDv / 2) + 2 * t4;
+#pragma unroll
+            for (int c = 0; c < 32; c++) {
+                const float v0 = o[4 * c + 2 * half] * inv, v1 = o[4 * c + 2 * half + 1] * inv;
+                const int64_t i = ob + 8 * c;
+                if (p.out_pairs && p.out_bf16) *(uint32_t *)((uint16_t *)p.out + i) = pack_bf16(v0, v1);
+                else if (p.out_pairs) *(float2 *)((float *)p.out + i) = make_float2(v0, v1);
+                else st_out(p.out, p.out_bf16, i, v0), st_out(p.out, p.out_bf16, i + 1, v1);
+            }
+            if (p.lse && wg == 0 && t4 == 0)
+                p.lse[b * p.e_sb + t * p.e_st + h] = L > 0.0f ? (M + log2f(L)) * kLn2 : INFINITY;
+        } else {
+            float *dst = p.part + (row * p.splits + split) * kWgDv + wg * (kWgDv / 2) + 2 * t4;
+#pragma unroll
+            for (int c = 0; c < 32; c++) *(float2 *)(dst + 8 * c) = make_float2(o[4 * c + 2 * half], o[4 * c + 2 * half + 1]);
+            if (wg == 0 && t4 == 0) {
+                p.part_ml[(row * p.splits + split) * 2] = M;
+                p.part_ml[(row * p.splits + split) * 2 + 1] = L;
+            }
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- the simple kernel */
 
 constexpr int kWarps = 4;
@@ -545,13 +838,11 @@ hae_status launch_simple(const SparseParams &p, int64_t rows, cudaStream_t s) {
     return HAE_OK;
 }
 
-/* Runs the tensor-core kernel when its shared memory fits; *ran false otherwise (nothing launched).
+/* Runs kern (threads per CTA, smem bytes, `rows` query heads of a kv head per CTA) over every
+ * (query, kv head, head block) when its shared memory fits; *ran false otherwise (nothing launched).
  * Splits idx when the CTAs would leave SMs idle and the partials fit the context's scratch. */
-template <int DK, int DV, int MT, int NW>
-hae_status launch_tc(hae_backend *be, SparseParams p, int64_t B, cudaStream_t s, bool *ran) {
-    using C = Tc<DK, DV, MT, NW>;
-    auto kern = tc_kernel<DK, DV, MT, NW>;
-    const int smem = C::smem(p.v_shared);
+hae_status launch(hae_backend *be, SparseParams p, int64_t B, cudaStream_t s, void (*kern)(SparseParams), int threads,
+                  int smem, int rows, bool *ran) {
     const int dev = be->cuda->device;
     int smem_max = 0, sms = 0, occ = 0;
     HAE_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
@@ -559,10 +850,10 @@ hae_status launch_tc(hae_backend *be, SparseParams p, int64_t B, cudaStream_t s,
     if (smem > smem_max) return HAE_OK;
     HAE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     HAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    HAE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, C::NT, smem));
+    HAE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, threads, smem));
     if (occ < 1) return HAE_OK;
 
-    p.hblocks = (p.G + C::R - 1) / C::R;
+    p.hblocks = (p.G + rows - 1) / rows;
     const int64_t ctas = B * p.T * p.Hkv * p.hblocks;
     const int ntiles = (int)((p.nk + kBN - 1) / kBN);
     int64_t splits = 1;
@@ -572,8 +863,8 @@ hae_status launch_tc(hae_backend *be, SparseParams p, int64_t B, cudaStream_t s,
         const int64_t by_tiles = ntiles / kMinSplitTiles;
         if (splits > by_tiles) splits = by_tiles;
         if (splits > kMaxSplits) splits = kMaxSplits;
-        const int64_t rows = B * p.T * p.Hq;
-        const int64_t per_split = rows * ((int64_t)p.Dv + 2) * (int64_t)sizeof(float);
+        const int64_t nrows = B * p.T * p.Hq;
+        const int64_t per_split = nrows * ((int64_t)p.Dv + 2) * (int64_t)sizeof(float);
         if (per_split > 0 && splits * per_split > (int64_t)be->cuda->scratch_bytes)
             splits = (int64_t)be->cuda->scratch_bytes / per_split;
         if (splits < 2) splits = 1;
@@ -586,14 +877,20 @@ hae_status launch_tc(hae_backend *be, SparseParams p, int64_t B, cudaStream_t s,
         p.part = (float *)be->cuda->scratch;
         p.part_ml = p.part + B * p.T * p.Hq * (int64_t)p.splits * p.Dv;
     }
-    kern<<<(unsigned)(ctas * p.splits), C::NT, smem, s>>>(p);
-    HAE_CUDA_LAUNCH_CHECK("tc_kernel");
+    kern<<<(unsigned)(ctas * p.splits), threads, smem, s>>>(p);
+    HAE_CUDA_LAUNCH_CHECK("the tensor-core kernel");
     if (p.splits > 1) {
         combine_kernel<<<(unsigned)(B * p.T * p.Hq), 128, 0, s>>>(p);
         HAE_CUDA_LAUNCH_CHECK("combine_kernel");
     }
     *ran = true;
     return HAE_OK;
+}
+
+template <int DK, int DV, int MT, int NW>
+hae_status launch_tc(hae_backend *be, const SparseParams &p, int64_t B, cudaStream_t s, bool *ran) {
+    using C = Tc<DK, DV, MT, NW>;
+    return launch(be, p, B, s, tc_kernel<DK, DV, MT, NW>, C::NT, C::smem(p.v_shared), C::R, ran);
 }
 
 bool aligned16(const void *ptr, int64_t s0, int64_t s1) {
@@ -604,6 +901,13 @@ bool aligned16(const void *ptr, int64_t s0, int64_t s1) {
 hae_status try_tc(hae_backend *be, const SparseParams &p, int64_t B, cudaStream_t s, bool *ran) {
     *ran = false;
     const bool wide = p.G > 16; /* 64 rows per CTA; else 16 rows, G / 16 CTAs */
+    if (p.Dk == kWgDk && p.Dv == kWgDv && p.v_shared && wide) {
+        const char *v = getenv("HAE_SPARSE_MLA");
+        if (!v || strcmp(v, "wg") == 0)
+            return launch(be, p, B, s, wg_kernel<false>, kWgThreads, kWgSmem, kWgRows, ran);
+        if (strcmp(v, "wgd") == 0)
+            return launch(be, p, B, s, wg_kernel<true>, kWgThreads, kWgSmem, kWgRows, ran);
+    }
     if (p.Dk == 576 && p.Dv == 512) return wide ? launch_tc<576, 512, 4, 8>(be, p, B, s, ran) : launch_tc<576, 512, 1, 4>(be, p, B, s, ran);
     if (p.Dk == 128 && p.Dv == 128) return wide ? launch_tc<128, 128, 4, 8>(be, p, B, s, ran) : launch_tc<128, 128, 1, 4>(be, p, B, s, ran);
     if (p.Dk == 64 && p.Dv == 64) return launch_tc<64, 64, 1, 4>(be, p, B, s, ran);
@@ -658,6 +962,7 @@ extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_spars
     p.splits = 1;
     p.tiles_per_split = INT_MAX;
     p.out_bf16 = a->out.dtype == HAE_BF16;
+    p.out_pairs = (uintptr_t)p.out % 8 == 0 && p.o_sb % 2 == 0 && p.o_st % 2 == 0;
     p.scale = a->scale;
     p.scale_log2 = a->scale * kLog2e;
     /* mla: the values are the first Dv dims of each key row (same rows, same kv head stride) */

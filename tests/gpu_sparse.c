@@ -314,6 +314,11 @@ Test(gpu_sparse, mla) {
         {"mla 16 heads, f32", 2, 2, 16, 1, 576, 512, 150, 90, F32, F32, F32, 0, 0, true, true, IDX_RANDOM},
         {"mla 16 heads, covering, k > cap", 1, 2, 16, 1, 576, 512, 60, 100, BF, BF, F32, 0, 0, true, true, IDX_COVERING},
         {"mla shapes, separate value cache", 1, 2, 16, 1, 576, 512, 100, 70, BF, BF, BF, 0, 0, false, true, IDX_RANDOM},
+        {"mla 40 heads (partial head block), odd out rows", 2, 2, 40, 1, 576, 512, 300, 150, BF, BF, BF, 3, 0, true, true, IDX_RANDOM},
+        {"mla 96 heads (two head blocks), f32 out", 1, 3, 96, 1, 576, 512, 400, 300, BF, BF, F32, 0, 0, true, true, IDX_RANDOM},
+        {"mla 128 heads, covering, trailing empty tiles", 1, 2, 128, 1, 576, 512, 60, 300, BF, BF, BF, 0, 0, true, true, IDX_COVERING},
+        {"mla 128 heads, decode, top-2048 (split)", 1, 1, 128, 1, 576, 512, 2100, 2048, BF, BF, BF, 0, 0, true, true, IDX_RANDOM},
+        {"mla 64 heads, odd f32 out rows, wider slot", 2, 2, 64, 1, 576, 512, 150, 100, BF, BF, F32, 1, 16, true, true, IDX_RANDOM},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], 4000 + i);
 }
@@ -327,6 +332,7 @@ Test(gpu_sparse, bad_seq_lens_on_cuda) {
         {"bad seq_lens, bf16", 4, 3, 16, 2, 128, 128, 200, 150, BF, BF, BF, 8, 0, false, true, IDX_RANDOM},
         {"bad seq_lens, f32", 4, 3, 8, 2, 64, 64, 200, 150, F32, F32, F32, 0, 0, false, true, IDX_RANDOM},
         {"bad seq_lens, mla (split)", 4, 3, 16, 1, 576, 512, 600, 512, BF, BF, F32, 0, 0, true, true, IDX_RANDOM},
+        {"bad seq_lens, mla 64 heads (split)", 4, 3, 64, 1, 576, 512, 600, 512, BF, BF, BF, 0, 0, true, true, IDX_RANDOM},
     };
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         const sp_case *c = &cases[ci];
