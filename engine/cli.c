@@ -19,6 +19,7 @@ static const char *usage_main =
     "  run  [CONFIG]   prefill + decode on random tokens; prints speed and memory, writes a run directory\n"
     "  info [CONFIG]   the resolved stack, parameters and KV bytes, next to its full-attention twin\n"
     "  eval --probe    recall of each layer kind's real ops on mqar, multi-hop and needle tasks (no weights)\n"
+    "  mem  [CONFIG]   GPU and host bytes at several contexts vs the full-attention twin; the longest that fits\n"
     "\n"
     "CONFIG is a YAML file (configs/*.yaml); without one, the built-in default (configs/default.yaml).\n"
     "`hae COMMAND --help` lists a command's options; docs/config.md lists every config key.\n";
@@ -998,6 +999,162 @@ static int cmd_eval(int argc, char **argv) {
     return st == HAE_OK && !failed ? 0 : 1;
 }
 
+/* ---------------------------------------------------------------- mem */
+
+static const char *usage_mem =
+    "usage: hae mem [CONFIG] [options]\n"
+    "\n"
+    "The analytic memory plan, without building the model: at each context length, the bytes the config\n"
+    "keeps on the GPU and on the host per kind (weights, activations, dsa K/V, indexer keys, full K/V,\n"
+    "linear states), placed as its `memory:` section says, next to its full-attention twin (every layer\n"
+    "`full`, everything on the GPU); the GPU saving; and the longest context per sequence each fits in the\n"
+    "GPU budget. Prints a markdown table; writes it as CSV and an SVG chart.\n"
+    "\n"
+    "options:\n"
+    "  --context LIST      context lengths per sequence, K = 1024, M = 2^20 (default 4K,32K,128K,1M)\n"
+    "  --gpu-budget BYTES  GPU bytes, e.g. 80GiB (same as --set memory.gpu_budget=BYTES); default: the config's,\n"
+    "                      else the GPU's total memory, else 80 GiB when no GPU answers\n"
+    "  --batch N           sequences (same as --set runtime.batch=N)\n"
+    "  --set KEY=VALUE     override a config key (dotted path, YAML value), repeatable\n"
+    "  --out DIR           output directory (default: OUTPUT_DIR/mem-NAME-YYYYmmdd-HHMMSS)\n"
+    "\n"
+    "writes: mem.md, mem.csv (bytes per tier and kind, one row per model and context), mem.svg,\n"
+    "config.resolved.yaml\n";
+
+#define MAX_CONTEXTS 64
+
+typedef struct {
+    options o;
+    int64_t contexts[MAX_CONTEXTS];
+    int n_contexts;
+    char sets[2][128]; /* --gpu-budget and --batch as overrides */
+    bool budget_given;
+} mem_options;
+
+/* "4K,32K,128K,1M": tokens, with binary K/M/G suffixes. */
+static bool parse_contexts(const char *text, mem_options *m) {
+    m->n_contexts = 0;
+    for (const char *p = text; *p;) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(p, &end, 10);
+        int shift = *end == 'K' ? 10 : *end == 'M' ? 20 : *end == 'G' ? 30 : 0;
+        if (shift) end++;
+        bool ok = end != p && errno == 0 && (*end == ',' || *end == '\0') && v >= 1 &&
+                  v <= (HAE_MEM_MAX_CONTEXT >> shift);
+        if (!ok || m->n_contexts == MAX_CONTEXTS) {
+            fprintf(stderr, "hae: --context %s: expected up to %d lengths of 1..2^40 tokens such as 4K,32K,128K,1M\n",
+                    text, MAX_CONTEXTS);
+            return false;
+        }
+        m->contexts[m->n_contexts++] = (int64_t)v << shift;
+        p = *end ? end + 1 : end;
+    }
+    return m->n_contexts > 0 || (fprintf(stderr, "hae: --context: no lengths given\n"), false);
+}
+
+/* Returns 0 ok, 1 error, 2 help printed. */
+static int parse_mem(int argc, char **argv, mem_options *m) {
+    memset(m, 0, sizeof *m);
+    options *o = &m->o;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage_mem, stdout);
+            return 2;
+        } else if (!strcmp(a, "--context") || !strcmp(a, "--gpu-budget") || !strcmp(a, "--batch") ||
+                   !strcmp(a, "--set") || !strcmp(a, "--out")) {
+            if (!val) return fprintf(stderr, "hae: %s needs a value (see hae mem --help)\n", a), 1;
+            i++;
+            if (!strcmp(a, "--context") && !parse_contexts(val, m)) return 1;
+            if (!strcmp(a, "--out")) o->out_dir = val;
+            if (!strcmp(a, "--context") || !strcmp(a, "--out")) continue;
+            if (o->n_sets == MAX_SETS) return fprintf(stderr, "hae: more than %d --set options\n", MAX_SETS), 1;
+            if (!strcmp(a, "--set")) {
+                o->sets[o->n_sets++] = val;
+                continue;
+            }
+            bool budget = !strcmp(a, "--gpu-budget");
+            char *s = m->sets[budget ? 0 : 1];
+            snprintf(s, sizeof m->sets[0], "%s=%.100s", budget ? "memory.gpu_budget" : "runtime.batch", val);
+            o->sets[o->n_sets++] = s;
+            m->budget_given |= budget;
+        } else if (a[0] == '-') {
+            fprintf(stderr, "hae: unknown option '%s' (see hae mem --help)\n", a);
+            return 1;
+        } else if (!o->config) {
+            o->config = a;
+        } else {
+            fprintf(stderr, "hae: more than one config given ('%s' and '%s')\n", o->config, a);
+            return 1;
+        }
+    }
+    if (!m->n_contexts) parse_contexts("4K,32K,128K,1M", m);
+    return 0;
+}
+
+/* The GPU budget the report measures against, and where it came from. */
+static size_t mem_budget(const hae_config *cfg, bool given, char *note, size_t n) {
+    if (cfg->memory.gpu_budget > 0) {
+        snprintf(note, n, "%s", given ? "--gpu-budget" : "memory.gpu_budget");
+        return (size_t)cfg->memory.gpu_budget;
+    }
+    hae_backend *be = NULL;
+    size_t free_b = 0, total_b = 0;
+    if (hae_cuda_available() && hae_backend_create(HAE_CUDA, cfg->runtime.device, &be) == HAE_OK &&
+        hae_backend_mem_info(be, &free_b, &total_b) == HAE_OK && total_b > 0) {
+        snprintf(note, n, "the total memory of %s", hae_backend_name(be));
+        hae_backend_destroy(be);
+        return total_b;
+    }
+    hae_backend_destroy(be);
+    snprintf(note, n, "an 80 GiB GPU assumed, as none answers; set --gpu-budget");
+    return (size_t)80 << 30;
+}
+
+static int cmd_mem(int argc, char **argv) {
+    mem_options m;
+    int r = parse_mem(argc, argv, &m);
+    if (r) return r == 2 ? 0 : 1;
+    hae_config *cfg = malloc(sizeof *cfg);
+    if (!cfg) return fprintf(stderr, "hae: out of memory\n"), 1;
+    if (load_config(&m.o, cfg) != HAE_OK) return free(cfg), fail(NULL);
+    char dir[HAE_PATH_MAX], note[256], path[HAE_PATH_MAX + 32];
+    if (m.o.out_dir) {
+        snprintf(dir, sizeof dir, "%s", m.o.out_dir);
+    } else {
+        char stamp[32];
+        time_t now = time(NULL);
+        strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", localtime(&now));
+        snprintf(dir, sizeof dir, "%.500s/mem-%.127s-%s", cfg->output_dir, cfg->name, stamp);
+    }
+    hae_mem_report_args a = {.cfg = cfg, .contexts = m.contexts, .n_contexts = m.n_contexts, .budget_note = note};
+    a.gpu_budget = mem_budget(cfg, m.budget_given, note, sizeof note);
+    char *md = NULL;
+    size_t md_len = 0;
+    FILE *mdf = open_memstream(&md, &md_len), *csv = NULL, *svg = NULL;
+    hae_status st = mdf ? mkdirs(dir) : hae_error(HAE_ERR_OOM, "mem: out of host memory");
+    if (st == HAE_OK) {
+        snprintf(path, sizeof path, "%s/config.resolved.yaml", dir);
+        st = hae_config_write_yaml(cfg, path);
+    }
+    if (st == HAE_OK && (!(csv = open_in(dir, "mem.csv")) || !(svg = open_in(dir, "mem.svg")))) st = HAE_ERR_IO;
+    if (st == HAE_OK) st = hae_mem_report(&a, mdf, csv, svg);
+    if (csv && fclose(csv) && st == HAE_OK) st = hae_error(HAE_ERR_IO, "cannot write %s/mem.csv", dir);
+    if (svg && fclose(svg) && st == HAE_OK) st = hae_error(HAE_ERR_IO, "cannot write %s/mem.svg", dir);
+    if (mdf && fclose(mdf) && st == HAE_OK) st = hae_error(HAE_ERR_OOM, "mem: out of host memory");
+    if (st == HAE_OK) st = write_text(dir, "mem.md", md);
+    if (st == HAE_OK) {
+        fputs(md, stdout);
+        fprintf(stderr, "hae mem: wrote %s/mem.md, mem.csv and mem.svg\n", dir);
+    } else {
+        fprintf(stderr, "hae: mem: %s\n", hae_last_error());
+    }
+    free(md);
+    free(cfg);
+    return st == HAE_OK ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         fputs(usage_main, argc < 2 ? stderr : stdout);
@@ -1010,6 +1167,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "run")) return cmd_run(argc - 2, argv + 2);
     if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
     if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "mem")) return cmd_mem(argc - 2, argv + 2);
     fprintf(stderr, "hae: unknown command '%s'\n\n%s", argv[1], usage_main);
     return 1;
 }

@@ -418,10 +418,12 @@ static const char *const forms[] = {"gqa", "mla", NULL};
 static const char *const ropes[] = {"none", "full", "partial", NULL};
 static const char *const backends[] = {"auto", "cpu", "cuda", NULL};
 static const char *const dtypes[] = {"f32", "bf16", NULL};
+static const char *const tiers[] = {"gpu", "host", NULL};
 _Static_assert(HAE_ATTN_GQA == 0 && HAE_ATTN_MLA == 1, "forms[] follows hae_attn_form");
 _Static_assert(HAE_ROPE_NONE == 0 && HAE_ROPE_FULL == 1 && HAE_ROPE_PARTIAL == 2, "ropes[] follows hae_rope_mode");
 _Static_assert(HAE_BACKEND_AUTO == 0 && HAE_BACKEND_CPU == 1 && HAE_BACKEND_CUDA == 2, "backends[]");
 _Static_assert(HAE_F32 == 0 && HAE_BF16 == 1, "dtypes[] follows hae_dtype");
+_Static_assert(HAE_TIER_GPU == 0 && HAE_TIER_HOST == 1 && sizeof(hae_tier) == sizeof(int), "tiers[]");
 _Static_assert(sizeof(hae_rope_mode) == sizeof(int) && sizeof(hae_dtype) == sizeof(int), "enums are stored as int");
 
 enum {
@@ -432,6 +434,7 @@ enum {
     K_LA_HEADS, K_LA_VHEADS, K_LA_HEAD_DIM, K_LA_EXPAND_V, K_LA_CONV, K_LA_CHUNK, K_LA_SAFE, K_LA_LB,
     K_DSA_HEADS, K_DSA_DIM, K_DSA_TOPK, K_DSA_ROPE, K_DSA_DERIVED, K_DSA_PAGE,
     K_BACKEND, K_DEVICE, K_THREADS, K_DTYPE, K_BATCH, K_PREFILL, K_DECODE, K_CHUNK, K_TEMP, K_KV_BUDGET,
+    K_MEM_PAGE, K_MEM_GPU, K_MEM_HOST, K_MEM_DSA, K_MEM_FULL, K_MEM_LINEAR, K_MEM_CACHE,
     K_SWEEP, NKEYS
 };
 
@@ -499,6 +502,13 @@ static const key_spec specs[NKEYS] = {
     [K_CHUNK] = {"runtime.prefill_chunk", T_INT, "512", 0, NOMAX, 0, NULL, FIELD(runtime.prefill_chunk)},
     [K_TEMP] = {"runtime.temperature", T_FLOAT, "0", 0, NOMAX, 0, NULL, FIELD(runtime.temperature)},
     [K_KV_BUDGET] = {"runtime.kv_budget", T_BYTES, "0", 0, NOMAX, 0, NULL, FIELD(runtime.kv_budget)},
+    [K_MEM_PAGE] = {"memory.page_size", T_INT, "64", 1, 65536, 0, NULL, FIELD(memory.page_size)},
+    [K_MEM_GPU] = {"memory.gpu_budget", T_BYTES, "0", 0, NOMAX, 0, NULL, FIELD(memory.gpu_budget)},
+    [K_MEM_HOST] = {"memory.host_budget", T_BYTES, "0", 0, NOMAX, 0, NULL, FIELD(memory.host_budget)},
+    [K_MEM_DSA] = {"memory.dsa_kv", T_ENUM, "gpu", 0, 0, 0, tiers, FIELD(memory.dsa_kv)},
+    [K_MEM_FULL] = {"memory.full_kv", T_ENUM, "gpu", 0, 0, 0, tiers, FIELD(memory.full_kv)},
+    [K_MEM_LINEAR] = {"memory.linear_state", T_ENUM, "gpu", 0, 0, 0, tiers, FIELD(memory.linear_state)},
+    [K_MEM_CACHE] = {"memory.cache_tokens", T_INT, "4096", 1, 1 << 24, 0, NULL, FIELD(memory.cache_tokens)},
     [K_SWEEP] = {"sweep", T_SWEEP, NULL, 0, 0, 0, NULL, 0, 0},
 };
 
@@ -894,6 +904,16 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
     if (chunk & (chunk - 1)) {
         snprintf(m, sizeof m, "chunk_size %" PRId64 " must be 16, 32, 64 or 128", chunk);
         return cross_fail(c, b, (const int[]){K_LA_CHUNK}, 1, m);
+    }
+    /* The sparse kernel reads a step's picked tokens from the GPU cache: it must hold all top-k of them. */
+    bool dsa = false;
+    for (int64_t l = 0; l < cfg->model.n_layers; l++) dsa |= cfg->model.layers[l] == HAE_LAYER_DSA;
+    const int64_t slots = cfg->memory.cache_tokens, topk = cfg->model.dsa.index_topk;
+    if (dsa && cfg->memory.dsa_kv == HAE_TIER_HOST && slots < topk) {
+        snprintf(m, sizeof m, "cache_tokens %" PRId64 "%s is below model.dsa.index_topk %" PRId64 "%s: with dsa_kv "
+                 "'host' the GPU cache must hold every token one step picks", slots, dflt(b, K_MEM_CACHE), topk,
+                 dflt(b, K_DSA_TOPK));
+        return cross_fail(c, b, (const int[]){K_MEM_CACHE, K_DSA_TOPK, K_MEM_DSA}, 3, m);
     }
     return HAE_OK;
 }

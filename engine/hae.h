@@ -458,6 +458,8 @@ bool hae_linear_kind_of(hae_layer_kind k, hae_linear_kind *out);
 typedef enum hae_rope_mode { HAE_ROPE_NONE, HAE_ROPE_FULL, HAE_ROPE_PARTIAL } hae_rope_mode;
 typedef enum hae_attn_form { HAE_ATTN_GQA, HAE_ATTN_MLA } hae_attn_form;
 typedef enum hae_backend_choice { HAE_BACKEND_AUTO, HAE_BACKEND_CPU, HAE_BACKEND_CUDA } hae_backend_choice;
+/* Where the memory manager keeps a kind of bytes (DESIGN.md §2): GPU memory or host RAM. */
+typedef enum hae_tier { HAE_TIER_GPU, HAE_TIER_HOST, HAE_TIER_COUNT } hae_tier;
 
 #define HAE_MAX_LAYERS 256
 #define HAE_MAX_SWEEP_AXES 8
@@ -531,6 +533,15 @@ typedef struct hae_config {
         float temperature;     /* 0: greedy */
         int64_t kv_budget;     /* bytes the KV cache may take on its device; 0: what the device has free */
     } runtime;
+    struct { /* the tiered memory manager (DESIGN.md §2) */
+        int64_t page_size;     /* tokens per KV page */
+        int64_t gpu_budget;    /* bytes the GPU tier may take; 0: what the device has */
+        int64_t host_budget;   /* bytes the host tier may take; 0: what the machine's RAM has */
+        hae_tier dsa_kv;       /* dsa layers' K/V pages (their indexer keys stay on the GPU) */
+        hae_tier full_kv;      /* full and swa layers' K/V; host: streamed to the GPU every step */
+        hae_tier linear_state; /* linear layers' states; host: parked there between requests */
+        int64_t cache_tokens;  /* GPU token slots per dsa layer and sequence caching host-tier K/V */
+    } memory;
     struct {
         int n_axes;
         struct {
@@ -838,6 +849,120 @@ typedef struct hae_dilution_result {
     bool needle_picked;
 } hae_dilution_result;
 hae_status hae_probe_dilution(hae_backend *be, const hae_dilution_args *a, hae_dilution_result *out);
+
+/* ---------------------------------------------------------------- memory manager (memory/)
+ * DESIGN.md §2. Every KV byte and recurrent state lives in pages of a pool with two tiers, GPU memory and
+ * host RAM, each with a byte budget checked when the pool is created; pages are taken from arenas
+ * allocated then, so nothing allocates while a model runs. Bytes are accounted per tier and per kind. */
+
+typedef enum hae_mem_kind {
+    HAE_MEM_WEIGHTS,      /* the model's parameters (plans only) */
+    HAE_MEM_ACTIVATIONS,  /* activation, logits and workspace buffers (plans only) */
+    HAE_MEM_DSA_KV,       /* K/V of dsa layers, and the GPU cache of host-tier K/V */
+    HAE_MEM_INDEX_KEYS,   /* the FP8 indexer keys of dsa layers */
+    HAE_MEM_FULL_KV,      /* K/V of full and swa layers, and the staging of host-tier K/V streamed to the GPU */
+    HAE_MEM_LINEAR_STATE, /* recurrent and conv states of the linear layers */
+    HAE_MEM_KIND_COUNT
+} hae_mem_kind;
+const char *hae_tier_name(hae_tier t);         /* "gpu", "host" */
+const char *hae_mem_kind_name(hae_mem_kind k); /* "weights", "activations", "dsa_kv", ... */
+
+/* A class of pages: all of one size and kind, e.g. the K/V of a group of layers that share shapes and
+ * placement (a page then holds those layers' K/V for the same P tokens). */
+typedef struct hae_page_class {
+    hae_mem_kind kind;
+    size_t page_bytes;               /* bytes of one page, >= 1 */
+    int64_t pages[HAE_TIER_COUNT];   /* pages of this class each tier's arena holds */
+    bool fixed;                      /* one page per sequence whatever its length (recurrent states) */
+} hae_page_class;
+
+typedef struct hae_page_pool_desc {
+    int64_t page_tokens;             /* P: tokens per page (memory.page_size) */
+    int64_t max_seqs;                /* sequences 0 .. max_seqs - 1 */
+    int64_t max_seq_tokens;          /* tokens one sequence may hold (bounds its page lists) */
+    int n_classes;
+    const hae_page_class *classes;   /* [n_classes] */
+    size_t budget[HAE_TIER_COUNT];   /* bytes each tier's pages may take; 0: what the backend's device (gpu
+                                        tier) or the machine's RAM (host tier) has free */
+    bool fail_arena[HAE_TIER_COUNT]; /* tests: that tier's arena allocation fails as if out of memory */
+} hae_page_pool_desc;
+
+/* Bytes resident, their peak, and bytes moved between tiers since the pool was created (a decode step's
+ * moves are the difference of two snapshots). */
+typedef struct hae_mem_stats {
+    size_t budget[HAE_TIER_COUNT];                         /* the limit each tier was checked against */
+    size_t capacity[HAE_TIER_COUNT][HAE_MEM_KIND_COUNT];   /* bytes of the arenas' pages */
+    size_t resident[HAE_TIER_COUNT][HAE_MEM_KIND_COUNT];   /* bytes of pages in use */
+    size_t peak[HAE_TIER_COUNT][HAE_MEM_KIND_COUNT];
+    size_t resident_total[HAE_TIER_COUNT], peak_total[HAE_TIER_COUNT];
+    size_t h2d[HAE_MEM_KIND_COUNT], d2h[HAE_MEM_KIND_COUNT]; /* host -> GPU tier, GPU -> host tier */
+} hae_mem_stats;
+
+typedef struct hae_page_pool hae_page_pool;
+
+/* Checks the arenas against the budgets (every tier, before allocating anything: a pool that cannot fit
+ * is HAE_ERR_OOM naming the bytes asked and available per tier), then allocates them: the GPU tier with
+ * the backend (device memory on CUDA, host memory on the CPU), the host tier in host RAM. Padding that
+ * aligns each class to 256 bytes is not counted. A pool is used from one thread at a time. */
+hae_status hae_page_pool_create(hae_backend *be, const hae_page_pool_desc *d, hae_page_pool **out);
+void hae_page_pool_destroy(hae_page_pool *p); /* accepts NULL */
+/* Grows sequence seq's page list of class cls to hold `tokens` tokens (ceil(tokens / P) pages; one for a
+ * fixed class), new pages taken from `tier`; never shrinks. All or nothing: when the tier has too few
+ * free pages (HAE_ERR_OOM with the numbers) or an allocation fails, the pool is left as it was. */
+hae_status hae_page_pool_grow(hae_page_pool *p, int64_t seq, int cls, int64_t tokens, hae_tier tier);
+/* Returns every page of sequence seq, of every class, to its tier. */
+hae_status hae_page_pool_free_seq(hae_page_pool *p, int64_t seq);
+/* Moves page `page` of seq's list of class cls to tier `to`, its bytes copied (H2D or D2H on CUDA); the
+ * page keeps its place in the list. No free page in `to`: HAE_ERR_OOM, nothing changed. */
+hae_status hae_page_pool_move(hae_page_pool *p, int64_t seq, int cls, int64_t page, hae_tier to);
+/* Pages in seq's list of class cls (0 for arguments out of range). */
+int64_t hae_page_pool_seq_pages(const hae_page_pool *p, int64_t seq, int cls);
+/* Where page `page` of seq's list of class cls lives: its bytes (device memory for the GPU tier on CUDA)
+ * and its tier. */
+hae_status hae_page_pool_page(const hae_page_pool *p, int64_t seq, int cls, int64_t page, void **data,
+                              hae_tier *tier);
+/* Free pages of class cls in a tier (0 for arguments out of range). */
+int64_t hae_page_pool_free_pages(const hae_page_pool *p, int cls, hae_tier tier);
+void hae_page_pool_stats(const hae_page_pool *p, hae_mem_stats *out);
+/* Checks every invariant (each page either free or in exactly one list, lists and owners agreeing, the
+ * accounting equal to the pages in use); HAE_ERR_INVALID naming the first one broken. */
+hae_status hae_page_pool_validate(const hae_page_pool *p);
+/* Tests: the n-th page taken from `tier` from now on (1: the next) fails as an allocation failure would;
+ * 0 clears it. */
+void hae_page_pool_fail_after(hae_page_pool *p, hae_tier tier, int64_t n);
+
+/* The analytic plan: what a config takes at `context` tokens per sequence for runtime.batch sequences,
+ * placed as its memory section says, without building anything. Weights and activations (from
+ * hae_model_plan_get at that context) are on the GPU; K/V in pages of memory.page_size tokens (swa
+ * layers: their window's slots); indexer keys on the GPU; dsa K/V on the host tier add their GPU token
+ * cache (memory.cache_tokens slots per layer and sequence); full/swa K/V on the host tier add a GPU
+ * double buffer of cache_tokens tokens of one layer to stream them through; linear states on the host
+ * tier are parking room: the running batch's states stay on the GPU as well. */
+typedef struct hae_mem_plan {
+    int64_t context, batch;
+    size_t bytes[HAE_TIER_COUNT][HAE_MEM_KIND_COUNT];
+    size_t total[HAE_TIER_COUNT];
+} hae_mem_plan;
+hae_status hae_mem_plan_get(const hae_config *cfg, int64_t context, hae_mem_plan *out);
+/* The config's full-attention twin: the same shapes, every layer `full`, everything on the GPU. */
+void hae_mem_twin(const hae_config *cfg, hae_config *twin);
+/* The longest context per sequence whose GPU total fits gpu_budget bytes (bisection on the plan); 0 when
+ * not even one token fits; HAE_MEM_MAX_CONTEXT (or less, where the bytes would overflow) when the GPU
+ * bytes never reach the budget. */
+#define HAE_MEM_MAX_CONTEXT ((int64_t)1 << 40)
+hae_status hae_mem_max_context(const hae_config *cfg, size_t gpu_budget, int64_t *out);
+
+/* `hae mem`'s report: for each context, the config's and its twin's bytes per tier and kind, the GPU
+ * saving, and the longest context each fits in gpu_budget: a markdown table, a CSV (one row per model and
+ * context) and an SVG chart of GPU bytes against context with the budget as a line. Any FILE may be NULL. */
+typedef struct hae_mem_report_args {
+    const hae_config *cfg;
+    const int64_t *contexts; /* [n_contexts], each >= 1 */
+    int n_contexts;
+    size_t gpu_budget;
+    const char *budget_note; /* where gpu_budget came from ("memory.gpu_budget", ...), or NULL */
+} hae_mem_report_args;
+hae_status hae_mem_report(const hae_mem_report_args *a, FILE *markdown, FILE *csv, FILE *svg);
 
 #ifdef __cplusplus
 }
