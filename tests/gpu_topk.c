@@ -1,14 +1,16 @@
 /* GPU tests of hae_topk: the CUDA kernel against the CPU reference (indexer/indexer_cpu.c), index for
- * index.
+ * index, as hae_topk launches it and with every block size and cluster size it can pick.
  *
  * Every case makes fresh seeded logits of one kind (below), puts the same bytes on both backends,
  * POISONS out on both sides (0xFF bytes) including the gaps of strided rows and guard words after the
  * last row, runs both and compares: every out[r, j], j < k, must equal the CPU's, and every word
  * outside those must keep its poison. 0xFF bytes read as -1 in i32, the padding value, so the GPU
  * runs a second time over 0x5A bytes (not -1, not an index) and is compared again: padding it did
- * not write shows there. A failure names the case (shape, k, kinds, seed), the number of bad rows,
- * and for the first: its length, the first differing position with both indices and their logits,
- * how many positions differ, and each side's count of indices and whether they ascend.
+ * not write shows there. Then each forced launch (512 or 1024 threads, 1 to 16 CTAs a row; those the
+ * device cannot hold are skipped) runs once more over 0x5A. A failure names the case (shape, k,
+ * kinds, seed), the launch, the number of bad rows, and for the first: its length, the first
+ * differing position with both indices and their logits, how many positions differ, and each side's
+ * count of indices and whether they ascend.
  * Lengths outside [0, L] (which the CUDA entry does not check) run on the GPU alone: no fault,
  * every entry in [-1, L), poison outside the rows untouched. main() is tests/main_gpu.c's. */
 #include "internal.h"
@@ -25,6 +27,23 @@
 #define GUARD 64 /* poisoned words after the last row of out */
 #define POISON_FF 0xFFFFFFFFu
 #define POISON_5A 0x5A5A5A5Au
+
+#ifdef HAE_HAVE_CUDA
+/* indexer/topk_cuda.cu: the CUDA top-k with a chosen block size and cluster size (0: the default's). */
+hae_status hae_topk_cuda_with(hae_backend *be, const hae_topk_args *a, int threads, int clusters,
+                              unsigned long long *stamps);
+#else
+/* A build without CUDA skips these tests before any runs. */
+static hae_status hae_topk_cuda_with(hae_backend *be, const hae_topk_args *a, int threads, int clusters,
+                                     unsigned long long *stamps) {
+    return HAE_ERR_UNSUPPORTED;
+}
+#endif
+
+/* Forced launches: threads, CTAs a row. */
+static const int launches[][2] = {{512, 1},  {512, 2},  {512, 4},  {512, 8},  {512, 16},
+                                  {1024, 1}, {1024, 2}, {1024, 4}, {1024, 8}, {1024, 16}};
+enum { N_LAUNCHES = sizeof launches / sizeof launches[0] };
 
 TestSuite(gpu_topk, .init = gpu_pair_setup, .fini = gpu_pair_teardown, .timeout = 600);
 
@@ -225,6 +244,20 @@ static void run_case(const topk_case *tc) {
             if (!same_rows(ctx, pi ? "out poisoned 0x5A" : "out poisoned 0xFF", tc, x, lens, po.c, g, poisons[pi]))
                 break;
         }
+        for (int li = 0; li < N_LAUNCHES; li++) {
+            char run[64];
+            snprintf(run, sizeof run, "%d threads x %d CTAs a row, out poisoned 0x5A", launches[li][0],
+                     launches[li][1]);
+            fill_words(g, words, POISON_5A);
+            cr_assert_eq(hae_backend_upload(g_gpu, po.g, g, sizeof(int32_t) * (size_t)words), HAE_OK, "%s",
+                         hae_last_error());
+            const hae_status st = hae_topk_cuda_with(g_gpu, &ag, launches[li][0], launches[li][1], NULL);
+            if (st == HAE_ERR_UNSUPPORTED) continue; /* a cluster this device cannot hold */
+            if (!ran(st, run, ctx) || !ran(hae_backend_sync(g_gpu), "cuda (sync after)", ctx)) break;
+            cr_assert_eq(hae_backend_download(g_gpu, g, po.g, sizeof(int32_t) * (size_t)words), HAE_OK, "%s",
+                         hae_last_error());
+            if (!same_rows(ctx, run, tc, x, lens, po.c, g, POISON_5A)) break;
+        }
     }
     pb_free(&px), pb_free(&pl), pb_free(&po);
     free(x), free(lens), free(g);
@@ -250,6 +283,8 @@ Test(gpu_topk, values) {
         {6, 30000, 1000, 0, V_ZEROS, N_FULL, 9},
         {4, 200000, 4096, 0, V_ASCENDING, N_FULL, 10},
         {4, 200000, 4096, 5, V_DESCENDING, N_FULL, 11},
+        {3, 4096, 512, 0, V_ASCENDING, N_FULL, 14},   /* K's first-digit bin taken whole: no later digit */
+        {3, 4096, 1536, 1, V_ASCENDING, N_FULL, 15},
     };
     run_cases(cases, sizeof cases / sizeof cases[0]);
 }
@@ -315,18 +350,25 @@ Test(gpu_topk, bad_lens) {
         const int64_t k = ks[ki], ldo = k + 3, words = R * ldo + GUARD;
         int32_t *g = malloc(sizeof(int32_t) * (size_t)words);
         cr_assert(g != NULL);
-        fill_words(g, words, POISON_5A);
         void *dout = NULL;
         cr_assert_eq(hae_backend_alloc(g_gpu, sizeof(int32_t) * (size_t)words, &dout), HAE_OK, "%s", hae_last_error());
-        cr_assert_eq(hae_backend_upload(g_gpu, dout, g, sizeof(int32_t) * (size_t)words), HAE_OK, "%s",
-                     hae_last_error());
         const int64_t sx[2] = {R, L}, sl[1] = {R}, so[2] = {R, k}, sto[2] = {ldo, 1};
         hae_topk_args ag = {tv(px.g, HAE_F32, HAE_CUDA, 2, sx, NULL), tv(pl.g, HAE_I32, HAE_CUDA, 1, sl, NULL),
                             tv(dout, HAE_I32, HAE_CUDA, 2, so, sto)};
-        char ctx[CTX_N];
-        snprintf(ctx, sizeof ctx, "logits [%lld, %lld], k %lld, out row stride %lld, lens out of [0, L]", (long long)R,
-                 (long long)L, (long long)k, (long long)ldo);
-        if (ran(hae_topk(g_gpu, &ag), "cuda", ctx) && ran(hae_backend_sync(g_gpu), "cuda (sync after)", ctx)) {
+        for (int li = -1; li < N_LAUNCHES; li++) { /* -1: as hae_topk launches it */
+            char ctx[CTX_N];
+            snprintf(ctx, sizeof ctx, "logits [%lld, %lld], k %lld, out row stride %lld, lens out of [0, L], %s",
+                     (long long)R, (long long)L, (long long)k, (long long)ldo, li < 0 ? "as hae_topk launches it" : "");
+            if (li >= 0)
+                snprintf(ctx + strlen(ctx), sizeof ctx - strlen(ctx), "%d threads x %d CTAs a row", launches[li][0],
+                         launches[li][1]);
+            fill_words(g, words, POISON_5A);
+            cr_assert_eq(hae_backend_upload(g_gpu, dout, g, sizeof(int32_t) * (size_t)words), HAE_OK, "%s",
+                         hae_last_error());
+            const hae_status st =
+                li < 0 ? hae_topk(g_gpu, &ag) : hae_topk_cuda_with(g_gpu, &ag, launches[li][0], launches[li][1], NULL);
+            if (li >= 0 && st == HAE_ERR_UNSUPPORTED) continue; /* a cluster this device cannot hold */
+            if (!ran(st, "cuda", ctx) || !ran(hae_backend_sync(g_gpu), "cuda (sync after)", ctx)) break;
             cr_assert_eq(hae_backend_download(g_gpu, g, dout, sizeof(int32_t) * (size_t)words), HAE_OK, "%s",
                          hae_last_error());
             int64_t out_of_range = 0, touched = 0, first_o = -1, first_t = -1;
