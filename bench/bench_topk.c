@@ -18,10 +18,6 @@
 
 #ifdef HAE_HAVE_CUDA
 
-/* indexer/topk_cuda.cu: the CUDA top-k with a chosen block size and cluster size (0: the default's). */
-hae_status hae_topk_cuda_with(hae_backend *be, const hae_topk_args *a, int threads, int clusters,
-                              unsigned long long *stamps);
-
 #define WARMUP 3
 #define REPS 25
 #define STAMP_REPS 5

@@ -85,6 +85,10 @@ HAE_OP_IMPLS(topk)
 #undef HAE_OP_IMPLS
 /* Workspace of the CUDA linear_attn for arguments already checked by hae_linear_attn_workspace. */
 size_t hae_linear_attn_workspace_cuda(const hae_linear_attn_args *a);
+/* The CUDA top-k with a chosen block size (512, 1024) and CTAs per row (1..16), 0 for the default's
+ * choice; stamps (or NULL) receives per-phase clock readings. For tests and benchmarks of the variants. */
+hae_status hae_topk_cuda_with(hae_backend *be, const hae_topk_args *a, int threads, int clusters,
+                              unsigned long long *stamps);
 /* Why the CUDA linear_attn cannot run these head dims and chunk size, or NULL when it can. */
 const char *hae_linear_attn_cuda_unsupported(int64_t K, int64_t V, int chunk);
 

@@ -155,8 +155,9 @@ hae_status hae_page_pool_create(hae_backend *be, const hae_page_pool_desc *d, ha
     for (int c = 0; c < d->n_classes; c++)
         for (int t = 0; t < HAE_TIER_COUNT; t++) {
             size_t b = 0;
-            overflow |= !mul_ok(d->classes[c].page_bytes, (size_t)d->classes[c].pages[t], &b);
-            overflow |= b > SIZE_MAX / 2 - asked[t] - arena[t] - CLASS_ALIGN;
+            /* a quarter of the address space at most, so the sums and the alignment cannot wrap */
+            overflow |= !mul_ok(d->classes[c].page_bytes, (size_t)d->classes[c].pages[t], &b) || b > SIZE_MAX / 4 ||
+                        asked[t] + b > SIZE_MAX / 4;
             if (overflow) break;
             asked[t] += b;
             arena[t] += align_up(b);
@@ -289,7 +290,7 @@ hae_status hae_page_pool_grow(hae_page_pool *p, int64_t seq, int cls, int64_t to
     }
     int32_t *list = k->table + (size_t)seq * (size_t)k->max_pages;
     for (int64_t i = 0; i < need; i++) {
-        int32_t id;
+        int32_t id = -1;
         hae_status st = take(p, k, tier, &id);
         if (st != HAE_OK) { /* undo this call's pages */
             while (i-- > 0) give_back(p, k, list[--*n]);
@@ -319,7 +320,7 @@ hae_status hae_page_pool_move(hae_page_pool *p, int64_t seq, int cls, int64_t pa
     if (page < 0 || page >= k->n_pages[seq] || (unsigned)to >= HAE_TIER_COUNT)
         return hae_error(HAE_ERR_INVALID, "page pool move: page %" PRId64 " of sequence %" PRId64 " (it holds %"
                          PRId64 "), tier %d", page, seq, k->n_pages[seq], (int)to);
-    int32_t *list = k->table + (size_t)seq * (size_t)k->max_pages, from_id = list[page], id;
+    int32_t *list = k->table + (size_t)seq * (size_t)k->max_pages, from_id = list[page], id = -1;
     hae_tier from = tier_of(k, from_id);
     if (from == to) return HAE_OK;
     if (k->n_free[to] == 0)

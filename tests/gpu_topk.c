@@ -28,12 +28,8 @@
 #define POISON_FF 0xFFFFFFFFu
 #define POISON_5A 0x5A5A5A5Au
 
-#ifdef HAE_HAVE_CUDA
-/* indexer/topk_cuda.cu: the CUDA top-k with a chosen block size and cluster size (0: the default's). */
-hae_status hae_topk_cuda_with(hae_backend *be, const hae_topk_args *a, int threads, int clusters,
-                              unsigned long long *stamps);
-#else
-/* A build without CUDA skips these tests before any runs. */
+#ifndef HAE_HAVE_CUDA
+/* A build without CUDA skips these tests before any runs (hae_topk_cuda_with exists only with CUDA). */
 static hae_status hae_topk_cuda_with(hae_backend *be, const hae_topk_args *a, int threads, int clusters,
                                      unsigned long long *stamps) {
     return HAE_ERR_UNSUPPORTED;
