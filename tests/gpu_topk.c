@@ -30,8 +30,8 @@
 
 #ifndef HAE_HAVE_CUDA
 /* A build without CUDA skips these tests before any runs (hae_topk_cuda_with exists only with CUDA). */
-static hae_status hae_topk_cuda_with(hae_backend *be, const hae_topk_args *a, int threads, int clusters,
-                                     unsigned long long *stamps) {
+hae_status hae_topk_cuda_with(hae_backend *be, const hae_topk_args *a, int threads, int clusters,
+                              unsigned long long *stamps) {
     return HAE_ERR_UNSUPPORTED;
 }
 #endif
