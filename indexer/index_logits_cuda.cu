@@ -10,20 +10,27 @@
  * clamped: keys s <= min(p, L - 1) are computed, a key with no valid page (block-table index past
  * max_pages, or an entry outside [0, n_pages)) gets a NaN scale, so a NaN logit, and is not read.
  *
- * Tensor cores: S = Q K^T with mma.sync m16n8k32 e4m3 -> f32: M = heads (padded to 16 MT with zero
- * queries and zero weights), N = 8 keys, K = 32 bytes of D. A CTA takes QB query rows of one sequence
- * (sharing every key tile) and a range of keys (a split); its QB KW warps are (row, key group) pairs.
- * Key tiles of KT = KW 16 R keys (their D bytes in rows padded by 16 bytes, so the 8 rows an ldmatrix
- * reads fall in distinct banks, and their fp32 scales) stream through shared memory in kStages
- * cp.async stages. Each warp keeps its query's A fragments (MT x D / 32 x 4 registers, loaded once with
- * ldmatrix when D = 128, per 128-block otherwise) and takes 16 keys at a time: B fragments by
- * ldmatrix, 2 MT D / 32 MMAs, then in registers ReLU and the head weight on each accumulator, the sum
- * over a lane's heads, then over the 8 lanes that share a key column (xor shuffles), times the scale.
+ * Two kernels. D = 128 with 16-byte aligned key rows (DeepSeek-V3.2's indexer) takes wgmma
+ * (index_logits_wgmma_kernel below); other D and unaligned pages take mma.sync m16n8k32 e4m3:
+ * M = heads (padded to 16 MT with zero queries and zero weights), N = 8 keys, K = 32 bytes of D. Its
+ * CTA takes QB query rows of one sequence (sharing every key tile) and a range of keys (a split); its
+ * QB KW warps are (row, key group) pairs. Key tiles of KT = KW 16 R keys (their D bytes in rows
+ * padded by 16 bytes, so the 8 rows an ldmatrix reads fall in distinct banks, and their fp32 scales)
+ * stream through shared memory in kStages cp.async stages. Each warp keeps its query's A fragments
+ * (MT x D / 32 x 4 registers, loaded once with ldmatrix when D = 128, per 128-block otherwise) and
+ * takes 16 keys at a time: B fragments by ldmatrix, 2 MT D / 32 MMAs, then in registers ReLU and the
+ * head weight on each accumulator, the sum over a lane's heads, then over the 8 lanes that share a key
+ * column (xor shuffles), times the scale. On an H200 at DeepSeek-V3.2's decode shape this form is
+ * bound by instruction issue (IPC 2.5, integer pipe busiest, DRAM at 23%), hence the wgmma kernel.
  *
- * Precision: products of e4m3 values are exact and, measured on an H200, this mma.sync form sums them
- * as fp32 does (worst 5e-8 of sum_h |v| sum_d |q k ks| on N(0, 8^2) codes over 10 shapes), unlike the
- * ~14-bit fixed-point accumulation DeepSeek-V3 reports (§3.5.2) for Hopper's wgmma FP8 path; logits
- * differ from the CPU's only by the order of their fp32 sums. */
+ * Precision. Products of e4m3 values are exact. The mma.sync form sums them as fp32 does (measured on
+ * an H200: worst 5e-8 of mag = sum_h |v| sum_d |q k ks| on N(0, 8^2) codes). wgmma's FP8 path keeps
+ * ~14 bits when it accumulates (DeepSeek-V3 §3.5.2; public measurements find each k32 step's result
+ * truncated to e8m13): each of the 4 steps of a D = 128 dot errs by < 2^-13 of the magnitude summed
+ * so far, so a logit errs by < 4 2^-13 mag (4.9e-4; measured worst 5.5e-5 on the same codes), and
+ * integer dots below 2^14 (the tests' exact regime) stay exact. K = 128 is one promotion interval of
+ * DeepGEMM's FP8 GEMMs (whose fp8_mqa_logits keeps the whole dot in the MMA likewise); splitting it
+ * into fresh accumulators would cost registers and FADDs for at most the factor 4 of the bound. */
 #include "cuda_check.cuh"
 
 #include <limits.h>
@@ -111,8 +118,12 @@ __device__ __forceinline__ void mma_e4m3(float (&c)[4], const uint32_t (&a)[4], 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-/* ReLU that keeps NaN (as the CPU's x < 0 ? 0 : x), so a NaN key stays visible. */
-__device__ __forceinline__ float relu(float x) { return x < 0.0f ? 0.0f : x; }
+/* ReLU that keeps NaN (as the CPU's x < 0 ? 0 : x), so a NaN key stays visible; one instruction. */
+__device__ __forceinline__ float relu(float x) {
+    float y;
+    asm("max.NaN.f32 %0, %1, 0f00000000;" : "=f"(y) : "f"(x));
+    return y;
+}
 
 /* The A fragments of one 128-block of D for the 16 MT head rows at `lane_addr` (the lane's ldmatrix
  * row: head (l % 8) + 8 ((l / 8) % 2), byte 16 (l / 16)). */
@@ -122,6 +133,68 @@ __device__ __forceinline__ void load_q(uint32_t (&qf)[MT][4][4], uint32_t lane_a
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) ldmatrix_x4(qf[mt][kk], lane_addr + mt * 16 * kstr + blk * kQBlock + kk * 32);
+}
+
+/* What a CTA of QB query rows and one key split covers: sequence b, rows t0 .. t0 + rows - 1 at
+ * positions pos0 + i, keys [k_begin, c_end) computed, [c_end, k_end) past every row's position. */
+struct CtaKeys {
+    int64_t b, t0, pos0;
+    int rows, k_begin, c_end;
+    float *out0; /* logits of row t0 */
+};
+
+/* The CTA's keys; writes -inf past every row's position (nothing read there). Returns false when the
+ * CTA has nothing left to compute, the same for the whole CTA, so before any barrier. */
+__device__ __forceinline__ bool cta_keys(const LogitsParams &p, int QB, CtaKeys &k) {
+    k.b = blockIdx.z, k.t0 = (int64_t)blockIdx.y * QB;
+    k.rows = (int)min((int64_t)QB, p.T - k.t0);
+    k.pos0 = (int64_t)p.seq_lens[k.b] - p.T + k.t0;
+    const int64_t s_hi = min(k.pos0 + k.rows - 1, (int64_t)p.L - 1); /* the last key any row needs */
+    k.k_begin = (int)blockIdx.x * p.split;
+    const int k_end = (int)min((int64_t)p.L, (int64_t)k.k_begin + p.split);
+    k.c_end = (int)max((int64_t)k.k_begin, min((int64_t)k_end, s_hi + 1));
+    k.out0 = p.logits + k.b * p.l_sb + k.t0 * p.l_st;
+    if (k.c_end < k_end) {
+        const int64_t n = k_end - k.c_end;
+        for (int64_t i = threadIdx.x; i < k.rows * n; i += blockDim.x) k.out0[(i / n) * p.l_st + k.c_end + i % n] = -INFINITY;
+    }
+    return k.c_end > k.k_begin;
+}
+
+/* The CTA's queries as rows of D bytes, head row n = qi HP + h (zero for padded heads and rows), 16-byte
+ * piece c of row n at sq + at(n, c), and the head weights sv[n]. */
+template <typename At>
+__device__ __forceinline__ void stage_queries(const LogitsParams &p, const CtaKeys &k, int QB, int HP, uint8_t *sq,
+                                              float *sv, At at) {
+    const int pieces = p.D / 16;
+    for (int i = threadIdx.x; i < QB * HP * pieces; i += blockDim.x) {
+        const int c = i % pieces, n = i / pieces, h = n % HP, qi = n / HP;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (qi < k.rows && h < p.H) {
+            const uint8_t *src = p.q + k.b * p.q_sb + (k.t0 + qi) * p.q_st + (int64_t)h * p.D + c * 16;
+            if (p.q_vec) {
+                v = *(const uint4 *)src;
+            } else {
+                uint32_t wd[4];
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    wd[j] = (uint32_t)src[4 * j] | (uint32_t)src[4 * j + 1] << 8 | (uint32_t)src[4 * j + 2] << 16 |
+                            (uint32_t)src[4 * j + 3] << 24;
+                v = make_uint4(wd[0], wd[1], wd[2], wd[3]);
+            }
+        }
+        *(uint4 *)(sq + at(n, c)) = v;
+    }
+    for (int i = threadIdx.x; i < QB * HP; i += blockDim.x) {
+        const int h = i % HP, qi = i / HP;
+        float v = 0.0f;
+        if (qi < k.rows && h < p.H) {
+            const int64_t t = k.t0 + qi;
+            const float qsv = p.qs ? p.qs[k.b * p.qs_sb + t * p.qs_st + h] : 1.0f;
+            v = __fmul_rn(__fmul_rn(p.w_scale, p.w[k.b * p.w_sb + t * p.w_st + h]), qsv); /* the CPU's order */
+        }
+        sv[i] = v;
+    }
 }
 
 constexpr int kNoKey = -1;  /* past c_end: nothing read, nothing written */
@@ -138,51 +211,12 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) index_logits_kernel(const L
     int2 *loc = (int2 *)(smem + ly.p_off);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nthreads = blockDim.x;
 
-    const int64_t b = blockIdx.z, t0 = (int64_t)blockIdx.y * p.QB;
-    const int rows = (int)min((int64_t)p.QB, p.T - t0);
-    const int64_t pos0 = (int64_t)p.seq_lens[b] - p.T + t0; /* position of the CTA's first row */
-    const int64_t s_hi = min(pos0 + rows - 1, (int64_t)p.L - 1); /* the last key any row needs */
-    const int k_begin = (int)blockIdx.x * p.split, k_end = (int)min((int64_t)p.L, (int64_t)k_begin + p.split);
-    const int c_end = (int)max((int64_t)k_begin, min((int64_t)k_end, s_hi + 1)); /* keys [k_begin, c_end) computed */
-    float *out0 = p.logits + b * p.l_sb + t0 * p.l_st;
-
-    /* keys past every row's position: -inf, nothing read */
-    if (c_end < k_end) {
-        const int64_t n = k_end - c_end;
-        for (int64_t i = tid; i < rows * n; i += nthreads) out0[(i / n) * p.l_st + c_end + i % n] = -INFINITY;
-    }
-    if (c_end == k_begin) return; /* the same for the whole CTA, before any barrier */
-
-    /* the queries (zero for padded heads and rows) and the head weights */
-    const int qpieces = p.D / 16;
-    for (int i = tid; i < p.QB * H16 * qpieces; i += nthreads) {
-        const int c = i % qpieces, rh = i / qpieces, h = rh % H16, qi = rh / H16;
-        uint4 v = make_uint4(0u, 0u, 0u, 0u);
-        if (qi < rows && h < p.H) {
-            const uint8_t *src = p.q + b * p.q_sb + (t0 + qi) * p.q_st + (int64_t)h * p.D + c * 16;
-            if (p.q_vec) {
-                v = *(const uint4 *)src;
-            } else {
-                uint32_t wd[4];
-#pragma unroll
-                for (int j = 0; j < 4; j++)
-                    wd[j] = (uint32_t)src[4 * j] | (uint32_t)src[4 * j + 1] << 8 | (uint32_t)src[4 * j + 2] << 16 |
-                            (uint32_t)src[4 * j + 3] << 24;
-                v = make_uint4(wd[0], wd[1], wd[2], wd[3]);
-            }
-        }
-        *(uint4 *)(sq + rh * KSTR + c * 16) = v;
-    }
-    for (int i = tid; i < p.QB * H16; i += nthreads) {
-        const int h = i % H16, qi = i / H16;
-        float v = 0.0f;
-        if (qi < rows && h < p.H) {
-            const int64_t t = t0 + qi;
-            const float qsv = p.qs ? p.qs[b * p.qs_sb + t * p.qs_st + h] : 1.0f;
-            v = __fmul_rn(__fmul_rn(p.w_scale, p.w[b * p.w_sb + t * p.w_st + h]), qsv); /* the CPU's order */
-        }
-        sv[i] = v;
-    }
+    CtaKeys ck;
+    if (!cta_keys(p, p.QB, ck)) return;
+    const int64_t b = ck.b, pos0 = ck.pos0;
+    const int rows = ck.rows, k_begin = ck.k_begin, c_end = ck.c_end;
+    float *out0 = ck.out0;
+    stage_queries(p, ck, p.QB, H16, sq, sv, [&](int n, int c) { return n * KSTR + c * 16; });
 
     /* Where the keys of tile `tile` live, into slot tile % 2: (page, row), kNoKey past c_end, kNoPage
      * when the block-table index is past max_pages or its entry outside [0, n_pages). */
@@ -331,14 +365,219 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) index_logits_kernel(const L
     }
 }
 
-/* Picks the CTA shape, the key splits and launches. */
+/* ---------------------------------------------------------------- wgmma path: D = 128, aligned key rows
+ *
+ * S^T = K Q^T on wgmma m64n64k32 e4m3 -> f32: M = 64 keys of a tile, N = 64 heads (padded with zero
+ * queries and zero weights) of one query, K = 32 bytes of D, both operands K-major in shared memory in
+ * the 128-byte swizzle (a key's or a head's 128 bytes in one row; 16-byte chunk c of row r stored at
+ * chunk c ^ (r % 8) of a 1024-byte aligned tile). A thread's accumulators are 2 keys by 16 heads, so
+ * ReLU, head weights and the head sum are 32 FMAs in registers and 2 shuffles over the 4 lanes that
+ * share a key. A CTA takes QB queries of one sequence (their rows of Q in shared memory, one bank of
+ * 4 MMAs per query) and a range of keys; its NWG warpgroups take its 64-key tiles in turn, each with
+ * its own S-stage cp.async pipeline and named barrier, so one warpgroup's epilogue runs beside
+ * another's MMAs. */
+constexpr int kTileKeys = 64; /* wgmma's M */
+constexpr int kHP = 64;       /* heads per query, padded: wgmma's N */
+constexpr int kRow = 128;     /* bytes of D = 128 */
+constexpr int kTileBytes = kTileKeys * kRow;
+
+/* Byte offset of 16-byte chunk c of row r in a 128-byte-swizzled tile. */
+__device__ __forceinline__ int sw128(int r, int c) { return r * kRow + ((c ^ (r & 7)) << 4); }
+
+/* Shared-memory matrix descriptor of a K-major, 128-byte-swizzled tile at `addr` (1024-byte aligned,
+ * or that plus a multiple of 32 to step K): 8-row groups 1024 bytes apart. */
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t addr) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | (uint64_t)1 << 16 | (uint64_t)(1024 >> 4) << 32 | (uint64_t)1 << 62;
+}
+
+/* d (+)= A B^T, A 64x32 keys, B 64x32 heads, both e4m3 by descriptor; d[4 j + 2 r + c] is key
+ * 16 warp + lane / 4 + 8 r, head 8 j + 2 (lane % 4) + c. */
+__device__ __forceinline__ void wgmma_m64n64k32(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
+                 "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),
+                   "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
+                   "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),
+                   "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(a), "l"(b), "r"(accumulate));
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+/* Waits until at most n (0 or 1, a constant after unrolling) wgmma groups are pending. */
+__device__ __forceinline__ void wgmma_wait(int n) {
+    if (n) asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+    else asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+}
+/* Keeps the compiler from moving accumulator reads across a wgmma wait. */
+__device__ __forceinline__ void fence_regs(float (&d)[32]) {
+#pragma unroll
+    for (int i = 0; i < 32; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+/* Makes this thread's generic-proxy shared-memory writes (stores, cp.async) visible to wgmma. */
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+__device__ __forceinline__ void wg_sync(int wg) { asm volatile("bar.sync %0, 128;" ::"r"(1 + wg) : "memory"); }
+
+/* Dynamic shared memory of a wgmma CTA past its 1024-byte aligned start: queries [QB][64][128]
+ * swizzled, key tiles [NWG][S][64][128] swizzled, key scales [NWG][S][64] f32, weights [QB][64] f32. */
+__host__ __device__ constexpr int wgmma_smem(int QB, int NWG, int S) {
+    return 1024 + QB * kHP * kRow + NWG * S * (kTileBytes + kTileKeys * 4) + QB * kHP * 4;
+}
+
+template <int QB, int NWG, int S>
+__global__ void __launch_bounds__(128 * NWG, 1) index_logits_wgmma_kernel(const LogitsParams p) {
+    static_assert(QB <= 2 && S >= 2, "wgmma_wait takes one pending bank; the pipeline at least two stages");
+    extern __shared__ __align__(16) uint8_t smem_raw[];
+    uint8_t *const sq = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+    uint8_t *const sk = sq + QB * kHP * kRow;
+    float *const ss = (float *)(sk + NWG * S * kTileBytes);
+    float *const sv = ss + NWG * S * kTileKeys;
+    const int tid = threadIdx.x;
+
+    CtaKeys ck;
+    if (!cta_keys(p, QB, ck)) return;
+    const int64_t b = ck.b, pos0 = ck.pos0;
+    const int rows = ck.rows, k_begin = ck.k_begin, c_end = ck.c_end;
+    float *out0 = ck.out0;
+    stage_queries(p, ck, QB, kHP, sq, sv, [](int n, int c) { return sw128(n, c); });
+    fence_async_smem();
+    __syncthreads(); /* the last CTA-wide barrier: warpgroups part here */
+
+    const int wg = tid >> 7, wt = tid & 127, warp = wt >> 5, lane = tid & 31;
+    const int n_tiles = (c_end - k_begin + kTileKeys - 1) / kTileKeys;
+    const int my_tiles = (n_tiles - wg + NWG - 1) / NWG; /* tiles wg, wg + NWG, ... of the CTA's keys */
+    if (my_tiles <= 0) return;
+    uint8_t *const wk = sk + wg * S * kTileBytes;
+    float *const ws = ss + wg * S * kTileKeys;
+
+    /* Copies: thread wt takes key wt / 2 of a tile, bytes 64 (wt % 2) .. + 63, and (even wt) its scale.
+     * Where that key lives: (page, row), kNoKey past c_end, kNoPage for a bad block-table entry. */
+    const int ckey = wt >> 1, chalf = wt & 1;
+    const int32_t *btr = p.bt + b * p.bt_sb;
+    const int64_t PD = (int64_t)p.P * kRow;
+    auto locate = [&](int i) {
+        const int64_t s = (int64_t)k_begin + (int64_t)(wg + i * NWG) * kTileKeys + ckey;
+        if (s >= c_end) return make_int2(kNoKey, 0);
+        const int si = (int)s, pi = si / p.P;
+        const int64_t pg = pi < p.max_pages ? (int64_t)__ldg(btr + pi) : -1;
+        return pg >= 0 && pg < p.n_pages ? make_int2((int)pg, si - pi * p.P) : make_int2(kNoPage, 0);
+    };
+    auto issue = [&](int i, int2 pr) {
+        const int st = i % S;
+        if (pr.x >= 0) {
+            const uint8_t *page = p.pages + (int64_t)pr.x * p.page_stride;
+            const uint8_t *src = page + (int64_t)pr.y * kRow + chalf * 64;
+            const uint32_t dst = smem_addr(wk + st * kTileBytes);
+#pragma unroll
+            for (int j = 0; j < 4; j++) cp_async<16>(dst + sw128(ckey, 4 * chalf + j), src + 16 * j);
+            if (!chalf) cp_async<4>(smem_addr(ws + st * kTileKeys + ckey), page + PD + (int64_t)pr.y * 4);
+        } else if (pr.x == kNoPage && !chalf) {
+            ws[st * kTileKeys + ckey] = __uint_as_float(0x7fc00000u);
+        }
+    };
+
+    int2 next = locate(0); /* where the next tile to issue lives */
+#pragma unroll
+    for (int i = 0; i < S - 1; i++) {
+        if (i < my_tiles) issue(i, next);
+        if (i + 1 < my_tiles) next = locate(i + 1);
+        cp_async_commit();
+    }
+
+    /* this thread's head weights: 8 j + 2 (lane % 4) + c of each query */
+    float wv[QB][16];
+#pragma unroll
+    for (int q = 0; q < QB; q++)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int c = 0; c < 2; c++) wv[q][2 * j + c] = sv[q * kHP + 8 * j + 2 * (lane & 3) + c];
+    int pos[QB]; /* keys s <= pos[q] are scored */
+#pragma unroll
+    for (int q = 0; q < QB; q++) pos[q] = (int)max((int64_t)-1, min(pos0 + q, (int64_t)INT_MAX));
+    const uint64_t qdesc = sw128_desc(smem_addr(sq));
+    /* after the reduction lane l holds key row r = l % 2 of its quad; lanes with l % 4 < 2 write */
+    const int key = 16 * warp + (lane >> 2) + 8 * (lane & 1);
+    const bool writer = !(lane & 2);
+    float acc[QB][32] = {}; /* the first MMA of a bank overwrites them */
+
+    for (int it = 0; it < my_tiles; it++) {
+        cp_async_wait<S - 2>(); /* this thread's copies of tile `it` landed */
+        fence_async_smem();
+        wg_sync(wg); /* everyone's did, and tile it - 1 is done with */
+        if (it + S - 1 < my_tiles) issue(it + S - 1, next);
+        cp_async_commit();
+        if (it + S < my_tiles) next = locate(it + S); /* its latency hides behind this tile's math */
+
+        const int st = it % S;
+        const uint64_t kdesc = sw128_desc(smem_addr(wk + st * kTileBytes));
+        wgmma_fence();
+#pragma unroll
+        for (int q = 0; q < QB; q++) {
+#pragma unroll
+            for (int k = 0; k < kRow / 32; k++)
+                wgmma_m64n64k32(acc[q], kdesc + 2 * k, qdesc + (uint64_t)(q * kHP * kRow / 16) + 2 * k, k);
+            wgmma_commit();
+        }
+        const int s = k_begin + (wg + it * NWG) * kTileKeys + key;
+        const float ks = ws[st * kTileKeys + key];
+#pragma unroll
+        for (int q = 0; q < QB; q++) {
+            wgmma_wait(QB - 1 - q); /* bank q is done, the later ones may still run */
+            fence_regs(acc[q]);
+            float x[2][2] = {};
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+#pragma unroll
+                    for (int c = 0; c < 2; c++) x[r][c] = fmaf(relu(acc[q][4 * j + 2 * r + c]), wv[q][2 * j + c], x[r][c]);
+            const float v0 = x[0][0] + x[0][1], v1 = x[1][0] + x[1][1];
+            /* sum over the quad: lane bit 0 keeps row (lane & 1), then bit 1 completes it */
+            float v = (lane & 1) ? v1 : v0;
+            v += __shfl_xor_sync(kFull, (lane & 1) ? v0 : v1, 1);
+            v += __shfl_xor_sync(kFull, v, 2);
+            if (writer && q < rows && s < c_end) out0[q * p.l_st + s] = s <= pos[q] ? v * ks : -INFINITY;
+        }
+    }
+}
+
+/* Splits the keys so that about 8 waves of CTAs fill the GPU (the lengths are on the device, so L
+ * stands for them), a split being whole tiles of kt keys; the grid is (splits, query blocks, B). */
+hae_status grid_of(hae_backend *be, const void *kern, int threads, int smem, int kt, int64_t B, LogitsParams &p, int QB,
+                   dim3 &grid) {
+    const int dev = be->cuda->device;
+    int sms = 0, occ = 0;
+    HAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    HAE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    HAE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, threads, smem));
+    if (occ < 1)
+        return hae_error(HAE_ERR_UNSUPPORTED, "hae_index_logits (cuda): a CTA of %d threads and %d bytes of shared "
+                         "memory does not fit an SM", threads, smem);
+    const int64_t qblocks = (p.T + QB - 1) / QB;
+    if (qblocks > 65535 || B > 65535)
+        return hae_error(HAE_ERR_UNSUPPORTED, "hae_index_logits (cuda): B = %lld sequences of T = %lld queries: the grid "
+                         "takes at most 65535 sequences and 65535 blocks of %d queries", (long long)B, (long long)p.T, QB);
+    const int64_t tiles = ((int64_t)p.L + kt - 1) / kt;
+    const int64_t want = 8 * (int64_t)sms * occ, rows = B * qblocks;
+    int64_t splits = (want + rows - 1) / rows;
+    splits = splits < 1 ? 1 : splits > tiles ? tiles : splits;
+    const int64_t split = (tiles + splits - 1) / splits * kt;
+    if (split > INT_MAX - kt)
+        return hae_error(HAE_ERR_UNSUPPORTED, "hae_index_logits (cuda): L = %d keys is too long", p.L);
+    p.split = (int)split;
+    grid = dim3((unsigned)(((int64_t)p.L + split - 1) / split), (unsigned)qblocks, (unsigned)B);
+    return HAE_OK;
+}
+
+/* The mma.sync kernel: picks the CTA shape and launches. */
 template <int MT, bool ONE, int VEC>
 hae_status launch(hae_backend *be, LogitsParams p, int64_t B, cudaStream_t s) {
     auto kern = index_logits_kernel<MT, ONE, VEC>;
-    const int dev = be->cuda->device;
-    int smem_max = 0, sms = 0;
-    HAE_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    HAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    int smem_max = 0;
+    HAE_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, be->cuda->device));
     /* decode (T <= 2): the warps split 128-key tiles; prefill: 8 query rows share 64-key tiles */
     const int ch = 8 * nt_of(MT);
     p.QB = p.T >= 5 ? 8 : p.T >= 3 ? 4 : (int)p.T;
@@ -356,30 +595,9 @@ hae_status launch(hae_backend *be, LogitsParams p, int64_t B, cudaStream_t s) {
     }
     const Layout ly = layout_of(MT, p.D, p.QB, p.KW, p.R);
     const int threads = 32 * p.QB * p.KW;
-    const int64_t qblocks = (p.T + p.QB - 1) / p.QB;
-    if (qblocks > 65535 || B > 65535)
-        return hae_error(HAE_ERR_UNSUPPORTED, "hae_index_logits (cuda): B = %lld sequences of T = %lld queries: the grid "
-                         "takes at most 65535 sequences and 65535 blocks of %d queries", (long long)B, (long long)p.T,
-                         p.QB);
-    HAE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, ly.bytes));
-    int occ = 0;
-    HAE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, threads, ly.bytes));
-    if (occ < 1)
-        return hae_error(HAE_ERR_UNSUPPORTED, "hae_index_logits (cuda): a CTA of %d threads and %d bytes of shared "
-                         "memory does not fit an SM", threads, ly.bytes);
-
-    /* Split the keys so that about 8 waves of CTAs fill the GPU (the lengths are on the device, so L
-     * stands for them); splits are whole tiles. */
-    const int64_t tiles = ((int64_t)p.L + ly.kt - 1) / ly.kt;
-    const int64_t want = 8 * (int64_t)sms * occ, rows = B * qblocks;
-    int64_t splits = (want + rows - 1) / rows;
-    splits = splits < 1 ? 1 : splits > tiles ? tiles : splits;
-    const int64_t split = (tiles + splits - 1) / splits * ly.kt;
-    if (split > INT_MAX - ly.kt)
-        return hae_error(HAE_ERR_UNSUPPORTED, "hae_index_logits (cuda): L = %d keys is too long", p.L);
-    p.split = (int)split;
-    splits = ((int64_t)p.L + split - 1) / split;
-    kern<<<dim3((unsigned)splits, (unsigned)qblocks, (unsigned)B), threads, ly.bytes, s>>>(p);
+    dim3 grid;
+    HAE_TRY(grid_of(be, (const void *)kern, threads, ly.bytes, ly.kt, B, p, p.QB, grid));
+    kern<<<grid, threads, ly.bytes, s>>>(p);
     HAE_CUDA_LAUNCH_CHECK("index_logits_kernel");
     return HAE_OK;
 }
@@ -388,6 +606,17 @@ template <int MT> hae_status launch_mt(hae_backend *be, const LogitsParams &p, i
     const bool one = p.D == kQBlock;
     if (one) return vec16 ? launch<MT, true, 16>(be, p, B, s) : launch<MT, true, 4>(be, p, B, s);
     return vec16 ? launch<MT, false, 16>(be, p, B, s) : launch<MT, false, 4>(be, p, B, s);
+}
+
+/* The wgmma kernel with QB queries per CTA. */
+template <int QB, int NWG, int S> hae_status launch_wgmma(hae_backend *be, LogitsParams p, int64_t B, cudaStream_t s) {
+    auto kern = index_logits_wgmma_kernel<QB, NWG, S>;
+    constexpr int smem = wgmma_smem(QB, NWG, S), threads = 128 * NWG;
+    dim3 grid;
+    HAE_TRY(grid_of(be, (const void *)kern, threads, smem, kTileKeys * NWG, B, p, QB, grid));
+    kern<<<grid, threads, smem, s>>>(p);
+    HAE_CUDA_LAUNCH_CHECK("index_logits_wgmma_kernel");
+    return HAE_OK;
 }
 
 } // namespace
@@ -435,6 +664,10 @@ extern "C" hae_status hae_index_logits_cuda(hae_backend *be, const hae_index_log
 
     cudaStream_t s = nullptr;
     HAE_TRY(hae_cuda_enter(be, &s));
+    /* Measured on an H200 over 1-4 warpgroups, 3-6 stages and 1, 2 or 4 queries per CTA: decode is
+     * bound by memory and wants 3 warpgroups of 4 stages; prefill by the epilogue beside the MMAs and
+     * wants 4 warpgroups (2 queries keep them within 128 registers). */
+    if (D == kRow && vec16) return T == 1 ? launch_wgmma<1, 3, 4>(be, p, B, s) : launch_wgmma<2, 4, 3>(be, p, B, s);
     switch ((H + 15) / 16) {
     case 1: return launch_mt<1>(be, p, B, vec16, s);
     case 2: return launch_mt<2>(be, p, B, vec16, s);

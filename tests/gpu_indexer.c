@@ -8,18 +8,20 @@
  *  - index_write: the pages bit-exact, through the same calls a run makes.
  *  - index_logits: NaN and -inf positions identical, then per element
  *        |gpu - cpu| <= tol * mag(b, t, s)
- *    with mag the same logit over magnitudes. Why the tolerance: both sides sum exact FP8 products in
- *    fp32 (measured for this mma.sync form on an H200; see index_logits_cuda.cu), in other orders. Two
- *    input regimes:
- *      exact: codes are integers in [-4, 4] (products <= 16, a 128-block's dot <= 2048), which every
- *        step of the MMA holds exactly; power-of-two scales keep the scaled dots exact on both sides,
- *        so only the fp32 sum over heads differs in order: |error| <= (H + 2) 2^-24 sum_h |v relu(dot)|,
- *        and tol = 1e-5 with mag = sum_h |v_h| relu(dot_h) ks (the CPU's logits with |w|) holds it;
- *      realistic: codes of N(0, 8^2) values over the whole e4m3 range: fp32 sums of H D terms in two
- *        orders differ by at most ~(H + D) 2^-24 of the sum of their magnitudes, so tol = 1e-6 with
- *        mag = sum_h |v_h| sum_d |q k ks| (the CPU's logits with |w| and sign-cleared codes); a
- *        fixed-point accumulation of ~14 bits, as wgmma's FP8 path has, would exceed it. The worst
- *        ratio seen is logged.
+ *    with mag the same logit over magnitudes. Why the tolerance: products of FP8 codes are exact on
+ *    both sides; the CPU sums them in fp32, CUDA in its tensor cores (see index_logits_cuda.cu): the
+ *    wgmma kernel (D = 128, 16-byte aligned pages) truncates each 32-byte step of a dot to 13
+ *    fraction bits, the mma.sync kernel (every other case) sums as fp32 does. Two input regimes:
+ *      exact: codes are integers in [-4, 4] (products <= 16, a 128-block's dot <= 2048 < 2^14), which
+ *        every step of either MMA holds exactly; power-of-two scales keep the scaled dots exact on both
+ *        sides, so only the fp32 sum over heads differs in order: |error| <= (H + 2) 2^-24 sum_h |v
+ *        relu(dot)|, and tol = 1e-5 with mag = sum_h |v_h| relu(dot_h) ks (the CPU's logits with |w|)
+ *        holds it;
+ *      realistic: codes of N(0, 8^2) values over the whole e4m3 range, mag = sum_h |v_h| sum_d |q k ks|
+ *        (the CPU's logits with |w| and sign-cleared codes). wgmma: each of a dot's 4 steps errs by
+ *        < 2^-13 of the magnitude summed so far, so tol = 4.9e-4 (> 4 2^-13; an H200 gave 5.5e-5 at
+ *        worst). mma.sync: fp32 sums of H D terms in two orders differ by at most ~(H + D) 2^-24 of the
+ *        sum of their magnitudes, so tol = 1e-6. The worst ratio seen is logged.
  *    Plus a garbage block table and garbage seq_lens: no fault, nothing written outside the logits
  *    (guard bytes on both sides), NaN exactly for keys of bad pages, the rest as the CPU's.
  * main() is tests/main_gpu.c's. */
@@ -518,7 +520,8 @@ static void logits_case(const idx_case *c, bool exact, uint64_t seed) {
             if (ran(logits_run(g_cpu, c, &d, &mq, &mw, &pqs, &pl, mc, &mp), "cpu", "index_logits (magnitudes)", ctx)) {
                 const float *cpu = (const float *)lp.buf.c + kGuard, *gpu = g + kGuard, *mag = (const float *)mp.buf.c + kGuard;
                 guards_intact(&lp, g, ctx);
-                const double tol = exact ? 1e-5 : 1e-6;
+                const bool wgmma = c->D == 128 && !c->pages_off; /* the kernel that takes this case */
+                const double tol = exact ? 1e-5 : wgmma ? 4.9e-4 : 1e-6;
                 const double worst = logits_compare(cpu, gpu, mag, lp.n, tol, ctx, lp.Ls);
                 cr_log_info("index_logits [%s]: worst |gpu - cpu| / mag %.3g (tolerance %.3g)", ctx, worst, tol);
             }
