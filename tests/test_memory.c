@@ -71,12 +71,14 @@ typedef struct bad_case {
 #define DSA_MODEL "model:\n  layer_pattern: [kda, dsa]\n  dsa:\n    index_topk: 64\n"
 
 static const bad_case bad[] = {
-    {"page 0", "memory:\n  page_size: 0\n", "t.yaml:2:14:", "memory.page_size", "0 is out of range (expected 1..65536)", NULL},
-    {"page big", "memory:\n  page_size: 65537\n", "t.yaml:2:14:", "memory.page_size", "out of range", NULL},
-    {"page text", "memory:\n  page_size: sixty\n", "t.yaml:2:14:", "memory.page_size", "expected an integer, got 'sixty'",
+    {"page 0", "memory:\n  page_size: 0\n", "t.yaml:2:14:", "memory.page_size", "0 is out of range (expected 1..65536)",
      NULL},
+    {"page big", "memory:\n  page_size: 65537\n", "t.yaml:2:14:", "memory.page_size", "out of range", NULL},
+    {"page text", "memory:\n  page_size: sixty\n", "t.yaml:2:14:", "memory.page_size",
+     "expected an integer, got 'sixty'", NULL},
     {"page float", "memory:\n  page_size: 6.5\n", "t.yaml:2:14:", "memory.page_size", "expected an integer", NULL},
-    {"page quoted", "memory:\n  page_size: \"64\"\n", "t.yaml:2:14:", "memory.page_size", "the quoted string '64'", NULL},
+    {"page quoted", "memory:\n  page_size: \"64\"\n", "t.yaml:2:14:", "memory.page_size", "the quoted string '64'",
+     NULL},
     {"gpu negative", "memory:\n  gpu_budget: -1\n", "t.yaml:2:15:", "memory.gpu_budget", "out of range (expected >= 0)",
      NULL},
     {"gpu suffix", "memory:\n  gpu_budget: 8XB\n", "t.yaml:2:15:", "memory.gpu_budget", "expected a byte size", NULL},
@@ -117,7 +119,8 @@ Test(memory_config, bad_values) {
     for (int i = 0; i < n; i++) {
         const bad_case *b = &bad[i];
         hae_clear_error();
-        hae_status st = hae_config_parse(b->yaml, strlen(b->yaml), "t.yaml", b->set ? &b->set : NULL, b->set ? 1 : 0, c);
+        hae_status st =
+            hae_config_parse(b->yaml, strlen(b->yaml), "t.yaml", b->set ? &b->set : NULL, b->set ? 1 : 0, c);
         const char *msg = hae_last_error();
         char want[256];
         snprintf(want, sizeof want, "%s %s: ", b->where, b->path);
@@ -385,7 +388,8 @@ Test(page_pool, randomized_schedule) {
     hae_page_pool_stats(pool, &st);
     for (int t = 0; t < HAE_TIER_COUNT; t++) {
         cr_expect_eq(st.resident_total[t], 0, "freeing every sequence returns every page");
-        for (int c = 0; c < NCLS; c++) cr_expect_eq(hae_page_pool_free_pages(pool, c, (hae_tier)t), classes[c].pages[t]);
+        for (int c = 0; c < NCLS; c++)
+            cr_expect_eq(hae_page_pool_free_pages(pool, c, (hae_tier)t), classes[c].pages[t]);
     }
     free(s);
     hae_page_pool_destroy(pool);
@@ -536,6 +540,11 @@ Test(page_pool, fixed_classes_and_bad_arguments) {
     bad_d.classes = neg;
     bad_d.n_classes = 1;
     EXPECT_BAD(hae_page_pool_create(be, &bad_d, &pool), "-1 gpu");
+    const hae_page_class huge[2] = {{HAE_MEM_FULL_KV, SIZE_MAX / 8, {1, 0}, false},
+                                    {HAE_MEM_DSA_KV, SIZE_MAX / 8, {2, 0}, false}};
+    bad_d.classes = huge;
+    bad_d.n_classes = 2;
+    EXPECT_BAD(hae_page_pool_create(be, &bad_d, &pool), "overflow");
     hae_backend_destroy(be);
 }
 
@@ -741,7 +750,8 @@ static void expect_row(const csv_row *r, const char *model, const hae_mem_plan *
         for (int m = 0; m < HAE_MEM_KIND_COUNT; m++, k++)
             cr_expect_eq(r->v[k], p->bytes[t][m], "%s at %" PRId64 ": %s %s", model, p->context,
                          hae_tier_name((hae_tier)t), hae_mem_kind_name((hae_mem_kind)m));
-        cr_expect_eq(r->v[k], p->total[t], "%s at %" PRId64 ": %s total", model, p->context, hae_tier_name((hae_tier)t));
+        cr_expect_eq(r->v[k], p->total[t], "%s at %" PRId64 ": %s total", model, p->context,
+                     hae_tier_name((hae_tier)t));
     }
 }
 
