@@ -925,7 +925,8 @@ hae_status hae_page_pool_page(const hae_page_pool *p, int64_t seq, int cls, int6
 int64_t hae_page_pool_free_pages(const hae_page_pool *p, int cls, hae_tier tier);
 void hae_page_pool_stats(const hae_page_pool *p, hae_mem_stats *out);
 /* Checks every invariant (each page either free or in exactly one list, lists and owners agreeing, the
- * accounting equal to the pages in use); HAE_ERR_INVALID naming the first one broken. */
+ * accounting equal to the pages in use); HAE_ERR_INVALID naming the first one broken. For tests and
+ * debugging: it walks every page and allocates a scratch bitmap. */
 hae_status hae_page_pool_validate(const hae_page_pool *p);
 /* Tests: the n-th page taken from `tier` from now on (1: the next) fails as an allocation failure would;
  * 0 clears it. */
