@@ -2,6 +2,7 @@
 # Every GPU test and benchmark in one call, with a short table last.
 #   bench/gpu-check.sh [BIN_DIR]    BIN_DIR holds hae, gpu_* tests and bench_* (default: build)
 #   FLA_PATH=DIR also runs flash-linear-attention's KDA kernels (bench/peer_fla_kda.py) for the ratios.
+#   SKIP="bench_linear default-cpu ..." leaves out those tests, benchmarks or hae runs (by name or label).
 # Logs go to $OUT (default: ./gpu-check-logs).
 set -u
 bin=${1:-build}
@@ -9,6 +10,7 @@ out=${OUT:-gpu-check-logs}
 mkdir -p "$out"
 summary=()
 row() { summary+=("$(printf '%-34s %s' "$1" "$2")"); }
+skipped() { case " ${SKIP:-} " in *" $1 "*) return 0 ;; esac; return 1; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv >"$out/gpu.txt" 2>&1
 gpu=$(sed -n 2p "$out/gpu.txt")
@@ -17,6 +19,7 @@ echo "device: $gpu"
 for t in "$bin"/gpu_*; do
   [ -x "$t" ] || continue
   name=$(basename "$t")
+  skipped "$name" && continue
   "$t" --jobs 1 --verbose >"$out/$name.log" 2>&1
   rc=$?
   synth=$(grep -a 'Synthesis' "$out/$name.log" | tail -1 | sed 's/.*Synthesis: //')
@@ -27,6 +30,7 @@ done
 for b in "$bin"/bench_*; do
   [ -x "$b" ] || continue
   name=$(basename "$b")
+  skipped "$name" && continue
   "$b" >"$out/$name.log" 2>&1
   row "$name (rc $?)" "see $name.log"
   cat "$out/$name.log"
@@ -34,6 +38,7 @@ done
 
 run() { # label, args...
   local label=$1; shift
+  skipped "$label" && return
   HAE_NO_PROGRESS=1 "$bin/hae" run "$@" --out "$out/run-$label" >"$out/run-$label.log" 2>&1
   local rc=$?
   local p d
@@ -51,6 +56,12 @@ run swa-1b-cuda configs/swa-1b.yaml --backend cuda
 run kda-1b-cuda configs/kda-1b.yaml --backend cuda
 run hybrid-1b-cuda configs/hybrid-1b.yaml --backend cuda
 run hybrid-1b-mla-cuda configs/hybrid-1b.yaml --backend cuda --set model.attention.form=mla
+# DESIGN.md's goal: hybrid-1b decoding at 128K context against its full-attention twin
+long=(--backend cuda --set runtime.prefill=131072 --set runtime.decode=64 --set runtime.prefill_chunk=8192)
+run twin-1b-128k configs/hybrid-1b-twin.yaml "${long[@]}"
+run hybrid-1b-128k configs/hybrid-1b.yaml "${long[@]}"
+run twin-1b-128k-b4 configs/hybrid-1b-twin.yaml "${long[@]}" --set runtime.batch=4
+run hybrid-1b-128k-b4 configs/hybrid-1b.yaml "${long[@]}" --set runtime.batch=4
 
 # The peer, side by side, when its source is given (FLA_PATH: a flash-linear-attention checkout).
 if [ -n "${FLA_PATH:-}" ]; then
