@@ -171,49 +171,33 @@ static double rel_rms(const void *x, const void *ref, hae_dtype dt, int64_t n) {
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-/* Kernel variants of the mla shapes, picked through HAE_SPARSE_MLA; NULL: the default. */
-static const char *const g_variants[] = {"mma", "wg", "wgd"};
-#define NVARIANTS (sizeof g_variants / sizeof g_variants[0])
-
-static void set_variant(const char *v) {
-    if (v) setenv("HAE_SPARSE_MLA", v, 1);
-    else unsetenv("HAE_SPARSE_MLA");
-}
-
-/* The GPU against the CPU reference at the shape s with B and T reduced as given, every variant. */
+/* The GPU against the CPU reference at the shape s with B and T reduced as given. */
 static void verify(const shape *full, int64_t B, int64_t T, int64_t context) {
     shape s = *full;
     s.B = B, s.T = T, s.context = context;
-    problem cp;
+    problem gp, cp;
+    problem_make(&gp, g_be, &s, 91);
     problem_make(&cp, g_cpu, &s, 91);
+    CHECK(s.name, hae_sparse_attention(g_be, &gp.a));
     CHECK(s.name, hae_sparse_attention(g_cpu, &cp.a));
     const int64_t no = B * T * s.Hq * s.Dv, ne = B * T * s.Hq;
     void *go = malloc((size_t)no * 2), *ge = malloc((size_t)ne * 4);
-    const size_t nv = s.mla ? NVARIANTS : 1;
-    for (size_t v = 0; v < nv; v++) {
-        set_variant(s.mla ? g_variants[v] : NULL);
-        problem gp;
-        problem_make(&gp, g_be, &s, 91);
-        CHECK(s.name, hae_sparse_attention(g_be, &gp.a));
-        CHECK("download", hae_backend_download(g_be, go, gp.out, (size_t)no * 2));
-        CHECK("download", hae_backend_download(g_be, ge, gp.lse, (size_t)ne * 4));
-        CHECK("sync", hae_backend_sync(g_be));
-        const double eo = rel_rms(go, cp.out, HAE_BF16, no), ee = rel_rms(ge, cp.lse, HAE_F32, ne);
-        const bool ok = eo <= 1e-2 && ee <= 1e-5;
-        printf("# check %-12s %-4s B %lld T %lld context %lld Hq %lld Hkv %lld Dk %lld Dv %lld k %lld: out rel %.2e, lse "
-               "rel %.2e: %s\n",
-               s.name, s.mla ? g_variants[v] : "", (long long)B, (long long)T, (long long)context, (long long)s.Hq,
-               (long long)s.Hkv, (long long)s.Dk, (long long)s.Dv, (long long)s.k, eo, ee, ok ? "ok" : "FAIL");
-        fflush(stdout);
-        problem_free(&gp);
-        if (!ok) {
-            fprintf(stderr, "bench_sparse: %s does not match the CPU reference; not timing it\n", s.name);
-            exit(1);
-        }
-    }
-    set_variant(NULL);
+    CHECK("download", hae_backend_download(g_be, go, gp.out, (size_t)no * 2));
+    CHECK("download", hae_backend_download(g_be, ge, gp.lse, (size_t)ne * 4));
+    CHECK("sync", hae_backend_sync(g_be));
+    const double eo = rel_rms(go, cp.out, HAE_BF16, no), ee = rel_rms(ge, cp.lse, HAE_F32, ne);
+    const bool ok = eo <= 1e-2 && ee <= 1e-5;
+    printf("# check %-12s B %lld T %lld context %lld Hq %lld Hkv %lld Dk %lld Dv %lld k %lld: out rel %.2e, lse rel "
+           "%.2e: %s\n",
+           s.name, (long long)B, (long long)T, (long long)context, (long long)s.Hq, (long long)s.Hkv, (long long)s.Dk,
+           (long long)s.Dv, (long long)s.k, eo, ee, ok ? "ok" : "FAIL");
+    fflush(stdout);
     free(go), free(ge);
-    problem_free(&cp);
+    problem_free(&gp), problem_free(&cp);
+    if (!ok) {
+        fprintf(stderr, "bench_sparse: %s does not match the CPU reference; not timing it\n", s.name);
+        exit(1);
+    }
 }
 
 static int cmp_float(const void *x, const void *y) {
@@ -222,9 +206,9 @@ static int cmp_float(const void *x, const void *y) {
 }
 
 /* Times one shape and prints a row; decode rows compare time, prefill rows TFLOP/s. */
-static void bench_one(const shape *s, bool decode, const char *variant, problem *pp) {
-    set_variant(variant);
-    problem p = *pp;
+static void bench(const shape *s, bool decode) {
+    problem p;
+    problem_make(&p, g_be, s, 5);
     float ms[REPS];
     for (int i = 0; i < WARMUP; i++) CHECK(s->name, hae_sparse_attention(g_be, &p.a));
     CHECK(s->name, hae_backend_sync(g_be));
@@ -254,40 +238,16 @@ static void bench_one(const shape *s, bool decode, const char *variant, problem 
                  TARGET_PREFILL_TF);
     }
     char shp[112];
-    snprintf(shp, sizeof shp, "%s B %lld T %lld ctx %lld Hq %lld Hkv %lld D %lld/%lld k %lld", variant ? variant : "", (long long)s->B,
+    snprintf(shp, sizeof shp, "B %lld T %lld ctx %lld Hq %lld Hkv %lld D %lld/%lld k %lld", (long long)s->B,
              (long long)s->T, (long long)s->context, (long long)s->Hq, (long long)s->Hkv, (long long)s->Dk,
              (long long)s->Dv, (long long)s->k);
     printf("| %-12s | %-56s | %10.1f | %9.1f..%-9.1f | %7.1f | %7.0f | %-24s | %-20s |\n", s->name, shp, med_us,
            (double)ms[0] * 1e3, (double)ms[REPS - 1] * 1e3, tf, bytes / med_s * 1e-9, peer, target);
     fflush(stdout);
-    set_variant(NULL);
-}
-
-/* Every variant of a shape on one set of inputs. */
-static void bench(const shape *s, bool decode) {
-    problem p;
-    problem_make(&p, g_be, s, 5);
-    const size_t nv = s->mla ? NVARIANTS : 1;
-    for (size_t v = 0; v < nv; v++) bench_one(s, decode, s->mla ? g_variants[v] : NULL, &p);
     problem_free(&p);
 }
 
-/* One call of each mla variant at the timed shapes, for a profiler. */
-static void profile(const shape *const *shapes, int n) {
-    for (int i = 0; i < n; i++) {
-        problem p;
-        problem_make(&p, g_be, shapes[i], 5);
-        for (size_t v = 0; v < NVARIANTS; v++) {
-            set_variant(g_variants[v]);
-            CHECK(shapes[i]->name, hae_sparse_attention(g_be, &p.a));
-            CHECK("sync", hae_backend_sync(g_be));
-        }
-        problem_free(&p);
-    }
-    set_variant(NULL);
-}
-
-static int bench_main(bool prof) {
+static int bench_main(void) {
     if (!hae_cuda_available()) {
         printf("bench_sparse: no GPU: skipped\n");
         return 0;
@@ -308,11 +268,6 @@ static int bench_main(bool prof) {
     const shape mla_pre = {"mla prefill", 1, 4096, 128, 1, 576, 512, 65536, 2048, true};
     const shape gqa_dec = {"gqa decode", 64, 1, 32, 8, 128, 128, 32768, 2048, false};
     const shape gqa_pre = {"gqa prefill", 1, 4096, 32, 8, 128, 128, 32768, 2048, false};
-    if (prof) {
-        const shape *const shapes[] = {&mla_dec, &mla_pre};
-        profile(shapes, 2);
-        return 0;
-    }
     verify(&mla_dec, 2, 1, 4096);  /* split over idx */
     verify(&mla_pre, 1, 70, 4096); /* one range per CTA, as timed */
     verify(&gqa_dec, 4, 1, 4096);
@@ -336,11 +291,10 @@ static int bench_main(bool prof) {
 
 #endif
 
-int main(int argc, char **argv) {
+int main(void) {
 #ifdef HAE_HAVE_CUDA
-    return bench_main(argc > 1 && strcmp(argv[1], "profile") == 0);
+    return bench_main();
 #else
-    (void)argc, (void)argv;
     printf("bench_sparse: this build has no CUDA: skipped\n");
     return 0;
 #endif
