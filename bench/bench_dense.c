@@ -96,8 +96,8 @@ static void bench_gemm(hae_dtype cdt) {
     const int64_t M = 4096, N = 4096, K = 4096;
     void *a = dev_random(HAE_BF16, M * K, 1, -1, 1), *b = dev_random(HAE_BF16, N * K, 2, -1, 1);
     void *c = dev_random(cdt, M * N, 3, -1, 1);
-    hae_gemm_args g = {hae_tensor_2d(a, HAE_BF16, HAE_CUDA, M, K), hae_tensor_2d(b, HAE_BF16, HAE_CUDA, N, K),
-                       hae_tensor_2d(c, cdt, HAE_CUDA, M, N), false};
+    hae_gemm_args g = {.a = hae_tensor_2d(a, HAE_BF16, HAE_CUDA, M, K), .b = hae_tensor_2d(b, HAE_BF16, HAE_CUDA, N, K),
+                       .c = hae_tensor_2d(c, cdt, HAE_CUDA, M, N)};
     char name[64];
     snprintf(name, sizeof name, "gemm bf16 -> %s", hae_dtype_name(cdt));
     bench(name, "M 4096 N 4096 K 4096", run_gemm, &g, 2.0 * M * N * K,
