@@ -432,7 +432,7 @@ enum {
     K_FORM, K_HEADS, K_KV_HEADS, K_HEAD_DIM, K_ROPE, K_THETA, K_PARTIAL, K_SCALE,
     K_MLA_LORA, K_MLA_NOPE, K_MLA_ROPE, K_MLA_V, K_WINDOW,
     K_LA_HEADS, K_LA_VHEADS, K_LA_HEAD_DIM, K_LA_EXPAND_V, K_LA_CONV, K_LA_CHUNK, K_LA_SAFE, K_LA_LB,
-    K_DSA_HEADS, K_DSA_DIM, K_DSA_TOPK, K_DSA_ROPE, K_DSA_DERIVED, K_DSA_PAGE,
+    K_DSA_HEADS, K_DSA_DIM, K_DSA_TOPK, K_DSA_ROPE, K_DSA_DERIVED, K_DSA_EXACT, K_DSA_PAGE,
     K_BACKEND, K_DEVICE, K_THREADS, K_DTYPE, K_BATCH, K_PREFILL, K_DECODE, K_CHUNK, K_TEMP, K_KV_BUDGET,
     K_MEM_PAGE, K_MEM_GPU, K_MEM_HOST, K_MEM_DSA, K_MEM_FULL, K_MEM_LINEAR, K_MEM_CACHE,
     K_SWEEP, NKEYS
@@ -491,6 +491,7 @@ static const key_spec specs[NKEYS] = {
     [K_DSA_TOPK] = {"model.dsa.index_topk", T_INT, "64", 1, 1 << 20, 0, NULL, FIELD(model.dsa.index_topk)},
     [K_DSA_ROPE] = {"model.dsa.index_rope_dim", T_INT, "0", 0, 128, 0, NULL, FIELD(model.dsa.index_rope_dim)},
     [K_DSA_DERIVED] = {"model.dsa.derived", T_BOOL, "false", 0, 0, 0, NULL, FIELD(model.dsa.derived)},
+    [K_DSA_EXACT] = {"model.dsa.exact_logits", T_BOOL, "false", 0, 0, 0, NULL, FIELD(model.dsa.exact_logits)},
     [K_DSA_PAGE] = {"model.dsa.page_size", T_INT, "64", 1, 65536, 0, NULL, FIELD(model.dsa.page_size)},
     [K_BACKEND] = {"runtime.backend", T_ENUM, "auto", 0, 0, 0, backends, FIELD(runtime.backend)},
     [K_DEVICE] = {"runtime.device", T_INT, "0", 0, INT_MAX, 0, NULL, FIELD(runtime.device)},

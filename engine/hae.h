@@ -335,6 +335,9 @@ typedef struct hae_index_logits_args {
     hae_tensor logits;   /* [B, T, L] f32, L >= max seq_lens, rows may be strided */
     hae_tensor q_scale;  /* [B, T, H_I] f32, one per query vector, or data NULL (scales already in w) */
     float w_scale;       /* > 0; DeepSeek-V3.2 uses H_I^-1/2 D^-1/2 */
+    bool exact;          /* CUDA: every dot summed in fp32 (the mma.sync kernel, ~3x slower at DeepSeek-V3.2's
+                            decode shape) instead of wgmma's FP8 path; selections then match the CPU's but for
+                            fp32 ties. The CPU always sums in fp32. */
 } hae_index_logits_args;
 hae_status hae_index_logits(hae_backend *be, const hae_index_logits_args *a);
 
@@ -520,6 +523,7 @@ typedef struct hae_config {
             int64_t index_topk;     /* tokens each query attends to */
             int64_t index_rope_dim; /* leading indexer dims rotated by RoPE (NeoX pairing); 0: none */
             bool derived;           /* indexer from the layer's own q/k, no weights of its own */
+            bool exact_logits;      /* CUDA: indexer dots summed in fp32 instead of wgmma's FP8 path */
             int64_t page_size;      /* tokens per page of the indexer's key cache */
         } dsa;
     } model;

@@ -1088,7 +1088,8 @@ static hae_status dsa_select(hae_model *m, int64_t l, int64_t T) {
                                          .q = hae_tensor_narrow(q4, 1, t0, n), .w = hae_tensor_narrow(w3, 1, t0, n),
                                          .cache = w->icache, .seq_lens = lens, .logits = logits,
                                          .q_scale = hae_tensor_narrow(qs3, 1, t0, n),
-                                         .w_scale = 1.0f / sqrtf((float)(HI * DI))}));
+                                         .w_scale = 1.0f / sqrtf((float)(HI * DI)),
+                                         .exact = m->cfg.model.dsa.exact_logits}));
         if (n == T) {
             HAE_TRY(hae_topk(be, &(hae_topk_args){.logits = rows(m->ilogits, N), .lens = rows(m->ilens, N),
                                                   .out = rows(m->idx, N)}));

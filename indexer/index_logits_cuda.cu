@@ -667,7 +667,8 @@ extern "C" hae_status hae_index_logits_cuda(hae_backend *be, const hae_index_log
     /* Measured on an H200 over 1-4 warpgroups, 3-6 stages and 1, 2 or 4 queries per CTA: decode is
      * bound by memory and wants 3 warpgroups of 4 stages; prefill by the epilogue beside the MMAs and
      * wants 4 warpgroups (2 queries keep them within 128 registers). */
-    if (D == kRow && vec16) return T == 1 ? launch_wgmma<1, 3, 4>(be, p, B, s) : launch_wgmma<2, 4, 3>(be, p, B, s);
+    if (D == kRow && vec16 && !a->exact)
+        return T == 1 ? launch_wgmma<1, 3, 4>(be, p, B, s) : launch_wgmma<2, 4, 3>(be, p, B, s);
     switch ((H + 15) / 16) {
     case 1: return launch_mt<1>(be, p, B, vec16, s);
     case 2: return launch_mt<2>(be, p, B, vec16, s);

@@ -438,7 +438,8 @@ static bool guards_intact(const logits_pair *lp, const float *g, const char *ctx
 
 /* Runs index_logits on one side into lp with the given queries, weights and pages views. */
 static hae_status logits_run(hae_backend *be, const idx_case *c, const idx_data *d, const pbuf *pq, const pbuf *pw,
-                             const pbuf *pqs, const pbuf *pl, hae_index_cache cache, const logits_pair *lp) {
+                             const pbuf *pqs, const pbuf *pl, hae_index_cache cache, const logits_pair *lp,
+                             bool fp32) {
     const bool gpu = be == g_gpu;
     const hae_device dev = gpu ? HAE_CUDA : HAE_CPU;
     hae_index_logits_args a = {
@@ -447,7 +448,8 @@ static hae_status logits_run(hae_backend *be, const idx_case *c, const idx_data 
         .cache = cache,
         .seq_lens = hae_tensor_1d(gpu ? pl->g : pl->c, HAE_I32, dev, c->B),
         .logits = logits_view(lp, c->B, c->T, c->L, gpu),
-        .w_scale = d->w_scale};
+        .w_scale = d->w_scale,
+        .exact = fp32};
     a.q.stride[1] = d->q_row, a.q.stride[0] = c->T * d->q_row;
     if (c->q_scale) a.q_scale = hae_tensor_3d(gpu ? pqs->g : pqs->c, HAE_F32, dev, c->B, c->T, c->H);
     return hae_index_logits(be, &a);
@@ -484,10 +486,11 @@ static double logits_compare(const float *cpu, const float *gpu, const float *ma
 }
 
 /* One case in one regime: write the cache on both sides, compute the logits on both, the magnitudes
- * on the CPU, compare. */
-static void logits_case(const idx_case *c, bool exact, uint64_t seed) {
+ * on the CPU, compare. fp32: the op's `exact` switch (every dot summed in fp32 on CUDA). */
+static void logits_case(const idx_case *c, bool exact, bool fp32, uint64_t seed) {
     char ctx[CTX_N];
-    idx_desc(c, exact, seed, ctx, sizeof ctx);
+    const int len = idx_desc(c, exact, seed, ctx, sizeof ctx);
+    if (fp32 && len > 0 && len < CTX_N) snprintf(ctx + len, sizeof ctx - (size_t)len, ", exact sums");
     idx_data d = idx_make(c, exact, seed);
     idx_cache_pair cp = cache_pair(c, &d);
     const int64_t nq = (int64_t)c->B * c->T;
@@ -496,10 +499,10 @@ static void logits_case(const idx_case *c, bool exact, uint64_t seed) {
         pbuf pq = pb_new(d.q, (size_t)(nq * d.q_row)), pw = pb_new(d.w, sizeof(float) * (size_t)(nq * c->H));
         pbuf pqs = pb_new(d.qs, sizeof(float) * (size_t)(nq * c->H)), pl = pb_new(d.lens, sizeof(int32_t) * (size_t)c->B);
         logits_pair lp = logits_poisoned(nq, c->L + 5);
-        if (ran(logits_run(g_cpu, c, &d, &pq, &pw, &pqs, &pl, cache_view(c, &d, &cp, false), &lp), "cpu", "index_logits",
-                ctx) &&
-            ran(logits_run(g_gpu, c, &d, &pq, &pw, &pqs, &pl, cache_view(c, &d, &cp, true), &lp), "cuda", "index_logits",
-                ctx) &&
+        if (ran(logits_run(g_cpu, c, &d, &pq, &pw, &pqs, &pl, cache_view(c, &d, &cp, false), &lp, fp32), "cpu",
+                "index_logits", ctx) &&
+            ran(logits_run(g_gpu, c, &d, &pq, &pw, &pqs, &pl, cache_view(c, &d, &cp, true), &lp, fp32), "cuda",
+                "index_logits", ctx) &&
             gpu_done("index_logits", ctx)) {
             float *g = pb_fetch_gpu(&lp.buf);
             /* magnitudes: |w| always; in the realistic regime sign-cleared codes of q and of the keys */
@@ -517,10 +520,11 @@ static void logits_case(const idx_case *c, bool exact, uint64_t seed) {
             hae_index_cache mc = cache_view(c, &d, &cp, false);
             mc.pages.data = apg + cp.off;
             logits_pair mp = {.buf = {.bytes = lp.buf.bytes, .c = xmalloc(lp.buf.bytes)}, .Ls = lp.Ls, .n = lp.n};
-            if (ran(logits_run(g_cpu, c, &d, &mq, &mw, &pqs, &pl, mc, &mp), "cpu", "index_logits (magnitudes)", ctx)) {
+            if (ran(logits_run(g_cpu, c, &d, &mq, &mw, &pqs, &pl, mc, &mp, true), "cpu", "index_logits (magnitudes)",
+                    ctx)) {
                 const float *cpu = (const float *)lp.buf.c + kGuard, *gpu = g + kGuard, *mag = (const float *)mp.buf.c + kGuard;
                 guards_intact(&lp, g, ctx);
-                const bool wgmma = c->D == 128 && !c->pages_off; /* the kernel that takes this case */
+                const bool wgmma = c->D == 128 && !c->pages_off && !fp32; /* the kernel that takes this case */
                 const double tol = exact ? 1e-5 : wgmma ? 4.9e-4 : 1e-6;
                 const double worst = logits_compare(cpu, gpu, mag, lp.n, tol, ctx, lp.Ls);
                 cr_log_info("index_logits [%s]: worst |gpu - cpu| / mag %.3g (tolerance %.3g)", ctx, worst, tol);
@@ -535,11 +539,16 @@ out_cache:
 }
 
 Test(gpu_indexer, index_write_and_logits_exact_inputs) {
-    for (size_t ci = 0; ci < sizeof IDX_CASES / sizeof *IDX_CASES; ci++) logits_case(&IDX_CASES[ci], true, 500 + ci);
+    for (size_t ci = 0; ci < sizeof IDX_CASES / sizeof *IDX_CASES; ci++) logits_case(&IDX_CASES[ci], true, false, 500 + ci);
 }
 
 Test(gpu_indexer, index_write_and_logits_realistic_inputs) {
-    for (size_t ci = 0; ci < sizeof IDX_CASES / sizeof *IDX_CASES; ci++) logits_case(&IDX_CASES[ci], false, 600 + ci);
+    for (size_t ci = 0; ci < sizeof IDX_CASES / sizeof *IDX_CASES; ci++) logits_case(&IDX_CASES[ci], false, false, 600 + ci);
+}
+
+/* The exact switch: every case, wgmma's shapes included, within fp32 rounding of the CPU. */
+Test(gpu_indexer, index_write_and_logits_exact_sums) {
+    for (size_t ci = 0; ci < sizeof IDX_CASES / sizeof *IDX_CASES; ci++) logits_case(&IDX_CASES[ci], false, true, 700 + ci);
 }
 
 /* ---------------------------------------------------------------- garbage seq_lens and block tables

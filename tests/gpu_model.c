@@ -125,35 +125,46 @@ Test(gpu_model, weights_roundtrip_between_backends) {
     hae_backend_destroy(cpu), hae_backend_destroy(gpu);
 }
 
-/* dsa with a top-k that drops tokens (16 of up to 100), learned and derived indexers, f32: the GPU's
- * indexer logits differ from the CPU's only in the order of their fp32 sums (the FP8 products are
- * exact), so a selection can differ only where two candidates' logits tie to rounding. A position
- * counts as agreeing when its logits are within 1e-4 of the CPU's; all but a few must agree. */
+/* dsa with a top-k that drops tokens (16 of up to 100), learned and derived indexers, f32. With
+ * model.dsa.exact_logits the GPU's indexer logits differ from the CPU's only in the order of their
+ * fp32 sums (the FP8 products are exact), so a selection can differ only where two candidates tie to
+ * rounding: all but a few positions must agree to 1e-4. By default the indexer runs on wgmma's FP8
+ * path (13-bit sums per 32 products, as DeepGEMM's): a position whose 16th and 17th candidates lie
+ * within that error can select another token, and on an H200 85-90% of these positions agreed; the
+ * test holds 75%, the logits overall to 5%, and the op-level bound is tests/gpu_indexer.c's. */
 Test(gpu_model, dsa_topk_selects_like_cpu) {
-    for (int derived = 0; derived < 2; derived++) {
+    for (int form = 0; form < 4; form++) {
+        const bool derived = form % 2, exact = form < 2;
         const char *sets[] = {"runtime.dtype=f32", "model.layer_pattern=[dsa, kda, dsa, full]", "model.dsa.index_topk=16",
-                              derived ? "model.dsa.derived=true" : "model.dsa.index_rope_dim=32"};
+                              derived ? "model.dsa.derived=true" : "model.dsa.index_rope_dim=32",
+                              exact ? "model.dsa.exact_logits=true" : "model.dsa.exact_logits=false"};
         hae_config cfg;
-        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", sets, 4, &cfg), HAE_OK, "%s", hae_last_error());
+        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", sets, 5, &cfg), HAE_OK, "%s", hae_last_error());
         hae_backend *cpu = tu_cpu(), *gpu = NULL;
         cr_assert_eq(hae_backend_create(HAE_CUDA, 0, &gpu), HAE_OK, "%s", hae_last_error());
         hae_model *mc = tu_model(cpu, &cfg), *mg = tu_model(gpu, &cfg);
-        const int64_t B = cfg.runtime.batch, V = cfg.model.vocab_size;
+        const int64_t B = cfg.runtime.batch, V = cfg.model.vocab_size, n = B * CTX;
         int32_t *tok = malloc(sizeof(int32_t) * (size_t)(B * CTX));
         tu_tokens(&cfg, CTX, tok, 8 + (uint64_t)derived);
         float *a = logits_of(mc, &cfg, tok), *g = logits_of(mg, &cfg, tok);
         int64_t agree = 0;
         double worst = 0;
-        for (int64_t row = 0; row < B * CTX; row++) {
+        for (int64_t row = 0; row < n; row++) {
             double e = tu_rel_rms(g + row * V, a + row * V, V);
             agree += e <= 1e-4;
             worst = e > worst ? e : worst;
         }
-        cr_expect_geq(agree, B * CTX - 3, "%s indexer, top-16: %lld of %lld positions differ from the CPU beyond 1e-4 "
-                      "(worst %.3g)", derived ? "derived" : "learned", (long long)(B * CTX - agree), (long long)(B * CTX),
-                      worst);
-        printf("gpu_model dsa top-16 %s indexer: %lld/%lld positions within 1e-4 of the CPU (worst %.3g)\n",
-               derived ? "derived" : "learned", (long long)agree, (long long)(B * CTX), worst);
+        const double all = tu_rel_rms(g, a, n * V);
+        const char *what = derived ? "derived" : "learned", *sums = exact ? "exact sums" : "wgmma sums";
+        if (exact)
+            cr_expect_geq(agree, n - 3, "%s indexer, %s, top-16: %lld of %lld positions differ from the CPU beyond 1e-4 "
+                          "(worst %.3g)", what, sums, (long long)(n - agree), (long long)n, worst);
+        else
+            cr_expect(agree >= 3 * n / 4 && all <= 0.05, "%s indexer, %s, top-16: %lld of %lld positions within 1e-4 of "
+                      "the CPU (want 75%%), logits within %.3g overall (want 0.05)", what, sums, (long long)agree,
+                      (long long)n, all);
+        printf("gpu_model dsa top-16 %s indexer, %s: %lld/%lld positions within 1e-4 of the CPU (worst %.3g, all %.3g)\n",
+               what, sums, (long long)agree, (long long)n, worst, all);
         free(tok), free(a), free(g);
         hae_model_destroy(mc), hae_model_destroy(mg);
         hae_backend_destroy(cpu), hae_backend_destroy(gpu);
