@@ -51,44 +51,20 @@ static void *dev_random(hae_dtype dt, int64_t n, uint64_t seed, float lo, float 
     return d;
 }
 
-typedef hae_status (*op_fn)(const void *args);
-
-static hae_status run_gemm(const void *a) { return hae_gemm(g_be, a); }
-static hae_status run_rmsnorm(const void *a) { return hae_rmsnorm(g_be, a); }
-static hae_status run_swiglu(const void *a) { return hae_swiglu(g_be, a); }
-static hae_status run_attention(const void *a) { return hae_attention(g_be, a); }
-
-static int cmp_float(const void *x, const void *y) {
-    float a = *(const float *)x, b = *(const float *)y;
-    return (a > b) - (a < b);
-}
-
-/* Times fn(args): REPS calls each alone after an L2 flush; median, min and max in ms. */
-static float time_op(const char *name, op_fn fn, const void *args, float *min_ms, float *max_ms) {
-    float ms[REPS];
-    for (int i = 0; i < WARMUP; i++) CHECK(name, fn(args));
-    CHECK(name, hae_backend_sync(g_be));
-    for (int i = 0; i < REPS; i++) {
-        CHECK("flush", hae_cuda_timer_flush_l2(g_timer));
-        CHECK("timer", hae_cuda_timer_start(g_timer));
-        CHECK(name, fn(args));
-        CHECK("timer", hae_cuda_timer_stop(g_timer, &ms[i]));
-    }
-    qsort(ms, REPS, sizeof ms[0], cmp_float);
-    *min_ms = ms[0];
-    *max_ms = ms[REPS - 1];
-    return ms[REPS / 2];
-}
+static hae_status run_gemm(void *a) { return hae_gemm(g_be, a); }
+static hae_status run_rmsnorm(void *a) { return hae_rmsnorm(g_be, a); }
+static hae_status run_swiglu(void *a) { return hae_swiglu(g_be, a); }
+static hae_status run_attention(void *a) { return hae_attention(g_be, a); }
 
 /* Times fn(args) and prints one row; flops and bytes are per call. */
-static void bench(const char *name, const char *shape, op_fn fn, const void *args, double flops, double bytes) {
-    float lo, hi;
-    const double med_s = (double)time_op(name, fn, args, &lo, &hi) * 1e-3;
+static void bench(const char *name, const char *shape, hae_bench_fn fn, void *args, double flops, double bytes) {
+    const hae_bench_times tm = hae_bench_time(g_timer, g_be, name, fn, args, WARMUP, REPS);
+    const double med_s = tm.median_us * 1e-6;
     char tf[32] = "-", gb[32] = "-";
     if (flops > 0) snprintf(tf, sizeof tf, "%.1f", flops / med_s * 1e-12);
     if (bytes > 0) snprintf(gb, sizeof gb, "%.0f", bytes / med_s * 1e-9);
-    printf("| %-22s | %-44s | %10.1f | %9.1f..%-9.1f | %8s | %7s |\n", name, shape, med_s * 1e6, (double)lo * 1e3,
-           (double)hi * 1e3, tf, gb);
+    printf("| %-22s | %-44s | %10.1f | %9.1f..%-9.1f | %8s | %7s |\n", name, shape, tm.median_us, tm.min_us, tm.max_us,
+           tf, gb);
     fflush(stdout);
 }
 
@@ -225,8 +201,8 @@ static void bench_attention(const attn_shape *a) {
     const double flops = 4.0 * (double)(Hq * D) * (double)B * pairs;
     const int64_t read = a->window > 0 && a->window < cap ? a->window + T - 1 : cap; /* positions read */
     const double bytes = 2.0 * 2.0 * (double)(B * T * Hq * D) + 2.0 * 2.0 * (double)(B * read * Hkv * D);
-    float lo, hi;
-    const double med = (double)time_op(a->name, run_attention, &args, &lo, &hi);
+    const hae_bench_times tm = hae_bench_time(g_timer, g_be, a->name, run_attention, &args, WARMUP, REPS);
+    const double med = tm.median_us * 1e-3, lo = tm.min_us * 1e-3, hi = tm.max_us * 1e-3; /* ms */
     char shape[96], gb[48], anchor[64] = "-";
     snprintf(shape, sizeof shape, "B %lld T %lld ctx %lld window %lld", (long long)B, (long long)T, (long long)cap,
              (long long)a->window);

@@ -224,30 +224,15 @@ static void verify_elementwise(int64_t N, int64_t D) {
 
 /* ---------------------------------------------------------------- timing */
 
-typedef hae_status (*op_fn)(const void *args);
-static hae_status run_logits(const void *a) { return hae_index_logits(g_be, a); }
-static hae_status run_quant(const void *a) { return hae_fp8_quant(g_be, a); }
-static hae_status run_hadamard(const void *a) { return hae_hadamard(g_be, a); }
+static hae_status run_logits(void *a) { return hae_index_logits(g_be, a); }
+static hae_status run_quant(void *a) { return hae_fp8_quant(g_be, a); }
+static hae_status run_hadamard(void *a) { return hae_hadamard(g_be, a); }
 
-static int cmp_float(const void *x, const void *y) {
-    float a = *(const float *)x, b = *(const float *)y;
-    return (a > b) - (a < b);
-}
-
-/* Median seconds of REPS calls; prints nothing. ms[0] and ms[REPS - 1] go to lo and hi (us). */
-static double time_op(const char *name, op_fn fn, const void *args, double *lo_us, double *hi_us) {
-    float ms[REPS];
-    for (int i = 0; i < WARMUP; i++) CHECK(name, fn(args));
-    CHECK(name, hae_backend_sync(g_be));
-    for (int i = 0; i < REPS; i++) {
-        CHECK("flush", hae_cuda_timer_flush_l2(g_timer));
-        CHECK("timer", hae_cuda_timer_start(g_timer));
-        CHECK(name, fn(args));
-        CHECK("timer", hae_cuda_timer_stop(g_timer, &ms[i]));
-    }
-    qsort(ms, REPS, sizeof ms[0], cmp_float);
-    *lo_us = (double)ms[0] * 1e3, *hi_us = (double)ms[REPS - 1] * 1e3;
-    return (double)ms[REPS / 2] * 1e-3;
+/* Median seconds of REPS calls; min and max (us) to lo and hi. */
+static double time_op(const char *name, hae_bench_fn fn, void *args, double *lo_us, double *hi_us) {
+    const hae_bench_times tm = hae_bench_time(g_timer, g_be, name, fn, args, WARMUP, REPS);
+    *lo_us = tm.min_us, *hi_us = tm.max_us;
+    return tm.median_us * 1e-6;
 }
 
 static void row(const char *name, const char *shape, double sec, double lo, double hi, const char *tf, const char *gb,

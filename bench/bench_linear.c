@@ -160,27 +160,15 @@ static void verify(const char *name, int64_t B, int64_t T, int64_t H, int64_t K,
     }
 }
 
-static int cmp_float(const void *x, const void *y) {
-    float a = *(const float *)x, b = *(const float *)y;
-    return (a > b) - (a < b);
-}
+static hae_status run_linear(void *a) { return hae_linear_attn(g_be, a); }
 
 /* Times one problem and prints a row. peer_us / copy: the ratios' references (0: none). */
 static void bench(const char *name, int64_t B, int64_t T, int64_t H, int64_t K, int64_t V, hae_decay decay, int chunk,
                   double peer_us) {
     problem p;
     problem_make(&p, g_be, B, T, H, K, V, decay, chunk, 5);
-    float ms[REPS];
-    for (int i = 0; i < WARMUP; i++) CHECK(name, hae_linear_attn(g_be, &p.a));
-    CHECK(name, hae_backend_sync(g_be));
-    for (int i = 0; i < REPS; i++) {
-        CHECK("flush", hae_cuda_timer_flush_l2(g_timer));
-        CHECK("timer", hae_cuda_timer_start(g_timer));
-        CHECK(name, hae_linear_attn(g_be, &p.a));
-        CHECK("timer", hae_cuda_timer_stop(g_timer, &ms[i]));
-    }
-    qsort(ms, REPS, sizeof ms[0], cmp_float);
-    const double med_us = (double)ms[REPS / 2] * 1e3, med_s = med_us * 1e-6;
+    const hae_bench_times tm = hae_bench_time(g_timer, g_be, name, run_linear, &p.a, WARMUP, REPS);
+    const double med_us = tm.median_us, med_s = med_us * 1e-6;
     const double tokens = (double)(B * T);
     char tf[32] = "-", gb[32] = "-", peer[32] = "-", ceil_s[32] = "-";
     if (chunk > 0) {
@@ -200,7 +188,7 @@ static void bench(const char *name, int64_t B, int64_t T, int64_t H, int64_t K, 
     snprintf(shape, sizeof shape, "B %lld T %lld H %lld K %lld V %lld C %d", (long long)B, (long long)T, (long long)H,
              (long long)K, (long long)V, chunk);
     printf("| %-16s | %-36s | %10.1f | %9.1f..%-9.1f | %12.0f | %7s | %7s | %10s | %9s |\n", name, shape, med_us,
-           (double)ms[0] * 1e3, (double)ms[REPS - 1] * 1e3, tokens / med_s, tf, gb, peer, ceil_s);
+           tm.min_us, tm.max_us, tokens / med_s, tf, gb, peer, ceil_s);
     fflush(stdout);
     problem_free(&p);
 }

@@ -200,26 +200,14 @@ static void verify(const shape *full, int64_t B, int64_t T, int64_t context) {
     }
 }
 
-static int cmp_float(const void *x, const void *y) {
-    const float a = *(const float *)x, b = *(const float *)y;
-    return (a > b) - (a < b);
-}
+static hae_status run_sparse(void *a) { return hae_sparse_attention(g_be, a); }
 
 /* Times one shape and prints a row; decode rows compare time, prefill rows TFLOP/s. */
 static void bench(const shape *s, bool decode) {
     problem p;
     problem_make(&p, g_be, s, 5);
-    float ms[REPS];
-    for (int i = 0; i < WARMUP; i++) CHECK(s->name, hae_sparse_attention(g_be, &p.a));
-    CHECK(s->name, hae_backend_sync(g_be));
-    for (int i = 0; i < REPS; i++) {
-        CHECK("flush", hae_cuda_timer_flush_l2(g_timer));
-        CHECK("timer", hae_cuda_timer_start(g_timer));
-        CHECK(s->name, hae_sparse_attention(g_be, &p.a));
-        CHECK("timer", hae_cuda_timer_stop(g_timer, &ms[i]));
-    }
-    qsort(ms, REPS, sizeof ms[0], cmp_float);
-    const double med_us = (double)ms[REPS / 2] * 1e3, med_s = med_us * 1e-6;
+    const hae_bench_times tm = hae_bench_time(g_timer, g_be, s->name, run_sparse, &p.a, WARMUP, REPS);
+    const double med_us = tm.median_us, med_s = med_us * 1e-6;
     const double queries = (double)(s->B * s->T);
     const double flops = 2.0 * (double)s->Hq * (double)s->k * (double)(s->Dk + s->Dv) * queries;
     const double row_bytes = 2.0 * (double)(s->mla ? s->Dk : s->Dk + s->Dv);
@@ -242,7 +230,7 @@ static void bench(const shape *s, bool decode) {
              (long long)s->T, (long long)s->context, (long long)s->Hq, (long long)s->Hkv, (long long)s->Dk,
              (long long)s->Dv, (long long)s->k);
     printf("| %-12s | %-56s | %10.1f | %9.1f..%-9.1f | %7.1f | %7.0f | %-24s | %-20s |\n", s->name, shp, med_us,
-           (double)ms[0] * 1e3, (double)ms[REPS - 1] * 1e3, tf, bytes / med_s * 1e-9, peer, target);
+           tm.min_us, tm.max_us, tf, bytes / med_s * 1e-9, peer, target);
     fflush(stdout);
     problem_free(&p);
 }

@@ -42,11 +42,6 @@ static void *xmalloc(size_t n) {
     return p;
 }
 
-static int cmp_float(const void *x, const void *y) {
-    float a = *(const float *)x, b = *(const float *)y;
-    return (a > b) - (a < b);
-}
-
 static int cmp_u64(const void *x, const void *y) {
     unsigned long long a = *(const unsigned long long *)x, b = *(const unsigned long long *)y;
     return (a > b) - (a < b);
@@ -156,20 +151,22 @@ static int check(problem *p, const variant *v) {
     return 1;
 }
 
+/* One timed call of a problem's variant. */
+typedef struct {
+    problem *p;
+    const variant *v;
+} timed_call;
+static hae_status run_timed(void *ctx) {
+    const timed_call *c = ctx;
+    return run_variant(c->p, c->v, NULL);
+}
+
 static void bench(problem *p, int vi) {
     const shape *sh = p->sh;
     const variant *v = &variants[vi];
-    float ms[REPS];
-    for (int i = 0; i < WARMUP; i++) CHECK(sh->name, run_variant(p, v, NULL));
-    CHECK(sh->name, hae_backend_sync(g_be));
-    for (int i = 0; i < REPS; i++) {
-        CHECK("flush", hae_cuda_timer_flush_l2(g_timer));
-        CHECK("timer", hae_cuda_timer_start(g_timer));
-        CHECK(sh->name, run_variant(p, v, NULL));
-        CHECK("timer", hae_cuda_timer_stop(g_timer, &ms[i]));
-    }
-    qsort(ms, REPS, sizeof ms[0], cmp_float);
-    const double med_us = (double)ms[REPS / 2] * 1e3;
+    timed_call call = {p, v};
+    const hae_bench_times tm = hae_bench_time(g_timer, g_be, sh->name, run_timed, &call, WARMUP, REPS);
+    const double med_us = tm.median_us;
     p->med_us[vi] = med_us;
     const double gbs = p->logits_read * 4.0 / (med_us * 1e-6) * 1e-9;
     char peer[32] = "-", target[48] = "-", lens_s[48];
@@ -180,8 +177,8 @@ static void bench(problem *p, int vi) {
     if (sh->causal) snprintf(lens_s, sizeof lens_s, "%lld..%lld", (long long)(sh->L - sh->R + 1), (long long)sh->L);
     else snprintf(lens_s, sizeof lens_s, "%lld", (long long)sh->L);
     printf("| %-13s | %-9s | %5lld | %-14s | %5lld | %10.1f | %9.1f..%-9.1f | %7.0f | %7.0f%% | %14s | %-22s |\n",
-           sh->name, v->name, (long long)sh->R, lens_s, (long long)sh->k, med_us, (double)ms[0] * 1e3,
-           (double)ms[REPS - 1] * 1e3, gbs, 100.0 * gbs / COPY_CEILING_GBS, peer, target);
+           sh->name, v->name, (long long)sh->R, lens_s, (long long)sh->k, med_us, tm.min_us,
+           tm.max_us, gbs, 100.0 * gbs / COPY_CEILING_GBS, peer, target);
     fflush(stdout);
 }
 

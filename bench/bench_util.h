@@ -37,6 +37,36 @@ hae_status hae_cuda_timer_stop(hae_cuda_timer *t, float *ms);
 /* L2 size, multiprocessor count and memory size of be's device, for the benchmark header. */
 hae_status hae_cuda_device_facts(hae_backend *be, size_t *l2_bytes, int *sms, size_t *mem_bytes);
 
+/* The timing every benchmark shares: `warmup` untimed calls of fn(ctx), then `reps` calls each timed
+ * alone with CUDA events after an L2 flush. Stops the benchmark at the first failure. */
+typedef struct hae_bench_times {
+    double median_us, min_us, max_us;
+} hae_bench_times;
+typedef hae_status (*hae_bench_fn)(void *ctx);
+
+static inline int hae_bench_cmp_float(const void *x, const void *y) {
+    const float a = *(const float *)x, b = *(const float *)y;
+    return (a > b) - (a < b);
+}
+
+static inline hae_bench_times hae_bench_time(hae_cuda_timer *t, hae_backend *be, const char *name, hae_bench_fn fn,
+                                             void *ctx, int warmup, int reps) {
+    float *ms = (float *)malloc(sizeof(float) * (size_t)reps);
+    if (!ms) hae_bench_die(name, hae_error(HAE_ERR_OOM, "%d timings", reps));
+    for (int i = 0; i < warmup; i++) CHECK(name, fn(ctx));
+    CHECK(name, hae_backend_sync(be));
+    for (int i = 0; i < reps; i++) {
+        CHECK("flush", hae_cuda_timer_flush_l2(t));
+        CHECK("timer", hae_cuda_timer_start(t));
+        CHECK(name, fn(ctx));
+        CHECK("timer", hae_cuda_timer_stop(t, &ms[i]));
+    }
+    qsort(ms, (size_t)reps, sizeof ms[0], hae_bench_cmp_float);
+    hae_bench_times r = {(double)ms[reps / 2] * 1e3, (double)ms[0] * 1e3, (double)ms[reps - 1] * 1e3};
+    free(ms);
+    return r;
+}
+
 #ifdef __cplusplus
 }
 #endif
