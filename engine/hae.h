@@ -856,6 +856,63 @@ typedef struct hae_dilution_result {
 } hae_dilution_result;
 hae_status hae_probe_dilution(hae_backend *be, const hae_dilution_args *a, hae_dilution_result *out);
 
+/* Hand-built circuits: models whose weights are constructed, not trained, so that a known stack answers a
+ * task's questions exactly, run through the whole engine (hae_model_forward: chunked prefill, decode steps,
+ * KV caches, the FP8 indexer and top-k, the linear kernels). The stack, in f32:
+ *     layer 0    deltanet, the previous-token step: its short conv reads token t-1 (and the marker's distance)
+ *                into the residual stream; the MLP after it gates on the marker (SwiGLU as an AND)
+ *     layer 1..h one retrieval layer per hop, of the kind the caller picks: query = the current key's code,
+ *                key = the code of the token before an association's value, value = that value's code
+ *     LM head    the value code read back as logits (ties go to the lowest token id, as greedy sampling)
+ * Every token that can be asked or answered has a binary code of n dims (one-hot while the codes fit in n,
+ * else distinct sets of w ones: any two overlap in at most w - 1). Associations are marked by the layout:
+ * mqar "k v" (the token before v is a key), niah "NEEDLE k v", multihop "LINK a b". A softmax hop scores
+ * 48 per unit of code overlap, so the match beats every other key by e^48; swa sees only its window; dsa
+ * attends over the top-k of the derived indexer (the FP8 copy of the same q and k); a linear hop writes
+ * k v^T for marked positions only and reads S^T q, exact while the keys are orthonormal (codes one-hot).
+ * eval/README.md gives the full construction and what each kind scores. */
+#define HAE_CIRCUIT_MAX_HOPS 16
+
+typedef struct hae_circuit_args {
+    hae_task_kind task;    /* the layout read: mqar or niah (1 hop), multihop */
+    int64_t vocab;         /* the task's vocab and noise_vocab */
+    int64_t noise_vocab;
+    int hops;              /* retrieval layers, 1..HAE_CIRCUIT_MAX_HOPS */
+    hae_layer_kind kinds[HAE_CIRCUIT_MAX_HOPS]; /* each hop's mixer: any layer kind */
+    int64_t context;       /* tokens the model is sized for (runtime.prefill); 0 in hae_circuit_eval: the task's */
+    int64_t code_dim;      /* n, 1..128; 0: 64. The linear and attention heads are 64 wide (128 when n > 64) */
+    int64_t window;        /* swa hops' model.swa.window_size; 0: the base config's */
+    int64_t topk;          /* dsa hops' model.dsa.index_topk; 0: the base config's */
+    float log_decay;       /* decaying linear kinds: log decay per token, <= 0; 0: no forgetting */
+    float beta_logit;      /* delta kinds: beta = sigmoid(beta_logit); 0: 40 (writes fully) */
+    uint64_t seed;         /* of the codes when they are not one-hot */
+} hae_circuit_args;
+
+/* The circuit's config and weights: base (NULL: the built-in default) keeps its runtime, memory and dsa
+ * settings; the model section is the circuit's (dtype f32, batch 1, prefill = context, decode 0). The weights
+ * go to weights_path as safetensors under the model's names, for hae_model_load. */
+hae_status hae_circuit_build(const hae_circuit_args *a, const hae_config *base, hae_config *cfg,
+                             const char *weights_path);
+
+typedef struct hae_circuit_result {
+    int64_t queries;
+    int64_t correct;         /* questions whose every answer was the argmax */
+    double recall;           /* correct / queries */
+    int64_t answers, answers_correct;
+    int code_weight;         /* w: ones per code (1: one-hot, orthonormal keys) */
+} hae_circuit_result;
+
+/* Scores task t on a model built from a (batch 1): with decode false one forward over every token (the model
+ * must keep all logits, hae_model_options.all_logits), else a prefill of the context and then one decode step
+ * per question token, teacher-forced. A question is correct when the argmax at query_pos[i] + j is its j-th
+ * answer for every j. correct, when not NULL, gets [n_queries] 0/1. Multihop's follow form needs hops equal
+ * to the task's, its list form 1 hop. The model is reset first. */
+hae_status hae_circuit_run(hae_model *m, const hae_circuit_args *a, const hae_task *t, bool decode,
+                           hae_circuit_result *out, uint8_t *correct);
+/* Build, create on be, load, run, destroy: one call per (circuit, task). */
+hae_status hae_circuit_eval(hae_backend *be, const hae_circuit_args *a, const hae_config *base, const hae_task *t,
+                            bool decode, const char *weights_path, hae_circuit_result *out, uint8_t *correct);
+
 /* ---------------------------------------------------------------- memory manager (memory/)
  * DESIGN.md §2. Every KV byte and recurrent state lives in pages of a pool with two tiers, GPU memory and
  * host RAM, each with a byte budget checked when the pool is created; pages are taken from arenas
