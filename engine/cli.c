@@ -1,5 +1,6 @@
-/* The `hae` command line: run, info, eval. Results go to stdout, progress to stderr. */
+/* The `hae` command line: run, info, eval, report, mem. Results go to stdout, progress to stderr. */
 #include "internal.h"
+#include "../eval/chart.h"
 
 #include <errno.h>
 #include <math.h>
@@ -18,7 +19,9 @@ static const char *usage_main =
     "commands:\n"
     "  run  [CONFIG]   prefill + decode on random tokens; prints speed and memory, writes a run directory\n"
     "  info [CONFIG]   the resolved stack, parameters and KV bytes, next to its full-attention twin\n"
-    "  eval --probe    recall of each layer kind's real ops on mqar, multi-hop and needle tasks (no weights)\n"
+    "  eval [CONFIG]   recall on mqar, multi-hop and needle tasks: through the model, or (--probe) through each\n"
+    "                  layer kind's real ops with no weights; the grid is the config's eval section\n"
+    "  report DIR...   eval run directories merged into one table and chart\n"
     "  mem  [CONFIG]   GPU and host bytes at several contexts vs the full-attention twin; the longest that fits\n"
     "\n"
     "CONFIG is a YAML file (configs/*.yaml); without one, the built-in default (configs/default.yaml).\n"
@@ -515,390 +518,167 @@ static int cmd_run(int argc, char **argv) {
     return failed ? 1 : 0;
 }
 
-/* ---------------------------------------------------------------- eval --probe */
+/* ---------------------------------------------------------------- eval */
 
 static const char *usage_eval =
-    "usage: hae eval --probe [options]\n"
+    "usage: hae eval [CONFIG] [options]           the tasks through CONFIG's model, scored by exact match\n"
+    "       hae eval --probe [CONFIG] [options]   the tasks written into each layer kind's real ops, no weights\n"
     "\n"
-    "Mechanism probes (DESIGN.md section 3, eval/README.md): each task is written directly as keys and values\n"
-    "into one layer kind's real ops, no trained weights. Every token gets a random unit key code and value\n"
-    "code; a question's output is decoded to the nearest value code, and multi-hop feeds the decoded token\n"
-    "back as the next query. Runs the grid kinds x pairs x hops x K x top-k x lengths, each point over\n"
-    "--seeds seeds, and reports recall: questions whose every answer decoded exactly / questions asked.\n"
+    "Recall tasks whose answers are known by construction (DESIGN.md section 3, eval/README.md): mqar\n"
+    "(key/value pairs, later queried), multihop (chains a0 -> a1 -> ... -> aH among distractor chains), niah\n"
+    "(needles among decoys). The grid is the config's `eval:` section (docs/config.md): per task, lengths x\n"
+    "pairs (mqar, niah) or lengths x hops x chains (multihop), each point pooled over eval.seeds tasks (seeds\n"
+    "1..N); a `sweep:` section runs the grid once per job. The options below set those keys. LIST: comma-\n"
+    "separated values, one axis; a K, M or G suffix multiplies a length by 2^10, 2^20, 2^30.\n"
     "\n"
-    "options (LIST: comma-separated values, one grid axis each):\n"
-    "  --probe            run the mechanism probes (required: the only eval built so far)\n"
-    "  --kinds LIST       layer kinds, any of full, dsa, kda, gdn, deltanet, gla, mamba2, retnet, linear\n"
-    "                     (default: all nine; swa is not probed)\n"
-    "  --task T           mqar | multihop | niah (default mqar)\n"
-    "  --lengths LIST     tokens per task, 64 .. 2^31-1 (default 256,1024,4096); the table's context is the\n"
-    "                     tokens before the questions\n"
-    "  --pairs LIST       associations stored, >= 1 (default 32): mqar key/value pairs; multihop links, as\n"
-    "                     pairs/hops chains of hops links each; niah needles (the unasked ones are decoys)\n"
-    "  --hops LIST        multihop only: links per chain, 1 .. 1024 (default 1,2,4)\n"
-    "  --K LIST           key dim = value dim, 1 .. 4096, the linear state is K x K; dsa: <= 128 (default 64)\n"
-    "  --topk LIST        dsa: tokens each question attends to, >= 1 (default 64)\n"
-    "  --index-dtype D    dsa: fp8 (the FP8 e4m3 lightning indexer) | bf16 | f32 ranking (default fp8)\n"
-    "  --key-cos C        cosine between any two key codes, in [0, 1) (default 0: independent random keys)\n"
-    "  --log-decay X      decaying linear kinds: log decay per token, <= 0 (default 0: no forgetting)\n"
-    "  --orthogonal       the keys the context writes orthonormal (their count, + 1 with --key-cos, <= K)\n"
-    "  --vocab N          token ids, 16 .. 2^31-1 (default 1024); must leave room for the pairs' keys and values\n"
-    "  --noise N          distinct noise tokens filling the context, each writing its own key, >= 0 (default 64;\n"
-    "                     0: PAD filler, which writes nothing)\n"
-    "  --seeds N          repeats with task and code seeds 1..N, recall pooled over them, 1 .. 10000 (default 2)\n"
-    "  --backend B        cpu | cuda | auto (default cpu); a point the backend cannot run is an error row\n"
-    "  --out DIR          run directory (default runs/probe-YYYYmmdd-HHMMSS)\n"
+    "Model runs: a grid point's tasks go through hae_model_forward runtime.batch at a time; each sequence is\n"
+    "prefilled up to its first question, then fed up to each scored position in turn, the answers being in\n"
+    "its tokens (teacher forcing); a question is right when, at each of its answers, the argmax of the next-\n"
+    "token logits is that answer. recall = questions right / asked; chance = what a uniform pick among the\n"
+    "answer tokens scores. Probes: every token gets a random unit key code and value code, the context writes\n"
+    "them into one kind's real kernels, and each question's output is decoded to the nearest value code\n"
+    "(multi-hop feeds the decoded token back as the next query).\n"
     "\n"
-    "Fixed: V = K, random unit value codes, softmax scale 32 on unit keys (full, dsa), beta = 1 (delta kinds),\n"
-    "L2-normalised q/k and chunk 64 (linear kinds), every stored key asked once.\n"
+    "task options (config key: meaning, range (default)):\n"
+    "  --task LIST        eval.tasks: mqar, multihop, niah (mqar)\n"
+    "  --lengths LIST     eval.lengths: tokens per task, 64 .. 2^31-1 (256,1024,4096)\n"
+    "  --pairs LIST       eval.pairs: mqar key/value pairs; niah needles, the unasked ones decoys; multihop links,\n"
+    "                     as pairs/hops chains, where eval.chains is 0; >= 1 (32)\n"
+    "  --hops LIST        eval.hops: multihop links per chain, 1 .. 1024 (1,2,4)\n"
+    "  --chains LIST      eval.chains: multihop chains written, the unasked ones distractors; 0: pairs/hops (0)\n"
+    "  --queries N        eval.queries: questions per task; 0: every pair, needle or chain (0)\n"
+    "  --form F           eval.form: multihop questions, follow (QUERY a0 -> aH) | list (LIST a0 -> a1 .. aH)\n"
+    "                     (follow)\n"
+    "  --shuffle          eval.shuffle: multihop links in any order, not hop order (off)\n"
+    "  --power X          eval.power: which mqar pairs are asked, 0 uniform, > 0 P ~ distance^-X (0)\n"
+    "  --noise N          eval.noise_vocab: distinct filler tokens, >= 0; 0: PAD (64)\n"
+    "  --vocab N          eval.vocab: task token ids [0, N); 0: model.vocab_size (0)\n"
+    "  --seeds N          eval.seeds: tasks per grid point, seeds 1..N, 1 .. 10000 (2)\n"
+    "probe options (with --probe):\n"
+    "  --kinds LIST       eval.probe.kinds: full, dsa, kda, gdn, deltanet, gla, mamba2, retnet, linear (all nine)\n"
+    "  --K LIST           eval.probe.K: key dim = value dim (the linear state is K x K), 1 .. 4096; dsa <= 128 (64)\n"
+    "  --topk LIST        eval.probe.topk: tokens each dsa question attends to, >= 1 (64)\n"
+    "  --index-dtype D    eval.probe.index_dtype: the dsa ranking, fp8 (the FP8 lightning indexer) | bf16 | f32 (fp8)\n"
+    "  --key-cos C        eval.probe.key_cos: cosine between any two key codes, [0, 1) (0)\n"
+    "  --log-decay X      eval.probe.log_decay: the decaying linear kinds' log decay per token, [-1000, 0]; 0 is no\n"
+    "                     forgetting, so kda = gdn = deltanet and gla = mamba2 = retnet = linear (0)\n"
+    "  --orthogonal       eval.probe.orthogonal: the context's keys orthonormal (their count <= K) (off)\n"
+    "                     fixed: V = K, random unit value codes, softmax scale 32 on unit keys, beta = 1 (delta\n"
+    "                     kinds), L2-normalised q/k and chunk 64 (linear kinds), every stored key asked once\n"
+    "model options:\n"
+    "  --weights FILE     the model's weights (safetensors with hae's tensor names)\n"
+    "  --double D         oracle | random: the logits at every scored position replaced by a solver's answer,\n"
+    "                     read from the tokens so far (scores 100%), or by a uniform pick among the answer tokens\n"
+    "                     (scores chance): checks the whole path, prefill and scoring, without a trained model\n"
+    "  --untrained        run the seed's random init anyway: a baseline, never a result (without --weights or\n"
+    "                     --double, hae eval refuses to score an untrained model)\n"
+    "  --batch N          runtime.batch: sequences per forward, 1 .. 65536 (1)\n"
+    "options:\n"
+    "  --set KEY=VALUE    override any config key (dotted path, YAML value), repeatable\n"
+    "  --backend B        runtime.backend: auto | cpu | cuda (auto)\n"
+    "  --out DIR          run directory (default OUTPUT_DIR/eval-NAME-YYYYmmdd-HHMMSS; probe-NAME-... with --probe)\n"
     "\n"
-    "prints: the markdown table on stdout, a line per grid point on stderr (HAE_NO_PROGRESS=1 silences it)\n"
-    "writes: results.md (the command and the table), metrics.jsonl (a JSON line per point), results.csv (a row\n"
-    "        per point: every knob, context, stored pairs, queries, correct, recall, error), env.json\n"
+    "prints: the markdown summary on stdout; a line per grid point on stderr, redrawn with a bar on a terminal\n"
+    "        (HAE_NO_PROGRESS=1 silences it)\n"
+    "writes: config.resolved.yaml, env.json, metrics.jsonl (a JSON line per point), results.csv (a row per point:\n"
+    "        its knobs, the results, the job and, for model runs, every config key), results.md (recall by\n"
+    "        length and by hops), recall_vs_length.svg and, when a series spans two or more hops,\n"
+    "        recall_vs_hops.svg; `hae report` merges run directories into one table and chart\n"
     "exit status: 0 when every point ran; 1 on a bad value (then nothing is written) or a failed point\n";
 
-#define MAX_LIST 64
-#define MAX_POINTS 100000
+enum { FOR_BOTH, FOR_PROBE, FOR_MODEL };
+
+/* The options that set a config key: "--flag VALUE" is "--set KEY=VALUE"; a switch sets KEY=true. */
+static const struct {
+    const char *flag, *key;
+    int mode;
+    bool takes_value;
+} eval_flags[] = {
+    {"--task", "eval.tasks", FOR_BOTH, true},         {"--lengths", "eval.lengths", FOR_BOTH, true},
+    {"--pairs", "eval.pairs", FOR_BOTH, true},        {"--hops", "eval.hops", FOR_BOTH, true},
+    {"--chains", "eval.chains", FOR_BOTH, true},      {"--queries", "eval.queries", FOR_BOTH, true},
+    {"--form", "eval.form", FOR_BOTH, true},          {"--shuffle", "eval.shuffle", FOR_BOTH, false},
+    {"--power", "eval.power", FOR_BOTH, true},        {"--noise", "eval.noise_vocab", FOR_BOTH, true},
+    {"--vocab", "eval.vocab", FOR_BOTH, true},        {"--seeds", "eval.seeds", FOR_BOTH, true},
+    {"--kinds", "eval.probe.kinds", FOR_PROBE, true}, {"--K", "eval.probe.K", FOR_PROBE, true},
+    {"--topk", "eval.probe.topk", FOR_PROBE, true},   {"--index-dtype", "eval.probe.index_dtype", FOR_PROBE, true},
+    {"--key-cos", "eval.probe.key_cos", FOR_PROBE, true}, {"--log-decay", "eval.probe.log_decay", FOR_PROBE, true},
+    {"--orthogonal", "eval.probe.orthogonal", FOR_PROBE, false}, {"--batch", "runtime.batch", FOR_MODEL, true},
+    {"--backend", "runtime.backend", FOR_BOTH, true},
+};
 
 typedef struct {
-    int64_t v[MAX_LIST];
-    int n;
-} int_list;
-
-typedef struct {
-    hae_layer_kind kinds[MAX_LIST];
-    int n_kinds;
-    hae_task_kind task;
-    int_list lengths, pairs, hops, K, topk;
-    hae_dtype index_dtype;
-    double key_cos;
-    float log_decay;
-    bool orthogonal, hops_set;
-    int64_t vocab, noise, seeds;
-    hae_backend_choice backend;
-    const char *out_dir;
+    options o; /* CONFIG, the overrides, --out, --weights */
+    char sets[MAX_SETS][2 * HAE_NAME_MAX];
+    bool probe, untrained;
+    int dbl; /* 0 none, 1 oracle, 2 random */
 } eval_options;
 
-/* One grid point; its recall is pooled over the seeds. */
-typedef struct {
-    hae_layer_kind kind;
-    int64_t length, pairs, hops, K, topk; /* hops 1 but for multihop, topk 0 but for dsa */
-} probe_point;
-
-static const char *probe_kinds = "full, dsa, kda, gdn, deltanet, gla, mamba2, retnet, linear";
-
-/* A whole number in [lo, hi], or one error line naming the flag and the text. */
-static bool parse_int(const char *flag, const char *text, int64_t lo, int64_t hi, int64_t *out) {
-    char *end;
-    errno = 0;
-    long long v = strtoll(text, &end, 10);
-    if (end == text || *end || errno) return fprintf(stderr, "hae: %s '%s': not a whole number\n", flag, text), false;
-    if (v < lo || v > hi)
-        return fprintf(stderr, "hae: %s %lld: must be in [%lld, %lld]\n", flag, v, (long long)lo, (long long)hi), false;
-    *out = v;
-    return true;
-}
-
-static bool parse_real(const char *flag, const char *text, double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(text, &end);
-    if (end == text || *end || errno || !isfinite(v))
-        return fprintf(stderr, "hae: %s '%s': not a finite number\n", flag, text), false;
-    *out = v;
-    return true;
-}
-
-/* Splits a comma-separated list into items of at most 63 characters, none empty. */
-static int split_list(const char *flag, const char *text, char items[MAX_LIST][64]) {
-    if (!text[0]) return fprintf(stderr, "hae: %s '': an empty list\n", flag), -1;
-    int n = 0;
-    for (const char *p = text;; n++) {
-        const char *e = strchr(p, ',');
-        size_t len = e ? (size_t)(e - p) : strlen(p);
-        if (!len) return fprintf(stderr, "hae: %s '%s': an empty item\n", flag, text), -1;
-        if (n == MAX_LIST) return fprintf(stderr, "hae: %s '%s': more than %d items\n", flag, text, MAX_LIST), -1;
-        if (len >= 64) return fprintf(stderr, "hae: %s '%.*s': not a value\n", flag, (int)len, p), -1;
-        memcpy(items[n], p, len);
-        items[n][len] = '\0';
-        if (!e) return n + 1;
-        p = e + 1;
-    }
-}
-
-static bool parse_list(const char *flag, const char *text, int64_t lo, int64_t hi, int_list *l) {
-    char items[MAX_LIST][64];
-    int n = split_list(flag, text, items);
-    if (n < 0) return false;
-    for (int i = 0; i < n; i++)
-        if (!parse_int(flag, items[i], lo, hi, &l->v[i])) return false;
-    l->n = n;
-    return true;
-}
-
-static bool parse_kinds(const char *text, eval_options *o) {
-    char items[MAX_LIST][64];
-    int n = split_list("--kinds", text, items);
-    if (n < 0) return false;
-    for (int i = 0; i < n; i++) {
-        int k = 0;
-        while (k < HAE_LAYER_KIND_COUNT && strcmp(items[i], hae_layer_kind_name((hae_layer_kind)k))) k++;
-        if (k == HAE_LAYER_KIND_COUNT)
-            return fprintf(stderr, "hae: --kinds %s: unknown layer kind (probed: %s)\n", items[i], probe_kinds), false;
-        o->kinds[i] = (hae_layer_kind)k;
-    }
-    o->n_kinds = n;
-    return true;
-}
-
-/* The index of text among the n names, or -1 after an error line. */
-static int parse_choice(const char *flag, const char *text, const char *const *names, int n) {
-    for (int i = 0; i < n; i++)
-        if (!strcmp(text, names[i])) return i;
-    fprintf(stderr, "hae: %s '%s': expected", flag, text);
-    for (int i = 0; i < n; i++) fprintf(stderr, "%s %s", i ? (i == n - 1 ? " or" : ",") : "", names[i]);
-    fputc('\n', stderr);
-    return -1;
-}
-
-static bool eval_value(const char *a, const char *val, eval_options *o) {
-    static const char *const tasks[] = {"mqar", "multihop", "niah"}, *const dtypes[] = {"fp8", "bf16", "f32"},
-                             *const backends[] = {"auto", "cpu", "cuda"};
-    static const hae_dtype dtype_of[] = {HAE_FP8_E4M3, HAE_BF16, HAE_F32};
-    int c;
-    double x;
-    if (!strcmp(a, "--kinds")) return parse_kinds(val, o);
-    if (!strcmp(a, "--lengths")) return parse_list(a, val, 64, INT32_MAX, &o->lengths);
-    if (!strcmp(a, "--pairs")) return parse_list(a, val, 1, INT32_MAX, &o->pairs);
-    if (!strcmp(a, "--hops")) return o->hops_set = true, parse_list(a, val, 1, 1024, &o->hops);
-    if (!strcmp(a, "--K")) return parse_list(a, val, 1, 4096, &o->K);
-    if (!strcmp(a, "--topk")) return parse_list(a, val, 1, INT32_MAX, &o->topk);
-    if (!strcmp(a, "--vocab")) return parse_int(a, val, 16, INT32_MAX, &o->vocab);
-    if (!strcmp(a, "--noise")) return parse_int(a, val, 0, INT32_MAX, &o->noise);
-    if (!strcmp(a, "--seeds")) return parse_int(a, val, 1, 10000, &o->seeds);
-    if (!strcmp(a, "--out")) return o->out_dir = val, true;
-    if (!strcmp(a, "--task")) return (c = parse_choice(a, val, tasks, 3)) >= 0 && (o->task = (hae_task_kind)c, true);
-    if (!strcmp(a, "--index-dtype"))
-        return (c = parse_choice(a, val, dtypes, 3)) >= 0 && (o->index_dtype = dtype_of[c], true);
-    if (!strcmp(a, "--backend"))
-        return (c = parse_choice(a, val, backends, 3)) >= 0 && (o->backend = (hae_backend_choice)c, true);
-    if (!strcmp(a, "--key-cos")) {
-        if (!parse_real(a, val, &x)) return false;
-        if (!(x >= 0 && x < 1)) return fprintf(stderr, "hae: --key-cos %g: must be in [0, 1)\n", x), false;
-        return o->key_cos = x, true;
-    }
-    HAE_ASSERT(!strcmp(a, "--log-decay")); /* the last flag eval_flag_takes_value names */
-    if (!parse_real(a, val, &x)) return false;
-    if (x > 0 || !isfinite((float)x)) return fprintf(stderr, "hae: --log-decay %g: must be <= 0 (0: no forgetting)\n", x), false;
-    return o->log_decay = (float)x, true;
-}
-
-static bool eval_flag_takes_value(const char *a) {
-    static const char *const flags[] = {"--kinds", "--lengths", "--pairs", "--hops",  "--K",     "--topk",
-                                        "--vocab", "--noise",   "--seeds", "--out",   "--task",  "--index-dtype",
-                                        "--backend", "--key-cos", "--log-decay"};
-    for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
-        if (!strcmp(a, flags[i])) return true;
-    return false;
-}
+static const char *const double_names[] = {"", "oracle", "random"};
 
 /* Parses argv after `eval`; returns 0 ok, 1 error, 2 help printed. */
-static int parse_eval(int argc, char **argv, eval_options *o) {
-    *o = (eval_options){.n_kinds = 9, .kinds = {HAE_LAYER_FULL, HAE_LAYER_DSA, HAE_LAYER_KDA, HAE_LAYER_GDN,
-                                                HAE_LAYER_DELTANET, HAE_LAYER_GLA, HAE_LAYER_MAMBA2, HAE_LAYER_RETNET,
-                                                HAE_LAYER_LINEAR},
-                        .task = HAE_TASK_MQAR, .lengths = {{256, 1024, 4096}, 3}, .pairs = {{32}, 1},
-                        .hops = {{1, 2, 4}, 3}, .K = {{64}, 1}, .topk = {{64}, 1}, .index_dtype = HAE_FP8_E4M3,
-                        .vocab = 1024, .noise = 64, .seeds = 2, .backend = HAE_BACKEND_CPU};
-    bool probe = false;
+static int parse_eval(int argc, char **argv, eval_options *e) {
+    memset(e, 0, sizeof *e);
+    const char *probe_flag = NULL, *model_flag = NULL;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
+        int f = 0, n_flags = (int)(sizeof eval_flags / sizeof *eval_flags);
+        while (f < n_flags && strcmp(a, eval_flags[f].flag)) f++;
+        bool value = f < n_flags ? eval_flags[f].takes_value
+                                 : !strcmp(a, "--set") || !strcmp(a, "--out") || !strcmp(a, "--weights") ||
+                                       !strcmp(a, "--double");
+        /* "--K --out x" is a forgotten value, not the value "--out" (a negative number has one dash) */
+        if (value && (i + 1 == argc || !strncmp(argv[i + 1], "--", 2)))
+            return fprintf(stderr, "hae: %s needs a value (see hae eval --help)\n", a), 1;
+        const char *val = value ? argv[++i] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(usage_eval, stdout);
             return 2;
         } else if (!strcmp(a, "--probe")) {
-            probe = true;
-        } else if (!strcmp(a, "--orthogonal")) {
-            o->orthogonal = true;
-        } else if (eval_flag_takes_value(a)) {
-            /* "--K --out x" is a forgotten value, not the value "--out" (a negative number has one dash) */
-            if (i + 1 == argc || !strncmp(argv[i + 1], "--", 2))
-                return fprintf(stderr, "hae: %s needs a value (see hae eval --help)\n", a), 1;
-            if (!eval_value(a, argv[++i], o)) return 1;
+            e->probe = true;
+        } else if (!strcmp(a, "--untrained")) {
+            e->untrained = true, model_flag = a;
+        } else if (!strcmp(a, "--out")) {
+            e->o.out_dir = val;
+        } else if (!strcmp(a, "--weights")) {
+            e->o.weights = val, model_flag = a;
+        } else if (!strcmp(a, "--double")) {
+            e->dbl = !strcmp(val, "oracle") ? 1 : !strcmp(val, "random") ? 2 : 0;
+            if (!e->dbl) return fprintf(stderr, "hae: --double '%s': expected oracle or random\n", val), 1;
+            model_flag = a;
+        } else if (f < n_flags || !strcmp(a, "--set")) {
+            if (e->o.n_sets == MAX_SETS) return fprintf(stderr, "hae: more than %d --set options\n", MAX_SETS), 1;
+            if (f < n_flags)
+                snprintf(e->sets[e->o.n_sets], sizeof e->sets[0], "%s=%.200s", eval_flags[f].key, val ? val : "true");
+            e->o.sets[e->o.n_sets] = f < n_flags ? e->sets[e->o.n_sets] : val;
+            e->o.n_sets++;
+            if (f < n_flags && eval_flags[f].mode == FOR_PROBE) probe_flag = a;
+            if (f < n_flags && eval_flags[f].mode == FOR_MODEL) model_flag = a;
+        } else if (a[0] == '-') {
+            fprintf(stderr, "hae: unknown eval option '%s' (see hae eval --help)\n", a);
+            return 1;
+        } else if (!e->o.config) {
+            e->o.config = a;
         } else {
-            fprintf(stderr, "hae: unknown eval argument '%s' (see hae eval --help)\n", a);
+            fprintf(stderr, "hae: more than one config given ('%s' and '%s')\n", e->o.config, a);
             return 1;
         }
     }
-    if (!probe) return fprintf(stderr, "hae: eval needs --probe, the only eval built so far (see hae eval --help)\n"), 1;
-    if (o->hops_set && o->task != HAE_TASK_MULTIHOP)
-        return fprintf(stderr, "hae: --hops applies to --task multihop, not %s\n", hae_task_kind_name(o->task)), 1;
-    if (o->task != HAE_TASK_MULTIHOP) o->hops = (int_list){{1}, 1};
+    if (e->probe && model_flag) return fprintf(stderr, "hae: %s applies to model runs, not --probe\n", model_flag), 1;
+    if (!e->probe && probe_flag) return fprintf(stderr, "hae: %s applies to --probe\n", probe_flag), 1;
     return 0;
 }
 
-/* The point's task with this seed: `pairs` associations, as pairs / hops chains for multihop. */
-static hae_status make_task(const eval_options *o, const probe_point *pt, uint64_t seed, hae_task **t) {
-    if (o->task == HAE_TASK_MULTIHOP)
-        return hae_task_multihop(&(hae_multihop_args){.length = pt->length, .vocab = o->vocab, .hops = (int)pt->hops,
-                                                      .chains = pt->pairs / pt->hops, .noise_vocab = o->noise,
-                                                      .seed = seed},
-                                 t);
-    if (o->task == HAE_TASK_NIAH)
-        return hae_task_niah(&(hae_niah_args){.length = pt->length, .vocab = o->vocab, .needles = pt->pairs,
-                                              .noise_vocab = o->noise, .seed = seed},
-                             t);
-    return hae_task_mqar(&(hae_mqar_args){.length = pt->length, .vocab = o->vocab, .pairs = pt->pairs,
-                                          .noise_vocab = o->noise, .seed = seed},
-                         t);
-}
-
-static hae_probe_args point_args(const eval_options *o, const probe_point *pt, uint64_t seed) {
-    hae_probe_args p = hae_probe_defaults(pt->kind);
-    p.K = p.V = pt->K;
-    if (pt->topk) p.topk = pt->topk;
-    p.index_dtype = o->index_dtype, p.key_cos = o->key_cos, p.log_decay = o->log_decay, p.orthogonal = o->orthogonal;
-    p.seed = seed;
-    return p;
-}
-
-/* Every task of the grid is generated once (seed 1; the seed moves positions, not feasibility), so a
- * length too short for its pairs, or a vocab too small, is refused before anything is written. */
-static bool check_tasks(const eval_options *o) {
-    for (int l = 0; l < o->lengths.n; l++)
-        for (int p = 0; p < o->pairs.n; p++)
-            for (int h = 0; h < o->hops.n; h++) {
-                probe_point pt = {.length = o->lengths.v[l], .pairs = o->pairs.v[p], .hops = o->hops.v[h]};
-                char hops[48] = "";
-                if (o->task == HAE_TASK_MULTIHOP) snprintf(hops, sizeof hops, " --hops %lld", (long long)pt.hops);
-                if (pt.pairs < pt.hops) {
-                    fprintf(stderr, "hae: --pairs %lld%s: multihop stores pairs / hops chains, so pairs must be >= hops\n",
-                            (long long)pt.pairs, hops);
-                    return false;
-                }
-                hae_task *t = NULL;
-                if (make_task(o, &pt, 1, &t) != HAE_OK) {
-                    fprintf(stderr, "hae: --task %s --lengths %lld --pairs %lld%s: %s\n", hae_task_kind_name(o->task),
-                            (long long)pt.length, (long long)pt.pairs, hops, hae_last_error());
-                    return false;
-                }
-                hae_task_free(t);
-            }
-    return true;
-}
-
-/* The probe's own argument checks (a kind it does not probe, K beyond dsa's indexer) answered on a
- * one-pair task on the CPU, before anything is written; what only the chosen backend or a real task
- * size can refuse becomes that point's error row. */
-static bool check_kinds(const eval_options *o) {
-    hae_backend *be = NULL;
-    hae_task *t = NULL;
-    bool ok = hae_backend_create(HAE_CPU, 1, &be) == HAE_OK &&
-              hae_task_mqar(&(hae_mqar_args){.length = 64, .vocab = 64, .pairs = 1, .seed = 1}, &t) == HAE_OK;
-    if (!ok) fprintf(stderr, "hae: eval: %s\n", hae_last_error());
-    for (int k = 0; ok && k < o->n_kinds; k++)
-        for (int d = 0; ok && d < o->K.n; d++) {
-            probe_point pt = {.kind = o->kinds[k], .K = o->K.v[d], .topk = o->topk.v[0]};
-            hae_probe_args p = point_args(o, &pt, 1);
-            hae_probe_result r;
-            ok = hae_probe_run(be, &p, t, &r) == HAE_OK;
-            if (!ok)
-                fprintf(stderr, "hae: --kinds %s --K %lld: %s\n", hae_layer_kind_name(pt.kind), (long long)pt.K,
-                        hae_last_error());
-        }
-    hae_task_free(t);
-    hae_backend_destroy(be);
-    return ok;
-}
-
-/* The grid, kind outermost and length innermost, so each kind's rows read as recall vs length. */
-static probe_point *make_grid(const eval_options *o, int64_t *n) {
-    int64_t count = 0;
-    for (int k = 0; k < o->n_kinds; k++)
-        count += (int64_t)o->pairs.n * o->hops.n * o->K.n * (o->kinds[k] == HAE_LAYER_DSA ? o->topk.n : 1) * o->lengths.n;
-    if (count > MAX_POINTS) return fprintf(stderr, "hae: a grid of %lld points (at most %d)\n", (long long)count, MAX_POINTS), NULL;
-    probe_point *g = malloc(sizeof *g * (size_t)count);
-    if (!g) return fprintf(stderr, "hae: out of memory\n"), NULL;
-    *n = 0;
-    for (int k = 0; k < o->n_kinds; k++) {
-        bool dsa = o->kinds[k] == HAE_LAYER_DSA;
-        for (int p = 0; p < o->pairs.n; p++)
-            for (int h = 0; h < o->hops.n; h++)
-                for (int d = 0; d < o->K.n; d++)
-                    for (int x = 0; x < (dsa ? o->topk.n : 1); x++)
-                        for (int l = 0; l < o->lengths.n; l++)
-                            g[(*n)++] = (probe_point){o->kinds[k], o->lengths.v[l], o->pairs.v[p], o->hops.v[h],
-                                                      o->K.v[d], dsa ? o->topk.v[x] : 0};
-    }
-    return g;
-}
-
-/* The point over seeds 1..N: task and codes from seed s; queries and correct summed. */
-static hae_status run_point(hae_backend *be, const eval_options *o, const probe_point *pt, hae_probe_result *out) {
-    for (int64_t s = 1; s <= o->seeds; s++) {
-        hae_task *t = NULL;
-        hae_probe_args p = point_args(o, pt, (uint64_t)s);
-        hae_probe_result r;
-        hae_status st = make_task(o, pt, (uint64_t)s, &t);
-        if (st == HAE_OK) st = hae_probe_run(be, &p, t, &r);
-        hae_task_free(t);
-        HAE_TRY(st);
-        if (s == 1) *out = r, out->queries = out->correct = 0;
-        out->queries += r.queries, out->correct += r.correct;
-    }
-    out->recall = (double)out->correct / (double)out->queries;
-    return HAE_OK;
-}
-
-static void point_label(const eval_options *o, const probe_point *pt, char *buf, size_t n) {
-    int u = snprintf(buf, n, "%s %s length %lld pairs %lld", hae_layer_kind_name(pt->kind), hae_task_kind_name(o->task),
-                     (long long)pt->length, (long long)pt->pairs);
-    if (o->task == HAE_TASK_MULTIHOP) u += snprintf(buf + u, n - (size_t)u, " hops %lld", (long long)pt->hops);
-    u += snprintf(buf + u, n - (size_t)u, " K %lld", (long long)pt->K);
-    if (pt->topk) snprintf(buf + u, n - (size_t)u, " top-k %lld", (long long)pt->topk);
-}
-
-static void csv_header(FILE *f) {
-    fputs("kind,task,length,pairs,hops,K,V,topk,index_dtype,key_cos,log_decay,orthogonal,vocab,noise,seeds,backend,"
-          "context,stored_pairs,queries,correct,recall,error\n", f);
-}
-
-/* One row: the knobs (empty where they do not apply to the kind), then the result or the error. */
-static void csv_row(FILE *f, const eval_options *o, const probe_point *pt, hae_device dev, const hae_probe_result *r,
-                    const char *error) {
-    bool dsa = pt->kind == HAE_LAYER_DSA, lin = hae_linear_kind_of(pt->kind, &(hae_linear_kind){0});
-    fprintf(f, "%s,%s,%lld,%lld,%lld,%lld,%lld,", hae_layer_kind_name(pt->kind), hae_task_kind_name(o->task),
-            (long long)pt->length, (long long)pt->pairs, (long long)pt->hops, (long long)pt->K, (long long)pt->K);
-    if (dsa) fprintf(f, "%lld,%s", (long long)pt->topk, hae_dtype_name(o->index_dtype));
-    else fputc(',', f);
-    fprintf(f, ",%.17g,", o->key_cos);
-    if (lin) fprintf(f, "%.7g", (double)o->log_decay);
-    fprintf(f, ",%d,%lld,%lld,%lld,%s,", o->orthogonal, (long long)o->vocab, (long long)o->noise, (long long)o->seeds,
-            dev == HAE_CUDA ? "cuda" : "cpu");
-    if (r) {
-        fprintf(f, "%lld,%lld,%lld,%lld,%.6f,\n", (long long)r->context, (long long)r->pairs, (long long)r->queries,
-                (long long)r->correct, r->recall);
+/* --out, else OUTPUT_DIR/PREFIX-NAME-YYYYmmdd-HHMMSS. */
+static void make_run_dir(const hae_config *cfg, const char *out, const char *prefix, char *dir, size_t n) {
+    if (out) {
+        snprintf(dir, n, "%s", out);
         return;
     }
-    fputs(",,,,,\"", f);
-    for (const char *c = error; *c; c++) {
-        if (*c == '"') fputc('"', f); /* CSV doubles a quote inside a quoted field */
-        fputc(*c, f);
-    }
-    fputs("\"\n", f);
-}
-
-/* A line per point: redrawn in place on a terminal, appended otherwise. */
-static void probe_progress(const progress *pg, int64_t done, int64_t total, const char *label, const char *what) {
-    if (pg->quiet) return;
-    if (pg->tty) {
-        int width = 20, fill = (int)(width * done / total);
-        fprintf(stderr, "\r\033[K  probe [%.*s%*s] %lld/%lld  %s: %s", fill, "####################", width - fill, "",
-                (long long)done, (long long)total, label, what);
-        if (done == total) fputc('\n', stderr);
-    } else {
-        fprintf(stderr, "  probe %lld/%lld  %s: %s\n", (long long)done, (long long)total, label, what);
-    }
+    char stamp[32];
+    time_t now = time(NULL);
+    strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", localtime(&now));
+    snprintf(dir, n, "%.500s/%s-%.127s-%s", cfg->output_dir, prefix, cfg->name, stamp);
 }
 
 static FILE *open_in(const char *dir, const char *file) {
@@ -909,94 +689,623 @@ static FILE *open_in(const char *dir, const char *file) {
     return f;
 }
 
-/* results.md: the command that made it, the table, then the points that failed. */
-static hae_status write_results_md(const char *dir, int argc, char **argv, const hae_probe_result *res, int64_t n_ok,
-                                   const char *failures) {
-    FILE *f = open_in(dir, "results.md");
-    if (!f) return HAE_ERR_IO;
-    fputs("`hae eval", f);
-    for (int i = 0; i < argc; i++) fprintf(f, " %s", argv[i]);
-    fputs("`\n\n", f);
-    hae_status st = hae_probe_report(res, n_ok, f, NULL);
-    if (failures[0]) fprintf(f, "\nfailed:\n%s", failures);
-    if (fclose(f) && st == HAE_OK) st = hae_error(HAE_ERR_IO, "cannot write %s/results.md", dir);
+/* A line per grid point: redrawn in place with a bar on a terminal, appended otherwise. */
+static void eval_progress(const progress *pg, int64_t done, int64_t total, const char *label, const char *what) {
+    if (pg->quiet) return;
+    if (pg->tty) {
+        int width = 20, fill = (int)(width * done / (total ? total : 1));
+        fprintf(stderr, "\r\033[K  eval [%.*s%*s] %lld/%lld  %s: %s", fill, "####################", width - fill, "",
+                (long long)done, (long long)total, label, what);
+    } else {
+        fprintf(stderr, "  eval %lld/%lld  %s: %s\n", (long long)done, (long long)total, label, what);
+    }
+}
+
+static void json_str(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') fprintf(f, "\\%c", *s);
+        else if ((unsigned char)*s < 0x20) fprintf(f, "\\u%04x", *s);
+        else fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+/* Every job's grid checked on seed 1 without generating anything (the config checks its eval section only
+ * where it sets some of it), so a bad combination is refused before anything is written. */
+static bool check_jobs(const hae_config *cfg, hae_config *job) {
+    for (int j = 0; j < hae_config_sweep_jobs(cfg); j++) {
+        char label[1024];
+        hae_eval_point *pt = NULL;
+        int64_t n = 0;
+        hae_status st = hae_config_sweep_job(cfg, j, job, label, sizeof label);
+        if (st == HAE_OK) st = hae_eval_grid(job, &pt, &n);
+        for (int64_t i = 0; st == HAE_OK && i < n; i++) st = hae_eval_task(job, &pt[i], 1, NULL);
+        free(pt);
+        if (st != HAE_OK)
+            return fprintf(stderr, "hae: %s%s%s: %s\n", cfg->source, label[0] ? " job " : "", label, hae_last_error()),
+                   false;
+    }
+    return true;
+}
+
+/* What every run directory starts with: the resolved config (its sweep included) and env.json. */
+static hae_status start_run_dir(const char *dir, const hae_config *cfg, hae_backend *be) {
+    char path[HAE_PATH_MAX + 32], *env = NULL;
+    HAE_TRY(mkdirs(dir));
+    snprintf(path, sizeof path, "%s/config.resolved.yaml", dir);
+    HAE_TRY(hae_config_write_yaml(cfg, path));
+    if (!(env = hae_env_json(be))) return hae_error(HAE_ERR_OOM, "eval: out of host memory");
+    hae_status st = write_text(dir, "env.json", env);
+    free(env);
     return st;
 }
 
-/* Runs the grid on be into the open files; failures go to fails as "- label: error" lines. */
-static int64_t run_grid(hae_backend *be, const eval_options *o, const probe_point *grid, int64_t n,
-                        hae_probe_result *res, FILE *jsonl, FILE *csv, FILE *fails, int64_t *n_ok) {
-    progress pg = {isatty(2) != 0, getenv("HAE_NO_PROGRESS") != NULL, 0};
-    hae_device dev = hae_backend_device(be);
-    int64_t failed = 0;
-    *n_ok = 0;
-    for (int64_t i = 0; i < n; i++) {
-        char label[160], what[64] = "failed";
-        point_label(o, &grid[i], label, sizeof label);
-        double t0 = now_s();
-        if (run_point(be, o, &grid[i], &res[*n_ok]) == HAE_OK) {
-            csv_row(csv, o, &grid[i], dev, &res[*n_ok], NULL);
-            hae_probe_report(&res[*n_ok], 1, NULL, jsonl);
-            snprintf(what, sizeof what, "recall %.4f (%.2f s)", res[*n_ok].recall, now_s() - t0);
-            ++*n_ok;
-        } else {
-            csv_row(csv, o, &grid[i], dev, NULL, hae_last_error());
-            fprintf(fails, "- %s: %s\n", label, hae_last_error());
-            failed++;
-        }
-        /* a line per point in both files, so a long GPU sweep cut short keeps what ran */
-        fflush(csv), fflush(jsonl);
-        probe_progress(&pg, i + 1, n, label, what);
+/* results.md, also printed: the command, what the run was, recall by length and by hops (hae_eval_report on
+ * the run's results.csv, which also draws the charts), the points, and the points that failed. */
+static hae_status write_summary(const char *dir, const char *title, int argc, char **argv, const char *about,
+                                const char *points, const char *failures) {
+    char csv[HAE_PATH_MAX + 32], *md = NULL;
+    size_t md_n = 0;
+    snprintf(csv, sizeof csv, "%s/results.csv", dir);
+    FILE *f = open_memstream(&md, &md_n);
+    if (!f) return hae_error(HAE_ERR_OOM, "eval: out of host memory");
+    fprintf(f, "# %s\n\n`hae eval", title);
+    for (int i = 0; i < argc; i++) fprintf(f, " %s", argv[i]);
+    fprintf(f, "`\n\n%s\n", about);
+    const char *inputs[1] = {csv};
+    hae_status st = hae_eval_report(&(hae_eval_report_args){.inputs = inputs, .n_inputs = 1, .title = title, .svg_dir = dir}, f);
+    fprintf(f, "%s", points);
+    if (failures[0]) fprintf(f, "\nfailed:\n%s", failures);
+    if (fclose(f) && st == HAE_OK) st = hae_error(HAE_ERR_OOM, "eval: out of host memory");
+    if (st == HAE_OK) st = write_text(dir, "results.md", md);
+    if (st == HAE_OK) fputs(md, stdout);
+    free(md);
+    return st;
+}
+
+static hae_status backend_of(const hae_config *cfg, hae_backend **be) {
+    bool cuda = cfg->runtime.backend == HAE_BACKEND_CUDA || (cfg->runtime.backend == HAE_BACKEND_AUTO && hae_cuda_available());
+    return hae_backend_create(cuda ? HAE_CUDA : HAE_CPU, cuda ? cfg->runtime.device : cfg->runtime.threads, be);
+}
+
+/* A run's open files and tallies, shared by both modes. */
+typedef struct {
+    char dir[HAE_PATH_MAX];
+    FILE *jsonl, *csv, *fails, *points;
+    char *failures, *points_md;
+    size_t failures_n, points_n;
+    int64_t done, total, failed;
+    progress pg;
+} eval_run;
+
+static hae_status eval_run_open(eval_run *r, const hae_config *cfg, const char *out, const char *prefix, hae_backend *be) {
+    memset(r, 0, sizeof *r);
+    r->pg = (progress){isatty(2) != 0, getenv("HAE_NO_PROGRESS") != NULL, 0};
+    make_run_dir(cfg, out, prefix, r->dir, sizeof r->dir);
+    r->fails = open_memstream(&r->failures, &r->failures_n);
+    r->points = open_memstream(&r->points_md, &r->points_n);
+    if (!r->fails || !r->points) return hae_error(HAE_ERR_OOM, "eval: out of host memory");
+    HAE_TRY(start_run_dir(r->dir, cfg, be));
+    if (!(r->jsonl = open_in(r->dir, "metrics.jsonl")) || !(r->csv = open_in(r->dir, "results.csv"))) return HAE_ERR_IO;
+    return HAE_OK;
+}
+
+/* Closes the files (a failed close is the run's failure when it had none) and writes the summary. */
+static hae_status eval_run_close(eval_run *r, hae_status st, const char *title, int argc, char **argv, const char *about) {
+    if (!r->pg.quiet && r->pg.tty && r->done) fputc('\n', stderr);
+    if (r->jsonl && fclose(r->jsonl) && st == HAE_OK) st = hae_error(HAE_ERR_IO, "cannot write %s/metrics.jsonl", r->dir);
+    if (r->csv && fclose(r->csv) && st == HAE_OK) st = hae_error(HAE_ERR_IO, "cannot write %s/results.csv", r->dir);
+    if (r->fails) fclose(r->fails);
+    if (r->points) fclose(r->points);
+    if (st == HAE_OK) st = write_summary(r->dir, title, argc, argv, about, r->points_md ? r->points_md : "",
+                                         r->failures ? r->failures : "");
+    if (st != HAE_OK) fprintf(stderr, "hae: eval: %s\n", hae_last_error());
+    else fprintf(stderr, "%shae eval: %lld of %lld points ran; results in %s\n", r->failures ? r->failures : "",
+                 (long long)(r->done - r->failed), (long long)r->total, r->dir);
+    free(r->failures), free(r->points_md);
+    return st;
+}
+
+/* A point's row finished: flushed (a long GPU sweep cut short keeps what ran), a failure listed. */
+static void point_done(eval_run *r, const char *label, const char *error, const char *what) {
+    if (error) fprintf(r->fails, "- %s: %s\n", label, error), r->failed++;
+    fflush(r->csv), fflush(r->jsonl);
+    eval_progress(&r->pg, ++r->done, r->total, label, error ? "failed" : what);
+}
+
+/* ---------------------------------------------------------------- eval --probe */
+
+/* One probe point: a grid point through one kind at one K (and top-k, dsa), pooled over the seeds. */
+typedef struct {
+    hae_eval_point pt;
+    hae_layer_kind kind;
+    int64_t K, topk; /* topk 0 but for dsa */
+} probe_point;
+
+/* Per task: kind, K and top-k outside the task's points (length innermost), so a series reads as recall vs
+ * length. */
+static hae_status probe_grid(const hae_config *cfg, probe_point **out, int64_t *n) {
+    const hae_eval_list *kinds = &cfg->eval.probe.kinds, *K = &cfg->eval.probe.K, *topk = &cfg->eval.probe.topk;
+    hae_eval_point *pts = NULL;
+    int64_t np = 0, count = 0;
+    *out = NULL, *n = 0;
+    HAE_TRY(hae_eval_grid(cfg, &pts, &np));
+    for (int k = 0; k < kinds->n; k++) count += np * K->n * (kinds->v[k] == HAE_LAYER_DSA ? topk->n : 1);
+    probe_point *g = count <= HAE_EVAL_MAX_POINTS ? malloc(sizeof *g * (size_t)(count ? count : 1)) : NULL;
+    if (!g) {
+        free(pts);
+        return count > HAE_EVAL_MAX_POINTS ? hae_error(HAE_ERR_INVALID, "eval: %lld probe points, more than %d",
+                                                       (long long)count, HAE_EVAL_MAX_POINTS)
+                                           : hae_error(HAE_ERR_OOM, "eval: %lld probe points", (long long)count);
     }
-    return failed;
+    for (int64_t s = 0, e; s < np; s = e) {
+        for (e = s; e < np && pts[e].task == pts[s].task; e++) {}
+        for (int k = 0; k < kinds->n; k++) {
+            bool dsa = kinds->v[k] == HAE_LAYER_DSA;
+            for (int d = 0; d < K->n; d++)
+                for (int x = 0; x < (dsa ? topk->n : 1); x++)
+                    for (int64_t i = s; i < e; i++)
+                        g[(*n)++] = (probe_point){pts[i], (hae_layer_kind)kinds->v[k], K->v[d], dsa ? topk->v[x] : 0};
+        }
+    }
+    free(pts);
+    *out = g;
+    return HAE_OK;
+}
+
+static hae_probe_args probe_args(const hae_config *cfg, const probe_point *p, uint64_t seed) {
+    hae_probe_args a = hae_probe_defaults(p->kind);
+    a.K = a.V = p->K;
+    if (p->topk) a.topk = p->topk;
+    a.index_dtype = cfg->eval.probe.index_dtype, a.key_cos = cfg->eval.probe.key_cos;
+    a.log_decay = cfg->eval.probe.log_decay, a.orthogonal = cfg->eval.probe.orthogonal, a.seed = seed;
+    return a;
+}
+
+/* The probe's own argument checks (a kind it does not probe, K beyond dsa's indexer) answered on a one-pair
+ * task on the CPU, before anything is written; what only the chosen backend or a real task can refuse becomes
+ * that point's error row. */
+static bool check_kinds(const hae_config *cfg) {
+    hae_backend *be = NULL;
+    hae_task *t = NULL;
+    bool ok = hae_backend_create(HAE_CPU, 1, &be) == HAE_OK &&
+              hae_task_mqar(&(hae_mqar_args){.length = 64, .vocab = 64, .pairs = 1, .seed = 1}, &t) == HAE_OK;
+    if (!ok) fprintf(stderr, "hae: eval: %s\n", hae_last_error());
+    for (int k = 0; ok && k < cfg->eval.probe.kinds.n; k++)
+        for (int d = 0; ok && d < cfg->eval.probe.K.n; d++) {
+            probe_point p = {.kind = (hae_layer_kind)cfg->eval.probe.kinds.v[k], .K = cfg->eval.probe.K.v[d],
+                             .topk = cfg->eval.probe.topk.v[0]};
+            hae_probe_args a = probe_args(cfg, &p, 1);
+            hae_probe_result r;
+            ok = hae_probe_run(be, &a, t, &r) == HAE_OK;
+            if (!ok)
+                fprintf(stderr, "hae: eval.probe.kinds %s, eval.probe.K %lld: %s\n", hae_layer_kind_name(p.kind),
+                        (long long)p.K, hae_last_error());
+        }
+    hae_task_free(t);
+    hae_backend_destroy(be);
+    return ok;
+}
+
+/* The point over seeds 1..N: task and codes from seed s; questions and correct summed. */
+static hae_status run_probe_point(hae_backend *be, const hae_config *cfg, const probe_point *p, hae_probe_result *out) {
+    for (int64_t s = 1; s <= cfg->eval.seeds; s++) {
+        hae_task *t = NULL;
+        hae_probe_args a = probe_args(cfg, p, (uint64_t)s);
+        hae_probe_result r;
+        hae_status st = hae_eval_task(cfg, &p->pt, (uint64_t)s, &t);
+        if (st == HAE_OK) st = hae_probe_run(be, &a, t, &r);
+        hae_task_free(t);
+        HAE_TRY(st);
+        if (s == 1) *out = r, out->queries = out->correct = 0;
+        out->queries += r.queries, out->correct += r.correct;
+    }
+    out->recall = (double)out->correct / (double)out->queries;
+    return HAE_OK;
+}
+
+static void point_text(const hae_eval_point *p, char *buf, size_t n) {
+    int u = snprintf(buf, n, "%s length %lld", hae_task_kind_name(p->task), (long long)p->length);
+    if (p->pairs) u += snprintf(buf + u, n - (size_t)u, " pairs %lld", (long long)p->pairs);
+    if (p->task == HAE_TASK_MULTIHOP) u += snprintf(buf + u, n - (size_t)u, " hops %lld", (long long)p->hops);
+    if (p->chains) snprintf(buf + u, n - (size_t)u, " chains %lld", (long long)p->chains);
+}
+
+static void probe_label(const probe_point *p, const char *job, char *buf, size_t n) {
+    char pt[160];
+    point_text(&p->pt, pt, sizeof pt);
+    int u = snprintf(buf, n, "%s%s%s %s K %lld", job, job[0] ? ": " : "", hae_layer_kind_name(p->kind), pt, (long long)p->K);
+    if (p->topk) snprintf(buf + u, n - (size_t)u, " top-k %lld", (long long)p->topk);
+}
+
+/* The knobs every row shares: task, length, pairs, hops and chains, empty where they do not apply. */
+static void point_cells(FILE *f, const hae_eval_point *p) {
+    bool chained = p->task == HAE_TASK_MULTIHOP;
+    fprintf(f, "%s,%lld,", hae_task_kind_name(p->task), (long long)p->length);
+    if (p->pairs) fprintf(f, "%lld", (long long)p->pairs);
+    fputc(',', f);
+    if (chained) fprintf(f, "%lld,%lld", (long long)p->hops, (long long)p->chains);
+    else fputc(',', f);
+}
+
+static void probe_csv_header(FILE *f) {
+    fputs("kind,task,length,pairs,hops,chains,K,V,topk,index_dtype,key_cos,log_decay,orthogonal,vocab,noise,seeds,"
+          "backend,context,stored_pairs,questions,correct,recall,error,job\n", f);
+}
+
+/* One row: the knobs (empty where they do not apply to the kind), then the result or the error, then the job. */
+static void probe_csv_row(FILE *f, const hae_config *cfg, const probe_point *p, hae_device dev,
+                          const hae_probe_result *r, const char *error, const char *job) {
+    bool dsa = p->kind == HAE_LAYER_DSA, lin = hae_linear_kind_of(p->kind, &(hae_linear_kind){0});
+    fprintf(f, "%s,", hae_layer_kind_name(p->kind));
+    point_cells(f, &p->pt);
+    fprintf(f, ",%lld,%lld,", (long long)p->K, (long long)p->K);
+    if (dsa) fprintf(f, "%lld,%s", (long long)p->topk, hae_dtype_name(cfg->eval.probe.index_dtype));
+    else fputc(',', f);
+    fprintf(f, ",%.9g,", (double)cfg->eval.probe.key_cos);
+    if (lin) fprintf(f, "%.9g", (double)cfg->eval.probe.log_decay);
+    fprintf(f, ",%d,%lld,%lld,%lld,%s,", cfg->eval.probe.orthogonal,
+            (long long)(cfg->eval.vocab ? cfg->eval.vocab : cfg->model.vocab_size), (long long)cfg->eval.noise_vocab,
+            (long long)cfg->eval.seeds, dev == HAE_CUDA ? "cuda" : "cpu");
+    if (r)
+        fprintf(f, "%lld,%lld,%lld,%lld,%.6f,", (long long)r->context, (long long)r->pairs, (long long)r->queries,
+                (long long)r->correct, r->recall);
+    else
+        fputs(",,,,,", f);
+    hae_csv_cell(f, error ? error : "");
+    fputc(',', f);
+    hae_csv_cell(f, job);
+    fputc('\n', f);
+}
+
+/* Runs one job's probe grid into the run's files, appending its results to res[*n_res]. */
+static hae_status probe_job(eval_run *run, hae_backend *be, const hae_config *cfg, const char *job,
+                            hae_probe_result *res, int64_t *n_res) {
+    probe_point *g = NULL;
+    int64_t n = 0;
+    HAE_TRY(probe_grid(cfg, &g, &n));
+    hae_device dev = hae_backend_device(be);
+    for (int64_t i = 0; i < n; i++) {
+        char label[1400], what[64] = "";
+        hae_probe_result *r = &res[*n_res];
+        probe_label(&g[i], job, label, sizeof label);
+        double t0 = now_s();
+        bool ok = run_probe_point(be, cfg, &g[i], r) == HAE_OK;
+        probe_csv_row(run->csv, cfg, &g[i], dev, ok ? r : NULL, ok ? NULL : hae_last_error(), job);
+        if (ok) {
+            hae_probe_report(r, 1, NULL, run->jsonl);
+            snprintf(what, sizeof what, "recall %.4f (%.2f s)", r->recall, now_s() - t0);
+            ++*n_res;
+        }
+        point_done(run, label, ok ? NULL : hae_last_error(), what);
+    }
+    free(g);
+    return HAE_OK;
+}
+
+static int eval_probe(const eval_options *e, const hae_config *cfg, hae_config *job, int argc, char **argv) {
+    int jobs = hae_config_sweep_jobs(cfg);
+    int64_t total = 0;
+    for (int j = 0; j < jobs; j++) {
+        probe_point *g = NULL;
+        int64_t n = 0;
+        if (hae_config_sweep_job(cfg, j, job, NULL, 0) != HAE_OK || probe_grid(job, &g, &n) != HAE_OK)
+            return fprintf(stderr, "hae: eval: %s\n", hae_last_error()), 1;
+        free(g);
+        total += n;
+        if (!check_kinds(job)) return 1;
+    }
+    hae_backend *be = NULL;
+    hae_probe_result *res = malloc(sizeof *res * (size_t)(total ? total : 1));
+    if (!res) return fprintf(stderr, "hae: out of memory\n"), 1;
+    if (backend_of(cfg, &be) != HAE_OK) return free(res), fprintf(stderr, "hae: eval --probe: %s\n", hae_last_error()), 1;
+    eval_run run;
+    int64_t n_res = 0;
+    hae_status st = eval_run_open(&run, cfg, e->o.out_dir, "probe", be);
+    run.total = total;
+    if (st == HAE_OK) probe_csv_header(run.csv);
+    for (int j = 0; j < jobs && st == HAE_OK; j++) {
+        char label[1024];
+        st = hae_config_sweep_job(cfg, j, job, label, sizeof label);
+        if (st == HAE_OK) st = probe_job(&run, be, job, label, res, &n_res);
+    }
+    if (run.points) fputs("### points\n\n", run.points), hae_probe_report(res, n_res, run.points, NULL);
+    free(res);
+    char about[512], title[HAE_NAME_MAX + 32];
+    snprintf(about, sizeof about, "Mechanism probes on %s: each task written as random unit key and value codes into the "
+             "kind's real ops, no weights; recall = questions whose every answer decoded exactly / questions.\n",
+             hae_backend_name(be));
+    snprintf(title, sizeof title, "hae eval --probe: %s", cfg->name);
+    st = eval_run_close(&run, st, title, argc, argv, about);
+    hae_backend_destroy(be);
+    return st == HAE_OK && !run.failed ? 0 : 1;
+}
+
+/* ---------------------------------------------------------------- eval: model runs */
+
+static void model_csv_header(FILE *f, const char *config_keys) {
+    fprintf(f, "task,length,pairs,hops,chains,queries,form,shuffle,power,noise,vocab,seeds,weights,double,context,"
+               "stored_pairs,questions,correct,answers,answers_correct,recall,chance,seconds,tokens_per_s,error,job,%s\n",
+            config_keys);
+}
+
+typedef struct {
+    const hae_config *cfg;
+    const char *weights, *dbl, *job, *config_values;
+} model_row;
+
+static void model_csv_row(FILE *f, const model_row *m, const hae_eval_point *p, const hae_task *t,
+                          const hae_eval_score *s, const char *error) {
+    const hae_config *cfg = m->cfg;
+    bool chained = p->task == HAE_TASK_MULTIHOP;
+    point_cells(f, p);
+    fprintf(f, ",%lld,%s,%s,", (long long)cfg->eval.queries, chained ? (cfg->eval.form ? "list" : "follow") : "",
+            chained ? (cfg->eval.shuffle ? "true" : "false") : "");
+    if (p->task == HAE_TASK_MQAR) fprintf(f, "%.9g", (double)cfg->eval.power);
+    fprintf(f, ",%lld,%lld,%lld,", (long long)cfg->eval.noise_vocab,
+            (long long)(cfg->eval.vocab ? cfg->eval.vocab : cfg->model.vocab_size), (long long)cfg->eval.seeds);
+    hae_csv_cell(f, m->weights);
+    fprintf(f, ",%s,", m->dbl);
+    if (!error)
+        fprintf(f, "%lld,%lld,%lld,%lld,%lld,%lld,%.6f,%.6g,%.3f,%.1f,", (long long)t->context, (long long)t->n_pairs,
+                (long long)s->questions, (long long)s->correct, (long long)s->answers, (long long)s->answers_correct,
+                (double)s->correct / (double)s->questions, s->chance / (double)s->questions, s->seconds,
+                s->seconds > 0 ? (double)s->tokens / s->seconds : 0.0);
+    else
+        fputs(",,,,,,,,,,", f);
+    hae_csv_cell(f, error ? error : "");
+    fputc(',', f);
+    hae_csv_cell(f, m->job);
+    fprintf(f, ",%s\n", m->config_values);
+}
+
+static void model_jsonl(FILE *f, const model_row *m, const hae_eval_point *p, const hae_task *t, const hae_eval_score *s) {
+    fputs("{\"job\":", f);
+    json_str(f, m->job);
+    fprintf(f, ",\"task\":\"%s\",\"length\":%lld,\"pairs\":%lld,\"hops\":%lld,\"chains\":%lld,\"weights\":",
+            hae_task_kind_name(p->task), (long long)p->length, (long long)p->pairs, (long long)p->hops, (long long)p->chains);
+    json_str(f, m->weights);
+    fprintf(f, ",\"double\":\"%s\",\"context\":%lld,\"stored_pairs\":%lld,\"questions\":%lld,\"correct\":%lld,"
+               "\"answers\":%lld,\"answers_correct\":%lld,\"recall\":%.17g,\"chance\":%.17g,\"seconds\":%.6f,"
+               "\"tokens_per_s\":%.1f}\n",
+            m->dbl, (long long)t->context, (long long)t->n_pairs, (long long)s->questions, (long long)s->correct,
+            (long long)s->answers, (long long)s->answers_correct, (double)s->correct / (double)s->questions,
+            s->chance / (double)s->questions, s->seconds, s->seconds > 0 ? (double)s->tokens / s->seconds : 0.0);
+}
+
+/* The point's eval.seeds tasks, runtime.batch at a time; *first keeps seed 1's task (its context and pairs
+ * name the row). Progress per batch on a terminal. */
+static hae_status model_point(eval_run *run, hae_eval_runner *r, const hae_config *cfg, const hae_eval_point *p,
+                              int dbl, const char *label, hae_task **first, hae_eval_score *s) {
+    const int64_t B = hae_eval_runner_batch(r), S = cfg->eval.seeds;
+    hae_task **tasks = calloc((size_t)B, sizeof *tasks);
+    if (!tasks) return hae_error(HAE_ERR_OOM, "eval: out of host memory");
+    uint64_t seed = cfg->seed;
+    hae_eval_logits_fn hook = dbl == 1 ? hae_eval_oracle : dbl == 2 ? hae_eval_random : NULL;
+    hae_status st = HAE_OK;
+    for (int64_t s0 = 1; s0 <= S && st == HAE_OK; s0 += B) {
+        int64_t n = S - s0 + 1 < B ? S - s0 + 1 : B;
+        for (int64_t b = 0; b < n && st == HAE_OK; b++) st = hae_eval_task(cfg, p, (uint64_t)(s0 + b), &tasks[b]);
+        if (st == HAE_OK) st = hae_eval_runner_run(r, (const hae_task *const *)tasks, n, hook, &seed, s);
+        if (st == HAE_OK && run->pg.tty && !run->pg.quiet) {
+            char what[96];
+            snprintf(what, sizeof what, "seeds %lld/%lld, recall %.4f", (long long)(s0 + n - 1), (long long)S,
+                     (double)s->correct / (double)s->questions);
+            eval_progress(&run->pg, run->done, run->total, label, what);
+        }
+        if (s0 == 1) *first = tasks[0], tasks[0] = NULL;
+        for (int64_t b = 0; b < n; b++) hae_task_free(tasks[b]), tasks[b] = NULL;
+    }
+    free(tasks);
+    return st;
+}
+
+/* One job: its model built once for the longest task of its grid, then every point. */
+static hae_status model_job(eval_run *run, const eval_options *e, const hae_config *cfg, const char *job,
+                            bool header) {
+    hae_eval_point *pts = NULL;
+    int64_t n = 0, longest = 0;
+    char *keys = NULL, *values = NULL, weights[HAE_PATH_MAX + 64];
+    if (e->o.weights) snprintf(weights, sizeof weights, "%s", e->o.weights);
+    else snprintf(weights, sizeof weights, "untrained (seed %llu)", (unsigned long long)cfg->seed);
+    HAE_TRY(hae_eval_grid(cfg, &pts, &n));
+    hae_status st = hae_eval_config_csv(cfg, &keys, &values);
+    if (st == HAE_OK && header) model_csv_header(run->csv, keys);
+    for (int64_t i = 0; i < n; i++) longest = pts[i].length > longest ? pts[i].length : longest;
+    hae_backend *be = NULL;
+    hae_eval_runner *r = NULL;
+    hae_status built = st == HAE_OK ? backend_of(cfg, &be) : st;
+    if (built == HAE_OK) built = hae_eval_runner_create(cfg, be, longest, e->o.weights, &r);
+    char why[1024] = "";
+    if (built != HAE_OK) snprintf(why, sizeof why, "%s", hae_last_error());
+    const model_row m = {cfg, weights, double_names[e->dbl], job, values ? values : ""};
+    for (int64_t i = 0; i < n && st == HAE_OK; i++) {
+        char label[1400], pt[160], what[96] = "";
+        point_text(&pts[i], pt, sizeof pt);
+        snprintf(label, sizeof label, "%s%s%s", job, job[0] ? ": " : "", pt);
+        hae_task *first = NULL;
+        hae_eval_score s = {0};
+        hae_status ps = built == HAE_OK ? model_point(run, r, cfg, &pts[i], e->dbl, label, &first, &s) : built;
+        const char *error = ps == HAE_OK ? NULL : built == HAE_OK ? hae_last_error() : why;
+        model_csv_row(run->csv, &m, &pts[i], first, &s, error);
+        if (!error) {
+            model_jsonl(run->jsonl, &m, &pts[i], first, &s);
+            fprintf(run->points, "| %s | %s | %lld | %lld | %.4f | %.3g | %.1f |\n", job[0] ? job : "-", pt,
+                    (long long)s.questions, (long long)s.correct, (double)s.correct / (double)s.questions,
+                    s.chance / (double)s.questions, s.seconds > 0 ? (double)s.tokens / s.seconds : 0.0);
+            snprintf(what, sizeof what, "recall %.4f (%.2f s)", (double)s.correct / (double)s.questions, s.seconds);
+        }
+        point_done(run, label, error, what);
+        hae_task_free(first);
+    }
+    hae_eval_runner_destroy(r);
+    hae_backend_destroy(be);
+    free(pts), free(keys), free(values);
+    return st;
+}
+
+static int eval_models(const eval_options *e, const hae_config *cfg, hae_config *job, int argc, char **argv) {
+    if (!e->o.weights && !e->dbl && !e->untrained)
+        return fprintf(stderr, "hae: eval: the model would run its seed's random init, which is untrained: give "
+                               "--weights FILE, or --double oracle|random to check the pipeline, or --untrained to "
+                               "measure it as a baseline (never a result)\n"),
+               1;
+    int jobs = hae_config_sweep_jobs(cfg);
+    int64_t total = 0;
+    for (int j = 0; j < jobs; j++) {
+        hae_eval_point *pts = NULL;
+        int64_t n = 0;
+        if (hae_config_sweep_job(cfg, j, job, NULL, 0) != HAE_OK || hae_eval_grid(job, &pts, &n) != HAE_OK)
+            return fprintf(stderr, "hae: eval: %s\n", hae_last_error()), 1;
+        free(pts);
+        if (job->eval.vocab > job->model.vocab_size)
+            return fprintf(stderr, "hae: eval: eval.vocab %lld exceeds model.vocab_size %lld: the tasks' tokens are the "
+                           "model's\n", (long long)job->eval.vocab, (long long)job->model.vocab_size), 1;
+        total += n;
+    }
+    eval_run run;
+    hae_backend *be = NULL;
+    hae_status st = backend_of(cfg, &be);
+    if (st == HAE_OK) st = eval_run_open(&run, cfg, e->o.out_dir, "eval", be);
+    else return fprintf(stderr, "hae: eval: %s\n", hae_last_error()), 1;
+    run.total = total;
+    fputs("### points\n\n| job | point | questions | correct | recall | chance | tokens/s |\n"
+          "|---|---|---:|---:|---:|---:|---:|\n", run.points);
+    for (int j = 0; j < jobs && st == HAE_OK; j++) {
+        char label[1024];
+        st = hae_config_sweep_job(cfg, j, job, label, sizeof label);
+        if (st == HAE_OK) st = model_job(&run, e, job, label, j == 0);
+    }
+    char kinds[2048], about[4096], title[HAE_NAME_MAX + 32];
+    layer_summary(cfg, kinds, sizeof kinds);
+    size_t u = (size_t)snprintf(about, sizeof about, "Model %s (%s): %lld layers, %s; batch %lld on %s.\n",
+                                cfg->name, cfg->source, (long long)cfg->model.n_layers, kinds,
+                                (long long)cfg->runtime.batch, hae_backend_name(be));
+    if (e->dbl == 1)
+        snprintf(about + u, sizeof about - u, "\n**Pipeline check, not a result:** the logits at every scored position "
+                 "were replaced by an oracle's answer read from the tokens so far; it must score 1.000.\n");
+    else if (e->dbl == 2)
+        snprintf(about + u, sizeof about - u, "\n**Pipeline check, not a result:** the logits at every scored position "
+                 "were replaced by a uniform pick among the answer tokens; it must score the chance column.\n");
+    else if (!e->o.weights)
+        snprintf(about + u, sizeof about - u, "\n**Untrained model (random init from seed %llu): a baseline, not a "
+                 "result.**\n", (unsigned long long)cfg->seed);
+    else snprintf(about + u, sizeof about - u, "Weights: %s.\n", e->o.weights);
+    snprintf(title, sizeof title, "hae eval: %s", cfg->name);
+    fputc('\n', run.points);
+    st = eval_run_close(&run, st, title, argc, argv, about);
+    hae_backend_destroy(be);
+    return st == HAE_OK && !run.failed ? 0 : 1;
 }
 
 static int cmd_eval(int argc, char **argv) {
-    eval_options o;
-    int r = parse_eval(argc, argv, &o);
+    eval_options e;
+    int r = parse_eval(argc, argv, &e);
     if (r) return r == 2 ? 0 : 1;
-    int64_t n = 0;
-    probe_point *grid = NULL;
-    if (!check_tasks(&o) || !check_kinds(&o) || !(grid = make_grid(&o, &n))) return 1;
-    bool cuda = o.backend == HAE_BACKEND_CUDA || (o.backend == HAE_BACKEND_AUTO && hae_cuda_available());
-    hae_backend *be = NULL;
-    if (hae_backend_create(cuda ? HAE_CUDA : HAE_CPU, 0, &be) != HAE_OK)
-        return free(grid), fprintf(stderr, "hae: --backend %s: %s\n", cuda ? "cuda" : "cpu", hae_last_error()), 1;
+    hae_config *cfg = malloc(sizeof *cfg), *job = malloc(sizeof *job);
+    if (!cfg || !job) return free(cfg), free(job), fprintf(stderr, "hae: out of memory\n"), 1;
+    if (load_config(&e.o, cfg) != HAE_OK) return free(cfg), free(job), fail(NULL);
+    r = !check_jobs(cfg, job) ? 1 : e.probe ? eval_probe(&e, cfg, job, argc, argv) : eval_models(&e, cfg, job, argc, argv);
+    free(cfg), free(job);
+    return r;
+}
 
-    char dir[HAE_PATH_MAX];
-    if (o.out_dir) {
-        snprintf(dir, sizeof dir, "%s", o.out_dir);
+/* ---------------------------------------------------------------- report */
+
+static const char *usage_report =
+    "usage: hae report RUN_DIR... [--out DIR] [--title TEXT]\n"
+    "\n"
+    "Merges the results.csv of each run directory (hae eval, hae eval --probe, hae report) into one table: the\n"
+    "columns united, a `run` column first naming each row's directory. Series are the rows alike in every\n"
+    "column but the x axis, the results and the execution settings (backend, seeds, runtime.*, memory.*), so\n"
+    "the same config measured in several runs (4K-128K on one machine, 1M on another) makes one line; rows\n"
+    "alike at one length pool their questions.\n"
+    "\n"
+    "options:\n"
+    "  --out DIR      output directory (default runs/report-YYYYmmdd-HHMMSS)\n"
+    "  --title TEXT   heads the charts (default: the run directories' names)\n"
+    "\n"
+    "prints: the markdown tables (recall by length, and by hops when a series spans two or more)\n"
+    "writes: results.csv (merged), results.md, recall_vs_length.svg, recall_vs_hops.svg (when it applies)\n";
+
+static int cmd_report(int argc, char **argv) {
+    const char *out = NULL, *title = NULL;
+    char **dirs = calloc((size_t)argc + 1, sizeof *dirs), **csvs = calloc((size_t)argc + 1, sizeof *csvs);
+    const char **runs = calloc((size_t)argc + 1, sizeof *runs);
+    int n = 0, rc = 1;
+    if (!dirs || !csvs || !runs) return free(dirs), free(csvs), free(runs), fprintf(stderr, "hae: out of memory\n"), 1;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage_report, stdout);
+            rc = 0;
+            goto done;
+        } else if (!strcmp(a, "--out") || !strcmp(a, "--title")) {
+            if (i + 1 == argc) {
+                fprintf(stderr, "hae: %s needs a value (see hae report --help)\n", a);
+                goto done;
+            }
+            *(!strcmp(a, "--out") ? &out : &title) = argv[++i];
+        } else if (a[0] == '-') {
+            fprintf(stderr, "hae: unknown report option '%s' (see hae report --help)\n", a);
+            goto done;
+        } else {
+            size_t len = strlen(a);
+            while (len > 1 && a[len - 1] == '/') len--;
+            const char *base = a + len;
+            while (base > a && base[-1] != '/') base--;
+            dirs[n] = strndup(base, (size_t)(a + len - base));
+            if (asprintf(&csvs[n], "%.*s/results.csv", (int)len, a) < 0) csvs[n] = NULL;
+            if (!dirs[n] || !csvs[n]) {
+                fprintf(stderr, "hae: out of memory\n");
+                goto done;
+            }
+            runs[n] = dirs[n], n++;
+        }
+    }
+    if (!n) {
+        fprintf(stderr, "hae: report needs at least one run directory (see hae report --help)\n");
+        goto done;
+    }
+    char dir[HAE_PATH_MAX], merged[HAE_PATH_MAX + 32], names[1024] = "";
+    for (int i = 0, u = 0; i < n && u < (int)sizeof names; i++)
+        u += snprintf(names + u, sizeof names - (size_t)u, "%s%s", i ? ", " : "", runs[i]);
+    if (out) {
+        snprintf(dir, sizeof dir, "%s", out);
     } else {
         char stamp[32];
         time_t now = time(NULL);
         strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", localtime(&now));
-        snprintf(dir, sizeof dir, "runs/probe-%s", stamp);
+        snprintf(dir, sizeof dir, "runs/report-%s", stamp);
     }
-    hae_probe_result *res = malloc(sizeof *res * (size_t)n);
-    char *env = NULL, *failures = NULL;
-    size_t failures_len = 0;
-    FILE *jsonl = NULL, *csv = NULL, *fails = open_memstream(&failures, &failures_len);
-    hae_status st = res && fails ? HAE_OK : hae_error(HAE_ERR_OOM, "eval: out of host memory");
-    if (st == HAE_OK) st = mkdirs(dir);
-    if (st == HAE_OK && !(env = hae_env_json(be))) st = hae_error(HAE_ERR_OOM, "eval: out of host memory");
-    if (st == HAE_OK) st = write_text(dir, "env.json", env);
-    if (st == HAE_OK && (!(jsonl = open_in(dir, "metrics.jsonl")) || !(csv = open_in(dir, "results.csv")))) st = HAE_ERR_IO;
-    int64_t failed = 0, n_ok = 0;
+    snprintf(merged, sizeof merged, "%s/results.csv", dir);
+    char *md = NULL;
+    size_t md_n = 0;
+    FILE *f = open_memstream(&md, &md_n);
+    hae_status st = f ? mkdirs(dir) : hae_error(HAE_ERR_OOM, "report: out of host memory");
     if (st == HAE_OK) {
-        csv_header(csv);
-        failed = run_grid(be, &o, grid, n, res, jsonl, csv, fails, &n_ok);
+        fprintf(f, "# hae report: %s\n\n`hae report", title ? title : names);
+        for (int i = 0; i < argc; i++) fprintf(f, " %s", argv[i]);
+        fputs("`\n\n", f);
+        st = hae_eval_report(&(hae_eval_report_args){.inputs = (const char *const *)csvs, .runs = runs, .n_inputs = n,
+                                                     .title = title ? title : names, .merged_csv = merged, .svg_dir = dir},
+                             f);
     }
-    if (jsonl && fclose(jsonl) && st == HAE_OK) st = hae_error(HAE_ERR_IO, "cannot write %s/metrics.jsonl", dir);
-    if (csv && fclose(csv) && st == HAE_OK) st = hae_error(HAE_ERR_IO, "cannot write %s/results.csv", dir);
-    if (fails) fclose(fails);
-    if (st == HAE_OK) st = write_results_md(dir, argc, argv, res, n_ok, failures);
-    if (st == HAE_OK) st = hae_probe_report(res, n_ok, stdout, NULL);
-    if (st != HAE_OK) fprintf(stderr, "hae: eval: %s\n", hae_last_error());
-    else fprintf(stderr, "%shae eval: %lld of %lld points ran on %s; results in %s\n", failures, (long long)n_ok,
-                 (long long)n, hae_backend_name(be), dir);
-    free(env), free(failures), free(res), free(grid);
-    hae_backend_destroy(be);
-    return st == HAE_OK && !failed ? 0 : 1;
+    if (f && fclose(f) && st == HAE_OK) st = hae_error(HAE_ERR_OOM, "report: out of host memory");
+    if (st == HAE_OK) st = write_text(dir, "results.md", md);
+    if (st == HAE_OK) {
+        fputs(md, stdout);
+        fprintf(stderr, "hae report: %d runs merged into %s\n", n, dir);
+        rc = 0;
+    } else {
+        fprintf(stderr, "hae: report: %s\n", hae_last_error());
+    }
+    free(md);
+done:
+    for (int i = 0; i < n; i++) free(dirs[i]), free(csvs[i]);
+    free(dirs), free(csvs), free(runs);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- mem */
@@ -1168,6 +1477,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
     if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 2, argv + 2);
     if (!strcmp(argv[1], "mem")) return cmd_mem(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "report")) return cmd_report(argc - 2, argv + 2);
     fprintf(stderr, "hae: unknown command '%s'\n\n%s", argv[1], usage_main);
     return 1;
 }

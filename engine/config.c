@@ -24,8 +24,8 @@
 
 /* ---------------------------------------------------------------- layer kinds */
 
-static const char *const kind_names[HAE_LAYER_KIND_COUNT] = {
-    "full", "swa", "dsa", "kda", "gdn", "deltanet", "gla", "linear", "mamba2", "retnet",
+static const char *const kind_names[HAE_LAYER_KIND_COUNT + 1] = {
+    "full", "swa", "dsa", "kda", "gdn", "deltanet", "gla", "linear", "mamba2", "retnet", NULL,
 };
 
 const char *hae_layer_kind_name(hae_layer_kind k) {
@@ -400,7 +400,7 @@ static hae_status check_tabs(const ctx *c, const char *t, size_t len) {
 
 /* ---------------------------------------------------------------- the schema */
 
-typedef enum { T_INT, T_U64, T_FLOAT, T_BOOL, T_STR, T_NAME, T_ENUM, T_BYTES, T_KINDS, T_LAYERS, T_SWEEP } vtype;
+typedef enum { T_INT, T_U64, T_FLOAT, T_BOOL, T_STR, T_NAME, T_ENUM, T_BYTES, T_LIST, T_KINDS, T_LAYERS, T_SWEEP } vtype;
 
 enum { OPEN_LO = 1, OPEN_HI = 2 }; /* the bound itself is excluded */
 
@@ -419,12 +419,18 @@ static const char *const ropes[] = {"none", "full", "partial", NULL};
 static const char *const backends[] = {"auto", "cpu", "cuda", NULL};
 static const char *const dtypes[] = {"f32", "bf16", NULL};
 static const char *const tiers[] = {"gpu", "host", NULL};
+static const char *const task_names[] = {"mqar", "multihop", "niah", NULL};
+static const char *const hops_forms[] = {"follow", "list", NULL};
+static const char *const index_dtypes[] = {"f32", "bf16", "f16", "fp8", NULL}; /* f16 is refused by eval_checks */
 _Static_assert(HAE_ATTN_GQA == 0 && HAE_ATTN_MLA == 1, "forms[] follows hae_attn_form");
 _Static_assert(HAE_ROPE_NONE == 0 && HAE_ROPE_FULL == 1 && HAE_ROPE_PARTIAL == 2, "ropes[] follows hae_rope_mode");
 _Static_assert(HAE_BACKEND_AUTO == 0 && HAE_BACKEND_CPU == 1 && HAE_BACKEND_CUDA == 2, "backends[]");
 _Static_assert(HAE_F32 == 0 && HAE_BF16 == 1, "dtypes[] follows hae_dtype");
 _Static_assert(HAE_TIER_GPU == 0 && HAE_TIER_HOST == 1 && sizeof(hae_tier) == sizeof(int), "tiers[]");
 _Static_assert(sizeof(hae_rope_mode) == sizeof(int) && sizeof(hae_dtype) == sizeof(int), "enums are stored as int");
+_Static_assert(HAE_TASK_MQAR == 0 && HAE_TASK_MULTIHOP == 1 && HAE_TASK_NIAH == 2, "task_names[] follows hae_task_kind");
+_Static_assert(HAE_HOPS_FOLLOW == 0 && HAE_HOPS_LIST == 1 && sizeof(hae_hops_form) == sizeof(int), "hops_forms[]");
+_Static_assert(HAE_F16 == 2 && HAE_FP8_E4M3 == 3, "index_dtypes[] follows hae_dtype");
 
 enum {
     K_NAME, K_SEED, K_OUTPUT_DIR,
@@ -435,6 +441,8 @@ enum {
     K_DSA_HEADS, K_DSA_DIM, K_DSA_TOPK, K_DSA_ROPE, K_DSA_DERIVED, K_DSA_EXACT, K_DSA_PAGE,
     K_BACKEND, K_DEVICE, K_THREADS, K_DTYPE, K_BATCH, K_PREFILL, K_DECODE, K_CHUNK, K_TEMP, K_KV_BUDGET,
     K_MEM_PAGE, K_MEM_GPU, K_MEM_HOST, K_MEM_DSA, K_MEM_FULL, K_MEM_LINEAR, K_MEM_CACHE,
+    K_EV_TASKS, K_EV_LENGTHS, K_EV_PAIRS, K_EV_HOPS, K_EV_CHAINS, K_EV_QUERIES, K_EV_FORM, K_EV_SHUFFLE, K_EV_POWER,
+    K_EV_NOISE, K_EV_VOCAB, K_EV_SEEDS, K_EV_KINDS, K_EV_K, K_EV_TOPK, K_EV_DTYPE, K_EV_COS, K_EV_DECAY, K_EV_ORTHO,
     K_SWEEP, NKEYS
 };
 
@@ -510,6 +518,26 @@ static const key_spec specs[NKEYS] = {
     [K_MEM_FULL] = {"memory.full_kv", T_ENUM, "gpu", 0, 0, 0, tiers, FIELD(memory.full_kv)},
     [K_MEM_LINEAR] = {"memory.linear_state", T_ENUM, "gpu", 0, 0, 0, tiers, FIELD(memory.linear_state)},
     [K_MEM_CACHE] = {"memory.cache_tokens", T_INT, "4096", 1, 1 << 24, 0, NULL, FIELD(memory.cache_tokens)},
+    [K_EV_TASKS] = {"eval.tasks", T_LIST, "mqar", 0, 0, 0, task_names, FIELD(eval.tasks)},
+    [K_EV_LENGTHS] = {"eval.lengths", T_LIST, "256, 1024, 4096", 64, 2147483647.0, 0, NULL, FIELD(eval.lengths)},
+    [K_EV_PAIRS] = {"eval.pairs", T_LIST, "32", 1, 2147483647.0, 0, NULL, FIELD(eval.pairs)},
+    [K_EV_HOPS] = {"eval.hops", T_LIST, "1, 2, 4", 1, 1024, 0, NULL, FIELD(eval.hops)},
+    [K_EV_CHAINS] = {"eval.chains", T_LIST, "0", 0, 2147483647.0, 0, NULL, FIELD(eval.chains)},
+    [K_EV_QUERIES] = {"eval.queries", T_INT, "0", 0, 2147483647.0, 0, NULL, FIELD(eval.queries)},
+    [K_EV_FORM] = {"eval.form", T_ENUM, "follow", 0, 0, 0, hops_forms, FIELD(eval.form)},
+    [K_EV_SHUFFLE] = {"eval.shuffle", T_BOOL, "false", 0, 0, 0, NULL, FIELD(eval.shuffle)},
+    [K_EV_POWER] = {"eval.power", T_FLOAT, "0", 0, NOMAX, 0, NULL, FIELD(eval.power)},
+    [K_EV_NOISE] = {"eval.noise_vocab", T_INT, "64", 0, 2147483647.0, 0, NULL, FIELD(eval.noise_vocab)},
+    [K_EV_VOCAB] = {"eval.vocab", T_INT, "0", 0, 2147483647.0, 0, NULL, FIELD(eval.vocab)},
+    [K_EV_SEEDS] = {"eval.seeds", T_INT, "2", 1, 10000, 0, NULL, FIELD(eval.seeds)},
+    [K_EV_KINDS] = {"eval.probe.kinds", T_LIST, "full, dsa, kda, gdn, deltanet, gla, mamba2, retnet, linear", 0, 0, 0,
+                    kind_names, FIELD(eval.probe.kinds)},
+    [K_EV_K] = {"eval.probe.K", T_LIST, "64", 1, 4096, 0, NULL, FIELD(eval.probe.K)},
+    [K_EV_TOPK] = {"eval.probe.topk", T_LIST, "64", 1, 2147483647.0, 0, NULL, FIELD(eval.probe.topk)},
+    [K_EV_DTYPE] = {"eval.probe.index_dtype", T_ENUM, "fp8", 0, 0, 0, index_dtypes, FIELD(eval.probe.index_dtype)},
+    [K_EV_COS] = {"eval.probe.key_cos", T_FLOAT, "0", 0, 1, OPEN_HI, NULL, FIELD(eval.probe.key_cos)},
+    [K_EV_DECAY] = {"eval.probe.log_decay", T_FLOAT, "0", -1000, 0, 0, NULL, FIELD(eval.probe.log_decay)},
+    [K_EV_ORTHO] = {"eval.probe.orthogonal", T_BOOL, "false", 0, 0, 0, NULL, FIELD(eval.probe.orthogonal)},
     [K_SWEEP] = {"sweep", T_SWEEP, NULL, 0, 0, 0, NULL, 0, 0},
 };
 
@@ -629,6 +657,71 @@ static void join(const char *const *names, char *buf, size_t cap) {
     for (int i = 0; names[i] && k < cap; i++) k += (size_t)snprintf(buf + k, cap - k, "%s%s", i ? ", " : "", names[i]);
 }
 
+/* One item of a list key: a name of s->names (its index), or an integer in s's range with an optional K, M or G
+ * suffix (x 2^10, 2^20, 2^30). */
+static hae_status list_item(const ctx *c, const key_spec *s, const node *at, const char *path, const char *t,
+                            int64_t *v) {
+    if (s->names) {
+        int n = 0;
+        while (s->names[n] && strcmp(s->names[n], t) != 0) n++;
+        if (s->names[n]) return *v = n, HAE_OK;
+        while (s->names[n]) n++;
+        char sug[512];
+        suggest(t, s->names, n, sug, sizeof sug);
+        return fail(c, at, path, "unknown value '%s'%s", t, sug);
+    }
+    static const char units[] = "KMG";
+    char num[HAE_NAME_MAX], r[64];
+    size_t len = strlen(t);
+    const char *unit = len > 1 ? strchr(units, t[len - 1]) : NULL;
+    int shift = unit ? 10 * (int)(unit - units + 1) : 0;
+    snprintf(num, sizeof num, "%.*s", (int)(len - (shift ? 1 : 0)), t);
+    if (!is_int(num)) return fail(c, at, path, "expected an integer (a K, M or G suffix: x 2^10, 2^20, 2^30), got '%s'", t);
+    range_str(s, r, sizeof r);
+    errno = 0;
+    long long x = strtoll(num, NULL, 10);
+    if (errno == ERANGE || x < 0 || x > (LLONG_MAX >> shift) || (double)(x << shift) < s->lo ||
+        (double)(x << shift) > s->hi)
+        return fail(c, at, path, "%s is out of range (expected %s)", t, r);
+    *v = (int64_t)(x << shift);
+    return HAE_OK;
+}
+
+/* A list key: a YAML list, or a plain scalar of comma-separated items ("256, 1024", --set eval.lengths=256,1024);
+ * at most HAE_EVAL_MAX_VALUES distinct items. */
+static hae_status convert_list(const ctx *c, const key_spec *s, const node *n, void *dst) {
+    char d[128], path[600], item[HAE_NAME_MAX];
+    if (n->type == N_MAP || (n->type == N_SCALAR && (!n->plain || !n->text[0])))
+        return fail(c, n, s->path, "expected a list such as [%s], got %s", s->def, desc(n, d, sizeof d));
+    hae_eval_list l = {0};
+    const char *p = n->type == N_SCALAR ? n->text : "";
+    for (int i = 0; n->type == N_SEQ ? i < n->n : *p != '\0'; i++) {
+        const node *at = n->type == N_SEQ ? n->vals[i] : n;
+        snprintf(path, sizeof path, "%s[%d]", s->path, i);
+        if (n->type == N_SEQ) {
+            if (at->type != N_SCALAR || !at->plain)
+                return fail(c, at, path, "expected %s, got %s", s->names ? "a name" : "an integer", desc(at, d, sizeof d));
+            snprintf(item, sizeof item, "%s", at->text);
+        } else {
+            size_t len = strcspn(p, ",");
+            const char *a = p, *e = p + len;
+            while (a < e && *a == ' ') a++;
+            while (e > a && e[-1] == ' ') e--;
+            snprintf(item, sizeof item, "%.*s", (int)(e - a), a);
+            p += len + (p[len] == ',');
+        }
+        if (l.n == HAE_EVAL_MAX_VALUES) return fail(c, at, s->path, "more than %d values", HAE_EVAL_MAX_VALUES);
+        int64_t v = 0;
+        HAE_TRY(list_item(c, s, at, path, item, &v));
+        for (int j = 0; j < l.n; j++)
+            if (l.v[j] == v) return fail(c, at, path, "'%s' is listed twice", item);
+        l.v[l.n++] = v;
+    }
+    if (l.n == 0) return fail(c, n, s->path, "expected a non-empty list such as [%s]", s->def);
+    memcpy(dst, &l, sizeof l);
+    return HAE_OK;
+}
+
 /* Converts one scalar value of key s into the config field at dst. */
 static hae_status convert(const ctx *c, const key_spec *s, const node *n, void *dst) {
     static const char *const what[] = {
@@ -638,6 +731,7 @@ static hae_status convert(const ctx *c, const key_spec *s, const node *n, void *
     };
     char d[128], r[64];
     const char *p = s->path, *t = n->text;
+    if (s->type == T_LIST) return convert_list(c, s, n, dst);
     if (n->type != N_SCALAR) return fail(c, n, p, "expected %s, got %s", what[s->type], desc(n, d, sizeof d));
     range_str(s, r, sizeof r);
     switch (s->type) {
@@ -845,6 +939,54 @@ static hae_status cross_fail(const ctx *c, const bindings *b, const int *keys, i
     return fail(c, b->n[k], specs[k].path, "%s", msg);
 }
 
+/* The eval section, when it differs from the defaults (which any model may leave unused, and which `hae eval`
+ * checks against the model before it runs; a config written back out, defaults included, is read back the
+ * same): f16 ranks nothing; swa is not probed and dsa probes take K <= 128, the indexer's head dim; every
+ * task of the grid can be generated (lengths, vocabulary room), checked on seed 1 without generating. */
+static hae_status eval_checks(const ctx *c, const bindings *b, const hae_config *cfg) {
+    hae_config *def = calloc(1, sizeof *def);
+    if (!def) return oom();
+    hae_status st = HAE_OK;
+    for (int k = K_EV_TASKS; k <= K_EV_ORTHO && st == HAE_OK; k++) {
+        node n = {.type = N_SCALAR, .plain = true, .text = (char *)specs[k].def, .src = c->src};
+        st = convert(c, &specs[k], &n, (char *)def + specs[k].off);
+    }
+    bool same = st == HAE_OK && memcmp(&def->eval, &cfg->eval, sizeof cfg->eval) == 0;
+    free(def);
+    if (st != HAE_OK || same) return st;
+    const hae_eval_list *kinds = &cfg->eval.probe.kinds, *K = &cfg->eval.probe.K;
+    if (cfg->eval.probe.index_dtype == HAE_F16)
+        return cross_fail(c, b, (const int[]){K_EV_DTYPE}, 1, "'f16' is not allowed (expected one of: fp8, bf16, f32)");
+    int64_t max_k = 0;
+    bool dsa = false;
+    for (int i = 0; i < K->n; i++) max_k = K->v[i] > max_k ? K->v[i] : max_k;
+    for (int i = 0; i < kinds->n; i++) {
+        if (kinds->v[i] == HAE_LAYER_SWA)
+            return cross_fail(c, b, (const int[]){K_EV_KINDS}, 1, "swa is not probed (probes: full, dsa and the linear kinds)");
+        dsa |= kinds->v[i] == HAE_LAYER_DSA;
+    }
+    char m[1024];
+    if (dsa && max_k > 128) {
+        snprintf(m, sizeof m, "K %" PRId64 " exceeds 128, the head dim of the dsa probe's indexer", max_k);
+        return cross_fail(c, b, (const int[]){K_EV_K, K_EV_KINDS}, 2, m);
+    }
+    hae_eval_point *pt = NULL;
+    int64_t n = 0;
+    st = hae_eval_grid(cfg, &pt, &n);
+    for (int64_t i = 0; st == HAE_OK && i < n; i++) st = hae_eval_task(cfg, &pt[i], 1, NULL);
+    free(pt);
+    if (st == HAE_OK || st == HAE_ERR_OOM) return st;
+    snprintf(m, sizeof m, "%s", hae_last_error());
+    /* blame what an override set before what the file set */
+    static const int grid[] = {K_EV_LENGTHS, K_EV_PAIRS, K_EV_CHAINS, K_EV_HOPS, K_EV_QUERIES, K_EV_VOCAB, K_EV_NOISE,
+                               K_EV_TASKS};
+    int keys[8], k = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < 8; i++)
+            if ((b->n[grid[i]] && b->n[grid[i]]->line == 0) == (pass == 0)) keys[k++] = grid[i];
+    return cross_fail(c, b, keys, 8, m);
+}
+
 static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config *cfg) {
     char m[512];
     if (cfg->model.attention.form == HAE_ATTN_MLA) {
@@ -916,7 +1058,7 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
                  dflt(b, K_DSA_TOPK));
         return cross_fail(c, b, (const int[]){K_MEM_CACHE, K_DSA_TOPK, K_MEM_DSA}, 3, m);
     }
-    return HAE_OK;
+    return eval_checks(c, b, cfg);
 }
 
 /* The config of bindings b: defaults, then the bound values, then the layout and the rules. */
@@ -1047,6 +1189,19 @@ static hae_status emit(const hae_config *cfg, bool with_sweep, char **out) {
             while (s->names[nn]) nn++;
             if (v >= 0 && v < nn) sb_printf(&b, "%s", s->names[v]);
             else sb_printf(&b, "%" PRId64, v); /* not a valid config: parsing it back says so */
+            break;
+        }
+        case T_LIST: {
+            hae_eval_list l;
+            int64_t nn = 0;
+            memcpy(&l, f, sizeof l);
+            while (s->names && s->names[nn]) nn++;
+            sb_printf(&b, "[");
+            for (int j = 0; j < l.n && j < HAE_EVAL_MAX_VALUES; j++) {
+                if (s->names && l.v[j] >= 0 && l.v[j] < nn) sb_printf(&b, "%s%s", j ? ", " : "", s->names[l.v[j]]);
+                else sb_printf(&b, "%s%" PRId64, j ? ", " : "", l.v[j]);
+            }
+            sb_printf(&b, "]");
             break;
         }
         case T_KINDS:

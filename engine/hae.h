@@ -472,6 +472,17 @@ typedef enum hae_tier { HAE_TIER_GPU, HAE_TIER_HOST, HAE_TIER_COUNT } hae_tier;
 #define HAE_NAME_MAX 128
 #define HAE_PATH_MAX 1024
 
+/* The recall tasks and the two forms of a multi-hop question (eval/, the eval section below); the
+ * config's eval section names them. */
+typedef enum hae_task_kind { HAE_TASK_MQAR, HAE_TASK_MULTIHOP, HAE_TASK_NIAH, HAE_TASK_KIND_COUNT } hae_task_kind;
+typedef enum hae_hops_form { HAE_HOPS_FOLLOW, HAE_HOPS_LIST } hae_hops_form;
+/* A list-valued eval key: one axis of the grid `hae eval` runs. */
+#define HAE_EVAL_MAX_VALUES 32
+typedef struct hae_eval_list {
+    int n;
+    int64_t v[HAE_EVAL_MAX_VALUES];
+} hae_eval_list;
+
 typedef struct hae_config {
     char name[HAE_NAME_MAX];
     uint64_t seed;
@@ -548,6 +559,29 @@ typedef struct hae_config {
         hae_tier linear_state; /* linear layers' states; host: parked there between requests */
         int64_t cache_tokens;  /* GPU token slots per dsa layer and sequence caching host-tier K/V */
     } memory;
+    struct { /* recall evals (DESIGN.md §3, `hae eval`): each list is an axis of the grid */
+        hae_eval_list tasks;   /* hae_task_kind values */
+        hae_eval_list lengths; /* tokens per task */
+        hae_eval_list pairs;   /* mqar pairs, niah needles, multihop links (as pairs / hops chains) when chains is 0 */
+        hae_eval_list hops;    /* multihop: links per chain */
+        hae_eval_list chains;  /* multihop: chains written (the unasked ones are distractors); 0: pairs / hops */
+        int64_t queries;       /* questions per task; 0: every pair, needle or chain */
+        hae_hops_form form;    /* multihop questions: follow the chain, or list every variable on it */
+        bool shuffle;          /* multihop: a chain's links in any order */
+        float power;           /* mqar: 0 uniform questions, > 0 favouring recent pairs */
+        int64_t noise_vocab;   /* distinct filler tokens; 0: PAD */
+        int64_t vocab;         /* task token ids [0, vocab); 0: model.vocab_size */
+        int64_t seeds;         /* tasks per grid point, seeds 1..seeds */
+        struct { /* `hae eval --probe`: the tasks written into each kind's real ops, no weights */
+            hae_eval_list kinds; /* hae_layer_kind values */
+            hae_eval_list K;     /* key dim = value dim */
+            hae_eval_list topk;  /* dsa */
+            hae_dtype index_dtype; /* dsa: fp8-e4m3 (the lightning indexer), bf16 or f32 ranking */
+            float key_cos;       /* cosine between any two key codes, [0, 1) */
+            float log_decay;     /* decaying linear kinds, <= 0 (0: no forgetting) */
+            bool orthogonal;     /* the context's keys orthonormal */
+        } probe;
+    } eval;
     struct {
         int n_axes;
         struct {
@@ -715,7 +749,6 @@ hae_backend *hae_model_backend(const hae_model *m);
 
 enum { HAE_TOK_PAD, HAE_TOK_BOS, HAE_TOK_QUERY, HAE_TOK_LINK, HAE_TOK_LIST, HAE_TOK_NEEDLE, HAE_TOK_FIRST = 8 };
 
-typedef enum hae_task_kind { HAE_TASK_MQAR, HAE_TASK_MULTIHOP, HAE_TASK_NIAH, HAE_TASK_KIND_COUNT } hae_task_kind;
 const char *hae_task_kind_name(hae_task_kind k); /* "mqar", "multihop", "niah" */
 
 /* Zoology's multi-query associative recall. */
@@ -730,8 +763,6 @@ typedef struct hae_mqar_args {
     bool dup_keys;       /* keys drawn with replacement (a later pair overwrites); else all distinct */
     uint64_t seed;
 } hae_mqar_args;
-
-typedef enum hae_hops_form { HAE_HOPS_FOLLOW, HAE_HOPS_LIST } hae_hops_form;
 
 /* RULER-style variable tracking: chains a0 -> a1 -> ... -> aH of distinct variables. */
 typedef struct hae_multihop_args {
@@ -776,6 +807,8 @@ typedef struct hae_task {
     int32_t *answers;    /* the last answer_off[i+1] - answer_off[i] of its hops lookups, in hop order */
 } hae_task;
 
+/* With out NULL a generator only makes its checks (lengths, vocabulary room), generating nothing; mqar with
+ * dup_keys can still fail when generating, if the seed draws fewer distinct keys than queries asks. */
 hae_status hae_task_mqar(const hae_mqar_args *a, hae_task **out);
 hae_status hae_task_multihop(const hae_multihop_args *a, hae_task **out);
 hae_status hae_task_niah(const hae_niah_args *a, hae_task **out);
@@ -912,6 +945,92 @@ hae_status hae_circuit_run(hae_model *m, const hae_circuit_args *a, const hae_ta
 /* Build, create on be, load, run, destroy: one call per (circuit, task). */
 hae_status hae_circuit_eval(hae_backend *be, const hae_circuit_args *a, const hae_config *base, const hae_task *t,
                             bool decode, const char *weights_path, hae_circuit_result *out, uint8_t *correct);
+
+/* The eval grid: the points the config's eval section names (DESIGN.md §3; docs/config.md, eval). */
+typedef struct hae_eval_point {
+    hae_task_kind task;
+    int64_t length; /* tokens per task */
+    int64_t pairs;  /* the pairs axis value: mqar pairs, niah needles, multihop links when chains is 0; else 0 */
+    int64_t hops;   /* 1 but for multihop */
+    int64_t chains; /* multihop: the chains axis value (0: pairs / hops chains); 0 for the other tasks */
+} hae_eval_point;
+#define HAE_EVAL_MAX_POINTS 100000
+
+/* The points of cfg->eval, task outermost and length innermost (so consecutive points read as recall vs
+ * length): mqar and niah pairs x lengths; multihop hops x chains x lengths, each chain value 0 taking the
+ * pairs axis (pairs / hops chains). *points is malloc'd (caller frees); more than HAE_EVAL_MAX_POINTS is
+ * HAE_ERR_INVALID. */
+hae_status hae_eval_grid(const hae_config *cfg, hae_eval_point **points, int64_t *n);
+/* The task of point p with `seed`, its knobs from cfg->eval (vocab 0: model.vocab_size); with out NULL only
+ * the generator's checks run. A failure names the point. */
+hae_status hae_eval_task(const hae_config *cfg, const hae_eval_point *p, uint64_t seed, hae_task **out);
+
+/* Model-level runs: tasks through a whole model (hae_model_forward), batched over runtime.batch sequences
+ * that share one layout (seeds of one grid point). Each sequence is prefilled up to its first scored position,
+ * then fed up to each next one in turn, the answers being in its tokens (teacher forcing); at position
+ * query_pos[i] + j the next-token logits are scored against answer j of question i: the argmax (ties to the
+ * lower id) must be that answer. A question is correct when all its answers are. */
+typedef struct hae_eval_site {
+    int64_t row;          /* the sequence in the batch */
+    const hae_task *task; /* its task */
+    int64_t question;     /* i */
+    int64_t answer;       /* j: the token answers[answer_off[i] + j] is expected */
+    int64_t pos;          /* query_pos[i] + j: the logits predict token pos + 1 */
+} hae_eval_site;
+/* A stand-in for the model's last step: called with the host logits [V] at every scored site before they are
+ * scored, it may overwrite them. A causal one reads only task->tokens[0 .. pos] and the layout's ranges. */
+typedef hae_status (*hae_eval_logits_fn)(void *ctx, const hae_eval_site *site, float *logits, int64_t V);
+/* Test doubles. The oracle answers from the tokens up to the site alone (the latest value written to the key,
+ * or the next or last variable of the chain), so it scores 100% exactly when the scored positions and answers
+ * line up; ctx is unused. The random double picks uniformly, from hae_uniform(*(const uint64_t *)ctx, ...) (ctx
+ * NULL: seed 0) keyed by the site and the asked token, one token of the answer's range (a model that knows the
+ * format but not the answers): it scores hae_eval_score's chance. */
+hae_status hae_eval_oracle(void *ctx, const hae_eval_site *site, float *logits, int64_t V);
+hae_status hae_eval_random(void *ctx, const hae_eval_site *site, float *logits, int64_t V);
+
+typedef struct hae_eval_score {
+    int64_t questions, correct;       /* questions asked; those whose every answer was the argmax */
+    int64_t answers, answers_correct; /* the same per answer token */
+    double chance;                    /* sum over questions of a uniform pick's odds: prod over answers of 1 / the
+                                         answer range's size (mqar, niah: values; multihop: variables) */
+    int64_t tokens;                   /* tokens fed to the model, padding rows left out */
+    double seconds;                   /* wall time of the forwards and the scoring */
+} hae_eval_score;
+
+typedef struct hae_eval_runner hae_eval_runner;
+/* cfg's model on be for tasks of up to max_tokens tokens: its KV cache and states sized for runtime.batch
+ * sequences of max_tokens (runtime.prefill and decode are not used), only the last position's logits kept.
+ * Weights from cfg->seed, or loaded from `weights` (NULL: none). */
+hae_status hae_eval_runner_create(const hae_config *cfg, hae_backend *be, int64_t max_tokens, const char *weights,
+                                  hae_eval_runner **out);
+void hae_eval_runner_destroy(hae_eval_runner *r); /* accepts NULL */
+int64_t hae_eval_runner_batch(const hae_eval_runner *r);
+/* Runs n tasks (1 <= n <= the batch, one layout: tokens, context, questions and answer positions; token ids
+ * below model.vocab_size) as one batch and adds their counts to *score. Rows past n repeat task 0 unscored.
+ * hook (NULL: none) sees every scored site first. */
+hae_status hae_eval_runner_run(hae_eval_runner *r, const hae_task *const *tasks, int64_t n, hae_eval_logits_fn hook,
+                               void *hook_ctx, hae_eval_score *score);
+
+/* Reports. A results table is a CSV file as `hae eval` writes it: a header, then a row per grid point (its knobs
+ * and config keys, then its results). hae_eval_report merges tables (columns united in first-seen order, a `run`
+ * column first when runs are named), then writes recall as markdown pivot tables and SVG line charts: against
+ * length (recall_vs_length.svg, always) and against hops (recall_vs_hops.svg, when some series has two or
+ * more). A series is the rows alike in every column but the x axis, the results (context, stored_pairs,
+ * questions, correct, answers, answers_correct, recall, chance, seconds, tokens_per_s, error, job, run) and the
+ * execution settings (backend, seeds, output_dir, runtime.*, memory.*); rows alike at one x pool their
+ * questions. Its label names the columns that vary between series. */
+typedef struct hae_eval_report_args {
+    const char *const *inputs; /* [n_inputs] results.csv paths */
+    const char *const *runs;   /* [n_inputs] the `run` column's value per input, or NULL for no such column */
+    int n_inputs;
+    const char *title;         /* heads the charts */
+    const char *merged_csv;    /* where to write the merged table, or NULL */
+    const char *svg_dir;       /* where to write the charts, or NULL */
+} hae_eval_report_args;
+hae_status hae_eval_report(const hae_eval_report_args *a, FILE *markdown);
+/* The resolved config as CSV: its dotted keys (hae_config_to_yaml's, less the eval and sweep sections) and their
+ * values, each a line of comma-separated cells without a newline, malloc'd (caller frees). */
+hae_status hae_eval_config_csv(const hae_config *cfg, char **keys, char **values);
 
 /* ---------------------------------------------------------------- memory manager (memory/)
  * DESIGN.md §2. Every KV byte and recurrent state lives in pages of a pool with two tiers, GPU memory and

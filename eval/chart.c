@@ -1,4 +1,4 @@
-/* The SVG line-chart writer shared by hae's reports (chart.h). */
+/* The SVG line-chart writer and the escaping shared by hae's reports (chart.h). */
 #include "chart.h"
 
 #include <inttypes.h>
@@ -42,6 +42,19 @@ void hae_xml_text(FILE *f, const char *s) {
         else if (*s == '\'') fputs("&apos;", f);
         else fputc(*s, f);
     }
+}
+
+void hae_csv_cell(FILE *f, const char *s) {
+    if (!s || !s[strcspn(s, ",\"\r\n")]) {
+        fputs(s ? s : "", f);
+        return;
+    }
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"') fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
 }
 
 typedef struct {

@@ -1,5 +1,5 @@
-/* The one SVG line-chart writer of hae's reports (`hae mem`, `hae eval`, `hae report`): hand-written SVG, no
- * libraries. x runs on a log2 axis (context lengths, hops) with ticks at powers of two, y linearly from 0;
+/* What hae's reports (`hae mem`, `hae eval`, `hae report`) write with: the one SVG line-chart writer
+ * (hand-written SVG, no libraries), XML and CSV escaping, token counts. x runs on a log2 axis (context lengths, hops) with ticks at powers of two, y linearly from 0;
  * series are polylines and/or dots clipped to the plot; reference lines are dashed; the legend sits under
  * the plot, one entry a line. */
 #ifndef HAE_CHART_H
@@ -44,5 +44,7 @@ const char *hae_chart_color(int style);
 const char *hae_fmt_tokens(int64_t n, bool exact, char *buf, size_t cap);
 /* Writes s with XML's five special characters escaped. */
 void hae_xml_text(FILE *f, const char *s);
+/* Writes s as one CSV cell: quoted (inner quotes doubled) when it holds a comma, quote or line break. */
+void hae_csv_cell(FILE *f, const char *s);
 
 #endif
