@@ -50,10 +50,11 @@ static hae_status parse_csv(const char *path, const char *s, size_t len, records
         record rec = {0};
         for (bool more = true; more && st == HAE_OK;) {
             size_t n = 0;
+            const int64_t first = line;
             if (s[i] == '"') {
                 for (i++;; i++) {
                     if (i >= len) {
-                        st = hae_error(HAE_ERR_FORMAT, "%s:%lld: a quoted cell never ends", path, (long long)line);
+                        st = hae_error(HAE_ERR_FORMAT, "%s:%lld: a quoted cell never ends", path, (long long)first);
                         break;
                     }
                     if (s[i] == '"' && i + 1 < len && s[i + 1] == '"') buf[n++] = s[i++];
@@ -278,7 +279,8 @@ static void label(const table *t, chart_data *d) {
                                        bare ? "" : "=", v);
             if (nv < sizeof s->values) nv += (size_t)snprintf(s->values + nv, sizeof s->values - nv, "%s%s", nv ? ", " : "", v[0] ? v : "-");
         }
-        if (!nl) snprintf(s->label, sizeof s->label, "%s", cell(t, s->row, col_of(t, "name"))[0] ? cell(t, s->row, col_of(t, "name")) : "recall");
+        const char *name = cell(t, s->row, col_of(t, "name"));
+        if (!nl) snprintf(s->label, sizeof s->label, "%s", name[0] ? name : "all");
         if (!nv) snprintf(s->values, sizeof s->values, "%s", s->label);
         for (int j = 0; j < i; j++)
             if (!strcmp(d->s[j].label, s->label)) {
