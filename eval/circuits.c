@@ -210,8 +210,9 @@ static float *wl_add(wlist *l, int ndim, int64_t d0, int64_t d1, int64_t d2, con
 /* A matrix's element (r, c) of `cols` columns, guarded so that the scratch of a failed allocation is safe. */
 #define AT(l, m, cols, r, c) (*((l)->oom ? (m) : (m) + (int64_t)(r) * (cols) + (c)))
 
-static void norm_weights(const circuit *c, float *w, bool oom) {
-    if (oom) return;
+/* w is wl_add's result: oom is read here, after the call has set it. */
+static void norm_weights(const wlist *wl, const circuit *c, float *w) {
+    if (wl->oom) return;
     w[c->one] = (float)(1.0 / sqrt((double)c->d));
     for (int64_t i = 1; i < 3 + 4 * c->n; i++) w[i] = (float)(C_ONE / sqrt((double)c->d));
 }
@@ -353,11 +354,11 @@ static hae_status write_weights(const circuit *c, const char *path) {
             if (value) head[t * d + c->cur + c->ch[code * w + x]] = 1.0f;
         }
     }
-    norm_weights(c, wl_add(wl, 1, d, 0, 0, "model.norm.weight"), wl->oom);
+    norm_weights(wl, c, wl_add(wl, 1, d, 0, 0, "model.norm.weight"));
     for (int l = 0; l <= c->a->hops; l++) {
         const hae_layer_kind kind = l ? c->a->kinds[l - 1] : HAE_LAYER_DELTANET;
-        norm_weights(c, wl_add(wl, 1, d, 0, 0, "model.layers.%d.input_layernorm.weight", l), wl->oom);
-        norm_weights(c, wl_add(wl, 1, d, 0, 0, "model.layers.%d.post_attention_layernorm.weight", l), wl->oom);
+        norm_weights(wl, c, wl_add(wl, 1, d, 0, 0, "model.layers.%d.input_layernorm.weight", l));
+        norm_weights(wl, c, wl_add(wl, 1, d, 0, 0, "model.layers.%d.post_attention_layernorm.weight", l));
         if (hae_linear_kind_of(kind, &(hae_linear_kind){0})) linear_layer(wl, c, l, kind);
         else attention_layer(wl, c, l);
         mlp(wl, c, l);
@@ -413,14 +414,23 @@ static hae_status circuit_config(const circuit *c, const hae_config *base, hae_c
 #undef OV
     HAE_ASSERT(n <= 32);
     for (int i = 0; i < n; i++) ovp[i] = ov[i];
+    /* the base's text without its sweep and eval sections: they describe runs, not this model, and its eval
+     * grid is checked against the model's vocabulary, which the circuit replaces */
+    const char *dflt = hae_config_default_yaml();
     char *yaml = NULL;
-    if (base) HAE_TRY(hae_config_to_yaml(base, &yaml));
-    const char *text = base ? yaml : hae_config_default_yaml();
-    hae_status st = hae_config_parse(text, strlen(text), base ? base->source : "<default>", ovp, n, cfg);
-    free(yaml);
-    if (st != HAE_OK) return hae_error_wrap(st, "hae_circuit_build");
-    cfg->sweep.n_axes = 0;
-    return HAE_OK;
+    hae_config *two = base ? malloc(2 * sizeof *two) : NULL; /* the default, the base as used */
+    hae_status st = base && !two ? hae_error(HAE_ERR_OOM, "hae_circuit_build: copies of the config") : HAE_OK;
+    if (two) {
+        st = hae_config_parse(dflt, strlen(dflt), "<default>", NULL, 0, &two[0]);
+        two[1] = *base;
+        two[1].eval = two[0].eval;
+        two[1].sweep.n_axes = 0;
+        if (st == HAE_OK) st = hae_config_to_yaml(&two[1], &yaml);
+    }
+    const char *text = base ? yaml : dflt;
+    if (st == HAE_OK) st = hae_config_parse(text, strlen(text), base ? base->source : "<default>", ovp, n, cfg);
+    free(yaml), free(two);
+    return st == HAE_OK ? HAE_OK : hae_error_wrap(st, "hae_circuit_build");
 }
 
 hae_status hae_circuit_build(const hae_circuit_args *a, const hae_config *base, hae_config *cfg,
