@@ -35,6 +35,7 @@
 #define MLP_G 32.0      /* SwiGLU gates: silu(32) = 32 (a linear unit), silu(-32) = -4e-13 (a closed one) */
 #define NO_DECAY -80.0f /* A_log of a decay exp(-e^-80) = 1 in f32 */
 #define CONV_W 4        /* short conv width: taps t-3 .. t */
+#define LIN_H 4         /* linear layers' heads (2 used): the default configs' shapes, whose rows CUDA has run */
 #define MAX_W 16        /* most ones per code */
 
 typedef struct {
@@ -249,10 +250,11 @@ static void mlp(wlist *wl, const circuit *c, int l) {
     }
 }
 
-/* A linear-family layer (2 heads of K, V = K, conv width 4). Layer 0 is the previous-token step (deltanet);
- * a hop reads CUR, PREV and TOK through the current conv tap into head 0. */
+/* A linear-family layer (LIN_H heads of K, V = K, conv width 4). Layer 0 is the previous-token step (deltanet,
+ * heads 0 and 1); a hop reads CUR, PREV and TOK through the current conv tap into head 0. Unused heads have
+ * zero keys and values, so their state stays zero and their output is RMSNorm(0) = 0. */
 static void linear_layer(wlist *wl, const circuit *c, int l, hae_layer_kind kind) {
-    const int64_t n = c->n, d = c->d, K = c->K, H = 2, W = CONV_W;
+    const int64_t n = c->n, d = c->d, K = c->K, H = LIN_H, W = CONV_W;
     const hae_circuit_args *a = c->a;
     const bool shift = l == 0;
     hae_linear_kind lk;
@@ -397,7 +399,7 @@ static hae_status circuit_config(const circuit *c, const hae_config *base, hae_c
     OV("model.attention.head_dim=%lld", (long long)c->K);
     OV("model.attention.rope=none");
     OV("model.attention.softmax_scale=1");
-    OV("model.linear_attn.num_heads=2");
+    OV("model.linear_attn.num_heads=%d", LIN_H);
     OV("model.linear_attn.num_v_heads=0");
     OV("model.linear_attn.head_dim=%lld", (long long)c->K);
     OV("model.linear_attn.expand_v=1");
