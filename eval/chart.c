@@ -179,7 +179,8 @@ hae_status hae_chart_svg(const hae_chart *c, FILE *f) {
         fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke-width=\"2\"", ML, y - 4, ML + 28, y - 4);
         stroke(f, se->style);
         fputs("/>", f);
-        if (se->dots) fprintf(f, "<circle cx=\"%d\" cy=\"%d\" r=\"3.5\" fill=\"%s\"/>", ML + 14, y - 4, hae_chart_color(se->style));
+        if (se->dots)
+            fprintf(f, "<circle cx=\"%d\" cy=\"%d\" r=\"3.5\" fill=\"%s\"/>", ML + 14, y - 4, hae_chart_color(se->style));
         fprintf(f, "<text x=\"%d\" y=\"%d\">", ML + 36, y);
         hae_xml_text(f, se->label);
         fputs("</text>\n", f);

@@ -1,7 +1,7 @@
 /* What hae's reports (`hae mem`, `hae eval`, `hae report`) write with: the one SVG line-chart writer
- * (hand-written SVG, no libraries), XML and CSV escaping, token counts. x runs on a log2 axis (context lengths, hops) with ticks at powers of two, y linearly from 0;
- * series are polylines and/or dots clipped to the plot; reference lines are dashed; the legend sits under
- * the plot, one entry a line. */
+ * (hand-written SVG, no libraries), XML and CSV escaping, token counts. In a chart x runs on a log2 axis
+ * (context lengths, hops) with ticks at powers of two, y linearly from 0; series are polylines and/or dots
+ * clipped to the plot; reference lines are dashed; the legend sits under the plot, one entry a line. */
 #ifndef HAE_CHART_H
 #define HAE_CHART_H
 

@@ -254,7 +254,9 @@ static int cmp_point(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static double point_y(const point *p) { return p->counted && p->questions > 0 ? p->correct / p->questions : p->recall_sum / p->count; }
+static double point_y(const point *p) {
+    return p->counted && p->questions > 0 ? p->correct / p->questions : p->recall_sum / p->count;
+}
 
 /* Labels: the key columns that take two or more non-empty values among the series; the chart's legend says
  * "column=value" (the value alone for name, kind and task), the markdown the values alone. */
@@ -263,7 +265,10 @@ static void label(const table *t, chart_data *d) {
         int c = d->keys[k];
         for (int i = 1; i < d->n && !d->varies[c]; i++) {
             const char *v = cell(t, d->s[i].row, c);
-            for (int j = 0; j < i && !d->varies[c]; j++) d->varies[c] = v[0] && cell(t, d->s[j].row, c)[0] && strcmp(v, cell(t, d->s[j].row, c));
+            for (int j = 0; j < i && !d->varies[c]; j++) {
+                const char *w = cell(t, d->s[j].row, c);
+                d->varies[c] = v[0] && w[0] && strcmp(v, w);
+            }
         }
     }
     for (int i = 0; i < d->n; i++) {
@@ -277,7 +282,8 @@ static void label(const table *t, chart_data *d) {
             if (v[0] && nl < sizeof s->label)
                 nl += (size_t)snprintf(s->label + nl, sizeof s->label - nl, "%s%s%s%s", nl ? ", " : "", bare ? "" : t->cols[c],
                                        bare ? "" : "=", v);
-            if (nv < sizeof s->values) nv += (size_t)snprintf(s->values + nv, sizeof s->values - nv, "%s%s", nv ? ", " : "", v[0] ? v : "-");
+            if (nv < sizeof s->values)
+                nv += (size_t)snprintf(s->values + nv, sizeof s->values - nv, "%s%s", nv ? ", " : "", v[0] ? v : "-");
         }
         const char *name = cell(t, s->row, col_of(t, "name"));
         if (!nl) snprintf(s->label, sizeof s->label, "%s", name[0] ? name : "all");

@@ -210,7 +210,8 @@ Test(eval_model, grid_enumerates_the_axes_in_order) {
     };
     for (size_t i = 0; i < sizeof want / sizeof *want; i++)
         cr_expect(p[i].task == want[i].task && p[i].length == want[i].length && p[i].pairs == want[i].pairs &&
-                      p[i].hops == want[i].hops && p[i].chains == want[i].chains, "point %zu: %s length %lld pairs %lld hops %lld chains %lld", i,
+                      p[i].hops == want[i].hops && p[i].chains == want[i].chains,
+                  "point %zu: %s length %lld pairs %lld hops %lld chains %lld", i,
                   hae_task_kind_name(p[i].task), (long long)p[i].length, (long long)p[i].pairs, (long long)p[i].hops,
                   (long long)p[i].chains);
     /* chains 0: pairs / hops chains; chains > 0: that many */
