@@ -2,7 +2,8 @@
  * question exactly with full attention everywhere, and with dsa at any top-k whose FP8 indexer ranks the
  * match first; swa exactly inside its window and never beyond it; the linear kinds exactly while the keys
  * are orthonormal, degrading as overlapping keys pile up and as hops compound. Decode steps agree with the
- * prefill question by question. Recall tables go to stderr (eval/README.md quotes them). */
+ * prefill question by question, and on a GPU the CUDA backend with the CPU. Recall tables go to stderr
+ * (eval/README.md quotes them). */
 #include "testutil.h"
 
 #include <criterion/criterion.h>
