@@ -134,16 +134,7 @@ Test(eval_config, bad_values_name_the_place_and_the_key) {
     hae_config *c = cfg_new();
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         const bad_case *b = &bad[i];
-        hae_clear_error();
-        hae_status st = hae_config_parse(b->yaml, strlen(b->yaml), "t.yaml", b->set ? &b->set : NULL, b->set ? 1 : 0, c);
-        const char *msg = hae_last_error();
-        char want[256];
-        snprintf(want, sizeof want, "%s %s: ", b->where, b->path);
-        cr_expect_eq(st, HAE_ERR_INVALID, "case '%s': status %d (%s)", b->name, st, msg);
-        cr_expect(!strncmp(msg, want, strlen(want)), "case '%s': message does not start with '%s':\n  %s", b->name, want, msg);
-        cr_expect(strstr(msg, b->word), "case '%s': no '%s' in:\n  %s", b->name, b->word, msg);
-        cr_expect(!strchr(msg, '\n'), "case '%s': message is not one line:\n  %s", b->name, msg);
-        if (getenv("HAE_TEST_VERBOSE")) fprintf(stderr, "%-20s %s\n", b->name, msg);
+        tu_expect_bad_config(b->name, b->yaml, b->set, b->where, b->path, b->word, c);
     }
     free(c);
 }

@@ -118,18 +118,7 @@ Test(memory_config, bad_values) {
     const int n = (int)(sizeof bad / sizeof bad[0]);
     for (int i = 0; i < n; i++) {
         const bad_case *b = &bad[i];
-        hae_clear_error();
-        hae_status st =
-            hae_config_parse(b->yaml, strlen(b->yaml), "t.yaml", b->set ? &b->set : NULL, b->set ? 1 : 0, c);
-        const char *msg = hae_last_error();
-        char want[256];
-        snprintf(want, sizeof want, "%s %s: ", b->where, b->path);
-        cr_expect_eq(st, HAE_ERR_INVALID, "case '%s': status %d (%s)", b->name, st, msg);
-        cr_expect(strncmp(msg, want, strlen(want)) == 0, "case '%s': message does not start with '%s':\n  %s", b->name,
-                  want, msg);
-        cr_expect(strstr(msg, b->word), "case '%s': no '%s' in:\n  %s", b->name, b->word, msg);
-        cr_expect(!strchr(msg, '\n'), "case '%s': message is not one line:\n  %s", b->name, msg);
-        if (getenv("HAE_TEST_VERBOSE")) fprintf(stderr, "%-18s %s\n", b->name, msg);
+        tu_expect_bad_config(b->name, b->yaml, b->set, b->where, b->path, b->word, c);
     }
     /* no dsa layer: a small cache is fine, there is nothing to fetch */
     tu_config("model:\n  layer_pattern: [kda, full]\nmemory:\n  dsa_kv: host\n  cache_tokens: 1\n", c);

@@ -103,6 +103,21 @@ void tu_config(const char *yaml, hae_config *cfg) {
     cr_assert_eq(st, HAE_OK, "config: %s\n%s", hae_last_error(), yaml);
 }
 
+void tu_expect_bad_config(const char *name, const char *yaml, const char *set, const char *where, const char *path,
+                          const char *word, hae_config *cfg) {
+    hae_clear_error();
+    hae_status st = hae_config_parse(yaml, strlen(yaml), "t.yaml", set ? &set : NULL, set ? 1 : 0, cfg);
+    const char *msg = hae_last_error();
+    char want[256];
+    snprintf(want, sizeof want, "%s %s%s", where, path, path[0] ? ": " : "");
+    cr_expect_eq(st, HAE_ERR_INVALID, "case '%s': status %d (%s)", name, st, msg);
+    cr_expect(strncmp(msg, want, strlen(want)) == 0, "case '%s': message does not start with '%s':\n  %s", name, want,
+              msg);
+    cr_expect(strstr(msg, word), "case '%s': no '%s' in:\n  %s", name, word, msg);
+    cr_expect(!strchr(msg, '\n'), "case '%s': message is not one line:\n  %s", name, msg);
+    if (getenv("HAE_TEST_VERBOSE")) fprintf(stderr, "%-26s %s\n", name, msg);
+}
+
 hae_model *tu_model(hae_backend *be, const hae_config *cfg) {
     hae_model *m = NULL;
     hae_model_options opt = {.all_logits = true};

@@ -33,6 +33,11 @@ hae_backend *tu_cpu(void);
 
 /* Parses a YAML config string, asserting success (prints the error otherwise). */
 void tu_config(const char *yaml, hae_config *cfg);
+/* Expects the config (yaml as "t.yaml", plus one --set override or NULL) to fail with HAE_ERR_INVALID and
+ * a one-line message that starts "where path: " ("where " alone when path is "") and contains word;
+ * case names the test case in failures. cfg is scratch. HAE_TEST_VERBOSE=1 prints every message. */
+void tu_expect_bad_config(const char *name, const char *yaml, const char *set, const char *where, const char *path,
+                          const char *word, hae_config *cfg);
 
 /* Models in tests: created with every position's logits kept (asserting success); tokens [B, ctx]
  * uniform over the vocabulary; the logits [B, ctx, V] (malloc'd, on the host) of running the tokens
