@@ -246,19 +246,7 @@ static void bench_attentions(void) {
 }
 
 static int bench_main(void) {
-    if (!hae_cuda_available()) {
-        printf("bench_dense: no GPU: skipped\n");
-        return 0;
-    }
-    CHECK("cuda backend", hae_backend_create(HAE_CUDA, 0, &g_be));
-    CHECK("timer", hae_cuda_timer_create(g_be, &g_timer));
-    char rt[16], drv[16];
-    hae_cuda_versions(rt, drv, sizeof rt);
-    size_t l2 = 0, mem = 0;
-    int sms = 0;
-    CHECK("device facts", hae_cuda_device_facts(g_be, &l2, &sms, &mem));
-    printf("# bench_dense on %s: %d SMs, L2 %.0f MiB, %.1f GiB; CUDA runtime %s, driver %s\n", hae_backend_name(g_be),
-           sms, (double)l2 / 1048576.0, (double)mem / 1073741824.0, rt, drv);
+    if (!hae_bench_start("bench_dense", &g_be, NULL, &g_timer)) return 0;
     printf("# %d warm-up calls, then %d calls each timed alone after an L2 flush; rates from the median\n\n", WARMUP,
            REPS);
     printf("| %-22s | %-44s | %10s | %-20s | %8s | %7s |\n", "op", "shape", "median us", "min..max us", "TFLOP/s",

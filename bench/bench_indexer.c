@@ -299,20 +299,7 @@ static void bench_elementwise(void) {
 }
 
 static int bench_main(void) {
-    if (!hae_cuda_available()) {
-        printf("bench_indexer: no GPU: skipped\n");
-        return 0;
-    }
-    CHECK("cuda backend", hae_backend_create(HAE_CUDA, 0, &g_be));
-    CHECK("cpu backend", hae_backend_create(HAE_CPU, 0, &g_cpu));
-    CHECK("timer", hae_cuda_timer_create(g_be, &g_timer));
-    char rt[16], drv[16];
-    hae_cuda_versions(rt, drv, sizeof rt);
-    size_t l2 = 0, mem = 0;
-    int sms = 0;
-    CHECK("device facts", hae_cuda_device_facts(g_be, &l2, &sms, &mem));
-    printf("# bench_indexer on %s: %d SMs, L2 %.0f MiB, %.1f GiB; CUDA runtime %s, driver %s\n", hae_backend_name(g_be),
-           sms, (double)l2 / 1048576.0, (double)mem / 1073741824.0, rt, drv);
+    if (!hae_bench_start("bench_indexer", &g_be, &g_cpu, &g_timer)) return 0;
     printf("# H_I 64, D 128, pages of 64 tokens, q_scale passed apart; anchors: DeepGEMM on an H100\n");
     verify_logits("decode logits", 4, 1, 8192, 8200);
     verify_logits("decode logits", 3, 2, 5000, 5000);

@@ -194,20 +194,7 @@ static void bench(const char *name, int64_t B, int64_t T, int64_t H, int64_t K, 
 }
 
 static int bench_main(void) {
-    if (!hae_cuda_available()) {
-        printf("bench_linear: no GPU: skipped\n");
-        return 0;
-    }
-    CHECK("cuda backend", hae_backend_create(HAE_CUDA, 0, &g_be));
-    CHECK("cpu backend", hae_backend_create(HAE_CPU, 0, &g_cpu));
-    CHECK("timer", hae_cuda_timer_create(g_be, &g_timer));
-    char rt[16], drv[16];
-    hae_cuda_versions(rt, drv, sizeof rt);
-    size_t l2 = 0, mem = 0;
-    int sms = 0;
-    CHECK("device facts", hae_cuda_device_facts(g_be, &l2, &sms, &mem));
-    printf("# bench_linear on %s: %d SMs, L2 %.0f MiB, %.1f GiB; CUDA runtime %s, driver %s\n", hae_backend_name(g_be),
-           sms, (double)l2 / 1048576.0, (double)mem / 1073741824.0, rt, drv);
+    if (!hae_bench_start("bench_linear", &g_be, &g_cpu, &g_timer)) return 0;
     printf("# bf16 inputs, fp32 state, safe gate lower_bound -5, delta rule, L2 q/k map\n");
     verify("kda prefill", 1, 200, 32, 128, 128, HAE_DECAY_CHANNEL, 64);
     verify("kda prefill", 2, 130, 32, 128, 128, HAE_DECAY_CHANNEL, 64);

@@ -236,20 +236,7 @@ static void bench(const shape *s, bool decode) {
 }
 
 static int bench_main(void) {
-    if (!hae_cuda_available()) {
-        printf("bench_sparse: no GPU: skipped\n");
-        return 0;
-    }
-    CHECK("cuda backend", hae_backend_create(HAE_CUDA, 0, &g_be));
-    CHECK("cpu backend", hae_backend_create(HAE_CPU, 0, &g_cpu));
-    CHECK("timer", hae_cuda_timer_create(g_be, &g_timer));
-    char rt[16], drv[16];
-    hae_cuda_versions(rt, drv, sizeof rt);
-    size_t l2 = 0, mem = 0;
-    int sms = 0;
-    CHECK("device facts", hae_cuda_device_facts(g_be, &l2, &sms, &mem));
-    printf("# bench_sparse on %s: %d SMs, L2 %.0f MiB, %.1f GiB; CUDA runtime %s, driver %s\n", hae_backend_name(g_be),
-           sms, (double)l2 / 1048576.0, (double)mem / 1073741824.0, rt, drv);
+    if (!hae_bench_start("bench_sparse", &g_be, &g_cpu, &g_timer)) return 0;
     printf("# bf16 q, caches and out, f32 lse; indices: k distinct random positions <= each query's\n");
 
     const shape mla_dec = {"mla decode", 64, 1, 128, 1, 576, 512, 65536, 2048, true};

@@ -3,7 +3,7 @@
 #ifndef HAE_BENCH_UTIL_H
 #define HAE_BENCH_UTIL_H
 
-#include "hae.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -36,6 +36,26 @@ hae_status hae_cuda_timer_start(hae_cuda_timer *t);
 hae_status hae_cuda_timer_stop(hae_cuda_timer *t, float *ms);
 /* L2 size, multiprocessor count and memory size of be's device, for the benchmark header. */
 hae_status hae_cuda_device_facts(hae_backend *be, size_t *l2_bytes, int *sms, size_t *mem_bytes);
+
+/* A benchmark's start: false after printing "NAME: no GPU: skipped" where no GPU answers; else the CUDA
+ * backend, a CPU backend for the checks against the CPU (cpu may be NULL), a timer and the machine line. */
+static inline bool hae_bench_start(const char *name, hae_backend **gpu, hae_backend **cpu, hae_cuda_timer **timer) {
+    if (!hae_cuda_available()) {
+        printf("%s: no GPU: skipped\n", name);
+        return false;
+    }
+    CHECK("cuda backend", hae_backend_create(HAE_CUDA, 0, gpu));
+    if (cpu) CHECK("cpu backend", hae_backend_create(HAE_CPU, 0, cpu));
+    CHECK("timer", hae_cuda_timer_create(*gpu, timer));
+    char rt[16], drv[16];
+    hae_cuda_versions(rt, drv, sizeof rt);
+    size_t l2 = 0, mem = 0;
+    int sms = 0;
+    CHECK("device facts", hae_cuda_device_facts(*gpu, &l2, &sms, &mem));
+    printf("# %s on %s: %d SMs, L2 %.0f MiB, %.1f GiB; CUDA runtime %s, driver %s\n", name, hae_backend_name(*gpu), sms,
+           (double)l2 / 1048576.0, (double)mem / 1073741824.0, rt, drv);
+    return true;
+}
 
 /* The timing every benchmark shares: `warmup` untimed calls of fn(ctx), then `reps` calls each timed
  * alone with CUDA events after an L2 flush. Stops the benchmark at the first failure. */
