@@ -9,7 +9,10 @@
  *     [q (H K) | k (H K) | v (HV V) | f (decay input) | b (HV logits, delta kinds) | g1 (V)]
  * then: causal short conv + SiLU over q, k, v; per-channel gates f2(f); output gate g2(g1);
  * hae_linear_attn; the gated per-head RMSNorm; o_proj (accumulating into x). Names follow
- * flash-linear-attention's layers (attn.q_proj, attn.f_proj.0, attn.A_log, ...). */
+ * flash-linear-attention's layers (attn.q_proj, attn.f_proj.0, attn.A_log, ...).
+ *
+ * Attention layers of the mla form (DeepSeek-V2 names) cache one latent per token and run absorbed:
+ * see mla_project. dsa layers add the FP8 lightning indexer (dsa_select) before sparse attention. */
 #include "internal.h"
 
 #include <math.h>
