@@ -19,8 +19,9 @@ static const char *usage_main =
     "commands:\n"
     "  run  [CONFIG]   prefill + decode on random tokens; prints speed and memory, writes a run directory\n"
     "  info [CONFIG]   the resolved stack, parameters and KV bytes, next to its full-attention twin\n"
-    "  eval [CONFIG]   recall on mqar, multi-hop and needle tasks: through the model, or (--probe) through each\n"
-    "                  layer kind's real ops with no weights; the grid is the config's eval section\n"
+    "  eval [CONFIG]   recall on mqar, multi-hop and needle tasks: through the model, (--probe) through each\n"
+    "                  layer kind's real ops with no weights, or (--circuit) through hand-built circuits of each\n"
+    "                  kind; the grid is the config's eval section\n"
     "  report DIR...   eval run directories merged into one table and chart\n"
     "  mem  [CONFIG]   GPU and host bytes at several contexts vs the full-attention twin; the longest that fits\n"
     "\n"
@@ -521,8 +522,9 @@ static int cmd_run(int argc, char **argv) {
 /* ---------------------------------------------------------------- eval */
 
 static const char *usage_eval =
-    "usage: hae eval [CONFIG] [options]           the tasks through CONFIG's model, scored by exact match\n"
-    "       hae eval --probe [CONFIG] [options]   the tasks written into each layer kind's real ops, no weights\n"
+    "usage: hae eval [CONFIG] [options]             the tasks through CONFIG's model, scored by exact match\n"
+    "       hae eval --probe [CONFIG] [options]     the tasks written into each layer kind's real ops, no weights\n"
+    "       hae eval --circuit [CONFIG] [options]   the tasks through hand-built circuits of each layer kind\n"
     "\n"
     "Recall tasks whose answers are known by construction (DESIGN.md section 3, eval/README.md): mqar\n"
     "(key/value pairs, later queried), multihop (chains a0 -> a1 -> ... -> aH among distractor chains), niah\n"
@@ -537,7 +539,12 @@ static const char *usage_eval =
     "token logits is that answer. recall = questions right / asked; chance = what a uniform pick among the\n"
     "answer tokens scores. Probes: every token gets a random unit key code and value code, the context writes\n"
     "them into one kind's real kernels, and each question's output is decoded to the nearest value code\n"
-    "(multi-hop feeds the decoded token back as the next query).\n"
+    "(multi-hop feeds the decoded token back as the next query). Circuits: models whose weights are\n"
+    "constructed (hae_circuit_build): a deltanet layer reading the previous token, then one retrieval layer per\n"
+    "hop of the kind measured (a multihop follow question takes hops lookups, every other question one), run\n"
+    "and scored as a model run is, in f32 with the config's runtime, memory and dsa settings; full and dsa\n"
+    "answer every question, swa those inside its window, the linear kinds exactly while the keys' codes are\n"
+    "one-hot (the code_weight column is 1).\n"
     "\n"
     "task options (config key: meaning, range (default)):\n"
     "  --task LIST        eval.tasks: mqar, multihop, niah (mqar)\n"
@@ -565,6 +572,20 @@ static const char *usage_eval =
     "  --orthogonal       eval.probe.orthogonal: the context's keys orthonormal (their count <= K) (off)\n"
     "                     fixed: V = K, random unit value codes, softmax scale 32 on unit keys, beta = 1 (delta\n"
     "                     kinds), L2-normalised q/k and chunk 64 (linear kinds), every stored key asked once\n"
+    "circuit options (with --circuit):\n"
+    "  --kinds LIST       eval.circuit.kinds: a circuit per kind, every hop of it: full, dsa, swa, kda, gdn,\n"
+    "                     deltanet, gla, mamba2, retnet, linear (all ten)\n"
+    "  --hop-kinds LIST   eval.circuit.hop_kinds: one circuit instead, hop j of kind LIST[j mod n], e.g. dsa,full\n"
+    "                     (kinds may repeat; none)\n"
+    "  --code-dim N       eval.circuit.code_dim: dims of the tokens' binary codes, 1 .. 128: one-hot while the\n"
+    "                     tokens fit, else sets of ones that overlap (64)\n"
+    "  --window N         eval.circuit.window: swa hops' window, >= 0; 0: model.swa.window_size (0)\n"
+    "  --topk N           eval.circuit.topk: dsa hops' top-k, 0 .. 2^20; 0: model.dsa.index_topk (0)\n"
+    "  --log-decay X      eval.circuit.log_decay: the decaying linear kinds' log decay per token, [-1000, 0]; 0 is\n"
+    "                     no forgetting (0)\n"
+    "  --decode           eval.circuit.decode: a decode step per token from the first question on, not a forward\n"
+    "                     per span up to the next answer (off)\n"
+    "                     fixed: f32, beta = 1 (delta kinds), codes drawn from the config's seed\n"
     "model options:\n"
     "  --weights FILE     the model's weights (safetensors with hae's tensor names)\n"
     "  --double D         oracle | random: the logits at every scored position replaced by a solver's answer,\n"
@@ -572,61 +593,98 @@ static const char *usage_eval =
     "                     (scores chance): checks the whole path, prefill and scoring, without a trained model\n"
     "  --untrained        run the seed's random init anyway: a baseline, never a result (without --weights or\n"
     "                     --double, hae eval refuses to score an untrained model)\n"
-    "  --batch N          runtime.batch: sequences per forward, 1 .. 65536 (1)\n"
     "options:\n"
+    "  --batch N          runtime.batch: sequences per forward (model runs and circuits), 1 .. 65536 (1)\n"
     "  --set KEY=VALUE    override any config key (dotted path, YAML value), repeatable\n"
     "  --backend B        runtime.backend: auto | cpu | cuda (auto)\n"
-    "  --out DIR          run directory (default OUTPUT_DIR/eval-NAME-YYYYmmdd-HHMMSS; probe-NAME-... with --probe)\n"
+    "  --out DIR          run directory (default OUTPUT_DIR/eval-NAME-YYYYmmdd-HHMMSS; probe-NAME-... with --probe,\n"
+    "                     circuit-NAME-... with --circuit)\n"
     "\n"
     "prints: the markdown summary on stdout; a line per grid point on stderr, redrawn with a bar on a terminal\n"
     "        (HAE_NO_PROGRESS=1 silences it)\n"
     "writes: config.resolved.yaml, env.json, metrics.jsonl (a JSON line per point), results.csv (a row per point:\n"
-    "        its knobs, the results, the job and, for model runs, every config key), results.md (recall by\n"
-    "        length and by hops), recall_vs_length.svg and, when a series spans two or more hops,\n"
-    "        recall_vs_hops.svg; `hae report` merges run directories into one table and chart\n"
+    "        its knobs, the results, the job and, for model runs, every config key; probes and circuits: a kind\n"
+    "        column, so a chart draws a line per kind), results.md (recall by length and by hops),\n"
+    "        recall_vs_length.svg and, when a series spans two or more hops, recall_vs_hops.svg; `hae report`\n"
+    "        merges run directories into one table and chart\n"
     "exit status: 0 when every point ran; 1 on a bad value (then nothing is written) or a failed point\n";
 
-enum { FOR_BOTH, FOR_PROBE, FOR_MODEL };
+/* The three modes; a flag may apply to several, and may set a different key in each. */
+enum { FOR_MODEL = 1, FOR_PROBE = 2, FOR_CIRCUIT = 4, FOR_ALL = 7 };
 
 /* The options that set a config key: "--flag VALUE" is "--set KEY=VALUE"; a switch sets KEY=true. */
 static const struct {
     const char *flag, *key;
-    int mode;
+    int modes;
     bool takes_value;
 } eval_flags[] = {
-    {"--task", "eval.tasks", FOR_BOTH, true},         {"--lengths", "eval.lengths", FOR_BOTH, true},
-    {"--pairs", "eval.pairs", FOR_BOTH, true},        {"--hops", "eval.hops", FOR_BOTH, true},
-    {"--chains", "eval.chains", FOR_BOTH, true},      {"--queries", "eval.queries", FOR_BOTH, true},
-    {"--form", "eval.form", FOR_BOTH, true},          {"--shuffle", "eval.shuffle", FOR_BOTH, false},
-    {"--power", "eval.power", FOR_BOTH, true},        {"--noise", "eval.noise_vocab", FOR_BOTH, true},
-    {"--vocab", "eval.vocab", FOR_BOTH, true},        {"--seeds", "eval.seeds", FOR_BOTH, true},
+    {"--task", "eval.tasks", FOR_ALL, true},          {"--lengths", "eval.lengths", FOR_ALL, true},
+    {"--pairs", "eval.pairs", FOR_ALL, true},         {"--hops", "eval.hops", FOR_ALL, true},
+    {"--chains", "eval.chains", FOR_ALL, true},       {"--queries", "eval.queries", FOR_ALL, true},
+    {"--form", "eval.form", FOR_ALL, true},           {"--shuffle", "eval.shuffle", FOR_ALL, false},
+    {"--power", "eval.power", FOR_ALL, true},         {"--noise", "eval.noise_vocab", FOR_ALL, true},
+    {"--vocab", "eval.vocab", FOR_ALL, true},         {"--seeds", "eval.seeds", FOR_ALL, true},
     {"--kinds", "eval.probe.kinds", FOR_PROBE, true}, {"--K", "eval.probe.K", FOR_PROBE, true},
     {"--topk", "eval.probe.topk", FOR_PROBE, true},   {"--index-dtype", "eval.probe.index_dtype", FOR_PROBE, true},
     {"--key-cos", "eval.probe.key_cos", FOR_PROBE, true}, {"--log-decay", "eval.probe.log_decay", FOR_PROBE, true},
-    {"--orthogonal", "eval.probe.orthogonal", FOR_PROBE, false}, {"--batch", "runtime.batch", FOR_MODEL, true},
-    {"--backend", "runtime.backend", FOR_BOTH, true},
+    {"--orthogonal", "eval.probe.orthogonal", FOR_PROBE, false},
+    {"--kinds", "eval.circuit.kinds", FOR_CIRCUIT, true}, {"--hop-kinds", "eval.circuit.hop_kinds", FOR_CIRCUIT, true},
+    {"--code-dim", "eval.circuit.code_dim", FOR_CIRCUIT, true}, {"--window", "eval.circuit.window", FOR_CIRCUIT, true},
+    {"--topk", "eval.circuit.topk", FOR_CIRCUIT, true}, {"--log-decay", "eval.circuit.log_decay", FOR_CIRCUIT, true},
+    {"--decode", "eval.circuit.decode", FOR_CIRCUIT, false},
+    {"--batch", "runtime.batch", FOR_MODEL | FOR_CIRCUIT, true}, {"--backend", "runtime.backend", FOR_ALL, true},
 };
+#define N_EVAL_FLAGS (int)(sizeof eval_flags / sizeof *eval_flags)
 
 typedef struct {
     options o; /* CONFIG, the overrides, --out, --weights */
     char sets[MAX_SETS][2 * HAE_NAME_MAX];
-    bool probe, untrained;
+    int mode; /* FOR_MODEL, FOR_PROBE or FOR_CIRCUIT */
+    bool untrained;
     int dbl; /* 0 none, 1 oracle, 2 random */
 } eval_options;
 
 static const char *const double_names[] = {"", "oracle", "random"};
 
+/* "model runs", "--probe", "--circuit" or two of them joined by "and". */
+static const char *mode_names(int modes, char *buf, size_t n) {
+    static const char *const names[] = {"model runs", "--probe", "--circuit"};
+    size_t u = 0;
+    buf[0] = '\0';
+    for (int m = 0, k = 0; m < 3; m++)
+        if (modes & (1 << m)) u += (size_t)snprintf(buf + u, n - u, "%s%s", k++ ? " and " : "", names[m]);
+    return buf;
+}
+
 /* Parses argv after `eval`; returns 0 ok, 1 error, 2 help printed. */
 static int parse_eval(int argc, char **argv, eval_options *e) {
     memset(e, 0, sizeof *e);
-    const char *probe_flag = NULL, *model_flag = NULL;
+    e->mode = FOR_MODEL;
+    const char *mode_flag = NULL, *kinds_flag = NULL, *hop_kinds_flag = NULL;
+    /* the mode first: it decides which key a flag such as --kinds sets (a value never starts with "--") */
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--probe") && strcmp(argv[i], "--circuit")) continue;
+        if (mode_flag && strcmp(mode_flag, argv[i]))
+            return fprintf(stderr, "hae: --probe and --circuit are two modes of hae eval; give one\n"), 1;
+        mode_flag = argv[i], e->mode = !strcmp(argv[i], "--probe") ? FOR_PROBE : FOR_CIRCUIT;
+    }
+    char here[32], there[64];
+    mode_names(e->mode, here, sizeof here);
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
-        int f = 0, n_flags = (int)(sizeof eval_flags / sizeof *eval_flags);
-        while (f < n_flags && strcmp(a, eval_flags[f].flag)) f++;
-        bool value = f < n_flags ? eval_flags[f].takes_value
-                                 : !strcmp(a, "--set") || !strcmp(a, "--out") || !strcmp(a, "--weights") ||
-                                       !strcmp(a, "--double");
+        int f = N_EVAL_FLAGS, modes = 0; /* the flag's entry for this mode; the modes of all its entries */
+        for (int k = N_EVAL_FLAGS - 1; k >= 0; k--)
+            if (!strcmp(a, eval_flags[k].flag)) {
+                modes |= eval_flags[k].modes;
+                if (eval_flags[k].modes & e->mode) f = k;
+            }
+        if (modes && f == N_EVAL_FLAGS)
+            return fprintf(stderr, "hae: %s applies to %s, not %s\n", a, mode_names(modes, there, sizeof there), here), 1;
+        const bool model_only = !strcmp(a, "--weights") || !strcmp(a, "--double") || !strcmp(a, "--untrained");
+        if (model_only && e->mode != FOR_MODEL) return fprintf(stderr, "hae: %s applies to model runs, not %s\n", a, here), 1;
+        bool value = f < N_EVAL_FLAGS ? eval_flags[f].takes_value
+                                      : !strcmp(a, "--set") || !strcmp(a, "--out") || !strcmp(a, "--weights") ||
+                                            !strcmp(a, "--double");
         /* "--K --out x" is a forgotten value, not the value "--out" (a negative number has one dash) */
         if (value && (i + 1 == argc || !strncmp(argv[i + 1], "--", 2)))
             return fprintf(stderr, "hae: %s needs a value (see hae eval --help)\n", a), 1;
@@ -634,26 +692,25 @@ static int parse_eval(int argc, char **argv, eval_options *e) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(usage_eval, stdout);
             return 2;
-        } else if (!strcmp(a, "--probe")) {
-            e->probe = true;
+        } else if (!strcmp(a, "--probe") || !strcmp(a, "--circuit")) {
+            continue;
         } else if (!strcmp(a, "--untrained")) {
-            e->untrained = true, model_flag = a;
+            e->untrained = true;
         } else if (!strcmp(a, "--out")) {
             e->o.out_dir = val;
         } else if (!strcmp(a, "--weights")) {
-            e->o.weights = val, model_flag = a;
+            e->o.weights = val;
         } else if (!strcmp(a, "--double")) {
             e->dbl = !strcmp(val, "oracle") ? 1 : !strcmp(val, "random") ? 2 : 0;
             if (!e->dbl) return fprintf(stderr, "hae: --double '%s': expected oracle or random\n", val), 1;
-            model_flag = a;
-        } else if (f < n_flags || !strcmp(a, "--set")) {
+        } else if (f < N_EVAL_FLAGS || !strcmp(a, "--set")) {
             if (e->o.n_sets == MAX_SETS) return fprintf(stderr, "hae: more than %d --set options\n", MAX_SETS), 1;
-            if (f < n_flags)
+            if (f < N_EVAL_FLAGS)
                 snprintf(e->sets[e->o.n_sets], sizeof e->sets[0], "%s=%.200s", eval_flags[f].key, val ? val : "true");
-            e->o.sets[e->o.n_sets] = f < n_flags ? e->sets[e->o.n_sets] : val;
+            e->o.sets[e->o.n_sets] = f < N_EVAL_FLAGS ? e->sets[e->o.n_sets] : val;
             e->o.n_sets++;
-            if (f < n_flags && eval_flags[f].mode == FOR_PROBE) probe_flag = a;
-            if (f < n_flags && eval_flags[f].mode == FOR_MODEL) model_flag = a;
+            if (!strcmp(a, "--kinds")) kinds_flag = a;
+            if (!strcmp(a, "--hop-kinds")) hop_kinds_flag = a;
         } else if (a[0] == '-') {
             fprintf(stderr, "hae: unknown eval option '%s' (see hae eval --help)\n", a);
             return 1;
@@ -664,8 +721,9 @@ static int parse_eval(int argc, char **argv, eval_options *e) {
             return 1;
         }
     }
-    if (e->probe && model_flag) return fprintf(stderr, "hae: %s applies to model runs, not --probe\n", model_flag), 1;
-    if (!e->probe && probe_flag) return fprintf(stderr, "hae: %s applies to --probe\n", probe_flag), 1;
+    if (kinds_flag && hop_kinds_flag && e->mode == FOR_CIRCUIT)
+        return fprintf(stderr, "hae: --kinds and --hop-kinds: give one (--hop-kinds builds one circuit of those hops, "
+                               "and eval.circuit.kinds is then unused)\n"), 1;
     return 0;
 }
 
@@ -1030,23 +1088,20 @@ static void model_csv_header(FILE *f, const char *config_keys) {
             config_keys);
 }
 
-typedef struct {
-    const hae_config *cfg;
-    const char *weights, *dbl, *job, *config_values;
-} model_row;
-
-static void model_csv_row(FILE *f, const model_row *m, const hae_eval_point *p, const hae_task *t,
-                          const hae_eval_score *s, const char *error) {
-    const hae_config *cfg = m->cfg;
+/* The task's knobs: point_cells, then queries, form, shuffle, power, noise, vocab, seeds (empty where they do
+ * not apply to the task). */
+static void task_cells(FILE *f, const hae_config *cfg, const hae_eval_point *p) {
     bool chained = p->task == HAE_TASK_MULTIHOP;
     point_cells(f, p);
     fprintf(f, ",%lld,%s,%s,", (long long)cfg->eval.queries, chained ? (cfg->eval.form ? "list" : "follow") : "",
             chained ? (cfg->eval.shuffle ? "true" : "false") : "");
     if (p->task == HAE_TASK_MQAR) fprintf(f, "%.9g", (double)cfg->eval.power);
-    fprintf(f, ",%lld,%lld,%lld,", (long long)cfg->eval.noise_vocab,
+    fprintf(f, ",%lld,%lld,%lld", (long long)cfg->eval.noise_vocab,
             (long long)(cfg->eval.vocab ? cfg->eval.vocab : cfg->model.vocab_size), (long long)cfg->eval.seeds);
-    hae_csv_cell(f, m->weights);
-    fprintf(f, ",%s,", m->dbl);
+}
+
+/* The results, context .. tokens_per_s (empty on an error), then the error. */
+static void score_cells(FILE *f, const hae_task *t, const hae_eval_score *s, const char *error) {
     if (!error)
         fprintf(f, "%lld,%lld,%lld,%lld,%lld,%lld,%.6f,%.6g,%.3f,%.1f,", (long long)t->context, (long long)t->n_pairs,
                 (long long)s->questions, (long long)s->correct, (long long)s->answers, (long long)s->answers_correct,
@@ -1055,6 +1110,43 @@ static void model_csv_row(FILE *f, const model_row *m, const hae_eval_point *p, 
     else
         fputs(",,,,,,,,,,", f);
     hae_csv_cell(f, error ? error : "");
+}
+
+static void point_json(FILE *f, const hae_eval_point *p) {
+    fprintf(f, "\"task\":\"%s\",\"length\":%lld,\"pairs\":%lld,\"hops\":%lld,\"chains\":%lld", hae_task_kind_name(p->task),
+            (long long)p->length, (long long)p->pairs, (long long)p->hops, (long long)p->chains);
+}
+
+/* The results as the last fields of a JSON line, which they close. */
+static void score_json(FILE *f, const hae_task *t, const hae_eval_score *s) {
+    fprintf(f, ",\"context\":%lld,\"stored_pairs\":%lld,\"questions\":%lld,\"correct\":%lld,\"answers\":%lld,"
+               "\"answers_correct\":%lld,\"recall\":%.17g,\"chance\":%.17g,\"seconds\":%.6f,\"tokens_per_s\":%.1f}\n",
+            (long long)t->context, (long long)t->n_pairs, (long long)s->questions, (long long)s->correct,
+            (long long)s->answers, (long long)s->answers_correct, (double)s->correct / (double)s->questions,
+            s->chance / (double)s->questions, s->seconds, s->seconds > 0 ? (double)s->tokens / s->seconds : 0.0);
+}
+
+/* A row of results.md's points table: the job, the kind (NULL: no such column), the point and its results. */
+static void point_line(FILE *f, const char *job, const char *kind, const char *pt, const hae_eval_score *s) {
+    fprintf(f, "| %s |", job[0] ? job : "-");
+    if (kind) fprintf(f, " %s |", kind);
+    fprintf(f, " %s | %lld | %lld | %.4f | %.3g | %.1f |\n", pt, (long long)s->questions, (long long)s->correct,
+            (double)s->correct / (double)s->questions, s->chance / (double)s->questions,
+            s->seconds > 0 ? (double)s->tokens / s->seconds : 0.0);
+}
+
+typedef struct {
+    const hae_config *cfg;
+    const char *weights, *dbl, *job, *config_values;
+} model_row;
+
+static void model_csv_row(FILE *f, const model_row *m, const hae_eval_point *p, const hae_task *t,
+                          const hae_eval_score *s, const char *error) {
+    task_cells(f, m->cfg, p);
+    fputc(',', f);
+    hae_csv_cell(f, m->weights);
+    fprintf(f, ",%s,", m->dbl);
+    score_cells(f, t, s, error);
     fputc(',', f);
     hae_csv_cell(f, m->job);
     fprintf(f, ",%s\n", m->config_values);
@@ -1063,15 +1155,12 @@ static void model_csv_row(FILE *f, const model_row *m, const hae_eval_point *p, 
 static void model_jsonl(FILE *f, const model_row *m, const hae_eval_point *p, const hae_task *t, const hae_eval_score *s) {
     fputs("{\"job\":", f);
     json_str(f, m->job);
-    fprintf(f, ",\"task\":\"%s\",\"length\":%lld,\"pairs\":%lld,\"hops\":%lld,\"chains\":%lld,\"weights\":",
-            hae_task_kind_name(p->task), (long long)p->length, (long long)p->pairs, (long long)p->hops, (long long)p->chains);
+    fputc(',', f);
+    point_json(f, p);
+    fputs(",\"weights\":", f);
     json_str(f, m->weights);
-    fprintf(f, ",\"double\":\"%s\",\"context\":%lld,\"stored_pairs\":%lld,\"questions\":%lld,\"correct\":%lld,"
-               "\"answers\":%lld,\"answers_correct\":%lld,\"recall\":%.17g,\"chance\":%.17g,\"seconds\":%.6f,"
-               "\"tokens_per_s\":%.1f}\n",
-            m->dbl, (long long)t->context, (long long)t->n_pairs, (long long)s->questions, (long long)s->correct,
-            (long long)s->answers, (long long)s->answers_correct, (double)s->correct / (double)s->questions,
-            s->chance / (double)s->questions, s->seconds, s->seconds > 0 ? (double)s->tokens / s->seconds : 0.0);
+    fprintf(f, ",\"double\":\"%s\"", m->dbl);
+    score_json(f, t, s);
 }
 
 /* The point's eval.seeds tasks, runtime.batch at a time; *first keeps seed 1's task (its context and pairs
@@ -1131,9 +1220,7 @@ static hae_status model_job(eval_run *run, const eval_options *e, const hae_conf
         model_csv_row(run->csv, &m, &pts[i], first, &s, error);
         if (!error) {
             model_jsonl(run->jsonl, &m, &pts[i], first, &s);
-            fprintf(run->points, "| %s | %s | %lld | %lld | %.4f | %.3g | %.1f |\n", job[0] ? job : "-", pt,
-                    (long long)s.questions, (long long)s.correct, (double)s.correct / (double)s.questions,
-                    s.chance / (double)s.questions, s.seconds > 0 ? (double)s.tokens / s.seconds : 0.0);
+            point_line(run->points, job, NULL, pt, &s);
             snprintf(what, sizeof what, "recall %.4f (%.2f s)", (double)s.correct / (double)s.questions, s.seconds);
         }
         point_done(run, label, error, what);
@@ -1199,6 +1286,273 @@ static int eval_models(const eval_options *e, const hae_config *cfg, hae_config 
     return st == HAE_OK && !run.failed ? 0 : 1;
 }
 
+/* ---------------------------------------------------------------- eval --circuit */
+
+/* A grid point through one circuit: every hop of kind eval.circuit.kinds[kind], or (kind -1) the hops of
+ * eval.circuit.hop_kinds. */
+typedef struct {
+    hae_eval_point pt;
+    int kind;
+} circuit_point;
+
+/* Per task: each kind outside the task's points (length innermost), so a series reads as recall vs length and
+ * consecutive points of one kind and hop count share a circuit. */
+static hae_status circuit_grid(const hae_config *cfg, circuit_point **out, int64_t *n) {
+    const bool pattern = cfg->eval.circuit.hop_kinds.n > 0;
+    const int kinds = pattern ? 1 : cfg->eval.circuit.kinds.n;
+    hae_eval_point *pts = NULL;
+    int64_t np = 0;
+    *out = NULL, *n = 0;
+    HAE_TRY(hae_eval_grid(cfg, &pts, &np));
+    const int64_t count = np * kinds;
+    circuit_point *g = count <= HAE_EVAL_MAX_POINTS ? malloc(sizeof *g * (size_t)(count ? count : 1)) : NULL;
+    if (!g) {
+        free(pts);
+        return count > HAE_EVAL_MAX_POINTS ? hae_error(HAE_ERR_INVALID, "eval: %lld circuit points, more than %d",
+                                                       (long long)count, HAE_EVAL_MAX_POINTS)
+                                           : hae_error(HAE_ERR_OOM, "eval: %lld circuit points", (long long)count);
+    }
+    for (int64_t s = 0, e; s < np; s = e) {
+        for (e = s; e < np && pts[e].task == pts[s].task; e++) {}
+        for (int k = 0; k < kinds; k++)
+            for (int64_t i = s; i < e; i++) g[(*n)++] = (circuit_point){pts[i], pattern ? -1 : k};
+    }
+    free(pts);
+    *out = g;
+    return HAE_OK;
+}
+
+/* Retrieval layers of a point's circuit: a multihop follow question takes its hops lookups; a list question
+ * (each answer one link on), mqar and niah one. */
+static int64_t circuit_hops(const hae_config *cfg, const hae_eval_point *p) {
+    return p->task == HAE_TASK_MULTIHOP && cfg->eval.form == HAE_HOPS_FOLLOW ? p->hops : 1;
+}
+
+static hae_layer_kind hop_kind(const hae_config *cfg, const circuit_point *c, int64_t j) {
+    const hae_eval_list *pat = &cfg->eval.circuit.hop_kinds;
+    return (hae_layer_kind)(c->kind < 0 ? pat->v[j % pat->n] : cfg->eval.circuit.kinds.v[c->kind]);
+}
+
+static bool same_circuit(const hae_config *cfg, const circuit_point *a, const circuit_point *b) {
+    return a->pt.task == b->pt.task && a->kind == b->kind && circuit_hops(cfg, &a->pt) == circuit_hops(cfg, &b->pt);
+}
+
+/* The circuit of c's point sized for `context` tokens (hops beyond HAE_CIRCUIT_MAX_HOPS are left to its checks). */
+static hae_circuit_args circuit_args(const hae_config *cfg, const circuit_point *c, int64_t context) {
+    const int64_t hops = circuit_hops(cfg, &c->pt);
+    hae_circuit_args a = {.task = c->pt.task, .vocab = cfg->eval.vocab ? cfg->eval.vocab : cfg->model.vocab_size,
+                          .noise_vocab = cfg->eval.noise_vocab, .hops = (int)hops, .context = context,
+                          .code_dim = cfg->eval.circuit.code_dim, .window = cfg->eval.circuit.window,
+                          .topk = cfg->eval.circuit.topk, .log_decay = cfg->eval.circuit.log_decay, .seed = cfg->seed};
+    for (int64_t j = 0; j < hops && j < HAE_CIRCUIT_MAX_HOPS; j++) a.kinds[j] = hop_kind(cfg, c, j);
+    return a;
+}
+
+/* The kind column: the kind, or the hop pattern joined by '+' ("dsa+full"). */
+static const char *circuit_kind(const hae_config *cfg, const circuit_point *c, char *buf, size_t n) {
+    const int m = c->kind < 0 ? cfg->eval.circuit.hop_kinds.n : 1;
+    size_t u = 0;
+    buf[0] = '\0';
+    for (int j = 0; j < m && u < n; j++)
+        u += (size_t)snprintf(buf + u, n - u, "%s%s", j ? "+" : "", hae_layer_kind_name(hop_kind(cfg, c, j)));
+    return buf;
+}
+
+/* The knobs that apply to a circuit's kinds (all of its pattern, so every hop count of a series has the same
+ * cells): the swa window, the dsa top-k, the log decay of a decaying linear kind. */
+enum { USES_WINDOW = 1, USES_TOPK = 2, USES_DECAY = 4 };
+static int circuit_uses(const hae_config *cfg, const circuit_point *c) {
+    int uses = 0;
+    for (int j = 0; j < (c->kind < 0 ? cfg->eval.circuit.hop_kinds.n : 1); j++) {
+        const hae_layer_kind k = hop_kind(cfg, c, j);
+        hae_linear_kind lk;
+        if (k == HAE_LAYER_SWA) uses |= USES_WINDOW;
+        if (k == HAE_LAYER_DSA) uses |= USES_TOPK;
+        if (hae_linear_kind_of(k, &lk) && lk.decay != HAE_DECAY_NONE) uses |= USES_DECAY;
+    }
+    return uses;
+}
+
+static void circuit_csv_header(FILE *f) {
+    fputs("kind,task,length,pairs,hops,chains,queries,form,shuffle,power,noise,vocab,seeds,code_dim,code_weight,window,"
+          "topk,log_decay,decode,backend,context,stored_pairs,questions,correct,answers,answers_correct,recall,chance,"
+          "seconds,tokens_per_s,error,job\n", f);
+}
+
+/* What a circuit's rows share beyond the point: its kind column, code weight (0: unknown) and backend. */
+typedef struct {
+    const hae_config *cfg;
+    const char *kind, *job;
+    int code_weight;
+    hae_device dev;
+} circuit_row;
+
+/* One row: the kind, the task's knobs, the circuit's (empty where they do not apply), the results or the error,
+ * the job. */
+static void circuit_csv_row(FILE *f, const circuit_row *c, const circuit_point *p, const hae_task *t,
+                            const hae_eval_score *s, const char *error) {
+    const hae_config *cfg = c->cfg;
+    const int uses = circuit_uses(cfg, p);
+    hae_csv_cell(f, c->kind);
+    fputc(',', f);
+    task_cells(f, cfg, &p->pt);
+    fprintf(f, ",%lld,", (long long)cfg->eval.circuit.code_dim);
+    if (c->code_weight) fprintf(f, "%d", c->code_weight);
+    fputc(',', f);
+    if (uses & USES_WINDOW)
+        fprintf(f, "%lld", (long long)(cfg->eval.circuit.window ? cfg->eval.circuit.window : cfg->model.swa.window_size));
+    fputc(',', f);
+    if (uses & USES_TOPK)
+        fprintf(f, "%lld", (long long)(cfg->eval.circuit.topk ? cfg->eval.circuit.topk : cfg->model.dsa.index_topk));
+    fputc(',', f);
+    if (uses & USES_DECAY) fprintf(f, "%.9g", (double)cfg->eval.circuit.log_decay);
+    fprintf(f, ",%s,%s,", cfg->eval.circuit.decode ? "true" : "false", c->dev == HAE_CUDA ? "cuda" : "cpu");
+    score_cells(f, t, s, error);
+    fputc(',', f);
+    hae_csv_cell(f, c->job);
+    fputc('\n', f);
+}
+
+static void circuit_jsonl(FILE *f, const circuit_row *c, const circuit_point *p, const hae_task *t,
+                          const hae_eval_score *s) {
+    const hae_config *cfg = c->cfg;
+    const int uses = circuit_uses(cfg, p);
+    fputs("{\"job\":", f);
+    json_str(f, c->job);
+    fputs(",\"kind\":", f);
+    json_str(f, c->kind);
+    fputc(',', f);
+    point_json(f, &p->pt);
+    fprintf(f, ",\"code_dim\":%lld,\"code_weight\":%d,\"window\":", (long long)cfg->eval.circuit.code_dim,
+            c->code_weight);
+    if (uses & USES_WINDOW)
+        fprintf(f, "%lld", (long long)(cfg->eval.circuit.window ? cfg->eval.circuit.window : cfg->model.swa.window_size));
+    else fputs("null", f);
+    fputs(",\"topk\":", f);
+    if (uses & USES_TOPK)
+        fprintf(f, "%lld", (long long)(cfg->eval.circuit.topk ? cfg->eval.circuit.topk : cfg->model.dsa.index_topk));
+    else fputs("null", f);
+    fputs(",\"log_decay\":", f);
+    if (uses & USES_DECAY) fprintf(f, "%.9g", (double)cfg->eval.circuit.log_decay);
+    else fputs("null", f);
+    fprintf(f, ",\"decode\":%s,\"backend\":\"%s\"", cfg->eval.circuit.decode ? "true" : "false",
+            c->dev == HAE_CUDA ? "cuda" : "cpu");
+    score_json(f, t, s);
+}
+
+static int64_t longest_of(const circuit_point *g, int64_t n) {
+    int64_t longest = 0;
+    for (int64_t i = 0; i < n; i++) longest = g[i].pt.length > longest ? g[i].pt.length : longest;
+    return longest;
+}
+
+/* Consecutive points of one kind and hop count share a circuit: built once for their longest task, its weights
+ * written into the run directory, loaded by a runner of runtime.batch sequences and removed; then each point's
+ * seeds go through the runner as a model run's do. A circuit that fails to build fails its points. */
+static void circuit_block(eval_run *run, hae_backend *be, const hae_config *cfg, const circuit_point *g, int64_t n,
+                          const char *job) {
+    const int64_t longest = longest_of(g, n);
+    const hae_circuit_args a = circuit_args(cfg, &g[0], longest);
+    char path[HAE_PATH_MAX + 32], kind[HAE_NAME_MAX], why[1024] = "";
+    snprintf(path, sizeof path, "%s/circuit.safetensors", run->dir);
+    circuit_row row = {cfg, circuit_kind(cfg, &g[0], kind, sizeof kind), job, 0, hae_backend_device(be)};
+    hae_config *cc = malloc(sizeof *cc);
+    hae_eval_runner *r = NULL;
+    hae_status built = cc ? hae_circuit_check(&a, cfg, &row.code_weight) : hae_error(HAE_ERR_OOM, "eval: a config");
+    if (built == HAE_OK) built = hae_circuit_build(&a, cfg, cc, path);
+    if (built == HAE_OK) {
+        cc->runtime.batch = cfg->runtime.batch; /* built for one sequence; the runner runs a batch of them */
+        built = hae_eval_runner_create(cc, be, longest, path, &r);
+    }
+    remove(path);
+    if (built == HAE_OK) hae_eval_runner_set_decode(r, cfg->eval.circuit.decode);
+    else snprintf(why, sizeof why, "%s", hae_last_error());
+    for (int64_t i = 0; i < n; i++) {
+        char label[1600], pt[160], what[96] = "";
+        point_text(&g[i].pt, pt, sizeof pt);
+        snprintf(label, sizeof label, "%s%s%s %s", job, job[0] ? ": " : "", kind, pt);
+        hae_task *first = NULL;
+        hae_eval_score s = {0};
+        hae_status ps = built == HAE_OK ? model_point(run, r, cfg, &g[i].pt, 0, label, &first, &s) : built;
+        const char *error = ps == HAE_OK ? NULL : built == HAE_OK ? hae_last_error() : why;
+        circuit_csv_row(run->csv, &row, &g[i], first, &s, error);
+        if (!error) {
+            circuit_jsonl(run->jsonl, &row, &g[i], first, &s);
+            point_line(run->points, job, kind, pt, &s);
+            snprintf(what, sizeof what, "recall %.4f (%.2f s)", (double)s.correct / (double)s.questions, s.seconds);
+        }
+        point_done(run, label, error, what);
+        hae_task_free(first);
+    }
+    hae_eval_runner_destroy(r);
+    free(cc);
+}
+
+/* Every job's circuits checked (hops, the codes against the vocabulary, the circuit's config on the job's)
+ * before anything is written; *total gets the points of all jobs. */
+static bool check_circuits(const hae_config *cfg, hae_config *job, int64_t *total) {
+    *total = 0;
+    for (int j = 0; j < hae_config_sweep_jobs(cfg); j++) {
+        char label[1024], kind[HAE_NAME_MAX];
+        circuit_point *g = NULL;
+        int64_t n = 0;
+        hae_status st = hae_config_sweep_job(cfg, j, job, label, sizeof label);
+        if (st == HAE_OK) st = circuit_grid(job, &g, &n);
+        if (st != HAE_OK) return fprintf(stderr, "hae: eval --circuit: %s\n", hae_last_error()), false;
+        *total += n;
+        for (int64_t s = 0, e; s < n && st == HAE_OK; s = e) {
+            for (e = s + 1; e < n && same_circuit(job, &g[s], &g[e]); e++) {}
+            const hae_circuit_args a = circuit_args(job, &g[s], longest_of(g + s, e - s));
+            if ((st = hae_circuit_check(&a, job, NULL)) != HAE_OK)
+                fprintf(stderr, "hae: eval --circuit: %s%s%s circuit for %s (%d hop%s): %s\n", label, label[0] ? ": " : "",
+                        circuit_kind(job, &g[s], kind, sizeof kind), hae_task_kind_name(a.task), a.hops,
+                        a.hops == 1 ? "" : "s", hae_last_error());
+        }
+        free(g);
+        if (st != HAE_OK) return false;
+    }
+    return true;
+}
+
+static int eval_circuits(const eval_options *e, const hae_config *cfg, hae_config *job, int argc, char **argv) {
+    int64_t total = 0;
+    if (!check_circuits(cfg, job, &total)) return 1;
+    hae_backend *be = NULL;
+    if (backend_of(cfg, &be) != HAE_OK) return fprintf(stderr, "hae: eval --circuit: %s\n", hae_last_error()), 1;
+    eval_run run;
+    hae_status st = eval_run_open(&run, cfg, e->o.out_dir, "circuit", be);
+    run.total = total;
+    if (st == HAE_OK) {
+        circuit_csv_header(run.csv);
+        fputs("### points\n\n| job | kind | point | questions | correct | recall | chance | tokens/s |\n"
+              "|---|---|---|---:|---:|---:|---:|---:|\n", run.points);
+    }
+    for (int j = 0; j < hae_config_sweep_jobs(cfg) && st == HAE_OK; j++) {
+        char label[1024];
+        circuit_point *g = NULL;
+        int64_t n = 0;
+        st = hae_config_sweep_job(cfg, j, job, label, sizeof label);
+        if (st == HAE_OK) st = circuit_grid(job, &g, &n);
+        for (int64_t s = 0, x; s < n && st == HAE_OK; s = x) {
+            for (x = s + 1; x < n && same_circuit(job, &g[s], &g[x]); x++) {}
+            circuit_block(&run, be, job, g + s, x - s, label);
+        }
+        free(g);
+    }
+    char about[1024], title[HAE_NAME_MAX + 32];
+    snprintf(about, sizeof about, "Hand-built circuits (hae_circuit_build, eval/README.md) on %s: a deltanet layer "
+             "reading the previous token, then a retrieval layer per hop of the kind in the kind column; f32, batch "
+             "%lld, %s; exact match at every answer. Tokens have binary codes of code_weight ones in code_dim dims "
+             "(1: one-hot, the written keys orthonormal).\n", hae_backend_name(be), (long long)cfg->runtime.batch,
+             cfg->eval.circuit.decode ? "prefilled up to the first question, then a decode step per token"
+                                      : "prefilled up to the first question, then a forward per span up to each answer");
+    snprintf(title, sizeof title, "hae eval --circuit: %s", cfg->name);
+    if (run.points) fputc('\n', run.points);
+    st = eval_run_close(&run, st, title, argc, argv, about);
+    hae_backend_destroy(be);
+    return st == HAE_OK && !run.failed ? 0 : 1;
+}
+
 static int cmd_eval(int argc, char **argv) {
     eval_options e;
     int r = parse_eval(argc, argv, &e);
@@ -1206,7 +1560,10 @@ static int cmd_eval(int argc, char **argv) {
     hae_config *cfg = malloc(sizeof *cfg), *job = malloc(sizeof *job);
     if (!cfg || !job) return free(cfg), free(job), fprintf(stderr, "hae: out of memory\n"), 1;
     if (load_config(&e.o, cfg) != HAE_OK) return free(cfg), free(job), fail(NULL);
-    r = !check_jobs(cfg, job) ? 1 : e.probe ? eval_probe(&e, cfg, job, argc, argv) : eval_models(&e, cfg, job, argc, argv);
+    r = !check_jobs(cfg, job)        ? 1
+        : e.mode == FOR_PROBE   ? eval_probe(&e, cfg, job, argc, argv)
+        : e.mode == FOR_CIRCUIT ? eval_circuits(&e, cfg, job, argc, argv)
+                                : eval_models(&e, cfg, job, argc, argv);
     free(cfg), free(job);
     return r;
 }

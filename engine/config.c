@@ -402,7 +402,9 @@ static hae_status check_tabs(const ctx *c, const char *t, size_t len) {
 
 typedef enum { T_INT, T_U64, T_FLOAT, T_BOOL, T_STR, T_NAME, T_ENUM, T_BYTES, T_LIST, T_KINDS, T_LAYERS, T_SWEEP } vtype;
 
-enum { OPEN_LO = 1, OPEN_HI = 2 }; /* the bound itself is excluded */
+/* OPEN_LO, OPEN_HI: the bound itself is excluded; LIST_PATTERN: a list whose items may repeat, or be none (an
+ * ordered pattern, not an axis) */
+enum { OPEN_LO = 1, OPEN_HI = 2, LIST_PATTERN = 4 };
 
 typedef struct key_spec {
     const char *path; /* dotted YAML path */
@@ -443,6 +445,7 @@ enum {
     K_MEM_PAGE, K_MEM_GPU, K_MEM_HOST, K_MEM_DSA, K_MEM_FULL, K_MEM_LINEAR, K_MEM_CACHE,
     K_EV_TASKS, K_EV_LENGTHS, K_EV_PAIRS, K_EV_HOPS, K_EV_CHAINS, K_EV_QUERIES, K_EV_FORM, K_EV_SHUFFLE, K_EV_POWER,
     K_EV_NOISE, K_EV_VOCAB, K_EV_SEEDS, K_EV_KINDS, K_EV_K, K_EV_TOPK, K_EV_DTYPE, K_EV_COS, K_EV_DECAY, K_EV_ORTHO,
+    K_CI_KINDS, K_CI_HOP_KINDS, K_CI_CODE_DIM, K_CI_WINDOW, K_CI_TOPK, K_CI_DECAY, K_CI_DECODE,
     K_SWEEP, NKEYS
 };
 
@@ -538,6 +541,15 @@ static const key_spec specs[NKEYS] = {
     [K_EV_COS] = {"eval.probe.key_cos", T_FLOAT, "0", 0, 1, OPEN_HI, NULL, FIELD(eval.probe.key_cos)},
     [K_EV_DECAY] = {"eval.probe.log_decay", T_FLOAT, "0", -1000, 0, 0, NULL, FIELD(eval.probe.log_decay)},
     [K_EV_ORTHO] = {"eval.probe.orthogonal", T_BOOL, "false", 0, 0, 0, NULL, FIELD(eval.probe.orthogonal)},
+    [K_CI_KINDS] = {"eval.circuit.kinds", T_LIST, "full, dsa, swa, kda, gdn, deltanet, gla, mamba2, retnet, linear",
+                    0, 0, 0, kind_names, FIELD(eval.circuit.kinds)},
+    [K_CI_HOP_KINDS] = {"eval.circuit.hop_kinds", T_LIST, "", 0, 0, LIST_PATTERN, kind_names,
+                        FIELD(eval.circuit.hop_kinds)},
+    [K_CI_CODE_DIM] = {"eval.circuit.code_dim", T_INT, "64", 1, 128, 0, NULL, FIELD(eval.circuit.code_dim)},
+    [K_CI_WINDOW] = {"eval.circuit.window", T_INT, "0", 0, 2147483647.0, 0, NULL, FIELD(eval.circuit.window)},
+    [K_CI_TOPK] = {"eval.circuit.topk", T_INT, "0", 0, 1 << 20, 0, NULL, FIELD(eval.circuit.topk)},
+    [K_CI_DECAY] = {"eval.circuit.log_decay", T_FLOAT, "0", -1000, 0, 0, NULL, FIELD(eval.circuit.log_decay)},
+    [K_CI_DECODE] = {"eval.circuit.decode", T_BOOL, "false", 0, 0, 0, NULL, FIELD(eval.circuit.decode)},
     [K_SWEEP] = {"sweep", T_SWEEP, NULL, 0, 0, 0, NULL, 0, 0},
 };
 
@@ -688,11 +700,13 @@ static hae_status list_item(const ctx *c, const key_spec *s, const node *at, con
 }
 
 /* A list key: a YAML list, or a plain scalar of comma-separated items ("256, 1024", --set eval.lengths=256,1024);
- * at most HAE_EVAL_MAX_VALUES distinct items. */
+ * at most HAE_EVAL_MAX_VALUES items, distinct and at least one unless the key is a LIST_PATTERN. */
 static hae_status convert_list(const ctx *c, const key_spec *s, const node *n, void *dst) {
     char d[128], path[600], item[HAE_NAME_MAX];
-    if (n->type == N_MAP || (n->type == N_SCALAR && (!n->plain || !n->text[0])))
-        return fail(c, n, s->path, "expected a list such as [%s], got %s", s->def, desc(n, d, sizeof d));
+    const bool seq = s->open & LIST_PATTERN;
+    if (n->type == N_MAP || (n->type == N_SCALAR && (!n->plain || (!n->text[0] && !seq))))
+        return fail(c, n, s->path, "expected a list such as [%s], got %s", seq ? "full, dsa" : s->def,
+                    desc(n, d, sizeof d));
     hae_eval_list l = {0};
     const char *p = n->type == N_SCALAR ? n->text : "";
     for (int i = 0; n->type == N_SEQ ? i < n->n : *p != '\0'; i++) {
@@ -713,11 +727,11 @@ static hae_status convert_list(const ctx *c, const key_spec *s, const node *n, v
         if (l.n == HAE_EVAL_MAX_VALUES) return fail(c, at, s->path, "more than %d values", HAE_EVAL_MAX_VALUES);
         int64_t v = 0;
         HAE_TRY(list_item(c, s, at, path, item, &v));
-        for (int j = 0; j < l.n; j++)
+        for (int j = 0; j < l.n && !seq; j++)
             if (l.v[j] == v) return fail(c, at, path, "'%s' is listed twice", item);
         l.v[l.n++] = v;
     }
-    if (l.n == 0) return fail(c, n, s->path, "expected a non-empty list such as [%s]", s->def);
+    if (l.n == 0 && !seq) return fail(c, n, s->path, "expected a non-empty list such as [%s]", s->def);
     memcpy(dst, &l, sizeof l);
     return HAE_OK;
 }
@@ -947,7 +961,7 @@ static hae_status eval_checks(const ctx *c, const bindings *b, const hae_config 
     hae_config *def = calloc(1, sizeof *def);
     if (!def) return oom();
     hae_status st = HAE_OK;
-    for (int k = K_EV_TASKS; k <= K_EV_ORTHO && st == HAE_OK; k++) {
+    for (int k = K_EV_TASKS; k <= K_CI_DECODE && st == HAE_OK; k++) {
         node n = {.type = N_SCALAR, .plain = true, .text = (char *)specs[k].def, .src = c->src};
         st = convert(c, &specs[k], &n, (char *)def + specs[k].off);
     }

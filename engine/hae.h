@@ -581,6 +581,15 @@ typedef struct hae_config {
             float log_decay;     /* decaying linear kinds, <= 0 (0: no forgetting) */
             bool orthogonal;     /* the context's keys orthonormal */
         } probe;
+        struct { /* `hae eval --circuit`: hand-built circuits (hae_circuit_build) through the whole engine */
+            hae_eval_list kinds;     /* hae_layer_kind values: a circuit per kind, every hop of it */
+            hae_eval_list hop_kinds; /* when not empty, one circuit whose hop j is hop_kinds[j mod n] (kinds unused) */
+            int64_t code_dim;        /* n: the binary codes' dims, 1..128 */
+            int64_t window;          /* swa hops' window; 0: model.swa.window_size */
+            int64_t topk;            /* dsa hops' top-k; 0: model.dsa.index_topk */
+            float log_decay;         /* the decaying linear kinds' log decay per token, <= 0 (0: no forgetting) */
+            bool decode;             /* one decode step per token from the first question on, not prefill chunks */
+        } circuit;
     } eval;
     struct {
         int n_axes;
@@ -926,6 +935,9 @@ typedef struct hae_circuit_args {
  * go to weights_path as safetensors under the model's names, for hae_model_load. */
 hae_status hae_circuit_build(const hae_circuit_args *a, const hae_config *base, hae_config *cfg,
                              const char *weights_path);
+/* hae_circuit_build's checks (a, and the circuit's config on base) without building anything; *code_weight
+ * (NULL: not wanted) gets w, the ones per code (1: one-hot, so the written keys are orthonormal). */
+hae_status hae_circuit_check(const hae_circuit_args *a, const hae_config *base, int *code_weight);
 
 typedef struct hae_circuit_result {
     int64_t queries;
@@ -1005,6 +1017,10 @@ hae_status hae_eval_runner_create(const hae_config *cfg, hae_backend *be, int64_
                                   hae_eval_runner **out);
 void hae_eval_runner_destroy(hae_eval_runner *r); /* accepts NULL */
 int64_t hae_eval_runner_batch(const hae_eval_runner *r);
+/* Decode mode (off when created): each sequence is prefilled up to its task's context (the tokens before the
+ * first question), then fed a token per forward (a decode step each, as generation runs) instead of a forward
+ * per span up to the next scored position. The scored positions and answers are the same. */
+void hae_eval_runner_set_decode(hae_eval_runner *r, bool decode);
 /* Runs n tasks (1 <= n <= the batch, one layout: tokens, context, questions and answer positions; token ids
  * below model.vocab_size) as one batch and adds their counts to *score. Rows past n repeat task 0 unscored.
  * hook (NULL: none) sees every scored site first. */

@@ -64,7 +64,8 @@ static hae_status circuit_init(circuit *c, const hae_circuit_args *a, const char
     if ((unsigned)a->task >= HAE_TASK_KIND_COUNT)
         return hae_error(HAE_ERR_INVALID, "%s: task %d is not a hae_task_kind", op, (int)a->task);
     if (a->hops < 1 || a->hops > HAE_CIRCUIT_MAX_HOPS)
-        return hae_error(HAE_ERR_INVALID, "%s: hops %d outside 1..%d", op, a->hops, HAE_CIRCUIT_MAX_HOPS);
+        return hae_error(HAE_ERR_INVALID, "%s: hops %d outside 1..%d (a retrieval layer per hop)", op, a->hops,
+                         HAE_CIRCUIT_MAX_HOPS);
     if (a->task != HAE_TASK_MULTIHOP && a->hops != 1)
         return hae_error(HAE_ERR_INVALID, "%s: %s is one lookup per question; hops %d needs the multihop layout", op,
                          hae_task_kind_name(a->task), a->hops);
@@ -376,7 +377,7 @@ static hae_status write_weights(const circuit *c, const char *path) {
 
 /* ---------------------------------------------------------------- config, build */
 
-static hae_status circuit_config(const circuit *c, const hae_config *base, hae_config *cfg) {
+static hae_status circuit_config(const circuit *c, const hae_config *base, hae_config *cfg, const char *op) {
     const hae_circuit_args *a = c->a;
     char ov[32][512], pattern[400] = "[deltanet";
     const char *ovp[32];
@@ -421,7 +422,7 @@ static hae_status circuit_config(const circuit *c, const hae_config *base, hae_c
     const char *dflt = hae_config_default_yaml();
     char *yaml = NULL;
     hae_config *two = base ? malloc(2 * sizeof *two) : NULL; /* the default, the base as used */
-    hae_status st = base && !two ? hae_error(HAE_ERR_OOM, "hae_circuit_build: copies of the config") : HAE_OK;
+    hae_status st = base && !two ? hae_error(HAE_ERR_OOM, "%s: copies of the config", op) : HAE_OK;
     if (two) {
         st = hae_config_parse(dflt, strlen(dflt), "<default>", NULL, 0, &two[0]);
         two[1] = *base;
@@ -432,16 +433,30 @@ static hae_status circuit_config(const circuit *c, const hae_config *base, hae_c
     const char *text = base ? yaml : dflt;
     if (st == HAE_OK) st = hae_config_parse(text, strlen(text), base ? base->source : "<default>", ovp, n, cfg);
     free(yaml), free(two);
-    return st == HAE_OK ? HAE_OK : hae_error_wrap(st, "hae_circuit_build");
+    return st == HAE_OK ? HAE_OK : hae_error_wrap(st, "%s", op);
+}
+
+hae_status hae_circuit_check(const hae_circuit_args *a, const hae_config *base, int *code_weight) {
+    const char *op = "hae_circuit_check";
+    circuit c;
+    HAE_TRY(circuit_init(&c, a, op));
+    if (a->context < 1) return hae_error(HAE_ERR_INVALID, "%s: context %lld < 1", op, (long long)a->context);
+    hae_config *cfg = malloc(sizeof *cfg);
+    if (!cfg) return hae_error(HAE_ERR_OOM, "%s: a config", op);
+    hae_status st = circuit_config(&c, base, cfg, op);
+    free(cfg);
+    if (st == HAE_OK && code_weight) *code_weight = c.w;
+    return st;
 }
 
 hae_status hae_circuit_build(const hae_circuit_args *a, const hae_config *base, hae_config *cfg,
                              const char *weights_path) {
+    const char *op = "hae_circuit_build";
     circuit c;
-    HAE_TRY(circuit_init(&c, a, "hae_circuit_build"));
-    if (!cfg || !weights_path) return hae_error(HAE_ERR_INVALID, "hae_circuit_build: cfg and weights_path must not be NULL");
-    if (a->context < 1) return hae_error(HAE_ERR_INVALID, "hae_circuit_build: context %lld < 1", (long long)a->context);
-    HAE_TRY(circuit_config(&c, base, cfg));
+    HAE_TRY(circuit_init(&c, a, op));
+    if (!cfg || !weights_path) return hae_error(HAE_ERR_INVALID, "%s: cfg and weights_path must not be NULL", op);
+    if (a->context < 1) return hae_error(HAE_ERR_INVALID, "%s: context %lld < 1", op, (long long)a->context);
+    HAE_TRY(circuit_config(&c, base, cfg, op));
     hae_status st = make_codes(&c);
     if (st == HAE_OK) st = write_weights(&c, weights_path);
     free(c.ch);

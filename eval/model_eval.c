@@ -15,6 +15,7 @@ struct hae_eval_runner {
     int32_t *seg; /* [B, max_tokens] host: the tokens of one forward */
     float *logits; /* [B, V] host: the logits of the last position */
     bool *ok;      /* [B] the current question right so far, per row */
+    bool decode;   /* hae_eval_runner_set_decode */
 };
 
 static double now_s(void) {
@@ -31,6 +32,10 @@ void hae_eval_runner_destroy(hae_eval_runner *r) {
 }
 
 int64_t hae_eval_runner_batch(const hae_eval_runner *r) { return r ? r->B : 0; }
+
+void hae_eval_runner_set_decode(hae_eval_runner *r, bool decode) {
+    if (r) r->decode = decode;
+}
 
 hae_status hae_eval_runner_create(const hae_config *cfg, hae_backend *be, int64_t max_tokens, const char *weights,
                                   hae_eval_runner **out) {
@@ -111,6 +116,23 @@ static hae_status check_batch(const hae_eval_runner *r, const hae_task *const *t
     return HAE_OK;
 }
 
+/* Forwards tokens [from, to) of every row (rows past n repeat task 0): as one forward, or in decode mode the part
+ * before the first question as one prefill and the rest a token per forward. *logits are position to - 1's. */
+static hae_status feed(hae_eval_runner *r, const hae_task *const *tasks, int64_t n, int64_t from, int64_t to,
+                       hae_tensor *logits) {
+    const int64_t context = tasks[0]->context;
+    while (from < to) {
+        int64_t end = to;
+        if (r->decode) end = from >= context ? from + 1 : context < to ? context : to;
+        const int64_t T = end - from;
+        for (int64_t b = 0; b < r->B; b++)
+            memcpy(r->seg + b * T, tasks[b < n ? b : 0]->tokens + from, sizeof(int32_t) * (size_t)T);
+        HAE_TRY(hae_model_forward(r->model, r->seg, T, logits));
+        from = end;
+    }
+    return HAE_OK;
+}
+
 hae_status hae_eval_runner_run(hae_eval_runner *r, const hae_task *const *tasks, int64_t n, hae_eval_logits_fn hook,
                                void *hook_ctx, hae_eval_score *score) {
     if (!r || !tasks || !score) return hae_error(HAE_ERR_INVALID, "hae_eval_runner_run: NULL argument");
@@ -125,11 +147,9 @@ hae_status hae_eval_runner_run(hae_eval_runner *r, const hae_task *const *tasks,
         for (int64_t b = 0; b < n; b++) r->ok[b] = true;
         for (int64_t j = 0; j < n_ans; j++) {
             /* feed [fed, p]: the logits of position p predict the answer at p + 1 */
-            const int64_t p = lead->query_pos[q] + j, T = p + 1 - fed;
-            for (int64_t b = 0; b < r->B; b++)
-                memcpy(r->seg + b * T, tasks[b < n ? b : 0]->tokens + fed, sizeof(int32_t) * (size_t)T);
+            const int64_t p = lead->query_pos[q] + j;
             hae_tensor logits;
-            HAE_TRY(hae_model_forward(r->model, r->seg, T, &logits));
+            HAE_TRY(feed(r, tasks, n, fed, p + 1, &logits));
             HAE_TRY(hae_backend_download(r->be, r->logits, logits.data, sizeof(float) * (size_t)(r->B * r->V)));
             fed = p + 1;
             for (int64_t b = 0; b < n; b++) {

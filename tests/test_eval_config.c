@@ -38,6 +38,13 @@ Test(eval_config, defaults_lists_suffixes_and_round_trip) {
     cr_expect(c->eval.noise_vocab == 64 && c->eval.vocab == 0 && c->eval.seeds == 2);
     cr_expect(c->eval.probe.index_dtype == HAE_FP8_E4M3 && c->eval.probe.key_cos == 0 && c->eval.probe.log_decay == 0 &&
               !c->eval.probe.orthogonal);
+    expect_list(&c->eval.circuit.kinds,
+                (int64_t[]){HAE_LAYER_FULL, HAE_LAYER_DSA, HAE_LAYER_SWA, HAE_LAYER_KDA, HAE_LAYER_GDN, HAE_LAYER_DELTANET,
+                            HAE_LAYER_GLA, HAE_LAYER_MAMBA2, HAE_LAYER_RETNET, HAE_LAYER_LINEAR},
+                10, "circuit kinds");
+    expect_list(&c->eval.circuit.hop_kinds, NULL, 0, "hop kinds");
+    cr_expect(c->eval.circuit.code_dim == 64 && c->eval.circuit.window == 0 && c->eval.circuit.topk == 0 &&
+              c->eval.circuit.log_decay == 0 && !c->eval.circuit.decode);
 
     const char *yaml = "model:\n  vocab_size: 4096\neval:\n  tasks: niah, multihop\n  lengths: [1K, 2M, 1G]\n"
                        "  hops: 8\n  chains: [0, 16]\n  form: list\n  shuffle: true\n  power: 1.5\n  seeds: 3\n"
@@ -66,6 +73,33 @@ Test(eval_config, defaults_lists_suffixes_and_round_trip) {
     expect_list(&c->eval.tasks, (int64_t[]){HAE_TASK_MULTIHOP}, 1, "--set tasks");
     expect_list(&c->eval.probe.topk, (int64_t[]){2048}, 1, "--set topk");
     free(text), free(c), free(back);
+}
+
+/* eval.circuit: kinds an axis (each once), hop_kinds a pattern (kinds may repeat, none by default), both read
+ * back from the resolved config and set by --set as comma-separated scalars. */
+Test(eval_config, circuit_kinds_and_hop_patterns) {
+    hae_config *c = cfg_new(), *back = cfg_new();
+    const char *yaml = "eval:\n  circuit:\n    kinds: [swa, dsa]\n    hop_kinds: [dsa, full, dsa]\n    code_dim: 128\n"
+                       "    window: 512\n    topk: 8\n    log_decay: -1.0e-3\n    decode: true\n";
+    tu_config(yaml, c);
+    expect_list(&c->eval.circuit.kinds, (int64_t[]){HAE_LAYER_SWA, HAE_LAYER_DSA}, 2, "kinds");
+    expect_list(&c->eval.circuit.hop_kinds, (int64_t[]){HAE_LAYER_DSA, HAE_LAYER_FULL, HAE_LAYER_DSA}, 3, "hop kinds");
+    cr_expect(c->eval.circuit.code_dim == 128 && c->eval.circuit.window == 512 && c->eval.circuit.topk == 8 &&
+              c->eval.circuit.log_decay == -1.0e-3f && c->eval.circuit.decode);
+    for (int empty = 0; empty < 2; empty++) {
+        char *text = NULL;
+        if (empty) tu_config("name: x\n", c);
+        cr_assert_eq(hae_config_to_yaml(c, &text), HAE_OK);
+        cr_expect(strstr(text, empty ? "    hop_kinds: []\n" : "    hop_kinds: [dsa, full, dsa]\n"), "%s", text);
+        cr_assert_eq(hae_config_parse(text, strlen(text), "back.yaml", NULL, 0, back), HAE_OK, "%s", hae_last_error());
+        cr_expect(!memcmp(c, back, offsetof(hae_config, source)), "the resolved config reads back the same");
+        free(text);
+    }
+    const char *sets[] = {"eval.circuit.hop_kinds=swa,swa", "eval.circuit.kinds=linear"};
+    cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "t.yaml", sets, 2, c), HAE_OK, "%s", hae_last_error());
+    expect_list(&c->eval.circuit.hop_kinds, (int64_t[]){HAE_LAYER_SWA, HAE_LAYER_SWA}, 2, "--set hop kinds");
+    expect_list(&c->eval.circuit.kinds, (int64_t[]){HAE_LAYER_LINEAR}, 1, "--set kinds");
+    free(c), free(back);
 }
 
 /* A model whose vocabulary cannot hold the default grid (32 pairs among 64 noise tokens) still loads, written
@@ -115,6 +149,21 @@ static const bad_case bad[] = {
     {"probe dtype", "eval:\n  probe:\n    index_dtype: fp4\n", "t.yaml:3:18:", "eval.probe.index_dtype", "'fp4' is not allowed", NULL},
     {"key cos 1", "eval:\n  probe:\n    key_cos: 1\n", "t.yaml:3:14:", "eval.probe.key_cos", "1 is out of range (expected [0, 1))", NULL},
     {"log decay", "eval:\n  probe:\n    log_decay: 0.5\n", "t.yaml:3:16:", "eval.probe.log_decay", "out of range", NULL},
+    {"circuit kind", "eval:\n  circuit:\n    kinds: [swa, dsx]\n", "t.yaml:3:18:", "eval.circuit.kinds[1]",
+     "unknown value 'dsx'; did you mean 'dsa'?", NULL},
+    {"circuit kind twice", "eval:\n  circuit:\n    kinds: [swa, swa]\n", "t.yaml:3:18:", "eval.circuit.kinds[1]",
+     "'swa' is listed twice", NULL},
+    {"circuit kinds empty", "eval:\n  circuit:\n    kinds: []\n", "t.yaml:3:12:", "eval.circuit.kinds",
+     "expected a non-empty list", NULL},
+    {"hop kinds map", "eval:\n  circuit:\n    hop_kinds: {dsa: 1}\n", "t.yaml:3:16:", "eval.circuit.hop_kinds",
+     "expected a list such as [full, dsa]", NULL},
+    {"hop kind", "eval:\n  circuit:\n    hop_kinds: [dsa, ful]\n", "t.yaml:3:22:", "eval.circuit.hop_kinds[1]",
+     "did you mean 'full'?", NULL},
+    {"code dim", "eval:\n  circuit:\n    code_dim: 129\n", "t.yaml:3:15:", "eval.circuit.code_dim",
+     "129 is out of range (expected 1..128)", NULL},
+    {"circuit window", "eval:\n  circuit:\n    window: -2\n", "t.yaml:3:13:", "eval.circuit.window", "out of range", NULL},
+    {"circuit decay", "eval:\n  circuit:\n    log_decay: 1\n", "t.yaml:3:16:", "eval.circuit.log_decay", "out of range",
+     NULL},
     /* the grid against the model: the set key the check blames carries the task generator's reason */
     {"too short", "eval:\n  lengths: [64, 128]\n", "t.yaml:2:12:", "eval.lengths",
      "eval task mqar, length 64, 32 pairs: hae_task_mqar: length 64 is too short for 32 pairs", NULL},
@@ -140,10 +189,10 @@ Test(eval_config, bad_values_name_the_place_and_the_key) {
 }
 
 Test(eval_config, presets_load_and_their_grids_generate) {
-    const char *presets[] = {"probe.yaml", "multihop.yaml"};
-    const int64_t points[] = {8 + 8 + 32, 5 * 4}; /* mqar, niah: pairs x lengths; multihop: x hops */
+    const char *presets[] = {"probe.yaml", "circuits.yaml", "multihop.yaml"};
+    const int64_t points[] = {8 + 8 + 32, 4 + 16, 5 * 4}; /* mqar, niah: pairs x lengths; multihop: x hops */
     hae_config *c = cfg_new();
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         char path[1024];
         snprintf(path, sizeof path, "%s/configs/eval/%s", HAE_SOURCE_DIR, presets[i]);
         cr_assert_eq(hae_config_load(path, NULL, 0, c), HAE_OK, "%s", hae_last_error());
@@ -184,6 +233,6 @@ Test(eval_config, help_documents_every_eval_key) {
         cr_expect(strstr(help, dotted), "hae eval --help does not name %s", dotted);
         keys++;
     }
-    cr_expect_eq(keys, 19, "the eval section has %d keys", keys);
+    cr_expect_eq(keys, 26, "the eval section has %d keys", keys);
     free(yaml), free(help), free(c);
 }
