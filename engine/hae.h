@@ -1163,6 +1163,34 @@ typedef struct hae_mem_report_args {
 } hae_mem_report_args;
 hae_status hae_mem_report(const hae_mem_report_args *a, FILE *markdown, FILE *csv, FILE *svg);
 
+/* Host-tier memory: on CUDA page-locked in chunks (cudaHostRegister, whose pinning runs at RAM speed where
+ * cudaHostAlloc zero-fills through the driver) and mapped into the device's address space at the same
+ * address, so a kernel reads it over PCIe and a tensor over it carries the backend's device; on the CPU
+ * ordinary memory, 64-byte aligned. Not zeroed. */
+hae_status hae_backend_alloc_host(hae_backend *be, size_t bytes, void **out);
+void hae_backend_free_host(hae_backend *be, void *p); /* accepts NULL */
+
+/* Token-granular fetch from the host tier into GPU slots (DESIGN.md §2): for every sequence b and entry
+ * i < n with src_rows[b, i] >= 0,
+ *     dst[b, dst_rows[b, i], :] = src[b, src_rows[b, i], :]
+ * a row being W elements of any one dtype (a token's K, V or mla latent); entries with src_rows < 0 are
+ * skipped, and one sequence's dst_rows are distinct. Rows out of range are skipped on the GPU (a kernel
+ * cannot report them without a sync) and HAE_ERR_INVALID on the CPU. */
+typedef enum hae_gather_method {
+    HAE_GATHER_AUTO,   /* the kernel */
+    HAE_GATHER_KERNEL, /* at most max_blocks thread blocks read the mapped rows over PCIe, 16 B per lane */
+    HAE_GATHER_COPIES  /* one cudaMemcpyBatchAsync descriptor per row: src_rows and dst_rows in host memory */
+} hae_gather_method;
+typedef struct hae_kv_gather_args {
+    hae_tensor src;      /* [B, cap, W] host-tier memory (hae_backend_alloc_host), rows may be strided */
+    hae_tensor dst;      /* [B, slots, W] the backend's memory, src's dtype */
+    hae_tensor src_rows; /* [B, n] i32 in [-1, cap) */
+    hae_tensor dst_rows; /* [B, n] i32 in [0, slots) */
+    hae_gather_method method;
+    int max_blocks;      /* HAE_GATHER_KERNEL: 0 = 48, so a concurrent kernel keeps the other SMs */
+} hae_kv_gather_args;
+hae_status hae_kv_gather(hae_backend *be, const hae_kv_gather_args *a);
+
 #ifdef __cplusplus
 }
 #endif
