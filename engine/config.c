@@ -446,6 +446,8 @@ enum {
     K_EV_TASKS, K_EV_LENGTHS, K_EV_PAIRS, K_EV_HOPS, K_EV_CHAINS, K_EV_QUERIES, K_EV_FORM, K_EV_SHUFFLE, K_EV_POWER,
     K_EV_NOISE, K_EV_VOCAB, K_EV_SEEDS, K_EV_KINDS, K_EV_K, K_EV_TOPK, K_EV_DTYPE, K_EV_COS, K_EV_DECAY, K_EV_ORTHO,
     K_CI_KINDS, K_CI_HOP_KINDS, K_CI_CODE_DIM, K_CI_WINDOW, K_CI_TOPK, K_CI_DECAY, K_CI_DECODE,
+    K_TR_STEPS, K_TR_BATCH, K_TR_LR, K_TR_MIN_LR, K_TR_WARMUP, K_TR_WD, K_TR_BETA1, K_TR_BETA2, K_TR_EPS, K_TR_CLIP,
+    K_TR_EVAL, K_TR_CKPT, K_TR_LOG,
     K_SWEEP, NKEYS
 };
 
@@ -550,6 +552,19 @@ static const key_spec specs[NKEYS] = {
     [K_CI_TOPK] = {"eval.circuit.topk", T_INT, "0", 0, 1 << 20, 0, NULL, FIELD(eval.circuit.topk)},
     [K_CI_DECAY] = {"eval.circuit.log_decay", T_FLOAT, "0", -1000, 0, 0, NULL, FIELD(eval.circuit.log_decay)},
     [K_CI_DECODE] = {"eval.circuit.decode", T_BOOL, "false", 0, 0, 0, NULL, FIELD(eval.circuit.decode)},
+    [K_TR_STEPS] = {"train.steps", T_INT, "1000", 1, 2147483647.0, 0, NULL, FIELD(train.steps)},
+    [K_TR_BATCH] = {"train.batch", T_INT, "16", 1, 65536, 0, NULL, FIELD(train.batch)},
+    [K_TR_LR] = {"train.lr", T_FLOAT, "1e-3", 0, 10, OPEN_LO, NULL, FIELD(train.lr)},
+    [K_TR_MIN_LR] = {"train.min_lr_ratio", T_FLOAT, "0.1", 0, 1, 0, NULL, FIELD(train.min_lr_ratio)},
+    [K_TR_WARMUP] = {"train.warmup", T_INT, "100", 0, 2147483647.0, 0, NULL, FIELD(train.warmup)},
+    [K_TR_WD] = {"train.weight_decay", T_FLOAT, "0.1", 0, 100, 0, NULL, FIELD(train.weight_decay)},
+    [K_TR_BETA1] = {"train.beta1", T_FLOAT, "0.9", 0, 1, OPEN_HI, NULL, FIELD(train.beta1)},
+    [K_TR_BETA2] = {"train.beta2", T_FLOAT, "0.95", 0, 1, OPEN_HI, NULL, FIELD(train.beta2)},
+    [K_TR_EPS] = {"train.eps", T_FLOAT, "1e-8", 0, 1, OPEN_LO, NULL, FIELD(train.eps)},
+    [K_TR_CLIP] = {"train.clip", T_FLOAT, "1", 0, NOMAX, 0, NULL, FIELD(train.clip)},
+    [K_TR_EVAL] = {"train.eval_every", T_INT, "100", 0, 2147483647.0, 0, NULL, FIELD(train.eval_every)},
+    [K_TR_CKPT] = {"train.checkpoint_every", T_INT, "500", 0, 2147483647.0, 0, NULL, FIELD(train.checkpoint_every)},
+    [K_TR_LOG] = {"train.log_every", T_INT, "10", 1, 2147483647.0, 0, NULL, FIELD(train.log_every)},
     [K_SWEEP] = {"sweep", T_SWEEP, NULL, 0, 0, 0, NULL, 0, 0},
 };
 
@@ -1071,6 +1086,11 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
                  "'host' the GPU cache must hold every token one step picks", slots, dflt(b, K_MEM_CACHE), topk,
                  dflt(b, K_DSA_TOPK));
         return cross_fail(c, b, (const int[]){K_MEM_CACHE, K_DSA_TOPK, K_MEM_DSA}, 3, m);
+    }
+    if (cfg->train.warmup > cfg->train.steps) {
+        snprintf(m, sizeof m, "warmup %" PRId64 "%s exceeds steps %" PRId64 "%s (the learning rate warms up within the "
+                 "run)", cfg->train.warmup, dflt(b, K_TR_WARMUP), cfg->train.steps, dflt(b, K_TR_STEPS));
+        return cross_fail(c, b, (const int[]){K_TR_WARMUP, K_TR_STEPS}, 2, m);
     }
     return eval_checks(c, b, cfg);
 }

@@ -591,6 +591,19 @@ typedef struct hae_config {
             bool decode;             /* one decode step per token from the first question on, not prefill chunks */
         } circuit;
     } eval;
+    struct { /* `hae train` (train/): AdamW on the eval section's tasks, generated on the fly from seeds */
+        int64_t steps;            /* optimiser steps */
+        int64_t batch;            /* sequences per step */
+        float lr;                 /* peak learning rate */
+        float min_lr_ratio;       /* the cosine's floor, as a fraction of lr */
+        int64_t warmup;           /* steps of linear warmup, fewer than steps */
+        float weight_decay;       /* AdamW's decoupled decay of the matrices (norm weights are not decayed) */
+        float beta1, beta2, eps;  /* AdamW's moment decays and denominator epsilon */
+        float clip;               /* the gradients' global norm is clipped to this; 0: no clipping */
+        int64_t eval_every;       /* held-out eval every this many steps, and after the last; 0: after the last only */
+        int64_t checkpoint_every; /* a checkpoint every this many steps, and after the last; 0: after the last only */
+        int64_t log_every;        /* a progress line every this many steps */
+    } train;
     struct {
         int n_axes;
         struct {
@@ -1190,6 +1203,73 @@ typedef struct hae_kv_gather_args {
     int max_blocks;      /* HAE_GATHER_KERNEL: 0 = 48, so a concurrent kernel keeps the other SMs */
 } hae_kv_gather_args;
 hae_status hae_kv_gather(hae_backend *be, const hae_kv_gather_args *a);
+
+/* ---------------------------------------------------------------- training (train/)
+ * A training copy of a config's model on the CPU: fp32 master weights under the model's names, a forward that
+ * keeps its activations and computes the logits hae_model_forward computes, a hand-written backward, AdamW.
+ * Stacks of `full` and `swa` layers of the gqa form for now. */
+
+typedef struct hae_trainer hae_trainer;
+/* cfg's model for batches of up to max_batch sequences of max_tokens tokens, on be (a CPU backend); weights from
+ * cfg->seed (the values hae_model_init_weights gives), the optimiser at step 0. Other layer kinds, the mla form
+ * and a CUDA backend are HAE_ERR_UNSUPPORTED. */
+hae_status hae_trainer_create(const hae_config *cfg, hae_backend *be, int64_t max_batch, int64_t max_tokens,
+                              hae_trainer **out);
+void hae_trainer_destroy(hae_trainer *t); /* accepts NULL */
+/* The weights as f32 safetensors under the model's names (hae_model_load and `hae eval --weights` read them);
+ * loading takes any file hae_model_load takes. */
+hae_status hae_trainer_save(const hae_trainer *t, const char *path);
+hae_status hae_trainer_load(hae_trainer *t, const char *path);
+/* The optimiser's state: AdamW's moments per parameter (NAME.exp_avg, NAME.exp_avg_sq) and the step count. */
+hae_status hae_trainer_save_optim(const hae_trainer *t, const char *path);
+hae_status hae_trainer_load_optim(hae_trainer *t, const char *path);
+
+/* B sequences of T tokens, of which n positions are scored: row pos[i] = b T + t predicts target[i]. */
+typedef struct hae_train_batch {
+    const int32_t *tokens; /* [B, T] */
+    int64_t B, T;
+    const int64_t *pos;    /* [n] */
+    const int32_t *target; /* [n] */
+    int64_t n;
+} hae_train_batch;
+/* The forward: the scored rows' logits (host [n, V], or NULL), their mean cross-entropy and, per scored row,
+ * whether the argmax (ties to the lower id) is the target (correct [n], or NULL). */
+hae_status hae_trainer_forward(hae_trainer *t, const hae_train_batch *b, float *logits, double *loss, uint8_t *correct);
+/* The forward, then the gradients of the mean loss (replacing the last ones). */
+hae_status hae_trainer_backward(hae_trainer *t, const hae_train_batch *b, double *loss, uint8_t *correct);
+/* One AdamW step at learning rate lr from the gradients, first scaled down to the global norm train.clip when
+ * above it; *grad_norm (may be NULL) gets the norm before clipping. */
+hae_status hae_trainer_step(hae_trainer *t, float lr, double *grad_norm);
+int64_t hae_trainer_steps(const hae_trainer *t); /* optimiser steps taken */
+/* Parameter i of hae_trainer_param_count: its name, weights and gradients (n f32 values each). */
+int hae_trainer_param_count(const hae_trainer *t);
+hae_status hae_trainer_param(hae_trainer *t, int i, const char **name, float **w, float **g, int64_t *n);
+/* The learning rate of step s (0-based): linear warmup to train.lr over train.warmup steps, then a cosine down
+ * to train.min_lr_ratio x lr at the last step. */
+float hae_train_lr(const hae_config *cfg, int64_t step);
+
+/* `hae train`: train.steps steps of train.batch tasks of the eval section's grid (a point per step, in turn),
+ * generated from seeds no eval uses, scored at the tasks' answer positions; held-out evals on the tasks
+ * `hae eval` runs (seeds 1..eval.seeds of every point). The run directory gets config.resolved.yaml, env.json,
+ * metrics.jsonl (a line per step), summary.json, and checkpoints/step-NNNNNN/ holding model.safetensors (the
+ * weights, for hae_model_load), optim.safetensors and, written last, a `complete` marker. */
+typedef struct hae_train_args {
+    const hae_config *cfg;
+    hae_backend *be;  /* CPU */
+    const char *dir;  /* the run directory; must exist */
+    bool resume;      /* continue bit for bit from dir's latest complete checkpoint (none: from step 0) */
+    int64_t until;    /* stop after this step, with a checkpoint; 0: train.steps */
+    FILE *progress;   /* progress lines, or NULL */
+} hae_train_args;
+typedef struct hae_train_result {
+    int64_t first_step, last_step; /* steps this run took: (first_step, last_step] */
+    double loss, accuracy;         /* mean over the last train.log_every steps */
+    double eval_accuracy;          /* the last held-out eval: questions right / asked */
+    int64_t eval_questions;
+    double seconds, tokens_per_s;
+    char checkpoint[HAE_PATH_MAX + 64]; /* the last checkpoint's directory */
+} hae_train_result;
+hae_status hae_train_run(const hae_train_args *a, hae_train_result *out);
 
 #ifdef __cplusplus
 }

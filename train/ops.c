@@ -1,0 +1,316 @@
+/* The training ops: forward and backward of each op of a full-attention model on the CPU (train_ops.h has
+ * their contracts). The forwards compute what hae_model_forward's ops compute, in the same order where it
+ * matters for rounding, so a trained model's logits are the engine's. */
+#include "train_ops.h"
+
+#include <math.h>
+#include <string.h>
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* ---------------------------------------------------------------- embedding */
+
+void hae_tr_embedding_fwd(const int32_t *ids, int64_t N, const float *E, int64_t D, float *x) {
+    for (int64_t i = 0; i < N; i++) memcpy(x + i * D, E + (int64_t)ids[i] * D, sizeof(float) * (size_t)D);
+}
+
+void hae_tr_embedding_bwd(const int32_t *ids, int64_t N, const float *dx, int64_t D, float *dE) {
+    for (int64_t i = 0; i < N; i++) {
+        float *row = dE + (int64_t)ids[i] * D;
+        for (int64_t d = 0; d < D; d++) row[d] += dx[i * D + d];
+    }
+}
+
+/* ---------------------------------------------------------------- rmsnorm */
+
+typedef struct {
+    const float *x, *w, *dy, *rstd;
+    float *y, *rstd_out, *dx;
+    int64_t D;
+    float eps;
+} norm_ctx;
+
+/* As hae_rmsnorm: the sum of squares in double, r rounded to f32, y = x r w. */
+static void norm_fwd_row(void *p, int64_t i) {
+    const norm_ctx *c = p;
+    const float *x = c->x + i * c->D;
+    double ss = 0.0;
+    for (int64_t d = 0; d < c->D; d++) ss += (double)x[d] * (double)x[d];
+    float r = (float)(1.0 / sqrt(ss / (double)c->D + (double)c->eps));
+    c->rstd_out[i] = r;
+    float *y = c->y + i * c->D;
+    for (int64_t d = 0; d < c->D; d++) y[d] = x[d] * r * c->w[d];
+}
+
+void hae_tr_rmsnorm_fwd(hae_backend *be, const float *x, const float *w, int64_t N, int64_t D, float eps, float *y,
+                        float *rstd) {
+    norm_ctx c = {.x = x, .w = w, .y = y, .rstd_out = rstd, .D = D, .eps = eps};
+    hae_parallel_for_sized(be->pool, N, 4 * D, norm_fwd_row, &c);
+}
+
+static void norm_bwd_row(void *p, int64_t i) {
+    const norm_ctx *c = p;
+    const int64_t D = c->D;
+    const float *x = c->x + i * D, *dy = c->dy + i * D;
+    const double r = c->rstd[i];
+    double s = 0.0;
+    for (int64_t d = 0; d < D; d++) s += (double)dy[d] * (double)c->w[d] * (double)x[d];
+    const float a = (float)r, b = (float)(r * r * r * s / (double)D);
+    float *dx = c->dx + i * D;
+    for (int64_t d = 0; d < D; d++) dx[d] += a * dy[d] * c->w[d] - b * x[d];
+}
+
+#define NORM_COLS 64
+
+void hae_tr_rmsnorm_bwd(hae_backend *be, const float *x, const float *w, const float *rstd, const float *dy, int64_t N,
+                        int64_t D, float *dx, float *dw) {
+    norm_ctx c = {.x = x, .w = w, .dy = dy, .rstd = rstd, .dx = dx, .D = D};
+    hae_parallel_for_sized(be->pool, N, 6 * D, norm_bwd_row, &c);
+    /* dw: a column block's sums over every row in double, on this thread (N D products) */
+    for (int64_t c0 = 0; c0 < D; c0 += NORM_COLS) {
+        const int64_t n = min64(NORM_COLS, D - c0);
+        double acc[NORM_COLS] = {0};
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t k = 0; k < n; k++) acc[k] += (double)dy[i * D + c0 + k] * (double)x[i * D + c0 + k] * rstd[i];
+        for (int64_t k = 0; k < n; k++) dw[c0 + k] += (float)acc[k];
+    }
+}
+
+/* ---------------------------------------------------------------- linear */
+
+#define TILE 32
+
+typedef struct {
+    const float *src;
+    float *dst;
+    int64_t R, C, tiles_c;
+} transpose_ctx;
+
+static void transpose_tile(void *p, int64_t t) {
+    const transpose_ctx *c = p;
+    const int64_t r0 = (t / c->tiles_c) * TILE, c0 = (t % c->tiles_c) * TILE;
+    const int64_t r1 = min64(r0 + TILE, c->R), c1 = min64(c0 + TILE, c->C);
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t k = c0; k < c1; k++) c->dst[k * c->R + r] = c->src[r * c->C + k];
+}
+
+/* dst [C, R] = src [R, C]^T */
+static void transpose(hae_backend *be, const float *src, int64_t R, int64_t C, float *dst) {
+    transpose_ctx c = {src, dst, R, C, (C + TILE - 1) / TILE};
+    hae_parallel_for_sized(be->pool, ((R + TILE - 1) / TILE) * c.tiles_c, TILE * TILE, transpose_tile, &c);
+}
+
+static hae_tensor mat(const float *p, int64_t rows, int64_t cols) {
+    return hae_tensor_2d((void *)p, HAE_F32, HAE_CPU, rows, cols);
+}
+
+hae_status hae_tr_linear_fwd(hae_backend *be, const float *x, const float *W, int64_t N, int64_t I, int64_t O, float *y,
+                             bool accumulate) {
+    return hae_gemm(be, &(hae_gemm_args){.a = mat(x, N, I), .b = mat(W, O, I), .c = mat(y, N, O), .accumulate = accumulate});
+}
+
+int64_t hae_tr_linear_scratch(int64_t N, int64_t I, int64_t O) { return I * O + O * N + I * N; }
+
+hae_status hae_tr_linear_bwd(hae_backend *be, const float *x, const float *W, const float *dy, int64_t N, int64_t I,
+                             int64_t O, float *dx, bool dx_accumulate, float *dW, float *scratch) {
+    float *wt = scratch, *dyt = wt + I * O, *xt = dyt + O * N;
+    if (dx) { /* dx [N, I] = dy [N, O] (W^T [I, O])^T */
+        transpose(be, W, O, I, wt);
+        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = mat(dy, N, O), .b = mat(wt, I, O), .c = mat(dx, N, I),
+                                              .accumulate = dx_accumulate}));
+    }
+    /* dW [O, I] += (dy^T [O, N]) (x^T [I, N])^T */
+    transpose(be, dy, N, O, dyt);
+    transpose(be, x, N, I, xt);
+    return hae_gemm(be, &(hae_gemm_args){.a = mat(dyt, O, N), .b = mat(xt, I, N), .c = mat(dW, O, I), .accumulate = true});
+}
+
+/* ---------------------------------------------------------------- rope */
+
+void hae_tr_rope_table(int64_t T, int rot_dims, float theta, float *cs, float *sn) {
+    const int half = rot_dims / 2;
+    for (int64_t t = 0; t < T; t++)
+        for (int i = 0; i < half; i++) {
+            float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)rot_dims), ang = (float)t * inv_freq;
+            cs[t * half + i] = cosf(ang);
+            sn[t * half + i] = sinf(ang);
+        }
+}
+
+typedef struct {
+    float *x;
+    int64_t T, H, D, ld;
+    int half;
+    const float *cs, *sn;
+    float sign;
+} rope_ctx;
+
+static void rope_row(void *p, int64_t r) {
+    const rope_ctx *c = p;
+    const int64_t t = r % c->T;
+    const float *cs = c->cs + t * c->half, *sn = c->sn + t * c->half;
+    for (int64_t h = 0; h < c->H; h++) {
+        float *x = c->x + r * c->ld + h * c->D;
+        for (int i = 0; i < c->half; i++) {
+            const float x1 = x[i], x2 = x[i + c->half], s = c->sign * sn[i];
+            x[i] = x1 * cs[i] - x2 * s;
+            x[i + c->half] = x2 * cs[i] + x1 * s;
+        }
+    }
+}
+
+void hae_tr_rope(hae_backend *be, float *x, int64_t B, int64_t T, int64_t H, int64_t D, int64_t ld, int rot_dims,
+                 const float *cs, const float *sn, bool inverse) {
+    if (rot_dims == 0) return;
+    rope_ctx c = {x, T, H, D, ld, rot_dims / 2, cs, sn, inverse ? -1.0f : 1.0f};
+    hae_parallel_for_sized(be->pool, B * T, 4 * H * rot_dims, rope_row, &c);
+}
+
+/* ---------------------------------------------------------------- attention */
+
+typedef struct {
+    const hae_tr_attn_shape *s;
+    const float *qkv, *P, *out, *dout;
+    float *Pw, *outw, *dqkv;
+} attn_ctx;
+
+static int64_t ld_qkv(const hae_tr_attn_shape *s) { return (s->Hq + 2 * s->Hkv) * s->Dh; }
+static int64_t first_key(const hae_tr_attn_shape *s, int64_t t) {
+    return s->window > 0 && t - s->window + 1 > 0 ? t - s->window + 1 : 0;
+}
+
+/* One (sequence, query head): every query's row of P, then its output. */
+static void attn_fwd_item(void *p, int64_t item) {
+    const attn_ctx *c = p;
+    const hae_tr_attn_shape *s = c->s;
+    const int64_t T = s->T, Dh = s->Dh, ld = ld_qkv(s), b = item / s->Hq, h = item % s->Hq, g = h / (s->Hq / s->Hkv);
+    const float *base = c->qkv + b * T * ld;
+    const float *kcol = base + (s->Hq + g) * Dh, *vcol = base + (s->Hq + s->Hkv + g) * Dh;
+    for (int64_t t = 0; t < T; t++) {
+        const float *q = base + t * ld + h * Dh;
+        float *P = c->Pw + ((b * s->Hq + h) * T + t) * T;
+        const int64_t lo = first_key(s, t);
+        float mx = -INFINITY;
+        for (int64_t j = lo; j <= t; j++) {
+            P[j] = s->scale * hae_dot_f32(q, kcol + j * ld, Dh);
+            mx = P[j] > mx ? P[j] : mx;
+        }
+        double sum = 0.0;
+        for (int64_t j = lo; j <= t; j++) {
+            P[j] = expf(P[j] - mx);
+            sum += P[j];
+        }
+        const float inv = (float)(1.0 / sum);
+        for (int64_t j = 0; j < T; j++) P[j] = j >= lo && j <= t ? P[j] * inv : 0.0f;
+        float *o = c->outw + (b * T + t) * s->Hq * Dh + h * Dh;
+        memset(o, 0, sizeof(float) * (size_t)Dh);
+        for (int64_t j = lo; j <= t; j++) {
+            const float pj = P[j], *v = vcol + j * ld;
+            for (int64_t d = 0; d < Dh; d++) o[d] += pj * v[d];
+        }
+    }
+}
+
+void hae_tr_attention_fwd(hae_backend *be, const hae_tr_attn_shape *s, const float *qkv, float *P, float *out) {
+    attn_ctx c = {.s = s, .qkv = qkv, .Pw = P, .outw = out};
+    hae_parallel_for_sized(be->pool, s->B * s->Hq, s->T * s->T * s->Dh, attn_fwd_item, &c);
+}
+
+/* One (sequence, kv head): its key and value gradients sum over the query heads reading it, so one item owns
+ * them (and those heads' query gradients). */
+static void attn_bwd_item(void *p, int64_t item) {
+    const attn_ctx *c = p;
+    const hae_tr_attn_shape *s = c->s;
+    const int64_t T = s->T, Dh = s->Dh, ld = ld_qkv(s), G = s->Hq / s->Hkv, b = item / s->Hkv, g = item % s->Hkv;
+    const int64_t od = s->Hq * Dh, kc = (s->Hq + g) * Dh, vc = (s->Hq + s->Hkv + g) * Dh;
+    const float *base = c->qkv + b * T * ld;
+    float *dbase = c->dqkv + b * T * ld;
+    for (int64_t t = 0; t < T; t++) {
+        memset(dbase + t * ld + kc, 0, sizeof(float) * (size_t)Dh);
+        memset(dbase + t * ld + vc, 0, sizeof(float) * (size_t)Dh);
+    }
+    for (int64_t h = g * G; h < (g + 1) * G; h++)
+        for (int64_t t = 0; t < T; t++) {
+            const float *P = c->P + ((b * s->Hq + h) * T + t) * T, *q = base + t * ld + h * Dh;
+            const float *dout = c->dout + (b * T + t) * od + h * Dh, *o = c->out + (b * T + t) * od + h * Dh;
+            float *dq = dbase + t * ld + h * Dh;
+            memset(dq, 0, sizeof(float) * (size_t)Dh);
+            const float rowsum = hae_dot_f32(dout, o, Dh);
+            for (int64_t j = first_key(s, t); j <= t; j++) {
+                if (P[j] == 0.0f) continue; /* contributes exactly nothing */
+                const float *k = base + j * ld + kc, *v = base + j * ld + vc;
+                float *dk = dbase + j * ld + kc, *dv = dbase + j * ld + vc;
+                const float ds = P[j] * (hae_dot_f32(dout, v, Dh) - rowsum) * s->scale, pj = P[j];
+                for (int64_t d = 0; d < Dh; d++) {
+                    dq[d] += ds * k[d];
+                    dk[d] += ds * q[d];
+                    dv[d] += pj * dout[d];
+                }
+            }
+        }
+}
+
+void hae_tr_attention_bwd(hae_backend *be, const hae_tr_attn_shape *s, const float *qkv, const float *P,
+                          const float *out, const float *dout, float *dqkv) {
+    attn_ctx c = {.s = s, .qkv = qkv, .P = P, .out = out, .dout = dout, .dqkv = dqkv};
+    hae_parallel_for_sized(be->pool, s->B * s->Hkv, 2 * s->T * s->T * s->Dh * (s->Hq / s->Hkv), attn_bwd_item, &c);
+}
+
+/* ---------------------------------------------------------------- swiglu */
+
+typedef struct {
+    const float *gu, *da;
+    float *a, *dgu;
+    int64_t F;
+} swiglu_ctx;
+
+static void swiglu_fwd_row(void *p, int64_t i) {
+    const swiglu_ctx *c = p;
+    const float *g = c->gu + i * 2 * c->F, *u = g + c->F;
+    float *a = c->a + i * c->F;
+    for (int64_t f = 0; f < c->F; f++) a[f] = g[f] / (1.0f + expf(-g[f])) * u[f];
+}
+
+static void swiglu_bwd_row(void *p, int64_t i) {
+    const swiglu_ctx *c = p;
+    const float *g = c->gu + i * 2 * c->F, *u = g + c->F, *da = c->da + i * c->F;
+    float *dg = c->dgu + i * 2 * c->F, *du = dg + c->F;
+    for (int64_t f = 0; f < c->F; f++) {
+        const float sg = 1.0f / (1.0f + expf(-g[f]));
+        dg[f] = da[f] * u[f] * sg * (1.0f + g[f] * (1.0f - sg));
+        du[f] = da[f] * g[f] * sg;
+    }
+}
+
+void hae_tr_swiglu_fwd(hae_backend *be, const float *gu, int64_t N, int64_t F, float *a) {
+    swiglu_ctx c = {.gu = gu, .a = a, .F = F};
+    hae_parallel_for_sized(be->pool, N, 8 * F, swiglu_fwd_row, &c);
+}
+
+void hae_tr_swiglu_bwd(hae_backend *be, const float *gu, const float *da, int64_t N, int64_t F, float *dgu) {
+    swiglu_ctx c = {.gu = gu, .da = da, .dgu = dgu, .F = F};
+    hae_parallel_for_sized(be->pool, N, 12 * F, swiglu_bwd_row, &c);
+}
+
+/* ---------------------------------------------------------------- cross-entropy */
+
+double hae_tr_xent(const float *z, const int32_t *target, int64_t S, int64_t V, float scale, float *dz,
+                   uint8_t *correct) {
+    double total = 0.0;
+    for (int64_t r = 0; r < S; r++) {
+        const float *zr = z + r * V;
+        int64_t best = 0;
+        float mx = -INFINITY;
+        for (int64_t v = 0; v < V; v++)
+            if (zr[v] > mx) mx = zr[v], best = v; /* strict: the lower id wins ties */
+        double sum = 0.0;
+        for (int64_t v = 0; v < V; v++) sum += exp((double)zr[v] - (double)mx);
+        const double lse = (double)mx + log(sum);
+        const int32_t y = target[r];
+        total += lse - (double)zr[y];
+        if (correct) correct[r] = best == y;
+        float *dr = dz + r * V;
+        for (int64_t v = 0; v < V; v++) dr[v] = scale * (float)(exp((double)zr[v] - lse) - (v == y ? 1.0 : 0.0));
+    }
+    return total;
+}

@@ -1,0 +1,65 @@
+/* The training ops (train/ops.c): the forward of every op of a full-attention model, keeping what its
+ * backward needs, and the backward, on the CPU backend. Values are f32; the reductions (norms, softmax
+ * sums, the loss) run in double. Rows are tokens, N = B T. A backward adds (+=) into the gradients of
+ * parameters and of the residual stream and overwrites its other outputs, as each says; every output
+ * element is written by one thread in a fixed order, so results do not depend on the thread count. */
+#ifndef HAE_TRAIN_OPS_H
+#define HAE_TRAIN_OPS_H
+
+#include "internal.h"
+
+/* x[i, :] = E[ids[i], :] */
+void hae_tr_embedding_fwd(const int32_t *ids, int64_t N, const float *E, int64_t D, float *x);
+/* dE[ids[i], :] += dx[i, :], rows in order */
+void hae_tr_embedding_bwd(const int32_t *ids, int64_t N, const float *dx, int64_t D, float *dE);
+
+/* y = x r w with r = 1 / sqrt(mean(x^2) + eps) per row, kept in rstd [N] */
+void hae_tr_rmsnorm_fwd(hae_backend *be, const float *x, const float *w, int64_t N, int64_t D, float eps, float *y,
+                        float *rstd);
+/* dx += r (dy w) - x r^3 mean(dy w x);  dw += sum over rows of dy x r */
+void hae_tr_rmsnorm_bwd(hae_backend *be, const float *x, const float *w, const float *rstd, const float *dy, int64_t N,
+                        int64_t D, float *dx, float *dw);
+
+/* y = x W^T, or y += x W^T with accumulate: x [N, I], W [O, I] (PyTorch's Linear layout), y [N, O]. */
+hae_status hae_tr_linear_fwd(hae_backend *be, const float *x, const float *W, int64_t N, int64_t I, int64_t O, float *y,
+                             bool accumulate);
+/* dx = dy W (dx += dy W with dx_accumulate; dx NULL: not wanted) and dW += dy^T x, through the engine's GEMM on
+ * transposed copies held in scratch (hae_tr_linear_scratch(N, I, O) floats). */
+hae_status hae_tr_linear_bwd(hae_backend *be, const float *x, const float *W, const float *dy, int64_t N, int64_t I,
+                             int64_t O, float *dx, bool dx_accumulate, float *dW, float *scratch);
+int64_t hae_tr_linear_scratch(int64_t N, int64_t I, int64_t O);
+
+/* cos and sin of RoPE's angles at positions [0, T) as hae_rope computes them (inv_freq_i = 1 / theta^(2i / rot),
+ * angle = float(pos) inv_freq_i, fp32): tables [T, rot / 2]. */
+void hae_tr_rope_table(int64_t T, int rot_dims, float theta, float *cs, float *sn);
+/* In place on x [B, T, H, D], consecutive tokens ld floats apart: NeoX pairs (i, i + rot/2) rotated by the
+ * position's angle, or by its negative with inverse (the rotation's transpose: the backward). */
+void hae_tr_rope(hae_backend *be, float *x, int64_t B, int64_t T, int64_t H, int64_t D, int64_t ld, int rot_dims,
+                 const float *cs, const float *sn, bool inverse);
+
+/* Causal softmax attention over fused rows qkv [B, T, (Hq + 2 Hkv) Dh] (q, then k, then v, after RoPE): query head h
+ * reads kv head h / (Hq / Hkv); query t attends to s in [lo, t], lo = max(0, t - window + 1) when window > 0, else 0:
+ *     P[b, h, t, s] = softmax_s(scale q_t . k_s),   out[b, t, h] = sum_s P[b, h, t, s] v_s
+ * P [B, Hq, T, T] keeps the probabilities (0 outside the mask); out is [B, T, Hq Dh]. */
+typedef struct hae_tr_attn_shape {
+    int64_t B, T, Hq, Hkv, Dh, window;
+    float scale;
+} hae_tr_attn_shape;
+void hae_tr_attention_fwd(hae_backend *be, const hae_tr_attn_shape *s, const float *qkv, float *P, float *out);
+/* dqkv (overwritten, qkv's layout): with dP_ts = dout_t . v_s and dS = P (dP - rowsum(dout o)),
+ * dq = scale dS k, dk = scale dS^T q, dv = P^T dout, summed over the query heads of a kv head. */
+void hae_tr_attention_bwd(hae_backend *be, const hae_tr_attn_shape *s, const float *qkv, const float *P,
+                          const float *out, const float *dout, float *dqkv);
+
+/* a = silu(g) u over gu [N, 2F] (gate columns, then up), a [N, F] */
+void hae_tr_swiglu_fwd(hae_backend *be, const float *gu, int64_t N, int64_t F, float *a);
+/* dgu (overwritten): dg = da u silu'(g), du = da silu(g) */
+void hae_tr_swiglu_bwd(hae_backend *be, const float *gu, const float *da, int64_t N, int64_t F, float *dgu);
+
+/* Cross-entropy of S rows of logits z [S, V] against target ids: returns the sum over rows of
+ * logsumexp(z) - z[target] (double); dz = scale (softmax(z) - onehot(target)) (overwritten; may be z itself);
+ * correct[r] = 1 when the argmax, ties to the lower id, is the target (correct may be NULL). */
+double hae_tr_xent(const float *z, const int32_t *target, int64_t S, int64_t V, float scale, float *dz,
+                   uint8_t *correct);
+
+#endif
