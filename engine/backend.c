@@ -1,6 +1,7 @@
 /* Backends: the CPU (a thread pool and per-thread scratch) and CUDA (engine/backend_cuda.cu). */
 #include "internal.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +119,34 @@ void hae_backend_free(hae_backend *be, void *p) {
 #ifdef HAE_HAVE_CUDA
     if (be->device == HAE_CUDA) {
         hae_cuda_free(be->cuda, p);
+        return;
+    }
+#endif
+    free(p);
+}
+
+hae_status hae_backend_alloc_host(hae_backend *be, size_t bytes, void **out) {
+    *out = NULL;
+    if (bytes == 0) bytes = 1;
+#ifdef HAE_HAVE_CUDA
+    if (be->device == HAE_CUDA) return hae_cuda_alloc_host(be->cuda, bytes, out);
+#endif
+    if (bytes > SIZE_MAX - 63) return hae_error(HAE_ERR_OOM, "cpu: host tier of %zu bytes cannot be allocated", bytes);
+    *out = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!*out) {
+        size_t free_b = 0, total = 0;
+        hae_backend_mem_info(be, &free_b, &total);
+        return hae_error(HAE_ERR_OOM, "cpu: could not allocate a host tier of %zu bytes (%zu of %zu bytes available)",
+                         bytes, free_b, total);
+    }
+    return HAE_OK;
+}
+
+void hae_backend_free_host(hae_backend *be, void *p) {
+    if (!p) return;
+#ifdef HAE_HAVE_CUDA
+    if (be->device == HAE_CUDA) {
+        hae_cuda_free_host(be->cuda, p);
         return;
     }
 #endif

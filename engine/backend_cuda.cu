@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static hae_status ctx_init(struct hae_cuda_ctx *ctx, char *name, size_t name_n) {
     HAE_CUDA_CHECK(cudaSetDevice(ctx->device));
@@ -85,6 +86,99 @@ extern "C" hae_status hae_cuda_alloc(struct hae_cuda_ctx *ctx, size_t bytes, voi
 extern "C" void hae_cuda_free(struct hae_cuda_ctx *ctx, void *p) {
     if (!p) return;
     if (cudaSetDevice(ctx->device) != cudaSuccess || cudaFree(p) != cudaSuccess) (void)cudaGetLastError();
+}
+
+/* ---------------------------------------------------------------- host tier
+ * Page-aligned memory behind a header page that records what the free needs (so no registry), pinned
+ * and mapped chunk by chunk with cudaHostRegister: a failure names its chunk, and no single call pins
+ * more than kHostChunk bytes. Kernels read it at the host address, which the device must accept. */
+
+static const size_t kHostChunk = (size_t)1 << 30;
+static const uint64_t kHostMagic = 0x9e3779b97f4a7c15ull;
+
+struct host_header {
+    uint64_t magic;
+    size_t chunks; /* chunks registered after the header page */
+};
+
+/* The header's size and the alignment: a page, so that no two registrations share one. */
+static size_t host_page(void) {
+    const long pg = sysconf(_SC_PAGESIZE);
+    return pg >= (long)sizeof(host_header) ? (size_t)pg : 4096;
+}
+
+static void host_unregister(char *base, size_t chunks) {
+    for (size_t c = 0; c < chunks; c++)
+        if (cudaHostUnregister(base + c * kHostChunk) != cudaSuccess) (void)cudaGetLastError();
+}
+
+/* Registers [base, base + bytes) chunk by chunk; *done counts the chunks registered, failure or not. */
+static hae_status host_register(int device, char *base, size_t bytes, size_t *done) {
+    const size_t n = (bytes + kHostChunk - 1) / kHostChunk;
+    *done = 0;
+    for (size_t c = 0; c < n; c++) {
+        const size_t off = c * kHostChunk, len = bytes - off < kHostChunk ? bytes - off : kHostChunk;
+        cudaError_t e = cudaHostRegister(base + off, len, cudaHostRegisterPortable | cudaHostRegisterMapped);
+        void *dev = NULL;
+        if (e == cudaSuccess) {
+            *done = c + 1;
+            e = cudaHostGetDevicePointer(&dev, base + off, 0);
+        }
+        if (e != cudaSuccess) {
+            (void)cudaGetLastError();
+            return hae_error(e == cudaErrorMemoryAllocation ? HAE_ERR_OOM : HAE_ERR_CUDA,
+                             "cuda device %d: pinning chunk %zu of %zu (bytes %zu..%zu of a %zu-byte host tier) "
+                             "failed: %s", device, c, n, off, off + len, bytes, cudaGetErrorString(e));
+        }
+        if (dev != base + off)
+            return hae_error(HAE_ERR_UNSUPPORTED, "cuda device %d: chunk %zu of the host tier is mapped at %p, not at "
+                             "its host address %p: kernels could not read it in place", device, c, dev,
+                             (void *)(base + off));
+    }
+    return HAE_OK;
+}
+
+extern "C" hae_status hae_cuda_alloc_host(struct hae_cuda_ctx *ctx, size_t bytes, void **out) {
+    *out = NULL;
+    HAE_CUDA_CHECK(cudaSetDevice(ctx->device));
+    int same = 0;
+    HAE_CUDA_CHECK(cudaDeviceGetAttribute(&same, cudaDevAttrCanUseHostPointerForRegisteredMem, ctx->device));
+    if (!same)
+        return hae_error(HAE_ERR_UNSUPPORTED, "cuda device %d cannot use host pointers of registered memory "
+                         "(cudaDevAttrCanUseHostPointerForRegisteredMem = 0): the host tier must be read at its host "
+                         "address", ctx->device);
+    const size_t page = host_page();
+    if (bytes > SIZE_MAX - 2 * page)
+        return hae_error(HAE_ERR_OOM, "cuda device %d: a host tier of %zu bytes cannot be allocated", ctx->device, bytes);
+    const size_t rounded = (bytes + page - 1) / page * page;
+    char *raw = (char *)aligned_alloc(page, page + rounded);
+    if (!raw) {
+        const long avail = sysconf(_SC_AVPHYS_PAGES);
+        return hae_error(HAE_ERR_OOM, "cuda device %d: could not allocate a host tier of %zu bytes (%zu bytes of RAM "
+                         "free)", ctx->device, bytes, (size_t)(avail > 0 ? avail : 0) * page);
+    }
+    size_t done = 0;
+    hae_status st = host_register(ctx->device, raw + page, rounded, &done);
+    if (st != HAE_OK) {
+        host_unregister(raw + page, done);
+        free(raw);
+        return st;
+    }
+    host_header *h = (host_header *)raw;
+    h->magic = kHostMagic, h->chunks = done;
+    *out = raw + page;
+    return HAE_OK;
+}
+
+extern "C" void hae_cuda_free_host(struct hae_cuda_ctx *ctx, void *p) {
+    if (!p) return;
+    char *raw = (char *)p - host_page();
+    host_header *h = (host_header *)raw;
+    HAE_ASSERT(h->magic == kHostMagic); /* p came from hae_cuda_alloc_host */
+    if (cudaSetDevice(ctx->device) != cudaSuccess) (void)cudaGetLastError();
+    host_unregister((char *)p, h->chunks);
+    h->magic = 0;
+    free(raw);
 }
 
 extern "C" hae_status hae_cuda_mem_info(struct hae_cuda_ctx *ctx, size_t *free_bytes, size_t *total_bytes) {

@@ -40,6 +40,9 @@ hae_status hae_cuda_ctx_create(int device, struct hae_cuda_ctx **out, char *name
 void hae_cuda_ctx_destroy(struct hae_cuda_ctx *ctx);
 hae_status hae_cuda_alloc(struct hae_cuda_ctx *ctx, size_t bytes, void **out);
 void hae_cuda_free(struct hae_cuda_ctx *ctx, void *p);
+/* Host-tier memory pinned and mapped at the same address (hae_backend_alloc_host's CUDA side). */
+hae_status hae_cuda_alloc_host(struct hae_cuda_ctx *ctx, size_t bytes, void **out);
+void hae_cuda_free_host(struct hae_cuda_ctx *ctx, void *p);
 hae_status hae_cuda_mem_info(struct hae_cuda_ctx *ctx, size_t *free_bytes, size_t *total_bytes);
 hae_status hae_cuda_upload(struct hae_cuda_ctx *ctx, void *dst, const void *src, size_t bytes);
 hae_status hae_cuda_download(struct hae_cuda_ctx *ctx, void *dst, const void *src, size_t bytes);
@@ -82,6 +85,7 @@ HAE_OP_IMPLS(hadamard)
 HAE_OP_IMPLS(index_write)
 HAE_OP_IMPLS(index_logits)
 HAE_OP_IMPLS(topk)
+HAE_OP_IMPLS(kv_gather)
 #undef HAE_OP_IMPLS
 /* Workspace of the CUDA linear_attn for arguments already checked by hae_linear_attn_workspace. */
 size_t hae_linear_attn_workspace_cuda(const hae_linear_attn_args *a);

@@ -62,6 +62,7 @@ CUDA_IMPL(sample)
 CUDA_IMPL(kv_write)
 CUDA_IMPL(attention)
 CUDA_IMPL(sparse_attention)
+CUDA_IMPL(kv_gather)
 
 hae_status hae_embedding(hae_backend *be, const hae_embedding_args *a) {
     const char *op = "hae_embedding";
@@ -259,4 +260,51 @@ hae_status hae_sparse_attention(hae_backend *be, const hae_sparse_attention_args
                              "%s: seq_lens[%lld] = %d must hold the %lld queries and fit the cache of %lld slots", op,
                              (long long)b, lens[b * a->seq_lens.stride[0]], (long long)T, (long long)cap);
     return hae_sparse_attention_cpu(be, a);
+}
+
+/* A [B, rows, W] side of the fetch: rows must not overlap (dst: entries write rows in parallel), strides
+ * are >= 0. */
+static hae_status check_gather_side(const char *op, const char *name, const hae_tensor *t, hae_backend *be) {
+    char d[96];
+    HAE_TRY(hae_check_tensor(op, name, t, be, 3, (1u << HAE_DTYPE_COUNT) - 1));
+    const int64_t W = t->shape[2], R = t->shape[1];
+    if (t->stride[0] < 0 || t->stride[1] < 0 || (R > 1 && t->stride[1] < W) ||
+        (t->shape[0] > 1 && R > 0 && t->stride[0] < (R - 1) * t->stride[1] + W))
+        return hae_error(HAE_ERR_INVALID, "%s: %s %s: strides [%lld, %lld] make rows of %lld elements overlap", op, name,
+                         hae_tensor_describe(t, d, sizeof d), (long long)t->stride[0], (long long)t->stride[1],
+                         (long long)W);
+    return HAE_OK;
+}
+
+hae_status hae_kv_gather(hae_backend *be, const hae_kv_gather_args *a) {
+    const char *op = "hae_kv_gather";
+    HAE_TRY(check_gather_side(op, "src", &a->src, be));
+    HAE_TRY(check_gather_side(op, "dst", &a->dst, be));
+    if (a->dst.dtype != a->src.dtype) return hae_shape_mismatch(op, "src and dst must share a dtype", &a->src, &a->dst);
+    if (a->dst.shape[0] != a->src.shape[0] || a->dst.shape[2] != a->src.shape[2])
+        return hae_shape_mismatch(op, "src [B, cap, W] and dst [B, slots, W] differ in B or W", &a->src, &a->dst);
+    if ((unsigned)a->method > HAE_GATHER_COPIES)
+        return hae_error(HAE_ERR_INVALID, "%s: method %d is not a hae_gather_method", op, (int)a->method);
+    if (a->max_blocks < 0) return hae_error(HAE_ERR_INVALID, "%s: max_blocks %d must be >= 0", op, a->max_blocks);
+    /* The copies are described on the host, so their row lists are read there, in host memory. */
+    const bool copies = a->method == HAE_GATHER_COPIES && be->device == HAE_CUDA;
+    const char *rows_names[2] = {"src_rows", "dst_rows"};
+    const hae_tensor *rows[2] = {&a->src_rows, &a->dst_rows};
+    for (int r = 0; r < 2; r++) {
+        char d[96];
+        hae_tensor t = *rows[r];
+        if (copies) {
+            if (t.device != HAE_CPU)
+                return hae_error(HAE_ERR_INVALID, "%s: %s %s: HAE_GATHER_COPIES reads the row lists on the host "
+                                 "(device cpu)", op, rows_names[r], hae_tensor_describe(&t, d, sizeof d));
+            t.device = be->device; /* the rest of the checks as for any tensor of the op */
+        }
+        HAE_TRY(hae_check_tensor(op, rows_names[r], &t, be, 2, HAE_DTM(HAE_I32)));
+        if (t.shape[0] != a->src.shape[0])
+            return hae_shape_mismatch(op, "the row lists must be [B, n] for src [B, cap, W]", rows[r], &a->src);
+    }
+    if (a->dst_rows.shape[1] != a->src_rows.shape[1])
+        return hae_shape_mismatch(op, "src_rows and dst_rows must both be [B, n]", &a->src_rows, &a->dst_rows);
+    if (hae_tensor_numel(&a->src_rows) == 0 || a->src.shape[2] == 0) return HAE_OK;
+    return DISPATCH(kv_gather, be, a);
 }

@@ -80,12 +80,10 @@ static void account(hae_page_pool *p, hae_tier t, hae_mem_kind kind, size_t byte
 
 /* ---------------------------------------------------------------- create / destroy */
 
-static void *host_alloc(size_t bytes) { return aligned_alloc(CLASS_ALIGN, align_up(bytes)); }
-
 static void free_arena(hae_page_pool *p, hae_tier t) {
     if (!p->arena[t]) return;
     if (t == HAE_TIER_GPU) hae_backend_free(p->be, p->arena[t]);
-    else free(p->arena[t]);
+    else hae_backend_free_host(p->be, p->arena[t]);
     p->arena[t] = NULL;
 }
 
@@ -230,8 +228,10 @@ hae_status hae_page_pool_create(hae_backend *be, const hae_page_pool_desc *d, ha
         } else if (t == HAE_TIER_GPU) {
             st = hae_backend_alloc(be, arena[t], (void **)&p->arena[t]);
             if (st) st = hae_error_wrap(st, "page pool: gpu tier arena of %zu bytes", arena[t]);
-        } else if (!(p->arena[t] = host_alloc(arena[t]))) {
-            st = hae_error(HAE_ERR_OOM, "page pool: host tier: could not allocate its %zu-byte arena", arena[t]);
+        } else {
+            /* pinned and mapped on CUDA: pages move by DMA and the fetch kernel reads them in place */
+            st = hae_backend_alloc_host(be, arena[t], (void **)&p->arena[t]);
+            if (st) st = hae_error_wrap(st, "page pool: host tier arena of %zu bytes", arena[t]);
         }
     }
     if (st != HAE_OK) {
@@ -331,8 +331,11 @@ hae_status hae_page_pool_move(hae_page_pool *p, int64_t seq, int cls, int64_t pa
     HAE_TRY(take(p, k, to, &id));
     const size_t bytes = k->c.page_bytes;
     char *dst = page_data(p, k, id), *src = page_data(p, k, from_id);
+    /* From pinned memory an upload is asynchronous: the wait lets the host page be reused at once, as
+     * the download's does. */
     hae_status st = to == HAE_TIER_GPU ? hae_backend_upload(p->be, dst, src, bytes)
                                        : hae_backend_download(p->be, dst, src, bytes);
+    if (st == HAE_OK && to == HAE_TIER_GPU) st = hae_backend_sync(p->be);
     if (st != HAE_OK) {
         give_back(p, k, id);
         return hae_error_wrap(st, "page pool: moving page %" PRId64 " of sequence %" PRId64 " to the %s tier", page,
