@@ -1,4 +1,4 @@
-/* The `hae` command line: run, info, eval, report, mem. Results go to stdout, progress to stderr. */
+/* The `hae` command line: run, info, eval, report, mem, train. Results go to stdout, progress to stderr. */
 #include "internal.h"
 #include "../eval/chart.h"
 
@@ -24,6 +24,7 @@ static const char *usage_main =
     "                  kind; the grid is the config's eval section\n"
     "  report DIR...   eval run directories merged into one table and chart\n"
     "  mem  [CONFIG]   GPU and host bytes at several contexts vs the full-attention twin; the longest that fits\n"
+    "  train [CONFIG]  trains the model on the eval section's tasks (CPU), with checkpoints `hae eval` reads\n"
     "\n"
     "CONFIG is a YAML file (configs/*.yaml); without one, the built-in default (configs/default.yaml).\n"
     "`hae COMMAND --help` lists a command's options; docs/config.md lists every config key.\n";
@@ -1821,6 +1822,106 @@ static int cmd_mem(int argc, char **argv) {
     return st == HAE_OK ? 0 : 1;
 }
 
+/* ---------------------------------------------------------------- train */
+
+static const char *usage_train =
+    "usage: hae train [CONFIG] [options]\n"
+    "\n"
+    "Trains CONFIG's model on the CPU (train/README.md): train.steps AdamW steps, each on train.batch tasks of\n"
+    "the eval section's grid (a grid point per step, in turn) generated from seeds `hae eval` never uses, the\n"
+    "loss taken at the answers only; a held-out eval on the tasks `hae eval` runs every train.eval_every steps.\n"
+    "Takes stacks of full and swa layers (gqa). A checkpoint's model.safetensors is the model's own weights:\n"
+    "`hae eval CONFIG --weights DIR/checkpoints/step-N/model.safetensors` scores it through the engine.\n"
+    "\n"
+    "options:\n"
+    "  --set KEY=VALUE   override a config key (train.steps, train.lr, eval.pairs, ...), repeatable\n"
+    "  --out DIR         run directory (default: OUTPUT_DIR/train-NAME-YYYYmmdd-HHMMSS)\n"
+    "  --resume          continue the run in --out DIR from its latest complete checkpoint, bit for bit\n"
+    "  --until STEP      stop after STEP steps, with a checkpoint (--resume continues the run)\n"
+    "  --threads N       CPU threads (same as --set runtime.threads=N)\n"
+    "\n"
+    "Progress goes to stderr every train.log_every steps (HAE_NO_PROGRESS=1 silences it).\n"
+    "\n"
+    "writes: config.resolved.yaml, env.json, metrics.jsonl (a line per step), summary.json,\n"
+    "        checkpoints/step-NNNNNN/ with model.safetensors, optim.safetensors and, last, `complete`\n";
+
+static int cmd_train(int argc, char **argv) {
+    const char *config = NULL, *out = NULL, *sets[MAX_SETS];
+    char threads[64];
+    int n_sets = 0;
+    bool resume = false;
+    long long until = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage_train, stdout);
+            return 0;
+        } else if (!strcmp(a, "--set") || !strcmp(a, "--threads")) {
+            if (!val) return fprintf(stderr, "hae: %s needs a value\n", a), 1;
+            if (n_sets == MAX_SETS) return fprintf(stderr, "hae: more than %d --set options\n", MAX_SETS), 1;
+            if (!strcmp(a, "--threads")) snprintf(threads, sizeof threads, "runtime.threads=%s", val);
+            sets[n_sets++] = !strcmp(a, "--threads") ? threads : val;
+            i++;
+        } else if (!strcmp(a, "--out")) {
+            if (!val) return fprintf(stderr, "hae: --out needs a directory\n"), 1;
+            out = val, i++;
+        } else if (!strcmp(a, "--until")) {
+            char *end = NULL;
+            until = val ? strtoll(val, &end, 10) : 0;
+            if (!val || *end || until < 1) return fprintf(stderr, "hae: --until needs a step >= 1\n"), 1;
+            i++;
+        } else if (!strcmp(a, "--resume")) {
+            resume = true;
+        } else if (a[0] == '-') {
+            return fprintf(stderr, "hae: unknown option '%s' (see hae train --help)\n", a), 1;
+        } else if (!config) {
+            config = a;
+        } else {
+            return fprintf(stderr, "hae: more than one config given ('%s' and '%s')\n", config, a), 1;
+        }
+    }
+    if (resume && !out) return fprintf(stderr, "hae: --resume needs --out DIR, the run to continue\n"), 1;
+    options o = {.config = config, .n_sets = n_sets};
+    memcpy(o.sets, sets, sizeof(char *) * (size_t)n_sets);
+    hae_config *cfg = malloc(sizeof *cfg);
+    if (!cfg) return fprintf(stderr, "hae: out of memory\n"), 1;
+    if (load_config(&o, cfg) != HAE_OK) return free(cfg), fail(NULL);
+    const char *refused = hae_config_sweep_jobs(cfg) > 1 ? "the config has a sweep; hae train runs one job (pick one "
+                                                             "with --set)"
+                          : cfg->runtime.backend == HAE_BACKEND_CUDA ? "runtime.backend cuda: training runs on the CPU "
+                                                                       "for now (the CUDA backward is not built yet)"
+                                                                     : NULL;
+    if (refused) return fprintf(stderr, "hae: %s: %s\n", cfg->source, refused), free(cfg), 1;
+    char dir[2 * HAE_PATH_MAX];
+    make_run_dir(cfg, out, "train", dir, sizeof dir);
+    hae_backend *be = NULL;
+    hae_train_result res;
+    hae_status st = mkdirs(dir);
+    if (st == HAE_OK) st = hae_backend_create(HAE_CPU, cfg->runtime.threads, &be);
+    if (st == HAE_OK) {
+        hae_train_args a = {.cfg = cfg, .be = be, .dir = dir, .resume = resume, .until = until,
+                            .progress = getenv("HAE_NO_PROGRESS") ? NULL : stderr};
+        st = hae_train_run(&a, &res);
+    }
+    if (st == HAE_OK) {
+        char took[32];
+        double s = res.seconds;
+        if (s >= 60) snprintf(took, sizeof took, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+        else snprintf(took, sizeof took, "%.1fs", s);
+        printf("%s: steps %lld..%lld of %lld in %s on %s, %.0f tok/s\n", cfg->name, (long long)res.first_step + 1,
+               (long long)res.last_step, (long long)cfg->train.steps, took, hae_backend_name(be), res.tokens_per_s);
+        printf("  %-10s loss %.4f, accuracy %.4f (mean of the last %lld steps)\n", "train", res.loss, res.accuracy,
+               (long long)cfg->train.log_every);
+        if (res.eval_questions)
+            printf("  %-10s accuracy %.4f over %lld questions (seeds 1..%lld of each grid point)\n", "held-out",
+                   res.eval_accuracy, (long long)res.eval_questions, (long long)cfg->eval.seeds);
+        printf("  %-10s %s\n  %-10s %s\n", "run dir", dir, "checkpoint", res.checkpoint);
+    }
+    hae_backend_destroy(be);
+    free(cfg);
+    return st == HAE_OK ? 0 : fail(NULL);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         fputs(usage_main, argc < 2 ? stderr : stdout);
@@ -1835,6 +1936,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 2, argv + 2);
     if (!strcmp(argv[1], "mem")) return cmd_mem(argc - 2, argv + 2);
     if (!strcmp(argv[1], "report")) return cmd_report(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2);
     fprintf(stderr, "hae: unknown command '%s'\n\n%s", argv[1], usage_main);
     return 1;
 }

@@ -1,0 +1,620 @@
+/* Gradients of the training ops and of a whole model against central finite differences in float64.
+ *
+ * Each op's forward is written again here in double; for a fixed random weighting c of its outputs the loss
+ * L = sum c y is differenced in double (step 1e-5 on inputs of order 1: truncation and rounding errors near
+ * 1e-10), and the f32 backward, given dy = c, must match to f32 rounding. Outputs a backward adds into start
+ * from random values, outputs it overwrites from NaN, so both contracts are checked too. The whole-model check
+ * differences a float64 model written from the trainer's parameter names. */
+#include "testutil.h"
+
+#include "../train/train_ops.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FD_STEP 1e-5
+
+/* ---------------------------------------------------------------- helpers */
+
+static double *dalloc(int64_t n) {
+    double *p = calloc((size_t)n, sizeof(double));
+    cr_assert(p);
+    return p;
+}
+static float *falloc(int64_t n) {
+    float *p = calloc((size_t)n, sizeof(float));
+    cr_assert(p);
+    return p;
+}
+
+/* n values uniform in [lo, hi), rounded to f32 so the f32 op and the double reference see the same inputs. */
+static void fill_pair(float *f, double *d, int64_t n, tu_rng *r, double lo, double hi) {
+    for (int64_t i = 0; i < n; i++) {
+        f[i] = (float)tu_uniform(r, lo, hi);
+        d[i] = f[i];
+    }
+}
+static void poison(float *p, int64_t n) { memset(p, 0xFF, sizeof(float) * (size_t)n); }
+
+/* A loss of the double inputs, for differencing. */
+typedef double (*loss_fn)(void *ctx);
+
+/* The elements differenced: all of a small tensor; of a large one the first and last 16 and FD_SAMPLES - 32
+ * drawn uniformly (fd holds NAN elsewhere and those are not compared). */
+#define FD_SAMPLES 256
+
+/* Central differences of loss over x[0..n): into fd. */
+static void finite_diff(loss_fn f, void *ctx, double *x, int64_t n, double *fd) {
+    tu_rng r = tu_rng_make((uint64_t)n);
+    for (int64_t i = 0; i < n; i++) fd[i] = n <= FD_SAMPLES || i < 16 || i >= n - 16 ? 0.0 : NAN;
+    for (int k = 0; n > FD_SAMPLES && k < FD_SAMPLES - 32; k++) fd[(int64_t)tu_uniform(&r, 16, (double)(n - 16))] = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        if (isnan(fd[i])) continue;
+        const double x0 = x[i];
+        x[i] = x0 + FD_STEP;
+        const double up = f(ctx);
+        x[i] = x0 - FD_STEP;
+        const double dn = f(ctx);
+        x[i] = x0;
+        fd[i] = (up - dn) / (2 * FD_STEP);
+    }
+}
+
+static double weighted(const double *c, const double *y, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += c[i] * y[i];
+    return s;
+}
+
+static double max_abs(const double *x, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) m = fabs(x[i]) > m ? fabs(x[i]) : m;
+    return m;
+}
+
+/* got (f32, minus `base` when the op added into it) against fd where differenced: f32 rounding of sums of a few
+ * hundred terms. */
+static void expect_grad(const char *what, const char *shape, const float *got, const float *base, const double *fd,
+                        int64_t n) {
+    float *d = falloc(n);
+    double *ref = dalloc(n);
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (isnan(fd[i])) continue;
+        d[m] = base ? got[i] - base[i] : got[i];
+        ref[m++] = fd[i];
+    }
+    char why[256];
+    const double scale = max_abs(ref, m);
+    bool ok = tu_close(d, HAE_F32, ref, m, 2e-5, 1e-5 * scale + 1e-7, 1e-4, why, sizeof why);
+    cr_expect(ok, "%s %s: backward vs finite differences at %lld of %lld elements: %s", what, shape, (long long)m,
+              (long long)n, why);
+    if (getenv("HAE_TEST_VERBOSE")) fprintf(stderr, "%-22s %-50s %s\n", what, shape, why);
+    free(d), free(ref);
+}
+
+static void expect_fwd(const char *what, const char *shape, const float *got, const double *ref, int64_t n) {
+    char why[256];
+    bool ok = tu_close(got, HAE_F32, ref, n, 1e-6, 1e-6 * max_abs(ref, n) + 1e-7, 1e-5, why, sizeof why);
+    cr_expect(ok, "%s %s: f32 forward vs float64: %s", what, shape, why);
+}
+
+/* ---------------------------------------------------------------- float64 references */
+
+static void ref_rmsnorm(const double *x, const double *w, int64_t N, int64_t D, double eps, double *y) {
+    for (int64_t i = 0; i < N; i++) {
+        double ss = 0;
+        for (int64_t d = 0; d < D; d++) ss += x[i * D + d] * x[i * D + d];
+        const double r = 1.0 / sqrt(ss / (double)D + eps);
+        for (int64_t d = 0; d < D; d++) y[i * D + d] = x[i * D + d] * r * w[d];
+    }
+}
+
+static void ref_linear(const double *x, const double *W, int64_t N, int64_t I, int64_t O, double *y) {
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t o = 0; o < O; o++) {
+            double s = 0;
+            for (int64_t i = 0; i < I; i++) s += x[n * I + i] * W[o * I + i];
+            y[n * O + o] = s;
+        }
+}
+
+/* In place, with the f32 angle tables the trainer uses (checked against double angles in rope_table). */
+static void ref_rope(double *x, int64_t B, int64_t T, int64_t H, int64_t D, int64_t ld, int rot, const float *cs,
+                     const float *sn) {
+    const int half = rot / 2;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < H; h++) {
+                double *v = x + (b * T + t) * ld + h * D;
+                for (int i = 0; i < half; i++) {
+                    const double c = cs[t * half + i], s = sn[t * half + i], x1 = v[i], x2 = v[i + half];
+                    v[i] = x1 * c - x2 * s;
+                    v[i + half] = x2 * c + x1 * s;
+                }
+            }
+}
+
+static void ref_attention(const hae_tr_attn_shape *s, const double *qkv, double *out) {
+    const int64_t T = s->T, Dh = s->Dh, ld = (s->Hq + 2 * s->Hkv) * Dh, G = s->Hq / s->Hkv;
+    double *p = dalloc(T);
+    for (int64_t b = 0; b < s->B; b++)
+        for (int64_t h = 0; h < s->Hq; h++)
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t g = h / G, lo = s->window > 0 && t - s->window + 1 > 0 ? t - s->window + 1 : 0;
+                const double *q = qkv + (b * T + t) * ld + h * Dh;
+                double mx = -INFINITY, sum = 0;
+                for (int64_t j = lo; j <= t; j++) {
+                    const double *k = qkv + (b * T + j) * ld + (s->Hq + g) * Dh;
+                    double dot = 0;
+                    for (int64_t d = 0; d < Dh; d++) dot += q[d] * k[d];
+                    p[j] = s->scale * dot;
+                    mx = p[j] > mx ? p[j] : mx;
+                }
+                for (int64_t j = lo; j <= t; j++) sum += p[j] = exp(p[j] - mx);
+                double *o = out + (b * T + t) * s->Hq * Dh + h * Dh;
+                for (int64_t d = 0; d < Dh; d++) o[d] = 0;
+                for (int64_t j = lo; j <= t; j++) {
+                    const double *v = qkv + (b * T + j) * ld + (s->Hq + s->Hkv + g) * Dh;
+                    for (int64_t d = 0; d < Dh; d++) o[d] += p[j] / sum * v[d];
+                }
+            }
+    free(p);
+}
+
+static void ref_swiglu(const double *gu, int64_t N, int64_t F, double *a) {
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t f = 0; f < F; f++) {
+            const double g = gu[n * 2 * F + f], u = gu[n * 2 * F + F + f];
+            a[n * F + f] = g / (1.0 + exp(-g)) * u;
+        }
+}
+
+/* mean over rows of logsumexp(z) - z[target] */
+static double ref_xent(const double *z, const int32_t *target, int64_t S, int64_t V) {
+    double total = 0;
+    for (int64_t r = 0; r < S; r++) {
+        double mx = -INFINITY, sum = 0;
+        for (int64_t v = 0; v < V; v++) mx = z[r * V + v] > mx ? z[r * V + v] : mx;
+        for (int64_t v = 0; v < V; v++) sum += exp(z[r * V + v] - mx);
+        total += mx + log(sum) - z[r * V + target[r]];
+    }
+    return total / (double)S;
+}
+
+/* ---------------------------------------------------------------- ops */
+
+typedef struct {
+    int64_t N, D;
+    double *x, *w, *c, *y;
+} norm_case;
+
+static double norm_loss(void *p) {
+    norm_case *k = p;
+    ref_rmsnorm(k->x, k->w, k->N, k->D, 1e-6, k->y);
+    return weighted(k->c, k->y, k->N * k->D);
+}
+
+Test(train_grad, rmsnorm) {
+    const int64_t shapes[][2] = {{1, 2}, {3, 7}, {5, 64}, {9, 130}};
+    hae_backend *be = tu_cpu();
+    for (int s = 0; s < 4; s++) {
+        const int64_t N = shapes[s][0], D = shapes[s][1];
+        char shape[64];
+        snprintf(shape, sizeof shape, "[N %lld, D %lld]", (long long)N, (long long)D);
+        tu_rng r = tu_rng_make(10 + (uint64_t)s);
+        norm_case k = {N, D, dalloc(N * D), dalloc(D), dalloc(N * D), dalloc(N * D)};
+        float *x = falloc(N * D), *w = falloc(D), *c = falloc(N * D), *y = falloc(N * D), *rstd = falloc(N);
+        float *dx = falloc(N * D), *dw = falloc(D), *dx0 = falloc(N * D), *dw0 = falloc(D);
+        fill_pair(x, k.x, N * D, &r, -2, 2);
+        fill_pair(w, k.w, D, &r, 0.5, 1.5);
+        fill_pair(c, k.c, N * D, &r, -1, 1);
+        double *junk = dalloc(N * D);
+        fill_pair(dx0, junk, N * D, &r, -1, 1);
+        fill_pair(dw0, junk, D, &r, -1, 1);
+        memcpy(dx, dx0, sizeof(float) * (size_t)(N * D));
+        memcpy(dw, dw0, sizeof(float) * (size_t)D);
+        poison(y, N * D), poison(rstd, N);
+        hae_tr_rmsnorm_fwd(be, x, w, N, D, 1e-6f, y, rstd);
+        norm_loss(&k);
+        expect_fwd("rmsnorm", shape, y, k.y, N * D);
+        hae_tr_rmsnorm_bwd(be, x, w, rstd, c, N, D, dx, dw);
+        double *fd = dalloc(N * D);
+        finite_diff(norm_loss, &k, k.x, N * D, fd);
+        expect_grad("rmsnorm dx", shape, dx, dx0, fd, N * D);
+        finite_diff(norm_loss, &k, k.w, D, fd);
+        expect_grad("rmsnorm dw", shape, dw, dw0, fd, D);
+        free(fd), free(junk), free(k.x), free(k.w), free(k.c), free(k.y);
+        free(x), free(w), free(c), free(y), free(rstd), free(dx), free(dw), free(dx0), free(dw0);
+    }
+    hae_backend_destroy(be);
+}
+
+typedef struct {
+    int64_t N, I, O;
+    double *x, *W, *c, *y;
+} linear_case;
+
+static double linear_loss(void *p) {
+    linear_case *k = p;
+    ref_linear(k->x, k->W, k->N, k->I, k->O, k->y);
+    return weighted(k->c, k->y, k->N * k->O);
+}
+
+/* Shapes across the GEMM's 64-wide tiles and 256-deep blocks, a single row, and both dx contracts. */
+Test(train_grad, linear) {
+    const int64_t shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {70, 33, 65}, {129, 260, 17}};
+    hae_backend *be = tu_cpu();
+    for (int s = 0; s < 4; s++) {
+        const int64_t N = shapes[s][0], I = shapes[s][1], O = shapes[s][2];
+        const bool acc = s % 2;
+        char shape[96];
+        snprintf(shape, sizeof shape, "[N %lld, in %lld, out %lld, dx %s]", (long long)N, (long long)I, (long long)O,
+                 acc ? "+=" : "=");
+        tu_rng r = tu_rng_make(20 + (uint64_t)s);
+        linear_case k = {N, I, O, dalloc(N * I), dalloc(O * I), dalloc(N * O), dalloc(N * O)};
+        float *x = falloc(N * I), *W = falloc(O * I), *c = falloc(N * O), *y = falloc(N * O);
+        float *dx = falloc(N * I), *dW = falloc(O * I), *dx0 = falloc(N * I), *dW0 = falloc(O * I);
+        float *scratch = falloc(hae_tr_linear_scratch(N, I, O));
+        double *junk = dalloc(N * I + O * I);
+        fill_pair(x, k.x, N * I, &r, -1, 1);
+        fill_pair(W, k.W, O * I, &r, -1, 1);
+        fill_pair(c, k.c, N * O, &r, -1, 1);
+        fill_pair(dx0, junk, N * I, &r, -1, 1);
+        fill_pair(dW0, junk, O * I, &r, -1, 1);
+        if (acc) memcpy(dx, dx0, sizeof(float) * (size_t)(N * I));
+        else poison(dx, N * I);
+        memcpy(dW, dW0, sizeof(float) * (size_t)(O * I));
+        poison(y, N * O);
+        cr_assert_eq(hae_tr_linear_fwd(be, x, W, N, I, O, y, false), HAE_OK, "%s", hae_last_error());
+        linear_loss(&k);
+        expect_fwd("linear", shape, y, k.y, N * O);
+        cr_assert_eq(hae_tr_linear_bwd(be, x, W, c, N, I, O, dx, acc, dW, scratch), HAE_OK, "%s", hae_last_error());
+        double *fd = dalloc(N * I > O * I ? N * I : O * I);
+        finite_diff(linear_loss, &k, k.x, N * I, fd);
+        expect_grad("linear dx", shape, dx, acc ? dx0 : NULL, fd, N * I);
+        finite_diff(linear_loss, &k, k.W, O * I, fd);
+        expect_grad("linear dW", shape, dW, dW0, fd, O * I);
+        free(fd), free(junk), free(k.x), free(k.W), free(k.c), free(k.y);
+        free(x), free(W), free(c), free(y), free(dx), free(dW), free(dx0), free(dW0), free(scratch);
+    }
+    hae_backend_destroy(be);
+}
+
+/* The angle tables against double angles, then the rotation and its transpose. */
+Test(train_grad, rope) {
+    const int64_t B = 2, T = 9, H = 3, D = 10, ld = 37;
+    const int rots[] = {2, 6, 10};
+    hae_backend *be = tu_cpu();
+    for (int s = 0; s < 3; s++) {
+        const int rot = rots[s], half = rot / 2;
+        char shape[96];
+        snprintf(shape, sizeof shape, "[B %lld, T %lld, H %lld, D %lld, row %lld, rot %d]", (long long)B, (long long)T,
+                 (long long)H, (long long)D, (long long)ld, rot);
+        float *cs = falloc(T * half), *sn = falloc(T * half);
+        hae_tr_rope_table(T, rot, 500.0f, cs, sn);
+        for (int64_t t = 0; t < T; t++)
+            for (int i = 0; i < half; i++) {
+                const double ang = (double)t * pow(500.0, -2.0 * i / rot);
+                cr_expect(fabs(cs[t * half + i] - cos(ang)) < 2e-6 && fabs(sn[t * half + i] - sin(ang)) < 2e-6,
+                          "rope table %s: position %lld pair %d: cos %g sin %g, angle %g", shape, (long long)t, i,
+                          (double)cs[t * half + i], (double)sn[t * half + i], ang);
+            }
+        tu_rng r = tu_rng_make(30 + (uint64_t)s);
+        const int64_t n = B * T * ld;
+        float *x = falloc(n), *c = falloc(n);
+        double *xd = dalloc(n), *cd = dalloc(n);
+        fill_pair(x, xd, n, &r, -1, 1);
+        fill_pair(c, cd, n, &r, -1, 1);
+        hae_tr_rope(be, x, B, T, H, D, ld, rot, cs, sn, false);
+        ref_rope(xd, B, T, H, D, ld, rot, cs, sn);
+        expect_fwd("rope", shape, x, xd, n);
+        /* L = c . R x, so dL/dx = R^T c: the inverse rotation of c (columns outside the heads pass through) */
+        double *fd = dalloc(n);
+        for (int64_t i = 0; i < n; i++) {
+            memset(xd, 0, sizeof(double) * (size_t)n);
+            xd[i] = 1;
+            ref_rope(xd, B, T, H, D, ld, rot, cs, sn);
+            fd[i] = weighted(cd, xd, n);
+        }
+        hae_tr_rope(be, c, B, T, H, D, ld, rot, cs, sn, true);
+        expect_grad("rope inverse", shape, c, NULL, fd, n);
+        free(cs), free(sn), free(x), free(c), free(xd), free(cd), free(fd);
+    }
+    hae_backend_destroy(be);
+}
+
+typedef struct {
+    hae_tr_attn_shape s;
+    double *qkv, *c, *out;
+} attn_case;
+
+static double attn_loss(void *p) {
+    attn_case *k = p;
+    ref_attention(&k->s, k->qkv, k->out);
+    return weighted(k->c, k->out, k->s.B * k->s.T * k->s.Hq * k->s.Dh);
+}
+
+Test(train_grad, attention) {
+    const hae_tr_attn_shape shapes[] = {
+        {.B = 1, .T = 1, .Hq = 1, .Hkv = 1, .Dh = 3, .window = 0, .scale = 0.6f},
+        {.B = 2, .T = 6, .Hq = 4, .Hkv = 2, .Dh = 5, .window = 0, .scale = 0.45f},
+        {.B = 2, .T = 9, .Hq = 3, .Hkv = 1, .Dh = 4, .window = 3, .scale = 0.5f},
+        {.B = 1, .T = 13, .Hq = 2, .Hkv = 2, .Dh = 9, .window = 1, .scale = 0.33f},
+    };
+    hae_backend *be = tu_cpu();
+    for (int s = 0; s < 4; s++) {
+        const hae_tr_attn_shape *sh = &shapes[s];
+        const int64_t T = sh->T, ld = (sh->Hq + 2 * sh->Hkv) * sh->Dh, n = sh->B * T * ld, no = sh->B * T * sh->Hq * sh->Dh;
+        char shape[128];
+        snprintf(shape, sizeof shape, "[B %lld, T %lld, Hq %lld, Hkv %lld, Dh %lld, window %lld]", (long long)sh->B,
+                 (long long)T, (long long)sh->Hq, (long long)sh->Hkv, (long long)sh->Dh, (long long)sh->window);
+        tu_rng r = tu_rng_make(40 + (uint64_t)s);
+        attn_case k = {*sh, dalloc(n), dalloc(no), dalloc(no)};
+        float *qkv = falloc(n), *c = falloc(no), *out = falloc(no), *P = falloc(sh->B * sh->Hq * T * T), *dqkv = falloc(n);
+        fill_pair(qkv, k.qkv, n, &r, -1.5, 1.5);
+        fill_pair(c, k.c, no, &r, -1, 1);
+        poison(out, no), poison(P, sh->B * sh->Hq * T * T), poison(dqkv, n);
+        hae_tr_attention_fwd(be, sh, qkv, P, out);
+        attn_loss(&k);
+        expect_fwd("attention", shape, out, k.out, no);
+        for (int64_t row = 0; row < sh->B * sh->Hq * T; row++) { /* rows of P: a distribution over the mask */
+            const int64_t t = row % T, lo = sh->window > 0 && t - sh->window + 1 > 0 ? t - sh->window + 1 : 0;
+            double sum = 0;
+            bool outside = true;
+            for (int64_t j = 0; j < T; j++) {
+                sum += P[row * T + j];
+                if (j < lo || j > t) outside = outside && P[row * T + j] == 0.0f;
+            }
+            cr_expect(fabs(sum - 1) < 1e-5 && outside, "attention %s: P row %lld sums to %.9g%s", shape, (long long)row,
+                      sum, outside ? "" : " or is non-zero outside its mask");
+        }
+        hae_tr_attention_bwd(be, sh, qkv, P, out, c, dqkv);
+        double *fd = dalloc(n);
+        finite_diff(attn_loss, &k, k.qkv, n, fd);
+        expect_grad("attention dqkv", shape, dqkv, NULL, fd, n);
+        free(fd), free(k.qkv), free(k.c), free(k.out), free(qkv), free(c), free(out), free(P), free(dqkv);
+    }
+    hae_backend_destroy(be);
+}
+
+typedef struct {
+    int64_t N, F;
+    double *gu, *c, *a;
+} swiglu_case;
+
+static double swiglu_loss(void *p) {
+    swiglu_case *k = p;
+    ref_swiglu(k->gu, k->N, k->F, k->a);
+    return weighted(k->c, k->a, k->N * k->F);
+}
+
+Test(train_grad, swiglu) {
+    const int64_t shapes[][2] = {{1, 1}, {4, 9}, {17, 70}};
+    hae_backend *be = tu_cpu();
+    for (int s = 0; s < 3; s++) {
+        const int64_t N = shapes[s][0], F = shapes[s][1];
+        char shape[64];
+        snprintf(shape, sizeof shape, "[N %lld, F %lld]", (long long)N, (long long)F);
+        tu_rng r = tu_rng_make(50 + (uint64_t)s);
+        swiglu_case k = {N, F, dalloc(N * 2 * F), dalloc(N * F), dalloc(N * F)};
+        float *gu = falloc(N * 2 * F), *c = falloc(N * F), *a = falloc(N * F), *dgu = falloc(N * 2 * F);
+        fill_pair(gu, k.gu, N * 2 * F, &r, -6, 6);
+        fill_pair(c, k.c, N * F, &r, -1, 1);
+        poison(a, N * F), poison(dgu, N * 2 * F);
+        hae_tr_swiglu_fwd(be, gu, N, F, a);
+        swiglu_loss(&k);
+        expect_fwd("swiglu", shape, a, k.a, N * F);
+        hae_tr_swiglu_bwd(be, gu, c, N, F, dgu);
+        double *fd = dalloc(N * 2 * F);
+        finite_diff(swiglu_loss, &k, k.gu, N * 2 * F, fd);
+        expect_grad("swiglu dgu", shape, dgu, NULL, fd, N * 2 * F);
+        free(fd), free(k.gu), free(k.c), free(k.a), free(gu), free(c), free(a), free(dgu);
+    }
+    hae_backend_destroy(be);
+}
+
+typedef struct {
+    int64_t S, V;
+    double *z;
+    const int32_t *target;
+} xent_case;
+
+static double xent_loss(void *p) {
+    xent_case *k = p;
+    return ref_xent(k->z, k->target, k->S, k->V);
+}
+
+/* The mean loss and its gradient (scale 1 / S), large logits that overflow a naive exp, and ties to the lower id. */
+Test(train_grad, cross_entropy) {
+    const int64_t S = 6, V = 11;
+    tu_rng r = tu_rng_make(60);
+    float *z = falloc(S * V), *dz = falloc(S * V);
+    double *zd = dalloc(S * V);
+    fill_pair(z, zd, S * V, &r, -4, 4);
+    for (int64_t v = 0; v < V; v++) z[V + v] = zd[V + v] = 300.0f + (float)v; /* row 1: exp(300) overflows in f32 */
+    z[2 * V + 3] = z[2 * V + 7] = zd[2 * V + 3] = zd[2 * V + 7] = 9.0f;       /* row 2: a tie, 3 wins */
+    const int32_t target[] = {0, 10, 7, 5, 2, 9};
+    uint8_t correct[6];
+    xent_case k = {S, V, zd, target};
+    poison(dz, S * V);
+    const double loss = hae_tr_xent(z, target, S, V, 1.0f / (float)S, dz, correct) / (double)S, ref = xent_loss(&k);
+    cr_expect(fabs(loss - ref) <= 1e-9 * fabs(ref), "cross-entropy [S %lld, V %lld]: loss %.12g, float64 %.12g",
+              (long long)S, (long long)V, loss, ref);
+    double *fd = dalloc(S * V);
+    finite_diff(xent_loss, &k, zd, S * V, fd);
+    expect_grad("cross-entropy dz", "[S 6, V 11]", dz, NULL, fd, S * V);
+    for (int64_t i = 0; i < S; i++) {
+        int64_t best = 0;
+        for (int64_t v = 1; v < V; v++) best = z[i * V + v] > z[i * V + best] ? v : best;
+        cr_expect_eq(correct[i], best == target[i], "cross-entropy row %lld: correct %d, argmax %lld, target %d",
+                     (long long)i, correct[i], (long long)best, target[i]);
+    }
+    cr_expect(!correct[2], "a tie goes to the lower id: row 2 picks 3, not its target 7");
+    /* in place (dz = z) gives the same gradient */
+    float *dz2 = falloc(S * V);
+    memcpy(dz2, z, sizeof(float) * (size_t)(S * V));
+    hae_tr_xent(dz2, target, S, V, 1.0f / (float)S, dz2, NULL);
+    cr_expect(memcmp(dz, dz2, sizeof(float) * (size_t)(S * V)) == 0, "cross-entropy in place differs");
+    free(z), free(dz), free(dz2), free(zd), free(fd);
+}
+
+Test(train_grad, embedding) {
+    const int64_t N = 7, V = 5, D = 6;
+    const int32_t ids[] = {3, 0, 3, 4, 3, 1, 0};
+    tu_rng r = tu_rng_make(70);
+    float *E = falloc(V * D), *x = falloc(N * D), *dx = falloc(N * D), *dE = falloc(V * D), *dE0 = falloc(V * D);
+    double *junk = dalloc(V * D + N * D);
+    fill_pair(E, junk, V * D, &r, -1, 1);
+    fill_pair(dx, junk, N * D, &r, -1, 1);
+    fill_pair(dE0, junk, V * D, &r, -1, 1);
+    memcpy(dE, dE0, sizeof(float) * (size_t)(V * D));
+    poison(x, N * D);
+    hae_tr_embedding_fwd(ids, N, E, D, x);
+    hae_tr_embedding_bwd(ids, N, dx, D, dE);
+    for (int64_t v = 0; v < V; v++)
+        for (int64_t d = 0; d < D; d++) {
+            double want = dE0[v * D + d];
+            for (int64_t i = 0; i < N; i++) want += ids[i] == v ? dx[i * D + d] : 0.0;
+            cr_expect(fabs(dE[v * D + d] - want) < 1e-6, "embedding dE[%lld, %lld] = %g, want %g", (long long)v,
+                      (long long)d, (double)dE[v * D + d], want);
+        }
+    for (int64_t i = 0; i < N * D; i++)
+        cr_expect_eq(x[i], E[ids[i / D] * D + i % D], "embedding row %lld", (long long)(i / D));
+    free(E), free(x), free(dx), free(dE), free(dE0), free(junk);
+}
+
+/* ---------------------------------------------------------------- the whole model */
+
+/* Two layers (full, then a window of 3), gqa 2q/1kv, full RoPE; tied and untied LM heads. */
+static const char *model_yaml = "model:\n"
+                                "  vocab_size: 13\n"
+                                "  d_model: 8\n"
+                                "  n_layers: 2\n"
+                                "  layer_pattern: [full, swa]\n"
+                                "  mlp: {intermediate_size: 12}\n"
+                                "  attention: {num_heads: 2, num_kv_heads: 1, head_dim: 4, rope: full, rope_theta: 100}\n"
+                                "  swa: {window_size: 3}\n";
+
+typedef struct {
+    const hae_config *cfg;
+    hae_trainer *t;
+    double **w; /* a double copy of every parameter, in the trainer's order */
+    const int32_t *tok, *target;
+    const int64_t *pos;
+    int64_t B, T, n;
+    const float *cs, *sn;
+} model_case;
+
+static const double *param(const model_case *k, const char *fmt, long long l) {
+    char name[96];
+    snprintf(name, sizeof name, fmt, l);
+    for (int p = 0; p < hae_trainer_param_count(k->t); p++) {
+        const char *pn;
+        hae_trainer_param(k->t, p, &pn, NULL, NULL, NULL);
+        if (!strcmp(pn, name)) return k->w[p];
+    }
+    return NULL;
+}
+
+/* The model of DESIGN.md section 1 in float64, from the saved tensor names. */
+static double model_loss(void *p) {
+    const model_case *k = p;
+    const hae_config *c = k->cfg;
+    const int64_t B = k->B, T = k->T, N = B * T, d = c->model.d_model, V = c->model.vocab_size, F = c->model.mlp.intermediate_size;
+    const int64_t Hq = c->model.attention.num_heads, Hkv = c->model.attention.num_kv_heads, Dh = c->model.attention.head_dim;
+    const int64_t qd = Hq * Dh, kd = Hkv * Dh, ld = qd + 2 * kd;
+    const double eps = c->model.norm_eps;
+    double *x = dalloc(N * d), *h = dalloc(N * d), *qkv = dalloc(N * ld), *tmp = dalloc(N * (ld > 2 * F ? ld : 2 * F));
+    double *att = dalloc(N * qd), *gu = dalloc(N * 2 * F), *a = dalloc(N * F), *y = dalloc(N * d);
+    const double *E = param(k, "model.embed_tokens.weight", 0);
+    for (int64_t i = 0; i < N; i++) memcpy(x + i * d, E + k->tok[i] * d, sizeof(double) * (size_t)d);
+    for (long long l = 0; l < c->model.n_layers; l++) {
+        ref_rmsnorm(x, param(k, "model.layers.%lld.input_layernorm.weight", l), N, d, eps, h);
+        const char *proj[3] = {"model.layers.%lld.self_attn.q_proj.weight", "model.layers.%lld.self_attn.k_proj.weight",
+                               "model.layers.%lld.self_attn.v_proj.weight"};
+        const int64_t cols[3] = {qd, kd, kd}, at[3] = {0, qd, qd + kd};
+        for (int j = 0; j < 3; j++) {
+            ref_linear(h, param(k, proj[j], l), N, d, cols[j], tmp);
+            for (int64_t i = 0; i < N; i++) memcpy(qkv + i * ld + at[j], tmp + i * cols[j], sizeof(double) * (size_t)cols[j]);
+        }
+        ref_rope(qkv, B, T, Hq, Dh, ld, (int)Dh, k->cs, k->sn);
+        ref_rope(qkv + qd, B, T, Hkv, Dh, ld, (int)Dh, k->cs, k->sn);
+        const hae_tr_attn_shape s = {.B = B, .T = T, .Hq = Hq, .Hkv = Hkv, .Dh = Dh, .scale = 1.0f / sqrtf((float)Dh),
+                                     .window = c->model.layers[l] == HAE_LAYER_SWA ? c->model.swa.window_size : 0};
+        ref_attention(&s, qkv, att);
+        ref_linear(att, param(k, "model.layers.%lld.self_attn.o_proj.weight", l), N, qd, d, y);
+        for (int64_t i = 0; i < N * d; i++) x[i] += y[i];
+        ref_rmsnorm(x, param(k, "model.layers.%lld.post_attention_layernorm.weight", l), N, d, eps, h);
+        ref_linear(h, param(k, "model.layers.%lld.mlp.gate_proj.weight", l), N, d, F, tmp);
+        for (int64_t i = 0; i < N; i++) memcpy(gu + i * 2 * F, tmp + i * F, sizeof(double) * (size_t)F);
+        ref_linear(h, param(k, "model.layers.%lld.mlp.up_proj.weight", l), N, d, F, tmp);
+        for (int64_t i = 0; i < N; i++) memcpy(gu + i * 2 * F + F, tmp + i * F, sizeof(double) * (size_t)F);
+        ref_swiglu(gu, N, F, a);
+        ref_linear(a, param(k, "model.layers.%lld.mlp.down_proj.weight", l), N, F, d, y);
+        for (int64_t i = 0; i < N * d; i++) x[i] += y[i];
+    }
+    double *xs = dalloc(k->n * d), *hs = dalloc(k->n * d), *z = dalloc(k->n * V);
+    for (int64_t i = 0; i < k->n; i++) memcpy(xs + i * d, x + k->pos[i] * d, sizeof(double) * (size_t)d);
+    ref_rmsnorm(xs, param(k, "model.norm.weight", 0), k->n, d, eps, hs);
+    const double *head = c->model.tie_word_embeddings ? E : param(k, "lm_head.weight", 0);
+    ref_linear(hs, head, k->n, d, V, z);
+    const double loss = ref_xent(z, k->target, k->n, V);
+    free(x), free(h), free(qkv), free(tmp), free(att), free(gu), free(a), free(y), free(xs), free(hs), free(z);
+    return loss;
+}
+
+/* Every parameter's gradient (sampled where large) against the float64 model's, and the loss. */
+Test(train_grad, whole_model) {
+    const char *const variants[] = {"model.tie_word_embeddings=false", "model.tie_word_embeddings=true"};
+    hae_backend *be = tu_cpu();
+    for (int v = 0; v < 2; v++) {
+        hae_config cfg;
+        cr_assert_eq(hae_config_parse(model_yaml, strlen(model_yaml), "model.yaml", &variants[v], 1, &cfg), HAE_OK, "%s",
+                     hae_last_error());
+        const int64_t B = 2, T = 7, n = 5;
+        hae_trainer *t = NULL;
+        cr_assert_eq(hae_trainer_create(&cfg, be, B, T, &t), HAE_OK, "%s", hae_last_error());
+        const int np = hae_trainer_param_count(t);
+        double **w = calloc((size_t)np, sizeof *w);
+        tu_rng r = tu_rng_make(80 + (uint64_t)v);
+        for (int p = 0; p < np; p++) { /* off the init, so that every path carries gradient */
+            float *wf;
+            int64_t m;
+            hae_trainer_param(t, p, NULL, &wf, NULL, &m);
+            w[p] = dalloc(m);
+            for (int64_t i = 0; i < m; i++) w[p][i] = wf[i] += (float)tu_uniform(&r, -0.4, 0.4);
+        }
+        int32_t tok[14], target[5];
+        for (int i = 0; i < 14; i++) tok[i] = (int32_t)tu_uniform(&r, 0, 13);
+        for (int i = 0; i < 5; i++) target[i] = (int32_t)tu_uniform(&r, 0, 13);
+        const int64_t pos[5] = {2, 6, 7, 11, 13};
+        float cs[7 * 2], sn[7 * 2];
+        hae_tr_rope_table(T, 4, 100.0f, cs, sn);
+        model_case k = {&cfg, t, w, tok, target, pos, B, T, n, cs, sn};
+        hae_train_batch b = {.tokens = tok, .B = B, .T = T, .pos = pos, .target = target, .n = n};
+        double loss = 0;
+        cr_assert_eq(hae_trainer_backward(t, &b, &loss, NULL), HAE_OK, "%s", hae_last_error());
+        const double ref = model_loss(&k);
+        cr_expect(fabs(loss - ref) <= 1e-6 * fabs(ref), "%s: loss %.10g, float64 model %.10g", variants[v], loss, ref);
+        for (int p = 0; p < np; p++) {
+            const char *name;
+            float *g;
+            int64_t m;
+            hae_trainer_param(t, p, &name, NULL, &g, &m);
+            double *fd = dalloc(m);
+            finite_diff(model_loss, &k, w[p], m, fd);
+            char what[160];
+            snprintf(what, sizeof what, "%s %s", variants[v], name);
+            expect_grad(what, "[B 2, T 7, 5 scored]", g, NULL, fd, m);
+            free(fd);
+        }
+        for (int p = 0; p < np; p++) free(w[p]);
+        free(w);
+        hae_trainer_destroy(t);
+    }
+    hae_backend_destroy(be);
+}
