@@ -671,17 +671,20 @@ typedef struct hae_kv_layer_spec {
     int64_t kv_heads;
     int64_t head_dim;
     int64_t v_dim; /* 0: V has its own buffer like K's; > 0 (mla, one kv head): V is the last v_dim dims of K */
+    hae_tier tier; /* GPU: the backend's memory; host: hae_backend_alloc_host (device-mapped on CUDA) */
 } hae_kv_layer_spec;
-/* One contiguous K buffer per layer, [batch, cap, kv_heads, head_dim] in `dtype`, on the backend's
- * device, and a V buffer of the same shape unless V is a view of K. Fails before allocating anything
- * when the total exceeds `budget` bytes (0: the device's free memory), naming bytes asked and available. */
+/* One contiguous K buffer per layer, [batch, cap, kv_heads, head_dim] in `dtype`, in its tier, and a V
+ * buffer of the same shape unless V is a view of K. Fails before allocating anything when the GPU tier's
+ * total exceeds `budget` bytes (0: the device's free memory) or the host tier's `host_budget` (0: the
+ * machine's available RAM), naming bytes asked and available. */
 hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer_spec *specs, int64_t batch,
-                               hae_dtype dtype, size_t budget, hae_kv_cache **out);
+                               hae_dtype dtype, size_t budget, size_t host_budget, hae_kv_cache **out);
 void hae_kv_cache_destroy(hae_kv_cache *kv);
 /* K and V views of one layer ([B, cap, Hkv, D] and [B, cap, Hkv, Dv]: Dv = D, or v_dim with V's slots
  * strided inside K's); data NULL for layers without KV. */
 void hae_kv_cache_layer(const hae_kv_cache *kv, int layer, hae_tensor *k, hae_tensor *v);
-size_t hae_kv_cache_bytes(const hae_kv_cache *kv);
+size_t hae_kv_cache_bytes(const hae_kv_cache *kv);                   /* both tiers */
+size_t hae_kv_cache_tier_bytes(const hae_kv_cache *kv, hae_tier tier); /* one tier */
 /* Bytes of KV one token adds to one layer (K, and V unless it is a view of K). */
 size_t hae_kv_bytes_per_token(const hae_kv_layer_spec *spec, hae_dtype dtype);
 
@@ -747,6 +750,11 @@ typedef struct hae_model_stats {
     size_t state_bytes;      /* recurrent states (linear layers) */
     size_t activation_bytes; /* activation and logits buffers */
     hae_device device;
+    /* memory.dsa_kv = host: K/V bytes in the host tier (kv_bytes holds them too), the GPU token-slot
+     * caches, and since creation the decode lookups that hit or missed them and the bytes fetched H2D */
+    size_t kv_host_bytes, slot_cache_bytes;
+    int64_t slot_hits, slot_misses;
+    size_t fetched_bytes;
 } hae_model_stats;
 void hae_model_stats_get(const hae_model *m, hae_model_stats *s);
 hae_backend *hae_model_backend(const hae_model *m);
@@ -1203,6 +1211,33 @@ typedef struct hae_kv_gather_args {
     int max_blocks;      /* HAE_GATHER_KERNEL: 0 = 48, so a concurrent kernel keeps the other SMs */
 } hae_kv_gather_args;
 hae_status hae_kv_gather(hae_backend *be, const hae_kv_gather_args *a);
+
+/* The GPU token-slot cache of a dsa layer's host-tier K/V: S slots per sequence, each holding a token
+ * fetched before. State per sequence: map[t] = slot + 1 of token t (0: none), owner[s] = token + 1 held
+ * by slot s (0: free), stamp[s] = the step that last used slot s (0: never); all zeros is empty. Lookup
+ * (idx given), for every sequence b, exact LRU:
+ *   - an entry whose token holds a slot hits: out = that slot, its stamp = step;
+ *   - the misses take the m slots not used at this step with the smallest (stamp, slot), each evicting
+ *     the token it held; the i-th miss in entry order gets the i-th of those slots in slot order;
+ *     out = the slot, stamp = step, and the fetch list gets src_rows = token, dst_rows = slot;
+ *   - entries < 0 or >= cap stay -1 in out; the rest of the fetch list is src_rows -1, dst_rows 0.
+ * One sequence's valid tokens must be distinct (top-k's are); k <= S. Range (idx.data NULL): tokens
+ * [lo, hi) take slots [lo, hi) (hi <= S; the cache mirrors a prefix, so it must hold only tokens < lo),
+ * and the fetch list's first hi - lo entries copy them. counts[0] += hits and counts[1] += misses of
+ * lookups (range copies count as neither). */
+typedef struct hae_kv_slots_args {
+    hae_tensor idx;      /* [B, k] i32 tokens, or data NULL for a range */
+    hae_tensor map;      /* [B, cap] i32 state */
+    hae_tensor owner;    /* [B, S] i32 state */
+    hae_tensor stamp;    /* [B, S] i32 state */
+    hae_tensor out;      /* [B, k] i32 slots (lookups) */
+    hae_tensor src_rows; /* [B, n] i32: n >= k (lookup) or >= hi - lo (range), for hae_kv_gather */
+    hae_tensor dst_rows; /* [B, n] i32 */
+    hae_tensor counts;   /* [2] i64 */
+    int32_t step;        /* >= 1; a lookup's step must exceed every earlier one's */
+    int64_t lo, hi;      /* range */
+} hae_kv_slots_args;
+hae_status hae_kv_slots(hae_backend *be, const hae_kv_slots_args *a);
 
 /* ---------------------------------------------------------------- training (train/)
  * A training copy of a config's model on the CPU: fp32 master weights under the model's names, a forward that

@@ -86,7 +86,28 @@ HAE_OP_IMPLS(index_write)
 HAE_OP_IMPLS(index_logits)
 HAE_OP_IMPLS(topk)
 HAE_OP_IMPLS(kv_gather)
+HAE_OP_IMPLS(kv_slots)
 #undef HAE_OP_IMPLS
+/* RAM the machine has available (the host tier's limit when no budget is set). */
+size_t hae_host_available_bytes(void);
+
+/* The GPU token slots of one dsa layer's host-tier K/V (memory/slot_cache.c). k_host and v_host are the
+ * layer's [B, cap, H, D] cache views (v_host may be a view inside k_host's rows, as mla's is); S slots
+ * per sequence (>= topk when S < cap), fetch lists for topk lookups or chunk mirrored tokens. */
+typedef struct hae_slot_cache hae_slot_cache;
+hae_status hae_slot_cache_create(hae_backend *be, const hae_tensor *k_host, const hae_tensor *v_host, int64_t S,
+                                 int64_t topk, int64_t chunk, hae_slot_cache **out);
+void hae_slot_cache_destroy(hae_slot_cache *c); /* accepts NULL */
+/* Empties the slots: a new sequence, or a restored snapshot. */
+hae_status hae_slot_cache_reset(hae_slot_cache *c);
+size_t hae_slot_cache_bytes(const hae_slot_cache *c);
+/* Before the layer's sparse attention of T queries at positions pos.. (the chunk's K/V already written to
+ * the host tier): fetches what the attention will read into the slots and points k, v, idx ([B, T, k]) and
+ * seq_lens at what it should read; leaves them as they are where it reads the host tier in place. */
+hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae_tensor *k, hae_tensor *v,
+                                  hae_tensor *idx, hae_tensor *seq_lens);
+/* Adds the decode lookups' hits and misses and the bytes fetched so far (synchronises the backend). */
+hae_status hae_slot_cache_stats(const hae_slot_cache *c, int64_t *hits, int64_t *misses, size_t *fetched_bytes);
 /* Workspace of the CUDA linear_attn for arguments already checked by hae_linear_attn_workspace. */
 size_t hae_linear_attn_workspace_cuda(const hae_linear_attn_args *a);
 /* The CUDA top-k with a chosen block size (512, 1024) and CTAs per row (1..16), 0 for the default's

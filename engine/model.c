@@ -116,6 +116,7 @@ struct hae_model {
     size_t index_bytes;
 
     hae_kv_cache *kv;
+    hae_slot_cache **slots; /* [L]: the GPU token slots of dsa layers whose K/V are in the host tier, else NULL */
     void *state_mem; /* recurrent and conv states of the linear layers */
     size_t state_bytes;
     int64_t pos;
@@ -503,7 +504,9 @@ static hae_kv_layer_spec kv_spec(const hae_model *m, int64_t l) {
     int64_t cap = m->ctx_max;
     if (m->cfg.model.layers[l] == HAE_LAYER_SWA && m->cfg.model.swa.window_size + m->chunk - 1 < cap)
         cap = m->cfg.model.swa.window_size + m->chunk - 1;
-    return (hae_kv_layer_spec){.cap = cap, .kv_heads = m->Hkv, .head_dim = m->Dk, .v_dim = m->mla ? m->Dv : 0};
+    const hae_tier tier = m->cfg.model.layers[l] == HAE_LAYER_DSA ? m->cfg.memory.dsa_kv : HAE_TIER_GPU;
+    return (hae_kv_layer_spec){.cap = cap, .kv_heads = m->Hkv, .head_dim = m->Dk, .v_dim = m->mla ? m->Dv : 0,
+                               .tier = tier};
 }
 
 /* FP8 key bytes and scales one token adds to a dsa layer's indexer cache (132 for D_I = 128). */
@@ -560,6 +563,11 @@ static hae_status init_dsa_constants(hae_model *m);
 
 hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_model_options *opt, hae_model **out) {
     *out = NULL;
+    for (int64_t l = 0; l < cfg->model.n_layers && cfg->memory.full_kv == HAE_TIER_HOST; l++)
+        if (cfg->model.layers[l] == HAE_LAYER_FULL || cfg->model.layers[l] == HAE_LAYER_SWA)
+            return hae_error(HAE_ERR_UNSUPPORTED, "model: memory.full_kv: host (layer %lld is %s): `hae mem` plans it, but "
+                             "the model does not stream full/swa K/V from the host yet; use memory.full_kv: gpu",
+                             (long long)l, hae_layer_kind_name(cfg->model.layers[l]));
     hae_model *m = calloc(1, sizeof *m);
     if (!m) return hae_error(HAE_ERR_OOM, "model: out of host memory");
     m->be = be;
@@ -599,8 +607,27 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
         return hae_error(st, "model: out of host memory");
     }
     for (int64_t l = 0; l < m->L; l++) specs[l] = kv_spec(m, l);
-    st = hae_kv_cache_create(be, (int)m->L, specs, m->B, m->dt, (size_t)cfg->runtime.kv_budget, &m->kv);
+    st = hae_kv_cache_create(be, (int)m->L, specs, m->B, m->dt, (size_t)cfg->runtime.kv_budget,
+                             (size_t)cfg->memory.host_budget, &m->kv);
     free(specs);
+    if (st != HAE_OK) {
+        hae_model_destroy(m);
+        return st;
+    }
+    m->slots = calloc((size_t)m->L, sizeof *m->slots);
+    if (!m->slots) {
+        hae_model_destroy(m);
+        return hae_error(HAE_ERR_OOM, "model: out of host memory");
+    }
+    /* slots beyond the context would never be used */
+    const int64_t S = cfg->memory.cache_tokens < m->ctx_max ? cfg->memory.cache_tokens : m->ctx_max;
+    for (int64_t l = 0; l < m->L && st == HAE_OK; l++) {
+        if (cfg->model.layers[l] != HAE_LAYER_DSA || cfg->memory.dsa_kv != HAE_TIER_HOST) continue;
+        hae_tensor kc, vc;
+        hae_kv_cache_layer(m->kv, (int)l, &kc, &vc);
+        st = hae_slot_cache_create(be, &kc, &vc, S, m->topk, m->chunk, &m->slots[l]);
+        if (st != HAE_OK) st = hae_error_wrap(st, "layer %lld (memory.dsa_kv: host)", (long long)l);
+    }
     if (st != HAE_OK) {
         hae_model_destroy(m);
         return st;
@@ -665,6 +692,8 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
 
 void hae_model_destroy(hae_model *m) {
     if (!m) return;
+    for (int64_t l = 0; m->slots && l < m->L; l++) hae_slot_cache_destroy(m->slots[l]);
+    free(m->slots);
     hae_kv_cache_destroy(m->kv);
     hae_backend_free(m->be, m->weight_mem);
     hae_backend_free(m->be, m->act_mem);
@@ -688,6 +717,21 @@ void hae_model_stats_get(const hae_model *m, hae_model_stats *s) {
     s->state_bytes = m->state_bytes;
     s->activation_bytes = m->act_bytes;
     s->device = hae_backend_device(m->be);
+    s->kv_host_bytes = hae_kv_cache_tier_bytes(m->kv, HAE_TIER_HOST);
+    s->slot_cache_bytes = 0, s->slot_hits = s->slot_misses = 0, s->fetched_bytes = 0;
+    for (int64_t l = 0; l < m->L; l++) {
+        if (!m->slots[l]) continue;
+        s->slot_cache_bytes += hae_slot_cache_bytes(m->slots[l]);
+        if (hae_slot_cache_stats(m->slots[l], &s->slot_hits, &s->slot_misses, &s->fetched_bytes) != HAE_OK)
+            s->slot_hits = s->slot_misses = -1; /* unknown: the device did not answer */
+    }
+}
+
+/* A new context, or one restored: the slots hold tokens of another. */
+static hae_status reset_slots(hae_model *m) {
+    for (int64_t l = 0; l < m->L; l++)
+        if (m->slots[l]) HAE_TRY(hae_slot_cache_reset(m->slots[l]));
+    return HAE_OK;
 }
 
 /* ---------------------------------------------------------------- snapshots */
@@ -765,6 +809,7 @@ hae_status hae_model_snapshot_restore(hae_model *m, const void *host, size_t byt
         return hae_error(HAE_ERR_INVALID, "model snapshot: position %lld outside this model's context of %lld",
                          (long long)h.pos, (long long)m->ctx_max);
     HAE_TRY(snapshot_copy(m, (char *)host + sizeof h, false));
+    HAE_TRY(reset_slots(m));
     m->pos = h.pos;
     return HAE_OK;
 }
@@ -1158,10 +1203,10 @@ static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
     hae_tensor att = hae_tensor_4d(m->att.data, m->dt, hae_backend_device(be), m->B, T, m->Hq, m->Dv);
     if (w->kind == HAE_LAYER_DSA) {
         HAE_TRY(dsa_select(m, l, T));
-        HAE_TRY(hae_sparse_attention(be, &(hae_sparse_attention_args){
-                                             .q = q, .k_cache = kc, .v_cache = vc,
-                                             .idx = hae_tensor_3d(m->idx.data, HAE_I32, m->idx.device, m->B, T, m->topk),
-                                             .seq_lens = m->seq_lens, .out = att, .scale = m->scale}));
+        hae_tensor idx = hae_tensor_3d(m->idx.data, HAE_I32, m->idx.device, m->B, T, m->topk), lens = m->seq_lens;
+        if (m->slots[l]) HAE_TRY(hae_slot_cache_prepare(m->slots[l], m->pos, T, &kc, &vc, &idx, &lens));
+        HAE_TRY(hae_sparse_attention(be, &(hae_sparse_attention_args){.q = q, .k_cache = kc, .v_cache = vc, .idx = idx,
+                                                                      .seq_lens = lens, .out = att, .scale = m->scale}));
     } else {
         HAE_TRY(hae_attention(be, &(hae_attention_args){.q = q, .k_cache = kc, .v_cache = vc, .out = att, .pos0 = m->pos,
                                                         .window = w->window, .scale = m->scale}));
@@ -1269,7 +1314,10 @@ hae_status hae_model_forward(hae_model *m, const int32_t *tokens, int64_t T, hae
         if (tokens[i] < 0 || tokens[i] >= m->V)
             return hae_error(HAE_ERR_INVALID, "model forward: token %d (sequence %lld, index %lld) is outside the vocabulary [0, %lld)",
                              tokens[i], (long long)(i / T), (long long)(i % T), (long long)m->V);
-    if (m->pos == 0) HAE_TRY(hae_backend_zero(m->be, m->state_mem, m->state_bytes)); /* a new context */
+    if (m->pos == 0) { /* a new context */
+        HAE_TRY(hae_backend_zero(m->be, m->state_mem, m->state_bytes));
+        HAE_TRY(reset_slots(m));
+    }
     for (int64_t t0 = 0; t0 < T; t0 += m->chunk) {
         int64_t n = T - t0 < m->chunk ? T - t0 : m->chunk, N = m->B * n;
         for (int64_t b = 0; b < m->B; b++) memcpy(m->ids_host + b * n, tokens + b * T + t0, sizeof(int32_t) * (size_t)n);

@@ -63,6 +63,7 @@ CUDA_IMPL(kv_write)
 CUDA_IMPL(attention)
 CUDA_IMPL(sparse_attention)
 CUDA_IMPL(kv_gather)
+CUDA_IMPL(kv_slots)
 
 hae_status hae_embedding(hae_backend *be, const hae_embedding_args *a) {
     const char *op = "hae_embedding";
@@ -307,4 +308,42 @@ hae_status hae_kv_gather(hae_backend *be, const hae_kv_gather_args *a) {
         return hae_shape_mismatch(op, "src_rows and dst_rows must both be [B, n]", &a->src_rows, &a->dst_rows);
     if (hae_tensor_numel(&a->src_rows) == 0 || a->src.shape[2] == 0) return HAE_OK;
     return DISPATCH(kv_gather, be, a);
+}
+
+hae_status hae_kv_slots(hae_backend *be, const hae_kv_slots_args *a) {
+    const char *op = "hae_kv_slots";
+    const bool range = a->idx.data == NULL;
+    HAE_TRY(hae_check_tensor(op, "map", &a->map, be, 2, HAE_DTM(HAE_I32)));
+    HAE_TRY(hae_check_tensor(op, "owner", &a->owner, be, 2, HAE_DTM(HAE_I32)));
+    HAE_TRY(hae_check_tensor(op, "stamp", &a->stamp, be, 2, HAE_DTM(HAE_I32)));
+    HAE_TRY(hae_check_tensor(op, "src_rows", &a->src_rows, be, 2, HAE_DTM(HAE_I32)));
+    HAE_TRY(hae_check_tensor(op, "dst_rows", &a->dst_rows, be, 2, HAE_DTM(HAE_I32)));
+    HAE_TRY(hae_check_tensor(op, "counts", &a->counts, be, 1, HAE_DTM(HAE_I64)));
+    const int64_t B = a->map.shape[0], cap = a->map.shape[1], S = a->owner.shape[1], n = a->src_rows.shape[1];
+    if (a->owner.shape[0] != B || a->stamp.shape[0] != B || a->stamp.shape[1] != S)
+        return hae_shape_mismatch(op, "owner and stamp must both be [B, S] for map [B, cap]", &a->owner, &a->stamp);
+    if (a->src_rows.shape[0] != B || a->dst_rows.shape[0] != B || a->dst_rows.shape[1] != n)
+        return hae_shape_mismatch(op, "src_rows and dst_rows must both be [B, n]", &a->src_rows, &a->dst_rows);
+    if (a->counts.shape[0] != 2) return hae_shape_mismatch(op, "counts must be [2]", &a->map, &a->counts);
+    if (S < 1 || S > INT32_MAX - 1 || cap > INT32_MAX - 1)
+        return hae_error(HAE_ERR_INVALID, "%s: %lld slots and %lld tokens per sequence: each must be in [1, 2^31 - 2]", op,
+                         (long long)S, (long long)cap);
+    if (a->step < 1) return hae_error(HAE_ERR_INVALID, "%s: step %d must be >= 1", op, a->step);
+    if (range) {
+        if (a->lo < 0 || a->hi < a->lo || a->hi > S || a->hi > cap || a->hi - a->lo > n)
+            return hae_error(HAE_ERR_INVALID, "%s: range [%lld, %lld) must lie in [0, min(S %lld, cap %lld)] and fit the "
+                             "fetch list of %lld entries", op, (long long)a->lo, (long long)a->hi, (long long)S,
+                             (long long)cap, (long long)n);
+    } else {
+        HAE_TRY(hae_check_tensor(op, "idx", &a->idx, be, 2, HAE_DTM(HAE_I32)));
+        HAE_TRY(hae_check_tensor(op, "out", &a->out, be, 2, HAE_DTM(HAE_I32)));
+        const int64_t k = a->idx.shape[1];
+        if (a->idx.shape[0] != B || a->out.shape[0] != B || a->out.shape[1] != k)
+            return hae_shape_mismatch(op, "idx and out must both be [B, k]", &a->idx, &a->out);
+        if (k > S || k > n)
+            return hae_error(HAE_ERR_INVALID, "%s: %lld entries per sequence need k <= S (%lld slots) and a fetch list of "
+                             ">= k entries (%lld)", op, (long long)k, (long long)S, (long long)n);
+    }
+    if (B == 0 || (range ? a->hi == a->lo : a->idx.shape[1] == 0)) return HAE_OK;
+    return DISPATCH(kv_slots, be, a);
 }

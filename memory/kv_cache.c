@@ -1,7 +1,7 @@
-/* The KV cache, for now one contiguous K and one V buffer per layer on the model's device (mla: one
- * latent buffer, V a view of its last dims). Its
- * interface (per-layer [B, cap, Hkv, D] views, slots p % cap) is what the paged, tiered pool of
- * DESIGN.md §2 will implement later. */
+/* The KV cache: one contiguous K and one V buffer per layer (mla: one latent buffer, V a view of its last
+ * dims), each in its layer's tier: the backend's memory, or host-tier memory that kernels read over PCIe.
+ * Its interface (per-layer [B, cap, Hkv, D] views, slots p % cap) is what the paged pool of DESIGN.md §2
+ * will implement later. */
 #include "internal.h"
 
 #include <stdlib.h>
@@ -13,7 +13,7 @@ struct hae_kv_cache {
     hae_dtype dtype;
     hae_kv_layer_spec *specs;
     void **k, **v;
-    size_t bytes;
+    size_t bytes[HAE_TIER_COUNT];
 };
 
 /* Bytes of one token's K (or V) in one layer. */
@@ -26,29 +26,40 @@ size_t hae_kv_bytes_per_token(const hae_kv_layer_spec *spec, hae_dtype dtype) {
 }
 
 hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer_spec *specs, int64_t batch,
-                               hae_dtype dtype, size_t budget, hae_kv_cache **out) {
+                               hae_dtype dtype, size_t budget, size_t host_budget, hae_kv_cache **out) {
     *out = NULL;
     if (dtype != HAE_F32 && dtype != HAE_BF16)
         return hae_error(HAE_ERR_INVALID, "kv cache: dtype %s (need f32 or bf16)", hae_dtype_name(dtype));
-    size_t total = 0;
+    size_t total[HAE_TIER_COUNT] = {0};
     for (int l = 0; l < n_layers; l++) {
         if (specs[l].cap < 0 || specs[l].kv_heads < 0 || specs[l].head_dim < 0 || specs[l].v_dim < 0)
             return hae_error(HAE_ERR_INVALID, "kv cache: layer %d has a negative size", l);
+        if ((unsigned)specs[l].tier >= HAE_TIER_COUNT)
+            return hae_error(HAE_ERR_INVALID, "kv cache: layer %d: tier %d is not a hae_tier", l, (int)specs[l].tier);
         if (specs[l].v_dim > 0 && (specs[l].v_dim > specs[l].head_dim || specs[l].kv_heads != 1))
             return hae_error(HAE_ERR_INVALID, "kv cache: layer %d: V as a view of K needs one kv head and v_dim <= "
                              "head_dim (got %lld heads, v_dim %lld, head_dim %lld)", l, (long long)specs[l].kv_heads,
                              (long long)specs[l].v_dim, (long long)specs[l].head_dim);
-        total += (size_t)batch * (size_t)specs[l].cap * hae_kv_bytes_per_token(&specs[l], dtype);
+        total[specs[l].tier] += (size_t)batch * (size_t)specs[l].cap * hae_kv_bytes_per_token(&specs[l], dtype);
     }
     size_t free_b = 0, total_b = 0;
     HAE_TRY(hae_backend_mem_info(be, &free_b, &total_b));
     size_t limit = budget ? budget : free_b;
-    if (total > limit)
+    if (total[HAE_TIER_GPU] > limit)
         return hae_error(HAE_ERR_OOM,
-                         "kv cache: %zu bytes (%.2f GiB) asked on %s, %s %zu bytes (%.2f GiB)%s", total,
-                         (double)total / (1 << 30), hae_backend_name(be),
+                         "kv cache: %zu bytes (%.2f GiB) asked on %s, %s %zu bytes (%.2f GiB)%s", total[HAE_TIER_GPU],
+                         (double)total[HAE_TIER_GPU] / (1 << 30), hae_backend_name(be),
                          budget ? "runtime.kv_budget allows" : "the device has free", limit, (double)limit / (1 << 30),
-                         budget ? "" : "; lower runtime.batch, prefill or decode, or use a smaller model");
+                         budget ? "" : "; lower runtime.batch, prefill or decode, put K/V on the host tier "
+                                       "(memory.dsa_kv: host), or use a smaller model");
+    if (total[HAE_TIER_HOST]) {
+        size_t ram = hae_host_available_bytes(), hl = host_budget ? host_budget : ram;
+        if (total[HAE_TIER_HOST] > hl)
+            return hae_error(HAE_ERR_OOM, "kv cache: %zu bytes (%.2f GiB) asked in the host tier, %s %zu bytes (%.2f GiB)",
+                             total[HAE_TIER_HOST], (double)total[HAE_TIER_HOST] / (1 << 30),
+                             host_budget ? "memory.host_budget allows" : "the machine has available", hl,
+                             (double)hl / (1 << 30));
+    }
 
     hae_kv_cache *kv = calloc(1, sizeof *kv);
     if (!kv) return hae_error(HAE_ERR_OOM, "kv cache: out of host memory");
@@ -67,13 +78,15 @@ hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer
         kv->specs[l] = specs[l];
         size_t half = (size_t)batch * (size_t)specs[l].cap * half_bytes(&specs[l], dtype);
         if (!half) continue;
-        hae_status st = hae_backend_alloc(be, half, &kv->k[l]);
-        if (st == HAE_OK && specs[l].v_dim == 0) st = hae_backend_alloc(be, half, &kv->v[l]);
+        const bool host = specs[l].tier == HAE_TIER_HOST;
+        hae_status st = host ? hae_backend_alloc_host(be, half, &kv->k[l]) : hae_backend_alloc(be, half, &kv->k[l]);
+        if (st == HAE_OK && specs[l].v_dim == 0)
+            st = host ? hae_backend_alloc_host(be, half, &kv->v[l]) : hae_backend_alloc(be, half, &kv->v[l]);
         if (st != HAE_OK) {
             hae_kv_cache_destroy(kv);
-            return hae_error_wrap(st, "kv cache: layer %d of %d", l, n_layers);
+            return hae_error_wrap(st, "kv cache: layer %d of %d (%s tier)", l, n_layers, hae_tier_name(specs[l].tier));
         }
-        kv->bytes += (specs[l].v_dim ? 1 : 2) * half;
+        kv->bytes[specs[l].tier] += (specs[l].v_dim ? 1 : 2) * half;
     }
     *out = kv;
     return HAE_OK;
@@ -82,8 +95,10 @@ hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer
 void hae_kv_cache_destroy(hae_kv_cache *kv) {
     if (!kv) return;
     for (int l = 0; l < kv->n_layers; l++) {
-        if (kv->k) hae_backend_free(kv->be, kv->k[l]);
-        if (kv->v) hae_backend_free(kv->be, kv->v[l]);
+        void (*release)(hae_backend *, void *) =
+            kv->specs && kv->specs[l].tier == HAE_TIER_HOST ? hae_backend_free_host : hae_backend_free;
+        if (kv->k) release(kv->be, kv->k[l]);
+        if (kv->v) release(kv->be, kv->v[l]);
     }
     free(kv->k);
     free(kv->v);
@@ -105,4 +120,8 @@ void hae_kv_cache_layer(const hae_kv_cache *kv, int layer, hae_tensor *k, hae_te
     if (k->data) v->data = (char *)k->data + (s->head_dim - s->v_dim) * (int64_t)hae_dtype_size(kv->dtype);
 }
 
-size_t hae_kv_cache_bytes(const hae_kv_cache *kv) { return kv->bytes; }
+size_t hae_kv_cache_bytes(const hae_kv_cache *kv) { return kv->bytes[HAE_TIER_GPU] + kv->bytes[HAE_TIER_HOST]; }
+
+size_t hae_kv_cache_tier_bytes(const hae_kv_cache *kv, hae_tier tier) {
+    return (unsigned)tier < HAE_TIER_COUNT ? kv->bytes[tier] : 0;
+}

@@ -1,0 +1,171 @@
+/* The GPU token slots of one dsa layer whose K/V live in the host tier (DESIGN.md §2, memory.dsa_kv: host).
+ * Before the layer's sparse attention:
+ *   - a decode step (one query per sequence) looks its top-k up (hae_kv_slots: exact LRU over S slots),
+ *     fetches the misses' rows from the host (hae_kv_gather) and attends over the slots, its selections
+ *     rewritten as slot numbers;
+ *   - a prefill chunk whose context fits the slots mirrors the tokens not copied yet (slot = token), so
+ *     it attends over the slots with its selections as they are;
+ *   - a longer chunk reads the host tier directly (every selected row crosses PCIe).
+ * The attention sees the same K/V rows in the same order as over a GPU-resident cache, so its output is
+ * bit-identical. */
+#include "internal.h"
+
+#include <stdlib.h>
+
+struct hae_slot_cache {
+    hae_backend *be;
+    int64_t B, cap, S, k, n;
+    hae_tensor k_host, v_host;  /* [B, cap, H, D] views of the layer's host-tier K and V */
+    int64_t v_offset;           /* V a view of K (mla): its first element's offset in a K row; else -1 */
+    void *mem;                  /* every buffer below, one device allocation */
+    hae_tensor k_slots, v_slots; /* [B, S, H, D] */
+    hae_tensor map, owner, stamp, counts, out, src, dst, lens;
+    size_t bytes, state_bytes;
+    int32_t step;
+    int64_t mirrored;           /* tokens [0, mirrored) hold slots [0, mirrored) while the context fits */
+    size_t fetched_rows;        /* rows copied by mirroring (the misses' are counted on the device) */
+};
+
+static size_t up256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+/* [B, rows, H, D] over the slots, laid out densely. */
+static hae_tensor slots_like(const hae_tensor *t, void *data, int64_t S) {
+    return hae_tensor_4d(data, t->dtype, t->device, t->shape[0], S, t->shape[2], t->shape[3]);
+}
+
+static hae_tensor rows3(const hae_tensor *t) { /* [B, rows, H, D] as [B, rows, H D] */
+    hae_tensor r = hae_tensor_3d(t->data, t->dtype, t->device, t->shape[0], t->shape[1], t->shape[2] * t->shape[3]);
+    r.stride[0] = t->stride[0], r.stride[1] = t->stride[1];
+    return r;
+}
+
+hae_status hae_slot_cache_create(hae_backend *be, const hae_tensor *k_host, const hae_tensor *v_host, int64_t S,
+                                 int64_t topk, int64_t chunk, hae_slot_cache **out) {
+    *out = NULL;
+    const int64_t B = k_host->shape[0], cap = k_host->shape[1];
+    if (S < topk || S < 1)
+        return hae_error(HAE_ERR_INVALID, "slot cache: %lld slots cannot hold a top-%lld selection (memory.cache_tokens "
+                         ">= model.dsa.index_topk)", (long long)S, (long long)topk);
+    hae_slot_cache *c = calloc(1, sizeof *c);
+    if (!c) return hae_error(HAE_ERR_OOM, "slot cache: out of host memory");
+    const char *kb = k_host->data, *vb = v_host->data;
+    const size_t esz = hae_dtype_size(k_host->dtype);
+    const bool view = vb >= kb && vb < kb + (size_t)k_host->shape[3] * esz;
+    *c = (hae_slot_cache){.be = be, .B = B, .cap = cap, .S = S, .k = topk, .n = topk > chunk ? topk : chunk,
+                          .k_host = *k_host, .v_host = *v_host, .v_offset = view ? (vb - kb) / (int64_t)esz : -1};
+    const size_t kbytes = (size_t)(B * S * k_host->shape[2] * k_host->shape[3]) * esz;
+    const size_t vbytes = view ? 0 : (size_t)(B * S * v_host->shape[2] * v_host->shape[3]) * esz;
+    const size_t i32 = sizeof(int32_t);
+    const size_t state = up256((size_t)(B * cap) * i32) + 2 * up256((size_t)(B * S) * i32);
+    c->state_bytes = state;
+    c->bytes = up256(kbytes) + up256(vbytes) + state + up256(2 * sizeof(int64_t)) + up256((size_t)(B * topk) * i32) +
+               2 * up256((size_t)(B * c->n) * i32) + up256((size_t)B * i32);
+    hae_status st = hae_backend_alloc(be, c->bytes, &c->mem);
+    if (st != HAE_OK) {
+        free(c);
+        return hae_error_wrap(st, "slot cache: %lld slots x %lld sequences", (long long)S, (long long)B);
+    }
+    const hae_device dev = hae_backend_device(be);
+    char *p = c->mem;
+    /* the state first, so that one zeroing clears it */
+    c->map = hae_tensor_2d(p, HAE_I32, dev, B, cap), p += up256((size_t)(B * cap) * i32);
+    c->owner = hae_tensor_2d(p, HAE_I32, dev, B, S), p += up256((size_t)(B * S) * i32);
+    c->stamp = hae_tensor_2d(p, HAE_I32, dev, B, S), p += up256((size_t)(B * S) * i32);
+    c->counts = hae_tensor_1d(p, HAE_I64, dev, 2), p += up256(2 * sizeof(int64_t));
+    c->out = hae_tensor_2d(p, HAE_I32, dev, B, topk), p += up256((size_t)(B * topk) * i32);
+    c->src = hae_tensor_2d(p, HAE_I32, dev, B, c->n), p += up256((size_t)(B * c->n) * i32);
+    c->dst = hae_tensor_2d(p, HAE_I32, dev, B, c->n), p += up256((size_t)(B * c->n) * i32);
+    c->lens = hae_tensor_1d(p, HAE_I32, dev, B), p += up256((size_t)B * i32);
+    c->k_slots = slots_like(k_host, p, S), p += up256(kbytes);
+    if (view) {
+        c->v_slots = c->k_slots;
+        c->v_slots.shape[3] = c->v_slots.stride[2] = v_host->shape[3]; /* one head: as kv_cache.c views it */
+        c->v_slots.data = (char *)c->k_slots.data + c->v_offset * (int64_t)esz;
+    } else {
+        c->v_slots = slots_like(v_host, p, S);
+    }
+    int32_t *lens = malloc((size_t)B * i32);
+    st = lens ? HAE_OK : hae_error(HAE_ERR_OOM, "slot cache: out of host memory");
+    for (int64_t b = 0; lens && b < B; b++) lens[b] = (int32_t)S; /* a decode query sees every slot */
+    if (st == HAE_OK) st = hae_backend_upload(be, c->lens.data, lens, (size_t)B * i32);
+    if (st == HAE_OK) st = hae_backend_zero(be, c->counts.data, 2 * sizeof(int64_t));
+    if (st == HAE_OK) st = hae_backend_sync(be);
+    free(lens);
+    if (st == HAE_OK) st = hae_slot_cache_reset(c);
+    if (st != HAE_OK) {
+        hae_slot_cache_destroy(c);
+        return st;
+    }
+    *out = c;
+    return HAE_OK;
+}
+
+void hae_slot_cache_destroy(hae_slot_cache *c) {
+    if (!c) return;
+    hae_backend_free(c->be, c->mem);
+    free(c);
+}
+
+hae_status hae_slot_cache_reset(hae_slot_cache *c) {
+    c->mirrored = 0;
+    return hae_backend_zero(c->be, c->map.data, c->state_bytes);
+}
+
+size_t hae_slot_cache_bytes(const hae_slot_cache *c) { return c->bytes; }
+
+/* Copies the fetch list's rows of K (and V unless it is a view of K) from the host tier to the slots. */
+static hae_status fetch(hae_slot_cache *c, int64_t n) {
+    const hae_tensor src = hae_tensor_narrow(c->src, 1, 0, n), dst = hae_tensor_narrow(c->dst, 1, 0, n);
+    HAE_TRY(hae_kv_gather(c->be, &(hae_kv_gather_args){.src = rows3(&c->k_host), .dst = rows3(&c->k_slots),
+                                                       .src_rows = src, .dst_rows = dst}));
+    if (c->v_offset >= 0) return HAE_OK;
+    return hae_kv_gather(c->be, &(hae_kv_gather_args){.src = rows3(&c->v_host), .dst = rows3(&c->v_slots),
+                                                      .src_rows = src, .dst_rows = dst});
+}
+
+hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae_tensor *k, hae_tensor *v,
+                                  hae_tensor *idx, hae_tensor *seq_lens) {
+    if (++c->step == INT32_MAX) { /* stamps would wrap: start over */
+        HAE_TRY(hae_slot_cache_reset(c));
+        c->step = 1;
+    }
+    /* Within a sequence the context only grows, so the slots mirror its prefix until it outgrows them,
+     * and from then on hold what the LRU keeps. */
+    if (pos + T <= c->S) {
+        const int64_t lo = c->mirrored, hi = pos + T;
+        for (int64_t at = lo; at < hi; at += c->n) { /* the fetch list holds n entries */
+            const int64_t end = hi - at < c->n ? hi : at + c->n;
+            HAE_TRY(hae_kv_slots(c->be, &(hae_kv_slots_args){.map = c->map, .owner = c->owner, .stamp = c->stamp,
+                                                             .src_rows = c->src, .dst_rows = c->dst,
+                                                             .counts = c->counts, .step = c->step, .lo = at, .hi = end}));
+            HAE_TRY(fetch(c, end - at));
+        }
+        c->fetched_rows += (size_t)(c->B * (hi - lo));
+        c->mirrored = hi; /* slot = token: the selections and lengths stay as they are */
+    } else if (T == 1) {
+        hae_tensor sel = hae_tensor_2d(idx->data, HAE_I32, idx->device, c->B, c->k);
+        sel.stride[0] = idx->stride[0];
+        HAE_TRY(hae_kv_slots(c->be, &(hae_kv_slots_args){.idx = sel, .map = c->map, .owner = c->owner,
+                                                         .stamp = c->stamp, .out = c->out, .src_rows = c->src,
+                                                         .dst_rows = c->dst, .counts = c->counts, .step = c->step}));
+        HAE_TRY(fetch(c, c->k));
+        *idx = hae_tensor_3d(c->out.data, HAE_I32, c->out.device, c->B, 1, c->k);
+        *seq_lens = c->lens;
+    } else {
+        return HAE_OK; /* a chunk past the slots reads the host tier in place */
+    }
+    *k = c->k_slots;
+    *v = c->v_slots;
+    return HAE_OK;
+}
+
+hae_status hae_slot_cache_stats(const hae_slot_cache *c, int64_t *hits, int64_t *misses, size_t *fetched_bytes) {
+    int64_t n[2];
+    HAE_TRY(hae_backend_download(c->be, n, c->counts.data, sizeof n));
+    HAE_TRY(hae_backend_sync(c->be));
+    const size_t row = hae_tensor_nbytes(&c->k_slots) / (size_t)(c->B * c->S) +
+                       (c->v_offset >= 0 ? 0 : hae_tensor_nbytes(&c->v_slots) / (size_t)(c->B * c->S));
+    *hits += n[0], *misses += n[1];
+    *fetched_bytes += ((size_t)n[1] + c->fetched_rows) * row;
+    return HAE_OK;
+}

@@ -1,0 +1,252 @@
+/* dsa K/V in the host tier (memory.dsa_kv: host): the slot cache's bookkeeping (hae_kv_slots) against a
+ * plain LRU written here, step by step; and whole models giving bit-identical logits with K/V on the GPU
+ * tier and on the host tier, prefill and decode, while the slots mirror the context, while chunks read the
+ * host tier in place, and while decode steps hit, miss and evict. */
+#include "testutil.h"
+
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- hae_kv_slots vs a plain LRU */
+
+enum { B = 2, CAP = 200, S = 16, K = 8, N = 10 };
+
+typedef struct {
+    int32_t map[CAP], owner[S], stamp[S];
+} ref_state;
+
+static ref_state *sort_ctx;
+static int by_stamp(const void *x, const void *y) {
+    const int a = *(const int *)x, b = *(const int *)y;
+    const int32_t sa = sort_ctx->stamp[a], sb = sort_ctx->stamp[b];
+    return sa != sb ? (sa < sb ? -1 : 1) : a - b;
+}
+static int by_slot(const void *x, const void *y) { return *(const int *)x - *(const int *)y; }
+
+/* The contract, directly: hits keep their slot; the misses take the slots unused at this step with the
+ * smallest (stamp, slot), handed out in slot order. */
+static void ref_lookup(ref_state *r, const int32_t *idx, int32_t step, int32_t *out, int32_t *src, int32_t *dst,
+                       int64_t *hits, int64_t *misses) {
+    int miss_at[K], m = 0;
+    for (int i = 0; i < K; i++) {
+        const int32_t t = idx[i];
+        if (t < 0 || t >= CAP) out[i] = -1;
+        else if (r->map[t]) out[i] = r->map[t] - 1, r->stamp[r->map[t] - 1] = step, ++*hits;
+        else miss_at[m++] = i;
+    }
+    int cand[S], nc = 0;
+    for (int s = 0; s < S; s++)
+        if (r->stamp[s] != step) cand[nc++] = s;
+    sort_ctx = r;
+    qsort(cand, (size_t)nc, sizeof *cand, by_stamp);
+    cr_assert_geq(nc, m);
+    qsort(cand, (size_t)m, sizeof *cand, by_slot);
+    for (int j = 0; j < m; j++) {
+        const int s = cand[j], i = miss_at[j];
+        const int32_t t = idx[i];
+        if (r->owner[s]) r->map[r->owner[s] - 1] = 0;
+        r->owner[s] = t + 1, r->map[t] = s + 1, r->stamp[s] = step, out[i] = s;
+        src[j] = t, dst[j] = s;
+    }
+    for (int j = m; j < N; j++) src[j] = -1, dst[j] = 0;
+    *misses += m;
+}
+
+Test(kv_slots, lookups_and_mirrors_match_a_plain_lru_step_by_step) {
+    hae_backend *be = tu_cpu();
+    int32_t map[B][CAP] = {{0}}, owner[B][S] = {{0}}, stamp[B][S] = {{0}}, out[B][K], src[B][N], dst[B][N], idx[B][K];
+    int64_t counts[2] = {0, 0}, want_hits = 0, want_misses = 0;
+    ref_state *ref = calloc(B, sizeof *ref);
+    cr_assert(ref);
+    const hae_kv_slots_args base = {
+        .map = hae_tensor_2d(map, HAE_I32, HAE_CPU, B, CAP), .owner = hae_tensor_2d(owner, HAE_I32, HAE_CPU, B, S),
+        .stamp = hae_tensor_2d(stamp, HAE_I32, HAE_CPU, B, S), .out = hae_tensor_2d(out, HAE_I32, HAE_CPU, B, K),
+        .src_rows = hae_tensor_2d(src, HAE_I32, HAE_CPU, B, N), .dst_rows = hae_tensor_2d(dst, HAE_I32, HAE_CPU, B, N),
+        .counts = hae_tensor_1d(counts, HAE_I64, HAE_CPU, 2)};
+    /* a mirrored prefix first, as a prefill leaves it */
+    hae_kv_slots_args a = base;
+    a.step = 1, a.lo = 0, a.hi = 6;
+    cr_assert_eq(hae_kv_slots(be, &a), HAE_OK, "%s", hae_last_error());
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < 6; t++) {
+            ref[b].map[t] = ref[b].owner[t] = t + 1, ref[b].stamp[t] = 1;
+            cr_expect(src[b][t] == t && dst[b][t] == t, "mirror entry %d: %d -> %d", t, src[b][t], dst[b][t]);
+        }
+    tu_rng rng = tu_rng_make(7);
+    for (int32_t step = 2; step < 400; step++) {
+        /* selections drift over a window of 24 recent tokens (a decode's locality), with holes */
+        const int centre = 6 + step / 3;
+        for (int b = 0; b < B; b++) {
+            for (int i = 0; i < K; i++) {
+                int32_t t;
+                bool dup;
+                do {
+                    t = (int32_t)(centre - 24 + (int)tu_uniform(&rng, 0, 24.999));
+                    if (t < 0 || tu_uniform(&rng, 0, 1) < 0.05) t = -1;
+                    if (tu_uniform(&rng, 0, 1) < 0.02) t = CAP + 3; /* out of range: skipped */
+                    dup = false;
+                    for (int j = 0; j < i && t >= 0; j++) dup |= idx[b][j] == t;
+                } while (dup);
+                idx[b][i] = t;
+            }
+        }
+        a = base;
+        a.idx = hae_tensor_2d(idx, HAE_I32, HAE_CPU, B, K), a.step = step;
+        memset(out, 0x7f, sizeof out), memset(src, 0x7f, sizeof src), memset(dst, 0x7f, sizeof dst);
+        cr_assert_eq(hae_kv_slots(be, &a), HAE_OK, "%s", hae_last_error());
+        for (int b = 0; b < B; b++) {
+            int32_t rout[K], rsrc[N], rdst[N];
+            ref_lookup(&ref[b], idx[b], step, rout, rsrc, rdst, &want_hits, &want_misses);
+            cr_assert_arr_eq(out[b], rout, sizeof rout, "step %d seq %d: the slots differ from the plain LRU's", step, b);
+            cr_assert_arr_eq(src[b], rsrc, sizeof rsrc, "step %d seq %d: fetch sources", step, b);
+            cr_assert_arr_eq(dst[b], rdst, sizeof rdst, "step %d seq %d: fetch slots", step, b);
+            cr_assert_arr_eq(map[b], ref[b].map, sizeof map[b], "step %d seq %d: map", step, b);
+            cr_assert_arr_eq(owner[b], ref[b].owner, sizeof owner[b], "step %d seq %d: owner", step, b);
+            cr_assert_arr_eq(stamp[b], ref[b].stamp, sizeof stamp[b], "step %d seq %d: stamps", step, b);
+            for (int i = 0; i < K; i++)
+                if (idx[b][i] >= 0 && idx[b][i] < CAP)
+                    cr_assert_eq(owner[b][out[b][i]], idx[b][i] + 1, "step %d: slot %d does not hold token %d", step,
+                                 out[b][i], idx[b][i]);
+        }
+    }
+    cr_expect_eq(counts[0], want_hits);
+    cr_expect_eq(counts[1], want_misses);
+    cr_expect(want_hits > want_misses && want_misses > 100, "hits %lld, misses %lld: locality should show",
+              (long long)want_hits, (long long)want_misses);
+    free(ref);
+    hae_backend_destroy(be);
+}
+
+Test(kv_slots, bad_arguments_are_refused) {
+    hae_backend *be = tu_cpu();
+    int32_t map[B][CAP] = {{0}}, owner[B][S] = {{0}}, stamp[B][S] = {{0}}, out[B][S + 1], rows[2][B][S + 1], idx[B][S + 1];
+    int64_t counts[2] = {0, 0};
+    const hae_kv_slots_args ok = {
+        .idx = hae_tensor_2d(idx, HAE_I32, HAE_CPU, B, K), .map = hae_tensor_2d(map, HAE_I32, HAE_CPU, B, CAP),
+        .owner = hae_tensor_2d(owner, HAE_I32, HAE_CPU, B, S), .stamp = hae_tensor_2d(stamp, HAE_I32, HAE_CPU, B, S),
+        .out = hae_tensor_2d(out, HAE_I32, HAE_CPU, B, K), .src_rows = hae_tensor_2d(rows[0], HAE_I32, HAE_CPU, B, N),
+        .dst_rows = hae_tensor_2d(rows[1], HAE_I32, HAE_CPU, B, N), .counts = hae_tensor_1d(counts, HAE_I64, HAE_CPU, 2),
+        .step = 1};
+    struct {
+        const char *what, *word;
+        hae_kv_slots_args a;
+    } bad[] = {{"step 0", "step 0 must be >= 1", ok},
+               {"k > S", "need k <= S", ok},
+               {"short fetch list", "fetch list of >= k entries", ok},
+               {"range past S", "range [0, 17)", ok},
+               {"stamp of another shape", "owner and stamp must both be [B, S]", ok},
+               {"counts i32", "counts", ok}};
+    bad[0].a.step = 0;
+    bad[1].a.idx.shape[1] = bad[1].a.out.shape[1] = S + 1, bad[1].a.src_rows.shape[1] = bad[1].a.dst_rows.shape[1] = S + 1;
+    bad[2].a.src_rows.shape[1] = bad[2].a.dst_rows.shape[1] = K - 1;
+    bad[3].a.idx.data = NULL, bad[3].a.lo = 0, bad[3].a.hi = S + 1;
+    bad[4].a.stamp.shape[1] = S - 1;
+    bad[5].a.counts.dtype = HAE_I32;
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cr_expect_eq(hae_kv_slots(be, &bad[i].a), HAE_ERR_INVALID, "%s was accepted", bad[i].what);
+        cr_expect(strstr(hae_last_error(), bad[i].word), "%s: \"%s\" lacks \"%s\"", bad[i].what, hae_last_error(),
+                  bad[i].word);
+    }
+    hae_backend_destroy(be);
+}
+
+/* ---------------------------------------------------------------- models: the GPU tier vs the host tier */
+
+static const char *yaml_fmt = "name: tiny-host\n"
+                              "seed: 5\n"
+                              "model:\n"
+                              "  vocab_size: 53\n"
+                              "  d_model: 32\n"
+                              "  n_layers: 3\n"
+                              "  layer_pattern: [kda, dsa, dsa]\n"
+                              "  mlp: {intermediate_size: 40}\n"
+                              "  attention: {num_heads: 4, num_kv_heads: 2, head_dim: 8, rope: full}\n"
+                              "  linear_attn: {num_heads: 2, head_dim: 8}\n"
+                              "  dsa: {index_n_heads: 2, index_head_dim: 128, index_topk: 6, page_size: 4}\n"
+                              "runtime: {backend: cpu, dtype: %s, batch: 2, prefill: 24, decode: 16, prefill_chunk: 8}\n"
+                              "memory: {dsa_kv: %s, cache_tokens: %d}\n";
+
+#define CTX 40
+
+static void host_vs_gpu(const char *dtype, int slots, bool mla, const int64_t *lens, int n_lens, int64_t *hits,
+                        int64_t *misses) {
+    hae_backend *be = tu_cpu();
+    hae_config gpu, host;
+    char y[2048];
+    snprintf(y, sizeof y, yaml_fmt, dtype, "gpu", slots);
+    tu_config(y, &gpu);
+    snprintf(y, sizeof y, yaml_fmt, dtype, "host", slots);
+    tu_config(y, &host);
+    if (mla)
+        for (hae_config *c = &gpu; c; c = c == &gpu ? &host : NULL) {
+            c->model.attention.form = HAE_ATTN_MLA;
+            c->model.attention.kv_lora_rank = 16;
+            c->model.attention.qk_nope_head_dim = 8;
+            c->model.attention.qk_rope_head_dim = 4;
+            c->model.attention.v_head_dim = 6;
+        }
+    hae_model *a = tu_model(be, &gpu), *b = tu_model(be, &host);
+    int32_t tok[2 * CTX];
+    tu_tokens(&gpu, CTX, tok, 11);
+    float *la = tu_model_logits(a, &gpu, CTX, tok, lens, n_lens), *lb = tu_model_logits(b, &host, CTX, tok, lens, n_lens);
+    const size_t n = (size_t)(2 * CTX * gpu.model.vocab_size);
+    size_t first = n;
+    for (size_t i = 0; i < n && first == n; i++)
+        if (memcmp(&la[i], &lb[i], sizeof *la)) first = i;
+    cr_expect_eq(first, n, "%s %s, %d slots: logits differ first at [%zu] (position %zu): %.9g on the GPU tier, %.9g on "
+                 "the host tier", dtype, mla ? "mla" : "gqa", slots, first, first / (size_t)gpu.model.vocab_size % CTX,
+                 first < n ? (double)la[first] : 0.0, first < n ? (double)lb[first] : 0.0);
+    hae_model_stats sa, sb;
+    hae_model_stats_get(a, &sa), hae_model_stats_get(b, &sb);
+    cr_expect_eq(sa.kv_host_bytes, 0);
+    /* two dsa layers of K and V (mla: one latent) for 2 x 40 tokens */
+    const size_t per_token = mla ? 20 : 2 * 2 * 8, want = 2 * (size_t)(2 * CTX) * per_token * hae_dtype_size(gpu.runtime.dtype);
+    cr_expect_eq(sb.kv_host_bytes, want, "host tier: %zu bytes of K/V, want %zu", sb.kv_host_bytes, want);
+    cr_expect_eq(sb.kv_bytes, sa.kv_bytes, "the same K/V bytes in both tiers together");
+    cr_expect_gt(sb.slot_cache_bytes, 0);
+    cr_expect_gt(sb.fetched_bytes, 0);
+    *hits = sb.slot_hits, *misses = sb.slot_misses;
+    free(la), free(lb);
+    hae_model_destroy(a), hae_model_destroy(b);
+    hae_backend_destroy(be);
+}
+
+static const int64_t chunks_then_decode[] = {24, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+static const int64_t token_by_token[] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                                         1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+static const int64_t ragged[] = {5, 1, 17, 1, 3, 1, 1, 2, 1, 1, 7};
+
+Test(model_host, the_context_fits_the_slots_they_mirror_it) {
+    for (int mla = 0; mla < 2; mla++) {
+        int64_t hits = 0, misses = 0;
+        host_vs_gpu("f32", 64, mla, chunks_then_decode, 17, &hits, &misses);
+        cr_expect(hits == 0 && misses == 0, "mirroring looks nothing up (hits %lld, misses %lld)", (long long)hits,
+                  (long long)misses);
+    }
+}
+
+Test(model_host, chunks_past_the_slots_read_the_host_and_decode_steps_use_the_lru) {
+    for (int mla = 0; mla < 2; mla++) {
+        int64_t hits = 0, misses = 0;
+        host_vs_gpu(mla ? "bf16" : "f32", 10, mla, chunks_then_decode, 17, &hits, &misses);
+        cr_expect(hits > 0 && misses > 0, "decode past 10 slots: hits %lld, misses %lld", (long long)hits, (long long)misses);
+        host_vs_gpu("f32", 7, mla, ragged, 11, &hits, &misses);
+        host_vs_gpu("bf16", 6, mla, token_by_token, 40, &hits, &misses);
+    }
+}
+
+Test(model_host, full_layers_cannot_stream_from_the_host_yet) {
+    hae_backend *be = tu_cpu();
+    hae_config cfg;
+    char y[2048];
+    snprintf(y, sizeof y, yaml_fmt, "f32", "host", 8);
+    tu_config(y, &cfg);
+    cfg.model.layers[1] = HAE_LAYER_FULL;
+    cfg.memory.full_kv = HAE_TIER_HOST;
+    hae_model *m = NULL;
+    cr_expect_eq(hae_model_create(&cfg, be, NULL, &m), HAE_ERR_UNSUPPORTED);
+    cr_expect(strstr(hae_last_error(), "memory.full_kv: host (layer 1 is full)"), "%s", hae_last_error());
+    cr_expect_null(m);
+    hae_backend_destroy(be);
+}
