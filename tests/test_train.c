@@ -122,3 +122,219 @@ Test(train, logits_are_the_models) {
         hae_backend_destroy(be);
     }
 }
+
+/* ---------------------------------------------------------------- hae train */
+
+/* A model small enough for ASan: mqar of 4 pairs in 64 tokens, 8 keys and 8 values among 48 noise tokens (the
+ * filler), so that the loss has far to fall from ln 72 once the model knows which tokens answer. */
+static const char *run_yaml = "name: smoke\n"
+                              "seed: 3\n"
+                              "model:\n"
+                              "  vocab_size: 72\n"
+                              "  d_model: 32\n"
+                              "  n_layers: 2\n"
+                              "  layer_pattern: [full]\n"
+                              "  mlp: {intermediate_size: 64}\n"
+                              "  attention: {num_heads: 2, num_kv_heads: 2, head_dim: 16}\n"
+                              "runtime: {backend: cpu, dtype: f32}\n"
+                              "eval: {tasks: [mqar], lengths: [64], pairs: [4], noise_vocab: 48, seeds: 8}\n"
+                              "train: {steps: 50, batch: 8, lr: 3.0e-3, warmup: 5, eval_every: 25, checkpoint_every: 20,\n"
+                              "        log_every: 10}\n";
+
+static void run_config(hae_config *cfg, const char *const *sets, int n_sets) {
+    hae_status st = hae_config_parse(run_yaml, strlen(run_yaml), "smoke.yaml", sets, n_sets, cfg);
+    cr_assert_eq(st, HAE_OK, "%s", hae_last_error());
+}
+
+static const char *run_dir(const char *tag, char *buf, size_t n) {
+    tu_tmp_path(tag, buf, n);
+    mkdir(buf, 0755);
+    return buf;
+}
+
+static hae_status train(const hae_config *cfg, const char *dir, bool resume, int64_t until, hae_train_result *res) {
+    hae_backend *be = tu_cpu();
+    hae_train_args a = {.cfg = cfg, .be = be, .dir = dir, .resume = resume, .until = until};
+    hae_status st = hae_train_run(&a, res);
+    hae_backend_destroy(be);
+    return st;
+}
+
+/* metrics.jsonl's losses by step (1-based; 0 where a step has no line); returns the lines read. */
+static int read_losses(const char *dir, double *loss, int max_step) {
+    char path[512], line[4096];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "no %s", path);
+    int lines = 0;
+    for (int i = 0; i <= max_step; i++) loss[i] = 0;
+    while (fgets(line, sizeof line, f)) {
+        long long s;
+        double l;
+        cr_assert_eq(sscanf(line, "{\"step\": %lld, \"loss\": %lf", &s, &l), 2, "%s: bad line %s", path, line);
+        cr_assert(s >= 1 && s <= max_step, "%s: step %lld", path, s);
+        loss[s] = l, lines++;
+    }
+    fclose(f);
+    return lines;
+}
+
+static bool file_exists(const char *dir, const char *file) {
+    char path[768];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+/* Bytes of a file, malloc'd (caller frees). */
+static char *slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    cr_assert(f, "cannot read %s", path);
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *p = malloc(*n ? *n : 1);
+    cr_assert_eq(fread(p, 1, *n, f), *n);
+    fclose(f);
+    return p;
+}
+
+static void expect_same_file(const char *a, const char *b) {
+    size_t na, nb;
+    char *pa = slurp(a, &na), *pb = slurp(b, &nb);
+    cr_expect(na == nb && memcmp(pa, pb, na) == 0, "%s and %s differ (%zu and %zu bytes)", a, b, na, nb);
+    free(pa), free(pb);
+}
+
+/* The CI smoke run: 50 steps lower the loss well below where it starts, and leave a run directory whose
+ * checkpoint the engine loads. */
+Test(train, smoke_loss_falls) {
+    hae_config cfg;
+    run_config(&cfg, NULL, 0);
+    char dir[256];
+    run_dir("train-smoke", dir, sizeof dir);
+    hae_train_result res;
+    cr_assert_eq(train(&cfg, dir, false, 0, &res), HAE_OK, "%s", hae_last_error());
+    double loss[51];
+    cr_expect_eq(read_losses(dir, loss, 50), 50, "a metrics line per step");
+    double first = 0, last = 0;
+    for (int i = 1; i <= 10; i++) first += loss[i] / 10, last += loss[40 + i] / 10;
+    cr_expect_lt(last, 0.7 * first, "mean loss of steps 41-50 %.4f is not below 0.7 x that of steps 1-10 (%.4f)", last,
+                 first);
+    cr_expect_eq(res.last_step, 50);
+    cr_expect_eq(res.eval_questions, 8 * 4, "held-out: 8 seeds x 4 questions, got %lld", (long long)res.eval_questions);
+    const char *files[] = {"config.resolved.yaml", "env.json", "summary.json", "checkpoints/step-000020/complete",
+                           "checkpoints/step-000040/complete", "checkpoints/step-000050/model.safetensors",
+                           "checkpoints/step-000050/optim.safetensors", "checkpoints/step-000050/complete"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++)
+        cr_expect(file_exists(dir, files[i]), "%s: no %s", dir, files[i]);
+    /* the checkpoint is the engine's weights */
+    hae_backend *be = tu_cpu();
+    hae_model *m = NULL;
+    cr_assert_eq(hae_model_create(&cfg, be, NULL, &m), HAE_OK, "%s", hae_last_error());
+    char path[512];
+    snprintf(path, sizeof path, "%s/checkpoints/step-000050/model.safetensors", dir);
+    cr_expect_eq(hae_model_load(m, path), HAE_OK, "%s", hae_last_error());
+    hae_model_destroy(m);
+    hae_backend_destroy(be);
+}
+
+/* A run stopped at step 5 and resumed ends bit for bit where an uninterrupted run ends; so does one whose last
+ * checkpoint lost its completion marker (it resumes from the one before). */
+Test(train, resume_is_bit_exact) {
+    hae_config cfg;
+    const char *sets[] = {"train.steps=12", "train.checkpoint_every=4", "train.eval_every=6", "train.warmup=3"};
+    run_config(&cfg, sets, 4);
+    char a[256], b[256], c[256], pa[512], pb[512];
+    run_dir("train-whole", a, sizeof a);
+    run_dir("train-paused", b, sizeof b);
+    run_dir("train-torn", c, sizeof c);
+    hae_train_result r;
+    cr_assert_eq(train(&cfg, a, false, 0, &r), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(train(&cfg, b, false, 5, &r), HAE_OK, "%s", hae_last_error());
+    cr_expect_eq(r.last_step, 5, "--until 5 stopped after %lld steps", (long long)r.last_step);
+    cr_expect(file_exists(b, "checkpoints/step-000004/complete") && file_exists(b, "checkpoints/step-000005/complete"));
+    cr_assert_eq(train(&cfg, b, true, 0, &r), HAE_OK, "%s", hae_last_error());
+    cr_expect_eq(r.first_step, 5, "resumed from step %lld, not 5", (long long)r.first_step);
+    cr_assert_eq(train(&cfg, c, false, 6, &r), HAE_OK, "%s", hae_last_error());
+    snprintf(pa, sizeof pa, "%s/checkpoints/step-000006/complete", c);
+    cr_assert_eq(remove(pa), 0, "no marker %s", pa);
+    cr_assert_eq(train(&cfg, c, true, 0, &r), HAE_OK, "%s", hae_last_error());
+    cr_expect_eq(r.first_step, 4, "a checkpoint without its marker was resumed (from step %lld)", (long long)r.first_step);
+    const char *files[] = {"model.safetensors", "optim.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(pa, sizeof pa, "%s/checkpoints/step-000012/%s", a, files[i]);
+        snprintf(pb, sizeof pb, "%s/checkpoints/step-000012/%s", b, files[i]);
+        expect_same_file(pa, pb);
+        snprintf(pb, sizeof pb, "%s/checkpoints/step-000012/%s", c, files[i]);
+        expect_same_file(pa, pb);
+    }
+    double la[13], lb[13], lc[13];
+    cr_expect_eq(read_losses(a, la, 12), 12);
+    cr_expect_eq(read_losses(b, lb, 12), 12, "the resumed run's metrics.jsonl has a line per step");
+    cr_expect_eq(read_losses(c, lc, 12), 12, "the run resumed past a torn checkpoint has a line per step");
+    for (int s = 1; s <= 12; s++)
+        cr_expect(la[s] == lb[s] && la[s] == lc[s], "step %d: loss %.9g uninterrupted, %.9g resumed, %.9g past a torn "
+                                                    "checkpoint", s, la[s], lb[s], lc[s]);
+}
+
+/* Models and tasks the trainer does not take are refused before anything is written. */
+Test(train, refusals) {
+    const struct {
+        const char *set, *word;
+        hae_status st;
+    } bad[] = {
+        {"model.layer_pattern=[full, kda]", "layer 1 is 'kda', which has no backward yet", HAE_ERR_UNSUPPORTED},
+        {"model.attention.form=mla", "'mla' has no backward yet", HAE_ERR_UNSUPPORTED},
+        {"eval.vocab=80", "eval.vocab 80 exceeds model.vocab_size 72", HAE_ERR_INVALID},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        hae_config cfg;
+        run_config(&cfg, &bad[i].set, 1);
+        char dir[256];
+        run_dir("train-refused", dir, sizeof dir);
+        hae_train_result r;
+        hae_status st = train(&cfg, dir, false, 0, &r);
+        cr_expect_eq(st, bad[i].st, "--set %s: status %d (%s)", bad[i].set, st, hae_last_error());
+        cr_expect(strstr(hae_last_error(), bad[i].word), "--set %s: no '%s' in: %s", bad[i].set, bad[i].word,
+                  hae_last_error());
+        cr_expect(!file_exists(dir, "metrics.jsonl"), "--set %s: a refused run wrote metrics.jsonl", bad[i].set);
+    }
+    hae_backend *be = tu_cpu();
+    hae_config cfg;
+    run_config(&cfg, NULL, 0);
+    hae_trainer *t = trainer(be, &cfg, 2, 64);
+    int32_t tok[128] = {0}, target[1] = {80};
+    int64_t pos[1] = {3};
+    hae_train_batch b = {.tokens = tok, .B = 2, .T = 64, .pos = pos, .target = target, .n = 1};
+    cr_expect_eq(hae_trainer_backward(t, &b, NULL, NULL), HAE_ERR_INVALID);
+    cr_expect(strstr(hae_last_error(), "target 0 is 80, outside the vocabulary [0, 72)"), "%s", hae_last_error());
+    b.T = 65;
+    cr_expect_eq(hae_trainer_backward(t, &b, NULL, NULL), HAE_ERR_INVALID);
+    cr_expect(strstr(hae_last_error(), "takes 1..2 of 1..64"), "%s", hae_last_error());
+    hae_trainer_destroy(t);
+    hae_backend_destroy(be);
+}
+
+Test(train, bad_train_keys) {
+    const struct {
+        const char *name, *yaml, *where, *path, *word;
+    } bad[] = {
+        {"steps 0", "train:\n  steps: 0\n", "t.yaml:2:10:", "train.steps", "0 is out of range (expected 1..2147483647)"},
+        {"batch", "train:\n  batch: 0\n", "t.yaml:2:10:", "train.batch", "out of range (expected 1..65536)"},
+        {"lr 0", "train:\n  lr: 0\n", "t.yaml:2:7:", "train.lr", "0 is out of range (expected (0, 10])"},
+        {"lr text", "train:\n  lr: fast\n", "t.yaml:2:7:", "train.lr", "expected a number"},
+        {"min lr", "train:\n  min_lr_ratio: 1.5\n", "t.yaml:2:17:", "train.min_lr_ratio", "1.5 is out of range (expected [0, 1])"},
+        {"beta2 1", "train:\n  beta2: 1\n", "t.yaml:2:10:", "train.beta2", "1 is out of range (expected [0, 1))"},
+        {"clip", "train:\n  clip: -1\n", "t.yaml:2:9:", "train.clip", "out of range (expected >= 0)"},
+        {"log every", "train:\n  log_every: 0\n", "t.yaml:2:14:", "train.log_every", "out of range"},
+        {"unknown", "train:\n  stpes: 10\n", "t.yaml:2:3:", "train.stpes", "did you mean 'steps'?"},
+        {"warmup", "train:\n  steps: 50\n  warmup: 60\n", "t.yaml:3:11:", "train.warmup", "warmup 60 exceeds steps 50"},
+        {"warmup default", "train:\n  steps: 50\n", "t.yaml:2:10:", "train.steps",
+         "warmup 100 (default) exceeds steps 50"},
+    };
+    hae_config *cfg = malloc(sizeof *cfg);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        tu_expect_bad_config(bad[i].name, bad[i].yaml, NULL, bad[i].where, bad[i].path, bad[i].word, cfg);
+    free(cfg);
+}

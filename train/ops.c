@@ -76,29 +76,13 @@ void hae_tr_rmsnorm_bwd(hae_backend *be, const float *x, const float *w, const f
     }
 }
 
-/* ---------------------------------------------------------------- linear */
+/* ---------------------------------------------------------------- linear
+ * The forward is the engine's GEMM. The backward's two products run as rank-1 updates along contiguous rows, four
+ * at a time (one load and store of the accumulator row per four products), so neither needs a transposed copy:
+ *     dx[n, :] (+)= sum_o dy[n, o] W[o, :]        an item per block of rows n
+ *     dW[o, :]   += sum_n dy[n, o] x[n, :]        an item per block of rows o, n in order */
 
-#define TILE 32
-
-typedef struct {
-    const float *src;
-    float *dst;
-    int64_t R, C, tiles_c;
-} transpose_ctx;
-
-static void transpose_tile(void *p, int64_t t) {
-    const transpose_ctx *c = p;
-    const int64_t r0 = (t / c->tiles_c) * TILE, c0 = (t % c->tiles_c) * TILE;
-    const int64_t r1 = min64(r0 + TILE, c->R), c1 = min64(c0 + TILE, c->C);
-    for (int64_t r = r0; r < r1; r++)
-        for (int64_t k = c0; k < c1; k++) c->dst[k * c->R + r] = c->src[r * c->C + k];
-}
-
-/* dst [C, R] = src [R, C]^T */
-static void transpose(hae_backend *be, const float *src, int64_t R, int64_t C, float *dst) {
-    transpose_ctx c = {src, dst, R, C, (C + TILE - 1) / TILE};
-    hae_parallel_for_sized(be->pool, ((R + TILE - 1) / TILE) * c.tiles_c, TILE * TILE, transpose_tile, &c);
-}
+#define LIN_ROWS 8
 
 static hae_tensor mat(const float *p, int64_t rows, int64_t cols) {
     return hae_tensor_2d((void *)p, HAE_F32, HAE_CPU, rows, cols);
@@ -109,20 +93,49 @@ hae_status hae_tr_linear_fwd(hae_backend *be, const float *x, const float *W, in
     return hae_gemm(be, &(hae_gemm_args){.a = mat(x, N, I), .b = mat(W, O, I), .c = mat(y, N, O), .accumulate = accumulate});
 }
 
-int64_t hae_tr_linear_scratch(int64_t N, int64_t I, int64_t O) { return I * O + O * N + I * N; }
-
-hae_status hae_tr_linear_bwd(hae_backend *be, const float *x, const float *W, const float *dy, int64_t N, int64_t I,
-                             int64_t O, float *dx, bool dx_accumulate, float *dW, float *scratch) {
-    float *wt = scratch, *dyt = wt + I * O, *xt = dyt + O * N;
-    if (dx) { /* dx [N, I] = dy [N, O] (W^T [I, O])^T */
-        transpose(be, W, O, I, wt);
-        HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = mat(dy, N, O), .b = mat(wt, I, O), .c = mat(dx, N, I),
-                                              .accumulate = dx_accumulate}));
+/* acc[0..n) += sum_k a[k * sa] src[k][0..n) over K rows src[k] = base + k * ld */
+static void axpy_rows(float *restrict acc, const float *a, int64_t sa, const float *base, int64_t ld, int64_t K,
+                      int64_t n) {
+    int64_t k = 0;
+    for (; k + 4 <= K; k += 4) {
+        const float a0 = a[k * sa], a1 = a[(k + 1) * sa], a2 = a[(k + 2) * sa], a3 = a[(k + 3) * sa];
+        const float *restrict s0 = base + k * ld, *restrict s1 = s0 + ld, *restrict s2 = s1 + ld, *restrict s3 = s2 + ld;
+        for (int64_t i = 0; i < n; i++) acc[i] += a0 * s0[i] + a1 * s1[i] + a2 * s2[i] + a3 * s3[i];
     }
-    /* dW [O, I] += (dy^T [O, N]) (x^T [I, N])^T */
-    transpose(be, dy, N, O, dyt);
-    transpose(be, x, N, I, xt);
-    return hae_gemm(be, &(hae_gemm_args){.a = mat(dyt, O, N), .b = mat(xt, I, N), .c = mat(dW, O, I), .accumulate = true});
+    for (; k < K; k++) {
+        const float ak = a[k * sa], *restrict s0 = base + k * ld;
+        for (int64_t i = 0; i < n; i++) acc[i] += ak * s0[i];
+    }
+}
+
+typedef struct {
+    const float *x, *W, *dy;
+    float *dx, *dW;
+    int64_t N, I, O;
+    bool accumulate;
+} lin_ctx;
+
+static void lin_dx_block(void *p, int64_t blk) {
+    const lin_ctx *c = p;
+    const int64_t n1 = blk * LIN_ROWS + LIN_ROWS < c->N ? blk * LIN_ROWS + LIN_ROWS : c->N;
+    for (int64_t n = blk * LIN_ROWS; n < n1; n++) {
+        float *dx = c->dx + n * c->I;
+        if (!c->accumulate) memset(dx, 0, sizeof(float) * (size_t)c->I);
+        axpy_rows(dx, c->dy + n * c->O, 1, c->W, c->I, c->O, c->I);
+    }
+}
+
+static void lin_dw_block(void *p, int64_t blk) {
+    const lin_ctx *c = p;
+    const int64_t o1 = blk * LIN_ROWS + LIN_ROWS < c->O ? blk * LIN_ROWS + LIN_ROWS : c->O;
+    for (int64_t o = blk * LIN_ROWS; o < o1; o++) axpy_rows(c->dW + o * c->I, c->dy + o, c->O, c->x, c->I, c->N, c->I);
+}
+
+void hae_tr_linear_bwd(hae_backend *be, const float *x, const float *W, const float *dy, int64_t N, int64_t I, int64_t O,
+                       float *dx, bool dx_accumulate, float *dW) {
+    lin_ctx c = {x, W, dy, dx, dW, N, I, O, dx_accumulate};
+    if (dx) hae_parallel_for_sized(be->pool, (N + LIN_ROWS - 1) / LIN_ROWS, 2 * LIN_ROWS * I * O, lin_dx_block, &c);
+    hae_parallel_for_sized(be->pool, (O + LIN_ROWS - 1) / LIN_ROWS, 2 * LIN_ROWS * I * N, lin_dw_block, &c);
 }
 
 /* ---------------------------------------------------------------- rope */
@@ -309,8 +322,8 @@ double hae_tr_xent(const float *z, const int32_t *target, int64_t S, int64_t V, 
         const int32_t y = target[r];
         total += lse - (double)zr[y];
         if (correct) correct[r] = best == y;
-        float *dr = dz + r * V;
-        for (int64_t v = 0; v < V; v++) dr[v] = scale * (float)(exp((double)zr[v] - lse) - (v == y ? 1.0 : 0.0));
+        float *dr = dz ? dz + r * V : NULL;
+        for (int64_t v = 0; dr && v < V; v++) dr[v] = scale * (float)(exp((double)zr[v] - lse) - (v == y ? 1.0 : 0.0));
     }
     return total;
 }

@@ -23,11 +23,9 @@ void hae_tr_rmsnorm_bwd(hae_backend *be, const float *x, const float *w, const f
 /* y = x W^T, or y += x W^T with accumulate: x [N, I], W [O, I] (PyTorch's Linear layout), y [N, O]. */
 hae_status hae_tr_linear_fwd(hae_backend *be, const float *x, const float *W, int64_t N, int64_t I, int64_t O, float *y,
                              bool accumulate);
-/* dx = dy W (dx += dy W with dx_accumulate; dx NULL: not wanted) and dW += dy^T x, through the engine's GEMM on
- * transposed copies held in scratch (hae_tr_linear_scratch(N, I, O) floats). */
-hae_status hae_tr_linear_bwd(hae_backend *be, const float *x, const float *W, const float *dy, int64_t N, int64_t I,
-                             int64_t O, float *dx, bool dx_accumulate, float *dW, float *scratch);
-int64_t hae_tr_linear_scratch(int64_t N, int64_t I, int64_t O);
+/* dx = dy W (dx += dy W with dx_accumulate; dx NULL: not wanted) and dW += dy^T x. */
+void hae_tr_linear_bwd(hae_backend *be, const float *x, const float *W, const float *dy, int64_t N, int64_t I, int64_t O,
+                       float *dx, bool dx_accumulate, float *dW);
 
 /* cos and sin of RoPE's angles at positions [0, T) as hae_rope computes them (inv_freq_i = 1 / theta^(2i / rot),
  * angle = float(pos) inv_freq_i, fp32): tables [T, rot / 2]. */
@@ -57,7 +55,7 @@ void hae_tr_swiglu_fwd(hae_backend *be, const float *gu, int64_t N, int64_t F, f
 void hae_tr_swiglu_bwd(hae_backend *be, const float *gu, const float *da, int64_t N, int64_t F, float *dgu);
 
 /* Cross-entropy of S rows of logits z [S, V] against target ids: returns the sum over rows of
- * logsumexp(z) - z[target] (double); dz = scale (softmax(z) - onehot(target)) (overwritten; may be z itself);
+ * logsumexp(z) - z[target] (double); dz = scale (softmax(z) - onehot(target)) (overwritten; may be z itself, or NULL);
  * correct[r] = 1 when the argmax, ties to the lower id, is the target (correct may be NULL). */
 double hae_tr_xent(const float *z, const int32_t *target, int64_t S, int64_t V, float scale, float *dz,
                    uint8_t *correct);

@@ -45,7 +45,7 @@ struct hae_trainer {
     tlayer *layers;
     float *act_mem;
     float *xL, *xs, *hs, *rs, *logits; /* the final residual; the scored rows' residual, norm and logits */
-    float *dx, *dh, *da, *db, *scratch; /* gradients of the residual, a norm's output, two wide ones; GEMM scratch */
+    float *dx, *dh, *da, *db;           /* gradients of the residual, of a norm's output, two wide ones */
     float *cs, *sn;                     /* RoPE tables [Tmax, rot/2] */
     int32_t *ids;                       /* the last forward's tokens */
     int64_t B, T, n;                    /* its shapes */
@@ -142,12 +142,6 @@ static int64_t carve_acts(hae_trainer *t, float *base) {
     CARVE(t->dx, N * d), CARVE(t->dh, N * d), CARVE(t->da, N * wide), CARVE(t->db, N * wide);
     const int64_t rot = t->rot_dims / 2 ? t->rot_dims / 2 : 1;
     CARVE(t->cs, t->Tmax * rot), CARVE(t->sn, t->Tmax * rot);
-    int64_t s = hae_tr_linear_scratch(N, d, t->qkv_dim);
-    s = max64(s, hae_tr_linear_scratch(N, t->Hq * t->Dh, d));
-    s = max64(s, hae_tr_linear_scratch(N, d, 2 * t->F));
-    s = max64(s, hae_tr_linear_scratch(N, t->F, d));
-    s = max64(s, hae_tr_linear_scratch(N, d, t->V));
-    CARVE(t->scratch, s);
 #undef CARVE
     return used;
 }
@@ -404,7 +398,7 @@ hae_status hae_trainer_forward(hae_trainer *t, const hae_train_batch *b, float *
     HAE_TRY(forward(t, b));
     if (logits) memcpy(logits, t->logits, sizeof(float) * (size_t)(b->n * t->V));
     if (loss || correct) {
-        double total = hae_tr_xent(t->logits, b->target, b->n, t->V, 0.0f, t->scratch, correct);
+        double total = hae_tr_xent(t->logits, b->target, b->n, t->V, 0.0f, NULL, correct);
         if (loss) *loss = total / (double)b->n;
     }
     return HAE_OK;
@@ -418,8 +412,7 @@ hae_status hae_trainer_backward(hae_trainer *t, const hae_train_batch *b, double
     if (loss) *loss = total / (double)n;
     memset(t->g, 0, sizeof(float) * (size_t)t->n_elems);
     /* LM head and final norm over the scored rows, their gradient scattered into the residual's */
-    HAE_TRY(hae_tr_linear_bwd(be, t->hs, t->w + t->lm_head, t->logits, n, d, t->V, t->dh, false, t->g + t->lm_head,
-                              t->scratch));
+    hae_tr_linear_bwd(be, t->hs, t->w + t->lm_head, t->logits, n, d, t->V, t->dh, false, t->g + t->lm_head);
     memset(t->da, 0, sizeof(float) * (size_t)(n * d));
     hae_tr_rmsnorm_bwd(be, t->xs, t->w + t->final_norm, t->rs, t->dh, n, d, t->da, t->g + t->final_norm);
     memset(t->dx, 0, sizeof(float) * (size_t)(N * d));
@@ -430,19 +423,16 @@ hae_status hae_trainer_backward(hae_trainer *t, const hae_train_batch *b, double
     for (int64_t l = t->L - 1; l >= 0; l--) {
         tlayer *w = &t->layers[l];
         /* x_out = xm + Wdown swiglu(Wgu norm2(xm)) */
-        HAE_TRY(hae_tr_linear_bwd(be, w->act, t->w + w->wdown, t->dx, N, t->F, d, t->da, false, t->g + w->wdown,
-                                  t->scratch));
+        hae_tr_linear_bwd(be, w->act, t->w + w->wdown, t->dx, N, t->F, d, t->da, false, t->g + w->wdown);
         hae_tr_swiglu_bwd(be, w->gu, t->da, N, t->F, t->db);
-        HAE_TRY(hae_tr_linear_bwd(be, w->h2, t->w + w->wgu, t->db, N, d, 2 * t->F, t->dh, false, t->g + w->wgu,
-                                  t->scratch));
+        hae_tr_linear_bwd(be, w->h2, t->w + w->wgu, t->db, N, d, 2 * t->F, t->dh, false, t->g + w->wgu);
         hae_tr_rmsnorm_bwd(be, w->xm, t->w + w->mlp_norm, w->r2, t->dh, N, d, t->dx, t->g + w->mlp_norm);
         /* xm = x + Wo attn(rope(Wqkv norm1(x))) */
-        HAE_TRY(hae_tr_linear_bwd(be, w->att, t->w + w->wo, t->dx, N, qd, d, t->da, false, t->g + w->wo, t->scratch));
+        hae_tr_linear_bwd(be, w->att, t->w + w->wo, t->dx, N, qd, d, t->da, false, t->g + w->wo);
         const hae_tr_attn_shape s = attn_shape(t, w);
         hae_tr_attention_bwd(be, &s, w->qkv, w->P, w->att, t->da, t->db);
         rope_qk(t, t->db, true);
-        HAE_TRY(hae_tr_linear_bwd(be, w->h1, t->w + w->wqkv, t->db, N, d, t->qkv_dim, t->dh, false, t->g + w->wqkv,
-                                  t->scratch));
+        hae_tr_linear_bwd(be, w->h1, t->w + w->wqkv, t->db, N, d, t->qkv_dim, t->dh, false, t->g + w->wqkv);
         hae_tr_rmsnorm_bwd(be, w->x, t->w + w->attn_norm, w->r1, t->dh, N, d, t->dx, t->g + w->attn_norm);
     }
     hae_tr_embedding_bwd(t->ids, N, t->dx, d, t->g + t->embed);
