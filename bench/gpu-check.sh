@@ -44,7 +44,13 @@ run() { # label, args...
   local p d
   p=$(grep -a -o '"prefill_tok_s": [0-9.]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
   d=$(grep -a -o '"decode_tok_s": [0-9.]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
-  row "hae run $label (rc $rc)" "prefill ${p:-?} tok/s, decode ${d:-?} tok/s"
+  local ms hits miss
+  ms=$(grep -a -o '"decode_p50_ms": [0-9.]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
+  hits=$(grep -a -o '"slot_hits": [0-9]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
+  miss=$(grep -a -o '"slot_misses": [0-9]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
+  local hr=""
+  [ -n "$hits" ] && [ $((hits + miss)) -gt 0 ] && hr=", slot hit rate $(awk -v h="$hits" -v m="$miss" 'BEGIN{printf "%.1f%%", 100*h/(h+m)}')"
+  row "hae run $label (rc $rc)" "prefill ${p:-?} tok/s, decode ${d:-?} tok/s, step p50 ${ms:-?} ms$hr"
   [ $rc -eq 0 ] || tail -5 "$out/run-$label.log"
 }
 run default-cuda --backend cuda
@@ -62,6 +68,12 @@ run twin-1b-128k configs/hybrid-1b-twin.yaml "${long[@]}"
 run hybrid-1b-128k configs/hybrid-1b.yaml "${long[@]}"
 run twin-1b-128k-b4 configs/hybrid-1b-twin.yaml "${long[@]}" --set runtime.batch=4
 run hybrid-1b-128k-b4 configs/hybrid-1b.yaml "${long[@]}" --set runtime.batch=4
+# dsa K/V in the host tier (issue 5): the same runs, the decode step time and the slots' hit rate
+run hybrid-1b-128k-host configs/hybrid-1b.yaml "${long[@]}" --set memory.dsa_kv=host
+run hybrid-1b-128k-b4-host configs/hybrid-1b.yaml "${long[@]}" --set runtime.batch=4 --set memory.dsa_kv=host
+mid=(--backend cuda --set runtime.prefill=32768 --set runtime.decode=64 --set runtime.prefill_chunk=8192)
+run hybrid-1b-32k configs/hybrid-1b.yaml "${mid[@]}"
+run hybrid-1b-32k-host configs/hybrid-1b.yaml "${mid[@]}" --set memory.dsa_kv=host
 
 # The peer, side by side, when its source is given (FLA_PATH: a flash-linear-attention checkout).
 if [ -n "${FLA_PATH:-}" ]; then

@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 static hae_status ctx_init(struct hae_cuda_ctx *ctx, char *name, size_t name_n) {
@@ -89,19 +91,22 @@ extern "C" void hae_cuda_free(struct hae_cuda_ctx *ctx, void *p) {
 }
 
 /* ---------------------------------------------------------------- host tier
- * Page-aligned memory behind a header page that records what the free needs (so no registry), pinned
- * and mapped chunk by chunk with cudaHostRegister: a failure names its chunk, and no single call pins
- * more than kHostChunk bytes. Kernels read it at the host address, which the device must accept. */
+ * Anonymous memory (transparent huge pages where the kernel gives them) pinned and mapped in chunks of
+ * kHostChunk bytes with cudaHostRegister, the chunks registered by one thread each in parallel: pinning
+ * faults every page in, and one thread zeroing pages runs at a few GB/s. The chunks start at multiples
+ * of kHostChunk, so a copy that must stay inside one registration splits at those addresses
+ * (hae_host_tier_run). A header page just below the first chunk records what the free needs. Kernels
+ * read the memory at its host address, which the device must accept. */
 
-static const size_t kHostChunk = (size_t)1 << 30;
+static const size_t kHostChunk = HAE_HOST_CHUNK;
 static const uint64_t kHostMagic = 0x9e3779b97f4a7c15ull;
 
 struct host_header {
     uint64_t magic;
-    size_t chunks; /* chunks registered after the header page */
+    size_t bytes;  /* registered after the header page */
+    size_t chunks; /* registered chunks */
 };
 
-/* The header's size and the alignment: a page, so that no two registrations share one. */
 static size_t host_page(void) {
     const long pg = sysconf(_SC_PAGESIZE);
     return pg >= (long)sizeof(host_header) ? (size_t)pg : 4096;
@@ -112,29 +117,66 @@ static void host_unregister(char *base, size_t chunks) {
         if (cudaHostUnregister(base + c * kHostChunk) != cudaSuccess) (void)cudaGetLastError();
 }
 
-/* Registers [base, base + bytes) chunk by chunk; *done counts the chunks registered, failure or not. */
-static hae_status host_register(int device, char *base, size_t bytes, size_t *done) {
-    const size_t n = (bytes + kHostChunk - 1) / kHostChunk;
-    *done = 0;
-    for (size_t c = 0; c < n; c++) {
-        const size_t off = c * kHostChunk, len = bytes - off < kHostChunk ? bytes - off : kHostChunk;
-        cudaError_t e = cudaHostRegister(base + off, len, cudaHostRegisterPortable | cudaHostRegisterMapped);
+struct host_register_job {
+    int device;
+    char *base;
+    size_t bytes, n, next;
+    pthread_mutex_t lock;
+    cudaError_t err;
+    size_t err_chunk;
+    bool *ok;         /* [n] chunk registered */
+    bool wrong_place; /* a chunk mapped at another device address */
+};
+
+static void *host_register_worker(void *p) {
+    host_register_job *j = (host_register_job *)p;
+    if (cudaSetDevice(j->device) != cudaSuccess) (void)cudaGetLastError();
+    for (;;) {
+        pthread_mutex_lock(&j->lock);
+        const size_t c = j->next++;
+        const bool stop = c >= j->n || j->err != cudaSuccess || j->wrong_place;
+        pthread_mutex_unlock(&j->lock);
+        if (stop) return NULL;
+        const size_t off = c * kHostChunk, len = j->bytes - off < kHostChunk ? j->bytes - off : kHostChunk;
+        cudaError_t e = cudaHostRegister(j->base + off, len, cudaHostRegisterPortable | cudaHostRegisterMapped);
         void *dev = NULL;
         if (e == cudaSuccess) {
-            *done = c + 1;
-            e = cudaHostGetDevicePointer(&dev, base + off, 0);
+            j->ok[c] = true;
+            e = cudaHostGetDevicePointer(&dev, j->base + off, 0);
         }
-        if (e != cudaSuccess) {
-            (void)cudaGetLastError();
-            return hae_error(e == cudaErrorMemoryAllocation ? HAE_ERR_OOM : HAE_ERR_CUDA,
-                             "cuda device %d: pinning chunk %zu of %zu (bytes %zu..%zu of a %zu-byte host tier) "
-                             "failed: %s", device, c, n, off, off + len, bytes, cudaGetErrorString(e));
-        }
-        if (dev != base + off)
-            return hae_error(HAE_ERR_UNSUPPORTED, "cuda device %d: chunk %zu of the host tier is mapped at %p, not at "
-                             "its host address %p: kernels could not read it in place", device, c, dev,
-                             (void *)(base + off));
+        pthread_mutex_lock(&j->lock);
+        if (e != cudaSuccess && j->err == cudaSuccess) j->err = e, j->err_chunk = c;
+        if (e == cudaSuccess && dev != j->base + off && !j->wrong_place) j->wrong_place = true, j->err_chunk = c;
+        pthread_mutex_unlock(&j->lock);
+        if (e != cudaSuccess) (void)cudaGetLastError();
     }
+}
+
+/* Registers [base, base + bytes) chunk by chunk on up to `threads` threads. */
+static hae_status host_register(int device, char *base, size_t bytes, bool *ok, size_t n) {
+    host_register_job j = {};
+    j.device = device, j.base = base, j.bytes = bytes, j.n = n, j.ok = ok, j.err = cudaSuccess;
+    pthread_mutex_init(&j.lock, NULL);
+    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t threads = cores > 0 ? (size_t)cores : 1;
+    if (threads > n) threads = n;
+    if (threads > 64) threads = 64;
+    pthread_t tid[64];
+    size_t started = 0;
+    for (; started + 1 < threads; started++)
+        if (pthread_create(&tid[started], NULL, host_register_worker, &j) != 0) break;
+    host_register_worker(&j);
+    for (size_t t = 0; t < started; t++) pthread_join(tid[t], NULL);
+    pthread_mutex_destroy(&j.lock);
+    const size_t off = j.err_chunk * kHostChunk;
+    if (j.err != cudaSuccess)
+        return hae_error(j.err == cudaErrorMemoryAllocation ? HAE_ERR_OOM : HAE_ERR_CUDA,
+                         "cuda device %d: pinning chunk %zu of %zu (bytes %zu..%zu of a %zu-byte host tier) failed: %s",
+                         device, j.err_chunk, n, off, off + kHostChunk < bytes ? off + kHostChunk : bytes, bytes,
+                         cudaGetErrorString(j.err));
+    if (j.wrong_place)
+        return hae_error(HAE_ERR_UNSUPPORTED, "cuda device %d: chunk %zu of the host tier is not mapped at its host "
+                         "address %p: kernels could not read it in place", device, j.err_chunk, (void *)(base + off));
     return HAE_OK;
 }
 
@@ -148,37 +190,47 @@ extern "C" hae_status hae_cuda_alloc_host(struct hae_cuda_ctx *ctx, size_t bytes
                          "(cudaDevAttrCanUseHostPointerForRegisteredMem = 0): the host tier must be read at its host "
                          "address", ctx->device);
     const size_t page = host_page();
-    if (bytes > SIZE_MAX - 2 * page)
+    if (bytes > SIZE_MAX / 2 - 2 * kHostChunk)
         return hae_error(HAE_ERR_OOM, "cuda device %d: a host tier of %zu bytes cannot be allocated", ctx->device, bytes);
-    const size_t rounded = (bytes + page - 1) / page * page;
-    char *raw = (char *)aligned_alloc(page, page + rounded);
-    if (!raw) {
+    const size_t rounded = (bytes + page - 1) / page * page, span = rounded + kHostChunk + page;
+    /* reserve enough to place the first chunk at a multiple of kHostChunk, then give back the rest */
+    char *raw = (char *)mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (raw == (char *)MAP_FAILED) {
         const long avail = sysconf(_SC_AVPHYS_PAGES);
-        return hae_error(HAE_ERR_OOM, "cuda device %d: could not allocate a host tier of %zu bytes (%zu bytes of RAM "
+        return hae_error(HAE_ERR_OOM, "cuda device %d: could not reserve a host tier of %zu bytes (%zu bytes of RAM "
                          "free)", ctx->device, bytes, (size_t)(avail > 0 ? avail : 0) * page);
     }
-    size_t done = 0;
-    hae_status st = host_register(ctx->device, raw + page, rounded, &done);
+    char *base = (char *)(((uintptr_t)raw + page + kHostChunk - 1) / kHostChunk * kHostChunk);
+    if (base - page > raw) munmap(raw, (size_t)(base - page - raw));
+    if (raw + span > base + rounded) munmap(base + rounded, (size_t)(raw + span - (base + rounded)));
+    madvise(base, rounded, MADV_HUGEPAGE); /* advice: fewer faults while pinning */
+    const size_t n = (rounded + kHostChunk - 1) / kHostChunk;
+    bool *ok = (bool *)calloc(n, sizeof *ok);
+    hae_status st = ok ? host_register(ctx->device, base, rounded, ok, n)
+                       : hae_error(HAE_ERR_OOM, "cuda device %d: host tier bookkeeping", ctx->device);
     if (st != HAE_OK) {
-        host_unregister(raw + page, done);
-        free(raw);
+        for (size_t c = 0; ok && c < n; c++)
+            if (ok[c] && cudaHostUnregister(base + c * kHostChunk) != cudaSuccess) (void)cudaGetLastError();
+        free(ok);
+        munmap(base - page, page + rounded);
         return st;
     }
-    host_header *h = (host_header *)raw;
-    h->magic = kHostMagic, h->chunks = done;
-    *out = raw + page;
+    free(ok);
+    host_header *h = (host_header *)(base - page);
+    h->magic = kHostMagic, h->bytes = rounded, h->chunks = n;
+    *out = base;
     return HAE_OK;
 }
 
 extern "C" void hae_cuda_free_host(struct hae_cuda_ctx *ctx, void *p) {
     if (!p) return;
-    char *raw = (char *)p - host_page();
-    host_header *h = (host_header *)raw;
+    const size_t page = host_page();
+    host_header *h = (host_header *)((char *)p - page);
     HAE_ASSERT(h->magic == kHostMagic); /* p came from hae_cuda_alloc_host */
     if (cudaSetDevice(ctx->device) != cudaSuccess) (void)cudaGetLastError();
     host_unregister((char *)p, h->chunks);
     h->magic = 0;
-    free(raw);
+    munmap((char *)p - page, page + h->bytes);
 }
 
 extern "C" hae_status hae_cuda_mem_info(struct hae_cuda_ctx *ctx, size_t *free_bytes, size_t *total_bytes) {

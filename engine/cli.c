@@ -425,14 +425,15 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
                                     "  \"decode_tok_s\": %.2f,\n  \"decode_p50_ms\": %.4f,\n  \"decode_p99_ms\": %.4f,\n"
                                     "  \"params\": %lld,\n  \"device\": \"%s\",\n  \"weight_bytes\": %zu,\n  \"kv_bytes\": %zu,\n"
                                     "  \"state_bytes\": %zu,\n  \"activation_bytes\": %zu,\n  \"kv_host_bytes\": %zu,\n"
-                                    "  \"slot_cache_bytes\": %zu,\n  \"slot_hits\": %lld,\n  \"slot_misses\": %lld,\n"
+                                    "  \"slot_cache_bytes\": %zu,\n  \"stage_bytes\": %zu,\n  \"slot_hits\": %lld,\n  \"slot_misses\": %lld,\n"
                                     "  \"fetched_bytes\": %zu,\n  \"generated\": [",
                                     cfg->name, res->label, res->backend, hae_dtype_name(cfg->runtime.dtype), (long long)B,
                                     (long long)T, prefill_s, res->prefill_tok_s, (long long)N, decode_s, res->decode_tok_s,
                                     res->p50_ms, res->p99_ms, (long long)res->stats.n_params,
                                     res->stats.device == HAE_CUDA ? "cuda" : "cpu", res->stats.weight_bytes,
                                     res->stats.kv_bytes, res->stats.state_bytes, res->stats.activation_bytes,
-                                    res->stats.kv_host_bytes, res->stats.slot_cache_bytes, (long long)res->stats.slot_hits,
+                                    res->stats.kv_host_bytes, res->stats.slot_cache_bytes, res->stats.stage_bytes,
+                                    (long long)res->stats.slot_hits,
                                     (long long)res->stats.slot_misses, res->stats.fetched_bytes);
         for (int64_t s = 0; s < N && s < 64 && u < sizeof summary - 32; s++)
             u += (size_t)snprintf(summary + u, sizeof summary - u, "%s%d", s ? ", " : "", gen[s * B]);
@@ -463,9 +464,10 @@ static void print_job(const hae_config *cfg, const job_result *r, const char *di
            fmt_bytes((double)r->stats.activation_bytes, b4, sizeof b4), dev);
     if (r->stats.kv_host_bytes) {
         const int64_t looked = r->stats.slot_hits + r->stats.slot_misses;
-        printf("  %-10s dsa K/V %s in the host tier; GPU token slots %s; decode lookups %lld, hit rate %.1f%%; "
-               "fetched %s\n", "host tier", fmt_bytes((double)r->stats.kv_host_bytes, b1, sizeof b1),
-               fmt_bytes((double)r->stats.slot_cache_bytes, b2, sizeof b2), (long long)looked,
+        printf("  %-10s dsa K/V %s in the host tier; GPU token slots %s, prefill staging %s; decode lookups %lld, "
+               "hit rate %.1f%%; fetched %s\n", "host tier", fmt_bytes((double)r->stats.kv_host_bytes, b1, sizeof b1),
+               fmt_bytes((double)r->stats.slot_cache_bytes, b2, sizeof b2),
+               fmt_bytes((double)r->stats.stage_bytes, b4, sizeof b4), (long long)looked,
                looked > 0 ? 100.0 * (double)r->stats.slot_hits / (double)looked : 0.0,
                fmt_bytes((double)r->stats.fetched_bytes, b3, sizeof b3));
     }

@@ -751,8 +751,9 @@ typedef struct hae_model_stats {
     size_t activation_bytes; /* activation and logits buffers */
     hae_device device;
     /* memory.dsa_kv = host: K/V bytes in the host tier (kv_bytes holds them too), the GPU token-slot
-     * caches, and since creation the decode lookups that hit or missed them and the bytes fetched H2D */
-    size_t kv_host_bytes, slot_cache_bytes;
+     * caches and prefill staging, and since creation the decode lookups that hit or missed the slots and
+     * the bytes fetched H2D */
+    size_t kv_host_bytes, slot_cache_bytes, stage_bytes;
     int64_t slot_hits, slot_misses;
     size_t fetched_bytes;
 } hae_model_stats;
@@ -1184,10 +1185,12 @@ typedef struct hae_mem_report_args {
 } hae_mem_report_args;
 hae_status hae_mem_report(const hae_mem_report_args *a, FILE *markdown, FILE *csv, FILE *svg);
 
-/* Host-tier memory: on CUDA page-locked in chunks (cudaHostRegister, whose pinning runs at RAM speed where
- * cudaHostAlloc zero-fills through the driver) and mapped into the device's address space at the same
- * address, so a kernel reads it over PCIe and a tensor over it carries the backend's device; on the CPU
+/* Host-tier memory: on CUDA page-locked in chunks of HAE_HOST_CHUNK bytes starting at multiples of it
+ * (cudaHostRegister, chunks in parallel, where cudaHostAlloc zero-fills through the driver) and mapped into
+ * the device's address space at the same address, so a kernel reads it over PCIe and a tensor over it
+ * carries the backend's device; a copy engine's copy (cudaMemcpy*) must not span two chunks. On the CPU
  * ordinary memory, 64-byte aligned. Not zeroed. */
+#define HAE_HOST_CHUNK ((size_t)1 << 30)
 hae_status hae_backend_alloc_host(hae_backend *be, size_t bytes, void **out);
 void hae_backend_free_host(hae_backend *be, void *p); /* accepts NULL */
 
@@ -1208,7 +1211,7 @@ typedef struct hae_kv_gather_args {
     hae_tensor src_rows; /* [B, n] i32 in [-1, cap) */
     hae_tensor dst_rows; /* [B, n] i32 in [0, slots) */
     hae_gather_method method;
-    int max_blocks;      /* HAE_GATHER_KERNEL: 0 = 48, so a concurrent kernel keeps the other SMs */
+    int max_blocks;      /* HAE_GATHER_KERNEL: 0 = 16 (they fill PCIe), so a concurrent kernel keeps the other SMs */
 } hae_kv_gather_args;
 hae_status hae_kv_gather(hae_backend *be, const hae_kv_gather_args *a);
 

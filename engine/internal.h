@@ -88,22 +88,31 @@ HAE_OP_IMPLS(topk)
 HAE_OP_IMPLS(kv_gather)
 HAE_OP_IMPLS(kv_slots)
 #undef HAE_OP_IMPLS
+/* Bytes of [p, p + bytes) before the next host-tier chunk boundary: a copy from the host tier goes in runs
+ * that each stay inside one registration. */
+static inline size_t hae_host_run(const void *p, size_t bytes) {
+    const size_t to = HAE_HOST_CHUNK - (size_t)((uintptr_t)p % HAE_HOST_CHUNK);
+    return bytes < to ? bytes : to;
+}
 /* RAM the machine has available (the host tier's limit when no budget is set). */
 size_t hae_host_available_bytes(void);
 
 /* The GPU token slots of one dsa layer's host-tier K/V (memory/slot_cache.c). k_host and v_host are the
  * layer's [B, cap, H, D] cache views (v_host may be a view inside k_host's rows, as mla's is); S slots
- * per sequence (>= topk when S < cap), fetch lists for topk lookups or chunk mirrored tokens. */
+ * per sequence (>= topk when S < cap), fetch lists for topk lookups or chunk mirrored tokens. stage (or
+ * NULL) is device memory of hae_slot_cache_stage_bytes, which layers may share: prefill chunks past the
+ * slots copy the layer's context there. */
 typedef struct hae_slot_cache hae_slot_cache;
+size_t hae_slot_cache_stage_bytes(const hae_tensor *k_host, const hae_tensor *v_host);
 hae_status hae_slot_cache_create(hae_backend *be, const hae_tensor *k_host, const hae_tensor *v_host, int64_t S,
-                                 int64_t topk, int64_t chunk, hae_slot_cache **out);
+                                 int64_t topk, int64_t chunk, void *stage, hae_slot_cache **out);
 void hae_slot_cache_destroy(hae_slot_cache *c); /* accepts NULL */
 /* Empties the slots: a new sequence, or a restored snapshot. */
 hae_status hae_slot_cache_reset(hae_slot_cache *c);
 size_t hae_slot_cache_bytes(const hae_slot_cache *c);
 /* Before the layer's sparse attention of T queries at positions pos.. (the chunk's K/V already written to
- * the host tier): fetches what the attention will read into the slots and points k, v, idx ([B, T, k]) and
- * seq_lens at what it should read; leaves them as they are where it reads the host tier in place. */
+ * the host tier): fetches what the attention will read into the slots or the staging and points k, v, idx
+ * ([B, T, k]) and seq_lens at what it should read (idx and seq_lens stay where slot = token). */
 hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae_tensor *k, hae_tensor *v,
                                   hae_tensor *idx, hae_tensor *seq_lens);
 /* Adds the decode lookups' hits and misses and the bytes fetched so far (synchronises the backend). */

@@ -117,6 +117,8 @@ struct hae_model {
 
     hae_kv_cache *kv;
     hae_slot_cache **slots; /* [L]: the GPU token slots of dsa layers whose K/V are in the host tier, else NULL */
+    void *stage_mem;        /* their shared prefill staging (one layer's K/V), when chunks can outgrow the slots */
+    size_t stage_bytes;
     void *state_mem; /* recurrent and conv states of the linear layers */
     size_t state_bytes;
     int64_t pos;
@@ -625,7 +627,15 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
         if (cfg->model.layers[l] != HAE_LAYER_DSA || cfg->memory.dsa_kv != HAE_TIER_HOST) continue;
         hae_tensor kc, vc;
         hae_kv_cache_layer(m->kv, (int)l, &kc, &vc);
-        st = hae_slot_cache_create(be, &kc, &vc, S, m->topk, m->chunk, &m->slots[l]);
+        if (!m->stage_mem && m->chunk > 1 && S < m->ctx_max) {
+            m->stage_bytes = hae_slot_cache_stage_bytes(&kc, &vc);
+            st = hae_backend_alloc(be, m->stage_bytes, &m->stage_mem);
+            if (st != HAE_OK) {
+                st = hae_error_wrap(st, "the host tier's prefill staging (one dsa layer's K/V)");
+                break;
+            }
+        }
+        st = hae_slot_cache_create(be, &kc, &vc, S, m->topk, m->chunk, m->stage_mem, &m->slots[l]);
         if (st != HAE_OK) st = hae_error_wrap(st, "layer %lld (memory.dsa_kv: host)", (long long)l);
     }
     if (st != HAE_OK) {
@@ -694,6 +704,7 @@ void hae_model_destroy(hae_model *m) {
     if (!m) return;
     for (int64_t l = 0; m->slots && l < m->L; l++) hae_slot_cache_destroy(m->slots[l]);
     free(m->slots);
+    hae_backend_free(m->be, m->stage_mem);
     hae_kv_cache_destroy(m->kv);
     hae_backend_free(m->be, m->weight_mem);
     hae_backend_free(m->be, m->act_mem);
@@ -719,6 +730,7 @@ void hae_model_stats_get(const hae_model *m, hae_model_stats *s) {
     s->device = hae_backend_device(m->be);
     s->kv_host_bytes = hae_kv_cache_tier_bytes(m->kv, HAE_TIER_HOST);
     s->slot_cache_bytes = 0, s->slot_hits = s->slot_misses = 0, s->fetched_bytes = 0;
+    s->stage_bytes = m->stage_bytes;
     for (int64_t l = 0; l < m->L; l++) {
         if (!m->slots[l]) continue;
         s->slot_cache_bytes += hae_slot_cache_bytes(m->slots[l]);

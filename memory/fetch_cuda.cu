@@ -7,11 +7,12 @@
  *    so that a concurrent kernel keeps the other SMs. src is host memory mapped at its host address, so
  *    every load crosses PCIe (~1-2 us): a warp keeps kUnroll loads per lane in flight and fetches its
  *    next entry's row indices while the current row travels, and the blocks' many warps together keep
- *    enough bytes in flight to fill the link (e.g. 48 blocks x 16 warps x 656 B ~ 500 KB, against
+ *    enough bytes in flight to fill the link (e.g. 16 blocks x 16 warps x 656 B ~ 170 KB, against
  *    ~50 GB/s x 2 us = 100 KB needed). Rows move in the widest unit (16, 8, 4, 2 or 1 bytes) that every
  *    row start divides, a row's last bytes one per lane when its length is not a multiple of the unit;
  *  - copies: one cudaMemcpyBatchAsync descriptor per entry (entries adjacent in both src and dst merge
- *    into one), described on the host from row lists in host memory, in batches of kCopyBatch. */
+ *    into one; a row across a pinned chunk's end splits in two, since a copy may not span two
+ *    registrations), described on the host from row lists in host memory, in batches of kCopyBatch. */
 #include "cuda_check.cuh"
 
 #include <stdint.h>
@@ -21,7 +22,7 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kUnroll = 4;
-constexpr int kDefaultBlocks = 48;
+constexpr int kDefaultBlocks = 16; /* as fast as 48 alone (bench_fetch), fewer SMs taken from others */
 constexpr int kCopyBatch = 512;
 
 struct GatherParams {
@@ -144,16 +145,20 @@ hae_status gather_copies(const hae_kv_gather_args *a, cudaStream_t stream) {
             if (s < 0 || s >= cap || d < 0 || d >= slots) continue;
             const char *sp = (const char *)hae_row_ptr(&a->src, b, s, 0);
             char *dp = (char *)hae_row_ptr(&a->dst, b, d, 0);
-            if (c.count) {
-                const size_t k = c.count - 1;
-                if ((const char *)c.src[k] + c.size[k] == sp && (char *)c.dst[k] + c.size[k] == dp) {
-                    c.size[k] += row;
-                    continue;
+            for (size_t left = row, run; left; left -= run, sp += run, dp += run) {
+                run = hae_host_run(sp, left); /* a descriptor stays inside one pinned chunk */
+                if (c.count) {
+                    const size_t k = c.count - 1;
+                    if ((const char *)c.src[k] + c.size[k] == sp && (char *)c.dst[k] + c.size[k] == dp &&
+                        hae_host_run(c.src[k], c.size[k] + run) == c.size[k] + run) {
+                        c.size[k] += run;
+                        continue;
+                    }
                 }
+                if (c.count == kCopyBatch) HAE_TRY(copies_flush(&c, stream));
+                c.dst[c.count] = dp, c.src[c.count] = sp, c.size[c.count] = run;
+                c.count++;
             }
-            if (c.count == kCopyBatch) HAE_TRY(copies_flush(&c, stream));
-            c.dst[c.count] = dp, c.src[c.count] = sp, c.size[c.count] = row;
-            c.count++;
         }
     return copies_flush(&c, stream);
 }

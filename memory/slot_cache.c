@@ -5,7 +5,9 @@
  *     rewritten as slot numbers;
  *   - a prefill chunk whose context fits the slots mirrors the tokens not copied yet (slot = token), so
  *     it attends over the slots with its selections as they are;
- *   - a longer chunk reads the host tier directly (every selected row crosses PCIe).
+ *   - a longer chunk copies the layer's context [0, pos + T) into a staging buffer shared by every such
+ *     layer (one bulk copy per sequence at the link's speed; fetching each query's selections would move
+ *     T k / context rows per row copied: 128x at 128K tokens, 8K chunks, top-2048) and attends over it.
  * The attention sees the same K/V rows in the same order as over a GPU-resident cache, so its output is
  * bit-identical. */
 #include "internal.h"
@@ -19,11 +21,12 @@ struct hae_slot_cache {
     int64_t v_offset;           /* V a view of K (mla): its first element's offset in a K row; else -1 */
     void *mem;                  /* every buffer below, one device allocation */
     hae_tensor k_slots, v_slots; /* [B, S, H, D] */
+    hae_tensor k_stage, v_stage; /* [B, cap, H, D] like k_host and v_host, in the shared staging; data NULL: none */
     hae_tensor map, owner, stamp, counts, out, src, dst, lens;
     size_t bytes, state_bytes;
     int32_t step;
     int64_t mirrored;           /* tokens [0, mirrored) hold slots [0, mirrored) while the context fits */
-    size_t fetched_rows;        /* rows copied by mirroring (the misses' are counted on the device) */
+    size_t fetched_rows;        /* rows copied by mirroring and staging (the misses' are counted on the device) */
 };
 
 static size_t up256(size_t n) { return (n + 255) & ~(size_t)255; }
@@ -39,8 +42,16 @@ static hae_tensor rows3(const hae_tensor *t) { /* [B, rows, H, D] as [B, rows, H
     return r;
 }
 
+size_t hae_slot_cache_stage_bytes(const hae_tensor *k_host, const hae_tensor *v_host) {
+    const char *kb = k_host->data, *vb = v_host->data;
+    const bool view = vb >= kb && vb < kb + (size_t)k_host->shape[3] * hae_dtype_size(k_host->dtype);
+    return (size_t)(k_host->shape[0] * k_host->shape[1]) *
+           (size_t)(k_host->shape[2] * k_host->shape[3] + (view ? 0 : v_host->shape[2] * v_host->shape[3])) *
+           hae_dtype_size(k_host->dtype);
+}
+
 hae_status hae_slot_cache_create(hae_backend *be, const hae_tensor *k_host, const hae_tensor *v_host, int64_t S,
-                                 int64_t topk, int64_t chunk, hae_slot_cache **out) {
+                                 int64_t topk, int64_t chunk, void *stage, hae_slot_cache **out) {
     *out = NULL;
     const int64_t B = k_host->shape[0], cap = k_host->shape[1];
     if (S < topk || S < 1)
@@ -83,6 +94,14 @@ hae_status hae_slot_cache_create(hae_backend *be, const hae_tensor *k_host, cons
         c->v_slots.data = (char *)c->k_slots.data + c->v_offset * (int64_t)esz;
     } else {
         c->v_slots = slots_like(v_host, p, S);
+    }
+    if (stage) { /* K rows then V rows, each laid out as the host tier's */
+        c->k_stage = slots_like(k_host, stage, cap);
+        c->v_stage = view ? c->k_stage : slots_like(v_host, (char *)stage + hae_tensor_nbytes(&c->k_stage), cap);
+        if (view) {
+            c->v_stage.shape[3] = c->v_stage.stride[2] = v_host->shape[3];
+            c->v_stage.data = (char *)stage + c->v_offset * (int64_t)esz;
+        }
     }
     int32_t *lens = malloc((size_t)B * i32);
     st = lens ? HAE_OK : hae_error(HAE_ERR_OOM, "slot cache: out of host memory");
@@ -152,7 +171,23 @@ hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae
         *idx = hae_tensor_3d(c->out.data, HAE_I32, c->out.device, c->B, 1, c->k);
         *seq_lens = c->lens;
     } else {
-        return HAE_OK; /* a chunk past the slots reads the host tier in place */
+        if (!c->k_stage.data) /* created without staging: chunks never outgrow the slots */
+            return hae_error(HAE_ERR_INVALID, "slot cache: a chunk of %lld tokens at position %lld passes the %lld slots "
+                             "and there is no staging buffer", (long long)T, (long long)pos, (long long)c->S);
+        const hae_tensor *src[2] = {&c->k_host, &c->v_host}, *dst[2] = {&c->k_stage, &c->v_stage};
+        for (int i = 0; i < (c->v_offset >= 0 ? 1 : 2); i++) {
+            const size_t row = (size_t)(src[i]->stride[1]) * hae_dtype_size(src[i]->dtype);
+            for (int64_t b = 0; b < c->B; b++) {
+                const char *from = hae_row_ptr(src[i], b, 0, 0);
+                char *to = hae_row_ptr(dst[i], b, 0, 0);
+                for (size_t left = (size_t)(pos + T) * row, run; left; left -= run, from += run, to += run)
+                    HAE_TRY(hae_backend_upload(c->be, to, from, run = hae_host_run(from, left)));
+            }
+        }
+        c->fetched_rows += (size_t)(c->B * (pos + T));
+        *k = c->k_stage;
+        *v = c->v_stage;
+        return HAE_OK;
     }
     *k = c->k_slots;
     *v = c->v_slots;

@@ -1,7 +1,7 @@
 /* dsa K/V in the host tier (memory.dsa_kv: host): the slot cache's bookkeeping (hae_kv_slots) against a
  * plain LRU written here, step by step; and whole models giving bit-identical logits with K/V on the GPU
- * tier and on the host tier, prefill and decode, while the slots mirror the context, while chunks read the
- * host tier in place, and while decode steps hit, miss and evict. */
+ * tier and on the host tier, prefill and decode, while the slots mirror the context, while chunks past
+ * them go through the prefill staging, and while decode steps hit, miss and evict. */
 #include "testutil.h"
 
 #include <criterion/criterion.h>
@@ -226,7 +226,7 @@ Test(model_host, the_context_fits_the_slots_they_mirror_it) {
     }
 }
 
-Test(model_host, chunks_past_the_slots_read_the_host_and_decode_steps_use_the_lru) {
+Test(model_host, chunks_past_the_slots_are_staged_and_decode_steps_use_the_lru) {
     for (int mla = 0; mla < 2; mla++) {
         int64_t hits = 0, misses = 0;
         host_vs_gpu(mla ? "bf16" : "f32", 10, mla, chunks_then_decode, 17, &hits, &misses);
