@@ -92,8 +92,9 @@ extern "C" void hae_cuda_free(struct hae_cuda_ctx *ctx, void *p) {
 
 /* ---------------------------------------------------------------- host tier
  * Anonymous memory (transparent huge pages where the kernel gives them) pinned and mapped in chunks of
- * kHostChunk bytes with cudaHostRegister, the chunks registered by one thread each in parallel: pinning
- * faults every page in, and one thread zeroing pages runs at a few GB/s. The chunks start at multiples
+ * kHostChunk bytes with cudaHostRegister, each chunk first touched by one of several threads: pinning
+ * faults every page in, and one thread faulting and zeroing pages runs at a few GB/s (the registrations
+ * themselves were measured not to overlap). The chunks start at multiples
  * of kHostChunk, so a copy that must stay inside one registration splits at those addresses
  * (hae_host_tier_run). A header page just below the first chunk records what the free needs. Kernels
  * read the memory at its host address, which the device must accept. */
@@ -138,6 +139,7 @@ static void *host_register_worker(void *p) {
         pthread_mutex_unlock(&j->lock);
         if (stop) return NULL;
         const size_t off = c * kHostChunk, len = j->bytes - off < kHostChunk ? j->bytes - off : kHostChunk;
+        memset(j->base + off, 0, len); /* the faults here, on this thread, rather than inside the driver's lock */
         cudaError_t e = cudaHostRegister(j->base + off, len, cudaHostRegisterPortable | cudaHostRegisterMapped);
         void *dev = NULL;
         if (e == cudaSuccess) {
