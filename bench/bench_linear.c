@@ -221,11 +221,4 @@ static int bench_main(void) {
 
 #endif
 
-int main(void) {
-#ifdef HAE_HAVE_CUDA
-    return bench_main();
-#else
-    printf("bench_linear: this build has no CUDA: skipped\n");
-    return 0;
-#endif
-}
+HAE_BENCH_MAIN("bench_linear")

@@ -24,6 +24,18 @@ static inline void hae_bench_die(const char *what, hae_status st) {
         if (st_ != HAE_OK) hae_bench_die(what, st_);                                               \
     } while (0)
 
+/* A benchmark's main(): its bench_main() where this build has CUDA, else a line saying it is skipped. */
+#ifdef HAE_HAVE_CUDA
+#define HAE_BENCH_MAIN(name)                                                                       \
+    int main(void) { return bench_main(); }
+#else
+#define HAE_BENCH_MAIN(name)                                                                       \
+    int main(void) {                                                                               \
+        printf("%s: this build has no CUDA: skipped\n", name);                                     \
+        return 0;                                                                                  \
+    }
+#endif
+
 typedef struct hae_cuda_timer hae_cuda_timer;
 
 /* A timer on be's stream; also holds a scratch buffer twice the size of the L2 cache for flushes. */
