@@ -32,83 +32,29 @@ TestSuite(gpu_attention, .init = gpu_pair_setup, .fini = gpu_pair_teardown, .tim
 
 static const char *dn(hae_dtype dt) { return hae_dtype_name(dt); }
 
-static bool ran(hae_status st, const char *side, const char *op, const char *ctx) {
-    if (st == HAE_OK) return true;
-    cr_expect(0, "%s [%s] on %s: %s: %s", op, ctx, side, hae_status_name(st), hae_last_error());
-    return false;
-}
+/* A [B, T, H, D] buffer with strides (s0, s1, D, 1). */
+typedef struct {
+    const int64_t *shape;
+    int64_t s0, s1;
+} layout;
 
-/* A sync after the GPU op surfaces asynchronous kernel faults here, with the context. */
-static bool gpu_done(const char *op, const char *ctx) {
-    return ran(hae_backend_sync(g_gpu), "cuda (sync after the op)", op, ctx);
-}
-
-static void *fetch_gpu(const pbuf *p) {
-    void *h = malloc(p->bytes ? p->bytes : 1);
-    cr_assert(h != NULL);
-    hae_status st = hae_backend_download(g_gpu, h, p->g, p->bytes);
-    cr_assert_eq(st, HAE_OK, "download of %zu bytes: %s", p->bytes, hae_last_error());
-    return h;
-}
-
-/* Where element i of a [B, T, H, D] buffer with strides (s0, s1, D, 1) lies, as "(b, t, h, d)" or
- * "padding". */
-static const char *where(int64_t i, const int64_t shape[4], int64_t s0, int64_t s1, char *buf, size_t n) {
-    const int64_t b = i / s0, t = (i % s0) / s1, hd = (i % s0) % s1, h = hd / shape[3], d = hd % shape[3];
-    if (b < shape[0] && t < shape[1] && h < shape[2])
+/* Where element i of such a buffer lies, as "(b, t, h, d)" or "padding". */
+static const char *where(int64_t i, char *buf, size_t n, const void *ctx) {
+    const layout *l = ctx;
+    const int64_t b = i / l->s0, t = (i % l->s0) / l->s1, hd = (i % l->s0) % l->s1, h = hd / l->shape[3],
+                  d = hd % l->shape[3];
+    if (b < l->shape[0] && t < l->shape[1] && h < l->shape[2])
         snprintf(buf, n, "(b %lld, t %lld, h %lld, d %lld)", (long long)b, (long long)t, (long long)h, (long long)d);
     else
         snprintf(buf, n, "padding after (b %lld, t %lld)", (long long)b, (long long)t);
     return buf;
 }
 
-/* Compares the whole buffer p (CPU result vs GPU result) holding a [B, T, H, D] tensor of dt with
- * strides (s0, s1, D, 1); tol < 0: bit-exact. */
+/* pb_compare of a [B, T, H, D] tensor of dt with strides (s0, s1, D, 1); tol < 0: bit-exact. */
 static bool compare(const char *op, const char *ctx, const pbuf *p, hae_dtype dt, const int64_t shape[4], int64_t s0,
                     int64_t s1, double tol) {
-    const size_t es = hae_dtype_size(dt);
-    const int64_t n = (int64_t)(p->bytes / es);
-    unsigned char *g = fetch_gpu(p);
-    const unsigned char *c = p->c;
-    int64_t bad = 0, first_bad = -1, imax = -1, finite = 0;
-    double num = 0, den = 0, maxabs = 0;
-    for (int64_t i = 0; i < n; i++) {
-        const double cv = tu_get(c, dt, i), gv = tu_get(g, dt, i);
-        const bool cn = isnan(cv), gn = isnan(gv), ci = isinf(cv), gi = isinf(gv);
-        bool differ = cn != gn || ci != gi || (ci && gi && (cv > 0) != (gv > 0));
-        if (tol < 0) differ = memcmp(c + (size_t)i * es, g + (size_t)i * es, es) != 0;
-        if (differ) {
-            if (first_bad < 0) first_bad = i;
-            bad++;
-            continue;
-        }
-        if (cn || ci) continue;
-        finite++;
-        const double d = fabs(gv - cv);
-        if (d > maxabs || imax < 0) maxabs = d, imax = i;
-        num += d * d;
-        den += cv * cv;
-    }
-    bool ok = true;
-    char w[160];
-    if (bad) {
-        cr_expect(0, "%s [%s]: %lld of %lld %s elements %s; first at element %lld %s: cpu %.9g gpu %.9g", op, ctx,
-                  (long long)bad, (long long)n, dn(dt), tol < 0 ? "differ (bit-exact expected)" : "NaN/Inf on one side only",
-                  (long long)first_bad, where(first_bad, shape, s0, s1, w, sizeof w), tu_get(c, dt, first_bad),
-                  tu_get(g, dt, first_bad));
-        ok = false;
-    }
-    const double rel = den > 0 ? sqrt(num / den) : (num > 0 ? INFINITY : 0.0);
-    if (tol >= 0 && !(rel <= tol)) {
-        cr_expect(0, "%s [%s]: relative error %.3g > %.3g (%s, %lld finite elements); max abs error %.3g at element "
-                     "%lld %s: cpu %.9g gpu %.9g",
-                  op, ctx, rel, tol, dn(dt), (long long)finite, maxabs, (long long)imax,
-                  imax >= 0 ? where(imax, shape, s0, s1, w, sizeof w) : "-", imax >= 0 ? tu_get(c, dt, imax) : 0.0,
-                  imax >= 0 ? tu_get(g, dt, imax) : 0.0);
-        ok = false;
-    }
-    free(g);
-    return ok;
+    const layout l = {shape, s0, s1};
+    return pb_compare_at(op, ctx, p, dt, tol, where, &l);
 }
 
 /* ---------------------------------------------------------------- attention */
@@ -184,8 +130,8 @@ static void run_attention_case(const attn_case *k, uint64_t seed) {
                              TV_C(po, k->out, 4, so, sto), k->pos0, k->window, scale};
     hae_attention_args ag = {TV_G(pq, k->q, 4, sq, stq), TV_G(pk, k->kv, 4, sk, stk), TV_G(pv, k->kv, 4, sv, stv),
                              TV_G(po, k->out, 4, so, sto), k->pos0, k->window, scale};
-    if (ran(hae_attention(g_cpu, &ac), "cpu", "attention", ctx) &&
-        ran(hae_attention(g_gpu, &ag), "cuda", "attention", ctx) && gpu_done("attention", ctx))
+    if (gpu_ran(hae_attention(g_cpu, &ac), "cpu", "attention", ctx) &&
+        gpu_ran(hae_attention(g_gpu, &ag), "cuda", "attention", ctx) && gpu_done("attention", ctx))
         compare("attention", ctx, &po, k->out, so, o0, o1, attention_tol(k));
     pb_free(&pq), pb_free(&pk), pb_free(&po);
     if (hv) pb_free(&pv);
@@ -298,8 +244,8 @@ Test(gpu_attention, kv_write_strided) {
         const int64_t ss[4] = {B, T, H, D}, sst[4] = {s0, s1, D, 1}, sc[4] = {B, cap, H, D}, stc[4] = {c0, c1, D, 1};
         hae_kv_write_args ac = {TV_C(ps, sd, 4, ss, sst), TV_C(pc, cd, 4, sc, stc), cases[ci].pos0};
         hae_kv_write_args ag = {TV_G(ps, sd, 4, ss, sst), TV_G(pc, cd, 4, sc, stc), cases[ci].pos0};
-        if (ran(hae_kv_write(g_cpu, &ac), "cpu", "kv_write", ctx) &&
-            ran(hae_kv_write(g_gpu, &ag), "cuda", "kv_write", ctx) && gpu_done("kv_write", ctx))
+        if (gpu_ran(hae_kv_write(g_cpu, &ac), "cpu", "kv_write", ctx) &&
+            gpu_ran(hae_kv_write(g_gpu, &ag), "cuda", "kv_write", ctx) && gpu_done("kv_write", ctx))
             compare("kv_write", ctx, &pc, cd, sc, c0, c1, -1);
         pb_free(&ps), pb_free(&pc);
         free(hs);
@@ -344,10 +290,10 @@ static void decode_ring(hae_dtype qd, uint64_t seed) {
                                  TV_C(po, HAE_F32, 4, sq, NULL), pos, W, 1.0f / sqrtf((float)D)};
         hae_attention_args ag = {TV_G(pq, qd, 4, sq, NULL), TV_G(pk, kvd, 4, sc, NULL), TV_G(pv, kvd, 4, sc, NULL),
                                  TV_G(po, HAE_F32, 4, sq, NULL), pos, W, 1.0f / sqrtf((float)D)};
-        ok = ran(hae_kv_write(g_cpu, &kc), "cpu", "kv_write", ctx) && ran(hae_kv_write(g_cpu, &vc), "cpu", "kv_write", ctx) &&
-             ran(hae_kv_write(g_gpu, &kg), "cuda", "kv_write", ctx) && ran(hae_kv_write(g_gpu, &vg), "cuda", "kv_write", ctx) &&
-             ran(hae_attention(g_cpu, &ac), "cpu", "attention", ctx) &&
-             ran(hae_attention(g_gpu, &ag), "cuda", "attention", ctx) && gpu_done("decode ring", ctx);
+        ok = gpu_ran(hae_kv_write(g_cpu, &kc), "cpu", "kv_write", ctx) && gpu_ran(hae_kv_write(g_cpu, &vc), "cpu", "kv_write", ctx) &&
+             gpu_ran(hae_kv_write(g_gpu, &kg), "cuda", "kv_write", ctx) && gpu_ran(hae_kv_write(g_gpu, &vg), "cuda", "kv_write", ctx) &&
+             gpu_ran(hae_attention(g_cpu, &ac), "cpu", "attention", ctx) &&
+             gpu_ran(hae_attention(g_gpu, &ag), "cuda", "attention", ctx) && gpu_done("decode ring", ctx);
         if (ok) {
             ok = compare("decode ring: k cache", ctx, &pk, kvd, sc, cap * Hkv * D, Hkv * D, -1) &&
                  compare("decode ring: v cache", ctx, &pv, kvd, sc, cap * Hkv * D, Hkv * D, -1);

@@ -51,48 +51,6 @@ static void *xmalloc(size_t n) {
     return p;
 }
 
-static void *pb_fetch_gpu(const pbuf *p) {
-    void *h = xmalloc(p->bytes);
-    hae_status st = hae_backend_download(g_gpu, h, p->g, p->bytes);
-    cr_assert_eq(st, HAE_OK, "download of %zu bytes: %s", p->bytes, hae_last_error());
-    return h;
-}
-
-static bool ran(hae_status st, const char *side, const char *op, const char *ctx) {
-    if (st == HAE_OK) return true;
-    cr_expect(0, "%s [%s] on %s: %s: %s", op, ctx, side, hae_status_name(st), hae_last_error());
-    return false;
-}
-
-/* A sync surfaces asynchronous kernel faults here, with the context. */
-static bool gpu_done(const char *op, const char *ctx) {
-    return ran(hae_backend_sync(g_gpu), "cuda (sync after the op)", op, ctx);
-}
-
-/* The CPU and GPU copies of p hold the same bytes; on failure names the first differing element
- * (elements of es bytes, shown as dt) and how many differ. */
-static bool same_bytes(const char *op, const char *ctx, const char *what, const pbuf *p, size_t es, hae_dtype dt) {
-    unsigned char *g = pb_fetch_gpu(p);
-    const unsigned char *c = p->c;
-    const int64_t n = (int64_t)(p->bytes / es);
-    int64_t first = -1, count = 0;
-    for (int64_t i = 0; i < n; i++)
-        if (memcmp(c + (size_t)i * es, g + (size_t)i * es, es) != 0) {
-            if (first < 0) first = i;
-            count++;
-        }
-    if (count) {
-        uint64_t cb = 0, gb = 0;
-        memcpy(&cb, c + (size_t)first * es, es);
-        memcpy(&gb, g + (size_t)first * es, es);
-        cr_expect(0, "%s [%s]: %s: %lld of %lld elements differ (bit-exact expected); first at element %lld: cpu "
-                  "0x%llx (%.9g) gpu 0x%llx (%.9g)", op, ctx, what, (long long)count, (long long)n, (long long)first,
-                  (unsigned long long)cb, tu_get(c, dt, first), (unsigned long long)gb, tu_get(g, dt, first));
-    }
-    free(g);
-    return count == 0;
-}
-
 /* ---------------------------------------------------------------- fp8_quant */
 
 static void put(void *x, hae_dtype dt, int64_t i, float v) {
@@ -114,10 +72,10 @@ static void quant_pair(const char *what, const void *x, hae_dtype dt, int64_t N,
     const int64_t sx[2] = {N, D}, stx[2] = {xs, 1}, stq[2] = {qs, 1}, ssh[2] = {N, nb}, sts[2] = {ss, 1};
     hae_fp8_quant_args ac = {TV_C(px, dt, 2, sx, stx), TV_C(pq, HAE_FP8_E4M3, 2, sx, stq), TV_C(ps, HAE_F32, 2, ssh, sts)};
     hae_fp8_quant_args ag = {TV_G(px, dt, 2, sx, stx), TV_G(pq, HAE_FP8_E4M3, 2, sx, stq), TV_G(ps, HAE_F32, 2, ssh, sts)};
-    if (ran(hae_fp8_quant(g_cpu, &ac), "cpu", "fp8_quant", ctx) && ran(hae_fp8_quant(g_gpu, &ag), "cuda", "fp8_quant", ctx) &&
+    if (gpu_ran(hae_fp8_quant(g_cpu, &ac), "cpu", "fp8_quant", ctx) && gpu_ran(hae_fp8_quant(g_gpu, &ag), "cuda", "fp8_quant", ctx) &&
         gpu_done("fp8_quant", ctx)) {
-        same_bytes("fp8_quant", ctx, "codes", &pq, 1, HAE_FP8_E4M3);
-        same_bytes("fp8_quant", ctx, "scales", &ps, 4, HAE_F32);
+        pb_compare("fp8_quant: codes", ctx, &pq, HAE_FP8_E4M3, -1);
+        pb_compare("fp8_quant: scales", ctx, &ps, HAE_F32, -1);
     }
     pb_free(&px), pb_free(&pq), pb_free(&ps);
 }
@@ -199,9 +157,9 @@ Test(gpu_indexer, hadamard_bit_exact_up_to_16384) {
             pbuf px = pb_new(x, (size_t)(N * xs * es));
             const int64_t sx[2] = {N, D}, st[2] = {xs, 1};
             hae_hadamard_args ac = {TV_C(px, dt, 2, sx, st)}, ag = {TV_G(px, dt, 2, sx, st)};
-            if (ran(hae_hadamard(g_cpu, &ac), "cpu", "hadamard", ctx) && ran(hae_hadamard(g_gpu, &ag), "cuda", "hadamard", ctx) &&
+            if (gpu_ran(hae_hadamard(g_cpu, &ac), "cpu", "hadamard", ctx) && gpu_ran(hae_hadamard(g_gpu, &ag), "cuda", "hadamard", ctx) &&
                 gpu_done("hadamard", ctx))
-                same_bytes("hadamard", ctx, "rows (in place, gaps included)", &px, (size_t)es, dt);
+                pb_compare("hadamard: rows (in place, gaps included)", ctx, &px, dt, -1);
             pb_free(&px);
             free(x);
         }
@@ -363,7 +321,7 @@ static bool fill_cache_pair(const idx_case *c, const idx_data *d, idx_cache_pair
                 .cache = cache_view(c, d, cp, gpu),
                 .seq_lens = hae_tensor_1d(gpu ? pl.g : pl.c, HAE_I32, dev, 1)};
             w.cache.block_table = hae_tensor_narrow(w.cache.block_table, 0, b, 1);
-            ok = ran(hae_index_write(gpu ? g_gpu : g_cpu, &w), gpu ? "cuda" : "cpu", "index_write (history)", ctx);
+            ok = gpu_ran(hae_index_write(gpu ? g_gpu : g_cpu, &w), gpu ? "cuda" : "cpu", "index_write (history)", ctx);
         }
         ok = ok && gpu_done("index_write (history)", ctx);
         pb_free(&pk), pb_free(&ps), pb_free(&pl);
@@ -388,9 +346,9 @@ static bool fill_cache_pair(const idx_case *c, const idx_data *d, idx_cache_pair
                                   .cache = cache_view(c, d, cp, gpu),
                                   .seq_lens = gpu ? TV_G(pl, HAE_I32, 1, (int64_t[]){c->B}, NULL)
                                                   : TV_C(pl, HAE_I32, 1, (int64_t[]){c->B}, NULL)};
-        ok = ran(hae_index_write(gpu ? g_gpu : g_cpu, &w), gpu ? "cuda" : "cpu", "index_write (new keys)", ctx);
+        ok = gpu_ran(hae_index_write(gpu ? g_gpu : g_cpu, &w), gpu ? "cuda" : "cpu", "index_write (new keys)", ctx);
     }
-    ok = ok && gpu_done("index_write (new keys)", ctx) && same_bytes("index_write", ctx, "pages", &cp->pages, 1, HAE_FP8_E4M3);
+    ok = ok && gpu_done("index_write (new keys)", ctx) && pb_compare("index_write: pages", ctx, &cp->pages, HAE_FP8_E4M3, -1);
     pb_free(&pk), pb_free(&ps), pb_free(&pl);
     free(kn), free(ksn);
     return ok;
@@ -499,12 +457,12 @@ static void logits_case(const idx_case *c, bool exact, bool fp32, uint64_t seed)
         pbuf pq = pb_new(d.q, (size_t)(nq * d.q_row)), pw = pb_new(d.w, sizeof(float) * (size_t)(nq * c->H));
         pbuf pqs = pb_new(d.qs, sizeof(float) * (size_t)(nq * c->H)), pl = pb_new(d.lens, sizeof(int32_t) * (size_t)c->B);
         logits_pair lp = logits_poisoned(nq, c->L + 5);
-        if (ran(logits_run(g_cpu, c, &d, &pq, &pw, &pqs, &pl, cache_view(c, &d, &cp, false), &lp, fp32), "cpu",
+        if (gpu_ran(logits_run(g_cpu, c, &d, &pq, &pw, &pqs, &pl, cache_view(c, &d, &cp, false), &lp, fp32), "cpu",
                 "index_logits", ctx) &&
-            ran(logits_run(g_gpu, c, &d, &pq, &pw, &pqs, &pl, cache_view(c, &d, &cp, true), &lp, fp32), "cuda",
+            gpu_ran(logits_run(g_gpu, c, &d, &pq, &pw, &pqs, &pl, cache_view(c, &d, &cp, true), &lp, fp32), "cuda",
                 "index_logits", ctx) &&
             gpu_done("index_logits", ctx)) {
-            float *g = pb_fetch_gpu(&lp.buf);
+            float *g = pb_fetch(&lp.buf);
             /* magnitudes: |w| always; in the realistic regime sign-cleared codes of q and of the keys */
             float *aw = xmalloc(sizeof(float) * (size_t)(nq * c->H));
             for (int64_t i = 0; i < nq * c->H; i++) aw[i] = fabsf(d.w[i]);
@@ -520,7 +478,7 @@ static void logits_case(const idx_case *c, bool exact, bool fp32, uint64_t seed)
             hae_index_cache mc = cache_view(c, &d, &cp, false);
             mc.pages.data = apg + cp.off;
             logits_pair mp = {.buf = {.bytes = lp.buf.bytes, .c = xmalloc(lp.buf.bytes)}, .Ls = lp.Ls, .n = lp.n};
-            if (ran(logits_run(g_cpu, c, &d, &mq, &mw, &pqs, &pl, mc, &mp, true), "cpu", "index_logits (magnitudes)",
+            if (gpu_ran(logits_run(g_cpu, c, &d, &mq, &mw, &pqs, &pl, mc, &mp, true), "cpu", "index_logits (magnitudes)",
                     ctx)) {
                 const float *cpu = (const float *)lp.buf.c + kGuard, *gpu = g + kGuard, *mag = (const float *)mp.buf.c + kGuard;
                 guards_intact(&lp, g, ctx);
@@ -610,8 +568,8 @@ Test(gpu_indexer, garbage_lengths_and_block_table_stay_inside) {
     hae_index_write_args wa = {.k = hae_tensor_3d(pk.g, HAE_FP8_E4M3, HAE_CUDA, B, T, D),
                                .k_scale = hae_tensor_3d(pks.g, HAE_F32, HAE_CUDA, B, T, 1), .cache = gc,
                                .seq_lens = hae_tensor_1d(plen.g, HAE_I32, HAE_CUDA, B)};
-    if (ran(hae_index_write(g_gpu, &wa), "cuda", "index_write (garbage)", ctx) && gpu_done("index_write (garbage)", ctx)) {
-        uint8_t *got = pb_fetch_gpu(&pp);
+    if (gpu_ran(hae_index_write(g_gpu, &wa), "cuda", "index_write (garbage)", ctx) && gpu_done("index_write (garbage)", ctx)) {
+        uint8_t *got = pb_fetch(&pp);
         for (int64_t i = 0; i < n_pages * row_bytes; i++)
             if (got[i] != want[i]) {
                 cr_expect(0, "index_write [%s]: page %lld byte %lld is 0x%02x, expected 0x%02x", ctx,
@@ -629,8 +587,8 @@ Test(gpu_indexer, garbage_lengths_and_block_table_stay_inside) {
                                 .w = hae_tensor_3d(pw.g, HAE_F32, HAE_CUDA, B, T, H), .cache = gc,
                                 .seq_lens = hae_tensor_1d(plen.g, HAE_I32, HAE_CUDA, B),
                                 .logits = logits_view(&lp, B, T, L, true), .w_scale = 0.125f};
-    if (ran(hae_index_logits(g_gpu, &ga), "cuda", "index_logits (garbage)", ctx) && gpu_done("index_logits (garbage)", ctx)) {
-        float *g = pb_fetch_gpu(&lp.buf);
+    if (gpu_ran(hae_index_logits(g_gpu, &ga), "cuda", "index_logits (garbage)", ctx) && gpu_done("index_logits (garbage)", ctx)) {
+        float *g = pb_fetch(&lp.buf);
         guards_intact(&lp, g, ctx);
         const float *gl = g + kGuard;
         bool bad = false;
@@ -666,7 +624,7 @@ Test(gpu_indexer, garbage_lengths_and_block_table_stay_inside) {
                           .page_size = P, .head_dim = D},
                 .seq_lens = hae_tensor_1d((void *)&len, HAE_I32, HAE_CPU, 1),
                 .logits = hae_tensor_3d(cl, HAE_F32, HAE_CPU, 1, T, L), .w_scale = 0.125f};
-            if (ran(hae_index_logits(g_cpu, &ca), "cpu", "index_logits (valid rows)", ctx)) {
+            if (gpu_ran(hae_index_logits(g_cpu, &ca), "cpu", "index_logits (valid rows)", ctx)) {
                 bool off = false;
                 for (int t = 0; t < T && !off; t++)
                     for (int s = 0; s < L && !off; s++) {

@@ -22,56 +22,6 @@
 
 TestSuite(gpu_linear, .init = gpu_pair_setup, .fini = gpu_pair_teardown, .timeout = 600);
 
-
-static bool ran(hae_status st, const char *side, const char *op, const char *ctx) {
-    if (st == HAE_OK) return true;
-    cr_expect(0, "%s [%s] on %s: %s: %s", op, ctx, side, hae_status_name(st), hae_last_error());
-    return false;
-}
-
-/* Whole-buffer comparison: NaN/Inf positions must agree, then relative RMS error <= tol. */
-static bool compare(const char *what, const char *ctx, const pbuf *p, hae_dtype dt, double tol) {
-    const size_t es = hae_dtype_size(dt);
-    const int64_t n = (int64_t)(p->bytes / es);
-    void *g = malloc(p->bytes ? p->bytes : 1);
-    cr_assert(g != NULL);
-    hae_status st = hae_backend_download(g_gpu, g, p->g, p->bytes);
-    cr_assert_eq(st, HAE_OK, "download: %s", hae_last_error());
-    int64_t bad = 0, first_bad = -1, imax = -1;
-    double num = 0, den = 0, maxabs = 0;
-    for (int64_t i = 0; i < n; i++) {
-        const double cv = tu_get(p->c, dt, i), gv = tu_get(g, dt, i);
-        const bool cn = isnan(cv), gn = isnan(gv), ci = isinf(cv), gi = isinf(gv);
-        if (cn != gn || ci != gi || (ci && gi && (cv > 0) != (gv > 0))) {
-            if (first_bad < 0) first_bad = i;
-            bad++;
-            continue;
-        }
-        if (cn || ci) continue;
-        const double d = fabs(gv - cv);
-        if (d > maxabs || imax < 0) maxabs = d, imax = i;
-        num += d * d;
-        den += cv * cv;
-    }
-    bool ok = true;
-    if (bad) {
-        cr_expect(0, "%s [%s]: %lld of %lld elements NaN/Inf on one side only; first at %lld: cpu %.9g gpu %.9g", what,
-                  ctx, (long long)bad, (long long)n, (long long)first_bad, tu_get(p->c, dt, first_bad),
-                  tu_get(g, dt, first_bad));
-        ok = false;
-    }
-    const double rel = den > 0 ? sqrt(num / den) : (num > 0 ? INFINITY : 0.0);
-    if (!(rel <= tol)) {
-        cr_expect(0, "%s [%s]: relative error %.3g > %.3g (%s, %lld elements); max abs error %.3g at %lld: cpu %.9g "
-                     "gpu %.9g",
-                  what, ctx, rel, tol, hae_dtype_name(dt), (long long)n, maxabs, (long long)imax,
-                  imax >= 0 ? tu_get(p->c, dt, imax) : 0.0, imax >= 0 ? tu_get(g, dt, imax) : 0.0);
-        ok = false;
-    }
-    free(g);
-    return ok;
-}
-
 /* Fills [B, T] rows of `inner` values at b * s0 + t * s1 (what lies between rows stays poison). */
 /* ---------------------------------------------------------------- linear attention */
 
@@ -192,11 +142,11 @@ static void run_linear(const variant *vr, const lshape *s, int chunk, uint64_t s
     const bool f32out = s->out == HAE_F32;
     const double tol_out = f32out ? (chunk ? 1e-4 : 2e-5) : 2e-3;
     const double tol_state = chunk ? 1e-4 : 2e-5;
-    if (ran(hae_linear_attn(g_cpu, &arg[0]), "cpu", "linear_attn", ctx) &&
-        ran(hae_linear_attn(g_gpu, &arg[1]), "cuda", "linear_attn", ctx) &&
-        ran(hae_backend_sync(g_gpu), "cuda (sync after the op)", "linear_attn", ctx)) {
-        compare("linear_attn out", ctx, &po, s->out, tol_out);
-        compare("linear_attn state", ctx, &ps, HAE_F32, tol_state);
+    if (gpu_ran(hae_linear_attn(g_cpu, &arg[0]), "cpu", "linear_attn", ctx) &&
+        gpu_ran(hae_linear_attn(g_gpu, &arg[1]), "cuda", "linear_attn", ctx) &&
+        gpu_ran(hae_backend_sync(g_gpu), "cuda (sync after the op)", "linear_attn", ctx)) {
+        pb_compare("linear_attn out", ctx, &po, s->out, tol_out);
+        pb_compare("linear_attn state", ctx, &ps, HAE_F32, tol_state);
     }
     hae_backend_free(g_gpu, ws);
     pb_free(&pq), pb_free(&pk), pb_free(&pv), pb_free(&pg), pb_free(&pbt), pb_free(&pa), pb_free(&pd);
@@ -321,12 +271,12 @@ Test(gpu_linear, conv_short) {
                                   cases[ci].silu};
         /* twice: the second call continues the sequence from the state the first left */
         for (int call = 0; call < 2; call++) {
-            if (!(ran(hae_conv_short(g_cpu, &ac), "cpu", "conv_short", ctx) &&
-                  ran(hae_conv_short(g_gpu, &ag), "cuda", "conv_short", ctx) &&
-                  ran(hae_backend_sync(g_gpu), "cuda (sync)", "conv_short", ctx)))
+            if (!(gpu_ran(hae_conv_short(g_cpu, &ac), "cpu", "conv_short", ctx) &&
+                  gpu_ran(hae_conv_short(g_gpu, &ag), "cuda", "conv_short", ctx) &&
+                  gpu_ran(hae_backend_sync(g_gpu), "cuda (sync)", "conv_short", ctx)))
                 break;
-            compare(call ? "conv_short out (second call)" : "conv_short out", ctx, &po, ot, ot == BF16 ? 2e-3 : 1e-5);
-            compare(call ? "conv_short state (second call)" : "conv_short state", ctx, &ps, F32, 1e-6);
+            pb_compare(call ? "conv_short out (second call)" : "conv_short out", ctx, &po, ot, ot == BF16 ? 2e-3 : 1e-5);
+            pb_compare(call ? "conv_short state (second call)" : "conv_short state", ctx, &ps, F32, 1e-6);
         }
         pb_free(&px), pb_free(&pw), pb_free(&ps), pb_free(&po);
         free(hx), free(hw), free(hs);
@@ -365,10 +315,10 @@ Test(gpu_linear, gated_rmsnorm) {
                                      tv(pw.c, F32, HAE_CPU, 1, shw, NULL), tv(po.c, ot, HAE_CPU, 3, sh, st), 1e-5f};
         hae_gated_rmsnorm_args ag = {tv(px.g, xt, HAE_CUDA, 3, sh, st), tv(pg.g, gt, HAE_CUDA, 3, sh, st),
                                      tv(pw.g, F32, HAE_CUDA, 1, shw, NULL), tv(po.g, ot, HAE_CUDA, 3, sh, st), 1e-5f};
-        if (ran(hae_gated_rmsnorm(g_cpu, &ac), "cpu", "gated_rmsnorm", ctx) &&
-            ran(hae_gated_rmsnorm(g_gpu, &ag), "cuda", "gated_rmsnorm", ctx) &&
-            ran(hae_backend_sync(g_gpu), "cuda (sync)", "gated_rmsnorm", ctx))
-            compare("gated_rmsnorm out", ctx, &po, ot, ot == BF16 ? 2e-3 : 1e-5);
+        if (gpu_ran(hae_gated_rmsnorm(g_cpu, &ac), "cpu", "gated_rmsnorm", ctx) &&
+            gpu_ran(hae_gated_rmsnorm(g_gpu, &ag), "cuda", "gated_rmsnorm", ctx) &&
+            gpu_ran(hae_backend_sync(g_gpu), "cuda (sync)", "gated_rmsnorm", ctx))
+            pb_compare("gated_rmsnorm out", ctx, &po, ot, ot == BF16 ? 2e-3 : 1e-5);
         pb_free(&px), pb_free(&pg), pb_free(&pw), pb_free(&po);
         free(hx), free(hg), free(hw);
     }

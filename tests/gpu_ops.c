@@ -31,97 +31,7 @@ static const char *dn(hae_dtype dt) { return hae_dtype_name(dt); }
 #define TV_C(p, dt, nd, shape, stride) tv((p).c, dt, HAE_CPU, nd, shape, stride)
 #define TV_G(p, dt, nd, shape, stride) tv((p).g, dt, HAE_CUDA, nd, shape, stride)
 
-static void *pb_fetch_gpu(const pbuf *p) {
-    void *h = malloc(p->bytes ? p->bytes : 1);
-    cr_assert(h != NULL);
-    hae_status st = hae_backend_download(g_gpu, h, p->g, p->bytes);
-    cr_assert_eq(st, HAE_OK, "download of %zu bytes: %s", p->bytes, hae_last_error());
-    return h;
-}
-
 /* ---------------------------------------------------------------- running and comparing */
-
-/* Runs nothing itself: reports a failed status of one side with the op's context. */
-static bool ran(hae_status st, const char *side, const char *op, const char *ctx) {
-    if (st == HAE_OK) return true;
-    cr_expect(0, "%s [%s] on %s: %s: %s", op, ctx, side, hae_status_name(st), hae_last_error());
-    return false;
-}
-
-/* After the GPU op: a sync surfaces asynchronous kernel faults here, with the context. */
-static bool gpu_done(const char *op, const char *ctx) {
-    return ran(hae_backend_sync(g_gpu), "cuda (sync after the op)", op, ctx);
-}
-
-/* Compares the whole buffer p (CPU result vs GPU result) as n elements of dt.
- * tol < 0: bit-exact (every byte); otherwise NaN/Inf positions must agree and the relative error
- * ||gpu - cpu|| / ||cpu|| over the finite elements must be <= tol. */
-static bool compare(const char *op, const char *ctx, const pbuf *p, hae_dtype dt, double tol) {
-    size_t es = hae_dtype_size(dt);
-    int64_t n = (int64_t)(p->bytes / es);
-    unsigned char *g = pb_fetch_gpu(p);
-    const unsigned char *c = p->c;
-    bool ok = true;
-    if (tol < 0) {
-        int64_t first = -1, count = 0;
-        for (int64_t i = 0; i < n; i++)
-            if (memcmp(c + (size_t)i * es, g + (size_t)i * es, es) != 0) {
-                if (first < 0) first = i;
-                count++;
-            }
-        if (count) {
-            uint64_t cb = 0, gb = 0;
-            memcpy(&cb, c + (size_t)first * es, es);
-            memcpy(&gb, g + (size_t)first * es, es);
-            cr_expect(0,
-                      "%s [%s]: %lld of %lld %s elements differ (bit-exact expected); first at element %lld: cpu "
-                      "0x%llx (%.9g) gpu 0x%llx (%.9g)",
-                      op, ctx, (long long)count, (long long)n, dn(dt), (long long)first, (unsigned long long)cb,
-                      tu_get(c, dt, first), (unsigned long long)gb, tu_get(g, dt, first));
-            ok = false;
-        }
-        free(g);
-        return ok;
-    }
-    int64_t bad = 0, first_bad = -1, imax = -1, finite = 0;
-    double num = 0, den = 0, maxabs = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double cv = tu_get(c, dt, i), gv = tu_get(g, dt, i);
-        bool cn = isnan(cv), gn = isnan(gv), ci = isinf(cv), gi = isinf(gv);
-        if (cn != gn || ci != gi || (ci && gi && (cv > 0) != (gv > 0))) {
-            if (first_bad < 0) first_bad = i;
-            bad++;
-            continue;
-        }
-        if (cn || ci) continue;
-        finite++;
-        double d = fabs(gv - cv);
-        if (d > maxabs || imax < 0) {
-            maxabs = d;
-            imax = i;
-        }
-        num += d * d;
-        den += cv * cv;
-    }
-    if (bad) {
-        cr_expect(0, "%s [%s]: %lld of %lld %s elements are NaN/Inf on one side only; first at element %lld: cpu "
-                     "%.9g gpu %.9g",
-                  op, ctx, (long long)bad, (long long)n, dn(dt), (long long)first_bad, tu_get(c, dt, first_bad),
-                  tu_get(g, dt, first_bad));
-        ok = false;
-    }
-    double rel = den > 0 ? sqrt(num / den) : (num > 0 ? INFINITY : 0.0);
-    if (!(rel <= tol)) {
-        cr_expect(0,
-                  "%s [%s]: relative error %.3g > %.3g (%s, %lld finite elements); max abs error %.3g at element "
-                  "%lld: cpu %.9g gpu %.9g",
-                  op, ctx, rel, tol, dn(dt), (long long)finite, maxabs, (long long)imax,
-                  imax >= 0 ? tu_get(c, dt, imax) : 0.0, imax >= 0 ? tu_get(g, dt, imax) : 0.0);
-        ok = false;
-    }
-    free(g);
-    return ok;
-}
 
 /* ---------------------------------------------------------------- embedding */
 
@@ -153,9 +63,9 @@ Test(gpu, embedding) {
         const int64_t si[1] = {N}, st[2] = {V, D}, so[2] = {N, D}, sto[2] = {ld, 1};
         hae_embedding_args ac = {TV_C(pi, HAE_I32, 1, si, NULL), TV_C(pt, dt, 2, st, NULL), TV_C(po, HAE_F32, 2, so, sto)};
         hae_embedding_args ag = {TV_G(pi, HAE_I32, 1, si, NULL), TV_G(pt, dt, 2, st, NULL), TV_G(po, HAE_F32, 2, so, sto)};
-        if (ran(hae_embedding(g_cpu, &ac), "cpu", "embedding", ctx) &&
-            ran(hae_embedding(g_gpu, &ag), "cuda", "embedding", ctx) && gpu_done("embedding", ctx))
-            compare("embedding", ctx, &po, HAE_F32, -1);
+        if (gpu_ran(hae_embedding(g_cpu, &ac), "cpu", "embedding", ctx) &&
+            gpu_ran(hae_embedding(g_gpu, &ag), "cuda", "embedding", ctx) && gpu_done("embedding", ctx))
+            pb_compare("embedding", ctx, &po, HAE_F32, -1);
         pb_free(&pi), pb_free(&pt), pb_free(&po);
         free(ids), free(tab);
     }
@@ -204,9 +114,9 @@ Test(gpu, rmsnorm) {
                 if (ci % 2) ac.bias = TV_C(pbias, HAE_F32, 1, sw, NULL), ag.bias = TV_G(pbias, HAE_F32, 1, sw, NULL);
             }
             const char *name = form == 0 ? "rmsnorm" : ci % 2 ? "layernorm+bias" : "layernorm";
-            if (ran(hae_rmsnorm(g_cpu, &ac), "cpu", name, ctx) && ran(hae_rmsnorm(g_gpu, &ag), "cuda", name, ctx) &&
+            if (gpu_ran(hae_rmsnorm(g_cpu, &ac), "cpu", name, ctx) && gpu_ran(hae_rmsnorm(g_gpu, &ag), "cuda", name, ctx) &&
                 gpu_done(name, ctx))
-                compare(name, ctx, &po, od, tol_for(od));
+                pb_compare(name, ctx, &po, od, tol_for(od));
             pb_free(&po);
         }
         pb_free(&px), pb_free(&pw), pb_free(&pbias);
@@ -281,9 +191,9 @@ Test(gpu, gemm) {
                             .accumulate = acc, .batch = nb, .stride_b = N * ldb, .stride_c = N + 1};
         hae_gemm_args ag = ac;
         ag.a = TV_G(pa, abt, 2, sa, sta), ag.b = TV_G(pbb, abt, 2, sb, stb), ag.c = TV_G(pc, ct, 2, sc, stc);
-        if (ran(hae_gemm(g_cpu, &ac), "cpu", "gemm", ctx) && ran(hae_gemm(g_gpu, &ag), "cuda", "gemm", ctx) &&
+        if (gpu_ran(hae_gemm(g_cpu, &ac), "cpu", "gemm", ctx) && gpu_ran(hae_gemm(g_gpu, &ag), "cuda", "gemm", ctx) &&
             gpu_done("gemm", ctx))
-            compare("gemm", ctx, &pc, ct, tol_for(ct));
+            pb_compare("gemm", ctx, &pc, ct, tol_for(ct));
         pb_free(&pa), pb_free(&pbb), pb_free(&pc);
         free(ha), free(hb), free(hc);
     }
@@ -315,9 +225,9 @@ Test(gpu, swiglu) {
         const int64_t sg[2] = {N, 2 * F}, so[2] = {N, F}, stg[2] = {lgu, 1}, sto[2] = {lo, 1};
         hae_swiglu_args ac = {TV_C(pg, it, 2, sg, stg), TV_C(po, ot, 2, so, sto)};
         hae_swiglu_args ag = {TV_G(pg, it, 2, sg, stg), TV_G(po, ot, 2, so, sto)};
-        if (ran(hae_swiglu(g_cpu, &ac), "cpu", "swiglu", ctx) && ran(hae_swiglu(g_gpu, &ag), "cuda", "swiglu", ctx) &&
+        if (gpu_ran(hae_swiglu(g_cpu, &ac), "cpu", "swiglu", ctx) && gpu_ran(hae_swiglu(g_gpu, &ag), "cuda", "swiglu", ctx) &&
             gpu_done("swiglu", ctx))
-            compare("swiglu", ctx, &po, ot, tol_for(ot));
+            pb_compare("swiglu", ctx, &po, ot, tol_for(ot));
         pb_free(&pg), pb_free(&po);
         free(hg);
     }
@@ -360,9 +270,9 @@ Test(gpu, rope) {
         const int64_t sx[4] = {B, T, H, D}, st[4] = {s0, s1, D, 1};
         hae_rope_args ac = {TV_C(px, dt, 4, sx, st), cases[ci].pos0, cases[ci].rot, cases[ci].theta};
         hae_rope_args ag = {TV_G(px, dt, 4, sx, st), cases[ci].pos0, cases[ci].rot, cases[ci].theta};
-        if (ran(hae_rope(g_cpu, &ac), "cpu", "rope", ctx) && ran(hae_rope(g_gpu, &ag), "cuda", "rope", ctx) &&
+        if (gpu_ran(hae_rope(g_cpu, &ac), "cpu", "rope", ctx) && gpu_ran(hae_rope(g_gpu, &ag), "cuda", "rope", ctx) &&
             gpu_done("rope", ctx))
-            compare("rope", ctx, &px, dt, cases[ci].rot == 0 ? -1 : tol_for(dt));
+            pb_compare("rope", ctx, &px, dt, cases[ci].rot == 0 ? -1 : tol_for(dt));
         pb_free(&px);
         free(hx);
     }
@@ -418,9 +328,9 @@ Test(gpu, convert) {
             const int64_t shape[1] = {n};
             hae_tensor sc = TV_C(ps, sd, 1, shape, NULL), dc = TV_C(pd, dd, 1, shape, NULL);
             hae_tensor sg = TV_G(ps, sd, 1, shape, NULL), dg = TV_G(pd, dd, 1, shape, NULL);
-            if (ran(hae_convert(g_cpu, &sc, &dc), "cpu", "convert", ctx) &&
-                ran(hae_convert(g_gpu, &sg, &dg), "cuda", "convert", ctx) && gpu_done("convert", ctx))
-                compare("convert", ctx, &pd, dd, -1);
+            if (gpu_ran(hae_convert(g_cpu, &sc, &dc), "cpu", "convert", ctx) &&
+                gpu_ran(hae_convert(g_gpu, &sg, &dg), "cuda", "convert", ctx) && gpu_done("convert", ctx))
+                pb_compare("convert", ctx, &pd, dd, -1);
             pb_free(&ps), pb_free(&pd);
             free(hs);
         }
@@ -428,7 +338,7 @@ Test(gpu, convert) {
 
 /* ---------------------------------------------------------------- sampling */
 
-static int32_t *fetch_tokens(const pbuf *p) { return pb_fetch_gpu(p); }
+static int32_t *fetch_tokens(const pbuf *p) { return pb_fetch(p); }
 
 /* Rows with known answers: 0 random, 1 three tied maxima, 2 all equal, 3 NaN and -inf around a max,
  * 4 all -inf (token 0), 5.. random. */
@@ -468,7 +378,7 @@ Test(gpu, sample_greedy) {
         const int64_t sl[2] = {B, V}, stl[2] = {ld, 1}, so[1] = {B};
         hae_sample_args ac = {TV_C(pl, HAE_F32, 2, sl, stl), TV_C(po, HAE_I32, 1, so, NULL), 0.0f, 1, 0};
         hae_sample_args ag = {TV_G(pl, HAE_F32, 2, sl, stl), TV_G(po, HAE_I32, 1, so, NULL), 0.0f, 1, 0};
-        if (ran(hae_sample(g_cpu, &ac), "cpu", "sample", ctx) && ran(hae_sample(g_gpu, &ag), "cuda", "sample", ctx) &&
+        if (gpu_ran(hae_sample(g_cpu, &ac), "cpu", "sample", ctx) && gpu_ran(hae_sample(g_gpu, &ag), "cuda", "sample", ctx) &&
             gpu_done("sample", ctx)) {
             int32_t *gt = fetch_tokens(&po);
             const int32_t *ct = po.c;
@@ -513,7 +423,7 @@ Test(gpu, sample_temperature) {
                               cases[ci].step};
         hae_sample_args ag = {TV_G(pl, HAE_F32, 2, sl, NULL), TV_G(po, HAE_I32, 1, so, NULL), temp, cases[ci].seed,
                               cases[ci].step};
-        if (ran(hae_sample(g_cpu, &ac), "cpu", "sample", ctx) && ran(hae_sample(g_gpu, &ag), "cuda", "sample", ctx) &&
+        if (gpu_ran(hae_sample(g_cpu, &ac), "cpu", "sample", ctx) && gpu_ran(hae_sample(g_gpu, &ag), "cuda", "sample", ctx) &&
             gpu_done("sample", ctx)) {
             int32_t *gt = fetch_tokens(&po);
             const int32_t *ct = po.c;
@@ -581,9 +491,9 @@ Test(gpu, kv_write) {
         const int64_t ss[4] = {B, T, H, D}, sst[4] = {s0, s1, D, 1}, sc[4] = {B, cap, H, D};
         hae_kv_write_args ac = {TV_C(ps, sd, 4, ss, sst), TV_C(pc, cd, 4, sc, NULL), pos0};
         hae_kv_write_args ag = {TV_G(ps, sd, 4, ss, sst), TV_G(pc, cd, 4, sc, NULL), pos0};
-        if (ran(hae_kv_write(g_cpu, &ac), "cpu", "kv_write", ctx) &&
-            ran(hae_kv_write(g_gpu, &ag), "cuda", "kv_write", ctx) && gpu_done("kv_write", ctx))
-            compare("kv_write", ctx, &pc, cd, -1);
+        if (gpu_ran(hae_kv_write(g_cpu, &ac), "cpu", "kv_write", ctx) &&
+            gpu_ran(hae_kv_write(g_gpu, &ag), "cuda", "kv_write", ctx) && gpu_done("kv_write", ctx))
+            pb_compare("kv_write", ctx, &pc, cd, -1);
         pb_free(&ps), pb_free(&pc);
         free(hs);
     }

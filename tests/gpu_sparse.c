@@ -30,64 +30,6 @@
 
 TestSuite(gpu_sparse, .init = gpu_pair_setup, .fini = gpu_pair_teardown, .timeout = 600);
 
-static bool ran(hae_status st, const char *side, const char *op, const char *ctx) {
-    if (st == HAE_OK) return true;
-    cr_expect(0, "%s [%s] on %s: %s: %s", op, ctx, side, hae_status_name(st), hae_last_error());
-    return false;
-}
-
-static void *fetch_gpu(const pbuf *p) {
-    void *h = malloc(p->bytes ? p->bytes : 1);
-    cr_assert(h != NULL);
-    hae_status st = hae_backend_download(g_gpu, h, p->g, p->bytes);
-    cr_assert_eq(st, HAE_OK, "download of %zu bytes: %s", p->bytes, hae_last_error());
-    return h;
-}
-
-/* Whole-buffer comparison of p as elements of dt: NaN/Inf positions must agree, then ||gpu - cpu|| /
- * ||cpu|| over the finite elements <= tol. */
-static bool compare(const char *what, const char *ctx, const pbuf *p, hae_dtype dt, double tol) {
-    const size_t es = hae_dtype_size(dt);
-    const int64_t n = (int64_t)(p->bytes / es);
-    void *g = fetch_gpu(p);
-    int64_t bad = 0, first_bad = -1, imax = -1, finite = 0;
-    double num = 0, den = 0, maxabs = 0;
-    for (int64_t i = 0; i < n; i++) {
-        const double cv = tu_get(p->c, dt, i), gv = tu_get(g, dt, i);
-        const bool cn = isnan(cv), gn = isnan(gv), ci = isinf(cv), gi = isinf(gv);
-        if (cn != gn || ci != gi || (ci && gi && (cv > 0) != (gv > 0))) {
-            if (first_bad < 0) first_bad = i;
-            bad++;
-            continue;
-        }
-        if (cn || ci) continue;
-        finite++;
-        const double d = fabs(gv - cv);
-        if (d > maxabs || imax < 0) maxabs = d, imax = i;
-        num += d * d;
-        den += cv * cv;
-    }
-    bool ok = true;
-    if (bad) {
-        cr_expect(0, "%s [%s]: %lld of %lld %s elements are NaN/Inf on one side only; first at element %lld: cpu "
-                     "%.9g gpu %.9g",
-                  what, ctx, (long long)bad, (long long)n, hae_dtype_name(dt), (long long)first_bad,
-                  tu_get(p->c, dt, first_bad), tu_get(g, dt, first_bad));
-        ok = false;
-    }
-    const double rel = den > 0 ? sqrt(num / den) : (num > 0 ? INFINITY : 0.0);
-    if (!(rel <= tol)) {
-        cr_expect(0,
-                  "%s [%s]: relative error %.3g > %.3g (%s, %lld finite elements); max abs error %.3g at element "
-                  "%lld: cpu %.9g gpu %.9g",
-                  what, ctx, rel, tol, hae_dtype_name(dt), (long long)finite, maxabs, (long long)imax,
-                  imax >= 0 ? tu_get(p->c, dt, imax) : 0.0, imax >= 0 ? tu_get(g, dt, imax) : 0.0);
-        ok = false;
-    }
-    free(g);
-    return ok;
-}
-
 /* ---------------------------------------------------------------- cases */
 
 typedef enum {
@@ -264,11 +206,11 @@ static void run_case(const sp_case *c, uint64_t seed) {
     make_inputs(c, &h, &r);
     sp_bufs p = upload(c, &h);
     hae_sparse_attention_args ac = args_of(c, &h, &p, false), ag = args_of(c, &h, &p, true);
-    if (ran(hae_sparse_attention(g_cpu, &ac), "cpu", "sparse_attention", ctx) &&
-        ran(hae_sparse_attention(g_gpu, &ag), "cuda", "sparse_attention", ctx) &&
-        ran(hae_backend_sync(g_gpu), "cuda (sync after the op)", "sparse_attention", ctx)) {
-        compare("sparse_attention: out", ctx, &p.out, c->out, tol_out(c));
-        compare("sparse_attention: lse", ctx, &p.lse, HAE_F32, tol_lse(c));
+    if (gpu_ran(hae_sparse_attention(g_cpu, &ac), "cpu", "sparse_attention", ctx) &&
+        gpu_ran(hae_sparse_attention(g_gpu, &ag), "cuda", "sparse_attention", ctx) &&
+        gpu_ran(hae_backend_sync(g_gpu), "cuda (sync after the op)", "sparse_attention", ctx)) {
+        pb_compare("sparse_attention: out", ctx, &p.out, c->out, tol_out(c));
+        pb_compare("sparse_attention: lse", ctx, &p.lse, HAE_F32, tol_lse(c));
     }
     free_bufs(c, &p);
     free_inputs(&h);
@@ -351,14 +293,14 @@ Test(gpu_sparse, bad_seq_lens_on_cuda) {
         pb_set(&p.lens, bad);
         const int32_t fine[4] = {(int32_t)c->T, (int32_t)c->T, (int32_t)c->T, good};
         memcpy(p.lens.c, fine, sizeof fine);
-        if (!ran(hae_sparse_attention(g_cpu, &ac), "cpu", "sparse_attention", ctx) ||
-            !ran(hae_sparse_attention(g_gpu, &ag), "cuda", "sparse_attention", ctx) ||
-            !ran(hae_backend_sync(g_gpu), "cuda (sync after the op)", "sparse_attention", ctx)) {
+        if (!gpu_ran(hae_sparse_attention(g_cpu, &ac), "cpu", "sparse_attention", ctx) ||
+            !gpu_ran(hae_sparse_attention(g_gpu, &ag), "cuda", "sparse_attention", ctx) ||
+            !gpu_ran(hae_backend_sync(g_gpu), "cuda (sync after the op)", "sparse_attention", ctx)) {
             free_bufs(c, &p), free_inputs(&h);
             continue;
         }
-        void *go = fetch_gpu(&p.out);
-        float *ge = fetch_gpu(&p.lse);
+        void *go = pb_fetch(&p.out);
+        float *ge = pb_fetch(&p.lse);
         const float *ce = p.lse.c;
         int64_t wrong = 0;
         for (int64_t b = 0; b < c->B && wrong < 5; b++)
@@ -432,7 +374,7 @@ Test(gpu_sparse, unsupported_head_dims) {
     hae_sparse_attention_args ag = args_of(&c, &h, &p, true);
     cr_expect_eq(hae_sparse_attention(g_gpu, &ag), HAE_ERR_UNSUPPORTED, "[%s]", ctx);
     cr_expect(strstr(hae_last_error(), "640"), "[%s]: %s", ctx, hae_last_error());
-    uint8_t *go = fetch_gpu(&p.out);
+    uint8_t *go = pb_fetch(&p.out);
     for (size_t i = 0; i < p.out.bytes; i++)
         if (go[i] != 0xFF) {
             cr_expect(0, "[%s]: out byte %zu written by a refused call", ctx, i);
