@@ -211,3 +211,28 @@ Test(eval_circuit, bad_flags_and_impossible_circuits_are_refused_before_writing)
         free(out);
     }
 }
+
+/* The dsa circuit with its K/V in the host tier (memory.dsa_kv: host) and 48 GPU slots per layer: the
+ * prefill is staged, each decode step past the slots looks its top-16 up in the LRU; every question is still
+ * answered, as with the K/V on the GPU tier. */
+Test(eval_circuit, dsa_with_host_tier_kv_answers_everything) {
+    char base[512], cmd[2048], path[700], *out = NULL;
+    tu_tmp_path("circuit-host", base, sizeof base);
+    snprintf(cmd, sizeof cmd, "%s eval --circuit --backend cpu --task mqar,multihop --kinds dsa --lengths 384 --pairs 12 "
+             "--hops 1,2 --vocab 72 --noise 0 --topk 16 --seeds 2 --decode --set memory.dsa_kv=host "
+             "--set memory.cache_tokens=48 --set runtime.prefill_chunk=128 --out %s", HAE_CLI, base);
+    cr_assert_eq(run(cmd, &out), 0, "%s:\n%s", cmd, out);
+    free(out);
+    csv *t = malloc(sizeof *t);
+    cr_assert(t);
+    snprintf(path, sizeof path, "%s/results.csv", base);
+    read_csv(path, t);
+    cr_assert_eq(t->n_rows, 1 + 3, "mqar and multihop at 1 and 2 hops: %d rows", t->n_rows - 1);
+    for (int r = 1; r < t->n_rows; r++) {
+        cr_expect_str_empty(at(t, r, "error"), "row %d: %s", r, at(t, r, "error"));
+        cr_expect(num(t, r, "questions") > 0 && num(t, r, "correct") == num(t, r, "questions"),
+                  "%s, %s hops: %lld of %lld right with the K/V in the host tier", at(t, r, "task"), at(t, r, "hops"),
+                  (long long)num(t, r, "correct"), (long long)num(t, r, "questions"));
+    }
+    free(t->text), free(t);
+}
