@@ -295,6 +295,7 @@ typedef struct {
     char backend[160];
     double prefill_tok_s, decode_tok_s, p50_ms, p99_ms;
     hae_model_stats stats;
+    double step_fetched, step_hit_rate; /* host tier: bytes fetched per decode step, the decode steps' hit rate */
 } job_result;
 
 /* Progress on stderr: a bar redrawn in place on a terminal, one line per quarter otherwise. */
@@ -376,6 +377,7 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
 
     progress pg = {isatty(2) != 0, getenv("HAE_NO_PROGRESS") != NULL, 0};
     double prefill_s = 0, decode_s = 0;
+    hae_model_stats before = {0}; /* after the prefill: the decode loop's own fetches are the difference */
     if (st == HAE_OK) {
         /* The prompt: uniform random tokens from the config's seed. */
         for (int64_t i = 0; i < B * T; i++)
@@ -391,6 +393,7 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
         if (st == HAE_OK)
             fprintf(metrics, "{\"phase\": \"prefill\", \"batch\": %lld, \"tokens\": %lld, \"seconds\": %.6f, \"tok_s\": %.1f}\n",
                     (long long)B, (long long)T, prefill_s, (double)(B * T) / prefill_s);
+        if (st == HAE_OK) hae_model_stats_get(m, &before);
         hae_tensor ids = hae_tensor_1d(ids_dev, HAE_I32, hae_backend_device(be), B);
         for (int64_t s = 0; s < N && st == HAE_OK; s++) {
             double ts = now_s();
@@ -412,6 +415,9 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
 
     if (st == HAE_OK) {
         hae_model_stats_get(m, &res->stats);
+        const int64_t looked = res->stats.slot_hits + res->stats.slot_misses - before.slot_hits - before.slot_misses;
+        res->step_fetched = N ? (double)(res->stats.fetched_bytes - before.fetched_bytes) / (double)N : 0.0;
+        res->step_hit_rate = looked > 0 ? (double)(res->stats.slot_hits - before.slot_hits) / (double)looked : 0.0;
         res->prefill_tok_s = (double)(B * T) / prefill_s;
         res->decode_tok_s = N ? (double)(B * N) / decode_s : 0.0;
         qsort(lat, (size_t)N, sizeof(double), cmp_double);
@@ -426,7 +432,8 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
                                     "  \"params\": %lld,\n  \"device\": \"%s\",\n  \"weight_bytes\": %zu,\n  \"kv_bytes\": %zu,\n"
                                     "  \"state_bytes\": %zu,\n  \"activation_bytes\": %zu,\n  \"kv_host_bytes\": %zu,\n"
                                     "  \"slot_cache_bytes\": %zu,\n  \"stage_bytes\": %zu,\n  \"slot_hits\": %lld,\n  \"slot_misses\": %lld,\n"
-                                    "  \"fetched_bytes\": %zu,\n  \"generated\": [",
+                                    "  \"fetched_bytes\": %zu,\n  \"decode_fetched_bytes_per_step\": %.0f,\n"
+                                    "  \"decode_slot_hit_rate\": %.6f,\n  \"generated\": [",
                                     cfg->name, res->label, res->backend, hae_dtype_name(cfg->runtime.dtype), (long long)B,
                                     (long long)T, prefill_s, res->prefill_tok_s, (long long)N, decode_s, res->decode_tok_s,
                                     res->p50_ms, res->p99_ms, (long long)res->stats.n_params,
@@ -434,7 +441,8 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
                                     res->stats.kv_bytes, res->stats.state_bytes, res->stats.activation_bytes,
                                     res->stats.kv_host_bytes, res->stats.slot_cache_bytes, res->stats.stage_bytes,
                                     (long long)res->stats.slot_hits,
-                                    (long long)res->stats.slot_misses, res->stats.fetched_bytes);
+                                    (long long)res->stats.slot_misses, res->stats.fetched_bytes, res->step_fetched,
+                                    res->step_hit_rate);
         for (int64_t s = 0; s < N && s < 64 && u < sizeof summary - 32; s++)
             u += (size_t)snprintf(summary + u, sizeof summary - u, "%s%d", s ? ", " : "", gen[s * B]);
         snprintf(summary + u, sizeof summary - u, "]\n}\n");
@@ -463,13 +471,14 @@ static void print_job(const hae_config *cfg, const job_result *r, const char *di
            fmt_bytes((double)r->stats.state_bytes, b3, sizeof b3),
            fmt_bytes((double)r->stats.activation_bytes, b4, sizeof b4), dev);
     if (r->stats.kv_host_bytes) {
-        const int64_t looked = r->stats.slot_hits + r->stats.slot_misses;
-        printf("  %-10s dsa K/V %s in the host tier; GPU token slots %s, prefill staging %s; decode lookups %lld, "
-               "hit rate %.1f%%; fetched %s\n", "host tier", fmt_bytes((double)r->stats.kv_host_bytes, b1, sizeof b1),
+        printf("  %-10s dsa K/V %s in the host tier; GPU token slots %s, prefill staging %s; fetched H2D %s in all\n",
+               "host tier", fmt_bytes((double)r->stats.kv_host_bytes, b1, sizeof b1),
                fmt_bytes((double)r->stats.slot_cache_bytes, b2, sizeof b2),
-               fmt_bytes((double)r->stats.stage_bytes, b4, sizeof b4), (long long)looked,
-               looked > 0 ? 100.0 * (double)r->stats.slot_hits / (double)looked : 0.0,
+               fmt_bytes((double)r->stats.stage_bytes, b4, sizeof b4),
                fmt_bytes((double)r->stats.fetched_bytes, b3, sizeof b3));
+        if (cfg->runtime.decode)
+            printf("  %-10s slot hit rate %.1f%%, fetched H2D %s per step\n", "decode",
+                   100.0 * r->step_hit_rate, fmt_bytes(r->step_fetched, b1, sizeof b1));
     }
     printf("  %-10s %s\n", "run dir", dir);
 }
