@@ -117,7 +117,8 @@ struct hae_model {
 
     hae_kv_cache *kv;
     hae_slot_cache **slots; /* [L]: the GPU token slots of dsa layers whose K/V are in the host tier, else NULL */
-    void *stage_mem;        /* their shared prefill staging (one layer's K/V), when chunks can outgrow the slots */
+    void *stage_mem;        /* the host-tier layers' shared staging (one layer's K/V): dsa chunks past the slots,
+                               full/swa layers at every forward */
     size_t stage_bytes;
     void *state_mem; /* recurrent and conv states of the linear layers */
     size_t state_bytes;
@@ -506,7 +507,7 @@ static hae_kv_layer_spec kv_spec(const hae_model *m, int64_t l) {
     int64_t cap = m->ctx_max;
     if (m->cfg.model.layers[l] == HAE_LAYER_SWA && m->cfg.model.swa.window_size + m->chunk - 1 < cap)
         cap = m->cfg.model.swa.window_size + m->chunk - 1;
-    const hae_tier tier = m->cfg.model.layers[l] == HAE_LAYER_DSA ? m->cfg.memory.dsa_kv : HAE_TIER_GPU;
+    const hae_tier tier = m->cfg.model.layers[l] == HAE_LAYER_DSA ? m->cfg.memory.dsa_kv : m->cfg.memory.full_kv;
     return (hae_kv_layer_spec){.cap = cap, .kv_heads = m->Hkv, .head_dim = m->Dk, .v_dim = m->mla ? m->Dv : 0,
                                .tier = tier};
 }
@@ -565,11 +566,6 @@ static hae_status init_dsa_constants(hae_model *m);
 
 hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_model_options *opt, hae_model **out) {
     *out = NULL;
-    for (int64_t l = 0; l < cfg->model.n_layers && cfg->memory.full_kv == HAE_TIER_HOST; l++)
-        if (cfg->model.layers[l] == HAE_LAYER_FULL || cfg->model.layers[l] == HAE_LAYER_SWA)
-            return hae_error(HAE_ERR_UNSUPPORTED, "model: memory.full_kv: host (layer %lld is %s): `hae mem` plans it, but "
-                             "the model does not stream full/swa K/V from the host yet; use memory.full_kv: gpu",
-                             (long long)l, hae_layer_kind_name(cfg->model.layers[l]));
     hae_model *m = calloc(1, sizeof *m);
     if (!m) return hae_error(HAE_ERR_OOM, "model: out of host memory");
     m->be = be;
@@ -621,22 +617,32 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
         hae_model_destroy(m);
         return hae_error(HAE_ERR_OOM, "model: out of host memory");
     }
-    /* slots beyond the context would never be used */
+    /* Host-tier layers: dsa layers get GPU token slots (more than the context would never be used), full and
+     * swa layers none (streamed whole at every forward); both stage through one buffer when they need it. */
     const int64_t S = cfg->memory.cache_tokens < m->ctx_max ? cfg->memory.cache_tokens : m->ctx_max;
-    for (int64_t l = 0; l < m->L && st == HAE_OK; l++) {
-        if (cfg->model.layers[l] != HAE_LAYER_DSA || cfg->memory.dsa_kv != HAE_TIER_HOST) continue;
+    for (int64_t l = 0; l < m->L; l++) {
         hae_tensor kc, vc;
         hae_kv_cache_layer(m->kv, (int)l, &kc, &vc);
-        if (!m->stage_mem && m->chunk > 1 && S < m->ctx_max) {
-            m->stage_bytes = hae_slot_cache_stage_bytes(&kc, &vc);
-            st = hae_backend_alloc(be, m->stage_bytes, &m->stage_mem);
-            if (st != HAE_OK) {
-                st = hae_error_wrap(st, "the host tier's prefill staging (one dsa layer's K/V)");
-                break;
-            }
-        }
-        st = hae_slot_cache_create(be, &kc, &vc, S, m->topk, m->chunk, m->stage_mem, &m->slots[l]);
-        if (st != HAE_OK) st = hae_error_wrap(st, "layer %lld (memory.dsa_kv: host)", (long long)l);
+        const hae_layer_kind kind = cfg->model.layers[l];
+        const bool streamed = (kind == HAE_LAYER_FULL || kind == HAE_LAYER_SWA) && cfg->memory.full_kv == HAE_TIER_HOST;
+        const bool staged = kind == HAE_LAYER_DSA && cfg->memory.dsa_kv == HAE_TIER_HOST && m->chunk > 1 && S < m->ctx_max;
+        const size_t need = streamed || staged ? hae_slot_cache_stage_bytes(&kc, &vc) : 0;
+        if (need > m->stage_bytes) m->stage_bytes = need;
+    }
+    if (m->stage_bytes) {
+        st = hae_backend_alloc(be, m->stage_bytes, &m->stage_mem);
+        if (st != HAE_OK) st = hae_error_wrap(st, "the host tier's staging (one layer's K/V)");
+    }
+    for (int64_t l = 0; l < m->L && st == HAE_OK; l++) {
+        const hae_layer_kind kind = cfg->model.layers[l];
+        const bool dsa = kind == HAE_LAYER_DSA && cfg->memory.dsa_kv == HAE_TIER_HOST;
+        const bool streamed = (kind == HAE_LAYER_FULL || kind == HAE_LAYER_SWA) && cfg->memory.full_kv == HAE_TIER_HOST;
+        if (!dsa && !streamed) continue;
+        hae_tensor kc, vc;
+        hae_kv_cache_layer(m->kv, (int)l, &kc, &vc);
+        st = hae_slot_cache_create(be, &kc, &vc, dsa ? S : 0, dsa ? m->topk : 0, m->chunk, m->stage_mem, &m->slots[l]);
+        if (st != HAE_OK)
+            st = hae_error_wrap(st, "layer %lld (%s)", (long long)l, dsa ? "memory.dsa_kv: host" : "memory.full_kv: host");
     }
     if (st != HAE_OK) {
         hae_model_destroy(m);
@@ -1220,6 +1226,7 @@ static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
         HAE_TRY(hae_sparse_attention(be, &(hae_sparse_attention_args){.q = q, .k_cache = kc, .v_cache = vc, .idx = idx,
                                                                       .seq_lens = lens, .out = att, .scale = m->scale}));
     } else {
+        if (m->slots[l]) HAE_TRY(hae_slot_cache_prepare(m->slots[l], m->pos, T, &kc, &vc, NULL, NULL));
         HAE_TRY(hae_attention(be, &(hae_attention_args){.q = q, .k_cache = kc, .v_cache = vc, .out = att, .pos0 = m->pos,
                                                         .window = w->window, .scale = m->scale}));
     }

@@ -8,6 +8,8 @@
  *   - a longer chunk copies the layer's context [0, pos + T) into a staging buffer shared by every such
  *     layer (one bulk copy per sequence at the link's speed; fetching each query's selections would move
  *     T k / context rows per row copied: 128x at 128K tokens, 8K chunks, top-2048) and attends over it.
+ * With no slots (S = 0: full and swa layers with memory.full_kv: host) every forward stages the layer's
+ * whole context, decode steps too: the host tier streamed to the GPU at every step, slow by design.
  * The attention sees the same K/V rows in the same order as over a GPU-resident cache, so its output is
  * bit-identical. */
 #include "internal.h"
@@ -54,16 +56,30 @@ hae_status hae_slot_cache_create(hae_backend *be, const hae_tensor *k_host, cons
                                  int64_t topk, int64_t chunk, void *stage, hae_slot_cache **out) {
     *out = NULL;
     const int64_t B = k_host->shape[0], cap = k_host->shape[1];
-    if (S < topk || S < 1)
+    if (S > 0 && S < topk)
         return hae_error(HAE_ERR_INVALID, "slot cache: %lld slots cannot hold a top-%lld selection (memory.cache_tokens "
                          ">= model.dsa.index_topk)", (long long)S, (long long)topk);
+    if (S <= 0 && !stage)
+        return hae_error(HAE_ERR_INVALID, "slot cache: without slots every forward is staged, so it needs a staging buffer");
     hae_slot_cache *c = calloc(1, sizeof *c);
     if (!c) return hae_error(HAE_ERR_OOM, "slot cache: out of host memory");
     const char *kb = k_host->data, *vb = v_host->data;
     const size_t esz = hae_dtype_size(k_host->dtype);
     const bool view = vb >= kb && vb < kb + (size_t)k_host->shape[3] * esz;
-    *c = (hae_slot_cache){.be = be, .B = B, .cap = cap, .S = S, .k = topk, .n = topk > chunk ? topk : chunk,
+    *c = (hae_slot_cache){.be = be, .B = B, .cap = cap, .S = S > 0 ? S : 0, .k = topk, .n = topk > chunk ? topk : chunk,
                           .k_host = *k_host, .v_host = *v_host, .v_offset = view ? (vb - kb) / (int64_t)esz : -1};
+    if (stage) { /* K rows then V rows, each laid out as the host tier's */
+        c->k_stage = slots_like(k_host, stage, cap);
+        c->v_stage = view ? c->k_stage : slots_like(v_host, (char *)stage + hae_tensor_nbytes(&c->k_stage), cap);
+        if (view) {
+            c->v_stage.shape[3] = c->v_stage.stride[2] = v_host->shape[3]; /* one head: as kv_cache.c views it */
+            c->v_stage.data = (char *)stage + c->v_offset * (int64_t)esz;
+        }
+    }
+    if (c->S == 0) {
+        *out = c;
+        return HAE_OK;
+    }
     const size_t kbytes = (size_t)(B * S * k_host->shape[2] * k_host->shape[3]) * esz;
     const size_t vbytes = view ? 0 : (size_t)(B * S * v_host->shape[2] * v_host->shape[3]) * esz;
     const size_t i32 = sizeof(int32_t);
@@ -95,14 +111,6 @@ hae_status hae_slot_cache_create(hae_backend *be, const hae_tensor *k_host, cons
     } else {
         c->v_slots = slots_like(v_host, p, S);
     }
-    if (stage) { /* K rows then V rows, each laid out as the host tier's */
-        c->k_stage = slots_like(k_host, stage, cap);
-        c->v_stage = view ? c->k_stage : slots_like(v_host, (char *)stage + hae_tensor_nbytes(&c->k_stage), cap);
-        if (view) {
-            c->v_stage.shape[3] = c->v_stage.stride[2] = v_host->shape[3];
-            c->v_stage.data = (char *)stage + c->v_offset * (int64_t)esz;
-        }
-    }
     int32_t *lens = malloc((size_t)B * i32);
     st = lens ? HAE_OK : hae_error(HAE_ERR_OOM, "slot cache: out of host memory");
     for (int64_t b = 0; lens && b < B; b++) lens[b] = (int32_t)S; /* a decode query sees every slot */
@@ -127,7 +135,7 @@ void hae_slot_cache_destroy(hae_slot_cache *c) {
 
 hae_status hae_slot_cache_reset(hae_slot_cache *c) {
     c->mirrored = 0;
-    return hae_backend_zero(c->be, c->map.data, c->state_bytes);
+    return c->S ? hae_backend_zero(c->be, c->map.data, c->state_bytes) : HAE_OK;
 }
 
 size_t hae_slot_cache_bytes(const hae_slot_cache *c) { return c->bytes; }
@@ -142,6 +150,29 @@ static hae_status fetch(hae_slot_cache *c, int64_t n) {
                                                       .src_rows = src, .dst_rows = dst});
 }
 
+/* Copies the layer's context (a ring of cap slots for a window) into the staging buffer, in bulk, and points
+ * k and v there. */
+static hae_status stage_context(hae_slot_cache *c, int64_t pos, int64_t T, hae_tensor *k, hae_tensor *v) {
+    if (!c->k_stage.data) /* created without staging: chunks never outgrow the slots */
+        return hae_error(HAE_ERR_INVALID, "slot cache: a chunk of %lld tokens at position %lld passes the %lld slots "
+                         "and there is no staging buffer", (long long)T, (long long)pos, (long long)c->S);
+    const int64_t rows = pos + T < c->cap ? pos + T : c->cap;
+    const hae_tensor *src[2] = {&c->k_host, &c->v_host}, *dst[2] = {&c->k_stage, &c->v_stage};
+    for (int i = 0; i < (c->v_offset >= 0 ? 1 : 2); i++) {
+        const size_t row = (size_t)(src[i]->stride[1]) * hae_dtype_size(src[i]->dtype);
+        for (int64_t b = 0; b < c->B; b++) {
+            const char *from = hae_row_ptr(src[i], b, 0, 0);
+            char *to = hae_row_ptr(dst[i], b, 0, 0);
+            for (size_t left = (size_t)rows * row, run; left; left -= run, from += run, to += run)
+                HAE_TRY(hae_backend_upload(c->be, to, from, run = hae_host_run(from, left)));
+        }
+    }
+    c->fetched_rows += (size_t)(c->B * rows);
+    *k = c->k_stage;
+    *v = c->v_stage;
+    return HAE_OK;
+}
+
 hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae_tensor *k, hae_tensor *v,
                                   hae_tensor *idx, hae_tensor *seq_lens) {
     if (++c->step == INT32_MAX) { /* stamps would wrap: start over */
@@ -150,6 +181,7 @@ hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae
     }
     /* Within a sequence the context only grows, so the slots mirror its prefix until it outgrows them,
      * and from then on hold what the LRU keeps. */
+    if (c->S == 0 || (pos + T > c->S && T > 1)) return stage_context(c, pos, T, k, v);
     if (pos + T <= c->S) {
         const int64_t lo = c->mirrored, hi = pos + T;
         for (int64_t at = lo; at < hi; at += c->n) { /* the fetch list holds n entries */
@@ -161,7 +193,7 @@ hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae
         }
         c->fetched_rows += (size_t)(c->B * (hi - lo));
         c->mirrored = hi; /* slot = token: the selections and lengths stay as they are */
-    } else if (T == 1) {
+    } else {
         hae_tensor sel = hae_tensor_2d(idx->data, HAE_I32, idx->device, c->B, c->k);
         sel.stride[0] = idx->stride[0];
         HAE_TRY(hae_kv_slots(c->be, &(hae_kv_slots_args){.idx = sel, .map = c->map, .owner = c->owner,
@@ -170,24 +202,6 @@ hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae
         HAE_TRY(fetch(c, c->k));
         *idx = hae_tensor_3d(c->out.data, HAE_I32, c->out.device, c->B, 1, c->k);
         *seq_lens = c->lens;
-    } else {
-        if (!c->k_stage.data) /* created without staging: chunks never outgrow the slots */
-            return hae_error(HAE_ERR_INVALID, "slot cache: a chunk of %lld tokens at position %lld passes the %lld slots "
-                             "and there is no staging buffer", (long long)T, (long long)pos, (long long)c->S);
-        const hae_tensor *src[2] = {&c->k_host, &c->v_host}, *dst[2] = {&c->k_stage, &c->v_stage};
-        for (int i = 0; i < (c->v_offset >= 0 ? 1 : 2); i++) {
-            const size_t row = (size_t)(src[i]->stride[1]) * hae_dtype_size(src[i]->dtype);
-            for (int64_t b = 0; b < c->B; b++) {
-                const char *from = hae_row_ptr(src[i], b, 0, 0);
-                char *to = hae_row_ptr(dst[i], b, 0, 0);
-                for (size_t left = (size_t)(pos + T) * row, run; left; left -= run, from += run, to += run)
-                    HAE_TRY(hae_backend_upload(c->be, to, from, run = hae_host_run(from, left)));
-            }
-        }
-        c->fetched_rows += (size_t)(c->B * (pos + T));
-        *k = c->k_stage;
-        *v = c->v_stage;
-        return HAE_OK;
     }
     *k = c->k_slots;
     *v = c->v_slots;
@@ -195,11 +209,14 @@ hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae
 }
 
 hae_status hae_slot_cache_stats(const hae_slot_cache *c, int64_t *hits, int64_t *misses, size_t *fetched_bytes) {
-    int64_t n[2];
-    HAE_TRY(hae_backend_download(c->be, n, c->counts.data, sizeof n));
-    HAE_TRY(hae_backend_sync(c->be));
-    const size_t row = hae_tensor_nbytes(&c->k_slots) / (size_t)(c->B * c->S) +
-                       (c->v_offset >= 0 ? 0 : hae_tensor_nbytes(&c->v_slots) / (size_t)(c->B * c->S));
+    int64_t n[2] = {0, 0};
+    if (c->S) {
+        HAE_TRY(hae_backend_download(c->be, n, c->counts.data, sizeof n));
+        HAE_TRY(hae_backend_sync(c->be));
+    }
+    const size_t row = (size_t)(c->k_host.shape[2] * c->k_host.shape[3] +
+                                (c->v_offset >= 0 ? 0 : c->v_host.shape[2] * c->v_host.shape[3])) *
+                       hae_dtype_size(c->k_host.dtype);
     *hits += n[0], *misses += n[1];
     *fetched_bytes += ((size_t)n[1] + c->fetched_rows) * row;
     return HAE_OK;

@@ -118,14 +118,17 @@ Test(gpu_host, logits_bit_identical_gpu_tier_vs_host_tier) {
                            "model.attention={form: mla, num_heads: 8, kv_lora_rank: 512, qk_nope_head_dim: 64, "
                            "qk_rope_head_dim: 64, v_head_dim: 64, rope: full}"};
     const char *slots[] = {"memory.cache_tokens=128", "memory.cache_tokens=40", "memory.cache_tokens=16"};
-    for (int c = 0; c < 2 * 2 * 3; c++) {
-        const int form = c / 6, dt = c / 3 % 2, sl = c % 3;
-        const char *sets[] = {forms[form], dt ? "runtime.dtype=bf16" : "runtime.dtype=f32", slots[sl],
-                              "memory.dsa_kv=gpu"};
+    /* then full and swa layers streamed from the host tier (memory.full_kv: host) beside a dsa layer */
+    const char *patterns[] = {"model.layer_pattern=[kda, dsa, dsa]", "model.layer_pattern=[swa, full, dsa]"};
+    for (int c = 0; c < 2 * 2 * 2 * 3; c++) {
+        const int pat = c / 12, form = c / 6 % 2, dt = c / 3 % 2, sl = c % 3;
+        const char *sets[] = {forms[form], dt ? "runtime.dtype=bf16" : "runtime.dtype=f32", slots[sl], patterns[pat],
+                              "model.swa.window_size=24", "memory.dsa_kv=gpu", "memory.full_kv=gpu"};
         hae_config gpu_tier, host_tier;
-        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-host.yaml", sets, 4, &gpu_tier), HAE_OK, "%s", hae_last_error());
-        sets[3] = "memory.dsa_kv=host";
-        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-host.yaml", sets, 4, &host_tier), HAE_OK, "%s", hae_last_error());
+        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-host.yaml", sets, 7, &gpu_tier), HAE_OK, "%s", hae_last_error());
+        sets[5] = "memory.dsa_kv=host";
+        if (pat) sets[6] = "memory.full_kv=host";
+        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-host.yaml", sets, 7, &host_tier), HAE_OK, "%s", hae_last_error());
         hae_model *a = tu_model(g_gpu, &gpu_tier), *b = tu_model(g_gpu, &host_tier);
         const int64_t B = gpu_tier.runtime.batch, V = gpu_tier.model.vocab_size, n = B * CTX * V;
         int32_t *tok = malloc(sizeof(int32_t) * (size_t)(B * CTX));
@@ -139,16 +142,16 @@ Test(gpu_host, logits_bit_identical_gpu_tier_vs_host_tier) {
             int64_t first = n;
             for (int64_t i = 0; i < n && first == n; i++)
                 if (memcmp(&la[i], &lb[i], sizeof *la)) first = i;
-            cr_expect_eq(first, n, "%s %s %s, %s: logits differ first at position %lld of sequence %lld: %.9g (GPU tier) "
-                         "vs %.9g (host tier)", sets[0], sets[1], sets[2], run ? "ragged forwards" : "prefill then decode",
+            cr_expect_eq(first, n, "%s %s %s %s, %s: logits differ first at position %lld of sequence %lld: %.9g (GPU tier) "
+                         "vs %.9g (host tier)", sets[3], sets[0], sets[1], sets[2], run ? "ragged forwards" : "prefill then decode",
                          (long long)(first / V % CTX), (long long)(first / V / CTX), first < n ? (double)la[first] : 0.0,
                          first < n ? (double)lb[first] : 0.0);
             free(la), free(lb);
         }
         hae_model_stats s;
         hae_model_stats_get(b, &s);
-        printf("gpu_host model %s %s %s: bit-identical; host tier %zu B, decode lookups %lld (hits %lld), fetched %zu B\n",
-               form ? "mla" : "gqa", sets[1], sets[2], s.kv_host_bytes, (long long)(s.slot_hits + s.slot_misses),
+        printf("gpu_host model %s %s %s %s: bit-identical; host tier %zu B, decode lookups %lld (hits %lld), fetched %zu "
+               "B\n", sets[3], form ? "mla" : "gqa", sets[1], sets[2], s.kv_host_bytes, (long long)(s.slot_hits + s.slot_misses),
                (long long)s.slot_hits, s.fetched_bytes);
         cr_expect_gt(s.kv_host_bytes, 0);
         if (sl > 0) cr_expect_gt(s.slot_misses, 0, "decode past %s misses", sets[2]);

@@ -159,24 +159,27 @@ static const char *yaml_fmt = "name: tiny-host\n"
                               "  vocab_size: 53\n"
                               "  d_model: 32\n"
                               "  n_layers: 3\n"
-                              "  layer_pattern: [kda, dsa, dsa]\n"
+                              "  layer_pattern: [%s]\n"
                               "  mlp: {intermediate_size: 40}\n"
                               "  attention: {num_heads: 4, num_kv_heads: 2, head_dim: 8, rope: full}\n"
                               "  linear_attn: {num_heads: 2, head_dim: 8}\n"
                               "  dsa: {index_n_heads: 2, index_head_dim: 128, index_topk: 6, page_size: 4}\n"
+                              "  swa: {window_size: 9}\n"
                               "runtime: {backend: cpu, dtype: %s, batch: 2, prefill: 24, decode: 16, prefill_chunk: 8}\n"
-                              "memory: {dsa_kv: %s, cache_tokens: %d}\n";
+                              "memory: {dsa_kv: %s, full_kv: %s, cache_tokens: %d}\n";
 
 #define CTX 40
 
-static void host_vs_gpu(const char *dtype, int slots, bool mla, const int64_t *lens, int n_lens, int64_t *hits,
-                        int64_t *misses) {
+#define DSA_ONLY "kda, dsa, dsa"
+
+static void host_vs_gpu_of(const char *pattern, const char *dtype, int slots, bool mla, const int64_t *lens, int n_lens,
+                           int64_t *hits, int64_t *misses) {
     hae_backend *be = tu_cpu();
     hae_config gpu, host;
     char y[2048];
-    snprintf(y, sizeof y, yaml_fmt, dtype, "gpu", slots);
+    snprintf(y, sizeof y, yaml_fmt, pattern, dtype, "gpu", "gpu", slots);
     tu_config(y, &gpu);
-    snprintf(y, sizeof y, yaml_fmt, dtype, "host", slots);
+    snprintf(y, sizeof y, yaml_fmt, pattern, dtype, "host", "host", slots);
     tu_config(y, &host);
     if (mla)
         for (hae_config *c = &gpu; c; c = c == &gpu ? &host : NULL) {
@@ -194,14 +197,20 @@ static void host_vs_gpu(const char *dtype, int slots, bool mla, const int64_t *l
     size_t first = n;
     for (size_t i = 0; i < n && first == n; i++)
         if (memcmp(&la[i], &lb[i], sizeof *la)) first = i;
-    cr_expect_eq(first, n, "%s %s, %d slots: logits differ first at [%zu] (position %zu): %.9g on the GPU tier, %.9g on "
-                 "the host tier", dtype, mla ? "mla" : "gqa", slots, first, first / (size_t)gpu.model.vocab_size % CTX,
+    cr_expect_eq(first, n, "[%s] %s %s, %d slots: logits differ first at [%zu] (position %zu): %.9g on the GPU tier, "
+                 "%.9g on the host tier", pattern, dtype, mla ? "mla" : "gqa", slots, first,
+                 first / (size_t)gpu.model.vocab_size % CTX,
                  first < n ? (double)la[first] : 0.0, first < n ? (double)lb[first] : 0.0);
     hae_model_stats sa, sb;
     hae_model_stats_get(a, &sa), hae_model_stats_get(b, &sb);
     cr_expect_eq(sa.kv_host_bytes, 0);
-    /* two dsa layers of K and V (mla: one latent) for 2 x 40 tokens */
-    const size_t per_token = mla ? 20 : 2 * 2 * 8, want = 2 * (size_t)(2 * CTX) * per_token * hae_dtype_size(gpu.runtime.dtype);
+    /* every attention layer's K and V (mla: one latent) for 2 x 40 tokens, a window's ring for swa (9 + 8 - 1) */
+    size_t want = 0;
+    for (int l = 0; l < gpu.model.n_layers; l++) {
+        const hae_layer_kind k = gpu.model.layers[l];
+        if (k == HAE_LAYER_FULL || k == HAE_LAYER_SWA || k == HAE_LAYER_DSA)
+            want += (size_t)(2 * (k == HAE_LAYER_SWA ? 16 : CTX)) * (mla ? 20 : 2 * 2 * 8) * hae_dtype_size(gpu.runtime.dtype);
+    }
     cr_expect_eq(sb.kv_host_bytes, want, "host tier: %zu bytes of K/V, want %zu", sb.kv_host_bytes, want);
     cr_expect_eq(sb.kv_bytes, sa.kv_bytes, "the same K/V bytes in both tiers together");
     cr_expect_gt(sb.slot_cache_bytes, 0);
@@ -210,6 +219,11 @@ static void host_vs_gpu(const char *dtype, int slots, bool mla, const int64_t *l
     free(la), free(lb);
     hae_model_destroy(a), hae_model_destroy(b);
     hae_backend_destroy(be);
+}
+
+static void host_vs_gpu(const char *dtype, int slots, bool mla, const int64_t *lens, int n_lens, int64_t *hits,
+                        int64_t *misses) {
+    host_vs_gpu_of(DSA_ONLY, dtype, slots, mla, lens, n_lens, hits, misses);
 }
 
 static const int64_t chunks_then_decode[] = {24, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
@@ -236,17 +250,13 @@ Test(model_host, chunks_past_the_slots_are_staged_and_decode_steps_use_the_lru) 
     }
 }
 
-Test(model_host, full_layers_cannot_stream_from_the_host_yet) {
-    hae_backend *be = tu_cpu();
-    hae_config cfg;
-    char y[2048];
-    snprintf(y, sizeof y, yaml_fmt, "f32", "host", 8);
-    tu_config(y, &cfg);
-    cfg.model.layers[1] = HAE_LAYER_FULL;
-    cfg.memory.full_kv = HAE_TIER_HOST;
-    hae_model *m = NULL;
-    cr_expect_eq(hae_model_create(&cfg, be, NULL, &m), HAE_ERR_UNSUPPORTED);
-    cr_expect(strstr(hae_last_error(), "memory.full_kv: host (layer 1 is full)"), "%s", hae_last_error());
-    cr_expect_null(m);
-    hae_backend_destroy(be);
+/* memory.full_kv: host: full and swa layers (the window's ring of 9 + 8 - 1 slots) staged whole at every
+ * forward, beside dsa layers in the slots. */
+Test(model_host, full_and_swa_layers_streamed_from_the_host) {
+    for (int mla = 0; mla < 2; mla++) {
+        int64_t hits = 0, misses = 0;
+        host_vs_gpu_of("swa, full, dsa", mla ? "bf16" : "f32", 10, mla, chunks_then_decode, 17, &hits, &misses);
+        host_vs_gpu_of("full, swa, dsa", "f32", 7, mla, ragged, 11, &hits, &misses);
+        host_vs_gpu_of("swa, full, dsa", "bf16", 6, mla, token_by_token, 40, &hits, &misses);
+    }
 }
