@@ -1156,9 +1156,10 @@ void hae_page_pool_fail_after(hae_page_pool *p, hae_tier tier, int64_t n);
  * placed as its memory section says, without building anything. Weights and activations (from
  * hae_model_plan_get at that context) are on the GPU; K/V in pages of memory.page_size tokens (swa
  * layers: their window's slots); indexer keys on the GPU; dsa K/V on the host tier add their GPU token
- * cache (memory.cache_tokens slots per layer and sequence); full/swa K/V on the host tier add a GPU
- * double buffer of cache_tokens tokens of one layer to stream them through; linear states on the host
- * tier are parking room: the running batch's states stay on the GPU as well. */
+ * cache (memory.cache_tokens slots per layer and sequence); host-tier layers add one staging buffer of
+ * the largest such layer's K/V, as a run allocates it (full/swa layers stream through it at every step,
+ * dsa layers when the context outgrows the slots); linear states on the host tier are parking room:
+ * the running batch's states stay on the GPU as well. */
 typedef struct hae_mem_plan {
     int64_t context, batch;
     size_t bytes[HAE_TIER_COUNT][HAE_MEM_KIND_COUNT];

@@ -37,8 +37,7 @@ static void place(const hae_config *cfg, const hae_model_plan *mp, const hae_mod
     const size_t Bz = (size_t)B;
     b[HAE_TIER_GPU][HAE_MEM_WEIGHTS] = mp->weight_bytes;
     b[HAE_TIER_GPU][HAE_MEM_ACTIVATIONS] = mp->activation_bytes;
-    size_t stream_bpt = 0;  /* widest full/swa layer streamed from the host */
-    int64_t stream_slots = 0;
+    size_t staging = 0; /* one host-tier layer's K/V, the largest: what a run stages it through */
     for (int64_t l = 0; l < cfg->model.n_layers; l++) {
         const hae_layer_kind kind = cfg->model.layers[l];
         const size_t kv_bpt = tp->kv_bytes_per_token[l];
@@ -55,6 +54,9 @@ static void place(const hae_config *cfg, const hae_model_plan *mp, const hae_mod
             if (t == HAE_TIER_HOST) {
                 const size_t slots = sat_mul(sat_mul(Bz, (size_t)min64(cache, L)), kv_bpt);
                 b[HAE_TIER_GPU][HAE_MEM_DSA_KV] = sat_add(b[HAE_TIER_GPU][HAE_MEM_DSA_KV], slots);
+                /* prefill chunks past the slots are staged whole */
+                const size_t whole = sat_mul(sat_mul(Bz, (size_t)L), kv_bpt);
+                if (cache < L && whole > staging) staging = whole;
             }
             const int64_t ipages = ceil_to(L, Pi) / Pi;
             const size_t keys = sat_mul(sat_mul(Bz, (size_t)ipages),
@@ -65,15 +67,14 @@ static void place(const hae_config *cfg, const hae_model_plan *mp, const hae_mod
             const int64_t slots = mp->kv_slots[l];
             const size_t pages = sat_mul(sat_mul(Bz, (size_t)ceil_to(slots, P)), kv_bpt);
             b[t][HAE_MEM_FULL_KV] = sat_add(b[t][HAE_MEM_FULL_KV], pages);
-            if (kv_bpt > stream_bpt) stream_bpt = kv_bpt;
-            if (slots > stream_slots) stream_slots = slots;
+            /* streamed: each attention stages the layer's slots whole */
+            const size_t whole = sat_mul(sat_mul(Bz, (size_t)slots), kv_bpt);
+            if (t == HAE_TIER_HOST && whole > staging) staging = whole;
         }
     }
-    if (cfg->memory.full_kv == HAE_TIER_HOST && stream_bpt) {
-        /* one layer at a time through a double buffer of cache_tokens tokens */
-        const size_t staging = sat_mul(sat_mul(2 * Bz, (size_t)min64(cache, stream_slots)), stream_bpt);
-        b[HAE_TIER_GPU][HAE_MEM_FULL_KV] = sat_add(b[HAE_TIER_GPU][HAE_MEM_FULL_KV], staging);
-    }
+    /* one staging buffer serves every host-tier layer; counted with the full/swa K/V when those stream */
+    const hae_mem_kind sk = cfg->memory.full_kv == HAE_TIER_HOST ? HAE_MEM_FULL_KV : HAE_MEM_DSA_KV;
+    b[HAE_TIER_GPU][sk] = sat_add(b[HAE_TIER_GPU][sk], staging);
     for (int t = 0; t < HAE_TIER_COUNT; t++)
         for (int k = 0; k < HAE_MEM_KIND_COUNT; k++) out->total[t] = sat_add(out->total[t], b[t][k]);
 }
