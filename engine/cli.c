@@ -1214,6 +1214,43 @@ static hae_status model_point(eval_run *run, hae_eval_runner *r, const hae_confi
     return st;
 }
 
+/* A point's rows: the CSV row, and the JSON line unless error is set. */
+typedef void (*point_rows_fn)(eval_run *run, const void *ctx, int64_t i, const hae_task *first,
+                              const hae_eval_score *s, const char *error);
+
+/* Point i (p) through the runner r, or failed with `why` when r could not be built: its rows, its line of
+ * the points table and its progress line. kind (or NULL) labels it. */
+static void score_point(eval_run *run, hae_eval_runner *r, const char *why, const hae_config *cfg,
+                        const hae_eval_point *p, int dbl, const char *job, const char *kind, point_rows_fn rows,
+                        const void *ctx, int64_t i) {
+    char label[1600], pt[160], what[96] = "";
+    point_text(p, pt, sizeof pt);
+    snprintf(label, sizeof label, "%s%s%s%s%s", job, job[0] ? ": " : "", kind ? kind : "", kind ? " " : "", pt);
+    hae_task *first = NULL;
+    hae_eval_score s = {0};
+    const char *error = r ? NULL : why;
+    if (r && model_point(run, r, cfg, p, dbl, label, &first, &s) != HAE_OK) error = hae_last_error();
+    rows(run, ctx, i, first, &s, error);
+    if (!error) {
+        point_line(run->points, job, kind, pt, &s);
+        snprintf(what, sizeof what, "recall %.4f (%.2f s)", (double)s.correct / (double)s.questions, s.seconds);
+    }
+    point_done(run, label, error, what);
+    hae_task_free(first);
+}
+
+typedef struct {
+    const model_row *m;
+    const hae_eval_point *pts;
+} model_rows_ctx;
+
+static void model_rows(eval_run *run, const void *ctx, int64_t i, const hae_task *first, const hae_eval_score *s,
+                       const char *error) {
+    const model_rows_ctx *c = ctx;
+    model_csv_row(run->csv, c->m, &c->pts[i], first, s, error);
+    if (!error) model_jsonl(run->jsonl, c->m, &c->pts[i], first, s);
+}
+
 /* One job: its model built once for the longest task of its grid, then every point. */
 static hae_status model_job(eval_run *run, const eval_options *e, const hae_config *cfg, const char *job,
                             bool header) {
@@ -1233,23 +1270,9 @@ static hae_status model_job(eval_run *run, const eval_options *e, const hae_conf
     char why[1024] = "";
     if (built != HAE_OK) snprintf(why, sizeof why, "%s", hae_last_error());
     const model_row m = {cfg, weights, double_names[e->dbl], job, values ? values : ""};
-    for (int64_t i = 0; i < n && st == HAE_OK; i++) {
-        char label[1400], pt[160], what[96] = "";
-        point_text(&pts[i], pt, sizeof pt);
-        snprintf(label, sizeof label, "%s%s%s", job, job[0] ? ": " : "", pt);
-        hae_task *first = NULL;
-        hae_eval_score s = {0};
-        hae_status ps = built == HAE_OK ? model_point(run, r, cfg, &pts[i], e->dbl, label, &first, &s) : built;
-        const char *error = ps == HAE_OK ? NULL : built == HAE_OK ? hae_last_error() : why;
-        model_csv_row(run->csv, &m, &pts[i], first, &s, error);
-        if (!error) {
-            model_jsonl(run->jsonl, &m, &pts[i], first, &s);
-            point_line(run->points, job, NULL, pt, &s);
-            snprintf(what, sizeof what, "recall %.4f (%.2f s)", (double)s.correct / (double)s.questions, s.seconds);
-        }
-        point_done(run, label, error, what);
-        hae_task_free(first);
-    }
+    const model_rows_ctx rc = {&m, pts};
+    for (int64_t i = 0; i < n && st == HAE_OK; i++)
+        score_point(run, built == HAE_OK ? r : NULL, why, cfg, &pts[i], e->dbl, job, NULL, model_rows, &rc, i);
     hae_eval_runner_destroy(r);
     hae_backend_destroy(be);
     free(pts), free(keys), free(values);
@@ -1464,6 +1487,18 @@ static void circuit_jsonl(FILE *f, const circuit_row *c, const circuit_point *p,
     score_json(f, t, s);
 }
 
+typedef struct {
+    const circuit_row *row;
+    const circuit_point *g;
+} circuit_rows_ctx;
+
+static void circuit_rows(eval_run *run, const void *ctx, int64_t i, const hae_task *first, const hae_eval_score *s,
+                         const char *error) {
+    const circuit_rows_ctx *c = ctx;
+    circuit_csv_row(run->csv, c->row, &c->g[i], first, s, error);
+    if (!error) circuit_jsonl(run->jsonl, c->row, &c->g[i], first, s);
+}
+
 static int64_t longest_of(const circuit_point *g, int64_t n) {
     int64_t longest = 0;
     for (int64_t i = 0; i < n; i++) longest = g[i].pt.length > longest ? g[i].pt.length : longest;
@@ -1491,23 +1526,9 @@ static void circuit_block(eval_run *run, hae_backend *be, const hae_config *cfg,
     remove(path);
     if (built == HAE_OK) hae_eval_runner_set_decode(r, cfg->eval.circuit.decode);
     else snprintf(why, sizeof why, "%s", hae_last_error());
-    for (int64_t i = 0; i < n; i++) {
-        char label[1600], pt[160], what[96] = "";
-        point_text(&g[i].pt, pt, sizeof pt);
-        snprintf(label, sizeof label, "%s%s%s %s", job, job[0] ? ": " : "", kind, pt);
-        hae_task *first = NULL;
-        hae_eval_score s = {0};
-        hae_status ps = built == HAE_OK ? model_point(run, r, cfg, &g[i].pt, 0, label, &first, &s) : built;
-        const char *error = ps == HAE_OK ? NULL : built == HAE_OK ? hae_last_error() : why;
-        circuit_csv_row(run->csv, &row, &g[i], first, &s, error);
-        if (!error) {
-            circuit_jsonl(run->jsonl, &row, &g[i], first, &s);
-            point_line(run->points, job, kind, pt, &s);
-            snprintf(what, sizeof what, "recall %.4f (%.2f s)", (double)s.correct / (double)s.questions, s.seconds);
-        }
-        point_done(run, label, error, what);
-        hae_task_free(first);
-    }
+    const circuit_rows_ctx rc = {&row, g};
+    for (int64_t i = 0; i < n; i++)
+        score_point(run, built == HAE_OK ? r : NULL, why, cfg, &g[i].pt, 0, job, kind, circuit_rows, &rc, i);
     hae_eval_runner_destroy(r);
     free(cc);
 }
