@@ -1725,6 +1725,8 @@ static const char *usage_mem =
     "  --context LIST      context lengths per sequence, K = 1024, M = 2^20 (default 4K,32K,128K,1M)\n"
     "  --gpu-budget BYTES  GPU bytes, e.g. 80GiB (same as --set memory.gpu_budget=BYTES); default: the config's,\n"
     "                      else the GPU's total memory, else 80 GiB when no GPU answers\n"
+    "  --host-budget BYTES host RAM the host tier may take (same as --set memory.host_budget=BYTES): the longest\n"
+    "                      context must then fit it too; default: the config's, 0 (no bound)\n"
     "  --batch N           sequences (same as --set runtime.batch=N)\n"
     "  --set KEY=VALUE     override a config key (dotted path, YAML value), repeatable\n"
     "  --out DIR           output directory (default: OUTPUT_DIR/mem-NAME-YYYYmmdd-HHMMSS)\n"
@@ -1738,7 +1740,7 @@ typedef struct {
     options o;
     int64_t contexts[MAX_CONTEXTS];
     int n_contexts;
-    char sets[2][128]; /* --gpu-budget and --batch as overrides */
+    char sets[3][128]; /* --gpu-budget, --host-budget and --batch as overrides */
     bool budget_given;
 } mem_options;
 
@@ -1773,8 +1775,8 @@ static int parse_mem(int argc, char **argv, mem_options *m) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(usage_mem, stdout);
             return 2;
-        } else if (!strcmp(a, "--context") || !strcmp(a, "--gpu-budget") || !strcmp(a, "--batch") ||
-                   !strcmp(a, "--set") || !strcmp(a, "--out")) {
+        } else if (!strcmp(a, "--context") || !strcmp(a, "--gpu-budget") || !strcmp(a, "--host-budget") ||
+                   !strcmp(a, "--batch") || !strcmp(a, "--set") || !strcmp(a, "--out")) {
             if (!val) return fprintf(stderr, "hae: %s needs a value (see hae mem --help)\n", a), 1;
             i++;
             if (!strcmp(a, "--context") && !parse_contexts(val, m)) return 1;
@@ -1785,9 +1787,10 @@ static int parse_mem(int argc, char **argv, mem_options *m) {
                 o->sets[o->n_sets++] = val;
                 continue;
             }
-            bool budget = !strcmp(a, "--gpu-budget");
-            char *s = m->sets[budget ? 0 : 1];
-            snprintf(s, sizeof m->sets[0], "%s=%.100s", budget ? "memory.gpu_budget" : "runtime.batch", val);
+            const bool budget = !strcmp(a, "--gpu-budget"), host = !strcmp(a, "--host-budget");
+            char *s = m->sets[budget ? 0 : host ? 1 : 2];
+            snprintf(s, sizeof m->sets[0], "%s=%.100s",
+                     budget ? "memory.gpu_budget" : host ? "memory.host_budget" : "runtime.batch", val);
             o->sets[o->n_sets++] = s;
             m->budget_given |= budget;
         } else if (a[0] == '-') {

@@ -1168,9 +1168,9 @@ typedef struct hae_mem_plan {
 hae_status hae_mem_plan_get(const hae_config *cfg, int64_t context, hae_mem_plan *out);
 /* The config's full-attention twin: the same shapes, every layer `full`, everything on the GPU. */
 void hae_mem_twin(const hae_config *cfg, hae_config *twin);
-/* The longest context per sequence whose GPU total fits gpu_budget bytes (bisection on the plan); 0 when
- * not even one token fits; HAE_MEM_MAX_CONTEXT (or less, where the bytes would overflow) when the GPU
- * bytes never reach the budget. */
+/* The longest context per sequence whose GPU total fits gpu_budget bytes and, when memory.host_budget is
+ * set, whose host total fits that (bisection on the plan); 0 when not even one token fits;
+ * HAE_MEM_MAX_CONTEXT (or less, where the bytes would overflow) when the bytes never reach the budgets. */
 #define HAE_MEM_MAX_CONTEXT ((int64_t)1 << 40)
 hae_status hae_mem_max_context(const hae_config *cfg, size_t gpu_budget, int64_t *out);
 

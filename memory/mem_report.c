@@ -65,9 +65,11 @@ static void markdown(const hae_mem_report_args *a, const hae_mem_plan *cp, const
             fprintf(f, " %s |\n", fmt_bytes((double)cp[i].total[t], b1, sizeof b1));
         }
     }
-    fprintf(f, "\nLongest context per sequence in %s of GPU memory%s%s%s: ",
-            fmt_bytes((double)a->gpu_budget, b1, sizeof b1), a->budget_note ? " (" : "",
-            a->budget_note ? a->budget_note : "", a->budget_note ? ")" : "");
+    fprintf(f, "\nLongest context per sequence in %s of GPU memory%s%s%s", fmt_bytes((double)a->gpu_budget, b1, sizeof b1),
+            a->budget_note ? " (" : "", a->budget_note ? a->budget_note : "", a->budget_note ? ")" : "");
+    if (a->cfg->memory.host_budget > 0)
+        fprintf(f, " and %s of host RAM (memory.host_budget)", fmt_bytes((double)a->cfg->memory.host_budget, b1, sizeof b1));
+    fprintf(f, ": ");
     fprintf(f, "%s tokens%s, twin %s tokens", hae_fmt_tokens(max_c, true, b2, sizeof b2),
             max_c >= HAE_MEM_MAX_CONTEXT ? " (the GPU bytes stop growing: unbounded)" : "",
             hae_fmt_tokens(max_t, true, b3, sizeof b3));

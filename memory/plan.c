@@ -123,10 +123,12 @@ hae_status hae_mem_plan_get(const hae_config *cfg, int64_t context, hae_mem_plan
     return HAE_OK;
 }
 
+/* Whether the plan at `context` fits the GPU budget and, when memory.host_budget is set, the host's. */
 static hae_status fits(const hae_config *cfg, int64_t context, size_t budget, bool *ok) {
     hae_mem_plan p;
     HAE_TRY(plan_at(cfg, context, &p, NULL));
-    *ok = p.total[HAE_TIER_GPU] <= budget;
+    const size_t host = (size_t)cfg->memory.host_budget;
+    *ok = p.total[HAE_TIER_GPU] <= budget && (!host || p.total[HAE_TIER_HOST] <= host);
     return HAE_OK;
 }
 
@@ -136,7 +138,9 @@ hae_status hae_mem_max_context(const hae_config *cfg, size_t gpu_budget, int64_t
     hae_mem_plan p;
     size_t per_token = 0;
     HAE_TRY(plan_at(cfg, 1, &p, &per_token));
-    if (p.total[HAE_TIER_GPU] > gpu_budget) return HAE_OK;
+    bool ok = true;
+    HAE_TRY(fits(cfg, 1, gpu_budget, &ok));
+    if (!ok) return HAE_OK;
     /* contexts past cap could overflow the model's own byte counts */
     int64_t cap = HAE_MEM_MAX_CONTEXT;
     if ((size_t)cap > (SIZE_MAX / 4) / per_token) cap = (int64_t)((SIZE_MAX / 4) / per_token);
@@ -144,7 +148,6 @@ hae_status hae_mem_max_context(const hae_config *cfg, size_t gpu_budget, int64_t
      * bytes grow with the context but for the indexer's logits buffer, which the model slices to stay
      * near 256 MiB: where that saws, the answer fits but may miss a slightly longer one. */
     int64_t lo = 1, hi = 2;
-    bool ok = true;
     while (ok && hi <= cap) {
         HAE_TRY(fits(cfg, hi, gpu_budget, &ok));
         if (ok) lo = hi, hi *= 2;

@@ -686,7 +686,16 @@ Test(memory_plan, longest_context) {
     hae_config *lin = load_preset("hybrid-1b.yaml", ov, 1);
     cr_assert_eq(hae_mem_max_context(lin, budget, &m40), HAE_OK, "%s", hae_last_error());
     cr_expect_eq(m40, HAE_MEM_MAX_CONTEXT);
-    free(cfg), free(twin), free(lin);
+    /* dsa K/V on the host under a host budget: 12 KiB a token (6 layers x 2048 B), so 12 GiB hold 1M tokens
+     * exactly, and the host, not the GPU, bounds the context */
+    const char *hv[] = {"memory.dsa_kv=host", "memory.host_budget=12GiB"};
+    hae_config *h = load_preset("hybrid-1b.yaml", hv, 2);
+    cr_assert_eq(hae_mem_max_context(h, budget, &m40), HAE_OK, "%s", hae_last_error());
+    cr_expect_eq(m40, (int64_t)1 << 20, "host-bound longest context %" PRId64, m40);
+    h->memory.host_budget = 0; /* unbounded host: the GPU bounds it, far beyond the GPU tier's */
+    cr_assert_eq(hae_mem_max_context(h, budget, &m40), HAE_OK, "%s", hae_last_error());
+    cr_expect(m40 > mc, "host tier %" PRId64 " vs GPU tier %" PRId64, m40, mc);
+    free(cfg), free(twin), free(lin), free(h);
 }
 
 /* Reads a whole file (NUL-terminated; NULL if it cannot). */
