@@ -1071,9 +1071,11 @@ hae_status hae_eval_report(const hae_eval_report_args *a, FILE *markdown);
 hae_status hae_eval_config_csv(const hae_config *cfg, char **keys, char **values);
 
 /* ---------------------------------------------------------------- memory manager (memory/)
- * DESIGN.md §2. Every KV byte and recurrent state lives in pages of a pool with two tiers, GPU memory and
- * host RAM, each with a byte budget checked when the pool is created; pages are taken from arenas
- * allocated then, so nothing allocates while a model runs. Bytes are accounted per tier and per kind. */
+ * DESIGN.md §2. Two tiers, GPU memory and host RAM, each with a byte budget checked before anything is
+ * allocated. The page pool below holds pages of several classes in both tiers, with per-tier and per-kind
+ * accounting; a model's K/V is one buffer per layer in the tier its kind is placed in (the KV cache above),
+ * host-tier layers reached through GPU token slots and a staging buffer (memory/slot_cache.c); the model
+ * does not page its K/V through the pool yet. */
 
 typedef enum hae_mem_kind {
     HAE_MEM_WEIGHTS,      /* the model's parameters (plans only) */
