@@ -416,6 +416,110 @@ Test(train_grad, swiglu) {
     hae_backend_destroy(be);
 }
 
+/* The linear family's recurrence in double, S_0 = 0 (train_ops.h's math), and sum c o as the loss. */
+typedef struct {
+    hae_tr_delta_shape s;
+    double *q, *k, *v, *g, *beta, *c, *o;
+} delta_case;
+
+static double delta_loss(void *p) {
+    delta_case *d = p;
+    const hae_tr_delta_shape *s = &d->s;
+    const int64_t K = s->K, V = s->V;
+    double *S = dalloc(K * V);
+    for (int64_t b = 0; b < s->B; b++)
+        for (int64_t h = 0; h < s->H; h++) {
+            memset(S, 0, sizeof(double) * (size_t)(K * V));
+            for (int64_t t = 0; t < s->T; t++) {
+                const int64_t r = (b * s->T + t) * s->H + h;
+                for (int64_t i = 0; i < K; i++) {
+                    const double a = d->g ? exp(s->channel_decay ? d->g[r * K + i] : d->g[r]) : 1.0;
+                    for (int64_t j = 0; j < V; j++) S[i * V + j] *= a;
+                }
+                for (int64_t j = 0; j < V; j++) {
+                    double u = d->v[r * V + j];
+                    if (d->beta) {
+                        double sk = 0;
+                        for (int64_t i = 0; i < K; i++) sk += S[i * V + j] * d->k[r * K + i];
+                        u = d->beta[r] * (d->v[r * V + j] - sk);
+                    }
+                    for (int64_t i = 0; i < K; i++) S[i * V + j] += d->k[r * K + i] * u;
+                }
+                for (int64_t j = 0; j < V; j++) {
+                    double acc = 0;
+                    for (int64_t i = 0; i < K; i++) acc += S[i * V + j] * d->q[r * K + i];
+                    d->o[r * V + j] = s->scale * acc;
+                }
+            }
+        }
+    free(S);
+    return weighted(d->c, d->o, s->B * s->T * s->H * V);
+}
+
+/* Every member of the family: kda (channel decay, delta), gdn (head decay, delta), deltanet (delta), gla
+ * (channel decay), mamba2/retnet (head decay), linear (neither); L2-normalised keys as the delta rule uses them,
+ * decays log-uniform in [-0.5, -0.01]. */
+Test(train_grad, delta_recurrence) {
+    static const struct {
+        const char *name;
+        int decay; /* 0 none, 1 head, 2 channel */
+        bool delta;
+    } kinds[] = {{"kda", 2, true}, {"gdn", 1, true}, {"deltanet", 0, true}, {"gla", 2, false}, {"mamba2", 1, false},
+                 {"linear", 0, false}};
+    hae_backend *be = tu_cpu();
+    for (size_t ki = 0; ki < sizeof kinds / sizeof *kinds; ki++) {
+        const hae_tr_delta_shape s = {.B = 2, .T = 7, .H = 2, .K = 5, .V = 4, .channel_decay = kinds[ki].decay == 2,
+                                      .scale = 0.45f};
+        const int64_t NK = s.B * s.T * s.H * s.K, NV = s.B * s.T * s.H * s.V, NH = s.B * s.T * s.H;
+        const int64_t NG = kinds[ki].decay == 2 ? NK : NH;
+        char shape[96];
+        snprintf(shape, sizeof shape, "%s [B 2, T 7, H 2, K 5, V 4]", kinds[ki].name);
+        tu_rng r = tu_rng_make(90 + ki);
+        delta_case d = {s, dalloc(NK), dalloc(NK), dalloc(NV), kinds[ki].decay ? dalloc(NG) : NULL,
+                        kinds[ki].delta ? dalloc(NH) : NULL, dalloc(NV), dalloc(NV)};
+        float *q = falloc(NK), *k = falloc(NK), *v = falloc(NV), *g = d.g ? falloc(NG) : NULL;
+        float *beta = d.beta ? falloc(NH) : NULL, *c = falloc(NV), *o = falloc(NV);
+        float *S = falloc(s.B * s.H * s.T * s.K * s.V), *dq = falloc(NK), *dk = falloc(NK), *dv = falloc(NV);
+        float *dg = d.g ? falloc(NG) : NULL, *db = d.beta ? falloc(NH) : NULL;
+        fill_pair(q, d.q, NK, &r, -1, 1);
+        fill_pair(v, d.v, NV, &r, -1, 1);
+        fill_pair(c, d.c, NV, &r, -1, 1);
+        for (int64_t row = 0; row < NH; row++) { /* unit keys */
+            double n2 = 0;
+            float kv[5];
+            for (int i = 0; i < 5; i++) kv[i] = (float)tu_uniform(&r, -1, 1), n2 += (double)kv[i] * kv[i];
+            for (int i = 0; i < 5; i++) k[row * 5 + i] = (float)(kv[i] / sqrt(n2)), d.k[row * 5 + i] = k[row * 5 + i];
+        }
+        if (g) fill_pair(g, d.g, NG, &r, -0.5, -0.01);
+        if (beta) fill_pair(beta, d.beta, NH, &r, 0.1, 0.95);
+        poison(o, NV), poison(dq, NK), poison(dk, NK), poison(dv, NV);
+        if (dg) poison(dg, NG);
+        if (db) poison(db, NH);
+        hae_tr_delta_fwd(be, &s, q, k, v, g, beta, S, o);
+        delta_loss(&d);
+        expect_fwd("delta", shape, o, d.o, NV);
+        cr_assert_eq(hae_tr_delta_bwd(be, &s, q, k, v, g, beta, S, c, dq, dk, dv, dg, db), HAE_OK, "%s",
+                     hae_last_error());
+        double *fd = dalloc(NK > NV ? NK : NV);
+        const struct {
+            const char *what;
+            double *x;
+            const float *got;
+            int64_t n;
+        } wrt[] = {{"delta dq", d.q, dq, NK}, {"delta dk", d.k, dk, NK}, {"delta dv", d.v, dv, NV},
+                   {"delta dg", d.g, dg, NG}, {"delta dbeta", d.beta, db, NH}};
+        for (size_t w = 0; w < sizeof wrt / sizeof *wrt; w++) {
+            if (!wrt[w].x) continue;
+            finite_diff(delta_loss, &d, wrt[w].x, wrt[w].n, fd);
+            expect_grad(wrt[w].what, shape, wrt[w].got, NULL, fd, wrt[w].n);
+        }
+        free(fd), free(d.q), free(d.k), free(d.v), free(d.g), free(d.beta), free(d.c), free(d.o);
+        free(q), free(k), free(v), free(g), free(beta), free(c), free(o), free(S), free(dq), free(dk), free(dv), free(dg),
+            free(db);
+    }
+    hae_backend_destroy(be);
+}
+
 typedef struct {
     int64_t S, V;
     double *z;

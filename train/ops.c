@@ -4,6 +4,7 @@
 #include "train_ops.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -326,4 +327,139 @@ double hae_tr_xent(const float *z, const int32_t *target, int64_t S, int64_t V, 
         for (int64_t v = 0; dr && v < V; v++) dr[v] = scale * (float)(exp((double)zr[v] - lse) - (v == y ? 1.0 : 0.0));
     }
     return total;
+}
+
+/* ---------------------------------------------------------------- the linear family's recurrence */
+
+typedef struct {
+    const hae_tr_delta_shape *s;
+    const float *q, *k, *v, *g, *beta, *S, *dout;
+    float *Sw, *o, *dq, *dk, *dv, *dg, *dbeta;
+    double *scratch; /* the backward's, per (sequence, head): delta_scratch doubles each */
+} delta_ctx;
+
+/* dS, S'_t, a_t, du and v_t - S'_t^T k_t */
+static int64_t delta_scratch(const hae_tr_delta_shape *s) { return 2 * s->K * s->V + s->K + 2 * s->V; }
+
+/* Row (b, t, h) of a [B, T, H, w] tensor. */
+static int64_t bth(const hae_tr_delta_shape *s, int64_t b, int64_t t, int64_t h) { return (b * s->T + t) * s->H + h; }
+
+/* a_t's channel i (1 without decay). */
+static double decay_at(const delta_ctx *c, int64_t row, int64_t i) {
+    if (!c->g) return 1.0;
+    return exp((double)(c->s->channel_decay ? c->g[row * c->s->K + i] : c->g[row]));
+}
+
+/* One (sequence, head): every state, in order. */
+static void delta_fwd_item(void *p, int64_t item) {
+    const delta_ctx *c = p;
+    const hae_tr_delta_shape *s = c->s;
+    const int64_t b = item / s->H, h = item % s->H, K = s->K, V = s->V, KV = K * V;
+    float *S = c->Sw + item * s->T * KV;
+    for (int64_t t = 0; t < s->T; t++) {
+        const int64_t r = bth(s, b, t, h);
+        const float *kt = c->k + r * K, *vt = c->v + r * V, *qt = c->q + r * K, *prev = t ? S + (t - 1) * KV : NULL;
+        float *St = S + t * KV;
+        for (int64_t i = 0; i < K; i++) {
+            const double a = decay_at(c, r, i);
+            for (int64_t j = 0; j < V; j++) St[i * V + j] = prev ? (float)(a * prev[i * V + j]) : 0.0f;
+        }
+        for (int64_t j = 0; j < V; j++) {
+            double u = vt[j];
+            if (c->beta) {
+                double sk = 0;
+                for (int64_t i = 0; i < K; i++) sk += (double)St[i * V + j] * kt[i];
+                u = c->beta[r] * (vt[j] - sk);
+            }
+            for (int64_t i = 0; i < K; i++) St[i * V + j] = (float)(St[i * V + j] + kt[i] * u);
+        }
+        float *ot = c->o + r * V;
+        for (int64_t j = 0; j < V; j++) {
+            double acc = 0;
+            for (int64_t i = 0; i < K; i++) acc += (double)St[i * V + j] * qt[i];
+            ot[j] = (float)(s->scale * acc);
+        }
+    }
+}
+
+void hae_tr_delta_fwd(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k, const float *v,
+                      const float *g, const float *beta, float *S, float *o) {
+    delta_ctx c = {.s = s, .q = q, .k = k, .v = v, .g = g, .beta = beta, .Sw = S, .o = o};
+    hae_parallel_for_sized(be->pool, s->B * s->H, 4 * s->T * s->K * s->V, delta_fwd_item, &c);
+}
+
+/* One (sequence, head), backwards in time; dS lives in double. */
+static void delta_bwd_item(void *p, int64_t item) {
+    const delta_ctx *c = p;
+    const hae_tr_delta_shape *s = c->s;
+    const int64_t b = item / s->H, h = item % s->H, K = s->K, V = s->V, KV = K * V;
+    const float *S = c->S + item * s->T * KV;
+    double *dS = c->scratch + item * delta_scratch(s);
+    memset(dS, 0, sizeof(double) * (size_t)KV);
+    double *Sp = dS + KV, *a = Sp + KV, *du = a + K, *res = du + V; /* S'_t, a_t, du, v_t - S'_t^T k_t */
+    for (int64_t t = s->T - 1; t >= 0; t--) {
+        const int64_t r = bth(s, b, t, h);
+        const float *qt = c->q + r * K, *kt = c->k + r * K, *vt = c->v + r * V, *dot = c->dout + r * V;
+        const float *St = S + t * KV, *prev = t ? S + (t - 1) * KV : NULL;
+        for (int64_t i = 0; i < K; i++) {
+            a[i] = decay_at(c, r, i);
+            for (int64_t j = 0; j < V; j++) Sp[i * V + j] = prev ? a[i] * prev[i * V + j] : 0.0;
+        }
+        for (int64_t i = 0; i < K; i++) {
+            double dqi = 0;
+            for (int64_t j = 0; j < V; j++) {
+                dS[i * V + j] += s->scale * qt[i] * dot[j];
+                dqi += (double)St[i * V + j] * dot[j];
+            }
+            c->dq[r * K + i] = (float)(s->scale * dqi);
+        }
+        const double bt = c->beta ? c->beta[r] : 1.0;
+        for (int64_t j = 0; j < V; j++) {
+            double d = 0, sk = 0;
+            for (int64_t i = 0; i < K; i++) d += dS[i * V + j] * kt[i], sk += Sp[i * V + j] * kt[i];
+            du[j] = d;
+            res[j] = c->beta ? vt[j] - sk : vt[j]; /* u = beta res */
+            c->dv[r * V + j] = (float)(bt * d);
+        }
+        if (c->beta) {
+            double db = 0;
+            for (int64_t j = 0; j < V; j++) db += du[j] * res[j];
+            c->dbeta[r] = (float)db;
+        }
+        for (int64_t i = 0; i < K; i++) {
+            double dki = 0;
+            for (int64_t j = 0; j < V; j++) {
+                dki += dS[i * V + j] * bt * res[j];
+                if (c->beta) dki -= bt * Sp[i * V + j] * du[j];
+            }
+            c->dk[r * K + i] = (float)dki;
+        }
+        if (c->beta) /* dS' = dS - beta k du^T */
+            for (int64_t i = 0; i < K; i++)
+                for (int64_t j = 0; j < V; j++) dS[i * V + j] -= bt * kt[i] * du[j];
+        /* S'_t = diag(a) S_{t-1}: the gate's gradient, then dS for step t - 1 */
+        double dg_head = 0;
+        for (int64_t i = 0; i < K; i++) {
+            double acc = 0;
+            for (int64_t j = 0; j < V; j++) acc += dS[i * V + j] * (prev ? prev[i * V + j] : 0.0);
+            if (c->g && s->channel_decay) c->dg[r * K + i] = (float)(a[i] * acc);
+            dg_head += a[i] * acc;
+            for (int64_t j = 0; j < V; j++) dS[i * V + j] *= a[i];
+        }
+        if (c->g && !s->channel_decay) c->dg[r] = (float)dg_head;
+    }
+}
+
+hae_status hae_tr_delta_bwd(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k,
+                            const float *v, const float *g, const float *beta, const float *S, const float *dout,
+                            float *dq, float *dk, float *dv, float *dg, float *dbeta) {
+    delta_ctx c = {.s = s, .q = q, .k = k, .v = v, .g = g, .beta = beta, .S = S, .dout = dout,
+                   .dq = dq, .dk = dk, .dv = dv, .dg = dg, .dbeta = dbeta};
+    c.scratch = malloc(sizeof(double) * (size_t)(s->B * s->H * delta_scratch(s)));
+    if (!c.scratch)
+        return hae_error(HAE_ERR_OOM, "delta backward: %lld x %lld doubles of scratch", (long long)(s->B * s->H),
+                         (long long)delta_scratch(s));
+    hae_parallel_for_sized(be->pool, s->B * s->H, 8 * s->T * s->K * s->V, delta_bwd_item, &c);
+    free(c.scratch);
+    return HAE_OK;
 }

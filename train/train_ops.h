@@ -49,6 +49,31 @@ void hae_tr_attention_fwd(hae_backend *be, const hae_tr_attn_shape *s, const flo
 void hae_tr_attention_bwd(hae_backend *be, const hae_tr_attn_shape *s, const float *qkv, const float *P,
                           const float *out, const float *dout, float *dqkv);
 
+/* The linear family's recurrence (DESIGN.md §1.1), per sequence and head, on maps, gates and betas already
+ * applied: with S_0 = 0 the K x V state,
+ *     S'_t = diag(a_t) S_{t-1},   a_t = exp(g_t) per channel (kda, gla: g [.., K]) or per head (gdn, mamba2,
+ *                                  retnet: g [..] broadcast; g NULL: no decay, a = 1)
+ *     S_t  = S'_t + k_t u_t^T,    u_t = beta_t (v_t - S'_t^T k_t) (the delta rule), or u_t = v_t
+ *     o_t  = scale S_t^T q_t
+ * q, k [B, T, H, K], v and o [B, T, H, V], g [B, T, H, K] or [B, T, H], beta [B, T, H] (after the sigmoid; NULL
+ * without the delta rule). S [B, H, T, K, V] keeps every state for the backward. */
+typedef struct hae_tr_delta_shape {
+    int64_t B, T, H, K, V;
+    bool channel_decay; /* g is [.., K]; else [..] (when g is given) */
+    float scale;
+} hae_tr_delta_shape;
+void hae_tr_delta_fwd(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k, const float *v,
+                      const float *g, const float *beta, float *S, float *o);
+/* Walks the recurrence backwards with dS, the gradient of the state after step t:
+ *     dS += scale q_t do_t^T;  dq_t = scale S_t do_t;
+ *     delta: du = dS^T k_t, dk_t = dS u_t - beta_t S'_t du, dv_t = beta_t du, dbeta_t = du . (v_t - S'_t^T k_t),
+ *            dS' = dS - beta_t k_t du^T;  else dk_t = dS v_t, dv_t = dS^T k_t, dS' = dS
+ *     dg_t = a_t sum_v dS'[., v] S_{t-1}[., v] (summed over K for a head gate);  dS = diag(a_t) dS'
+ * dq, dk, dv, dg, dbeta are overwritten (dg and dbeta may be NULL when g or beta is). Allocates its scratch. */
+hae_status hae_tr_delta_bwd(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k,
+                            const float *v, const float *g, const float *beta, const float *S, const float *dout,
+                            float *dq, float *dk, float *dv, float *dg, float *dbeta);
+
 /* a = silu(g) u over gu [N, 2F] (gate columns, then up), a [N, F] */
 void hae_tr_swiglu_fwd(hae_backend *be, const float *gu, int64_t N, int64_t F, float *a);
 /* dgu (overwritten): dg = da u silu'(g), du = da silu(g) */
