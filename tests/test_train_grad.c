@@ -520,6 +520,103 @@ Test(train_grad, delta_recurrence) {
     hae_backend_destroy(be);
 }
 
+/* The conv and the L2 norm in double, each with sum c y as the loss. */
+typedef struct {
+    int64_t B, T, C, W;
+    bool silu;
+    double *x, *w, *c, *y;
+} conv_case;
+
+static double conv_loss(void *p) {
+    conv_case *k = p;
+    for (int64_t b = 0; b < k->B; b++)
+        for (int64_t t = 0; t < k->T; t++)
+            for (int64_t ch = 0; ch < k->C; ch++) {
+                double s = 0;
+                for (int64_t w = 0; w < k->W; w++) {
+                    const int64_t u = t + w - (k->W - 1);
+                    if (u >= 0) s += k->w[ch * k->W + w] * k->x[(b * k->T + u) * k->C + ch];
+                }
+                k->y[(b * k->T + t) * k->C + ch] = k->silu ? s / (1.0 + exp(-s)) : s;
+            }
+    return weighted(k->c, k->y, k->B * k->T * k->C);
+}
+
+typedef struct {
+    int64_t N, D;
+    double eps, *x, *c, *y;
+} l2_case;
+
+static double l2_loss(void *p) {
+    l2_case *k = p;
+    for (int64_t i = 0; i < k->N; i++) {
+        double ss = 0;
+        for (int64_t d = 0; d < k->D; d++) ss += k->x[i * k->D + d] * k->x[i * k->D + d];
+        for (int64_t d = 0; d < k->D; d++) k->y[i * k->D + d] = k->x[i * k->D + d] / sqrt(ss + k->eps);
+    }
+    return weighted(k->c, k->y, k->N * k->D);
+}
+
+/* Widths 1 (a scale), 4 (the layers') and one longer than the sequence; with and without SiLU; then the L2 norm. */
+Test(train_grad, conv_and_l2norm) {
+    hae_backend *be = tu_cpu();
+    const int64_t widths[] = {1, 4, 9};
+    for (int cs = 0; cs < 6; cs++) {
+        const int64_t B = 2, T = 7, C = 5, W = widths[cs % 3], n = B * T * C;
+        const bool silu = cs >= 3;
+        char shape[96];
+        snprintf(shape, sizeof shape, "[B 2, T 7, C 5, W %lld]%s", (long long)W, silu ? " silu" : "");
+        tu_rng r = tu_rng_make(120 + (uint64_t)cs);
+        conv_case k = {B, T, C, W, silu, dalloc(n), dalloc(C * W), dalloc(n), dalloc(n)};
+        float *x = falloc(n), *w = falloc(C * W), *c = falloc(n), *pre = falloc(n), *y = falloc(n), *dx = falloc(n);
+        float *dw = falloc(C * W), *dw0 = falloc(C * W);
+        fill_pair(x, k.x, n, &r, -2, 2);
+        fill_pair(w, k.w, C * W, &r, -1, 1);
+        fill_pair(c, k.c, n, &r, -1, 1);
+        for (int64_t i = 0; i < C * W; i++) dw[i] = dw0[i] = (float)tu_uniform(&r, -1, 1); /* dweight adds into these */
+        poison(pre, n), poison(y, n), poison(dx, n);
+        hae_tr_conv_fwd(be, x, w, B, T, C, W, silu, pre, y);
+        conv_loss(&k);
+        expect_fwd("conv", shape, y, k.y, n);
+        { /* the engine's hae_conv_short from a zero history gives the same outputs */
+            float *st = falloc(B * (W > 1 ? W - 1 : 1) * C), *ye = falloc(n);
+            hae_conv_short_args ca = {.x = hae_tensor_3d(x, HAE_F32, HAE_CPU, B, T, C),
+                                      .weight = hae_tensor_2d(w, HAE_F32, HAE_CPU, C, W),
+                                      .state = hae_tensor_3d(st, HAE_F32, HAE_CPU, B, W - 1, C),
+                                      .out = hae_tensor_3d(ye, HAE_F32, HAE_CPU, B, T, C), .silu = silu};
+            cr_assert_eq(hae_conv_short(be, &ca), HAE_OK, "%s", hae_last_error());
+            double *yd = dalloc(n);
+            for (int64_t i = 0; i < n; i++) yd[i] = ye[i];
+            expect_fwd("conv vs hae_conv_short", shape, y, yd, n);
+            free(st), free(ye), free(yd);
+        }
+        hae_tr_conv_bwd(be, x, w, pre, c, B, T, C, W, silu, dx, dw);
+        double *fd = dalloc(n);
+        finite_diff(conv_loss, &k, k.x, n, fd);
+        expect_grad("conv dx", shape, dx, NULL, fd, n);
+        finite_diff(conv_loss, &k, k.w, C * W, fd);
+        expect_grad("conv dweight", shape, dw, dw0, fd, C * W);
+        free(fd), free(k.x), free(k.w), free(k.c), free(k.y), free(x), free(w), free(c), free(pre), free(y), free(dx),
+            free(dw), free(dw0);
+    }
+    const int64_t N = 6, D = 8;
+    l2_case k = {N, D, 1e-6, dalloc(N * D), dalloc(N * D), dalloc(N * D)};
+    float *x = falloc(N * D), *c = falloc(N * D), *y = falloc(N * D), *dx = falloc(N * D);
+    tu_rng r = tu_rng_make(130);
+    fill_pair(x, k.x, N * D, &r, -2, 2);
+    fill_pair(c, k.c, N * D, &r, -1, 1);
+    poison(y, N * D), poison(dx, N * D);
+    hae_tr_l2norm_fwd(be, x, N, D, 1e-6f, y);
+    l2_loss(&k);
+    expect_fwd("l2norm", "[N 6, D 8]", y, k.y, N * D);
+    hae_tr_l2norm_bwd(be, x, c, N, D, 1e-6f, dx);
+    double *fd = dalloc(N * D);
+    finite_diff(l2_loss, &k, k.x, N * D, fd);
+    expect_grad("l2norm dx", "[N 6, D 8]", dx, NULL, fd, N * D);
+    free(fd), free(k.x), free(k.c), free(k.y), free(x), free(c), free(y), free(dx);
+    hae_backend_destroy(be);
+}
+
 typedef struct {
     int64_t S, V;
     double *z;

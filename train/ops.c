@@ -463,3 +463,111 @@ hae_status hae_tr_delta_bwd(hae_backend *be, const hae_tr_delta_shape *s, const 
     free(c.scratch);
     return HAE_OK;
 }
+
+/* ---------------------------------------------------------------- the linear layers' conv and L2 norm */
+
+typedef struct {
+    const float *x, *weight, *pre, *dout;
+    int64_t B, T, C, W;
+    bool silu;
+    float *pre_out, *out, *dx, *dweight;
+} conv_ctx;
+
+static double silu_grad(double s) {
+    const double sg = 1.0 / (1.0 + exp(-s));
+    return sg * (1.0 + s * (1.0 - sg));
+}
+
+/* One channel of every sequence: independent of the others. */
+static void conv_fwd_channel(void *p, int64_t ch) {
+    const conv_ctx *c = p;
+    const int64_t C = c->C, W = c->W;
+    for (int64_t b = 0; b < c->B; b++)
+        for (int64_t t = 0; t < c->T; t++) {
+            double s = 0;
+            for (int64_t w = 0; w < W; w++) {
+                const int64_t u = t + w - (W - 1);
+                if (u >= 0) s += (double)c->weight[ch * W + w] * c->x[(b * c->T + u) * C + ch];
+            }
+            const int64_t i = (b * c->T + t) * C + ch;
+            c->pre_out[i] = (float)s;
+            c->out[i] = (float)(c->silu ? s / (1.0 + exp(-s)) : s);
+        }
+}
+
+void hae_tr_conv_fwd(hae_backend *be, const float *x, const float *weight, int64_t B, int64_t T, int64_t C, int64_t W,
+                     bool silu, float *pre, float *out) {
+    conv_ctx c = {.x = x, .weight = weight, .B = B, .T = T, .C = C, .W = W, .silu = silu, .pre_out = pre, .out = out};
+    hae_parallel_for_sized(be->pool, C, 2 * B * T * W, conv_fwd_channel, &c);
+}
+
+static void conv_bwd_channel(void *p, int64_t ch) {
+    const conv_ctx *c = p;
+    const int64_t C = c->C, W = c->W, T = c->T;
+    for (int64_t b = 0; b < c->B; b++)
+        for (int64_t u = 0; u < T; u++) { /* x[u] feeds s[u + W - 1 - w] through weight[w] */
+            double d = 0;
+            for (int64_t w = 0; w < W; w++) {
+                const int64_t t = u + (W - 1) - w;
+                if (t >= T) continue;
+                const int64_t i = (b * T + t) * C + ch;
+                d += (double)c->weight[ch * W + w] * c->dout[i] * (c->silu ? silu_grad(c->pre[i]) : 1.0);
+            }
+            c->dx[(b * T + u) * C + ch] = (float)d;
+        }
+    for (int64_t w = 0; w < W; w++) {
+        double d = 0;
+        for (int64_t b = 0; b < c->B; b++)
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t u = t + w - (W - 1), i = (b * T + t) * C + ch;
+                if (u >= 0) d += (double)c->dout[i] * (c->silu ? silu_grad(c->pre[i]) : 1.0) * c->x[(b * T + u) * C + ch];
+            }
+        c->dweight[ch * W + w] += (float)d;
+    }
+}
+
+void hae_tr_conv_bwd(hae_backend *be, const float *x, const float *weight, const float *pre, const float *dout, int64_t B,
+                     int64_t T, int64_t C, int64_t W, bool silu, float *dx, float *dweight) {
+    conv_ctx c = {.x = x, .weight = weight, .pre = pre, .dout = dout, .B = B, .T = T, .C = C, .W = W, .silu = silu,
+                  .dx = dx, .dweight = dweight};
+    hae_parallel_for_sized(be->pool, C, 6 * B * T * W, conv_bwd_channel, &c);
+}
+
+typedef struct {
+    const float *x, *dy;
+    int64_t D;
+    double eps;
+    float *y, *dx;
+} l2_ctx;
+
+static double l2_rinv(const float *x, int64_t D, double eps) {
+    double ss = 0;
+    for (int64_t d = 0; d < D; d++) ss += (double)x[d] * x[d];
+    return 1.0 / sqrt(ss + eps);
+}
+
+static void l2_fwd_row(void *p, int64_t i) {
+    const l2_ctx *c = p;
+    const float *x = c->x + i * c->D;
+    const double r = l2_rinv(x, c->D, c->eps);
+    for (int64_t d = 0; d < c->D; d++) c->y[i * c->D + d] = (float)(x[d] * r);
+}
+
+static void l2_bwd_row(void *p, int64_t i) {
+    const l2_ctx *c = p;
+    const float *x = c->x + i * c->D, *dy = c->dy + i * c->D;
+    const double r = l2_rinv(x, c->D, c->eps);
+    double ydy = 0;
+    for (int64_t d = 0; d < c->D; d++) ydy += x[d] * r * dy[d];
+    for (int64_t d = 0; d < c->D; d++) c->dx[i * c->D + d] = (float)((dy[d] - x[d] * r * ydy) * r);
+}
+
+void hae_tr_l2norm_fwd(hae_backend *be, const float *x, int64_t N, int64_t D, float eps, float *y) {
+    l2_ctx c = {.x = x, .D = D, .eps = eps, .y = y};
+    hae_parallel_for_sized(be->pool, N, 3 * D, l2_fwd_row, &c);
+}
+
+void hae_tr_l2norm_bwd(hae_backend *be, const float *x, const float *dy, int64_t N, int64_t D, float eps, float *dx) {
+    l2_ctx c = {.x = x, .dy = dy, .D = D, .eps = eps, .dx = dx};
+    hae_parallel_for_sized(be->pool, N, 5 * D, l2_bwd_row, &c);
+}

@@ -74,6 +74,20 @@ hae_status hae_tr_delta_bwd(hae_backend *be, const hae_tr_delta_shape *s, const 
                             const float *v, const float *g, const float *beta, const float *S, const float *dout,
                             float *dq, float *dk, float *dv, float *dg, float *dbeta);
 
+/* The linear layers' causal depthwise conv from a zero history (a sequence's start, as hae_conv_short):
+ *     s[b, t, c] = sum_{w < W} weight[c, w] x[b, t + w - (W - 1), c]  (x = 0 before t = 0),  out = silu(s) or s
+ * x, out and pre (s, kept for the backward) [B, T, C], weight [C, W]. */
+void hae_tr_conv_fwd(hae_backend *be, const float *x, const float *weight, int64_t B, int64_t T, int64_t C, int64_t W,
+                     bool silu, float *pre, float *out);
+/* ds = dout act'(s); dx[t] = sum_w weight[w] ds[t - w + W - 1] (overwritten); dweight[c, w] += sum_t ds[t] x[t + w - W + 1]. */
+void hae_tr_conv_bwd(hae_backend *be, const float *x, const float *weight, const float *pre, const float *dout, int64_t B,
+                     int64_t T, int64_t C, int64_t W, bool silu, float *dx, float *dweight);
+
+/* Per-vector L2 normalisation of the linear layers' q and k: y = x / sqrt(sum x^2 + eps) over rows of D, N rows. */
+void hae_tr_l2norm_fwd(hae_backend *be, const float *x, int64_t N, int64_t D, float eps, float *y);
+/* dx = (dy - y (y . dy)) / sqrt(sum x^2 + eps) (overwritten) */
+void hae_tr_l2norm_bwd(hae_backend *be, const float *x, const float *dy, int64_t N, int64_t D, float eps, float *dx);
+
 /* a = silu(g) u over gu [N, 2F] (gate columns, then up), a [N, F] */
 void hae_tr_swiglu_fwd(hae_backend *be, const float *gu, int64_t N, int64_t F, float *a);
 /* dgu (overwritten): dg = da u silu'(g), du = da silu(g) */
