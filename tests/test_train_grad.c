@@ -617,6 +617,111 @@ Test(train_grad, conv_and_l2norm) {
     hae_backend_destroy(be);
 }
 
+/* The output norm and the decay gate in double, each with sum c y as the loss. */
+typedef struct {
+    int64_t N, D;
+    double eps, *x, *gate, *w, *c, *y;
+} gnorm_case;
+
+static double gnorm_loss(void *p) {
+    gnorm_case *k = p;
+    for (int64_t i = 0; i < k->N; i++) {
+        double ss = 0;
+        for (int64_t d = 0; d < k->D; d++) ss += k->x[i * k->D + d] * k->x[i * k->D + d];
+        const double r = 1.0 / sqrt(ss / (double)k->D + k->eps);
+        for (int64_t d = 0; d < k->D; d++)
+            k->y[i * k->D + d] = k->x[i * k->D + d] * r * k->w[d] / (1.0 + exp(-k->gate[i * k->D + d]));
+    }
+    return weighted(k->c, k->y, k->N * k->D);
+}
+
+typedef struct {
+    int64_t N, HV, n;
+    hae_gate_fn gate;
+    double lb, *raw, *A_log, *bias, *c, *y;
+} decay_case;
+
+static double decay_loss(void *p) {
+    decay_case *k = p;
+    for (int64_t t = 0; t < k->N; t++)
+        for (int64_t j = 0; j < k->HV; j++)
+            for (int64_t i = 0; i < k->n; i++) {
+                const int64_t e = (t * k->HV + j) * k->n + i;
+                const double x = k->raw[e] + k->bias[j * k->n + i], A = exp(k->A_log[j]);
+                k->y[e] = k->gate == HAE_GATE_SAFE ? k->lb / (1.0 + exp(-A * x)) : -A * log1p(exp(x));
+            }
+    return weighted(k->c, k->y, k->N * k->HV * k->n);
+}
+
+/* The gated output norm (and its equality with hae_gated_rmsnorm), then the decay gate: softplus and safe, per
+ * channel and per head. */
+Test(train_grad, gated_norm_and_decay) {
+    hae_backend *be = tu_cpu();
+    const int64_t N = 6, D = 8;
+    gnorm_case k = {N, D, 1e-6, dalloc(N * D), dalloc(N * D), dalloc(D), dalloc(N * D), dalloc(N * D)};
+    float *x = falloc(N * D), *g = falloc(N * D), *w = falloc(D), *c = falloc(N * D), *y = falloc(N * D), *ye = falloc(N * D);
+    float *dx = falloc(N * D), *dg = falloc(N * D), *dw = falloc(D), *dw0 = falloc(D);
+    tu_rng r = tu_rng_make(140);
+    fill_pair(x, k.x, N * D, &r, -2, 2);
+    fill_pair(g, k.gate, N * D, &r, -3, 3);
+    fill_pair(w, k.w, D, &r, 0.5, 1.5);
+    fill_pair(c, k.c, N * D, &r, -1, 1);
+    for (int64_t d = 0; d < D; d++) dw[d] = dw0[d] = (float)tu_uniform(&r, -1, 1);
+    poison(y, N * D), poison(dx, N * D), poison(dg, N * D);
+    hae_tr_gated_norm_fwd(be, x, g, w, N, D, 1e-6f, y);
+    gnorm_loss(&k);
+    expect_fwd("gated norm", "[N 6, D 8]", y, k.y, N * D);
+    hae_gated_rmsnorm_args ga = {.x = hae_tensor_3d(x, HAE_F32, HAE_CPU, N, 1, D), .gate = hae_tensor_3d(g, HAE_F32, HAE_CPU, N, 1, D),
+                                 .weight = hae_tensor_1d(w, HAE_F32, HAE_CPU, D),
+                                 .out = hae_tensor_3d(ye, HAE_F32, HAE_CPU, N, 1, D), .eps = 1e-6f};
+    cr_assert_eq(hae_gated_rmsnorm(be, &ga), HAE_OK, "%s", hae_last_error());
+    double *yd = dalloc(N * D);
+    for (int64_t i = 0; i < N * D; i++) yd[i] = ye[i];
+    expect_fwd("gated norm vs hae_gated_rmsnorm", "[N 6, D 8]", y, yd, N * D);
+    hae_tr_gated_norm_bwd(be, x, g, w, c, N, D, 1e-6f, dx, dg, dw);
+    double *fd = dalloc(N * D);
+    finite_diff(gnorm_loss, &k, k.x, N * D, fd);
+    expect_grad("gated norm dx", "[N 6, D 8]", dx, NULL, fd, N * D);
+    finite_diff(gnorm_loss, &k, k.gate, N * D, fd);
+    expect_grad("gated norm dgate", "[N 6, D 8]", dg, NULL, fd, N * D);
+    finite_diff(gnorm_loss, &k, k.w, D, fd);
+    expect_grad("gated norm dw", "[N 6, D 8]", dw, dw0, fd, D);
+    free(fd), free(yd), free(k.x), free(k.gate), free(k.w), free(k.c), free(k.y);
+    free(x), free(g), free(w), free(c), free(y), free(ye), free(dx), free(dg), free(dw), free(dw0);
+
+    for (int cs = 0; cs < 4; cs++) {
+        const int64_t T = 5, HV = 3, n = cs % 2 ? 4 : 1, e = T * HV * n;
+        const hae_gate_fn gf = cs < 2 ? HAE_GATE_SOFTPLUS : HAE_GATE_SAFE;
+        char shape[96];
+        snprintf(shape, sizeof shape, "[N 5, HV 3, n %lld] %s", (long long)n, gf == HAE_GATE_SAFE ? "safe" : "softplus");
+        decay_case d = {T, HV, n, gf, -5.0, dalloc(e), dalloc(HV), dalloc(HV * n), dalloc(e), dalloc(e)};
+        float *raw = falloc(e), *A = falloc(HV), *bias = falloc(HV * n), *cc = falloc(e), *gg = falloc(e), *draw = falloc(e);
+        float *dA = falloc(HV), *dA0 = falloc(HV), *db = falloc(HV * n), *db0 = falloc(HV * n);
+        tu_rng rr = tu_rng_make(150 + (uint64_t)cs);
+        fill_pair(raw, d.raw, e, &rr, -3, 3);
+        fill_pair(A, d.A_log, HV, &rr, 0, 2.7);
+        fill_pair(bias, d.bias, HV * n, &rr, -2, 1);
+        fill_pair(cc, d.c, e, &rr, -1, 1);
+        for (int64_t i = 0; i < HV; i++) dA[i] = dA0[i] = (float)tu_uniform(&rr, -1, 1);
+        for (int64_t i = 0; i < HV * n; i++) db[i] = db0[i] = (float)tu_uniform(&rr, -1, 1);
+        poison(gg, e), poison(draw, e);
+        hae_tr_decay_fwd(be, raw, A, bias, T, HV, n, gf, -5.0f, gg);
+        decay_loss(&d);
+        expect_fwd("decay", shape, gg, d.y, e);
+        hae_tr_decay_bwd(be, raw, A, bias, cc, T, HV, n, gf, -5.0f, draw, dA, db);
+        double *f2 = dalloc(e);
+        finite_diff(decay_loss, &d, d.raw, e, f2);
+        expect_grad("decay draw", shape, draw, NULL, f2, e);
+        finite_diff(decay_loss, &d, d.A_log, HV, f2);
+        expect_grad("decay dA_log", shape, dA, dA0, f2, HV);
+        finite_diff(decay_loss, &d, d.bias, HV * n, f2);
+        expect_grad("decay ddt_bias", shape, db, db0, f2, HV * n);
+        free(f2), free(d.raw), free(d.A_log), free(d.bias), free(d.c), free(d.y);
+        free(raw), free(A), free(bias), free(cc), free(gg), free(draw), free(dA), free(dA0), free(db), free(db0);
+    }
+    hae_backend_destroy(be);
+}
+
 typedef struct {
     int64_t S, V;
     double *z;

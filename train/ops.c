@@ -571,3 +571,103 @@ void hae_tr_l2norm_bwd(hae_backend *be, const float *x, const float *dy, int64_t
     l2_ctx c = {.x = x, .dy = dy, .D = D, .eps = eps, .dx = dx};
     hae_parallel_for_sized(be->pool, N, 5 * D, l2_bwd_row, &c);
 }
+
+/* ---------------------------------------------------------------- the linear layers' output norm and gates */
+
+typedef struct {
+    const float *x, *gate, *w, *dy;
+    int64_t D;
+    double eps;
+    float *y, *dx, *dgate;
+} gnorm_ctx;
+
+static double sig(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+static void gnorm_fwd_row(void *p, int64_t i) {
+    const gnorm_ctx *c = p;
+    const float *x = c->x + i * c->D, *g = c->gate + i * c->D;
+    double ss = 0;
+    for (int64_t d = 0; d < c->D; d++) ss += (double)x[d] * x[d];
+    const double r = 1.0 / sqrt(ss / (double)c->D + c->eps);
+    for (int64_t d = 0; d < c->D; d++) c->y[i * c->D + d] = (float)(x[d] * r * c->w[d] * sig(g[d]));
+}
+
+static void gnorm_bwd_row(void *p, int64_t i) {
+    const gnorm_ctx *c = p;
+    const float *x = c->x + i * c->D, *g = c->gate + i * c->D, *dy = c->dy + i * c->D;
+    double ss = 0, ez = 0;
+    for (int64_t d = 0; d < c->D; d++) ss += (double)x[d] * x[d];
+    const double r = 1.0 / sqrt(ss / (double)c->D + c->eps);
+    for (int64_t d = 0; d < c->D; d++) ez += dy[d] * c->w[d] * sig(g[d]) * x[d] * r;
+    ez /= (double)c->D;
+    for (int64_t d = 0; d < c->D; d++) {
+        const double z = x[d] * r, sg = sig(g[d]);
+        c->dx[i * c->D + d] = (float)(r * (dy[d] * c->w[d] * sg - z * ez));
+        c->dgate[i * c->D + d] = (float)(dy[d] * z * c->w[d] * sg * (1.0 - sg));
+    }
+}
+
+void hae_tr_gated_norm_fwd(hae_backend *be, const float *x, const float *gate, const float *w, int64_t N, int64_t D,
+                           float eps, float *y) {
+    gnorm_ctx c = {.x = x, .gate = gate, .w = w, .D = D, .eps = eps, .y = y};
+    hae_parallel_for_sized(be->pool, N, 6 * D, gnorm_fwd_row, &c);
+}
+
+void hae_tr_gated_norm_bwd(hae_backend *be, const float *x, const float *gate, const float *w, const float *dy, int64_t N,
+                           int64_t D, float eps, float *dx, float *dgate, float *dw) {
+    gnorm_ctx c = {.x = x, .gate = gate, .w = w, .dy = dy, .D = D, .eps = eps, .dx = dx, .dgate = dgate};
+    hae_parallel_for_sized(be->pool, N, 10 * D, gnorm_bwd_row, &c);
+    for (int64_t i = 0; i < N; i++) { /* dw: rows in order, one thread */
+        const float *xi = x + i * D, *g = gate + i * D;
+        double ss = 0;
+        for (int64_t d = 0; d < D; d++) ss += (double)xi[d] * xi[d];
+        const double r = 1.0 / sqrt(ss / (double)D + (double)eps);
+        for (int64_t d = 0; d < D; d++) dw[d] += (float)(dy[i * D + d] * xi[d] * r * sig(g[d]));
+    }
+}
+
+/* g and its derivatives dg/dx and dg/dA_log at x = raw + dt_bias. */
+static double decay_of(double x, double A, hae_gate_fn gate, double lb, double *dx, double *dA_log) {
+    if (gate == HAE_GATE_SAFE) {
+        const double s = sig(A * x), ds = s * (1.0 - s);
+        *dx = lb * ds * A, *dA_log = lb * ds * A * x;
+        return lb * s;
+    }
+    const double sp = x > 20.0 ? x : log1p(exp(x));
+    *dx = -A * sig(x), *dA_log = -A * sp;
+    return -A * sp;
+}
+
+void hae_tr_decay_fwd(hae_backend *be, const float *raw, const float *A_log, const float *dt_bias, int64_t N, int64_t HV,
+                      int64_t n, hae_gate_fn gate, float lower_bound, float *g) {
+    (void)be;
+    for (int64_t t = 0; t < N; t++)
+        for (int64_t j = 0; j < HV; j++)
+            for (int64_t i = 0; i < n; i++) {
+                double dx, da;
+                const int64_t e = (t * HV + j) * n + i;
+                g[e] = (float)decay_of((double)raw[e] + dt_bias[j * n + i], exp((double)A_log[j]), gate, lower_bound,
+                                       &dx, &da);
+            }
+}
+
+void hae_tr_decay_bwd(hae_backend *be, const float *raw, const float *A_log, const float *dt_bias, const float *dg,
+                      int64_t N, int64_t HV, int64_t n, hae_gate_fn gate, float lower_bound, float *draw, float *dA_log,
+                      float *ddt_bias) {
+    (void)be;
+    for (int64_t j = 0; j < HV; j++) { /* one head's sums in token order */
+        double sa = 0;
+        for (int64_t i = 0; i < n; i++) {
+            double sb = 0;
+            for (int64_t t = 0; t < N; t++) {
+                double dx, da;
+                const int64_t e = (t * HV + j) * n + i;
+                decay_of((double)raw[e] + dt_bias[j * n + i], exp((double)A_log[j]), gate, lower_bound, &dx, &da);
+                draw[e] = (float)(dg[e] * dx);
+                sb += dg[e] * dx, sa += dg[e] * da;
+            }
+            ddt_bias[j * n + i] += (float)sb;
+        }
+        dA_log[j] += (float)sa;
+    }
+}

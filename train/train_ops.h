@@ -88,6 +88,26 @@ void hae_tr_l2norm_fwd(hae_backend *be, const float *x, int64_t N, int64_t D, fl
 /* dx = (dy - y (y . dy)) / sqrt(sum x^2 + eps) (overwritten) */
 void hae_tr_l2norm_bwd(hae_backend *be, const float *x, const float *dy, int64_t N, int64_t D, float eps, float *dx);
 
+/* The output norm of the linear layers, over rows of D (N rows: tokens x heads), as hae_gated_rmsnorm:
+ *     y = x r w sigmoid(gate),  r = 1 / sqrt(mean(x^2) + eps) */
+void hae_tr_gated_norm_fwd(hae_backend *be, const float *x, const float *gate, const float *w, int64_t N, int64_t D,
+                           float eps, float *y);
+/* dx and dgate overwritten, dw added into: with z = x r and e = dy w sigmoid(gate),
+ * dx = r (e - z mean(e z)), dgate = dy z w sigmoid'(gate), dw += sum of dy z sigmoid(gate) */
+void hae_tr_gated_norm_bwd(hae_backend *be, const float *x, const float *gate, const float *w, const float *dy, int64_t N,
+                           int64_t D, float eps, float *dx, float *dgate, float *dw);
+
+/* The log decay g of the linear layers from their raw gate, as hae_linear_attn computes it, for N tokens of HV
+ * value heads with n = K (channel decay) or 1 (head decay) raw values each, A = exp(A_log[j]), x = raw + dt_bias:
+ *     softplus gate: g = -A softplus(x);   safe gate: g = lower_bound sigmoid(A x)
+ * raw, g [N, HV, n]; A_log [HV]; dt_bias [HV n]. */
+void hae_tr_decay_fwd(hae_backend *be, const float *raw, const float *A_log, const float *dt_bias, int64_t N, int64_t HV,
+                      int64_t n, hae_gate_fn gate, float lower_bound, float *g);
+/* draw overwritten; dA_log and ddt_bias added into. */
+void hae_tr_decay_bwd(hae_backend *be, const float *raw, const float *A_log, const float *dt_bias, const float *dg,
+                      int64_t N, int64_t HV, int64_t n, hae_gate_fn gate, float lower_bound, float *draw, float *dA_log,
+                      float *ddt_bias);
+
 /* a = silu(g) u over gu [N, 2F] (gate columns, then up), a [N, F] */
 void hae_tr_swiglu_fwd(hae_backend *be, const float *gu, int64_t N, int64_t F, float *a);
 /* dgu (overwritten): dg = da u silu'(g), du = da silu(g) */
