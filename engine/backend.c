@@ -97,21 +97,26 @@ hae_device hae_backend_device(const hae_backend *be) { return be->device; }
 const char *hae_backend_name(const hae_backend *be) { return be->name; }
 int hae_backend_threads(const hae_backend *be) { return be->pool ? hae_threadpool_size(be->pool) : 0; }
 
+/* 64-byte aligned host memory for the CPU backend; `what` names it in the error. */
+static hae_status cpu_alloc(hae_backend *be, size_t bytes, const char *what, void **out) {
+    if (bytes > SIZE_MAX - 63) return hae_error(HAE_ERR_OOM, "cpu: %s of %zu bytes cannot be allocated", what, bytes);
+    *out = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!*out) {
+        size_t free_b = 0, total = 0;
+        hae_backend_mem_info(be, &free_b, &total);
+        return hae_error(HAE_ERR_OOM, "cpu: could not allocate %s of %zu bytes (%zu of %zu bytes available)", what,
+                         bytes, free_b, total);
+    }
+    return HAE_OK;
+}
+
 hae_status hae_backend_alloc(hae_backend *be, size_t bytes, void **out) {
     *out = NULL;
     if (bytes == 0) bytes = 1;
 #ifdef HAE_HAVE_CUDA
     if (be->device == HAE_CUDA) return hae_cuda_alloc(be->cuda, bytes, out);
 #endif
-    size_t rounded = (bytes + 63) & ~(size_t)63;
-    *out = aligned_alloc(64, rounded);
-    if (!*out) {
-        size_t free_b = 0, total = 0;
-        hae_backend_mem_info(be, &free_b, &total);
-        return hae_error(HAE_ERR_OOM, "cpu: could not allocate %zu bytes (%zu of %zu bytes available)", bytes,
-                         free_b, total);
-    }
-    return HAE_OK;
+    return cpu_alloc(be, bytes, "a buffer", out);
 }
 
 void hae_backend_free(hae_backend *be, void *p) {
@@ -131,15 +136,7 @@ hae_status hae_backend_alloc_host(hae_backend *be, size_t bytes, void **out) {
 #ifdef HAE_HAVE_CUDA
     if (be->device == HAE_CUDA) return hae_cuda_alloc_host(be->cuda, bytes, out);
 #endif
-    if (bytes > SIZE_MAX - 63) return hae_error(HAE_ERR_OOM, "cpu: host tier of %zu bytes cannot be allocated", bytes);
-    *out = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    if (!*out) {
-        size_t free_b = 0, total = 0;
-        hae_backend_mem_info(be, &free_b, &total);
-        return hae_error(HAE_ERR_OOM, "cpu: could not allocate a host tier of %zu bytes (%zu of %zu bytes available)",
-                         bytes, free_b, total);
-    }
-    return HAE_OK;
+    return cpu_alloc(be, bytes, "a host tier", out);
 }
 
 void hae_backend_free_host(hae_backend *be, void *p) {
