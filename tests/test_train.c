@@ -24,8 +24,9 @@ static const char *tiny_yaml = "name: tiny\n"
                                "  swa: {window_size: 5}\n"
                                "runtime: {backend: cpu, dtype: f32, batch: 2, prefill: 17, decode: 0, prefill_chunk: 0}\n";
 
-static void tiny(hae_config *cfg, const char *const *sets, int n_sets) {
-    hae_status st = hae_config_parse(tiny_yaml, strlen(tiny_yaml), "tiny.yaml", sets, n_sets, cfg);
+/* yaml (named `name` in messages) with the overrides, asserting success. */
+static void parse_ok(const char *yaml, const char *name, hae_config *cfg, const char *const *sets, int n_sets) {
+    hae_status st = hae_config_parse(yaml, strlen(yaml), name, sets, n_sets, cfg);
     cr_assert_eq(st, HAE_OK, "%s", hae_last_error());
 }
 
@@ -51,7 +52,7 @@ Test(train, init_is_the_models) {
     for (int k = 0; k < 2; k++) {
         hae_backend *be = tu_cpu();
         hae_config cfg;
-        tiny(&cfg, &variants[k], 1);
+        parse_ok(tiny_yaml, "tiny.yaml", &cfg, &variants[k], 1);
         hae_trainer *t = trainer(be, &cfg, 1, 8);
         hae_model *m = tu_model(be, &cfg);
         char pa[256], pb[256];
@@ -91,7 +92,7 @@ Test(train, logits_are_the_models) {
     for (int k = 0; k < 4; k++) {
         hae_backend *be = tu_cpu();
         hae_config cfg;
-        tiny(&cfg, variants[k], 2);
+        parse_ok(tiny_yaml, "tiny.yaml", &cfg, variants[k], 2);
         const int64_t B = cfg.runtime.batch, T = cfg.runtime.prefill, V = cfg.model.vocab_size, N = B * T;
         hae_trainer *t = trainer(be, &cfg, B, T);
         perturb(t, 100 + (uint64_t)k);
@@ -140,11 +141,6 @@ static const char *run_yaml = "name: smoke\n"
                               "eval: {tasks: [mqar], lengths: [64], pairs: [4], noise_vocab: 48, seeds: 8}\n"
                               "train: {steps: 50, batch: 8, lr: 3.0e-3, warmup: 5, eval_every: 25, checkpoint_every: 20,\n"
                               "        log_every: 10}\n";
-
-static void run_config(hae_config *cfg, const char *const *sets, int n_sets) {
-    hae_status st = hae_config_parse(run_yaml, strlen(run_yaml), "smoke.yaml", sets, n_sets, cfg);
-    cr_assert_eq(st, HAE_OK, "%s", hae_last_error());
-}
 
 static const char *run_dir(const char *tag, char *buf, size_t n) {
     tu_tmp_path(tag, buf, n);
@@ -210,7 +206,7 @@ static void expect_same_file(const char *a, const char *b) {
  * checkpoint the engine loads. */
 Test(train, smoke_loss_falls) {
     hae_config cfg;
-    run_config(&cfg, NULL, 0);
+    parse_ok(run_yaml, "smoke.yaml", &cfg, NULL, 0);
     char dir[256];
     run_dir("train-smoke", dir, sizeof dir);
     hae_train_result res;
@@ -244,7 +240,7 @@ Test(train, smoke_loss_falls) {
 Test(train, resume_is_bit_exact) {
     hae_config cfg;
     const char *sets[] = {"train.steps=12", "train.checkpoint_every=4", "train.eval_every=6", "train.warmup=3"};
-    run_config(&cfg, sets, 4);
+    parse_ok(run_yaml, "smoke.yaml", &cfg, sets, 4);
     char a[256], b[256], c[256], pa[512], pb[512];
     run_dir("train-whole", a, sizeof a);
     run_dir("train-paused", b, sizeof b);
@@ -290,7 +286,7 @@ Test(train, refusals) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         hae_config cfg;
-        run_config(&cfg, &bad[i].set, 1);
+        parse_ok(run_yaml, "smoke.yaml", &cfg, &bad[i].set, 1);
         char dir[256];
         run_dir("train-refused", dir, sizeof dir);
         hae_train_result r;
@@ -302,7 +298,7 @@ Test(train, refusals) {
     }
     hae_backend *be = tu_cpu();
     hae_config cfg;
-    run_config(&cfg, NULL, 0);
+    parse_ok(run_yaml, "smoke.yaml", &cfg, NULL, 0);
     hae_trainer *t = trainer(be, &cfg, 2, 64);
     int32_t tok[128] = {0}, target[1] = {80};
     int64_t pos[1] = {3};
