@@ -61,6 +61,21 @@ const char *hae_build_compiler(void);
  * `be` may be NULL (no GPU facts then). Returns a malloc'd string. */
 char *hae_env_json(hae_backend *be);
 
+/* ---------------------------------------------------------------- weight initialisation */
+
+typedef enum hae_init_kind {
+    INIT_NORMAL,  /* normal(0, std) */
+    INIT_ONES,    /* norm weights */
+    INIT_UNIFORM, /* uniform(-std, std): conv weights, as PyTorch's Conv1d default */
+    INIT_A_LOG,   /* log(uniform(1, 16)), flash-linear-attention's KDA/GDN init */
+    INIT_DT_BIAS, /* softplus^-1(dt), dt log-uniform in [1e-3, 1e-1] */
+    INIT_RETNET,  /* A_log of RetNet's gamma_h = 1 - 2^(-5 - h): exp(A_log) = -log(gamma_h) */
+    INIT_ZEROS,   /* biases */
+} hae_init_kind;
+/* Element i of parameter p (its index in the model's list) under its init: a function of the counters only,
+ * so the engine (hae_model_init_weights) and the trainer start from the same values. */
+float hae_init_value(hae_init_kind init, float std, uint64_t seed, uint64_t p, uint64_t i);
+
 /* ---------------------------------------------------------------- op implementations
  * Called by the entry points in ops.c after the arguments were checked. */
 

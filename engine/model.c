@@ -55,21 +55,11 @@ typedef struct {
     hae_index_cache icache;
 } layer_weights;
 
-typedef enum {
-    INIT_NORMAL,  /* normal(0, std) */
-    INIT_ONES,    /* norm weights */
-    INIT_UNIFORM, /* uniform(-std, std): conv weights, as PyTorch's Conv1d default */
-    INIT_A_LOG,   /* log(uniform(1, 16)), flash-linear-attention's KDA/GDN init */
-    INIT_DT_BIAS, /* softplus^-1(dt), dt log-uniform in [1e-3, 1e-1] */
-    INIT_RETNET,  /* A_log of RetNet's gamma_h = 1 - 2^(-5 - h): exp(A_log) = -log(gamma_h) */
-    INIT_ZEROS,   /* biases */
-} init_kind;
-
 /* One named parameter as saved: a view into a weight tensor, and how it is initialised. */
 typedef struct {
     char name[96];
     hae_tensor t;
-    init_kind init;
+    hae_init_kind init;
     float std;
 } param;
 
@@ -147,7 +137,7 @@ static hae_tensor carve2(carver *c, hae_dtype dt, int64_t d0, int64_t d1) {
     return carve(c, dt, 2, (int64_t[]){d0, d1});
 }
 
-static void add_param(hae_model *m, const char *name, hae_tensor t, init_kind init, float std) {
+static void add_param(hae_model *m, const char *name, hae_tensor t, hae_init_kind init, float std) {
     param *p = &m->params[m->n_params++];
     snprintf(p->name, sizeof p->name, "%s", name);
     p->t = t;
@@ -924,14 +914,13 @@ static float normal_at(uint64_t seed, uint64_t p, uint64_t i) {
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
-/* Element i of parameter p (index p in the model's list) under its init. */
-static float init_value(const param *pr, uint64_t seed, uint64_t p, uint64_t i) {
+float hae_init_value(hae_init_kind init, float std, uint64_t seed, uint64_t p, uint64_t i) {
     double u = hae_uniform(seed, p, i, 0);
-    switch (pr->init) {
-    case INIT_NORMAL: return pr->std * normal_at(seed, p, i);
+    switch (init) {
+    case INIT_NORMAL: return std * normal_at(seed, p, i);
     case INIT_ONES: return 1.0f;
     case INIT_ZEROS: return 0.0f;
-    case INIT_UNIFORM: return pr->std * (float)(2.0 * u - 1.0);
+    case INIT_UNIFORM: return std * (float)(2.0 * u - 1.0);
     case INIT_A_LOG: return (float)log(1.0 + 15.0 * u);
     case INIT_DT_BIAS: {
         double dt = exp(u * (log(0.1) - log(0.001)) + log(0.001));
@@ -956,7 +945,7 @@ typedef struct {
 static void init_block(void *ctx, int64_t blk) {
     const init_ctx *c = ctx;
     const int64_t i0 = blk * INIT_BLOCK, i1 = i0 + INIT_BLOCK < c->n ? i0 + INIT_BLOCK : c->n;
-    for (int64_t i = i0; i < i1; i++) c->f[i] = init_value(c->pr, c->seed, c->p, (uint64_t)(c->off + i));
+    for (int64_t i = i0; i < i1; i++) c->f[i] = hae_init_value(c->pr->init, c->pr->std, c->seed, c->p, (uint64_t)(c->off + i));
 }
 
 hae_status hae_model_init_weights(hae_model *m, uint64_t seed) {

@@ -10,7 +10,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* A tiny stack with every shape the trainer handles: gqa 4q/2kv, partial RoPE, a sliding window. */
+/* A tiny stack with every shape the trainer handles: gqa 4q/2kv, partial RoPE, a sliding window; linear layers of
+ * 2 q/k heads (chunks of 16 tokens in the engine, so 17 tokens cross a chunk boundary). */
 static const char *tiny_yaml = "name: tiny\n"
                                "seed: 11\n"
                                "model:\n"
@@ -22,6 +23,7 @@ static const char *tiny_yaml = "name: tiny\n"
                                "  attention: {num_heads: 4, num_kv_heads: 2, head_dim: 8, rope: partial,\n"
                                "              partial_rotary_factor: 0.5}\n"
                                "  swa: {window_size: 5}\n"
+                               "  linear_attn: {num_heads: 2, head_dim: 8, conv_size: 4, chunk_size: 16}\n"
                                "runtime: {backend: cpu, dtype: f32, batch: 2, prefill: 17, decode: 0, prefill_chunk: 0}\n";
 
 /* yaml (named `name` in messages) with the overrides, asserting success. */
@@ -48,8 +50,10 @@ static void perturb(hae_trainer *t, uint64_t seed) {
 }
 
 Test(train, init_is_the_models) {
-    const char *const variants[] = {"model.tie_word_embeddings=false", "model.tie_word_embeddings=true"};
-    for (int k = 0; k < 2; k++) {
+    const char *const variants[] = {"model.tie_word_embeddings=false", "model.tie_word_embeddings=true",
+                                    "model.layer_pattern=[kda, gdn, retnet]", "model.layer_pattern=[deltanet, gla, mamba2]",
+                                    "model.layer_pattern=[linear, full]"};
+    for (int k = 0; k < 5; k++) {
         hae_backend *be = tu_cpu();
         hae_config cfg;
         parse_ok(tiny_yaml, "tiny.yaml", &cfg, &variants[k], 1);
@@ -88,8 +92,13 @@ Test(train, logits_are_the_models) {
         {"model.tie_word_embeddings=true", "model.attention.rope=full"},
         {"model.layer_pattern=[full]", "model.attention.rope=none"},
         {"model.attention.num_kv_heads=4", "model.attention.softmax_scale=0.7"},
+        /* every linear kind; GVA (4 value heads on 2 q/k heads), wider values, both gate forms */
+        {"model.layer_pattern=[kda, full]", "model.linear_attn.num_v_heads=4"},
+        {"model.layer_pattern=[gdn, deltanet, swa]", "model.linear_attn.expand_v=2"},
+        {"model.layer_pattern=[gla, mamba2, retnet]", "model.linear_attn.safe_gate=false"},
+        {"model.layer_pattern=[linear, kda, gdn]", "model.linear_attn.safe_gate=false"},
     };
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 8; k++) {
         hae_backend *be = tu_cpu();
         hae_config cfg;
         parse_ok(tiny_yaml, "tiny.yaml", &cfg, variants[k], 2);
@@ -280,7 +289,7 @@ Test(train, refusals) {
         const char *set, *word;
         hae_status st;
     } bad[] = {
-        {"model.layer_pattern=[full, kda]", "layer 1 is 'kda', which has no backward yet", HAE_ERR_UNSUPPORTED},
+        {"model.layer_pattern=[full, dsa]", "layer 1 is 'dsa', which has no backward yet", HAE_ERR_UNSUPPORTED},
         {"model.attention.form=mla", "'mla' has no backward yet", HAE_ERR_UNSUPPORTED},
         {"eval.vocab=80", "eval.vocab 80 exceeds model.vocab_size 72", HAE_ERR_INVALID},
     };

@@ -794,7 +794,8 @@ Test(train_grad, embedding) {
 
 /* ---------------------------------------------------------------- the whole model */
 
-/* Two layers (full, then a window of 3), gqa 2q/1kv, full RoPE; tied and untied LM heads. */
+/* Two layers (full, then a window of 3), gqa 2q/1kv, full RoPE; tied and untied LM heads. Linear layers: one q/k
+ * head of 4 read by 2 value heads (GVA), conv width 3. */
 static const char *model_yaml = "model:\n"
                                 "  vocab_size: 13\n"
                                 "  d_model: 8\n"
@@ -802,7 +803,8 @@ static const char *model_yaml = "model:\n"
                                 "  layer_pattern: [full, swa]\n"
                                 "  mlp: {intermediate_size: 12}\n"
                                 "  attention: {num_heads: 2, num_kv_heads: 1, head_dim: 4, rope: full, rope_theta: 100}\n"
-                                "  swa: {window_size: 3}\n";
+                                "  swa: {window_size: 3}\n"
+                                "  linear_attn: {num_heads: 1, num_v_heads: 2, head_dim: 4, conv_size: 3}\n";
 
 typedef struct {
     const hae_config *cfg;
@@ -825,6 +827,102 @@ static const double *param(const model_case *k, const char *fmt, long long l) {
     return NULL;
 }
 
+/* y [N, O] = columns of x [N, I] through parameter `name` of layer l; appended to proj [N, ld] at *col. */
+static void ref_proj(const model_case *k, const char *name, long long l, const double *h, int64_t N, int64_t I,
+                     int64_t O, double *proj, int64_t ld, int64_t *col) {
+    double *y = dalloc(N * O);
+    ref_linear(h, param(k, name, l), N, I, O, y);
+    for (int64_t i = 0; i < N; i++) memcpy(proj + i * ld + *col, y + i * O, sizeof(double) * (size_t)O);
+    *col += O;
+    free(y);
+}
+
+/* dst [N, n] = columns [off, off + n) of src [N, ld] */
+static void ref_cols(double *dst, const double *src, int64_t N, int64_t ld, int64_t off, int64_t n) {
+    for (int64_t i = 0; i < N; i++) memcpy(dst + i * n, src + i * ld + off, sizeof(double) * (size_t)n);
+}
+
+/* DESIGN.md 1.1's mixer of layer l on h [N, d], into out [N, HV V] (before o_proj), through the ops' double
+ * references above. */
+static void ref_linear_mixer(const model_case *k, long long l, const double *h, double *out) {
+    const hae_config *c = k->cfg;
+    hae_linear_kind lk;
+    hae_linear_kind_of(c->model.layers[l], &lk);
+    const int64_t B = k->B, T = k->T, N = B * T, d = c->model.d_model, H = c->model.linear_attn.num_heads;
+    const int64_t HV = c->model.linear_attn.num_v_heads, K = c->model.linear_attn.head_dim, V = K;
+    const int64_t W = c->model.linear_attn.conv_size, C = 2 * H * K + HV * V, G = HV / H;
+    const int64_t ld = C + 2 * HV * K + V;
+    double *proj = dalloc(N * ld), *zero = dalloc(N * HV * K * V + N * C), *raw = dalloc(N * HV * K);
+    int64_t col = 0;
+    ref_proj(k, "model.layers.%lld.attn.q_proj.weight", l, h, N, d, H * K, proj, ld, &col);
+    ref_proj(k, "model.layers.%lld.attn.k_proj.weight", l, h, N, d, H * K, proj, ld, &col);
+    ref_proj(k, "model.layers.%lld.attn.v_proj.weight", l, h, N, d, HV * V, proj, ld, &col);
+    /* the short conv with SiLU over q, k, v */
+    double *cw = dalloc(C * W), *cin = dalloc(N * C), *cout = dalloc(N * C);
+    const char *conv[3] = {"model.layers.%lld.attn.q_conv1d.weight", "model.layers.%lld.attn.k_conv1d.weight",
+                           "model.layers.%lld.attn.v_conv1d.weight"};
+    const int64_t ch[3] = {H * K, H * K, HV * V};
+    for (int i = 0, row = 0; i < 3; row += (int)ch[i], i++)
+        memcpy(cw + row * W, param(k, conv[i], l), sizeof(double) * (size_t)(ch[i] * W));
+    ref_cols(cin, proj, N, ld, 0, C);
+    conv_case cc = {B, T, C, W, true, cin, cw, zero, cout};
+    conv_loss(&cc);
+    /* q and k mapped, one row per value head; v */
+    double *qk[2] = {dalloc(N * HV * K), dalloc(N * HV * K)}, *x = dalloc(N * H * K), *y = dalloc(N * H * K);
+    double *v = dalloc(N * HV * V);
+    for (int w = 0; w < 2; w++) {
+        ref_cols(x, cout, N, C, w * H * K, H * K);
+        if (lk.qk_map == HAE_QK_L2) {
+            l2_case lc = {N * H, K, 1e-6, x, zero, y};
+            l2_loss(&lc);
+        } else {
+            for (int64_t i = 0; i < N * H * K; i++) y[i] = x[i] > 0 ? x[i] + 1 : exp(x[i]);
+        }
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t j = 0; j < HV; j++)
+                memcpy(qk[w] + (i * HV + j) * K, y + (i * H + j / G) * K, sizeof(double) * (size_t)K);
+    }
+    ref_cols(v, cout, N, C, 2 * H * K, HV * V);
+    /* decays, betas, the output gate */
+    double *g = lk.decay == HAE_DECAY_NONE ? NULL : dalloc(N * HV * K), *beta = lk.delta ? dalloc(N * HV) : NULL;
+    double *gout = dalloc(N * HV * V), *o = dalloc(N * HV * V), *g1 = dalloc(N * V);
+    const int64_t gn = lk.decay == HAE_DECAY_CHANNEL ? K : 1;
+    if (lk.decay == HAE_DECAY_CHANNEL) {
+        ref_proj(k, "model.layers.%lld.attn.f_proj.0.weight", l, h, N, d, V, proj, ld, &col);
+        ref_cols(g1, proj, N, ld, col - V, V);
+        ref_linear(g1, param(k, "model.layers.%lld.attn.f_proj.1.weight", l), N, V, HV * K, raw);
+    } else if (lk.decay == HAE_DECAY_HEAD) {
+        ref_proj(k, "model.layers.%lld.attn.a_proj.weight", l, h, N, d, HV, proj, ld, &col);
+        ref_cols(raw, proj, N, ld, col - HV, HV);
+    }
+    if (lk.decay == HAE_DECAY_CHANNEL || lk.decay == HAE_DECAY_HEAD) {
+        decay_case dc = {N, HV, gn, c->model.linear_attn.safe_gate ? HAE_GATE_SAFE : HAE_GATE_SOFTPLUS,
+                         c->model.linear_attn.lower_bound, raw, (double *)param(k, "model.layers.%lld.attn.A_log", l),
+                         (double *)param(k, "model.layers.%lld.attn.dt_bias", l), zero, g};
+        decay_loss(&dc);
+    }
+    if (lk.decay == HAE_DECAY_FIXED)
+        for (int64_t i = 0; i < N * HV; i++) g[i] = -exp(param(k, "model.layers.%lld.attn.A_log", l)[i % HV]);
+    if (lk.delta) {
+        ref_proj(k, "model.layers.%lld.attn.b_proj.weight", l, h, N, d, HV, proj, ld, &col);
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t j = 0; j < HV; j++) beta[i * HV + j] = 1 / (1 + exp(-proj[i * ld + col - HV + j]));
+    }
+    ref_proj(k, "model.layers.%lld.attn.g_proj.0.weight", l, h, N, d, V, proj, ld, &col);
+    ref_cols(g1, proj, N, ld, col - V, V);
+    ref_linear(g1, param(k, "model.layers.%lld.attn.g_proj.1.weight", l), N, V, HV * V, gout);
+    /* the recurrence and the gated norm */
+    delta_case dl = {{.B = B, .T = T, .H = HV, .K = K, .V = V, .channel_decay = lk.decay == HAE_DECAY_CHANNEL,
+                      .scale = 1.0f / sqrtf((float)K)},
+                     qk[0], qk[1], v, g, beta, zero, o};
+    delta_loss(&dl);
+    gnorm_case gc = {N * HV, V, c->model.norm_eps, o, gout, (double *)param(k, "model.layers.%lld.attn.o_norm.weight", l),
+                     zero, out};
+    gnorm_loss(&gc);
+    free(proj), free(zero), free(raw), free(cw), free(cin), free(cout), free(qk[0]), free(qk[1]), free(x), free(y);
+    free(v), free(g), free(beta), free(gout), free(o), free(g1);
+}
+
 /* The model of DESIGN.md section 1 in float64, from the saved tensor names. */
 static double model_loss(void *p) {
     const model_case *k = p;
@@ -834,11 +932,16 @@ static double model_loss(void *p) {
     const int64_t qd = Hq * Dh, kd = Hkv * Dh, ld = qd + 2 * kd;
     const double eps = c->model.norm_eps;
     double *x = dalloc(N * d), *h = dalloc(N * d), *qkv = dalloc(N * ld), *tmp = dalloc(N * (ld > 2 * F ? ld : 2 * F));
-    double *att = dalloc(N * qd), *gu = dalloc(N * 2 * F), *a = dalloc(N * F), *y = dalloc(N * d);
+    const int64_t lhv = c->model.linear_attn.num_v_heads * c->model.linear_attn.head_dim;
+    double *att = dalloc(N * (qd > lhv ? qd : lhv)), *gu = dalloc(N * 2 * F), *a = dalloc(N * F), *y = dalloc(N * d);
     const double *E = param(k, "model.embed_tokens.weight", 0);
     for (int64_t i = 0; i < N; i++) memcpy(x + i * d, E + k->tok[i] * d, sizeof(double) * (size_t)d);
     for (long long l = 0; l < c->model.n_layers; l++) {
         ref_rmsnorm(x, param(k, "model.layers.%lld.input_layernorm.weight", l), N, d, eps, h);
+        if (hae_linear_kind_of(c->model.layers[l], &(hae_linear_kind){0})) {
+            ref_linear_mixer(k, l, h, att);
+            ref_linear(att, param(k, "model.layers.%lld.attn.o_proj.weight", l), N, lhv, d, y);
+        } else {
         const char *proj[3] = {"model.layers.%lld.self_attn.q_proj.weight", "model.layers.%lld.self_attn.k_proj.weight",
                                "model.layers.%lld.self_attn.v_proj.weight"};
         const int64_t cols[3] = {qd, kd, kd}, at[3] = {0, qd, qd + kd};
@@ -852,6 +955,7 @@ static double model_loss(void *p) {
                                      .window = c->model.layers[l] == HAE_LAYER_SWA ? c->model.swa.window_size : 0};
         ref_attention(&s, qkv, att);
         ref_linear(att, param(k, "model.layers.%lld.self_attn.o_proj.weight", l), N, qd, d, y);
+        }
         for (int64_t i = 0; i < N * d; i++) x[i] += y[i];
         ref_rmsnorm(x, param(k, "model.layers.%lld.post_attention_layernorm.weight", l), N, d, eps, h);
         ref_linear(h, param(k, "model.layers.%lld.mlp.gate_proj.weight", l), N, d, F, tmp);
@@ -874,11 +978,21 @@ static double model_loss(void *p) {
 
 /* Every parameter's gradient (sampled where large) against the float64 model's, and the loss. */
 Test(train_grad, whole_model) {
-    const char *const variants[] = {"model.tie_word_embeddings=false", "model.tie_word_embeddings=true"};
+    const char *const sets[][2] = {
+        {"model.tie_word_embeddings=false", "model.linear_attn.safe_gate=true"},
+        {"model.tie_word_embeddings=true", "model.linear_attn.safe_gate=true"},
+        {"model.layer_pattern=[kda, swa]", "model.linear_attn.safe_gate=true"},
+        {"model.layer_pattern=[gdn, deltanet]", "model.linear_attn.safe_gate=true"},
+        {"model.layer_pattern=[gla, mamba2]", "model.linear_attn.safe_gate=true"},
+        {"model.layer_pattern=[kda, gdn]", "model.linear_attn.safe_gate=false"},
+        {"model.layer_pattern=[retnet, linear]", "model.linear_attn.safe_gate=true"},
+    };
     hae_backend *be = tu_cpu();
-    for (int v = 0; v < 2; v++) {
+    for (int v = 0; v < 7; v++) {
+        char variant[128];
+        snprintf(variant, sizeof variant, "%s, %s", sets[v][0], sets[v][1]);
         hae_config cfg;
-        cr_assert_eq(hae_config_parse(model_yaml, strlen(model_yaml), "model.yaml", &variants[v], 1, &cfg), HAE_OK, "%s",
+        cr_assert_eq(hae_config_parse(model_yaml, strlen(model_yaml), "model.yaml", sets[v], 2, &cfg), HAE_OK, "%s",
                      hae_last_error());
         const int64_t B = 2, T = 7, n = 5;
         hae_trainer *t = NULL;
@@ -888,10 +1002,14 @@ Test(train_grad, whole_model) {
         tu_rng r = tu_rng_make(80 + (uint64_t)v);
         for (int p = 0; p < np; p++) { /* off the init, so that every path carries gradient */
             float *wf;
+            const char *name;
             int64_t m;
-            hae_trainer_param(t, p, NULL, &wf, NULL, &m);
+            hae_trainer_param(t, p, &name, &wf, NULL, &m);
             w[p] = dalloc(m);
-            for (int64_t i = 0; i < m; i++) w[p][i] = wf[i] += (float)tu_uniform(&r, -0.4, 0.4);
+            /* the decays' init saturates the gate (slow decay, gradients of 1e-9): A = e^A_log and dt_bias of order
+             * 1 instead, so that the gate's derivative is of order 1 too */
+            const bool gate = strstr(name, "A_log") || strstr(name, "dt_bias");
+            for (int64_t i = 0; i < m; i++) w[p][i] = wf[i] = gate ? (float)tu_uniform(&r, -1, 1) : wf[i] + (float)tu_uniform(&r, -0.4, 0.4);
         }
         int32_t tok[14], target[5];
         for (int i = 0; i < 14; i++) tok[i] = (int32_t)tu_uniform(&r, 0, 13);
@@ -904,7 +1022,7 @@ Test(train_grad, whole_model) {
         double loss = 0;
         cr_assert_eq(hae_trainer_backward(t, &b, &loss, NULL), HAE_OK, "%s", hae_last_error());
         const double ref = model_loss(&k);
-        cr_expect(fabs(loss - ref) <= 1e-6 * fabs(ref), "%s: loss %.10g, float64 model %.10g", variants[v], loss, ref);
+        cr_expect(fabs(loss - ref) <= 1e-6 * fabs(ref), "%s: loss %.10g, float64 model %.10g", variant, loss, ref);
         for (int p = 0; p < np; p++) {
             const char *name;
             float *g;
@@ -913,7 +1031,7 @@ Test(train_grad, whole_model) {
             double *fd = dalloc(m);
             finite_diff(model_loss, &k, w[p], m, fd);
             char what[160];
-            snprintf(what, sizeof what, "%s %s", variants[v], name);
+            snprintf(what, sizeof what, "%s %s", variant, name);
             expect_grad(what, "[B 2, T 7, 5 scored]", g, NULL, fd, m);
             free(fd);
         }

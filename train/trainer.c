@@ -1,8 +1,12 @@
 /* The training copy of a model (hae.h, the training section): fp32 master weights in one flat buffer, laid out
- * and named as engine/model.c lays out a gqa stack of full and swa layers (q/k/v and gate/up fused, saved as
- * their Llama tensors), the forward keeping every activation its backward reads, the backward, and AdamW.
+ * and named as engine/model.c lays out a gqa stack of full, swa and linear-family layers (fused projections
+ * saved as their separate tensors), the forward keeping every activation its backward reads, the backward,
+ * and AdamW.
  *
- *     x = E[tokens];  per layer:  x += Wo attn(rope(Wqkv norm1(x)));  x += Wdown swiglu(Wgu norm2(x))
+ *     x = E[tokens];  per layer:  x += Mixer(norm1(x));  x += Wdown swiglu(Wgu norm2(x))
+ *     attention mixer:  Wo attn(rope(Wqkv h))
+ *     linear mixer:     Wo gated_norm(delta(map(conv(q, k, v)), decay(Wf2 f1), sigmoid(b)), Wg2 g1)
+ *                       with [q | k | v | f1 or a | b | g1] = Wqkv h, as engine/model.c's linear_block
  *     logits = lm_head norm(x) at the scored rows;  loss = mean cross-entropy there
  *
  * The backward walks this in reverse with the residual's gradient dx: each block adds its input's gradient
@@ -18,23 +22,34 @@ typedef struct {
     char name[96];
     int64_t off, n; /* elements, in the flat buffers */
     int ndim;
-    int64_t shape[2];
-    float std;  /* normal(0, std) init; 0: ones (norm weights) */
-    bool decay; /* matrices decay, norm weights do not */
+    int64_t shape[3];
+    hae_init_kind init;
+    float std;
+    bool decay; /* matrices decay; norm weights, A_log and dt_bias do not */
 } tparam;
 
 typedef struct {
     int64_t attn_norm, wqkv, wo, mlp_norm, wgu, wdown; /* offsets of the weights */
     int64_t window;                                    /* swa; 0 for full */
-    /* the last forward's activations: the block inputs, norms (and their 1/rms), the fused q/k/v after RoPE,
-     * the attention probabilities and output, the MLP's gate/up and activation */
-    float *x, *h1, *r1, *qkv, *P, *att, *xm, *h2, *r2, *gu, *act;
+    bool linear;
+    hae_linear_kind lk;
+    int64_t in_dim, f_dim, b_dim;                      /* linear: fused projection width, f and b columns */
+    int64_t conv_w, wf2, wg2, A_log, dt_bias, o_norm;  /* linear: offsets (-1 where the kind has none) */
+    /* the last forward's activations: the block inputs, norms (and their 1/rms), the MLP's gate/up and activation;
+     * attention: the fused q/k/v after RoPE, the probabilities, the output; linear: the projection, the conv's
+     * pre-activation and output, mapped q and k (one row per value head), v, the raw and log decays, the betas,
+     * the output gate, every state, the recurrence's output and the norm's */
+    float *x, *h1, *r1, *xm, *h2, *r2, *gu, *act;
+    float *qkv, *P, *att;
+    float *proj, *cpre, *cout, *qm, *km, *vv, *graw, *g, *beta, *gout, *S, *o, *y;
 } tlayer;
 
 struct hae_trainer {
     hae_config cfg;
     hae_backend *be;
     int64_t V, d, L, Hq, Hkv, Dh, F, qkv_dim, Bmax, Tmax;
+    int64_t LH, LHV, LK, LV, conv_W, conv_ch; /* linear layers: q/k heads, value heads, head dims, conv width and channels */
+    bool has_linear;
     int rot_dims;
     float scale, eps;
     tparam *params;
@@ -47,6 +62,9 @@ struct hae_trainer {
     float *xL, *xs, *hs, *rs, *logits; /* the final residual; the scored rows' residual, norm and logits */
     float *dx, *dh, *da, *db;           /* gradients of the residual, of a norm's output, two wide ones */
     float *cs, *sn;                     /* RoPE tables [Tmax, rot/2] */
+    /* linear layers' backward: gradients of the norm's output, the recurrence's output, the output gate, mapped
+     * q and k, v, the decays, the betas, the conv's output and input, the projection; two column buffers */
+    float *ly, *lo, *lgo, *lq, *lk, *lv, *lg, *lb, *lcout, *lcin, *lproj, *c1, *c2;
     int32_t *ids;                       /* the last forward's tokens */
     int64_t B, T, n;                    /* its shapes */
 };
@@ -55,59 +73,101 @@ struct hae_trainer {
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-static int64_t add_param(hae_trainer *t, const char *name, int64_t rows, int64_t cols, float std) {
+/* A parameter of shape [d0] (d1 = 0), [d0, d1] or [d0, 1, d1] (conv3: PyTorch's depthwise Conv1d weights). */
+static int64_t add_param(hae_trainer *t, const char *name, int64_t d0, int64_t d1, bool conv3, hae_init_kind init,
+                         float std) {
     tparam *p = &t->params[t->n_params++];
     snprintf(p->name, sizeof p->name, "%s", name);
     p->off = t->n_elems;
-    p->ndim = cols ? 2 : 1;
-    p->shape[0] = rows, p->shape[1] = cols;
-    p->n = rows * (cols ? cols : 1);
+    p->ndim = conv3 ? 3 : d1 ? 2 : 1;
+    if (conv3) p->shape[0] = d0, p->shape[1] = 1, p->shape[2] = d1;
+    else p->shape[0] = d0, p->shape[1] = d1;
+    p->n = d0 * (d1 ? d1 : 1);
+    p->init = init;
     p->std = std;
-    p->decay = cols != 0;
+    p->decay = init == INIT_NORMAL || init == INIT_UNIFORM;
     t->n_elems += p->n;
     return p->off;
+}
+
+/* Width of a linear layer's fused input projection and of its f and b column groups (as engine/model.c). */
+static int64_t linear_in_dim(const hae_trainer *t, const hae_linear_kind *lk, int64_t *f_dim, int64_t *b_dim) {
+    *f_dim = lk->decay == HAE_DECAY_CHANNEL ? t->LV : lk->decay == HAE_DECAY_HEAD ? t->LHV : 0;
+    *b_dim = lk->delta ? t->LHV : 0;
+    return 2 * t->LH * t->LK + t->LHV * t->LV + *f_dim + *b_dim + t->LV;
+}
+
+/* A linear layer's mixer, named and ordered as engine/model.c's layout_linear. */
+static void layout_linear(hae_trainer *t, tlayer *w, int64_t l, float std, float std_out) {
+    const int64_t H = t->LH, HV = t->LHV, K = t->LK, V = t->LV, W = t->conv_W;
+    const hae_decay dec = w->lk.decay;
+    char name[96];
+    w->in_dim = linear_in_dim(t, &w->lk, &w->f_dim, &w->b_dim);
+    w->wf2 = w->A_log = w->dt_bias = -1;
+#define P(suffix, d0, d1, conv3, init, s) \
+    (snprintf(name, sizeof name, "model.layers.%lld.attn.%s", (long long)l, suffix), add_param(t, name, d0, d1, conv3, init, s))
+    w->wqkv = P("q_proj.weight", H * K, t->d, false, INIT_NORMAL, std);
+    P("k_proj.weight", H * K, t->d, false, INIT_NORMAL, std);
+    P("v_proj.weight", HV * V, t->d, false, INIT_NORMAL, std);
+    if (dec == HAE_DECAY_CHANNEL) P("f_proj.0.weight", V, t->d, false, INIT_NORMAL, std);
+    if (dec == HAE_DECAY_HEAD) P("a_proj.weight", HV, t->d, false, INIT_NORMAL, std);
+    if (w->lk.delta) P("b_proj.weight", HV, t->d, false, INIT_NORMAL, std);
+    P("g_proj.0.weight", V, t->d, false, INIT_NORMAL, std);
+    const float bound = 1.0f / sqrtf((float)W);
+    w->conv_w = P("q_conv1d.weight", H * K, W, true, INIT_UNIFORM, bound);
+    P("k_conv1d.weight", H * K, W, true, INIT_UNIFORM, bound);
+    P("v_conv1d.weight", HV * V, W, true, INIT_UNIFORM, bound);
+    if (dec == HAE_DECAY_CHANNEL) w->wf2 = P("f_proj.1.weight", HV * K, V, false, INIT_NORMAL, std);
+    w->wg2 = P("g_proj.1.weight", HV * V, V, false, INIT_NORMAL, std);
+    if (dec == HAE_DECAY_FIXED) w->A_log = P("A_log", HV, 0, false, INIT_RETNET, 0.0f);
+    if (dec == HAE_DECAY_CHANNEL || dec == HAE_DECAY_HEAD) {
+        w->A_log = P("A_log", HV, 0, false, INIT_A_LOG, 0.0f);
+        w->dt_bias = P("dt_bias", dec == HAE_DECAY_CHANNEL ? HV * K : HV, 0, false, INIT_DT_BIAS, 0.0f);
+    }
+    w->o_norm = P("o_norm.weight", V, 0, false, INIT_ONES, 0.0f);
+    w->wo = P("o_proj.weight", t->d, HV * V, false, INIT_NORMAL, std_out);
+#undef P
 }
 
 /* The parameters in engine/model.c's order (its init counters are the parameter's index), fused tensors as
  * consecutive parameters so that q/k/v and gate/up are each one contiguous matrix. */
 static void layout(hae_trainer *t) {
     const float std = t->cfg.model.initializer_range, std_out = std / sqrtf(2.0f * (float)t->L);
-    const int64_t qd = t->Hq * t->Dh, kd = t->Hkv * t->Dh;
+    const int64_t qd = t->Hq * t->Dh, kd = t->Hkv * t->Dh, d = t->d;
     char name[96];
-    t->embed = add_param(t, "model.embed_tokens.weight", t->V, t->d, std);
+    t->embed = add_param(t, "model.embed_tokens.weight", t->V, d, false, INIT_NORMAL, std);
     for (int64_t l = 0; l < t->L; l++) {
         tlayer *w = &t->layers[l];
-#define P(suffix, rows, cols, s) \
-    (snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)l, suffix), add_param(t, name, rows, cols, s))
-        w->attn_norm = P("input_layernorm.weight", t->d, 0, 0.0f);
-        w->wqkv = P("self_attn.q_proj.weight", qd, t->d, std);
-        P("self_attn.k_proj.weight", kd, t->d, std);
-        P("self_attn.v_proj.weight", kd, t->d, std);
-        w->wo = P("self_attn.o_proj.weight", t->d, qd, std_out);
-        w->mlp_norm = P("post_attention_layernorm.weight", t->d, 0, 0.0f);
-        w->wgu = P("mlp.gate_proj.weight", t->F, t->d, std);
-        P("mlp.up_proj.weight", t->F, t->d, std);
-        w->wdown = P("mlp.down_proj.weight", t->d, t->F, std_out);
+#define P(suffix, d0, d1, init, s) \
+    (snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)l, suffix), add_param(t, name, d0, d1, false, init, s))
+        w->attn_norm = P("input_layernorm.weight", d, 0, INIT_ONES, 0.0f);
+        w->linear = hae_linear_kind_of(t->cfg.model.layers[l], &w->lk);
+        if (w->linear) {
+            layout_linear(t, w, l, std, std_out);
+        } else {
+            w->wqkv = P("self_attn.q_proj.weight", qd, d, INIT_NORMAL, std);
+            P("self_attn.k_proj.weight", kd, d, INIT_NORMAL, std);
+            P("self_attn.v_proj.weight", kd, d, INIT_NORMAL, std);
+            w->wo = P("self_attn.o_proj.weight", d, qd, INIT_NORMAL, std_out);
+            w->window = t->cfg.model.layers[l] == HAE_LAYER_SWA ? t->cfg.model.swa.window_size : 0;
+        }
+        w->mlp_norm = P("post_attention_layernorm.weight", d, 0, INIT_ONES, 0.0f);
+        w->wgu = P("mlp.gate_proj.weight", t->F, d, INIT_NORMAL, std);
+        P("mlp.up_proj.weight", t->F, d, INIT_NORMAL, std);
+        w->wdown = P("mlp.down_proj.weight", d, t->F, INIT_NORMAL, std_out);
 #undef P
-        w->window = t->cfg.model.layers[l] == HAE_LAYER_SWA ? t->cfg.model.swa.window_size : 0;
     }
-    t->final_norm = add_param(t, "model.norm.weight", t->d, 0, 0.0f);
-    t->lm_head = t->cfg.model.tie_word_embeddings ? t->embed : add_param(t, "lm_head.weight", t->V, t->d, std);
+    t->final_norm = add_param(t, "model.norm.weight", d, 0, false, INIT_ONES, 0.0f);
+    t->lm_head = t->cfg.model.tie_word_embeddings ? t->embed
+                                                  : add_param(t, "lm_head.weight", t->V, d, false, INIT_NORMAL, std);
 }
 
-/* hae_model_init_weights' values: normal deviates by Box-Muller on counters (seed, parameter, element). */
+/* hae_model_init_weights' values (the same function of the same counters). */
 static void init_weights(hae_trainer *t, uint64_t seed) {
     for (int p = 0; p < t->n_params; p++) {
         const tparam *pr = &t->params[p];
-        float *w = t->w + pr->off;
-        for (int64_t i = 0; i < pr->n; i++) {
-            if (pr->std == 0.0f) {
-                w[i] = 1.0f;
-                continue;
-            }
-            double u1 = hae_uniform(seed, (uint64_t)p, (uint64_t)i, 0), u2 = hae_uniform(seed, (uint64_t)p, (uint64_t)i, 1);
-            w[i] = pr->std * (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
-        }
+        for (int64_t i = 0; i < pr->n; i++)
+            t->w[pr->off + i] = hae_init_value(pr->init, pr->std, seed, (uint64_t)p, (uint64_t)i);
     }
 }
 
@@ -119,29 +179,48 @@ static hae_status check_model(const hae_config *cfg, hae_backend *be) {
         return hae_error(HAE_ERR_UNSUPPORTED, "train: model.attention.form 'mla' has no backward yet (gqa only)");
     for (int64_t l = 0; l < cfg->model.n_layers; l++) {
         hae_layer_kind k = cfg->model.layers[l];
-        if (k != HAE_LAYER_FULL && k != HAE_LAYER_SWA)
+        if (k == HAE_LAYER_DSA)
             return hae_error(HAE_ERR_UNSUPPORTED,
-                             "train: layer %lld is '%s', which has no backward yet (training takes full and swa layers)",
-                             (long long)l, hae_layer_kind_name(k));
+                             "train: layer %lld is 'dsa', which has no backward yet (training takes full, swa and the "
+                             "linear kinds)",
+                             (long long)l);
     }
     return HAE_OK;
 }
 
 /* Carves the activations (sizes only when base is NULL); returns the floats used. */
 static int64_t carve_acts(hae_trainer *t, float *base) {
-    const int64_t N = t->Bmax * t->Tmax, d = t->d, wide = max64(max64(t->qkv_dim, 2 * t->F), max64(t->Hq * t->Dh, d));
+    const int64_t B = t->Bmax, T = t->Tmax, N = B * T, d = t->d;
+    const int64_t HV = t->LHV, K = t->LK, V = t->LV, ck = t->conv_ch > HV * K ? t->conv_ch : HV * K;
+    int64_t wide = max64(max64(t->qkv_dim, 2 * t->F), max64(t->Hq * t->Dh, d));
     int64_t used = 0;
 #define CARVE(ptr, n) (ptr = base ? base + used : NULL, used += ((n) + 15) & ~(int64_t)15)
     for (int64_t l = 0; l < t->L; l++) {
         tlayer *w = &t->layers[l];
-        CARVE(w->x, N * d), CARVE(w->h1, N * d), CARVE(w->r1, N), CARVE(w->qkv, N * t->qkv_dim);
-        CARVE(w->P, t->Bmax * t->Hq * t->Tmax * t->Tmax), CARVE(w->att, N * t->Hq * t->Dh);
+        CARVE(w->x, N * d), CARVE(w->h1, N * d), CARVE(w->r1, N);
         CARVE(w->xm, N * d), CARVE(w->h2, N * d), CARVE(w->r2, N), CARVE(w->gu, N * 2 * t->F), CARVE(w->act, N * t->F);
+        if (!w->linear) {
+            CARVE(w->qkv, N * t->qkv_dim), CARVE(w->P, B * t->Hq * T * T), CARVE(w->att, N * t->Hq * t->Dh);
+            continue;
+        }
+        CARVE(w->proj, N * w->in_dim), CARVE(w->cpre, N * t->conv_ch), CARVE(w->cout, N * t->conv_ch);
+        CARVE(w->qm, N * HV * K), CARVE(w->km, N * HV * K), CARVE(w->vv, N * HV * V);
+        CARVE(w->graw, N * HV * K), CARVE(w->g, N * HV * K), CARVE(w->beta, N * HV);
+        CARVE(w->gout, N * HV * V), CARVE(w->S, B * HV * T * K * V), CARVE(w->o, N * HV * V), CARVE(w->y, N * HV * V);
+        wide = max64(wide, HV * V);
     }
     CARVE(t->xL, N * d), CARVE(t->xs, N * d), CARVE(t->hs, N * d), CARVE(t->rs, N), CARVE(t->logits, N * t->V);
     CARVE(t->dx, N * d), CARVE(t->dh, N * d), CARVE(t->da, N * wide), CARVE(t->db, N * wide);
     const int64_t rot = t->rot_dims / 2 ? t->rot_dims / 2 : 1;
-    CARVE(t->cs, t->Tmax * rot), CARVE(t->sn, t->Tmax * rot);
+    CARVE(t->cs, T * rot), CARVE(t->sn, T * rot);
+    if (t->has_linear) {
+        int64_t in_max = 0;
+        for (int64_t l = 0; l < t->L; l++) in_max = max64(in_max, t->layers[l].in_dim);
+        CARVE(t->ly, N * HV * V), CARVE(t->lo, N * HV * V), CARVE(t->lgo, N * HV * V);
+        CARVE(t->lq, N * HV * K), CARVE(t->lk, N * HV * K), CARVE(t->lv, N * HV * V), CARVE(t->lg, N * HV * K);
+        CARVE(t->lb, N * HV), CARVE(t->lcout, N * t->conv_ch), CARVE(t->lcin, N * ck);
+        CARVE(t->lproj, N * in_max), CARVE(t->c1, N * ck), CARVE(t->c2, N * ck);
+    }
 #undef CARVE
     return used;
 }
@@ -162,6 +241,13 @@ hae_status hae_trainer_create(const hae_config *cfg, hae_backend *be, int64_t ma
     t->Hq = cfg->model.attention.num_heads, t->Hkv = cfg->model.attention.num_kv_heads;
     t->Dh = cfg->model.attention.head_dim, t->F = cfg->model.mlp.intermediate_size;
     t->qkv_dim = (t->Hq + 2 * t->Hkv) * t->Dh;
+    t->LH = cfg->model.linear_attn.num_heads;
+    t->LHV = cfg->model.linear_attn.num_v_heads > 0 ? cfg->model.linear_attn.num_v_heads : t->LH;
+    t->LK = cfg->model.linear_attn.head_dim;
+    t->LV = (int64_t)llround((double)t->LK * (double)cfg->model.linear_attn.expand_v);
+    t->conv_W = cfg->model.linear_attn.conv_size;
+    t->conv_ch = 2 * t->LH * t->LK + t->LHV * t->LV;
+    for (int64_t l = 0; l < t->L; l++) t->has_linear |= hae_linear_kind_of(cfg->model.layers[l], &(hae_linear_kind){0});
     t->Bmax = max_batch, t->Tmax = max_tokens;
     t->eps = cfg->model.norm_eps;
     t->scale = cfg->model.attention.softmax_scale > 0 ? cfg->model.attention.softmax_scale : 1.0f / sqrtf((float)t->Dh);
@@ -171,7 +257,7 @@ hae_status hae_trainer_create(const hae_config *cfg, hae_backend *be, int64_t ma
     case HAE_ROPE_PARTIAL: t->rot_dims = (int)lroundf((float)t->Dh * cfg->model.attention.partial_rotary_factor); break;
     }
     t->layers = calloc((size_t)t->L, sizeof *t->layers);
-    t->params = calloc((size_t)(9 * t->L + 3), sizeof *t->params);
+    t->params = calloc((size_t)(20 * t->L + 3), sizeof *t->params); /* a linear layer has at most 19 */
     if (!t->layers || !t->params) {
         hae_trainer_destroy(t);
         return hae_error(HAE_ERR_OOM, "train: out of host memory");
@@ -228,7 +314,7 @@ static hae_status save_flat(const hae_trainer *t, const float *buf, const char *
         snprintf(ts[p].name, sizeof ts[p].name, "%s%s", pr->name, suffix);
         ts[p].dtype = HAE_F32;
         ts[p].ndim = pr->ndim;
-        ts[p].shape[0] = pr->shape[0], ts[p].shape[1] = pr->shape[1];
+        memcpy(ts[p].shape, pr->shape, sizeof pr->shape);
         ts[p].data = buf + pr->off;
         ts[p].nbytes = sizeof(float) * (size_t)pr->n;
     }
@@ -246,8 +332,9 @@ static hae_status load_flat(hae_trainer *t, hae_st_file *f, const char *path, co
         snprintf(name, sizeof name, "%s%s", pr->name, suffix);
         const hae_st_tensor *ts = hae_st_find(f, name);
         char want[64];
-        if (pr->ndim == 2) snprintf(want, sizeof want, "[%lld, %lld]", (long long)pr->shape[0], (long long)pr->shape[1]);
-        else snprintf(want, sizeof want, "[%lld]", (long long)pr->shape[0]);
+        int at = snprintf(want, sizeof want, "[%lld", (long long)pr->shape[0]);
+        for (int k = 1; k < pr->ndim; k++) at += snprintf(want + at, sizeof want - (size_t)at, ", %lld", (long long)pr->shape[k]);
+        snprintf(want + at, sizeof want - (size_t)at, "]");
         if (!ts) return hae_error(HAE_ERR_FORMAT, "%s: tensor '%s' is missing (the model needs %s f32)", path, name, want);
         bool same = ts->ndim == pr->ndim;
         for (int k = 0; same && k < pr->ndim; k++) same = ts->shape[k] == pr->shape[k];
@@ -301,7 +388,7 @@ hae_status hae_trainer_save_optim(const hae_trainer *t, const char *path) {
             snprintf(s->name, sizeof s->name, "%s%s", pr->name, k ? ".exp_avg_sq" : ".exp_avg");
             s->dtype = HAE_F32;
             s->ndim = pr->ndim;
-            s->shape[0] = pr->shape[0], s->shape[1] = pr->shape[1];
+            memcpy(s->shape, pr->shape, sizeof pr->shape);
             s->data = (k ? t->v : t->m) + pr->off;
             s->nbytes = sizeof(float) * (size_t)pr->n;
         }
@@ -365,6 +452,163 @@ static void rope_qk(hae_trainer *t, float *qkv, bool inverse) {
     hae_tr_rope(t->be, qkv + t->Hq * t->Dh, t->B, t->T, t->Hkv, t->Dh, t->qkv_dim, t->rot_dims, t->cs, t->sn, inverse);
 }
 
+/* ---------------------------------------------------------------- linear layers */
+
+/* dst [N, n] = columns [off, off + n) of src [N, ld] */
+static void cols_get(float *dst, const float *src, int64_t N, int64_t ld, int64_t off, int64_t n) {
+    for (int64_t i = 0; i < N; i++) memcpy(dst + i * n, src + i * ld + off, sizeof(float) * (size_t)n);
+}
+
+/* columns [off, off + n) of dst [N, ld] += src [N, n] */
+static void cols_add(float *dst, int64_t ld, int64_t off, const float *src, int64_t N, int64_t n) {
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t j = 0; j < n; j++) dst[i * ld + off + j] += src[i * n + j];
+}
+
+static float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* L2 norm's epsilon inside the square root, as linear/linear_cpu.c's q/k map */
+#define QK_L2_EPS 1e-6f
+
+/* q or k (columns [off, off + H K) of the conv output) mapped, one row per value head: out [N, HV, K]. */
+static void qk_forward(hae_trainer *t, const tlayer *w, int64_t N, int64_t off, float *out) {
+    const int64_t H = t->LH, HV = t->LHV, K = t->LK, G = HV / H;
+    cols_get(t->c1, w->cout, N, t->conv_ch, off, H * K);
+    if (w->lk.qk_map == HAE_QK_L2) {
+        hae_tr_l2norm_fwd(t->be, t->c1, N * H, K, QK_L2_EPS, t->c2);
+    } else {
+        for (int64_t i = 0; i < N * H * K; i++) t->c2[i] = t->c1[i] > 0.0f ? t->c1[i] + 1.0f : expf(t->c1[i]);
+    }
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t j = 0; j < HV; j++) memcpy(out + (i * HV + j) * K, t->c2 + (i * H + j / G) * K, sizeof(float) * (size_t)K);
+}
+
+/* The gradient of qk_forward's input from that of its output (d [N, HV, K]), into columns [off, off + H K) of
+ * t->lcout: the value heads of a q/k head summed, then the map's backward. */
+static void qk_backward(hae_trainer *t, const tlayer *w, int64_t N, int64_t off, const float *d) {
+    const int64_t H = t->LH, HV = t->LHV, K = t->LK, G = HV / H;
+    memset(t->c2, 0, sizeof(float) * (size_t)(N * H * K));
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t j = 0; j < HV; j++)
+            for (int64_t c = 0; c < K; c++) t->c2[(i * H + j / G) * K + c] += d[(i * HV + j) * K + c];
+    cols_get(t->c1, w->cout, N, t->conv_ch, off, H * K);
+    float *dx = t->c1 + N * H * K; /* c1 holds 2 H K columns' worth: x, then its gradient */
+    if (w->lk.qk_map == HAE_QK_L2) {
+        hae_tr_l2norm_bwd(t->be, t->c1, t->c2, N * H, K, QK_L2_EPS, dx);
+    } else {
+        for (int64_t i = 0; i < N * H * K; i++) dx[i] = t->c2[i] * (t->c1[i] > 0.0f ? 1.0f : expf(t->c1[i]));
+    }
+    for (int64_t i = 0; i < N; i++)
+        memcpy(t->lcout + i * t->conv_ch + off, dx + i * H * K, sizeof(float) * (size_t)(H * K));
+}
+
+static hae_tr_delta_shape delta_shape(const hae_trainer *t, const tlayer *w) {
+    return (hae_tr_delta_shape){.B = t->B, .T = t->T, .H = t->LHV, .K = t->LK, .V = t->LV,
+                                .channel_decay = w->lk.decay == HAE_DECAY_CHANNEL, .scale = 1.0f / sqrtf((float)t->LK)};
+}
+
+static hae_gate_fn gate_fn(const hae_trainer *t) {
+    return t->cfg.model.linear_attn.safe_gate ? HAE_GATE_SAFE : HAE_GATE_SOFTPLUS;
+}
+
+/* xm = x + the linear mixer of h1 (the header's second line). */
+static hae_status linear_forward(hae_trainer *t, tlayer *w, int64_t N) {
+    hae_backend *be = t->be;
+    const int64_t HV = t->LHV, K = t->LK, V = t->LV, C = t->conv_ch, in = w->in_dim;
+    const float *W = t->w;
+    HAE_TRY(hae_tr_linear_fwd(be, w->h1, W + w->wqkv, N, t->d, in, w->proj, false));
+    cols_get(t->c1, w->proj, N, in, 0, C);
+    hae_tr_conv_fwd(be, t->c1, W + w->conv_w, t->B, t->T, C, t->conv_W, true, w->cpre, w->cout);
+    qk_forward(t, w, N, 0, w->qm);
+    qk_forward(t, w, N, t->LH * K, w->km);
+    cols_get(w->vv, w->cout, N, C, 2 * t->LH * K, HV * V);
+    int64_t col = C;
+    const hae_decay dec = w->lk.decay;
+    if (dec == HAE_DECAY_CHANNEL) {
+        cols_get(t->c1, w->proj, N, in, col, V);
+        HAE_TRY(hae_tr_linear_fwd(be, t->c1, W + w->wf2, N, V, HV * K, w->graw, false));
+    } else if (dec == HAE_DECAY_HEAD) {
+        cols_get(w->graw, w->proj, N, in, col, HV);
+    }
+    if (dec == HAE_DECAY_CHANNEL || dec == HAE_DECAY_HEAD)
+        hae_tr_decay_fwd(be, w->graw, W + w->A_log, W + w->dt_bias, N, HV, dec == HAE_DECAY_CHANNEL ? K : 1, gate_fn(t),
+                         t->cfg.model.linear_attn.lower_bound, w->g);
+    if (dec == HAE_DECAY_FIXED)
+        for (int64_t i = 0; i < N * HV; i++) w->g[i] = -expf(W[w->A_log + i % HV]);
+    col += w->f_dim;
+    if (w->lk.delta)
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t j = 0; j < HV; j++) w->beta[i * HV + j] = sigmoidf(w->proj[i * in + col + j]);
+    col += w->b_dim;
+    cols_get(t->c1, w->proj, N, in, col, V);
+    HAE_TRY(hae_tr_linear_fwd(be, t->c1, W + w->wg2, N, V, HV * V, w->gout, false));
+    const hae_tr_delta_shape s = delta_shape(t, w);
+    hae_tr_delta_fwd(be, &s, w->qm, w->km, w->vv, dec == HAE_DECAY_NONE ? NULL : w->g, w->lk.delta ? w->beta : NULL,
+                     w->S, w->o);
+    hae_tr_gated_norm_fwd(be, w->o, w->gout, W + w->o_norm, N * HV, V, t->eps, w->y);
+    memcpy(w->xm, w->x, sizeof(float) * (size_t)(N * t->d));
+    return hae_tr_linear_fwd(be, w->y, W + w->wo, N, HV * V, t->d, w->xm, true);
+}
+
+/* From dx (the gradient of xm), the mixer's weight gradients and the gradient of h1, into t->dh. */
+static hae_status linear_backward(hae_trainer *t, tlayer *w, int64_t N) {
+    hae_backend *be = t->be;
+    const int64_t HV = t->LHV, K = t->LK, V = t->LV, C = t->conv_ch, in = w->in_dim;
+    const float *W = t->w;
+    float *G = t->g;
+    const hae_decay dec = w->lk.decay;
+    hae_tr_linear_bwd(be, w->y, W + w->wo, t->dx, N, HV * V, t->d, t->ly, false, G + w->wo);
+    hae_tr_gated_norm_bwd(be, w->o, w->gout, W + w->o_norm, t->ly, N * HV, V, t->eps, t->lo, t->lgo, G + w->o_norm);
+    const hae_tr_delta_shape s = delta_shape(t, w);
+    HAE_TRY(hae_tr_delta_bwd(be, &s, w->qm, w->km, w->vv, dec == HAE_DECAY_NONE ? NULL : w->g,
+                             w->lk.delta ? w->beta : NULL, w->S, t->lo, t->lq, t->lk, t->lv,
+                             dec == HAE_DECAY_NONE ? NULL : t->lg, w->lk.delta ? t->lb : NULL));
+    float *dproj = t->lproj;
+    memset(dproj, 0, sizeof(float) * (size_t)(N * in));
+    int64_t col = C + w->f_dim + w->b_dim; /* the output gate's input g1 */
+    cols_get(t->c1, w->proj, N, in, col, V);
+    hae_tr_linear_bwd(be, t->c1, W + w->wg2, t->lgo, N, V, HV * V, t->c2, false, G + w->wg2);
+    cols_add(dproj, in, col, t->c2, N, V);
+    if (w->lk.delta) {
+        col = C + w->f_dim;
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t j = 0; j < HV; j++) {
+                const float b = w->beta[i * HV + j];
+                dproj[i * in + col + j] = t->lb[i * HV + j] * b * (1.0f - b);
+            }
+    }
+    if (dec == HAE_DECAY_CHANNEL || dec == HAE_DECAY_HEAD) {
+        const int64_t n = dec == HAE_DECAY_CHANNEL ? K : 1;
+        float *draw = t->lcin; /* free until the conv's backward */
+        hae_tr_decay_bwd(be, w->graw, W + w->A_log, W + w->dt_bias, t->lg, N, HV, n, gate_fn(t),
+                         t->cfg.model.linear_attn.lower_bound, draw, G + w->A_log, G + w->dt_bias);
+        if (dec == HAE_DECAY_CHANNEL) { /* graw = f1 Wf2^T */
+            cols_get(t->c1, w->proj, N, in, C, V);
+            hae_tr_linear_bwd(be, t->c1, W + w->wf2, draw, N, V, HV * K, t->c2, false, G + w->wf2);
+            cols_add(dproj, in, C, t->c2, N, V);
+        } else {
+            cols_add(dproj, in, C, draw, N, HV);
+        }
+    }
+    if (dec == HAE_DECAY_FIXED) /* g = -exp(A_log): dg/dA_log = g */
+        for (int64_t j = 0; j < HV; j++) {
+            double acc = 0.0;
+            for (int64_t i = 0; i < N; i++) acc += (double)t->lg[i * HV + j] * (double)w->g[i * HV + j];
+            G[w->A_log + j] += (float)acc;
+        }
+    qk_backward(t, w, N, 0, t->lq);
+    qk_backward(t, w, N, t->LH * K, t->lk);
+    for (int64_t i = 0; i < N; i++)
+        memcpy(t->lcout + i * C + 2 * t->LH * K, t->lv + i * HV * V, sizeof(float) * (size_t)(HV * V));
+    cols_get(t->c1, w->proj, N, in, 0, C);
+    hae_tr_conv_bwd(be, t->c1, W + w->conv_w, w->cpre, t->lcout, t->B, t->T, C, t->conv_W, true, t->lcin, G + w->conv_w);
+    cols_add(dproj, in, 0, t->lcin, N, C);
+    hae_tr_linear_bwd(be, w->h1, W + w->wqkv, dproj, N, t->d, in, t->dh, false, G + w->wqkv);
+    return HAE_OK;
+}
+
+/* ---------------------------------------------------------------- the model */
+
 /* The forward up to the scored rows' logits, into t->logits. */
 static hae_status forward(hae_trainer *t, const hae_train_batch *b) {
     HAE_TRY(check_batch(t, b));
@@ -377,12 +621,16 @@ static hae_status forward(hae_trainer *t, const hae_train_batch *b) {
         tlayer *w = &t->layers[l];
         float *next = l + 1 < t->L ? t->layers[l + 1].x : t->xL;
         hae_tr_rmsnorm_fwd(be, w->x, t->w + w->attn_norm, N, d, t->eps, w->h1, w->r1);
-        HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wqkv, N, d, t->qkv_dim, w->qkv, false));
-        rope_qk(t, w->qkv, false);
-        const hae_tr_attn_shape s = attn_shape(t, w);
-        hae_tr_attention_fwd(be, &s, w->qkv, w->P, w->att);
-        memcpy(w->xm, w->x, sizeof(float) * (size_t)(N * d));
-        HAE_TRY(hae_tr_linear_fwd(be, w->att, t->w + w->wo, N, qd, d, w->xm, true));
+        if (w->linear) {
+            HAE_TRY(linear_forward(t, w, N));
+        } else {
+            HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wqkv, N, d, t->qkv_dim, w->qkv, false));
+            rope_qk(t, w->qkv, false);
+            const hae_tr_attn_shape s = attn_shape(t, w);
+            hae_tr_attention_fwd(be, &s, w->qkv, w->P, w->att);
+            memcpy(w->xm, w->x, sizeof(float) * (size_t)(N * d));
+            HAE_TRY(hae_tr_linear_fwd(be, w->att, t->w + w->wo, N, qd, d, w->xm, true));
+        }
         hae_tr_rmsnorm_fwd(be, w->xm, t->w + w->mlp_norm, N, d, t->eps, w->h2, w->r2);
         HAE_TRY(hae_tr_linear_fwd(be, w->h2, t->w + w->wgu, N, d, 2 * t->F, w->gu, false));
         hae_tr_swiglu_fwd(be, w->gu, N, t->F, w->act);
@@ -427,12 +675,16 @@ hae_status hae_trainer_backward(hae_trainer *t, const hae_train_batch *b, double
         hae_tr_swiglu_bwd(be, w->gu, t->da, N, t->F, t->db);
         hae_tr_linear_bwd(be, w->h2, t->w + w->wgu, t->db, N, d, 2 * t->F, t->dh, false, t->g + w->wgu);
         hae_tr_rmsnorm_bwd(be, w->xm, t->w + w->mlp_norm, w->r2, t->dh, N, d, t->dx, t->g + w->mlp_norm);
-        /* xm = x + Wo attn(rope(Wqkv norm1(x))) */
-        hae_tr_linear_bwd(be, w->att, t->w + w->wo, t->dx, N, qd, d, t->da, false, t->g + w->wo);
-        const hae_tr_attn_shape s = attn_shape(t, w);
-        hae_tr_attention_bwd(be, &s, w->qkv, w->P, w->att, t->da, t->db);
-        rope_qk(t, t->db, true);
-        hae_tr_linear_bwd(be, w->h1, t->w + w->wqkv, t->db, N, d, t->qkv_dim, t->dh, false, t->g + w->wqkv);
+        /* xm = x + Mixer(norm1(x)) */
+        if (w->linear) {
+            HAE_TRY(linear_backward(t, w, N));
+        } else {
+            hae_tr_linear_bwd(be, w->att, t->w + w->wo, t->dx, N, qd, d, t->da, false, t->g + w->wo);
+            const hae_tr_attn_shape s = attn_shape(t, w);
+            hae_tr_attention_bwd(be, &s, w->qkv, w->P, w->att, t->da, t->db);
+            rope_qk(t, t->db, true);
+            hae_tr_linear_bwd(be, w->h1, t->w + w->wqkv, t->db, N, d, t->qkv_dim, t->dh, false, t->g + w->wqkv);
+        }
         hae_tr_rmsnorm_bwd(be, w->x, t->w + w->attn_norm, w->r1, t->dh, N, d, t->dx, t->g + w->attn_norm);
     }
     hae_tr_embedding_bwd(t->ids, N, t->dx, d, t->g + t->embed);
