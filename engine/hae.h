@@ -603,6 +603,8 @@ typedef struct hae_config {
         int64_t eval_every;       /* held-out eval every this many steps, and after the last; 0: after the last only */
         int64_t checkpoint_every; /* a checkpoint every this many steps, and after the last; 0: after the last only */
         int64_t log_every;        /* a progress line every this many steps */
+        int64_t indexer_warmup;   /* dsa layers: the first steps attend densely and train only the indexers (KL to the
+                                     dense attention); then top-k attention, the indexers distilled on their selection */
     } train;
     struct {
         int n_axes;
@@ -1248,12 +1250,13 @@ hae_status hae_kv_slots(hae_backend *be, const hae_kv_slots_args *a);
 /* ---------------------------------------------------------------- training (train/)
  * A training copy of a config's model on the CPU: fp32 master weights under the model's names, a forward that
  * keeps its activations and computes the logits hae_model_forward computes, a hand-written backward, AdamW.
- * Stacks of `full` and `swa` layers of the gqa form for now. */
+ * Every layer kind of the gqa form: full, swa, the linear family, and dsa with a learned indexer (distilled from
+ * the layer's attention, train.indexer_warmup). */
 
 typedef struct hae_trainer hae_trainer;
 /* cfg's model for batches of up to max_batch sequences of max_tokens tokens, on be (a CPU backend); weights from
- * cfg->seed (the values hae_model_init_weights gives), the optimiser at step 0. Other layer kinds, the mla form
- * and a CUDA backend are HAE_ERR_UNSUPPORTED. */
+ * cfg->seed (the values hae_model_init_weights gives), the optimiser at step 0. The mla form, derived dsa
+ * indexers and a CUDA backend are HAE_ERR_UNSUPPORTED. */
 hae_status hae_trainer_create(const hae_config *cfg, hae_backend *be, int64_t max_batch, int64_t max_tokens,
                               hae_trainer **out);
 void hae_trainer_destroy(hae_trainer *t); /* accepts NULL */
@@ -1282,6 +1285,8 @@ hae_status hae_trainer_backward(hae_trainer *t, const hae_train_batch *b, double
  * above it; *grad_norm (may be NULL) gets the norm before clipping. */
 hae_status hae_trainer_step(hae_trainer *t, float lr, double *grad_norm);
 int64_t hae_trainer_steps(const hae_trainer *t); /* optimiser steps taken */
+/* The last backward's indexer loss: the mean KL per query row, summed over the dsa layers (0 without them). */
+double hae_trainer_index_kl(const hae_trainer *t);
 /* Parameter i of hae_trainer_param_count: its name, weights and gradients (n f32 values each). */
 int hae_trainer_param_count(const hae_trainer *t);
 hae_status hae_trainer_param(hae_trainer *t, int i, const char **name, float **w, float **g, int64_t *n);

@@ -52,8 +52,8 @@ static void perturb(hae_trainer *t, uint64_t seed) {
 Test(train, init_is_the_models) {
     const char *const variants[] = {"model.tie_word_embeddings=false", "model.tie_word_embeddings=true",
                                     "model.layer_pattern=[kda, gdn, retnet]", "model.layer_pattern=[deltanet, gla, mamba2]",
-                                    "model.layer_pattern=[linear, full]"};
-    for (int k = 0; k < 5; k++) {
+                                    "model.layer_pattern=[linear, full]", "model.layer_pattern=[dsa, kda, full]"};
+    for (int k = 0; k < 6; k++) {
         hae_backend *be = tu_cpu();
         hae_config cfg;
         parse_ok(tiny_yaml, "tiny.yaml", &cfg, &variants[k], 1);
@@ -97,8 +97,11 @@ Test(train, logits_are_the_models) {
         {"model.layer_pattern=[gdn, deltanet, swa]", "model.linear_attn.expand_v=2"},
         {"model.layer_pattern=[gla, mamba2, retnet]", "model.linear_attn.safe_gate=false"},
         {"model.layer_pattern=[linear, kda, gdn]", "model.linear_attn.safe_gate=false"},
+        /* dsa selecting every earlier token (top-k >= T): the engine's FP8 indexer and the trainer's fp32 one pick
+         * the same sets, so the logits must agree; selections below T are held to the float64 model in test_train_grad */
+        {"model.layer_pattern=[dsa, kda]", "model.dsa.index_topk=32"},
     };
-    for (int k = 0; k < 8; k++) {
+    for (int k = 0; k < 9; k++) {
         hae_backend *be = tu_cpu();
         hae_config cfg;
         parse_ok(tiny_yaml, "tiny.yaml", &cfg, variants[k], 2);
@@ -286,24 +289,25 @@ Test(train, resume_is_bit_exact) {
 /* Models and tasks the trainer does not take are refused before anything is written. */
 Test(train, refusals) {
     const struct {
-        const char *set, *word;
+        const char *set[2], *word;
         hae_status st;
     } bad[] = {
-        {"model.layer_pattern=[full, dsa]", "layer 1 is 'dsa', which has no backward yet", HAE_ERR_UNSUPPORTED},
-        {"model.attention.form=mla", "'mla' has no backward yet", HAE_ERR_UNSUPPORTED},
-        {"eval.vocab=80", "eval.vocab 80 exceeds model.vocab_size 72", HAE_ERR_INVALID},
+        {{"model.layer_pattern=[full, dsa]", "model.dsa.derived=true"},
+         "layer 1 is 'dsa' with model.dsa.derived: true, whose indexer has no weights", HAE_ERR_UNSUPPORTED},
+        {{"model.attention.form=mla", "seed=3"}, "'mla' has no backward yet", HAE_ERR_UNSUPPORTED},
+        {{"eval.vocab=80", "seed=3"}, "eval.vocab 80 exceeds model.vocab_size 72", HAE_ERR_INVALID},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         hae_config cfg;
-        parse_ok(run_yaml, "smoke.yaml", &cfg, &bad[i].set, 1);
+        parse_ok(run_yaml, "smoke.yaml", &cfg, bad[i].set, 2);
         char dir[256];
         run_dir("train-refused", dir, sizeof dir);
         hae_train_result r;
         hae_status st = train(&cfg, dir, false, 0, &r);
-        cr_expect_eq(st, bad[i].st, "--set %s: status %d (%s)", bad[i].set, st, hae_last_error());
-        cr_expect(strstr(hae_last_error(), bad[i].word), "--set %s: no '%s' in: %s", bad[i].set, bad[i].word,
+        cr_expect_eq(st, bad[i].st, "--set %s: status %d (%s)", bad[i].set[0], st, hae_last_error());
+        cr_expect(strstr(hae_last_error(), bad[i].word), "--set %s: no '%s' in: %s", bad[i].set[0], bad[i].word,
                   hae_last_error());
-        cr_expect(!file_exists(dir, "metrics.jsonl"), "--set %s: a refused run wrote metrics.jsonl", bad[i].set);
+        cr_expect(!file_exists(dir, "metrics.jsonl"), "--set %s: a refused run wrote metrics.jsonl", bad[i].set[0]);
     }
     hae_backend *be = tu_cpu();
     hae_config cfg;

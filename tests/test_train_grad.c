@@ -138,16 +138,22 @@ static void ref_rope(double *x, int64_t B, int64_t T, int64_t H, int64_t D, int6
             }
 }
 
-static void ref_attention(const hae_tr_attn_shape *s, const double *qkv, double *out) {
+/* Causal (windowed, or over s->allow) softmax attention; psum [B, T, T] (or NULL) gets the probabilities summed
+ * over the heads. */
+static void ref_attention(const hae_tr_attn_shape *s, const double *qkv, double *out, double *psum) {
     const int64_t T = s->T, Dh = s->Dh, ld = (s->Hq + 2 * s->Hkv) * Dh, G = s->Hq / s->Hkv;
     double *p = dalloc(T);
+    if (psum) memset(psum, 0, sizeof(double) * (size_t)(s->B * T * T));
     for (int64_t b = 0; b < s->B; b++)
         for (int64_t h = 0; h < s->Hq; h++)
             for (int64_t t = 0; t < T; t++) {
                 const int64_t g = h / G, lo = s->window > 0 && t - s->window + 1 > 0 ? t - s->window + 1 : 0;
                 const double *q = qkv + (b * T + t) * ld + h * Dh;
+                const uint8_t *allow = s->allow ? s->allow + (b * T + t) * T : NULL;
                 double mx = -INFINITY, sum = 0;
                 for (int64_t j = lo; j <= t; j++) {
+                    p[j] = -INFINITY;
+                    if (allow && !allow[j]) continue;
                     const double *k = qkv + (b * T + j) * ld + (s->Hq + g) * Dh;
                     double dot = 0;
                     for (int64_t d = 0; d < Dh; d++) dot += q[d] * k[d];
@@ -155,6 +161,8 @@ static void ref_attention(const hae_tr_attn_shape *s, const double *qkv, double 
                     mx = p[j] > mx ? p[j] : mx;
                 }
                 for (int64_t j = lo; j <= t; j++) sum += p[j] = exp(p[j] - mx);
+                if (psum)
+                    for (int64_t j = lo; j <= t; j++) psum[(b * T + t) * T + j] += p[j] / sum;
                 double *o = out + (b * T + t) * s->Hq * Dh + h * Dh;
                 for (int64_t d = 0; d < Dh; d++) o[d] = 0;
                 for (int64_t j = lo; j <= t; j++) {
@@ -333,7 +341,7 @@ typedef struct {
 
 static double attn_loss(void *p) {
     attn_case *k = p;
-    ref_attention(&k->s, k->qkv, k->out);
+    ref_attention(&k->s, k->qkv, k->out, NULL);
     return weighted(k->c, k->out, k->s.B * k->s.T * k->s.Hq * k->s.Dh);
 }
 
@@ -804,7 +812,8 @@ static const char *model_yaml = "model:\n"
                                 "  mlp: {intermediate_size: 12}\n"
                                 "  attention: {num_heads: 2, num_kv_heads: 1, head_dim: 4, rope: full, rope_theta: 100}\n"
                                 "  swa: {window_size: 3}\n"
-                                "  linear_attn: {num_heads: 1, num_v_heads: 2, head_dim: 4, conv_size: 3}\n";
+                                "  linear_attn: {num_heads: 1, num_v_heads: 2, head_dim: 4, conv_size: 3}\n"
+                                "  dsa: {index_n_heads: 2, index_topk: 3, index_rope_dim: 4}\n";
 
 typedef struct {
     const hae_config *cfg;
@@ -814,6 +823,7 @@ typedef struct {
     const int64_t *pos;
     int64_t B, T, n;
     const float *cs, *sn;
+    bool want_kl; /* model_loss gives the indexers' distillation loss instead of the cross-entropy */
 } model_case;
 
 static const double *param(const model_case *k, const char *fmt, long long l) {
@@ -923,6 +933,69 @@ static void ref_linear_mixer(const model_case *k, long long l, const double *h, 
     free(v), free(g), free(beta), free(gout), free(o), free(g1);
 }
 
+/* Layer l's lightning indexer on h in float64 (fp32 form: no FP8), its top-k into allow (every earlier token while
+ * train.indexer_warmup lasts) and its scores into I [B, T, T]. */
+static void ref_index(const model_case *k, long long l, const double *h, double *I, uint8_t *allow) {
+    const hae_config *c = k->cfg;
+    const int64_t B = k->B, T = k->T, N = B * T, d = c->model.d_model, HI = c->model.dsa.index_n_heads;
+    const int64_t DI = c->model.dsa.index_head_dim, rot = c->model.dsa.index_rope_dim;
+    double *q = dalloc(N * HI * DI), *kr = dalloc(N * DI), *kk = dalloc(N * DI), *w = dalloc(N * HI);
+    ref_linear(h, param(k, "model.layers.%lld.self_attn.indexer.wq.weight", l), N, d, HI * DI, q);
+    ref_linear(h, param(k, "model.layers.%lld.self_attn.indexer.wk.weight", l), N, d, DI, kr);
+    ref_linear(h, param(k, "model.layers.%lld.self_attn.indexer.weights_proj.weight", l), N, d, HI, w);
+    const double *nw = param(k, "model.layers.%lld.self_attn.indexer.k_norm.weight", l);
+    const double *nb = param(k, "model.layers.%lld.self_attn.indexer.k_norm.bias", l);
+    for (int64_t i = 0; i < N; i++) {
+        double mean = 0, var = 0;
+        for (int64_t e = 0; e < DI; e++) mean += kr[i * DI + e] / (double)DI;
+        for (int64_t e = 0; e < DI; e++) var += (kr[i * DI + e] - mean) * (kr[i * DI + e] - mean) / (double)DI;
+        for (int64_t e = 0; e < DI; e++) kk[i * DI + e] = (kr[i * DI + e] - mean) / sqrt(var + 1e-6) * nw[e] + nb[e];
+    }
+    float *cs = falloc(T * rot / 2), *sn = falloc(T * rot / 2);
+    hae_tr_rope_table(T, (int)rot, c->model.attention.rope_theta, cs, sn);
+    ref_rope(q, B, T, HI, DI, HI * DI, (int)rot, cs, sn);
+    ref_rope(kk, B, T, 1, DI, DI, (int)rot, cs, sn);
+    const int64_t topk = k->t && hae_trainer_steps(k->t) < c->train.indexer_warmup ? T : c->model.dsa.index_topk;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            double *row = I + (b * T + t) * T;
+            for (int64_t j = 0; j < T; j++) {
+                row[j] = 0;
+                for (int64_t hh = 0; j <= t && hh < HI; hh++) {
+                    double dot = 0;
+                    for (int64_t e = 0; e < DI; e++) dot += q[((b * T + t) * HI + hh) * DI + e] * kk[(b * T + j) * DI + e];
+                    row[j] += w[(b * T + t) * HI + hh] * (dot > 0 ? dot : 0) / sqrt((double)(HI * DI));
+                }
+            }
+            uint8_t *a = allow + (b * T + t) * T;
+            for (int64_t j = 0; j < T; j++) a[j] = j <= t && t < topk;
+            for (int64_t m = 0; t >= topk && m < topk; m++) {
+                int64_t best = -1;
+                for (int64_t j = 0; j <= t; j++)
+                    if (!a[j] && (best < 0 || row[j] > row[best])) best = j;
+                a[best] = 1;
+            }
+        }
+    free(q), free(kr), free(kk), free(w), free(cs), free(sn);
+}
+
+/* The mean over query rows of KL(p || softmax(I)) over each row's selection, p the heads' summed probabilities. */
+static double ref_index_kl(const double *psum, const double *I, const uint8_t *allow, int64_t rows, int64_t T) {
+    double total = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const double *p = psum + r * T, *row = I + r * T;
+        const uint8_t *a = allow + r * T;
+        double mx = -INFINITY, z = 0, pt = 0;
+        for (int64_t j = 0; j < T; j++)
+            if (a[j]) mx = row[j] > mx ? row[j] : mx, pt += p[j];
+        for (int64_t j = 0; j < T; j++)
+            if (a[j]) z += exp(row[j] - mx);
+        for (int64_t j = 0; j < T; j++)
+            if (a[j] && p[j] > 0) total += p[j] / pt * (log(p[j] / pt) - (row[j] - mx - log(z)));
+    }
+    return total / (double)rows;
+}
+
 /* The model of DESIGN.md section 1 in float64, from the saved tensor names. */
 static double model_loss(void *p) {
     const model_case *k = p;
@@ -934,6 +1007,8 @@ static double model_loss(void *p) {
     double *x = dalloc(N * d), *h = dalloc(N * d), *qkv = dalloc(N * ld), *tmp = dalloc(N * (ld > 2 * F ? ld : 2 * F));
     const int64_t lhv = c->model.linear_attn.num_v_heads * c->model.linear_attn.head_dim;
     double *att = dalloc(N * (qd > lhv ? qd : lhv)), *gu = dalloc(N * 2 * F), *a = dalloc(N * F), *y = dalloc(N * d);
+    double *I = dalloc(B * T * T), *psum = dalloc(B * T * T), kl = 0;
+    uint8_t *allow = malloc((size_t)(B * T * T));
     const double *E = param(k, "model.embed_tokens.weight", 0);
     for (int64_t i = 0; i < N; i++) memcpy(x + i * d, E + k->tok[i] * d, sizeof(double) * (size_t)d);
     for (long long l = 0; l < c->model.n_layers; l++) {
@@ -951,9 +1026,13 @@ static double model_loss(void *p) {
         }
         ref_rope(qkv, B, T, Hq, Dh, ld, (int)Dh, k->cs, k->sn);
         ref_rope(qkv + qd, B, T, Hkv, Dh, ld, (int)Dh, k->cs, k->sn);
+        const bool dsa = c->model.layers[l] == HAE_LAYER_DSA;
+        if (dsa) ref_index(k, l, h, I, allow);
         const hae_tr_attn_shape s = {.B = B, .T = T, .Hq = Hq, .Hkv = Hkv, .Dh = Dh, .scale = 1.0f / sqrtf((float)Dh),
-                                     .window = c->model.layers[l] == HAE_LAYER_SWA ? c->model.swa.window_size : 0};
-        ref_attention(&s, qkv, att);
+                                     .window = c->model.layers[l] == HAE_LAYER_SWA ? c->model.swa.window_size : 0,
+                                     .allow = dsa ? allow : NULL};
+        ref_attention(&s, qkv, att, dsa ? psum : NULL);
+        if (dsa) kl += ref_index_kl(psum, I, allow, N, T);
         ref_linear(att, param(k, "model.layers.%lld.self_attn.o_proj.weight", l), N, qd, d, y);
         }
         for (int64_t i = 0; i < N * d; i++) x[i] += y[i];
@@ -973,7 +1052,8 @@ static double model_loss(void *p) {
     ref_linear(hs, head, k->n, d, V, z);
     const double loss = ref_xent(z, k->target, k->n, V);
     free(x), free(h), free(qkv), free(tmp), free(att), free(gu), free(a), free(y), free(xs), free(hs), free(z);
-    return loss;
+    free(I), free(psum), free(allow);
+    return k->want_kl ? kl : loss;
 }
 
 /* Every parameter's gradient (sampled where large) against the float64 model's, and the loss. */
@@ -986,9 +1066,12 @@ Test(train_grad, whole_model) {
         {"model.layer_pattern=[gla, mamba2]", "model.linear_attn.safe_gate=true"},
         {"model.layer_pattern=[kda, gdn]", "model.linear_attn.safe_gate=false"},
         {"model.layer_pattern=[retnet, linear]", "model.linear_attn.safe_gate=true"},
+        /* top-3 of 7 tokens: the selection matters from the fourth on; then the dense stage (every earlier token) */
+        {"model.layer_pattern=[dsa, kda]", "train.indexer_warmup=0"},
+        {"model.layer_pattern=[dsa, full]", "train.indexer_warmup=1"},
     };
     hae_backend *be = tu_cpu();
-    for (int v = 0; v < 7; v++) {
+    for (int v = 0; v < 9; v++) {
         char variant[128];
         snprintf(variant, sizeof variant, "%s, %s", sets[v][0], sets[v][1]);
         hae_config cfg;
@@ -1017,18 +1100,23 @@ Test(train_grad, whole_model) {
         const int64_t pos[5] = {2, 6, 7, 11, 13};
         float cs[7 * 2], sn[7 * 2];
         hae_tr_rope_table(T, 4, 100.0f, cs, sn);
-        model_case k = {&cfg, t, w, tok, target, pos, B, T, n, cs, sn};
+        model_case k = {&cfg, t, w, tok, target, pos, B, T, n, cs, sn, false};
         hae_train_batch b = {.tokens = tok, .B = B, .T = T, .pos = pos, .target = target, .n = n};
         double loss = 0;
         cr_assert_eq(hae_trainer_backward(t, &b, &loss, NULL), HAE_OK, "%s", hae_last_error());
         const double ref = model_loss(&k);
         cr_expect(fabs(loss - ref) <= 1e-6 * fabs(ref), "%s: loss %.10g, float64 model %.10g", variant, loss, ref);
+        k.want_kl = true;
+        const double kl = hae_trainer_index_kl(t), kl_ref = model_loss(&k);
+        cr_expect(fabs(kl - kl_ref) <= 1e-5 * fabs(kl_ref) + 1e-9, "%s: indexer loss %.10g, float64 model %.10g", variant,
+                  kl, kl_ref);
         for (int p = 0; p < np; p++) {
             const char *name;
             float *g;
             int64_t m;
             hae_trainer_param(t, p, &name, NULL, &g, &m);
             double *fd = dalloc(m);
+            k.want_kl = strstr(name, ".indexer.") != NULL; /* the indexers learn from their own loss only */
             finite_diff(model_loss, &k, w[p], m, fd);
             char what[160];
             snprintf(what, sizeof what, "%s %s", variant, name);

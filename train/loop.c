@@ -234,6 +234,12 @@ static hae_status train_points(const hae_config *cfg, hae_eval_point **pts, int6
     return HAE_OK;
 }
 
+static bool has_dsa(const hae_config *cfg) {
+    for (int64_t l = 0; l < cfg->model.n_layers; l++)
+        if (cfg->model.layers[l] == HAE_LAYER_DSA) return true;
+    return false;
+}
+
 typedef struct {
     hae_trainer *tr;
     hae_eval_point *pts;
@@ -340,6 +346,7 @@ hae_status hae_train_run(const hae_train_args *a, hae_train_result *out) {
         fprintf(r.metrics, "{\"step\": %lld, \"loss\": %.9g, \"accuracy\": %.6f, \"lr\": %.9g, \"grad_norm\": %.9g, "
                            "\"tokens\": %lld, \"seconds\": %.3f",
                 (long long)s + 1, loss, acc, (double)lr, norm, (long long)(B * p->length), el);
+        if (has_dsa(cfg)) fprintf(r.metrics, ", \"index_kl\": %.9g", hae_trainer_index_kl(r.tr));
         const bool eval = s + 1 == steps || (cfg->train.eval_every > 0 && (s + 1) % cfg->train.eval_every == 0);
         if (eval) {
             int64_t right = 0, asked = 0;

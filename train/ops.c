@@ -204,18 +204,21 @@ static void attn_fwd_item(void *p, int64_t item) {
         const float *q = base + t * ld + h * Dh;
         float *P = c->Pw + ((b * s->Hq + h) * T + t) * T;
         const int64_t lo = first_key(s, t);
+        const uint8_t *allow = s->allow ? s->allow + (b * T + t) * T : NULL;
         float mx = -INFINITY;
         for (int64_t j = lo; j <= t; j++) {
+            if (allow && !allow[j]) continue;
             P[j] = s->scale * hae_dot_f32(q, kcol + j * ld, Dh);
             mx = P[j] > mx ? P[j] : mx;
         }
         double sum = 0.0;
         for (int64_t j = lo; j <= t; j++) {
+            if (allow && !allow[j]) continue;
             P[j] = expf(P[j] - mx);
             sum += P[j];
         }
         const float inv = (float)(1.0 / sum);
-        for (int64_t j = 0; j < T; j++) P[j] = j >= lo && j <= t ? P[j] * inv : 0.0f;
+        for (int64_t j = 0; j < T; j++) P[j] = j >= lo && j <= t && (!allow || allow[j]) ? P[j] * inv : 0.0f;
         float *o = c->outw + (b * T + t) * s->Hq * Dh + h * Dh;
         memset(o, 0, sizeof(float) * (size_t)Dh);
         for (int64_t j = lo; j <= t; j++) {
@@ -670,4 +673,222 @@ void hae_tr_decay_bwd(hae_backend *be, const float *raw, const float *A_log, con
         }
         dA_log[j] += (float)sa;
     }
+}
+
+/* ---------------------------------------------------------------- the DSA indexer */
+
+typedef struct {
+    const float *x, *w, *bias, *rstd, *dy;
+    int64_t D;
+    float eps;
+    float *y, *r, *dx;
+} ln_ctx;
+
+static double ln_mean(const float *x, int64_t D) {
+    double m = 0;
+    for (int64_t d = 0; d < D; d++) m += x[d];
+    return m / (double)D;
+}
+
+static void ln_fwd_row(void *p, int64_t i) {
+    const ln_ctx *c = p;
+    const float *x = c->x + i * c->D;
+    const double mean = ln_mean(x, c->D);
+    double ss = 0;
+    for (int64_t d = 0; d < c->D; d++) ss += ((double)x[d] - mean) * ((double)x[d] - mean);
+    const float r = (float)(1.0 / sqrt(ss / (double)c->D + (double)c->eps)), mu = (float)mean;
+    c->r[i] = r;
+    for (int64_t d = 0; d < c->D; d++) c->y[i * c->D + d] = (x[d] - mu) * r * c->w[d] + c->bias[d];
+}
+
+static void ln_bwd_row(void *p, int64_t i) {
+    const ln_ctx *c = p;
+    const float *x = c->x + i * c->D, *dy = c->dy + i * c->D;
+    const double mean = ln_mean(x, c->D), r = c->rstd[i];
+    double me = 0, mez = 0;
+    for (int64_t d = 0; d < c->D; d++) {
+        const double e = (double)dy[d] * c->w[d];
+        me += e;
+        mez += e * ((double)x[d] - mean) * r;
+    }
+    me /= (double)c->D, mez /= (double)c->D;
+    for (int64_t d = 0; d < c->D; d++) {
+        const double z = ((double)x[d] - mean) * r;
+        c->dx[i * c->D + d] = (float)(r * ((double)dy[d] * c->w[d] - me - z * mez));
+    }
+}
+
+void hae_tr_layernorm_fwd(hae_backend *be, const float *x, const float *w, const float *bias, int64_t N, int64_t D,
+                          float eps, float *y, float *rstd) {
+    ln_ctx c = {.x = x, .w = w, .bias = bias, .D = D, .eps = eps, .y = y, .r = rstd};
+    hae_parallel_for_sized(be->pool, N, 4 * D, ln_fwd_row, &c);
+}
+
+void hae_tr_layernorm_bwd(hae_backend *be, const float *x, const float *w, const float *rstd, const float *dy, int64_t N,
+                          int64_t D, float *dx, float *dw, float *dbias) {
+    ln_ctx c = {.x = x, .w = w, .rstd = rstd, .dy = dy, .D = D, .dx = dx};
+    hae_parallel_for_sized(be->pool, N, 6 * D, ln_bwd_row, &c);
+    for (int64_t i = 0; i < N; i++) { /* rows in order: the parameter sums do not depend on the threads */
+        const double mean = ln_mean(x + i * D, D);
+        for (int64_t d = 0; d < D; d++) {
+            dw[d] += dy[i * D + d] * (float)(((double)x[i * D + d] - mean) * rstd[i]);
+            dbias[d] += dy[i * D + d];
+        }
+    }
+}
+
+typedef struct {
+    const hae_tr_index_shape *s;
+    const float *q, *k, *w, *dI;
+    float *I, *dq, *dk, *dw;
+    int64_t topk;
+    uint8_t *allow;
+    const float *P;
+    double *kl;
+    int64_t Hq;
+    float scale;
+} index_ctx;
+
+/* Row (b, t) of I. */
+static void index_fwd_row(void *p, int64_t row) {
+    const index_ctx *c = p;
+    const hae_tr_index_shape *s = c->s;
+    const int64_t T = s->T, b = row / T, t = row % T, HI = s->HI, DI = s->DI;
+    const float *q = c->q + row * HI * DI, *w = c->w + row * HI;
+    float *I = c->I + row * T;
+    for (int64_t j = 0; j < T; j++) {
+        if (j > t) {
+            I[j] = 0.0f;
+            continue;
+        }
+        const float *k = c->k + (b * T + j) * DI;
+        float acc = 0.0f;
+        for (int64_t h = 0; h < HI; h++) {
+            const float a = hae_dot_f32(q + h * DI, k, DI);
+            acc += w[h] * (a > 0.0f ? a : 0.0f);
+        }
+        I[j] = s->scale * acc;
+    }
+}
+
+void hae_tr_index_fwd(hae_backend *be, const hae_tr_index_shape *s, const float *q, const float *k, const float *w,
+                      float *I) {
+    index_ctx c = {.s = s, .q = q, .k = k, .w = w, .I = I};
+    hae_parallel_for_sized(be->pool, s->B * s->T, s->T * s->HI * s->DI, index_fwd_row, &c);
+}
+
+/* Row (b, t): dq and dw of query t, summed over its keys. */
+static void index_bwd_query(void *p, int64_t row) {
+    const index_ctx *c = p;
+    const hae_tr_index_shape *s = c->s;
+    const int64_t T = s->T, b = row / T, t = row % T, HI = s->HI, DI = s->DI;
+    const float *q = c->q + row * HI * DI, *w = c->w + row * HI, *dI = c->dI + row * T;
+    float *dq = c->dq + row * HI * DI, *dw = c->dw + row * HI;
+    memset(dq, 0, sizeof(float) * (size_t)(HI * DI));
+    memset(dw, 0, sizeof(float) * (size_t)HI);
+    for (int64_t j = 0; j <= t; j++) {
+        if (dI[j] == 0.0f) continue;
+        const float *k = c->k + (b * T + j) * DI, g = s->scale * dI[j];
+        for (int64_t h = 0; h < HI; h++) {
+            const float a = hae_dot_f32(q + h * DI, k, DI);
+            if (a <= 0.0f) continue;
+            dw[h] += g * a;
+            for (int64_t d = 0; d < DI; d++) dq[h * DI + d] += g * w[h] * k[d];
+        }
+    }
+}
+
+/* Key (b, j): dk summed over the queries t >= j. */
+static void index_bwd_key(void *p, int64_t row) {
+    const index_ctx *c = p;
+    const hae_tr_index_shape *s = c->s;
+    const int64_t T = s->T, b = row / T, j = row % T, HI = s->HI, DI = s->DI;
+    const float *k = c->k + row * DI;
+    float *dk = c->dk + row * DI;
+    memset(dk, 0, sizeof(float) * (size_t)DI);
+    for (int64_t t = j; t < T; t++) {
+        const float dIt = c->dI[(b * T + t) * T + j];
+        if (dIt == 0.0f) continue;
+        const float *q = c->q + (b * T + t) * HI * DI, *w = c->w + (b * T + t) * HI, g = s->scale * dIt;
+        for (int64_t h = 0; h < HI; h++) {
+            if (hae_dot_f32(q + h * DI, k, DI) <= 0.0f) continue;
+            for (int64_t d = 0; d < DI; d++) dk[d] += g * w[h] * q[h * DI + d];
+        }
+    }
+}
+
+void hae_tr_index_bwd(hae_backend *be, const hae_tr_index_shape *s, const float *q, const float *k, const float *w,
+                      const float *dI, float *dq, float *dk, float *dw) {
+    index_ctx c = {.s = s, .q = q, .k = k, .w = w, .dI = dI, .dq = dq, .dk = dk, .dw = dw};
+    hae_parallel_for_sized(be->pool, s->B * s->T, s->T * s->HI * s->DI, index_bwd_query, &c);
+    hae_parallel_for_sized(be->pool, s->B * s->T, s->T * s->HI * s->DI, index_bwd_key, &c);
+}
+
+/* Row (b, t): the k largest of I[b, t, 0..t], by repeated selection (rows are short in training). */
+static void index_select_row(void *p, int64_t row) {
+    const index_ctx *c = p;
+    const int64_t T = c->s->T, t = row % T, k = c->topk;
+    const float *I = c->I + row * T;
+    uint8_t *a = c->allow + row * T;
+    memset(a, 0, (size_t)T);
+    if (t < k) {
+        memset(a, 1, (size_t)(t + 1));
+        return;
+    }
+    for (int64_t n = 0; n < k; n++) {
+        int64_t best = -1;
+        for (int64_t j = 0; j <= t; j++) /* strict >: the lower index wins a tie */
+            if (!a[j] && (best < 0 || I[j] > I[best])) best = j;
+        a[best] = 1;
+    }
+}
+
+void hae_tr_index_select(hae_backend *be, const float *I, int64_t B, int64_t T, int64_t k, uint8_t *allow) {
+    const hae_tr_index_shape s = {.B = B, .T = T};
+    index_ctx c = {.s = &s, .I = (float *)I, .topk = k, .allow = allow};
+    hae_parallel_for_sized(be->pool, B * T, T * (k < T ? k : T), index_select_row, &c);
+}
+
+static void index_kl_row(void *p, int64_t row) {
+    const index_ctx *c = p;
+    const int64_t T = c->s->T, b = row / T, t = row % T;
+    const float *I = c->I + row * T;
+    const uint8_t *a = c->allow + row * T;
+    float *dI = c->dq + row * T;
+    double mx = -INFINITY, z = 0, ptot = 0, kl = 0;
+    for (int64_t j = 0; j <= t; j++)
+        if (a[j]) mx = I[j] > mx ? I[j] : mx;
+    for (int64_t j = 0; j <= t; j++)
+        if (a[j]) z += exp((double)I[j] - mx);
+    for (int64_t j = 0; j < T; j++) { /* p unnormalised into dI first */
+        double pj = 0;
+        if (j <= t && a[j])
+            for (int64_t h = 0; h < c->Hq; h++) pj += c->P[((b * c->Hq + h) * T + t) * T + j];
+        dI[j] = (float)pj;
+        ptot += pj;
+    }
+    for (int64_t j = 0; j < T; j++) {
+        if (j > t || !a[j]) {
+            dI[j] = 0.0f;
+            continue;
+        }
+        const double pj = ptot > 0 ? dI[j] / ptot : 0, lq = (double)I[j] - mx - log(z);
+        if (pj > 0) kl += pj * (log(pj) - lq);
+        dI[j] = (float)(c->scale * (exp(lq) - pj));
+    }
+    c->kl[row] = kl;
+}
+
+hae_status hae_tr_index_kl(hae_backend *be, const float *P, const float *I, const uint8_t *allow, int64_t B, int64_t Hq,
+                           int64_t T, float scale, float *dI, double *kl_sum) {
+    const hae_tr_index_shape s = {.B = B, .T = T};
+    double *kl = malloc(sizeof(double) * (size_t)(B * T));
+    if (!kl) return hae_error(HAE_ERR_OOM, "train: out of host memory for the indexer loss of %lld rows", (long long)(B * T));
+    index_ctx c = {.s = &s, .I = (float *)I, .allow = (uint8_t *)allow, .P = P, .Hq = Hq, .scale = scale, .dq = dI, .kl = kl};
+    hae_parallel_for_sized(be->pool, B * T, T * Hq, index_kl_row, &c);
+    double total = 0;
+    for (int64_t i = 0; i < B * T; i++) total += kl[i];
+    free(kl);
+    *kl_sum = total;
+    return HAE_OK;
 }

@@ -42,6 +42,7 @@ void hae_tr_rope(hae_backend *be, float *x, int64_t B, int64_t T, int64_t H, int
 typedef struct hae_tr_attn_shape {
     int64_t B, T, Hq, Hkv, Dh, window;
     float scale;
+    const uint8_t *allow; /* [B, T, T]: query t attends to s only where allow[b, t, s] (dsa's selection); NULL: all */
 } hae_tr_attn_shape;
 void hae_tr_attention_fwd(hae_backend *be, const hae_tr_attn_shape *s, const float *qkv, float *P, float *out);
 /* dqkv (overwritten, qkv's layout): with dP_ts = dout_t . v_s and dS = P (dP - rowsum(dout o)),
@@ -107,6 +108,37 @@ void hae_tr_decay_fwd(hae_backend *be, const float *raw, const float *A_log, con
 void hae_tr_decay_bwd(hae_backend *be, const float *raw, const float *A_log, const float *dt_bias, const float *dg,
                       int64_t N, int64_t HV, int64_t n, hae_gate_fn gate, float lower_bound, float *draw, float *dA_log,
                       float *ddt_bias);
+
+/* The DSA indexer's LayerNorm of its key (hae_rmsnorm with center and bias): y = (x - mean) r w + bias,
+ * r = 1 / sqrt(var + eps), r kept in rstd [N]. */
+void hae_tr_layernorm_fwd(hae_backend *be, const float *x, const float *w, const float *bias, int64_t N, int64_t D,
+                          float eps, float *y, float *rstd);
+/* dx overwritten; dw, dbias added into: with z = (x - mean) r and e = dy w, dx = r (e - mean(e) - z mean(e z)). */
+void hae_tr_layernorm_bwd(hae_backend *be, const float *x, const float *w, const float *rstd, const float *dy, int64_t N,
+                          int64_t D, float *dx, float *dw, float *dbias);
+
+/* The lightning indexer's scores in fp32 (DESIGN.md 1.2 without the FP8 rounding; the Hadamard rotation is
+ * orthonormal and leaves the dots as they are): for s <= t,
+ *     I[b, t, s] = scale sum_h w[b, t, h] relu(q[b, t, h] . k[b, s])
+ * q [B, T, HI, DI], k [B, T, DI], w [B, T, HI]; I [B, T, T] (0 above the diagonal). */
+typedef struct hae_tr_index_shape {
+    int64_t B, T, HI, DI;
+    float scale;
+} hae_tr_index_shape;
+void hae_tr_index_fwd(hae_backend *be, const hae_tr_index_shape *s, const float *q, const float *k, const float *w,
+                      float *I);
+/* From dI (0 where not wanted): dq, dk, dw overwritten. */
+void hae_tr_index_bwd(hae_backend *be, const hae_tr_index_shape *s, const float *q, const float *k, const float *w,
+                      const float *dI, float *dq, float *dk, float *dw);
+/* allow [B, T, T] = the top-k of each row of I over s <= t, ties to the lower s (hae_topk's rule); every s <= t when
+ * t < k. */
+void hae_tr_index_select(hae_backend *be, const float *I, int64_t B, int64_t T, int64_t k, uint8_t *allow);
+/* The indexer's distillation loss (DeepSeek-V3.2): per query row over its set S (allow), p = the attention's
+ * probabilities summed over the Hq heads and L1-normalised, q = softmax of I over S,
+ *     KL_t = sum_{s in S} p_s log(p_s / q_s);   dI = scale (q - p) on S, 0 elsewhere (overwritten)
+ * P [B, Hq, T, T] as hae_tr_attention_fwd keeps it. *kl_sum = the sum of KL_t over the B T rows. */
+hae_status hae_tr_index_kl(hae_backend *be, const float *P, const float *I, const uint8_t *allow, int64_t B, int64_t Hq,
+                           int64_t T, float scale, float *dI, double *kl_sum);
 
 /* a = silu(g) u over gu [N, 2F] (gate columns, then up), a [N, F] */
 void hae_tr_swiglu_fwd(hae_backend *be, const float *gu, int64_t N, int64_t F, float *a);

@@ -7,10 +7,14 @@
  *     attention mixer:  Wo attn(rope(Wqkv h))
  *     linear mixer:     Wo gated_norm(delta(map(conv(q, k, v)), decay(Wf2 f1), sigmoid(b)), Wg2 g1)
  *                       with [q | k | v | f1 or a | b | g1] = Wqkv h, as engine/model.c's linear_block
+ *     dsa mixer:        the attention mixer over each query's top-k under the indexer's scores
+ *                       I = sum_h w_h relu(q^I_h . k^I) / sqrt(H_I D_I) (fp32: the engine's FP8 rounding is not
+ *                       applied), q^I = rope(Wq_i h), k^I = rope(layernorm(Wk_i h)), w = Wp h
  *     logits = lm_head norm(x) at the scored rows;  loss = mean cross-entropy there
  *
  * The backward walks this in reverse with the residual's gradient dx: each block adds its input's gradient
- * to dx, and the embedding takes dx last. */
+ * to dx, and the embedding takes dx last. The indexers learn only from their distillation loss (hae_tr_index_kl),
+ * their input h detached; the selection passes no gradient. */
 #include "train_ops.h"
 
 #include <math.h>
@@ -26,6 +30,7 @@ typedef struct {
     hae_init_kind init;
     float std;
     bool decay; /* matrices decay; norm weights, A_log and dt_bias do not */
+    bool indexer; /* a dsa indexer's weight: the only ones trained during train.indexer_warmup */
 } tparam;
 
 typedef struct {
@@ -35,6 +40,8 @@ typedef struct {
     hae_linear_kind lk;
     int64_t in_dim, f_dim, b_dim;                      /* linear: fused projection width, f and b columns */
     int64_t conv_w, wf2, wg2, A_log, dt_bias, o_norm;  /* linear: offsets (-1 where the kind has none) */
+    bool dsa;
+    int64_t wq_i, wk_i, kn_w, kn_b, wp;                /* dsa: the indexer's q, k, key norm weight and bias, heads */
     /* the last forward's activations: the block inputs, norms (and their 1/rms), the MLP's gate/up and activation;
      * attention: the fused q/k/v after RoPE, the probabilities, the output; linear: the projection, the conv's
      * pre-activation and output, mapped q and k (one row per value head), v, the raw and log decays, the betas,
@@ -42,6 +49,9 @@ typedef struct {
     float *x, *h1, *r1, *xm, *h2, *r2, *gu, *act;
     float *qkv, *P, *att;
     float *proj, *cpre, *cout, *qm, *km, *vv, *graw, *g, *beta, *gout, *S, *o, *y;
+    /* dsa: the indexer's queries, key before and after its norm (and 1/std), head weights, scores, the selection */
+    float *qi, *kr, *ki, *krs, *wi, *I;
+    uint8_t *allow;
 } tlayer;
 
 struct hae_trainer {
@@ -49,7 +59,8 @@ struct hae_trainer {
     hae_backend *be;
     int64_t V, d, L, Hq, Hkv, Dh, F, qkv_dim, Bmax, Tmax;
     int64_t LH, LHV, LK, LV, conv_W, conv_ch; /* linear layers: q/k heads, value heads, head dims, conv width and channels */
-    bool has_linear;
+    bool has_linear, has_dsa;
+    int64_t HI, DI, irope, topk; /* dsa: indexer heads, head dim, RoPE dims; tokens selected */
     int rot_dims;
     float scale, eps;
     tparam *params;
@@ -65,6 +76,9 @@ struct hae_trainer {
     /* linear layers' backward: gradients of the norm's output, the recurrence's output, the output gate, mapped
      * q and k, v, the decays, the betas, the conv's output and input, the projection; two column buffers */
     float *ly, *lo, *lgo, *lq, *lk, *lv, *lg, *lb, *lcout, *lcin, *lproj, *c1, *c2;
+    /* dsa layers' backward: the scores' gradient, the indexer's q, k (after and before its norm) and w; its RoPE tables */
+    float *dI, *dqi, *dki, *dkr, *dwi, *ics, *isn;
+    double index_kl; /* the last backward's indexer loss: mean KL per query row, summed over the dsa layers */
     int32_t *ids;                       /* the last forward's tokens */
     int64_t B, T, n;                    /* its shapes */
 };
@@ -151,6 +165,16 @@ static void layout(hae_trainer *t) {
             w->wo = P("self_attn.o_proj.weight", d, qd, INIT_NORMAL, std_out);
             w->window = t->cfg.model.layers[l] == HAE_LAYER_SWA ? t->cfg.model.swa.window_size : 0;
         }
+        w->dsa = t->cfg.model.layers[l] == HAE_LAYER_DSA;
+        if (w->dsa) {
+            const int first = t->n_params;
+            w->wq_i = P("self_attn.indexer.wq.weight", t->HI * t->DI, d, INIT_NORMAL, std);
+            w->wk_i = P("self_attn.indexer.wk.weight", t->DI, d, INIT_NORMAL, std);
+            w->kn_w = P("self_attn.indexer.k_norm.weight", t->DI, 0, INIT_ONES, 0.0f);
+            w->kn_b = P("self_attn.indexer.k_norm.bias", t->DI, 0, INIT_ZEROS, 0.0f);
+            w->wp = P("self_attn.indexer.weights_proj.weight", t->HI, d, INIT_NORMAL, std);
+            for (int p = first; p < t->n_params; p++) t->params[p].indexer = true;
+        }
         w->mlp_norm = P("post_attention_layernorm.weight", d, 0, INIT_ONES, 0.0f);
         w->wgu = P("mlp.gate_proj.weight", t->F, d, INIT_NORMAL, std);
         P("mlp.up_proj.weight", t->F, d, INIT_NORMAL, std);
@@ -179,10 +203,10 @@ static hae_status check_model(const hae_config *cfg, hae_backend *be) {
         return hae_error(HAE_ERR_UNSUPPORTED, "train: model.attention.form 'mla' has no backward yet (gqa only)");
     for (int64_t l = 0; l < cfg->model.n_layers; l++) {
         hae_layer_kind k = cfg->model.layers[l];
-        if (k == HAE_LAYER_DSA)
+        if (k == HAE_LAYER_DSA && cfg->model.dsa.derived)
             return hae_error(HAE_ERR_UNSUPPORTED,
-                             "train: layer %lld is 'dsa', which has no backward yet (training takes full, swa and the "
-                             "linear kinds)",
+                             "train: layer %lld is 'dsa' with model.dsa.derived: true, whose indexer has no weights to "
+                             "train (set model.dsa.derived: false for a learned indexer)",
                              (long long)l);
     }
     return HAE_OK;
@@ -199,6 +223,13 @@ static int64_t carve_acts(hae_trainer *t, float *base) {
         tlayer *w = &t->layers[l];
         CARVE(w->x, N * d), CARVE(w->h1, N * d), CARVE(w->r1, N);
         CARVE(w->xm, N * d), CARVE(w->h2, N * d), CARVE(w->r2, N), CARVE(w->gu, N * 2 * t->F), CARVE(w->act, N * t->F);
+        if (w->dsa) {
+            CARVE(w->qi, N * t->HI * t->DI), CARVE(w->kr, N * t->DI), CARVE(w->ki, N * t->DI), CARVE(w->krs, N);
+            CARVE(w->wi, N * t->HI), CARVE(w->I, B * T * T);
+            float *allow;
+            CARVE(allow, (B * T * T + 3) / 4);
+            w->allow = (uint8_t *)allow;
+        }
         if (!w->linear) {
             CARVE(w->qkv, N * t->qkv_dim), CARVE(w->P, B * t->Hq * T * T), CARVE(w->att, N * t->Hq * t->Dh);
             continue;
@@ -220,6 +251,11 @@ static int64_t carve_acts(hae_trainer *t, float *base) {
         CARVE(t->lq, N * HV * K), CARVE(t->lk, N * HV * K), CARVE(t->lv, N * HV * V), CARVE(t->lg, N * HV * K);
         CARVE(t->lb, N * HV), CARVE(t->lcout, N * t->conv_ch), CARVE(t->lcin, N * ck);
         CARVE(t->lproj, N * in_max), CARVE(t->c1, N * ck), CARVE(t->c2, N * ck);
+    }
+    if (t->has_dsa) {
+        const int64_t irot = t->irope / 2 ? t->irope / 2 : 1;
+        CARVE(t->dI, B * T * T), CARVE(t->dqi, N * t->HI * t->DI), CARVE(t->dki, N * t->DI), CARVE(t->dkr, N * t->DI);
+        CARVE(t->dwi, N * t->HI), CARVE(t->ics, T * irot), CARVE(t->isn, T * irot);
     }
 #undef CARVE
     return used;
@@ -247,7 +283,12 @@ hae_status hae_trainer_create(const hae_config *cfg, hae_backend *be, int64_t ma
     t->LV = (int64_t)llround((double)t->LK * (double)cfg->model.linear_attn.expand_v);
     t->conv_W = cfg->model.linear_attn.conv_size;
     t->conv_ch = 2 * t->LH * t->LK + t->LHV * t->LV;
-    for (int64_t l = 0; l < t->L; l++) t->has_linear |= hae_linear_kind_of(cfg->model.layers[l], &(hae_linear_kind){0});
+    for (int64_t l = 0; l < t->L; l++) {
+        t->has_linear |= hae_linear_kind_of(cfg->model.layers[l], &(hae_linear_kind){0});
+        t->has_dsa |= cfg->model.layers[l] == HAE_LAYER_DSA;
+    }
+    t->HI = cfg->model.dsa.index_n_heads, t->DI = cfg->model.dsa.index_head_dim;
+    t->irope = cfg->model.dsa.index_rope_dim, t->topk = cfg->model.dsa.index_topk;
     t->Bmax = max_batch, t->Tmax = max_tokens;
     t->eps = cfg->model.norm_eps;
     t->scale = cfg->model.attention.softmax_scale > 0 ? cfg->model.attention.softmax_scale : 1.0f / sqrtf((float)t->Dh);
@@ -257,7 +298,7 @@ hae_status hae_trainer_create(const hae_config *cfg, hae_backend *be, int64_t ma
     case HAE_ROPE_PARTIAL: t->rot_dims = (int)lroundf((float)t->Dh * cfg->model.attention.partial_rotary_factor); break;
     }
     t->layers = calloc((size_t)t->L, sizeof *t->layers);
-    t->params = calloc((size_t)(20 * t->L + 3), sizeof *t->params); /* a linear layer has at most 19 */
+    t->params = calloc((size_t)(20 * t->L + 3), sizeof *t->params); /* a layer has at most 19 */
     if (!t->layers || !t->params) {
         hae_trainer_destroy(t);
         return hae_error(HAE_ERR_OOM, "train: out of host memory");
@@ -277,6 +318,8 @@ hae_status hae_trainer_create(const hae_config *cfg, hae_backend *be, int64_t ma
     t->g = t->w + t->n_elems, t->m = t->g + t->n_elems, t->v = t->m + t->n_elems;
     carve_acts(t, t->act_mem);
     if (t->rot_dims) hae_tr_rope_table(t->Tmax, t->rot_dims, cfg->model.attention.rope_theta, t->cs, t->sn);
+    if (t->has_dsa && t->irope)
+        hae_tr_rope_table(t->Tmax, (int)t->irope, cfg->model.attention.rope_theta, t->ics, t->isn);
     init_weights(t, cfg->seed);
     *out = t;
     return HAE_OK;
@@ -289,6 +332,7 @@ void hae_trainer_destroy(hae_trainer *t) {
 }
 
 int64_t hae_trainer_steps(const hae_trainer *t) { return t->step; }
+double hae_trainer_index_kl(const hae_trainer *t) { return t->index_kl; }
 int hae_trainer_param_count(const hae_trainer *t) { return t->n_params; }
 
 hae_status hae_trainer_param(hae_trainer *t, int i, const char **name, float **w, float **g, int64_t *n) {
@@ -443,7 +487,61 @@ static hae_status check_batch(const hae_trainer *t, const hae_train_batch *b) {
 
 static hae_tr_attn_shape attn_shape(const hae_trainer *t, const tlayer *w) {
     return (hae_tr_attn_shape){.B = t->B, .T = t->T, .Hq = t->Hq, .Hkv = t->Hkv, .Dh = t->Dh, .window = w->window,
-                               .scale = t->scale};
+                               .scale = t->scale, .allow = w->dsa ? w->allow : NULL};
+}
+
+/* ---------------------------------------------------------------- dsa layers */
+
+/* The indexer's stage at this step: dense (every earlier token attended, only the indexers trained) during
+ * train.indexer_warmup, then sparse. */
+static bool index_dense(const hae_trainer *t) { return t->step < t->cfg.train.indexer_warmup; }
+
+static hae_tr_index_shape index_shape(const hae_trainer *t) {
+    return (hae_tr_index_shape){.B = t->B, .T = t->T, .HI = t->HI, .DI = t->DI,
+                                .scale = 1.0f / sqrtf((float)(t->HI * t->DI))};
+}
+
+/* The LayerNorm epsilon of the indexer key, as engine/model.c's dsa_select */
+#define INDEX_NORM_EPS 1e-6f
+
+/* The indexer's scores of layer w from h1 and the tokens each query attends to (w->allow). */
+static hae_status index_forward(hae_trainer *t, tlayer *w, int64_t N) {
+    hae_backend *be = t->be;
+    const int64_t HI = t->HI, DI = t->DI, d = t->d;
+    HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wq_i, N, d, HI * DI, w->qi, false));
+    HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wk_i, N, d, DI, w->kr, false));
+    HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wp, N, d, HI, w->wi, false));
+    hae_tr_layernorm_fwd(be, w->kr, t->w + w->kn_w, t->w + w->kn_b, N, DI, INDEX_NORM_EPS, w->ki, w->krs);
+    if (t->irope) {
+        hae_tr_rope(be, w->qi, t->B, t->T, HI, DI, HI * DI, (int)t->irope, t->ics, t->isn, false);
+        hae_tr_rope(be, w->ki, t->B, t->T, 1, DI, DI, (int)t->irope, t->ics, t->isn, false);
+    }
+    const hae_tr_index_shape s = index_shape(t);
+    hae_tr_index_fwd(be, &s, w->qi, w->ki, w->wi, w->I);
+    hae_tr_index_select(be, w->I, t->B, t->T, index_dense(t) ? t->T : t->topk, w->allow);
+    return HAE_OK;
+}
+
+/* The indexer's distillation loss on the attention of layer w (its probabilities kept by the forward), added to
+ * t->index_kl, and its gradients into the indexer's weights only. */
+static hae_status index_backward(hae_trainer *t, tlayer *w, int64_t N) {
+    hae_backend *be = t->be;
+    const int64_t HI = t->HI, DI = t->DI, d = t->d, rows = t->B * t->T;
+    double kl = 0;
+    HAE_TRY(hae_tr_index_kl(be, w->P, w->I, w->allow, t->B, t->Hq, t->T, 1.0f / (float)rows, t->dI, &kl));
+    t->index_kl += kl / (double)rows;
+    const hae_tr_index_shape s = index_shape(t);
+    hae_tr_index_bwd(be, &s, w->qi, w->ki, w->wi, t->dI, t->dqi, t->dki, t->dwi);
+    if (t->irope) {
+        hae_tr_rope(be, t->dqi, t->B, t->T, HI, DI, HI * DI, (int)t->irope, t->ics, t->isn, true);
+        hae_tr_rope(be, t->dki, t->B, t->T, 1, DI, DI, (int)t->irope, t->ics, t->isn, true);
+    }
+    float *G = t->g;
+    hae_tr_layernorm_bwd(be, w->kr, t->w + w->kn_w, w->krs, t->dki, N, DI, t->dkr, G + w->kn_w, G + w->kn_b);
+    hae_tr_linear_bwd(be, w->h1, t->w + w->wq_i, t->dqi, N, d, HI * DI, NULL, false, G + w->wq_i);
+    hae_tr_linear_bwd(be, w->h1, t->w + w->wk_i, t->dkr, N, d, DI, NULL, false, G + w->wk_i);
+    hae_tr_linear_bwd(be, w->h1, t->w + w->wp, t->dwi, N, d, HI, NULL, false, G + w->wp);
+    return HAE_OK;
 }
 
 /* RoPE on the q and k columns of fused rows [N, qkv_dim] (forward, or inverse on their gradients). */
@@ -624,6 +722,7 @@ static hae_status forward(hae_trainer *t, const hae_train_batch *b) {
         if (w->linear) {
             HAE_TRY(linear_forward(t, w, N));
         } else {
+            if (w->dsa) HAE_TRY(index_forward(t, w, N));
             HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wqkv, N, d, t->qkv_dim, w->qkv, false));
             rope_qk(t, w->qkv, false);
             const hae_tr_attn_shape s = attn_shape(t, w);
@@ -659,6 +758,7 @@ hae_status hae_trainer_backward(hae_trainer *t, const hae_train_batch *b, double
     const double total = hae_tr_xent(t->logits, b->target, n, t->V, 1.0f / (float)n, t->logits, correct);
     if (loss) *loss = total / (double)n;
     memset(t->g, 0, sizeof(float) * (size_t)t->n_elems);
+    t->index_kl = 0;
     /* LM head and final norm over the scored rows, their gradient scattered into the residual's */
     hae_tr_linear_bwd(be, t->hs, t->w + t->lm_head, t->logits, n, d, t->V, t->dh, false, t->g + t->lm_head);
     memset(t->da, 0, sizeof(float) * (size_t)(n * d));
@@ -682,6 +782,7 @@ hae_status hae_trainer_backward(hae_trainer *t, const hae_train_batch *b, double
             hae_tr_linear_bwd(be, w->att, t->w + w->wo, t->dx, N, qd, d, t->da, false, t->g + w->wo);
             const hae_tr_attn_shape s = attn_shape(t, w);
             hae_tr_attention_bwd(be, &s, w->qkv, w->P, w->att, t->da, t->db);
+            if (w->dsa) HAE_TRY(index_backward(t, w, N));
             rope_qk(t, t->db, true);
             hae_tr_linear_bwd(be, w->h1, t->w + w->wqkv, t->db, N, d, t->qkv_dim, t->dh, false, t->g + w->wqkv);
         }
@@ -706,8 +807,13 @@ float hae_train_lr(const hae_config *cfg, int64_t step) {
  * bias corrections; the gradients enter scaled by clip / norm when their norm exceeds clip. */
 hae_status hae_trainer_step(hae_trainer *t, float lr, double *grad_norm) {
     if (!(lr >= 0.0f) || !isfinite(lr)) return hae_error(HAE_ERR_INVALID, "train step: learning rate %g", (double)lr);
+    const bool only_indexers = t->has_dsa && index_dense(t); /* the rest stays frozen, moments included */
     double ss = 0.0;
-    for (int64_t i = 0; i < t->n_elems; i++) ss += (double)t->g[i] * (double)t->g[i];
+    for (int p = 0; p < t->n_params; p++) {
+        const tparam *pr = &t->params[p];
+        if (only_indexers && !pr->indexer) continue;
+        for (int64_t i = pr->off; i < pr->off + pr->n; i++) ss += (double)t->g[i] * (double)t->g[i];
+    }
     const double norm = sqrt(ss);
     if (grad_norm) *grad_norm = norm;
     if (!isfinite(norm))
@@ -721,6 +827,7 @@ hae_status hae_trainer_step(hae_trainer *t, float lr, double *grad_norm) {
     const float step_size = lr / c1, decay = 1.0f - lr * t->cfg.train.weight_decay;
     for (int p = 0; p < t->n_params; p++) {
         const tparam *pr = &t->params[p];
+        if (only_indexers && !pr->indexer) continue;
         float *w = t->w + pr->off, *g = t->g + pr->off, *m = t->m + pr->off, *v = t->v + pr->off;
         for (int64_t i = 0; i < pr->n; i++) {
             const float gi = g[i] * gs;
