@@ -4,19 +4,29 @@
 # (accuracy per preset, hops and length).
 #   train/multihop-sweep.sh [OUT]     default eval/results/train-multihop
 # JOBS runs that many at once (default 1); SETS adds overrides to every run; THREADS gives runtime.threads to each
-# run, doubled for the 8-layer preset; HAE is the binary (default build/hae).
+# run, doubled for the 8-layer preset; PRESETS picks some of the presets below (the table shows every preset with
+# a run in OUT); HAE is the binary (default build/hae).
 set -eu
 cd "$(dirname "$0")/.."
 out=${1:-eval/results/train-multihop}
 cfg=configs/train/multihop-hybrid.yaml
 t=${THREADS:-0}
-presets="full kda3-full1 gdn3-full1 kda7-full1"
-{
-  echo "kda7-full1 $cfg --set model.n_layers=8 --set 'model.layer_pattern=[kda, kda, kda, kda, kda, kda, kda, full]' --set runtime.threads=$((2 * t)) ${SETS:-}"
-  echo "full $cfg --set 'model.layer_pattern=[swa, full]' --set runtime.threads=$t ${SETS:-}"
-  echo "kda3-full1 $cfg --set runtime.threads=$t ${SETS:-}"
-  echo "gdn3-full1 $cfg --set 'model.layer_pattern=[gdn, gdn, gdn, full]' --set runtime.threads=$t ${SETS:-}"
-} | sed "s/ *$//" | EVAL_SETS="--set eval.lengths=[128,512,2048]" xargs -P "${JOBS:-1}" -L 1 sh -c 'train/train-eval.sh "$0" "$@"' "$out"
+presets="full kda3-full1 gdn3-full1 kda7-full1 kda3-dsa1 gdn3-dsa1"
+overrides() { # the preset's --set's
+  case $1 in
+    full) echo "--set 'model.layer_pattern=[swa, full]'" ;;
+    kda3-full1) echo "" ;;
+    gdn3-full1) echo "--set 'model.layer_pattern=[gdn, gdn, gdn, full]'" ;;
+    kda7-full1) echo "--set model.n_layers=8 --set 'model.layer_pattern=[kda, kda, kda, kda, kda, kda, kda, full]'" ;;
+    kda3-dsa1) echo "--set 'model.layer_pattern=[kda, kda, kda, dsa]'" ;;
+    gdn3-dsa1) echo "--set 'model.layer_pattern=[gdn, gdn, gdn, dsa]'" ;;
+  esac
+}
+for p in ${PRESETS:-$presets}; do
+  threads=$t
+  [ "$p" = kda7-full1 ] && threads=$((2 * t))
+  echo "$p $cfg $(overrides "$p") --set runtime.threads=$threads ${SETS:-}"
+done | sed "s/ *$//" | EVAL_SETS="--set eval.lengths=[128,512,2048]" xargs -P "${JOBS:-1}" -L 1 sh -c 'train/train-eval.sh "$0" "$@"' "$out"
 csv="$out/results.csv"
 echo "name,task,length,pairs,hops,held_out_accuracy,engine_recall,train_seconds,tokens_per_s" > "$csv"
 for p in $presets; do cat "$out/runs/$p.csv" 2>/dev/null || true; done >> "$csv"
