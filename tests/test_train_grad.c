@@ -800,6 +800,168 @@ Test(train_grad, embedding) {
     free(E), free(x), free(dx), free(dE), free(dE0), free(junk);
 }
 
+/* The DSA indexer's ops in double, each with sum c y as the loss: the key's LayerNorm, the scores, the KL. */
+typedef struct {
+    int64_t N, D;
+    double *x, *w, *b, *c, *y;
+} ln_case;
+
+static double ln_loss(void *p) {
+    ln_case *k = p;
+    for (int64_t i = 0; i < k->N; i++) {
+        double m = 0, v = 0;
+        for (int64_t d = 0; d < k->D; d++) m += k->x[i * k->D + d] / (double)k->D;
+        for (int64_t d = 0; d < k->D; d++) v += (k->x[i * k->D + d] - m) * (k->x[i * k->D + d] - m) / (double)k->D;
+        for (int64_t d = 0; d < k->D; d++) k->y[i * k->D + d] = (k->x[i * k->D + d] - m) / sqrt(v + 1e-6) * k->w[d] + k->b[d];
+    }
+    return weighted(k->c, k->y, k->N * k->D);
+}
+
+typedef struct {
+    hae_tr_index_shape s;
+    double *q, *k, *w, *c, *I;
+} index_case;
+
+static double index_loss(void *p) {
+    index_case *k = p;
+    const hae_tr_index_shape *s = &k->s;
+    for (int64_t b = 0; b < s->B; b++)
+        for (int64_t t = 0; t < s->T; t++)
+            for (int64_t j = 0; j < s->T; j++) {
+                double acc = 0;
+                for (int64_t h = 0; j <= t && h < s->HI; h++) {
+                    double dot = 0;
+                    for (int64_t e = 0; e < s->DI; e++) dot += k->q[((b * s->T + t) * s->HI + h) * s->DI + e] * k->k[(b * s->T + j) * s->DI + e];
+                    acc += k->w[(b * s->T + t) * s->HI + h] * (dot > 0 ? dot : 0);
+                }
+                k->I[(b * s->T + t) * s->T + j] = s->scale * acc;
+            }
+    return weighted(k->c, k->I, s->B * s->T * s->T);
+}
+
+static double ref_index_kl(const double *psum, const double *I, const uint8_t *allow, int64_t rows, int64_t T);
+
+typedef struct {
+    int64_t rows, T;
+    double *psum, *I;
+    const uint8_t *allow;
+} kl_case;
+
+static double kl_loss(void *p) {
+    kl_case *k = p;
+    return ref_index_kl(k->psum, k->I, k->allow, k->rows, k->T);
+}
+
+/* The key norm (and its equality with hae_rmsnorm's centred form), the scores with half their dots negative (the
+ * ReLU), the KL over a selection, and the top-k's tie rule. */
+Test(train_grad, indexer) {
+    hae_backend *be = tu_cpu();
+    {
+        const int64_t N = 5, D = 9;
+        ln_case k = {N, D, dalloc(N * D), dalloc(D), dalloc(D), dalloc(N * D), dalloc(N * D)};
+        float *x = falloc(N * D), *w = falloc(D), *b = falloc(D), *c = falloc(N * D), *y = falloc(N * D), *ye = falloc(N * D);
+        float *rs = falloc(N), *dx = falloc(N * D), *dw = falloc(D), *dw0 = falloc(D), *db = falloc(D), *db0 = falloc(D);
+        tu_rng r = tu_rng_make(170);
+        fill_pair(x, k.x, N * D, &r, -2, 3);
+        fill_pair(w, k.w, D, &r, 0.5, 1.5);
+        fill_pair(b, k.b, D, &r, -0.5, 0.5);
+        fill_pair(c, k.c, N * D, &r, -1, 1);
+        for (int64_t d = 0; d < D; d++) dw[d] = dw0[d] = (float)tu_uniform(&r, -1, 1), db[d] = db0[d] = (float)tu_uniform(&r, -1, 1);
+        poison(y, N * D), poison(dx, N * D);
+        hae_tr_layernorm_fwd(be, x, w, b, N, D, 1e-6f, y, rs);
+        ln_loss(&k);
+        expect_fwd("layernorm", "[N 5, D 9]", y, k.y, N * D);
+        hae_rmsnorm_args na = {.x = hae_tensor_2d(x, HAE_F32, HAE_CPU, N, D), .weight = hae_tensor_1d(w, HAE_F32, HAE_CPU, D),
+                               .bias = hae_tensor_1d(b, HAE_F32, HAE_CPU, D), .center = true,
+                               .out = hae_tensor_2d(ye, HAE_F32, HAE_CPU, N, D), .eps = 1e-6f};
+        cr_assert_eq(hae_rmsnorm(be, &na), HAE_OK, "%s", hae_last_error());
+        double *yd = dalloc(N * D);
+        for (int64_t i = 0; i < N * D; i++) yd[i] = ye[i];
+        expect_fwd("layernorm vs hae_rmsnorm (center, bias)", "[N 5, D 9]", y, yd, N * D);
+        hae_tr_layernorm_bwd(be, x, w, rs, c, N, D, dx, dw, db);
+        double *fd = dalloc(N * D);
+        finite_diff(ln_loss, &k, k.x, N * D, fd);
+        expect_grad("layernorm dx", "[N 5, D 9]", dx, NULL, fd, N * D);
+        finite_diff(ln_loss, &k, k.w, D, fd);
+        expect_grad("layernorm dw", "[N 5, D 9]", dw, dw0, fd, D);
+        finite_diff(ln_loss, &k, k.b, D, fd);
+        expect_grad("layernorm dbias", "[N 5, D 9]", db, db0, fd, D);
+        free(fd), free(yd), free(k.x), free(k.w), free(k.b), free(k.c), free(k.y);
+        free(x), free(w), free(b), free(c), free(y), free(ye), free(rs), free(dx), free(dw), free(dw0), free(db), free(db0);
+    }
+    {
+        const hae_tr_index_shape s = {.B = 2, .T = 6, .HI = 3, .DI = 5, .scale = 0.3f};
+        const int64_t NQ = s.B * s.T * s.HI * s.DI, NK = s.B * s.T * s.DI, NW = s.B * s.T * s.HI, NI = s.B * s.T * s.T;
+        index_case k = {s, dalloc(NQ), dalloc(NK), dalloc(NW), dalloc(NI), dalloc(NI)};
+        float *q = falloc(NQ), *kk = falloc(NK), *w = falloc(NW), *c = falloc(NI), *I = falloc(NI);
+        float *dq = falloc(NQ), *dk = falloc(NK), *dw = falloc(NW);
+        tu_rng r = tu_rng_make(171);
+        fill_pair(q, k.q, NQ, &r, -1, 1);
+        fill_pair(kk, k.k, NK, &r, -1, 1);
+        fill_pair(w, k.w, NW, &r, -1, 1);
+        fill_pair(c, k.c, NI, &r, -1, 1);
+        for (int64_t i = 0; i < NI; i++) /* the gradient of I exists below the diagonal only */
+            if (i % s.T > (i / s.T) % s.T) c[i] = 0.0f, k.c[i] = 0.0;
+        poison(I, NI), poison(dq, NQ), poison(dk, NK), poison(dw, NW);
+        hae_tr_index_fwd(be, &s, q, kk, w, I);
+        index_loss(&k);
+        expect_fwd("index scores", "[B 2, T 6, HI 3, DI 5]", I, k.I, NI);
+        hae_tr_index_bwd(be, &s, q, kk, w, c, dq, dk, dw);
+        double *fd = dalloc(NQ);
+        finite_diff(index_loss, &k, k.q, NQ, fd);
+        expect_grad("index dq", "[B 2, T 6, HI 3, DI 5]", dq, NULL, fd, NQ);
+        finite_diff(index_loss, &k, k.k, NK, fd);
+        expect_grad("index dk", "[B 2, T 6, HI 3, DI 5]", dk, NULL, fd, NK);
+        finite_diff(index_loss, &k, k.w, NW, fd);
+        expect_grad("index dw", "[B 2, T 6, HI 3, DI 5]", dw, NULL, fd, NW);
+        free(fd), free(k.q), free(k.k), free(k.w), free(k.c), free(k.I), free(q), free(kk), free(w), free(c), free(I);
+        free(dq), free(dk), free(dw);
+    }
+    {
+        /* scores with ties (multiples of 0.5): the top-3 of each row against picking the largest, lowest index first */
+        const int64_t B = 2, T = 7, K = 3, Hq = 2, rows = B * T;
+        float *I = falloc(rows * T), *P = falloc(B * Hq * T * T), *dI = falloc(rows * T);
+        uint8_t *allow = malloc((size_t)(rows * T));
+        tu_rng r = tu_rng_make(172);
+        for (int64_t i = 0; i < rows * T; i++) I[i] = 0.5f * (float)(int)tu_uniform(&r, 0, 4);
+        hae_tr_index_select(be, I, B, T, K, allow);
+        for (int64_t row = 0; row < rows; row++) {
+            const int64_t t = row % T;
+            uint8_t want[7] = {0};
+            for (int64_t m = 0; m < (t < K ? t + 1 : K); m++) {
+                int64_t best = -1;
+                for (int64_t j = 0; j <= t; j++)
+                    if (!want[j] && (best < 0 || I[row * T + j] > I[row * T + best])) best = j;
+                want[best] = 1;
+            }
+            for (int64_t j = 0; j < T; j++)
+                cr_expect_eq(allow[row * T + j], want[j], "top-%lld of row %lld: token %lld %s", (long long)K, (long long)row,
+                             (long long)j, want[j] ? "not selected" : "selected");
+        }
+        /* the KL over those selections, P normalised over them per head */
+        kl_case k = {rows, T, dalloc(rows * T), dalloc(rows * T), allow};
+        for (int64_t i = 0; i < rows * T; i++) I[i] = (float)tu_uniform(&r, -2, 2), k.I[i] = I[i];
+        memset(k.psum, 0, sizeof(double) * (size_t)(rows * T));
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < Hq; h++)
+                for (int64_t t = 0; t < T; t++) {
+                    float *p = P + ((b * Hq + h) * T + t) * T, sum = 0;
+                    for (int64_t j = 0; j < T; j++) sum += p[j] = allow[(b * T + t) * T + j] ? (float)tu_uniform(&r, 0.1, 1) : 0;
+                    for (int64_t j = 0; j < T; j++) p[j] /= sum, k.psum[(b * T + t) * T + j] += p[j];
+                }
+        poison(dI, rows * T);
+        double got = 0;
+        cr_assert_eq(hae_tr_index_kl(be, P, I, allow, B, Hq, T, 1.0f / (float)rows, dI, &got), HAE_OK, "%s", hae_last_error());
+        const double want = kl_loss(&k);
+        cr_expect(fabs(got / (double)rows - want) <= 1e-6 * want, "KL %.10g, float64 %.10g", got / (double)rows, want);
+        double *fd = dalloc(rows * T);
+        finite_diff(kl_loss, &k, k.I, rows * T, fd);
+        expect_grad("index KL dI", "[B 2, T 7, top-3, Hq 2]", dI, NULL, fd, rows * T);
+        free(fd), free(k.psum), free(k.I), free(I), free(P), free(dI), free(allow);
+    }
+    hae_backend_destroy(be);
+}
+
 /* ---------------------------------------------------------------- the whole model */
 
 /* Two layers (full, then a window of 3), gqa 2q/1kv, full RoPE; tied and untied LM heads. Linear layers: one q/k
