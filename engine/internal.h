@@ -76,6 +76,18 @@ typedef enum hae_init_kind {
  * so the engine (hae_model_init_weights) and the trainer start from the same values. */
 float hae_init_value(hae_init_kind init, float std, uint64_t seed, uint64_t p, uint64_t i);
 
+/* ---------------------------------------------------------------- linear layers' shapes */
+
+/* model.linear_attn's shapes: q/k heads, value heads (GVA), key and value head dims, conv width and channels
+ * (q, k and v through the conv: 2 H K + HV V). */
+typedef struct hae_linear_dims {
+    int64_t H, HV, K, V, W, C;
+} hae_linear_dims;
+hae_linear_dims hae_linear_dims_of(const hae_config *cfg);
+/* Width of a linear layer's fused input projection [q | k | v | f (V, channel) or a (HV, head) | b (HV, delta) | g1
+ * (V)], and of its f and b column groups. */
+int64_t hae_linear_in_dim(const hae_linear_dims *d, const hae_linear_kind *lk, int64_t *f_dim, int64_t *b_dim);
+
 /* ---------------------------------------------------------------- op implementations
  * Called by the entry points in ops.c after the arguments were checked. */
 

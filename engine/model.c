@@ -77,6 +77,7 @@ struct hae_model {
     bool mla;
     /* linear layers: q/k heads, value heads, head dims, conv width and channels, widest projection */
     int64_t LH, LHV, LK, LV, conv_W, conv_ch, proj_dim, mix_dim;
+    hae_linear_dims ld; /* the same linear-layer shapes, as hae_linear_in_dim takes them */
     bool has_linear;
     size_t la_workspace;
     /* dsa layers: indexer heads and dim, top-k, RoPE dims, pages of the key cache */
@@ -146,11 +147,19 @@ static void add_param(hae_model *m, const char *name, hae_tensor t, hae_init_kin
     m->n_param_elems += hae_tensor_numel(&t);
 }
 
-/* Width of a linear layer's fused input projection, and of its f and b column groups. */
-static int64_t linear_in_dim(const hae_model *m, const hae_linear_kind *lk, int64_t *f_dim, int64_t *b_dim) {
-    *f_dim = lk->decay == HAE_DECAY_CHANNEL ? m->LV : lk->decay == HAE_DECAY_HEAD ? m->LHV : 0;
-    *b_dim = lk->delta ? m->LHV : 0;
-    return 2 * m->LH * m->LK + m->LHV * m->LV + *f_dim + *b_dim + m->LV;
+hae_linear_dims hae_linear_dims_of(const hae_config *cfg) {
+    hae_linear_dims d = {.H = cfg->model.linear_attn.num_heads, .K = cfg->model.linear_attn.head_dim,
+                         .W = cfg->model.linear_attn.conv_size};
+    d.HV = cfg->model.linear_attn.num_v_heads > 0 ? cfg->model.linear_attn.num_v_heads : d.H;
+    d.V = (int64_t)llround((double)d.K * (double)cfg->model.linear_attn.expand_v);
+    d.C = 2 * d.H * d.K + d.HV * d.V;
+    return d;
+}
+
+int64_t hae_linear_in_dim(const hae_linear_dims *d, const hae_linear_kind *lk, int64_t *f_dim, int64_t *b_dim) {
+    *f_dim = lk->decay == HAE_DECAY_CHANNEL ? d->V : lk->decay == HAE_DECAY_HEAD ? d->HV : 0;
+    *b_dim = lk->delta ? d->HV : 0;
+    return d->C + *f_dim + *b_dim + d->V;
 }
 
 /* Parameters a layer can have at most (a linear layer with every part, plus the MLP). */
@@ -164,7 +173,7 @@ static void layout_linear(hae_model *m, carver *c, int64_t l, float std, float s
     layer_weights *w = &m->layers[l];
     const int64_t H = m->LH, HV = m->LHV, K = m->LK, V = m->LV, W = m->conv_W;
     const hae_decay dec = w->lk.decay;
-    w->in_dim = linear_in_dim(m, &w->lk, &w->f_dim, &w->b_dim);
+    w->in_dim = hae_linear_in_dim(&m->ld, &w->lk, &w->f_dim, &w->b_dim);
     w->wqkv = carve2(c, m->dt, w->in_dim, m->d);
     w->conv_w = carve2(c, HAE_F32, m->conv_ch, W);
     if (dec == HAE_DECAY_CHANNEL) w->wf2 = carve2(c, m->dt, HV * K, V);
@@ -432,12 +441,8 @@ static hae_status model_dims(hae_model *m, const hae_config *cfg, const hae_mode
     const float qk_dim = (float)(m->mla ? m->nope + m->rdim : m->Dh);
     m->scale = cfg->model.attention.softmax_scale > 0 ? cfg->model.attention.softmax_scale : 1.0f / sqrtf(qk_dim);
 
-    m->LH = cfg->model.linear_attn.num_heads;
-    m->LHV = cfg->model.linear_attn.num_v_heads > 0 ? cfg->model.linear_attn.num_v_heads : m->LH;
-    m->LK = cfg->model.linear_attn.head_dim;
-    m->LV = (int64_t)llround((double)m->LK * (double)cfg->model.linear_attn.expand_v);
-    m->conv_W = cfg->model.linear_attn.conv_size;
-    m->conv_ch = 2 * m->LH * m->LK + m->LHV * m->LV;
+    m->ld = hae_linear_dims_of(cfg);
+    m->LH = m->ld.H, m->LHV = m->ld.HV, m->LK = m->ld.K, m->LV = m->ld.V, m->conv_W = m->ld.W, m->conv_ch = m->ld.C;
     m->proj_dim = m->qkv_dim;
     m->mix_dim = m->Hq * m->Dv;
     m->has_dsa = false;
@@ -456,7 +461,7 @@ static hae_status model_dims(hae_model *m, const hae_config *cfg, const hae_mode
     for (int64_t l = 0; l < m->L; l++) {
         hae_linear_kind lk;
         if (!hae_linear_kind_of(cfg->model.layers[l], &lk)) continue;
-        int64_t f, b, in = linear_in_dim(m, &lk, &f, &b);
+        int64_t f, b, in = hae_linear_in_dim(&m->ld, &lk, &f, &b);
         m->has_linear = true;
         if (in > m->proj_dim) m->proj_dim = in;
         if (m->LHV * m->LV > m->mix_dim) m->mix_dim = m->LHV * m->LV;

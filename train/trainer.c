@@ -104,19 +104,13 @@ static int64_t add_param(hae_trainer *t, const char *name, int64_t d0, int64_t d
     return p->off;
 }
 
-/* Width of a linear layer's fused input projection and of its f and b column groups (as engine/model.c). */
-static int64_t linear_in_dim(const hae_trainer *t, const hae_linear_kind *lk, int64_t *f_dim, int64_t *b_dim) {
-    *f_dim = lk->decay == HAE_DECAY_CHANNEL ? t->LV : lk->decay == HAE_DECAY_HEAD ? t->LHV : 0;
-    *b_dim = lk->delta ? t->LHV : 0;
-    return 2 * t->LH * t->LK + t->LHV * t->LV + *f_dim + *b_dim + t->LV;
-}
-
 /* A linear layer's mixer, named and ordered as engine/model.c's layout_linear. */
 static void layout_linear(hae_trainer *t, tlayer *w, int64_t l, float std, float std_out) {
     const int64_t H = t->LH, HV = t->LHV, K = t->LK, V = t->LV, W = t->conv_W;
     const hae_decay dec = w->lk.decay;
     char name[96];
-    w->in_dim = linear_in_dim(t, &w->lk, &w->f_dim, &w->b_dim);
+    const hae_linear_dims ld = hae_linear_dims_of(&t->cfg);
+    w->in_dim = hae_linear_in_dim(&ld, &w->lk, &w->f_dim, &w->b_dim);
     w->wf2 = w->A_log = w->dt_bias = -1;
 #define P(suffix, d0, d1, conv3, init, s) \
     (snprintf(name, sizeof name, "model.layers.%lld.attn.%s", (long long)l, suffix), add_param(t, name, d0, d1, conv3, init, s))
@@ -277,12 +271,8 @@ hae_status hae_trainer_create(const hae_config *cfg, hae_backend *be, int64_t ma
     t->Hq = cfg->model.attention.num_heads, t->Hkv = cfg->model.attention.num_kv_heads;
     t->Dh = cfg->model.attention.head_dim, t->F = cfg->model.mlp.intermediate_size;
     t->qkv_dim = (t->Hq + 2 * t->Hkv) * t->Dh;
-    t->LH = cfg->model.linear_attn.num_heads;
-    t->LHV = cfg->model.linear_attn.num_v_heads > 0 ? cfg->model.linear_attn.num_v_heads : t->LH;
-    t->LK = cfg->model.linear_attn.head_dim;
-    t->LV = (int64_t)llround((double)t->LK * (double)cfg->model.linear_attn.expand_v);
-    t->conv_W = cfg->model.linear_attn.conv_size;
-    t->conv_ch = 2 * t->LH * t->LK + t->LHV * t->LV;
+    const hae_linear_dims ld = hae_linear_dims_of(cfg);
+    t->LH = ld.H, t->LHV = ld.HV, t->LK = ld.K, t->LV = ld.V, t->conv_W = ld.W, t->conv_ch = ld.C;
     for (int64_t l = 0; l < t->L; l++) {
         t->has_linear |= hae_linear_kind_of(cfg->model.layers[l], &(hae_linear_kind){0});
         t->has_dsa |= cfg->model.layers[l] == HAE_LAYER_DSA;
