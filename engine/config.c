@@ -403,8 +403,8 @@ static hae_status check_tabs(const ctx *c, const char *t, size_t len) {
 typedef enum { T_INT, T_U64, T_FLOAT, T_BOOL, T_STR, T_NAME, T_ENUM, T_BYTES, T_LIST, T_KINDS, T_LAYERS, T_SWEEP } vtype;
 
 /* OPEN_LO, OPEN_HI: the bound itself is excluded; LIST_PATTERN: a list whose items may repeat, or be none (an
- * ordered pattern, not an axis) */
-enum { OPEN_LO = 1, OPEN_HI = 2, LIST_PATTERN = 4 };
+ * ordered pattern, not an axis); LIST_OPTIONAL: a list of distinct items that may be empty */
+enum { OPEN_LO = 1, OPEN_HI = 2, LIST_PATTERN = 4, LIST_OPTIONAL = 8 };
 
 typedef struct key_spec {
     const char *path; /* dotted YAML path */
@@ -447,7 +447,7 @@ enum {
     K_EV_NOISE, K_EV_VOCAB, K_EV_SEEDS, K_EV_KINDS, K_EV_K, K_EV_TOPK, K_EV_DTYPE, K_EV_COS, K_EV_DECAY, K_EV_ORTHO,
     K_CI_KINDS, K_CI_HOP_KINDS, K_CI_CODE_DIM, K_CI_WINDOW, K_CI_TOPK, K_CI_DECAY, K_CI_DECODE,
     K_TR_STEPS, K_TR_BATCH, K_TR_LR, K_TR_MIN_LR, K_TR_WARMUP, K_TR_WD, K_TR_BETA1, K_TR_BETA2, K_TR_EPS, K_TR_CLIP,
-    K_TR_EVAL, K_TR_CKPT, K_TR_LOG, K_TR_IDX_WARMUP,
+    K_TR_EVAL, K_TR_CKPT, K_TR_LOG, K_TR_IDX_WARMUP, K_TR_EVAL_LENGTHS,
     K_SWEEP, NKEYS
 };
 
@@ -566,6 +566,8 @@ static const key_spec specs[NKEYS] = {
     [K_TR_CKPT] = {"train.checkpoint_every", T_INT, "500", 0, 2147483647.0, 0, NULL, FIELD(train.checkpoint_every)},
     [K_TR_LOG] = {"train.log_every", T_INT, "10", 1, 2147483647.0, 0, NULL, FIELD(train.log_every)},
     [K_TR_IDX_WARMUP] = {"train.indexer_warmup", T_INT, "0", 0, 2147483647.0, 0, NULL, FIELD(train.indexer_warmup)},
+    [K_TR_EVAL_LENGTHS] = {"train.eval_lengths", T_LIST, "", 64, 2147483647.0, LIST_OPTIONAL, NULL,
+                           FIELD(train.eval_lengths)},
     [K_SWEEP] = {"sweep", T_SWEEP, NULL, 0, 0, 0, NULL, 0, 0},
 };
 
@@ -719,8 +721,8 @@ static hae_status list_item(const ctx *c, const key_spec *s, const node *at, con
  * at most HAE_EVAL_MAX_VALUES items, distinct and at least one unless the key is a LIST_PATTERN. */
 static hae_status convert_list(const ctx *c, const key_spec *s, const node *n, void *dst) {
     char d[128], path[600], item[HAE_NAME_MAX];
-    const bool seq = s->open & LIST_PATTERN;
-    if (n->type == N_MAP || (n->type == N_SCALAR && (!n->plain || (!n->text[0] && !seq))))
+    const bool seq = s->open & LIST_PATTERN, may_be_empty = seq || (s->open & LIST_OPTIONAL);
+    if (n->type == N_MAP || (n->type == N_SCALAR && (!n->plain || (!n->text[0] && !may_be_empty))))
         return fail(c, n, s->path, "expected a list such as [%s], got %s", seq ? "full, dsa" : s->def,
                     desc(n, d, sizeof d));
     hae_eval_list l = {0};
@@ -747,7 +749,7 @@ static hae_status convert_list(const ctx *c, const key_spec *s, const node *n, v
             if (l.v[j] == v) return fail(c, at, path, "'%s' is listed twice", item);
         l.v[l.n++] = v;
     }
-    if (l.n == 0 && !seq) return fail(c, n, s->path, "expected a non-empty list such as [%s]", s->def);
+    if (l.n == 0 && !may_be_empty) return fail(c, n, s->path, "expected a non-empty list such as [%s]", s->def);
     memcpy(dst, &l, sizeof l);
     return HAE_OK;
 }

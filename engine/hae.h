@@ -605,6 +605,8 @@ typedef struct hae_config {
         int64_t log_every;        /* a progress line every this many steps */
         int64_t indexer_warmup;   /* dsa layers: the first steps attend densely and train only the indexers (KL to the
                                      dense attention); then top-k attention, the indexers distilled on their selection */
+        hae_eval_list eval_lengths; /* each held-out eval also scores the tasks at these lengths (longer than trained
+                                       on) through the engine's forward; empty: none */
     } train;
     struct {
         int n_axes;
@@ -1041,6 +1043,8 @@ hae_status hae_eval_runner_create(const hae_config *cfg, hae_backend *be, int64_
                                   hae_eval_runner **out);
 void hae_eval_runner_destroy(hae_eval_runner *r); /* accepts NULL */
 int64_t hae_eval_runner_batch(const hae_eval_runner *r);
+/* New weights for the runner's model (a file hae_model_load takes): `hae train` scores its weights as it goes. */
+hae_status hae_eval_runner_load(hae_eval_runner *r, const char *weights);
 /* Decode mode (off when created): each sequence is prefilled up to its task's context (the tokens before the
  * first question), then fed a token per forward (a decode step each, as generation runs) instead of a forward
  * per span up to the next scored position. The scored positions and answers are the same. */
@@ -1312,6 +1316,7 @@ typedef struct hae_train_result {
     double loss, accuracy;         /* mean over the last train.log_every steps */
     double eval_accuracy;          /* the last held-out eval: questions right / asked */
     int64_t eval_questions;
+    double eval_at[HAE_EVAL_MAX_VALUES]; /* the last eval at train.eval_lengths[i] (through the engine) */
     double seconds, tokens_per_s;
     char checkpoint[HAE_PATH_MAX + 64]; /* the last checkpoint's directory */
 } hae_train_result;

@@ -33,6 +33,11 @@ void hae_eval_runner_destroy(hae_eval_runner *r) {
 
 int64_t hae_eval_runner_batch(const hae_eval_runner *r) { return r ? r->B : 0; }
 
+hae_status hae_eval_runner_load(hae_eval_runner *r, const char *weights) {
+    if (!r || !weights) return hae_error(HAE_ERR_INVALID, "hae_eval_runner_load: NULL argument");
+    return hae_model_load(r->model, weights);
+}
+
 void hae_eval_runner_set_decode(hae_eval_runner *r, bool decode) {
     if (r) r->decode = decode;
 }

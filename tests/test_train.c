@@ -286,6 +286,42 @@ Test(train, resume_is_bit_exact) {
                                                     "checkpoint", s, la[s], lb[s], lc[s]);
 }
 
+/* train.eval_lengths scores the weights through the engine as training goes: at the training length it asks the
+ * held-out eval's questions (seeds 1..eval.seeds) of a model whose logits equal the trainer's, so the two
+ * accuracies agree; longer lengths are scored too and written to metrics.jsonl and summary.json. */
+Test(train, eval_lengths) {
+    hae_config cfg;
+    const char *sets[] = {"train.steps=50", "train.eval_lengths=[64, 256]"};
+    parse_ok(run_yaml, "smoke.yaml", &cfg, sets, 2);
+    char dir[256];
+    run_dir("train-eval-lengths", dir, sizeof dir);
+    hae_train_result r;
+    cr_assert_eq(train(&cfg, dir, false, 0, &r), HAE_OK, "%s", hae_last_error());
+    cr_expect(r.eval_accuracy > 0.0, "held-out accuracy %.4f: nothing to compare", r.eval_accuracy);
+    cr_expect_eq(r.eval_at[0], r.eval_accuracy, "at the training length the engine scores %.6f, the trainer %.6f",
+                 r.eval_at[0], r.eval_accuracy);
+    cr_expect(r.eval_at[1] >= 0.0 && r.eval_at[1] <= 1.0, "accuracy at 256 tokens %.6f", r.eval_at[1]);
+    char path[512], line[4096];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "no %s", path);
+    int with = 0;
+    while (fgets(line, sizeof line, f)) with += strstr(line, "\"eval_at\": {\"64\": ") != NULL;
+    fclose(f);
+    cr_expect_eq(with, 2, "%d lines of metrics.jsonl with eval_at (evals at steps 25 and 50)", with);
+    size_t n;
+    snprintf(path, sizeof path, "%s/summary.json", dir);
+    char *sum = slurp(path, &n);
+    char want[96];
+    snprintf(want, sizeof want, "\"eval_at\": {\"64\": %.6f, \"256\": %.6f}", r.eval_at[0], r.eval_at[1]);
+    cr_expect(memmem(sum, n, want, strlen(want)) != NULL, "summary.json lacks %s", want);
+    free(sum);
+    const char *bad = "train.eval_lengths=[32]";
+    hae_status st = hae_config_parse(run_yaml, strlen(run_yaml), "smoke.yaml", &bad, 1, &cfg);
+    cr_expect_eq(st, HAE_ERR_INVALID, "--set %s: status %d", bad, st);
+    cr_expect(strstr(hae_last_error(), "train.eval_lengths"), "no key named in: %s", hae_last_error());
+}
+
 /* Models and tasks the trainer does not take are refused before anything is written. */
 Test(train, refusals) {
     const struct {

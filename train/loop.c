@@ -248,19 +248,84 @@ typedef struct {
     batch b;
     FILE *metrics;
     double *loss, *acc; /* ring of the last log_every steps */
+    /* train.eval_lengths: the grid at those lengths and the engine's model that scores it */
+    hae_config *long_cfg;
+    hae_eval_point *long_pts;
+    int64_t n_long;
+    hae_eval_runner *runner;
 } run_state;
 
 static void run_free(run_state *r) {
     hae_trainer_destroy(r->tr);
+    hae_eval_runner_destroy(r->runner);
+    free(r->long_cfg), free(r->long_pts);
     free(r->pts), free(r->seeds), free(r->loss), free(r->acc);
     batch_free(&r->b);
     if (r->metrics) fclose(r->metrics);
+}
+
+/* The eval grid at train.eval_lengths, checked (every task fits its length and the vocabulary), and an engine
+ * model on the training backend to score it. */
+static hae_status long_start(const hae_train_args *a, run_state *r) {
+    const hae_config *cfg = a->cfg;
+    if (cfg->train.eval_lengths.n == 0) return HAE_OK;
+    if (!(r->long_cfg = malloc(sizeof *r->long_cfg))) return hae_error(HAE_ERR_OOM, "train: out of host memory");
+    *r->long_cfg = *cfg;
+    r->long_cfg->eval.lengths = cfg->train.eval_lengths;
+    hae_status st = hae_eval_grid(r->long_cfg, &r->long_pts, &r->n_long);
+    int64_t T = 0;
+    for (int64_t i = 0; st == HAE_OK && i < r->n_long; i++) {
+        st = hae_eval_task(r->long_cfg, &r->long_pts[i], 1, NULL);
+        if (r->long_pts[i].length > T) T = r->long_pts[i].length;
+    }
+    if (st != HAE_OK) return hae_error_wrap(st, "train.eval_lengths");
+    return hae_eval_runner_create(r->long_cfg, a->be, T, NULL, &r->runner);
+}
+
+/* Held-out accuracy at each of train.eval_lengths through the engine, the trainer's weights passed through a file
+ * in the run directory (removed after). */
+static hae_status long_eval(run_state *r, const char *dir, double *acc) {
+    const hae_config *cfg = r->long_cfg;
+    char path[HAE_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/eval-weights.safetensors", dir);
+    HAE_TRY(hae_trainer_save(r->tr, path));
+    hae_status st = hae_eval_runner_load(r->runner, path);
+    remove(path);
+    HAE_TRY(st);
+    const int64_t B = hae_eval_runner_batch(r->runner), S = cfg->eval.seeds;
+    hae_task **tasks = calloc((size_t)B, sizeof *tasks);
+    if (!tasks) return hae_error(HAE_ERR_OOM, "train: out of host memory");
+    for (int i = 0; i < cfg->eval.lengths.n && st == HAE_OK; i++) {
+        hae_eval_score score = {0};
+        for (int64_t p = 0; p < r->n_long && st == HAE_OK; p++) {
+            if (r->long_pts[p].length != cfg->eval.lengths.v[i]) continue;
+            for (int64_t s0 = 1; s0 <= S && st == HAE_OK; s0 += B) {
+                const int64_t n = S - s0 + 1 < B ? S - s0 + 1 : B;
+                for (int64_t b = 0; b < n && st == HAE_OK; b++) st = hae_eval_task(cfg, &r->long_pts[p], (uint64_t)(s0 + b), &tasks[b]);
+                if (st == HAE_OK) st = hae_eval_runner_run(r->runner, (const hae_task *const *)tasks, n, NULL, NULL, &score);
+                for (int64_t b = 0; b < n; b++) hae_task_free(tasks[b]), tasks[b] = NULL;
+            }
+        }
+        acc[i] = score.questions ? (double)score.correct / (double)score.questions : NAN;
+    }
+    free(tasks);
+    return st;
+}
+
+/* `"eval_at": {"512": 0.25, ...}` of the last long eval, into buf. */
+static void eval_at_json(const hae_config *cfg, const double *acc, char *buf, size_t cap) {
+    size_t at = (size_t)snprintf(buf, cap, "\"eval_at\": {");
+    for (int i = 0; i < cfg->train.eval_lengths.n && at < cap; i++)
+        at += (size_t)snprintf(buf + at, cap - at, "%s\"%lld\": %.6f", i ? ", " : "", (long long)cfg->train.eval_lengths.v[i],
+                               acc[i]);
+    if (at < cap) snprintf(buf + at, cap - at, "}");
 }
 
 static hae_status start(const hae_train_args *a, run_state *r, int64_t *first) {
     const hae_config *cfg = a->cfg;
     int64_t T = 0;
     HAE_TRY(train_points(cfg, &r->pts, &r->n_pts, &T));
+    HAE_TRY(long_start(a, r));
     HAE_TRY(hae_trainer_create(cfg, a->be, cfg->train.batch, T, &r->tr));
     const int64_t W = cfg->train.log_every;
     r->seeds = malloc(sizeof(uint64_t) * (size_t)cfg->train.batch);
@@ -295,13 +360,18 @@ static hae_status start(const hae_train_args *a, run_state *r, int64_t *first) {
 }
 
 static hae_status summary(const hae_train_args *a, const hae_train_result *res, int64_t n_params) {
-    char text[4096], path[HAE_PATH_MAX + 64];
+    char text[4096 + 64 * HAE_EVAL_MAX_VALUES], path[HAE_PATH_MAX + 64], at[64 * HAE_EVAL_MAX_VALUES] = "";
+    if (a->cfg->train.eval_lengths.n > 0) {
+        eval_at_json(a->cfg, res->eval_at, at + 2, sizeof at - 4);
+        memcpy(at, "  ", 2);
+        strcat(at, ",\n");
+    }
     snprintf(text, sizeof text,
              "{\n  \"name\": \"%s\",\n  \"steps\": %lld,\n  \"first_step\": %lld,\n  \"params\": %lld,\n"
-             "  \"loss\": %.6f,\n  \"accuracy\": %.6f,\n  \"eval_accuracy\": %.6f,\n  \"eval_questions\": %lld,\n"
+             "  \"loss\": %.6f,\n  \"accuracy\": %.6f,\n  \"eval_accuracy\": %.6f,\n  \"eval_questions\": %lld,\n%s"
              "  \"seconds\": %.3f,\n  \"tokens_per_s\": %.1f,\n  \"checkpoint\": \"%s\"\n}\n",
              a->cfg->name, (long long)res->last_step, (long long)res->first_step, (long long)n_params, res->loss,
-             res->accuracy, res->eval_accuracy, (long long)res->eval_questions, res->seconds, res->tokens_per_s,
+             res->accuracy, res->eval_accuracy, (long long)res->eval_questions, at, res->seconds, res->tokens_per_s,
              res->checkpoint);
     snprintf(path, sizeof path, "%s/summary.json", a->dir);
     return write_file(path, text);
@@ -355,6 +425,12 @@ hae_status hae_train_run(const hae_train_args *a, hae_train_result *out) {
             out->eval_questions = asked;
             if (st == HAE_OK) fprintf(r.metrics, ", \"eval_accuracy\": %.6f, \"eval_questions\": %lld",
                                       out->eval_accuracy, (long long)asked);
+            if (st == HAE_OK && r.runner) st = long_eval(&r, a->dir, out->eval_at);
+            if (st == HAE_OK && r.runner) {
+                char js[64 * HAE_EVAL_MAX_VALUES];
+                eval_at_json(cfg, out->eval_at, js, sizeof js);
+                fprintf(r.metrics, ", %s", js);
+            }
         }
         fprintf(r.metrics, "}\n");
         if (fflush(r.metrics) != 0 && st == HAE_OK) st = hae_error(HAE_ERR_IO, "cannot write %s/metrics.jsonl", a->dir);
@@ -365,8 +441,14 @@ hae_status hae_train_run(const hae_train_args *a, hae_train_result *out) {
             const int64_t k = logged < W ? logged : W;
             double ml = 0, ma = 0;
             for (int64_t i = 0; i < k; i++) ml += r.loss[(s - i) % W], ma += r.acc[(s - i) % W];
-            char e[32] = "", t1[16], t2[16];
-            if (eval) snprintf(e, sizeof e, "  eval %.3f", out->eval_accuracy);
+            char e[32 + 32 * HAE_EVAL_MAX_VALUES] = "", t1[16], t2[16];
+            if (eval) {
+                int at = snprintf(e, sizeof e, "  eval %.3f", out->eval_accuracy);
+                for (int i = 0; r.runner && i < cfg->train.eval_lengths.n; i++)
+                    at += snprintf(e + at, sizeof e - (size_t)at, "%s%lld: %.3f%s", i ? ", " : " (",
+                                   (long long)cfg->train.eval_lengths.v[i], out->eval_at[i],
+                                   i + 1 == cfg->train.eval_lengths.n ? ")" : "");
+            }
             fprintf(a->progress, "  step %lld/%lld  loss %.4f  acc %.3f%s  %.0f tok/s  %s, %s left\n", (long long)s + 1,
                     (long long)steps, ml / (double)k, ma / (double)k, e, (double)tokens / el, fmt_time(el, t1, sizeof t1),
                     fmt_time(el / (double)(s + 1 - first) * (double)(last - s - 1), t2, sizeof t2));
