@@ -598,7 +598,7 @@ Test(train_grad, conv_and_l2norm) {
             expect_fwd("conv vs hae_conv_short", shape, y, yd, n);
             free(st), free(ye), free(yd);
         }
-        hae_tr_conv_bwd(be, x, w, pre, c, B, T, C, W, silu, dx, dw);
+        cr_assert_eq(hae_tr_conv_bwd(be, x, w, pre, c, B, T, C, W, silu, dx, dw), HAE_OK, "%s", hae_last_error());
         double *fd = dalloc(n);
         finite_diff(conv_loss, &k, k.x, n, fd);
         expect_grad("conv dx", shape, dx, NULL, fd, n);

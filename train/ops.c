@@ -473,7 +473,8 @@ typedef struct {
     const float *x, *weight, *pre, *dout;
     int64_t B, T, C, W;
     bool silu;
-    float *pre_out, *out, *dx, *dweight;
+    float *pre_out, *out, *dx;
+    double *part; /* [B, C, W]: each sequence's share of the weight gradient */
 } conv_ctx;
 
 static double silu_grad(double s) {
@@ -504,36 +505,45 @@ void hae_tr_conv_fwd(hae_backend *be, const float *x, const float *weight, int64
     hae_parallel_for_sized(be->pool, C, 2 * B * T * W, conv_fwd_channel, &c);
 }
 
-static void conv_bwd_channel(void *p, int64_t ch) {
+/* Sequence b, row by row (channels contiguous): ds = dout act'(s) into dx; the weight's gradient from it into
+ * part[b] (summed over the sequences in order after); then dx in place in ascending u (row u reads ds rows
+ * u .. u + W - 1, and no later row reads ds row u). */
+static void conv_bwd_seq(void *p, int64_t b) {
     const conv_ctx *c = p;
     const int64_t C = c->C, W = c->W, T = c->T;
-    for (int64_t b = 0; b < c->B; b++)
-        for (int64_t u = 0; u < T; u++) { /* x[u] feeds s[u + W - 1 - w] through weight[w] */
+    float *dx = c->dx + b * T * C;
+    const float *x = c->x + b * T * C, *pre = c->pre + b * T * C, *dout = c->dout + b * T * C;
+    double *part = c->part + b * C * W;
+    for (int64_t i = 0; i < T * C; i++) dx[i] = (float)(c->silu ? dout[i] * silu_grad(pre[i]) : dout[i]);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t w = 0; w < W; w++) {
+            const int64_t u = t + w - (W - 1);
+            if (u < 0) continue;
+            for (int64_t ch = 0; ch < C; ch++) part[ch * W + w] += (double)dx[t * C + ch] * x[u * C + ch];
+        }
+    for (int64_t u = 0; u < T; u++) /* x[u] feeds s[u + W - 1 - w] through weight[w] */
+        for (int64_t ch = 0; ch < C; ch++) {
             double d = 0;
             for (int64_t w = 0; w < W; w++) {
                 const int64_t t = u + (W - 1) - w;
-                if (t >= T) continue;
-                const int64_t i = (b * T + t) * C + ch;
-                d += (double)c->weight[ch * W + w] * c->dout[i] * (c->silu ? silu_grad(c->pre[i]) : 1.0);
+                if (t < T) d += (double)c->weight[ch * W + w] * dx[t * C + ch];
             }
-            c->dx[(b * T + u) * C + ch] = (float)d;
+            dx[u * C + ch] = (float)d;
         }
-    for (int64_t w = 0; w < W; w++) {
-        double d = 0;
-        for (int64_t b = 0; b < c->B; b++)
-            for (int64_t t = 0; t < T; t++) {
-                const int64_t u = t + w - (W - 1), i = (b * T + t) * C + ch;
-                if (u >= 0) d += (double)c->dout[i] * (c->silu ? silu_grad(c->pre[i]) : 1.0) * c->x[(b * T + u) * C + ch];
-            }
-        c->dweight[ch * W + w] += (float)d;
-    }
 }
 
-void hae_tr_conv_bwd(hae_backend *be, const float *x, const float *weight, const float *pre, const float *dout, int64_t B,
-                     int64_t T, int64_t C, int64_t W, bool silu, float *dx, float *dweight) {
+hae_status hae_tr_conv_bwd(hae_backend *be, const float *x, const float *weight, const float *pre, const float *dout,
+                           int64_t B, int64_t T, int64_t C, int64_t W, bool silu, float *dx, float *dweight) {
+    double *part = calloc((size_t)(B * C * W), sizeof(double));
+    if (!part) return hae_error(HAE_ERR_OOM, "train: out of host memory for the conv's weight gradient (%lld x %lld x %lld)",
+                                (long long)B, (long long)C, (long long)W);
     conv_ctx c = {.x = x, .weight = weight, .pre = pre, .dout = dout, .B = B, .T = T, .C = C, .W = W, .silu = silu,
-                  .dx = dx, .dweight = dweight};
-    hae_parallel_for_sized(be->pool, C, 6 * B * T * W, conv_bwd_channel, &c);
+                  .dx = dx, .part = part};
+    hae_parallel_for_sized(be->pool, B, 6 * T * C * W, conv_bwd_seq, &c);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < C * W; i++) dweight[i] += (float)part[b * C * W + i];
+    free(part);
+    return HAE_OK;
 }
 
 typedef struct {

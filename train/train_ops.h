@@ -80,9 +80,9 @@ hae_status hae_tr_delta_bwd(hae_backend *be, const hae_tr_delta_shape *s, const 
  * x, out and pre (s, kept for the backward) [B, T, C], weight [C, W]. */
 void hae_tr_conv_fwd(hae_backend *be, const float *x, const float *weight, int64_t B, int64_t T, int64_t C, int64_t W,
                      bool silu, float *pre, float *out);
-/* ds = dout act'(s); dx[t] = sum_w weight[w] ds[t - w + W - 1] (overwritten); dweight[c, w] += sum_t ds[t] x[t + w - W + 1]. */
-void hae_tr_conv_bwd(hae_backend *be, const float *x, const float *weight, const float *pre, const float *dout, int64_t B,
-                     int64_t T, int64_t C, int64_t W, bool silu, float *dx, float *dweight);
+/* ds = dout act'(s); dx[u] = sum_w weight[w] ds[u + W - 1 - w] (overwritten); dweight[c, w] += sum_t ds[t] x[t + w - W + 1]. */
+hae_status hae_tr_conv_bwd(hae_backend *be, const float *x, const float *weight, const float *pre, const float *dout,
+                           int64_t B, int64_t T, int64_t C, int64_t W, bool silu, float *dx, float *dweight);
 
 /* Per-vector L2 normalisation of the linear layers' q and k: y = x / sqrt(sum x^2 + eps) over rows of D, N rows. */
 void hae_tr_l2norm_fwd(hae_backend *be, const float *x, int64_t N, int64_t D, float eps, float *y);

@@ -689,7 +689,8 @@ static hae_status linear_backward(hae_trainer *t, tlayer *w, int64_t N) {
     for (int64_t i = 0; i < N; i++)
         memcpy(t->lcout + i * C + 2 * t->LH * K, t->lv + i * HV * V, sizeof(float) * (size_t)(HV * V));
     cols_get(t->c1, w->proj, N, in, 0, C);
-    hae_tr_conv_bwd(be, t->c1, W + w->conv_w, w->cpre, t->lcout, t->B, t->T, C, t->conv_W, true, t->lcin, G + w->conv_w);
+    HAE_TRY(hae_tr_conv_bwd(be, t->c1, W + w->conv_w, w->cpre, t->lcout, t->B, t->T, C, t->conv_W, true, t->lcin,
+                            G + w->conv_w));
     cols_add(dproj, in, 0, t->lcin, N, C);
     hae_tr_linear_bwd(be, w->h1, W + w->wqkv, dproj, N, t->d, in, t->dh, false, G + w->wqkv);
     return HAE_OK;
