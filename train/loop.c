@@ -247,7 +247,7 @@ typedef struct {
     uint64_t *seeds;
     batch b;
     FILE *metrics;
-    double *loss, *acc; /* ring of the last log_every steps */
+    double *loss, *acc, *kl; /* rings of the last log_every steps (kl: the indexer loss) */
     /* train.eval_lengths: the grid at those lengths and the engine's model that scores it */
     hae_config *long_cfg;
     hae_eval_point *long_pts;
@@ -259,7 +259,7 @@ static void run_free(run_state *r) {
     hae_trainer_destroy(r->tr);
     hae_eval_runner_destroy(r->runner);
     free(r->long_cfg), free(r->long_pts);
-    free(r->pts), free(r->seeds), free(r->loss), free(r->acc);
+    free(r->pts), free(r->seeds), free(r->loss), free(r->acc), free(r->kl);
     batch_free(&r->b);
     if (r->metrics) fclose(r->metrics);
 }
@@ -331,7 +331,8 @@ static hae_status start(const hae_train_args *a, run_state *r, int64_t *first) {
     r->seeds = malloc(sizeof(uint64_t) * (size_t)cfg->train.batch);
     r->loss = calloc((size_t)W, sizeof(double));
     r->acc = calloc((size_t)W, sizeof(double));
-    if (!r->seeds || !r->loss || !r->acc) return hae_error(HAE_ERR_OOM, "train: out of host memory");
+    r->kl = calloc((size_t)W, sizeof(double));
+    if (!r->seeds || !r->loss || !r->acc || !r->kl) return hae_error(HAE_ERR_OOM, "train: out of host memory");
     char path[HAE_PATH_MAX + 128];
     *first = a->resume ? latest_checkpoint(a->dir) : 0;
     if (*first > 0) {
@@ -412,7 +413,7 @@ hae_status hae_train_run(const hae_train_args *a, hae_train_result *out) {
         if (st != HAE_OK) break;
         tokens += B * p->length;
         const double acc = (double)questions_right(&r.b) / (double)r.b.questions, el = now_s() - t0;
-        r.loss[s % W] = loss, r.acc[s % W] = acc, logged++;
+        r.loss[s % W] = loss, r.acc[s % W] = acc, r.kl[s % W] = hae_trainer_index_kl(r.tr), logged++;
         fprintf(r.metrics, "{\"step\": %lld, \"loss\": %.9g, \"accuracy\": %.6f, \"lr\": %.9g, \"grad_norm\": %.9g, "
                            "\"tokens\": %lld, \"seconds\": %.3f",
                 (long long)s + 1, loss, acc, (double)lr, norm, (long long)(B * p->length), el);
@@ -439,9 +440,10 @@ hae_status hae_train_run(const hae_train_args *a, hae_train_result *out) {
         out->last_step = s + 1;
         if (a->progress && st == HAE_OK && ((s + 1) % W == 0 || s + 1 == last || eval)) {
             const int64_t k = logged < W ? logged : W;
-            double ml = 0, ma = 0;
-            for (int64_t i = 0; i < k; i++) ml += r.loss[(s - i) % W], ma += r.acc[(s - i) % W];
-            char e[32 + 32 * HAE_EVAL_MAX_VALUES] = "", t1[16], t2[16];
+            double ml = 0, ma = 0, mk = 0;
+            for (int64_t i = 0; i < k; i++) ml += r.loss[(s - i) % W], ma += r.acc[(s - i) % W], mk += r.kl[(s - i) % W];
+            char e[32 + 32 * HAE_EVAL_MAX_VALUES] = "", kl[32] = "", t1[16], t2[16];
+            if (has_dsa(cfg)) snprintf(kl, sizeof kl, "  index kl %.4f", mk / (double)k);
             if (eval) {
                 int at = snprintf(e, sizeof e, "  eval %.3f", out->eval_accuracy);
                 for (int i = 0; r.runner && i < cfg->train.eval_lengths.n; i++)
@@ -449,8 +451,8 @@ hae_status hae_train_run(const hae_train_args *a, hae_train_result *out) {
                                    (long long)cfg->train.eval_lengths.v[i], out->eval_at[i],
                                    i + 1 == cfg->train.eval_lengths.n ? ")" : "");
             }
-            fprintf(a->progress, "  step %lld/%lld  loss %.4f  acc %.3f%s  %.0f tok/s  %s, %s left\n", (long long)s + 1,
-                    (long long)steps, ml / (double)k, ma / (double)k, e, (double)tokens / el, fmt_time(el, t1, sizeof t1),
+            fprintf(a->progress, "  step %lld/%lld  loss %.4f  acc %.3f%s%s  %.0f tok/s  %s, %s left\n", (long long)s + 1,
+                    (long long)steps, ml / (double)k, ma / (double)k, kl, e, (double)tokens / el, fmt_time(el, t1, sizeof t1),
                     fmt_time(el / (double)(s + 1 - first) * (double)(last - s - 1), t2, sizeof t2));
         }
     }
