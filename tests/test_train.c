@@ -322,6 +322,54 @@ Test(train, eval_lengths) {
     cr_expect(strstr(hae_last_error(), "train.eval_lengths"), "no key named in: %s", hae_last_error());
 }
 
+/* train.indexer_warmup: its steps move the indexers' weights only (the rest and its AdamW moments stay as they
+ * were); the step after it moves every weight. */
+Test(train, indexer_warmup_freezes_all_but_the_indexers) {
+    hae_backend *be = tu_cpu();
+    hae_config cfg;
+    const char *sets[] = {"model.layer_pattern=[dsa, kda]", "train.indexer_warmup=1", "model.dsa.index_topk=4"};
+    parse_ok(tiny_yaml, "tiny.yaml", &cfg, sets, 3);
+    const int64_t B = 2, T = 17, N = B * T;
+    hae_trainer *t = trainer(be, &cfg, B, T);
+    int32_t tok[34], target[34];
+    int64_t pos[34];
+    tu_tokens(&cfg, T, tok, 7);
+    for (int64_t i = 0; i < N; i++) pos[i] = i, target[i] = tok[(i + 1) % N];
+    const hae_train_batch b = {.tokens = tok, .B = B, .T = T, .pos = pos, .target = target, .n = N};
+    const int np = hae_trainer_param_count(t);
+    float **before = calloc((size_t)np, sizeof *before);
+    for (int stage = 0; stage < 2; stage++) {
+        for (int p = 0; p < np; p++) {
+            float *w;
+            int64_t n;
+            hae_trainer_param(t, p, NULL, &w, NULL, &n);
+            free(before[p]);
+            before[p] = malloc(sizeof(float) * (size_t)n);
+            memcpy(before[p], w, sizeof(float) * (size_t)n);
+        }
+        cr_assert_eq(hae_trainer_backward(t, &b, NULL, NULL), HAE_OK, "%s", hae_last_error());
+        cr_expect(hae_trainer_index_kl(t) > 0.0, "stage %d: indexer loss %g", stage, hae_trainer_index_kl(t));
+        cr_assert_eq(hae_trainer_step(t, 1e-2f, NULL), HAE_OK, "%s", hae_last_error());
+        int moved = 0, indexer = 0;
+        for (int p = 0; p < np; p++) {
+            const char *name;
+            float *w;
+            int64_t n;
+            hae_trainer_param(t, p, &name, &w, NULL, &n);
+            const bool is_indexer = strstr(name, ".indexer.") != NULL, same = memcmp(w, before[p], sizeof(float) * (size_t)n) == 0;
+            indexer += is_indexer;
+            moved += !same;
+            if (stage == 0) cr_expect(is_indexer ? !same : same, "dense stage: '%s' %s", name, same ? "did not move" : "moved");
+        }
+        cr_expect_eq(indexer, 10, "%d indexer tensors (wq, wk, k_norm weight and bias, weights_proj of layers 0 and 2)", indexer);
+        if (stage == 1) cr_expect(moved > np - 3, "after the dense stage only %d of %d tensors moved", moved, np);
+    }
+    for (int p = 0; p < np; p++) free(before[p]);
+    free(before);
+    hae_trainer_destroy(t);
+    hae_backend_destroy(be);
+}
+
 /* Models and tasks the trainer does not take are refused before anything is written. */
 Test(train, refusals) {
     const struct {
