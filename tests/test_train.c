@@ -215,20 +215,24 @@ static void expect_same_file(const char *a, const char *b) {
 }
 
 /* The CI smoke run: 50 steps lower the loss well below where it starts, and leave a run directory whose
- * checkpoint the engine loads. */
-Test(train, smoke_loss_falls) {
+ * checkpoint the engine loads; for attention, KDA and a KDA + DSA hybrid (top-16 of 64 tokens). */
+static void smoke(const char *pattern, const char *tag) {
     hae_config cfg;
-    parse_ok(run_yaml, "smoke.yaml", &cfg, NULL, 0);
+    char set[96];
+    snprintf(set, sizeof set, "model.layer_pattern=%s", pattern);
+    const char *sets[] = {set, "model.linear_attn.num_heads=2", "model.linear_attn.head_dim=16", "model.dsa.index_topk=16",
+                          "model.dsa.index_n_heads=2"};
+    parse_ok(run_yaml, "smoke.yaml", &cfg, sets, 5);
     char dir[256];
-    run_dir("train-smoke", dir, sizeof dir);
+    run_dir(tag, dir, sizeof dir);
     hae_train_result res;
     cr_assert_eq(train(&cfg, dir, false, 0, &res), HAE_OK, "%s", hae_last_error());
     double loss[51];
     cr_expect_eq(read_losses(dir, loss, 50), 50, "a metrics line per step");
     double first = 0, last = 0;
     for (int i = 1; i <= 10; i++) first += loss[i] / 10, last += loss[40 + i] / 10;
-    cr_expect_lt(last, 0.7 * first, "mean loss of steps 41-50 %.4f is not below 0.7 x that of steps 1-10 (%.4f)", last,
-                 first);
+    cr_expect_lt(last, 0.7 * first, "%s: mean loss of steps 41-50 %.4f is not below 0.7 x that of steps 1-10 (%.4f)",
+                 pattern, last, first);
     cr_expect_eq(res.last_step, 50);
     cr_expect_eq(res.eval_questions, 8 * 4, "held-out: 8 seeds x 4 questions, got %lld", (long long)res.eval_questions);
     const char *files[] = {"config.resolved.yaml", "env.json", "summary.json", "checkpoints/step-000020/complete",
@@ -246,6 +250,10 @@ Test(train, smoke_loss_falls) {
     hae_model_destroy(m);
     hae_backend_destroy(be);
 }
+
+Test(train, smoke_loss_falls) { smoke("[full]", "train-smoke"); }
+Test(train, smoke_loss_falls_kda) { smoke("[kda]", "train-smoke-kda"); }
+Test(train, smoke_loss_falls_kda_dsa) { smoke("[kda, dsa]", "train-smoke-kda-dsa"); }
 
 /* A run stopped at step 5 and resumed ends bit for bit where an uninterrupted run ends; so does one whose last
  * checkpoint lost its completion marker (it resumes from the one before). */
