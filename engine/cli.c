@@ -69,6 +69,16 @@ static int fail(const char *what) {
     return 1;
 }
 
+/* A weights file with tensors the model did not read loads, but says so: a deeper model's layers or a learned
+ * indexer under a derived one are skipped, and a config that does not match its weights shows here. */
+static void warn_unused(const hae_model *m, const char *weights) {
+    const char *first = NULL;
+    const int n = hae_model_unused_tensors(m, &first);
+    if (n > 0)
+        fprintf(stderr, "hae: warning: %d tensor%s of %s %s not used by this model (the first: '%s')\n", n, n > 1 ? "s" : "",
+                weights, n > 1 ? "are" : "is", first);
+}
+
 /* Parses argv after the command; returns 0 ok, 1 error, 2 help printed. */
 static int parse_options(int argc, char **argv, bool is_run, options *o) {
     memset(o, 0, sizeof *o);
@@ -356,6 +366,7 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
     FILE *metrics = NULL;
     char *text = NULL;
     if (st == HAE_OK && o->weights) st = hae_model_load(m, o->weights);
+    if (st == HAE_OK && o->weights) warn_unused(m, o->weights);
     if (st == HAE_OK) {
         tokens = malloc(sizeof(int32_t) * (size_t)(B * T));
         gen = malloc(sizeof(int32_t) * (size_t)(B * (N + 1)));
@@ -1267,6 +1278,7 @@ static hae_status model_job(eval_run *run, const eval_options *e, const hae_conf
     hae_eval_runner *r = NULL;
     hae_status built = st == HAE_OK ? backend_of(cfg, &be) : st;
     if (built == HAE_OK) built = hae_eval_runner_create(cfg, be, longest, e->o.weights, &r);
+    if (built == HAE_OK && e->o.weights) warn_unused(hae_eval_runner_model(r), e->o.weights);
     char why[1024] = "";
     if (built != HAE_OK) snprintf(why, sizeof why, "%s", hae_last_error());
     const model_row m = {cfg, weights, double_names[e->dbl], job, values ? values : ""};

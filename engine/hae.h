@@ -730,8 +730,12 @@ hae_status hae_model_snapshot_restore(hae_model *m, const void *host, size_t byt
 /* Weights as safetensors with Hugging Face Llama names (model.layers.N.self_attn.q_proj.weight, ...). */
 hae_status hae_model_save(const hae_model *m, const char *path);
 /* Loads weights saved by hae_model_save or any file with those names and shapes; F32/BF16/F16
- * tensors convert to the model's dtype. Missing tensors and shape mismatches are errors. */
+ * tensors convert to the model's dtype. Missing tensors and shape mismatches are errors; tensors the model
+ * has no use for are skipped and counted (hae_model_unused_tensors). */
 hae_status hae_model_load(hae_model *m, const char *path);
+/* Tensors of the last loaded file that the model did not read (a deeper model's layers, or a learned indexer
+ * under model.dsa.derived: true), and the first of their names (*first may be NULL; "" when none). */
+int hae_model_unused_tensors(const hae_model *m, const char **first);
 
 /* What a config allocates, computed without allocating (for `hae info` and budgets). */
 typedef struct hae_model_plan {
@@ -1043,6 +1047,7 @@ hae_status hae_eval_runner_create(const hae_config *cfg, hae_backend *be, int64_
                                   hae_eval_runner **out);
 void hae_eval_runner_destroy(hae_eval_runner *r); /* accepts NULL */
 int64_t hae_eval_runner_batch(const hae_eval_runner *r);
+const hae_model *hae_eval_runner_model(const hae_eval_runner *r);
 /* New weights for the runner's model (a file hae_model_load takes): `hae train` scores its weights as it goes. */
 hae_status hae_eval_runner_load(hae_eval_runner *r, const char *weights);
 /* Decode mode (off when created): each sequence is prefilled up to its task's context (the tokens before the

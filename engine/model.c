@@ -111,6 +111,8 @@ struct hae_model {
     void *stage_mem;        /* the host-tier layers' shared staging (one layer's K/V): dsa chunks past the slots,
                                full/swa layers at every forward */
     size_t stage_bytes;
+    int n_unused;               /* tensors of the last loaded file the model did not read */
+    char first_unused[sizeof(((hae_st_tensor *)0)->name)];
     void *state_mem; /* recurrent and conv states of the linear layers */
     size_t state_bytes;
     int64_t pos;
@@ -1051,9 +1053,21 @@ hae_status hae_model_load(hae_model *m, const char *path) {
         }
     }
     if (st == HAE_OK) st = hae_backend_sync(m->be);
+    m->n_unused = 0, m->first_unused[0] = '\0';
+    for (int i = 0; st == HAE_OK && i < hae_st_count(f); i++) {
+        const char *name = hae_st_get(f, i)->name;
+        bool used = false;
+        for (int p = 0; p < m->n_params && !used; p++) used = strcmp(m->params[p].name, name) == 0;
+        if (!used && m->n_unused++ == 0) snprintf(m->first_unused, sizeof m->first_unused, "%s", name);
+    }
     stage_free(&s);
     hae_st_close(f);
     return st == HAE_OK ? absorb_mla(m) : st;
+}
+
+int hae_model_unused_tensors(const hae_model *m, const char **first) {
+    if (first) *first = m->first_unused;
+    return m->n_unused;
 }
 
 /* ---------------------------------------------------------------- forward */

@@ -32,6 +32,7 @@ void hae_eval_runner_destroy(hae_eval_runner *r) {
 }
 
 int64_t hae_eval_runner_batch(const hae_eval_runner *r) { return r ? r->B : 0; }
+const hae_model *hae_eval_runner_model(const hae_eval_runner *r) { return r ? r->model : NULL; }
 
 hae_status hae_eval_runner_load(hae_eval_runner *r, const char *weights) {
     if (!r || !weights) return hae_error(HAE_ERR_INVALID, "hae_eval_runner_load: NULL argument");

@@ -368,6 +368,22 @@ Test(model, save_load_roundtrip_and_bad_files) {
     tiny(&cf, NULL, 0);
     hae_model *c = tu_model(be, &cf);
     cr_expect_eq(hae_model_load(c, path), HAE_OK, "%s", hae_last_error());
+    const char *first = NULL;
+    cr_expect_eq(hae_model_unused_tensors(c, &first), 0, "the same model's file: every tensor read (first unused '%s')", first);
+    /* a shallower model loads a deeper one's file, and counts the layers it skipped */
+    char ks[48];
+    snprintf(ks, sizeof ks, "model.n_layers=%lld", (long long)cfg.model.n_layers - 1);
+    const char *shallow[] = {ks};
+    hae_config cs;
+    tiny(&cs, shallow, 1);
+    hae_model *sh = tu_model(be, &cs);
+    cr_expect_eq(hae_model_load(sh, path), HAE_OK, "%s", hae_last_error());
+    char last[64];
+    snprintf(last, sizeof last, "model.layers.%lld.", (long long)cfg.model.n_layers - 1);
+    const int unused = hae_model_unused_tensors(sh, &first);
+    cr_expect(unused >= 5 && strncmp(first, last, strlen(last)) == 0, "%d unused tensors, the first '%s' (the last layer's "
+              "expected)", unused, first);
+    hae_model_destroy(sh);
     /* a model of another width: shape error naming the tensor and both shapes */
     const char *wide[] = {"model.d_model=48"};
     hae_config cw;
