@@ -751,12 +751,6 @@ typedef struct {
     const hae_tr_index_shape *s;
     const float *q, *k, *w, *dI;
     float *I, *dq, *dk, *dw;
-    int64_t topk;
-    uint8_t *allow;
-    const float *P;
-    double *kl;
-    int64_t Hq;
-    float scale;
 } index_ctx;
 
 /* Row (b, t) of I. */
@@ -834,10 +828,19 @@ void hae_tr_index_bwd(hae_backend *be, const hae_tr_index_shape *s, const float 
     hae_parallel_for_sized(be->pool, s->B * s->T, s->T * s->HI * s->DI, index_bwd_key, &c);
 }
 
+typedef struct {
+    const float *I, *P;  /* scores [B, T, T]; attention probabilities [B, Hq, T, T] (the KL) */
+    int64_t T, k, Hq;    /* k: tokens selected */
+    uint8_t *allow;      /* select: written */
+    const uint8_t *sel;  /* KL: read */
+    float scale, *dI;
+    double *kl;          /* [B T] per row */
+} select_ctx;
+
 /* Row (b, t): the k largest of I[b, t, 0..t], by repeated selection (rows are short in training). */
 static void index_select_row(void *p, int64_t row) {
-    const index_ctx *c = p;
-    const int64_t T = c->s->T, t = row % T, k = c->topk;
+    const select_ctx *c = p;
+    const int64_t T = c->T, t = row % T, k = c->k;
     const float *I = c->I + row * T;
     uint8_t *a = c->allow + row * T;
     memset(a, 0, (size_t)T);
@@ -854,17 +857,16 @@ static void index_select_row(void *p, int64_t row) {
 }
 
 void hae_tr_index_select(hae_backend *be, const float *I, int64_t B, int64_t T, int64_t k, uint8_t *allow) {
-    const hae_tr_index_shape s = {.B = B, .T = T};
-    index_ctx c = {.s = &s, .I = (float *)I, .topk = k, .allow = allow};
+    select_ctx c = {.I = I, .T = T, .k = k, .allow = allow};
     hae_parallel_for_sized(be->pool, B * T, T * (k < T ? k : T), index_select_row, &c);
 }
 
 static void index_kl_row(void *p, int64_t row) {
-    const index_ctx *c = p;
-    const int64_t T = c->s->T, b = row / T, t = row % T;
+    const select_ctx *c = p;
+    const int64_t T = c->T, b = row / T, t = row % T;
     const float *I = c->I + row * T;
-    const uint8_t *a = c->allow + row * T;
-    float *dI = c->dq + row * T;
+    const uint8_t *a = c->sel + row * T;
+    float *dI = c->dI + row * T;
     double mx = -INFINITY, z = 0, ptot = 0, kl = 0;
     for (int64_t j = 0; j <= t; j++)
         if (a[j]) mx = I[j] > mx ? I[j] : mx;
@@ -891,10 +893,9 @@ static void index_kl_row(void *p, int64_t row) {
 
 hae_status hae_tr_index_kl(hae_backend *be, const float *P, const float *I, const uint8_t *allow, int64_t B, int64_t Hq,
                            int64_t T, float scale, float *dI, double *kl_sum) {
-    const hae_tr_index_shape s = {.B = B, .T = T};
     double *kl = malloc(sizeof(double) * (size_t)(B * T));
     if (!kl) return hae_error(HAE_ERR_OOM, "train: out of host memory for the indexer loss of %lld rows", (long long)(B * T));
-    index_ctx c = {.s = &s, .I = (float *)I, .allow = (uint8_t *)allow, .P = P, .Hq = Hq, .scale = scale, .dq = dI, .kl = kl};
+    select_ctx c = {.I = I, .P = P, .T = T, .Hq = Hq, .sel = allow, .scale = scale, .dI = dI, .kl = kl};
     hae_parallel_for_sized(be->pool, B * T, T * Hq, index_kl_row, &c);
     double total = 0;
     for (int64_t i = 0; i < B * T; i++) total += kl[i];
