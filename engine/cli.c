@@ -1886,9 +1886,10 @@ static int cmd_mem(int argc, char **argv) {
 static const char *usage_train =
     "usage: hae train [CONFIG] [options]\n"
     "\n"
-    "Trains CONFIG's model on the CPU (train/README.md): train.steps AdamW steps, each on train.batch tasks of\n"
-    "the eval section's grid (a grid point per step, in turn) generated from seeds `hae eval` never uses, the\n"
-    "loss taken at the answers only; a held-out eval on the tasks `hae eval` runs every train.eval_every steps.\n"
+    "Trains CONFIG's model on the CPU or the GPU (runtime.backend; train/README.md): train.steps AdamW steps,\n"
+    "each on train.batch tasks of the eval section's grid (a grid point per step, in turn) generated from seeds\n"
+    "`hae eval` never uses, the loss taken at the answers only; a held-out eval on the tasks `hae eval` runs\n"
+    "every train.eval_every steps.\n"
     "Takes every layer kind of the gqa form: full, swa, the linear family and dsa with a learned indexer\n"
     "(distilled from its layer's attention; train.indexer_warmup for a dense first stage). train.eval_lengths\n"
     "scores each held-out eval again at longer lengths through the engine. A checkpoint's model.safetensors is\n"
@@ -1900,6 +1901,7 @@ static const char *usage_train =
     "  --out DIR         run directory (default: OUTPUT_DIR/train-NAME-YYYYmmdd-HHMMSS)\n"
     "  --resume          continue the run in --out DIR from its latest complete checkpoint, bit for bit\n"
     "  --until STEP      stop after STEP steps, with a checkpoint (--resume continues the run)\n"
+    "  --backend B       cpu, cuda or auto (same as --set runtime.backend=B; the presets say cpu)\n"
     "  --threads N       CPU threads (same as --set runtime.threads=N)\n"
     "\n"
     "Progress goes to stderr every train.log_every steps (HAE_NO_PROGRESS=1 silences it).\n"
@@ -1909,7 +1911,7 @@ static const char *usage_train =
 
 static int cmd_train(int argc, char **argv) {
     const char *config = NULL, *out = NULL, *sets[MAX_SETS];
-    char threads[64];
+    char threads[64], backend[64];
     int n_sets = 0;
     bool resume = false;
     long long until = 0;
@@ -1918,11 +1920,12 @@ static int cmd_train(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(usage_train, stdout);
             return 0;
-        } else if (!strcmp(a, "--set") || !strcmp(a, "--threads")) {
+        } else if (!strcmp(a, "--set") || !strcmp(a, "--threads") || !strcmp(a, "--backend")) {
             if (!val) return fprintf(stderr, "hae: %s needs a value\n", a), 1;
             if (n_sets == MAX_SETS) return fprintf(stderr, "hae: more than %d --set options\n", MAX_SETS), 1;
             if (!strcmp(a, "--threads")) snprintf(threads, sizeof threads, "runtime.threads=%s", val);
-            sets[n_sets++] = !strcmp(a, "--threads") ? threads : val;
+            if (!strcmp(a, "--backend")) snprintf(backend, sizeof backend, "runtime.backend=%s", val);
+            sets[n_sets++] = !strcmp(a, "--threads") ? threads : !strcmp(a, "--backend") ? backend : val;
             i++;
         } else if (!strcmp(a, "--out")) {
             if (!val) return fprintf(stderr, "hae: --out needs a directory\n"), 1;
@@ -1948,18 +1951,15 @@ static int cmd_train(int argc, char **argv) {
     hae_config *cfg = malloc(sizeof *cfg);
     if (!cfg) return fprintf(stderr, "hae: out of memory\n"), 1;
     if (load_config(&o, cfg) != HAE_OK) return free(cfg), fail(NULL);
-    const char *refused = hae_config_sweep_jobs(cfg) > 1 ? "the config has a sweep; hae train runs one job (pick one "
-                                                             "with --set)"
-                          : cfg->runtime.backend == HAE_BACKEND_CUDA ? "runtime.backend cuda: training runs on the CPU "
-                                                                       "for now (the CUDA backward is not built yet)"
-                                                                     : NULL;
-    if (refused) return fprintf(stderr, "hae: %s: %s\n", cfg->source, refused), free(cfg), 1;
+    if (hae_config_sweep_jobs(cfg) > 1)
+        return fprintf(stderr, "hae: %s: the config has a sweep; hae train runs one job (pick one with --set)\n",
+                       cfg->source), free(cfg), 1;
     char dir[2 * HAE_PATH_MAX];
     make_run_dir(cfg, out, "train", dir, sizeof dir);
     hae_backend *be = NULL;
     hae_train_result res;
     hae_status st = mkdirs(dir);
-    if (st == HAE_OK) st = hae_backend_create(HAE_CPU, cfg->runtime.threads, &be);
+    if (st == HAE_OK) st = backend_of(cfg, &be);
     if (st == HAE_OK) {
         hae_train_args a = {.cfg = cfg, .be = be, .dir = dir, .resume = resume, .until = until,
                             .progress = getenv("HAE_NO_PROGRESS") ? NULL : stderr};
@@ -1970,8 +1970,9 @@ static int cmd_train(int argc, char **argv) {
         double s = res.seconds;
         if (s >= 60) snprintf(took, sizeof took, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
         else snprintf(took, sizeof took, "%.1fs", s);
-        printf("%s: steps %lld..%lld of %lld in %s on %s, %.0f tok/s\n", cfg->name, (long long)res.first_step + 1,
-               (long long)res.last_step, (long long)cfg->train.steps, took, hae_backend_name(be), res.tokens_per_s);
+        printf("%s: steps %lld..%lld of %lld in %s on %s, %.0f tok/s, %.3f model TFLOP/s\n", cfg->name,
+               (long long)res.first_step + 1, (long long)res.last_step, (long long)cfg->train.steps, took,
+               hae_backend_name(be), res.tokens_per_s, res.tflop_s);
         printf("  %-10s loss %.4f, accuracy %.4f (mean of the last %lld steps)\n", "train", res.loss, res.accuracy,
                (long long)cfg->train.log_every);
         if (res.eval_questions)

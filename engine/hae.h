@@ -1257,15 +1257,15 @@ typedef struct hae_kv_slots_args {
 hae_status hae_kv_slots(hae_backend *be, const hae_kv_slots_args *a);
 
 /* ---------------------------------------------------------------- training (train/)
- * A training copy of a config's model on the CPU: fp32 master weights under the model's names, a forward that
+ * A training copy of a config's model on the CPU or a GPU: fp32 master weights under the model's names, a forward that
  * keeps its activations and computes the logits hae_model_forward computes, a hand-written backward, AdamW.
  * Every layer kind of the gqa form: full, swa, the linear family, and dsa with a learned indexer (distilled from
  * the layer's attention, train.indexer_warmup). */
 
 typedef struct hae_trainer hae_trainer;
-/* cfg's model for batches of up to max_batch sequences of max_tokens tokens, on be (a CPU backend); weights from
- * cfg->seed (the values hae_model_init_weights gives), the optimiser at step 0. The mla form, derived dsa
- * indexers and a CUDA backend are HAE_ERR_UNSUPPORTED. */
+/* cfg's model for batches of up to max_batch sequences of max_tokens tokens, on be (CPU or CUDA: weights, moments
+ * and activations in its memory); weights from cfg->seed (the values hae_model_init_weights gives), the optimiser
+ * at step 0. The mla form and derived dsa indexers are HAE_ERR_UNSUPPORTED. */
 hae_status hae_trainer_create(const hae_config *cfg, hae_backend *be, int64_t max_batch, int64_t max_tokens,
                               hae_trainer **out);
 void hae_trainer_destroy(hae_trainer *t); /* accepts NULL */
@@ -1296,7 +1296,13 @@ hae_status hae_trainer_step(hae_trainer *t, float lr, double *grad_norm);
 int64_t hae_trainer_steps(const hae_trainer *t); /* optimiser steps taken */
 /* The last backward's indexer loss: the mean KL per query row, summed over the dsa layers (0 without them). */
 double hae_trainer_index_kl(const hae_trainer *t);
-/* Parameter i of hae_trainer_param_count: its name, weights and gradients (n f32 values each). */
+/* The model FLOPs of the last backward (its forward included): 2 per multiply-add of the products (projections, the
+ * LM head over the scored rows, attention's q . k and P v over the attended pairs, the linear layers' state reads and
+ * writes, the indexer's scores), 3 x the forward's (2 for the indexer's projections, which pass no input gradient);
+ * norms, maps and the optimiser not counted. */
+double hae_trainer_flops(const hae_trainer *t);
+/* Parameter i of hae_trainer_param_count: its name, weights and gradients (n f32 values each). On a CUDA backend
+ * the weights and gradients asked for are host copies taken at the call: writing them changes nothing. */
 int hae_trainer_param_count(const hae_trainer *t);
 hae_status hae_trainer_param(hae_trainer *t, int i, const char **name, float **w, float **g, int64_t *n);
 /* The learning rate of step s (0-based): linear warmup to train.lr over train.warmup steps, then a cosine down
@@ -1323,6 +1329,7 @@ typedef struct hae_train_result {
     int64_t eval_questions;
     double eval_at[HAE_EVAL_MAX_VALUES]; /* the last eval at train.eval_lengths[i] (through the engine) */
     double seconds, tokens_per_s;
+    double tflop_s;                     /* model TFLOP/s of the training steps (hae_trainer_flops over seconds) */
     char checkpoint[HAE_PATH_MAX + 64]; /* the last checkpoint's directory */
 } hae_train_result;
 hae_status hae_train_run(const hae_train_args *a, hae_train_result *out);

@@ -253,11 +253,13 @@ typedef struct {
     hae_eval_point *long_pts;
     int64_t n_long;
     hae_eval_runner *runner;
+    hae_backend *long_be; /* a CPU backend of its own when the engine's CUDA kernels cannot run the model */
 } run_state;
 
 static void run_free(run_state *r) {
     hae_trainer_destroy(r->tr);
     hae_eval_runner_destroy(r->runner);
+    hae_backend_destroy(r->long_be);
     free(r->long_cfg), free(r->long_pts);
     free(r->pts), free(r->seeds), free(r->loss), free(r->acc), free(r->kl);
     batch_free(&r->b);
@@ -265,7 +267,8 @@ static void run_free(run_state *r) {
 }
 
 /* The eval grid at train.eval_lengths, checked (every task fits its length and the vocabulary), and an engine
- * model on the training backend to score it. */
+ * model on the training backend to score it; on the CPU when the engine's CUDA kernels do not take the model's
+ * shapes (its linear layers run heads of 64 or 128 on CUDA; the trainer any). */
 static hae_status long_start(const hae_train_args *a, run_state *r) {
     const hae_config *cfg = a->cfg;
     if (cfg->train.eval_lengths.n == 0) return HAE_OK;
@@ -279,7 +282,11 @@ static hae_status long_start(const hae_train_args *a, run_state *r) {
         if (r->long_pts[i].length > T) T = r->long_pts[i].length;
     }
     if (st != HAE_OK) return hae_error_wrap(st, "train.eval_lengths");
-    return hae_eval_runner_create(r->long_cfg, a->be, T, NULL, &r->runner);
+    st = hae_eval_runner_create(r->long_cfg, a->be, T, NULL, &r->runner);
+    if (st != HAE_ERR_UNSUPPORTED || hae_backend_device(a->be) != HAE_CUDA) return st;
+    if (a->progress) fprintf(a->progress, "train.eval_lengths: scored on the CPU: %s\n", hae_last_error());
+    HAE_TRY(hae_backend_create(HAE_CPU, cfg->runtime.threads, &r->long_be));
+    return hae_eval_runner_create(r->long_cfg, r->long_be, T, NULL, &r->runner);
 }
 
 /* Held-out accuracy at each of train.eval_lengths through the engine, the trainer's weights passed through a file
@@ -370,10 +377,10 @@ static hae_status summary(const hae_train_args *a, const hae_train_result *res, 
     snprintf(text, sizeof text,
              "{\n  \"name\": \"%s\",\n  \"steps\": %lld,\n  \"first_step\": %lld,\n  \"params\": %lld,\n"
              "  \"loss\": %.6f,\n  \"accuracy\": %.6f,\n  \"eval_accuracy\": %.6f,\n  \"eval_questions\": %lld,\n%s"
-             "  \"seconds\": %.3f,\n  \"tokens_per_s\": %.1f,\n  \"checkpoint\": \"%s\"\n}\n",
+             "  \"seconds\": %.3f,\n  \"tokens_per_s\": %.1f,\n  \"tflop_s\": %.4f,\n  \"checkpoint\": \"%s\"\n}\n",
              a->cfg->name, (long long)res->last_step, (long long)res->first_step, (long long)n_params, res->loss,
              res->accuracy, res->eval_accuracy, (long long)res->eval_questions, at, res->seconds, res->tokens_per_s,
-             res->checkpoint);
+             res->tflop_s, res->checkpoint);
     snprintf(path, sizeof path, "%s/summary.json", a->dir);
     return write_file(path, text);
 }
@@ -401,6 +408,7 @@ hae_status hae_train_run(const hae_train_args *a, hae_train_result *out) {
                 (long long)r.n_pts);
     const double t0 = now_s();
     int64_t tokens = 0, logged = 0;
+    double flops = 0;
     for (int64_t s = first; s < last && st == HAE_OK; s++) {
         const hae_eval_point *p = &r.pts[s % r.n_pts];
         for (int64_t b = 0; b < B; b++) r.seeds[b] = train_seed(cfg->seed, s, b);
@@ -412,6 +420,7 @@ hae_status hae_train_run(const hae_train_args *a, hae_train_result *out) {
         if (st == HAE_OK) st = hae_trainer_step(r.tr, lr, &norm);
         if (st != HAE_OK) break;
         tokens += B * p->length;
+        flops += hae_trainer_flops(r.tr);
         const double acc = (double)questions_right(&r.b) / (double)r.b.questions, el = now_s() - t0;
         r.loss[s % W] = loss, r.acc[s % W] = acc, r.kl[s % W] = hae_trainer_index_kl(r.tr), logged++;
         fprintf(r.metrics, "{\"step\": %lld, \"loss\": %.9g, \"accuracy\": %.6f, \"lr\": %.9g, \"grad_norm\": %.9g, "
@@ -458,6 +467,7 @@ hae_status hae_train_run(const hae_train_args *a, hae_train_result *out) {
     }
     out->seconds = now_s() - t0;
     out->tokens_per_s = out->seconds > 0 ? (double)tokens / out->seconds : 0;
+    out->tflop_s = out->seconds > 0 ? flops / out->seconds / 1e12 : 0;
     const int64_t k = logged < W ? logged : W;
     for (int64_t i = 0; i < k; i++) {
         out->loss += r.loss[(out->last_step - 1 - i) % W] / (double)k;

@@ -1,7 +1,20 @@
-/* The training ops: forward and backward of each op of a full-attention model on the CPU (train_ops.h has
- * their contracts). The forwards compute what hae_model_forward's ops compute, in the same order where it
- * matters for rounding, so a trained model's logits are the engine's. */
+/* The training ops: each op's entry point, which hands a CUDA backend's call to train/dense_cuda.cu,
+ * attention_cuda.cu or linear_cuda.cu, and the CPU reference (train_ops.h has their contracts). The forwards
+ * compute what hae_model_forward's ops compute, in the same order where it matters for rounding, so a trained
+ * model's logits are the engine's. */
 #include "train_ops.h"
+#ifdef HAE_HAVE_CUDA
+#include "train_ops_cuda.h"
+#define ON_CUDA(be, call)                                                                          \
+    do {                                                                                           \
+        if ((be)->device == HAE_CUDA) return call;                                                 \
+    } while (0)
+#else
+#define ON_CUDA(be, call)                                                                          \
+    do {                                                                                           \
+        if ((be)->device == HAE_CUDA) return hae_error(HAE_ERR_UNSUPPORTED, "train: this build has no CUDA"); \
+    } while (0)
+#endif
 
 #include <math.h>
 #include <stdlib.h>
@@ -11,15 +24,19 @@ static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* ---------------------------------------------------------------- embedding */
 
-void hae_tr_embedding_fwd(const int32_t *ids, int64_t N, const float *E, int64_t D, float *x) {
+hae_status hae_tr_embedding_fwd(hae_backend *be, const int32_t *ids, int64_t N, const float *E, int64_t D, float *x) {
+    ON_CUDA(be, hae_tr_embedding_fwd_cuda(be, ids, N, E, D, x));
     for (int64_t i = 0; i < N; i++) memcpy(x + i * D, E + (int64_t)ids[i] * D, sizeof(float) * (size_t)D);
+    return HAE_OK;
 }
 
-void hae_tr_embedding_bwd(const int32_t *ids, int64_t N, const float *dx, int64_t D, float *dE) {
+hae_status hae_tr_embedding_bwd(hae_backend *be, const int32_t *ids, int64_t N, const float *dx, int64_t D, float *dE) {
+    ON_CUDA(be, hae_tr_embedding_bwd_cuda(be, ids, N, dx, D, dE));
     for (int64_t i = 0; i < N; i++) {
         float *row = dE + (int64_t)ids[i] * D;
         for (int64_t d = 0; d < D; d++) row[d] += dx[i * D + d];
     }
+    return HAE_OK;
 }
 
 /* ---------------------------------------------------------------- rmsnorm */
@@ -43,10 +60,12 @@ static void norm_fwd_row(void *p, int64_t i) {
     for (int64_t d = 0; d < c->D; d++) y[d] = x[d] * r * c->w[d];
 }
 
-void hae_tr_rmsnorm_fwd(hae_backend *be, const float *x, const float *w, int64_t N, int64_t D, float eps, float *y,
-                        float *rstd) {
+hae_status hae_tr_rmsnorm_fwd(hae_backend *be, const float *x, const float *w, int64_t N, int64_t D, float eps,
+                              float *y, float *rstd) {
+    ON_CUDA(be, hae_tr_rmsnorm_fwd_cuda(be, x, w, N, D, eps, y, rstd));
     norm_ctx c = {.x = x, .w = w, .y = y, .rstd_out = rstd, .D = D, .eps = eps};
     hae_parallel_for_sized(be->pool, N, 4 * D, norm_fwd_row, &c);
+    return HAE_OK;
 }
 
 static void norm_bwd_row(void *p, int64_t i) {
@@ -63,8 +82,9 @@ static void norm_bwd_row(void *p, int64_t i) {
 
 #define NORM_COLS 64
 
-void hae_tr_rmsnorm_bwd(hae_backend *be, const float *x, const float *w, const float *rstd, const float *dy, int64_t N,
-                        int64_t D, float *dx, float *dw) {
+hae_status hae_tr_rmsnorm_bwd(hae_backend *be, const float *x, const float *w, const float *rstd, const float *dy,
+                              int64_t N, int64_t D, float *dx, float *dw) {
+    ON_CUDA(be, hae_tr_rmsnorm_bwd_cuda(be, x, w, rstd, dy, N, D, dx, dw));
     norm_ctx c = {.x = x, .w = w, .dy = dy, .rstd = rstd, .dx = dx, .D = D};
     hae_parallel_for_sized(be->pool, N, 6 * D, norm_bwd_row, &c);
     /* dw: a column block's sums over every row in double, on this thread (N D products) */
@@ -75,6 +95,7 @@ void hae_tr_rmsnorm_bwd(hae_backend *be, const float *x, const float *w, const f
             for (int64_t k = 0; k < n; k++) acc[k] += (double)dy[i * D + c0 + k] * (double)x[i * D + c0 + k] * rstd[i];
         for (int64_t k = 0; k < n; k++) dw[c0 + k] += (float)acc[k];
     }
+    return HAE_OK;
 }
 
 /* ---------------------------------------------------------------- linear
@@ -91,6 +112,7 @@ static hae_tensor mat(const float *p, int64_t rows, int64_t cols) {
 
 hae_status hae_tr_linear_fwd(hae_backend *be, const float *x, const float *W, int64_t N, int64_t I, int64_t O, float *y,
                              bool accumulate) {
+    ON_CUDA(be, hae_tr_linear_fwd_cuda(be, x, W, N, I, O, y, accumulate));
     return hae_gemm(be, &(hae_gemm_args){.a = mat(x, N, I), .b = mat(W, O, I), .c = mat(y, N, O), .accumulate = accumulate});
 }
 
@@ -132,11 +154,13 @@ static void lin_dw_block(void *p, int64_t blk) {
     for (int64_t o = blk * LIN_ROWS; o < o1; o++) axpy_rows(c->dW + o * c->I, c->dy + o, c->O, c->x, c->I, c->N, c->I);
 }
 
-void hae_tr_linear_bwd(hae_backend *be, const float *x, const float *W, const float *dy, int64_t N, int64_t I, int64_t O,
-                       float *dx, bool dx_accumulate, float *dW) {
+hae_status hae_tr_linear_bwd(hae_backend *be, const float *x, const float *W, const float *dy, int64_t N, int64_t I,
+                             int64_t O, float *dx, bool dx_accumulate, float *dW) {
+    ON_CUDA(be, hae_tr_linear_bwd_cuda(be, x, W, dy, N, I, O, dx, dx_accumulate, dW));
     lin_ctx c = {x, W, dy, dx, dW, N, I, O, dx_accumulate};
     if (dx) hae_parallel_for_sized(be->pool, (N + LIN_ROWS - 1) / LIN_ROWS, 2 * LIN_ROWS * I * O, lin_dx_block, &c);
     hae_parallel_for_sized(be->pool, (O + LIN_ROWS - 1) / LIN_ROWS, 2 * LIN_ROWS * I * N, lin_dw_block, &c);
+    return HAE_OK;
 }
 
 /* ---------------------------------------------------------------- rope */
@@ -173,11 +197,13 @@ static void rope_row(void *p, int64_t r) {
     }
 }
 
-void hae_tr_rope(hae_backend *be, float *x, int64_t B, int64_t T, int64_t H, int64_t D, int64_t ld, int rot_dims,
-                 const float *cs, const float *sn, bool inverse) {
-    if (rot_dims == 0) return;
+hae_status hae_tr_rope(hae_backend *be, float *x, int64_t B, int64_t T, int64_t H, int64_t D, int64_t ld, int rot_dims,
+                       const float *cs, const float *sn, bool inverse) {
+    ON_CUDA(be, hae_tr_rope_cuda(be, x, B, T, H, D, ld, rot_dims, cs, sn, inverse));
+    if (rot_dims == 0) return HAE_OK;
     rope_ctx c = {x, T, H, D, ld, rot_dims / 2, cs, sn, inverse ? -1.0f : 1.0f};
     hae_parallel_for_sized(be->pool, B * T, 4 * H * rot_dims, rope_row, &c);
+    return HAE_OK;
 }
 
 /* ---------------------------------------------------------------- attention */
@@ -228,9 +254,11 @@ static void attn_fwd_item(void *p, int64_t item) {
     }
 }
 
-void hae_tr_attention_fwd(hae_backend *be, const hae_tr_attn_shape *s, const float *qkv, float *P, float *out) {
+hae_status hae_tr_attention_fwd(hae_backend *be, const hae_tr_attn_shape *s, const float *qkv, float *P, float *out) {
+    ON_CUDA(be, hae_tr_attention_fwd_cuda(be, s, qkv, P, out));
     attn_ctx c = {.s = s, .qkv = qkv, .Pw = P, .outw = out};
     hae_parallel_for_sized(be->pool, s->B * s->Hq, s->T * s->T * s->Dh, attn_fwd_item, &c);
+    return HAE_OK;
 }
 
 /* One (sequence, kv head): its key and value gradients sum over the query heads reading it, so one item owns
@@ -267,10 +295,12 @@ static void attn_bwd_item(void *p, int64_t item) {
         }
 }
 
-void hae_tr_attention_bwd(hae_backend *be, const hae_tr_attn_shape *s, const float *qkv, const float *P,
-                          const float *out, const float *dout, float *dqkv) {
+hae_status hae_tr_attention_bwd(hae_backend *be, const hae_tr_attn_shape *s, const float *qkv, const float *P,
+                                const float *out, const float *dout, float *dqkv) {
+    ON_CUDA(be, hae_tr_attention_bwd_cuda(be, s, qkv, P, out, dout, dqkv));
     attn_ctx c = {.s = s, .qkv = qkv, .P = P, .out = out, .dout = dout, .dqkv = dqkv};
     hae_parallel_for_sized(be->pool, s->B * s->Hkv, 2 * s->T * s->T * s->Dh * (s->Hq / s->Hkv), attn_bwd_item, &c);
+    return HAE_OK;
 }
 
 /* ---------------------------------------------------------------- swiglu */
@@ -299,20 +329,25 @@ static void swiglu_bwd_row(void *p, int64_t i) {
     }
 }
 
-void hae_tr_swiglu_fwd(hae_backend *be, const float *gu, int64_t N, int64_t F, float *a) {
+hae_status hae_tr_swiglu_fwd(hae_backend *be, const float *gu, int64_t N, int64_t F, float *a) {
+    ON_CUDA(be, hae_tr_swiglu_fwd_cuda(be, gu, N, F, a));
     swiglu_ctx c = {.gu = gu, .a = a, .F = F};
     hae_parallel_for_sized(be->pool, N, 8 * F, swiglu_fwd_row, &c);
+    return HAE_OK;
 }
 
-void hae_tr_swiglu_bwd(hae_backend *be, const float *gu, const float *da, int64_t N, int64_t F, float *dgu) {
+hae_status hae_tr_swiglu_bwd(hae_backend *be, const float *gu, const float *da, int64_t N, int64_t F, float *dgu) {
+    ON_CUDA(be, hae_tr_swiglu_bwd_cuda(be, gu, da, N, F, dgu));
     swiglu_ctx c = {.gu = gu, .da = da, .dgu = dgu, .F = F};
     hae_parallel_for_sized(be->pool, N, 12 * F, swiglu_bwd_row, &c);
+    return HAE_OK;
 }
 
 /* ---------------------------------------------------------------- cross-entropy */
 
-double hae_tr_xent(const float *z, const int32_t *target, int64_t S, int64_t V, float scale, float *dz,
-                   uint8_t *correct) {
+hae_status hae_tr_xent(hae_backend *be, const float *z, const int32_t *target, int64_t S, int64_t V, float scale,
+                       float *dz, uint8_t *correct, double *loss) {
+    ON_CUDA(be, hae_tr_xent_cuda(be, z, target, S, V, scale, dz, correct, loss));
     double total = 0.0;
     for (int64_t r = 0; r < S; r++) {
         const float *zr = z + r * V;
@@ -329,7 +364,92 @@ double hae_tr_xent(const float *z, const int32_t *target, int64_t S, int64_t V, 
         float *dr = dz ? dz + r * V : NULL;
         for (int64_t v = 0; dr && v < V; v++) dr[v] = scale * (float)(exp((double)zr[v] - lse) - (v == y ? 1.0 : 0.0));
     }
-    return total;
+    *loss = total;
+    return HAE_OK;
+}
+
+/* ---------------------------------------------------------------- data movement and small maps */
+
+hae_status hae_tr_copy_cols(hae_backend *be, const hae_tr_cols *c) {
+    ON_CUDA(be, hae_tr_copy_cols_cuda(be, c));
+    for (int64_t i = 0; i < c->N; i++) {
+        float *d = c->dst + i * c->ld_dst + c->dst_off;
+        const float *x = c->src + i * c->ld_src + c->src_off;
+        if (c->add) {
+            for (int64_t j = 0; j < c->n; j++) d[j] += x[j];
+        } else {
+            memcpy(d, x, sizeof(float) * (size_t)c->n);
+        }
+    }
+    return HAE_OK;
+}
+
+hae_status hae_tr_gather_rows(hae_backend *be, const float *src, const int64_t *idx, int64_t n, int64_t D, float *dst) {
+    ON_CUDA(be, hae_tr_gather_rows_cuda(be, src, idx, n, D, dst));
+    for (int64_t i = 0; i < n; i++) memcpy(dst + i * D, src + idx[i] * D, sizeof(float) * (size_t)D);
+    return HAE_OK;
+}
+
+hae_status hae_tr_scatter_add_rows(hae_backend *be, const float *src, const int64_t *idx, int64_t n, int64_t D,
+                                   float *dst) {
+    ON_CUDA(be, hae_tr_scatter_add_rows_cuda(be, src, idx, n, D, dst));
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t k = 0; k < D; k++) dst[idx[i] * D + k] += src[i * D + k];
+    return HAE_OK;
+}
+
+hae_status hae_tr_map_fwd(hae_backend *be, hae_tr_map f, const float *x, int64_t n, float *y) {
+    ON_CUDA(be, hae_tr_map_fwd_cuda(be, f, x, n, y));
+    for (int64_t i = 0; i < n; i++)
+        y[i] = f == HAE_TR_SIGMOID ? 1.0f / (1.0f + expf(-x[i])) : x[i] > 0.0f ? x[i] + 1.0f : expf(x[i]);
+    return HAE_OK;
+}
+
+hae_status hae_tr_map_bwd(hae_backend *be, hae_tr_map f, const float *x, const float *dy, int64_t n, float *dx) {
+    ON_CUDA(be, hae_tr_map_bwd_cuda(be, f, x, dy, n, dx));
+    for (int64_t i = 0; i < n; i++)
+        dx[i] = dy[i] * (f == HAE_TR_SIGMOID ? x[i] * (1.0f - x[i]) : x[i] > 0.0f ? 1.0f : expf(x[i]));
+    return HAE_OK;
+}
+
+hae_status hae_tr_fixed_decay_fwd(hae_backend *be, const float *A_log, int64_t N, int64_t HV, float *g) {
+    ON_CUDA(be, hae_tr_fixed_decay_fwd_cuda(be, A_log, N, HV, g));
+    for (int64_t i = 0; i < N * HV; i++) g[i] = -expf(A_log[i % HV]);
+    return HAE_OK;
+}
+
+hae_status hae_tr_fixed_decay_bwd(hae_backend *be, const float *g, const float *dg, int64_t N, int64_t HV,
+                                  float *dA_log) {
+    ON_CUDA(be, hae_tr_fixed_decay_bwd_cuda(be, g, dg, N, HV, dA_log));
+    for (int64_t j = 0; j < HV; j++) {
+        double acc = 0.0;
+        for (int64_t i = 0; i < N; i++) acc += (double)dg[i * HV + j] * (double)g[i * HV + j];
+        dA_log[j] += (float)acc;
+    }
+    return HAE_OK;
+}
+
+/* ---------------------------------------------------------------- the optimiser */
+
+hae_status hae_tr_sumsq(hae_backend *be, const float *x, int64_t n, double *out) {
+    ON_CUDA(be, hae_tr_sumsq_cuda(be, x, n, out));
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
+    *out = ss;
+    return HAE_OK;
+}
+
+hae_status hae_tr_adamw(hae_backend *be, const hae_tr_adamw_args *a, float *w, const float *g, float *m, float *v,
+                        int64_t n) {
+    ON_CUDA(be, hae_tr_adamw_cuda(be, a, w, g, m, v, n));
+    for (int64_t i = 0; i < n; i++) {
+        const float gi = g[i] * a->gscale;
+        m[i] = a->b1 * m[i] + (1.0f - a->b1) * gi;
+        v[i] = a->b2 * v[i] + (1.0f - a->b2) * gi * gi;
+        w[i] *= a->decay;
+        w[i] -= a->step_size * m[i] / (sqrtf(v[i]) / a->c2 + a->eps);
+    }
+    return HAE_OK;
 }
 
 /* ---------------------------------------------------------------- the linear family's recurrence */
@@ -385,10 +505,12 @@ static void delta_fwd_item(void *p, int64_t item) {
     }
 }
 
-void hae_tr_delta_fwd(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k, const float *v,
-                      const float *g, const float *beta, float *S, float *o) {
+hae_status hae_tr_delta_fwd(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k,
+                            const float *v, const float *g, const float *beta, float *S, float *o) {
+    ON_CUDA(be, hae_tr_delta_fwd_cuda(be, s, q, k, v, g, beta, S, o));
     delta_ctx c = {.s = s, .q = q, .k = k, .v = v, .g = g, .beta = beta, .Sw = S, .o = o};
     hae_parallel_for_sized(be->pool, s->B * s->H, 4 * s->T * s->K * s->V, delta_fwd_item, &c);
+    return HAE_OK;
 }
 
 /* One (sequence, head), backwards in time; dS lives in double. */
@@ -456,6 +578,7 @@ static void delta_bwd_item(void *p, int64_t item) {
 hae_status hae_tr_delta_bwd(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k,
                             const float *v, const float *g, const float *beta, const float *S, const float *dout,
                             float *dq, float *dk, float *dv, float *dg, float *dbeta) {
+    ON_CUDA(be, hae_tr_delta_bwd_cuda(be, s, q, k, v, g, beta, S, dout, dq, dk, dv, dg, dbeta));
     delta_ctx c = {.s = s, .q = q, .k = k, .v = v, .g = g, .beta = beta, .S = S, .dout = dout,
                    .dq = dq, .dk = dk, .dv = dv, .dg = dg, .dbeta = dbeta};
     c.scratch = malloc(sizeof(double) * (size_t)(s->B * s->H * delta_scratch(s)));
@@ -499,10 +622,12 @@ static void conv_fwd_channel(void *p, int64_t ch) {
         }
 }
 
-void hae_tr_conv_fwd(hae_backend *be, const float *x, const float *weight, int64_t B, int64_t T, int64_t C, int64_t W,
-                     bool silu, float *pre, float *out) {
+hae_status hae_tr_conv_fwd(hae_backend *be, const float *x, const float *weight, int64_t B, int64_t T, int64_t C,
+                           int64_t W, bool silu, float *pre, float *out) {
+    ON_CUDA(be, hae_tr_conv_fwd_cuda(be, x, weight, B, T, C, W, silu, pre, out));
     conv_ctx c = {.x = x, .weight = weight, .B = B, .T = T, .C = C, .W = W, .silu = silu, .pre_out = pre, .out = out};
     hae_parallel_for_sized(be->pool, C, 2 * B * T * W, conv_fwd_channel, &c);
+    return HAE_OK;
 }
 
 /* Sequence b, row by row (channels contiguous): ds = dout act'(s) into dx; the weight's gradient from it into
@@ -534,6 +659,7 @@ static void conv_bwd_seq(void *p, int64_t b) {
 
 hae_status hae_tr_conv_bwd(hae_backend *be, const float *x, const float *weight, const float *pre, const float *dout,
                            int64_t B, int64_t T, int64_t C, int64_t W, bool silu, float *dx, float *dweight) {
+    ON_CUDA(be, hae_tr_conv_bwd_cuda(be, x, weight, pre, dout, B, T, C, W, silu, dx, dweight));
     double *part = calloc((size_t)(B * C * W), sizeof(double));
     if (!part) return hae_error(HAE_ERR_OOM, "train: out of host memory for the conv's weight gradient (%lld x %lld x %lld)",
                                 (long long)B, (long long)C, (long long)W);
@@ -575,14 +701,19 @@ static void l2_bwd_row(void *p, int64_t i) {
     for (int64_t d = 0; d < c->D; d++) c->dx[i * c->D + d] = (float)((dy[d] - x[d] * r * ydy) * r);
 }
 
-void hae_tr_l2norm_fwd(hae_backend *be, const float *x, int64_t N, int64_t D, float eps, float *y) {
+hae_status hae_tr_l2norm_fwd(hae_backend *be, const float *x, int64_t N, int64_t D, float eps, float *y) {
+    ON_CUDA(be, hae_tr_l2norm_fwd_cuda(be, x, N, D, eps, y));
     l2_ctx c = {.x = x, .D = D, .eps = eps, .y = y};
     hae_parallel_for_sized(be->pool, N, 3 * D, l2_fwd_row, &c);
+    return HAE_OK;
 }
 
-void hae_tr_l2norm_bwd(hae_backend *be, const float *x, const float *dy, int64_t N, int64_t D, float eps, float *dx) {
+hae_status hae_tr_l2norm_bwd(hae_backend *be, const float *x, const float *dy, int64_t N, int64_t D, float eps,
+                             float *dx) {
+    ON_CUDA(be, hae_tr_l2norm_bwd_cuda(be, x, dy, N, D, eps, dx));
     l2_ctx c = {.x = x, .dy = dy, .D = D, .eps = eps, .dx = dx};
     hae_parallel_for_sized(be->pool, N, 5 * D, l2_bwd_row, &c);
+    return HAE_OK;
 }
 
 /* ---------------------------------------------------------------- the linear layers' output norm and gates */
@@ -620,14 +751,17 @@ static void gnorm_bwd_row(void *p, int64_t i) {
     }
 }
 
-void hae_tr_gated_norm_fwd(hae_backend *be, const float *x, const float *gate, const float *w, int64_t N, int64_t D,
-                           float eps, float *y) {
+hae_status hae_tr_gated_norm_fwd(hae_backend *be, const float *x, const float *gate, const float *w, int64_t N,
+                                 int64_t D, float eps, float *y) {
+    ON_CUDA(be, hae_tr_gated_norm_fwd_cuda(be, x, gate, w, N, D, eps, y));
     gnorm_ctx c = {.x = x, .gate = gate, .w = w, .D = D, .eps = eps, .y = y};
     hae_parallel_for_sized(be->pool, N, 6 * D, gnorm_fwd_row, &c);
+    return HAE_OK;
 }
 
-void hae_tr_gated_norm_bwd(hae_backend *be, const float *x, const float *gate, const float *w, const float *dy, int64_t N,
-                           int64_t D, float eps, float *dx, float *dgate, float *dw) {
+hae_status hae_tr_gated_norm_bwd(hae_backend *be, const float *x, const float *gate, const float *w, const float *dy,
+                                 int64_t N, int64_t D, float eps, float *dx, float *dgate, float *dw) {
+    ON_CUDA(be, hae_tr_gated_norm_bwd_cuda(be, x, gate, w, dy, N, D, eps, dx, dgate, dw));
     gnorm_ctx c = {.x = x, .gate = gate, .w = w, .dy = dy, .D = D, .eps = eps, .dx = dx, .dgate = dgate};
     hae_parallel_for_sized(be->pool, N, 10 * D, gnorm_bwd_row, &c);
     for (int64_t i = 0; i < N; i++) { /* dw: rows in order, one thread */
@@ -637,6 +771,7 @@ void hae_tr_gated_norm_bwd(hae_backend *be, const float *x, const float *gate, c
         const double r = 1.0 / sqrt(ss / (double)D + (double)eps);
         for (int64_t d = 0; d < D; d++) dw[d] += (float)(dy[i * D + d] * xi[d] * r * sig(g[d]));
     }
+    return HAE_OK;
 }
 
 /* g and its derivatives dg/dx and dg/dA_log at x = raw + dt_bias. */
@@ -651,8 +786,9 @@ static double decay_of(double x, double A, hae_gate_fn gate, double lb, double *
     return -A * sp;
 }
 
-void hae_tr_decay_fwd(hae_backend *be, const float *raw, const float *A_log, const float *dt_bias, int64_t N, int64_t HV,
-                      int64_t n, hae_gate_fn gate, float lower_bound, float *g) {
+hae_status hae_tr_decay_fwd(hae_backend *be, const float *raw, const float *A_log, const float *dt_bias, int64_t N,
+                            int64_t HV, int64_t n, hae_gate_fn gate, float lower_bound, float *g) {
+    ON_CUDA(be, hae_tr_decay_fwd_cuda(be, raw, A_log, dt_bias, N, HV, n, gate, lower_bound, g));
     (void)be;
     for (int64_t t = 0; t < N; t++)
         for (int64_t j = 0; j < HV; j++)
@@ -662,11 +798,13 @@ void hae_tr_decay_fwd(hae_backend *be, const float *raw, const float *A_log, con
                 g[e] = (float)decay_of((double)raw[e] + dt_bias[j * n + i], exp((double)A_log[j]), gate, lower_bound,
                                        &dx, &da);
             }
+    return HAE_OK;
 }
 
-void hae_tr_decay_bwd(hae_backend *be, const float *raw, const float *A_log, const float *dt_bias, const float *dg,
-                      int64_t N, int64_t HV, int64_t n, hae_gate_fn gate, float lower_bound, float *draw, float *dA_log,
-                      float *ddt_bias) {
+hae_status hae_tr_decay_bwd(hae_backend *be, const float *raw, const float *A_log, const float *dt_bias,
+                            const float *dg, int64_t N, int64_t HV, int64_t n, hae_gate_fn gate, float lower_bound,
+                            float *draw, float *dA_log, float *ddt_bias) {
+    ON_CUDA(be, hae_tr_decay_bwd_cuda(be, raw, A_log, dt_bias, dg, N, HV, n, gate, lower_bound, draw, dA_log, ddt_bias));
     (void)be;
     for (int64_t j = 0; j < HV; j++) { /* one head's sums in token order */
         double sa = 0;
@@ -683,6 +821,7 @@ void hae_tr_decay_bwd(hae_backend *be, const float *raw, const float *A_log, con
         }
         dA_log[j] += (float)sa;
     }
+    return HAE_OK;
 }
 
 /* ---------------------------------------------------------------- the DSA indexer */
@@ -728,14 +867,17 @@ static void ln_bwd_row(void *p, int64_t i) {
     }
 }
 
-void hae_tr_layernorm_fwd(hae_backend *be, const float *x, const float *w, const float *bias, int64_t N, int64_t D,
-                          float eps, float *y, float *rstd) {
+hae_status hae_tr_layernorm_fwd(hae_backend *be, const float *x, const float *w, const float *bias, int64_t N,
+                                int64_t D, float eps, float *y, float *rstd) {
+    ON_CUDA(be, hae_tr_layernorm_fwd_cuda(be, x, w, bias, N, D, eps, y, rstd));
     ln_ctx c = {.x = x, .w = w, .bias = bias, .D = D, .eps = eps, .y = y, .r = rstd};
     hae_parallel_for_sized(be->pool, N, 4 * D, ln_fwd_row, &c);
+    return HAE_OK;
 }
 
-void hae_tr_layernorm_bwd(hae_backend *be, const float *x, const float *w, const float *rstd, const float *dy, int64_t N,
-                          int64_t D, float *dx, float *dw, float *dbias) {
+hae_status hae_tr_layernorm_bwd(hae_backend *be, const float *x, const float *w, const float *rstd, const float *dy,
+                                int64_t N, int64_t D, float *dx, float *dw, float *dbias) {
+    ON_CUDA(be, hae_tr_layernorm_bwd_cuda(be, x, w, rstd, dy, N, D, dx, dw, dbias));
     ln_ctx c = {.x = x, .w = w, .rstd = rstd, .dy = dy, .D = D, .dx = dx};
     hae_parallel_for_sized(be->pool, N, 6 * D, ln_bwd_row, &c);
     for (int64_t i = 0; i < N; i++) { /* rows in order: the parameter sums do not depend on the threads */
@@ -745,6 +887,7 @@ void hae_tr_layernorm_bwd(hae_backend *be, const float *x, const float *w, const
             dbias[d] += dy[i * D + d];
         }
     }
+    return HAE_OK;
 }
 
 typedef struct {
@@ -775,10 +918,12 @@ static void index_fwd_row(void *p, int64_t row) {
     }
 }
 
-void hae_tr_index_fwd(hae_backend *be, const hae_tr_index_shape *s, const float *q, const float *k, const float *w,
-                      float *I) {
+hae_status hae_tr_index_fwd(hae_backend *be, const hae_tr_index_shape *s, const float *q, const float *k,
+                            const float *w, float *I) {
+    ON_CUDA(be, hae_tr_index_fwd_cuda(be, s, q, k, w, I));
     index_ctx c = {.s = s, .q = q, .k = k, .w = w, .I = I};
     hae_parallel_for_sized(be->pool, s->B * s->T, s->T * s->HI * s->DI, index_fwd_row, &c);
+    return HAE_OK;
 }
 
 /* Row (b, t): dq and dw of query t, summed over its keys. */
@@ -821,11 +966,13 @@ static void index_bwd_key(void *p, int64_t row) {
     }
 }
 
-void hae_tr_index_bwd(hae_backend *be, const hae_tr_index_shape *s, const float *q, const float *k, const float *w,
-                      const float *dI, float *dq, float *dk, float *dw) {
+hae_status hae_tr_index_bwd(hae_backend *be, const hae_tr_index_shape *s, const float *q, const float *k,
+                            const float *w, const float *dI, float *dq, float *dk, float *dw) {
+    ON_CUDA(be, hae_tr_index_bwd_cuda(be, s, q, k, w, dI, dq, dk, dw));
     index_ctx c = {.s = s, .q = q, .k = k, .w = w, .dI = dI, .dq = dq, .dk = dk, .dw = dw};
     hae_parallel_for_sized(be->pool, s->B * s->T, s->T * s->HI * s->DI, index_bwd_query, &c);
     hae_parallel_for_sized(be->pool, s->B * s->T, s->T * s->HI * s->DI, index_bwd_key, &c);
+    return HAE_OK;
 }
 
 typedef struct {
@@ -856,9 +1003,11 @@ static void index_select_row(void *p, int64_t row) {
     }
 }
 
-void hae_tr_index_select(hae_backend *be, const float *I, int64_t B, int64_t T, int64_t k, uint8_t *allow) {
+hae_status hae_tr_index_select(hae_backend *be, const float *I, int64_t B, int64_t T, int64_t k, uint8_t *allow) {
+    ON_CUDA(be, hae_tr_index_select_cuda(be, I, B, T, k, allow));
     select_ctx c = {.I = I, .T = T, .k = k, .allow = allow};
     hae_parallel_for_sized(be->pool, B * T, T * (k < T ? k : T), index_select_row, &c);
+    return HAE_OK;
 }
 
 static void index_kl_row(void *p, int64_t row) {
@@ -893,6 +1042,7 @@ static void index_kl_row(void *p, int64_t row) {
 
 hae_status hae_tr_index_kl(hae_backend *be, const float *P, const float *I, const uint8_t *allow, int64_t B, int64_t Hq,
                            int64_t T, float scale, float *dI, double *kl_sum) {
+    ON_CUDA(be, hae_tr_index_kl_cuda(be, P, I, allow, B, Hq, T, scale, dI, kl_sum));
     double *kl = malloc(sizeof(double) * (size_t)(B * T));
     if (!kl) return hae_error(HAE_ERR_OOM, "train: out of host memory for the indexer loss of %lld rows", (long long)(B * T));
     select_ctx c = {.I = I, .P = P, .T = T, .Hq = Hq, .sel = allow, .scale = scale, .dI = dI, .kl = kl};

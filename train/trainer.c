@@ -14,7 +14,8 @@
  *
  * The backward walks this in reverse with the residual's gradient dx: each block adds its input's gradient
  * to dx, and the embedding takes dx last. The indexers learn only from their distillation loss (hae_tr_index_kl),
- * their input h detached; the selection passes no gradient. */
+ * their input h detached; the selection passes no gradient. Weights, moments and activations live in the
+ * backend's memory (on CUDA every op is a kernel of train_ops_cuda.h); safetensors pass through the host. */
 #include "train_ops.h"
 
 #include <math.h>
@@ -66,7 +67,9 @@ struct hae_trainer {
     tparam *params;
     int n_params;
     int64_t n_elems, embed, final_norm, lm_head;
-    float *w, *g, *m, *v; /* weights, gradients, AdamW's moments */
+    float *w, *g, *m, *v; /* weights, gradients, AdamW's moments (backend memory) */
+    float *host;          /* CUDA: a host copy of w and g for hae_trainer_param; NULL on the CPU */
+    double *sumsq;        /* [n_params] the gradients' squared norms (backend memory) */
     int64_t step;
     tlayer *layers;
     float *act_mem;
@@ -79,7 +82,9 @@ struct hae_trainer {
     /* dsa layers' backward: the scores' gradient, the indexer's q, k (after and before its norm) and w; its RoPE tables */
     float *dI, *dqi, *dki, *dkr, *dwi, *ics, *isn;
     double index_kl; /* the last backward's indexer loss: mean KL per query row, summed over the dsa layers */
-    int32_t *ids;                       /* the last forward's tokens */
+    int32_t *ids, *target;              /* the last forward's tokens and targets (backend memory) */
+    int64_t *pos;                       /* its scored rows (backend memory) */
+    uint8_t *correct;                   /* per scored row (backend memory) */
     int64_t B, T, n;                    /* its shapes */
 };
 
@@ -180,19 +185,32 @@ static void layout(hae_trainer *t) {
                                                   : add_param(t, "lm_head.weight", t->V, d, false, INIT_NORMAL, std);
 }
 
-/* hae_model_init_weights' values (the same function of the same counters). */
-static void init_weights(hae_trainer *t, uint64_t seed) {
+static bool on_cuda(const hae_trainer *t) { return hae_backend_device(t->be) == HAE_CUDA; }
+
+/* A host view of n floats of backend memory: buf itself on the CPU, else a copy in *tmp (freed by the caller). */
+static hae_status host_view(const hae_trainer *t, const float *buf, int64_t n, float **tmp, const float **out) {
+    *tmp = NULL;
+    *out = buf;
+    if (!on_cuda(t)) return HAE_OK;
+    *tmp = malloc(sizeof(float) * (size_t)n);
+    if (!*tmp) return hae_error(HAE_ERR_OOM, "train: %lld floats of host memory for a copy of the weights", (long long)n);
+    *out = *tmp;
+    return hae_backend_download(t->be, *tmp, buf, sizeof(float) * (size_t)n);
+}
+
+/* hae_model_init_weights' values (the same function of the same counters), made on the host. */
+static hae_status init_weights(hae_trainer *t, uint64_t seed) {
+    float *w = on_cuda(t) ? t->host : t->w;
     for (int p = 0; p < t->n_params; p++) {
         const tparam *pr = &t->params[p];
         for (int64_t i = 0; i < pr->n; i++)
-            t->w[pr->off + i] = hae_init_value(pr->init, pr->std, seed, (uint64_t)p, (uint64_t)i);
+            w[pr->off + i] = hae_init_value(pr->init, pr->std, seed, (uint64_t)p, (uint64_t)i);
     }
+    return on_cuda(t) ? hae_backend_upload(t->be, t->w, w, sizeof(float) * (size_t)t->n_elems) : HAE_OK;
 }
 
 static hae_status check_model(const hae_config *cfg, hae_backend *be) {
-    if (!be || hae_backend_device(be) != HAE_CPU)
-        return hae_error(HAE_ERR_UNSUPPORTED, "train: training runs on the CPU backend (runtime.backend: cpu); the "
-                                              "CUDA backward is not built yet");
+    if (!be) return hae_error(HAE_ERR_INVALID, "hae_trainer_create: NULL backend");
     if (cfg->model.attention.form != HAE_ATTN_GQA)
         return hae_error(HAE_ERR_UNSUPPORTED, "train: model.attention.form 'mla' has no backward yet (gqa only)");
     for (int64_t l = 0; l < cfg->model.n_layers; l++) {
@@ -204,6 +222,13 @@ static hae_status check_model(const hae_config *cfg, hae_backend *be) {
                              (long long)l);
     }
     return HAE_OK;
+}
+
+/* cos and sin tables [Tmax, half] from the host into backend memory. */
+static hae_status upload_tables(hae_trainer *t, const float *tab, int64_t half, float *cs, float *sn) {
+    const size_t bytes = sizeof(float) * (size_t)(t->Tmax * half);
+    HAE_TRY(hae_backend_upload(t->be, cs, tab, bytes));
+    return hae_backend_upload(t->be, sn, tab + t->Tmax * half, bytes);
 }
 
 /* Carves the activations (sizes only when base is NULL); returns the floats used. */
@@ -255,6 +280,44 @@ static int64_t carve_acts(hae_trainer *t, float *base) {
     return used;
 }
 
+/* The weights, gradients and moments, the activations and the batch's ids in the backend's memory, and the RoPE
+ * tables (made on the host). */
+static hae_status alloc_all(hae_trainer *t) {
+    const int64_t acts = carve_acts(t, NULL), n = t->Bmax * t->Tmax;
+    const size_t weights = sizeof(float) * (size_t)(4 * t->n_elems), act_bytes = sizeof(float) * (size_t)acts;
+    const size_t batch = (sizeof(int32_t) + sizeof(int64_t) + sizeof(int32_t) + 1) * (size_t)n;
+    hae_status st = hae_backend_alloc(t->be, weights, (void **)&t->w);
+    if (st == HAE_OK) st = hae_backend_alloc(t->be, act_bytes, (void **)&t->act_mem);
+    if (st == HAE_OK) st = hae_backend_alloc(t->be, batch, (void **)&t->pos);
+    if (st == HAE_OK) st = hae_backend_alloc(t->be, sizeof(double) * (size_t)t->n_params, (void **)&t->sumsq);
+    if (st != HAE_OK)
+        return hae_error_wrap(st, "train: %.1f MiB on %s for %lld parameters (weights, gradients, moments) and the "
+                                  "activations of %lld x %lld tokens", (double)(weights + act_bytes + batch) / 1048576.0,
+                              hae_backend_name(t->be), (long long)t->n_elems, (long long)t->Bmax, (long long)t->Tmax);
+    HAE_TRY(hae_backend_zero(t->be, t->w, weights));
+    t->g = t->w + t->n_elems, t->m = t->g + t->n_elems, t->v = t->m + t->n_elems;
+    t->ids = (int32_t *)(t->pos + n), t->target = t->ids + n, t->correct = (uint8_t *)(t->target + n);
+    carve_acts(t, t->act_mem);
+    if (on_cuda(t)) {
+        t->host = malloc(sizeof(float) * (size_t)(2 * t->n_elems));
+        if (!t->host) return hae_error(HAE_ERR_OOM, "train: a host copy of %lld weights", (long long)t->n_elems);
+    }
+    const int64_t rot = t->rot_dims / 2, irot = t->irope / 2, tabs = 2 * t->Tmax * (rot > irot ? rot : irot);
+    float *tab = malloc(sizeof(float) * (size_t)(tabs ? tabs : 1));
+    if (!tab) return hae_error(HAE_ERR_OOM, "train: RoPE tables");
+    st = HAE_OK;
+    if (rot) {
+        hae_tr_rope_table(t->Tmax, t->rot_dims, t->cfg.model.attention.rope_theta, tab, tab + t->Tmax * rot);
+        st = upload_tables(t, tab, rot, t->cs, t->sn);
+    }
+    if (st == HAE_OK && t->has_dsa && irot) {
+        hae_tr_rope_table(t->Tmax, (int)t->irope, t->cfg.model.attention.rope_theta, tab, tab + t->Tmax * irot);
+        st = upload_tables(t, tab, irot, t->ics, t->isn);
+    }
+    free(tab);
+    return st;
+}
+
 hae_status hae_trainer_create(const hae_config *cfg, hae_backend *be, int64_t max_batch, int64_t max_tokens,
                               hae_trainer **out) {
     if (!cfg || !out) return hae_error(HAE_ERR_INVALID, "hae_trainer_create: NULL argument");
@@ -294,30 +357,23 @@ hae_status hae_trainer_create(const hae_config *cfg, hae_backend *be, int64_t ma
         return hae_error(HAE_ERR_OOM, "train: out of host memory");
     }
     layout(t);
-    const int64_t acts = carve_acts(t, NULL);
-    const double bytes = 4.0 * (double)(4 * t->n_elems + acts);
-    t->w = calloc((size_t)(4 * t->n_elems), sizeof(float));
-    t->act_mem = malloc(sizeof(float) * (size_t)acts);
-    t->ids = malloc(sizeof(int32_t) * (size_t)(t->Bmax * t->Tmax));
-    if (!t->w || !t->act_mem || !t->ids) {
+    hae_status st = alloc_all(t);
+    if (st == HAE_OK) st = init_weights(t, cfg->seed);
+    if (st != HAE_OK) {
         hae_trainer_destroy(t);
-        return hae_error(HAE_ERR_OOM, "train: %.0f MiB of host memory for %lld parameters and the activations of %lld x "
-                                      "%lld tokens", bytes / 1048576.0, (long long)(t->n_elems), (long long)max_batch,
-                         (long long)max_tokens);
+        return st;
     }
-    t->g = t->w + t->n_elems, t->m = t->g + t->n_elems, t->v = t->m + t->n_elems;
-    carve_acts(t, t->act_mem);
-    if (t->rot_dims) hae_tr_rope_table(t->Tmax, t->rot_dims, cfg->model.attention.rope_theta, t->cs, t->sn);
-    if (t->has_dsa && t->irope)
-        hae_tr_rope_table(t->Tmax, (int)t->irope, cfg->model.attention.rope_theta, t->ics, t->isn);
-    init_weights(t, cfg->seed);
     *out = t;
     return HAE_OK;
 }
 
 void hae_trainer_destroy(hae_trainer *t) {
     if (!t) return;
-    free(t->w), free(t->act_mem), free(t->ids), free(t->layers), free(t->params);
+    if (t->be) {
+        hae_backend_free(t->be, t->w), hae_backend_free(t->be, t->act_mem), hae_backend_free(t->be, t->pos);
+        hae_backend_free(t->be, t->sumsq);
+    }
+    free(t->host), free(t->layers), free(t->params);
     free(t);
 }
 
@@ -330,9 +386,14 @@ hae_status hae_trainer_param(hae_trainer *t, int i, const char **name, float **w
         return hae_error(HAE_ERR_INVALID, "hae_trainer_param: index %d outside [0, %d)", i, t->n_params);
     const tparam *p = &t->params[i];
     if (name) *name = p->name;
-    if (w) *w = t->w + p->off;
-    if (g) *g = t->g + p->off;
     if (n) *n = p->n;
+    const size_t bytes = sizeof(float) * (size_t)p->n;
+    float *hw = on_cuda(t) ? t->host + p->off : t->w + p->off;
+    float *hg = on_cuda(t) ? t->host + t->n_elems + p->off : t->g + p->off;
+    if (w && on_cuda(t)) HAE_TRY(hae_backend_download(t->be, hw, t->w + p->off, bytes));
+    if (g && on_cuda(t)) HAE_TRY(hae_backend_download(t->be, hg, t->g + p->off, bytes));
+    if (w) *w = hw;
+    if (g) *g = hg;
     return HAE_OK;
 }
 
@@ -397,14 +458,21 @@ hae_status hae_trainer_save(const hae_trainer *t, const char *path) {
     snprintf(layers, sizeof layers, "%lld", (long long)t->L);
     snprintf(step, sizeof step, "%lld", (long long)t->step);
     const char *keys[] = {"format", "producer", "n_layers", "step"}, *vals[] = {"pt", "hae train", layers, step};
-    return save_flat(t, t->w, "", path, keys, vals, 4);
+    float *tmp;
+    const float *w;
+    hae_status st = host_view(t, t->w, t->n_elems, &tmp, &w);
+    if (st == HAE_OK) st = save_flat(t, w, "", path, keys, vals, 4);
+    free(tmp);
+    return st;
 }
 
 hae_status hae_trainer_load(hae_trainer *t, const char *path) {
     hae_st_file *f = NULL;
     HAE_TRY(hae_st_open(path, &f));
-    hae_status st = load_flat(t, f, path, "", t->w);
+    float *w = on_cuda(t) ? t->host : t->w;
+    hae_status st = load_flat(t, f, path, "", w);
     hae_st_close(f);
+    if (st == HAE_OK && on_cuda(t)) st = hae_backend_upload(t->be, t->w, w, sizeof(float) * (size_t)t->n_elems);
     return st;
 }
 
@@ -413,8 +481,14 @@ hae_status hae_trainer_save_optim(const hae_trainer *t, const char *path) {
     snprintf(step, sizeof step, "%lld", (long long)t->step);
     const char *keys[] = {"format", "step"}, *vals[] = {"hae-adamw", step};
     /* one file: the first moments, then the second, under their own names */
+    float *tmp;
+    const float *mv; /* m, then v */
+    HAE_TRY(host_view(t, t->m, 2 * t->n_elems, &tmp, &mv));
     hae_st_tensor *ts = calloc((size_t)(2 * t->n_params), sizeof *ts);
-    if (!ts) return hae_error(HAE_ERR_OOM, "saving %s: out of host memory", path);
+    if (!ts) {
+        free(tmp);
+        return hae_error(HAE_ERR_OOM, "saving %s: out of host memory", path);
+    }
     for (int k = 0; k < 2; k++)
         for (int p = 0; p < t->n_params; p++) {
             const tparam *pr = &t->params[p];
@@ -423,11 +497,11 @@ hae_status hae_trainer_save_optim(const hae_trainer *t, const char *path) {
             s->dtype = HAE_F32;
             s->ndim = pr->ndim;
             memcpy(s->shape, pr->shape, sizeof pr->shape);
-            s->data = (k ? t->v : t->m) + pr->off;
+            s->data = mv + k * t->n_elems + pr->off;
             s->nbytes = sizeof(float) * (size_t)pr->n;
         }
     hae_status st = hae_st_write(path, ts, 2 * t->n_params, keys, vals, 2);
-    free(ts);
+    free(ts), free(tmp);
     return st;
 }
 
@@ -441,8 +515,10 @@ hae_status hae_trainer_load_optim(hae_trainer *t, const char *path) {
     if (!fmt || strcmp(fmt, "hae-adamw") || !step || *end || s < 0)
         st = hae_error(HAE_ERR_FORMAT, "%s: not an optimiser state (metadata format 'hae-adamw' and a step expected)",
                        path);
-    if (st == HAE_OK) st = load_flat(t, f, path, ".exp_avg", t->m);
-    if (st == HAE_OK) st = load_flat(t, f, path, ".exp_avg_sq", t->v);
+    float *mv = on_cuda(t) ? t->host : t->m; /* m, then v */
+    if (st == HAE_OK) st = load_flat(t, f, path, ".exp_avg", mv);
+    if (st == HAE_OK) st = load_flat(t, f, path, ".exp_avg_sq", mv + t->n_elems);
+    if (st == HAE_OK && on_cuda(t)) st = hae_backend_upload(t->be, t->m, mv, sizeof(float) * (size_t)(2 * t->n_elems));
     if (st == HAE_OK) t->step = s;
     hae_st_close(f);
     return st;
@@ -501,15 +577,14 @@ static hae_status index_forward(hae_trainer *t, tlayer *w, int64_t N) {
     HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wq_i, N, d, HI * DI, w->qi, false));
     HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wk_i, N, d, DI, w->kr, false));
     HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wp, N, d, HI, w->wi, false));
-    hae_tr_layernorm_fwd(be, w->kr, t->w + w->kn_w, t->w + w->kn_b, N, DI, INDEX_NORM_EPS, w->ki, w->krs);
+    HAE_TRY(hae_tr_layernorm_fwd(be, w->kr, t->w + w->kn_w, t->w + w->kn_b, N, DI, INDEX_NORM_EPS, w->ki, w->krs));
     if (t->irope) {
-        hae_tr_rope(be, w->qi, t->B, t->T, HI, DI, HI * DI, (int)t->irope, t->ics, t->isn, false);
-        hae_tr_rope(be, w->ki, t->B, t->T, 1, DI, DI, (int)t->irope, t->ics, t->isn, false);
+        HAE_TRY(hae_tr_rope(be, w->qi, t->B, t->T, HI, DI, HI * DI, (int)t->irope, t->ics, t->isn, false));
+        HAE_TRY(hae_tr_rope(be, w->ki, t->B, t->T, 1, DI, DI, (int)t->irope, t->ics, t->isn, false));
     }
     const hae_tr_index_shape s = index_shape(t);
-    hae_tr_index_fwd(be, &s, w->qi, w->ki, w->wi, w->I);
-    hae_tr_index_select(be, w->I, t->B, t->T, index_dense(t) ? t->T : t->topk, w->allow);
-    return HAE_OK;
+    HAE_TRY(hae_tr_index_fwd(be, &s, w->qi, w->ki, w->wi, w->I));
+    return hae_tr_index_select(be, w->I, t->B, t->T, index_dense(t) ? t->T : t->topk, w->allow);
 }
 
 /* The indexer's distillation loss on the attention of layer w (its probabilities kept by the forward), added to
@@ -521,73 +596,80 @@ static hae_status index_backward(hae_trainer *t, tlayer *w, int64_t N) {
     HAE_TRY(hae_tr_index_kl(be, w->P, w->I, w->allow, t->B, t->Hq, t->T, 1.0f / (float)rows, t->dI, &kl));
     t->index_kl += kl / (double)rows;
     const hae_tr_index_shape s = index_shape(t);
-    hae_tr_index_bwd(be, &s, w->qi, w->ki, w->wi, t->dI, t->dqi, t->dki, t->dwi);
+    HAE_TRY(hae_tr_index_bwd(be, &s, w->qi, w->ki, w->wi, t->dI, t->dqi, t->dki, t->dwi));
     if (t->irope) {
-        hae_tr_rope(be, t->dqi, t->B, t->T, HI, DI, HI * DI, (int)t->irope, t->ics, t->isn, true);
-        hae_tr_rope(be, t->dki, t->B, t->T, 1, DI, DI, (int)t->irope, t->ics, t->isn, true);
+        HAE_TRY(hae_tr_rope(be, t->dqi, t->B, t->T, HI, DI, HI * DI, (int)t->irope, t->ics, t->isn, true));
+        HAE_TRY(hae_tr_rope(be, t->dki, t->B, t->T, 1, DI, DI, (int)t->irope, t->ics, t->isn, true));
     }
     float *G = t->g;
-    hae_tr_layernorm_bwd(be, w->kr, t->w + w->kn_w, w->krs, t->dki, N, DI, t->dkr, G + w->kn_w, G + w->kn_b);
-    hae_tr_linear_bwd(be, w->h1, t->w + w->wq_i, t->dqi, N, d, HI * DI, NULL, false, G + w->wq_i);
-    hae_tr_linear_bwd(be, w->h1, t->w + w->wk_i, t->dkr, N, d, DI, NULL, false, G + w->wk_i);
-    hae_tr_linear_bwd(be, w->h1, t->w + w->wp, t->dwi, N, d, HI, NULL, false, G + w->wp);
-    return HAE_OK;
+    HAE_TRY(hae_tr_layernorm_bwd(be, w->kr, t->w + w->kn_w, w->krs, t->dki, N, DI, t->dkr, G + w->kn_w, G + w->kn_b));
+    HAE_TRY(hae_tr_linear_bwd(be, w->h1, t->w + w->wq_i, t->dqi, N, d, HI * DI, NULL, false, G + w->wq_i));
+    HAE_TRY(hae_tr_linear_bwd(be, w->h1, t->w + w->wk_i, t->dkr, N, d, DI, NULL, false, G + w->wk_i));
+    return hae_tr_linear_bwd(be, w->h1, t->w + w->wp, t->dwi, N, d, HI, NULL, false, G + w->wp);
 }
 
 /* RoPE on the q and k columns of fused rows [N, qkv_dim] (forward, or inverse on their gradients). */
-static void rope_qk(hae_trainer *t, float *qkv, bool inverse) {
-    hae_tr_rope(t->be, qkv, t->B, t->T, t->Hq, t->Dh, t->qkv_dim, t->rot_dims, t->cs, t->sn, inverse);
-    hae_tr_rope(t->be, qkv + t->Hq * t->Dh, t->B, t->T, t->Hkv, t->Dh, t->qkv_dim, t->rot_dims, t->cs, t->sn, inverse);
+static hae_status rope_qk(hae_trainer *t, float *qkv, bool inverse) {
+    HAE_TRY(hae_tr_rope(t->be, qkv, t->B, t->T, t->Hq, t->Dh, t->qkv_dim, t->rot_dims, t->cs, t->sn, inverse));
+    return hae_tr_rope(t->be, qkv + t->Hq * t->Dh, t->B, t->T, t->Hkv, t->Dh, t->qkv_dim, t->rot_dims, t->cs, t->sn,
+                       inverse);
 }
 
 /* ---------------------------------------------------------------- linear layers */
 
 /* dst [N, n] = columns [off, off + n) of src [N, ld] */
-static void cols_get(float *dst, const float *src, int64_t N, int64_t ld, int64_t off, int64_t n) {
-    for (int64_t i = 0; i < N; i++) memcpy(dst + i * n, src + i * ld + off, sizeof(float) * (size_t)n);
+static hae_status cols_get(hae_trainer *t, float *dst, const float *src, int64_t N, int64_t ld, int64_t off,
+                           int64_t n) {
+    return hae_tr_copy_cols(t->be, &(hae_tr_cols){.dst = dst, .src = src, .N = N, .n = n, .ld_dst = n, .ld_src = ld,
+                                                  .src_off = off});
 }
 
-/* columns [off, off + n) of dst [N, ld] += src [N, n] */
-static void cols_add(float *dst, int64_t ld, int64_t off, const float *src, int64_t N, int64_t n) {
-    for (int64_t i = 0; i < N; i++)
-        for (int64_t j = 0; j < n; j++) dst[i * ld + off + j] += src[i * n + j];
+/* columns [off, off + n) of dst [N, ld] += src [N, n] (= with add false) */
+static hae_status cols_put(hae_trainer *t, float *dst, int64_t ld, int64_t off, const float *src, int64_t N, int64_t n,
+                           bool add) {
+    return hae_tr_copy_cols(t->be, &(hae_tr_cols){.dst = dst, .src = src, .N = N, .n = n, .ld_dst = ld, .dst_off = off,
+                                                  .ld_src = n, .add = add});
 }
 
-static float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* dst = src, n floats */
+static hae_status copy(hae_trainer *t, float *dst, const float *src, int64_t n) {
+    return cols_get(t, dst, src, 1, n, 0, n);
+}
 
 /* L2 norm's epsilon inside the square root, as linear/linear_cpu.c's q/k map */
 #define QK_L2_EPS 1e-6f
 
-/* q or k (columns [off, off + H K) of the conv output) mapped, one row per value head: out [N, HV, K]. */
-static void qk_forward(hae_trainer *t, const tlayer *w, int64_t N, int64_t off, float *out) {
+/* The q or k heads (columns [off, off + H K) of the conv output) mapped, one row per value head: out [N, HV, K]. */
+static hae_status qk_forward(hae_trainer *t, const tlayer *w, int64_t N, int64_t off, float *out) {
     const int64_t H = t->LH, HV = t->LHV, K = t->LK, G = HV / H;
-    cols_get(t->c1, w->cout, N, t->conv_ch, off, H * K);
-    if (w->lk.qk_map == HAE_QK_L2) {
-        hae_tr_l2norm_fwd(t->be, t->c1, N * H, K, QK_L2_EPS, t->c2);
-    } else {
-        for (int64_t i = 0; i < N * H * K; i++) t->c2[i] = t->c1[i] > 0.0f ? t->c1[i] + 1.0f : expf(t->c1[i]);
-    }
-    for (int64_t i = 0; i < N; i++)
-        for (int64_t j = 0; j < HV; j++) memcpy(out + (i * HV + j) * K, t->c2 + (i * H + j / G) * K, sizeof(float) * (size_t)K);
+    HAE_TRY(cols_get(t, t->c1, w->cout, N, t->conv_ch, off, H * K));
+    if (w->lk.qk_map == HAE_QK_L2) HAE_TRY(hae_tr_l2norm_fwd(t->be, t->c1, N * H, K, QK_L2_EPS, t->c2));
+    else HAE_TRY(hae_tr_map_fwd(t->be, HAE_TR_ELU1, t->c1, N * H * K, t->c2));
+    if (G == 1) return copy(t, out, t->c2, N * HV * K);
+    for (int64_t j = 0; j < HV; j++) /* GVA: value head j reads q/k head j / G */
+        HAE_TRY(hae_tr_copy_cols(t->be, &(hae_tr_cols){.dst = out, .src = t->c2, .N = N, .n = K, .ld_dst = HV * K,
+                                                        .dst_off = j * K, .ld_src = H * K, .src_off = j / G * K}));
+    return HAE_OK;
 }
 
 /* The gradient of qk_forward's input from that of its output (d [N, HV, K]), into columns [off, off + H K) of
  * t->lcout: the value heads of a q/k head summed, then the map's backward. */
-static void qk_backward(hae_trainer *t, const tlayer *w, int64_t N, int64_t off, const float *d) {
+static hae_status qk_backward(hae_trainer *t, const tlayer *w, int64_t N, int64_t off, const float *d) {
     const int64_t H = t->LH, HV = t->LHV, K = t->LK, G = HV / H;
-    memset(t->c2, 0, sizeof(float) * (size_t)(N * H * K));
-    for (int64_t i = 0; i < N; i++)
-        for (int64_t j = 0; j < HV; j++)
-            for (int64_t c = 0; c < K; c++) t->c2[(i * H + j / G) * K + c] += d[(i * HV + j) * K + c];
-    cols_get(t->c1, w->cout, N, t->conv_ch, off, H * K);
-    float *dx = t->c1 + N * H * K; /* c1 holds 2 H K columns' worth: x, then its gradient */
-    if (w->lk.qk_map == HAE_QK_L2) {
-        hae_tr_l2norm_bwd(t->be, t->c1, t->c2, N * H, K, QK_L2_EPS, dx);
+    if (G == 1) {
+        HAE_TRY(copy(t, t->c2, d, N * HV * K));
     } else {
-        for (int64_t i = 0; i < N * H * K; i++) dx[i] = t->c2[i] * (t->c1[i] > 0.0f ? 1.0f : expf(t->c1[i]));
+        HAE_TRY(hae_backend_zero(t->be, t->c2, sizeof(float) * (size_t)(N * H * K)));
+        for (int64_t j = 0; j < HV; j++)
+            HAE_TRY(hae_tr_copy_cols(t->be, &(hae_tr_cols){.dst = t->c2, .src = d, .N = N, .n = K, .ld_dst = H * K,
+                                                            .dst_off = j / G * K, .ld_src = HV * K, .src_off = j * K,
+                                                            .add = true}));
     }
-    for (int64_t i = 0; i < N; i++)
-        memcpy(t->lcout + i * t->conv_ch + off, dx + i * H * K, sizeof(float) * (size_t)(H * K));
+    HAE_TRY(cols_get(t, t->c1, w->cout, N, t->conv_ch, off, H * K));
+    float *dx = t->c1 + N * H * K; /* c1 holds 2 H K columns' worth: x, then its gradient */
+    if (w->lk.qk_map == HAE_QK_L2) HAE_TRY(hae_tr_l2norm_bwd(t->be, t->c1, t->c2, N * H, K, QK_L2_EPS, dx));
+    else HAE_TRY(hae_tr_map_bwd(t->be, HAE_TR_ELU1, t->c1, t->c2, N * H * K, dx));
+    return cols_put(t, t->lcout, t->conv_ch, off, dx, N, H * K, false);
 }
 
 static hae_tr_delta_shape delta_shape(const hae_trainer *t, const tlayer *w) {
@@ -605,36 +687,36 @@ static hae_status linear_forward(hae_trainer *t, tlayer *w, int64_t N) {
     const int64_t HV = t->LHV, K = t->LK, V = t->LV, C = t->conv_ch, in = w->in_dim;
     const float *W = t->w;
     HAE_TRY(hae_tr_linear_fwd(be, w->h1, W + w->wqkv, N, t->d, in, w->proj, false));
-    cols_get(t->c1, w->proj, N, in, 0, C);
-    hae_tr_conv_fwd(be, t->c1, W + w->conv_w, t->B, t->T, C, t->conv_W, true, w->cpre, w->cout);
-    qk_forward(t, w, N, 0, w->qm);
-    qk_forward(t, w, N, t->LH * K, w->km);
-    cols_get(w->vv, w->cout, N, C, 2 * t->LH * K, HV * V);
+    HAE_TRY(cols_get(t, t->c1, w->proj, N, in, 0, C));
+    HAE_TRY(hae_tr_conv_fwd(be, t->c1, W + w->conv_w, t->B, t->T, C, t->conv_W, true, w->cpre, w->cout));
+    HAE_TRY(qk_forward(t, w, N, 0, w->qm));
+    HAE_TRY(qk_forward(t, w, N, t->LH * K, w->km));
+    HAE_TRY(cols_get(t, w->vv, w->cout, N, C, 2 * t->LH * K, HV * V));
     int64_t col = C;
     const hae_decay dec = w->lk.decay;
     if (dec == HAE_DECAY_CHANNEL) {
-        cols_get(t->c1, w->proj, N, in, col, V);
+        HAE_TRY(cols_get(t, t->c1, w->proj, N, in, col, V));
         HAE_TRY(hae_tr_linear_fwd(be, t->c1, W + w->wf2, N, V, HV * K, w->graw, false));
     } else if (dec == HAE_DECAY_HEAD) {
-        cols_get(w->graw, w->proj, N, in, col, HV);
+        HAE_TRY(cols_get(t, w->graw, w->proj, N, in, col, HV));
     }
     if (dec == HAE_DECAY_CHANNEL || dec == HAE_DECAY_HEAD)
-        hae_tr_decay_fwd(be, w->graw, W + w->A_log, W + w->dt_bias, N, HV, dec == HAE_DECAY_CHANNEL ? K : 1, gate_fn(t),
-                         t->cfg.model.linear_attn.lower_bound, w->g);
-    if (dec == HAE_DECAY_FIXED)
-        for (int64_t i = 0; i < N * HV; i++) w->g[i] = -expf(W[w->A_log + i % HV]);
+        HAE_TRY(hae_tr_decay_fwd(be, w->graw, W + w->A_log, W + w->dt_bias, N, HV, dec == HAE_DECAY_CHANNEL ? K : 1,
+                                 gate_fn(t), t->cfg.model.linear_attn.lower_bound, w->g));
+    if (dec == HAE_DECAY_FIXED) HAE_TRY(hae_tr_fixed_decay_fwd(be, W + w->A_log, N, HV, w->g));
     col += w->f_dim;
-    if (w->lk.delta)
-        for (int64_t i = 0; i < N; i++)
-            for (int64_t j = 0; j < HV; j++) w->beta[i * HV + j] = sigmoidf(w->proj[i * in + col + j]);
+    if (w->lk.delta) {
+        HAE_TRY(cols_get(t, w->beta, w->proj, N, in, col, HV));
+        HAE_TRY(hae_tr_map_fwd(be, HAE_TR_SIGMOID, w->beta, N * HV, w->beta));
+    }
     col += w->b_dim;
-    cols_get(t->c1, w->proj, N, in, col, V);
+    HAE_TRY(cols_get(t, t->c1, w->proj, N, in, col, V));
     HAE_TRY(hae_tr_linear_fwd(be, t->c1, W + w->wg2, N, V, HV * V, w->gout, false));
     const hae_tr_delta_shape s = delta_shape(t, w);
-    hae_tr_delta_fwd(be, &s, w->qm, w->km, w->vv, dec == HAE_DECAY_NONE ? NULL : w->g, w->lk.delta ? w->beta : NULL,
-                     w->S, w->o);
-    hae_tr_gated_norm_fwd(be, w->o, w->gout, W + w->o_norm, N * HV, V, t->eps, w->y);
-    memcpy(w->xm, w->x, sizeof(float) * (size_t)(N * t->d));
+    HAE_TRY(hae_tr_delta_fwd(be, &s, w->qm, w->km, w->vv, dec == HAE_DECAY_NONE ? NULL : w->g,
+                             w->lk.delta ? w->beta : NULL, w->S, w->o));
+    HAE_TRY(hae_tr_gated_norm_fwd(be, w->o, w->gout, W + w->o_norm, N * HV, V, t->eps, w->y));
+    HAE_TRY(copy(t, w->xm, w->x, N * t->d));
     return hae_tr_linear_fwd(be, w->y, W + w->wo, N, HV * V, t->d, w->xm, true);
 }
 
@@ -645,55 +727,45 @@ static hae_status linear_backward(hae_trainer *t, tlayer *w, int64_t N) {
     const float *W = t->w;
     float *G = t->g;
     const hae_decay dec = w->lk.decay;
-    hae_tr_linear_bwd(be, w->y, W + w->wo, t->dx, N, HV * V, t->d, t->ly, false, G + w->wo);
-    hae_tr_gated_norm_bwd(be, w->o, w->gout, W + w->o_norm, t->ly, N * HV, V, t->eps, t->lo, t->lgo, G + w->o_norm);
+    HAE_TRY(hae_tr_linear_bwd(be, w->y, W + w->wo, t->dx, N, HV * V, t->d, t->ly, false, G + w->wo));
+    HAE_TRY(hae_tr_gated_norm_bwd(be, w->o, w->gout, W + w->o_norm, t->ly, N * HV, V, t->eps, t->lo, t->lgo,
+                                  G + w->o_norm));
     const hae_tr_delta_shape s = delta_shape(t, w);
     HAE_TRY(hae_tr_delta_bwd(be, &s, w->qm, w->km, w->vv, dec == HAE_DECAY_NONE ? NULL : w->g,
                              w->lk.delta ? w->beta : NULL, w->S, t->lo, t->lq, t->lk, t->lv,
                              dec == HAE_DECAY_NONE ? NULL : t->lg, w->lk.delta ? t->lb : NULL));
     float *dproj = t->lproj;
-    memset(dproj, 0, sizeof(float) * (size_t)(N * in));
+    HAE_TRY(hae_backend_zero(be, dproj, sizeof(float) * (size_t)(N * in)));
     int64_t col = C + w->f_dim + w->b_dim; /* the output gate's input g1 */
-    cols_get(t->c1, w->proj, N, in, col, V);
-    hae_tr_linear_bwd(be, t->c1, W + w->wg2, t->lgo, N, V, HV * V, t->c2, false, G + w->wg2);
-    cols_add(dproj, in, col, t->c2, N, V);
-    if (w->lk.delta) {
-        col = C + w->f_dim;
-        for (int64_t i = 0; i < N; i++)
-            for (int64_t j = 0; j < HV; j++) {
-                const float b = w->beta[i * HV + j];
-                dproj[i * in + col + j] = t->lb[i * HV + j] * b * (1.0f - b);
-            }
+    HAE_TRY(cols_get(t, t->c1, w->proj, N, in, col, V));
+    HAE_TRY(hae_tr_linear_bwd(be, t->c1, W + w->wg2, t->lgo, N, V, HV * V, t->c2, false, G + w->wg2));
+    HAE_TRY(cols_put(t, dproj, in, col, t->c2, N, V, true));
+    if (w->lk.delta) { /* beta = sigmoid(b) */
+        HAE_TRY(hae_tr_map_bwd(be, HAE_TR_SIGMOID, w->beta, t->lb, N * HV, t->c1));
+        HAE_TRY(cols_put(t, dproj, in, C + w->f_dim, t->c1, N, HV, false));
     }
     if (dec == HAE_DECAY_CHANNEL || dec == HAE_DECAY_HEAD) {
         const int64_t n = dec == HAE_DECAY_CHANNEL ? K : 1;
         float *draw = t->lcin; /* free until the conv's backward */
-        hae_tr_decay_bwd(be, w->graw, W + w->A_log, W + w->dt_bias, t->lg, N, HV, n, gate_fn(t),
-                         t->cfg.model.linear_attn.lower_bound, draw, G + w->A_log, G + w->dt_bias);
+        HAE_TRY(hae_tr_decay_bwd(be, w->graw, W + w->A_log, W + w->dt_bias, t->lg, N, HV, n, gate_fn(t),
+                                 t->cfg.model.linear_attn.lower_bound, draw, G + w->A_log, G + w->dt_bias));
         if (dec == HAE_DECAY_CHANNEL) { /* graw = f1 Wf2^T */
-            cols_get(t->c1, w->proj, N, in, C, V);
-            hae_tr_linear_bwd(be, t->c1, W + w->wf2, draw, N, V, HV * K, t->c2, false, G + w->wf2);
-            cols_add(dproj, in, C, t->c2, N, V);
+            HAE_TRY(cols_get(t, t->c1, w->proj, N, in, C, V));
+            HAE_TRY(hae_tr_linear_bwd(be, t->c1, W + w->wf2, draw, N, V, HV * K, t->c2, false, G + w->wf2));
+            HAE_TRY(cols_put(t, dproj, in, C, t->c2, N, V, true));
         } else {
-            cols_add(dproj, in, C, draw, N, HV);
+            HAE_TRY(cols_put(t, dproj, in, C, draw, N, HV, true));
         }
     }
-    if (dec == HAE_DECAY_FIXED) /* g = -exp(A_log): dg/dA_log = g */
-        for (int64_t j = 0; j < HV; j++) {
-            double acc = 0.0;
-            for (int64_t i = 0; i < N; i++) acc += (double)t->lg[i * HV + j] * (double)w->g[i * HV + j];
-            G[w->A_log + j] += (float)acc;
-        }
-    qk_backward(t, w, N, 0, t->lq);
-    qk_backward(t, w, N, t->LH * K, t->lk);
-    for (int64_t i = 0; i < N; i++)
-        memcpy(t->lcout + i * C + 2 * t->LH * K, t->lv + i * HV * V, sizeof(float) * (size_t)(HV * V));
-    cols_get(t->c1, w->proj, N, in, 0, C);
+    if (dec == HAE_DECAY_FIXED) HAE_TRY(hae_tr_fixed_decay_bwd(be, w->g, t->lg, N, HV, G + w->A_log));
+    HAE_TRY(qk_backward(t, w, N, 0, t->lq));
+    HAE_TRY(qk_backward(t, w, N, t->LH * K, t->lk));
+    HAE_TRY(cols_put(t, t->lcout, C, 2 * t->LH * K, t->lv, N, HV * V, false));
+    HAE_TRY(cols_get(t, t->c1, w->proj, N, in, 0, C));
     HAE_TRY(hae_tr_conv_bwd(be, t->c1, W + w->conv_w, w->cpre, t->lcout, t->B, t->T, C, t->conv_W, true, t->lcin,
                             G + w->conv_w));
-    cols_add(dproj, in, 0, t->lcin, N, C);
-    hae_tr_linear_bwd(be, w->h1, W + w->wqkv, dproj, N, t->d, in, t->dh, false, G + w->wqkv);
-    return HAE_OK;
+    HAE_TRY(cols_put(t, dproj, in, 0, t->lcin, N, C, true));
+    return hae_tr_linear_bwd(be, w->h1, W + w->wqkv, dproj, N, t->d, in, t->dh, false, G + w->wqkv);
 }
 
 /* ---------------------------------------------------------------- the model */
@@ -704,83 +776,119 @@ static hae_status forward(hae_trainer *t, const hae_train_batch *b) {
     hae_backend *be = t->be;
     t->B = b->B, t->T = b->T, t->n = b->n;
     const int64_t N = b->B * b->T, d = t->d, qd = t->Hq * t->Dh;
-    memcpy(t->ids, b->tokens, sizeof(int32_t) * (size_t)N);
-    hae_tr_embedding_fwd(t->ids, N, t->w + t->embed, d, t->layers[0].x);
+    HAE_TRY(hae_backend_upload(be, t->ids, b->tokens, sizeof(int32_t) * (size_t)N));
+    HAE_TRY(hae_backend_upload(be, t->pos, b->pos, sizeof(int64_t) * (size_t)b->n));
+    HAE_TRY(hae_backend_upload(be, t->target, b->target, sizeof(int32_t) * (size_t)b->n));
+    HAE_TRY(hae_tr_embedding_fwd(be, t->ids, N, t->w + t->embed, d, t->layers[0].x));
     for (int64_t l = 0; l < t->L; l++) {
         tlayer *w = &t->layers[l];
         float *next = l + 1 < t->L ? t->layers[l + 1].x : t->xL;
-        hae_tr_rmsnorm_fwd(be, w->x, t->w + w->attn_norm, N, d, t->eps, w->h1, w->r1);
+        HAE_TRY(hae_tr_rmsnorm_fwd(be, w->x, t->w + w->attn_norm, N, d, t->eps, w->h1, w->r1));
         if (w->linear) {
             HAE_TRY(linear_forward(t, w, N));
         } else {
             if (w->dsa) HAE_TRY(index_forward(t, w, N));
             HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wqkv, N, d, t->qkv_dim, w->qkv, false));
-            rope_qk(t, w->qkv, false);
+            HAE_TRY(rope_qk(t, w->qkv, false));
             const hae_tr_attn_shape s = attn_shape(t, w);
-            hae_tr_attention_fwd(be, &s, w->qkv, w->P, w->att);
-            memcpy(w->xm, w->x, sizeof(float) * (size_t)(N * d));
+            HAE_TRY(hae_tr_attention_fwd(be, &s, w->qkv, w->P, w->att));
+            HAE_TRY(copy(t, w->xm, w->x, N * d));
             HAE_TRY(hae_tr_linear_fwd(be, w->att, t->w + w->wo, N, qd, d, w->xm, true));
         }
-        hae_tr_rmsnorm_fwd(be, w->xm, t->w + w->mlp_norm, N, d, t->eps, w->h2, w->r2);
+        HAE_TRY(hae_tr_rmsnorm_fwd(be, w->xm, t->w + w->mlp_norm, N, d, t->eps, w->h2, w->r2));
         HAE_TRY(hae_tr_linear_fwd(be, w->h2, t->w + w->wgu, N, d, 2 * t->F, w->gu, false));
-        hae_tr_swiglu_fwd(be, w->gu, N, t->F, w->act);
-        memcpy(next, w->xm, sizeof(float) * (size_t)(N * d));
+        HAE_TRY(hae_tr_swiglu_fwd(be, w->gu, N, t->F, w->act));
+        HAE_TRY(copy(t, next, w->xm, N * d));
         HAE_TRY(hae_tr_linear_fwd(be, w->act, t->w + w->wdown, N, t->F, d, next, true));
     }
-    for (int64_t i = 0; i < b->n; i++) memcpy(t->xs + i * d, t->xL + b->pos[i] * d, sizeof(float) * (size_t)d);
-    hae_tr_rmsnorm_fwd(be, t->xs, t->w + t->final_norm, b->n, d, t->eps, t->hs, t->rs);
+    HAE_TRY(hae_tr_gather_rows(be, t->xL, t->pos, b->n, d, t->xs));
+    HAE_TRY(hae_tr_rmsnorm_fwd(be, t->xs, t->w + t->final_norm, b->n, d, t->eps, t->hs, t->rs));
     return hae_tr_linear_fwd(be, t->hs, t->w + t->lm_head, b->n, d, t->V, t->logits, false);
+}
+
+/* The loss over the scored rows (and dlogits into t->logits with scale > 0); correct (host) from the device's. */
+static hae_status xent(hae_trainer *t, float scale, double *loss, uint8_t *correct) {
+    double total = 0.0;
+    HAE_TRY(hae_tr_xent(t->be, t->logits, t->target, t->n, t->V, scale, scale > 0.0f ? t->logits : NULL,
+                        correct ? t->correct : NULL, &total));
+    if (loss) *loss = total / (double)t->n;
+    return correct ? hae_backend_download(t->be, correct, t->correct, (size_t)t->n) : HAE_OK;
 }
 
 hae_status hae_trainer_forward(hae_trainer *t, const hae_train_batch *b, float *logits, double *loss, uint8_t *correct) {
     HAE_TRY(forward(t, b));
-    if (logits) memcpy(logits, t->logits, sizeof(float) * (size_t)(b->n * t->V));
-    if (loss || correct) {
-        double total = hae_tr_xent(t->logits, b->target, b->n, t->V, 0.0f, NULL, correct);
-        if (loss) *loss = total / (double)b->n;
-    }
-    return HAE_OK;
+    if (logits) HAE_TRY(hae_backend_download(t->be, logits, t->logits, sizeof(float) * (size_t)(b->n * t->V)));
+    return loss || correct ? xent(t, 0.0f, loss, correct) : HAE_OK;
 }
 
 hae_status hae_trainer_backward(hae_trainer *t, const hae_train_batch *b, double *loss, uint8_t *correct) {
     HAE_TRY(forward(t, b));
     hae_backend *be = t->be;
     const int64_t N = t->B * t->T, d = t->d, qd = t->Hq * t->Dh, n = t->n;
-    const double total = hae_tr_xent(t->logits, b->target, n, t->V, 1.0f / (float)n, t->logits, correct);
-    if (loss) *loss = total / (double)n;
-    memset(t->g, 0, sizeof(float) * (size_t)t->n_elems);
+    HAE_TRY(xent(t, 1.0f / (float)n, loss, correct));
+    HAE_TRY(hae_backend_zero(be, t->g, sizeof(float) * (size_t)t->n_elems));
     t->index_kl = 0;
     /* LM head and final norm over the scored rows, their gradient scattered into the residual's */
-    hae_tr_linear_bwd(be, t->hs, t->w + t->lm_head, t->logits, n, d, t->V, t->dh, false, t->g + t->lm_head);
-    memset(t->da, 0, sizeof(float) * (size_t)(n * d));
-    hae_tr_rmsnorm_bwd(be, t->xs, t->w + t->final_norm, t->rs, t->dh, n, d, t->da, t->g + t->final_norm);
-    memset(t->dx, 0, sizeof(float) * (size_t)(N * d));
-    for (int64_t i = 0; i < n; i++) {
-        float *dst = t->dx + b->pos[i] * d;
-        for (int64_t k = 0; k < d; k++) dst[k] += t->da[i * d + k];
-    }
+    HAE_TRY(hae_tr_linear_bwd(be, t->hs, t->w + t->lm_head, t->logits, n, d, t->V, t->dh, false, t->g + t->lm_head));
+    HAE_TRY(hae_backend_zero(be, t->da, sizeof(float) * (size_t)(n * d)));
+    HAE_TRY(hae_tr_rmsnorm_bwd(be, t->xs, t->w + t->final_norm, t->rs, t->dh, n, d, t->da, t->g + t->final_norm));
+    HAE_TRY(hae_backend_zero(be, t->dx, sizeof(float) * (size_t)(N * d)));
+    HAE_TRY(hae_tr_scatter_add_rows(be, t->da, t->pos, n, d, t->dx));
     for (int64_t l = t->L - 1; l >= 0; l--) {
         tlayer *w = &t->layers[l];
         /* x_out = xm + Wdown swiglu(Wgu norm2(xm)) */
-        hae_tr_linear_bwd(be, w->act, t->w + w->wdown, t->dx, N, t->F, d, t->da, false, t->g + w->wdown);
-        hae_tr_swiglu_bwd(be, w->gu, t->da, N, t->F, t->db);
-        hae_tr_linear_bwd(be, w->h2, t->w + w->wgu, t->db, N, d, 2 * t->F, t->dh, false, t->g + w->wgu);
-        hae_tr_rmsnorm_bwd(be, w->xm, t->w + w->mlp_norm, w->r2, t->dh, N, d, t->dx, t->g + w->mlp_norm);
+        HAE_TRY(hae_tr_linear_bwd(be, w->act, t->w + w->wdown, t->dx, N, t->F, d, t->da, false, t->g + w->wdown));
+        HAE_TRY(hae_tr_swiglu_bwd(be, w->gu, t->da, N, t->F, t->db));
+        HAE_TRY(hae_tr_linear_bwd(be, w->h2, t->w + w->wgu, t->db, N, d, 2 * t->F, t->dh, false, t->g + w->wgu));
+        HAE_TRY(hae_tr_rmsnorm_bwd(be, w->xm, t->w + w->mlp_norm, w->r2, t->dh, N, d, t->dx, t->g + w->mlp_norm));
         /* xm = x + Mixer(norm1(x)) */
         if (w->linear) {
             HAE_TRY(linear_backward(t, w, N));
         } else {
-            hae_tr_linear_bwd(be, w->att, t->w + w->wo, t->dx, N, qd, d, t->da, false, t->g + w->wo);
+            HAE_TRY(hae_tr_linear_bwd(be, w->att, t->w + w->wo, t->dx, N, qd, d, t->da, false, t->g + w->wo));
             const hae_tr_attn_shape s = attn_shape(t, w);
-            hae_tr_attention_bwd(be, &s, w->qkv, w->P, w->att, t->da, t->db);
+            HAE_TRY(hae_tr_attention_bwd(be, &s, w->qkv, w->P, w->att, t->da, t->db));
             if (w->dsa) HAE_TRY(index_backward(t, w, N));
-            rope_qk(t, t->db, true);
-            hae_tr_linear_bwd(be, w->h1, t->w + w->wqkv, t->db, N, d, t->qkv_dim, t->dh, false, t->g + w->wqkv);
+            HAE_TRY(rope_qk(t, t->db, true));
+            HAE_TRY(hae_tr_linear_bwd(be, w->h1, t->w + w->wqkv, t->db, N, d, t->qkv_dim, t->dh, false,
+                                      t->g + w->wqkv));
         }
-        hae_tr_rmsnorm_bwd(be, w->x, t->w + w->attn_norm, w->r1, t->dh, N, d, t->dx, t->g + w->attn_norm);
+        HAE_TRY(hae_tr_rmsnorm_bwd(be, w->x, t->w + w->attn_norm, w->r1, t->dh, N, d, t->dx, t->g + w->attn_norm));
     }
-    hae_tr_embedding_bwd(t->ids, N, t->dx, d, t->g + t->embed);
-    return HAE_OK;
+    return hae_tr_embedding_bwd(be, t->ids, N, t->dx, d, t->g + t->embed);
+}
+
+/* Query-key pairs a query row of a sequence of T tokens attends to, summed over the rows: t + 1 each, at most
+ * `cap` (a window or a top-k; 0: no cap). */
+static double pairs(int64_t T, int64_t cap) {
+    if (cap <= 0 || cap >= T) return 0.5 * (double)T * (double)(T + 1);
+    return 0.5 * (double)cap * (double)(cap + 1) + (double)(T - cap) * (double)cap;
+}
+
+double hae_trainer_flops(const hae_trainer *t) {
+    /* multiply-adds of the forward: most run three times (forward, then the input's and the weight's gradients;
+     * the attention and recurrence cores' backward does twice their forward's products too), the indexer's
+     * projections twice (no input gradient) */
+    const double B = (double)t->B, N = (double)(t->B * t->T), d = (double)t->d, F = (double)t->F;
+    double thrice = (double)t->n * d * (double)t->V, twice = 0.0;
+    for (int64_t l = 0; l < t->L; l++) {
+        const tlayer *w = &t->layers[l];
+        thrice += N * 3.0 * d * F; /* gate/up d -> 2 F, down F -> d */
+        if (w->linear) {
+            const double HV = (double)t->LHV, K = (double)t->LK, V = (double)t->LV;
+            thrice += N * (d * (double)w->in_dim + (w->wf2 >= 0 ? V * HV * K : 0.0) + V * HV * V + HV * V * d);
+            thrice += N * 3.0 * HV * K * V; /* the state read (S'^T k), written (k u^T) and read out (S^T q) */
+        } else {
+            const int64_t cap = w->dsa && !index_dense(t) ? t->topk : w->window;
+            thrice += N * (d * (double)t->qkv_dim + (double)(t->Hq * t->Dh) * d);
+            thrice += B * pairs(t->T, cap) * 2.0 * (double)(t->Hq * t->Dh); /* q . k and P v */
+        }
+        if (w->dsa) {
+            twice += N * d * (double)(t->HI * t->DI + t->DI + t->HI);
+            thrice += B * pairs(t->T, 0) * (double)(t->HI * t->DI); /* the scores of every earlier token */
+        }
+    }
+    return 2.0 * (3.0 * thrice + 2.0 * twice);
 }
 
 /* ---------------------------------------------------------------- AdamW */
@@ -795,38 +903,37 @@ float hae_train_lr(const hae_config *cfg, int64_t step) {
 }
 
 /* PyTorch's AdamW: w -= lr wd w (matrices only), then w -= lr m^ / (sqrt(v^) + eps) with the moments'
- * bias corrections; the gradients enter scaled by clip / norm when their norm exceeds clip. */
+ * bias corrections; the gradients enter scaled by clip / norm when their norm exceeds clip. The global norm is
+ * the sum, in parameter order, of each parameter's squared norm. */
 hae_status hae_trainer_step(hae_trainer *t, float lr, double *grad_norm) {
     if (!(lr >= 0.0f) || !isfinite(lr)) return hae_error(HAE_ERR_INVALID, "train step: learning rate %g", (double)lr);
     const bool only_indexers = t->has_dsa && index_dense(t); /* the rest stays frozen, moments included */
+    for (int p = 0; p < t->n_params; p++)
+        HAE_TRY(hae_tr_sumsq(t->be, t->g + t->params[p].off, t->params[p].n, t->sumsq + p));
+    double *ssp = malloc(sizeof(double) * (size_t)t->n_params);
+    if (!ssp) return hae_error(HAE_ERR_OOM, "train step: %d doubles of host memory", t->n_params);
+    hae_status st = hae_backend_download(t->be, ssp, t->sumsq, sizeof(double) * (size_t)t->n_params);
     double ss = 0.0;
-    for (int p = 0; p < t->n_params; p++) {
-        const tparam *pr = &t->params[p];
-        if (only_indexers && !pr->indexer) continue;
-        for (int64_t i = pr->off; i < pr->off + pr->n; i++) ss += (double)t->g[i] * (double)t->g[i];
-    }
+    for (int p = 0; p < t->n_params; p++)
+        if (!only_indexers || t->params[p].indexer) ss += ssp[p];
+    free(ssp);
+    HAE_TRY(st);
     const double norm = sqrt(ss);
     if (grad_norm) *grad_norm = norm;
     if (!isfinite(norm))
         return hae_error(HAE_ERR_INVALID, "train step %lld: the gradients' norm is %g (the loss diverged; lower train.lr "
                                           "or set train.clip)", (long long)t->step + 1, norm);
-    const float clip = t->cfg.train.clip;
-    const float gs = clip > 0.0f && norm > clip ? (float)(clip / norm) : 1.0f;
-    const float b1 = t->cfg.train.beta1, b2 = t->cfg.train.beta2, eps = t->cfg.train.eps;
+    const float clip = t->cfg.train.clip, b1 = t->cfg.train.beta1, b2 = t->cfg.train.beta2;
     t->step++;
-    const float c1 = (float)(1.0 - pow(b1, (double)t->step)), c2 = (float)sqrt(1.0 - pow(b2, (double)t->step));
-    const float step_size = lr / c1, decay = 1.0f - lr * t->cfg.train.weight_decay;
+    hae_tr_adamw_args a = {.gscale = clip > 0.0f && norm > clip ? (float)(clip / norm) : 1.0f, .b1 = b1, .b2 = b2,
+                           .eps = t->cfg.train.eps, .step_size = lr / (float)(1.0 - pow(b1, (double)t->step)),
+                           .c2 = (float)sqrt(1.0 - pow(b2, (double)t->step))};
+    const float decay = 1.0f - lr * t->cfg.train.weight_decay;
     for (int p = 0; p < t->n_params; p++) {
         const tparam *pr = &t->params[p];
         if (only_indexers && !pr->indexer) continue;
-        float *w = t->w + pr->off, *g = t->g + pr->off, *m = t->m + pr->off, *v = t->v + pr->off;
-        for (int64_t i = 0; i < pr->n; i++) {
-            const float gi = g[i] * gs;
-            m[i] = b1 * m[i] + (1.0f - b1) * gi;
-            v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
-            if (pr->decay) w[i] *= decay;
-            w[i] -= step_size * m[i] / (sqrtf(v[i]) / c2 + eps);
-        }
+        a.decay = pr->decay ? decay : 1.0f;
+        HAE_TRY(hae_tr_adamw(t->be, &a, t->w + pr->off, t->g + pr->off, t->m + pr->off, t->v + pr->off, pr->n));
     }
     return HAE_OK;
 }
