@@ -2,7 +2,7 @@
 # Every GPU test and benchmark in one call, with a short table last.
 #   bench/gpu-check.sh [BIN_DIR]    BIN_DIR holds hae, gpu_* tests and bench_* (default: build)
 #   FLA_PATH=DIR also runs flash-linear-attention's KDA kernels (bench/peer_fla_kda.py) for the ratios.
-#   SKIP="bench_linear default-cpu ..." leaves out those tests, benchmarks or hae runs (by name or label).
+#   SKIP="bench_linear default-cpu train ..." leaves out those tests, benchmarks, hae runs or the training benchmark.
 # Logs go to $OUT (default: ./gpu-check-logs).
 set -u
 bin=${1:-build}
@@ -74,6 +74,13 @@ run hybrid-1b-128k-b4-host configs/hybrid-1b.yaml "${long[@]}" --set runtime.bat
 mid=(--backend cuda --set runtime.prefill=32768 --set runtime.decode=64 --set runtime.prefill_chunk=8192)
 run hybrid-1b-32k configs/hybrid-1b.yaml "${mid[@]}"
 run hybrid-1b-32k-host configs/hybrid-1b.yaml "${mid[@]}" --set memory.dsa_kv=host
+
+# Training: each preset alone for a few hundred steps (bench/train-bench.sh: ms per step, tokens/s, TFLOP/s).
+if ! skipped train; then
+  OUT="$out" "$(dirname "$0")/train-bench.sh" "$bin" >"$out/train-bench.log" 2>&1
+  row "train-bench (rc $?)" "see train-bench.log"
+  cat "$out/train-bench.log"
+fi
 
 # The peer, side by side, when its source is given (FLA_PATH: a flash-linear-attention checkout).
 if [ -n "${FLA_PATH:-}" ]; then

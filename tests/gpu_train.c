@@ -134,11 +134,11 @@ Test(gpu_train, linear_embedding_xent) {
         /* embedding: a vocabulary of O rows of I, every id repeated */
         int32_t *ids = malloc(sizeof(int32_t) * (size_t)N);
         for (int64_t i = 0; i < N; i++) ids[i] = (int32_t)tu_uniform(&r, 0, (double)(O < 4 ? O : O / 4));
-        pbuf pid = pb_new(ids, sizeof(int32_t) * (size_t)N), e = nan_buf(N * I);
-        SIDES(ok, "hae_tr_embedding_fwd", ctx, hae_tr_embedding_fwd(BE, PTR(int32_t, pid), N, F(dW), I, F(e)));
+        pbuf pid = pb_new(ids, sizeof(int32_t) * (size_t)N), e = nan_buf(N * I), E = rnd(O * I, &r, -1, 1);
+        SIDES(ok, "hae_tr_embedding_fwd", ctx, hae_tr_embedding_fwd(BE, PTR(int32_t, pid), N, F(E), I, F(e)));
         if (ok) pb_compare("hae_tr_embedding_fwd", ctx, &e, HAE_F32, -1);
-        SIDES(ok, "hae_tr_embedding_bwd", ctx, hae_tr_embedding_bwd(BE, PTR(int32_t, pid), N, F(x), I, F(dW)));
-        if (ok) cmp("hae_tr_embedding_bwd", ctx, "dE (repeated ids)", &dW, TOL);
+        SIDES(ok, "hae_tr_embedding_bwd", ctx, hae_tr_embedding_bwd(BE, PTR(int32_t, pid), N, F(x), I, F(E)));
+        if (ok) cmp("hae_tr_embedding_bwd", ctx, "dE (repeated ids)", &E, TOL);
         /* cross-entropy of N rows of O logits; ties put at the target's neighbour in a few rows */
         float *z = malloc(sizeof(float) * (size_t)(N * O));
         tu_fill(z, HAE_F32, N * O, &r, -4, 4);
@@ -160,8 +160,8 @@ Test(gpu_train, linear_embedding_xent) {
         SIDES(ok, "hae_tr_xent", ctx, hae_tr_xent(BE, F(pz), PTR(int32_t, pt), N, O, 0.5f, F(pz), NULL, &loss[side]));
         if (ok) cmp("hae_tr_xent", ctx, "dz in place", &pz, TOL);
         free(ids), free(z);
-        pbuf all[] = {x, W, y, dy, dx, dW, pid, e, pz, pt, dz, corr};
-        free_all(all, 12);
+        pbuf all[] = {x, W, y, dy, dx, dW, pid, e, E, pz, pt, dz, corr};
+        free_all(all, 13);
     }
 }
 
@@ -449,7 +449,7 @@ static const char *model_yaml = "name: gpu-train\n"
                                 "              partial_rotary_factor: 0.5}\n"
                                 "  swa: {window_size: 7}\n"
                                 "  linear_attn: {num_heads: 2, head_dim: 16, conv_size: 4}\n"
-                                "  dsa: {index_n_heads: 2, index_head_dim: 32, index_topk: 9, index_rope_dim: 16}\n"
+                                "  dsa: {index_n_heads: 2, index_topk: 9, index_rope_dim: 16}\n"
                                 "runtime: {backend: cpu, dtype: f32}\n"
                                 "train: {steps: 100, lr: 3.0e-3, weight_decay: 0.1, clip: 1.0}\n";
 
@@ -525,7 +525,9 @@ Test(gpu_train, models_match_the_cpu) {
                 cr_assert_eq(hae_trainer_param(tg, p, NULL, &wg, &gg, NULL), HAE_OK, "%s", hae_last_error());
                 const double eg = rel(gg, gc, np), ew = rel(wg, wc, np);
                 cr_expect(eg <= 1e-4, "%s, step %d: gradient of %s differs by %.3g (relative)", ctx, step, name, eg);
-                cr_expect(ew <= 1e-5, "%s, step %d: weights of %s differ by %.3g (relative)", ctx, step, name, ew);
+                /* AdamW's m / sqrt(v) moves a weight by up to lr whatever its gradient's size, so the gradients' 1e-6
+                 * differences where they are near 0 show in the weights as ~1e-5 */
+                cr_expect(ew <= 1e-4, "%s, step %d: weights of %s differ by %.3g (relative)", ctx, step, name, ew);
             }
             if (step == 0) { /* determinism: the same batch again gives the same bytes */
                 float *g1 = NULL;

@@ -1,6 +1,7 @@
 #!/bin/sh
-# Trains configs/train/mqar-zoology.yaml once per mixer kind and pair count (train/train-eval.sh: train, then hae eval
-# of the last checkpoint) and writes OUT/results.csv and OUT/table.md (held-out accuracy per kind and pairs).
+# Trains configs/train/mqar-zoology.yaml (or CONFIG) once per mixer kind and pair count (train/train-eval.sh: train,
+# then hae eval of the last checkpoint) and writes OUT/results.csv and OUT/table.md (held-out accuracy per kind and
+# pairs).
 #   train/mqar-sweep.sh [OUT] [KINDS] [PAIRS]     defaults: eval/results/train-mqar, every kind below, 4 8 16 24
 # A kind is a layer kind, `attention` ([swa, full]) or a hybrid written kda+dsa (the pattern [kda, dsa]).
 # JOBS runs that many at once (default 1; give each runtime.threads = cores / JOBS through SETS); SETS adds
@@ -8,12 +9,13 @@
 set -eu
 cd "$(dirname "$0")/.."
 out=${1:-eval/results/train-mqar}
+cfg=${CONFIG:-configs/train/mqar-zoology.yaml}
 kinds=${2:-"attention linear deltanet gdn kda"}
 pairs=${3:-"4 8 16 24"}
 for k in $kinds; do
   pattern="[$(echo "$k" | sed 's/+/, /g')]" # kda+full: a hybrid, layer by layer
   [ "$k" = attention ] && pattern="[swa, full]"
-  for p in $pairs; do echo "$k-$p configs/train/mqar-zoology.yaml --set 'model.layer_pattern=$pattern' --set 'eval.pairs=[$p]' ${SETS:-}"; done
+  for p in $pairs; do echo "$k-$p $cfg --set 'model.layer_pattern=$pattern' --set 'eval.pairs=[$p]' ${SETS:-}"; done
 done | sed "s/ *$//" | xargs -P "${JOBS:-1}" -L 1 sh -c 'train/train-eval.sh "$0" "$@"' "$out"
 csv="$out/results.csv"
 echo "name,task,length,pairs,hops,held_out_accuracy,engine_recall,train_seconds,tokens_per_s" > "$csv"

@@ -3,7 +3,9 @@
 # hae eval of the last checkpoint at 1x, 4x and 16x that length) and writes OUT/results.csv and OUT/table.md
 # (accuracy per preset, hops and length).
 #   train/multihop-sweep.sh [OUT]     default eval/results/train-multihop
-# JOBS runs that many at once (default 1); SETS adds overrides to every run; THREADS gives runtime.threads to each
+# JOBS runs that many at once (default 1); SETS adds overrides to every run (SETS='--set runtime.backend=cuda' trains on the GPU;
+# then EVAL_SETS='--set runtime.backend=cpu' scores on the CPU, whose linear layers take any head size, as
+# train-eval.sh says); THREADS gives runtime.threads to each
 # run, doubled for the 8-layer preset; PRESETS picks some of the presets below (the table shows every preset with
 # a run in OUT); HAE is the binary (default build/hae).
 set -eu
@@ -26,7 +28,7 @@ for p in ${PRESETS:-$presets}; do
   threads=$t
   [ "$p" = kda7-full1 ] && threads=$((2 * t))
   echo "$p $cfg $(overrides "$p") --set runtime.threads=$threads ${SETS:-}"
-done | sed "s/ *$//" | EVAL_SETS="--set eval.lengths=[128,512,2048]" xargs -P "${JOBS:-1}" -L 1 sh -c 'train/train-eval.sh "$0" "$@"' "$out"
+done | sed "s/ *$//" | EVAL_SETS="--set eval.lengths=[128,512,2048] ${EVAL_SETS:-}" xargs -P "${JOBS:-1}" -L 1 sh -c 'train/train-eval.sh "$0" "$@"' "$out"
 csv="$out/results.csv"
 echo "name,task,length,pairs,hops,held_out_accuracy,engine_recall,train_seconds,tokens_per_s" > "$csv"
 for p in $presets; do cat "$out/runs/$p.csv" 2>/dev/null || true; done >> "$csv"
