@@ -227,7 +227,8 @@ Test(gpu_train, attention) {
         int64_t B, T, Hq, Hkv, Dh, window;
         bool allow;
     } cases[] = {{1, 1, 1, 1, 8, 0, false},   {2, 37, 4, 2, 16, 0, false}, {3, 64, 2, 2, 32, 5, false},
-                 {2, 100, 4, 1, 16, 0, true}, {4, 128, 2, 2, 32, 0, false}};
+                 {2, 100, 4, 1, 16, 0, true}, {4, 128, 2, 2, 32, 0, false}, {2, 512, 2, 2, 64, 16, false},
+                 {2, 700, 2, 2, 64, 0, false}};
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
         const int64_t B = cases[ci].B, T = cases[ci].T, Hq = cases[ci].Hq, Hkv = cases[ci].Hkv, Dh = cases[ci].Dh;
         const uint64_t seed = 40 + ci;
@@ -333,7 +334,7 @@ Test(gpu_train, delta_recurrence) {
         bool delta;
     } cases[] = {{1, 1, 1, 16, 16, 2, true},  {2, 37, 2, 16, 16, 2, true}, {2, 37, 3, 16, 32, 1, true},
                  {1, 64, 2, 32, 16, 0, true}, {2, 50, 2, 16, 16, 1, false}, {1, 33, 1, 64, 64, 2, true},
-                 {1, 20, 1, 128, 128, 1, true}};
+                 {1, 20, 1, 128, 128, 1, true}, {2, 512, 2, 16, 16, 2, true}};
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
         const int64_t B = cases[ci].B, T = cases[ci].T, H = cases[ci].H, K = cases[ci].K, V = cases[ci].V;
         const int dec = cases[ci].decay;
