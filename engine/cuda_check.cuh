@@ -81,6 +81,33 @@ static inline unsigned hae_cuda_blocks(int64_t n, int threads) {
     return (unsigned)b;
 }
 
+/* ---------------------------------------------------------------- reductions */
+
+/* The sum over a warp by an xor butterfly; a + b == b + a, so every lane ends with the same value. */
+template <typename T> static __device__ __forceinline__ T hae_warp_sum(T v) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+/* The sum over the block (blockDim.x a multiple of 32, at most 1024), its warps combined in a fixed tree; every
+ * thread gets the result. */
+template <typename T> static __device__ T hae_block_sum(T v) {
+    __shared__ T part[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = hae_warp_sum(v);
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        T w = lane < nwarps ? part[lane] : T(0);
+        w = hae_warp_sum(w);
+        if (lane == 0) part[0] = w;
+    }
+    __syncthreads();
+    const T r = part[0];
+    __syncthreads(); /* part may be reused by a later call */
+    return r;
+}
+
 /* ---------------------------------------------------------------- element types
  * bf16 is stored as its bits; conversions are the CPU's (tensor.c) bit for bit. */
 

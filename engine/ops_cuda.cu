@@ -12,29 +12,6 @@ constexpr int kRowThreads = 256; /* one block per row: rmsnorm, sampling */
 
 __device__ __forceinline__ float quiet_nan() { return __uint_as_float(0x7fc00000u); }
 
-template <typename T> __device__ __forceinline__ T warp_sum(T v) {
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    return v;
-}
-
-/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result. */
-template <typename T> __device__ T block_sum(T v) {
-    __shared__ T part[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_sum(v);
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        T w = lane < nwarps ? part[lane] : T(0);
-        w = warp_sum(w);
-        if (lane == 0) part[0] = w;
-    }
-    __syncthreads();
-    T r = part[0];
-    __syncthreads(); /* part may be reused by a later call */
-    return r;
-}
-
 /* ---------------------------------------------------------------- embedding
  * out[i, :] = table[ids[i], :]. The CPU rejects ids outside [0, V); the device cannot report that
  * without a sync, so such rows come out NaN. */
@@ -61,11 +38,11 @@ __global__ void __launch_bounds__(kRowThreads)
     double mean = 0.0;
     if (center) {
         for (int64_t d = threadIdx.x; d < D; d += blockDim.x) mean += (double)xr[d];
-        mean = block_sum(mean) / (double)D;
+        mean = hae_block_sum(mean) / (double)D;
     }
     double ss = 0.0;
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) ss += ((double)xr[d] - mean) * ((double)xr[d] - mean);
-    ss = block_sum(ss);
+    ss = hae_block_sum(ss);
     const float r = (float)(1.0 / sqrt(ss / (double)D + (double)eps)), mu = (float)mean;
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
         hae_st(o + d, (xr[d] - mu) * r * w[d * w_s] + (bias ? bias[d * b_s] : 0.0f));

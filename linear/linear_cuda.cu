@@ -79,11 +79,6 @@ __device__ __forceinline__ SeqRange seq_range(const LinParams &p, int n) {
     return {n, 0, p.T};
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    return v;
-}
-
 /* ---------------------------------------------------------------- recurrent form (chunk 0)
  * Per token, with S' = diag(e^g) S the decayed state:
  *     delta: u = beta (v - S'^T k),  else u = v;   S = S' + k u^T;
@@ -131,7 +126,7 @@ __global__ void __launch_bounds__(kRecThreads) recurrent_kernel(const LinParams 
 #pragma unroll
         for (int x = 0; x < 4; x++) vv[x] = hae_ld(vb + t * p.v_st + x);
         const float bsig = DELTA ? sigmoidf_(ld_dt(p.beta, p.b_bf16, sr.b * p.b_sb + t * p.b_st + j)) : 1.0f;
-        float a0 = warp_sum(qv * qv), a1 = warp_sum(kv * kv), a2 = warp_sum(qv * kv);
+        float a0 = hae_warp_sum(qv * qv), a1 = hae_warp_sum(kv * kv), a2 = hae_warp_sum(qv * kv);
         if (lane == 0) {
             part[warp][0] = a0;
             part[warp][1] = a1;
@@ -381,8 +376,8 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
         }
         if (lane == 0)
             sm.beta[i] = DELTA && valid ? sigmoidf_(ld_dt(p.beta, p.b_bf16, sr.b * p.b_sb + t_ * p.b_st + j)) : 0.0f;
-        ssq = warp_sum(ssq);
-        ssk = warp_sum(ssk);
+        ssq = hae_warp_sum(ssq);
+        ssk = hae_warp_sum(ssk);
         const float rq = p.elu1 ? 1.0f : 1.0f / sqrtf(ssq + 1e-6f);
         const float rk = p.elu1 ? 1.0f : 1.0f / sqrtf(ssk + 1e-6f);
 #pragma unroll
@@ -948,7 +943,7 @@ __global__ void __launch_bounds__(kNormThreads)
             const float v = hae_ld(xr + d);
             ss += v * v;
         }
-        ss = warp_sum(ss);
+        ss = hae_warp_sum(ss);
         const float rs = 1.0f / sqrtf(ss / (float)D + eps);
         for (int64_t d = lane; d < D; d += 32) {
             const float gv = hae_ld(gr + d);

@@ -53,11 +53,6 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kKeysInFlight = 4; /* U above */
 constexpr int kMaxD = 576;       /* mla's latent + rope */
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    return v;
-}
-
 template <typename TQ, typename TKV, typename TO, int NJ>
 __global__ void __launch_bounds__(kThreads) attention_simple_kernel(const AttnParams p) {
     __shared__ float sh_acc[kWarps][kMaxD];
@@ -105,7 +100,7 @@ __global__ void __launch_bounds__(kThreads) attention_simple_kernel(const AttnPa
         float mx = m;
 #pragma unroll
         for (int u = 0; u < kKeysInFlight; u++) {
-            sc[u] = warp_sum(sc[u]);
+            sc[u] = hae_warp_sum(sc[u]);
             if (base + u > pos) sc[u] = -INFINITY;
             mx = fmaxf(mx, sc[u]);
         }

@@ -76,11 +76,6 @@ __device__ __forceinline__ int64_t usable_hi(const SparseParams &p, int64_t b, i
     return pos >= 0 && pos < p.cap ? pos : -1;
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    return v;
-}
-
 /* ---------------------------------------------------------------- tensor-core pieces
  * mma.sync m16n8k16 bf16 (row.col) fragments, g = lane / 4, t = lane % 4 (two bf16 per register):
  *   A 16x16: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
@@ -788,7 +783,7 @@ __global__ void __launch_bounds__(kThreads) simple_kernel(const SparseParams p) 
         float mx = m;
 #pragma unroll
         for (int u = 0; u < kKeysInFlight; u++) {
-            sc[u] = warp_sum(sc[u]);
+            sc[u] = hae_warp_sum(sc[u]);
             if (jj[u] < 0) sc[u] = -INFINITY;
             mx = fmaxf(mx, sc[u]);
         }

@@ -582,24 +582,6 @@ static const char *run_yaml = "name: gpu-smoke\n"
                               "train: {steps: 60, batch: 8, lr: 3.0e-3, warmup: 5, eval_every: 30, checkpoint_every: 20,\n"
                               "        log_every: 10}\n";
 
-static int read_losses(const char *dir, double *loss, int max_step) {
-    char path[512], line[4096];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
-    FILE *f = fopen(path, "r");
-    cr_assert(f, "no %s", path);
-    int lines = 0;
-    for (int i = 0; i <= max_step; i++) loss[i] = 0;
-    while (fgets(line, sizeof line, f)) {
-        long long s;
-        double l;
-        cr_assert_eq(sscanf(line, "{\"step\": %lld, \"loss\": %lf", &s, &l), 2, "%s: bad line %s", path, line);
-        cr_assert(s >= 1 && s <= max_step, "%s: step %lld", path, s);
-        loss[s] = l, lines++;
-    }
-    fclose(f);
-    return lines;
-}
-
 static hae_status train_gpu(const hae_config *cfg, const char *dir, bool resume, int64_t until, hae_train_result *res) {
     mkdir(dir, 0755);
     hae_train_args a = {.cfg = cfg, .be = g_gpu, .dir = dir, .resume = resume, .until = until};
@@ -621,8 +603,8 @@ Test(gpu_train, hae_train_on_the_gpu) {
     cr_assert_eq(train_gpu(&cfg, b, true, 0, &r), HAE_OK, "%s", hae_last_error());
     cr_expect_eq(r.first_step, 25, "resumed from step %lld", (long long)r.first_step);
     double la[61], lb[61];
-    cr_expect_eq(read_losses(a, la, 60), 60);
-    cr_expect_eq(read_losses(b, lb, 60), 60);
+    cr_expect_eq(tu_read_losses(a, la, 60), 60);
+    cr_expect_eq(tu_read_losses(b, lb, 60), 60);
     double first = 0, last = 0;
     for (int i = 1; i <= 10; i++) first += la[i] / 10, last += la[50 + i] / 10;
     cr_expect_lt(last, 0.7 * first, "mean loss of steps 51-60 %.4f is not below 0.7 x that of steps 1-10 (%.4f)", last,

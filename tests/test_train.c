@@ -168,25 +168,6 @@ static hae_status train(const hae_config *cfg, const char *dir, bool resume, int
     return st;
 }
 
-/* metrics.jsonl's losses by step (1-based; 0 where a step has no line); returns the lines read. */
-static int read_losses(const char *dir, double *loss, int max_step) {
-    char path[512], line[4096];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
-    FILE *f = fopen(path, "r");
-    cr_assert(f, "no %s", path);
-    int lines = 0;
-    for (int i = 0; i <= max_step; i++) loss[i] = 0;
-    while (fgets(line, sizeof line, f)) {
-        long long s;
-        double l;
-        cr_assert_eq(sscanf(line, "{\"step\": %lld, \"loss\": %lf", &s, &l), 2, "%s: bad line %s", path, line);
-        cr_assert(s >= 1 && s <= max_step, "%s: step %lld", path, s);
-        loss[s] = l, lines++;
-    }
-    fclose(f);
-    return lines;
-}
-
 static bool file_exists(const char *dir, const char *file) {
     char path[768];
     snprintf(path, sizeof path, "%s/%s", dir, file);
@@ -228,7 +209,7 @@ static void smoke(const char *pattern, const char *tag) {
     hae_train_result res;
     cr_assert_eq(train(&cfg, dir, false, 0, &res), HAE_OK, "%s", hae_last_error());
     double loss[51];
-    cr_expect_eq(read_losses(dir, loss, 50), 50, "a metrics line per step");
+    cr_expect_eq(tu_read_losses(dir, loss, 50), 50, "a metrics line per step");
     double first = 0, last = 0;
     for (int i = 1; i <= 10; i++) first += loss[i] / 10, last += loss[40 + i] / 10;
     cr_expect_lt(last, 0.7 * first, "%s: mean loss of steps 41-50 %.4f is not below 0.7 x that of steps 1-10 (%.4f)",
@@ -286,9 +267,9 @@ Test(train, resume_is_bit_exact) {
         expect_same_file(pa, pb);
     }
     double la[13], lb[13], lc[13];
-    cr_expect_eq(read_losses(a, la, 12), 12);
-    cr_expect_eq(read_losses(b, lb, 12), 12, "the resumed run's metrics.jsonl has a line per step");
-    cr_expect_eq(read_losses(c, lc, 12), 12, "the run resumed past a torn checkpoint has a line per step");
+    cr_expect_eq(tu_read_losses(a, la, 12), 12);
+    cr_expect_eq(tu_read_losses(b, lb, 12), 12, "the resumed run's metrics.jsonl has a line per step");
+    cr_expect_eq(tu_read_losses(c, lc, 12), 12, "the run resumed past a torn checkpoint has a line per step");
     for (int s = 1; s <= 12; s++)
         cr_expect(la[s] == lb[s] && la[s] == lc[s], "step %d: loss %.9g uninterrupted, %.9g resumed, %.9g past a torn "
                                                     "checkpoint", s, la[s], lb[s], lc[s]);

@@ -159,3 +159,21 @@ double tu_rel_rms(const float *a, const float *b, int64_t n) {
     }
     return sqrt(num / den);
 }
+
+int tu_read_losses(const char *dir, double *loss, int max_step) {
+    char path[512], line[4096];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "no %s", path);
+    int lines = 0;
+    for (int i = 0; i <= max_step; i++) loss[i] = 0;
+    while (fgets(line, sizeof line, f)) {
+        long long s;
+        double l;
+        cr_assert_eq(sscanf(line, "{\"step\": %lld, \"loss\": %lf", &s, &l), 2, "%s: bad line %s", path, line);
+        cr_assert(s >= 1 && s <= max_step, "%s: step %lld", path, s);
+        loss[s] = l, lines++;
+    }
+    fclose(f);
+    return lines;
+}

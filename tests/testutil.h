@@ -49,4 +49,8 @@ float *tu_model_logits(hae_model *m, const hae_config *cfg, int64_t ctx, const i
 /* ||a - b|| / ||b|| */
 double tu_rel_rms(const float *a, const float *b, int64_t n);
 
+/* A training run's metrics.jsonl losses by step into loss[1..max_step] (0 where a step has no line), asserting every
+ * line parses; returns the lines read. */
+int tu_read_losses(const char *dir, double *loss, int max_step);
+
 #endif

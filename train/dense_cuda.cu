@@ -18,29 +18,6 @@ constexpr unsigned kSumBlocks = 1024; /* sumsq: stage-one blocks at most */
 __device__ __forceinline__ int64_t grid_start() { return (int64_t)blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ int64_t grid_step() { return (int64_t)gridDim.x * blockDim.x; }
 
-template <typename T> __device__ __forceinline__ T warp_sum(T v) {
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    return v;
-}
-
-/* Sum over the block (blockDim.x a multiple of 32) in a fixed tree; every thread gets the result. */
-template <typename T> __device__ T block_sum(T v) {
-    __shared__ T part[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_sum(v);
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        T w = lane < nwarps ? part[lane] : T(0);
-        w = warp_sum(w);
-        if (lane == 0) part[0] = w;
-    }
-    __syncthreads();
-    const T r = part[0];
-    __syncthreads(); /* part is reused by the next call */
-    return r;
-}
-
 /* The larger value wins, the lower index on equal values; NaN never wins (a strict > everywhere). */
 __device__ __forceinline__ void argmax_merge(float &v, long long &i, float ov, long long oi) {
     if (ov > v || (ov == v && oi < i)) v = ov, i = oi;
@@ -64,7 +41,7 @@ __device__ void block_argmax(float &v, long long &i) {
     __syncthreads();
 }
 
-/* Threads for one block per row of n values: a multiple of 32 (block_sum), at most kThreads. */
+/* Threads for one block per row of n values: a multiple of 32 (hae_block_sum), at most kThreads. */
 int row_threads(int64_t n) {
     const int64_t t = (n + 31) / 32 * 32;
     return t < 32 ? 32 : t > kThreads ? kThreads : (int)t;
@@ -183,10 +160,10 @@ __global__ void norm_fwd_kernel(const float *x, const float *w, const float *bia
         double mean = 0.0, ss = 0.0;
         if (center) {
             for (int64_t d = threadIdx.x; d < D; d += blockDim.x) mean += xr[d];
-            mean = block_sum(mean) / (double)D;
+            mean = hae_block_sum(mean) / (double)D;
         }
         for (int64_t d = threadIdx.x; d < D; d += blockDim.x) ss += ((double)xr[d] - mean) * ((double)xr[d] - mean);
-        ss = block_sum(ss);
+        ss = hae_block_sum(ss);
         const float r = (float)(1.0 / sqrt(ss / (double)D + (double)eps)), mu = (float)mean;
         if (threadIdx.x == 0) rstd[i] = r;
         for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
@@ -207,15 +184,15 @@ __global__ void norm_bwd_kernel(const float *x, const float *w, const float *rst
         double mean = 0.0, se = 0.0, s = 0.0;
         if (center) {
             for (int64_t d = threadIdx.x; d < D; d += blockDim.x) mean += xr[d];
-            mean = block_sum(mean) / (double)D;
+            mean = hae_block_sum(mean) / (double)D;
         }
         for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
             const double e = (double)dyr[d] * w[d];
             se += e;
             s += e * ((double)xr[d] - mean);
         }
-        if (center) se = block_sum(se);
-        s = block_sum(s);
+        if (center) se = hae_block_sum(se);
+        s = hae_block_sum(s);
         const double r = rstd[i];
         if (center) {
             const double me = se / (double)D, mez = s * r / (double)D;
@@ -324,7 +301,7 @@ __global__ void adamw_kernel(hae_tr_adamw_args a, float *w, const float *g, floa
 
 /* Row r of z [S, V], y = target[r]: (mx, best) = the max and its lowest index; lse = mx + log(sum_v exp(z_v - mx))
  * in double; row_loss[r] = lse - z_y; correct[r] = best == y (best 0 when no value wins, as the CPU);
- * dz = scale (exp(z - lse) - onehot(y)). dz may be z: the row's reads all precede the last block_sum's barrier and
+ * dz = scale (exp(z - lse) - onehot(y)). dz may be z: the row's reads all precede the last hae_block_sum's barrier and
  * each thread then writes only the elements it reads. */
 __global__ void xent_kernel(const float *z, const int32_t *target, int64_t S, int64_t V, float scale, float *dz,
                             uint8_t *correct, double *row_loss) {
@@ -339,7 +316,7 @@ __global__ void xent_kernel(const float *z, const int32_t *target, int64_t S, in
         block_argmax(mx, best);
         double sum = 0.0;
         for (int64_t v = threadIdx.x; v < V; v += blockDim.x) sum += exp((double)zr[v] - (double)mx);
-        const double lse = (double)mx + log(block_sum(sum));
+        const double lse = (double)mx + log(hae_block_sum(sum));
         if (threadIdx.x == 0) {
             row_loss[r] = lse - zy;
             if (correct) correct[r] = (best == LLONG_MAX ? 0 : best) == y;
@@ -358,7 +335,7 @@ template <typename T> __global__ void block_sums_kernel(const T *v, int64_t n, b
         const double a = v[i];
         acc += square ? a * a : a;
     }
-    acc = block_sum(acc);
+    acc = hae_block_sum(acc);
     if (threadIdx.x == 0) out[blockIdx.x] = acc;
 }
 

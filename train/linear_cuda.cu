@@ -17,12 +17,6 @@ __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return
 
 __device__ __forceinline__ double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
-/* A butterfly: a + b == b + a, so every lane ends with the same value. */
-__device__ __forceinline__ double warp_sum(double v) {
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    return v;
-}
-
 /* x's total from n partials part[g * stride + x], added in g order. */
 __device__ __forceinline__ double group_sum(const double *part, int n, int stride, int x) {
     double s = 0;
@@ -315,7 +309,7 @@ __global__ void conv_dw_kernel(const float *x, const float *pre, const float *do
 }
 
 /* ---------------------------------------------------------------- per-row norms: one warp per row
- * Lane l takes columns l, l + 32, ..; a row's sums go through warp_sum. */
+ * Lane l takes columns l, l + 32, ..; a row's sums go through hae_warp_sum. */
 
 /* r = 1 / sqrt(sum x^2 + eps) (as l2_rinv); forward y = x r; backward dx = (dy - x r (x r . dy)) r. */
 template <bool BWD>
@@ -326,11 +320,11 @@ __global__ void l2norm_kernel(const float *x, const float *dy, int64_t N, int64_
         const float *xr = x + row * D, *dyr = BWD ? dy + row * D : nullptr;
         double ss = 0;
         for (int64_t d = lane; d < D; d += 32) ss += (double)xr[d] * xr[d];
-        const double r = 1.0 / sqrt(warp_sum(ss) + eps);
+        const double r = 1.0 / sqrt(hae_warp_sum(ss) + eps);
         double ydy = 0;
         if (BWD) {
             for (int64_t d = lane; d < D; d += 32) ydy += xr[d] * r * dyr[d];
-            ydy = warp_sum(ydy);
+            ydy = hae_warp_sum(ydy);
         }
         for (int64_t d = lane; d < D; d += 32)
             out[row * D + d] = (float)(BWD ? (dyr[d] - xr[d] * r * ydy) * r : xr[d] * r);
@@ -348,14 +342,14 @@ __global__ void gnorm_kernel(const float *x, const float *gate, const float *w, 
         const float *xr = x + row * D, *g = gate + row * D, *dyr = BWD ? dy + row * D : nullptr;
         double ss = 0;
         for (int64_t d = lane; d < D; d += 32) ss += (double)xr[d] * xr[d];
-        const double r = 1.0 / sqrt(warp_sum(ss) / (double)D + eps);
+        const double r = 1.0 / sqrt(hae_warp_sum(ss) / (double)D + eps);
         if (!BWD) {
             for (int64_t d = lane; d < D; d += 32) out[row * D + d] = (float)(xr[d] * r * w[d] * sigmoid(g[d]));
             continue;
         }
         double ez = 0;
         for (int64_t d = lane; d < D; d += 32) ez += dyr[d] * w[d] * sigmoid(g[d]) * xr[d] * r;
-        ez = warp_sum(ez) / (double)D;
+        ez = hae_warp_sum(ez) / (double)D;
         for (int64_t d = lane; d < D; d += 32) {
             const double z = xr[d] * r, sg = sigmoid(g[d]);
             out[row * D + d] = (float)(r * (dyr[d] * w[d] * sg - z * ez));
