@@ -136,6 +136,46 @@ Test(train, logits_are_the_models) {
     }
 }
 
+/* hae_trainer_flops of one backward of a [B, T] batch, every row scored. */
+static double flops_of(const char *const *sets, int n_sets, int64_t B, int64_t T) {
+    hae_config cfg;
+    parse_ok(tiny_yaml, "tiny.yaml", &cfg, sets, n_sets);
+    hae_backend *be = tu_cpu();
+    hae_trainer *t = trainer(be, &cfg, B, T);
+    const int64_t N = B * T;
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)N), *target = calloc((size_t)N, sizeof(int32_t));
+    int64_t *pos = malloc(sizeof(int64_t) * (size_t)N);
+    for (int64_t i = 0; i < N; i++) tok[i] = (int32_t)((7 * i + 3) % cfg.model.vocab_size), pos[i] = i;
+    const hae_train_batch b = {.tokens = tok, .B = B, .T = T, .pos = pos, .target = target, .n = N};
+    cr_assert_eq(hae_trainer_backward(t, &b, NULL, NULL), HAE_OK, "%s", hae_last_error());
+    const double f = hae_trainer_flops(t);
+    free(tok), free(target), free(pos);
+    hae_trainer_destroy(t);
+    hae_backend_destroy(be);
+    return f;
+}
+
+/* The model FLOPs follow what each kind attends to: a window as long as the sequence counts as a full layer and a
+ * shorter one less, by exactly its missing query-key pairs (12 FLOPs per pair and head dim: q.k and P v, forward and
+ * backward); a dsa layer selecting every token counts the full layer plus its indexer; the count is linear in B. */
+Test(train, flops_follow_the_attention) {
+    const int64_t T = 17, Hq = 4, Dh = 8, W = 5;
+    const char *full[] = {"model.layer_pattern=[full]", "model.n_layers=1"};
+    const char *swa_all[] = {"model.layer_pattern=[swa]", "model.n_layers=1", "model.swa.window_size=17"};
+    const char *swa[] = {"model.layer_pattern=[swa]", "model.n_layers=1", "model.swa.window_size=5"};
+    const char *dsa[] = {"model.layer_pattern=[dsa]", "model.n_layers=1", "model.dsa.index_topk=17"};
+    const double f = flops_of(full, 2, 2, T);
+    cr_expect_gt(f, 0.0);
+    cr_expect_eq(flops_of(swa_all, 3, 2, T), f, "a window of T counts as a full layer");
+    double missing = 0; /* pairs (t, s) with s < t - W + 1 */
+    for (int64_t t = 0; t < T; t++) missing += (double)(t - W + 1 > 0 ? t - W + 1 : 0);
+    const double want = f - 2.0 * missing * 12.0 * (double)(Hq * Dh);
+    cr_expect(fabs(flops_of(swa, 3, 2, T) - want) <= 1e-9 * want, "window %lld: %.6g FLOPs, want %.6g", (long long)W,
+              flops_of(swa, 3, 2, T), want);
+    cr_expect_gt(flops_of(dsa, 3, 2, T), f, "a dsa layer adds its indexer to the attention it runs");
+    cr_expect(fabs(flops_of(full, 2, 4, T) - 2.0 * f) <= 1e-9 * f, "twice the batch, twice the FLOPs");
+}
+
 /* ---------------------------------------------------------------- hae train */
 
 /* A model small enough for ASan: mqar of 4 pairs in 64 tokens, 8 keys and 8 values among 48 noise tokens (the
