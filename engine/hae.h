@@ -1259,13 +1259,13 @@ hae_status hae_kv_slots(hae_backend *be, const hae_kv_slots_args *a);
 /* ---------------------------------------------------------------- training (train/)
  * A training copy of a config's model on the CPU or a GPU: fp32 master weights under the model's names, a forward that
  * keeps its activations and computes the logits hae_model_forward computes, a hand-written backward, AdamW.
- * Every layer kind of the gqa form: full, swa, the linear family, and dsa with a learned indexer (distilled from
- * the layer's attention, train.indexer_warmup). */
+ * Every layer kind: full, swa, the linear family, and dsa with a learned indexer (distilled from the layer's
+ * attention, train.indexer_warmup); attention of the gqa form, or mla on the CPU. */
 
 typedef struct hae_trainer hae_trainer;
 /* cfg's model for batches of up to max_batch sequences of max_tokens tokens, on be (CPU or CUDA: weights, moments
  * and activations in its memory); weights from cfg->seed (the values hae_model_init_weights gives), the optimiser
- * at step 0. The mla form and derived dsa indexers are HAE_ERR_UNSUPPORTED. */
+ * at step 0. Derived dsa indexers, and the mla form on CUDA, are HAE_ERR_UNSUPPORTED. */
 hae_status hae_trainer_create(const hae_config *cfg, hae_backend *be, int64_t max_batch, int64_t max_tokens,
                               hae_trainer **out);
 void hae_trainer_destroy(hae_trainer *t); /* accepts NULL */

@@ -21,7 +21,8 @@ static const char *tiny_yaml = "name: tiny\n"
                                "  layer_pattern: [full, swa]\n"
                                "  mlp: {intermediate_size: 40}\n"
                                "  attention: {num_heads: 4, num_kv_heads: 2, head_dim: 8, rope: partial,\n"
-                               "              partial_rotary_factor: 0.5}\n"
+                               "              partial_rotary_factor: 0.5, kv_lora_rank: 16, qk_nope_head_dim: 8,\n"
+                               "              qk_rope_head_dim: 4, v_head_dim: 6}\n"
                                "  swa: {window_size: 5}\n"
                                "  linear_attn: {num_heads: 2, head_dim: 8, conv_size: 4, chunk_size: 16}\n"
                                "runtime: {backend: cpu, dtype: f32, batch: 2, prefill: 17, decode: 0, prefill_chunk: 0}\n";
@@ -50,13 +51,19 @@ static void perturb(hae_trainer *t, uint64_t seed) {
 }
 
 Test(train, init_is_the_models) {
-    const char *const variants[] = {"model.tie_word_embeddings=false", "model.tie_word_embeddings=true",
-                                    "model.layer_pattern=[kda, gdn, retnet]", "model.layer_pattern=[deltanet, gla, mamba2]",
-                                    "model.layer_pattern=[linear, full]", "model.layer_pattern=[dsa, kda, full]"};
-    for (int k = 0; k < 6; k++) {
+    const char *const variants[][2] = {
+        {"model.tie_word_embeddings=false", "model.attention.rope=partial"},
+        {"model.tie_word_embeddings=true", "model.attention.rope=partial"},
+        {"model.layer_pattern=[kda, gdn, retnet]", "model.attention.rope=partial"},
+        {"model.layer_pattern=[deltanet, gla, mamba2]", "model.attention.rope=partial"},
+        {"model.layer_pattern=[linear, full]", "model.attention.rope=partial"},
+        {"model.layer_pattern=[dsa, kda, full]", "model.attention.rope=partial"},
+        {"model.attention.form=mla", "model.attention.rope=full"},
+    };
+    for (int k = 0; k < 7; k++) {
         hae_backend *be = tu_cpu();
         hae_config cfg;
-        parse_ok(tiny_yaml, "tiny.yaml", &cfg, &variants[k], 1);
+        parse_ok(tiny_yaml, "tiny.yaml", &cfg, variants[k], 2);
         hae_trainer *t = trainer(be, &cfg, 1, 8);
         hae_model *m = tu_model(be, &cfg);
         char pa[256], pb[256];
@@ -67,13 +74,13 @@ Test(train, init_is_the_models) {
         hae_st_file *fa = NULL, *fb = NULL;
         cr_assert_eq(hae_st_open(pa, &fa), HAE_OK, "%s", hae_last_error());
         cr_assert_eq(hae_st_open(pb, &fb), HAE_OK, "%s", hae_last_error());
-        cr_expect_eq(hae_st_count(fa), hae_st_count(fb), "%s: %d tensors, the model saves %d", variants[k],
+        cr_expect_eq(hae_st_count(fa), hae_st_count(fb), "%s: %d tensors, the model saves %d", variants[k][0],
                      hae_st_count(fa), hae_st_count(fb));
         for (int i = 0; i < hae_st_count(fb); i++) {
             const hae_st_tensor *b = hae_st_get(fb, i), *a = hae_st_find(fa, b->name);
-            cr_assert(a, "%s: the trainer has no '%s'", variants[k], b->name);
+            cr_assert(a, "%s: the trainer has no '%s'", variants[k][0], b->name);
             cr_expect(a->nbytes == b->nbytes && memcmp(a->data, b->data, a->nbytes) == 0,
-                      "%s: '%s' differs from the model's init (%zu vs %zu bytes)", variants[k], b->name, a->nbytes,
+                      "%s: '%s' differs from the model's init (%zu vs %zu bytes)", variants[k][0], b->name, a->nbytes,
                       b->nbytes);
         }
         hae_st_close(fa), hae_st_close(fb);
@@ -100,8 +107,11 @@ Test(train, logits_are_the_models) {
         /* dsa selecting every earlier token (top-k >= T): the engine's FP8 indexer and the trainer's fp32 one pick
          * the same sets, so the logits must agree; selections below T are held to the float64 model in test_train_grad */
         {"model.layer_pattern=[dsa, kda]", "model.dsa.index_topk=32"},
+        /* mla, run unabsorbed by the trainer and absorbed by the engine */
+        {"model.attention.form=mla", "model.attention.rope=full"},
+        {"model.attention.form=mla", "model.attention.rope=none"},
     };
-    for (int k = 0; k < 9; k++) {
+    for (int k = 0; k < 11; k++) {
         hae_backend *be = tu_cpu();
         hae_config cfg;
         parse_ok(tiny_yaml, "tiny.yaml", &cfg, variants[k], 2);
@@ -407,7 +417,6 @@ Test(train, refusals) {
     } bad[] = {
         {{"model.layer_pattern=[full, dsa]", "model.dsa.derived=true"},
          "layer 1 is 'dsa' with model.dsa.derived: true, whose indexer has no weights", HAE_ERR_UNSUPPORTED},
-        {{"model.attention.form=mla", "seed=3"}, "'mla' has no backward yet", HAE_ERR_UNSUPPORTED},
         {{"eval.vocab=80", "seed=3"}, "eval.vocab 80 exceeds model.vocab_size 72", HAE_ERR_INVALID},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {

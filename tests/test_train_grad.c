@@ -141,7 +141,8 @@ static void ref_rope(double *x, int64_t B, int64_t T, int64_t H, int64_t D, int6
 /* Causal (windowed, or over s->allow) softmax attention; psum [B, T, T] (or NULL) gets the probabilities summed
  * over the heads. */
 static void ref_attention(const hae_tr_attn_shape *s, const double *qkv, double *out, double *psum) {
-    const int64_t T = s->T, Dh = s->Dh, ld = (s->Hq + 2 * s->Hkv) * Dh, G = s->Hq / s->Hkv;
+    const int64_t T = s->T, Dh = s->Dh, Dv = s->Dv ? s->Dv : Dh, ld = (s->Hq + s->Hkv) * Dh + s->Hkv * Dv;
+    const int64_t G = s->Hq / s->Hkv;
     double *p = dalloc(T);
     if (psum) memset(psum, 0, sizeof(double) * (size_t)(s->B * T * T));
     for (int64_t b = 0; b < s->B; b++)
@@ -163,11 +164,11 @@ static void ref_attention(const hae_tr_attn_shape *s, const double *qkv, double 
                 for (int64_t j = lo; j <= t; j++) sum += p[j] = exp(p[j] - mx);
                 if (psum)
                     for (int64_t j = lo; j <= t; j++) psum[(b * T + t) * T + j] += p[j] / sum;
-                double *o = out + (b * T + t) * s->Hq * Dh + h * Dh;
-                for (int64_t d = 0; d < Dh; d++) o[d] = 0;
+                double *o = out + (b * T + t) * s->Hq * Dv + h * Dv;
+                for (int64_t d = 0; d < Dv; d++) o[d] = 0;
                 for (int64_t j = lo; j <= t; j++) {
-                    const double *v = qkv + (b * T + j) * ld + (s->Hq + s->Hkv + g) * Dh;
-                    for (int64_t d = 0; d < Dh; d++) o[d] += p[j] / sum * v[d];
+                    const double *v = qkv + (b * T + j) * ld + (s->Hq + s->Hkv) * Dh + g * Dv;
+                    for (int64_t d = 0; d < Dv; d++) o[d] += p[j] / sum * v[d];
                 }
             }
     free(p);
@@ -342,7 +343,7 @@ typedef struct {
 static double attn_loss(void *p) {
     attn_case *k = p;
     ref_attention(&k->s, k->qkv, k->out, NULL);
-    return weighted(k->c, k->out, k->s.B * k->s.T * k->s.Hq * k->s.Dh);
+    return weighted(k->c, k->out, k->s.B * k->s.T * k->s.Hq * (k->s.Dv ? k->s.Dv : k->s.Dh));
 }
 
 Test(train_grad, attention) {
@@ -351,14 +352,17 @@ Test(train_grad, attention) {
         {.B = 2, .T = 6, .Hq = 4, .Hkv = 2, .Dh = 5, .window = 0, .scale = 0.45f},
         {.B = 2, .T = 9, .Hq = 3, .Hkv = 1, .Dh = 4, .window = 3, .scale = 0.5f},
         {.B = 1, .T = 13, .Hq = 2, .Hkv = 2, .Dh = 9, .window = 1, .scale = 0.33f},
+        {.B = 2, .T = 7, .Hq = 3, .Hkv = 3, .Dh = 6, .Dv = 4, .window = 0, .scale = 0.4f}, /* mla: v dim != q/k dim */
     };
     hae_backend *be = tu_cpu();
-    for (int s = 0; s < 4; s++) {
+    for (int s = 0; s < 5; s++) {
         const hae_tr_attn_shape *sh = &shapes[s];
-        const int64_t T = sh->T, ld = (sh->Hq + 2 * sh->Hkv) * sh->Dh, n = sh->B * T * ld, no = sh->B * T * sh->Hq * sh->Dh;
+        const int64_t T = sh->T, Dv = sh->Dv ? sh->Dv : sh->Dh, ld = (sh->Hq + sh->Hkv) * sh->Dh + sh->Hkv * Dv;
+        const int64_t n = sh->B * T * ld, no = sh->B * T * sh->Hq * Dv;
         char shape[128];
-        snprintf(shape, sizeof shape, "[B %lld, T %lld, Hq %lld, Hkv %lld, Dh %lld, window %lld]", (long long)sh->B,
-                 (long long)T, (long long)sh->Hq, (long long)sh->Hkv, (long long)sh->Dh, (long long)sh->window);
+        snprintf(shape, sizeof shape, "[B %lld, T %lld, Hq %lld, Hkv %lld, Dh %lld, Dv %lld, window %lld]",
+                 (long long)sh->B, (long long)T, (long long)sh->Hq, (long long)sh->Hkv, (long long)sh->Dh, (long long)Dv,
+                 (long long)sh->window);
         tu_rng r = tu_rng_make(40 + (uint64_t)s);
         attn_case k = {*sh, dalloc(n), dalloc(no), dalloc(no)};
         float *qkv = falloc(n), *c = falloc(no), *out = falloc(no), *P = falloc(sh->B * sh->Hq * T * T), *dqkv = falloc(n);
@@ -974,7 +978,8 @@ static const char *model_yaml = "model:\n"
                                 "  n_layers: 2\n"
                                 "  layer_pattern: [full, swa]\n"
                                 "  mlp: {intermediate_size: 12}\n"
-                                "  attention: {num_heads: 2, num_kv_heads: 1, head_dim: 4, rope: full, rope_theta: 100}\n"
+                                "  attention: {num_heads: 2, num_kv_heads: 1, head_dim: 4, rope: full, rope_theta: 100,\n"
+                                "              kv_lora_rank: 5, qk_nope_head_dim: 3, qk_rope_head_dim: 4, v_head_dim: 3}\n"
                                 "  swa: {window_size: 3}\n"
                                 "  linear_attn: {num_heads: 1, num_v_heads: 2, head_dim: 4, conv_size: 3}\n"
                                 "  dsa: {index_n_heads: 2, index_topk: 3, index_rope_dim: 4}\n";
@@ -1160,6 +1165,33 @@ static double ref_index_kl(const double *psum, const double *I, const uint8_t *a
     return total / (double)rows;
 }
 
+/* mla's attention rows [N, 2 H (nope + rope) + H vd], before RoPE, as DeepSeek-V2 writes the layer: q = h Wq^T
+ * (heads [nope | rope]); [c | k_rope] = h Wkv_a^T; [k_nope_h | v_h] = kv_b(rmsnorm(c)); k_h = [k_nope_h | k_rope]. */
+static void ref_mla_rows(const model_case *k, long long l, const double *h, double *rows) {
+    const hae_config *c = k->cfg;
+    const int64_t N = k->B * k->T, d = c->model.d_model, H = c->model.attention.num_heads;
+    const int64_t n = c->model.attention.qk_nope_head_dim, r = c->model.attention.qk_rope_head_dim;
+    const int64_t L = c->model.attention.kv_lora_rank, vd = c->model.attention.v_head_dim, Dk = n + r;
+    const int64_t ld = 2 * H * Dk + H * vd;
+    double *q = dalloc(N * H * Dk), *a = dalloc(N * (L + r)), *cn = dalloc(N * L), *kv = dalloc(N * H * (n + vd));
+    ref_linear(h, param(k, "model.layers.%lld.self_attn.q_proj.weight", l), N, d, H * Dk, q);
+    ref_linear(h, param(k, "model.layers.%lld.self_attn.kv_a_proj_with_mqa.weight", l), N, d, L + r, a);
+    for (int64_t i = 0; i < N; i++) memcpy(cn + i * L, a + i * (L + r), sizeof(double) * (size_t)L);
+    ref_rmsnorm(cn, param(k, "model.layers.%lld.self_attn.kv_a_layernorm.weight", l), N, L, c->model.norm_eps, cn);
+    ref_linear(cn, param(k, "model.layers.%lld.self_attn.kv_b_proj.weight", l), N, L, H * (n + vd), kv);
+    for (int64_t i = 0; i < N; i++) {
+        double *row = rows + i * ld;
+        memcpy(row, q + i * H * Dk, sizeof(double) * (size_t)(H * Dk));
+        for (int64_t hh = 0; hh < H; hh++) {
+            const double *kvh = kv + i * H * (n + vd) + hh * (n + vd);
+            memcpy(row + H * Dk + hh * Dk, kvh, sizeof(double) * (size_t)n);
+            memcpy(row + H * Dk + hh * Dk + n, a + i * (L + r) + L, sizeof(double) * (size_t)r);
+            memcpy(row + 2 * H * Dk + hh * vd, kvh + n, sizeof(double) * (size_t)vd);
+        }
+    }
+    free(q), free(a), free(cn), free(kv);
+}
+
 /* The model of DESIGN.md section 1 in float64, from the saved tensor names. */
 static double model_loss(void *p) {
     const model_case *k = p;
@@ -1167,8 +1199,12 @@ static double model_loss(void *p) {
     const int64_t B = k->B, T = k->T, N = B * T, d = c->model.d_model, V = c->model.vocab_size, F = c->model.mlp.intermediate_size;
     const int64_t Hq = c->model.attention.num_heads, Hkv = c->model.attention.num_kv_heads, Dh = c->model.attention.head_dim;
     const int64_t qd = Hq * Dh, kd = Hkv * Dh, ld = qd + 2 * kd;
+    const bool mla = c->model.attention.form == HAE_ATTN_MLA;
+    const int64_t mla_qk = c->model.attention.qk_nope_head_dim + c->model.attention.qk_rope_head_dim;
+    const int64_t rows_w = mla ? 2 * Hq * mla_qk + Hq * c->model.attention.v_head_dim : ld;
     const double eps = c->model.norm_eps;
-    double *x = dalloc(N * d), *h = dalloc(N * d), *qkv = dalloc(N * ld), *tmp = dalloc(N * (ld > 2 * F ? ld : 2 * F));
+    double *x = dalloc(N * d), *h = dalloc(N * d), *qkv = dalloc(N * rows_w);
+    double *tmp = dalloc(N * (ld > 2 * F ? ld : 2 * F));
     const int64_t lhv = c->model.linear_attn.num_v_heads * c->model.linear_attn.head_dim;
     double *att = dalloc(N * (qd > lhv ? qd : lhv)), *gu = dalloc(N * 2 * F), *a = dalloc(N * F), *y = dalloc(N * d);
     double *I = dalloc(B * T * T), *psum = dalloc(B * T * T), kl = 0;
@@ -1181,23 +1217,33 @@ static double model_loss(void *p) {
             ref_linear_mixer(k, l, h, att);
             ref_linear(att, param(k, "model.layers.%lld.attn.o_proj.weight", l), N, lhv, d, y);
         } else {
-        const char *proj[3] = {"model.layers.%lld.self_attn.q_proj.weight", "model.layers.%lld.self_attn.k_proj.weight",
-                               "model.layers.%lld.self_attn.v_proj.weight"};
-        const int64_t cols[3] = {qd, kd, kd}, at[3] = {0, qd, qd + kd};
-        for (int j = 0; j < 3; j++) {
-            ref_linear(h, param(k, proj[j], l), N, d, cols[j], tmp);
-            for (int64_t i = 0; i < N; i++) memcpy(qkv + i * ld + at[j], tmp + i * cols[j], sizeof(double) * (size_t)cols[j]);
-        }
-        ref_rope(qkv, B, T, Hq, Dh, ld, (int)Dh, k->cs, k->sn);
-        ref_rope(qkv + qd, B, T, Hkv, Dh, ld, (int)Dh, k->cs, k->sn);
         const bool dsa = c->model.layers[l] == HAE_LAYER_DSA;
+        hae_tr_attn_shape s = {.B = B, .T = T, .Hq = Hq, .Hkv = Hkv, .Dh = Dh, .scale = 1.0f / sqrtf((float)Dh),
+                               .window = c->model.layers[l] == HAE_LAYER_SWA ? c->model.swa.window_size : 0,
+                               .allow = dsa ? allow : NULL};
+        if (mla) {
+            ref_mla_rows(k, l, h, qkv);
+            s.Hkv = Hq, s.Dh = mla_qk, s.Dv = c->model.attention.v_head_dim, s.scale = 1.0f / sqrtf((float)mla_qk);
+            const int64_t mld = 2 * Hq * mla_qk + Hq * s.Dv, nope = c->model.attention.qk_nope_head_dim;
+            ref_rope(qkv + nope, B, T, Hq, mla_qk, mld, 4, k->cs, k->sn);
+            ref_rope(qkv + Hq * mla_qk + nope, B, T, Hq, mla_qk, mld, 4, k->cs, k->sn);
+        } else {
+            const char *proj[3] = {"model.layers.%lld.self_attn.q_proj.weight", "model.layers.%lld.self_attn.k_proj.weight",
+                                   "model.layers.%lld.self_attn.v_proj.weight"};
+            const int64_t cols[3] = {qd, kd, kd}, at[3] = {0, qd, qd + kd};
+            for (int j = 0; j < 3; j++) {
+                ref_linear(h, param(k, proj[j], l), N, d, cols[j], tmp);
+                for (int64_t i = 0; i < N; i++)
+                    memcpy(qkv + i * ld + at[j], tmp + i * cols[j], sizeof(double) * (size_t)cols[j]);
+            }
+            ref_rope(qkv, B, T, Hq, Dh, ld, (int)Dh, k->cs, k->sn);
+            ref_rope(qkv + qd, B, T, Hkv, Dh, ld, (int)Dh, k->cs, k->sn);
+        }
         if (dsa) ref_index(k, l, h, I, allow);
-        const hae_tr_attn_shape s = {.B = B, .T = T, .Hq = Hq, .Hkv = Hkv, .Dh = Dh, .scale = 1.0f / sqrtf((float)Dh),
-                                     .window = c->model.layers[l] == HAE_LAYER_SWA ? c->model.swa.window_size : 0,
-                                     .allow = dsa ? allow : NULL};
         ref_attention(&s, qkv, att, dsa ? psum : NULL);
         if (dsa) kl += ref_index_kl(psum, I, allow, N, T);
-        ref_linear(att, param(k, "model.layers.%lld.self_attn.o_proj.weight", l), N, qd, d, y);
+        const int64_t od = Hq * (s.Dv ? s.Dv : Dh);
+        ref_linear(att, param(k, "model.layers.%lld.self_attn.o_proj.weight", l), N, od, d, y);
         }
         for (int64_t i = 0; i < N * d; i++) x[i] += y[i];
         ref_rmsnorm(x, param(k, "model.layers.%lld.post_attention_layernorm.weight", l), N, d, eps, h);
@@ -1233,9 +1279,11 @@ Test(train_grad, whole_model) {
         /* top-3 of 7 tokens: the selection matters from the fourth on; then the dense stage (every earlier token) */
         {"model.layer_pattern=[dsa, kda]", "train.indexer_warmup=0"},
         {"model.layer_pattern=[dsa, full]", "train.indexer_warmup=1"},
+        /* mla (latent 5, heads of 3 nope + 4 rope dims for q and k, 3 for v) over a full and a windowed layer */
+        {"model.attention.form=mla", "model.tie_word_embeddings=false"},
     };
     hae_backend *be = tu_cpu();
-    for (int v = 0; v < 9; v++) {
+    for (int v = 0; v < 10; v++) {
         char variant[128];
         snprintf(variant, sizeof variant, "%s, %s", sets[v][0], sets[v][1]);
         hae_config cfg;

@@ -192,6 +192,9 @@ hae_status attn_check(const char *op, const hae_tr_attn_shape *s) {
     if (s->Hkv <= 0 || s->Hq % s->Hkv != 0)
         return hae_error(HAE_ERR_INVALID, "%s (cuda): Hq = %lld is not a multiple of Hkv = %lld", op,
                          (long long)s->Hq, (long long)s->Hkv);
+    if (s->Dv > 0 && s->Dv != s->Dh)
+        return hae_error(HAE_ERR_UNSUPPORTED, "%s (cuda): value dim %lld != key dim %lld (mla's heads): the CUDA "
+                                              "kernels take equal dims", op, (long long)s->Dv, (long long)s->Dh);
     if (s->Dh > kMaxDh || s->B * s->Hq * s->T > INT_MAX)
         return hae_error(HAE_ERR_UNSUPPORTED,
                          "%s (cuda): B %lld, T %lld, Hq %lld, Dh %lld: supports Dh <= %d and B Hq T <= %d", op,

@@ -214,7 +214,8 @@ typedef struct {
     float *Pw, *outw, *dqkv;
 } attn_ctx;
 
-static int64_t ld_qkv(const hae_tr_attn_shape *s) { return (s->Hq + 2 * s->Hkv) * s->Dh; }
+static int64_t v_dim(const hae_tr_attn_shape *s) { return s->Dv > 0 ? s->Dv : s->Dh; }
+static int64_t ld_qkv(const hae_tr_attn_shape *s) { return (s->Hq + s->Hkv) * s->Dh + s->Hkv * v_dim(s); }
 static int64_t first_key(const hae_tr_attn_shape *s, int64_t t) {
     return s->window > 0 && t - s->window + 1 > 0 ? t - s->window + 1 : 0;
 }
@@ -223,9 +224,10 @@ static int64_t first_key(const hae_tr_attn_shape *s, int64_t t) {
 static void attn_fwd_item(void *p, int64_t item) {
     const attn_ctx *c = p;
     const hae_tr_attn_shape *s = c->s;
-    const int64_t T = s->T, Dh = s->Dh, ld = ld_qkv(s), b = item / s->Hq, h = item % s->Hq, g = h / (s->Hq / s->Hkv);
+    const int64_t T = s->T, Dh = s->Dh, Dv = v_dim(s), ld = ld_qkv(s), b = item / s->Hq, h = item % s->Hq;
+    const int64_t g = h / (s->Hq / s->Hkv);
     const float *base = c->qkv + b * T * ld;
-    const float *kcol = base + (s->Hq + g) * Dh, *vcol = base + (s->Hq + s->Hkv + g) * Dh;
+    const float *kcol = base + (s->Hq + g) * Dh, *vcol = base + (s->Hq + s->Hkv) * Dh + g * Dv;
     for (int64_t t = 0; t < T; t++) {
         const float *q = base + t * ld + h * Dh;
         float *P = c->Pw + ((b * s->Hq + h) * T + t) * T;
@@ -245,11 +247,11 @@ static void attn_fwd_item(void *p, int64_t item) {
         }
         const float inv = (float)(1.0 / sum);
         for (int64_t j = 0; j < T; j++) P[j] = j >= lo && j <= t && (!allow || allow[j]) ? P[j] * inv : 0.0f;
-        float *o = c->outw + (b * T + t) * s->Hq * Dh + h * Dh;
-        memset(o, 0, sizeof(float) * (size_t)Dh);
+        float *o = c->outw + (b * T + t) * s->Hq * Dv + h * Dv;
+        memset(o, 0, sizeof(float) * (size_t)Dv);
         for (int64_t j = lo; j <= t; j++) {
             const float pj = P[j], *v = vcol + j * ld;
-            for (int64_t d = 0; d < Dh; d++) o[d] += pj * v[d];
+            for (int64_t d = 0; d < Dv; d++) o[d] += pj * v[d];
         }
     }
 }
@@ -266,31 +268,31 @@ hae_status hae_tr_attention_fwd(hae_backend *be, const hae_tr_attn_shape *s, con
 static void attn_bwd_item(void *p, int64_t item) {
     const attn_ctx *c = p;
     const hae_tr_attn_shape *s = c->s;
-    const int64_t T = s->T, Dh = s->Dh, ld = ld_qkv(s), G = s->Hq / s->Hkv, b = item / s->Hkv, g = item % s->Hkv;
-    const int64_t od = s->Hq * Dh, kc = (s->Hq + g) * Dh, vc = (s->Hq + s->Hkv + g) * Dh;
+    const int64_t T = s->T, Dh = s->Dh, Dv = v_dim(s), ld = ld_qkv(s), G = s->Hq / s->Hkv, b = item / s->Hkv;
+    const int64_t g = item % s->Hkv, od = s->Hq * Dv, kc = (s->Hq + g) * Dh, vc = (s->Hq + s->Hkv) * Dh + g * Dv;
     const float *base = c->qkv + b * T * ld;
     float *dbase = c->dqkv + b * T * ld;
     for (int64_t t = 0; t < T; t++) {
         memset(dbase + t * ld + kc, 0, sizeof(float) * (size_t)Dh);
-        memset(dbase + t * ld + vc, 0, sizeof(float) * (size_t)Dh);
+        memset(dbase + t * ld + vc, 0, sizeof(float) * (size_t)Dv);
     }
     for (int64_t h = g * G; h < (g + 1) * G; h++)
         for (int64_t t = 0; t < T; t++) {
             const float *P = c->P + ((b * s->Hq + h) * T + t) * T, *q = base + t * ld + h * Dh;
-            const float *dout = c->dout + (b * T + t) * od + h * Dh, *o = c->out + (b * T + t) * od + h * Dh;
+            const float *dout = c->dout + (b * T + t) * od + h * Dv, *o = c->out + (b * T + t) * od + h * Dv;
             float *dq = dbase + t * ld + h * Dh;
             memset(dq, 0, sizeof(float) * (size_t)Dh);
-            const float rowsum = hae_dot_f32(dout, o, Dh);
+            const float rowsum = hae_dot_f32(dout, o, Dv);
             for (int64_t j = first_key(s, t); j <= t; j++) {
                 if (P[j] == 0.0f) continue; /* contributes exactly nothing */
                 const float *k = base + j * ld + kc, *v = base + j * ld + vc;
                 float *dk = dbase + j * ld + kc, *dv = dbase + j * ld + vc;
-                const float ds = P[j] * (hae_dot_f32(dout, v, Dh) - rowsum) * s->scale, pj = P[j];
+                const float ds = P[j] * (hae_dot_f32(dout, v, Dv) - rowsum) * s->scale, pj = P[j];
                 for (int64_t d = 0; d < Dh; d++) {
                     dq[d] += ds * k[d];
                     dk[d] += ds * q[d];
-                    dv[d] += pj * dout[d];
                 }
+                for (int64_t d = 0; d < Dv; d++) dv[d] += pj * dout[d];
             }
         }
 }

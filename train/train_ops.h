@@ -42,12 +42,15 @@ void hae_tr_rope_table(int64_t T, int rot_dims, float theta, float *cs, float *s
 hae_status hae_tr_rope(hae_backend *be, float *x, int64_t B, int64_t T, int64_t H, int64_t D, int64_t ld, int rot_dims,
                        const float *cs, const float *sn, bool inverse);
 
-/* Causal softmax attention over fused rows qkv [B, T, (Hq + 2 Hkv) Dh] (q, then k, then v, after RoPE): query head h
- * reads kv head h / (Hq / Hkv); query t attends to s in [lo, t], lo = max(0, t - window + 1) when window > 0, else 0:
+/* Causal softmax attention over fused rows qkv [B, T, (Hq + Hkv) Dh + Hkv Dv] (q, then k, then v, after RoPE): query
+ * head h reads kv head h / (Hq / Hkv); query t attends to s in [lo, t], lo = max(0, t - window + 1) when window > 0,
+ * else 0:
  *     P[b, h, t, s] = softmax_s(scale q_t . k_s),   out[b, t, h] = sum_s P[b, h, t, s] v_s
- * P [B, Hq, T, T] keeps the probabilities (0 outside the mask); out is [B, T, Hq Dh]. */
+ * P [B, Hq, T, T] keeps the probabilities (0 outside the mask); out is [B, T, Hq Dv]. Dv = Dh unless given (mla's
+ * value heads); the CUDA kernels take Dv = Dh only. */
 typedef struct hae_tr_attn_shape {
     int64_t B, T, Hq, Hkv, Dh, window;
+    int64_t Dv; /* 0: Dh */
     float scale;
     const uint8_t *allow; /* [B, T, T]: query t attends to s only where allow[b, t, s] (dsa's selection); NULL: all */
 } hae_tr_attn_shape;

@@ -43,6 +43,7 @@ typedef struct {
     int64_t conv_w, wf2, wg2, A_log, dt_bias, o_norm;  /* linear: offsets (-1 where the kind has none) */
     bool dsa;
     int64_t wq_i, wk_i, kn_w, kn_b, wp;                /* dsa: the indexer's q, k, key norm weight and bias, heads */
+    int64_t kv_norm, wkvb;                             /* mla: the latent's norm weight, its up-projection kv_b */
     /* the last forward's activations: the block inputs, norms (and their 1/rms), the MLP's gate/up and activation;
      * attention: the fused q/k/v after RoPE, the probabilities, the output; linear: the projection, the conv's
      * pre-activation and output, mapped q and k (one row per value head), v, the raw and log decays, the betas,
@@ -53,12 +54,17 @@ typedef struct {
     /* dsa: the indexer's queries, key before and after its norm (and 1/std), head weights, scores, the selection */
     float *qi, *kr, *ki, *krs, *wi, *I;
     uint8_t *allow;
+    /* mla: the latent before and after its norm (and 1/rms), kv_b's output (per head k nope, then v); the fused
+     * projection [q | latent | k rope] is proj */
+    float *lat, *latn, *lrs, *kvb;
 } tlayer;
 
 struct hae_trainer {
     hae_config cfg;
     hae_backend *be;
     int64_t V, d, L, Hq, Hkv, Dh, F, qkv_dim, Bmax, Tmax;
+    bool mla;               /* attention heads of Dh = nope + rope dims for q and k and Dv for v; Hkv = Hq */
+    int64_t Dv, nope, rdim, lora, rope_off; /* v dim; mla's per-head dims and latent rank; RoPE's first dim in a head */
     int64_t LH, LHV, LK, LV, conv_W, conv_ch; /* linear layers: q/k heads, value heads, head dims, conv width and channels */
     bool has_linear, has_dsa;
     int64_t HI, DI, irope, topk; /* dsa: indexer heads, head dim, RoPE dims; tokens selected */
@@ -81,6 +87,7 @@ struct hae_trainer {
     float *ly, *lo, *lgo, *lq, *lk, *lv, *lg, *lb, *lcout, *lcin, *lproj, *c1, *c2;
     /* dsa layers' backward: the scores' gradient, the indexer's q, k (after and before its norm) and w; its RoPE tables */
     float *dI, *dqi, *dki, *dkr, *dwi, *ics, *isn;
+    float *mproj, *mkvb, *mlat, *mlatx; /* mla's backward: gradients of proj, kv_b's output, the normed latent, the latent */
     double index_kl; /* the last backward's indexer loss: mean KL per query row, summed over the dsa layers */
     int32_t *ids, *target;              /* the last forward's tokens and targets (backend memory) */
     int64_t *pos;                       /* its scored rows (backend memory) */
@@ -157,6 +164,14 @@ static void layout(hae_trainer *t) {
         w->linear = hae_linear_kind_of(t->cfg.model.layers[l], &w->lk);
         if (w->linear) {
             layout_linear(t, w, l, std, std_out);
+        } else if (t->mla) { /* engine/model.c's names and order: q_proj rows per head [nope | rope], kv_a rows
+                              * [latent | rope], kv_b rows per head [k nope | v] */
+            w->wqkv = P("self_attn.q_proj.weight", t->Hq * t->Dh, d, INIT_NORMAL, std);
+            P("self_attn.kv_a_proj_with_mqa.weight", t->lora + t->rdim, d, INIT_NORMAL, std);
+            w->kv_norm = P("self_attn.kv_a_layernorm.weight", t->lora, 0, INIT_ONES, 0.0f);
+            w->wkvb = P("self_attn.kv_b_proj.weight", t->Hq * (t->nope + t->Dv), t->lora, INIT_NORMAL, std);
+            w->wo = P("self_attn.o_proj.weight", d, t->Hq * t->Dv, INIT_NORMAL, std_out);
+            w->window = t->cfg.model.layers[l] == HAE_LAYER_SWA ? t->cfg.model.swa.window_size : 0;
         } else {
             w->wqkv = P("self_attn.q_proj.weight", qd, d, INIT_NORMAL, std);
             P("self_attn.k_proj.weight", kd, d, INIT_NORMAL, std);
@@ -211,8 +226,9 @@ static hae_status init_weights(hae_trainer *t, uint64_t seed) {
 
 static hae_status check_model(const hae_config *cfg, hae_backend *be) {
     if (!be) return hae_error(HAE_ERR_INVALID, "hae_trainer_create: NULL backend");
-    if (cfg->model.attention.form != HAE_ATTN_GQA)
-        return hae_error(HAE_ERR_UNSUPPORTED, "train: model.attention.form 'mla' has no backward yet (gqa only)");
+    if (cfg->model.attention.form == HAE_ATTN_MLA && hae_backend_device(be) == HAE_CUDA)
+        return hae_error(HAE_ERR_UNSUPPORTED, "train: model.attention.form 'mla' trains on the CPU only (runtime.backend: "
+                                              "cpu): the CUDA training attention takes equal key and value dims");
     for (int64_t l = 0; l < cfg->model.n_layers; l++) {
         hae_layer_kind k = cfg->model.layers[l];
         if (k == HAE_LAYER_DSA && cfg->model.dsa.derived)
@@ -235,7 +251,8 @@ static hae_status upload_tables(hae_trainer *t, const float *tab, int64_t half, 
 static int64_t carve_acts(hae_trainer *t, float *base) {
     const int64_t B = t->Bmax, T = t->Tmax, N = B * T, d = t->d;
     const int64_t HV = t->LHV, K = t->LK, V = t->LV, ck = t->conv_ch > HV * K ? t->conv_ch : HV * K;
-    int64_t wide = max64(max64(t->qkv_dim, 2 * t->F), max64(t->Hq * t->Dh, d));
+    int64_t wide = max64(max64(t->qkv_dim, 2 * t->F), max64(t->Hq * t->Dv, d));
+    const int64_t mproj = t->Hq * t->Dh + t->lora + t->rdim, mkvb = t->Hq * (t->nope + t->Dv); /* mla */
     int64_t used = 0;
 #define CARVE(ptr, n) (ptr = base ? base + used : NULL, used += ((n) + 15) & ~(int64_t)15)
     for (int64_t l = 0; l < t->L; l++) {
@@ -250,7 +267,11 @@ static int64_t carve_acts(hae_trainer *t, float *base) {
             w->allow = (uint8_t *)allow;
         }
         if (!w->linear) {
-            CARVE(w->qkv, N * t->qkv_dim), CARVE(w->P, B * t->Hq * T * T), CARVE(w->att, N * t->Hq * t->Dh);
+            CARVE(w->qkv, N * t->qkv_dim), CARVE(w->P, B * t->Hq * T * T), CARVE(w->att, N * t->Hq * t->Dv);
+            if (t->mla) {
+                CARVE(w->proj, N * mproj), CARVE(w->lat, N * t->lora), CARVE(w->latn, N * t->lora), CARVE(w->lrs, N);
+                CARVE(w->kvb, N * mkvb);
+            }
             continue;
         }
         CARVE(w->proj, N * w->in_dim), CARVE(w->cpre, N * t->conv_ch), CARVE(w->cout, N * t->conv_ch);
@@ -270,6 +291,9 @@ static int64_t carve_acts(hae_trainer *t, float *base) {
         CARVE(t->lq, N * HV * K), CARVE(t->lk, N * HV * K), CARVE(t->lv, N * HV * V), CARVE(t->lg, N * HV * K);
         CARVE(t->lb, N * HV), CARVE(t->lcout, N * t->conv_ch), CARVE(t->lcin, N * ck);
         CARVE(t->lproj, N * in_max), CARVE(t->c1, N * ck), CARVE(t->c2, N * ck);
+    }
+    if (t->mla) {
+        CARVE(t->mproj, N * mproj), CARVE(t->mkvb, N * mkvb), CARVE(t->mlat, N * t->lora), CARVE(t->mlatx, N * t->lora);
     }
     if (t->has_dsa) {
         const int64_t irot = t->irope / 2 ? t->irope / 2 : 1;
@@ -333,7 +357,14 @@ hae_status hae_trainer_create(const hae_config *cfg, hae_backend *be, int64_t ma
     t->V = cfg->model.vocab_size, t->d = cfg->model.d_model, t->L = cfg->model.n_layers;
     t->Hq = cfg->model.attention.num_heads, t->Hkv = cfg->model.attention.num_kv_heads;
     t->Dh = cfg->model.attention.head_dim, t->F = cfg->model.mlp.intermediate_size;
-    t->qkv_dim = (t->Hq + 2 * t->Hkv) * t->Dh;
+    t->Dv = t->Dh;
+    t->mla = cfg->model.attention.form == HAE_ATTN_MLA;
+    if (t->mla) { /* heads of [nope | rope] for q and k (the latent's up-projection and the shared RoPE key), v_head_dim */
+        t->nope = cfg->model.attention.qk_nope_head_dim, t->rdim = cfg->model.attention.qk_rope_head_dim;
+        t->lora = cfg->model.attention.kv_lora_rank, t->Dv = cfg->model.attention.v_head_dim;
+        t->Hkv = t->Hq, t->Dh = t->nope + t->rdim, t->rope_off = t->nope;
+    }
+    t->qkv_dim = (t->Hq + t->Hkv) * t->Dh + t->Hkv * t->Dv;
     const hae_linear_dims ld = hae_linear_dims_of(cfg);
     t->LH = ld.H, t->LHV = ld.HV, t->LK = ld.K, t->LV = ld.V, t->conv_W = ld.W, t->conv_ch = ld.C;
     for (int64_t l = 0; l < t->L; l++) {
@@ -347,7 +378,7 @@ hae_status hae_trainer_create(const hae_config *cfg, hae_backend *be, int64_t ma
     t->scale = cfg->model.attention.softmax_scale > 0 ? cfg->model.attention.softmax_scale : 1.0f / sqrtf((float)t->Dh);
     switch (cfg->model.attention.rope) { /* as engine/model.c */
     case HAE_ROPE_NONE: t->rot_dims = 0; break;
-    case HAE_ROPE_FULL: t->rot_dims = (int)t->Dh; break;
+    case HAE_ROPE_FULL: t->rot_dims = (int)(t->mla ? t->rdim : t->Dh); break;
     case HAE_ROPE_PARTIAL: t->rot_dims = (int)lroundf((float)t->Dh * cfg->model.attention.partial_rotary_factor); break;
     }
     t->layers = calloc((size_t)t->L, sizeof *t->layers);
@@ -552,7 +583,8 @@ static hae_status check_batch(const hae_trainer *t, const hae_train_batch *b) {
 }
 
 static hae_tr_attn_shape attn_shape(const hae_trainer *t, const tlayer *w) {
-    return (hae_tr_attn_shape){.B = t->B, .T = t->T, .Hq = t->Hq, .Hkv = t->Hkv, .Dh = t->Dh, .window = w->window,
+    return (hae_tr_attn_shape){.B = t->B, .T = t->T, .Hq = t->Hq, .Hkv = t->Hkv, .Dh = t->Dh, .Dv = t->Dv,
+                               .window = w->window,
                                .scale = t->scale, .allow = w->dsa ? w->allow : NULL};
 }
 
@@ -610,9 +642,9 @@ static hae_status index_backward(hae_trainer *t, tlayer *w, int64_t N) {
 
 /* RoPE on the q and k columns of fused rows [N, qkv_dim] (forward, or inverse on their gradients). */
 static hae_status rope_qk(hae_trainer *t, float *qkv, bool inverse) {
-    HAE_TRY(hae_tr_rope(t->be, qkv, t->B, t->T, t->Hq, t->Dh, t->qkv_dim, t->rot_dims, t->cs, t->sn, inverse));
-    return hae_tr_rope(t->be, qkv + t->Hq * t->Dh, t->B, t->T, t->Hkv, t->Dh, t->qkv_dim, t->rot_dims, t->cs, t->sn,
-                       inverse);
+    float *q = qkv + t->rope_off, *k = q + t->Hq * t->Dh; /* mla rotates the last rdim dims of each head */
+    HAE_TRY(hae_tr_rope(t->be, q, t->B, t->T, t->Hq, t->Dh, t->qkv_dim, t->rot_dims, t->cs, t->sn, inverse));
+    return hae_tr_rope(t->be, k, t->B, t->T, t->Hkv, t->Dh, t->qkv_dim, t->rot_dims, t->cs, t->sn, inverse);
 }
 
 /* ---------------------------------------------------------------- linear layers */
@@ -768,6 +800,60 @@ static hae_status linear_backward(hae_trainer *t, tlayer *w, int64_t N) {
     return hae_tr_linear_bwd(be, w->h1, W + w->wqkv, dproj, N, t->d, in, t->dh, false, G + w->wqkv);
 }
 
+/* ---------------------------------------------------------------- mla attention layers */
+
+/* mla's attention rows from h1, unabsorbed (engine/model.c runs the same products absorbed): with
+ * [q | latent c | k_rope] = h1 [Wq | Wkv_a]^T and [k_nope_h | v_h] = kv_b(rmsnorm(c)), head h's query is q_h =
+ * [q_nope_h | q_rope_h], its key [k_nope_h | k_rope] (the one RoPE key copied to every head) and its value v_h:
+ * w->qkv [N, 2 Hq Dh + Hq Dv] before RoPE. */
+static hae_status mla_forward(hae_trainer *t, tlayer *w, int64_t N) {
+    hae_backend *be = t->be;
+    const int64_t H = t->Hq, n = t->nope, r = t->rdim, L = t->lora, vd = t->Dv, Dk = t->Dh, qd = H * Dk;
+    const int64_t PQ = qd + L + r, KV = H * (n + vd), ld = t->qkv_dim;
+    HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wqkv, N, t->d, PQ, w->proj, false));
+    HAE_TRY(cols_get(t, w->lat, w->proj, N, PQ, qd, L));
+    HAE_TRY(hae_tr_rmsnorm_fwd(be, w->lat, t->w + w->kv_norm, N, L, t->eps, w->latn, w->lrs));
+    HAE_TRY(hae_tr_linear_fwd(be, w->latn, t->w + w->wkvb, N, L, KV, w->kvb, false));
+    HAE_TRY(hae_tr_copy_cols(be, &(hae_tr_cols){.dst = w->qkv, .src = w->proj, .N = N, .n = qd, .ld_dst = ld,
+                                                 .ld_src = PQ}));
+    for (int64_t h = 0; h < H; h++) {
+        hae_tr_cols k = {.dst = w->qkv, .src = w->kvb, .N = N, .n = n, .ld_dst = ld, .dst_off = qd + h * Dk,
+                         .ld_src = KV, .src_off = h * (n + vd)};
+        HAE_TRY(hae_tr_copy_cols(be, &k));
+        k.src = w->proj, k.n = r, k.dst_off += n, k.ld_src = PQ, k.src_off = qd + L;
+        if (r) HAE_TRY(hae_tr_copy_cols(be, &k));
+        k.src = w->kvb, k.n = vd, k.dst_off = 2 * qd + h * vd, k.ld_src = KV, k.src_off = h * (n + vd) + n;
+        HAE_TRY(hae_tr_copy_cols(be, &k));
+    }
+    return HAE_OK;
+}
+
+/* From the attention rows' gradient t->db (RoPE undone), the weights' gradients and h1's into t->dh: the heads'
+ * k_rope gradients summed into the one RoPE key's. */
+static hae_status mla_backward(hae_trainer *t, tlayer *w, int64_t N) {
+    hae_backend *be = t->be;
+    const int64_t H = t->Hq, n = t->nope, r = t->rdim, L = t->lora, vd = t->Dv, Dk = t->Dh, qd = H * Dk;
+    const int64_t PQ = qd + L + r, KV = H * (n + vd), ld = t->qkv_dim;
+    float *G = t->g;
+    HAE_TRY(hae_backend_zero(be, t->mproj, sizeof(float) * (size_t)(N * PQ)));
+    HAE_TRY(hae_tr_copy_cols(be, &(hae_tr_cols){.dst = t->mproj, .src = t->db, .N = N, .n = qd, .ld_dst = PQ,
+                                                 .ld_src = ld}));
+    for (int64_t h = 0; h < H; h++) {
+        hae_tr_cols k = {.dst = t->mkvb, .src = t->db, .N = N, .n = n, .ld_dst = KV, .dst_off = h * (n + vd),
+                         .ld_src = ld, .src_off = qd + h * Dk};
+        HAE_TRY(hae_tr_copy_cols(be, &k));
+        k.dst = t->mproj, k.n = r, k.ld_dst = PQ, k.dst_off = qd + L, k.src_off += n, k.add = true;
+        if (r) HAE_TRY(hae_tr_copy_cols(be, &k));
+        k.dst = t->mkvb, k.n = vd, k.ld_dst = KV, k.dst_off = h * (n + vd) + n, k.src_off = 2 * qd + h * vd, k.add = false;
+        HAE_TRY(hae_tr_copy_cols(be, &k));
+    }
+    HAE_TRY(hae_tr_linear_bwd(be, w->latn, t->w + w->wkvb, t->mkvb, N, L, KV, t->mlat, false, G + w->wkvb));
+    HAE_TRY(hae_backend_zero(be, t->mlatx, sizeof(float) * (size_t)(N * L)));
+    HAE_TRY(hae_tr_rmsnorm_bwd(be, w->lat, t->w + w->kv_norm, w->lrs, t->mlat, N, L, t->mlatx, G + w->kv_norm));
+    HAE_TRY(cols_put(t, t->mproj, PQ, qd, t->mlatx, N, L, false));
+    return hae_tr_linear_bwd(be, w->h1, t->w + w->wqkv, t->mproj, N, t->d, PQ, t->dh, false, G + w->wqkv);
+}
+
 /* ---------------------------------------------------------------- the model */
 
 /* The forward up to the scored rows' logits, into t->logits. */
@@ -775,7 +861,7 @@ static hae_status forward(hae_trainer *t, const hae_train_batch *b) {
     HAE_TRY(check_batch(t, b));
     hae_backend *be = t->be;
     t->B = b->B, t->T = b->T, t->n = b->n;
-    const int64_t N = b->B * b->T, d = t->d, qd = t->Hq * t->Dh;
+    const int64_t N = b->B * b->T, d = t->d, qd = t->Hq * t->Dv;
     HAE_TRY(hae_backend_upload(be, t->ids, b->tokens, sizeof(int32_t) * (size_t)N));
     HAE_TRY(hae_backend_upload(be, t->pos, b->pos, sizeof(int64_t) * (size_t)b->n));
     HAE_TRY(hae_backend_upload(be, t->target, b->target, sizeof(int32_t) * (size_t)b->n));
@@ -788,7 +874,8 @@ static hae_status forward(hae_trainer *t, const hae_train_batch *b) {
             HAE_TRY(linear_forward(t, w, N));
         } else {
             if (w->dsa) HAE_TRY(index_forward(t, w, N));
-            HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wqkv, N, d, t->qkv_dim, w->qkv, false));
+            if (t->mla) HAE_TRY(mla_forward(t, w, N));
+            else HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wqkv, N, d, t->qkv_dim, w->qkv, false));
             HAE_TRY(rope_qk(t, w->qkv, false));
             const hae_tr_attn_shape s = attn_shape(t, w);
             HAE_TRY(hae_tr_attention_fwd(be, &s, w->qkv, w->P, w->att));
@@ -824,7 +911,7 @@ hae_status hae_trainer_forward(hae_trainer *t, const hae_train_batch *b, float *
 hae_status hae_trainer_backward(hae_trainer *t, const hae_train_batch *b, double *loss, uint8_t *correct) {
     HAE_TRY(forward(t, b));
     hae_backend *be = t->be;
-    const int64_t N = t->B * t->T, d = t->d, qd = t->Hq * t->Dh, n = t->n;
+    const int64_t N = t->B * t->T, d = t->d, qd = t->Hq * t->Dv, n = t->n;
     HAE_TRY(xent(t, 1.0f / (float)n, loss, correct));
     HAE_TRY(hae_backend_zero(be, t->g, sizeof(float) * (size_t)t->n_elems));
     t->index_kl = 0;
@@ -850,8 +937,9 @@ hae_status hae_trainer_backward(hae_trainer *t, const hae_train_batch *b, double
             HAE_TRY(hae_tr_attention_bwd(be, &s, w->qkv, w->P, w->att, t->da, t->db));
             if (w->dsa) HAE_TRY(index_backward(t, w, N));
             HAE_TRY(rope_qk(t, t->db, true));
-            HAE_TRY(hae_tr_linear_bwd(be, w->h1, t->w + w->wqkv, t->db, N, d, t->qkv_dim, t->dh, false,
-                                      t->g + w->wqkv));
+            if (t->mla) HAE_TRY(mla_backward(t, w, N));
+            else HAE_TRY(hae_tr_linear_bwd(be, w->h1, t->w + w->wqkv, t->db, N, d, t->qkv_dim, t->dh, false,
+                                           t->g + w->wqkv));
         }
         HAE_TRY(hae_tr_rmsnorm_bwd(be, w->x, t->w + w->attn_norm, w->r1, t->dh, N, d, t->dx, t->g + w->attn_norm));
     }
@@ -880,8 +968,13 @@ double hae_trainer_flops(const hae_trainer *t) {
             thrice += N * 3.0 * HV * K * V; /* the state read (S'^T k), written (k u^T) and read out (S^T q) */
         } else {
             const int64_t cap = w->dsa && !index_dense(t) ? t->topk : w->window;
-            thrice += N * (d * (double)t->qkv_dim + (double)(t->Hq * t->Dh) * d);
-            thrice += B * pairs(t->T, cap) * 2.0 * (double)(t->Hq * t->Dh); /* q . k and P v */
+            const double H = (double)t->Hq, Dk = (double)t->Dh, Dv = (double)t->Dv;
+            if (t->mla) /* [q | latent | k rope], then kv_b of the normed latent */
+                thrice += N * (d * (H * Dk + (double)(t->lora + t->rdim)) + (double)t->lora * H * ((double)t->nope + Dv));
+            else
+                thrice += N * d * (double)t->qkv_dim;
+            thrice += N * H * Dv * d;                               /* o_proj */
+            thrice += B * pairs(t->T, cap) * H * (Dk + Dv);         /* q . k and P v */
         }
         if (w->dsa) {
             twice += N * d * (double)(t->HI * t->DI + t->DI + t->HI);
