@@ -564,6 +564,19 @@ Test(gpu_train, models_match_the_cpu) {
     }
 }
 
+/* mla trains on the CPU only (the CUDA attention takes equal key and value dims): refused on the GPU, with the
+ * reason, before anything is allocated. */
+Test(gpu_train, mla_is_refused) {
+    hae_config cfg;
+    const char *sets[] = {"model.attention.form=mla", "model.attention.rope=full"};
+    cr_assert_eq(hae_config_parse(model_yaml, strlen(model_yaml), "gpu-train.yaml", sets, 2, &cfg), HAE_OK, "%s",
+                 hae_last_error());
+    hae_trainer *t = NULL;
+    cr_expect_eq(hae_trainer_create(&cfg, g_gpu, 2, 16, &t), HAE_ERR_UNSUPPORTED, "mla on cuda: %s", hae_last_error());
+    cr_expect(strstr(hae_last_error(), "'mla' trains on the CPU only"), "%s", hae_last_error());
+    cr_expect_null(t);
+}
+
 /* ---------------------------------------------------------------- hae train on the GPU */
 
 static const char *run_yaml = "name: gpu-smoke\n"
