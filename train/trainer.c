@@ -1,10 +1,11 @@
 /* The training copy of a model (hae.h, the training section): fp32 master weights in one flat buffer, laid out
- * and named as engine/model.c lays out a gqa stack of full, swa and linear-family layers (fused projections
- * saved as their separate tensors), the forward keeping every activation its backward reads, the backward,
- * and AdamW.
+ * and named as engine/model.c lays out a stack of full, swa, dsa and linear-family layers, attention of the gqa or
+ * mla form (fused projections saved as their separate tensors), the forward keeping every activation its backward
+ * reads, the backward, and AdamW.
  *
  *     x = E[tokens];  per layer:  x += Mixer(norm1(x));  x += Wdown swiglu(Wgu norm2(x))
- *     attention mixer:  Wo attn(rope(Wqkv h))
+ *     attention mixer:  Wo attn(rope(Wqkv h));  mla: the rows of mla_forward (q, the latent's up-projected keys
+ *                       and values, one shared RoPE key), unabsorbed
  *     linear mixer:     Wo gated_norm(delta(map(conv(q, k, v)), decay(Wf2 f1), sigmoid(b)), Wg2 g1)
  *                       with [q | k | v | f1 or a | b | g1] = Wqkv h, as engine/model.c's linear_block
  *     dsa mixer:        the attention mixer over each query's top-k under the indexer's scores
@@ -227,8 +228,9 @@ static hae_status init_weights(hae_trainer *t, uint64_t seed) {
 static hae_status check_model(const hae_config *cfg, hae_backend *be) {
     if (!be) return hae_error(HAE_ERR_INVALID, "hae_trainer_create: NULL backend");
     if (cfg->model.attention.form == HAE_ATTN_MLA && hae_backend_device(be) == HAE_CUDA)
-        return hae_error(HAE_ERR_UNSUPPORTED, "train: model.attention.form 'mla' trains on the CPU only (runtime.backend: "
-                                              "cpu): the CUDA training attention takes equal key and value dims");
+        return hae_error(HAE_ERR_UNSUPPORTED, "train: model.attention.form 'mla' trains on the CPU only "
+                                              "(runtime.backend: cpu): the CUDA training attention takes equal key "
+                                              "and value dims");
     for (int64_t l = 0; l < cfg->model.n_layers; l++) {
         hae_layer_kind k = cfg->model.layers[l];
         if (k == HAE_LAYER_DSA && cfg->model.dsa.derived)
