@@ -12,7 +12,8 @@
 #else
 #define ON_CUDA(be, call)                                                                          \
     do {                                                                                           \
-        if ((be)->device == HAE_CUDA) return hae_error(HAE_ERR_UNSUPPORTED, "train: this build has no CUDA"); \
+        if ((be)->device == HAE_CUDA)                                                              \
+            return hae_error(HAE_ERR_UNSUPPORTED, "%s: this build has no CUDA", __func__);         \
     } while (0)
 #endif
 
