@@ -403,8 +403,9 @@ static hae_status check_tabs(const ctx *c, const char *t, size_t len) {
 typedef enum { T_INT, T_U64, T_FLOAT, T_BOOL, T_STR, T_NAME, T_ENUM, T_BYTES, T_LIST, T_KINDS, T_LAYERS, T_SWEEP } vtype;
 
 /* OPEN_LO, OPEN_HI: the bound itself is excluded; LIST_PATTERN: a list whose items may repeat, or be none (an
- * ordered pattern, not an axis); LIST_OPTIONAL: a list of distinct items that may be empty */
-enum { OPEN_LO = 1, OPEN_HI = 2, LIST_PATTERN = 4, LIST_OPTIONAL = 8 };
+ * ordered pattern, not an axis); LIST_OPTIONAL: a list of distinct items that may be empty; LIST_ZIP: a list that
+ * may be empty and whose items may repeat, read item by item beside another list of the same length */
+enum { OPEN_LO = 1, OPEN_HI = 2, LIST_PATTERN = 4, LIST_OPTIONAL = 8, LIST_ZIP = 16 };
 
 typedef struct key_spec {
     const char *path; /* dotted YAML path */
@@ -447,7 +448,7 @@ enum {
     K_EV_NOISE, K_EV_VOCAB, K_EV_SEEDS, K_EV_KINDS, K_EV_K, K_EV_TOPK, K_EV_DTYPE, K_EV_COS, K_EV_DECAY, K_EV_ORTHO,
     K_CI_KINDS, K_CI_HOP_KINDS, K_CI_CODE_DIM, K_CI_WINDOW, K_CI_TOPK, K_CI_DECAY, K_CI_DECODE,
     K_TR_STEPS, K_TR_BATCH, K_TR_LR, K_TR_MIN_LR, K_TR_WARMUP, K_TR_WD, K_TR_BETA1, K_TR_BETA2, K_TR_EPS, K_TR_CLIP,
-    K_TR_EVAL, K_TR_CKPT, K_TR_LOG, K_TR_IDX_WARMUP, K_TR_EVAL_LENGTHS,
+    K_TR_EVAL, K_TR_CKPT, K_TR_LOG, K_TR_IDX_WARMUP, K_TR_EVAL_LENGTHS, K_TR_LENGTHS, K_TR_PAIRS,
     K_SWEEP, NKEYS
 };
 
@@ -568,6 +569,8 @@ static const key_spec specs[NKEYS] = {
     [K_TR_IDX_WARMUP] = {"train.indexer_warmup", T_INT, "0", 0, 2147483647.0, 0, NULL, FIELD(train.indexer_warmup)},
     [K_TR_EVAL_LENGTHS] = {"train.eval_lengths", T_LIST, "", 64, 2147483647.0, LIST_OPTIONAL, NULL,
                            FIELD(train.eval_lengths)},
+    [K_TR_LENGTHS] = {"train.lengths", T_LIST, "", 64, 2147483647.0, LIST_ZIP, NULL, FIELD(train.lengths)},
+    [K_TR_PAIRS] = {"train.pairs", T_LIST, "", 1, 2147483647.0, LIST_ZIP, NULL, FIELD(train.pairs)},
     [K_SWEEP] = {"sweep", T_SWEEP, NULL, 0, 0, 0, NULL, 0, 0},
 };
 
@@ -721,7 +724,8 @@ static hae_status list_item(const ctx *c, const key_spec *s, const node *at, con
  * at most HAE_EVAL_MAX_VALUES items, distinct and at least one unless the key is a LIST_PATTERN. */
 static hae_status convert_list(const ctx *c, const key_spec *s, const node *n, void *dst) {
     char d[128], path[600], item[HAE_NAME_MAX];
-    const bool seq = s->open & LIST_PATTERN, may_be_empty = seq || (s->open & LIST_OPTIONAL);
+    const bool seq = s->open & LIST_PATTERN, repeats = s->open & (LIST_PATTERN | LIST_ZIP),
+               may_be_empty = repeats || (s->open & LIST_OPTIONAL);
     if (n->type == N_MAP || (n->type == N_SCALAR && (!n->plain || (!n->text[0] && !may_be_empty))))
         return fail(c, n, s->path, "expected a list such as [%s], got %s", seq ? "full, dsa" : s->def,
                     desc(n, d, sizeof d));
@@ -745,7 +749,7 @@ static hae_status convert_list(const ctx *c, const key_spec *s, const node *n, v
         if (l.n == HAE_EVAL_MAX_VALUES) return fail(c, at, s->path, "more than %d values", HAE_EVAL_MAX_VALUES);
         int64_t v = 0;
         HAE_TRY(list_item(c, s, at, path, item, &v));
-        for (int j = 0; j < l.n && !seq; j++)
+        for (int j = 0; j < l.n && !repeats; j++)
             if (l.v[j] == v) return fail(c, at, path, "'%s' is listed twice", item);
         l.v[l.n++] = v;
     }
@@ -1094,6 +1098,11 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
         snprintf(m, sizeof m, "warmup %" PRId64 "%s exceeds steps %" PRId64 "%s (the learning rate warms up within the "
                  "run)", cfg->train.warmup, dflt(b, K_TR_WARMUP), cfg->train.steps, dflt(b, K_TR_STEPS));
         return cross_fail(c, b, (const int[]){K_TR_WARMUP, K_TR_STEPS}, 2, m);
+    }
+    if (cfg->train.lengths.n != cfg->train.pairs.n) {
+        snprintf(m, sizeof m, "train.lengths has %d items and train.pairs %d: the training mixture pairs them item by "
+                 "item", cfg->train.lengths.n, cfg->train.pairs.n);
+        return cross_fail(c, b, (const int[]){K_TR_PAIRS, K_TR_LENGTHS}, 2, m);
     }
     return eval_checks(c, b, cfg);
 }

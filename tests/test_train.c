@@ -361,6 +361,55 @@ Test(train, eval_lengths) {
     cr_expect(strstr(hae_last_error(), "train.eval_lengths"), "no key named in: %s", hae_last_error());
 }
 
+/* train.lengths and train.pairs: the steps cycle through the zipped mixture (a step's tokens are its point's
+ * length x the batch) while the held-out eval stays on the eval grid; mismatched lists and a point whose tasks do
+ * not fit are refused with the keys named, before any step. */
+Test(train, mixture) {
+    hae_config cfg;
+    const char *sets[] = {"train.steps=4", "train.warmup=1", "train.eval_every=4", "train.lengths=[64, 128, 128]",
+                          "train.pairs=[2, 8, 8]"};
+    parse_ok(run_yaml, "smoke.yaml", &cfg, sets, 5);
+    char dir[256];
+    run_dir("train-mixture", dir, sizeof dir);
+    hae_train_result r;
+    cr_assert_eq(train(&cfg, dir, false, 0, &r), HAE_OK, "%s", hae_last_error());
+    char path[512], line[4096];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "no %s", path);
+    const long long want[] = {8 * 64, 8 * 128, 8 * 128, 8 * 64};
+    int k = 0;
+    while (fgets(line, sizeof line, f) && k < 4) {
+        const char *t = strstr(line, "\"tokens\": ");
+        cr_assert(t, "no tokens in %s", line);
+        long long got = atoll(t + 10);
+        cr_expect_eq(got, want[k], "step %d: %lld tokens, the mixture's point %d has %lld", k + 1, got, k % 3, want[k]);
+        k++;
+    }
+    fclose(f);
+    cr_expect_eq(k, 4, "%d steps in metrics.jsonl", k);
+    hae_config plain;
+    parse_ok(run_yaml, "smoke.yaml", &plain, sets, 3);
+    run_dir("train-mixture-plain", dir, sizeof dir);
+    hae_train_result rp;
+    cr_assert_eq(train(&plain, dir, false, 0, &rp), HAE_OK, "%s", hae_last_error());
+    cr_expect(r.eval_questions > 0 && r.eval_questions == rp.eval_questions,
+              "the held-out eval asks %lld questions with the mixture, %lld on the eval grid",
+              (long long)r.eval_questions, (long long)rp.eval_questions);
+
+    const char *uneven[] = {"train.lengths=[64, 128]", "train.pairs=[4]"}, *unfit[] = {"train.lengths=[64, 64]",
+                                                                                      "train.pairs=[4, 60]"};
+    hae_status st = hae_config_parse(run_yaml, strlen(run_yaml), "smoke.yaml", uneven, 2, &cfg);
+    cr_expect_eq(st, HAE_ERR_INVALID, "uneven mixture: status %d", st);
+    cr_expect(strstr(hae_last_error(), "train.pairs") && strstr(hae_last_error(), "item by item"), "%s", hae_last_error());
+    parse_ok(run_yaml, "smoke.yaml", &cfg, unfit, 2);
+    run_dir("train-mixture-unfit", dir, sizeof dir);
+    cr_expect_eq(train(&cfg, dir, false, 0, &r), HAE_ERR_INVALID, "60 pairs in 64 tokens trained");
+    cr_expect(strstr(hae_last_error(), "train.lengths[1], train.pairs[1]"), "no point named in: %s", hae_last_error());
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    cr_expect(!file_exists(dir, "metrics.jsonl"), "a refused run wrote %s", path);
+}
+
 /* train.indexer_warmup: its steps move the indexers' weights only (the rest and its AdamW moments stay as they
  * were); the step after it moves every weight. */
 Test(train, indexer_warmup_freezes_all_but_the_indexers) {

@@ -215,23 +215,58 @@ static const char *fmt_time(double s, char *buf, size_t n) {
 
 /* ---------------------------------------------------------------- the run */
 
-/* The grid's points, checked against the model: token ids within its vocabulary, every task generable. */
-static hae_status train_points(const hae_config *cfg, hae_eval_point **pts, int64_t *n, int64_t *T) {
-    if (cfg->eval.vocab > cfg->model.vocab_size)
-        return hae_error(HAE_ERR_INVALID, "train: eval.vocab %lld exceeds model.vocab_size %lld (the tasks' token ids "
-                                          "must be the model's)", (long long)cfg->eval.vocab,
-                         (long long)cfg->model.vocab_size);
+/* The points of cfg's grid, checked against the model: token ids within its vocabulary, every task generable;
+ * *T grows to the longest. */
+static hae_status grid_points(const hae_config *cfg, const char *what, hae_eval_point **pts, int64_t *n, int64_t *T) {
     HAE_TRY(hae_eval_grid(cfg, pts, n));
-    *T = 0;
     for (int64_t i = 0; i < *n; i++) {
         hae_status st = hae_eval_task(cfg, &(*pts)[i], 1, NULL);
         if (st != HAE_OK) {
             free(*pts), *pts = NULL;
-            return hae_error_wrap(st, "train");
+            return hae_error_wrap(st, "%s", what);
         }
         if ((*pts)[i].length > *T) *T = (*pts)[i].length;
     }
     return HAE_OK;
+}
+
+/* The held-out grid (the eval section's) and the training points: the mixture train.lengths and train.pairs zip,
+ * each pair of them one point of every task and hop count, or the held-out grid itself. */
+static hae_status train_points(const hae_config *cfg, hae_eval_point **eval, int64_t *n_eval, hae_eval_point **train,
+                               int64_t *n_train, int64_t *T) {
+    if (cfg->eval.vocab > cfg->model.vocab_size)
+        return hae_error(HAE_ERR_INVALID, "train: eval.vocab %lld exceeds model.vocab_size %lld (the tasks' token ids "
+                                          "must be the model's)", (long long)cfg->eval.vocab,
+                         (long long)cfg->model.vocab_size);
+    *T = 0;
+    HAE_TRY(grid_points(cfg, "train", eval, n_eval, T));
+    const int n_mix = cfg->train.lengths.n;
+    if (n_mix == 0) {
+        if (!(*train = malloc(sizeof **train * (size_t)*n_eval))) return hae_error(HAE_ERR_OOM, "train: out of host memory");
+        memcpy(*train, *eval, sizeof **train * (size_t)*n_eval);
+        *n_train = *n_eval;
+        return HAE_OK;
+    }
+    hae_config *one = malloc(sizeof *one);
+    if (!one) return hae_error(HAE_ERR_OOM, "train: out of host memory");
+    *one = *cfg;
+    *train = NULL, *n_train = 0;
+    hae_status st = HAE_OK;
+    for (int i = 0; i < n_mix && st == HAE_OK; i++) {
+        one->eval.lengths = (hae_eval_list){.n = 1, .v = {cfg->train.lengths.v[i]}};
+        one->eval.pairs = (hae_eval_list){.n = 1, .v = {cfg->train.pairs.v[i]}};
+        hae_eval_point *p = NULL, *all = NULL;
+        int64_t n = 0;
+        char what[96];
+        snprintf(what, sizeof what, "train.lengths[%d], train.pairs[%d]", i, i);
+        st = grid_points(one, what, &p, &n, T);
+        if (st == HAE_OK && !(all = realloc(*train, sizeof *all * (size_t)(*n_train + n))))
+            st = hae_error(HAE_ERR_OOM, "train: out of host memory");
+        if (st == HAE_OK) memcpy(all + *n_train, p, sizeof *p * (size_t)n), *train = all, *n_train += n;
+        free(p);
+    }
+    free(one);
+    return st;
 }
 
 static bool has_dsa(const hae_config *cfg) {
@@ -242,8 +277,8 @@ static bool has_dsa(const hae_config *cfg) {
 
 typedef struct {
     hae_trainer *tr;
-    hae_eval_point *pts;
-    int64_t n_pts;
+    hae_eval_point *pts, *train_pts; /* the held-out grid; the points trained on */
+    int64_t n_pts, n_train;
     uint64_t *seeds;
     batch b;
     FILE *metrics;
@@ -261,7 +296,7 @@ static void run_free(run_state *r) {
     hae_eval_runner_destroy(r->runner);
     hae_backend_destroy(r->long_be);
     free(r->long_cfg), free(r->long_pts);
-    free(r->pts), free(r->seeds), free(r->loss), free(r->acc), free(r->kl);
+    free(r->pts), free(r->train_pts), free(r->seeds), free(r->loss), free(r->acc), free(r->kl);
     batch_free(&r->b);
     if (r->metrics) fclose(r->metrics);
 }
@@ -331,7 +366,7 @@ static void eval_at_json(const hae_config *cfg, const double *acc, char *buf, si
 static hae_status start(const hae_train_args *a, run_state *r, int64_t *first) {
     const hae_config *cfg = a->cfg;
     int64_t T = 0;
-    HAE_TRY(train_points(cfg, &r->pts, &r->n_pts, &T));
+    HAE_TRY(train_points(cfg, &r->pts, &r->n_pts, &r->train_pts, &r->n_train, &T));
     HAE_TRY(long_start(a, r));
     HAE_TRY(hae_trainer_create(cfg, a->be, cfg->train.batch, T, &r->tr));
     const int64_t W = cfg->train.log_every;
@@ -403,14 +438,15 @@ hae_status hae_train_run(const hae_train_args *a, hae_train_result *out) {
         n_params += n;
     }
     if (st == HAE_OK && a->progress)
-        fprintf(a->progress, "  train %s: %lld parameters, steps %lld..%lld of %lld, batch %lld, %lld grid points\n",
+        fprintf(a->progress,
+                "  train %s: %lld parameters, steps %lld..%lld of %lld, batch %lld, %lld training points, %lld held out\n",
                 cfg->name, (long long)n_params, (long long)first + 1, (long long)last, (long long)steps, (long long)B,
-                (long long)r.n_pts);
+                (long long)r.n_train, (long long)r.n_pts);
     const double t0 = now_s();
     int64_t tokens = 0, logged = 0;
     double flops = 0;
     for (int64_t s = first; s < last && st == HAE_OK; s++) {
-        const hae_eval_point *p = &r.pts[s % r.n_pts];
+        const hae_eval_point *p = &r.train_pts[s % r.n_train];
         for (int64_t b = 0; b < B; b++) r.seeds[b] = train_seed(cfg->seed, s, b);
         double loss = 0, norm = 0;
         st = batch_make(cfg, p, r.seeds, B, &r.b);
