@@ -1974,8 +1974,10 @@ static int cmd_train(int argc, char **argv) {
         printf("%s: steps %lld..%lld of %lld in %s on %s, %.0f tok/s, %.3f model TFLOP/s\n", cfg->name,
                (long long)res.first_step + 1, (long long)res.last_step, (long long)cfg->train.steps, took,
                hae_backend_name(be), res.tokens_per_s, res.tflop_s);
-        printf("  %-10s loss %.4f, accuracy %.4f (mean of the last %lld steps)\n", "train", res.loss, res.accuracy,
-               (long long)cfg->train.log_every);
+        const int64_t ran = res.last_step - res.first_step, mean_of = ran < cfg->train.log_every ? ran : cfg->train.log_every;
+        if (ran > 0)
+            printf("  %-10s loss %.4f, accuracy %.4f (mean of the last %lld steps)\n", "train", res.loss, res.accuracy,
+                   (long long)mean_of);
         if (res.eval_questions)
             printf("  %-10s accuracy %.4f over %lld questions (seeds 1..%lld of each grid point)\n", "held-out",
                    res.eval_accuracy, (long long)res.eval_questions, (long long)cfg->eval.seeds);
