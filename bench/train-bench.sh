@@ -38,6 +38,13 @@ bench zoology-deltanet $z --set 'model.layer_pattern=[deltanet]' --set 'eval.pai
 zg=configs/train/mqar-zoology-gpu.yaml
 bench zoology512-attention $zg --set 'model.layer_pattern=[swa, full]'
 bench zoology512-kda $zg
+bench zoology512-attention-bf16 $zg --set 'model.layer_pattern=[swa, full]' --set train.matmul=bf16
+bench zoology512-kda-bf16 $zg --set train.matmul=bf16
+# the same task on a model 4x wider (d_model 512, 8 heads of 64, MLP 2048), where the products dominate a step
+wide=(--set 'model.layer_pattern=[swa, full]' --set model.d_model=512 --set model.mlp.intermediate_size=2048
+  --set model.attention.num_heads=8 --set model.attention.num_kv_heads=8 --set model.attention.head_dim=64)
+bench zoology512-attention-d512 $zg "${wide[@]}"
+bench zoology512-attention-d512-bf16 $zg "${wide[@]}" --set train.matmul=bf16
 m=configs/train/multihop-hybrid.yaml
 bench multihop-full $m --set 'model.layer_pattern=[swa, full]'
 bench multihop-kda3-full1 $m

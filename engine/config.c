@@ -424,7 +424,8 @@ static const char *const dtypes[] = {"f32", "bf16", NULL};
 static const char *const tiers[] = {"gpu", "host", NULL};
 static const char *const task_names[] = {"mqar", "multihop", "niah", NULL};
 static const char *const hops_forms[] = {"follow", "list", NULL};
-static const char *const index_dtypes[] = {"f32", "bf16", "f16", "fp8", NULL}; /* f16 is refused by eval_checks */
+static const char *const index_dtypes[] = {"f32", "bf16", "f16", "fp8", NULL};
+static const char *const matmul_dtypes[] = {"f32", "bf16", NULL}; /* HAE_F32, HAE_BF16 */ /* f16 is refused by eval_checks */
 _Static_assert(HAE_ATTN_GQA == 0 && HAE_ATTN_MLA == 1, "forms[] follows hae_attn_form");
 _Static_assert(HAE_ROPE_NONE == 0 && HAE_ROPE_FULL == 1 && HAE_ROPE_PARTIAL == 2, "ropes[] follows hae_rope_mode");
 _Static_assert(HAE_BACKEND_AUTO == 0 && HAE_BACKEND_CPU == 1 && HAE_BACKEND_CUDA == 2, "backends[]");
@@ -448,7 +449,7 @@ enum {
     K_EV_NOISE, K_EV_VOCAB, K_EV_SEEDS, K_EV_KINDS, K_EV_K, K_EV_TOPK, K_EV_DTYPE, K_EV_COS, K_EV_DECAY, K_EV_ORTHO,
     K_CI_KINDS, K_CI_HOP_KINDS, K_CI_CODE_DIM, K_CI_WINDOW, K_CI_TOPK, K_CI_DECAY, K_CI_DECODE,
     K_TR_STEPS, K_TR_BATCH, K_TR_LR, K_TR_MIN_LR, K_TR_WARMUP, K_TR_WD, K_TR_BETA1, K_TR_BETA2, K_TR_EPS, K_TR_CLIP,
-    K_TR_EVAL, K_TR_CKPT, K_TR_LOG, K_TR_IDX_WARMUP, K_TR_EVAL_LENGTHS, K_TR_LENGTHS, K_TR_PAIRS,
+    K_TR_EVAL, K_TR_CKPT, K_TR_LOG, K_TR_IDX_WARMUP, K_TR_EVAL_LENGTHS, K_TR_LENGTHS, K_TR_PAIRS, K_TR_MATMUL,
     K_SWEEP, NKEYS
 };
 
@@ -571,6 +572,7 @@ static const key_spec specs[NKEYS] = {
                            FIELD(train.eval_lengths)},
     [K_TR_LENGTHS] = {"train.lengths", T_LIST, "", 64, 2147483647.0, LIST_ZIP, NULL, FIELD(train.lengths)},
     [K_TR_PAIRS] = {"train.pairs", T_LIST, "", 1, 2147483647.0, LIST_ZIP, NULL, FIELD(train.pairs)},
+    [K_TR_MATMUL] = {"train.matmul", T_ENUM, "f32", 0, 0, 0, matmul_dtypes, FIELD(train.matmul)},
     [K_SWEEP] = {"sweep", T_SWEEP, NULL, 0, 0, 0, NULL, 0, 0},
 };
 

@@ -123,14 +123,20 @@ Test(gpu_train, linear_embedding_xent) {
         pbuf x = rnd(N * I, &r, -1, 1), W = rnd(O * I, &r, -0.5, 0.5), y = nan_buf(N * O), dy = rnd(N * O, &r, -1, 1);
         pbuf dx = rnd(N * I, &r, -1, 1), dW = rnd(O * I, &r, -1, 1);
         bool ok;
-        SIDES(ok, "hae_tr_linear_fwd", ctx, hae_tr_linear_fwd(BE, F(x), F(W), N, I, O, F(y), false));
-        if (ok) cmp("hae_tr_linear_fwd", ctx, "y", &y, TOL);
-        SIDES(ok, "hae_tr_linear_fwd", ctx, hae_tr_linear_fwd(BE, F(x), F(W), N, I, O, F(y), true));
-        if (ok) cmp("hae_tr_linear_fwd", ctx, "y (accumulated)", &y, TOL);
-        SIDES(ok, "hae_tr_linear_bwd", ctx, hae_tr_linear_bwd(BE, F(x), F(W), F(dy), N, I, O, F(dx), true, F(dW)));
-        if (ok) cmp("hae_tr_linear_bwd", ctx, "dx (accumulated)", &dx, TOL), cmp("hae_tr_linear_bwd", ctx, "dW", &dW, TOL);
-        SIDES(ok, "hae_tr_linear_bwd", ctx, hae_tr_linear_bwd(BE, F(x), F(W), F(dy), N, I, O, NULL, false, F(dW)));
-        if (ok) cmp("hae_tr_linear_bwd", ctx, "dW, no dx", &dW, TOL);
+        /* f32 products, then bf16 ones (train.matmul): cuBLAS's tensor cores against the CPU's rounded operands */
+        for (int bf = 0; bf < 2; bf++) {
+            const hae_dtype mm = bf ? HAE_BF16 : HAE_F32;
+            char c2[CTX_N + 16];
+            snprintf(c2, sizeof c2, "%s, %s products", ctx, hae_dtype_name(mm));
+            SIDES(ok, "hae_tr_linear_fwd", c2, hae_tr_linear_fwd(BE, mm, F(x), F(W), N, I, O, F(y), false));
+            if (ok) cmp("hae_tr_linear_fwd", c2, "y", &y, TOL);
+            SIDES(ok, "hae_tr_linear_fwd", c2, hae_tr_linear_fwd(BE, mm, F(x), F(W), N, I, O, F(y), true));
+            if (ok) cmp("hae_tr_linear_fwd", c2, "y (accumulated)", &y, TOL);
+            SIDES(ok, "hae_tr_linear_bwd", c2, hae_tr_linear_bwd(BE, mm, F(x), F(W), F(dy), N, I, O, F(dx), true, F(dW)));
+            if (ok) cmp("hae_tr_linear_bwd", c2, "dx (accumulated)", &dx, TOL), cmp("hae_tr_linear_bwd", c2, "dW", &dW, TOL);
+            SIDES(ok, "hae_tr_linear_bwd", c2, hae_tr_linear_bwd(BE, mm, F(x), F(W), F(dy), N, I, O, NULL, false, F(dW)));
+            if (ok) cmp("hae_tr_linear_bwd", c2, "dW, no dx", &dW, TOL);
+        }
         /* embedding: a vocabulary of O rows of I, every id repeated */
         int32_t *ids = malloc(sizeof(int32_t) * (size_t)N);
         for (int64_t i = 0; i < N; i++) ids[i] = (int32_t)tu_uniform(&r, 0, (double)(O < 4 ? O : O / 4));

@@ -186,6 +186,37 @@ Test(train, flops_follow_the_attention) {
     cr_expect(fabs(flops_of(full, 2, 4, T) - 2.0 * f) <= 1e-9 * f, "twice the batch, twice the FLOPs");
 }
 
+/* The loss of one backward of a fixed [2, 17] batch under the config's train.matmul. */
+static double loss_with(const char *matmul) {
+    hae_config cfg;
+    const char *sets[] = {"model.layer_pattern=[kda, full]", matmul};
+    parse_ok(tiny_yaml, "tiny.yaml", &cfg, sets, 2);
+    hae_backend *be = tu_cpu();
+    const int64_t B = 2, T = 17, N = B * T;
+    hae_trainer *t = trainer(be, &cfg, B, T);
+    int32_t tok[34], target[34];
+    int64_t pos[34];
+    tu_tokens(&cfg, T, tok, 5);
+    for (int64_t i = 0; i < N; i++) pos[i] = i, target[i] = tok[(i + 3) % N];
+    const hae_train_batch b = {.tokens = tok, .B = B, .T = T, .pos = pos, .target = target, .n = N};
+    double loss = 0;
+    cr_assert_eq(hae_trainer_backward(t, &b, &loss, NULL), HAE_OK, "%s", hae_last_error());
+    hae_trainer_destroy(t);
+    hae_backend_destroy(be);
+    return loss;
+}
+
+/* train.matmul=bf16 reaches the trainer's products: the loss moves by bf16's rounding, no more; f16 is refused. */
+Test(train, matmul_bf16) {
+    const double l32 = loss_with("train.matmul=f32"), l16 = loss_with("train.matmul=bf16");
+    cr_expect(l16 != l32, "bf16 products left the loss %.9g unchanged", l32);
+    cr_expect(fabs(l16 - l32) < 1e-2 * l32, "bf16 products moved the loss from %.6g to %.6g", l32, l16);
+    hae_config cfg;
+    const char *bad = "train.matmul=f16";
+    cr_expect_eq(hae_config_parse(tiny_yaml, strlen(tiny_yaml), "tiny.yaml", &bad, 1, &cfg), HAE_ERR_INVALID);
+    cr_expect(strstr(hae_last_error(), "train.matmul") && strstr(hae_last_error(), "f32, bf16"), "%s", hae_last_error());
+}
+
 /* ---------------------------------------------------------------- hae train */
 
 /* A model small enough for ASan: mqar of 4 pairs in 64 tokens, 8 keys and 8 values among 48 noise tokens (the

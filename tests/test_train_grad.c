@@ -277,10 +277,10 @@ Test(train_grad, linear) {
         else poison(dx, N * I);
         memcpy(dW, dW0, sizeof(float) * (size_t)(O * I));
         poison(y, N * O);
-        cr_assert_eq(hae_tr_linear_fwd(be, x, W, N, I, O, y, false), HAE_OK, "%s", hae_last_error());
+        cr_assert_eq(hae_tr_linear_fwd(be, HAE_F32, x, W, N, I, O, y, false), HAE_OK, "%s", hae_last_error());
         linear_loss(&k);
         expect_fwd("linear", shape, y, k.y, N * O);
-        hae_tr_linear_bwd(be, x, W, c, N, I, O, dx, acc, dW);
+        hae_tr_linear_bwd(be, HAE_F32, x, W, c, N, I, O, dx, acc, dW);
         double *fd = dalloc(N * I > O * I ? N * I : O * I);
         finite_diff(linear_loss, &k, k.x, N * I, fd);
         expect_grad("linear dx", shape, dx, acc ? dx0 : NULL, fd, N * I);
@@ -289,6 +289,57 @@ Test(train_grad, linear) {
         free(fd), free(junk), free(k.x), free(k.W), free(k.c), free(k.y);
         free(x), free(W), free(c), free(y), free(dx), free(dW), free(dx0), free(dW0);
     }
+    hae_backend_destroy(be);
+}
+
+static double bf16_of(float v) { return (double)hae_bf16_to_f32(hae_f32_to_bf16(v)); }
+
+/* train.matmul bf16: each product's operands rounded to bf16 (nearest even), summed in fp32. The forward and both
+ * backward products match a float64 sum over the rounded operands to fp32 rounding, and differ from the f32
+ * products by bf16's rounding (so a path that forgot to round fails); products in f16 are refused. */
+Test(train_grad, linear_bf16_products) {
+    const int64_t N = 37, I = 48, O = 29;
+    hae_backend *be = tu_cpu();
+    tu_rng r = tu_rng_make(77);
+    float *x = falloc(N * I), *W = falloc(O * I), *dy = falloc(N * O), *y = falloc(N * O), *y32 = falloc(N * O);
+    float *dx = falloc(N * I), *dW = falloc(O * I);
+    double *rx = dalloc(N * I), *rW = dalloc(O * I), *rdy = dalloc(N * O), *ref = dalloc(N * I > O * I ? N * I : O * I);
+    double *junk = dalloc(N * I + O * I + N * O);
+    fill_pair(x, junk, N * I, &r, -1, 1);
+    fill_pair(W, junk, O * I, &r, -1, 1);
+    fill_pair(dy, junk, N * O, &r, -1, 1);
+    for (int64_t i = 0; i < N * I; i++) rx[i] = bf16_of(x[i]);
+    for (int64_t i = 0; i < O * I; i++) rW[i] = bf16_of(W[i]);
+    for (int64_t i = 0; i < N * O; i++) rdy[i] = bf16_of(dy[i]);
+    poison(y, N * O), poison(y32, N * O), poison(dx, N * I);
+    cr_assert_eq(hae_tr_linear_fwd(be, HAE_BF16, x, W, N, I, O, y, false), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_tr_linear_fwd(be, HAE_F32, x, W, N, I, O, y32, false), HAE_OK, "%s", hae_last_error());
+    ref_linear(rx, rW, N, I, O, ref);
+    expect_fwd("linear bf16 y", "[37, 48] x [29, 48]^T", y, ref, N * O);
+    double diff = 0, norm = 0;
+    for (int64_t i = 0; i < N * O; i++) diff += ((double)y[i] - y32[i]) * ((double)y[i] - y32[i]), norm += ref[i] * ref[i];
+    cr_expect(sqrt(diff / norm) > 1e-4, "bf16 products within %.3g of f32 ones: the operands were not rounded",
+              sqrt(diff / norm));
+    memset(dW, 0, sizeof(float) * (size_t)(O * I));
+    cr_assert_eq(hae_tr_linear_bwd(be, HAE_BF16, x, W, dy, N, I, O, dx, false, dW), HAE_OK, "%s", hae_last_error());
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t i = 0; i < I; i++) {
+            double acc = 0;
+            for (int64_t o = 0; o < O; o++) acc += rdy[n * O + o] * rW[o * I + i];
+            ref[n * I + i] = acc;
+        }
+    expect_fwd("linear bf16 dx", "[37, 29] x [29, 48]", dx, ref, N * I);
+    for (int64_t o = 0; o < O; o++)
+        for (int64_t i = 0; i < I; i++) {
+            double acc = 0;
+            for (int64_t n = 0; n < N; n++) acc += rdy[n * O + o] * rx[n * I + i];
+            ref[o * I + i] = acc;
+        }
+    expect_fwd("linear bf16 dW", "[37, 29]^T x [37, 48]", dW, ref, O * I);
+    cr_expect_eq(hae_tr_linear_fwd(be, HAE_F16, x, W, N, I, O, y, false), HAE_ERR_INVALID, "f16 products ran");
+    cr_expect(strstr(hae_last_error(), "f16") && strstr(hae_last_error(), "bf16"), "%s", hae_last_error());
+    free(x), free(W), free(dy), free(y), free(y32), free(dx), free(dW);
+    free(rx), free(rW), free(rdy), free(ref), free(junk);
     hae_backend_destroy(be);
 }
 

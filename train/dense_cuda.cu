@@ -402,30 +402,33 @@ hae_status hae_tr_layernorm_bwd_cuda(hae_backend *be, const float *x, const floa
 }
 
 /* cuBLAS is column-major, where a row-major [R, C] matrix reads as its [C, R] transpose: y^T = W x^T,
- * dx^T = W^T dy^T and dW^T += x^T dy. */
-hae_status hae_tr_linear_fwd_cuda(hae_backend *be, const float *x, const float *W, int64_t N, int64_t I, int64_t O,
-                                  float *y, bool accumulate) {
-    cudaStream_t st;
-    HAE_TRY(hae_cuda_enter(be, &st));
-    HAE_TRY(blas_dims("linear_fwd", N, I, O));
-    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    HAE_CUBLAS_CHECK(cublasSgemm(be->cuda->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)O, (int)N, (int)I, &one, W, (int)I, x,
-                                 (int)I, &beta, y, (int)O));
+ * dx^T = W^T dy^T and dW^T += x^T dy. bf16 products are cuBLAS's FAST_16BF compute: fp32 operands rounded to bf16
+ * on the way into the tensor cores, fp32 accumulation and output, so no bf16 copy is kept. */
+static hae_status gemm(hae_backend *be, hae_dtype mm, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n,
+                       int64_t k, const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                       int64_t ldc) {
+    const float one = 1.0f;
+    const cublasComputeType_t ct = mm == HAE_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+    HAE_CUBLAS_CHECK(cublasGemmEx(be->cuda->blas, ta, tb, (int)m, (int)n, (int)k, &one, A, CUDA_R_32F, (int)lda, B,
+                                  CUDA_R_32F, (int)ldb, &beta, C, CUDA_R_32F, (int)ldc, ct, CUBLAS_GEMM_DEFAULT));
     return HAE_OK;
 }
 
-hae_status hae_tr_linear_bwd_cuda(hae_backend *be, const float *x, const float *W, const float *dy, int64_t N,
-                                  int64_t I, int64_t O, float *dx, bool dx_accumulate, float *dW) {
+hae_status hae_tr_linear_fwd_cuda(hae_backend *be, hae_dtype mm, const float *x, const float *W, int64_t N, int64_t I,
+                                  int64_t O, float *y, bool accumulate) {
+    cudaStream_t st;
+    HAE_TRY(hae_cuda_enter(be, &st));
+    HAE_TRY(blas_dims("linear_fwd", N, I, O));
+    return gemm(be, mm, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, W, I, x, I, accumulate ? 1.0f : 0.0f, y, O);
+}
+
+hae_status hae_tr_linear_bwd_cuda(hae_backend *be, hae_dtype mm, const float *x, const float *W, const float *dy,
+                                  int64_t N, int64_t I, int64_t O, float *dx, bool dx_accumulate, float *dW) {
     cudaStream_t st;
     HAE_TRY(hae_cuda_enter(be, &st));
     HAE_TRY(blas_dims("linear_bwd", N, I, O));
-    const float one = 1.0f, beta = dx_accumulate ? 1.0f : 0.0f;
-    if (dx)
-        HAE_CUBLAS_CHECK(cublasSgemm(be->cuda->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)I, (int)N, (int)O, &one, W, (int)I,
-                                     dy, (int)O, &beta, dx, (int)I));
-    HAE_CUBLAS_CHECK(cublasSgemm(be->cuda->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)I, (int)O, (int)N, &one, x, (int)I, dy,
-                                 (int)O, &one, dW, (int)I));
-    return HAE_OK;
+    if (dx) HAE_TRY(gemm(be, mm, CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, W, I, dy, O, dx_accumulate ? 1.0f : 0.0f, dx, I));
+    return gemm(be, mm, CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, x, I, dy, O, 1.0f, dW, I);
 }
 
 hae_status hae_tr_rope_cuda(hae_backend *be, float *x, int64_t B, int64_t T, int64_t H, int64_t D, int64_t ld,

@@ -111,10 +111,36 @@ static hae_tensor mat(const float *p, int64_t rows, int64_t cols) {
     return hae_tensor_2d((void *)p, HAE_F32, HAE_CPU, rows, cols);
 }
 
-hae_status hae_tr_linear_fwd(hae_backend *be, const float *x, const float *W, int64_t N, int64_t I, int64_t O, float *y,
-                             bool accumulate) {
-    ON_CUDA(be, hae_tr_linear_fwd_cuda(be, x, W, N, I, O, y, accumulate));
-    return hae_gemm(be, &(hae_gemm_args){.a = mat(x, N, I), .b = mat(W, O, I), .c = mat(y, N, O), .accumulate = accumulate});
+/* bf16 products on the CPU: the operands rounded into copies, then the fp32 path (a bf16 x bf16 product is exact in
+ * fp32, so only the order of the sums differs from the GPU's tensor cores). */
+static hae_status bf16_copies(int n, const float *const *src, const int64_t *len, float **dst) {
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) total += src[i] ? len[i] : 0;
+    float *p = malloc(sizeof(float) * (size_t)(total ? total : 1));
+    if (!p) return hae_error(HAE_ERR_OOM, "bf16 products: %lld floats of rounded operands", (long long)total);
+    for (int i = 0; i < n; i++) {
+        dst[i] = src[i] ? p : NULL;
+        for (int64_t k = 0; src[i] && k < len[i]; k++) p[k] = hae_bf16_to_f32(hae_f32_to_bf16(src[i][k]));
+        p += src[i] ? len[i] : 0;
+    }
+    return HAE_OK;
+}
+
+static hae_status check_mm(hae_dtype mm, const char *op) {
+    if (mm == HAE_F32 || mm == HAE_BF16) return HAE_OK;
+    return hae_error(HAE_ERR_INVALID, "%s: products in %s (expected f32 or bf16)", op, hae_dtype_name(mm));
+}
+
+hae_status hae_tr_linear_fwd(hae_backend *be, hae_dtype mm, const float *x, const float *W, int64_t N, int64_t I,
+                             int64_t O, float *y, bool accumulate) {
+    HAE_TRY(check_mm(mm, "hae_tr_linear_fwd"));
+    ON_CUDA(be, hae_tr_linear_fwd_cuda(be, mm, x, W, N, I, O, y, accumulate));
+    float *r[2] = {NULL, NULL};
+    if (mm == HAE_BF16) HAE_TRY(bf16_copies(2, (const float *const[]){x, W}, (const int64_t[]){N * I, O * I}, r));
+    hae_status st = hae_gemm(be, &(hae_gemm_args){.a = mat(r[0] ? r[0] : x, N, I), .b = mat(r[1] ? r[1] : W, O, I),
+                                                  .c = mat(y, N, O), .accumulate = accumulate});
+    free(r[0]);
+    return st;
 }
 
 /* acc[0..n) += sum_k a[k * sa] src[k][0..n) over K rows src[k] = base + k * ld */
@@ -155,12 +181,17 @@ static void lin_dw_block(void *p, int64_t blk) {
     for (int64_t o = blk * LIN_ROWS; o < o1; o++) axpy_rows(c->dW + o * c->I, c->dy + o, c->O, c->x, c->I, c->N, c->I);
 }
 
-hae_status hae_tr_linear_bwd(hae_backend *be, const float *x, const float *W, const float *dy, int64_t N, int64_t I,
-                             int64_t O, float *dx, bool dx_accumulate, float *dW) {
-    ON_CUDA(be, hae_tr_linear_bwd_cuda(be, x, W, dy, N, I, O, dx, dx_accumulate, dW));
-    lin_ctx c = {x, W, dy, dx, dW, N, I, O, dx_accumulate};
+hae_status hae_tr_linear_bwd(hae_backend *be, hae_dtype mm, const float *x, const float *W, const float *dy, int64_t N,
+                             int64_t I, int64_t O, float *dx, bool dx_accumulate, float *dW) {
+    HAE_TRY(check_mm(mm, "hae_tr_linear_bwd"));
+    ON_CUDA(be, hae_tr_linear_bwd_cuda(be, mm, x, W, dy, N, I, O, dx, dx_accumulate, dW));
+    float *r[3] = {NULL, NULL, NULL};
+    if (mm == HAE_BF16)
+        HAE_TRY(bf16_copies(3, (const float *const[]){x, dx ? W : NULL, dy}, (const int64_t[]){N * I, O * I, N * O}, r));
+    lin_ctx c = {r[0] ? r[0] : x, r[1] ? r[1] : W, r[2] ? r[2] : dy, dx, dW, N, I, O, dx_accumulate};
     if (dx) hae_parallel_for_sized(be->pool, (N + LIN_ROWS - 1) / LIN_ROWS, 2 * LIN_ROWS * I * O, lin_dx_block, &c);
     hae_parallel_for_sized(be->pool, (O + LIN_ROWS - 1) / LIN_ROWS, 2 * LIN_ROWS * I * N, lin_dw_block, &c);
+    free(r[0]);
     return HAE_OK;
 }
 

@@ -27,12 +27,14 @@ hae_status hae_tr_rmsnorm_fwd(hae_backend *be, const float *x, const float *w, i
 hae_status hae_tr_rmsnorm_bwd(hae_backend *be, const float *x, const float *w, const float *rstd, const float *dy,
                               int64_t N, int64_t D, float *dx, float *dw);
 
-/* y = x W^T, or y += x W^T with accumulate: x [N, I], W [O, I] (PyTorch's Linear layout), y [N, O]. */
-hae_status hae_tr_linear_fwd(hae_backend *be, const float *x, const float *W, int64_t N, int64_t I, int64_t O, float *y,
-                             bool accumulate);
+/* y = x W^T, or y += x W^T with accumulate: x [N, I], W [O, I] (PyTorch's Linear layout), y [N, O].
+ * mm is the products' input precision: HAE_F32, or HAE_BF16 (train.matmul), where both operands of every product
+ * are rounded to bf16 (nearest even) and the products summed in fp32; outputs stay fp32. */
+hae_status hae_tr_linear_fwd(hae_backend *be, hae_dtype mm, const float *x, const float *W, int64_t N, int64_t I,
+                             int64_t O, float *y, bool accumulate);
 /* dx = dy W (dx += dy W with dx_accumulate; dx NULL: not wanted) and dW += dy^T x. */
-hae_status hae_tr_linear_bwd(hae_backend *be, const float *x, const float *W, const float *dy, int64_t N, int64_t I,
-                             int64_t O, float *dx, bool dx_accumulate, float *dW);
+hae_status hae_tr_linear_bwd(hae_backend *be, hae_dtype mm, const float *x, const float *W, const float *dy, int64_t N,
+                             int64_t I, int64_t O, float *dx, bool dx_accumulate, float *dW);
 
 /* cos and sin of RoPE's angles at positions [0, T) as hae_rope computes them (inv_freq_i = 1 / theta^(2i / rot),
  * angle = float(pos) inv_freq_i, fp32): tables [T, rot / 2]. */

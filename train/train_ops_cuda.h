@@ -18,10 +18,10 @@ hae_status hae_tr_rmsnorm_fwd_cuda(hae_backend *be, const float *x, const float 
                                    float *y, float *rstd);
 hae_status hae_tr_rmsnorm_bwd_cuda(hae_backend *be, const float *x, const float *w, const float *rstd, const float *dy,
                                    int64_t N, int64_t D, float *dx, float *dw);
-hae_status hae_tr_linear_fwd_cuda(hae_backend *be, const float *x, const float *W, int64_t N, int64_t I, int64_t O,
-                                  float *y, bool accumulate);
-hae_status hae_tr_linear_bwd_cuda(hae_backend *be, const float *x, const float *W, const float *dy, int64_t N,
-                                  int64_t I, int64_t O, float *dx, bool dx_accumulate, float *dW);
+hae_status hae_tr_linear_fwd_cuda(hae_backend *be, hae_dtype mm, const float *x, const float *W, int64_t N, int64_t I,
+                                  int64_t O, float *y, bool accumulate);
+hae_status hae_tr_linear_bwd_cuda(hae_backend *be, hae_dtype mm, const float *x, const float *W, const float *dy,
+                                  int64_t N, int64_t I, int64_t O, float *dx, bool dx_accumulate, float *dW);
 hae_status hae_tr_rope_cuda(hae_backend *be, float *x, int64_t B, int64_t T, int64_t H, int64_t D, int64_t ld,
                             int rot_dims, const float *cs, const float *sn, bool inverse);
 hae_status hae_tr_attention_fwd_cuda(hae_backend *be, const hae_tr_attn_shape *s, const float *qkv, float *P,

@@ -64,6 +64,7 @@ struct hae_trainer {
     hae_config cfg;
     hae_backend *be;
     int64_t V, d, L, Hq, Hkv, Dh, F, qkv_dim, Bmax, Tmax;
+    hae_dtype mm;           /* train.matmul: the GEMMs' input precision */
     bool mla;               /* attention heads of Dh = nope + rope dims for q and k and Dv for v; Hkv = Hq */
     int64_t Dv, nope, rdim, lora, rope_off; /* v dim; mla's per-head dims and latent rank; RoPE's first dim in a head */
     int64_t LH, LHV, LK, LV, conv_W, conv_ch; /* linear layers: q/k heads, value heads, head dims, conv width and channels */
@@ -356,6 +357,7 @@ hae_status hae_trainer_create(const hae_config *cfg, hae_backend *be, int64_t ma
     if (!t) return hae_error(HAE_ERR_OOM, "train: out of host memory");
     t->cfg = *cfg;
     t->be = be;
+    t->mm = cfg->train.matmul;
     t->V = cfg->model.vocab_size, t->d = cfg->model.d_model, t->L = cfg->model.n_layers;
     t->Hq = cfg->model.attention.num_heads, t->Hkv = cfg->model.attention.num_kv_heads;
     t->Dh = cfg->model.attention.head_dim, t->F = cfg->model.mlp.intermediate_size;
@@ -608,9 +610,9 @@ static hae_tr_index_shape index_shape(const hae_trainer *t) {
 static hae_status index_forward(hae_trainer *t, tlayer *w, int64_t N) {
     hae_backend *be = t->be;
     const int64_t HI = t->HI, DI = t->DI, d = t->d;
-    HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wq_i, N, d, HI * DI, w->qi, false));
-    HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wk_i, N, d, DI, w->kr, false));
-    HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wp, N, d, HI, w->wi, false));
+    HAE_TRY(hae_tr_linear_fwd(be, t->mm, w->h1, t->w + w->wq_i, N, d, HI * DI, w->qi, false));
+    HAE_TRY(hae_tr_linear_fwd(be, t->mm, w->h1, t->w + w->wk_i, N, d, DI, w->kr, false));
+    HAE_TRY(hae_tr_linear_fwd(be, t->mm, w->h1, t->w + w->wp, N, d, HI, w->wi, false));
     HAE_TRY(hae_tr_layernorm_fwd(be, w->kr, t->w + w->kn_w, t->w + w->kn_b, N, DI, INDEX_NORM_EPS, w->ki, w->krs));
     if (t->irope) {
         HAE_TRY(hae_tr_rope(be, w->qi, t->B, t->T, HI, DI, HI * DI, (int)t->irope, t->ics, t->isn, false));
@@ -637,9 +639,9 @@ static hae_status index_backward(hae_trainer *t, tlayer *w, int64_t N) {
     }
     float *G = t->g;
     HAE_TRY(hae_tr_layernorm_bwd(be, w->kr, t->w + w->kn_w, w->krs, t->dki, N, DI, t->dkr, G + w->kn_w, G + w->kn_b));
-    HAE_TRY(hae_tr_linear_bwd(be, w->h1, t->w + w->wq_i, t->dqi, N, d, HI * DI, NULL, false, G + w->wq_i));
-    HAE_TRY(hae_tr_linear_bwd(be, w->h1, t->w + w->wk_i, t->dkr, N, d, DI, NULL, false, G + w->wk_i));
-    return hae_tr_linear_bwd(be, w->h1, t->w + w->wp, t->dwi, N, d, HI, NULL, false, G + w->wp);
+    HAE_TRY(hae_tr_linear_bwd(be, t->mm, w->h1, t->w + w->wq_i, t->dqi, N, d, HI * DI, NULL, false, G + w->wq_i));
+    HAE_TRY(hae_tr_linear_bwd(be, t->mm, w->h1, t->w + w->wk_i, t->dkr, N, d, DI, NULL, false, G + w->wk_i));
+    return hae_tr_linear_bwd(be, t->mm, w->h1, t->w + w->wp, t->dwi, N, d, HI, NULL, false, G + w->wp);
 }
 
 /* RoPE on the q and k columns of fused rows [N, qkv_dim] (forward, or inverse on their gradients). */
@@ -720,7 +722,7 @@ static hae_status linear_forward(hae_trainer *t, tlayer *w, int64_t N) {
     hae_backend *be = t->be;
     const int64_t HV = t->LHV, K = t->LK, V = t->LV, C = t->conv_ch, in = w->in_dim;
     const float *W = t->w;
-    HAE_TRY(hae_tr_linear_fwd(be, w->h1, W + w->wqkv, N, t->d, in, w->proj, false));
+    HAE_TRY(hae_tr_linear_fwd(be, t->mm, w->h1, W + w->wqkv, N, t->d, in, w->proj, false));
     HAE_TRY(cols_get(t, t->c1, w->proj, N, in, 0, C));
     HAE_TRY(hae_tr_conv_fwd(be, t->c1, W + w->conv_w, t->B, t->T, C, t->conv_W, true, w->cpre, w->cout));
     HAE_TRY(qk_forward(t, w, N, 0, w->qm));
@@ -730,7 +732,7 @@ static hae_status linear_forward(hae_trainer *t, tlayer *w, int64_t N) {
     const hae_decay dec = w->lk.decay;
     if (dec == HAE_DECAY_CHANNEL) {
         HAE_TRY(cols_get(t, t->c1, w->proj, N, in, col, V));
-        HAE_TRY(hae_tr_linear_fwd(be, t->c1, W + w->wf2, N, V, HV * K, w->graw, false));
+        HAE_TRY(hae_tr_linear_fwd(be, t->mm, t->c1, W + w->wf2, N, V, HV * K, w->graw, false));
     } else if (dec == HAE_DECAY_HEAD) {
         HAE_TRY(cols_get(t, w->graw, w->proj, N, in, col, HV));
     }
@@ -745,13 +747,13 @@ static hae_status linear_forward(hae_trainer *t, tlayer *w, int64_t N) {
     }
     col += w->b_dim;
     HAE_TRY(cols_get(t, t->c1, w->proj, N, in, col, V));
-    HAE_TRY(hae_tr_linear_fwd(be, t->c1, W + w->wg2, N, V, HV * V, w->gout, false));
+    HAE_TRY(hae_tr_linear_fwd(be, t->mm, t->c1, W + w->wg2, N, V, HV * V, w->gout, false));
     const hae_tr_delta_shape s = delta_shape(t, w);
     HAE_TRY(hae_tr_delta_fwd(be, &s, w->qm, w->km, w->vv, dec == HAE_DECAY_NONE ? NULL : w->g,
                              w->lk.delta ? w->beta : NULL, w->S, w->o));
     HAE_TRY(hae_tr_gated_norm_fwd(be, w->o, w->gout, W + w->o_norm, N * HV, V, t->eps, w->y));
     HAE_TRY(copy(t, w->xm, w->x, N * t->d));
-    return hae_tr_linear_fwd(be, w->y, W + w->wo, N, HV * V, t->d, w->xm, true);
+    return hae_tr_linear_fwd(be, t->mm, w->y, W + w->wo, N, HV * V, t->d, w->xm, true);
 }
 
 /* From dx (the gradient of xm), the mixer's weight gradients and the gradient of h1, into t->dh. */
@@ -761,7 +763,7 @@ static hae_status linear_backward(hae_trainer *t, tlayer *w, int64_t N) {
     const float *W = t->w;
     float *G = t->g;
     const hae_decay dec = w->lk.decay;
-    HAE_TRY(hae_tr_linear_bwd(be, w->y, W + w->wo, t->dx, N, HV * V, t->d, t->ly, false, G + w->wo));
+    HAE_TRY(hae_tr_linear_bwd(be, t->mm, w->y, W + w->wo, t->dx, N, HV * V, t->d, t->ly, false, G + w->wo));
     HAE_TRY(hae_tr_gated_norm_bwd(be, w->o, w->gout, W + w->o_norm, t->ly, N * HV, V, t->eps, t->lo, t->lgo,
                                   G + w->o_norm));
     const hae_tr_delta_shape s = delta_shape(t, w);
@@ -772,7 +774,7 @@ static hae_status linear_backward(hae_trainer *t, tlayer *w, int64_t N) {
     HAE_TRY(hae_backend_zero(be, dproj, sizeof(float) * (size_t)(N * in)));
     int64_t col = C + w->f_dim + w->b_dim; /* the output gate's input g1 */
     HAE_TRY(cols_get(t, t->c1, w->proj, N, in, col, V));
-    HAE_TRY(hae_tr_linear_bwd(be, t->c1, W + w->wg2, t->lgo, N, V, HV * V, t->c2, false, G + w->wg2));
+    HAE_TRY(hae_tr_linear_bwd(be, t->mm, t->c1, W + w->wg2, t->lgo, N, V, HV * V, t->c2, false, G + w->wg2));
     HAE_TRY(cols_put(t, dproj, in, col, t->c2, N, V, true));
     if (w->lk.delta) { /* beta = sigmoid(b) */
         HAE_TRY(hae_tr_map_bwd(be, HAE_TR_SIGMOID, w->beta, t->lb, N * HV, t->c1));
@@ -785,7 +787,7 @@ static hae_status linear_backward(hae_trainer *t, tlayer *w, int64_t N) {
                                  t->cfg.model.linear_attn.lower_bound, draw, G + w->A_log, G + w->dt_bias));
         if (dec == HAE_DECAY_CHANNEL) { /* graw = f1 Wf2^T */
             HAE_TRY(cols_get(t, t->c1, w->proj, N, in, C, V));
-            HAE_TRY(hae_tr_linear_bwd(be, t->c1, W + w->wf2, draw, N, V, HV * K, t->c2, false, G + w->wf2));
+            HAE_TRY(hae_tr_linear_bwd(be, t->mm, t->c1, W + w->wf2, draw, N, V, HV * K, t->c2, false, G + w->wf2));
             HAE_TRY(cols_put(t, dproj, in, C, t->c2, N, V, true));
         } else {
             HAE_TRY(cols_put(t, dproj, in, C, draw, N, HV, true));
@@ -799,7 +801,7 @@ static hae_status linear_backward(hae_trainer *t, tlayer *w, int64_t N) {
     HAE_TRY(hae_tr_conv_bwd(be, t->c1, W + w->conv_w, w->cpre, t->lcout, t->B, t->T, C, t->conv_W, true, t->lcin,
                             G + w->conv_w));
     HAE_TRY(cols_put(t, dproj, in, 0, t->lcin, N, C, true));
-    return hae_tr_linear_bwd(be, w->h1, W + w->wqkv, dproj, N, t->d, in, t->dh, false, G + w->wqkv);
+    return hae_tr_linear_bwd(be, t->mm, w->h1, W + w->wqkv, dproj, N, t->d, in, t->dh, false, G + w->wqkv);
 }
 
 /* ---------------------------------------------------------------- mla attention layers */
@@ -812,10 +814,10 @@ static hae_status mla_forward(hae_trainer *t, tlayer *w, int64_t N) {
     hae_backend *be = t->be;
     const int64_t H = t->Hq, n = t->nope, r = t->rdim, L = t->lora, vd = t->Dv, Dk = t->Dh, qd = H * Dk;
     const int64_t PQ = qd + L + r, KV = H * (n + vd), ld = t->qkv_dim;
-    HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wqkv, N, t->d, PQ, w->proj, false));
+    HAE_TRY(hae_tr_linear_fwd(be, t->mm, w->h1, t->w + w->wqkv, N, t->d, PQ, w->proj, false));
     HAE_TRY(cols_get(t, w->lat, w->proj, N, PQ, qd, L));
     HAE_TRY(hae_tr_rmsnorm_fwd(be, w->lat, t->w + w->kv_norm, N, L, t->eps, w->latn, w->lrs));
-    HAE_TRY(hae_tr_linear_fwd(be, w->latn, t->w + w->wkvb, N, L, KV, w->kvb, false));
+    HAE_TRY(hae_tr_linear_fwd(be, t->mm, w->latn, t->w + w->wkvb, N, L, KV, w->kvb, false));
     HAE_TRY(hae_tr_copy_cols(be, &(hae_tr_cols){.dst = w->qkv, .src = w->proj, .N = N, .n = qd, .ld_dst = ld,
                                                  .ld_src = PQ}));
     for (int64_t h = 0; h < H; h++) {
@@ -849,11 +851,11 @@ static hae_status mla_backward(hae_trainer *t, tlayer *w, int64_t N) {
         k.dst = t->mkvb, k.n = vd, k.ld_dst = KV, k.dst_off = h * (n + vd) + n, k.src_off = 2 * qd + h * vd, k.add = false;
         HAE_TRY(hae_tr_copy_cols(be, &k));
     }
-    HAE_TRY(hae_tr_linear_bwd(be, w->latn, t->w + w->wkvb, t->mkvb, N, L, KV, t->mlat, false, G + w->wkvb));
+    HAE_TRY(hae_tr_linear_bwd(be, t->mm, w->latn, t->w + w->wkvb, t->mkvb, N, L, KV, t->mlat, false, G + w->wkvb));
     HAE_TRY(hae_backend_zero(be, t->mlatx, sizeof(float) * (size_t)(N * L)));
     HAE_TRY(hae_tr_rmsnorm_bwd(be, w->lat, t->w + w->kv_norm, w->lrs, t->mlat, N, L, t->mlatx, G + w->kv_norm));
     HAE_TRY(cols_put(t, t->mproj, PQ, qd, t->mlatx, N, L, false));
-    return hae_tr_linear_bwd(be, w->h1, t->w + w->wqkv, t->mproj, N, t->d, PQ, t->dh, false, G + w->wqkv);
+    return hae_tr_linear_bwd(be, t->mm, w->h1, t->w + w->wqkv, t->mproj, N, t->d, PQ, t->dh, false, G + w->wqkv);
 }
 
 /* ---------------------------------------------------------------- the model */
@@ -877,22 +879,22 @@ static hae_status forward(hae_trainer *t, const hae_train_batch *b) {
         } else {
             if (w->dsa) HAE_TRY(index_forward(t, w, N));
             if (t->mla) HAE_TRY(mla_forward(t, w, N));
-            else HAE_TRY(hae_tr_linear_fwd(be, w->h1, t->w + w->wqkv, N, d, t->qkv_dim, w->qkv, false));
+            else HAE_TRY(hae_tr_linear_fwd(be, t->mm, w->h1, t->w + w->wqkv, N, d, t->qkv_dim, w->qkv, false));
             HAE_TRY(rope_qk(t, w->qkv, false));
             const hae_tr_attn_shape s = attn_shape(t, w);
             HAE_TRY(hae_tr_attention_fwd(be, &s, w->qkv, w->P, w->att));
             HAE_TRY(copy(t, w->xm, w->x, N * d));
-            HAE_TRY(hae_tr_linear_fwd(be, w->att, t->w + w->wo, N, qd, d, w->xm, true));
+            HAE_TRY(hae_tr_linear_fwd(be, t->mm, w->att, t->w + w->wo, N, qd, d, w->xm, true));
         }
         HAE_TRY(hae_tr_rmsnorm_fwd(be, w->xm, t->w + w->mlp_norm, N, d, t->eps, w->h2, w->r2));
-        HAE_TRY(hae_tr_linear_fwd(be, w->h2, t->w + w->wgu, N, d, 2 * t->F, w->gu, false));
+        HAE_TRY(hae_tr_linear_fwd(be, t->mm, w->h2, t->w + w->wgu, N, d, 2 * t->F, w->gu, false));
         HAE_TRY(hae_tr_swiglu_fwd(be, w->gu, N, t->F, w->act));
         HAE_TRY(copy(t, next, w->xm, N * d));
-        HAE_TRY(hae_tr_linear_fwd(be, w->act, t->w + w->wdown, N, t->F, d, next, true));
+        HAE_TRY(hae_tr_linear_fwd(be, t->mm, w->act, t->w + w->wdown, N, t->F, d, next, true));
     }
     HAE_TRY(hae_tr_gather_rows(be, t->xL, t->pos, b->n, d, t->xs));
     HAE_TRY(hae_tr_rmsnorm_fwd(be, t->xs, t->w + t->final_norm, b->n, d, t->eps, t->hs, t->rs));
-    return hae_tr_linear_fwd(be, t->hs, t->w + t->lm_head, b->n, d, t->V, t->logits, false);
+    return hae_tr_linear_fwd(be, t->mm, t->hs, t->w + t->lm_head, b->n, d, t->V, t->logits, false);
 }
 
 /* The loss over the scored rows (and dlogits into t->logits with scale > 0); correct (host) from the device's. */
@@ -918,7 +920,7 @@ hae_status hae_trainer_backward(hae_trainer *t, const hae_train_batch *b, double
     HAE_TRY(hae_backend_zero(be, t->g, sizeof(float) * (size_t)t->n_elems));
     t->index_kl = 0;
     /* LM head and final norm over the scored rows, their gradient scattered into the residual's */
-    HAE_TRY(hae_tr_linear_bwd(be, t->hs, t->w + t->lm_head, t->logits, n, d, t->V, t->dh, false, t->g + t->lm_head));
+    HAE_TRY(hae_tr_linear_bwd(be, t->mm, t->hs, t->w + t->lm_head, t->logits, n, d, t->V, t->dh, false, t->g + t->lm_head));
     HAE_TRY(hae_backend_zero(be, t->da, sizeof(float) * (size_t)(n * d)));
     HAE_TRY(hae_tr_rmsnorm_bwd(be, t->xs, t->w + t->final_norm, t->rs, t->dh, n, d, t->da, t->g + t->final_norm));
     HAE_TRY(hae_backend_zero(be, t->dx, sizeof(float) * (size_t)(N * d)));
@@ -926,21 +928,21 @@ hae_status hae_trainer_backward(hae_trainer *t, const hae_train_batch *b, double
     for (int64_t l = t->L - 1; l >= 0; l--) {
         tlayer *w = &t->layers[l];
         /* x_out = xm + Wdown swiglu(Wgu norm2(xm)) */
-        HAE_TRY(hae_tr_linear_bwd(be, w->act, t->w + w->wdown, t->dx, N, t->F, d, t->da, false, t->g + w->wdown));
+        HAE_TRY(hae_tr_linear_bwd(be, t->mm, w->act, t->w + w->wdown, t->dx, N, t->F, d, t->da, false, t->g + w->wdown));
         HAE_TRY(hae_tr_swiglu_bwd(be, w->gu, t->da, N, t->F, t->db));
-        HAE_TRY(hae_tr_linear_bwd(be, w->h2, t->w + w->wgu, t->db, N, d, 2 * t->F, t->dh, false, t->g + w->wgu));
+        HAE_TRY(hae_tr_linear_bwd(be, t->mm, w->h2, t->w + w->wgu, t->db, N, d, 2 * t->F, t->dh, false, t->g + w->wgu));
         HAE_TRY(hae_tr_rmsnorm_bwd(be, w->xm, t->w + w->mlp_norm, w->r2, t->dh, N, d, t->dx, t->g + w->mlp_norm));
         /* xm = x + Mixer(norm1(x)) */
         if (w->linear) {
             HAE_TRY(linear_backward(t, w, N));
         } else {
-            HAE_TRY(hae_tr_linear_bwd(be, w->att, t->w + w->wo, t->dx, N, qd, d, t->da, false, t->g + w->wo));
+            HAE_TRY(hae_tr_linear_bwd(be, t->mm, w->att, t->w + w->wo, t->dx, N, qd, d, t->da, false, t->g + w->wo));
             const hae_tr_attn_shape s = attn_shape(t, w);
             HAE_TRY(hae_tr_attention_bwd(be, &s, w->qkv, w->P, w->att, t->da, t->db));
             if (w->dsa) HAE_TRY(index_backward(t, w, N));
             HAE_TRY(rope_qk(t, t->db, true));
             if (t->mla) HAE_TRY(mla_backward(t, w, N));
-            else HAE_TRY(hae_tr_linear_bwd(be, w->h1, t->w + w->wqkv, t->db, N, d, t->qkv_dim, t->dh, false,
+            else HAE_TRY(hae_tr_linear_bwd(be, t->mm, w->h1, t->w + w->wqkv, t->db, N, d, t->qkv_dim, t->dh, false,
                                            t->g + w->wqkv));
         }
         HAE_TRY(hae_tr_rmsnorm_bwd(be, w->x, t->w + w->attn_norm, w->r1, t->dh, N, d, t->dx, t->g + w->attn_norm));
