@@ -4,6 +4,8 @@
 #include "cuda_check.cuh"
 #include "train_ops_cuda.h"
 
+#include <cuda_bf16.h>
+
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
@@ -402,15 +404,69 @@ hae_status hae_tr_layernorm_bwd_cuda(hae_backend *be, const float *x, const floa
 }
 
 /* cuBLAS is column-major, where a row-major [R, C] matrix reads as its [C, R] transpose: y^T = W x^T,
- * dx^T = W^T dy^T and dW^T += x^T dy. bf16 products are cuBLAS's FAST_16BF compute: fp32 operands rounded to bf16
- * on the way into the tensor cores, fp32 accumulation and output, so no bf16 copy is kept. */
-static hae_status gemm(hae_backend *be, hae_dtype mm, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n,
-                       int64_t k, const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                       int64_t ldc) {
+ * dx^T = W^T dy^T and dW^T += x^T dy. */
+enum Product { kY, kDx, kDw };
+
+static __global__ void to_bf16_kernel(const float *__restrict__ x, int64_t n, __nv_bfloat16 *__restrict__ y) {
+    for (int64_t i = grid_start(); i < n; i += grid_step()) y[i] = __float2bfloat16_rn(x[i]);
+}
+
+static hae_status to_bf16(cudaStream_t st, const float *x, int64_t n, __nv_bfloat16 *y) {
+    to_bf16_kernel<<<hae_cuda_blocks(n, kThreads), kThreads, 0, st>>>(x, n, y);
+    HAE_CUDA_LAUNCH_CHECK("to_bf16_kernel");
+    return HAE_OK;
+}
+
+/* One product with bf16 operands (rounded to nearest even, as the CPU rounds) and fp32 accumulation and output:
+ * W rounded once into the scratch, then the rows of x / dy in chunks that fit beside it (dW sums the chunks). */
+static hae_status product_bf16(hae_backend *be, cudaStream_t st, Product p, const float *x, const float *W,
+                               const float *dy, int64_t N, int64_t I, int64_t O, float beta, float *out) {
     const float one = 1.0f;
-    const cublasComputeType_t ct = mm == HAE_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
-    HAE_CUBLAS_CHECK(cublasGemmEx(be->cuda->blas, ta, tb, (int)m, (int)n, (int)k, &one, A, CUDA_R_32F, (int)lda, B,
-                                  CUDA_R_32F, (int)ldb, &beta, C, CUDA_R_32F, (int)ldc, ct, CUBLAS_GEMM_DEFAULT));
+    const int64_t w_elems = p == kDw ? 0 : O * I, per_row = p == kY ? I : p == kDx ? O : I + O;
+    const int64_t cap = (int64_t)(be->cuda->scratch_bytes / sizeof(__nv_bfloat16)), R = (cap - w_elems) / per_row;
+    if (R < 1)
+        return hae_error(HAE_ERR_UNSUPPORTED, "linear (cuda, bf16 products): W [%lld, %lld] and a row need %lld bytes of "
+                         "scratch, the backend has %zu", (long long)O, (long long)I,
+                         (long long)(sizeof(__nv_bfloat16) * (size_t)(w_elems + per_row)), be->cuda->scratch_bytes);
+    __nv_bfloat16 *w = (__nv_bfloat16 *)be->cuda->scratch, *a = w + w_elems, *b = a + R * (p == kDw ? I : 0);
+    if (w_elems) HAE_TRY(to_bf16(st, W, w_elems, w));
+    const cudaDataType bf = CUDA_R_16BF;
+    for (int64_t n0 = 0; n0 < N; n0 += R) {
+        const int64_t n = N - n0 < R ? N - n0 : R;
+        if (p == kY) {
+            HAE_TRY(to_bf16(st, x + n0 * I, n * I, a));
+            HAE_CUBLAS_CHECK(cublasGemmEx(be->cuda->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)O, (int)n, (int)I, &one, w, bf,
+                                          (int)I, a, bf, (int)I, &beta, out + n0 * O, CUDA_R_32F, (int)O,
+                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        } else if (p == kDx) {
+            HAE_TRY(to_bf16(st, dy + n0 * O, n * O, a));
+            HAE_CUBLAS_CHECK(cublasGemmEx(be->cuda->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)I, (int)n, (int)O, &one, w, bf,
+                                          (int)I, a, bf, (int)O, &beta, out + n0 * I, CUDA_R_32F, (int)I,
+                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        } else {
+            HAE_TRY(to_bf16(st, x + n0 * I, n * I, a));
+            HAE_TRY(to_bf16(st, dy + n0 * O, n * O, b));
+            HAE_CUBLAS_CHECK(cublasGemmEx(be->cuda->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)I, (int)O, (int)n, &one, a, bf,
+                                          (int)I, b, bf, (int)O, &one, out, CUDA_R_32F, (int)I, CUBLAS_COMPUTE_32F,
+                                          CUBLAS_GEMM_DEFAULT));
+        }
+    }
+    return HAE_OK;
+}
+
+static hae_status product(hae_backend *be, cudaStream_t st, hae_dtype mm, Product p, const float *x, const float *W,
+                          const float *dy, int64_t N, int64_t I, int64_t O, float beta, float *out) {
+    if (mm == HAE_BF16) return product_bf16(be, st, p, x, W, dy, N, I, O, beta, out);
+    const float one = 1.0f;
+    if (p == kY)
+        HAE_CUBLAS_CHECK(cublasSgemm(be->cuda->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)O, (int)N, (int)I, &one, W, (int)I,
+                                     x, (int)I, &beta, out, (int)O));
+    else if (p == kDx)
+        HAE_CUBLAS_CHECK(cublasSgemm(be->cuda->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)I, (int)N, (int)O, &one, W, (int)I,
+                                     dy, (int)O, &beta, out, (int)I));
+    else
+        HAE_CUBLAS_CHECK(cublasSgemm(be->cuda->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)I, (int)O, (int)N, &one, x, (int)I,
+                                     dy, (int)O, &one, out, (int)I));
     return HAE_OK;
 }
 
@@ -419,7 +475,7 @@ hae_status hae_tr_linear_fwd_cuda(hae_backend *be, hae_dtype mm, const float *x,
     cudaStream_t st;
     HAE_TRY(hae_cuda_enter(be, &st));
     HAE_TRY(blas_dims("linear_fwd", N, I, O));
-    return gemm(be, mm, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, W, I, x, I, accumulate ? 1.0f : 0.0f, y, O);
+    return product(be, st, mm, kY, x, W, NULL, N, I, O, accumulate ? 1.0f : 0.0f, y);
 }
 
 hae_status hae_tr_linear_bwd_cuda(hae_backend *be, hae_dtype mm, const float *x, const float *W, const float *dy,
@@ -427,8 +483,8 @@ hae_status hae_tr_linear_bwd_cuda(hae_backend *be, hae_dtype mm, const float *x,
     cudaStream_t st;
     HAE_TRY(hae_cuda_enter(be, &st));
     HAE_TRY(blas_dims("linear_bwd", N, I, O));
-    if (dx) HAE_TRY(gemm(be, mm, CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, W, I, dy, O, dx_accumulate ? 1.0f : 0.0f, dx, I));
-    return gemm(be, mm, CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, x, I, dy, O, 1.0f, dW, I);
+    if (dx) HAE_TRY(product(be, st, mm, kDx, x, W, dy, N, I, O, dx_accumulate ? 1.0f : 0.0f, dx));
+    return product(be, st, mm, kDw, x, W, dy, N, I, O, 1.0f, dW);
 }
 
 hae_status hae_tr_rope_cuda(hae_backend *be, float *x, int64_t B, int64_t T, int64_t H, int64_t D, int64_t ld,
