@@ -232,30 +232,34 @@ Test(gpu_train, moves_maps_optimiser) {
 /* ---------------------------------------------------------------- attention and the indexer */
 
 Test(gpu_train, attention) {
+    /* Dv: value heads of their own (mla's); 0: Dh */
     static const struct {
-        int64_t B, T, Hq, Hkv, Dh, window;
+        int64_t B, T, Hq, Hkv, Dh, Dv, window;
         bool allow;
-    } cases[] = {{1, 1, 1, 1, 8, 0, false},   {2, 37, 4, 2, 16, 0, false}, {3, 64, 2, 2, 32, 5, false},
-                 {2, 100, 4, 1, 16, 0, true}, {4, 128, 2, 2, 32, 0, false}, {2, 512, 2, 2, 64, 16, false},
-                 {2, 700, 2, 2, 64, 0, false}};
+    } cases[] = {{1, 1, 1, 1, 8, 0, 0, false},     {2, 37, 4, 2, 16, 0, 0, false},   {3, 64, 2, 2, 32, 0, 5, false},
+                 {2, 100, 4, 1, 16, 0, 0, true},   {4, 128, 2, 2, 32, 0, 0, false},  {2, 512, 2, 2, 64, 0, 16, false},
+                 {2, 700, 2, 2, 64, 0, 0, false},  {2, 37, 4, 4, 24, 16, 0, false},  {2, 100, 2, 2, 16, 32, 7, false},
+                 {2, 64, 2, 2, 192, 128, 0, true}};
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
         const int64_t B = cases[ci].B, T = cases[ci].T, Hq = cases[ci].Hq, Hkv = cases[ci].Hkv, Dh = cases[ci].Dh;
+        const int64_t Dv = cases[ci].Dv ? cases[ci].Dv : Dh;
         const uint64_t seed = 40 + ci;
         char ctx[CTX_N];
-        snprintf(ctx, sizeof ctx, "B %lld T %lld, %lld q / %lld kv heads of %lld, window %lld%s, seed %llu",
-                 (long long)B, (long long)T, (long long)Hq, (long long)Hkv, (long long)Dh, (long long)cases[ci].window,
-                 cases[ci].allow ? ", a random selection" : "", (unsigned long long)seed);
+        snprintf(ctx, sizeof ctx, "B %lld T %lld, %lld q / %lld kv heads of %lld (v %lld), window %lld%s, seed %llu",
+                 (long long)B, (long long)T, (long long)Hq, (long long)Hkv, (long long)Dh, (long long)Dv,
+                 (long long)cases[ci].window, cases[ci].allow ? ", a random selection" : "", (unsigned long long)seed);
         tu_rng r = tu_rng_make(seed);
-        const int64_t N = B * T, ld = (Hq + 2 * Hkv) * Dh;
+        const int64_t N = B * T, ld = (Hq + Hkv) * Dh + Hkv * Dv;
         uint8_t *al = malloc((size_t)(B * T * T));
         for (int64_t i = 0; i < B * T * T; i++) al[i] = tu_uniform(&r, 0, 1) < 0.4;
         pbuf allow = pb_new(al, (size_t)(B * T * T));
         free(al);
-        pbuf qkv = rnd(N * ld, &r, -1, 1), P = nan_buf(B * Hq * T * T), out = nan_buf(N * Hq * Dh);
-        pbuf dout = rnd(N * Hq * Dh, &r, -1, 1), dqkv = nan_buf(N * ld);
+        pbuf qkv = rnd(N * ld, &r, -1, 1), P = nan_buf(B * Hq * T * T), out = nan_buf(N * Hq * Dv);
+        pbuf dout = rnd(N * Hq * Dv, &r, -1, 1), dqkv = nan_buf(N * ld);
         bool ok;
         for (int side = 0; side < 2; side++) { /* the shape holds the side's allow pointer */
-            const hae_tr_attn_shape s = {.B = B, .T = T, .Hq = Hq, .Hkv = Hkv, .Dh = Dh, .window = cases[ci].window,
+            const hae_tr_attn_shape s = {.B = B, .T = T, .Hq = Hq, .Hkv = Hkv, .Dh = Dh, .Dv = cases[ci].Dv,
+                                         .window = cases[ci].window,
                                          .scale = 1.0f / sqrtf((float)Dh),
                                          .allow = cases[ci].allow ? PTR(uint8_t, allow) : NULL};
             ok = gpu_ran(hae_tr_attention_fwd(BE, &s, F(qkv), F(P), F(out)), side ? "cuda" : "cpu", "hae_tr_attention_fwd",
@@ -488,9 +492,10 @@ Test(gpu_train, models_match_the_cpu) {
         {"model.layer_pattern=[linear, kda]", "model.linear_attn.head_dim=32"},
         {"model.layer_pattern=[kda, dsa]", "train.indexer_warmup=0"},
         {"model.layer_pattern=[dsa, full]", "train.indexer_warmup=2"},
+        {"model.attention.form=mla", "model.attention.rope=full"}, /* value heads of 128, q/k heads of 192 */
     };
     enum { B = 3, T = 40 };
-    for (int k = 0; k < 7; k++) {
+    for (int k = 0; k < 8; k++) {
         hae_config cfg;
         hae_status st = hae_config_parse(model_yaml, strlen(model_yaml), "gpu-train.yaml", variants[k], 2, &cfg);
         cr_assert_eq(st, HAE_OK, "%s", hae_last_error());
@@ -571,19 +576,6 @@ Test(gpu_train, models_match_the_cpu) {
         }
         hae_trainer_destroy(tc), hae_trainer_destroy(tg);
     }
-}
-
-/* mla trains on the CPU only (the CUDA attention takes equal key and value dims): refused on the GPU, with the
- * reason, before anything is allocated. */
-Test(gpu_train, mla_is_refused) {
-    hae_config cfg;
-    const char *sets[] = {"model.attention.form=mla", "model.attention.rope=full"};
-    cr_assert_eq(hae_config_parse(model_yaml, strlen(model_yaml), "gpu-train.yaml", sets, 2, &cfg), HAE_OK, "%s",
-                 hae_last_error());
-    hae_trainer *t = NULL;
-    cr_expect_eq(hae_trainer_create(&cfg, g_gpu, 2, 16, &t), HAE_ERR_UNSUPPORTED, "mla on cuda: %s", hae_last_error());
-    cr_expect(strstr(hae_last_error(), "'mla' trains on the CPU only"), "%s", hae_last_error());
-    cr_expect_null(t);
 }
 
 /* ---------------------------------------------------------------- hae train on the GPU */

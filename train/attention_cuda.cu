@@ -14,7 +14,8 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kMaxDh = kThreads;      /* attention: thread d owns column d */
+constexpr int kCols = 2;               /* attention: thread d owns columns d and d + kThreads (mla heads of 192) */
+constexpr int kMaxDh = kCols * kThreads;
 constexpr int kTile = 32;             /* the backwards' rows of dS computed per step */
 constexpr size_t kMaxShared = 48 << 10; /* dynamic shared memory without opting in */
 constexpr int64_t kMaxSelectT = 1 << 16; /* the select key's index bits */
@@ -52,7 +53,12 @@ __device__ __forceinline__ float warp_dot(const float *a, const float *b, int64_
 
 /* ================================================================ attention */
 
-__device__ __forceinline__ int64_t ld_qkv(const hae_tr_attn_shape &s) { return (s.Hq + 2 * s.Hkv) * s.Dh; }
+/* Fused rows [q heads | k heads | v heads]: q and k heads of Dh, v heads of Dv (mla's value heads; Dh otherwise). */
+__device__ __forceinline__ int64_t v_dim(const hae_tr_attn_shape &s) { return s.Dv > 0 ? s.Dv : s.Dh; }
+__device__ __forceinline__ int64_t ld_qkv(const hae_tr_attn_shape &s) { return (s.Hq + s.Hkv) * s.Dh + s.Hkv * v_dim(s); }
+__device__ __forceinline__ int64_t v_col(const hae_tr_attn_shape &s, int64_t g) {
+    return (s.Hq + s.Hkv) * s.Dh + g * v_dim(s);
+}
 __device__ __forceinline__ int64_t first_key(const hae_tr_attn_shape &s, int64_t t) {
     return s.window > 0 && t - s.window + 1 > 0 ? t - s.window + 1 : 0;
 }
@@ -68,11 +74,11 @@ __global__ void __launch_bounds__(kThreads)
     __shared__ float sq[kMaxDh];
     const int warp = threadIdx.x >> 5, tid = threadIdx.x;
     const int64_t row = blockIdx.x, t = row % s.T, h = row / s.T % s.Hq, b = row / (s.T * s.Hq);
-    const int64_t ld = ld_qkv(s), Dh = s.Dh, g = h / (s.Hq / s.Hkv), lo = first_key(s, t);
-    const float *base = qkv + b * s.T * ld, *kcol = base + (s.Hq + g) * Dh, *vcol = base + (s.Hq + s.Hkv + g) * Dh;
+    const int64_t ld = ld_qkv(s), Dh = s.Dh, Dv = v_dim(s), g = h / (s.Hq / s.Hkv), lo = first_key(s, t);
+    const float *base = qkv + b * s.T * ld, *kcol = base + (s.Hq + g) * Dh, *vcol = base + v_col(s, g);
     const uint8_t *allow = s.allow ? s.allow + (b * s.T + t) * s.T : nullptr;
     float *p = P + row * s.T;
-    if (tid < Dh) sq[tid] = base[t * ld + h * Dh + tid];
+    for (int64_t d = tid; d < Dh; d += kThreads) sq[d] = base[t * ld + h * Dh + d];
     __syncthreads();
 
     float mx = -INFINITY;
@@ -93,17 +99,17 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t j = tid; j < s.T; j += kThreads) p[j] = j >= lo && j <= t && (!allow || allow[j]) ? p[j] * inv : 0.0f;
     __syncthreads();
 
-    if (tid < Dh) {
+    for (int64_t d = tid; d < Dv; d += kThreads) {
         float acc = 0.0f;
         for (int64_t j = lo; j <= t; j++)
-            if (p[j] != 0.0f) acc += p[j] * vcol[j * ld + tid];
-        out[(b * s.T + t) * s.Hq * Dh + h * Dh + tid] = acc;
+            if (p[j] != 0.0f) acc += p[j] * vcol[j * ld + d];
+        out[(b * s.T + t) * s.Hq * Dv + h * Dv + d] = acc;
     }
 }
 
 /* dS_ts / scale = P_ts (dout_t . v_s - D_t), as the CPU rounds it; 0 where P_ts = 0 (no dot then). By the warp. */
-__device__ __forceinline__ float attn_ds(float p, const float *dout, const float *v, float D, int64_t Dh, float scale) {
-    return p != 0.0f ? p * (warp_dot(dout, v, Dh) - D) * scale : 0.0f;
+__device__ __forceinline__ float attn_ds(float p, const float *dout, const float *v, float D, int64_t Dv, float scale) {
+    return p != 0.0f ? p * (warp_dot(dout, v, Dv) - D) * scale : 0.0f;
 }
 
 /* Row (b, h, t): D_t = dout_t . out_t (kept in Drow for the key pass), dq_t = scale sum_s dS_ts k_s. The keys
@@ -114,32 +120,36 @@ __global__ void __launch_bounds__(kThreads) attn_dq_kernel(const hae_tr_attn_sha
     __shared__ float sdo[kMaxDh], sds[kTile];
     const int warp = threadIdx.x >> 5, tid = threadIdx.x;
     const int64_t row = blockIdx.x, t = row % s.T, h = row / s.T % s.Hq, b = row / (s.T * s.Hq);
-    const int64_t ld = ld_qkv(s), Dh = s.Dh, g = h / (s.Hq / s.Hkv), lo = first_key(s, t);
-    const float *base = qkv + b * s.T * ld, *kcol = base + (s.Hq + g) * Dh, *vcol = base + (s.Hq + s.Hkv + g) * Dh;
+    const int64_t ld = ld_qkv(s), Dh = s.Dh, Dv = v_dim(s), g = h / (s.Hq / s.Hkv), lo = first_key(s, t);
+    const float *base = qkv + b * s.T * ld, *kcol = base + (s.Hq + g) * Dh, *vcol = base + v_col(s, g);
     const float *p = P + row * s.T;
-    const int64_t orow = (b * s.T + t) * s.Hq * Dh + h * Dh;
+    const int64_t orow = (b * s.T + t) * s.Hq * Dv + h * Dv;
     float part = 0.0f;
-    if (tid < Dh) {
-        sdo[tid] = dout[orow + tid];
-        part = sdo[tid] * out[orow + tid];
+    for (int64_t d = tid; d < Dv; d += kThreads) {
+        sdo[d] = dout[orow + d];
+        part += sdo[d] * out[orow + d];
     }
     const float D = block_reduce(part, Sum());
     if (tid == 0) Drow[row] = D;
 
-    float acc = 0.0f;
+    float acc[kCols] = {};
     for (int64_t s0 = lo; s0 <= t; s0 += kTile) {
         const int n = (int)(t - s0 + 1 < kTile ? t - s0 + 1 : kTile);
         for (int i = warp; i < n; i += kWarps) {
-            const float ds = attn_ds(p[s0 + i], sdo, vcol + (s0 + i) * ld, D, Dh, s.scale);
+            const float ds = attn_ds(p[s0 + i], sdo, vcol + (s0 + i) * ld, D, Dv, s.scale);
             if ((tid & 31) == 0) sds[i] = ds;
         }
         __syncthreads();
-        if (tid < Dh)
-            for (int i = 0; i < n; i++)
-                if (sds[i] != 0.0f) acc += sds[i] * kcol[(s0 + i) * ld + tid];
+        for (int c = 0; c < kCols; c++) {
+            const int64_t d = tid + c * kThreads;
+            if (d < Dh)
+                for (int i = 0; i < n; i++)
+                    if (sds[i] != 0.0f) acc[c] += sds[i] * kcol[(s0 + i) * ld + d];
+        }
         __syncthreads();
     }
-    if (tid < Dh) dqkv[(b * s.T + t) * ld + h * Dh + tid] = acc;
+    for (int c = 0; c < kCols; c++)
+        if (tid + c * kThreads < Dh) dqkv[(b * s.T + t) * ld + h * Dh + tid + c * kThreads] = acc[c];
 }
 
 /* Key j of kv head g in sequence b: over the query heads h of g, then the queries t in [j, last_query(j)] (where
@@ -150,13 +160,13 @@ __global__ void __launch_bounds__(kThreads) attn_dkv_kernel(const hae_tr_attn_sh
     __shared__ float sv[kMaxDh], sds[kTile], sp[kTile];
     const int warp = threadIdx.x >> 5, tid = threadIdx.x;
     const int64_t row = blockIdx.x, j = row % s.T, g = row / s.T % s.Hkv, b = row / (s.T * s.Hkv);
-    const int64_t ld = ld_qkv(s), Dh = s.Dh, G = s.Hq / s.Hkv, hi = last_query(s, j);
-    const int64_t kc = (s.Hq + g) * Dh, vc = (s.Hq + s.Hkv + g) * Dh;
+    const int64_t ld = ld_qkv(s), Dh = s.Dh, Dv = v_dim(s), G = s.Hq / s.Hkv, hi = last_query(s, j);
+    const int64_t kc = (s.Hq + g) * Dh, vc = v_col(s, g);
     const float *base = qkv + b * s.T * ld;
-    if (tid < Dh) sv[tid] = base[j * ld + vc + tid];
+    for (int64_t d = tid; d < Dv; d += kThreads) sv[d] = base[j * ld + vc + d];
     __syncthreads();
 
-    float dk = 0.0f, dv = 0.0f;
+    float dk[kCols] = {}, dv[kCols] = {};
     for (int64_t h = g * G; h < (g + 1) * G; h++) {
         const int64_t prow = (b * s.Hq + h) * s.T; /* row t of head h: prow + t */
         for (int64_t t0 = j; t0 <= hi; t0 += kTile) {
@@ -164,7 +174,7 @@ __global__ void __launch_bounds__(kThreads) attn_dkv_kernel(const hae_tr_attn_sh
             for (int i = warp; i < n; i += kWarps) {
                 const int64_t t = t0 + i;
                 const float pt = P[(prow + t) * s.T + j];
-                const float ds = attn_ds(pt, dout + (b * s.T + t) * s.Hq * Dh + h * Dh, sv, Drow[prow + t], Dh,
+                const float ds = attn_ds(pt, dout + (b * s.T + t) * s.Hq * Dv + h * Dv, sv, Drow[prow + t], Dv,
                                          s.scale);
                 if ((tid & 31) == 0) {
                     sds[i] = ds;
@@ -172,19 +182,22 @@ __global__ void __launch_bounds__(kThreads) attn_dkv_kernel(const hae_tr_attn_sh
                 }
             }
             __syncthreads();
-            if (tid < Dh)
-                for (int i = 0; i < n; i++) {
-                    if (sp[i] == 0.0f) continue;
-                    const int64_t t = t0 + i;
-                    dk += sds[i] * base[t * ld + h * Dh + tid];
-                    dv += sp[i] * dout[(b * s.T + t) * s.Hq * Dh + h * Dh + tid];
+            for (int i = 0; i < n; i++) {
+                if (sp[i] == 0.0f) continue;
+                const int64_t t = t0 + i;
+                for (int c = 0; c < kCols; c++) {
+                    const int64_t d = tid + c * kThreads;
+                    if (d < Dh) dk[c] += sds[i] * base[t * ld + h * Dh + d];
+                    if (d < Dv) dv[c] += sp[i] * dout[(b * s.T + t) * s.Hq * Dv + h * Dv + d];
                 }
+            }
             __syncthreads();
         }
     }
-    if (tid < Dh) {
-        dqkv[b * s.T * ld + j * ld + kc + tid] = dk;
-        dqkv[b * s.T * ld + j * ld + vc + tid] = dv;
+    for (int c = 0; c < kCols; c++) {
+        const int64_t d = tid + c * kThreads;
+        if (d < Dh) dqkv[b * s.T * ld + j * ld + kc + d] = dk[c];
+        if (d < Dv) dqkv[b * s.T * ld + j * ld + vc + d] = dv[c];
     }
 }
 
@@ -192,13 +205,12 @@ hae_status attn_check(const char *op, const hae_tr_attn_shape *s) {
     if (s->Hkv <= 0 || s->Hq % s->Hkv != 0)
         return hae_error(HAE_ERR_INVALID, "%s (cuda): Hq = %lld is not a multiple of Hkv = %lld", op,
                          (long long)s->Hq, (long long)s->Hkv);
-    if (s->Dv > 0 && s->Dv != s->Dh)
-        return hae_error(HAE_ERR_UNSUPPORTED, "%s (cuda): value dim %lld != key dim %lld (mla's heads): the CUDA "
-                                              "kernels take equal dims", op, (long long)s->Dv, (long long)s->Dh);
-    if (s->Dh > kMaxDh || s->B * s->Hq * s->T > INT_MAX)
+    const int64_t Dv = s->Dv > 0 ? s->Dv : s->Dh;
+    if (s->Dh > kMaxDh || Dv > kMaxDh || s->B * s->Hq * s->T > INT_MAX)
         return hae_error(HAE_ERR_UNSUPPORTED,
-                         "%s (cuda): B %lld, T %lld, Hq %lld, Dh %lld: supports Dh <= %d and B Hq T <= %d", op,
-                         (long long)s->B, (long long)s->T, (long long)s->Hq, (long long)s->Dh, kMaxDh, INT_MAX);
+                         "%s (cuda): B %lld, T %lld, Hq %lld, Dh %lld, Dv %lld: supports Dh, Dv <= %d and B Hq T <= %d",
+                         op, (long long)s->B, (long long)s->T, (long long)s->Hq, (long long)s->Dh, (long long)Dv,
+                         kMaxDh, INT_MAX);
     return HAE_OK;
 }
 

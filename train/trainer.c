@@ -228,10 +228,6 @@ static hae_status init_weights(hae_trainer *t, uint64_t seed) {
 
 static hae_status check_model(const hae_config *cfg, hae_backend *be) {
     if (!be) return hae_error(HAE_ERR_INVALID, "hae_trainer_create: NULL backend");
-    if (cfg->model.attention.form == HAE_ATTN_MLA && hae_backend_device(be) == HAE_CUDA)
-        return hae_error(HAE_ERR_UNSUPPORTED, "train: model.attention.form 'mla' trains on the CPU only "
-                                              "(runtime.backend: cpu): the CUDA training attention takes equal key "
-                                              "and value dims");
     for (int64_t l = 0; l < cfg->model.n_layers; l++) {
         hae_layer_kind k = cfg->model.layers[l];
         if (k == HAE_LAYER_DSA && cfg->model.dsa.derived)
