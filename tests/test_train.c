@@ -186,19 +186,28 @@ Test(train, flops_follow_the_attention) {
     cr_expect(fabs(flops_of(full, 2, 4, T) - 2.0 * f) <= 1e-9 * f, "twice the batch, twice the FLOPs");
 }
 
+/* A [2, 17] batch of the config's tokens from seed, every row scored, the target `shift` tokens on. */
+typedef struct {
+    int32_t tok[34], target[34];
+    int64_t pos[34];
+} fixed_batch;
+
+static hae_train_batch fixed_batch_make(const hae_config *cfg, uint64_t seed, int64_t shift, fixed_batch *f) {
+    const int64_t B = 2, T = 17, N = B * T;
+    tu_tokens(cfg, T, f->tok, seed);
+    for (int64_t i = 0; i < N; i++) f->pos[i] = i, f->target[i] = f->tok[(i + shift) % N];
+    return (hae_train_batch){.tokens = f->tok, .B = B, .T = T, .pos = f->pos, .target = f->target, .n = N};
+}
+
 /* The loss of one backward of a fixed [2, 17] batch under the config's train.matmul. */
 static double loss_with(const char *matmul) {
     hae_config cfg;
     const char *sets[] = {"model.layer_pattern=[kda, full]", matmul};
     parse_ok(tiny_yaml, "tiny.yaml", &cfg, sets, 2);
     hae_backend *be = tu_cpu();
-    const int64_t B = 2, T = 17, N = B * T;
-    hae_trainer *t = trainer(be, &cfg, B, T);
-    int32_t tok[34], target[34];
-    int64_t pos[34];
-    tu_tokens(&cfg, T, tok, 5);
-    for (int64_t i = 0; i < N; i++) pos[i] = i, target[i] = tok[(i + 3) % N];
-    const hae_train_batch b = {.tokens = tok, .B = B, .T = T, .pos = pos, .target = target, .n = N};
+    hae_trainer *t = trainer(be, &cfg, 2, 17);
+    fixed_batch fb;
+    const hae_train_batch b = fixed_batch_make(&cfg, 5, 3, &fb);
     double loss = 0;
     cr_assert_eq(hae_trainer_backward(t, &b, &loss, NULL), HAE_OK, "%s", hae_last_error());
     hae_trainer_destroy(t);
@@ -448,13 +457,9 @@ Test(train, indexer_warmup_freezes_all_but_the_indexers) {
     hae_config cfg;
     const char *sets[] = {"model.layer_pattern=[dsa, kda]", "train.indexer_warmup=1", "model.dsa.index_topk=4"};
     parse_ok(tiny_yaml, "tiny.yaml", &cfg, sets, 3);
-    const int64_t B = 2, T = 17, N = B * T;
-    hae_trainer *t = trainer(be, &cfg, B, T);
-    int32_t tok[34], target[34];
-    int64_t pos[34];
-    tu_tokens(&cfg, T, tok, 7);
-    for (int64_t i = 0; i < N; i++) pos[i] = i, target[i] = tok[(i + 1) % N];
-    const hae_train_batch b = {.tokens = tok, .B = B, .T = T, .pos = pos, .target = target, .n = N};
+    hae_trainer *t = trainer(be, &cfg, 2, 17);
+    fixed_batch fb;
+    const hae_train_batch b = fixed_batch_make(&cfg, 7, 1, &fb);
     const int np = hae_trainer_param_count(t);
     float **before = calloc((size_t)np, sizeof *before);
     for (int stage = 0; stage < 2; stage++) {

@@ -292,6 +292,11 @@ Test(train_grad, linear) {
     hae_backend_destroy(be);
 }
 
+static void transpose(const double *a, int64_t rows, int64_t cols, double *out) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) out[c * rows + r] = a[r * cols + c];
+}
+
 static double bf16_of(float v) { return (double)hae_bf16_to_f32(hae_f32_to_bf16(v)); }
 
 /* train.matmul bf16: each product's operands rounded to bf16 (nearest even), summed in fp32. The forward and both
@@ -322,24 +327,18 @@ Test(train_grad, linear_bf16_products) {
               sqrt(diff / norm));
     memset(dW, 0, sizeof(float) * (size_t)(O * I));
     cr_assert_eq(hae_tr_linear_bwd(be, HAE_BF16, x, W, dy, N, I, O, dx, false, dW), HAE_OK, "%s", hae_last_error());
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t i = 0; i < I; i++) {
-            double acc = 0;
-            for (int64_t o = 0; o < O; o++) acc += rdy[n * O + o] * rW[o * I + i];
-            ref[n * I + i] = acc;
-        }
+    double *t1 = dalloc(N * O > O * I ? N * O : O * I), *t2 = dalloc(N * I);
+    transpose(rW, O, I, t1); /* dx = dy W: rows of dy against rows of W^T */
+    ref_linear(rdy, t1, N, O, I, ref);
     expect_fwd("linear bf16 dx", "[37, 29] x [29, 48]", dx, ref, N * I);
-    for (int64_t o = 0; o < O; o++)
-        for (int64_t i = 0; i < I; i++) {
-            double acc = 0;
-            for (int64_t n = 0; n < N; n++) acc += rdy[n * O + o] * rx[n * I + i];
-            ref[o * I + i] = acc;
-        }
+    transpose(rdy, N, O, t1); /* dW = dy^T x: rows of dy^T against rows of x^T */
+    transpose(rx, N, I, t2);
+    ref_linear(t1, t2, O, N, I, ref);
     expect_fwd("linear bf16 dW", "[37, 29]^T x [37, 48]", dW, ref, O * I);
     cr_expect_eq(hae_tr_linear_fwd(be, HAE_F16, x, W, N, I, O, y, false), HAE_ERR_INVALID, "f16 products ran");
     cr_expect(strstr(hae_last_error(), "f16") && strstr(hae_last_error(), "bf16"), "%s", hae_last_error());
     free(x), free(W), free(dy), free(y), free(y32), free(dx), free(dW);
-    free(rx), free(rW), free(rdy), free(ref), free(junk);
+    free(rx), free(rW), free(rdy), free(ref), free(junk), free(t1), free(t2);
     hae_backend_destroy(be);
 }
 
