@@ -449,7 +449,7 @@ enum {
     K_EV_NOISE, K_EV_VOCAB, K_EV_SEEDS, K_EV_KINDS, K_EV_K, K_EV_TOPK, K_EV_DTYPE, K_EV_COS, K_EV_DECAY, K_EV_ORTHO,
     K_CI_KINDS, K_CI_HOP_KINDS, K_CI_CODE_DIM, K_CI_WINDOW, K_CI_TOPK, K_CI_DECAY, K_CI_DECODE,
     K_TR_STEPS, K_TR_BATCH, K_TR_LR, K_TR_MIN_LR, K_TR_WARMUP, K_TR_WD, K_TR_BETA1, K_TR_BETA2, K_TR_EPS, K_TR_CLIP,
-    K_TR_EVAL, K_TR_CKPT, K_TR_LOG, K_TR_IDX_WARMUP, K_TR_EVAL_LENGTHS, K_TR_LENGTHS, K_TR_PAIRS, K_TR_MATMUL,
+    K_TR_EVAL, K_TR_CKPT, K_TR_LOG, K_TR_IDX_WARMUP, K_TR_EVAL_LENGTHS, K_TR_LENGTHS, K_TR_PAIRS, K_TR_MATMUL, K_TR_STATE_CKPT,
     K_SWEEP, NKEYS
 };
 
@@ -573,6 +573,8 @@ static const key_spec specs[NKEYS] = {
     [K_TR_LENGTHS] = {"train.lengths", T_LIST, "", 64, 2147483647.0, LIST_ZIP, NULL, FIELD(train.lengths)},
     [K_TR_PAIRS] = {"train.pairs", T_LIST, "", 1, 2147483647.0, LIST_ZIP, NULL, FIELD(train.pairs)},
     [K_TR_MATMUL] = {"train.matmul", T_ENUM, "f32", 0, 0, 0, matmul_dtypes, FIELD(train.matmul)},
+    [K_TR_STATE_CKPT] = {"train.state_checkpoint", T_INT, "0", 0, 2147483647.0, 0, NULL,
+                         FIELD(train.state_checkpoint)},
     [K_SWEEP] = {"sweep", T_SWEEP, NULL, 0, 0, 0, NULL, 0, 0},
 };
 

@@ -608,6 +608,9 @@ typedef struct hae_config {
         hae_eval_list eval_lengths; /* each held-out eval also scores the tasks at these lengths (longer than trained
                                        on) through the engine's forward; empty: none */
         hae_dtype matmul;         /* the products' inputs: f32, or bf16 rounded (fp32 sums, weights, gradients, moments) */
+        int64_t state_checkpoint; /* linear layers: keep the recurrence's state every this many tokens and recompute
+                                     the rest in the backward (same gradients, a third more recurrence work); 0: keep
+                                     every state */
         hae_eval_list lengths, pairs; /* the training mixture, zipped: point i is (lengths[i], pairs[i]) of every eval
                                          task and hop count, the steps cycling through the points (Zoology's mixture of
                                          short sequences with few pairs and long ones with many); empty: the eval grid */

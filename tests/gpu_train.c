@@ -341,24 +341,31 @@ Test(gpu_train, indexer) {
 /* ---------------------------------------------------------------- the linear family */
 
 Test(gpu_train, delta_recurrence) {
+    /* every: state checkpoints every this many tokens, the backward recomputing the rest (0: every state kept) */
     static const struct {
         int64_t B, T, H, K, V;
         int decay; /* 0 none, 1 per head, 2 per channel */
         bool delta;
-    } cases[] = {{1, 1, 1, 16, 16, 2, true},  {2, 37, 2, 16, 16, 2, true}, {2, 37, 3, 16, 32, 1, true},
-                 {1, 64, 2, 32, 16, 0, true}, {2, 50, 2, 16, 16, 1, false}, {1, 33, 1, 64, 64, 2, true},
-                 {1, 20, 1, 128, 128, 1, true}, {2, 512, 2, 16, 16, 2, true}};
+        int64_t every;
+    } cases[] = {{1, 1, 1, 16, 16, 2, true, 0},    {2, 37, 2, 16, 16, 2, true, 0},   {2, 37, 3, 16, 32, 1, true, 0},
+                 {1, 64, 2, 32, 16, 0, true, 0},   {2, 50, 2, 16, 16, 1, false, 0},  {1, 33, 1, 64, 64, 2, true, 0},
+                 {1, 20, 1, 128, 128, 1, true, 0}, {2, 512, 2, 16, 16, 2, true, 0},  {2, 37, 2, 16, 16, 2, true, 5},
+                 {1, 64, 2, 32, 16, 0, true, 8},   {2, 50, 2, 16, 16, 1, false, 7},  {1, 33, 1, 64, 64, 2, true, 4},
+                 {1, 20, 1, 128, 128, 1, true, 6}, {2, 512, 2, 16, 16, 2, true, 23}};
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
         const int64_t B = cases[ci].B, T = cases[ci].T, H = cases[ci].H, K = cases[ci].K, V = cases[ci].V;
         const int dec = cases[ci].decay;
         const bool delta = cases[ci].delta;
         const uint64_t seed = 60 + ci;
         char ctx[CTX_N];
-        snprintf(ctx, sizeof ctx, "B %lld T %lld H %lld, K %lld V %lld, decay %s, %s, seed %llu", (long long)B, (long long)T,
-                 (long long)H, (long long)K, (long long)V, dec == 2 ? "per channel" : dec ? "per head" : "none",
-                 delta ? "delta rule" : "no delta rule", (unsigned long long)seed);
+        snprintf(ctx, sizeof ctx, "B %lld T %lld H %lld, K %lld V %lld, decay %s, %s, checkpoints every %lld, seed %llu",
+                 (long long)B, (long long)T, (long long)H, (long long)K, (long long)V,
+                 dec == 2 ? "per channel" : dec ? "per head" : "none", delta ? "delta rule" : "no delta rule",
+                 (long long)cases[ci].every, (unsigned long long)seed);
         tu_rng r = tu_rng_make(seed);
-        const int64_t N = B * T, nS = B * H * T * K * V;
+        const hae_tr_delta_shape s = {.B = B, .T = T, .H = H, .K = K, .V = V, .channel_decay = dec == 2,
+                                      .scale = 1.0f / sqrtf((float)K), .every = cases[ci].every};
+        const int64_t N = B * T, nS = B * H * hae_tr_delta_slots(&s) * K * V;
         /* q and k of unit norm per head, as the L2 map makes them */
         float *hq = malloc(sizeof(float) * (size_t)(2 * N * H * K));
         tu_fill(hq, HAE_F32, 2 * N * H * K, &r, -1, 1);
@@ -373,8 +380,6 @@ Test(gpu_train, delta_recurrence) {
         pbuf S = nan_buf(nS), o = nan_buf(N * H * V), dout = rnd(N * H * V, &r, -1, 1);
         pbuf dq = nan_buf(N * H * K), dk = nan_buf(N * H * K), dv = nan_buf(N * H * V), dg = nan_buf(N * H * (dec == 2 ? K : 1)),
              db = nan_buf(N * H);
-        const hae_tr_delta_shape s = {.B = B, .T = T, .H = H, .K = K, .V = V, .channel_decay = dec == 2,
-                                      .scale = 1.0f / sqrtf((float)K)};
         bool ok;
         SIDES(ok, "hae_tr_delta_fwd", ctx,
               hae_tr_delta_fwd(BE, &s, F(q), F(k), F(v), dec ? F(g) : NULL, delta ? F(beta) : NULL, F(S), F(o)));

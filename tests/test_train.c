@@ -226,6 +226,38 @@ Test(train, matmul_bf16) {
     cr_expect(strstr(hae_last_error(), "train.matmul") && strstr(hae_last_error(), "f32, bf16"), "%s", hae_last_error());
 }
 
+/* train.state_checkpoint: the linear layers keep a state every C tokens and recompute the rest, and the loss and
+ * every gradient are the same bits as keeping every state. */
+Test(train, state_checkpoint_same_bits) {
+    float *grads[2] = {NULL, NULL};
+    double loss[2];
+    int64_t total = 0;
+    for (int side = 0; side < 2; side++) {
+        hae_config cfg;
+        const char *sets[] = {"model.layer_pattern=[kda, gdn]", side ? "train.state_checkpoint=4" : "train.state_checkpoint=0"};
+        parse_ok(tiny_yaml, "tiny.yaml", &cfg, sets, 2);
+        hae_backend *be = tu_cpu();
+        hae_trainer *t = trainer(be, &cfg, 2, 17);
+        fixed_batch fb;
+        const hae_train_batch b = fixed_batch_make(&cfg, 9, 2, &fb);
+        cr_assert_eq(hae_trainer_backward(t, &b, &loss[side], NULL), HAE_OK, "%s", hae_last_error());
+        total = 0;
+        for (int p = 0; p < hae_trainer_param_count(t); p++) {
+            int64_t n = 0;
+            float *g = NULL;
+            cr_assert_eq(hae_trainer_param(t, p, NULL, NULL, &g, &n), HAE_OK, "%s", hae_last_error());
+            grads[side] = realloc(grads[side], sizeof(float) * (size_t)(total + n));
+            memcpy(grads[side] + total, g, sizeof(float) * (size_t)n);
+            total += n;
+        }
+        hae_trainer_destroy(t);
+        hae_backend_destroy(be);
+    }
+    cr_expect(loss[0] == loss[1], "loss %.17g keeping every state, %.17g with checkpoints", loss[0], loss[1]);
+    cr_expect(memcmp(grads[0], grads[1], sizeof(float) * (size_t)total) == 0, "the gradients differ with checkpoints");
+    free(grads[0]), free(grads[1]);
+}
+
 /* ---------------------------------------------------------------- hae train */
 
 /* A model small enough for ASan: mqar of 4 pairs in 64 tokens, 8 keys and 8 values among 48 noise tokens (the

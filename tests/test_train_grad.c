@@ -620,6 +620,65 @@ static double l2_loss(void *p) {
 }
 
 /* Widths 1 (a scale), 4 (the layers') and one longer than the sequence; with and without SiLU; then the L2 norm. */
+/* State checkpoints (every C tokens, the rest recomputed in the backward) give the same bits as keeping every
+ * state: the outputs, every gradient, and the checkpoints are the states at the chunks' ends. Chunks that divide T
+ * and that do not, C = 2 and C = T - 1, every kind of decay and both updates. */
+Test(train_grad, delta_checkpoints_same_bits) {
+    static const int decays[] = {2, 1, 0, 2};
+    static const bool deltas[] = {true, true, true, false};
+    static const int64_t everys[] = {2, 5, 8, 36};
+    hae_backend *be = tu_cpu();
+    for (int ki = 0; ki < 4; ki++)
+        for (int ei = 0; ei < 4; ei++) {
+            const hae_tr_delta_shape all = {.B = 2, .T = 37, .H = 2, .K = 6, .V = 5, .channel_decay = decays[ki] == 2,
+                                            .scale = 0.4f};
+            hae_tr_delta_shape ck = all;
+            ck.every = everys[ei];
+            const int64_t NK = all.B * all.T * all.H * all.K, NV = all.B * all.T * all.H * all.V, NH = all.B * all.T * all.H;
+            const int64_t NG = decays[ki] == 2 ? NK : NH, KV = all.K * all.V, C = everys[ei], nck = (37 + C - 1) / C;
+            cr_assert_eq(hae_tr_delta_slots(&ck), nck + C, "C %lld: %lld slots", (long long)C,
+                         (long long)hae_tr_delta_slots(&ck));
+            cr_assert_eq(hae_tr_delta_slots(&all), 37);
+            tu_rng r = tu_rng_make(300 + (uint64_t)(ki * 4 + ei));
+            float *in = falloc(2 * NK + 2 * NV + NG + NH), *q = in, *k = q + NK, *v = k + NK, *c = v + NV, *g = c + NV,
+                  *beta = g + NG;
+            tu_fill(in, HAE_F32, 2 * NK + 2 * NV, &r, -0.6, 0.6);
+            tu_fill(g, HAE_F32, NG, &r, -0.5, -0.01);
+            tu_fill(beta, HAE_F32, NH, &r, 0.1, 0.95);
+            float *out[2][7];
+            const int64_t n[7] = {NV, NK, NK, NV, NG, NH, all.B * all.H * (nck + C > 37 ? nck + C : 37) * KV};
+            for (int side = 0; side < 2; side++) {
+                const hae_tr_delta_shape *sh = side ? &ck : &all;
+                for (int j = 0; j < 7; j++) poison(out[side][j] = falloc(n[j]), n[j]);
+                float **o = out[side];
+                cr_assert_eq(hae_tr_delta_fwd(be, sh, q, k, v, decays[ki] ? g : NULL, deltas[ki] ? beta : NULL, o[6],
+                                              o[0]), HAE_OK, "%s", hae_last_error());
+                if (side) /* the checkpoints, before the backward rewrites the chunk buffer */
+                    for (int64_t it = 0; it < all.B * all.H; it++)
+                        for (int64_t cc = 0; cc < nck; cc++) {
+                            const int64_t t = cc + 1 < nck ? (cc + 1) * C - 1 : 36;
+                            cr_expect(memcmp(o[6] + (it * (nck + C) + cc) * KV, out[0][6] + (it * 37 + t) * KV,
+                                             sizeof(float) * (size_t)KV) == 0, "C %lld: checkpoint %lld of item %lld is not "
+                                             "state %lld", (long long)C, (long long)cc, (long long)it, (long long)t);
+                        }
+                cr_assert_eq(hae_tr_delta_bwd(be, sh, q, k, v, decays[ki] ? g : NULL, deltas[ki] ? beta : NULL, o[6], c,
+                                              o[1], o[2], o[3], decays[ki] ? o[4] : NULL, deltas[ki] ? o[5] : NULL),
+                             HAE_OK, "%s", hae_last_error());
+            }
+            static const char *what[6] = {"o", "dq", "dk", "dv", "dg", "dbeta"};
+            for (int j = 0; j < 6; j++) {
+                if ((j == 4 && !decays[ki]) || (j == 5 && !deltas[ki])) continue;
+                cr_expect(memcmp(out[0][j], out[1][j], sizeof(float) * (size_t)n[j]) == 0,
+                          "decay %d, delta %d, C %lld: %s differs from keeping every state", decays[ki], deltas[ki],
+                          (long long)C, what[j]);
+            }
+            for (int side = 0; side < 2; side++)
+                for (int j = 0; j < 7; j++) free(out[side][j]);
+            free(in);
+        }
+    hae_backend_destroy(be);
+}
+
 Test(train_grad, conv_and_l2norm) {
     hae_backend *be = tu_cpu();
     const int64_t widths[] = {1, 4, 9};

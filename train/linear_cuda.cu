@@ -63,9 +63,9 @@ int64_t chunk_rows(int64_t N, int64_t per_chunk, size_t budget) {
 constexpr int kDeltaThreads = 512;
 
 struct DeltaArgs {
-    const float *q, *k, *v, *g, *beta, *S, *dout; /* S: the forward's states, read by the backward */
-    float *Sw, *o, *dq, *dk, *dv, *dg, *dbeta;    /* Sw: the states, written by the forward */
-    int64_t T, H;
+    const float *q, *k, *v, *g, *beta, *dout;
+    float *S, *o, *dq, *dk, *dv, *dg, *dbeta; /* S: the states (hae_tr_delta_slots per block) */
+    int64_t T, H, C, nck, slots;              /* checkpoints every C tokens (0: none), nck of them, slots per block */
     int K, V, Pr, Pc;
     bool channel;
     float scale;
@@ -75,6 +75,9 @@ struct DeltaArgs {
 __host__ __device__ __forceinline__ int64_t delta_cols(int64_t K, int64_t V, int64_t Pr, int64_t Pc) {
     return 2 * Pr * V > Pc * (K + 1) ? 2 * Pr * V : Pc * (K + 1);
 }
+
+/* Where state t lives in a block's slots: slot t, or with checkpoints the chunk buffer's slot t mod C. */
+__device__ __forceinline__ int64_t state_slot(const DeltaArgs &p, int64_t t) { return p.C ? p.nck + t % p.C : t; }
 
 /* Row r's a_t (double, as the CPU's decay_at: 1 without decay), q_t, k_t, v_t and, for the backward, do_t. */
 __device__ void delta_load(const DeltaArgs &p, int64_t r, double *a, float *q, float *k, float *v, float *dout) {
@@ -97,7 +100,7 @@ __global__ void __launch_bounds__(kDeltaThreads) delta_fwd_kernel(const DeltaArg
     const int64_t b = blockIdx.x / p.H, h = blockIdx.x % p.H, KV = (int64_t)K * V;
     double *a = sm, *skp = a + K, *qsp = skp + Pr * V;
     float *S = (float *)(qsp + Pr * V), *q = S + KV, *k = q + K, *v = k + K;
-    float *Sw = p.Sw + blockIdx.x * p.T * KV;
+    float *Sw = p.S + blockIdx.x * p.slots * KV;
     for (int64_t t = 0; t < p.T; t++) {
         const int64_t r = (b * p.T + t) * p.H + h;
         delta_load(p, r, a, q, k, v, nullptr);
@@ -112,7 +115,8 @@ __global__ void __launch_bounds__(kDeltaThreads) delta_fwd_kernel(const DeltaArg
             skp[rp * V + j] = sk;
         }
         __syncthreads();
-        float *St = Sw + t * KV;
+        float *St = Sw + state_slot(p, t) * KV;
+        float *ck = p.C && ((t + 1) % p.C == 0 || t + 1 == p.T) ? Sw + t / p.C * KV : nullptr; /* a chunk's last */
         for (int j = cp; j < V; j += Pc) {
             const double u = p.beta ? p.beta[r] * (v[j] - group_sum(skp, Pr, V, j)) : v[j];
             double qs = 0;
@@ -120,6 +124,7 @@ __global__ void __launch_bounds__(kDeltaThreads) delta_fwd_kernel(const DeltaArg
                 float &s = S[i * V + j];
                 s = (float)(s + k[i] * u);
                 St[i * V + j] = s;
+                if (ck) ck[i * V + j] = s;
                 qs += (double)s * q[i];
             }
             qsp[rp * V + j] = qs;
@@ -138,7 +143,9 @@ __global__ void __launch_bounds__(kDeltaThreads) delta_fwd_kernel(const DeltaArg
  *     dS *= a_t (row-wise)
  * Shared, double: dS [K, V], a and da (dg's terms) [K], du, res [V], the partials rows [Pc, K + 1] (S_t do, then
  * dk) and cols (dS^T k and S'^T k [2, Pr, V], then dS S_{t-1} [Pc, K + 1]); f32: q, k [K], v, do [V]. The
- * padding K + 1 spreads a warp's writes of one row's partials over the banks. */
+ * padding K + 1 spreads a warp's writes of one row's partials over the banks. With checkpoints, a chunk at a time
+ * from the last: its states first recomputed into the chunk buffer from the checkpoint before it, by the forward's
+ * arithmetic in the forward's order (so the same bits), the partials of S'^T k in cols. */
 __global__ void __launch_bounds__(kDeltaThreads) delta_bwd_kernel(const DeltaArgs p) {
     extern __shared__ double sm[];
     const int K = p.K, V = p.V, Pr = p.Pr, Pc = p.Pc, Kp = K + 1, rp = threadIdx.x / Pc, cp = threadIdx.x % Pc;
@@ -146,68 +153,95 @@ __global__ void __launch_bounds__(kDeltaThreads) delta_bwd_kernel(const DeltaArg
     const int64_t b = blockIdx.x / p.H, h = blockIdx.x % p.H, KV = (int64_t)K * V;
     double *dS = sm, *a = dS + KV, *da = a + K, *du = da + K, *res = du + V, *rows = res + V, *cols = rows + Pc * Kp;
     float *q = (float *)(cols + delta_cols(K, V, Pr, Pc)), *k = q + K, *v = k + K, *dout = v + V;
-    const float *S = p.S + blockIdx.x * p.T * KV;
+    float *S = p.S + blockIdx.x * p.slots * KV;
     for (int64_t e = tid; e < KV; e += nt) dS[e] = 0;
-    for (int64_t t = p.T - 1; t >= 0; t--) {
-        const int64_t r = (b * p.T + t) * p.H + h;
-        const double bt = p.beta ? p.beta[r] : 1.0;
-        const float *St = S + t * KV, *prev = t ? St - KV : nullptr;
-        delta_load(p, r, a, q, k, v, dout);
-        __syncthreads();
-        for (int i = rp; i < K; i += Pr) {
-            double dq = 0;
-            for (int j = cp; j < V; j += Pc) dq += (double)St[i * V + j] * dout[j];
-            rows[cp * Kp + i] = dq;
-        }
-        for (int j = cp; j < V; j += Pc) {
-            double d = 0, sk = 0;
-            for (int i = rp; i < K; i += Pr) {
-                double &ds = dS[i * V + j];
-                ds += p.scale * q[i] * dout[j];
-                d += ds * k[i];
-                if (prev) sk += a[i] * prev[i * V + j] * k[i];
-            }
-            cols[rp * V + j] = d, cols[(Pr + rp) * V + j] = sk;
-        }
-        __syncthreads();
-        for (int j = tid; j < V; j += nt) {
-            du[j] = group_sum(cols, Pr, V, j);
-            res[j] = p.beta ? v[j] - group_sum(cols + Pr * V, Pr, V, j) : v[j];
-            p.dv[r * V + j] = (float)(bt * du[j]);
-        }
-        for (int i = tid; i < K; i += nt) p.dq[r * K + i] = (float)(p.scale * group_sum(rows, Pc, Kp, i));
-        __syncthreads();
-        if (p.beta && tid == 0) {
-            double db = 0;
-            for (int j = 0; j < V; j++) db += du[j] * res[j];
-            p.dbeta[r] = (float)db;
-        }
-        for (int i = rp; i < K; i += Pr) {
-            double dk = 0, acc = 0;
+    const int64_t L = p.C ? p.C : p.T; /* chunk length */
+    for (int64_t c0 = (p.T - 1) / L * L; c0 >= 0; c0 -= L) {
+        const int64_t c1 = c0 + L < p.T ? c0 + L : p.T;
+        const float *before = c0 ? S + (p.C ? c0 / p.C - 1 : c0 - 1) * KV : nullptr; /* S_{c0 - 1} */
+        for (int64_t t = c0; p.C && t < c1; t++) { /* the chunk's states again, as delta_fwd_kernel made them */
+            const int64_t r = (b * p.T + t) * p.H + h;
+            float *St = S + state_slot(p, t) * KV;
+            const float *pv = t > c0 ? S + state_slot(p, t - 1) * KV : before;
+            delta_load(p, r, a, q, k, v, nullptr);
+            __syncthreads();
             for (int j = cp; j < V; j += Pc) {
-                double &ds = dS[i * V + j];
-                const double pv = prev ? prev[i * V + j] : 0.0;
-                dk += ds * bt * res[j];
-                if (p.beta) {
-                    dk -= bt * (a[i] * pv) * du[j];
-                    ds -= bt * k[i] * du[j];
+                double sk = 0;
+                for (int i = rp; i < K; i += Pr) {
+                    const float sp = pv ? (float)(a[i] * pv[i * V + j]) : 0.0f;
+                    St[i * V + j] = sp;
+                    sk += (double)sp * k[i];
                 }
-                acc += ds * pv;
-                ds *= a[i];
+                cols[rp * V + j] = sk;
             }
-            rows[cp * Kp + i] = dk, cols[cp * Kp + i] = acc;
+            __syncthreads();
+            for (int j = cp; j < V; j += Pc) {
+                const double u = p.beta ? p.beta[r] * (v[j] - group_sum(cols, Pr, V, j)) : v[j];
+                for (int i = rp; i < K; i += Pr) St[i * V + j] = (float)(St[i * V + j] + k[i] * u);
+            }
+            __syncthreads();
         }
-        __syncthreads();
-        for (int i = tid; i < K; i += nt) {
-            p.dk[r * K + i] = (float)group_sum(rows, Pc, Kp, i);
-            da[i] = a[i] * group_sum(cols, Pc, Kp, i);
-            if (p.g && p.channel) p.dg[r * K + i] = (float)da[i];
-        }
-        __syncthreads(); /* before the next step's loads overwrite a */
-        if (p.g && !p.channel && tid == 0) {
-            double dg = 0;
-            for (int i = 0; i < K; i++) dg += da[i];
-            p.dg[r] = (float)dg;
+        for (int64_t t = c1 - 1; t >= c0; t--) {
+            const int64_t r = (b * p.T + t) * p.H + h;
+            const double bt = p.beta ? p.beta[r] : 1.0;
+            const float *St = S + state_slot(p, t) * KV, *prev = t > c0 ? S + state_slot(p, t - 1) * KV : before;
+            delta_load(p, r, a, q, k, v, dout);
+            __syncthreads();
+            for (int i = rp; i < K; i += Pr) {
+                double dq = 0;
+                for (int j = cp; j < V; j += Pc) dq += (double)St[i * V + j] * dout[j];
+                rows[cp * Kp + i] = dq;
+            }
+            for (int j = cp; j < V; j += Pc) {
+                double d = 0, sk = 0;
+                for (int i = rp; i < K; i += Pr) {
+                    double &ds = dS[i * V + j];
+                    ds += p.scale * q[i] * dout[j];
+                    d += ds * k[i];
+                    if (prev) sk += a[i] * prev[i * V + j] * k[i];
+                }
+                cols[rp * V + j] = d, cols[(Pr + rp) * V + j] = sk;
+            }
+            __syncthreads();
+            for (int j = tid; j < V; j += nt) {
+                du[j] = group_sum(cols, Pr, V, j);
+                res[j] = p.beta ? v[j] - group_sum(cols + Pr * V, Pr, V, j) : v[j];
+                p.dv[r * V + j] = (float)(bt * du[j]);
+            }
+            for (int i = tid; i < K; i += nt) p.dq[r * K + i] = (float)(p.scale * group_sum(rows, Pc, Kp, i));
+            __syncthreads();
+            if (p.beta && tid == 0) {
+                double db = 0;
+                for (int j = 0; j < V; j++) db += du[j] * res[j];
+                p.dbeta[r] = (float)db;
+            }
+            for (int i = rp; i < K; i += Pr) {
+                double dk = 0, acc = 0;
+                for (int j = cp; j < V; j += Pc) {
+                    double &ds = dS[i * V + j];
+                    const double pv = prev ? prev[i * V + j] : 0.0;
+                    dk += ds * bt * res[j];
+                    if (p.beta) {
+                        dk -= bt * (a[i] * pv) * du[j];
+                        ds -= bt * k[i] * du[j];
+                    }
+                    acc += ds * pv;
+                    ds *= a[i];
+                }
+                rows[cp * Kp + i] = dk, cols[cp * Kp + i] = acc;
+            }
+            __syncthreads();
+            for (int i = tid; i < K; i += nt) {
+                p.dk[r * K + i] = (float)group_sum(rows, Pc, Kp, i);
+                da[i] = a[i] * group_sum(cols, Pc, Kp, i);
+                if (p.g && p.channel) p.dg[r * K + i] = (float)da[i];
+            }
+            __syncthreads(); /* before the next step's loads overwrite a */
+            if (p.g && !p.channel && tid == 0) {
+                double dg = 0;
+                for (int i = 0; i < K; i++) dg += da[i];
+                p.dg[r] = (float)dg;
+            }
         }
     }
 }
@@ -235,6 +269,8 @@ hae_status delta_setup(hae_backend *be, const hae_tr_delta_shape *s, bool bwd, D
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)need));
     *p = DeltaArgs{};
     p->T = s->T, p->H = s->H, p->K = (int)K, p->V = (int)V, p->Pr = (int)Pr, p->Pc = (int)Pc;
+    p->C = s->every > 1 && s->every < s->T ? s->every : 0; /* as hae_tr_delta_slots */
+    p->nck = p->C ? (s->T + p->C - 1) / p->C : 0, p->slots = p->C ? p->nck + p->C : s->T;
     p->channel = s->channel_decay, p->scale = s->scale;
     *bytes = need;
     return HAE_OK;
@@ -440,7 +476,7 @@ extern "C" hae_status hae_tr_delta_fwd_cuda(hae_backend *be, const hae_tr_delta_
     size_t bytes;
     HAE_TRY(delta_setup(be, s, false, &p, &bytes));
     if (!bytes) return HAE_OK;
-    p.q = q, p.k = k, p.v = v, p.g = g, p.beta = beta, p.Sw = S, p.o = o;
+    p.q = q, p.k = k, p.v = v, p.g = g, p.beta = beta, p.S = S, p.o = o;
     delta_fwd_kernel<<<(unsigned)(s->B * s->H), p.Pr * p.Pc, bytes, st>>>(p);
     HAE_CUDA_LAUNCH_CHECK("delta_fwd_kernel");
     return HAE_OK;
@@ -448,7 +484,7 @@ extern "C" hae_status hae_tr_delta_fwd_cuda(hae_backend *be, const hae_tr_delta_
 
 extern "C" hae_status hae_tr_delta_bwd_cuda(hae_backend *be, const hae_tr_delta_shape *s, const float *q,
                                             const float *k, const float *v, const float *g, const float *beta,
-                                            const float *S, const float *dout, float *dq, float *dk, float *dv,
+                                            float *S, const float *dout, float *dq, float *dk, float *dv,
                                             float *dg, float *dbeta) {
     cudaStream_t st;
     HAE_TRY(hae_cuda_enter(be, &st));

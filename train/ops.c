@@ -490,7 +490,7 @@ hae_status hae_tr_adamw(hae_backend *be, const hae_tr_adamw_args *a, float *w, c
 
 typedef struct {
     const hae_tr_delta_shape *s;
-    const float *q, *k, *v, *g, *beta, *S, *dout;
+    const float *q, *k, *v, *g, *beta, *dout;
     float *Sw, *o, *dq, *dk, *dv, *dg, *dbeta;
     double *scratch; /* the backward's, per (sequence, head): delta_scratch doubles each */
 } delta_ctx;
@@ -507,29 +507,51 @@ static double decay_at(const delta_ctx *c, int64_t row, int64_t i) {
     return exp((double)(c->s->channel_decay ? c->g[row * c->s->K + i] : c->g[row]));
 }
 
-/* One (sequence, head): every state, in order. */
+/* Checkpointing: C when 1 < C < T, else 0 (every state kept). */
+static int64_t ckpt_every(const hae_tr_delta_shape *s) { return s->every > 1 && s->every < s->T ? s->every : 0; }
+
+int64_t hae_tr_delta_slots(const hae_tr_delta_shape *s) {
+    const int64_t C = ckpt_every(s);
+    return C ? (s->T + C - 1) / C + C : s->T;
+}
+
+/* State t of one (sequence, head)'s slots: slot t, or with checkpoints the chunk buffer's slot t mod C. */
+static float *state_at(const hae_tr_delta_shape *s, float *S, int64_t t) {
+    const int64_t C = ckpt_every(s), KV = s->K * s->V;
+    return C ? S + ((s->T + C - 1) / C + t % C) * KV : S + t * KV;
+}
+
+/* S_t of row r from S_{t-1} (prev; NULL at t = 0): S'_t = diag(a_t) S_{t-1} rounded to f32, then the update. */
+static void delta_step(const delta_ctx *c, int64_t r, const float *prev, float *St) {
+    const int64_t K = c->s->K, V = c->s->V;
+    const float *kt = c->k + r * K, *vt = c->v + r * V;
+    for (int64_t i = 0; i < K; i++) {
+        const double a = decay_at(c, r, i);
+        for (int64_t j = 0; j < V; j++) St[i * V + j] = prev ? (float)(a * prev[i * V + j]) : 0.0f;
+    }
+    for (int64_t j = 0; j < V; j++) {
+        double u = vt[j];
+        if (c->beta) {
+            double sk = 0;
+            for (int64_t i = 0; i < K; i++) sk += (double)St[i * V + j] * kt[i];
+            u = c->beta[r] * (vt[j] - sk);
+        }
+        for (int64_t i = 0; i < K; i++) St[i * V + j] = (float)(St[i * V + j] + kt[i] * u);
+    }
+}
+
+/* One (sequence, head): every state in order, each chunk's last also to its checkpoint slot. */
 static void delta_fwd_item(void *p, int64_t item) {
     const delta_ctx *c = p;
     const hae_tr_delta_shape *s = c->s;
-    const int64_t b = item / s->H, h = item % s->H, K = s->K, V = s->V, KV = K * V;
-    float *S = c->Sw + item * s->T * KV;
+    const int64_t b = item / s->H, h = item % s->H, K = s->K, V = s->V, KV = K * V, C = ckpt_every(s);
+    float *S = c->Sw + item * hae_tr_delta_slots(s) * KV;
     for (int64_t t = 0; t < s->T; t++) {
         const int64_t r = bth(s, b, t, h);
-        const float *kt = c->k + r * K, *vt = c->v + r * V, *qt = c->q + r * K, *prev = t ? S + (t - 1) * KV : NULL;
-        float *St = S + t * KV;
-        for (int64_t i = 0; i < K; i++) {
-            const double a = decay_at(c, r, i);
-            for (int64_t j = 0; j < V; j++) St[i * V + j] = prev ? (float)(a * prev[i * V + j]) : 0.0f;
-        }
-        for (int64_t j = 0; j < V; j++) {
-            double u = vt[j];
-            if (c->beta) {
-                double sk = 0;
-                for (int64_t i = 0; i < K; i++) sk += (double)St[i * V + j] * kt[i];
-                u = c->beta[r] * (vt[j] - sk);
-            }
-            for (int64_t i = 0; i < K; i++) St[i * V + j] = (float)(St[i * V + j] + kt[i] * u);
-        }
+        float *St = state_at(s, S, t);
+        delta_step(c, r, t ? state_at(s, S, t - 1) : NULL, St);
+        if (C && ((t + 1) % C == 0 || t + 1 == s->T)) memcpy(S + t / C * KV, St, sizeof(float) * (size_t)KV);
+        const float *qt = c->q + r * K;
         float *ot = c->o + r * V;
         for (int64_t j = 0; j < V; j++) {
             double acc = 0;
@@ -547,73 +569,82 @@ hae_status hae_tr_delta_fwd(hae_backend *be, const hae_tr_delta_shape *s, const 
     return HAE_OK;
 }
 
-/* One (sequence, head), backwards in time; dS lives in double. */
+/* One (sequence, head), backwards in time, a chunk at a time (the whole sequence without checkpoints): its states
+ * recomputed from the checkpoint before it, then walked back; dS lives in double. */
 static void delta_bwd_item(void *p, int64_t item) {
     const delta_ctx *c = p;
     const hae_tr_delta_shape *s = c->s;
-    const int64_t b = item / s->H, h = item % s->H, K = s->K, V = s->V, KV = K * V;
-    const float *S = c->S + item * s->T * KV;
+    const int64_t b = item / s->H, h = item % s->H, K = s->K, V = s->V, KV = K * V, C = ckpt_every(s);
+    const int64_t L = C ? C : s->T; /* chunk length */
+    if (s->T == 0) return;
+    float *S = c->Sw + item * hae_tr_delta_slots(s) * KV;
     double *dS = c->scratch + item * delta_scratch(s);
     memset(dS, 0, sizeof(double) * (size_t)KV);
     double *Sp = dS + KV, *a = Sp + KV, *du = a + K, *res = du + V; /* S'_t, a_t, du, v_t - S'_t^T k_t */
-    for (int64_t t = s->T - 1; t >= 0; t--) {
-        const int64_t r = bth(s, b, t, h);
-        const float *qt = c->q + r * K, *kt = c->k + r * K, *vt = c->v + r * V, *dot = c->dout + r * V;
-        const float *St = S + t * KV, *prev = t ? S + (t - 1) * KV : NULL;
-        for (int64_t i = 0; i < K; i++) {
-            a[i] = decay_at(c, r, i);
-            for (int64_t j = 0; j < V; j++) Sp[i * V + j] = prev ? a[i] * prev[i * V + j] : 0.0;
-        }
-        for (int64_t i = 0; i < K; i++) {
-            double dqi = 0;
-            for (int64_t j = 0; j < V; j++) {
-                dS[i * V + j] += s->scale * qt[i] * dot[j];
-                dqi += (double)St[i * V + j] * dot[j];
+    for (int64_t c0 = (s->T - 1) / L * L; c0 >= 0; c0 -= L) {
+        const int64_t c1 = c0 + L < s->T ? c0 + L : s->T;
+        const float *before = c0 ? (C ? S + (c0 / C - 1) * KV : state_at(s, S, c0 - 1)) : NULL;
+        for (int64_t t = c0; C && t < c1; t++)
+            delta_step(c, bth(s, b, t, h), t > c0 ? state_at(s, S, t - 1) : before, state_at(s, S, t));
+        for (int64_t t = c1 - 1; t >= c0; t--) {
+            const int64_t r = bth(s, b, t, h);
+            const float *qt = c->q + r * K, *kt = c->k + r * K, *vt = c->v + r * V, *dot = c->dout + r * V;
+            const float *St = state_at(s, S, t), *prev = t > c0 ? state_at(s, S, t - 1) : before;
+            for (int64_t i = 0; i < K; i++) {
+                a[i] = decay_at(c, r, i);
+                for (int64_t j = 0; j < V; j++) Sp[i * V + j] = prev ? a[i] * prev[i * V + j] : 0.0;
             }
-            c->dq[r * K + i] = (float)(s->scale * dqi);
-        }
-        const double bt = c->beta ? c->beta[r] : 1.0;
-        for (int64_t j = 0; j < V; j++) {
-            double d = 0, sk = 0;
-            for (int64_t i = 0; i < K; i++) d += dS[i * V + j] * kt[i], sk += Sp[i * V + j] * kt[i];
-            du[j] = d;
-            res[j] = c->beta ? vt[j] - sk : vt[j]; /* u = beta res */
-            c->dv[r * V + j] = (float)(bt * d);
-        }
-        if (c->beta) {
-            double db = 0;
-            for (int64_t j = 0; j < V; j++) db += du[j] * res[j];
-            c->dbeta[r] = (float)db;
-        }
-        for (int64_t i = 0; i < K; i++) {
-            double dki = 0;
-            for (int64_t j = 0; j < V; j++) {
-                dki += dS[i * V + j] * bt * res[j];
-                if (c->beta) dki -= bt * Sp[i * V + j] * du[j];
+            for (int64_t i = 0; i < K; i++) {
+                double dqi = 0;
+                for (int64_t j = 0; j < V; j++) {
+                    dS[i * V + j] += s->scale * qt[i] * dot[j];
+                    dqi += (double)St[i * V + j] * dot[j];
+                }
+                c->dq[r * K + i] = (float)(s->scale * dqi);
             }
-            c->dk[r * K + i] = (float)dki;
+            const double bt = c->beta ? c->beta[r] : 1.0;
+            for (int64_t j = 0; j < V; j++) {
+                double d = 0, sk = 0;
+                for (int64_t i = 0; i < K; i++) d += dS[i * V + j] * kt[i], sk += Sp[i * V + j] * kt[i];
+                du[j] = d;
+                res[j] = c->beta ? vt[j] - sk : vt[j]; /* u = beta res */
+                c->dv[r * V + j] = (float)(bt * d);
+            }
+            if (c->beta) {
+                double db = 0;
+                for (int64_t j = 0; j < V; j++) db += du[j] * res[j];
+                c->dbeta[r] = (float)db;
+            }
+            for (int64_t i = 0; i < K; i++) {
+                double dki = 0;
+                for (int64_t j = 0; j < V; j++) {
+                    dki += dS[i * V + j] * bt * res[j];
+                    if (c->beta) dki -= bt * Sp[i * V + j] * du[j];
+                }
+                c->dk[r * K + i] = (float)dki;
+            }
+            if (c->beta) /* dS' = dS - beta k du^T */
+                for (int64_t i = 0; i < K; i++)
+                    for (int64_t j = 0; j < V; j++) dS[i * V + j] -= bt * kt[i] * du[j];
+            /* S'_t = diag(a) S_{t-1}: the gate's gradient, then dS for step t - 1 */
+            double dg_head = 0;
+            for (int64_t i = 0; i < K; i++) {
+                double acc = 0;
+                for (int64_t j = 0; j < V; j++) acc += dS[i * V + j] * (prev ? prev[i * V + j] : 0.0);
+                if (c->g && s->channel_decay) c->dg[r * K + i] = (float)(a[i] * acc);
+                dg_head += a[i] * acc;
+                for (int64_t j = 0; j < V; j++) dS[i * V + j] *= a[i];
+            }
+            if (c->g && !s->channel_decay) c->dg[r] = (float)dg_head;
         }
-        if (c->beta) /* dS' = dS - beta k du^T */
-            for (int64_t i = 0; i < K; i++)
-                for (int64_t j = 0; j < V; j++) dS[i * V + j] -= bt * kt[i] * du[j];
-        /* S'_t = diag(a) S_{t-1}: the gate's gradient, then dS for step t - 1 */
-        double dg_head = 0;
-        for (int64_t i = 0; i < K; i++) {
-            double acc = 0;
-            for (int64_t j = 0; j < V; j++) acc += dS[i * V + j] * (prev ? prev[i * V + j] : 0.0);
-            if (c->g && s->channel_decay) c->dg[r * K + i] = (float)(a[i] * acc);
-            dg_head += a[i] * acc;
-            for (int64_t j = 0; j < V; j++) dS[i * V + j] *= a[i];
-        }
-        if (c->g && !s->channel_decay) c->dg[r] = (float)dg_head;
     }
 }
 
 hae_status hae_tr_delta_bwd(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k,
-                            const float *v, const float *g, const float *beta, const float *S, const float *dout,
+                            const float *v, const float *g, const float *beta, float *S, const float *dout,
                             float *dq, float *dk, float *dv, float *dg, float *dbeta) {
     ON_CUDA(be, hae_tr_delta_bwd_cuda(be, s, q, k, v, g, beta, S, dout, dq, dk, dv, dg, dbeta));
-    delta_ctx c = {.s = s, .q = q, .k = k, .v = v, .g = g, .beta = beta, .S = S, .dout = dout,
+    delta_ctx c = {.s = s, .q = q, .k = k, .v = v, .g = g, .beta = beta, .Sw = S, .dout = dout,
                    .dq = dq, .dk = dk, .dv = dv, .dg = dg, .dbeta = dbeta};
     c.scratch = malloc(sizeof(double) * (size_t)(s->B * s->H * delta_scratch(s)));
     if (!c.scratch)

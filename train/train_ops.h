@@ -69,12 +69,18 @@ hae_status hae_tr_attention_bwd(hae_backend *be, const hae_tr_attn_shape *s, con
  *     S_t  = S'_t + k_t u_t^T,    u_t = beta_t (v_t - S'_t^T k_t) (the delta rule), or u_t = v_t
  *     o_t  = scale S_t^T q_t
  * q, k [B, T, H, K], v and o [B, T, H, V], g [B, T, H, K] or [B, T, H], beta [B, T, H] (after the sigmoid; NULL
- * without the delta rule). S [B, H, T, K, V] keeps every state for the backward. */
+ * without the delta rule). S [B, H, hae_tr_delta_slots, K, V] holds the states for the backward: every state, or
+ * with checkpoints every C tokens (1 < C < T) the last state of each chunk of C tokens followed by one chunk's
+ * states, which the backward recomputes chunk by chunk from the checkpoint before it, bit for bit as the forward
+ * made them (so its gradients are the same bits either way). */
 typedef struct hae_tr_delta_shape {
     int64_t B, T, H, K, V;
     bool channel_decay; /* g is [.., K]; else [..] (when g is given) */
     float scale;
+    int64_t every; /* C: checkpoints every C tokens; 0, 1 or >= T: every state kept */
 } hae_tr_delta_shape;
+/* States S holds per (sequence, head): T, or ceil(T / C) + C with checkpoints. */
+int64_t hae_tr_delta_slots(const hae_tr_delta_shape *s);
 hae_status hae_tr_delta_fwd(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k,
                             const float *v, const float *g, const float *beta, float *S, float *o);
 /* Walks the recurrence backwards with dS, the gradient of the state after step t:
@@ -82,9 +88,10 @@ hae_status hae_tr_delta_fwd(hae_backend *be, const hae_tr_delta_shape *s, const 
  *     delta: du = dS^T k_t, dk_t = dS u_t - beta_t S'_t du, dv_t = beta_t du, dbeta_t = du . (v_t - S'_t^T k_t),
  *            dS' = dS - beta_t k_t du^T;  else dk_t = dS v_t, dv_t = dS^T k_t, dS' = dS
  *     dg_t = a_t sum_v dS'[., v] S_{t-1}[., v] (summed over K for a head gate);  dS = diag(a_t) dS'
- * dq, dk, dv, dg, dbeta are overwritten (dg and dbeta may be NULL when g or beta is). The CPU allocates its scratch. */
+ * dq, dk, dv, dg, dbeta are overwritten (dg and dbeta may be NULL when g or beta is); with checkpoints the chunk's
+ * states in S are rewritten. The CPU allocates its scratch. */
 hae_status hae_tr_delta_bwd(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k,
-                            const float *v, const float *g, const float *beta, const float *S, const float *dout,
+                            const float *v, const float *g, const float *beta, float *S, const float *dout,
                             float *dq, float *dk, float *dv, float *dg, float *dbeta);
 
 /* The linear layers' causal depthwise conv from a zero history (a sequence's start, as hae_conv_short):

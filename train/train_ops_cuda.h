@@ -31,7 +31,7 @@ hae_status hae_tr_attention_bwd_cuda(hae_backend *be, const hae_tr_attn_shape *s
 hae_status hae_tr_delta_fwd_cuda(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k,
                                  const float *v, const float *g, const float *beta, float *S, float *o);
 hae_status hae_tr_delta_bwd_cuda(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k,
-                                 const float *v, const float *g, const float *beta, const float *S, const float *dout,
+                                 const float *v, const float *g, const float *beta, float *S, const float *dout,
                                  float *dq, float *dk, float *dv, float *dg, float *dbeta);
 hae_status hae_tr_conv_fwd_cuda(hae_backend *be, const float *x, const float *weight, int64_t B, int64_t T, int64_t C,
                                 int64_t W, bool silu, float *pre, float *out);
