@@ -40,6 +40,7 @@ bench zoology512-attention $zg --set 'model.layer_pattern=[swa, full]'
 bench zoology512-kda $zg
 bench zoology512-attention-bf16 $zg --set 'model.layer_pattern=[swa, full]' --set train.matmul=bf16
 bench zoology512-kda-bf16 $zg --set train.matmul=bf16
+bench zoology512-kda-ckpt32 $zg --set train.state_checkpoint=32
 # the same task on a model 4x wider (d_model 512, 8 heads of 64, MLP 2048), where the products dominate a step
 wide=(--set 'model.layer_pattern=[swa, full]' --set model.d_model=512 --set model.mlp.intermediate_size=2048
   --set model.attention.num_heads=8 --set model.attention.num_kv_heads=8 --set model.attention.head_dim=64)
