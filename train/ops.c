@@ -112,11 +112,12 @@ static hae_tensor mat(const float *p, int64_t rows, int64_t cols) {
 }
 
 /* bf16 products on the CPU: the operands rounded into copies, then the fp32 path (a bf16 x bf16 product is exact in
- * fp32, so only the order of the sums differs from the GPU's tensor cores). */
-static hae_status bf16_copies(int n, const float *const *src, const int64_t *len, float **dst) {
+ * fp32, so only the order of the sums differs from the GPU's tensor cores). dst[i] is NULL where src[i] is; the
+ * copies share one block, *block (the caller frees it). */
+static hae_status bf16_copies(int n, const float *const *src, const int64_t *len, float **dst, float **block) {
     int64_t total = 0;
     for (int i = 0; i < n; i++) total += src[i] ? len[i] : 0;
-    float *p = malloc(sizeof(float) * (size_t)(total ? total : 1));
+    float *p = *block = malloc(sizeof(float) * (size_t)(total ? total : 1));
     if (!p) return hae_error(HAE_ERR_OOM, "bf16 products: %lld floats of rounded operands", (long long)total);
     for (int i = 0; i < n; i++) {
         dst[i] = src[i] ? p : NULL;
@@ -135,11 +136,11 @@ hae_status hae_tr_linear_fwd(hae_backend *be, hae_dtype mm, const float *x, cons
                              int64_t O, float *y, bool accumulate) {
     HAE_TRY(check_mm(mm, "hae_tr_linear_fwd"));
     ON_CUDA(be, hae_tr_linear_fwd_cuda(be, mm, x, W, N, I, O, y, accumulate));
-    float *r[2] = {NULL, NULL};
-    if (mm == HAE_BF16) HAE_TRY(bf16_copies(2, (const float *const[]){x, W}, (const int64_t[]){N * I, O * I}, r));
+    float *r[2] = {NULL, NULL}, *block = NULL;
+    if (mm == HAE_BF16) HAE_TRY(bf16_copies(2, (const float *const[]){x, W}, (const int64_t[]){N * I, O * I}, r, &block));
     hae_status st = hae_gemm(be, &(hae_gemm_args){.a = mat(r[0] ? r[0] : x, N, I), .b = mat(r[1] ? r[1] : W, O, I),
                                                   .c = mat(y, N, O), .accumulate = accumulate});
-    free(r[0]);
+    free(block);
     return st;
 }
 
@@ -185,13 +186,14 @@ hae_status hae_tr_linear_bwd(hae_backend *be, hae_dtype mm, const float *x, cons
                              int64_t I, int64_t O, float *dx, bool dx_accumulate, float *dW) {
     HAE_TRY(check_mm(mm, "hae_tr_linear_bwd"));
     ON_CUDA(be, hae_tr_linear_bwd_cuda(be, mm, x, W, dy, N, I, O, dx, dx_accumulate, dW));
-    float *r[3] = {NULL, NULL, NULL};
+    float *r[3] = {NULL, NULL, NULL}, *block = NULL;
     if (mm == HAE_BF16)
-        HAE_TRY(bf16_copies(3, (const float *const[]){x, dx ? W : NULL, dy}, (const int64_t[]){N * I, O * I, N * O}, r));
+        HAE_TRY(bf16_copies(3, (const float *const[]){x, dx ? W : NULL, dy}, (const int64_t[]){N * I, O * I, N * O}, r,
+                            &block));
     lin_ctx c = {r[0] ? r[0] : x, r[1] ? r[1] : W, r[2] ? r[2] : dy, dx, dW, N, I, O, dx_accumulate};
     if (dx) hae_parallel_for_sized(be->pool, (N + LIN_ROWS - 1) / LIN_ROWS, 2 * LIN_ROWS * I * O, lin_dx_block, &c);
     hae_parallel_for_sized(be->pool, (O + LIN_ROWS - 1) / LIN_ROWS, 2 * LIN_ROWS * I * N, lin_dw_block, &c);
-    free(r[0]);
+    free(block);
     return HAE_OK;
 }
 
