@@ -34,6 +34,7 @@ struct LinParams {
     bool g_bf16, b_bf16, o_bf16;
     bool softplus, elu1;
     float lower_bound, scale;
+    bool diag_mma; /* chunked: diagonal blocks of A' and P on the tensor cores (see chunk_prep) */
 };
 
 __device__ __forceinline__ float ld_dt(const void *p, bool bf16, int64_t i) {
@@ -246,10 +247,11 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
  *   no delta: U = V
  *   O_i = scale (q_i e^{Γ_i})^T S0 + scale Σ_{j≤i} P_ij U_j
  *   S_end = diag(e^{Γ_L}) S0 + Σ_j (k_j e^{Γ_L - Γ_j}) U_j^T          (L = C - 1; padded rows have g = 0)
- * Stability: every exponent is a difference Γ_a - Γ_b with a after b (≤ 0). A' and P on the 16 x 16
- * diagonal blocks take one exponential per term; below them, for rows in block I (first row i0),
- * e^{Γ_i - Γ_j} = e^{Γ_i - Γ_i0} e^{Γ_i0 - Γ_j} with both factors ≤ 1 since j < i0 ≤ i, so the
- * blocks are products of scaled copies: exact for any gate, the unbounded softplus one included.
+ * Stability: every exponent is a difference Γ_a - Γ_b with a after b (≤ 0). Below the 16 x 16
+ * diagonal blocks, for rows in block I (first row i0), e^{Γ_i - Γ_j} = e^{Γ_i - Γ_i0} e^{Γ_i0 - Γ_j}
+ * with both factors ≤ 1 since j < i0 ≤ i, so the blocks are products of scaled copies: exact for any
+ * gate, the unbounded softplus one included. The diagonal blocks factor around their middle row when
+ * the gate is bounded (|g| ≤ 10: factors ≤ e^80), else take one exponential per term.
  *
  * Kernels: (1) chunk_prep, parallel over (chunk, head): gates, Γ, A', P (global), w, u0 (blocked
  * inverse of I + diag(β) A', then two tensor-core products), q e^Γ, k e^{Γ_L - Γ}, e^{Γ_L};
@@ -411,26 +413,18 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
     for (int e = tid; e < kC * kC; e += kPrepThreads)
         if (e % kC > e / kC) P[e] = 0.0f;
 
-    /* diagonal 16 x 16 blocks, one exponential per term */
-    for (int e = tid; e < kNB * 256; e += kPrepThreads) {
-        const int blk = e >> 8, il = (e >> 4) & 15, jl = e & 15;
-        if (jl > il) continue;
-        const int i = blk * 16 + il, jr = blk * 16 + jl;
-        float a = 0.0f, pp = 0.0f;
-        for (int c = 0; c < K; c++) {
-            const float kk = sm.k[jr * LK + c] * expf(sm.G[i * LK + c] - sm.G[jr * LK + c]);
-            a += sm.k[i * LK + c] * kk;
-            pp += sm.q[i * LK + c] * kk;
-        }
-        if (DELTA && jl < il) sm.L[tri_blk(blk, blk) * 256 + il * 16 + jl] = sm.beta[i] * a;
-        P[i * kC + jr] = p.scale * pp;
-    }
-
-    /* the six blocks below the diagonal, one warp each, as products of ≤ 1-scaled copies built in
-     * the fragments: rows i of block I take e^{Γ_i - Γ_i0}, rows j of block J < I take e^{Γ_i0 - Γ_j} */
-    if (warp < 6) {
-        const int I = warp < 1 ? 1 : warp < 3 ? 2 : 3, J = warp - I * (I - 1) / 2;
-        const int i0 = I * 16, jb = J * 16;
+    /* The ten 16 x 16 blocks on and below the diagonal as tensor-core products of scaled copies, one
+     * block per warp at a time: e^{Γ_i - Γ_j} = e^{Γ_i - Γ_m} e^{Γ_m - Γ_j}. Below the diagonal m is
+     * the block's first row, so both factors are ≤ 1 for any gate. On a diagonal block m is its middle
+     * row and a factor may reach e^{8 |g|}: p.diag_mma holds only when that fits fp32 (safe gate with
+     * lower_bound ≥ -10); otherwise those four blocks take one exponential per term. Decays uniform over
+     * the channels (head, fixed, none) need no copies: the plain dot product times e^{Γ_i - Γ_j}. */
+    constexpr bool kUniform = DECAY != HAE_DECAY_CHANNEL;
+    const int nblk = kUniform || p.diag_mma ? 10 : 6;
+    for (int blk = warp; blk < nblk; blk += kPrepThreads / 32) {
+        const bool diag = blk >= 6;
+        const int I = diag ? blk - 6 : blk < 1 ? 1 : blk < 3 ? 2 : 3, J = diag ? I : blk - I * (I - 1) / 2;
+        const int i0 = I * 16, jb = J * 16, m = diag ? i0 + 8 : i0;
         float accA[2][4] = {}, accP[2][4] = {};
 #pragma unroll 2
         for (int k0 = 0; k0 < K; k0 += 8) {
@@ -438,7 +432,7 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
 #pragma unroll
             for (int x = 0; x < 4; x++) {
                 const int r = i0 + g + (x & 1) * 8, c = k0 + t + (x >> 1) * 4;
-                const float f = expf(sm.G[r * LK + c] - sm.G[i0 * LK + c]);
+                const float f = kUniform ? 1.0f : expf(sm.G[r * LK + c] - sm.G[m * LK + c]);
                 split_tf32(sm.k[r * LK + c] * f, kh[x], kl[x]);
                 split_tf32(sm.q[r * LK + c] * f, qh[x], ql[x]);
             }
@@ -447,7 +441,8 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
 #pragma unroll
                 for (int y = 0; y < 2; y++) {
                     const int r = jb + nt * 8 + g, c = k0 + t + 4 * y;
-                    split_tf32(sm.k[r * LK + c] * expf(sm.G[i0 * LK + c] - sm.G[r * LK + c]), bh[nt][y], bl[nt][y]);
+                    const float f = kUniform ? 1.0f : expf(sm.G[m * LK + c] - sm.G[r * LK + c]);
+                    split_tf32(sm.k[r * LK + c] * f, bh[nt][y], bl[nt][y]);
                 }
 #pragma unroll
             for (int nt = 0; nt < 2; nt++) {
@@ -461,14 +456,33 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                 mma_tf32(accP[nt], qh, bh[nt]);
             }
         }
+        /* select, not multiply: above a diagonal block's diagonal the products may be inf */
 #pragma unroll
         for (int nt = 0; nt < 2; nt++)
 #pragma unroll
             for (int x = 0; x < 4; x++) {
-                const int il = g + (x >> 1) * 8, jl = nt * 8 + 2 * t + (x & 1);
-                P[(i0 + il) * kC + jb + jl] = p.scale * accP[nt][x];
-                if (DELTA) sm.L[tri_blk(I, J) * 256 + il * 16 + jl] = sm.beta[i0 + il] * accA[nt][x];
+                const int il = g + (x >> 1) * 8, jl = nt * 8 + 2 * t + (x & 1), i = i0 + il, jr = jb + jl;
+                const float e = kUniform ? expf(sm.G[i * LK] - sm.G[jr * LK]) : 1.0f;
+                const bool keepP = !diag || jl <= il, keepA = !diag || jl < il;
+                P[i * kC + jr] = keepP ? p.scale * accP[nt][x] * e : 0.0f;
+                if (DELTA) sm.L[tri_blk(I, J) * 256 + il * 16 + jl] = keepA ? sm.beta[i] * accA[nt][x] * e : 0.0f;
             }
+    }
+    if (nblk == 6) {
+        /* diagonal blocks of an unbounded channel gate: one exponential per term */
+        for (int e = tid; e < kNB * 256; e += kPrepThreads) {
+            const int blk = e >> 8, il = (e >> 4) & 15, jl = e & 15;
+            if (jl > il) continue;
+            const int i = blk * 16 + il, jr = blk * 16 + jl;
+            float a = 0.0f, pp = 0.0f;
+            for (int c = 0; c < K; c++) {
+                const float kk = sm.k[jr * LK + c] * expf(sm.G[i * LK + c] - sm.G[jr * LK + c]);
+                a += sm.k[i * LK + c] * kk;
+                pp += sm.q[i * LK + c] * kk;
+            }
+            if (DELTA && jl < il) sm.L[tri_blk(blk, blk) * 256 + il * 16 + jl] = sm.beta[i] * a;
+            P[i * kC + jr] = p.scale * pp;
+        }
     }
 
     if (!DELTA) {
@@ -784,6 +798,7 @@ LinParams make_params(const hae_linear_attn_args *a, int64_t N) {
     p.softplus = a->gate == HAE_GATE_SOFTPLUS;
     p.elu1 = a->qk_map == HAE_QK_ELU1;
     p.lower_bound = a->lower_bound, p.scale = a->scale;
+    p.diag_mma = a->gate == HAE_GATE_SAFE && a->lower_bound >= -10.0f;
     return p;
 }
 
