@@ -149,7 +149,8 @@ static void verify(const char *name, int64_t B, int64_t T, int64_t H, int64_t K,
     CHECK("download", hae_backend_download(g_be, gs, gp.state, (size_t)ns * 4));
     CHECK("sync", hae_backend_sync(g_be));
     const double eo = rel_rms(go, cp.out, HAE_BF16, no), es = rel_rms(gs, cp.state, HAE_F32, ns);
-    const bool ok = eo <= 2e-3 && es <= 1e-4;
+    /* the chunked form multiplies bf16 operands (fp32 accumulation): tests/gpu_linear.c's tolerances */
+    const bool ok = chunk ? eo <= 5e-3 && es <= 5e-3 : eo <= 2e-3 && es <= 1e-4;
     printf("# check %-28s B %lld T %lld H %lld K %lld V %lld chunk %d: out rel %.2e, state rel %.2e: %s\n", name,
            (long long)B, (long long)T, (long long)H, (long long)K, (long long)V, chunk, eo, es, ok ? "ok" : "FAIL");
     free(go), free(gs);

@@ -364,7 +364,10 @@ hae_status hae_topk(hae_backend *be, const hae_topk_args *a);
  *     delta: S += k (sigmoid(b_t) (v_t - S^T k))^T      else: S += k v_t^T
  *     o_t   = scale * S^T q
  * The chunked form (chunk > 0) computes the same function C tokens at a time with the WY/UT
- * transform; exponentials are only ever taken of gate differences inside a chunk. */
+ * transform; exponentials are only ever taken of gate differences inside a chunk. Precision on CUDA:
+ * the state and every sum are fp32; the chunked form's products take operands of the inputs' type
+ * (f32 inputs: 3xTF32, as accurate as fp32; bf16 inputs: bf16 operands, as flash-linear-attention,
+ * about 1e-3 relative). The CPU computes in fp32 throughout. */
 
 typedef enum hae_decay {
     HAE_DECAY_NONE,    /* deltanet, linear */

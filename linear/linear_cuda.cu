@@ -239,6 +239,69 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
 }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
+/* ---------------------------------------------------------------- bf16 tensor-core tiles
+ * mma.sync m16n8k16 (bf16 in, fp32 accumulate), fragments by ldmatrix from shared memory whose rows
+ * are 16-byte multiples (every stride below is padded to one). */
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void *p) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void *p) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* acc[nt] (+)= A (16 x KD) B (KD x 8 NT) for one warp, the operands in shared memory as the workspace
+ * type: A(m, k) = AT ? a[k * lda + m] : a[m * lda + k], B(k, n) = b[k * ldb + n]. fp32 operands run
+ * 3xTF32 (fp32 accuracy), bf16 ones one bf16 MMA per 16 x 8 x 16. */
+template <int KD, int NT, bool AT>
+__device__ __forceinline__ void tile_mma(float (&acc)[NT][4], const float *a, int lda, const float *b, int ldb) {
+    warp_mma<KD, NT>(acc, a, AT ? 1 : lda, AT ? lda : 1, b, ldb, 1);
+}
+template <int KD, int NT, bool AT>
+__device__ __forceinline__ void tile_mma(float (&acc)[NT][4], const hae_bf16_t *a, int lda, const hae_bf16_t *b,
+                                         int ldb) {
+    static_assert(NT % 2 == 0, "B fragments come in pairs of n-tiles");
+    const int lane = threadIdx.x & 31, q = lane >> 3, r = lane & 7;
+    /* matrix q of an x4 load: A's (rows + 8 (q & 1), k + 8 (q >> 1)); B's (k + 8 (q & 1), n + 8 (q >> 1)) */
+    const hae_bf16_t *pa = AT ? a + (8 * (q >> 1) + r) * lda + 8 * (q & 1) : a + (8 * (q & 1) + r) * lda + 8 * (q >> 1);
+    const hae_bf16_t *pb = b + (8 * (q & 1) + r) * ldb + 8 * (q >> 1);
+#pragma unroll
+    for (int k0 = 0; k0 < KD; k0 += 16) {
+        uint32_t af[4];
+        if (AT) ldsm_x4_t(af, pa + k0 * lda);
+        else ldsm_x4(af, pa + k0);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt += 2) {
+            uint32_t bf[4];
+            ldsm_x4_t(bf, pb + k0 * ldb + nt * 8);
+            mma_bf16(acc[nt], af, bf[0], bf[1]);
+            mma_bf16(acc[nt + 1], af, bf[2], bf[3]);
+        }
+    }
+}
+
+/* Two adjacent workspace elements (fp32 or bf16) from / to fp32. */
+__device__ __forceinline__ void st2(float *p, float x, float y) { *(float2 *)p = make_float2(x, y); }
+__device__ __forceinline__ void st2(hae_bf16_t *p, float x, float y) {
+    *(uint32_t *)p = (uint32_t)hae_dev_f32_to_bf16(x) | (uint32_t)hae_dev_f32_to_bf16(y) << 16;
+}
+__device__ __forceinline__ float2 ld2(const float *p) { return *(const float2 *)p; }
+__device__ __forceinline__ float2 ld2(const hae_bf16_t *p) {
+    const uint32_t u = *(const uint32_t *)p;
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+}
+
 /* ---------------------------------------------------------------- chunked form (chunk 64)
  * Per chunk of C tokens and value head (hae.h's math; Γ_i = cumulative log decay over the chunk's
  * tokens 0..i, ≤ 0 and non-increasing; K~_i = k_i e^{Γ_i}):
@@ -270,32 +333,39 @@ constexpr int kStateThreads = 128;
 constexpr int kOutVT = 64;    /* value columns per chunk_out CTA */
 constexpr int kOutThreads = 256;
 
-/* Workspace, fp32, per (global chunk, value head): w [C, K], u [C, V], kd [C, K], qg [C, K], P [C, C],
- * gl [K], h [K, V]; then the chunk offsets of the N sequences [N + 1] i32. */
+/* Workspace, per (global chunk, value head): w [C, K], u [C, V], kd [C, K], qg [C, K], P [C, C] and
+ * h [K, V] in the workspace type TW (the inputs' type: fp32 or bf16), gl [K] fp32; then the chunk
+ * offsets of the N sequences [N + 1] i32. */
 struct ChunkWs {
-    float *w, *u, *kd, *qg, *P, *gl, *h;
+    void *w, *u, *kd, *qg, *P, *h;
+    float *gl;
     int32_t *coff;
     int64_t G; /* chunks the buffers hold */
 };
 
 __host__ __device__ inline int64_t ws_chunks(int64_t B, int64_t T, int64_t N) { return B * ((T + kC - 1) / kC) + N; }
 
-ChunkWs ws_layout(void *base, int64_t G, int64_t HV, int64_t K, int64_t V, int64_t N, size_t *bytes) {
-    float *f = (float *)base;
+/* esz: bytes per workspace element (4 or 2). Every region is a multiple of 16 bytes. */
+ChunkWs ws_layout(void *base, int64_t G, int64_t HV, int64_t K, int64_t V, int64_t N, size_t esz, size_t *bytes) {
+    char *b = (char *)base;
     ChunkWs w;
     const int64_t gh = G * HV;
-    int64_t off = 0;
-    w.w = f + off, off += gh * kC * K;
-    w.u = f + off, off += gh * kC * V;
-    w.kd = f + off, off += gh * kC * K;
-    w.qg = f + off, off += gh * kC * K;
-    w.P = f + off, off += gh * kC * kC;
-    w.gl = f + off, off += gh * K;
-    w.h = f + off, off += gh * K * V;
-    w.coff = (int32_t *)(f + off);
-    off += N + 1;
+    size_t off = 0;
+    auto take = [&](int64_t elems, size_t sz) {
+        void *p = b ? b + off : nullptr;
+        off += ((size_t)elems * sz + 15) / 16 * 16;
+        return p;
+    };
+    w.w = take(gh * kC * K, esz);
+    w.u = take(gh * kC * V, esz);
+    w.kd = take(gh * kC * K, esz);
+    w.qg = take(gh * kC * K, esz);
+    w.P = take(gh * kC * kC, esz);
+    w.h = take(gh * K * V, esz);
+    w.gl = (float *)take(gh * K, sizeof(float));
+    w.coff = (int32_t *)take(N + 1, sizeof(int32_t));
     w.G = G;
-    if (bytes) *bytes = (size_t)off * sizeof(float);
+    if (bytes) *bytes = off;
     return w;
 }
 
@@ -402,16 +472,16 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
 
     /* what kernels 2 and 3 read: q e^Γ and P (both times scale), k e^{Γ_L - Γ}, e^{Γ_L}; P's upper
      * triangle is 0 */
-    float *qg = ws.qg + hj * kC * K, *kd = ws.kd + hj * kC * K, *P = ws.P + hj * kC * kC;
+    TI *qg = (TI *)ws.qg + hj * kC * K, *kd = (TI *)ws.kd + hj * kC * K, *P = (TI *)ws.P + hj * kC * kC;
     for (int e = tid; e < kC * K; e += kPrepThreads) {
         const int i = e / K, c = e % K;
         const float G = sm.G[i * LK + c], GL = sm.G[(kC - 1) * LK + c];
-        qg[e] = p.scale * sm.q[i * LK + c] * expf(G);
-        kd[e] = sm.k[i * LK + c] * expf(GL - G);
+        hae_st(qg + e, p.scale * sm.q[i * LK + c] * expf(G));
+        hae_st(kd + e, sm.k[i * LK + c] * expf(GL - G));
     }
     for (int c = tid; c < K; c += kPrepThreads) ws.gl[hj * K + c] = expf(sm.G[(kC - 1) * LK + c]);
     for (int e = tid; e < kC * kC; e += kPrepThreads)
-        if (e % kC > e / kC) P[e] = 0.0f;
+        if (e % kC > e / kC) hae_st(P + e, 0.0f);
 
     /* The ten 16 x 16 blocks on and below the diagonal as tensor-core products of scaled copies, one
      * block per warp at a time: e^{Γ_i - Γ_j} = e^{Γ_i - Γ_m} e^{Γ_m - Γ_j}. Below the diagonal m is
@@ -464,7 +534,7 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                 const int il = g + (x >> 1) * 8, jl = nt * 8 + 2 * t + (x & 1), i = i0 + il, jr = jb + jl;
                 const float e = kUniform ? expf(sm.G[i * LK] - sm.G[jr * LK]) : 1.0f;
                 const bool keepP = !diag || jl <= il, keepA = !diag || jl < il;
-                P[i * kC + jr] = keepP ? p.scale * accP[nt][x] * e : 0.0f;
+                hae_st(P + i * kC + jr, keepP ? p.scale * accP[nt][x] * e : 0.0f);
                 if (DELTA) sm.L[tri_blk(I, J) * 256 + il * 16 + jl] = keepA ? sm.beta[i] * accA[nt][x] * e : 0.0f;
             }
     }
@@ -481,15 +551,15 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                 pp += sm.q[i * LK + c] * kk;
             }
             if (DELTA && jl < il) sm.L[tri_blk(blk, blk) * 256 + il * 16 + jl] = sm.beta[i] * a;
-            P[i * kC + jr] = p.scale * pp;
+            hae_st(P + i * kC + jr, p.scale * pp);
         }
     }
 
     if (!DELTA) {
-        float *ug = ws.u + hj * kC * V;
+        TI *ug = (TI *)ws.u + hj * kC * V;
         for (int e = tid; e < kC * V; e += kPrepThreads) {
             const int i = e / V, c = e % V;
-            ug[e] = i < nc ? hae_ld(vb + (int64_t)i * p.v_st + c) : 0.0f;
+            hae_st(ug + e, i < nc ? hae_ld(vb + (int64_t)i * p.v_st + c) : 0.0f);
         }
         return;
     }
@@ -588,7 +658,7 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
             }
         }
     }
-    float *dst = isw ? ws.w + hj * kC * K : ws.u + hj * kC * V;
+    TI *dst = isw ? (TI *)ws.w + hj * kC * K : (TI *)ws.u + hj * kC * V;
     const int ld = isw ? K : V;
 #pragma unroll
     for (int mt = 0; mt < 4; mt++)
@@ -597,46 +667,77 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
 #pragma unroll
             for (int y = 0; y < 2; y++) {
                 const int i = mt * 16 + g + y * 8, c = n0 + nt * 8 + 2 * t;
-                *(float2 *)(dst + (int64_t)i * ld + c) = make_float2(acc[mt][nt][2 * y], acc[mt][nt][2 * y + 1]);
+                st2(dst + (int64_t)i * ld + c, acc[mt][nt][2 * y], acc[mt][nt][2 * y + 1]);
             }
 }
 
-template <int K> struct StateSmem {
-    static constexpr int LW = K + 4, LD = K + 8, LS = kStateVT + 8;
-    float w[kC * LW], kd[kC * LD], S[K * LS], U[kC * LS], gl[K];
+/* Row strides (elements) of the shared tiles: bf16 rows are padded to 16-byte multiples whose 8
+ * ldmatrix rows fall in distinct banks; fp32 ones so that the 3xTF32 fragment walks are conflict-free
+ * (A row-major: +4; A read transposed and B: +8). */
+template <typename TW> struct Pad {
+    static constexpr int A = sizeof(TW) == 2 ? 8 : 4, AT = 8, B = 8;
 };
 
-template <int K, bool DELTA>
+/* chunk_state's value columns per CTA: 32 on bf16 (w and kd are re-read once per value tile, so wider
+ * tiles read less), 16 on fp32 (its 3xTF32 accumulators). */
+template <typename TW> constexpr int state_vt() { return sizeof(TW) == 2 ? 32 : kStateVT; }
+
+template <typename TW, int K> struct StateSmem {
+    static constexpr int VT = state_vt<TW>(), LW = K + Pad<TW>::A, LD = K + Pad<TW>::AT, LS = VT + Pad<TW>::B;
+    TW w[kC * LW], kd[kC * LD], S[K * LS], U[kC * LS];
+    float gl[K];
+};
+
+/* 16-byte chunk copies of a rows x cols tile (cols a multiple of 16 bytes) global -> shared. */
+template <typename TW>
+__device__ __forceinline__ void tile_async(TW *dst, int ld, const TW *src, int64_t lds, int rows, int cols,
+                                           int tid, int nthreads) {
+    constexpr int E = 16 / sizeof(TW);
+    const int per = cols / E;
+    for (int e = tid; e < rows * per; e += nthreads) {
+        const int i = e / per, c = (e % per) * E;
+        cp_async16(dst + i * ld + c, src + (int64_t)i * lds + c);
+    }
+}
+template <typename TW>
+__device__ __forceinline__ void tile_copy(TW *dst, int64_t ld, const TW *src, int lds, int rows, int cols, int tid,
+                                          int nthreads) {
+    constexpr int E = 16 / sizeof(TW);
+    const int per = cols / E;
+    for (int e = tid; e < rows * per; e += nthreads) {
+        const int i = e / per, c = (e % per) * E;
+        *(uint4 *)(dst + (int64_t)i * ld + c) = *(const uint4 *)(src + i * lds + c);
+    }
+}
+
+template <typename TW, int K, bool DELTA>
 __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinParams p, const ChunkWs ws) {
-    using Sm = StateSmem<K>;
-    constexpr int LW = Sm::LW, LD = Sm::LD, LS = Sm::LS;
+    using Sm = StateSmem<TW, K>;
+    constexpr int VT = Sm::VT, LW = Sm::LW, LD = Sm::LD, LS = Sm::LS, NT = VT / 8;
     constexpr int MTW = K / 64; /* 16-row tiles of S per warp */
     extern __shared__ __align__(16) unsigned char smem_raw[];
     Sm &sm = *reinterpret_cast<Sm *>(smem_raw);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-    const int vt = blockIdx.x, j = blockIdx.y, n = blockIdx.z, V = p.V, c0 = vt * kStateVT;
+    const int vt = blockIdx.x, j = blockIdx.y, n = blockIdx.z, V = p.V, c0 = vt * VT;
     float *state = p.state + ((int64_t)n * p.HV + j) * K * V + c0;
     const int32_t cbeg = ws.coff[n], cend = ws.coff[n + 1];
     if (cbeg == cend) return;
 
-    float acc[MTW][2][4];
+    /* the state in accumulator fragments: rows (warp MTW + m) 16 + g (+ 8), columns nt 8 + 2 t (+ 1) */
+    float acc[MTW][NT][4];
 #pragma unroll
     for (int m = 0; m < MTW; m++)
 #pragma unroll
-        for (int nt = 0; nt < 2; nt++)
+        for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-            for (int x = 0; x < 4; x++) {
-                const int r = (warp * MTW + m) * 16 + g + (x >> 1) * 8, c = nt * 8 + 2 * t + (x & 1);
-                acc[m][nt][x] = state[(int64_t)r * V + c];
+            for (int y = 0; y < 2; y++) {
+                const int r = (warp * MTW + m) * 16 + g + 8 * y, c = nt * 8 + 2 * t;
+                const float2 v = *(const float2 *)(state + (int64_t)r * V + c);
+                acc[m][nt][2 * y] = v.x, acc[m][nt][2 * y + 1] = v.y;
             }
 
-    /* w of chunk gc into shared memory, asynchronously */
     auto load_w = [&](int32_t gcw) {
-        const float *wg = ws.w + ((int64_t)gcw * p.HV + j) * kC * K;
-        for (int e = tid; e < kC * K / 4; e += kStateThreads) {
-            const int i = e / (K / 4), c = (e % (K / 4)) * 4;
-            cp_async16(sm.w + i * LW + c, wg + i * K + c);
-        }
+        tile_async(sm.w, LW, (const TW *)ws.w + ((int64_t)gcw * p.HV + j) * kC * K, K, kC, K, tid, kStateThreads);
     };
     if (DELTA) load_w(cbeg);
     for (int32_t gc = cbeg; gc < cend; gc++) {
@@ -644,81 +745,69 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
 #pragma unroll
         for (int m = 0; m < MTW; m++)
 #pragma unroll
-            for (int nt = 0; nt < 2; nt++)
+            for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                for (int x = 0; x < 4; x++) {
-                    const int r = (warp * MTW + m) * 16 + g + (x >> 1) * 8, c = nt * 8 + 2 * t + (x & 1);
-                    sm.S[r * LS + c] = acc[m][nt][x];
+                for (int y = 0; y < 2; y++) {
+                    const int r = (warp * MTW + m) * 16 + g + 8 * y, c = nt * 8 + 2 * t;
+                    st2(sm.S + r * LS + c, acc[m][nt][2 * y], acc[m][nt][2 * y + 1]);
                 }
-        /* kd, U, gl of this chunk in flight together with w (prefetched during the last update) */
-        const float *kdg = ws.kd + hj * kC * K, *ug = ws.u + hj * kC * V + c0;
-        for (int e = tid; e < kC * K / 4; e += kStateThreads) {
-            const int i = e / (K / 4), c = (e % (K / 4)) * 4;
-            cp_async16(sm.kd + i * LD + c, kdg + i * K + c);
-        }
-        for (int e = tid; e < kC * kStateVT / 4; e += kStateThreads) {
-            const int i = e / (kStateVT / 4), c = (e % (kStateVT / 4)) * 4;
-            cp_async16(sm.U + i * LS + c, ug + (int64_t)i * V + c);
-        }
+        /* kd, u0, gl of this chunk in flight together with w (prefetched during the last update) */
+        TW *ug = (TW *)ws.u + hj * kC * V + c0;
+        tile_async(sm.kd, LD, (const TW *)ws.kd + hj * kC * K, K, kC, K, tid, kStateThreads);
+        tile_async(sm.U, LS, (const TW *)ug, V, kC, VT, tid, kStateThreads);
         for (int c = tid * 4; c < K; c += kStateThreads * 4) cp_async16(sm.gl + c, ws.gl + hj * K + c);
         cp_async_wait_all();
         __syncthreads();
-        /* the chunk's start state, for chunk_out */
-        float *hg = ws.h + hj * K * V + c0;
-        for (int e = tid; e < K * kStateVT; e += kStateThreads) {
-            const int r = e / kStateVT, c = e % kStateVT;
-            hg[(int64_t)r * V + c] = sm.S[r * LS + c];
-        }
+        /* the chunk's start state (as the workspace type), for chunk_out */
+        tile_copy((TW *)ws.h + hj * K * V + c0, V, sm.S, LS, K, VT, tid, kStateThreads);
         if (DELTA) {
-            float uacc[2][4] = {};
-            warp_mma<K, 2>(uacc, sm.w + warp * 16 * LW, LW, 1, sm.S, LS, 1);
-            /* each warp rewrites only its own 16 rows of U (u0 - w S0) */
+            /* U = u0 - w S0 on this warp's 16 rows */
+            float uacc[NT][4] = {};
+            tile_mma<K, NT, false>(uacc, sm.w + warp * 16 * LW, LW, sm.S, LS);
 #pragma unroll
-            for (int nt = 0; nt < 2; nt++)
+            for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                for (int x = 0; x < 4; x++) {
-                    const int i = warp * 16 + g + (x >> 1) * 8, c = nt * 8 + 2 * t + (x & 1);
-                    sm.U[i * LS + c] -= uacc[nt][x];
+                for (int y = 0; y < 2; y++) {
+                    TW *u = sm.U + (warp * 16 + g + 8 * y) * LS + nt * 8 + 2 * t;
+                    const float2 u0 = ld2(u);
+                    st2(u, u0.x - uacc[nt][2 * y], u0.y - uacc[nt][2 * y + 1]);
                 }
             __syncthreads();
             if (gc + 1 < cend) load_w(gc + 1); /* sm.w is consumed: overlap the next w with the update */
-            float *ugw = ws.u + hj * kC * V + c0;
-            for (int e = tid; e < kC * kStateVT; e += kStateThreads) {
-                const int i = e / kStateVT, c = e % kStateVT;
-                ugw[(int64_t)i * V + c] = sm.U[i * LS + c];
-            }
+            tile_copy(ug, V, sm.U, LS, kC, VT, tid, kStateThreads);
         }
+        /* S = diag(e^{Γ_L}) S + kd^T U */
 #pragma unroll
         for (int m = 0; m < MTW; m++) {
             const int r0 = (warp * MTW + m) * 16;
             const float e0 = sm.gl[r0 + g], e1 = sm.gl[r0 + g + 8];
 #pragma unroll
-            for (int nt = 0; nt < 2; nt++) {
+            for (int nt = 0; nt < NT; nt++) {
                 acc[m][nt][0] *= e0, acc[m][nt][1] *= e0, acc[m][nt][2] *= e1, acc[m][nt][3] *= e1;
             }
-            warp_mma<kC, 2>(acc[m], sm.kd + r0, 1, LD, sm.U, LS, 1);
+            tile_mma<kC, NT, true>(acc[m], sm.kd + r0, LD, sm.U, LS);
         }
         __syncthreads();
     }
 #pragma unroll
     for (int m = 0; m < MTW; m++)
 #pragma unroll
-        for (int nt = 0; nt < 2; nt++)
+        for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-            for (int x = 0; x < 4; x++) {
-                const int r = (warp * MTW + m) * 16 + g + (x >> 1) * 8, c = nt * 8 + 2 * t + (x & 1);
-                state[(int64_t)r * V + c] = acc[m][nt][x];
+            for (int y = 0; y < 2; y++) {
+                const int r = (warp * MTW + m) * 16 + g + 8 * y, c = nt * 8 + 2 * t;
+                *(float2 *)(state + (int64_t)r * V + c) = make_float2(acc[m][nt][2 * y], acc[m][nt][2 * y + 1]);
             }
 }
 
-template <int K> struct OutSmem {
-    static constexpr int LQ = K + 4, LP = kC + 4, LH = kOutVT + 8;
-    float q[kC * LQ], h[K * LH], P[kC * LP], U[kC * LH];
+template <typename TW, int K> struct OutSmem {
+    static constexpr int LQ = K + Pad<TW>::A, LP = kC + Pad<TW>::A, LH = kOutVT + Pad<TW>::B;
+    TW q[kC * LQ], h[K * LH], P[kC * LP], U[kC * LH];
 };
 
-template <int K>
+template <typename TW, int K>
 __global__ void __launch_bounds__(kOutThreads) chunk_out_kernel(const LinParams p, const ChunkWs ws) {
-    using Sm = OutSmem<K>;
+    using Sm = OutSmem<TW, K>;
     constexpr int LQ = Sm::LQ, LP = Sm::LP, LH = Sm::LH;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     Sm &sm = *reinterpret_cast<Sm *>(smem_raw);
@@ -732,29 +821,16 @@ __global__ void __launch_bounds__(kOutThreads) chunk_out_kernel(const LinParams 
     const int nc = (int)min((int64_t)kC, sr.t0 + sr.len - tc0);
     const int64_t hj = gc * p.HV + j;
 
-    const float *qg = ws.qg + hj * kC * K, *hg = ws.h + hj * K * V + c0, *Pg = ws.P + hj * kC * kC;
-    const float *ug = ws.u + hj * kC * V + c0;
-    for (int e = tid; e < kC * K / 4; e += kOutThreads) {
-        const int i = e / (K / 4), c = (e % (K / 4)) * 4;
-        *(float4 *)(sm.q + i * LQ + c) = *(const float4 *)(qg + i * K + c);
-    }
-    for (int e = tid; e < K * kOutVT / 4; e += kOutThreads) {
-        const int r = e / (kOutVT / 4), c = (e % (kOutVT / 4)) * 4;
-        *(float4 *)(sm.h + r * LH + c) = *(const float4 *)(hg + (int64_t)r * V + c);
-    }
-    for (int e = tid; e < kC * kC / 4; e += kOutThreads) {
-        const int i = e / (kC / 4), c = (e % (kC / 4)) * 4;
-        *(float4 *)(sm.P + i * LP + c) = *(const float4 *)(Pg + i * kC + c);
-    }
-    for (int e = tid; e < kC * kOutVT / 4; e += kOutThreads) {
-        const int i = e / (kOutVT / 4), c = (e % (kOutVT / 4)) * 4;
-        *(float4 *)(sm.U + i * LH + c) = *(const float4 *)(ug + (int64_t)i * V + c);
-    }
+    tile_async(sm.q, LQ, (const TW *)ws.qg + hj * kC * K, K, kC, K, tid, kOutThreads);
+    tile_async(sm.h, LH, (const TW *)ws.h + hj * K * V + c0, V, K, kOutVT, tid, kOutThreads);
+    tile_async(sm.P, LP, (const TW *)ws.P + hj * kC * kC, kC, kC, kC, tid, kOutThreads);
+    tile_async(sm.U, LH, (const TW *)ws.u + hj * kC * V + c0, V, kC, kOutVT, tid, kOutThreads);
+    cp_async_wait_all();
     __syncthreads();
     const int mt = warp >> 1, nb = (warp & 1) * 32;
     float acc[4][4] = {};
-    warp_mma<K, 4>(acc, sm.q + mt * 16 * LQ, LQ, 1, sm.h + nb, LH, 1);
-    warp_mma<kC, 4>(acc, sm.P + mt * 16 * LP, LP, 1, sm.U + nb, LH, 1);
+    tile_mma<K, 4, false>(acc, sm.q + mt * 16 * LQ, LQ, sm.h + nb, LH);
+    tile_mma<kC, 4, false>(acc, sm.P + mt * 16 * LP, LP, sm.U + nb, LH);
 #pragma unroll
     for (int nt = 0; nt < 4; nt++)
 #pragma unroll
@@ -847,7 +923,7 @@ hae_status launch_recurrent(const hae_linear_attn_args *a, const LinParams &p, c
 hae_status launch_chunked(const hae_linear_attn_args *a, const LinParams &p, cudaStream_t s) {
     const int64_t B = a->q.shape[0], T = a->q.shape[1], HV = p.HV, K = a->q.shape[3], V = p.V;
     const int64_t G = ws_chunks(B, T, p.N);
-    const ChunkWs ws = ws_layout(a->workspace, G, HV, K, V, p.N, nullptr);
+    const ChunkWs ws = ws_layout(a->workspace, G, HV, K, V, p.N, hae_dtype_size(a->q.dtype), nullptr);
     chunk_offsets_kernel<<<1, 32, 0, s>>>(p, ws.coff);
     HAE_CUDA_LAUNCH_CHECK("chunk_offsets_kernel");
     return hae_cuda_dispatch(a->q.dtype, "hae_linear_attn", [&](auto ti) -> hae_status {
@@ -858,17 +934,17 @@ hae_status launch_chunked(const hae_linear_attn_args *a, const LinParams &p, cud
                 constexpr int DECAY = decltype(dt)::value;
                 constexpr bool DELTA = decltype(del)::value;
                 auto *prep = chunk_prep_kernel<TI, KK, DECAY, DELTA>;
-                auto *state = chunk_state_kernel<KK, DELTA>;
-                auto *outk = chunk_out_kernel<KK>;
+                auto *state = chunk_state_kernel<TI, KK, DELTA>;
+                auto *outk = chunk_out_kernel<TI, KK>;
                 HAE_TRY(set_smem(prep, sizeof(PrepSmem<KK>)));
-                HAE_TRY(set_smem(state, sizeof(StateSmem<KK>)));
-                HAE_TRY(set_smem(outk, sizeof(OutSmem<KK>)));
+                HAE_TRY(set_smem(state, sizeof(StateSmem<TI, KK>)));
+                HAE_TRY(set_smem(outk, sizeof(OutSmem<TI, KK>)));
                 prep<<<dim3((unsigned)G, (unsigned)HV), kPrepThreads, sizeof(PrepSmem<KK>), s>>>(p, ws);
                 HAE_CUDA_LAUNCH_CHECK("chunk_prep_kernel");
-                state<<<dim3((unsigned)(V / kStateVT), (unsigned)HV, (unsigned)p.N), kStateThreads,
-                        sizeof(StateSmem<KK>), s>>>(p, ws);
+                state<<<dim3((unsigned)(V / state_vt<TI>()), (unsigned)HV, (unsigned)p.N), kStateThreads,
+                        sizeof(StateSmem<TI, KK>), s>>>(p, ws);
                 HAE_CUDA_LAUNCH_CHECK("chunk_state_kernel");
-                outk<<<dim3((unsigned)G, (unsigned)HV, (unsigned)(V / kOutVT)), kOutThreads, sizeof(OutSmem<KK>),
+                outk<<<dim3((unsigned)G, (unsigned)HV, (unsigned)(V / kOutVT)), kOutThreads, sizeof(OutSmem<TI, KK>),
                        s>>>(p, ws);
                 HAE_CUDA_LAUNCH_CHECK("chunk_out_kernel");
                 return HAE_OK;
@@ -983,7 +1059,7 @@ extern "C" size_t hae_linear_attn_workspace_cuda(const hae_linear_attn_args *a) 
                       : a->cu_seqlens.ndim == 1 ? a->cu_seqlens.shape[0] - 1
                                                  : B;
     size_t bytes = 0;
-    ws_layout(nullptr, ws_chunks(B, T, N), HV, K, V, N, &bytes);
+    ws_layout(nullptr, ws_chunks(B, T, N), HV, K, V, N, a->q.dtype == HAE_BF16 ? 2 : 4, &bytes);
     return bytes;
 }
 

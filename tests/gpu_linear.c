@@ -6,7 +6,7 @@
  * every element of out (padding included) and of the final state: NaN/Inf positions first, then
  * ||gpu - cpu|| / ||cpu||. The CPU reference always runs the recurrent form (chunk 0). Tolerances:
  * f32 recurrent 2e-5; f32 chunked (3xTF32 tensor cores, another summation order) 1e-4; bf16 outputs
- * 2e-3. Every message names the variant, the shapes, the form and the seed. main() is
+ * 2e-3; bf16 inputs chunked (bf16 tensor-core products with fp32 accumulation, out and state) 5e-3. Every message names the variant, the shapes, the form and the seed. main() is
  * tests/main_gpu.c's. */
 #include "internal.h"
 #include "gpu_pair.h"
@@ -139,9 +139,9 @@ static void run_linear(const variant *vr, const lshape *s, int chunk, uint64_t s
     arg[1].workspace = ws;
     arg[1].workspace_bytes = wsb;
 
-    const bool f32out = s->out == HAE_F32;
-    const double tol_out = f32out ? (chunk ? 1e-4 : 2e-5) : 2e-3;
-    const double tol_state = chunk ? 1e-4 : 2e-5;
+    const bool f32out = s->out == HAE_F32, bf16chunk = chunk && s->in == HAE_BF16;
+    const double tol_out = bf16chunk ? 5e-3 : f32out ? (chunk ? 1e-4 : 2e-5) : 2e-3;
+    const double tol_state = bf16chunk ? 5e-3 : chunk ? 1e-4 : 2e-5;
     if (gpu_ran(hae_linear_attn(g_cpu, &arg[0]), "cpu", "linear_attn", ctx) &&
         gpu_ran(hae_linear_attn(g_gpu, &arg[1]), "cuda", "linear_attn", ctx) &&
         gpu_ran(hae_backend_sync(g_gpu), "cuda (sync after the op)", "linear_attn", ctx)) {
