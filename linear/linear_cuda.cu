@@ -196,15 +196,26 @@ __device__ __forceinline__ uint32_t to_tf32(float x) {
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
     return r;
 }
-__device__ __forceinline__ void split_tf32(float x, uint32_t &hi, uint32_t &lo) {
+/* X3: the 3xTF32 split (fp32 accuracy); else plain TF32 (10-bit mantissa, what bf16 inputs carry). */
+template <bool X3 = true> __device__ __forceinline__ void split_tf32(float x, uint32_t &hi, uint32_t &lo) {
     hi = to_tf32(x);
-    lo = to_tf32(x - __uint_as_float(hi));
+    lo = X3 ? to_tf32(x - __uint_as_float(hi)) : 0u;
 }
 __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+/* c += a b from split operands: hi*hi + hi*lo + lo*hi (X3), else hi*hi. */
+template <bool X3>
+__device__ __forceinline__ void mma_tf32x(float (&c)[4], const uint32_t (&ah)[4], const uint32_t (&al)[4],
+                                          const uint32_t (&bh)[2], const uint32_t (&bl)[2]) {
+    if (X3) {
+        mma_tf32(c, al, bh);
+        mma_tf32(c, ah, bl);
+    }
+    mma_tf32(c, ah, bh);
 }
 
 /* acc[nt] (+)= A (16 x KD) B (KD x 8 NT), A(m, k) = a[m * am + k * ak], B(k, n) = b[k * bk + n * bn],
@@ -294,7 +305,9 @@ __device__ __forceinline__ void tile_mma(float (&acc)[NT][4], const hae_bf16_t *
 /* Two adjacent workspace elements (fp32 or bf16) from / to fp32. */
 __device__ __forceinline__ void st2(float *p, float x, float y) { *(float2 *)p = make_float2(x, y); }
 __device__ __forceinline__ void st2(hae_bf16_t *p, float x, float y) {
-    *(uint32_t *)p = (uint32_t)hae_dev_f32_to_bf16(x) | (uint32_t)hae_dev_f32_to_bf16(y) << 16;
+    uint32_t r; /* nearest even, as hae_dev_f32_to_bf16 (NaNs: any quiet one) */
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(y), "f"(x));
+    *(uint32_t *)p = r;
 }
 __device__ __forceinline__ float2 ld2(const float *p) { return *(const float2 *)p; }
 __device__ __forceinline__ float2 ld2(const hae_bf16_t *p) {
@@ -326,6 +339,7 @@ __device__ __forceinline__ float2 ld2(const hae_bf16_t *p) {
  * synchronous loads in kernel 2). Kernel 1 now takes 107 KB and 128 registers: two CTAs per SM.
  * Kernel 2 streams w for the next chunk (cp.async) during the state update. */
 constexpr int kC = 64;        /* tokens per chunk */
+constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kNB = kC / 16;  /* 16-row blocks per chunk */
 constexpr int kPrepThreads = 256;
 constexpr int kStateVT = 16;  /* value columns per chunk_state CTA */
@@ -418,6 +432,7 @@ template <typename TI, int K, int DECAY, bool DELTA>
 __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinParams p, const ChunkWs ws) {
     using Sm = PrepSmem<K>;
     constexpr int LK = Sm::LK, LT = Sm::LT, LV = Sm::LV;
+    constexpr bool kX3 = sizeof(TI) == 4; /* fp32 inputs: fp32-accurate products; bf16: TF32 */
     extern __shared__ __align__(16) unsigned char smem_raw[];
     Sm &sm = *reinterpret_cast<Sm *>(smem_raw);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
@@ -431,7 +446,9 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
     const int64_t hj = gc * p.HV + j;
     const TI *vb = (const TI *)p.v + sr.b * p.v_sb + tc0 * p.v_st + (int64_t)j * V;
 
-    /* load, map and normalise q, k; raw log decays; padded rows are zero */
+    /* load, map and normalise q, k; log decays in base 2 (G below is log2 of the decay: exp2 is one
+     * instruction); padded rows are zero */
+#pragma unroll 2
     for (int i = warp; i < kC; i += kPrepThreads / 32) {
         const bool valid = i < nc;
         const int64_t t_ = tc0 + i;
@@ -442,7 +459,7 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
             const int c = lane + 32 * x;
             qv[x] = valid ? qk_map(p, hae_ld((const TI *)p.q + sr.b * p.q_sb + t_ * p.q_st + (int64_t)h * K + c)) : 0.0f;
             kv[x] = valid ? qk_map(p, hae_ld((const TI *)p.k + sr.b * p.k_sb + t_ * p.k_st + (int64_t)h * K + c)) : 0.0f;
-            gv[x] = valid ? log_decay<DECAY>(p, sr.b * p.g_sb + t_ * p.g_st, j, c, K) : 0.0f;
+            gv[x] = valid ? kLog2e * log_decay<DECAY>(p, sr.b * p.g_sb + t_ * p.g_st, j, c, K) : 0.0f;
             ssq += qv[x] * qv[x];
             ssk += kv[x] * kv[x];
         }
@@ -473,13 +490,14 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
     /* what kernels 2 and 3 read: q e^Γ and P (both times scale), k e^{Γ_L - Γ}, e^{Γ_L}; P's upper
      * triangle is 0 */
     TI *qg = (TI *)ws.qg + hj * kC * K, *kd = (TI *)ws.kd + hj * kC * K, *P = (TI *)ws.P + hj * kC * kC;
-    for (int e = tid; e < kC * K; e += kPrepThreads) {
-        const int i = e / K, c = e % K;
-        const float G = sm.G[i * LK + c], GL = sm.G[(kC - 1) * LK + c];
-        hae_st(qg + e, p.scale * sm.q[i * LK + c] * expf(G));
-        hae_st(kd + e, sm.k[i * LK + c] * expf(GL - G));
+    for (int e = tid; e < kC * K / 2; e += kPrepThreads) {
+        const int i = e / (K / 2), c = 2 * (e % (K / 2));
+        const float *G = sm.G + i * LK + c, *GL = sm.G + (kC - 1) * LK + c;
+        const float *q = sm.q + i * LK + c, *k = sm.k + i * LK + c;
+        st2(qg + i * K + c, p.scale * q[0] * exp2f(G[0]), p.scale * q[1] * exp2f(G[1]));
+        st2(kd + i * K + c, k[0] * exp2f(GL[0] - G[0]), k[1] * exp2f(GL[1] - G[1]));
     }
-    for (int c = tid; c < K; c += kPrepThreads) ws.gl[hj * K + c] = expf(sm.G[(kC - 1) * LK + c]);
+    for (int c = tid; c < K; c += kPrepThreads) ws.gl[hj * K + c] = exp2f(sm.G[(kC - 1) * LK + c]);
     for (int e = tid; e < kC * kC; e += kPrepThreads)
         if (e % kC > e / kC) hae_st(P + e, 0.0f);
 
@@ -502,28 +520,22 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
 #pragma unroll
             for (int x = 0; x < 4; x++) {
                 const int r = i0 + g + (x & 1) * 8, c = k0 + t + (x >> 1) * 4;
-                const float f = kUniform ? 1.0f : expf(sm.G[r * LK + c] - sm.G[m * LK + c]);
-                split_tf32(sm.k[r * LK + c] * f, kh[x], kl[x]);
-                split_tf32(sm.q[r * LK + c] * f, qh[x], ql[x]);
+                const float f = kUniform ? 1.0f : exp2f(sm.G[r * LK + c] - sm.G[m * LK + c]);
+                split_tf32<kX3>(sm.k[r * LK + c] * f, kh[x], kl[x]);
+                split_tf32<kX3>(sm.q[r * LK + c] * f, qh[x], ql[x]);
             }
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
 #pragma unroll
                 for (int y = 0; y < 2; y++) {
                     const int r = jb + nt * 8 + g, c = k0 + t + 4 * y;
-                    const float f = kUniform ? 1.0f : expf(sm.G[m * LK + c] - sm.G[r * LK + c]);
-                    split_tf32(sm.k[r * LK + c] * f, bh[nt][y], bl[nt][y]);
+                    const float f = kUniform ? 1.0f : exp2f(sm.G[m * LK + c] - sm.G[r * LK + c]);
+                    split_tf32<kX3>(sm.k[r * LK + c] * f, bh[nt][y], bl[nt][y]);
                 }
 #pragma unroll
             for (int nt = 0; nt < 2; nt++) {
-                if (DELTA) {
-                    mma_tf32(accA[nt], kl, bh[nt]);
-                    mma_tf32(accA[nt], kh, bl[nt]);
-                    mma_tf32(accA[nt], kh, bh[nt]);
-                }
-                mma_tf32(accP[nt], ql, bh[nt]);
-                mma_tf32(accP[nt], qh, bl[nt]);
-                mma_tf32(accP[nt], qh, bh[nt]);
+                if (DELTA) mma_tf32x<kX3>(accA[nt], kh, kl, bh[nt], bl[nt]);
+                mma_tf32x<kX3>(accP[nt], qh, ql, bh[nt], bl[nt]);
             }
         }
         /* select, not multiply: above a diagonal block's diagonal the products may be inf */
@@ -532,7 +544,7 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
 #pragma unroll
             for (int x = 0; x < 4; x++) {
                 const int il = g + (x >> 1) * 8, jl = nt * 8 + 2 * t + (x & 1), i = i0 + il, jr = jb + jl;
-                const float e = kUniform ? expf(sm.G[i * LK] - sm.G[jr * LK]) : 1.0f;
+                const float e = kUniform ? exp2f(sm.G[i * LK] - sm.G[jr * LK]) : 1.0f;
                 const bool keepP = !diag || jl <= il, keepA = !diag || jl < il;
                 hae_st(P + i * kC + jr, keepP ? p.scale * accP[nt][x] * e : 0.0f);
                 if (DELTA) sm.L[tri_blk(I, J) * 256 + il * 16 + jl] = keepA ? sm.beta[i] * accA[nt][x] * e : 0.0f;
@@ -546,7 +558,7 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
             const int i = blk * 16 + il, jr = blk * 16 + jl;
             float a = 0.0f, pp = 0.0f;
             for (int c = 0; c < K; c++) {
-                const float kk = sm.k[jr * LK + c] * expf(sm.G[i * LK + c] - sm.G[jr * LK + c]);
+                const float kk = sm.k[jr * LK + c] * exp2f(sm.G[i * LK + c] - sm.G[jr * LK + c]);
                 a += sm.k[i * LK + c] * kk;
                 pp += sm.q[i * LK + c] * kk;
             }
@@ -575,7 +587,7 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
     /* β K~ in place; D_I into T's diagonal blocks (upper parts 0) */
     for (int e = tid; e < kC * K; e += kPrepThreads) {
         const int i = e / K, c = e % K;
-        sm.k[i * LK + c] *= sm.beta[i] * expf(sm.G[i * LK + c]);
+        sm.k[i * LK + c] *= sm.beta[i] * exp2f(sm.G[i * LK + c]);
     }
     float *T = sm.q;
     if (tid < 64) {
@@ -638,23 +650,21 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
         uint32_t bh[4][2], bl[4][2];
 #pragma unroll
         for (int nt = 0; nt < 4; nt++) {
-            split_tf32(b[(k0 + t) * ldb + nt * 8 + g], bh[nt][0], bl[nt][0]);
-            split_tf32(b[(k0 + t + 4) * ldb + nt * 8 + g], bh[nt][1], bl[nt][1]);
+            split_tf32<kX3>(b[(k0 + t) * ldb + nt * 8 + g], bh[nt][0], bl[nt][0]);
+            split_tf32<kX3>(b[(k0 + t + 4) * ldb + nt * 8 + g], bh[nt][1], bl[nt][1]);
         }
 #pragma unroll
         for (int mt = 0; mt < 4; mt++) {
             if (k0 >= (mt + 1) * 16) continue;
             const float *a = T + mt * 16 * LT + k0;
             uint32_t ah[4], al[4];
-            split_tf32(a[g * LT + t], ah[0], al[0]);
-            split_tf32(a[(g + 8) * LT + t], ah[1], al[1]);
-            split_tf32(a[g * LT + t + 4], ah[2], al[2]);
-            split_tf32(a[(g + 8) * LT + t + 4], ah[3], al[3]);
+            split_tf32<kX3>(a[g * LT + t], ah[0], al[0]);
+            split_tf32<kX3>(a[(g + 8) * LT + t], ah[1], al[1]);
+            split_tf32<kX3>(a[g * LT + t + 4], ah[2], al[2]);
+            split_tf32<kX3>(a[(g + 8) * LT + t + 4], ah[3], al[3]);
 #pragma unroll
             for (int nt = 0; nt < 4; nt++) {
-                mma_tf32(acc[mt][nt], al, bh[nt]);
-                mma_tf32(acc[mt][nt], ah, bl[nt]);
-                mma_tf32(acc[mt][nt], ah, bh[nt]);
+                mma_tf32x<kX3>(acc[mt][nt], ah, al, bh[nt], bl[nt]);
             }
         }
     }
