@@ -35,6 +35,7 @@ struct LinParams {
     bool softplus, elu1;
     float lower_bound, scale;
     bool diag_mma; /* chunked: diagonal blocks of A' and P on the tensor cores (see chunk_prep) */
+    bool vec;      /* q, k, v and a channel gate's rows start 16-byte aligned: chunk_prep loads 16 bytes at once */
 };
 
 __device__ __forceinline__ float ld_dt(const void *p, bool bf16, int64_t i) {
@@ -47,13 +48,42 @@ __device__ __forceinline__ void st_dt(void *p, bool bf16, int64_t i, float v) {
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-/* Log decay from the raw gate x = graw + dt_bias (hae.h): softplus or the bounded safe gate. */
-__device__ __forceinline__ float gate_fn(const LinParams &p, float x, float A_log) {
+/* Log decay from the raw gate x = graw + dt_bias (hae.h), eA = exp(A_log): softplus or the bounded
+ * safe gate. */
+__device__ __forceinline__ float gate_fn_e(const LinParams &p, float x, float eA) {
     if (p.softplus) {
         const float sp = x > 20.0f ? x : log1pf(expf(x));
-        return -expf(A_log) * sp;
+        return -eA * sp;
     }
-    return p.lower_bound * sigmoidf_(expf(A_log) * x);
+    return p.lower_bound * sigmoidf_(eA * x);
+}
+__device__ __forceinline__ float gate_fn(const LinParams &p, float x, float A_log) {
+    return gate_fn_e(p, x, expf(A_log));
+}
+
+/* Eight consecutive elements (f32 or bf16) as raw 32-bit words: vec, one or two 16-byte loads (the
+ * address is 16-byte aligned); else element by element. */
+struct Raw8 {
+    uint32_t u[8];
+};
+__device__ __forceinline__ void raw8_load(Raw8 &r, const void *p, bool bf16, bool vec) {
+    if (vec) {
+        *(uint4 *)&r.u[0] = ((const uint4 *)p)[0];
+        if (!bf16) *(uint4 *)&r.u[4] = ((const uint4 *)p)[1];
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        if (bf16) {
+            const uint32_t b = ((const uint16_t *)p)[e];
+            r.u[e >> 1] = (e & 1) ? (r.u[e >> 1] | b << 16) : b;
+        } else {
+            r.u[e] = ((const uint32_t *)p)[e];
+        }
+    }
+}
+__device__ __forceinline__ float raw8_get(const Raw8 &r, bool bf16, int e) {
+    return bf16 ? __uint_as_float((r.u[e >> 1] >> (16 * (e & 1))) << 16) : __uint_as_float(r.u[e]);
 }
 
 /* The q/k feature map before the (optional) L2 norm. */
@@ -447,34 +477,68 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
     const TI *vb = (const TI *)p.v + sr.b * p.v_sb + tc0 * p.v_st + (int64_t)j * V;
 
     /* load, map and normalise q, k; log decays in base 2 (G below is log2 of the decay: exp2 is one
-     * instruction); padded rows are zero */
-#pragma unroll 2
-    for (int i = warp; i < kC; i += kPrepThreads / 32) {
-        const bool valid = i < nc;
-        const int64_t t_ = tc0 + i;
-        float qv[K / 32], kv[K / 32], gv[K / 32];
-        float ssq = 0.0f, ssk = 0.0f;
+     * instruction); padded rows are zero. Thread tid takes channels c0 .. c0 + 7 of rows
+     * tid / VPR + RPP x, and issues the loads of NB rows before using any: the chunk's reads are in
+     * flight together instead of a row at a time. */
+    {
+        constexpr int VPR = K / 8, RPP = kPrepThreads / VPR, NP = kC / RPP;
+        constexpr int NB = sizeof(TI) == 2 ? NP : 1; /* rows in flight (registers) */
+        constexpr bool kCh = DECAY == HAE_DECAY_CHANNEL;
+        const int c0 = 8 * (tid % VPR);
+        const float eA = DECAY == HAE_DECAY_NONE ? 0.0f : expf(p.A_log[j]);
+        float db[8];
 #pragma unroll
-        for (int x = 0; x < K / 32; x++) {
-            const int c = lane + 32 * x;
-            qv[x] = valid ? qk_map(p, hae_ld((const TI *)p.q + sr.b * p.q_sb + t_ * p.q_st + (int64_t)h * K + c)) : 0.0f;
-            kv[x] = valid ? qk_map(p, hae_ld((const TI *)p.k + sr.b * p.k_sb + t_ * p.k_st + (int64_t)h * K + c)) : 0.0f;
-            gv[x] = valid ? kLog2e * log_decay<DECAY>(p, sr.b * p.g_sb + t_ * p.g_st, j, c, K) : 0.0f;
-            ssq += qv[x] * qv[x];
-            ssk += kv[x] * kv[x];
-        }
-        if (lane == 0)
-            sm.beta[i] = DELTA && valid ? sigmoidf_(ld_dt(p.beta, p.b_bf16, sr.b * p.b_sb + t_ * p.b_st + j)) : 0.0f;
-        ssq = hae_warp_sum(ssq);
-        ssk = hae_warp_sum(ssk);
-        const float rq = p.elu1 ? 1.0f : 1.0f / sqrtf(ssq + 1e-6f);
-        const float rk = p.elu1 ? 1.0f : 1.0f / sqrtf(ssk + 1e-6f);
+        for (int e = 0; e < 8; e++) db[e] = kCh ? p.dt_bias[(int64_t)j * K + c0 + e] : 0.0f;
+        for (int x0 = 0; x0 < NP; x0 += NB) {
+            Raw8 rq[NB], rk[NB], rg[NB];
 #pragma unroll
-        for (int x = 0; x < K / 32; x++) {
-            const int c = lane + 32 * x;
-            sm.q[i * LK + c] = qv[x] * rq;
-            sm.k[i * LK + c] = kv[x] * rk;
-            sm.G[i * LK + c] = gv[x];
+            for (int x = 0; x < NB; x++) {
+                const int r = tid / VPR + RPP * (x0 + x);
+                if (r >= nc) continue;
+                const int64_t t_ = tc0 + r;
+                raw8_load(rq[x], (const TI *)p.q + sr.b * p.q_sb + t_ * p.q_st + (int64_t)h * K + c0, sizeof(TI) == 2,
+                          p.vec);
+                raw8_load(rk[x], (const TI *)p.k + sr.b * p.k_sb + t_ * p.k_st + (int64_t)h * K + c0, sizeof(TI) == 2,
+                          p.vec);
+                if (kCh)
+                    raw8_load(rg[x],
+                              (const char *)p.g + (sr.b * p.g_sb + t_ * p.g_st + (int64_t)j * K + c0) * (p.g_bf16 ? 2 : 4),
+                              p.g_bf16, p.vec);
+            }
+#pragma unroll
+            for (int x = 0; x < NB; x++) {
+                const int r = tid / VPR + RPP * (x0 + x);
+                const bool valid = r < nc;
+                const int64_t t_ = tc0 + r;
+                float qv[8], kv[8], gv[8], ssq = 0.0f, ssk = 0.0f;
+                float gh = 0.0f; /* a decay shared by the row's channels */
+                if (DECAY == HAE_DECAY_FIXED) gh = -eA;
+                if (DECAY == HAE_DECAY_HEAD && valid)
+                    gh = gate_fn_e(p, ld_dt(p.g, p.g_bf16, sr.b * p.g_sb + t_ * p.g_st + j) + p.dt_bias[j], eA);
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    qv[e] = valid ? qk_map(p, raw8_get(rq[x], sizeof(TI) == 2, e)) : 0.0f;
+                    kv[e] = valid ? qk_map(p, raw8_get(rk[x], sizeof(TI) == 2, e)) : 0.0f;
+                    gv[e] = !valid ? 0.0f : kLog2e * (kCh ? gate_fn_e(p, raw8_get(rg[x], p.g_bf16, e) + db[e], eA) : gh);
+                    ssq += qv[e] * qv[e];
+                    ssk += kv[e] * kv[e];
+                }
+#pragma unroll
+                for (int o = VPR / 2; o > 0; o >>= 1) {
+                    ssq += __shfl_xor_sync(0xffffffffu, ssq, o);
+                    ssk += __shfl_xor_sync(0xffffffffu, ssk, o);
+                }
+                if (tid % VPR == 0)
+                    sm.beta[r] = DELTA && valid ? sigmoidf_(ld_dt(p.beta, p.b_bf16, sr.b * p.b_sb + t_ * p.b_st + j)) : 0.0f;
+                const float rq_ = p.elu1 ? 1.0f : 1.0f / sqrtf(ssq + 1e-6f);
+                const float rk_ = p.elu1 ? 1.0f : 1.0f / sqrtf(ssk + 1e-6f);
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    sm.q[r * LK + c0 + e] = qv[e] * rq_;
+                    sm.k[r * LK + c0 + e] = kv[e] * rk_;
+                    sm.G[r * LK + c0 + e] = gv[e];
+                }
+            }
         }
     }
     __syncthreads();
@@ -575,13 +639,13 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
         }
         return;
     }
-    constexpr int VPT = kC * 128 / kPrepThreads;
-    float vr[VPT];
+    /* v as eight-channel pieces (rows tid / 16 + 16 x, channels c0 ..), in flight during the solve */
+    const int vc0 = 8 * (tid % 16);
+    Raw8 rv[4];
 #pragma unroll
-    for (int x = 0; x < VPT; x++) {
-        const int e = tid + x * kPrepThreads, i = e / V, c = e % V;
-        vr[x] = e < kC * V && i < nc ? hae_ld(vb + (int64_t)i * p.v_st + c) : 0.0f;
-    }
+    for (int x = 0; x < 4; x++)
+        if (vc0 < V && tid / 16 + 16 * x < nc)
+            raw8_load(rv[x], vb + (int64_t)(tid / 16 + 16 * x) * p.v_st + vc0, sizeof(TI) == 2, p.vec);
     __syncthreads(); /* q, k, G, L complete; q is free */
 
     /* β K~ in place; D_I into T's diagonal blocks (upper parts 0) */
@@ -604,9 +668,12 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
     }
     __syncthreads(); /* G is free */
 #pragma unroll
-    for (int x = 0; x < VPT; x++) {
-        const int e = tid + x * kPrepThreads, i = e / V, c = e % V;
-        if (e < kC * V) sm.G[i * LV + c] = sm.beta[i] * vr[x];
+    for (int x = 0; x < 4; x++) {
+        const int i = tid / 16 + 16 * x;
+        if (vc0 < V)
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                sm.G[i * LV + vc0 + e] = i < nc ? sm.beta[i] * raw8_get(rv[x], sizeof(TI) == 2, e) : 0.0f;
     }
     for (int I = 1; I < kNB; I++) {
         /* X_IJ = Σ_{J≤M<I} (β A')_IM T_MJ into T_IJ */
@@ -885,6 +952,11 @@ LinParams make_params(const hae_linear_attn_args *a, int64_t N) {
     p.elu1 = a->qk_map == HAE_QK_ELU1;
     p.lower_bound = a->lower_bound, p.scale = a->scale;
     p.diag_mma = a->gate == HAE_GATE_SAFE && a->lower_bound >= -10.0f;
+    auto rows16 = [](const hae_tensor &t) {
+        const int64_t es = (int64_t)hae_dtype_size(t.dtype);
+        return (uintptr_t)t.data % 16 == 0 && t.stride[0] * es % 16 == 0 && t.stride[1] * es % 16 == 0;
+    };
+    p.vec = rows16(a->q) && rows16(a->k) && rows16(a->v) && (a->decay != HAE_DECAY_CHANNEL || rows16(a->g));
     return p;
 }
 
