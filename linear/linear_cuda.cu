@@ -279,6 +279,11 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
 }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+/* waits until at most N of this thread's committed groups are still in flight */
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
 
 /* ---------------------------------------------------------------- bf16 tensor-core tiles
  * mma.sync m16n8k16 (bf16 in, fp32 accumulate), fragments by ldmatrix from shared memory whose rows
@@ -372,7 +377,7 @@ constexpr int kC = 64;        /* tokens per chunk */
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kNB = kC / 16;  /* 16-row blocks per chunk */
 constexpr int kPrepThreads = 256;
-constexpr int kStateVT = 16;  /* value columns per chunk_state CTA */
+constexpr int kStateVT = 32;  /* value columns per chunk_state CTA (w and kd are re-read once per tile) */
 constexpr int kStateThreads = 128;
 constexpr int kOutVT = 64;    /* value columns per chunk_out CTA */
 constexpr int kOutThreads = 256;
@@ -438,15 +443,16 @@ __device__ __forceinline__ int chunk_seq(const int32_t *coff, int N, int64_t gc)
     return lo;
 }
 
-/* Kernel 1's shared memory, about 107 KB at K = 128 so that two CTAs share an SM. q, k, G hold the
- * chunk's rows (odd stride: conflict-free column walks); L holds β_i A'_ij in the ten 16 x 16
- * blocks on and below the diagonal (block (I, J) at I (I + 1) / 2 + J). Once A' and P are done the
- * regions are reused: q holds T = (I + diag(β) A')^{-1} (stride LT, mma A fragments), k holds
- * β K~ in place and G holds β V (stride LV, any V ≤ 128). */
+/* Kernel 1's shared memory, 110 KB at K = 128 so that two CTAs share an SM. q, k, G hold the
+ * chunk's rows (stride K + 4: the mma fragment walks, rows g and columns t, hit 32 distinct banks);
+ * L holds β_i A'_ij in the ten 16 x 16 blocks on and below the diagonal (block (I, J) at
+ * I (I + 1) / 2 + J). Once A' and P are done the regions are reused: q holds
+ * T = (I + diag(β) A')^{-1} (stride LT, mma A fragments), k holds β K~ in place and G holds β V
+ * (stride LV = 136, any V ≤ 128: B fragment walks, rows t and columns g, conflict-free). */
 template <int K> struct PrepSmem {
-    static constexpr int LK = K + 1;
+    static constexpr int LK = K + 4;
     static constexpr int LT = kC + 4;
-    static constexpr int LV = K + 1 > 129 ? K + 1 : 129;
+    static constexpr int LV = 136;
     float q[kC * LK > kC * LT ? kC * LK : kC * LT], k[kC * LK], G[kC * LV];
     float L[10 * 256];
     float beta[kC];
@@ -755,14 +761,11 @@ template <typename TW> struct Pad {
     static constexpr int A = sizeof(TW) == 2 ? 8 : 4, AT = 8, B = 8;
 };
 
-/* chunk_state's value columns per CTA: 32 on bf16 (w and kd are re-read once per value tile, so wider
- * tiles read less), 16 on fp32 (its 3xTF32 accumulators). */
-template <typename TW> constexpr int state_vt() { return sizeof(TW) == 2 ? 32 : kStateVT; }
-
+/* kd, U and gl are double-buffered: chunk gc + 1's are in flight during chunk gc. */
 template <typename TW, int K> struct StateSmem {
-    static constexpr int VT = state_vt<TW>(), LW = K + Pad<TW>::A, LD = K + Pad<TW>::AT, LS = VT + Pad<TW>::B;
-    TW w[kC * LW], kd[kC * LD], S[K * LS], U[kC * LS];
-    float gl[K];
+    static constexpr int VT = kStateVT, LW = K + Pad<TW>::A, LD = K + Pad<TW>::AT, LS = VT + Pad<TW>::B;
+    TW w[kC * LW], kd[2][kC * LD], S[K * LS], U[2][kC * LS];
+    float gl[2][K];
 };
 
 /* 16-byte chunk copies of a rows x cols tile (cols a multiple of 16 bytes) global -> shared. */
@@ -816,9 +819,20 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
     auto load_w = [&](int32_t gcw) {
         tile_async(sm.w, LW, (const TW *)ws.w + ((int64_t)gcw * p.HV + j) * kC * K, K, kC, K, tid, kStateThreads);
     };
+    /* kd, u0 and gl of chunk gcl into buffer b */
+    auto load_chunk = [&](int32_t gcl, int b) {
+        const int64_t hl = (int64_t)gcl * p.HV + j;
+        tile_async(sm.kd[b], LD, (const TW *)ws.kd + hl * kC * K, K, kC, K, tid, kStateThreads);
+        tile_async(sm.U[b], LS, (const TW *)ws.u + hl * kC * V + c0, V, kC, VT, tid, kStateThreads);
+        for (int c = tid * 4; c < K; c += kStateThreads * 4) cp_async16(sm.gl[b] + c, ws.gl + hl * K + c);
+    };
+    load_chunk(cbeg, 0);
     if (DELTA) load_w(cbeg);
+    cp_async_commit();
     for (int32_t gc = cbeg; gc < cend; gc++) {
         const int64_t hj = (int64_t)gc * p.HV + j;
+        const int b = (gc - cbeg) & 1;
+        TW *U = sm.U[b];
 #pragma unroll
         for (int m = 0; m < MTW; m++)
 #pragma unroll
@@ -828,12 +842,11 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
                     const int r = (warp * MTW + m) * 16 + g + 8 * y, c = nt * 8 + 2 * t;
                     st2(sm.S + r * LS + c, acc[m][nt][2 * y], acc[m][nt][2 * y + 1]);
                 }
-        /* kd, u0, gl of this chunk in flight together with w (prefetched during the last update) */
-        TW *ug = (TW *)ws.u + hj * kC * V + c0;
-        tile_async(sm.kd, LD, (const TW *)ws.kd + hj * kC * K, K, kC, K, tid, kStateThreads);
-        tile_async(sm.U, LS, (const TW *)ug, V, kC, VT, tid, kStateThreads);
-        for (int c = tid * 4; c < K; c += kStateThreads * 4) cp_async16(sm.gl + c, ws.gl + hj * K + c);
-        cp_async_wait_all();
+        /* the next chunk's kd, u0, gl into the other buffer (free since the last step's final barrier);
+         * then wait for everything but that group */
+        if (gc + 1 < cend) load_chunk(gc + 1, b ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
         __syncthreads();
         /* the chunk's start state (as the workspace type), for chunk_out */
         tile_copy((TW *)ws.h + hj * K * V + c0, V, sm.S, LS, K, VT, tid, kStateThreads);
@@ -845,24 +858,27 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
             for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                 for (int y = 0; y < 2; y++) {
-                    TW *u = sm.U + (warp * 16 + g + 8 * y) * LS + nt * 8 + 2 * t;
+                    TW *u = U + (warp * 16 + g + 8 * y) * LS + nt * 8 + 2 * t;
                     const float2 u0 = ld2(u);
                     st2(u, u0.x - uacc[nt][2 * y], u0.y - uacc[nt][2 * y + 1]);
                 }
             __syncthreads();
-            if (gc + 1 < cend) load_w(gc + 1); /* sm.w is consumed: overlap the next w with the update */
-            tile_copy(ug, V, sm.U, LS, kC, VT, tid, kStateThreads);
+            /* sm.w is consumed: the next w loads during the update, a group of its own that the
+             * next step's wait<1> covers */
+            if (gc + 1 < cend) load_w(gc + 1);
+            cp_async_commit();
+            tile_copy((TW *)ws.u + hj * kC * V + c0, V, U, LS, kC, VT, tid, kStateThreads);
         }
         /* S = diag(e^{Γ_L}) S + kd^T U */
 #pragma unroll
         for (int m = 0; m < MTW; m++) {
             const int r0 = (warp * MTW + m) * 16;
-            const float e0 = sm.gl[r0 + g], e1 = sm.gl[r0 + g + 8];
+            const float e0 = sm.gl[b][r0 + g], e1 = sm.gl[b][r0 + g + 8];
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) {
                 acc[m][nt][0] *= e0, acc[m][nt][1] *= e0, acc[m][nt][2] *= e1, acc[m][nt][3] *= e1;
             }
-            tile_mma<kC, NT, true>(acc[m], sm.kd + r0, LD, sm.U, LS);
+            tile_mma<kC, NT, true>(acc[m], sm.kd[b] + r0, LD, U, LS);
         }
         __syncthreads();
     }
@@ -1023,7 +1039,7 @@ hae_status launch_chunked(const hae_linear_attn_args *a, const LinParams &p, cud
                 HAE_TRY(set_smem(outk, sizeof(OutSmem<TI, KK>)));
                 prep<<<dim3((unsigned)G, (unsigned)HV), kPrepThreads, sizeof(PrepSmem<KK>), s>>>(p, ws);
                 HAE_CUDA_LAUNCH_CHECK("chunk_prep_kernel");
-                state<<<dim3((unsigned)(V / state_vt<TI>()), (unsigned)HV, (unsigned)p.N), kStateThreads,
+                state<<<dim3((unsigned)(V / kStateVT), (unsigned)HV, (unsigned)p.N), kStateThreads,
                         sizeof(StateSmem<TI, KK>), s>>>(p, ws);
                 HAE_CUDA_LAUNCH_CHECK("chunk_state_kernel");
                 outk<<<dim3((unsigned)G, (unsigned)HV, (unsigned)(V / kOutVT)), kOutThreads, sizeof(OutSmem<TI, KK>),
