@@ -9,9 +9,12 @@
  * Supported: K and V in {64, 128} (K != V allowed), chunk 0 (recurrent) or 64 (chunked). Other head
  * dims and chunk sizes return HAE_ERR_UNSUPPORTED.
  *
- * Tensor cores: the chunked form's big products (C x K x C, C x K x V, K x C x V) run on mma.sync
- * m16n8k8 TF32 with the 3xTF32 split (a = hi + lo, a*b ~ hi*hi + hi*lo + lo*hi), which keeps fp32
- * accuracy (~1e-6 relative per product) at a third of the TF32 rate. */
+ * Tensor cores: the chunked form's products (C x K x C, C x K x V, K x C x V) run on mma.sync with
+ * operands of the inputs' precision. f32 inputs: m16n8k8 TF32 with the 3xTF32 split (a = hi + lo,
+ * a*b ~ hi*hi + hi*lo + lo*hi), fp32 accuracy (~1e-6 relative per product) at a third of the TF32
+ * rate, and an fp32 workspace. bf16 inputs (flash-linear-attention's precision): A', P, w and u0 on
+ * plain TF32, the workspace between the kernels in bf16 and the state and output passes on
+ * m16n8k16 bf16 products; ~1e-3 relative to the fp32 reference. */
 #include "cuda_check.cuh"
 
 #include <math.h>
@@ -366,13 +369,15 @@ __device__ __forceinline__ float2 ld2(const hae_bf16_t *p) {
  *
  * Kernels: (1) chunk_prep, parallel over (chunk, head): gates, Γ, A', P (global), w, u0 (blocked
  * inverse of I + diag(β) A', then two tensor-core products), q e^Γ, k e^{Γ_L - Γ}, e^{Γ_L};
- * (2) chunk_state, sequential over a sequence's chunks, parallel over (sequence, head, 16 value
+ * (2) chunk_state, sequential over a sequence's chunks, parallel over (sequence, head, 32 value
  * columns): stores each chunk's start state, U = u0 - w S0, S = e^{Γ_L} S + (k e^{Γ_L-Γ})^T U, the
  * state in mma accumulators; (3) chunk_out, parallel over (chunk, head, 64 value columns): O.
- * Measured on H200 (bench_linear, H 32, K = V = 128, bf16, B 1 T 8192): 3.21 ms in all (5.44 ms
- * with a 158 KB kernel 1 and a 64-step column substitution; 3.70 ms with today's kernel 1 and
- * synchronous loads in kernel 2). Kernel 1 now takes 107 KB and 128 registers: two CTAs per SM.
- * Kernel 2 streams w for the next chunk (cp.async) during the state update. */
+ * Measured on H200 (bench_linear, H 32, K = V = 128, bf16, B 1 T 8192, bench/RESULTS.md): 1.10 ms
+ * in all, kernel 1 0.67 ms, kernel 2 0.21 ms, kernel 3 0.18 ms. Kernel 1 was latency-bound on its
+ * loads (half its time with one row per warp in flight; now the chunk's reads go out together, 16
+ * bytes each) and on shared-memory bank conflicts (odd row strides under mma fragment walks).
+ * Kernel 1 takes 110 KB: two CTAs per SM. Kernel 2 streams the next chunk's w, kd, u0 and gl
+ * (cp.async, double-buffered) during the current one. */
 constexpr int kC = 64;        /* tokens per chunk */
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kNB = kC / 16;  /* 16-row blocks per chunk */
