@@ -16,6 +16,7 @@
  * plain TF32, the workspace between the kernels in bf16 and the state and output passes on
  * m16n8k16 bf16 products; ~1e-3 relative to the fp32 reference. */
 #include "cuda_check.cuh"
+#include "mma.cuh"
 
 #include <math.h>
 #include <stdint.h>
@@ -289,28 +290,10 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 }
 
 /* ---------------------------------------------------------------- bf16 tensor-core tiles
- * mma.sync m16n8k16 (bf16 in, fp32 accumulate), fragments by ldmatrix from shared memory whose rows
- * are 16-byte multiples (every stride below is padded to one). */
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void *p) {
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void *p) {
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/* acc[nt] (+)= A (16 x KD) B (KD x 8 NT) for one warp, the operands in shared memory as the workspace
+ * mma.sync m16n8k16 (bf16 in, fp32 accumulate; engine/mma.cuh), fragments by ldmatrix from shared
+ * memory whose rows are 16-byte multiples (every stride below is padded to one).
+ *
+ * acc[nt] (+)= A (16 x KD) B (KD x 8 NT) for one warp, the operands in shared memory as the workspace
  * type: A(m, k) = AT ? a[k * lda + m] : a[m * lda + k], B(k, n) = b[k * ldb + n]. fp32 operands run
  * 3xTF32 (fp32 accuracy), bf16 ones one bf16 MMA per 16 x 8 x 16. */
 template <int KD, int NT, bool AT>
@@ -328,12 +311,12 @@ __device__ __forceinline__ void tile_mma(float (&acc)[NT][4], const hae_bf16_t *
 #pragma unroll
     for (int k0 = 0; k0 < KD; k0 += 16) {
         uint32_t af[4];
-        if (AT) ldsm_x4_t(af, pa + k0 * lda);
-        else ldsm_x4(af, pa + k0);
+        if (AT) ldsm_x4_t(af, hae_smem_addr(pa + k0 * lda));
+        else ldsm_x4(af, hae_smem_addr(pa + k0));
 #pragma unroll
         for (int nt = 0; nt < NT; nt += 2) {
             uint32_t bf[4];
-            ldsm_x4_t(bf, pb + k0 * ldb + nt * 8);
+            ldsm_x4_t(bf, hae_smem_addr(pb + k0 * ldb + nt * 8));
             mma_bf16(acc[nt], af, bf[0], bf[1]);
             mma_bf16(acc[nt + 1], af, bf[2], bf[3]);
         }

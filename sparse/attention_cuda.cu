@@ -14,6 +14,7 @@
  * log2 domain: with c = scale * log2(e), m = max_s(c q.k_s) and p_s = 2^(c q.k_s - m), so each
  * exponential is one FFMA and one ex2. */
 #include "cuda_check.cuh"
+#include "mma.cuh"
 
 #include <cuda_bf16.h>
 #include <limits.h>
@@ -192,25 +193,6 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-/* c += a b, m16n8k16, bf16 in, fp32 accumulate. Fragments (g = lane / 4, t = lane % 4):
- * a: {row g, cols 2t..2t+1}, {row g+8, 2t..}, {row g, 2t+8..}, {row g+8, 2t+8..};
- * b: {k 2t..2t+1, col g}, {k 2t+8.., col g};  c: {row g, cols 2t, 2t+1}, {row g+8, cols 2t, 2t+1}. */
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-                 "{%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* lo in the low half: the lower column */
     return *reinterpret_cast<const uint32_t *>(&v);
@@ -338,7 +320,7 @@ __device__ __forceinline__ void warp_attend(uint32_t sq, uint32_t sk, uint32_t s
         for (int dp = 0; dp < D / 16; dp++) {
             /* transposed matrices: keys 16kk + 0..7, + 8..15 at dims chunk 2dp, then at chunk 2dp+1 */
             uint32_t bv[4];
-            ldsm_x4_trans(bv, av + kk * 16 * D * 2 + (dp >> 2) * 128 + offq[dp & 3]);
+            ldsm_x4_t(bv, av + kk * 16 * D * 2 + (dp >> 2) * 128 + offq[dp & 3]);
 #pragma unroll
             for (int mt = 0; mt < MT; mt++) {
                 mma_bf16(o[mt][2 * dp], a[mt], bv[0], bv[1]);

@@ -1,0 +1,34 @@
+/* Warp-level tensor-core pieces shared by the CUDA kernels (sm_80+ instructions, run on sm_90a):
+ * ldmatrix fragment loads from shared memory and the m16n8k16 bf16 MMA.
+ * Fragments of mma m16n8k16 (g = lane / 4, t = lane % 4):
+ *   a: {row g, cols 2t..2t+1}, {row g+8, 2t..}, {row g, 2t+8..}, {row g+8, 2t+8..};
+ *   b: {k 2t..2t+1, col g}, {k 2t+8.., col g};  c: {row g, cols 2t, 2t+1}, {row g+8, cols 2t, 2t+1}.
+ * ldmatrix x4: lanes 8i..8i+7 give the row addresses of matrix i, which lands in r[i]; .trans gives
+ * each thread the transposed elements (a [k][n] tile read as b fragments). */
+#ifndef HAE_MMA_CUH
+#define HAE_MMA_CUH
+
+#include <stdint.h>
+
+static __device__ __forceinline__ uint32_t hae_smem_addr(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+static __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+static __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+/* c += a b, bf16 in, fp32 accumulate */
+static __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+#endif
