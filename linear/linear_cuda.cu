@@ -50,7 +50,8 @@ __device__ __forceinline__ void st_dt(void *p, bool bf16, int64_t i, float v) {
     else ((float *)p)[i] = v;
 }
 
-__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* Fast-math forms (a few ulp): the limits hold, 1 / (1 + inf) = 0. */
+__device__ __forceinline__ float sigmoidf_(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
 
 /* Log decay from the raw gate x = graw + dt_bias (hae.h), eA = exp(A_log): softplus or the bounded
  * safe gate. */
@@ -354,7 +355,7 @@ __device__ __forceinline__ float2 ld2(const hae_bf16_t *p) {
  * inverse of I + diag(β) A', then two tensor-core products), q e^Γ, k e^{Γ_L - Γ}, e^{Γ_L};
  * (2) chunk_state, sequential over a sequence's chunks, parallel over (sequence, head, 32 value
  * columns): stores each chunk's start state, U = u0 - w S0, S = e^{Γ_L} S + (k e^{Γ_L-Γ})^T U, the
- * state in mma accumulators; (3) chunk_out, parallel over (chunk, head, 64 value columns): O.
+ * state in mma accumulators; (3) chunk_out, parallel over (chunk, head, 128 value columns on bf16, 64 on fp32): O.
  * Measured on H200 (bench_linear, H 32, K = V = 128, bf16, B 1 T 8192, bench/RESULTS.md): 1.10 ms
  * in all, kernel 1 0.67 ms, kernel 2 0.21 ms, kernel 3 0.18 ms. Kernel 1 was latency-bound on its
  * loads (half its time with one row per warp in flight; now the chunk's reads go out together, 16
@@ -366,8 +367,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kNB = kC / 16;  /* 16-row blocks per chunk */
 constexpr int kPrepThreads = 256;
 constexpr int kStateVT = 32;  /* value columns per chunk_state CTA (w and kd are re-read once per tile) */
-constexpr int kStateThreads = 128;
-constexpr int kOutVT = 64;    /* value columns per chunk_out CTA */
+constexpr int kStateThreads = 256;
 constexpr int kOutThreads = 256;
 
 /* Workspace, per (global chunk, value head): w [C, K], u [C, V], kd [C, K], qg [C, K], P [C, C] and
@@ -669,32 +669,26 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
             for (int e = 0; e < 8; e++)
                 sm.G[i * LV + vc0 + e] = i < nc ? sm.beta[i] * raw8_get(rv[x], sizeof(TI) == 2, e) : 0.0f;
     }
+    /* Block row I of T, one warp per block J < I on the tensor cores (3xTF32: T stays fp32-accurate):
+     * X = Σ_{J≤M<I} (β A')_IM T_MJ, staged in T_IJ, then T_IJ = -D_I X. */
     for (int I = 1; I < kNB; I++) {
-        /* X_IJ = Σ_{J≤M<I} (β A')_IM T_MJ into T_IJ */
-        for (int e = tid; e < I * 256; e += kPrepThreads) {
-            const int J = e >> 8, r = (e >> 4) & 15, c = e & 15;
-            float s = 0.0f;
-            for (int M = J; M < I; M++) {
-                const float *Lb = sm.L + tri_blk(I, M) * 256 + r * 16;
-                const float *Tb = T + M * 16 * LT + J * 16 + c;
+        if (warp < I) {
+            const int J = warp;
+            float *Tij = T + I * 16 * LT + J * 16;
+            float x[2][4] = {};
+            for (int M = J; M < I; M++) warp_mma<16, 2>(x, sm.L + tri_blk(I, M) * 256, 16, 1, T + M * 16 * LT + J * 16, LT, 1);
 #pragma unroll
-                for (int m = 0; m < 16; m++) s += Lb[m] * Tb[m * LT];
-            }
-            T[(I * 16 + r) * LT + J * 16 + c] = s;
-        }
-        __syncthreads();
-        /* T_IJ = -D_I X_IJ in place, one thread per column, rows from the bottom */
-        if (tid < I * 16) {
-            const int J = tid >> 4, c = tid & 15;
-            float *X = T + I * 16 * LT + J * 16 + c;
-            const float *D = T + I * 16 * LT + I * 16;
+            for (int nt = 0; nt < 2; nt++)
 #pragma unroll
-            for (int r = 15; r >= 0; r--) {
-                float s = X[r * LT];
+                for (int y = 0; y < 2; y++) st2(Tij + (g + 8 * y) * LT + nt * 8 + 2 * t, x[nt][2 * y], x[nt][2 * y + 1]);
+            __syncwarp();
+            float d[2][4] = {};
+            warp_mma<16, 2>(d, T + I * 16 * LT + I * 16, LT, 1, Tij, LT, 1);
+            __syncwarp();
 #pragma unroll
-                for (int m = 0; m < r; m++) s += D[r * LT + m] * X[m * LT];
-                X[r * LT] = -s;
-            }
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int y = 0; y < 2; y++) st2(Tij + (g + 8 * y) * LT + nt * 8 + 2 * t, -d[nt][2 * y], -d[nt][2 * y + 1]);
         }
         __syncthreads();
     }
@@ -781,8 +775,10 @@ __device__ __forceinline__ void tile_copy(TW *dst, int64_t ld, const TW *src, in
 template <typename TW, int K, bool DELTA>
 __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinParams p, const ChunkWs ws) {
     using Sm = StateSmem<TW, K>;
-    constexpr int VT = Sm::VT, LW = Sm::LW, LD = Sm::LD, LS = Sm::LS, NT = VT / 8;
-    constexpr int MTW = K / 64; /* 16-row tiles of S per warp */
+    constexpr int VT = Sm::VT, LW = Sm::LW, LD = Sm::LD, LS = Sm::LS;
+    /* 8 warps. S (K x VT): warp w takes 16-row tile w / WPS and NS of its VT / 8 column tiles;
+     * U (C x VT): 16-row tile w / 2 and half of its columns. */
+    constexpr int WPS = kStateThreads / 32 / (K / 16), NS = VT / 8 / WPS, NU = VT / 16;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     Sm &sm = *reinterpret_cast<Sm *>(smem_raw);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
@@ -791,18 +787,16 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
     const int32_t cbeg = ws.coff[n], cend = ws.coff[n + 1];
     if (cbeg == cend) return;
 
-    /* the state in accumulator fragments: rows (warp MTW + m) 16 + g (+ 8), columns nt 8 + 2 t (+ 1) */
-    float acc[MTW][NT][4];
+    /* the state in accumulator fragments: rows rs + g (+ 8), columns cs + nt 8 + 2 t (+ 1) */
+    const int rs = warp / WPS * 16, cs = warp % WPS * NS * 8, ru = warp / 2 * 16, cu = warp % 2 * NU * 8;
+    float acc[NS][4];
 #pragma unroll
-    for (int m = 0; m < MTW; m++)
+    for (int nt = 0; nt < NS; nt++)
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int y = 0; y < 2; y++) {
-                const int r = (warp * MTW + m) * 16 + g + 8 * y, c = nt * 8 + 2 * t;
-                const float2 v = *(const float2 *)(state + (int64_t)r * V + c);
-                acc[m][nt][2 * y] = v.x, acc[m][nt][2 * y + 1] = v.y;
-            }
+        for (int y = 0; y < 2; y++) {
+            const float2 v = *(const float2 *)(state + (int64_t)(rs + g + 8 * y) * V + cs + nt * 8 + 2 * t);
+            acc[nt][2 * y] = v.x, acc[nt][2 * y + 1] = v.y;
+        }
 
     auto load_w = [&](int32_t gcw) {
         tile_async(sm.w, LW, (const TW *)ws.w + ((int64_t)gcw * p.HV + j) * kC * K, K, kC, K, tid, kStateThreads);
@@ -822,14 +816,10 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
         const int b = (gc - cbeg) & 1;
         TW *U = sm.U[b];
 #pragma unroll
-        for (int m = 0; m < MTW; m++)
+        for (int nt = 0; nt < NS; nt++)
 #pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int y = 0; y < 2; y++) {
-                    const int r = (warp * MTW + m) * 16 + g + 8 * y, c = nt * 8 + 2 * t;
-                    st2(sm.S + r * LS + c, acc[m][nt][2 * y], acc[m][nt][2 * y + 1]);
-                }
+            for (int y = 0; y < 2; y++)
+                st2(sm.S + (rs + g + 8 * y) * LS + cs + nt * 8 + 2 * t, acc[nt][2 * y], acc[nt][2 * y + 1]);
         /* the next chunk's kd, u0, gl into the other buffer (free since the last step's final barrier);
          * then wait for everything but that group */
         if (gc + 1 < cend) load_chunk(gc + 1, b ^ 1);
@@ -839,14 +829,14 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
         /* the chunk's start state (as the workspace type), for chunk_out */
         tile_copy((TW *)ws.h + hj * K * V + c0, V, sm.S, LS, K, VT, tid, kStateThreads);
         if (DELTA) {
-            /* U = u0 - w S0 on this warp's 16 rows */
-            float uacc[NT][4] = {};
-            tile_mma<K, NT, false>(uacc, sm.w + warp * 16 * LW, LW, sm.S, LS);
+            /* U = u0 - w S0 on this warp's 16 rows and NU column tiles */
+            float uacc[NU][4] = {};
+            tile_mma<K, NU, false>(uacc, sm.w + ru * LW, LW, sm.S + cu, LS);
 #pragma unroll
-            for (int nt = 0; nt < NT; nt++)
+            for (int nt = 0; nt < NU; nt++)
 #pragma unroll
                 for (int y = 0; y < 2; y++) {
-                    TW *u = U + (warp * 16 + g + 8 * y) * LS + nt * 8 + 2 * t;
+                    TW *u = U + (ru + g + 8 * y) * LS + cu + nt * 8 + 2 * t;
                     const float2 u0 = ld2(u);
                     st2(u, u0.x - uacc[nt][2 * y], u0.y - uacc[nt][2 * y + 1]);
                 }
@@ -858,31 +848,31 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
             tile_copy((TW *)ws.u + hj * kC * V + c0, V, U, LS, kC, VT, tid, kStateThreads);
         }
         /* S = diag(e^{Γ_L}) S + kd^T U */
+        {
+            const float e0 = sm.gl[b][rs + g], e1 = sm.gl[b][rs + g + 8];
 #pragma unroll
-        for (int m = 0; m < MTW; m++) {
-            const int r0 = (warp * MTW + m) * 16;
-            const float e0 = sm.gl[b][r0 + g], e1 = sm.gl[b][r0 + g + 8];
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) {
-                acc[m][nt][0] *= e0, acc[m][nt][1] *= e0, acc[m][nt][2] *= e1, acc[m][nt][3] *= e1;
+            for (int nt = 0; nt < NS; nt++) {
+                acc[nt][0] *= e0, acc[nt][1] *= e0, acc[nt][2] *= e1, acc[nt][3] *= e1;
             }
-            tile_mma<kC, NT, true>(acc[m], sm.kd[b] + r0, LD, U, LS);
+            tile_mma<kC, NS, true>(acc, sm.kd[b] + rs, LD, U + cs, LS);
         }
         __syncthreads();
     }
 #pragma unroll
-    for (int m = 0; m < MTW; m++)
+    for (int nt = 0; nt < NS; nt++)
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int y = 0; y < 2; y++) {
-                const int r = (warp * MTW + m) * 16 + g + 8 * y, c = nt * 8 + 2 * t;
-                *(float2 *)(state + (int64_t)r * V + c) = make_float2(acc[m][nt][2 * y], acc[m][nt][2 * y + 1]);
-            }
+        for (int y = 0; y < 2; y++)
+            *(float2 *)(state + (int64_t)(rs + g + 8 * y) * V + cs + nt * 8 + 2 * t) =
+                make_float2(acc[nt][2 * y], acc[nt][2 * y + 1]);
 }
 
+/* chunk_out's value columns per CTA: all of V (up to 128) on bf16, so q and P are read once per chunk;
+ * 64 on fp32 (shared memory). */
+template <typename TW> constexpr int out_vt() { return sizeof(TW) == 2 ? 128 : 64; }
+__host__ __device__ inline int out_cols(int V, int vt) { return V < vt ? V : vt; }
+
 template <typename TW, int K> struct OutSmem {
-    static constexpr int LQ = K + Pad<TW>::A, LP = kC + Pad<TW>::A, LH = kOutVT + Pad<TW>::B;
+    static constexpr int LQ = K + Pad<TW>::A, LP = kC + Pad<TW>::A, LH = out_vt<TW>() + Pad<TW>::B;
     TW q[kC * LQ], h[K * LH], P[kC * LP], U[kC * LH];
 };
 
@@ -894,7 +884,7 @@ __global__ void __launch_bounds__(kOutThreads) chunk_out_kernel(const LinParams 
     Sm &sm = *reinterpret_cast<Sm *>(smem_raw);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     const int64_t gc = blockIdx.x;
-    const int j = blockIdx.y, V = p.V, c0 = blockIdx.z * kOutVT;
+    const int j = blockIdx.y, V = p.V, W = out_cols(V, out_vt<TW>()), c0 = blockIdx.z * W;
     const int n = chunk_seq(ws.coff, p.N, gc);
     if (n < 0) return;
     const SeqRange sr = seq_range(p, n);
@@ -903,22 +893,25 @@ __global__ void __launch_bounds__(kOutThreads) chunk_out_kernel(const LinParams 
     const int64_t hj = gc * p.HV + j;
 
     tile_async(sm.q, LQ, (const TW *)ws.qg + hj * kC * K, K, kC, K, tid, kOutThreads);
-    tile_async(sm.h, LH, (const TW *)ws.h + hj * K * V + c0, V, K, kOutVT, tid, kOutThreads);
+    tile_async(sm.h, LH, (const TW *)ws.h + hj * K * V + c0, V, K, W, tid, kOutThreads);
     tile_async(sm.P, LP, (const TW *)ws.P + hj * kC * kC, kC, kC, kC, tid, kOutThreads);
-    tile_async(sm.U, LH, (const TW *)ws.u + hj * kC * V + c0, V, kC, kOutVT, tid, kOutThreads);
+    tile_async(sm.U, LH, (const TW *)ws.u + hj * kC * V + c0, V, kC, W, tid, kOutThreads);
     cp_async_wait_all();
     __syncthreads();
-    const int mt = warp >> 1, nb = (warp & 1) * 32;
-    float acc[4][4] = {};
-    tile_mma<K, 4, false>(acc, sm.q + mt * 16 * LQ, LQ, sm.h + nb, LH);
-    tile_mma<kC, 4, false>(acc, sm.P + mt * 16 * LP, LP, sm.U + nb, LH);
+    /* warp: 16 rows, 32 columns of each 64-column half */
+    const int mt = warp >> 1;
+    for (int nb = (warp & 1) * 32; nb < W; nb += 64) {
+        float acc[4][4] = {};
+        tile_mma<K, 4, false>(acc, sm.q + mt * 16 * LQ, LQ, sm.h + nb, LH);
+        tile_mma<kC, 4, false>(acc, sm.P + mt * 16 * LP, LP, sm.U + nb, LH);
 #pragma unroll
-    for (int nt = 0; nt < 4; nt++)
+        for (int nt = 0; nt < 4; nt++)
 #pragma unroll
-        for (int x = 0; x < 4; x++) {
-            const int i = mt * 16 + g + (x >> 1) * 8, c = c0 + nb + nt * 8 + 2 * t + (x & 1);
-            if (i < nc) st_dt(p.out, p.o_bf16, sr.b * p.o_sb + (tc0 + i) * p.o_st + (int64_t)j * V + c, acc[nt][x]);
-        }
+            for (int x = 0; x < 4; x++) {
+                const int i = mt * 16 + g + (x >> 1) * 8, c = c0 + nb + nt * 8 + 2 * t + (x & 1);
+                if (i < nc) st_dt(p.out, p.o_bf16, sr.b * p.o_sb + (tc0 + i) * p.o_st + (int64_t)j * V + c, acc[nt][x]);
+            }
+    }
 }
 
 /* ---------------------------------------------------------------- launching */
@@ -1030,7 +1023,8 @@ hae_status launch_chunked(const hae_linear_attn_args *a, const LinParams &p, cud
                 state<<<dim3((unsigned)(V / kStateVT), (unsigned)HV, (unsigned)p.N), kStateThreads,
                         sizeof(StateSmem<TI, KK>), s>>>(p, ws);
                 HAE_CUDA_LAUNCH_CHECK("chunk_state_kernel");
-                outk<<<dim3((unsigned)G, (unsigned)HV, (unsigned)(V / kOutVT)), kOutThreads, sizeof(OutSmem<TI, KK>),
+                outk<<<dim3((unsigned)G, (unsigned)HV, (unsigned)(V / out_cols((int)V, out_vt<TI>()))), kOutThreads,
+                       sizeof(OutSmem<TI, KK>),
                        s>>>(p, ws);
                 HAE_CUDA_LAUNCH_CHECK("chunk_out_kernel");
                 return HAE_OK;
