@@ -494,10 +494,10 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                           p.vec);
                 raw8_load(rk[x], (const TI *)p.k + sr.b * p.k_sb + t_ * p.k_st + (int64_t)h * K + c0, sizeof(TI) == 2,
                           p.vec);
-                if (kCh)
-                    raw8_load(rg[x],
-                              (const char *)p.g + (sr.b * p.g_sb + t_ * p.g_st + (int64_t)j * K + c0) * (p.g_bf16 ? 2 : 4),
-                              p.g_bf16, p.vec);
+                if (kCh) {
+                    const int64_t ge = sr.b * p.g_sb + t_ * p.g_st + (int64_t)j * K + c0;
+                    raw8_load(rg[x], (const char *)p.g + ge * (p.g_bf16 ? 2 : 4), p.g_bf16, p.vec);
+                }
             }
 #pragma unroll
             for (int x = 0; x < NB; x++) {
@@ -513,7 +513,8 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                 for (int e = 0; e < 8; e++) {
                     qv[e] = valid ? qk_map(p, raw8_get(rq[x], sizeof(TI) == 2, e)) : 0.0f;
                     kv[e] = valid ? qk_map(p, raw8_get(rk[x], sizeof(TI) == 2, e)) : 0.0f;
-                    gv[e] = !valid ? 0.0f : kLog2e * (kCh ? gate_fn_e(p, raw8_get(rg[x], p.g_bf16, e) + db[e], eA) : gh);
+                    const float gl = kCh ? gate_fn_e(p, raw8_get(rg[x], p.g_bf16, e) + db[e], eA) : gh;
+                    gv[e] = valid ? kLog2e * gl : 0.0f;
                     ssq += qv[e] * qv[e];
                     ssk += kv[e] * kv[e];
                 }
@@ -522,15 +523,19 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                     ssq += __shfl_xor_sync(0xffffffffu, ssq, o);
                     ssk += __shfl_xor_sync(0xffffffffu, ssk, o);
                 }
-                if (tid % VPR == 0)
-                    sm.beta[r] = DELTA && valid ? sigmoidf_(ld_dt(p.beta, p.b_bf16, sr.b * p.b_sb + t_ * p.b_st + j)) : 0.0f;
+                if (tid % VPR == 0) {
+                    const int64_t be = sr.b * p.b_sb + t_ * p.b_st + j;
+                    sm.beta[r] = DELTA && valid ? sigmoidf_(ld_dt(p.beta, p.b_bf16, be)) : 0.0f;
+                }
                 const float rq_ = p.elu1 ? 1.0f : 1.0f / sqrtf(ssq + 1e-6f);
                 const float rk_ = p.elu1 ? 1.0f : 1.0f / sqrtf(ssk + 1e-6f);
 #pragma unroll
-                for (int e = 0; e < 8; e++) {
-                    sm.q[r * LK + c0 + e] = qv[e] * rq_;
-                    sm.k[r * LK + c0 + e] = kv[e] * rk_;
-                    sm.G[r * LK + c0 + e] = gv[e];
+                for (int e = 0; e < 8; e += 4) { /* 16-byte stores: LK * 4 and c0 * 4 are multiples of 16 */
+                    *(float4 *)(sm.q + r * LK + c0 + e) =
+                        make_float4(qv[e] * rq_, qv[e + 1] * rq_, qv[e + 2] * rq_, qv[e + 3] * rq_);
+                    *(float4 *)(sm.k + r * LK + c0 + e) =
+                        make_float4(kv[e] * rk_, kv[e + 1] * rk_, kv[e + 2] * rk_, kv[e + 3] * rk_);
+                    *(float4 *)(sm.G + r * LK + c0 + e) = make_float4(gv[e], gv[e + 1], gv[e + 2], gv[e + 3]);
                 }
             }
         }
@@ -664,10 +669,13 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
 #pragma unroll
     for (int x = 0; x < 4; x++) {
         const int i = tid / 16 + 16 * x;
-        if (vc0 < V)
+        if (vc0 < V) {
+            float vv[8];
 #pragma unroll
-            for (int e = 0; e < 8; e++)
-                sm.G[i * LV + vc0 + e] = i < nc ? sm.beta[i] * raw8_get(rv[x], sizeof(TI) == 2, e) : 0.0f;
+            for (int e = 0; e < 8; e++) vv[e] = i < nc ? sm.beta[i] * raw8_get(rv[x], sizeof(TI) == 2, e) : 0.0f;
+            *(float4 *)(sm.G + i * LV + vc0) = make_float4(vv[0], vv[1], vv[2], vv[3]);
+            *(float4 *)(sm.G + i * LV + vc0 + 4) = make_float4(vv[4], vv[5], vv[6], vv[7]);
+        }
     }
     /* Block row I of T, one warp per block J < I on the tensor cores (3xTF32: T stays fp32-accurate):
      * X = Σ_{J≤M<I} (β A')_IM T_MJ, staged in T_IJ, then T_IJ = -D_I X. */
@@ -676,11 +684,13 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
             const int J = warp;
             float *Tij = T + I * 16 * LT + J * 16;
             float x[2][4] = {};
-            for (int M = J; M < I; M++) warp_mma<16, 2>(x, sm.L + tri_blk(I, M) * 256, 16, 1, T + M * 16 * LT + J * 16, LT, 1);
+            for (int M = J; M < I; M++)
+                warp_mma<16, 2>(x, sm.L + tri_blk(I, M) * 256, 16, 1, T + M * 16 * LT + J * 16, LT, 1);
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
 #pragma unroll
-                for (int y = 0; y < 2; y++) st2(Tij + (g + 8 * y) * LT + nt * 8 + 2 * t, x[nt][2 * y], x[nt][2 * y + 1]);
+                for (int y = 0; y < 2; y++)
+                    st2(Tij + (g + 8 * y) * LT + nt * 8 + 2 * t, x[nt][2 * y], x[nt][2 * y + 1]);
             __syncwarp();
             float d[2][4] = {};
             warp_mma<16, 2>(d, T + I * 16 * LT + I * 16, LT, 1, Tij, LT, 1);
@@ -688,7 +698,8 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
 #pragma unroll
-                for (int y = 0; y < 2; y++) st2(Tij + (g + 8 * y) * LT + nt * 8 + 2 * t, -d[nt][2 * y], -d[nt][2 * y + 1]);
+                for (int y = 0; y < 2; y++)
+                    st2(Tij + (g + 8 * y) * LT + nt * 8 + 2 * t, -d[nt][2 * y], -d[nt][2 * y + 1]);
         }
         __syncthreads();
     }
@@ -743,10 +754,10 @@ template <typename TW> struct Pad {
     static constexpr int A = sizeof(TW) == 2 ? 8 : 4, AT = 8, B = 8;
 };
 
-/* kd, U and gl are double-buffered: chunk gc + 1's are in flight during chunk gc. */
+/* w, kd, U and gl are double-buffered: chunk gc + 1's are in flight during chunk gc. */
 template <typename TW, int K> struct StateSmem {
     static constexpr int VT = kStateVT, LW = K + Pad<TW>::A, LD = K + Pad<TW>::AT, LS = VT + Pad<TW>::B;
-    TW w[kC * LW], kd[2][kC * LD], S[K * LS], U[2][kC * LS];
+    TW w[2][kC * LW], kd[2][kC * LD], S[K * LS], U[2][kC * LS];
     float gl[2][K];
 };
 
@@ -798,18 +809,15 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
             acc[nt][2 * y] = v.x, acc[nt][2 * y + 1] = v.y;
         }
 
-    auto load_w = [&](int32_t gcw) {
-        tile_async(sm.w, LW, (const TW *)ws.w + ((int64_t)gcw * p.HV + j) * kC * K, K, kC, K, tid, kStateThreads);
-    };
-    /* kd, u0 and gl of chunk gcl into buffer b */
+    /* w, kd, u0 and gl of chunk gcl into buffer b */
     auto load_chunk = [&](int32_t gcl, int b) {
         const int64_t hl = (int64_t)gcl * p.HV + j;
+        if (DELTA) tile_async(sm.w[b], LW, (const TW *)ws.w + hl * kC * K, K, kC, K, tid, kStateThreads);
         tile_async(sm.kd[b], LD, (const TW *)ws.kd + hl * kC * K, K, kC, K, tid, kStateThreads);
         tile_async(sm.U[b], LS, (const TW *)ws.u + hl * kC * V + c0, V, kC, VT, tid, kStateThreads);
         for (int c = tid * 4; c < K; c += kStateThreads * 4) cp_async16(sm.gl[b] + c, ws.gl + hl * K + c);
     };
     load_chunk(cbeg, 0);
-    if (DELTA) load_w(cbeg);
     cp_async_commit();
     for (int32_t gc = cbeg; gc < cend; gc++) {
         const int64_t hj = (int64_t)gc * p.HV + j;
@@ -820,8 +828,8 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
 #pragma unroll
             for (int y = 0; y < 2; y++)
                 st2(sm.S + (rs + g + 8 * y) * LS + cs + nt * 8 + 2 * t, acc[nt][2 * y], acc[nt][2 * y + 1]);
-        /* the next chunk's kd, u0, gl into the other buffer (free since the last step's final barrier);
-         * then wait for everything but that group */
+        /* the next chunk's w, kd, u0, gl into the other buffer (free since the last step's final
+         * barrier); then wait for everything but that group */
         if (gc + 1 < cend) load_chunk(gc + 1, b ^ 1);
         cp_async_commit();
         cp_async_wait<1>();
@@ -831,7 +839,7 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
         if (DELTA) {
             /* U = u0 - w S0 on this warp's 16 rows and NU column tiles */
             float uacc[NU][4] = {};
-            tile_mma<K, NU, false>(uacc, sm.w + ru * LW, LW, sm.S + cu, LS);
+            tile_mma<K, NU, false>(uacc, sm.w[b] + ru * LW, LW, sm.S + cu, LS);
 #pragma unroll
             for (int nt = 0; nt < NU; nt++)
 #pragma unroll
@@ -841,10 +849,6 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
                     st2(u, u0.x - uacc[nt][2 * y], u0.y - uacc[nt][2 * y + 1]);
                 }
             __syncthreads();
-            /* sm.w is consumed: the next w loads during the update, a group of its own that the
-             * next step's wait<1> covers */
-            if (gc + 1 < cend) load_w(gc + 1);
-            cp_async_commit();
             tile_copy((TW *)ws.u + hj * kC * V + c0, V, U, LS, kC, VT, tid, kStateThreads);
         }
         /* S = diag(e^{Γ_L}) S + kd^T U */
