@@ -356,12 +356,13 @@ __device__ __forceinline__ float2 ld2(const hae_bf16_t *p) {
  * (2) chunk_state, sequential over a sequence's chunks, parallel over (sequence, head, 32 value
  * columns): stores each chunk's start state, U = u0 - w S0, S = e^{Γ_L} S + (k e^{Γ_L-Γ})^T U, the
  * state in mma accumulators; (3) chunk_out, parallel over (chunk, head, 128 value columns on bf16, 64 on fp32): O.
- * Measured on H200 (bench_linear, H 32, K = V = 128, bf16, B 1 T 8192, bench/RESULTS.md): 1.10 ms
- * in all, kernel 1 0.67 ms, kernel 2 0.21 ms, kernel 3 0.18 ms. Kernel 1 was latency-bound on its
+ * Measured on H200 (bench_linear, H 32, K = V = 128, bf16, B 1 T 8192, bench/RESULTS.md): 0.96 ms
+ * in all, kernel 1 0.58 ms, kernel 2 0.21 ms, kernel 3 0.16 ms. Kernel 1 was latency-bound on its
  * loads (half its time with one row per warp in flight; now the chunk's reads go out together, 16
- * bytes each) and on shared-memory bank conflicts (odd row strides under mma fragment walks).
- * Kernel 1 takes 110 KB: two CTAs per SM. Kernel 2 streams the next chunk's w, kd, u0 and gl
- * (cp.async, double-buffered) during the current one. */
+ * bytes each), on shared-memory bank conflicts (odd row strides under mma fragment walks) and on
+ * the blocked inverse's serial CUDA-core rounds (now one MMA warp per block). It takes 110 KB: two
+ * CTAs per SM. Kernel 2 (8 warps) streams the next chunk's w, kd, u0 and gl (cp.async,
+ * double-buffered) during the current one. */
 constexpr int kC = 64;        /* tokens per chunk */
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kNB = kC / 16;  /* 16-row blocks per chunk */
