@@ -1,9 +1,10 @@
 /* CUDA microbenchmarks of the linear family against flash-linear-attention's anchors: KDA prefill
  * (chunk 64, bf16, H 32, K = V = 128, safe gate lower_bound -5, delta, L2 map) at B 1 T 8192,
- * B 1 T 32768 and B 8 T 4096; KDA decode of one token (chunk 0) at B 1 and B 256 with an fp32 state
- * [B, 32, 128, 128]; GDN prefill at B 1 T 8192. Each kernel is first checked against the CPU
- * reference (recurrent form) on random inputs of the same H, K, V at a reduced T; then timed: fresh
- * random inputs, warm-up, >= 20 repetitions each alone with CUDA events after an L2 flush, median
+ * B 1 T 32768 and B 8 T 4096, and with f32 inputs (the 3xTF32 path) at B 1 T 8192; KDA decode of one
+ * token (chunk 0) at B 1 and B 256 with an fp32 state [B, 32, 128, 128]; GDN prefill at B 1 T 8192.
+ * Each kernel is first checked against the CPU reference (recurrent form) on random inputs of the same
+ * H, K, V at a reduced T; then timed: fresh random inputs, warm-up, >= 20 repetitions each alone with
+ * CUDA events after an L2 flush, median
  * and min..max. Without CUDA or a GPU it says so and exits 0.
  *
  * FLOPs counted for the chunked form, per chunk of C tokens and value head (multiply-adds x 2):
@@ -68,11 +69,10 @@ typedef struct {
     hae_linear_attn_args a;
 } problem;
 
-static void problem_make(problem *p, hae_backend *be, int64_t B, int64_t T, int64_t H, int64_t K, int64_t V,
-                         hae_decay decay, int chunk, uint64_t seed) {
+static void problem_make(problem *p, hae_backend *be, hae_dtype dt, int64_t B, int64_t T, int64_t H, int64_t K,
+                         int64_t V, hae_decay decay, int chunk, uint64_t seed) {
     memset(p, 0, sizeof *p);
     p->be = be;
-    const hae_dtype dt = HAE_BF16;
     const hae_device dev = hae_backend_device(be);
     const bool ch = decay == HAE_DECAY_CHANNEL;
     const int64_t nq = B * T * H * K, nv = B * T * H * V, ng = ch ? nq : B * T * H, nb = B * T * H;
@@ -92,7 +92,7 @@ static void problem_make(problem *p, hae_backend *be, int64_t B, int64_t T, int6
         *bufs[i].dst = to_device(be, h, (size_t)bufs[i].n * hae_dtype_size(bufs[i].dt));
         free(h);
     }
-    CHECK("alloc out", hae_backend_alloc(be, (size_t)nv * 2, &p->out));
+    CHECK("alloc out", hae_backend_alloc(be, (size_t)nv * hae_dtype_size(dt), &p->out));
     hae_linear_attn_args *a = &p->a;
     a->q = hae_tensor_4d(p->q, dt, dev, B, T, H, K);
     a->k = hae_tensor_4d(p->k, dt, dev, B, T, H, K);
@@ -135,22 +135,26 @@ static double rel_rms(const void *x, const void *ref, hae_dtype dt, int64_t n) {
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-/* The GPU kernel (chunk as given) against the CPU recurrent form on the same inputs. */
-static void verify(const char *name, int64_t B, int64_t T, int64_t H, int64_t K, int64_t V, hae_decay decay,
-                   int chunk) {
+/* The GPU kernel (chunk as given) against the CPU recurrent form on the same inputs (dtype dt in and out). */
+static void verify(const char *name, hae_dtype dt, int64_t B, int64_t T, int64_t H, int64_t K, int64_t V,
+                   hae_decay decay, int chunk) {
     problem gp, cp;
-    problem_make(&gp, g_be, B, T, H, K, V, decay, chunk, 77);
-    problem_make(&cp, g_cpu, B, T, H, K, V, decay, 0, 77);
+    problem_make(&gp, g_be, dt, B, T, H, K, V, decay, chunk, 77);
+    problem_make(&cp, g_cpu, dt, B, T, H, K, V, decay, 0, 77);
     CHECK(name, hae_linear_attn(g_be, &gp.a));
     CHECK(name, hae_linear_attn(g_cpu, &cp.a));
     const int64_t no = B * T * H * V, ns = B * H * K * V;
-    void *go = malloc((size_t)no * 2), *gs = malloc((size_t)ns * 4);
-    CHECK("download", hae_backend_download(g_be, go, gp.out, (size_t)no * 2));
+    const size_t eo_sz = hae_dtype_size(dt);
+    void *go = malloc((size_t)no * eo_sz), *gs = malloc((size_t)ns * 4);
+    CHECK("download", hae_backend_download(g_be, go, gp.out, (size_t)no * eo_sz));
     CHECK("download", hae_backend_download(g_be, gs, gp.state, (size_t)ns * 4));
     CHECK("sync", hae_backend_sync(g_be));
-    const double eo = rel_rms(go, cp.out, HAE_BF16, no), es = rel_rms(gs, cp.state, HAE_F32, ns);
-    /* the chunked form multiplies bf16 operands (fp32 accumulation): tests/gpu_linear.c's tolerances */
-    const bool ok = chunk ? eo <= 5e-3 && es <= 5e-3 : eo <= 2e-3 && es <= 1e-4;
+    const double eo = rel_rms(go, cp.out, dt, no), es = rel_rms(gs, cp.state, HAE_F32, ns);
+    /* tests/gpu_linear.c's tolerances: bf16 chunked multiplies bf16 operands (fp32 accumulation), f32
+     * chunked runs 3xTF32 */
+    const bool bf = dt == HAE_BF16;
+    const double to = chunk ? (bf ? 5e-3 : 1e-4) : (bf ? 2e-3 : 2e-5), ts = chunk ? (bf ? 5e-3 : 1e-4) : 1e-4;
+    const bool ok = eo <= to && es <= ts;
     printf("# check %-28s B %lld T %lld H %lld K %lld V %lld chunk %d: out rel %.2e, state rel %.2e: %s\n", name,
            (long long)B, (long long)T, (long long)H, (long long)K, (long long)V, chunk, eo, es, ok ? "ok" : "FAIL");
     free(go), free(gs);
@@ -164,10 +168,10 @@ static void verify(const char *name, int64_t B, int64_t T, int64_t H, int64_t K,
 static hae_status run_linear(void *a) { return hae_linear_attn(g_be, a); }
 
 /* Times one problem and prints a row. peer_us / copy: the ratios' references (0: none). */
-static void bench(const char *name, int64_t B, int64_t T, int64_t H, int64_t K, int64_t V, hae_decay decay, int chunk,
-                  double peer_us) {
+static void bench(const char *name, hae_dtype dt, int64_t B, int64_t T, int64_t H, int64_t K, int64_t V,
+                  hae_decay decay, int chunk, double peer_us) {
     problem p;
-    problem_make(&p, g_be, B, T, H, K, V, decay, chunk, 5);
+    problem_make(&p, g_be, dt, B, T, H, K, V, decay, chunk, 5);
     const hae_bench_times tm = hae_bench_time(g_timer, g_be, name, run_linear, &p.a, WARMUP, REPS);
     const double med_us = tm.median_us, med_s = med_us * 1e-6;
     const double tokens = (double)(B * T);
@@ -179,7 +183,7 @@ static void bench(const char *name, int64_t B, int64_t T, int64_t H, int64_t K, 
     } else {
         const bool ch = decay == HAE_DECAY_CHANNEL;
         const double bytes = 2.0 * 4.0 * (double)(B * H * K * V) +
-                             2.0 * tokens * (double)H * (2.0 * K + 2.0 * V + (ch ? K : 1) + 1);
+                             (double)hae_dtype_size(dt) * tokens * (double)H * (2.0 * K + 2.0 * V + (ch ? K : 1) + 1);
         const double gbs = bytes / med_s * 1e-9;
         snprintf(gb, sizeof gb, "%.0f", gbs);
         snprintf(ceil_s, sizeof ceil_s, "%.0f%%", 100.0 * gbs / COPY_CEILING_GBS);
@@ -196,24 +200,27 @@ static void bench(const char *name, int64_t B, int64_t T, int64_t H, int64_t K, 
 
 static int bench_main(void) {
     if (!hae_bench_start("bench_linear", &g_be, &g_cpu, &g_timer)) return 0;
-    printf("# bf16 inputs, fp32 state, safe gate lower_bound -5, delta rule, L2 q/k map\n");
-    verify("kda prefill", 1, 200, 32, 128, 128, HAE_DECAY_CHANNEL, 64);
-    verify("kda prefill", 2, 130, 32, 128, 128, HAE_DECAY_CHANNEL, 64);
-    verify("gdn prefill", 1, 200, 32, 128, 128, HAE_DECAY_HEAD, 64);
-    verify("kda decode", 1, 1, 32, 128, 128, HAE_DECAY_CHANNEL, 0);
-    verify("kda decode", 8, 1, 32, 128, 128, HAE_DECAY_CHANNEL, 0);
+    printf("# bf16 inputs (f32 rows: f32 in and out), fp32 state, safe gate lower_bound -5, delta rule, L2 q/k map\n");
+    const hae_dtype BF = HAE_BF16, F32 = HAE_F32;
+    verify("kda prefill", BF, 1, 200, 32, 128, 128, HAE_DECAY_CHANNEL, 64);
+    verify("kda prefill", BF, 2, 130, 32, 128, 128, HAE_DECAY_CHANNEL, 64);
+    verify("gdn prefill", BF, 1, 200, 32, 128, 128, HAE_DECAY_HEAD, 64);
+    verify("kda prefill f32", F32, 1, 200, 32, 128, 128, HAE_DECAY_CHANNEL, 64);
+    verify("kda decode", BF, 1, 1, 32, 128, 128, HAE_DECAY_CHANNEL, 0);
+    verify("kda decode", BF, 8, 1, 32, 128, 128, HAE_DECAY_CHANNEL, 0);
     printf("# %d warm-up calls, then %d calls each timed alone after an L2 flush; rates from the median\n\n", WARMUP,
            REPS);
     printf("| %-16s | %-36s | %10s | %-20s | %12s | %7s | %7s | %10s | %9s |\n", "op", "shape", "median us",
            "min..max us", "tokens/s", "TFLOP/s", "GB/s", "vs FLA", "vs copy");
     printf("|------------------|--------------------------------------|------------|----------------------|-------------"
            "-|---------|---------|------------|-----------|\n");
-    bench("kda prefill", 1, 8192, 32, 128, 128, HAE_DECAY_CHANNEL, 64, PEER_CHUNK_KDA_B1_T8192_US);
-    bench("kda prefill", 1, 32768, 32, 128, 128, HAE_DECAY_CHANNEL, 64, PEER_CHUNK_KDA_B1_T32768_US);
-    bench("kda prefill", 8, 4096, 32, 128, 128, HAE_DECAY_CHANNEL, 64, PEER_CHUNK_KDA_B8_T4096_US);
-    bench("gdn prefill", 1, 8192, 32, 128, 128, HAE_DECAY_HEAD, 64, 0);
-    bench("kda decode", 1, 1, 32, 128, 128, HAE_DECAY_CHANNEL, 0, PEER_RECURRENT_KDA_B1_US);
-    bench("kda decode", 256, 1, 32, 128, 128, HAE_DECAY_CHANNEL, 0, PEER_RECURRENT_KDA_B256_US);
+    bench("kda prefill", BF, 1, 8192, 32, 128, 128, HAE_DECAY_CHANNEL, 64, PEER_CHUNK_KDA_B1_T8192_US);
+    bench("kda prefill", BF, 1, 32768, 32, 128, 128, HAE_DECAY_CHANNEL, 64, PEER_CHUNK_KDA_B1_T32768_US);
+    bench("kda prefill", BF, 8, 4096, 32, 128, 128, HAE_DECAY_CHANNEL, 64, PEER_CHUNK_KDA_B8_T4096_US);
+    bench("gdn prefill", BF, 1, 8192, 32, 128, 128, HAE_DECAY_HEAD, 64, 0);
+    bench("kda prefill f32", F32, 1, 8192, 32, 128, 128, HAE_DECAY_CHANNEL, 64, 0);
+    bench("kda decode", BF, 1, 1, 32, 128, 128, HAE_DECAY_CHANNEL, 0, PEER_RECURRENT_KDA_B1_US);
+    bench("kda decode", BF, 256, 1, 32, 128, 128, HAE_DECAY_CHANNEL, 0, PEER_RECURRENT_KDA_B256_US);
     hae_cuda_timer_destroy(g_timer);
     hae_backend_destroy(g_cpu);
     hae_backend_destroy(g_be);
