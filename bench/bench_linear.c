@@ -4,8 +4,7 @@
  * token (chunk 0) at B 1 and B 256 with an fp32 state [B, 32, 128, 128]; GDN prefill at B 1 T 8192.
  * Each kernel is first checked against the CPU reference (recurrent form) on random inputs of the same
  * H, K, V at a reduced T; then timed: fresh random inputs, warm-up, >= 20 repetitions each alone with
- * CUDA events after an L2 flush, median
- * and min..max. Without CUDA or a GPU it says so and exits 0.
+ * CUDA events after an L2 flush, median and min..max. Without CUDA or a GPU it says so and exits 0.
  *
  * FLOPs counted for the chunked form, per chunk of C tokens and value head (multiply-adds x 2):
  *   A' and P (lower triangles)              C^2 K
