@@ -451,7 +451,8 @@ __device__ __forceinline__ int tri_blk(int I, int J) { return I * (I + 1) / 2 + 
 
 /* w = T diag(β) K~ and u0 = T diag(β) V, T = (I + diag(β) A')^{-1} lower unitriangular: T's 16 x 16
  * diagonal blocks D_I by 16-step substitution (one thread per column), then block row by block
- * row T_IJ = -D_I Σ_{J≤M<I} (β A')_IM T_MJ, then the two products on the tensor cores. Padded rows
+ * row T_IJ = -D_I Σ_{J≤M<I} (β A')_IM T_MJ (one MMA warp per block), then the two products on the
+ * tensor cores. Padded rows
  * have β = 0, so their rows of T are unit rows and their w, u0 are 0. */
 template <typename TI, int K, int DECAY, bool DELTA>
 __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinParams p, const ChunkWs ws) {
