@@ -195,12 +195,17 @@ Test(gpu_linear, shapes) {
 }
 
 /* Gates at their extremes: softplus with raw gate ~ +30 (decay ~e^-30 per token, and -1e4-like
- * cumulative gates in a chunk), safe lower bounds -5 and -1e-3. */
+ * cumulative gates in a chunk), safe lower bounds -5 and -1e-3, and -10 / -20 on both sides of the
+ * CUDA chunked form's switch (diagonal blocks factored on the tensor cores down to -10, with factors
+ * up to e^80; one exponential per term below). */
 Test(gpu_linear, extreme_gates) {
     static const lshape cases[] = {
         {1, 130, 2, 4, 128, 128, F32, F32, SP, 0, 29, 31, 0, 0, {0}},
         {2, 70, 2, 2, 64, 64, BF16, BF16, SP, 0, 29, 31, 1, 0, {0}},
         {1, 130, 2, 4, 128, 128, F32, F32, SAFE, -5, 4, 6, 0, 0, {0}},
+        {1, 130, 2, 4, 128, 128, F32, F32, SAFE, -10, 4, 6, 0, 0, {0}},
+        {1, 130, 2, 2, 128, 128, BF16, BF16, SAFE, -10, 4, 6, 0, 0, {0}},
+        {1, 130, 2, 4, 128, 128, F32, F32, SAFE, -20, 4, 6, 0, 0, {0}},
         {1, 130, 2, 4, 128, 128, F32, F32, SAFE, -1e-3f, -2, 2, 0, 0, {0}},
         {1, 200, 1, 2, 64, 128, F32, F32, SP, 0, -30, -20, 0, 0, {0}},
     };
