@@ -1,5 +1,5 @@
 /* Warp-level tensor-core pieces shared by the CUDA kernels (sm_80+ instructions, run on sm_90a):
- * ldmatrix fragment loads from shared memory and the m16n8k16 bf16 MMA.
+ * cp.async copies into shared memory, ldmatrix fragment loads from it and the m16n8k16 bf16 MMA.
  * Fragments of mma m16n8k16 (g = lane / 4, t = lane % 4):
  *   a: {row g, cols 2t..2t+1}, {row g+8, 2t..}, {row g, 2t+8..}, {row g+8, 2t+8..};
  *   b: {k 2t..2t+1, col g}, {k 2t+8.., col g};  c: {row g, cols 2t, 2t+1}, {row g+8, cols 2t, 2t+1}.
@@ -13,6 +13,16 @@
 static __device__ __forceinline__ uint32_t hae_smem_addr(const void *p) {
     return (uint32_t)__cvta_generic_to_shared(p);
 }
+/* 16 bytes global -> shared, or 16 zero bytes when !valid (nothing is read then). */
+static __device__ __forceinline__ void cp_async16z(uint32_t dst, const void *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+/* Waits until at most N of this thread's groups are in flight. */
+template <int N> static __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+static __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 static __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])

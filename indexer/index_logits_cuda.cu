@@ -32,6 +32,8 @@
  * DeepGEMM's FP8 GEMMs (whose fp8_mqa_logits keeps the whole dot in the MMA likewise); splitting it
  * into fresh accumulators would cost registers and FADDs for at most the factor 4 of the bound. */
 #include "cuda_check.cuh"
+#include "mma.cuh"
+#include "wgmma.cuh"
 
 #include <limits.h>
 #include <math.h>
@@ -87,17 +89,11 @@ __host__ __device__ inline Layout layout_of(int MT, int D, int QB, int KW, int R
     return l;
 }
 
-__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
 template <int VEC> __device__ __forceinline__ void cp_async(uint32_t dst, const void *src) {
     if constexpr (VEC == 16)
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
     else
         asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
 /* Four 8x8 b16 matrices (8 rows of 16 bytes each); lane l gives the address of row l % 8 of matrix
@@ -239,7 +235,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) index_logits_kernel(const L
     auto issue = [&](int tile) {
         const int2 *lt = loc + (tile & 1) * KT;
         const int st = tile % kStages;
-        const uint32_t dk = smem_addr(sk + st * KT * KSTR);
+        const uint32_t dk = hae_smem_addr(sk + st * KT * KSTR);
         int key = tid / kpieces, c = tid % kpieces;
         const int dkey = nthreads / kpieces, dc = nthreads % kpieces;
         for (; key < KT; key += dkey, c += dc) {
@@ -253,7 +249,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) index_logits_kernel(const L
         for (int i = tid; i < KT * nb; i += nthreads) {
             const int2 pr = lt[i / nb];
             if (pr.x >= 0)
-                cp_async<4>(smem_addr(ds + i), p.pages + pr.x * p.page_stride + PD + (pr.y * nb + i % nb) * 4);
+                cp_async<4>(hae_smem_addr(ds + i), p.pages + pr.x * p.page_stride + PD + (pr.y * nb + i % nb) * 4);
             else if (pr.x == kNoPage)
                 ds[i] = __uint_as_float(0x7fc00000u);
         }
@@ -275,7 +271,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) index_logits_kernel(const L
     const int64_t pos_raw = pos0 + qi;
     const int pos = (int)max((int64_t)-1, min(pos_raw, (int64_t)INT_MAX)); /* keys s <= pos are scored */
     float *out = out0 + qi * p.l_st;
-    const uint32_t q_lane = smem_addr(sq + (qi * H16 + (lane & 7) + ((lane >> 3) & 1) * 8) * KSTR + (lane >> 4) * 16);
+    const uint32_t q_lane = hae_smem_addr(sq + (qi * H16 + (lane & 7) + ((lane >> 3) & 1) * 8) * KSTR + (lane >> 4) * 16);
     const int b_off = (lane & 7) * KSTR + (lane >> 3) * 16; /* key row l % 8, bytes 16 (l / 8): 64 bytes of 8 keys */
     float vw[MT][2];
 #pragma unroll
@@ -299,7 +295,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) index_logits_kernel(const L
                 const int kb = (kw * p.R + c) * CH; /* the chunk's first key in the tile */
                 const int s_chunk = k_begin + it * KT + kb;
                 if (s_chunk >= c_end) break;
-                const uint32_t b_lane = smem_addr(tk + kb * KSTR + b_off);
+                const uint32_t b_lane = hae_smem_addr(tk + kb * KSTR + b_off);
                 float x[NT][MT][4];
                 for (int blk = 0; blk < (ONE ? 1 : nb); blk++) {
                     if (!ONE) load_q<MT>(qf, q_lane, KSTR, blk);
@@ -404,20 +400,11 @@ __device__ __forceinline__ void wgmma_m64n64k32(float (&d)[32], uint64_t a, uint
                    "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
                  : "l"(a), "l"(b), "r"(accumulate));
 }
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 /* Waits until at most n (0 or 1, a constant after unrolling) wgmma groups are pending. */
 __device__ __forceinline__ void wgmma_wait(int n) {
-    if (n) asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
-    else asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+    if (n) wg_wait<1>();
+    else wg_wait<0>();
 }
-/* Keeps the compiler from moving accumulator reads across a wgmma wait. */
-__device__ __forceinline__ void fence_regs(float (&d)[32]) {
-#pragma unroll
-    for (int i = 0; i < 32; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
-/* Makes this thread's generic-proxy shared-memory writes (stores, cp.async) visible to wgmma. */
-__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 __device__ __forceinline__ void wg_sync(int wg) { asm volatile("bar.sync %0, 128;" ::"r"(1 + wg) : "memory"); }
 
 /* Dynamic shared memory of a wgmma CTA past its 1024-byte aligned start: queries [QB][64][128]
@@ -430,7 +417,7 @@ template <int QB, int NWG, int S>
 __global__ void __launch_bounds__(128 * NWG, 1) index_logits_wgmma_kernel(const LogitsParams p) {
     static_assert(QB <= 2 && S >= 2, "wgmma_wait takes one pending bank; the pipeline at least two stages");
     extern __shared__ __align__(16) uint8_t smem_raw[];
-    uint8_t *const sq = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+    uint8_t *const sq = smem_raw + ((1024 - (hae_smem_addr(smem_raw) & 1023)) & 1023);
     uint8_t *const sk = sq + QB * kHP * kRow;
     float *const ss = (float *)(sk + NWG * S * kTileBytes);
     float *const sv = ss + NWG * S * kTileKeys;
@@ -469,10 +456,10 @@ __global__ void __launch_bounds__(128 * NWG, 1) index_logits_wgmma_kernel(const 
         if (pr.x >= 0) {
             const uint8_t *page = p.pages + (int64_t)pr.x * p.page_stride;
             const uint8_t *src = page + (int64_t)pr.y * kRow + chalf * 64;
-            const uint32_t dst = smem_addr(wk + st * kTileBytes);
+            const uint32_t dst = hae_smem_addr(wk + st * kTileBytes);
 #pragma unroll
             for (int j = 0; j < 4; j++) cp_async<16>(dst + sw128(ckey, 4 * chalf + j), src + 16 * j);
-            if (!chalf) cp_async<4>(smem_addr(ws + st * kTileKeys + ckey), page + PD + (int64_t)pr.y * 4);
+            if (!chalf) cp_async<4>(hae_smem_addr(ws + st * kTileKeys + ckey), page + PD + (int64_t)pr.y * 4);
         } else if (pr.x == kNoPage && !chalf) {
             ws[st * kTileKeys + ckey] = __uint_as_float(0x7fc00000u);
         }
@@ -497,7 +484,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) index_logits_wgmma_kernel(const 
     int pos[QB]; /* keys s <= pos[q] are scored */
 #pragma unroll
     for (int q = 0; q < QB; q++) pos[q] = (int)max((int64_t)-1, min(pos0 + q, (int64_t)INT_MAX));
-    const uint64_t qdesc = sw128_desc(smem_addr(sq));
+    const uint64_t qdesc = sw128_desc(hae_smem_addr(sq));
     /* after the reduction lane l holds key row r = l % 2 of its quad; lanes with l % 4 < 2 write */
     const int key = 16 * warp + (lane >> 2) + 8 * (lane & 1);
     const bool writer = !(lane & 2);
@@ -512,21 +499,21 @@ __global__ void __launch_bounds__(128 * NWG, 1) index_logits_wgmma_kernel(const 
         if (it + S < my_tiles) next = locate(it + S); /* its latency hides behind this tile's math */
 
         const int st = it % S;
-        const uint64_t kdesc = sw128_desc(smem_addr(wk + st * kTileBytes));
-        wgmma_fence();
+        const uint64_t kdesc = sw128_desc(hae_smem_addr(wk + st * kTileBytes));
+        wg_fence();
 #pragma unroll
         for (int q = 0; q < QB; q++) {
 #pragma unroll
             for (int k = 0; k < kRow / 32; k++)
                 wgmma_m64n64k32(acc[q], kdesc + 2 * k, qdesc + (uint64_t)(q * kHP * kRow / 16) + 2 * k, k);
-            wgmma_commit();
+            wg_commit();
         }
         const int s = k_begin + (wg + it * NWG) * kTileKeys + key;
         const float ks = ws[st * kTileKeys + key];
 #pragma unroll
         for (int q = 0; q < QB; q++) {
             wgmma_wait(QB - 1 - q); /* bank q is done, the later ones may still run */
-            fence_regs(acc[q]);
+            wg_hold(acc[q]);
             float x[2][2] = {};
 #pragma unroll
             for (int j = 0; j < 8; j++)

@@ -15,6 +15,7 @@
  * exponential is one FFMA and one ex2. */
 #include "cuda_check.cuh"
 #include "mma.cuh"
+#include "wgmma.cuh"
 
 #include <cuda_bf16.h>
 #include <limits.h>
@@ -173,25 +174,12 @@ hae_status launch_simple(const AttnParams &p, int64_t rows, cudaStream_t s) {
 
 constexpr int kTileN = 64;        /* keys per K/V tile in shared memory */
 constexpr int kTcThreads = 128;   /* 4 warps */
-constexpr int kPrefillRows = 128; /* query rows per prefill CTA: 32 per warp */
-constexpr int kPrefillStages = 2; /* K/V tiles in flight per prefill CTA */
 constexpr int kDecodeStages = 3;
 constexpr int kDecodeMaxT = 16; /* queries per sequence up to which the split-KV path runs */
 constexpr int kMaxRel = 1 << 30; /* positions inside a CTA's key range are ints below this */
 
 template <int D> __device__ __forceinline__ int swz(int r, int c) { return r * D + ((c ^ (r & 7)) << 3); }
 
-__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-/* 16 bytes global -> shared, or 16 zero bytes when !valid (nothing is read then). */
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* lo in the low half: the lower column */
@@ -343,25 +331,30 @@ __device__ __forceinline__ KeyRange key_range(const AttnParams &p, int64_t b, in
             (int)(kmax - kmin + 1), (int)(kmin % p.cap), (int)p.cap};
 }
 
-/* Issues the cp.async of one K and one V tile, keys n0 .. n0 + 63 of the range, from their ring slots;
- * keys past the range come as zeros, so nothing outside the cached positions is read and a NaN in an
- * unused slot cannot reach P V. */
-template <int D>
+/* Issues the cp.async of one K and one V tile, keys n0 .. n0 + 63 of the range, from their ring slots,
+ * by NT threads; chunk ch of key r lands at byte off(r, ch) of each tile. Keys past the range come as
+ * zeros, so nothing outside the cached positions is read and a NaN in an unused slot cannot reach P V. */
+template <int D, int NT, typename Off>
 __device__ __forceinline__ void load_kv_tile(const AttnParams &p, const KeyRange &kr, int n0, uint32_t sk,
-                                             uint32_t sv, int tid) {
-    constexpr int CPR = D / 8, RPI = kTcThreads / CPR; /* 16-byte chunks per row, rows per pass */
+                                             uint32_t sv, int tid, Off off) {
+    constexpr int CPR = D / 8, RPI = NT / CPR; /* 16-byte chunks per row, rows per pass */
+    static_assert(NT % CPR == 0 && kTileN % RPI == 0, "whole rows per pass, whole passes per tile");
     const int ch = tid % CPR;
     int r = tid / CPR;
     unsigned slot = (unsigned)(kr.slot0 + n0 + r) % (unsigned)kr.cap; /* then stepped by RPI rows */
 #pragma unroll
     for (int it = 0; it < kTileN / RPI; it++, r += RPI) {
         const bool valid = n0 + r < kr.len;
-        cp_async16(sk + 2 * swz<D>(r, ch), kr.k + (valid ? (int64_t)slot * p.k_ss + ch * 8 : 0), valid);
-        cp_async16(sv + 2 * swz<D>(r, ch), kr.v + (valid ? (int64_t)slot * p.v_ss + ch * 8 : 0), valid);
+        cp_async16z(sk + off(r, ch), kr.k + (valid ? (int64_t)slot * p.k_ss + ch * 8 : 0), valid);
+        cp_async16z(sv + off(r, ch), kr.v + (valid ? (int64_t)slot * p.v_ss + ch * 8 : 0), valid);
         slot += RPI;
         if (slot >= (unsigned)kr.cap) slot = kr.cap >= RPI ? slot - kr.cap : slot % (unsigned)kr.cap;
     }
 }
+/* the row-major swizzle of the mma.sync kernels */
+template <int D> struct SwzRows {
+    __device__ __forceinline__ uint32_t operator()(int r, int ch) const { return 2 * swz<D>(r, ch); }
+};
 
 /* window - 1 for the mask (full attention: a distance no key reaches) */
 __device__ __forceinline__ int window_m1(int64_t window) {
@@ -375,19 +368,78 @@ __device__ __forceinline__ bool keys_masked(int n0, int n, int first, int lo_las
     return n0 + n - 1 > first || n0 < lo_last;
 }
 
-/* ---------------------------------------------------------------- flash prefill
- * CTA = 128 query rows t0 .. t0+127 of one (b, h), 32 per warp (two m-tiles); its keys are
- * [lo(p_first), p_last], streamed in tiles of 64 through a kPrefillStages-deep cp.async ring. Only
- * tiles that cross the diagonal or the window's lower edge are masked; tiles outside every row's
- * window are never visited. CTAs are launched heaviest (latest rows) first. */
-template <int D, typename TO>
-__global__ void __launch_bounds__(kTcThreads, 2) flash_prefill_kernel(const AttnParams p) {
-    extern __shared__ __align__(128) uint16_t smem[];
-    constexpr int CPR = D / 8, MT = 2;
-    constexpr uint32_t TB = kTileN * D * 2; /* bytes of a K or V tile */
-    const uint32_t sq = smem_addr(smem), sk = sq + kPrefillRows * D * 2, sv = sk + kPrefillStages * TB;
+/* ---------------------------------------------------------------- flash prefill (wgmma)
+ * CTA = kPrefillRows query rows t0 .. of one (b, h), kPrefillWG warpgroups of 64 rows each (wgmma's
+ * M); its keys [lo(p_first), p_last] stream in tiles of 64 through a kPrefillStages-deep cp.async ring
+ * shared by the warpgroups. Q, K and V sit in shared memory as 128-byte-swizzled blocks of 64 dims
+ * (engine/wgmma.cuh). Per tile i a warpgroup issues S_i = Q K_i^T (wgmma 64 x 64 x 16, both K-major),
+ * then O += P_{i-1} V_{i-1} (wgmma 64 x D x 16, P from registers, V read transposed), waits for S_i
+ * only, runs the softmax of tile i beside that product, and waits for it before rescaling O: the
+ * exponentials of one tile overlap the tensor cores' work on the previous one. Like the sparse
+ * kernel, a row's base m moves only when a tile's max passes it by more than kLazy (P <= 2^kLazy,
+ * O rescaled on few tiles). Tiles that cross the diagonal or the window's lower edge of a warpgroup's
+ * rows are masked, tiles outside all of them skipped; CTAs are launched heaviest (latest rows) first. */
+constexpr int kPrefillWG = 2;                 /* warpgroups per CTA */
+constexpr int kPrefillRows = 64 * kPrefillWG; /* query rows per CTA */
+constexpr int kPrefillStages = 4;             /* K/V tiles resident: the one in P V, the one scored, two loading */
+constexpr float kLazy = 8.0f;
 
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+/* byte offset of chunk ch of row r in a tile of R rows stored as 128-byte-swizzled 64-dim blocks */
+template <int R> struct SwzBlocks {
+    __device__ __forceinline__ uint32_t operator()(int r, int ch) const {
+        return (uint32_t)((ch >> 3) * R * 128 + r * 128 + (((ch & 7) ^ (r & 7)) << 4));
+    }
+};
+
+/* d (+)= A B, 64 x 64 x 16, A and B K-major in shared memory (descriptor low words a, b). */
+__device__ __forceinline__ void wgmma_ss_64x64(float (&d)[32], uint32_t a, uint32_t b, bool accumulate) {
+    asm volatile("{\n.reg .pred p;\n.reg .b64 da, db;\nmov.b64 da, {%32, %34};\nmov.b64 db, {%33, %34};\n"
+                 "setp.ne.b32 p, %35, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "da, db, p, 1, 1, 0, 0;\n}"
+                 : HAE_WG_F8(d, 0), HAE_WG_F8(d, 8), HAE_WG_F8(d, 16), HAE_WG_F8(d, 24)
+                 : "r"(a), "r"(b), "r"(kWgDescHi), "r"((int)accumulate)
+                 : "memory");
+}
+/* d += A B, 64 x N x 16 (N = 64 or 128), A from registers, B transposed (MN-major) in shared memory. */
+__device__ __forceinline__ void wgmma_rs_bt(float (&d)[32], const uint32_t (&a)[4], uint32_t b) {
+    asm volatile("{\n.reg .pred p;\n.reg .b64 db;\nmov.b64 db, {%36, %37};\nsetp.ne.b32 p, %38, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "{%32, %33, %34, %35}, db, p, 1, 1, 1;\n}"
+                 : HAE_WG_F8(d, 0), HAE_WG_F8(d, 8), HAE_WG_F8(d, 16), HAE_WG_F8(d, 24)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b), "r"(kWgDescHi), "r"(1)
+                 : "memory");
+}
+__device__ __forceinline__ void wgmma_rs_bt(float (&d)[64], const uint32_t (&a)[4], uint32_t b) {
+    asm volatile("{\n.reg .pred p;\n.reg .b64 db;\nmov.b64 db, {%68, %69};\nsetp.ne.b32 p, %70, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                 "{%64, %65, %66, %67}, db, p, 1, 1, 1;\n}"
+                 : HAE_WG_F8(d, 0), HAE_WG_F8(d, 8), HAE_WG_F8(d, 16), HAE_WG_F8(d, 24), HAE_WG_F8(d, 32),
+                   HAE_WG_F8(d, 40), HAE_WG_F8(d, 48), HAE_WG_F8(d, 56)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b), "r"(kWgDescHi), "r"(1)
+                 : "memory");
+}
+
+template <int D> constexpr size_t prefill_smem_bytes() {
+    return 1024 + (size_t)(kPrefillRows + 2 * kPrefillStages * kTileN) * D * 2; /* + slack for 1024 alignment */
+}
+
+template <int D, typename TO>
+__global__ void __launch_bounds__(128 * kPrefillWG, 1) flash_prefill_kernel(const AttnParams p) {
+    extern __shared__ __align__(128) uint16_t smem[];
+    constexpr int CPR = D / 8, NT = 128 * kPrefillWG, KB = D / 64; /* 64-dim blocks */
+    constexpr uint32_t QBLK = kPrefillRows * 128, TBLK = kTileN * 128, TB = KB * TBLK;
+    const uint32_t sq = (hae_smem_addr(smem) + 1023u) & ~1023u, sk = sq + KB * QBLK, sv = sk + kPrefillStages * TB;
+
+    const int tid = threadIdx.x, wg = tid >> 7, wi = (tid >> 5) & 3, lane = tid & 31;
     const int h = (int)(blockIdx.x % (unsigned)p.Hq);
     const int64_t b = blockIdx.x / (unsigned)p.Hq;
     const int64_t t0 = (int64_t)(gridDim.y - 1 - blockIdx.y) * kPrefillRows;
@@ -395,70 +447,183 @@ __global__ void __launch_bounds__(kTcThreads, 2) flash_prefill_kernel(const Attn
     const int64_t t_last = (t0 + kPrefillRows < p.T ? t0 + kPrefillRows : p.T) - 1;
     const int64_t p_first = p.pos0 + t0, p_last = p.pos0 + t_last, kmin = window_lo(p_first, p.window);
     const KeyRange kr = key_range(p, b, g, D, kmin, p_last);
-    const int first = (int)(p_first - kmin), lo_last = (int)(window_lo(p_last, p.window) - kmin);
     const int ntiles = (kr.len + kTileN - 1) / kTileN;
 
     const uint16_t *qg = (const uint16_t *)p.q + b * p.q_sb + (int64_t)h * D;
 #pragma unroll
-    for (int it = 0; it < kPrefillRows * CPR / kTcThreads; it++) {
-        const int i = tid + it * kTcThreads, r = i / CPR, ch = i % CPR;
+    for (int it = 0; it < kPrefillRows * CPR / NT; it++) {
+        const int i = tid + it * NT, r = i / CPR, ch = i % CPR;
         const bool valid = t0 + r < p.T;
-        cp_async16(sq + 2 * swz<D>(r, ch), qg + (valid ? (t0 + r) * p.q_st + ch * 8 : 0), valid);
+        cp_async16z(sq + SwzBlocks<kPrefillRows>()(r, ch), qg + (valid ? (t0 + r) * p.q_st + ch * 8 : 0), valid);
     }
 #pragma unroll
-    for (int j = 0; j < kPrefillStages - 1; j++) {
-        if (j < ntiles) load_kv_tile<D>(p, kr, j * kTileN, sk + j * TB, sv + j * TB, tid);
+    for (int j = 0; j < kPrefillStages - 2; j++) {
+        if (j < ntiles) load_kv_tile<D, NT>(p, kr, j * kTileN, sk + j * TB, sv + j * TB, tid, SwzBlocks<kTileN>());
         cp_async_commit(); /* one group per tile, empty or not, so the wait count below is fixed */
     }
 
-    const int row0 = first + warp * 32 + (lane >> 2); /* this lane's first row */
+    /* this warpgroup's rows, positions relative to kmin: from wfirst, the last stored at wlast */
+    const int64_t wt0 = t0 + 64 * wg;
+    const int wfirst = (int)(p_first + 64 * wg - kmin);
+    const int wlast = (int)((wt0 + 63 < p.T ? wt0 + 63 : p.T - 1) + p.pos0 - kmin);
+    const int wlo_last = (int)(window_lo(wlast + kmin, p.window) - kmin);
     const int wm1 = window_m1(p.window);
-
-    float o[MT][D / 8][4], m[MT][2], l[MT][2];
-#pragma unroll
-    for (int mt = 0; mt < MT; mt++) {
-#pragma unroll
-        for (int nd = 0; nd < D / 8; nd++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) o[mt][nd][e] = 0.0f;
-        m[mt][0] = m[mt][1] = -INFINITY;
-        l[mt][0] = l[mt][1] = 0.0f;
-    }
+    const int r0 = wfirst + 16 * wi + (lane >> 2); /* this thread's rows: r0 and r0 + 8 */
+    const int t4 = lane & 3;
     const float c = p.scale * 1.4426950408889634f;
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) o[i] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    const uint32_t dq = wg_desc_lo(sq + wg * 64 * 128, 16);
 
-    for (int j = 0; j < ntiles; j++) {
-        cp_async_wait<kPrefillStages - 2>();
-        __syncthreads(); /* tile j landed for every thread; tile j-1's buffer is free */
-        const int jn = j + kPrefillStages - 1, bn = jn % kPrefillStages;
-        if (jn < ntiles) load_kv_tile<D>(p, kr, jn * kTileN, sk + bn * TB, sv + bn * TB, tid);
+    /* Every warpgroup takes every tile of the CTA's range (a tile past its rows is masked whole: one
+     * tile in a hundred at long T), so no wgmma sits under a per-warpgroup branch, which would make
+     * the compiler serialize them. */
+    auto wait_tile = [&](int i) { /* tile i landed everywhere; tile i - 2's stage is free for tile i + S - 2 */
+        cp_async_wait<kPrefillStages - 3>();
+        fence_async_smem(); /* this thread's copies, visible to wgmma after the barrier */
+        __syncthreads();
+        const int jn = i + kPrefillStages - 2, bn = jn % kPrefillStages;
+        if (jn < ntiles) load_kv_tile<D, NT>(p, kr, jn * kTileN, sk + bn * TB, sv + bn * TB, tid, SwzBlocks<kTileN>());
         cp_async_commit();
-
-        const bool masked = keys_masked(j * kTileN, kTileN, first, lo_last);
-        const int r0 = row0 - j * kTileN;
-        const int bj = j % kPrefillStages;
-        warp_attend<D, MT, kTileN>(
-            sq + warp * 32 * D * 2, sk + bj * TB, sv + bj * TB, lane, masked,
-            [r0](int mt, int i) { return r0 + mt * 16 + 8 * i; }, wm1, c, o, m, l);
-    }
-
-    TO *og = (TO *)p.out + b * p.o_sb + (int64_t)h * D;
+    };
+    auto issue_s = [&](int i, float (&s)[32]) { /* S = Q K_i^T: k step kk is 32 bytes into 64-dim block kk / 4 */
+        const uint32_t dk = wg_desc_lo(sk + (i % kPrefillStages) * TB, 16);
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
+        for (int kk = 0; kk < D / 16; kk++)
+            wgmma_ss_64x64(s, dq + (uint32_t)((kk >> 2) * (QBLK >> 4) + (kk & 3) * 2),
+                           dk + (uint32_t)((kk >> 2) * (TBLK >> 4) + (kk & 3) * 2), kk > 0);
+        wg_commit();
+    };
+    auto issue_pv = [&](int i, const uint32_t (&pa)[4][4]) { /* O += P V_i: V transposed, k step 16 keys on */
+        const uint32_t dv = wg_desc_lo(sv + (i % kPrefillStages) * TB, TBLK);
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            float sum = l[mt][i];
-            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-            const int64_t t = t0 + warp * 32 + mt * 16 + (lane >> 2) + 8 * i;
-            if (t >= p.T) continue;
-            const float inv = 1.0f / sum; /* > 0: row p attends to key p */
-            TO *orow = og + t * p.o_st + 2 * (lane & 3);
+        for (int kc = 0; kc < 4; kc++) wgmma_rs_bt(o, pa[kc], dv + (uint32_t)(kc * 128));
+        wg_commit();
+    };
+    /* The softmax of tile i into P (A fragments of 4 k steps), the rows' factors for O in al0, al1;
+     * returns whether any is not 1. */
+    auto softmax = [&](int i, float (&s)[32], uint32_t (&pn)[4][4], float &al0, float &al1) -> bool {
+        if (keys_masked(i * kTileN, kTileN, wfirst, wlo_last)) {
+            const int h0 = r0 - i * kTileN, h1 = h0 + 8; /* the rows' positions from the tile's first key */
 #pragma unroll
-            for (int nd = 0; nd < D / 8; nd++) {
-                hae_st(orow + nd * 8, o[mt][nd][2 * i] * inv);
-                hae_st(orow + nd * 8 + 1, o[mt][nd][2 * i + 1] * inv);
-            }
+            for (int cc = 0; cc < 8; cc++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int n = 8 * cc + 2 * t4 + e;
+                    if (n < h0 - wm1 || n > h0) s[4 * cc + e] = -INFINITY;
+                    if (n < h1 - wm1 || n > h1) s[4 * cc + 2 + e] = -INFINITY;
+                }
         }
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int cc = 0; cc < 8; cc++) {
+            mx0 = fmaxf(mx0, fmaxf(s[4 * cc], s[4 * cc + 1]));
+            mx1 = fmaxf(mx1, fmaxf(s[4 * cc + 2], s[4 * cc + 3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float mt0 = mx0 * c, mt1 = mx1 * c;
+        const bool up0 = mt0 > m0 + kLazy, up1 = mt1 > m1 + kLazy;
+        al0 = up0 ? exp2f(m0 - mt0) : 1.0f, al1 = up1 ? exp2f(m1 - mt1) : 1.0f; /* 0 at a row's first keys */
+        m0 = up0 ? mt0 : m0, m1 = up1 ? mt1 : m1;
+        const float base0 = m0 == -INFINITY ? 0.0f : m0, base1 = m1 == -INFINITY ? 0.0f : m1; /* all masked: P = 0 */
+        float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+        for (int cc = 0; cc < 8; cc++) {
+            const float p00 = exp2f(fmaf(s[4 * cc], c, -base0)), p01 = exp2f(fmaf(s[4 * cc + 1], c, -base0));
+            const float p10 = exp2f(fmaf(s[4 * cc + 2], c, -base1)), p11 = exp2f(fmaf(s[4 * cc + 3], c, -base1));
+            ps0 += p00 + p01;
+            ps1 += p10 + p11;
+            /* keys 8 cc .. are k step cc / 2, its columns 0..7 (a0, a1) or 8..15 (a2, a3) */
+            pn[cc >> 1][2 * (cc & 1)] = pack_bf16(p00, p01);
+            pn[cc >> 1][2 * (cc & 1) + 1] = pack_bf16(p10, p11);
+        }
+        l0 = l0 * al0 + ps0;
+        l1 = l1 * al1 + ps1;
+        return __any_sync(0xffffffffu, up0 || up1); /* else every factor is 1 */
+    };
+
+    uint32_t pa[4][4], pb[4][4]; /* P of the last scored tile */
+    {
+        float al0, al1;
+        float s[32] = {}; /* the first wgmma ignores it */
+        wait_tile(0);
+        wg_hold(s); /* defined before the fence, as the wgmma requires */
+        wg_fence();
+        issue_s(0, s);
+        wg_wait<0>();
+        wg_hold(s);
+        softmax(0, s, pa, al0, al1); /* O is 0: nothing to rescale */
+    }
+    /* Tile i: S_i and P_{i-1} V_{i-1} in flight together, the softmax of S_i beside the product. P
+     * alternates between two register sets (pin read by the product, pout written by the softmax):
+     * a copy between them lets ptxas merge the two and serialize every wgmma. */
+    auto step = [&](int i, uint32_t (&pin)[4][4], uint32_t (&pout)[4][4]) {
+        float s[32] = {};
+        wait_tile(i);
+        wg_hold(s); /* registers the wgmmas read, all defined before the fence */
+        wg_hold(o);
+#pragma unroll
+        for (int kc = 0; kc < 4; kc++) wg_hold(pin[kc]);
+        wg_fence();
+        issue_s(i, s);
+        issue_pv(i - 1, pin);
+        wg_wait<1>(); /* S_i done, P V_{i-1} may still run */
+        wg_hold(s);
+        float al0, al1;
+        const bool rescale = softmax(i, s, pout, al0, al1);
+        wg_wait<0>();
+        wg_hold(o);
+#pragma unroll
+        for (int kc = 0; kc < 4; kc++) wg_hold(pin[kc]); /* read by that product until now */
+        if (rescale)
+#pragma unroll
+            for (int cc = 0; cc < D / 8; cc++) {
+                o[4 * cc] *= al0, o[4 * cc + 1] *= al0;
+                o[4 * cc + 2] *= al1, o[4 * cc + 3] *= al1;
+            }
+    };
+    auto last_pv = [&](const uint32_t (&pin)[4][4]) {
+        wg_hold(o);
+        wg_fence();
+        issue_pv(ntiles - 1, pin);
+        wg_wait<0>();
+        wg_hold(o);
+    };
+    int i = 1;
+    for (; i + 1 < ntiles; i += 2) {
+        step(i, pa, pb);
+        step(i + 1, pb, pa);
+    }
+    if (i < ntiles) {
+        step(i, pa, pb);
+        last_pv(pb);
+    } else {
+        last_pv(pa);
+    }
+    cp_async_wait_all();
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    TO *og = (TO *)p.out + b * p.o_sb + (int64_t)h * D + 2 * t4;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int64_t t = wt0 + 16 * wi + (lane >> 2) + 8 * half;
+        if (t >= p.T) continue;
+        const float inv = 1.0f / (half ? l1 : l0); /* > 0: row p attends to key p */
+        TO *orow = og + t * p.o_st;
+#pragma unroll
+        for (int cc = 0; cc < D / 8; cc++) {
+            hae_st(orow + 8 * cc, o[4 * cc + 2 * half] * inv);
+            hae_st(orow + 8 * cc + 1, o[4 * cc + 2 * half + 1] * inv);
+        }
+    }
 }
 
 /* ---------------------------------------------------------------- split-KV decode
@@ -489,7 +654,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) flash_decode_kernel(const AttnP
     extern __shared__ __align__(128) uint16_t smem[];
     constexpr int CPR = D / 8, RB = 16 * MT, KW = kTileN / 4; /* keys per warp per tile */
     constexpr uint32_t TB = kTileN * D * 2, WB = KW * D * 2; /* bytes of a tile, of a warp's keys */
-    const uint32_t sq = smem_addr(smem), sk = sq + RB * D * 2, sv = sk + kDecodeStages * TB;
+    const uint32_t sq = hae_smem_addr(smem), sk = sq + RB * D * 2, sv = sk + kDecodeStages * TB;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int split = blockIdx.x, g = blockIdx.y / sp.nrg, rg = blockIdx.y % sp.nrg;
@@ -508,11 +673,11 @@ __global__ void __launch_bounds__(kTcThreads, 2) flash_decode_kernel(const AttnP
         const int i = tid + it * kTcThreads, rl = i / CPR, ch = i % CPR, r = rg * RB + rl;
         const bool valid = r < R;
         const int64_t off = valid ? (int64_t)(r / G) * p.q_st + (int64_t)(g * G + r % G) * D + ch * 8 : 0;
-        cp_async16(sq + 2 * swz<D>(rl, ch), qg + off, valid);
+        cp_async16z(sq + 2 * swz<D>(rl, ch), qg + off, valid);
     }
 #pragma unroll
     for (int j = 0; j < kDecodeStages - 1; j++) {
-        if (j < n) load_kv_tile<D>(p, kr, (j0 + j) * kTileN, sk + j * TB, sv + j * TB, tid);
+        if (j < n) load_kv_tile<D, kTcThreads>(p, kr, (j0 + j) * kTileN, sk + j * TB, sv + j * TB, tid, SwzRows<D>());
         cp_async_commit();
     }
 
@@ -536,7 +701,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) flash_decode_kernel(const AttnP
         cp_async_wait<kDecodeStages - 2>();
         __syncthreads();
         const int jn = j + kDecodeStages - 1, bn = jn % kDecodeStages;
-        if (jn < n) load_kv_tile<D>(p, kr, (j0 + jn) * kTileN, sk + bn * TB, sv + bn * TB, tid);
+        if (jn < n) load_kv_tile<D, kTcThreads>(p, kr, (j0 + jn) * kTileN, sk + bn * TB, sv + bn * TB, tid, SwzRows<D>());
         cp_async_commit();
 
         const int off = (j0 + j) * kTileN + warp * KW; /* this warp's first key */
@@ -638,13 +803,13 @@ template <typename K> hae_status set_smem(K kernel, size_t bytes) {
 }
 
 template <int D, typename TO> hae_status launch_prefill(const AttnParams &p, int64_t B, cudaStream_t s) {
-    const size_t smem = (size_t)(kPrefillRows + 2 * kPrefillStages * kTileN) * D * 2;
+    constexpr size_t smem = prefill_smem_bytes<D>();
     const int64_t mblocks = (p.T + kPrefillRows - 1) / kPrefillRows;
     if (mblocks > 65535 || B * p.Hq > INT_MAX)
         return hae_error(HAE_ERR_UNSUPPORTED, "hae_attention (cuda): %lld query blocks x %lld heads exceed the grid",
                          (long long)mblocks, (long long)(B * p.Hq));
     HAE_TRY(set_smem(flash_prefill_kernel<D, TO>, smem));
-    flash_prefill_kernel<D, TO><<<dim3((unsigned)(B * p.Hq), (unsigned)mblocks), kTcThreads, smem, s>>>(p);
+    flash_prefill_kernel<D, TO><<<dim3((unsigned)(B * p.Hq), (unsigned)mblocks), 128 * kPrefillWG, smem, s>>>(p);
     HAE_CUDA_LAUNCH_CHECK("flash_prefill_kernel");
     return HAE_OK;
 }

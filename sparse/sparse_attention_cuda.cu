@@ -31,6 +31,7 @@
  *    an online softmax in fp32 (natural exp, as the CPU), the warps merged through shared memory. */
 #include "cuda_check.cuh"
 #include "mma.cuh"
+#include "wgmma.cuh"
 
 #include <limits.h>
 #include <math.h>
@@ -87,15 +88,6 @@ __device__ __forceinline__ int64_t usable_hi(const SparseParams &p, int64_t b, i
 __device__ __forceinline__ uint32_t swz(uint32_t base, int row, int chunk, int rc) {
     return base + (uint32_t)((row * rc + (chunk ^ (row & 7))) * 16);
 }
-
-/* 16 bytes global -> shared; with valid false nothing is read and the 16 bytes are zeroed. */
-__device__ __forceinline__ void cp_async16z(uint32_t dst, const void *src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
 /* Two floats as bf16x2, round to nearest even; lo lands at the lower address. */
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -220,7 +212,7 @@ __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const Spa
         const int nxt = next_tile(cur + 1, st ^ 1, j);
         if (nxt < tile1) issue(st ^ 1, j);
         cp_async_commit();
-        cp_async_wait1();
+        cp_async_wait<1>();
         __syncthreads();
 
         const uint32_t sKs = sK + (uint32_t)(st * C::KBYTES), sVs = sV + (uint32_t)(st * vbytes);
@@ -436,34 +428,13 @@ static_assert(kBN == kWgRows && kWgDk % 64 == 0 && kWgDk - kWgDv >= 64, "P lives
 __device__ __forceinline__ uint32_t swz128(uint32_t tile, int row, int chunk) {
     return tile + (uint32_t)((chunk >> 3) * kWgBlock + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
 }
-/* Low word of the descriptor of a 128-byte-swizzled operand at addr (lbo is only read for transposed
- * operands); shared addresses stay below 2^18, so descriptors of addr + x are this word + x / 16. The
- * high word is the same for every operand here: 8-row groups 1024 bytes apart, 128-byte swizzle. */
-__device__ __forceinline__ uint32_t wg_desc_lo(uint32_t addr, uint32_t lbo) {
-    return ((addr & 0x3FFFF) >> 4) | ((lbo & 0x3FFFF) >> 4) << 16;
-}
-constexpr uint32_t kWgDescHi = (1024 >> 4) | 1u << 30;
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
-__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
-/* Keeps the compiler from touching accumulators between an asynchronous wgmma and its wait. */
-template <int N> __device__ __forceinline__ void wg_hold(float (&d)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-#define HAE_F8(d, i)                                                                                   \
-    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),         \
-        "+f"(d[i + 6]), "+f"(d[i + 7])
-
 /* d (+)= A B, 64 x 32 x 16, both K-major; a, b: descriptor low words; accumulate false: d = A B. */
 __device__ __forceinline__ void wgmma_64x32(float (&d)[16], uint32_t a, uint32_t b, bool accumulate) {
     asm volatile("{\n.reg .pred p;\n.reg .b64 da, db;\nmov.b64 da, {%16, %18};\nmov.b64 db, {%17, %18};\n"
                  "setp.ne.b32 p, %19, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, da, db, p, 1, 1, 0, 0;\n}"
-                 : HAE_F8(d, 0), HAE_F8(d, 8)
+                 : HAE_WG_F8(d, 0), HAE_WG_F8(d, 8)
                  : "r"(a), "r"(b), "r"(kWgDescHi), "r"((int)accumulate)
                  : "memory");
 }
@@ -481,9 +452,9 @@ __device__ __forceinline__ void wgmma_64x256_bt(float (&d)[128], uint32_t a, uin
                  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
                  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
                  "da, db, p, 1, 1, 0, 1;\n}"
-                 : HAE_F8(d, 0), HAE_F8(d, 8), HAE_F8(d, 16), HAE_F8(d, 24), HAE_F8(d, 32), HAE_F8(d, 40),
-                   HAE_F8(d, 48), HAE_F8(d, 56), HAE_F8(d, 64), HAE_F8(d, 72), HAE_F8(d, 80), HAE_F8(d, 88),
-                   HAE_F8(d, 96), HAE_F8(d, 104), HAE_F8(d, 112), HAE_F8(d, 120)
+                 : HAE_WG_F8(d, 0), HAE_WG_F8(d, 8), HAE_WG_F8(d, 16), HAE_WG_F8(d, 24), HAE_WG_F8(d, 32), HAE_WG_F8(d, 40),
+                   HAE_WG_F8(d, 48), HAE_WG_F8(d, 56), HAE_WG_F8(d, 64), HAE_WG_F8(d, 72), HAE_WG_F8(d, 80), HAE_WG_F8(d, 88),
+                   HAE_WG_F8(d, 96), HAE_WG_F8(d, 104), HAE_WG_F8(d, 112), HAE_WG_F8(d, 120)
                  : "r"(a), "r"(b), "r"(kWgDescHi), "r"(1)
                  : "memory");
 }
@@ -602,7 +573,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         if (nxt < tile1) gather(st ^ 1, j);
         cp_async_commit();
         jnext = entry(nxt + 1);
-        wg_wait0();
+        wg_wait<0>();
         wg_hold(s);
 
         /* online softmax, log2 domain; unusable keys -> -inf */
@@ -662,7 +633,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
 #pragma unroll
         for (int kc = 0; kc < kBN / 16; kc++) wgmma_64x256_bt(o, dp + (uint32_t)(kc * 2), dv + (uint32_t)(kc * 128));
         wg_commit();
-        wg_wait0();
+        wg_wait<0>();
         wg_hold(o);
         cur = nxt;
         st ^= 1;
