@@ -371,14 +371,16 @@ __device__ __forceinline__ bool keys_masked(int n0, int n, int first, int lo_las
 /* ---------------------------------------------------------------- flash prefill (wgmma)
  * CTA = kPrefillRows query rows t0 .. of one (b, h), kPrefillWG warpgroups of 64 rows each (wgmma's
  * M); its keys [lo(p_first), p_last] stream in tiles of 64 through a kPrefillStages-deep cp.async ring
- * shared by the warpgroups. Q, K and V sit in shared memory as 128-byte-swizzled blocks of 64 dims
- * (engine/wgmma.cuh). Per tile i a warpgroup issues S_i = Q K_i^T (wgmma 64 x 64 x 16, both K-major),
- * then O += P_{i-1} V_{i-1} (wgmma 64 x D x 16, P from registers, V read transposed), waits for S_i
- * only, runs the softmax of tile i beside that product, and waits for it before rescaling O: the
- * exponentials of one tile overlap the tensor cores' work on the previous one. Like the sparse
- * kernel, a row's base m moves only when a tile's max passes it by more than kLazy (P <= 2^kLazy,
- * O rescaled on few tiles). Tiles that cross the diagonal or the window's lower edge of a warpgroup's
- * rows are masked, tiles outside all of them skipped; CTAs are launched heaviest (latest rows) first. */
+ * shared by the warpgroups, K and V as 128-byte-swizzled blocks of 64 dims (engine/wgmma.cuh); Q
+ * passes through shared memory into registers. Per tile i a warpgroup issues S_i = Q K_i^T (wgmma
+ * 64 x 64 x 16, Q from registers, K K-major), then O += P_{i-1} V_{i-1} (64 x D x 16, P from
+ * registers, V read transposed), waits for S_i only, runs the softmax of tile i beside that product,
+ * and waits for it before rescaling O: the exponentials of one tile overlap the tensor cores' work on
+ * the previous one. With both A operands in registers, shared memory serves only K, V and the copies
+ * (Q read from it as well had it as busy as the tensor cores). Like the sparse kernel, a row's base m
+ * moves only when a tile's max passes it by more than kLazy (P <= 2^kLazy, O rescaled on few tiles).
+ * Tiles that cross the diagonal or the window's lower edge of a warpgroup's rows are masked; CTAs
+ * are launched heaviest (latest rows) first. */
 constexpr int kPrefillWG = 2;                 /* warpgroups per CTA */
 constexpr int kPrefillRows = 64 * kPrefillWG; /* query rows per CTA */
 constexpr int kPrefillStages = 4;             /* K/V tiles resident: the one in P V, the one scored, two loading */
@@ -391,41 +393,38 @@ template <int R> struct SwzBlocks {
     }
 };
 
-/* d (+)= A B, 64 x 64 x 16, A and B K-major in shared memory (descriptor low words a, b). */
-__device__ __forceinline__ void wgmma_ss_64x64(float (&d)[32], uint32_t a, uint32_t b, bool accumulate) {
-    asm volatile("{\n.reg .pred p;\n.reg .b64 da, db;\nmov.b64 da, {%32, %34};\nmov.b64 db, {%33, %34};\n"
-                 "setp.ne.b32 p, %35, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-                 "da, db, p, 1, 1, 0, 0;\n}"
-                 : HAE_WG_F8(d, 0), HAE_WG_F8(d, 8), HAE_WG_F8(d, 16), HAE_WG_F8(d, 24)
-                 : "r"(a), "r"(b), "r"(kWgDescHi), "r"((int)accumulate)
-                 : "memory");
-}
-/* d += A B, 64 x N x 16 (N = 64 or 128), A from registers, B transposed (MN-major) in shared memory. */
-__device__ __forceinline__ void wgmma_rs_bt(float (&d)[32], const uint32_t (&a)[4], uint32_t b) {
+/* d (+)= A B, 64 x N x 16 (N = 64 or 128, the size of d), A from registers, B in shared memory by
+ * descriptor (its low word b): K-major (TB = 0) or transposed (TB = 1); accumulate false: d = A B. */
+template <int TB>
+__device__ __forceinline__ void wgmma_rs(float (&d)[32], const uint32_t (&a)[4], uint32_t b, bool accumulate) {
     asm volatile("{\n.reg .pred p;\n.reg .b64 db;\nmov.b64 db, {%36, %37};\nsetp.ne.b32 p, %38, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
                  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
                  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-                 "{%32, %33, %34, %35}, db, p, 1, 1, 1;\n}"
+                 "{%32, %33, %34, %35}, db, p, 1, 1, %39;\n}"
                  : HAE_WG_F8(d, 0), HAE_WG_F8(d, 8), HAE_WG_F8(d, 16), HAE_WG_F8(d, 24)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b), "r"(kWgDescHi), "r"(1)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b), "r"(kWgDescHi), "r"((int)accumulate), "n"(TB)
                  : "memory");
 }
-__device__ __forceinline__ void wgmma_rs_bt(float (&d)[64], const uint32_t (&a)[4], uint32_t b) {
+template <int TB>
+__device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4], uint32_t b, bool accumulate) {
     asm volatile("{\n.reg .pred p;\n.reg .b64 db;\nmov.b64 db, {%68, %69};\nsetp.ne.b32 p, %70, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
                  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
                  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
                  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
                  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-                 "{%64, %65, %66, %67}, db, p, 1, 1, 1;\n}"
+                 "{%64, %65, %66, %67}, db, p, 1, 1, %71;\n}"
                  : HAE_WG_F8(d, 0), HAE_WG_F8(d, 8), HAE_WG_F8(d, 16), HAE_WG_F8(d, 24), HAE_WG_F8(d, 32),
                    HAE_WG_F8(d, 40), HAE_WG_F8(d, 48), HAE_WG_F8(d, 56)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b), "r"(kWgDescHi), "r"(1)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b), "r"(kWgDescHi), "r"((int)accumulate), "n"(TB)
                  : "memory");
+}
+/* 2^x, flushing results below 2^-126 to 0 (one MUFU op; exp2f adds the denormal range around it) */
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
 }
 
 template <int D> constexpr size_t prefill_smem_bytes() {
@@ -475,7 +474,8 @@ __global__ void __launch_bounds__(128 * kPrefillWG, 1) flash_prefill_kernel(cons
 #pragma unroll
     for (int i = 0; i < D / 2; i++) o[i] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-    const uint32_t dq = wg_desc_lo(sq + wg * 64 * 128, 16);
+
+    uint32_t qa[D / 16][4]; /* this warpgroup's Q, A fragments of the k steps of S */
 
     /* Every warpgroup takes every tile of the CTA's range (a tile past its rows is masked whole: one
      * tile in a hundred at long T), so no wgmma sits under a per-warpgroup branch, which would make
@@ -491,15 +491,13 @@ __global__ void __launch_bounds__(128 * kPrefillWG, 1) flash_prefill_kernel(cons
     auto issue_s = [&](int i, float (&s)[32]) { /* S = Q K_i^T: k step kk is 32 bytes into 64-dim block kk / 4 */
         const uint32_t dk = wg_desc_lo(sk + (i % kPrefillStages) * TB, 16);
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            wgmma_ss_64x64(s, dq + (uint32_t)((kk >> 2) * (QBLK >> 4) + (kk & 3) * 2),
-                           dk + (uint32_t)((kk >> 2) * (TBLK >> 4) + (kk & 3) * 2), kk > 0);
+        for (int kk = 0; kk < D / 16; kk++) wgmma_rs<0>(s, qa[kk], dk + (uint32_t)((kk >> 2) * (TBLK >> 4) + (kk & 3) * 2), kk > 0);
         wg_commit();
     };
     auto issue_pv = [&](int i, const uint32_t (&pa)[4][4]) { /* O += P V_i: V transposed, k step 16 keys on */
         const uint32_t dv = wg_desc_lo(sv + (i % kPrefillStages) * TB, TBLK);
 #pragma unroll
-        for (int kc = 0; kc < 4; kc++) wgmma_rs_bt(o, pa[kc], dv + (uint32_t)(kc * 128));
+        for (int kc = 0; kc < 4; kc++) wgmma_rs<1>(o, pa[kc], dv + (uint32_t)(kc * 128), true);
         wg_commit();
     };
     /* The softmax of tile i into P (A fragments of 4 k steps), the rows' factors for O in al0, al1;
@@ -528,14 +526,14 @@ __global__ void __launch_bounds__(128 * kPrefillWG, 1) flash_prefill_kernel(cons
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
         const float mt0 = mx0 * c, mt1 = mx1 * c;
         const bool up0 = mt0 > m0 + kLazy, up1 = mt1 > m1 + kLazy;
-        al0 = up0 ? exp2f(m0 - mt0) : 1.0f, al1 = up1 ? exp2f(m1 - mt1) : 1.0f; /* 0 at a row's first keys */
+        al0 = up0 ? ex2(m0 - mt0) : 1.0f, al1 = up1 ? ex2(m1 - mt1) : 1.0f; /* 0 at a row's first keys */
         m0 = up0 ? mt0 : m0, m1 = up1 ? mt1 : m1;
         const float base0 = m0 == -INFINITY ? 0.0f : m0, base1 = m1 == -INFINITY ? 0.0f : m1; /* all masked: P = 0 */
         float ps0 = 0.0f, ps1 = 0.0f;
 #pragma unroll
         for (int cc = 0; cc < 8; cc++) {
-            const float p00 = exp2f(fmaf(s[4 * cc], c, -base0)), p01 = exp2f(fmaf(s[4 * cc + 1], c, -base0));
-            const float p10 = exp2f(fmaf(s[4 * cc + 2], c, -base1)), p11 = exp2f(fmaf(s[4 * cc + 3], c, -base1));
+            const float p00 = ex2(fmaf(s[4 * cc], c, -base0)), p01 = ex2(fmaf(s[4 * cc + 1], c, -base0));
+            const float p10 = ex2(fmaf(s[4 * cc + 2], c, -base1)), p11 = ex2(fmaf(s[4 * cc + 3], c, -base1));
             ps0 += p00 + p01;
             ps1 += p10 + p11;
             /* keys 8 cc .. are k step cc / 2, its columns 0..7 (a0, a1) or 8..15 (a2, a3) */
@@ -552,7 +550,13 @@ __global__ void __launch_bounds__(128 * kPrefillWG, 1) flash_prefill_kernel(cons
         float al0, al1;
         float s[32] = {}; /* the first wgmma ignores it */
         wait_tile(0);
+        /* Q as A fragments, rows 16 wi + (lane & 15) at chunks 2 kk + (lane >> 4) */
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            ldsm_x4(qa[kk], sq + SwzBlocks<kPrefillRows>()(64 * wg + 16 * wi + (lane & 15), 2 * kk + (lane >> 4)));
         wg_hold(s); /* defined before the fence, as the wgmma requires */
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) wg_hold(qa[kk]);
         wg_fence();
         issue_s(0, s);
         wg_wait<0>();
