@@ -363,15 +363,16 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) index_logits_kernel(const L
 
 /* ---------------------------------------------------------------- wgmma path: D = 128, aligned key rows
  *
- * S^T = K Q^T on wgmma m64n64k32 e4m3 -> f32: M = 64 keys of a tile, N = 64 heads (padded with zero
- * queries and zero weights) of one query, K = 32 bytes of D, both operands K-major in shared memory in
- * the 128-byte swizzle (a key's or a head's 128 bytes in one row; 16-byte chunk c of row r stored at
- * chunk c ^ (r % 8) of a 1024-byte aligned tile). A thread's accumulators are 2 keys by 16 heads, so
- * ReLU, head weights and the head sum are 32 FMAs in registers and 2 shuffles over the 4 lanes that
- * share a key. A CTA takes QB queries of one sequence (their rows of Q in shared memory, one bank of
- * 4 MMAs per query) and a range of keys; its NWG warpgroups take its 64-key tiles in turn, each with
- * its own S-stage cp.async pipeline and named barrier, so one warpgroup's epilogue runs beside
- * another's MMAs. */
+ * S^T = K Q^T on wgmma m64nNk32 e4m3 -> f32: M = 64 keys of a tile, N = 64 QB heads (64 per query,
+ * padded with zero queries and zero weights) of the CTA's QB queries, K = 32 bytes of D, both operands
+ * K-major in shared memory in the 128-byte swizzle (a key's or a head's 128 bytes in one row; 16-byte
+ * chunk c of row r stored at chunk c ^ (r % 8) of a 1024-byte aligned tile). A thread's accumulators
+ * are 2 keys by 16 heads of each query, so ReLU, head weights and the head sum are 32 FMAs a query in
+ * registers and 2 shuffles over the 4 lanes that share a key. One MMA for both queries of a prefill
+ * CTA (N = 128) reads each key tile from shared memory once: with N = 64 a query, the two operands'
+ * reads alone kept shared memory as busy as the tensor cores. A CTA takes a range of keys; its NWG
+ * warpgroups take its 64-key tiles in turn, each with its own S-stage cp.async pipeline and named
+ * barrier, so one warpgroup's epilogue runs beside another's MMAs. */
 constexpr int kTileKeys = 64; /* wgmma's M */
 constexpr int kHP = 64;       /* heads per query, padded: wgmma's N */
 constexpr int kRow = 128;     /* bytes of D = 128 */
@@ -386,24 +387,26 @@ __device__ __forceinline__ uint64_t sw128_desc(uint32_t addr) {
     return (uint64_t)((addr & 0x3FFFF) >> 4) | (uint64_t)1 << 16 | (uint64_t)(1024 >> 4) << 32 | (uint64_t)1 << 62;
 }
 
-/* d (+)= A B^T, A 64x32 keys, B 64x32 heads, both e4m3 by descriptor; d[4 j + 2 r + c] is key
- * 16 warp + lane / 4 + 8 r, head 8 j + 2 (lane % 4) + c. */
-__device__ __forceinline__ void wgmma_m64n64k32(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
+/* d (+)= A B^T, A 64x32 keys, B Nx32 heads (N = 64 or 128: the size of d), both e4m3 by descriptor;
+ * d[4 j + 2 r + c] is key 16 warp + lane / 4 + 8 r, head 8 j + 2 (lane % 4) + c. */
+__device__ __forceinline__ void wgmma_fp8(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
                  "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),
-                   "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
-                   "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),
-                   "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : HAE_WG_F8(d, 0), HAE_WG_F8(d, 8), HAE_WG_F8(d, 16), HAE_WG_F8(d, 24)
                  : "l"(a), "l"(b), "r"(accumulate));
 }
-/* Waits until at most n (0 or 1, a constant after unrolling) wgmma groups are pending. */
-__device__ __forceinline__ void wgmma_wait(int n) {
-    if (n) wg_wait<1>();
-    else wg_wait<0>();
+__device__ __forceinline__ void wgmma_fp8(float (&d)[64], uint64_t a, uint64_t b, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
+                 "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, "
+                 "%40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, "
+                 "%59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n}\n"
+                 : HAE_WG_F8(d, 0), HAE_WG_F8(d, 8), HAE_WG_F8(d, 16), HAE_WG_F8(d, 24), HAE_WG_F8(d, 32),
+                   HAE_WG_F8(d, 40), HAE_WG_F8(d, 48), HAE_WG_F8(d, 56)
+                 : "l"(a), "l"(b), "r"(accumulate));
 }
 __device__ __forceinline__ void wg_sync(int wg) { asm volatile("bar.sync %0, 128;" ::"r"(1 + wg) : "memory"); }
 
@@ -415,7 +418,7 @@ __host__ __device__ constexpr int wgmma_smem(int QB, int NWG, int S) {
 
 template <int QB, int NWG, int S>
 __global__ void __launch_bounds__(128 * NWG, 1) index_logits_wgmma_kernel(const LogitsParams p) {
-    static_assert(QB <= 2 && S >= 2, "wgmma_wait takes one pending bank; the pipeline at least two stages");
+    static_assert((QB == 1 || QB == 2) && S >= 2, "wgmma N = 64 QB; the pipeline at least two stages");
     extern __shared__ __align__(16) uint8_t smem_raw[];
     uint8_t *const sq = smem_raw + ((1024 - (hae_smem_addr(smem_raw) & 1023)) & 1023);
     uint8_t *const sk = sq + QB * kHP * kRow;
@@ -488,7 +491,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) index_logits_wgmma_kernel(const 
     /* after the reduction lane l holds key row r = l % 2 of its quad; lanes with l % 4 < 2 write */
     const int key = 16 * warp + (lane >> 2) + 8 * (lane & 1);
     const bool writer = !(lane & 2);
-    float acc[QB][32] = {}; /* the first MMA of a bank overwrites them */
+    float acc[32 * QB] = {}; /* the first MMA overwrites them */
 
     for (int it = 0; it < my_tiles; it++) {
         cp_async_wait<S - 2>(); /* this thread's copies of tile `it` landed */
@@ -502,25 +505,22 @@ __global__ void __launch_bounds__(128 * NWG, 1) index_logits_wgmma_kernel(const 
         const uint64_t kdesc = sw128_desc(hae_smem_addr(wk + st * kTileBytes));
         wg_fence();
 #pragma unroll
-        for (int q = 0; q < QB; q++) {
-#pragma unroll
-            for (int k = 0; k < kRow / 32; k++)
-                wgmma_m64n64k32(acc[q], kdesc + 2 * k, qdesc + (uint64_t)(q * kHP * kRow / 16) + 2 * k, k);
-            wg_commit();
-        }
+        for (int k = 0; k < kRow / 32; k++) wgmma_fp8(acc, kdesc + 2 * k, qdesc + 2 * k, k);
+        wg_commit();
         const int s = k_begin + (wg + it * NWG) * kTileKeys + key;
         const float ks = ws[st * kTileKeys + key];
+        wg_wait<0>();
+        wg_hold(acc);
 #pragma unroll
         for (int q = 0; q < QB; q++) {
-            wgmma_wait(QB - 1 - q); /* bank q is done, the later ones may still run */
-            wg_hold(acc[q]);
             float x[2][2] = {};
 #pragma unroll
             for (int j = 0; j < 8; j++)
 #pragma unroll
                 for (int r = 0; r < 2; r++)
 #pragma unroll
-                    for (int c = 0; c < 2; c++) x[r][c] = fmaf(relu(acc[q][4 * j + 2 * r + c]), wv[q][2 * j + c], x[r][c]);
+                    for (int c = 0; c < 2; c++)
+                        x[r][c] = fmaf(relu(acc[32 * q + 4 * j + 2 * r + c]), wv[q][2 * j + c], x[r][c]);
             const float v0 = x[0][0] + x[0][1], v1 = x[1][0] + x[1][1];
             /* sum over the quad: lane bit 0 keeps row (lane & 1), then bit 1 completes it */
             float v = (lane & 1) ? v1 : v0;
