@@ -84,6 +84,14 @@ static inline unsigned hae_cuda_blocks(int64_t n, int threads) {
 /* ---------------------------------------------------------------- reductions */
 
 /* The sum over a warp by an xor butterfly; a + b == b + a, so every lane ends with the same value. */
+/* 2^x in one MUFU op, results below 2^-126 flushed to 0 (exp2f adds the denormal range around it):
+ * the softmax kernels' exponentials, whose tiny terms vanish in the sums anyway. */
+static __device__ __forceinline__ float hae_ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 template <typename T> static __device__ __forceinline__ T hae_warp_sum(T v) {
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
     return v;

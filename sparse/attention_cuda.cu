@@ -268,14 +268,14 @@ __device__ __forceinline__ void warp_attend(uint32_t sq, uint32_t sk, uint32_t s
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             const float mnew = fmaxf(m[mt][i], mx * c);
             const float mref = mnew == -INFINITY ? 0.0f : mnew; /* all masked so far: P = 2^-inf = 0 */
-            alpha[mt][i] = exp2f(m[mt][i] - mref);
+            alpha[mt][i] = hae_ex2(m[mt][i] - mref);
             m[mt][i] = mnew;
             float sum = 0.0f;
 #pragma unroll
             for (int nt = 0; nt < NK / 8; nt++)
 #pragma unroll
                 for (int e = 2 * i; e < 2 * i + 2; e++) {
-                    s[mt][nt][e] = exp2f(fmaf(s[mt][nt][e], c, -mref));
+                    s[mt][nt][e] = hae_ex2(fmaf(s[mt][nt][e], c, -mref));
                     sum += s[mt][nt][e];
                 }
             l[mt][i] = l[mt][i] * alpha[mt][i] + sum;
@@ -420,13 +420,6 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4],
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b), "r"(kWgDescHi), "r"((int)accumulate), "n"(TB)
                  : "memory");
 }
-/* 2^x, flushing results below 2^-126 to 0 (one MUFU op; exp2f adds the denormal range around it) */
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
 template <int D> constexpr size_t prefill_smem_bytes() {
     return 1024 + (size_t)(kPrefillRows + 2 * kPrefillStages * kTileN) * D * 2; /* + slack for 1024 alignment */
 }
@@ -526,14 +519,14 @@ __global__ void __launch_bounds__(128 * kPrefillWG, 1) flash_prefill_kernel(cons
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
         const float mt0 = mx0 * c, mt1 = mx1 * c;
         const bool up0 = mt0 > m0 + kLazy, up1 = mt1 > m1 + kLazy;
-        al0 = up0 ? ex2(m0 - mt0) : 1.0f, al1 = up1 ? ex2(m1 - mt1) : 1.0f; /* 0 at a row's first keys */
+        al0 = up0 ? hae_ex2(m0 - mt0) : 1.0f, al1 = up1 ? hae_ex2(m1 - mt1) : 1.0f; /* 0 at a row's first keys */
         m0 = up0 ? mt0 : m0, m1 = up1 ? mt1 : m1;
         const float base0 = m0 == -INFINITY ? 0.0f : m0, base1 = m1 == -INFINITY ? 0.0f : m1; /* all masked: P = 0 */
         float ps0 = 0.0f, ps1 = 0.0f;
 #pragma unroll
         for (int cc = 0; cc < 8; cc++) {
-            const float p00 = ex2(fmaf(s[4 * cc], c, -base0)), p01 = ex2(fmaf(s[4 * cc + 1], c, -base0));
-            const float p10 = ex2(fmaf(s[4 * cc + 2], c, -base1)), p11 = ex2(fmaf(s[4 * cc + 3], c, -base1));
+            const float p00 = hae_ex2(fmaf(s[4 * cc], c, -base0)), p01 = hae_ex2(fmaf(s[4 * cc + 1], c, -base0));
+            const float p10 = hae_ex2(fmaf(s[4 * cc + 2], c, -base1)), p11 = hae_ex2(fmaf(s[4 * cc + 3], c, -base1));
             ps0 += p00 + p01;
             ps1 += p10 + p11;
             /* keys 8 cc .. are k step cc / 2, its columns 0..7 (a0, a1) or 8..15 (a2, a3) */
@@ -758,7 +751,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) flash_decode_kernel(const AttnP
 #pragma unroll
         for (int w = 0; w < 4; w++) {
             const float mw = mml[(w * RB + rl) * 2];
-            const float wt = mw == -INFINITY ? 0.0f : exp2f(mw - M); /* a warp with no key has weight 0 */
+            const float wt = mw == -INFINITY ? 0.0f : hae_ex2(mw - M); /* a warp with no key has weight 0 */
             L += wt * mml[(w * RB + rl) * 2 + 1];
             acc += wt * macc[(w * RB + rl) * D + d];
         }
@@ -793,7 +786,7 @@ __global__ void decode_combine_kernel(const AttnParams p, const SplitParams sp, 
         for (int s = 0; s < sp.nsplit; s++) {
             const int64_t pr = (cta0 + s) * RB + rl;
             const float ms = sp.ml[pr * 2];
-            const float wt = ms == -INFINITY ? 0.0f : exp2f(ms - M);
+            const float wt = ms == -INFINITY ? 0.0f : hae_ex2(ms - M);
             L += wt * sp.ml[pr * 2 + 1];
             acc += wt * sp.part[pr * p.Dv + d];
         }

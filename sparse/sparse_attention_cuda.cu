@@ -268,13 +268,13 @@ __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const Spa
         }
         /* the tile has a usable key, so mn is finite; the guard keeps exp2 off (-inf) - (-inf) */
         const float base0 = mn0 == -INFINITY ? 0.0f : mn0, base1 = mn1 == -INFINITY ? 0.0f : mn1;
-        const float al0 = exp2f(m0 - base0), al1 = exp2f(m1 - base1); /* 0 on the first tile */
+        const float al0 = hae_ex2(m0 - base0), al1 = hae_ex2(m1 - base1); /* 0 on the first tile */
         m0 = mn0, m1 = mn1;
         float ps0 = 0.0f, ps1 = 0.0f;
 #pragma unroll
         for (int nj = 0; nj < C::SNT; nj++) {
-            const float p00 = exp2f(s[nj][0] - base0), p01 = exp2f(s[nj][1] - base0);
-            const float p10 = exp2f(s[nj][2] - base1), p11 = exp2f(s[nj][3] - base1);
+            const float p00 = hae_ex2(s[nj][0] - base0), p01 = hae_ex2(s[nj][1] - base0);
+            const float p10 = hae_ex2(s[nj][2] - base1), p11 = hae_ex2(s[nj][3] - base1);
             ps0 += p00 + p01;
             ps1 += p10 + p11;
             const int ch = (n0 + 8 * nj) / 8;
@@ -388,7 +388,7 @@ __global__ void __launch_bounds__(128) combine_kernel(const SparseParams p) {
     for (int s = 0; s < p.splits; s++) M = fmaxf(M, ml[2 * s]);
     if (threadIdx.x < p.splits) {
         const float ms = ml[2 * threadIdx.x];
-        wsh[threadIdx.x] = ms == -INFINITY ? 0.0f : exp2f(ms - M);
+        wsh[threadIdx.x] = ms == -INFINITY ? 0.0f : hae_ex2(ms - M);
     }
     __syncthreads();
     float L = 0.0f;
@@ -600,15 +600,15 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         __syncthreads(); /* maxima exchanged; S done in both warpgroups, so the P block is free */
         const float mt0 = fmaxf(mx0, red[(wg ^ 1) * kWgRows + r0]), mt1 = fmaxf(mx1, red[(wg ^ 1) * kWgRows + r1]);
         const bool up0 = mt0 > m0 + kLazy, up1 = mt1 > m1 + kLazy; /* both warpgroups decide alike */
-        const float al0 = up0 ? exp2f(m0 - mt0) : 1.0f, al1 = up1 ? exp2f(m1 - mt1) : 1.0f; /* 0 on the first tile */
+        const float al0 = up0 ? hae_ex2(m0 - mt0) : 1.0f, al1 = up1 ? hae_ex2(m1 - mt1) : 1.0f; /* 0 on the first tile */
         m0 = up0 ? mt0 : m0, m1 = up1 ? mt1 : m1;
         /* the tile has a usable key, so m is finite; the guard keeps exp2 off (-inf) - (-inf) */
         const float base0 = m0 == -INFINITY ? 0.0f : m0, base1 = m1 == -INFINITY ? 0.0f : m1;
         float ps0 = 0.0f, ps1 = 0.0f;
 #pragma unroll
         for (int c = 0; c < 4; c++) {
-            const float p00 = exp2f(s[4 * c] - base0), p01 = exp2f(s[4 * c + 1] - base0);
-            const float p10 = exp2f(s[4 * c + 2] - base1), p11 = exp2f(s[4 * c + 3] - base1);
+            const float p00 = hae_ex2(s[4 * c] - base0), p01 = hae_ex2(s[4 * c + 1] - base0);
+            const float p10 = hae_ex2(s[4 * c + 2] - base1), p11 = hae_ex2(s[4 * c + 3] - base1);
             ps0 += p00 + p01;
             ps1 += p10 + p11;
             const int ch = wg * 4 + c; /* keys 8 ch .. 8 ch + 7 */
