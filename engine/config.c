@@ -422,6 +422,7 @@ static const char *const ropes[] = {"none", "full", "partial", NULL};
 static const char *const backends[] = {"auto", "cpu", "cuda", NULL};
 static const char *const dtypes[] = {"f32", "bf16", NULL};
 static const char *const tiers[] = {"gpu", "host", NULL};
+static const char *const dsa_tiers[] = {"gpu", "host", "auto", NULL};
 static const char *const task_names[] = {"mqar", "multihop", "niah", NULL};
 static const char *const hops_forms[] = {"follow", "list", NULL};
 static const char *const index_dtypes[] = {"f32", "bf16", "f16", "fp8", NULL};
@@ -430,7 +431,8 @@ _Static_assert(HAE_ATTN_GQA == 0 && HAE_ATTN_MLA == 1, "forms[] follows hae_attn
 _Static_assert(HAE_ROPE_NONE == 0 && HAE_ROPE_FULL == 1 && HAE_ROPE_PARTIAL == 2, "ropes[] follows hae_rope_mode");
 _Static_assert(HAE_BACKEND_AUTO == 0 && HAE_BACKEND_CPU == 1 && HAE_BACKEND_CUDA == 2, "backends[]");
 _Static_assert(HAE_F32 == 0 && HAE_BF16 == 1, "dtypes[] follows hae_dtype");
-_Static_assert(HAE_TIER_GPU == 0 && HAE_TIER_HOST == 1 && sizeof(hae_tier) == sizeof(int), "tiers[]");
+_Static_assert(HAE_TIER_GPU == 0 && HAE_TIER_HOST == 1 && HAE_TIER_AUTO == 2 && sizeof(hae_tier) == sizeof(int),
+               "tiers[], dsa_tiers[]");
 _Static_assert(sizeof(hae_rope_mode) == sizeof(int) && sizeof(hae_dtype) == sizeof(int), "enums are stored as int");
 _Static_assert(HAE_TASK_MQAR == 0 && HAE_TASK_MULTIHOP == 1 && HAE_TASK_NIAH == 2, "task_names[] follows hae_task_kind");
 _Static_assert(HAE_HOPS_FOLLOW == 0 && HAE_HOPS_LIST == 1 && sizeof(hae_hops_form) == sizeof(int), "hops_forms[]");
@@ -521,7 +523,7 @@ static const key_spec specs[NKEYS] = {
     [K_MEM_PAGE] = {"memory.page_size", T_INT, "64", 1, 65536, 0, NULL, FIELD(memory.page_size)},
     [K_MEM_GPU] = {"memory.gpu_budget", T_BYTES, "0", 0, NOMAX, 0, NULL, FIELD(memory.gpu_budget)},
     [K_MEM_HOST] = {"memory.host_budget", T_BYTES, "0", 0, NOMAX, 0, NULL, FIELD(memory.host_budget)},
-    [K_MEM_DSA] = {"memory.dsa_kv", T_ENUM, "gpu", 0, 0, 0, tiers, FIELD(memory.dsa_kv)},
+    [K_MEM_DSA] = {"memory.dsa_kv", T_ENUM, "gpu", 0, 0, 0, dsa_tiers, FIELD(memory.dsa_kv)},
     [K_MEM_FULL] = {"memory.full_kv", T_ENUM, "gpu", 0, 0, 0, tiers, FIELD(memory.full_kv)},
     [K_MEM_LINEAR] = {"memory.linear_state", T_ENUM, "gpu", 0, 0, 0, tiers, FIELD(memory.linear_state)},
     [K_MEM_CACHE] = {"memory.cache_tokens", T_INT, "4096", 1, 1 << 24, 0, NULL, FIELD(memory.cache_tokens)},
@@ -1092,10 +1094,10 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
     bool dsa = false;
     for (int64_t l = 0; l < cfg->model.n_layers; l++) dsa |= cfg->model.layers[l] == HAE_LAYER_DSA;
     const int64_t slots = cfg->memory.cache_tokens, topk = cfg->model.dsa.index_topk;
-    if (dsa && cfg->memory.dsa_kv == HAE_TIER_HOST && slots < topk) {
+    if (dsa && cfg->memory.dsa_kv != HAE_TIER_GPU && slots < topk) {
         snprintf(m, sizeof m, "cache_tokens %" PRId64 "%s is below model.dsa.index_topk %" PRId64 "%s: with dsa_kv "
-                 "'host' the GPU cache must hold every token one step picks", slots, dflt(b, K_MEM_CACHE), topk,
-                 dflt(b, K_DSA_TOPK));
+                 "'%s' the GPU cache must hold every token one step picks", slots, dflt(b, K_MEM_CACHE), topk,
+                 dflt(b, K_DSA_TOPK), hae_tier_name(cfg->memory.dsa_kv));
         return cross_fail(c, b, (const int[]){K_MEM_CACHE, K_DSA_TOPK, K_MEM_DSA}, 3, m);
     }
     if (cfg->train.warmup > cfg->train.steps) {

@@ -467,7 +467,10 @@ typedef enum hae_rope_mode { HAE_ROPE_NONE, HAE_ROPE_FULL, HAE_ROPE_PARTIAL } ha
 typedef enum hae_attn_form { HAE_ATTN_GQA, HAE_ATTN_MLA } hae_attn_form;
 typedef enum hae_backend_choice { HAE_BACKEND_AUTO, HAE_BACKEND_CPU, HAE_BACKEND_CUDA } hae_backend_choice;
 /* Where the memory manager keeps a kind of bytes (DESIGN.md §2): GPU memory or host RAM. */
-typedef enum hae_tier { HAE_TIER_GPU, HAE_TIER_HOST, HAE_TIER_COUNT } hae_tier;
+/* Memory tiers. HAE_TIER_AUTO is a placement, not a tier (memory.dsa_kv only): the GPU tier when the
+ * whole plan fits the GPU, else the host tier, decided before anything is allocated. */
+typedef enum hae_tier { HAE_TIER_GPU, HAE_TIER_HOST, HAE_TIER_AUTO } hae_tier;
+enum { HAE_TIER_COUNT = 2 };
 
 #define HAE_MAX_LAYERS 256
 #define HAE_MAX_SWEEP_AXES 8
@@ -557,7 +560,8 @@ typedef struct hae_config {
         int64_t page_size;     /* tokens per KV page */
         int64_t gpu_budget;    /* bytes the GPU tier may take; 0: what the device has */
         int64_t host_budget;   /* bytes the host tier may take; 0: what the machine's RAM has */
-        hae_tier dsa_kv;       /* dsa layers' K/V pages (their indexer keys stay on the GPU) */
+        hae_tier dsa_kv;       /* dsa layers' K/V pages (their indexer keys stay on the GPU); auto: the GPU
+                                  when the run's plan fits gpu_budget (or the device's free memory), else host */
         hae_tier full_kv;      /* full and swa layers' K/V; host: streamed to the GPU every step */
         hae_tier linear_state; /* linear layers' states; host: parked there between requests */
         int64_t cache_tokens;  /* GPU token slots per dsa layer and sequence caching host-tier K/V */
@@ -774,6 +778,7 @@ typedef struct hae_model_stats {
     size_t kv_host_bytes, slot_cache_bytes, stage_bytes;
     int64_t slot_hits, slot_misses;
     size_t fetched_bytes;
+    hae_tier dsa_kv; /* where the dsa layers' K/V went (memory.dsa_kv: auto resolved) */
 } hae_model_stats;
 void hae_model_stats_get(const hae_model *m, hae_model_stats *s);
 hae_backend *hae_model_backend(const hae_model *m);
@@ -1107,7 +1112,7 @@ typedef enum hae_mem_kind {
     HAE_MEM_LINEAR_STATE, /* recurrent and conv states of the linear layers */
     HAE_MEM_KIND_COUNT
 } hae_mem_kind;
-const char *hae_tier_name(hae_tier t);         /* "gpu", "host" */
+const char *hae_tier_name(hae_tier t);         /* "gpu", "host", "auto" */
 const char *hae_mem_kind_name(hae_mem_kind k); /* "weights", "activations", "dsa_kv", ... */
 
 /* A class of pages: all of one size and kind, e.g. the K/V of a group of layers that share shapes and
@@ -1185,6 +1190,8 @@ void hae_page_pool_fail_after(hae_page_pool *p, hae_tier tier, int64_t n);
  * the running batch's states stay on the GPU as well. */
 typedef struct hae_mem_plan {
     int64_t context, batch;
+    hae_tier dsa_kv; /* the placement of dsa K/V: memory.dsa_kv, auto resolved against memory.gpu_budget (0:
+                        unbounded, so the GPU) */
     size_t bytes[HAE_TIER_COUNT][HAE_MEM_KIND_COUNT];
     size_t total[HAE_TIER_COUNT];
 } hae_mem_plan;

@@ -561,6 +561,27 @@ hae_status hae_model_plan_get(const hae_config *cfg, const hae_model_options *op
 
 static hae_status init_dsa_constants(hae_model *m);
 
+/* memory.dsa_kv auto: the plan of the whole run (weights, activations, every K/V and state) with the dsa
+ * K/V on the GPU, against memory.gpu_budget or, without one, the device's free memory now; the host tier
+ * only when that does not fit (HiSparse spills always and decodes 0.92x at batch 1). */
+static hae_status resolve_dsa_kv(hae_model *m, hae_backend *be) {
+    if (m->cfg.memory.dsa_kv != HAE_TIER_AUTO) return HAE_OK;
+    hae_config *c = malloc(sizeof *c);
+    if (!c) return hae_error(HAE_ERR_OOM, "model: out of host memory");
+    *c = m->cfg;
+    hae_status st = HAE_OK;
+    if (c->memory.gpu_budget <= 0) {
+        size_t free_b = 0, total_b = 0;
+        st = hae_backend_mem_info(be, &free_b, &total_b);
+        c->memory.gpu_budget = (int64_t)(free_b > (size_t)INT64_MAX ? (size_t)INT64_MAX : free_b);
+    }
+    hae_mem_plan plan;
+    if (st == HAE_OK) st = hae_mem_plan_get(c, m->ctx_max, &plan);
+    if (st == HAE_OK) m->cfg.memory.dsa_kv = plan.dsa_kv;
+    free(c);
+    return st == HAE_OK ? HAE_OK : hae_error_wrap(st, "memory.dsa_kv: auto");
+}
+
 hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_model_options *opt, hae_model **out) {
     *out = NULL;
     hae_model *m = calloc(1, sizeof *m);
@@ -585,7 +606,12 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
                          k, v, c, why);
     }
 #endif
-    hae_status st = HAE_ERR_OOM;
+    hae_status st = resolve_dsa_kv(m, be);
+    if (st != HAE_OK) {
+        hae_model_destroy(m);
+        return st;
+    }
+    st = HAE_ERR_OOM;
     m->layers = calloc((size_t)m->L, sizeof *m->layers);
     m->params = calloc((size_t)(m->L * PARAMS_PER_LAYER + 4), sizeof *m->params);
     m->ids_host = malloc(sizeof(int32_t) * (size_t)(m->B * m->chunk));
@@ -622,7 +648,7 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
         hae_kv_cache_layer(m->kv, (int)l, &kc, &vc);
         const hae_layer_kind kind = cfg->model.layers[l];
         const bool streamed = (kind == HAE_LAYER_FULL || kind == HAE_LAYER_SWA) && cfg->memory.full_kv == HAE_TIER_HOST;
-        const bool staged = kind == HAE_LAYER_DSA && cfg->memory.dsa_kv == HAE_TIER_HOST && m->chunk > 1 && S < m->ctx_max;
+        const bool staged = kind == HAE_LAYER_DSA && m->cfg.memory.dsa_kv == HAE_TIER_HOST && m->chunk > 1 && S < m->ctx_max;
         const size_t need = streamed || staged ? hae_slot_cache_stage_bytes(&kc, &vc) : 0;
         if (need > m->stage_bytes) m->stage_bytes = need;
     }
@@ -632,7 +658,7 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
     }
     for (int64_t l = 0; l < m->L && st == HAE_OK; l++) {
         const hae_layer_kind kind = cfg->model.layers[l];
-        const bool dsa = kind == HAE_LAYER_DSA && cfg->memory.dsa_kv == HAE_TIER_HOST;
+        const bool dsa = kind == HAE_LAYER_DSA && m->cfg.memory.dsa_kv == HAE_TIER_HOST;
         const bool streamed = (kind == HAE_LAYER_FULL || kind == HAE_LAYER_SWA) && cfg->memory.full_kv == HAE_TIER_HOST;
         if (!dsa && !streamed) continue;
         hae_tensor kc, vc;
@@ -734,6 +760,7 @@ void hae_model_stats_get(const hae_model *m, hae_model_stats *s) {
     s->kv_host_bytes = hae_kv_cache_tier_bytes(m->kv, HAE_TIER_HOST);
     s->slot_cache_bytes = 0, s->slot_hits = s->slot_misses = 0, s->fetched_bytes = 0;
     s->stage_bytes = m->stage_bytes;
+    s->dsa_kv = m->cfg.memory.dsa_kv;
     for (int64_t l = 0; l < m->L; l++) {
         if (!m->slots[l]) continue;
         s->slot_cache_bytes += hae_slot_cache_bytes(m->slots[l]);

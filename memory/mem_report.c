@@ -41,8 +41,10 @@ static void markdown(const hae_mem_report_args *a, const hae_mem_plan *cp, const
     fprintf(f, "|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int i = 0; i < a->n_contexts; i++) {
         const size_t kv = kv_and_states(&cp[i], HAE_TIER_GPU), tkv = kv_and_states(&tp[i], HAE_TIER_GPU);
-        fprintf(f, "| %s | %s | %s | %s | %.1f%% | %s | %s | %.1f%% |\n",
-                hae_fmt_tokens(a->contexts[i], true, c1, sizeof c1),
+        const bool autoplace = cfg->memory.dsa_kv == HAE_TIER_AUTO;
+        fprintf(f, "| %s%s%s%s | %s | %s | %s | %.1f%% | %s | %s | %.1f%% |\n",
+                hae_fmt_tokens(a->contexts[i], true, c1, sizeof c1), autoplace ? " (dsa K/V on " : "",
+                autoplace ? hae_tier_name(cp[i].dsa_kv) : "", autoplace ? ")" : "",
                 fmt_bytes((double)cp[i].total[HAE_TIER_GPU], b1, sizeof b1),
                 fmt_bytes((double)cp[i].total[HAE_TIER_HOST], b2, sizeof b2),
                 fmt_bytes((double)tp[i].total[HAE_TIER_GPU], b3, sizeof b3),
@@ -168,25 +170,29 @@ static hae_status svg(const hae_mem_report_args *a, const hae_config *twin, cons
 hae_status hae_mem_report(const hae_mem_report_args *a, FILE *md, FILE *csv_f, FILE *svg_f) {
     if (!a || !a->cfg || !a->contexts || a->n_contexts < 1)
         return hae_error(HAE_ERR_INVALID, "memory report: no config or no contexts");
-    hae_config *twin = malloc(sizeof *twin);
+    hae_config *twin = malloc(sizeof *twin), *cfg = malloc(sizeof *cfg);
     hae_mem_plan *cp = calloc((size_t)a->n_contexts, sizeof *cp), *tp = calloc((size_t)a->n_contexts, sizeof *tp);
-    hae_status st = twin && cp && tp ? HAE_OK : hae_error(HAE_ERR_OOM, "memory report: out of host memory");
+    hae_status st = twin && cfg && cp && tp ? HAE_OK : hae_error(HAE_ERR_OOM, "memory report: out of host memory");
     int64_t max_c = 0, max_t = 0;
-    if (st == HAE_OK) hae_mem_twin(a->cfg, twin);
+    if (st == HAE_OK) {
+        memcpy(cfg, a->cfg, sizeof *cfg);
+        cfg->memory.gpu_budget = (int64_t)a->gpu_budget; /* what dsa_kv auto places against */
+        hae_mem_twin(cfg, twin);
+    }
     for (int i = 0; i < a->n_contexts && st == HAE_OK; i++) {
-        st = hae_mem_plan_get(a->cfg, a->contexts[i], &cp[i]);
+        st = hae_mem_plan_get(cfg, a->contexts[i], &cp[i]);
         if (st == HAE_OK) st = hae_mem_plan_get(twin, a->contexts[i], &tp[i]);
     }
-    if (st == HAE_OK) st = hae_mem_max_context(a->cfg, a->gpu_budget, &max_c);
+    if (st == HAE_OK) st = hae_mem_max_context(cfg, a->gpu_budget, &max_c);
     if (st == HAE_OK) st = hae_mem_max_context(twin, a->gpu_budget, &max_t);
     hae_mem_plan at_max = {0};
-    if (st == HAE_OK && max_c > 0) st = hae_mem_plan_get(a->cfg, max_c, &at_max);
+    if (st == HAE_OK && max_c > 0) st = hae_mem_plan_get(cfg, max_c, &at_max);
     if (st == HAE_OK && md) markdown(a, cp, tp, max_c, max_t, &at_max, md);
     if (st == HAE_OK && csv_f) csv(a, cp, tp, max_c, max_t, csv_f);
     if (st == HAE_OK && svg_f) st = svg(a, twin, cp, tp, max_c, max_t, svg_f);
     FILE *const files[3] = {md, csv_f, svg_f};
     for (int i = 0; i < 3 && st == HAE_OK; i++)
         if (files[i] && ferror(files[i])) st = hae_error(HAE_ERR_IO, "memory report: a write failed");
-    free(twin), free(cp), free(tp);
+    free(twin), free(cfg), free(cp), free(tp);
     return st;
 }

@@ -38,12 +38,12 @@ struct hae_page_pool {
     int64_t fail_after[HAE_TIER_COUNT];
 };
 
-static const char *const tier_names[HAE_TIER_COUNT] = {"gpu", "host"};
+static const char *const tier_names[] = {"gpu", "host", "auto"};
 static const char *const kind_names[HAE_MEM_KIND_COUNT] = {
     "weights", "activations", "dsa_kv", "index_keys", "full_kv", "linear_state",
 };
 
-const char *hae_tier_name(hae_tier t) { return (unsigned)t < HAE_TIER_COUNT ? tier_names[t] : "unknown"; }
+const char *hae_tier_name(hae_tier t) { return (unsigned)t <= HAE_TIER_AUTO ? tier_names[t] : "unknown"; }
 const char *hae_mem_kind_name(hae_mem_kind k) { return (unsigned)k < HAE_MEM_KIND_COUNT ? kind_names[k] : "unknown"; }
 
 static size_t align_up(size_t n) { return (n + CLASS_ALIGN - 1) / CLASS_ALIGN * CLASS_ALIGN; }

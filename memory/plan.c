@@ -79,8 +79,10 @@ static void place(const hae_config *cfg, const hae_model_plan *mp, const hae_mod
         for (int k = 0; k < HAE_MEM_KIND_COUNT; k++) out->total[t] = sat_add(out->total[t], b[t][k]);
 }
 
-/* The plan at `context`; also the largest bytes one token adds to a sequence, when asked. */
-static hae_status plan_at(const hae_config *cfg, int64_t context, hae_mem_plan *out, size_t *token_bytes) {
+/* The plan at `context` (dsa_kv auto resolved against gpu_budget bytes, 0: unbounded); also the largest
+ * bytes one token adds to a sequence, when asked. */
+static hae_status plan_at(const hae_config *cfg, int64_t context, size_t gpu_budget, hae_mem_plan *out,
+                          size_t *token_bytes) {
     memset(out, 0, sizeof *out);
     hae_config *c = malloc(sizeof *c), *tw = malloc(sizeof *tw);
     hae_model_plan *mp = malloc(sizeof *mp), *tp = malloc(sizeof *tp);
@@ -98,7 +100,17 @@ static hae_status plan_at(const hae_config *cfg, int64_t context, hae_mem_plan *
     if (st == HAE_OK) {
         out->context = context;
         out->batch = c->runtime.batch;
+        /* dsa_kv auto: the GPU when everything fits the budget there, else the host */
+        const bool autoplace = c->memory.dsa_kv == HAE_TIER_AUTO;
+        if (autoplace) c->memory.dsa_kv = HAE_TIER_GPU;
         place(c, mp, tp, out);
+        if (autoplace && gpu_budget > 0 && out->total[HAE_TIER_GPU] > gpu_budget) {
+            c->memory.dsa_kv = HAE_TIER_HOST;
+            memset(out->bytes, 0, sizeof out->bytes);
+            memset(out->total, 0, sizeof out->total);
+            place(c, mp, tp, out);
+        }
+        out->dsa_kv = c->memory.dsa_kv;
         if (token_bytes) {
             size_t per = 16; /* the indexer's logits and slack */
             for (int64_t l = 0; l < c->model.n_layers; l++)
@@ -115,7 +127,7 @@ hae_status hae_mem_plan_get(const hae_config *cfg, int64_t context, hae_mem_plan
     if (!cfg || !out) return hae_error(HAE_ERR_INVALID, "memory plan: NULL argument");
     if (context < 1 || context > HAE_MEM_MAX_CONTEXT)
         return hae_error(HAE_ERR_INVALID, "memory plan: context %" PRId64 " (expected 1..2^40 tokens)", context);
-    HAE_TRY(plan_at(cfg, context, out, NULL));
+    HAE_TRY(plan_at(cfg, context, (size_t)cfg->memory.gpu_budget, out, NULL));
     for (int t = 0; t < HAE_TIER_COUNT; t++)
         if (out->total[t] == SIZE_MAX)
             return hae_error(HAE_ERR_INVALID, "memory plan of %s: %s bytes at context %" PRId64 " x batch %" PRId64
@@ -126,7 +138,7 @@ hae_status hae_mem_plan_get(const hae_config *cfg, int64_t context, hae_mem_plan
 /* Whether the plan at `context` fits the GPU budget and, when memory.host_budget is set, the host's. */
 static hae_status fits(const hae_config *cfg, int64_t context, size_t budget, bool *ok) {
     hae_mem_plan p;
-    HAE_TRY(plan_at(cfg, context, &p, NULL));
+    HAE_TRY(plan_at(cfg, context, budget, &p, NULL));
     const size_t host = (size_t)cfg->memory.host_budget;
     *ok = p.total[HAE_TIER_GPU] <= budget && (!host || p.total[HAE_TIER_HOST] <= host);
     return HAE_OK;
@@ -137,7 +149,7 @@ hae_status hae_mem_max_context(const hae_config *cfg, size_t gpu_budget, int64_t
     *out = 0;
     hae_mem_plan p;
     size_t per_token = 0;
-    HAE_TRY(plan_at(cfg, 1, &p, &per_token));
+    HAE_TRY(plan_at(cfg, 1, gpu_budget, &p, &per_token));
     bool ok = true;
     HAE_TRY(fits(cfg, 1, gpu_budget, &ok));
     if (!ok) return HAE_OK;

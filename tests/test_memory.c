@@ -54,6 +54,13 @@ Test(memory_config, defaults_values_and_round_trip) {
     const char *ov[] = {"memory.dsa_kv=host", "memory.page_size=128"};
     cr_assert_eq(hae_config_parse("name: m\n", 8, "t.yaml", ov, 2, c), HAE_OK, "%s", hae_last_error());
     cr_expect(c->memory.dsa_kv == HAE_TIER_HOST && c->memory.page_size == 128);
+    const char *au[] = {"memory.dsa_kv=auto"};
+    cr_assert_eq(hae_config_parse("name: m\n", 8, "t.yaml", au, 1, c), HAE_OK, "%s", hae_last_error());
+    cr_expect_eq(c->memory.dsa_kv, HAE_TIER_AUTO);
+    free(text);
+    text = NULL;
+    cr_assert_eq(hae_config_to_yaml(c, &text), HAE_OK, "%s", hae_last_error());
+    cr_expect(strstr(text, "  dsa_kv: auto\n"), "%s", text);
     cr_expect_str_eq(hae_tier_name(HAE_TIER_HOST), "host");
     cr_expect_str_eq(hae_mem_kind_name(HAE_MEM_INDEX_KEYS), "index_keys");
     cr_expect_str_eq(hae_mem_kind_name(HAE_MEM_KIND_COUNT), "unknown");
@@ -88,9 +95,10 @@ static const bad_case bad[] = {
     {"host list", "memory:\n  host_budget: [1, 2]\n", "t.yaml:2:16:", "memory.host_budget", "got a list", NULL},
     {"host text", "memory:\n  host_budget: lots\n", "t.yaml:2:16:", "memory.host_budget", "expected a byte size", NULL},
     {"dsa tier", "memory:\n  dsa_kv: disk\n", "t.yaml:2:11:", "memory.dsa_kv",
-     "'disk' is not allowed (expected one of: gpu, host)", NULL},
+     "'disk' is not allowed (expected one of: gpu, host, auto)", NULL},
     {"dsa case", "memory:\n  dsa_kv: GPU\n", "t.yaml:2:11:", "memory.dsa_kv", "'GPU' is not allowed", NULL},
     {"full tier", "memory:\n  full_kv: nvme\n", "t.yaml:2:12:", "memory.full_kv", "expected one of: gpu, host", NULL},
+    {"full auto", "memory:\n  full_kv: auto\n", "t.yaml:2:12:", "memory.full_kv", "'auto' is not allowed", NULL},
     {"full list", "memory:\n  full_kv: [gpu]\n", "t.yaml:2:12:", "memory.full_kv", "expected a name, got a list", NULL},
     {"state tier", "memory:\n  linear_state: 1\n", "t.yaml:2:17:", "memory.linear_state", "'1' is not allowed", NULL},
     {"cache 0", "memory:\n  cache_tokens: 0\n", "t.yaml:2:17:", "memory.cache_tokens", "out of range", NULL},
@@ -106,6 +114,8 @@ static const bad_case bad[] = {
      "t.yaml:4:17:", "model.dsa.index_topk", "cache_tokens 4096 (default) is below model.dsa.index_topk 8192", NULL},
     {"cache set", DSA_MODEL "memory:\n  dsa_kv: host\n", "--set memory.cache_tokens=8:", "memory.cache_tokens",
      "with dsa_kv 'host' the GPU cache must hold every token one step picks", "memory.cache_tokens=8"},
+    {"cache auto", DSA_MODEL "memory:\n  dsa_kv: auto\n  cache_tokens: 32\n", "t.yaml:7:17:", "memory.cache_tokens",
+     "with dsa_kv 'auto' the GPU cache must hold every token one step picks", NULL},
     {"tier set", "name: x\n", "--set memory.dsa_kv=ssd:", "memory.dsa_kv", "'ssd' is not allowed", "memory.dsa_kv=ssd"},
     {"sweep tier", "sweep:\n  memory.full_kv: [gpu, disk]\n", "t.yaml:2:25:", "memory.full_kv", "'disk' is not allowed",
      NULL},
@@ -502,7 +512,7 @@ Test(page_pool, fixed_classes_and_bad_arguments) {
     EXPECT_BAD(hae_page_pool_grow(pool, 0, NCLS, 1, HAE_TIER_GPU), "class 3 of 3");
     EXPECT_BAD(hae_page_pool_grow(pool, 0, 0, MAX_TOK + 1, HAE_TIER_GPU), "max_seq_tokens");
     EXPECT_BAD(hae_page_pool_grow(pool, 0, 0, -1, HAE_TIER_GPU), "-1 tokens");
-    EXPECT_BAD(hae_page_pool_grow(pool, 0, 0, 1, HAE_TIER_COUNT), "tier 2");
+    EXPECT_BAD(hae_page_pool_grow(pool, 0, 0, 1, HAE_TIER_AUTO), "tier 2"); /* a placement, not a tier */
     EXPECT_BAD(hae_page_pool_move(pool, 2, 0, 2, HAE_TIER_HOST), "page 2 of sequence 2 (it holds 2)");
     EXPECT_BAD(hae_page_pool_move(pool, 2, 0, 0, (hae_tier)-1), "tier -1");
     EXPECT_BAD(hae_page_pool_page(pool, 2, 0, 5, NULL, NULL), "page 5 of sequence 2, which holds 2");
@@ -510,7 +520,7 @@ Test(page_pool, fixed_classes_and_bad_arguments) {
     EXPECT_BAD(hae_page_pool_free_seq(NULL, 0), "NULL pool");
     EXPECT_BAD(hae_page_pool_validate(NULL), "NULL pool");
     cr_expect_eq(hae_page_pool_seq_pages(pool, 9, 0), 0);
-    cr_expect_eq(hae_page_pool_free_pages(pool, 0, HAE_TIER_COUNT), 0);
+    cr_expect_eq(hae_page_pool_free_pages(pool, 0, HAE_TIER_AUTO), 0);
     cr_expect_eq(hae_page_pool_validate(pool), HAE_OK, "%s", hae_last_error());
     hae_page_pool_destroy(pool);
     hae_page_pool_destroy(NULL);
@@ -817,4 +827,39 @@ Test(memory_cli, report_to_streams) {
     a.n_contexts = 0;
     cr_expect_eq(hae_mem_report(&a, NULL, NULL, NULL), HAE_ERR_INVALID);
     free(md), free(csv), free(cfg);
+}
+
+/* memory.dsa_kv auto: the GPU placement while the whole plan fits memory.gpu_budget, the host's past it; no
+ * budget means the GPU; the longest context is the host placement's. */
+Test(memory_plan, dsa_kv_auto_spills_only_past_the_budget) {
+    const int64_t L = 131072;
+    const char *ov_gpu[] = {"memory.dsa_kv=gpu"}, *ov_host[] = {"memory.dsa_kv=host"}, *ov_auto[] = {"memory.dsa_kv=auto"};
+    hae_config *g = load_preset("hybrid-1b.yaml", ov_gpu, 1), *h = load_preset("hybrid-1b.yaml", ov_host, 1),
+               *a = load_preset("hybrid-1b.yaml", ov_auto, 1);
+    hae_mem_plan pg, ph, pa;
+    plan_ok(g, L, &pg);
+    plan_ok(h, L, &ph);
+    cr_expect_eq(pg.dsa_kv, HAE_TIER_GPU);
+    cr_expect_eq(ph.dsa_kv, HAE_TIER_HOST);
+    cr_assert(ph.total[HAE_TIER_GPU] < pg.total[HAE_TIER_GPU], "the host tier saves GPU bytes");
+    /* no budget, a budget the GPU placement fits exactly, and one byte less */
+    const size_t budgets[3] = {0, pg.total[HAE_TIER_GPU], pg.total[HAE_TIER_GPU] - 1};
+    const hae_mem_plan *want[3] = {&pg, &pg, &ph};
+    for (int i = 0; i < 3; i++) {
+        a->memory.gpu_budget = (int64_t)budgets[i];
+        plan_ok(a, L, &pa);
+        cr_expect_eq(pa.dsa_kv, want[i]->dsa_kv, "budget %zu: dsa K/V on %s", budgets[i], hae_tier_name(pa.dsa_kv));
+        cr_expect(memcmp(pa.bytes, want[i]->bytes, sizeof pa.bytes) == 0 &&
+                      memcmp(pa.total, want[i]->total, sizeof pa.total) == 0,
+                  "budget %zu: the plan is the %s placement's", budgets[i], hae_tier_name(want[i]->dsa_kv));
+    }
+    cr_expect_str_eq(hae_tier_name(HAE_TIER_AUTO), "auto");
+    /* the longest context in 80 GiB: the GPU placement's while it fits, so the host placement's */
+    const size_t budget = (size_t)80 << 30;
+    int64_t mh = 0, ma = 0, mg = 0;
+    cr_assert_eq(hae_mem_max_context(h, budget, &mh), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_mem_max_context(a, budget, &ma), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_mem_max_context(g, budget, &mg), HAE_OK, "%s", hae_last_error());
+    cr_expect(mg < mh && ma == mh, "gpu %" PRId64 ", host %" PRId64 ", auto %" PRId64, mg, mh, ma);
+    free(g), free(h), free(a);
 }

@@ -260,3 +260,31 @@ Test(model_host, full_and_swa_layers_streamed_from_the_host) {
         host_vs_gpu_of("swa, full, dsa", "bf16", 6, mla, token_by_token, 40, &hits, &misses);
     }
 }
+
+/* memory.dsa_kv: auto: with no budget the run fits this machine and the dsa K/V stay on the GPU tier (here the
+ * CPU backend's memory); under a memory.gpu_budget smaller than the run, the host tier takes them; the logits are
+ * the same either way. */
+Test(model_host, dsa_kv_auto_spills_only_when_the_run_does_not_fit) {
+    hae_backend *be = tu_cpu();
+    hae_config fit, tight;
+    char y[2048];
+    snprintf(y, sizeof y, yaml_fmt, DSA_ONLY, "f32", "auto", "gpu", 10);
+    tu_config(y, &fit);
+    tight = fit;
+    tight.memory.gpu_budget = 4096; /* far below the weights alone */
+    hae_model *a = tu_model(be, &fit), *b = tu_model(be, &tight);
+    hae_model_stats sa, sb;
+    hae_model_stats_get(a, &sa), hae_model_stats_get(b, &sb);
+    cr_expect_eq(sa.dsa_kv, HAE_TIER_GPU, "no budget: %s", hae_tier_name(sa.dsa_kv));
+    cr_expect_eq(sa.kv_host_bytes, 0);
+    cr_expect_eq(sb.dsa_kv, HAE_TIER_HOST, "4 KiB budget: %s", hae_tier_name(sb.dsa_kv));
+    cr_expect_eq(sb.kv_host_bytes, (size_t)2 * 2 * CTX * 2 * 2 * 8 * 4, "two dsa layers' K/V for 2 x 40 tokens");
+    int32_t tok[2 * CTX];
+    tu_tokens(&fit, CTX, tok, 12);
+    float *la = tu_model_logits(a, &fit, CTX, tok, chunks_then_decode, 17),
+          *lb = tu_model_logits(b, &tight, CTX, tok, chunks_then_decode, 17);
+    cr_expect(memcmp(la, lb, sizeof *la * (size_t)(2 * CTX * fit.model.vocab_size)) == 0, "the same logits");
+    free(la), free(lb);
+    hae_model_destroy(a), hae_model_destroy(b);
+    hae_backend_destroy(be);
+}
