@@ -222,7 +222,7 @@ float hae_uniform(uint64_t seed, uint64_t step, uint64_t row, uint64_t col);
 /* cache[b, (pos0 + t) % cap, :, :] = src[b, t, :, :] */
 typedef struct hae_kv_write_args {
     hae_tensor src;   /* [B, T, Hkv, D] f32|bf16, rows may be strided */
-    hae_tensor cache; /* [B, cap, Hkv, D] f32|bf16 */
+    hae_tensor cache; /* [B, cap, Hkv, D] f32|bf16, or mla's FP8 layout [B, cap, 1, 656] for D = 576 */
     int64_t pos0;
 } hae_kv_write_args;
 hae_status hae_kv_write(hae_backend *be, const hae_kv_write_args *a);
@@ -233,6 +233,16 @@ hae_status hae_kv_write(hae_backend *be, const hae_kv_write_args *a);
  * the first 512 dims of the key cache (v_cache.data = k_cache.data, slot stride 576). A cache's slots
  * and sequences may be strided (stride[0], stride[1] in elements); within a slot the kv heads are
  * dense (stride[2] = D). k_cache and v_cache share their dtype. */
+
+/* mla's FP8 cache layout (DeepSeek-V3.2's, read by FlashMLA's sparse kernels): a token's 576 values in
+ * HAE_MLA_FP8_ROW = 656 bytes: the 512 latent dims as e4m3 codes, their 4 fp32 scales (one per 128 dims,
+ * hae_fp8_quant's powers of two), then the 64 rope dims as bf16 (1.75x smaller than 1152 bf16 bytes).
+ * Such a k_cache is an fp8-e4m3 tensor [B, cap, 1, 656] (bytes); its v_cache is the same bytes viewed
+ * as [B, cap, 1, 512] (same data pointer and strides). hae_kv_write quantizes [B, T, 1, 576] rows into
+ * it and hae_sparse_attention reads it (q [.., 576], out [.., 512]); hae_attention does not. */
+#define HAE_MLA_FP8_ROW 656
+#define HAE_MLA_LATENT 512
+#define HAE_MLA_ROPE 64
 
 /* Causal softmax attention: query (b, t, h) at position p = pos0 + t attends to positions s in
  * [lo, p], lo = max(0, p - window + 1) when window > 0 (swa) else 0 (full); head h reads kv head

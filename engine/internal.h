@@ -164,6 +164,12 @@ hae_status hae_shape_mismatch(const char *op, const char *what, const hae_tensor
 hae_status hae_convert_cpu(hae_backend *be, const hae_tensor *src, const hae_tensor *dst);
 hae_status hae_convert_cuda(hae_backend *be, const hae_tensor *src, const hae_tensor *dst);
 
+/* One block of 128 values to e4m3 codes q with hae_fp8_quant's rule; returns the block's scale. */
+float hae_fp8_quant_block(const float *v, uint8_t *q);
+/* mla's FP8 token (HAE_MLA_FP8_ROW bytes) to and from its 576 values (512 latent, 64 rope). */
+void hae_mla_fp8_pack(const float *v, uint8_t *row);
+void hae_mla_fp8_unpack(const uint8_t *row, float *v);
+
 /* CPU row helpers (engine/ops_cpu.c): n values of a row to and from f32 (one loop per dtype, so the
  * compiler vectorises the bf16 widening), and a dot product with 8 independent partial sums. */
 void hae_to_f32(const void *src, hae_dtype dt, int64_t n, float *dst);

@@ -26,6 +26,30 @@ static uint32_t f32_bits(float f) {
  * block gets scale 1; a block holding an inf or NaN gets a NaN scale and NaN codes, so the poison
  * stays visible downstream instead of turning into ordinary numbers. */
 
+float hae_fp8_quant_block(const float *v, uint8_t *q) {
+    uint32_t amax_bits = 0; /* |x| bits order like |x|, and NaN's above inf's */
+    for (int i = 0; i < QBLOCK; i++) {
+        uint32_t u = f32_bits(v[i]) & 0x7fffffffu;
+        amax_bits = u > amax_bits ? u : amax_bits;
+    }
+    if (amax_bits >= 0x7f800000u) {
+        memset(q, 0x7f, QBLOCK);
+        return NAN;
+    }
+    int e = 0;
+    if (amax_bits) {
+        float amax;
+        memcpy(&amax, &amax_bits, sizeof amax);
+        int E;
+        float m = frexpf(amax, &E);
+        e = E - 9 + (m > 0.875f);
+        if (e < -126) e = -126;
+    }
+    const float inv = ldexpf(1.0f, -e); /* a power of two: x inv is exactly x / scale */
+    for (int i = 0; i < QBLOCK; i++) q[i] = hae_f32_to_fp8e4m3(v[i] * inv);
+    return ldexpf(1.0f, e);
+}
+
 static void quant_row(void *p, int64_t n) {
     const hae_fp8_quant_args *a = p;
     const char *x = hae_row_ptr(&a->x, n, 0, 0);
@@ -35,29 +59,7 @@ static void quant_row(void *p, int64_t n) {
     float v[QBLOCK];
     for (int64_t c = 0; c < a->x.shape[1] / QBLOCK; c++) {
         hae_to_f32(x + (size_t)(c * QBLOCK) * es, a->x.dtype, QBLOCK, v);
-        uint32_t amax_bits = 0; /* |x| bits order like |x|, and NaN's above inf's */
-        for (int i = 0; i < QBLOCK; i++) {
-            uint32_t u = f32_bits(v[i]) & 0x7fffffffu;
-            amax_bits = u > amax_bits ? u : amax_bits;
-        }
-        uint8_t *qc = q + c * QBLOCK;
-        if (amax_bits >= 0x7f800000u) {
-            scale[c] = NAN;
-            memset(qc, 0x7f, QBLOCK);
-            continue;
-        }
-        int e = 0;
-        if (amax_bits) {
-            float amax;
-            memcpy(&amax, &amax_bits, sizeof amax);
-            int E;
-            float m = frexpf(amax, &E);
-            e = E - 9 + (m > 0.875f);
-            if (e < -126) e = -126;
-        }
-        scale[c] = ldexpf(1.0f, e);
-        const float inv = ldexpf(1.0f, -e); /* a power of two: x inv is exactly x / scale */
-        for (int i = 0; i < QBLOCK; i++) qc[i] = hae_f32_to_fp8e4m3(v[i] * inv);
+        scale[c] = hae_fp8_quant_block(v, q + c * QBLOCK);
     }
 }
 

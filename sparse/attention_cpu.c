@@ -16,6 +16,21 @@ static const void *cache_row(const hae_tensor *c, int64_t b, int64_t slot, int64
     return (const char *)c->data + (b * c->stride[0] + slot * c->stride[1] + g * c->stride[2]) * (int64_t)hae_dtype_size(c->dtype);
 }
 
+/* mla's FP8 token (hae.h): codes [0, 512), scales at 512 (4 f32), rope at 528 (64 bf16). */
+void hae_mla_fp8_pack(const float *v, uint8_t *row) {
+    float scale[HAE_MLA_LATENT / 128];
+    for (int c = 0; c < HAE_MLA_LATENT / 128; c++) scale[c] = hae_fp8_quant_block(v + 128 * c, row + 128 * c);
+    memcpy(row + HAE_MLA_LATENT, scale, sizeof scale);
+    hae_from_f32(row + HAE_MLA_LATENT + sizeof scale, HAE_BF16, v + HAE_MLA_LATENT, HAE_MLA_ROPE);
+}
+
+void hae_mla_fp8_unpack(const uint8_t *row, float *v) {
+    float scale[HAE_MLA_LATENT / 128];
+    memcpy(scale, row + HAE_MLA_LATENT, sizeof scale);
+    for (int d = 0; d < HAE_MLA_LATENT; d++) v[d] = hae_fp8e4m3_to_f32(row[d]) * scale[d / 128];
+    hae_to_f32(row + HAE_MLA_LATENT + sizeof scale, HAE_BF16, HAE_MLA_ROPE, v + HAE_MLA_LATENT);
+}
+
 typedef struct {
     const hae_kv_write_args *a;
 } kvw_ctx;
@@ -27,7 +42,11 @@ static void kv_write_row(void *p, int64_t r) {
     for (int64_t h = 0; h < H; h++) {
         const void *src = hae_row_ptr(&a->src, b, t, h);
         void *dst = (void *)cache_row(&a->cache, b, slot, h);
-        if (a->src.dtype == a->cache.dtype) {
+        if (a->cache.dtype == HAE_FP8_E4M3) { /* mla's FP8 layout */
+            float v[HAE_MLA_LATENT + HAE_MLA_ROPE];
+            hae_to_f32(src, a->src.dtype, D, v);
+            hae_mla_fp8_pack(v, dst);
+        } else if (a->src.dtype == a->cache.dtype) {
             memcpy(dst, src, (size_t)D * hae_dtype_size(a->src.dtype));
         } else {
             for (int64_t d = 0; d < D; d++) hae_store_f(dst, a->cache.dtype, d, hae_load_f(src, a->src.dtype, d));
@@ -69,8 +88,13 @@ static void attend(const attend_job *j, float *scratch) {
         int64_t s = j->idx ? j->idx[i] : j->lo + i;
         if (j->idx && (s < 0 || s > j->hi)) continue;
         const void *kr = cache_row(j->k_cache, j->b, s % cap, j->g), *vr = cache_row(j->v_cache, j->b, s % cap, j->g);
-        hae_to_f32(kr, j->k_cache->dtype, Dk, kf);
-        hae_to_f32(vr, j->v_cache->dtype, Dv, vf);
+        if (j->k_cache->dtype == HAE_FP8_E4M3) { /* mla's FP8 layout: the values are the key's latent */
+            hae_mla_fp8_unpack(kr, kf);
+            memcpy(vf, kf, sizeof(float) * (size_t)Dv);
+        } else {
+            hae_to_f32(kr, j->k_cache->dtype, Dk, kf);
+            hae_to_f32(vr, j->v_cache->dtype, Dv, vf);
+        }
         for (int64_t h = 0; h < G; h++) {
             const float *qh = q + h * Dk;
             float sc = 0.0f;

@@ -302,3 +302,145 @@ Test(sparse, rejects_bad_arguments) {
     sp_free(&d);
     hae_backend_destroy(be);
 }
+
+/* ---------------------------------------------------------------- mla's FP8 cache layout */
+
+enum { MLA_D = HAE_MLA_LATENT + HAE_MLA_ROPE, FP8_B = 2, FP8_CAP = 40 };
+
+/* Random mla rows [B, cap, 1, 576] with each 128-dim block at its own magnitude (1e-3 .. 1e2), written
+ * into an FP8 cache by hae_kv_write; slots at or past a sequence's length then hold 0xFF bytes (NaN codes
+ * and scales). Also the f32 cache of what the FP8 bytes decode to (NaN there too). */
+static void fp8_cache(const int32_t *lens, float *src, uint8_t *fp8, float *deq, tu_rng *r) {
+    hae_backend *be = tu_cpu();
+    for (int64_t i = 0; i < FP8_B * FP8_CAP; i++)
+        for (int d = 0; d < MLA_D; d++)
+            src[i * MLA_D + d] = (float)(tu_uniform(r, -1, 1) * pow(10.0, d < 512 ? d / 128 - 3 : 0));
+    memset(fp8, 0, (size_t)(FP8_B * FP8_CAP * HAE_MLA_FP8_ROW));
+    hae_kv_write_args w = {.src = hae_tensor_4d(src, HAE_F32, HAE_CPU, FP8_B, FP8_CAP, 1, MLA_D),
+                           .cache = hae_tensor_4d(fp8, HAE_FP8_E4M3, HAE_CPU, FP8_B, FP8_CAP, 1, HAE_MLA_FP8_ROW)};
+    cr_assert_eq(hae_kv_write(be, &w), HAE_OK, "%s", hae_last_error());
+    for (int64_t b = 0; b < FP8_B; b++)
+        for (int64_t s = 0; s < FP8_CAP; s++) {
+            uint8_t *row = fp8 + (b * FP8_CAP + s) * HAE_MLA_FP8_ROW;
+            if (s >= lens[b]) memset(row, 0xFF, HAE_MLA_FP8_ROW);
+            hae_mla_fp8_unpack(row, deq + (b * FP8_CAP + s) * MLA_D);
+        }
+    hae_backend_destroy(be);
+}
+
+Test(sparse, mla_fp8_layout_round_trip) {
+    tu_rng r = tu_rng_make(31);
+    const int32_t lens[FP8_B] = {FP8_CAP, FP8_CAP};
+    float *src = malloc(sizeof(float) * FP8_B * FP8_CAP * MLA_D), *deq = malloc(sizeof(float) * FP8_B * FP8_CAP * MLA_D);
+    uint8_t *fp8 = malloc(FP8_B * FP8_CAP * HAE_MLA_FP8_ROW);
+    cr_assert(src && deq && fp8);
+    fp8_cache(lens, src, fp8, deq, &r);
+    int bad = 0;
+    for (int64_t i = 0; i < FP8_B * FP8_CAP; i++) {
+        const uint8_t *row = fp8 + i * HAE_MLA_FP8_ROW;
+        const float *x = src + i * MLA_D, *y = deq + i * MLA_D;
+        for (int c = 0; c < 4; c++) { /* a power-of-two scale with the block's amax in (224, 448] of it */
+            float sc, amax = 0;
+            memcpy(&sc, row + 512 + 4 * c, 4);
+            for (int d = 0; d < 128; d++) amax = fmaxf(amax, fabsf(x[128 * c + d]));
+            int e;
+            cr_expect(frexpf(sc, &e) == 0.5f && amax / sc > 224 && amax / sc <= 448, "row %lld block %d: scale %g amax %g",
+                      (long long)i, c, (double)sc, (double)amax);
+            for (int d = 0; d < 128; d++) /* e4m3: 3 mantissa bits, steps of 2^-9 below 2^-6 */
+                bad += fabsf(y[128 * c + d] - x[128 * c + d]) > fabsf(x[128 * c + d]) / 16 + sc * 0x1p-10f;
+        }
+        for (int d = 512; d < MLA_D; d++) bad += y[d] != hae_bf16_to_f32(hae_f32_to_bf16(x[d])); /* rope: bf16 */
+    }
+    cr_expect_eq(bad, 0, "%d values off by more than e4m3's (latent) or bf16's (rope) rounding", bad);
+    free(src), free(deq), free(fp8);
+}
+
+/* Sparse attention over the FP8 cache is attention over what its bytes decode to (the f32 cache of
+ * them, bit for bit), and within FP8's error of attention over the unquantized rows. */
+Test(sparse, mla_fp8_layout_equals_its_decoded_cache) {
+    hae_backend *be = tu_cpu();
+    tu_rng r = tu_rng_make(32);
+    const int64_t T = 3, Hq = 16, K = 12;
+    const int32_t lens[FP8_B] = {25, FP8_CAP};
+    float *src = malloc(sizeof(float) * FP8_B * FP8_CAP * MLA_D), *deq = malloc(sizeof(float) * FP8_B * FP8_CAP * MLA_D);
+    uint8_t *fp8 = malloc(FP8_B * FP8_CAP * HAE_MLA_FP8_ROW);
+    float *q = malloc(sizeof(float) * FP8_B * T * Hq * MLA_D), *o[3], lse[3][FP8_B * 3 * 16];
+    int32_t idx[FP8_B * 3 * 12];
+    cr_assert(src && deq && fp8 && q);
+    fp8_cache(lens, src, fp8, deq, &r);
+    for (int64_t i = 0; i < FP8_B * FP8_CAP; i++) /* NaN past the lengths in the unquantized cache too */
+        if (i % FP8_CAP >= lens[i / FP8_CAP])
+            for (int d = 0; d < MLA_D; d++) src[i * MLA_D + d] = NAN;
+    tu_fill(q, HAE_F32, FP8_B * T * Hq * MLA_D, &r, -0.05, 0.05);
+    for (int64_t i = 0; i < FP8_B * T * K; i++) { /* -1, positions (some past the query) and out of range */
+        const int64_t b = i / (T * K);
+        const double u = tu_uniform(&r, 0, 1);
+        idx[i] = u < 0.1 ? -1 : u < 0.15 ? FP8_CAP + 2 : (int32_t)tu_uniform(&r, 0, lens[b]);
+    }
+    for (int v = 0; v < 3; v++) {
+        o[v] = malloc(sizeof(float) * FP8_B * T * Hq * 512);
+        memset(o[v], 0xFF, sizeof(float) * FP8_B * T * Hq * 512);
+    }
+    const hae_tensor kc[3] = {hae_tensor_4d(fp8, HAE_FP8_E4M3, HAE_CPU, FP8_B, FP8_CAP, 1, HAE_MLA_FP8_ROW),
+                              hae_tensor_4d(deq, HAE_F32, HAE_CPU, FP8_B, FP8_CAP, 1, MLA_D),
+                              hae_tensor_4d(src, HAE_F32, HAE_CPU, FP8_B, FP8_CAP, 1, MLA_D)};
+    for (int v = 0; v < 3; v++) {
+        hae_tensor vc = hae_tensor_4d(kc[v].data, kc[v].dtype, HAE_CPU, FP8_B, FP8_CAP, 1, 512);
+        vc.stride[1] = kc[v].stride[1], vc.stride[0] = kc[v].stride[0];
+        hae_sparse_attention_args a = {
+            .q = hae_tensor_4d(q, HAE_F32, HAE_CPU, FP8_B, T, Hq, MLA_D), .k_cache = kc[v], .v_cache = vc,
+            .idx = hae_tensor_3d(idx, HAE_I32, HAE_CPU, FP8_B, T, K), .seq_lens = hae_tensor_1d((void *)lens, HAE_I32, HAE_CPU, FP8_B),
+            .out = hae_tensor_4d(o[v], HAE_F32, HAE_CPU, FP8_B, T, Hq, 512),
+            .lse = hae_tensor_3d(lse[v], HAE_F32, HAE_CPU, FP8_B, T, Hq), .scale = 0.3f};
+        cr_assert_eq(hae_sparse_attention(be, &a), HAE_OK, "%s", hae_last_error());
+    }
+    const size_t n = (size_t)(FP8_B * T * Hq * 512);
+    cr_expect(memcmp(o[0], o[1], sizeof(float) * n) == 0 && memcmp(lse[0], lse[1], sizeof lse[0]) == 0,
+              "FP8 bytes and their decoded f32 cache give the same out and lse");
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) num += (o[0][i] - o[2][i]) * (double)(o[0][i] - o[2][i]), den += (double)o[2][i] * o[2][i];
+    cr_expect(isfinite(num) && sqrt(num / den) < 0.05, "FP8 vs unquantized: relative RMS %.3g", sqrt(num / den));
+    for (int v = 0; v < 3; v++) free(o[v]);
+    free(src), free(deq), free(fp8), free(q);
+    hae_backend_destroy(be);
+}
+
+static void expect_error(hae_status got, hae_status want, const char *needle) {
+    cr_expect_eq(got, want, "status %d, want %d (%s)", (int)got, (int)want, needle);
+    cr_expect(strstr(hae_last_error(), needle), "'%s' not in: %s", needle, hae_last_error());
+}
+
+Test(sparse, mla_fp8_layout_rejects_bad_arguments) {
+    hae_backend *be = tu_cpu();
+    static uint8_t fp8[2 * 8 * HAE_MLA_FP8_ROW];
+    static float q[2 * 1 * 4 * MLA_D], out[2 * 4 * 512], f[2 * 8 * MLA_D];
+    static int32_t idx[2 * 4], lens[2] = {4, 4};
+    const hae_tensor kc = hae_tensor_4d(fp8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 1, HAE_MLA_FP8_ROW);
+    hae_tensor vc = hae_tensor_4d(fp8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 1, 512);
+    vc.stride[1] = kc.stride[1], vc.stride[0] = kc.stride[0];
+    const hae_sparse_attention_args good = {
+        .q = hae_tensor_4d(q, HAE_F32, HAE_CPU, 2, 1, 4, MLA_D), .k_cache = kc, .v_cache = vc,
+        .idx = hae_tensor_3d(idx, HAE_I32, HAE_CPU, 2, 1, 4), .seq_lens = hae_tensor_1d(lens, HAE_I32, HAE_CPU, 2),
+        .out = hae_tensor_4d(out, HAE_F32, HAE_CPU, 2, 1, 4, 512), .scale = 0.1f};
+    cr_expect_eq(hae_sparse_attention(be, &good), HAE_OK, "%s", hae_last_error());
+    hae_sparse_attention_args a = good;
+    a.k_cache = hae_tensor_4d(fp8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 1, 576);
+    expect_error(hae_sparse_attention(be, &a), HAE_ERR_INVALID, "mla's FP8 layout");
+    a = good;
+    a.v_cache.data = fp8 + 16;
+    expect_error(hae_sparse_attention(be, &a), HAE_ERR_INVALID, "v_cache must view k_cache's bytes");
+    a = good;
+    a.v_cache.shape[3] = 576;
+    expect_error(hae_sparse_attention(be, &a), HAE_ERR_INVALID, "v_cache must view");
+    a = good;
+    a.k_cache.stride[1] = a.v_cache.stride[1] = 660, a.k_cache.stride[0] = a.v_cache.stride[0] = 8 * 660;
+    a.k_cache.shape[1] = a.v_cache.shape[1] = 7;
+    expect_error(hae_sparse_attention(be, &a), HAE_ERR_INVALID, "16-byte");
+    hae_attention_args d = {.q = good.q, .k_cache = kc, .v_cache = vc, .out = good.out, .scale = 0.1f};
+    expect_error(hae_attention(be, &d), HAE_ERR_UNSUPPORTED, "read by hae_sparse_attention only");
+    hae_kv_write_args w = {.src = hae_tensor_4d(f, HAE_F32, HAE_CPU, 2, 8, 1, 512), .cache = kc};
+    expect_error(hae_kv_write(be, &w), HAE_ERR_INVALID, "512 latent + 64 rope");
+    w.src = hae_tensor_4d(f, HAE_F32, HAE_CPU, 2, 4, 2, MLA_D);
+    expect_error(hae_kv_write(be, &w), HAE_ERR_INVALID, "kv heads differ");
+    hae_backend_destroy(be);
+}
