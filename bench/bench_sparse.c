@@ -2,7 +2,9 @@
  * mla in absorbed form (Hkv 1, Dk 576, Dv 512, v_cache a view of the latent k_cache, 128 heads,
  * top-2048) for decode (B 64) and prefill (4096 queries), over a 64K-token context; and gqa (Hq 32,
  * Hkv 8, D 128, top-2048) for decode (B 64) and prefill (4096 queries) over a 32K context. Indices are
- * 2048 distinct random positions <= each query's position. bf16 q, caches and out, with lse.
+ * 2048 distinct random positions <= each query's position. bf16 q, caches and out, with lse; the mla
+ * decode also over mla's FP8 cache layout (656 bytes a token, hae_kv_write from the same bf16 rows), the
+ * form FlashMLA's sparse decode reads.
  *
  * Each shape is first checked against the CPU reference on fresh random inputs with poisoned outputs
  * at a reduced batch or query count (same heads, dims and top-k), and not timed if it is wrong. Then:
@@ -39,6 +41,7 @@ typedef struct {
     const char *name;
     int64_t B, T, Hq, Hkv, Dk, Dv, context, k;
     bool mla; /* v_cache = the first Dv dims of k_cache */
+    bool fp8; /* mla's FP8 cache layout (656 bytes a token), written by hae_kv_write from bf16 rows */
 } shape;
 
 /* One problem's inputs on one backend. */
@@ -111,14 +114,24 @@ static void problem_make(problem *p, hae_backend *be, const shape *s, uint64_t s
     const int64_t nq = B * T * s->Hq * s->Dk, no = B * T * s->Hq * s->Dv, nk = B * cap * s->Hkv * s->Dk;
     const int64_t nv = s->mla ? 0 : B * cap * s->Hkv * s->Dv, ni = B * T * s->k;
     p->q = alloc_on(be, (size_t)nq * 2);
-    p->kc = alloc_on(be, (size_t)nk * 2);
+    p->kc = alloc_on(be, s->fp8 ? (size_t)(B * cap * HAE_MLA_FP8_ROW) : (size_t)nk * 2);
     p->vc = s->mla ? p->kc : alloc_on(be, (size_t)nv * 2);
     p->idx = alloc_on(be, (size_t)ni * 4);
     p->lens = alloc_on(be, (size_t)B * 4);
     p->out = alloc_on(be, (size_t)no * 2);
     p->lse = alloc_on(be, (size_t)(B * T * s->Hq) * 4);
     fill_random(be, p->q, dt, nq, seed, -1, 1);
-    fill_random(be, p->kc, dt, nk, seed + 1, -1, 1);
+    if (s->fp8) { /* the same random rows, quantized into the layout */
+        void *rows = alloc_on(be, (size_t)nk * 2);
+        fill_random(be, rows, dt, nk, seed + 1, -1, 1);
+        hae_kv_write_args w = {.src = hae_tensor_4d(rows, dt, dev, B, cap, 1, s->Dk),
+                               .cache = hae_tensor_4d(p->kc, HAE_FP8_E4M3, dev, B, cap, 1, HAE_MLA_FP8_ROW)};
+        CHECK("kv_write (fp8)", hae_kv_write(be, &w));
+        CHECK("sync", hae_backend_sync(be));
+        hae_backend_free(be, rows);
+    } else {
+        fill_random(be, p->kc, dt, nk, seed + 1, -1, 1);
+    }
     if (!s->mla) fill_random(be, p->vc, dt, nv, seed + 2, -1, 1);
     int32_t *idx = make_indices(s, seed + 3), *lens = malloc(sizeof(int32_t) * (size_t)B);
     for (int64_t b = 0; b < B; b++) lens[b] = (int32_t)cap;
@@ -138,9 +151,11 @@ static void problem_make(problem *p, hae_backend *be, const shape *s, uint64_t s
     free(poison), free(idx), free(lens);
     hae_sparse_attention_args *a = &p->a;
     a->q = hae_tensor_4d(p->q, dt, dev, B, T, s->Hq, s->Dk);
-    a->k_cache = hae_tensor_4d(p->kc, dt, dev, B, cap, s->Hkv, s->Dk);
-    if (s->mla) { /* the first Dv dims of each latent slot */
-        a->v_cache = hae_tensor_4d(p->kc, dt, dev, B, cap, s->Hkv, s->Dv);
+    const hae_dtype kt = s->fp8 ? HAE_FP8_E4M3 : dt;
+    a->k_cache = s->fp8 ? hae_tensor_4d(p->kc, kt, dev, B, cap, 1, HAE_MLA_FP8_ROW)
+                        : hae_tensor_4d(p->kc, dt, dev, B, cap, s->Hkv, s->Dk);
+    if (s->mla) { /* the first Dv dims (bytes with fp8) of each latent slot */
+        a->v_cache = hae_tensor_4d(p->kc, kt, dev, B, cap, s->Hkv, s->Dv);
         a->v_cache.stride[0] = a->k_cache.stride[0];
         a->v_cache.stride[1] = a->k_cache.stride[1];
     } else {
@@ -210,7 +225,7 @@ static void bench(const shape *s, bool decode) {
     const double med_us = tm.median_us, med_s = med_us * 1e-6;
     const double queries = (double)(s->B * s->T);
     const double flops = 2.0 * (double)s->Hq * (double)s->k * (double)(s->Dk + s->Dv) * queries;
-    const double row_bytes = 2.0 * (double)(s->mla ? s->Dk : s->Dk + s->Dv);
+    const double row_bytes = s->fp8 ? HAE_MLA_FP8_ROW : 2.0 * (double)(s->mla ? s->Dk : s->Dk + s->Dv);
     const double bytes = queries * ((double)s->Hkv * (double)s->k * row_bytes +
                                     (double)s->Hq * (2.0 * (double)(s->Dk + s->Dv) + 4.0));
     const double tf = flops / med_s * 1e-12;
@@ -239,12 +254,14 @@ static int bench_main(void) {
     if (!hae_bench_start("bench_sparse", &g_be, &g_cpu, &g_timer)) return 0;
     printf("# bf16 q, caches and out, f32 lse; indices: k distinct random positions <= each query's\n");
 
-    const shape mla_dec = {"mla decode", 64, 1, 128, 1, 576, 512, 65536, 2048, true};
-    const shape mla_pre = {"mla prefill", 1, 4096, 128, 1, 576, 512, 65536, 2048, true};
-    const shape gqa_dec = {"gqa decode", 64, 1, 32, 8, 128, 128, 32768, 2048, false};
-    const shape gqa_pre = {"gqa prefill", 1, 4096, 32, 8, 128, 128, 32768, 2048, false};
+    const shape mla_dec = {"mla decode", 64, 1, 128, 1, 576, 512, 65536, 2048, true, false};
+    const shape mla_pre = {"mla prefill", 1, 4096, 128, 1, 576, 512, 65536, 2048, true, false};
+    const shape fp8_dec = {"mla fp8 dec", 64, 1, 128, 1, 576, 512, 65536, 2048, true, true};
+    const shape gqa_dec = {"gqa decode", 64, 1, 32, 8, 128, 128, 32768, 2048, false, false};
+    const shape gqa_pre = {"gqa prefill", 1, 4096, 32, 8, 128, 128, 32768, 2048, false, false};
     verify(&mla_dec, 2, 1, 4096);  /* split over idx */
     verify(&mla_pre, 1, 70, 4096); /* one range per CTA, as timed */
+    verify(&fp8_dec, 2, 1, 4096);
     verify(&gqa_dec, 4, 1, 4096);
     verify(&gqa_pre, 1, 64, 4096);
 
@@ -256,6 +273,7 @@ static int bench_main(void) {
            "---|---------|---------|--------------------------|----------------------|\n");
     bench(&mla_dec, true);
     bench(&mla_pre, false);
+    bench(&fp8_dec, true);
     bench(&gqa_dec, true);
     bench(&gqa_pre, false);
     hae_cuda_timer_destroy(g_timer);

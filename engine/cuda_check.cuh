@@ -131,6 +131,52 @@ static __device__ __forceinline__ uint16_t hae_dev_f32_to_bf16(float f) {
 }
 static __device__ __forceinline__ float hae_dev_bf16_to_f32(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
 
+/* tensor.c's hae_f32_to_fp8e4m3 in bits: nearest even on the e4m3 grid (steps of 2^-9 below 2^-6,
+ * three mantissa bits above), saturating to +-448 (inf included), NaN -> 0x7f; zero keeps its sign. */
+static __device__ __forceinline__ uint8_t hae_dev_f32_to_e4m3(float f) {
+    const uint32_t u = __float_as_uint(f), a = u & 0x7fffffffu, sign = (u >> 24) & 0x80u;
+    if (a > 0x7f800000u) return 0x7f;
+    if (a >= 0x43e00000u) return (uint8_t)(sign | 0x7eu); /* |f| >= 448 */
+    if (a < 0x3c800000u)                                   /* |f| < 2^-6: code = rne(|f| 2^9), 8 = 2^-6 */
+        return (uint8_t)(sign | __float2uint_rn(__fmul_rn(__uint_as_float(a), 512.0f)));
+    /* round the 23-bit mantissa to 3 bits (a carry moves into the exponent); rebias 127 -> 7 */
+    const uint32_t r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20;
+    return (uint8_t)(sign | (r - (120u << 3)));
+}
+/* tensor.c's hae_fp8e4m3_to_f32: exact (0x7f and 0xff are NaN, exponent 0 holds multiples of 2^-9). */
+static __device__ __forceinline__ float hae_dev_e4m3_to_f32(uint32_t b) {
+    const uint32_t e = (b >> 3) & 0xfu, m = b & 7u, sign = (b & 0x80u) << 24;
+    if (e == 0xfu && m == 7u) return __uint_as_float(0x7fc00000u);
+    if (e == 0) return __uint_as_float(sign | __float_as_uint((float)m * 0x1p-9f));
+    return __uint_as_float(sign | (e + 120u) << 23 | m << 20);
+}
+/* hae_fp8_quant's rule for one block of 128 values held by a warp, lane l holding v[j] = x[l + 32 j]:
+ * amax = max |x| as bits (|x| bits order like |x|, NaN above inf). With amax = (1 + f 2^-23) 2^(E - 127)
+ * normal, frexp's exponent is E - 126 and its mantissa exceeds 0.875 exactly when f > 0x600000, so the
+ * CPU's e = E_frexp - 9 + (m > 0.875) is E - 135 + (f > 0x600000), kept >= -126 (a subnormal amax lands
+ * there too); codes q[j] = e4m3(v[j] 2^-e); returns the scale 2^e. All-zero: e = 0. Inf or NaN in the
+ * block: a NaN scale and codes 0x7f. */
+static __device__ __forceinline__ float hae_dev_fp8_block(const float (&v)[4], uint8_t (&q)[4]) {
+    uint32_t amax = 0;
+#pragma unroll
+    for (int j = 0; j < 4; j++) amax = max(amax, __float_as_uint(v[j]) & 0x7fffffffu);
+    amax = __reduce_max_sync(0xffffffffu, amax);
+    if (amax >= 0x7f800000u) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) q[j] = 0x7f;
+        return __uint_as_float(0x7fc00000u);
+    }
+    int e = 0;
+    if (amax) {
+        e = (int)(amax >> 23) - 135 + ((amax & 0x7fffffu) > 0x600000u);
+        e = e < -126 ? -126 : e;
+    }
+    const float inv = __uint_as_float((uint32_t)(127 - e) << 23); /* 2^-e, e in [-126, 120] */
+#pragma unroll
+    for (int j = 0; j < 4; j++) q[j] = hae_dev_f32_to_e4m3(__fmul_rn(v[j], inv));
+    return __uint_as_float((uint32_t)(127 + e) << 23);
+}
+
 static __device__ __forceinline__ float hae_ld(const float *p) { return *p; }
 static __device__ __forceinline__ float hae_ld(const hae_bf16_t *p) { return hae_dev_bf16_to_f32(p->bits); }
 static __device__ __forceinline__ void hae_st(float *p, float v) { *p = v; }

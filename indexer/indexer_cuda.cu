@@ -12,25 +12,7 @@ constexpr int kQBlock = 128; /* values per fp8 scale */
 constexpr unsigned kFull = 0xffffffffu;
 
 /* ---------------------------------------------------------------- fp8_quant
- * Per block of 128 values (one warp, lane l holding values l + 32 j): amax = max |x| as bits (|x|
- * bits order like |x|, NaN above inf). With amax = (1 + f 2^-23) 2^(E - 127) normal, frexp's exponent
- * is E - 126 and its mantissa exceeds 0.875 exactly when f > 0x600000, so the CPU's
- * e = E_frexp - 9 + (m > 0.875) is E - 135 + (f > 0x600000), kept >= -126 (a subnormal amax lands
- * there too); scale = 2^e, q = e4m3(x 2^-e). All-zero: e = 0. Inf or NaN in the block: NaN scale,
- * codes 0x7f. */
-
-/* tensor.c's hae_f32_to_fp8e4m3 in bits: nearest even on the e4m3 grid (steps of 2^-9 below 2^-6,
- * three mantissa bits above), saturating to +-448 (inf included), NaN -> 0x7f; zero keeps its sign. */
-__device__ __forceinline__ uint8_t f32_to_e4m3(float f) {
-    const uint32_t u = __float_as_uint(f), a = u & 0x7fffffffu, sign = (u >> 24) & 0x80u;
-    if (a > 0x7f800000u) return 0x7f;
-    if (a >= 0x43e00000u) return (uint8_t)(sign | 0x7eu); /* |f| >= 448 */
-    if (a < 0x3c800000u)                                   /* |f| < 2^-6: code = rne(|f| 2^9), 8 = 2^-6 */
-        return (uint8_t)(sign | __float2uint_rn(__fmul_rn(__uint_as_float(a), 512.0f)));
-    /* round the 23-bit mantissa to 3 bits (a carry moves into the exponent); rebias 127 -> 7 */
-    const uint32_t r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20;
-    return (uint8_t)(sign | (r - (120u << 3)));
-}
+ * One warp per block of 128 values (hae_dev_fp8_block). */
 
 template <typename TX>
 __global__ void fp8_quant_kernel(const TX *x, int64_t xs, uint8_t *q, int64_t qs, float *scale, int64_t ss, int64_t N,
@@ -42,28 +24,13 @@ __global__ void fp8_quant_kernel(const TX *x, int64_t xs, uint8_t *q, int64_t qs
         const TX *xb = x + n * xs + c * kQBlock;
         uint8_t *qb = q + n * qs + c * kQBlock;
         float v[4];
-        uint32_t amax = 0;
+        uint8_t code[4];
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            v[j] = hae_ld(xb + lane + 32 * j);
-            amax = max(amax, __float_as_uint(v[j]) & 0x7fffffffu);
-        }
-        amax = __reduce_max_sync(kFull, amax);
-        if (amax >= 0x7f800000u) {
+        for (int j = 0; j < 4; j++) v[j] = hae_ld(xb + lane + 32 * j);
+        const float sc = hae_dev_fp8_block(v, code);
 #pragma unroll
-            for (int j = 0; j < 4; j++) qb[lane + 32 * j] = 0x7f;
-            if (lane == 0) scale[n * ss + c] = __uint_as_float(0x7fc00000u);
-            continue;
-        }
-        int e = 0;
-        if (amax) {
-            e = (int)(amax >> 23) - 135 + ((amax & 0x7fffffu) > 0x600000u);
-            e = e < -126 ? -126 : e;
-        }
-        const float inv = __uint_as_float((uint32_t)(127 - e) << 23); /* 2^-e, e in [-126, 120] */
-#pragma unroll
-        for (int j = 0; j < 4; j++) qb[lane + 32 * j] = f32_to_e4m3(__fmul_rn(v[j], inv));
-        if (lane == 0) scale[n * ss + c] = __uint_as_float((uint32_t)(127 + e) << 23);
+        for (int j = 0; j < 4; j++) qb[lane + 32 * j] = code[j];
+        if (lane == 0) scale[n * ss + c] = sc;
     }
 }
 

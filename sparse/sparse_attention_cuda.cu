@@ -33,6 +33,7 @@
 #include "mma.cuh"
 #include "wgmma.cuh"
 
+#include <cuda_fp16.h>
 #include <limits.h>
 #include <math.h>
 
@@ -476,6 +477,51 @@ __device__ __forceinline__ void wgmma_64x256_bt(float (&d)[128], uint32_t a, uin
  * nothing (the next gather then starts later). */
 constexpr float kLazy = 8.0f;
 
+/* One thread's share of a token in mla's FP8 layout (hae.h) into a stage's bf16 tile at row byte
+ * offsets d0 and d1 of each 64-dim block (chunks sub and sub + 4): latent dims 64 kb + 8 sub .. + 7 and
+ * + 32 .. + 39 decoded (e4m3 -> f16 -> f32, times their block's scale; exact in bf16, whose 8 mantissa
+ * bits hold e4m3's 3), the rope dims' two chunks by cp.async; zeros when !ok. The loads go to registers,
+ * all 16 before the first store. */
+__device__ __forceinline__ void gather_fp8(uint32_t dst, const uint8_t *row, bool ok, int sub, uint32_t d0, uint32_t d1) {
+    uint2 raw[2 * HAE_MLA_LATENT / 64];
+    float4 sc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (ok) {
+        sc = __ldg((const float4 *)(row + HAE_MLA_LATENT));
+#pragma unroll
+        for (int kb = 0; kb < HAE_MLA_LATENT / 64; kb++) {
+            raw[2 * kb] = __ldg((const uint2 *)(row + 64 * kb + 8 * sub));
+            raw[2 * kb + 1] = __ldg((const uint2 *)(row + 64 * kb + 8 * sub + 32));
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 2 * HAE_MLA_LATENT / 64; i++) raw[i] = make_uint2(0, 0);
+    }
+#pragma unroll
+    for (int i = 0; i < 2 * HAE_MLA_LATENT / 64; i++) {
+        const int kb = i >> 1;
+        const float s = kb < 2 ? sc.x : kb < 4 ? sc.y : kb < 6 ? sc.z : sc.w;
+        uint32_t w[4];
+#pragma unroll
+        for (int h = 0; h < 4; h++) { /* bytes 2h, 2h + 1 of the 8 */
+            const uint32_t word = h < 2 ? raw[i].x : raw[i].y;
+            uint32_t f16x2;
+            asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(f16x2) : "h"((uint16_t)(word >> (16 * (h & 1)))));
+            const float lo = __half2float(__ushort_as_half((uint16_t)f16x2)) * s;
+            const float hi = __half2float(__ushort_as_half((uint16_t)(f16x2 >> 16))) * s;
+            w[h] = pack_bf16(lo, hi);
+        }
+        const uint32_t at = dst + (uint32_t)(kb * kWgBlock) + ((i & 1) ? d1 : d0);
+        asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(at), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3])
+                     : "memory");
+    }
+    const uint8_t *rope = row + HAE_MLA_LATENT + 16;
+    const uint32_t rb = dst + (uint32_t)(HAE_MLA_LATENT / 64 * kWgBlock);
+    cp_async16z(rb + d0, ok ? rope + 16 * sub : rope, ok);
+    cp_async16z(rb + d1, ok ? rope + 16 * sub + 64 : rope, ok);
+}
+
+/* FP8: k_cache in mla's FP8 layout, gathered through gather_fp8; else bf16 rows by cp.async. */
+template <bool FP8>
 __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p) {
     extern __shared__ unsigned char wsmem[];
     const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(wsmem);
@@ -531,8 +577,13 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
     };
     auto gather = [&](int st, int j) {
         const bool ok = usable(j);
-        const uint16_t *src = kbase + (ok ? (int64_t)j : 0) * p.k_ss + sub * 8;
         const uint32_t dst = sK + (uint32_t)(st * kWgTile);
+        if (FP8) {
+            gather_fp8(dst, (const uint8_t *)p.k + b * p.k_sb + (ok ? (int64_t)j : 0) * p.k_ss, ok, sub, d0, d1);
+            if (sub == 0) kok[st * kBN + kr] = ok;
+            return;
+        }
+        const uint16_t *src = kbase + (ok ? (int64_t)j : 0) * p.k_ss + sub * 8;
 #pragma unroll
         for (int kb = 0; kb < kWgDk / 64; kb++) {
             cp_async16z(dst + (uint32_t)(kb * kWgBlock) + d0, src + kb * 64, ok);
@@ -691,6 +742,17 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kKeysInFlight = 4;
 constexpr int kMaxD = 576;
 
+/* Element d of a cache row: f32/bf16 rows, or mla's FP8 layout (hae.h; Fp8Mla rows are its bytes). */
+struct Fp8Mla {
+    uint8_t b;
+};
+template <typename T> __device__ __forceinline__ float kv_at(const T *row, int d) { return hae_ld(row + d); }
+__device__ __forceinline__ float kv_at(const Fp8Mla *row, int d) {
+    const uint8_t *r = &row->b;
+    if (d < HAE_MLA_LATENT) return hae_dev_e4m3_to_f32(r[d]) * ((const float *)(r + HAE_MLA_LATENT))[d >> 7];
+    return hae_dev_bf16_to_f32(((const uint16_t *)(r + HAE_MLA_LATENT + 16))[d - HAE_MLA_LATENT]);
+}
+
 /* NJ: dims per lane, 32 NJ >= max(Dk, Dv). */
 template <typename TQ, typename TKV, int NJ>
 __global__ void __launch_bounds__(kThreads) simple_kernel(const SparseParams p) {
@@ -711,6 +773,7 @@ __global__ void __launch_bounds__(kThreads) simple_kernel(const SparseParams p) 
         qv[j] = d < p.Dk ? hae_ld(q + d) * p.scale : 0.0f; /* q pre-scaled, as on the CPU */
         acc[j] = 0.0f;
     }
+    /* mla's FP8 layout has one kv head: gk is 0 */
     const TKV *kbase = (const TKV *)p.k + b * p.k_sb + (int64_t)gk * p.Dk;
     const TKV *vbase = (const TKV *)p.v + b * p.v_sb + (int64_t)gk * p.Dv;
     const int32_t *irow = p.idx + b * p.i_sb + t * p.i_st;
@@ -731,7 +794,7 @@ __global__ void __launch_bounds__(kThreads) simple_kernel(const SparseParams p) 
 #pragma unroll
                 for (int x = 0; x < NJ; x++) {
                     const int d = lane + 32 * x;
-                    if (d < p.Dk) part += qv[x] * hae_ld(kr + d);
+                    if (d < p.Dk) part += qv[x] * kv_at(kr, d);
                 }
             }
             sc[u] = part;
@@ -757,7 +820,7 @@ __global__ void __launch_bounds__(kThreads) simple_kernel(const SparseParams p) 
 #pragma unroll
             for (int x = 0; x < NJ; x++) {
                 const int d = lane + 32 * x;
-                if (d < p.Dv) acc[x] += wgt * hae_ld(vr + d);
+                if (d < p.Dv) acc[x] += wgt * kv_at(vr, d);
             }
         }
         m = mx;
@@ -867,7 +930,7 @@ hae_status try_tc(hae_backend *be, const SparseParams &p, int64_t B, cudaStream_
     *ran = false;
     const bool wide = p.G > 16; /* 64 rows per CTA; else 16 rows, G / 16 CTAs */
     if (p.Dk == kWgDk && p.Dv == kWgDv && p.v_shared && wide)
-        return launch(be, p, B, s, wg_kernel, kWgThreads, kWgSmem, kWgRows, ran);
+        return launch(be, p, B, s, wg_kernel<false>, kWgThreads, kWgSmem, kWgRows, ran);
     if (p.Dk == 576 && p.Dv == 512) return wide ? launch_tc<576, 512, 4, 8>(be, p, B, s, ran) : launch_tc<576, 512, 1, 4>(be, p, B, s, ran);
     if (p.Dk == 128 && p.Dv == 128) return wide ? launch_tc<128, 128, 4, 8>(be, p, B, s, ran) : launch_tc<128, 128, 1, 4>(be, p, B, s, ran);
     if (p.Dk == 64 && p.Dv == 64) return launch_tc<64, 64, 1, 4>(be, p, B, s, ran);
@@ -931,7 +994,13 @@ extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_spars
 
     cudaStream_t s = nullptr;
     HAE_TRY(hae_cuda_enter(be, &s));
-    if (a->q.dtype == HAE_BF16 && a->k_cache.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) &&
+    const bool fp8 = a->k_cache.dtype == HAE_FP8_E4M3; /* mla's FP8 layout: hae_sparse_attention checked it */
+    if (fp8 && a->q.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) && (uintptr_t)p.k % 16 == 0 && p.G > 16) {
+        bool ran = false;
+        HAE_TRY(launch(be, p, B, s, wg_kernel<true>, kWgThreads, kWgSmem, kWgRows, &ran));
+        if (ran) return HAE_OK;
+    }
+    if (!fp8 && a->q.dtype == HAE_BF16 && a->k_cache.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) &&
         aligned16(p.k, p.k_sb, p.k_ss) && aligned16(p.v, p.v_sb, p.v_ss)) {
         bool ran = false;
         HAE_TRY(try_tc(be, p, B, s, &ran));
@@ -939,6 +1008,7 @@ extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_spars
     }
     return hae_cuda_dispatch(a->q.dtype, "hae_sparse_attention", [&](auto tq) -> hae_status {
         using TQ = decltype(tq);
+        if (fp8) return launch_simple<TQ, Fp8Mla>(p, rows, s);
         return hae_cuda_dispatch(a->k_cache.dtype, "hae_sparse_attention", [&](auto tkv) -> hae_status {
             using TKV = decltype(tkv);
             return launch_simple<TQ, TKV>(p, rows, s);

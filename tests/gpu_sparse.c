@@ -265,6 +265,89 @@ Test(gpu_sparse, mla) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], 4000 + i);
 }
 
+/* mla's FP8 cache layout (hae.h): hae_kv_write's bytes on CUDA equal the CPU's bit for bit (codes, scales, rope),
+ * and sparse attention over them matches the CPU (more than 16 heads: the wgmma kernel decoding FP8 into its
+ * bf16 tiles; else the CUDA-core kernel). Slots past a sequence's length hold 0xFF bytes (NaN codes and
+ * scales), so reading one an index does not name shows. */
+Test(gpu_sparse, mla_fp8) {
+    static const struct {
+        const char *what;
+        int64_t B, T, Hq, cap, k;
+        hae_dtype q, out;
+    } cases[] = {
+        {"fp8 64 heads, decode (split)", 2, 1, 64, 700, 512, BF, BF},
+        {"fp8 128 heads, prefill", 1, 3, 128, 300, 200, BF, F32},
+        {"fp8 128 heads, top-2048", 1, 1, 128, 2100, 2048, BF, BF},
+        {"fp8 16 heads (CUDA cores)", 2, 2, 16, 150, 90, BF, BF},
+        {"fp8 32 heads, f32 q (CUDA cores)", 1, 2, 32, 120, 64, F32, F32},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t B = cases[ci].B, T = cases[ci].T, Hq = cases[ci].Hq, cap = cases[ci].cap, K = cases[ci].k;
+        const int64_t D = HAE_MLA_LATENT + HAE_MLA_ROPE, R = HAE_MLA_FP8_ROW;
+        char ctx[CTX_N];
+        snprintf(ctx, sizeof ctx, "%s: B %lld T %lld Hq %lld cap %lld k %lld, q %s, out %s, seed %zu", cases[ci].what,
+                 (long long)B, (long long)T, (long long)Hq, (long long)cap, (long long)K,
+                 hae_dtype_name(cases[ci].q), hae_dtype_name(cases[ci].out), 5000 + ci);
+        tu_rng r = tu_rng_make(5000 + ci);
+        /* the rows written: bf16, each 128-dim latent block at its own magnitude */
+        uint16_t *src = malloc(sizeof(uint16_t) * (size_t)(B * cap * D));
+        cr_assert(src);
+        for (int64_t i = 0; i < B * cap * D; i++)
+            src[i] = hae_f32_to_bf16((float)(tu_uniform(&r, -1, 1) * pow(10.0, i % D < 512 ? (double)(i % D / 128) - 2 : 0)));
+        pbuf ps = pb_new(src, sizeof(uint16_t) * (size_t)(B * cap * D)), pk = pb_poison((size_t)(B * cap * R));
+        const int64_t sshape[4] = {B, cap, 1, D}, kshape[4] = {B, cap, 1, R}, vshape[4] = {B, cap, 1, 512},
+                      kstride[4] = {cap * R, R, R, 1};
+        bool ok = true;
+        for (int g = 0; g < 2 && ok; g++) {
+            const hae_device dev = g ? HAE_CUDA : HAE_CPU;
+            hae_kv_write_args w = {.src = tv(g ? ps.g : ps.c, HAE_BF16, dev, 4, sshape, NULL),
+                                   .cache = tv(g ? pk.g : pk.c, HAE_FP8_E4M3, dev, 4, kshape, NULL)};
+            ok = gpu_ran(hae_kv_write(g ? g_gpu : g_cpu, &w), g ? "cuda" : "cpu", "kv_write (fp8)", ctx);
+        }
+        if (ok && gpu_done("kv_write (fp8)", ctx)) ok = pb_compare("kv_write (fp8): cache bytes", ctx, &pk, HAE_FP8_E4M3, -1);
+        int32_t *lens = malloc(sizeof(int32_t) * (size_t)B), *idx = malloc(sizeof(int32_t) * (size_t)(B * T * K));
+        uint8_t *kh = malloc((size_t)(B * cap * R));
+        cr_assert(lens && idx && kh);
+        memcpy(kh, pk.c, (size_t)(B * cap * R));
+        for (int64_t b = 0; b < B; b++) {
+            lens[b] = (int32_t)tu_uniform(&r, (double)T + 10, (double)cap + 1);
+            memset(kh + (b * cap + lens[b]) * R, 0xFF, (size_t)((cap - lens[b]) * R));
+        }
+        for (int64_t i = 0; i < B * T * K; i++) {
+            const double u = tu_uniform(&r, 0, 1);
+            idx[i] = u < 0.1 ? -1 : u < 0.13 ? (int32_t)cap + 5 : (int32_t)tu_uniform(&r, 0, (double)lens[i / (T * K)]);
+        }
+        pb_set(&pk, kh);
+        void *qh = malloc(hae_dtype_size(cases[ci].q) * (size_t)(B * T * Hq * D));
+        cr_assert(qh);
+        fill_rows(qh, cases[ci].q, 1, B * T * Hq, D, 0, D, &r, -0.3, 0.3);
+        pbuf pq = pb_new(qh, hae_dtype_size(cases[ci].q) * (size_t)(B * T * Hq * D)),
+             pi = pb_new(idx, sizeof(int32_t) * (size_t)(B * T * K)), pl = pb_new(lens, sizeof(int32_t) * (size_t)B),
+             po = pb_poison(hae_dtype_size(cases[ci].out) * (size_t)(B * T * Hq * 512)),
+             pe = pb_poison(sizeof(float) * (size_t)(B * T * Hq));
+        const int64_t qshape[4] = {B, T, Hq, D}, ishape[3] = {B, T, K}, oshape[4] = {B, T, Hq, 512}, eshape[3] = {B, T, Hq};
+        for (int g = 0; g < 2 && ok; g++) {
+            const hae_device dev = g ? HAE_CUDA : HAE_CPU;
+            hae_sparse_attention_args a = {
+                .q = tv(g ? pq.g : pq.c, cases[ci].q, dev, 4, qshape, NULL),
+                .k_cache = tv(g ? pk.g : pk.c, HAE_FP8_E4M3, dev, 4, kshape, NULL),
+                .v_cache = tv(g ? pk.g : pk.c, HAE_FP8_E4M3, dev, 4, vshape, kstride),
+                .idx = tv(g ? pi.g : pi.c, HAE_I32, dev, 3, ishape, NULL),
+                .seq_lens = tv(g ? pl.g : pl.c, HAE_I32, dev, 1, &B, NULL),
+                .out = tv(g ? po.g : po.c, cases[ci].out, dev, 4, oshape, NULL),
+                .lse = tv(g ? pe.g : pe.c, HAE_F32, dev, 3, eshape, NULL),
+                .scale = 0.06f};
+            ok = gpu_ran(hae_sparse_attention(g ? g_gpu : g_cpu, &a), g ? "cuda" : "cpu", "sparse_attention (fp8)", ctx);
+        }
+        if (ok && gpu_done("sparse_attention (fp8)", ctx)) {
+            pb_compare("sparse_attention (fp8): out", ctx, &po, cases[ci].out, cases[ci].q == F32 ? 1e-5 : 1e-2);
+            pb_compare("sparse_attention (fp8): lse", ctx, &pe, HAE_F32, 1e-5);
+        }
+        pb_free(&ps), pb_free(&pk), pb_free(&pq), pb_free(&pi), pb_free(&pl), pb_free(&po), pb_free(&pe);
+        free(src), free(lens), free(idx), free(kh), free(qh);
+    }
+}
+
 /* seq_lens are not checked on the host for CUDA: a row whose p = seq_lens[b] - T + t is outside [0, cap)
  * uses no index (out = 0, lse = +inf), rows of good sequences match the CPU, nothing past out or lse is
  * written, and nothing faults. Sequence 0 ends past the cache, 1 is negative, 2 is shorter than T (its
