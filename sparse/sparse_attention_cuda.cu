@@ -477,42 +477,46 @@ __device__ __forceinline__ void wgmma_64x256_bt(float (&d)[128], uint32_t a, uin
  * nothing (the next gather then starts later). */
 constexpr float kLazy = 8.0f;
 
-/* One thread's share of a token in mla's FP8 layout (hae.h) into a stage's bf16 tile at row byte
- * offsets d0 and d1 of each 64-dim block (chunks sub and sub + 4): latent dims 64 kb + 8 sub .. + 7 and
- * + 32 .. + 39 decoded (e4m3 -> f16 -> f32, times their block's scale; exact in bf16, whose 8 mantissa
- * bits hold e4m3's 3), the rope dims' two chunks by cp.async; zeros when !ok. The loads go to registers,
- * all 16 before the first store. */
-__device__ __forceinline__ void gather_fp8(uint32_t dst, const uint8_t *row, bool ok, int sub, uint32_t d0, uint32_t d1) {
-    uint2 raw[2 * HAE_MLA_LATENT / 64];
-    float4 sc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (ok) {
-        sc = __ldg((const float4 *)(row + HAE_MLA_LATENT));
+/* One thread's share of a token in mla's FP8 layout (hae.h) for a stage's bf16 tile: latent dims
+ * 64 kb + 16 sub .. + 15 of each 64-dim block (16 bytes, one load) with the 4 scales, loaded into
+ * registers first (fp8_load, issued before the tile's S MMAs so their latency hides behind them), then
+ * decoded (e4m3 -> f16 -> f32, times the block's scale; exact in bf16, whose 8 mantissa bits hold
+ * e4m3's 3) into bf16 chunks 2 sub, 2 sub + 1 of each block (fp8_store); the rope dims' chunks sub,
+ * sub + 4 by cp.async. Zeros when !ok. */
+struct Fp8Raw {
+    uint4 lat[HAE_MLA_LATENT / 64];
+    float4 sc;
+};
+__device__ __forceinline__ void fp8_load(Fp8Raw &r, const uint8_t *row, bool ok, int sub) {
+    r.sc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-        for (int kb = 0; kb < HAE_MLA_LATENT / 64; kb++) {
-            raw[2 * kb] = __ldg((const uint2 *)(row + 64 * kb + 8 * sub));
-            raw[2 * kb + 1] = __ldg((const uint2 *)(row + 64 * kb + 8 * sub + 32));
+    for (int kb = 0; kb < HAE_MLA_LATENT / 64; kb++) r.lat[kb] = make_uint4(0, 0, 0, 0);
+    if (!ok) return;
+    r.sc = __ldg((const float4 *)(row + HAE_MLA_LATENT));
+#pragma unroll
+    for (int kb = 0; kb < HAE_MLA_LATENT / 64; kb++) r.lat[kb] = __ldg((const uint4 *)(row + 64 * kb + 16 * sub));
+}
+__device__ __forceinline__ void fp8_store(uint32_t dst, const Fp8Raw &r, const uint8_t *row, bool ok, int sub, int kr,
+                                          uint32_t d0, uint32_t d1) {
+#pragma unroll
+    for (int kb = 0; kb < HAE_MLA_LATENT / 64; kb++) {
+        const float s = kb < 2 ? r.sc.x : kb < 4 ? r.sc.y : kb < 6 ? r.sc.z : r.sc.w;
+        const uint32_t words[4] = {r.lat[kb].x, r.lat[kb].y, r.lat[kb].z, r.lat[kb].w};
+#pragma unroll
+        for (int half = 0; half < 2; half++) { /* bf16 chunk 2 sub + half: fp8 bytes 8 half .. + 7 */
+            uint32_t w[4];
+#pragma unroll
+            for (int h = 0; h < 4; h++) {
+                uint32_t f16x2;
+                asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(f16x2) : "h"((uint16_t)(words[2 * half + (h >> 1)] >> (16 * (h & 1)))));
+                w[h] = pack_bf16(__half2float(__ushort_as_half((uint16_t)f16x2)) * s,
+                                 __half2float(__ushort_as_half((uint16_t)(f16x2 >> 16))) * s);
+            }
+            const uint32_t at = dst + (uint32_t)(kb * kWgBlock + kr * 128 + (((2 * sub + half) ^ (kr & 7)) << 4));
+            asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(at), "r"(w[0]), "r"(w[1]), "r"(w[2]),
+                         "r"(w[3])
+                         : "memory");
         }
-    } else {
-#pragma unroll
-        for (int i = 0; i < 2 * HAE_MLA_LATENT / 64; i++) raw[i] = make_uint2(0, 0);
-    }
-#pragma unroll
-    for (int i = 0; i < 2 * HAE_MLA_LATENT / 64; i++) {
-        const int kb = i >> 1;
-        const float s = kb < 2 ? sc.x : kb < 4 ? sc.y : kb < 6 ? sc.z : sc.w;
-        uint32_t w[4];
-#pragma unroll
-        for (int h = 0; h < 4; h++) { /* bytes 2h, 2h + 1 of the 8 */
-            const uint32_t word = h < 2 ? raw[i].x : raw[i].y;
-            uint32_t f16x2;
-            asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(f16x2) : "h"((uint16_t)(word >> (16 * (h & 1)))));
-            const float lo = __half2float(__ushort_as_half((uint16_t)f16x2)) * s;
-            const float hi = __half2float(__ushort_as_half((uint16_t)(f16x2 >> 16))) * s;
-            w[h] = pack_bf16(lo, hi);
-        }
-        const uint32_t at = dst + (uint32_t)(kb * kWgBlock) + ((i & 1) ? d1 : d0);
-        asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(at), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3])
-                     : "memory");
     }
     const uint8_t *rope = row + HAE_MLA_LATENT + 16;
     const uint32_t rb = dst + (uint32_t)(HAE_MLA_LATENT / 64 * kWgBlock);
@@ -520,7 +524,7 @@ __device__ __forceinline__ void gather_fp8(uint32_t dst, const uint8_t *row, boo
     cp_async16z(rb + d1, ok ? rope + 16 * sub + 64 : rope, ok);
 }
 
-/* FP8: k_cache in mla's FP8 layout, gathered through gather_fp8; else bf16 rows by cp.async. */
+/* FP8: k_cache in mla's FP8 layout, gathered through fp8_load / fp8_store; else bf16 rows by cp.async. */
 template <bool FP8>
 __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p) {
     extern __shared__ unsigned char wsmem[];
@@ -575,11 +579,13 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         while (!__syncthreads_or(tl < tile1 && usable(j)) && tl < tile1) j = entry(++tl);
         return tl;
     };
+    Fp8Raw raw; /* FP8: the next tile's bytes, loaded before the current tile's S */
+    auto fp8_row = [&](int j) { return (const uint8_t *)p.k + b * p.k_sb + (usable(j) ? (int64_t)j : 0) * p.k_ss; };
     auto gather = [&](int st, int j) {
         const bool ok = usable(j);
         const uint32_t dst = sK + (uint32_t)(st * kWgTile);
         if (FP8) {
-            gather_fp8(dst, (const uint8_t *)p.k + b * p.k_sb + (ok ? (int64_t)j : 0) * p.k_ss, ok, sub, d0, d1);
+            fp8_store(dst, raw, fp8_row(j), ok, sub, kr, d0, d1);
             if (sub == 0) kok[st * kBN + kr] = ok;
             return;
         }
@@ -601,6 +607,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
 
     int j = -1;
     int cur = find(tile0, entry(tile0), j), st = 0;
+    if (FP8 && cur < tile1) fp8_load(raw, fp8_row(j), usable(j), sub);
     if (cur < tile1) gather(0, j);
     cp_async_commit(); /* Q and the first tile */
     int jnext = entry(cur + 1);
@@ -611,6 +618,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         const uint32_t sKs = sK + (uint32_t)(st * kWgTile), sP = sKs + (uint32_t)((kWgDk / 64 - 1) * kWgBlock);
 
         /* S = Q K^T on keys [32 wg, 32 wg + 32): k step kk is 32 bytes into 64-dim block kk / 4 */
+        if (FP8 && nxt < tile1) fp8_load(raw, fp8_row(j), usable(j), sub);
         float s[16] = {}; /* the first wgmma ignores it */
         const uint32_t dk = wg_desc_lo(sKs + (uint32_t)(wg * 32 * 128), 16);
         wg_fence();
