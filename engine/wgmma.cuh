@@ -42,6 +42,14 @@ template <int N> static __device__ __forceinline__ void wg_hold(uint32_t (&d)[N]
     for (int i = 0; i < N; i++) asm volatile("" : "+r"(d[i])::"memory");
 }
 
+/* The accumulator list of an inline wgmma whose first 32 or 64 operands are d (the HAE_WG_F8 groups). */
+#define HAE_WG_D32                                                                                      \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, " \
+    "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define HAE_WG_D64                                                                                      \
+    HAE_WG_D32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, "   \
+               "%49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+
 /* Eight accumulator operands of an inline wgmma, d[i] .. d[i + 7]. */
 #define HAE_WG_F8(d, i)                                                                                  \
     "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),           \
