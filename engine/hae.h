@@ -269,8 +269,8 @@ hae_status hae_attention(hae_backend *be, const hae_attention_args *a);
  * p falls outside [0, cap) uses no index. */
 typedef struct hae_sparse_attention_args {
     hae_tensor q;        /* [B, T, Hq, Dk] f32|bf16, rows may be strided */
-    hae_tensor k_cache;  /* [B, cap, Hkv, Dk] */
-    hae_tensor v_cache;  /* [B, cap, Hkv, Dv] */
+    hae_tensor k_cache;  /* [B, cap, Hkv, Dk], or mla's FP8 layout [B, cap, 1, 656] (above) */
+    hae_tensor v_cache;  /* [B, cap, Hkv, Dv], or the FP8 layout's view [B, cap, 1, 512] */
     hae_tensor idx;      /* [B, T, k] i32 */
     hae_tensor seq_lens; /* [B] i32, each in [T, cap] */
     hae_tensor out;      /* [B, T, Hq, Dv] f32|bf16 */
