@@ -197,11 +197,11 @@ static hae_status check_mla_fp8(const char *op, const char *name, const hae_tens
                          hae_tensor_describe(cache, d, sizeof d), hae_tensor_describe(x, e, sizeof e),
                          (long long)x->shape[0], HAE_MLA_FP8_ROW, HAE_MLA_LATENT + HAE_MLA_ROPE);
     if (cache->shape[1] < 1) return hae_shape_mismatch(op, "cache has no slots", cache, x);
-    if (cache->stride[1] < HAE_MLA_FP8_ROW || cache->stride[1] % 16 ||
-        (cache->shape[0] > 1 && cache->stride[0] < cache->shape[1] * cache->stride[1]))
-        return hae_error(HAE_ERR_INVALID, "%s: %s %s: strides [%lld, %lld]: slots must not overlap and start 16-byte "
-                         "aligned (a slot holds %d bytes)", op, name, hae_tensor_describe(cache, d, sizeof d),
-                         (long long)cache->stride[0], (long long)cache->stride[1], HAE_MLA_FP8_ROW);
+    if (cache->stride[1] < HAE_MLA_FP8_ROW || cache->stride[1] % 16 || cache->stride[0] % 16 ||
+        (uintptr_t)cache->data % 16 || (cache->shape[0] > 1 && cache->stride[0] < cache->shape[1] * cache->stride[1]))
+        return hae_error(HAE_ERR_INVALID, "%s: %s %s at %p: strides [%lld, %lld]: slots must not overlap and start "
+                         "16-byte aligned (a slot holds %d bytes)", op, name, hae_tensor_describe(cache, d, sizeof d),
+                         cache->data, (long long)cache->stride[0], (long long)cache->stride[1], HAE_MLA_FP8_ROW);
     return HAE_OK;
 }
 

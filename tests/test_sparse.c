@@ -412,7 +412,7 @@ static void expect_error(hae_status got, hae_status want, const char *needle) {
 
 Test(sparse, mla_fp8_layout_rejects_bad_arguments) {
     hae_backend *be = tu_cpu();
-    static uint8_t fp8[2 * 8 * HAE_MLA_FP8_ROW];
+    static _Alignas(16) uint8_t fp8[2 * 8 * HAE_MLA_FP8_ROW];
     static float q[2 * 1 * 4 * MLA_D], out[2 * 4 * 512], f[2 * 8 * MLA_D];
     static int32_t idx[2 * 4], lens[2] = {4, 4};
     const hae_tensor kc = hae_tensor_4d(fp8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 1, HAE_MLA_FP8_ROW);
@@ -434,6 +434,10 @@ Test(sparse, mla_fp8_layout_rejects_bad_arguments) {
     expect_error(hae_sparse_attention(be, &a), HAE_ERR_INVALID, "v_cache must view");
     a = good;
     a.k_cache.stride[1] = a.v_cache.stride[1] = 660, a.k_cache.stride[0] = a.v_cache.stride[0] = 8 * 660;
+    a.k_cache.shape[1] = a.v_cache.shape[1] = 7;
+    expect_error(hae_sparse_attention(be, &a), HAE_ERR_INVALID, "16-byte");
+    a = good;
+    a.k_cache.data = a.v_cache.data = fp8 + 8; /* 8 slots from byte 8: still inside the buffer, but unaligned */
     a.k_cache.shape[1] = a.v_cache.shape[1] = 7;
     expect_error(hae_sparse_attention(be, &a), HAE_ERR_INVALID, "16-byte");
     hae_attention_args d = {.q = good.q, .k_cache = kc, .v_cache = vc, .out = good.out, .scale = 0.1f};
