@@ -243,6 +243,8 @@ hae_status hae_kv_write(hae_backend *be, const hae_kv_write_args *a);
 #define HAE_MLA_FP8_ROW 656
 #define HAE_MLA_LATENT 512
 #define HAE_MLA_ROPE 64
+#define HAE_MLA_FP8_SCALES HAE_MLA_LATENT          /* byte offsets in a token: the 4 fp32 scales */
+#define HAE_MLA_FP8_ROPE (HAE_MLA_LATENT + 16)     /* the 64 bf16 rope dims */
 
 /* Causal softmax attention: query (b, t, h) at position p = pos0 + t attends to positions s in
  * [lo, p], lo = max(0, p - window + 1) when window > 0 (swa) else 0 (full); head h reads kv head

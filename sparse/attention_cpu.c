@@ -16,19 +16,19 @@ static const void *cache_row(const hae_tensor *c, int64_t b, int64_t slot, int64
     return (const char *)c->data + (b * c->stride[0] + slot * c->stride[1] + g * c->stride[2]) * (int64_t)hae_dtype_size(c->dtype);
 }
 
-/* mla's FP8 token (hae.h): codes [0, 512), scales at 512 (4 f32), rope at 528 (64 bf16). */
+/* mla's FP8 token (hae.h): codes [0, 512), 4 f32 scales at HAE_MLA_FP8_SCALES, 64 bf16 rope at HAE_MLA_FP8_ROPE. */
 void hae_mla_fp8_pack(const float *v, uint8_t *row) {
     float scale[HAE_MLA_LATENT / 128];
     for (int c = 0; c < HAE_MLA_LATENT / 128; c++) scale[c] = hae_fp8_quant_block(v + 128 * c, row + 128 * c);
-    memcpy(row + HAE_MLA_LATENT, scale, sizeof scale);
-    hae_from_f32(row + HAE_MLA_LATENT + sizeof scale, HAE_BF16, v + HAE_MLA_LATENT, HAE_MLA_ROPE);
+    memcpy(row + HAE_MLA_FP8_SCALES, scale, sizeof scale);
+    hae_from_f32(row + HAE_MLA_FP8_ROPE, HAE_BF16, v + HAE_MLA_LATENT, HAE_MLA_ROPE);
 }
 
 void hae_mla_fp8_unpack(const uint8_t *row, float *v) {
     float scale[HAE_MLA_LATENT / 128];
-    memcpy(scale, row + HAE_MLA_LATENT, sizeof scale);
+    memcpy(scale, row + HAE_MLA_FP8_SCALES, sizeof scale);
     for (int d = 0; d < HAE_MLA_LATENT; d++) v[d] = hae_fp8e4m3_to_f32(row[d]) * scale[d / 128];
-    hae_to_f32(row + HAE_MLA_LATENT + sizeof scale, HAE_BF16, HAE_MLA_ROPE, v + HAE_MLA_LATENT);
+    hae_to_f32(row + HAE_MLA_FP8_ROPE, HAE_BF16, HAE_MLA_ROPE, v + HAE_MLA_LATENT);
 }
 
 typedef struct {

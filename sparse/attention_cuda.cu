@@ -890,9 +890,9 @@ __global__ void mla_fp8_write_kernel(const TS *src, int64_t s_sb, int64_t s_st, 
             const float sc = hae_dev_fp8_block(v, q);
 #pragma unroll
             for (int j = 0; j < 4; j++) row[128 * c + lane + 32 * j] = q[j];
-            if (lane == 0) ((float *)(row + HAE_MLA_LATENT))[c] = sc;
+            if (lane == 0) ((float *)(row + HAE_MLA_FP8_SCALES))[c] = sc;
         }
-        uint16_t *rope = (uint16_t *)(row + HAE_MLA_LATENT + 16);
+        uint16_t *rope = (uint16_t *)(row + HAE_MLA_FP8_ROPE);
         for (int d = lane; d < HAE_MLA_ROPE; d += 32) rope[d] = hae_dev_f32_to_bf16(hae_ld(x + HAE_MLA_LATENT + d));
     }
 }

@@ -492,7 +492,7 @@ __device__ __forceinline__ void fp8_load(Fp8Raw &r, const uint8_t *row, bool ok,
 #pragma unroll
     for (int kb = 0; kb < HAE_MLA_LATENT / 64; kb++) r.lat[kb] = make_uint4(0, 0, 0, 0);
     if (!ok) return;
-    r.sc = __ldg((const float4 *)(row + HAE_MLA_LATENT));
+    r.sc = __ldg((const float4 *)(row + HAE_MLA_FP8_SCALES));
 #pragma unroll
     for (int kb = 0; kb < HAE_MLA_LATENT / 64; kb++) r.lat[kb] = __ldg((const uint4 *)(row + 64 * kb + 16 * sub));
 }
@@ -518,7 +518,7 @@ __device__ __forceinline__ void fp8_store(uint32_t dst, const Fp8Raw &r, const u
                          : "memory");
         }
     }
-    const uint8_t *rope = row + HAE_MLA_LATENT + 16;
+    const uint8_t *rope = row + HAE_MLA_FP8_ROPE;
     const uint32_t rb = dst + (uint32_t)(HAE_MLA_LATENT / 64 * kWgBlock);
     cp_async16z(rb + d0, ok ? rope + 16 * sub : rope, ok);
     cp_async16z(rb + d1, ok ? rope + 16 * sub + 64 : rope, ok);
@@ -757,8 +757,8 @@ struct Fp8Mla {
 template <typename T> __device__ __forceinline__ float kv_at(const T *row, int d) { return hae_ld(row + d); }
 __device__ __forceinline__ float kv_at(const Fp8Mla *row, int d) {
     const uint8_t *r = &row->b;
-    if (d < HAE_MLA_LATENT) return hae_dev_e4m3_to_f32(r[d]) * ((const float *)(r + HAE_MLA_LATENT))[d >> 7];
-    return hae_dev_bf16_to_f32(((const uint16_t *)(r + HAE_MLA_LATENT + 16))[d - HAE_MLA_LATENT]);
+    if (d < HAE_MLA_LATENT) return hae_dev_e4m3_to_f32(r[d]) * ((const float *)(r + HAE_MLA_FP8_SCALES))[d >> 7];
+    return hae_dev_bf16_to_f32(((const uint16_t *)(r + HAE_MLA_FP8_ROPE))[d - HAE_MLA_LATENT]);
 }
 
 /* NJ: dims per lane, 32 NJ >= max(Dk, Dv). */
