@@ -192,7 +192,8 @@ hae_status hae_swiglu(hae_backend *be, const hae_swiglu_args *a);
 typedef struct hae_rope_args {
     hae_tensor x; /* [B, T, H, D] f32|bf16, rows may be strided */
     int64_t pos0;
-    int rot_dims; /* even, <= D */
+    int rot_dims;   /* even */
+    int rot_offset; /* rotates dims [rot_offset, rot_offset + rot_dims) (mla: the rope dims after the latent) */
     float theta;
 } hae_rope_args;
 hae_status hae_rope(hae_backend *be, const hae_rope_args *a);
@@ -700,7 +701,7 @@ typedef struct hae_kv_layer_spec {
     int64_t cap; /* slots per sequence; 0: this layer keeps no KV */
     int64_t kv_heads;
     int64_t head_dim;
-    int64_t v_dim; /* 0: V has its own buffer like K's; > 0 (mla, one kv head): V is the last v_dim dims of K */
+    int64_t v_dim; /* 0: V has its own buffer like K's; > 0 (mla, one kv head): V is the first v_dim dims of K */
     hae_tier tier; /* GPU: the backend's memory; host: hae_backend_alloc_host (device-mapped on CUDA) */
 } hae_kv_layer_spec;
 /* One contiguous K buffer per layer, [batch, cap, kv_heads, head_dim] in `dtype`, in its tier, and a V

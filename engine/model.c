@@ -71,7 +71,7 @@ struct hae_model {
     int64_t B, V, d, L, Hq, Hkv, Dh, F, qkv_dim, chunk, ctx_max;
     int rot_dims;
     float scale;
-    /* attention layers as the ops see them: q/k dim Dk, v dim Dv (gqa: both Dh; mla: rope + lora and
+    /* attention layers as the ops see them: q/k dim Dk, v dim Dv (gqa: both Dh; mla: lora + rope and
      * lora); mla's latent rank, per-head nope/rope/value dims */
     int64_t Dk, Dv, lora, nope, rdim, vd;
     bool mla;
@@ -422,7 +422,8 @@ static hae_status model_dims(hae_model *m, const hae_config *cfg, const hae_mode
     m->Dk = m->Dv = m->Dh;
     m->qkv_dim = (m->Hq + 2 * m->Hkv) * m->Dh;
     if (m->mla) {
-        /* one latent per token: [RoPE key (rdim) | normed latent (lora)]; V is the latent */
+        /* one latent per token: [normed latent (lora) | RoPE key (rdim)], the order of mla's FP8 token
+         * layout; V is the latent, the row's first lora dims */
         m->lora = cfg->model.attention.kv_lora_rank;
         m->nope = cfg->model.attention.qk_nope_head_dim;
         m->rdim = cfg->model.attention.qk_rope_head_dim;
@@ -1209,8 +1210,8 @@ static hae_status dsa_select(hae_model *m, int64_t l, int64_t T) {
 /* mla's queries and latent key in absorbed form (DeepSeek-V2 §2.1): with c the normed latent of a
  * token and W_UK_h, W_UV_h head h's key and value up-projections (rows of kv_b_proj),
  *     q_h . k_h = (W_UK_h^T q_nope_h) . c + q_rope_h . k_rope,     o_h = W_UV_h sum_s p_s c_s
- * so attention runs over the cached [k_rope | c] (Dk = rdim + lora) with one kv head, values c
- * (Dv = lora), queries [q_rope_h | W_UK_h^T q_nope_h], and W_UV_h applies after it. Into m->qkv
+ * so attention runs over the cached [c | k_rope] (Dk = lora + rdim) with one kv head, values c
+ * (Dv = lora), queries [W_UK_h^T q_nope_h | q_rope_h], and W_UV_h applies after it. Into m->qkv
  * rows: the Hq absorbed queries, the latent key, then q_nope of every head; each per-head step is
  * one batched GEMM over the heads. */
 static hae_status mla_project(hae_model *m, const layer_weights *w, int64_t T) {
@@ -1221,18 +1222,18 @@ static hae_status mla_project(hae_model *m, const layer_weights *w, int64_t T) {
     HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = h, .b = hae_tensor_narrow(w->wqkv, 0, 0, m->nope), .c = qn, .batch = H,
                                           .stride_b = qrow * m->d, .stride_c = m->nope}));
     HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = qn, .b = hae_tensor_narrow(w->wuk_t, 0, 0, m->lora),
-                                          .c = hae_tensor_narrow(qkv, 1, m->rdim, m->lora), .batch = H,
+                                          .c = hae_tensor_narrow(qkv, 1, 0, m->lora), .batch = H,
                                           .stride_a = m->nope, .stride_b = m->lora * m->nope, .stride_c = m->Dk}));
     if (m->rdim) {
         HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = h, .b = hae_tensor_narrow(w->wqkv, 0, m->nope, m->rdim),
-                                              .c = hae_tensor_narrow(qkv, 1, 0, m->rdim), .batch = H,
+                                              .c = hae_tensor_narrow(qkv, 1, m->lora, m->rdim), .batch = H,
                                               .stride_b = qrow * m->d, .stride_c = m->Dk}));
         HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = h, .b = hae_tensor_narrow(w->wqkv, 0, qd + m->lora, m->rdim),
-                                              .c = hae_tensor_narrow(kl, 1, 0, m->rdim)}));
+                                              .c = hae_tensor_narrow(kl, 1, m->lora, m->rdim)}));
     }
     HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = h, .b = hae_tensor_narrow(w->wqkv, 0, qd, m->lora), .c = rows(m->ckv, N)}));
     return hae_rmsnorm(be, &(hae_rmsnorm_args){.x = rows(m->ckv, N), .weight = w->kva_norm, .eps = m->cfg.model.norm_eps,
-                                               .out = hae_tensor_narrow(kl, 1, m->rdim, m->lora)});
+                                               .out = hae_tensor_narrow(kl, 1, 0, m->lora)});
 }
 
 static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
@@ -1245,8 +1246,9 @@ static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
     else HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = rows(m->h, N), .b = w->wqkv, .c = view2(&m->qkv, N, m->qkv_dim)}));
     hae_tensor q = qkv_heads(m, T, 0, m->Hq, m->Dk), k = qkv_heads(m, T, qd, m->Hkv, m->Dk);
     float theta = m->cfg.model.attention.rope_theta;
-    HAE_TRY(hae_rope(be, &(hae_rope_args){.x = q, .pos0 = m->pos, .rot_dims = m->rot_dims, .theta = theta}));
-    HAE_TRY(hae_rope(be, &(hae_rope_args){.x = k, .pos0 = m->pos, .rot_dims = m->rot_dims, .theta = theta}));
+    const int r0 = m->mla ? (int)m->lora : 0; /* mla's rope dims follow the latent */
+    HAE_TRY(hae_rope(be, &(hae_rope_args){.x = q, .pos0 = m->pos, .rot_dims = m->rot_dims, .rot_offset = r0, .theta = theta}));
+    HAE_TRY(hae_rope(be, &(hae_rope_args){.x = k, .pos0 = m->pos, .rot_dims = m->rot_dims, .rot_offset = r0, .theta = theta}));
     hae_tensor kc, vc;
     hae_kv_cache_layer(m->kv, (int)l, &kc, &vc);
     HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = k, .cache = kc, .pos0 = m->pos}));

@@ -130,9 +130,9 @@ hae_status hae_rope(hae_backend *be, const hae_rope_args *a) {
     const char *op = "hae_rope";
     HAE_TRY(hae_check_tensor(op, "x", &a->x, be, 4, HAE_FLOATS));
     int64_t D = a->x.shape[3];
-    if (a->rot_dims < 0 || a->rot_dims % 2 || a->rot_dims > D)
-        return hae_error(HAE_ERR_INVALID, "%s: rot_dims %d must be even and in [0, %lld]", op, a->rot_dims,
-                         (long long)D);
+    if (a->rot_dims < 0 || a->rot_dims % 2 || a->rot_offset < 0 || a->rot_dims > D - a->rot_offset)
+        return hae_error(HAE_ERR_INVALID, "%s: rot_dims %d must be even and rot_offset %d + rot_dims within D %lld", op,
+                         a->rot_dims, a->rot_offset, (long long)D);
     if (a->rot_dims > 0 && !(a->theta > 0.0f))
         return hae_error(HAE_ERR_INVALID, "%s: theta %g must be > 0", op, (double)a->theta);
     if (a->pos0 < 0) return hae_error(HAE_ERR_INVALID, "%s: pos0 %lld < 0", op, (long long)a->pos0);

@@ -254,9 +254,10 @@ static void rope_row(void *p, int64_t r) {
         float ang = pos * inv_freq, cs = cosf(ang), sn = sinf(ang);
         for (int64_t h = 0; h < H; h++) {
             void *x = hae_row_ptr(&a->x, b, t, h);
-            float x1 = hae_load_f(x, a->x.dtype, i), x2 = hae_load_f(x, a->x.dtype, i + half);
-            hae_store_f(x, a->x.dtype, i, x1 * cs - x2 * sn);
-            hae_store_f(x, a->x.dtype, i + half, x2 * cs + x1 * sn);
+            const int64_t i1 = a->rot_offset + i, i2 = i1 + half;
+            float x1 = hae_load_f(x, a->x.dtype, i1), x2 = hae_load_f(x, a->x.dtype, i2);
+            hae_store_f(x, a->x.dtype, i1, x1 * cs - x2 * sn);
+            hae_store_f(x, a->x.dtype, i2, x2 * cs + x1 * sn);
         }
     }
 }

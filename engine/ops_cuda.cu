@@ -63,7 +63,7 @@ __global__ void swiglu_kernel(const TI *gu, int64_t gu_s, TO *out, int64_t out_s
 }
 
 /* ---------------------------------------------------------------- rope
- * NeoX rotate-half over the first rot_dims dims. inv_freq comes from the host, computed with the
+ * NeoX rotate-half over dims [rot_offset, rot_offset + rot_dims). inv_freq comes from the host, computed with the
  * CPU's expression (1 / powf(theta, 2i / rot_dims)), so both sides rotate by the same float angle
  * pos * inv_freq; sinf/cosf are the precise device functions. */
 constexpr int kRopeMaxHalf = 512;
@@ -386,7 +386,7 @@ extern "C" hae_status hae_rope_cuda(hae_backend *be, const hae_rope_args *a) {
     return hae_cuda_dispatch(a->x.dtype, "hae_rope", [&](auto tag) -> hae_status {
         using TX = decltype(tag);
         rope_kernel<TX><<<dim3((unsigned)gx, (unsigned)gy), threads, 0, s>>>(
-            (TX *)a->x.data, a->x.stride[0], a->x.stride[1], a->x.stride[2], T, rows, (int)H, half, a->pos0, fr);
+            (TX *)a->x.data + a->rot_offset, a->x.stride[0], a->x.stride[1], a->x.stride[2], T, rows, (int)H, half, a->pos0, fr);
         HAE_CUDA_LAUNCH_CHECK("rope_kernel");
         return HAE_OK;
     });

@@ -1,4 +1,4 @@
-/* The KV cache: one contiguous K and one V buffer per layer (mla: one latent buffer, V a view of its last
+/* The KV cache: one contiguous K and one V buffer per layer (mla: one latent buffer, V a view of its first
  * dims), each in its layer's tier: the backend's memory, or host-tier memory that kernels read over PCIe.
  * Its interface (per-layer [B, cap, Hkv, D] views, slots p % cap) is what the paged pool of DESIGN.md §2
  * will implement later. */
@@ -117,7 +117,6 @@ void hae_kv_cache_layer(const hae_kv_cache *kv, int layer, hae_tensor *k, hae_te
     }
     *v = *k; /* one kv head: its stride is free, and set so the head reads as dense */
     v->shape[3] = v->stride[2] = s->v_dim;
-    if (k->data) v->data = (char *)k->data + (s->head_dim - s->v_dim) * (int64_t)hae_dtype_size(kv->dtype);
 }
 
 size_t hae_kv_cache_bytes(const hae_kv_cache *kv) { return kv->bytes[HAE_TIER_GPU] + kv->bytes[HAE_TIER_HOST]; }

@@ -243,14 +243,16 @@ Test(gpu, rope) {
         float theta;
         hae_dtype dt;
         int64_t pad;
+        int off;
     } cases[] = {
-        {2, 5, 3, 64, 64, 0, 10000.0f, HAE_F32, 0},        /* full */
-        {2, 5, 3, 64, 0, 9, 10000.0f, HAE_F32, 2},         /* none: x unchanged */
-        {1, 7, 4, 128, 64, 1000, 10000.0f, HAE_BF16, 8},   /* partial, pos0 > 0 */
-        {2, 3, 2, 80, 24, 123456, 1e6f, HAE_F32, 4},       /* partial, odd head dim, far position */
-        {1, 1, 32, 128, 128, 65535, 500000.0f, HAE_BF16, 0}, /* decode */
-        {2, 4, 2, 256, 256, 7, 10000.0f, HAE_F32, 0},
-        {3, 33, 2, 64, 32, 4000, 10000.0f, HAE_F32, 16},
+        {2, 5, 3, 64, 64, 0, 10000.0f, HAE_F32, 0, 0},        /* full */
+        {2, 5, 3, 64, 0, 9, 10000.0f, HAE_F32, 2, 0},         /* none: x unchanged */
+        {1, 7, 4, 128, 64, 1000, 10000.0f, HAE_BF16, 8, 0},   /* partial, pos0 > 0 */
+        {2, 3, 2, 80, 24, 123456, 1e6f, HAE_F32, 4, 0},       /* partial, odd head dim, far position */
+        {1, 1, 32, 128, 128, 65535, 500000.0f, HAE_BF16, 0, 0}, /* decode */
+        {2, 4, 2, 256, 256, 7, 10000.0f, HAE_F32, 0, 0},
+        {3, 33, 2, 64, 32, 4000, 10000.0f, HAE_F32, 16, 0},
+        {2, 6, 16, 576, 64, 300, 10000.0f, HAE_BF16, 0, 512}, /* mla: the rope dims after a 512 latent */
     };
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         const int64_t B = cases[ci].B, T = cases[ci].T, H = cases[ci].H, D = cases[ci].D, pad = cases[ci].pad;
@@ -258,18 +260,18 @@ Test(gpu, rope) {
         const int64_t s1 = H * D + pad, s0 = T * s1 + pad, n = B * s0;
         const uint64_t seed = 500 + ci;
         char ctx[CTX_N];
-        snprintf(ctx, sizeof ctx, "x [%lld, %lld, %lld, %lld] %s strides [%lld, %lld, %lld, 1], rot_dims %d, pos0 %lld, "
-                 "theta %g, seed %llu",
+        snprintf(ctx, sizeof ctx, "x [%lld, %lld, %lld, %lld] %s strides [%lld, %lld, %lld, 1], rot_dims %d at %d, "
+                 "pos0 %lld, theta %g, seed %llu",
                  (long long)B, (long long)T, (long long)H, (long long)D, dn(dt), (long long)s0, (long long)s1,
-                 (long long)D, cases[ci].rot, (long long)cases[ci].pos0, (double)cases[ci].theta,
+                 (long long)D, cases[ci].rot, cases[ci].off, (long long)cases[ci].pos0, (double)cases[ci].theta,
                  (unsigned long long)seed);
         tu_rng r = tu_rng_make(seed);
         void *hx = host_poison(hae_dtype_size(dt) * (size_t)n);
         fill_rows(hx, dt, B, T, H * D, s0, s1, &r, -2, 2);
         pbuf px = pb_new(hx, hae_dtype_size(dt) * (size_t)n);
         const int64_t sx[4] = {B, T, H, D}, st[4] = {s0, s1, D, 1};
-        hae_rope_args ac = {TV_C(px, dt, 4, sx, st), cases[ci].pos0, cases[ci].rot, cases[ci].theta};
-        hae_rope_args ag = {TV_G(px, dt, 4, sx, st), cases[ci].pos0, cases[ci].rot, cases[ci].theta};
+        hae_rope_args ac = {TV_C(px, dt, 4, sx, st), cases[ci].pos0, cases[ci].rot, cases[ci].off, cases[ci].theta};
+        hae_rope_args ag = {TV_G(px, dt, 4, sx, st), cases[ci].pos0, cases[ci].rot, cases[ci].off, cases[ci].theta};
         if (gpu_ran(hae_rope(g_cpu, &ac), "cpu", "rope", ctx) && gpu_ran(hae_rope(g_gpu, &ag), "cuda", "rope", ctx) &&
             gpu_done("rope", ctx))
             pb_compare("rope", ctx, &px, dt, cases[ci].rot == 0 ? -1 : tol_for(dt));

@@ -292,8 +292,10 @@ Test(ops, rope) {
         int rot;
         int64_t pos0;
         hae_dtype dt;
-    } cases[] = {{2, 5, 3, 16, 16, 0, HAE_F32}, {1, 9, 2, 64, 32, 1000, HAE_F32}, {2, 3, 4, 128, 128, 77, HAE_BF16},
-                 {1, 4, 1, 8, 0, 3, HAE_F32}};
+        int off;
+    } cases[] = {{2, 5, 3, 16, 16, 0, HAE_F32, 0},    {1, 9, 2, 64, 32, 1000, HAE_F32, 0},
+                 {2, 3, 4, 128, 128, 77, HAE_BF16, 0}, {1, 4, 1, 8, 0, 3, HAE_F32, 0},
+                 {2, 3, 2, 40, 8, 50, HAE_F32, 32} /* mla: the rope dims after the latent */};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         int64_t B = cases[c].B, T = cases[c].T, H = cases[c].H, D = cases[c].D, n = B * T * H * D;
         int rot = cases[c].rot;
@@ -305,7 +307,7 @@ Test(ops, rope) {
         for (int64_t b = 0; b < B; b++)
             for (int64_t t = 0; t < T; t++)
                 for (int64_t h = 0; h < H; h++) {
-                    double *v = ref + ((b * T + t) * H + h) * D;
+                    double *v = ref + ((b * T + t) * H + h) * D + cases[c].off;
                     for (int i = 0; i < rot / 2; i++) {
                         double ang = (double)(cases[c].pos0 + t) * pow(theta, -2.0 * i / rot);
                         double x1 = v[i], x2 = v[i + rot / 2];
@@ -314,7 +316,7 @@ Test(ops, rope) {
                     }
                 }
         hae_rope_args a = {.x = hae_tensor_4d(x, dt, HAE_CPU, B, T, H, D), .pos0 = cases[c].pos0, .rot_dims = rot,
-                           .theta = theta};
+                           .rot_offset = cases[c].off, .theta = theta};
         cr_assert_eq(hae_rope(be, &a), HAE_OK, "%s", hae_last_error());
         char why[256];
         bool f32 = dt == HAE_F32;
@@ -330,6 +332,11 @@ Test(ops, rope) {
     cr_expect_eq(hae_rope(be, &bad), HAE_ERR_INVALID);
     cr_expect(strstr(hae_last_error(), "rot_dims 3"), "%s", hae_last_error());
     bad.rot_dims = 10;
+    cr_expect_eq(hae_rope(be, &bad), HAE_ERR_INVALID);
+    bad.rot_dims = 4, bad.rot_offset = 6; /* dims 6..9 of 8 */
+    cr_expect_eq(hae_rope(be, &bad), HAE_ERR_INVALID);
+    cr_expect(strstr(hae_last_error(), "rot_offset 6"), "%s", hae_last_error());
+    bad.rot_offset = -2;
     cr_expect_eq(hae_rope(be, &bad), HAE_ERR_INVALID);
 }
 
