@@ -446,7 +446,7 @@ enum {
     K_LA_HEADS, K_LA_VHEADS, K_LA_HEAD_DIM, K_LA_EXPAND_V, K_LA_CONV, K_LA_CHUNK, K_LA_SAFE, K_LA_LB,
     K_DSA_HEADS, K_DSA_DIM, K_DSA_TOPK, K_DSA_ROPE, K_DSA_DERIVED, K_DSA_EXACT, K_DSA_PAGE,
     K_BACKEND, K_DEVICE, K_THREADS, K_DTYPE, K_BATCH, K_PREFILL, K_DECODE, K_CHUNK, K_TEMP, K_KV_BUDGET,
-    K_MEM_PAGE, K_MEM_GPU, K_MEM_HOST, K_MEM_DSA, K_MEM_FULL, K_MEM_LINEAR, K_MEM_CACHE,
+    K_MEM_PAGE, K_MEM_GPU, K_MEM_HOST, K_MEM_DSA, K_MEM_FULL, K_MEM_LINEAR, K_MEM_CACHE, K_MEM_FP8,
     K_EV_TASKS, K_EV_LENGTHS, K_EV_PAIRS, K_EV_HOPS, K_EV_CHAINS, K_EV_QUERIES, K_EV_FORM, K_EV_SHUFFLE, K_EV_POWER,
     K_EV_NOISE, K_EV_VOCAB, K_EV_SEEDS, K_EV_KINDS, K_EV_K, K_EV_TOPK, K_EV_DTYPE, K_EV_COS, K_EV_DECAY, K_EV_ORTHO,
     K_CI_KINDS, K_CI_HOP_KINDS, K_CI_CODE_DIM, K_CI_WINDOW, K_CI_TOPK, K_CI_DECAY, K_CI_DECODE,
@@ -527,6 +527,7 @@ static const key_spec specs[NKEYS] = {
     [K_MEM_FULL] = {"memory.full_kv", T_ENUM, "gpu", 0, 0, 0, tiers, FIELD(memory.full_kv)},
     [K_MEM_LINEAR] = {"memory.linear_state", T_ENUM, "gpu", 0, 0, 0, tiers, FIELD(memory.linear_state)},
     [K_MEM_CACHE] = {"memory.cache_tokens", T_INT, "4096", 1, 1 << 24, 0, NULL, FIELD(memory.cache_tokens)},
+    [K_MEM_FP8] = {"memory.dsa_kv_fp8", T_BOOL, "false", 0, 0, 0, NULL, FIELD(memory.dsa_kv_fp8)},
     [K_EV_TASKS] = {"eval.tasks", T_LIST, "mqar", 0, 0, 0, task_names, FIELD(eval.tasks)},
     [K_EV_LENGTHS] = {"eval.lengths", T_LIST, "256, 1024, 4096", 64, 2147483647.0, 0, NULL, FIELD(eval.lengths)},
     [K_EV_PAIRS] = {"eval.pairs", T_LIST, "32", 1, 2147483647.0, 0, NULL, FIELD(eval.pairs)},
@@ -1099,6 +1100,24 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
                  "'%s' the GPU cache must hold every token one step picks", slots, dflt(b, K_MEM_CACHE), topk,
                  dflt(b, K_DSA_TOPK), hae_tier_name(cfg->memory.dsa_kv));
         return cross_fail(c, b, (const int[]){K_MEM_CACHE, K_DSA_TOPK, K_MEM_DSA}, 3, m);
+    }
+    /* The FP8 token layout is DeepSeek-V3.2's: 512 latent dims in e4m3 and 64 rope dims in bf16, read by
+     * the sparse attention only (full and swa layers keep the run's dtype). */
+    if (cfg->memory.dsa_kv_fp8) {
+        const bool mla = cfg->model.attention.form == HAE_ATTN_MLA;
+        const int64_t lora = cfg->model.attention.kv_lora_rank, rd = cfg->model.attention.qk_rope_head_dim;
+        if (!dsa) {
+            snprintf(m, sizeof m, "dsa_kv_fp8 applies to dsa layers' K/V and model.layers has no dsa layer");
+            return cross_fail(c, b, (const int[]){K_MEM_FP8}, 1, m);
+        }
+        if (!mla || lora != HAE_MLA_LATENT || rd != HAE_MLA_ROPE) {
+            snprintf(m, sizeof m, "dsa_kv_fp8 stores mla's FP8 token layout (kv_lora_rank %d + qk_rope_head_dim %d); "
+                     "the model has attention.form %s%s, kv_lora_rank %" PRId64 "%s, qk_rope_head_dim %" PRId64 "%s",
+                     HAE_MLA_LATENT, HAE_MLA_ROPE, mla ? "mla" : "gqa", dflt(b, K_FORM), lora, dflt(b, K_MLA_LORA), rd,
+                     dflt(b, K_MLA_ROPE));
+            /* blame the shape the user wrote, else the switch */
+            return cross_fail(c, b, (const int[]){K_MLA_ROPE, K_MLA_LORA, K_FORM, K_MEM_FP8}, 4, m);
+        }
     }
     if (cfg->train.warmup > cfg->train.steps) {
         snprintf(m, sizeof m, "warmup %" PRId64 "%s exceeds steps %" PRId64 "%s (the learning rate warms up within the "

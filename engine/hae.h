@@ -578,6 +578,7 @@ typedef struct hae_config {
         hae_tier full_kv;      /* full and swa layers' K/V; host: streamed to the GPU every step */
         hae_tier linear_state; /* linear layers' states; host: parked there between requests */
         int64_t cache_tokens;  /* GPU token slots per dsa layer and sequence caching host-tier K/V */
+        bool dsa_kv_fp8;       /* dsa layers of the mla form (512 + 64) cache mla's 656-byte FP8 token layout */
     } memory;
     struct { /* recall evals (DESIGN.md §3, `hae eval`): each list is an axis of the grid */
         hae_eval_list tasks;   /* hae_task_kind values */
@@ -703,6 +704,8 @@ typedef struct hae_kv_layer_spec {
     int64_t head_dim;
     int64_t v_dim; /* 0: V has its own buffer like K's; > 0 (mla, one kv head): V is the first v_dim dims of K */
     hae_tier tier; /* GPU: the backend's memory; host: hae_backend_alloc_host (device-mapped on CUDA) */
+    bool mla_fp8;  /* mla's FP8 token layout (HAE_MLA_FP8_ROW bytes a token, K fp8-e4m3 [B, cap, 1, 656], V its
+                      [B, cap, 1, 512] view): head_dim 576, v_dim 512, one kv head; the cache's dtype elsewhere */
 } hae_kv_layer_spec;
 /* One contiguous K buffer per layer, [batch, cap, kv_heads, head_dim] in `dtype`, in its tier, and a V
  * buffer of the same shape unless V is a view of K. Fails before allocating anything when the GPU tier's

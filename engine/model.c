@@ -505,9 +505,10 @@ static hae_kv_layer_spec kv_spec(const hae_model *m, int64_t l) {
     int64_t cap = m->ctx_max;
     if (m->cfg.model.layers[l] == HAE_LAYER_SWA && m->cfg.model.swa.window_size + m->chunk - 1 < cap)
         cap = m->cfg.model.swa.window_size + m->chunk - 1;
-    const hae_tier tier = m->cfg.model.layers[l] == HAE_LAYER_DSA ? m->cfg.memory.dsa_kv : m->cfg.memory.full_kv;
+    const bool dsa = m->cfg.model.layers[l] == HAE_LAYER_DSA;
+    const hae_tier tier = dsa ? m->cfg.memory.dsa_kv : m->cfg.memory.full_kv;
     return (hae_kv_layer_spec){.cap = cap, .kv_heads = m->Hkv, .head_dim = m->Dk, .v_dim = m->mla ? m->Dv : 0,
-                               .tier = tier};
+                               .tier = tier, .mla_fp8 = dsa && m->cfg.memory.dsa_kv_fp8};
 }
 
 /* FP8 key bytes and scales one token adds to a dsa layer's indexer cache (132 for D_I = 128). */

@@ -18,7 +18,8 @@ struct hae_kv_cache {
 
 /* Bytes of one token's K (or V) in one layer. */
 static size_t half_bytes(const hae_kv_layer_spec *spec, hae_dtype dtype) {
-    return spec->cap > 0 ? (size_t)spec->kv_heads * (size_t)spec->head_dim * hae_dtype_size(dtype) : 0;
+    if (spec->cap <= 0) return 0;
+    return spec->mla_fp8 ? HAE_MLA_FP8_ROW : (size_t)spec->kv_heads * (size_t)spec->head_dim * hae_dtype_size(dtype);
 }
 
 size_t hae_kv_bytes_per_token(const hae_kv_layer_spec *spec, hae_dtype dtype) {
@@ -40,6 +41,12 @@ hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer
             return hae_error(HAE_ERR_INVALID, "kv cache: layer %d: V as a view of K needs one kv head and v_dim <= "
                              "head_dim (got %lld heads, v_dim %lld, head_dim %lld)", l, (long long)specs[l].kv_heads,
                              (long long)specs[l].v_dim, (long long)specs[l].head_dim);
+        if (specs[l].mla_fp8 && (specs[l].kv_heads != 1 || specs[l].head_dim != HAE_MLA_LATENT + HAE_MLA_ROPE ||
+                                 specs[l].v_dim != HAE_MLA_LATENT))
+            return hae_error(HAE_ERR_INVALID, "kv cache: layer %d: mla's FP8 layout holds one kv head of %d dims with "
+                             "V its first %d (got %lld heads, head_dim %lld, v_dim %lld)", l, HAE_MLA_LATENT + HAE_MLA_ROPE,
+                             HAE_MLA_LATENT, (long long)specs[l].kv_heads, (long long)specs[l].head_dim,
+                             (long long)specs[l].v_dim);
         total[specs[l].tier] += (size_t)batch * (size_t)specs[l].cap * hae_kv_bytes_per_token(&specs[l], dtype);
     }
     size_t free_b = 0, total_b = 0;
@@ -110,7 +117,10 @@ void hae_kv_cache_layer(const hae_kv_cache *kv, int layer, hae_tensor *k, hae_te
     HAE_ASSERT(layer >= 0 && layer < kv->n_layers);
     const hae_kv_layer_spec *s = &kv->specs[layer];
     hae_device dev = hae_backend_device(kv->be);
-    *k = hae_tensor_4d(kv->k[layer], kv->dtype, dev, kv->batch, s->cap, s->kv_heads, s->head_dim);
+    if (s->mla_fp8)
+        *k = hae_tensor_4d(kv->k[layer], HAE_FP8_E4M3, dev, kv->batch, s->cap, 1, HAE_MLA_FP8_ROW);
+    else
+        *k = hae_tensor_4d(kv->k[layer], kv->dtype, dev, kv->batch, s->cap, s->kv_heads, s->head_dim);
     if (s->v_dim == 0) {
         *v = hae_tensor_4d(kv->v[layer], kv->dtype, dev, kv->batch, s->cap, s->kv_heads, s->head_dim);
         return;

@@ -31,10 +31,11 @@ static void markdown(const hae_mem_report_args *a, const hae_mem_plan *cp, const
     const hae_config *cfg = a->cfg;
     char b1[32], b2[32], b3[32], b4[32], b5[32], c1[32];
     fprintf(f, "# hae mem: %s (%s)\n\n", cfg->name, cfg->source);
-    fprintf(f, "batch %" PRId64 ", %s, K/V pages of %" PRId64 " tokens; placement: dsa_kv %s, full_kv %s%s, "
+    fprintf(f, "batch %" PRId64 ", %s, K/V pages of %" PRId64 " tokens; placement: dsa_kv %s%s, full_kv %s%s, "
             "linear_state %s; dsa GPU cache %" PRId64 " tokens per layer and sequence. The twin: every layer full, "
             "everything on the GPU.\n\n", cfg->runtime.batch, hae_dtype_name(cfg->runtime.dtype),
-            cfg->memory.page_size, hae_tier_name(cfg->memory.dsa_kv), hae_tier_name(cfg->memory.full_kv),
+            cfg->memory.page_size, hae_tier_name(cfg->memory.dsa_kv),
+            cfg->memory.dsa_kv_fp8 ? " (mla's FP8 token layout, 656 bytes)" : "", hae_tier_name(cfg->memory.full_kv),
             cfg->memory.full_kv == HAE_TIER_HOST ? " (streamed every step: slow)" : "",
             hae_tier_name(cfg->memory.linear_state), cfg->memory.cache_tokens);
     fprintf(f, "| context | GPU | host | twin GPU | GPU saving | KV + states on GPU | twin KV on GPU | KV saving |\n");

@@ -2,7 +2,8 @@
  * same for its full-attention twin, and the longest context that fits a GPU budget; nothing is built.
  * What the model allocates (weights, activations, K/V bytes per token, states) comes from
  * hae_model_plan_get; this file adds the placement and the pages. A dsa layer holds the same K/V per
- * token as a full layer of the same shapes, so that number is read from the twin's plan. */
+ * token as a full layer of the same shapes, so that number is read from the twin's plan, unless it
+ * keeps mla's FP8 token layout (memory.dsa_kv_fp8). */
 #include "internal.h"
 
 #include <inttypes.h>
@@ -20,6 +21,7 @@ void hae_mem_twin(const hae_config *cfg, hae_config *twin) {
     if (twin != cfg) memcpy(twin, cfg, sizeof *twin);
     for (int64_t l = 0; l < twin->model.n_layers && l < HAE_MAX_LAYERS; l++) twin->model.layers[l] = HAE_LAYER_FULL;
     twin->memory.dsa_kv = twin->memory.full_kv = twin->memory.linear_state = HAE_TIER_GPU;
+    twin->memory.dsa_kv_fp8 = false;
     twin->sweep.n_axes = 0;
 }
 
@@ -40,7 +42,8 @@ static void place(const hae_config *cfg, const hae_model_plan *mp, const hae_mod
     size_t staging = 0; /* one host-tier layer's K/V, the largest: what a run stages it through */
     for (int64_t l = 0; l < cfg->model.n_layers; l++) {
         const hae_layer_kind kind = cfg->model.layers[l];
-        const size_t kv_bpt = tp->kv_bytes_per_token[l];
+        const size_t kv_bpt =
+            kind == HAE_LAYER_DSA && cfg->memory.dsa_kv_fp8 ? (size_t)HAE_MLA_FP8_ROW : tp->kv_bytes_per_token[l];
         if (hae_linear_kind_of(kind, &(hae_linear_kind){0})) {
             const size_t s = sat_mul(Bz, mp->state_bytes_per_seq[l]);
             /* the running batch's states are on the GPU; the host tier parks them between requests */

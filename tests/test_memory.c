@@ -35,6 +35,7 @@ Test(memory_config, defaults_values_and_round_trip) {
     cr_expect_eq(c->memory.full_kv, HAE_TIER_GPU);
     cr_expect_eq(c->memory.linear_state, HAE_TIER_GPU);
     cr_expect_eq(c->memory.cache_tokens, 4096);
+    cr_expect(!c->memory.dsa_kv_fp8);
     const char *y = "model:\n  layer_pattern: [kda, dsa]\nmemory:\n  page_size: 16\n  gpu_budget: 80GiB\n"
                     "  host_budget: 512 GB\n  dsa_kv: host\n  full_kv: host\n  linear_state: host\n"
                     "  cache_tokens: 2048\n";
@@ -57,6 +58,16 @@ Test(memory_config, defaults_values_and_round_trip) {
     const char *au[] = {"memory.dsa_kv=auto"};
     cr_assert_eq(hae_config_parse("name: m\n", 8, "t.yaml", au, 1, c), HAE_OK, "%s", hae_last_error());
     cr_expect_eq(c->memory.dsa_kv, HAE_TIER_AUTO);
+    const char *f8 = "model:\n  layer_pattern: [kda, dsa]\n  attention: {form: mla}\nmemory: {dsa_kv_fp8: true}\n";
+    cr_assert_eq(hae_config_parse(f8, strlen(f8), "t.yaml", NULL, 0, c), HAE_OK, "%s", hae_last_error());
+    cr_expect(c->memory.dsa_kv_fp8);
+    free(text);
+    text = NULL;
+    cr_assert_eq(hae_config_to_yaml(c, &text), HAE_OK, "%s", hae_last_error());
+    cr_expect(strstr(text, "  dsa_kv_fp8: true\n"), "%s", text);
+    cr_assert_eq(hae_config_parse(text, strlen(text), c->source, NULL, 0, back), HAE_OK, "%s", hae_last_error());
+    cr_expect(memcmp(c, back, sizeof *c) == 0, "the resolved YAML reads back differently:\n%s", text);
+    cr_assert_eq(hae_config_parse("name: m\n", 8, "t.yaml", au, 1, c), HAE_OK, "%s", hae_last_error());
     free(text);
     text = NULL;
     cr_assert_eq(hae_config_to_yaml(c, &text), HAE_OK, "%s", hae_last_error());
@@ -121,6 +132,17 @@ static const bad_case bad[] = {
      NULL},
     {"sweep cache", DSA_MODEL "memory:\n  dsa_kv: host\nsweep:\n  memory.cache_tokens: [64, 63]\n", "t.yaml:8:29:",
      "memory.cache_tokens", "sweep job 2/2", NULL},
+    {"fp8 text", "memory:\n  dsa_kv_fp8: yes please\n", "t.yaml:2:15:", "memory.dsa_kv_fp8", "expected true or false",
+     NULL},
+    {"fp8 gqa", DSA_MODEL "memory:\n  dsa_kv_fp8: true\n", "t.yaml:6:15:", "memory.dsa_kv_fp8",
+     "the model has attention.form gqa (default)", NULL},
+    {"fp8 no dsa", "model:\n  layer_pattern: [kda, full]\n  attention: {form: mla}\nmemory:\n  dsa_kv_fp8: true\n",
+     "t.yaml:5:15:", "memory.dsa_kv_fp8", "model.layers has no dsa layer", NULL},
+    {"fp8 latent", DSA_MODEL "  attention: {form: mla, kv_lora_rank: 256}\nmemory:\n  dsa_kv_fp8: true\n",
+     "t.yaml:5:40:", "model.attention.kv_lora_rank", "kv_lora_rank 256, qk_rope_head_dim 64 (default)", NULL},
+    {"fp8 rope set", DSA_MODEL "  attention: {form: mla}\nmemory:\n  dsa_kv_fp8: true\n",
+     "--set model.attention.qk_rope_head_dim=32:", "model.attention.qk_rope_head_dim",
+     "stores mla's FP8 token layout (kv_lora_rank 512 + qk_rope_head_dim 64)", "model.attention.qk_rope_head_dim=32"},
 };
 
 Test(memory_config, bad_values) {

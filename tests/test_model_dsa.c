@@ -107,6 +107,47 @@ Test(model_dsa, decode_after_prefill_equals_one_prefill) {
     hae_backend_destroy(be);
 }
 
+/* memory.dsa_kv_fp8: dsa layers cache mla's 656-byte FP8 token layout (full layers keep the run's dtype).
+ * With a covering top-k the logits are the bf16 cache's to FP8 rounding; decode after prefill equals one
+ * prefill; the plan and the allocation count 656 + 132 bytes a token for the dsa layer. */
+Test(model_dsa, mla_fp8_cache) {
+    hae_backend *be = tu_cpu();
+    hae_config bf, q8, q8c;
+    make_cfg(&bf, "dsa", "full", 64, 0, false, "bf16", 8);
+    use_mla(&bf);
+    bf.model.attention.kv_lora_rank = HAE_MLA_LATENT, bf.model.attention.qk_rope_head_dim = HAE_MLA_ROPE;
+    q8 = bf, q8.memory.dsa_kv_fp8 = true;
+    int32_t tok[2 * CTX];
+    tu_tokens(&bf, CTX, tok, 8);
+    const int64_t n = 2 * CTX * bf.model.vocab_size;
+    hae_model *mb = tu_model(be, &bf), *m8 = tu_model(be, &q8);
+    float *lb = tu_model_logits(mb, &bf, CTX, tok, one_shot, 1), *l8 = tu_model_logits(m8, &q8, CTX, tok, one_shot, 1);
+    const double d = tu_rel_rms(l8, lb, n);
+    cr_expect(d > 1e-4 && d < 2e-2, "logits over the FP8 cache vs the bf16 one: rel rms %.3g (want FP8 rounding: "
+              "1e-4 .. 2e-2)", d);
+    hae_model_plan p;
+    cr_assert_eq(hae_model_plan_get(&q8, NULL, &p), HAE_OK, "%s", hae_last_error());
+    hae_model_stats st;
+    hae_model_stats_get(m8, &st);
+    cr_expect_eq(p.kv_bytes_per_token[0], HAE_MLA_FP8_ROW + 132, "dsa: 656 bytes of K/V and the indexer's 132");
+    cr_expect_eq(p.kv_bytes_per_token[1], 576 * 2, "full: one bf16 latent of 512 + 64");
+    cr_expect_eq(st.kv_bytes, p.kv_bytes);
+    free(lb), free(l8);
+    hae_model_destroy(mb), hae_model_destroy(m8);
+
+    q8c = q8, q8.model.dsa.index_topk = q8c.model.dsa.index_topk = 5, q8.runtime.prefill_chunk = 0;
+    hae_model *one = tu_model(be, &q8), *chunked = tu_model(be, &q8c);
+    float *a = tu_model_logits(one, &q8, CTX, tok, one_shot, 1);
+    float *b = tu_model_logits(chunked, &q8c, CTX, tok, prefill_then_decode, 7);
+    float *c = tu_model_logits(chunked, &q8c, CTX, tok, ragged, 5);
+    cr_expect_leq(tu_rel_rms(b, a, n), 1e-5, "FP8 cache, top-5: prefill then decode vs one prefill: %.3g",
+                  tu_rel_rms(b, a, n));
+    cr_expect_leq(tu_rel_rms(c, a, n), 1e-5, "FP8 cache, top-5: ragged forwards vs one prefill: %.3g", tu_rel_rms(c, a, n));
+    free(a), free(b), free(c);
+    hae_model_destroy(one), hae_model_destroy(chunked);
+    hae_backend_destroy(be);
+}
+
 /* A bounded indexer-logits buffer computes a chunk's logits in slices of tokens: same selections,
  * same logits, for prefill chunks that are and are not a multiple of the slice. */
 Test(model_dsa, sliced_indexer_logits_equal_one_pass) {

@@ -172,7 +172,8 @@ static const char *yaml_fmt = "name: tiny-host\n"
 
 #define DSA_ONLY "kda, dsa, dsa"
 
-static void host_vs_gpu_of(const char *pattern, const char *dtype, int slots, bool mla, const int64_t *lens, int n_lens,
+/* mla: 0 gqa; 1 mla over a latent of 16; 2 mla over 512 + 64 with dsa layers in mla's FP8 token layout */
+static void host_vs_gpu_of(const char *pattern, const char *dtype, int slots, int mla, const int64_t *lens, int n_lens,
                            int64_t *hits, int64_t *misses) {
     hae_backend *be = tu_cpu();
     hae_config gpu, host;
@@ -184,10 +185,11 @@ static void host_vs_gpu_of(const char *pattern, const char *dtype, int slots, bo
     if (mla)
         for (hae_config *c = &gpu; c; c = c == &gpu ? &host : NULL) {
             c->model.attention.form = HAE_ATTN_MLA;
-            c->model.attention.kv_lora_rank = 16;
+            c->model.attention.kv_lora_rank = mla == 2 ? HAE_MLA_LATENT : 16;
             c->model.attention.qk_nope_head_dim = 8;
-            c->model.attention.qk_rope_head_dim = 4;
+            c->model.attention.qk_rope_head_dim = mla == 2 ? HAE_MLA_ROPE : 4;
             c->model.attention.v_head_dim = 6;
+            c->memory.dsa_kv_fp8 = mla == 2;
         }
     hae_model *a = tu_model(be, &gpu), *b = tu_model(be, &host);
     int32_t tok[2 * CTX];
@@ -197,19 +199,23 @@ static void host_vs_gpu_of(const char *pattern, const char *dtype, int slots, bo
     size_t first = n;
     for (size_t i = 0; i < n && first == n; i++)
         if (memcmp(&la[i], &lb[i], sizeof *la)) first = i;
+    const char *form = mla == 2 ? "mla fp8" : mla ? "mla" : "gqa";
     cr_expect_eq(first, n, "[%s] %s %s, %d slots: logits differ first at [%zu] (position %zu): %.9g on the GPU tier, "
-                 "%.9g on the host tier", pattern, dtype, mla ? "mla" : "gqa", slots, first,
+                 "%.9g on the host tier", pattern, dtype, form, slots, first,
                  first / (size_t)gpu.model.vocab_size % CTX,
                  first < n ? (double)la[first] : 0.0, first < n ? (double)lb[first] : 0.0);
     hae_model_stats sa, sb;
     hae_model_stats_get(a, &sa), hae_model_stats_get(b, &sb);
     cr_expect_eq(sa.kv_host_bytes, 0);
-    /* every attention layer's K and V (mla: one latent) for 2 x 40 tokens, a window's ring for swa (9 + 8 - 1) */
+    /* every attention layer's K and V (mla: one latent; dsa layers in FP8: 656 bytes) for 2 x 40 tokens, a
+     * window's ring for swa (9 + 8 - 1) */
     size_t want = 0;
     for (int l = 0; l < gpu.model.n_layers; l++) {
         const hae_layer_kind k = gpu.model.layers[l];
+        const size_t row = mla == 2 && k == HAE_LAYER_DSA ? HAE_MLA_FP8_ROW
+                           : (size_t)(mla == 2 ? 576 : mla ? 20 : 2 * 2 * 8) * hae_dtype_size(gpu.runtime.dtype);
         if (k == HAE_LAYER_FULL || k == HAE_LAYER_SWA || k == HAE_LAYER_DSA)
-            want += (size_t)(2 * (k == HAE_LAYER_SWA ? 16 : CTX)) * (mla ? 20 : 2 * 2 * 8) * hae_dtype_size(gpu.runtime.dtype);
+            want += (size_t)(2 * (k == HAE_LAYER_SWA ? 16 : CTX)) * row;
     }
     cr_expect_eq(sb.kv_host_bytes, want, "host tier: %zu bytes of K/V, want %zu", sb.kv_host_bytes, want);
     cr_expect_eq(sb.kv_bytes, sa.kv_bytes, "the same K/V bytes in both tiers together");
@@ -221,7 +227,7 @@ static void host_vs_gpu_of(const char *pattern, const char *dtype, int slots, bo
     hae_backend_destroy(be);
 }
 
-static void host_vs_gpu(const char *dtype, int slots, bool mla, const int64_t *lens, int n_lens, int64_t *hits,
+static void host_vs_gpu(const char *dtype, int slots, int mla, const int64_t *lens, int n_lens, int64_t *hits,
                         int64_t *misses) {
     host_vs_gpu_of(DSA_ONLY, dtype, slots, mla, lens, n_lens, hits, misses);
 }
@@ -248,6 +254,17 @@ Test(model_host, chunks_past_the_slots_are_staged_and_decode_steps_use_the_lru) 
         host_vs_gpu("f32", 7, mla, ragged, 11, &hits, &misses);
         host_vs_gpu("bf16", 6, mla, token_by_token, 40, &hits, &misses);
     }
+}
+
+/* dsa layers in mla's FP8 token layout (memory.dsa_kv_fp8) fetch and stage their 656-byte rows: the same
+ * logits bit for bit; full and swa layers beside them keep bf16 rows. */
+Test(model_host, mla_fp8_rows_in_the_host_tier) {
+    int64_t hits = 0, misses = 0;
+    host_vs_gpu("bf16", 64, 2, chunks_then_decode, 17, &hits, &misses);
+    host_vs_gpu("bf16", 10, 2, chunks_then_decode, 17, &hits, &misses);
+    cr_expect(hits > 0 && misses > 0, "decode past 10 slots: hits %lld, misses %lld", (long long)hits, (long long)misses);
+    host_vs_gpu("f32", 7, 2, ragged, 11, &hits, &misses);
+    host_vs_gpu_of("swa, full, dsa", "bf16", 6, 2, token_by_token, 40, &hits, &misses);
 }
 
 /* memory.full_kv: host: full and swa layers (the window's ring of 9 + 8 - 1 slots) staged whole at every
