@@ -66,6 +66,10 @@ run hybrid-1b-mla-cuda configs/hybrid-1b.yaml --backend cuda --set model.attenti
 long=(--backend cuda --set runtime.prefill=131072 --set runtime.decode=64 --set runtime.prefill_chunk=8192)
 run twin-1b-128k configs/hybrid-1b-twin.yaml "${long[@]}"
 run hybrid-1b-128k configs/hybrid-1b.yaml "${long[@]}"
+# the mla variant, its dsa K/V in bf16 (1152 bytes a token) and in the FP8 token layout (656)
+mla=(--set model.attention.form=mla)
+run hybrid-1b-mla-128k configs/hybrid-1b.yaml "${long[@]}" "${mla[@]}"
+run hybrid-1b-mla-fp8-128k configs/hybrid-1b.yaml "${long[@]}" "${mla[@]}" --set memory.dsa_kv_fp8=true
 run twin-1b-128k-b4 configs/hybrid-1b-twin.yaml "${long[@]}" --set runtime.batch=4
 run hybrid-1b-128k-b4 configs/hybrid-1b.yaml "${long[@]}" --set runtime.batch=4
 # dsa K/V in the host tier (issue 5): the same runs, the decode step time and the slots' hit rate

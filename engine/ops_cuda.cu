@@ -35,15 +35,20 @@ __global__ void __launch_bounds__(kRowThreads)
                    int64_t out_s, int64_t D, float eps, bool center) {
     const float *xr = x + (int64_t)blockIdx.x * x_s;
     TO *o = out + (int64_t)blockIdx.x * out_s;
+    /* unrolled so that a thread's loads are in flight together: a decode step's rows are one block each,
+     * and a load at a time made each pass a chain of memory latencies */
     double mean = 0.0;
     if (center) {
+#pragma unroll 8
         for (int64_t d = threadIdx.x; d < D; d += blockDim.x) mean += (double)xr[d];
         mean = hae_block_sum(mean) / (double)D;
     }
     double ss = 0.0;
+#pragma unroll 8
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) ss += ((double)xr[d] - mean) * ((double)xr[d] - mean);
     ss = hae_block_sum(ss);
     const float r = (float)(1.0 / sqrt(ss / (double)D + (double)eps)), mu = (float)mean;
+#pragma unroll 8
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
         hae_st(o + d, (xr[d] - mu) * r * w[d * w_s] + (bias ? bias[d * b_s] : 0.0f));
 }
@@ -249,6 +254,71 @@ __global__ void gemm_f32_tiled_kernel(const float *a, int64_t lda, const float *
     if (m < M && n < N) hae_st(c + m * ldc + n, acc);
 }
 
+/* ---------------------------------------------------------------- gemm, decode rows
+ * c[m, n] (+)= sum_k a[m, k] b[n, k] for M <= kGemvRows rows of bf16 a (a decode step: a row per
+ * sequence) against bf16 weights b: one warp per column n streams b's row in 16-byte pieces, read once
+ * and kept out of L1; a's rows come from L1. In a decode step of hybrid-1b cuBLAS's kernels for these
+ * shapes reached about half of the memory bandwidth (splitting K for the tall ones, a reduction kernel
+ * after them). Accumulation in fp32: the sum order differs from cuBLAS's, not the rounding of c. */
+constexpr int kGemvRows = 4;
+constexpr int kGemvWarps = 8;
+
+__device__ __forceinline__ float bf16_lo(uint32_t u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
+
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+template <int M, typename TC>
+__global__ void __launch_bounds__(32 * kGemvWarps)
+    gemv_kernel(const hae_bf16_t *a, int64_t lda, int64_t sa, const hae_bf16_t *b, int64_t ldb, int64_t sb, TC *c,
+                int64_t ldc, int64_t sc, int N, int K8, bool accumulate) {
+    const int lane = threadIdx.x & 31, n = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
+    if (n >= N) return;
+    const int64_t z = blockIdx.y;
+    const uint4 *brow = (const uint4 *)(b + z * sb + n * ldb), *arow = (const uint4 *)(a + z * sa);
+    const int64_t la = lda / 8;
+    float acc[M] = {};
+#pragma unroll 4
+    for (int k = lane; k < K8; k += 32) {
+        const uint4 w = ld_stream(brow + k);
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            const uint4 x = __ldg(arow + m * la + k);
+            float s = acc[m];
+            s = fmaf(bf16_lo(w.x), bf16_lo(x.x), s), s = fmaf(bf16_hi(w.x), bf16_hi(x.x), s);
+            s = fmaf(bf16_lo(w.y), bf16_lo(x.y), s), s = fmaf(bf16_hi(w.y), bf16_hi(x.y), s);
+            s = fmaf(bf16_lo(w.z), bf16_lo(x.z), s), s = fmaf(bf16_hi(w.z), bf16_hi(x.z), s);
+            s = fmaf(bf16_lo(w.w), bf16_lo(x.w), s), s = fmaf(bf16_hi(w.w), bf16_hi(x.w), s);
+            acc[m] = s;
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        const float v = hae_warp_sum(acc[m]);
+        TC *o = c + z * sc + m * ldc + n;
+        if (lane == 0) hae_st(o, accumulate ? hae_ld(o) + v : v);
+    }
+}
+
+template <typename TC>
+void gemv_launch(int M, const hae_bf16_t *a, int64_t lda, int64_t sa, const hae_bf16_t *b, int64_t ldb, int64_t sb,
+                 TC *c, int64_t ldc, int64_t sc, int N, int K, int batch, bool acc, cudaStream_t s) {
+    const dim3 grid((unsigned)((N + kGemvWarps - 1) / kGemvWarps), (unsigned)batch);
+    const int K8 = K / 8, threads = 32 * kGemvWarps;
+    switch (M) {
+    case 1: gemv_kernel<1, TC><<<grid, threads, 0, s>>>(a, lda, sa, b, ldb, sb, c, ldc, sc, N, K8, acc); break;
+    case 2: gemv_kernel<2, TC><<<grid, threads, 0, s>>>(a, lda, sa, b, ldb, sb, c, ldc, sc, N, K8, acc); break;
+    case 3: gemv_kernel<3, TC><<<grid, threads, 0, s>>>(a, lda, sa, b, ldb, sb, c, ldc, sc, N, K8, acc); break;
+    default: gemv_kernel<4, TC><<<grid, threads, 0, s>>>(a, lda, sa, b, ldb, sb, c, ldc, sc, N, K8, acc); break;
+    }
+}
+
 hae_status too_large(const char *op, const char *what, int64_t v, int64_t limit) {
     return hae_error(HAE_ERR_UNSUPPORTED, "%s (cuda): %s = %lld exceeds %lld", op, what, (long long)v,
                      (long long)limit);
@@ -327,6 +397,21 @@ extern "C" hae_status hae_gemm_cuda(hae_backend *be, const hae_gemm_args *g) {
         return HAE_OK;
     }
 
+    /* a few rows of bf16 a (decode) whose rows and products start on 16 bytes: gemv_kernel */
+    const bool a16 = ((uintptr_t)g->a.data | (uintptr_t)g->b.data) % 16 == 0 && (lda | ldb) % 8 == 0 &&
+                     (batch == 1 || (g->stride_a | g->stride_b) % 8 == 0);
+    if (g->a.dtype == HAE_BF16 && M <= kGemvRows && K % 8 == 0 && a16 && batch <= 65535) {
+        const hae_bf16_t *ga = (const hae_bf16_t *)g->a.data, *gb = (const hae_bf16_t *)g->b.data;
+        const int64_t sa = batch > 1 ? g->stride_a : 0, sb = batch > 1 ? g->stride_b : 0, sc = batch > 1 ? g->stride_c : 0;
+        if (g->c.dtype == HAE_BF16)
+            gemv_launch((int)M, ga, lda, sa, gb, ldb, sb, (hae_bf16_t *)g->c.data, ldc, sc, (int)N, (int)K, (int)batch,
+                        g->accumulate, s);
+        else
+            gemv_launch((int)M, ga, lda, sa, gb, ldb, sb, (float *)g->c.data, ldc, sc, (int)N, (int)K, (int)batch,
+                        g->accumulate, s);
+        HAE_CUDA_LAUNCH_CHECK("gemv_kernel");
+        return HAE_OK;
+    }
     /* Row-major c[M, N] = a[M, K] b[N, K]^T is column-major c^T[N, M] = b a^T: cuBLAS sees b as a
      * K x N column-major matrix (transposed: op T) and a as K x M (op N). */
     const cudaDataType_t ab_t = g->a.dtype == HAE_BF16 ? CUDA_R_16BF : CUDA_R_32F;

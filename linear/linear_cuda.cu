@@ -1110,12 +1110,14 @@ __global__ void __launch_bounds__(kNormThreads)
         const TG *gr = gate + n * g_s0 + h * g_s1;
         TO *orow = out + n * o_s0 + h * o_s1;
         float ss = 0.0f;
+#pragma unroll 4 /* the row's loads in flight together */
         for (int64_t d = lane; d < D; d += 32) {
             const float v = hae_ld(xr + d);
             ss += v * v;
         }
         ss = hae_warp_sum(ss);
         const float rs = 1.0f / sqrtf(ss / (float)D + eps);
+#pragma unroll 4
         for (int64_t d = lane; d < D; d += 32) {
             const float gv = hae_ld(gr + d);
             hae_st(orow + d, hae_ld(xr + d) * rs * weight[d] * (1.0f / (1.0f + expf(-gv))));

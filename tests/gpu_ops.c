@@ -152,6 +152,17 @@ Test(gpu, gemm) {
         {33, 50, 7, 1, HAE_BF16, HAE_F32, true, 1},
         {1, 1000, 333, 3, HAE_BF16, HAE_BF16, false, 1},
         {257, 511, 1024, 0, HAE_BF16, HAE_F32, false, 1},
+        /* a few bf16 rows against 16-byte aligned rows of b (gemv_kernel), then shapes it leaves to cuBLAS */
+        {1, 2048, 2048, 0, HAE_BF16, HAE_BF16, false, 1},
+        {1, 300, 5632, 8, HAE_BF16, HAE_F32, true, 1},
+        {2, 77, 136, 0, HAE_BF16, HAE_F32, true, 1},
+        {3, 9, 8, 16, HAE_BF16, HAE_F32, false, 1},
+        {4, 513, 1024, 8, HAE_BF16, HAE_BF16, false, 1},
+        {4, 64, 256, 0, HAE_BF16, HAE_F32, true, 3},
+        {1, 40, 64, 0, HAE_BF16, HAE_BF16, false, 8},
+        {4, 100, 132, 0, HAE_BF16, HAE_F32, false, 1}, /* K % 8 = 4: cuBLAS */
+        {2, 100, 128, 4, HAE_BF16, HAE_BF16, false, 1}, /* rows 8 bytes apart: cuBLAS */
+        {5, 100, 128, 0, HAE_BF16, HAE_F32, true, 1},   /* 5 rows: cuBLAS */
         /* f32 operands with a bf16 output (the tiled fallback kernel) */
         {33, 70, 45, 1, HAE_F32, HAE_BF16, false, 1},
         {1, 64, 64, 0, HAE_F32, HAE_BF16, false, 1},

@@ -278,7 +278,8 @@ Test(gpu_sparse, mla_fp8) {
         {"fp8 64 heads, decode (split)", 2, 1, 64, 700, 512, BF, BF},
         {"fp8 128 heads, prefill", 1, 3, 128, 300, 200, BF, F32},
         {"fp8 128 heads, top-2048", 1, 1, 128, 2100, 2048, BF, BF},
-        {"fp8 16 heads (CUDA cores)", 2, 2, 16, 150, 90, BF, BF},
+        {"fp8 16 heads (64-row MMAs, 48 masked)", 2, 2, 16, 150, 90, BF, BF},
+        {"fp8 8 heads, prefill", 1, 9, 8, 400, 256, BF, BF},
         {"fp8 32 heads, f32 q (CUDA cores)", 1, 2, 32, 120, 64, F32, F32},
     };
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
