@@ -763,9 +763,17 @@ __global__ void __launch_bounds__(kTcThreads, 2) flash_decode_kernel(const AttnP
 }
 
 /* out(b, t, h) = sum_s 2^(M_s - M) O_s / sum_s 2^(M_s - M) L_s over the splits s, M = max_s M_s (a
- * split with no key for the row has M_s = -inf, weight 0). One block per query row. */
-template <typename TO>
-__global__ void decode_combine_kernel(const AttnParams p, const SplitParams sp, int RB) {
+ * split with no key for the row has M_s = -inf, weight 0). One block of kCombineWarps warps per query
+ * row: the threads find M over the splits together, then warp w sums splits w, w + kCombineWarps, ...
+ * (lane: dims lane + 32 i), and the warps' sums add in shared memory. A thread per dim walking every
+ * split in turn took a chain of hundreds of dependent L2 reads at 128K (512 splits at batch 1). */
+constexpr int kCombineWarps = 8;
+
+template <int D, typename TO>
+__global__ void __launch_bounds__(32 * kCombineWarps) decode_combine_kernel(const AttnParams p, const SplitParams sp,
+                                                                            int RB) {
+    __shared__ float red[kCombineWarps][D + 1];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int64_t row = blockIdx.x; /* ((b * T) + t) * Hq + h */
     const int h = (int)(row % p.Hq);
     const int64_t t = (row / p.Hq) % p.T, b = row / ((int64_t)p.Hq * p.T);
@@ -773,18 +781,35 @@ __global__ void decode_combine_kernel(const AttnParams p, const SplitParams sp, 
     const int64_t Y = (int64_t)(p.Hq / G) * sp.nrg;
     const int64_t cta0 = (b * Y + (int64_t)g * sp.nrg + rg) * sp.nsplit;
     float M = -INFINITY;
-    for (int s = 0; s < sp.nsplit; s++) M = fmaxf(M, sp.ml[((cta0 + s) * RB + rl) * 2]);
-    TO *orow = (TO *)p.out + b * p.o_sb + t * p.o_st + (int64_t)h * p.Dv;
-    for (int d = threadIdx.x; d < p.Dv; d += blockDim.x) {
-        float L = 0.0f, acc = 0.0f;
-        for (int s = 0; s < sp.nsplit; s++) {
-            const int64_t pr = (cta0 + s) * RB + rl;
-            const float ms = sp.ml[pr * 2];
-            const float wt = ms == -INFINITY ? 0.0f : hae_ex2(ms - M);
-            L += wt * sp.ml[pr * 2 + 1];
-            acc += wt * sp.part[pr * p.Dv + d];
-        }
-        hae_st(orow + d, acc / L);
+    for (int s = tid; s < sp.nsplit; s += 32 * kCombineWarps) M = fmaxf(M, sp.ml[((cta0 + s) * RB + rl) * 2]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    if (lane == 0) red[warp][0] = M;
+    __syncthreads();
+#pragma unroll
+    for (int w = 0; w < kCombineWarps; w++) M = fmaxf(M, red[w][0]);
+    __syncthreads();
+
+    float acc[D / 32] = {}, L = 0.0f;
+#pragma unroll 4
+    for (int s = warp; s < sp.nsplit; s += kCombineWarps) {
+        const int64_t pr = (cta0 + s) * RB + rl;
+        const float ms = sp.ml[pr * 2];
+        const float wt = ms == -INFINITY ? 0.0f : hae_ex2(ms - M);
+        L += wt * sp.ml[pr * 2 + 1];
+#pragma unroll
+        for (int i = 0; i < D / 32; i++) acc[i] += wt * sp.part[pr * D + lane + 32 * i];
+    }
+#pragma unroll
+    for (int i = 0; i < D / 32; i++) red[warp][lane + 32 * i] = acc[i];
+    if (lane == 0) red[warp][D] = L;
+    __syncthreads();
+    TO *orow = (TO *)p.out + b * p.o_sb + t * p.o_st + (int64_t)h * D;
+    for (int d = tid; d < D; d += 32 * kCombineWarps) {
+        float o = 0.0f, l = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kCombineWarps; w++) o += red[w][d], l += red[w][D];
+        hae_st(orow + d, o / l);
     }
 }
 
@@ -816,12 +841,13 @@ hae_status launch_decode(hae_backend *be, const AttnParams &p, int64_t B, cudaSt
     if (Hkv * sp.nrg > 65535 || B > 65535)
         return hae_error(HAE_ERR_UNSUPPORTED, "hae_attention (cuda): %lld sequences x %lld row groups exceed the grid",
                          (long long)B, (long long)(Hkv * sp.nrg));
-    /* About 8 waves of 2 CTAs per SM, at least 4 tiles per split, partials within the scratch */
+    /* About 8 waves of 2 CTAs per SM, at least 16 tiles per split (with 4, batch 1 at 128K made 2048 CTAs whose
+     * pipeline fill and merge outweighed their 4 tiles), partials within the scratch */
     int dev = 0, sms = 0;
     HAE_CUDA_CHECK(cudaGetDevice(&dev));
     HAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     int64_t nsplit = (16 * (int64_t)sms + base - 1) / base;
-    if (nsplit > ntiles / 4) nsplit = ntiles / 4;
+    if (nsplit > ntiles / 16) nsplit = ntiles / 16;
     const int64_t per_split = base * RB * (D + 2) * (int64_t)sizeof(float);
     const int64_t fit = (int64_t)(be->cuda->scratch_bytes / (size_t)per_split);
     if (nsplit > fit) nsplit = fit;
@@ -839,7 +865,7 @@ hae_status launch_decode(hae_backend *be, const AttnParams &p, int64_t B, cudaSt
         <<<dim3((unsigned)sp.nsplit, (unsigned)(Hkv * sp.nrg), (unsigned)B), kTcThreads, smem, s>>>(p, sp);
     HAE_CUDA_LAUNCH_CHECK("flash_decode_kernel");
     if (sp.nsplit > 1) {
-        decode_combine_kernel<TO><<<(unsigned)(B * p.T * p.Hq), D < 128 ? D : 128, 0, s>>>(p, sp, RB);
+        decode_combine_kernel<D, TO><<<(unsigned)(B * p.T * p.Hq), 32 * kCombineWarps, 0, s>>>(p, sp, RB);
         HAE_CUDA_LAUNCH_CHECK("decode_combine_kernel");
     }
     return HAE_OK;

@@ -184,6 +184,7 @@ Test(gpu_attention, decode_tensor_cores) {
         {2, 1, 4, 2, 64, 64, 0, 0, 1, 0, 0, 0, false, BF, BF, BF, 0},             /* the first token */
         {1, 1, 16, 1, 128, 128, 50000, 0, 50001, 0, 0, 0, false, BF, BF, F32, 2.0f}, /* mqa, peaked, 50K keys */
         {4, 3, 12, 4, 64, 64, 4095, 2048, 2050, 0, 0, 0, false, BF, BF, BF, 0},   /* G 3, window at a tile edge */
+        {1, 1, 16, 4, 128, 128, 131071, 0, 131072, 0, 0, 0, false, BF, BF, BF, 0}, /* hybrid-1b-twin at 128K: 128 splits */
     };
     run_cases(cases, sizeof cases / sizeof cases[0], 2100);
 }
