@@ -59,6 +59,28 @@ static inline hae_status hae_cublas_fail(cublasStatus_t s, const char *file, int
         if (hae_s_ != CUBLAS_STATUS_SUCCESS) return hae_cublas_fail(hae_s_, __FILE__, __LINE__, #call); \
     } while (0)
 
+/* Programmatic dependent launch for the small kernels of a decode step: launched this way, a kernel's
+ * CTAs may be scheduled while the kernel before it on the stream finishes, so launch and prologue
+ * overlap that kernel's tail. Such a kernel must begin with hae_pdl_enter(): it waits until every
+ * earlier kernel has completed and its writes are visible (nothing is read or written before), then
+ * lets the next kernel be scheduled. */
+static __device__ __forceinline__ void hae_pdl_enter() {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+template <typename... P, typename... A>
+static inline cudaError_t hae_launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                                         A... args) {
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = s;
+    cfg.attrs = &attr, cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, kernel, ((P)args)...);
+}
+
 /* After every kernel launch: `name` says which kernel. */
 #define HAE_CUDA_LAUNCH_CHECK(name)                                                                \
     do {                                                                                           \

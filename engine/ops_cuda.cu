@@ -33,6 +33,7 @@ template <typename TO>
 __global__ void __launch_bounds__(kRowThreads)
     rmsnorm_kernel(const float *x, int64_t x_s, const float *w, int64_t w_s, const float *bias, int64_t b_s, TO *out,
                    int64_t out_s, int64_t D, float eps, bool center) {
+    hae_pdl_enter();
     const float *xr = x + (int64_t)blockIdx.x * x_s;
     TO *o = out + (int64_t)blockIdx.x * out_s;
     /* unrolled so that a thread's loads are in flight together: a decode step's rows are one block each,
@@ -57,6 +58,7 @@ __global__ void __launch_bounds__(kRowThreads)
  * out[n, f] = silu(gu[n, f]) * gu[n, F + f]; rows over grid.y, columns over grid.x (no divisions). */
 template <typename TI, typename TO>
 __global__ void swiglu_kernel(const TI *gu, int64_t gu_s, TO *out, int64_t out_s, int64_t N, int64_t F) {
+    hae_pdl_enter();
     for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
         const TI *g = gu + n * gu_s;
         TO *o = out + n * out_s;
@@ -79,6 +81,7 @@ struct RopeFreqs {
 template <typename T>
 __global__ void rope_kernel(T *x, int64_t s0, int64_t s1, int64_t s2, int64_t T_, int64_t rows, int H, int half,
                             int64_t pos0, RopeFreqs fr) {
+    hae_pdl_enter();
     __shared__ float inv_freq[kRopeMaxHalf];
     for (int i = threadIdx.x; i < half; i += blockDim.x) inv_freq[i] = fr.inv_freq[i];
     __syncthreads();
@@ -278,6 +281,7 @@ template <int M, typename TC>
 __global__ void __launch_bounds__(32 * kGemvWarps)
     gemv_kernel(const hae_bf16_t *a, int64_t lda, int64_t sa, const hae_bf16_t *b, int64_t ldb, int64_t sb, TC *c,
                 int64_t ldc, int64_t sc, int N, int K8, bool accumulate) {
+    hae_pdl_enter();
     const int lane = threadIdx.x & 31, n = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
     if (n >= N) return;
     const int64_t z = blockIdx.y;
@@ -307,16 +311,11 @@ __global__ void __launch_bounds__(32 * kGemvWarps)
 }
 
 template <typename TC>
-void gemv_launch(int M, const hae_bf16_t *a, int64_t lda, int64_t sa, const hae_bf16_t *b, int64_t ldb, int64_t sb,
+cudaError_t gemv_launch(int M, const hae_bf16_t *a, int64_t lda, int64_t sa, const hae_bf16_t *b, int64_t ldb, int64_t sb,
                  TC *c, int64_t ldc, int64_t sc, int N, int K, int batch, bool acc, cudaStream_t s) {
     const dim3 grid((unsigned)((N + kGemvWarps - 1) / kGemvWarps), (unsigned)batch);
-    const int K8 = K / 8, threads = 32 * kGemvWarps;
-    switch (M) {
-    case 1: gemv_kernel<1, TC><<<grid, threads, 0, s>>>(a, lda, sa, b, ldb, sb, c, ldc, sc, N, K8, acc); break;
-    case 2: gemv_kernel<2, TC><<<grid, threads, 0, s>>>(a, lda, sa, b, ldb, sb, c, ldc, sc, N, K8, acc); break;
-    case 3: gemv_kernel<3, TC><<<grid, threads, 0, s>>>(a, lda, sa, b, ldb, sb, c, ldc, sc, N, K8, acc); break;
-    default: gemv_kernel<4, TC><<<grid, threads, 0, s>>>(a, lda, sa, b, ldb, sb, c, ldc, sc, N, K8, acc); break;
-    }
+    auto kern = M == 1 ? gemv_kernel<1, TC> : M == 2 ? gemv_kernel<2, TC> : M == 3 ? gemv_kernel<3, TC> : gemv_kernel<4, TC>;
+    return hae_launch_pdl(kern, grid, dim3(32 * kGemvWarps), 0, s, a, lda, sa, b, ldb, sb, c, ldc, sc, N, K / 8, acc);
 }
 
 hae_status too_large(const char *op, const char *what, int64_t v, int64_t limit) {
@@ -352,9 +351,9 @@ extern "C" hae_status hae_rmsnorm_cuda(hae_backend *be, const hae_rmsnorm_args *
     HAE_TRY(hae_cuda_enter(be, &s));
     return hae_cuda_dispatch(a->out.dtype, "hae_rmsnorm", [&](auto tag) -> hae_status {
         using TO = decltype(tag);
-        rmsnorm_kernel<TO><<<(unsigned)N, kRowThreads, 0, s>>>(
+        HAE_CUDA_CHECK(hae_launch_pdl(rmsnorm_kernel<TO>, dim3((unsigned)N), dim3(kRowThreads), 0, s,
             (const float *)a->x.data, a->x.stride[0], (const float *)a->weight.data, a->weight.stride[0],
-            (const float *)a->bias.data, a->bias.stride[0], (TO *)a->out.data, a->out.stride[0], D, a->eps, a->center);
+            (const float *)a->bias.data, a->bias.stride[0], (TO *)a->out.data, a->out.stride[0], D, a->eps, a->center));
         HAE_CUDA_LAUNCH_CHECK("rmsnorm_kernel");
         return HAE_OK;
     });
@@ -403,12 +402,11 @@ extern "C" hae_status hae_gemm_cuda(hae_backend *be, const hae_gemm_args *g) {
     if (g->a.dtype == HAE_BF16 && M <= kGemvRows && K % 8 == 0 && a16 && batch <= 65535) {
         const hae_bf16_t *ga = (const hae_bf16_t *)g->a.data, *gb = (const hae_bf16_t *)g->b.data;
         const int64_t sa = batch > 1 ? g->stride_a : 0, sb = batch > 1 ? g->stride_b : 0, sc = batch > 1 ? g->stride_c : 0;
-        if (g->c.dtype == HAE_BF16)
-            gemv_launch((int)M, ga, lda, sa, gb, ldb, sb, (hae_bf16_t *)g->c.data, ldc, sc, (int)N, (int)K, (int)batch,
-                        g->accumulate, s);
-        else
-            gemv_launch((int)M, ga, lda, sa, gb, ldb, sb, (float *)g->c.data, ldc, sc, (int)N, (int)K, (int)batch,
-                        g->accumulate, s);
+        HAE_CUDA_CHECK(g->c.dtype == HAE_BF16
+            ? gemv_launch((int)M, ga, lda, sa, gb, ldb, sb, (hae_bf16_t *)g->c.data, ldc, sc, (int)N, (int)K, (int)batch,
+                        g->accumulate, s)
+            : gemv_launch((int)M, ga, lda, sa, gb, ldb, sb, (float *)g->c.data, ldc, sc, (int)N, (int)K, (int)batch,
+                        g->accumulate, s));
         HAE_CUDA_LAUNCH_CHECK("gemv_kernel");
         return HAE_OK;
     }
@@ -444,8 +442,8 @@ extern "C" hae_status hae_swiglu_cuda(hae_backend *be, const hae_swiglu_args *a)
         using TI = decltype(ti);
         return hae_cuda_dispatch(a->out.dtype, "hae_swiglu", [&](auto to) -> hae_status {
             using TO = decltype(to);
-            swiglu_kernel<TI, TO><<<dim3((unsigned)gx, (unsigned)gy), threads, 0, s>>>(
-                (const TI *)a->gate_up.data, a->gate_up.stride[0], (TO *)a->out.data, a->out.stride[0], N, F);
+            HAE_CUDA_CHECK(hae_launch_pdl(swiglu_kernel<TI, TO>, dim3((unsigned)gx, (unsigned)gy), dim3(threads), 0, s,
+                (const TI *)a->gate_up.data, a->gate_up.stride[0], (TO *)a->out.data, a->out.stride[0], N, F));
             HAE_CUDA_LAUNCH_CHECK("swiglu_kernel");
             return HAE_OK;
         });
@@ -470,8 +468,9 @@ extern "C" hae_status hae_rope_cuda(hae_backend *be, const hae_rope_args *a) {
     const int64_t gy = rows < 65535 ? rows : 65535;
     return hae_cuda_dispatch(a->x.dtype, "hae_rope", [&](auto tag) -> hae_status {
         using TX = decltype(tag);
-        rope_kernel<TX><<<dim3((unsigned)gx, (unsigned)gy), threads, 0, s>>>(
-            (TX *)a->x.data + a->rot_offset, a->x.stride[0], a->x.stride[1], a->x.stride[2], T, rows, (int)H, half, a->pos0, fr);
+        HAE_CUDA_CHECK(hae_launch_pdl(rope_kernel<TX>, dim3((unsigned)gx, (unsigned)gy), dim3(threads), 0, s,
+            (TX *)a->x.data + a->rot_offset, a->x.stride[0], a->x.stride[1], a->x.stride[2], T, rows, (int)H, half,
+            a->pos0, fr));
         HAE_CUDA_LAUNCH_CHECK("rope_kernel");
         return HAE_OK;
     });

@@ -130,6 +130,7 @@ constexpr int kRecThreads = 128;
 
 template <typename TI, int K, int DECAY, bool DELTA>
 __global__ void __launch_bounds__(kRecThreads) recurrent_kernel(const LinParams p) {
+    hae_pdl_enter();
     constexpr int RPT = K / 16;
     __shared__ float sq[K], sk[K], seg[K];
     __shared__ float part[4][3];
@@ -991,7 +992,8 @@ hae_status launch_recurrent(const hae_linear_attn_args *a, const LinParams &p, c
         return with_k(a->q.shape[3], [&](auto kt) -> hae_status {
             constexpr int K = decltype(kt)::value;
             return with_decay_delta(a->decay, a->delta, [&](auto dt, auto del) -> hae_status {
-                recurrent_kernel<TI, K, decltype(dt)::value, decltype(del)::value><<<grid, kRecThreads, 0, s>>>(p);
+                HAE_CUDA_CHECK(hae_launch_pdl(recurrent_kernel<TI, K, decltype(dt)::value, decltype(del)::value>, grid,
+                                              dim3(kRecThreads), 0, s, p));
                 HAE_CUDA_LAUNCH_CHECK("recurrent_kernel");
                 return HAE_OK;
             });
@@ -1045,6 +1047,7 @@ template <typename TX, typename TO>
 __global__ void conv_short_kernel(const TX *x, int64_t x_sb, int64_t x_st, const float *weight, float *state,
                                   TO *out, int64_t o_sb, int64_t o_st, int64_t B, int64_t T, int64_t C, int W,
                                   bool silu) {
+    hae_pdl_enter();
     const int64_t nseg = (T + kConvSeg - 1) / kConvSeg;
     const int64_t total = B * nseg * C;
     for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
@@ -1102,6 +1105,7 @@ __global__ void __launch_bounds__(kNormThreads)
     gated_rmsnorm_kernel(const TX *x, int64_t x_s0, int64_t x_s1, const TG *gate, int64_t g_s0, int64_t g_s1,
                          const float *weight, TO *out, int64_t o_s0, int64_t o_s1, int64_t rows, int64_t H, int64_t D,
                          float eps) {
+    hae_pdl_enter();
     const int lane = threadIdx.x & 31;
     for (int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < rows;
          r += ((int64_t)gridDim.x * blockDim.x) >> 5) {
@@ -1176,9 +1180,9 @@ extern "C" hae_status hae_conv_short_cuda(hae_backend *be, const hae_conv_short_
         using TX = decltype(tx);
         return hae_cuda_dispatch(a->out.dtype, "hae_conv_short", [&](auto to) -> hae_status {
             using TO = decltype(to);
-            conv_short_kernel<TX, TO><<<blocks, threads, 0, s>>>(
+            HAE_CUDA_CHECK(hae_launch_pdl(conv_short_kernel<TX, TO>, dim3(blocks), dim3(threads), 0, s,
                 (const TX *)a->x.data, a->x.stride[0], a->x.stride[1], (const float *)a->weight.data,
-                (float *)a->state.data, (TO *)a->out.data, a->out.stride[0], a->out.stride[1], B, T, C, W, a->silu);
+                (float *)a->state.data, (TO *)a->out.data, a->out.stride[0], a->out.stride[1], B, T, C, W, a->silu));
             HAE_CUDA_LAUNCH_CHECK("conv_short_kernel");
             return HAE_OK;
         });
@@ -1196,10 +1200,10 @@ extern "C" hae_status hae_gated_rmsnorm_cuda(hae_backend *be, const hae_gated_rm
             using TG = decltype(tg);
             return hae_cuda_dispatch(a->out.dtype, "hae_gated_rmsnorm", [&](auto to) -> hae_status {
                 using TO = decltype(to);
-                gated_rmsnorm_kernel<TX, TG, TO><<<blocks, kNormThreads, 0, s>>>(
+                HAE_CUDA_CHECK(hae_launch_pdl(gated_rmsnorm_kernel<TX, TG, TO>, dim3(blocks), dim3(kNormThreads), 0, s,
                     (const TX *)a->x.data, a->x.stride[0], a->x.stride[1], (const TG *)a->gate.data,
                     a->gate.stride[0], a->gate.stride[1], (const float *)a->weight.data, (TO *)a->out.data,
-                    a->out.stride[0], a->out.stride[1], N * H, H, D, a->eps);
+                    a->out.stride[0], a->out.stride[1], N * H, H, D, a->eps));
                 HAE_CUDA_LAUNCH_CHECK("gated_rmsnorm_kernel");
                 return HAE_OK;
             });
