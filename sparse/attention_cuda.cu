@@ -642,6 +642,7 @@ template <int D, int MT> constexpr size_t decode_smem_bytes() {
 
 template <int D, int MT, typename TO>
 __global__ void __launch_bounds__(kTcThreads, 2) flash_decode_kernel(const AttnParams p, const SplitParams sp) {
+    hae_pdl_enter();
     extern __shared__ __align__(128) uint16_t smem[];
     constexpr int CPR = D / 8, RB = 16 * MT, KW = kTileN / 4; /* keys per warp per tile */
     constexpr uint32_t TB = kTileN * D * 2, WB = KW * D * 2; /* bytes of a tile, of a warp's keys */
@@ -772,6 +773,7 @@ constexpr int kCombineWarps = 8;
 template <int D, typename TO>
 __global__ void __launch_bounds__(32 * kCombineWarps) decode_combine_kernel(const AttnParams p, const SplitParams sp,
                                                                             int RB) {
+    hae_pdl_enter();
     __shared__ float red[kCombineWarps][D + 1];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int64_t row = blockIdx.x; /* ((b * T) + t) * Hq + h */
@@ -861,11 +863,12 @@ hae_status launch_decode(hae_backend *be, const AttnParams &p, int64_t B, cudaSt
 
     constexpr size_t smem = decode_smem_bytes<D, MT>();
     HAE_TRY(set_smem(flash_decode_kernel<D, MT, TO>, smem));
-    flash_decode_kernel<D, MT, TO>
-        <<<dim3((unsigned)sp.nsplit, (unsigned)(Hkv * sp.nrg), (unsigned)B), kTcThreads, smem, s>>>(p, sp);
+    HAE_CUDA_CHECK(hae_launch_pdl(flash_decode_kernel<D, MT, TO>, dim3((unsigned)sp.nsplit, (unsigned)(Hkv * sp.nrg),
+                                  (unsigned)B), dim3(kTcThreads), smem, s, p, sp));
     HAE_CUDA_LAUNCH_CHECK("flash_decode_kernel");
     if (sp.nsplit > 1) {
-        decode_combine_kernel<D, TO><<<(unsigned)(B * p.T * p.Hq), 32 * kCombineWarps, 0, s>>>(p, sp, RB);
+        HAE_CUDA_CHECK(hae_launch_pdl(decode_combine_kernel<D, TO>, dim3((unsigned)(B * p.T * p.Hq)),
+                                      dim3(32 * kCombineWarps), 0, s, p, sp, RB));
         HAE_CUDA_LAUNCH_CHECK("decode_combine_kernel");
     }
     return HAE_OK;
@@ -884,6 +887,7 @@ template <typename TS, typename TC>
 __global__ void kv_write_kernel(const TS *src, int64_t s_sb, int64_t s_st, int64_t s_sh, TC *cache, int64_t c_sb,
                                 int64_t c_ss, int64_t c_sh, int64_t Tw, int64_t t_first, int64_t H, int64_t D,
                                 int64_t cap, int64_t pos0, int64_t rows) {
+    hae_pdl_enter();
     /* rows = B * Tw * H, one (b, t, h) row of D elements per grid.y step */
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
         const int64_t h = r % H, tw = (r / H) % Tw, b = r / (H * Tw);
@@ -956,9 +960,9 @@ extern "C" hae_status hae_kv_write_cuda(hae_backend *be, const hae_kv_write_args
         using TS = decltype(ts);
         return hae_cuda_dispatch(a->cache.dtype, "hae_kv_write", [&](auto tc) -> hae_status {
             using TC = decltype(tc);
-            kv_write_kernel<TS, TC><<<dim3((unsigned)gx, (unsigned)gy), threads, 0, s>>>(
+            HAE_CUDA_CHECK(hae_launch_pdl(kv_write_kernel<TS, TC>, dim3((unsigned)gx, (unsigned)gy), dim3(threads), 0, s,
                 (const TS *)a->src.data, a->src.stride[0], a->src.stride[1], a->src.stride[2], (TC *)a->cache.data,
-                a->cache.stride[0], a->cache.stride[1], a->cache.stride[2], Tw, t_first, H, D, cap, a->pos0, rows);
+                a->cache.stride[0], a->cache.stride[1], a->cache.stride[2], Tw, t_first, H, D, cap, a->pos0, rows));
             HAE_CUDA_LAUNCH_CHECK("kv_write_kernel");
             return HAE_OK;
         });
