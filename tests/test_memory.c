@@ -633,23 +633,26 @@ Test(memory_plan, hybrid_and_its_twin) {
     /* dsa K/V on the host: the GPU keeps the token cache, one layer's K/V to stage prefill chunks through, and
      * the indexer keys; at 128K the cache, keys and states are under 5% of the twin's KV on the GPU (the issue's
      * target) and the staging adds 1/24 of it, in both attention forms */
-    for (int form = 0; form < 2; form++) {
-        const char *ov[] = {"memory.dsa_kv=host", form ? "model.attention.form=mla" : "model.attention.form=gqa"};
-        hae_config *h = load_preset("hybrid-1b.yaml", ov, 2), *ht = cfg_new();
+    for (int form = 0; form < 3; form++) { /* gqa, mla, mla with the dsa K/V in the FP8 token layout */
+        const char *ov[] = {"memory.dsa_kv=host", form ? "model.attention.form=mla" : "model.attention.form=gqa",
+                            form == 2 ? "memory.dsa_kv_fp8=true" : "memory.dsa_kv_fp8=false"};
+        hae_config *h = load_preset("hybrid-1b.yaml", ov, 3), *ht = cfg_new();
         hae_mem_twin(h, ht);
+        cr_expect(!ht->memory.dsa_kv_fp8, "the twin has no dsa layer to keep in FP8");
         hae_mem_plan ph, pt;
         plan_ok(h, L, &ph);
         plan_ok(ht, L, &pt);
-        const size_t bpt = form ? 576 * 2 : 2048;
+        const size_t bpt = form == 2 ? HAE_MLA_FP8_ROW : form ? 576 * 2 : 2048, twin_bpt = form ? 576 * 2 : 2048;
         cr_expect_eq(ph.bytes[HAE_TIER_HOST][HAE_MEM_DSA_KV], n_dsa * (size_t)L * bpt);
         const size_t staging = (size_t)L * bpt;
         cr_expect_eq(ph.bytes[HAE_TIER_GPU][HAE_MEM_DSA_KV], n_dsa * (size_t)cache * bpt + staging);
         cr_expect_eq(ph.bytes[HAE_TIER_GPU][HAE_MEM_INDEX_KEYS], keys);
-        cr_expect_eq(pt.bytes[HAE_TIER_GPU][HAE_MEM_FULL_KV], 24 * (size_t)L * bpt);
+        cr_expect_eq(pt.bytes[HAE_TIER_GPU][HAE_MEM_FULL_KV], 24 * (size_t)L * twin_bpt);
         const size_t gpu_kv = ph.bytes[HAE_TIER_GPU][HAE_MEM_DSA_KV] - staging +
                               ph.bytes[HAE_TIER_GPU][HAE_MEM_INDEX_KEYS] + ph.bytes[HAE_TIER_GPU][HAE_MEM_LINEAR_STATE];
         double share = (double)gpu_kv / (double)pt.bytes[HAE_TIER_GPU][HAE_MEM_FULL_KV];
-        cr_expect(share <= 0.05, "%s: GPU KV + states %.2f%% of the twin's KV", form ? "mla" : "gqa", 100 * share);
+        cr_expect(share <= 0.05, "%s: GPU KV + states %.2f%% of the twin's KV", form == 2 ? "mla fp8" : form ? "mla" : "gqa",
+                  100 * share);
         /* a context shorter than the cache: the cache holds the context, nothing is staged */
         plan_ok(h, 1000, &ph);
         cr_expect_eq(ph.bytes[HAE_TIER_GPU][HAE_MEM_DSA_KV], n_dsa * 1000 * bpt);
@@ -657,6 +660,59 @@ Test(memory_plan, hybrid_and_its_twin) {
         free(h), free(ht);
     }
     free(cfg), free(twin), free(twin2), free(mp), free(tp);
+}
+
+/* ---------------------------------------------------------------- the KV cache's layouts */
+
+Test(kv_cache, layouts_views_and_bad_specs) {
+    hae_backend *be = tu_cpu();
+    const int64_t B = 2, cap = 5;
+    const hae_kv_layer_spec specs[] = {
+        {.cap = cap, .kv_heads = 2, .head_dim = 8},                               /* gqa: K and V buffers */
+        {.cap = cap, .kv_heads = 1, .head_dim = 20, .v_dim = 16},                 /* mla: V the latent */
+        {.cap = cap, .kv_heads = 1, .head_dim = 576, .v_dim = 512, .mla_fp8 = true}, /* mla's FP8 tokens */
+        {0},                                                                      /* a linear layer */
+    };
+    hae_kv_cache *kv = NULL;
+    cr_assert_eq(hae_kv_cache_create(be, 4, specs, B, HAE_BF16, 0, 0, &kv), HAE_OK, "%s", hae_last_error());
+    hae_tensor k, v;
+    hae_kv_cache_layer(kv, 0, &k, &v);
+    cr_expect(k.dtype == HAE_BF16 && k.shape[2] == 2 && k.shape[3] == 8 && v.data != k.data);
+    hae_kv_cache_layer(kv, 1, &k, &v);
+    cr_expect(v.data == k.data && v.shape[3] == 16 && v.stride[1] == k.stride[1], "mla: V the first 16 of 20 dims");
+    hae_kv_cache_layer(kv, 2, &k, &v);
+    cr_expect(k.dtype == HAE_FP8_E4M3 && k.shape[1] == cap && k.shape[2] == 1 && k.shape[3] == HAE_MLA_FP8_ROW);
+    cr_expect(v.dtype == HAE_FP8_E4M3 && v.data == k.data && v.shape[3] == HAE_MLA_LATENT &&
+              v.stride[0] == k.stride[0] && v.stride[1] == k.stride[1], "FP8: V views the latent bytes");
+    hae_kv_cache_layer(kv, 3, &k, &v);
+    cr_expect(k.data == NULL && v.data == NULL);
+    cr_expect_eq(hae_kv_bytes_per_token(&specs[0], HAE_BF16), 2 * 2 * 8 * 2);
+    cr_expect_eq(hae_kv_bytes_per_token(&specs[1], HAE_BF16), 20 * 2);
+    cr_expect_eq(hae_kv_bytes_per_token(&specs[2], HAE_BF16), HAE_MLA_FP8_ROW);
+    cr_expect_eq(hae_kv_cache_bytes(kv), (size_t)(B * cap) * (2 * 2 * 8 * 2 + 20 * 2 + HAE_MLA_FP8_ROW));
+    hae_kv_cache_destroy(kv);
+
+    static const struct {
+        hae_kv_layer_spec spec;
+        const char *word;
+    } bad_specs[] = {
+        {{.cap = cap, .kv_heads = 2, .head_dim = 576, .v_dim = 512, .mla_fp8 = true}, "needs one kv head"},
+        {{.cap = cap, .kv_heads = 1, .head_dim = 128, .v_dim = 64, .mla_fp8 = true}, "FP8 layout holds one kv head of 576"},
+        {{.cap = cap, .kv_heads = 1, .head_dim = 576, .mla_fp8 = true}, "v_dim 0"},
+        {{.cap = cap, .kv_heads = 2, .head_dim = 8, .v_dim = 4}, "V as a view of K needs one kv head"},
+        {{.cap = -1, .kv_heads = 1, .head_dim = 8}, "negative size"},
+        {{.cap = cap, .kv_heads = 1, .head_dim = 8, .tier = (hae_tier)7}, "not a hae_tier"},
+    };
+    for (size_t i = 0; i < sizeof bad_specs / sizeof bad_specs[0]; i++) {
+        kv = (hae_kv_cache *)&kv; /* must come back NULL */
+        cr_expect_eq(hae_kv_cache_create(be, 1, &bad_specs[i].spec, B, HAE_BF16, 0, 0, &kv), HAE_ERR_INVALID, "case %zu", i);
+        cr_expect_null(kv, "case %zu", i);
+        cr_expect(strstr(hae_last_error(), bad_specs[i].word), "case %zu: no '%s' in: %s", i, bad_specs[i].word, hae_last_error());
+    }
+    /* a budget below the FP8 layer's 2 x 5 x 656 bytes: the bytes asked and allowed */
+    cr_expect_eq(hae_kv_cache_create(be, 1, &specs[2], B, HAE_BF16, 6559, 0, &kv), HAE_ERR_OOM);
+    cr_expect(strstr(hae_last_error(), "6560 bytes") && strstr(hae_last_error(), "6559 bytes"), "%s", hae_last_error());
+    hae_backend_destroy(be);
 }
 
 Test(memory_plan, full_kv_streamed_and_states_parked) {
