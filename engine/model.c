@@ -1248,8 +1248,10 @@ static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
     hae_tensor q = qkv_heads(m, T, 0, m->Hq, m->Dk), k = qkv_heads(m, T, qd, m->Hkv, m->Dk);
     float theta = m->cfg.model.attention.rope_theta;
     const int r0 = m->mla ? (int)m->lora : 0; /* mla's rope dims follow the latent */
-    HAE_TRY(hae_rope(be, &(hae_rope_args){.x = q, .pos0 = m->pos, .rot_dims = m->rot_dims, .rot_offset = r0, .theta = theta}));
-    HAE_TRY(hae_rope(be, &(hae_rope_args){.x = k, .pos0 = m->pos, .rot_dims = m->rot_dims, .rot_offset = r0, .theta = theta}));
+    HAE_TRY(hae_rope(be, &(hae_rope_args){.x = q, .pos0 = m->pos, .rot_dims = m->rot_dims, .rot_offset = r0,
+                                          .theta = theta}));
+    HAE_TRY(hae_rope(be, &(hae_rope_args){.x = k, .pos0 = m->pos, .rot_dims = m->rot_dims, .rot_offset = r0,
+                                          .theta = theta}));
     hae_tensor kc, vc;
     hae_kv_cache_layer(m->kv, (int)l, &kc, &vc);
     HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = k, .cache = kc, .pos0 = m->pos}));

@@ -260,9 +260,9 @@ __global__ void gemm_f32_tiled_kernel(const float *a, int64_t lda, const float *
 /* ---------------------------------------------------------------- gemm, decode rows
  * c[m, n] (+)= sum_k a[m, k] b[n, k] for M <= kGemvRows rows of bf16 a (a decode step: a row per
  * sequence) against bf16 weights b: one warp per column n streams b's row in 16-byte pieces, read once
- * and kept out of L1; a's rows come from L1. In a decode step of hybrid-1b cuBLAS's kernels for these
- * shapes reached about half of the memory bandwidth (splitting K for the tall ones, a reduction kernel
- * after them). Accumulation in fp32: the sum order differs from cuBLAS's, not the rounding of c. */
+ * and kept out of L1; a's rows come from L1. cuBLAS splits K for the tall shapes and adds a reduction
+ * kernel; in a hybrid-1b decode step this took 12% less GEMM time and fewer launches (bench/RESULTS.md).
+ * Accumulation in fp32: the sum order differs from cuBLAS's, not the rounding of c. */
 constexpr int kGemvRows = 4;
 constexpr int kGemvWarps = 8;
 
@@ -311,10 +311,13 @@ __global__ void __launch_bounds__(32 * kGemvWarps)
 }
 
 template <typename TC>
-cudaError_t gemv_launch(int M, const hae_bf16_t *a, int64_t lda, int64_t sa, const hae_bf16_t *b, int64_t ldb, int64_t sb,
-                 TC *c, int64_t ldc, int64_t sc, int N, int K, int batch, bool acc, cudaStream_t s) {
+cudaError_t gemv_launch(int M, const hae_bf16_t *a, int64_t lda, int64_t sa, const hae_bf16_t *b, int64_t ldb,
+                        int64_t sb, TC *c, int64_t ldc, int64_t sc, int N, int K, int batch, bool acc, cudaStream_t s) {
     const dim3 grid((unsigned)((N + kGemvWarps - 1) / kGemvWarps), (unsigned)batch);
-    auto kern = M == 1 ? gemv_kernel<1, TC> : M == 2 ? gemv_kernel<2, TC> : M == 3 ? gemv_kernel<3, TC> : gemv_kernel<4, TC>;
+    auto kern = M == 1   ? gemv_kernel<1, TC>
+                : M == 2 ? gemv_kernel<2, TC>
+                : M == 3 ? gemv_kernel<3, TC>
+                         : gemv_kernel<4, TC>;
     return hae_launch_pdl(kern, grid, dim3(32 * kGemvWarps), 0, s, a, lda, sa, b, ldb, sb, c, ldc, sc, N, K / 8, acc);
 }
 
@@ -401,12 +404,14 @@ extern "C" hae_status hae_gemm_cuda(hae_backend *be, const hae_gemm_args *g) {
                      (batch == 1 || (g->stride_a | g->stride_b) % 8 == 0);
     if (g->a.dtype == HAE_BF16 && M <= kGemvRows && K % 8 == 0 && a16 && batch <= 65535) {
         const hae_bf16_t *ga = (const hae_bf16_t *)g->a.data, *gb = (const hae_bf16_t *)g->b.data;
-        const int64_t sa = batch > 1 ? g->stride_a : 0, sb = batch > 1 ? g->stride_b : 0, sc = batch > 1 ? g->stride_c : 0;
+        const int64_t sa = batch > 1 ? g->stride_a : 0, sb = batch > 1 ? g->stride_b : 0;
+        const int64_t sc = batch > 1 ? g->stride_c : 0;
+        const int n = (int)N, k = (int)K, nb = (int)batch;
         HAE_CUDA_CHECK(g->c.dtype == HAE_BF16
-            ? gemv_launch((int)M, ga, lda, sa, gb, ldb, sb, (hae_bf16_t *)g->c.data, ldc, sc, (int)N, (int)K, (int)batch,
-                        g->accumulate, s)
-            : gemv_launch((int)M, ga, lda, sa, gb, ldb, sb, (float *)g->c.data, ldc, sc, (int)N, (int)K, (int)batch,
-                        g->accumulate, s));
+                           ? gemv_launch((int)M, ga, lda, sa, gb, ldb, sb, (hae_bf16_t *)g->c.data, ldc, sc, n, k, nb,
+                                         g->accumulate, s)
+                           : gemv_launch((int)M, ga, lda, sa, gb, ldb, sb, (float *)g->c.data, ldc, sc, n, k, nb,
+                                         g->accumulate, s));
         HAE_CUDA_LAUNCH_CHECK("gemv_kernel");
         return HAE_OK;
     }

@@ -44,9 +44,9 @@ hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer
         if (specs[l].mla_fp8 && (specs[l].kv_heads != 1 || specs[l].head_dim != HAE_MLA_LATENT + HAE_MLA_ROPE ||
                                  specs[l].v_dim != HAE_MLA_LATENT))
             return hae_error(HAE_ERR_INVALID, "kv cache: layer %d: mla's FP8 layout holds one kv head of %d dims with "
-                             "V its first %d (got %lld heads, head_dim %lld, v_dim %lld)", l, HAE_MLA_LATENT + HAE_MLA_ROPE,
-                             HAE_MLA_LATENT, (long long)specs[l].kv_heads, (long long)specs[l].head_dim,
-                             (long long)specs[l].v_dim);
+                             "V its first %d (got %lld heads, head_dim %lld, v_dim %lld)", l,
+                             HAE_MLA_LATENT + HAE_MLA_ROPE, HAE_MLA_LATENT, (long long)specs[l].kv_heads,
+                             (long long)specs[l].head_dim, (long long)specs[l].v_dim);
         total[specs[l].tier] += (size_t)batch * (size_t)specs[l].cap * hae_kv_bytes_per_token(&specs[l], dtype);
     }
     size_t free_b = 0, total_b = 0;

@@ -960,7 +960,8 @@ extern "C" hae_status hae_kv_write_cuda(hae_backend *be, const hae_kv_write_args
         using TS = decltype(ts);
         return hae_cuda_dispatch(a->cache.dtype, "hae_kv_write", [&](auto tc) -> hae_status {
             using TC = decltype(tc);
-            HAE_CUDA_CHECK(hae_launch_pdl(kv_write_kernel<TS, TC>, dim3((unsigned)gx, (unsigned)gy), dim3(threads), 0, s,
+            HAE_CUDA_CHECK(hae_launch_pdl(kv_write_kernel<TS, TC>, dim3((unsigned)gx, (unsigned)gy), dim3(threads), 0,
+                                          s,
                 (const TS *)a->src.data, a->src.stride[0], a->src.stride[1], a->src.stride[2], (TC *)a->cache.data,
                 a->cache.stride[0], a->cache.stride[1], a->cache.stride[2], Tw, t_first, H, D, cap, a->pos0, rows));
             HAE_CUDA_LAUNCH_CHECK("kv_write_kernel");
