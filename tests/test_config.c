@@ -135,6 +135,65 @@ Test(config, schema_defaults_match_default_yaml) {
     free(d);
 }
 
+/* docs/config.md documents every key the schema has: each key of the resolved YAML (dotted a.b.k) is named in
+ * the first cell of a table row under the heading that names its section (`a.b`; top-level keys under "Top
+ * level"). A key added without a line in the reference fails here. */
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    cr_assert(f, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    const long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *t = malloc((size_t)n + 1);
+    cr_assert(t && fread(t, 1, (size_t)n, f) == (size_t)n);
+    t[n] = 0;
+    fclose(f);
+    return t;
+}
+
+static bool documented(const char *doc, const char *section, const char *key) {
+    char head[220], cell[80];
+    if (section[0]) snprintf(head, sizeof head, "`%s`", section);
+    else snprintf(head, sizeof head, "Top level");
+    snprintf(cell, sizeof cell, "`%s`", key);
+    for (const char *h = strstr(doc, "\n#"); h; h = strstr(h + 1, "\n#")) {
+        const char *eol = strchr(h + 1, '\n');
+        if (!eol) break;
+        const char *found = strstr(h, head);
+        if (!found || found > eol) continue;
+        const char *end = strstr(eol, "\n#");
+        for (const char *row = strstr(eol, "\n| "); row && (!end || row < end); row = strstr(row + 1, "\n| ")) {
+            const char *bar = strstr(row + 3, " |"), *k = strstr(row + 3, cell);
+            if (k && bar && k < bar) return true;
+        }
+    }
+    return false;
+}
+
+Test(config, docs_name_every_key) {
+    hae_config *c = default_cfg();
+    char *yaml = NULL, *doc = read_text(HAE_SOURCE_DIR "/docs/config.md");
+    cr_assert_eq(hae_config_to_yaml(c, &yaml), HAE_OK, "%s", hae_last_error());
+    char path[4][200] = {{0}};
+    int keys = 0;
+    for (char *line = yaml; *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : line + strlen(line)) {
+        const int depth = (int)strspn(line, " ") / 2;
+        char key[64] = "";
+        if (depth > 3 || sscanf(line + 2 * depth, "%63[a-z_0-9]:", key) != 1 || line[2 * depth] == '-') continue;
+        const char *after = line + 2 * depth + strlen(key) + 1;
+        if (*after == '\n' || *after == 0) { /* a section */
+            snprintf(path[depth], sizeof path[0], "%s%s%s", depth ? path[depth - 1] : "", depth ? "." : "", key);
+            continue;
+        }
+        const char *section = depth ? path[depth - 1] : "";
+        cr_expect(documented(doc, section, key), "docs/config.md has no row for %s%s%s", section, depth ? "." : "",
+                  key);
+        keys++;
+    }
+    cr_expect_geq(keys, 100, "%d keys read from the resolved YAML", keys);
+    free(yaml), free(doc), free(c);
+}
+
 /* Every preset and example loads, and every one of its sweep jobs builds. */
 static int load_dir(const char *dir) {
     DIR *dp = opendir(dir);
