@@ -4,8 +4,9 @@
  * per weight row, streamed once); beside each, cuBLAS's cublasGemmEx on the same operands (the path
  * every larger M takes), so the table is the side-by-side of the two.
  *
- * Each shape is first checked against the CPU reference on fresh random inputs with a poisoned output.
- * Then warm-up and 21 repetitions each alone with CUDA events after an L2 flush; median and min..max.
+ * Each shape is first checked against a float64 product on the host, fresh random inputs, poisoned output.
+ * Then warm-up and 21 repetitions each alone with CUDA events after an L2 flush; median and min..max. A
+ * call's time includes its launch, so cuBLAS's host-side work per call counts; `ncu` gives the kernels alone.
  * GB/s: the weights, a's rows and c over the median time (the weights dominate: M <= 4). Without CUDA or
  * a GPU it says so and exits 0. */
 #include "internal.h"
