@@ -1,9 +1,8 @@
 /* The analytic memory plan (DESIGN.md §2): bytes per tier and kind of a config at a context length, the
  * same for its full-attention twin, and the longest context that fits a GPU budget; nothing is built.
  * What the model allocates (weights, activations, K/V bytes per token, states) comes from
- * hae_model_plan_get; this file adds the placement and the pages. A dsa layer holds the same K/V per
- * token as a full layer of the same shapes, so that number is read from the twin's plan, unless it
- * keeps mla's FP8 token layout (memory.dsa_kv_fp8). */
+ * hae_model_plan_get; this file adds the placement and the pages. A dsa layer's bytes per token there
+ * hold its K/V (in mla's FP8 token layout with memory.dsa_kv_fp8) and its indexer key, counted apart. */
 #include "internal.h"
 
 #include <inttypes.h>
@@ -31,8 +30,8 @@ static size_t index_bytes_per_token(const hae_config *cfg) {
     return (size_t)(D + 4 * ((D + 127) / 128));
 }
 
-/* The plan of cfg from the model's plans of it (mp) and of its twin (tp), both at the same context. */
-static void place(const hae_config *cfg, const hae_model_plan *mp, const hae_model_plan *tp, hae_mem_plan *out) {
+/* The plan of cfg from the model's plan of it (mp) at the same context. */
+static void place(const hae_config *cfg, const hae_model_plan *mp, hae_mem_plan *out) {
     const int64_t L = mp->context, B = cfg->runtime.batch, P = cfg->memory.page_size, Pi = cfg->model.dsa.page_size,
                   cache = cfg->memory.cache_tokens;
     size_t(*b)[HAE_MEM_KIND_COUNT] = out->bytes;
@@ -43,7 +42,7 @@ static void place(const hae_config *cfg, const hae_model_plan *mp, const hae_mod
     for (int64_t l = 0; l < cfg->model.n_layers; l++) {
         const hae_layer_kind kind = cfg->model.layers[l];
         const size_t kv_bpt =
-            kind == HAE_LAYER_DSA && cfg->memory.dsa_kv_fp8 ? (size_t)HAE_MLA_FP8_ROW : tp->kv_bytes_per_token[l];
+            kind == HAE_LAYER_DSA ? mp->kv_bytes_per_token[l] - index_bytes_per_token(cfg) : mp->kv_bytes_per_token[l];
         if (hae_linear_kind_of(kind, &(hae_linear_kind){0})) {
             const size_t s = sat_mul(Bz, mp->state_bytes_per_seq[l]);
             /* the running batch's states are on the GPU; the host tier parks them between requests */
@@ -106,12 +105,12 @@ static hae_status plan_at(const hae_config *cfg, int64_t context, size_t gpu_bud
         /* dsa_kv auto: the GPU when everything fits the budget there, else the host */
         const bool autoplace = c->memory.dsa_kv == HAE_TIER_AUTO;
         if (autoplace) c->memory.dsa_kv = HAE_TIER_GPU;
-        place(c, mp, tp, out);
+        place(c, mp, out);
         if (autoplace && gpu_budget > 0 && out->total[HAE_TIER_GPU] > gpu_budget) {
             c->memory.dsa_kv = HAE_TIER_HOST;
             memset(out->bytes, 0, sizeof out->bytes);
             memset(out->total, 0, sizeof out->total);
-            place(c, mp, tp, out);
+            place(c, mp, out);
         }
         out->dsa_kv = c->memory.dsa_kv;
         if (token_bytes) {
