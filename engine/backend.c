@@ -177,6 +177,9 @@ hae_status hae_backend_zero(hae_backend *be, void *dst, size_t bytes) {
 }
 
 hae_status hae_backend_download(hae_backend *be, void *dst_host, const void *src, size_t bytes) {
+    if (be->side)
+        return hae_error(HAE_ERR_INVALID, "hae_backend_download: side work is copies to the device; download after "
+                         "hae_backend_side_end and hae_backend_side_wait");
 #ifdef HAE_HAVE_CUDA
     if (be->device == HAE_CUDA) return hae_cuda_download(be->cuda, dst_host, src, bytes);
 #endif
@@ -190,3 +193,65 @@ hae_status hae_backend_sync(hae_backend *be) {
 #endif
     return HAE_OK;
 }
+
+struct hae_fence {
+    hae_backend *be;
+    void *event; /* CUDA: a cudaEvent_t */
+};
+
+hae_status hae_fence_create(hae_backend *be, hae_fence **out) {
+    *out = NULL;
+    hae_fence *f = calloc(1, sizeof *f);
+    if (!f) return hae_error(HAE_ERR_OOM, "hae_fence_create: out of host memory");
+    f->be = be;
+#ifdef HAE_HAVE_CUDA
+    if (be->device == HAE_CUDA) {
+        hae_status st = hae_cuda_event_create(be->cuda, &f->event);
+        if (st != HAE_OK) {
+            free(f);
+            return st;
+        }
+    }
+#endif
+    *out = f;
+    return HAE_OK;
+}
+
+void hae_fence_destroy(hae_fence *f) {
+    if (!f) return;
+#ifdef HAE_HAVE_CUDA
+    if (f->event) hae_cuda_event_destroy(f->be->cuda, f->event);
+#endif
+    free(f);
+}
+
+hae_status hae_backend_side_begin(hae_backend *be) {
+    if (be->side) return hae_error(HAE_ERR_INVALID, "hae_backend_side_begin: already inside side work (no nesting)");
+#ifdef HAE_HAVE_CUDA
+    if (be->device == HAE_CUDA) HAE_TRY(hae_cuda_side_begin(be->cuda, !be->unfenced));
+#endif
+    be->side = true;
+    return HAE_OK;
+}
+
+hae_status hae_backend_side_end(hae_backend *be, hae_fence *done) {
+    if (!be->side) return hae_error(HAE_ERR_INVALID, "hae_backend_side_end: no side work begun");
+    if (!done || done->be != be)
+        return hae_error(HAE_ERR_INVALID, "hae_backend_side_end: the fence must come from this backend");
+    be->side = false;
+#ifdef HAE_HAVE_CUDA
+    if (be->device == HAE_CUDA) return hae_cuda_side_end(be->cuda, done->event);
+#endif
+    return HAE_OK;
+}
+
+hae_status hae_backend_side_wait(hae_backend *be, const hae_fence *f) {
+    if (!f || f->be != be) return hae_error(HAE_ERR_INVALID, "hae_backend_side_wait: the fence must come from this backend");
+    if (be->side) return hae_error(HAE_ERR_INVALID, "hae_backend_side_wait: inside side work (end it first)");
+#ifdef HAE_HAVE_CUDA
+    if (be->device == HAE_CUDA && !be->unfenced) return hae_cuda_side_wait(be->cuda, f->event);
+#endif
+    return HAE_OK;
+}
+
+void hae_backend_set_unfenced(hae_backend *be, bool on) { be->unfenced = on; }

@@ -1,5 +1,6 @@
 /* The CUDA side of a hae_backend: a device, one stream that every op runs on, a cuBLAS handle bound
- * to that stream (with its own workspace) and a cuBLASLt handle; memory and copies. */
+ * to that stream (with its own workspace) and a cuBLASLt handle; memory and copies; a side stream for
+ * copies that overlap compute, fenced by events. */
 #include "cuda_check.cuh"
 
 #include "../bench/bench_util.h"
@@ -18,6 +19,12 @@ static hae_status ctx_init(struct hae_cuda_ctx *ctx, char *name, size_t name_n) 
     if (name && name_n) snprintf(name, name_n, "%s", prop.name);
     /* A blocking stream: it stays ordered with the legacy default stream that other code may use. */
     HAE_CUDA_CHECK(cudaStreamCreate(&ctx->stream));
+    /* The side stream's blocks go first: a fetch is small and the attention waits for it. */
+    int least = 0, greatest = 0;
+    HAE_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    HAE_CUDA_CHECK(cudaStreamCreateWithPriority(&ctx->side_stream, cudaStreamDefault, greatest));
+    HAE_CUDA_CHECK(cudaEventCreateWithFlags(&ctx->side_start, cudaEventDisableTiming));
+    ctx->copy_stream = ctx->stream;
     HAE_CUBLAS_CHECK(cublasCreate(&ctx->blas));
     HAE_CUBLAS_CHECK(cublasSetStream(ctx->blas, ctx->stream));
     /* Default math: f32 GEMMs stay f32 (no TF32 tensor-op shortcut). */
@@ -54,11 +61,14 @@ extern "C" void hae_cuda_ctx_destroy(struct hae_cuda_ctx *ctx) {
     if (!ctx) return;
     if (cudaSetDevice(ctx->device) == cudaSuccess) {
         if (ctx->stream) (void)cudaStreamSynchronize(ctx->stream);
+        if (ctx->side_stream) (void)cudaStreamSynchronize(ctx->side_stream);
         if (ctx->lt) (void)cublasLtDestroy(ctx->lt);
         if (ctx->blas) (void)cublasDestroy(ctx->blas);
         if (ctx->workspace) (void)cudaFree(ctx->workspace);
         if (ctx->scratch) (void)cudaFree(ctx->scratch);
         if (ctx->stream) (void)cudaStreamDestroy(ctx->stream);
+        if (ctx->side_stream) (void)cudaStreamDestroy(ctx->side_stream);
+        if (ctx->side_start) (void)cudaEventDestroy(ctx->side_start);
     }
     (void)cudaGetLastError();
     free(ctx);
@@ -247,14 +257,14 @@ extern "C" hae_status hae_cuda_mem_info(struct hae_cuda_ctx *ctx, size_t *free_b
 extern "C" hae_status hae_cuda_upload(struct hae_cuda_ctx *ctx, void *dst, const void *src, size_t bytes) {
     if (bytes == 0) return HAE_OK;
     HAE_CUDA_CHECK(cudaSetDevice(ctx->device));
-    HAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, ctx->stream));
+    HAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, ctx->copy_stream));
     return HAE_OK;
 }
 
 extern "C" hae_status hae_cuda_zero(struct hae_cuda_ctx *ctx, void *dst, size_t bytes) {
     if (bytes == 0) return HAE_OK;
     HAE_CUDA_CHECK(cudaSetDevice(ctx->device));
-    HAE_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, ctx->stream));
+    HAE_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, ctx->copy_stream));
     return HAE_OK;
 }
 
@@ -269,6 +279,44 @@ extern "C" hae_status hae_cuda_download(struct hae_cuda_ctx *ctx, void *dst, con
 extern "C" hae_status hae_cuda_sync(struct hae_cuda_ctx *ctx) {
     HAE_CUDA_CHECK(cudaSetDevice(ctx->device));
     HAE_CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    HAE_CUDA_CHECK(cudaStreamSynchronize(ctx->side_stream));
+    return HAE_OK;
+}
+
+extern "C" hae_status hae_cuda_event_create(struct hae_cuda_ctx *ctx, void **out) {
+    HAE_CUDA_CHECK(cudaSetDevice(ctx->device));
+    cudaEvent_t ev;
+    HAE_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    *out = (void *)ev;
+    return HAE_OK;
+}
+
+extern "C" void hae_cuda_event_destroy(struct hae_cuda_ctx *ctx, void *ev) {
+    if (cudaSetDevice(ctx->device) != cudaSuccess || cudaEventDestroy((cudaEvent_t)ev) != cudaSuccess)
+        (void)cudaGetLastError();
+}
+
+/* Unfenced (tests only), side work starts at once, whatever the main stream is still doing. */
+extern "C" hae_status hae_cuda_side_begin(struct hae_cuda_ctx *ctx, bool fenced) {
+    HAE_CUDA_CHECK(cudaSetDevice(ctx->device));
+    if (fenced) {
+        HAE_CUDA_CHECK(cudaEventRecord(ctx->side_start, ctx->stream));
+        HAE_CUDA_CHECK(cudaStreamWaitEvent(ctx->side_stream, ctx->side_start, 0));
+    }
+    ctx->copy_stream = ctx->side_stream;
+    return HAE_OK;
+}
+
+extern "C" hae_status hae_cuda_side_end(struct hae_cuda_ctx *ctx, void *ev) {
+    ctx->copy_stream = ctx->stream;
+    HAE_CUDA_CHECK(cudaSetDevice(ctx->device));
+    HAE_CUDA_CHECK(cudaEventRecord((cudaEvent_t)ev, ctx->side_stream));
+    return HAE_OK;
+}
+
+extern "C" hae_status hae_cuda_side_wait(struct hae_cuda_ctx *ctx, void *ev) {
+    HAE_CUDA_CHECK(cudaSetDevice(ctx->device));
+    HAE_CUDA_CHECK(cudaStreamWaitEvent(ctx->stream, (cudaEvent_t)ev, 0));
     return HAE_OK;
 }
 

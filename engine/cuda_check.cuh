@@ -11,10 +11,14 @@
 
 #include "internal.h"
 
-/* What a CUDA backend owns: every op of the backend runs on `stream`, in order. */
+/* What a CUDA backend owns: every op of the backend runs on `stream`, in order; side work (copies and
+ * gathers between hae_backend_side_begin and _end) on `side_stream`, fenced by events. */
 struct hae_cuda_ctx {
     int device;
     cudaStream_t stream;
+    cudaStream_t side_stream;
+    cudaStream_t copy_stream; /* where copies go now: stream, or side_stream inside side work */
+    cudaEvent_t side_start;   /* recorded on stream at a side begin; side_stream waits for it */
     cublasHandle_t blas;  /* bound to stream, workspace below */
     cublasLtHandle_t lt;  /* for FP8 matmuls (indexer) */
     void *workspace;      /* cuBLAS workspace */
@@ -88,9 +92,21 @@ static inline cudaError_t hae_launch_pdl(void (*kernel)(P...), dim3 grid, dim3 b
         if (hae_e_ != cudaSuccess) return hae_cuda_fail(hae_e_, __FILE__, __LINE__, "launch of " name); \
     } while (0)
 
-/* Makes the backend's device current and hands out its stream; every op starts with this. */
+/* Makes the backend's device current and hands out its stream; every op starts with this. Inside side
+ * work only copies run (hae_cuda_enter_copy): any other op would run on the wrong stream, and the
+ * scratch and the cuBLAS handle belong to the main one. */
 static inline hae_status hae_cuda_enter(hae_backend *be, cudaStream_t *stream) {
     *stream = be->cuda->stream;
+    if (be->side)
+        return hae_error(HAE_ERR_INVALID, "cuda: only copies and hae_kv_gather may run as side work (between "
+                         "hae_backend_side_begin and hae_backend_side_end)");
+    HAE_CUDA_CHECK(cudaSetDevice(be->cuda->device));
+    return HAE_OK;
+}
+
+/* The stream of a copy-like op: the side stream inside side work, else the main one. */
+static inline hae_status hae_cuda_enter_copy(hae_backend *be, cudaStream_t *stream) {
+    *stream = be->cuda->copy_stream;
     HAE_CUDA_CHECK(cudaSetDevice(be->cuda->device));
     return HAE_OK;
 }

@@ -138,7 +138,22 @@ hae_status hae_backend_upload(hae_backend *be, void *dst, const void *src_host, 
 hae_status hae_backend_download(hae_backend *be, void *dst_host, const void *src, size_t bytes);
 /* Sets bytes of the backend's memory to zero (ordered on the backend's stream). */
 hae_status hae_backend_zero(hae_backend *be, void *dst, size_t bytes);
+/* Waits for everything enqueued, side work included. */
 hae_status hae_backend_sync(hae_backend *be);
+
+/* Side work: copies that overlap compute (DESIGN.md §2, the host tier's fetches). Between
+ * hae_backend_side_begin and hae_backend_side_end, hae_backend_upload, hae_backend_zero and hae_kv_gather
+ * run on the backend's side stream: they start once every op enqueued before the begin has run (so they
+ * never overwrite what an earlier op still reads), and ops enqueued after the end run alongside them until
+ * hae_backend_side_wait on the end's fence (so nothing reads what they have not written yet). On the CPU
+ * side work runs at once, in order. On CUDA any other op between begin and end (a GEMM, an attention) is
+ * HAE_ERR_INVALID: it would run on the wrong stream. A fence not yet marked by an end is passed at once. */
+typedef struct hae_fence hae_fence;
+hae_status hae_fence_create(hae_backend *be, hae_fence **out);
+void hae_fence_destroy(hae_fence *f); /* accepts NULL */
+hae_status hae_backend_side_begin(hae_backend *be);       /* HAE_ERR_INVALID inside side work */
+hae_status hae_backend_side_end(hae_backend *be, hae_fence *done); /* HAE_ERR_INVALID outside it */
+hae_status hae_backend_side_wait(hae_backend *be, const hae_fence *f);
 
 /* ---------------------------------------------------------------- dense ops
  * N = rows (batch x tokens). "f32|bf16" means either dtype; math is always fp32. */

@@ -32,7 +32,13 @@ struct hae_backend {
     void *scratch;        /* CPU: per-thread scratch, scratch_per_thread bytes each */
     size_t scratch_per_thread;
     struct hae_cuda_ctx *cuda; /* CUDA */
+    bool side;                 /* between hae_backend_side_begin and _end */
+    bool unfenced;             /* fault injection for tests: side work neither waits nor is waited for */
 };
+
+/* Tests only: makes side work skip its fences (the ordering hae_backend_side_begin and _wait promise), so
+ * that a test can show it catches the corruption that follows. */
+void hae_backend_set_unfenced(hae_backend *be, bool on);
 
 /* CUDA side (engine/backend_cuda.cu); these exist only in CUDA builds (HAE_HAVE_CUDA). */
 struct hae_cuda_ctx;
@@ -48,6 +54,12 @@ hae_status hae_cuda_upload(struct hae_cuda_ctx *ctx, void *dst, const void *src,
 hae_status hae_cuda_download(struct hae_cuda_ctx *ctx, void *dst, const void *src, size_t bytes);
 hae_status hae_cuda_zero(struct hae_cuda_ctx *ctx, void *dst, size_t bytes);
 hae_status hae_cuda_sync(struct hae_cuda_ctx *ctx);
+/* Side work (hae_backend_side_begin): events, and the switch of copies to the side stream. */
+hae_status hae_cuda_event_create(struct hae_cuda_ctx *ctx, void **out);
+void hae_cuda_event_destroy(struct hae_cuda_ctx *ctx, void *ev);
+hae_status hae_cuda_side_begin(struct hae_cuda_ctx *ctx, bool fenced);
+hae_status hae_cuda_side_end(struct hae_cuda_ctx *ctx, void *ev);
+hae_status hae_cuda_side_wait(struct hae_cuda_ctx *ctx, void *ev);
 int hae_cuda_device_count(void);
 /* "13.0" runtime and driver versions for env.json. */
 void hae_cuda_versions(char *runtime, char *driver, size_t n);
@@ -142,6 +154,13 @@ size_t hae_slot_cache_bytes(const hae_slot_cache *c);
  * ([B, T, k]) and seq_lens at what it should read (idx and seq_lens stay where slot = token). */
 hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae_tensor *k, hae_tensor *v,
                                   hae_tensor *idx, hae_tensor *seq_lens);
+/* Whether the forward of T queries at pos attends over the staging (the layers that do share it). */
+bool hae_slot_cache_stages(const hae_slot_cache *c, int64_t pos, int64_t T);
+/* Side work ahead of such a forward: copies the context before the chunk, [0, pos), into the staging, so
+ * that prepare copies only the chunk's own rows. Call it once the staging is free (after the previous
+ * staging layer's attention was enqueued); it overlaps whatever runs in between. Does nothing when the
+ * forward does not stage or the chunk overwrites a window's ring. */
+hae_status hae_slot_cache_prefetch(hae_slot_cache *c, int64_t pos, int64_t T);
 /* Adds the decode lookups' hits and misses and the bytes fetched so far (synchronises the backend). */
 hae_status hae_slot_cache_stats(const hae_slot_cache *c, int64_t *hits, int64_t *misses, size_t *fetched_bytes);
 /* Workspace of the CUDA linear_attn for arguments already checked by hae_linear_attn_workspace. */

@@ -1237,6 +1237,14 @@ static hae_status mla_project(hae_model *m, const layer_weights *w, int64_t T) {
                                                .out = hae_tensor_narrow(kl, 1, 0, m->lora)});
 }
 
+/* The layers that attend over the host tier's staging share it: once one's attention is enqueued, the next
+ * one's context before the chunk is copied there as side work, overlapping the layers in between. */
+static hae_status prefetch_after(hae_model *m, int64_t l, int64_t T) {
+    for (int64_t j = l + 1; j < m->L; j++)
+        if (m->slots[j] && hae_slot_cache_stages(m->slots[j], m->pos, T)) return hae_slot_cache_prefetch(m->slots[j], m->pos, T);
+    return HAE_OK;
+}
+
 static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
     const layer_weights *w = &m->layers[l];
     hae_backend *be = m->be;
@@ -1270,6 +1278,7 @@ static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
         HAE_TRY(hae_attention(be, &(hae_attention_args){.q = q, .k_cache = kc, .v_cache = vc, .out = att, .pos0 = m->pos,
                                                         .window = w->window, .scale = m->scale}));
     }
+    if (m->slots[l] && hae_slot_cache_stages(m->slots[l], m->pos, T)) HAE_TRY(prefetch_after(m, l, T));
     hae_tensor o = view2(&m->att, N, m->Hq * m->Dv);
     if (m->mla) { /* each head's value up-projection W_UV_h of its attended latent */
         HAE_TRY(hae_gemm(be, &(hae_gemm_args){.a = hae_tensor_narrow(o, 1, 0, m->lora),
@@ -1382,6 +1391,7 @@ hae_status hae_model_forward(hae_model *m, const int32_t *tokens, int64_t T, hae
         for (int64_t b = 0; b < m->B; b++) memcpy(m->ids_host + b * n, tokens + b * T + t0, sizeof(int32_t) * (size_t)n);
         HAE_TRY(hae_backend_upload(m->be, m->ids.data, m->ids_host, sizeof(int32_t) * (size_t)N));
         HAE_TRY(hae_embedding(m->be, &(hae_embedding_args){.ids = rows(m->ids, N), .table = m->embed, .out = rows(m->x, N)}));
+        HAE_TRY(prefetch_after(m, -1, n));
         for (int64_t l = 0; l < m->L; l++) {
             HAE_TRY(m->layers[l].linear ? linear_block(m, l, n) : attention_block(m, l, n));
             HAE_TRY(mlp_block(m, l, n));

@@ -167,6 +167,6 @@ hae_status gather_copies(const hae_kv_gather_args *a, cudaStream_t stream) {
 
 extern "C" hae_status hae_kv_gather_cuda(hae_backend *be, const hae_kv_gather_args *a) {
     cudaStream_t stream;
-    HAE_TRY(hae_cuda_enter(be, &stream));
+    HAE_TRY(hae_cuda_enter_copy(be, &stream));
     return a->method == HAE_GATHER_COPIES ? gather_copies(a, stream) : gather_kernel(a, stream);
 }

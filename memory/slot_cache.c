@@ -28,6 +28,9 @@ struct hae_slot_cache {
     size_t bytes, state_bytes;
     int32_t step;
     int64_t mirrored;           /* tokens [0, mirrored) hold slots [0, mirrored) while the context fits */
+    hae_fence *fence;           /* marks the side work: a decode step's fetch, a prefetch into the staging */
+    int64_t pre_pos, pre_T, pre_rows; /* a prefetch for the forward at (pre_pos, pre_T) staged rows [0, pre_rows) */
+    bool pending;               /* side work into the staging that the main stream has not waited for */
     size_t fetched_rows;        /* rows copied by mirroring and staging (the misses' are counted on the device) */
 };
 
@@ -76,6 +79,11 @@ hae_status hae_slot_cache_create(hae_backend *be, const hae_tensor *k_host, cons
             c->v_stage.data = (char *)stage + c->v_offset * (int64_t)esz;
         }
     }
+    hae_status st = hae_fence_create(be, &c->fence);
+    if (st != HAE_OK) {
+        free(c);
+        return st;
+    }
     if (c->S == 0) {
         *out = c;
         return HAE_OK;
@@ -87,8 +95,9 @@ hae_status hae_slot_cache_create(hae_backend *be, const hae_tensor *k_host, cons
     c->state_bytes = state;
     c->bytes = up256(kbytes) + up256(vbytes) + state + up256(2 * sizeof(int64_t)) + up256((size_t)(B * topk) * i32) +
                2 * up256((size_t)(B * c->n) * i32) + up256((size_t)B * i32);
-    hae_status st = hae_backend_alloc(be, c->bytes, &c->mem);
+    st = hae_backend_alloc(be, c->bytes, &c->mem);
     if (st != HAE_OK) {
+        hae_fence_destroy(c->fence);
         free(c);
         return hae_error_wrap(st, "slot cache: %lld slots x %lld sequences", (long long)S, (long long)B);
     }
@@ -129,12 +138,14 @@ hae_status hae_slot_cache_create(hae_backend *be, const hae_tensor *k_host, cons
 
 void hae_slot_cache_destroy(hae_slot_cache *c) {
     if (!c) return;
+    if (c->pending) (void)hae_backend_sync(c->be); /* side work may still write the staging */
+    hae_fence_destroy(c->fence);
     hae_backend_free(c->be, c->mem);
     free(c);
 }
 
 hae_status hae_slot_cache_reset(hae_slot_cache *c) {
-    c->mirrored = 0;
+    c->mirrored = 0, c->pre_rows = 0;
     return c->S ? hae_backend_zero(c->be, c->map.data, c->state_bytes) : HAE_OK;
 }
 
@@ -150,6 +161,51 @@ static hae_status fetch(hae_slot_cache *c, int64_t n) {
                                                       .src_rows = src, .dst_rows = dst});
 }
 
+/* A decode step's fetch on the side stream: it starts after the lookup that wrote its lists (and after the
+ * previous step's attention, which may read a slot it evicts), and the attention waits for it. */
+static hae_status fetch_side(hae_slot_cache *c, int64_t n) {
+    HAE_TRY(hae_backend_side_begin(c->be));
+    const hae_status st = fetch(c, n);
+    const hae_status end = hae_backend_side_end(c->be, c->fence);
+    HAE_TRY(st);
+    HAE_TRY(end);
+    return hae_backend_side_wait(c->be, c->fence);
+}
+
+/* Rows [from, to) of every sequence's K (and V) from the host tier into the staging, in runs that stay inside
+ * one pinned chunk. */
+static hae_status stage_rows(hae_slot_cache *c, int64_t from, int64_t to) {
+    const hae_tensor *src[2] = {&c->k_host, &c->v_host}, *dst[2] = {&c->k_stage, &c->v_stage};
+    for (int i = 0; i < (c->v_offset >= 0 ? 1 : 2); i++) {
+        const size_t row = (size_t)(src[i]->stride[1]) * hae_dtype_size(src[i]->dtype);
+        for (int64_t b = 0; b < c->B; b++) {
+            const char *p = hae_row_ptr(src[i], b, from, 0);
+            char *q = hae_row_ptr(dst[i], b, from, 0);
+            for (size_t left = (size_t)(to - from) * row, run; left; left -= run, p += run, q += run)
+                HAE_TRY(hae_backend_upload(c->be, q, p, run = hae_host_run(p, left)));
+        }
+    }
+    return HAE_OK;
+}
+
+bool hae_slot_cache_stages(const hae_slot_cache *c, int64_t pos, int64_t T) {
+    return c->S == 0 || (pos + T > c->S && T > 1);
+}
+
+hae_status hae_slot_cache_prefetch(hae_slot_cache *c, int64_t pos, int64_t T) {
+    c->pre_rows = 0;
+    /* nothing before the chunk, or a window's ring that the chunk's own K/V will overwrite in part */
+    if (!c->k_stage.data || !hae_slot_cache_stages(c, pos, T) || pos == 0 || pos + T > c->cap) return HAE_OK;
+    HAE_TRY(hae_backend_side_begin(c->be));
+    const hae_status st = stage_rows(c, 0, pos);
+    const hae_status end = hae_backend_side_end(c->be, c->fence);
+    c->pending = true;
+    HAE_TRY(st);
+    HAE_TRY(end);
+    c->pre_pos = pos, c->pre_T = T, c->pre_rows = pos;
+    return HAE_OK;
+}
+
 /* Copies the layer's context (a ring of cap slots for a window) into the staging buffer, in bulk, and points
  * k and v there. */
 static hae_status stage_context(hae_slot_cache *c, int64_t pos, int64_t T, hae_tensor *k, hae_tensor *v) {
@@ -157,16 +213,11 @@ static hae_status stage_context(hae_slot_cache *c, int64_t pos, int64_t T, hae_t
         return hae_error(HAE_ERR_INVALID, "slot cache: a chunk of %lld tokens at position %lld passes the %lld slots "
                          "and there is no staging buffer", (long long)T, (long long)pos, (long long)c->S);
     const int64_t rows = pos + T < c->cap ? pos + T : c->cap;
-    const hae_tensor *src[2] = {&c->k_host, &c->v_host}, *dst[2] = {&c->k_stage, &c->v_stage};
-    for (int i = 0; i < (c->v_offset >= 0 ? 1 : 2); i++) {
-        const size_t row = (size_t)(src[i]->stride[1]) * hae_dtype_size(src[i]->dtype);
-        for (int64_t b = 0; b < c->B; b++) {
-            const char *from = hae_row_ptr(src[i], b, 0, 0);
-            char *to = hae_row_ptr(dst[i], b, 0, 0);
-            for (size_t left = (size_t)rows * row, run; left; left -= run, from += run, to += run)
-                HAE_TRY(hae_backend_upload(c->be, to, from, run = hae_host_run(from, left)));
-        }
-    }
+    /* a prefetch for this forward staged the rows before the chunk; the chunk's own were written since */
+    const int64_t have = c->pre_pos == pos && c->pre_T == T ? c->pre_rows : 0;
+    if (c->pending) HAE_TRY(hae_backend_side_wait(c->be, c->fence));
+    c->pending = false, c->pre_rows = 0;
+    HAE_TRY(stage_rows(c, have, rows));
     c->fetched_rows += (size_t)(c->B * rows);
     *k = c->k_stage;
     *v = c->v_stage;
@@ -181,7 +232,7 @@ hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae
     }
     /* Within a sequence the context only grows, so the slots mirror its prefix until it outgrows them,
      * and from then on hold what the LRU keeps. */
-    if (c->S == 0 || (pos + T > c->S && T > 1)) return stage_context(c, pos, T, k, v);
+    if (hae_slot_cache_stages(c, pos, T)) return stage_context(c, pos, T, k, v);
     if (pos + T <= c->S) {
         const int64_t lo = c->mirrored, hi = pos + T;
         for (int64_t at = lo; at < hi; at += c->n) { /* the fetch list holds n entries */
@@ -199,7 +250,7 @@ hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae
         HAE_TRY(hae_kv_slots(c->be, &(hae_kv_slots_args){.idx = sel, .map = c->map, .owner = c->owner,
                                                          .stamp = c->stamp, .out = c->out, .src_rows = c->src,
                                                          .dst_rows = c->dst, .counts = c->counts, .step = c->step}));
-        HAE_TRY(fetch(c, c->k));
+        HAE_TRY(fetch_side(c, c->k));
         *idx = hae_tensor_3d(c->out.data, HAE_I32, c->out.device, c->B, 1, c->k);
         *seq_lens = c->lens;
     }

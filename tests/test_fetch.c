@@ -1,7 +1,8 @@
 /* The token-granular fetch (hae_kv_gather) and host-tier memory on the CPU backend: the op against a
  * naive loop on random row lists (skipped entries, one source row fetched into several slots, strided
  * rows, every dtype, rows of odd byte counts), bad row indices refused with dst untouched, and every
- * bad argument a clear error. */
+ * bad argument a clear error; side work (hae_backend_side_begin/_end/_wait) runs at once on the CPU and its
+ * misuses are refused. */
 #include "testutil.h"
 
 #include <criterion/criterion.h>
@@ -266,4 +267,40 @@ Test(fetch, alloc_host_on_the_cpu) {
     hae_status st = hae_backend_alloc_host(be, SIZE_MAX - 8, &p);
     cr_expect_eq(st, HAE_ERR_OOM, "an impossible size: got %s", hae_status_name(st));
     cr_expect(p == NULL && strstr(hae_last_error(), "host tier"), "%s", hae_last_error());
+}
+
+/* Side work on the CPU runs at once and in order; its misuses are refused with the call named. */
+Test(fetch, side_work_on_the_cpu) {
+    fetch_case c = strided(HAE_F32, 2, 64, 32, 24, 16, 30);
+    fetch_run r;
+    run_make(&r, &c);
+    naive(&r);
+    hae_fence *f = NULL, *other = NULL;
+    hae_backend *be2 = tu_cpu();
+    cr_assert_eq(hae_fence_create(be, &f), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_fence_create(be2, &other), HAE_OK, "%s", hae_last_error());
+    cr_expect_eq(hae_backend_side_wait(be, f), HAE_OK, "a fence never marked is passed: %s", hae_last_error());
+    cr_expect_eq(hae_backend_side_end(be, f), HAE_ERR_INVALID, "an end without a begin");
+    cr_expect(strstr(hae_last_error(), "hae_backend_side_end"), "%s", hae_last_error());
+
+    cr_assert_eq(hae_backend_side_begin(be), HAE_OK, "%s", hae_last_error());
+    cr_expect_eq(hae_backend_side_begin(be), HAE_ERR_INVALID, "a nested begin");
+    cr_expect(strstr(hae_last_error(), "already inside side work"), "%s", hae_last_error());
+    cr_expect_eq(hae_backend_side_wait(be, f), HAE_ERR_INVALID, "a wait inside side work");
+    unsigned char byte;
+    cr_expect_eq(hae_backend_download(be, &byte, r.src, 1), HAE_ERR_INVALID, "a download inside side work");
+    cr_expect(strstr(hae_last_error(), "hae_backend_download"), "%s", hae_last_error());
+    cr_assert_eq(hae_kv_gather(be, &r.a), HAE_OK, "%s", hae_last_error());
+    expect_dst(&r, r.want, "a gather as side work runs at once on the CPU");
+    cr_expect_eq(hae_backend_side_end(be, other), HAE_ERR_INVALID, "another backend's fence");
+    cr_expect(strstr(hae_last_error(), "this backend"), "%s", hae_last_error());
+    cr_assert_eq(hae_backend_side_end(be, f), HAE_OK, "%s", hae_last_error());
+    cr_expect_eq(hae_backend_side_wait(be, other), HAE_ERR_INVALID, "a wait on another backend's fence");
+    cr_expect_eq(hae_backend_side_wait(be, f), HAE_OK, "%s", hae_last_error());
+    cr_expect_eq(hae_backend_download(be, &byte, r.src, 1), HAE_OK, "%s", hae_last_error());
+    hae_fence_destroy(f);
+    hae_fence_destroy(other);
+    hae_fence_destroy(NULL);
+    hae_backend_destroy(be2);
+    run_free(&r);
 }
