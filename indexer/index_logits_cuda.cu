@@ -200,6 +200,7 @@ template <int MT, bool ONE, int VEC>
 __global__ void __launch_bounds__(32 * kMaxWarps, 2) index_logits_kernel(const LogitsParams p) {
     constexpr int NT = nt_of(MT), CH = 8 * NT; /* keys a warp takes at once */
     extern __shared__ __align__(16) uint8_t smem[];
+    hae_pdl_enter();
     const Layout ly = layout_of(MT, p.D, p.QB, p.KW, p.R);
     const int nb = p.D / kQBlock, H16 = 16 * MT, KSTR = ly.kstr, KT = ly.kt;
     uint8_t *sq = smem, *sk = smem + ly.k_off;
@@ -414,6 +415,7 @@ template <int QB, int NWG, int S>
 __global__ void __launch_bounds__(128 * NWG, 1) index_logits_wgmma_kernel(const LogitsParams p) {
     static_assert((QB == 1 || QB == 2) && S >= 2, "wgmma N = 64 QB; the pipeline at least two stages");
     extern __shared__ __align__(16) uint8_t smem_raw[];
+    hae_pdl_enter();
     uint8_t *const sq = smem_raw + ((1024 - (hae_smem_addr(smem_raw) & 1023)) & 1023);
     uint8_t *const sk = sq + QB * kHP * kRow;
     float *const ss = (float *)(sk + NWG * S * kTileBytes);
@@ -578,7 +580,7 @@ hae_status launch(hae_backend *be, LogitsParams p, int64_t B, cudaStream_t s) {
     const int threads = 32 * p.QB * p.KW;
     dim3 grid;
     HAE_TRY(grid_of(be, (const void *)kern, threads, ly.bytes, ly.kt, B, p, p.QB, grid));
-    kern<<<grid, threads, ly.bytes, s>>>(p);
+    HAE_CUDA_CHECK(hae_launch_pdl(kern, grid, dim3(threads), ly.bytes, s, p));
     HAE_CUDA_LAUNCH_CHECK("index_logits_kernel");
     return HAE_OK;
 }
@@ -595,7 +597,7 @@ template <int QB, int NWG, int S> hae_status launch_wgmma(hae_backend *be, Logit
     constexpr int smem = wgmma_smem(QB, NWG, S), threads = 128 * NWG;
     dim3 grid;
     HAE_TRY(grid_of(be, (const void *)kern, threads, smem, kTileKeys * NWG, B, p, QB, grid));
-    kern<<<grid, threads, smem, s>>>(p);
+    HAE_CUDA_CHECK(hae_launch_pdl(kern, grid, dim3(threads), smem, s, p));
     HAE_CUDA_LAUNCH_CHECK("index_logits_wgmma_kernel");
     return HAE_OK;
 }

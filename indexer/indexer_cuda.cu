@@ -17,6 +17,7 @@ constexpr unsigned kFull = 0xffffffffu;
 template <typename TX>
 __global__ void fp8_quant_kernel(const TX *x, int64_t xs, uint8_t *q, int64_t qs, float *scale, int64_t ss, int64_t N,
                                  int64_t nb) {
+    hae_pdl_enter();
     const int lane = threadIdx.x & 31;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / 32);
     for (int64_t w = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; w < N * nb; w += warps) {
@@ -49,6 +50,7 @@ constexpr int kHadMaxD = 16 * 1024;
 template <typename TX, int E>
 __global__ void __launch_bounds__(512) hadamard_kernel(TX *x, int64_t xs, int64_t N, int D, float norm) {
     extern __shared__ float row_buf[]; /* rows_per_block x D floats when R > 32 */
+    hae_pdl_enter();
     const int R = D / E, rows_per_block = blockDim.x / R;
     const int r = threadIdx.x % R, sub = threadIdx.x / R;
     float *sm = row_buf + (size_t)sub * D;
@@ -106,7 +108,7 @@ hae_status launch_hadamard(const hae_hadamard_args *a, int D, float norm, int sm
     const int64_t N = a->x.shape[0], groups = (N + rows_per_block - 1) / rows_per_block;
     const int64_t cap = (int64_t)sms * 32;
     const unsigned blocks = (unsigned)(groups < cap ? groups : cap);
-    kern<<<blocks, threads, smem, s>>>((TX *)a->x.data, a->x.stride[0], N, D, norm);
+    HAE_CUDA_CHECK(hae_launch_pdl(kern, dim3(blocks), dim3(threads), smem, s, (TX *)a->x.data, a->x.stride[0], N, D, norm));
     HAE_CUDA_LAUNCH_CHECK("hadamard_kernel");
     return HAE_OK;
 }
@@ -120,6 +122,7 @@ __global__ void index_write_kernel(const uint8_t *k, int64_t k_sb, int64_t k_st,
                                    int64_t ks_st, uint8_t *pages, int64_t page_stride, int64_t n_pages,
                                    const int32_t *bt, int64_t bt_sb, int64_t max_pages, const int32_t *seq_lens,
                                    int64_t B, int64_t T, int64_t P, int D) {
+    hae_pdl_enter();
     const int lane = threadIdx.x & 31, nb = D / kQBlock;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / 32);
     for (int64_t w = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; w < B * T; w += warps) {
@@ -149,9 +152,9 @@ extern "C" hae_status hae_fp8_quant_cuda(hae_backend *be, const hae_fp8_quant_ar
     const unsigned blocks = hae_cuda_blocks(N * nb * 32, threads);
     return hae_cuda_dispatch(a->x.dtype, "hae_fp8_quant", [&](auto tx) -> hae_status {
         using TX = decltype(tx);
-        fp8_quant_kernel<TX><<<blocks, threads, 0, s>>>((const TX *)a->x.data, a->x.stride[0], (uint8_t *)a->q.data,
-                                                        a->q.stride[0], (float *)a->scale.data, a->scale.stride[0], N,
-                                                        nb);
+        HAE_CUDA_CHECK(hae_launch_pdl(fp8_quant_kernel<TX>, dim3(blocks), dim3(threads), 0, s, (const TX *)a->x.data,
+                                      a->x.stride[0], (uint8_t *)a->q.data, a->q.stride[0], (float *)a->scale.data,
+                                      a->scale.stride[0], N, nb));
         HAE_CUDA_LAUNCH_CHECK("fp8_quant_kernel");
         return HAE_OK;
     });
@@ -189,11 +192,11 @@ extern "C" hae_status hae_index_write_cuda(hae_backend *be, const hae_index_writ
     cudaStream_t s = nullptr;
     HAE_TRY(hae_cuda_enter(be, &s));
     const int threads = 256;
-    index_write_kernel<<<hae_cuda_blocks(B * T * 32, threads), threads, 0, s>>>(
-        (const uint8_t *)a->k.data, a->k.stride[0], a->k.stride[1], (const float *)a->k_scale.data,
+    HAE_CUDA_CHECK(hae_launch_pdl(
+        index_write_kernel, dim3(hae_cuda_blocks(B * T * 32, threads)), dim3(threads), 0, s, (const uint8_t *)a->k.data, a->k.stride[0], a->k.stride[1], (const float *)a->k_scale.data,
         a->k_scale.stride[0], a->k_scale.stride[1], (uint8_t *)c->pages.data, c->pages.stride[0], c->pages.shape[0],
         (const int32_t *)c->block_table.data, c->block_table.stride[0], c->block_table.shape[1],
-        (const int32_t *)a->seq_lens.data, B, T, c->page_size, (int)D);
+        (const int32_t *)a->seq_lens.data, B, T, c->page_size, (int)D));
     HAE_CUDA_LAUNCH_CHECK("index_write_kernel");
     return HAE_OK;
 }

@@ -246,6 +246,7 @@ template <int T> __global__ void __launch_bounds__(T, 1024 / T) topk_kernel(cons
     constexpr int W = T / 32;
     extern __shared__ __align__(16) uint32_t smem[];
     __shared__ TopkShared<W> sh;
+    hae_pdl_enter();
     cg::cluster_group cluster = cg::this_cluster();
     const int C = (int)cluster.num_blocks(), c = (int)cluster.block_rank();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -439,15 +440,17 @@ extern "C" hae_status hae_topk_cuda_with(hae_backend *be, const hae_topk_args *a
         return hae_error(HAE_ERR_UNSUPPORTED, "hae_topk (cuda): rows of %lld logits: indices are i32", (long long)L);
     cudaStream_t s = nullptr;
     HAE_TRY(hae_cuda_enter(be, &s));
-    cudaLaunchAttribute attr[1];
+    cudaLaunchAttribute attr[2];
     attr[0].id = cudaLaunchAttributeClusterDimension;
     attr[0].val.clusterDim.x = 1;
     attr[0].val.clusterDim.y = 1;
     attr[0].val.clusterDim.z = 1;
+    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization; /* as hae_launch_pdl's */
+    attr[1].val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t cfg = {};
     cfg.stream = s;
     cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cfg.numAttrs = 2;
 
     /* Per device, once (no host work between a caller's events and the launch but the launch). Doing
      * it twice is harmless. */

@@ -219,3 +219,26 @@ Test(gpu_side, a_decode_fetch_does_not_evict_slots_in_use) {
     free(sel_h), free(slots_h);
     drop(&b);
 }
+
+/* Inside side work only copies and gathers run: a GEMM there would run on the wrong stream. */
+Test(gpu_side, other_ops_are_refused_inside_side_work) {
+    float *x = dev(64 * sizeof(float)), *z = dev(64 * sizeof(float));
+    hae_fence *f = NULL;
+    cr_assert_eq(hae_fence_create(g_gpu, &f), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_backend_side_begin(g_gpu), HAE_OK, "%s", hae_last_error());
+    const hae_status st = hae_gemm(g_gpu, &(hae_gemm_args){.a = hae_tensor_2d(x, HAE_F32, HAE_CUDA, 8, 8),
+                                                           .b = hae_tensor_2d(x, HAE_F32, HAE_CUDA, 8, 8),
+                                                           .c = hae_tensor_2d(z, HAE_F32, HAE_CUDA, 8, 8)});
+    cr_expect_eq(st, HAE_ERR_INVALID, "a GEMM inside side work: got %s", hae_status_name(st));
+    cr_expect(strstr(hae_last_error(), "side work"), "%s", hae_last_error());
+    cr_expect_eq(hae_backend_zero(g_gpu, z, 64 * sizeof(float)), HAE_OK, "a zeroing is side work: %s", hae_last_error());
+    cr_assert_eq(hae_backend_side_end(g_gpu, f), HAE_OK, "%s", hae_last_error());
+    cr_expect_eq(hae_backend_side_wait(g_gpu, f), HAE_OK, "%s", hae_last_error());
+    cr_expect_eq(hae_gemm(g_gpu, &(hae_gemm_args){.a = hae_tensor_2d(x, HAE_F32, HAE_CUDA, 8, 8),
+                                                  .b = hae_tensor_2d(x, HAE_F32, HAE_CUDA, 8, 8),
+                                                  .c = hae_tensor_2d(z, HAE_F32, HAE_CUDA, 8, 8)}),
+                 HAE_OK, "after the end: %s", hae_last_error());
+    cr_expect_eq(hae_backend_sync(g_gpu), HAE_OK, "%s", hae_last_error());
+    hae_fence_destroy(f);
+    hae_backend_free(g_gpu, x), hae_backend_free(g_gpu, z);
+}
