@@ -163,8 +163,22 @@ bool hae_slot_cache_stages(const hae_slot_cache *c, int64_t pos, int64_t T);
 hae_status hae_slot_cache_prefetch(hae_slot_cache *c, int64_t pos, int64_t T);
 /* Adds the decode lookups' hits and misses and the bytes fetched so far (synchronises the backend). */
 hae_status hae_slot_cache_stats(const hae_slot_cache *c, int64_t *hits, int64_t *misses, size_t *fetched_bytes);
-/* Workspace of the CUDA linear_attn for arguments already checked by hae_linear_attn_workspace. */
-size_t hae_linear_attn_workspace_cuda(const hae_linear_attn_args *a);
+/* The chunked linear attention's workspace on CUDA (linear/linear_cuda.cu's kernels), laid out here in C so
+ * that a build without CUDA plans a GPU run's bytes too: per (global chunk, value head) w [C, K], u [C, V],
+ * kd [C, K], qg [C, K], P [C, C] and h [K, V] in the inputs' type (esz bytes), gl [K] fp32; then the N
+ * sequences' chunk offsets [N + 1] i32. G = B ceil(T / C) + N chunks (a sequence's chunks never straddle
+ * another's). Every region a multiple of 16 bytes; base NULL: only *bytes. */
+#define HAE_LIN_CHUNK 64
+typedef struct hae_chunk_ws {
+    void *w, *u, *kd, *qg, *P, *h;
+    float *gl;
+    int32_t *coff;
+    int64_t G; /* chunks the buffers hold */
+} hae_chunk_ws;
+hae_chunk_ws hae_chunk_ws_layout(void *base, int64_t B, int64_t T, int64_t N, int64_t HV, int64_t K, int64_t V,
+                                 size_t esz, size_t *bytes);
+/* What hae_linear_attn_workspace answers on a backend of device dev (arguments already checked). */
+size_t hae_linear_attn_workspace_on(hae_device dev, const hae_linear_attn_args *a);
 /* The CUDA top-k with a chosen block size (512, 1024) and CTAs per row (1..16), 0 for the default's
  * choice; stamps (or NULL) receives per-phase clock readings. For tests and benchmarks of the variants. */
 hae_status hae_topk_cuda_with(hae_backend *be, const hae_topk_args *a, int threads, int clusters,

@@ -472,7 +472,6 @@ static hae_status model_dims(hae_model *m, const hae_config *cfg, const hae_mode
     return HAE_OK;
 }
 
-#ifdef HAE_HAVE_CUDA
 /* The linear-attention arguments of a chunk of T tokens (shapes only: what the workspace depends on). */
 static hae_linear_attn_args linear_shapes(const hae_model *m, int64_t T, int chunk, hae_device dev) {
     hae_linear_attn_args a = {0};
@@ -482,20 +481,13 @@ static hae_linear_attn_args linear_shapes(const hae_model *m, int64_t T, int chu
     return a;
 }
 
-#endif
-
 /* Workspace of the linear layers on a device: the larger of a prefill chunk's and a decode step's. */
 static size_t linear_workspace(const hae_model *m, hae_device dev) {
-#ifdef HAE_HAVE_CUDA
-    if (m->has_linear && dev == HAE_CUDA) {
-        hae_linear_attn_args p = linear_shapes(m, m->chunk, (int)m->cfg.model.linear_attn.chunk_size, dev);
-        hae_linear_attn_args d = linear_shapes(m, 1, 0, dev);
-        size_t a = hae_linear_attn_workspace_cuda(&p), b = hae_linear_attn_workspace_cuda(&d);
-        return a > b ? a : b;
-    }
-#endif
-    (void)m, (void)dev;
-    return 0;
+    if (!m->has_linear) return 0;
+    hae_linear_attn_args p = linear_shapes(m, m->chunk, (int)m->cfg.model.linear_attn.chunk_size, dev);
+    hae_linear_attn_args d = linear_shapes(m, 1, 0, dev);
+    size_t a = hae_linear_attn_workspace_on(dev, &p), b = hae_linear_attn_workspace_on(dev, &d);
+    return a > b ? a : b;
 }
 
 /* KV slots per sequence of layer l: the whole context for full attention; for a window, the window
@@ -529,8 +521,9 @@ hae_status hae_model_plan_get(const hae_config *cfg, const hae_model_options *op
         layout_weights(m, &c);
         out->n_params = m->n_param_elems;
         out->weight_bytes = c.used;
-        /* The GPU's linear-attention workspace counts wherever the run may take the GPU. */
-        bool gpu = hae_built_with_cuda() && cfg->runtime.backend != HAE_BACKEND_CPU;
+        /* The GPU's linear-attention workspace counts wherever the run may take the GPU, in a build without
+         * CUDA too: hae mem plans for the GPU a config will run on, not for the machine it is asked on. */
+        bool gpu = cfg->runtime.backend != HAE_BACKEND_CPU;
         m->la_workspace = linear_workspace(m, gpu ? HAE_CUDA : HAE_CPU);
         c = (carver){NULL, 0, HAE_CPU};
         layout_activations(m, &c);
@@ -571,6 +564,7 @@ static hae_status resolve_dsa_kv(hae_model *m, hae_backend *be) {
     hae_config *c = malloc(sizeof *c);
     if (!c) return hae_error(HAE_ERR_OOM, "model: out of host memory");
     *c = m->cfg;
+    c->runtime.backend = hae_backend_device(be) == HAE_CUDA ? HAE_BACKEND_CUDA : HAE_BACKEND_CPU; /* what this run allocates */
     hae_status st = HAE_OK;
     if (c->memory.gpu_budget <= 0) {
         size_t free_b = 0, total_b = 0;

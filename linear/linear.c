@@ -135,17 +135,47 @@ hae_status hae_linear_attn(hae_backend *be, const hae_linear_attn_args *a) {
     return DISPATCH(linear_attn, be, a);
 }
 
+static void *ws_take(char *base, size_t *off, int64_t elems, size_t esz) {
+    void *p = base ? base + *off : NULL;
+    *off += ((size_t)elems * esz + 15) / 16 * 16;
+    return p;
+}
+
+hae_chunk_ws hae_chunk_ws_layout(void *base, int64_t B, int64_t T, int64_t N, int64_t HV, int64_t K, int64_t V,
+                                 size_t esz, size_t *bytes) {
+    const int64_t C = HAE_LIN_CHUNK, G = B * ((T + C - 1) / C) + N, gh = G * HV;
+    char *b = base;
+    size_t off = 0;
+    hae_chunk_ws w;
+    w.w = ws_take(b, &off, gh * C * K, esz);
+    w.u = ws_take(b, &off, gh * C * V, esz);
+    w.kd = ws_take(b, &off, gh * C * K, esz);
+    w.qg = ws_take(b, &off, gh * C * K, esz);
+    w.P = ws_take(b, &off, gh * C * C, esz);
+    w.h = ws_take(b, &off, gh * K * V, esz);
+    w.gl = ws_take(b, &off, gh * K, sizeof(float));
+    w.coff = ws_take(b, &off, N + 1, sizeof(int32_t));
+    w.G = G;
+    if (bytes) *bytes = off;
+    return w;
+}
+
+size_t hae_linear_attn_workspace_on(hae_device dev, const hae_linear_attn_args *a) {
+    if (dev != HAE_CUDA || a->chunk == 0) return 0;
+    const int64_t B = a->q.shape[0], T = a->q.shape[1], K = a->q.shape[3], HV = a->v.shape[2], V = a->v.shape[3];
+    const int64_t N = a->state.ndim == 4 ? a->state.shape[0] : a->cu_seqlens.ndim == 1 ? a->cu_seqlens.shape[0] - 1 : B;
+    size_t bytes = 0;
+    hae_chunk_ws_layout(NULL, B, T, N, HV, K, V, a->q.dtype == HAE_BF16 ? 2 : 4, &bytes);
+    return bytes;
+}
+
 hae_status hae_linear_attn_workspace(hae_backend *be, const hae_linear_attn_args *a, size_t *bytes) {
     *bytes = 0;
     if (a->q.ndim != 4 || a->v.ndim != 4)
         return hae_error(HAE_ERR_INVALID, "hae_linear_attn_workspace: q and v must be 4-d ([B, T, H, K], [B, T, HV, V])");
     if (a->chunk != 0 && a->chunk != 16 && a->chunk != 32 && a->chunk != 64 && a->chunk != 128)
         return hae_error(HAE_ERR_INVALID, "hae_linear_attn_workspace: chunk %d (expected 0, 16, 32, 64 or 128)", a->chunk);
-#ifdef HAE_HAVE_CUDA
-    if (be->device == HAE_CUDA) *bytes = hae_linear_attn_workspace_cuda(a);
-#else
-    (void)be;
-#endif
+    *bytes = hae_linear_attn_workspace_on(be->device, a);
     return HAE_OK;
 }
 

@@ -358,7 +358,7 @@ __device__ __forceinline__ float2 ld2(const hae_bf16_t *p) {
  * the blocked inverse's serial CUDA-core rounds (now one MMA warp per block). It takes 110 KB: two
  * CTAs per SM. Kernel 2 (8 warps) streams the next chunk's w, kd, u0 and gl (cp.async,
  * double-buffered) during the current one. */
-constexpr int kC = 64;        /* tokens per chunk */
+constexpr int kC = HAE_LIN_CHUNK; /* tokens per chunk */
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kNB = kC / 16;  /* 16-row blocks per chunk */
 constexpr int kPrepThreads = 256;
@@ -366,41 +366,7 @@ constexpr int kStateVT = 32;  /* value columns per chunk_state CTA (w and kd are
 constexpr int kStateThreads = 256;
 constexpr int kOutThreads = 256;
 
-/* Workspace, per (global chunk, value head): w [C, K], u [C, V], kd [C, K], qg [C, K], P [C, C] and
- * h [K, V] in the workspace type TW (the inputs' type: fp32 or bf16), gl [K] fp32; then the chunk
- * offsets of the N sequences [N + 1] i32. */
-struct ChunkWs {
-    void *w, *u, *kd, *qg, *P, *h;
-    float *gl;
-    int32_t *coff;
-    int64_t G; /* chunks the buffers hold */
-};
-
-__host__ __device__ inline int64_t ws_chunks(int64_t B, int64_t T, int64_t N) { return B * ((T + kC - 1) / kC) + N; }
-
-/* esz: bytes per workspace element (4 or 2). Every region is a multiple of 16 bytes. */
-ChunkWs ws_layout(void *base, int64_t G, int64_t HV, int64_t K, int64_t V, int64_t N, size_t esz, size_t *bytes) {
-    char *b = (char *)base;
-    ChunkWs w;
-    const int64_t gh = G * HV;
-    size_t off = 0;
-    auto take = [&](int64_t elems, size_t sz) {
-        void *p = b ? b + off : nullptr;
-        off += ((size_t)elems * sz + 15) / 16 * 16;
-        return p;
-    };
-    w.w = take(gh * kC * K, esz);
-    w.u = take(gh * kC * V, esz);
-    w.kd = take(gh * kC * K, esz);
-    w.qg = take(gh * kC * K, esz);
-    w.P = take(gh * kC * kC, esz);
-    w.h = take(gh * K * V, esz);
-    w.gl = (float *)take(gh * K, sizeof(float));
-    w.coff = (int32_t *)take(N + 1, sizeof(int32_t));
-    w.G = G;
-    if (bytes) *bytes = off;
-    return w;
-}
+using ChunkWs = hae_chunk_ws; /* the layout: engine/internal.h */
 
 /* Chunk offsets of the sequences (sequence n owns global chunks [coff[n], coff[n + 1])). */
 __global__ void chunk_offsets_kernel(const LinParams p, int32_t *coff) {
@@ -1003,8 +969,7 @@ hae_status launch_recurrent(const hae_linear_attn_args *a, const LinParams &p, c
 
 hae_status launch_chunked(const hae_linear_attn_args *a, const LinParams &p, cudaStream_t s) {
     const int64_t B = a->q.shape[0], T = a->q.shape[1], HV = p.HV, K = a->q.shape[3], V = p.V;
-    const int64_t G = ws_chunks(B, T, p.N);
-    const ChunkWs ws = ws_layout(a->workspace, G, HV, K, V, p.N, hae_dtype_size(a->q.dtype), nullptr);
+    const ChunkWs ws = hae_chunk_ws_layout(a->workspace, B, T, p.N, HV, K, V, hae_dtype_size(a->q.dtype), nullptr);
     chunk_offsets_kernel<<<1, 32, 0, s>>>(p, ws.coff);
     HAE_CUDA_LAUNCH_CHECK("chunk_offsets_kernel");
     return hae_cuda_dispatch(a->q.dtype, "hae_linear_attn", [&](auto ti) -> hae_status {
@@ -1020,12 +985,12 @@ hae_status launch_chunked(const hae_linear_attn_args *a, const LinParams &p, cud
                 HAE_TRY(set_smem(prep, sizeof(PrepSmem<KK>)));
                 HAE_TRY(set_smem(state, sizeof(StateSmem<TI, KK>)));
                 HAE_TRY(set_smem(outk, sizeof(OutSmem<TI, KK>)));
-                prep<<<dim3((unsigned)G, (unsigned)HV), kPrepThreads, sizeof(PrepSmem<KK>), s>>>(p, ws);
+                prep<<<dim3((unsigned)ws.G, (unsigned)HV), kPrepThreads, sizeof(PrepSmem<KK>), s>>>(p, ws);
                 HAE_CUDA_LAUNCH_CHECK("chunk_prep_kernel");
                 state<<<dim3((unsigned)(V / kStateVT), (unsigned)HV, (unsigned)p.N), kStateThreads,
                         sizeof(StateSmem<TI, KK>), s>>>(p, ws);
                 HAE_CUDA_LAUNCH_CHECK("chunk_state_kernel");
-                outk<<<dim3((unsigned)G, (unsigned)HV, (unsigned)(V / out_cols((int)V, out_vt<TI>()))), kOutThreads,
+                outk<<<dim3((unsigned)ws.G, (unsigned)HV, (unsigned)(V / out_cols((int)V, out_vt<TI>()))), kOutThreads,
                        sizeof(OutSmem<TI, KK>),
                        s>>>(p, ws);
                 HAE_CUDA_LAUNCH_CHECK("chunk_out_kernel");
@@ -1137,18 +1102,6 @@ extern "C" const char *hae_linear_attn_cuda_unsupported(int64_t K, int64_t V, in
     return nullptr;
 }
 
-extern "C" size_t hae_linear_attn_workspace_cuda(const hae_linear_attn_args *a) {
-    if (a->chunk == 0) return 0;
-    const int64_t B = a->q.shape[0], T = a->q.shape[1], K = a->q.shape[3];
-    const int64_t HV = a->v.shape[2], V = a->v.shape[3];
-    const int64_t N = a->state.ndim == 4 ? a->state.shape[0]
-                      : a->cu_seqlens.ndim == 1 ? a->cu_seqlens.shape[0] - 1
-                                                 : B;
-    size_t bytes = 0;
-    ws_layout(nullptr, ws_chunks(B, T, N), HV, K, V, N, a->q.dtype == HAE_BF16 ? 2 : 4, &bytes);
-    return bytes;
-}
-
 extern "C" hae_status hae_linear_attn_cuda(hae_backend *be, const hae_linear_attn_args *a) {
     const int64_t K = a->q.shape[3], V = a->v.shape[3], HV = a->v.shape[2];
     const int64_t N = a->state.shape[0];
@@ -1157,7 +1110,7 @@ extern "C" hae_status hae_linear_attn_cuda(hae_backend *be, const hae_linear_att
     if (N > 65535 || HV > 65535) return lin_unsupported(a, "more than 65535 sequences or value heads");
     if ((uintptr_t)a->state.data % 16) return lin_unsupported(a, "the state must be 16-byte aligned");
     if (a->chunk != 0) {
-        const int64_t G = ws_chunks(a->q.shape[0], a->q.shape[1], N);
+        const int64_t G = hae_chunk_ws_layout(nullptr, a->q.shape[0], a->q.shape[1], N, HV, K, V, 2, nullptr).G;
         if (G > INT32_MAX) return lin_unsupported(a, "more than 2^31 chunks");
         if ((uintptr_t)a->workspace % 16) return lin_unsupported(a, "the workspace must be 16-byte aligned");
     }

@@ -368,7 +368,8 @@ Test(model_linear, plan_counts_states_and_no_kv) {
     hae_config cfg;
     make_cfg(&cfg, "kda", "full", true, "f32", 8);
     hae_model_plan p;
-    cr_assert_eq(hae_model_plan_get(&cfg, NULL, &p), HAE_OK, "%s", hae_last_error());
+    const hae_model_options opt = {.all_logits = true}; /* tu_model's */
+    cr_assert_eq(hae_model_plan_get(&cfg, &opt, &p), HAE_OK, "%s", hae_last_error());
     hae_model *m = tu_model(be, &cfg);
     hae_model_stats s;
     hae_model_stats_get(m, &s);
@@ -389,6 +390,20 @@ Test(model_linear, plan_counts_states_and_no_kv) {
                   D_ * HV_ * V_ + D_ + 3 * F_ * D_;
     int64_t full = D_ + 64 * D_ + D_ * 32 + D_ + 3 * F_ * D_;
     cr_expect_eq(p.n_params, 53 * D_ * 2 + kda + full + D_);
+    cr_expect_eq(s.activation_bytes, p.activation_bytes, "a CPU run allocates the activations its plan counts: %zu vs %zu",
+                 s.activation_bytes, p.activation_bytes);
+    /* A GPU run adds the chunked form's workspace, counted in a build without CUDA too (hae mem plans for the
+     * GPU): G = B ceil(chunk / 64) + B = 4 chunks x HV value heads of w, kd, qg [64, K], u [64, V], P [64, 64],
+     * h [K, V] f32 and gl [K] f32, then B + 1 chunk offsets; each region rounded to 16 bytes, the buffer to the
+     * activations' alignment. */
+    hae_config gpu = cfg;
+    gpu.runtime.backend = HAE_BACKEND_CUDA;
+    hae_model_plan pg;
+    cr_assert_eq(hae_model_plan_get(&gpu, &opt, &pg), HAE_OK, "%s", hae_last_error());
+    const size_t gh = 4 * HV_, ws = gh * 64 * (3 * K_ + V_ + 64) * 4 + gh * K_ * V_ * 4 + gh * K_ * 4 + 16;
+    cr_expect(pg.activation_bytes >= p.activation_bytes + ws && pg.activation_bytes < p.activation_bytes + ws + 256,
+              "GPU plan %zu bytes of activations, CPU plan %zu: the workspace is %zu", pg.activation_bytes,
+              p.activation_bytes, ws);
     hae_model_destroy(m);
     hae_backend_destroy(be);
 }
