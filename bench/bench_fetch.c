@@ -1,8 +1,9 @@
 /* The host tier and the token-granular fetch (issue 5) on CUDA, one table:
  *  1. the pinned host-to-device copy ceiling: cudaMemcpyAsync from host-tier memory (hae_backend_alloc_host)
  *     of 1 MiB .. 256 MiB, and from pageable memory for contrast;
- *  2. pinning: hae_backend_alloc_host of 8 and 32 GiB (cudaHostRegister in 1 GiB chunks; sizes that do not
- *     fit the free RAM are skipped) against cudaHostAlloc of 1 and 4 GiB, wall clock;
+ *  2. pinning: hae_backend_alloc_host of 8 GiB, 32 GiB and 100 GB (cudaHostRegister in 1 GiB chunks; sizes
+ *     that do not fit the free RAM are skipped) against cudaHostAlloc of 1 and 4 GiB, wall clock; then where
+ *     the time goes: first touch and registration of 8 GiB timed apart, with and without huge pages;
  *  3. hae_kv_gather of k = 2048 scattered tokens (random distinct rows of 128K, into a random permutation of
  *     the slots) per sequence, B = 1 and 4, rows of 656, 1152 and 4096 bytes, nothing cached: the kernel
  *     with at most 16, 32, 48 and 132 blocks, and the batched copies; each first checked byte for byte
@@ -22,6 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #ifdef HAE_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -102,10 +106,11 @@ static void bench_h2d(void) {
 static void bench_pinning(void) {
     size_t free_b = 0, total_b = 0;
     CHECK("mem info", hae_backend_mem_info(g_cpu, &free_b, &total_b));
-    const size_t sizes[] = {8 * GIB, 32 * GIB};
+    const size_t sizes[] = {8 * GIB, 32 * GIB, (size_t)100e9}; /* the last: the target's 100 GB */
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
         char cs[64], res[48];
-        snprintf(cs, sizeof cs, "alloc_host, %zu GiB", sizes[k] / GIB);
+        if (sizes[k] % GIB) snprintf(cs, sizeof cs, "alloc_host, %.0f GB", (double)sizes[k] * 1e-9);
+        else snprintf(cs, sizeof cs, "alloc_host, %zu GiB", sizes[k] / GIB);
         if (sizes[k] + 8 * GIB > free_b) {
             snprintf(res, sizeof res, "skipped: %.1f GiB RAM free", (double)free_b / (double)GIB);
             table_row("pinning", cs, 0.0, -1, -1, -1, "100 GB < 10 s", res);
@@ -136,6 +141,77 @@ static void bench_pinning(void) {
         const double t2 = now_s();
         snprintf(res, sizeof res, "H100: 1.4-2.0 GB/s; free %.2f s", t2 - t1);
         table_row("pinning", cs, (t1 - t0) * 1e6, -1, -1, (double)alloc_sizes[k] / (t1 - t0) * 1e-9, "-", res);
+    }
+}
+
+/* Where pinning's time goes: first-touching anonymous memory (page faults and zeroing) on T threads, then
+ * cudaHostRegister of the touched memory in 1 GiB chunks on 1 and on T threads; and whether the kernel gave
+ * transparent huge pages. */
+typedef struct {
+    char *base;
+    size_t chunks, next;
+    int reg; /* 0: touch, 1: register */
+    pthread_mutex_t lock;
+} pin_job;
+
+static void *pin_worker(void *p) {
+    pin_job *j = p;
+    for (;;) {
+        pthread_mutex_lock(&j->lock);
+        const size_t c = j->next++;
+        pthread_mutex_unlock(&j->lock);
+        if (c >= j->chunks) return NULL;
+        char *at = j->base + c * GIB;
+        if (!j->reg) memset(at, 0, GIB);
+        else if (cudaHostRegister(at, GIB, cudaHostRegisterPortable | cudaHostRegisterMapped) != cudaSuccess)
+            die("cudaHostRegister failed");
+    }
+}
+
+static double pin_pass(char *base, size_t chunks, int reg, int threads) {
+    pin_job j = {base, chunks, 0, reg, PTHREAD_MUTEX_INITIALIZER};
+    pthread_t tid[64];
+    const double t0 = now_s();
+    for (int t = 0; t < threads; t++) pthread_create(&tid[t], NULL, pin_worker, &j);
+    for (int t = 0; t < threads; t++) pthread_join(tid[t], NULL);
+    return now_s() - t0;
+}
+
+static long anon_huge_kb(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "AnonHugePages: %ld kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb;
+}
+
+static void bench_pinning_breakdown(void) {
+    char thp[128] = "?";
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (f && fgets(thp, sizeof thp, f)) thp[strcspn(thp, "\n")] = 0;
+    if (f) fclose(f);
+    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    const int T = cores > 64 ? 64 : cores > 0 ? (int)cores : 1;
+    const size_t chunks = 8, bytes = chunks * GIB;
+    for (int huge = 0; huge < 2; huge++) {
+        char *raw = mmap(NULL, bytes + GIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (raw == MAP_FAILED) die("mmap failed");
+        char *base = (char *)(((uintptr_t)raw + GIB - 1) / GIB * GIB);
+        madvise(base, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+        const long h0 = anon_huge_kb();
+        const double touch = pin_pass(base, chunks, 0, T);
+        const long h1 = anon_huge_kb();
+        const double reg1 = pin_pass(base, 1, 1, 1); /* one chunk alone, then the rest on T threads */
+        const double regT = pin_pass(base + GIB, chunks - 1, 1, T);
+        for (size_t c = 0; c < chunks; c++) cudaHostUnregister(base + c * GIB);
+        munmap(raw, bytes + GIB);
+        printf("pinning breakdown (%s, THP %s): first touch of %zu GiB on %d threads %.2f s (%.1f GB/s, %ld MiB in huge "
+               "pages); register 1 GiB on 1 thread %.3f s (%.1f GB/s), %zu GiB on %d threads %.2f s (%.1f GB/s)\n",
+               huge ? "MADV_HUGEPAGE" : "MADV_NOHUGEPAGE", thp, chunks, T, touch, (double)bytes / touch * 1e-9,
+               (h1 - h0) / 1024, reg1, (double)GIB / reg1 * 1e-9, chunks - 1, T, regT,
+               (double)((chunks - 1) * GIB) / regT * 1e-9);
     }
 }
 
@@ -362,6 +438,7 @@ static int bench_main(void) {
            "-|------------------------|------------------------|\n");
     bench_h2d();
     bench_pinning();
+    bench_pinning_breakdown();
     fixture f;
     fixture_make(&f);
     bench_gather(&f);
