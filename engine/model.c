@@ -1126,18 +1126,25 @@ static hae_tensor head_view(const hae_tensor *mat, int64_t B, int64_t T, int64_t
  * K/V are cached: the indexer's query and key (its own weights, or the derived maps of the layer's q
  * and k), RoPE on its leading dims, the Hadamard rotation, FP8 with per-vector scales, the key into
  * the page cache, the logits against every cached key and the top-k of each query into m->idx. */
-static hae_status dsa_select(hae_model *m, int64_t l, int64_t T) {
-    const layer_weights *w = &m->layers[l];
-    hae_backend *be = m->be;
-    const hae_device dev = hae_backend_device(be);
-    const int64_t B = m->B, N = B * T, HI = m->HI, DI = m->DI;
+/* The indexer's lengths of a chunk of T tokens at m->pos, the same for every dsa layer: uploaded once per chunk
+ * (an upload between two kernels holds the second until the first is done, and a decode step has 2 per layer). */
+static hae_status dsa_lengths(hae_model *m, int64_t T) {
+    const int64_t B = m->B, N = B * T;
     int32_t *cand = m->lens_host, *seqs = m->lens_host + N;
     for (int64_t b = 0; b < B; b++) {
         seqs[b] = (int32_t)(m->pos + T);
         for (int64_t t = 0; t < T; t++) cand[b * T + t] = (int32_t)(m->pos + t + 1); /* causal candidates */
     }
-    HAE_TRY(hae_backend_upload(be, m->ilens.data, cand, sizeof(int32_t) * (size_t)N));
-    HAE_TRY(hae_backend_upload(be, m->seq_lens.data, seqs, sizeof(int32_t) * (size_t)B));
+    HAE_TRY(hae_backend_upload(m->be, m->ilens.data, cand, sizeof(int32_t) * (size_t)N));
+    return hae_backend_upload(m->be, m->seq_lens.data, seqs, sizeof(int32_t) * (size_t)B);
+}
+
+static hae_status dsa_select(hae_model *m, int64_t l, int64_t T) {
+    const layer_weights *w = &m->layers[l];
+    hae_backend *be = m->be;
+    const hae_device dev = hae_backend_device(be);
+    const int64_t B = m->B, N = B * T, HI = m->HI, DI = m->DI;
+    int32_t *seqs = m->lens_host + N; /* the slices' lengths (dsa_lengths uploaded the chunk's) */
 
     hae_tensor qi = hae_tensor_2d(m->qi.data, HAE_F32, dev, N, HI * DI), ki = rows(m->ki, N);
     hae_tensor wi = rows(m->derived ? m->ones : m->wi, N);
@@ -1385,6 +1392,7 @@ hae_status hae_model_forward(hae_model *m, const int32_t *tokens, int64_t T, hae
         for (int64_t b = 0; b < m->B; b++) memcpy(m->ids_host + b * n, tokens + b * T + t0, sizeof(int32_t) * (size_t)n);
         HAE_TRY(hae_backend_upload(m->be, m->ids.data, m->ids_host, sizeof(int32_t) * (size_t)N));
         HAE_TRY(hae_embedding(m->be, &(hae_embedding_args){.ids = rows(m->ids, N), .table = m->embed, .out = rows(m->x, N)}));
+        if (m->has_dsa) HAE_TRY(dsa_lengths(m, n));
         HAE_TRY(prefetch_after(m, -1, n));
         for (int64_t l = 0; l < m->L; l++) {
             HAE_TRY(m->layers[l].linear ? linear_block(m, l, n) : attention_block(m, l, n));
