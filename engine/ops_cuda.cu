@@ -277,24 +277,15 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
     return v;
 }
 
-/* The TMA unit copies [p, p + bytes) from HBM into L2 (16-byte aligned, a multiple of 16 bytes), no registers. */
-__device__ __forceinline__ void prefetch_l2(const void *p, uint32_t bytes) {
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-}
-
 template <int M, typename TC>
 __global__ void __launch_bounds__(32 * kGemvWarps)
     gemv_kernel(const hae_bf16_t *a, int64_t lda, int64_t sa, const hae_bf16_t *b, int64_t ldb, int64_t sb, TC *c,
                 int64_t ldc, int64_t sc, int N, int K8, bool accumulate) {
+    hae_pdl_enter();
     const int lane = threadIdx.x & 31, n = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
+    if (n >= N) return;
     const int64_t z = blockIdx.y;
     const uint4 *brow = (const uint4 *)(b + z * sb + n * ldb), *arow = (const uint4 *)(a + z * sa);
-    /* Launched while the kernel before still runs (programmatic dependent launch), a warp starts its weight row
-     * on its way to L2 before waiting for that kernel: weights are no kernel's output in a forward, and a line
-     * a kernel before did write is L2's current copy anyway (L2 is where global writes land). */
-    if (n < N && lane == 0) prefetch_l2(brow, (uint32_t)K8 * 16u);
-    hae_pdl_enter();
-    if (n >= N) return;
     const int64_t la = lda / 8;
     float acc[M] = {};
 #pragma unroll 4
