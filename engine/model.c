@@ -1122,10 +1122,6 @@ static hae_tensor head_view(const hae_tensor *mat, int64_t B, int64_t T, int64_t
     return t;
 }
 
-/* DSA's token selection for a chunk of T tokens whose q and k are in m->qkv (after RoPE) and whose
- * K/V are cached: the indexer's query and key (its own weights, or the derived maps of the layer's q
- * and k), RoPE on its leading dims, the Hadamard rotation, FP8 with per-vector scales, the key into
- * the page cache, the logits against every cached key and the top-k of each query into m->idx. */
 /* The indexer's lengths of a chunk of T tokens at m->pos, the same for every dsa layer: uploaded once per chunk
  * (an upload between two kernels holds the second until the first is done, and a decode step has 2 per layer). */
 static hae_status dsa_lengths(hae_model *m, int64_t T) {
@@ -1139,6 +1135,10 @@ static hae_status dsa_lengths(hae_model *m, int64_t T) {
     return hae_backend_upload(m->be, m->seq_lens.data, seqs, sizeof(int32_t) * (size_t)B);
 }
 
+/* DSA's token selection for a chunk of T tokens whose q and k are in m->qkv (after RoPE) and whose
+ * K/V are cached: the indexer's query and key (its own weights, or the derived maps of the layer's q
+ * and k), RoPE on its leading dims, the Hadamard rotation, FP8 with per-vector scales, the key into
+ * the page cache, the logits against every cached key and the top-k of each query into m->idx. */
 static hae_status dsa_select(hae_model *m, int64_t l, int64_t T) {
     const layer_weights *w = &m->layers[l];
     hae_backend *be = m->be;
