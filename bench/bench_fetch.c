@@ -172,8 +172,10 @@ static double pin_pass(char *base, size_t chunks, int reg, int threads) {
     pin_job j = {base, chunks, 0, reg, PTHREAD_MUTEX_INITIALIZER};
     pthread_t tid[64];
     const double t0 = now_s();
-    for (int t = 0; t < threads; t++) pthread_create(&tid[t], NULL, pin_worker, &j);
-    for (int t = 0; t < threads; t++) pthread_join(tid[t], NULL);
+    int started = 0;
+    while (started < threads && pthread_create(&tid[started], NULL, pin_worker, &j) == 0) started++;
+    if (started == 0) pin_worker(&j); /* no thread could start: this one does it all */
+    for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
     return now_s() - t0;
 }
 
