@@ -67,6 +67,7 @@ struct LogitsParams {
     int64_t T;
     int L, split; /* split: keys per CTA, a multiple of the tile */
     int H, D, P, QB, KW, R;
+    int P_shift; /* log2 P where P is a power of two (a shift, not a division, per key), else -1 */
     float w_scale;
     bool q_vec; /* q's rows start 16-byte aligned */
 };
@@ -223,7 +224,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) index_logits_kernel(const L
             const int64_t s = (int64_t)k_begin + (int64_t)tile * KT + key;
             int2 v = make_int2(kNoKey, 0);
             if (s < c_end) {
-                const int si = (int)s, i = si / p.P;
+                const int si = (int)s, i = p.P_shift >= 0 ? si >> p.P_shift : si / p.P;
                 const int64_t pg = i < p.max_pages ? (int64_t)__ldg(btr + i) : -1;
                 v = pg >= 0 && pg < p.n_pages ? make_int2((int)pg, si - i * p.P) : make_int2(kNoPage, 0);
             }
@@ -446,7 +447,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) index_logits_wgmma_kernel(const 
     auto locate = [&](int i) {
         const int64_t s = (int64_t)k_begin + (int64_t)(wg + i * NWG) * kTileKeys + ckey;
         if (s >= c_end) return make_int2(kNoKey, 0);
-        const int si = (int)s, pi = si / p.P;
+        const int si = (int)s, pi = p.P_shift >= 0 ? si >> p.P_shift : si / p.P;
         const int64_t pg = pi < p.max_pages ? (int64_t)__ldg(btr + pi) : -1;
         return pg >= 0 && pg < p.n_pages ? make_int2((int)pg, si - pi * p.P) : make_int2(kNoPage, 0);
     };
@@ -527,7 +528,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) index_logits_wgmma_kernel(const 
     }
 }
 
-/* Splits the keys so that about 8 waves of CTAs fill the GPU (the lengths are on the device, so L
+/* Splits the keys so that at least 8 waves of CTAs fill the GPU (the lengths are on the device, so L
  * stands for them), a split being whole tiles of kt keys; the grid is (splits, query blocks, B). */
 hae_status grid_of(hae_backend *be, const void *kern, int threads, int smem, int kt, int64_t B, LogitsParams &p, int QB,
                    dim3 &grid) {
@@ -544,10 +545,21 @@ hae_status grid_of(hae_backend *be, const void *kern, int threads, int smem, int
         return hae_error(HAE_ERR_UNSUPPORTED, "hae_index_logits (cuda): B = %lld sequences of T = %lld queries: the grid "
                          "takes at most 65535 sequences and 65535 blocks of %d queries", (long long)B, (long long)p.T, QB);
     const int64_t tiles = ((int64_t)p.L + kt - 1) / kt;
-    const int64_t want = 8 * (int64_t)sms * occ, rows = B * qblocks;
-    int64_t splits = (want + rows - 1) / rows;
-    splits = splits < 1 ? 1 : splits > tiles ? tiles : splits;
-    const int64_t split = (tiles + splits - 1) / splits * kt;
+    const int64_t slots = (int64_t)sms * occ, rows = B * qblocks;
+    int64_t lo = (8 * slots + rows - 1) / rows;
+    lo = lo < 1 ? 1 : lo > tiles ? tiles : lo;
+    /* CTAs run in waves of `slots`; a last wave half full costs as much as a full one. Of lo .. 4 lo
+     * splits, take the one with the least time = waves x (keys a CTA + kCtaKeys), the fixed cost of a
+     * CTA (queries staged, pipeline filled) counted in keys. At 4096 queries x 128K keys on an H200
+     * (2048 CTAs, 132 slots) this takes 3 splits: 47 waves 99% full instead of 16 at 97%. */
+    constexpr int64_t kCtaKeys = 512;
+    int64_t best = 0, best_cost = 0;
+    for (int64_t s = lo; s <= 4 * lo && s <= tiles; s++) {
+        const int64_t per = (tiles + s - 1) / s, ctas = rows * ((tiles + per - 1) / per);
+        const int64_t cost = (ctas + slots - 1) / slots * (per * kt + kCtaKeys);
+        if (!best || cost < best_cost) best = per, best_cost = cost;
+    }
+    const int64_t split = best * kt;
     if (split > INT_MAX - kt)
         return hae_error(HAE_ERR_UNSUPPORTED, "hae_index_logits (cuda): L = %d keys is too long", p.L);
     p.split = (int)split;
@@ -640,6 +652,7 @@ extern "C" hae_status hae_index_logits_cuda(hae_backend *be, const hae_index_log
     p.H = (int)H;
     p.D = (int)D;
     p.P = c->page_size;
+    p.P_shift = (p.P & (p.P - 1)) == 0 ? __builtin_ctz((unsigned)p.P) : -1;
     p.w_scale = a->w_scale;
     p.q_vec = ((uintptr_t)p.q | (uintptr_t)p.q_sb | (uintptr_t)p.q_st) % 16 == 0;
     /* 16-byte key copies when every key row starts 16-byte aligned (P D is a multiple of 128) */

@@ -203,6 +203,8 @@ static const idx_case IDX_CASES[] = {
     {"one token", 1, 1, 4, 128, 64, {1}, 1, false, 0, false},
     {"decode, 48 heads, unaligned pages", 2, 1, 48, 128, 32, {500, 77}, 600, true, 0, true},
     {"prefill, 16 heads, unaligned pages", 2, 5, 16, 128, 64, {5, 200}, 260, false, 4, true},
+    {"prefill, 64 heads, pages of 48", 2, 6, 64, 128, 48, {6, 500}, 520, true, 0, false},
+    {"decode, 64 heads, pages of 24", 3, 1, 64, 128, 24, {1, 250, 1000}, 1010, false, 0, false},
 };
 
 static int idx_desc(const idx_case *c, bool exact, uint64_t seed, char *buf, size_t n) {
