@@ -6,10 +6,11 @@
  *     the time goes: first touch and registration of 8 GiB timed apart, with and without huge pages;
  *  3. hae_kv_gather of k = 2048 scattered tokens (random distinct rows of 128K, into a random permutation of
  *     the slots) per sequence, B = 1 and 4, rows of 656, 1152 and 4096 bytes, nothing cached: the kernel
- *     with at most 16, 32, 48 and 132 blocks, and the batched copies; each first checked byte for byte
+ *     with its default grid and at most 4, 8, 16, 32, 48 and 132 blocks, and the batched copies; each first checked byte for byte
  *     against the CPU op with poisoned destinations;
  *  4. interference: a memory-bound kernel (hae_convert bf16 -> f32 of 128M elements, 768 MB moved) timed
- *     alone and while gathers run back to back on a second backend's stream.
+ *     alone and while gathers (the kernel's default grid, 8, 16 and 48 blocks, the copies) run back to back
+ *     on a second backend's stream.
  * Targets (issue 5, from an H100 80GB with PCIe Gen5 x16): pinned H2D 52-55 GB/s; pinning 100 GB in < 10 s
  * (23-27 GB/s measured, cudaHostAlloc 1.4-2.0); gather of 2048 tokens <= 40 us at 656 B and <= 180 us at
  * 4096 B, >= 45 GB/s with at most 48 blocks; a concurrent memory-bound kernel slowed by <= 5%. Without CUDA
@@ -327,20 +328,24 @@ static void verify(fixture *f, const gather_ctx *g, int B, int row, const char *
         }
 }
 
-/* Median gather times of the 48-block kernel and the copies at B = 1, per row size, for the interference. */
-static double g_kernel_us[3], g_copies_us[3];
+/* The methods measured; the interference takes those marked. */
+static const struct {
+    const char *name;
+    hae_gather_method method;
+    int blocks; /* 0: the op's default */
+    bool interference;
+} g_methods[] = {
+    {"kernel, default blocks", HAE_GATHER_KERNEL, 0, true}, {"kernel, 4 blocks", HAE_GATHER_KERNEL, 4, false},
+    {"kernel, 8 blocks", HAE_GATHER_KERNEL, 8, true},       {"kernel, 16 blocks", HAE_GATHER_KERNEL, 16, true},
+    {"kernel, 32 blocks", HAE_GATHER_KERNEL, 32, false},    {"kernel, 48 blocks", HAE_GATHER_KERNEL, 48, true},
+    {"kernel, 132 blocks", HAE_GATHER_KERNEL, 132, false},  {"batched copies", HAE_GATHER_COPIES, 0, true},
+};
+#define N_METHODS (sizeof g_methods / sizeof g_methods[0])
+/* Median gather time of each method at B = 1, per row size, for the interference. */
+static double g_us[3][N_METHODS];
 static const int g_rows[3] = {656, 1152, 4096};
 
 static void bench_gather(fixture *f) {
-    const struct {
-        const char *name;
-        hae_gather_method method;
-        int blocks;
-    } methods[] = {
-        {"kernel, 16 blocks", HAE_GATHER_KERNEL, 16}, {"kernel, 32 blocks", HAE_GATHER_KERNEL, 32},
-        {"kernel, 48 blocks", HAE_GATHER_KERNEL, 48}, {"kernel, 132 blocks", HAE_GATHER_KERNEL, 132},
-        {"batched copies", HAE_GATHER_COPIES, 0},
-    };
     for (int r = 0; r < 3; r++)
         for (int B = 1; B <= MAX_B; B += MAX_B - 1) {
             const int row = g_rows[r];
@@ -348,26 +353,24 @@ static void bench_gather(fixture *f) {
             const double bytes = (double)B * TOPK * row;
             const double target_us = row == 656 ? 40.0 * B : row == 4096 ? 180.0 * B
                                                                        : bytes / (GATHER_TARGET_GBS * 1e9) * 1e6;
-            for (size_t m = 0; m < sizeof methods / sizeof methods[0]; m++) {
-                gather_ctx g = {g_be, gather_args(f, B, row, methods[m].method, methods[m].blocks)};
-                verify(f, &g, B, row, methods[m].name);
+            for (size_t m = 0; m < N_METHODS; m++) {
+                gather_ctx g = {g_be, gather_args(f, B, row, g_methods[m].method, g_methods[m].blocks)};
+                verify(f, &g, B, row, g_methods[m].name);
                 /* copies may take milliseconds: fewer repetitions then */
                 const double t0 = now_s();
                 CHECK("gather", run_gather(&g));
                 CHECK("sync", hae_backend_sync(g_be));
                 const bool slow = now_s() - t0 > 5e-3;
                 const hae_bench_times t =
-                    hae_bench_time(g_timer, g_be, methods[m].name, run_gather, &g, slow ? 1 : WARMUP, slow ? 5 : REPS);
+                    hae_bench_time(g_timer, g_be, g_methods[m].name, run_gather, &g, slow ? 1 : WARMUP, slow ? 5 : REPS);
                 const double gbs = bytes / (t.median_us * 1e-6) * 1e-9;
                 char cs[64], target[40], res[40];
-                snprintf(cs, sizeof cs, "%d B x %d x %d, %s", row, B, TOPK, methods[m].name);
+                snprintf(cs, sizeof cs, "%d B x %d x %d, %s", row, B, TOPK, g_methods[m].name);
                 snprintf(target, sizeof target, "<= %.0f us, >= %.0f GB/s", target_us, GATHER_TARGET_GBS);
                 const bool met = t.median_us <= target_us && gbs >= GATHER_TARGET_GBS;
                 snprintf(res, sizeof res, "%s (%.2fx)", met ? "met" : "missed", target_us / t.median_us);
                 table_row("gather", cs, t.median_us, t.min_us, t.max_us, gbs, target, res);
-                if (B == 1 && methods[m].method == HAE_GATHER_KERNEL && methods[m].blocks == 48)
-                    g_kernel_us[r] = t.median_us;
-                if (B == 1 && methods[m].method == HAE_GATHER_COPIES) g_copies_us[r] = t.median_us;
+                if (B == 1) g_us[r][m] = t.median_us;
             }
         }
 }
@@ -411,17 +414,17 @@ static void bench_interference(fixture *f) {
     const double alone = victim_us(&v, NULL, 0), moved = (double)n * 6;
     table_row("interference", "convert bf16->f32 128M, alone", alone, -1, -1, moved / (alone * 1e-6) * 1e-9, "-", "-");
     for (int r = 0; r < 3; r += 2)
-        for (int m = 0; m < 3; m++) { /* the kernel with 16 and 48 blocks (the same speed alone), the copies */
-            const int row = g_rows[r], blocks = m == 0 ? 16 : 48;
-            const double gather = m == 2 ? g_copies_us[r] : g_kernel_us[r];
+        for (size_t m = 0; m < N_METHODS; m++) {
+            if (!g_methods[m].interference) continue;
+            const int row = g_rows[r];
+            const double gather = g_us[r][m];
             prepare(f, 1, row);
-            gather_ctx g = {g_be2, gather_args(f, 1, row, m == 2 ? HAE_GATHER_COPIES : HAE_GATHER_KERNEL, blocks)};
+            gather_ctx g = {g_be2, gather_args(f, 1, row, g_methods[m].method, g_methods[m].blocks)};
             /* enough gathers to run through the flush and the victim, half again */
             const int per_rep = (int)ceil(1.5 * (alone + 100.0) / gather) + 1;
             const double with = victim_us(&v, &g, per_rep), slow = 100.0 * (with / alone - 1.0);
             char cs[64], res[40];
-            snprintf(cs, sizeof cs, "convert + %d B gathers (%s)", row,
-                     m == 2 ? "copies" : m ? "kernel, 48 blocks" : "kernel, 16 blocks");
+            snprintf(cs, sizeof cs, "convert + %d B gathers (%s)", row, g_methods[m].name);
             snprintf(res, sizeof res, "%+.1f%%: %s", slow, slow <= SLOWDOWN_TARGET ? "met" : "missed");
             table_row("interference", cs, with, -1, -1, moved / (with * 1e-6) * 1e-9, "<= 5% slower", res);
         }

@@ -1273,7 +1273,8 @@ typedef struct hae_kv_gather_args {
     hae_tensor src_rows; /* [B, n] i32 in [-1, cap) */
     hae_tensor dst_rows; /* [B, n] i32 in [0, slots) */
     hae_gather_method method;
-    int max_blocks;      /* HAE_GATHER_KERNEL: 0 = 16 (they fill PCIe), so a concurrent kernel keeps the other SMs */
+    int max_blocks;      /* HAE_GATHER_KERNEL: 0 = as few as keep ~256 KiB of rows in flight (they fill PCIe; at
+                          * most 16), so a concurrent kernel keeps the other SMs */
 } hae_kv_gather_args;
 hae_status hae_kv_gather(hae_backend *be, const hae_kv_gather_args *a);
 

@@ -3,13 +3,14 @@
  * [0, slots):
  *     dst[b, d, :] = src[b, s, :]    (the row's bytes, whatever the dtype)
  * other entries are skipped. Two methods:
- *  - the kernel: one warp per entry, grid-stride over the B x n entries with at most max_blocks blocks,
- *    so that a concurrent kernel keeps the other SMs. src is host memory mapped at its host address, so
- *    every load crosses PCIe (~1-2 us): a warp keeps kUnroll loads per lane in flight and fetches its
- *    next entry's row indices while the current row travels, and the blocks' many warps together keep
- *    enough bytes in flight to fill the link (e.g. 16 blocks x 16 warps x 656 B ~ 170 KB, against
- *    ~50 GB/s x 2 us = 100 KB needed). Rows move in the widest unit (16, 8, 4, 2 or 1 bytes) that every
- *    row start divides, a row's last bytes one per lane when its length is not a multiple of the unit;
+ *  - the kernel: one warp per entry, grid-stride over the B x n entries with at most max_blocks blocks
+ *    (by default as few as fill the link), so that a concurrent kernel keeps the other SMs. src is host
+ *    memory mapped at its host address, so every load crosses PCIe (~1-2 us): a warp keeps kUnroll
+ *    loads per lane in flight and fetches its next entry's row indices while the current row travels,
+ *    and the blocks' many warps together keep enough bytes in flight to fill the link (e.g. 16 blocks
+ *    x 16 warps x 656 B ~ 170 KB, against ~50 GB/s x 2 us = 100 KB needed). Rows move in the widest
+ *    unit (16, 8, 4, 2 or 1 bytes) that every row start divides, a row's last bytes one per lane when
+ *    its length is not a multiple of the unit;
  *  - copies: one cudaMemcpyBatchAsync descriptor per entry (entries adjacent in both src and dst merge
  *    into one; a row across a pinned chunk's end splits in two, since a copy may not span two
  *    registrations), described on the host from row lists in host memory, in batches of kCopyBatch. */
@@ -22,7 +23,13 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kUnroll = 4;
-constexpr int kDefaultBlocks = 16; /* as fast as 48 alone (bench_fetch), fewer SMs taken from others */
+/* The default grid: enough warps to keep kInFlight bytes of rows on their way over PCIe (~50 GB/s x ~2 us
+ * of latency, with margin), at most kMaxDefaultBlocks: 16 blocks for rows up to 1 KB, 15 for 1152 B, 8
+ * for 2 KB and more. A gather slows a concurrent memory-bound kernel the more, the more SMs it runs on:
+ * on an H200 4096 B rows cost a bf16 -> f32 convert +38% with 48 blocks, +12% with 16, +7.5% with 8,
+ * while 4, 8 and 16 blocks gather them equally fast (bench_fetch, bench/RESULTS.md). */
+constexpr int64_t kInFlight = 256 << 10;
+constexpr int kMaxDefaultBlocks = 16;
 constexpr int kCopyBatch = 512;
 
 struct GatherParams {
@@ -104,7 +111,11 @@ hae_status gather_kernel(const hae_kv_gather_args *a, cudaStream_t stream) {
     int unit = 16;
     while (unit > 1 && g % (uint64_t)unit) unit /= 2;
     p.units = row / unit, p.tail = (int)(row % unit);
-    const int64_t want = (p.entries + kWarps - 1) / kWarps, cap = a->max_blocks ? a->max_blocks : kDefaultBlocks;
+    /* a warp has one row in flight, or kUnroll units per lane of a longer one */
+    const int64_t per_warp = row < (int64_t)32 * kUnroll * unit ? row : (int64_t)32 * kUnroll * unit;
+    int64_t fill = (kInFlight + kWarps * per_warp - 1) / (kWarps * (per_warp > 0 ? per_warp : 1));
+    fill = fill < kMaxDefaultBlocks ? fill : kMaxDefaultBlocks;
+    const int64_t want = (p.entries + kWarps - 1) / kWarps, cap = a->max_blocks ? a->max_blocks : fill;
     const int blocks = (int)(want < cap ? want : cap);
     switch (unit) {
     case 16: return launch<uint4>(p, blocks, stream);
