@@ -46,11 +46,13 @@ run() { # label, args...
   d=$(grep -a -o '"decode_tok_s": [0-9.]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
   local ms hits miss
   ms=$(grep -a -o '"decode_p50_ms": [0-9.]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
+  local iss
+  iss=$(grep -a -o '"decode_issue_p50_ms": [0-9.]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
   hits=$(grep -a -o '"slot_hits": [0-9]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
   miss=$(grep -a -o '"slot_misses": [0-9]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
   local hr=""
   [ -n "$hits" ] && [ $((hits + miss)) -gt 0 ] && hr=", slot hit rate $(awk -v h="$hits" -v m="$miss" 'BEGIN{printf "%.1f%%", 100*h/(h+m)}')"
-  row "hae run $label (rc $rc)" "prefill ${p:-?} tok/s, decode ${d:-?} tok/s, step p50 ${ms:-?} ms$hr"
+  row "hae run $label (rc $rc)" "prefill ${p:-?} tok/s, decode ${d:-?} tok/s, step p50 ${ms:-?} ms (issued in ${iss:-?})$hr"
   [ $rc -eq 0 ] || tail -5 "$out/run-$label.log"
 }
 run default-cuda --backend cuda
