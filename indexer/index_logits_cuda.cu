@@ -528,8 +528,9 @@ __global__ void __launch_bounds__(128 * NWG, 1) index_logits_wgmma_kernel(const 
     }
 }
 
-/* Splits the keys so that at least 8 waves of CTAs fill the GPU (the lengths are on the device, so L
- * stands for them), a split being whole tiles of kt keys; the grid is (splits, query blocks, B). */
+/* Splits the keys so that at least 8 waves of CTAs fill the GPU and the last is nearly full
+ * (hae_index_split_tiles; the lengths are on the device, so L stands for them), a split being whole
+ * tiles of kt keys; the grid is (splits, query blocks, B). */
 hae_status grid_of(hae_backend *be, const void *kern, int threads, int smem, int kt, int64_t B, LogitsParams &p, int QB,
                    dim3 &grid) {
     const int dev = be->cuda->device;
@@ -545,21 +546,8 @@ hae_status grid_of(hae_backend *be, const void *kern, int threads, int smem, int
         return hae_error(HAE_ERR_UNSUPPORTED, "hae_index_logits (cuda): B = %lld sequences of T = %lld queries: the grid "
                          "takes at most 65535 sequences and 65535 blocks of %d queries", (long long)B, (long long)p.T, QB);
     const int64_t tiles = ((int64_t)p.L + kt - 1) / kt;
-    const int64_t slots = (int64_t)sms * occ, rows = B * qblocks;
-    int64_t lo = (8 * slots + rows - 1) / rows;
-    lo = lo < 1 ? 1 : lo > tiles ? tiles : lo;
-    /* CTAs run in waves of `slots`; a last wave half full costs as much as a full one. Of lo .. 4 lo
-     * splits, take the one with the least time = waves x (keys a CTA + kCtaKeys), the fixed cost of a
-     * CTA (queries staged, pipeline filled) counted in keys. At 4096 queries x 128K keys on an H200
-     * (2048 CTAs, 132 slots) this takes 3 splits: 47 waves 99% full instead of 16 at 97%. */
-    constexpr int64_t kCtaKeys = 512;
-    int64_t best = 0, best_cost = 0;
-    for (int64_t s = lo; s <= 4 * lo && s <= tiles; s++) {
-        const int64_t per = (tiles + s - 1) / s, ctas = rows * ((tiles + per - 1) / per);
-        const int64_t cost = (ctas + slots - 1) / slots * (per * kt + kCtaKeys);
-        if (!best || cost < best_cost) best = per, best_cost = cost;
-    }
-    const int64_t split = best * kt;
+    /* a CTA's fixed cost (queries staged, pipeline filled) is about 512 keys' work */
+    const int64_t split = hae_index_split_tiles(tiles, B * qblocks, (int64_t)sms * occ, kt, 512) * kt;
     if (split > INT_MAX - kt)
         return hae_error(HAE_ERR_UNSUPPORTED, "hae_index_logits (cuda): L = %d keys is too long", p.L);
     p.split = (int)split;

@@ -3,7 +3,9 @@
  * nearest code, round trips, zero and non-finite blocks, bf16 and strided rows), the Hadamard
  * rotation (Sylvester's matrix, orthonormality, involution, outliers), the paged key cache's write
  * and the logits (shuffled pages, prefill and decode, causal masking, keys past the position never
- * read), top-k (ties, short rows, -inf and NaN, 128K rows) and the argument checks. */
+ * read), top-k (ties, short rows, -inf and NaN, 128K rows), the argument checks and the CUDA logits'
+ * key splits (host arithmetic). */
+#include "internal.h"
 #include "testutil.h"
 
 #include <criterion/criterion.h>
@@ -864,4 +866,37 @@ Test(indexer, rejects_bad_arguments) {
     cr_log_info("%d bad inputs rejected", n_bad);
     free(pages0);
     idx_free(&d);
+}
+
+/* The logits kernel's key splits: at DeepSeek-V3.2's prefill on an H200 (2048 blocks of 2 queries, 132 CTAs at
+ * once, 512 tiles of 256 keys) 3 splits, whose 47 waves are 99% full where 1 split left the 16th half empty; and
+ * over a grid of shapes a split within the row, never costlier (waves x keys a CTA) than the fewest splits that
+ * make 8 waves. */
+static int64_t split_cost(int64_t tiles, int64_t rows, int64_t slots, int64_t kt, int64_t per) {
+    const int64_t ctas = rows * ((tiles + per - 1) / per);
+    return (ctas + slots - 1) / slots * (per * kt + 512);
+}
+
+Test(indexer, logits_key_splits_fill_the_last_wave) {
+    const int64_t per = hae_index_split_tiles(512, 2048, 132, 256, 512);
+    const int64_t splits = (512 + per - 1) / per, ctas = 2048 * splits, waves = (ctas + 131) / 132;
+    cr_expect_eq(splits, 3, "4096 x 128K: %lld splits of %lld tiles, expected 3", (long long)splits, (long long)per);
+    cr_expect((double)ctas / (double)(waves * 132) >= 0.99, "%lld CTAs in %lld waves of 132", (long long)ctas,
+              (long long)waves);
+    static const int64_t tiles_[] = {1, 2, 7, 64, 512, 683, 4096}, rows_[] = {1, 3, 64, 2048, 100000},
+                         slots_[] = {1, 132, 264};
+    for (size_t a = 0; a < sizeof tiles_ / sizeof *tiles_; a++)
+        for (size_t b = 0; b < sizeof rows_ / sizeof *rows_; b++)
+            for (size_t c = 0; c < sizeof slots_ / sizeof *slots_; c++) {
+                const int64_t t = tiles_[a], r = rows_[b], s = slots_[c], kt = 192;
+                const int64_t got = hae_index_split_tiles(t, r, s, kt, 512);
+                int64_t lo = (8 * s + r - 1) / r;
+                lo = lo < 1 ? 1 : lo > t ? t : lo;
+                const int64_t fewest = (t + lo - 1) / lo;
+                cr_expect(got >= 1 && got <= t, "tiles %lld rows %lld slots %lld: %lld tiles a CTA", (long long)t,
+                          (long long)r, (long long)s, (long long)got);
+                cr_expect(got <= fewest && split_cost(t, r, s, kt, got) <= split_cost(t, r, s, kt, fewest),
+                          "tiles %lld rows %lld slots %lld: %lld tiles a CTA against %lld", (long long)t, (long long)r,
+                          (long long)s, (long long)got, (long long)fewest);
+            }
 }
