@@ -123,15 +123,14 @@ HAE_OP_IMPLS(fp8_quant)
 HAE_OP_IMPLS(hadamard)
 HAE_OP_IMPLS(index_write)
 HAE_OP_IMPLS(index_logits)
-
-/* Tiles of kt keys per CTA of the indexer's logits, of `tiles` in a row, for `rows` query blocks and `slots`
- * CTAs resident at once: among 1-4x the fewest splits that make 8 waves, the count whose waves x (keys a CTA +
- * cta_keys, a CTA's fixed cost) is least, so the last wave is nearly full (indexer/indexer.c). */
-int64_t hae_index_split_tiles(int64_t tiles, int64_t rows, int64_t slots, int64_t kt, int64_t cta_keys);
 HAE_OP_IMPLS(topk)
 HAE_OP_IMPLS(kv_gather)
 HAE_OP_IMPLS(kv_slots)
 #undef HAE_OP_IMPLS
+/* Tiles of kt keys per CTA of the indexer's logits, of `tiles` in a row, for `rows` query blocks and `slots`
+ * CTAs resident at once: among 1-4x the fewest splits that make 8 waves, the count whose waves x (keys a CTA +
+ * cta_keys, a CTA's fixed cost) is least, so the last wave is nearly full (indexer/indexer.c). */
+int64_t hae_index_split_tiles(int64_t tiles, int64_t rows, int64_t slots, int64_t kt, int64_t cta_keys);
 /* Bytes of [p, p + bytes) before the next host-tier chunk boundary: a copy from the host tier goes in runs
  * that each stay inside one registration. */
 static inline size_t hae_host_run(const void *p, size_t bytes) {
