@@ -6,11 +6,11 @@
  *     the time goes: first touch and registration of 8 GiB timed apart, with and without huge pages;
  *  3. hae_kv_gather of k = 2048 scattered tokens (random distinct rows of 128K, into a random permutation of
  *     the slots) per sequence, B = 1 and 4, rows of 656, 1152 and 4096 bytes, nothing cached: the kernel
- *     with its default grid and at most 4, 8, 16, 32, 48 and 132 blocks, and the batched copies; each first checked byte for byte
- *     against the CPU op with poisoned destinations;
+ *     with its default grid and at most 4, 8, 16, 32, 48 and 132 blocks, and the batched copies; each
+ *     first checked byte for byte against the CPU op with poisoned destinations;
  *  4. interference: a memory-bound kernel (hae_convert bf16 -> f32 of 128M elements, 768 MB moved) timed
- *     alone and while gathers (the kernel's default grid, 4, 8, 16 and 48 blocks, the copies) run back to back
- *     on a second backend's stream.
+ *     alone and while gathers (the kernel's default grid, 4, 8, 16 and 48 blocks, the copies) run back to
+ *     back on a second backend's stream.
  * Targets (issue 5, from an H100 80GB with PCIe Gen5 x16): pinned H2D 52-55 GB/s; pinning 100 GB in < 10 s
  * (23-27 GB/s measured, cudaHostAlloc 1.4-2.0); gather of 2048 tokens <= 40 us at 656 B and <= 180 us at
  * 4096 B, >= 45 GB/s with at most 48 blocks; a concurrent memory-bound kernel slowed by <= 5%. Without CUDA

@@ -44,9 +44,8 @@ run() { # label, args...
   local p d
   p=$(grep -a -o '"prefill_tok_s": [0-9.]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
   d=$(grep -a -o '"decode_tok_s": [0-9.]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
-  local ms hits miss
+  local ms iss hits miss
   ms=$(grep -a -o '"decode_p50_ms": [0-9.]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
-  local iss
   iss=$(grep -a -o '"decode_issue_p50_ms": [0-9.]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
   hits=$(grep -a -o '"slot_hits": [0-9]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')
   miss=$(grep -a -o '"slot_misses": [0-9]*' "$out/run-$label/summary.json" 2>/dev/null | awk '{print $2}')

@@ -112,9 +112,9 @@ hae_status gather_kernel(const hae_kv_gather_args *a, cudaStream_t stream) {
     while (unit > 1 && g % (uint64_t)unit) unit /= 2;
     p.units = row / unit, p.tail = (int)(row % unit);
     /* a warp has one row in flight, or kUnroll units per lane of a longer one */
-    const int64_t per_warp = row < (int64_t)32 * kUnroll * unit ? row : (int64_t)32 * kUnroll * unit;
-    int64_t fill = (kInFlight + kWarps * per_warp - 1) / (kWarps * (per_warp > 0 ? per_warp : 1));
-    fill = fill < kMaxDefaultBlocks ? fill : kMaxDefaultBlocks;
+    const int64_t per_warp = row < 32 * kUnroll * unit ? (row > 0 ? row : 1) : 32 * kUnroll * unit;
+    const int64_t need = (kInFlight + kWarps * per_warp - 1) / (kWarps * per_warp);
+    const int64_t fill = need < kMaxDefaultBlocks ? need : kMaxDefaultBlocks;
     const int64_t want = (p.entries + kWarps - 1) / kWarps, cap = a->max_blocks ? a->max_blocks : fill;
     const int blocks = (int)(want < cap ? want : cap);
     switch (unit) {

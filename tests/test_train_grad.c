@@ -1474,7 +1474,7 @@ static void chunked_delta_bwd_item(const chunked_bwd *c, int64_t item, int64_t C
     const float *S = c->S + item * s->T * KV;
     double *dS = w, *S0 = dS + KV, *gam = S0 + KV, *dgam = gam + C * K, *dq = dgam + C * K, *dk = dq + C * K;
     double *u = dk + C * K, *z = u + C * V; /* z holds v - S0^T K~ */
-    double *du = z + C * V, *dz = du + C * V, *A = dz + C * V, *dP = A + C * C, *bet = dP + C * C;
+    double *du = z + C * V, *dz = du + C * V, *A = dz + C * V, *P = A + C * C, *dP = P + C * C, *bet = dP + C * C;
     memset(dS, 0, sizeof(double) * (size_t)KV);
     for (int64_t t0 = (s->T - 1) / C * C; t0 >= 0; t0 -= C) {
         const int64_t n = s->T - t0 < C ? s->T - t0 : C, L = n - 1;
@@ -1492,11 +1492,14 @@ static void chunked_delta_bwd_item(const chunked_bwd *c, int64_t item, int64_t C
             }
             bet[i] = delta ? c->beta[ROW(i)] : 1.0;
         }
-        for (int64_t i = 0; i < n; i++) { /* forward: A, z, u */
-            for (int64_t j = 0; j < i; j++) {
-                double a = 0;
-                for (int64_t ch = 0; ch < K; ch++) a += KK(i, ch) * KK(j, ch) * E(i, j, ch);
-                A[i * C + j] = a;
+        for (int64_t i = 0; i < n; i++) { /* forward: A, P, z, u */
+            for (int64_t j = 0; j <= i; j++) {
+                double a = 0, pq = 0;
+                for (int64_t ch = 0; ch < K; ch++) {
+                    a += KK(i, ch) * KK(j, ch) * E(i, j, ch);
+                    pq += QK(i, ch) * KK(j, ch) * E(i, j, ch);
+                }
+                A[i * C + j] = a, P[i * C + j] = pq;
             }
             for (int64_t jv = 0; jv < V; jv++) {
                 double sk = 0;
@@ -1519,11 +1522,7 @@ static void chunked_delta_bwd_item(const chunked_bwd *c, int64_t item, int64_t C
         for (int64_t j = 0; j < n; j++) /* du = scale P^T dO + K^ dS_end */
             for (int64_t jv = 0; jv < V; jv++) {
                 double d = 0;
-                for (int64_t i = j; i < n; i++) {
-                    double pij = 0;
-                    for (int64_t ch = 0; ch < K; ch++) pij += QK(i, ch) * KK(j, ch) * E(i, j, ch);
-                    d += s->scale * pij * DO(i, jv);
-                }
+                for (int64_t i = j; i < n; i++) d += s->scale * P[i * C + j] * DO(i, jv);
                 for (int64_t ch = 0; ch < K; ch++)
                     d += KK(j, ch) * exp(gam[L * K + ch] - gam[j * K + ch]) * dS[ch * V + jv];
                 du[j * V + jv] = d;
@@ -1633,7 +1632,7 @@ static void chunked_delta_bwd_item(const chunked_bwd *c, int64_t item, int64_t C
 
 static void chunked_delta_bwd(const chunked_bwd *c, int64_t C) {
     const int64_t K = c->s->K, V = c->s->V;
-    double *w = malloc(sizeof(double) * (size_t)(2 * K * V + C * (4 * K + 4 * V + 2 * C + 1)));
+    double *w = malloc(sizeof(double) * (size_t)(2 * K * V + C * (4 * K + 4 * V + 3 * C + 1)));
     cr_assert(w != NULL);
     for (int64_t item = 0; item < c->s->B * c->s->H; item++) chunked_delta_bwd_item(c, item, C, w);
     free(w);
