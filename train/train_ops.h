@@ -78,8 +78,10 @@ typedef struct hae_tr_delta_shape {
     bool channel_decay; /* g is [.., K]; else [..] (when g is given) */
     float scale;
     int64_t every; /* C: checkpoints every C tokens; 0, 1 or >= T: every state kept */
+    int64_t chunk; /* > 0: the chunk form over chunks of this many tokens (below); `every` is then unused */
 } hae_tr_delta_shape;
-/* States S holds per (sequence, head): T, or ceil(T / C) + C with checkpoints. */
+/* States S holds per (sequence, head): T, or ceil(T / C) + C with checkpoints, or ceil(T / chunk) in the chunk
+ * form (slot c the state after chunk c's last token). */
 int64_t hae_tr_delta_slots(const hae_tr_delta_shape *s);
 hae_status hae_tr_delta_fwd(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k,
                             const float *v, const float *g, const float *beta, float *S, float *o);
@@ -93,6 +95,19 @@ hae_status hae_tr_delta_fwd(hae_backend *be, const hae_tr_delta_shape *s, const 
 hae_status hae_tr_delta_bwd(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k,
                             const float *v, const float *g, const float *beta, float *S, const float *dout,
                             float *dq, float *dk, float *dv, float *dg, float *dbeta);
+/* The chunk form (s->chunk = C > 0), the same function computed a chunk at a time: per chunk of n <= C tokens
+ * with S0 the state before it, Γ_i = the sum of g over the chunk's tokens up to i (per channel; a head's gate
+ * broadcast over K), E_ijc = e^{Γ_ic - Γ_jc} (j <= i, so <= 1), K~_i = k_i e^{Γ_i}, Q~_i = q_i e^{Γ_i},
+ * K^_j = k_j e^{Γ_L - Γ_j} (L the chunk's last token), A_ij = sum_c k_ic k_jc E_ijc (j < i),
+ * P_ij = sum_c q_ic k_jc E_ijc (j <= i):
+ *     delta: M u = diag(beta) z,  M = I + diag(beta) A (unit lower triangular),  z = V - K~ S0;  else u = V
+ *     O = scale (Q~ S0 + P u),   S_end = diag(e^{Γ_L}) S0 + K^^T u
+ * The forward keeps S_end per chunk; the backward walks the chunks from the last with dS (the gradient of
+ * S_end): du = scale P^T dO + K^ dS, w = M^-T du (delta; w = du without), dv = diag(beta) w,
+ * dbeta_i = w_i . z_i - sum_{j<i} A_ij w_i . u_j, dA_ij = -beta_i w_i . u_j, each product's gradient into q, k
+ * and Γ, dg_t = sum_{i >= t} dΓ_i (summed over K for a head gate), and the chunk before's
+ * dS = diag(e^{Γ_L}) dS + scale Q~^T dO - K~^T diag(beta) w. The CPU computes it in double (states rounded to f32
+ * in S), the GPU in f32. */
 
 /* The linear layers' causal depthwise conv from a zero history (a sequence's start, as hae_conv_short):
  *     s[b, t, c] = sum_{w < W} weight[c, w] x[b, t + w - (W - 1), c]  (x = 0 before t = 0),  out = silu(s) or s
