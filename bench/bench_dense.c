@@ -106,10 +106,12 @@ static void bench_swiglu(void) {
 
 #define COPY_CEILING_GBS 4250.0 /* device-to-device copy on the H200 (bench/RESULTS.md) */
 
-/* Attention of T new tokens from position pos0 over a cache of pos0 + T tokens, bf16 throughout. */
+/* Attention of T new tokens from position pos0 over a cache of pos0 + T tokens, bf16 throughout; mla:
+ * one kv head whose values are the first Dv dims of its keys (the absorbed form, Dk 576 and Dv 512). */
 typedef struct {
     const char *name;
-    int64_t B, T, pos0, Hq, Hkv, D, window;
+    int64_t B, T, pos0, Hq, Hkv, Dk, Dv, window;
+    bool mla;
     double anchor_ms; /* torch SDPA on an H100 (the anchor); 0: none */
     double target_ms; /* what this engine aims for */
 } attn_shape;
@@ -119,47 +121,53 @@ static int64_t attn_keys(const attn_shape *a, int64_t t) {
     return a->window > 0 && a->window < p + 1 ? a->window : p + 1;
 }
 
+/* The attention's tensors over q [B, T, Hq, Dk], k [B, cap, Hkv, Dk], v (for mla a view of k) and out. */
+static hae_attention_args attn_args(const attn_shape *a, hae_device dev, void *q, void *k, void *v, void *o) {
+    const int64_t B = a->B, T = a->T, cap = a->pos0 + T;
+    hae_attention_args r = {hae_tensor_4d(q, HAE_BF16, dev, B, T, a->Hq, a->Dk),
+                            hae_tensor_4d(k, HAE_BF16, dev, B, cap, a->Hkv, a->Dk),
+                            hae_tensor_4d(a->mla ? k : v, HAE_BF16, dev, B, cap, a->Hkv, a->Dv),
+                            hae_tensor_4d(o, HAE_BF16, dev, B, T, a->Hq, a->Dv),
+                            a->pos0,
+                            a->window,
+                            1.0f / sqrtf((float)a->Dk)};
+    if (a->mla) r.v_cache.stride[0] = r.k_cache.stride[0], r.v_cache.stride[1] = r.k_cache.stride[1];
+    return r;
+}
+
 /* Random bf16 inputs on the CPU and the GPU, the outputs poisoned on both sides (NaN), both backends
  * run, then NaN positions and ||gpu - cpu|| / ||cpu|| <= 1e-2 over the whole output: stops otherwise. */
 static void check_attention(hae_backend *cpu, const attn_shape *a) {
-    const int64_t B = a->B, T = a->T, Hq = a->Hq, Hkv = a->Hkv, D = a->D, cap = a->pos0 + T;
-    const int64_t nq = B * T * Hq * D, nkv = B * cap * Hkv * D;
-    const size_t bq = 2 * (size_t)nq, bkv = 2 * (size_t)nkv;
-    uint16_t *q = malloc(bq), *k = malloc(bkv), *v = malloc(bkv), *oc = malloc(bq), *og = malloc(bq);
+    const int64_t B = a->B, T = a->T, cap = a->pos0 + T;
+    const int64_t nq = B * T * a->Hq * a->Dk, nk = B * cap * a->Hkv * a->Dk, nv = a->mla ? 0 : B * cap * a->Hkv * a->Dv;
+    const int64_t no = B * T * a->Hq * a->Dv;
+    const size_t bq = 2 * (size_t)nq, bk = 2 * (size_t)nk, bv = 2 * (size_t)(nv > 0 ? nv : 1), bo = 2 * (size_t)no;
+    uint16_t *q = malloc(bq), *k = malloc(bk), *v = malloc(bv), *oc = malloc(bo), *og = malloc(bo);
     if (!q || !k || !v || !oc || !og) {
         fprintf(stderr, "bench_dense: out of host memory\n");
         exit(1);
     }
     uint64_t s = 77;
     for (int64_t i = 0; i < nq; i++) q[i] = hae_f32_to_bf16(4.0f * (float)(hae_mix64(s++) >> 40) / 16777216.0f - 2.0f);
-    for (int64_t i = 0; i < nkv; i++) {
-        k[i] = hae_f32_to_bf16(2.0f * (float)(hae_mix64(s++) >> 40) / 16777216.0f - 1.0f);
-        v[i] = hae_f32_to_bf16(2.0f * (float)(hae_mix64(s++) >> 40) / 16777216.0f - 1.0f);
-    }
-    memset(oc, 0xFF, bq);
+    for (int64_t i = 0; i < nk; i++) k[i] = hae_f32_to_bf16(2.0f * (float)(hae_mix64(s++) >> 40) / 16777216.0f - 1.0f);
+    for (int64_t i = 0; i < nv; i++) v[i] = hae_f32_to_bf16(2.0f * (float)(hae_mix64(s++) >> 40) / 16777216.0f - 1.0f);
+    memset(oc, 0xFF, bo);
     void *dq = NULL, *dk = NULL, *dv = NULL, *dout = NULL;
     CHECK("alloc", hae_backend_alloc(g_be, bq, &dq));
-    CHECK("alloc", hae_backend_alloc(g_be, bkv, &dk));
-    CHECK("alloc", hae_backend_alloc(g_be, bkv, &dv));
-    CHECK("alloc", hae_backend_alloc(g_be, bq, &dout));
+    CHECK("alloc", hae_backend_alloc(g_be, bk, &dk));
+    CHECK("alloc", hae_backend_alloc(g_be, bv, &dv));
+    CHECK("alloc", hae_backend_alloc(g_be, bo, &dout));
     CHECK("upload", hae_backend_upload(g_be, dq, q, bq));
-    CHECK("upload", hae_backend_upload(g_be, dk, k, bkv));
-    CHECK("upload", hae_backend_upload(g_be, dv, v, bkv));
-    CHECK("upload", hae_backend_upload(g_be, dout, oc, bq));
-    const float scale = 1.0f / sqrtf((float)D);
-    hae_attention_args ac = {hae_tensor_4d(q, HAE_BF16, HAE_CPU, B, T, Hq, D), hae_tensor_4d(k, HAE_BF16, HAE_CPU, B, cap, Hkv, D),
-                             hae_tensor_4d(v, HAE_BF16, HAE_CPU, B, cap, Hkv, D), hae_tensor_4d(oc, HAE_BF16, HAE_CPU, B, T, Hq, D),
-                             a->pos0, a->window, scale};
-    hae_attention_args ag = {hae_tensor_4d(dq, HAE_BF16, HAE_CUDA, B, T, Hq, D),
-                             hae_tensor_4d(dk, HAE_BF16, HAE_CUDA, B, cap, Hkv, D),
-                             hae_tensor_4d(dv, HAE_BF16, HAE_CUDA, B, cap, Hkv, D),
-                             hae_tensor_4d(dout, HAE_BF16, HAE_CUDA, B, T, Hq, D), a->pos0, a->window, scale};
+    CHECK("upload", hae_backend_upload(g_be, dk, k, bk));
+    CHECK("upload", hae_backend_upload(g_be, dv, v, bv));
+    CHECK("upload", hae_backend_upload(g_be, dout, oc, bo));
+    hae_attention_args ac = attn_args(a, HAE_CPU, q, k, v, oc), ag = attn_args(a, HAE_CUDA, dq, dk, dv, dout);
     CHECK("attention (cpu check)", hae_attention(cpu, &ac));
     CHECK("attention (gpu check)", hae_attention(g_be, &ag));
-    CHECK("download", hae_backend_download(g_be, og, dout, bq));
+    CHECK("download", hae_backend_download(g_be, og, dout, bo));
     double num = 0, den = 0;
     int64_t nan_diff = 0, first = -1;
-    for (int64_t i = 0; i < nq; i++) {
+    for (int64_t i = 0; i < no; i++) {
         const double c = hae_bf16_to_f32(oc[i]), g = hae_bf16_to_f32(og[i]);
         if (isnan(c) != isnan(g) || isnan(c)) {
             if (first < 0) first = i;
@@ -177,35 +185,33 @@ static void check_attention(hae_backend *cpu, const attn_shape *a) {
                 (long long)first, rel);
         exit(1);
     }
-    printf("# %s: checked against the CPU at B %lld T %lld context %lld window %lld: relative error %.2g\n", a->name,
-           (long long)B, (long long)T, (long long)cap, (long long)a->window, rel);
+    printf("# %s: checked against the CPU at B %lld T %lld context %lld window %lld, %lldq/%lldkv, d %lld/%lld: relative "
+           "error %.2g\n",
+           a->name, (long long)B, (long long)T, (long long)cap, (long long)a->window, (long long)a->Hq,
+           (long long)a->Hkv, (long long)a->Dk, (long long)a->Dv, rel);
     hae_backend_free(g_be, dq), hae_backend_free(g_be, dk), hae_backend_free(g_be, dv), hae_backend_free(g_be, dout);
     free(q), free(k), free(v), free(oc), free(og);
 }
 
-/* Prints one attention row: median time, TFLOP/s (4 Hq D per query-key pair), GB/s of q, K/V and out
- * (and for decode the share of the copy ceiling), and the ratio to the anchor's time. */
+/* Prints one attention row: median time, TFLOP/s (2 Hq (Dk + Dv) per query-key pair), GB/s of q, the K/V
+ * rows read and out (and for decode the share of the copy ceiling), and the ratio to the anchor's time. */
 static void bench_attention(const attn_shape *a) {
-    const int64_t B = a->B, T = a->T, Hq = a->Hq, Hkv = a->Hkv, D = a->D, cap = a->pos0 + T;
-    void *q = dev_random(HAE_BF16, B * T * Hq * D, 9, -2, 2), *o = dev_random(HAE_BF16, B * T * Hq * D, 10, -1, 1);
-    void *k = dev_random(HAE_BF16, B * cap * Hkv * D, 11, -1, 1), *v = dev_random(HAE_BF16, B * cap * Hkv * D, 12, -1, 1);
-    hae_attention_args args = {hae_tensor_4d(q, HAE_BF16, HAE_CUDA, B, T, Hq, D),
-                               hae_tensor_4d(k, HAE_BF16, HAE_CUDA, B, cap, Hkv, D),
-                               hae_tensor_4d(v, HAE_BF16, HAE_CUDA, B, cap, Hkv, D),
-                               hae_tensor_4d(o, HAE_BF16, HAE_CUDA, B, T, Hq, D),
-                               a->pos0,
-                               a->window,
-                               1.0f / sqrtf((float)D)};
+    const int64_t B = a->B, T = a->T, Hq = a->Hq, Hkv = a->Hkv, cap = a->pos0 + T;
+    void *q = dev_random(HAE_BF16, B * T * Hq * a->Dk, 9, -2, 2), *o = dev_random(HAE_BF16, B * T * Hq * a->Dv, 10, -1, 1);
+    void *k = dev_random(HAE_BF16, B * cap * Hkv * a->Dk, 11, -1, 1);
+    void *v = a->mla ? NULL : dev_random(HAE_BF16, B * cap * Hkv * a->Dv, 12, -1, 1);
+    hae_attention_args args = attn_args(a, HAE_CUDA, q, k, v, o);
     double pairs = 0; /* query-key pairs */
     for (int64_t t = 0; t < T; t++) pairs += (double)attn_keys(a, t);
-    const double flops = 4.0 * (double)(Hq * D) * (double)B * pairs;
+    const double flops = 2.0 * (double)(Hq * (a->Dk + a->Dv)) * (double)B * pairs;
     const int64_t read = a->window > 0 && a->window < cap ? a->window + T - 1 : cap; /* positions read */
-    const double bytes = 2.0 * 2.0 * (double)(B * T * Hq * D) + 2.0 * 2.0 * (double)(B * read * Hkv * D);
+    const double row = (double)Hkv * (double)(a->mla ? a->Dk : a->Dk + a->Dv); /* K/V elements a position */
+    const double bytes = 2.0 * (double)(B * T * Hq * (a->Dk + a->Dv)) + 2.0 * (double)(B * read) * row;
     const hae_bench_times tm = hae_bench_time(g_timer, g_be, a->name, run_attention, &args, WARMUP, REPS);
     const double med = tm.median_us * 1e-3, lo = tm.min_us * 1e-3, hi = tm.max_us * 1e-3; /* ms */
     char shape[96], gb[48], anchor[64] = "-";
-    snprintf(shape, sizeof shape, "B %lld T %lld ctx %lld window %lld, %lldq/%lldkv", (long long)B, (long long)T,
-             (long long)cap, (long long)a->window, (long long)Hq, (long long)Hkv);
+    snprintf(shape, sizeof shape, "B %lld T %lld ctx %lld window %lld, %lldq/%lldkv%s", (long long)B, (long long)T,
+             (long long)cap, (long long)a->window, (long long)Hq, (long long)Hkv, a->mla ? " mla 576/512" : "");
     if (T == 1)
         snprintf(gb, sizeof gb, "%.0f (%.0f%% of copy)", bytes / (med * 1e-3) * 1e-9,
                  100.0 * bytes / (med * 1e-3) * 1e-9 / COPY_CEILING_GBS);
@@ -217,32 +223,41 @@ static void bench_attention(const attn_shape *a) {
     printf("| %-24s | %-48s | %10.1f | %9.1f..%-9.1f | %7.1f | %-22s | %-36s |\n", a->name, shape, med * 1e3,
            (double)lo * 1e3, (double)hi * 1e3, flops / (med * 1e-3) * 1e-12, gb, anchor);
     fflush(stdout);
-    hae_backend_free(g_be, q), hae_backend_free(g_be, o), hae_backend_free(g_be, k), hae_backend_free(g_be, v);
+    hae_backend_free(g_be, q), hae_backend_free(g_be, o), hae_backend_free(g_be, k);
+    if (v) hae_backend_free(g_be, v);
 }
 
 static void bench_attentions(void) {
     /* Hq 32, Hkv 8, D 128; anchors: torch SDPA on an H100, prefill T 32768 14.0 ms, decode 2.77 ms */
     static const attn_shape shapes[] = {
-        {"attention prefill", 1, 4096, 0, 32, 8, 128, 0, 0, 0},
-        {"attention prefill", 1, 32768, 0, 32, 8, 128, 0, 14.0, 21.0},
-        {"attention prefill swa", 1, 32768, 0, 32, 8, 128, 4096, 0, 0},
-        {"attention decode", 16, 1, 131071, 32, 8, 128, 0, 2.77, 3.1},
+        {"attention prefill", 1, 4096, 0, 32, 8, 128, 128, 0, false, 0, 0},
+        {"attention prefill", 1, 32768, 0, 32, 8, 128, 128, 0, false, 14.0, 21.0},
+        {"attention prefill swa", 1, 32768, 0, 32, 8, 128, 128, 4096, false, 0, 0},
+        {"attention decode", 16, 1, 131071, 32, 8, 128, 128, 0, false, 2.77, 3.1},
         /* hybrid-1b-twin's layers at batch 1: 4 kv heads, so the keys split into many CTAs */
-        {"attention decode", 1, 1, 32767, 16, 4, 128, 0, 0, 0},
-        {"attention decode", 1, 1, 131071, 16, 4, 128, 0, 0, 0},
+        {"attention decode", 1, 1, 32767, 16, 4, 128, 128, 0, false, 0, 0},
+        {"attention decode", 1, 1, 131071, 16, 4, 128, 128, 0, false, 0, 0},
+        /* the mla twin's layers (hybrid-1b's 16 heads; DeepSeek's 128), absorbed: one 576-wide latent a token */
+        {"mla attention decode", 1, 1, 32767, 16, 1, 576, 512, 0, true, 0, 0},
+        {"mla attention decode", 1, 1, 131071, 16, 1, 576, 512, 0, true, 0, 0},
+        {"mla attention decode", 64, 1, 8191, 128, 1, 576, 512, 0, true, 0, 0},
+        {"mla attention prefill", 1, 4096, 0, 16, 1, 576, 512, 0, true, 0, 0},
     };
     /* the same paths at sizes the CPU checks in seconds: prefill (T > 16) and split-KV decode */
     static const attn_shape checks[] = {
-        {"attention prefill", 1, 600, 0, 32, 8, 128, 0, 0, 0},
-        {"attention prefill swa", 1, 700, 0, 32, 8, 128, 256, 0, 0},
-        {"attention decode", 2, 1, 6000, 32, 8, 128, 0, 0, 0},
-        {"attention decode", 1, 1, 40000, 16, 4, 128, 0, 0, 0},
+        {"attention prefill", 1, 600, 0, 32, 8, 128, 128, 0, false, 0, 0},
+        {"attention prefill swa", 1, 700, 0, 32, 8, 128, 128, 256, false, 0, 0},
+        {"attention decode", 2, 1, 6000, 32, 8, 128, 128, 0, false, 0, 0},
+        {"attention decode", 1, 1, 40000, 16, 4, 128, 128, 0, false, 0, 0},
+        {"mla attention decode", 2, 1, 3000, 16, 1, 576, 512, 0, true, 0, 0},
+        {"mla attention decode", 1, 1, 2000, 128, 1, 576, 512, 0, true, 0, 0},
+        {"mla attention prefill", 1, 200, 0, 16, 1, 576, 512, 0, true, 0, 0},
     };
     hae_backend *cpu = NULL;
     CHECK("cpu backend", hae_backend_create(HAE_CPU, 0, &cpu));
     for (size_t i = 0; i < sizeof checks / sizeof checks[0]; i++) check_attention(cpu, &checks[i]);
     hae_backend_destroy(cpu);
-    printf("\n| %-24s | %-48s | %10s | %-20s | %7s | %-22s | %-36s |\n", "attention bf16 d128", "shape",
+    printf("\n| %-24s | %-48s | %10s | %-20s | %7s | %-22s | %-36s |\n", "attention bf16", "shape",
            "median us", "min..max us", "TFLOP/s", "GB/s", "vs H100 anchor (SDPA)");
     printf("|--------------------------|--------------------------------------------------|------------|----------------------|"
            "---------|------------------------|--------------------------------------|\n");

@@ -131,6 +131,10 @@ HAE_OP_IMPLS(kv_slots)
  * CTAs resident at once: among 1-4x the fewest splits that make 8 waves, the count whose waves x (keys a CTA +
  * cta_keys, a CTA's fixed cost) is least, so the last wave is nearly full (indexer/indexer.c). */
 int64_t hae_index_split_tiles(int64_t tiles, int64_t rows, int64_t slots, int64_t kt, int64_t cta_keys);
+/* hae_attention of mla's absorbed form (Dk 576, Dv 512, values a view of the keys, bf16) on the sparse
+ * attention's tensor-core kernels (sparse/sparse_attention_cuda.cu), each query's list its causal window;
+ * *ran false when the shapes are not theirs. */
+hae_status hae_attention_mla_cuda(hae_backend *be, const hae_attention_args *a, bool *ran);
 /* Bytes of [p, p + bytes) before the next host-tier chunk boundary: a copy from the host tier goes in runs
  * that each stay inside one registration. */
 static inline size_t hae_host_run(const void *p, size_t bytes) {

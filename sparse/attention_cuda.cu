@@ -9,7 +9,9 @@
  *    T > kDecodeMaxT: tensor cores, one CTA per 128 query rows of one (b, h);
  *  - split-KV decode: the same operands with T <= kDecodeMaxT: one CTA per (b, kv head, split of the
  *    keys) serving all G = Hq / Hkv heads x T queries of the kv head, then a combine kernel;
- *  - a CUDA-core kernel for every other shape the CPU takes (f32, odd head dims, Dk != Dv as in mla).
+ *  - mla's absorbed form (bf16, Dk 576, Dv 512): the sparse attention's tensor-core kernels, each query's
+ *    list its whole window (hae_attention_mla_cuda in sparse_attention_cuda.cu);
+ *  - a CUDA-core kernel for every other shape the CPU takes (f32, odd head dims, Dk != Dv).
  * The tensor-core paths share one warp-level step (warp_attend) and keep softmax statistics in the
  * log2 domain: with c = scale * log2(e), m = max_s(c q.k_s) and p_s = 2^(c q.k_s - m), so each
  * exponential is one FFMA and one ex2. */
@@ -1019,6 +1021,11 @@ extern "C" hae_status hae_attention_cuda(hae_backend *be, const hae_attention_ar
             using TO = decltype(to);
             return Dk == 64 ? launch_tensor_core<64, TO>(be, p, B, s) : launch_tensor_core<128, TO>(be, p, B, s);
         });
+    if (Dk == 576 && Dv == 512) { /* mla: the sparse kernels over each query's whole window */
+        bool ran = false;
+        HAE_TRY(hae_attention_mla_cuda(be, a, &ran));
+        if (ran) return HAE_OK;
+    }
     return hae_cuda_dispatch(a->q.dtype, "hae_attention", [&](auto tq) -> hae_status {
         using TQ = decltype(tq);
         return hae_cuda_dispatch(a->k_cache.dtype, "hae_attention", [&](auto tkv) -> hae_status {

@@ -61,6 +61,14 @@ struct SparseParams {
     float *part;    /* split-KV: unnormalised O [B T Hq][splits][Dv] */
     float *part_ml; /* and (max, sum) [B T Hq][splits][2], log2 domain */
     int64_t T, cap, nk;
+    /* dense (idx NULL): each query's list is its causal window, positions lo..pos0 + t (lo = 0, or the
+     * window's start), K/V in a ring of cap slots; hae_attention_mla_cuda's */
+    bool dense;
+    int64_t pos0, window;
+    /* queries per CTA (dense, warpgroup kernel: 64 / G of them share a CTA's 64 rows and its key tiles), and
+     * the groups of them along T; 1 and T otherwise */
+    int qpack;
+    int64_t tgroups;
     int Hq, Hkv, G, Dk, Dv;
     int hblocks, splits, tiles_per_split;
     bool out_bf16, v_shared;
@@ -73,10 +81,26 @@ __device__ __forceinline__ void st_out(void *p, bool bf16, int64_t i, float v) {
     else ((float *)p)[i] = v;
 }
 
-/* The usable range of query (b, t): entries j with 0 <= j <= hi; hi = -1 when p is outside [0, cap). */
+/* The usable range of query (b, t): entries j with 0 <= j <= hi; hi = -1 when p is outside [0, cap).
+ * Dense: its position, every earlier one of its window held in the ring. */
 __device__ __forceinline__ int64_t usable_hi(const SparseParams &p, int64_t b, int64_t t) {
+    if (p.dense) return p.pos0 + t;
     const int64_t pos = (int64_t)p.lens[b * p.l_s] - p.T + t;
     return pos >= 0 && pos < p.cap ? pos : -1;
+}
+/* Where a dense query's list starts: its window's first position (0 without a window). */
+__device__ __forceinline__ int64_t list_lo(const SparseParams &p, int64_t hi) {
+    return p.dense && p.window > 0 && hi - p.window + 1 > 0 ? hi - p.window + 1 : 0;
+}
+/* Entry i of a query's list (idx row irow, or dense from lo); -1 past the list. */
+__device__ __forceinline__ int64_t entry_at(const SparseParams &p, const int32_t *irow, int64_t lo, int64_t i) {
+    return i >= p.nk ? -1 : p.dense ? lo + i : (int64_t)__ldg(irow + i);
+}
+/* The cache slot of position j (a window's ring wraps; sparse positions are below cap). */
+__device__ __forceinline__ int64_t slot_of(const SparseParams &p, int64_t j) { return j < p.cap ? j : j % p.cap; }
+/* The idx row of query (b, t); none when dense. */
+__device__ __forceinline__ const int32_t *idx_row(const SparseParams &p, int64_t b, int64_t t) {
+    return p.dense ? nullptr : p.idx + b * p.i_sb + t * p.i_st;
 }
 
 /* ---------------------------------------------------------------- tensor-core pieces
@@ -136,8 +160,9 @@ __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const Spa
     const int64_t t = blk % p.T, b = blk / p.T;
     const int h0 = gk * p.G + hb * C::R; /* first query head of this CTA */
     const int nh = min(C::R, p.G - hb * C::R);
-    /* idx entries are i32, so the usable bound fits an int */
+    /* positions fit an int (hae_attention and idx's i32 entries) */
     const int hi = (int)min(usable_hi(p, b, t), (int64_t)INT_MAX);
+    const int64_t lo = list_lo(p, hi);
     const int ntiles = (int)((p.nk + kBN - 1) / kBN);
     const int tile0 = split * p.tiles_per_split, tile1 = min(ntiles, tile0 + p.tiles_per_split);
 
@@ -153,7 +178,7 @@ __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const Spa
 
     const uint16_t *kbase = (const uint16_t *)p.k + b * p.k_sb + (int64_t)gk * DK;
     const uint16_t *vbase = (const uint16_t *)p.v + b * p.v_sb + (int64_t)gk * DV;
-    const int32_t *irow = p.idx + b * p.i_sb + t * p.i_st;
+    const int32_t *irow = idx_row(p, b, t);
 
     /* Q rows (zero rows past the group's heads) */
     {
@@ -171,18 +196,18 @@ __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const Spa
     /* Records the tile's usable entries in kidx[st]; true when it has one (a CTA-wide vote). */
     auto probe = [&](int tile, int st, int &j) -> bool {
         const int64_t i = (int64_t)tile * kBN + kr;
-        j = i < p.nk ? irow[i] : -1;
+        j = (int)entry_at(p, irow, lo, i);
         const bool ok = j >= 0 && j <= hi;
         if (sub == 0) kidx[st * kBN + kr] = ok ? j : -1;
         return __syncthreads_or(ok) != 0;
     };
     auto issue = [&](int st, int j) {
         const bool ok = j >= 0 && j <= hi;
-        const uint16_t *kr_src = kbase + (ok ? (int64_t)j : 0) * p.k_ss;
+        const uint16_t *kr_src = kbase + (ok ? slot_of(p, j) : 0) * p.k_ss;
         const uint32_t dk = sK + (uint32_t)(st * C::KBYTES);
         for (int c = sub; c < C::KC; c += C::TPK) cp_async16z(swz(dk, kr, c, C::KC), kr_src + c * 8, ok);
         if (!p.v_shared) {
-            const uint16_t *vr_src = vbase + (ok ? (int64_t)j : 0) * p.v_ss;
+            const uint16_t *vr_src = vbase + (ok ? slot_of(p, j) : 0) * p.v_ss;
             const uint32_t dv = sV + (uint32_t)(st * C::VBYTES);
             for (int c = sub; c < C::VC; c += C::TPK) cp_async16z(swz(dv, kr, c, C::VC), vr_src + c * 8, ok);
         }
@@ -536,29 +561,36 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
     int *kok = (int *)(gbase + kWgOkOff);
     const int tid = threadIdx.x, wg = tid >> 7, wi = (tid >> 5) & 3, lane = tid & 31, g8 = lane >> 2, t4 = lane & 3;
 
-    int64_t blk = blockIdx.x; /* (((b T + t) Hkv + gk) hblocks + hb) splits + split */
+    int64_t blk = blockIdx.x; /* (((b tgroups + tg) Hkv + gk) hblocks + hb) splits + split */
     const int split = (int)(blk % p.splits);
     blk /= p.splits;
     const int hb = (int)(blk % p.hblocks);
     blk /= p.hblocks;
     const int gk = (int)(blk % p.Hkv);
     blk /= p.Hkv;
-    const int64_t t = blk % p.T, b = blk / p.T;
+    const int64_t t0 = blk % p.tgroups * p.qpack, b = blk / p.tgroups;
     const int h0 = gk * p.G + hb * kWgRows;
     const int nh = min(kWgRows, p.G - hb * kWgRows);
-    const int hi = (int)min(usable_hi(p, b, t), (int64_t)INT_MAX);
+    /* row r: head h0 + r % GP of query t0 + r / GP; valid when the head is in the group and the query in T */
+    const int GP = p.qpack > 1 ? p.G : kWgRows;
+    auto row_ok = [&](int r) { return r % GP < nh && t0 + r / GP < p.T; };
+    /* the CTA walks the union of its queries' lists; each row masks the keys outside its own */
+    const int64_t tl = min(t0 + p.qpack, p.T) - 1;
+    const int hi = (int)min(usable_hi(p, b, tl), (int64_t)INT_MAX);
+    const int64_t lo = list_lo(p, (int)min(usable_hi(p, b, t0), (int64_t)INT_MAX));
     const int ntiles = (int)((p.nk + kBN - 1) / kBN);
     const int tile0 = split * p.tiles_per_split, tile1 = min(ntiles, tile0 + p.tiles_per_split);
 
     const uint16_t *kbase = (const uint16_t *)p.k + b * p.k_sb + (int64_t)gk * kWgDk;
-    const int32_t *irow = p.idx + b * p.i_sb + t * p.i_st;
+    const int32_t *irow = idx_row(p, b, t0); /* sparse: one query per CTA */
 
     {
-        const uint16_t *qrow = (const uint16_t *)p.q + b * p.q_sb + t * p.q_st + (int64_t)h0 * kWgDk;
+        const uint16_t *qb = (const uint16_t *)p.q + b * p.q_sb + t0 * p.q_st + (int64_t)h0 * kWgDk;
         for (int i = tid; i < kWgRows * kWgChunks; i += kWgThreads) {
             const int r = i / kWgChunks, c = i % kWgChunks;
-            const bool ok = r < nh;
-            cp_async16z(swz128(sQ, r, c), ok ? qrow + (int64_t)r * kWgDk + c * 8 : qrow, ok);
+            const bool ok = row_ok(r);
+            const uint16_t *src = qb + (r / GP) * p.q_st + (int64_t)(r % GP) * kWgDk + c * 8;
+            cp_async16z(swz128(sQ, r, c), ok ? src : qb, ok);
         }
     }
 
@@ -568,7 +600,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
     const uint32_t d0 = (uint32_t)(kr * 128 + ((sub ^ (kr & 7)) << 4)), d1 = d0 ^ 64u;
     auto entry = [&](int tile) -> int {
         const int64_t i = (int64_t)tile * kBN + kr;
-        return tile < tile1 && i < p.nk ? __ldg(irow + i) : -1;
+        return tile < tile1 ? (int)entry_at(p, irow, lo, i) : -1;
     };
     auto usable = [&](int j) { return j >= 0 && j <= hi; };
     /* The first tile >= from with a usable entry (tile1 if none), j its entry of row kr; jc holds the
@@ -586,19 +618,22 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         const uint32_t dst = sK + (uint32_t)(st * kWgTile);
         if (FP8) {
             fp8_store(dst, raw, fp8_row(j), ok, sub, kr, d0, d1);
-            if (sub == 0) kok[st * kBN + kr] = ok;
+            if (sub == 0) kok[st * kBN + kr] = ok ? j : -1;
             return;
         }
-        const uint16_t *src = kbase + (ok ? (int64_t)j : 0) * p.k_ss + sub * 8;
+        const uint16_t *src = kbase + (ok ? slot_of(p, j) : 0) * p.k_ss + sub * 8;
 #pragma unroll
         for (int kb = 0; kb < kWgDk / 64; kb++) {
             cp_async16z(dst + (uint32_t)(kb * kWgBlock) + d0, src + kb * 64, ok);
             cp_async16z(dst + (uint32_t)(kb * kWgBlock) + d1, src + kb * 64 + 32, ok);
         }
-        if (sub == 0) kok[st * kBN + kr] = ok;
+        if (sub == 0) kok[st * kBN + kr] = ok ? j : -1;
     };
 
     const int r0 = wi * 16 + g8, r1 = r0 + 8; /* this thread's rows of S and O */
+    /* each row's own list lo_r .. hi_r (sparse: every gathered entry) */
+    const int hi0 = (int)min(usable_hi(p, b, t0 + r0 / GP), (int64_t)INT_MAX), lo0 = (int)list_lo(p, hi0);
+    const int hi1 = (int)min(usable_hi(p, b, t0 + r1 / GP), (int64_t)INT_MAX), lo1 = (int)list_lo(p, hi1);
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
     float o[128];
 #pragma unroll
@@ -635,16 +670,17 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         wg_wait<0>();
         wg_hold(s);
 
-        /* online softmax, log2 domain; unusable keys -> -inf */
+        /* online softmax, log2 domain; keys outside a row's list -> -inf */
         const int *ok = kok + st * kBN + wg * 32;
         float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
         for (int c = 0; c < 4; c++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                const bool u = ok[8 * c + 2 * t4 + e] != 0;
-                s[4 * c + e] = u ? s[4 * c + e] * p.scale_log2 : -INFINITY;
-                s[4 * c + 2 + e] = u ? s[4 * c + 2 + e] * p.scale_log2 : -INFINITY;
+                const int jk = ok[8 * c + 2 * t4 + e];
+                const bool u0 = jk >= 0 && jk >= lo0 && jk <= hi0, u1 = jk >= 0 && jk >= lo1 && jk <= hi1;
+                s[4 * c + e] = u0 ? s[4 * c + e] * p.scale_log2 : -INFINITY;
+                s[4 * c + 2 + e] = u1 ? s[4 * c + 2 + e] * p.scale_log2 : -INFINITY;
                 mx0 = fmaxf(mx0, s[4 * c + e]);
                 mx1 = fmaxf(mx1, s[4 * c + 2 + e]);
             }
@@ -661,7 +697,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         const bool up0 = mt0 > m0 + kLazy, up1 = mt1 > m1 + kLazy; /* both warpgroups decide alike */
         const float al0 = up0 ? hae_ex2(m0 - mt0) : 1.0f, al1 = up1 ? hae_ex2(m1 - mt1) : 1.0f; /* 0 on the first tile */
         m0 = up0 ? mt0 : m0, m1 = up1 ? mt1 : m1;
-        /* the tile has a usable key, so m is finite; the guard keeps exp2 off (-inf) - (-inf) */
+        /* a row none of whose keys so far is in its list keeps m = -inf; the guard keeps exp2 off (-inf) - (-inf) */
         const float base0 = m0 == -INFINITY ? 0.0f : m0, base1 = m1 == -INFINITY ? 0.0f : m1;
         float ps0 = 0.0f, ps1 = 0.0f;
 #pragma unroll
@@ -713,10 +749,10 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
 #pragma unroll
     for (int half = 0; half < 2; half++) {
         const int r = half ? r1 : r0;
-        if (r >= nh) continue;
+        if (!row_ok(r)) continue;
         const float L = red[r] + red[kWgRows + r], M = half ? m1 : m0;
-        const int h = h0 + r;
-        const int64_t row = (b * p.T + t) * p.Hq + h;
+        const int h = h0 + r % GP;
+        const int64_t t = t0 + r / GP, row = (b * p.T + t) * p.Hq + h;
         if (p.splits == 1) {
             const float inv = L > 0.0f ? 1.0f / L : 0.0f; /* no usable index: out = 0 */
             const int64_t ob = b * p.o_sb + t * p.o_st + (int64_t)h * kWgDv + wg * (kWgDv / 2) + 2 * t4;
@@ -890,7 +926,7 @@ hae_status launch(hae_backend *be, SparseParams p, int64_t B, cudaStream_t s, vo
     if (occ < 1) return HAE_OK;
 
     p.hblocks = (p.G + rows - 1) / rows;
-    const int64_t ctas = B * p.T * p.Hkv * p.hblocks;
+    const int64_t ctas = B * p.tgroups * p.Hkv * p.hblocks;
     const int ntiles = (int)((p.nk + kBN - 1) / kBN);
     int64_t splits = 1;
     const int64_t slots = (int64_t)sms * occ;
@@ -992,6 +1028,8 @@ extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_spars
     p.hblocks = 1;
     p.splits = 1;
     p.tiles_per_split = INT_MAX;
+    p.qpack = 1;
+    p.tgroups = T;
     p.out_bf16 = a->out.dtype == HAE_BF16;
     p.out_pairs = (uintptr_t)p.out % 8 == 0 && p.o_sb % 2 == 0 && p.o_st % 2 == 0;
     p.scale = a->scale;
@@ -1025,4 +1063,63 @@ extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_spars
             return launch_simple<TQ, TKV>(p, rows, s);
         });
     });
+}
+
+/* Dense attention of mla's absorbed form on the kernels above: a query's list is every position of its causal
+ * window, read from the ring of cache slots, so these kernels' gather and softmax serve the twin's full and swa
+ * layers as they serve dsa's top-k. Takes bf16 q and caches, values a view of the keys (Dk 576, Dv 512, one kv
+ * head), 16-byte aligned rows; *ran false for anything else (hae_attention's CUDA-core kernel then runs). */
+extern "C" hae_status hae_attention_mla_cuda(hae_backend *be, const hae_attention_args *a, bool *ran) {
+    *ran = false;
+    const int64_t B = a->q.shape[0], T = a->q.shape[1], Hq = a->q.shape[2], Dk = a->q.shape[3];
+    const int64_t Hkv = a->k_cache.shape[2], Dv = a->v_cache.shape[3], cap = a->k_cache.shape[1];
+    const int64_t last = a->pos0 + T; /* positions 0 .. last - 1 */
+    if (Dk != kWgDk || Dv != kWgDv || Hkv != 1 || a->q.dtype != HAE_BF16 || a->k_cache.dtype != HAE_BF16 ||
+        a->v_cache.data != a->k_cache.data || a->v_cache.stride[0] != a->k_cache.stride[0] ||
+        a->v_cache.stride[1] != a->k_cache.stride[1] || last > INT_MAX || B * T * Hq > INT_MAX)
+        return HAE_OK;
+    SparseParams p = {};
+    p.q = a->q.data;
+    p.q_sb = a->q.stride[0];
+    p.q_st = a->q.stride[1];
+    p.k = p.v = a->k_cache.data;
+    p.k_sb = p.v_sb = a->k_cache.stride[0];
+    p.k_ss = p.v_ss = a->k_cache.stride[1];
+    if (!aligned16(p.q, p.q_sb, p.q_st) || !aligned16(p.k, p.k_sb, p.k_ss)) return HAE_OK;
+    p.out = a->out.data;
+    p.o_sb = a->out.stride[0];
+    p.o_st = a->out.stride[1];
+    p.T = T;
+    p.cap = cap;
+    p.dense = true;
+    p.pos0 = a->pos0;
+    p.window = a->window;
+    /* the longest list: a whole window, or every position up to the last query */
+    p.nk = a->window > 0 && a->window < last ? a->window : last;
+    p.Hq = (int)Hq;
+    p.Hkv = 1;
+    p.G = (int)Hq;
+    p.Dk = (int)Dk;
+    p.Dv = (int)Dv;
+    p.hblocks = 1;
+    p.splits = 1;
+    p.tiles_per_split = INT_MAX;
+    p.qpack = 1;
+    p.tgroups = T;
+    p.out_bf16 = a->out.dtype == HAE_BF16;
+    p.out_pairs = (uintptr_t)p.out % 8 == 0 && p.o_sb % 2 == 0 && p.o_st % 2 == 0;
+    p.scale = a->scale;
+    p.scale_log2 = a->scale * kLog2e;
+    p.v_shared = true;
+    cudaStream_t s = nullptr;
+    HAE_TRY(hae_cuda_enter(be, &s));
+    /* prefill with fewer than 64 heads: 64 / Hq queries share a CTA of the warpgroup kernel, so a key tile is
+     * gathered once for all of them (16 heads: a quarter of the key traffic of one query per CTA) */
+    if (T > 1 && Hq < kWgRows && kWgRows % Hq == 0) {
+        p.qpack = (int)(kWgRows / Hq);
+        p.tgroups = (T + p.qpack - 1) / p.qpack;
+        p.nk += p.qpack - 1; /* a group's union of lists */
+        return launch(be, p, B, s, wg_kernel<false>, kWgThreads, kWgSmem, kWgRows, ran);
+    }
+    return try_tc(be, p, B, s, ran);
 }

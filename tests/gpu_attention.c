@@ -80,6 +80,8 @@ static double attention_tol(const attn_case *k) {
 static const char *expected_path(const attn_case *k, int64_t q1, int64_t ks, int64_t vs) {
     const bool tc = bf16_operands(k) && k->Dk == k->Dv && (k->Dk == 64 || k->Dk == 128) && q1 % 8 == 0 &&
                     ks % 8 == 0 && vs % 8 == 0 && (k->pad % 8 == 0);
+    if (bf16_operands(k) && k->mla && k->Dk == 576 && k->Dv == 512 && q1 % 8 == 0 && ks % 8 == 0)
+        return k->Hq > 16 ? "mla on the sparse wgmma kernel" : "mla on the sparse mma.sync kernel";
     if (!tc) return "cuda cores";
     return k->T <= 16 ? "split-KV decode" : "flash prefill";
 }
@@ -189,8 +191,30 @@ Test(gpu_attention, decode_tensor_cores) {
     run_cases(cases, sizeof cases / sizeof cases[0], 2100);
 }
 
-/* Every other shape the CPU takes: f32 operands, odd head dims, Dk != Dv (mla's absorbed form, its
- * value cache a view of the key cache), unaligned strides: the CUDA-core kernel. */
+/* mla's absorbed form in bf16 (Dk 576, Dv 512, the value cache a view of the key cache): the sparse
+ * attention's tensor-core kernels over each query's whole window (decode with 16 heads: 16-row CTAs; 64 and
+ * 128 heads: the wgmma kernel; prefill with 8, 16 or 32 heads: the wgmma kernel with 64 / Hq queries a CTA,
+ * each row masked to its own window), decode with split-KV, prefill, a window's ring, padded slots, f32 out. */
+Test(gpu_attention, mla_dense_on_sparse_kernels) {
+    static const attn_case cases[] = {
+        /* B  T    Hq  Hkv Dk   Dv   pos0   window cap    pad kpad vpad mla   q    kv   out  scale */
+        {1, 1, 16, 1, 576, 512, 300, 0, 320, 0, 0, 0, true, BF, BF, BF, 0},       /* decode, 16 heads */
+        {1, 1, 16, 1, 576, 512, 0, 0, 8, 0, 0, 0, true, BF, BF, BF, 0},           /* the first token */
+        {2, 1, 64, 1, 576, 512, 5000, 0, 5001, 0, 0, 0, true, BF, BF, BF, 0},     /* 64 heads, split-KV */
+        {1, 1, 128, 1, 576, 512, 9000, 0, 9001, 0, 8, 0, true, BF, BF, BF, 0},    /* 128 heads, padded slots */
+        {1, 24, 16, 1, 576, 512, 100, 0, 130, 0, 0, 0, true, BF, BF, BF, 0},      /* prefill */
+        {2, 16, 64, 1, 576, 512, 40, 0, 56, 0, 0, 0, true, BF, BF, F32, 0},       /* prefill, 64 heads, f32 out */
+        {1, 8, 16, 1, 576, 512, 200, 64, 72, 0, 0, 0, true, BF, BF, BF, 0},       /* window 64 in a ring of 72 */
+        {1, 1, 64, 1, 576, 512, 3000, 100, 128, 0, 0, 0, true, BF, BF, BF, 0},    /* window 100 in a ring of 128 */
+        {2, 13, 8, 1, 576, 512, 30, 5, 24, 0, 0, 0, true, BF, BF, BF, 0},         /* 8 queries a CTA, 13 of them */
+        {1, 7, 32, 1, 576, 512, 0, 0, 7, 0, 8, 0, true, BF, BF, F32, 0},          /* 2 queries a CTA, from 0 */
+        {1, 300, 16, 1, 576, 512, 700, 0, 1000, 0, 0, 0, true, BF, BF, BF, 0},    /* 4 queries a CTA, 1000 keys */
+    };
+    run_cases(cases, sizeof cases / sizeof cases[0], 2150);
+}
+
+/* Every other shape the CPU takes: f32 operands, odd head dims, Dk != Dv (mla's absorbed form in f32,
+ * its value cache a view of the key cache), unaligned strides: the CUDA-core kernel. */
 Test(gpu_attention, cuda_cores) {
     static const attn_case cases[] = {
         /* B  T    Hq  Hkv Dk   Dv   pos0   window cap    pad kpad vpad mla   q    kv   out  scale */
@@ -204,7 +228,6 @@ Test(gpu_attention, cuda_cores) {
         {2, 3, 4, 4, 2, 2, 5, 0, 8, 0, 0, 0, false, F32, F32, F32, 0},            /* D 2 */
         {2, 2, 4, 4, 96, 96, 0, 1, 2, 0, 0, 0, false, F32, F32, F32, 0},          /* window 1 */
         {2, 40, 4, 2, 72, 72, 30, 0, 70, 0, 0, 0, false, BF, BF, F32, 0},         /* D 72, bf16 */
-        {1, 1, 16, 1, 576, 512, 300, 0, 320, 0, 0, 0, true, BF, BF, BF, 0},       /* mla decode */
         {1, 20, 8, 1, 576, 512, 10, 0, 30, 0, 8, 0, true, F32, F32, F32, 0},      /* mla prefill, padded slots */
         {2, 10, 4, 2, 64, 32, 5, 0, 15, 0, 3, 5, false, F32, F32, F32, 0},        /* Dk != Dv, odd slot strides */
         {2, 30, 4, 2, 128, 128, 0, 0, 30, 3, 0, 0, false, BF, BF, BF, 0},         /* bf16, q rows unaligned */
