@@ -452,7 +452,7 @@ enum {
     K_CI_KINDS, K_CI_HOP_KINDS, K_CI_CODE_DIM, K_CI_WINDOW, K_CI_TOPK, K_CI_DECAY, K_CI_DECODE,
     K_TR_STEPS, K_TR_BATCH, K_TR_LR, K_TR_MIN_LR, K_TR_WARMUP, K_TR_WD, K_TR_BETA1, K_TR_BETA2, K_TR_EPS, K_TR_CLIP,
     K_TR_EVAL, K_TR_CKPT, K_TR_LOG, K_TR_IDX_WARMUP, K_TR_EVAL_LENGTHS, K_TR_LENGTHS, K_TR_PAIRS, K_TR_MATMUL, K_TR_STATE_CKPT,
-    K_SWEEP, NKEYS
+    K_TR_LINEAR_CHUNK, K_SWEEP, NKEYS
 };
 
 #define FIELD(m) offsetof(hae_config, m), sizeof(((hae_config *)0)->m)
@@ -578,6 +578,7 @@ static const key_spec specs[NKEYS] = {
     [K_TR_MATMUL] = {"train.matmul", T_ENUM, "f32", 0, 0, 0, matmul_dtypes, FIELD(train.matmul)},
     [K_TR_STATE_CKPT] = {"train.state_checkpoint", T_INT, "0", 0, 2147483647.0, 0, NULL,
                          FIELD(train.state_checkpoint)},
+    [K_TR_LINEAR_CHUNK] = {"train.linear_chunk", T_INT, "0", 0, 2147483647.0, 0, NULL, FIELD(train.linear_chunk)},
     [K_SWEEP] = {"sweep", T_SWEEP, NULL, 0, 0, 0, NULL, 0, 0},
 };
 
@@ -1128,6 +1129,13 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
         snprintf(m, sizeof m, "train.lengths has %d items and train.pairs %d: the training mixture pairs them item by "
                  "item", cfg->train.lengths.n, cfg->train.pairs.n);
         return cross_fail(c, b, (const int[]){K_TR_PAIRS, K_TR_LENGTHS}, 2, m);
+    }
+    /* The chunk form keeps one state per chunk already: nothing for checkpoints to thin out. */
+    if (cfg->train.linear_chunk > 0 && cfg->train.state_checkpoint > 0) {
+        snprintf(m, sizeof m, "the chunk form (train.linear_chunk %" PRId64 ") keeps one state per chunk already, "
+                 "leaving train.state_checkpoint %" PRId64 " nothing to thin out; set one of them to 0",
+                 cfg->train.linear_chunk, cfg->train.state_checkpoint);
+        return cross_fail(c, b, (const int[]){K_TR_LINEAR_CHUNK, K_TR_STATE_CKPT}, 2, m);
     }
     return eval_checks(c, b, cfg);
 }

@@ -647,6 +647,8 @@ typedef struct hae_config {
         int64_t state_checkpoint; /* linear layers: keep the recurrence's state every this many tokens and recompute
                                      the rest in the backward (same gradients, a third more recurrence work); 0: keep
                                      every state */
+        int64_t linear_chunk;     /* linear layers: run the recurrence in its chunk form over chunks of this many
+                                     tokens, one state kept per chunk (not with state_checkpoint); 0: token by token */
         hae_eval_list lengths, pairs; /* the training mixture, zipped: point i is (lengths[i], pairs[i]) of every eval
                                          task and hop count, the steps cycling through the points (Zoology's mixture of
                                          short sequences with few pairs and long ones with many); empty: the eval grid */

@@ -258,6 +258,56 @@ Test(train, state_checkpoint_same_bits) {
     free(grads[0]), free(grads[1]);
 }
 
+/* train.linear_chunk: the linear layers run the recurrence in its chunk form, which rounds differently (in double
+ * over a chunk, the states rounded to f32 once per chunk), so a few AdamW steps keep the losses within 1e-4
+ * relative of token by token, not the same bits. */
+Test(train, linear_chunk_same_losses) {
+    enum { STEPS = 4 };
+    double loss[2][STEPS];
+    for (int side = 0; side < 2; side++) {
+        hae_config cfg;
+        const char *sets[] = {"model.layer_pattern=[kda, gdn]", side ? "train.linear_chunk=8" : "train.linear_chunk=0"};
+        parse_ok(tiny_yaml, "tiny.yaml", &cfg, sets, 2);
+        hae_backend *be = tu_cpu();
+        hae_trainer *t = trainer(be, &cfg, 2, 17);
+        fixed_batch fb;
+        const hae_train_batch b = fixed_batch_make(&cfg, 9, 2, &fb);
+        for (int i = 0; i < STEPS; i++) {
+            cr_assert_eq(hae_trainer_backward(t, &b, &loss[side][i], NULL), HAE_OK, "%s", hae_last_error());
+            cr_assert_eq(hae_trainer_step(t, 1e-2f, NULL), HAE_OK, "%s", hae_last_error());
+        }
+        hae_trainer_destroy(t);
+        hae_backend_destroy(be);
+    }
+    for (int i = 0; i < STEPS; i++)
+        cr_expect(fabs(loss[1][i] - loss[0][i]) <= 1e-4 * fabs(loss[0][i]), "step %d: loss %.9g token by token, %.9g "
+                  "in chunks of 8", i + 1, loss[0][i], loss[1][i]);
+    cr_expect(loss[1][0] != loss[0][0], "train.linear_chunk=8 gave token by token's loss bits %.17g: no chunk form",
+              loss[0][0]);
+    cr_expect(loss[0][STEPS - 1] < loss[0][0], "the steps did not lower the loss (%.6g to %.6g)", loss[0][0],
+              loss[0][STEPS - 1]);
+}
+
+/* A negative train.linear_chunk, and the chunk form together with state checkpoints, are refused naming the keys
+ * and where they are set. */
+Test(train, linear_chunk_bad_config) {
+    hae_config cfg;
+    const char *neg = "train.linear_chunk=-1";
+    hae_status st = hae_config_parse(tiny_yaml, strlen(tiny_yaml), "tiny.yaml", &neg, 1, &cfg);
+    cr_expect_eq(st, HAE_ERR_INVALID, "--set %s: status %d", neg, st);
+    cr_expect(strstr(hae_last_error(), "train.linear_chunk"), "no key named in: %s", hae_last_error());
+    const char *both[] = {"train.linear_chunk=8", "train.state_checkpoint=4"};
+    st = hae_config_parse(tiny_yaml, strlen(tiny_yaml), "tiny.yaml", both, 2, &cfg);
+    cr_expect_eq(st, HAE_ERR_INVALID, "--set %s --set %s: status %d", both[0], both[1], st);
+    cr_expect(strstr(hae_last_error(), "train.linear_chunk") && strstr(hae_last_error(), "train.state_checkpoint"),
+              "both keys not named in: %s", hae_last_error());
+    char yaml[2048];
+    snprintf(yaml, sizeof yaml, "%strain: {state_checkpoint: 4, linear_chunk: 8}\n", tiny_yaml);
+    st = hae_config_parse(yaml, strlen(yaml), "tiny.yaml", NULL, 0, &cfg);
+    cr_expect_eq(st, HAE_ERR_INVALID, "linear_chunk and state_checkpoint in the file: status %d", st);
+    cr_expect(strstr(hae_last_error(), "tiny.yaml:15:"), "no file:line in: %s", hae_last_error());
+}
+
 /* ---------------------------------------------------------------- hae train */
 
 /* A model small enough for ASan: mqar of 4 pairs in 64 tokens, 8 keys and 8 values among 48 noise tokens (the

@@ -4,8 +4,8 @@
  * L = sum c y is differenced in double (step 1e-5 on inputs of order 1: truncation and rounding errors near
  * 1e-10), and the f32 backward, given dy = c, must match to f32 rounding. Outputs a backward adds into start
  * from random values, outputs it overwrites from NaN, so both contracts are checked too. The whole-model check
- * differences a float64 model written from the trainer's parameter names. The recurrence's backward is also
- * held to a second derivation in the chunk form (the form a tensor-core backward on the GPU takes). */
+ * differences a float64 model written from the trainer's parameter names. The recurrence's chunk form is
+ * differenced too, and held to the recurrent form over longer sequences and several chunk lengths. */
 #include "testutil.h"
 
 #include "../train/train_ops.h"
@@ -521,7 +521,7 @@ static double delta_loss(void *p) {
 
 /* Every member of the family: kda (channel decay, delta), gdn (head decay, delta), deltanet (delta), gla
  * (channel decay), mamba2/retnet (head decay), linear (neither); L2-normalised keys as the delta rule uses them,
- * decays log-uniform in [-0.5, -0.01]. */
+ * decays log-uniform in [-0.5, -0.01]; token by token and in the chunk form over chunks of 3 (the last short). */
 Test(train_grad, delta_recurrence) {
     static const struct {
         const char *name;
@@ -530,13 +530,14 @@ Test(train_grad, delta_recurrence) {
     } kinds[] = {{"kda", 2, true}, {"gdn", 1, true}, {"deltanet", 0, true}, {"gla", 2, false}, {"mamba2", 1, false},
                  {"linear", 0, false}};
     hae_backend *be = tu_cpu();
-    for (size_t ki = 0; ki < sizeof kinds / sizeof *kinds; ki++) {
+    for (size_t kc = 0; kc < 2 * sizeof kinds / sizeof *kinds; kc++) {
+        const size_t ki = kc / 2;
         const hae_tr_delta_shape s = {.B = 2, .T = 7, .H = 2, .K = 5, .V = 4, .channel_decay = kinds[ki].decay == 2,
-                                      .scale = 0.45f};
+                                      .scale = 0.45f, .chunk = kc % 2 ? 3 : 0};
         const int64_t NK = s.B * s.T * s.H * s.K, NV = s.B * s.T * s.H * s.V, NH = s.B * s.T * s.H;
         const int64_t NG = kinds[ki].decay == 2 ? NK : NH;
         char shape[96];
-        snprintf(shape, sizeof shape, "%s [B 2, T 7, H 2, K 5, V 4]", kinds[ki].name);
+        snprintf(shape, sizeof shape, "%s [B 2, T 7, H 2, K 5, V 4, chunk %lld]", kinds[ki].name, (long long)s.chunk);
         tu_rng r = tu_rng_make(90 + ki);
         delta_case d = {s, dalloc(NK), dalloc(NK), dalloc(NV), kinds[ki].decay ? dalloc(NG) : NULL,
                         kinds[ki].delta ? dalloc(NH) : NULL, dalloc(NV), dalloc(NV)};
@@ -558,7 +559,7 @@ Test(train_grad, delta_recurrence) {
         poison(o, NV), poison(dq, NK), poison(dk, NK), poison(dv, NV);
         if (dg) poison(dg, NG);
         if (db) poison(db, NH);
-        hae_tr_delta_fwd(be, &s, q, k, v, g, beta, S, o);
+        cr_assert_eq(hae_tr_delta_fwd(be, &s, q, k, v, g, beta, S, o), HAE_OK, "%s", hae_last_error());
         delta_loss(&d);
         expect_fwd("delta", shape, o, d.o, NV);
         cr_assert_eq(hae_tr_delta_bwd(be, &s, q, k, v, g, beta, S, c, dq, dk, dv, dg, db), HAE_OK, "%s",
@@ -1452,208 +1453,48 @@ Test(train_grad, whole_model) {
     hae_backend_destroy(be);
 }
 
-/* The recurrence's backward derived a second way, in the chunk form a tensor-core backward takes: with S0 the
- * state before a chunk of C tokens, Γ_i = sum of g over the chunk's tokens up to i, E_ijc = e^{Γ_ic - Γ_jc}
- * (j <= i), K~_i = k_i e^{Γ_i}, Q~_i = q_i e^{Γ_i}, K^_j = k_j e^{Γ_L - Γ_j} (L the chunk's last token),
- * A_ij = sum_c k_ic k_jc E_ijc (j < i), P_ij = sum_c q_ic k_jc E_ijc (j <= i):
- *     delta: u = M^-1 z,  M = I + diag(beta) A,  z = diag(beta) (V - K~ S0);  else u = V
- *     O = scale (Q~ S0 + P u),   S_end = diag(e^{Γ_L}) S0 + K^^T u
- * walked backwards from dS_end: du = scale P^T dO + K^ dS_end, dz = M^-T du, dM = -dz u^T, each product's
- * gradient into q, k, v, beta and Γ, dg_t = sum_{i >= t} dΓ_i, and dS0 the chunk before's dS_end. In double,
- * from the forward's states (every state kept). */
-typedef struct {
-    const hae_tr_delta_shape *s;
-    const float *q, *k, *v, *g, *beta, *S, *dout;
-    float *dq, *dk, *dv, *dg, *dbeta;
-} chunked_bwd;
-
-static void chunked_delta_bwd_item(const chunked_bwd *c, int64_t item, int64_t C, double *w) {
-    const hae_tr_delta_shape *s = c->s;
-    const int64_t b = item / s->H, h = item % s->H, K = s->K, V = s->V, KV = K * V;
-    const bool delta = c->beta != NULL;
-    const float *S = c->S + item * s->T * KV;
-    double *dS = w, *S0 = dS + KV, *gam = S0 + KV, *dgam = gam + C * K, *dq = dgam + C * K, *dk = dq + C * K;
-    double *u = dk + C * K, *z = u + C * V; /* z holds v - S0^T K~ */
-    double *du = z + C * V, *dz = du + C * V, *A = dz + C * V, *P = A + C * C, *dP = P + C * C, *bet = dP + C * C;
-    memset(dS, 0, sizeof(double) * (size_t)KV);
-    for (int64_t t0 = (s->T - 1) / C * C; t0 >= 0; t0 -= C) {
-        const int64_t n = s->T - t0 < C ? s->T - t0 : C, L = n - 1;
-#define ROW(t_) ((b * s->T + t0 + (t_)) * s->H + h)
-#define QK(t_, ch) ((double)c->q[ROW(t_) * K + (ch)])
-#define KK(t_, ch) ((double)c->k[ROW(t_) * K + (ch)])
-#define VV(t_, j) ((double)c->v[ROW(t_) * V + (j)])
-#define DO(t_, j) ((double)c->dout[ROW(t_) * V + (j)])
-#define E(i, j, ch) exp(gam[(i) * K + (ch)] - gam[(j) * K + (ch)])
-        for (int64_t e = 0; e < KV; e++) S0[e] = t0 ? S[(t0 - 1) * KV + e] : 0.0;
-        for (int64_t i = 0; i < n; i++) { /* Γ, beta */
-            for (int64_t ch = 0; ch < K; ch++) {
-                const double gl = !c->g ? 0.0 : s->channel_decay ? c->g[ROW(i) * K + ch] : c->g[ROW(i)];
-                gam[i * K + ch] = (i ? gam[(i - 1) * K + ch] : 0.0) + gl;
-            }
-            bet[i] = delta ? c->beta[ROW(i)] : 1.0;
-        }
-        for (int64_t i = 0; i < n; i++) { /* forward: A, P, z, u */
-            for (int64_t j = 0; j <= i; j++) {
-                double a = 0, pq = 0;
-                for (int64_t ch = 0; ch < K; ch++) {
-                    a += KK(i, ch) * KK(j, ch) * E(i, j, ch);
-                    pq += QK(i, ch) * KK(j, ch) * E(i, j, ch);
-                }
-                A[i * C + j] = a, P[i * C + j] = pq;
-            }
-            for (int64_t jv = 0; jv < V; jv++) {
-                double sk = 0;
-                for (int64_t ch = 0; ch < K; ch++) sk += S0[ch * V + jv] * KK(i, ch) * exp(gam[i * K + ch]);
-                z[i * V + jv] = delta ? VV(i, jv) - sk : VV(i, jv);
-                double acc = bet[i] * z[i * V + jv];
-                for (int64_t j = 0; delta && j < i; j++) acc -= bet[i] * A[i * C + j] * u[j * V + jv];
-                u[i * V + jv] = acc;
-            }
-        }
-        memset(dgam, 0, sizeof(double) * (size_t)(n * K));
-        memset(dq, 0, sizeof(double) * (size_t)(n * K));
-        memset(dk, 0, sizeof(double) * (size_t)(n * K));
-        for (int64_t i = 0; i < n; i++) /* dP */
-            for (int64_t j = 0; j <= i; j++) {
-                double d = 0;
-                for (int64_t jv = 0; jv < V; jv++) d += DO(i, jv) * u[j * V + jv];
-                dP[i * C + j] = s->scale * d;
-            }
-        for (int64_t j = 0; j < n; j++) /* du = scale P^T dO + K^ dS_end */
-            for (int64_t jv = 0; jv < V; jv++) {
-                double d = 0;
-                for (int64_t i = j; i < n; i++) d += s->scale * P[i * C + j] * DO(i, jv);
-                for (int64_t ch = 0; ch < K; ch++)
-                    d += KK(j, ch) * exp(gam[L * K + ch] - gam[j * K + ch]) * dS[ch * V + jv];
-                du[j * V + jv] = d;
-            }
-        for (int64_t i = 0; i < n; i++) /* dQ~ into q and Γ, dK^ into k and Γ */
-            for (int64_t ch = 0; ch < K; ch++) {
-                double dqt = 0, dkh = 0;
-                for (int64_t jv = 0; jv < V; jv++) {
-                    dqt += s->scale * DO(i, jv) * S0[ch * V + jv];
-                    dkh += u[i * V + jv] * dS[ch * V + jv];
-                }
-                const double e = exp(gam[i * K + ch]), eh = exp(gam[L * K + ch] - gam[i * K + ch]);
-                dq[i * K + ch] += dqt * e;
-                dgam[i * K + ch] += dqt * QK(i, ch) * e;
-                dk[i * K + ch] += dkh * eh;
-                dgam[i * K + ch] -= dkh * KK(i, ch) * eh;
-                dgam[L * K + ch] += dkh * KK(i, ch) * eh;
-            }
-        for (int64_t ch = 0; ch < K; ch++) { /* dS0 = scale Q~^T dO + diag(e^{Γ_L}) dS_end; Γ_L's share */
-            const double eL = exp(gam[L * K + ch]);
-            double acc = 0;
-            for (int64_t jv = 0; jv < V; jv++) acc += S0[ch * V + jv] * dS[ch * V + jv];
-            dgam[L * K + ch] += eL * acc;
-            for (int64_t jv = 0; jv < V; jv++) {
-                double d = eL * dS[ch * V + jv];
-                for (int64_t i = 0; i < n; i++) d += s->scale * QK(i, ch) * exp(gam[i * K + ch]) * DO(i, jv);
-                dS[ch * V + jv] = d;
-            }
-        }
-        for (int64_t i = 0; i < n; i++) /* P into q, k, Γ */
-            for (int64_t j = 0; j <= i; j++)
-                for (int64_t ch = 0; ch < K; ch++) {
-                    const double ee = E(i, j, ch), t = dP[i * C + j] * QK(i, ch) * KK(j, ch) * ee;
-                    dq[i * K + ch] += dP[i * C + j] * KK(j, ch) * ee;
-                    dk[j * K + ch] += dP[i * C + j] * QK(i, ch) * ee;
-                    dgam[i * K + ch] += t;
-                    dgam[j * K + ch] -= t;
-                }
-        if (delta) {
-            for (int64_t j = n - 1; j >= 0; j--) /* dz = M^-T du */
-                for (int64_t jv = 0; jv < V; jv++) {
-                    double acc = du[j * V + jv];
-                    for (int64_t i = j + 1; i < n; i++) acc -= bet[i] * A[i * C + j] * dz[i * V + jv];
-                    dz[j * V + jv] = acc;
-                }
-            for (int64_t i = 0; i < n; i++) {
-                double db = 0;
-                for (int64_t jv = 0; jv < V; jv++) {
-                    c->dv[ROW(i) * V + jv] = (float)(bet[i] * dz[i * V + jv]);
-                    db += dz[i * V + jv] * z[i * V + jv];
-                }
-                for (int64_t j = 0; j < i; j++) { /* dM = -dz u^T on A's rows */
-                    double dzu = 0;
-                    for (int64_t jv = 0; jv < V; jv++) dzu += dz[i * V + jv] * u[j * V + jv];
-                    db -= A[i * C + j] * dzu;
-                    const double dA = -bet[i] * dzu;
-                    for (int64_t ch = 0; ch < K; ch++) {
-                        const double ee = E(i, j, ch), t = dA * KK(i, ch) * KK(j, ch) * ee;
-                        dk[i * K + ch] += dA * KK(j, ch) * ee;
-                        dk[j * K + ch] += dA * KK(i, ch) * ee;
-                        dgam[i * K + ch] += t;
-                        dgam[j * K + ch] -= t;
-                    }
-                }
-                c->dbeta[ROW(i)] = (float)db;
-                for (int64_t ch = 0; ch < K; ch++) { /* z's K~ and S0 */
-                    const double e = exp(gam[i * K + ch]);
-                    double dkt = 0;
-                    for (int64_t jv = 0; jv < V; jv++) {
-                        dkt -= bet[i] * S0[ch * V + jv] * dz[i * V + jv];
-                        dS[ch * V + jv] -= bet[i] * KK(i, ch) * e * dz[i * V + jv];
-                    }
-                    dk[i * K + ch] += dkt * e;
-                    dgam[i * K + ch] += dkt * KK(i, ch) * e;
-                }
-            }
-        } else {
-            for (int64_t i = 0; i < n; i++)
-                for (int64_t jv = 0; jv < V; jv++) c->dv[ROW(i) * V + jv] = (float)du[i * V + jv];
-        }
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t ch = 0; ch < K; ch++) {
-                c->dq[ROW(i) * K + ch] = (float)dq[i * K + ch];
-                c->dk[ROW(i) * K + ch] = (float)dk[i * K + ch];
-            }
-        if (c->g) { /* dg_t = sum_{i >= t} dΓ_i */
-            for (int64_t i = n - 1; i >= 0; i--) {
-                for (int64_t ch = 0; ch < K; ch++) {
-                    if (i < n - 1) dgam[i * K + ch] += dgam[(i + 1) * K + ch];
-                    if (s->channel_decay) c->dg[ROW(i) * K + ch] = (float)dgam[i * K + ch];
-                }
-                if (!s->channel_decay) {
-                    double sum = 0;
-                    for (int64_t ch = 0; ch < K; ch++) sum += dgam[i * K + ch];
-                    c->dg[ROW(i)] = (float)sum;
-                }
-            }
-        }
-#undef ROW
-#undef QK
-#undef KK
-#undef VV
-#undef DO
-#undef E
+/* got against want, each element within 1e-4 of want's scale (its largest magnitude, at least 1); NaN fails. */
+static void expect_scaled(const char *what, const char *shape, const float *got, const float *want, int64_t n) {
+    double scale = 1, worst = 0;
+    int64_t at = 0;
+    for (int64_t i = 0; i < n; i++) scale = fmax(scale, fabs((double)want[i]));
+    for (int64_t i = 0; i < n; i++) {
+        const double e = fabs((double)got[i] - (double)want[i]);
+        if (!(e <= worst)) worst = e, at = i;
     }
+    cr_expect(worst <= 1e-4 * scale, "%s %s: [%lld] = %g, the recurrent form's %g (worst of %lld, scale %g)", shape,
+              what, (long long)at, (double)got[at], (double)want[at], (long long)n, scale);
+    if (getenv("HAE_TEST_VERBOSE"))
+        fprintf(stderr, "%-36s %-16s worst %.3g of scale %.3g\n", shape, what, worst, scale);
 }
 
-static void chunked_delta_bwd(const chunked_bwd *c, int64_t C) {
-    const int64_t K = c->s->K, V = c->s->V;
-    double *w = malloc(sizeof(double) * (size_t)(2 * K * V + C * (4 * K + 4 * V + 3 * C + 1)));
-    cr_assert(w != NULL);
-    for (int64_t item = 0; item < c->s->B * c->s->H; item++) chunked_delta_bwd_item(c, item, C, w);
-    free(w);
-}
-
-/* hae_tr_delta_bwd against the chunk-form derivation above, for every decay kind, with and without the delta
- * rule, chunks of 1, 5 and 16 over 37 tokens (a short last chunk), and unit beta: every gradient within 1e-4 of
- * its scale (a 0.1% change to any one term of the chunk form fails it). */
-Test(train_grad, delta_chunked_backward_matches_recurrent) {
+/* The chunk form (train_ops.h) against the recurrent form on the same inputs, for every decay kind, with and
+ * without the delta rule and with unit beta, chunks of 1, 5, 16 and 64 over 37 tokens (a short last chunk, and
+ * one chunk longer than the sequence): the outputs, each chunk's end state against the recurrent state at that
+ * token, and every gradient, each within 1e-4 of its scale. The two agree to 2e-7 of scale; a 1% change to any one
+ * term of the chunk form fails it, and so does 0.1% to every term but dA's share of dΓ (which moves dg by 9e-5).
+ * A negative chunk is refused. */
+Test(train_grad, delta_chunk_form_matches_recurrent) {
     static const int decays[] = {0, 1, 2};
-    static const int64_t chunks[] = {1, 5, 16};
+    static const int64_t chunks[] = {1, 5, 16, 64};
     hae_backend *be = tu_cpu();
     for (int ki = 0; ki < 3; ki++)
         for (int de = 0; de < 3; de++) /* delta with random beta, delta with beta 1, no delta */
-            for (int ci = 0; ci < 3; ci++) {
-                const hae_tr_delta_shape sh = {.B = 2, .T = 37, .H = 2, .K = 6, .V = 5, .channel_decay = decays[ki] == 2,
-                                               .scale = 0.4f};
+            for (int ci = 0; ci < 4; ci++) {
+                const hae_tr_delta_shape rec = {.B = 2, .T = 37, .H = 2, .K = 6, .V = 5,
+                                                .channel_decay = decays[ki] == 2, .scale = 0.4f};
+                hae_tr_delta_shape chk = rec;
+                chk.chunk = chunks[ci];
+                const int64_t C = chunks[ci], nc = (37 + C - 1) / C, KV = rec.K * rec.V;
+                cr_assert_eq(hae_tr_delta_slots(&chk), nc, "chunk %lld: %lld slots", (long long)C,
+                             (long long)hae_tr_delta_slots(&chk));
                 const bool delta = de < 2;
-                const int64_t NK = sh.B * sh.T * sh.H * sh.K, NV = sh.B * sh.T * sh.H * sh.V, NH = sh.B * sh.T * sh.H;
-                const int64_t NG = decays[ki] == 2 ? NK : NH, NS = sh.B * sh.H * sh.T * sh.K * sh.V;
-                tu_rng r = tu_rng_make(900 + (uint64_t)(ki * 9 + de * 3 + ci));
+                const int64_t NK = rec.B * rec.T * rec.H * rec.K, NV = rec.B * rec.T * rec.H * rec.V;
+                const int64_t NH = rec.B * rec.T * rec.H, NG = decays[ki] == 2 ? NK : NH;
+                char shape[96];
+                snprintf(shape, sizeof shape, "decay %d, %s, chunk %lld:", decays[ki],
+                         de == 0 ? "delta" : de == 1 ? "delta, beta 1" : "no delta", (long long)C);
+                tu_rng r = tu_rng_make(900 + (uint64_t)(ki * 12 + de * 4 + ci));
                 float *in = falloc(2 * NK + 2 * NV + NG + NH), *q = in, *k = q + NK, *v = k + NK, *dout = v + NV,
                       *g = dout + NV, *beta = g + NG;
                 tu_fill(in, HAE_F32, 2 * NK + 2 * NV, &r, -0.6, 0.6);
@@ -1661,34 +1502,40 @@ Test(train_grad, delta_chunked_backward_matches_recurrent) {
                 tu_fill(beta, HAE_F32, NH, &r, 0.1, 0.95);
                 if (de == 1)
                     for (int64_t i = 0; i < NH; i++) beta[i] = 1.0f;
-                float *S = falloc(NS), *o = falloc(NV);
                 const float *gg = decays[ki] ? g : NULL, *bb = delta ? beta : NULL;
-                cr_assert_eq(hae_tr_delta_fwd(be, &sh, q, k, v, gg, bb, S, o), HAE_OK, "%s", hae_last_error());
-                const int64_t n[5] = {NK, NK, NV, NG, NH};
-                float *got[5], *want[5];
-                for (int j = 0; j < 5; j++) poison(got[j] = falloc(n[j]), n[j]), poison(want[j] = falloc(n[j]), n[j]);
-                cr_assert_eq(hae_tr_delta_bwd(be, &sh, q, k, v, gg, bb, S, dout, want[0], want[1], want[2],
-                                              gg ? want[3] : NULL, bb ? want[4] : NULL), HAE_OK, "%s", hae_last_error());
-                const chunked_bwd cb = {&sh, q, k, v, gg, bb, S, dout, got[0], got[1], got[2], gg ? got[3] : NULL,
-                                        bb ? got[4] : NULL};
-                chunked_delta_bwd(&cb, chunks[ci]);
-                static const char *what[5] = {"dq", "dk", "dv", "dg", "dbeta"};
-                for (int j = 0; j < 5; j++) {
-                    if ((j == 3 && !gg) || (j == 4 && !bb)) continue;
-                    double scale = 0, worst = 0;
-                    int64_t at = 0;
-                    for (int64_t i = 0; i < n[j]; i++) scale = fmax(scale, fabs((double)want[j][i]));
-                    for (int64_t i = 0; i < n[j]; i++) {
-                        const double e = fabs((double)got[j][i] - (double)want[j][i]);
-                        if (!(e <= worst)) worst = e, at = i;
+                /* o, dq, dk, dv, dg, dbeta, then the states: the recurrent form's and the chunk form's */
+                const int64_t n[7] = {NV, NK, NK, NV, NG, NH, rec.B * rec.H * 37 * KV};
+                float *want[7], *got[7];
+                for (int j = 0; j < 7; j++) poison(want[j] = falloc(n[j]), n[j]), poison(got[j] = falloc(n[j]), n[j]);
+                cr_assert_eq(hae_tr_delta_fwd(be, &rec, q, k, v, gg, bb, want[6], want[0]), HAE_OK, "%s",
+                             hae_last_error());
+                cr_assert_eq(hae_tr_delta_fwd(be, &chk, q, k, v, gg, bb, got[6], got[0]), HAE_OK, "%s",
+                             hae_last_error());
+                float *ends = falloc(rec.B * rec.H * nc * KV); /* the recurrent states at the chunks' last tokens */
+                for (int64_t it = 0; it < rec.B * rec.H; it++)
+                    for (int64_t cc = 0; cc < nc; cc++) {
+                        const int64_t t = (cc + 1) * C < 37 ? (cc + 1) * C - 1 : 36;
+                        memcpy(ends + (it * nc + cc) * KV, want[6] + (it * 37 + t) * KV, sizeof(float) * (size_t)KV);
                     }
-                    cr_expect(worst <= 1e-4 * (scale > 1 ? scale : 1), "decay %d, %s, chunk %lld: %s[%lld] = %g, the "
-                              "recurrent backward's %g (worst of %lld, scale %g)", decays[ki],
-                              de == 0 ? "delta" : de == 1 ? "delta, beta 1" : "no delta", (long long)chunks[ci], what[j],
-                              (long long)at, (double)got[j][at], (double)want[j][at], (long long)n[j], scale);
-                }
-                for (int j = 0; j < 5; j++) free(got[j]), free(want[j]);
-                free(S), free(o), free(in);
+                expect_scaled("o", shape, got[0], want[0], NV);
+                expect_scaled("chunk-end states", shape, got[6], ends, rec.B * rec.H * nc * KV);
+                cr_assert_eq(hae_tr_delta_bwd(be, &rec, q, k, v, gg, bb, want[6], dout, want[1], want[2], want[3],
+                                              gg ? want[4] : NULL, bb ? want[5] : NULL),
+                             HAE_OK, "%s", hae_last_error());
+                cr_assert_eq(hae_tr_delta_bwd(be, &chk, q, k, v, gg, bb, got[6], dout, got[1], got[2], got[3],
+                                              gg ? got[4] : NULL, bb ? got[5] : NULL),
+                             HAE_OK, "%s", hae_last_error());
+                static const char *what[6] = {"o", "dq", "dk", "dv", "dg", "dbeta"};
+                for (int j = 1; j < 6; j++)
+                    if ((j != 4 || gg) && (j != 5 || bb)) expect_scaled(what[j], shape, got[j], want[j], n[j]);
+                for (int j = 0; j < 7; j++) free(got[j]), free(want[j]);
+                free(ends), free(in);
             }
+    hae_tr_delta_shape bad = {.B = 1, .T = 4, .H = 1, .K = 2, .V = 2, .scale = 1.0f, .chunk = -1};
+    float buf[64] = {0};
+    cr_expect_eq(hae_tr_delta_fwd(be, &bad, buf, buf, buf, NULL, NULL, buf, buf), HAE_ERR_INVALID);
+    cr_expect(strstr(hae_last_error(), "chunk -1") != NULL, "%s", hae_last_error());
+    cr_expect_eq(hae_tr_delta_bwd(be, &bad, buf, buf, buf, NULL, NULL, buf, buf, buf, buf, buf, NULL, NULL),
+                 HAE_ERR_INVALID);
     hae_backend_destroy(be);
 }

@@ -494,7 +494,7 @@ typedef struct {
     const hae_tr_delta_shape *s;
     const float *q, *k, *v, *g, *beta, *dout;
     float *Sw, *o, *dq, *dk, *dv, *dg, *dbeta;
-    double *scratch; /* the backward's, per (sequence, head): delta_scratch doubles each */
+    double *scratch; /* per (sequence, head): the backward's delta_scratch doubles, or the chunk form's chunk_scratch */
 } delta_ctx;
 
 /* dS, S'_t, a_t, du and v_t - S'_t^T k_t */
@@ -513,6 +513,7 @@ static double decay_at(const delta_ctx *c, int64_t row, int64_t i) {
 static int64_t ckpt_every(const hae_tr_delta_shape *s) { return s->every > 1 && s->every < s->T ? s->every : 0; }
 
 int64_t hae_tr_delta_slots(const hae_tr_delta_shape *s) {
+    if (s->chunk > 0) return (s->T + s->chunk - 1) / s->chunk;
     const int64_t C = ckpt_every(s);
     return C ? (s->T + C - 1) / C + C : s->T;
 }
@@ -561,14 +562,6 @@ static void delta_fwd_item(void *p, int64_t item) {
             ot[j] = (float)(s->scale * acc);
         }
     }
-}
-
-hae_status hae_tr_delta_fwd(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k,
-                            const float *v, const float *g, const float *beta, float *S, float *o) {
-    ON_CUDA(be, hae_tr_delta_fwd_cuda(be, s, q, k, v, g, beta, S, o));
-    delta_ctx c = {.s = s, .q = q, .k = k, .v = v, .g = g, .beta = beta, .Sw = S, .o = o};
-    hae_parallel_for_sized(be->pool, s->B * s->H, 4 * s->T * s->K * s->V, delta_fwd_item, &c);
-    return HAE_OK;
 }
 
 /* One (sequence, head), backwards in time, a chunk at a time (the whole sequence without checkpoints): its states
@@ -642,12 +635,284 @@ static void delta_bwd_item(void *p, int64_t item) {
     }
 }
 
+/* ---------------------------------------------------------------- the recurrence's chunk form */
+
+/* train_ops.h states the math; here it runs in double per (sequence, head), the states rounded to f32 in S. The
+ * forward starts each chunk from the f32 state the chunk before left, so the backward, starting from the same
+ * slot, recomputes exactly the forward's u. */
+
+/* Chunk length: chunk, or T when a single chunk covers the sequence. */
+static int64_t chunk_len(const hae_tr_delta_shape *s) { return min64(s->chunk, s->T); }
+
+/* One chunk's working set, carved from the item's scratch: S0 and dS [K, V]; Γ, e^Γ, e^{Γ_L - Γ}, and the
+ * backward's dΓ, dq, dk [C, K]; beta [C]; z, u, du and w [C, V]; A, P, dA, dP [C, C] (row i, column j <= i). */
+typedef struct {
+    double *S0, *dS, *gam, *eg, *eh, *dgam, *dq, *dk, *bet, *z, *u, *du, *w, *A, *P, *dA, *dP;
+} chunk_work;
+
+static int64_t chunk_scratch(const hae_tr_delta_shape *s) {
+    const int64_t C = chunk_len(s);
+    return 2 * s->K * s->V + C * (6 * s->K + 1 + 4 * s->V + 4 * C);
+}
+
+static chunk_work chunk_carve(const hae_tr_delta_shape *s, double *p) {
+    const int64_t C = chunk_len(s), KV = s->K * s->V, CK = C * s->K, CV = C * s->V, CC = C * C;
+    chunk_work w;
+    double **part[] = {&w.S0, &w.dS, &w.gam, &w.eg, &w.eh, &w.dgam, &w.dq, &w.dk, &w.bet,
+                       &w.z,  &w.u,  &w.du,  &w.w,  &w.A,  &w.P,    &w.dA, &w.dP};
+    const int64_t len[] = {KV, KV, CK, CK, CK, CK, CK, CK, C, CV, CV, CV, CV, CC, CC, CC, CC};
+    for (size_t i = 0; i < sizeof len / sizeof *len; i++) *part[i] = p, p += len[i];
+    return w;
+}
+
+/* E_ijc = e^{Γ_ic - Γ_jc}: from the difference, which stays finite where e^Γ alone would underflow. */
+static double chunk_E(const chunk_work *w, int64_t K, int64_t i, int64_t j, int64_t ch) {
+    return exp(w->gam[i * K + ch] - w->gam[j * K + ch]);
+}
+
+/* For the n tokens from t0 of item (b, h), with w->S0 set: Γ, e^Γ, e^{Γ_L - Γ}, beta, A, P, and with the delta rule
+ * z = V - K~ S0 and u by forward substitution in M u = diag(beta) z (u = V without it). */
+static void chunk_prep(const delta_ctx *c, int64_t b, int64_t h, int64_t t0, int64_t n, const chunk_work *w) {
+    const hae_tr_delta_shape *s = c->s;
+    const int64_t K = s->K, V = s->V, C = chunk_len(s), L = n - 1;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t r = bth(s, b, t0 + i, h);
+        for (int64_t ch = 0; ch < K; ch++) {
+            const double gl = !c->g ? 0.0 : s->channel_decay ? c->g[r * K + ch] : c->g[r];
+            w->gam[i * K + ch] = (i ? w->gam[(i - 1) * K + ch] : 0.0) + gl;
+            w->eg[i * K + ch] = exp(w->gam[i * K + ch]);
+        }
+        w->bet[i] = c->beta ? c->beta[r] : 1.0;
+    }
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t ch = 0; ch < K; ch++) w->eh[i * K + ch] = exp(w->gam[L * K + ch] - w->gam[i * K + ch]);
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t r = bth(s, b, t0 + i, h);
+        const float *qi = c->q + r * K, *ki = c->k + r * K, *vi = c->v + r * V;
+        for (int64_t j = 0; j <= i; j++) {
+            const float *kj = c->k + bth(s, b, t0 + j, h) * K;
+            double a = 0, pq = 0;
+            for (int64_t ch = 0; ch < K; ch++) {
+                const double e = chunk_E(w, K, i, j, ch);
+                a += (double)ki[ch] * kj[ch] * e;
+                pq += (double)qi[ch] * kj[ch] * e;
+            }
+            w->A[i * C + j] = a, w->P[i * C + j] = pq;
+        }
+        for (int64_t jv = 0; jv < V; jv++) {
+            double x = vi[jv];
+            if (c->beta) {
+                for (int64_t ch = 0; ch < K; ch++) x -= ki[ch] * w->eg[i * K + ch] * w->S0[ch * V + jv];
+                w->z[i * V + jv] = x;
+                for (int64_t j = 0; j < i; j++) x -= w->A[i * C + j] * w->u[j * V + jv];
+                x *= w->bet[i];
+            }
+            w->u[i * V + jv] = x;
+        }
+    }
+}
+
+/* The item's S0 for chunk ci: the f32 state after chunk ci - 1, or zero. */
+static void chunk_start(const hae_tr_delta_shape *s, const float *S, int64_t ci, double *S0) {
+    const int64_t KV = s->K * s->V;
+    for (int64_t e = 0; e < KV; e++) S0[e] = ci ? S[(ci - 1) * KV + e] : 0.0;
+}
+
+/* One (sequence, head) forwards: O = scale (Q~ S0 + P u), S_end = diag(e^{Γ_L}) S0 + K^^T u into slot ci. */
+static void chunk_fwd_item(void *p, int64_t item) {
+    const delta_ctx *c = p;
+    const hae_tr_delta_shape *s = c->s;
+    const int64_t b = item / s->H, h = item % s->H, K = s->K, V = s->V, KV = K * V, C = chunk_len(s);
+    float *S = c->Sw + item * hae_tr_delta_slots(s) * KV;
+    const chunk_work w = chunk_carve(s, c->scratch + item * chunk_scratch(s));
+    for (int64_t ci = 0; ci * C < s->T; ci++) {
+        const int64_t t0 = ci * C, n = min64(C, s->T - t0), L = n - 1;
+        chunk_start(s, S, ci, w.S0);
+        chunk_prep(c, b, h, t0, n, &w);
+        for (int64_t i = 0; i < n; i++) {
+            const int64_t r = bth(s, b, t0 + i, h);
+            const float *qi = c->q + r * K;
+            for (int64_t jv = 0; jv < V; jv++) {
+                double acc = 0;
+                for (int64_t ch = 0; ch < K; ch++) acc += qi[ch] * w.eg[i * K + ch] * w.S0[ch * V + jv];
+                for (int64_t j = 0; j <= i; j++) acc += w.P[i * C + j] * w.u[j * V + jv];
+                c->o[r * V + jv] = (float)(s->scale * acc);
+            }
+        }
+        for (int64_t ch = 0; ch < K; ch++)
+            for (int64_t jv = 0; jv < V; jv++) {
+                double acc = w.eg[L * K + ch] * w.S0[ch * V + jv];
+                for (int64_t j = 0; j < n; j++)
+                    acc += c->k[bth(s, b, t0 + j, h) * K + ch] * w.eh[j * K + ch] * w.u[j * V + jv];
+                S[ci * KV + ch * V + jv] = (float)acc;
+            }
+    }
+}
+
+/* One (sequence, head) backwards, chunk by chunk from the last, dS the gradient of the chunk's S_end. */
+static void chunk_bwd_item(void *p, int64_t item) {
+    const delta_ctx *c = p;
+    const hae_tr_delta_shape *s = c->s;
+    const int64_t b = item / s->H, h = item % s->H, K = s->K, V = s->V, KV = K * V, C = chunk_len(s);
+    const bool delta = c->beta != NULL;
+    const float *S = c->Sw + item * hae_tr_delta_slots(s) * KV;
+    const chunk_work w = chunk_carve(s, c->scratch + item * chunk_scratch(s));
+    memset(w.dS, 0, sizeof(double) * (size_t)KV);
+    for (int64_t ci = (s->T - 1) / C; ci >= 0; ci--) {
+        const int64_t t0 = ci * C, n = min64(C, s->T - t0), L = n - 1;
+        chunk_start(s, S, ci, w.S0);
+        chunk_prep(c, b, h, t0, n, &w);
+        memset(w.dgam, 0, sizeof(double) * (size_t)(n * K));
+        memset(w.dq, 0, sizeof(double) * (size_t)(n * K));
+        memset(w.dk, 0, sizeof(double) * (size_t)(n * K));
+#define Q_(i) (c->q + bth(s, b, t0 + (i), h) * K)
+#define K_(i) (c->k + bth(s, b, t0 + (i), h) * K)
+#define DO_(i) (c->dout + bth(s, b, t0 + (i), h) * V)
+        for (int64_t i = 0; i < n; i++) /* dP = scale dO u^T */
+            for (int64_t j = 0; j <= i; j++) {
+                double d = 0;
+                for (int64_t jv = 0; jv < V; jv++) d += DO_(i)[jv] * w.u[j * V + jv];
+                w.dP[i * C + j] = s->scale * d;
+            }
+        for (int64_t j = 0; j < n; j++) /* du = scale P^T dO + K^ dS */
+            for (int64_t jv = 0; jv < V; jv++) {
+                double d = 0;
+                for (int64_t i = j; i < n; i++) d += w.P[i * C + j] * DO_(i)[jv];
+                d *= s->scale;
+                for (int64_t ch = 0; ch < K; ch++) d += K_(j)[ch] * w.eh[j * K + ch] * w.dS[ch * V + jv];
+                w.du[j * V + jv] = d;
+            }
+        for (int64_t i = 0; i < n; i++) /* Q~ (through O) and K^ (through S_end) into q, k and Γ */
+            for (int64_t ch = 0; ch < K; ch++) {
+                double dqt = 0, dkh = 0;
+                for (int64_t jv = 0; jv < V; jv++) {
+                    dqt += DO_(i)[jv] * w.S0[ch * V + jv];
+                    dkh += w.u[i * V + jv] * w.dS[ch * V + jv];
+                }
+                dqt *= s->scale;
+                const double eg = w.eg[i * K + ch], eh = w.eh[i * K + ch], kh = dkh * K_(i)[ch] * eh;
+                w.dq[i * K + ch] += dqt * eg;
+                w.dgam[i * K + ch] += dqt * Q_(i)[ch] * eg - kh;
+                w.dk[i * K + ch] += dkh * eh;
+                w.dgam[L * K + ch] += kh;
+            }
+        if (delta) {
+            for (int64_t j = n - 1; j >= 0; j--) /* w = M^-T du */
+                for (int64_t jv = 0; jv < V; jv++) {
+                    double x = w.du[j * V + jv];
+                    for (int64_t i = j + 1; i < n; i++) x -= w.bet[i] * w.A[i * C + j] * w.w[i * V + jv];
+                    w.w[j * V + jv] = x;
+                }
+            for (int64_t i = 0; i < n; i++) {
+                const int64_t r = bth(s, b, t0 + i, h);
+                double db = 0;
+                for (int64_t jv = 0; jv < V; jv++) {
+                    c->dv[r * V + jv] = (float)(w.bet[i] * w.w[i * V + jv]);
+                    db += w.w[i * V + jv] * w.z[i * V + jv];
+                }
+                for (int64_t j = 0; j < i; j++) {
+                    double wu = 0;
+                    for (int64_t jv = 0; jv < V; jv++) wu += w.w[i * V + jv] * w.u[j * V + jv];
+                    db -= w.A[i * C + j] * wu;
+                    w.dA[i * C + j] = -w.bet[i] * wu;
+                }
+                c->dbeta[r] = (float)db;
+                for (int64_t ch = 0; ch < K; ch++) { /* z = V - K~ S0: K~'s share (S0's below) */
+                    double dkt = 0;
+                    for (int64_t jv = 0; jv < V; jv++) dkt -= w.S0[ch * V + jv] * w.w[i * V + jv];
+                    dkt *= w.bet[i] * w.eg[i * K + ch];
+                    w.dk[i * K + ch] += dkt;
+                    w.dgam[i * K + ch] += dkt * K_(i)[ch];
+                }
+            }
+        } else {
+            for (int64_t i = 0; i < n; i++)
+                for (int64_t jv = 0; jv < V; jv++) c->dv[bth(s, b, t0 + i, h) * V + jv] = (float)w.du[i * V + jv];
+        }
+        for (int64_t i = 0; i < n; i++) /* P and A into q, k and Γ */
+            for (int64_t j = 0; j <= i; j++)
+                for (int64_t ch = 0; ch < K; ch++) {
+                    const double e = chunk_E(&w, K, i, j, ch), qi = Q_(i)[ch], ki = K_(i)[ch], kj = K_(j)[ch];
+                    const double dp = w.dP[i * C + j] * e;
+                    w.dq[i * K + ch] += dp * kj;
+                    w.dk[j * K + ch] += dp * qi;
+                    double t = dp * qi * kj;
+                    if (delta && j < i) {
+                        const double da = w.dA[i * C + j] * e;
+                        w.dk[i * K + ch] += da * kj;
+                        w.dk[j * K + ch] += da * ki;
+                        t += da * ki * kj;
+                    }
+                    w.dgam[i * K + ch] += t;
+                    w.dgam[j * K + ch] -= t;
+                }
+        /* the chunk before's dS = diag(e^{Γ_L}) dS + scale Q~^T dO - K~^T diag(beta) w, after Γ_L's share */
+        for (int64_t ch = 0; ch < K; ch++) {
+            const double eL = w.eg[L * K + ch];
+            double acc = 0;
+            for (int64_t jv = 0; jv < V; jv++) acc += w.S0[ch * V + jv] * w.dS[ch * V + jv];
+            w.dgam[L * K + ch] += eL * acc;
+            for (int64_t jv = 0; jv < V; jv++) {
+                double d = 0;
+                for (int64_t i = 0; i < n; i++) {
+                    d += s->scale * Q_(i)[ch] * w.eg[i * K + ch] * DO_(i)[jv];
+                    if (delta) d -= w.bet[i] * K_(i)[ch] * w.eg[i * K + ch] * w.w[i * V + jv];
+                }
+                w.dS[ch * V + jv] = eL * w.dS[ch * V + jv] + d;
+            }
+        }
+#undef Q_
+#undef K_
+#undef DO_
+        for (int64_t i = n - 1; i >= 0; i--) { /* dq, dk; dg_t = sum_{i >= t} dΓ_i */
+            const int64_t r = bth(s, b, t0 + i, h);
+            double dg_head = 0;
+            for (int64_t ch = 0; ch < K; ch++) {
+                c->dq[r * K + ch] = (float)w.dq[i * K + ch];
+                c->dk[r * K + ch] = (float)w.dk[i * K + ch];
+                if (i < L) w.dgam[i * K + ch] += w.dgam[(i + 1) * K + ch];
+                if (c->g && s->channel_decay) c->dg[r * K + ch] = (float)w.dgam[i * K + ch];
+                dg_head += w.dgam[i * K + ch];
+            }
+            if (c->g && !s->channel_decay) c->dg[r] = (float)dg_head;
+        }
+    }
+}
+
+/* The chunk form's forward or backward over every (sequence, head), each with its scratch. */
+static hae_status chunk_run(hae_backend *be, delta_ctx *c, hae_parallel_fn fn, int64_t work, const char *what) {
+    const hae_tr_delta_shape *s = c->s;
+    const int64_t items = s->B * s->H, per = chunk_scratch(s);
+    if (s->T == 0 || items == 0) return HAE_OK;
+    c->scratch = malloc(sizeof(double) * (size_t)(items * per));
+    if (!c->scratch)
+        return hae_error(HAE_ERR_OOM, "delta %s, chunk form: %lld x %lld doubles of scratch", what, (long long)items,
+                         (long long)per);
+    hae_parallel_for_sized(be->pool, items, work * s->T * (chunk_len(s) + s->V) * s->K, fn, c);
+    free(c->scratch);
+    return HAE_OK;
+}
+
+hae_status hae_tr_delta_fwd(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k,
+                            const float *v, const float *g, const float *beta, float *S, float *o) {
+    ON_CUDA(be, hae_tr_delta_fwd_cuda(be, s, q, k, v, g, beta, S, o));
+    if (s->chunk < 0)
+        return hae_error(HAE_ERR_INVALID, "delta forward: chunk %lld (expected >= 0)", (long long)s->chunk);
+    delta_ctx c = {.s = s, .q = q, .k = k, .v = v, .g = g, .beta = beta, .Sw = S, .o = o};
+    if (s->chunk > 0) return chunk_run(be, &c, chunk_fwd_item, 4, "forward");
+    hae_parallel_for_sized(be->pool, s->B * s->H, 4 * s->T * s->K * s->V, delta_fwd_item, &c);
+    return HAE_OK;
+}
+
 hae_status hae_tr_delta_bwd(hae_backend *be, const hae_tr_delta_shape *s, const float *q, const float *k,
                             const float *v, const float *g, const float *beta, float *S, const float *dout,
                             float *dq, float *dk, float *dv, float *dg, float *dbeta) {
     ON_CUDA(be, hae_tr_delta_bwd_cuda(be, s, q, k, v, g, beta, S, dout, dq, dk, dv, dg, dbeta));
+    if (s->chunk < 0)
+        return hae_error(HAE_ERR_INVALID, "delta backward: chunk %lld (expected >= 0)", (long long)s->chunk);
     delta_ctx c = {.s = s, .q = q, .k = k, .v = v, .g = g, .beta = beta, .Sw = S, .dout = dout,
                    .dq = dq, .dk = dk, .dv = dv, .dg = dg, .dbeta = dbeta};
+    if (s->chunk > 0) return chunk_run(be, &c, chunk_bwd_item, 8, "backward");
     c.scratch = malloc(sizeof(double) * (size_t)(s->B * s->H * delta_scratch(s)));
     if (!c.scratch)
         return hae_error(HAE_ERR_OOM, "delta backward: %lld x %lld doubles of scratch", (long long)(s->B * s->H),

@@ -277,7 +277,8 @@ static int64_t carve_acts(hae_trainer *t, float *base) {
         CARVE(w->qm, N * HV * K), CARVE(w->km, N * HV * K), CARVE(w->vv, N * HV * V);
         CARVE(w->graw, N * HV * K), CARVE(w->g, N * HV * K), CARVE(w->beta, N * HV);
         CARVE(w->gout, N * HV * V), CARVE(w->o, N * HV * V), CARVE(w->y, N * HV * V);
-        const hae_tr_delta_shape ds = {.T = T, .every = t->cfg.train.state_checkpoint}; /* the most slots: at T */
+        const hae_tr_delta_shape ds = {.T = T, .every = t->cfg.train.state_checkpoint,
+                                       .chunk = t->cfg.train.linear_chunk}; /* the most slots: at T */
         CARVE(w->S, B * HV * hae_tr_delta_slots(&ds) * K * V);
         wide = max64(wide, HV * V);
     }
@@ -709,7 +710,7 @@ static hae_status qk_backward(hae_trainer *t, const tlayer *w, int64_t N, int64_
 static hae_tr_delta_shape delta_shape(const hae_trainer *t, const tlayer *w) {
     return (hae_tr_delta_shape){.B = t->B, .T = t->T, .H = t->LHV, .K = t->LK, .V = t->LV,
                                 .channel_decay = w->lk.decay == HAE_DECAY_CHANNEL, .scale = 1.0f / sqrtf((float)t->LK),
-                                .every = t->cfg.train.state_checkpoint};
+                                .every = t->cfg.train.state_checkpoint, .chunk = t->cfg.train.linear_chunk};
 }
 
 static hae_gate_fn gate_fn(const hae_trainer *t) {
