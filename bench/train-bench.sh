@@ -41,6 +41,13 @@ bench zoology512-kda $zg
 bench zoology512-attention-bf16 $zg --set 'model.layer_pattern=[swa, full]' --set train.matmul=bf16
 bench zoology512-kda-bf16 $zg --set train.matmul=bf16
 bench zoology512-kda-ckpt32 $zg --set train.state_checkpoint=32
+bench zoology512-kda-chunk16 $zg --set train.linear_chunk=16
+# kda 4x wider (d_model 512, 8 heads of 64 x 64 states), where the recurrence dominates a step: token by token, then
+# in the chunk form
+widek=(--set model.d_model=512 --set model.mlp.intermediate_size=2048 --set model.linear_attn.num_heads=8
+  --set model.linear_attn.head_dim=64)
+bench zoology512-kda-d512 $zg "${widek[@]}"
+bench zoology512-kda-d512-chunk32 $zg "${widek[@]}" --set train.linear_chunk=32
 # the same task on a model 4x wider (d_model 512, 8 heads of 64, MLP 2048), where the products dominate a step
 wide=(--set 'model.layer_pattern=[swa, full]' --set model.d_model=512 --set model.mlp.intermediate_size=2048
   --set model.attention.num_heads=8 --set model.attention.num_kv_heads=8 --set model.attention.head_dim=64)
@@ -49,6 +56,7 @@ bench zoology512-attention-d512-bf16 $zg "${wide[@]}" --set train.matmul=bf16
 m=configs/train/multihop-hybrid.yaml
 bench multihop-full $m --set 'model.layer_pattern=[swa, full]'
 bench multihop-kda3-full1 $m
+bench multihop-kda3-full1-chunk16 $m --set train.linear_chunk=16
 bench multihop-kda7-full1 $m --set model.n_layers=8 --set 'model.layer_pattern=[kda, kda, kda, kda, kda, kda, kda, full]'
 bench multihop-kda3-dsa1 $m --set 'model.layer_pattern=[kda, kda, kda, dsa]'
 bench multihop-gdn3-dsa1 $m --set 'model.layer_pattern=[gdn, gdn, gdn, dsa]'

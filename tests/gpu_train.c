@@ -340,31 +340,44 @@ Test(gpu_train, indexer) {
 
 /* ---------------------------------------------------------------- the linear family */
 
+/* The recurrence token by token (every state kept, or checkpoints), then in its chunk form: the GPU's f32 chunk
+ * kernels against the CPU's chunk form in double, to 1e-4 (the products' f32 sums and exponentials). */
 Test(gpu_train, delta_recurrence) {
-    /* every: state checkpoints every this many tokens, the backward recomputing the rest (0: every state kept) */
+    /* every: state checkpoints every this many tokens, the backward recomputing the rest (0: every state kept);
+     * chunk: the chunk form over chunks of this many tokens (0: token by token) */
     static const struct {
         int64_t B, T, H, K, V;
         int decay; /* 0 none, 1 per head, 2 per channel */
         bool delta;
-        int64_t every;
-    } cases[] = {{1, 1, 1, 16, 16, 2, true, 0},    {2, 37, 2, 16, 16, 2, true, 0},   {2, 37, 3, 16, 32, 1, true, 0},
-                 {1, 64, 2, 32, 16, 0, true, 0},   {2, 50, 2, 16, 16, 1, false, 0},  {1, 33, 1, 64, 64, 2, true, 0},
-                 {1, 20, 1, 128, 128, 1, true, 0}, {2, 512, 2, 16, 16, 2, true, 0},  {2, 37, 2, 16, 16, 2, true, 5},
-                 {1, 64, 2, 32, 16, 0, true, 8},   {2, 50, 2, 16, 16, 1, false, 7},  {1, 33, 1, 64, 64, 2, true, 4},
-                 {1, 20, 1, 128, 128, 1, true, 6}, {2, 512, 2, 16, 16, 2, true, 23}};
+        int64_t every, chunk;
+    } cases[] = {{1, 1, 1, 16, 16, 2, true, 0, 0},     {2, 37, 2, 16, 16, 2, true, 0, 0},
+                 {2, 37, 3, 16, 32, 1, true, 0, 0},    {1, 64, 2, 32, 16, 0, true, 0, 0},
+                 {2, 50, 2, 16, 16, 1, false, 0, 0},   {1, 33, 1, 64, 64, 2, true, 0, 0},
+                 {1, 20, 1, 128, 128, 1, true, 0, 0},  {2, 512, 2, 16, 16, 2, true, 0, 0},
+                 {2, 37, 2, 16, 16, 2, true, 5, 0},    {1, 64, 2, 32, 16, 0, true, 8, 0},
+                 {2, 50, 2, 16, 16, 1, false, 7, 0},   {1, 33, 1, 64, 64, 2, true, 4, 0},
+                 {1, 20, 1, 128, 128, 1, true, 6, 0},  {2, 512, 2, 16, 16, 2, true, 23, 0},
+                 {1, 1, 1, 16, 16, 2, true, 0, 16},    {2, 37, 2, 16, 16, 2, true, 0, 8},  /* a short last chunk */
+                 {2, 37, 3, 16, 32, 1, true, 0, 16},   {1, 64, 2, 32, 16, 0, true, 0, 32}, /* no decay */
+                 {2, 50, 2, 16, 16, 1, false, 0, 16},  {1, 33, 1, 64, 64, 2, true, 0, 32}, /* no delta rule */
+                 {1, 40, 1, 128, 128, 1, true, 0, 16}, {2, 512, 2, 16, 16, 2, true, 0, 64},
+                 {2, 512, 2, 64, 64, 2, true, 0, 32},  {1, 10, 2, 16, 16, 2, true, 0, 64}, /* one chunk, shorter */
+                 {2, 300, 2, 32, 48, 2, false, 0, 24}};
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
         const int64_t B = cases[ci].B, T = cases[ci].T, H = cases[ci].H, K = cases[ci].K, V = cases[ci].V;
         const int dec = cases[ci].decay;
         const bool delta = cases[ci].delta;
         const uint64_t seed = 60 + ci;
         char ctx[CTX_N];
-        snprintf(ctx, sizeof ctx, "B %lld T %lld H %lld, K %lld V %lld, decay %s, %s, checkpoints every %lld, seed %llu",
-                 (long long)B, (long long)T, (long long)H, (long long)K, (long long)V,
+        snprintf(ctx, sizeof ctx, "B %lld T %lld H %lld, K %lld V %lld, decay %s, %s, checkpoints every %lld, chunk "
+                 "form %lld, seed %llu", (long long)B, (long long)T, (long long)H, (long long)K, (long long)V,
                  dec == 2 ? "per channel" : dec ? "per head" : "none", delta ? "delta rule" : "no delta rule",
-                 (long long)cases[ci].every, (unsigned long long)seed);
+                 (long long)cases[ci].every, (long long)cases[ci].chunk, (unsigned long long)seed);
         tu_rng r = tu_rng_make(seed);
         const hae_tr_delta_shape s = {.B = B, .T = T, .H = H, .K = K, .V = V, .channel_decay = dec == 2,
-                                      .scale = 1.0f / sqrtf((float)K), .every = cases[ci].every};
+                                      .scale = 1.0f / sqrtf((float)K), .every = cases[ci].every,
+                                      .chunk = cases[ci].chunk};
+        const double tol = s.chunk ? 1e-4 : TOL_LONG;
         const int64_t N = B * T, nS = B * H * hae_tr_delta_slots(&s) * K * V;
         /* q and k of unit norm per head, as the L2 map makes them */
         float *hq = malloc(sizeof(float) * (size_t)(2 * N * H * K));
@@ -383,15 +396,15 @@ Test(gpu_train, delta_recurrence) {
         bool ok;
         SIDES(ok, "hae_tr_delta_fwd", ctx,
               hae_tr_delta_fwd(BE, &s, F(q), F(k), F(v), dec ? F(g) : NULL, delta ? F(beta) : NULL, F(S), F(o)));
-        if (ok) cmp("hae_tr_delta_fwd", ctx, "states", &S, TOL_LONG), cmp("hae_tr_delta_fwd", ctx, "o", &o, TOL_LONG);
+        if (ok) cmp("hae_tr_delta_fwd", ctx, "states", &S, tol), cmp("hae_tr_delta_fwd", ctx, "o", &o, tol);
         SIDES(ok, "hae_tr_delta_bwd", ctx,
               hae_tr_delta_bwd(BE, &s, F(q), F(k), F(v), dec ? F(g) : NULL, delta ? F(beta) : NULL, F(S), F(dout), F(dq),
                                F(dk), F(dv), dec ? F(dg) : NULL, delta ? F(db) : NULL));
         if (ok) {
-            cmp("hae_tr_delta_bwd", ctx, "dq", &dq, TOL_LONG), cmp("hae_tr_delta_bwd", ctx, "dk", &dk, TOL_LONG);
-            cmp("hae_tr_delta_bwd", ctx, "dv", &dv, TOL_LONG);
-            if (dec) cmp("hae_tr_delta_bwd", ctx, "dg", &dg, TOL_LONG);
-            if (delta) cmp("hae_tr_delta_bwd", ctx, "dbeta", &db, TOL_LONG);
+            cmp("hae_tr_delta_bwd", ctx, "dq", &dq, tol), cmp("hae_tr_delta_bwd", ctx, "dk", &dk, tol);
+            cmp("hae_tr_delta_bwd", ctx, "dv", &dv, tol);
+            if (dec) cmp("hae_tr_delta_bwd", ctx, "dg", &dg, tol);
+            if (delta) cmp("hae_tr_delta_bwd", ctx, "dbeta", &db, tol);
         }
         pbuf all[] = {q, k, v, g, beta, S, o, dout, dq, dk, dv, dg, db};
         free_all(all, 13);
@@ -498,9 +511,10 @@ Test(gpu_train, models_match_the_cpu) {
         {"model.layer_pattern=[kda, dsa]", "train.indexer_warmup=0"},
         {"model.layer_pattern=[dsa, full]", "train.indexer_warmup=2"},
         {"model.attention.form=mla", "model.attention.rope=full"}, /* value heads of 128, q/k heads of 192 */
+        {"model.layer_pattern=[kda, gdn]", "train.linear_chunk=16"}, /* chunks of 16, 16 and 8 */
     };
     enum { B = 3, T = 40 };
-    for (int k = 0; k < 8; k++) {
+    for (int k = 0; k < (int)(sizeof variants / sizeof *variants); k++) {
         hae_config cfg;
         hae_status st = hae_config_parse(model_yaml, strlen(model_yaml), "gpu-train.yaml", variants[k], 2, &cfg);
         cr_assert_eq(st, HAE_OK, "%s", hae_last_error());

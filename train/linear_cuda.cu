@@ -276,6 +276,288 @@ hae_status delta_setup(hae_backend *be, const hae_tr_delta_shape *s, bool bwd, D
     return HAE_OK;
 }
 
+/* ---------------------------------------------------------------- the recurrence's chunk form
+ * The math is train_ops.h's (hae_tr_delta_shape.chunk). One block per (sequence, head) walks its chunks in order
+ * (forward) or from the last (backward); inside a chunk every product is spread over the threads, one output
+ * element per thread and its sum in a fixed order (no atomics), in f32. Where the recurrence takes one step per
+ * token, this takes about a dozen barriers per chunk. Decay factors are exponentials of differences of Γ within a
+ * chunk (Γ falls with i), so none exceeds 1 and nothing overflows. */
+constexpr int kChunkThreads = 256;
+
+struct ChunkArgs {
+    const float *q, *k, *v, *g, *beta, *dout;
+    float *S, *o, *dq, *dk, *dv, *dg, *dbeta; /* S: one state per chunk, nck per block */
+    int64_t T, H, nck;
+    int K, V, L; /* L: the chunk length */
+    bool channel;
+    float scale;
+};
+
+/* Shared floats of the per-chunk preparation: Γ, q, k [L, K], A, P [L, L], u, z [L, V], beta [L]. */
+__host__ __device__ __forceinline__ int64_t chunk_prep_floats(int64_t K, int64_t V, int64_t L) {
+    return 3 * L * K + 2 * L * L + 2 * L * V + L;
+}
+
+/* The x-th term of a sum over n starting at off (< n): threads whose rows are n apart in shared memory start at
+ * different offsets, so a warp's reads spread over the banks. */
+__device__ __forceinline__ int skew(int x, int off, int n) { return x + off < n ? x + off : x + off - n; }
+
+struct ChunkSmem {
+    float *gam, *q, *k, *A, *P, *u, *z, *bet;
+};
+
+__device__ ChunkSmem chunk_smem(const ChunkArgs &p, float *base) {
+    ChunkSmem m;
+    const int L = p.L, K = p.K, V = p.V;
+    m.gam = base, m.q = m.gam + L * K, m.k = m.q + L * K, m.A = m.k + L * K, m.P = m.A + L * L;
+    m.u = m.P + L * L, m.z = m.u + L * V, m.bet = m.z + L * V;
+    return m;
+}
+
+/* Tokens t0 .. t0 + n - 1 of (b, h) with S0 the state before them (NULL: zero): Γ, q, k and beta into shared
+ * memory, then A, P and z = V - K~ S0 (or V), then u (M u = diag(beta) z by forward substitution, one thread per
+ * value column; u = V without the delta rule). Ends on a barrier. */
+__device__ void chunk_prep(const ChunkArgs &p, const ChunkSmem &m, int64_t b, int64_t h, int64_t t0, int n,
+                           const float *S0) {
+    const int K = p.K, V = p.V, tid = threadIdx.x, nt = blockDim.x;
+    const bool delta = p.beta != nullptr;
+    auto row = [&](int i) { return (b * p.T + t0 + i) * p.H + h; };
+    for (int e = tid; e < n * K; e += nt) {
+        const int i = e / K, c = e % K;
+        m.q[e] = p.q[row(i) * K + c], m.k[e] = p.k[row(i) * K + c];
+    }
+    for (int c = tid; c < K; c += nt) {
+        float acc = 0.0f;
+        for (int i = 0; i < n; i++) {
+            if (p.g) acc += p.channel ? p.g[row(i) * K + c] : p.g[row(i)];
+            m.gam[i * K + c] = acc;
+        }
+    }
+    for (int i = tid; i < n; i += nt) m.bet[i] = delta ? p.beta[row(i)] : 1.0f;
+    __syncthreads();
+    for (int e = tid; e < n * n; e += nt) {
+        const int i = e / n, j = e % n;
+        float a = 0.0f, pq = 0.0f;
+        if (j <= i)
+            for (int x = 0; x < K; x++) {
+                const int c = skew(x, j % K, K);
+                const float E = __expf(m.gam[i * K + c] - m.gam[j * K + c]) * m.k[j * K + c];
+                a += m.k[i * K + c] * E, pq += m.q[i * K + c] * E;
+            }
+        m.A[i * p.L + j] = j < i ? a : 0.0f, m.P[i * p.L + j] = pq;
+    }
+    for (int e = tid; e < n * V; e += nt) {
+        const int i = e / V, jv = e % V;
+        float z = p.v[row(i) * V + jv];
+        if (delta && S0)
+            for (int c = 0; c < K; c++) z -= m.k[i * K + c] * __expf(m.gam[i * K + c]) * S0[c * V + jv];
+        m.z[i * V + jv] = z;
+    }
+    __syncthreads();
+    for (int jv = tid; jv < V; jv += nt)
+        for (int i = 0; i < n; i++) {
+            float acc = m.z[i * V + jv];
+            for (int j = 0; delta && j < i; j++) acc -= m.A[i * p.L + j] * m.u[j * V + jv];
+            m.u[i * V + jv] = delta ? m.bet[i] * acc : acc;
+        }
+    __syncthreads();
+}
+
+/* Per chunk: o = scale (Q~ S0 + P u), then S = diag(e^{Γ_L}) S0 + K^^T u, kept in shared memory and stored as
+ * the chunk's slot. Shared: the preparation's floats, then S [K, V]. */
+__global__ void __launch_bounds__(kChunkThreads) chunk_fwd_kernel(const ChunkArgs p) {
+    extern __shared__ float fsm[];
+    const ChunkSmem m = chunk_smem(p, fsm);
+    const int K = p.K, V = p.V, L = p.L, tid = threadIdx.x, nt = blockDim.x;
+    const int64_t b = blockIdx.x / p.H, h = blockIdx.x % p.H, KV = (int64_t)K * V;
+    float *S = fsm + chunk_prep_floats(K, V, L);
+    float *Sw = p.S + blockIdx.x * p.nck * KV;
+    for (int64_t c0 = 0, ck = 0; c0 < p.T; c0 += L, ck++) {
+        const int n = (int)min64(L, p.T - c0), last = n - 1;
+        chunk_prep(p, m, b, h, c0, n, c0 ? S : nullptr);
+        for (int e = tid; e < n * V; e += nt) {
+            const int i = e / V, jv = e % V;
+            float acc = 0.0f;
+            for (int c = 0; c0 && c < K; c++) acc += m.q[i * K + c] * __expf(m.gam[i * K + c]) * S[c * V + jv];
+            for (int j = 0; j <= i; j++) acc += m.P[i * L + j] * m.u[j * V + jv];
+            p.o[((b * p.T + c0 + i) * p.H + h) * V + jv] = p.scale * acc;
+        }
+        __syncthreads();
+        for (int64_t e = tid; e < KV; e += nt) {
+            const int c = (int)(e / V), jv = (int)(e % V);
+            const float gl = m.gam[last * K + c];
+            float acc = c0 ? __expf(gl) * S[e] : 0.0f;
+            for (int j = 0; j < n; j++) acc += m.k[j * K + c] * __expf(gl - m.gam[j * K + c]) * m.u[j * V + jv];
+            S[e] = acc;
+            Sw[ck * KV + e] = acc;
+        }
+        __syncthreads();
+    }
+}
+
+/* Per chunk from the last, with dS the gradient of its final state: the preparation again from the stored S0,
+ * then dP = scale dO u^T and du = scale P^T dO + K^ dS; w = M^-T du (back substitution per value column); dv,
+ * dbeta and wu_ij = w_i . u_j (so dA_ij = -beta_i wu_ij); then per (token, channel) dq, dk and dΓ, each a sum
+ * over the chunk's tokens of its products' terms; dg from the reversed running sum of dΓ; last the chunk
+ * before's dS. Shared: the preparation's floats, then dS [K, V], dO and w [L, V], dP and wu [L, L], dΓ and
+ * Γ_L's terms from K^ [L, K]. */
+__global__ void __launch_bounds__(kChunkThreads) chunk_bwd_kernel(const ChunkArgs p) {
+    extern __shared__ float fsm[];
+    const ChunkSmem m = chunk_smem(p, fsm);
+    const int K = p.K, V = p.V, L = p.L, tid = threadIdx.x, nt = blockDim.x;
+    const bool delta = p.beta != nullptr;
+    const int64_t b = blockIdx.x / p.H, h = blockIdx.x % p.H, KV = (int64_t)K * V;
+    float *dS = fsm + chunk_prep_floats(K, V, L), *dO = dS + KV, *w = dO + L * V, *dP = w + L * V, *wu = dP + L * L;
+    float *dgam = wu + L * L, *gl_terms = dgam + L * K;
+    const float *Sw = p.S + blockIdx.x * p.nck * KV;
+    for (int64_t e = tid; e < KV; e += nt) dS[e] = 0.0f;
+    for (int64_t ck = p.nck - 1; ck >= 0; ck--) {
+        const int64_t c0 = ck * L;
+        const int n = (int)min64(L, p.T - c0), last = n - 1;
+        const float *S0 = ck ? Sw + (ck - 1) * KV : nullptr;
+        auto row = [&](int i) { return (b * p.T + c0 + i) * p.H + h; };
+        for (int e = tid; e < n * V; e += nt) dO[e] = p.dout[row(e / V) * V + e % V];
+        chunk_prep(p, m, b, h, c0, n, S0); /* its first barrier also covers dO */
+        for (int e = tid; e < n * n; e += nt) {
+            const int i = e / n, j = e % n;
+            float d = 0.0f;
+            for (int x = 0; j <= i && x < V; x++) {
+                const int jv = skew(x, j % V, V);
+                d += dO[i * V + jv] * m.u[j * V + jv];
+            }
+            dP[i * L + j] = p.scale * d;
+        }
+        for (int e = tid; e < n * V; e += nt) {
+            const int j = e / V, jv = e % V;
+            float d = 0.0f;
+            for (int i = j; i < n; i++) d += m.P[i * L + j] * dO[i * V + jv];
+            d *= p.scale;
+            for (int c = 0; c < K; c++)
+                d += m.k[j * K + c] * __expf(m.gam[last * K + c] - m.gam[j * K + c]) * dS[c * V + jv];
+            w[e] = d;
+        }
+        __syncthreads();
+        for (int jv = tid; delta && jv < V; jv += nt)
+            for (int j = n - 2; j >= 0; j--) {
+                float acc = w[j * V + jv];
+                for (int i = j + 1; i < n; i++) acc -= m.bet[i] * m.A[i * L + j] * w[i * V + jv];
+                w[j * V + jv] = acc;
+            }
+        __syncthreads();
+        for (int e = tid; e < n * n; e += nt) {
+            const int i = e / n, j = e % n;
+            float d = 0.0f;
+            for (int x = 0; delta && j < i && x < V; x++) {
+                const int jv = skew(x, j % V, V);
+                d += w[i * V + jv] * m.u[j * V + jv];
+            }
+            wu[i * L + j] = d;
+        }
+        for (int e = tid; e < n * V; e += nt) p.dv[row(e / V) * V + e % V] = m.bet[e / V] * w[e];
+        __syncthreads();
+        for (int i = tid; delta && i < n; i += nt) {
+            float db = 0.0f;
+            for (int jv = 0; jv < V; jv++) db += w[i * V + jv] * m.z[i * V + jv];
+            for (int j = 0; j < i; j++) db -= m.A[i * L + j] * wu[i * L + j];
+            p.dbeta[row(i)] = db;
+        }
+        for (int e = tid; e < n * K; e += nt) {
+            const int i = e / K, c = e % K;
+            const float qi = m.q[e], ki = m.k[e], gi = m.gam[e], ei = __expf(gi), eh = __expf(m.gam[last * K + c] - gi);
+            float dqt = 0.0f, dkh = 0.0f, dkt = 0.0f;
+            for (int x = 0; x < V; x++) {
+                const int jv = skew(x, c % V, V);
+                const float s0 = S0 ? S0[c * V + jv] : 0.0f;
+                dqt += dO[i * V + jv] * s0;
+                dkh += m.u[i * V + jv] * dS[c * V + jv];
+                dkt += s0 * w[i * V + jv];
+            }
+            dqt *= p.scale;
+            dkt = delta ? -m.bet[i] * dkt : 0.0f;
+            float dq = dqt * ei, dk = dkh * eh + dkt * ei, dg = (dqt * qi + dkt * ki) * ei - dkh * ki * eh;
+            for (int j = 0; j <= i; j++) { /* j <= i: P_ij and A_ij (j < i) hold q_i or k_i against k_j */
+                const float E = __expf(gi - m.gam[j * K + c]), kj = m.k[j * K + c];
+                const float dA = j < i ? -m.bet[i] * wu[i * L + j] : 0.0f, coef = dP[i * L + j] * qi + dA * ki;
+                dq += dP[i * L + j] * kj * E;
+                dk += dA * kj * E;
+                dg += coef * kj * E;
+            }
+            for (int t = i; t < n; t++) { /* t >= i: P_ti and A_ti (t > i) hold q_t or k_t against k_i */
+                const float E = __expf(m.gam[t * K + c] - gi);
+                const float dA = t > i ? -m.bet[t] * wu[t * L + i] : 0.0f;
+                const float coef = dP[t * L + i] * m.q[t * K + c] + dA * m.k[t * K + c];
+                dk += coef * E;
+                dg -= coef * ki * E;
+            }
+            p.dq[row(i) * K + c] = dq, p.dk[row(i) * K + c] = dk;
+            dgam[e] = dg, gl_terms[e] = dkh * ki * eh;
+        }
+        __syncthreads();
+        for (int c = tid; p.g && c < K; c += nt) {
+            const float gl = m.gam[last * K + c];
+            float acc = 0.0f, sd = 0.0f;
+            for (int i = 0; i < n; i++) acc += gl_terms[i * K + c];
+            for (int x = 0; S0 && x < V; x++) {
+                const int jv = skew(x, c % V, V);
+                sd += S0[c * V + jv] * dS[c * V + jv];
+            }
+            float run = dgam[last * K + c] + acc + __expf(gl) * sd;
+            dgam[last * K + c] = run;
+            for (int i = last - 1; i >= 0; i--) {
+                run += dgam[i * K + c];
+                dgam[i * K + c] = run;
+            }
+            for (int i = 0; p.channel && i < n; i++) p.dg[row(i) * K + c] = dgam[i * K + c];
+        }
+        __syncthreads();
+        for (int i = tid; p.g && !p.channel && i < n; i += nt) {
+            float acc = 0.0f;
+            for (int c = 0; c < K; c++) acc += dgam[i * K + c];
+            p.dg[row(i)] = acc;
+        }
+        for (int64_t e = tid; e < KV; e += nt) {
+            const int c = (int)(e / V), jv = (int)(e % V);
+            float acc = __expf(m.gam[last * K + c]) * dS[e];
+            for (int i = 0; i < n; i++) {
+                const float ei = __expf(m.gam[i * K + c]);
+                acc += p.scale * m.q[i * K + c] * ei * dO[i * V + jv];
+                if (delta) acc -= m.bet[i] * m.k[i * K + c] * ei * w[i * V + jv];
+            }
+            dS[e] = acc;
+        }
+        __syncthreads();
+    }
+}
+
+/* Checks the chunk form's shape against the device's shared memory and fills its arguments; *bytes = 0 when
+ * there is nothing to do. */
+hae_status chunk_setup(hae_backend *be, const hae_tr_delta_shape *s, bool bwd, ChunkArgs *p, size_t *bytes) {
+    const char *op = bwd ? "hae_tr_delta_bwd" : "hae_tr_delta_fwd";
+    if (s->B < 0 || s->T < 0 || s->H < 0 || s->K < 1 || s->V < 1)
+        return hae_error(HAE_ERR_INVALID, "%s (cuda): B %lld, T %lld, H %lld, K %lld, V %lld", op, (long long)s->B,
+                         (long long)s->T, (long long)s->H, (long long)s->K, (long long)s->V);
+    *bytes = 0;
+    if (s->B * s->H * s->T == 0) return HAE_OK;
+    const int64_t K = s->K, V = s->V, L = min64(s->chunk, s->T);
+    const int64_t nf = chunk_prep_floats(K, V, L) + K * V + (bwd ? 2 * L * V + 2 * L * L + 2 * L * K : 0);
+    const size_t need = (size_t)nf * sizeof(float);
+    int optin = 0;
+    HAE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, be->cuda->device));
+    if (need > (size_t)optin)
+        return hae_error(HAE_ERR_UNSUPPORTED,
+                         "%s (cuda): the chunk form with chunks of %lld tokens and a K x V = %lld x %lld state needs "
+                         "%zu bytes of shared memory, the device has %d; a shorter chunk needs less",
+                         op, (long long)L, (long long)K, (long long)V, need, optin);
+    HAE_CUDA_CHECK(cudaFuncSetAttribute(bwd ? chunk_bwd_kernel : chunk_fwd_kernel,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)need));
+    *p = ChunkArgs{};
+    p->T = s->T, p->H = s->H, p->K = (int)K, p->V = (int)V, p->L = (int)L;
+    p->nck = (s->T + L - 1) / L;
+    p->channel = s->channel_decay, p->scale = s->scale;
+    *bytes = need;
+    return HAE_OK;
+}
+
 /* ---------------------------------------------------------------- the causal depthwise conv */
 constexpr int kConvMaxW = 8; /* the weight gradient's per-thread accumulators */
 
@@ -472,8 +754,18 @@ extern "C" hae_status hae_tr_delta_fwd_cuda(hae_backend *be, const hae_tr_delta_
                                             float *S, float *o) {
     cudaStream_t st;
     HAE_TRY(hae_cuda_enter(be, &st));
-    DeltaArgs p;
     size_t bytes;
+    if (s->chunk < 0) return hae_error(HAE_ERR_INVALID, "hae_tr_delta_fwd (cuda): chunk %lld", (long long)s->chunk);
+    if (s->chunk > 0) {
+        ChunkArgs c;
+        HAE_TRY(chunk_setup(be, s, false, &c, &bytes));
+        if (!bytes) return HAE_OK;
+        c.q = q, c.k = k, c.v = v, c.g = g, c.beta = beta, c.S = S, c.o = o;
+        chunk_fwd_kernel<<<(unsigned)(s->B * s->H), kChunkThreads, bytes, st>>>(c);
+        HAE_CUDA_LAUNCH_CHECK("chunk_fwd_kernel");
+        return HAE_OK;
+    }
+    DeltaArgs p;
     HAE_TRY(delta_setup(be, s, false, &p, &bytes));
     if (!bytes) return HAE_OK;
     p.q = q, p.k = k, p.v = v, p.g = g, p.beta = beta, p.S = S, p.o = o;
@@ -488,8 +780,19 @@ extern "C" hae_status hae_tr_delta_bwd_cuda(hae_backend *be, const hae_tr_delta_
                                             float *dg, float *dbeta) {
     cudaStream_t st;
     HAE_TRY(hae_cuda_enter(be, &st));
-    DeltaArgs p;
     size_t bytes;
+    if (s->chunk < 0) return hae_error(HAE_ERR_INVALID, "hae_tr_delta_bwd (cuda): chunk %lld", (long long)s->chunk);
+    if (s->chunk > 0) {
+        ChunkArgs c;
+        HAE_TRY(chunk_setup(be, s, true, &c, &bytes));
+        if (!bytes) return HAE_OK;
+        c.q = q, c.k = k, c.v = v, c.g = g, c.beta = beta, c.S = S, c.dout = dout;
+        c.dq = dq, c.dk = dk, c.dv = dv, c.dg = dg, c.dbeta = dbeta;
+        chunk_bwd_kernel<<<(unsigned)(s->B * s->H), kChunkThreads, bytes, st>>>(c);
+        HAE_CUDA_LAUNCH_CHECK("chunk_bwd_kernel");
+        return HAE_OK;
+    }
+    DeltaArgs p;
     HAE_TRY(delta_setup(be, s, true, &p, &bytes));
     if (!bytes) return HAE_OK;
     p.q = q, p.k = k, p.v = v, p.g = g, p.beta = beta, p.S = S, p.dout = dout;
