@@ -913,6 +913,7 @@ hae_status hae_tr_delta_bwd(hae_backend *be, const hae_tr_delta_shape *s, const 
     delta_ctx c = {.s = s, .q = q, .k = k, .v = v, .g = g, .beta = beta, .Sw = S, .dout = dout,
                    .dq = dq, .dk = dk, .dv = dv, .dg = dg, .dbeta = dbeta};
     if (s->chunk > 0) return chunk_run(be, &c, chunk_bwd_item, 8, "backward");
+    if (s->B * s->H == 0) return HAE_OK; /* malloc(0) may return NULL */
     c.scratch = malloc(sizeof(double) * (size_t)(s->B * s->H * delta_scratch(s)));
     if (!c.scratch)
         return hae_error(HAE_ERR_OOM, "delta backward: %lld x %lld doubles of scratch", (long long)(s->B * s->H),
