@@ -78,6 +78,7 @@ run hybrid-1b-128k-host configs/hybrid-1b.yaml "${long[@]}" --set memory.dsa_kv=
 run hybrid-1b-128k-b4-host configs/hybrid-1b.yaml "${long[@]}" --set runtime.batch=4 --set memory.dsa_kv=host
 mid=(--backend cuda --set runtime.prefill=32768 --set runtime.decode=64 --set runtime.prefill_chunk=8192)
 run hybrid-1b-32k configs/hybrid-1b.yaml "${mid[@]}"
+run twin-1b-mla-32k configs/hybrid-1b-twin.yaml "${mid[@]}" "${mla[@]}"
 run hybrid-1b-32k-host configs/hybrid-1b.yaml "${mid[@]}" --set memory.dsa_kv=host
 
 # Training: each preset alone for a few hundred steps (bench/train-bench.sh: ms per step, tokens/s, TFLOP/s).

@@ -24,11 +24,12 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kUnroll = 4;
 /* The default grid: enough warps to keep kInFlight bytes of rows on their way over PCIe (~50 GB/s x ~2 us
- * of latency, with margin), at most kMaxDefaultBlocks: 16 blocks for rows up to 1 KB, 15 for 1152 B, 8
- * for 2 KB and more. A gather slows a concurrent memory-bound kernel the more, the more SMs it runs on:
- * on an H200 4096 B rows cost a bf16 -> f32 convert +38% with 48 blocks, +12% with 16, +7.5% with 8,
- * while 4, 8 and 16 blocks gather them equally fast (bench_fetch, bench/RESULTS.md). */
-constexpr int64_t kInFlight = 256 << 10;
+ * of latency), at most kMaxDefaultBlocks: 13 blocks for 656 B rows, 8 for 1152 B, 4 for 2 KB and more. A
+ * gather slows a concurrent memory-bound kernel the more, the more SMs it runs on: on an H200 4096 B rows
+ * cost a bf16 -> f32 convert +38% with 48 blocks, +11.5% with 16, +7.5% with 8, +2.9% with 4, while 4 to
+ * 132 blocks gather them equally fast; 1152 B rows gather as fast with 8 blocks as with 16 (74 KB in
+ * flight with 4 blocks: 1.32x slower). bench_fetch, bench/RESULTS.md. */
+constexpr int64_t kInFlight = 128 << 10;
 constexpr int kMaxDefaultBlocks = 16;
 constexpr int kCopyBatch = 512;
 
