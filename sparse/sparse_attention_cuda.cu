@@ -977,6 +977,27 @@ bool aligned16(const void *ptr, int64_t s0, int64_t s1) {
     return ((uintptr_t)ptr % 16) == 0 && s0 % 8 == 0 && s1 % 8 == 0;
 }
 
+/* The shape, the output's form and the scale; one query a CTA, one split, one head block (launch sets the last
+ * two). p.out must be set. */
+void fill_shape(SparseParams &p, int64_t T, int64_t Hq, int64_t Hkv, int64_t Dk, int64_t Dv, hae_dtype out,
+                float scale) {
+    p.T = T;
+    p.Hq = (int)Hq;
+    p.Hkv = (int)Hkv;
+    p.G = (int)(Hq / Hkv);
+    p.Dk = (int)Dk;
+    p.Dv = (int)Dv;
+    p.hblocks = 1;
+    p.splits = 1;
+    p.tiles_per_split = INT_MAX;
+    p.qpack = 1;
+    p.tgroups = T;
+    p.out_bf16 = out == HAE_BF16;
+    p.out_pairs = (uintptr_t)p.out % 8 == 0 && p.o_sb % 2 == 0 && p.o_st % 2 == 0;
+    p.scale = scale;
+    p.scale_log2 = scale * kLog2e;
+}
+
 /* The tensor-core configuration for these head dims and group size, if any. */
 hae_status try_tc(hae_backend *be, const SparseParams &p, int64_t B, cudaStream_t s, bool *ran) {
     *ran = false;
@@ -1025,23 +1046,9 @@ extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_spars
     p.lse = (float *)a->lse.data;
     p.e_sb = a->lse.stride[0];
     p.e_st = a->lse.stride[1];
-    p.T = T;
+    fill_shape(p, T, Hq, Hkv, Dk, Dv, a->out.dtype, a->scale);
     p.cap = a->k_cache.shape[1];
     p.nk = a->idx.shape[2];
-    p.Hq = (int)Hq;
-    p.Hkv = (int)Hkv;
-    p.G = (int)(Hq / Hkv);
-    p.Dk = (int)Dk;
-    p.Dv = (int)Dv;
-    p.hblocks = 1;
-    p.splits = 1;
-    p.tiles_per_split = INT_MAX;
-    p.qpack = 1;
-    p.tgroups = T;
-    p.out_bf16 = a->out.dtype == HAE_BF16;
-    p.out_pairs = (uintptr_t)p.out % 8 == 0 && p.o_sb % 2 == 0 && p.o_st % 2 == 0;
-    p.scale = a->scale;
-    p.scale_log2 = a->scale * kLog2e;
     /* mla: the values are the first Dv dims of each key row (same rows, same kv head stride) */
     p.v_shared = a->v_cache.data == a->k_cache.data && p.v_sb == p.k_sb && p.v_ss == p.k_ss && Dv <= Dk &&
                  (Hkv == 1 || Dv == Dk);
@@ -1097,27 +1104,13 @@ extern "C" hae_status hae_attention_mla_cuda(hae_backend *be, const hae_attentio
     p.out = a->out.data;
     p.o_sb = a->out.stride[0];
     p.o_st = a->out.stride[1];
-    p.T = T;
+    fill_shape(p, T, Hq, 1, Dk, Dv, a->out.dtype, a->scale);
     p.cap = cap;
     p.dense = true;
     p.pos0 = a->pos0;
     p.window = a->window;
     /* the longest list: a whole window, or every position up to the last query */
     p.nk = a->window > 0 && a->window < last ? a->window : last;
-    p.Hq = (int)Hq;
-    p.Hkv = 1;
-    p.G = (int)Hq;
-    p.Dk = (int)Dk;
-    p.Dv = (int)Dv;
-    p.hblocks = 1;
-    p.splits = 1;
-    p.tiles_per_split = INT_MAX;
-    p.qpack = 1;
-    p.tgroups = T;
-    p.out_bf16 = a->out.dtype == HAE_BF16;
-    p.out_pairs = (uintptr_t)p.out % 8 == 0 && p.o_sb % 2 == 0 && p.o_st % 2 == 0;
-    p.scale = a->scale;
-    p.scale_log2 = a->scale * kLog2e;
     p.v_shared = true;
     cudaStream_t s = nullptr;
     HAE_TRY(hae_cuda_enter(be, &s));

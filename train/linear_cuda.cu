@@ -246,13 +246,20 @@ __global__ void __launch_bounds__(kDeltaThreads) delta_bwd_kernel(const DeltaArg
     }
 }
 
+/* The shape's sizes and chunk, for either form. */
+hae_status delta_check(const hae_tr_delta_shape *s, const char *op) {
+    if (s->B < 0 || s->T < 0 || s->H < 0 || s->K < 1 || s->V < 1 || s->chunk < 0)
+        return hae_error(HAE_ERR_INVALID, "%s (cuda): B %lld, T %lld, H %lld, K %lld, V %lld, chunk %lld", op,
+                         (long long)s->B, (long long)s->T, (long long)s->H, (long long)s->K, (long long)s->V,
+                         (long long)s->chunk);
+    return HAE_OK;
+}
+
 /* Checks the shape against the device's shared memory and fills the arguments common to both directions;
  * *bytes = 0 when there is nothing to do. */
 hae_status delta_setup(hae_backend *be, const hae_tr_delta_shape *s, bool bwd, DeltaArgs *p, size_t *bytes) {
     const char *op = bwd ? "hae_tr_delta_bwd" : "hae_tr_delta_fwd";
-    if (s->B < 0 || s->T < 0 || s->H < 0 || s->K < 1 || s->V < 1)
-        return hae_error(HAE_ERR_INVALID, "%s (cuda): B %lld, T %lld, H %lld, K %lld, V %lld", op, (long long)s->B,
-                         (long long)s->T, (long long)s->H, (long long)s->K, (long long)s->V);
+    HAE_TRY(delta_check(s, op));
     *bytes = 0;
     if (s->B * s->H * s->T == 0) return HAE_OK;
     const int64_t K = s->K, V = s->V, Pc = min64(V, 32), Pr = min64(K, kDeltaThreads / Pc);
@@ -533,9 +540,7 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_bwd_kernel(const ChunkArg
  * there is nothing to do. */
 hae_status chunk_setup(hae_backend *be, const hae_tr_delta_shape *s, bool bwd, ChunkArgs *p, size_t *bytes) {
     const char *op = bwd ? "hae_tr_delta_bwd" : "hae_tr_delta_fwd";
-    if (s->B < 0 || s->T < 0 || s->H < 0 || s->K < 1 || s->V < 1)
-        return hae_error(HAE_ERR_INVALID, "%s (cuda): B %lld, T %lld, H %lld, K %lld, V %lld", op, (long long)s->B,
-                         (long long)s->T, (long long)s->H, (long long)s->K, (long long)s->V);
+    HAE_TRY(delta_check(s, op));
     *bytes = 0;
     if (s->B * s->H * s->T == 0) return HAE_OK;
     const int64_t K = s->K, V = s->V, L = min64(s->chunk, s->T);
@@ -755,7 +760,6 @@ extern "C" hae_status hae_tr_delta_fwd_cuda(hae_backend *be, const hae_tr_delta_
     cudaStream_t st;
     HAE_TRY(hae_cuda_enter(be, &st));
     size_t bytes;
-    if (s->chunk < 0) return hae_error(HAE_ERR_INVALID, "hae_tr_delta_fwd (cuda): chunk %lld", (long long)s->chunk);
     if (s->chunk > 0) {
         ChunkArgs c;
         HAE_TRY(chunk_setup(be, s, false, &c, &bytes));
@@ -781,7 +785,6 @@ extern "C" hae_status hae_tr_delta_bwd_cuda(hae_backend *be, const hae_tr_delta_
     cudaStream_t st;
     HAE_TRY(hae_cuda_enter(be, &st));
     size_t bytes;
-    if (s->chunk < 0) return hae_error(HAE_ERR_INVALID, "hae_tr_delta_bwd (cuda): chunk %lld", (long long)s->chunk);
     if (s->chunk > 0) {
         ChunkArgs c;
         HAE_TRY(chunk_setup(be, s, true, &c, &bytes));
