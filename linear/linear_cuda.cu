@@ -717,11 +717,14 @@ template <typename TW> struct Pad {
     static constexpr int A = sizeof(TW) == 2 ? 8 : 4, AT = 8, B = 8;
 };
 
-/* w, kd, U and gl are double-buffered: chunk gc + 1's are in flight during chunk gc. */
-template <typename TW, int K> struct StateSmem {
-    static constexpr int VT = kStateVT, LW = K + Pad<TW>::A, LD = K + Pad<TW>::AT, LS = VT + Pad<TW>::B;
+/* w, kd, U and gl (and with OUT qg and P) are double-buffered: chunk gc + 1's are in flight during
+ * chunk gc. */
+template <typename TW, int K, bool OUT> struct StateSmem {
+    static constexpr int VT = kStateVT, LW = K + Pad<TW>::A, LD = K + Pad<TW>::AT, LS = VT + Pad<TW>::B,
+                         LP = kC + Pad<TW>::A;
     TW w[2][kC * LW], kd[2][kC * LD], S[K * LS], U[2][kC * LS];
     float gl[2][K];
+    TW qg[OUT ? 2 : 1][OUT ? kC * LW : 8], P[OUT ? 2 : 1][OUT ? kC * LP : 8];
 };
 
 /* 16-byte chunk copies of a rows x cols tile (cols a multiple of 16 bytes) global -> shared. */
@@ -746,10 +749,13 @@ __device__ __forceinline__ void tile_copy(TW *dst, int64_t ld, const TW *src, in
     }
 }
 
-template <typename TW, int K, bool DELTA>
+/* OUT: the chunk's output columns here too, O = q e^Γ S0 + P U from the S0 and U this CTA already holds
+ * (chunk_out not launched; h and U not written). Taken when the CTAs fit one wave (a few sequences),
+ * where the sequential walk leaves the SMs room: chunk_out's separate pass would cost more. */
+template <typename TW, int K, bool DELTA, bool OUT>
 __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinParams p, const ChunkWs ws) {
-    using Sm = StateSmem<TW, K>;
-    constexpr int VT = Sm::VT, LW = Sm::LW, LD = Sm::LD, LS = Sm::LS;
+    using Sm = StateSmem<TW, K, OUT>;
+    constexpr int VT = Sm::VT, LW = Sm::LW, LD = Sm::LD, LS = Sm::LS, LP = Sm::LP;
     /* 8 warps. S (K x VT): warp w takes 16-row tile w / WPS and NS of its VT / 8 column tiles;
      * U (C x VT): 16-row tile w / 2 and half of its columns. */
     constexpr int WPS = kStateThreads / 32 / (K / 16), NS = VT / 8 / WPS, NU = VT / 16;
@@ -760,6 +766,7 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
     float *state = p.state + ((int64_t)n * p.HV + j) * K * V + c0;
     const int32_t cbeg = ws.coff[n], cend = ws.coff[n + 1];
     if (cbeg == cend) return;
+    const SeqRange sr = seq_range(p, n);
 
     /* the state in accumulator fragments: rows rs + g (+ 8), columns cs + nt 8 + 2 t (+ 1) */
     const int rs = warp / WPS * 16, cs = warp % WPS * NS * 8, ru = warp / 2 * 16, cu = warp % 2 * NU * 8;
@@ -779,6 +786,10 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
         tile_async(sm.kd[b], LD, (const TW *)ws.kd + hl * kC * K, K, kC, K, tid, kStateThreads);
         tile_async(sm.U[b], LS, (const TW *)ws.u + hl * kC * V + c0, V, kC, VT, tid, kStateThreads);
         for (int c = tid * 4; c < K; c += kStateThreads * 4) cp_async16(sm.gl[b] + c, ws.gl + hl * K + c);
+        if (OUT) {
+            tile_async(sm.qg[b], LW, (const TW *)ws.qg + hl * kC * K, K, kC, K, tid, kStateThreads);
+            tile_async(sm.P[b], LP, (const TW *)ws.P + hl * kC * kC, kC, kC, kC, tid, kStateThreads);
+        }
     };
     load_chunk(cbeg, 0);
     cp_async_commit();
@@ -798,7 +809,7 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
         cp_async_wait<1>();
         __syncthreads();
         /* the chunk's start state (as the workspace type), for chunk_out */
-        tile_copy((TW *)ws.h + hj * K * V + c0, V, sm.S, LS, K, VT, tid, kStateThreads);
+        if (!OUT) tile_copy((TW *)ws.h + hj * K * V + c0, V, sm.S, LS, K, VT, tid, kStateThreads);
         if (DELTA) {
             /* U = u0 - w S0 on this warp's 16 rows and NU column tiles */
             float uacc[NU][4] = {};
@@ -812,7 +823,23 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
                     st2(u, u0.x - uacc[nt][2 * y], u0.y - uacc[nt][2 * y + 1]);
                 }
             __syncthreads();
-            tile_copy((TW *)ws.u + hj * kC * V + c0, V, U, LS, kC, VT, tid, kStateThreads);
+            if (!OUT) tile_copy((TW *)ws.u + hj * kC * V + c0, V, U, LS, kC, VT, tid, kStateThreads);
+        }
+        if (OUT) {
+            /* O = (q e^Γ) S0 + P U on the U tile's rows and columns (S0 is still in sm.S) */
+            const int64_t tc0 = sr.t0 + (int64_t)(gc - cbeg) * kC;
+            const int nc = (int)min((int64_t)kC, sr.t0 + sr.len - tc0);
+            float oacc[NU][4] = {};
+            tile_mma<K, NU, false>(oacc, sm.qg[b] + ru * LW, LW, sm.S + cu, LS);
+            tile_mma<kC, NU, false>(oacc, sm.P[b] + ru * LP, LP, U + cu, LS);
+#pragma unroll
+            for (int nt = 0; nt < NU; nt++)
+#pragma unroll
+                for (int x = 0; x < 4; x++) {
+                    const int i = ru + g + (x >> 1) * 8, c = c0 + cu + nt * 8 + 2 * t + (x & 1);
+                    if (i < nc)
+                        st_dt(p.out, p.o_bf16, sr.b * p.o_sb + (tc0 + i) * p.o_st + (int64_t)j * V + c, oacc[nt][x]);
+                }
         }
         /* S = diag(e^{Γ_L}) S + kd^T U */
         {
@@ -970,6 +997,9 @@ hae_status launch_recurrent(const hae_linear_attn_args *a, const LinParams &p, c
 hae_status launch_chunked(const hae_linear_attn_args *a, const LinParams &p, cudaStream_t s) {
     const int64_t B = a->q.shape[0], T = a->q.shape[1], HV = p.HV, K = a->q.shape[3], V = p.V;
     const ChunkWs ws = hae_chunk_ws_layout(a->workspace, B, T, p.N, HV, K, V, hae_dtype_size(a->q.dtype), nullptr);
+    int dev = 0, sms = 0;
+    HAE_CUDA_CHECK(cudaGetDevice(&dev));
+    HAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     chunk_offsets_kernel<<<1, 32, 0, s>>>(p, ws.coff);
     HAE_CUDA_LAUNCH_CHECK("chunk_offsets_kernel");
     return hae_cuda_dispatch(a->q.dtype, "hae_linear_attn", [&](auto ti) -> hae_status {
@@ -980,15 +1010,30 @@ hae_status launch_chunked(const hae_linear_attn_args *a, const LinParams &p, cud
                 constexpr int DECAY = decltype(dt)::value;
                 constexpr bool DELTA = decltype(del)::value;
                 auto *prep = chunk_prep_kernel<TI, KK, DECAY, DELTA>;
-                auto *state = chunk_state_kernel<TI, KK, DELTA>;
+                constexpr bool kOut = sizeof(TI) == 2; /* fp32's tiles leave no room for qg and P */
+                auto *state = chunk_state_kernel<TI, KK, DELTA, false>;
+                auto *state_out = chunk_state_kernel<TI, KK, DELTA, kOut>;
                 auto *outk = chunk_out_kernel<TI, KK>;
                 HAE_TRY(set_smem(prep, sizeof(PrepSmem<KK>)));
-                HAE_TRY(set_smem(state, sizeof(StateSmem<TI, KK>)));
+                HAE_TRY(set_smem(state, sizeof(StateSmem<TI, KK, false>)));
+                HAE_TRY(set_smem(state_out, sizeof(StateSmem<TI, KK, kOut>)));
                 HAE_TRY(set_smem(outk, sizeof(OutSmem<TI, KK>)));
                 prep<<<dim3((unsigned)ws.G, (unsigned)HV), kPrepThreads, sizeof(PrepSmem<KK>), s>>>(p, ws);
                 HAE_CUDA_LAUNCH_CHECK("chunk_prep_kernel");
-                state<<<dim3((unsigned)(V / kStateVT), (unsigned)HV, (unsigned)p.N), kStateThreads,
-                        sizeof(StateSmem<TI, KK>), s>>>(p, ws);
+                const dim3 sgrid((unsigned)(V / kStateVT), (unsigned)HV, (unsigned)p.N);
+                bool fused = false;
+                if (kOut) {
+                    int occ = 0;
+                    HAE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                        &occ, state_out, kStateThreads, sizeof(StateSmem<TI, KK, kOut>)));
+                    fused = (int64_t)sgrid.x * sgrid.y * sgrid.z <= (int64_t)occ * sms;
+                }
+                if (fused) {
+                    state_out<<<sgrid, kStateThreads, sizeof(StateSmem<TI, KK, kOut>), s>>>(p, ws);
+                    HAE_CUDA_LAUNCH_CHECK("chunk_state_kernel");
+                    return HAE_OK;
+                }
+                state<<<sgrid, kStateThreads, sizeof(StateSmem<TI, KK, false>), s>>>(p, ws);
                 HAE_CUDA_LAUNCH_CHECK("chunk_state_kernel");
                 outk<<<dim3((unsigned)ws.G, (unsigned)HV, (unsigned)(V / out_cols((int)V, out_vt<TI>()))), kOutThreads,
                        sizeof(OutSmem<TI, KK>),

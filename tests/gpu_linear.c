@@ -175,7 +175,9 @@ Test(gpu_linear, variants) {
             for (int form = 0; form < 2; form++) run_linear(&VARIANTS[vi], &COMMON[si], form ? 64 : 0, seed++);
 }
 
-/* Chunk boundaries, decode batches, GVA, K != V, varlen edge cases, both gates and dtypes. */
+/* Chunk boundaries, decode batches, GVA, K != V, varlen edge cases, both gates and dtypes. The chunked
+ * form on bf16 computes the output inside its sequential kernel when that kernel's CTAs fit one wave
+ * (every bf16 case here but the second) and in a pass of its own otherwise (the second: 512 CTAs). */
 Test(gpu_linear, shapes) {
     static const lshape cases[] = {
         {1, 1, 2, 4, 128, 128, F32, F32, SP, 0, -2, 2, 0, 0, {0}},
