@@ -55,12 +55,12 @@ __device__ __forceinline__ float sigmoidf_(float x) { return __fdividef(1.0f, 1.
 
 /* Log decay from the raw gate x = graw + dt_bias (hae.h), eA = exp(A_log): softplus or the bounded
  * safe gate. */
-__device__ __forceinline__ float gate_fn_e(const LinParams &p, float x, float eA) {
-    if (p.softplus) {
-        const float sp = x > 20.0f ? x : log1pf(expf(x));
-        return -eA * sp;
-    }
+__device__ __forceinline__ float gate_softplus(float x, float eA) { return -eA * (x > 20.0f ? x : log1pf(expf(x))); }
+__device__ __forceinline__ float gate_safe(const LinParams &p, float x, float eA) {
     return p.lower_bound * sigmoidf_(eA * x);
+}
+__device__ __forceinline__ float gate_fn_e(const LinParams &p, float x, float eA) {
+    return p.softplus ? gate_softplus(x, eA) : gate_safe(p, x, eA);
 }
 __device__ __forceinline__ float gate_fn(const LinParams &p, float x, float A_log) {
     return gate_fn_e(p, x, expf(A_log));
@@ -92,10 +92,8 @@ __device__ __forceinline__ float raw8_get(const Raw8 &r, bool bf16, int e) {
 }
 
 /* The q/k feature map before the (optional) L2 norm. */
-__device__ __forceinline__ float qk_map(const LinParams &p, float x) {
-    if (!p.elu1) return x;
-    return x > 0.0f ? x + 1.0f : expf(x);
-}
+__device__ __forceinline__ float elu1(float x) { return x > 0.0f ? x + 1.0f : expf(x); }
+__device__ __forceinline__ float qk_map(const LinParams &p, float x) { return p.elu1 ? elu1(x) : x; }
 
 /* Log decay of token row `row` (element offset of the token in g), channel c, value head j. */
 template <int DECAY>
@@ -472,12 +470,27 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                 if (DECAY == HAE_DECAY_FIXED) gh = -eA;
                 if (DECAY == HAE_DECAY_HEAD && valid)
                     gh = gate_fn_e(p, ld_dt(p.g, p.g_bf16, sr.b * p.g_sb + t_ * p.g_st + j) + p.dt_bias[j], eA);
+                /* the feature map and the gate's form branch once a row, not once an element */
 #pragma unroll
                 for (int e = 0; e < 8; e++) {
-                    qv[e] = valid ? qk_map(p, raw8_get(rq[x], sizeof(TI) == 2, e)) : 0.0f;
-                    kv[e] = valid ? qk_map(p, raw8_get(rk[x], sizeof(TI) == 2, e)) : 0.0f;
-                    const float gl = kCh ? gate_fn_e(p, raw8_get(rg[x], p.g_bf16, e) + db[e], eA) : gh;
-                    gv[e] = valid ? kLog2e * gl : 0.0f;
+                    qv[e] = raw8_get(rq[x], sizeof(TI) == 2, e);
+                    kv[e] = raw8_get(rk[x], sizeof(TI) == 2, e);
+                    gv[e] = kCh ? raw8_get(rg[x], p.g_bf16, e) + db[e] : gh;
+                }
+                if (p.elu1)
+#pragma unroll
+                    for (int e = 0; e < 8; e++) qv[e] = elu1(qv[e]), kv[e] = elu1(kv[e]);
+                if (kCh && p.softplus)
+#pragma unroll
+                    for (int e = 0; e < 8; e++) gv[e] = gate_softplus(gv[e], eA);
+                else if (kCh)
+#pragma unroll
+                    for (int e = 0; e < 8; e++) gv[e] = gate_safe(p, gv[e], eA);
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    qv[e] = valid ? qv[e] : 0.0f;
+                    kv[e] = valid ? kv[e] : 0.0f;
+                    gv[e] = valid ? kLog2e * gv[e] : 0.0f;
                     ssq += qv[e] * qv[e];
                     ssk += kv[e] * kv[e];
                 }
@@ -727,31 +740,25 @@ template <typename TW, int K, bool OUT> struct StateSmem {
     TW qg[OUT ? 2 : 1][OUT ? kC * LW : 8], P[OUT ? 2 : 1][OUT ? kC * LP : 8];
 };
 
-/* 16-byte chunk copies of a rows x cols tile (cols a multiple of 16 bytes) global -> shared. */
+/* 16-byte chunk copies of a rows x cols tile global -> shared and shared -> global. cols is a multiple of
+ * 16 bytes whose chunk count divides nthreads (every tile here: K and V are 64 or 128), so a thread keeps
+ * one column chunk and walks rows: one division a call, not one a chunk (ncu: chunk_state spent a quarter
+ * of its issue slots on the per-chunk index arithmetic). */
 template <typename TW>
 __device__ __forceinline__ void tile_async(TW *dst, int ld, const TW *src, int64_t lds, int rows, int cols,
                                            int tid, int nthreads) {
     constexpr int E = 16 / sizeof(TW);
-    const int per = cols / E;
-    for (int e = tid; e < rows * per; e += nthreads) {
-        const int i = e / per, c = (e % per) * E;
-        cp_async16(dst + i * ld + c, src + (int64_t)i * lds + c);
-    }
+    const int per = cols / E, step = nthreads / per, c = tid % per * E;
+    for (int i = tid / per; i < rows; i += step) cp_async16(dst + i * ld + c, src + (int64_t)i * lds + c);
 }
 template <typename TW>
 __device__ __forceinline__ void tile_copy(TW *dst, int64_t ld, const TW *src, int lds, int rows, int cols, int tid,
                                           int nthreads) {
     constexpr int E = 16 / sizeof(TW);
-    const int per = cols / E;
-    for (int e = tid; e < rows * per; e += nthreads) {
-        const int i = e / per, c = (e % per) * E;
-        *(uint4 *)(dst + (int64_t)i * ld + c) = *(const uint4 *)(src + i * lds + c);
-    }
+    const int per = cols / E, step = nthreads / per, c = tid % per * E;
+    for (int i = tid / per; i < rows; i += step) *(uint4 *)(dst + (int64_t)i * ld + c) = *(const uint4 *)(src + i * lds + c);
 }
 
-/* OUT: the chunk's output columns here too, O = q e^Γ S0 + P U from the S0 and U this CTA already holds
- * (chunk_out not launched; h and U not written). Taken when the CTAs fit one wave (a few sequences),
- * where the sequential walk leaves the SMs room: chunk_out's separate pass would cost more. */
 template <typename TW, int K, bool DELTA, bool OUT>
 __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinParams p, const ChunkWs ws) {
     using Sm = StateSmem<TW, K, OUT>;
