@@ -324,6 +324,17 @@ __device__ __forceinline__ void st2(hae_bf16_t *p, float x, float y) {
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(y), "f"(x));
     *(uint32_t *)p = r;
 }
+/* Eight adjacent workspace elements from fp32, 16 bytes at a time (p 16-byte aligned). */
+__device__ __forceinline__ void st8(float *p, const float (&v)[8]) {
+    *(float4 *)p = make_float4(v[0], v[1], v[2], v[3]);
+    *(float4 *)(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ void st8(hae_bf16_t *p, const float (&v)[8]) {
+    uint32_t r[4];
+#pragma unroll
+    for (int x = 0; x < 4; x++) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r[x]) : "f"(v[2 * x + 1]), "f"(v[2 * x]));
+    *(uint4 *)p = make_uint4(r[0], r[1], r[2], r[3]);
+}
 __device__ __forceinline__ float2 ld2(const float *p) { return *(const float2 *)p; }
 __device__ __forceinline__ float2 ld2(const hae_bf16_t *p) {
     const uint32_t u = *(const uint32_t *)p;
@@ -517,28 +528,26 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
         }
     }
     __syncthreads();
-    if (tid < K) {
+    /* Γ: each channel's scan in two halves of the chunk (a thread each), then the second half adds the
+     * first's total: half the serial chain */
+    {
+        static_assert(kPrepThreads == 2 * K || kPrepThreads == 4 * K, "two threads (or four) a channel");
+        const int c = tid % K, h = tid / K, r0 = h * (kC / 2);
         float acc = 0.0f;
-        for (int i = 0; i < kC; i++) {
-            acc += sm.G[i * LK + tid];
-            sm.G[i * LK + tid] = acc;
+        if (h < 2)
+            for (int i = r0; i < r0 + kC / 2; i++) {
+                acc += sm.G[i * LK + c];
+                sm.G[i * LK + c] = acc;
+            }
+        __syncthreads();
+        if (h == 1) {
+            const float base = sm.G[(kC / 2 - 1) * LK + c];
+            for (int i = r0; i < r0 + kC / 2; i++) sm.G[i * LK + c] += base;
         }
     }
     __syncthreads();
 
-    /* what kernels 2 and 3 read: q e^Γ and P (both times scale), k e^{Γ_L - Γ}, e^{Γ_L}; P's upper
-     * triangle is 0 */
     TI *qg = (TI *)ws.qg + hj * kC * K, *kd = (TI *)ws.kd + hj * kC * K, *P = (TI *)ws.P + hj * kC * kC;
-    for (int e = tid; e < kC * K / 2; e += kPrepThreads) {
-        const int i = e / (K / 2), c = 2 * (e % (K / 2));
-        const float *G = sm.G + i * LK + c, *GL = sm.G + (kC - 1) * LK + c;
-        const float *q = sm.q + i * LK + c, *k = sm.k + i * LK + c;
-        st2(qg + i * K + c, p.scale * q[0] * exp2f(G[0]), p.scale * q[1] * exp2f(G[1]));
-        st2(kd + i * K + c, k[0] * exp2f(GL[0] - G[0]), k[1] * exp2f(GL[1] - G[1]));
-    }
-    for (int c = tid; c < K; c += kPrepThreads) ws.gl[hj * K + c] = exp2f(sm.G[(kC - 1) * LK + c]);
-    for (int e = tid; e < kC * kC; e += kPrepThreads)
-        if (e % kC > e / kC) hae_st(P + e, 0.0f);
 
     /* The ten 16 x 16 blocks on and below the diagonal as tensor-core products of scaled copies, one
      * block per warp at a time: e^{Γ_i - Γ_j} = e^{Γ_i - Γ_m} e^{Γ_m - Γ_j}. Below the diagonal m is
@@ -547,8 +556,9 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
      * lower_bound ≥ -10); otherwise those four blocks take one exponential per term. Decays uniform over
      * the channels (head, fixed, none) need no copies: the plain dot product times e^{Γ_i - Γ_j}. */
     constexpr bool kUniform = DECAY != HAE_DECAY_CHANNEL;
+    constexpr int kWarps = kPrepThreads / 32;
     const int nblk = kUniform || p.diag_mma ? 10 : 6;
-    for (int blk = warp; blk < nblk; blk += kPrepThreads / 32) {
+    for (int blk = warp; blk < nblk; blk += kWarps) {
         const bool diag = blk >= 6;
         const int I = diag ? blk - 6 : blk < 1 ? 1 : blk < 3 ? 2 : 3, J = diag ? I : blk - I * (I - 1) / 2;
         const int i0 = I * 16, jb = J * 16, m = diag ? i0 + 8 : i0;
@@ -589,6 +599,31 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                 if (DELTA) sm.L[tri_blk(I, J) * 256 + il * 16 + jl] = keepA ? sm.beta[i] * accA[nt][x] * e : 0.0f;
             }
     }
+    /* What kernels 2 and 3 read besides: q e^Γ (times scale), k e^{Γ_L - Γ}, e^{Γ_L}, and P's upper
+     * triangle (0). Written by the warps that took one block fewer above (warps 2-7 of 10 blocks), while the
+     * others finish theirs: ncu had them idle at the next barrier for a block's time. */
+    {
+        const int helpers = nblk % kWarps ? kWarps - nblk % kWarps : kWarps, h0 = 32 * (kWarps - helpers);
+        if (tid >= h0) {
+            const int ht = tid - h0, nh = 32 * helpers;
+            for (int e = ht; e < kC * K / 8; e += nh) {
+                const int i = e / (K / 8), c = 8 * (e % (K / 8));
+                const float *G = sm.G + i * LK + c, *GL = sm.G + (kC - 1) * LK + c;
+                const float *q = sm.q + i * LK + c, *k = sm.k + i * LK + c;
+                float a[8], d[8];
+#pragma unroll
+                for (int x = 0; x < 8; x++) {
+                    a[x] = p.scale * q[x] * exp2f(G[x]);
+                    d[x] = k[x] * exp2f(GL[x] - G[x]);
+                }
+                st8(qg + i * K + c, a);
+                st8(kd + i * K + c, d);
+            }
+            for (int c = ht; c < K; c += nh) ws.gl[hj * K + c] = exp2f(sm.G[(kC - 1) * LK + c]);
+            for (int e = ht; e < kC * kC; e += nh)
+                if (e % kC > e / kC) hae_st(P + e, 0.0f);
+        }
+    }
     if (nblk == 6) {
         /* diagonal blocks of an unbounded channel gate: one exponential per term */
         for (int e = tid; e < kNB * 256; e += kPrepThreads) {
@@ -623,10 +658,13 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
             raw8_load(rv[x], vb + (int64_t)(tid / 16 + 16 * x) * p.v_st + vc0, sizeof(TI) == 2, p.vec);
     __syncthreads(); /* q, k, G, L complete; q is free */
 
-    /* β K~ in place; D_I into T's diagonal blocks (upper parts 0) */
-    for (int e = tid; e < kC * K; e += kPrepThreads) {
-        const int i = e / K, c = e % K;
-        sm.k[i * LK + c] *= sm.beta[i] * exp2f(sm.G[i * LK + c]);
+    /* D_I into T's diagonal blocks (upper parts 0) on warps 0-1, β K~ in place on the others meanwhile */
+    for (int e = tid - 64; e >= 0 && e < kC * K / 4; e += kPrepThreads - 64) { /* 4 channels at once */
+        const int i = e / (K / 4), c = 4 * (e % (K / 4));
+        float4 &kk = *(float4 *)(sm.k + i * LK + c);
+        const float4 G = *(const float4 *)(sm.G + i * LK + c);
+        const float b = sm.beta[i];
+        kk = make_float4(kk.x * b * exp2f(G.x), kk.y * b * exp2f(G.y), kk.z * b * exp2f(G.z), kk.w * b * exp2f(G.w));
     }
     float *T = sm.q;
     if (tid < 64) {
@@ -653,10 +691,21 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
             *(float4 *)(sm.G + i * LV + vc0 + 4) = make_float4(vv[4], vv[5], vv[6], vv[7]);
         }
     }
+    __syncthreads(); /* β V, β K~ and D_I complete */
+
     /* Block row I of T, one warp per block J < I on the tensor cores (3xTF32: T stays fp32-accurate):
-     * X = Σ_{J≤M<I} (β A')_IM T_MJ, staged in T_IJ, then T_IJ = -D_I X. */
-    for (int I = 1; I < kNB; I++) {
-        if (warp < I) {
+     * X = Σ_{J≤M<I} (β A')_IM T_MJ, staged in T_IJ, then T_IJ = -D_I X. Interleaved with it, w = T (β K~)
+     * and u0 = T (β V) a row block at a time (warp per 32 columns, T's upper blocks skipped): row block
+     * I - 1 needs T's rows up to I - 1 only, so the warps the inverse leaves idle compute it meanwhile. */
+    const bool isw = warp < K / 32;
+    const int n0 = (isw ? warp : warp - K / 32) * 32;
+    const bool has_cols = isw || n0 < V;
+    const float *b = isw ? sm.k + n0 : sm.G + n0;
+    const int ldb = isw ? LK : LV;
+    TI *dst = isw ? (TI *)ws.w + hj * kC * K : (TI *)ws.u + hj * kC * V;
+    const int ld = isw ? K : V;
+    for (int I = 1; I <= kNB; I++) {
+        if (I < kNB && warp < I) {
             const int J = warp;
             float *Tij = T + I * 16 * LT + J * 16;
             float x[2][4] = {};
@@ -677,50 +726,34 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                 for (int y = 0; y < 2; y++)
                     st2(Tij + (g + 8 * y) * LT + nt * 8 + 2 * t, -d[nt][2 * y], -d[nt][2 * y + 1]);
         }
-        __syncthreads();
-    }
-
-    /* w = T (β K~), u0 = T (β V): warp per 32 columns, T's upper blocks skipped */
-    const bool isw = warp < K / 32;
-    const int n0 = (isw ? warp : warp - K / 32) * 32;
-    if (!isw && n0 >= V) return;
-    const float *b = isw ? sm.k + n0 : sm.G + n0;
-    const int ldb = isw ? LK : LV;
-    float acc[4][4][4] = {};
+        if (has_cols) {
+            const int mt = I - 1;
+            float acc[4][4] = {};
+            for (int k0 = 0; k0 < (mt + 1) * 16; k0 += 8) {
+                uint32_t bh[4][2], bl[4][2], ah[4], al[4];
 #pragma unroll
-    for (int k0 = 0; k0 < kC; k0 += 8) {
-        uint32_t bh[4][2], bl[4][2];
+                for (int nt = 0; nt < 4; nt++) {
+                    split_tf32<kX3>(b[(k0 + t) * ldb + nt * 8 + g], bh[nt][0], bl[nt][0]);
+                    split_tf32<kX3>(b[(k0 + t + 4) * ldb + nt * 8 + g], bh[nt][1], bl[nt][1]);
+                }
+                const float *a = T + mt * 16 * LT + k0;
+                split_tf32<kX3>(a[g * LT + t], ah[0], al[0]);
+                split_tf32<kX3>(a[(g + 8) * LT + t], ah[1], al[1]);
+                split_tf32<kX3>(a[g * LT + t + 4], ah[2], al[2]);
+                split_tf32<kX3>(a[(g + 8) * LT + t + 4], ah[3], al[3]);
 #pragma unroll
-        for (int nt = 0; nt < 4; nt++) {
-            split_tf32<kX3>(b[(k0 + t) * ldb + nt * 8 + g], bh[nt][0], bl[nt][0]);
-            split_tf32<kX3>(b[(k0 + t + 4) * ldb + nt * 8 + g], bh[nt][1], bl[nt][1]);
-        }
-#pragma unroll
-        for (int mt = 0; mt < 4; mt++) {
-            if (k0 >= (mt + 1) * 16) continue;
-            const float *a = T + mt * 16 * LT + k0;
-            uint32_t ah[4], al[4];
-            split_tf32<kX3>(a[g * LT + t], ah[0], al[0]);
-            split_tf32<kX3>(a[(g + 8) * LT + t], ah[1], al[1]);
-            split_tf32<kX3>(a[g * LT + t + 4], ah[2], al[2]);
-            split_tf32<kX3>(a[(g + 8) * LT + t + 4], ah[3], al[3]);
-#pragma unroll
-            for (int nt = 0; nt < 4; nt++) {
-                mma_tf32x<kX3>(acc[mt][nt], ah, al, bh[nt], bl[nt]);
+                for (int nt = 0; nt < 4; nt++) mma_tf32x<kX3>(acc[nt], ah, al, bh[nt], bl[nt]);
             }
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                for (int y = 0; y < 2; y++) {
+                    const int i = mt * 16 + g + y * 8, c = n0 + nt * 8 + 2 * t;
+                    st2(dst + (int64_t)i * ld + c, acc[nt][2 * y], acc[nt][2 * y + 1]);
+                }
         }
+        if (I < kNB) __syncthreads(); /* T's block row I complete */
     }
-    TI *dst = isw ? (TI *)ws.w + hj * kC * K : (TI *)ws.u + hj * kC * V;
-    const int ld = isw ? K : V;
-#pragma unroll
-    for (int mt = 0; mt < 4; mt++)
-#pragma unroll
-        for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-            for (int y = 0; y < 2; y++) {
-                const int i = mt * 16 + g + y * 8, c = n0 + nt * 8 + 2 * t;
-                st2(dst + (int64_t)i * ld + c, acc[mt][nt][2 * y], acc[mt][nt][2 * y + 1]);
-            }
 }
 
 /* Row strides (elements) of the shared tiles: bf16 rows are padded to 16-byte multiples whose 8
@@ -798,6 +831,10 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
             tile_async(sm.P[b], LP, (const TW *)ws.P + hl * kC * kC, kC, kC, kC, tid, kStateThreads);
         }
     };
+    auto next_chunk = [&](int32_t gc) {
+        if (gc + 1 < cend) load_chunk(gc + 1, (gc + 1 - cbeg) & 1);
+        cp_async_commit();
+    };
     load_chunk(cbeg, 0);
     cp_async_commit();
     for (int32_t gc = cbeg; gc < cend; gc++) {
@@ -809,11 +846,10 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
 #pragma unroll
             for (int y = 0; y < 2; y++)
                 st2(sm.S + (rs + g + 8 * y) * LS + cs + nt * 8 + 2 * t, acc[nt][2 * y], acc[nt][2 * y + 1]);
-        /* the next chunk's w, kd, u0, gl into the other buffer (free since the last step's final
-         * barrier); then wait for everything but that group */
-        if (gc + 1 < cend) load_chunk(gc + 1, b ^ 1);
-        cp_async_commit();
-        cp_async_wait<1>();
+        /* the next chunk's tiles into the other buffer (free since the last step's final barrier): here
+         * when this kernel forms the outputs, else further down, between MMAs */
+        if (!OUT) next_chunk(gc);
+        cp_async_wait<OUT ? 0 : 1>(); /* this chunk's tiles */
         __syncthreads();
         /* the chunk's start state (as the workspace type), for chunk_out */
         if (!OUT) tile_copy((TW *)ws.h + hj * K * V + c0, V, sm.S, LS, K, VT, tid, kStateThreads);
@@ -832,6 +868,9 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
             __syncthreads();
             if (!OUT) tile_copy((TW *)ws.u + hj * kC * V + c0, V, U, LS, kC, VT, tid, kStateThreads);
         }
+        /* with OUT, the next chunk's tiles are requested here between MMAs: at the top of the step they
+         * lengthened its critical path (ncu: a fifth of the kernel's stalls on issuing them) */
+        if (OUT) next_chunk(gc);
         if (OUT) {
             /* O = (q e^Γ) S0 + P U on the U tile's rows and columns (S0 is still in sm.S) */
             const int64_t tc0 = sr.t0 + (int64_t)(gc - cbeg) * kC;
