@@ -358,15 +358,17 @@ __device__ __forceinline__ float2 ld2(const hae_bf16_t *p) {
  * Kernels: (1) chunk_prep, parallel over (chunk, head): gates, Γ, A', P (global), w, u0 (blocked
  * inverse of I + diag(β) A', then two tensor-core products), q e^Γ, k e^{Γ_L - Γ}, e^{Γ_L};
  * (2) chunk_state, sequential over a sequence's chunks, parallel over (sequence, head, 32 value
- * columns): stores each chunk's start state, U = u0 - w S0, S = e^{Γ_L} S + (k e^{Γ_L-Γ})^T U, the
- * state in mma accumulators; (3) chunk_out, parallel over (chunk, head, 128 value columns on bf16, 64 on fp32): O.
- * Measured on H200 (bench_linear, H 32, K = V = 128, bf16, B 1 T 8192, bench/RESULTS.md): 0.96 ms
- * in all, kernel 1 0.58 ms, kernel 2 0.21 ms, kernel 3 0.16 ms. Kernel 1 was latency-bound on its
- * loads (half its time with one row per warp in flight; now the chunk's reads go out together, 16
- * bytes each), on shared-memory bank conflicts (odd row strides under mma fragment walks) and on
- * the blocked inverse's serial CUDA-core rounds (now one MMA warp per block). It takes 110 KB: two
- * CTAs per SM. Kernel 2 (8 warps) streams the next chunk's w, kd, u0 and gl (cp.async,
- * double-buffered) during the current one. */
+ * columns): U = u0 - w S0, S = e^{Γ_L} S + (k e^{Γ_L-Γ})^T U, the state in mma accumulators; with bf16
+ * inputs and CTAs that fit one wave it also forms O from the S0 and U it holds, else it stores each
+ * chunk's start state and U for (3) chunk_out, parallel over (chunk, head, 128 value columns on bf16, 64
+ * on fp32): O.
+ * Measured on an H200 (bench_linear, H 32, K = V = 128, bf16, B 1 T 8192, bench/RESULTS.md): 0.82 ms in
+ * all. ncu's stall samples steered the last steps: kernel 1 (110 KB, two CTAs an SM, 25% occupancy) is
+ * latency-bound, so warps that a phase leaves idle take the next phase's independent work instead of
+ * waiting at its barrier (the q e^Γ stores beside the A'/P blocks, D_I beside β K~, w and u0 a row block
+ * at a time beside the inverse's block rows); kernel 2's chain per chunk is MMA and barrier latency, so
+ * its tile copies take one division a tile instead of one a 16-byte chunk, and in the fused form the next
+ * chunk's are requested between MMAs. */
 constexpr int kC = HAE_LIN_CHUNK; /* tokens per chunk */
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kNB = kC / 16;  /* 16-row blocks per chunk */
