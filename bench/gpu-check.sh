@@ -3,6 +3,8 @@
 #   bench/gpu-check.sh [BIN_DIR]    BIN_DIR holds hae, gpu_* tests and bench_* (default: build)
 #   FLA_PATH=DIR also runs flash-linear-attention's KDA kernels (bench/peer_fla_kda.py) for the ratios.
 #   SKIP="bench_linear default-cpu train ..." leaves out those tests, benchmarks, hae runs or the training benchmark.
+#   NCU=1 also profiles the kernels the issues' open targets hang on (the linear prefill's two sequential-chain
+#   kernels, the FP8 sparse decode) with Nsight Compute and prints where their warps wait (bench/ncu-lines.py).
 # Logs go to $OUT (default: ./gpu-check-logs).
 set -u
 bin=${1:-build}
@@ -93,6 +95,23 @@ if [ -n "${FLA_PATH:-}" ]; then
   python3 "$(dirname "$0")/peer_fla_kda.py" --json "$out/fla.jsonl" >"$out/fla.log" 2>&1
   row "flash-linear-attention (rc $?)" "see fla.log"
   cat "$out/fla.log"
+fi
+
+# Where the open targets' kernels wait: one launch each, in the benchmarks' warm-up (skips count matching
+# launches; the benchmarks' checks come first), source counters summed per line and per opcode.
+prof() { # name, mangled-name regex, launches to skip, benchmark
+  ncu --set full --import-source yes --kernel-name-base mangled -k "regex:$2" --launch-skip "$3" -c 1 \
+    -o "$out/ncu-$1" --force-overwrite "$bin/$4" >"$out/ncu-$1.run.log" 2>&1
+  local rc=$?
+  ncu -i "$out/ncu-$1.ncu-rep" --page source --csv --print-source sass,cuda 2>/dev/null | gzip >"$out/ncu-$1.csv.gz"
+  python3 "$(dirname "$0")/ncu-lines.py" "$out/ncu-$1.csv.gz" --top 15 --sass 8 >"$out/ncu-$1.txt" 2>&1
+  row "ncu $1 (rc $rc)" "see ncu-$1.txt"
+  cat "$out/ncu-$1.txt"
+}
+if [ "${NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
+  prof chunk_prep 'chunk_prep_kernelI10hae_bf16_tLi128ELi3ELb1E' 6 bench_linear
+  prof chunk_state 'chunk_state_kernelI10hae_bf16_tLi128ELb1ELb1E' 2 bench_linear
+  prof sparse_fp8_decode 'wg_kernelILb1E' 5 bench_sparse
 fi
 
 echo
