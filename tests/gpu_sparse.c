@@ -342,6 +342,7 @@ Test(gpu_sparse, mla_fp8) {
         void *qh = malloc(hae_dtype_size(cases[ci].q) * (size_t)(B * T * Hq * D));
         cr_assert(qh);
         fill_rows(qh, cases[ci].q, 1, B * T * Hq, D, 0, D, &r, -0.3, 0.3);
+        cr_assert(!cases[ci].tiny || cases[ci].q == BF, "%s: the tiny case edits q as bf16", ctx);
         for (int64_t i = 0; cases[ci].tiny && i < B * T * Hq * D; i++) { /* bf16 q: only the subnormal codes' dims */
             const int64_t d = i % D;
             uint16_t *qb = (uint16_t *)qh + i;
