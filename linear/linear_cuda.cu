@@ -36,6 +36,7 @@ struct LinParams {
     int64_t T;
     int N, H, HV, V;
     bool g_bf16, b_bf16, o_bf16;
+    bool o_pairs; /* out's base, row strides and V even (f32: 8-byte aligned): columns 2 i, 2 i + 1 stored at once */
     bool softplus, elu1;
     float lower_bound, scale;
     bool diag_mma; /* chunked: diagonal blocks of A' and P on the tensor cores (see chunk_prep) */
@@ -48,6 +49,13 @@ __device__ __forceinline__ float ld_dt(const void *p, bool bf16, int64_t i) {
 __device__ __forceinline__ void st_dt(void *p, bool bf16, int64_t i, float v) {
     if (bf16) ((uint16_t *)p)[i] = hae_dev_f32_to_bf16(v);
     else ((float *)p)[i] = v;
+}
+/* out[i], out[i + 1] (i even): one store when p.o_pairs */
+__device__ __forceinline__ void st_out2(const LinParams &p, int64_t i, float v0, float v1) {
+    if (p.o_pairs && p.o_bf16)
+        *(uint32_t *)((uint16_t *)p.out + i) = (uint32_t)hae_dev_f32_to_bf16(v0) | (uint32_t)hae_dev_f32_to_bf16(v1) << 16;
+    else if (p.o_pairs) *(float2 *)((float *)p.out + i) = make_float2(v0, v1);
+    else st_dt(p.out, p.o_bf16, i, v0), st_dt(p.out, p.o_bf16, i + 1, v1);
 }
 
 /* Fast-math forms (a few ulp): the limits hold, 1 / (1 + inf) = 0. */
@@ -883,10 +891,11 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
 #pragma unroll
             for (int nt = 0; nt < NU; nt++)
 #pragma unroll
-                for (int x = 0; x < 4; x++) {
-                    const int i = ru + g + (x >> 1) * 8, c = c0 + cu + nt * 8 + 2 * t + (x & 1);
+                for (int y = 0; y < 2; y++) {
+                    const int i = ru + g + y * 8, c = c0 + cu + nt * 8 + 2 * t;
                     if (i < nc)
-                        st_dt(p.out, p.o_bf16, sr.b * p.o_sb + (tc0 + i) * p.o_st + (int64_t)j * V + c, oacc[nt][x]);
+                        st_out2(p, sr.b * p.o_sb + (tc0 + i) * p.o_st + (int64_t)j * V + c, oacc[nt][2 * y],
+                                oacc[nt][2 * y + 1]);
                 }
         }
         /* S = diag(e^{Γ_L}) S + kd^T U */
@@ -949,9 +958,10 @@ __global__ void __launch_bounds__(kOutThreads) chunk_out_kernel(const LinParams 
 #pragma unroll
         for (int nt = 0; nt < 4; nt++)
 #pragma unroll
-            for (int x = 0; x < 4; x++) {
-                const int i = mt * 16 + g + (x >> 1) * 8, c = c0 + nb + nt * 8 + 2 * t + (x & 1);
-                if (i < nc) st_dt(p.out, p.o_bf16, sr.b * p.o_sb + (tc0 + i) * p.o_st + (int64_t)j * V + c, acc[nt][x]);
+            for (int y = 0; y < 2; y++) {
+                const int i = mt * 16 + g + y * 8, c = c0 + nb + nt * 8 + 2 * t;
+                if (i < nc)
+                    st_out2(p, sr.b * p.o_sb + (tc0 + i) * p.o_st + (int64_t)j * V + c, acc[nt][2 * y], acc[nt][2 * y + 1]);
             }
     }
 }
@@ -984,6 +994,7 @@ LinParams make_params(const hae_linear_attn_args *a, int64_t N) {
     p.out = a->out.data;
     p.o_sb = a->out.stride[0], p.o_st = a->out.stride[1];
     p.o_bf16 = a->out.dtype == HAE_BF16;
+    p.o_pairs = (uintptr_t)p.out % (p.o_bf16 ? 4 : 8) == 0 && p.o_sb % 2 == 0 && p.o_st % 2 == 0 && a->v.shape[3] % 2 == 0;
     p.cu = (const int32_t *)a->cu_seqlens.data;
     p.T = a->q.shape[1];
     p.N = (int)N, p.H = (int)a->q.shape[2], p.HV = (int)a->v.shape[2], p.V = (int)a->v.shape[3];
