@@ -784,22 +784,26 @@ template <typename TW, int K, bool OUT> struct StateSmem {
 };
 
 /* 16-byte chunk copies of a rows x cols tile global -> shared and shared -> global. cols is a multiple of
- * 16 bytes whose chunk count divides nthreads (every tile here: K and V are 64 or 128), so a thread keeps
- * one column chunk and walks rows: one division a call, not one a chunk (ncu: chunk_state spent a quarter
- * of its issue slots on the per-chunk index arithmetic). */
+ * 16 bytes whose chunk count divides nthreads, and the tile's chunk count a multiple of nthreads (every
+ * tile here: rows and cols 32, 64 or 128 of 256 threads), so a thread keeps one column chunk and walks
+ * the same number of rows as every other: one division a call, not one a chunk (ncu: chunk_state spent
+ * a quarter of its issue slots on the per-chunk index arithmetic), in a loop the compiler unrolls. */
 template <typename TW>
 __device__ __forceinline__ void tile_async(TW *dst, int ld, const TW *src, int64_t lds, int rows, int cols,
                                            int tid, int nthreads) {
     constexpr int E = 16 / sizeof(TW);
-    const int per = cols / E, step = nthreads / per, c = tid % per * E;
-    for (int i = tid / per; i < rows; i += step) cp_async16(dst + i * ld + c, src + (int64_t)i * lds + c);
+    const int per = cols / E, step = nthreads / per, c = tid % per * E, r0 = tid / per;
+#pragma unroll 8
+    for (int i = 0; i < rows; i += step) cp_async16(dst + (i + r0) * ld + c, src + (int64_t)(i + r0) * lds + c);
 }
 template <typename TW>
 __device__ __forceinline__ void tile_copy(TW *dst, int64_t ld, const TW *src, int lds, int rows, int cols, int tid,
                                           int nthreads) {
     constexpr int E = 16 / sizeof(TW);
-    const int per = cols / E, step = nthreads / per, c = tid % per * E;
-    for (int i = tid / per; i < rows; i += step) *(uint4 *)(dst + (int64_t)i * ld + c) = *(const uint4 *)(src + i * lds + c);
+    const int per = cols / E, step = nthreads / per, c = tid % per * E, r0 = tid / per;
+#pragma unroll 8
+    for (int i = 0; i < rows; i += step)
+        *(uint4 *)(dst + (int64_t)(i + r0) * ld + c) = *(const uint4 *)(src + (i + r0) * lds + c);
 }
 
 template <typename TW, int K, bool DELTA, bool OUT>
