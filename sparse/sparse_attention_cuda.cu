@@ -525,8 +525,16 @@ __device__ __forceinline__ void fp8_load(Fp8Raw &r, const uint8_t *row, bool ok,
     for (int kb = 0; kb < HAE_MLA_LATENT / 64; kb++) r.lat[kb] = make_uint4(0, 0, 0, 0);
     if (!ok) return;
     r.sc = __ldg((const float4 *)(row + HAE_MLA_FP8_SCALES));
+    /* the L2 fetches 256 bytes around each load (a token's 656 bytes are read by neighbouring threads) and
+     * L1 keeps them: 2% on the decode at 128 heads, 3% at 16 (H200) */
 #pragma unroll
-    for (int kb = 0; kb < HAE_MLA_LATENT / 64; kb++) r.lat[kb] = __ldg((const uint4 *)(row + 64 * kb + 16 * sub));
+    for (int kb = 0; kb < HAE_MLA_LATENT / 64; kb++) {
+        uint4 v;
+        asm volatile("ld.global.nc.L1::evict_last.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                     : "l"(row + 64 * kb + 16 * sub));
+        r.lat[kb] = v;
+    }
 }
 __device__ __forceinline__ void fp8_store(uint32_t dst, const Fp8Raw &r, const uint8_t *row, bool ok, int sub, int kr,
                                           uint32_t d0, uint32_t d1) {
