@@ -50,13 +50,6 @@ __device__ __forceinline__ void st_dt(void *p, bool bf16, int64_t i, float v) {
     if (bf16) ((uint16_t *)p)[i] = hae_dev_f32_to_bf16(v);
     else ((float *)p)[i] = v;
 }
-/* out[i], out[i + 1] (i even): one store when p.o_pairs */
-__device__ __forceinline__ void st_out2(const LinParams &p, int64_t i, float v0, float v1) {
-    if (p.o_pairs && p.o_bf16)
-        *(uint32_t *)((uint16_t *)p.out + i) = (uint32_t)hae_dev_f32_to_bf16(v0) | (uint32_t)hae_dev_f32_to_bf16(v1) << 16;
-    else if (p.o_pairs) *(float2 *)((float *)p.out + i) = make_float2(v0, v1);
-    else st_dt(p.out, p.o_bf16, i, v0), st_dt(p.out, p.o_bf16, i + 1, v1);
-}
 
 /* Fast-math forms (a few ulp): the limits hold, 1 / (1 + inf) = 0. */
 __device__ __forceinline__ float sigmoidf_(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
@@ -331,6 +324,12 @@ __device__ __forceinline__ void st2(hae_bf16_t *p, float x, float y) {
     uint32_t r; /* nearest even, as hae_dev_f32_to_bf16 (NaNs: any quiet one) */
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(y), "f"(x));
     *(uint32_t *)p = r;
+}
+/* out[i], out[i + 1] (i even): one store when p.o_pairs */
+__device__ __forceinline__ void st_out2(const LinParams &p, int64_t i, float v0, float v1) {
+    if (p.o_pairs && p.o_bf16) st2((hae_bf16_t *)p.out + i, v0, v1);
+    else if (p.o_pairs) st2((float *)p.out + i, v0, v1);
+    else st_dt(p.out, p.o_bf16, i, v0), st_dt(p.out, p.o_bf16, i + 1, v1);
 }
 /* Eight adjacent workspace elements from fp32, 16 bytes at a time (p 16-byte aligned). */
 __device__ __forceinline__ void st8(float *p, const float (&v)[8]) {
