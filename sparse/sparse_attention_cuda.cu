@@ -453,10 +453,19 @@ constexpr int kWgThreads = 256;                    /* two warpgroups */
 constexpr int kWgBlock = kWgRows * 128;            /* one 64-column block of a 64-row tile, bytes */
 constexpr int kWgTile = kWgDk / 64 * kWgBlock;     /* Q, or one stage of gathered keys */
 constexpr int kWgChunks = kWgDk / 8;               /* 16-byte chunks of a row */
-constexpr int kWgRedOff = 3 * kWgTile;             /* row maxima / sums [2][64] f32 */
-constexpr int kWgOkOff = kWgRedOff + 2 * kWgRows * 4; /* usable flags of each stage's keys [2][64] */
-constexpr int kWgSmem = kWgOkOff + 2 * kBN * 4 + 1024; /* + slack to align the base to 1024 */
-static_assert(kBN == kWgRows && kWgDk % 64 == 0 && kWgDk - kWgDv >= 64, "P lives in a stage's last block");
+/* FP8: a raw tile's row stride in shared memory, 176 words, so the 16 lanes of one 8-byte access phase
+ * (two rows, eight chunks each) hit 32 distinct banks */
+constexpr int kFp8Ld = 704;
+/* Shared memory after Q: bf16 two key stages, P in a stage's rope block; FP8 one stage, the raw tile and P
+ * (the room of a second stage) */
+template <bool FP8> struct WgLayout {
+    static constexpr int kRaw = 2 * kWgTile;                             /* FP8 [64][kFp8Ld] bytes */
+    static constexpr int kP = kRaw + kBN * kFp8Ld;                       /* FP8 [64 x 64] bf16, swizzled */
+    static constexpr int kRed = FP8 ? kP + kWgBlock : 3 * kWgTile;      /* row maxima / sums [2][64] f32 */
+    static constexpr int kOk = kRed + 2 * kWgRows * 4;                    /* usable flags of each stage's keys [2][64] */
+    static constexpr int kSmem = kOk + 2 * kBN * 4 + 1024;                /* + slack to align the base to 1024 */
+};
+static_assert(kBN == kWgRows && kWgDk % 64 == 0 && kWgDk - kWgDv >= 64, "bf16: P lives in a stage's last block");
 
 __device__ __forceinline__ uint32_t swz128(uint32_t tile, int row, int chunk) {
     return tile + (uint32_t)((chunk >> 3) * kWgBlock + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
@@ -509,62 +518,65 @@ __device__ __forceinline__ void wgmma_64x256_bt(float (&d)[128], uint32_t a, uin
  * nothing (the next gather then starts later). */
 constexpr float kLazy = 8.0f;
 
-/* One thread's share of a token in mla's FP8 layout (hae.h) for a stage's bf16 tile: latent dims
- * 64 kb + 16 sub .. + 15 of each 64-dim block (16 bytes, one load) with the 4 scales, loaded into
- * registers first (fp8_load, issued before the tile's S MMAs so their latency hides behind them), then
- * decoded (e4m3 -> f16 -> f32, times the block's scale; exact in bf16, whose 8 mantissa bits hold
- * e4m3's 3) into bf16 chunks 2 sub, 2 sub + 1 of each block (fp8_store); the rope dims' chunks sub,
- * sub + 4 by cp.async. Zeros when !ok. */
-struct Fp8Raw {
-    uint4 lat[HAE_MLA_LATENT / 64];
-    float4 sc;
-};
-__device__ __forceinline__ void fp8_load(Fp8Raw &r, const uint8_t *row, bool ok, int sub) {
-    r.sc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+/* FP8 (mla's layout, hae.h): a tile's raw token rows come by cp.async into their own buffer (the room of a
+ * second stage) once the last tile's were decoded, and are decoded into the one bf16 stage while the previous
+ * tile's P V runs: warpgroup w decodes value blocks 4 w .. 4 w + 3 (the ones its own P V reads) 16 keys at a
+ * time, as each 16-key step of its P V completes; the rope block, which P V does not read, is copied first.
+ * Each element: e4m3 -> f16 -> f32 times its 128-dim block's scale, exact in bf16 (8 mantissa bits hold
+ * e4m3's 3). Unusable rows were zero-filled by the gather, so they decode to zeros.
+ * Measured on an H200 at the decode shape (B 64, 128 heads, top-2048; the bf16 cache 102 us): rows loaded
+ * into registers one S ahead and decoded from there, 149 us; one raw tile decoded on its own at the top of
+ * each step, 144 us; this, 143 us (16 heads 87.6 -> 81.9 us). Two raw tiles, loads a tile and a half ahead
+ * (all 227 KB), took 157 us although leaving out either its decode or its loads gave 133-135 us. */
+/* Keys 16 kc .. 16 kc + 15 of value blocks 4 w .. 4 w + 3, thread tw of warpgroup w: key 16 kc + tw / 8,
+ * bf16 chunk tw % 8 of each block (8 raw bytes; two keys' rows are 16 banks apart, so no conflicts). */
+__device__ __forceinline__ void fp8_decode_keys(uint32_t stage, uint32_t raw, int w, int tw, int kc) {
+    const int r = 16 * kc + (tw >> 3), c = tw & 7;
+    const uint32_t row = raw + (uint32_t)(r * kFp8Ld);
+    float2 sc; /* the scales of blocks 4 w, 4 w + 1 and 4 w + 2, 4 w + 3 */
+    asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(sc.x), "=f"(sc.y) : "r"(row + HAE_MLA_FP8_SCALES + 8 * w));
 #pragma unroll
-    for (int kb = 0; kb < HAE_MLA_LATENT / 64; kb++) r.lat[kb] = make_uint4(0, 0, 0, 0);
-    if (!ok) return;
-    r.sc = __ldg((const float4 *)(row + HAE_MLA_FP8_SCALES));
-    /* the L2 fetches 256 bytes around each load (a token's 656 bytes are read by neighbouring threads) and
-     * L1 keeps them: 2% on the decode at 128 heads, 3% at 16 (H200) */
+    for (int x = 0; x < 4; x++) {
+        const int kb = 4 * w + x;
+        const float sk = x < 2 ? sc.x : sc.y;
+        uint32_t v[2];
+        asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];" : "=r"(v[0]), "=r"(v[1]) : "r"(row + (uint32_t)(64 * kb + 8 * c)));
+        uint32_t o[4];
 #pragma unroll
-    for (int kb = 0; kb < HAE_MLA_LATENT / 64; kb++) {
-        uint4 v;
-        asm volatile("ld.global.nc.L1::evict_last.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                     : "l"(row + 64 * kb + 16 * sub));
-        r.lat[kb] = v;
+        for (int h = 0; h < 4; h++) {
+            uint32_t f16x2;
+            asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(f16x2) : "h"((uint16_t)(v[h >> 1] >> (16 * (h & 1)))));
+            o[h] = pack_bf16(__half2float(__ushort_as_half((uint16_t)f16x2)) * sk,
+                             __half2float(__ushort_as_half((uint16_t)(f16x2 >> 16))) * sk);
+        }
+        const uint32_t at = stage + (uint32_t)(kb * kWgBlock + r * 128 + ((c ^ (r & 7)) << 4));
+        asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(at), "r"(o[0]), "r"(o[1]), "r"(o[2]), "r"(o[3])
+                     : "memory");
     }
 }
-__device__ __forceinline__ void fp8_store(uint32_t dst, const Fp8Raw &r, const uint8_t *row, bool ok, int sub, int kr,
-                                          uint32_t d0, uint32_t d1) {
+/* The 64 keys' rope dims (bf16 already) into the stage's last block, 16 bytes a step, 256 threads. */
+__device__ __forceinline__ void fp8_copy_rope(uint32_t stage, uint32_t raw, int tid) {
 #pragma unroll
-    for (int kb = 0; kb < HAE_MLA_LATENT / 64; kb++) {
-        const float s = kb < 2 ? r.sc.x : kb < 4 ? r.sc.y : kb < 6 ? r.sc.z : r.sc.w;
-        const uint32_t words[4] = {r.lat[kb].x, r.lat[kb].y, r.lat[kb].z, r.lat[kb].w};
-#pragma unroll
-        for (int half = 0; half < 2; half++) { /* bf16 chunk 2 sub + half: fp8 bytes 8 half .. + 7 */
-            uint32_t w[4];
-#pragma unroll
-            for (int h = 0; h < 4; h++) {
-                uint32_t f16x2;
-                asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(f16x2) : "h"((uint16_t)(words[2 * half + (h >> 1)] >> (16 * (h & 1)))));
-                w[h] = pack_bf16(__half2float(__ushort_as_half((uint16_t)f16x2)) * s,
-                                 __half2float(__ushort_as_half((uint16_t)(f16x2 >> 16))) * s);
-            }
-            const uint32_t at = dst + (uint32_t)(kb * kWgBlock + kr * 128 + (((2 * sub + half) ^ (kr & 7)) << 4));
-            asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(at), "r"(w[0]), "r"(w[1]), "r"(w[2]),
-                         "r"(w[3])
-                         : "memory");
-        }
+    for (int x = 0; x < kBN * 8 / kWgThreads; x++) {
+        const int i = tid + x * kWgThreads, r = i >> 3, c = i & 7;
+        uint4 v;
+        asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                     : "r"(raw + (uint32_t)(r * kFp8Ld + HAE_MLA_FP8_ROPE + 16 * c)));
+        asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(swz128(stage + HAE_MLA_LATENT / 64 * kWgBlock, r, c)),
+                     "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                     : "memory");
     }
-    const uint8_t *rope = row + HAE_MLA_FP8_ROPE;
-    const uint32_t rb = dst + (uint32_t)(HAE_MLA_LATENT / 64 * kWgBlock);
-    cp_async16z(rb + d0, ok ? rope + 16 * sub : rope, ok);
-    cp_async16z(rb + d1, ok ? rope + 16 * sub + 64 : rope, ok);
+}
+/* wgmma.wait_group with a count known only after unrolling */
+__device__ __forceinline__ void wg_wait_n(int n) {
+    if (n == 0) wg_wait<0>();
+    else if (n == 1) wg_wait<1>();
+    else if (n == 2) wg_wait<2>();
+    else wg_wait<3>();
 }
 
-/* FP8: k_cache in mla's FP8 layout, gathered through fp8_load / fp8_store; else bf16 rows by cp.async. */
+/* FP8: k_cache in mla's FP8 layout, raw rows by cp.async, decoded during P V; else bf16 rows by cp.async. */
 template <bool FP8>
 __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p) {
     extern __shared__ unsigned char wsmem[];
@@ -572,8 +584,9 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
     const uint32_t sbase = (sraw + 1023u) & ~1023u; /* swizzle atoms need 1024-byte alignment */
     unsigned char *gbase = wsmem + (sbase - sraw);
     const uint32_t sQ = sbase, sK = sbase + kWgTile;
-    float *red = (float *)(gbase + kWgRedOff);
-    int *kok = (int *)(gbase + kWgOkOff);
+    using L = WgLayout<FP8>;
+    float *red = (float *)(gbase + L::kRed);
+    int *kok = (int *)(gbase + L::kOk);
     const int tid = threadIdx.x, wg = tid >> 7, wi = (tid >> 5) & 3, lane = tid & 31, g8 = lane >> 2, t4 = lane & 3;
 
     int64_t blk = blockIdx.x; /* (((b tgroups + tg) Hkv + gk) hblocks + hb) splits + split */
@@ -626,16 +639,16 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         while (!__syncthreads_or(tl < tile1 && usable(j)) && tl < tile1) j = entry(++tl);
         return tl;
     };
-    Fp8Raw raw; /* FP8: the next tile's bytes, loaded before the current tile's S */
-    auto fp8_row = [&](int j) { return (const uint8_t *)p.k + b * p.k_sb + (usable(j) ? (int64_t)j : 0) * p.k_ss; };
+    const uint32_t sRaw = sbase + (uint32_t)L::kRaw, sRawRow = sRaw + (uint32_t)(kr * kFp8Ld); /* FP8 */
     auto gather = [&](int st, int j) {
         const bool ok = usable(j);
-        const uint32_t dst = sK + (uint32_t)(st * kWgTile);
-        if (FP8) {
-            fp8_store(dst, raw, fp8_row(j), ok, sub, kr, d0, d1);
-            if (sub == 0) kok[st * kBN + kr] = ok ? j : -1;
+        if (FP8) { /* the raw row; its usable flag is set when it is decoded */
+            const uint8_t *src = (const uint8_t *)p.k + b * p.k_sb + (ok ? (int64_t)j : 0) * p.k_ss;
+#pragma unroll
+            for (int c = sub; c < HAE_MLA_FP8_ROW / 16; c += 4) cp_async16z(sRawRow + (uint32_t)(16 * c), src + 16 * c, ok);
             return;
         }
+        const uint32_t dst = sK + (uint32_t)(st * kWgTile);
         const uint16_t *src = kbase + (ok ? slot_of(p, j) : 0) * p.k_ss + sub * 8;
 #pragma unroll
         for (int kb = 0; kb < kWgDk / 64; kb++) {
@@ -656,19 +669,36 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
     const uint32_t dq = wg_desc_lo(sQ, 16);
 
     int j = -1;
-    int cur = find(tile0, entry(tile0), j), st = 0;
-    if (FP8 && cur < tile1) fp8_load(raw, fp8_row(j), usable(j), sub);
+    int cur = find(tile0, entry(tile0), j), st = 0, nxt = tile1;
     if (cur < tile1) gather(0, j);
     cp_async_commit(); /* Q and the first tile */
     int jnext = entry(cur + 1);
-    while (cur < tile1) {
+    const int tw = tid & 127;
+    if (FP8) { /* the first tile decoded whole, the second requested */
         cp_async_wait_all();
-        fence_async_smem(); /* this thread's gathered bytes, visible to wgmma after the barrier */
-        const int nxt = find(cur + 1, jnext, j);
-        const uint32_t sKs = sK + (uint32_t)(st * kWgTile), sP = sKs + (uint32_t)((kWgDk / 64 - 1) * kWgBlock);
+        __syncthreads();
+        if (cur < tile1) {
+            fp8_copy_rope(sK, sRaw, tid);
+#pragma unroll
+            for (int kc = 0; kc < kBN / 16; kc++) fp8_decode_keys(sK, sRaw, wg, tw, kc);
+            if (sub == 0) kok[kr] = usable(j) ? j : -1;
+        }
+        fence_async_smem();
+        nxt = find(cur + 1, jnext, j);
+        if (nxt < tile1) gather(0, j);
+        cp_async_commit();
+        jnext = entry(nxt + 1);
+    }
+    while (cur < tile1) {
+        if (!FP8) {
+            cp_async_wait_all();
+            fence_async_smem(); /* this thread's gathered bytes, visible to wgmma after the barrier */
+            nxt = find(cur + 1, jnext, j);
+        }
+        const uint32_t sKs = sK + (uint32_t)(st * kWgTile);
+        const uint32_t sP = FP8 ? sbase + (uint32_t)L::kP : sKs + (uint32_t)((kWgDk / 64 - 1) * kWgBlock);
 
         /* S = Q K^T on keys [32 wg, 32 wg + 32): k step kk is 32 bytes into 64-dim block kk / 4 */
-        if (FP8 && nxt < tile1) fp8_load(raw, fp8_row(j), usable(j), sub);
         float s[16] = {}; /* the first wgmma ignores it */
         const uint32_t dk = wg_desc_lo(sKs + (uint32_t)(wg * 32 * 128), 16);
         wg_fence();
@@ -678,10 +708,11 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
             wgmma_64x32(s, dq + off, dk + off, kk > 0);
         }
         wg_commit();
-        /* stage st ^ 1 is free: its P V finished before the barrier in find */
-        if (nxt < tile1) gather(st ^ 1, j);
-        cp_async_commit();
-        jnext = entry(nxt + 1);
+        if (!FP8) { /* stage st ^ 1 is free: its P V finished before the barrier in find */
+            if (nxt < tile1) gather(st ^ 1, j);
+            cp_async_commit();
+            jnext = entry(nxt + 1);
+        }
         wg_wait<0>();
         wg_hold(s);
 
@@ -733,20 +764,43 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
                 o[4 * c] *= al0, o[4 * c + 1] *= al0;
                 o[4 * c + 2] *= al1, o[4 * c + 3] *= al1;
             }
-        fence_async_smem(); /* P, visible to wgmma after the barrier */
+        if (FP8) cp_async_wait_all(); /* tile nxt's raw rows, everyone's after the barrier */
+        fence_async_smem();           /* P, visible to wgmma after the barrier */
         __syncthreads();
 
         /* O[:, 256 wg ..) += P V: P [64 x 64] K-major, V = keys x dims of this stage, transposed;
-         * k step kc: 32 bytes into P, 16 key rows (2048 bytes) into V */
+         * k step kc: 32 bytes into P, 16 key rows (2048 bytes) into V. FP8: one group a step, and the
+         * keys of each finished step take tile nxt's decoded values */
         const uint32_t dp = wg_desc_lo(sP, 16), dv = wg_desc_lo(sKs + (uint32_t)(wg * 4 * kWgBlock), kWgBlock);
         wg_fence();
 #pragma unroll
-        for (int kc = 0; kc < kBN / 16; kc++) wgmma_64x256_bt(o, dp + (uint32_t)(kc * 2), dv + (uint32_t)(kc * 128));
-        wg_commit();
+        for (int kc = 0; kc < kBN / 16; kc++) {
+            wgmma_64x256_bt(o, dp + (uint32_t)(kc * 2), dv + (uint32_t)(kc * 128));
+            if (FP8) wg_commit();
+        }
+        if (!FP8) wg_commit();
+        if (FP8 && nxt < tile1) {
+            fp8_copy_rope(sK, sRaw, tid); /* S is done in both warpgroups (the barrier above) */
+            if (sub == 0) kok[kr] = usable(j) ? j : -1; /* the softmax above read the last flags */
+#pragma unroll
+            for (int kc = 0; kc < kBN / 16; kc++) {
+                wg_wait_n(kBN / 16 - 1 - kc);
+                fp8_decode_keys(sK, sRaw, wg, tw, kc);
+            }
+        }
         wg_wait<0>();
         wg_hold(o);
-        cur = nxt;
-        st ^= 1;
+        if (FP8) { /* the decoded tile visible, the raw tile free after find's barrier */
+            fence_async_smem();
+            const int nn = find(nxt + 1, jnext, j);
+            if (nn < tile1) gather(0, j);
+            cp_async_commit();
+            jnext = entry(nn + 1);
+            cur = nxt, nxt = nn;
+        } else {
+            cur = nxt;
+            st ^= 1;
+        }
     }
     cp_async_wait_all();
 
@@ -1011,7 +1065,7 @@ hae_status try_tc(hae_backend *be, const SparseParams &p, int64_t B, cudaStream_
     *ran = false;
     const bool wide = p.G > 16; /* 64 rows per CTA; else 16 rows, G / 16 CTAs */
     if (p.Dk == kWgDk && p.Dv == kWgDv && p.v_shared && wide)
-        return launch(be, p, B, s, wg_kernel<false>, kWgThreads, kWgSmem, kWgRows, ran);
+        return launch(be, p, B, s, wg_kernel<false>, kWgThreads, WgLayout<false>::kSmem, kWgRows, ran);
     if (p.Dk == 576 && p.Dv == 512) return wide ? launch_tc<576, 512, 4, 8>(be, p, B, s, ran) : launch_tc<576, 512, 1, 4>(be, p, B, s, ran);
     if (p.Dk == 128 && p.Dv == 128) return wide ? launch_tc<128, 128, 4, 8>(be, p, B, s, ran) : launch_tc<128, 128, 1, 4>(be, p, B, s, ran);
     if (p.Dk == 64 && p.Dv == 64) return launch_tc<64, 64, 1, 4>(be, p, B, s, ran);
@@ -1069,7 +1123,7 @@ extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_spars
      * beats the CUDA-core kernel by an order of magnitude */
     if (fp8 && a->q.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) && (uintptr_t)p.k % 16 == 0) {
         bool ran = false;
-        HAE_TRY(launch(be, p, B, s, wg_kernel<true>, kWgThreads, kWgSmem, kWgRows, &ran));
+        HAE_TRY(launch(be, p, B, s, wg_kernel<true>, kWgThreads, WgLayout<true>::kSmem, kWgRows, &ran));
         if (ran) return HAE_OK;
     }
     if (!fp8 && a->q.dtype == HAE_BF16 && a->k_cache.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) &&
@@ -1128,7 +1182,7 @@ extern "C" hae_status hae_attention_mla_cuda(hae_backend *be, const hae_attentio
         p.qpack = (int)(kWgRows / Hq);
         p.tgroups = (T + p.qpack - 1) / p.qpack;
         p.nk += p.qpack - 1; /* a group's union of lists */
-        return launch(be, p, B, s, wg_kernel<false>, kWgThreads, kWgSmem, kWgRows, ran);
+        return launch(be, p, B, s, wg_kernel<false>, kWgThreads, WgLayout<false>::kSmem, kWgRows, ran);
     }
     return try_tc(be, p, B, s, ran);
 }

@@ -278,17 +278,19 @@ Test(gpu_sparse, mla_fp8) {
         const char *what;
         int64_t B, T, Hq, cap, k;
         hae_dtype q, out;
-        bool odd, tiny;
+        bool odd, tiny, holes; /* holes: whole 64-entry tiles without a usable entry (skipped) */
     } cases[] = {
-        {"fp8 64 heads, decode (split)", 2, 1, 64, 700, 512, BF, BF, false, false},
-        {"fp8 128 heads, prefill", 1, 3, 128, 300, 200, BF, F32, false, false},
-        {"fp8 128 heads, top-2048", 1, 1, 128, 2100, 2048, BF, BF, false, false},
-        {"fp8 16 heads (64-row MMAs, 48 masked)", 2, 2, 16, 150, 90, BF, BF, false, false},
-        {"fp8 8 heads, prefill", 1, 9, 8, 400, 256, BF, BF, false, false},
-        {"fp8 32 heads, f32 q (CUDA cores)", 1, 2, 32, 120, 64, F32, F32, false, false},
-        {"fp8 128 heads, odd scales", 2, 1, 128, 900, 640, BF, BF, true, false},
-        {"fp8 64 heads, odd scales, prefill", 1, 4, 64, 300, 256, BF, F32, true, false},
-        {"fp8 128 heads, subnormal codes", 2, 1, 128, 600, 384, BF, BF, false, true},
+        {"fp8 64 heads, decode (split)", 2, 1, 64, 700, 512, BF, BF, false, false, false},
+        {"fp8 128 heads, prefill", 1, 3, 128, 300, 200, BF, F32, false, false, false},
+        {"fp8 128 heads, top-2048", 1, 1, 128, 2100, 2048, BF, BF, false, false, false},
+        {"fp8 16 heads (64-row MMAs, 48 masked)", 2, 2, 16, 150, 90, BF, BF, false, false, false},
+        {"fp8 8 heads, prefill", 1, 9, 8, 400, 256, BF, BF, false, false, false},
+        {"fp8 32 heads, f32 q (CUDA cores)", 1, 2, 32, 120, 64, F32, F32, false, false, false},
+        {"fp8 128 heads, odd scales", 2, 1, 128, 900, 640, BF, BF, true, false, false},
+        {"fp8 64 heads, odd scales, prefill", 1, 4, 64, 300, 256, BF, F32, true, false, false},
+        {"fp8 128 heads, subnormal codes", 2, 1, 128, 600, 384, BF, BF, false, true, false},
+        {"fp8 128 heads, unusable tiles skipped", 2, 1, 128, 1500, 1024, BF, BF, false, false, true},
+        {"fp8 16 heads, unusable tiles skipped, prefill", 1, 3, 16, 900, 640, BF, BF, false, false, true},
     };
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         const int64_t B = cases[ci].B, T = cases[ci].T, Hq = cases[ci].Hq, cap = cases[ci].cap, K = cases[ci].k;
@@ -337,6 +339,9 @@ Test(gpu_sparse, mla_fp8) {
         for (int64_t i = 0; i < B * T * K; i++) {
             const double u = tu_uniform(&r, 0, 1);
             idx[i] = u < 0.1 ? -1 : u < 0.13 ? (int32_t)cap + 5 : (int32_t)tu_uniform(&r, 0, (double)lens[i / (T * K)]);
+            const int64_t tile = i % K / 64; /* runs of skipped tiles: the first, two in the middle, the last */
+            if (cases[ci].holes && (tile == 0 || tile == 3 || tile == 4 || tile == (K - 1) / 64))
+                idx[i] = u < 0.5 ? -1 : (int32_t)cap + 5;
         }
         pb_set(&pk, kh);
         void *qh = malloc(hae_dtype_size(cases[ci].q) * (size_t)(B * T * Hq * D));
