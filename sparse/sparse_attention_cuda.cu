@@ -674,7 +674,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
     cp_async_commit(); /* Q and the first tile */
     int jnext = entry(cur + 1);
     const int tw = tid & 127;
-    if (FP8) { /* the first tile decoded whole, the second requested */
+    if (FP8) { /* the first tile decoded whole, the second found (requested during the first's S) */
         cp_async_wait_all();
         __syncthreads();
         if (cur < tile1) {
@@ -685,9 +685,6 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         }
         fence_async_smem();
         nxt = find(cur + 1, jnext, j);
-        if (nxt < tile1) gather(0, j);
-        cp_async_commit();
-        jnext = entry(nxt + 1);
     }
     while (cur < tile1) {
         if (!FP8) {
@@ -708,11 +705,12 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
             wgmma_64x32(s, dq + off, dk + off, kk > 0);
         }
         wg_commit();
-        if (!FP8) { /* stage st ^ 1 is free: its P V finished before the barrier in find */
-            if (nxt < tile1) gather(st ^ 1, j);
-            cp_async_commit();
-            jnext = entry(nxt + 1);
-        }
+        /* the next tile's rows, requested while S runs (FP8 issued them before S: ncu had a sixth of the
+         * kernel's samples on their issue, holding S back): bf16 into stage st ^ 1, free since its P V
+         * finished before find's barrier; FP8 into the raw tile, free since it was decoded before it */
+        if (nxt < tile1) gather(st ^ 1, j);
+        cp_async_commit();
+        jnext = entry(nxt + 1);
         wg_wait<0>();
         wg_hold(s);
 
@@ -793,9 +791,6 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         if (FP8) { /* the decoded tile visible, the raw tile free after find's barrier */
             fence_async_smem();
             const int nn = find(nxt + 1, jnext, j);
-            if (nn < tile1) gather(0, j);
-            cp_async_commit();
-            jnext = entry(nn + 1);
             cur = nxt, nxt = nn;
         } else {
             cur = nxt;
@@ -825,13 +820,22 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         if (p.splits == 1) {
             const float inv = L > 0.0f ? 1.0f / L : 0.0f; /* no usable index: out = 0 */
             const int64_t ob = b * p.o_sb + t * p.o_st + (int64_t)h * kWgDv + wg * (kWgDv / 2) + 2 * t4;
+            /* one unrolled loop a store form: run once a CTA, this code is cold, and the forms chosen per
+             * element spanned 52 KB of instructions (ncu: 13% of the FP8 decode's samples waited on them) */
+            if (p.out_pairs && p.out_bf16) {
+                uint32_t *dst = (uint32_t *)((uint16_t *)p.out + ob);
 #pragma unroll
-            for (int c = 0; c < 32; c++) {
-                const float v0 = o[4 * c + 2 * half] * inv, v1 = o[4 * c + 2 * half + 1] * inv;
-                const int64_t i = ob + 8 * c;
-                if (p.out_pairs && p.out_bf16) *(uint32_t *)((uint16_t *)p.out + i) = pack_bf16(v0, v1);
-                else if (p.out_pairs) *(float2 *)((float *)p.out + i) = make_float2(v0, v1);
-                else st_out(p.out, p.out_bf16, i, v0), st_out(p.out, p.out_bf16, i + 1, v1);
+                for (int c = 0; c < 32; c++) dst[4 * c] = pack_bf16(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
+            } else if (p.out_pairs) {
+                float2 *dst = (float2 *)((float *)p.out + ob);
+#pragma unroll
+                for (int c = 0; c < 32; c++) dst[4 * c] = make_float2(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
+            } else {
+#pragma unroll
+                for (int c = 0; c < 32; c++) {
+                    st_out(p.out, p.out_bf16, ob + 8 * c, o[4 * c + 2 * half] * inv);
+                    st_out(p.out, p.out_bf16, ob + 8 * c + 1, o[4 * c + 2 * half + 1] * inv);
+                }
             }
             if (p.lse && wg == 0 && t4 == 0)
                 p.lse[b * p.e_sb + t * p.e_st + h] = L > 0.0f ? (M + log2f(L)) * kLn2 : INFINITY;
