@@ -623,8 +623,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         }
     }
 
-    /* gather roles: thread tid fetches chunks sub and sub + 4 of every 64-dim block of key row kr,
-     * stored at d0 and d0 ^ 64 of the block */
+    /* gather roles: thread tid fetches, of key row kr, bf16: chunks sub and sub + 4 of every 64-dim block,
+     * stored at d0 and d0 ^ 64 of the block; FP8: the raw row's 16-byte chunks sub, sub + 4, ... */
     const int kr = tid >> 2, sub = tid & 3;
     const uint32_t d0 = (uint32_t)(kr * 128 + ((sub ^ (kr & 7)) << 4)), d1 = d0 ^ 64u;
     auto entry = [&](int tile) -> int {
