@@ -11,7 +11,7 @@
  * fresh random inputs, warm-up, >= 20 repetitions each alone with CUDA events after an L2 flush,
  * median and min..max. FLOPs: 2 Hq k (Dk + Dv) per query. GB/s: the K/V rows gathered (each query
  * token's k rows of every kv head, read once: mla's values are inside its keys) plus q, out and lse,
- * over the median time. Anchors: FlashMLA on an H100 SXM (sparse decode 99.6 us, ~400 TFLOP/s; sparse
+ * over the median time. HAE_BENCH_ONLY=fp8 runs only the rows whose name holds "fp8". Anchors: FlashMLA on an H100 SXM (sparse decode 99.6 us, ~400 TFLOP/s; sparse
  * prefill 539-673 TFLOP/s) and this engine's targets on an H200 (decode <= 130 us, prefill >= 400
  * TFLOP/s). Without CUDA or a GPU it says so and exits 0. */
 #include "internal.h"
@@ -188,6 +188,7 @@ static double rel_rms(const void *x, const void *ref, hae_dtype dt, int64_t n) {
 
 /* The GPU against the CPU reference at the shape s with B and T reduced as given. */
 static void verify(const shape *full, int64_t B, int64_t T, int64_t context) {
+    if (!hae_bench_selected(full->name)) return;
     shape s = *full;
     s.B = B, s.T = T, s.context = context;
     problem gp, cp;
@@ -219,6 +220,7 @@ static hae_status run_sparse(void *a) { return hae_sparse_attention(g_be, a); }
 
 /* Times one shape and prints a row; decode rows compare time, prefill rows TFLOP/s. */
 static void bench(const shape *s, bool decode) {
+    if (!hae_bench_selected(s->name)) return;
     problem p;
     problem_make(&p, g_be, s, 5);
     const hae_bench_times tm = hae_bench_time(g_timer, g_be, s->name, run_sparse, &p.a, WARMUP, REPS);

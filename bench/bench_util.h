@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -23,6 +24,13 @@ static inline void hae_bench_die(const char *what, hae_status st) {
         hae_status st_ = (expr);                                                                   \
         if (st_ != HAE_OK) hae_bench_die(what, st_);                                               \
     } while (0)
+
+/* Whether the benchmark row named op runs: every row, or with HAE_BENCH_ONLY set only those whose name
+ * contains it (HAE_BENCH_ONLY=fp8 bench_sparse: the FP8 rows, their checks included). */
+static inline bool hae_bench_selected(const char *op) {
+    const char *only = getenv("HAE_BENCH_ONLY");
+    return !only || !*only || strstr(op, only) != NULL;
+}
 
 /* A benchmark's main(): its bench_main() where this build has CUDA, else a line saying it is skipped. */
 #ifdef HAE_HAVE_CUDA

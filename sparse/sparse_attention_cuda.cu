@@ -32,6 +32,7 @@
 #include "cuda_check.cuh"
 #include "mma.cuh"
 #include "wgmma.cuh"
+#include "cluster.cuh"
 
 #include <cuda_fp16.h>
 #include <limits.h>
@@ -456,14 +457,20 @@ constexpr int kWgChunks = kWgDk / 8;               /* 16-byte chunks of a row */
 /* FP8: a raw tile's row stride in shared memory, 176 words, so the 16 lanes of one 8-byte access phase
  * (two rows, eight chunks each) hit 32 distinct banks */
 constexpr int kFp8Ld = 704;
-/* Shared memory after Q: bf16 two key stages, P in a stage's rope block; FP8 one stage, the raw tile and P
- * (the room of a second stage) */
-template <bool FP8> struct WgLayout {
-    static constexpr int kRaw = 2 * kWgTile;                             /* FP8 [64][kFp8Ld] bytes */
-    static constexpr int kP = kRaw + kBN * kFp8Ld;                       /* FP8 [64 x 64] bf16, swizzled */
-    static constexpr int kRed = FP8 ? kP + kWgBlock : 3 * kWgTile;      /* row maxima / sums [2][64] f32 */
-    static constexpr int kOk = kRed + 2 * kWgRows * 4;                    /* usable flags of each stage's keys [2][64] */
-    static constexpr int kSmem = kOk + 2 * kBN * 4 + 1024;                /* + slack to align the base to 1024 */
+/* How the warpgroup kernel takes its key rows: bf16 by cp.async; mla's FP8 layout, each CTA decoding whole
+ * tiles; or mla's FP8 layout decoded half by each CTA of a cluster of two that share a query's keys (two
+ * 64-head blocks), each writing its decoded half into both CTAs' stages. */
+enum WgKv { kWgBf16, kWgFp8, kWgFp8Pair };
+/* Shared memory after Q: bf16 and FP8 pair two key stages, P in a stage's rope block; FP8 one stage, the
+ * raw tile and P (the room of a second stage) */
+template <WgKv KV> struct WgLayout {
+    static constexpr bool kRawTile = KV == kWgFp8;
+    static constexpr int kRaw = 2 * kWgTile;                              /* FP8 [64][kFp8Ld] bytes */
+    static constexpr int kP = kRaw + kBN * kFp8Ld;                        /* FP8 [64 x 64] bf16, swizzled */
+    static constexpr int kRed = kRawTile ? kP + kWgBlock : 3 * kWgTile;  /* row maxima / sums [2][64] f32 */
+    static constexpr int kOk = kRed + 2 * kWgRows * 4;                     /* usable flags of each stage's keys [2][64] */
+    static constexpr int kBar = kOk + 2 * kBN * 4;                         /* FP8 pair: each stage's mbarrier */
+    static constexpr int kSmem = kBar + 16 + 1024;                         /* + slack to align the base to 1024 */
 };
 static_assert(kBN == kWgRows && kWgDk % 64 == 0 && kWgDk - kWgDv >= 64, "bf16: P lives in a stage's last block");
 
@@ -529,6 +536,21 @@ constexpr float kLazy = 8.0f;
  * each step, 144 us; this, 143 us, and 138.5 us with the rows requested after S is issued (16 heads 87.6 ->
  * 81.9 -> 84.7 us). Two raw tiles, loads a tile and a half ahead (all 227 KB), took 157 us although leaving
  * out either its decode or its loads gave 133-135 us. */
+/* Eight e4m3 values (v's bytes in order) times their scale, as eight bf16 */
+__device__ __forceinline__ uint4 fp8x8_to_bf16(uint2 v, float sk) {
+    uint32_t o[4];
+#pragma unroll
+    for (int h = 0; h < 4; h++) {
+        uint32_t f16x2;
+        asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(f16x2) : "h"((uint16_t)((h < 2 ? v.x : v.y) >> (16 * (h & 1)))));
+        o[h] = pack_bf16(__half2float(__ushort_as_half((uint16_t)f16x2)) * sk,
+                         __half2float(__ushort_as_half((uint16_t)(f16x2 >> 16))) * sk);
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
+}
+__device__ __forceinline__ void st_shared16(uint32_t at, uint4 v) {
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(at), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+}
 /* Keys 16 kc .. 16 kc + 15 of value blocks 4 w .. 4 w + 3, thread tw of warpgroup w: key 16 kc + tw / 8,
  * bf16 chunk tw % 8 of each block (8 raw bytes; two keys' rows are 16 banks apart, so no conflicts). */
 __device__ __forceinline__ void fp8_decode_keys(uint32_t stage, uint32_t raw, int w, int tw, int kc) {
@@ -540,19 +562,9 @@ __device__ __forceinline__ void fp8_decode_keys(uint32_t stage, uint32_t raw, in
     for (int x = 0; x < 4; x++) {
         const int kb = 4 * w + x;
         const float sk = x < 2 ? sc.x : sc.y;
-        uint32_t v[2];
-        asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];" : "=r"(v[0]), "=r"(v[1]) : "r"(row + (uint32_t)(64 * kb + 8 * c)));
-        uint32_t o[4];
-#pragma unroll
-        for (int h = 0; h < 4; h++) {
-            uint32_t f16x2;
-            asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(f16x2) : "h"((uint16_t)(v[h >> 1] >> (16 * (h & 1)))));
-            o[h] = pack_bf16(__half2float(__ushort_as_half((uint16_t)f16x2)) * sk,
-                             __half2float(__ushort_as_half((uint16_t)(f16x2 >> 16))) * sk);
-        }
-        const uint32_t at = stage + (uint32_t)(kb * kWgBlock + r * 128 + ((c ^ (r & 7)) << 4));
-        asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(at), "r"(o[0]), "r"(o[1]), "r"(o[2]), "r"(o[3])
-                     : "memory");
+        uint2 v;
+        asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(row + (uint32_t)(64 * kb + 8 * c)));
+        st_shared16(stage + (uint32_t)(kb * kWgBlock + r * 128 + ((c ^ (r & 7)) << 4)), fp8x8_to_bf16(v, sk));
     }
 }
 /* The 64 keys' rope dims (bf16 already) into the stage's last block, 16 bytes a step, 256 threads. */
@@ -564,9 +576,7 @@ __device__ __forceinline__ void fp8_copy_rope(uint32_t stage, uint32_t raw, int 
         asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];"
                      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                      : "r"(raw + (uint32_t)(r * kFp8Ld + HAE_MLA_FP8_ROPE + 16 * c)));
-        asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(swz128(stage + HAE_MLA_LATENT / 64 * kWgBlock, r, c)),
-                     "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
-                     : "memory");
+        st_shared16(swz128(stage + HAE_MLA_LATENT / 64 * kWgBlock, r, c), v);
     }
 }
 /* wgmma.wait_group with a count known only after unrolling */
@@ -577,24 +587,65 @@ __device__ __forceinline__ void wg_wait_n(int n) {
     else wg_wait<3>();
 }
 
-/* FP8: k_cache in mla's FP8 layout, raw rows by cp.async, decoded during P V; else bf16 rows by cp.async. */
-template <bool FP8>
+/* FP8 pair (FlashMLA's "crossover"): the two CTAs of a query's two 64-head blocks need the same decoded
+ * tiles, so each decodes half of every tile for both. CTA `rank` takes key rows 32 rank .. 32 rank + 31,
+ * thread tid row 32 rank + tid / 8: bf16 chunk c = tid % 8 of every 64-dim block (raw bytes 64 kb + 8 c)
+ * and the rope's 16-byte chunk c, loaded into registers while S runs and decoded while P V runs, into the
+ * same place of its own stage and (st.async) of the other CTA's, where they complete on that stage's
+ * barrier. A warp's four rows fill all eight 16-byte places of their 128-byte lines, four stores a place:
+ * no bank conflicts. Unusable rows load as zeros and decode to zeros. Two bf16 stages, as bf16 keys have.
+ * Measured on an H200 (B 64, 128 heads, top-2048): 123 us against 138.5 us for one CTA decoding whole
+ * tiles; 136.5 us while the per-tile cluster arrival was a release (it waited for the stores into the other
+ * CTA: ncu put 30% of the samples there). */
+struct Fp8Half {
+    uint2 v[HAE_MLA_LATENT / 64];
+    float4 sc;
+    uint4 rope;
+};
+constexpr uint32_t kFp8HalfBytes = kBN / 2 * kWgDk * 2; /* what the other CTA stores into a stage */
+__device__ __forceinline__ void fp8_load_half(Fp8Half &h, const uint8_t *row, bool ok, int c) {
+#pragma unroll
+    for (int kb = 0; kb < HAE_MLA_LATENT / 64; kb++)
+        h.v[kb] = ok ? __ldg((const uint2 *)(row + 64 * kb + 8 * c)) : make_uint2(0, 0);
+    h.sc = ok ? __ldg((const float4 *)(row + HAE_MLA_FP8_SCALES)) : make_float4(0, 0, 0, 0);
+    h.rope = ok ? __ldg((const uint4 *)(row + HAE_MLA_FP8_ROPE + 16 * c)) : make_uint4(0, 0, 0, 0);
+}
+/* peer: the other CTA's address of a shared address minus its own; bar: its barrier of this stage */
+__device__ __forceinline__ void fp8_store_half(const Fp8Half &h, uint32_t stage, uint32_t peer, uint32_t bar, int r, int c) {
+    const uint32_t at = stage + (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4));
+#pragma unroll
+    for (int kb = 0; kb < HAE_MLA_LATENT / 64; kb++) {
+        const float sk = kb < 2 ? h.sc.x : kb < 4 ? h.sc.y : kb < 6 ? h.sc.z : h.sc.w;
+        const uint4 o = fp8x8_to_bf16(h.v[kb], sk);
+        st_shared16(at + (uint32_t)(kb * kWgBlock), o);
+        st_async16(at + (uint32_t)(kb * kWgBlock) + peer, o, bar);
+    }
+    st_shared16(at + (uint32_t)(HAE_MLA_LATENT / 64 * kWgBlock), h.rope);
+    st_async16(at + (uint32_t)(HAE_MLA_LATENT / 64 * kWgBlock) + peer, h.rope, bar);
+}
+
+/* KV: how key rows come (WgKv); FP8: raw rows by cp.async, decoded during P V; bf16: rows by cp.async; FP8
+ * pair: half the rows into registers, decoded during P V into both CTAs' stages. */
+template <WgKv KV>
 __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p) {
     extern __shared__ unsigned char wsmem[];
     const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(wsmem);
     const uint32_t sbase = (sraw + 1023u) & ~1023u; /* swizzle atoms need 1024-byte alignment */
     unsigned char *gbase = wsmem + (sbase - sraw);
     const uint32_t sQ = sbase, sK = sbase + kWgTile;
-    using L = WgLayout<FP8>;
+    constexpr bool FP8 = KV == kWgFp8, PAIR = KV == kWgFp8Pair;
+    using L = WgLayout<KV>;
     float *red = (float *)(gbase + L::kRed);
     int *kok = (int *)(gbase + L::kOk);
     const int tid = threadIdx.x, wg = tid >> 7, wi = (tid >> 5) & 3, lane = tid & 31, g8 = lane >> 2, t4 = lane & 3;
 
-    int64_t blk = blockIdx.x; /* (((b tgroups + tg) Hkv + gk) hblocks + hb) splits + split */
-    const int split = (int)(blk % p.splits);
-    blk /= p.splits;
+    /* (((b tgroups + tg) Hkv + gk) splits + split) hblocks + hb: a pair's two head blocks are neighbours, the
+     * two CTAs of a cluster (FP8 pair: hblocks even, this CTA's rank hb % 2) */
+    int64_t blk = blockIdx.x;
     const int hb = (int)(blk % p.hblocks);
     blk /= p.hblocks;
+    const int split = (int)(blk % p.splits);
+    blk /= p.splits;
     const int gk = (int)(blk % p.Hkv);
     blk /= p.Hkv;
     const int64_t t0 = blk % p.tgroups * p.qpack, b = blk / p.tgroups;
@@ -627,10 +678,10 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
      * stored at d0 and d0 ^ 64 of the block; FP8: the raw row's 16-byte chunks sub, sub + 4, ... */
     const int kr = tid >> 2, sub = tid & 3;
     const uint32_t d0 = (uint32_t)(kr * 128 + ((sub ^ (kr & 7)) << 4)), d1 = d0 ^ 64u;
-    auto entry = [&](int tile) -> int {
-        const int64_t i = (int64_t)tile * kBN + kr;
-        return tile < tile1 ? (int)entry_at(p, irow, lo, i) : -1;
+    auto entry_of = [&](int tile, int r) -> int {
+        return tile < tile1 ? (int)entry_at(p, irow, lo, (int64_t)tile * kBN + r) : -1;
     };
+    auto entry = [&](int tile) { return entry_of(tile, kr); };
     auto usable = [&](int j) { return j >= 0 && j <= hi; };
     /* The first tile >= from with a usable entry (tile1 if none), j its entry of row kr; jc holds the
      * entry of tile from. Always one CTA barrier at least. */
@@ -641,8 +692,25 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         return tl;
     };
     const uint32_t sRaw = sbase + (uint32_t)L::kRaw, sRawRow = sRaw + (uint32_t)(kr * kFp8Ld); /* FP8 */
-    auto gather = [&](int st, int j) {
+    /* FP8 pair: this CTA's rows of a tile, loaded by gather into h and stored by decode_half */
+    const int rank = hb & 1, hr = 32 * rank + (tid >> 3), hc = tid & 7;
+    const uint32_t sBar = sbase + (uint32_t)L::kBar, peer = PAIR ? cluster_map(sbase, rank ^ 1) - sbase : 0u;
+    Fp8Half h;
+    int jh_tile = -1, jh_pre = -1; /* FP8 pair: row hr's entry of tile jh_tile, loaded a tile ahead */
+    uint32_t phase = 0; /* FP8 pair: bit st, the parity of stage st's barrier's next phase */
+    auto decode_half = [&](int st) {
+        if (tid == 0) mbar_arrive_tx(sBar + 8 * st, kFp8HalfBytes); /* the other CTA's half */
+        fp8_store_half(h, sK + (uint32_t)(st * kWgTile), peer, sBar + 8 * st + peer, hr, hc);
+    };
+    auto gather = [&](int st, int tile, int j) {
         const bool ok = usable(j);
+        if (PAIR) {
+            const int jh = tile == jh_tile ? jh_pre : entry_of(tile, hr);
+            const bool okh = usable(jh);
+            fp8_load_half(h, (const uint8_t *)p.k + b * p.k_sb + (okh ? (int64_t)jh : 0) * p.k_ss, okh, hc);
+            if (sub == 0) kok[st * kBN + kr] = ok ? j : -1;
+            return;
+        }
         if (FP8) { /* the raw row; its usable flag is set when it is decoded */
             const uint8_t *src = (const uint8_t *)p.k + b * p.k_sb + (ok ? (int64_t)j : 0) * p.k_ss;
 #pragma unroll
@@ -669,12 +737,27 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
     for (int i = 0; i < 128; i++) o[i] = 0.0f;
     const uint32_t dq = wg_desc_lo(sQ, 16);
 
+    /* FP8 pair: the cluster barrier orders each stage's reuse. A CTA arrives once its P V on a stage is done
+     * and waits (a tile later, before decoding into that stage again) for the other's arrival; the first
+     * arrival frees stage 1, and the other CTA's barriers are ready before the first store into them. */
+    if (PAIR) {
+        if (tid == 0) {
+            mbar_init(sBar, 1);
+            mbar_init(sBar + 8, 1);
+            mbar_init_fence();
+        }
+        cluster_arrive();
+        cluster_wait();
+        cluster_arrive();
+    }
     int j = -1;
     int cur = find(tile0, entry(tile0), j), st = 0, nxt = tile1;
-    if (cur < tile1) gather(0, j);
+    if (cur < tile1) gather(0, cur, j);
     cp_async_commit(); /* Q and the first tile */
     int jnext = entry(cur + 1);
+    if (PAIR) jh_pre = entry_of(jh_tile = cur + 1, hr);
     const int tw = tid & 127;
+    if (PAIR && cur < tile1) decode_half(0);
     if (FP8) { /* the first tile decoded whole, the second found (requested during the first's S) */
         cp_async_wait_all();
         __syncthreads();
@@ -690,8 +773,12 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
     while (cur < tile1) {
         if (!FP8) {
             cp_async_wait_all();
-            fence_async_smem(); /* this thread's gathered bytes, visible to wgmma after the barrier */
+            fence_async_smem(); /* this thread's gathered (decoded) bytes, visible to wgmma after the barrier */
             nxt = find(cur + 1, jnext, j);
+        }
+        if (PAIR) { /* the other CTA's half of the tile */
+            mbar_wait(sBar + 8 * st, phase >> st & 1);
+            phase ^= 1u << st;
         }
         const uint32_t sKs = sK + (uint32_t)(st * kWgTile);
         const uint32_t sP = FP8 ? sbase + (uint32_t)L::kP : sKs + (uint32_t)((kWgDk / 64 - 1) * kWgBlock);
@@ -708,10 +795,12 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         wg_commit();
         /* the next tile's rows, requested while S runs (FP8 issued them before S: ncu had a sixth of the
          * kernel's samples on their issue, holding S back): bf16 into stage st ^ 1, free since its P V
-         * finished before find's barrier; FP8 into the raw tile, free since it was decoded before it */
-        if (nxt < tile1) gather(st ^ 1, j);
+         * finished before find's barrier; FP8 into the raw tile, free since it was decoded before it; FP8
+         * pair into registers */
+        if (nxt < tile1) gather(st ^ 1, nxt, j);
         cp_async_commit();
         jnext = entry(nxt + 1);
+        if (PAIR) jh_pre = entry_of(jh_tile = nxt + 1, hr);
         wg_wait<0>();
         wg_hold(s);
 
@@ -787,8 +876,13 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
                 fp8_decode_keys(sK, sRaw, wg, tw, kc);
             }
         }
+        if (PAIR) { /* tile nxt into stage st ^ 1 of both CTAs, once the other's P V on it is done */
+            cluster_wait();
+            if (nxt < tile1) decode_half(st ^ 1);
+        }
         wg_wait<0>();
         wg_hold(o);
+        if (PAIR) cluster_arrive(); /* stage st is free here */
         if (FP8) { /* the decoded tile visible, the raw tile free after find's barrier */
             fence_async_smem();
             const int nn = find(nxt + 1, jnext, j);
@@ -799,6 +893,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         }
     }
     cp_async_wait_all();
+    if (PAIR) cluster_wait(); /* the last arrival: neither CTA leaves while the other may store into it */
 
     /* row sums over the quad, then over the two warpgroups */
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
@@ -986,9 +1081,10 @@ hae_status launch_simple(const SparseParams &p, int64_t rows, cudaStream_t s) {
 
 /* Runs kern (threads per CTA, smem bytes, `rows` query heads of a kv head per CTA) over every
  * (query, kv head, head block) when its shared memory fits; *ran false otherwise (nothing launched).
- * Splits idx when the CTAs would leave SMs idle and the partials fit the context's scratch. */
+ * Splits idx when the CTAs would leave SMs idle and the partials fit the context's scratch. cluster: CTAs
+ * a cluster (2 for the FP8 pair: the head blocks must come in pairs, and a cluster must fit the GPU). */
 hae_status launch(hae_backend *be, SparseParams p, int64_t B, cudaStream_t s, void (*kern)(SparseParams), int threads,
-                  int smem, int rows, bool *ran) {
+                  int smem, int rows, bool *ran, int cluster = 1) {
     const int dev = be->cuda->device;
     int smem_max = 0, sms = 0, occ = 0;
     HAE_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
@@ -1000,6 +1096,24 @@ hae_status launch(hae_backend *be, SparseParams p, int64_t B, cudaStream_t s, vo
     if (occ < 1) return HAE_OK;
 
     p.hblocks = (p.G + rows - 1) / rows;
+    cudaLaunchAttribute attr = {};
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = (unsigned)cluster;
+    attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.blockDim = dim3((unsigned)threads);
+    cfg.dynamicSmemBytes = (size_t)smem;
+    cfg.stream = s;
+    cfg.attrs = &attr;
+    cfg.numAttrs = cluster > 1 ? 1 : 0;
+    if (cluster > 1) {
+        int room = 0;
+        cfg.gridDim = dim3((unsigned)cluster);
+        if (p.hblocks % cluster != 0 || cudaOccupancyMaxActiveClusters(&room, kern, &cfg) != cudaSuccess || room < 1) {
+            (void)cudaGetLastError(); /* not launchable here: the caller takes another kernel */
+            return HAE_OK;
+        }
+    }
     const int64_t ctas = B * p.tgroups * p.Hkv * p.hblocks;
     const int ntiles = (int)((p.nk + kBN - 1) / kBN);
     int64_t splits = 1;
@@ -1024,7 +1138,8 @@ hae_status launch(hae_backend *be, SparseParams p, int64_t B, cudaStream_t s, vo
         p.part = (float *)be->cuda->scratch;
         p.part_ml = p.part + B * p.T * p.Hq * (int64_t)p.splits * p.Dv;
     }
-    kern<<<(unsigned)(ctas * p.splits), threads, smem, s>>>(p);
+    cfg.gridDim = dim3((unsigned)(ctas * p.splits));
+    HAE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, p));
     HAE_CUDA_LAUNCH_CHECK("the tensor-core kernel");
     if (p.splits > 1) {
         combine_kernel<<<(unsigned)(B * p.T * p.Hq), kCombineThreads, 0, s>>>(p);
@@ -1070,7 +1185,7 @@ hae_status try_tc(hae_backend *be, const SparseParams &p, int64_t B, cudaStream_
     *ran = false;
     const bool wide = p.G > 16; /* 64 rows per CTA; else 16 rows, G / 16 CTAs */
     if (p.Dk == kWgDk && p.Dv == kWgDv && p.v_shared && wide)
-        return launch(be, p, B, s, wg_kernel<false>, kWgThreads, WgLayout<false>::kSmem, kWgRows, ran);
+        return launch(be, p, B, s, wg_kernel<kWgBf16>, kWgThreads, WgLayout<kWgBf16>::kSmem, kWgRows, ran);
     if (p.Dk == 576 && p.Dv == 512) return wide ? launch_tc<576, 512, 4, 8>(be, p, B, s, ran) : launch_tc<576, 512, 1, 4>(be, p, B, s, ran);
     if (p.Dk == 128 && p.Dv == 128) return wide ? launch_tc<128, 128, 4, 8>(be, p, B, s, ran) : launch_tc<128, 128, 1, 4>(be, p, B, s, ran);
     if (p.Dk == 64 && p.Dv == 64) return launch_tc<64, 64, 1, 4>(be, p, B, s, ran);
@@ -1128,7 +1243,9 @@ extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_spars
      * beats the CUDA-core kernel by an order of magnitude */
     if (fp8 && a->q.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) && (uintptr_t)p.k % 16 == 0) {
         bool ran = false;
-        HAE_TRY(launch(be, p, B, s, wg_kernel<true>, kWgThreads, WgLayout<true>::kSmem, kWgRows, &ran));
+        if ((p.G + kWgRows - 1) / kWgRows % 2 == 0) /* a query's head blocks share the decode in pairs */
+            HAE_TRY(launch(be, p, B, s, wg_kernel<kWgFp8Pair>, kWgThreads, WgLayout<kWgFp8Pair>::kSmem, kWgRows, &ran, 2));
+        if (!ran) HAE_TRY(launch(be, p, B, s, wg_kernel<kWgFp8>, kWgThreads, WgLayout<kWgFp8>::kSmem, kWgRows, &ran));
         if (ran) return HAE_OK;
     }
     if (!fp8 && a->q.dtype == HAE_BF16 && a->k_cache.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) &&
@@ -1187,7 +1304,7 @@ extern "C" hae_status hae_attention_mla_cuda(hae_backend *be, const hae_attentio
         p.qpack = (int)(kWgRows / Hq);
         p.tgroups = (T + p.qpack - 1) / p.qpack;
         p.nk += p.qpack - 1; /* a group's union of lists */
-        return launch(be, p, B, s, wg_kernel<false>, kWgThreads, WgLayout<false>::kSmem, kWgRows, ran);
+        return launch(be, p, B, s, wg_kernel<kWgBf16>, kWgThreads, WgLayout<kWgBf16>::kSmem, kWgRows, ran);
     }
     return try_tc(be, p, B, s, ran);
 }

@@ -266,8 +266,8 @@ Test(gpu_sparse, mla) {
 }
 
 /* mla's FP8 cache layout (hae.h): hae_kv_write's bytes on CUDA equal the CPU's bit for bit (codes, scales, rope),
- * and sparse attention over them matches the CPU (more than 16 heads: the wgmma kernel decoding FP8 into its
- * bf16 tiles; else the CUDA-core kernel). Slots past a sequence's length hold 0xFF bytes (NaN codes and
+ * and sparse attention over them matches the CPU (bf16 q: the wgmma kernel decoding FP8 into its bf16 tiles,
+ * 96, 128 and 256 heads with two CTAs sharing each tile's decode; else the CUDA-core kernel). Slots past a sequence's length hold 0xFF bytes (NaN codes and
  * scales), so reading one an index does not name shows. hae_kv_write's scales are powers of two, so the
  * wgmma kernel's bf16 tiles hold code * scale exactly; in the `odd` cases half the tokens' scales are not
  * (another writer's): the tiles then round it, as a bf16 cache would (the lse bound widens to match). In
@@ -290,6 +290,8 @@ Test(gpu_sparse, mla_fp8) {
         {"fp8 64 heads, odd scales, prefill", 1, 4, 64, 300, 256, BF, F32, true, false, false},
         {"fp8 128 heads, subnormal codes", 2, 1, 128, 600, 384, BF, BF, false, true, false},
         {"fp8 128 heads, unusable tiles skipped", 2, 1, 128, 1500, 1024, BF, BF, false, false, true},
+        {"fp8 96 heads (a CTA pair, one block partial)", 2, 1, 96, 400, 256, BF, BF, false, false, false},
+        {"fp8 256 heads, prefill (two CTA pairs a query)", 1, 2, 256, 500, 320, BF, BF, false, false, false},
         {"fp8 16 heads, unusable tiles skipped, prefill", 1, 3, 16, 900, 640, BF, BF, false, false, true},
     };
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
