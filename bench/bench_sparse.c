@@ -3,8 +3,8 @@
  * top-2048) for decode (B 64) and prefill (4096 queries), over a 64K-token context; and gqa (Hq 32,
  * Hkv 8, D 128, top-2048) for decode (B 64) and prefill (4096 queries) over a 32K context. Indices are
  * 2048 distinct random positions <= each query's position. bf16 q, caches and out, with lse; the mla
- * decode also over mla's FP8 cache layout (656 bytes a token, hae_kv_write from the same bf16 rows), the
- * form FlashMLA's sparse decode reads.
+ * decode and prefill also over mla's FP8 cache layout (656 bytes a token, hae_kv_write from the same bf16
+ * rows), the form FlashMLA's sparse decode reads.
  *
  * Each shape is first checked against the CPU reference on fresh random inputs with poisoned outputs
  * at a reduced batch or query count (same heads, dims and top-k), and not timed if it is wrong. Then:
@@ -259,6 +259,7 @@ static int bench_main(void) {
     const shape mla_dec = {"mla decode", 64, 1, 128, 1, 576, 512, 65536, 2048, true, false};
     const shape mla_pre = {"mla prefill", 1, 4096, 128, 1, 576, 512, 65536, 2048, true, false};
     const shape fp8_dec = {"mla fp8 dec", 64, 1, 128, 1, 576, 512, 65536, 2048, true, true};
+    const shape fp8_pre = {"mla fp8 pre", 1, 4096, 128, 1, 576, 512, 65536, 2048, true, true};
     /* hybrid-1b's mla form: 16 heads, so the FP8 kernel's 64-row MMAs are a quarter used */
     const shape m16_dec = {"mla16 dec", 64, 1, 16, 1, 576, 512, 65536, 2048, true, false};
     const shape m16_fp8_dec = {"mla16 fp8 dec", 64, 1, 16, 1, 576, 512, 65536, 2048, true, true};
@@ -269,6 +270,7 @@ static int bench_main(void) {
     verify(&mla_dec, 2, 1, 4096);  /* split over idx */
     verify(&mla_pre, 1, 70, 4096); /* one range per CTA, as timed */
     verify(&fp8_dec, 2, 1, 4096);
+    verify(&fp8_pre, 1, 70, 4096);
     verify(&m16_fp8_dec, 2, 1, 4096);
     verify(&m16_fp8_pre, 1, 40, 4096);
     verify(&gqa_dec, 4, 1, 4096);
@@ -283,6 +285,7 @@ static int bench_main(void) {
     bench(&mla_dec, true);
     bench(&mla_pre, false);
     bench(&fp8_dec, true);
+    bench(&fp8_pre, false);
     bench(&m16_dec, true);
     bench(&m16_fp8_dec, true);
     bench(&m16_pre, false);
