@@ -5,6 +5,7 @@
  * Each kernel is first checked against the CPU reference (recurrent form) on random inputs of the same
  * H, K, V at a reduced T; then timed: fresh random inputs, warm-up, >= 20 repetitions each alone with
  * CUDA events after an L2 flush, median and min..max. Without CUDA or a GPU it says so and exits 0.
+ * HAE_BENCH_ONLY="kda prefill B 1 T 8192" times that row alone (with its op's checks).
  *
  * FLOPs counted for the chunked form, per chunk of C tokens and value head (multiply-adds x 2):
  *   A' and P (lower triangles)              C^2 K
@@ -139,6 +140,7 @@ static double rel_rms(const void *x, const void *ref, hae_dtype dt, int64_t n) {
 /* The GPU kernel (chunk as given) against the CPU recurrent form on the same inputs (dtype dt in and out). */
 static void verify(const char *name, hae_dtype dt, int64_t B, int64_t T, int64_t H, int64_t K, int64_t V,
                    hae_decay decay, int chunk) {
+    if (!hae_bench_checked(name)) return;
     problem gp, cp;
     problem_make(&gp, g_be, dt, B, T, H, K, V, decay, chunk, 77);
     problem_make(&cp, g_cpu, dt, B, T, H, K, V, decay, 0, 77);
@@ -171,6 +173,9 @@ static hae_status run_linear(void *a) { return hae_linear_attn(g_be, a); }
 /* Times one problem and prints a row. peer_us / copy: the ratios' references (0: none). */
 static void bench(const char *name, hae_dtype dt, int64_t B, int64_t T, int64_t H, int64_t K, int64_t V,
                   hae_decay decay, int chunk, double peer_us) {
+    char label[96];
+    snprintf(label, sizeof label, "%s B %lld T %lld", name, (long long)B, (long long)T);
+    if (!hae_bench_selected(label)) return;
     problem p;
     problem_make(&p, g_be, dt, B, T, H, K, V, decay, chunk, 5);
     const hae_bench_times tm = hae_bench_time(g_timer, g_be, name, run_linear, &p.a, WARMUP, REPS);

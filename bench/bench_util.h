@@ -25,11 +25,18 @@ static inline void hae_bench_die(const char *what, hae_status st) {
         if (st_ != HAE_OK) hae_bench_die(what, st_);                                               \
     } while (0)
 
-/* Whether the benchmark row named op runs: every row, or with HAE_BENCH_ONLY set only those whose name
- * contains it (HAE_BENCH_ONLY=fp8 bench_sparse: the FP8 rows, their checks included). */
-static inline bool hae_bench_selected(const char *op) {
+/* Whether the benchmark row labelled `label` (its op's name, then its shape where a name has several) is
+ * timed: every row, or with HAE_BENCH_ONLY set those whose label contains it (HAE_BENCH_ONLY=fp8
+ * bench_sparse: the FP8 rows; HAE_BENCH_ONLY="kda prefill B 1 T 32768" bench_linear: that one shape). */
+static inline bool hae_bench_selected(const char *label) {
     const char *only = getenv("HAE_BENCH_ONLY");
-    return !only || !*only || strstr(op, only) != NULL;
+    return !only || !*only || strstr(label, only) != NULL;
+}
+/* Whether the checks of op run: those of every op a selected row may belong to (HAE_BENCH_ONLY inside op's
+ * name, or beginning with it). */
+static inline bool hae_bench_checked(const char *op) {
+    const char *only = getenv("HAE_BENCH_ONLY");
+    return !only || !*only || strstr(op, only) != NULL || strncmp(only, op, strlen(op)) == 0;
 }
 
 /* A benchmark's main(): its bench_main() where this build has CUDA, else a line saying it is skipped. */
