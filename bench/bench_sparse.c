@@ -1,19 +1,18 @@
-/* CUDA microbenchmarks of DSA's sparse attention (hae_sparse_attention) at DeepSeek-V3.2's shapes:
- * mla in absorbed form (Hkv 1, Dk 576, Dv 512, v_cache a view of the latent k_cache, 128 heads,
- * top-2048) for decode (B 64) and prefill (4096 queries), over a 64K-token context; and gqa (Hq 32,
- * Hkv 8, D 128, top-2048) for decode (B 64) and prefill (4096 queries) over a 32K context. Indices are
- * 2048 distinct random positions <= each query's position. bf16 q, caches and out, with lse; the mla
- * decode and prefill also over mla's FP8 cache layout (656 bytes a token, hae_kv_write from the same bf16
- * rows), the form FlashMLA's sparse decode reads.
+/* CUDA microbenchmarks of DSA's sparse attention (hae_sparse_attention) at DeepSeek-V3.2's shapes: mla in absorbed
+ * form (Hkv 1, Dk 576, Dv 512, v_cache a view of the latent k_cache, 128 heads, top-2048) for decode (B 64) and
+ * prefill (4096 queries), over a 64K-token context; and gqa (Hq 32, Hkv 8, D 128, top-2048) for decode (B 64) and
+ * prefill (4096 queries) over a 32K context. Indices are 2048 distinct random positions <= each query's position.
+ * bf16 q, caches and out, with lse; the mla decode and prefill also over mla's FP8 cache layout (656 bytes a token,
+ * hae_kv_write from the same bf16 rows), the form FlashMLA's sparse decode reads.
  *
- * Each shape is first checked against the CPU reference on fresh random inputs with poisoned outputs
- * at a reduced batch or query count (same heads, dims and top-k), and not timed if it is wrong. Then:
- * fresh random inputs, warm-up, >= 20 repetitions each alone with CUDA events after an L2 flush,
- * median and min..max. FLOPs: 2 Hq k (Dk + Dv) per query. GB/s: the K/V rows gathered (each query
- * token's k rows of every kv head, read once: mla's values are inside its keys) plus q, out and lse,
- * over the median time. HAE_BENCH_ONLY=fp8 runs only the rows whose name holds "fp8". Anchors: FlashMLA on an H100 SXM (sparse decode 99.6 us, ~400 TFLOP/s; sparse
- * prefill 539-673 TFLOP/s) and this engine's targets on an H200 (decode <= 130 us, prefill >= 400
- * TFLOP/s). Without CUDA or a GPU it says so and exits 0. */
+ * Each shape is first checked against the CPU reference on fresh random inputs with poisoned outputs at a reduced
+ * batch or query count (same heads, dims and top-k), and not timed if it is wrong. Then: fresh random inputs,
+ * warm-up, >= 20 repetitions each alone with CUDA events after an L2 flush, median and min..max. FLOPs: 2 Hq k (Dk
+ * + Dv) per query. GB/s: the K/V rows gathered (each query token's k rows of every kv head, read once: mla's values
+ * are inside its keys) plus q, out and lse, over the median time. HAE_BENCH_ONLY=fp8 runs only the rows whose name
+ * holds "fp8". Anchors: FlashMLA on an H100 SXM (sparse decode 99.6 us, ~400 TFLOP/s; sparse prefill 539-673
+ * TFLOP/s) and this engine's targets on an H200 (decode <= 130 us, prefill >= 400 TFLOP/s). Without CUDA or a GPU
+ * it says so and exits 0. */
 #include "internal.h"
 
 #include "bench_util.h"

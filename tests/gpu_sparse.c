@@ -266,13 +266,13 @@ Test(gpu_sparse, mla) {
 }
 
 /* mla's FP8 cache layout (hae.h): hae_kv_write's bytes on CUDA equal the CPU's bit for bit (codes, scales, rope),
- * and sparse attention over them matches the CPU (bf16 q: the wgmma kernel decoding FP8 into its bf16 tiles,
- * 96, 128 and 256 heads with two CTAs sharing each tile's decode; else the CUDA-core kernel). Slots past a sequence's length hold 0xFF bytes (NaN codes and
- * scales), so reading one an index does not name shows. hae_kv_write's scales are powers of two, so the
- * wgmma kernel's bf16 tiles hold code * scale exactly; in the `odd` cases half the tokens' scales are not
- * (another writer's): the tiles then round it, as a bf16 cache would (the lse bound widens to match). In
- * the `tiny` case every latent block is one large value and 127 subnormal codes, and q weighs only the
- * latter: a decode that flushed subnormals would give S = 0 and miss the lse bound. */
+ * and sparse attention over them matches the CPU (bf16 q: the wgmma kernel decoding FP8 into its bf16 tiles, 96,
+ * 128 and 256 heads with two CTAs sharing each tile's decode; else the CUDA-core kernel). Slots past a sequence's
+ * length hold 0xFF bytes (NaN codes and scales), so reading one an index does not name shows. hae_kv_write's scales
+ * are powers of two, so the wgmma kernel's bf16 tiles hold code * scale exactly; in the `odd` cases half the
+ * tokens' scales are not (another writer's): the tiles then round it, as a bf16 cache would (the lse bound widens
+ * to match). In the `tiny` case every latent block is one large value and 127 subnormal codes, and q weighs only
+ * the latter: a decode that flushed subnormals would give S = 0 and miss the lse bound. */
 Test(gpu_sparse, mla_fp8) {
     static const struct {
         const char *what;
