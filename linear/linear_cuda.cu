@@ -608,9 +608,10 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                 if (DELTA) sm.L[tri_blk(I, J) * 256 + il * 16 + jl] = keepA ? sm.beta[i] * accA[nt][x] * e : 0.0f;
             }
     }
-    /* What kernels 2 and 3 read besides: q e^Γ (times scale), k e^{Γ_L - Γ}, e^{Γ_L}, and P's upper
-     * triangle (0). Written by the warps that took one block fewer above (warps 2-7 of 10 blocks), while the
-     * others finish theirs: ncu had them idle at the next barrier for a block's time. */
+    /* What kernels 2 and 3 read besides: q e^Γ (times scale), k e^{Γ_L - Γ}, e^{Γ_L}, and P's blocks above
+     * the diagonal (0; the diagonal blocks write their own upper parts). Written by the warps that took one
+     * block fewer above (warps 2-7 of 10 blocks), while the others finish theirs: ncu had them idle at the
+     * next barrier for a block's time. */
     {
         const int helpers = nblk % kWarps ? kWarps - nblk % kWarps : kWarps, h0 = 32 * (kWarps - helpers);
         if (tid >= h0) {
@@ -629,16 +630,23 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                 st8(kd + i * K + c, d);
             }
             for (int c = ht; c < K; c += nh) ws.gl[hj * K + c] = exp2f(sm.G[(kC - 1) * LK + c]);
-            for (int e = ht; e < kC * kC; e += nh)
-                if (e % kC > e / kC) hae_st(P + e, 0.0f);
+            /* the six 16 x 16 blocks above the diagonal, 16 bytes a store */
+            constexpr int E = 16 / sizeof(TI), CPR = 16 / E; /* elements a store, stores a block row */
+            for (int e = ht; e < kC * kNB * CPR; e += nh) {
+                const int i = e / (kNB * CPR), J = e / CPR % kNB;
+                if (J > i / 16) *(uint4 *)(P + i * kC + J * 16 + e % CPR * E) = make_uint4(0, 0, 0, 0);
+            }
         }
     }
     if (nblk == 6) {
         /* diagonal blocks of an unbounded channel gate: one exponential per term */
         for (int e = tid; e < kNB * 256; e += kPrepThreads) {
             const int blk = e >> 8, il = (e >> 4) & 15, jl = e & 15;
-            if (jl > il) continue;
             const int i = blk * 16 + il, jr = blk * 16 + jl;
+            if (jl > il) {
+                hae_st(P + i * kC + jr, 0.0f);
+                continue;
+            }
             float a = 0.0f, pp = 0.0f;
             for (int c = 0; c < K; c++) {
                 const float kk = sm.k[jr * LK + c] * exp2f(sm.G[i * LK + c] - sm.G[jr * LK + c]);
@@ -772,14 +780,14 @@ template <typename TW> struct Pad {
     static constexpr int A = sizeof(TW) == 2 ? 8 : 4, AT = 8, B = 8;
 };
 
-/* w, kd, U and gl (and with OUT qg and P) are double-buffered: chunk gc + 1's are in flight during
- * chunk gc. */
+/* w, kd, U and gl (and with OUT qg and P) in NB buffers: chunks gc + 1 .. gc + NB - 1 are in flight during
+ * chunk gc. Three with OUT (one CTA an SM anyway), two in the separate-pass form (two CTAs an SM). */
 template <typename TW, int K, bool OUT> struct StateSmem {
     static constexpr int VT = kStateVT, LW = K + Pad<TW>::A, LD = K + Pad<TW>::AT, LS = VT + Pad<TW>::B,
-                         LP = kC + Pad<TW>::A;
-    TW w[2][kC * LW], kd[2][kC * LD], S[K * LS], U[2][kC * LS];
-    float gl[2][K];
-    TW qg[OUT ? 2 : 1][OUT ? kC * LW : 8], P[OUT ? 2 : 1][OUT ? kC * LP : 8];
+                         LP = kC + Pad<TW>::A, NB = OUT ? 3 : 2;
+    TW w[NB][kC * LW], kd[NB][kC * LD], S[K * LS], U[NB][kC * LS];
+    float gl[NB][K];
+    TW qg[OUT ? NB : 1][OUT ? kC * LW : 8], P[OUT ? NB : 1][OUT ? kC * LP : 8];
 };
 
 /* 16-byte chunk copies of a rows x cols tile global -> shared and shared -> global. cols is a multiple of
@@ -808,7 +816,7 @@ __device__ __forceinline__ void tile_copy(TW *dst, int64_t ld, const TW *src, in
 template <typename TW, int K, bool DELTA, bool OUT>
 __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinParams p, const ChunkWs ws) {
     using Sm = StateSmem<TW, K, OUT>;
-    constexpr int VT = Sm::VT, LW = Sm::LW, LD = Sm::LD, LS = Sm::LS, LP = Sm::LP;
+    constexpr int VT = Sm::VT, LW = Sm::LW, LD = Sm::LD, LS = Sm::LS, LP = Sm::LP, NB = Sm::NB;
     /* 8 warps. S (K x VT): warp w takes 16-row tile w / WPS and NS of its VT / 8 column tiles;
      * U (C x VT): 16-row tile w / 2 and half of its columns. */
     constexpr int WPS = kStateThreads / 32 / (K / 16), NS = VT / 8 / WPS, NU = VT / 16;
@@ -844,25 +852,28 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
             tile_async(sm.P[b], LP, (const TW *)ws.P + hl * kC * kC, kC, kC, kC, tid, kStateThreads);
         }
     };
+    /* chunk gc + NB - 1 into the buffer chunk gc - 1 left; one commit group a chunk, empty past the end */
     auto next_chunk = [&](int32_t gc) {
-        if (gc + 1 < cend) load_chunk(gc + 1, (gc + 1 - cbeg) & 1);
+        if (gc + NB - 1 < cend) load_chunk(gc + NB - 1, (gc + NB - 1 - cbeg) % NB);
         cp_async_commit();
     };
-    load_chunk(cbeg, 0);
-    cp_async_commit();
+    for (int x = 0; x < NB - 1; x++) {
+        if (cbeg + x < cend) load_chunk(cbeg + x, x);
+        cp_async_commit();
+    }
     for (int32_t gc = cbeg; gc < cend; gc++) {
         const int64_t hj = (int64_t)gc * p.HV + j;
-        const int b = (gc - cbeg) & 1;
+        const int b = (gc - cbeg) % NB;
         TW *U = sm.U[b];
 #pragma unroll
         for (int nt = 0; nt < NS; nt++)
 #pragma unroll
             for (int y = 0; y < 2; y++)
                 st2(sm.S + (rs + g + 8 * y) * LS + cs + nt * 8 + 2 * t, acc[nt][2 * y], acc[nt][2 * y + 1]);
-        /* the next chunk's tiles into the other buffer (free since the last step's final barrier): here
-         * when this kernel forms the outputs, else further down, between MMAs */
+        /* a later chunk's tiles into the buffer the last step left (free since its final barrier): here in
+         * the separate-pass form, further down, between MMAs, when this kernel forms the outputs */
         if (!OUT) next_chunk(gc);
-        cp_async_wait<OUT ? 0 : 1>(); /* this chunk's tiles */
+        cp_async_wait<OUT ? NB - 2 : NB - 1>(); /* this chunk's tiles */
         __syncthreads();
         /* the chunk's start state (as the workspace type), for chunk_out */
         if (!OUT) tile_copy((TW *)ws.h + hj * K * V + c0, V, sm.S, LS, K, VT, tid, kStateThreads);
