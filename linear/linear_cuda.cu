@@ -470,6 +470,7 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
         constexpr bool kCh = DECAY == HAE_DECAY_CHANNEL;
         const int c0 = 8 * (tid % VPR);
         const float eA = DECAY == HAE_DECAY_NONE ? 0.0f : expf(p.A_log[j]);
+        const float ga = -eA * kLog2e, gb = p.lower_bound * kLog2e;
         float db[8];
 #pragma unroll
         for (int e = 0; e < 8; e++) db[e] = kCh ? p.dt_bias[(int64_t)j * K + c0 + e] : 0.0f;
@@ -509,17 +510,21 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                 if (p.elu1)
 #pragma unroll
                     for (int e = 0; e < 8; e++) qv[e] = elu1(qv[e]), kv[e] = elu1(kv[e]);
+                /* in base 2; the safe gate lb sigmoid(eA x) as (lb log2 e) / (1 + 2^(-eA log2 e x)) */
                 if (kCh && p.softplus)
 #pragma unroll
-                    for (int e = 0; e < 8; e++) gv[e] = gate_softplus(gv[e], eA);
+                    for (int e = 0; e < 8; e++) gv[e] = kLog2e * gate_softplus(gv[e], eA);
                 else if (kCh)
 #pragma unroll
-                    for (int e = 0; e < 8; e++) gv[e] = gate_safe(p, gv[e], eA);
+                    for (int e = 0; e < 8; e++) gv[e] = __fdividef(gb, 1.0f + ex2(ga * gv[e]));
+                else
+#pragma unroll
+                    for (int e = 0; e < 8; e++) gv[e] *= kLog2e;
 #pragma unroll
                 for (int e = 0; e < 8; e++) {
                     qv[e] = valid ? qv[e] : 0.0f;
                     kv[e] = valid ? kv[e] : 0.0f;
-                    gv[e] = valid ? kLog2e * gv[e] : 0.0f;
+                    gv[e] = valid ? gv[e] : 0.0f;
                     ssq += qv[e] * qv[e];
                     ssk += kv[e] * kv[e];
                 }
