@@ -794,14 +794,14 @@ template <typename TW> struct Pad {
     static constexpr int A = sizeof(TW) == 2 ? 8 : 4, AT = 8, B = 8;
 };
 
-/* w, kd, U and gl (and with OUT qg and P) in NB buffers: chunks gc + 1 .. gc + NB - 1 are in flight during
+/* w, kd, U and gl (and with OUT qg and P) in NBUF buffers: chunks gc + 1 .. gc + NBUF - 1 are in flight during
  * chunk gc. Three with OUT (one CTA an SM anyway), two in the separate-pass form (two CTAs an SM). */
 template <typename TW, int K, bool OUT> struct StateSmem {
     static constexpr int VT = kStateVT, LW = K + Pad<TW>::A, LD = K + Pad<TW>::AT, LS = VT + Pad<TW>::B,
-                         LP = kC + Pad<TW>::A, NB = OUT ? 3 : 2;
-    TW w[NB][kC * LW], kd[NB][kC * LD], S[K * LS], U[NB][kC * LS];
-    float gl[NB][K];
-    TW qg[OUT ? NB : 1][OUT ? kC * LW : 8], P[OUT ? NB : 1][OUT ? kC * LP : 8];
+                         LP = kC + Pad<TW>::A, NBUF = OUT ? 3 : 2;
+    TW w[NBUF][kC * LW], kd[NBUF][kC * LD], S[K * LS], U[NBUF][kC * LS];
+    float gl[NBUF][K];
+    TW qg[OUT ? NBUF : 1][OUT ? kC * LW : 8], P[OUT ? NBUF : 1][OUT ? kC * LP : 8];
 };
 
 /* 16-byte chunk copies of a rows x cols tile global -> shared and shared -> global. cols is a multiple of
@@ -830,7 +830,7 @@ __device__ __forceinline__ void tile_copy(TW *dst, int64_t ld, const TW *src, in
 template <typename TW, int K, bool DELTA, bool OUT>
 __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinParams p, const ChunkWs ws) {
     using Sm = StateSmem<TW, K, OUT>;
-    constexpr int VT = Sm::VT, LW = Sm::LW, LD = Sm::LD, LS = Sm::LS, LP = Sm::LP, NB = Sm::NB;
+    constexpr int VT = Sm::VT, LW = Sm::LW, LD = Sm::LD, LS = Sm::LS, LP = Sm::LP, NBUF = Sm::NBUF;
     /* 8 warps. S (K x VT): warp w takes 16-row tile w / WPS and NS of its VT / 8 column tiles;
      * U (C x VT): 16-row tile w / 2 and half of its columns. */
     constexpr int WPS = kStateThreads / 32 / (K / 16), NS = VT / 8 / WPS, NU = VT / 16;
@@ -866,18 +866,18 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
             tile_async(sm.P[b], LP, (const TW *)ws.P + hl * kC * kC, kC, kC, kC, tid, kStateThreads);
         }
     };
-    /* chunk gc + NB - 1 into the buffer chunk gc - 1 left; one commit group a chunk, empty past the end */
+    /* chunk gc + NBUF - 1 into the buffer chunk gc - 1 left; one commit group a chunk, empty past the end */
     auto next_chunk = [&](int32_t gc) {
-        if (gc + NB - 1 < cend) load_chunk(gc + NB - 1, (gc + NB - 1 - cbeg) % NB);
+        if (gc + NBUF - 1 < cend) load_chunk(gc + NBUF - 1, (gc + NBUF - 1 - cbeg) % NBUF);
         cp_async_commit();
     };
-    for (int x = 0; x < NB - 1; x++) {
+    for (int x = 0; x < NBUF - 1; x++) {
         if (cbeg + x < cend) load_chunk(cbeg + x, x);
         cp_async_commit();
     }
     for (int32_t gc = cbeg; gc < cend; gc++) {
         const int64_t hj = (int64_t)gc * p.HV + j;
-        const int b = (gc - cbeg) % NB;
+        const int b = (gc - cbeg) % NBUF;
         TW *U = sm.U[b];
 #pragma unroll
         for (int nt = 0; nt < NS; nt++)
@@ -887,7 +887,7 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
         /* a later chunk's tiles into the buffer the last step left (free since its final barrier): here in
          * the separate-pass form, further down, between MMAs, when this kernel forms the outputs */
         if (!OUT) next_chunk(gc);
-        cp_async_wait<OUT ? NB - 2 : NB - 1>(); /* this chunk's tiles */
+        cp_async_wait<OUT ? NBUF - 2 : NBUF - 1>(); /* this chunk's tiles */
         __syncthreads();
         /* the chunk's start state (as the workspace type), for chunk_out */
         if (!OUT) tile_copy((TW *)ws.h + hj * K * V + c0, V, sm.S, LS, K, VT, tid, kStateThreads);
