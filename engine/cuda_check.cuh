@@ -121,15 +121,16 @@ static inline unsigned hae_cuda_blocks(int64_t n, int threads) {
 
 /* ---------------------------------------------------------------- reductions */
 
-/* The sum over a warp by an xor butterfly; a + b == b + a, so every lane ends with the same value. */
-/* 2^x in one MUFU op, results below 2^-126 flushed to 0 (exp2f adds the denormal range around it):
- * the softmax kernels' exponentials, whose tiny terms vanish in the sums anyway. */
+/* 2^x in one MUFU op, results below 2^-126 flushed to 0 (exp2f adds the denormal range around it, four
+ * instructions in all): the softmax kernels' exponentials, whose tiny terms vanish in the sums anyway, and
+ * the linear chunk form's decay factors, which reach 2^-126 only where their terms are negligible. */
 static __device__ __forceinline__ float hae_ex2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 }
 
+/* The sum over a warp by an xor butterfly; a + b == b + a, so every lane ends with the same value. */
 template <typename T> static __device__ __forceinline__ T hae_warp_sum(T v) {
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
     return v;

@@ -60,6 +60,10 @@ __device__ __forceinline__ float gate_softplus(float x, float eA) { return -eA *
 __device__ __forceinline__ float gate_safe(const LinParams &p, float x, float eA) {
     return p.lower_bound * sigmoidf_(eA * x);
 }
+/* The safe gate in base 2 (log2 of the decay), ga = -eA log2 e, gb = lower_bound log2 e: five instructions */
+__device__ __forceinline__ float gate_safe_log2(float x, float ga, float gb) {
+    return __fdividef(gb, 1.0f + hae_ex2(ga * x));
+}
 __device__ __forceinline__ float gate_fn_e(const LinParams &p, float x, float eA) {
     return p.softplus ? gate_softplus(x, eA) : gate_safe(p, x, eA);
 }
@@ -348,15 +352,6 @@ __device__ __forceinline__ float2 ld2(const hae_bf16_t *p) {
     return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
 }
 
-/* 2^x in one instruction (MUFU.EX2; exp2f adds a range check and two multiplies for subnormal results):
- * results below 2^-126 flush to 0, which the chunked form's factors reach only where their terms are
- * negligible. */
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
 /* ---------------------------------------------------------------- chunked form (chunk 64)
  * Per chunk of C tokens and value head (hae.h's math; Γ_i = cumulative log decay over the chunk's
  * tokens 0..i, ≤ 0 and non-increasing; K~_i = k_i e^{Γ_i}):
@@ -510,13 +505,13 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                 if (p.elu1)
 #pragma unroll
                     for (int e = 0; e < 8; e++) qv[e] = elu1(qv[e]), kv[e] = elu1(kv[e]);
-                /* in base 2; the safe gate lb sigmoid(eA x) as (lb log2 e) / (1 + 2^(-eA log2 e x)) */
+                /* in base 2 */
                 if (kCh && p.softplus)
 #pragma unroll
                     for (int e = 0; e < 8; e++) gv[e] = kLog2e * gate_softplus(gv[e], eA);
                 else if (kCh)
 #pragma unroll
-                    for (int e = 0; e < 8; e++) gv[e] = __fdividef(gb, 1.0f + ex2(ga * gv[e]));
+                    for (int e = 0; e < 8; e++) gv[e] = gate_safe_log2(gv[e], ga, gb);
                 else
 #pragma unroll
                     for (int e = 0; e < 8; e++) gv[e] *= kLog2e;
@@ -592,7 +587,7 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
 #pragma unroll
             for (int x = 0; x < 4; x++) {
                 const int r = i0 + g + (x & 1) * 8, c = k0 + t + (x >> 1) * 4;
-                const float f = kUniform ? 1.0f : ex2(sm.G[r * LK + c] - sm.G[m * LK + c]);
+                const float f = kUniform ? 1.0f : hae_ex2(sm.G[r * LK + c] - sm.G[m * LK + c]);
                 split_tf32<kX3>(sm.k[r * LK + c] * f, kh[x], kl[x]);
                 split_tf32<kX3>(sm.q[r * LK + c] * f, qh[x], ql[x]);
             }
@@ -601,7 +596,7 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
 #pragma unroll
                 for (int y = 0; y < 2; y++) {
                     const int r = jb + nt * 8 + g, c = k0 + t + 4 * y;
-                    const float f = kUniform ? 1.0f : ex2(sm.G[m * LK + c] - sm.G[r * LK + c]);
+                    const float f = kUniform ? 1.0f : hae_ex2(sm.G[m * LK + c] - sm.G[r * LK + c]);
                     split_tf32<kX3>(sm.k[r * LK + c] * f, bh[nt][y], bl[nt][y]);
                 }
 #pragma unroll
@@ -616,7 +611,7 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
 #pragma unroll
             for (int x = 0; x < 4; x++) {
                 const int il = g + (x >> 1) * 8, jl = nt * 8 + 2 * t + (x & 1), i = i0 + il, jr = jb + jl;
-                const float e = kUniform ? ex2(sm.G[i * LK] - sm.G[jr * LK]) : 1.0f;
+                const float e = kUniform ? hae_ex2(sm.G[i * LK] - sm.G[jr * LK]) : 1.0f;
                 const bool keepP = !diag || jl <= il, keepA = !diag || jl < il;
                 hae_st(P + i * kC + jr, keepP ? p.scale * accP[nt][x] * e : 0.0f);
                 if (DELTA) sm.L[tri_blk(I, J) * 256 + il * 16 + jl] = keepA ? sm.beta[i] * accA[nt][x] * e : 0.0f;
@@ -637,13 +632,13 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                 float a[8], d[8];
 #pragma unroll
                 for (int x = 0; x < 8; x++) {
-                    a[x] = p.scale * q[x] * ex2(G[x]);
-                    d[x] = k[x] * ex2(GL[x] - G[x]);
+                    a[x] = p.scale * q[x] * hae_ex2(G[x]);
+                    d[x] = k[x] * hae_ex2(GL[x] - G[x]);
                 }
                 st8(qg + i * K + c, a);
                 st8(kd + i * K + c, d);
             }
-            for (int c = ht; c < K; c += nh) ws.gl[hj * K + c] = ex2(sm.G[(kC - 1) * LK + c]);
+            for (int c = ht; c < K; c += nh) ws.gl[hj * K + c] = hae_ex2(sm.G[(kC - 1) * LK + c]);
             /* the six 16 x 16 blocks above the diagonal, 16 bytes a store */
             constexpr int E = 16 / sizeof(TI), CPR = 16 / E; /* elements a store, stores a block row */
             for (int e = ht; e < kC * kNB * CPR; e += nh) {
@@ -663,7 +658,7 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
             }
             float a = 0.0f, pp = 0.0f;
             for (int c = 0; c < K; c++) {
-                const float kk = sm.k[jr * LK + c] * ex2(sm.G[i * LK + c] - sm.G[jr * LK + c]);
+                const float kk = sm.k[jr * LK + c] * hae_ex2(sm.G[i * LK + c] - sm.G[jr * LK + c]);
                 a += sm.k[i * LK + c] * kk;
                 pp += sm.q[i * LK + c] * kk;
             }
@@ -695,7 +690,8 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
         float4 &kk = *(float4 *)(sm.k + i * LK + c);
         const float4 G = *(const float4 *)(sm.G + i * LK + c);
         const float b = sm.beta[i];
-        kk = make_float4(kk.x * b * ex2(G.x), kk.y * b * ex2(G.y), kk.z * b * ex2(G.z), kk.w * b * ex2(G.w));
+        kk = make_float4(kk.x * b * hae_ex2(G.x), kk.y * b * hae_ex2(G.y), kk.z * b * hae_ex2(G.z),
+                         kk.w * b * hae_ex2(G.w));
     }
     float *T = sm.q;
     if (tid < 64) {
