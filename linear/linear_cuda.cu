@@ -235,10 +235,16 @@ __device__ __forceinline__ uint32_t to_tf32(float x) {
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
     return r;
 }
-/* X3: the 3xTF32 split (fp32 accuracy); else plain TF32 (10-bit mantissa, what bf16 inputs carry). */
+/* X3: the 3xTF32 split (fp32 accuracy); else plain TF32 (10-bit mantissa, what bf16 inputs carry): the
+ * fp32 bits as they are, whose low 13 the tensor cores ignore (rounding toward zero; NaN and inf stay),
+ * where a rounding conversion costs two instructions at every use. */
 template <bool X3 = true> __device__ __forceinline__ void split_tf32(float x, uint32_t &hi, uint32_t &lo) {
-    hi = to_tf32(x);
+    hi = X3 ? to_tf32(x) : __float_as_uint(x);
     lo = X3 ? to_tf32(x - __uint_as_float(hi)) : 0u;
+}
+/* An operand stored once and read by several products: rounded to nearest there, for plain TF32. */
+template <bool X3> __device__ __forceinline__ float tf32_round(float x) {
+    return X3 ? x : __uint_as_float(to_tf32(x));
 }
 __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -439,6 +445,7 @@ __device__ __forceinline__ int tri_blk(int I, int J) { return I * (I + 1) / 2 + 
  * have β = 0, so their rows of T are unit rows and their w, u0 are 0. */
 template <typename TI, int K, int DECAY, bool DELTA>
 __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinParams p, const ChunkWs ws) {
+    hae_pdl_enter(); /* chunk_state's fused form may then take the SMs the last wave leaves idle */
     using Sm = PrepSmem<K>;
     constexpr int LK = Sm::LK, LT = Sm::LT, LV = Sm::LV;
     constexpr bool kX3 = sizeof(TI) == 4; /* fp32 inputs: fp32-accurate products; bf16: TF32 */
@@ -690,8 +697,8 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
         float4 &kk = *(float4 *)(sm.k + i * LK + c);
         const float4 G = *(const float4 *)(sm.G + i * LK + c);
         const float b = sm.beta[i];
-        kk = make_float4(kk.x * b * hae_ex2(G.x), kk.y * b * hae_ex2(G.y), kk.z * b * hae_ex2(G.z),
-                         kk.w * b * hae_ex2(G.w));
+        kk = make_float4(tf32_round<kX3>(kk.x * b * hae_ex2(G.x)), tf32_round<kX3>(kk.y * b * hae_ex2(G.y)),
+                         tf32_round<kX3>(kk.z * b * hae_ex2(G.z)), tf32_round<kX3>(kk.w * b * hae_ex2(G.w)));
     }
     float *T = sm.q;
     if (tid < 64) {
@@ -713,7 +720,8 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
         if (vc0 < V) {
             float vv[8];
 #pragma unroll
-            for (int e = 0; e < 8; e++) vv[e] = i < nc ? sm.beta[i] * raw8_get(rv[x], sizeof(TI) == 2, e) : 0.0f;
+            for (int e = 0; e < 8; e++)
+                vv[e] = tf32_round<kX3>(i < nc ? sm.beta[i] * raw8_get(rv[x], sizeof(TI) == 2, e) : 0.0f);
             *(float4 *)(sm.G + i * LV + vc0) = make_float4(vv[0], vv[1], vv[2], vv[3]);
             *(float4 *)(sm.G + i * LV + vc0 + 4) = make_float4(vv[4], vv[5], vv[6], vv[7]);
         }
@@ -825,6 +833,7 @@ __device__ __forceinline__ void tile_copy(TW *dst, int64_t ld, const TW *src, in
 
 template <typename TW, int K, bool DELTA, bool OUT>
 __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinParams p, const ChunkWs ws) {
+    hae_pdl_enter();
     using Sm = StateSmem<TW, K, OUT>;
     constexpr int VT = Sm::VT, LW = Sm::LW, LD = Sm::LD, LS = Sm::LS, LP = Sm::LP, NBUF = Sm::NBUF;
     /* 8 warps. S (K x VT): warp w takes 16-row tile w / WPS and NS of its VT / 8 column tiles;
@@ -1112,7 +1121,11 @@ hae_status launch_chunked(const hae_linear_attn_args *a, const LinParams &p, cud
                     fused = (int64_t)sgrid.x * sgrid.y * sgrid.z <= (int64_t)occ * sms;
                 }
                 if (fused) {
-                    state_out<<<sgrid, kStateThreads, sizeof(StateSmem<TI, KK, kOut>), s>>>(p, ws);
+                    /* programmatic launch: its CTAs wait at the top for chunk_prep's results, placed meanwhile on
+                     * the SMs chunk_prep's last wave leaves (at B 1 T 8192 4 us; the other launches stay plain:
+                     * as programmatic ones they made B 8 T 4096 43 us slower) */
+                    HAE_CUDA_CHECK(hae_launch_pdl(state_out, sgrid, dim3(kStateThreads), sizeof(StateSmem<TI, KK, kOut>),
+                                                  s, p, ws));
                     HAE_CUDA_LAUNCH_CHECK("chunk_state_kernel");
                     return HAE_OK;
                 }
