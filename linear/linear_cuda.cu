@@ -25,6 +25,20 @@ namespace {
 
 /* ---------------------------------------------------------------- shared pieces */
 
+/* Compile-time tags: f(IntTag<decay>, BoolTag<delta>) and f(IntTag<K>) on the host; in kernels,
+ * specialised(b, f) runs f's form for b (one uniform branch where a runtime switch inside f's loops had
+ * both forms compiled as predicated instructions issued side by side). */
+template <int D> struct IntTag {
+    static constexpr int value = D;
+};
+template <bool B> struct BoolTag {
+    static constexpr bool value = B;
+};
+template <typename F> __device__ __forceinline__ void specialised(bool b, F &&f) {
+    if (b) f(BoolTag<true>{});
+    else f(BoolTag<false>{});
+}
+
 struct LinParams {
     const void *q, *k, *v, *g, *beta;
     int64_t q_sb, q_st, k_sb, k_st, v_sb, v_st, g_sb, g_st, b_sb, b_st; /* strides of dims 0, 1 */
@@ -478,20 +492,24 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
         for (int e = 0; e < 8; e++) db[e] = kCh ? p.dt_bias[(int64_t)j * K + c0 + e] : 0.0f;
         for (int x0 = 0; x0 < NP; x0 += NB) {
             Raw8 rq[NB], rk[NB], rg[NB];
+            auto load = [&](auto vec_tag) {
+                constexpr bool vec = decltype(vec_tag)::value;
 #pragma unroll
-            for (int x = 0; x < NB; x++) {
-                const int r = tid / VPR + RPP * (x0 + x);
-                if (r >= nc) continue;
-                const int64_t t_ = tc0 + r;
-                raw8_load(rq[x], (const TI *)p.q + sr.b * p.q_sb + t_ * p.q_st + (int64_t)h * K + c0, sizeof(TI) == 2,
-                          p.vec);
-                raw8_load(rk[x], (const TI *)p.k + sr.b * p.k_sb + t_ * p.k_st + (int64_t)h * K + c0, sizeof(TI) == 2,
-                          p.vec);
-                if (kCh) {
-                    const int64_t ge = sr.b * p.g_sb + t_ * p.g_st + (int64_t)j * K + c0;
-                    raw8_load(rg[x], (const char *)p.g + ge * (p.g_bf16 ? 2 : 4), p.g_bf16, p.vec);
+                for (int x = 0; x < NB; x++) {
+                    const int r = tid / VPR + RPP * (x0 + x);
+                    if (r >= nc) continue;
+                    const int64_t t_ = tc0 + r;
+                    raw8_load(rq[x], (const TI *)p.q + sr.b * p.q_sb + t_ * p.q_st + (int64_t)h * K + c0,
+                              sizeof(TI) == 2, vec);
+                    raw8_load(rk[x], (const TI *)p.k + sr.b * p.k_sb + t_ * p.k_st + (int64_t)h * K + c0,
+                              sizeof(TI) == 2, vec);
+                    if (kCh) {
+                        const int64_t ge = sr.b * p.g_sb + t_ * p.g_st + (int64_t)j * K + c0;
+                        raw8_load(rg[x], (const char *)p.g + ge * (p.g_bf16 ? 2 : 4), p.g_bf16, vec);
+                    }
                 }
-            }
+            };
+            specialised(p.vec, load);
 #pragma unroll
             for (int x = 0; x < NB; x++) {
                 const int r = tid / VPR + RPP * (x0 + x);
@@ -685,10 +703,14 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
     /* v as eight-channel pieces (rows tid / 16 + 16 x, channels c0 ..), in flight during the solve */
     const int vc0 = 8 * (tid % 16);
     Raw8 rv[4];
+    auto load_v = [&](auto vec_tag) {
 #pragma unroll
-    for (int x = 0; x < 4; x++)
-        if (vc0 < V && tid / 16 + 16 * x < nc)
-            raw8_load(rv[x], vb + (int64_t)(tid / 16 + 16 * x) * p.v_st + vc0, sizeof(TI) == 2, p.vec);
+        for (int x = 0; x < 4; x++)
+            if (vc0 < V && tid / 16 + 16 * x < nc)
+                raw8_load(rv[x], vb + (int64_t)(tid / 16 + 16 * x) * p.v_st + vc0, sizeof(TI) == 2,
+                          decltype(vec_tag)::value);
+    };
+    specialised(p.vec, load_v);
     __syncthreads(); /* q, k, G, L complete; q is free */
 
     /* D_I into T's diagonal blocks (upper parts 0) on warps 0-1, β K~ in place on the others meanwhile */
@@ -1043,13 +1065,6 @@ LinParams make_params(const hae_linear_attn_args *a, int64_t N) {
     return p;
 }
 
-/* Compile-time tags: f(IntTag<decay>, BoolTag<delta>) and f(IntTag<K>). */
-template <int D> struct IntTag {
-    static constexpr int value = D;
-};
-template <bool B> struct BoolTag {
-    static constexpr bool value = B;
-};
 template <typename F> hae_status with_decay_delta(hae_decay d, bool delta, F &&f) {
     auto by_delta = [&](auto dt) -> hae_status {
         return delta ? f(dt, BoolTag<true>{}) : f(dt, BoolTag<false>{});
