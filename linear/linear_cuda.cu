@@ -393,7 +393,7 @@ __device__ __forceinline__ float2 ld2(const hae_bf16_t *p) {
  * inputs and CTAs that fit one wave it also forms O from the S0 and U it holds, else it stores each
  * chunk's start state and U for (3) chunk_out, parallel over (chunk, head, 128 value columns on bf16, 64
  * on fp32): O.
- * Measured on an H200 (bench_linear, H 32, K = V = 128, bf16, B 1 T 8192, bench/RESULTS.md): 0.71 ms in
+ * Measured on an H200 (bench_linear, H 32, K = V = 128, bf16, B 1 T 8192, bench/RESULTS.md): 0.69 ms in
  * all. ncu's stall samples steered the last steps: kernel 1 (110 KB, two CTAs an SM, 25% occupancy) is
  * latency-bound, so warps that a phase leaves idle take the next phase's independent work instead of
  * waiting at its barrier (the q e^Γ stores beside the A'/P blocks, D_I beside β K~, w and u0 a row block
