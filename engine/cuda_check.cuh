@@ -63,11 +63,11 @@ static inline hae_status hae_cublas_fail(cublasStatus_t s, const char *file, int
         if (hae_s_ != CUBLAS_STATUS_SUCCESS) return hae_cublas_fail(hae_s_, __FILE__, __LINE__, #call); \
     } while (0)
 
-/* Programmatic dependent launch for the small kernels of a decode step (and the linear prefill's sequential
- * kernel): launched this way, a kernel's CTAs may be scheduled while the kernel before it on the stream
- * finishes, so launch and prologue overlap that kernel's tail. Such a kernel must begin with hae_pdl_enter(): it waits until every
- * earlier kernel has completed and its writes are visible (nothing is read or written before), then
- * lets the next kernel be scheduled. */
+/* Programmatic dependent launch for the small kernels of a decode step (and the linear prefill's
+ * sequential kernel): launched this way, a kernel's CTAs may be scheduled while the kernel before it on
+ * the stream finishes, so launch and prologue overlap that kernel's tail. Such a kernel must begin with
+ * hae_pdl_enter(): it waits until every earlier kernel has completed and its writes are visible (nothing
+ * is read or written before), then lets the next kernel be scheduled. */
 static __device__ __forceinline__ void hae_pdl_enter() {
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");

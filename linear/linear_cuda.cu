@@ -1139,8 +1139,8 @@ hae_status launch_chunked(const hae_linear_attn_args *a, const LinParams &p, cud
                     /* programmatic launch: its CTAs wait at the top for chunk_prep's results, placed meanwhile on
                      * the SMs chunk_prep's last wave leaves (at B 1 T 8192 4 us; the other launches stay plain:
                      * as programmatic ones they made B 8 T 4096 43 us slower) */
-                    HAE_CUDA_CHECK(hae_launch_pdl(state_out, sgrid, dim3(kStateThreads), sizeof(StateSmem<TI, KK, kOut>),
-                                                  s, p, ws));
+                    HAE_CUDA_CHECK(hae_launch_pdl(state_out, sgrid, dim3(kStateThreads),
+                                                  sizeof(StateSmem<TI, KK, kOut>), s, p, ws));
                     HAE_CUDA_LAUNCH_CHECK("chunk_state_kernel");
                     return HAE_OK;
                 }
