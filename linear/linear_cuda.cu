@@ -250,8 +250,9 @@ __device__ __forceinline__ uint32_t to_tf32(float x) {
     return r;
 }
 /* X3: the 3xTF32 split (fp32 accuracy); else plain TF32 (10-bit mantissa, what bf16 inputs carry): the
- * fp32 bits as they are, whose low 13 the tensor cores ignore (rounding toward zero; NaN and inf stay),
- * where a rounding conversion costs two instructions at every use. */
+ * fp32 bits as they are, whose low 13 the tensor cores ignore (rounding toward zero; NaN and inf stay
+ * non-finite, a NaN with its payload only in those bits reading as inf), where a rounding conversion
+ * costs two instructions at every use. */
 template <bool X3 = true> __device__ __forceinline__ void split_tf32(float x, uint32_t &hi, uint32_t &lo) {
     hi = X3 ? to_tf32(x) : __float_as_uint(x);
     lo = X3 ? to_tf32(x - __uint_as_float(hi)) : 0u;
