@@ -20,7 +20,16 @@ static __device__ __forceinline__ void mbar_init_fence() {
 static __device__ __forceinline__ void mbar_arrive_tx(uint32_t bar, uint32_t bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
 }
-/* Waits for the phase with this parity (0 for the first) to complete. */
+/* Arrives (release: this thread's earlier accesses happen before the phase completes). */
+static __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+/* Arrives once every cp.async this thread issued so far has landed (the count set at init includes it). */
+static __device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
+}
+/* Waits for the phase with this parity (0 for the first) to complete; parity 1 on a fresh barrier returns at
+ * once (the phase before the first counts as complete). */
 static __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
     asm volatile("{\n.reg .pred p;\nWAIT_%=:\nmbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n@!p bra WAIT_%=;\n}" ::"r"(bar),
                  "r"(parity)

@@ -624,6 +624,60 @@ __device__ __forceinline__ void fp8_store_half(const Fp8Half &h, uint32_t stage,
     st_async16(at + (uint32_t)(HAE_MLA_LATENT / 64 * kWgBlock) + peer, h.rope, bar);
 }
 
+/* The end of both mla kernels: rows r0 and r0 + 8 of this thread's half of O (columns 256 wg ..), m0 / m1 their
+ * base (log2 domain), rs the row sums [2][64] of both warpgroups: out and lse, or the split's partials. */
+struct WgRows {
+    int wg, r0, t4;
+    int64_t b, t0;
+    int h0, GP, nh, split;
+};
+__device__ __forceinline__ void wg_write_rows(const SparseParams &p, const float (&o)[128], const float *red, float m0,
+                                              float m1, const WgRows &w) {
+    const int wg = w.wg, r0 = w.r0, r1 = r0 + 8, t4 = w.t4, split = w.split;
+    const int64_t b = w.b;
+    auto row_ok = [&](int r) { return r % w.GP < w.nh && w.t0 + r / w.GP < p.T; };
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int r = half ? r1 : r0;
+        if (!row_ok(r)) continue;
+        const float L = red[r] + red[kWgRows + r], M = half ? m1 : m0;
+        const int h = w.h0 + r % w.GP;
+        const int64_t t = w.t0 + r / w.GP, row = (b * p.T + t) * p.Hq + h;
+        if (p.splits == 1) {
+            const float inv = L > 0.0f ? 1.0f / L : 0.0f; /* no usable index: out = 0 */
+            const int64_t ob = b * p.o_sb + t * p.o_st + (int64_t)h * kWgDv + wg * (kWgDv / 2) + 2 * t4;
+            /* one unrolled loop a store form: run once a CTA, this code is cold, and the forms chosen per
+             * element spanned 52 KB of instructions (ncu: 13% of the FP8 decode's samples waited on them) */
+            if (p.out_pairs && p.out_bf16) {
+                uint32_t *dst = (uint32_t *)((uint16_t *)p.out + ob);
+#pragma unroll
+                for (int c = 0; c < 32; c++) dst[4 * c] = pack_bf16(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
+            } else if (p.out_pairs) {
+                float2 *dst = (float2 *)((float *)p.out + ob);
+#pragma unroll
+                for (int c = 0; c < 32; c++) dst[4 * c] = make_float2(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
+            } else {
+#pragma unroll
+                for (int c = 0; c < 32; c++) {
+                    st_out(p.out, p.out_bf16, ob + 8 * c, o[4 * c + 2 * half] * inv);
+                    st_out(p.out, p.out_bf16, ob + 8 * c + 1, o[4 * c + 2 * half + 1] * inv);
+                }
+            }
+            if (p.lse && wg == 0 && t4 == 0)
+                p.lse[b * p.e_sb + t * p.e_st + h] = L > 0.0f ? (M + log2f(L)) * kLn2 : INFINITY;
+        } else {
+            float *dst = p.part + (row * p.splits + split) * kWgDv + wg * (kWgDv / 2) + 2 * t4;
+#pragma unroll
+            for (int c = 0; c < 32; c++)
+                *(float2 *)(dst + 8 * c) = make_float2(o[4 * c + 2 * half], o[4 * c + 2 * half + 1]);
+            if (wg == 0 && t4 == 0) {
+                p.part_ml[(row * p.splits + split) * 2] = M;
+                p.part_ml[(row * p.splits + split) * 2 + 1] = L;
+            }
+        }
+    }
+}
+
 /* KV: how key rows come (WgKv); FP8: raw rows by cp.async, decoded during P V; bf16: rows by cp.async; FP8
  * pair: half the rows into registers, decoded during P V into both CTAs' stages. */
 template <WgKv KV>
@@ -906,46 +960,343 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         red[wg * kWgRows + r1] = l1;
     }
     __syncthreads();
+    wg_write_rows(p, o, red, m0, m1, WgRows{wg, r0, t4, b, t0, h0, GP, nh, split});
+}
+
+/* ---------------------------------------------------------------- the warp-specialised kernel (mla, bf16, sparse)
+ * FlashMLA's division of labour for its sparse prefill (the schedule as its authors describe it; the code is
+ * this file's). Three warpgroups share a CTA of 64 query heads of one token, as in wg_kernel: warpgroup 2 only
+ * gathers key tiles into two stages; warpgroups 0 and 1 take the tiles in turn, 0 the even ones (stage 0), 1
+ * the odd ones (stage 1), each computing S = Q K^T of a whole tile (wgmma 64x64x16: Q and K from shared
+ * memory, which is what its bandwidth allows at that width, where wg_kernel's 32-key halves wait on it).
+ * Each warpgroup still owns half of O's columns (256 w ..), so P of each tile goes to both: its own
+ * warpgroup multiplies it from registers, the other reads it from the stage's rope block (read only by S).
+ * The tiles of a pair, A (even) and B (odd), share one running max: m_A = max(m, max S_A), m_B = max(m_A,
+ * max S_B), so
+ *     warpgroup 0: S_A; P_A = 2^(S_A - m_A); O0 += P_A V_A[:, :256]; then, given m_B, P_A 2^(m_A - m_B) to the
+ *                  rope block of stage 0, O0 2^(m_A - m_B) + P_B V_B[:, :256]
+ *     warpgroup 1: S_B; given m_A, P_B = 2^(S_B - m_B) to the rope block of stage 1; O1 += P_B V_B[:, 256:]
+ *                  + (P_A 2^(m_A - m_B)) V_A[:, 256:]
+ * and one warpgroup's softmax runs while the other's MMAs hold the tensor cores. Named barriers pass m_A, m_B,
+ * P_A and P_B between the two. The gatherer fills each stage in two parts, dims 0..255 (read by warpgroup 0's
+ * P V and S) and 256..575 (S, warpgroup 1's P V and the P block), each part behind a "ready" mbarrier (its
+ * cp.async completions) and a "free" one (each math warp's arrival after its last wgmma read of the part), so
+ * the next tile's first part lands while the second part is still being read.
+ * Tiles with no usable entry are left out: the gatherer lists the others first; an odd count gets a last
+ * tile of no entries (P = 0). */
+constexpr int kWsThreads = 384;
+constexpr int kWsMaxTiles = 2048; /* listed tiles (idx rows up to 131072 entries); longer rows take wg_kernel */
+struct WsLayout {
+    static constexpr int kStage = kWgTile;              /* stage s at kStage (1 + s), Q at 0 */
+    static constexpr int kRed = 3 * kWgTile;            /* row sums [2][64] f32, then m_A [64], m_B [64] */
+    static constexpr int kList = kRed + 4 * kWgRows * 4; /* tile numbers [kWsMaxTiles] int16, then the count */
+    static constexpr int kBar = kList + kWsMaxTiles * 2 + 16; /* ready L, ready R, free L, free R; [2] each */
+    static constexpr int kSmem = kBar + 8 * 8 + 1024;
+};
+enum { kBarMA = 1, kBarMB, kBarPA, kBarPB, kBarMath, kBarGather }; /* named barriers; 0 is __syncthreads */
+__device__ __forceinline__ void bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void bar_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory"); }
+
+/* d (+)= A B, 64 x 64 x 16, both K-major; accumulate false: d = A B. */
+__device__ __forceinline__ void wgmma_64x64(float (&d)[32], uint32_t a, uint32_t b, bool accumulate) {
+    asm volatile("{\n.reg .pred p;\n.reg .b64 da, db;\nmov.b64 da, {%32, %34};\nmov.b64 db, {%33, %34};\n"
+                 "setp.ne.b32 p, %35, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" HAE_WG_D32 "}, da, db, p, 1, 1, 0, 0;\n}"
+                 : HAE_WG_F8(d, 0), HAE_WG_F8(d, 8), HAE_WG_F8(d, 16), HAE_WG_F8(d, 24)
+                 : "r"(a), "r"(b), "r"(kWgDescHi), "r"((int)accumulate)
+                 : "memory");
+}
+/* d += A B, 64 x 256 x 16, A from registers (mma.sync's a fragment layout), B transposed (MN-major). */
+__device__ __forceinline__ void wgmma_64x256_rs(float (&d)[128], const uint32_t (&a)[4], uint32_t b) {
+    asm volatile("{\n.reg .pred p;\n.reg .b64 db;\nmov.b64 db, {%132, %133};\nsetp.eq.u32 p, 1, 1;\n"
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+                 "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+                 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+                 "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+                 "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+                 "{%128, %129, %130, %131}, db, p, 1, 1, 1;\n}"
+                 : HAE_WG_F8(d, 0), HAE_WG_F8(d, 8), HAE_WG_F8(d, 16), HAE_WG_F8(d, 24), HAE_WG_F8(d, 32), HAE_WG_F8(d, 40),
+                   HAE_WG_F8(d, 48), HAE_WG_F8(d, 56), HAE_WG_F8(d, 64), HAE_WG_F8(d, 72), HAE_WG_F8(d, 80), HAE_WG_F8(d, 88),
+                   HAE_WG_F8(d, 96), HAE_WG_F8(d, 104), HAE_WG_F8(d, 112), HAE_WG_F8(d, 120)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b), "r"(kWgDescHi)
+                 : "memory");
+}
+
+__global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p) {
+    extern __shared__ unsigned char wsmem[];
+    const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(wsmem);
+    const uint32_t sbase = (sraw + 1023u) & ~1023u;
+    unsigned char *gbase = wsmem + (sbase - sraw);
+    using L = WsLayout;
+    const uint32_t sQ = sbase;
+    auto stage = [&](int st) { return sbase + (uint32_t)(L::kStage * (1 + st)); };
+    float *red = (float *)(gbase + L::kRed), *mA = red + 2 * kWgRows, *mB = mA + kWgRows;
+    int16_t *list = (int16_t *)(gbase + L::kList);
+    int *nlisted = (int *)(gbase + L::kList + kWsMaxTiles * 2);
+    /* bar(kind, st): kind 0 ready L, 1 ready R, 2 free L, 3 free R */
+    auto bar = [&](int kind, int st) { return sbase + (uint32_t)(L::kBar + 8 * (2 * kind + st)); };
+    const int tid = threadIdx.x, tw = tid & 127, lane = tid & 31;
+    const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0); /* warp-uniform to the compiler, or it serialises the wgmmas */
+
+    int64_t blk = blockIdx.x; /* ((b T + t) Hkv + gk) splits + split) hblocks + hb, as wg_kernel's with qpack 1 */
+    const int hb = (int)(blk % p.hblocks);
+    blk /= p.hblocks;
+    const int split = (int)(blk % p.splits);
+    blk /= p.splits;
+    const int gk = (int)(blk % p.Hkv);
+    blk /= p.Hkv;
+    const int64_t t0 = blk % p.T, b = blk / p.T;
+    const int h0 = gk * p.G + hb * kWgRows, nh = min(kWgRows, p.G - hb * kWgRows);
+    const int hi = (int)min(usable_hi(p, b, t0), (int64_t)INT_MAX);
+    const int ntiles = (int)((p.nk + kBN - 1) / kBN);
+    const int tile0 = split * p.tiles_per_split, tile1 = min(ntiles, tile0 + p.tiles_per_split);
+    const int32_t *irow = idx_row(p, b, t0);
+    auto usable = [&](int j) { return j >= 0 && j <= hi; };
+
+    if (wg == 2) { /* the tiles with a usable entry, in order: a thread a tile, 128 a pass */
+        if (tw == 0) {
+            for (int k = 0; k < 4; k++) mbar_init(bar(0, 0) + 8 * k, 128);     /* ready: the gatherers' cp.async */
+            for (int k = 4; k < 8; k++) mbar_init(bar(0, 0) + 8 * k, 8);       /* free: the 8 math warps */
+            mbar_init_fence();
+        }
+        int *wcount = (int *)red; /* per warp, before the math warpgroups use red */
+        int n = 0;
+        for (int base = tile0; base < tile1; base += 128) {
+            const int tl = base + tw;
+            bool any = false;
+            if (tl < tile1)
+#pragma unroll 16
+                for (int e = 0; e < kBN; e++) any |= usable((int)entry_at(p, irow, 0, (int64_t)tl * kBN + e));
+            const unsigned bal = __ballot_sync(0xffffffffu, any);
+            if (lane == 0) wcount[tw >> 5] = __popc(bal);
+            bar_sync(kBarGather, 128);
+            int at = n + __popc(bal & ((1u << lane) - 1));
+            for (int w = 0; w < (tw >> 5); w++) at += wcount[w];
+            if (any) list[at] = (int16_t)(tl - tile0);
+            n += wcount[0] + wcount[1] + wcount[2] + wcount[3];
+            bar_sync(kBarGather, 128);
+        }
+        if (tw == 0) *nlisted = n;
+    }
+    __syncthreads(); /* the list and the barriers */
+    const int nt = *nlisted, npairs = (nt + 1) / 2;
+
+    if (wg == 2) { /* the gatherer: thread tw copies chunk tw % 8 of each 64-dim block of rows tw / 8 + 16 i */
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+        const int rg = tw >> 3, c8 = tw & 7;
+        const uint16_t *kbase = (const uint16_t *)p.k + b * p.k_sb + (int64_t)gk * kWgDk;
+        for (int n = 0; n < 2 * npairs; n++) {
+            const int st = n & 1;
+            const uint32_t par = ((n >> 1) & 1) ^ 1, dst = stage(st);
+            const int tl = n < nt ? tile0 + list[n] : -1;
+            const uint16_t *src[4];
+            bool ok[4];
 #pragma unroll
-    for (int half = 0; half < 2; half++) {
-        const int r = half ? r1 : r0;
-        if (!row_ok(r)) continue;
-        const float L = red[r] + red[kWgRows + r], M = half ? m1 : m0;
-        const int h = h0 + r % GP;
-        const int64_t t = t0 + r / GP, row = (b * p.T + t) * p.Hq + h;
-        if (p.splits == 1) {
-            const float inv = L > 0.0f ? 1.0f / L : 0.0f; /* no usable index: out = 0 */
-            const int64_t ob = b * p.o_sb + t * p.o_st + (int64_t)h * kWgDv + wg * (kWgDv / 2) + 2 * t4;
-            /* one unrolled loop a store form: run once a CTA, this code is cold, and the forms chosen per
-             * element spanned 52 KB of instructions (ncu: 13% of the FP8 decode's samples waited on them) */
-            if (p.out_pairs && p.out_bf16) {
-                uint32_t *dst = (uint32_t *)((uint16_t *)p.out + ob);
-#pragma unroll
-                for (int c = 0; c < 32; c++) dst[4 * c] = pack_bf16(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
-            } else if (p.out_pairs) {
-                float2 *dst = (float2 *)((float *)p.out + ob);
-#pragma unroll
-                for (int c = 0; c < 32; c++) dst[4 * c] = make_float2(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
-            } else {
-#pragma unroll
-                for (int c = 0; c < 32; c++) {
-                    st_out(p.out, p.out_bf16, ob + 8 * c, o[4 * c + 2 * half] * inv);
-                    st_out(p.out, p.out_bf16, ob + 8 * c + 1, o[4 * c + 2 * half + 1] * inv);
-                }
+            for (int i = 0; i < 4; i++) {
+                const int j = tl >= 0 ? (int)entry_at(p, irow, 0, (int64_t)tl * kBN + rg + 16 * i) : -1;
+                ok[i] = usable(j);
+                src[i] = kbase + (ok[i] ? slot_of(p, j) : 0) * p.k_ss + c8 * 8;
             }
-            if (p.lse && wg == 0 && t4 == 0)
-                p.lse[b * p.e_sb + t * p.e_st + h] = L > 0.0f ? (M + log2f(L)) * kLn2 : INFINITY;
-        } else {
-            float *dst = p.part + (row * p.splits + split) * kWgDv + wg * (kWgDv / 2) + 2 * t4;
 #pragma unroll
-            for (int c = 0; c < 32; c++)
-                *(float2 *)(dst + 8 * c) = make_float2(o[4 * c + 2 * half], o[4 * c + 2 * half + 1]);
-            if (wg == 0 && t4 == 0) {
-                p.part_ml[(row * p.splits + split) * 2] = M;
-                p.part_ml[(row * p.splits + split) * 2 + 1] = L;
+            for (int part = 0; part < 2; part++) {
+                mbar_wait(bar(2 + part, st), par);
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int r = rg + 16 * i;
+                    const uint32_t d = dst + (uint32_t)(r * 128 + ((c8 ^ (r & 7)) << 4));
+#pragma unroll
+                    for (int kb = part ? 4 : 0; kb < (part ? kWgDk / 64 : 4); kb++)
+                        cp_async16z(d + (uint32_t)(kb * kWgBlock), src[i] + kb * 64, ok[i]);
+                }
+                mbar_arrive_cp_async(bar(part, st));
             }
         }
+        cp_async_wait_all();
+        return;
     }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    const int wi = tw >> 5, g8 = lane >> 2, t4 = lane & 3;
+    const int r0 = wi * 16 + g8, r1 = r0 + 8;
+    {
+        const uint16_t *qb = (const uint16_t *)p.q + b * p.q_sb + t0 * p.q_st + (int64_t)h0 * kWgDk;
+        for (int i = tid; i < kWgRows * kWgChunks; i += 256) {
+            const int r = i / kWgChunks, c = i % kWgChunks;
+            cp_async16z(swz128(sQ, r, c), r < nh ? qb + (int64_t)r * kWgDk + c * 8 : qb, r < nh);
+        }
+        cp_async_commit();
+        cp_async_wait_all();
+        fence_async_smem();
+        bar_sync(kBarMath, 256);
+    }
+    float o[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) o[i] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f; /* rows r0, r1: base and this thread's sum */
+    const uint32_t dq = wg_desc_lo(sQ, 16);
+    const uint32_t own = stage(wg), other = stage(wg ^ 1);
+    auto free_part = [&](int part, int st) {
+        if (lane == 0) mbar_arrive(bar(2 + part, st));
+    };
+    auto scaled = [](float m_old, float m_new) { return m_new == -INFINITY ? 1.0f : hae_ex2(m_old - m_new); };
+
+    for (int pr = 0; pr < npairs; pr++) {
+        const uint32_t par = pr & 1;
+        const int n = 2 * pr + wg; /* this warpgroup's tile */
+        const int tl = n < nt ? tile0 + list[n] : -1;
+        /* S = Q K^T over the whole tile, dims 0..255 as soon as they land, then the rest */
+        float s[32] = {}; /* the first wgmma ignores it */
+        wg_fence();
+        mbar_wait(bar(0, wg), par);
+#pragma unroll
+        for (int kk = 0; kk < kWgDk / 16; kk++) {
+            if (kk == 16) mbar_wait(bar(1, wg), par);
+            const uint32_t off = (uint32_t)((kk >> 2) * (kWgBlock >> 4) + (kk & 3) * 2);
+            wgmma_64x64(s, dq + off, wg_desc_lo(own, 16) + off, kk > 0);
+        }
+        wg_commit();
+        int2 jk[8]; /* this thread's keys: columns 8 c + 2 t4 + {0, 1} */
+#pragma unroll
+        for (int c = 0; c < 8; c++) {
+            const int64_t i = (int64_t)(tl < 0 ? 0 : tl) * kBN + 8 * c + 2 * t4;
+            jk[c] = tl < 0 ? make_int2(-1, -1) : make_int2((int)entry_at(p, irow, 0, i), (int)entry_at(p, irow, 0, i + 1));
+        }
+        wg_wait<0>();
+        wg_hold(s);
+        /* warpgroup 0 reads nothing more of its stage's second part (warpgroup 1 frees it after reading P_A);
+         * warpgroup 1 nothing more of its stage's first part (warpgroup 0 frees it after P_B V) */
+        free_part(wg == 0 ? 1 : 0, wg);
+
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int c = 0; c < 8; c++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const bool u = usable(e ? jk[c].y : jk[c].x);
+                s[4 * c + e] = u ? s[4 * c + e] * p.scale_log2 : -INFINITY;
+                s[4 * c + 2 + e] = u ? s[4 * c + 2 + e] * p.scale_log2 : -INFINITY;
+                mx0 = fmaxf(mx0, s[4 * c + e]);
+                mx1 = fmaxf(mx1, s[4 * c + 2 + e]);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        float prev0 = m0, prev1 = m1; /* the base this warpgroup's O and l are on */
+        if (wg == 1) { /* m_B over m_A */
+            bar_sync(kBarMA, 256);
+            m0 = mA[r0], m1 = mA[r1];
+        }
+        m0 = fmaxf(m0, mx0), m1 = fmaxf(m1, mx1);
+        const float base0 = m0 == -INFINITY ? 0.0f : m0, base1 = m1 == -INFINITY ? 0.0f : m1;
+        float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+        for (int c = 0; c < 8; c++) {
+            s[4 * c] = hae_ex2(s[4 * c] - base0), s[4 * c + 1] = hae_ex2(s[4 * c + 1] - base0);
+            s[4 * c + 2] = hae_ex2(s[4 * c + 2] - base1), s[4 * c + 3] = hae_ex2(s[4 * c + 3] - base1);
+            ps0 += s[4 * c] + s[4 * c + 1];
+            ps1 += s[4 * c + 2] + s[4 * c + 3];
+        }
+        const float al0 = scaled(prev0, m0), al1 = scaled(prev1, m1);
+        l0 = l0 * al0 + ps0, l1 = l1 * al1 + ps1;
+        if (t4 == 0) {
+            float *mo = wg == 0 ? mA : mB;
+            mo[r0] = m0, mo[r1] = m1;
+        }
+        bar_arrive(wg == 0 ? kBarMA : kBarMB, 256);
+        uint32_t pa[16]; /* P as wgmma's register a operand, 16 keys a k step */
+#pragma unroll
+        for (int kc = 0; kc < 4; kc++) {
+            pa[4 * kc] = pack_bf16(s[8 * kc], s[8 * kc + 1]);
+            pa[4 * kc + 1] = pack_bf16(s[8 * kc + 2], s[8 * kc + 3]);
+            pa[4 * kc + 2] = pack_bf16(s[8 * kc + 4], s[8 * kc + 5]);
+            pa[4 * kc + 3] = pack_bf16(s[8 * kc + 6], s[8 * kc + 7]);
+        }
+        /* P into the own stage's rope block (keys 8 c .. as 16-byte chunk c), for the other warpgroup:
+         * warpgroup 1 at once (its base is the pair's), warpgroup 0 once m_B has rescaled it */
+        auto store_p = [&](float f0, float f1) {
+            const uint32_t sp = own + (uint32_t)((kWgDk / 64 - 1) * kWgBlock);
+#pragma unroll
+            for (int c = 0; c < 8; c++) {
+                asm volatile("st.shared.b32 [%0], %1;" ::"r"(swz128(sp, r0, c) + 4 * t4), "r"(pack_bf16(s[4 * c] * f0, s[4 * c + 1] * f0)));
+                asm volatile("st.shared.b32 [%0], %1;" ::"r"(swz128(sp, r1, c) + 4 * t4),
+                             "r"(pack_bf16(s[4 * c + 2] * f1, s[4 * c + 3] * f1)));
+            }
+            fence_async_smem();
+        };
+        auto rescale_o = [&](float f0, float f1) {
+            if (__any_sync(0xffffffffu, f0 != 1.0f || f1 != 1.0f))
+#pragma unroll
+                for (int c = 0; c < 32; c++) {
+                    o[4 * c] *= f0, o[4 * c + 1] *= f0;
+                    o[4 * c + 2] *= f1, o[4 * c + 3] *= f1;
+                }
+        };
+        if (wg == 1) {
+            store_p(1.0f, 1.0f);
+            bar_arrive(kBarPB, 256);
+        }
+        rescale_o(al0, al1);
+        /* O += P V over this warpgroup's columns of the own tile: V = the stage's rows, transposed */
+        const uint32_t dv_own = wg_desc_lo(own + (uint32_t)(wg * 4 * kWgBlock), kWgBlock);
+        wg_fence();
+#pragma unroll
+        for (int kc = 0; kc < kBN / 16; kc++) {
+            const uint32_t a[4] = {pa[4 * kc], pa[4 * kc + 1], pa[4 * kc + 2], pa[4 * kc + 3]};
+            wgmma_64x256_rs(o, a, dv_own + (uint32_t)(kc * 128));
+        }
+        wg_commit();
+        if (wg == 0) {
+            bar_sync(kBarMB, 256);
+            const float nb0 = mB[r0], nb1 = mB[r1];
+            const float f0 = scaled(m0, nb0), f1 = scaled(m1, nb1);
+            wg_wait<0>();
+            wg_hold(o);
+            wg_hold(pa);
+            free_part(0, 0);
+            store_p(f0, f1); /* P_A on m_B: the base both warpgroups' O are on from here */
+            bar_arrive(kBarPA, 256);
+            rescale_o(f0, f1);
+            l0 *= f0, l1 *= f1;
+            m0 = nb0, m1 = nb1;
+            bar_sync(kBarPB, 256);
+            mbar_wait(bar(0, 1), par); /* (complete already: warpgroup 1's S read it) */
+        } else {
+            bar_sync(kBarPA, 256);
+            mbar_wait(bar(1, 0), par);
+        }
+        /* O += P V of the other warpgroup's tile: its P from its stage's rope block */
+        const uint32_t dp = wg_desc_lo(other + (uint32_t)((kWgDk / 64 - 1) * kWgBlock), 16);
+        const uint32_t dv_oth = wg_desc_lo(other + (uint32_t)(wg * 4 * kWgBlock), kWgBlock);
+        wg_fence();
+#pragma unroll
+        for (int kc = 0; kc < kBN / 16; kc++) wgmma_64x256_bt(o, dp + (uint32_t)(kc * 2), dv_oth + (uint32_t)(kc * 128));
+        wg_commit();
+        wg_wait<0>();
+        wg_hold(o);
+        if (wg == 1) {
+            wg_hold(pa);
+            free_part(1, 1); /* V_B[:, 256:] and the S of B done; P_B still read by warpgroup 0 until it frees */
+            free_part(0, 0), free_part(1, 0);
+        } else {
+            free_part(0, 1), free_part(1, 1);
+        }
+    }
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    if (t4 == 0) {
+        red[wg * kWgRows + r0] = l0;
+        red[wg * kWgRows + r1] = l1;
+    }
+    bar_sync(kBarMath, 256);
+    wg_write_rows(p, o, red, m0, m1, WgRows{wg, r0, t4, b, t0, h0, kWgRows, nh, split});
 }
 
 /* ---------------------------------------------------------------- the simple kernel */
@@ -1184,8 +1535,13 @@ void fill_shape(SparseParams &p, int64_t T, int64_t Hq, int64_t Hkv, int64_t Dk,
 hae_status try_tc(hae_backend *be, const SparseParams &p, int64_t B, cudaStream_t s, bool *ran) {
     *ran = false;
     const bool wide = p.G > 16; /* 64 rows per CTA; else 16 rows, G / 16 CTAs */
-    if (p.Dk == kWgDk && p.Dv == kWgDv && p.v_shared && wide)
+    if (p.Dk == kWgDk && p.Dv == kWgDv && p.v_shared && wide) {
+        if (!p.dense && (p.nk + kBN - 1) / kBN <= kWsMaxTiles) {
+            HAE_TRY(launch(be, p, B, s, ws_kernel, kWsThreads, WsLayout::kSmem, kWgRows, ran));
+            if (*ran) return HAE_OK;
+        }
         return launch(be, p, B, s, wg_kernel<kWgBf16>, kWgThreads, WgLayout<kWgBf16>::kSmem, kWgRows, ran);
+    }
     if (p.Dk == 576 && p.Dv == 512) return wide ? launch_tc<576, 512, 4, 8>(be, p, B, s, ran) : launch_tc<576, 512, 1, 4>(be, p, B, s, ran);
     if (p.Dk == 128 && p.Dv == 128) return wide ? launch_tc<128, 128, 4, 8>(be, p, B, s, ran) : launch_tc<128, 128, 1, 4>(be, p, B, s, ran);
     if (p.Dk == 64 && p.Dv == 64) return launch_tc<64, 64, 1, 4>(be, p, B, s, ran);
