@@ -37,6 +37,7 @@
 #include <cuda_fp16.h>
 #include <limits.h>
 #include <math.h>
+#include <utility>
 
 namespace {
 
@@ -1026,6 +1027,18 @@ __device__ __forceinline__ void wgmma_64x256_rs(float (&d)[128], const uint32_t 
                  : "memory");
 }
 
+/* One row's 16-byte chunk at 64-dim blocks KB... of a stage (dst: its place in block 0) from src (its place in
+ * dims 0..63), offsets as immediates: the gatherers run on 48 registers, too few for an address per chunk. */
+template <int KB> __device__ __forceinline__ void cp_async_block(uint32_t dst, const uint16_t *src, uint32_t bytes) {
+    asm volatile("cp.async.cg.shared.global [%0+%2], [%1+%3], 16, %4;" ::"r"(dst), "l"(src), "n"(KB * kWgBlock), "n"(KB * 128),
+                 "r"(bytes)
+                 : "memory");
+}
+template <int... KB>
+__device__ __forceinline__ void cp_async_blocks(uint32_t dst, const uint16_t *src, bool ok, std::integer_sequence<int, KB...>) {
+    (cp_async_block<KB>(dst, src, ok ? 16u : 0u), ...);
+}
+
 __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p) {
     extern __shared__ unsigned char wsmem[];
     const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(wsmem);
@@ -1059,8 +1072,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
 
     if (wg == 2) { /* the tiles with a usable entry, in order: a thread a tile, 128 a pass */
         if (tw == 0) {
-            for (int k = 0; k < 4; k++) mbar_init(bar(0, 0) + 8 * k, 128);     /* ready: the gatherers' cp.async */
-            for (int k = 4; k < 8; k++) mbar_init(bar(0, 0) + 8 * k, 8);       /* free: the 8 math warps */
+            for (int k = 0; k < 4; k++) mbar_init(bar(0, 0) + 8 * k, 64);      /* ready: a stage's gatherers' cp.async */
+            /* free: each math warp that reads the part; stage 0's first part only warpgroup 0's */
+            for (int k = 4; k < 8; k++) mbar_init(bar(0, 0) + 8 * k, k == 4 ? 4 : 8);
             mbar_init_fence();
         }
         int *wcount = (int *)red; /* per warp, before the math warpgroups use red */
@@ -1085,32 +1099,32 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
     __syncthreads(); /* the list and the barriers */
     const int nt = *nlisted, npairs = (nt + 1) / 2;
 
-    if (wg == 2) { /* the gatherer: thread tw copies chunk tw % 8 of each 64-dim block of rows tw / 8 + 16 i */
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-        const int rg = tw >> 3, c8 = tw & 7;
+    if (wg == 2) { /* the gatherers: warps 0-1 fill stage 0 (even tiles), warps 2-3 stage 1, each in the order its
+                    * parts free; thread tq copies chunk tq % 8 of each 64-dim block of rows tq / 8 + 8 i */
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 48;\n" ::: "memory");
+        const int st = tw >> 6, tq = tw & 63, rg = tq >> 3, c8 = tq & 7;
         const uint16_t *kbase = (const uint16_t *)p.k + b * p.k_sb + (int64_t)gk * kWgDk;
-        for (int n = 0; n < 2 * npairs; n++) {
-            const int st = n & 1;
-            const uint32_t par = ((n >> 1) & 1) ^ 1, dst = stage(st);
+        const uint32_t dst = stage(st);
+        for (int n = st; n < 2 * npairs; n += 2) {
+            const uint32_t par = ((n >> 1) & 1) ^ 1;
             const int tl = n < nt ? tile0 + list[n] : -1;
-            const uint16_t *src[4];
-            bool ok[4];
+            int jr[8]; /* the rows' slots, -1 where unusable (zero-filled) */
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int j = tl >= 0 ? (int)entry_at(p, irow, 0, (int64_t)tl * kBN + rg + 16 * i) : -1;
-                ok[i] = usable(j);
-                src[i] = kbase + (ok[i] ? slot_of(p, j) : 0) * p.k_ss + c8 * 8;
+            for (int i = 0; i < 8; i++) {
+                const int j = tl >= 0 ? (int)entry_at(p, irow, 0, (int64_t)tl * kBN + rg + 8 * i) : -1;
+                jr[i] = usable(j) ? j : -1;
             }
 #pragma unroll
-            for (int part = 0; part < 2; part++) {
+            for (int k = 0; k < 2; k++) {
+                const int part = k; /* dims 0..255 first: S reads them first */
                 mbar_wait(bar(2 + part, st), par);
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int r = rg + 16 * i;
+                for (int i = 0; i < 8; i++) {
+                    const int r = rg + 8 * i;
                     const uint32_t d = dst + (uint32_t)(r * 128 + ((c8 ^ (r & 7)) << 4));
-#pragma unroll
-                    for (int kb = part ? 4 : 0; kb < (part ? kWgDk / 64 : 4); kb++)
-                        cp_async16z(d + (uint32_t)(kb * kWgBlock), src[i] + kb * 64, ok[i]);
+                    const uint16_t *src = kbase + (jr[i] >= 0 ? (int64_t)jr[i] : 0) * p.k_ss + c8 * 8;
+                    if (part) cp_async_blocks(d, src, jr[i] >= 0, std::integer_sequence<int, 4, 5, 6, 7, 8>());
+                    else cp_async_blocks(d, src, jr[i] >= 0, std::integer_sequence<int, 0, 1, 2, 3>());
                 }
                 mbar_arrive_cp_async(bar(part, st));
             }
@@ -1119,7 +1133,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
         return;
     }
 
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
     const int wi = tw >> 5, g8 = lane >> 2, t4 = lane & 3;
     const int r0 = wi * 16 + g8, r1 = r0 + 8;
     {
@@ -1254,12 +1268,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
             bar_sync(kBarMB, 256);
             const float nb0 = mB[r0], nb1 = mB[r1];
             const float f0 = scaled(m0, nb0), f1 = scaled(m1, nb1);
+            store_p(f0, f1); /* P_A on m_B: the base both warpgroups' O are on from here */
+            bar_arrive(kBarPA, 256);
             wg_wait<0>();
             wg_hold(o);
             wg_hold(pa);
             free_part(0, 0);
-            store_p(f0, f1); /* P_A on m_B: the base both warpgroups' O are on from here */
-            bar_arrive(kBarPA, 256);
             rescale_o(f0, f1);
             l0 *= f0, l1 *= f1;
             m0 = nb0, m1 = nb1;
@@ -1281,7 +1295,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
         if (wg == 1) {
             wg_hold(pa);
             free_part(1, 1); /* V_B[:, 256:] and the S of B done; P_B still read by warpgroup 0 until it frees */
-            free_part(0, 0), free_part(1, 0);
+            free_part(1, 0);
         } else {
             free_part(0, 1), free_part(1, 1);
         }
