@@ -1095,6 +1095,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
             bar_sync(kBarGather, 128);
         }
         if (tw == 0) *nlisted = n;
+    } else { /* Q, landing while the list is made */
+        const uint16_t *qb = (const uint16_t *)p.q + b * p.q_sb + t0 * p.q_st + (int64_t)h0 * kWgDk;
+        for (int i = tid; i < kWgRows * kWgChunks; i += 256) {
+            const int r = i / kWgChunks, c = i % kWgChunks;
+            cp_async16z(swz128(sQ, r, c), r < nh ? qb + (int64_t)r * kWgDk + c * 8 : qb, r < nh);
+        }
+        cp_async_commit();
     }
     __syncthreads(); /* the list and the barriers */
     const int nt = *nlisted, npairs = (nt + 1) / 2;
@@ -1136,17 +1143,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
     asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
     const int wi = tw >> 5, g8 = lane >> 2, t4 = lane & 3;
     const int r0 = wi * 16 + g8, r1 = r0 + 8;
-    {
-        const uint16_t *qb = (const uint16_t *)p.q + b * p.q_sb + t0 * p.q_st + (int64_t)h0 * kWgDk;
-        for (int i = tid; i < kWgRows * kWgChunks; i += 256) {
-            const int r = i / kWgChunks, c = i % kWgChunks;
-            cp_async16z(swz128(sQ, r, c), r < nh ? qb + (int64_t)r * kWgDk + c * 8 : qb, r < nh);
-        }
-        cp_async_commit();
-        cp_async_wait_all();
-        fence_async_smem();
-        bar_sync(kBarMath, 256);
-    }
+    cp_async_wait_all(); /* Q */
+    fence_async_smem();
+    bar_sync(kBarMath, 256);
     float o[128];
 #pragma unroll
     for (int i = 0; i < 128; i++) o[i] = 0.0f;

@@ -261,6 +261,7 @@ Test(gpu_sparse, mla) {
         {"mla 128 heads, covering, trailing empty tiles", 1, 2, 128, 1, 576, 512, 60, 300, BF, BF, BF, 0, 0, true, true, IDX_COVERING},
         {"mla 128 heads, decode, top-2048 (split)", 1, 1, 128, 1, 576, 512, 2100, 2048, BF, BF, BF, 0, 0, true, true, IDX_RANDOM},
         {"mla 64 heads, odd f32 out rows, wider slot", 2, 2, 64, 1, 576, 512, 150, 100, BF, BF, F32, 1, 16, true, true, IDX_RANDOM},
+        {"mla 128 heads, few usable entries (whole tiles left out between others)", 2, 2, 128, 1, 576, 512, 40, 512, BF, BF, BF, 0, 0, true, true, IDX_RANDOM},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], 4000 + i);
 }
