@@ -6,11 +6,16 @@
  *     s_j = scale q . k_j,   out = sum_{j in J} e^{s_j - m} v_j / sum_{j in J} e^{s_j - m},
  *     lse = m + ln sum_{j in J} e^{s_j - m},   m = max_j s_j;   J empty: out = 0, lse = +inf.
  *
- * Three kernels compute it:
- *  - wg_kernel, mla (Dk 576, Dv 512, v_cache a view of k_cache, bf16, groups past 16 heads): wgmma
- *    (sm_90a) with Q and the gathered keys in shared memory, 64 heads a CTA (its comment says how). On an
- *    H200 at DeepSeek-V3.2's shapes (128 heads, top-2048 of 64K): decode at batch 64 in 101 us,
- *    prefill of 4096 tokens at 404 TFLOP/s, where tc_kernel took 183 us and 226 TFLOP/s.
+ * Four kernels compute it:
+ *  - ws_kernel, mla (Dk 576, Dv 512, v_cache a view of k_cache, bf16, groups past 16 heads) over idx lists
+ *    of up to 131072 entries: wgmma (sm_90a), 64 heads a CTA, one warpgroup gathering key tiles and two
+ *    computing, each taking every other tile (its comment says how). On an H200 at DeepSeek-V3.2's shapes
+ *    (128 heads, top-2048 of 64K): decode at batch 64 in 92-94 us, prefill of 4096 tokens at 442-481
+ *    TFLOP/s.
+ *  - wg_kernel, the same shapes for dense lists (hae_attention_mla_cuda), mla's FP8 cache and longer lists:
+ *    wgmma with both warpgroups computing each tile and gathering the next (its comment says how); over a
+ *    bf16 cache at the shapes above, decode 101-103 us and prefill 391-421 TFLOP/s, where tc_kernel took
+ *    183 us and 226 TFLOP/s.
  *  - tc_kernel, bf16 q and caches, (Dk, Dv) in {(576, 512), (128, 128), (64, 64)}: flash-style on
  *    mma.sync m16n8k16 (bf16 in, fp32 accumulate). A CTA takes R = 16 MT query heads of one kv head
  *    and one token (the rows of the MMA's M dimension; heads past G are zero rows, never written) and
@@ -523,7 +528,10 @@ __device__ __forceinline__ void wgmma_64x256_bt(float (&d)[128], uint32_t a, uin
  * Measured on an H200 against two alternatives: each warpgroup taking whole tiles in turn, passing the
  * base and P to the other (FlashMLA's schedule), was slower here (decode 127 us, prefill 364 TFLOP/s:
  * each stage frees later, so the gathers wait); a P V left in flight over the next tile's S gained
- * nothing (the next gather then starts later). */
+ * nothing (the next gather then starts later). That schedule with a third warpgroup doing the gathers
+ * is ws_kernel, which now takes bf16 sparse lists; here stay dense lists, FP8 keys and lists past its
+ * tile list. An L2 prefetch of the tile after the one being gathered (one cp.async.bulk.prefetch a row)
+ * made this kernel slower: decode 103 -> 122 us, prefill 5953 -> 6864 us. */
 constexpr float kLazy = 8.0f;
 
 /* FP8 (mla's layout, hae.h): a tile's raw token rows come by cp.async into their own buffer (the room of a
@@ -979,12 +987,21 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
  *     warpgroup 1: S_B; given m_A, P_B = 2^(S_B - m_B) to the rope block of stage 1; O1 += P_B V_B[:, 256:]
  *                  + (P_A 2^(m_A - m_B)) V_A[:, 256:]
  * and one warpgroup's softmax runs while the other's MMAs hold the tensor cores. Named barriers pass m_A, m_B,
- * P_A and P_B between the two. The gatherer fills each stage in two parts, dims 0..255 (read by warpgroup 0's
- * P V and S) and 256..575 (S, warpgroup 1's P V and the P block), each part behind a "ready" mbarrier (its
- * cp.async completions) and a "free" one (each math warp's arrival after its last wgmma read of the part), so
- * the next tile's first part lands while the second part is still being read.
- * Tiles with no usable entry are left out: the gatherer lists the others first; an odd count gets a last
- * tile of no entries (P = 0). */
+ * P_A and P_B between the two (warpgroup 0 stores P_A as soon as m_B is in, before its own P V is done).
+ * The gathering warpgroup's warps 0-1 fill stage 0 and warps 2-3 stage 1, each stage in two parts, dims
+ * 0..255 and 256..575 (the rope block among them), each part behind a "ready" mbarrier (its cp.async
+ * completions) and a "free" one (an arrival from each math warp that reads the part, after its last wgmma
+ * read of it; stage 0's first part is read by warpgroup 0 alone), so a part is refilled as soon as its
+ * readers are done and S starts on the first part while the second may still land.
+ * Tiles with no usable entry are left out: the gatherers list the others first (while the math warpgroups
+ * load Q); an odd count gets a last tile of no entries (zero rows, P = 0).
+ * Measured on an H200 (128 heads, top-2048 of 64K; medians of 21 calls, across five calls): prefill of 4096
+ * tokens 4861-5301 us (442-481 TFLOP/s) and decode at batch 64 92.4-94.4 us, where wg_kernel took 5548-5990
+ * us and 102-103 us in the same calls. The same schedule with one 128-thread gatherer filling both stages in
+ * turn and stage 0's first part also waiting for warpgroup 1: 5176-5528 us, 98 us (ncu: the math warps
+ * waited on "ready" for a quarter of their time);
+ * warpgroup 1 multiplying P_A (on m_A) before its S_B so stage 0 frees early: 5405-5623 us (the two
+ * softmaxes then ran in sequence, each warpgroup waiting on the other's P for ~11% of the samples). */
 constexpr int kWsThreads = 384;
 constexpr int kWsMaxTiles = 2048; /* listed tiles (idx rows up to 131072 entries); longer rows take wg_kernel */
 struct WsLayout {
