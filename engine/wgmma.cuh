@@ -42,17 +42,28 @@ template <int N> static __device__ __forceinline__ void wg_hold(uint32_t (&d)[N]
     for (int i = 0; i < N; i++) asm volatile("" : "+r"(d[i])::"memory");
 }
 
-/* The accumulator list of an inline wgmma whose first 32 or 64 operands are d (the HAE_WG_F8 groups). */
+/* The accumulator list of an inline wgmma whose first 32, 64 or 128 operands are d (the HAE_WG_F8 groups). */
 #define HAE_WG_D32                                                                                      \
     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, " \
     "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
 #define HAE_WG_D64                                                                                      \
     HAE_WG_D32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, "   \
                "%49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define HAE_WG_D128                                                                                     \
+    HAE_WG_D64 ", %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, " \
+               "%82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, "     \
+               "%100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, "   \
+               "%115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
 
 /* Eight accumulator operands of an inline wgmma, d[i] .. d[i + 7]. */
 #define HAE_WG_F8(d, i)                                                                                  \
     "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),           \
         "+f"(d[i + 6]), "+f"(d[i + 7])
+
+/* The 128 accumulator operands d[0] .. d[127]. */
+#define HAE_WG_F128(d)                                                                                   \
+    HAE_WG_F8(d, 0), HAE_WG_F8(d, 8), HAE_WG_F8(d, 16), HAE_WG_F8(d, 24), HAE_WG_F8(d, 32), HAE_WG_F8(d, 40),       \
+        HAE_WG_F8(d, 48), HAE_WG_F8(d, 56), HAE_WG_F8(d, 64), HAE_WG_F8(d, 72), HAE_WG_F8(d, 80), HAE_WG_F8(d, 88), \
+        HAE_WG_F8(d, 96), HAE_WG_F8(d, 104), HAE_WG_F8(d, 112), HAE_WG_F8(d, 120)
 
 #endif

@@ -497,23 +497,12 @@ __device__ __forceinline__ void wgmma_64x32(float (&d)[16], uint32_t a, uint32_t
 __device__ __forceinline__ void wgmma_64x256_bt(float (&d)[128], uint32_t a, uint32_t b) {
     asm volatile("{\n.reg .pred p;\n.reg .b64 da, db;\nmov.b64 da, {%128, %130};\nmov.b64 db, {%129, %130};\n"
                  "setp.ne.b32 p, %131, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-                 "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-                 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-                 "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-                 "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" HAE_WG_D128 "}, "
                  "da, db, p, 1, 1, 0, 1;\n}"
-                 : HAE_WG_F8(d, 0), HAE_WG_F8(d, 8), HAE_WG_F8(d, 16), HAE_WG_F8(d, 24), HAE_WG_F8(d, 32), HAE_WG_F8(d, 40),
-                   HAE_WG_F8(d, 48), HAE_WG_F8(d, 56), HAE_WG_F8(d, 64), HAE_WG_F8(d, 72), HAE_WG_F8(d, 80), HAE_WG_F8(d, 88),
-                   HAE_WG_F8(d, 96), HAE_WG_F8(d, 104), HAE_WG_F8(d, 112), HAE_WG_F8(d, 120)
+                 : HAE_WG_F128(d)
                  : "r"(a), "r"(b), "r"(kWgDescHi), "r"(1)
                  : "memory");
 }
-#undef HAE_F8
 
 /* mla, bf16, V the first 512 dims of the gathered K rows. A CTA takes 64 query heads of one token
  * (zero rows past the group) and walks its idx range in tiles of 64 entries, two stages: while tile
@@ -1027,19 +1016,9 @@ __device__ __forceinline__ void wgmma_64x64(float (&d)[32], uint32_t a, uint32_t
 /* d += A B, 64 x 256 x 16, A from registers (mma.sync's a fragment layout), B transposed (MN-major). */
 __device__ __forceinline__ void wgmma_64x256_rs(float (&d)[128], const uint32_t (&a)[4], uint32_t b) {
     asm volatile("{\n.reg .pred p;\n.reg .b64 db;\nmov.b64 db, {%132, %133};\nsetp.eq.u32 p, 1, 1;\n"
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-                 "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-                 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-                 "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-                 "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" HAE_WG_D128 "}, "
                  "{%128, %129, %130, %131}, db, p, 1, 1, 1;\n}"
-                 : HAE_WG_F8(d, 0), HAE_WG_F8(d, 8), HAE_WG_F8(d, 16), HAE_WG_F8(d, 24), HAE_WG_F8(d, 32), HAE_WG_F8(d, 40),
-                   HAE_WG_F8(d, 48), HAE_WG_F8(d, 56), HAE_WG_F8(d, 64), HAE_WG_F8(d, 72), HAE_WG_F8(d, 80), HAE_WG_F8(d, 88),
-                   HAE_WG_F8(d, 96), HAE_WG_F8(d, 104), HAE_WG_F8(d, 112), HAE_WG_F8(d, 120)
+                 : HAE_WG_F128(d)
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b), "r"(kWgDescHi)
                  : "memory");
 }
