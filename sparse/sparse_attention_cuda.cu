@@ -1001,8 +1001,12 @@ struct WsLayout {
     static constexpr int kSmem = kBar + 8 * 8 + 1024;
 };
 enum { kBarMA = 1, kBarMB, kBarPA, kBarPB, kBarMath, kBarGather }; /* named barriers; 0 is __syncthreads */
-__device__ __forceinline__ void bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
-__device__ __forceinline__ void bar_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void bar_sync(int id, int n) {
+    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void bar_arrive(int id, int n) {
+    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory");
+}
 
 /* d (+)= A B, 64 x 64 x 16, both K-major; accumulate false: d = A B. */
 __device__ __forceinline__ void wgmma_64x64(float (&d)[32], uint32_t a, uint32_t b, bool accumulate) {
@@ -1026,12 +1030,13 @@ __device__ __forceinline__ void wgmma_64x256_rs(float (&d)[128], const uint32_t 
 /* One row's 16-byte chunk at 64-dim blocks KB... of a stage (dst: its place in block 0) from src (its place in
  * dims 0..63), offsets as immediates: the gatherers run on 48 registers, too few for an address per chunk. */
 template <int KB> __device__ __forceinline__ void cp_async_block(uint32_t dst, const uint16_t *src, uint32_t bytes) {
-    asm volatile("cp.async.cg.shared.global [%0+%2], [%1+%3], 16, %4;" ::"r"(dst), "l"(src), "n"(KB * kWgBlock), "n"(KB * 128),
-                 "r"(bytes)
+    asm volatile("cp.async.cg.shared.global [%0+%2], [%1+%3], 16, %4;" ::"r"(dst), "l"(src), "n"(KB * kWgBlock),
+                 "n"(KB * 128), "r"(bytes)
                  : "memory");
 }
 template <int... KB>
-__device__ __forceinline__ void cp_async_blocks(uint32_t dst, const uint16_t *src, bool ok, std::integer_sequence<int, KB...>) {
+__device__ __forceinline__ void cp_async_blocks(uint32_t dst, const uint16_t *src, bool ok,
+                                                std::integer_sequence<int, KB...>) {
     (cp_async_block<KB>(dst, src, ok ? 16u : 0u), ...);
 }
 
@@ -1049,7 +1054,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
     /* bar(kind, st): kind 0 ready L, 1 ready R, 2 free L, 3 free R */
     auto bar = [&](int kind, int st) { return sbase + (uint32_t)(L::kBar + 8 * (2 * kind + st)); };
     const int tid = threadIdx.x, tw = tid & 127, lane = tid & 31;
-    const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0); /* warp-uniform to the compiler, or it serialises the wgmmas */
+    /* warp-uniform to the compiler, or it serialises the wgmmas */
+    const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);
 
     int64_t blk = blockIdx.x; /* ((b T + t) Hkv + gk) splits + split) hblocks + hb, as wg_kernel's with qpack 1 */
     const int hb = (int)(blk % p.hblocks);
@@ -1068,7 +1074,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
 
     if (wg == 2) { /* the tiles with a usable entry, in order: a thread a tile, 128 a pass */
         if (tw == 0) {
-            for (int k = 0; k < 4; k++) mbar_init(bar(0, 0) + 8 * k, 64);      /* ready: a stage's gatherers' cp.async */
+            for (int k = 0; k < 4; k++) mbar_init(bar(0, 0) + 8 * k, 64); /* ready: a stage's gatherers' copies */
             /* free: each math warp that reads the part; stage 0's first part only warpgroup 0's */
             for (int k = 4; k < 8; k++) mbar_init(bar(0, 0) + 8 * k, k == 4 ? 4 : 8);
             mbar_init_fence();
@@ -1102,8 +1108,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
     __syncthreads(); /* the list and the barriers */
     const int nt = *nlisted, npairs = (nt + 1) / 2;
 
-    if (wg == 2) { /* the gatherers: warps 0-1 fill stage 0 (even tiles), warps 2-3 stage 1, each in the order its
-                    * parts free; thread tq copies chunk tq % 8 of each 64-dim block of rows tq / 8 + 8 i */
+    if (wg == 2) { /* the gatherers: warps 0-1 fill stage 0 (even tiles), warps 2-3 stage 1, dims 0..255 first (S
+                    * reads them first); thread tq copies chunk tq % 8 of each 64-dim block of rows tq / 8 + 8 i */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 48;\n" ::: "memory");
         const int st = tw >> 6, tq = tw & 63, rg = tq >> 3, c8 = tq & 7;
         const uint16_t *kbase = (const uint16_t *)p.k + b * p.k_sb + (int64_t)gk * kWgDk;
@@ -1111,15 +1117,14 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
         for (int n = st; n < 2 * npairs; n += 2) {
             const uint32_t par = ((n >> 1) & 1) ^ 1;
             const int tl = n < nt ? tile0 + list[n] : -1;
-            int jr[8]; /* the rows' slots, -1 where unusable (zero-filled) */
+            int jr[8]; /* the rows' slots (a sparse list's positions are below cap), -1 where unusable (zero-filled) */
 #pragma unroll
             for (int i = 0; i < 8; i++) {
                 const int j = tl >= 0 ? (int)entry_at(p, irow, 0, (int64_t)tl * kBN + rg + 8 * i) : -1;
                 jr[i] = usable(j) ? j : -1;
             }
 #pragma unroll
-            for (int k = 0; k < 2; k++) {
-                const int part = k; /* dims 0..255 first: S reads them first */
+            for (int part = 0; part < 2; part++) {
                 mbar_wait(bar(2 + part, st), par);
 #pragma unroll
                 for (int i = 0; i < 8; i++) {
@@ -1172,7 +1177,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
 #pragma unroll
         for (int c = 0; c < 8; c++) {
             const int64_t i = (int64_t)(tl < 0 ? 0 : tl) * kBN + 8 * c + 2 * t4;
-            jk[c] = tl < 0 ? make_int2(-1, -1) : make_int2((int)entry_at(p, irow, 0, i), (int)entry_at(p, irow, 0, i + 1));
+            jk[c] = tl < 0 ? make_int2(-1, -1)
+                           : make_int2((int)entry_at(p, irow, 0, i), (int)entry_at(p, irow, 0, i + 1));
         }
         wg_wait<0>();
         wg_hold(s);
@@ -1231,7 +1237,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
             const uint32_t sp = own + (uint32_t)((kWgDk / 64 - 1) * kWgBlock);
 #pragma unroll
             for (int c = 0; c < 8; c++) {
-                asm volatile("st.shared.b32 [%0], %1;" ::"r"(swz128(sp, r0, c) + 4 * t4), "r"(pack_bf16(s[4 * c] * f0, s[4 * c + 1] * f0)));
+                asm volatile("st.shared.b32 [%0], %1;" ::"r"(swz128(sp, r0, c) + 4 * t4),
+                             "r"(pack_bf16(s[4 * c] * f0, s[4 * c + 1] * f0)));
                 asm volatile("st.shared.b32 [%0], %1;" ::"r"(swz128(sp, r1, c) + 4 * t4),
                              "r"(pack_bf16(s[4 * c + 2] * f1, s[4 * c + 3] * f1)));
             }
@@ -1283,7 +1290,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
         const uint32_t dv_oth = wg_desc_lo(other + (uint32_t)(wg * 4 * kWgBlock), kWgBlock);
         wg_fence();
 #pragma unroll
-        for (int kc = 0; kc < kBN / 16; kc++) wgmma_64x256_bt(o, dp + (uint32_t)(kc * 2), dv_oth + (uint32_t)(kc * 128));
+        for (int kc = 0; kc < kBN / 16; kc++)
+            wgmma_64x256_bt(o, dp + (uint32_t)(kc * 2), dv_oth + (uint32_t)(kc * 128));
         wg_commit();
         wg_wait<0>();
         wg_hold(o);
