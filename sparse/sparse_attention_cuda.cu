@@ -291,10 +291,8 @@ __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const Spa
                 mx0 = fmaxf(mx0, s[nj][e]);
                 mx1 = fmaxf(mx1, s[nj][2 + e]);
             }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        mx0 = quad_max(mx0);
+        mx1 = quad_max(mx1);
         if (t4 == 0) {
             red[(w / MT) * C::R + r0] = mx0;
             red[(w / MT) * C::R + r1] = mx1;
@@ -366,10 +364,8 @@ __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const Spa
     cp_async_wait_all();
 
     /* row sums over the quad and the KG warps of an m tile; the final max of each row */
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    l0 = quad_sum(l0);
+    l1 = quad_sum(l1);
     if (t4 == 0) {
         red[(w / MT) * C::R + r0] = l0;
         red[(w / MT) * C::R + r1] = l1;
@@ -622,6 +618,26 @@ __device__ __forceinline__ void fp8_store_half(const Fp8Half &h, uint32_t stage,
     st_async16(at + (uint32_t)(HAE_MLA_LATENT / 64 * kWgBlock) + peer, h.rope, bar);
 }
 
+/* The work of a CTA of the warpgroup kernels: block (((b tgroups + tg) Hkv + gk) splits + split) hblocks + hb, its
+ * queries t0 = tg qpack ..; a query's head blocks are neighbours, so a pair of them is a cluster (FP8 pair:
+ * hblocks even, the CTA's rank hb % 2). */
+struct WgBlock {
+    int hb, split, gk;
+    int64_t t0, b;
+};
+__device__ __forceinline__ WgBlock wg_block(const SparseParams &p) {
+    int64_t blk = blockIdx.x;
+    WgBlock k;
+    k.hb = (int)(blk % p.hblocks);
+    blk /= p.hblocks;
+    k.split = (int)(blk % p.splits);
+    blk /= p.splits;
+    k.gk = (int)(blk % p.Hkv);
+    blk /= p.Hkv;
+    k.t0 = blk % p.tgroups * p.qpack, k.b = blk / p.tgroups;
+    return k;
+}
+
 /* The end of both mla kernels: rows r0 and r0 + 8 of this thread's half of O (columns 256 wg ..), m0 / m1 their
  * base (log2 domain), rs the row sums [2][64] of both warpgroups: out and lse, or the split's partials. */
 struct WgRows {
@@ -691,16 +707,9 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
     int *kok = (int *)(gbase + L::kOk);
     const int tid = threadIdx.x, wg = tid >> 7, wi = (tid >> 5) & 3, lane = tid & 31, g8 = lane >> 2, t4 = lane & 3;
 
-    /* (((b tgroups + tg) Hkv + gk) splits + split) hblocks + hb: a pair's two head blocks are neighbours, the
-     * two CTAs of a cluster (FP8 pair: hblocks even, this CTA's rank hb % 2) */
-    int64_t blk = blockIdx.x;
-    const int hb = (int)(blk % p.hblocks);
-    blk /= p.hblocks;
-    const int split = (int)(blk % p.splits);
-    blk /= p.splits;
-    const int gk = (int)(blk % p.Hkv);
-    blk /= p.Hkv;
-    const int64_t t0 = blk % p.tgroups * p.qpack, b = blk / p.tgroups;
+    const WgBlock k = wg_block(p);
+    const int hb = k.hb, split = k.split, gk = k.gk;
+    const int64_t t0 = k.t0, b = k.b;
     const int h0 = gk * p.G + hb * kWgRows;
     const int nh = min(kWgRows, p.G - hb * kWgRows);
     /* row r: head h0 + r % GP of query t0 + r / GP; valid when the head is in the group and the query in T */
@@ -870,10 +879,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
                 mx0 = fmaxf(mx0, s[4 * c + e]);
                 mx1 = fmaxf(mx1, s[4 * c + 2 + e]);
             }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        mx0 = quad_max(mx0);
+        mx1 = quad_max(mx1);
         if (t4 == 0) {
             red[wg * kWgRows + r0] = mx0;
             red[wg * kWgRows + r1] = mx1;
@@ -948,10 +955,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
     if (PAIR) cluster_wait(); /* the last arrival: neither CTA leaves while the other may store into it */
 
     /* row sums over the quad, then over the two warpgroups */
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    l0 = quad_sum(l0);
+    l1 = quad_sum(l1);
     __syncthreads();
     if (t4 == 0) {
         red[wg * kWgRows + r0] = l0;
@@ -1057,14 +1062,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
     /* warp-uniform to the compiler, or it serialises the wgmmas */
     const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);
 
-    int64_t blk = blockIdx.x; /* ((b T + t) Hkv + gk) splits + split) hblocks + hb, as wg_kernel's with qpack 1 */
-    const int hb = (int)(blk % p.hblocks);
-    blk /= p.hblocks;
-    const int split = (int)(blk % p.splits);
-    blk /= p.splits;
-    const int gk = (int)(blk % p.Hkv);
-    blk /= p.Hkv;
-    const int64_t t0 = blk % p.T, b = blk / p.T;
+    const WgBlock k = wg_block(p); /* qpack 1: one query a CTA */
+    const int hb = k.hb, split = k.split, gk = k.gk;
+    const int64_t t0 = k.t0, b = k.b;
     const int h0 = gk * p.G + hb * kWgRows, nh = min(kWgRows, p.G - hb * kWgRows);
     const int hi = (int)min(usable_hi(p, b, t0), (int64_t)INT_MAX);
     const int ntiles = (int)((p.nk + kBN - 1) / kBN);
@@ -1197,10 +1197,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
                 mx0 = fmaxf(mx0, s[4 * c + e]);
                 mx1 = fmaxf(mx1, s[4 * c + 2 + e]);
             }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        mx0 = quad_max(mx0);
+        mx1 = quad_max(mx1);
         float prev0 = m0, prev1 = m1; /* the base this warpgroup's O and l are on */
         if (wg == 1) { /* m_B over m_A */
             bar_sync(kBarMA, 256);
@@ -1304,10 +1302,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
         }
     }
 
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    l0 = quad_sum(l0);
+    l1 = quad_sum(l1);
     if (t4 == 0) {
         red[wg * kWgRows + r0] = l0;
         red[wg * kWgRows + r1] = l1;
