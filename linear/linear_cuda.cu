@@ -85,6 +85,12 @@ __device__ __forceinline__ float gate_fn(const LinParams &p, float x, float A_lo
     return gate_fn_e(p, x, expf(A_log));
 }
 
+/* 16-byte asynchronous global -> shared copies (both addresses 16-byte aligned). */
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+
 /* Eight consecutive elements (f32 or bf16) as raw 32-bit words: vec, one or two 16-byte loads (the
  * address is 16-byte aligned); else element by element. */
 struct Raw8 {
@@ -105,6 +111,23 @@ __device__ __forceinline__ void raw8_load(Raw8 &r, const void *p, bool bf16, boo
             r.u[e] = ((const uint32_t *)p)[e];
         }
     }
+}
+/* The eight elements to s (16-byte aligned) as they are. */
+__device__ __forceinline__ void raw8_store(void *s, const Raw8 &r, bool bf16) {
+    *(uint4 *)s = *(const uint4 *)&r.u[0];
+    if (!bf16) ((uint4 *)s)[1] = *(const uint4 *)&r.u[4];
+}
+/* Eight elements copied global -> shared as they are: asynchronously (cp.async_wait_all before reading
+ * them) when vec, else through registers. */
+__device__ __forceinline__ void raw8_copy(void *s, const void *g, bool bf16, bool vec) {
+    if (vec) {
+        cp_async16(s, g);
+        if (!bf16) cp_async16((char *)s + 16, (const char *)g + 16);
+        return;
+    }
+    Raw8 r;
+    raw8_load(r, g, bf16, false);
+    raw8_store(s, r, bf16);
 }
 __device__ __forceinline__ float raw8_get(const Raw8 &r, bool bf16, int e) {
     return bf16 ? __uint_as_float((r.u[e >> 1] >> (16 * (e & 1))) << 16) : __uint_as_float(r.u[e]);
@@ -257,10 +280,6 @@ template <bool X3 = true> __device__ __forceinline__ void split_tf32(float x, ui
     hi = X3 ? to_tf32(x) : __float_as_uint(x);
     lo = X3 ? to_tf32(x - __uint_as_float(hi)) : 0u;
 }
-/* An operand stored once and read by several products: rounded to nearest there, for plain TF32. */
-template <bool X3> __device__ __forceinline__ float tf32_round(float x) {
-    return X3 ? x : __uint_as_float(to_tf32(x));
-}
 __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};"
@@ -301,12 +320,6 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], const float *a, in
             mma_tf32(acc[nt], ah, bh);
         }
     }
-}
-
-/* 16-byte asynchronous global -> shared copies (both addresses 16-byte aligned). */
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
-    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
 }
 
 /* ---------------------------------------------------------------- bf16 tensor-core tiles
@@ -402,6 +415,7 @@ __device__ __forceinline__ float2 ld2(const hae_bf16_t *p) {
  * its tile copies take one division a tile instead of one a 16-byte chunk, and in the fused form the next
  * chunk's are requested between MMAs. */
 constexpr int kC = HAE_LIN_CHUNK; /* tokens per chunk */
+constexpr size_t cmax(size_t a, size_t b) { return a > b ? a : b; }
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kNB = kC / 16;  /* 16-row blocks per chunk */
 constexpr int kPrepThreads = 256;
@@ -436,22 +450,60 @@ __device__ __forceinline__ int chunk_seq(const int32_t *coff, int N, int64_t gc)
     return lo;
 }
 
-/* Kernel 1's shared memory, 110 KB at K = 128 so that two CTAs share an SM. q, k, G hold the
- * chunk's rows (stride K + 4: the mma fragment walks, rows g and columns t, hit 32 distinct banks);
- * L holds β_i A'_ij in the ten 16 x 16 blocks on and below the diagonal (block (I, J) at
- * I (I + 1) / 2 + J). Once A' and P are done the regions are reused: q holds
- * T = (I + diag(β) A')^{-1} (stride LT, mma A fragments), k holds β K~ in place and G holds β V
- * (stride LV = 136, any V ≤ 128: B fragment walks, rows t and columns g, conflict-free). */
-template <int K> struct PrepSmem {
-    static constexpr int LK = K + 4;
+/* Kernel 1's shared memory. q, k hold the chunk's rows as they came (TS = the input type; mapped only
+ * under elu1) with their L2-norm factors rq, rk applied to the products (exact tiles, at 16 bits for
+ * bf16), row stride LK: a warp's fragment reads, rows g and channel pairs t, hit 32 distinct banks. G
+ * (fp32) holds the log decays unpadded, channel c of row r at c ^ 8 (r & 7): the fragment walks' 8-byte
+ * reads (rows g, channel pairs t) are conflict-free per half-warp. L holds β_i A'_ij: the six 16 x 16
+ * blocks below the diagonal, then the four diagonal ones as strict lower triangles. Once A' and P are
+ * done the regions are reused: q holds T = (I + diag(β) A')^{-1} (fp32, stride LT), k holds K~ in place
+ * and G holds V as it came (TS, stride LV = 136, any V ≤ 128: the B fragment walks, rows t and columns
+ * g, are conflict-free). With bf16 inputs and K = 128 that is 76,416 bytes: three CTAs an SM (the kernel
+ * is latency-bound; at two it left half the issue slots empty); fp32 inputs take 109,184, two. */
+template <typename TS, int K> struct PrepSmem {
+    static constexpr int LK = K + (sizeof(TS) == 2 ? 8 : 4);
     static constexpr int LT = kC + 4;
     static constexpr int LV = 136;
-    float q[kC * LK > kC * LT ? kC * LK : kC * LT], k[kC * LK], G[kC * LV];
-    float L[10 * 256];
-    float beta[kC];
+    static constexpr size_t QB = cmax(kC * LK * sizeof(TS), kC * LT * sizeof(float));
+    static constexpr size_t GB = cmax(kC * K * sizeof(float), kC * LV * sizeof(TS));
+    alignas(16) unsigned char qb[QB];
+    alignas(16) TS k[kC * LK];
+    alignas(16) unsigned char gb[GB];
+    float L[6 * 256 + 4 * 120];
+    float beta[kC], rq[kC], rk[kC]; /* β and the rows' L2-norm factors */
+    __device__ TS *q() { return (TS *)qb; }
+    __device__ float *T() { return (float *)qb; }
+    __device__ float *G() { return (float *)gb; }
+    __device__ TS *bv() { return (TS *)gb; }
+    /* G's element (r, c) */
+    __device__ static int gi(int r, int c) { return r * K + (c ^ ((r & 7) << 3)); }
 };
+static_assert(sizeof(PrepSmem<hae_bf16_t, 128>) <= 76800, "three CTAs an SM: 233,472 bytes less 1 KB each");
 
-__device__ __forceinline__ int tri_blk(int I, int J) { return I * (I + 1) / 2 + J; }
+/* β A' block (I, J), J ≤ I: the six below the diagonal as 16 x 16 row-major, the diagonal ones packed
+ * (row il's entries jl < il from il (il - 1) / 2). */
+__device__ __forceinline__ int lblk(int I, int J) { return (I * (I - 1) / 2 + J) * 256; }
+__device__ __forceinline__ int ldiag(int I, int il, int jl) { return 6 * 256 + I * 120 + il * (il - 1) / 2 + jl; }
+
+/* Two adjacent channels (c even) of a shared row, as fp32. */
+__device__ __forceinline__ float2 lds2(const float *p) { return *(const float2 *)p; }
+__device__ __forceinline__ float2 lds2(const hae_bf16_t *p) { return ld2(p); }
+/* Four adjacent elements to / from a shared row (4-element aligned). */
+__device__ __forceinline__ float4 lds4(const float *p) { return *(const float4 *)p; }
+__device__ __forceinline__ float4 lds4(const hae_bf16_t *p) {
+    const uint2 u = *(const uint2 *)p;
+    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                       __uint_as_float(u.y & 0xffff0000u));
+}
+__device__ __forceinline__ void sts4(float *p, float4 v) { *(float4 *)p = v; }
+__device__ __forceinline__ void sts4(hae_bf16_t *p, float4 v) {
+    uint2 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r.x) : "f"(v.y), "f"(v.x));
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r.y) : "f"(v.w), "f"(v.z));
+    *(uint2 *)p = r;
+}
+__device__ __forceinline__ float lds1(const float *p) { return *p; }
+__device__ __forceinline__ float lds1(const hae_bf16_t *p) { return __uint_as_float((uint32_t)*(const uint16_t *)p << 16); }
 
 /* w = T diag(β) K~ and u0 = T diag(β) V, T = (I + diag(β) A')^{-1} lower unitriangular: T's 16 x 16
  * diagonal blocks D_I by 16-step substitution (one thread per column), then block row by block
@@ -459,9 +511,10 @@ __device__ __forceinline__ int tri_blk(int I, int J) { return I * (I + 1) / 2 + 
  * tensor cores. Padded rows
  * have β = 0, so their rows of T are unit rows and their w, u0 are 0. */
 template <typename TI, int K, int DECAY, bool DELTA>
-__global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinParams p, const ChunkWs ws) {
+__global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
+    chunk_prep_kernel(const LinParams p, const ChunkWs ws) {
     hae_pdl_enter(); /* chunk_state's fused form may then take the SMs the last wave leaves idle */
-    using Sm = PrepSmem<K>;
+    using Sm = PrepSmem<TI, K>;
     constexpr int LK = Sm::LK, LT = Sm::LT, LV = Sm::LV;
     constexpr bool kX3 = sizeof(TI) == 4; /* fp32 inputs: fp32-accurate products; bf16: TF32 */
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -478,43 +531,50 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
     const TI *vb = (const TI *)p.v + sr.b * p.v_sb + tc0 * p.v_st + (int64_t)j * V;
 
     /* load, map and normalise q, k; log decays in base 2 (G below is log2 of the decay: exp2 is one
-     * instruction); padded rows are zero. Thread tid takes channels c0 .. c0 + 7 of rows
-     * tid / VPR + RPP x, and issues the loads of NB rows before using any: the chunk's reads are in
-     * flight together instead of a row at a time. */
+     * instruction); padded rows are zero. Thread tid takes channels c0 .. c0 + 7 of rows tid / VPR + RPP x.
+     * It first copies its pieces of q, k, g as they are into their tiles (g, when bf16, into the second half
+     * of its fp32 row), every copy in flight at once without holding registers, then maps them in place:
+     * registers, not shared memory, bounded the CTAs an SM when the loads went through them. */
     {
         constexpr int VPR = K / 8, RPP = kPrepThreads / VPR, NP = kC / RPP;
-        constexpr int NB = sizeof(TI) == 2 ? NP : 1; /* rows in flight (registers) */
         constexpr bool kCh = DECAY == HAE_DECAY_CHANNEL;
+        constexpr bool kB = sizeof(TI) == 2;
         const int c0 = 8 * (tid % VPR);
         const float eA = DECAY == HAE_DECAY_NONE ? 0.0f : expf(p.A_log[j]);
         const float ga = -eA * kLog2e, gb = p.lower_bound * kLog2e;
         float db[8];
 #pragma unroll
         for (int e = 0; e < 8; e++) db[e] = kCh ? p.dt_bias[(int64_t)j * K + c0 + e] : 0.0f;
-        for (int x0 = 0; x0 < NP; x0 += NB) {
-            Raw8 rq[NB], rk[NB], rg[NB];
-            auto load = [&](auto vec_tag) {
-                constexpr bool vec = decltype(vec_tag)::value;
+        auto graw = [&](int r) -> void * {
+            return p.g_bf16 ? (void *)(sm.gb + r * K * 4 + K * 2 + c0 * 2) : (void *)(sm.G() + Sm::gi(r, c0));
+        };
+        auto fetch = [&](auto vec_tag) {
+            constexpr bool vec = decltype(vec_tag)::value;
 #pragma unroll
-                for (int x = 0; x < NB; x++) {
-                    const int r = tid / VPR + RPP * (x0 + x);
-                    if (r >= nc) continue;
-                    const int64_t t_ = tc0 + r;
-                    raw8_load(rq[x], (const TI *)p.q + sr.b * p.q_sb + t_ * p.q_st + (int64_t)h * K + c0,
-                              sizeof(TI) == 2, vec);
-                    raw8_load(rk[x], (const TI *)p.k + sr.b * p.k_sb + t_ * p.k_st + (int64_t)h * K + c0,
-                              sizeof(TI) == 2, vec);
-                    if (kCh) {
-                        const int64_t ge = sr.b * p.g_sb + t_ * p.g_st + (int64_t)j * K + c0;
-                        raw8_load(rg[x], (const char *)p.g + ge * (p.g_bf16 ? 2 : 4), p.g_bf16, vec);
-                    }
+            for (int x = 0; x < NP; x++) {
+                const int r = tid / VPR + RPP * x;
+                if (r >= nc) continue;
+                const int64_t t_ = tc0 + r;
+                raw8_copy(sm.q() + r * LK + c0, (const TI *)p.q + sr.b * p.q_sb + t_ * p.q_st + (int64_t)h * K + c0,
+                          kB, vec);
+                raw8_copy(sm.k + r * LK + c0, (const TI *)p.k + sr.b * p.k_sb + t_ * p.k_st + (int64_t)h * K + c0,
+                          kB, vec);
+                if (kCh) {
+                    const int64_t ge = sr.b * p.g_sb + t_ * p.g_st + (int64_t)j * K + c0;
+                    raw8_copy(graw(r), (const char *)p.g + ge * (p.g_bf16 ? 2 : 4), p.g_bf16, vec);
                 }
-            };
-            specialised(p.vec, load);
-#pragma unroll
-            for (int x = 0; x < NB; x++) {
-                const int r = tid / VPR + RPP * (x0 + x);
+            }
+            if (vec) cp_async_wait_all(); /* each thread reads back only what it copied */
+        };
+        specialised(p.vec, fetch);
+        for (int x = 0; x < NP; x++) {
+                const int r = tid / VPR + RPP * x;
                 const bool valid = r < nc;
+                Raw8 rq, rk, rg;
+                raw8_load(rq, sm.q() + r * LK + c0, kB, true);
+                raw8_load(rk, sm.k + r * LK + c0, kB, true);
+                if (kCh) raw8_load(rg, graw(r), p.g_bf16, true);
+                __syncwarp(); /* the row's bf16 g is read before its fp32 form overwrites it */
                 const int64_t t_ = tc0 + r;
                 float qv[8], kv[8], gv[8], ssq = 0.0f, ssk = 0.0f;
                 float gh = 0.0f; /* a decay shared by the row's channels */
@@ -524,9 +584,9 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                 /* the feature map and the gate's form branch once a row, not once an element */
 #pragma unroll
                 for (int e = 0; e < 8; e++) {
-                    qv[e] = raw8_get(rq[x], sizeof(TI) == 2, e);
-                    kv[e] = raw8_get(rk[x], sizeof(TI) == 2, e);
-                    gv[e] = kCh ? raw8_get(rg[x], p.g_bf16, e) + db[e] : gh;
+                    qv[e] = raw8_get(rq, kB, e);
+                    kv[e] = raw8_get(rk, kB, e);
+                    gv[e] = kCh ? raw8_get(rg, p.g_bf16, e) + db[e] : gh;
                 }
                 if (p.elu1)
 #pragma unroll
@@ -558,17 +618,18 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                     const int64_t be = sr.b * p.b_sb + t_ * p.b_st + j;
                     sm.beta[r] = DELTA && valid ? sigmoidf_(ld_dt(p.beta, p.b_bf16, be)) : 0.0f;
                 }
-                const float rq_ = p.elu1 ? 1.0f : 1.0f / sqrtf(ssq + 1e-6f);
-                const float rk_ = p.elu1 ? 1.0f : 1.0f / sqrtf(ssk + 1e-6f);
-#pragma unroll
-                for (int e = 0; e < 8; e += 4) { /* 16-byte stores: LK * 4 and c0 * 4 are multiples of 16 */
-                    *(float4 *)(sm.q + r * LK + c0 + e) =
-                        make_float4(qv[e] * rq_, qv[e + 1] * rq_, qv[e + 2] * rq_, qv[e + 3] * rq_);
-                    *(float4 *)(sm.k + r * LK + c0 + e) =
-                        make_float4(kv[e] * rk_, kv[e + 1] * rk_, kv[e + 2] * rk_, kv[e + 3] * rk_);
-                    *(float4 *)(sm.G + r * LK + c0 + e) = make_float4(gv[e], gv[e + 1], gv[e + 2], gv[e + 3]);
+                if (tid % VPR == 1) { /* padded rows 0: their garbage must not reach a product */
+                    sm.rq[r] = !valid ? 0.0f : p.elu1 ? 1.0f : 1.0f / sqrtf(ssq + 1e-6f);
+                    sm.rk[r] = !valid ? 0.0f : p.elu1 ? 1.0f : 1.0f / sqrtf(ssk + 1e-6f);
                 }
-            }
+#pragma unroll
+                for (int e = 0; e < 8; e += 4) {
+                    if (p.elu1 || !valid) { /* else the tiles keep the inputs as they are */
+                        sts4(sm.q() + r * LK + c0 + e, make_float4(qv[e], qv[e + 1], qv[e + 2], qv[e + 3]));
+                        sts4(sm.k + r * LK + c0 + e, make_float4(kv[e], kv[e + 1], kv[e + 2], kv[e + 3]));
+                    }
+                    sts4(sm.G() + Sm::gi(r, c0 + e), make_float4(gv[e], gv[e + 1], gv[e + 2], gv[e + 3]));
+                }
         }
     }
     __syncthreads();
@@ -577,16 +638,16 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
     {
         static_assert(kPrepThreads == 2 * K || kPrepThreads == 4 * K, "two threads (or four) a channel");
         const int c = tid % K, h = tid / K, r0 = h * (kC / 2);
-        float acc = 0.0f;
+        float acc = 0.0f, *G = sm.G();
         if (h < 2)
             for (int i = r0; i < r0 + kC / 2; i++) {
-                acc += sm.G[i * LK + c];
-                sm.G[i * LK + c] = acc;
+                acc += G[Sm::gi(i, c)];
+                G[Sm::gi(i, c)] = acc;
             }
         __syncthreads();
         if (h == 1) {
-            const float base = sm.G[(kC / 2 - 1) * LK + c];
-            for (int i = r0; i < r0 + kC / 2; i++) sm.G[i * LK + c] += base;
+            const float base = G[Sm::gi(kC / 2 - 1, c)];
+            for (int i = r0; i < r0 + kC / 2; i++) G[Sm::gi(i, c)] += base;
         }
     }
     __syncthreads();
@@ -598,8 +659,12 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
      * the block's first row, so both factors are ≤ 1 for any gate. On a diagonal block m is its middle
      * row and a factor may reach e^{8 |g|}: p.diag_mma holds only when that fits fp32 (safe gate with
      * lower_bound ≥ -10); otherwise those four blocks take one exponential per term. Decays uniform over
-     * the channels (head, fixed, none) need no copies: the plain dot product times e^{Γ_i - Γ_j}. */
+     * the channels (head, fixed, none) need no copies: the plain dot product times e^{Γ_i - Γ_j}. The
+     * k index of the fragments is permuted, positions t and t + 4 of an 8-channel step taking channels
+     * 2t and 2t + 1 (the same in A and B, so the sum is unchanged): each pair is one shared read. */
     constexpr bool kUniform = DECAY != HAE_DECAY_CHANNEL;
+    const float *G = sm.G();
+    const TI *qs = sm.q(), *ks = sm.k;
     constexpr int kWarps = kPrepThreads / 32;
     const int nblk = kUniform || p.diag_mma ? 10 : 6;
     for (int blk = warp; blk < nblk; blk += kWarps) {
@@ -610,21 +675,35 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
 #pragma unroll 2
         for (int k0 = 0; k0 < K; k0 += 8) {
             uint32_t kh[4], kl[4], qh[4], ql[4], bh[2][2], bl[2][2];
+            const int c = k0 + 2 * t;
+            float2 gm = make_float2(0.0f, 0.0f);
+            if (!kUniform) gm = lds2(G + Sm::gi(m, c));
 #pragma unroll
-            for (int x = 0; x < 4; x++) {
-                const int r = i0 + g + (x & 1) * 8, c = k0 + t + (x >> 1) * 4;
-                const float f = kUniform ? 1.0f : hae_ex2(sm.G[r * LK + c] - sm.G[m * LK + c]);
-                split_tf32<kX3>(sm.k[r * LK + c] * f, kh[x], kl[x]);
-                split_tf32<kX3>(sm.q[r * LK + c] * f, qh[x], ql[x]);
+            for (int y = 0; y < 2; y++) { /* fragment rows g + 8 y: positions y and y + 2 */
+                const int r = i0 + g + 8 * y;
+                float2 f = make_float2(1.0f, 1.0f);
+                if (!kUniform) {
+                    const float2 gr = lds2(G + Sm::gi(r, c));
+                    f = make_float2(hae_ex2(gr.x - gm.x), hae_ex2(gr.y - gm.y));
+                }
+                const float2 kk = lds2(ks + r * LK + c), qq = lds2(qs + r * LK + c);
+                split_tf32<kX3>(kk.x * f.x, kh[y], kl[y]);
+                split_tf32<kX3>(kk.y * f.y, kh[y + 2], kl[y + 2]);
+                split_tf32<kX3>(qq.x * f.x, qh[y], ql[y]);
+                split_tf32<kX3>(qq.y * f.y, qh[y + 2], ql[y + 2]);
             }
 #pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                for (int y = 0; y < 2; y++) {
-                    const int r = jb + nt * 8 + g, c = k0 + t + 4 * y;
-                    const float f = kUniform ? 1.0f : hae_ex2(sm.G[m * LK + c] - sm.G[r * LK + c]);
-                    split_tf32<kX3>(sm.k[r * LK + c] * f, bh[nt][y], bl[nt][y]);
+            for (int nt = 0; nt < 2; nt++) {
+                const int r = jb + nt * 8 + g;
+                float2 f = make_float2(1.0f, 1.0f);
+                if (!kUniform) {
+                    const float2 gr = lds2(G + Sm::gi(r, c));
+                    f = make_float2(hae_ex2(gm.x - gr.x), hae_ex2(gm.y - gr.y));
                 }
+                const float2 kk = lds2(ks + r * LK + c);
+                split_tf32<kX3>(kk.x * f.x, bh[nt][0], bl[nt][0]);
+                split_tf32<kX3>(kk.y * f.y, bh[nt][1], bl[nt][1]);
+            }
 #pragma unroll
             for (int nt = 0; nt < 2; nt++) {
                 if (DELTA) mma_tf32x<kX3>(accA[nt], kh, kl, bh[nt], bl[nt]);
@@ -637,10 +716,12 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
 #pragma unroll
             for (int x = 0; x < 4; x++) {
                 const int il = g + (x >> 1) * 8, jl = nt * 8 + 2 * t + (x & 1), i = i0 + il, jr = jb + jl;
-                const float e = kUniform ? hae_ex2(sm.G[i * LK] - sm.G[jr * LK]) : 1.0f;
-                const bool keepP = !diag || jl <= il, keepA = !diag || jl < il;
-                hae_st(P + i * kC + jr, keepP ? p.scale * accP[nt][x] * e : 0.0f);
-                if (DELTA) sm.L[tri_blk(I, J) * 256 + il * 16 + jl] = keepA ? sm.beta[i] * accA[nt][x] * e : 0.0f;
+                const float e = (kUniform ? hae_ex2(G[Sm::gi(i, 0)] - G[Sm::gi(jr, 0)]) : 1.0f) * sm.rk[jr];
+                const bool keepP = !diag || jl <= il;
+                hae_st(P + i * kC + jr, keepP ? p.scale * sm.rq[i] * accP[nt][x] * e : 0.0f);
+                const float a = sm.beta[i] * sm.rk[i] * accA[nt][x] * e;
+                if (DELTA && !diag) sm.L[lblk(I, J) + il * 16 + jl] = a;
+                if (DELTA && diag && jl < il) sm.L[ldiag(I, il, jl)] = a;
             }
     }
     /* What kernels 2 and 3 read besides: q e^Γ (times scale), k e^{Γ_L - Γ}, e^{Γ_L}, and P's blocks above
@@ -653,18 +734,21 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
             const int ht = tid - h0, nh = 32 * helpers;
             for (int e = ht; e < kC * K / 8; e += nh) {
                 const int i = e / (K / 8), c = 8 * (e % (K / 8));
-                const float *G = sm.G + i * LK + c, *GL = sm.G + (kC - 1) * LK + c;
-                const float *q = sm.q + i * LK + c, *k = sm.k + i * LK + c;
+                const float sq = p.scale * sm.rq[i], sk = sm.rk[i];
                 float a[8], d[8];
 #pragma unroll
-                for (int x = 0; x < 8; x++) {
-                    a[x] = p.scale * q[x] * hae_ex2(G[x]);
-                    d[x] = k[x] * hae_ex2(GL[x] - G[x]);
+                for (int x = 0; x < 8; x += 4) {
+                    const float4 Gi = lds4(G + Sm::gi(i, c + x)), GL = lds4(G + Sm::gi(kC - 1, c + x));
+                    const float4 q = lds4(qs + i * LK + c + x), k = lds4(ks + i * LK + c + x);
+                    a[x] = sq * q.x * hae_ex2(Gi.x), a[x + 1] = sq * q.y * hae_ex2(Gi.y);
+                    a[x + 2] = sq * q.z * hae_ex2(Gi.z), a[x + 3] = sq * q.w * hae_ex2(Gi.w);
+                    d[x] = sk * k.x * hae_ex2(GL.x - Gi.x), d[x + 1] = sk * k.y * hae_ex2(GL.y - Gi.y);
+                    d[x + 2] = sk * k.z * hae_ex2(GL.z - Gi.z), d[x + 3] = sk * k.w * hae_ex2(GL.w - Gi.w);
                 }
                 st8(qg + i * K + c, a);
                 st8(kd + i * K + c, d);
             }
-            for (int c = ht; c < K; c += nh) ws.gl[hj * K + c] = hae_ex2(sm.G[(kC - 1) * LK + c]);
+            for (int c = ht; c < K; c += nh) ws.gl[hj * K + c] = hae_ex2(G[Sm::gi(kC - 1, c)]);
             /* the six 16 x 16 blocks above the diagonal, 16 bytes a store */
             constexpr int E = 16 / sizeof(TI), CPR = 16 / E; /* elements a store, stores a block row */
             for (int e = ht; e < kC * kNB * CPR; e += nh) {
@@ -684,12 +768,12 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
             }
             float a = 0.0f, pp = 0.0f;
             for (int c = 0; c < K; c++) {
-                const float kk = sm.k[jr * LK + c] * hae_ex2(sm.G[i * LK + c] - sm.G[jr * LK + c]);
-                a += sm.k[i * LK + c] * kk;
-                pp += sm.q[i * LK + c] * kk;
+                const float kk = lds1(ks + jr * LK + c) * hae_ex2(G[Sm::gi(i, c)] - G[Sm::gi(jr, c)]);
+                a += lds1(ks + i * LK + c) * kk;
+                pp += lds1(qs + i * LK + c) * kk;
             }
-            if (DELTA && jl < il) sm.L[tri_blk(blk, blk) * 256 + il * 16 + jl] = sm.beta[i] * a;
-            hae_st(P + i * kC + jr, p.scale * pp);
+            if (DELTA && jl < il) sm.L[ldiag(blk, il, jl)] = sm.beta[i] * sm.rk[i] * sm.rk[jr] * a;
+            hae_st(P + i * kC + jr, p.scale * sm.rq[i] * sm.rk[jr] * pp);
         }
     }
 
@@ -714,51 +798,45 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
     specialised(p.vec, load_v);
     __syncthreads(); /* q, k, G, L complete; q is free */
 
-    /* D_I into T's diagonal blocks (upper parts 0) on warps 0-1, β K~ in place on the others meanwhile */
+    /* D_I into T's diagonal blocks (upper parts 0) on warps 0-1, K~ in place on the others meanwhile */
     for (int e = tid - 64; e >= 0 && e < kC * K / 4; e += kPrepThreads - 64) { /* 4 channels at once */
         const int i = e / (K / 4), c = 4 * (e % (K / 4));
-        float4 &kk = *(float4 *)(sm.k + i * LK + c);
-        const float4 G = *(const float4 *)(sm.G + i * LK + c);
-        const float b = sm.beta[i];
-        kk = make_float4(tf32_round<kX3>(kk.x * b * hae_ex2(G.x)), tf32_round<kX3>(kk.y * b * hae_ex2(G.y)),
-                         tf32_round<kX3>(kk.z * b * hae_ex2(G.z)), tf32_round<kX3>(kk.w * b * hae_ex2(G.w)));
+        TI *kk = sm.k + i * LK + c;
+        const float4 k4 = lds4(kk), g4 = lds4(sm.G() + Sm::gi(i, c));
+        const float b = sm.rk[i];
+        sts4(kk, make_float4(k4.x * b * hae_ex2(g4.x), k4.y * b * hae_ex2(g4.y), k4.z * b * hae_ex2(g4.z),
+                             k4.w * b * hae_ex2(g4.w)));
     }
-    float *T = sm.q;
+    float *T = sm.T();
     if (tid < 64) {
         const int I = tid >> 4, c = tid & 15;
         float *Tc = T + I * 16 * LT + I * 16 + c;
-        const float *Lb = sm.L + tri_blk(I, I) * 256;
 #pragma unroll
         for (int r = 0; r < 16; r++) {
             float s = 0.0f;
 #pragma unroll
-            for (int m = 0; m < r; m++) s += Lb[r * 16 + m] * Tc[m * LT];
+            for (int m = 0; m < r; m++) s += sm.L[ldiag(I, r, m)] * Tc[m * LT];
             Tc[r * LT] = r == c ? 1.0f : (r < c ? 0.0f : -s);
         }
     }
     __syncthreads(); /* G is free */
 #pragma unroll
-    for (int x = 0; x < 4; x++) {
+    for (int x = 0; x < 4; x++) { /* V as it came (padded rows 0: 0 times a NaN is NaN) */
         const int i = tid / 16 + 16 * x;
-        if (vc0 < V) {
-            float vv[8];
-#pragma unroll
-            for (int e = 0; e < 8; e++)
-                vv[e] = tf32_round<kX3>(i < nc ? sm.beta[i] * raw8_get(rv[x], sizeof(TI) == 2, e) : 0.0f);
-            *(float4 *)(sm.G + i * LV + vc0) = make_float4(vv[0], vv[1], vv[2], vv[3]);
-            *(float4 *)(sm.G + i * LV + vc0 + 4) = make_float4(vv[4], vv[5], vv[6], vv[7]);
-        }
+        if (i >= nc) rv[x] = Raw8{};
+        if (vc0 < V) raw8_store(sm.bv() + i * LV + vc0, rv[x], sizeof(TI) == 2);
     }
-    __syncthreads(); /* β V, β K~ and D_I complete */
+    __syncthreads(); /* V, K~ and D_I complete */
 
     /* Block row I of T, one warp per block J < I on the tensor cores (3xTF32: T stays fp32-accurate):
-     * X = Σ_{J≤M<I} (β A')_IM T_MJ, staged in T_IJ, then T_IJ = -D_I X. Interleaved with it, w = T (β K~)
-     * and u0 = T (β V) a row block at a time (warp per 32 columns, T's upper blocks skipped): row block
-     * I - 1 needs T's rows up to I - 1 only, so the warps the inverse leaves idle compute it meanwhile. */
+     * X = Σ_{J≤M<I} (β A')_IM T_MJ, staged in T_IJ, then T_IJ = -D_I X. Interleaved with it, w = T diag(β) K~
+     * and u0 = T diag(β) V a row block at a time (warp per 32 columns, T's upper blocks skipped; β applied
+     * to T's fragments, so that V stays exact in the tile and K~ is rounded once): row block I - 1 needs
+     * T's rows up to I - 1 only, so the warps the inverse leaves idle compute it meanwhile. */
     const bool isw = warp < K / 32;
     const int n0 = (isw ? warp : warp - K / 32) * 32;
     const bool has_cols = isw || n0 < V;
-    const float *b = isw ? sm.k + n0 : sm.G + n0;
+    const TI *b = isw ? sm.k + n0 : sm.bv() + n0;
     const int ldb = isw ? LK : LV;
     TI *dst = isw ? (TI *)ws.w + hj * kC * K : (TI *)ws.u + hj * kC * V;
     const int ld = isw ? K : V;
@@ -768,7 +846,7 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
             float *Tij = T + I * 16 * LT + J * 16;
             float x[2][4] = {};
             for (int M = J; M < I; M++)
-                warp_mma<16, 2>(x, sm.L + tri_blk(I, M) * 256, 16, 1, T + M * 16 * LT + J * 16, LT, 1);
+                warp_mma<16, 2>(x, sm.L + lblk(I, M), 16, 1, T + M * 16 * LT + J * 16, LT, 1);
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
 #pragma unroll
@@ -791,14 +869,14 @@ __global__ void __launch_bounds__(kPrepThreads, 2) chunk_prep_kernel(const LinPa
                 uint32_t bh[4][2], bl[4][2], ah[4], al[4];
 #pragma unroll
                 for (int nt = 0; nt < 4; nt++) {
-                    split_tf32<kX3>(b[(k0 + t) * ldb + nt * 8 + g], bh[nt][0], bl[nt][0]);
-                    split_tf32<kX3>(b[(k0 + t + 4) * ldb + nt * 8 + g], bh[nt][1], bl[nt][1]);
+                    split_tf32<kX3>(lds1(b + (k0 + t) * ldb + nt * 8 + g), bh[nt][0], bl[nt][0]);
+                    split_tf32<kX3>(lds1(b + (k0 + t + 4) * ldb + nt * 8 + g), bh[nt][1], bl[nt][1]);
                 }
-                const float *a = T + mt * 16 * LT + k0;
-                split_tf32<kX3>(a[g * LT + t], ah[0], al[0]);
-                split_tf32<kX3>(a[(g + 8) * LT + t], ah[1], al[1]);
-                split_tf32<kX3>(a[g * LT + t + 4], ah[2], al[2]);
-                split_tf32<kX3>(a[(g + 8) * LT + t + 4], ah[3], al[3]);
+                const float *a = T + mt * 16 * LT + k0, b0 = sm.beta[k0 + t], b1 = sm.beta[k0 + t + 4];
+                split_tf32<kX3>(a[g * LT + t] * b0, ah[0], al[0]);
+                split_tf32<kX3>(a[(g + 8) * LT + t] * b0, ah[1], al[1]);
+                split_tf32<kX3>(a[g * LT + t + 4] * b1, ah[2], al[2]);
+                split_tf32<kX3>(a[(g + 8) * LT + t + 4] * b1, ah[3], al[3]);
 #pragma unroll
                 for (int nt = 0; nt < 4; nt++) mma_tf32x<kX3>(acc[nt], ah, al, bh[nt], bl[nt]);
             }
@@ -1122,11 +1200,11 @@ hae_status launch_chunked(const hae_linear_attn_args *a, const LinParams &p, cud
                 auto *state = chunk_state_kernel<TI, KK, DELTA, false>;
                 auto *state_out = chunk_state_kernel<TI, KK, DELTA, kOut>;
                 auto *outk = chunk_out_kernel<TI, KK>;
-                HAE_TRY(set_smem(prep, sizeof(PrepSmem<KK>)));
+                HAE_TRY(set_smem(prep, sizeof(PrepSmem<TI, KK>)));
                 HAE_TRY(set_smem(state, sizeof(StateSmem<TI, KK, false>)));
                 HAE_TRY(set_smem(state_out, sizeof(StateSmem<TI, KK, kOut>)));
                 HAE_TRY(set_smem(outk, sizeof(OutSmem<TI, KK>)));
-                prep<<<dim3((unsigned)ws.G, (unsigned)HV), kPrepThreads, sizeof(PrepSmem<KK>), s>>>(p, ws);
+                prep<<<dim3((unsigned)ws.G, (unsigned)HV), kPrepThreads, sizeof(PrepSmem<TI, KK>), s>>>(p, ws);
                 HAE_CUDA_LAUNCH_CHECK("chunk_prep_kernel");
                 const dim3 sgrid((unsigned)(V / kStateVT), (unsigned)HV, (unsigned)p.N);
                 bool fused = false;
