@@ -1,7 +1,8 @@
 /* CUDA microbenchmarks of the linear family against flash-linear-attention's anchors: KDA prefill
  * (chunk 64, bf16, H 32, K = V = 128, safe gate lower_bound -5, delta, L2 map) at B 1 T 8192,
- * B 1 T 32768 and B 8 T 4096, and with f32 inputs (the 3xTF32 path) at B 1 T 8192; KDA decode of one
- * token (chunk 0) at B 1 and B 256 with an fp32 state [B, 32, 128, 128]; GDN prefill at B 1 T 8192.
+ * B 1 T 32768 and B 8 T 4096 (and B 64 T 512: as many tokens in short sequences, no anchor), and with
+ * f32 inputs (the 3xTF32 path) at B 1 T 8192; KDA decode of one token (chunk 0) at B 1 and B 256 with an
+ * fp32 state [B, 32, 128, 128]; GDN prefill at B 1 T 8192.
  * Each kernel is first checked against the CPU reference (recurrent form) on random inputs of the same
  * H, K, V at a reduced T; then timed: fresh random inputs, warm-up, >= 20 repetitions each alone with
  * CUDA events after an L2 flush, median and min..max. Without CUDA or a GPU it says so and exits 0.
@@ -223,6 +224,7 @@ static int bench_main(void) {
     bench("kda prefill", BF, 1, 8192, 32, 128, 128, HAE_DECAY_CHANNEL, 64, PEER_CHUNK_KDA_B1_T8192_US);
     bench("kda prefill", BF, 1, 32768, 32, 128, 128, HAE_DECAY_CHANNEL, 64, PEER_CHUNK_KDA_B1_T32768_US);
     bench("kda prefill", BF, 8, 4096, 32, 128, 128, HAE_DECAY_CHANNEL, 64, PEER_CHUNK_KDA_B8_T4096_US);
+    bench("kda prefill", BF, 64, 512, 32, 128, 128, HAE_DECAY_CHANNEL, 64, 0); /* many short sequences */
     bench("gdn prefill", BF, 1, 8192, 32, 128, 128, HAE_DECAY_HEAD, 64, 0);
     bench("kda prefill f32", F32, 1, 8192, 32, 128, 128, HAE_DECAY_CHANNEL, 64, 0);
     bench("kda decode", BF, 1, 1, 32, 128, 128, HAE_DECAY_CHANNEL, 0, PEER_RECURRENT_KDA_B1_US);

@@ -23,6 +23,14 @@ template <int N> static __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 static __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+/* Named barrier id (1..15; 0 is __syncthreads) over n threads (a multiple of 32): bar_sync waits for all n,
+ * bar_arrive counts towards n without waiting (a producer signalling consumers that bar_sync). */
+static __device__ __forceinline__ void bar_sync(int id, int n) {
+    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory");
+}
+static __device__ __forceinline__ void bar_arrive(int id, int n) {
+    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory");
+}
 /* Max and sum over the 4 lanes of a quad (lanes 4 g .. 4 g + 3: the threads holding one row of an MMA fragment). */
 static __device__ __forceinline__ float quad_max(float x) {
     x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));

@@ -152,7 +152,8 @@ hae_chunk_ws hae_chunk_ws_layout(void *base, int64_t B, int64_t T, int64_t N, in
     w.kd = ws_take(b, &off, gh * C * K, esz);
     w.qg = ws_take(b, &off, gh * C * K, esz);
     w.P = ws_take(b, &off, gh * C * C, esz);
-    w.h = ws_take(b, &off, gh * K * V, esz);
+    /* bf16: chunk_state forms the outputs itself (linear_cuda.cu), no chunk start states are kept */
+    w.h = esz == 2 ? NULL : ws_take(b, &off, gh * K * V, esz);
     w.gl = ws_take(b, &off, gh * K, sizeof(float));
     w.coff = ws_take(b, &off, N + 1, sizeof(int32_t));
     w.G = G;

@@ -437,16 +437,23 @@ __global__ void chunk_offsets_kernel(const LinParams p, int32_t *coff) {
     }
 }
 
-/* The sequence owning global chunk gc: the last n with coff[n] <= gc (zero-length sequences repeat
- * offsets); -1 past the end. */
-__device__ __forceinline__ int chunk_seq(const int32_t *coff, int N, int64_t gc) {
-    if (gc >= coff[N]) return -1;
-    int lo = 0, hi = N;
+/* The sequence owning global chunk gc (-1 past the end) and its chunk index in it: arithmetic for
+ * equal-length sequences (no dependent loads ahead of a kernel's first), else the last n with
+ * coff[n] <= gc (zero-length sequences repeat offsets). */
+__device__ __forceinline__ int chunk_seq(const LinParams &p, const int32_t *coff, int64_t gc, int64_t &ci) {
+    if (!p.cu) {
+        const int64_t cps = (p.T + kC - 1) / kC, n = cps ? gc / cps : p.N;
+        ci = n < p.N ? gc - n * cps : 0;
+        return n < p.N ? (int)n : -1;
+    }
+    if (gc >= coff[p.N]) return -1;
+    int lo = 0, hi = p.N;
     while (lo < hi) {
         const int mid = (lo + hi + 1) >> 1;
         if (coff[mid] <= gc) lo = mid;
         else hi = mid - 1;
     }
+    ci = gc - coff[lo];
     return lo;
 }
 
@@ -503,7 +510,9 @@ __device__ __forceinline__ void sts4(hae_bf16_t *p, float4 v) {
     *(uint2 *)p = r;
 }
 __device__ __forceinline__ float lds1(const float *p) { return *p; }
-__device__ __forceinline__ float lds1(const hae_bf16_t *p) { return __uint_as_float((uint32_t)*(const uint16_t *)p << 16); }
+__device__ __forceinline__ float lds1(const hae_bf16_t *p) {
+    return __uint_as_float((uint32_t)*(const uint16_t *)p << 16);
+}
 
 /* w = T diag(β) K~ and u0 = T diag(β) V, T = (I + diag(β) A')^{-1} lower unitriangular: T's 16 x 16
  * diagonal blocks D_I by 16-step substitution (one thread per column), then block row by block
@@ -522,10 +531,11 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     const int64_t gc = blockIdx.x;
     const int j = blockIdx.y, h = j / (p.HV / p.H), V = p.V;
-    const int n = chunk_seq(ws.coff, p.N, gc);
+    int64_t ci;
+    const int n = chunk_seq(p, ws.coff, gc, ci);
     if (n < 0) return;
     const SeqRange sr = seq_range(p, n);
-    const int64_t tc0 = sr.t0 + (gc - ws.coff[n]) * kC; /* first token of the chunk */
+    const int64_t tc0 = sr.t0 + ci * kC; /* first token of the chunk */
     const int nc = (int)min((int64_t)kC, sr.t0 + sr.len - tc0);
     const int64_t hj = gc * p.HV + j;
     const TI *vb = (const TI *)p.v + sr.b * p.v_sb + tc0 * p.v_st + (int64_t)j * V;
@@ -545,8 +555,8 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
         float db[8];
 #pragma unroll
         for (int e = 0; e < 8; e++) db[e] = kCh ? p.dt_bias[(int64_t)j * K + c0 + e] : 0.0f;
-        auto graw = [&](int r) -> void * {
-            return p.g_bf16 ? (void *)(sm.gb + r * K * 4 + K * 2 + c0 * 2) : (void *)(sm.G() + Sm::gi(r, c0));
+        auto graw = [&](int r, bool gbf) -> void * {
+            return gbf ? (void *)(sm.gb + r * K * 4 + K * 2 + c0 * 2) : (void *)(sm.G() + Sm::gi(r, c0));
         };
         auto fetch = [&](auto vec_tag) {
             constexpr bool vec = decltype(vec_tag)::value;
@@ -561,19 +571,26 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
                           kB, vec);
                 if (kCh) {
                     const int64_t ge = sr.b * p.g_sb + t_ * p.g_st + (int64_t)j * K + c0;
-                    raw8_copy(graw(r), (const char *)p.g + ge * (p.g_bf16 ? 2 : 4), p.g_bf16, vec);
+                    raw8_copy(graw(r, p.g_bf16), (const char *)p.g + ge * (p.g_bf16 ? 2 : 4), p.g_bf16, vec);
                 }
             }
             if (vec) cp_async_wait_all(); /* each thread reads back only what it copied */
         };
+        /* β of row tid, its load in flight beside the copies */
+        float bt = 0.0f;
+        if (DELTA && tid < nc) bt = ld_dt(p.beta, p.b_bf16, sr.b * p.b_sb + (tc0 + tid) * p.b_st + j);
         specialised(p.vec, fetch);
-        for (int x = 0; x < NP; x++) {
+        if (tid < kC) sm.beta[tid] = DELTA && tid < nc ? sigmoidf_(bt) : 0.0f;
+        /* g's element type fixed per loop (both decodings and a select an element, else) */
+        auto rows = [&](auto gb_tag) {
+            constexpr bool gbf = decltype(gb_tag)::value;
+            for (int x = 0; x < NP; x++) {
                 const int r = tid / VPR + RPP * x;
                 const bool valid = r < nc;
                 Raw8 rq, rk, rg;
                 raw8_load(rq, sm.q() + r * LK + c0, kB, true);
                 raw8_load(rk, sm.k + r * LK + c0, kB, true);
-                if (kCh) raw8_load(rg, graw(r), p.g_bf16, true);
+                if (kCh) raw8_load(rg, graw(r, gbf), gbf, true);
                 __syncwarp(); /* the row's bf16 g is read before its fp32 form overwrites it */
                 const int64_t t_ = tc0 + r;
                 float qv[8], kv[8], gv[8], ssq = 0.0f, ssk = 0.0f;
@@ -586,7 +603,7 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
                 for (int e = 0; e < 8; e++) {
                     qv[e] = raw8_get(rq, kB, e);
                     kv[e] = raw8_get(rk, kB, e);
-                    gv[e] = kCh ? raw8_get(rg, p.g_bf16, e) + db[e] : gh;
+                    gv[e] = kCh ? raw8_get(rg, gbf, e) + db[e] : gh;
                 }
                 if (p.elu1)
 #pragma unroll
@@ -602,9 +619,7 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
 #pragma unroll
                     for (int e = 0; e < 8; e++) gv[e] *= kLog2e;
 #pragma unroll
-                for (int e = 0; e < 8; e++) {
-                    qv[e] = valid ? qv[e] : 0.0f;
-                    kv[e] = valid ? kv[e] : 0.0f;
+                for (int e = 0; e < 8; e++) { /* a padded row's sums are garbage, and unused */
                     gv[e] = valid ? gv[e] : 0.0f;
                     ssq += qv[e] * qv[e];
                     ssk += kv[e] * kv[e];
@@ -614,23 +629,24 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
                     ssq += __shfl_xor_sync(0xffffffffu, ssq, o);
                     ssk += __shfl_xor_sync(0xffffffffu, ssk, o);
                 }
-                if (tid % VPR == 0) {
-                    const int64_t be = sr.b * p.b_sb + t_ * p.b_st + j;
-                    sm.beta[r] = DELTA && valid ? sigmoidf_(ld_dt(p.beta, p.b_bf16, be)) : 0.0f;
-                }
-                if (tid % VPR == 1) { /* padded rows 0: their garbage must not reach a product */
+                if (tid % VPR == 0) { /* padded rows 0: their garbage must not reach a product */
                     sm.rq[r] = !valid ? 0.0f : p.elu1 ? 1.0f : 1.0f / sqrtf(ssq + 1e-6f);
                     sm.rk[r] = !valid ? 0.0f : p.elu1 ? 1.0f : 1.0f / sqrtf(ssk + 1e-6f);
                 }
 #pragma unroll
                 for (int e = 0; e < 8; e += 4) {
                     if (p.elu1 || !valid) { /* else the tiles keep the inputs as they are */
-                        sts4(sm.q() + r * LK + c0 + e, make_float4(qv[e], qv[e + 1], qv[e + 2], qv[e + 3]));
-                        sts4(sm.k + r * LK + c0 + e, make_float4(kv[e], kv[e + 1], kv[e + 2], kv[e + 3]));
+                        sts4(sm.q() + r * LK + c0 + e, valid ? make_float4(qv[e], qv[e + 1], qv[e + 2], qv[e + 3])
+                                                             : make_float4(0.0f, 0.0f, 0.0f, 0.0f));
+                        sts4(sm.k + r * LK + c0 + e, valid ? make_float4(kv[e], kv[e + 1], kv[e + 2], kv[e + 3])
+                                                           : make_float4(0.0f, 0.0f, 0.0f, 0.0f));
                     }
                     sts4(sm.G() + Sm::gi(r, c0 + e), make_float4(gv[e], gv[e + 1], gv[e + 2], gv[e + 3]));
                 }
-        }
+            }
+        };
+        if (kCh) specialised(p.g_bf16, rows);
+        else rows(BoolTag<false>{});
     }
     __syncthreads();
     /* Γ: each channel's scan in two halves of the chunk (a thread each), then the second half adds the
@@ -900,14 +916,16 @@ template <typename TW> struct Pad {
 };
 
 /* w, kd, U and gl (and with OUT qg and P) in NBUF buffers: chunks gc + 1 .. gc + NBUF - 1 are in flight during
- * chunk gc. Three with OUT (one CTA an SM anyway), two in the separate-pass form (two CTAs an SM). */
+ * chunk gc. Three with OUT (one CTA an SM anyway; S0 has three copies then, see chunk_state_kernel), two in
+ * the separate-pass form (two CTAs an SM). */
 template <typename TW, int K, bool OUT> struct StateSmem {
     static constexpr int VT = kStateVT, LW = K + Pad<TW>::A, LD = K + Pad<TW>::AT, LS = VT + Pad<TW>::B,
                          LP = kC + Pad<TW>::A, NBUF = OUT ? 3 : 2;
-    TW w[NBUF][kC * LW], kd[NBUF][kC * LD], S[K * LS], U[NBUF][kC * LS];
+    TW w[NBUF][kC * LW], kd[NBUF][kC * LD], S[OUT ? 3 : 1][K * LS], U[NBUF][kC * LS];
     float gl[NBUF][K];
     TW qg[OUT ? NBUF : 1][OUT ? kC * LW : 8], P[OUT ? NBUF : 1][OUT ? kC * LP : 8];
 };
+static_assert(sizeof(StateSmem<hae_bf16_t, 128, true>) <= 232448, "the fused form's 227 KB a CTA");
 
 /* 16-byte chunk copies of a rows x cols tile global -> shared and shared -> global. cols is a multiple of
  * 16 bytes whose chunk count divides nthreads, and the tile's chunk count a multiple of nthreads (every
@@ -932,35 +950,37 @@ __device__ __forceinline__ void tile_copy(TW *dst, int64_t ld, const TW *src, in
         *(uint4 *)(dst + (int64_t)(i + r0) * ld + c) = *(const uint4 *)(src + (i + r0) * lds + c);
 }
 
+/* With OUT the CTA has a second group of 8 warps that loads the tiles and forms each chunk's outputs while
+ * the first goes on with the next chunk's U and state: O and the copies are off the recurrence's
+ * critical path (O was half its MMAs). The first group signals "chunk c's U is in" on kBarU + c % 2
+ * (S0 and U written, its reads of chunk c - 1's buffer done); the second, once there, waits for chunk
+ * c + 1's tiles and signals them on kBarReady + (c + 1) % 2, then refills chunk c - 1's buffer with
+ * chunk c + 2 and computes chunk c's O. S0 has three copies: the first group writes chunk c's before
+ * it waits for kBarReady, which the second may signal while chunk c - 2's O still reads its copy. Two
+ * ids each: a group a chunk ahead could otherwise complete a barrier's generation by itself. */
+enum { kBarState = 1, kBarU, kBarReady = kBarU + 2 }; /* named barriers; 0 is __syncthreads */
+template <bool OUT> constexpr int state_threads() { return OUT ? 2 * kStateThreads : kStateThreads; }
+
 template <typename TW, int K, bool DELTA, bool OUT>
-__global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinParams p, const ChunkWs ws) {
+__global__ void __launch_bounds__(state_threads<OUT>()) chunk_state_kernel(const LinParams p, const ChunkWs ws) {
     hae_pdl_enter();
     using Sm = StateSmem<TW, K, OUT>;
     constexpr int VT = Sm::VT, LW = Sm::LW, LD = Sm::LD, LS = Sm::LS, LP = Sm::LP, NBUF = Sm::NBUF;
-    /* 8 warps. S (K x VT): warp w takes 16-row tile w / WPS and NS of its VT / 8 column tiles;
-     * U (C x VT): 16-row tile w / 2 and half of its columns. */
+    /* 8 warps a group. S (K x VT): warp w takes 16-row tile w / WPS and NS of its VT / 8 column tiles;
+     * U and O (C x VT): 16-row tile w / 2 and half of its columns. */
     constexpr int WPS = kStateThreads / 32 / (K / 16), NS = VT / 8 / WPS, NU = VT / 16;
+    constexpr int kAll = 2 * kStateThreads;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     Sm &sm = *reinterpret_cast<Sm *>(smem_raw);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int tid = threadIdx.x % kStateThreads, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     const int vt = blockIdx.x, j = blockIdx.y, n = blockIdx.z, V = p.V, c0 = vt * VT;
     float *state = p.state + ((int64_t)n * p.HV + j) * K * V + c0;
     const int32_t cbeg = ws.coff[n], cend = ws.coff[n + 1];
     if (cbeg == cend) return;
     const SeqRange sr = seq_range(p, n);
+    const int ru = warp / 2 * 16, cu = warp % 2 * NU * 8;
 
-    /* the state in accumulator fragments: rows rs + g (+ 8), columns cs + nt 8 + 2 t (+ 1) */
-    const int rs = warp / WPS * 16, cs = warp % WPS * NS * 8, ru = warp / 2 * 16, cu = warp % 2 * NU * 8;
-    float acc[NS][4];
-#pragma unroll
-    for (int nt = 0; nt < NS; nt++)
-#pragma unroll
-        for (int y = 0; y < 2; y++) {
-            const float2 v = *(const float2 *)(state + (int64_t)(rs + g + 8 * y) * V + cs + nt * 8 + 2 * t);
-            acc[nt][2 * y] = v.x, acc[nt][2 * y + 1] = v.y;
-        }
-
-    /* w, kd, u0 and gl of chunk gcl into buffer b */
+    /* w, kd, u0 and gl of chunk gcl into buffer b (and q e^Γ, P with OUT), by the group's threads */
     auto load_chunk = [&](int32_t gcl, int b) {
         const int64_t hl = (int64_t)gcl * p.HV + j;
         if (DELTA) tile_async(sm.w[b], LW, (const TW *)ws.w + hl * kC * K, K, kC, K, tid, kStateThreads);
@@ -972,35 +992,80 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
             tile_async(sm.P[b], LP, (const TW *)ws.P + hl * kC * kC, kC, kC, kC, tid, kStateThreads);
         }
     };
-    /* chunk gc + NBUF - 1 into the buffer chunk gc - 1 left; one commit group a chunk, empty past the end */
-    auto next_chunk = [&](int32_t gc) {
-        if (gc + NBUF - 1 < cend) load_chunk(gc + NBUF - 1, (gc + NBUF - 1 - cbeg) % NBUF);
+    /* chunk gcl into its buffer, one commit group a chunk (empty past the end) */
+    auto load_next = [&](int32_t gcl) {
+        if (gcl < cend) load_chunk(gcl, (gcl - cbeg) % NBUF);
         cp_async_commit();
     };
-    for (int x = 0; x < NBUF - 1; x++) {
-        if (cbeg + x < cend) load_chunk(cbeg + x, x);
-        cp_async_commit();
+
+    if (OUT && threadIdx.x >= kStateThreads) {
+        load_next(cbeg);
+        load_next(cbeg + 1);
+        cp_async_wait<1>();
+        bar_arrive(kBarReady, kAll);
+        for (int32_t gc = cbeg; gc < cend; gc++) {
+            const int c = gc - cbeg, b = c % NBUF;
+            bar_sync(kBarU + c % 2, kAll);
+            cp_async_wait<0>();
+            if (gc + 1 < cend) bar_arrive(kBarReady + (c + 1) % 2, kAll);
+            load_next(gc + 2);
+            /* O = (q e^Γ) S0 + P U on the U tile's rows and columns */
+            const int64_t tc0 = sr.t0 + (int64_t)c * kC;
+            const int nc = (int)min((int64_t)kC, sr.t0 + sr.len - tc0);
+            float oacc[NU][4] = {};
+            tile_mma<K, NU, false>(oacc, sm.qg[b] + ru * LW, LW, sm.S[c % 3] + cu, LS);
+            tile_mma<kC, NU, false>(oacc, sm.P[b] + ru * LP, LP, sm.U[b] + cu, LS);
+#pragma unroll
+            for (int nt = 0; nt < NU; nt++)
+#pragma unroll
+                for (int y = 0; y < 2; y++) {
+                    const int i = ru + g + y * 8, col = c0 + cu + nt * 8 + 2 * t;
+                    if (i < nc)
+                        st_out2(p, sr.b * p.o_sb + (tc0 + i) * p.o_st + (int64_t)j * V + col, oacc[nt][2 * y],
+                                oacc[nt][2 * y + 1]);
+                }
+        }
+        return;
     }
+    auto sync = [] {
+        if (OUT) bar_sync(kBarState, kStateThreads);
+        else __syncthreads();
+    };
+
+    /* the state in accumulator fragments: rows rs + g (+ 8), columns cs + nt 8 + 2 t (+ 1) */
+    const int rs = warp / WPS * 16, cs = warp % WPS * NS * 8;
+    float acc[NS][4];
+#pragma unroll
+    for (int nt = 0; nt < NS; nt++)
+#pragma unroll
+        for (int y = 0; y < 2; y++) {
+            const float2 v = *(const float2 *)(state + (int64_t)(rs + g + 8 * y) * V + cs + nt * 8 + 2 * t);
+            acc[nt][2 * y] = v.x, acc[nt][2 * y + 1] = v.y;
+        }
+    if (!OUT)
+        for (int x = 0; x < NBUF - 1; x++) load_next(cbeg + x);
     for (int32_t gc = cbeg; gc < cend; gc++) {
         const int64_t hj = (int64_t)gc * p.HV + j;
-        const int b = (gc - cbeg) % NBUF;
-        TW *U = sm.U[b];
+        const int c = gc - cbeg, b = c % NBUF;
+        TW *U = sm.U[b], *S = sm.S[OUT ? c % 3 : 0];
 #pragma unroll
         for (int nt = 0; nt < NS; nt++)
 #pragma unroll
             for (int y = 0; y < 2; y++)
-                st2(sm.S + (rs + g + 8 * y) * LS + cs + nt * 8 + 2 * t, acc[nt][2 * y], acc[nt][2 * y + 1]);
-        /* a later chunk's tiles into the buffer the last step left (free since its final barrier): here in
-         * the separate-pass form, further down, between MMAs, when this kernel forms the outputs */
-        if (!OUT) next_chunk(gc);
-        cp_async_wait<OUT ? NBUF - 2 : NBUF - 1>(); /* this chunk's tiles */
-        __syncthreads();
-        /* the chunk's start state (as the workspace type), for chunk_out */
-        if (!OUT) tile_copy((TW *)ws.h + hj * K * V + c0, V, sm.S, LS, K, VT, tid, kStateThreads);
+                st2(S + (rs + g + 8 * y) * LS + cs + nt * 8 + 2 * t, acc[nt][2 * y], acc[nt][2 * y + 1]);
+        if (OUT) {
+            bar_sync(kBarReady + c % 2, kAll); /* this chunk's tiles, and S0 from every warp */
+        } else {
+            load_next(gc + NBUF - 1); /* into the buffer the last step left (free since its final barrier) */
+            cp_async_wait<NBUF - 1>(); /* this chunk's tiles */
+            __syncthreads();
+            /* the chunk's start state (as the workspace type), for chunk_out */
+            tile_copy((TW *)ws.h + hj * K * V + c0, V, S, LS, K, VT, tid, kStateThreads);
+        }
         if (DELTA) {
             /* U = u0 - w S0 on this warp's 16 rows and NU column tiles */
             float uacc[NU][4] = {};
-            tile_mma<K, NU, false>(uacc, sm.w[b] + ru * LW, LW, sm.S + cu, LS);
+            tile_mma<K, NU, false>(uacc, sm.w[b] + ru * LW, LW, S + cu, LS);
 #pragma unroll
             for (int nt = 0; nt < NU; nt++)
 #pragma unroll
@@ -1009,29 +1074,10 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
                     const float2 u0 = ld2(u);
                     st2(u, u0.x - uacc[nt][2 * y], u0.y - uacc[nt][2 * y + 1]);
                 }
-            __syncthreads();
+            sync();
             if (!OUT) tile_copy((TW *)ws.u + hj * kC * V + c0, V, U, LS, kC, VT, tid, kStateThreads);
         }
-        /* with OUT, the next chunk's tiles are requested here between MMAs: at the top of the step they
-         * lengthened its critical path (ncu: a fifth of the kernel's stalls on issuing them) */
-        if (OUT) next_chunk(gc);
-        if (OUT) {
-            /* O = (q e^Γ) S0 + P U on the U tile's rows and columns (S0 is still in sm.S) */
-            const int64_t tc0 = sr.t0 + (int64_t)(gc - cbeg) * kC;
-            const int nc = (int)min((int64_t)kC, sr.t0 + sr.len - tc0);
-            float oacc[NU][4] = {};
-            tile_mma<K, NU, false>(oacc, sm.qg[b] + ru * LW, LW, sm.S + cu, LS);
-            tile_mma<kC, NU, false>(oacc, sm.P[b] + ru * LP, LP, U + cu, LS);
-#pragma unroll
-            for (int nt = 0; nt < NU; nt++)
-#pragma unroll
-                for (int y = 0; y < 2; y++) {
-                    const int i = ru + g + y * 8, c = c0 + cu + nt * 8 + 2 * t;
-                    if (i < nc)
-                        st_out2(p, sr.b * p.o_sb + (tc0 + i) * p.o_st + (int64_t)j * V + c, oacc[nt][2 * y],
-                                oacc[nt][2 * y + 1]);
-                }
-        }
+        if (OUT) bar_arrive(kBarU + c % 2, kAll); /* S0 and U of chunk gc are in */
         /* S = diag(e^{Γ_L}) S + kd^T U */
         {
             const float e0 = sm.gl[b][rs + g], e1 = sm.gl[b][rs + g + 8];
@@ -1041,7 +1087,7 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
             }
             tile_mma<kC, NS, true>(acc, sm.kd[b] + rs, LD, U + cs, LS);
         }
-        __syncthreads();
+        if (!OUT) sync();
     }
 #pragma unroll
     for (int nt = 0; nt < NS; nt++)
@@ -1051,9 +1097,9 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_kernel(const LinPar
                 make_float2(acc[nt][2 * y], acc[nt][2 * y + 1]);
 }
 
-/* chunk_out's value columns per CTA: all of V (up to 128) on bf16, so q and P are read once per chunk;
- * 64 on fp32 (shared memory). */
-template <typename TW> constexpr int out_vt() { return sizeof(TW) == 2 ? 128 : 64; }
+/* chunk_out (fp32 inputs; bf16's outputs come from chunk_state) takes 64 value columns a CTA (shared
+ * memory). */
+template <typename TW> constexpr int out_vt() { return 64; }
 __host__ __device__ inline int out_cols(int V, int vt) { return V < vt ? V : vt; }
 
 template <typename TW, int K> struct OutSmem {
@@ -1070,10 +1116,11 @@ __global__ void __launch_bounds__(kOutThreads) chunk_out_kernel(const LinParams 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     const int64_t gc = blockIdx.x;
     const int j = blockIdx.y, V = p.V, W = out_cols(V, out_vt<TW>()), c0 = blockIdx.z * W;
-    const int n = chunk_seq(ws.coff, p.N, gc);
+    int64_t ci;
+    const int n = chunk_seq(p, ws.coff, gc, ci);
     if (n < 0) return;
     const SeqRange sr = seq_range(p, n);
-    const int64_t tc0 = sr.t0 + (gc - ws.coff[n]) * kC;
+    const int64_t tc0 = sr.t0 + ci * kC;
     const int nc = (int)min((int64_t)kC, sr.t0 + sr.len - tc0);
     const int64_t hj = gc * p.HV + j;
 
@@ -1183,9 +1230,6 @@ hae_status launch_recurrent(const hae_linear_attn_args *a, const LinParams &p, c
 hae_status launch_chunked(const hae_linear_attn_args *a, const LinParams &p, cudaStream_t s) {
     const int64_t B = a->q.shape[0], T = a->q.shape[1], HV = p.HV, K = a->q.shape[3], V = p.V;
     const ChunkWs ws = hae_chunk_ws_layout(a->workspace, B, T, p.N, HV, K, V, hae_dtype_size(a->q.dtype), nullptr);
-    int dev = 0, sms = 0;
-    HAE_CUDA_CHECK(cudaGetDevice(&dev));
-    HAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     chunk_offsets_kernel<<<1, 32, 0, s>>>(p, ws.coff);
     HAE_CUDA_LAUNCH_CHECK("chunk_offsets_kernel");
     return hae_cuda_dispatch(a->q.dtype, "hae_linear_attn", [&](auto ti) -> hae_status {
@@ -1196,39 +1240,34 @@ hae_status launch_chunked(const hae_linear_attn_args *a, const LinParams &p, cud
                 constexpr int DECAY = decltype(dt)::value;
                 constexpr bool DELTA = decltype(del)::value;
                 auto *prep = chunk_prep_kernel<TI, KK, DECAY, DELTA>;
-                constexpr bool kOut = sizeof(TI) == 2; /* fp32's tiles leave no room for qg and P */
-                auto *state = chunk_state_kernel<TI, KK, DELTA, false>;
-                auto *state_out = chunk_state_kernel<TI, KK, DELTA, kOut>;
-                auto *outk = chunk_out_kernel<TI, KK>;
                 HAE_TRY(set_smem(prep, sizeof(PrepSmem<TI, KK>)));
-                HAE_TRY(set_smem(state, sizeof(StateSmem<TI, KK, false>)));
-                HAE_TRY(set_smem(state_out, sizeof(StateSmem<TI, KK, kOut>)));
-                HAE_TRY(set_smem(outk, sizeof(OutSmem<TI, KK>)));
                 prep<<<dim3((unsigned)ws.G, (unsigned)HV), kPrepThreads, sizeof(PrepSmem<TI, KK>), s>>>(p, ws);
                 HAE_CUDA_LAUNCH_CHECK("chunk_prep_kernel");
                 const dim3 sgrid((unsigned)(V / kStateVT), (unsigned)HV, (unsigned)p.N);
-                bool fused = false;
-                if (kOut) {
-                    int occ = 0;
-                    HAE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                        &occ, state_out, kStateThreads, sizeof(StateSmem<TI, KK, kOut>)));
-                    fused = (int64_t)sgrid.x * sgrid.y * sgrid.z <= (int64_t)occ * sms;
-                }
-                if (fused) {
-                    /* programmatic launch: its CTAs wait at the top for chunk_prep's results, placed meanwhile on
-                     * the SMs chunk_prep's last wave leaves (at B 1 T 8192 4 us; the other launches stay plain:
-                     * as programmatic ones they made B 8 T 4096 43 us slower) */
-                    HAE_CUDA_CHECK(hae_launch_pdl(state_out, sgrid, dim3(kStateThreads),
-                                                  sizeof(StateSmem<TI, KK, kOut>), s, p, ws));
+                if constexpr (sizeof(TI) == 2) {
+                    /* bf16: chunk_state forms the outputs too (measured against the separate pass on an H200:
+                     * 96 us faster at B 8 T 4096, the same within 0.3% at B 64 T 512), launched
+                     * programmatically: its CTAs wait at the top for chunk_prep's results, placed meanwhile on
+                     * the SMs chunk_prep's last wave leaves (4 us at B 1 T 8192) */
+                    auto *state = chunk_state_kernel<TI, KK, DELTA, true>;
+                    HAE_TRY(set_smem(state, sizeof(StateSmem<TI, KK, true>)));
+                    HAE_CUDA_CHECK(hae_launch_pdl(state, sgrid, dim3(state_threads<true>()),
+                                                  sizeof(StateSmem<TI, KK, true>), s, p, ws));
                     HAE_CUDA_LAUNCH_CHECK("chunk_state_kernel");
-                    return HAE_OK;
+                } else {
+                    /* fp32's tiles leave no room for q e^Γ and P: each chunk's start state to the workspace, the
+                     * outputs by chunk_out, parallel over chunks (plain launches: as programmatic ones they made
+                     * B 8 T 4096 43 us slower in bf16's separate pass) */
+                    auto *state = chunk_state_kernel<TI, KK, DELTA, false>;
+                    auto *outk = chunk_out_kernel<TI, KK>;
+                    HAE_TRY(set_smem(state, sizeof(StateSmem<TI, KK, false>)));
+                    HAE_TRY(set_smem(outk, sizeof(OutSmem<TI, KK>)));
+                    state<<<sgrid, kStateThreads, sizeof(StateSmem<TI, KK, false>), s>>>(p, ws);
+                    HAE_CUDA_LAUNCH_CHECK("chunk_state_kernel");
+                    outk<<<dim3((unsigned)ws.G, (unsigned)HV, (unsigned)(V / out_cols((int)V, out_vt<TI>()))),
+                           kOutThreads, sizeof(OutSmem<TI, KK>), s>>>(p, ws);
+                    HAE_CUDA_LAUNCH_CHECK("chunk_out_kernel");
                 }
-                state<<<sgrid, kStateThreads, sizeof(StateSmem<TI, KK, false>), s>>>(p, ws);
-                HAE_CUDA_LAUNCH_CHECK("chunk_state_kernel");
-                outk<<<dim3((unsigned)ws.G, (unsigned)HV, (unsigned)(V / out_cols((int)V, out_vt<TI>()))), kOutThreads,
-                       sizeof(OutSmem<TI, KK>),
-                       s>>>(p, ws);
-                HAE_CUDA_LAUNCH_CHECK("chunk_out_kernel");
                 return HAE_OK;
             });
         });

@@ -1006,12 +1006,6 @@ struct WsLayout {
     static constexpr int kSmem = kBar + 8 * 8 + 1024;
 };
 enum { kBarMA = 1, kBarMB, kBarPA, kBarPB, kBarMath, kBarGather }; /* named barriers; 0 is __syncthreads */
-__device__ __forceinline__ void bar_sync(int id, int n) {
-    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory");
-}
-__device__ __forceinline__ void bar_arrive(int id, int n) {
-    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory");
-}
 
 /* d (+)= A B, 64 x 64 x 16, both K-major; accumulate false: d = A B. */
 __device__ __forceinline__ void wgmma_64x64(float (&d)[32], uint32_t a, uint32_t b, bool accumulate) {
