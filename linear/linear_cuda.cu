@@ -404,16 +404,15 @@ __device__ __forceinline__ float2 ld2(const hae_bf16_t *p) {
  * inverse of I + diag(β) A', then two tensor-core products), q e^Γ, k e^{Γ_L - Γ}, e^{Γ_L};
  * (2) chunk_state, sequential over a sequence's chunks, parallel over (sequence, head, 32 value
  * columns): U = u0 - w S0, S = e^{Γ_L} S + (k e^{Γ_L-Γ})^T U, the state in mma accumulators; with bf16
- * inputs and CTAs that fit one wave it also forms O from the S0 and U it holds, else it stores each
- * chunk's start state and U for (3) chunk_out, parallel over (chunk, head, 128 value columns on bf16, 64
- * on fp32): O.
- * Measured on an H200 (bench_linear, H 32, K = V = 128, bf16, B 1 T 8192, bench/RESULTS.md): 0.69 ms in
- * all. ncu's stall samples steered the last steps: kernel 1 (110 KB, two CTAs an SM, 25% occupancy) is
- * latency-bound, so warps that a phase leaves idle take the next phase's independent work instead of
- * waiting at its barrier (the q e^Γ stores beside the A'/P blocks, D_I beside β K~, w and u0 a row block
- * at a time beside the inverse's block rows); kernel 2's chain per chunk is MMA and barrier latency, so
- * its tile copies take one division a tile instead of one a 16-byte chunk, and in the fused form the next
- * chunk's are requested between MMAs. */
+ * inputs it also forms O from the S0 and U it holds (a warp group of its own), with fp32 ones it stores
+ * each chunk's start state and U for (3) chunk_out, parallel over (chunk, head, 64 value columns): O.
+ * Measured on an H200 (bench_linear, H 32, K = V = 128, bf16, bench/RESULTS.md): 0.58 ms at B 1 T 8192,
+ * 2.26 ms at T 32768. ncu's stall samples steered the steps: kernel 1 is latency-bound, so it runs three
+ * CTAs an SM on 16-bit tiles (two left half the issue slots empty), and warps that a phase leaves idle
+ * take the next phase's independent work instead of waiting at its barrier (the q e^Γ stores beside the
+ * A'/P blocks, D_I beside K~, w and u0 a row block at a time beside the inverse's block rows); kernel 2's
+ * chain per chunk is MMA and barrier latency, so its copies and the outputs are other warps' work and its
+ * tile copies take one division a tile instead of one a 16-byte chunk. */
 constexpr int kC = HAE_LIN_CHUNK; /* tokens per chunk */
 constexpr size_t cmax(size_t a, size_t b) { return a > b ? a : b; }
 constexpr float kLog2e = 1.4426950408889634f;
@@ -950,16 +949,18 @@ __device__ __forceinline__ void tile_copy(TW *dst, int64_t ld, const TW *src, in
         *(uint4 *)(dst + (int64_t)(i + r0) * ld + c) = *(const uint4 *)(src + (i + r0) * lds + c);
 }
 
-/* With OUT the CTA has a second group of 8 warps that loads the tiles and forms each chunk's outputs while
- * the first goes on with the next chunk's U and state: O and the copies are off the recurrence's
- * critical path (O was half its MMAs). The first group signals "chunk c's U is in" on kBarU + c % 2
- * (S0 and U written, its reads of chunk c - 1's buffer done); the second, once there, waits for chunk
- * c + 1's tiles and signals them on kBarReady + (c + 1) % 2, then refills chunk c - 1's buffer with
- * chunk c + 2 and computes chunk c's O. S0 has three copies: the first group writes chunk c's before
- * it waits for kBarReady, which the second may signal while chunk c - 2's O still reads its copy. Two
- * ids each: a group a chunk ahead could otherwise complete a barrier's generation by itself. */
+/* With OUT the CTA has two more warp groups beside the 8 warps of the recurrence: 8 warps that form each
+ * chunk's outputs and 4 that load the tiles, so that O (half the MMAs) and the copies are off the
+ * recurrence's critical path (ncu: issuing the copies stalled the warps that issued them). The recurrence
+ * signals "chunk c's S0 and U are in" on kBarU + c % 2 (its reads of chunk c - 1's buffer done); the
+ * output warps wait there, as do the loaders, who then know chunk c - 1's O done too: they wait for chunk
+ * c + 1's tiles, signal them on kBarReady + (c + 1) % 2 and refill chunk c - 1's buffer with chunk c + 2.
+ * S0 has three copies: the recurrence writes chunk c's before it waits for kBarReady, which the loaders
+ * may signal while chunk c - 2's O still reads its copy. Two ids each: a group a chunk ahead could
+ * otherwise complete a barrier's generation by itself. */
 enum { kBarState = 1, kBarU, kBarReady = kBarU + 2 }; /* named barriers; 0 is __syncthreads */
-template <bool OUT> constexpr int state_threads() { return OUT ? 2 * kStateThreads : kStateThreads; }
+constexpr int kLoadThreads = 128;
+template <bool OUT> constexpr int state_threads() { return OUT ? 2 * kStateThreads + kLoadThreads : kStateThreads; }
 
 template <typename TW, int K, bool DELTA, bool OUT>
 __global__ void __launch_bounds__(state_threads<OUT>()) chunk_state_kernel(const LinParams p, const ChunkWs ws) {
@@ -969,7 +970,7 @@ __global__ void __launch_bounds__(state_threads<OUT>()) chunk_state_kernel(const
     /* 8 warps a group. S (K x VT): warp w takes 16-row tile w / WPS and NS of its VT / 8 column tiles;
      * U and O (C x VT): 16-row tile w / 2 and half of its columns. */
     constexpr int WPS = kStateThreads / 32 / (K / 16), NS = VT / 8 / WPS, NU = VT / 16;
-    constexpr int kAll = 2 * kStateThreads;
+    constexpr int kUN = state_threads<OUT>(), kReadyN = kStateThreads + kLoadThreads;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     Sm &sm = *reinterpret_cast<Sm *>(smem_raw);
     const int tid = threadIdx.x % kStateThreads, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
@@ -980,35 +981,43 @@ __global__ void __launch_bounds__(state_threads<OUT>()) chunk_state_kernel(const
     const SeqRange sr = seq_range(p, n);
     const int ru = warp / 2 * 16, cu = warp % 2 * NU * 8;
 
-    /* w, kd, u0 and gl of chunk gcl into buffer b (and q e^Γ, P with OUT), by the group's threads */
-    auto load_chunk = [&](int32_t gcl, int b) {
-        const int64_t hl = (int64_t)gcl * p.HV + j;
-        if (DELTA) tile_async(sm.w[b], LW, (const TW *)ws.w + hl * kC * K, K, kC, K, tid, kStateThreads);
-        tile_async(sm.kd[b], LD, (const TW *)ws.kd + hl * kC * K, K, kC, K, tid, kStateThreads);
-        tile_async(sm.U[b], LS, (const TW *)ws.u + hl * kC * V + c0, V, kC, VT, tid, kStateThreads);
-        for (int c = tid * 4; c < K; c += kStateThreads * 4) cp_async16(sm.gl[b] + c, ws.gl + hl * K + c);
-        if (OUT) {
-            tile_async(sm.qg[b], LW, (const TW *)ws.qg + hl * kC * K, K, kC, K, tid, kStateThreads);
-            tile_async(sm.P[b], LP, (const TW *)ws.P + hl * kC * kC, kC, kC, kC, tid, kStateThreads);
+    /* chunk gcl's w, kd, u0 and gl (and q e^Γ, P with OUT) into its buffer by nt threads (lt = this one's
+     * index), one commit group a chunk (empty past the end) */
+    auto load_next = [&](int32_t gcl, int lt, int nt) {
+        if (gcl < cend) {
+            const int b = (gcl - cbeg) % NBUF;
+            const int64_t hl = (int64_t)gcl * p.HV + j;
+            if (DELTA) tile_async(sm.w[b], LW, (const TW *)ws.w + hl * kC * K, K, kC, K, lt, nt);
+            tile_async(sm.kd[b], LD, (const TW *)ws.kd + hl * kC * K, K, kC, K, lt, nt);
+            tile_async(sm.U[b], LS, (const TW *)ws.u + hl * kC * V + c0, V, kC, VT, lt, nt);
+            for (int c = lt * 4; c < K; c += nt * 4) cp_async16(sm.gl[b] + c, ws.gl + hl * K + c);
+            if (OUT) {
+                tile_async(sm.qg[b], LW, (const TW *)ws.qg + hl * kC * K, K, kC, K, lt, nt);
+                tile_async(sm.P[b], LP, (const TW *)ws.P + hl * kC * kC, kC, kC, kC, lt, nt);
+            }
         }
-    };
-    /* chunk gcl into its buffer, one commit group a chunk (empty past the end) */
-    auto load_next = [&](int32_t gcl) {
-        if (gcl < cend) load_chunk(gcl, (gcl - cbeg) % NBUF);
         cp_async_commit();
     };
 
-    if (OUT && threadIdx.x >= kStateThreads) {
-        load_next(cbeg);
-        load_next(cbeg + 1);
+    if (OUT && threadIdx.x >= 2 * kStateThreads) { /* the loaders */
+        const int lt = threadIdx.x - 2 * kStateThreads;
+        load_next(cbeg, lt, kLoadThreads);
+        load_next(cbeg + 1, lt, kLoadThreads);
         cp_async_wait<1>();
-        bar_arrive(kBarReady, kAll);
+        bar_arrive(kBarReady, kReadyN);
+        for (int32_t gc = cbeg; gc < cend; gc++) {
+            const int c = gc - cbeg;
+            bar_sync(kBarU + c % 2, kUN);
+            cp_async_wait<0>();
+            if (gc + 1 < cend) bar_arrive(kBarReady + (c + 1) % 2, kReadyN);
+            load_next(gc + 2, lt, kLoadThreads);
+        }
+        return;
+    }
+    if (OUT && threadIdx.x >= kStateThreads) { /* the outputs */
         for (int32_t gc = cbeg; gc < cend; gc++) {
             const int c = gc - cbeg, b = c % NBUF;
-            bar_sync(kBarU + c % 2, kAll);
-            cp_async_wait<0>();
-            if (gc + 1 < cend) bar_arrive(kBarReady + (c + 1) % 2, kAll);
-            load_next(gc + 2);
+            bar_sync(kBarU + c % 2, kUN);
             /* O = (q e^Γ) S0 + P U on the U tile's rows and columns */
             const int64_t tc0 = sr.t0 + (int64_t)c * kC;
             const int nc = (int)min((int64_t)kC, sr.t0 + sr.len - tc0);
@@ -1043,7 +1052,7 @@ __global__ void __launch_bounds__(state_threads<OUT>()) chunk_state_kernel(const
             acc[nt][2 * y] = v.x, acc[nt][2 * y + 1] = v.y;
         }
     if (!OUT)
-        for (int x = 0; x < NBUF - 1; x++) load_next(cbeg + x);
+        for (int x = 0; x < NBUF - 1; x++) load_next(cbeg + x, tid, kStateThreads);
     for (int32_t gc = cbeg; gc < cend; gc++) {
         const int64_t hj = (int64_t)gc * p.HV + j;
         const int c = gc - cbeg, b = c % NBUF;
@@ -1054,9 +1063,10 @@ __global__ void __launch_bounds__(state_threads<OUT>()) chunk_state_kernel(const
             for (int y = 0; y < 2; y++)
                 st2(S + (rs + g + 8 * y) * LS + cs + nt * 8 + 2 * t, acc[nt][2 * y], acc[nt][2 * y + 1]);
         if (OUT) {
-            bar_sync(kBarReady + c % 2, kAll); /* this chunk's tiles, and S0 from every warp */
+            bar_sync(kBarReady + c % 2, kReadyN); /* this chunk's tiles, and S0 from every warp */
         } else {
-            load_next(gc + NBUF - 1); /* into the buffer the last step left (free since its final barrier) */
+            load_next(gc + NBUF - 1, tid, kStateThreads); /* into the buffer the last step left (free since its
+                                                           * final barrier) */
             cp_async_wait<NBUF - 1>(); /* this chunk's tiles */
             __syncthreads();
             /* the chunk's start state (as the workspace type), for chunk_out */
@@ -1077,7 +1087,7 @@ __global__ void __launch_bounds__(state_threads<OUT>()) chunk_state_kernel(const
             sync();
             if (!OUT) tile_copy((TW *)ws.u + hj * kC * V + c0, V, U, LS, kC, VT, tid, kStateThreads);
         }
-        if (OUT) bar_arrive(kBarU + c % 2, kAll); /* S0 and U of chunk gc are in */
+        if (OUT) bar_arrive(kBarU + c % 2, kUN); /* S0 and U of chunk gc are in */
         /* S = diag(e^{Γ_L}) S + kd^T U */
         {
             const float e0 = sm.gl[b][rs + g], e1 = sm.gl[b][rs + g + 8];
