@@ -458,16 +458,17 @@ __device__ __forceinline__ int chunk_seq(const LinParams &p, const int32_t *coff
 
 /* Kernel 1's shared memory. q, k hold the chunk's rows as they came (TS = the input type; mapped only
  * under elu1) with their L2-norm factors rq, rk applied to the products (exact tiles, at 16 bits for
- * bf16), row stride LK: a warp's fragment reads, rows g and channel pairs t, hit 32 distinct banks. G
+ * bf16), row stride LK = K + 8: a warp's fragment reads, rows g and channel pairs t, are conflict-free
+ * (32-bit pairs of bf16 over a warp, 64-bit pairs of fp32 per half-warp). G
  * (fp32) holds the log decays unpadded, channel c of row r at c ^ 8 (r & 7): the fragment walks' 8-byte
  * reads (rows g, channel pairs t) are conflict-free per half-warp. L holds β_i A'_ij: the six 16 x 16
  * blocks below the diagonal, then the four diagonal ones as strict lower triangles. Once A' and P are
  * done the regions are reused: q holds T = (I + diag(β) A')^{-1} (fp32, stride LT), k holds K~ in place
  * and G holds V as it came (TS, stride LV = 136, any V ≤ 128: the B fragment walks, rows t and columns
  * g, are conflict-free). With bf16 inputs and K = 128 that is 76,416 bytes: three CTAs an SM (the kernel
- * is latency-bound; at two it left half the issue slots empty); fp32 inputs take 109,184, two. */
+ * is latency-bound; at two it left half the issue slots empty); fp32 inputs take 113,280, two. */
 template <typename TS, int K> struct PrepSmem {
-    static constexpr int LK = K + (sizeof(TS) == 2 ? 8 : 4);
+    static constexpr int LK = K + 8;
     static constexpr int LT = kC + 4;
     static constexpr int LV = 136;
     static constexpr size_t QB = cmax(kC * LK * sizeof(TS), kC * LT * sizeof(float));
