@@ -1110,11 +1110,11 @@ __global__ void __launch_bounds__(state_threads<OUT>()) chunk_state_kernel(const
 
 /* chunk_out (fp32 inputs; bf16's outputs come from chunk_state) takes 64 value columns a CTA (shared
  * memory). */
-template <typename TW> constexpr int out_vt() { return 64; }
+constexpr int kOutVT = 64;
 __host__ __device__ inline int out_cols(int V, int vt) { return V < vt ? V : vt; }
 
 template <typename TW, int K> struct OutSmem {
-    static constexpr int LQ = K + Pad<TW>::A, LP = kC + Pad<TW>::A, LH = out_vt<TW>() + Pad<TW>::B;
+    static constexpr int LQ = K + Pad<TW>::A, LP = kC + Pad<TW>::A, LH = kOutVT + Pad<TW>::B;
     TW q[kC * LQ], h[K * LH], P[kC * LP], U[kC * LH];
 };
 
@@ -1126,7 +1126,7 @@ __global__ void __launch_bounds__(kOutThreads) chunk_out_kernel(const LinParams 
     Sm &sm = *reinterpret_cast<Sm *>(smem_raw);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     const int64_t gc = blockIdx.x;
-    const int j = blockIdx.y, V = p.V, W = out_cols(V, out_vt<TW>()), c0 = blockIdx.z * W;
+    const int j = blockIdx.y, V = p.V, W = out_cols(V, kOutVT), c0 = blockIdx.z * W;
     int64_t ci;
     const int n = chunk_seq(p, ws.coff, gc, ci);
     if (n < 0) return;
@@ -1275,7 +1275,7 @@ hae_status launch_chunked(const hae_linear_attn_args *a, const LinParams &p, cud
                     HAE_TRY(set_smem(outk, sizeof(OutSmem<TI, KK>)));
                     state<<<sgrid, kStateThreads, sizeof(StateSmem<TI, KK, false>), s>>>(p, ws);
                     HAE_CUDA_LAUNCH_CHECK("chunk_state_kernel");
-                    outk<<<dim3((unsigned)ws.G, (unsigned)HV, (unsigned)(V / out_cols((int)V, out_vt<TI>()))),
+                    outk<<<dim3((unsigned)ws.G, (unsigned)HV, (unsigned)(V / out_cols((int)V, kOutVT))),
                            kOutThreads, sizeof(OutSmem<TI, KK>), s>>>(p, ws);
                     HAE_CUDA_LAUNCH_CHECK("chunk_out_kernel");
                 }
