@@ -540,11 +540,12 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
     const int64_t hj = gc * p.HV + j;
     const TI *vb = (const TI *)p.v + sr.b * p.v_sb + tc0 * p.v_st + (int64_t)j * V;
 
-    /* load, map and normalise q, k; log decays in base 2 (G below is log2 of the decay: exp2 is one
-     * instruction); padded rows are zero. Thread tid takes channels c0 .. c0 + 7 of rows tid / VPR + RPP x.
-     * It first copies its pieces of q, k, g as they are into their tiles (g, when bf16, into the second half
-     * of its fp32 row), every copy in flight at once without holding registers, then maps them in place:
-     * registers, not shared memory, bounded the CTAs an SM when the loads went through them. */
+    /* load q, k (mapped in place only under elu1; their L2 norms kept as row factors rq, rk) and the log
+     * decays in base 2 (G below is log2 of the decay: exp2 is one instruction); padded rows are zero.
+     * Thread tid takes channels c0 .. c0 + 7 of rows tid / VPR + RPP x. It first copies its pieces of q,
+     * k, g as they are into their tiles (g, when bf16, into the second half of its fp32 row), every copy in
+     * flight at once without holding registers, then reads them back: registers, not shared memory,
+     * bounded the CTAs an SM when the loads went through them. */
     {
         constexpr int VPR = K / 8, RPP = kPrepThreads / VPR, NP = kC / RPP;
         constexpr bool kCh = DECAY == HAE_DECAY_CHANNEL;
