@@ -357,33 +357,44 @@ __device__ __forceinline__ void tile_mma(float (&acc)[NT][4], const hae_bf16_t *
 }
 
 /* Two adjacent workspace elements (fp32 or bf16) from / to fp32. */
-__device__ __forceinline__ void st2(float *p, float x, float y) { *(float2 *)p = make_float2(x, y); }
-__device__ __forceinline__ void st2(hae_bf16_t *p, float x, float y) {
-    uint32_t r; /* nearest even, as hae_dev_f32_to_bf16 (NaNs: any quiet one) */
+/* Two fp32 values as a bf16 pair (x in the low half), nearest even as hae_dev_f32_to_bf16 (NaNs: any
+ * quiet one), and back. */
+__device__ __forceinline__ uint32_t bf16x2(float x, float y) {
+    uint32_t r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(y), "f"(x));
-    *(uint32_t *)p = r;
+    return r;
 }
+__device__ __forceinline__ float2 unbf16x2(uint32_t u) {
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+}
+__device__ __forceinline__ void st2(float *p, float x, float y) { *(float2 *)p = make_float2(x, y); }
+__device__ __forceinline__ void st2(hae_bf16_t *p, float x, float y) { *(uint32_t *)p = bf16x2(x, y); }
 /* out[i], out[i + 1] (i even): one store when p.o_pairs */
 __device__ __forceinline__ void st_out2(const LinParams &p, int64_t i, float v0, float v1) {
     if (p.o_pairs && p.o_bf16) st2((hae_bf16_t *)p.out + i, v0, v1);
     else if (p.o_pairs) st2((float *)p.out + i, v0, v1);
     else st_dt(p.out, p.o_bf16, i, v0), st_dt(p.out, p.o_bf16, i + 1, v1);
 }
-/* Eight adjacent workspace elements from fp32, 16 bytes at a time (p 16-byte aligned). */
+/* Four (8- or 16-byte aligned) and eight (16-byte aligned) adjacent elements from fp32. */
+__device__ __forceinline__ void st4(float *p, float4 v) { *(float4 *)p = v; }
+__device__ __forceinline__ void st4(hae_bf16_t *p, float4 v) {
+    *(uint2 *)p = make_uint2(bf16x2(v.x, v.y), bf16x2(v.z, v.w));
+}
 __device__ __forceinline__ void st8(float *p, const float (&v)[8]) {
     *(float4 *)p = make_float4(v[0], v[1], v[2], v[3]);
     *(float4 *)(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
 }
 __device__ __forceinline__ void st8(hae_bf16_t *p, const float (&v)[8]) {
-    uint32_t r[4];
-#pragma unroll
-    for (int x = 0; x < 4; x++) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r[x]) : "f"(v[2 * x + 1]), "f"(v[2 * x]));
-    *(uint4 *)p = make_uint4(r[0], r[1], r[2], r[3]);
+    *(uint4 *)p = make_uint4(bf16x2(v[0], v[1]), bf16x2(v[2], v[3]), bf16x2(v[4], v[5]), bf16x2(v[6], v[7]));
 }
+/* Two (4- or 8-byte aligned) and four (8- or 16-byte aligned) adjacent elements as fp32. */
 __device__ __forceinline__ float2 ld2(const float *p) { return *(const float2 *)p; }
-__device__ __forceinline__ float2 ld2(const hae_bf16_t *p) {
-    const uint32_t u = *(const uint32_t *)p;
-    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+__device__ __forceinline__ float2 ld2(const hae_bf16_t *p) { return unbf16x2(*(const uint32_t *)p); }
+__device__ __forceinline__ float4 ld4(const float *p) { return *(const float4 *)p; }
+__device__ __forceinline__ float4 ld4(const hae_bf16_t *p) {
+    const uint2 u = *(const uint2 *)p;
+    const float2 a = unbf16x2(u.x), b = unbf16x2(u.y);
+    return make_float4(a.x, a.y, b.x, b.y);
 }
 
 /* ---------------------------------------------------------------- chunked form (chunk 64)
@@ -492,27 +503,6 @@ static_assert(sizeof(PrepSmem<hae_bf16_t, 128>) <= 76800, "three CTAs an SM: 233
 __device__ __forceinline__ int lblk(int I, int J) { return (I * (I - 1) / 2 + J) * 256; }
 __device__ __forceinline__ int ldiag(int I, int il, int jl) { return 6 * 256 + I * 120 + il * (il - 1) / 2 + jl; }
 
-/* Two adjacent channels (c even) of a shared row, as fp32. */
-__device__ __forceinline__ float2 lds2(const float *p) { return *(const float2 *)p; }
-__device__ __forceinline__ float2 lds2(const hae_bf16_t *p) { return ld2(p); }
-/* Four adjacent elements to / from a shared row (4-element aligned). */
-__device__ __forceinline__ float4 lds4(const float *p) { return *(const float4 *)p; }
-__device__ __forceinline__ float4 lds4(const hae_bf16_t *p) {
-    const uint2 u = *(const uint2 *)p;
-    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
-                       __uint_as_float(u.y & 0xffff0000u));
-}
-__device__ __forceinline__ void sts4(float *p, float4 v) { *(float4 *)p = v; }
-__device__ __forceinline__ void sts4(hae_bf16_t *p, float4 v) {
-    uint2 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r.x) : "f"(v.y), "f"(v.x));
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r.y) : "f"(v.w), "f"(v.z));
-    *(uint2 *)p = r;
-}
-__device__ __forceinline__ float lds1(const float *p) { return *p; }
-__device__ __forceinline__ float lds1(const hae_bf16_t *p) {
-    return __uint_as_float((uint32_t)*(const uint16_t *)p << 16);
-}
 
 /* w = T diag(β) K~ and u0 = T diag(β) V, T = (I + diag(β) A')^{-1} lower unitriangular: T's 16 x 16
  * diagonal blocks D_I by 16-step substitution (one thread per column), then block row by block
@@ -637,12 +627,12 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
 #pragma unroll
                 for (int e = 0; e < 8; e += 4) {
                     if (p.elu1 || !valid) { /* else the tiles keep the inputs as they are */
-                        sts4(sm.q() + r * LK + c0 + e, valid ? make_float4(qv[e], qv[e + 1], qv[e + 2], qv[e + 3])
+                        st4(sm.q() + r * LK + c0 + e, valid ? make_float4(qv[e], qv[e + 1], qv[e + 2], qv[e + 3])
                                                              : make_float4(0.0f, 0.0f, 0.0f, 0.0f));
-                        sts4(sm.k + r * LK + c0 + e, valid ? make_float4(kv[e], kv[e + 1], kv[e + 2], kv[e + 3])
+                        st4(sm.k + r * LK + c0 + e, valid ? make_float4(kv[e], kv[e + 1], kv[e + 2], kv[e + 3])
                                                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f));
                     }
-                    sts4(sm.G() + Sm::gi(r, c0 + e), make_float4(gv[e], gv[e + 1], gv[e + 2], gv[e + 3]));
+                    st4(sm.G() + Sm::gi(r, c0 + e), make_float4(gv[e], gv[e + 1], gv[e + 2], gv[e + 3]));
                 }
             }
         };
@@ -694,16 +684,16 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
             uint32_t kh[4], kl[4], qh[4], ql[4], bh[2][2], bl[2][2];
             const int c = k0 + 2 * t;
             float2 gm = make_float2(0.0f, 0.0f);
-            if (!kUniform) gm = lds2(G + Sm::gi(m, c));
+            if (!kUniform) gm = ld2(G + Sm::gi(m, c));
 #pragma unroll
             for (int y = 0; y < 2; y++) { /* fragment rows g + 8 y: positions y and y + 2 */
                 const int r = i0 + g + 8 * y;
                 float2 f = make_float2(1.0f, 1.0f);
                 if (!kUniform) {
-                    const float2 gr = lds2(G + Sm::gi(r, c));
+                    const float2 gr = ld2(G + Sm::gi(r, c));
                     f = make_float2(hae_ex2(gr.x - gm.x), hae_ex2(gr.y - gm.y));
                 }
-                const float2 kk = lds2(ks + r * LK + c), qq = lds2(qs + r * LK + c);
+                const float2 kk = ld2(ks + r * LK + c), qq = ld2(qs + r * LK + c);
                 split_tf32<kX3>(kk.x * f.x, kh[y], kl[y]);
                 split_tf32<kX3>(kk.y * f.y, kh[y + 2], kl[y + 2]);
                 split_tf32<kX3>(qq.x * f.x, qh[y], ql[y]);
@@ -714,10 +704,10 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
                 const int r = jb + nt * 8 + g;
                 float2 f = make_float2(1.0f, 1.0f);
                 if (!kUniform) {
-                    const float2 gr = lds2(G + Sm::gi(r, c));
+                    const float2 gr = ld2(G + Sm::gi(r, c));
                     f = make_float2(hae_ex2(gm.x - gr.x), hae_ex2(gm.y - gr.y));
                 }
-                const float2 kk = lds2(ks + r * LK + c);
+                const float2 kk = ld2(ks + r * LK + c);
                 split_tf32<kX3>(kk.x * f.x, bh[nt][0], bl[nt][0]);
                 split_tf32<kX3>(kk.y * f.y, bh[nt][1], bl[nt][1]);
             }
@@ -755,8 +745,8 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
                 float a[8], d[8];
 #pragma unroll
                 for (int x = 0; x < 8; x += 4) {
-                    const float4 Gi = lds4(G + Sm::gi(i, c + x)), GL = lds4(G + Sm::gi(kC - 1, c + x));
-                    const float4 q = lds4(qs + i * LK + c + x), k = lds4(ks + i * LK + c + x);
+                    const float4 Gi = ld4(G + Sm::gi(i, c + x)), GL = ld4(G + Sm::gi(kC - 1, c + x));
+                    const float4 q = ld4(qs + i * LK + c + x), k = ld4(ks + i * LK + c + x);
                     a[x] = sq * q.x * hae_ex2(Gi.x), a[x + 1] = sq * q.y * hae_ex2(Gi.y);
                     a[x + 2] = sq * q.z * hae_ex2(Gi.z), a[x + 3] = sq * q.w * hae_ex2(Gi.w);
                     d[x] = sk * k.x * hae_ex2(GL.x - Gi.x), d[x + 1] = sk * k.y * hae_ex2(GL.y - Gi.y);
@@ -785,9 +775,9 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
             }
             float a = 0.0f, pp = 0.0f;
             for (int c = 0; c < K; c++) {
-                const float kk = lds1(ks + jr * LK + c) * hae_ex2(G[Sm::gi(i, c)] - G[Sm::gi(jr, c)]);
-                a += lds1(ks + i * LK + c) * kk;
-                pp += lds1(qs + i * LK + c) * kk;
+                const float kk = hae_ld(ks + jr * LK + c) * hae_ex2(G[Sm::gi(i, c)] - G[Sm::gi(jr, c)]);
+                a += hae_ld(ks + i * LK + c) * kk;
+                pp += hae_ld(qs + i * LK + c) * kk;
             }
             if (DELTA && jl < il) sm.L[ldiag(blk, il, jl)] = sm.beta[i] * sm.rk[i] * sm.rk[jr] * a;
             hae_st(P + i * kC + jr, p.scale * sm.rq[i] * sm.rk[jr] * pp);
@@ -819,9 +809,9 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
     for (int e = tid - 64; e >= 0 && e < kC * K / 4; e += kPrepThreads - 64) { /* 4 channels at once */
         const int i = e / (K / 4), c = 4 * (e % (K / 4));
         TI *kk = sm.k + i * LK + c;
-        const float4 k4 = lds4(kk), g4 = lds4(sm.G() + Sm::gi(i, c));
+        const float4 k4 = ld4(kk), g4 = ld4(sm.G() + Sm::gi(i, c));
         const float b = sm.rk[i];
-        sts4(kk, make_float4(k4.x * b * hae_ex2(g4.x), k4.y * b * hae_ex2(g4.y), k4.z * b * hae_ex2(g4.z),
+        st4(kk, make_float4(k4.x * b * hae_ex2(g4.x), k4.y * b * hae_ex2(g4.y), k4.z * b * hae_ex2(g4.z),
                              k4.w * b * hae_ex2(g4.w)));
     }
     float *T = sm.T();
@@ -886,8 +876,8 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
                 uint32_t bh[4][2], bl[4][2], ah[4], al[4];
 #pragma unroll
                 for (int nt = 0; nt < 4; nt++) {
-                    split_tf32<kX3>(lds1(b + (k0 + t) * ldb + nt * 8 + g), bh[nt][0], bl[nt][0]);
-                    split_tf32<kX3>(lds1(b + (k0 + t + 4) * ldb + nt * 8 + g), bh[nt][1], bl[nt][1]);
+                    split_tf32<kX3>(hae_ld(b + (k0 + t) * ldb + nt * 8 + g), bh[nt][0], bl[nt][0]);
+                    split_tf32<kX3>(hae_ld(b + (k0 + t + 4) * ldb + nt * 8 + g), bh[nt][1], bl[nt][1]);
                 }
                 const float *a = T + mt * 16 * LT + k0, b0 = sm.beta[k0 + t], b1 = sm.beta[k0 + t + 4];
                 split_tf32<kX3>(a[g * LT + t] * b0, ah[0], al[0]);
