@@ -51,6 +51,7 @@ struct LinParams {
     int N, H, HV, V;
     bool g_bf16, b_bf16, o_bf16;
     bool o_pairs; /* out's base, row strides and V even (f32: 8-byte aligned): columns 2 i, 2 i + 1 stored at once */
+    bool o_quads; /* bf16 out, its base 8-byte aligned, row strides and V multiples of 4: four columns at once */
     bool softplus, elu1;
     float lower_bound, scale;
     bool diag_mma; /* chunked: diagonal blocks of A' and P on the tensor cores (see chunk_prep) */
@@ -298,13 +299,13 @@ __device__ __forceinline__ void mma_tf32x(float (&c)[4], const uint32_t (&ah)[4]
 }
 
 /* acc[nt] (+)= A (16 x KD) B (KD x 8 NT), A(m, k) = a[m * am + k * ak], B(k, n) = b[k * bk + n * bn],
- * all in shared memory; one warp. */
+ * all in shared memory, k < kend; one warp. */
 template <int KD, int NT>
 __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], const float *a, int am, int ak, const float *b, int bk,
-                                         int bn) {
+                                         int bn, int kend = KD) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll 2
-    for (int k0 = 0; k0 < KD; k0 += 8) {
+    for (int k0 = 0; k0 < KD && k0 < kend; k0 += 8) {
         uint32_t ah[4], al[4];
         split_tf32(a[g * am + (k0 + t) * ak], ah[0], al[0]);
         split_tf32(a[(g + 8) * am + (k0 + t) * ak], ah[1], al[1]);
@@ -327,15 +328,17 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], const float *a, in
  * memory whose rows are 16-byte multiples (every stride below is padded to one).
  *
  * acc[nt] (+)= A (16 x KD) B (KD x 8 NT) for one warp, the operands in shared memory as the workspace
- * type: A(m, k) = AT ? a[k * lda + m] : a[m * lda + k], B(k, n) = b[k * ldb + n]. fp32 operands run
- * 3xTF32 (fp32 accuracy), bf16 ones one bf16 MMA per 16 x 8 x 16. */
+ * type: A(m, k) = AT ? a[k * lda + m] : a[m * lda + k], B(k, n) = b[k * ldb + n]; k < kend only (a
+ * multiple of 16: a causal A's zero blocks skipped). fp32 operands run 3xTF32 (fp32 accuracy), bf16 ones
+ * one bf16 MMA per 16 x 8 x 16. */
 template <int KD, int NT, bool AT>
-__device__ __forceinline__ void tile_mma(float (&acc)[NT][4], const float *a, int lda, const float *b, int ldb) {
-    warp_mma<KD, NT>(acc, a, AT ? 1 : lda, AT ? lda : 1, b, ldb, 1);
+__device__ __forceinline__ void tile_mma(float (&acc)[NT][4], const float *a, int lda, const float *b, int ldb,
+                                         int kend = KD) {
+    warp_mma<KD, NT>(acc, a, AT ? 1 : lda, AT ? lda : 1, b, ldb, 1, kend);
 }
 template <int KD, int NT, bool AT>
 __device__ __forceinline__ void tile_mma(float (&acc)[NT][4], const hae_bf16_t *a, int lda, const hae_bf16_t *b,
-                                         int ldb) {
+                                         int ldb, int kend = KD) {
     static_assert(NT % 2 == 0, "B fragments come in pairs of n-tiles");
     const int lane = threadIdx.x & 31, q = lane >> 3, r = lane & 7;
     /* matrix q of an x4 load: A's (rows + 8 (q & 1), k + 8 (q >> 1)); B's (k + 8 (q & 1), n + 8 (q >> 1)) */
@@ -343,6 +346,7 @@ __device__ __forceinline__ void tile_mma(float (&acc)[NT][4], const hae_bf16_t *
     const hae_bf16_t *pb = b + (8 * (q & 1) + r) * ldb + 8 * (q >> 1);
 #pragma unroll
     for (int k0 = 0; k0 < KD; k0 += 16) {
+        if (k0 >= kend) break;
         uint32_t af[4];
         if (AT) ldsm_x4_t(af, hae_smem_addr(pa + k0 * lda));
         else ldsm_x4(af, hae_smem_addr(pa + k0));
@@ -374,6 +378,18 @@ __device__ __forceinline__ void st_out2(const LinParams &p, int64_t i, float v0,
     if (p.o_pairs && p.o_bf16) st2((hae_bf16_t *)p.out + i, v0, v1);
     else if (p.o_pairs) st2((float *)p.out + i, v0, v1);
     else st_dt(p.out, p.o_bf16, i, v0), st_dt(p.out, p.o_bf16, i + 1, v1);
+}
+/* Columns 0..15 of an accumulator row held as m16n8 C fragments (n-tile 0's pair c00, c01 and n-tile 1's
+ * c10, c11 at columns 2t, 2t + 1 and 8 + 2t, 8 + 2t + 1), regrouped so that lane t of each quad holds columns
+ * 4t .. 4t + 3 as bf16: one 8-byte store a row fills a 32-byte sector, where four-byte pairs from two
+ * store instructions half-filled it twice (measured: half-filled sectors cost the L2-bound chunk_state
+ * as much as whole ones). Every lane of the warp takes part. */
+__device__ __forceinline__ uint2 quad_cols4(float c00, float c01, float c10, float c11) {
+    const int lane = threadIdx.x & 31, t = lane & 3, s = (lane & ~3) | (t & 1) * 2;
+    const uint32_t p0 = bf16x2(c00, c01), p1 = bf16x2(c10, c11);
+    const uint32_t a0 = __shfl_sync(0xffffffffu, p0, s), a1 = __shfl_sync(0xffffffffu, p1, s);
+    const uint32_t b0 = __shfl_sync(0xffffffffu, p0, s + 1), b1 = __shfl_sync(0xffffffffu, p1, s + 1);
+    return t >> 1 ? make_uint2(a1, b1) : make_uint2(a0, b0);
 }
 /* Four (8- or 16-byte aligned) and eight (16-byte aligned) adjacent elements from fp32. */
 __device__ __forceinline__ void st4(float *p, float4 v) { *(float4 *)p = v; }
@@ -718,18 +734,29 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
             }
         }
         /* select, not multiply: above a diagonal block's diagonal the products may be inf */
+        float pv[2][4];
 #pragma unroll
-        for (int nt = 0; nt < 2; nt++)
+        for (int nt = 0; nt < 2; nt++) {
 #pragma unroll
             for (int x = 0; x < 4; x++) {
                 const int il = g + (x >> 1) * 8, jl = nt * 8 + 2 * t + (x & 1), i = i0 + il, jr = jb + jl;
                 const float e = (kUniform ? hae_ex2(G[Sm::gi(i, 0)] - G[Sm::gi(jr, 0)]) : 1.0f) * sm.rk[jr];
                 const bool keepP = !diag || jl <= il;
-                hae_st(P + i * kC + jr, keepP ? p.scale * sm.rq[i] * accP[nt][x] * e : 0.0f);
+                pv[nt][x] = keepP ? p.scale * sm.rq[i] * accP[nt][x] * e : 0.0f;
                 const float a = sm.beta[i] * sm.rk[i] * accA[nt][x] * e;
                 if (DELTA && !diag) sm.L[lblk(I, J) + il * 16 + jl] = a;
                 if (DELTA && diag && jl < il) sm.L[ldiag(I, il, jl)] = a;
             }
+        }
+#pragma unroll
+        for (int y = 0; y < 2; y++) {
+            TI *row = P + (i0 + g + 8 * y) * kC + jb;
+            if constexpr (sizeof(TI) == 2)
+                *(uint2 *)(row + 4 * t) = quad_cols4(pv[0][2 * y], pv[0][2 * y + 1], pv[1][2 * y], pv[1][2 * y + 1]);
+            else
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++) st2(row + nt * 8 + 2 * t, pv[nt][2 * y], pv[nt][2 * y + 1]);
+        }
     }
     /* What kernels 2 and 3 read besides: q e^Γ (times scale), k e^{Γ_L - Γ}, e^{Γ_L}, and P's blocks above
      * the diagonal (0; the diagonal blocks write their own upper parts). Written by the warps that took one
@@ -756,9 +783,10 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
                 st8(kd + i * K + c, d);
             }
             for (int c = ht; c < K; c += nh) ws.gl[hj * K + c] = hae_ex2(G[Sm::gi(kC - 1, c)]);
-            /* the six 16 x 16 blocks above the diagonal, 16 bytes a store */
+            /* the six 16 x 16 blocks above the diagonal, 16 bytes a store (fp32's chunk_out reads whole
+             * tiles; bf16's chunk_state reads none of them) */
             constexpr int E = 16 / sizeof(TI), CPR = 16 / E; /* elements a store, stores a block row */
-            for (int e = ht; e < kC * kNB * CPR; e += nh) {
+            for (int e = ht; sizeof(TI) == 4 && e < kC * kNB * CPR; e += nh) {
                 const int i = e / (kNB * CPR), J = e / CPR % kNB;
                 if (J > i / 16) *(uint4 *)(P + i * kC + J * 16 + e % CPR * E) = make_uint4(0, 0, 0, 0);
             }
@@ -888,12 +916,19 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
                 for (int nt = 0; nt < 4; nt++) mma_tf32x<kX3>(acc[nt], ah, al, bh[nt], bl[nt]);
             }
 #pragma unroll
-            for (int nt = 0; nt < 4; nt++)
+            for (int y = 0; y < 2; y++) {
+                TI *row = dst + (int64_t)(mt * 16 + g + y * 8) * ld + n0;
 #pragma unroll
-                for (int y = 0; y < 2; y++) {
-                    const int i = mt * 16 + g + y * 8, c = n0 + nt * 8 + 2 * t;
-                    st2(dst + (int64_t)i * ld + c, acc[nt][2 * y], acc[nt][2 * y + 1]);
+                for (int h = 0; h < 2; h++) {
+                    if constexpr (sizeof(TI) == 2)
+                        *(uint2 *)(row + 16 * h + 4 * t) = quad_cols4(acc[2 * h][2 * y], acc[2 * h][2 * y + 1],
+                                                                      acc[2 * h + 1][2 * y], acc[2 * h + 1][2 * y + 1]);
+                    else
+#pragma unroll
+                        for (int nt = 2 * h; nt < 2 * h + 2; nt++)
+                            st2(row + nt * 8 + 2 * t, acc[nt][2 * y], acc[nt][2 * y + 1]);
                 }
+            }
         }
         if (I < kNB) __syncthreads(); /* T's block row I complete */
     }
@@ -985,7 +1020,14 @@ __global__ void __launch_bounds__(state_threads<OUT>()) chunk_state_kernel(const
             for (int c = lt * 4; c < K; c += nt * 4) cp_async16(sm.gl[b] + c, ws.gl + hl * K + c);
             if (OUT) {
                 tile_async(sm.qg[b], LW, (const TW *)ws.qg + hl * kC * K, K, kC, K, lt, nt);
-                tile_async(sm.P[b], LP, (const TW *)ws.P + hl * kC * kC, kC, kC, kC, lt, nt);
+                /* P's blocks on and below the diagonal, all that O reads: the kernel is bound by what it
+                 * reads out of L2 (four CTAs a head read the same tiles) */
+                constexpr int E = 16 / sizeof(TW), PR = kC / E;
+                for (int e = lt; e < kC * PR; e += nt) {
+                    const int i = e / PR, col = e % PR * E;
+                    if (col < (i / 16 + 1) * 16)
+                        cp_async16(sm.P[b] + i * LP + col, (const TW *)ws.P + (hl * kC + i) * kC + col);
+                }
             }
         }
         cp_async_commit();
@@ -1015,16 +1057,26 @@ __global__ void __launch_bounds__(state_threads<OUT>()) chunk_state_kernel(const
             const int nc = (int)min((int64_t)kC, sr.t0 + sr.len - tc0);
             float oacc[NU][4] = {};
             tile_mma<K, NU, false>(oacc, sm.qg[b] + ru * LW, LW, sm.S[c % 3] + cu, LS);
-            tile_mma<kC, NU, false>(oacc, sm.P[b] + ru * LP, LP, sm.U[b] + cu, LS);
-#pragma unroll
-            for (int nt = 0; nt < NU; nt++)
+            tile_mma<kC, NU, false>(oacc, sm.P[b] + ru * LP, LP, sm.U[b] + cu, LS, ru + 16); /* P is causal */
+            const int64_t ob = sr.b * p.o_sb + (int64_t)j * V + c0 + cu;
+            if (p.o_quads) {
+                static_assert(NU == 2, "16 columns a warp");
 #pragma unroll
                 for (int y = 0; y < 2; y++) {
-                    const int i = ru + g + y * 8, col = c0 + cu + nt * 8 + 2 * t;
-                    if (i < nc)
-                        st_out2(p, sr.b * p.o_sb + (tc0 + i) * p.o_st + (int64_t)j * V + col, oacc[nt][2 * y],
-                                oacc[nt][2 * y + 1]);
+                    const uint2 v = quad_cols4(oacc[0][2 * y], oacc[0][2 * y + 1], oacc[1][2 * y], oacc[1][2 * y + 1]);
+                    const int i = ru + g + y * 8;
+                    if (i < nc) *(uint2 *)((hae_bf16_t *)p.out + ob + (tc0 + i) * p.o_st + 4 * t) = v;
                 }
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < NU; nt++)
+#pragma unroll
+                    for (int y = 0; y < 2; y++) {
+                        const int i = ru + g + y * 8;
+                        if (i < nc)
+                            st_out2(p, ob + (tc0 + i) * p.o_st + nt * 8 + 2 * t, oacc[nt][2 * y], oacc[nt][2 * y + 1]);
+                    }
+            }
         }
         return;
     }
@@ -1137,7 +1189,7 @@ __global__ void __launch_bounds__(kOutThreads) chunk_out_kernel(const LinParams 
     for (int nb = (warp & 1) * 32; nb < W; nb += 64) {
         float acc[4][4] = {};
         tile_mma<K, 4, false>(acc, sm.q + mt * 16 * LQ, LQ, sm.h + nb, LH);
-        tile_mma<kC, 4, false>(acc, sm.P + mt * 16 * LP, LP, sm.U + nb, LH);
+        tile_mma<kC, 4, false>(acc, sm.P + mt * 16 * LP, LP, sm.U + nb, LH, (mt + 1) * 16); /* P is causal */
 #pragma unroll
         for (int nt = 0; nt < 4; nt++)
 #pragma unroll
@@ -1178,6 +1230,7 @@ LinParams make_params(const hae_linear_attn_args *a, int64_t N) {
     p.o_sb = a->out.stride[0], p.o_st = a->out.stride[1];
     p.o_bf16 = a->out.dtype == HAE_BF16;
     p.o_pairs = (uintptr_t)p.out % (p.o_bf16 ? 4 : 8) == 0 && p.o_sb % 2 == 0 && p.o_st % 2 == 0 && a->v.shape[3] % 2 == 0;
+    p.o_quads = p.o_bf16 && (uintptr_t)p.out % 8 == 0 && p.o_sb % 4 == 0 && p.o_st % 4 == 0 && a->v.shape[3] % 4 == 0;
     p.cu = (const int32_t *)a->cu_seqlens.data;
     p.T = a->q.shape[1];
     p.N = (int)N, p.H = (int)a->q.shape[2], p.HV = (int)a->v.shape[2], p.V = (int)a->v.shape[3];
