@@ -433,8 +433,11 @@ __device__ __forceinline__ float4 ld4(const hae_bf16_t *p) {
  * columns): U = u0 - w S0, S = e^{Γ_L} S + (k e^{Γ_L-Γ})^T U, the state in mma accumulators; with bf16
  * inputs it also forms O from the S0 and U it holds (a warp group of its own), with fp32 ones it stores
  * each chunk's start state and U for (3) chunk_out, parallel over (chunk, head, 64 value columns): O.
- * Measured on an H200 (bench_linear, H 32, K = V = 128, bf16, bench/RESULTS.md): 0.58 ms at B 1 T 8192,
- * 2.26 ms at T 32768. ncu's stall samples steered the steps: kernel 1 is latency-bound, so it runs three
+ * Measured on an H200 (bench_linear, H 32, K = V = 128, bf16, bench/RESULTS.md): 0.53 ms at B 1 T 8192,
+ * 2.03 ms at T 32768. Kernel 2 is bound by what it moves through L2 (four CTAs a head read the same w, kd,
+ * q e^Γ and P tiles): it reads only P's causal blocks, and every bf16 store of both kernels fills whole
+ * 32-byte sectors (quad_cols4): half-filled ones cost as much as whole ones (2212 -> 2028 us at T 32768).
+ * ncu's stall samples steered the steps: kernel 1 is latency-bound, so it runs three
  * CTAs an SM on 16-bit tiles (two left half the issue slots empty), and warps that a phase leaves idle
  * take the next phase's independent work instead of waiting at its barrier (the q e^Γ stores beside the
  * A'/P blocks, D_I beside K~, w and u0 a row block at a time beside the inverse's block rows); kernel 2's
