@@ -761,10 +761,10 @@ __global__ void __launch_bounds__(kPrepThreads, sizeof(TI) == 2 ? 3 : 2)
                 for (int nt = 0; nt < 2; nt++) st2(row + nt * 8 + 2 * t, pv[nt][2 * y], pv[nt][2 * y + 1]);
         }
     }
-    /* What kernels 2 and 3 read besides: q e^Γ (times scale), k e^{Γ_L - Γ}, e^{Γ_L}, and P's blocks above
-     * the diagonal (0; the diagonal blocks write their own upper parts). Written by the warps that took one
-     * block fewer above (warps 2-7 of 10 blocks), while the others finish theirs: ncu had them idle at the
-     * next barrier for a block's time. */
+    /* What kernels 2 and 3 read besides: q e^Γ (times scale), k e^{Γ_L - Γ}, e^{Γ_L}, and for fp32's
+     * chunk_out P's blocks above the diagonal (0; the diagonal blocks write their own upper parts). Written
+     * by the warps that took one block fewer above (warps 2-7 of 10 blocks), while the others finish theirs:
+     * ncu had them idle at the next barrier for a block's time. */
     {
         const int helpers = nblk % kWarps ? kWarps - nblk % kWarps : kWarps, h0 = 32 * (kWarps - helpers);
         if (tid >= h0) {

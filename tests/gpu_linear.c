@@ -178,7 +178,8 @@ Test(gpu_linear, variants) {
 /* Chunk boundaries, decode batches, GVA, K != V, varlen edge cases, both gates and dtypes. The chunked
  * form on bf16 computes the output inside its sequential kernel, in warp groups passing each chunk's
  * buffers along by named barriers: the 1000-token case turns its three buffers over five times (16
- * chunks), the second case runs 512 CTAs (several waves); f32 stores start states for a pass of its own. */
+ * chunks), the second case runs 512 CTAs (several waves); f32 stores start states for a pass of its own.
+ * bf16 outputs go four columns a store when their rows allow it (row pad 0 and 4), else in pairs (pad 2). */
 Test(gpu_linear, shapes) {
     static const lshape cases[] = {
         {1, 1, 2, 4, 128, 128, F32, F32, SP, 0, -2, 2, 0, 0, {0}},
@@ -191,6 +192,7 @@ Test(gpu_linear, shapes) {
         {1, 0, 1, 2, 64, 64, F32, F32, SP, 0, -2, 2, 2, 4, {63, 65, 128, 2}},
         {1, 0, 2, 4, 128, 128, F32, F32, SP, 0, -2, 2, 0, 3, {0, 0, 70}},
         {1, 1000, 2, 4, 128, 128, BF16, BF16, SAFE, -5, -2, 2, 0, 0, {0}},
+        {1, 130, 2, 4, 128, 128, BF16, BF16, SAFE, -5, -2, 2, 2, 0, {0}},
     };
     uint64_t seed = 2000;
     for (size_t si = 0; si < sizeof cases / sizeof cases[0]; si++)
