@@ -2,8 +2,10 @@
 # The GPU token slots' hit rate with trained weights against random ones (issue 5): trains a small DSA hybrid
 # (configs/train/multihop-hybrid.yaml as GDN x3 + DSA x1, top-16 of the indexer), then decodes with its dsa K/V in
 # the host tier and slots for 2x and 4x the top-k, once with the trained weights and once with the seed's random
-# ones, and prints the decode steps' hit rates. The prompt is random tokens; the decode samples (temperature 1),
-# since greedy decoding of a small model can loop on a few tokens, which repeats its selections by itself.
+# ones, and prints the decode steps' hit rates, then replays the trained model's selections (--trace-selections)
+# through other policies and the clairvoyant bound (bench/slot-policies.py). The prompt is random tokens; the decode
+# samples (temperature 1), since greedy decoding of a small model can loop on a few tokens, which repeats its
+# selections by itself.
 #   bench/slot-hit-rate.sh                     (CPU; 3m20s on 2 cores)
 #   BIN=build OUT=hit-logs PROMPT=2048 DECODE=256 STEPS=800 BACKEND=cpu THREADS=2   (the defaults)
 # BACKEND=cuda trains on the GPU; the decodes run on the CPU either way (the engine's CUDA linear kernels take
@@ -29,7 +31,7 @@ for w in trained random; do
     extra=()
     [ "$w" = trained ] && extra=(--weights "$weights")
     run="$out/run-$w-$slots"
-    "$bin/hae" run "$cfg" "${model[@]}" "${extra[@]}" --set memory.dsa_kv=host --set "memory.cache_tokens=$slots" \
+    "$bin/hae" run "$cfg" "${model[@]}" "${extra[@]}" --set memory.dsa_kv=host --set "memory.cache_tokens=$slots" --trace-selections \
       --set "runtime.prefill=$prompt" --set "runtime.decode=$decode" --set runtime.temperature=1.0 \
       --set runtime.batch=1 --backend cpu --out "$run" >"$run.log" 2>&1 || { tail -5 "$run.log" >&2; exit 1; }
     hr=$(grep -a -o '"decode_slot_hit_rate": [0-9.]*' "$run/summary.json" | awk '{ printf "%.1f%%", 100 * $2 }')
@@ -37,3 +39,7 @@ for w in trained random; do
     echo "| $w | $slots (${x}x the top-$topk) | $hr | $fb |"
   done
 done
+echo
+echo "The trained model's selections replayed through other policies and the clairvoyant bound (bench/slot-policies.py):"
+python3 "$(dirname "$0")/slot-policies.py" "$out/run-trained-$((2 * topk))/selections.txt" --slots "$((2 * topk)),$((4 * topk))" \
+  --check "$out/run-trained-$((2 * topk))/summary.json"

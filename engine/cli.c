@@ -42,6 +42,9 @@ static const char *usage_run =
     "  --out DIR           run directory (default: OUTPUT_DIR/NAME-YYYYmmdd-HHMMSS)\n"
     "  --weights FILE      load weights from a safetensors file instead of initialising them\n"
     "  --save-weights FILE save the weights as safetensors after the run\n"
+    "  --trace-selections  write the dsa layers' selections of every decode step to selections.txt (a line\n"
+    "                      per step, layer and sequence: POS LAYER SEQ t1 .. tk), for replaying cache\n"
+    "                      policies offline (bench/slot-policies.py); each step then waits for its copy\n"
     "\n"
     "On a GPU, one chunk and one decode step run first as a warm-up and are not timed.\n"
     "\n"
@@ -61,6 +64,7 @@ typedef struct {
     const char *out_dir;
     const char *weights;
     const char *save_weights;
+    bool trace; /* --trace-selections */
     char backend_set[64];
 } options;
 
@@ -102,6 +106,8 @@ static int parse_options(int argc, char **argv, bool is_run, options *o) {
             if (o->n_sets == MAX_SETS) return fprintf(stderr, "hae: more than %d --set options\n", MAX_SETS), 1;
             o->sets[o->n_sets++] = o->backend_set;
             i++;
+        } else if (is_run && !strcmp(a, "--trace-selections")) {
+            o->trace = true;
         } else if (is_run && (!strcmp(a, "--out") || !strcmp(a, "--weights") || !strcmp(a, "--save-weights"))) {
             if (!val) return fprintf(stderr, "hae: %s needs a path\n", a), 1;
             if (!strcmp(a, "--out")) o->out_dir = val;
@@ -367,6 +373,11 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
     void *ids_dev = NULL;
     FILE *metrics = NULL;
     char *text = NULL;
+    if (st == HAE_OK && o->trace) { /* before any work: a model with nothing to trace is a mistake */
+        bool dsa = false;
+        for (int l = 0; l < cfg->model.n_layers; l++) dsa |= cfg->model.layers[l] == HAE_LAYER_DSA;
+        if (!dsa) st = hae_error(HAE_ERR_INVALID, "--trace-selections: the model has no dsa layer");
+    }
     if (st == HAE_OK && o->weights) st = hae_model_load(m, o->weights);
     if (st == HAE_OK && o->weights) warn_unused(m, o->weights);
     if (st == HAE_OK) {
@@ -408,6 +419,9 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
             fprintf(metrics, "{\"phase\": \"prefill\", \"batch\": %lld, \"tokens\": %lld, \"seconds\": %.6f, \"tok_s\": %.1f}\n",
                     (long long)B, (long long)T, prefill_s, (double)(B * T) / prefill_s);
         if (st == HAE_OK) hae_model_stats_get(m, &before);
+        char tpath[2 * HAE_PATH_MAX + 64];
+        snprintf(tpath, sizeof tpath, "%s/selections.txt", dir);
+        if (st == HAE_OK && o->trace) st = hae_model_trace_selections(m, tpath);
         hae_tensor ids = hae_tensor_1d(ids_dev, HAE_I32, hae_backend_device(be), B);
         for (int64_t s = 0; s < N && st == HAE_OK; s++) {
             double ts = now_s();
@@ -428,6 +442,10 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
         }
     }
     if (metrics && fclose(metrics) && st == HAE_OK) st = hae_error(HAE_ERR_IO, "cannot write %s", path);
+    if (m && o->trace) { /* closes the trace, reporting a failed write */
+        const hae_status ct = hae_model_trace_selections(m, NULL);
+        if (st == HAE_OK) st = ct;
+    }
     if (st == HAE_OK && o->save_weights) st = hae_model_save(m, o->save_weights);
 
     if (st == HAE_OK) {

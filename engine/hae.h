@@ -774,6 +774,14 @@ size_t hae_model_snapshot_bytes(const hae_model *m);
 hae_status hae_model_snapshot_save(const hae_model *m, void *host, size_t bytes);
 hae_status hae_model_snapshot_restore(hae_model *m, const void *host, size_t bytes);
 
+/* Writes the dsa selections of every following decode forward (one token a sequence) to path, as text: a
+ * line per step, dsa layer and sequence, "POS LAYER SEQ t1 .. tk": the position decoded and the k token
+ * positions the indexer picked (-1 where the context holds fewer than k), for replaying cache policies
+ * offline (bench/slot-policies.py). Each step waits for its selections to reach the host: an analysis
+ * mode, not a serving one. NULL closes the file. A model without dsa layers, or a path that cannot be
+ * written, is an error. */
+hae_status hae_model_trace_selections(hae_model *m, const char *path);
+
 /* Weights as safetensors with Hugging Face Llama names (model.layers.N.self_attn.q_proj.weight, ...). */
 hae_status hae_model_save(const hae_model *m, const char *path);
 /* Loads weights saved by hae_model_save or any file with those names and shapes; F32/BF16/F16

@@ -15,6 +15,7 @@
  * see mla_project. dsa layers add the FP8 lightning indexer (dsa_select) before sparse attention. */
 #include "internal.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,6 +106,9 @@ struct hae_model {
     int32_t *lens_host; /* [B * chunk] staging for the indexer's row lengths */
     void *index_mem;   /* the indexer key caches and block tables */
     size_t index_bytes;
+
+    FILE *trace;        /* hae_model_trace_selections: the decode steps' selections, or NULL */
+    int32_t *trace_buf; /* [B, topk] their host copy */
 
     hae_kv_cache *kv;
     hae_slot_cache **slots; /* [L]: the GPU token slots of dsa layers whose K/V are in the host tier, else NULL */
@@ -727,6 +731,8 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
 
 void hae_model_destroy(hae_model *m) {
     if (!m) return;
+    if (m->trace) fclose(m->trace);
+    free(m->trace_buf);
     for (int64_t l = 0; m->slots && l < m->L; l++) hae_slot_cache_destroy(m->slots[l]);
     free(m->slots);
     hae_backend_free(m->be, m->stage_mem);
@@ -740,6 +746,33 @@ void hae_model_destroy(hae_model *m) {
     free(m->ids_host);
     free(m->lens_host);
     free(m);
+}
+
+hae_status hae_model_trace_selections(hae_model *m, const char *path) {
+    hae_status st = HAE_OK;
+    if (m->trace && fclose(m->trace) != 0) st = hae_error(HAE_ERR_IO, "selection trace: closing it failed: %s", strerror(errno));
+    m->trace = NULL;
+    if (!path || st != HAE_OK) return st;
+    if (!m->has_dsa) return hae_error(HAE_ERR_INVALID, "selection trace %s: the model has no dsa layer", path);
+    if (!m->trace_buf && !(m->trace_buf = malloc(sizeof(int32_t) * (size_t)(m->B * m->topk))))
+        return hae_error(HAE_ERR_OOM, "selection trace: out of host memory");
+    if (!(m->trace = fopen(path, "w")))
+        return hae_error(HAE_ERR_IO, "selection trace %s: cannot open for writing: %s", path, strerror(errno));
+    return HAE_OK;
+}
+
+/* A decode step's selections of dsa layer l, one line a sequence (hae_model_trace_selections). */
+static hae_status trace_step(hae_model *m, int64_t l) {
+    const int64_t B = m->B, k = m->topk;
+    HAE_TRY(hae_backend_download(m->be, m->trace_buf, m->idx.data, sizeof(int32_t) * (size_t)(B * k)));
+    HAE_TRY(hae_backend_sync(m->be));
+    for (int64_t b = 0; b < B; b++) {
+        fprintf(m->trace, "%lld %lld %lld", (long long)m->pos, (long long)l, (long long)b);
+        for (int64_t i = 0; i < k; i++) fprintf(m->trace, " %d", m->trace_buf[b * k + i]);
+        fputc('\n', m->trace);
+    }
+    if (ferror(m->trace)) return hae_error(HAE_ERR_IO, "selection trace: writing it failed (disk full?)");
+    return HAE_OK;
 }
 
 void hae_model_reset(hae_model *m) { m->pos = 0; }
@@ -1206,6 +1239,7 @@ static hae_status dsa_select(hae_model *m, int64_t l, int64_t T) {
                                      .lens = hae_tensor_narrow(m->ilens, 0, b * T + t0, n),
                                      .out = hae_tensor_narrow(rows(m->idx, N), 0, b * T + t0, n)}));
     }
+    if (m->trace && T == 1) HAE_TRY(trace_step(m, l));
     return HAE_OK;
 }
 

@@ -1,7 +1,7 @@
 /* Models with dsa layers on the CPU: with a top-k that covers the context, DSA is full attention
  * (the derived indexer adds no weights, so the twin has the same ones); decode after prefill equals
  * one prefill with a top-k that drops tokens; the indexer changes the result when it must choose;
- * saved names, the KV accounting with the indexer's 132 bytes per token, snapshots. */
+ * saved names, the KV accounting with the indexer's 132 bytes per token, snapshots; the selection trace. */
 #include "testutil.h"
 
 #include <criterion/criterion.h>
@@ -331,4 +331,77 @@ Test(model_dsa, derived_indexer_recall_of_attention_mass) {
            "1 head %.3f, 4 q heads / 2 kv heads %.3f\n", one, gqa);
     cr_expect_geq(one, 0.95, "one head: the indexer ranks by q.k as softmax does (recall %.3f)", one);
     cr_expect_geq(gqa, 0.75, "4 heads: recall %.3f", gqa);
+}
+
+/* hae_model_trace_selections: a line per decode step, dsa layer and sequence, with the position and the
+ * top-k positions picked (in the context, distinct); multi-token forwards write nothing, so tracing from
+ * the start gives the same file; no dsa layer, or a path that cannot be written, is a clear error. */
+static int trace_run(hae_backend *be, const hae_config *cfg, const int32_t *tok, const char *path, bool from_start) {
+    hae_model *m = tu_model(be, cfg);
+    const int64_t B = cfg->runtime.batch, P = cfg->runtime.prefill;
+    int32_t in[2 * CTX];
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < P; t++) in[b * P + t] = tok[b * CTX + t];
+    hae_tensor logits;
+    if (from_start) cr_assert_eq(hae_model_trace_selections(m, path), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_model_forward(m, in, P, &logits), HAE_OK, "%s", hae_last_error());
+    if (!from_start) cr_assert_eq(hae_model_trace_selections(m, path), HAE_OK, "%s", hae_last_error());
+    for (int64_t s = 0; P + s < CTX; s++) {
+        for (int64_t b = 0; b < B; b++) in[b] = tok[b * CTX + P + s];
+        cr_assert_eq(hae_model_forward(m, in, 1, &logits), HAE_OK, "%s", hae_last_error());
+    }
+    cr_assert_eq(hae_model_trace_selections(m, NULL), HAE_OK, "%s", hae_last_error());
+    hae_model_destroy(m);
+    return (int)(CTX - P);
+}
+
+Test(model_dsa, selection_trace) {
+    hae_backend *be = tu_cpu();
+    hae_config cfg;
+    make_cfg(&cfg, "full", "dsa", 5, 0, false, "f32", 8);
+    int32_t tok[2 * CTX];
+    tu_tokens(&cfg, CTX, tok, 77);
+    char p1[512], p2[512];
+    tu_tmp_path("trace-a", p1, sizeof p1), tu_tmp_path("trace-b", p2, sizeof p2);
+    const int steps = trace_run(be, &cfg, tok, p1, false);
+    trace_run(be, &cfg, tok, p2, true);
+
+    FILE *f = fopen(p1, "r"), *g = fopen(p2, "r");
+    cr_assert(f && g, "the traces %s and %s were not written", p1, p2);
+    int lines = 0;
+    char a[1024], b[1024];
+    while (fgets(a, sizeof a, f)) {
+        cr_assert(fgets(b, sizeof b, g), "the trace from the start is shorter (line %d)", lines + 1);
+        cr_expect_str_eq(a, b, "line %d: tracing from the start traced something else", lines + 1);
+        long long pos, layer, seq, t[5];
+        const int n = sscanf(a, "%lld %lld %lld %lld %lld %lld %lld %lld", &pos, &layer, &seq, &t[0], &t[1], &t[2], &t[3],
+                             &t[4]);
+        cr_assert_eq(n, 8, "line %d: '%s' is not POS LAYER SEQ and 5 selections", lines + 1, a);
+        cr_expect_eq(pos, cfg.runtime.prefill + lines / 2, "line %d: position %lld", lines + 1, pos);
+        cr_expect_eq(layer, 1, "line %d: layer %lld is not the dsa layer", lines + 1, layer);
+        cr_expect_eq(seq, lines % 2, "line %d: sequence %lld", lines + 1, seq);
+        for (int i = 0; i < 5; i++) {
+            cr_expect(t[i] >= 0 && t[i] <= pos, "line %d: selection %lld outside the context [0, %lld]", lines + 1, t[i],
+                      pos);
+            for (int j = 0; j < i; j++) cr_expect_neq(t[i], t[j], "line %d: %lld selected twice", lines + 1, t[i]);
+        }
+        lines++;
+    }
+    cr_expect(!fgets(b, sizeof b, g), "the trace from the start is longer");
+    cr_expect_eq(lines, steps * cfg.runtime.batch, "%d lines for %d decode steps of %lld sequences", lines, steps,
+                 (long long)cfg.runtime.batch);
+    fclose(f), fclose(g);
+    remove(p1), remove(p2);
+
+    hae_config full;
+    make_cfg(&full, "full", "full", 5, 0, false, "f32", 8);
+    hae_model *m = tu_model(be, &full);
+    cr_expect_eq(hae_model_trace_selections(m, p1), HAE_ERR_INVALID, "a model without dsa layers traced");
+    cr_expect(strstr(hae_last_error(), "no dsa layer"), "unclear error: %s", hae_last_error());
+    hae_model_destroy(m);
+    hae_model *d = tu_model(be, &cfg);
+    cr_expect_eq(hae_model_trace_selections(d, "/nonexistent-dir/trace.txt"), HAE_ERR_IO, "an unwritable path traced");
+    cr_expect(strstr(hae_last_error(), "/nonexistent-dir/trace.txt"), "the error names no path: %s", hae_last_error());
+    hae_model_destroy(d);
+    hae_backend_destroy(be);
 }
