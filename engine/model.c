@@ -750,7 +750,8 @@ void hae_model_destroy(hae_model *m) {
 
 hae_status hae_model_trace_selections(hae_model *m, const char *path) {
     hae_status st = HAE_OK;
-    if (m->trace && fclose(m->trace) != 0) st = hae_error(HAE_ERR_IO, "selection trace: closing it failed: %s", strerror(errno));
+    if (m->trace && fclose(m->trace) != 0)
+        st = hae_error(HAE_ERR_IO, "selection trace: closing it failed: %s", strerror(errno));
     m->trace = NULL;
     if (!path || st != HAE_OK) return st;
     if (!m->has_dsa) return hae_error(HAE_ERR_INVALID, "selection trace %s: the model has no dsa layer", path);
