@@ -51,7 +51,8 @@ def lru(steps, S, mirrored):
         total += len(sel)
         if miss:
             # the least recently used (ties: lowest slots), taking the misses in slot order as hae does
-            free = sorted(s for _, s in sorted((stamp[s], s) for s in range(S) if stamp[s] != step)[: len(miss)])
+            lru_first = heapq.nsmallest(len(miss), ((stamp[s], s) for s in range(S) if stamp[s] != step))
+            free = sorted(s for _, s in lru_first)
             for s, t in zip(free, miss):
                 if owner[s] is not None:
                     del where[owner[s]]

@@ -419,9 +419,11 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
             fprintf(metrics, "{\"phase\": \"prefill\", \"batch\": %lld, \"tokens\": %lld, \"seconds\": %.6f, \"tok_s\": %.1f}\n",
                     (long long)B, (long long)T, prefill_s, (double)(B * T) / prefill_s);
         if (st == HAE_OK) hae_model_stats_get(m, &before);
-        char tpath[2 * HAE_PATH_MAX + 64];
-        snprintf(tpath, sizeof tpath, "%s/selections.txt", dir);
-        if (st == HAE_OK && o->trace) st = hae_model_trace_selections(m, tpath);
+        if (st == HAE_OK && o->trace) {
+            char tpath[2 * HAE_PATH_MAX + 64];
+            snprintf(tpath, sizeof tpath, "%s/selections.txt", dir);
+            st = hae_model_trace_selections(m, tpath);
+        }
         hae_tensor ids = hae_tensor_1d(ids_dev, HAE_I32, hae_backend_device(be), B);
         for (int64_t s = 0; s < N && st == HAE_OK; s++) {
             double ts = now_s();
