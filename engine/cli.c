@@ -473,7 +473,8 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
                                     "  \"state_bytes\": %zu,\n  \"activation_bytes\": %zu,\n  \"kv_host_bytes\": %zu,\n"
                                     "  \"slot_cache_bytes\": %zu,\n  \"stage_bytes\": %zu,\n  \"slot_hits\": %lld,\n  \"slot_misses\": %lld,\n"
                                     "  \"fetched_bytes\": %zu,\n  \"decode_fetched_bytes_per_step\": %.0f,\n"
-                                    "  \"decode_slot_hit_rate\": %.6f,\n  \"dsa_kv\": \"%s\",\n  \"generated\": [",
+                                    "  \"decode_slot_hit_rate\": %.6f,\n  \"dsa_kv\": \"%s\",\n  \"dsa_gpu_seqs\": %lld,\n"
+                                    "  \"generated\": [",
                                     cfg->name, res->label, res->backend, hae_dtype_name(cfg->runtime.dtype), (long long)B,
                                     (long long)T, prefill_s, res->prefill_tok_s, (long long)N, decode_s, res->decode_tok_s,
                                     res->p50_ms, res->p99_ms, res->issue_p50_ms, (long long)res->stats.n_params,
@@ -482,7 +483,8 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
                                     res->stats.kv_host_bytes, res->stats.slot_cache_bytes, res->stats.stage_bytes,
                                     (long long)res->stats.slot_hits,
                                     (long long)res->stats.slot_misses, res->stats.fetched_bytes, res->step_fetched,
-                                    res->step_hit_rate, hae_tier_name(res->stats.dsa_kv));
+                                    res->step_hit_rate, hae_tier_name(res->stats.dsa_kv),
+                                    (long long)(res->stats.dsa_kv == HAE_TIER_GPU ? B : res->stats.dsa_gpu_seqs));
         for (int64_t s = 0; s < N && s < 64 && u < sizeof summary - 32; s++)
             u += (size_t)snprintf(summary + u, sizeof summary - u, "%s%d", s ? ", " : "", gen[s * B]);
         snprintf(summary + u, sizeof summary - u, "]\n}\n");
@@ -515,10 +517,17 @@ static void print_job(const hae_config *cfg, const job_result *r, const char *di
            fmt_bytes((double)r->stats.weight_bytes, b1, sizeof b1), fmt_bytes((double)(r->stats.kv_bytes - r->stats.kv_host_bytes), b2, sizeof b2),
            fmt_bytes((double)r->stats.state_bytes, b3, sizeof b3),
            fmt_bytes((double)r->stats.activation_bytes, b4, sizeof b4), dev);
-    if (cfg->memory.dsa_kv == HAE_TIER_AUTO)
-        printf("  %-10s dsa K/V on the %s tier (memory.dsa_kv: auto; %s)\n", "placement", hae_tier_name(r->stats.dsa_kv),
-               r->stats.dsa_kv == HAE_TIER_GPU ? "the whole run fits the device's memory"
-                                               : "the run does not fit the device's memory with them there");
+    if (cfg->memory.dsa_kv == HAE_TIER_AUTO && r->stats.dsa_kv == HAE_TIER_GPU)
+        printf("  %-10s dsa K/V on the gpu tier (memory.dsa_kv: auto; the whole run fits the device's memory)\n",
+               "placement");
+    else if (cfg->memory.dsa_kv == HAE_TIER_AUTO)
+        printf("  %-10s dsa K/V of %lld of %lld sequences on the host tier (memory.dsa_kv: auto; the run does not fit "
+               "the device's memory with more on the GPU)\n", "placement",
+               (long long)(cfg->runtime.batch - r->stats.dsa_gpu_seqs), (long long)cfg->runtime.batch);
+    else if (r->stats.dsa_kv == HAE_TIER_HOST && r->stats.dsa_gpu_seqs > 0)
+        printf("  %-10s dsa K/V of %lld of %lld sequences on the host tier (memory.dsa_gpu_seqs %lld)\n", "placement",
+               (long long)(cfg->runtime.batch - r->stats.dsa_gpu_seqs), (long long)cfg->runtime.batch,
+               (long long)r->stats.dsa_gpu_seqs);
     if (r->stats.kv_host_bytes) {
         printf("  %-10s dsa K/V %s in the host tier; GPU token slots %s, prefill staging %s; fetched H2D %s in all\n",
                "host tier", fmt_bytes((double)r->stats.kv_host_bytes, b1, sizeof b1),

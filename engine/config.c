@@ -446,7 +446,7 @@ enum {
     K_LA_HEADS, K_LA_VHEADS, K_LA_HEAD_DIM, K_LA_EXPAND_V, K_LA_CONV, K_LA_CHUNK, K_LA_SAFE, K_LA_LB,
     K_DSA_HEADS, K_DSA_DIM, K_DSA_TOPK, K_DSA_ROPE, K_DSA_DERIVED, K_DSA_EXACT, K_DSA_PAGE,
     K_BACKEND, K_DEVICE, K_THREADS, K_DTYPE, K_BATCH, K_PREFILL, K_DECODE, K_CHUNK, K_TEMP, K_KV_BUDGET,
-    K_MEM_PAGE, K_MEM_GPU, K_MEM_HOST, K_MEM_DSA, K_MEM_FULL, K_MEM_LINEAR, K_MEM_CACHE, K_MEM_FP8,
+    K_MEM_PAGE, K_MEM_GPU, K_MEM_HOST, K_MEM_DSA, K_MEM_FULL, K_MEM_LINEAR, K_MEM_CACHE, K_MEM_FP8, K_MEM_GPU_SEQS,
     K_EV_TASKS, K_EV_LENGTHS, K_EV_PAIRS, K_EV_HOPS, K_EV_CHAINS, K_EV_QUERIES, K_EV_FORM, K_EV_SHUFFLE, K_EV_POWER,
     K_EV_NOISE, K_EV_VOCAB, K_EV_SEEDS, K_EV_KINDS, K_EV_K, K_EV_TOPK, K_EV_DTYPE, K_EV_COS, K_EV_DECAY, K_EV_ORTHO,
     K_CI_KINDS, K_CI_HOP_KINDS, K_CI_CODE_DIM, K_CI_WINDOW, K_CI_TOPK, K_CI_DECAY, K_CI_DECODE,
@@ -528,6 +528,7 @@ static const key_spec specs[NKEYS] = {
     [K_MEM_LINEAR] = {"memory.linear_state", T_ENUM, "gpu", 0, 0, 0, tiers, FIELD(memory.linear_state)},
     [K_MEM_CACHE] = {"memory.cache_tokens", T_INT, "4096", 1, 1 << 24, 0, NULL, FIELD(memory.cache_tokens)},
     [K_MEM_FP8] = {"memory.dsa_kv_fp8", T_BOOL, "false", 0, 0, 0, NULL, FIELD(memory.dsa_kv_fp8)},
+    [K_MEM_GPU_SEQS] = {"memory.dsa_gpu_seqs", T_INT, "-1", -1, 65536, 0, NULL, FIELD(memory.dsa_gpu_seqs)},
     [K_EV_TASKS] = {"eval.tasks", T_LIST, "mqar", 0, 0, 0, task_names, FIELD(eval.tasks)},
     [K_EV_LENGTHS] = {"eval.lengths", T_LIST, "256, 1024, 4096", 64, 2147483647.0, 0, NULL, FIELD(eval.lengths)},
     [K_EV_PAIRS] = {"eval.pairs", T_LIST, "32", 1, 2147483647.0, 0, NULL, FIELD(eval.pairs)},
@@ -1101,6 +1102,20 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
                  "'%s' the GPU cache must hold every token one step picks", slots, dflt(b, K_MEM_CACHE), topk,
                  dflt(b, K_DSA_TOPK), hae_tier_name(cfg->memory.dsa_kv));
         return cross_fail(c, b, (const int[]){K_MEM_CACHE, K_DSA_TOPK, K_MEM_DSA}, 3, m);
+    }
+    /* A batch split between the tiers is dsa_kv host's (auto finds the split itself). */
+    if (cfg->memory.dsa_gpu_seqs >= 0) {
+        const int64_t n = cfg->memory.dsa_gpu_seqs, batch = cfg->runtime.batch;
+        if (!dsa)
+            snprintf(m, sizeof m, "dsa_gpu_seqs %" PRId64 " places dsa layers' K/V and model.layers has no dsa layer", n);
+        else if (cfg->memory.dsa_kv != HAE_TIER_HOST)
+            snprintf(m, sizeof m, "dsa_gpu_seqs %" PRId64 " keeps sequences of the host tier on the GPU; dsa_kv is '%s'%s "
+                     "(set dsa_kv: host, or leave dsa_gpu_seqs out: auto finds the split itself)", n,
+                     hae_tier_name(cfg->memory.dsa_kv), dflt(b, K_MEM_DSA));
+        else if (n > batch)
+            snprintf(m, sizeof m, "dsa_gpu_seqs %" PRId64 " exceeds runtime.batch %" PRId64 "%s", n, batch, dflt(b, K_BATCH));
+        if (!dsa || cfg->memory.dsa_kv != HAE_TIER_HOST || n > batch)
+            return cross_fail(c, b, (const int[]){K_MEM_GPU_SEQS, K_MEM_DSA, K_BATCH}, 3, m);
     }
     /* The FP8 token layout is DeepSeek-V3.2's: 512 latent dims in e4m3 and 64 rope dims in bf16, read by
      * the sparse attention only (full and swa layers keep the run's dtype). */

@@ -294,6 +294,14 @@ typedef struct hae_sparse_attention_args {
     hae_tensor out;      /* [B, T, Hq, Dv] f32|bf16 */
     hae_tensor lse;      /* [B, T, Hq] f32, or data NULL */
     float scale;
+    /* A batch split between two caches (dsa K/V partly in the host tier): rows b >= B1 = k_cache.shape[0] read
+     * row b - B1 of these instead, with their own selections and lengths; data NULL: every row is in k_cache.
+     * Same dtype, heads, dims and token strides as the first part, V a view of K where it is there; cap at
+     * most k_cache's, every position in use below it. One launch for both, so a row's result is the same bits
+     * whichever part holds it. */
+    hae_tensor k_cache2, v_cache2; /* [B - B1, cap2, Hkv, D] */
+    hae_tensor idx2;               /* [B - B1, T, k] i32 */
+    hae_tensor seq_lens2;          /* [B - B1] i32 */
 } hae_sparse_attention_args;
 hae_status hae_sparse_attention(hae_backend *be, const hae_sparse_attention_args *a);
 
@@ -594,6 +602,8 @@ typedef struct hae_config {
         hae_tier linear_state; /* linear layers' states; host: parked there between requests */
         int64_t cache_tokens;  /* GPU token slots per dsa layer and sequence caching host-tier K/V */
         bool dsa_kv_fp8;       /* dsa layers of the mla form (512 + 64) cache mla's 656-byte FP8 token layout */
+        int64_t dsa_gpu_seqs;  /* dsa_kv host: the first dsa_gpu_seqs sequences of the batch keep their dsa K/V on
+                                  the GPU (-1: none); auto sets it: the most sequences the budget fits there */
     } memory;
     struct { /* recall evals (DESIGN.md §3, `hae eval`): each list is an axis of the grid */
         hae_eval_list tasks;   /* hae_task_kind values */
@@ -721,6 +731,7 @@ typedef struct hae_kv_layer_spec {
     int64_t head_dim;
     int64_t v_dim; /* 0: V has its own buffer like K's; > 0 (mla, one kv head): V is the first v_dim dims of K */
     hae_tier tier; /* GPU: the backend's memory; host: hae_backend_alloc_host (device-mapped on CUDA) */
+    int64_t gpu_seqs; /* host tier: sequences [0, gpu_seqs) stay in the backend's memory, [gpu_seqs, batch) in the host tier */
     bool mla_fp8;  /* mla's FP8 token layout (HAE_MLA_FP8_ROW bytes a token, K fp8-e4m3 [B, cap, 1, 656], V its
                       [B, cap, 1, 512] view): head_dim 576, v_dim 512, one kv head; the cache's dtype elsewhere */
 } hae_kv_layer_spec;
@@ -733,7 +744,9 @@ hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer
 void hae_kv_cache_destroy(hae_kv_cache *kv);
 /* K and V views of one layer ([B, cap, Hkv, D] and [B, cap, Hkv, Dv]: Dv = D, or v_dim with V's slots
  * strided inside K's); data NULL for layers without KV. */
-void hae_kv_cache_layer(const hae_kv_cache *kv, int layer, hae_tensor *k, hae_tensor *v);
+/* The layer's sequences in one tier, [n, cap, kv_heads, head_dim] views (n = 0 and data NULL when it has none
+ * there): a GPU-tier layer's are all on the GPU; a host-tier layer's first gpu_seqs on the GPU, the rest host. */
+void hae_kv_cache_layer(const hae_kv_cache *kv, int layer, hae_tier tier, hae_tensor *k, hae_tensor *v);
 size_t hae_kv_cache_bytes(const hae_kv_cache *kv);                   /* both tiers */
 size_t hae_kv_cache_tier_bytes(const hae_kv_cache *kv, hae_tier tier); /* one tier */
 /* Bytes of KV one token adds to one layer (K, and V unless it is a view of K). */
@@ -820,6 +833,7 @@ typedef struct hae_model_stats {
     int64_t slot_hits, slot_misses;
     size_t fetched_bytes;
     hae_tier dsa_kv; /* where the dsa layers' K/V went (memory.dsa_kv: auto resolved) */
+    int64_t dsa_gpu_seqs; /* dsa_kv host: how many sequences (the first) keep them on the GPU all the same */
 } hae_model_stats;
 void hae_model_stats_get(const hae_model *m, hae_model_stats *s);
 hae_backend *hae_model_backend(const hae_model *m);
@@ -1232,7 +1246,8 @@ void hae_page_pool_fail_after(hae_page_pool *p, hae_tier tier, int64_t n);
 typedef struct hae_mem_plan {
     int64_t context, batch;
     hae_tier dsa_kv; /* the placement of dsa K/V: memory.dsa_kv, auto resolved against memory.gpu_budget (0:
-                        unbounded, so the GPU) */
+                        unbounded, so the GPU): the GPU when all fit there, else host with */
+    int64_t dsa_gpu_seqs; /* the first dsa_gpu_seqs sequences on the GPU all the same (auto: the most that fit) */
     size_t bytes[HAE_TIER_COUNT][HAE_MEM_KIND_COUNT];
     size_t total[HAE_TIER_COUNT];
 } hae_mem_plan;

@@ -112,6 +112,7 @@ struct hae_model {
 
     hae_kv_cache *kv;
     hae_slot_cache **slots; /* [L]: the GPU token slots of dsa layers whose K/V are in the host tier, else NULL */
+    int64_t dsa_gpu;        /* dsa K/V in the host tier: how many sequences (the first) keep theirs on the GPU */
     void *stage_mem;        /* the host-tier layers' shared staging (one layer's K/V): dsa chunks past the slots,
                                full/swa layers at every forward */
     size_t stage_bytes;
@@ -504,7 +505,8 @@ static hae_kv_layer_spec kv_spec(const hae_model *m, int64_t l) {
     const bool dsa = m->cfg.model.layers[l] == HAE_LAYER_DSA;
     const hae_tier tier = dsa ? m->cfg.memory.dsa_kv : m->cfg.memory.full_kv;
     return (hae_kv_layer_spec){.cap = cap, .kv_heads = m->Hkv, .head_dim = m->Dk, .v_dim = m->mla ? m->Dv : 0,
-                               .tier = tier, .mla_fp8 = dsa && m->cfg.memory.dsa_kv_fp8};
+                               .tier = tier, .gpu_seqs = dsa && tier == HAE_TIER_HOST ? m->dsa_gpu : 0,
+                               .mla_fp8 = dsa && m->cfg.memory.dsa_kv_fp8};
 }
 
 /* FP8 key bytes and scales one token adds to a dsa layer's indexer cache (132 for D_I = 128). */
@@ -561,9 +563,10 @@ hae_status hae_model_plan_get(const hae_config *cfg, const hae_model_options *op
 static hae_status init_dsa_constants(hae_model *m);
 
 /* memory.dsa_kv auto: the plan of the whole run (weights, activations, every K/V and state) with the dsa
- * K/V on the GPU, against memory.gpu_budget or, without one, the device's free memory now; the host tier
- * only when that does not fit (HiSparse spills always and decodes 0.92x at batch 1). */
+ * K/V on the GPU, against memory.gpu_budget or, without one, the device's free memory now; when that does not
+ * fit, the host tier for the fewest sequences it takes (HiSparse spills always and decodes 0.92x at batch 1). */
 static hae_status resolve_dsa_kv(hae_model *m, hae_backend *be) {
+    m->dsa_gpu = m->cfg.memory.dsa_kv == HAE_TIER_HOST && m->cfg.memory.dsa_gpu_seqs > 0 ? m->cfg.memory.dsa_gpu_seqs : 0;
     if (m->cfg.memory.dsa_kv != HAE_TIER_AUTO) return HAE_OK;
     hae_config *c = malloc(sizeof *c);
     if (!c) return hae_error(HAE_ERR_OOM, "model: out of host memory");
@@ -577,7 +580,10 @@ static hae_status resolve_dsa_kv(hae_model *m, hae_backend *be) {
     }
     hae_mem_plan plan;
     if (st == HAE_OK) st = hae_mem_plan_get(c, m->ctx_max, &plan);
-    if (st == HAE_OK) m->cfg.memory.dsa_kv = plan.dsa_kv;
+    if (st == HAE_OK) {
+        m->cfg.memory.dsa_kv = plan.dsa_kv;
+        m->cfg.memory.dsa_gpu_seqs = m->dsa_gpu = plan.dsa_gpu_seqs;
+    }
     free(c);
     return st == HAE_OK ? HAE_OK : hae_error_wrap(st, "memory.dsa_kv: auto");
 }
@@ -645,7 +651,7 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
     const int64_t S = cfg->memory.cache_tokens < m->ctx_max ? cfg->memory.cache_tokens : m->ctx_max;
     for (int64_t l = 0; l < m->L; l++) {
         hae_tensor kc, vc;
-        hae_kv_cache_layer(m->kv, (int)l, &kc, &vc);
+        hae_kv_cache_layer(m->kv, (int)l, HAE_TIER_HOST, &kc, &vc);
         const hae_layer_kind kind = cfg->model.layers[l];
         const bool streamed = (kind == HAE_LAYER_FULL || kind == HAE_LAYER_SWA) && cfg->memory.full_kv == HAE_TIER_HOST;
         const bool staged = kind == HAE_LAYER_DSA && m->cfg.memory.dsa_kv == HAE_TIER_HOST && m->chunk > 1 && S < m->ctx_max;
@@ -662,7 +668,7 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
         const bool streamed = (kind == HAE_LAYER_FULL || kind == HAE_LAYER_SWA) && cfg->memory.full_kv == HAE_TIER_HOST;
         if (!dsa && !streamed) continue;
         hae_tensor kc, vc;
-        hae_kv_cache_layer(m->kv, (int)l, &kc, &vc);
+        hae_kv_cache_layer(m->kv, (int)l, HAE_TIER_HOST, &kc, &vc);
         st = hae_slot_cache_create(be, &kc, &vc, dsa ? S : 0, dsa ? m->topk : 0, m->chunk, m->stage_mem, &m->slots[l]);
         if (st != HAE_OK)
             st = hae_error_wrap(st, "layer %lld (%s)", (long long)l, dsa ? "memory.dsa_kv: host" : "memory.full_kv: host");
@@ -791,6 +797,7 @@ void hae_model_stats_get(const hae_model *m, hae_model_stats *s) {
     s->slot_cache_bytes = 0, s->slot_hits = s->slot_misses = 0, s->fetched_bytes = 0;
     s->stage_bytes = m->stage_bytes;
     s->dsa_kv = m->cfg.memory.dsa_kv;
+    s->dsa_gpu_seqs = m->dsa_gpu;
     for (int64_t l = 0; l < m->L; l++) {
         if (!m->slots[l]) continue;
         s->slot_cache_bytes += hae_slot_cache_bytes(m->slots[l]);
@@ -840,12 +847,14 @@ static hae_status snapshot_copy(hae_model *m, char *host, bool save) {
                   : hae_backend_upload(m->be, m->index_mem, host, m->index_bytes);
     host += m->index_bytes;
     for (int64_t l = 0; l < m->L && st == HAE_OK; l++) {
-        hae_tensor kv[2];
-        hae_kv_cache_layer(m->kv, (int)l, &kv[0], &kv[1]);
-        for (int i = 0; i < 2 && st == HAE_OK; i++) {
-            size_t n = kv[i].data ? hae_tensor_nbytes(&kv[i]) : 0;
-            st = save ? hae_backend_download(m->be, host, kv[i].data, n) : hae_backend_upload(m->be, kv[i].data, host, n);
-            host += n;
+        for (int t = 0; t < HAE_TIER_COUNT && st == HAE_OK; t++) {
+            hae_tensor kv[2];
+            hae_kv_cache_layer(m->kv, (int)l, (hae_tier)t, &kv[0], &kv[1]);
+            for (int i = 0; i < 2 && st == HAE_OK; i++) {
+                size_t n = kv[i].data ? hae_tensor_nbytes(&kv[i]) : 0;
+                st = save ? hae_backend_download(m->be, host, kv[i].data, n) : hae_backend_upload(m->be, kv[i].data, host, n);
+                host += n;
+            }
         }
     }
     return st == HAE_OK ? hae_backend_sync(m->be) : st;
@@ -1296,19 +1305,37 @@ static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
                                           .theta = theta}));
     HAE_TRY(hae_rope(be, &(hae_rope_args){.x = k, .pos0 = m->pos, .rot_dims = m->rot_dims, .rot_offset = r0,
                                           .theta = theta}));
-    hae_tensor kc, vc;
-    hae_kv_cache_layer(m->kv, (int)l, &kc, &vc);
-    HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = k, .cache = kc, .pos0 = m->pos}));
-    if (!m->mla) /* mla's values are a view of the latent just written */
-        HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = qkv_heads(m, T, qd + kd, m->Hkv, m->Dv), .cache = vc,
-                                                      .pos0 = m->pos}));
+    /* the first G sequences' K/V on the GPU, the rest in the host tier (all of one or the other but for dsa
+     * layers with memory.dsa_gpu_seqs) */
+    hae_tensor kc, vc, kh, vh, v = m->mla ? k : qkv_heads(m, T, qd + kd, m->Hkv, m->Dv);
+    hae_kv_cache_layer(m->kv, (int)l, HAE_TIER_GPU, &kc, &vc);
+    hae_kv_cache_layer(m->kv, (int)l, HAE_TIER_HOST, &kh, &vh);
+    const int64_t G = kc.shape[0];
+    for (int part = 0; part < 2; part++) {
+        const hae_tensor *kp = part ? &kh : &kc, *vp = part ? &vh : &vc;
+        const int64_t b0 = part ? G : 0, n = kp->shape[0];
+        if (!n) continue;
+        HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = hae_tensor_narrow(k, 0, b0, n), .cache = *kp, .pos0 = m->pos}));
+        if (!m->mla) /* mla's values are a view of the latent just written */
+            HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = hae_tensor_narrow(v, 0, b0, n), .cache = *vp,
+                                                          .pos0 = m->pos}));
+    }
+    if (!G) kc = kh, vc = vh;
     hae_tensor att = hae_tensor_4d(m->att.data, m->dt, hae_backend_device(be), m->B, T, m->Hq, m->Dv);
     if (w->kind == HAE_LAYER_DSA) {
         HAE_TRY(dsa_select(m, l, T));
         hae_tensor idx = hae_tensor_3d(m->idx.data, HAE_I32, m->idx.device, m->B, T, m->topk), lens = m->seq_lens;
-        if (m->slots[l]) HAE_TRY(hae_slot_cache_prepare(m->slots[l], m->pos, T, &kc, &vc, &idx, &lens));
-        HAE_TRY(hae_sparse_attention(be, &(hae_sparse_attention_args){.q = q, .k_cache = kc, .v_cache = vc, .idx = idx,
-                                                                      .seq_lens = lens, .out = att, .scale = m->scale}));
+        hae_sparse_attention_args sa = {.q = q, .k_cache = kc, .v_cache = vc, .idx = idx, .seq_lens = lens, .out = att,
+                                        .scale = m->scale};
+        if (m->slots[l] && !G) {
+            HAE_TRY(hae_slot_cache_prepare(m->slots[l], m->pos, T, &sa.k_cache, &sa.v_cache, &sa.idx, &sa.seq_lens));
+        } else if (m->slots[l]) { /* a batch split between the tiers: one attention over both parts */
+            sa.idx = hae_tensor_narrow(idx, 0, 0, G), sa.seq_lens = hae_tensor_narrow(lens, 0, 0, G);
+            sa.k_cache2 = kh, sa.v_cache2 = vh;
+            sa.idx2 = hae_tensor_narrow(idx, 0, G, m->B - G), sa.seq_lens2 = hae_tensor_narrow(lens, 0, G, m->B - G);
+            HAE_TRY(hae_slot_cache_prepare(m->slots[l], m->pos, T, &sa.k_cache2, &sa.v_cache2, &sa.idx2, &sa.seq_lens2));
+        }
+        HAE_TRY(hae_sparse_attention(be, &sa));
     } else {
         if (m->slots[l]) HAE_TRY(hae_slot_cache_prepare(m->slots[l], m->pos, T, &kc, &vc, NULL, NULL));
         HAE_TRY(hae_attention(be, &(hae_attention_args){.q = q, .k_cache = kc, .v_cache = vc, .out = att, .pos0 = m->pos,

@@ -272,15 +272,53 @@ hae_status hae_attention(hae_backend *be, const hae_attention_args *a) {
     return DISPATCH(attention, be, a);
 }
 
+/* One part of a sparse attention's batch: its rows of q and out against its caches, selections and lengths. */
+static hae_status check_sparse_part(const char *op, hae_backend *be, const hae_tensor *q, const hae_tensor *out,
+                                    const hae_tensor *kc, const hae_tensor *vc, const hae_tensor *idx,
+                                    const hae_tensor *lens, const char *iname, const char *lname) {
+    HAE_TRY(check_qkv(op, be, q, kc, vc, out));
+    HAE_TRY(hae_check_tensor(op, iname, idx, be, 3, HAE_DTM(HAE_I32)));
+    HAE_TRY(hae_check_tensor(op, lname, lens, be, 1, HAE_DTM(HAE_I32)));
+    if (idx->shape[0] != q->shape[0] || idx->shape[1] != q->shape[1] || idx->shape[2] < 1)
+        return hae_shape_mismatch(op, "idx must be [B, T, k] with k >= 1 (a part's rows of the batch)", q, idx);
+    if (lens->shape[0] != q->shape[0]) return hae_shape_mismatch(op, "seq_lens must be [B] (a part's rows)", q, lens);
+    return HAE_OK;
+}
+
+/* Lengths on the host: each must hold the T queries and fit its part's cache. */
+static hae_status check_sparse_lens(const char *op, const hae_tensor *lens, int64_t T, int64_t cap, int64_t b0) {
+    const int32_t *l = lens->data;
+    for (int64_t b = 0; b < lens->shape[0]; b++)
+        if (l[b * lens->stride[0]] < T || l[b * lens->stride[0]] > cap)
+            return hae_error(HAE_ERR_INVALID,
+                             "%s: seq_lens[%lld] = %d must hold the %lld queries and fit the cache of %lld slots", op,
+                             (long long)(b0 + b), l[b * lens->stride[0]], (long long)T, (long long)cap);
+    return HAE_OK;
+}
+
 hae_status hae_sparse_attention(hae_backend *be, const hae_sparse_attention_args *a) {
     const char *op = "hae_sparse_attention";
-    HAE_TRY(check_qkv(op, be, &a->q, &a->k_cache, &a->v_cache, &a->out));
-    HAE_TRY(hae_check_tensor(op, "idx", &a->idx, be, 3, HAE_DTM(HAE_I32)));
-    HAE_TRY(hae_check_tensor(op, "seq_lens", &a->seq_lens, be, 1, HAE_DTM(HAE_I32)));
     const int64_t B = a->q.shape[0], T = a->q.shape[1], Hq = a->q.shape[2], cap = a->k_cache.shape[1];
-    if (a->idx.shape[0] != B || a->idx.shape[1] != T || a->idx.shape[2] < 1)
-        return hae_shape_mismatch(op, "idx must be [B, T, k] with k >= 1", &a->q, &a->idx);
-    if (a->seq_lens.shape[0] != B) return hae_shape_mismatch(op, "seq_lens must be [B]", &a->q, &a->seq_lens);
+    const bool split = a->k_cache2.data != NULL;
+    const int64_t B1 = split ? a->k_cache.shape[0] : B;
+    if (split && (a->q.ndim != 4 || a->k_cache.ndim != 4 || B1 < 1 || B1 >= B))
+        return hae_shape_mismatch(op, "a batch in two parts needs 1 <= k_cache's B < q's B", &a->q, &a->k_cache);
+    hae_tensor q1 = a->q, o1 = a->out;
+    if (split) q1.shape[0] = o1.shape[0] = B1;
+    HAE_TRY(check_sparse_part(op, be, &q1, &o1, &a->k_cache, &a->v_cache, &a->idx, &a->seq_lens, "idx", "seq_lens"));
+    if (split) {
+        hae_tensor q2 = hae_tensor_narrow(a->q, 0, B1, B - B1), o2 = hae_tensor_narrow(a->out, 0, B1, B - B1);
+        const hae_tensor *k1 = &a->k_cache, *v1 = &a->v_cache, *k2 = &a->k_cache2, *v2 = &a->v_cache2;
+        HAE_TRY(check_sparse_part(op, be, &q2, &o2, k2, v2, &a->idx2, &a->seq_lens2, "idx2", "seq_lens2"));
+        /* one launch reads both parts with the first's layout */
+        const bool view1 = v1->data == k1->data, view2 = v2->data == k2->data;
+        if (k2->dtype != k1->dtype || k2->shape[2] != k1->shape[2] || k2->shape[3] != k1->shape[3] ||
+            v2->shape[3] != v1->shape[3] || k2->stride[1] != k1->stride[1] || v2->stride[1] != v1->stride[1] ||
+            k2->stride[2] != k1->stride[2] || v2->stride[2] != v1->stride[2] || view1 != view2 ||
+            a->idx2.shape[2] != a->idx.shape[2] || a->idx2.stride[1] != a->idx.stride[1] || k2->shape[1] > cap)
+            return hae_shape_mismatch(op, "the second part must share the first's dtype, heads, dims, token strides, "
+                                      "k and V-as-a-view-of-K, with at most its slots", k1, k2);
+    }
     if (a->lse.data) {
         HAE_TRY(hae_check_tensor(op, "lse", &a->lse, be, 3, HAE_DTM(HAE_F32)));
         if (a->lse.shape[0] != B || a->lse.shape[1] != T || a->lse.shape[2] != Hq)
@@ -290,12 +328,8 @@ hae_status hae_sparse_attention(hae_backend *be, const hae_sparse_attention_args
         return hae_error(HAE_ERR_INVALID, "%s: scale %g must be finite and > 0", op, (double)a->scale);
     if (hae_tensor_numel(&a->q) == 0) return HAE_OK;
     if (be->device == HAE_CUDA) return dispatch_cuda_sparse_attention(be, a); /* seq_lens stay on the device */
-    const int32_t *lens = a->seq_lens.data;
-    for (int64_t b = 0; b < B; b++)
-        if (lens[b * a->seq_lens.stride[0]] < T || lens[b * a->seq_lens.stride[0]] > cap)
-            return hae_error(HAE_ERR_INVALID,
-                             "%s: seq_lens[%lld] = %d must hold the %lld queries and fit the cache of %lld slots", op,
-                             (long long)b, lens[b * a->seq_lens.stride[0]], (long long)T, (long long)cap);
+    HAE_TRY(check_sparse_lens(op, &a->seq_lens, T, cap, 0));
+    if (split) HAE_TRY(check_sparse_lens(op, &a->seq_lens2, T, a->k_cache2.shape[1], B1));
     return hae_sparse_attention_cpu(be, a);
 }
 

@@ -1,7 +1,7 @@
-/* The KV cache: one contiguous K and one V buffer per layer (mla: one latent buffer, V a view of its first
- * dims), each in its layer's tier: the backend's memory, or host-tier memory that kernels read over PCIe.
- * Its interface (per-layer [B, cap, Hkv, D] views, slots p % cap) is what the paged pool of DESIGN.md §2
- * will implement later. */
+/* The KV cache: one contiguous K and one V buffer per layer and tier (mla: one latent buffer, V a view of its
+ * first dims): the backend's memory, or host-tier memory that kernels read over PCIe; a host-tier layer may
+ * keep its first gpu_seqs sequences in the backend's memory (a batch split between the tiers). Its interface
+ * (per-layer [n, cap, Hkv, D] views, slots p % cap) is what the paged pool of DESIGN.md §2 will implement later. */
 #include "internal.h"
 
 #include <stdlib.h>
@@ -12,7 +12,7 @@ struct hae_kv_cache {
     int64_t batch;
     hae_dtype dtype;
     hae_kv_layer_spec *specs;
-    void **k, **v;
+    void **k, **v; /* [layer * 2 + tier] */
     size_t bytes[HAE_TIER_COUNT];
 };
 
@@ -20,6 +20,12 @@ struct hae_kv_cache {
 static size_t half_bytes(const hae_kv_layer_spec *spec, hae_dtype dtype) {
     if (spec->cap <= 0) return 0;
     return spec->mla_fp8 ? HAE_MLA_FP8_ROW : (size_t)spec->kv_heads * (size_t)spec->head_dim * hae_dtype_size(dtype);
+}
+
+/* How many of a layer's sequences are in a tier. */
+static int64_t seqs_in(const hae_kv_layer_spec *spec, int64_t batch, hae_tier tier) {
+    if (spec->tier == HAE_TIER_GPU) return tier == HAE_TIER_GPU ? batch : 0;
+    return tier == HAE_TIER_GPU ? spec->gpu_seqs : batch - spec->gpu_seqs;
 }
 
 size_t hae_kv_bytes_per_token(const hae_kv_layer_spec *spec, hae_dtype dtype) {
@@ -37,6 +43,11 @@ hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer
             return hae_error(HAE_ERR_INVALID, "kv cache: layer %d has a negative size", l);
         if ((unsigned)specs[l].tier >= HAE_TIER_COUNT)
             return hae_error(HAE_ERR_INVALID, "kv cache: layer %d: tier %d is not a hae_tier", l, (int)specs[l].tier);
+        if (specs[l].gpu_seqs < 0 || specs[l].gpu_seqs > batch ||
+            (specs[l].gpu_seqs > 0 && specs[l].tier != HAE_TIER_HOST))
+            return hae_error(HAE_ERR_INVALID, "kv cache: layer %d: %lld sequences on the GPU of a batch of %lld in the "
+                             "%s tier (a split needs the host tier and 0..batch)", l, (long long)specs[l].gpu_seqs,
+                             (long long)batch, hae_tier_name(specs[l].tier));
         if (specs[l].v_dim > 0 && (specs[l].v_dim > specs[l].head_dim || specs[l].kv_heads != 1))
             return hae_error(HAE_ERR_INVALID, "kv cache: layer %d: V as a view of K needs one kv head and v_dim <= "
                              "head_dim (got %lld heads, v_dim %lld, head_dim %lld)", l, (long long)specs[l].kv_heads,
@@ -47,7 +58,9 @@ hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer
                              "V its first %d (got %lld heads, head_dim %lld, v_dim %lld)", l,
                              HAE_MLA_LATENT + HAE_MLA_ROPE, HAE_MLA_LATENT, (long long)specs[l].kv_heads,
                              (long long)specs[l].head_dim, (long long)specs[l].v_dim);
-        total[specs[l].tier] += (size_t)batch * (size_t)specs[l].cap * hae_kv_bytes_per_token(&specs[l], dtype);
+        const size_t seq = (size_t)specs[l].cap * hae_kv_bytes_per_token(&specs[l], dtype);
+        total[HAE_TIER_GPU] += (size_t)seqs_in(&specs[l], batch, HAE_TIER_GPU) * seq;
+        total[HAE_TIER_HOST] += (size_t)seqs_in(&specs[l], batch, HAE_TIER_HOST) * seq;
     }
     size_t free_b = 0, total_b = 0;
     HAE_TRY(hae_backend_mem_info(be, &free_b, &total_b));
@@ -75,25 +88,29 @@ hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer
     kv->batch = batch;
     kv->dtype = dtype;
     kv->specs = calloc((size_t)n_layers, sizeof *kv->specs);
-    kv->k = calloc((size_t)n_layers, sizeof(void *));
-    kv->v = calloc((size_t)n_layers, sizeof(void *));
+    kv->k = calloc(2 * (size_t)n_layers, sizeof(void *));
+    kv->v = calloc(2 * (size_t)n_layers, sizeof(void *));
     if (!kv->specs || !kv->k || !kv->v) {
         hae_kv_cache_destroy(kv);
         return hae_error(HAE_ERR_OOM, "kv cache: out of host memory");
     }
     for (int l = 0; l < n_layers; l++) {
         kv->specs[l] = specs[l];
-        size_t half = (size_t)batch * (size_t)specs[l].cap * half_bytes(&specs[l], dtype);
-        if (!half) continue;
-        const bool host = specs[l].tier == HAE_TIER_HOST;
-        hae_status st = host ? hae_backend_alloc_host(be, half, &kv->k[l]) : hae_backend_alloc(be, half, &kv->k[l]);
-        if (st == HAE_OK && specs[l].v_dim == 0)
-            st = host ? hae_backend_alloc_host(be, half, &kv->v[l]) : hae_backend_alloc(be, half, &kv->v[l]);
-        if (st != HAE_OK) {
-            hae_kv_cache_destroy(kv);
-            return hae_error_wrap(st, "kv cache: layer %d of %d (%s tier)", l, n_layers, hae_tier_name(specs[l].tier));
+        for (int t = 0; t < HAE_TIER_COUNT; t++) {
+            const size_t half = (size_t)seqs_in(&specs[l], batch, (hae_tier)t) * (size_t)specs[l].cap *
+                                half_bytes(&specs[l], dtype);
+            if (!half) continue;
+            const bool host = t == HAE_TIER_HOST;
+            void **k = &kv->k[2 * l + t], **v = &kv->v[2 * l + t];
+            hae_status st = host ? hae_backend_alloc_host(be, half, k) : hae_backend_alloc(be, half, k);
+            if (st == HAE_OK && specs[l].v_dim == 0)
+                st = host ? hae_backend_alloc_host(be, half, v) : hae_backend_alloc(be, half, v);
+            if (st != HAE_OK) {
+                hae_kv_cache_destroy(kv);
+                return hae_error_wrap(st, "kv cache: layer %d of %d (%s tier)", l, n_layers, hae_tier_name((hae_tier)t));
+            }
+            kv->bytes[t] += (specs[l].v_dim ? 1 : 2) * half;
         }
-        kv->bytes[specs[l].tier] += (specs[l].v_dim ? 1 : 2) * half;
     }
     *out = kv;
     return HAE_OK;
@@ -101,11 +118,10 @@ hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer
 
 void hae_kv_cache_destroy(hae_kv_cache *kv) {
     if (!kv) return;
-    for (int l = 0; l < kv->n_layers; l++) {
-        void (*release)(hae_backend *, void *) =
-            kv->specs && kv->specs[l].tier == HAE_TIER_HOST ? hae_backend_free_host : hae_backend_free;
-        if (kv->k) release(kv->be, kv->k[l]);
-        if (kv->v) release(kv->be, kv->v[l]);
+    for (int i = 0; i < 2 * kv->n_layers; i++) {
+        void (*release)(hae_backend *, void *) = i % 2 == HAE_TIER_HOST ? hae_backend_free_host : hae_backend_free;
+        if (kv->k) release(kv->be, kv->k[i]);
+        if (kv->v) release(kv->be, kv->v[i]);
     }
     free(kv->k);
     free(kv->v);
@@ -113,16 +129,18 @@ void hae_kv_cache_destroy(hae_kv_cache *kv) {
     free(kv);
 }
 
-void hae_kv_cache_layer(const hae_kv_cache *kv, int layer, hae_tensor *k, hae_tensor *v) {
-    HAE_ASSERT(layer >= 0 && layer < kv->n_layers);
+void hae_kv_cache_layer(const hae_kv_cache *kv, int layer, hae_tier tier, hae_tensor *k, hae_tensor *v) {
+    HAE_ASSERT(layer >= 0 && layer < kv->n_layers && (unsigned)tier < HAE_TIER_COUNT);
     const hae_kv_layer_spec *s = &kv->specs[layer];
-    hae_device dev = hae_backend_device(kv->be);
+    const hae_device dev = hae_backend_device(kv->be);
+    const int64_t n = seqs_in(s, kv->batch, tier);
+    void *kd = kv->k[2 * layer + tier], *vd = kv->v[2 * layer + tier];
     if (s->mla_fp8)
-        *k = hae_tensor_4d(kv->k[layer], HAE_FP8_E4M3, dev, kv->batch, s->cap, 1, HAE_MLA_FP8_ROW);
+        *k = hae_tensor_4d(kd, HAE_FP8_E4M3, dev, n, s->cap, 1, HAE_MLA_FP8_ROW);
     else
-        *k = hae_tensor_4d(kv->k[layer], kv->dtype, dev, kv->batch, s->cap, s->kv_heads, s->head_dim);
+        *k = hae_tensor_4d(kd, kv->dtype, dev, n, s->cap, s->kv_heads, s->head_dim);
     if (s->v_dim == 0) {
-        *v = hae_tensor_4d(kv->v[layer], kv->dtype, dev, kv->batch, s->cap, s->kv_heads, s->head_dim);
+        *v = hae_tensor_4d(vd, kv->dtype, dev, n, s->cap, s->kv_heads, s->head_dim);
         return;
     }
     *v = *k; /* one kv head: its stride is free, and set so the head reads as dense */

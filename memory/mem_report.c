@@ -31,10 +31,13 @@ static void markdown(const hae_mem_report_args *a, const hae_mem_plan *cp, const
     const hae_config *cfg = a->cfg;
     char b1[32], b2[32], b3[32], b4[32], b5[32], c1[32];
     fprintf(f, "# hae mem: %s (%s)\n\n", cfg->name, cfg->source);
-    fprintf(f, "batch %" PRId64 ", %s, K/V pages of %" PRId64 " tokens; placement: dsa_kv %s%s, full_kv %s%s, "
+    char split[64] = "";
+    if (cfg->memory.dsa_kv == HAE_TIER_HOST && cfg->memory.dsa_gpu_seqs > 0)
+        snprintf(split, sizeof split, " but for the first %" PRId64 " sequences", cfg->memory.dsa_gpu_seqs);
+    fprintf(f, "batch %" PRId64 ", %s, K/V pages of %" PRId64 " tokens; placement: dsa_kv %s%s%s, full_kv %s%s, "
             "linear_state %s; dsa GPU cache %" PRId64 " tokens per layer and sequence. The twin: every layer full, "
             "everything on the GPU.\n\n", cfg->runtime.batch, hae_dtype_name(cfg->runtime.dtype),
-            cfg->memory.page_size, hae_tier_name(cfg->memory.dsa_kv),
+            cfg->memory.page_size, hae_tier_name(cfg->memory.dsa_kv), split,
             cfg->memory.dsa_kv_fp8 ? " (mla's FP8 token layout, 656 bytes)" : "", hae_tier_name(cfg->memory.full_kv),
             cfg->memory.full_kv == HAE_TIER_HOST ? " (streamed every step: slow)" : "",
             hae_tier_name(cfg->memory.linear_state), cfg->memory.cache_tokens);
@@ -42,10 +45,13 @@ static void markdown(const hae_mem_report_args *a, const hae_mem_plan *cp, const
     fprintf(f, "|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int i = 0; i < a->n_contexts; i++) {
         const size_t kv = kv_and_states(&cp[i], HAE_TIER_GPU), tkv = kv_and_states(&tp[i], HAE_TIER_GPU);
-        const bool autoplace = cfg->memory.dsa_kv == HAE_TIER_AUTO;
-        fprintf(f, "| %s%s%s%s | %s | %s | %s | %.1f%% | %s | %s | %.1f%% |\n",
-                hae_fmt_tokens(a->contexts[i], true, c1, sizeof c1), autoplace ? " (dsa K/V on " : "",
-                autoplace ? hae_tier_name(cp[i].dsa_kv) : "", autoplace ? ")" : "",
+        char where[64] = "";
+        if (cfg->memory.dsa_kv == HAE_TIER_AUTO && cp[i].dsa_kv == HAE_TIER_HOST && cp[i].dsa_gpu_seqs > 0)
+            snprintf(where, sizeof where, " (dsa K/V of %" PRId64 " sequences on host)", cp[i].batch - cp[i].dsa_gpu_seqs);
+        else if (cfg->memory.dsa_kv == HAE_TIER_AUTO)
+            snprintf(where, sizeof where, " (dsa K/V on %s)", hae_tier_name(cp[i].dsa_kv));
+        fprintf(f, "| %s%s | %s | %s | %s | %.1f%% | %s | %s | %.1f%% |\n",
+                hae_fmt_tokens(a->contexts[i], true, c1, sizeof c1), where,
                 fmt_bytes((double)cp[i].total[HAE_TIER_GPU], b1, sizeof b1),
                 fmt_bytes((double)cp[i].total[HAE_TIER_HOST], b2, sizeof b2),
                 fmt_bytes((double)tp[i].total[HAE_TIER_GPU], b3, sizeof b3),
@@ -93,7 +99,7 @@ static void csv(const hae_mem_report_args *a, const hae_mem_plan *cp, const hae_
             fprintf(f, ",%s_%s", hae_tier_name((hae_tier)t), hae_mem_kind_name((hae_mem_kind)k));
         fprintf(f, ",%s_total", hae_tier_name((hae_tier)t));
     }
-    fprintf(f, "\n");
+    fprintf(f, ",dsa_gpu_seqs\n");
     for (int i = 0; i < a->n_contexts; i++)
         for (int m = 0; m < 2; m++) {
             const hae_mem_plan *p = m ? &tp[i] : &cp[i];
@@ -103,7 +109,8 @@ static void csv(const hae_mem_report_args *a, const hae_mem_plan *cp, const hae_
                 for (int k = 0; k < HAE_MEM_KIND_COUNT; k++) fprintf(f, ",%zu", p->bytes[t][k]);
                 fprintf(f, ",%zu", p->total[t]);
             }
-            fprintf(f, "\n");
+            /* how many sequences keep their dsa K/V on the GPU */
+            fprintf(f, ",%" PRId64 "\n", p->dsa_kv == HAE_TIER_HOST ? p->dsa_gpu_seqs : p->batch);
         }
 }
 

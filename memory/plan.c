@@ -30,8 +30,11 @@ static size_t index_bytes_per_token(const hae_config *cfg) {
     return (size_t)(D + 4 * ((D + 127) / 128));
 }
 
-/* The plan of cfg from the model's plan of it (mp) at the same context. */
-static void place(const hae_config *cfg, const hae_model_plan *mp, hae_mem_plan *out) {
+/* The plan of cfg from the model's plan of it (mp) at the same context, with the dsa K/V of the first gpu_seqs
+ * sequences on the GPU when they are in the host tier. */
+static void place(const hae_config *cfg, const hae_model_plan *mp, int64_t gpu_seqs, hae_mem_plan *out) {
+    memset(out->bytes, 0, sizeof out->bytes);
+    memset(out->total, 0, sizeof out->total);
     const int64_t L = mp->context, B = cfg->runtime.batch, P = cfg->memory.page_size, Pi = cfg->model.dsa.page_size,
                   cache = cfg->memory.cache_tokens;
     size_t(*b)[HAE_MEM_KIND_COUNT] = out->bytes;
@@ -50,14 +53,16 @@ static void place(const hae_config *cfg, const hae_model_plan *mp, hae_mem_plan 
             if (cfg->memory.linear_state == HAE_TIER_HOST)
                 b[HAE_TIER_HOST][HAE_MEM_LINEAR_STATE] = sat_add(b[HAE_TIER_HOST][HAE_MEM_LINEAR_STATE], s);
         } else if (kind == HAE_LAYER_DSA) {
-            const hae_tier t = cfg->memory.dsa_kv;
-            const size_t pages = sat_mul(sat_mul(Bz, (size_t)ceil_to(L, P)), kv_bpt);
-            b[t][HAE_MEM_DSA_KV] = sat_add(b[t][HAE_MEM_DSA_KV], pages);
-            if (t == HAE_TIER_HOST) {
-                const size_t slots = sat_mul(sat_mul(Bz, (size_t)min64(cache, L)), kv_bpt);
+            /* host: the first gpu_seqs sequences' pages on the GPU all the same */
+            const size_t on_gpu = cfg->memory.dsa_kv == HAE_TIER_HOST ? (size_t)gpu_seqs : Bz, spilled = Bz - on_gpu;
+            const size_t seq = sat_mul((size_t)ceil_to(L, P), kv_bpt);
+            b[HAE_TIER_GPU][HAE_MEM_DSA_KV] = sat_add(b[HAE_TIER_GPU][HAE_MEM_DSA_KV], sat_mul(on_gpu, seq));
+            if (spilled) {
+                b[HAE_TIER_HOST][HAE_MEM_DSA_KV] = sat_add(b[HAE_TIER_HOST][HAE_MEM_DSA_KV], sat_mul(spilled, seq));
+                const size_t slots = sat_mul(sat_mul(spilled, (size_t)min64(cache, L)), kv_bpt);
                 b[HAE_TIER_GPU][HAE_MEM_DSA_KV] = sat_add(b[HAE_TIER_GPU][HAE_MEM_DSA_KV], slots);
                 /* prefill chunks past the slots are staged whole */
-                const size_t whole = sat_mul(sat_mul(Bz, (size_t)L), kv_bpt);
+                const size_t whole = sat_mul(sat_mul(spilled, (size_t)L), kv_bpt);
                 if (cache < L && whole > staging) staging = whole;
             }
             const int64_t ipages = ceil_to(L, Pi) / Pi;
@@ -102,17 +107,24 @@ static hae_status plan_at(const hae_config *cfg, int64_t context, size_t gpu_bud
     if (st == HAE_OK) {
         out->context = context;
         out->batch = c->runtime.batch;
-        /* dsa_kv auto: the GPU when everything fits the budget there, else the host */
+        /* dsa_kv auto: the GPU when everything fits the budget there, else the host tier for the fewest
+         * sequences that makes it fit (all of them when none does). Moving a sequence to the host frees its
+         * pages but adds its slots and staging, so the GPU bytes need not fall with every one: each split is
+         * tried, the most sequences on the GPU first. */
         const bool autoplace = c->memory.dsa_kv == HAE_TIER_AUTO;
+        int64_t gpu_seqs = c->memory.dsa_gpu_seqs > 0 ? c->memory.dsa_gpu_seqs : 0;
         if (autoplace) c->memory.dsa_kv = HAE_TIER_GPU;
-        place(c, mp, out);
+        place(c, mp, gpu_seqs, out);
         if (autoplace && gpu_budget > 0 && out->total[HAE_TIER_GPU] > gpu_budget) {
             c->memory.dsa_kv = HAE_TIER_HOST;
-            memset(out->bytes, 0, sizeof out->bytes);
-            memset(out->total, 0, sizeof out->total);
-            place(c, mp, out);
+            for (gpu_seqs = c->runtime.batch - 1; gpu_seqs > 0; gpu_seqs--) {
+                place(c, mp, gpu_seqs, out);
+                if (out->total[HAE_TIER_GPU] <= gpu_budget) break;
+            }
+            if (gpu_seqs == 0) place(c, mp, 0, out);
         }
         out->dsa_kv = c->memory.dsa_kv;
+        out->dsa_gpu_seqs = out->dsa_kv == HAE_TIER_HOST ? gpu_seqs : 0;
         if (token_bytes) {
             size_t per = 16; /* the indexer's logits and slack */
             for (int64_t l = 0; l < c->model.n_layers; l++)

@@ -66,6 +66,7 @@ typedef struct {
     const hae_tensor *q, *k_cache, *v_cache, *out;
     float scale;
     int64_t b, t, g;
+    int64_t cb; /* the sequence's row in k_cache and v_cache */
     int64_t lo, hi;
     const int32_t *idx;
     int64_t n;
@@ -87,7 +88,7 @@ static void attend(const attend_job *j, float *scratch) {
     for (int64_t i = 0; i < count; i++) {
         int64_t s = j->idx ? j->idx[i] : j->lo + i;
         if (j->idx && (s < 0 || s > j->hi)) continue;
-        const void *kr = cache_row(j->k_cache, j->b, s % cap, j->g), *vr = cache_row(j->v_cache, j->b, s % cap, j->g);
+        const void *kr = cache_row(j->k_cache, j->cb, s % cap, j->g), *vr = cache_row(j->v_cache, j->cb, s % cap, j->g);
         if (j->k_cache->dtype == HAE_FP8_E4M3) { /* mla's FP8 layout: the values are the key's latent */
             hae_mla_fp8_unpack(kr, kf);
             memcpy(vf, kf, sizeof(float) * (size_t)Dv);
@@ -148,6 +149,7 @@ static void attention_group(void *p, int64_t item) {
     const int64_t T = a->q.shape[1], Hkv = a->k_cache.shape[2];
     attend_job j = {.q = &a->q, .k_cache = &a->k_cache, .v_cache = &a->v_cache, .out = &a->out, .scale = a->scale,
                     .g = item % Hkv, .t = (item / Hkv) % T, .b = item / (Hkv * T)};
+    j.cb = j.b;
     j.hi = a->pos0 + j.t;
     j.lo = a->window > 0 && j.hi - a->window + 1 > 0 ? j.hi - a->window + 1 : 0;
     attend(&j, worker_scratch(c->be));
@@ -172,9 +174,14 @@ static void sparse_group(void *p, int64_t item) {
     const int64_t T = a->q.shape[1], Hkv = a->k_cache.shape[2], G = a->q.shape[2] / Hkv;
     attend_job j = {.q = &a->q, .k_cache = &a->k_cache, .v_cache = &a->v_cache, .out = &a->out, .scale = a->scale,
                     .g = item % Hkv, .t = (item / Hkv) % T, .b = item / (Hkv * T)};
-    const int32_t *lens = a->seq_lens.data;
-    j.hi = lens[j.b * a->seq_lens.stride[0]] - T + j.t;
-    j.idx = (const int32_t *)hae_row_ptr(&a->idx, j.b, j.t, 0);
+    const hae_tensor *idx = &a->idx, *lens = &a->seq_lens;
+    j.cb = j.b;
+    if (a->k_cache2.data && j.b >= a->k_cache.shape[0]) { /* the batch's second part */
+        j.k_cache = &a->k_cache2, j.v_cache = &a->v_cache2, idx = &a->idx2, lens = &a->seq_lens2;
+        j.cb = j.b - a->k_cache.shape[0];
+    }
+    j.hi = ((const int32_t *)lens->data)[j.cb * lens->stride[0]] - T + j.t;
+    j.idx = (const int32_t *)hae_row_ptr(idx, j.cb, j.t, 0);
     j.n = a->idx.shape[2];
     float lse[256];
     j.lse = a->lse.data ? lse : NULL;

@@ -88,7 +88,22 @@ struct SparseParams {
     bool out_bf16, v_shared;
     bool out_pairs; /* out and its row strides allow two-element stores */
     float scale, scale_log2;
+    /* a batch split between two caches: rows b >= B1 read part 2 (row b - B1), same token and head strides */
+    int64_t B1; /* kWhole: one part */
+    const void *k2, *v2;
+    int64_t k2_sb, v2_sb;
+    const int32_t *idx2, *lens2;
+    int64_t i2_sb, l2_s, cap2;
 };
+constexpr int64_t kWhole = INT64_MAX;
+
+/* Sequence b's K and V rows: the first part's, or the second's past B1. */
+template <class T> __device__ __forceinline__ const T *k_seq(const SparseParams &p, int64_t b) {
+    return b < p.B1 ? (const T *)p.k + b * p.k_sb : (const T *)p.k2 + (b - p.B1) * p.k2_sb;
+}
+template <class T> __device__ __forceinline__ const T *v_seq(const SparseParams &p, int64_t b) {
+    return b < p.B1 ? (const T *)p.v + b * p.v_sb : (const T *)p.v2 + (b - p.B1) * p.v2_sb;
+}
 
 __device__ __forceinline__ void st_out(void *p, bool bf16, int64_t i, float v) {
     if (bf16) ((uint16_t *)p)[i] = hae_dev_f32_to_bf16(v);
@@ -99,8 +114,9 @@ __device__ __forceinline__ void st_out(void *p, bool bf16, int64_t i, float v) {
  * Dense: its position, every earlier one of its window held in the ring. */
 __device__ __forceinline__ int64_t usable_hi(const SparseParams &p, int64_t b, int64_t t) {
     if (p.dense) return p.pos0 + t;
-    const int64_t pos = (int64_t)p.lens[b * p.l_s] - p.T + t;
-    return pos >= 0 && pos < p.cap ? pos : -1;
+    const bool one = b < p.B1;
+    const int64_t pos = (int64_t)(one ? p.lens[b * p.l_s] : p.lens2[(b - p.B1) * p.l2_s]) - p.T + t;
+    return pos >= 0 && pos < (one ? p.cap : p.cap2) ? pos : -1;
 }
 /* Where a dense query's list starts: its window's first position (0 without a window). */
 __device__ __forceinline__ int64_t list_lo(const SparseParams &p, int64_t hi) {
@@ -114,7 +130,7 @@ __device__ __forceinline__ int64_t entry_at(const SparseParams &p, const int32_t
 __device__ __forceinline__ int64_t slot_of(const SparseParams &p, int64_t j) { return j < p.cap ? j : j % p.cap; }
 /* The idx row of query (b, t); none when dense. */
 __device__ __forceinline__ const int32_t *idx_row(const SparseParams &p, int64_t b, int64_t t) {
-    return p.dense ? nullptr : p.idx + b * p.i_sb + t * p.i_st;
+    return p.dense ? nullptr : b < p.B1 ? p.idx + b * p.i_sb + t * p.i_st : p.idx2 + (b - p.B1) * p.i2_sb + t * p.i_st;
 }
 
 /* ---------------------------------------------------------------- tensor-core pieces
@@ -190,8 +206,8 @@ __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const Spa
     float *alpha_s = (float *)(smem + C::alpha_off(p.v_shared));
     int *kidx = (int *)(smem + C::kidx_off(p.v_shared));
 
-    const uint16_t *kbase = (const uint16_t *)p.k + b * p.k_sb + (int64_t)gk * DK;
-    const uint16_t *vbase = (const uint16_t *)p.v + b * p.v_sb + (int64_t)gk * DV;
+    const uint16_t *kbase = k_seq<uint16_t>(p, b) + (int64_t)gk * DK;
+    const uint16_t *vbase = v_seq<uint16_t>(p, b) + (int64_t)gk * DV;
     const int32_t *irow = idx_row(p, b, t);
 
     /* Q rows (zero rows past the group's heads) */
@@ -722,7 +738,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
     const int ntiles = (int)((p.nk + kBN - 1) / kBN);
     const int tile0 = split * p.tiles_per_split, tile1 = min(ntiles, tile0 + p.tiles_per_split);
 
-    const uint16_t *kbase = (const uint16_t *)p.k + b * p.k_sb + (int64_t)gk * kWgDk;
+    const uint16_t *kbase = k_seq<uint16_t>(p, b) + (int64_t)gk * kWgDk;
     const int32_t *irow = idx_row(p, b, t0); /* sparse: one query per CTA */
 
     {
@@ -768,12 +784,12 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         if (PAIR) {
             const int jh = tile == jh_tile ? jh_pre : entry_of(tile, hr);
             const bool okh = usable(jh);
-            fp8_load_half(h, (const uint8_t *)p.k + b * p.k_sb + (okh ? (int64_t)jh : 0) * p.k_ss, okh, hc);
+            fp8_load_half(h, k_seq<uint8_t>(p, b) + (okh ? (int64_t)jh : 0) * p.k_ss, okh, hc);
             if (sub == 0) kok[st * kBN + kr] = ok ? j : -1;
             return;
         }
         if (FP8) { /* the raw row; its usable flag is set when it is decoded */
-            const uint8_t *src = (const uint8_t *)p.k + b * p.k_sb + (ok ? (int64_t)j : 0) * p.k_ss;
+            const uint8_t *src = k_seq<uint8_t>(p, b) + (ok ? (int64_t)j : 0) * p.k_ss;
 #pragma unroll
             for (int c = sub; c < HAE_MLA_FP8_ROW / 16; c += 4) cp_async16z(sRawRow + (uint32_t)(16 * c), src + 16 * c, ok);
             return;
@@ -1106,7 +1122,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
                     * reads them first); thread tq copies chunk tq % 8 of each 64-dim block of rows tq / 8 + 8 i */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 48;\n" ::: "memory");
         const int st = tw >> 6, tq = tw & 63, rg = tq >> 3, c8 = tq & 7;
-        const uint16_t *kbase = (const uint16_t *)p.k + b * p.k_sb + (int64_t)gk * kWgDk;
+        const uint16_t *kbase = k_seq<uint16_t>(p, b) + (int64_t)gk * kWgDk;
         const uint32_t dst = stage(st);
         for (int n = st; n < 2 * npairs; n += 2) {
             const uint32_t par = ((n >> 1) & 1) ^ 1;
@@ -1345,9 +1361,9 @@ __global__ void __launch_bounds__(kThreads) simple_kernel(const SparseParams p) 
         acc[j] = 0.0f;
     }
     /* mla's FP8 layout has one kv head: gk is 0 */
-    const TKV *kbase = (const TKV *)p.k + b * p.k_sb + (int64_t)gk * p.Dk;
-    const TKV *vbase = (const TKV *)p.v + b * p.v_sb + (int64_t)gk * p.Dv;
-    const int32_t *irow = p.idx + b * p.i_sb + t * p.i_st;
+    const TKV *kbase = k_seq<TKV>(p, b) + (int64_t)gk * p.Dk;
+    const TKV *vbase = v_seq<TKV>(p, b) + (int64_t)gk * p.Dv;
+    const int32_t *irow = idx_row(p, b, t);
 
     float m = -INFINITY, l = 0.0f;
     /* i0 is the same in every lane of a warp, so the shuffles below see the whole warp */
@@ -1594,6 +1610,21 @@ extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_spars
     fill_shape(p, T, Hq, Hkv, Dk, Dv, a->out.dtype, a->scale);
     p.cap = a->k_cache.shape[1];
     p.nk = a->idx.shape[2];
+    p.B1 = kWhole;
+    if (a->k_cache2.data) { /* hae_sparse_attention checked that it shares the first part's layout */
+        p.B1 = a->k_cache.shape[0];
+        p.k2 = a->k_cache2.data;
+        p.v2 = a->v_cache2.data;
+        p.k2_sb = a->k_cache2.stride[0];
+        p.v2_sb = a->v_cache2.stride[0];
+        p.idx2 = (const int32_t *)a->idx2.data;
+        p.i2_sb = a->idx2.stride[0];
+        p.lens2 = (const int32_t *)a->seq_lens2.data;
+        p.l2_s = a->seq_lens2.stride[0];
+        p.cap2 = a->k_cache2.shape[1];
+    }
+    /* the kernels below read part 2 with part 1's alignment */
+    const bool part2_aligned = !a->k_cache2.data || (aligned16(p.k2, p.k2_sb, p.k_ss) && aligned16(p.v2, p.v2_sb, p.v_ss));
     /* mla: the values are the first Dv dims of each key row (same rows, same kv head stride) */
     p.v_shared = a->v_cache.data == a->k_cache.data && p.v_sb == p.k_sb && p.v_ss == p.k_ss && Dv <= Dk &&
                  (Hkv == 1 || Dv == Dk);
@@ -1604,7 +1635,7 @@ extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_spars
     /* FP8 at any group size: below 64 heads a CTA masks its spare MMA rows (tensor-core time the gather's
      * decode and the memory traffic hide in decode; 4x the MMA work at 16 heads in prefill), which still
      * beats the CUDA-core kernel by an order of magnitude */
-    if (fp8 && a->q.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) && (uintptr_t)p.k % 16 == 0) {
+    if (fp8 && a->q.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) && (uintptr_t)p.k % 16 == 0 && part2_aligned) {
         bool ran = false;
         if ((p.G + kWgRows - 1) / kWgRows % 2 == 0) /* a query's head blocks share the decode in pairs */
             HAE_TRY(launch(be, p, B, s, wg_kernel<kWgFp8Pair>, kWgThreads, WgLayout<kWgFp8Pair>::kSmem, kWgRows, &ran, 2));
@@ -1612,7 +1643,7 @@ extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_spars
         if (ran) return HAE_OK;
     }
     if (!fp8 && a->q.dtype == HAE_BF16 && a->k_cache.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) &&
-        aligned16(p.k, p.k_sb, p.k_ss) && aligned16(p.v, p.v_sb, p.v_ss)) {
+        aligned16(p.k, p.k_sb, p.k_ss) && aligned16(p.v, p.v_sb, p.v_ss) && part2_aligned) {
         bool ran = false;
         HAE_TRY(try_tc(be, p, B, s, &ran));
         if (ran) return HAE_OK;
@@ -1653,6 +1684,7 @@ extern "C" hae_status hae_attention_mla_cuda(hae_backend *be, const hae_attentio
     p.o_st = a->out.stride[1];
     fill_shape(p, T, Hq, 1, Dk, Dv, a->out.dtype, a->scale);
     p.cap = cap;
+    p.B1 = kWhole;
     p.dense = true;
     p.pos0 = a->pos0;
     p.window = a->window;

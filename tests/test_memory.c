@@ -676,15 +676,15 @@ Test(kv_cache, layouts_views_and_bad_specs) {
     hae_kv_cache *kv = NULL;
     cr_assert_eq(hae_kv_cache_create(be, 4, specs, B, HAE_BF16, 0, 0, &kv), HAE_OK, "%s", hae_last_error());
     hae_tensor k, v;
-    hae_kv_cache_layer(kv, 0, &k, &v);
+    hae_kv_cache_layer(kv, 0, HAE_TIER_GPU, &k, &v);
     cr_expect(k.dtype == HAE_BF16 && k.shape[2] == 2 && k.shape[3] == 8 && v.data != k.data);
-    hae_kv_cache_layer(kv, 1, &k, &v);
+    hae_kv_cache_layer(kv, 1, HAE_TIER_GPU, &k, &v);
     cr_expect(v.data == k.data && v.shape[3] == 16 && v.stride[1] == k.stride[1], "mla: V the first 16 of 20 dims");
-    hae_kv_cache_layer(kv, 2, &k, &v);
+    hae_kv_cache_layer(kv, 2, HAE_TIER_GPU, &k, &v);
     cr_expect(k.dtype == HAE_FP8_E4M3 && k.shape[1] == cap && k.shape[2] == 1 && k.shape[3] == HAE_MLA_FP8_ROW);
     cr_expect(v.dtype == HAE_FP8_E4M3 && v.data == k.data && v.shape[3] == HAE_MLA_LATENT &&
               v.stride[0] == k.stride[0] && v.stride[1] == k.stride[1], "FP8: V views the latent bytes");
-    hae_kv_cache_layer(kv, 3, &k, &v);
+    hae_kv_cache_layer(kv, 3, HAE_TIER_GPU, &k, &v);
     cr_expect(k.data == NULL && v.data == NULL);
     cr_expect_eq(hae_kv_bytes_per_token(&specs[0], HAE_BF16), 2 * 2 * 8 * 2);
     cr_expect_eq(hae_kv_bytes_per_token(&specs[1], HAE_BF16), 20 * 2);
@@ -802,11 +802,11 @@ static char *slurp(const char *path) {
     return buf;
 }
 
-#define CSV_COLS (5 + 2 * (HAE_MEM_KIND_COUNT + 1))
+#define CSV_COLS (6 + 2 * (HAE_MEM_KIND_COUNT + 1))
 
 typedef struct {
     char model[16];
-    uint64_t v[CSV_COLS - 1]; /* context, batch, gpu_budget, max_context, then bytes per tier and kind */
+    uint64_t v[CSV_COLS - 1]; /* context, batch, gpu_budget, max_context, bytes per tier and kind, dsa_gpu_seqs */
 } csv_row;
 
 /* The rows of a mem.csv after its header, which must be the expected one. */
@@ -815,7 +815,7 @@ static int read_csv(char *text, csv_row *rows, int cap) {
     cr_assert(line && !strcmp(line, "model,context,batch,gpu_budget,max_context,gpu_weights,gpu_activations,"
                                     "gpu_dsa_kv,gpu_index_keys,gpu_full_kv,gpu_linear_state,gpu_total,host_weights,"
                                     "host_activations,host_dsa_kv,host_index_keys,host_full_kv,host_linear_state,"
-                                    "host_total"), "header: %s", line ? line : "(none)");
+                                    "host_total,dsa_gpu_seqs"), "header: %s", line ? line : "(none)");
     int n = 0;
     while ((line = strtok_r(NULL, "\n", &save)) && n < cap) {
         char *s2 = NULL, *f = strtok_r(line, ",", &s2);
@@ -841,6 +841,8 @@ static void expect_row(const csv_row *r, const char *model, const hae_mem_plan *
         cr_expect_eq(r->v[k], p->total[t], "%s at %" PRId64 ": %s total", model, p->context,
                      hae_tier_name((hae_tier)t));
     }
+    cr_expect_eq(r->v[CSV_COLS - 2], (uint64_t)(p->dsa_kv == HAE_TIER_HOST ? p->dsa_gpu_seqs : p->batch),
+                 "%s at %" PRId64 ": dsa_gpu_seqs", model, p->context);
 }
 
 Test(memory_cli, hae_mem_on_the_presets, .timeout = 300) {

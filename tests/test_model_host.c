@@ -165,22 +165,25 @@ static const char *yaml_fmt = "name: tiny-host\n"
                               "  linear_attn: {num_heads: 2, head_dim: 8}\n"
                               "  dsa: {index_n_heads: 2, index_head_dim: 128, index_topk: 6, page_size: 4}\n"
                               "  swa: {window_size: 9}\n"
-                              "runtime: {backend: cpu, dtype: %s, batch: 2, prefill: 24, decode: 16, prefill_chunk: 8}\n"
-                              "memory: {dsa_kv: %s, full_kv: %s, cache_tokens: %d}\n";
+                              "runtime: {backend: cpu, dtype: %s, batch: %d, prefill: 24, decode: 16, prefill_chunk: 8}\n"
+                              "memory: {dsa_kv: %s, full_kv: %s, cache_tokens: %d, dsa_gpu_seqs: %d}\n";
 
 #define CTX 40
 
 #define DSA_ONLY "kda, dsa, dsa"
 
-/* mla: 0 gqa; 1 mla over a latent of 16; 2 mla over 512 + 64 with dsa layers in mla's FP8 token layout */
-static void host_vs_gpu_of(const char *pattern, const char *dtype, int slots, int mla, const int64_t *lens, int n_lens,
-                           int64_t *hits, int64_t *misses) {
+/* mla: 0 gqa; 1 mla over a latent of 16; 2 mla over 512 + 64 with dsa layers in mla's FP8 token layout.
+ * split > 0: a batch of 3 whose first `split` sequences keep their dsa K/V on the GPU (memory.dsa_gpu_seqs);
+ * else a batch of 2 all in the host tier. */
+static void host_vs_gpu_split(const char *pattern, const char *dtype, int slots, int mla, int split,
+                              const int64_t *lens, int n_lens, int64_t *hits, int64_t *misses) {
     hae_backend *be = tu_cpu();
     hae_config gpu, host;
     char y[2048];
-    snprintf(y, sizeof y, yaml_fmt, pattern, dtype, "gpu", "gpu", slots);
+    const int nb = split ? 3 : 2;
+    snprintf(y, sizeof y, yaml_fmt, pattern, dtype, nb, "gpu", "gpu", slots, -1);
     tu_config(y, &gpu);
-    snprintf(y, sizeof y, yaml_fmt, pattern, dtype, "host", "host", slots);
+    snprintf(y, sizeof y, yaml_fmt, pattern, dtype, nb, "host", "host", slots, split);
     tu_config(y, &host);
     if (mla)
         for (hae_config *c = &gpu; c; c = c == &gpu ? &host : NULL) {
@@ -192,31 +195,33 @@ static void host_vs_gpu_of(const char *pattern, const char *dtype, int slots, in
             c->memory.dsa_kv_fp8 = mla == 2;
         }
     hae_model *a = tu_model(be, &gpu), *b = tu_model(be, &host);
-    int32_t tok[2 * CTX];
+    int32_t tok[3 * CTX];
     tu_tokens(&gpu, CTX, tok, 11);
     float *la = tu_model_logits(a, &gpu, CTX, tok, lens, n_lens), *lb = tu_model_logits(b, &host, CTX, tok, lens, n_lens);
-    const size_t n = (size_t)(2 * CTX * gpu.model.vocab_size);
+    const size_t n = (size_t)(nb * CTX * gpu.model.vocab_size);
     size_t first = n;
     for (size_t i = 0; i < n && first == n; i++)
         if (memcmp(&la[i], &lb[i], sizeof *la)) first = i;
     const char *form = mla == 2 ? "mla fp8" : mla ? "mla" : "gqa";
-    cr_expect_eq(first, n, "[%s] %s %s, %d slots: logits differ first at [%zu] (position %zu): %.9g on the GPU tier, "
-                 "%.9g on the host tier", pattern, dtype, form, slots, first,
+    cr_expect_eq(first, n, "[%s] %s %s, %d slots, %d of %d sequences' dsa K/V on the GPU: logits differ first at "
+                 "[%zu] (position %zu): %.9g on the GPU tier, %.9g on the host tier", pattern, dtype, form, slots, split,
+                 nb, first,
                  first / (size_t)gpu.model.vocab_size % CTX,
                  first < n ? (double)la[first] : 0.0, first < n ? (double)lb[first] : 0.0);
     hae_model_stats sa, sb;
     hae_model_stats_get(a, &sa), hae_model_stats_get(b, &sb);
     cr_expect_eq(sa.kv_host_bytes, 0);
-    /* every attention layer's K and V (mla: one latent; dsa layers in FP8: 656 bytes) for 2 x 40 tokens, a
-     * window's ring for swa (9 + 8 - 1) */
+    /* every attention layer's K and V (mla: one latent; dsa layers in FP8: 656 bytes) for 40 tokens a sequence
+     * (dsa layers: of the sequences in the host tier), a window's ring for swa (9 + 8 - 1) */
     size_t want = 0;
     for (int l = 0; l < gpu.model.n_layers; l++) {
         const hae_layer_kind k = gpu.model.layers[l];
         const size_t row = mla == 2 && k == HAE_LAYER_DSA ? HAE_MLA_FP8_ROW
                            : (size_t)(mla == 2 ? 576 : mla ? 20 : 2 * 2 * 8) * hae_dtype_size(gpu.runtime.dtype);
         if (k == HAE_LAYER_FULL || k == HAE_LAYER_SWA || k == HAE_LAYER_DSA)
-            want += (size_t)(2 * (k == HAE_LAYER_SWA ? 16 : CTX)) * row;
+            want += (size_t)((k == HAE_LAYER_DSA ? nb - split : nb) * (k == HAE_LAYER_SWA ? 16 : CTX)) * row;
     }
+    cr_expect_eq(sb.dsa_gpu_seqs, split);
     cr_expect_eq(sb.kv_host_bytes, want, "host tier: %zu bytes of K/V, want %zu", sb.kv_host_bytes, want);
     cr_expect_eq(sb.kv_bytes, sa.kv_bytes, "the same K/V bytes in both tiers together");
     cr_expect_gt(sb.slot_cache_bytes, 0);
@@ -225,6 +230,11 @@ static void host_vs_gpu_of(const char *pattern, const char *dtype, int slots, in
     free(la), free(lb);
     hae_model_destroy(a), hae_model_destroy(b);
     hae_backend_destroy(be);
+}
+
+static void host_vs_gpu_of(const char *pattern, const char *dtype, int slots, int mla, const int64_t *lens, int n_lens,
+                           int64_t *hits, int64_t *misses) {
+    host_vs_gpu_split(pattern, dtype, slots, mla, 0, lens, n_lens, hits, misses);
 }
 
 static void host_vs_gpu(const char *dtype, int slots, int mla, const int64_t *lens, int n_lens, int64_t *hits,
@@ -278,6 +288,24 @@ Test(model_host, full_and_swa_layers_streamed_from_the_host) {
     }
 }
 
+/* memory.dsa_gpu_seqs: the batch split between the tiers, one sparse attention over both parts: the same logits
+ * as all on the GPU, bit for bit, while the slots mirror, while chunks are staged and while decode steps fetch;
+ * gqa, mla and mla's FP8 rows, with full and swa layers streamed beside them. */
+Test(model_host, a_batch_split_between_the_tiers) {
+    for (int mla = 0; mla < 3; mla++)
+        for (int split = 1; split <= 2; split++) {
+            int64_t hits = 0, misses = 0;
+            const char *dt = mla == 2 ? "bf16" : "f32";
+            host_vs_gpu_split(DSA_ONLY, dt, 64, mla, split, chunks_then_decode, 17, &hits, &misses);
+            cr_expect(hits == 0 && misses == 0, "mirrored: hits %lld, misses %lld", (long long)hits, (long long)misses);
+            host_vs_gpu_split(DSA_ONLY, dt, 10, mla, split, chunks_then_decode, 17, &hits, &misses);
+            cr_expect(hits > 0 && misses > 0, "decode past 10 slots: hits %lld, misses %lld", (long long)hits,
+                      (long long)misses);
+            host_vs_gpu_split(DSA_ONLY, "bf16", 7, mla, split, ragged, 11, &hits, &misses);
+            host_vs_gpu_split("swa, full, dsa", dt, 6, mla, split, token_by_token, 40, &hits, &misses);
+        }
+}
+
 /* memory.dsa_kv: auto: with no budget the run fits this machine and the dsa K/V stay on the GPU tier (here the
  * CPU backend's memory); under a memory.gpu_budget smaller than the run, the host tier takes them; the logits are
  * the same either way. */
@@ -285,7 +313,7 @@ Test(model_host, dsa_kv_auto_spills_only_when_the_run_does_not_fit) {
     hae_backend *be = tu_cpu();
     hae_config fit, tight;
     char y[2048];
-    snprintf(y, sizeof y, yaml_fmt, DSA_ONLY, "f32", "auto", "gpu", 10);
+    snprintf(y, sizeof y, yaml_fmt, DSA_ONLY, "f32", 2, "auto", "gpu", 10, -1);
     tu_config(y, &fit);
     tight = fit;
     tight.memory.gpu_budget = 4096; /* far below the weights alone */
@@ -301,7 +329,24 @@ Test(model_host, dsa_kv_auto_spills_only_when_the_run_does_not_fit) {
     float *la = tu_model_logits(a, &fit, CTX, tok, chunks_then_decode, 17),
           *lb = tu_model_logits(b, &tight, CTX, tok, chunks_then_decode, 17);
     cr_expect(memcmp(la, lb, sizeof *la * (size_t)(2 * CTX * fit.model.vocab_size)) == 0, "the same logits");
-    free(la), free(lb);
-    hae_model_destroy(a), hae_model_destroy(b);
+    /* a budget that the plan with one sequence's dsa K/V on the GPU fits, and all on the GPU does not: one stays */
+    hae_config one = fit;
+    one.memory.dsa_kv = HAE_TIER_HOST, one.memory.dsa_gpu_seqs = 1;
+    hae_mem_plan p1, pg;
+    cr_assert_eq(hae_mem_plan_get(&one, CTX, &p1), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_mem_plan_get(&fit, CTX, &pg), HAE_OK, "%s", hae_last_error());
+    cr_assert_gt(pg.total[HAE_TIER_GPU], p1.total[HAE_TIER_GPU]);
+    hae_config mid = fit;
+    mid.memory.gpu_budget = (int64_t)p1.total[HAE_TIER_GPU];
+    hae_model *c = tu_model(be, &mid);
+    hae_model_stats sc;
+    hae_model_stats_get(c, &sc);
+    cr_expect(sc.dsa_kv == HAE_TIER_HOST && sc.dsa_gpu_seqs == 1, "budget of the one-sequence plan: %s, %lld on the GPU",
+              hae_tier_name(sc.dsa_kv), (long long)sc.dsa_gpu_seqs);
+    cr_expect_eq(sc.kv_host_bytes, (size_t)2 * CTX * 2 * 2 * 8 * 4, "two dsa layers' K/V for 1 x 40 tokens");
+    float *lc = tu_model_logits(c, &mid, CTX, tok, chunks_then_decode, 17);
+    cr_expect(memcmp(la, lc, sizeof *la * (size_t)(2 * CTX * fit.model.vocab_size)) == 0, "the same logits, split");
+    free(la), free(lb), free(lc);
+    hae_model_destroy(a), hae_model_destroy(b), hae_model_destroy(c);
     hae_backend_destroy(be);
 }
