@@ -111,7 +111,7 @@ static const char *yaml = "name: gpu-host\n"
 
 #define CTX 100
 
-Test(gpu_host, logits_bit_identical_gpu_tier_vs_host_tier) {
+Test(gpu_host, logits_bit_identical_gpu_tier_vs_host_tier_vs_split) {
     static const int64_t prefill_decode[] = {90, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
     static const int64_t ragged[] = {7, 1, 30, 1, 1, 21, 1, 3, 1, 1, 32, 1};
     /* gqa; mla; mla with the dsa layers' K/V in its FP8 token layout (656-byte rows fetched and staged) */
@@ -125,13 +125,16 @@ Test(gpu_host, logits_bit_identical_gpu_tier_vs_host_tier) {
         const int pat = c / 18, form = c / 6 % 3, dt = c / 3 % 2, sl = c % 3;
         const char *sets[] = {forms[form], dt ? "runtime.dtype=bf16" : "runtime.dtype=f32", slots[sl], patterns[pat],
                               "model.swa.window_size=24", "memory.dsa_kv=gpu", "memory.full_kv=gpu",
-                              form == 2 ? "memory.dsa_kv_fp8=true" : "memory.dsa_kv_fp8=false"};
-        hae_config gpu_tier, host_tier;
-        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-host.yaml", sets, 8, &gpu_tier), HAE_OK, "%s", hae_last_error());
+                              form == 2 ? "memory.dsa_kv_fp8=true" : "memory.dsa_kv_fp8=false", "memory.dsa_gpu_seqs=-1"};
+        hae_config gpu_tier, host_tier, split_tier;
+        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-host.yaml", sets, 9, &gpu_tier), HAE_OK, "%s", hae_last_error());
         sets[5] = "memory.dsa_kv=host";
         if (pat) sets[6] = "memory.full_kv=host";
-        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-host.yaml", sets, 8, &host_tier), HAE_OK, "%s", hae_last_error());
-        hae_model *a = tu_model(g_gpu, &gpu_tier), *b = tu_model(g_gpu, &host_tier);
+        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-host.yaml", sets, 9, &host_tier), HAE_OK, "%s", hae_last_error());
+        /* and the batch split between the tiers: the first sequence's dsa K/V on the GPU, the others' on the host */
+        sets[8] = "memory.dsa_gpu_seqs=1";
+        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-host.yaml", sets, 9, &split_tier), HAE_OK, "%s", hae_last_error());
+        hae_model *a = tu_model(g_gpu, &gpu_tier), *b = tu_model(g_gpu, &host_tier), *sm = tu_model(g_gpu, &split_tier);
         const int64_t B = gpu_tier.runtime.batch, V = gpu_tier.model.vocab_size, n = B * CTX * V;
         int32_t *tok = malloc(sizeof(int32_t) * (size_t)(B * CTX));
         tu_rng r = tu_rng_make(5 + (uint64_t)c);
@@ -141,14 +144,19 @@ Test(gpu_host, logits_bit_identical_gpu_tier_vs_host_tier) {
             const int n_lens = run ? 12 : 11;
             float *la = tu_model_logits(a, &gpu_tier, CTX, tok, lens, n_lens);
             float *lb = tu_model_logits(b, &host_tier, CTX, tok, lens, n_lens);
-            int64_t first = n;
-            for (int64_t i = 0; i < n && first == n; i++)
-                if (memcmp(&la[i], &lb[i], sizeof *la)) first = i;
-            cr_expect_eq(first, n, "%s %s %s %s, %s: logits differ first at position %lld of sequence %lld: %.9g (GPU tier) "
-                         "vs %.9g (host tier)", sets[3], sets[0], sets[1], sets[2], run ? "ragged forwards" : "prefill then decode",
-                         (long long)(first / V % CTX), (long long)(first / V / CTX), first < n ? (double)la[first] : 0.0,
-                         first < n ? (double)lb[first] : 0.0);
-            free(la), free(lb);
+            float *ls = tu_model_logits(sm, &split_tier, CTX, tok, lens, n_lens);
+            for (int other = 0; other < 2; other++) {
+                const float *lo = other ? ls : lb;
+                int64_t first = n;
+                for (int64_t i = 0; i < n && first == n; i++)
+                    if (memcmp(&la[i], &lo[i], sizeof *la)) first = i;
+                cr_expect_eq(first, n, "%s %s %s %s, %s: logits differ first at position %lld of sequence %lld: %.9g (GPU "
+                             "tier) vs %.9g (%s)", sets[3], sets[0], sets[1], sets[2],
+                             run ? "ragged forwards" : "prefill then decode", (long long)(first / V % CTX),
+                             (long long)(first / V / CTX), first < n ? (double)la[first] : 0.0,
+                             first < n ? (double)lo[first] : 0.0, other ? "one sequence on the GPU, two on the host" : "host tier");
+            }
+            free(la), free(lb), free(ls);
         }
         hae_model_stats s;
         hae_model_stats_get(b, &s);
@@ -157,7 +165,10 @@ Test(gpu_host, logits_bit_identical_gpu_tier_vs_host_tier) {
                (long long)s.slot_hits, s.fetched_bytes);
         cr_expect_gt(s.kv_host_bytes, 0);
         if (sl > 0) cr_expect_gt(s.slot_misses, 0, "decode past %s misses", sets[2]);
+        hae_model_stats_get(sm, &s);
+        cr_expect_eq(s.dsa_gpu_seqs, 1);
+        if (sl > 0) cr_expect_gt(s.slot_misses, 0, "split: decode past %s misses", sets[2]);
         free(tok);
-        hae_model_destroy(a), hae_model_destroy(b);
+        hae_model_destroy(a), hae_model_destroy(b), hae_model_destroy(sm);
     }
 }

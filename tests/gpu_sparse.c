@@ -7,7 +7,8 @@
  * error and ||gpu - cpu|| / ||cpu||. Cache slots past a sequence's length and the padding inside
  * strided slots hold NaN, so a read of anything an index does not name shows. Index rows mix distinct
  * positions (some past the query: skipped), -1, negative values, values past the query, >= cap and
- * INT32_MAX, and some rows have no usable index at all (out = 0, lse = +inf).
+ * INT32_MAX, and some rows have no usable index at all (out = 0, lse = +inf). Every case with two or more
+ * sequences runs again on CUDA with its batch split between two caches: the same bits as the whole call.
  *
  * Tolerances: f32 1e-5 relative (fp32 math on both sides in another order; past 4096 indices times
  * sqrt(k / 4096), as the CPU's own sequential sums drift like sqrt(n)). bf16 1e-2 relative: a bf16
@@ -198,6 +199,45 @@ static void free_bufs(const sp_case *c, sp_bufs *p) {
     if (!c->mla) pb_free(&p->v);
 }
 
+/* The same GPU call with sequences [B / 2, B) moved to caches, selections and lengths of their own (the batch
+ * split between two caches, as dsa K/V split between the tiers): out and lse must be the whole call's bits.
+ * ag is the whole call, already run, its outputs in out and lse; k (v, unless V views K), idx and lens hold
+ * its inputs on both sides, each sequence's rows contiguous. */
+static void expect_split_same(const hae_sparse_attention_args *ag, pbuf *k, pbuf *v, pbuf *idx, pbuf *lens,
+                              const pbuf *out, const pbuf *lse, const char *ctx) {
+    const int64_t B = ag->q.shape[0], b1 = B / 2, n2 = B - b1;
+    if (B < 2) return;
+    const size_t ke = hae_dtype_size(ag->k_cache.dtype), kseq = (size_t)ag->k_cache.stride[0] * ke,
+                 vseq = (size_t)ag->v_cache.stride[0] * ke, iseq = (size_t)ag->idx.stride[0] * sizeof(int32_t);
+    pbuf k2 = pb_new((char *)k->c + b1 * kseq, n2 * kseq), i2 = pb_new((char *)idx->c + b1 * iseq, n2 * iseq),
+         l2 = pb_new((int32_t *)lens->c + b1, sizeof(int32_t) * (size_t)n2), v2 = {0};
+    if (v) v2 = pb_new((char *)v->c + b1 * vseq, n2 * vseq);
+    pbuf o2 = pb_poison(out->bytes), e2 = pb_poison(lse ? lse->bytes : 4);
+    hae_sparse_attention_args a = *ag;
+    a.k_cache.shape[0] = a.v_cache.shape[0] = a.idx.shape[0] = a.seq_lens.shape[0] = b1;
+    a.k_cache2 = a.k_cache, a.v_cache2 = a.v_cache, a.idx2 = a.idx, a.seq_lens2 = a.seq_lens;
+    a.k_cache2.shape[0] = a.v_cache2.shape[0] = a.idx2.shape[0] = a.seq_lens2.shape[0] = n2;
+    a.k_cache2.data = k2.g;
+    a.v_cache2.data = v ? v2.g : (char *)k2.g + ((char *)ag->v_cache.data - (char *)ag->k_cache.data);
+    a.idx2.data = i2.g, a.seq_lens2.data = l2.g;
+    a.out.data = o2.g;
+    if (lse) a.lse.data = e2.g;
+    if (gpu_ran(hae_sparse_attention(g_gpu, &a), "cuda", "sparse_attention (two parts)", ctx) &&
+        gpu_done("sparse_attention (two parts)", ctx)) {
+        void *w = pb_fetch(out), *g = pb_fetch(&o2);
+        cr_expect(!memcmp(w, g, out->bytes), "%s: out of the batch split at sequence %lld differs from the whole "
+                  "call's", ctx, (long long)b1);
+        free(w), free(g);
+        if (lse) {
+            w = pb_fetch(lse), g = pb_fetch(&e2);
+            cr_expect(!memcmp(w, g, lse->bytes), "%s: lse of the split batch differs from the whole call's", ctx);
+            free(w), free(g);
+        }
+    }
+    pb_free(&k2), pb_free(&i2), pb_free(&l2), pb_free(&o2), pb_free(&e2);
+    if (v) pb_free(&v2);
+}
+
 static void run_case(const sp_case *c, uint64_t seed) {
     char ctx[CTX_N];
     describe(c, seed, ctx, sizeof ctx);
@@ -211,6 +251,7 @@ static void run_case(const sp_case *c, uint64_t seed) {
         gpu_ran(hae_backend_sync(g_gpu), "cuda (sync after the op)", "sparse_attention", ctx)) {
         pb_compare("sparse_attention: out", ctx, &p.out, c->out, tol_out(c));
         pb_compare("sparse_attention: lse", ctx, &p.lse, HAE_F32, tol_lse(c));
+        expect_split_same(&ag, &p.k, c->mla ? NULL : &p.v, &p.idx, &p.lens, &p.out, c->lse ? &p.lse : NULL, ctx);
     }
     free_bufs(c, &p);
     free_inputs(&h);
@@ -361,6 +402,7 @@ Test(gpu_sparse, mla_fp8) {
              po = pb_poison(hae_dtype_size(cases[ci].out) * (size_t)(B * T * Hq * 512)),
              pe = pb_poison(sizeof(float) * (size_t)(B * T * Hq));
         const int64_t qshape[4] = {B, T, Hq, D}, ishape[3] = {B, T, K}, oshape[4] = {B, T, Hq, 512}, eshape[3] = {B, T, Hq};
+        hae_sparse_attention_args ag = {0};
         for (int g = 0; g < 2 && ok; g++) {
             const hae_device dev = g ? HAE_CUDA : HAE_CPU;
             hae_sparse_attention_args a = {
@@ -373,10 +415,12 @@ Test(gpu_sparse, mla_fp8) {
                 .lse = tv(g ? pe.g : pe.c, HAE_F32, dev, 3, eshape, NULL),
                 .scale = 0.06f};
             ok = gpu_ran(hae_sparse_attention(g ? g_gpu : g_cpu, &a), g ? "cuda" : "cpu", "sparse_attention (fp8)", ctx);
+            if (g) ag = a;
         }
         if (ok && gpu_done("sparse_attention (fp8)", ctx)) {
             pb_compare("sparse_attention (fp8): out", ctx, &po, cases[ci].out, cases[ci].q == F32 ? 1e-5 : 1e-2);
             pb_compare("sparse_attention (fp8): lse", ctx, &pe, HAE_F32, cases[ci].odd ? 3e-4 : 1e-5);
+            expect_split_same(&ag, &pk, NULL, &pi, &pl, &po, &pe, ctx);
         }
         pb_free(&ps), pb_free(&pk), pb_free(&pq), pb_free(&pi), pb_free(&pl), pb_free(&po), pb_free(&pe);
         free(src), free(lens), free(idx), free(kh), free(qh);

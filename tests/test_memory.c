@@ -138,6 +138,16 @@ static const bad_case bad[] = {
      "the model has attention.form gqa (default)", NULL},
     {"fp8 no dsa", "model:\n  layer_pattern: [kda, full]\n  attention: {form: mla}\nmemory:\n  dsa_kv_fp8: true\n",
      "t.yaml:5:15:", "memory.dsa_kv_fp8", "model.layers has no dsa layer", NULL},
+    {"split no dsa", "model:\n  layer_pattern: [kda, full]\nmemory:\n  dsa_kv: host\n  dsa_gpu_seqs: 1\n",
+     "t.yaml:5:17:", "memory.dsa_gpu_seqs", "dsa_gpu_seqs 1 places dsa layers' K/V and model.layers has no dsa layer",
+     NULL},
+    {"split gpu tier", DSA_MODEL "memory:\n  dsa_gpu_seqs: 2\n", "t.yaml:6:17:", "memory.dsa_gpu_seqs",
+     "dsa_kv is 'gpu' (default) (set dsa_kv: host", NULL},
+    {"split auto", DSA_MODEL "memory:\n  dsa_kv: auto\n  dsa_gpu_seqs: 2\n", "t.yaml:7:17:", "memory.dsa_gpu_seqs",
+     "auto finds the split itself", NULL},
+    {"split past batch", DSA_MODEL "runtime:\n  batch: 4\nmemory:\n  dsa_kv: host\n  dsa_gpu_seqs: 5\n",
+     "t.yaml:9:17:", "memory.dsa_gpu_seqs", "dsa_gpu_seqs 5 exceeds runtime.batch 4", NULL},
+    {"split below -1", "memory:\n  dsa_gpu_seqs: -2\n", "t.yaml:2:17:", "memory.dsa_gpu_seqs", "out of range", NULL},
     {"fp8 latent", DSA_MODEL "  attention: {form: mla, kv_lora_rank: 256}\nmemory:\n  dsa_kv_fp8: true\n",
      "t.yaml:5:40:", "model.attention.kv_lora_rank", "kv_lora_rank 256, qk_rope_head_dim 64 (default)", NULL},
     {"fp8 rope set", DSA_MODEL "  attention: {form: mla}\nmemory:\n  dsa_kv_fp8: true\n",
@@ -686,6 +696,8 @@ Test(kv_cache, layouts_views_and_bad_specs) {
               v.stride[0] == k.stride[0] && v.stride[1] == k.stride[1], "FP8: V views the latent bytes");
     hae_kv_cache_layer(kv, 3, HAE_TIER_GPU, &k, &v);
     cr_expect(k.data == NULL && v.data == NULL);
+    hae_kv_cache_layer(kv, 0, HAE_TIER_HOST, &k, &v);
+    cr_expect(k.data == NULL && v.data == NULL && k.shape[0] == 0, "a GPU-tier layer has no host part");
     cr_expect_eq(hae_kv_bytes_per_token(&specs[0], HAE_BF16), 2 * 2 * 8 * 2);
     cr_expect_eq(hae_kv_bytes_per_token(&specs[1], HAE_BF16), 20 * 2);
     cr_expect_eq(hae_kv_bytes_per_token(&specs[2], HAE_BF16), HAE_MLA_FP8_ROW);
@@ -702,6 +714,8 @@ Test(kv_cache, layouts_views_and_bad_specs) {
         {{.cap = cap, .kv_heads = 2, .head_dim = 8, .v_dim = 4}, "V as a view of K needs one kv head"},
         {{.cap = -1, .kv_heads = 1, .head_dim = 8}, "negative size"},
         {{.cap = cap, .kv_heads = 1, .head_dim = 8, .tier = (hae_tier)7}, "not a hae_tier"},
+        {{.cap = cap, .kv_heads = 1, .head_dim = 8, .tier = HAE_TIER_HOST, .gpu_seqs = 3}, "3 sequences on the GPU of a batch of 2"},
+        {{.cap = cap, .kv_heads = 1, .head_dim = 8, .gpu_seqs = 1}, "a split needs the host tier"},
     };
     for (size_t i = 0; i < sizeof bad_specs / sizeof bad_specs[0]; i++) {
         kv = (hae_kv_cache *)&kv; /* must come back NULL */
@@ -709,6 +723,16 @@ Test(kv_cache, layouts_views_and_bad_specs) {
         cr_expect_null(kv, "case %zu", i);
         cr_expect(strstr(hae_last_error(), bad_specs[i].word), "case %zu: no '%s' in: %s", i, bad_specs[i].word, hae_last_error());
     }
+    /* a host-tier layer split: sequence 0 in the backend's memory, sequence 1 in the host tier, each [1, cap, ..] */
+    const hae_kv_layer_spec split = {.cap = cap, .kv_heads = 2, .head_dim = 8, .tier = HAE_TIER_HOST, .gpu_seqs = 1};
+    cr_assert_eq(hae_kv_cache_create(be, 1, &split, B, HAE_BF16, 0, 0, &kv), HAE_OK, "%s", hae_last_error());
+    hae_tensor kg, vg;
+    hae_kv_cache_layer(kv, 0, HAE_TIER_GPU, &kg, &vg);
+    hae_kv_cache_layer(kv, 0, HAE_TIER_HOST, &k, &v);
+    cr_expect(kg.shape[0] == 1 && k.shape[0] == 1 && kg.data && k.data && kg.data != k.data && vg.data != v.data);
+    cr_expect_eq(hae_kv_cache_tier_bytes(kv, HAE_TIER_GPU), (size_t)cap * 2 * 2 * 8 * 2);
+    cr_expect_eq(hae_kv_cache_tier_bytes(kv, HAE_TIER_HOST), (size_t)cap * 2 * 2 * 8 * 2);
+    hae_kv_cache_destroy(kv);
     /* a budget below the FP8 layer's 2 x 5 x 656 bytes: the bytes asked and allowed */
     cr_expect_eq(hae_kv_cache_create(be, 1, &specs[2], B, HAE_BF16, 6559, 0, &kv), HAE_ERR_OOM);
     cr_expect(strstr(hae_last_error(), "6560 bytes") && strstr(hae_last_error(), "6559 bytes"), "%s", hae_last_error());
@@ -911,6 +935,54 @@ Test(memory_cli, report_to_streams) {
 
 /* memory.dsa_kv auto: the GPU placement while the whole plan fits memory.gpu_budget, the host's past it; no
  * budget means the GPU; the longest context is the host placement's. */
+/* memory.dsa_gpu_seqs: the first sequences' dsa pages stay on the GPU, the rest go to the host with their slots and
+ * the staging of their context; auto keeps the most sequences on the GPU that its budget fits. */
+Test(memory_plan, a_batch_split_between_the_tiers) {
+    const int64_t L = 32768, B = 8;
+    const char *ov[] = {"runtime.batch=8", "memory.dsa_kv=host", "memory.dsa_gpu_seqs=3"};
+    hae_config *h = load_preset("hybrid-1b.yaml", ov, 3);
+    const size_t n_dsa = (size_t)count_kind(h, HAE_LAYER_DSA), row = 4 * 128 * 2 * 2; /* K and V, 4 kv heads, bf16 */
+    cr_assert_eq(n_dsa, 6);
+    hae_mem_plan p, all_gpu, all_host;
+    plan_ok(h, L, &p);
+    cr_expect(p.dsa_kv == HAE_TIER_HOST && p.dsa_gpu_seqs == 3);
+    cr_expect_eq(p.bytes[HAE_TIER_HOST][HAE_MEM_DSA_KV], n_dsa * 5 * (size_t)L * row, "five sequences' pages on the host");
+    cr_expect_eq(p.bytes[HAE_TIER_GPU][HAE_MEM_DSA_KV], n_dsa * (3 * (size_t)L + 5 * 4096) * row + 5 * (size_t)L * row,
+                 "three sequences' pages, five's slots and one layer's staging of five on the GPU");
+    h->memory.dsa_gpu_seqs = 0;
+    plan_ok(h, L, &all_host);
+    h->memory.dsa_kv = HAE_TIER_GPU, h->memory.dsa_gpu_seqs = -1;
+    plan_ok(h, L, &all_gpu);
+    cr_expect_eq(all_host.dsa_gpu_seqs, 0);
+    cr_expect(all_host.total[HAE_TIER_GPU] < p.total[HAE_TIER_GPU] && p.total[HAE_TIER_GPU] < all_gpu.total[HAE_TIER_GPU]);
+    /* auto at the budget of each split (and a byte less): that split, or the one below */
+    hae_config *a = load_preset("hybrid-1b.yaml", (const char *[]){"runtime.batch=8", "memory.dsa_kv=auto"}, 2);
+    hae_config *s = load_preset("hybrid-1b.yaml", (const char *[]){"runtime.batch=8", "memory.dsa_kv=host"}, 2);
+    size_t at[8];
+    for (int64_t g = 0; g < B; g++) {
+        s->memory.dsa_gpu_seqs = g;
+        hae_mem_plan q;
+        plan_ok(s, L, &q);
+        at[g] = q.total[HAE_TIER_GPU];
+        cr_expect(g == 0 || at[g] > at[g - 1], "one more sequence on the GPU takes more of it (%" PRId64 ")", g);
+    }
+    for (int64_t g = 1; g < B; g++)
+        for (int less = 0; less < 2; less++) {
+            a->memory.gpu_budget = (int64_t)(at[g] - (size_t)less);
+            hae_mem_plan q;
+            plan_ok(a, L, &q);
+            const int64_t want = less ? g - 1 : g;
+            cr_expect(q.dsa_kv == HAE_TIER_HOST && q.dsa_gpu_seqs == want && q.total[HAE_TIER_GPU] == at[want],
+                      "budget %zu: %s with %" PRId64 " on the GPU (want %" PRId64 ")", at[g] - (size_t)less,
+                      hae_tier_name(q.dsa_kv), q.dsa_gpu_seqs, want);
+        }
+    a->memory.gpu_budget = (int64_t)all_gpu.total[HAE_TIER_GPU];
+    hae_mem_plan q;
+    plan_ok(a, L, &q);
+    cr_expect(q.dsa_kv == HAE_TIER_GPU, "all fit: the GPU");
+    free(h), free(a), free(s);
+}
+
 Test(memory_plan, dsa_kv_auto_spills_only_past_the_budget) {
     const int64_t L = 131072;
     const char *ov_gpu[] = {"memory.dsa_kv=gpu"}, *ov_host[] = {"memory.dsa_kv=host"}, *ov_auto[] = {"memory.dsa_kv=auto"};

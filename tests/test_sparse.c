@@ -303,6 +303,140 @@ Test(sparse, rejects_bad_arguments) {
     hae_backend_destroy(be);
 }
 
+/* ---------------------------------------------------------------- a batch in two parts */
+
+/* Sequences [b1, B) of d in caches of their own with cap2 slots (which must hold their lengths), and their
+ * selections and lengths apart: the second part of a batch split between two caches. */
+typedef struct {
+    void *kc, *vc;
+    int32_t *idx, *lens;
+    int64_t n, cap2;
+} sp_part;
+
+static sp_part sp_split(const sp_shape *s, const sp_data *d, int64_t b1, int64_t cap2) {
+    sp_part p = {.n = s->B - b1, .cap2 = cap2};
+    const size_t e = es(s->dt);
+    p.kc = malloc((size_t)(p.n * cap2 * kslot(s)) * e);
+    p.vc = s->mla ? p.kc : malloc((size_t)(p.n * cap2 * vslot(s)) * e);
+    p.idx = malloc(sizeof(int32_t) * (size_t)(p.n * s->T * s->k));
+    p.lens = malloc(sizeof(int32_t) * (size_t)p.n);
+    cr_assert(p.kc && p.vc && p.idx && p.lens);
+    for (int64_t b = 0; b < p.n; b++) {
+        memcpy((char *)p.kc + (size_t)(b * cap2 * kslot(s)) * e, (char *)d->kc + (size_t)((b1 + b) * s->cap * kslot(s)) * e,
+               (size_t)(cap2 * kslot(s)) * e);
+        if (!s->mla)
+            memcpy((char *)p.vc + (size_t)(b * cap2 * vslot(s)) * e,
+                   (char *)d->vc + (size_t)((b1 + b) * s->cap * vslot(s)) * e, (size_t)(cap2 * vslot(s)) * e);
+        p.lens[b] = d->lens[b1 + b];
+        cr_assert_leq(p.lens[b], cap2);
+    }
+    memcpy(p.idx, d->idx + b1 * s->T * s->k, sizeof(int32_t) * (size_t)(p.n * s->T * s->k));
+    return p;
+}
+
+static void sp_part_free(sp_part *p) {
+    if (p->vc != p->kc) free(p->vc);
+    free(p->kc), free(p->idx), free(p->lens);
+}
+
+/* The arguments of d split at b1: the first part in d's caches, the second in p's. */
+static hae_sparse_attention_args sp_args_split(const sp_shape *s, const sp_data *d, const sp_part *p, int64_t b1,
+                                               float scale) {
+    hae_sparse_attention_args a = sp_args(s, d, scale);
+    a.k_cache.shape[0] = a.v_cache.shape[0] = b1;
+    a.idx.shape[0] = a.seq_lens.shape[0] = b1;
+    sp_shape s2 = *s;
+    s2.B = p->n, s2.cap = p->cap2;
+    a.k_cache2 = cache_view(&s2, p->kc, s->Dk, kslot(s));
+    a.v_cache2 = cache_view(&s2, p->vc, s->Dv, vslot(s));
+    a.idx2 = hae_tensor_3d(p->idx, HAE_I32, HAE_CPU, p->n, s->T, s->k);
+    a.seq_lens2 = hae_tensor_1d(p->lens, HAE_I32, HAE_CPU, p->n);
+    return a;
+}
+
+/* Split anywhere, with the second part's caches as long as the first's or only as long as its sequences: every
+ * output and lse the same bits as the batch in one cache. */
+Test(sparse, a_batch_in_two_parts_equals_one) {
+    const sp_shape shapes[] = {
+        {3, 5, 8, 2, 16, 16, 40, 12, HAE_F32, 0, false},  {4, 1, 8, 2, 16, 16, 50, 20, HAE_BF16, 0, false},
+        {3, 6, 8, 4, 16, 16, 33, 10, HAE_BF16, 3, false}, {3, 3, 16, 1, 72, 64, 40, 24, HAE_F32, 0, true},
+        {2, 1, 4, 1, 72, 64, 20, 30, HAE_BF16, 8, true},
+    };
+    hae_backend *be = tu_cpu();
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const sp_shape *s = &shapes[i];
+        tu_rng r = tu_rng_make(300 + i);
+        sp_data d = sp_alloc(s);
+        sp_fill(s, &d, &r);
+        sp_random_idx(s, &d, &r);
+        hae_sparse_attention_args whole = sp_args(s, &d, 0.3f);
+        cr_assert_eq(hae_sparse_attention(be, &whole), HAE_OK, "%s", hae_last_error());
+        const size_t on = (size_t)(s->B * s->T * s->Hq * s->Dv) * es(s->dt), ln = sizeof(float) * (size_t)(s->B * s->T * s->Hq);
+        void *want = malloc(on), *lwant = malloc(ln);
+        cr_assert(want && lwant);
+        memcpy(want, d.out, on), memcpy(lwant, d.lse, ln);
+        for (int64_t b1 = 1; b1 < s->B; b1++)
+            for (int tight = 0; tight < 2; tight++) {
+                int64_t cap2 = s->cap;
+                if (tight)
+                    for (int64_t b = b1, m = 0; b < s->B; b++) cap2 = m = d.lens[b] > m ? d.lens[b] : m;
+                sp_part p = sp_split(s, &d, b1, cap2);
+                memset(d.out, 0xFF, on), memset(d.lse, 0xFF, ln);
+                hae_sparse_attention_args a = sp_args_split(s, &d, &p, b1, 0.3f);
+                cr_assert_eq(hae_sparse_attention(be, &a), HAE_OK, "%s", hae_last_error());
+                cr_expect(!memcmp(d.out, want, on) && !memcmp(d.lse, lwant, ln),
+                          "shape %zu split at %lld (second part's cap %lld): not the one-cache result", i,
+                          (long long)b1, (long long)cap2);
+                sp_part_free(&p);
+            }
+        free(want), free(lwant);
+        sp_free(&d);
+    }
+    hae_backend_destroy(be);
+}
+
+Test(sparse, a_batch_in_two_parts_rejects_bad_arguments) {
+    hae_backend *be = tu_cpu();
+    const sp_shape s = {3, 2, 4, 2, 8, 8, 16, 6, HAE_F32, 0, false};
+    tu_rng r = tu_rng_make(19);
+    sp_data d = sp_alloc(&s);
+    sp_fill(&s, &d, &r);
+    sp_random_idx(&s, &d, &r);
+    sp_part p = sp_split(&s, &d, 1, s.cap);
+    int32_t big_lens[2] = {5, 17};
+    hae_sparse_attention_args base = sp_args_split(&s, &d, &p, 1, 0.5f), a;
+    struct {
+        const char *what, *needle;
+        hae_sparse_attention_args a;
+    } cases[8];
+    int n = 0;
+#define CASE(w, nd, mutate)                                                                        \
+    a = base;                                                                                      \
+    mutate;                                                                                        \
+    cases[n].what = w, cases[n].needle = nd, cases[n].a = a, n++
+    CASE("first part holds the batch", "1 <= k_cache's B < q's B", a.k_cache.shape[0] = a.v_cache.shape[0] = 3;
+         a.idx.shape[0] = a.seq_lens.shape[0] = 3);
+    CASE("second part of the wrong B", "expected [2, cap", a.k_cache2.shape[0] = 1);
+    CASE("second part's idx of another T", "idx must be [B, T, k]", a.idx2.shape[1] = 1);
+    CASE("second part's seq_lens", "seq_lens must be [B]", a.seq_lens2.shape[0] = 1);
+    CASE("second part of another dtype", "share the first's", a.k_cache2.dtype = a.v_cache2.dtype = HAE_BF16);
+    CASE("second part with more slots", "at most its slots", a.k_cache2.shape[1] = a.v_cache2.shape[1] = 17;
+         a.k_cache2.stride[0] = a.v_cache2.stride[0] = 17 * 16);
+    CASE("second part's lengths past its cache", "seq_lens[2] = 17", a.seq_lens2.data = big_lens);
+    CASE("second part's selections of another k", "share the first's", a.idx2.shape[2] = 5);
+#undef CASE
+    for (int i = 0; i < n; i++) {
+        memset(d.out, 0x7F, (size_t)(s.B * s.T * s.Hq * s.Dv) * 4);
+        cr_expect_eq(hae_sparse_attention(be, &cases[i].a), HAE_ERR_INVALID, "%s", cases[i].what);
+        cr_expect(strstr(hae_last_error(), cases[i].needle), "%s: '%s' not in: %s", cases[i].what, cases[i].needle,
+                  hae_last_error());
+        cr_expect_eq(((uint32_t *)d.out)[0], 0x7F7F7F7Fu, "%s: out written", cases[i].what);
+    }
+    sp_part_free(&p);
+    sp_free(&d);
+    hae_backend_destroy(be);
+}
+
 /* ---------------------------------------------------------------- mla's FP8 cache layout */
 
 enum { MLA_D = HAE_MLA_LATENT + HAE_MLA_ROPE, FP8_B = 2, FP8_CAP = 40 };
