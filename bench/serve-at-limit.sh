@@ -1,10 +1,13 @@
 #!/bin/bash
 # Serving at the full-attention twin's memory limit (issue 5): under a GPU budget and CONTEXT tokens per sequence,
 # the largest batch `hae mem`'s plan fits for the twin (every layer `full`, all on the GPU), for CONFIG with its
-# dsa K/V on the GPU and with them in the host tier; then `hae run` of each on the GPU and a table of decode
-# tokens/s against the twin's.
+# dsa K/V on the GPU and with them in the host tier, and RATIO times the twin's batch with `dsa_kv: auto` (the
+# fewest sequences' dsa K/V in the host tier that the budget needs); then `hae run` of each on the GPU and a table
+# of decode tokens/s against the twin's.
 #   bench/serve-at-limit.sh [CONFIG]      (default configs/hybrid-1b.yaml)
-#   BUDGET=16GiB CONTEXT=32768 CHUNK=1024 DECODE=64 SLOTS=2048 BIN=build OUT=serve-logs   (the defaults)
+#   BUDGET=16GiB CONTEXT=32768 CHUNK=1024 DECODE=64 SLOTS=2048 RATIO=6 BIN=build OUT=serve-logs   (the defaults)
+#   PLACEMENTS="twin gpu host split" (the default) runs those of them
+#   SET="model.attention.form=mla memory.dsa_kv_fp8=true" adds --set overrides to every run (the twin's own win)
 #   HOST_BUDGET=100GiB also holds each placement's host-tier bytes to that (default: no bound)
 #   PLAN_ONLY=1 prints the batches without running; BACKEND=cpu runs on the CPU (a smoke test).
 set -eu
@@ -13,8 +16,10 @@ budget=${BUDGET:-16GiB} ctx=${CONTEXT:-32768} chunk=${CHUNK:-1024} decode=${DECO
 bin=${BIN:-build} out=${OUT:-serve-logs}
 mkdir -p "$out"
 common=(--set "runtime.prefill=$ctx" --set "runtime.prefill_chunk=$chunk" --set "runtime.decode=$decode")
+for kv in ${SET:-}; do common+=(--set "$kv"); done
 twin=(--set "model.layer_pattern=[full]" --set memory.dsa_kv=gpu --set memory.full_kv=gpu --set memory.dsa_kv_fp8=false)
-placements=("twin" "gpu" "host")
+read -r -a placements <<<"${PLACEMENTS:-twin gpu host split}"
+ratio=${RATIO:-6}
 
 # The plan's GPU bytes and the budget in bytes of a placement at a batch.
 plan() { # placement batch
@@ -23,11 +28,12 @@ plan() { # placement batch
   twin) extra=("${twin[@]}") ;;
   gpu) extra=(--set memory.dsa_kv=gpu) ;;
   host) extra=(--set memory.dsa_kv=host --set "memory.cache_tokens=$slots") ;;
+  split) extra=(--set memory.dsa_kv=auto --set "memory.cache_tokens=$slots") ;;
   esac
   rm -f "$out/plan/mem.csv"
   "$bin/hae" mem "$cfg" --context $((ctx + decode)) --gpu-budget "$budget" --batch "$2" "${common[@]}" "${extra[@]}" \
     --out "$out/plan" >/dev/null 2>"$out/plan.err" || { cat "$out/plan.err" >&2; return 1; }
-  awk -F, '$1 == "config" { print $12, $4, $19 }' "$out/plan/mem.csv"
+  awk -F, '$1 == "config" { print $12, $4, $19, $20 }' "$out/plan/mem.csv"
 }
 bytes() { # 16GiB, 100GB, 4096 -> bytes
   awk -v s="$1" 'BEGIN { n = s + 0; u = s; sub(/^[0-9.]+/, "", u)
@@ -35,10 +41,10 @@ bytes() { # 16GiB, 100GB, 4096 -> bytes
     if (u != "" && !(u in m)) exit 1; printf "%.0f", n * (u == "" ? 1 : m[u]) }' || { echo "bad byte count '$1'" >&2; exit 1; }
 }
 host_budget=$(bytes "${HOST_BUDGET:-0}")
-for p in "${placements[@]}"; do plan "$p" 1 >/dev/null; done # a config hae mem refuses stops here, with its error
+for p in twin "${placements[@]}"; do plan "$p" 1 >/dev/null; done # a config hae mem refuses stops here, with its error
 fits() {
-  local gpu budget_b host
-  read -r gpu budget_b host <<<"$(plan "$1" "$2")"
+  local gpu budget_b host seqs
+  read -r gpu budget_b host seqs <<<"$(plan "$1" "$2")"
   [ "$gpu" -le "$budget_b" ] && { [ "$host_budget" = 0 ] || [ "$host" -le "$host_budget" ]; }
 }
 largest() { # the largest batch that fits, 0 if none
@@ -52,14 +58,32 @@ largest() { # the largest batch that fits, 0 if none
 }
 
 declare -A batch
-for p in "${placements[@]}"; do batch[$p]=$(largest "$p"); done
-echo "$cfg at $ctx + $decode tokens a sequence, GPU budget $budget (plan): twin batch ${batch[twin]}, dsa K/V on the GPU ${batch[gpu]}, in the host tier (${slots} slots) ${batch[host]}"
-[ "${PLAN_ONLY:-0}" = 1 ] && exit 0
+batch[twin]=$(largest twin)
 [ "${batch[twin]}" -gt 0 ] || { echo "the twin fits no sequence in $budget" >&2; exit 1; }
-
-printf '| model | placement | batch | decode tok/s | step p50 ms | vs twin |\n|---|---|---:|---:|---:|---:|\n' >"$out/table.md"
-base=""
 for p in "${placements[@]}"; do
+  case $p in
+  twin) ;;
+  split)
+    batch[split]=$((ratio * batch[twin]))
+    fits split "${batch[split]}" || { echo "split: $ratio x the twin's batch (${batch[split]}) does not fit $budget even with every sequence's dsa K/V in the host tier" >&2; batch[split]=0; }
+    ;;
+  *) batch[$p]=$(largest "$p") ;;
+  esac
+done
+line="$cfg at $ctx + $decode tokens a sequence, GPU budget $budget (plan): twin batch ${batch[twin]}"
+[ -n "${batch[gpu]:-}" ] && line+=", dsa K/V on the GPU ${batch[gpu]}"
+[ -n "${batch[host]:-}" ] && line+=", in the host tier (${slots} slots) ${batch[host]}"
+if [ "${batch[split]:-0}" -gt 0 ]; then
+  read -r _ _ _ seqs <<<"$(plan split "${batch[split]}")"
+  line+=", dsa_kv auto at ${batch[split]}: $((batch[split] - seqs)) sequences' dsa K/V in the host tier"
+fi
+echo "$line"
+[ "${PLAN_ONLY:-0}" = 1 ] && exit 0
+
+printf '| model | placement | batch | dsa K/V on the GPU | decode tok/s | step p50 ms | vs twin |\n|---|---|---:|---:|---:|---:|---:|\n' >"$out/table.md"
+base=""
+for p in twin "${placements[@]}"; do
+  [ "$p" = twin ] && [ -n "$base" ] && continue
   b=${batch[$p]}
   [ "$b" -gt 0 ] || continue
   extra=()
@@ -67,13 +91,15 @@ for p in "${placements[@]}"; do
   twin) extra=("${twin[@]}") ;;
   gpu) extra=(--set memory.dsa_kv=gpu) ;;
   host) extra=(--set memory.dsa_kv=host --set "memory.cache_tokens=$slots") ;;
+  split) extra=(--set memory.dsa_kv=auto --set "memory.gpu_budget=$budget" --set "memory.cache_tokens=$slots") ;;
   esac
   HAE_NO_PROGRESS=1 "$bin/hae" run "$cfg" --backend "${BACKEND:-cuda}" --set "runtime.batch=$b" "${common[@]}" "${extra[@]}" \
     --out "$out/run-$p" >"$out/run-$p.log" 2>&1
   tok=$(grep -o '"decode_tok_s": [0-9.]*' "$out/run-$p/summary.json" | awk '{print $2}')
   p50=$(grep -o '"decode_p50_ms": [0-9.]*' "$out/run-$p/summary.json" | awk '{print $2}')
+  ongpu=$(grep -o '"dsa_gpu_seqs": [0-9]*' "$out/run-$p/summary.json" | awk '{print $2}')
   [ -n "$base" ] || base=$tok
-  ratio=$(awk -v a="$tok" -v b="$base" 'BEGIN { printf "%.2fx", a / b }')
-  echo "| $(basename "$cfg" .yaml)$([ $p = twin ] && echo ' twin') | $p | $b | $tok | $p50 | $ratio |" >>"$out/table.md"
+  vs=$(awk -v a="$tok" -v b="$base" 'BEGIN { printf "%.2fx", a / b }')
+  echo "| $(basename "$cfg" .yaml)$([ $p = twin ] && echo ' twin') | $p | $b | $([ $p = twin ] && echo - || echo "$ongpu") | $tok | $p50 | $vs |" >>"$out/table.md"
 done
 cat "$out/table.md"

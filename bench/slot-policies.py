@@ -13,7 +13,8 @@ is longer), through
   - belady: the clairvoyant bound, evicting the token used again last (no online policy does better).
     bench/slot-policies.py RUN_DIR/selections.txt [--slots 4096,8192] [--decay 0.9]
 With --check RUN_DIR/summary.json (a run whose dsa K/V were in the host tier, with --mirrored as it ran) it exits
-1 unless the lru replay at the first --slots equals the run's decode_slot_hit_rate.
+1 unless the lru replay at the first --slots equals the run's decode_slot_hit_rate (over the sequences it kept in
+the host tier: those past its dsa_gpu_seqs).
 """
 import argparse
 import collections
@@ -128,9 +129,13 @@ def main():
     print()
     if a.check:
         with open(a.check) as f:
-            ran = json.load(f)["decode_slot_hit_rate"]
+            summary = json.load(f)
+        ran = summary["decode_slot_hit_rate"]
+        on_gpu = summary.get("dsa_gpu_seqs", 0) if summary.get("dsa_kv") == "host" else 0  # no slots: no lookups
         h = t = 0
-        for steps in streams.values():
+        for (_, seq), steps in streams.items():
+            if seq < on_gpu:
+                continue
             dh, dt = lru(steps, slots[0], a.mirrored)
             h, t = h + dh, t + dt
         if abs(h / t - ran) > 1e-6:
