@@ -739,6 +739,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
     const int tile0 = split * p.tiles_per_split, tile1 = min(ntiles, tile0 + p.tiles_per_split);
 
     const uint16_t *kbase = k_seq<uint16_t>(p, b) + (int64_t)gk * kWgDk;
+    const uint8_t *kbase8 = k_seq<uint8_t>(p, b); /* FP8: one kv head, strides in bytes */
     const int32_t *irow = idx_row(p, b, t0); /* sparse: one query per CTA */
 
     {
@@ -784,12 +785,12 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
         if (PAIR) {
             const int jh = tile == jh_tile ? jh_pre : entry_of(tile, hr);
             const bool okh = usable(jh);
-            fp8_load_half(h, k_seq<uint8_t>(p, b) + (okh ? (int64_t)jh : 0) * p.k_ss, okh, hc);
+            fp8_load_half(h, kbase8 + (okh ? (int64_t)jh : 0) * p.k_ss, okh, hc);
             if (sub == 0) kok[st * kBN + kr] = ok ? j : -1;
             return;
         }
         if (FP8) { /* the raw row; its usable flag is set when it is decoded */
-            const uint8_t *src = k_seq<uint8_t>(p, b) + (ok ? (int64_t)j : 0) * p.k_ss;
+            const uint8_t *src = kbase8 + (ok ? (int64_t)j : 0) * p.k_ss;
 #pragma unroll
             for (int c = sub; c < HAE_MLA_FP8_ROW / 16; c += 4) cp_async16z(sRawRow + (uint32_t)(16 * c), src + 16 * c, ok);
             return;
