@@ -261,6 +261,27 @@ Test(sparse, covering_indices_equal_full_attention) {
     hae_backend_destroy(be);
 }
 
+/* A call each bad argument must fail: HAE_ERR_INVALID, a message holding `needle`, out not written. */
+typedef struct {
+    const char *what, *needle;
+    hae_sparse_attention_args a;
+} sp_bad;
+
+#define SP_BAD(w, nd, mutate)                                                                      \
+    a = base;                                                                                      \
+    mutate;                                                                                        \
+    cases[n].what = w, cases[n].needle = nd, cases[n].a = a, n++
+
+static void expect_rejected(hae_backend *be, const sp_bad *cases, int n, void *out, size_t out_bytes) {
+    for (int i = 0; i < n; i++) {
+        memset(out, 0x7F, out_bytes);
+        cr_expect_eq(hae_sparse_attention(be, &cases[i].a), HAE_ERR_INVALID, "%s", cases[i].what);
+        cr_expect(strstr(hae_last_error(), cases[i].needle), "%s: '%s' not in: %s", cases[i].what, cases[i].needle,
+                  hae_last_error());
+        cr_expect_eq(((uint32_t *)out)[0], 0x7F7F7F7Fu, "%s: out written", cases[i].what);
+    }
+}
+
 Test(sparse, rejects_bad_arguments) {
     hae_backend *be = tu_cpu();
     const sp_shape s = {2, 3, 4, 2, 8, 8, 16, 6, HAE_F32, 0, false};
@@ -269,36 +290,22 @@ Test(sparse, rejects_bad_arguments) {
     sp_fill(&s, &d, &r);
     sp_random_idx(&s, &d, &r);
     int32_t big_lens[2] = {17, 5}, short_lens[2] = {2, 5};
-    struct {
-        const char *what, *needle;
-        hae_sparse_attention_args a;
-    } cases[12];
+    sp_bad cases[12];
     int n = 0;
     hae_sparse_attention_args base = sp_args(&s, &d, 0.5f), a;
-#define CASE(w, nd, mutate)                                                                        \
-    a = base;                                                                                      \
-    mutate;                                                                                        \
-    cases[n].what = w, cases[n].needle = nd, cases[n].a = a, n++
-    CASE("heads not a multiple", "multiple of kv heads", a.q.shape[2] = 3; a.out.shape[2] = 3; a.lse.shape[2] = 3);
-    CASE("idx of another T", "idx must be [B, T, k]", a.idx.shape[1] = 2);
-    CASE("idx dtype", "idx", a.idx.dtype = HAE_I64);
-    CASE("seq_lens length", "seq_lens must be [B]", a.seq_lens.shape[0] = 1);
-    CASE("seq_lens past the cache", "seq_lens[0] = 17", a.seq_lens.data = big_lens);
-    CASE("seq_lens shorter than T", "seq_lens[0] = 2", a.seq_lens.data = short_lens);
-    CASE("lse shape", "lse must be [B, T, Hq]", a.lse.shape[2] = 2);
-    CASE("scale", "scale", a.scale = 0.0f);
-    CASE("out of another Dv", "out's last dim must be v_cache's Dv", a.out = hae_tensor_4d(d.out, HAE_F32, HAE_CPU, 2, 3, 4, 4));
-    CASE("out of other heads", "must match q's B, T, Hq", a.out = hae_tensor_4d(d.out, HAE_F32, HAE_CPU, 2, 3, 2, 8));
-    CASE("v_cache of other slots", "differ in slots or kv heads", a.v_cache.shape[1] = 8);
-    CASE("overlapping slots", "make slots overlap", a.k_cache.stride[1] = 8; a.k_cache.stride[0] = 16 * 8);
-#undef CASE
-    for (int i = 0; i < n; i++) {
-        memset(d.out, 0x7F, (size_t)(s.B * s.T * s.Hq * s.Dv) * 4);
-        cr_expect_eq(hae_sparse_attention(be, &cases[i].a), HAE_ERR_INVALID, "%s", cases[i].what);
-        cr_expect(strstr(hae_last_error(), cases[i].needle), "%s: '%s' not in: %s", cases[i].what, cases[i].needle,
-                  hae_last_error());
-        cr_expect_eq(((uint32_t *)d.out)[0], 0x7F7F7F7Fu, "%s: out written", cases[i].what);
-    }
+    SP_BAD("heads not a multiple", "multiple of kv heads", a.q.shape[2] = 3; a.out.shape[2] = 3; a.lse.shape[2] = 3);
+    SP_BAD("idx of another T", "idx must be [B, T, k]", a.idx.shape[1] = 2);
+    SP_BAD("idx dtype", "idx", a.idx.dtype = HAE_I64);
+    SP_BAD("seq_lens length", "seq_lens must be [B]", a.seq_lens.shape[0] = 1);
+    SP_BAD("seq_lens past the cache", "seq_lens[0] = 17", a.seq_lens.data = big_lens);
+    SP_BAD("seq_lens shorter than T", "seq_lens[0] = 2", a.seq_lens.data = short_lens);
+    SP_BAD("lse shape", "lse must be [B, T, Hq]", a.lse.shape[2] = 2);
+    SP_BAD("scale", "scale", a.scale = 0.0f);
+    SP_BAD("out of another Dv", "out's last dim must be v_cache's Dv", a.out = hae_tensor_4d(d.out, HAE_F32, HAE_CPU, 2, 3, 4, 4));
+    SP_BAD("out of other heads", "must match q's B, T, Hq", a.out = hae_tensor_4d(d.out, HAE_F32, HAE_CPU, 2, 3, 2, 8));
+    SP_BAD("v_cache of other slots", "differ in slots or kv heads", a.v_cache.shape[1] = 8);
+    SP_BAD("overlapping slots", "make slots overlap", a.k_cache.stride[1] = 8; a.k_cache.stride[0] = 16 * 8);
+    expect_rejected(be, cases, n, d.out, (size_t)(s.B * s.T * s.Hq * s.Dv) * 4);
     sp_free(&d);
     hae_backend_destroy(be);
 }
@@ -405,33 +412,19 @@ Test(sparse, a_batch_in_two_parts_rejects_bad_arguments) {
     sp_part p = sp_split(&s, &d, 1, s.cap);
     int32_t big_lens[2] = {5, 17};
     hae_sparse_attention_args base = sp_args_split(&s, &d, &p, 1, 0.5f), a;
-    struct {
-        const char *what, *needle;
-        hae_sparse_attention_args a;
-    } cases[8];
+    sp_bad cases[8];
     int n = 0;
-#define CASE(w, nd, mutate)                                                                        \
-    a = base;                                                                                      \
-    mutate;                                                                                        \
-    cases[n].what = w, cases[n].needle = nd, cases[n].a = a, n++
-    CASE("first part holds the batch", "1 <= k_cache's B < q's B", a.k_cache.shape[0] = a.v_cache.shape[0] = 3;
+    SP_BAD("first part holds the batch", "1 <= k_cache's B < q's B", a.k_cache.shape[0] = a.v_cache.shape[0] = 3;
          a.idx.shape[0] = a.seq_lens.shape[0] = 3);
-    CASE("second part of the wrong B", "expected [2, cap", a.k_cache2.shape[0] = 1);
-    CASE("second part's idx of another T", "idx must be [B, T, k]", a.idx2.shape[1] = 1);
-    CASE("second part's seq_lens", "seq_lens must be [B]", a.seq_lens2.shape[0] = 1);
-    CASE("second part of another dtype", "share the first's", a.k_cache2.dtype = a.v_cache2.dtype = HAE_BF16);
-    CASE("second part with more slots", "at most its slots", a.k_cache2.shape[1] = a.v_cache2.shape[1] = 17;
+    SP_BAD("second part of the wrong B", "expected [2, cap", a.k_cache2.shape[0] = 1);
+    SP_BAD("second part's idx of another T", "idx must be [B, T, k]", a.idx2.shape[1] = 1);
+    SP_BAD("second part's seq_lens", "seq_lens must be [B]", a.seq_lens2.shape[0] = 1);
+    SP_BAD("second part of another dtype", "share the first's", a.k_cache2.dtype = a.v_cache2.dtype = HAE_BF16);
+    SP_BAD("second part with more slots", "at most its slots", a.k_cache2.shape[1] = a.v_cache2.shape[1] = 17;
          a.k_cache2.stride[0] = a.v_cache2.stride[0] = 17 * 16);
-    CASE("second part's lengths past its cache", "seq_lens[2] = 17", a.seq_lens2.data = big_lens);
-    CASE("second part's selections of another k", "share the first's", a.idx2.shape[2] = 5);
-#undef CASE
-    for (int i = 0; i < n; i++) {
-        memset(d.out, 0x7F, (size_t)(s.B * s.T * s.Hq * s.Dv) * 4);
-        cr_expect_eq(hae_sparse_attention(be, &cases[i].a), HAE_ERR_INVALID, "%s", cases[i].what);
-        cr_expect(strstr(hae_last_error(), cases[i].needle), "%s: '%s' not in: %s", cases[i].what, cases[i].needle,
-                  hae_last_error());
-        cr_expect_eq(((uint32_t *)d.out)[0], 0x7F7F7F7Fu, "%s: out written", cases[i].what);
-    }
+    SP_BAD("second part's lengths past its cache", "seq_lens[2] = 17", a.seq_lens2.data = big_lens);
+    SP_BAD("second part's selections of another k", "share the first's", a.idx2.shape[2] = 5);
+    expect_rejected(be, cases, n, d.out, (size_t)(s.B * s.T * s.Hq * s.Dv) * 4);
     sp_part_free(&p);
     sp_free(&d);
     hae_backend_destroy(be);
