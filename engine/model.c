@@ -567,6 +567,7 @@ static hae_status init_dsa_constants(hae_model *m);
  * fit, the host tier for the fewest sequences it takes (HiSparse spills always and decodes 0.92x at batch 1). */
 static hae_status resolve_dsa_kv(hae_model *m, hae_backend *be) {
     m->dsa_gpu = m->cfg.memory.dsa_kv == HAE_TIER_HOST && m->cfg.memory.dsa_gpu_seqs > 0 ? m->cfg.memory.dsa_gpu_seqs : 0;
+    if (m->dsa_gpu >= m->B) m->cfg.memory.dsa_kv = HAE_TIER_GPU, m->dsa_gpu = 0; /* every sequence on the GPU */
     if (m->cfg.memory.dsa_kv != HAE_TIER_AUTO) return HAE_OK;
     hae_config *c = malloc(sizeof *c);
     if (!c) return hae_error(HAE_ERR_OOM, "model: out of host memory");

@@ -113,7 +113,7 @@ static hae_status plan_at(const hae_config *cfg, int64_t context, size_t gpu_bud
          * tried, the most sequences on the GPU first. */
         const bool autoplace = c->memory.dsa_kv == HAE_TIER_AUTO;
         int64_t gpu_seqs = c->memory.dsa_gpu_seqs > 0 ? c->memory.dsa_gpu_seqs : 0;
-        if (autoplace) c->memory.dsa_kv = HAE_TIER_GPU;
+        if (autoplace || gpu_seqs >= c->runtime.batch) c->memory.dsa_kv = HAE_TIER_GPU, gpu_seqs = 0;
         place(c, mp, gpu_seqs, out);
         if (autoplace && gpu_budget > 0 && out->total[HAE_TIER_GPU] > gpu_budget) {
             c->memory.dsa_kv = HAE_TIER_HOST;

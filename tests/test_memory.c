@@ -953,6 +953,11 @@ Test(memory_plan, a_batch_split_between_the_tiers) {
     plan_ok(h, L, &all_host);
     h->memory.dsa_kv = HAE_TIER_GPU, h->memory.dsa_gpu_seqs = -1;
     plan_ok(h, L, &all_gpu);
+    h->memory.dsa_kv = HAE_TIER_HOST, h->memory.dsa_gpu_seqs = B;
+    hae_mem_plan every;
+    plan_ok(h, L, &every);
+    cr_expect(every.dsa_kv == HAE_TIER_GPU && !memcmp(every.total, all_gpu.total, sizeof every.total),
+              "every sequence kept on the GPU: the GPU placement");
     cr_expect_eq(all_host.dsa_gpu_seqs, 0);
     cr_expect(all_host.total[HAE_TIER_GPU] < p.total[HAE_TIER_GPU] && p.total[HAE_TIER_GPU] < all_gpu.total[HAE_TIER_GPU]);
     /* auto at the budget of each split (and a byte less): that split, or the one below */

@@ -346,7 +346,15 @@ Test(model_host, dsa_kv_auto_spills_only_when_the_run_does_not_fit) {
     cr_expect_eq(sc.kv_host_bytes, (size_t)2 * CTX * 2 * 2 * 8 * 4, "two dsa layers' K/V for 1 x 40 tokens");
     float *lc = tu_model_logits(c, &mid, CTX, tok, chunks_then_decode, 17);
     cr_expect(memcmp(la, lc, sizeof *la * (size_t)(2 * CTX * fit.model.vocab_size)) == 0, "the same logits, split");
+    /* host with every sequence kept on the GPU is the GPU tier */
+    hae_config all = fit;
+    all.memory.dsa_kv = HAE_TIER_HOST, all.memory.dsa_gpu_seqs = 2;
+    hae_model *d = tu_model(be, &all);
+    hae_model_stats sd;
+    hae_model_stats_get(d, &sd);
+    cr_expect(sd.dsa_kv == HAE_TIER_GPU && sd.kv_host_bytes == 0 && sd.slot_cache_bytes == 0, "%s, %zu host bytes",
+              hae_tier_name(sd.dsa_kv), sd.kv_host_bytes);
     free(la), free(lb), free(lc);
-    hae_model_destroy(a), hae_model_destroy(b), hae_model_destroy(c);
+    hae_model_destroy(a), hae_model_destroy(b), hae_model_destroy(c), hae_model_destroy(d);
     hae_backend_destroy(be);
 }
