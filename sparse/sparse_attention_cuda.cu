@@ -97,12 +97,14 @@ struct SparseParams {
 };
 constexpr int64_t kWhole = INT64_MAX;
 
-/* Sequence b's K and V rows: the first part's, or the second's past B1. */
-template <class T> __device__ __forceinline__ const T *k_seq(const SparseParams &p, int64_t b) {
-    return b < p.B1 ? (const T *)p.k + b * p.k_sb : (const T *)p.k2 + (b - p.B1) * p.k2_sb;
+/* Sequence b's K and V rows: the first part's, or the second's past B1. SPLIT is whether a call has a second
+ * part: each kernel comes in both forms, so a batch in one part runs the code it ran before parts existed, and a
+ * split batch the same arithmetic (its outputs the same bits, as tests/gpu_sparse.c checks). */
+template <bool SPLIT, class T> __device__ __forceinline__ const T *k_seq(const SparseParams &p, int64_t b) {
+    return !SPLIT || b < p.B1 ? (const T *)p.k + b * p.k_sb : (const T *)p.k2 + (b - p.B1) * p.k2_sb;
 }
-template <class T> __device__ __forceinline__ const T *v_seq(const SparseParams &p, int64_t b) {
-    return b < p.B1 ? (const T *)p.v + b * p.v_sb : (const T *)p.v2 + (b - p.B1) * p.v2_sb;
+template <bool SPLIT, class T> __device__ __forceinline__ const T *v_seq(const SparseParams &p, int64_t b) {
+    return !SPLIT || b < p.B1 ? (const T *)p.v + b * p.v_sb : (const T *)p.v2 + (b - p.B1) * p.v2_sb;
 }
 
 __device__ __forceinline__ void st_out(void *p, bool bf16, int64_t i, float v) {
@@ -112,9 +114,9 @@ __device__ __forceinline__ void st_out(void *p, bool bf16, int64_t i, float v) {
 
 /* The usable range of query (b, t): entries j with 0 <= j <= hi; hi = -1 when p is outside [0, cap).
  * Dense: its position, every earlier one of its window held in the ring. */
-__device__ __forceinline__ int64_t usable_hi(const SparseParams &p, int64_t b, int64_t t) {
+template <bool SPLIT> __device__ __forceinline__ int64_t usable_hi(const SparseParams &p, int64_t b, int64_t t) {
     if (p.dense) return p.pos0 + t;
-    const bool one = b < p.B1;
+    const bool one = !SPLIT || b < p.B1;
     const int64_t pos = (int64_t)(one ? p.lens[b * p.l_s] : p.lens2[(b - p.B1) * p.l2_s]) - p.T + t;
     return pos >= 0 && pos < (one ? p.cap : p.cap2) ? pos : -1;
 }
@@ -129,8 +131,9 @@ __device__ __forceinline__ int64_t entry_at(const SparseParams &p, const int32_t
 /* The cache slot of position j (a window's ring wraps; sparse positions are below cap). */
 __device__ __forceinline__ int64_t slot_of(const SparseParams &p, int64_t j) { return j < p.cap ? j : j % p.cap; }
 /* The idx row of query (b, t); none when dense. */
-__device__ __forceinline__ const int32_t *idx_row(const SparseParams &p, int64_t b, int64_t t) {
-    return p.dense ? nullptr : b < p.B1 ? p.idx + b * p.i_sb + t * p.i_st : p.idx2 + (b - p.B1) * p.i2_sb + t * p.i_st;
+template <bool SPLIT> __device__ __forceinline__ const int32_t *idx_row(const SparseParams &p, int64_t b, int64_t t) {
+    if (p.dense) return nullptr;
+    return !SPLIT || b < p.B1 ? p.idx + b * p.i_sb + t * p.i_st : p.idx2 + (b - p.B1) * p.i2_sb + t * p.i_st;
 }
 
 /* ---------------------------------------------------------------- tensor-core pieces
@@ -174,7 +177,7 @@ template <int DK, int DV, int MT, int NW> struct Tc {
     static __host__ __device__ constexpr int smem(bool shared) { return kidx_off(shared) + 2 * kBN * 4; }
 };
 
-template <int DK, int DV, int MT, int NW>
+template <int DK, int DV, int MT, int NW, bool SPLIT>
 __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const SparseParams p) {
     using C = Tc<DK, DV, MT, NW>;
     extern __shared__ __align__(128) unsigned char smem[];
@@ -191,7 +194,7 @@ __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const Spa
     const int h0 = gk * p.G + hb * C::R; /* first query head of this CTA */
     const int nh = min(C::R, p.G - hb * C::R);
     /* positions fit an int (hae_attention and idx's i32 entries) */
-    const int hi = (int)min(usable_hi(p, b, t), (int64_t)INT_MAX);
+    const int hi = (int)min(usable_hi<SPLIT>(p, b, t), (int64_t)INT_MAX);
     const int64_t lo = list_lo(p, hi);
     const int ntiles = (int)((p.nk + kBN - 1) / kBN);
     const int tile0 = split * p.tiles_per_split, tile1 = min(ntiles, tile0 + p.tiles_per_split);
@@ -206,9 +209,9 @@ __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const Spa
     float *alpha_s = (float *)(smem + C::alpha_off(p.v_shared));
     int *kidx = (int *)(smem + C::kidx_off(p.v_shared));
 
-    const uint16_t *kbase = k_seq<uint16_t>(p, b) + (int64_t)gk * DK;
-    const uint16_t *vbase = v_seq<uint16_t>(p, b) + (int64_t)gk * DV;
-    const int32_t *irow = idx_row(p, b, t);
+    const uint16_t *kbase = k_seq<SPLIT, uint16_t>(p, b) + (int64_t)gk * DK;
+    const uint16_t *vbase = v_seq<SPLIT, uint16_t>(p, b) + (int64_t)gk * DV;
+    const int32_t *irow = idx_row<SPLIT>(p, b, t);
 
     /* Q rows (zero rows past the group's heads) */
     {
@@ -710,7 +713,7 @@ __device__ __forceinline__ void wg_write_rows(const SparseParams &p, const float
 
 /* KV: how key rows come (WgKv); FP8: raw rows by cp.async, decoded during P V; bf16: rows by cp.async; FP8
  * pair: half the rows into registers, decoded during P V into both CTAs' stages. */
-template <WgKv KV>
+template <WgKv KV, bool SPLIT>
 __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p) {
     extern __shared__ unsigned char wsmem[];
     const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(wsmem);
@@ -733,14 +736,14 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
     auto row_ok = [&](int r) { return r % GP < nh && t0 + r / GP < p.T; };
     /* the CTA walks the union of its queries' lists; each row masks the keys outside its own */
     const int64_t tl = min(t0 + p.qpack, p.T) - 1;
-    const int hi = (int)min(usable_hi(p, b, tl), (int64_t)INT_MAX);
-    const int64_t lo = list_lo(p, (int)min(usable_hi(p, b, t0), (int64_t)INT_MAX));
+    const int hi = (int)min(usable_hi<SPLIT>(p, b, tl), (int64_t)INT_MAX);
+    const int64_t lo = list_lo(p, (int)min(usable_hi<SPLIT>(p, b, t0), (int64_t)INT_MAX));
     const int ntiles = (int)((p.nk + kBN - 1) / kBN);
     const int tile0 = split * p.tiles_per_split, tile1 = min(ntiles, tile0 + p.tiles_per_split);
 
-    const uint16_t *kbase = k_seq<uint16_t>(p, b) + (int64_t)gk * kWgDk;
-    const uint8_t *kbase8 = k_seq<uint8_t>(p, b); /* FP8: one kv head, strides in bytes */
-    const int32_t *irow = idx_row(p, b, t0); /* sparse: one query per CTA */
+    const uint16_t *kbase = k_seq<SPLIT, uint16_t>(p, b) + (int64_t)gk * kWgDk;
+    const uint8_t *kbase8 = k_seq<SPLIT, uint8_t>(p, b); /* FP8: one kv head, strides in bytes */
+    const int32_t *irow = idx_row<SPLIT>(p, b, t0); /* sparse: one query per CTA */
 
     {
         const uint16_t *qb = (const uint16_t *)p.q + b * p.q_sb + t0 * p.q_st + (int64_t)h0 * kWgDk;
@@ -807,8 +810,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) wg_kernel(const SparseParams p)
 
     const int r0 = wi * 16 + g8, r1 = r0 + 8; /* this thread's rows of S and O */
     /* each row's own list lo_r .. hi_r (sparse: every gathered entry) */
-    const int hi0 = (int)min(usable_hi(p, b, t0 + r0 / GP), (int64_t)INT_MAX), lo0 = (int)list_lo(p, hi0);
-    const int hi1 = (int)min(usable_hi(p, b, t0 + r1 / GP), (int64_t)INT_MAX), lo1 = (int)list_lo(p, hi1);
+    const int hi0 = (int)min(usable_hi<SPLIT>(p, b, t0 + r0 / GP), (int64_t)INT_MAX), lo0 = (int)list_lo(p, hi0);
+    const int hi1 = (int)min(usable_hi<SPLIT>(p, b, t0 + r1 / GP), (int64_t)INT_MAX), lo1 = (int)list_lo(p, hi1);
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
     float o[128];
 #pragma unroll
@@ -1056,7 +1059,7 @@ __device__ __forceinline__ void cp_async_blocks(uint32_t dst, const uint16_t *sr
     (cp_async_block<KB>(dst, src, ok ? 16u : 0u), ...);
 }
 
-__global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p) {
+template <bool SPLIT> __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p) {
     extern __shared__ unsigned char wsmem[];
     const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(wsmem);
     const uint32_t sbase = (sraw + 1023u) & ~1023u;
@@ -1077,10 +1080,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
     const int hb = k.hb, split = k.split, gk = k.gk;
     const int64_t t0 = k.t0, b = k.b;
     const int h0 = gk * p.G + hb * kWgRows, nh = min(kWgRows, p.G - hb * kWgRows);
-    const int hi = (int)min(usable_hi(p, b, t0), (int64_t)INT_MAX);
+    const int hi = (int)min(usable_hi<SPLIT>(p, b, t0), (int64_t)INT_MAX);
     const int ntiles = (int)((p.nk + kBN - 1) / kBN);
     const int tile0 = split * p.tiles_per_split, tile1 = min(ntiles, tile0 + p.tiles_per_split);
-    const int32_t *irow = idx_row(p, b, t0);
+    const int32_t *irow = idx_row<SPLIT>(p, b, t0);
     auto usable = [&](int j) { return j >= 0 && j <= hi; };
 
     if (wg == 2) { /* the tiles with a usable entry, in order: a thread a tile, 128 a pass */
@@ -1123,7 +1126,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const SparseParams p)
                     * reads them first); thread tq copies chunk tq % 8 of each 64-dim block of rows tq / 8 + 8 i */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 48;\n" ::: "memory");
         const int st = tw >> 6, tq = tw & 63, rg = tq >> 3, c8 = tq & 7;
-        const uint16_t *kbase = k_seq<uint16_t>(p, b) + (int64_t)gk * kWgDk;
+        const uint16_t *kbase = k_seq<SPLIT, uint16_t>(p, b) + (int64_t)gk * kWgDk;
         const uint32_t dst = stage(st);
         for (int n = st; n < 2 * npairs; n += 2) {
             const uint32_t par = ((n >> 1) & 1) ^ 1;
@@ -1342,7 +1345,7 @@ __device__ __forceinline__ float kv_at(const Fp8Mla *row, int d) {
 }
 
 /* NJ: dims per lane, 32 NJ >= max(Dk, Dv). */
-template <typename TQ, typename TKV, int NJ>
+template <typename TQ, typename TKV, int NJ, bool SPLIT>
 __global__ void __launch_bounds__(kThreads) simple_kernel(const SparseParams p) {
     __shared__ float sh_acc[kWarps][32 * NJ];
     __shared__ float sh_m[kWarps], sh_l[kWarps];
@@ -1351,7 +1354,7 @@ __global__ void __launch_bounds__(kThreads) simple_kernel(const SparseParams p) 
     const int h = (int)(row % p.Hq);
     const int64_t t = (row / p.Hq) % p.T, b = row / ((int64_t)p.Hq * p.T);
     const int gk = h / p.G;
-    const int64_t hi = usable_hi(p, b, t);
+    const int64_t hi = usable_hi<SPLIT>(p, b, t);
 
     const TQ *q = (const TQ *)p.q + b * p.q_sb + t * p.q_st + (int64_t)h * p.Dk;
     float qv[NJ], acc[NJ];
@@ -1362,9 +1365,9 @@ __global__ void __launch_bounds__(kThreads) simple_kernel(const SparseParams p) 
         acc[j] = 0.0f;
     }
     /* mla's FP8 layout has one kv head: gk is 0 */
-    const TKV *kbase = k_seq<TKV>(p, b) + (int64_t)gk * p.Dk;
-    const TKV *vbase = v_seq<TKV>(p, b) + (int64_t)gk * p.Dv;
-    const int32_t *irow = idx_row(p, b, t);
+    const TKV *kbase = k_seq<SPLIT, TKV>(p, b) + (int64_t)gk * p.Dk;
+    const TKV *vbase = v_seq<SPLIT, TKV>(p, b) + (int64_t)gk * p.Dv;
+    const int32_t *irow = idx_row<SPLIT>(p, b, t);
 
     float m = -INFINITY, l = 0.0f;
     /* i0 is the same in every lane of a warp, so the shuffles below see the whole warp */
@@ -1443,13 +1446,13 @@ __global__ void __launch_bounds__(kThreads) simple_kernel(const SparseParams p) 
 
 /* ---------------------------------------------------------------- launches */
 
-template <typename TQ, typename TKV>
+template <typename TQ, typename TKV, bool SPLIT>
 hae_status launch_simple(const SparseParams &p, int64_t rows, cudaStream_t s) {
     const int d = p.Dk > p.Dv ? p.Dk : p.Dv;
-    if (d <= 64) simple_kernel<TQ, TKV, 2><<<(unsigned)rows, kThreads, 0, s>>>(p);
-    else if (d <= 128) simple_kernel<TQ, TKV, 4><<<(unsigned)rows, kThreads, 0, s>>>(p);
-    else if (d <= 256) simple_kernel<TQ, TKV, 8><<<(unsigned)rows, kThreads, 0, s>>>(p);
-    else simple_kernel<TQ, TKV, kMaxD / 32><<<(unsigned)rows, kThreads, 0, s>>>(p);
+    if (d <= 64) simple_kernel<TQ, TKV, 2, SPLIT><<<(unsigned)rows, kThreads, 0, s>>>(p);
+    else if (d <= 128) simple_kernel<TQ, TKV, 4, SPLIT><<<(unsigned)rows, kThreads, 0, s>>>(p);
+    else if (d <= 256) simple_kernel<TQ, TKV, 8, SPLIT><<<(unsigned)rows, kThreads, 0, s>>>(p);
+    else simple_kernel<TQ, TKV, kMaxD / 32, SPLIT><<<(unsigned)rows, kThreads, 0, s>>>(p);
     HAE_CUDA_LAUNCH_CHECK("simple_kernel");
     return HAE_OK;
 }
@@ -1524,10 +1527,10 @@ hae_status launch(hae_backend *be, SparseParams p, int64_t B, cudaStream_t s, vo
     return HAE_OK;
 }
 
-template <int DK, int DV, int MT, int NW>
+template <int DK, int DV, int MT, int NW, bool SPLIT>
 hae_status launch_tc(hae_backend *be, const SparseParams &p, int64_t B, cudaStream_t s, bool *ran) {
     using C = Tc<DK, DV, MT, NW>;
-    return launch(be, p, B, s, tc_kernel<DK, DV, MT, NW>, C::NT, C::smem(p.v_shared), C::R, ran);
+    return launch(be, p, B, s, tc_kernel<DK, DV, MT, NW, SPLIT>, C::NT, C::smem(p.v_shared), C::R, ran);
 }
 
 bool aligned16(const void *ptr, int64_t s0, int64_t s1) {
@@ -1556,20 +1559,54 @@ void fill_shape(SparseParams &p, int64_t T, int64_t Hq, int64_t Hkv, int64_t Dk,
 }
 
 /* The tensor-core configuration for these head dims and group size, if any. */
-hae_status try_tc(hae_backend *be, const SparseParams &p, int64_t B, cudaStream_t s, bool *ran) {
+template <bool SPLIT> hae_status try_tc(hae_backend *be, const SparseParams &p, int64_t B, cudaStream_t s, bool *ran) {
     *ran = false;
     const bool wide = p.G > 16; /* 64 rows per CTA; else 16 rows, G / 16 CTAs */
     if (p.Dk == kWgDk && p.Dv == kWgDv && p.v_shared && wide) {
         if (!p.dense && (p.nk + kBN - 1) / kBN <= kWsMaxTiles) {
-            HAE_TRY(launch(be, p, B, s, ws_kernel, kWsThreads, WsLayout::kSmem, kWgRows, ran));
+            HAE_TRY(launch(be, p, B, s, ws_kernel<SPLIT>, kWsThreads, WsLayout::kSmem, kWgRows, ran));
             if (*ran) return HAE_OK;
         }
-        return launch(be, p, B, s, wg_kernel<kWgBf16>, kWgThreads, WgLayout<kWgBf16>::kSmem, kWgRows, ran);
+        return launch(be, p, B, s, wg_kernel<kWgBf16, SPLIT>, kWgThreads, WgLayout<kWgBf16>::kSmem, kWgRows, ran);
     }
-    if (p.Dk == 576 && p.Dv == 512) return wide ? launch_tc<576, 512, 4, 8>(be, p, B, s, ran) : launch_tc<576, 512, 1, 4>(be, p, B, s, ran);
-    if (p.Dk == 128 && p.Dv == 128) return wide ? launch_tc<128, 128, 4, 8>(be, p, B, s, ran) : launch_tc<128, 128, 1, 4>(be, p, B, s, ran);
-    if (p.Dk == 64 && p.Dv == 64) return launch_tc<64, 64, 1, 4>(be, p, B, s, ran);
+    if (p.Dk == 576 && p.Dv == 512)
+        return wide ? launch_tc<576, 512, 4, 8, SPLIT>(be, p, B, s, ran) : launch_tc<576, 512, 1, 4, SPLIT>(be, p, B, s, ran);
+    if (p.Dk == 128 && p.Dv == 128)
+        return wide ? launch_tc<128, 128, 4, 8, SPLIT>(be, p, B, s, ran) : launch_tc<128, 128, 1, 4, SPLIT>(be, p, B, s, ran);
+    if (p.Dk == 64 && p.Dv == 64) return launch_tc<64, 64, 1, 4, SPLIT>(be, p, B, s, ran);
     return HAE_OK;
+}
+
+/* The kernel for the call: the FP8 warpgroup kernels (fp8_wg: bf16 q, aligned rows), the tensor-core ones
+ * (tc: bf16 q and caches, aligned rows), else the CUDA-core kernel. */
+template <bool SPLIT>
+hae_status run_sparse(hae_backend *be, const SparseParams &p, const hae_sparse_attention_args *a, int64_t B,
+                      int64_t rows, bool fp8_wg, bool tc, cudaStream_t s) {
+    const bool fp8 = a->k_cache.dtype == HAE_FP8_E4M3; /* mla's FP8 layout: hae_sparse_attention checked it */
+    /* FP8 at any group size: below 64 heads a CTA masks its spare MMA rows (tensor-core time the gather's
+     * decode and the memory traffic hide in decode; 4x the MMA work at 16 heads in prefill), which still
+     * beats the CUDA-core kernel by an order of magnitude */
+    if (fp8 && fp8_wg) {
+        bool ran = false;
+        if ((p.G + kWgRows - 1) / kWgRows % 2 == 0) /* a query's head blocks share the decode in pairs */
+            HAE_TRY(launch(be, p, B, s, wg_kernel<kWgFp8Pair, SPLIT>, kWgThreads, WgLayout<kWgFp8Pair>::kSmem, kWgRows,
+                           &ran, 2));
+        if (!ran) HAE_TRY(launch(be, p, B, s, wg_kernel<kWgFp8, SPLIT>, kWgThreads, WgLayout<kWgFp8>::kSmem, kWgRows, &ran));
+        if (ran) return HAE_OK;
+    }
+    if (!fp8 && tc) {
+        bool ran = false;
+        HAE_TRY(try_tc<SPLIT>(be, p, B, s, &ran));
+        if (ran) return HAE_OK;
+    }
+    return hae_cuda_dispatch(a->q.dtype, "hae_sparse_attention", [&](auto tq) -> hae_status {
+        using TQ = decltype(tq);
+        if (fp8) return launch_simple<TQ, Fp8Mla, SPLIT>(p, rows, s);
+        return hae_cuda_dispatch(a->k_cache.dtype, "hae_sparse_attention", [&](auto tkv) -> hae_status {
+            using TKV = decltype(tkv);
+            return launch_simple<TQ, TKV, SPLIT>(p, rows, s);
+        });
+    });
 }
 
 } // namespace
@@ -1632,31 +1669,11 @@ extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_spars
 
     cudaStream_t s = nullptr;
     HAE_TRY(hae_cuda_enter(be, &s));
-    const bool fp8 = a->k_cache.dtype == HAE_FP8_E4M3; /* mla's FP8 layout: hae_sparse_attention checked it */
-    /* FP8 at any group size: below 64 heads a CTA masks its spare MMA rows (tensor-core time the gather's
-     * decode and the memory traffic hide in decode; 4x the MMA work at 16 heads in prefill), which still
-     * beats the CUDA-core kernel by an order of magnitude */
-    if (fp8 && a->q.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) && (uintptr_t)p.k % 16 == 0 && part2_aligned) {
-        bool ran = false;
-        if ((p.G + kWgRows - 1) / kWgRows % 2 == 0) /* a query's head blocks share the decode in pairs */
-            HAE_TRY(launch(be, p, B, s, wg_kernel<kWgFp8Pair>, kWgThreads, WgLayout<kWgFp8Pair>::kSmem, kWgRows, &ran, 2));
-        if (!ran) HAE_TRY(launch(be, p, B, s, wg_kernel<kWgFp8>, kWgThreads, WgLayout<kWgFp8>::kSmem, kWgRows, &ran));
-        if (ran) return HAE_OK;
-    }
-    if (!fp8 && a->q.dtype == HAE_BF16 && a->k_cache.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) &&
-        aligned16(p.k, p.k_sb, p.k_ss) && aligned16(p.v, p.v_sb, p.v_ss) && part2_aligned) {
-        bool ran = false;
-        HAE_TRY(try_tc(be, p, B, s, &ran));
-        if (ran) return HAE_OK;
-    }
-    return hae_cuda_dispatch(a->q.dtype, "hae_sparse_attention", [&](auto tq) -> hae_status {
-        using TQ = decltype(tq);
-        if (fp8) return launch_simple<TQ, Fp8Mla>(p, rows, s);
-        return hae_cuda_dispatch(a->k_cache.dtype, "hae_sparse_attention", [&](auto tkv) -> hae_status {
-            using TKV = decltype(tkv);
-            return launch_simple<TQ, TKV>(p, rows, s);
-        });
-    });
+    const bool fp8_wg = a->q.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) && (uintptr_t)p.k % 16 == 0 && part2_aligned;
+    const bool tc = a->q.dtype == HAE_BF16 && a->k_cache.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) &&
+                    aligned16(p.k, p.k_sb, p.k_ss) && aligned16(p.v, p.v_sb, p.v_ss) && part2_aligned;
+    return p.B1 == kWhole ? run_sparse<false>(be, p, a, B, rows, fp8_wg, tc, s)
+                          : run_sparse<true>(be, p, a, B, rows, fp8_wg, tc, s);
 }
 
 /* Dense attention of mla's absorbed form on the kernels above: a query's list is every position of its causal
@@ -1700,7 +1717,7 @@ extern "C" hae_status hae_attention_mla_cuda(hae_backend *be, const hae_attentio
         p.qpack = (int)(kWgRows / Hq);
         p.tgroups = (T + p.qpack - 1) / p.qpack;
         p.nk += p.qpack - 1; /* a group's union of lists */
-        return launch(be, p, B, s, wg_kernel<kWgBf16>, kWgThreads, WgLayout<kWgBf16>::kSmem, kWgRows, ran);
+        return launch(be, p, B, s, wg_kernel<kWgBf16, false>, kWgThreads, WgLayout<kWgBf16>::kSmem, kWgRows, ran);
     }
-    return try_tc(be, p, B, s, ran);
+    return try_tc<false>(be, p, B, s, ran);
 }
