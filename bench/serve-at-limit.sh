@@ -5,14 +5,15 @@
 # fewest sequences' dsa K/V in the host tier that the budget needs); then `hae run` of each on the GPU and a table
 # of decode tokens/s against the twin's.
 #   bench/serve-at-limit.sh [CONFIG]      (default configs/hybrid-1b.yaml)
-#   BUDGET=16GiB CONTEXT=32768 CHUNK=1024 DECODE=64 SLOTS=2048 RATIO=6 BIN=build OUT=serve-logs   (the defaults)
+#   BUDGET=16GiB CONTEXT=32768 CHUNK=128 DECODE=64 SLOTS=2048 RATIO=6 BIN=build OUT=serve-logs   (the defaults;
+#   a prefill forward holds batch x CHUNK tokens' activations, so large batches want small chunks)
 #   PLACEMENTS="twin gpu host split" (the default) runs those of them
 #   SET="model.attention.form=mla memory.dsa_kv_fp8=true" adds --set overrides to every run (the twin's own win)
 #   HOST_BUDGET=100GiB also holds each placement's host-tier bytes to that (default: no bound)
 #   PLAN_ONLY=1 prints the batches without running; BACKEND=cpu runs on the CPU (a smoke test).
 set -eu
 cfg=${1:-configs/hybrid-1b.yaml}
-budget=${BUDGET:-16GiB} ctx=${CONTEXT:-32768} chunk=${CHUNK:-1024} decode=${DECODE:-64} slots=${SLOTS:-2048}
+budget=${BUDGET:-16GiB} ctx=${CONTEXT:-32768} chunk=${CHUNK:-128} decode=${DECODE:-64} slots=${SLOTS:-2048}
 bin=${BIN:-build} out=${OUT:-serve-logs}
 mkdir -p "$out"
 common=(--set "runtime.prefill=$ctx" --set "runtime.prefill_chunk=$chunk" --set "runtime.decode=$decode")
