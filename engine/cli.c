@@ -484,7 +484,7 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
                                     (long long)res->stats.slot_hits,
                                     (long long)res->stats.slot_misses, res->stats.fetched_bytes, res->step_fetched,
                                     res->step_hit_rate, hae_tier_name(res->stats.dsa_kv),
-                                    (long long)(res->stats.dsa_kv == HAE_TIER_GPU ? B : res->stats.dsa_gpu_seqs));
+                                    (long long)res->stats.dsa_gpu_seqs);
         for (int64_t s = 0; s < N && s < 64 && u < sizeof summary - 32; s++)
             u += (size_t)snprintf(summary + u, sizeof summary - u, "%s%d", s ? ", " : "", gen[s * B]);
         snprintf(summary + u, sizeof summary - u, "]\n}\n");
@@ -520,14 +520,15 @@ static void print_job(const hae_config *cfg, const job_result *r, const char *di
     if (cfg->memory.dsa_kv == HAE_TIER_AUTO && r->stats.dsa_kv == HAE_TIER_GPU)
         printf("  %-10s dsa K/V on the gpu tier (memory.dsa_kv: auto; the whole run fits the device's memory)\n",
                "placement");
-    else if (cfg->memory.dsa_kv == HAE_TIER_AUTO)
-        printf("  %-10s dsa K/V of %lld of %lld sequences on the host tier (memory.dsa_kv: auto; the run does not fit "
-               "the device's memory with more on the GPU)\n", "placement",
-               (long long)(cfg->runtime.batch - r->stats.dsa_gpu_seqs), (long long)cfg->runtime.batch);
-    else if (r->stats.dsa_kv == HAE_TIER_HOST && r->stats.dsa_gpu_seqs > 0)
-        printf("  %-10s dsa K/V of %lld of %lld sequences on the host tier (memory.dsa_gpu_seqs %lld)\n", "placement",
-               (long long)(cfg->runtime.batch - r->stats.dsa_gpu_seqs), (long long)cfg->runtime.batch,
-               (long long)r->stats.dsa_gpu_seqs);
+    else if (cfg->memory.dsa_kv == HAE_TIER_AUTO || (r->stats.dsa_kv == HAE_TIER_HOST && r->stats.dsa_gpu_seqs > 0)) {
+        char why[96];
+        if (cfg->memory.dsa_kv == HAE_TIER_AUTO)
+            snprintf(why, sizeof why, "memory.dsa_kv: auto; the run does not fit the device's memory with more on the GPU");
+        else
+            snprintf(why, sizeof why, "memory.dsa_gpu_seqs %lld", (long long)r->stats.dsa_gpu_seqs);
+        printf("  %-10s dsa K/V of %lld of %lld sequences on the host tier (%s)\n", "placement",
+               (long long)(cfg->runtime.batch - r->stats.dsa_gpu_seqs), (long long)cfg->runtime.batch, why);
+    }
     if (r->stats.kv_host_bytes) {
         printf("  %-10s dsa K/V %s in the host tier; GPU token slots %s, prefill staging %s; fetched H2D %s in all\n",
                "host tier", fmt_bytes((double)r->stats.kv_host_bytes, b1, sizeof b1),

@@ -833,7 +833,7 @@ typedef struct hae_model_stats {
     int64_t slot_hits, slot_misses;
     size_t fetched_bytes;
     hae_tier dsa_kv; /* where the dsa layers' K/V went (memory.dsa_kv: auto resolved) */
-    int64_t dsa_gpu_seqs; /* dsa_kv host: how many sequences (the first) keep them on the GPU all the same */
+    int64_t dsa_gpu_seqs; /* how many sequences (the first) keep their dsa K/V on the GPU: the batch on the GPU tier */
 } hae_model_stats;
 void hae_model_stats_get(const hae_model *m, hae_model_stats *s);
 hae_backend *hae_model_backend(const hae_model *m);
@@ -1247,7 +1247,8 @@ typedef struct hae_mem_plan {
     int64_t context, batch;
     hae_tier dsa_kv; /* the placement of dsa K/V: memory.dsa_kv, auto resolved against memory.gpu_budget (0:
                         unbounded, so the GPU): the GPU when all fit there, else host with */
-    int64_t dsa_gpu_seqs; /* the first dsa_gpu_seqs sequences on the GPU all the same (auto: the most that fit) */
+    int64_t dsa_gpu_seqs; /* the sequences (the first) whose dsa K/V are on the GPU: the batch on the GPU tier, else
+                             the split (auto: the most that fit) */
     size_t bytes[HAE_TIER_COUNT][HAE_MEM_KIND_COUNT];
     size_t total[HAE_TIER_COUNT];
 } hae_mem_plan;

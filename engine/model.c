@@ -583,7 +583,7 @@ static hae_status resolve_dsa_kv(hae_model *m, hae_backend *be) {
     if (st == HAE_OK) st = hae_mem_plan_get(c, m->ctx_max, &plan);
     if (st == HAE_OK) {
         m->cfg.memory.dsa_kv = plan.dsa_kv;
-        m->cfg.memory.dsa_gpu_seqs = m->dsa_gpu = plan.dsa_gpu_seqs;
+        m->dsa_gpu = plan.dsa_kv == HAE_TIER_HOST ? plan.dsa_gpu_seqs : 0;
     }
     free(c);
     return st == HAE_OK ? HAE_OK : hae_error_wrap(st, "memory.dsa_kv: auto");
@@ -798,7 +798,7 @@ void hae_model_stats_get(const hae_model *m, hae_model_stats *s) {
     s->slot_cache_bytes = 0, s->slot_hits = s->slot_misses = 0, s->fetched_bytes = 0;
     s->stage_bytes = m->stage_bytes;
     s->dsa_kv = m->cfg.memory.dsa_kv;
-    s->dsa_gpu_seqs = m->dsa_gpu;
+    s->dsa_gpu_seqs = m->cfg.memory.dsa_kv == HAE_TIER_HOST ? m->dsa_gpu : m->B;
     for (int64_t l = 0; l < m->L; l++) {
         if (!m->slots[l]) continue;
         s->slot_cache_bytes += hae_slot_cache_bytes(m->slots[l]);

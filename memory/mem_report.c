@@ -109,8 +109,7 @@ static void csv(const hae_mem_report_args *a, const hae_mem_plan *cp, const hae_
                 for (int k = 0; k < HAE_MEM_KIND_COUNT; k++) fprintf(f, ",%zu", p->bytes[t][k]);
                 fprintf(f, ",%zu", p->total[t]);
             }
-            /* how many sequences keep their dsa K/V on the GPU */
-            fprintf(f, ",%" PRId64 "\n", p->dsa_kv == HAE_TIER_HOST ? p->dsa_gpu_seqs : p->batch);
+            fprintf(f, ",%" PRId64 "\n", p->dsa_gpu_seqs);
         }
 }
 

@@ -124,7 +124,7 @@ static hae_status plan_at(const hae_config *cfg, int64_t context, size_t gpu_bud
             if (gpu_seqs == 0) place(c, mp, 0, out);
         }
         out->dsa_kv = c->memory.dsa_kv;
-        out->dsa_gpu_seqs = out->dsa_kv == HAE_TIER_HOST ? gpu_seqs : 0;
+        out->dsa_gpu_seqs = out->dsa_kv == HAE_TIER_HOST ? gpu_seqs : c->runtime.batch;
         if (token_bytes) {
             size_t per = 16; /* the indexer's logits and slack */
             for (int64_t l = 0; l < c->model.n_layers; l++)

@@ -865,7 +865,7 @@ static void expect_row(const csv_row *r, const char *model, const hae_mem_plan *
         cr_expect_eq(r->v[k], p->total[t], "%s at %" PRId64 ": %s total", model, p->context,
                      hae_tier_name((hae_tier)t));
     }
-    cr_expect_eq(r->v[CSV_COLS - 2], (uint64_t)(p->dsa_kv == HAE_TIER_HOST ? p->dsa_gpu_seqs : p->batch),
+    cr_expect_eq(r->v[CSV_COLS - 2], (uint64_t)p->dsa_gpu_seqs,
                  "%s at %" PRId64 ": dsa_gpu_seqs", model, p->context);
 }
 
@@ -959,6 +959,7 @@ Test(memory_plan, a_batch_split_between_the_tiers) {
     cr_expect(every.dsa_kv == HAE_TIER_GPU && !memcmp(every.total, all_gpu.total, sizeof every.total),
               "every sequence kept on the GPU: the GPU placement");
     cr_expect_eq(all_host.dsa_gpu_seqs, 0);
+    cr_expect_eq(all_gpu.dsa_gpu_seqs, B, "the GPU tier holds every sequence's");
     cr_expect(all_host.total[HAE_TIER_GPU] < p.total[HAE_TIER_GPU] && p.total[HAE_TIER_GPU] < all_gpu.total[HAE_TIER_GPU]);
     /* auto at the budget of each split (and a byte less): that split, or the one below */
     hae_config *a = load_preset("hybrid-1b.yaml", (const char *[]){"runtime.batch=8", "memory.dsa_kv=auto"}, 2);
@@ -984,7 +985,7 @@ Test(memory_plan, a_batch_split_between_the_tiers) {
     a->memory.gpu_budget = (int64_t)all_gpu.total[HAE_TIER_GPU];
     hae_mem_plan q;
     plan_ok(a, L, &q);
-    cr_expect(q.dsa_kv == HAE_TIER_GPU, "all fit: the GPU");
+    cr_expect(q.dsa_kv == HAE_TIER_GPU && q.dsa_gpu_seqs == B, "all fit: the GPU");
     free(h), free(a), free(s);
 }
 

@@ -391,7 +391,8 @@ Test(model_host, dsa_kv_auto_spills_only_when_the_run_does_not_fit) {
     hae_model *d = tu_model(be, &all);
     hae_model_stats sd;
     hae_model_stats_get(d, &sd);
-    cr_expect(sd.dsa_kv == HAE_TIER_GPU && sd.kv_host_bytes == 0 && sd.slot_cache_bytes == 0, "%s, %zu host bytes",
+    cr_expect(sd.dsa_kv == HAE_TIER_GPU && sd.dsa_gpu_seqs == 2 && sd.kv_host_bytes == 0 && sd.slot_cache_bytes == 0,
+              "%s, %zu host bytes",
               hae_tier_name(sd.dsa_kv), sd.kv_host_bytes);
     free(la), free(lb), free(lc);
     hae_model_destroy(a), hae_model_destroy(b), hae_model_destroy(c), hae_model_destroy(d);
