@@ -1702,7 +1702,6 @@ extern "C" hae_status hae_attention_mla_cuda(hae_backend *be, const hae_attentio
     p.o_st = a->out.stride[1];
     fill_shape(p, T, Hq, 1, Dk, Dv, a->out.dtype, a->scale);
     p.cap = cap;
-    p.B1 = kWhole;
     p.dense = true;
     p.pos0 = a->pos0;
     p.window = a->window;
