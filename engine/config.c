@@ -445,7 +445,7 @@ enum {
     K_MLA_LORA, K_MLA_NOPE, K_MLA_ROPE, K_MLA_V, K_WINDOW,
     K_LA_HEADS, K_LA_VHEADS, K_LA_HEAD_DIM, K_LA_EXPAND_V, K_LA_CONV, K_LA_CHUNK, K_LA_SAFE, K_LA_LB,
     K_DSA_HEADS, K_DSA_DIM, K_DSA_TOPK, K_DSA_ROPE, K_DSA_DERIVED, K_DSA_EXACT, K_DSA_PAGE,
-    K_BACKEND, K_DEVICE, K_THREADS, K_DTYPE, K_BATCH, K_PREFILL, K_DECODE, K_CHUNK, K_TEMP, K_KV_BUDGET,
+    K_BACKEND, K_DEVICE, K_THREADS, K_DTYPE, K_BATCH, K_PREFILL, K_DECODE, K_CHUNK, K_TEMP, K_KV_BUDGET, K_MICRO,
     K_MEM_PAGE, K_MEM_GPU, K_MEM_HOST, K_MEM_DSA, K_MEM_FULL, K_MEM_LINEAR, K_MEM_CACHE, K_MEM_FP8, K_MEM_GPU_SEQS,
     K_EV_TASKS, K_EV_LENGTHS, K_EV_PAIRS, K_EV_HOPS, K_EV_CHAINS, K_EV_QUERIES, K_EV_FORM, K_EV_SHUFFLE, K_EV_POWER,
     K_EV_NOISE, K_EV_VOCAB, K_EV_SEEDS, K_EV_KINDS, K_EV_K, K_EV_TOPK, K_EV_DTYPE, K_EV_COS, K_EV_DECAY, K_EV_ORTHO,
@@ -520,6 +520,7 @@ static const key_spec specs[NKEYS] = {
     [K_CHUNK] = {"runtime.prefill_chunk", T_INT, "512", 0, NOMAX, 0, NULL, FIELD(runtime.prefill_chunk)},
     [K_TEMP] = {"runtime.temperature", T_FLOAT, "0", 0, NOMAX, 0, NULL, FIELD(runtime.temperature)},
     [K_KV_BUDGET] = {"runtime.kv_budget", T_BYTES, "0", 0, NOMAX, 0, NULL, FIELD(runtime.kv_budget)},
+    [K_MICRO] = {"runtime.micro_batch", T_INT, "-1", -1, 65536, 0, NULL, FIELD(runtime.micro_batch)},
     [K_MEM_PAGE] = {"memory.page_size", T_INT, "64", 1, 65536, 0, NULL, FIELD(memory.page_size)},
     [K_MEM_GPU] = {"memory.gpu_budget", T_BYTES, "0", 0, NOMAX, 0, NULL, FIELD(memory.gpu_budget)},
     [K_MEM_HOST] = {"memory.host_budget", T_BYTES, "0", 0, NOMAX, 0, NULL, FIELD(memory.host_budget)},
@@ -1116,6 +1117,29 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
             snprintf(m, sizeof m, "dsa_gpu_seqs %" PRId64 " exceeds runtime.batch %" PRId64 "%s", n, batch, dflt(b, K_BATCH));
         if (!dsa || cfg->memory.dsa_kv != HAE_TIER_HOST || n > batch)
             return cross_fail(c, b, (const int[]){K_MEM_GPU_SEQS, K_MEM_DSA, K_BATCH}, 3, m);
+    }
+    /* Micro-batches cut the batch in two non-empty parts; with dsa K/V in the host tier, where it is split. */
+    if (cfg->runtime.micro_batch > 0) {
+        const int64_t n = cfg->runtime.micro_batch, batch = cfg->runtime.batch, g = cfg->memory.dsa_gpu_seqs;
+        const bool host = dsa && cfg->memory.dsa_kv == HAE_TIER_HOST;
+        bool dense = false;
+        for (int64_t l = 0; l < cfg->model.n_layers; l++)
+            dense |= cfg->model.layers[l] == HAE_LAYER_FULL || cfg->model.layers[l] == HAE_LAYER_SWA;
+        int keys[3] = {K_MICRO, K_BATCH, 0}, nk = 2;
+        m[0] = 0;
+        if (n >= batch)
+            snprintf(m, sizeof m, "micro_batch %" PRId64 " leaves the second micro-batch of runtime.batch %" PRId64 "%s "
+                     "empty (0: one batch)", n, batch, dflt(b, K_BATCH));
+        else if (host && n != g)
+            snprintf(m, sizeof m, "micro_batch %" PRId64 " must cut the batch where its dsa K/V are split between the "
+                     "tiers: memory.dsa_gpu_seqs %" PRId64 "%s (-1 or 0: every sequence in the host tier)", n, g,
+                     dflt(b, K_MEM_GPU_SEQS)),
+                keys[1] = K_MEM_GPU_SEQS;
+        else if (cfg->memory.full_kv == HAE_TIER_HOST && dense)
+            snprintf(m, sizeof m, "micro_batch %" PRId64 ": memory.full_kv host streams the whole batch's context at "
+                     "every step, which micro-batches cannot share (keep full_kv on the GPU or set micro_batch 0)", n),
+                keys[1] = K_MEM_FULL;
+        if (m[0]) return cross_fail(c, b, keys, nk, m);
     }
     /* The FP8 token layout is DeepSeek-V3.2's: 512 latent dims in e4m3 and 64 rope dims in bf16, read by
      * the sparse attention only (full and swa layers keep the run's dtype). */

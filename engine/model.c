@@ -56,6 +56,12 @@ typedef struct {
     hae_index_cache icache;
 } layer_weights;
 
+/* What an attention layer's attention will read, from attention_in to attention_out. */
+typedef struct {
+    hae_tensor q, kc, vc;         /* dense attention */
+    hae_sparse_attention_args sa; /* dsa layers */
+} attn_pending;
+
 /* One named parameter as saved: a view into a weight tensor, and how it is initialised. */
 typedef struct {
     char name[96];
@@ -121,6 +127,11 @@ struct hae_model {
     void *state_mem; /* recurrent and conv states of the linear layers */
     size_t state_bytes;
     int64_t pos;
+    attn_pending pend;
+    /* Decode steps in two micro-batches (runtime.micro_batch): mb[0] and mb[1] are this model narrowed to
+     * sequences [0, n) and [n, B), b0 the first sequence of a micro-batch within the model's batch. */
+    hae_model *mb[2];
+    int64_t b0;
 };
 
 /* ---------------------------------------------------------------- layout */
@@ -565,6 +576,71 @@ static hae_status init_dsa_constants(hae_model *m);
 /* memory.dsa_kv auto: the plan of the whole run (weights, activations, every K/V and state) with the dsa
  * K/V on the GPU, against memory.gpu_budget or, without one, the device's free memory now; when that does not
  * fit, the host tier for the fewest sequences it takes (HiSparse spills always and decodes 0.92x at batch 1). */
+/* ---------------------------------------------------------------- micro-batches */
+
+static void narrow_seqs(hae_tensor *t, int64_t b0, int64_t n, int64_t per) {
+    if (t->data) *t = hae_tensor_narrow(*t, 0, b0 * per, n * per);
+}
+
+/* Sequences [b0, b0 + n) of a decode step: the model with every per-sequence tensor narrowed to them (one
+ * token a sequence, so sequence b is row b of the activations and rows [b H_I, (b + 1) H_I) of the indexer's
+ * queries); weights, KV cache and workspace shared. Only a micro-batch of the host part reads its slots. */
+static hae_status micro_view(hae_model *m, int64_t b0, int64_t n, hae_model **out) {
+    hae_model *v = malloc(sizeof *v);
+    layer_weights *layers = malloc(sizeof *layers * (size_t)m->L);
+    hae_slot_cache **slots = calloc((size_t)m->L, sizeof *slots);
+    if (!v || !layers || !slots) {
+        free(v), free(layers), free(slots);
+        return hae_error(HAE_ERR_OOM, "model: out of host memory");
+    }
+    *v = *m;
+    v->B = n, v->b0 = b0, v->layers = layers, v->slots = slots, v->trace = NULL, v->mb[0] = v->mb[1] = NULL;
+    memcpy(layers, m->layers, sizeof *layers * (size_t)m->L);
+    const bool host = m->cfg.memory.dsa_kv == HAE_TIER_HOST && b0 >= m->dsa_gpu;
+    for (int64_t l = 0; l < m->L; l++) {
+        slots[l] = host ? m->slots[l] : NULL;
+        narrow_seqs(&layers[l].conv_state, b0, n, 1);
+        narrow_seqs(&layers[l].state, b0, n, 1);
+        narrow_seqs(&layers[l].icache.block_table, b0, n, 1);
+    }
+    hae_tensor *one[] = {&v->ids, &v->x, &v->h, &v->qkv, &v->att, &v->gu, &v->act, &v->hlast, &v->logits,
+                         &v->conv_out, &v->graw, &v->gout, &v->ckv, &v->ov, &v->ki, &v->wi, &v->k8, &v->ks,
+                         &v->ilogits, &v->ilens, &v->idx, &v->seq_lens, &v->sub_lens};
+    for (size_t i = 0; i < sizeof one / sizeof one[0]; i++) narrow_seqs(one[i], b0, n, 1);
+    hae_tensor *heads[] = {&v->qi, &v->q8, &v->qs};
+    for (size_t i = 0; i < sizeof heads / sizeof heads[0]; i++) narrow_seqs(heads[i], b0, n, m->HI);
+    *out = v;
+    return HAE_OK;
+}
+
+static void micro_free(hae_model *v) {
+    if (!v) return;
+    free(v->layers), free(v->slots), free(v);
+}
+
+/* runtime.micro_batch: auto cuts a batch split between the tiers where it is split. */
+static hae_status resolve_micro(hae_model *m) {
+    const bool host_dsa = m->cfg.memory.dsa_kv == HAE_TIER_HOST;
+    bool streamed = false; /* full or swa layers staged whole at every step */
+    for (int64_t l = 0; l < m->L; l++) streamed |= !m->layers[l].linear && m->slots[l] && m->layers[l].kind != HAE_LAYER_DSA;
+    int64_t n = m->cfg.runtime.micro_batch;
+    if (n < 0) n = host_dsa && m->dsa_gpu > 0 && !streamed ? m->dsa_gpu : 0;
+    if (n == 0) return HAE_OK;
+    if (n >= m->B)
+        return hae_error(HAE_ERR_INVALID, "runtime.micro_batch %lld leaves the second micro-batch of a batch of %lld "
+                         "empty (0: one batch)", (long long)n, (long long)m->B);
+    if (host_dsa && n != m->dsa_gpu)
+        return hae_error(HAE_ERR_INVALID, "runtime.micro_batch %lld must cut the batch where its dsa K/V are split "
+                         "between the tiers: %lld of %lld sequences keep theirs on the GPU", (long long)n,
+                         (long long)m->dsa_gpu, (long long)m->B);
+    if (streamed)
+        return hae_error(HAE_ERR_INVALID, "runtime.micro_batch %lld: memory.full_kv: host streams the whole batch's "
+                         "context at every step, which micro-batches cannot share (keep full_kv on the GPU or set "
+                         "micro_batch 0)", (long long)n);
+    HAE_TRY(micro_view(m, 0, n, &m->mb[0]));
+    return micro_view(m, n, m->B - n, &m->mb[1]);
+}
+
 static hae_status resolve_dsa_kv(hae_model *m, hae_backend *be) {
     m->dsa_gpu = m->cfg.memory.dsa_kv == HAE_TIER_HOST && m->cfg.memory.dsa_gpu_seqs > 0 ? m->cfg.memory.dsa_gpu_seqs : 0;
     if (m->dsa_gpu >= m->B) m->cfg.memory.dsa_kv = HAE_TIER_GPU, m->dsa_gpu = 0; /* every sequence on the GPU */
@@ -728,6 +804,7 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
 
     st = hae_model_init_weights(m, cfg->seed);
     if (st == HAE_OK) st = init_dsa_constants(m);
+    if (st == HAE_OK) st = resolve_micro(m);
     if (st != HAE_OK) {
         hae_model_destroy(m);
         return st;
@@ -738,6 +815,7 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
 
 void hae_model_destroy(hae_model *m) {
     if (!m) return;
+    micro_free(m->mb[0]), micro_free(m->mb[1]);
     if (m->trace) fclose(m->trace);
     free(m->trace_buf);
     for (int64_t l = 0; m->slots && l < m->L; l++) hae_slot_cache_destroy(m->slots[l]);
@@ -799,6 +877,7 @@ void hae_model_stats_get(const hae_model *m, hae_model_stats *s) {
     s->stage_bytes = m->stage_bytes;
     s->dsa_kv = m->cfg.memory.dsa_kv;
     s->dsa_gpu_seqs = m->cfg.memory.dsa_kv == HAE_TIER_HOST ? m->dsa_gpu : m->B;
+    s->micro_batch = m->mb[0] ? m->mb[0]->B : 0;
     for (int64_t l = 0; l < m->L; l++) {
         if (!m->slots[l]) continue;
         s->slot_cache_bytes += hae_slot_cache_bytes(m->slots[l]);
@@ -1291,7 +1370,17 @@ static hae_status prefetch_after(hae_model *m, int64_t l, int64_t T) {
     return HAE_OK;
 }
 
-static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
+/* Rows [lo, hi) of the batch within a tier's part, which holds rows [p0, p0 + part->shape[0]). */
+static hae_tensor part_rows(hae_tensor part, int64_t p0, int64_t lo, int64_t hi) {
+    const int64_t n = part.shape[0], a = lo - p0 < 0 ? 0 : lo - p0 > n ? n : lo - p0,
+                  b = hi - p0 < 0 ? 0 : hi - p0 > n ? n : hi - p0;
+    return hae_tensor_narrow(part, 0, a, b - a);
+}
+
+/* An attention layer up to its attention: the projections, RoPE, the K/V written, and for dsa layers the
+ * selection and, in the host tier, the fetch of the selected tokens (which a decode step leaves in flight:
+ * attention_out waits for it). What the attention will read is kept in m->pend. */
+static hae_status attention_in(hae_model *m, int64_t l, int64_t T) {
     const layer_weights *w = &m->layers[l];
     hae_backend *be = m->be;
     const int64_t N = m->B * T, qd = m->Hq * m->Dk, kd = m->Hkv * m->Dk;
@@ -1307,40 +1396,54 @@ static hae_status attention_block(hae_model *m, int64_t l, int64_t T) {
     HAE_TRY(hae_rope(be, &(hae_rope_args){.x = k, .pos0 = m->pos, .rot_dims = m->rot_dims, .rot_offset = r0,
                                           .theta = theta}));
     /* the first G sequences' K/V on the GPU, the rest in the host tier (all of one or the other but for dsa
-     * layers with memory.dsa_gpu_seqs) */
+     * layers with memory.dsa_gpu_seqs); a micro-batch holds sequences [b0, b0 + B) of them */
     hae_tensor kc, vc, kh, vh, v = m->mla ? k : qkv_heads(m, T, qd + kd, m->Hkv, m->Dv);
     hae_kv_cache_layer(m->kv, (int)l, HAE_TIER_GPU, &kc, &vc);
     hae_kv_cache_layer(m->kv, (int)l, HAE_TIER_HOST, &kh, &vh);
+    const int64_t Gall = kc.shape[0], b1 = m->b0 + m->B;
+    kc = part_rows(kc, 0, m->b0, b1), vc = part_rows(vc, 0, m->b0, b1);
+    kh = part_rows(kh, Gall, m->b0, b1), vh = part_rows(vh, Gall, m->b0, b1);
     const int64_t G = kc.shape[0];
     for (int part = 0; part < 2; part++) {
         const hae_tensor *kp = part ? &kh : &kc, *vp = part ? &vh : &vc;
-        const int64_t b0 = part ? G : 0, n = kp->shape[0];
+        const int64_t r0b = part ? G : 0, n = kp->shape[0];
         if (!n) continue;
-        HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = hae_tensor_narrow(k, 0, b0, n), .cache = *kp, .pos0 = m->pos}));
+        HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = hae_tensor_narrow(k, 0, r0b, n), .cache = *kp, .pos0 = m->pos}));
         if (!m->mla) /* mla's values are a view of the latent just written */
-            HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = hae_tensor_narrow(v, 0, b0, n), .cache = *vp,
+            HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = hae_tensor_narrow(v, 0, r0b, n), .cache = *vp,
                                                           .pos0 = m->pos}));
     }
     if (!G) kc = kh, vc = vh;
     hae_tensor att = hae_tensor_4d(m->att.data, m->dt, hae_backend_device(be), m->B, T, m->Hq, m->Dv);
+    m->pend = (attn_pending){.q = q, .kc = kc, .vc = vc};
+    if (w->kind != HAE_LAYER_DSA)
+        return m->slots[l] ? hae_slot_cache_prepare(m->slots[l], m->pos, T, &m->pend.kc, &m->pend.vc, NULL, NULL) : HAE_OK;
+    HAE_TRY(dsa_select(m, l, T));
+    hae_tensor idx = hae_tensor_3d(m->idx.data, HAE_I32, m->idx.device, m->B, T, m->topk), lens = m->seq_lens;
+    hae_sparse_attention_args *sa = &m->pend.sa;
+    *sa = (hae_sparse_attention_args){.q = q, .k_cache = kc, .v_cache = vc, .idx = idx, .seq_lens = lens, .out = att,
+                                      .scale = m->scale};
+    if (!m->slots[l]) return HAE_OK;
+    if (!G) return hae_slot_cache_prepare(m->slots[l], m->pos, T, &sa->k_cache, &sa->v_cache, &sa->idx, &sa->seq_lens);
+    /* a batch split between the tiers: one attention over both parts */
+    sa->idx = hae_tensor_narrow(idx, 0, 0, G), sa->seq_lens = hae_tensor_narrow(lens, 0, 0, G);
+    sa->k_cache2 = kh, sa->v_cache2 = vh;
+    sa->idx2 = hae_tensor_narrow(idx, 0, G, m->B - G), sa->seq_lens2 = hae_tensor_narrow(lens, 0, G, m->B - G);
+    return hae_slot_cache_prepare(m->slots[l], m->pos, T, &sa->k_cache2, &sa->v_cache2, &sa->idx2, &sa->seq_lens2);
+}
+
+/* The attention attention_in prepared, once its fetch is in, and the output projection into x. */
+static hae_status attention_out(hae_model *m, int64_t l, int64_t T) {
+    const layer_weights *w = &m->layers[l];
+    hae_backend *be = m->be;
+    const int64_t N = m->B * T;
+    if (m->slots[l]) HAE_TRY(hae_slot_cache_wait(m->slots[l]));
     if (w->kind == HAE_LAYER_DSA) {
-        HAE_TRY(dsa_select(m, l, T));
-        hae_tensor idx = hae_tensor_3d(m->idx.data, HAE_I32, m->idx.device, m->B, T, m->topk), lens = m->seq_lens;
-        hae_sparse_attention_args sa = {.q = q, .k_cache = kc, .v_cache = vc, .idx = idx, .seq_lens = lens, .out = att,
-                                        .scale = m->scale};
-        if (m->slots[l] && !G) {
-            HAE_TRY(hae_slot_cache_prepare(m->slots[l], m->pos, T, &sa.k_cache, &sa.v_cache, &sa.idx, &sa.seq_lens));
-        } else if (m->slots[l]) { /* a batch split between the tiers: one attention over both parts */
-            sa.idx = hae_tensor_narrow(idx, 0, 0, G), sa.seq_lens = hae_tensor_narrow(lens, 0, 0, G);
-            sa.k_cache2 = kh, sa.v_cache2 = vh;
-            sa.idx2 = hae_tensor_narrow(idx, 0, G, m->B - G), sa.seq_lens2 = hae_tensor_narrow(lens, 0, G, m->B - G);
-            HAE_TRY(hae_slot_cache_prepare(m->slots[l], m->pos, T, &sa.k_cache2, &sa.v_cache2, &sa.idx2, &sa.seq_lens2));
-        }
-        HAE_TRY(hae_sparse_attention(be, &sa));
+        HAE_TRY(hae_sparse_attention(be, &m->pend.sa));
     } else {
-        if (m->slots[l]) HAE_TRY(hae_slot_cache_prepare(m->slots[l], m->pos, T, &kc, &vc, NULL, NULL));
-        HAE_TRY(hae_attention(be, &(hae_attention_args){.q = q, .k_cache = kc, .v_cache = vc, .out = att, .pos0 = m->pos,
-                                                        .window = w->window, .scale = m->scale}));
+        hae_tensor att = hae_tensor_4d(m->att.data, m->dt, hae_backend_device(be), m->B, T, m->Hq, m->Dv);
+        HAE_TRY(hae_attention(be, &(hae_attention_args){.q = m->pend.q, .k_cache = m->pend.kc, .v_cache = m->pend.vc,
+                                                        .out = att, .pos0 = m->pos, .window = w->window, .scale = m->scale}));
     }
     if (m->slots[l] && hae_slot_cache_stages(m->slots[l], m->pos, T)) HAE_TRY(prefetch_after(m, l, T));
     hae_tensor o = view2(&m->att, N, m->Hq * m->Dv);
@@ -1412,6 +1515,12 @@ static hae_status mlp_block(hae_model *m, int64_t l, int64_t T) {
     return hae_gemm(be, &(hae_gemm_args){.a = rows(m->act, N), .b = w->wdown, .c = rows(m->x, N), .accumulate = true});
 }
 
+static hae_status layer_block(hae_model *m, int64_t l, int64_t T) {
+    if (m->layers[l].linear) return linear_block(m, l, T);
+    HAE_TRY(attention_in(m, l, T));
+    return attention_out(m, l, T);
+}
+
 /* LM head over the chunk: every row into logits[b, pos0 + t] (all_logits), or the last row of each
  * sequence into logits[b] when this chunk ends the forward. */
 static hae_status lm_head(hae_model *m, int64_t T, bool last_chunk) {
@@ -1433,6 +1542,35 @@ static hae_status lm_head(hae_model *m, int64_t T, bool last_chunk) {
     xl.stride[0] = T * m->d;
     HAE_TRY(hae_rmsnorm(be, &(hae_rmsnorm_args){.x = xl, .weight = m->final_norm, .out = m->hlast, .eps = eps}));
     return hae_gemm(be, &(hae_gemm_args){.a = m->hlast, .b = m->lm_head, .c = m->logits});
+}
+
+/* One micro-batch's layers from the attention of dsa layer `from` (-1: the first layer) to the selection and
+ * fetch of dsa layer d (m->L: through the LM head). */
+static hae_status micro_segment(hae_model *v, int64_t from, int64_t d) {
+    if (from >= 0) {
+        HAE_TRY(attention_out(v, from, 1));
+        HAE_TRY(mlp_block(v, from, 1));
+    }
+    for (int64_t l = from + 1; l < d; l++) {
+        HAE_TRY(layer_block(v, l, 1));
+        HAE_TRY(mlp_block(v, l, 1));
+    }
+    return d < v->L ? attention_in(v, d, 1) : lm_head(v, 1, true);
+}
+
+/* A decode step in two micro-batches (runtime.micro_batch), cut at every dsa layer's attention: the one
+ * holding the host part goes first, so the fetch its dsa layer leaves in flight overlaps the other's layers up
+ * to the same point, and it waits for the fetch only when it resumes. Each runs the ops it would run as a
+ * batch of its own. */
+static hae_status decode_micro(hae_model *m) {
+    hae_model *order[2] = {m->mb[1], m->mb[0]};
+    order[0]->pos = order[1]->pos = m->pos;
+    for (int64_t from = -1, d; from < m->L; from = d) {
+        for (d = from + 1; d < m->L && m->layers[d].kind != HAE_LAYER_DSA; d++) {}
+        for (int i = 0; i < 2; i++) HAE_TRY(micro_segment(order[i], from, d));
+        if (m->trace && d < m->L) HAE_TRY(trace_step(m, d));
+    }
+    return HAE_OK;
 }
 
 hae_status hae_model_forward(hae_model *m, const int32_t *tokens, int64_t T, hae_tensor *logits) {
@@ -1457,11 +1595,15 @@ hae_status hae_model_forward(hae_model *m, const int32_t *tokens, int64_t T, hae
         HAE_TRY(hae_embedding(m->be, &(hae_embedding_args){.ids = rows(m->ids, N), .table = m->embed, .out = rows(m->x, N)}));
         if (m->has_dsa) HAE_TRY(dsa_lengths(m, n));
         HAE_TRY(prefetch_after(m, -1, n));
-        for (int64_t l = 0; l < m->L; l++) {
-            HAE_TRY(m->layers[l].linear ? linear_block(m, l, n) : attention_block(m, l, n));
-            HAE_TRY(mlp_block(m, l, n));
+        if (T == 1 && m->mb[0]) {
+            HAE_TRY(decode_micro(m));
+        } else {
+            for (int64_t l = 0; l < m->L; l++) {
+                HAE_TRY(layer_block(m, l, n));
+                HAE_TRY(mlp_block(m, l, n));
+            }
+            HAE_TRY(lm_head(m, n, t0 + n == T));
         }
-        HAE_TRY(lm_head(m, n, t0 + n == T));
         m->pos += n;
     }
     *logits = m->logits;

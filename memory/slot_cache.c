@@ -31,6 +31,7 @@ struct hae_slot_cache {
     hae_fence *fence;           /* marks the side work: a decode step's fetch, a prefetch into the staging */
     int64_t pre_pos, pre_T, pre_rows; /* a prefetch for the forward at (pre_pos, pre_T) staged rows [0, pre_rows) */
     bool pending;               /* side work into the staging that the main stream has not waited for */
+    bool fetching;              /* a decode step's fetch that the main stream has not waited for */
     size_t fetched_rows;        /* rows copied by mirroring and staging (the misses' are counted on the device) */
 };
 
@@ -138,7 +139,7 @@ hae_status hae_slot_cache_create(hae_backend *be, const hae_tensor *k_host, cons
 
 void hae_slot_cache_destroy(hae_slot_cache *c) {
     if (!c) return;
-    if (c->pending) (void)hae_backend_sync(c->be); /* side work may still write the staging */
+    if (c->pending || c->fetching) (void)hae_backend_sync(c->be); /* side work may still write the staging or slots */
     hae_fence_destroy(c->fence);
     hae_backend_free(c->be, c->mem);
     free(c);
@@ -162,13 +163,20 @@ static hae_status fetch(hae_slot_cache *c, int64_t n) {
 }
 
 /* A decode step's fetch on the side stream: it starts after the lookup that wrote its lists (and after the
- * previous step's attention, which may read a slot it evicts), and the attention waits for it. */
+ * previous step's attention, which may read a slot it evicts); hae_slot_cache_wait puts the attention after
+ * it, so the caller may enqueue independent work in between. */
 static hae_status fetch_side(hae_slot_cache *c, int64_t n) {
     HAE_TRY(hae_backend_side_begin(c->be));
     const hae_status st = fetch(c, n);
     const hae_status end = hae_backend_side_end(c->be, c->fence);
+    c->fetching = end == HAE_OK;
     HAE_TRY(st);
-    HAE_TRY(end);
+    return end;
+}
+
+hae_status hae_slot_cache_wait(hae_slot_cache *c) {
+    if (!c->fetching) return HAE_OK;
+    c->fetching = false;
     return hae_backend_side_wait(c->be, c->fence);
 }
 
@@ -226,6 +234,7 @@ static hae_status stage_context(hae_slot_cache *c, int64_t pos, int64_t T, hae_t
 
 hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae_tensor *k, hae_tensor *v,
                                   hae_tensor *idx, hae_tensor *seq_lens) {
+    HAE_TRY(hae_slot_cache_wait(c)); /* the last fetch reads the lists this lookup rewrites */
     if (++c->step == INT32_MAX) { /* stamps would wrap: start over */
         HAE_TRY(hae_slot_cache_reset(c));
         c->step = 1;

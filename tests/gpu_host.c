@@ -5,6 +5,7 @@
 #include "gpu_pair.h"
 
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,50 +126,70 @@ Test(gpu_host, logits_bit_identical_gpu_tier_vs_host_tier_vs_split) {
         const int pat = c / 18, form = c / 6 % 3, dt = c / 3 % 2, sl = c % 3;
         const char *sets[] = {forms[form], dt ? "runtime.dtype=bf16" : "runtime.dtype=f32", slots[sl], patterns[pat],
                               "model.swa.window_size=24", "memory.dsa_kv=gpu", "memory.full_kv=gpu",
-                              form == 2 ? "memory.dsa_kv_fp8=true" : "memory.dsa_kv_fp8=false", "memory.dsa_gpu_seqs=-1"};
-        hae_config gpu_tier, host_tier, split_tier;
-        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-host.yaml", sets, 9, &gpu_tier), HAE_OK, "%s", hae_last_error());
-        sets[5] = "memory.dsa_kv=host";
-        if (pat) sets[6] = "memory.full_kv=host";
-        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-host.yaml", sets, 9, &host_tier), HAE_OK, "%s", hae_last_error());
-        /* and the batch split between the tiers: the first sequence's dsa K/V on the GPU, the others' on the host */
-        sets[8] = "memory.dsa_gpu_seqs=1";
-        cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-host.yaml", sets, 9, &split_tier), HAE_OK, "%s", hae_last_error());
-        hae_model *a = tu_model(g_gpu, &gpu_tier), *b = tu_model(g_gpu, &host_tier), *sm = tu_model(g_gpu, &split_tier);
-        const int64_t B = gpu_tier.runtime.batch, V = gpu_tier.model.vocab_size, n = B * CTX * V;
+                              form == 2 ? "memory.dsa_kv_fp8=true" : "memory.dsa_kv_fp8=false", "memory.dsa_gpu_seqs=-1",
+                              "runtime.micro_batch=0"};
+        /* [0] the GPU tier; [1] the host tier; [2] the batch split between the tiers (the first sequence's dsa K/V
+         * on the GPU, the others' on the host), one batch; [3] the same split with decode steps in two micro-batches
+         * cut there (micro_batch auto, which streamed full and swa layers turn off); [4] the GPU tier cut likewise */
+        hae_config cfg[5];
+        hae_model *mod[5];
+        for (int k = 0; k < 5; k++) {
+            sets[5] = k == 0 || k == 4 ? "memory.dsa_kv=gpu" : "memory.dsa_kv=host";
+            sets[6] = pat && k && k < 4 ? "memory.full_kv=host" : "memory.full_kv=gpu";
+            sets[8] = k == 2 || k == 3 ? "memory.dsa_gpu_seqs=1" : "memory.dsa_gpu_seqs=-1";
+            sets[9] = k == 3 ? "runtime.micro_batch=-1" : k == 4 && !pat ? "runtime.micro_batch=1" : "runtime.micro_batch=0";
+            cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-host.yaml", sets, 10, &cfg[k]), HAE_OK, "%s",
+                         hae_last_error());
+            mod[k] = tu_model(g_gpu, &cfg[k]);
+        }
+        const int64_t B = cfg[0].runtime.batch, V = cfg[0].model.vocab_size, n = B * CTX * V;
         int32_t *tok = malloc(sizeof(int32_t) * (size_t)(B * CTX));
         tu_rng r = tu_rng_make(5 + (uint64_t)c);
         for (int64_t i = 0; i < B * CTX; i++) tok[i] = (int32_t)tu_uniform(&r, 0, (double)V);
+        static const char *what[5] = {"GPU tier", "host tier", "one sequence on the GPU, two on the host",
+                                      "split, micro-batches", "GPU tier, micro-batches"};
+        static const int ref[5] = {0, 0, 0, 4, 0}; /* what each must equal bit for bit */
         for (int run = 0; run < 2; run++) {
             const int64_t *lens = run ? ragged : prefill_decode;
             const int n_lens = run ? 12 : 11;
-            float *la = tu_model_logits(a, &gpu_tier, CTX, tok, lens, n_lens);
-            float *lb = tu_model_logits(b, &host_tier, CTX, tok, lens, n_lens);
-            float *ls = tu_model_logits(sm, &split_tier, CTX, tok, lens, n_lens);
-            for (int other = 0; other < 2; other++) {
-                const float *lo = other ? ls : lb;
+            float *lg[5];
+            for (int k = 0; k < 5; k++) lg[k] = tu_model_logits(mod[k], &cfg[k], CTX, tok, lens, n_lens);
+            for (int k = 1; k < 4; k++) {
+                const float *la = lg[ref[k]], *lo = lg[k];
                 int64_t first = n;
                 for (int64_t i = 0; i < n && first == n; i++)
                     if (memcmp(&la[i], &lo[i], sizeof *la)) first = i;
-                cr_expect_eq(first, n, "%s %s %s %s, %s: logits differ first at position %lld of sequence %lld: %.9g (GPU "
-                             "tier) vs %.9g (%s)", sets[3], sets[0], sets[1], sets[2],
+                cr_expect_eq(first, n, "%s %s %s %s, %s: logits differ first at position %lld of sequence %lld: %.9g (%s) "
+                             "vs %.9g (%s)", sets[3], sets[0], sets[1], sets[2],
                              run ? "ragged forwards" : "prefill then decode", (long long)(first / V % CTX),
-                             (long long)(first / V / CTX), first < n ? (double)la[first] : 0.0,
-                             first < n ? (double)lo[first] : 0.0, other ? "one sequence on the GPU, two on the host" : "host tier");
+                             (long long)(first / V / CTX), first < n ? (double)la[first] : 0.0, what[ref[k]],
+                             first < n ? (double)lo[first] : 0.0, what[k]);
             }
-            free(la), free(lb), free(ls);
+            /* micro-batches run other kernel shapes than one batch: the same logits to rounding */
+            double top = 0, diff = 0;
+            for (int64_t i = 0; i < n; i++) {
+                const double d = fabs((double)lg[4][i] - (double)lg[0][i]);
+                top = fmax(top, fabs((double)lg[0][i]));
+                diff = fmax(diff, d);
+            }
+            cr_expect_leq(diff, (dt ? 3e-2 : 1e-3) * top, "%s %s %s: micro-batches against one batch: max |diff| %.3g, "
+                          "max |logit| %.3g", sets[3], sets[0], sets[1], diff, top);
+            for (int k = 0; k < 5; k++) free(lg[k]);
         }
         hae_model_stats s;
-        hae_model_stats_get(b, &s);
+        hae_model_stats_get(mod[1], &s);
         printf("gpu_host model %s %s %s %s: bit-identical; host tier %zu B, decode lookups %lld (hits %lld), fetched %zu "
                "B\n", sets[3], form == 2 ? "mla fp8" : form ? "mla" : "gqa", sets[1], sets[2], s.kv_host_bytes, (long long)(s.slot_hits + s.slot_misses),
                (long long)s.slot_hits, s.fetched_bytes);
         cr_expect_gt(s.kv_host_bytes, 0);
         if (sl > 0) cr_expect_gt(s.slot_misses, 0, "decode past %s misses", sets[2]);
-        hae_model_stats_get(sm, &s);
-        cr_expect_eq(s.dsa_gpu_seqs, 1);
-        if (sl > 0) cr_expect_gt(s.slot_misses, 0, "split: decode past %s misses", sets[2]);
+        for (int k = 2; k < 4; k++) {
+            hae_model_stats_get(mod[k], &s);
+            cr_expect_eq(s.dsa_gpu_seqs, 1);
+            cr_expect_eq(s.micro_batch, k == 3 && !pat ? 1 : 0, "%s: micro_batch %lld", what[k], (long long)s.micro_batch);
+            if (sl > 0) cr_expect_gt(s.slot_misses, 0, "%s: decode past %s misses", what[k], sets[2]);
+        }
         free(tok);
-        hae_model_destroy(a), hae_model_destroy(b), hae_model_destroy(sm);
+        for (int k = 0; k < 5; k++) hae_model_destroy(mod[k]);
     }
 }

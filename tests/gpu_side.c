@@ -188,6 +188,7 @@ Test(gpu_side, a_decode_fetch_does_not_evict_slots_in_use) {
             idx = hae_tensor_3d(sel, HAE_I32, HAE_CUDA, 1, 1, k);
             if (step == 2) hae_backend_set_unfenced(g_gpu, !fenced);
             hae_status st = hae_slot_cache_prepare(c, cap - 1, 1, &ks, &vs, &idx, &lens);
+            if (st == HAE_OK) st = hae_slot_cache_wait(c);
             hae_backend_set_unfenced(g_gpu, false);
             cr_assert_eq(st, HAE_OK, "step %d: %s", step + 1, hae_last_error());
             if (step == 1) { /* what the slow reader over every slot must see, then the reader, left running */

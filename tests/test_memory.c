@@ -148,6 +148,18 @@ static const bad_case bad[] = {
     {"split past batch", DSA_MODEL "runtime:\n  batch: 4\nmemory:\n  dsa_kv: host\n  dsa_gpu_seqs: 5\n",
      "t.yaml:9:17:", "memory.dsa_gpu_seqs", "dsa_gpu_seqs 5 exceeds runtime.batch 4", NULL},
     {"split below -1", "memory:\n  dsa_gpu_seqs: -2\n", "t.yaml:2:17:", "memory.dsa_gpu_seqs", "out of range", NULL},
+    {"micro past batch", DSA_MODEL "runtime:\n  batch: 4\n  micro_batch: 4\n", "t.yaml:7:16:", "runtime.micro_batch",
+     "micro_batch 4 leaves the second micro-batch of runtime.batch 4 empty", NULL},
+    {"micro batch set", DSA_MODEL "runtime:\n  micro_batch: 1\n", "t.yaml:6:16:", "runtime.micro_batch",
+     "micro_batch 1 leaves the second micro-batch of runtime.batch 1 empty", "runtime.batch=1"},
+    {"micro off split", DSA_MODEL "runtime:\n  batch: 4\n  micro_batch: 1\nmemory:\n  dsa_kv: host\n  dsa_gpu_seqs: 2\n",
+     "t.yaml:7:16:", "runtime.micro_batch", "must cut the batch where its dsa K/V are split between the tiers: "
+     "memory.dsa_gpu_seqs 2", NULL},
+    {"micro all host", DSA_MODEL "runtime:\n  batch: 4\n  micro_batch: 2\nmemory:\n  dsa_kv: host\n", "t.yaml:7:16:",
+     "runtime.micro_batch", "memory.dsa_gpu_seqs -1 (default) (-1 or 0: every sequence in the host tier)", NULL},
+    {"micro streamed", "model:\n  layer_pattern: [kda, full]\nruntime:\n  batch: 2\n  micro_batch: 1\nmemory:\n"
+     "  full_kv: host\n", "t.yaml:5:16:", "runtime.micro_batch", "streams the whole batch's context at every step", NULL},
+    {"micro below -1", "runtime:\n  micro_batch: -2\n", "t.yaml:2:16:", "runtime.micro_batch", "out of range", NULL},
     {"fp8 latent", DSA_MODEL "  attention: {form: mla, kv_lora_rank: 256}\nmemory:\n  dsa_kv_fp8: true\n",
      "t.yaml:5:40:", "model.attention.kv_lora_rank", "kv_lora_rank 256, qk_rope_head_dim 64 (default)", NULL},
     {"fp8 rope set", DSA_MODEL "  attention: {form: mla}\nmemory:\n  dsa_kv_fp8: true\n",
