@@ -8,8 +8,8 @@
 #   BUDGET=16GiB CONTEXT=32768 CHUNK=128 DECODE=64 SLOTS=2048 RATIO=6 BIN=build OUT=serve-logs   (the defaults;
 #   a prefill forward holds batch x CHUNK tokens' activations, so large batches want small chunks)
 #   PLACEMENTS="twin gpu host split" (the default) runs those of them, in that order; `split-one` is `split` with
-#   its decode steps in one batch (runtime.micro_batch=0) where `split` cuts them in two micro-batches at the split
-#   (a name may repeat, for runs alternating in one call)
+#   its decode steps in one batch (runtime.micro_batches=[batch]) where `split` takes auto's micro-batches, and
+#   `host-one` likewise for `host` (a name may repeat, for runs alternating in one call)
 #   SET="model.attention.form=mla memory.dsa_kv_fp8=true" adds --set overrides to every run (the twin's own win)
 #   HOST_BUDGET=100GiB also holds each placement's host-tier bytes to that (default: no bound)
 #   PLAN_ONLY=1 prints the batches without running; BACKEND=cpu runs on the CPU (a smoke test).
@@ -30,7 +30,7 @@ plan() { # placement batch
   case $1 in
   twin) extra=("${twin[@]}") ;;
   gpu) extra=(--set memory.dsa_kv=gpu) ;;
-  host) extra=(--set memory.dsa_kv=host --set "memory.cache_tokens=$slots") ;;
+  host | host-one) extra=(--set memory.dsa_kv=host --set "memory.cache_tokens=$slots") ;;
   split | split-one) extra=(--set memory.dsa_kv=auto --set "memory.cache_tokens=$slots") ;;
   esac
   rm -f "$out/plan/mem.csv"
@@ -70,6 +70,7 @@ for p in "${placements[@]}"; do
     batch[$p]=$((ratio * batch[twin]))
     fits split "${batch[$p]}" || { echo "$p: $ratio x the twin's batch (${batch[$p]}) does not fit $budget even with every sequence's dsa K/V in the host tier" >&2; batch[$p]=0; }
     ;;
+  host-one) batch[$p]=$(largest host) ;;
   *) batch[$p]=$(largest "$p") ;;
   esac
 done
@@ -93,18 +94,16 @@ for p in twin "${placements[@]}"; do
   case $p in
   twin) extra=("${twin[@]}") ;;
   gpu) extra=(--set memory.dsa_kv=gpu) ;;
-  host) extra=(--set memory.dsa_kv=host --set "memory.cache_tokens=$slots") ;;
-  split | split-one)
-    extra=(--set memory.dsa_kv=auto --set "memory.gpu_budget=$budget" --set "memory.cache_tokens=$slots")
-    [ "$p" = split-one ] && extra+=(--set runtime.micro_batch=0)
-    ;;
+  host | host-one) extra=(--set memory.dsa_kv=host --set "memory.cache_tokens=$slots") ;;
+  split | split-one) extra=(--set memory.dsa_kv=auto --set "memory.gpu_budget=$budget" --set "memory.cache_tokens=$slots") ;;
   esac
+  case $p in *-one) extra+=(--set "runtime.micro_batches=[$b]") ;; esac
   HAE_NO_PROGRESS=1 "$bin/hae" run "$cfg" --backend "${BACKEND:-cuda}" --set "runtime.batch=$b" "${common[@]}" "${extra[@]}" \
     --out "$out/run-$p" >"$out/run-$p.log" 2>&1
   tok=$(grep -o '"decode_tok_s": [0-9.]*' "$out/run-$p/summary.json" | awk '{print $2}')
   p50=$(grep -o '"decode_p50_ms": [0-9.]*' "$out/run-$p/summary.json" | awk '{print $2}')
   ongpu=$(grep -o '"dsa_gpu_seqs": [0-9]*' "$out/run-$p/summary.json" | awk '{print $2}')
-  micro=$(grep -o '"micro_batch": [0-9]*' "$out/run-$p/summary.json" | awk -v b="$b" '{ print ($2 > 0 ? $2 " + " (b - $2) : "one batch") }')
+  micro=$(grep -o '"micro_batches": \[[0-9, ]*\]' "$out/run-$p/summary.json" | sed 's/.*\[//; s/\]//; s/, / + /g')
   [ -n "$base" ] || base=$tok
   vs=$(awk -v a="$tok" -v b="$base" 'BEGIN { printf "%.2fx", a / b }')
   echo "| $(basename "$cfg" .yaml)$([ $p = twin ] && echo ' twin') | $p | $b | $([ $p = twin ] && echo - || echo "$ongpu") | $micro | $tok | $p50 | $vs |" >>"$out/table.md"

@@ -474,7 +474,7 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
                                     "  \"slot_cache_bytes\": %zu,\n  \"stage_bytes\": %zu,\n  \"slot_hits\": %lld,\n  \"slot_misses\": %lld,\n"
                                     "  \"fetched_bytes\": %zu,\n  \"decode_fetched_bytes_per_step\": %.0f,\n"
                                     "  \"decode_slot_hit_rate\": %.6f,\n  \"dsa_kv\": \"%s\",\n  \"dsa_gpu_seqs\": %lld,\n"
-                                    "  \"micro_batch\": %lld,\n  \"generated\": [",
+                                    "  \"micro_batches\": [",
                                     cfg->name, res->label, res->backend, hae_dtype_name(cfg->runtime.dtype), (long long)B,
                                     (long long)T, prefill_s, res->prefill_tok_s, (long long)N, decode_s, res->decode_tok_s,
                                     res->p50_ms, res->p99_ms, res->issue_p50_ms, (long long)res->stats.n_params,
@@ -484,7 +484,10 @@ static hae_status run_job(const hae_config *cfg, const options *o, const char *d
                                     (long long)res->stats.slot_hits,
                                     (long long)res->stats.slot_misses, res->stats.fetched_bytes, res->step_fetched,
                                     res->step_hit_rate, hae_tier_name(res->stats.dsa_kv),
-                                    (long long)res->stats.dsa_gpu_seqs, (long long)res->stats.micro_batch);
+                                    (long long)res->stats.dsa_gpu_seqs);
+        for (int i = 0; i < res->stats.n_micro; i++)
+            u += (size_t)snprintf(summary + u, sizeof summary - u, "%s%lld", i ? ", " : "", (long long)res->stats.micro[i]);
+        u += (size_t)snprintf(summary + u, sizeof summary - u, "],\n  \"generated\": [");
         for (int64_t s = 0; s < N && s < 64 && u < sizeof summary - 32; s++)
             u += (size_t)snprintf(summary + u, sizeof summary - u, "%s%d", s ? ", " : "", gen[s * B]);
         snprintf(summary + u, sizeof summary - u, "]\n}\n");
@@ -529,10 +532,14 @@ static void print_job(const hae_config *cfg, const job_result *r, const char *di
         printf("  %-10s dsa K/V of %lld of %lld sequences on the host tier (%s)\n", "placement",
                (long long)(cfg->runtime.batch - r->stats.dsa_gpu_seqs), (long long)cfg->runtime.batch, why);
     }
-    if (r->stats.micro_batch)
-        printf("  %-10s decode steps in two micro-batches of %lld and %lld sequences (runtime.micro_batch%s)\n", "schedule",
-               (long long)r->stats.micro_batch, (long long)(cfg->runtime.batch - r->stats.micro_batch),
-               cfg->runtime.micro_batch < 0 ? ": auto, where the batch is split between the tiers" : "");
+    if (r->stats.n_micro > 1) {
+        char sizes[8 * HAE_MICRO_MAX + 8];
+        size_t u = 0;
+        for (int i = 0; i < r->stats.n_micro; i++)
+            u += (size_t)snprintf(sizes + u, sizeof sizes - u, "%s%lld", i ? " + " : "", (long long)r->stats.micro[i]);
+        printf("  %-10s decode steps in %d micro-batches of %s sequences (runtime.micro_batches%s)\n", "schedule",
+               r->stats.n_micro, sizes, cfg->runtime.micro_batches.n ? "" : ": auto");
+    }
     if (r->stats.kv_host_bytes) {
         printf("  %-10s dsa K/V %s in the host tier; GPU token slots %s, prefill staging %s; fetched H2D %s in all\n",
                "host tier", fmt_bytes((double)r->stats.kv_host_bytes, b1, sizeof b1),

@@ -403,9 +403,10 @@ static hae_status check_tabs(const ctx *c, const char *t, size_t len) {
 typedef enum { T_INT, T_U64, T_FLOAT, T_BOOL, T_STR, T_NAME, T_ENUM, T_BYTES, T_LIST, T_KINDS, T_LAYERS, T_SWEEP } vtype;
 
 /* OPEN_LO, OPEN_HI: the bound itself is excluded; LIST_PATTERN: a list whose items may repeat, or be none (an
- * ordered pattern, not an axis); LIST_OPTIONAL: a list of distinct items that may be empty; LIST_ZIP: a list that
- * may be empty and whose items may repeat, read item by item beside another list of the same length */
-enum { OPEN_LO = 1, OPEN_HI = 2, LIST_PATTERN = 4, LIST_OPTIONAL = 8, LIST_ZIP = 16 };
+ * ordered pattern, not an axis); LIST_OPTIONAL: a list of distinct items that may be empty; LIST_REPEATS: a list
+ * that may be empty and whose items may repeat; LIST_ZIP: such a list, read item by item beside another list of
+ * the same length */
+enum { OPEN_LO = 1, OPEN_HI = 2, LIST_PATTERN = 4, LIST_OPTIONAL = 8, LIST_ZIP = 16, LIST_REPEATS = 32 };
 
 typedef struct key_spec {
     const char *path; /* dotted YAML path */
@@ -520,7 +521,7 @@ static const key_spec specs[NKEYS] = {
     [K_CHUNK] = {"runtime.prefill_chunk", T_INT, "512", 0, NOMAX, 0, NULL, FIELD(runtime.prefill_chunk)},
     [K_TEMP] = {"runtime.temperature", T_FLOAT, "0", 0, NOMAX, 0, NULL, FIELD(runtime.temperature)},
     [K_KV_BUDGET] = {"runtime.kv_budget", T_BYTES, "0", 0, NOMAX, 0, NULL, FIELD(runtime.kv_budget)},
-    [K_MICRO] = {"runtime.micro_batch", T_INT, "-1", -1, 65536, 0, NULL, FIELD(runtime.micro_batch)},
+    [K_MICRO] = {"runtime.micro_batches", T_LIST, "", 1, 65536, LIST_REPEATS, NULL, FIELD(runtime.micro_batches)},
     [K_MEM_PAGE] = {"memory.page_size", T_INT, "64", 1, 65536, 0, NULL, FIELD(memory.page_size)},
     [K_MEM_GPU] = {"memory.gpu_budget", T_BYTES, "0", 0, NOMAX, 0, NULL, FIELD(memory.gpu_budget)},
     [K_MEM_HOST] = {"memory.host_budget", T_BYTES, "0", 0, NOMAX, 0, NULL, FIELD(memory.host_budget)},
@@ -734,7 +735,7 @@ static hae_status list_item(const ctx *c, const key_spec *s, const node *at, con
  * at most HAE_EVAL_MAX_VALUES items, distinct and at least one unless the key is a LIST_PATTERN. */
 static hae_status convert_list(const ctx *c, const key_spec *s, const node *n, void *dst) {
     char d[128], path[600], item[HAE_NAME_MAX];
-    const bool seq = s->open & LIST_PATTERN, repeats = s->open & (LIST_PATTERN | LIST_ZIP),
+    const bool seq = s->open & LIST_PATTERN, repeats = s->open & (LIST_PATTERN | LIST_ZIP | LIST_REPEATS),
                may_be_empty = repeats || (s->open & LIST_OPTIONAL);
     if (n->type == N_MAP || (n->type == N_SCALAR && (!n->plain || (!n->text[0] && !may_be_empty))))
         return fail(c, n, s->path, "expected a list such as [%s], got %s", seq ? "full, dsa" : s->def,
@@ -1118,28 +1119,29 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
         if (!dsa || cfg->memory.dsa_kv != HAE_TIER_HOST || n > batch)
             return cross_fail(c, b, (const int[]){K_MEM_GPU_SEQS, K_MEM_DSA, K_BATCH}, 3, m);
     }
-    /* Micro-batches cut the batch in two non-empty parts; with dsa K/V in the host tier, where it is split. */
-    if (cfg->runtime.micro_batch > 0) {
-        const int64_t n = cfg->runtime.micro_batch, batch = cfg->runtime.batch, g = cfg->memory.dsa_gpu_seqs;
-        const bool host = dsa && cfg->memory.dsa_kv == HAE_TIER_HOST;
+    /* Decode micro-batches: sizes that add up to the batch; more than one shares no staged layer. */
+    if (cfg->runtime.micro_batches.n > 0) {
+        const hae_eval_list *mb = &cfg->runtime.micro_batches;
+        int64_t sum = 0;
+        for (int i = 0; i < mb->n; i++) sum += mb->v[i];
         bool dense = false;
         for (int64_t l = 0; l < cfg->model.n_layers; l++)
             dense |= cfg->model.layers[l] == HAE_LAYER_FULL || cfg->model.layers[l] == HAE_LAYER_SWA;
-        int keys[3] = {K_MICRO, K_BATCH, 0}, nk = 2;
-        m[0] = 0;
-        if (n >= batch)
-            snprintf(m, sizeof m, "micro_batch %" PRId64 " leaves the second micro-batch of runtime.batch %" PRId64 "%s "
-                     "empty (0: one batch)", n, batch, dflt(b, K_BATCH));
-        else if (host && n != g)
-            snprintf(m, sizeof m, "micro_batch %" PRId64 " must cut the batch where its dsa K/V are split between the "
-                     "tiers: memory.dsa_gpu_seqs %" PRId64 "%s (-1 or 0: every sequence in the host tier)", n, g,
-                     dflt(b, K_MEM_GPU_SEQS)),
-                keys[1] = K_MEM_GPU_SEQS;
-        else if (cfg->memory.full_kv == HAE_TIER_HOST && dense)
-            snprintf(m, sizeof m, "micro_batch %" PRId64 ": memory.full_kv host streams the whole batch's context at "
-                     "every step, which micro-batches cannot share (keep full_kv on the GPU or set micro_batch 0)", n),
-                keys[1] = K_MEM_FULL;
-        if (m[0]) return cross_fail(c, b, keys, nk, m);
+        if (sum != cfg->runtime.batch) {
+            snprintf(m, sizeof m, "micro_batches add up to %" PRId64 " sequences and runtime.batch is %" PRId64 "%s",
+                     sum, cfg->runtime.batch, dflt(b, K_BATCH));
+            return cross_fail(c, b, (const int[]){K_MICRO, K_BATCH}, 2, m);
+        }
+        if (mb->n > HAE_MICRO_MAX) {
+            snprintf(m, sizeof m, "micro_batches lists %d micro-batches (at most %d)", mb->n, HAE_MICRO_MAX);
+            return cross_fail(c, b, (const int[]){K_MICRO}, 1, m);
+        }
+        if (mb->n > 1 && dense && cfg->memory.full_kv == HAE_TIER_HOST) {
+            snprintf(m, sizeof m, "micro_batches: memory.full_kv host streams the whole batch's context at every step, "
+                     "which micro-batches cannot share (keep full_kv on the GPU, or list one micro-batch [%" PRId64 "])",
+                     cfg->runtime.batch);
+            return cross_fail(c, b, (const int[]){K_MICRO, K_MEM_FULL}, 2, m);
+        }
     }
     /* The FP8 token layout is DeepSeek-V3.2's: 512 latent dims in e4m3 and 64 rope dims in bf16, read by
      * the sparse attention only (full and swa layers keep the run's dtype). */

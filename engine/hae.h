@@ -520,6 +520,7 @@ typedef enum hae_task_kind { HAE_TASK_MQAR, HAE_TASK_MULTIHOP, HAE_TASK_NIAH, HA
 typedef enum hae_hops_form { HAE_HOPS_FOLLOW, HAE_HOPS_LIST } hae_hops_form;
 /* A list-valued eval key: one axis of the grid `hae eval` runs. */
 #define HAE_EVAL_MAX_VALUES 32
+#define HAE_MICRO_MAX 8 /* decode micro-batches of a batch (runtime.micro_batches) */
 typedef struct hae_eval_list {
     int n;
     int64_t v[HAE_EVAL_MAX_VALUES];
@@ -591,8 +592,8 @@ typedef struct hae_config {
         int64_t prefill_chunk; /* tokens per prefill forward; 0: the whole prefill at once */
         float temperature;     /* 0: greedy */
         int64_t kv_budget;     /* bytes the KV cache may take on its device; 0: what the device has free */
-        int64_t micro_batch;   /* decode steps run sequences [0, n) and [n, batch) as two micro-batches; -1
-                                  (auto): cut a batch split between the tiers where it is split; 0: one batch */
+        hae_eval_list micro_batches; /* decode micro-batches: sizes adding up to batch, in sequence order (at most
+                                        HAE_MICRO_MAX); empty: auto (see hae_model_create) */
     } runtime;
     struct { /* the tiered memory manager (DESIGN.md §2) */
         int64_t page_size;     /* tokens per KV page */
@@ -836,7 +837,8 @@ typedef struct hae_model_stats {
     size_t fetched_bytes;
     hae_tier dsa_kv; /* where the dsa layers' K/V went (memory.dsa_kv: auto resolved) */
     int64_t dsa_gpu_seqs; /* how many sequences (the first) keep their dsa K/V on the GPU: the batch on the GPU tier */
-    int64_t micro_batch;  /* decode steps in two micro-batches, sequences [0, micro_batch) and the rest; 0: one */
+    int n_micro;          /* decode micro-batches (1: one batch) and their sizes, in sequence order */
+    int64_t micro[HAE_MICRO_MAX];
 } hae_model_stats;
 void hae_model_stats_get(const hae_model *m, hae_model_stats *s);
 hae_backend *hae_model_backend(const hae_model *m);

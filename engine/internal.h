@@ -166,6 +166,13 @@ hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae
 /* What the attention reads is ready once the main stream has waited for a decode step's fetch, which prepare
  * leaves in flight on the side stream: call this before the attention (a no-op when nothing is in flight). */
 hae_status hae_slot_cache_wait(hae_slot_cache *c);
+/* The same for sequences [s0, s0 + n) of the cache only (a decode micro-batch; prefill chunks, which may be staged,
+ * take every sequence at once): `part` in [0, HAE_SLOT_PARTS) names the fence its fetch is left in flight on, so
+ * each micro-batch waits for its own. k, v, idx and seq_lens are then the range's [n, ...]. */
+#define HAE_SLOT_PARTS 8
+hae_status hae_slot_cache_prepare_part(hae_slot_cache *c, int part, int64_t s0, int64_t n, int64_t pos, int64_t T,
+                                       hae_tensor *k, hae_tensor *v, hae_tensor *idx, hae_tensor *seq_lens);
+hae_status hae_slot_cache_wait_part(hae_slot_cache *c, int part);
 /* Whether the forward of T queries at pos attends over the staging (the layers that do share it). */
 bool hae_slot_cache_stages(const hae_slot_cache *c, int64_t pos, int64_t T);
 /* Side work ahead of such a forward: copies the context before the chunk, [0, pos), into the staging, so

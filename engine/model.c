@@ -60,6 +60,7 @@ typedef struct {
 typedef struct {
     hae_tensor q, kc, vc;         /* dense attention */
     hae_sparse_attention_args sa; /* dsa layers */
+    hae_slot_cache *slots;        /* the layer's slots when they hold some of the (micro-)batch, else NULL */
 } attn_pending;
 
 /* One named parameter as saved: a view into a weight tensor, and how it is initialised. */
@@ -128,10 +129,13 @@ struct hae_model {
     size_t state_bytes;
     int64_t pos;
     attn_pending pend;
-    /* Decode steps in two micro-batches (runtime.micro_batch): mb[0] and mb[1] are this model narrowed to
-     * sequences [0, n) and [n, B), b0 the first sequence of a micro-batch within the model's batch. */
-    hae_model *mb[2];
+    /* Decode steps in micro-batches (runtime.micro_batches): mb[i] is this model narrowed to the i-th one's
+     * sequences, b0 the first of them within the model's batch, slot_part the slot caches' part its host-tier
+     * sequences fetch under (-1: it has none). */
+    hae_model *mb[HAE_MICRO_MAX];
+    int n_mb;
     int64_t b0;
+    int slot_part;
 };
 
 /* ---------------------------------------------------------------- layout */
@@ -584,21 +588,18 @@ static void narrow_seqs(hae_tensor *t, int64_t b0, int64_t n, int64_t per) {
 
 /* Sequences [b0, b0 + n) of a decode step: the model with every per-sequence tensor narrowed to them (one
  * token a sequence, so sequence b is row b of the activations and rows [b H_I, (b + 1) H_I) of the indexer's
- * queries); weights, KV cache and workspace shared. Only a micro-batch of the host part reads its slots. */
-static hae_status micro_view(hae_model *m, int64_t b0, int64_t n, hae_model **out) {
+ * queries); weights, KV cache, slot caches and workspace shared. */
+static hae_status micro_view(hae_model *m, int64_t b0, int64_t n, int part, hae_model **out) {
     hae_model *v = malloc(sizeof *v);
     layer_weights *layers = malloc(sizeof *layers * (size_t)m->L);
-    hae_slot_cache **slots = calloc((size_t)m->L, sizeof *slots);
-    if (!v || !layers || !slots) {
-        free(v), free(layers), free(slots);
+    if (!v || !layers) {
+        free(v), free(layers);
         return hae_error(HAE_ERR_OOM, "model: out of host memory");
     }
     *v = *m;
-    v->B = n, v->b0 = b0, v->layers = layers, v->slots = slots, v->trace = NULL, v->mb[0] = v->mb[1] = NULL;
+    v->B = n, v->b0 = b0, v->slot_part = part, v->layers = layers, v->trace = NULL, v->n_mb = 0;
     memcpy(layers, m->layers, sizeof *layers * (size_t)m->L);
-    const bool host = m->cfg.memory.dsa_kv == HAE_TIER_HOST && b0 >= m->dsa_gpu;
     for (int64_t l = 0; l < m->L; l++) {
-        slots[l] = host ? m->slots[l] : NULL;
         narrow_seqs(&layers[l].conv_state, b0, n, 1);
         narrow_seqs(&layers[l].state, b0, n, 1);
         narrow_seqs(&layers[l].icache.block_table, b0, n, 1);
@@ -615,30 +616,57 @@ static hae_status micro_view(hae_model *m, int64_t b0, int64_t n, hae_model **ou
 
 static void micro_free(hae_model *v) {
     if (!v) return;
-    free(v->layers), free(v->slots), free(v);
+    free(v->layers), free(v);
 }
 
-/* runtime.micro_batch: auto cuts a batch split between the tiers where it is split. */
+/* Decode micro-batches pay for themselves when a host-tier fetch has other work to hide under (each one launches
+ * every kernel again): auto makes one of the sequences on the GPU and two of the host part's, each of at least
+ * this many sequences, merging a smaller one into its neighbour. */
+#define MICRO_MIN_SEQS 16
+
+/* runtime.micro_batches, or auto's: sizes in sequence order; *n = 1 for one batch. */
+static void micro_sizes(const hae_model *m, int64_t *size, int *n) {
+    const hae_eval_list *l = &m->cfg.runtime.micro_batches;
+    *n = 0;
+    if (l->n > 0) {
+        for (int i = 0; i < l->n; i++) size[(*n)++] = l->v[i];
+        return;
+    }
+    const int64_t G = m->cfg.memory.dsa_kv == HAE_TIER_HOST ? m->dsa_gpu : m->B, H = m->B - G;
+    if (H >= 2 * MICRO_MIN_SEQS) {
+        const int64_t h0 = (H + 1) / 2;
+        if (G >= MICRO_MIN_SEQS) size[(*n)++] = G;
+        size[(*n)++] = (G >= MICRO_MIN_SEQS ? 0 : G) + h0;
+        size[(*n)++] = H - h0;
+    } else if (H >= MICRO_MIN_SEQS && G >= MICRO_MIN_SEQS) {
+        size[(*n)++] = G;
+        size[(*n)++] = H;
+    } else {
+        size[(*n)++] = m->B;
+    }
+}
+
 static hae_status resolve_micro(hae_model *m) {
-    const bool host_dsa = m->cfg.memory.dsa_kv == HAE_TIER_HOST;
     bool streamed = false; /* full or swa layers staged whole at every step */
     for (int64_t l = 0; l < m->L; l++) streamed |= !m->layers[l].linear && m->slots[l] && m->layers[l].kind != HAE_LAYER_DSA;
-    int64_t n = m->cfg.runtime.micro_batch;
-    if (n < 0) n = host_dsa && m->dsa_gpu > 0 && !streamed ? m->dsa_gpu : 0;
-    if (n == 0) return HAE_OK;
-    if (n >= m->B)
-        return hae_error(HAE_ERR_INVALID, "runtime.micro_batch %lld leaves the second micro-batch of a batch of %lld "
-                         "empty (0: one batch)", (long long)n, (long long)m->B);
-    if (host_dsa && n != m->dsa_gpu)
-        return hae_error(HAE_ERR_INVALID, "runtime.micro_batch %lld must cut the batch where its dsa K/V are split "
-                         "between the tiers: %lld of %lld sequences keep theirs on the GPU", (long long)n,
-                         (long long)m->dsa_gpu, (long long)m->B);
-    if (streamed)
-        return hae_error(HAE_ERR_INVALID, "runtime.micro_batch %lld: memory.full_kv: host streams the whole batch's "
-                         "context at every step, which micro-batches cannot share (keep full_kv on the GPU or set "
-                         "micro_batch 0)", (long long)n);
-    HAE_TRY(micro_view(m, 0, n, &m->mb[0]));
-    return micro_view(m, n, m->B - n, &m->mb[1]);
+    int64_t size[HAE_MICRO_MAX], sum = 0;
+    int n;
+    m->slot_part = 0;
+    if (streamed && m->cfg.runtime.micro_batches.n <= 1) return HAE_OK; /* config.c refuses more than one */
+    micro_sizes(m, size, &n);
+    for (int i = 0; i < n; i++) sum += size[i];
+    if (sum != m->B) /* config.c checks the sum against runtime.batch; a caller may have changed one of them */
+        return hae_error(HAE_ERR_INVALID, "runtime.micro_batches add up to %lld sequences and the batch is %lld",
+                         (long long)sum, (long long)m->B);
+    if (n <= 1) return HAE_OK;
+    const int64_t G = m->cfg.memory.dsa_kv == HAE_TIER_HOST ? m->dsa_gpu : m->B;
+    int parts = 0;
+    for (int64_t i = 0, b0 = 0; i < n; b0 += size[i++]) {
+        HAE_TRY(micro_view(m, b0, size[i], b0 + size[i] > G ? parts : -1, &m->mb[i]));
+        parts += b0 + size[i] > G;
+        m->n_mb = (int)i + 1;
+    }
+    return HAE_OK;
 }
 
 static hae_status resolve_dsa_kv(hae_model *m, hae_backend *be) {
@@ -815,7 +843,7 @@ hae_status hae_model_create(const hae_config *cfg, hae_backend *be, const hae_mo
 
 void hae_model_destroy(hae_model *m) {
     if (!m) return;
-    micro_free(m->mb[0]), micro_free(m->mb[1]);
+    for (int i = 0; i < m->n_mb; i++) micro_free(m->mb[i]);
     if (m->trace) fclose(m->trace);
     free(m->trace_buf);
     for (int64_t l = 0; m->slots && l < m->L; l++) hae_slot_cache_destroy(m->slots[l]);
@@ -877,7 +905,8 @@ void hae_model_stats_get(const hae_model *m, hae_model_stats *s) {
     s->stage_bytes = m->stage_bytes;
     s->dsa_kv = m->cfg.memory.dsa_kv;
     s->dsa_gpu_seqs = m->cfg.memory.dsa_kv == HAE_TIER_HOST ? m->dsa_gpu : m->B;
-    s->micro_batch = m->mb[0] ? m->mb[0]->B : 0;
+    s->n_micro = m->n_mb ? m->n_mb : 1;
+    for (int i = 0; i < HAE_MICRO_MAX; i++) s->micro[i] = i < m->n_mb ? m->mb[i]->B : i == 0 ? m->B : 0;
     for (int64_t l = 0; l < m->L; l++) {
         if (!m->slots[l]) continue;
         s->slot_cache_bytes += hae_slot_cache_bytes(m->slots[l]);
@@ -1403,7 +1432,7 @@ static hae_status attention_in(hae_model *m, int64_t l, int64_t T) {
     const int64_t Gall = kc.shape[0], b1 = m->b0 + m->B;
     kc = part_rows(kc, 0, m->b0, b1), vc = part_rows(vc, 0, m->b0, b1);
     kh = part_rows(kh, Gall, m->b0, b1), vh = part_rows(vh, Gall, m->b0, b1);
-    const int64_t G = kc.shape[0];
+    const int64_t G = kc.shape[0], hs0 = m->b0 + G - Gall, hn = kh.shape[0]; /* our host-part sequences, in it */
     for (int part = 0; part < 2; part++) {
         const hae_tensor *kp = part ? &kh : &kc, *vp = part ? &vh : &vc;
         const int64_t r0b = part ? G : 0, n = kp->shape[0];
@@ -1415,21 +1444,23 @@ static hae_status attention_in(hae_model *m, int64_t l, int64_t T) {
     }
     if (!G) kc = kh, vc = vh;
     hae_tensor att = hae_tensor_4d(m->att.data, m->dt, hae_backend_device(be), m->B, T, m->Hq, m->Dv);
-    m->pend = (attn_pending){.q = q, .kc = kc, .vc = vc};
+    hae_slot_cache *sc = hn ? m->slots[l] : NULL;
+    const int part = m->slot_part;
+    m->pend = (attn_pending){.q = q, .kc = kc, .vc = vc, .slots = sc};
     if (w->kind != HAE_LAYER_DSA)
-        return m->slots[l] ? hae_slot_cache_prepare(m->slots[l], m->pos, T, &m->pend.kc, &m->pend.vc, NULL, NULL) : HAE_OK;
+        return sc ? hae_slot_cache_prepare_part(sc, part, hs0, hn, m->pos, T, &m->pend.kc, &m->pend.vc, NULL, NULL) : HAE_OK;
     HAE_TRY(dsa_select(m, l, T));
     hae_tensor idx = hae_tensor_3d(m->idx.data, HAE_I32, m->idx.device, m->B, T, m->topk), lens = m->seq_lens;
     hae_sparse_attention_args *sa = &m->pend.sa;
     *sa = (hae_sparse_attention_args){.q = q, .k_cache = kc, .v_cache = vc, .idx = idx, .seq_lens = lens, .out = att,
                                       .scale = m->scale};
-    if (!m->slots[l]) return HAE_OK;
-    if (!G) return hae_slot_cache_prepare(m->slots[l], m->pos, T, &sa->k_cache, &sa->v_cache, &sa->idx, &sa->seq_lens);
+    if (!sc) return HAE_OK;
+    if (!G) return hae_slot_cache_prepare_part(sc, part, hs0, hn, m->pos, T, &sa->k_cache, &sa->v_cache, &sa->idx, &sa->seq_lens);
     /* a batch split between the tiers: one attention over both parts */
     sa->idx = hae_tensor_narrow(idx, 0, 0, G), sa->seq_lens = hae_tensor_narrow(lens, 0, 0, G);
     sa->k_cache2 = kh, sa->v_cache2 = vh;
-    sa->idx2 = hae_tensor_narrow(idx, 0, G, m->B - G), sa->seq_lens2 = hae_tensor_narrow(lens, 0, G, m->B - G);
-    return hae_slot_cache_prepare(m->slots[l], m->pos, T, &sa->k_cache2, &sa->v_cache2, &sa->idx2, &sa->seq_lens2);
+    sa->idx2 = hae_tensor_narrow(idx, 0, G, hn), sa->seq_lens2 = hae_tensor_narrow(lens, 0, G, hn);
+    return hae_slot_cache_prepare_part(sc, part, hs0, hn, m->pos, T, &sa->k_cache2, &sa->v_cache2, &sa->idx2, &sa->seq_lens2);
 }
 
 /* The attention attention_in prepared, once its fetch is in, and the output projection into x. */
@@ -1437,7 +1468,7 @@ static hae_status attention_out(hae_model *m, int64_t l, int64_t T) {
     const layer_weights *w = &m->layers[l];
     hae_backend *be = m->be;
     const int64_t N = m->B * T;
-    if (m->slots[l]) HAE_TRY(hae_slot_cache_wait(m->slots[l]));
+    if (m->pend.slots) HAE_TRY(hae_slot_cache_wait_part(m->pend.slots, m->slot_part));
     if (w->kind == HAE_LAYER_DSA) {
         HAE_TRY(hae_sparse_attention(be, &m->pend.sa));
     } else {
@@ -1558,16 +1589,20 @@ static hae_status micro_segment(hae_model *v, int64_t from, int64_t d) {
     return d < v->L ? attention_in(v, d, 1) : lm_head(v, 1, true);
 }
 
-/* A decode step in two micro-batches (runtime.micro_batch), cut at every dsa layer's attention: the one
- * holding the host part goes first, so the fetch its dsa layer leaves in flight overlaps the other's layers up
- * to the same point, and it waits for the fetch only when it resumes. Each runs the ops it would run as a
- * batch of its own. */
+/* A decode step in micro-batches (runtime.micro_batches), interleaved at every dsa layer's attention: those
+ * holding host-tier sequences go first, each leaving its dsa layer's fetch in flight, so that the fetches queue
+ * on the side stream while the later micro-batches run their layers up to the same point; a micro-batch waits
+ * for its fetch only when it resumes. Each runs the ops it would run as a batch of its own. */
 static hae_status decode_micro(hae_model *m) {
-    hae_model *order[2] = {m->mb[1], m->mb[0]};
-    order[0]->pos = order[1]->pos = m->pos;
+    hae_model *order[HAE_MICRO_MAX];
+    int n = 0;
+    for (int host = 1; host >= 0; host--)
+        for (int i = 0; i < m->n_mb; i++)
+            if ((m->mb[i]->slot_part >= 0) == host) order[n++] = m->mb[i];
+    for (int i = 0; i < n; i++) order[i]->pos = m->pos;
     for (int64_t from = -1, d; from < m->L; from = d) {
         for (d = from + 1; d < m->L && m->layers[d].kind != HAE_LAYER_DSA; d++) {}
-        for (int i = 0; i < 2; i++) HAE_TRY(micro_segment(order[i], from, d));
+        for (int i = 0; i < n; i++) HAE_TRY(micro_segment(order[i], from, d));
         if (m->trace && d < m->L) HAE_TRY(trace_step(m, d));
     }
     return HAE_OK;
@@ -1595,7 +1630,7 @@ hae_status hae_model_forward(hae_model *m, const int32_t *tokens, int64_t T, hae
         HAE_TRY(hae_embedding(m->be, &(hae_embedding_args){.ids = rows(m->ids, N), .table = m->embed, .out = rows(m->x, N)}));
         if (m->has_dsa) HAE_TRY(dsa_lengths(m, n));
         HAE_TRY(prefetch_after(m, -1, n));
-        if (T == 1 && m->mb[0]) {
+        if (T == 1 && m->n_mb > 1) {
             HAE_TRY(decode_micro(m));
         } else {
             for (int64_t l = 0; l < m->L; l++) {

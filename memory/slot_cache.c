@@ -15,6 +15,7 @@
 #include "internal.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 struct hae_slot_cache {
     hae_backend *be;
@@ -27,11 +28,12 @@ struct hae_slot_cache {
     hae_tensor map, owner, stamp, counts, out, src, dst, lens;
     size_t bytes, state_bytes;
     int32_t step;
-    int64_t mirrored;           /* tokens [0, mirrored) hold slots [0, mirrored) while the context fits */
-    hae_fence *fence;           /* marks the side work: a decode step's fetch, a prefetch into the staging */
+    int64_t *mirrored;          /* [B]: tokens [0, mirrored[b]) hold slots [0, mirrored[b]) while the context fits */
+    hae_fence *fence;           /* marks a prefetch into the staging */
+    hae_fence *part_fence[HAE_SLOT_PARTS]; /* a decode step's fetch, per part of the sequences (decode micro-batches) */
     int64_t pre_pos, pre_T, pre_rows; /* a prefetch for the forward at (pre_pos, pre_T) staged rows [0, pre_rows) */
     bool pending;               /* side work into the staging that the main stream has not waited for */
-    bool fetching;              /* a decode step's fetch that the main stream has not waited for */
+    bool fetching[HAE_SLOT_PARTS]; /* a decode step's fetch that the main stream has not waited for */
     size_t fetched_rows;        /* rows copied by mirroring and staging (the misses' are counted on the device) */
 };
 
@@ -80,14 +82,13 @@ hae_status hae_slot_cache_create(hae_backend *be, const hae_tensor *k_host, cons
             c->v_stage.data = (char *)stage + c->v_offset * (int64_t)esz;
         }
     }
-    hae_status st = hae_fence_create(be, &c->fence);
-    if (st != HAE_OK) {
-        free(c);
-        return st;
-    }
-    if (c->S == 0) {
+    hae_status st = (c->mirrored = calloc((size_t)B, sizeof *c->mirrored)) ? hae_fence_create(be, &c->fence)
+                                                                           : hae_error(HAE_ERR_OOM, "slot cache: out of host memory");
+    for (int i = 0; i < HAE_SLOT_PARTS && st == HAE_OK; i++) st = hae_fence_create(be, &c->part_fence[i]);
+    if (st != HAE_OK || c->S == 0) {
+        if (st != HAE_OK) hae_slot_cache_destroy(c), c = NULL;
         *out = c;
-        return HAE_OK;
+        return st;
     }
     const size_t kbytes = (size_t)(B * S * k_host->shape[2] * k_host->shape[3]) * esz;
     const size_t vbytes = view ? 0 : (size_t)(B * S * v_host->shape[2] * v_host->shape[3]) * esz;
@@ -98,8 +99,7 @@ hae_status hae_slot_cache_create(hae_backend *be, const hae_tensor *k_host, cons
                2 * up256((size_t)(B * c->n) * i32) + up256((size_t)B * i32);
     st = hae_backend_alloc(be, c->bytes, &c->mem);
     if (st != HAE_OK) {
-        hae_fence_destroy(c->fence);
-        free(c);
+        hae_slot_cache_destroy(c);
         return hae_error_wrap(st, "slot cache: %lld slots x %lld sequences", (long long)S, (long long)B);
     }
     const hae_device dev = hae_backend_device(be);
@@ -139,46 +139,70 @@ hae_status hae_slot_cache_create(hae_backend *be, const hae_tensor *k_host, cons
 
 void hae_slot_cache_destroy(hae_slot_cache *c) {
     if (!c) return;
-    if (c->pending || c->fetching) (void)hae_backend_sync(c->be); /* side work may still write the staging or slots */
+    bool side = c->pending;
+    for (int i = 0; i < HAE_SLOT_PARTS; i++) side |= c->fetching[i];
+    if (side) (void)hae_backend_sync(c->be); /* side work may still write the staging or the slots */
     hae_fence_destroy(c->fence);
+    for (int i = 0; i < HAE_SLOT_PARTS; i++) hae_fence_destroy(c->part_fence[i]);
+    free(c->mirrored);
     hae_backend_free(c->be, c->mem);
     free(c);
 }
 
 hae_status hae_slot_cache_reset(hae_slot_cache *c) {
-    c->mirrored = 0, c->pre_rows = 0;
+    memset(c->mirrored, 0, sizeof *c->mirrored * (size_t)c->B);
+    c->pre_rows = 0;
     return c->S ? hae_backend_zero(c->be, c->map.data, c->state_bytes) : HAE_OK;
 }
 
 size_t hae_slot_cache_bytes(const hae_slot_cache *c) { return c->bytes; }
 
+/* Sequences [s0, s0 + n) of the cache: its per-sequence tensors narrowed to them. */
+typedef struct {
+    hae_tensor map, owner, stamp, out, src, dst, lens, k_host, v_host, k_slots, v_slots;
+} seq_range;
+
+static seq_range seqs(const hae_slot_cache *c, int64_t s0, int64_t n) {
+    const hae_tensor *all[] = {&c->map, &c->owner, &c->stamp, &c->out, &c->src, &c->dst, &c->lens,
+                               &c->k_host, &c->v_host, &c->k_slots, &c->v_slots};
+    seq_range r;
+    hae_tensor *dst[] = {&r.map, &r.owner, &r.stamp, &r.out, &r.src, &r.dst, &r.lens, &r.k_host, &r.v_host, &r.k_slots,
+                         &r.v_slots};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) *dst[i] = hae_tensor_narrow(*all[i], 0, s0, n);
+    return r;
+}
+
 /* Copies the fetch list's rows of K (and V unless it is a view of K) from the host tier to the slots. */
-static hae_status fetch(hae_slot_cache *c, int64_t n) {
-    const hae_tensor src = hae_tensor_narrow(c->src, 1, 0, n), dst = hae_tensor_narrow(c->dst, 1, 0, n);
-    HAE_TRY(hae_kv_gather(c->be, &(hae_kv_gather_args){.src = rows3(&c->k_host), .dst = rows3(&c->k_slots),
+static hae_status fetch(hae_slot_cache *c, const seq_range *r, int64_t n) {
+    const hae_tensor src = hae_tensor_narrow(r->src, 1, 0, n), dst = hae_tensor_narrow(r->dst, 1, 0, n);
+    HAE_TRY(hae_kv_gather(c->be, &(hae_kv_gather_args){.src = rows3(&r->k_host), .dst = rows3(&r->k_slots),
                                                        .src_rows = src, .dst_rows = dst}));
     if (c->v_offset >= 0) return HAE_OK;
-    return hae_kv_gather(c->be, &(hae_kv_gather_args){.src = rows3(&c->v_host), .dst = rows3(&c->v_slots),
+    return hae_kv_gather(c->be, &(hae_kv_gather_args){.src = rows3(&r->v_host), .dst = rows3(&r->v_slots),
                                                       .src_rows = src, .dst_rows = dst});
 }
 
 /* A decode step's fetch on the side stream: it starts after the lookup that wrote its lists (and after the
  * previous step's attention, which may read a slot it evicts); hae_slot_cache_wait puts the attention after
  * it, so the caller may enqueue independent work in between. */
-static hae_status fetch_side(hae_slot_cache *c, int64_t n) {
+static hae_status fetch_side(hae_slot_cache *c, int part, const seq_range *r) {
     HAE_TRY(hae_backend_side_begin(c->be));
-    const hae_status st = fetch(c, n);
-    const hae_status end = hae_backend_side_end(c->be, c->fence);
-    c->fetching = end == HAE_OK;
+    const hae_status st = fetch(c, r, c->k);
+    const hae_status end = hae_backend_side_end(c->be, c->part_fence[part]);
+    c->fetching[part] = end == HAE_OK;
     HAE_TRY(st);
     return end;
 }
 
-hae_status hae_slot_cache_wait(hae_slot_cache *c) {
-    if (!c->fetching) return HAE_OK;
-    c->fetching = false;
-    return hae_backend_side_wait(c->be, c->fence);
+hae_status hae_slot_cache_wait_part(hae_slot_cache *c, int part) {
+    if (part < 0 || part >= HAE_SLOT_PARTS)
+        return hae_error(HAE_ERR_INVALID, "slot cache: part %d (there are %d)", part, HAE_SLOT_PARTS);
+    if (!c->fetching[part]) return HAE_OK;
+    c->fetching[part] = false;
+    return hae_backend_side_wait(c->be, c->part_fence[part]);
 }
+
+hae_status hae_slot_cache_wait(hae_slot_cache *c) { return hae_slot_cache_wait_part(c, 0); }
 
 /* Rows [from, to) of every sequence's K (and V) from the host tier into the staging, in runs that stay inside
  * one pinned chunk. */
@@ -232,9 +256,17 @@ static hae_status stage_context(hae_slot_cache *c, int64_t pos, int64_t T, hae_t
     return HAE_OK;
 }
 
-hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae_tensor *k, hae_tensor *v,
-                                  hae_tensor *idx, hae_tensor *seq_lens) {
-    HAE_TRY(hae_slot_cache_wait(c)); /* the last fetch reads the lists this lookup rewrites */
+hae_status hae_slot_cache_prepare_part(hae_slot_cache *c, int part, int64_t s0, int64_t n, int64_t pos, int64_t T,
+                                       hae_tensor *k, hae_tensor *v, hae_tensor *idx, hae_tensor *seq_lens) {
+    if (part < 0 || part >= HAE_SLOT_PARTS || s0 < 0 || n < 1 || s0 + n > c->B)
+        return hae_error(HAE_ERR_INVALID, "slot cache: part %d of sequences [%lld, %lld) (the cache holds %lld, %d parts)",
+                         part, (long long)s0, (long long)(s0 + n), (long long)c->B, HAE_SLOT_PARTS);
+    const bool whole = s0 == 0 && n == c->B;
+    if (!whole && hae_slot_cache_stages(c, pos, T))
+        return hae_error(HAE_ERR_INVALID, "slot cache: a chunk of %lld tokens at position %lld is staged, for every "
+                         "sequence at once (asked for [%lld, %lld) of %lld)", (long long)T, (long long)pos,
+                         (long long)s0, (long long)(s0 + n), (long long)c->B);
+    HAE_TRY(hae_slot_cache_wait_part(c, part)); /* its last fetch reads the lists this lookup rewrites */
     if (++c->step == INT32_MAX) { /* stamps would wrap: start over */
         HAE_TRY(hae_slot_cache_reset(c));
         c->step = 1;
@@ -242,30 +274,36 @@ hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae
     /* Within a sequence the context only grows, so the slots mirror its prefix until it outgrows them,
      * and from then on hold what the LRU keeps. */
     if (hae_slot_cache_stages(c, pos, T)) return stage_context(c, pos, T, k, v);
+    const seq_range r = seqs(c, s0, n);
     if (pos + T <= c->S) {
-        const int64_t lo = c->mirrored, hi = pos + T;
+        const int64_t lo = c->mirrored[s0], hi = pos + T;
         for (int64_t at = lo; at < hi; at += c->n) { /* the fetch list holds n entries */
             const int64_t end = hi - at < c->n ? hi : at + c->n;
-            HAE_TRY(hae_kv_slots(c->be, &(hae_kv_slots_args){.map = c->map, .owner = c->owner, .stamp = c->stamp,
-                                                             .src_rows = c->src, .dst_rows = c->dst,
+            HAE_TRY(hae_kv_slots(c->be, &(hae_kv_slots_args){.map = r.map, .owner = r.owner, .stamp = r.stamp,
+                                                             .src_rows = r.src, .dst_rows = r.dst,
                                                              .counts = c->counts, .step = c->step, .lo = at, .hi = end}));
-            HAE_TRY(fetch(c, end - at));
+            HAE_TRY(fetch(c, &r, end - at));
         }
-        c->fetched_rows += (size_t)(c->B * (hi - lo));
-        c->mirrored = hi; /* slot = token: the selections and lengths stay as they are */
+        c->fetched_rows += (size_t)(n * (hi - lo));
+        for (int64_t b = s0; b < s0 + n; b++) c->mirrored[b] = hi; /* slot = token: selections and lengths stay */
     } else {
-        hae_tensor sel = hae_tensor_2d(idx->data, HAE_I32, idx->device, c->B, c->k);
+        hae_tensor sel = hae_tensor_2d(idx->data, HAE_I32, idx->device, n, c->k);
         sel.stride[0] = idx->stride[0];
-        HAE_TRY(hae_kv_slots(c->be, &(hae_kv_slots_args){.idx = sel, .map = c->map, .owner = c->owner,
-                                                         .stamp = c->stamp, .out = c->out, .src_rows = c->src,
-                                                         .dst_rows = c->dst, .counts = c->counts, .step = c->step}));
-        HAE_TRY(fetch_side(c, c->k));
-        *idx = hae_tensor_3d(c->out.data, HAE_I32, c->out.device, c->B, 1, c->k);
-        *seq_lens = c->lens;
+        HAE_TRY(hae_kv_slots(c->be, &(hae_kv_slots_args){.idx = sel, .map = r.map, .owner = r.owner,
+                                                         .stamp = r.stamp, .out = r.out, .src_rows = r.src,
+                                                         .dst_rows = r.dst, .counts = c->counts, .step = c->step}));
+        HAE_TRY(fetch_side(c, part, &r));
+        *idx = hae_tensor_3d(r.out.data, HAE_I32, r.out.device, n, 1, c->k);
+        *seq_lens = r.lens;
     }
-    *k = c->k_slots;
-    *v = c->v_slots;
+    *k = r.k_slots;
+    *v = r.v_slots;
     return HAE_OK;
+}
+
+hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae_tensor *k, hae_tensor *v,
+                                  hae_tensor *idx, hae_tensor *seq_lens) {
+    return hae_slot_cache_prepare_part(c, 0, 0, c->B, pos, T, k, v, idx, seq_lens);
 }
 
 hae_status hae_slot_cache_stats(const hae_slot_cache *c, int64_t *hits, int64_t *misses, size_t *fetched_bytes) {

@@ -132,17 +132,20 @@ Test(gpu_host, logits_bit_identical_gpu_tier_vs_host_tier_vs_split) {
         const char *sets[] = {forms[form], dt ? "runtime.dtype=bf16" : "runtime.dtype=f32", slots[sl], patterns[pat],
                               "model.swa.window_size=24", "memory.dsa_kv=gpu", "memory.full_kv=gpu",
                               form == 2 ? "memory.dsa_kv_fp8=true" : "memory.dsa_kv_fp8=false", "memory.dsa_gpu_seqs=-1",
-                              "runtime.micro_batch=0"};
+                              "runtime.micro_batches=[]"};
         /* [0] the GPU tier; [1] the host tier; [2] the batch split between the tiers (the first sequence's dsa K/V
-         * on the GPU, the others' on the host), one batch; [3] the same split with decode steps in two micro-batches
-         * cut there (micro_batch auto, which streamed full and swa layers turn off); [4] the GPU tier cut likewise */
+         * on the GPU, the others' on the host), one batch; [3] the same split with decode steps in micro-batches, one
+         * a sequence or the GPU's sequence with a host one (reading both parts) and the other host one (streamed
+         * full and swa layers run one batch); [4] the GPU tier cut likewise */
+        const char *micro = pat ? "runtime.micro_batches=[]" : c % 2 ? "runtime.micro_batches=[1, 1, 1]"
+                                                                     : "runtime.micro_batches=[2, 1]";
         hae_config cfg[5];
         hae_model *mod[5];
         for (int k = 0; k < 5; k++) {
             sets[5] = k == 0 || k == 4 ? "memory.dsa_kv=gpu" : "memory.dsa_kv=host";
             sets[6] = pat && k && k < 4 ? "memory.full_kv=host" : "memory.full_kv=gpu";
             sets[8] = k == 2 || k == 3 ? "memory.dsa_gpu_seqs=1" : "memory.dsa_gpu_seqs=-1";
-            sets[9] = k == 3 ? "runtime.micro_batch=-1" : k == 4 && !pat ? "runtime.micro_batch=1" : "runtime.micro_batch=0";
+            sets[9] = k >= 3 ? micro : "runtime.micro_batches=[]";
             cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-host.yaml", sets, 10, &cfg[k]), HAE_OK, "%s",
                          hae_last_error());
             mod[k] = tu_model(g_gpu, &cfg[k]);
@@ -201,7 +204,7 @@ Test(gpu_host, logits_bit_identical_gpu_tier_vs_host_tier_vs_split) {
         for (int k = 2; k < 4; k++) {
             hae_model_stats_get(mod[k], &s);
             cr_expect_eq(s.dsa_gpu_seqs, 1);
-            cr_expect_eq(s.micro_batch, k == 3 && !pat ? 1 : 0, "%s: micro_batch %lld", what[k], (long long)s.micro_batch);
+            cr_expect_eq(s.n_micro, k == 3 && !pat ? (c % 2 ? 3 : 2) : 1, "%s: %d micro-batches", what[k], s.n_micro);
             if (sl > 0) cr_expect_gt(s.slot_misses, 0, "%s: decode past %s misses", what[k], sets[2]);
         }
         free(tok);

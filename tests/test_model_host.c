@@ -166,7 +166,7 @@ static const char *yaml_fmt = "name: tiny-host\n"
                               "  dsa: {index_n_heads: 2, index_head_dim: 128, index_topk: 6, page_size: 4}\n"
                               "  swa: {window_size: 9}\n"
                               "runtime: {backend: cpu, dtype: %s, batch: %d, prefill: 24, decode: 16, prefill_chunk: 8, "
-                              "micro_batch: %d}\n"
+                              "micro_batches: %s}\n"
                               "memory: {dsa_kv: %s, full_kv: %s, cache_tokens: %d, dsa_gpu_seqs: %d}\n";
 
 #define CTX 40
@@ -175,18 +175,21 @@ static const char *yaml_fmt = "name: tiny-host\n"
 
 /* mla: 0 gqa; 1 mla over a latent of 16; 2 mla over 512 + 64 with dsa layers in mla's FP8 token layout.
  * split > 0: a batch of 3 whose first `split` sequences keep their dsa K/V on the GPU (memory.dsa_gpu_seqs);
- * else a batch of 2 all in the host tier. micro: the host run's decode steps in two micro-batches cut at the
- * split (runtime.micro_batch auto, which streamed full and swa layers turn off), against one batch on the GPU
- * tier: the CPU computes each sequence on its own, so the logits are the same bits. */
+ * else a batch of 2 all in the host tier. micro: the host run's decode steps in micro-batches (which streamed
+ * full and swa layers cannot have: they run one batch), against one batch on the GPU tier: the CPU computes each
+ * sequence on its own, so the logits are the same bits. */
 static void host_vs_gpu_split(const char *pattern, const char *dtype, int slots, int mla, int split, int micro,
                               const int64_t *lens, int n_lens, int64_t *hits, int64_t *misses) {
     hae_backend *be = tu_cpu();
     hae_config gpu, host;
     char y[2048];
     const int nb = split ? 3 : 2;
-    snprintf(y, sizeof y, yaml_fmt, pattern, dtype, nb, 0, "gpu", "gpu", slots, -1);
+    const bool streamed = strstr(pattern, "full") || strstr(pattern, "swa");
+    /* one a sequence, or (split 1) the GPU's sequence and a host one together, reading both parts */
+    const char *mb = micro && !streamed ? (nb == 2 ? "[1, 1]" : split == 1 ? "[2, 1]" : "[1, 1, 1]") : "[]";
+    snprintf(y, sizeof y, yaml_fmt, pattern, dtype, nb, "[]", "gpu", "gpu", slots, -1);
     tu_config(y, &gpu);
-    snprintf(y, sizeof y, yaml_fmt, pattern, dtype, nb, micro ? -1 : 0, "host", "host", slots, split);
+    snprintf(y, sizeof y, yaml_fmt, pattern, dtype, nb, mb, "host", "host", slots, split);
     tu_config(y, &host);
     if (mla)
         for (hae_config *c = &gpu; c; c = c == &gpu ? &host : NULL) {
@@ -225,9 +228,9 @@ static void host_vs_gpu_split(const char *pattern, const char *dtype, int slots,
             want += (size_t)((k == HAE_LAYER_DSA ? nb - split : nb) * (k == HAE_LAYER_SWA ? 16 : CTX)) * row;
     }
     cr_expect_eq(sb.dsa_gpu_seqs, split);
-    const bool streamed = strstr(pattern, "full") || strstr(pattern, "swa");
-    cr_expect_eq(sb.micro_batch, micro && !streamed ? split : 0, "[%s] micro_batch auto: %lld", pattern,
-                 (long long)sb.micro_batch);
+    cr_expect_eq(sa.n_micro, 1, "small batches run as one");
+    cr_expect_eq(sb.n_micro, micro && !streamed ? (nb == 3 && split == 1 ? 2 : nb) : 1, "[%s] %d micro-batches", pattern,
+                 sb.n_micro);
     cr_expect_eq(sb.kv_host_bytes, want, "host tier: %zu bytes of K/V, want %zu", sb.kv_host_bytes, want);
     cr_expect_eq(sb.kv_bytes, sa.kv_bytes, "the same K/V bytes in both tiers together");
     cr_expect_gt(sb.slot_cache_bytes, 0);
@@ -321,7 +324,7 @@ Test(model_host, a_split_batch_snapshot_continues_identically) {
     hae_backend *be = tu_cpu();
     hae_config cfg;
     char y[2048];
-    snprintf(y, sizeof y, yaml_fmt, DSA_ONLY, "f32", 3, -1, "host", "gpu", 10, 1);
+    snprintf(y, sizeof y, yaml_fmt, DSA_ONLY, "f32", 3, "[1, 2]", "host", "gpu", 10, 1);
     tu_config(y, &cfg);
     hae_model *m = tu_model(be, &cfg);
     int32_t tok[3 * 24], step[3] = {4, 9, 17};
@@ -361,7 +364,7 @@ Test(model_host, dsa_kv_auto_spills_only_when_the_run_does_not_fit) {
     hae_backend *be = tu_cpu();
     hae_config fit, tight;
     char y[2048];
-    snprintf(y, sizeof y, yaml_fmt, DSA_ONLY, "f32", 2, -1, "auto", "gpu", 10, -1);
+    snprintf(y, sizeof y, yaml_fmt, DSA_ONLY, "f32", 2, "[]", "auto", "gpu", 10, -1);
     tu_config(y, &fit);
     tight = fit;
     tight.memory.gpu_budget = 4096; /* far below the weights alone */
@@ -394,15 +397,16 @@ Test(model_host, dsa_kv_auto_spills_only_when_the_run_does_not_fit) {
     cr_expect_eq(sc.kv_host_bytes, (size_t)2 * CTX * 2 * 2 * 8 * 4, "two dsa layers' K/V for 1 x 40 tokens");
     float *lc = tu_model_logits(c, &mid, CTX, tok, chunks_then_decode, 17);
     cr_expect(memcmp(la, lc, sizeof *la * (size_t)(2 * CTX * fit.model.vocab_size)) == 0, "the same logits, split");
-    cr_expect_eq(sc.micro_batch, 1, "micro_batch auto cuts the split batch where it is split");
-    /* an explicit cut where auto leaves no split (every sequence in the host tier) is refused when the model is built */
+    cr_expect_eq(sc.n_micro, 1, "auto runs a small batch as one");
+    /* micro-batches that do not add up to the batch (a config changed after its checks) are refused when the model
+     * is built */
     hae_config cut = tight;
-    cut.runtime.micro_batch = 1;
+    cut.runtime.micro_batches = (hae_eval_list){.n = 2, .v = {1, 2}};
     hae_model *e = NULL;
     hae_model_options opt = {.all_logits = true};
     cr_expect_eq(hae_model_create(&cut, be, &opt, &e), HAE_ERR_INVALID);
-    cr_expect(!e && strstr(hae_last_error(), "runtime.micro_batch 1 must cut the batch where its dsa K/V are split between "
-                                                "the tiers: 0 of 2 sequences keep theirs on the GPU"), "%s", hae_last_error());
+    cr_expect(!e && strstr(hae_last_error(), "runtime.micro_batches add up to 3 sequences and the batch is 2"), "%s",
+              hae_last_error());
     /* host with every sequence kept on the GPU is the GPU tier */
     hae_config all = fit;
     all.memory.dsa_kv = HAE_TIER_HOST, all.memory.dsa_gpu_seqs = 2;
