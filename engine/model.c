@@ -619,9 +619,11 @@ static void micro_free(hae_model *v) {
     free(v->layers), free(v);
 }
 
-/* Decode micro-batches pay for themselves when a host-tier fetch has other work to hide under (each one launches
- * every kernel again): auto makes one of the sequences on the GPU and two of the host part's, each of at least
- * this many sequences, merging a smaller one into its neighbour. */
+/* Decode micro-batches pay for themselves when a host-tier fetch has other work to hide under, and each launches
+ * every kernel again: auto cuts a batch split between the tiers at the split, and a host part without such a GPU
+ * part in two halves, each micro-batch of at least this many sequences (a smaller GPU part joins the first half).
+ * Measured on hybrid-1b at 90 sequences (bench/RESULTS.md): 52 + 38 and 45 + 45 beat one batch, 52 + 19 + 19 did
+ * not. */
 #define MICRO_MIN_SEQS 16
 
 /* runtime.micro_batches, or auto's: sizes in sequence order; *n = 1 for one batch. */
@@ -633,14 +635,12 @@ static void micro_sizes(const hae_model *m, int64_t *size, int *n) {
         return;
     }
     const int64_t G = m->cfg.memory.dsa_kv == HAE_TIER_HOST ? m->dsa_gpu : m->B, H = m->B - G;
-    if (H >= 2 * MICRO_MIN_SEQS) {
-        const int64_t h0 = (H + 1) / 2;
-        if (G >= MICRO_MIN_SEQS) size[(*n)++] = G;
-        size[(*n)++] = (G >= MICRO_MIN_SEQS ? 0 : G) + h0;
-        size[(*n)++] = H - h0;
-    } else if (H >= MICRO_MIN_SEQS && G >= MICRO_MIN_SEQS) {
+    if (G >= MICRO_MIN_SEQS && H >= MICRO_MIN_SEQS) {
         size[(*n)++] = G;
         size[(*n)++] = H;
+    } else if (G < MICRO_MIN_SEQS && H >= 2 * MICRO_MIN_SEQS) {
+        size[(*n)++] = G + (H + 1) / 2;
+        size[(*n)++] = H / 2;
     } else {
         size[(*n)++] = m->B;
     }

@@ -398,6 +398,22 @@ Test(model_host, dsa_kv_auto_spills_only_when_the_run_does_not_fit) {
     float *lc = tu_model_logits(c, &mid, CTX, tok, chunks_then_decode, 17);
     cr_expect(memcmp(la, lc, sizeof *la * (size_t)(2 * CTX * fit.model.vocab_size)) == 0, "the same logits, split");
     cr_expect_eq(sc.n_micro, 1, "auto runs a small batch as one");
+    /* auto's micro-batches: a split batch cut at the split, a host part beside fewer than 16 GPU sequences in
+     * halves, nothing under 16 sequences */
+    const int64_t shapes[][5] = {/* batch, dsa_gpu_seqs, micro-batches */ {40, 20, 20, 20, 0}, {40, 4, 22, 18, 0},
+                                 {40, 0, 20, 20, 0}, {31, 0, 31, 0, 0}, {40, 30, 40, 0, 0}, {33, 1, 1 + 16, 16, 0}};
+    for (int i = 0; i < 6; i++) {
+        hae_config big = fit;
+        big.runtime.batch = shapes[i][0], big.memory.dsa_kv = HAE_TIER_HOST, big.memory.dsa_gpu_seqs = shapes[i][1];
+        hae_model *g = tu_model(be, &big);
+        hae_model_stats sg;
+        hae_model_stats_get(g, &sg);
+        const int want = shapes[i][3] ? 2 : 1;
+        cr_expect(sg.n_micro == want && sg.micro[0] == shapes[i][2] && (want == 1 || sg.micro[1] == shapes[i][3]),
+                  "batch %lld, %lld on the GPU: %d micro-batches of %lld, %lld", (long long)shapes[i][0],
+                  (long long)shapes[i][1], sg.n_micro, (long long)sg.micro[0], (long long)sg.micro[1]);
+        hae_model_destroy(g);
+    }
     /* micro-batches that do not add up to the batch (a config changed after its checks) are refused when the model
      * is built */
     hae_config cut = tight;
