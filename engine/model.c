@@ -577,9 +577,6 @@ hae_status hae_model_plan_get(const hae_config *cfg, const hae_model_options *op
 
 static hae_status init_dsa_constants(hae_model *m);
 
-/* memory.dsa_kv auto: the plan of the whole run (weights, activations, every K/V and state) with the dsa
- * K/V on the GPU, against memory.gpu_budget or, without one, the device's free memory now; when that does not
- * fit, the host tier for the fewest sequences it takes (HiSparse spills always and decodes 0.92x at batch 1). */
 /* ---------------------------------------------------------------- micro-batches */
 
 static void narrow_seqs(hae_tensor *t, int64_t b0, int64_t n, int64_t per) {
@@ -648,7 +645,8 @@ static void micro_sizes(const hae_model *m, int64_t *size, int *n) {
 
 static hae_status resolve_micro(hae_model *m) {
     bool streamed = false; /* full or swa layers staged whole at every step */
-    for (int64_t l = 0; l < m->L; l++) streamed |= !m->layers[l].linear && m->slots[l] && m->layers[l].kind != HAE_LAYER_DSA;
+    for (int64_t l = 0; l < m->L; l++)
+        streamed |= !m->layers[l].linear && m->slots[l] && m->layers[l].kind != HAE_LAYER_DSA;
     int64_t size[HAE_MICRO_MAX], sum = 0;
     int n;
     m->slot_part = 0;
@@ -669,6 +667,9 @@ static hae_status resolve_micro(hae_model *m) {
     return HAE_OK;
 }
 
+/* memory.dsa_kv auto: the plan of the whole run (weights, activations, every K/V and state) with the dsa
+ * K/V on the GPU, against memory.gpu_budget or, without one, the device's free memory now; when that does not
+ * fit, the host tier for the fewest sequences it takes (HiSparse spills always and decodes 0.92x at batch 1). */
 static hae_status resolve_dsa_kv(hae_model *m, hae_backend *be) {
     m->dsa_gpu = m->cfg.memory.dsa_kv == HAE_TIER_HOST && m->cfg.memory.dsa_gpu_seqs > 0 ? m->cfg.memory.dsa_gpu_seqs : 0;
     if (m->dsa_gpu >= m->B) m->cfg.memory.dsa_kv = HAE_TIER_GPU, m->dsa_gpu = 0; /* every sequence on the GPU */
@@ -1437,7 +1438,8 @@ static hae_status attention_in(hae_model *m, int64_t l, int64_t T) {
         const hae_tensor *kp = part ? &kh : &kc, *vp = part ? &vh : &vc;
         const int64_t r0b = part ? G : 0, n = kp->shape[0];
         if (!n) continue;
-        HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = hae_tensor_narrow(k, 0, r0b, n), .cache = *kp, .pos0 = m->pos}));
+        HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = hae_tensor_narrow(k, 0, r0b, n), .cache = *kp,
+                                                      .pos0 = m->pos}));
         if (!m->mla) /* mla's values are a view of the latent just written */
             HAE_TRY(hae_kv_write(be, &(hae_kv_write_args){.src = hae_tensor_narrow(v, 0, r0b, n), .cache = *vp,
                                                           .pos0 = m->pos}));
@@ -1448,19 +1450,23 @@ static hae_status attention_in(hae_model *m, int64_t l, int64_t T) {
     const int part = m->slot_part;
     m->pend = (attn_pending){.q = q, .kc = kc, .vc = vc, .slots = sc};
     if (w->kind != HAE_LAYER_DSA)
-        return sc ? hae_slot_cache_prepare_part(sc, part, hs0, hn, m->pos, T, &m->pend.kc, &m->pend.vc, NULL, NULL) : HAE_OK;
+        return sc ? hae_slot_cache_prepare_part(sc, part, hs0, hn, m->pos, T, &m->pend.kc, &m->pend.vc, NULL, NULL)
+                  : HAE_OK;
     HAE_TRY(dsa_select(m, l, T));
     hae_tensor idx = hae_tensor_3d(m->idx.data, HAE_I32, m->idx.device, m->B, T, m->topk), lens = m->seq_lens;
     hae_sparse_attention_args *sa = &m->pend.sa;
     *sa = (hae_sparse_attention_args){.q = q, .k_cache = kc, .v_cache = vc, .idx = idx, .seq_lens = lens, .out = att,
                                       .scale = m->scale};
     if (!sc) return HAE_OK;
-    if (!G) return hae_slot_cache_prepare_part(sc, part, hs0, hn, m->pos, T, &sa->k_cache, &sa->v_cache, &sa->idx, &sa->seq_lens);
+    if (!G)
+        return hae_slot_cache_prepare_part(sc, part, hs0, hn, m->pos, T, &sa->k_cache, &sa->v_cache, &sa->idx,
+                                           &sa->seq_lens);
     /* a batch split between the tiers: one attention over both parts */
     sa->idx = hae_tensor_narrow(idx, 0, 0, G), sa->seq_lens = hae_tensor_narrow(lens, 0, 0, G);
     sa->k_cache2 = kh, sa->v_cache2 = vh;
     sa->idx2 = hae_tensor_narrow(idx, 0, G, hn), sa->seq_lens2 = hae_tensor_narrow(lens, 0, G, hn);
-    return hae_slot_cache_prepare_part(sc, part, hs0, hn, m->pos, T, &sa->k_cache2, &sa->v_cache2, &sa->idx2, &sa->seq_lens2);
+    return hae_slot_cache_prepare_part(sc, part, hs0, hn, m->pos, T, &sa->k_cache2, &sa->v_cache2, &sa->idx2,
+                                       &sa->seq_lens2);
 }
 
 /* The attention attention_in prepared, once its fetch is in, and the output projection into x. */

@@ -82,8 +82,8 @@ hae_status hae_slot_cache_create(hae_backend *be, const hae_tensor *k_host, cons
             c->v_stage.data = (char *)stage + c->v_offset * (int64_t)esz;
         }
     }
-    hae_status st = (c->mirrored = calloc((size_t)B, sizeof *c->mirrored)) ? hae_fence_create(be, &c->fence)
-                                                                           : hae_error(HAE_ERR_OOM, "slot cache: out of host memory");
+    c->mirrored = calloc((size_t)B, sizeof *c->mirrored);
+    hae_status st = c->mirrored ? hae_fence_create(be, &c->fence) : hae_error(HAE_ERR_OOM, "slot cache: out of host memory");
     for (int i = 0; i < HAE_SLOT_PARTS && st == HAE_OK; i++) st = hae_fence_create(be, &c->part_fence[i]);
     if (st != HAE_OK || c->S == 0) {
         if (st != HAE_OK) hae_slot_cache_destroy(c), c = NULL;
