@@ -3,6 +3,7 @@
 #   bench/gpu-check.sh [BIN_DIR]    BIN_DIR holds hae, gpu_* tests and bench_* (default: build)
 #   FLA_PATH=DIR also runs flash-linear-attention's KDA kernels (bench/peer_fla_kda.py) for the ratios.
 #   SKIP="bench_linear default-cpu train ..." leaves out those tests, benchmarks, hae runs or the training benchmark.
+#   SERVE=1 also serves at the full-attention twin's memory limit (bench/serve-at-limit.sh, several minutes).
 #   NCU=1 also profiles the kernels the issues' open targets hang on (the linear prefill's two sequential-chain
 #   kernels, the FP8 sparse decode) with Nsight Compute and prints where their warps wait (bench/ncu-lines.py).
 # Logs go to $OUT (default: ./gpu-check-logs).
@@ -82,6 +83,15 @@ mid=(--backend cuda --set runtime.prefill=32768 --set runtime.decode=64 --set ru
 run hybrid-1b-32k configs/hybrid-1b.yaml "${mid[@]}"
 run twin-1b-mla-32k configs/hybrid-1b-twin.yaml "${mid[@]}" "${mla[@]}"
 run hybrid-1b-32k-host configs/hybrid-1b.yaml "${mid[@]}" --set memory.dsa_kv=host
+
+# At the full-attention twin's memory limit (issue 5), with SERVE=1 (minutes: each run prefills 32K tokens for up to
+# 90 sequences): hybrid-1b's mla form with FP8 dsa rows, its twin, 6x the batch in one batch and in micro-batches.
+if [ "${SERVE:-0}" = 1 ] && ! skipped serve; then
+  PLACEMENTS="twin split-one split" SET="model.attention.form=mla memory.dsa_kv_fp8=true" BIN="$bin" OUT="$out/serve" \
+    "$(dirname "$0")/serve-at-limit.sh" >"$out/serve.log" 2>&1
+  row "serve-at-limit (rc $?)" "see serve.log"
+  cat "$out/serve.log"
+fi
 
 # Training: each preset alone for a few hundred steps (bench/train-bench.sh: ms per step, tokens/s, TFLOP/s).
 if ! skipped train; then

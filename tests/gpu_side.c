@@ -3,7 +3,8 @@
  * copy on the side stream touch the same rows:
  *   - the copy overwrites rows the GEMM still reads (its operand) or still writes (its output);
  *   - the GEMM reads rows the copy has not written yet;
- *   - a decode step's fetch (hae_slot_cache) evicts slots that a GEMM over the slots still reads.
+ *   - a decode step's fetch (hae_slot_cache) evicts slots that a GEMM over the slots still reads;
+ *   - a decode micro-batch's GEMM reads its slots while its fetch, left in flight, is still arriving.
  * Each case runs fenced, where the results must equal a run without side work bit for bit, and then with
  * the fences switched off (hae_backend_set_unfenced), where the same check must fail: the test would
  * catch a version that left the events out. main() is tests/main_gpu.c's. */
@@ -135,11 +136,13 @@ Test(gpu_side, a_copy_waits_for_the_kernels_before_it) {
     drop(&b);
 }
 
-/* The GEMM comes after the copy (an upload on the copy engine): fenced, it reads only what the copy wrote. */
+/* The GEMM comes after the copy (an upload on the copy engine): fenced, it reads only what the copy wrote.
+ * Unfenced, the race shows unless the copy happens to finish first (once seen on a just-started machine), so
+ * that half gets three tries. */
 Test(gpu_side, kernels_after_a_wait_see_the_whole_copy) {
     bufs b = make();
     float *z_c = reference(&b, b.x, b.c);
-    for (int fenced = 1; fenced >= 0; fenced--) {
+    for (int fenced = 1, tries = 0; fenced >= 0; fenced--) {
         cr_assert_eq(hae_backend_upload(g_gpu, b.x, b.a, kBytes), HAE_OK, "%s", hae_last_error());
         cr_assert_eq(hae_backend_sync(g_gpu), HAE_OK, "%s", hae_last_error());
         hae_backend_set_unfenced(g_gpu, !fenced);
@@ -154,9 +157,14 @@ Test(gpu_side, kernels_after_a_wait_see_the_whole_copy) {
         cr_assert_eq(st, HAE_OK, "%s", hae_last_error());
         float *z = download(b.z);
         const int64_t bad = differing(z, z_c);
-        if (fenced) cr_expect_eq(bad, 0, "fenced: %lld of %d outputs differ from the run without side work", (long long)bad, N * N);
-        else cr_expect_gt(bad, 0, "unfenced: the race went unseen (the copy took too little time?)");
         free(z);
+        if (fenced) {
+            cr_expect_eq(bad, 0, "fenced: %lld of %d outputs differ from the run without side work", (long long)bad, N * N);
+        } else if (bad == 0 && ++tries < 3) {
+            fenced = 1; /* the loop's decrement tries the unfenced half again */
+        } else {
+            cr_expect_gt(bad, 0, "unfenced: the race went unseen in %d tries (the copy took too little time?)", tries);
+        }
     }
     free(z_c);
     drop(&b);
@@ -218,6 +226,65 @@ Test(gpu_side, a_decode_fetch_does_not_evict_slots_in_use) {
     }
     hae_backend_free(g_gpu, sel), hae_backend_free_host(g_gpu, host);
     free(sel_h), free(slots_h);
+    drop(&b);
+}
+
+/* Decode micro-batches: two sequences of one slot cache fetch as parts 0 and 1 (hae_slot_cache_prepare_part),
+ * both fetches left in flight, N rows of N floats each; a GEMM over sequence 0's slots comes after waiting for
+ * part 0 only, while part 1's fetch is still queued behind it. Fenced, the GEMM reads part 0's fetched rows and
+ * both sequences' slots end holding their tokens' rows; unfenced, it starts before the rows arrive. */
+Test(gpu_side, a_micro_batch_waits_for_its_own_fetch) {
+    bufs b = make();
+    const int64_t cap = 2 * N;
+    float *host = NULL;
+    cr_assert_eq(hae_backend_alloc_host(g_gpu, 4 * kBytes, (void **)&host), HAE_OK, "%s", hae_last_error());
+    tu_rng g = tu_rng_make(13);
+    tu_fill(host, HAE_F32, 2 * cap * N, &g, -1, 1);
+    const hae_tensor kh = hae_tensor_4d(host, HAE_F32, HAE_CUDA, 2, cap, 32, N / 32);
+    int32_t *sel_h = malloc(2 * N * sizeof(int32_t));
+    int32_t *sel = dev(2 * N * sizeof(int32_t));
+    cr_assert(sel_h);
+    for (int64_t i = 0; i < N; i++) sel_h[i] = (int32_t)i, sel_h[N + i] = (int32_t)(N + i); /* all misses */
+    cr_assert_eq(hae_backend_upload(g_gpu, sel, sel_h, 2 * N * sizeof(int32_t)), HAE_OK, "%s", hae_last_error());
+    for (int fenced = 1; fenced >= 0; fenced--) {
+        /* new values for the second run, since its slots may reuse the first run's memory, which holds the old */
+        if (!fenced)
+            for (int64_t i = 0; i < (int64_t)N * N; i++) host[i] = -host[i];
+        float *z_ref = reference(&b, b.x, host); /* sequence 0's tokens 0..N-1, in the slots the lookup gives them */
+        hae_slot_cache *c = NULL;
+        cr_assert_eq(hae_slot_cache_create(g_gpu, &kh, &kh, N, N, 1, NULL, &c), HAE_OK, "%s", hae_last_error());
+        hae_tensor ks[2], vs, idx[2], lens;
+        hae_status st = HAE_OK;
+        for (int part = 0; part < 2 && st == HAE_OK; part++) {
+            idx[part] = hae_tensor_3d(sel + part * N, HAE_I32, HAE_CUDA, 1, 1, N);
+            st = hae_slot_cache_prepare_part(c, part, part, 1, cap - 1, 1, &ks[part], &vs, &idx[part], &lens);
+        }
+        hae_backend_set_unfenced(g_gpu, !fenced);
+        if (st == HAE_OK) st = hae_slot_cache_wait_part(c, 0);
+        if (st == HAE_OK) st = gemm(&b, ks[0].data);
+        hae_backend_set_unfenced(g_gpu, false);
+        if (st == HAE_OK) st = hae_slot_cache_wait_part(c, 1);
+        if (st == HAE_OK) st = hae_backend_sync(g_gpu);
+        cr_assert_eq(st, HAE_OK, "%s", hae_last_error());
+        float *z = download(b.z);
+        int64_t stale = 0;
+        for (int part = 0; part < 2; part++) {
+            float *slots = download(ks[part].data);
+            stale += differing(slots, host + (size_t)part * (size_t)(cap + N) * N); /* tokens part N.. of it */
+            free(slots);
+        }
+        const int64_t bad = differing(z, z_ref);
+        if (fenced) {
+            cr_expect_eq(bad, 0, "fenced: the GEMM over part 0's slots saw %lld values other than its rows", (long long)bad);
+            cr_expect_eq(stale, 0, "fenced: %lld slot values are not their tokens'", (long long)stale);
+        } else {
+            cr_expect_gt(bad, 0, "unfenced: the GEMM did not race part 0's fetch");
+        }
+        free(z), free(z_ref);
+        hae_slot_cache_destroy(c);
+    }
+    hae_backend_free(g_gpu, sel), hae_backend_free_host(g_gpu, host);
+    free(sel_h);
     drop(&b);
 }
 
