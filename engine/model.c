@@ -101,6 +101,8 @@ struct hae_model {
     int n_params;
     int64_t n_param_elems;
 
+    /* Per-sequence tensors (activations, states, block tables): micro_view narrows each one to a micro-batch's
+     * sequences, so one added here must be added there too. */
     void *act_mem;
     size_t act_bytes;
     hae_tensor ids, x, h, qkv, att, gu, act, hlast, logits;

@@ -2,6 +2,7 @@
  * plain LRU written here, step by step; and whole models giving bit-identical logits with K/V on the GPU
  * tier and on the host tier, prefill and decode, while the slots mirror the context, while chunks past
  * them go through the prefill staging, and while decode steps hit, miss and evict. */
+#include "internal.h"
 #include "testutil.h"
 
 #include <criterion/criterion.h>
@@ -148,6 +149,55 @@ Test(kv_slots, bad_arguments_are_refused) {
         cr_expect(strstr(hae_last_error(), bad[i].word), "%s: \"%s\" lacks \"%s\"", bad[i].what, hae_last_error(),
                   bad[i].word);
     }
+    hae_backend_destroy(be);
+}
+
+/* A slot cache's parts (decode micro-batches): a part past the fences, a range outside the cache's sequences or an
+ * empty one, and a staged chunk asked for part of its sequences are refused; a decode step's part is served. */
+Test(slot_cache, bad_parts_are_refused) {
+    hae_backend *be = tu_cpu();
+    enum { SEQS = 3, CTX_T = 32, SLOTS = 8, TOPK = 4, W = 6 };
+    float *host = NULL, *stage = NULL;
+    cr_assert_eq(hae_backend_alloc_host(be, sizeof(float) * SEQS * CTX_T * W, (void **)&host), HAE_OK, "%s",
+                 hae_last_error());
+    cr_assert_eq(hae_backend_alloc(be, sizeof(float) * SEQS * CTX_T * W, (void **)&stage), HAE_OK, "%s", hae_last_error());
+    for (int i = 0; i < SEQS * CTX_T * W; i++) host[i] = (float)i;
+    const hae_tensor kh = hae_tensor_4d(host, HAE_F32, HAE_CPU, SEQS, CTX_T, 1, W);
+    hae_slot_cache *c = NULL;
+    cr_assert_eq(hae_slot_cache_create(be, &kh, &kh, SLOTS, TOPK, 4, stage, &c), HAE_OK, "%s", hae_last_error());
+    int32_t sel[SEQS][TOPK] = {{20, 3, 9, 11}, {0, 1, 2, 30}, {5, 6, 7, 8}};
+    hae_tensor k, v, idx = hae_tensor_3d(sel, HAE_I32, HAE_CPU, SEQS, 1, TOPK), lens;
+    const struct {
+        const char *what, *word;
+        int part;
+        int64_t s0, n, pos, T;
+    } bad[] = {{"part 8", "part 8 of sequences [0, 1)", 8, 0, 1, 20, 1},
+               {"part -1", "part -1", -1, 0, 1, 20, 1},
+               {"past the sequences", "sequences [2, 4) (the cache holds 3", 0, 2, 2, 20, 1},
+               {"no sequence", "sequences [1, 1)", 0, 1, 0, 20, 1},
+               {"staged part", "is staged, for every sequence at once", 0, 0, 2, 12, 4}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        hae_tensor id = idx;
+        cr_expect_eq(hae_slot_cache_prepare_part(c, bad[i].part, bad[i].s0, bad[i].n, bad[i].pos, bad[i].T, &k, &v, &id,
+                                                 &lens), HAE_ERR_INVALID, "%s was accepted", bad[i].what);
+        cr_expect(strstr(hae_last_error(), bad[i].word), "%s: \"%s\" lacks \"%s\"", bad[i].what, hae_last_error(),
+                  bad[i].word);
+    }
+    cr_expect_eq(hae_slot_cache_wait_part(c, HAE_SLOT_PARTS), HAE_ERR_INVALID);
+    /* the third sequence's decode step as part 1: its slots hold its selections' rows, in selection order */
+    hae_tensor id = hae_tensor_narrow(idx, 0, 2, 1);
+    cr_assert_eq(hae_slot_cache_prepare_part(c, 1, 2, 1, 20, 1, &k, &v, &id, &lens), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_slot_cache_wait_part(c, 1), HAE_OK, "%s", hae_last_error());
+    cr_assert(k.shape[0] == 1 && id.shape[0] == 1);
+    for (int j = 0; j < TOPK; j++) {
+        const int slot = ((const int32_t *)id.data)[j];
+        cr_assert(slot >= 0 && slot < SLOTS, "selection %d: slot %d", j, slot);
+        const float *row = (const float *)k.data + (size_t)slot * W;
+        cr_expect(row[0] == (float)((2 * CTX_T + sel[2][j]) * W), "selection %d (token %d) in slot %d holds %g", j,
+                  sel[2][j], slot, (double)row[0]);
+    }
+    hae_slot_cache_destroy(c);
+    hae_backend_free(be, stage), hae_backend_free_host(be, host);
     hae_backend_destroy(be);
 }
 
