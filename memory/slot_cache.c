@@ -1,8 +1,9 @@
 /* The GPU token slots of one dsa layer whose K/V live in the host tier (DESIGN.md §2, memory.dsa_kv: host).
  * Before the layer's sparse attention:
  *   - a decode step (one query per sequence) looks its top-k up (hae_kv_slots: exact LRU over S slots),
- *     fetches the misses' rows from the host (hae_kv_gather) and attends over the slots, its selections
- *     rewritten as slot numbers;
+ *     fetches the misses' rows from the host (hae_kv_gather, on the side stream, left in flight until the
+ *     caller waits: a decode micro-batch fetches its range of the sequences as a part with its own fence)
+ *     and attends over the slots, its selections rewritten as slot numbers;
  *   - a prefill chunk whose context fits the slots mirrors the tokens not copied yet (slot = token), so
  *     it attends over the slots with its selections as they are;
  *   - a longer chunk copies the layer's context [0, pos + T) into a staging buffer shared by every such
