@@ -1096,8 +1096,11 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
         return cross_fail(c, b, (const int[]){K_LA_CHUNK}, 1, m);
     }
     /* The sparse kernel reads a step's picked tokens from the GPU cache: it must hold all top-k of them. */
-    bool dsa = false;
-    for (int64_t l = 0; l < cfg->model.n_layers; l++) dsa |= cfg->model.layers[l] == HAE_LAYER_DSA;
+    bool dsa = false, dense = false; /* dense: a full or swa layer */
+    for (int64_t l = 0; l < cfg->model.n_layers; l++) {
+        dsa |= cfg->model.layers[l] == HAE_LAYER_DSA;
+        dense |= cfg->model.layers[l] == HAE_LAYER_FULL || cfg->model.layers[l] == HAE_LAYER_SWA;
+    }
     const int64_t slots = cfg->memory.cache_tokens, topk = cfg->model.dsa.index_topk;
     if (dsa && cfg->memory.dsa_kv != HAE_TIER_GPU && slots < topk) {
         snprintf(m, sizeof m, "cache_tokens %" PRId64 "%s is below model.dsa.index_topk %" PRId64 "%s: with dsa_kv "
@@ -1124,9 +1127,6 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
         const hae_eval_list *mb = &cfg->runtime.micro_batches;
         int64_t sum = 0;
         for (int i = 0; i < mb->n; i++) sum += mb->v[i];
-        bool dense = false;
-        for (int64_t l = 0; l < cfg->model.n_layers; l++)
-            dense |= cfg->model.layers[l] == HAE_LAYER_FULL || cfg->model.layers[l] == HAE_LAYER_SWA;
         if (sum != cfg->runtime.batch) {
             snprintf(m, sizeof m, "micro_batches add up to %" PRId64 " sequences and runtime.batch is %" PRId64 "%s",
                      sum, cfg->runtime.batch, dflt(b, K_BATCH));

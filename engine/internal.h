@@ -158,21 +158,16 @@ void hae_slot_cache_destroy(hae_slot_cache *c); /* accepts NULL */
 hae_status hae_slot_cache_reset(hae_slot_cache *c);
 size_t hae_slot_cache_bytes(const hae_slot_cache *c);
 /* Before the layer's sparse attention of T queries at positions pos.. (the chunk's K/V already written to
- * the host tier): fetches what the attention will read into the slots or the staging (a decode step's fetch
- * is left in flight: hae_slot_cache_wait) and points k, v, idx ([B, T, k]) and seq_lens at what it should
- * read (idx and seq_lens stay where slot = token). */
-hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae_tensor *k, hae_tensor *v,
-                                  hae_tensor *idx, hae_tensor *seq_lens);
-/* What the attention reads is ready once the main stream has waited for a decode step's fetch, which prepare
- * leaves in flight on the side stream: call this before the attention (a no-op when nothing is in flight). */
-hae_status hae_slot_cache_wait(hae_slot_cache *c);
-/* The same for sequences [s0, s0 + n) of the cache only (a decode micro-batch; prefill chunks, which may be staged,
- * take every sequence at once): `part` in [0, HAE_SLOT_PARTS) names the fence its fetch is left in flight on, so
- * each micro-batch waits for its own. k, v, idx and seq_lens are then the range's [n, ...]. */
+ * the host tier), for sequences [s0, s0 + n) of the cache (all of them, or a decode micro-batch's; a chunk that
+ * is staged takes all at once): fetches what the attention will read into the slots or the staging and points
+ * k, v, idx ([n, T, k]) and seq_lens at what it should read (idx and seq_lens stay where slot = token). A decode
+ * step's fetch is left in flight on the side stream under fence `part` in [0, HAE_SLOT_PARTS), one per
+ * micro-batch: hae_slot_cache_wait(c, part) makes the main stream wait for it, before the attention (a no-op
+ * when nothing is in flight). */
 #define HAE_SLOT_PARTS 8
-hae_status hae_slot_cache_prepare_part(hae_slot_cache *c, int part, int64_t s0, int64_t n, int64_t pos, int64_t T,
-                                       hae_tensor *k, hae_tensor *v, hae_tensor *idx, hae_tensor *seq_lens);
-hae_status hae_slot_cache_wait_part(hae_slot_cache *c, int part);
+hae_status hae_slot_cache_prepare(hae_slot_cache *c, int part, int64_t s0, int64_t n, int64_t pos, int64_t T,
+                                  hae_tensor *k, hae_tensor *v, hae_tensor *idx, hae_tensor *seq_lens);
+hae_status hae_slot_cache_wait(hae_slot_cache *c, int part);
 /* Whether the forward of T queries at pos attends over the staging (the layers that do share it). */
 bool hae_slot_cache_stages(const hae_slot_cache *c, int64_t pos, int64_t T);
 /* Side work ahead of such a forward: copies the context before the chunk, [0, pos), into the staging, so

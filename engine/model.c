@@ -1452,7 +1452,7 @@ static hae_status attention_in(hae_model *m, int64_t l, int64_t T) {
     const int part = m->slot_part;
     m->pend = (attn_pending){.q = q, .kc = kc, .vc = vc, .slots = sc};
     if (w->kind != HAE_LAYER_DSA)
-        return sc ? hae_slot_cache_prepare_part(sc, part, hs0, hn, m->pos, T, &m->pend.kc, &m->pend.vc, NULL, NULL)
+        return sc ? hae_slot_cache_prepare(sc, part, hs0, hn, m->pos, T, &m->pend.kc, &m->pend.vc, NULL, NULL)
                   : HAE_OK;
     HAE_TRY(dsa_select(m, l, T));
     hae_tensor idx = hae_tensor_3d(m->idx.data, HAE_I32, m->idx.device, m->B, T, m->topk), lens = m->seq_lens;
@@ -1461,13 +1461,13 @@ static hae_status attention_in(hae_model *m, int64_t l, int64_t T) {
                                       .scale = m->scale};
     if (!sc) return HAE_OK;
     if (!G)
-        return hae_slot_cache_prepare_part(sc, part, hs0, hn, m->pos, T, &sa->k_cache, &sa->v_cache, &sa->idx,
+        return hae_slot_cache_prepare(sc, part, hs0, hn, m->pos, T, &sa->k_cache, &sa->v_cache, &sa->idx,
                                            &sa->seq_lens);
     /* a batch split between the tiers: one attention over both parts */
     sa->idx = hae_tensor_narrow(idx, 0, 0, G), sa->seq_lens = hae_tensor_narrow(lens, 0, 0, G);
     sa->k_cache2 = kh, sa->v_cache2 = vh;
     sa->idx2 = hae_tensor_narrow(idx, 0, G, hn), sa->seq_lens2 = hae_tensor_narrow(lens, 0, G, hn);
-    return hae_slot_cache_prepare_part(sc, part, hs0, hn, m->pos, T, &sa->k_cache2, &sa->v_cache2, &sa->idx2,
+    return hae_slot_cache_prepare(sc, part, hs0, hn, m->pos, T, &sa->k_cache2, &sa->v_cache2, &sa->idx2,
                                        &sa->seq_lens2);
 }
 
@@ -1476,7 +1476,7 @@ static hae_status attention_out(hae_model *m, int64_t l, int64_t T) {
     const layer_weights *w = &m->layers[l];
     hae_backend *be = m->be;
     const int64_t N = m->B * T;
-    if (m->pend.slots) HAE_TRY(hae_slot_cache_wait_part(m->pend.slots, m->slot_part));
+    if (m->pend.slots) HAE_TRY(hae_slot_cache_wait(m->pend.slots, m->slot_part));
     if (w->kind == HAE_LAYER_DSA) {
         HAE_TRY(hae_sparse_attention(be, &m->pend.sa));
     } else {

@@ -195,15 +195,13 @@ static hae_status fetch_side(hae_slot_cache *c, int part, const seq_range *r) {
     return end;
 }
 
-hae_status hae_slot_cache_wait_part(hae_slot_cache *c, int part) {
+hae_status hae_slot_cache_wait(hae_slot_cache *c, int part) {
     if (part < 0 || part >= HAE_SLOT_PARTS)
         return hae_error(HAE_ERR_INVALID, "slot cache: part %d (there are %d)", part, HAE_SLOT_PARTS);
     if (!c->fetching[part]) return HAE_OK;
     c->fetching[part] = false;
     return hae_backend_side_wait(c->be, c->part_fence[part]);
 }
-
-hae_status hae_slot_cache_wait(hae_slot_cache *c) { return hae_slot_cache_wait_part(c, 0); }
 
 /* Rows [from, to) of every sequence's K (and V) from the host tier into the staging, in runs that stay inside
  * one pinned chunk. */
@@ -257,7 +255,7 @@ static hae_status stage_context(hae_slot_cache *c, int64_t pos, int64_t T, hae_t
     return HAE_OK;
 }
 
-hae_status hae_slot_cache_prepare_part(hae_slot_cache *c, int part, int64_t s0, int64_t n, int64_t pos, int64_t T,
+hae_status hae_slot_cache_prepare(hae_slot_cache *c, int part, int64_t s0, int64_t n, int64_t pos, int64_t T,
                                        hae_tensor *k, hae_tensor *v, hae_tensor *idx, hae_tensor *seq_lens) {
     if (part < 0 || part >= HAE_SLOT_PARTS || s0 < 0 || n < 1 || s0 + n > c->B)
         return hae_error(HAE_ERR_INVALID, "slot cache: part %d of sequences [%lld, %lld) (the cache holds %lld, %d parts)",
@@ -267,7 +265,7 @@ hae_status hae_slot_cache_prepare_part(hae_slot_cache *c, int part, int64_t s0, 
         return hae_error(HAE_ERR_INVALID, "slot cache: a chunk of %lld tokens at position %lld is staged, for every "
                          "sequence at once (asked for [%lld, %lld) of %lld)", (long long)T, (long long)pos,
                          (long long)s0, (long long)(s0 + n), (long long)c->B);
-    HAE_TRY(hae_slot_cache_wait_part(c, part)); /* its last fetch reads the lists this lookup rewrites */
+    HAE_TRY(hae_slot_cache_wait(c, part)); /* its last fetch reads the lists this lookup rewrites */
     if (++c->step == INT32_MAX) { /* stamps would wrap: start over */
         HAE_TRY(hae_slot_cache_reset(c));
         c->step = 1;
@@ -302,10 +300,6 @@ hae_status hae_slot_cache_prepare_part(hae_slot_cache *c, int part, int64_t s0, 
     return HAE_OK;
 }
 
-hae_status hae_slot_cache_prepare(hae_slot_cache *c, int64_t pos, int64_t T, hae_tensor *k, hae_tensor *v,
-                                  hae_tensor *idx, hae_tensor *seq_lens) {
-    return hae_slot_cache_prepare_part(c, 0, 0, c->B, pos, T, k, v, idx, seq_lens);
-}
 
 hae_status hae_slot_cache_stats(const hae_slot_cache *c, int64_t *hits, int64_t *misses, size_t *fetched_bytes) {
     int64_t n[2] = {0, 0};

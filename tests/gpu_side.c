@@ -195,8 +195,8 @@ Test(gpu_side, a_decode_fetch_does_not_evict_slots_in_use) {
             cr_assert_eq(hae_backend_upload(g_gpu, sel, sel_h, (size_t)k * sizeof(int32_t)), HAE_OK, "%s", hae_last_error());
             idx = hae_tensor_3d(sel, HAE_I32, HAE_CUDA, 1, 1, k);
             if (step == 2) hae_backend_set_unfenced(g_gpu, !fenced);
-            hae_status st = hae_slot_cache_prepare(c, cap - 1, 1, &ks, &vs, &idx, &lens);
-            if (st == HAE_OK) st = hae_slot_cache_wait(c);
+            hae_status st = hae_slot_cache_prepare(c, 0, 0, 1, cap - 1, 1, &ks, &vs, &idx, &lens);
+            if (st == HAE_OK) st = hae_slot_cache_wait(c, 0);
             hae_backend_set_unfenced(g_gpu, false);
             cr_assert_eq(st, HAE_OK, "step %d: %s", step + 1, hae_last_error());
             if (step == 1) { /* what the slow reader over every slot must see, then the reader, left running */
@@ -229,7 +229,7 @@ Test(gpu_side, a_decode_fetch_does_not_evict_slots_in_use) {
     drop(&b);
 }
 
-/* Decode micro-batches: two sequences of one slot cache fetch as parts 0 and 1 (hae_slot_cache_prepare_part),
+/* Decode micro-batches: two sequences of one slot cache fetch as parts 0 and 1 (hae_slot_cache_prepare),
  * both fetches left in flight, N rows of N floats each; a GEMM over sequence 0's slots comes after waiting for
  * part 0 only, while part 1's fetch is still queued behind it. Fenced, the GEMM reads part 0's fetched rows and
  * both sequences' slots end holding their tokens' rows; unfenced, it starts before the rows arrive. */
@@ -257,13 +257,13 @@ Test(gpu_side, a_micro_batch_waits_for_its_own_fetch) {
         hae_status st = HAE_OK;
         for (int part = 0; part < 2 && st == HAE_OK; part++) {
             idx[part] = hae_tensor_3d(sel + part * N, HAE_I32, HAE_CUDA, 1, 1, N);
-            st = hae_slot_cache_prepare_part(c, part, part, 1, cap - 1, 1, &ks[part], &vs, &idx[part], &lens);
+            st = hae_slot_cache_prepare(c, part, part, 1, cap - 1, 1, &ks[part], &vs, &idx[part], &lens);
         }
         hae_backend_set_unfenced(g_gpu, !fenced);
-        if (st == HAE_OK) st = hae_slot_cache_wait_part(c, 0);
+        if (st == HAE_OK) st = hae_slot_cache_wait(c, 0);
         if (st == HAE_OK) st = gemm(&b, ks[0].data);
         hae_backend_set_unfenced(g_gpu, false);
-        if (st == HAE_OK) st = hae_slot_cache_wait_part(c, 1);
+        if (st == HAE_OK) st = hae_slot_cache_wait(c, 1);
         if (st == HAE_OK) st = hae_backend_sync(g_gpu);
         cr_assert_eq(st, HAE_OK, "%s", hae_last_error());
         float *z = download(b.z);

@@ -178,16 +178,16 @@ Test(slot_cache, bad_parts_are_refused) {
                {"staged part", "is staged, for every sequence at once", 0, 0, 2, 12, 4}};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         hae_tensor id = idx;
-        cr_expect_eq(hae_slot_cache_prepare_part(c, bad[i].part, bad[i].s0, bad[i].n, bad[i].pos, bad[i].T, &k, &v, &id,
+        cr_expect_eq(hae_slot_cache_prepare(c, bad[i].part, bad[i].s0, bad[i].n, bad[i].pos, bad[i].T, &k, &v, &id,
                                                  &lens), HAE_ERR_INVALID, "%s was accepted", bad[i].what);
         cr_expect(strstr(hae_last_error(), bad[i].word), "%s: \"%s\" lacks \"%s\"", bad[i].what, hae_last_error(),
                   bad[i].word);
     }
-    cr_expect_eq(hae_slot_cache_wait_part(c, HAE_SLOT_PARTS), HAE_ERR_INVALID);
+    cr_expect_eq(hae_slot_cache_wait(c, HAE_SLOT_PARTS), HAE_ERR_INVALID);
     /* the third sequence's decode step as part 1: its slots hold its selections' rows, in selection order */
     hae_tensor id = hae_tensor_narrow(idx, 0, 2, 1);
-    cr_assert_eq(hae_slot_cache_prepare_part(c, 1, 2, 1, 20, 1, &k, &v, &id, &lens), HAE_OK, "%s", hae_last_error());
-    cr_assert_eq(hae_slot_cache_wait_part(c, 1), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_slot_cache_prepare(c, 1, 2, 1, 20, 1, &k, &v, &id, &lens), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_slot_cache_wait(c, 1), HAE_OK, "%s", hae_last_error());
     cr_assert(k.shape[0] == 1 && id.shape[0] == 1);
     for (int j = 0; j < TOPK; j++) {
         const int slot = ((const int32_t *)id.data)[j];
