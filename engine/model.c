@@ -1462,13 +1462,13 @@ static hae_status attention_in(hae_model *m, int64_t l, int64_t T) {
     if (!sc) return HAE_OK;
     if (!G)
         return hae_slot_cache_prepare(sc, part, hs0, hn, m->pos, T, &sa->k_cache, &sa->v_cache, &sa->idx,
-                                           &sa->seq_lens);
+                                      &sa->seq_lens);
     /* a batch split between the tiers: one attention over both parts */
     sa->idx = hae_tensor_narrow(idx, 0, 0, G), sa->seq_lens = hae_tensor_narrow(lens, 0, 0, G);
     sa->k_cache2 = kh, sa->v_cache2 = vh;
     sa->idx2 = hae_tensor_narrow(idx, 0, G, hn), sa->seq_lens2 = hae_tensor_narrow(lens, 0, G, hn);
     return hae_slot_cache_prepare(sc, part, hs0, hn, m->pos, T, &sa->k_cache2, &sa->v_cache2, &sa->idx2,
-                                       &sa->seq_lens2);
+                                  &sa->seq_lens2);
 }
 
 /* The attention attention_in prepared, once its fetch is in, and the output projection into x. */

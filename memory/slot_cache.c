@@ -256,7 +256,7 @@ static hae_status stage_context(hae_slot_cache *c, int64_t pos, int64_t T, hae_t
 }
 
 hae_status hae_slot_cache_prepare(hae_slot_cache *c, int part, int64_t s0, int64_t n, int64_t pos, int64_t T,
-                                       hae_tensor *k, hae_tensor *v, hae_tensor *idx, hae_tensor *seq_lens) {
+                                  hae_tensor *k, hae_tensor *v, hae_tensor *idx, hae_tensor *seq_lens) {
     if (part < 0 || part >= HAE_SLOT_PARTS || s0 < 0 || n < 1 || s0 + n > c->B)
         return hae_error(HAE_ERR_INVALID, "slot cache: part %d of sequences [%lld, %lld) (the cache holds %lld, %d parts)",
                          part, (long long)s0, (long long)(s0 + n), (long long)c->B, HAE_SLOT_PARTS);
