@@ -3,7 +3,8 @@
  * prefill (4096 queries), over a 64K-token context; and gqa (Hq 32, Hkv 8, D 128, top-2048) for decode (B 64) and
  * prefill (4096 queries) over a 32K context. Indices are 2048 distinct random positions <= each query's position.
  * bf16 q, caches and out, with lse; the mla decode and prefill also over mla's FP8 cache layout (656 bytes a token,
- * hae_kv_write from the same bf16 rows), the form FlashMLA's sparse decode reads.
+ * hae_kv_write from the same bf16 rows), the form FlashMLA's sparse decode reads, and the gqa ones over gqa's (144
+ * bytes a head of 128); and the decode at hybrid-1b's gqa heads (16 q, 4 kv) in both.
  *
  * Each shape is first checked against the CPU reference on fresh random inputs with poisoned outputs at a reduced
  * batch or query count (same heads, dims and top-k), and not timed if it is wrong. Then: fresh random inputs,
@@ -40,7 +41,8 @@ typedef struct {
     const char *name;
     int64_t B, T, Hq, Hkv, Dk, Dv, context, k;
     bool mla; /* v_cache = the first Dv dims of k_cache */
-    bool fp8; /* mla's FP8 cache layout (656 bytes a token), written by hae_kv_write from bf16 rows */
+    bool fp8; /* the FP8 cache layout of the form (mla: 656 bytes a token; gqa: Dk + 16 and Dv + 16 a head), written by
+                 hae_kv_write from bf16 rows */
 } shape;
 
 /* One problem's inputs on one backend. */
@@ -113,25 +115,31 @@ static void problem_make(problem *p, hae_backend *be, const shape *s, uint64_t s
     const int64_t nq = B * T * s->Hq * s->Dk, no = B * T * s->Hq * s->Dv, nk = B * cap * s->Hkv * s->Dk;
     const int64_t nv = s->mla ? 0 : B * cap * s->Hkv * s->Dv, ni = B * T * s->k;
     p->q = alloc_on(be, (size_t)nq * 2);
-    p->kc = alloc_on(be, s->fp8 ? (size_t)(B * cap * HAE_MLA_FP8_ROW) : (size_t)nk * 2);
-    p->vc = s->mla ? p->kc : alloc_on(be, (size_t)nv * 2);
+    /* bytes a token of K (V) in the FP8 layouts */
+    const int64_t k8 = s->mla ? HAE_MLA_FP8_ROW : s->Hkv * HAE_FP8_HEAD(s->Dk), v8 = s->Hkv * HAE_FP8_HEAD(s->Dv);
+    p->kc = alloc_on(be, s->fp8 ? (size_t)(B * cap * k8) : (size_t)nk * 2);
+    p->vc = s->mla ? p->kc : alloc_on(be, s->fp8 ? (size_t)(B * cap * v8) : (size_t)nv * 2);
     p->idx = alloc_on(be, (size_t)ni * 4);
     p->lens = alloc_on(be, (size_t)B * 4);
     p->out = alloc_on(be, (size_t)no * 2);
     p->lse = alloc_on(be, (size_t)(B * T * s->Hq) * 4);
     fill_random(be, p->q, dt, nq, seed, -1, 1);
-    if (s->fp8) { /* the same random rows, quantized into the layout */
-        void *rows = alloc_on(be, (size_t)nk * 2);
-        fill_random(be, rows, dt, nk, seed + 1, -1, 1);
-        hae_kv_write_args w = {.src = hae_tensor_4d(rows, dt, dev, B, cap, 1, s->Dk),
-                               .cache = hae_tensor_4d(p->kc, HAE_FP8_E4M3, dev, B, cap, 1, HAE_MLA_FP8_ROW)};
+    for (int v = 0; v < (s->mla ? 1 : 2); v++) {
+        const int64_t n = v ? nv : nk, D = v ? s->Dv : s->Dk;
+        if (!s->fp8) {
+            fill_random(be, v ? p->vc : p->kc, dt, n, seed + 1 + (uint64_t)v, -1, 1);
+            continue;
+        }
+        /* the same random rows, quantized into the layout */
+        void *rows = alloc_on(be, (size_t)n * 2);
+        fill_random(be, rows, dt, n, seed + 1 + (uint64_t)v, -1, 1);
+        hae_kv_write_args w = {.src = hae_tensor_4d(rows, dt, dev, B, cap, s->Hkv, D),
+                               .cache = hae_tensor_4d(v ? p->vc : p->kc, HAE_FP8_E4M3, dev, B, cap, s->Hkv,
+                                                      s->mla ? HAE_MLA_FP8_ROW : HAE_FP8_HEAD(D))};
         CHECK("kv_write (fp8)", hae_kv_write(be, &w));
         CHECK("sync", hae_backend_sync(be));
         hae_backend_free(be, rows);
-    } else {
-        fill_random(be, p->kc, dt, nk, seed + 1, -1, 1);
     }
-    if (!s->mla) fill_random(be, p->vc, dt, nv, seed + 2, -1, 1);
     int32_t *idx = make_indices(s, seed + 3), *lens = malloc(sizeof(int32_t) * (size_t)B);
     for (int64_t b = 0; b < B; b++) lens[b] = (int32_t)cap;
     CHECK("upload", hae_backend_upload(be, p->idx, idx, (size_t)ni * 4));
@@ -151,14 +159,15 @@ static void problem_make(problem *p, hae_backend *be, const shape *s, uint64_t s
     hae_sparse_attention_args *a = &p->a;
     a->q = hae_tensor_4d(p->q, dt, dev, B, T, s->Hq, s->Dk);
     const hae_dtype kt = s->fp8 ? HAE_FP8_E4M3 : dt;
-    a->k_cache = s->fp8 ? hae_tensor_4d(p->kc, kt, dev, B, cap, 1, HAE_MLA_FP8_ROW)
-                        : hae_tensor_4d(p->kc, dt, dev, B, cap, s->Hkv, s->Dk);
+    a->k_cache = s->fp8 && s->mla ? hae_tensor_4d(p->kc, kt, dev, B, cap, 1, HAE_MLA_FP8_ROW)
+                 : s->fp8         ? hae_tensor_4d(p->kc, kt, dev, B, cap, s->Hkv, HAE_FP8_HEAD(s->Dk))
+                                  : hae_tensor_4d(p->kc, dt, dev, B, cap, s->Hkv, s->Dk);
     if (s->mla) { /* the first Dv dims (bytes with fp8) of each latent slot */
         a->v_cache = hae_tensor_4d(p->kc, kt, dev, B, cap, s->Hkv, s->Dv);
         a->v_cache.stride[0] = a->k_cache.stride[0];
         a->v_cache.stride[1] = a->k_cache.stride[1];
     } else {
-        a->v_cache = hae_tensor_4d(p->vc, dt, dev, B, cap, s->Hkv, s->Dv);
+        a->v_cache = hae_tensor_4d(p->vc, kt, dev, B, cap, s->Hkv, s->fp8 ? HAE_FP8_HEAD(s->Dv) : s->Dv);
     }
     a->idx = hae_tensor_3d(p->idx, HAE_I32, dev, B, T, s->k);
     a->seq_lens = hae_tensor_1d(p->lens, HAE_I32, dev, B);
@@ -226,7 +235,9 @@ static void bench(const shape *s, bool decode) {
     const double med_us = tm.median_us, med_s = med_us * 1e-6;
     const double queries = (double)(s->B * s->T);
     const double flops = 2.0 * (double)s->Hq * (double)s->k * (double)(s->Dk + s->Dv) * queries;
-    const double row_bytes = s->fp8 ? HAE_MLA_FP8_ROW : 2.0 * (double)(s->mla ? s->Dk : s->Dk + s->Dv);
+    const double row_bytes = s->fp8 && s->mla ? HAE_MLA_FP8_ROW
+                             : s->fp8         ? (double)(HAE_FP8_HEAD(s->Dk) + HAE_FP8_HEAD(s->Dv))
+                                              : 2.0 * (double)(s->mla ? s->Dk : s->Dk + s->Dv);
     const double bytes = queries * ((double)s->Hkv * (double)s->k * row_bytes +
                                     (double)s->Hq * (2.0 * (double)(s->Dk + s->Dv) + 4.0));
     const double tf = flops / med_s * 1e-12;
@@ -266,6 +277,11 @@ static int bench_main(void) {
     const shape m16_fp8_pre = {"mla16 fp8 pre", 1, 4096, 16, 1, 576, 512, 65536, 2048, true, true};
     const shape gqa_dec = {"gqa decode", 64, 1, 32, 8, 128, 128, 32768, 2048, false, false};
     const shape gqa_pre = {"gqa prefill", 1, 4096, 32, 8, 128, 128, 32768, 2048, false, false};
+    const shape gqa_fp8_dec = {"gqa fp8 dec", 64, 1, 32, 8, 128, 128, 32768, 2048, false, true};
+    const shape gqa_fp8_pre = {"gqa fp8 pre", 1, 4096, 32, 8, 128, 128, 32768, 2048, false, true};
+    /* hybrid-1b's gqa form: 16 q heads, 4 kv heads */
+    const shape g16_dec = {"gqa16 dec", 64, 1, 16, 4, 128, 128, 32768, 2048, false, false};
+    const shape g16_fp8_dec = {"gqa16 fp8 dec", 64, 1, 16, 4, 128, 128, 32768, 2048, false, true};
     verify(&mla_dec, 2, 1, 4096);  /* split over idx */
     verify(&mla_pre, 1, 70, 4096); /* one range per CTA, as timed */
     verify(&fp8_dec, 2, 1, 4096);
@@ -274,6 +290,9 @@ static int bench_main(void) {
     verify(&m16_fp8_pre, 1, 40, 4096);
     verify(&gqa_dec, 4, 1, 4096);
     verify(&gqa_pre, 1, 64, 4096);
+    verify(&gqa_fp8_dec, 4, 1, 4096);
+    verify(&gqa_fp8_pre, 1, 64, 4096);
+    verify(&g16_fp8_dec, 4, 1, 4096);
 
     printf("# %d warm-up calls, then %d calls each timed alone after an L2 flush; rates from the median\n\n", WARMUP,
            REPS);
@@ -291,6 +310,10 @@ static int bench_main(void) {
     bench(&m16_fp8_pre, false);
     bench(&gqa_dec, true);
     bench(&gqa_pre, false);
+    bench(&gqa_fp8_dec, true);
+    bench(&gqa_fp8_pre, false);
+    bench(&g16_dec, true);
+    bench(&g16_fp8_dec, true);
     hae_cuda_timer_destroy(g_timer);
     hae_backend_destroy(g_cpu);
     hae_backend_destroy(g_be);

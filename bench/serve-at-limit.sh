@@ -9,7 +9,8 @@
 #   a prefill forward holds batch x CHUNK tokens' activations, so large batches want small chunks)
 #   PLACEMENTS="twin gpu host split" (the default) runs those of them, in that order; `split-one` is `split` with
 #   its decode steps in one batch (runtime.micro_batches=[batch]) where `split` takes auto's micro-batches, and
-#   `host-one` likewise for `host` (a name may repeat, for runs alternating in one call)
+#   `host-one` likewise for `host` (a name may repeat, for runs alternating in one call); MICRO="[44, 10]" gives
+#   `split` those micro-batches in place of auto's
 #   SET="model.attention.form=mla memory.dsa_kv_fp8=true" adds --set overrides to every run (the twin's own win)
 #   HOST_BUDGET=100GiB also holds each placement's host-tier bytes to that (default: no bound)
 #   PLAN_ONLY=1 prints the batches without running; BACKEND=cpu runs on the CPU (a smoke test).
@@ -98,6 +99,7 @@ for p in twin "${placements[@]}"; do
   split | split-one) extra=(--set memory.dsa_kv=auto --set "memory.gpu_budget=$budget" --set "memory.cache_tokens=$slots") ;;
   esac
   case $p in *-one) extra+=(--set "runtime.micro_batches=[$b]") ;; esac
+  [ "$p" = split ] && [ -n "${MICRO:-}" ] && extra+=(--set "runtime.micro_batches=$MICRO")
   HAE_NO_PROGRESS=1 "$bin/hae" run "$cfg" --backend "${BACKEND:-cuda}" --set "runtime.batch=$b" "${common[@]}" "${extra[@]}" \
     --out "$out/run-$p" >"$out/run-$p.log" 2>&1
   tok=$(grep -o '"decode_tok_s": [0-9.]*' "$out/run-$p/summary.json" | awk '{print $2}')

@@ -230,7 +230,9 @@ static int cmd_info(int argc, char **argv) {
                (long long)(cfg.model.dsa.derived ? cfg.model.attention.num_heads : cfg.model.dsa.index_n_heads),
                (long long)cfg.model.dsa.index_head_dim, (long long)cfg.model.dsa.index_topk,
                (long long)cfg.model.dsa.index_rope_dim, (long long)cfg.model.dsa.page_size,
-               cfg.memory.dsa_kv_fp8 ? "; K/V in mla's FP8 token layout (656 B)" : "");
+               !cfg.memory.dsa_kv_fp8                     ? ""
+               : cfg.model.attention.form == HAE_ATTN_MLA ? "; K/V in mla's FP8 token layout (656 B)"
+                                                          : "; K/V in gqa's FP8 layout (e4m3 heads, a scale per 128 dims)");
     printf("parameters  %s (%s of weights in %s)\n", fmt_count((double)p->n_params, b1, sizeof b1),
            fmt_bytes((double)p->weight_bytes, b2, sizeof b2), hae_dtype_name(cfg.runtime.dtype));
     printf("runtime     batch %lld, context %lld (prefill %lld + decode %lld), chunk %lld, activations %s\n",

@@ -1143,22 +1143,28 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
             return cross_fail(c, b, (const int[]){K_MICRO, K_MEM_FULL}, 2, m);
         }
     }
-    /* The FP8 token layout is DeepSeek-V3.2's: 512 latent dims in e4m3 and 64 rope dims in bf16, read by
-     * the sparse attention only (full and swa layers keep the run's dtype). */
+    /* The FP8 layouts (hae.h): mla's is DeepSeek-V3.2's token, 512 latent dims in e4m3 and 64 rope dims in bf16;
+     * gqa's stores each kv head's dims in e4m3 with a scale per 128. Read by the sparse attention only (full and
+     * swa layers keep the run's dtype). */
     if (cfg->memory.dsa_kv_fp8) {
         const bool mla = cfg->model.attention.form == HAE_ATTN_MLA;
         const int64_t lora = cfg->model.attention.kv_lora_rank, rd = cfg->model.attention.qk_rope_head_dim;
+        const int64_t dim = cfg->model.attention.head_dim;
         if (!dsa) {
             snprintf(m, sizeof m, "dsa_kv_fp8 applies to dsa layers' K/V and model.layers has no dsa layer");
             return cross_fail(c, b, (const int[]){K_MEM_FP8}, 1, m);
         }
-        if (!mla || lora != HAE_MLA_LATENT || rd != HAE_MLA_ROPE) {
-            snprintf(m, sizeof m, "dsa_kv_fp8 stores mla's FP8 token layout (kv_lora_rank %d + qk_rope_head_dim %d); "
-                     "the model has attention.form %s%s, kv_lora_rank %" PRId64 "%s, qk_rope_head_dim %" PRId64 "%s",
-                     HAE_MLA_LATENT, HAE_MLA_ROPE, mla ? "mla" : "gqa", dflt(b, K_FORM), lora, dflt(b, K_MLA_LORA), rd,
-                     dflt(b, K_MLA_ROPE));
+        if (mla && (lora != HAE_MLA_LATENT || rd != HAE_MLA_ROPE)) {
+            snprintf(m, sizeof m, "dsa_kv_fp8 in the mla form stores mla's FP8 token layout (kv_lora_rank %d + "
+                     "qk_rope_head_dim %d); the model has kv_lora_rank %" PRId64 "%s, qk_rope_head_dim %" PRId64 "%s",
+                     HAE_MLA_LATENT, HAE_MLA_ROPE, lora, dflt(b, K_MLA_LORA), rd, dflt(b, K_MLA_ROPE));
             /* blame the shape the user wrote, else the switch */
-            return cross_fail(c, b, (const int[]){K_MLA_ROPE, K_MLA_LORA, K_FORM, K_MEM_FP8}, 4, m);
+            return cross_fail(c, b, (const int[]){K_MLA_ROPE, K_MLA_LORA, K_MEM_FP8}, 3, m);
+        }
+        if (!mla && (dim % 128 || dim > 512)) {
+            snprintf(m, sizeof m, "dsa_kv_fp8 in the gqa form stores each kv head in e4m3 with one scale per 128 dims: "
+                     "head_dim must be 128, 256, 384 or 512 (got %" PRId64 "%s)", dim, dflt(b, K_HEAD_DIM));
+            return cross_fail(c, b, (const int[]){K_HEAD_DIM, K_MEM_FP8}, 2, m);
         }
     }
     if (cfg->train.warmup > cfg->train.steps) {

@@ -238,7 +238,7 @@ float hae_uniform(uint64_t seed, uint64_t step, uint64_t row, uint64_t col);
 /* cache[b, (pos0 + t) % cap, :, :] = src[b, t, :, :] */
 typedef struct hae_kv_write_args {
     hae_tensor src;   /* [B, T, Hkv, D] f32|bf16, rows may be strided */
-    hae_tensor cache; /* [B, cap, Hkv, D] f32|bf16, or mla's FP8 layout [B, cap, 1, 656] for D = 576 */
+    hae_tensor cache; /* [B, cap, Hkv, D] f32|bf16, or an FP8 layout: mla's [B, cap, 1, 656] for D = 576, gqa's [B, cap, Hkv, D + 16] */
     int64_t pos0;
 } hae_kv_write_args;
 hae_status hae_kv_write(hae_backend *be, const hae_kv_write_args *a);
@@ -261,6 +261,14 @@ hae_status hae_kv_write(hae_backend *be, const hae_kv_write_args *a);
 #define HAE_MLA_ROPE 64
 #define HAE_MLA_FP8_SCALES HAE_MLA_LATENT          /* byte offsets in a token: the 4 fp32 scales */
 #define HAE_MLA_FP8_ROPE (HAE_MLA_LATENT + 16)     /* the 64 bf16 rope dims */
+
+/* gqa's FP8 cache layout: each kv head of D dims (D a multiple of 128, at most 512) in HAE_FP8_HEAD(D) =
+ * D + 16 bytes: D e4m3 codes, one fp32 scale per 128 dims (as mla's latent, which is such a head of 512),
+ * zeros to the 16-byte boundary, so every head's codes start 16-byte aligned. For Hkv 4 x 128 a token's K
+ * and V take 1152 bytes instead of 2048 in bf16. k_cache and v_cache are then fp8-e4m3 tensors
+ * [B, cap, Hkv, Dk + 16] and [B, cap, Hkv, Dv + 16] (bytes) in their own buffers; hae_kv_write quantizes
+ * [B, T, Hkv, D] rows into them and hae_sparse_attention reads them; hae_attention does not. */
+#define HAE_FP8_HEAD(d) ((d) + 16)
 
 /* Causal softmax attention: query (b, t, h) at position p = pos0 + t attends to positions s in
  * [lo, p], lo = max(0, p - window + 1) when window > 0 (swa) else 0 (full); head h reads kv head
@@ -287,8 +295,8 @@ hae_status hae_attention(hae_backend *be, const hae_attention_args *a);
  * p falls outside [0, cap) uses no index. */
 typedef struct hae_sparse_attention_args {
     hae_tensor q;        /* [B, T, Hq, Dk] f32|bf16, rows may be strided */
-    hae_tensor k_cache;  /* [B, cap, Hkv, Dk], or mla's FP8 layout [B, cap, 1, 656] (above) */
-    hae_tensor v_cache;  /* [B, cap, Hkv, Dv], or the FP8 layout's view [B, cap, 1, 512] */
+    hae_tensor k_cache;  /* [B, cap, Hkv, Dk], or an FP8 layout (above): mla's [B, cap, 1, 656], gqa's [B, cap, Hkv, Dk + 16] */
+    hae_tensor v_cache;  /* [B, cap, Hkv, Dv], or mla's view [B, cap, 1, 512], or gqa's [B, cap, Hkv, Dv + 16] */
     hae_tensor idx;      /* [B, T, k] i32 */
     hae_tensor seq_lens; /* [B] i32, each in [T, cap] */
     hae_tensor out;      /* [B, T, Hq, Dv] f32|bf16 */
@@ -604,7 +612,7 @@ typedef struct hae_config {
         hae_tier full_kv;      /* full and swa layers' K/V; host: streamed to the GPU every step */
         hae_tier linear_state; /* linear layers' states; host: parked there between requests */
         int64_t cache_tokens;  /* GPU token slots per dsa layer and sequence caching host-tier K/V */
-        bool dsa_kv_fp8;       /* dsa layers of the mla form (512 + 64) cache mla's 656-byte FP8 token layout */
+        bool dsa_kv_fp8;       /* dsa layers cache K/V in FP8: mla's 656-byte token, or gqa's D + 16 bytes a head */
         int64_t dsa_gpu_seqs;  /* dsa_kv host: the first dsa_gpu_seqs sequences of the batch keep their dsa K/V on
                                   the GPU (-1: none); auto sets it: the most sequences the budget fits there */
     } memory;
@@ -735,8 +743,10 @@ typedef struct hae_kv_layer_spec {
     int64_t v_dim; /* 0: V has its own buffer like K's; > 0 (mla, one kv head): V is the first v_dim dims of K */
     hae_tier tier; /* GPU: the backend's memory; host: hae_backend_alloc_host (device-mapped on CUDA) */
     int64_t gpu_seqs; /* host tier: sequences [0, gpu_seqs) stay in the backend's memory, [gpu_seqs, batch) in the host tier */
-    bool mla_fp8;  /* mla's FP8 token layout (HAE_MLA_FP8_ROW bytes a token, K fp8-e4m3 [B, cap, 1, 656], V its
-                      [B, cap, 1, 512] view): head_dim 576, v_dim 512, one kv head; the cache's dtype elsewhere */
+    bool fp8;      /* the FP8 layouts (above hae_attention_args): mla's (v_dim 512: HAE_MLA_FP8_ROW bytes a token, K
+                      fp8-e4m3 [B, cap, 1, 656], V its [B, cap, 1, 512] view; head_dim 576, one kv head) or gqa's
+                      (v_dim 0: K and V fp8-e4m3 [B, cap, kv_heads, head_dim + 16]; head_dim a multiple of 128 up
+                      to 512); the cache's dtype elsewhere */
 } hae_kv_layer_spec;
 /* One contiguous K buffer per layer, [batch, cap, kv_heads, head_dim] in `dtype`, in its tier, and a V
  * buffer of the same shape unless V is a view of K. Fails before allocating anything when the GPU tier's

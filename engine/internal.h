@@ -213,6 +213,9 @@ hae_status hae_convert_cuda(hae_backend *be, const hae_tensor *src, const hae_te
 
 /* One block of 128 values to e4m3 codes q with hae_fp8_quant's rule; returns the block's scale. */
 float hae_fp8_quant_block(const float *v, uint8_t *q);
+/* gqa's FP8 head (HAE_FP8_HEAD(D) bytes, D a multiple of 128 up to 512) to and from its D values. */
+void hae_fp8_head_pack(const float *v, int64_t D, uint8_t *row);
+void hae_fp8_head_unpack(const uint8_t *row, int64_t D, float *v);
 /* mla's FP8 token (HAE_MLA_FP8_ROW bytes) to and from its 576 values (512 latent, 64 rope). */
 void hae_mla_fp8_pack(const float *v, uint8_t *row);
 void hae_mla_fp8_unpack(const uint8_t *row, float *v);

@@ -523,7 +523,7 @@ static hae_kv_layer_spec kv_spec(const hae_model *m, int64_t l) {
     const hae_tier tier = dsa ? m->cfg.memory.dsa_kv : m->cfg.memory.full_kv;
     return (hae_kv_layer_spec){.cap = cap, .kv_heads = m->Hkv, .head_dim = m->Dk, .v_dim = m->mla ? m->Dv : 0,
                                .tier = tier, .gpu_seqs = dsa && tier == HAE_TIER_HOST ? m->dsa_gpu : 0,
-                               .mla_fp8 = dsa && m->cfg.memory.dsa_kv_fp8};
+                               .fp8 = dsa && m->cfg.memory.dsa_kv_fp8};
 }
 
 /* FP8 key bytes and scales one token adds to a dsa layer's indexer cache (132 for D_I = 128). */

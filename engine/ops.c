@@ -185,30 +185,36 @@ static hae_status check_cache(const char *op, const char *name, const hae_tensor
     return HAE_OK;
 }
 
-/* mla's FP8 layout (hae.h): a cache [B, cap, 1, 656] of fp8-e4m3 bytes for rows x [B, .., 1, 576]. */
-static hae_status check_mla_fp8(const char *op, const char *name, const hae_tensor *cache, const hae_tensor *x,
-                                hae_backend *be) {
+/* An FP8 layout (hae.h) for rows x [B, .., H, D]: mla's, a cache [B, cap, 1, 656] of fp8-e4m3 bytes for D = 576
+ * (512 latent + 64 rope); gqa's, [B, cap, Hkv, D + 16] for D a multiple of 128 up to 512. */
+static hae_status check_fp8_cache(const char *op, const char *name, const hae_tensor *cache, const hae_tensor *x,
+                                  int64_t D, hae_backend *be) {
     char d[96], e[96];
     HAE_TRY(hae_check_tensor(op, name, cache, be, 4, HAE_DTM(HAE_FP8_E4M3)));
-    if (cache->shape[0] != x->shape[0] || cache->shape[2] != 1 || cache->shape[3] != HAE_MLA_FP8_ROW ||
-        x->shape[2] < 1 || x->shape[3] != HAE_MLA_LATENT + HAE_MLA_ROPE)
-        return hae_error(HAE_ERR_INVALID, "%s: %s %s with %s: an fp8-e4m3 cache is mla's FP8 layout, [%lld, cap, 1, %d] "
-                         "bytes for rows of %d (512 latent + 64 rope) values", op, name,
+    const bool mla = D == HAE_MLA_LATENT + HAE_MLA_ROPE;
+    const int64_t row = mla ? HAE_MLA_FP8_ROW : HAE_FP8_HEAD(D);
+    if (cache->shape[0] != x->shape[0] || x->shape[2] < 1 || (mla && cache->shape[2] != 1) ||
+        (!mla && (D < 128 || D > 512 || D % 128)) || cache->shape[3] != row)
+        return hae_error(HAE_ERR_INVALID, "%s: %s %s with %s: an fp8-e4m3 cache holds mla's FP8 layout, [%lld, cap, 1, "
+                         "%d] bytes for rows of %d (512 latent + 64 rope) values, or gqa's, [%lld, cap, Hkv, D + 16] "
+                         "for heads of D = 128, 256, 384 or 512 values (D here: %lld)", op, name,
                          hae_tensor_describe(cache, d, sizeof d), hae_tensor_describe(x, e, sizeof e),
-                         (long long)x->shape[0], HAE_MLA_FP8_ROW, HAE_MLA_LATENT + HAE_MLA_ROPE);
+                         (long long)x->shape[0], HAE_MLA_FP8_ROW, HAE_MLA_LATENT + HAE_MLA_ROPE, (long long)x->shape[0],
+                         (long long)D);
     if (cache->shape[1] < 1) return hae_shape_mismatch(op, "cache has no slots", cache, x);
-    if (cache->stride[1] < HAE_MLA_FP8_ROW || cache->stride[1] % 16 || cache->stride[0] % 16 ||
-        (uintptr_t)cache->data % 16 || (cache->shape[0] > 1 && cache->stride[0] < cache->shape[1] * cache->stride[1]))
+    const int64_t slot = cache->shape[2] * row;
+    if (cache->stride[1] < slot || cache->stride[1] % 16 || cache->stride[0] % 16 || (uintptr_t)cache->data % 16 ||
+        (cache->shape[0] > 1 && cache->stride[0] < cache->shape[1] * cache->stride[1]))
         return hae_error(HAE_ERR_INVALID, "%s: %s %s at %p: strides [%lld, %lld]: slots must not overlap and start "
-                         "16-byte aligned (a slot holds %d bytes)", op, name, hae_tensor_describe(cache, d, sizeof d),
-                         cache->data, (long long)cache->stride[0], (long long)cache->stride[1], HAE_MLA_FP8_ROW);
+                         "16-byte aligned (a slot holds %lld bytes)", op, name, hae_tensor_describe(cache, d, sizeof d),
+                         cache->data, (long long)cache->stride[0], (long long)cache->stride[1], (long long)slot);
     return HAE_OK;
 }
 
 hae_status hae_kv_write(hae_backend *be, const hae_kv_write_args *a) {
     const char *op = "hae_kv_write";
     HAE_TRY(hae_check_tensor(op, "src", &a->src, be, 4, HAE_FLOATS));
-    if (a->cache.dtype == HAE_FP8_E4M3) HAE_TRY(check_mla_fp8(op, "cache", &a->cache, &a->src, be));
+    if (a->cache.dtype == HAE_FP8_E4M3) HAE_TRY(check_fp8_cache(op, "cache", &a->cache, &a->src, a->src.shape[3], be));
     else HAE_TRY(check_cache(op, "cache", &a->cache, &a->src, a->src.shape[3], be));
     if (a->cache.shape[2] != a->src.shape[2]) return hae_shape_mismatch(op, "kv heads differ", &a->src, &a->cache);
     if (a->pos0 < 0) return hae_error(HAE_ERR_INVALID, "%s: pos0 %lld < 0", op, (long long)a->pos0);
@@ -224,18 +230,28 @@ static hae_status check_qkv(const char *op, hae_backend *be, const hae_tensor *q
                             const hae_tensor *vc, const hae_tensor *out) {
     HAE_TRY(hae_check_tensor(op, "q", q, be, 4, HAE_FLOATS));
     HAE_TRY(hae_check_tensor(op, "out", out, be, 4, HAE_FLOATS));
-    if (kc->dtype == HAE_FP8_E4M3 || vc->dtype == HAE_FP8_E4M3) { /* mla's FP8 layout: v_cache is k_cache's latent */
+    if (kc->dtype == HAE_FP8_E4M3 || vc->dtype == HAE_FP8_E4M3) { /* an FP8 layout (hae.h) */
         if (strcmp(op, "hae_sparse_attention"))
-            return hae_error(HAE_ERR_UNSUPPORTED, "%s: mla's FP8 cache layout is read by hae_sparse_attention only", op);
-        HAE_TRY(check_mla_fp8(op, "k_cache", kc, q, be));
-        if (vc->dtype != HAE_FP8_E4M3 || vc->data != kc->data || vc->ndim != 4 || vc->shape[0] != kc->shape[0] ||
-            vc->shape[1] != kc->shape[1] || vc->shape[2] != 1 || vc->shape[3] != HAE_MLA_LATENT ||
-            vc->stride[0] != kc->stride[0] || vc->stride[1] != kc->stride[1])
-            return hae_shape_mismatch(op, "with mla's FP8 layout v_cache must view k_cache's bytes as [B, cap, 1, 512]",
-                                      kc, vc);
+            return hae_error(HAE_ERR_UNSUPPORTED, "%s: the FP8 cache layouts are read by hae_sparse_attention only", op);
+        HAE_TRY(check_fp8_cache(op, "k_cache", kc, q, q->shape[3], be));
         for (int i = 0; i < 3; i++)
             if (out->shape[i] != q->shape[i]) return hae_shape_mismatch(op, "out [B, T, Hq, Dv] must match q's B, T, Hq", q, out);
-        if (out->shape[3] != HAE_MLA_LATENT) return hae_shape_mismatch(op, "out's last dim must be v_cache's Dv", out, vc);
+        if (q->shape[3] == HAE_MLA_LATENT + HAE_MLA_ROPE) { /* mla's: v_cache is k_cache's latent */
+            if (vc->dtype != HAE_FP8_E4M3 || vc->data != kc->data || vc->ndim != 4 || vc->shape[0] != kc->shape[0] ||
+                vc->shape[1] != kc->shape[1] || vc->shape[2] != 1 || vc->shape[3] != HAE_MLA_LATENT ||
+                vc->stride[0] != kc->stride[0] || vc->stride[1] != kc->stride[1])
+                return hae_shape_mismatch(op, "with mla's FP8 layout v_cache must view k_cache's bytes as [B, cap, 1, 512]",
+                                          kc, vc);
+            if (out->shape[3] != HAE_MLA_LATENT) return hae_shape_mismatch(op, "out's last dim must be v_cache's Dv", out, vc);
+            return HAE_OK;
+        }
+        /* gqa's: V in its own buffer, in the same layout */
+        if (vc->dtype != HAE_FP8_E4M3 || vc->ndim != 4 || vc->data == kc->data)
+            return hae_shape_mismatch(op, "with gqa's FP8 layout v_cache must be an fp8-e4m3 cache of its own", kc, vc);
+        HAE_TRY(check_fp8_cache(op, "v_cache", vc, q, out->shape[3], be));
+        if (kc->shape[1] != vc->shape[1] || kc->shape[2] != vc->shape[2])
+            return hae_shape_mismatch(op, "k_cache and v_cache differ in slots or kv heads", kc, vc);
+        if (q->shape[2] % kc->shape[2]) return hae_shape_mismatch(op, "q heads must be a multiple of kv heads", q, kc);
         return HAE_OK;
     }
     HAE_TRY(hae_check_tensor(op, "v_cache", vc, be, 4, HAE_FLOATS));

@@ -19,7 +19,9 @@ struct hae_kv_cache {
 /* Bytes of one token's K (or V) in one layer. */
 static size_t half_bytes(const hae_kv_layer_spec *spec, hae_dtype dtype) {
     if (spec->cap <= 0) return 0;
-    return spec->mla_fp8 ? HAE_MLA_FP8_ROW : (size_t)spec->kv_heads * (size_t)spec->head_dim * hae_dtype_size(dtype);
+    if (spec->fp8) /* mla's token (V a view of it), or gqa's heads */
+        return spec->v_dim ? HAE_MLA_FP8_ROW : (size_t)spec->kv_heads * (size_t)HAE_FP8_HEAD(spec->head_dim);
+    return (size_t)spec->kv_heads * (size_t)spec->head_dim * hae_dtype_size(dtype);
 }
 
 /* How many of a layer's sequences are in a tier. */
@@ -52,12 +54,15 @@ hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer
             return hae_error(HAE_ERR_INVALID, "kv cache: layer %d: V as a view of K needs one kv head and v_dim <= "
                              "head_dim (got %lld heads, v_dim %lld, head_dim %lld)", l, (long long)specs[l].kv_heads,
                              (long long)specs[l].v_dim, (long long)specs[l].head_dim);
-        if (specs[l].mla_fp8 && (specs[l].kv_heads != 1 || specs[l].head_dim != HAE_MLA_LATENT + HAE_MLA_ROPE ||
-                                 specs[l].v_dim != HAE_MLA_LATENT))
+        if (specs[l].fp8 && specs[l].v_dim && (specs[l].kv_heads != 1 || specs[l].head_dim != HAE_MLA_LATENT + HAE_MLA_ROPE ||
+                                               specs[l].v_dim != HAE_MLA_LATENT))
             return hae_error(HAE_ERR_INVALID, "kv cache: layer %d: mla's FP8 layout holds one kv head of %d dims with "
                              "V its first %d (got %lld heads, head_dim %lld, v_dim %lld)", l,
                              HAE_MLA_LATENT + HAE_MLA_ROPE, HAE_MLA_LATENT, (long long)specs[l].kv_heads,
                              (long long)specs[l].head_dim, (long long)specs[l].v_dim);
+        if (specs[l].fp8 && !specs[l].v_dim && (specs[l].head_dim % 128 || specs[l].head_dim > 512))
+            return hae_error(HAE_ERR_INVALID, "kv cache: layer %d: gqa's FP8 layout takes heads of 128, 256, 384 or 512 "
+                             "dims (got head_dim %lld)", l, (long long)specs[l].head_dim);
         const size_t seq = (size_t)specs[l].cap * hae_kv_bytes_per_token(&specs[l], dtype);
         total[HAE_TIER_GPU] += (size_t)seqs_in(&specs[l], batch, HAE_TIER_GPU) * seq;
         total[HAE_TIER_HOST] += (size_t)seqs_in(&specs[l], batch, HAE_TIER_HOST) * seq;
@@ -135,12 +140,15 @@ void hae_kv_cache_layer(const hae_kv_cache *kv, int layer, hae_tier tier, hae_te
     const hae_device dev = hae_backend_device(kv->be);
     const int64_t n = seqs_in(s, kv->batch, tier);
     void *kd = kv->k[2 * layer + tier], *vd = kv->v[2 * layer + tier];
-    if (s->mla_fp8)
+    if (s->fp8 && s->v_dim)
         *k = hae_tensor_4d(kd, HAE_FP8_E4M3, dev, n, s->cap, 1, HAE_MLA_FP8_ROW);
+    else if (s->fp8)
+        *k = hae_tensor_4d(kd, HAE_FP8_E4M3, dev, n, s->cap, s->kv_heads, HAE_FP8_HEAD(s->head_dim));
     else
         *k = hae_tensor_4d(kd, kv->dtype, dev, n, s->cap, s->kv_heads, s->head_dim);
     if (s->v_dim == 0) {
-        *v = hae_tensor_4d(vd, kv->dtype, dev, n, s->cap, s->kv_heads, s->head_dim);
+        *v = *k;
+        v->data = vd;
         return;
     }
     *v = *k; /* one kv head: its stride is free, and set so the head reads as dense */

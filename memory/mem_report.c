@@ -34,11 +34,17 @@ static void markdown(const hae_mem_report_args *a, const hae_mem_plan *cp, const
     char split[64] = "";
     if (cfg->memory.dsa_kv == HAE_TIER_HOST && cfg->memory.dsa_gpu_seqs > 0)
         snprintf(split, sizeof split, " but for the first %" PRId64 " sequences", cfg->memory.dsa_gpu_seqs);
+    char fp8[96] = "";
+    if (cfg->memory.dsa_kv_fp8 && cfg->model.attention.form == HAE_ATTN_MLA)
+        snprintf(fp8, sizeof fp8, " (mla's FP8 token layout, %d bytes)", HAE_MLA_FP8_ROW);
+    else if (cfg->memory.dsa_kv_fp8)
+        snprintf(fp8, sizeof fp8, " (gqa's FP8 layout, %" PRId64 " bytes a token)",
+                 2 * cfg->model.attention.num_kv_heads * HAE_FP8_HEAD(cfg->model.attention.head_dim));
     fprintf(f, "batch %" PRId64 ", %s, K/V pages of %" PRId64 " tokens; placement: dsa_kv %s%s%s, full_kv %s%s, "
             "linear_state %s; dsa GPU cache %" PRId64 " tokens per layer and sequence. The twin: every layer full, "
             "everything on the GPU.\n\n", cfg->runtime.batch, hae_dtype_name(cfg->runtime.dtype),
             cfg->memory.page_size, hae_tier_name(cfg->memory.dsa_kv), split,
-            cfg->memory.dsa_kv_fp8 ? " (mla's FP8 token layout, 656 bytes)" : "", hae_tier_name(cfg->memory.full_kv),
+            fp8, hae_tier_name(cfg->memory.full_kv),
             cfg->memory.full_kv == HAE_TIER_HOST ? " (streamed every step: slow)" : "",
             hae_tier_name(cfg->memory.linear_state), cfg->memory.cache_tokens);
     fprintf(f, "| context | GPU | host | twin GPU | GPU saving | KV + states on GPU | twin KV on GPU | KV saving |\n");

@@ -2,7 +2,7 @@
  * same for its full-attention twin, and the longest context that fits a GPU budget; nothing is built.
  * What the model allocates (weights, activations, K/V bytes per token, states) comes from
  * hae_model_plan_get; this file adds the placement and the pages. A dsa layer's bytes per token there
- * hold its K/V (in mla's FP8 token layout with memory.dsa_kv_fp8) and its indexer key, counted apart. */
+ * hold its K/V (in an FP8 layout with memory.dsa_kv_fp8) and its indexer key, counted apart. */
 #include "internal.h"
 
 #include <inttypes.h>

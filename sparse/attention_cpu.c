@@ -16,18 +16,29 @@ static const void *cache_row(const hae_tensor *c, int64_t b, int64_t slot, int64
     return (const char *)c->data + (b * c->stride[0] + slot * c->stride[1] + g * c->stride[2]) * (int64_t)hae_dtype_size(c->dtype);
 }
 
-/* mla's FP8 token (hae.h): codes [0, 512), 4 f32 scales at HAE_MLA_FP8_SCALES, 64 bf16 rope at HAE_MLA_FP8_ROPE. */
+/* gqa's FP8 head (hae.h): D codes, D / 128 f32 scales at byte D, zeros to D + 16. */
+void hae_fp8_head_pack(const float *v, int64_t D, uint8_t *row) {
+    float scale[4];
+    for (int64_t c = 0; c < D / 128; c++) scale[c] = hae_fp8_quant_block(v + 128 * c, row + 128 * c);
+    memset(row + D, 0, 16);
+    memcpy(row + D, scale, sizeof(float) * (size_t)(D / 128));
+}
+
+void hae_fp8_head_unpack(const uint8_t *row, int64_t D, float *v) {
+    float scale[4];
+    memcpy(scale, row + D, sizeof(float) * (size_t)(D / 128));
+    for (int64_t d = 0; d < D; d++) v[d] = hae_fp8e4m3_to_f32(row[d]) * scale[d / 128];
+}
+
+/* mla's FP8 token (hae.h): its latent is a gqa FP8 head of 512 dims (the 4 scales fill the 16 bytes), then
+ * the 64 rope dims in bf16. */
 void hae_mla_fp8_pack(const float *v, uint8_t *row) {
-    float scale[HAE_MLA_LATENT / 128];
-    for (int c = 0; c < HAE_MLA_LATENT / 128; c++) scale[c] = hae_fp8_quant_block(v + 128 * c, row + 128 * c);
-    memcpy(row + HAE_MLA_FP8_SCALES, scale, sizeof scale);
+    hae_fp8_head_pack(v, HAE_MLA_LATENT, row);
     hae_from_f32(row + HAE_MLA_FP8_ROPE, HAE_BF16, v + HAE_MLA_LATENT, HAE_MLA_ROPE);
 }
 
 void hae_mla_fp8_unpack(const uint8_t *row, float *v) {
-    float scale[HAE_MLA_LATENT / 128];
-    memcpy(scale, row + HAE_MLA_FP8_SCALES, sizeof scale);
-    for (int d = 0; d < HAE_MLA_LATENT; d++) v[d] = hae_fp8e4m3_to_f32(row[d]) * scale[d / 128];
+    hae_fp8_head_unpack(row, HAE_MLA_LATENT, v);
     hae_to_f32(row + HAE_MLA_FP8_ROPE, HAE_BF16, HAE_MLA_ROPE, v + HAE_MLA_LATENT);
 }
 
@@ -42,10 +53,11 @@ static void kv_write_row(void *p, int64_t r) {
     for (int64_t h = 0; h < H; h++) {
         const void *src = hae_row_ptr(&a->src, b, t, h);
         void *dst = (void *)cache_row(&a->cache, b, slot, h);
-        if (a->cache.dtype == HAE_FP8_E4M3) { /* mla's FP8 layout */
+        if (a->cache.dtype == HAE_FP8_E4M3) { /* an FP8 layout: mla's for 576 values, else gqa's */
             float v[HAE_MLA_LATENT + HAE_MLA_ROPE];
             hae_to_f32(src, a->src.dtype, D, v);
-            hae_mla_fp8_pack(v, dst);
+            if (D == HAE_MLA_LATENT + HAE_MLA_ROPE) hae_mla_fp8_pack(v, dst);
+            else hae_fp8_head_pack(v, D, dst);
         } else if (a->src.dtype == a->cache.dtype) {
             memcpy(dst, src, (size_t)D * hae_dtype_size(a->src.dtype));
         } else {
@@ -74,7 +86,7 @@ typedef struct {
 } attend_job;
 
 static void attend(const attend_job *j, float *scratch) {
-    const int64_t Hq = j->q->shape[2], Dk = j->q->shape[3], Dv = j->v_cache->shape[3], Hkv = j->k_cache->shape[2];
+    const int64_t Hq = j->q->shape[2], Dk = j->q->shape[3], Dv = j->out->shape[3], Hkv = j->k_cache->shape[2];
     const int64_t cap = j->k_cache->shape[1], G = Hq / Hkv;
     float *q = scratch, *acc = q + G * Dk, *kf = acc + G * Dv, *vf = kf + Dk, *m = vf + Dv, *l = m + G;
     for (int64_t h = 0; h < G; h++) {
@@ -89,9 +101,12 @@ static void attend(const attend_job *j, float *scratch) {
         int64_t s = j->idx ? j->idx[i] : j->lo + i;
         if (j->idx && (s < 0 || s > j->hi)) continue;
         const void *kr = cache_row(j->k_cache, j->cb, s % cap, j->g), *vr = cache_row(j->v_cache, j->cb, s % cap, j->g);
-        if (j->k_cache->dtype == HAE_FP8_E4M3) { /* mla's FP8 layout: the values are the key's latent */
-            hae_mla_fp8_unpack(kr, kf);
+        if (j->k_cache->dtype == HAE_FP8_E4M3 && Dk == HAE_MLA_LATENT + HAE_MLA_ROPE) {
+            hae_mla_fp8_unpack(kr, kf); /* mla's FP8 layout: the values are the key's latent */
             memcpy(vf, kf, sizeof(float) * (size_t)Dv);
+        } else if (j->k_cache->dtype == HAE_FP8_E4M3) { /* gqa's */
+            hae_fp8_head_unpack(kr, Dk, kf);
+            hae_fp8_head_unpack(vr, Dv, vf);
         } else {
             hae_to_f32(kr, j->k_cache->dtype, Dk, kf);
             hae_to_f32(vr, j->v_cache->dtype, Dv, vf);
@@ -194,7 +209,7 @@ static void sparse_group(void *p, int64_t item) {
 
 hae_status hae_sparse_attention_cpu(hae_backend *be, const hae_sparse_attention_args *a) {
     const int64_t Hkv = a->k_cache.shape[2], G = a->q.shape[2] / Hkv;
-    HAE_TRY(check_scratch(be, "hae_sparse_attention", G, a->q.shape[3], a->v_cache.shape[3]));
+    HAE_TRY(check_scratch(be, "hae_sparse_attention", G, a->q.shape[3], a->out.shape[3]));
     if (G > 256)
         return hae_error(HAE_ERR_UNSUPPORTED, "hae_sparse_attention (cpu): %lld query heads per kv head (at most 256)",
                          (long long)G);

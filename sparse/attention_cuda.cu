@@ -903,19 +903,23 @@ __global__ void kv_write_kernel(const TS *src, int64_t s_sb, int64_t s_st, int64
     }
 }
 
-/* mla's FP8 layout (hae.h): one warp per token (b, t >= t_first) of src [B, T, 1, 576]: the 4 latent
- * blocks by hae_dev_fp8_block (codes and scales bit for bit the CPU's), the rope dims as bf16. */
+/* The FP8 layouts (hae.h): one warp per (b, t >= t_first, kv head) of src [B, T, H, D]: the D / 128 blocks of
+ * codes and scales by hae_dev_fp8_block (bit for bit the CPU's); mla's (D 576) its 64 rope dims as bf16 after
+ * the latent's 512, gqa's zeros up to the head's 16-byte boundary. */
 template <typename TS>
-__global__ void mla_fp8_write_kernel(const TS *src, int64_t s_sb, int64_t s_st, uint8_t *cache, int64_t c_sb,
-                                     int64_t c_ss, int64_t Tw, int64_t t_first, int64_t cap, int64_t pos0, int64_t rows) {
+__global__ void fp8_write_kernel(const TS *src, int64_t s_sb, int64_t s_st, int64_t s_sh, uint8_t *cache, int64_t c_sb,
+                                 int64_t c_ss, int64_t c_sh, int64_t Tw, int64_t t_first, int64_t H, int D, int64_t cap,
+                                 int64_t pos0, int64_t rows) {
     const int lane = threadIdx.x & 31;
+    const bool mla = D == HAE_MLA_LATENT + HAE_MLA_ROPE;
+    const int codes = mla ? HAE_MLA_LATENT : D;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / 32);
     for (int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
-        const int64_t b = r / Tw, t = t_first + r % Tw;
-        const TS *x = src + b * s_sb + t * s_st;
-        uint8_t *row = cache + b * c_sb + ((pos0 + t) % cap) * c_ss;
-#pragma unroll
-        for (int c = 0; c < HAE_MLA_LATENT / 128; c++) {
+        const int64_t h = r % H, b = r / H / Tw, t = t_first + r / H % Tw;
+        const TS *x = src + b * s_sb + t * s_st + h * s_sh;
+        uint8_t *row = cache + b * c_sb + ((pos0 + t) % cap) * c_ss + h * c_sh;
+        float *scales = (float *)(row + codes);
+        for (int c = 0; c < codes / 128; c++) {
             float v[4];
             uint8_t q[4];
 #pragma unroll
@@ -923,10 +927,14 @@ __global__ void mla_fp8_write_kernel(const TS *src, int64_t s_sb, int64_t s_st, 
             const float sc = hae_dev_fp8_block(v, q);
 #pragma unroll
             for (int j = 0; j < 4; j++) row[128 * c + lane + 32 * j] = q[j];
-            if (lane == 0) ((float *)(row + HAE_MLA_FP8_SCALES))[c] = sc;
+            if (lane == 0) scales[c] = sc;
         }
-        uint16_t *rope = (uint16_t *)(row + HAE_MLA_FP8_ROPE);
-        for (int d = lane; d < HAE_MLA_ROPE; d += 32) rope[d] = hae_dev_f32_to_bf16(hae_ld(x + HAE_MLA_LATENT + d));
+        if (mla) {
+            uint16_t *rope = (uint16_t *)(row + HAE_MLA_FP8_ROPE);
+            for (int d = lane; d < HAE_MLA_ROPE; d += 32) rope[d] = hae_dev_f32_to_bf16(hae_ld(x + HAE_MLA_LATENT + d));
+        } else if (lane >= codes / 128 && lane < 4) {
+            scales[lane] = 0.0f; /* the padding */
+        }
     }
 }
 
@@ -944,15 +952,14 @@ extern "C" hae_status hae_kv_write_cuda(hae_backend *be, const hae_kv_write_args
     const int64_t rows = B * Tw * H;
     cudaStream_t s = nullptr;
     HAE_TRY(hae_cuda_enter(be, &s));
-    if (a->cache.dtype == HAE_FP8_E4M3) /* mla's FP8 layout (hae_kv_write checked the shapes) */
+    if (a->cache.dtype == HAE_FP8_E4M3) /* an FP8 layout (hae_kv_write checked the shapes) */
         return hae_cuda_dispatch(a->src.dtype, "hae_kv_write", [&](auto ts) -> hae_status {
             using TS = decltype(ts);
-            const int64_t n = B * Tw, blocks = n < 4096 ? (n + 3) / 4 : 1024;
-            mla_fp8_write_kernel<TS><<<(unsigned)blocks, 128, 0, s>>>((const TS *)a->src.data, a->src.stride[0],
-                                                                       a->src.stride[1], (uint8_t *)a->cache.data,
-                                                                       a->cache.stride[0], a->cache.stride[1], Tw, t_first,
-                                                                       cap, a->pos0, n);
-            HAE_CUDA_LAUNCH_CHECK("mla_fp8_write_kernel");
+            const int64_t blocks = rows < 4096 ? (rows + 3) / 4 : 1024;
+            fp8_write_kernel<TS><<<(unsigned)blocks, 128, 0, s>>>(
+                (const TS *)a->src.data, a->src.stride[0], a->src.stride[1], a->src.stride[2], (uint8_t *)a->cache.data,
+                a->cache.stride[0], a->cache.stride[1], a->cache.stride[2], Tw, t_first, H, (int)D, cap, a->pos0, rows);
+            HAE_CUDA_LAUNCH_CHECK("fp8_write_kernel");
             return HAE_OK;
         });
     const int threads = 128;

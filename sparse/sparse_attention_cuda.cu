@@ -63,7 +63,8 @@ struct SparseParams {
     const void *q;
     int64_t q_sb, q_st; /* q's head stride is Dk (dense within a row) */
     const void *k, *v;
-    int64_t k_sb, k_ss, v_sb, v_ss; /* kv head strides are Dk and Dv */
+    int64_t k_sb, k_ss, v_sb, v_ss;
+    int64_t k_sh, v_sh; /* kv head strides: Dk and Dv, or HAE_FP8_HEAD of them in gqa's FP8 layout */
     const int32_t *idx;
     int64_t i_sb, i_st;
     const int32_t *lens;
@@ -154,6 +155,38 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return r;
 }
 
+/* Eight e4m3 values (v's bytes in order) times their scale, as eight bf16 */
+__device__ __forceinline__ uint4 fp8x8_to_bf16(uint2 v, float sk) {
+    uint32_t o[4];
+#pragma unroll
+    for (int h = 0; h < 4; h++) {
+        uint32_t f16x2;
+        asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(f16x2) : "h"((uint16_t)((h < 2 ? v.x : v.y) >> (16 * (h & 1)))));
+        o[h] = pack_bf16(__half2float(__ushort_as_half((uint16_t)f16x2)) * sk,
+                         __half2float(__ushort_as_half((uint16_t)(f16x2 >> 16))) * sk);
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
+}
+__device__ __forceinline__ void st_shared16(uint32_t at, uint4 v) {
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(at), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+}
+/* gqa's FP8 layout: row r's raw bytes (D codes, then thread sub's copy of the head's scales at D + 16 sub) into
+ * a bf16 stage of swizzled rows of D / 8 chunks; thread sub takes code chunks sub, sub + TPK, ... */
+template <int D, int TPK> __device__ __forceinline__ void decode_fp8_row(uint32_t raw, uint32_t stage, int r, int sub) {
+    float4 sc;
+    asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(sc.x), "=f"(sc.y), "=f"(sc.z), "=f"(sc.w) : "r"(raw + (uint32_t)(D + 16 * sub)));
+#pragma unroll
+    for (int c = sub; c < D / 16; c += TPK) {
+        uint4 v;
+        asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(raw + (uint32_t)(16 * c)));
+        const float sk = c < 8 ? sc.x : c < 16 ? sc.y : c < 24 ? sc.z : sc.w; /* 128 dims a scale */
+        st_shared16(swz(stage, r, 2 * c, D / 8), fp8x8_to_bf16(make_uint2(v.x, v.y), sk));
+        st_shared16(swz(stage, r, 2 * c + 1, D / 8), fp8x8_to_bf16(make_uint2(v.z, v.w), sk));
+    }
+}
+
 /* Shapes of one tensor-core configuration: DK/DV head dims, MT m tiles (R = 16 MT rows), NW warps. */
 template <int DK, int DV, int MT, int NW> struct Tc {
     static constexpr int NT = 32 * NW, R = 16 * MT;
@@ -166,20 +199,28 @@ template <int DK, int DV, int MT, int NW> struct Tc {
     static_assert(DV % (NW * 16) == 0 && ONT % 2 == 0, "O split");
     static_assert(KC % 8 == 0 && VC % 8 == 0 && PC % 8 == 0 && DK % 16 == 0, "swizzled rows");
     static_assert(NT % kBN == 0 && KC % TPK == 0 && VC % TPK == 0, "gather");
+    /* gqa's FP8 layout: a raw row, its codes then each gathering thread's copy of the scales */
+    static constexpr int RK = DK + 16 * TPK, RV = DV + 16 * TPK, RAW = 2 * kBN * (RK + RV);
     /* shared memory, bytes: Q [R][DK], K [2][BN][DK], V [2][BN][DV] (absent when shared with K),
-     * P [R][BN] bf16, red [KG][R] f32, alpha [R] f32, kidx [2][BN] i32 */
+     * P [R][BN] bf16, red [KG][R] f32, alpha [R] f32, kidx [2][BN] i32; FP8: the raw K and V rows of
+     * two tiles [2][BN][RK + RV] */
     static constexpr int Q_OFF = 0, K_OFF = R * DK * 2, KBYTES = kBN * DK * 2, VBYTES = kBN * DV * 2;
     static __host__ __device__ constexpr int v_off() { return K_OFF + 2 * KBYTES; }
     static __host__ __device__ constexpr int p_off(bool shared) { return v_off() + (shared ? 0 : 2 * VBYTES); }
     static __host__ __device__ constexpr int red_off(bool shared) { return p_off(shared) + R * kBN * 2; }
     static __host__ __device__ constexpr int alpha_off(bool shared) { return red_off(shared) + KG * R * 4; }
     static __host__ __device__ constexpr int kidx_off(bool shared) { return alpha_off(shared) + R * 4; }
-    static __host__ __device__ constexpr int smem(bool shared) { return kidx_off(shared) + 2 * kBN * 4; }
+    static __host__ __device__ constexpr int raw_off(bool shared) { return kidx_off(shared) + 2 * kBN * 4; }
+    static __host__ __device__ constexpr int smem(bool shared, bool f8) { return raw_off(shared) + (f8 ? RAW : 0); }
 };
 
-template <int DK, int DV, int MT, int NW, bool SPLIT>
+/* F8: K and V in gqa's FP8 layout (DK, DV multiples of 128, not shared): a tile's raw rows come by cp.async,
+ * each thread's own rows, which it decodes into the bf16 stage once they have landed (before the barrier that
+ * precedes S): each element e4m3 -> f16 -> f32 times its scale, exact in bf16; zero-filled rows decode to 0. */
+template <int DK, int DV, int MT, int NW, bool SPLIT, bool F8>
 __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const SparseParams p) {
     using C = Tc<DK, DV, MT, NW>;
+    static_assert(!F8 || (DK % 128 == 0 && DV % 128 == 0), "gqa's FP8 heads");
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g8 = lane >> 2, t4 = lane & 3;
 
@@ -211,6 +252,9 @@ __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const Spa
 
     const uint16_t *kbase = k_seq<SPLIT, uint16_t>(p, b) + (int64_t)gk * DK;
     const uint16_t *vbase = v_seq<SPLIT, uint16_t>(p, b) + (int64_t)gk * DV;
+    const uint8_t *kbase8 = k_seq<SPLIT, uint8_t>(p, b) + (int64_t)gk * p.k_sh; /* F8: strides in bytes */
+    const uint8_t *vbase8 = v_seq<SPLIT, uint8_t>(p, b) + (int64_t)gk * p.v_sh;
+    const uint32_t sRaw = sbase + C::raw_off(false);
     const int32_t *irow = idx_row<SPLIT>(p, b, t);
 
     /* Q rows (zero rows past the group's heads) */
@@ -234,8 +278,19 @@ __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const Spa
         if (sub == 0) kidx[st * kBN + kr] = ok ? j : -1;
         return __syncthreads_or(ok) != 0;
     };
+    /* F8: this thread's raw K and V rows of stage st */
+    const uint32_t rawK0 = sRaw + (uint32_t)(kr * C::RK), rawV0 = sRaw + (uint32_t)(kBN * C::RK + kr * C::RV);
     auto issue = [&](int st, int j) {
         const bool ok = j >= 0 && j <= hi;
+        if (F8) {
+            const uint8_t *ks = kbase8 + (ok ? slot_of(p, j) : 0) * p.k_ss, *vs = vbase8 + (ok ? slot_of(p, j) : 0) * p.v_ss;
+            const uint32_t rk = rawK0 + (uint32_t)(st * (C::RAW / 2)), rv = rawV0 + (uint32_t)(st * (C::RAW / 2));
+            for (int c = sub; c < DK / 16; c += C::TPK) cp_async16z(rk + 16 * c, ks + 16 * c, ok);
+            for (int c = sub; c < DV / 16; c += C::TPK) cp_async16z(rv + 16 * c, vs + 16 * c, ok);
+            cp_async16z(rk + DK + 16 * sub, ks + DK, ok);
+            cp_async16z(rv + DV + 16 * sub, vs + DV, ok);
+            return;
+        }
         const uint16_t *kr_src = kbase + (ok ? slot_of(p, j) : 0) * p.k_ss;
         const uint32_t dk = sK + (uint32_t)(st * C::KBYTES);
         for (int c = sub; c < C::KC; c += C::TPK) cp_async16z(swz(dk, kr, c, C::KC), kr_src + c * 8, ok);
@@ -272,6 +327,11 @@ __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const Spa
         if (nxt < tile1) issue(st ^ 1, j);
         cp_async_commit();
         cp_async_wait<1>();
+        if (F8) { /* this thread's rows of the tile, into the bf16 stage */
+            const uint32_t rk = rawK0 + (uint32_t)(st * (C::RAW / 2)), rv = rawV0 + (uint32_t)(st * (C::RAW / 2));
+            decode_fp8_row<DK, C::TPK>(rk, sK + (uint32_t)(st * C::KBYTES), kr, sub);
+            decode_fp8_row<DV, C::TPK>(rv, sV + (uint32_t)(st * C::VBYTES), kr, sub);
+        }
         __syncthreads();
 
         const uint32_t sKs = sK + (uint32_t)(st * C::KBYTES), sVs = sV + (uint32_t)(st * vbytes);
@@ -549,21 +609,6 @@ constexpr float kLazy = 8.0f;
  * each step, 144 us; this, 143 us, and 138.5 us with the rows requested after S is issued (16 heads 87.6 ->
  * 81.9 -> 84.7 us). Two raw tiles, loads a tile and a half ahead (all 227 KB), took 157 us although leaving
  * out either its decode or its loads gave 133-135 us. */
-/* Eight e4m3 values (v's bytes in order) times their scale, as eight bf16 */
-__device__ __forceinline__ uint4 fp8x8_to_bf16(uint2 v, float sk) {
-    uint32_t o[4];
-#pragma unroll
-    for (int h = 0; h < 4; h++) {
-        uint32_t f16x2;
-        asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(f16x2) : "h"((uint16_t)((h < 2 ? v.x : v.y) >> (16 * (h & 1)))));
-        o[h] = pack_bf16(__half2float(__ushort_as_half((uint16_t)f16x2)) * sk,
-                         __half2float(__ushort_as_half((uint16_t)(f16x2 >> 16))) * sk);
-    }
-    return make_uint4(o[0], o[1], o[2], o[3]);
-}
-__device__ __forceinline__ void st_shared16(uint32_t at, uint4 v) {
-    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(at), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
-}
 /* Keys 16 kc .. 16 kc + 15 of value blocks 4 w .. 4 w + 3, thread tw of warpgroup w: key 16 kc + tw / 8,
  * bf16 chunk tw % 8 of each block (8 raw bytes; two keys' rows are 16 banks apart, so no conflicts). */
 __device__ __forceinline__ void fp8_decode_keys(uint32_t stage, uint32_t raw, int w, int tw, int kc) {
@@ -1333,15 +1378,23 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kKeysInFlight = 4;
 constexpr int kMaxD = 576;
 
-/* Element d of a cache row: f32/bf16 rows, or mla's FP8 layout (hae.h; Fp8Mla rows are its bytes). */
+/* Element d of a head's row of D values: f32/bf16 rows, or an FP8 layout (hae.h; Fp8Mla and Fp8Gqa rows are
+ * its bytes: codes, the scales after them at byte 512 or D, mla's rope after its scales). */
 struct Fp8Mla {
     uint8_t b;
 };
-template <typename T> __device__ __forceinline__ float kv_at(const T *row, int d) { return hae_ld(row + d); }
-__device__ __forceinline__ float kv_at(const Fp8Mla *row, int d) {
+struct Fp8Gqa {
+    uint8_t b;
+};
+template <typename T> __device__ __forceinline__ float kv_at(const T *row, int d, int) { return hae_ld(row + d); }
+__device__ __forceinline__ float kv_at(const Fp8Mla *row, int d, int) {
     const uint8_t *r = &row->b;
     if (d < HAE_MLA_LATENT) return hae_dev_e4m3_to_f32(r[d]) * ((const float *)(r + HAE_MLA_FP8_SCALES))[d >> 7];
     return hae_dev_bf16_to_f32(((const uint16_t *)(r + HAE_MLA_FP8_ROPE))[d - HAE_MLA_LATENT]);
+}
+__device__ __forceinline__ float kv_at(const Fp8Gqa *row, int d, int D) {
+    const uint8_t *r = &row->b;
+    return hae_dev_e4m3_to_f32(r[d]) * ((const float *)(r + D))[d >> 7];
 }
 
 /* NJ: dims per lane, 32 NJ >= max(Dk, Dv). */
@@ -1365,8 +1418,8 @@ __global__ void __launch_bounds__(kThreads) simple_kernel(const SparseParams p) 
         acc[j] = 0.0f;
     }
     /* mla's FP8 layout has one kv head: gk is 0 */
-    const TKV *kbase = k_seq<SPLIT, TKV>(p, b) + (int64_t)gk * p.Dk;
-    const TKV *vbase = v_seq<SPLIT, TKV>(p, b) + (int64_t)gk * p.Dv;
+    const TKV *kbase = k_seq<SPLIT, TKV>(p, b) + (int64_t)gk * p.k_sh;
+    const TKV *vbase = v_seq<SPLIT, TKV>(p, b) + (int64_t)gk * p.v_sh;
     const int32_t *irow = idx_row<SPLIT>(p, b, t);
 
     float m = -INFINITY, l = 0.0f;
@@ -1385,7 +1438,7 @@ __global__ void __launch_bounds__(kThreads) simple_kernel(const SparseParams p) 
 #pragma unroll
                 for (int x = 0; x < NJ; x++) {
                     const int d = lane + 32 * x;
-                    if (d < p.Dk) part += qv[x] * kv_at(kr, d);
+                    if (d < p.Dk) part += qv[x] * kv_at(kr, d, p.Dk);
                 }
             }
             sc[u] = part;
@@ -1411,7 +1464,7 @@ __global__ void __launch_bounds__(kThreads) simple_kernel(const SparseParams p) 
 #pragma unroll
             for (int x = 0; x < NJ; x++) {
                 const int d = lane + 32 * x;
-                if (d < p.Dv) acc[x] += wgt * kv_at(vr, d);
+                if (d < p.Dv) acc[x] += wgt * kv_at(vr, d, p.Dv);
             }
         }
         m = mx;
@@ -1527,10 +1580,10 @@ hae_status launch(hae_backend *be, SparseParams p, int64_t B, cudaStream_t s, vo
     return HAE_OK;
 }
 
-template <int DK, int DV, int MT, int NW, bool SPLIT>
+template <int DK, int DV, int MT, int NW, bool SPLIT, bool F8 = false>
 hae_status launch_tc(hae_backend *be, const SparseParams &p, int64_t B, cudaStream_t s, bool *ran) {
     using C = Tc<DK, DV, MT, NW>;
-    return launch(be, p, B, s, tc_kernel<DK, DV, MT, NW, SPLIT>, C::NT, C::smem(p.v_shared), C::R, ran);
+    return launch(be, p, B, s, tc_kernel<DK, DV, MT, NW, SPLIT, F8>, C::NT, C::smem(p.v_shared, F8), C::R, ran);
 }
 
 bool aligned16(const void *ptr, int64_t s0, int64_t s1) {
@@ -1558,35 +1611,41 @@ void fill_shape(SparseParams &p, int64_t T, int64_t Hq, int64_t Hkv, int64_t Dk,
     p.scale_log2 = scale * kLog2e;
 }
 
-/* The tensor-core configuration for these head dims and group size, if any. */
-template <bool SPLIT> hae_status try_tc(hae_backend *be, const SparseParams &p, int64_t B, cudaStream_t s, bool *ran) {
+/* The tensor-core configuration for these head dims and group size, if any (F8: gqa's FP8 layout, 128 dims). */
+template <bool SPLIT, bool F8>
+hae_status try_tc(hae_backend *be, const SparseParams &p, int64_t B, cudaStream_t s, bool *ran) {
     *ran = false;
     const bool wide = p.G > 16; /* 64 rows per CTA; else 16 rows, G / 16 CTAs */
-    if (p.Dk == kWgDk && p.Dv == kWgDv && p.v_shared && wide) {
-        if (!p.dense && (p.nk + kBN - 1) / kBN <= kWsMaxTiles) {
-            HAE_TRY(launch(be, p, B, s, ws_kernel<SPLIT>, kWsThreads, WsLayout::kSmem, kWgRows, ran));
-            if (*ran) return HAE_OK;
-        }
-        return launch(be, p, B, s, wg_kernel<kWgBf16, SPLIT>, kWgThreads, WgLayout<kWgBf16>::kSmem, kWgRows, ran);
-    }
-    if (p.Dk == 576 && p.Dv == 512)
-        return wide ? launch_tc<576, 512, 4, 8, SPLIT>(be, p, B, s, ran) : launch_tc<576, 512, 1, 4, SPLIT>(be, p, B, s, ran);
     if (p.Dk == 128 && p.Dv == 128)
-        return wide ? launch_tc<128, 128, 4, 8, SPLIT>(be, p, B, s, ran) : launch_tc<128, 128, 1, 4, SPLIT>(be, p, B, s, ran);
-    if (p.Dk == 64 && p.Dv == 64) return launch_tc<64, 64, 1, 4, SPLIT>(be, p, B, s, ran);
+        return wide ? launch_tc<128, 128, 4, 8, SPLIT, F8>(be, p, B, s, ran)
+                    : launch_tc<128, 128, 1, 4, SPLIT, F8>(be, p, B, s, ran);
+    if constexpr (!F8) {
+        if (p.Dk == kWgDk && p.Dv == kWgDv && p.v_shared && wide) {
+            if (!p.dense && (p.nk + kBN - 1) / kBN <= kWsMaxTiles) {
+                HAE_TRY(launch(be, p, B, s, ws_kernel<SPLIT>, kWsThreads, WsLayout::kSmem, kWgRows, ran));
+                if (*ran) return HAE_OK;
+            }
+            return launch(be, p, B, s, wg_kernel<kWgBf16, SPLIT>, kWgThreads, WgLayout<kWgBf16>::kSmem, kWgRows, ran);
+        }
+        if (p.Dk == 576 && p.Dv == 512)
+            return wide ? launch_tc<576, 512, 4, 8, SPLIT>(be, p, B, s, ran) : launch_tc<576, 512, 1, 4, SPLIT>(be, p, B, s, ran);
+        if (p.Dk == 64 && p.Dv == 64) return launch_tc<64, 64, 1, 4, SPLIT>(be, p, B, s, ran);
+    }
     return HAE_OK;
 }
 
-/* The kernel for the call: the FP8 warpgroup kernels (fp8_wg: bf16 q, aligned rows), the tensor-core ones
- * (tc: bf16 q and caches, aligned rows), else the CUDA-core kernel. */
+/* The kernel for the call: mla's FP8 layout on the warpgroup kernels and gqa's on the tensor-core ones
+ * (fp8_tc: bf16 q, aligned rows), bf16 caches on the tensor-core ones (tc: bf16 q and caches, aligned rows),
+ * else the CUDA-core kernel. */
 template <bool SPLIT>
 hae_status run_sparse(hae_backend *be, const SparseParams &p, const hae_sparse_attention_args *a, int64_t B,
-                      int64_t rows, bool fp8_wg, bool tc, cudaStream_t s) {
-    const bool fp8 = a->k_cache.dtype == HAE_FP8_E4M3; /* mla's FP8 layout: hae_sparse_attention checked it */
-    /* FP8 at any group size: below 64 heads a CTA masks its spare MMA rows (tensor-core time the gather's
+                      int64_t rows, bool fp8_tc, bool tc, cudaStream_t s) {
+    const bool fp8 = a->k_cache.dtype == HAE_FP8_E4M3; /* hae_sparse_attention checked the layout */
+    const bool mla8 = fp8 && p.Dk == HAE_MLA_LATENT + HAE_MLA_ROPE;
+    /* mla's FP8 at any group size: below 64 heads a CTA masks its spare MMA rows (tensor-core time the gather's
      * decode and the memory traffic hide in decode; 4x the MMA work at 16 heads in prefill), which still
      * beats the CUDA-core kernel by an order of magnitude */
-    if (fp8 && fp8_wg) {
+    if (mla8 && fp8_tc) {
         bool ran = false;
         if ((p.G + kWgRows - 1) / kWgRows % 2 == 0) /* a query's head blocks share the decode in pairs */
             HAE_TRY(launch(be, p, B, s, wg_kernel<kWgFp8Pair, SPLIT>, kWgThreads, WgLayout<kWgFp8Pair>::kSmem, kWgRows,
@@ -1594,14 +1653,16 @@ hae_status run_sparse(hae_backend *be, const SparseParams &p, const hae_sparse_a
         if (!ran) HAE_TRY(launch(be, p, B, s, wg_kernel<kWgFp8, SPLIT>, kWgThreads, WgLayout<kWgFp8>::kSmem, kWgRows, &ran));
         if (ran) return HAE_OK;
     }
-    if (!fp8 && tc) {
+    if (fp8 ? !mla8 && fp8_tc : tc) {
         bool ran = false;
-        HAE_TRY(try_tc<SPLIT>(be, p, B, s, &ran));
+        const hae_status st = fp8 ? try_tc<SPLIT, true>(be, p, B, s, &ran) : try_tc<SPLIT, false>(be, p, B, s, &ran);
+        if (st != HAE_OK) return st;
         if (ran) return HAE_OK;
     }
     return hae_cuda_dispatch(a->q.dtype, "hae_sparse_attention", [&](auto tq) -> hae_status {
         using TQ = decltype(tq);
-        if (fp8) return launch_simple<TQ, Fp8Mla, SPLIT>(p, rows, s);
+        if (mla8) return launch_simple<TQ, Fp8Mla, SPLIT>(p, rows, s);
+        if (fp8) return launch_simple<TQ, Fp8Gqa, SPLIT>(p, rows, s);
         return hae_cuda_dispatch(a->k_cache.dtype, "hae_sparse_attention", [&](auto tkv) -> hae_status {
             using TKV = decltype(tkv);
             return launch_simple<TQ, TKV, SPLIT>(p, rows, s);
@@ -1613,7 +1674,7 @@ hae_status run_sparse(hae_backend *be, const SparseParams &p, const hae_sparse_a
 
 extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_sparse_attention_args *a) {
     const int64_t B = a->q.shape[0], T = a->q.shape[1], Hq = a->q.shape[2], Dk = a->q.shape[3];
-    const int64_t Hkv = a->k_cache.shape[2], Dv = a->v_cache.shape[3];
+    const int64_t Hkv = a->k_cache.shape[2], Dv = a->out.shape[3];
     if (B * T * Hq == 0) return HAE_OK;
     if (Dk > kMaxD || Dv > kMaxD)
         return hae_error(HAE_ERR_UNSUPPORTED,
@@ -1634,6 +1695,9 @@ extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_spars
     p.k_ss = a->k_cache.stride[1];
     p.v_sb = a->v_cache.stride[0];
     p.v_ss = a->v_cache.stride[1];
+    const bool gqa8 = a->k_cache.dtype == HAE_FP8_E4M3 && Dk != HAE_MLA_LATENT + HAE_MLA_ROPE;
+    p.k_sh = gqa8 ? HAE_FP8_HEAD(Dk) : Dk;
+    p.v_sh = gqa8 ? HAE_FP8_HEAD(Dv) : Dv;
     p.idx = (const int32_t *)a->idx.data;
     p.i_sb = a->idx.stride[0];
     p.i_st = a->idx.stride[1];
@@ -1669,11 +1733,12 @@ extern "C" hae_status hae_sparse_attention_cuda(hae_backend *be, const hae_spars
 
     cudaStream_t s = nullptr;
     HAE_TRY(hae_cuda_enter(be, &s));
-    const bool fp8_wg = a->q.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) && (uintptr_t)p.k % 16 == 0 && part2_aligned;
+    const bool fp8_tc = a->q.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) && (uintptr_t)p.k % 16 == 0 &&
+                        (uintptr_t)p.v % 16 == 0 && part2_aligned;
     const bool tc = a->q.dtype == HAE_BF16 && a->k_cache.dtype == HAE_BF16 && aligned16(p.q, p.q_sb, p.q_st) &&
                     aligned16(p.k, p.k_sb, p.k_ss) && aligned16(p.v, p.v_sb, p.v_ss) && part2_aligned;
-    return p.B1 == kWhole ? run_sparse<false>(be, p, a, B, rows, fp8_wg, tc, s)
-                          : run_sparse<true>(be, p, a, B, rows, fp8_wg, tc, s);
+    return p.B1 == kWhole ? run_sparse<false>(be, p, a, B, rows, fp8_tc, tc, s)
+                          : run_sparse<true>(be, p, a, B, rows, fp8_tc, tc, s);
 }
 
 /* Dense attention of mla's absorbed form on the kernels above: a query's list is every position of its causal
@@ -1718,5 +1783,5 @@ extern "C" hae_status hae_attention_mla_cuda(hae_backend *be, const hae_attentio
         p.nk += p.qpack - 1; /* a group's union of lists */
         return launch(be, p, B, s, wg_kernel<kWgBf16, false>, kWgThreads, WgLayout<kWgBf16>::kSmem, kWgRows, ran);
     }
-    return try_tc<false>(be, p, B, s, ran);
+    return try_tc<false, false>(be, p, B, s, ran);
 }

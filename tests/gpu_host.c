@@ -120,18 +120,20 @@ static const char *yaml = "name: gpu-host\n"
 Test(gpu_host, logits_bit_identical_gpu_tier_vs_host_tier_vs_split) {
     static const int64_t prefill_decode[] = {90, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
     static const int64_t ragged[] = {7, 1, 30, 1, 1, 21, 1, 3, 1, 1, 32, 1};
-    /* gqa; mla; mla with the dsa layers' K/V in its FP8 token layout (656-byte rows fetched and staged) */
+    /* gqa; mla; mla with the dsa layers' K/V in its FP8 token layout (656-byte rows fetched and staged); gqa with
+     * heads of 128 in its FP8 layout (144-byte heads) */
     const char *mla = "model.attention={form: mla, num_heads: 8, kv_lora_rank: 512, qk_nope_head_dim: 64, "
                       "qk_rope_head_dim: 64, v_head_dim: 64, rope: full}";
-    const char *forms[] = {"model.attention.form=gqa", mla, mla};
+    const char *gqa8 = "model.attention={form: gqa, num_heads: 8, num_kv_heads: 2, head_dim: 128, rope: full}";
+    const char *forms[] = {"model.attention.form=gqa", mla, mla, gqa8};
     const char *slots[] = {"memory.cache_tokens=128", "memory.cache_tokens=40", "memory.cache_tokens=16"};
     /* then full and swa layers streamed from the host tier (memory.full_kv: host) beside a dsa layer */
     const char *patterns[] = {"model.layer_pattern=[kda, dsa, dsa]", "model.layer_pattern=[swa, full, dsa]"};
-    for (int c = 0; c < 2 * 3 * 2 * 3; c++) {
-        const int pat = c / 18, form = c / 6 % 3, dt = c / 3 % 2, sl = c % 3;
+    for (int c = 0; c < 2 * 4 * 2 * 3; c++) {
+        const int pat = c / 24, form = c / 6 % 4, dt = c / 3 % 2, sl = c % 3;
         const char *sets[] = {forms[form], dt ? "runtime.dtype=bf16" : "runtime.dtype=f32", slots[sl], patterns[pat],
                               "model.swa.window_size=24", "memory.dsa_kv=gpu", "memory.full_kv=gpu",
-                              form == 2 ? "memory.dsa_kv_fp8=true" : "memory.dsa_kv_fp8=false", "memory.dsa_gpu_seqs=-1",
+                              form >= 2 ? "memory.dsa_kv_fp8=true" : "memory.dsa_kv_fp8=false", "memory.dsa_gpu_seqs=-1",
                               "runtime.micro_batches=[]"};
         /* [0] the GPU tier; [1] the host tier; [2] the batch split between the tiers (the first sequence's dsa K/V
          * on the GPU, the others' on the host), one batch; [3] the same split with decode steps in micro-batches, one
@@ -197,7 +199,7 @@ Test(gpu_host, logits_bit_identical_gpu_tier_vs_host_tier_vs_split) {
         hae_model_stats s;
         hae_model_stats_get(mod[1], &s);
         printf("gpu_host model %s %s %s %s: bit-identical; host tier %zu B, decode lookups %lld (hits %lld), fetched %zu "
-               "B\n", sets[3], form == 2 ? "mla fp8" : form ? "mla" : "gqa", sets[1], sets[2], s.kv_host_bytes, (long long)(s.slot_hits + s.slot_misses),
+               "B\n", sets[3], (const char *[]){"gqa", "mla", "mla fp8", "gqa fp8"}[form], sets[1], sets[2], s.kv_host_bytes, (long long)(s.slot_hits + s.slot_misses),
                (long long)s.slot_hits, s.fetched_bytes);
         cr_expect_gt(s.kv_host_bytes, 0);
         if (sl > 0) cr_expect_gt(s.slot_misses, 0, "decode past %s misses", sets[2]);

@@ -100,17 +100,19 @@ Test(gpu_model, logits_match_cpu) {
     }
 }
 
-/* mla over a latent of 512 + 64 with the dsa layer's K/V in mla's FP8 token layout (memory.dsa_kv_fp8),
- * beside kda and a full layer in the run's dtype. Both sides quantize with the same rule, but their rows
- * differ by the backends' rounding, so an e4m3 code may land one step apart (6%) here and there: the
- * logits agree to 1e-3 (f32) and 3e-2 (bf16) RMS, not element by element. */
-Test(gpu_model, mla_fp8_cache_logits_match_cpu) {
+/* The dsa layer's K/V in an FP8 layout (memory.dsa_kv_fp8): mla over a latent of 512 + 64 (656-byte tokens) and
+ * gqa with heads of 128 (144 bytes a head), beside kda and a full layer in the run's dtype. Both sides quantize
+ * with the same rule, but their rows differ by the backends' rounding, so an e4m3 code may land one step apart
+ * (6%) here and there: the logits agree to 1e-3 (f32) and 3e-2 (bf16) RMS, not element by element. */
+Test(gpu_model, fp8_cache_logits_match_cpu) {
     const char *dts[] = {"runtime.dtype=f32", "runtime.dtype=bf16"};
+    const char *forms[] = {"model.attention={form: mla, num_heads: 8, kv_lora_rank: 512, qk_nope_head_dim: 32, "
+                           "qk_rope_head_dim: 64, v_head_dim: 32, rope: full}",
+                           "model.attention={form: gqa, num_heads: 8, num_kv_heads: 2, head_dim: 128, rope: full}"};
     const double tol[] = {1e-3, 3e-2};
-    for (int k = 0; k < 2; k++) {
-        const char *sets[] = {dts[k], "model.layer_pattern=[kda, dsa, full]", "model.dsa.index_topk=128",
-                              "model.attention={form: mla, num_heads: 8, kv_lora_rank: 512, qk_nope_head_dim: 32, "
-                              "qk_rope_head_dim: 64, v_head_dim: 32, rope: full}",
+    for (int c = 0; c < 4; c++) {
+        const int k = c % 2, gqa = c / 2;
+        const char *sets[] = {dts[k], "model.layer_pattern=[kda, dsa, full]", "model.dsa.index_topk=128", forms[gqa],
                               "memory.dsa_kv_fp8=true"};
         hae_config cfg;
         cr_assert_eq(hae_config_parse(yaml, strlen(yaml), "gpu-tiny.yaml", sets, 5, &cfg), HAE_OK, "%s", hae_last_error());
@@ -119,20 +121,22 @@ Test(gpu_model, mla_fp8_cache_logits_match_cpu) {
         hae_model *mc = tu_model(cpu, &cfg), *mg = tu_model(gpu, &cfg);
         const int64_t B = cfg.runtime.batch, V = cfg.model.vocab_size, n = B * CTX * V;
         int32_t *tok = malloc(sizeof(int32_t) * (size_t)(B * CTX));
-        tu_rng r = tu_rng_make(77 + (uint64_t)k);
+        tu_rng r = tu_rng_make(77 + (uint64_t)c);
         for (int64_t i = 0; i < B * CTX; i++) tok[i] = (int32_t)tu_uniform(&r, 0, (double)V);
         float *a = logits_of(mc, &cfg, tok), *g = logits_of(mg, &cfg, tok);
         hae_model_stats st;
         hae_model_stats_get(mg, &st);
         const double d = tu_rel_rms(g, a, n);
-        cr_expect(d <= tol[k], "%s mla FP8 cache: cuda vs cpu logits rel rms %.3g > %.3g", dts[k], d, tol[k]);
-        /* the dsa layer's 656-byte tokens (and the indexer's 132), the full layer's 576 values */
+        const char *form = gqa ? "gqa" : "mla";
+        cr_expect(d <= tol[k], "%s %s FP8 cache: cuda vs cpu logits rel rms %.3g > %.3g", dts[k], form, d, tol[k]);
+        /* the dsa layer's FP8 bytes (and the indexer's 132), the full layer's values */
         hae_model_plan p;
         cr_assert_eq(hae_model_plan_get(&cfg, NULL, &p), HAE_OK, "%s", hae_last_error());
-        cr_expect(p.kv_bytes_per_token[1] == HAE_MLA_FP8_ROW + 132 && p.kv_bytes_per_token[2] == 576 * (k ? 2u : 4u),
-                  "K/V bytes a token: dsa %zu, full %zu", p.kv_bytes_per_token[1], p.kv_bytes_per_token[2]);
+        const size_t dsa = gqa ? 2 * 2 * HAE_FP8_HEAD(128) : HAE_MLA_FP8_ROW, full = gqa ? 2 * 2 * 128 : 576;
+        cr_expect(p.kv_bytes_per_token[1] == dsa + 132 && p.kv_bytes_per_token[2] == full * (k ? 2u : 4u),
+                  "%s: K/V bytes a token: dsa %zu, full %zu", form, p.kv_bytes_per_token[1], p.kv_bytes_per_token[2]);
         cr_expect_eq(st.kv_bytes, p.kv_bytes);
-        printf("gpu_model mla fp8 cache %s: logits rel rms %.3g\n", dts[k], d);
+        printf("gpu_model %s fp8 cache %s: logits rel rms %.3g\n", form, dts[k], d);
         free(tok), free(a), free(g);
         hae_model_destroy(mc), hae_model_destroy(mg);
         hae_backend_destroy(cpu), hae_backend_destroy(gpu);

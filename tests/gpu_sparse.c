@@ -427,6 +427,108 @@ Test(gpu_sparse, mla_fp8) {
     }
 }
 
+/* gqa's FP8 cache layout (hae.h): hae_kv_write's K and V bytes on CUDA equal the CPU's bit for bit (codes,
+ * scales, zero padding), and sparse attention over them matches the CPU: bf16 q on heads of 128 runs the
+ * tensor-core kernel decoding each tile's FP8 rows into its bf16 stage (16-row CTAs, or 64-row ones past 16
+ * heads a group); f32 q and heads of 256 the CUDA-core kernel. Slots past a sequence's length hold 0xFF bytes
+ * (NaN codes and scales), so reading one an index does not name shows; the batch split in two parts gives the
+ * whole call's bits. */
+Test(gpu_sparse, gqa_fp8) {
+    static const struct {
+        const char *what;
+        int64_t B, T, Hq, Hkv, D, cap, k;
+        hae_dtype q, out;
+        bool holes; /* whole 64-entry tiles without a usable entry (skipped) */
+    } cases[] = {
+        {"fp8 16q/4kv x 128, decode, top-2048 (split)", 3, 1, 16, 4, 128, 2100, 2048, BF, BF, false},
+        {"fp8 16q/4kv x 128, prefill", 1, 5, 16, 4, 128, 300, 200, BF, F32, false},
+        {"fp8 64q/2kv x 128 (64-row CTAs)", 2, 2, 64, 2, 128, 400, 256, BF, BF, false},
+        {"fp8 8q/8kv x 128, unusable tiles skipped", 2, 1, 8, 8, 128, 1500, 1024, BF, BF, true},
+        {"fp8 8q/2kv x 128, f32 q (CUDA cores)", 2, 2, 8, 2, 128, 120, 64, F32, F32, false},
+        {"fp8 8q/2kv x 256 (CUDA cores)", 2, 1, 8, 2, 256, 200, 96, BF, BF, false},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t B = cases[ci].B, T = cases[ci].T, Hq = cases[ci].Hq, Hkv = cases[ci].Hkv, D = cases[ci].D;
+        const int64_t cap = cases[ci].cap, K = cases[ci].k, H8 = HAE_FP8_HEAD(D), row = Hkv * H8;
+        char ctx[CTX_N];
+        snprintf(ctx, sizeof ctx, "%s: B %lld T %lld Hq %lld Hkv %lld D %lld cap %lld k %lld, q %s, out %s, seed %zu",
+                 cases[ci].what, (long long)B, (long long)T, (long long)Hq, (long long)Hkv, (long long)D, (long long)cap,
+                 (long long)K, hae_dtype_name(cases[ci].q), hae_dtype_name(cases[ci].out), 5100 + ci);
+        tu_rng r = tu_rng_make(5100 + ci);
+        const int64_t sshape[4] = {B, cap, Hkv, D}, cshape[4] = {B, cap, Hkv, H8};
+        pbuf pc[2], ps[2]; /* K and V: the FP8 caches and the bf16 rows written into them */
+        uint8_t *ch[2];
+        bool ok = true;
+        for (int kv = 0; kv < 2; kv++) {
+            uint16_t *src = malloc(sizeof(uint16_t) * (size_t)(B * cap * Hkv * D));
+            cr_assert(src);
+            for (int64_t i = 0; i < B * cap * Hkv * D; i++) /* each 128-dim block at its own magnitude */
+                src[i] = hae_f32_to_bf16((float)(tu_uniform(&r, -1, 1) * pow(10.0, (double)(i % D / 128) - 1)));
+            ps[kv] = pb_new(src, sizeof(uint16_t) * (size_t)(B * cap * Hkv * D));
+            pc[kv] = pb_poison((size_t)(B * cap * row));
+            free(src);
+            for (int g = 0; g < 2 && ok; g++) {
+                const hae_device dev = g ? HAE_CUDA : HAE_CPU;
+                hae_kv_write_args w = {.src = tv(g ? ps[kv].g : ps[kv].c, HAE_BF16, dev, 4, sshape, NULL),
+                                       .cache = tv(g ? pc[kv].g : pc[kv].c, HAE_FP8_E4M3, dev, 4, cshape, NULL)};
+                ok = gpu_ran(hae_kv_write(g ? g_gpu : g_cpu, &w), g ? "cuda" : "cpu", "kv_write (gqa fp8)", ctx);
+            }
+            if (ok && gpu_done("kv_write (gqa fp8)", ctx))
+                ok = pb_compare(kv ? "kv_write (gqa fp8): V bytes" : "kv_write (gqa fp8): K bytes", ctx, &pc[kv],
+                                HAE_FP8_E4M3, -1);
+            ch[kv] = malloc((size_t)(B * cap * row));
+            cr_assert(ch[kv]);
+            memcpy(ch[kv], pc[kv].c, (size_t)(B * cap * row));
+        }
+        int32_t *lens = malloc(sizeof(int32_t) * (size_t)B), *idx = malloc(sizeof(int32_t) * (size_t)(B * T * K));
+        cr_assert(lens && idx);
+        for (int64_t b = 0; b < B; b++) {
+            lens[b] = (int32_t)tu_uniform(&r, (double)T + 10, (double)cap + 1);
+            for (int kv = 0; kv < 2; kv++) memset(ch[kv] + (b * cap + lens[b]) * row, 0xFF, (size_t)((cap - lens[b]) * row));
+        }
+        for (int kv = 0; kv < 2; kv++) pb_set(&pc[kv], ch[kv]);
+        for (int64_t i = 0; i < B * T * K; i++) {
+            const double u = tu_uniform(&r, 0, 1);
+            idx[i] = u < 0.1 ? -1 : u < 0.13 ? (int32_t)cap + 5 : (int32_t)tu_uniform(&r, 0, (double)lens[i / (T * K)]);
+            const int64_t tile = i % K / 64;
+            if (cases[ci].holes && (tile == 0 || tile == 3 || tile == 4 || tile == (K - 1) / 64))
+                idx[i] = u < 0.5 ? -1 : (int32_t)cap + 5;
+        }
+        void *qh = malloc(hae_dtype_size(cases[ci].q) * (size_t)(B * T * Hq * D));
+        cr_assert(qh);
+        fill_rows(qh, cases[ci].q, 1, B * T * Hq, D, 0, D, &r, -0.3, 0.3);
+        pbuf pq = pb_new(qh, hae_dtype_size(cases[ci].q) * (size_t)(B * T * Hq * D)),
+             pi = pb_new(idx, sizeof(int32_t) * (size_t)(B * T * K)), pl = pb_new(lens, sizeof(int32_t) * (size_t)B),
+             po = pb_poison(hae_dtype_size(cases[ci].out) * (size_t)(B * T * Hq * D)),
+             pe = pb_poison(sizeof(float) * (size_t)(B * T * Hq));
+        const int64_t qshape[4] = {B, T, Hq, D}, ishape[3] = {B, T, K}, eshape[3] = {B, T, Hq};
+        hae_sparse_attention_args ag = {0};
+        for (int g = 0; g < 2 && ok; g++) {
+            const hae_device dev = g ? HAE_CUDA : HAE_CPU;
+            hae_sparse_attention_args a = {
+                .q = tv(g ? pq.g : pq.c, cases[ci].q, dev, 4, qshape, NULL),
+                .k_cache = tv(g ? pc[0].g : pc[0].c, HAE_FP8_E4M3, dev, 4, cshape, NULL),
+                .v_cache = tv(g ? pc[1].g : pc[1].c, HAE_FP8_E4M3, dev, 4, cshape, NULL),
+                .idx = tv(g ? pi.g : pi.c, HAE_I32, dev, 3, ishape, NULL),
+                .seq_lens = tv(g ? pl.g : pl.c, HAE_I32, dev, 1, &B, NULL),
+                .out = tv(g ? po.g : po.c, cases[ci].out, dev, 4, qshape, NULL),
+                .lse = tv(g ? pe.g : pe.c, HAE_F32, dev, 3, eshape, NULL),
+                .scale = 0.09f};
+            ok = gpu_ran(hae_sparse_attention(g ? g_gpu : g_cpu, &a), g ? "cuda" : "cpu", "sparse_attention (gqa fp8)",
+                         ctx);
+            if (g) ag = a;
+        }
+        if (ok && gpu_done("sparse_attention (gqa fp8)", ctx)) {
+            pb_compare("sparse_attention (gqa fp8): out", ctx, &po, cases[ci].out, cases[ci].q == F32 ? 1e-5 : 1e-2);
+            pb_compare("sparse_attention (gqa fp8): lse", ctx, &pe, HAE_F32, 1e-5);
+            expect_split_same(&ag, &pc[0], &pc[1], &pi, &pl, &po, &pe, ctx);
+        }
+        for (int kv = 0; kv < 2; kv++) pb_free(&pc[kv]), pb_free(&ps[kv]), free(ch[kv]);
+        pb_free(&pq), pb_free(&pi), pb_free(&pl), pb_free(&po), pb_free(&pe);
+        free(lens), free(idx), free(qh);
+    }
+}
+
 /* seq_lens are not checked on the host for CUDA: a row whose p = seq_lens[b] - T + t is outside [0, cap)
  * uses no index (out = 0, lse = +inf), rows of good sequences match the CPU, nothing past out or lse is
  * written, and nothing faults. Sequence 0 ends past the cache, 1 is negative, 2 is shorter than T (its

@@ -135,7 +135,9 @@ static const bad_case bad[] = {
     {"fp8 text", "memory:\n  dsa_kv_fp8: yes please\n", "t.yaml:2:15:", "memory.dsa_kv_fp8", "expected true or false",
      NULL},
     {"fp8 gqa", DSA_MODEL "memory:\n  dsa_kv_fp8: true\n", "t.yaml:6:15:", "memory.dsa_kv_fp8",
-     "the model has attention.form gqa (default)", NULL},
+     "head_dim must be 128, 256, 384 or 512 (got 64 (default))", NULL},
+    {"fp8 gqa dim", DSA_MODEL "  attention: {head_dim: 96}\nmemory:\n  dsa_kv_fp8: true\n", "t.yaml:5:25:",
+     "model.attention.head_dim", "in the gqa form stores each kv head in e4m3 with one scale per 128 dims", NULL},
     {"fp8 no dsa", "model:\n  layer_pattern: [kda, full]\n  attention: {form: mla}\nmemory:\n  dsa_kv_fp8: true\n",
      "t.yaml:5:15:", "memory.dsa_kv_fp8", "model.layers has no dsa layer", NULL},
     {"split no dsa", "model:\n  layer_pattern: [kda, full]\nmemory:\n  dsa_kv: host\n  dsa_gpu_seqs: 1\n",
@@ -165,7 +167,8 @@ static const bad_case bad[] = {
      "t.yaml:5:40:", "model.attention.kv_lora_rank", "kv_lora_rank 256, qk_rope_head_dim 64 (default)", NULL},
     {"fp8 rope set", DSA_MODEL "  attention: {form: mla}\nmemory:\n  dsa_kv_fp8: true\n",
      "--set model.attention.qk_rope_head_dim=32:", "model.attention.qk_rope_head_dim",
-     "stores mla's FP8 token layout (kv_lora_rank 512 + qk_rope_head_dim 64)", "model.attention.qk_rope_head_dim=32"},
+     "in the mla form stores mla's FP8 token layout (kv_lora_rank 512 + qk_rope_head_dim 64)",
+     "model.attention.qk_rope_head_dim=32"},
 };
 
 Test(memory_config, bad_values) {
@@ -693,11 +696,12 @@ Test(kv_cache, layouts_views_and_bad_specs) {
     const hae_kv_layer_spec specs[] = {
         {.cap = cap, .kv_heads = 2, .head_dim = 8},                               /* gqa: K and V buffers */
         {.cap = cap, .kv_heads = 1, .head_dim = 20, .v_dim = 16},                 /* mla: V the latent */
-        {.cap = cap, .kv_heads = 1, .head_dim = 576, .v_dim = 512, .mla_fp8 = true}, /* mla's FP8 tokens */
+        {.cap = cap, .kv_heads = 1, .head_dim = 576, .v_dim = 512, .fp8 = true},  /* mla's FP8 tokens */
         {0},                                                                      /* a linear layer */
+        {.cap = cap, .kv_heads = 3, .head_dim = 256, .fp8 = true},                /* gqa's FP8 heads */
     };
     hae_kv_cache *kv = NULL;
-    cr_assert_eq(hae_kv_cache_create(be, 4, specs, B, HAE_BF16, 0, 0, &kv), HAE_OK, "%s", hae_last_error());
+    cr_assert_eq(hae_kv_cache_create(be, 5, specs, B, HAE_BF16, 0, 0, &kv), HAE_OK, "%s", hae_last_error());
     hae_tensor k, v;
     hae_kv_cache_layer(kv, 0, HAE_TIER_GPU, &k, &v);
     cr_expect(k.dtype == HAE_BF16 && k.shape[2] == 2 && k.shape[3] == 8 && v.data != k.data);
@@ -709,21 +713,27 @@ Test(kv_cache, layouts_views_and_bad_specs) {
               v.stride[0] == k.stride[0] && v.stride[1] == k.stride[1], "FP8: V views the latent bytes");
     hae_kv_cache_layer(kv, 3, HAE_TIER_GPU, &k, &v);
     cr_expect(k.data == NULL && v.data == NULL);
+    hae_kv_cache_layer(kv, 4, HAE_TIER_GPU, &k, &v);
+    cr_expect(k.dtype == HAE_FP8_E4M3 && k.shape[2] == 3 && k.shape[3] == 256 + 16 && k.stride[1] == 3 * 272);
+    cr_expect(v.dtype == HAE_FP8_E4M3 && v.data != k.data && v.shape[2] == 3 && v.shape[3] == 272 &&
+              v.stride[1] == k.stride[1], "gqa FP8: V in its own buffer, in K's layout");
     hae_kv_cache_layer(kv, 0, HAE_TIER_HOST, &k, &v);
     cr_expect(k.data == NULL && v.data == NULL && k.shape[0] == 0, "a GPU-tier layer has no host part");
     cr_expect_eq(hae_kv_bytes_per_token(&specs[0], HAE_BF16), 2 * 2 * 8 * 2);
     cr_expect_eq(hae_kv_bytes_per_token(&specs[1], HAE_BF16), 20 * 2);
     cr_expect_eq(hae_kv_bytes_per_token(&specs[2], HAE_BF16), HAE_MLA_FP8_ROW);
-    cr_expect_eq(hae_kv_cache_bytes(kv), (size_t)(B * cap) * (2 * 2 * 8 * 2 + 20 * 2 + HAE_MLA_FP8_ROW));
+    cr_expect_eq(hae_kv_bytes_per_token(&specs[4], HAE_BF16), 2 * 3 * 272);
+    cr_expect_eq(hae_kv_cache_bytes(kv), (size_t)(B * cap) * (2 * 2 * 8 * 2 + 20 * 2 + HAE_MLA_FP8_ROW + 2 * 3 * 272));
     hae_kv_cache_destroy(kv);
 
     static const struct {
         hae_kv_layer_spec spec;
         const char *word;
     } bad_specs[] = {
-        {{.cap = cap, .kv_heads = 2, .head_dim = 576, .v_dim = 512, .mla_fp8 = true}, "needs one kv head"},
-        {{.cap = cap, .kv_heads = 1, .head_dim = 128, .v_dim = 64, .mla_fp8 = true}, "FP8 layout holds one kv head of 576"},
-        {{.cap = cap, .kv_heads = 1, .head_dim = 576, .mla_fp8 = true}, "v_dim 0"},
+        {{.cap = cap, .kv_heads = 2, .head_dim = 576, .v_dim = 512, .fp8 = true}, "needs one kv head"},
+        {{.cap = cap, .kv_heads = 1, .head_dim = 128, .v_dim = 64, .fp8 = true}, "FP8 layout holds one kv head of 576"},
+        {{.cap = cap, .kv_heads = 1, .head_dim = 576, .fp8 = true}, "gqa's FP8 layout takes heads of 128, 256, 384 or 512"},
+        {{.cap = cap, .kv_heads = 4, .head_dim = 64, .fp8 = true}, "(got head_dim 64)"},
         {{.cap = cap, .kv_heads = 2, .head_dim = 8, .v_dim = 4}, "V as a view of K needs one kv head"},
         {{.cap = -1, .kv_heads = 1, .head_dim = 8}, "negative size"},
         {{.cap = cap, .kv_heads = 1, .head_dim = 8, .tier = (hae_tier)7}, "not a hae_tier"},

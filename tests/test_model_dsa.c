@@ -148,6 +148,43 @@ Test(model_dsa, mla_fp8_cache) {
     hae_backend_destroy(be);
 }
 
+/* The same for gqa's FP8 layout (heads of 128: 144 bytes each for K and for V) beside a bf16 full layer. */
+Test(model_dsa, gqa_fp8_cache) {
+    hae_backend *be = tu_cpu();
+    hae_config bf, q8, q8c;
+    make_cfg(&bf, "dsa", "full", 64, 0, false, "bf16", 8);
+    bf.model.attention.head_dim = 128;
+    q8 = bf, q8.memory.dsa_kv_fp8 = true;
+    int32_t tok[2 * CTX];
+    tu_tokens(&bf, CTX, tok, 9);
+    const int64_t n = 2 * CTX * bf.model.vocab_size;
+    hae_model *mb = tu_model(be, &bf), *m8 = tu_model(be, &q8);
+    float *lb = tu_model_logits(mb, &bf, CTX, tok, one_shot, 1), *l8 = tu_model_logits(m8, &q8, CTX, tok, one_shot, 1);
+    const double d = tu_rel_rms(l8, lb, n);
+    cr_expect(d > 1e-4 && d < 2e-2, "logits over the FP8 cache vs the bf16 one: rel rms %.3g (want FP8 rounding: "
+              "1e-4 .. 2e-2)", d);
+    hae_model_plan p;
+    cr_assert_eq(hae_model_plan_get(&q8, NULL, &p), HAE_OK, "%s", hae_last_error());
+    hae_model_stats st;
+    hae_model_stats_get(m8, &st);
+    const int64_t hkv = bf.model.attention.num_kv_heads;
+    cr_expect_eq(p.kv_bytes_per_token[0], (size_t)(2 * hkv * HAE_FP8_HEAD(128) + 132), "dsa: FP8 K/V and the indexer's 132");
+    cr_expect_eq(p.kv_bytes_per_token[1], (size_t)(2 * hkv * 128 * 2), "full: bf16 K and V");
+    cr_expect_eq(st.kv_bytes, p.kv_bytes);
+    free(lb), free(l8);
+    hae_model_destroy(mb), hae_model_destroy(m8);
+
+    q8c = q8, q8.model.dsa.index_topk = q8c.model.dsa.index_topk = 5, q8.runtime.prefill_chunk = 0;
+    hae_model *one = tu_model(be, &q8), *chunked = tu_model(be, &q8c);
+    float *a = tu_model_logits(one, &q8, CTX, tok, one_shot, 1);
+    float *b = tu_model_logits(chunked, &q8c, CTX, tok, prefill_then_decode, 7);
+    cr_expect_leq(tu_rel_rms(b, a, n), 1e-5, "FP8 cache, top-5: prefill then decode vs one prefill: %.3g",
+                  tu_rel_rms(b, a, n));
+    free(a), free(b);
+    hae_model_destroy(one), hae_model_destroy(chunked);
+    hae_backend_destroy(be);
+}
+
 /* A bounded indexer-logits buffer computes a chunk's logits in slices of tokens: same selections,
  * same logits, for prefill chunks that are and are not a multiple of the slice. */
 Test(model_dsa, sliced_indexer_logits_equal_one_pass) {

@@ -223,7 +223,8 @@ static const char *yaml_fmt = "name: tiny-host\n"
 
 #define DSA_ONLY "kda, dsa, dsa"
 
-/* mla: 0 gqa; 1 mla over a latent of 16; 2 mla over 512 + 64 with dsa layers in mla's FP8 token layout.
+/* mla: 0 gqa; 1 mla over a latent of 16; 2 mla over 512 + 64 with dsa layers in mla's FP8 token layout; 3 gqa
+ * with heads of 128 and dsa layers in gqa's FP8 layout.
  * split > 0: a batch of 3 whose first `split` sequences keep their dsa K/V on the GPU (memory.dsa_gpu_seqs);
  * else a batch of 2 all in the host tier. micro: the host run's decode steps in micro-batches (which streamed
  * full and swa layers cannot have: they run one batch), against one batch on the GPU tier: the CPU computes each
@@ -241,7 +242,10 @@ static void host_vs_gpu_split(const char *pattern, const char *dtype, int slots,
     tu_config(y, &gpu);
     snprintf(y, sizeof y, yaml_fmt, pattern, dtype, nb, mb, "host", "host", slots, split);
     tu_config(y, &host);
-    if (mla)
+    if (mla == 3)
+        for (hae_config *c = &gpu; c; c = c == &gpu ? &host : NULL)
+            c->model.attention.head_dim = 128, c->memory.dsa_kv_fp8 = true;
+    else if (mla)
         for (hae_config *c = &gpu; c; c = c == &gpu ? &host : NULL) {
             c->model.attention.form = HAE_ATTN_MLA;
             c->model.attention.kv_lora_rank = mla == 2 ? HAE_MLA_LATENT : 16;
@@ -258,7 +262,7 @@ static void host_vs_gpu_split(const char *pattern, const char *dtype, int slots,
     size_t first = n;
     for (size_t i = 0; i < n && first == n; i++)
         if (memcmp(&la[i], &lb[i], sizeof *la)) first = i;
-    const char *form = mla == 2 ? "mla fp8" : mla ? "mla" : "gqa";
+    const char *form = mla == 3 ? "gqa fp8" : mla == 2 ? "mla fp8" : mla ? "mla" : "gqa";
     cr_expect_eq(first, n, "[%s] %s %s, %d slots, %d of %d sequences' dsa K/V on the GPU%s: logits differ first at "
                  "[%zu] (position %zu): %.9g on the GPU tier, %.9g on the host tier", pattern, dtype, form, slots, split,
                  nb, micro ? ", micro-batches" : "", first,
@@ -267,13 +271,16 @@ static void host_vs_gpu_split(const char *pattern, const char *dtype, int slots,
     hae_model_stats sa, sb;
     hae_model_stats_get(a, &sa), hae_model_stats_get(b, &sb);
     cr_expect_eq(sa.kv_host_bytes, 0);
-    /* every attention layer's K and V (mla: one latent; dsa layers in FP8: 656 bytes) for 40 tokens a sequence
+    /* every attention layer's K and V (mla: one latent; dsa layers in FP8: 656 bytes, or 144 a gqa head) for 40
+     * tokens a sequence
      * (dsa layers: of the sequences in the host tier), a window's ring for swa (9 + 8 - 1) */
     size_t want = 0;
     for (int l = 0; l < gpu.model.n_layers; l++) {
         const hae_layer_kind k = gpu.model.layers[l];
-        const size_t row = mla == 2 && k == HAE_LAYER_DSA ? HAE_MLA_FP8_ROW
-                           : (size_t)(mla == 2 ? 576 : mla ? 20 : 2 * 2 * 8) * hae_dtype_size(gpu.runtime.dtype);
+        const size_t row = mla == 2 && k == HAE_LAYER_DSA   ? HAE_MLA_FP8_ROW
+                           : mla == 3 && k == HAE_LAYER_DSA ? 2 * 2 * HAE_FP8_HEAD(128)
+                           : (size_t)(mla == 3 ? 2 * 2 * 128 : mla == 2 ? 576 : mla ? 20 : 2 * 2 * 8) *
+                                 hae_dtype_size(gpu.runtime.dtype);
         if (k == HAE_LAYER_FULL || k == HAE_LAYER_SWA || k == HAE_LAYER_DSA)
             want += (size_t)((k == HAE_LAYER_DSA ? nb - split : nb) * (k == HAE_LAYER_SWA ? 16 : CTX)) * row;
     }
@@ -325,15 +332,18 @@ Test(model_host, chunks_past_the_slots_are_staged_and_decode_steps_use_the_lru) 
     }
 }
 
-/* dsa layers in mla's FP8 token layout (memory.dsa_kv_fp8) fetch and stage their 656-byte rows: the same
- * logits bit for bit; full and swa layers beside them keep bf16 rows. */
-Test(model_host, mla_fp8_rows_in_the_host_tier) {
-    int64_t hits = 0, misses = 0;
-    host_vs_gpu("bf16", 64, 2, chunks_then_decode, 17, &hits, &misses);
-    host_vs_gpu("bf16", 10, 2, chunks_then_decode, 17, &hits, &misses);
-    cr_expect(hits > 0 && misses > 0, "decode past 10 slots: hits %lld, misses %lld", (long long)hits, (long long)misses);
-    host_vs_gpu("f32", 7, 2, ragged, 11, &hits, &misses);
-    host_vs_gpu_of("swa, full, dsa", "bf16", 6, 2, token_by_token, 40, &hits, &misses);
+/* dsa layers in an FP8 layout (memory.dsa_kv_fp8) fetch and stage their rows (mla's 656-byte tokens, gqa's
+ * 144-byte heads): the same logits bit for bit; full and swa layers beside them keep bf16 rows. */
+Test(model_host, fp8_rows_in_the_host_tier) {
+    for (int form = 2; form <= 3; form++) {
+        int64_t hits = 0, misses = 0;
+        host_vs_gpu("bf16", 64, form, chunks_then_decode, 17, &hits, &misses);
+        host_vs_gpu("bf16", 10, form, chunks_then_decode, 17, &hits, &misses);
+        cr_expect(hits > 0 && misses > 0, "decode past 10 slots: hits %lld, misses %lld", (long long)hits,
+                  (long long)misses);
+        host_vs_gpu("f32", 7, form, ragged, 11, &hits, &misses);
+        host_vs_gpu_of("swa, full, dsa", "bf16", 6, form, token_by_token, 40, &hits, &misses);
+    }
 }
 
 /* memory.full_kv: host: full and swa layers (the window's ring of 9 + 8 - 1 slots) staged whole at every
@@ -349,14 +359,14 @@ Test(model_host, full_and_swa_layers_streamed_from_the_host) {
 
 /* memory.dsa_gpu_seqs: the batch split between the tiers, one sparse attention over both parts: the same logits
  * as all on the GPU, bit for bit, while the slots mirror, while chunks are staged and while decode steps fetch;
- * gqa, mla and mla's FP8 rows, with full and swa layers streamed beside them; and with decode steps in two
- * micro-batches cut at the split. */
+ * gqa, mla, mla's FP8 rows and gqa's, with full and swa layers streamed beside them; and with decode steps in
+ * two micro-batches cut at the split. */
 Test(model_host, a_batch_split_between_the_tiers) {
-    for (int mla = 0; mla < 3; mla++)
+    for (int mla = 0; mla < 4; mla++)
         for (int split = 1; split <= 2; split++)
             for (int micro = 0; micro < 2; micro++) {
                 int64_t hits = 0, misses = 0;
-                const char *dt = mla == 2 ? "bf16" : "f32";
+                const char *dt = mla >= 2 ? "bf16" : "f32";
                 host_vs_gpu_split(DSA_ONLY, dt, 64, mla, split, micro, chunks_then_decode, 17, &hits, &misses);
                 cr_expect(hits == 0 && misses == 0, "mirrored: hits %lld, misses %lld", (long long)hits,
                           (long long)misses);

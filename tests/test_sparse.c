@@ -532,6 +532,99 @@ Test(sparse, mla_fp8_layout_equals_its_decoded_cache) {
     hae_backend_destroy(be);
 }
 
+/* ---------------------------------------------------------------- gqa's FP8 cache layout */
+
+enum { G8_B = 2, G8_CAP = 30, G8_HKV = 2, G8_DK = 128, G8_DV = 256 };
+
+/* Random rows [B, cap, Hkv, D] with each 128-dim block at its own magnitude, written into gqa's FP8 layout by
+ * hae_kv_write; checks each head's scales (powers of two, the block's amax in (224, 448] of them) and its zero
+ * padding, and returns what the bytes decode to (NaN past a sequence's length, where the bytes are 0xFF). */
+static void gqa8_cache(const int32_t *lens, int64_t D, float *src, uint8_t *fp8, float *deq, tu_rng *r) {
+    hae_backend *be = tu_cpu();
+    const int64_t H8 = HAE_FP8_HEAD(D), n = G8_B * G8_CAP * G8_HKV;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t d = 0; d < D; d++) src[i * D + d] = (float)(tu_uniform(r, -1, 1) * pow(10.0, (double)(d / 128) - 1));
+    memset(fp8, 0xAB, (size_t)(n * H8));
+    hae_kv_write_args w = {.src = hae_tensor_4d(src, HAE_F32, HAE_CPU, G8_B, G8_CAP, G8_HKV, D),
+                           .cache = hae_tensor_4d(fp8, HAE_FP8_E4M3, HAE_CPU, G8_B, G8_CAP, G8_HKV, H8)};
+    cr_assert_eq(hae_kv_write(be, &w), HAE_OK, "%s", hae_last_error());
+    int bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint8_t *row = fp8 + i * H8;
+        for (int64_t c = 0; c < D / 128; c++) {
+            float sc, amax = 0;
+            memcpy(&sc, row + D + 4 * c, 4);
+            for (int d = 0; d < 128; d++) amax = fmaxf(amax, fabsf(src[i * D + 128 * c + d]));
+            int e;
+            bad += !(frexpf(sc, &e) == 0.5f && amax / sc > 224 && amax / sc <= 448);
+        }
+        for (int64_t x = D + 4 * (D / 128); x < H8; x++) bad += row[x] != 0;
+        if (i / G8_HKV % G8_CAP >= lens[i / (G8_HKV * G8_CAP)]) memset(row, 0xFF, (size_t)H8);
+        hae_fp8_head_unpack(row, D, deq + i * D);
+        if (row[0] != 0xFF)
+            for (int64_t d = 0; d < D; d++) {
+                float sc;
+                memcpy(&sc, row + D + 4 * (d / 128), 4);
+                bad += fabsf(deq[i * D + d] - src[i * D + d]) > fabsf(src[i * D + d]) / 16 + sc * 0x1p-10f;
+            }
+    }
+    cr_expect_eq(bad, 0, "%d scales, paddings or values off", bad);
+    hae_backend_destroy(be);
+}
+
+/* Sparse attention over gqa's FP8 caches (Dk 128 with one scale a head, Dv 256 with two; 3 query heads a kv
+ * head) is attention over what their bytes decode to, bit for bit, and within FP8's error of the f32 rows. */
+Test(sparse, gqa_fp8_layout_equals_its_decoded_cache) {
+    hae_backend *be = tu_cpu();
+    tu_rng r = tu_rng_make(33);
+    const int64_t T = 3, Hq = 3 * G8_HKV, K = 10, rows = G8_B * G8_CAP * G8_HKV;
+    const int32_t lens[G8_B] = {17, G8_CAP};
+    float *ks = malloc(sizeof(float) * rows * G8_DK), *kd = malloc(sizeof(float) * rows * G8_DK);
+    float *vs = malloc(sizeof(float) * rows * G8_DV), *vd = malloc(sizeof(float) * rows * G8_DV);
+    uint8_t *k8 = malloc((size_t)(rows * HAE_FP8_HEAD(G8_DK))), *v8 = malloc((size_t)(rows * HAE_FP8_HEAD(G8_DV)));
+    float *q = malloc(sizeof(float) * G8_B * T * Hq * G8_DK), *o[3], lse[3][G8_B * 3 * 6];
+    int32_t idx[G8_B * 3 * 10];
+    cr_assert(ks && kd && vs && vd && k8 && v8 && q);
+    gqa8_cache(lens, G8_DK, ks, k8, kd, &r);
+    gqa8_cache(lens, G8_DV, vs, v8, vd, &r);
+    for (int64_t i = 0; i < rows; i++) /* NaN past the lengths in the unquantized caches too */
+        if (i / G8_HKV % G8_CAP >= lens[i / (G8_HKV * G8_CAP)]) {
+            for (int d = 0; d < G8_DK; d++) ks[i * G8_DK + d] = NAN;
+            for (int d = 0; d < G8_DV; d++) vs[i * G8_DV + d] = NAN;
+        }
+    tu_fill(q, HAE_F32, G8_B * T * Hq * G8_DK, &r, -0.5, 0.5);
+    for (int64_t i = 0; i < G8_B * T * K; i++) { /* -1, positions (some past the query) and out of range */
+        const double u = tu_uniform(&r, 0, 1);
+        idx[i] = u < 0.1 ? -1 : u < 0.15 ? G8_CAP + 2 : (int32_t)tu_uniform(&r, 0, lens[i / (T * K)]);
+    }
+    const size_t n = (size_t)(G8_B * T * Hq * G8_DV);
+    const hae_tensor kc[3] = {hae_tensor_4d(k8, HAE_FP8_E4M3, HAE_CPU, G8_B, G8_CAP, G8_HKV, HAE_FP8_HEAD(G8_DK)),
+                              hae_tensor_4d(kd, HAE_F32, HAE_CPU, G8_B, G8_CAP, G8_HKV, G8_DK),
+                              hae_tensor_4d(ks, HAE_F32, HAE_CPU, G8_B, G8_CAP, G8_HKV, G8_DK)};
+    const hae_tensor vc[3] = {hae_tensor_4d(v8, HAE_FP8_E4M3, HAE_CPU, G8_B, G8_CAP, G8_HKV, HAE_FP8_HEAD(G8_DV)),
+                              hae_tensor_4d(vd, HAE_F32, HAE_CPU, G8_B, G8_CAP, G8_HKV, G8_DV),
+                              hae_tensor_4d(vs, HAE_F32, HAE_CPU, G8_B, G8_CAP, G8_HKV, G8_DV)};
+    for (int v = 0; v < 3; v++) {
+        o[v] = malloc(sizeof(float) * n);
+        cr_assert(o[v]);
+        memset(o[v], 0xFF, sizeof(float) * n);
+        hae_sparse_attention_args a = {
+            .q = hae_tensor_4d(q, HAE_F32, HAE_CPU, G8_B, T, Hq, G8_DK), .k_cache = kc[v], .v_cache = vc[v],
+            .idx = hae_tensor_3d(idx, HAE_I32, HAE_CPU, G8_B, T, K), .seq_lens = hae_tensor_1d((void *)lens, HAE_I32, HAE_CPU, G8_B),
+            .out = hae_tensor_4d(o[v], HAE_F32, HAE_CPU, G8_B, T, Hq, G8_DV),
+            .lse = hae_tensor_3d(lse[v], HAE_F32, HAE_CPU, G8_B, T, Hq), .scale = 0.2f};
+        cr_assert_eq(hae_sparse_attention(be, &a), HAE_OK, "%s", hae_last_error());
+    }
+    cr_expect(memcmp(o[0], o[1], sizeof(float) * n) == 0 && memcmp(lse[0], lse[1], sizeof lse[0]) == 0,
+              "FP8 bytes and their decoded f32 caches give the same out and lse");
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) num += (o[0][i] - o[2][i]) * (double)(o[0][i] - o[2][i]), den += (double)o[2][i] * o[2][i];
+    cr_expect(isfinite(num) && den > 0 && sqrt(num / den) < 0.05, "FP8 vs unquantized: relative RMS %.3g", sqrt(num / den));
+    for (int v = 0; v < 3; v++) free(o[v]);
+    free(ks), free(kd), free(vs), free(vd), free(k8), free(v8), free(q);
+    hae_backend_destroy(be);
+}
+
 static void expect_error(hae_status got, hae_status want, const char *needle) {
     cr_expect_eq(got, want, "status %d, want %d (%s)", (int)got, (int)want, needle);
     cr_expect(strstr(hae_last_error(), needle), "'%s' not in: %s", needle, hae_last_error());
@@ -573,5 +666,48 @@ Test(sparse, mla_fp8_layout_rejects_bad_arguments) {
     expect_error(hae_kv_write(be, &w), HAE_ERR_INVALID, "512 latent + 64 rope");
     w.src = hae_tensor_4d(f, HAE_F32, HAE_CPU, 2, 4, 2, MLA_D);
     expect_error(hae_kv_write(be, &w), HAE_ERR_INVALID, "kv heads differ");
+    hae_backend_destroy(be);
+}
+
+Test(sparse, gqa_fp8_layout_rejects_bad_arguments) {
+    hae_backend *be = tu_cpu();
+    enum { H8 = HAE_FP8_HEAD(128) };
+    static _Alignas(16) uint8_t k8[2 * 8 * (2 * H8 + 8)], v8[2 * 8 * 2 * H8];
+    static float q[2 * 1 * 4 * 128], out[2 * 4 * 128], f[2 * 8 * 2 * 128];
+    static int32_t idx[2 * 4], lens[2] = {4, 4};
+    const hae_sparse_attention_args good = {
+        .q = hae_tensor_4d(q, HAE_F32, HAE_CPU, 2, 1, 4, 128),
+        .k_cache = hae_tensor_4d(k8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 2, H8),
+        .v_cache = hae_tensor_4d(v8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 2, H8),
+        .idx = hae_tensor_3d(idx, HAE_I32, HAE_CPU, 2, 1, 4), .seq_lens = hae_tensor_1d(lens, HAE_I32, HAE_CPU, 2),
+        .out = hae_tensor_4d(out, HAE_F32, HAE_CPU, 2, 1, 4, 128), .scale = 0.1f};
+    cr_expect_eq(hae_sparse_attention(be, &good), HAE_OK, "%s", hae_last_error());
+    hae_sparse_attention_args a = good;
+    a.k_cache = hae_tensor_4d(k8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 2, 128);
+    expect_error(hae_sparse_attention(be, &a), HAE_ERR_INVALID, "gqa's, [2, cap, Hkv, D + 16]");
+    a = good;
+    a.q = hae_tensor_4d(q, HAE_F32, HAE_CPU, 2, 1, 4, 64), a.out = hae_tensor_4d(out, HAE_F32, HAE_CPU, 2, 1, 4, 64);
+    a.k_cache = hae_tensor_4d(k8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 2, 80); /* heads of 64: no FP8 layout */
+    a.v_cache = hae_tensor_4d(v8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 2, 80);
+    expect_error(hae_sparse_attention(be, &a), HAE_ERR_INVALID, "D here: 64");
+    a = good;
+    a.v_cache = a.k_cache;
+    expect_error(hae_sparse_attention(be, &a), HAE_ERR_INVALID, "v_cache must be an fp8-e4m3 cache of its own");
+    a = good;
+    a.v_cache = hae_tensor_4d(f, HAE_F32, HAE_CPU, 2, 8, 2, 128);
+    expect_error(hae_sparse_attention(be, &a), HAE_ERR_INVALID, "cache of its own");
+    a = good;
+    a.k_cache.stride[1] = 2 * H8 + 8, a.k_cache.stride[0] = 8 * (2 * H8 + 8); /* slots 8 bytes off the 16 */
+    expect_error(hae_sparse_attention(be, &a), HAE_ERR_INVALID, "16-byte aligned");
+    a = good;
+    a.v_cache.shape[2] = 1, a.v_cache.stride[1] = H8, a.v_cache.stride[0] = 8 * H8;
+    expect_error(hae_sparse_attention(be, &a), HAE_ERR_INVALID, "differ in slots or kv heads");
+    a = good;
+    a.q.shape[2] = a.out.shape[2] = 3;
+    expect_error(hae_sparse_attention(be, &a), HAE_ERR_INVALID, "multiple of kv heads");
+    hae_kv_write_args w = {.src = hae_tensor_4d(f, HAE_F32, HAE_CPU, 2, 8, 2, 128), .cache = good.k_cache};
+    cr_expect_eq(hae_kv_write(be, &w), HAE_OK, "%s", hae_last_error());
+    w.src.shape[3] = 96, w.src.stride[2] = 96, w.src.stride[1] = 192, w.src.stride[0] = 8 * 192;
+    expect_error(hae_kv_write(be, &w), HAE_ERR_INVALID, "D here: 96");
     hae_backend_destroy(be);
 }
