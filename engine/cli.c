@@ -522,13 +522,13 @@ static void print_job(const hae_config *cfg, const job_result *r, const char *di
            fmt_bytes((double)r->stats.weight_bytes, b1, sizeof b1), fmt_bytes((double)(r->stats.kv_bytes - r->stats.kv_host_bytes), b2, sizeof b2),
            fmt_bytes((double)r->stats.state_bytes, b3, sizeof b3),
            fmt_bytes((double)r->stats.activation_bytes, b4, sizeof b4), dev);
+    const char *room = cfg->memory.gpu_budget > 0 ? "memory.gpu_budget" : "the device's memory";
     if (cfg->memory.dsa_kv == HAE_TIER_AUTO && r->stats.dsa_kv == HAE_TIER_GPU)
-        printf("  %-10s dsa K/V on the gpu tier (memory.dsa_kv: auto; the whole run fits the device's memory)\n",
-               "placement");
+        printf("  %-10s dsa K/V on the gpu tier (memory.dsa_kv: auto; the whole run fits %s)\n", "placement", room);
     else if (cfg->memory.dsa_kv == HAE_TIER_AUTO || (r->stats.dsa_kv == HAE_TIER_HOST && r->stats.dsa_gpu_seqs > 0)) {
-        char why[96];
+        char why[112];
         if (cfg->memory.dsa_kv == HAE_TIER_AUTO)
-            snprintf(why, sizeof why, "memory.dsa_kv: auto; the run does not fit the device's memory with more on the GPU");
+            snprintf(why, sizeof why, "memory.dsa_kv: auto; the run does not fit %s with more on the GPU", room);
         else
             snprintf(why, sizeof why, "memory.dsa_gpu_seqs %lld", (long long)r->stats.dsa_gpu_seqs);
         printf("  %-10s dsa K/V of %lld of %lld sequences on the host tier (%s)\n", "placement",
