@@ -107,81 +107,55 @@ Test(model_dsa, decode_after_prefill_equals_one_prefill) {
     hae_backend_destroy(be);
 }
 
-/* memory.dsa_kv_fp8: dsa layers cache mla's 656-byte FP8 token layout (full layers keep the run's dtype).
- * With a covering top-k the logits are the bf16 cache's to FP8 rounding; decode after prefill equals one
- * prefill; the plan and the allocation count 656 + 132 bytes a token for the dsa layer. */
-Test(model_dsa, mla_fp8_cache) {
+/* memory.dsa_kv_fp8: dsa layers cache their form's FP8 layout, mla's 656-byte token or gqa's heads of 128 in 144
+ * bytes each for K and V (full layers keep the run's dtype). With a covering top-k the logits are the bf16 cache's
+ * to FP8 rounding; decode after prefill and ragged forwards equal one prefill; the plan and the allocation count the
+ * FP8 bytes and the indexer's 132 a token for the dsa layer. */
+Test(model_dsa, fp8_caches) {
     hae_backend *be = tu_cpu();
-    hae_config bf, q8, q8c;
-    make_cfg(&bf, "dsa", "full", 64, 0, false, "bf16", 8);
-    use_mla(&bf);
-    bf.model.attention.kv_lora_rank = HAE_MLA_LATENT, bf.model.attention.qk_rope_head_dim = HAE_MLA_ROPE;
-    q8 = bf, q8.memory.dsa_kv_fp8 = true;
-    int32_t tok[2 * CTX];
-    tu_tokens(&bf, CTX, tok, 8);
-    const int64_t n = 2 * CTX * bf.model.vocab_size;
-    hae_model *mb = tu_model(be, &bf), *m8 = tu_model(be, &q8);
-    float *lb = tu_model_logits(mb, &bf, CTX, tok, one_shot, 1), *l8 = tu_model_logits(m8, &q8, CTX, tok, one_shot, 1);
-    const double d = tu_rel_rms(l8, lb, n);
-    cr_expect(d > 1e-4 && d < 2e-2, "logits over the FP8 cache vs the bf16 one: rel rms %.3g (want FP8 rounding: "
-              "1e-4 .. 2e-2)", d);
-    hae_model_plan p;
-    cr_assert_eq(hae_model_plan_get(&q8, NULL, &p), HAE_OK, "%s", hae_last_error());
-    hae_model_stats st;
-    hae_model_stats_get(m8, &st);
-    cr_expect_eq(p.kv_bytes_per_token[0], HAE_MLA_FP8_ROW + 132, "dsa: 656 bytes of K/V and the indexer's 132");
-    cr_expect_eq(p.kv_bytes_per_token[1], 576 * 2, "full: one bf16 latent of 512 + 64");
-    cr_expect_eq(st.kv_bytes, p.kv_bytes);
-    free(lb), free(l8);
-    hae_model_destroy(mb), hae_model_destroy(m8);
+    for (int gqa = 0; gqa < 2; gqa++) {
+        hae_config bf, q8, q8c;
+        make_cfg(&bf, "dsa", "full", 64, 0, false, "bf16", 8);
+        if (gqa) {
+            bf.model.attention.head_dim = 128;
+        } else {
+            use_mla(&bf);
+            bf.model.attention.kv_lora_rank = HAE_MLA_LATENT, bf.model.attention.qk_rope_head_dim = HAE_MLA_ROPE;
+        }
+        const char *form = gqa ? "gqa" : "mla";
+        const size_t hkv = (size_t)bf.model.attention.num_kv_heads;
+        const size_t dsa = gqa ? 2 * hkv * HAE_FP8_HEAD(128) : HAE_MLA_FP8_ROW, full = gqa ? 2 * hkv * 128 * 2 : 576 * 2;
+        q8 = bf, q8.memory.dsa_kv_fp8 = true;
+        int32_t tok[2 * CTX];
+        tu_tokens(&bf, CTX, tok, 8 + (uint64_t)gqa);
+        const int64_t n = 2 * CTX * bf.model.vocab_size;
+        hae_model *mb = tu_model(be, &bf), *m8 = tu_model(be, &q8);
+        float *lb = tu_model_logits(mb, &bf, CTX, tok, one_shot, 1), *l8 = tu_model_logits(m8, &q8, CTX, tok, one_shot, 1);
+        const double d = tu_rel_rms(l8, lb, n);
+        cr_expect(d > 1e-4 && d < 2e-2, "%s: logits over the FP8 cache vs the bf16 one: rel rms %.3g (want FP8 "
+                  "rounding: 1e-4 .. 2e-2)", form, d);
+        hae_model_plan p;
+        cr_assert_eq(hae_model_plan_get(&q8, NULL, &p), HAE_OK, "%s", hae_last_error());
+        hae_model_stats st;
+        hae_model_stats_get(m8, &st);
+        cr_expect_eq(p.kv_bytes_per_token[0], dsa + 132, "%s dsa: %zu bytes of FP8 K/V and the indexer's 132", form, dsa);
+        cr_expect_eq(p.kv_bytes_per_token[1], full, "%s full: bf16 K/V", form);
+        cr_expect_eq(st.kv_bytes, p.kv_bytes);
+        free(lb), free(l8);
+        hae_model_destroy(mb), hae_model_destroy(m8);
 
-    q8c = q8, q8.model.dsa.index_topk = q8c.model.dsa.index_topk = 5, q8.runtime.prefill_chunk = 0;
-    hae_model *one = tu_model(be, &q8), *chunked = tu_model(be, &q8c);
-    float *a = tu_model_logits(one, &q8, CTX, tok, one_shot, 1);
-    float *b = tu_model_logits(chunked, &q8c, CTX, tok, prefill_then_decode, 7);
-    float *c = tu_model_logits(chunked, &q8c, CTX, tok, ragged, 5);
-    cr_expect_leq(tu_rel_rms(b, a, n), 1e-5, "FP8 cache, top-5: prefill then decode vs one prefill: %.3g",
-                  tu_rel_rms(b, a, n));
-    cr_expect_leq(tu_rel_rms(c, a, n), 1e-5, "FP8 cache, top-5: ragged forwards vs one prefill: %.3g", tu_rel_rms(c, a, n));
-    free(a), free(b), free(c);
-    hae_model_destroy(one), hae_model_destroy(chunked);
-    hae_backend_destroy(be);
-}
-
-/* The same for gqa's FP8 layout (heads of 128: 144 bytes each for K and for V) beside a bf16 full layer. */
-Test(model_dsa, gqa_fp8_cache) {
-    hae_backend *be = tu_cpu();
-    hae_config bf, q8, q8c;
-    make_cfg(&bf, "dsa", "full", 64, 0, false, "bf16", 8);
-    bf.model.attention.head_dim = 128;
-    q8 = bf, q8.memory.dsa_kv_fp8 = true;
-    int32_t tok[2 * CTX];
-    tu_tokens(&bf, CTX, tok, 9);
-    const int64_t n = 2 * CTX * bf.model.vocab_size;
-    hae_model *mb = tu_model(be, &bf), *m8 = tu_model(be, &q8);
-    float *lb = tu_model_logits(mb, &bf, CTX, tok, one_shot, 1), *l8 = tu_model_logits(m8, &q8, CTX, tok, one_shot, 1);
-    const double d = tu_rel_rms(l8, lb, n);
-    cr_expect(d > 1e-4 && d < 2e-2, "logits over the FP8 cache vs the bf16 one: rel rms %.3g (want FP8 rounding: "
-              "1e-4 .. 2e-2)", d);
-    hae_model_plan p;
-    cr_assert_eq(hae_model_plan_get(&q8, NULL, &p), HAE_OK, "%s", hae_last_error());
-    hae_model_stats st;
-    hae_model_stats_get(m8, &st);
-    const int64_t hkv = bf.model.attention.num_kv_heads;
-    cr_expect_eq(p.kv_bytes_per_token[0], (size_t)(2 * hkv * HAE_FP8_HEAD(128) + 132), "dsa: FP8 K/V and the indexer's 132");
-    cr_expect_eq(p.kv_bytes_per_token[1], (size_t)(2 * hkv * 128 * 2), "full: bf16 K and V");
-    cr_expect_eq(st.kv_bytes, p.kv_bytes);
-    free(lb), free(l8);
-    hae_model_destroy(mb), hae_model_destroy(m8);
-
-    q8c = q8, q8.model.dsa.index_topk = q8c.model.dsa.index_topk = 5, q8.runtime.prefill_chunk = 0;
-    hae_model *one = tu_model(be, &q8), *chunked = tu_model(be, &q8c);
-    float *a = tu_model_logits(one, &q8, CTX, tok, one_shot, 1);
-    float *b = tu_model_logits(chunked, &q8c, CTX, tok, prefill_then_decode, 7);
-    cr_expect_leq(tu_rel_rms(b, a, n), 1e-5, "FP8 cache, top-5: prefill then decode vs one prefill: %.3g",
-                  tu_rel_rms(b, a, n));
-    free(a), free(b);
-    hae_model_destroy(one), hae_model_destroy(chunked);
+        q8c = q8, q8.model.dsa.index_topk = q8c.model.dsa.index_topk = 5, q8.runtime.prefill_chunk = 0;
+        hae_model *one = tu_model(be, &q8), *chunked = tu_model(be, &q8c);
+        float *a = tu_model_logits(one, &q8, CTX, tok, one_shot, 1);
+        float *b = tu_model_logits(chunked, &q8c, CTX, tok, prefill_then_decode, 7);
+        float *c = tu_model_logits(chunked, &q8c, CTX, tok, ragged, 5);
+        cr_expect_leq(tu_rel_rms(b, a, n), 1e-5, "%s FP8 cache, top-5: prefill then decode vs one prefill: %.3g", form,
+                      tu_rel_rms(b, a, n));
+        cr_expect_leq(tu_rel_rms(c, a, n), 1e-5, "%s FP8 cache, top-5: ragged forwards vs one prefill: %.3g", form,
+                      tu_rel_rms(c, a, n));
+        free(a), free(b), free(c);
+        hae_model_destroy(one), hae_model_destroy(chunked);
+    }
     hae_backend_destroy(be);
 }
 

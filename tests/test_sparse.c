@@ -630,6 +630,15 @@ static void expect_error(hae_status got, hae_status want, const char *needle) {
     cr_expect(strstr(hae_last_error(), needle), "'%s' not in: %s", needle, hae_last_error());
 }
 
+/* Arguments over FP8 caches that hae_sparse_attention takes: B 2, T 1, 4 query heads, 4 entries a row. */
+static hae_sparse_attention_args fp8_args(float *q, int64_t Dk, hae_tensor kc, hae_tensor vc, float *out, int64_t Dv,
+                                          int32_t *idx, int32_t *lens) {
+    return (hae_sparse_attention_args){
+        .q = hae_tensor_4d(q, HAE_F32, HAE_CPU, 2, 1, 4, Dk), .k_cache = kc, .v_cache = vc,
+        .idx = hae_tensor_3d(idx, HAE_I32, HAE_CPU, 2, 1, 4), .seq_lens = hae_tensor_1d(lens, HAE_I32, HAE_CPU, 2),
+        .out = hae_tensor_4d(out, HAE_F32, HAE_CPU, 2, 1, 4, Dv), .scale = 0.1f};
+}
+
 Test(sparse, mla_fp8_layout_rejects_bad_arguments) {
     hae_backend *be = tu_cpu();
     static _Alignas(16) uint8_t fp8[2 * 8 * HAE_MLA_FP8_ROW];
@@ -638,10 +647,7 @@ Test(sparse, mla_fp8_layout_rejects_bad_arguments) {
     const hae_tensor kc = hae_tensor_4d(fp8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 1, HAE_MLA_FP8_ROW);
     hae_tensor vc = hae_tensor_4d(fp8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 1, 512);
     vc.stride[1] = kc.stride[1], vc.stride[0] = kc.stride[0];
-    const hae_sparse_attention_args good = {
-        .q = hae_tensor_4d(q, HAE_F32, HAE_CPU, 2, 1, 4, MLA_D), .k_cache = kc, .v_cache = vc,
-        .idx = hae_tensor_3d(idx, HAE_I32, HAE_CPU, 2, 1, 4), .seq_lens = hae_tensor_1d(lens, HAE_I32, HAE_CPU, 2),
-        .out = hae_tensor_4d(out, HAE_F32, HAE_CPU, 2, 1, 4, 512), .scale = 0.1f};
+    const hae_sparse_attention_args good = fp8_args(q, MLA_D, kc, vc, out, 512, idx, lens);
     cr_expect_eq(hae_sparse_attention(be, &good), HAE_OK, "%s", hae_last_error());
     hae_sparse_attention_args a = good;
     a.k_cache = hae_tensor_4d(fp8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 1, 576);
@@ -675,12 +681,9 @@ Test(sparse, gqa_fp8_layout_rejects_bad_arguments) {
     static _Alignas(16) uint8_t k8[2 * 8 * (2 * H8 + 8)], v8[2 * 8 * 2 * H8];
     static float q[2 * 1 * 4 * 128], out[2 * 4 * 128], f[2 * 8 * 2 * 128];
     static int32_t idx[2 * 4], lens[2] = {4, 4};
-    const hae_sparse_attention_args good = {
-        .q = hae_tensor_4d(q, HAE_F32, HAE_CPU, 2, 1, 4, 128),
-        .k_cache = hae_tensor_4d(k8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 2, H8),
-        .v_cache = hae_tensor_4d(v8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 2, H8),
-        .idx = hae_tensor_3d(idx, HAE_I32, HAE_CPU, 2, 1, 4), .seq_lens = hae_tensor_1d(lens, HAE_I32, HAE_CPU, 2),
-        .out = hae_tensor_4d(out, HAE_F32, HAE_CPU, 2, 1, 4, 128), .scale = 0.1f};
+    const hae_sparse_attention_args good = fp8_args(q, 128, hae_tensor_4d(k8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 2, H8),
+                                                    hae_tensor_4d(v8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 2, H8), out, 128, idx,
+                                                    lens);
     cr_expect_eq(hae_sparse_attention(be, &good), HAE_OK, "%s", hae_last_error());
     hae_sparse_attention_args a = good;
     a.k_cache = hae_tensor_4d(k8, HAE_FP8_E4M3, HAE_CPU, 2, 8, 2, 128);
