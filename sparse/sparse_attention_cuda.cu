@@ -16,7 +16,9 @@
  *    wgmma with both warpgroups computing each tile and gathering the next (its comment says how); over a
  *    bf16 cache at the shapes above, decode 101-103 us and prefill 391-421 TFLOP/s, where tc_kernel took
  *    183 us and 226 TFLOP/s.
- *  - tc_kernel, bf16 q and caches, (Dk, Dv) in {(576, 512), (128, 128), (64, 64)}: flash-style on
+ *  - tc_kernel, bf16 q and caches, (Dk, Dv) in {(576, 512), (128, 128), (64, 64)}, or gqa's FP8 caches of
+ *    (128, 128) decoded into the bf16 tiles (its F8 form, for half the bytes: on an H200 as fast as over bf16 in
+ *    decode at 32/8 heads, 17% slower at 16/4, 35% slower in prefill at 32/8): flash-style on
  *    mma.sync m16n8k16 (bf16 in, fp32 accumulate). A CTA takes R = 16 MT query heads of one kv head
  *    and one token (the rows of the MMA's M dimension; heads past G are zero rows, never written) and
  *    walks idx in tiles of 64 entries: the tile's K (and V) rows are gathered by index into shared
