@@ -70,6 +70,7 @@ run hybrid-1b-mla-cuda configs/hybrid-1b.yaml --backend cuda --set model.attenti
 long=(--backend cuda --set runtime.prefill=131072 --set runtime.decode=64 --set runtime.prefill_chunk=8192)
 run twin-1b-128k configs/hybrid-1b-twin.yaml "${long[@]}"
 run hybrid-1b-128k configs/hybrid-1b.yaml "${long[@]}"
+run hybrid-1b-fp8-128k configs/hybrid-1b.yaml "${long[@]}" --set memory.dsa_kv_fp8=true # gqa's FP8 dsa rows
 # the mla variant, its dsa K/V in bf16 (1152 bytes a token) and in the FP8 token layout (656)
 mla=(--set model.attention.form=mla)
 run hybrid-1b-mla-128k configs/hybrid-1b.yaml "${long[@]}" "${mla[@]}"
@@ -85,12 +86,17 @@ run twin-1b-mla-32k configs/hybrid-1b-twin.yaml "${mid[@]}" "${mla[@]}"
 run hybrid-1b-32k-host configs/hybrid-1b.yaml "${mid[@]}" --set memory.dsa_kv=host
 
 # At the full-attention twin's memory limit (issue 5), with SERVE=1 (minutes: each run prefills 32K tokens for up to
-# 90 sequences): hybrid-1b's mla form with FP8 dsa rows, its twin, 6x the batch in one batch and in micro-batches.
+# 90 sequences): hybrid-1b's mla form with FP8 dsa rows, its twin, 6x the batch in one batch and in micro-batches;
+# then the gqa form with FP8 dsa rows at 6x its twin's batch.
 if [ "${SERVE:-0}" = 1 ] && ! skipped serve; then
   PLACEMENTS="twin split-one split" SET="model.attention.form=mla memory.dsa_kv_fp8=true" BIN="$bin" OUT="$out/serve" \
     "$(dirname "$0")/serve-at-limit.sh" >"$out/serve.log" 2>&1
-  row "serve-at-limit (rc $?)" "see serve.log"
+  row "serve-at-limit mla (rc $?)" "see serve.log"
   cat "$out/serve.log"
+  PLACEMENTS="twin split" SET="memory.dsa_kv_fp8=true" BIN="$bin" OUT="$out/serve-gqa" \
+    "$(dirname "$0")/serve-at-limit.sh" >"$out/serve-gqa.log" 2>&1
+  row "serve-at-limit gqa (rc $?)" "see serve-gqa.log"
+  cat "$out/serve-gqa.log"
 fi
 
 # Training: each preset alone for a few hundred steps (bench/train-bench.sh: ms per step, tokens/s, TFLOP/s).
