@@ -59,8 +59,8 @@ run() { # label, args...
 }
 run default-cuda --backend cuda
 run default-cpu --backend cpu
-run default-dsa-cuda --backend cuda --set "model.layer_pattern=[kda, kda, kda, dsa]"
-run default-dsa-cpu --backend cpu --set "model.layer_pattern=[kda, kda, kda, dsa]"
+run default-full-cuda --backend cuda --set "model.layer_pattern=[kda, kda, kda, full]"
+run default-full-cpu --backend cpu --set "model.layer_pattern=[kda, kda, kda, full]"
 run twin-1b-cuda configs/hybrid-1b-twin.yaml --backend cuda
 run swa-1b-cuda configs/swa-1b.yaml --backend cuda
 run kda-1b-cuda configs/kda-1b.yaml --backend cuda

@@ -83,7 +83,7 @@ Test(config, builtin_default) {
     cr_expect_eq(c->model.vocab_size, 512);
     cr_expect_eq(c->model.d_model, 256);
     cr_expect_eq(c->model.n_layers, 4);
-    expect_layers(c, "kda,kda,kda,full");
+    expect_layers(c, "kda,kda,kda,dsa");
     cr_expect_eq(c->model.norm_eps, 1.0e-6f);
     cr_expect(!c->model.tie_word_embeddings);
     cr_expect_eq(c->model.initializer_range, 0.02f);
@@ -125,7 +125,7 @@ Test(config, builtin_default) {
  * [full] when omitted). */
 Test(config, schema_defaults_match_default_yaml) {
     hae_config *d = default_cfg(), *c = cfg_new();
-    const char *y = "model:\n  layer_pattern: [kda, kda, kda, full]\n";
+    const char *y = "model:\n  layer_pattern: [kda, kda, kda, dsa]\n";
     cr_assert_eq(hae_config_parse(y, strlen(y), "<default>", NULL, 0, c), HAE_OK, "%s", hae_last_error());
     cr_expect(memcmp(c, d, sizeof *c) == 0);
     free(c);

@@ -213,13 +213,13 @@ Test(eval_circuit, bad_flags_and_impossible_circuits_are_refused_before_writing)
 }
 
 /* The dsa circuit with its K/V in the host tier (memory.dsa_kv: host) and 48 GPU slots per layer: the
- * prefill is staged, each decode step past the slots looks its top-16 up in the LRU; every question is still
- * answered, as with the K/V on the GPU tier. */
+ * prefill is staged, each decode step past the slots looks its top-16 (the config's, which the circuit takes
+ * without --topk) up in the LRU; every question is still answered, as with the K/V on the GPU tier. */
 Test(eval_circuit, dsa_with_host_tier_kv_answers_everything) {
     char base[512], cmd[2048], path[700], *out = NULL;
     tu_tmp_path("circuit-host", base, sizeof base);
     snprintf(cmd, sizeof cmd, "%s eval --circuit --backend cpu --task mqar,multihop --kinds dsa --lengths 384 --pairs 12 "
-             "--hops 1,2 --vocab 72 --noise 0 --topk 16 --seeds 2 --decode --set memory.dsa_kv=host "
+             "--hops 1,2 --vocab 72 --noise 0 --set model.dsa.index_topk=16 --seeds 2 --decode --set memory.dsa_kv=host "
              "--set memory.cache_tokens=48 --set runtime.prefill_chunk=128 --out %s", HAE_CLI, base);
     cr_assert_eq(run(cmd, &out), 0, "%s:\n%s", cmd, out);
     free(out);
