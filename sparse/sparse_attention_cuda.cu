@@ -218,7 +218,11 @@ template <int DK, int DV, int MT, int NW> struct Tc {
 
 /* F8: K and V in gqa's FP8 layout (DK, DV multiples of 128, not shared): a tile's raw rows come by cp.async,
  * each thread's own rows, which it decodes into the bf16 stage once they have landed (before the barrier that
- * precedes S): each element e4m3 -> f16 -> f32 times its scale, exact in bf16; zero-filled rows decode to 0. */
+ * precedes S): each element e4m3 -> f16 -> f32 times its scale, exact in bf16; zero-filled rows decode to 0.
+ * Measured on an H200 (gqa decode, B 64, top-2048 of 32K, 32/8 and 16/4 heads; prefill of 4096 queries at 32/8),
+ * this 231 / 119 / 12598 us (the bf16 cache 231 / 102 / 9281); the MMAs in f16 over unscaled codes (one cvt a
+ * pair; the scales applied to S's columns and P's, O kept in units of the tile's largest V scale) 245 / 125 /
+ * 14389; one bf16 stage, so that three CTAs fit an SM, 328 / 135 / 12680. */
 template <int DK, int DV, int MT, int NW, bool SPLIT, bool F8>
 __global__ void __launch_bounds__(32 * NW, DK > 256 ? 1 : 2) tc_kernel(const SparseParams p) {
     using C = Tc<DK, DV, MT, NW>;
