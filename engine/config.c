@@ -1161,7 +1161,7 @@ static hae_status cross_checks(const ctx *c, const bindings *b, const hae_config
             /* blame the shape the user wrote, else the switch */
             return cross_fail(c, b, (const int[]){K_MLA_ROPE, K_MLA_LORA, K_MEM_FP8}, 3, m);
         }
-        if (!mla && (dim % 128 || dim > 512)) {
+        if (!mla && !HAE_FP8_HEAD_DIM_OK(dim)) {
             snprintf(m, sizeof m, "dsa_kv_fp8 in the gqa form stores each kv head in e4m3 with one scale per 128 dims: "
                      "head_dim must be 128, 256, 384 or 512 (got %" PRId64 "%s)", dim, dflt(b, K_HEAD_DIM));
             return cross_fail(c, b, (const int[]){K_HEAD_DIM, K_MEM_FP8}, 2, m);

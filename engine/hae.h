@@ -269,6 +269,7 @@ hae_status hae_kv_write(hae_backend *be, const hae_kv_write_args *a);
  * [B, cap, Hkv, Dk + 16] and [B, cap, Hkv, Dv + 16] (bytes) in their own buffers; hae_kv_write quantizes
  * [B, T, Hkv, D] rows into them and hae_sparse_attention reads them; hae_attention does not. */
 #define HAE_FP8_HEAD(d) ((d) + 16)
+#define HAE_FP8_HEAD_DIM_OK(d) ((d) >= 128 && (d) <= 512 && (d) % 128 == 0) /* head dims the layout takes */
 
 /* Causal softmax attention: query (b, t, h) at position p = pos0 + t attends to positions s in
  * [lo, p], lo = max(0, p - window + 1) when window > 0 (swa) else 0 (full); head h reads kv head

@@ -194,7 +194,7 @@ static hae_status check_fp8_cache(const char *op, const char *name, const hae_te
     const bool mla = D == HAE_MLA_LATENT + HAE_MLA_ROPE;
     const int64_t row = mla ? HAE_MLA_FP8_ROW : HAE_FP8_HEAD(D);
     if (cache->shape[0] != x->shape[0] || x->shape[2] < 1 || (mla && cache->shape[2] != 1) ||
-        (!mla && (D < 128 || D > 512 || D % 128)) || cache->shape[3] != row)
+        (!mla && !HAE_FP8_HEAD_DIM_OK(D)) || cache->shape[3] != row)
         return hae_error(HAE_ERR_INVALID, "%s: %s %s with %s: an fp8-e4m3 cache holds mla's FP8 layout, [%lld, cap, 1, "
                          "%d] bytes for rows of %d (512 latent + 64 rope) values, or gqa's, [%lld, cap, Hkv, D + 16] "
                          "for heads of D = 128, 256, 384 or 512 values (D here: %lld)", op, name,

@@ -60,7 +60,7 @@ hae_status hae_kv_cache_create(hae_backend *be, int n_layers, const hae_kv_layer
                              "V its first %d (got %lld heads, head_dim %lld, v_dim %lld)", l,
                              HAE_MLA_LATENT + HAE_MLA_ROPE, HAE_MLA_LATENT, (long long)specs[l].kv_heads,
                              (long long)specs[l].head_dim, (long long)specs[l].v_dim);
-        if (specs[l].fp8 && !specs[l].v_dim && (specs[l].head_dim % 128 || specs[l].head_dim > 512))
+        if (specs[l].fp8 && !specs[l].v_dim && !HAE_FP8_HEAD_DIM_OK(specs[l].head_dim))
             return hae_error(HAE_ERR_INVALID, "kv cache: layer %d: gqa's FP8 layout takes heads of 128, 256, 384 or 512 "
                              "dims (got head_dim %lld)", l, (long long)specs[l].head_dim);
         const size_t seq = (size_t)specs[l].cap * hae_kv_bytes_per_token(&specs[l], dtype);
